@@ -1,0 +1,5 @@
+import sys
+
+from pdeinf.cli import main
+
+sys.exit(main())

@@ -1,0 +1,120 @@
+"""Profiles (smoke, quick, paper) as frozen dataclasses, and the PDE / class registry.
+
+`PDEINF_PROFILE` overrides the default profile name wherever `get_profile()` is called
+without an explicit name (the notebooks and nbval use this).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+
+#: The three initial-condition classes of each PDE, in the order used everywhere
+#: (class index c in influence batches, the c axes of labelled arrays).
+PDE_CLASSES: dict[str, tuple[str, str, str]] = {
+    "CE": ("CE-RP", "CE-CRP", "CE-RPUI"),
+    "NS": ("NS-BB", "NS-Gauss", "NS-Sines"),
+}
+#: Model channels per PDE: CE conserved (rho, rho*vx, rho*vy, E); NS velocity (u, v).
+PDE_CHANNELS: dict[str, int] = {"CE": 4, "NS": 2}
+CHANNEL_NAMES: dict[str, tuple[str, ...]] = {
+    "CE": ("rho", "rho_vx", "rho_vy", "E"),
+    "NS": ("u", "v"),
+}
+DATASETS: tuple[str, ...] = PDE_CLASSES["CE"] + PDE_CLASSES["NS"]
+MODELS: tuple[str, ...] = ("unet", "vit")
+PROFILE_NAMES: tuple[str, ...] = ("smoke", "quick", "paper")
+
+
+def pde_of(dataset: str) -> str:
+    """`"CE-RP" -> "CE"`; raises ValueError naming the unknown data set."""
+    for pde, classes in PDE_CLASSES.items():
+        if dataset in classes:
+            return pde
+    raise ValueError(f"unknown data set {dataset!r}; expected one of {', '.join(DATASETS)}")
+
+
+def check_pde(pde: str) -> str:
+    if pde not in PDE_CLASSES:
+        raise ValueError(f"unknown PDE {pde!r}; expected one of {', '.join(PDE_CLASSES)}")
+    return pde
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Every size knob of the study. Pure data: stages are functions of (profile, ...)."""
+
+    name: str
+    resolution: int  # stored grid (H = W), the models' input size
+    solver_resolution: int  # grid the look-alike data are computed on, then block-averaged
+    n_trajectories: int  # generated trajectories per class
+    model_size: str  # "smoke" | "quick" | "paper" (see pdeinf.models.build)
+    epochs: dict[str, int]  # per PDE
+    checkpoints: dict[str, tuple[int, ...]]  # epochs after which a checkpoint is kept
+    seeds: tuple[int, ...]
+    n_influence_batches: int  # test trajectories per class used as influence batches
+    pdes: tuple[str, ...] = ("CE", "NS")
+    models: tuple[str, ...] = MODELS
+    batch_size: int = 48
+    lr: float = 5e-4
+    weight_decay: float = 1e-4
+    t_max: int = 17  # snapshots kept per trajectory (16 transitions)
+    split: tuple[float, float, float] = (0.65, 0.05, 0.30)
+    damping: float = 1e-6
+    energy_tol: float = 1e-4
+    n_snapshots: int = 21  # stored snapshots, t = k/20
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile(
+        name="smoke",
+        resolution=16,
+        solver_resolution=32,
+        n_trajectories=8,
+        model_size="smoke",
+        epochs={"CE": 2, "NS": 2},
+        checkpoints={"CE": (1, 2), "NS": (1, 2)},
+        seeds=(10,),
+        n_influence_batches=1,
+    ),
+    "quick": Profile(
+        name="quick",
+        resolution=32,
+        solver_resolution=64,
+        n_trajectories=24,
+        model_size="quick",
+        epochs={"CE": 20, "NS": 20},
+        checkpoints={"CE": (1, 5, 10, 20), "NS": (1, 5, 10, 20)},
+        seeds=(10, 35),
+        n_influence_batches=4,
+    ),
+    "paper": Profile(
+        name="paper",
+        resolution=128,
+        solver_resolution=256,
+        n_trajectories=1000,
+        model_size="paper",
+        epochs={"CE": 150, "NS": 100},
+        checkpoints={
+            "CE": (1, 15, 30, 45, 60, 75, 90, 105, 120, 135, 150),
+            "NS": (1, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100),
+        },
+        seeds=(10, 35, 42),
+        n_influence_batches=18,
+    ),
+}
+
+
+def get_profile(name: str | None = None) -> Profile:
+    """The named profile, else `$PDEINF_PROFILE`, else "quick"."""
+    name = name or os.environ.get("PDEINF_PROFILE") or "quick"
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown profile {name!r}; expected one of {', '.join(PROFILES)}"
+        ) from None

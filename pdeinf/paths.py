@@ -1,0 +1,51 @@
+"""Absolute paths used by every stage, independent of the working directory.
+
+`PDEINF_HOME` overrides the root (default: the repository that holds this package, or
+the current directory when the package is installed elsewhere).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def root() -> Path:
+    """Project root: `$PDEINF_HOME`, else the source checkout, else the working directory."""
+    env = os.environ.get("PDEINF_HOME")
+    if env:
+        return Path(env).expanduser().resolve()
+    checkout = _PACKAGE_DIR.parent
+    if (checkout / "pyproject.toml").exists():
+        return checkout
+    return Path.cwd().resolve()
+
+
+def results_dir() -> Path:
+    """Everything the pipeline computes (git-ignored, cached, rebuildable)."""
+    return root() / "results"
+
+
+def data_dir(profile: str) -> Path:
+    """Generated data sets of one profile, in the PDEGym layout: `<dir>/<NAME>/data_K.nc`."""
+    return results_dir() / "data" / profile
+
+
+def runs_dir(profile: str) -> Path:
+    """Training runs (checkpoints, curves) of one profile."""
+    return results_dir() / "runs" / profile
+
+
+def influence_dir(profile: str) -> Path:
+    """Cached influence matrices (labelled netCDF) of one profile."""
+    return results_dir() / "influence" / profile
+
+
+def figures_dir() -> Path:
+    """Committed figures (PNG, and PDF for print)."""
+    return root() / "figures"
+
+
+def notebooks_dir() -> Path:
+    return root() / "notebooks"
