@@ -1,8 +1,750 @@
-"""Placeholder registered by pdeinf.cli; replaced by the module's owner."""
+"""Cached stages data -> training -> influence -> rollouts -> notebooks, and `pdeinf reproduce`.
+
+Every stage is a pure function of ``(profile, pde, model)`` whose output lives under
+`pdeinf.paths.results_dir()`; a stage whose output exists and is valid is not recomputed, so
+rerunning after an interruption (or with a bigger selection) computes only what is missing.
+The stage owners write their files under a temporary name and rename them; this module only
+checks existence and validity:
+
+=================  ============================================  ===============================
+stage              output                                        owner
+=================  ============================================  ===============================
+`ensure_data`      ``results/data/<profile>/<DATASET>/*.nc``     `pdeinf.data.generate`
+`ensure_training`  ``results/runs/<profile>/<PDE>-<model>-s<seed>/ckpt_e<epoch>.pt``
+                                                                 `pdeinf.training.train`
+`ensure_influence` ``results/influence/<profile>/...``           `pdeinf.influence.sweep`
+`ensure_rollouts`  ``results/rollouts/<profile>/<PDE>-<model>.nc``  this module
+notebooks          ``results/executed/<notebook>.ipynb``, ``results/<notebook>.json``,
+                   ``figures/*``                                 the notebooks
+=================  ============================================  ===============================
+
+`reproduce(profile)` runs all stages, then every notebook through papermill (kernel
+``python3``, parameter ``profile``), and prints a closing table with the figures, the key
+numbers of each ``results/<notebook>.json`` and the wall time of every stage. On the command
+line::
+
+    pdeinf reproduce --profile quick                  # what `make reproduce` runs
+    pdeinf reproduce --profile smoke --only-pipeline  # cached stages only, no notebooks
+    pdeinf reproduce --profile quick --notebooks 03,04
+
+Paper profile (GPUs). Training is data parallel and the influence sweep is task parallel
+(checkpoints x influence batches spread over ranks) under ``torchrun``; the pipeline stages
+themselves run in one process. On a node with, say, 2 GPUs run the heavy stages first, then
+let `reproduce` pick up the cached results::
+
+    pdeinf data generate-profile --profile paper          # or place PDEGym files there
+    for pde in CE NS; do for model in unet vit; do for seed in 10 35 42; do
+      torchrun --standalone --nproc_per_node=2 -m pdeinf train \\
+          --profile paper --pde $pde --model $model --seed $seed
+    done; done; done
+    for pde in CE NS; do for model in unet vit; do
+      torchrun --standalone --nproc_per_node=2 -m pdeinf influence sweep \\
+          --profile paper --pde $pde --model $model
+    done; done
+    pdeinf reproduce --profile paper                      # rollouts + notebooks, rest cached
+
+(The ``train`` and ``influence`` sub-commands are documented by ``pdeinf train --help`` and
+``pdeinf influence --help``; every stage skips work whose output is already on disk.)
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import inspect
+import json
+import math
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+from pdeinf import paths
+from pdeinf.config import MODELS, PDE_CLASSES, PROFILE_NAMES, Profile, get_profile
+from pdeinf.errors import InputError
+
+ProfileLike = Profile | str
+
+#: Source checkout holding the notebooks (they are read from here even when PDEINF_HOME
+#: points elsewhere, e.g. the test suite's temporary home).
+_CHECKOUT_NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+_NOTEBOOK_NAME = re.compile(r"^(\d\d)_[A-Za-z0-9_\-]+\.ipynb$")
 
 
+# --------------------------------------------------------------------------------------
+# argument checks
+# --------------------------------------------------------------------------------------
+def as_profile(profile: ProfileLike | None) -> Profile:
+    """A `Profile` from a Profile, a profile name, or None (then `$PDEINF_PROFILE`/quick)."""
+    if isinstance(profile, Profile):
+        return profile
+    if profile is not None and not isinstance(profile, str):
+        raise InputError(f"profile: expected a Profile or a name, got {type(profile).__name__}")
+    try:
+        return get_profile(profile)
+    except ValueError as err:
+        raise InputError(f"profile: {err}") from None
+
+
+def _check_pde_model(profile: Profile, pde: str, model: str) -> None:
+    if pde not in PDE_CLASSES:
+        raise InputError(f"pde: unknown PDE {pde!r}; expected one of {', '.join(PDE_CLASSES)}")
+    if model not in MODELS:
+        raise InputError(f"model: unknown model {model!r}; expected one of {', '.join(MODELS)}")
+    if pde not in profile.pdes:
+        raise InputError(f"pde: {pde!r} is not part of profile {profile.name!r} ({profile.pdes})")
+    if model not in profile.models:
+        raise InputError(
+            f"model: {model!r} is not part of profile {profile.name!r} ({profile.models})"
+        )
+
+
+def run_name(pde: str, model: str, seed: int) -> str:
+    """Directory name of one training run: ``<PDE>-<model>-s<seed>``."""
+    return f"{pde}-{model}-s{seed}"
+
+
+def checkpoint_path(profile: ProfileLike, pde: str, model: str, seed: int, epoch: int) -> Path:
+    """``runs_dir(profile)/<PDE>-<model>-s<seed>/ckpt_e<epoch:04d>.pt`` (the training contract)."""
+    profile = as_profile(profile)
+    return paths.runs_dir(profile.name) / run_name(pde, model, seed) / f"ckpt_e{epoch:04d}.pt"
+
+
+def _final_epoch(profile: Profile, pde: str) -> int:
+    return int(profile.epochs[pde])
+
+
+# --------------------------------------------------------------------------------------
+# stages
+# --------------------------------------------------------------------------------------
+def ensure_data(profile: ProfileLike, *, progress: bool = True) -> Path:
+    """Generate (or find) the six data sets of the profile; returns their root directory
+    (``results/data/<profile>``, holding one PDEGym-layout folder per data set)."""
+    profile = as_profile(profile)
+    from pdeinf.data.generate import ensure_profile_data
+
+    return Path(_call_with_supported(ensure_profile_data, profile, progress=progress))
+
+
+def _scheduled_checkpoints(profile: Profile, pde: str) -> tuple[int, ...]:
+    epochs = set(int(e) for e in profile.checkpoints[pde])
+    epochs.add(_final_epoch(profile, pde))
+    return tuple(sorted(epochs))
+
+
+def training_complete(profile: ProfileLike, pde: str, model: str, seed: int) -> bool:
+    """True when every scheduled checkpoint of the run exists (non-empty)."""
+    profile = as_profile(profile)
+    for epoch in _scheduled_checkpoints(profile, pde):
+        ckpt = checkpoint_path(profile, pde, model, seed, epoch)
+        if not ckpt.is_file() or ckpt.stat().st_size == 0:
+            return False
+    return True
+
+
+def ensure_training(
+    profile: ProfileLike, pde: str, model: str, *, progress: bool = True
+) -> dict[int, Path]:
+    """Train ``model`` on ``pde`` for every seed of the profile (resuming partial runs).
+
+    Returns ``{seed: run_dir}``; each run directory holds ``ckpt_e<epoch:04d>.pt`` for the
+    profile's checkpoint schedule. Runs whose checkpoints all exist are not touched.
+    """
+    profile = as_profile(profile)
+    _check_pde_model(profile, pde, model)
+    runs: dict[int, Path] = {}
+    missing = [s for s in profile.seeds if not training_complete(profile, pde, model, s)]
+    if missing:
+        data_root = ensure_data(profile, progress=progress)
+        from pdeinf.training.train import train
+
+        for seed in missing:
+            result = train(pde, model, int(seed), profile, data_root=data_root, progress=progress)
+            if not training_complete(profile, pde, model, seed):
+                raise RuntimeError(
+                    f"training {run_name(pde, model, seed)} finished without all scheduled "
+                    f"checkpoints {_scheduled_checkpoints(profile, pde)} in {result.run_dir}"
+                )
+    for seed in profile.seeds:
+        runs[int(seed)] = checkpoint_path(profile, pde, model, seed, 1).parent
+    return runs
+
+
+def _sweep_covers(ds, profile: Profile, pde: str) -> bool:
+    """Does a loaded sweep hold every (seed, checkpoint, batch) of the profile?"""
+    try:
+        seeds = {int(s) for s in ds["seed"].values}
+        epochs = {int(e) for e in ds["epoch"].values}
+        batches = {int(b) for b in ds["batch"].values}
+    except KeyError:
+        return False
+    return (
+        set(int(s) for s in profile.seeds) <= seeds
+        and set(int(e) for e in profile.checkpoints[pde]) <= epochs
+        and set(range(profile.n_influence_batches)) <= batches
+        and "pi" in ds
+    )
+
+
+def _call_with_supported(func, *args, **kwargs):
+    """Call ``func`` passing only the keyword arguments its signature accepts; a keyword it
+    does not accept but that differs from our default is an error rather than silently lost."""
+    params = inspect.signature(func).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return func(*args, **kwargs)
+    return func(*args, **{k: v for k, v in kwargs.items() if k in params})
+
+
+def ensure_influence(
+    profile: ProfileLike,
+    pde: str,
+    model: str,
+    *,
+    metric: str = "gauss-newton",
+    observable: str = "smse",
+    progress: bool = True,
+):
+    """Influence matrices of every (seed, checkpoint, influence batch): an `xr.Dataset` with
+    ``pi (seed, epoch, batch, t_resp, c_resp, t_pert, c_pert)``, ``losses``,
+    ``eta_eigenvalues`` and ``rank`` (see `pdeinf.influence.sweep.load_sweep`).
+
+    Trains first if needed; runs the sweep only when the cached one is missing or incomplete.
+    """
+    profile = as_profile(profile)
+    _check_pde_model(profile, pde, model)
+    from pdeinf.influence import sweep
+
+    variant = {"metric": metric, "observable": observable}
+    load_params = inspect.signature(sweep.load_sweep).parameters
+    for key, value in variant.items():
+        default = {"metric": "gauss-newton", "observable": "smse"}[key]
+        if value != default and key not in load_params:
+            raise InputError(f"{key}: {value!r} is not supported by the influence sweep")
+    ds = _try_load_sweep(sweep, profile, pde, model, variant)
+    if ds is not None and _sweep_covers(ds, profile, pde):
+        return ds
+    data_root = ensure_data(profile, progress=progress)
+    ensure_training(profile, pde, model, progress=progress)
+    _call_with_supported(
+        sweep.run_sweep, profile, pde, model, data_root=data_root, progress=progress, **variant
+    )
+    ds = _try_load_sweep(sweep, profile, pde, model, variant)
+    if ds is None or not _sweep_covers(ds, profile, pde):
+        raise RuntimeError(
+            f"influence sweep {pde}-{model} ({profile.name}) did not produce every "
+            f"(seed, checkpoint, batch) of the profile"
+        )
+    return ds
+
+
+def _try_load_sweep(sweep, profile: Profile, pde: str, model: str, variant: dict):
+    try:
+        return _call_with_supported(sweep.load_sweep, profile, pde, model, **variant)
+    except (FileNotFoundError, KeyError, OSError):
+        return None
+
+
+# ---- rollouts -------------------------------------------------------------------------
+def rollouts_path(profile: ProfileLike, pde: str, model: str) -> Path:
+    """``results/rollouts/<profile>/<PDE>-<model>.nc``."""
+    profile = as_profile(profile)
+    return paths.results_dir() / "rollouts" / profile.name / f"{pde}-{model}.nc"
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _rollout_key(profile: Profile, pde: str, model: str) -> str:
+    """Hash of everything the rollout errors depend on: profile, package version and the
+    bytes of the final checkpoints (retraining invalidates the cache)."""
+    import pdeinf
+
+    final = _final_epoch(profile, pde)
+    payload = {
+        "profile": profile.to_dict(),
+        "version": pdeinf.__version__,
+        "pde": pde,
+        "model": model,
+        "checkpoints": [
+            _file_digest(checkpoint_path(profile, pde, model, s, final)) for s in profile.seeds
+        ],
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _load_valid_rollouts(path: Path, key: str):
+    import xarray as xr
+
+    if not path.is_file():
+        return None
+    try:
+        with xr.open_dataarray(path, engine="h5netcdf") as da:
+            if da.attrs.get("cache_key") != key:
+                return None
+            return da.load()
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def ensure_rollouts(profile: ProfileLike, pde: str, model: str, *, progress: bool = True):
+    """Per-step rollout SMSE of the final checkpoint of every seed.
+
+    Returns an `xr.DataArray` named ``smse`` with dims ``(seed, class, trajectory, start,
+    horizon)``: autoregressive rollouts from snapshot ``start`` of the first
+    ``n_influence_batches`` test trajectories of each class (the trajectories that form the
+    influence batches, so ``trajectory`` = influence-batch index), error of step ``horizon``
+    (1-based) against the reference. Cached as netCDF, keyed by the profile, the package
+    version and the final checkpoints' bytes.
+    """
+    profile = as_profile(profile)
+    _check_pde_model(profile, pde, model)
+    ensure_training(profile, pde, model, progress=progress)
+    path = rollouts_path(profile, pde, model)
+    key = _rollout_key(profile, pde, model)
+    cached = _load_valid_rollouts(path, key)
+    if cached is not None:
+        return cached
+    da = _compute_rollouts(profile, pde, model, progress=progress)
+    da.attrs.update(
+        cache_key=key,
+        profile=profile.name,
+        pde=pde,
+        model=model,
+        epoch=_final_epoch(profile, pde),
+        description="per-step SMSE of autoregressive rollouts (final checkpoint)",
+    )
+    _write_netcdf_atomic(da, path)
+    return da
+
+
+def _compute_rollouts(profile: Profile, pde: str, model: str, *, progress: bool):
+    import torch
+    import xarray as xr
+    from tqdm.auto import tqdm
+
+    from pdeinf.data.datasets import PDEData
+    from pdeinf.training.rollout import rollout_errors
+    from pdeinf.training.train import load_checkpoint
+
+    data = PDEData(ensure_data(profile, progress=progress), pde, t_max=profile.t_max)
+    n = profile.n_influence_batches
+    final = _final_epoch(profile, pde)
+    per_seed = []
+    for seed in tqdm(profile.seeds, desc=f"rollouts {pde}-{model}", disable=not progress):
+        trajectories = {}
+        for cls in PDE_CLASSES[pde]:
+            test = data.trajectories(cls, "test", int(seed))
+            if len(test) < n:
+                raise InputError(
+                    f"profile {profile.name!r}: class {cls} has {len(test)} test trajectories, "
+                    f"fewer than n_influence_batches={n}"
+                )
+            trajectories[cls] = test[:n]
+        net, _ = load_checkpoint(checkpoint_path(profile, pde, model, seed, final))
+        net.eval()
+        with torch.no_grad():
+            errors = rollout_errors(net, trajectories)
+        per_seed.append(errors.expand_dims(seed=[int(seed)]))
+    da = xr.concat(per_seed, dim="seed")
+    da = da.transpose("seed", "class", "trajectory", "start", "horizon")
+    da.name = "smse"
+    return da
+
+
+def _write_netcdf_atomic(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        obj.to_netcdf(tmp, engine="h5netcdf")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# ---- training curves ------------------------------------------------------------------
+_HISTORY_COLUMNS = {"train_smse": "train_loss", "val_smse": "val_loss"}
+
+
+def training_history(profile: ProfileLike, pde: str, model: str):
+    """Loss curves of every seed: a `pandas.DataFrame` with columns
+    ``seed, epoch, train_loss, val_loss`` (mean SMSE over the epoch's training transitions,
+    and of the model after the epoch on the validation transitions), one row per seed and
+    epoch, sorted. Read from each run's ``history.json`` (else its latest checkpoint's
+    ``history``). Does not train."""
+    import pandas as pd
+
+    profile = as_profile(profile)
+    _check_pde_model(profile, pde, model)
+    frames = []
+    for seed in profile.seeds:
+        run_dir = checkpoint_path(profile, pde, model, seed, 1).parent
+        history, source = _read_history(run_dir)
+        frame = _history_frame(history, source)
+        frame.insert(0, "seed", int(seed))
+        frames.append(frame)
+    out = pd.concat(frames, ignore_index=True)
+    return out.sort_values(["seed", "epoch"], ignore_index=True)
+
+
+def _read_history(run_dir: Path):
+    json_path = run_dir / "history.json"
+    if json_path.is_file():
+        try:
+            return json.loads(json_path.read_text()), json_path
+        except json.JSONDecodeError as err:
+            raise InputError(f"{json_path}: not valid JSON ({err})") from None
+    ckpts = sorted(run_dir.glob("ckpt_e*.pt"))
+    if not ckpts:
+        raise FileNotFoundError(
+            f"{run_dir}: no history.json and no checkpoints; run ensure_training first"
+        )
+    import torch
+
+    ckpt = torch.load(ckpts[-1], map_location="cpu", weights_only=True)
+    return ckpt.get("history"), ckpts[-1]
+
+
+def _history_frame(history, source: Path):
+    """Accepts a list of per-epoch dicts or a dict of per-epoch lists."""
+    import pandas as pd
+
+    if not history:
+        raise InputError(f"{source}: empty training history")
+    frame = pd.DataFrame(history).rename(columns=_HISTORY_COLUMNS)
+    if "epoch" not in frame.columns:
+        frame.insert(0, "epoch", range(1, len(frame) + 1))
+    missing = {"train_loss", "val_loss"} - set(frame.columns)
+    if missing:
+        raise InputError(f"{source}: history lacks {sorted(missing)}")
+    frame = frame[["epoch", "train_loss", "val_loss"]].copy()
+    frame["epoch"] = frame["epoch"].astype(int)
+    return frame
+
+
+# --------------------------------------------------------------------------------------
+# whole pipeline
+# --------------------------------------------------------------------------------------
+@dataclass
+class StageTiming:
+    stage: str
+    seconds: float
+    status: str = "ok"
+
+
+@dataclass
+class ReproduceReport:
+    """What `reproduce` did: per-stage wall times and the per-notebook results."""
+
+    profile: str
+    timings: list[StageTiming] = field(default_factory=list)
+    notebooks: list[dict] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[dict]:
+        return [nb for nb in self.notebooks if nb["status"] != "ok"]
+
+    def to_dict(self) -> dict:
+        return {
+            "profile": self.profile,
+            "timings": [t.__dict__ for t in self.timings],
+            "notebooks": self.notebooks,
+        }
+
+
+@contextlib.contextmanager
+def _timed(report_timings: list[StageTiming], stage: str, *, echo: bool) -> Iterator[None]:
+    if echo:
+        print(f"[pdeinf] {stage} ...", file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    try:
+        yield
+    except BaseException:
+        report_timings.append(StageTiming(stage, time.perf_counter() - start, "failed"))
+        raise
+    report_timings.append(StageTiming(stage, time.perf_counter() - start))
+    if echo:
+        print(f"[pdeinf] {stage}: {report_timings[-1].seconds:.1f} s", file=sys.stderr, flush=True)
+
+
+def run_all(
+    profile: ProfileLike, *, progress: bool = True, timings: list[StageTiming] | None = None
+) -> list[StageTiming]:
+    """Every cached stage for every (PDE, model) of the profile: data, training, influence
+    sweep, rollouts. Returns the wall time of each stage (cached stages take ~0 s)."""
+    profile = as_profile(profile)
+    timings = [] if timings is None else timings
+    with _timed(timings, "data", echo=progress):
+        ensure_data(profile, progress=progress)
+    for pde in profile.pdes:
+        for model in profile.models:
+            with _timed(timings, f"training {pde}-{model}", echo=progress):
+                ensure_training(profile, pde, model, progress=progress)
+            with _timed(timings, f"influence {pde}-{model}", echo=progress):
+                ensure_influence(profile, pde, model, progress=progress)
+            with _timed(timings, f"rollouts {pde}-{model}", echo=progress):
+                ensure_rollouts(profile, pde, model, progress=progress)
+    return timings
+
+
+# ---- notebooks ------------------------------------------------------------------------
+def notebooks_source() -> Path:
+    """Directory the notebooks are read from: ``$PDEINF_HOME/notebooks`` when it exists,
+    else the source checkout's ``notebooks/``."""
+    home = paths.notebooks_dir()
+    return home if home.is_dir() else _CHECKOUT_NOTEBOOKS
+
+
+def list_notebooks(selection: Iterable[str] | str | None = None, *, source: Path | None = None):
+    """The numbered notebooks (``NN_name.ipynb``) in order, optionally restricted to a
+    selection of numbers or names (``"03,04"``, ``["03", "04_horizon"]``)."""
+    source = Path(source) if source is not None else notebooks_source()
+    available = sorted(p for p in source.glob("*.ipynb") if _NOTEBOOK_NAME.match(p.name))
+    if selection is None:
+        return available
+    if isinstance(selection, str):
+        selection = [s for s in selection.split(",")]
+    wanted = [s.strip() for s in selection if s.strip()]
+    if not wanted:
+        raise InputError("notebooks: empty selection")
+    chosen: list[Path] = []
+    for item in wanted:
+        stem = item.removesuffix(".ipynb")
+        matches = [p for p in available if p.stem == stem or p.stem.split("_", 1)[0] == stem]
+        if len(matches) != 1:
+            names = ", ".join(p.stem for p in available) or f"none in {source}"
+            raise InputError(f"notebooks: {item!r} matches no notebook; available: {names}")
+        if matches[0] not in chosen:
+            chosen.append(matches[0])
+    return sorted(chosen)
+
+
+def executed_dir() -> Path:
+    """Executed copies of the notebooks: ``results/executed/``."""
+    return paths.results_dir() / "executed"
+
+
+def notebook_results_path(notebook: Path | str) -> Path:
+    """``results/<notebook stem>.json``, written by the notebook itself."""
+    return paths.results_dir() / f"{Path(notebook).stem}.json"
+
+
+@contextlib.contextmanager
+def _headless_env() -> Iterator[None]:
+    """The kernel inherits our environment: make matplotlib headless for its lifetime."""
+    saved = os.environ.get("MPLBACKEND")
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("MPLBACKEND", None)
+        else:
+            os.environ["MPLBACKEND"] = saved
+
+
+def run_notebook(
+    notebook: Path | str, profile: ProfileLike, *, progress: bool = True, timeout: float | None = None
+) -> Path:
+    """Execute one notebook with papermill at ``profile``; returns the executed copy
+    ``results/executed/<name>.ipynb``.
+
+    Kernel ``python3``, parameters ``{"profile": <name>}``, cwd = the notebook's folder,
+    absolute paths throughout. The copy is written under a temporary name and renamed; on
+    failure it is kept as ``<name>.failed.ipynb`` and the papermill error propagates.
+    """
+    import papermill as pm
+
+    profile = as_profile(profile)
+    notebook = Path(notebook).resolve()
+    if not notebook.is_file():
+        raise InputError(f"notebook: {notebook} does not exist")
+    out_dir = executed_dir()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = out_dir / notebook.name
+    partial = out_dir / f".{notebook.stem}.{os.getpid()}.partial.ipynb"
+    failed = out_dir / f"{notebook.stem}.failed.ipynb"
+    try:
+        with _headless_env():
+            pm.execute_notebook(
+                str(notebook),
+                str(partial),
+                parameters={"profile": profile.name},
+                kernel_name="python3",
+                cwd=str(notebook.parent),
+                progress_bar=progress,
+                execution_timeout=timeout,
+            )
+    except BaseException:
+        if partial.exists():
+            os.replace(partial, failed)
+        raise
+    os.replace(partial, final)
+    failed.unlink(missing_ok=True)
+    return final
+
+
+def _flatten_numbers(obj, prefix: str = "") -> Iterator[tuple[str, float]]:
+    if isinstance(obj, bool):
+        return
+    if isinstance(obj, (int, float)):
+        yield prefix, float(obj)
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            yield from _flatten_numbers(value, f"{prefix}.{key}" if prefix else str(key))
+
+
+def _figures_of(results: dict) -> list[str]:
+    figs = results.get("figures") or results.get("figure") or []
+    if isinstance(figs, (str, Path)):
+        figs = [figs]
+    if isinstance(figs, dict):
+        figs = list(figs.values())
+    return [str(f) for f in figs]
+
+
+def summarize_notebook(notebook: Path | str, *, max_numbers: int = 4) -> dict:
+    """Figure paths and the first scalar key numbers of ``results/<notebook>.json``."""
+    path = notebook_results_path(notebook)
+    if not path.is_file():
+        return {"notebook": Path(notebook).stem, "figures": [], "numbers": {}, "results": None}
+    results = json.loads(path.read_text())
+    numbers = {}
+    source = results.get("numbers", results) if isinstance(results, dict) else {}
+    for key, value in _flatten_numbers(source):
+        if len(numbers) >= max_numbers:
+            break
+        numbers[key] = value
+    return {
+        "notebook": Path(notebook).stem,
+        "figures": _figures_of(results) if isinstance(results, dict) else [],
+        "numbers": numbers,
+        "results": str(path),
+    }
+
+
+def _format_number(value: float) -> str:
+    if not math.isfinite(value):
+        return str(value)
+    return f"{value:.4g}"
+
+
+def format_report(report: ReproduceReport) -> str:
+    """The closing table of `reproduce`: stage times, then one block per notebook."""
+    lines = [f"pdeinf reproduce --profile {report.profile}", "", "stage timings (wall, s):"]
+    width = max([len(t.stage) for t in report.timings] + [5])
+    for t in report.timings:
+        lines.append(f"  {t.stage:<{width}}  {t.seconds:9.1f}  {t.status}")
+    lines.append(f"  {'total':<{width}}  {sum(t.seconds for t in report.timings):9.1f}")
+    if report.notebooks:
+        lines += ["", "notebooks:"]
+        for nb in report.notebooks:
+            lines.append(f"  {nb['notebook']}  [{nb['status']}]  {nb['seconds']:.1f} s")
+            for fig in nb.get("figures", []):
+                lines.append(f"      figure  {fig}")
+            numbers = ", ".join(f"{k}={_format_number(v)}" for k, v in nb.get("numbers", {}).items())
+            if numbers:
+                lines.append(f"      numbers {numbers}")
+            if nb["status"] != "ok":
+                lines.append(f"      error   {nb.get('error', '')}")
+    return "\n".join(lines)
+
+
+def reproduce(
+    profile: ProfileLike,
+    *,
+    notebooks: Sequence[str] | str | None = None,
+    only_pipeline: bool = False,
+    progress: bool = True,
+) -> ReproduceReport:
+    """Data, training, influence sweeps, rollouts, then every notebook (or the selected
+    ones) through papermill; executed copies under ``results/executed/``. Prints the closing
+    table and writes it to ``results/reproduce_<profile>.json``. Notebook failures do not
+    stop the others; they are listed in the report (``report.failed``)."""
+    profile = as_profile(profile)
+    selected = [] if only_pipeline else list_notebooks(notebooks)  # validate before long work
+    if not only_pipeline and not selected:
+        raise InputError(f"notebooks: no numbered notebooks found in {notebooks_source()}")
+    report = ReproduceReport(profile.name)
+    run_all(profile, progress=progress, timings=report.timings)
+    for nb in selected:
+        start = time.perf_counter()
+        entry: dict = {"notebook": nb.stem}
+        try:
+            with _timed(report.timings, f"notebook {nb.stem}", echo=progress):
+                executed = run_notebook(nb, profile, progress=progress)
+            entry.update(status="ok", executed=str(executed))
+        except Exception as err:  # noqa: BLE001 - reported per notebook, others still run
+            entry.update(status="failed", error=f"{type(err).__name__}: {_first_line(err)}")
+        entry["seconds"] = time.perf_counter() - start
+        summary = summarize_notebook(nb)
+        entry.update(figures=summary["figures"], numbers=summary["numbers"])
+        report.notebooks.append(entry)
+    _write_json_atomic(report.to_dict(), paths.results_dir() / f"reproduce_{profile.name}.json")
+    print(format_report(report), flush=True)
+    return report
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    # papermill errors start with a banner line; the exception name/value follows
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not set(line) <= set("-=*"):
+            return line[:300]
+    return text[:300]
+
+
+def _write_json_atomic(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(obj, indent=2, default=str))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------
 def add_parser(subparsers):
-    name = "reproduce"
-    parser = subparsers.add_parser(name, help="(not yet available)")
-    parser.set_defaults(func=lambda args: (_ for _ in ()).throw(NotImplementedError(name)))
+    parser = subparsers.add_parser(
+        "reproduce",
+        help="run the cached pipeline and every notebook of a profile",
+        description=(
+            "Data, training, influence sweeps and rollouts (cached under results/), then every "
+            "notebook through papermill (executed copies in results/executed/), then a table "
+            "of figures, key numbers and timings."
+        ),
+    )
+    parser.add_argument("--profile", choices=PROFILE_NAMES, default=None,
+                        help="size profile (default: $PDEINF_PROFILE, else quick)")
+    parser.add_argument("--only-pipeline", action="store_true",
+                        help="run the cached stages only, no notebooks")
+    parser.add_argument("--notebooks", default=None, metavar="NN,NN",
+                        help="comma-separated notebook numbers or names, e.g. 03,04")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(func=_cli)
     return parser
+
+
+def _cli(args) -> int:
+    if args.only_pipeline and args.notebooks:
+        raise InputError("--notebooks: cannot be combined with --only-pipeline")
+    report = reproduce(
+        as_profile(args.profile),
+        notebooks=args.notebooks,
+        only_pipeline=args.only_pipeline,
+        progress=not args.no_progress,
+    )
+    for nb in report.failed:
+        print(f"pdeinf reproduce: notebook {nb['notebook']} failed: {nb.get('error')}",
+              file=sys.stderr)
+    return 1 if report.failed else 0

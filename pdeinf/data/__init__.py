@@ -1,1 +1,11 @@
-"""data"""
+"""Data layer: PDEGym netCDF and The Well HDF5 readers, the look-alike generator, splits,
+one-step transition datasets and influence batches.
+
+Submodules: `pdegym` (read/write the PDEGym layout), `well` (The Well euler_multi_quadrants),
+`datasets` (splits, `PDEData`, `TransitionDataset`, `influence_batch`), `generate`
+(look-alike data), `statistics` (per-class statistics beside PDEGym's), `cli`.
+"""
+from pdeinf.data.pdegym import open_dataset, write_chunk
+from pdeinf.data.well import open_well, write_well_file
+
+__all__ = ["open_dataset", "write_chunk", "open_well", "write_well_file"]

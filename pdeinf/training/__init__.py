@@ -1,1 +1,2 @@
-"""training"""
+"""Training: SMSE and metrics (`loss`), the training loop with resume and DDP (`train`, `ddp`),
+autoregressive rollouts (`rollout`)."""

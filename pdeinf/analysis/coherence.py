@@ -1,0 +1,631 @@
+"""Observables of the influence sweep (method.md section 6, items 1-9), as xarray objects.
+
+Every function reads the labelled sweep dataset of `pdeinf.influence.sweep.load_sweep` /
+`pdeinf.pipeline.ensure_influence`:
+
+- `pi` dims `(seed, epoch, batch, [variant,] t_resp, c_resp, t_pert, c_pert)`; rows (`*_resp`)
+  are the response example, columns (`*_pert`) the perturbing example. A dataset without a
+  `variant` dimension holds one metric, named by `ds.attrs["metric"]` (default "gauss-newton").
+- `losses` `(seed, epoch, batch, t, c)`, `eta_eigenvalues` `(seed, epoch, batch, mode)`
+  NaN-padded, `rank` `(seed, epoch, batch)`, `input_distance` like `pi` without `variant`.
+
+Normalisations are those of `pdeinf.influence.normalize` (method.md section 5), applied to each
+`N x N` matrix with the flat index `n = c * T + t`. Aggregates pool seeds x influence batches
+(x classes / time pairs where stated) and report medians and quartiles, as the paper does.
+All values are dimensionless (SMSE-based influence); `dt` and lags are in snapshot steps.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+from scipy import stats
+
+from pdeinf.errors import InputError
+
+NORMALIZATIONS = ("none", "standard", "cosine", "row", "column", "trace", "loss")
+PI_DIMS = ("t_resp", "c_resp", "t_pert", "c_pert")
+QUARTILES = (0.25, 0.5, 0.75)
+
+#: The authors' published Pearson correlations between the intra-class off/diagonal ratio R
+#: and the cumulative rollout SMSE (method.md section 6 item 7). Only the endpoints dt = 1 and
+#: dt = 16 are published; no intermediate values are stored. Keys: (PDE, model).
+PAPER_ROLLOUT_CORRELATION: dict[tuple[str, str], dict[int, float]] = {
+    ("CE", "vit"): {1: -0.65, 16: -0.59},
+    ("CE", "unet"): {1: -0.57, 16: -0.02},
+    ("NS", "vit"): {1: -0.80, 16: -0.64},
+    ("NS", "unet"): {1: -0.52, 16: -0.26},
+}
+
+
+#: How each variant name maps onto `pdeinf.pipeline.ensure_influence(metric=, observable=)`.
+VARIANT_SPECS: dict[str, dict[str, str]] = {
+    "gauss-newton": {"metric": "gauss-newton", "observable": "smse"},
+    "euclidean": {"metric": "euclidean", "observable": "smse"},
+    "adam": {"metric": "adam", "observable": "smse"},
+    "gn-mass": {"metric": "gauss-newton", "observable": "mass_drift"},
+    "gn-energy": {"metric": "gauss-newton", "observable": "energy_drift"},
+}
+
+
+def combine_variants(datasets: dict[str, xr.Dataset]) -> xr.Dataset:
+    """Sweeps of single variants -> one Dataset whose `pi` has a `variant` dimension.
+
+    The other variables (losses, eta eigenvalues, rank, input distance) are taken from the
+    first dataset given (put "gauss-newton" first: eta_hat is the Gauss-Newton metric).
+    """
+    if not datasets:
+        raise InputError("datasets: at least one variant is needed")
+    names = list(datasets)
+    pis = []
+    for name, ds in datasets.items():
+        _check_dataset(ds)
+        pi = ds["pi"]
+        if "variant" in pi.dims:
+            pi = pi.sel(variant=name)
+        pis.append(pi.drop_vars("variant", errors="ignore"))
+    first = datasets[names[0]]
+    out = first.drop_vars("pi").drop_dims("variant", errors="ignore")
+    stacked = xr.concat(pis, dim="variant", join="exact", coords="minimal", compat="override")
+    stacked = stacked.assign_coords(variant=("variant", names))
+    out["pi"] = stacked.transpose("seed", "epoch", "batch", "variant", ...)
+    out.attrs = {k: v for k, v in first.attrs.items() if k not in ("metric", "observable")}
+    return out
+
+
+def load_variants(profile, pde: str, model: str, names=("gauss-newton",), *,
+                  progress: bool = True) -> xr.Dataset:
+    """Cached sweeps of the named variants through `pdeinf.pipeline.ensure_influence`, combined."""
+    from pdeinf import pipeline
+
+    unknown = [n for n in names if n not in VARIANT_SPECS]
+    if unknown:
+        raise InputError(f"names: unknown variant(s) {unknown}; expected {', '.join(VARIANT_SPECS)}")
+    datasets = {}
+    for name in names:
+        ds = pipeline.ensure_influence(profile, pde, model, progress=progress, **VARIANT_SPECS[name])
+        datasets[name] = ds
+    return combine_variants(datasets)
+
+
+# --------------------------------------------------------------------------- selection
+
+
+def variants(ds: xr.Dataset) -> list[str]:
+    """Names of the influence variants (metrics / bras) held by the dataset."""
+    if "variant" in ds["pi"].dims:
+        return [str(v) for v in ds["variant"].values]
+    return [str(ds.attrs.get("metric", "gauss-newton"))]
+
+
+def _check_dataset(ds: xr.Dataset) -> None:
+    if not isinstance(ds, xr.Dataset) or "pi" not in ds:
+        raise InputError("ds: expected the influence sweep xr.Dataset with a 'pi' variable")
+    missing = [d for d in ("seed", "epoch", "batch", *PI_DIMS) if d not in ds["pi"].dims]
+    if missing:
+        raise InputError(f"ds['pi']: missing dimension(s) {missing}; has {ds['pi'].dims}")
+    if ds.sizes["c_resp"] != ds.sizes["c_pert"] or ds.sizes["t_resp"] != ds.sizes["t_pert"]:
+        raise InputError("ds['pi']: response and perturbation axes differ in size")
+
+
+def _check_normalization(normalization: str) -> None:
+    if normalization not in NORMALIZATIONS:
+        raise InputError(
+            f"normalization: unknown {normalization!r}; expected one of {', '.join(NORMALIZATIONS)}"
+        )
+
+
+def _epochs(ds: xr.Dataset, epoch) -> list:
+    """`None` -> the final checkpoint, `"all"` -> every checkpoint, else the named epoch(s)."""
+    available = list(ds["epoch"].values)
+    if epoch is None:
+        return [max(available)]
+    if isinstance(epoch, str) and epoch == "all":
+        return sorted(available)
+    wanted = list(np.atleast_1d(epoch))
+    unknown = [e for e in wanted if e not in available]
+    if unknown:
+        raise InputError(f"epoch: {unknown} not in the sweep's checkpoints {available}")
+    return wanted
+
+
+def _seeds(ds: xr.Dataset, seeds) -> list:
+    available = list(ds["seed"].values)
+    if seeds is None:
+        return available
+    wanted = list(np.atleast_1d(seeds))
+    unknown = [s for s in wanted if s not in available]
+    if unknown:
+        raise InputError(f"seeds: {unknown} not in the sweep's seeds {available}")
+    return wanted
+
+
+def _select_variant(da: xr.DataArray, ds: xr.Dataset, variant: str) -> xr.DataArray:
+    names = variants(ds)
+    if variant not in names:
+        raise InputError(f"variant: unknown {variant!r}; this sweep holds {', '.join(names)}")
+    return da.sel(variant=variant) if "variant" in da.dims else da
+
+
+def _to_blocks(da: xr.DataArray) -> np.ndarray:
+    """`(seed, epoch, batch, t_resp, c_resp, t_pert, c_pert)` -> `[S, E, B, C, T, C, T]`."""
+    return da.transpose("seed", "epoch", "batch", "c_resp", "t_resp", "c_pert", "t_pert").values
+
+
+def normalized_pi(
+    ds: xr.Dataset,
+    *,
+    variant: str = "gauss-newton",
+    normalization: str = "standard",
+    epoch=None,
+    seeds=None,
+) -> xr.DataArray:
+    """Pi of one variant, normalised per `N x N` matrix.
+
+    Returns a DataArray with dims `(seed, epoch, batch, c_resp, t_resp, c_pert, t_pert)`.
+    `epoch`: None (final checkpoint), "all", or an epoch / list of epochs.
+    """
+    from pdeinf.influence.normalize import normalize
+
+    _check_dataset(ds)
+    _check_normalization(normalization)
+    sel = {"epoch": _epochs(ds, epoch), "seed": _seeds(ds, seeds)}
+    pi = _select_variant(ds["pi"], ds, variant).sel(sel)
+    pi = pi.transpose("seed", "epoch", "batch", "c_resp", "t_resp", "c_pert", "t_pert")
+    values = np.asarray(pi.values, dtype=np.float64)
+    if not np.all(np.isfinite(values)):
+        raise InputError(f"ds['pi'] (variant {variant!r}): contains NaN or Inf")
+    s, e, b, c, t = values.shape[:5]
+    flat = values.reshape(s, e, b, c * t, c * t)
+    losses = None
+    if normalization == "loss":
+        if "losses" not in ds:
+            raise InputError("normalization 'loss': the dataset has no 'losses' variable")
+        losses = ds["losses"].sel(sel).transpose("seed", "epoch", "batch", "c", "t").values
+        losses = np.asarray(losses, dtype=np.float64).reshape(s, e, b, c * t)
+    if normalization == "none":
+        out = flat
+    else:
+        out = np.asarray(normalize(flat, normalization, losses=losses), dtype=np.float64)
+    return xr.DataArray(out.reshape(values.shape), coords=pi.coords, dims=pi.dims)
+
+
+def _intra(blocks: np.ndarray) -> np.ndarray:
+    """`[..., C, T, C, T]` -> intra-class blocks `[..., C, T, T]` (response t, perturbing t)."""
+    return np.moveaxis(np.diagonal(blocks, axis1=-4, axis2=-2), -1, -3)
+
+
+def _lag_mask(n_times: int, lag: int) -> np.ndarray:
+    t = np.arange(n_times)
+    return (t[:, None] - t[None, :]) == lag
+
+
+def _quartiles(values: np.ndarray) -> tuple[float, float, float, int]:
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return (math.nan, math.nan, math.nan, 0)
+    q = np.quantile(values, QUARTILES)
+    return (float(q[0]), float(q[1]), float(q[2]), int(values.size))
+
+
+# --------------------------------------------------------------------------- observables
+
+
+def temporal_heatmap(
+    ds: xr.Dataset, *, variant: str = "gauss-newton", normalization: str = "standard",
+    epoch=None, seeds=None,
+) -> xr.DataArray:
+    """Item 1: median over seeds x batches x classes of intra-class entries, dims (t_resp, t_pert)."""
+    npi = normalized_pi(ds, variant=variant, normalization=normalization, epoch=epoch, seeds=seeds)
+    intra = _intra(npi.values)  # [S, E, B, C, T, T]
+    heat = np.median(intra.reshape(-1, *intra.shape[-2:]), axis=0)
+    return xr.DataArray(
+        heat,
+        dims=("t_resp", "t_pert"),
+        coords={"t_resp": npi["t_resp"].values, "t_pert": npi["t_pert"].values},
+        name="influence",
+        attrs={"variant": variant, "normalization": normalization},
+    )
+
+
+def horizon_curve(
+    ds: xr.Dataset, *, variant: str = "gauss-newton", normalization: str = "standard",
+    epoch=None, seeds=None, max_lag: int = 11,
+) -> xr.DataArray:
+    """Item 2: quartiles of influence vs dt = t_resp - t_pert, intra- and inter-class pairs.
+
+    Pools every entry at that lag over seeds x batches x class pairs x time pairs.
+    Returns dims `(pair, quantile, dt)` with `pair` in ("intra", "inter"), `quantile` in
+    (0.25, 0.5, 0.75); the entry counts are in coordinate-aligned variable `count` (attrs).
+    """
+    if max_lag < 0:
+        raise InputError(f"max_lag: must be >= 0, got {max_lag}")
+    npi = normalized_pi(ds, variant=variant, normalization=normalization, epoch=epoch, seeds=seeds)
+    blocks = npi.values  # [S, E, B, C, T, C, T]
+    n_classes, n_times = blocks.shape[-2], blocks.shape[-1]
+    max_lag = min(max_lag, n_times - 1)
+    lags = np.arange(-max_lag, max_lag + 1)
+    same_class = np.eye(n_classes, dtype=bool)
+    out = np.full((2, len(QUARTILES), len(lags)), np.nan)
+    counts = np.zeros((2, len(lags)), dtype=int)
+    for k, lag in enumerate(lags):
+        time_mask = _lag_mask(n_times, lag)
+        for p, class_mask in enumerate((same_class, ~same_class)):
+            mask = class_mask[:, None, :, None] & time_mask[None, :, None, :]
+            q1, q2, q3, n = _quartiles(blocks[..., mask])
+            out[p, :, k] = (q1, q2, q3)
+            counts[p, k] = n
+    return xr.DataArray(
+        out,
+        dims=("pair", "quantile", "dt"),
+        coords={"pair": ["intra", "inter"], "quantile": list(QUARTILES), "dt": lags,
+                "count": (("pair", "dt"), counts)},
+        name="influence",
+        attrs={"variant": variant, "normalization": normalization},
+    )
+
+
+def class_matrix(
+    ds: xr.Dataset, *, variant: str = "gauss-newton", normalization: str = "standard",
+    epoch=None, seeds=None, lag: int = 0,
+) -> xr.DataArray:
+    """Item 3: median influence of response class vs perturbing class, dims (c_resp, c_pert).
+
+    Uses the entries with `t_resp - t_pert == lag` (the paper: lag 0, same-time entries),
+    pooled over seeds x batches x times.
+    """
+    npi = normalized_pi(ds, variant=variant, normalization=normalization, epoch=epoch, seeds=seeds)
+    blocks = npi.values
+    n_times = blocks.shape[-1]
+    if abs(lag) >= n_times:
+        raise InputError(f"lag: |{lag}| must be smaller than the number of times {n_times}")
+    mask = _lag_mask(n_times, lag)
+    pairs = np.moveaxis(blocks, -2, -3)[..., mask]  # [S, E, B, C, C, n_pairs]
+    pairs = np.moveaxis(pairs, (-3, -2), (0, 1))
+    med = np.median(pairs.reshape(*pairs.shape[:2], -1), axis=-1)
+    return xr.DataArray(
+        med,
+        dims=("c_resp", "c_pert"),
+        coords={"c_resp": npi["c_resp"].values, "c_pert": npi["c_pert"].values},
+        name="influence",
+        attrs={"variant": variant, "normalization": normalization, "lag": lag},
+    )
+
+
+def dynamics(
+    ds: xr.Dataset, *, variant: str = "gauss-newton", normalization: str = "none", seeds=None,
+) -> xr.DataArray:
+    """Item 4: mean diagonal vs mean off-diagonal influence per checkpoint.
+
+    For each (seed, batch, epoch) the mean of the N diagonal entries and of the N(N-1)
+    off-diagonal entries of the N x N matrix; quartiles over seeds x batches.
+    Returns dims `(part, quantile, epoch)` with `part` in ("diagonal", "off-diagonal").
+    """
+    npi = normalized_pi(ds, variant=variant, normalization=normalization, epoch="all", seeds=seeds)
+    s, e, b, c, t = npi.shape[:5]
+    flat = npi.values.reshape(s, e, b, c * t, c * t)
+    n = c * t
+    diag = np.trace(flat, axis1=-2, axis2=-1) / n
+    off = (flat.sum(axis=(-2, -1)) - diag * n) / (n * (n - 1))
+    out = np.empty((2, len(QUARTILES), e))
+    for p, part in enumerate((diag, off)):
+        per_epoch = np.moveaxis(part, 1, 0).reshape(e, -1)
+        out[p] = np.quantile(per_epoch, QUARTILES, axis=1)
+    return xr.DataArray(
+        out,
+        dims=("part", "quantile", "epoch"),
+        coords={"part": ["diagonal", "off-diagonal"], "quantile": list(QUARTILES),
+                "epoch": npi["epoch"].values},
+        name="influence",
+        attrs={"variant": variant, "normalization": normalization},
+    )
+
+
+def spectrum(ds: xr.Dataset, *, seeds=None) -> xr.Dataset:
+    """Item 5: eigenvalues of eta_hat per checkpoint, condition number, effective rank.
+
+    Returns a Dataset with `eigenvalues` `(seed, epoch, batch, mode)` sorted in decreasing
+    order (NaN padding last), `condition_number` = largest / smallest finite eigenvalue,
+    `effective_rank` = exp(Shannon entropy of lambda / sum(lambda)) (Roy & Vetterli), and
+    `rank` (the gradient-span dimension r) when the sweep stores it; all per (seed, epoch, batch).
+    """
+    if "eta_eigenvalues" not in ds:
+        raise InputError("ds: the sweep has no 'eta_eigenvalues' variable")
+    eig = ds["eta_eigenvalues"].sel(seed=_seeds(ds, seeds))
+    eig = eig.transpose("seed", "epoch", "batch", "mode")
+    values = np.asarray(eig.values, dtype=np.float64)
+    if np.any(np.isinf(values)):
+        raise InputError("ds['eta_eigenvalues']: contains Inf")
+    ordered = -np.sort(-np.where(np.isnan(values), -np.inf, values), axis=-1)
+    ordered[np.isinf(ordered)] = np.nan
+    finite = np.isfinite(ordered)
+    largest = np.nanmax(np.where(finite, ordered, np.nan), axis=-1)
+    smallest = np.nanmin(np.where(finite, ordered, np.nan), axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        condition = np.where(smallest > 0, largest / smallest, np.inf)
+        positive = np.where(finite & (ordered > 0), ordered, 0.0)
+        p = positive / positive.sum(axis=-1, keepdims=True)
+        entropy = -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0), axis=-1)
+    lead = {d: eig[d].values for d in ("seed", "epoch", "batch")}
+    out = xr.Dataset(
+        {
+            "eigenvalues": (("seed", "epoch", "batch", "mode"), ordered),
+            "condition_number": (("seed", "epoch", "batch"), condition),
+            "effective_rank": (("seed", "epoch", "batch"), np.exp(entropy)),
+        },
+        coords={**lead, "mode": np.arange(values.shape[-1])},
+    )
+    if "rank" in ds:
+        out["rank"] = ds["rank"].sel(seed=out["seed"]).transpose("seed", "epoch", "batch")
+    return out
+
+
+def similarity(
+    ds: xr.Dataset, *, variant: str = "gauss-newton", normalization: str = "standard",
+    epoch=None, seeds=None, n_bins: int = 12, pairs: str = "all",
+) -> xr.Dataset:
+    """Item 6: influence vs the scaled input distance in log-spaced overlapping bins.
+
+    Off-diagonal pairs (n != m) only (the distance of a pair with itself is 0). `pairs`:
+    "all", "intra" or "inter" class pairs. Bin k spans [edge_k, edge_{k+2}) of `n_bins + 1`
+    log-spaced edges from the smallest to the largest positive distance, so neighbouring bins
+    overlap by half. Returns a Dataset over `bin` with `center` (geometric), `q25`, `median`,
+    `q75`, `count`; attrs `spearman_rho`, `spearman_p` over every pair.
+    """
+    if "input_distance" not in ds:
+        raise InputError("ds: the sweep has no 'input_distance' variable")
+    if n_bins < 1:
+        raise InputError(f"n_bins: must be positive, got {n_bins}")
+    if pairs not in ("all", "intra", "inter"):
+        raise InputError(f"pairs: unknown {pairs!r}; expected all, intra or inter")
+    npi = normalized_pi(ds, variant=variant, normalization=normalization, epoch=epoch, seeds=seeds)
+    dist = ds["input_distance"]
+    if "variant" in dist.dims:
+        dist = dist.sel(variant=variant)
+    if "epoch" not in dist.dims:
+        dist = dist.expand_dims(epoch=npi["epoch"].values)
+    dist = dist.sel(seed=npi["seed"].values, epoch=npi["epoch"].values, batch=npi["batch"].values)
+    dist = dist.transpose(*npi.dims).values
+    n_classes, n_times = npi.shape[-2], npi.shape[-1]
+    same_class = np.eye(n_classes, dtype=bool)[:, None, :, None]
+    same_time = np.eye(n_times, dtype=bool)[None, :, None, :]
+    mask = ~(same_class & same_time)
+    if pairs == "intra":
+        mask &= np.broadcast_to(same_class, mask.shape)
+    elif pairs == "inter":
+        mask &= ~np.broadcast_to(same_class, mask.shape)
+    x = dist[..., mask].ravel()
+    y = npi.values[..., mask].ravel()
+    keep = np.isfinite(x) & np.isfinite(y) & (x > 0)
+    x, y = x[keep], y[keep]
+    if x.size < 2:
+        raise InputError("ds['input_distance']: fewer than 2 positive finite distances")
+    edges = np.geomspace(x.min(), x.max() * (1 + 1e-12), n_bins + 2)
+    rows = []
+    for k in range(n_bins):
+        lo, hi = edges[k], edges[k + 2]
+        q1, q2, q3, n = _quartiles(y[(x >= lo) & (x < hi)])
+        rows.append((math.sqrt(lo * hi), q1, q2, q3, n))
+    rows = np.array(rows)
+    rho, pval = stats.spearmanr(x, y)
+    return xr.Dataset(
+        {
+            "q25": ("bin", rows[:, 1]),
+            "median": ("bin", rows[:, 2]),
+            "q75": ("bin", rows[:, 3]),
+            "count": ("bin", rows[:, 4].astype(int)),
+        },
+        coords={"bin": np.arange(n_bins), "center": ("bin", rows[:, 0]),
+                "lower": ("bin", edges[:n_bins]), "upper": ("bin", edges[2:n_bins + 2])},
+        attrs={"variant": variant, "normalization": normalization, "pairs": pairs,
+               "spearman_rho": float(rho), "spearman_p": float(pval), "n_pairs": int(x.size)},
+    )
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> tuple[float, str]:
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y = x[keep], y[keep]
+    if x.size < 3:
+        return math.nan, f"fewer than 3 points ({x.size})"
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return math.nan, "constant ratio or rollout error"
+    return float(np.corrcoef(x, y)[0, 1]), ""
+
+
+def rollout_link(
+    ds: xr.Dataset, rollouts: xr.DataArray, *, variant: str = "gauss-newton",
+    normalization: str = "standard", epoch=None, max_horizon: int = 16,
+) -> xr.Dataset:
+    """Item 7: intra-class cross-time ratio R vs cumulative rollout SMSE, per horizon dt.
+
+    R = sum(off-diagonal) / sum(diagonal) of each class's T x T block of the normalised Pi,
+    per (seed, class, batch) at `epoch` (default: final). `rollouts`: per-step SMSE with dims
+    `(seed, class, trajectory, start, horizon)`, the horizon axis ordered by step (first entry
+    = one-step error), trajectory index = influence batch index, NaN where a start has no such
+    step. Cumulative error for dt = sum of the first dt steps from each start, median over the
+    starts that reach dt. Pearson correlation across (seed, class, batch) for dt = 1..max_horizon;
+    NaN with a reason (variable `reason`) when fewer than 3 finite points or no spread.
+    """
+    needed = ("seed", "class", "trajectory", "start", "horizon")
+    if not isinstance(rollouts, xr.DataArray) or any(d not in rollouts.dims for d in needed):
+        raise InputError(f"rollouts: expected an xr.DataArray with dims {needed}")
+    if max_horizon < 1:
+        raise InputError(f"max_horizon: must be positive, got {max_horizon}")
+    npi = normalized_pi(ds, variant=variant, normalization=normalization, epoch=epoch)
+    intra = _intra(npi.values)[:, 0]  # [S, B, C, T, T]
+    diag = np.trace(intra, axis1=-2, axis2=-1)
+    ratio = (intra.sum(axis=(-2, -1)) - diag) / diag
+    ratio = np.moveaxis(ratio, 2, 1)  # [S, C, B]
+    seeds, classes, batches = npi["seed"].values, npi["c_resp"].values, npi["batch"].values
+
+    roll = rollouts.transpose(*needed)
+    missing_seeds = [s for s in seeds if s not in roll["seed"].values]
+    if missing_seeds:
+        raise InputError(f"rollouts: seeds {missing_seeds} missing (have {roll['seed'].values})")
+    roll_classes = list(roll["class"].values)
+    if all(c in roll_classes for c in classes):
+        roll = roll.sel({"class": list(classes)})
+    elif roll.sizes["class"] == len(classes):
+        roll = roll.isel({"class": slice(None)})
+    else:
+        raise InputError(f"rollouts: classes {roll_classes} do not match the sweep's {list(classes)}")
+    missing_traj = [b for b in batches if b not in roll["trajectory"].values]
+    if missing_traj:
+        raise InputError(f"rollouts: trajectories {missing_traj} missing for the influence batches")
+    roll = roll.sel(seed=seeds, trajectory=batches).values.astype(np.float64)  # [S,C,B,start,h]
+    if np.any(np.isinf(roll)):
+        raise InputError("rollouts: contains Inf")
+    horizon = min(max_horizon, roll.shape[-1])
+    cumulative = np.cumsum(roll[..., :horizon], axis=-1)  # NaN propagates past missing steps
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices stay NaN
+        error = np.nanmedian(cumulative, axis=-2)  # [S, C, B, dt]
+    dts = np.arange(1, horizon + 1)
+    corr, reasons = [], []
+    for k in range(horizon):
+        r, why = _pearson(ratio.ravel(), error[..., k].ravel())
+        corr.append(r)
+        reasons.append(why)
+    return xr.Dataset(
+        {
+            "ratio": (("seed", "class", "batch"), ratio),
+            "rollout_error": (("seed", "class", "batch", "dt"), error),
+            "correlation": ("dt", np.array(corr)),
+            "reason": ("dt", np.array(reasons, dtype=object)),
+        },
+        coords={"seed": seeds, "class": classes, "batch": batches, "dt": dts},
+        attrs={"variant": variant, "normalization": normalization,
+               "epoch": int(npi["epoch"].values[0])},
+    )
+
+
+def paper_rollout_correlation(pde: str, model: str) -> pd.Series:
+    """The published endpoints for (PDE, model) as a Series indexed by dt (1 and 16 only)."""
+    key = (pde, model.lower())
+    if key not in PAPER_ROLLOUT_CORRELATION:
+        raise InputError(f"pde/model: no published values for {pde}/{model}")
+    values = PAPER_ROLLOUT_CORRELATION[key]
+    return pd.Series(values, name=f"paper {model} {pde}").rename_axis("dt")
+
+
+def variant_heatmaps(
+    ds: xr.Dataset, *, names=None, normalization: str = "standard", epoch=None, seeds=None,
+) -> xr.DataArray:
+    """Items 8-9: temporal heatmaps of several variants stacked along `variant`."""
+    names = list(names) if names is not None else variants(ds)
+    maps = [temporal_heatmap(ds, variant=v, normalization=normalization, epoch=epoch, seeds=seeds)
+            for v in names]
+    return xr.concat(maps, dim="variant").assign_coords(variant=("variant", names))
+
+
+# --------------------------------------------------------------------------- findings
+
+#: The decision rule of each finding, stated before any run: no threshold is tuned to a result.
+#: Self-influence (n = m) is excluded from every rule, because for any PSD Pi it is large
+#: trivially (Pi[n,n] + Pi[m,m] >= 2 Pi[n,m]); the rules test the structure beyond it.
+FINDING_RULES = {
+    "ridge": "intra-class median at dt=+1 and at dt=-1 exceeds the upper quartile at every |dt| >= 3",
+    "inter_below_intra": "inter-class median at |dt|=1 is below the intra-class median at |dt|=1",
+    "class_locked": "at lag 1, each class-matrix diagonal entry is the largest in its row",
+    "anisotropic": "median effective rank of eta_hat is below half its median rank r",
+    "similarity": "Spearman correlation of influence with input distance is negative",
+    "rollout_negative": "Pearson correlation of R with rollout error is negative at dt=1",
+}
+
+
+def findings(
+    ds: xr.Dataset, rollouts: xr.DataArray | None = None, *, variant: str = "gauss-newton",
+    normalization: str = "standard",
+) -> dict:
+    """Measured numbers behind each paper finding and whether each rule of `FINDING_RULES` holds.
+
+    Keys with a `reproduced_` prefix are booleans (None when the input lacks what a rule needs).
+    `ridge_sharpness` = median heatmap entry at dt=0 / |median heatmap entry at |dt| >= 3|.
+    """
+    out: dict = {"variant": variant, "normalization": normalization}
+    curve = horizon_curve(ds, variant=variant, normalization=normalization)
+    med = curve.sel(quantile=0.5)
+    intra, inter = med.sel(pair="intra"), med.sel(pair="inter")
+    q3_intra = curve.sel(pair="intra", quantile=0.75)
+    lags = curve["dt"].values
+    far = np.abs(lags) >= 3
+    heat = temporal_heatmap(ds, variant=variant, normalization=normalization).values
+    dt_grid = np.subtract.outer(np.arange(heat.shape[0]), np.arange(heat.shape[1]))
+    out["heatmap_dt0_median"] = float(np.median(np.diag(heat)))
+    out["intra_median_dt0"] = float(intra.sel(dt=0))
+    if 1 in lags:
+        near = [float(intra.sel(dt=d)) for d in (1, -1)]
+        out["intra_median_dt1"] = float(np.mean(near))
+        out["inter_median_dt1"] = float(np.mean([float(inter.sel(dt=d)) for d in (1, -1)]))
+        out["inter_intra_ratio_dt1"] = (
+            out["inter_median_dt1"] / out["intra_median_dt1"] if out["intra_median_dt1"] else math.nan
+        )
+        out["reproduced_inter_below_intra"] = bool(out["inter_median_dt1"] < out["intra_median_dt1"])
+    else:
+        out["reproduced_inter_below_intra"] = None
+    if far.any() and 1 in lags:
+        far_heat = float(np.median(heat[np.abs(dt_grid) >= 3]))
+        out["heatmap_far_median"] = far_heat
+        out["ridge_contrast"] = out["heatmap_dt0_median"] - far_heat
+        out["ridge_sharpness"] = (
+            out["heatmap_dt0_median"] / abs(far_heat) if far_heat != 0 else math.inf
+        )
+        out["intra_q75_far_max"] = float(q3_intra.values[far].max())
+        out["reproduced_ridge"] = bool(min(near) > out["intra_q75_far_max"])
+    else:
+        out["reproduced_ridge"] = None
+
+    cm0 = class_matrix(ds, variant=variant, normalization=normalization).values
+    off = ~np.eye(cm0.shape[0], dtype=bool)
+    out["class_diagonal_mean_lag0"] = float(np.mean(np.diag(cm0)))
+    out["class_offdiagonal_mean_lag0"] = float(np.mean(cm0[off]))
+    if ds.sizes["t_resp"] > 1:
+        cm1 = class_matrix(ds, variant=variant, normalization=normalization, lag=1).values
+        out["class_diagonal_mean_lag1"] = float(np.mean(np.diag(cm1)))
+        out["class_offdiagonal_mean_lag1"] = float(np.mean(cm1[off]))
+        out["reproduced_class_locked"] = bool(
+            all(cm1[i, i] >= cm1[i].max() for i in range(cm1.shape[0]))
+        )
+    else:
+        out["reproduced_class_locked"] = None
+
+    if "eta_eigenvalues" in ds:
+        spec = spectrum(ds).sel(epoch=max(ds["epoch"].values))
+        out["condition_number_median"] = float(np.median(spec["condition_number"]))
+        out["effective_rank_median"] = float(np.median(spec["effective_rank"]))
+        if "rank" in spec:
+            out["rank_median"] = float(np.median(spec["rank"]))
+            out["reproduced_anisotropic"] = bool(
+                out["effective_rank_median"] < 0.5 * out["rank_median"]
+            )
+        else:
+            out["reproduced_anisotropic"] = None
+    if "input_distance" in ds:
+        sim = similarity(ds, variant=variant, normalization=normalization)
+        out["similarity_spearman"] = sim.attrs["spearman_rho"]
+        out["reproduced_similarity"] = bool(sim.attrs["spearman_rho"] < 0)
+    if rollouts is not None:
+        link = rollout_link(ds, rollouts, variant=variant, normalization=normalization)
+        corr = link["correlation"]
+        out["rollout_correlation_dt1"] = float(corr.sel(dt=1))
+        out["rollout_correlation_last"] = float(corr[-1])
+        out["rollout_last_dt"] = int(corr["dt"][-1])
+        first = out["rollout_correlation_dt1"]
+        out["reproduced_rollout_negative"] = None if math.isnan(first) else bool(first < 0)
+    return out
+
+
+def describe_findings(numbers: dict) -> list[str]:
+    """One sentence per finding, computed from `findings(...)` output (no pre-written verdict)."""
+    lines = []
+    for key, rule in FINDING_RULES.items():
+        verdict = numbers.get(f"reproduced_{key}")
+        if verdict is None:
+            state = "not testable with this run"
+        else:
+            state = "REPRODUCED" if verdict else "NOT reproduced"
+        lines.append(f"{key}: {state} (rule: {rule})")
+    return lines

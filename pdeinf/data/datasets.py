@@ -1,0 +1,276 @@
+"""Splits, trajectories, one-step transitions and influence batches of one PDE's three classes.
+
+`PDEData(root, pde)` finds `root/<CLASS>/` (chunk files) or `root/<CLASS>.nc` (assembled) for the
+three classes of `pdeinf.config.PDE_CLASSES[pde]` and reads the first `t_max` snapshots.
+Trajectory indices are positions in the file (the sample axis), the same in every split.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pdeinf.config import PDE_CHANNELS, PDE_CLASSES
+from pdeinf.data.pdegym import PDEGymReader, open_dataset
+from pdeinf.errors import InputError
+
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+#: Sizes of the released PDEGym files and their official contiguous split (scOT base.py).
+OFFICIAL_N: dict[str, int] = {"CE": 10000, "NS": 20000}
+OFFICIAL_VAL, OFFICIAL_TEST = 120, 240
+
+
+def _check_n(n, name: str = "n") -> int:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise InputError(f"{name}={n!r}: must be an integer")
+    if n < 3:
+        raise InputError(f"{name}={n}: need at least 3 trajectories for non-empty train/val/test splits")
+    return int(n)
+
+
+def official_split(n: int, pde: str) -> dict[str, np.ndarray]:
+    """PDEGym's contiguous split: test = the last 240 trajectories, val = the 120 before, the
+    rest train (for files of at least the released size, 10000 CE / 20000 NS).
+
+    Smaller files scale both counts proportionally (`round(n * 240 / N_released)`, at least 1
+    each, so e.g. CE n = 24 gives 22 / 1 / 1), keeping the contiguous order.
+    """
+    n = _check_n(n)
+    if pde not in OFFICIAL_N:
+        raise InputError(f"pde={pde!r}: expected one of {', '.join(OFFICIAL_N)}")
+    full = OFFICIAL_N[pde]
+    if n >= full:
+        n_val, n_test = OFFICIAL_VAL, OFFICIAL_TEST
+    else:
+        n_val = max(1, round(n * OFFICIAL_VAL / full))
+        n_test = max(1, round(n * OFFICIAL_TEST / full))
+        while n - n_val - n_test < 1:  # tiny n: keep train non-empty
+            if n_test >= n_val:
+                n_test -= 1
+            else:
+                n_val -= 1
+    indices = np.arange(n)
+    return {
+        "train": indices[: n - n_val - n_test],
+        "val": indices[n - n_val - n_test: n - n_test],
+        "test": indices[n - n_test:],
+    }
+
+
+def split_indices(
+    n: int, seed: int, fractions: tuple[float, float, float] = (0.65, 0.05, 0.30)
+) -> dict[str, np.ndarray]:
+    """The paper's seeded shuffle split of `n` trajectories into train/val/test.
+
+    `np.random.default_rng(seed).permutation(n)` is cut into `round(f * n)` pieces (val and test
+    at least 1, train the rest, at least 1); each split is returned sorted. Disjoint and
+    covering; every split non-empty when n >= 3.
+    """
+    n = _check_n(n)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise InputError(f"seed={seed!r}: must be a non-negative integer")
+    fractions = tuple(float(f) for f in fractions)
+    if len(fractions) != 3 or min(fractions) <= 0 or abs(sum(fractions) - 1.0) > 1e-9:
+        raise InputError(f"fractions={fractions}: need three positive numbers summing to 1")
+    n_val = max(1, round(fractions[1] * n))
+    n_test = max(1, round(fractions[2] * n))
+    while n - n_val - n_test < 1:
+        if n_test >= n_val:
+            n_test -= 1
+        else:
+            n_val -= 1
+    permutation = np.random.default_rng(int(seed)).permutation(n)
+    n_train = n - n_val - n_test
+    return {
+        "train": np.sort(permutation[:n_train]),
+        "val": np.sort(permutation[n_train:n_train + n_val]),
+        "test": np.sort(permutation[n_train + n_val:]),
+    }
+
+
+class PDEData:
+    """The three classes of one PDE under `root`.
+
+    `split_mode` "seeded" (the paper: `split_indices(n, seed, fractions)` per class) or
+    "official" (PDEGym's contiguous split; the seed is ignored).
+    """
+
+    def __init__(self, root: str | os.PathLike, pde: str, t_max: int = 17, *,
+                 split_mode: str = "seeded",
+                 fractions: tuple[float, float, float] = (0.65, 0.05, 0.30)):
+        if pde not in PDE_CLASSES:
+            raise InputError(f"pde={pde!r}: expected one of {', '.join(PDE_CLASSES)}")
+        if split_mode not in ("seeded", "official"):
+            raise InputError(f"split_mode={split_mode!r}: expected 'seeded' or 'official'")
+        if isinstance(t_max, bool) or not isinstance(t_max, (int, np.integer)) or t_max < 2:
+            raise InputError(f"t_max={t_max!r}: must be an integer >= 2 (one transition)")
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise InputError(f"{self.root}: data root is not a directory")
+        self.pde = pde
+        self.t_max = int(t_max)
+        self.split_mode = split_mode
+        self.fractions = tuple(fractions)
+        self.classes: tuple[str, ...] = PDE_CLASSES[pde]
+        self.channels = PDE_CHANNELS[pde]
+        self._paths = {cls: self._find(cls) for cls in self.classes}
+        self._readers: dict[str, PDEGymReader] = {}
+        resolutions = {cls: self.reader(cls).resolution for cls in self.classes}
+        if len(set(resolutions.values())) != 1:
+            raise InputError(f"{self.root}: classes have different resolutions {resolutions}")
+        self.resolution: tuple[int, int] = resolutions[self.classes[0]]
+
+    def _find(self, cls: str) -> Path:
+        directory, assembled = self.root / cls, self.root / f"{cls}.nc"
+        if directory.is_dir():
+            return directory
+        if assembled.is_file():
+            return assembled
+        raise InputError(f"{self.root}: class {cls} not found (expected {directory}/ or {assembled})")
+
+    def reader(self, cls: str) -> PDEGymReader:
+        if cls not in self.classes:
+            raise InputError(f"class {cls!r}: expected one of {', '.join(self.classes)}")
+        if cls not in self._readers:
+            reader = open_dataset(self._paths[cls])
+            if reader.pde != self.pde:
+                raise InputError(f"{self._paths[cls]}: holds {reader.pde} data, expected {self.pde}")
+            if reader.n_times < self.t_max:
+                raise InputError(
+                    f"{self._paths[cls]}: {reader.n_times} snapshots < t_max = {self.t_max}"
+                )
+            self._readers[cls] = reader
+        return self._readers[cls]
+
+    def splits(self, cls: str, seed: int) -> dict[str, np.ndarray]:
+        n = self.reader(cls).n_samples
+        if self.split_mode == "official":
+            return official_split(n, self.pde)
+        return split_indices(n, seed, self.fractions)
+
+    def split(self, cls: str, split: str, seed: int) -> np.ndarray:
+        """File indices of one class's split, sorted."""
+        if split not in SPLITS:
+            raise InputError(f"split={split!r}: expected one of {', '.join(SPLITS)}")
+        return self.splits(cls, seed)[split]
+
+    def trajectories(self, cls: str, split: str, seed: int) -> np.ndarray:
+        """float32 `[n, t_max, C, H, W]` of one class's split (in file order)."""
+        return self.reader(cls).read(self.split(cls, split, seed), range(self.t_max))
+
+    def fingerprint(self) -> str:
+        """16 hex digits identifying the data: per class the file names, sizes and shapes,
+        plus the PDE, t_max and split settings (stored in training checkpoints)."""
+        record: dict = {"pde": self.pde, "t_max": self.t_max, "split_mode": self.split_mode,
+                        "fractions": list(self.fractions)}
+        for cls in self.classes:
+            reader = self.reader(cls)
+            record[cls] = {
+                "files": [[p.name, p.stat().st_size] for p in reader.paths],
+                "shape": [reader.n_samples, reader.n_times, reader.channels, *reader.resolution],
+            }
+        blob = json.dumps(record, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def __repr__(self) -> str:
+        return f"PDEData({str(self.root)!r}, pde={self.pde}, t_max={self.t_max}, resolution={self.resolution})"
+
+
+class TransitionDataset(torch.utils.data.Dataset):
+    """One-step pairs `u_t -> u_{t+1}`, t = 0 .. t_max-2, of every trajectory of one split of
+    the three classes. Item: `(x [C,H,W], y [C,H,W], class_index, trajectory_index, t)` with
+    `trajectory_index` the position in the class's file.
+
+    `in_memory=True` reads the split once (`n * t_max * C * H * W` floats); `False` reads each
+    item's two snapshots from disk on access (memory bounded by one item).
+    """
+
+    def __init__(self, pde_data: PDEData, split: str, seed: int, *, in_memory: bool = True,
+                 dtype: torch.dtype = torch.float32):
+        self.pde_data = pde_data
+        self.split = split
+        self.dtype = dtype
+        self.steps = pde_data.t_max - 1
+        self.indices = [pde_data.split(cls, split, seed) for cls in pde_data.classes]
+        self._counts = np.array([len(i) * self.steps for i in self.indices])
+        self._offsets = np.concatenate([[0], np.cumsum(self._counts)])
+        self._arrays = None
+        if in_memory:
+            self._arrays = [
+                torch.from_numpy(pde_data.trajectories(cls, split, seed)).to(dtype)
+                for cls in pde_data.classes
+            ]
+
+    def __len__(self) -> int:
+        return int(self._offsets[-1])
+
+    def locate(self, item: int) -> tuple[int, int, int]:
+        """`item -> (class_index, position within the split, t)`."""
+        if not -len(self) <= item < len(self):
+            raise IndexError(f"item {item} out of range for {len(self)} transitions")
+        item %= len(self)
+        c = int(np.searchsorted(self._offsets, item, side="right") - 1)
+        k, t = divmod(item - int(self._offsets[c]), self.steps)
+        return c, k, t
+
+    def __getitem__(self, item: int):
+        c, k, t = self.locate(int(item))
+        trajectory = int(self.indices[c][k])
+        if self._arrays is not None:
+            pair = self._arrays[c][k, t:t + 2]
+        else:
+            cls = self.pde_data.classes[c]
+            pair = torch.from_numpy(self.pde_data.reader(cls).read([trajectory], [t, t + 1])[0]).to(self.dtype)
+        return pair[0], pair[1], c, trajectory, t
+
+
+@dataclass
+class InfluenceBatch:
+    """One test trajectory of each class, all transitions: N = 3 * (t_max - 1) examples ordered
+    n = c * (t_max - 1) + t. `inputs`/`targets` `[N, C, H, W]`; `t`, `c`, `trajectory` `[N]`
+    int arrays (`trajectory` = position in the class's file)."""
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    t: np.ndarray
+    c: np.ndarray
+    trajectory: np.ndarray
+    classes: tuple[str, ...]
+    index: int
+    seed: int
+
+    def __len__(self) -> int:
+        return self.inputs.shape[0]
+
+
+def influence_batch(pde_data: PDEData, seed: int, index: int, split: str = "test", *,
+                    dtype: torch.dtype = torch.float32) -> InfluenceBatch:
+    """The `index`-th trajectory (in sorted file order) of `split` of every class, as 3 * (t_max-1)
+    one-step pairs ordered n = c * (t_max - 1) + t. Out-of-range `index` -> InputError."""
+    if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or index < 0:
+        raise InputError(f"index={index!r}: must be a non-negative integer")
+    steps = pde_data.t_max - 1
+    inputs, targets, cs, ts, trajectories = [], [], [], [], []
+    for c, cls in enumerate(pde_data.classes):
+        members = pde_data.split(cls, split, seed)
+        if index >= len(members):
+            raise InputError(
+                f"index={index}: class {cls} has only {len(members)} {split} trajectories (seed {seed})"
+            )
+        trajectory = int(members[index])
+        states = torch.from_numpy(pde_data.reader(cls).read([trajectory], range(pde_data.t_max))[0]).to(dtype)
+        inputs.append(states[:-1])
+        targets.append(states[1:])
+        cs.append(np.full(steps, c))
+        ts.append(np.arange(steps))
+        trajectories.append(np.full(steps, trajectory))
+    return InfluenceBatch(
+        inputs=torch.cat(inputs), targets=torch.cat(targets), t=np.concatenate(ts),
+        c=np.concatenate(cs), trajectory=np.concatenate(trajectories),
+        classes=pde_data.classes, index=int(index), seed=int(seed),
+    )

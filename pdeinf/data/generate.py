@@ -1,0 +1,272 @@
+"""Look-alike PDEGym data: sample initial conditions, run the batched solvers, write the
+PDEGym layout.
+
+For each trajectory: initial condition from `pdeinf.solvers.initial_conditions.sample` on the
+solver grid, evolved to the 21 snapshot times t = k/20 on the periodic unit square, then
+block-averaged down to the stored grid (for CE an exact cell average of the conserved variables,
+so mass, momentum and energy stay conserved and states stay physical), then written as
+`out_dir/NAME/data_K.nc` (CE: primitive rho, vx, vy, p, E) or `velocity_K.nc` (NS: u, v and a
+zero tracer). Trajectory j's initial condition is sample j of the sampler's stream for `seed`
+(seeded per sample), so chunk contents do not depend on the chunk size. Finished files are skipped on rerun; files are
+written under a temporary name and renamed, so a crash never leaves a half-written
+`data_K.nc`.
+"""
+from __future__ import annotations
+
+import inspect
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pdeinf.config import DATASETS, pde_of
+from pdeinf.data.pdegym import STORED_CHANNELS, VARIABLE, ChunkWriter, chunk_name
+from pdeinf.errors import InputError
+
+N_SNAPSHOTS = 21
+SNAPSHOT_TIMES = np.arange(N_SNAPSHOTS) / (N_SNAPSHOTS - 1)  # t_k = k/20 on [0, 1]
+#: Trajectories per chunk file of the released data (used when chunk_size is None).
+PDEGYM_CHUNK_SIZE = {"CE": 715, "NS": 1177}
+GAMMA = 1.4
+NS_VISCOSITY = "spectral"
+
+
+def _positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise InputError(f"{name}={value!r}: must be a positive integer")
+    return int(value)
+
+
+def _check_arguments(dataset, n_trajectories, resolution, solver_resolution, chunk_size,
+                     batch_size, seed, device):
+    if dataset not in DATASETS:
+        raise InputError(f"dataset={dataset!r}: unknown data set; expected one of {', '.join(DATASETS)}")
+    n_trajectories = _positive_int(n_trajectories, "n_trajectories")
+    resolution = _positive_int(resolution, "resolution")
+    if resolution < 4:
+        raise InputError(f"resolution={resolution}: must be at least 4")
+    solver_resolution = _positive_int(
+        2 * resolution if solver_resolution is None else solver_resolution, "solver_resolution"
+    )
+    if solver_resolution % resolution:
+        raise InputError(
+            f"solver_resolution={solver_resolution}: must be a multiple of resolution={resolution} "
+            "(the stored grid is a block average of the solver grid)"
+        )
+    pde = pde_of(dataset)
+    chunk_size = _positive_int(
+        min(n_trajectories, PDEGYM_CHUNK_SIZE[pde]) if chunk_size is None else chunk_size, "chunk_size"
+    )
+    batch_size = _positive_int(batch_size, "batch_size")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise InputError(f"seed={seed!r}: must be a non-negative integer")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f"device={device!r}: not a torch device") from None
+    return pde, n_trajectories, resolution, solver_resolution, chunk_size, batch_size, int(seed), device
+
+
+def block_average(fields: torch.Tensor, factor: int) -> torch.Tensor:
+    """Mean over `factor x factor` blocks of the last two axes: `[..., H, W] -> [..., H/f, W/f]`."""
+    if factor == 1:
+        return fields
+    *lead, height, width = fields.shape
+    blocks = fields.reshape(*lead, height // factor, factor, width // factor, factor)
+    return blocks.mean(dim=(-1, -3))
+
+
+def _sample_initial_conditions(dataset, first, count, resolution, seed, dtype, device) -> torch.Tensor:
+    """`[count, C, R, R]` initial conditions of global trajectories `first .. first+count-1`.
+    The sampler seeds every sample from `(seed, data set, index)`, so the result does not
+    depend on how trajectories are grouped into chunks and batches."""
+    from pdeinf.solvers import initial_conditions
+
+    return initial_conditions.sample(dataset, count, resolution, seed=seed, start=first, dtype=dtype,
+                                     device=device)
+
+
+def _accepts(function, name: str) -> bool:
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+
+
+def _solve(pde: str, u0: torch.Tensor) -> torch.Tensor:
+    """`[b, C, Rs, Rs] -> [b, 21, C, Rs, Rs]` at t = k/20."""
+    if pde == "CE":
+        from pdeinf.solvers import euler as solver
+        kwargs = {"gamma": GAMMA}
+    else:
+        from pdeinf.solvers import navier_stokes as solver
+        # PDEGym/azeban's smooth-cutoff spectral viscosity, eps_N = 0.05 / N on the solver grid
+        kwargs = {"viscosity": NS_VISCOSITY}
+    if _accepts(solver.solve, "progress"):
+        kwargs["progress"] = False
+    return solver.solve(u0, SNAPSHOT_TIMES.tolist(), **kwargs)
+
+
+def _to_stored(pde: str, trajectories: torch.Tensor) -> np.ndarray:
+    """Model-channel trajectories `[b, T, C, H, W]` -> the stored channels (CE primitive 5)."""
+    if pde == "CE":
+        rho, mx, my, energy = trajectories.unbind(dim=2)
+        vx, vy = mx / rho, my / rho
+        pressure = (GAMMA - 1.0) * (energy - 0.5 * (mx * vx + my * vy))
+        trajectories = torch.stack([rho, vx, vy, pressure, energy], dim=2)
+    return trajectories.detach().cpu().numpy()
+
+
+def _chunk_ranges(n_trajectories: int, chunk_size: int) -> list[tuple[int, int]]:
+    return [(start, min(start + chunk_size, n_trajectories)) for start in range(0, n_trajectories, chunk_size)]
+
+
+def _attribute_value(value):
+    """netCDF attributes come back as bytes or length-1 arrays: plain Python values."""
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.ndarray) and value.size == 1:
+        return value.reshape(()).item()
+    return value
+
+
+def _existing_is_complete(path: Path, expected: dict, n_samples: int, resolution: int) -> bool:
+    """True if `path` is a finished chunk of this very request; InputError if it is a chunk of
+    a different request (refusing to mix data sets silently)."""
+    import h5py
+
+    if not path.exists():
+        return False
+    try:
+        with h5py.File(path, "r") as handle:
+            attrs = {key: handle.attrs.get(key) for key in expected}
+            shape = handle[VARIABLE[expected["pde"]]].shape
+    except (OSError, KeyError) as err:
+        raise InputError(f"{path}: exists but cannot be read ({err}); delete it to regenerate") from None
+    found = {key: _attribute_value(value) for key, value in attrs.items()}
+    wanted_shape = (n_samples, N_SNAPSHOTS, len(STORED_CHANNELS[expected["pde"]]), resolution, resolution)
+    mismatched = [key for key in expected if str(found[key]) != str(expected[key])]
+    if mismatched or tuple(shape) != wanted_shape:
+        raise InputError(
+            f"{path}: exists from a different request ({', '.join(mismatched) or 'shape'} differ: "
+            f"found {found} {tuple(shape)}, wanted {expected} {wanted_shape}); delete it or use another --out"
+        )
+    return True
+
+
+def generate(
+    dataset: str,
+    n_trajectories: int,
+    resolution: int,
+    out_dir: str | os.PathLike,
+    *,
+    seed: int = 0,
+    solver_resolution: int | None = None,
+    chunk_size: int | None = None,
+    batch_size: int = 8,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float64,
+    progress: bool = True,
+) -> list[Path]:
+    """Generate `n_trajectories` trajectories of `dataset` (e.g. "CE-RP") at `resolution`^2 into
+    `out_dir/dataset/data_K.nc` (CE) or `velocity_K.nc` (NS); returns the chunk paths.
+
+    The solver runs at `solver_resolution` (default 2 x resolution, must be a multiple of it)
+    on `device` in `dtype`, `batch_size` trajectories at a time; `chunk_size` trajectories per
+    file (default: PDEGym's 715 CE / 1177 NS, capped at n_trajectories). Arguments are
+    validated before any work (InputError). A solver failure raises RuntimeError naming the data
+    set, chunk and trajectories; finished chunks stay, and rerunning resumes.
+    """
+    from tqdm.auto import tqdm
+
+    pde, n_trajectories, resolution, solver_resolution, chunk_size, batch_size, seed, device = (
+        _check_arguments(dataset, n_trajectories, resolution, solver_resolution, chunk_size,
+                         batch_size, seed, device)
+    )
+    target = Path(out_dir) / dataset
+    if target.exists() and not target.is_dir():
+        raise InputError(f"{target}: exists and is not a directory")
+    factor = solver_resolution // resolution
+    expected = {"pde": pde, "dataset": dataset, "seed": seed, "solver_resolution": solver_resolution}
+    ranges = _chunk_ranges(n_trajectories, chunk_size)
+    paths = [target / chunk_name(pde, k) for k in range(len(ranges))]
+    todo = [
+        k for k, ((start, stop), path) in enumerate(zip(ranges, paths))
+        if not _existing_is_complete(path, expected, stop - start, resolution)
+    ]
+    bar = tqdm(total=sum(ranges[k][1] - ranges[k][0] for k in todo), desc=f"generate {dataset}",
+               unit="traj", disable=not progress)
+    try:
+        for k in todo:
+            start, stop = ranges[k]
+            for stale in target.glob(f".{paths[k].name}.partial-*"):
+                stale.unlink()
+            writer = ChunkWriter(
+                paths[k], pde, stop - start, SNAPSHOT_TIMES, (resolution, resolution),
+                attrs={**expected, "first_trajectory": start, "chunk": k,
+                       "snapshot_times": "t_k = k/20, k = 0..20",
+                       "downsampling": f"{factor}x{factor} block average of the solver grid",
+                       **({"gamma": GAMMA} if pde == "CE" else {"viscosity": NS_VISCOSITY})},
+            )
+            try:
+                for first in range(start, stop, batch_size):
+                    members = list(range(first, min(first + batch_size, stop)))
+                    stored = _run_batch(dataset, pde, members, solver_resolution, factor, seed,
+                                        dtype, device, k)
+                    writer.put(first - start, stored)
+                    bar.update(len(members))
+                writer.close()
+            except BaseException:
+                writer.abort()
+                raise
+    finally:
+        bar.close()
+    return paths
+
+
+def _run_batch(dataset, pde, members, solver_resolution, factor, seed, dtype, device, chunk) -> np.ndarray:
+    u0 = _sample_initial_conditions(dataset, members[0], len(members), solver_resolution, seed, dtype, device)
+    try:
+        solution = _solve(pde, u0)
+    except InputError:
+        raise
+    except RuntimeError as err:
+        raise RuntimeError(
+            f"generate {dataset}: solver failed in chunk {chunk} on trajectories "
+            f"{_name_members(str(err), members)}: {err}"
+        ) from err
+    solution = block_average(solution, factor)
+    stored = _to_stored(pde, solution)
+    if not np.all(np.isfinite(stored)):
+        bad = members[int(np.flatnonzero(~np.isfinite(stored).reshape(len(members), -1).all(1))[0])]
+        raise RuntimeError(f"generate {dataset}: chunk {chunk}, trajectory {bad}: non-finite values")
+    return stored
+
+
+def _name_members(message: str, members: list[int]) -> str:
+    """Translate the solver's "batch member(s) [i, j]" into global trajectory numbers."""
+    match = re.search(r"batch member\(s\) \[([\d,\s]*)\]", message)
+    if match and match.group(1).strip():
+        local = [int(i) for i in match.group(1).split(",")]
+        named = [members[i] for i in local if 0 <= i < len(members)]
+        if named:
+            return ", ".join(str(j) for j in named)
+    return f"{members[0]}..{members[-1]}"
+
+
+def ensure_profile_data(profile, root: str | os.PathLike | None = None, *, progress: bool = True) -> Path:
+    """Generate all data sets of `profile` (its PDEs' three classes each; n_trajectories,
+    resolution, solver_resolution; seed 0) into `root` (default `paths.data_dir(profile.name)`),
+    skipping finished chunks. Returns the root."""
+    from pdeinf import paths
+    from pdeinf.config import PDE_CLASSES
+
+    root = Path(root) if root is not None else paths.data_dir(profile.name)
+    for pde in profile.pdes:
+        for dataset in PDE_CLASSES[pde]:
+            generate(dataset, profile.n_trajectories, profile.resolution, root,
+                     solver_resolution=profile.solver_resolution, progress=progress)
+    return root

@@ -1,0 +1,136 @@
+"""Per-class data statistics, beside the measured statistics of the released PDEGym data.
+
+`PDEGYM_STATISTICS[name][quantity] = (mean, std)` over all samples, times and pixels, as
+measured on the released files (camlab-ethz/Phaedra configs; see
+shared/reference/pdegym-and-well-data.md section 2.4). `WELL_STATISTICS` is The Well
+euler_multi_quadrants_periodicBC stats.yaml. Quantities: rho, vx, vy, p (CE), vx, vy (NS).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pdeinf.config import PDE_CLASSES
+from pdeinf.errors import InputError
+
+PDEGYM_STATISTICS: dict[str, dict[str, tuple[float, float]]] = {
+    "CE-RP": {"rho": (1.25204, 0.54691), "vx": (0.008658, 0.258274),
+              "vy": (0.005984, 0.256082), "p": (0.208898, 0.114176)},
+    # the source gives rho mean 0.5482-0.5519 and std 0.3227-0.3230 (two measurements): midpoints
+    "CE-CRP": {"rho": (0.55005, 0.32285), "vx": (0.00042, 0.275455),
+               "vy": (0.00263, 0.275455), "p": (0.552022, 0.169886)},
+    "CE-RPUI": {"rho": (0.543686, 0.361854), "vx": (-0.00332, 0.210691),
+                "vy": (0.00215, 0.215305), "p": (0.548822, 0.199823)},
+    "NS-Gauss": {"vx": (0.0, 0.61475), "vy": (0.0, 0.607624)},
+    "NS-Sines": {"vx": (0.0, 0.335339), "vy": (0.0, 0.334732)},
+    "NS-BB": {},  # not measured in the sources
+}
+WELL_STATISTICS: dict[str, tuple[float, float]] = {
+    "density": (0.91358, 0.53502), "energy": (3.0344, 3.2550), "pressure": (0.92916, 0.78237),
+    "momentum_x": (2.32e-3, 0.41322), "momentum_y": (1.71e-4, 0.41064),
+}
+QUANTITIES = {"CE": ("rho", "vx", "vy", "p"), "NS": ("vx", "vy")}
+
+
+def _quantities(pde: str, batch: np.ndarray, gamma: float) -> dict[str, np.ndarray]:
+    """Model channels `[n, T, C, H, W]` -> the tabulated quantities (float64)."""
+    batch = batch.astype(np.float64)
+    if pde == "CE":
+        rho, mx, my, energy = (batch[:, :, i] for i in range(4))
+        vx, vy = mx / rho, my / rho
+        return {"rho": rho, "vx": vx, "vy": vy,
+                "p": (gamma - 1.0) * (energy - 0.5 * (mx * vx + my * vy))}
+    return {"vx": batch[:, :, 0], "vy": batch[:, :, 1]}
+
+
+def reader_statistics(reader, *, times=None, max_samples: int | None = None, block: int = 8,
+                      gamma: float | None = None) -> dict[str, float]:
+    """Mean and (population) std of each quantity over samples, `times` (default all) and
+    pixels, streamed `block` samples at a time (float64 sums). Also min of rho and p (CE)."""
+    gamma = float(getattr(reader, "gamma", 1.4) if gamma is None else gamma)
+    n = reader.n_samples if max_samples is None else min(int(max_samples), reader.n_samples)
+    if n <= 0:
+        raise InputError(f"max_samples={max_samples}: must be positive")
+    sums: dict[str, list[float]] = {}
+    minima: dict[str, float] = {}
+    count = 0
+    for start in range(0, n, block):
+        batch = reader.read(range(start, min(start + block, n)), times)
+        for name, values in _quantities(reader.pde, batch, gamma).items():
+            total = sums.setdefault(name, [0.0, 0.0])
+            total[0] += float(values.sum())
+            total[1] += float((values**2).sum())
+            minima[name] = min(minima.get(name, np.inf), float(values.min()))
+        count += batch[:, :, 0].size
+    row: dict[str, float] = {"n_samples": n}
+    for name, (total, squares) in sums.items():
+        mean = total / count
+        row[f"{name}_mean"] = mean
+        row[f"{name}_std"] = float(np.sqrt(max(squares / count - mean**2, 0.0)))
+    if reader.pde == "CE":
+        row["rho_min"], row["p_min"] = minima["rho"], minima["p"]
+    return row
+
+
+def class_statistics(source, pde: str | None = None, *, times=None, max_samples: int | None = None
+                     ) -> pd.DataFrame:
+    """Statistics per class: one row per data set, columns `<q>_mean`, `<q>_std` (q = rho, vx,
+    vy, p for CE; vx, vy for NS), `n_samples` (and `rho_min`, `p_min` for CE).
+
+    `source`: a data root holding `<CLASS>/` or `<CLASS>.nc` (give `pde`, or both PDEs present
+    are tabulated), a `PDEData`, a reader, or a mapping `{name: reader}`.
+    """
+    from pdeinf.data.datasets import PDEData
+    from pdeinf.data.pdegym import open_dataset
+
+    if isinstance(source, PDEData):
+        readers = {cls: source.reader(cls) for cls in source.classes}
+    elif isinstance(source, dict):
+        readers = dict(source)
+    elif isinstance(source, (str, os.PathLike)):
+        root = Path(source)
+        if not root.is_dir():
+            raise InputError(f"{root}: not a directory")
+        pdes = [pde] if pde else list(PDE_CLASSES)
+        readers = {}
+        for p in pdes:
+            if p not in PDE_CLASSES:
+                raise InputError(f"pde={p!r}: expected one of {', '.join(PDE_CLASSES)}")
+            for cls in PDE_CLASSES[p]:
+                for candidate in (root / cls, root / f"{cls}.nc"):
+                    if candidate.exists():
+                        readers[cls] = open_dataset(candidate)
+                        break
+        if not readers:
+            raise InputError(f"{root}: no class directories or files ({', '.join(sum(PDE_CLASSES.values(), ()))})")
+    elif hasattr(source, "read") and hasattr(source, "n_samples"):
+        readers = {Path(getattr(source, "source", "data")).stem: source}
+    else:
+        raise InputError(f"source: expected a directory, PDEData, reader or mapping, got {type(source).__name__}")
+    rows = {name: reader_statistics(reader, times=times, max_samples=max_samples)
+            for name, reader in readers.items()}
+    frame = pd.DataFrame.from_dict(rows, orient="index")
+    frame.index.name = "class"
+    return frame
+
+
+def compare_to_pdegym(df: pd.DataFrame) -> pd.DataFrame:
+    """Long table: one row per (class, quantity) with our mean/std beside PDEGym's (NaN where
+    PDEGym's statistic is unknown) and the ratio of stds."""
+    records = []
+    for name, row in df.iterrows():
+        reference = PDEGYM_STATISTICS.get(str(name), {})
+        for quantity in ("rho", "vx", "vy", "p"):
+            if f"{quantity}_mean" not in row or pd.isna(row[f"{quantity}_mean"]):
+                continue
+            ref_mean, ref_std = reference.get(quantity, (np.nan, np.nan))
+            records.append({
+                "class": name, "quantity": quantity,
+                "ours_mean": row[f"{quantity}_mean"], "pdegym_mean": ref_mean,
+                "ours_std": row[f"{quantity}_std"], "pdegym_std": ref_std,
+                "std_ratio": row[f"{quantity}_std"] / ref_std if ref_std == ref_std else np.nan,
+            })
+    return pd.DataFrame.from_records(records).set_index(["class", "quantity"])

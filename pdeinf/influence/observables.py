@@ -1,0 +1,75 @@
+"""Response observables ("bras"): per-example scalars whose gradients are the rows of Pi.
+
+An observable is a callable `(input [C,H,W], target [C,H,W], prediction [C,H,W]) -> scalar`
+applied to one example (it is vmapped over the batch). The perturbation ("ket") is always the
+SMSE training-loss gradient; a response observable O replaces the row gradients:
+`Pi[n, m] = grad O_n^T Q eta^{-1} Q^T g_m`, i.e. the response gradient is projected on the span
+of the SMSE gradients, where the metric is known (see hat.py).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from pdeinf.errors import InputError
+
+#: CE channel order (conserved variables): rho, rho*vx, rho*vy, E.
+CE_DENSITY, CE_ENERGY = 0, 3
+SCALE_EPS = 1e-6
+
+
+def _smse_formula(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """SMSE of one example `[C, H, W]`: mean_{c,x,y} (p - y)^2 / s_c, s_c = rms_xy(y_c) + 1e-6."""
+    scale = target.pow(2).mean(dim=(-2, -1)).sqrt() + SCALE_EPS
+    return ((pred - target).pow(2).mean(dim=(-2, -1)) / scale).mean(dim=-1)
+
+
+def smse(inputs: torch.Tensor, target: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+    """The training loss of one example (pdeinf.training.loss.smse when it is installed)."""
+    try:
+        from pdeinf.training.loss import smse as batched
+    except ImportError:
+        return _smse_formula(pred, target)
+    return batched(pred.unsqueeze(0), target.unsqueeze(0)).squeeze(0)
+
+
+def _relative_drift(channel: int, name: str):
+    def drift(inputs: torch.Tensor, target: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+        if pred.shape[-3] <= channel:
+            raise InputError(
+                f"observable {name!r}: needs CE conserved channels (rho, rho_vx, rho_vy, E); "
+                f"got {pred.shape[-3]} channels"
+            )
+        before = inputs[..., channel, :, :].sum(dim=(-2, -1))
+        after = pred[..., channel, :, :].sum(dim=(-2, -1))
+        return (after - before) / before
+
+    drift.__name__ = name
+    drift.__doc__ = f"(sum pred[{channel}] - sum input[{channel}]) / sum input[{channel}] (CE)."
+    return drift
+
+
+mass_drift = _relative_drift(CE_DENSITY, "mass_drift")
+energy_drift = _relative_drift(CE_ENERGY, "energy_drift")
+
+OBSERVABLES: dict[str, Callable] = {
+    "smse": smse,
+    "mass_drift": mass_drift,
+    "energy_drift": energy_drift,
+}
+
+
+def resolve(observable) -> Callable:
+    """A name in OBSERVABLES or a callable -> the callable; InputError otherwise."""
+    if observable is None:
+        return smse
+    if callable(observable):
+        return observable
+    try:
+        return OBSERVABLES[observable]
+    except (KeyError, TypeError):
+        raise InputError(
+            f"response={observable!r}: unknown observable; expected one of "
+            f"{', '.join(OBSERVABLES)} or a callable (input, target, prediction) -> scalar"
+        ) from None

@@ -1,0 +1,48 @@
+"""Spectral summaries of the restricted Gauss-Newton metric eta (the NTK on the gradient span)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def _as_numpy(values) -> np.ndarray:
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().numpy()
+    return np.asarray(values, dtype=np.float64)
+
+
+def metric_eigenvalues(eta) -> np.ndarray:
+    """Eigenvalues of a symmetric matrix `[r, r]`, descending (float64)."""
+    mat = _as_numpy(eta)
+    return np.linalg.eigvalsh(0.5 * (mat + mat.T))[::-1].copy()
+
+
+def condition_number(eigenvalues, damping: float = 0.0) -> float:
+    """(max + damping) / (min + damping) over the finite eigenvalues; inf if the min is <= 0."""
+    ev = _as_numpy(eigenvalues)
+    ev = ev[np.isfinite(ev)] + damping
+    if ev.size == 0:
+        return float("nan")
+    lo = ev.min()
+    return float(ev.max() / lo) if lo > 0 else float("inf")
+
+
+def effective_rank(eigenvalues) -> float:
+    """Entropy effective rank exp(H(p)), p_i = |l_i| / sum |l| (Roy & Vetterli 2007).
+
+    Equals k for k equal non-zero eigenvalues; 1 for a single dominant mode.
+    """
+    ev = np.abs(_as_numpy(eigenvalues))
+    ev = ev[np.isfinite(ev) & (ev > 0)]
+    if ev.size == 0:
+        return 0.0
+    p = ev / ev.sum()
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
+def participation_ratio(eigenvalues) -> float:
+    """(sum l)^2 / sum l^2, another effective dimension (k for k equal modes)."""
+    ev = np.abs(_as_numpy(eigenvalues))
+    ev = ev[np.isfinite(ev)]
+    s2 = (ev**2).sum()
+    return float(ev.sum() ** 2 / s2) if s2 > 0 else 0.0

@@ -1,0 +1,121 @@
+"""Writing the notebooks' outputs: figures (PNG + PDF) and key numbers (JSON per notebook).
+
+Every file is written under a temporary name in its final folder and renamed, so a reader
+never sees a half-written figure or results file.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pdeinf import paths
+from pdeinf.errors import InputError
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+def _check_name(name: str, what: str) -> str:
+    if not isinstance(name, str) or not _NAME.match(name) or name.endswith((".png", ".pdf", ".json")):
+        raise InputError(f"{what}: {name!r} is not a plain file stem (letters, digits, _ . -)")
+    return name
+
+
+def _atomic_write(path: Path, write) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def save_figure(fig, name: str, *, formats=("png", "pdf"), dpi: int = 150) -> list[Path]:
+    """Write `paths.figures_dir()/<name>.<fmt>` for each format; returns the paths."""
+    _check_name(name, "name")
+    out = []
+    for fmt in formats:
+        if fmt not in ("png", "pdf", "svg"):
+            raise InputError(f"formats: unsupported {fmt!r} (png, pdf, svg)")
+        target = paths.figures_dir() / f"{name}.{fmt}"
+        out.append(_atomic_write(target, lambda tmp, f=fmt: fig.savefig(tmp, format=f, dpi=dpi,
+                                                                            bbox_inches="tight")))
+    return out
+
+
+def to_jsonable(value):
+    """Numbers, arrays, xarray / pandas objects and nested containers -> JSON-safe values.
+
+    Non-finite floats become None (JSON null); tuple keys are joined with "/"."""
+    if isinstance(value, dict):
+        return {("/".join(map(str, k)) if isinstance(k, tuple) else str(k)): to_jsonable(v)
+                for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if hasattr(value, "to_dict") and isinstance(value, (pd.Series, pd.DataFrame)):
+        return to_jsonable(value.to_dict())
+    if hasattr(value, "values") and hasattr(value, "dims"):  # xarray DataArray
+        return to_jsonable(np.asarray(value.values))
+    if isinstance(value, np.ndarray):
+        return to_jsonable(value.tolist())
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, Path):
+        return str(value)
+    raise InputError(f"results: value of type {type(value).__name__} is not JSON-representable")
+
+
+def write_results(notebook: str, results: dict) -> Path:
+    """Write `paths.results_dir()/<notebook>.json` (sorted keys, NaN/Inf -> null)."""
+    _check_name(notebook, "notebook")
+    if not isinstance(results, dict):
+        raise InputError(f"results: expected a dict, got {type(results).__name__}")
+    text = json.dumps(to_jsonable(results), indent=2, sort_keys=True, allow_nan=False)
+    target = paths.results_dir() / f"{notebook}.json"
+    return _atomic_write(target, lambda tmp: tmp.write_text(text + "\n"))
+
+
+def read_results(notebook: str) -> dict:
+    path = paths.results_dir() / f"{_check_name(notebook, 'notebook')}.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path}: no results written yet") from None
+    except json.JSONDecodeError as err:
+        raise InputError(f"{path}: not valid JSON ({err})") from None
+
+
+def _flatten(prefix: str, value, rows: list):
+    if isinstance(value, dict):
+        for key, sub in value.items():
+            _flatten(f"{prefix}.{key}" if prefix else str(key), sub, rows)
+    else:
+        rows.append((prefix, value))
+
+
+def results_table() -> pd.DataFrame:
+    """Every `results/<notebook>.json` flattened: columns notebook, key (dotted path), value."""
+    rows = []
+    for path in sorted(paths.results_dir().glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise InputError(f"{path}: not valid JSON ({err})") from None
+        flat: list = []
+        _flatten("", data, flat)
+        rows.extend((path.stem, key, value) for key, value in flat)
+    return pd.DataFrame(rows, columns=["notebook", "key", "value"])

@@ -1,0 +1,398 @@
+"""Initial-condition samplers of the six PDEGym data sets (Poseidon, arXiv 2405.19101, App. B).
+
+`sample(dataset, n, resolution, *, seed, ...)` returns `[n, C, R, R]` on the unit torus:
+
+- CE-RP, CE-CRP, CE-RPUI: conserved variables `(rho, rho*vx, rho*vy, E)`, gamma = 1.4,
+  `E = rho |v|^2 / 2 + p / (gamma - 1)`; piecewise-constant states evaluated at cell centres
+  `((i + 1/2) / R, (j + 1/2) / R)` (the finite-volume convention of `euler.py`).
+- NS-BB, NS-Gauss, NS-Sines: divergence-free velocity `(u, v)` on the spectral grid
+  `(i / R, j / R)`; fields are Leray-projected (Nyquist modes removed, see
+  `navier_stokes.project`). NS-BB is additionally evolved from t = -0.5 to t = 0 with
+  `navier_stokes.solve`, so the returned field is the t = 0 state.
+
+x runs along the last axis (W), y along H. Every sample has its own random generator,
+seeded from `(seed, data set, sample index)`, so sample k is the same whatever `n` is and
+chunked generation (`start=`) reproduces a single large call.
+
+State ranges are keyword arguments (`rho=(lo, hi)`, `pressure=(lo, hi)`, ...). `DEFAULT_RANGES`
+holds the defaults and `PAPER_RANGES` the values of the Poseidon appendix; the departures:
+
+- CE-RP: the appendix's U[0.1, 1] / U[-1, 1] states do not match the released data (mean
+  density 1.25, PHAEDRA statistics). Defaults rho ~ U[0.3, 2.2], v ~ U[-0.45, 0.45] reproduce
+  the measured mean/std of rho and v; the pressure lower bound is raised from 0.02 to 0.06,
+  p ~ U[0.06, 0.4], so that the worst 1D Riemann problem between two quadrants keeps its
+  two-rarefaction star pressure above 1 % of the smallest initial pressure (at 0.02 it falls to
+  ~1e-5 of it, a near-vacuum that finite-volume schemes fail on); see `worst_star_pressure`.
+- CE-RPUI: the appendix states (rho ~ U[1, 3], v ~ U[-10, 10], p ~ U[5, 7]) do not match the
+  released data (rho 0.54 +- 0.36, p 0.55 +- 0.20) and can even generate vacuum; the defaults
+  are the CE-CRP states the data imply, with a 2 x 2 partition (p = 1). Pass
+  `**PAPER_RANGES["CE-RPUI"]` for the appendix values.
+- CE-CRP: the appendix states (they match the data statistics); the partition parameter p is
+  not stated in the paper, default 2 (a 3 x 3 curved partition).
+- The interface distortions use the appendix formula literally, `sin(2 pi i x + j y + beta)`
+  (2 pi multiplies only i x, so the distortion is not periodic in y);
+  `periodic_interfaces=True` uses `2 pi j y` instead.
+- NS-Gauss: the Gaussians are periodised (summed over periodic images), the paper's formula
+  is not.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from pdeinf.config import DATASETS
+from pdeinf.errors import InputError
+from pdeinf.solvers import navier_stokes
+
+__all__ = [
+    "DEFAULT_RANGES",
+    "PAPER_RANGES",
+    "sample",
+    "sample_parameters",
+    "primitive_to_conserved",
+    "worst_star_pressure",
+]
+
+GAMMA = 1.4
+
+DEFAULT_RANGES: dict[str, dict] = {
+    "CE-RP": {
+        "rho": (0.3, 2.2), "vx": (-0.45, 0.45), "vy": (-0.45, 0.45), "pressure": (0.06, 0.4),
+        "partitions": 2, "gamma": GAMMA,
+    },
+    "CE-CRP": {
+        "rho": (0.1, 1.0), "vx": (-1.0, 1.0), "vy": (-1.0, 1.0), "pressure": (0.1, 1.0),
+        "partitions": 2, "alpha": (-0.1, 0.1), "beta": (0.0, 1.0), "periodic_interfaces": False,
+        "gamma": GAMMA,
+    },
+    "CE-RPUI": {
+        "rho": (0.1, 1.0), "vx": (-1.0, 1.0), "vy": (-1.0, 1.0), "pressure": (0.1, 1.0),
+        "partitions": 1, "alpha": (-0.01, 0.01), "beta": (0.0, 1.0), "periodic_interfaces": False,
+        "gamma": GAMMA,
+    },
+    "NS-BB": {
+        "alpha": (-1.0, 1.0), "hurst": 0.5, "evolve_time": 0.5, "viscosity": "spectral",
+        "nu": 4e-4, "cfl": 0.5, "chunk_size": 16,
+    },
+    "NS-Gauss": {"n_gaussians": 100, "alpha": (-1.0, 1.0), "sigma": (0.01, 0.1)},
+    "NS-Sines": {"modes": 10, "alpha": (-1.0, 1.0), "phase": (0.0, 2.0 * math.pi)},
+}
+
+PAPER_RANGES: dict[str, dict] = {
+    "CE-RP": {**DEFAULT_RANGES["CE-RP"], "rho": (0.1, 1.0), "vx": (-1.0, 1.0), "vy": (-1.0, 1.0),
+              "pressure": (0.1, 1.0)},
+    "CE-CRP": dict(DEFAULT_RANGES["CE-CRP"]),
+    "CE-RPUI": {**DEFAULT_RANGES["CE-RPUI"], "rho": (1.0, 3.0), "vx": (-10.0, 10.0),
+                "vy": (-10.0, 10.0), "pressure": (5.0, 7.0)},
+    "NS-BB": dict(DEFAULT_RANGES["NS-BB"]),
+    "NS-Gauss": dict(DEFAULT_RANGES["NS-Gauss"]),
+    "NS-Sines": dict(DEFAULT_RANGES["NS-Sines"]),
+}
+
+# keyword -> kind, for validation
+_INTERVALS = {"rho": "positive", "pressure": "positive", "vx": "any", "vy": "any",
+              "alpha": "any", "beta": "any", "phase": "any", "sigma": "positive"}
+_COUNTS = ("partitions", "modes", "n_gaussians", "chunk_size")
+_DATASET_KEY = {name: i for i, name in enumerate(DATASETS)}
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _check_dataset(dataset) -> str:
+    if dataset not in DEFAULT_RANGES:
+        raise InputError(f"dataset: unknown {dataset!r}; expected one of {', '.join(DEFAULT_RANGES)}")
+    return dataset
+
+
+def _check_count(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise InputError(f"{name}: expected a positive integer, got {value!r}")
+    return int(value)
+
+
+def _resolve_ranges(dataset: str, overrides: dict) -> dict:
+    """Defaults of `dataset` updated by `overrides`, validated (InputError names the key)."""
+    defaults = DEFAULT_RANGES[dataset]
+    unknown = sorted(set(overrides) - set(defaults))
+    if unknown:
+        raise InputError(
+            f"{unknown[0]}: not a parameter of {dataset}; expected one of {', '.join(defaults)}"
+        )
+    ranges = {**defaults, **overrides}
+    for key, value in ranges.items():
+        if key in _INTERVALS:
+            try:
+                lo, hi = (float(v) for v in value)
+            except (TypeError, ValueError):
+                raise InputError(f"{key}: expected an interval (lo, hi), got {value!r}") from None
+            if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
+                raise InputError(f"{key}: expected finite lo <= hi, got {value!r}")
+            if _INTERVALS[key] == "positive" and lo <= 0:
+                raise InputError(f"{key}: lower bound must be positive, got {lo}")
+            ranges[key] = (lo, hi)
+        elif key in _COUNTS:
+            ranges[key] = _check_count(value, key)
+        elif key == "gamma":
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 1):
+                raise InputError(f"gamma: must be a number > 1, got {value!r}")
+        elif key == "hurst":
+            if not (isinstance(value, (int, float)) and 0 < value < 1):
+                raise InputError(f"hurst: must be in (0, 1), got {value!r}")
+        elif key in ("evolve_time", "nu"):
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise InputError(f"{key}: must be a non-negative number, got {value!r}")
+        elif key == "cfl":
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise InputError(f"cfl: must be a positive number, got {value!r}")
+        elif key == "viscosity":
+            if value not in navier_stokes.VISCOSITIES:
+                raise InputError(f"viscosity: unknown {value!r}; expected one of "
+                                 f"{', '.join(navier_stokes.VISCOSITIES)}")
+        elif key == "periodic_interfaces":
+            if not isinstance(value, bool):
+                raise InputError(f"periodic_interfaces: expected True or False, got {value!r}")
+    return ranges
+
+
+def _rng(seed: int, dataset: str, index: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([seed, _DATASET_KEY[dataset], index]))
+
+
+# ----------------------------------------------------------------------------- parameters
+
+
+def sample_parameters(dataset: str, seed: int, index: int, resolution: int | None = None,
+                      **ranges) -> dict[str, np.ndarray]:
+    """The random parameters of sample `index` (float64 numpy arrays, the paper's symbols).
+
+    CE: region states `rho, vx, vy, pressure` `[regions]` (row-major over (iy, ix)) and, for
+    CE-CRP/RPUI, interface coefficients `alpha_x, alpha_y, beta_x, beta_y` `[p, p]` (index
+    [i-1, j-1]). NS-Sines: `alpha, beta, gamma` `[p, p]`. NS-Gauss: `alpha, sigma, xc, yc`
+    `[n_gaussians]`. NS-BB (needs `resolution`): `coeff` `[2, K+1, K+1, 4]` (component, k1 along
+    x, k2 along y, (cc, cs, sc, ss)), K = resolution // 2.
+    """
+    dataset = _check_dataset(dataset)
+    r = _resolve_ranges(dataset, ranges)
+    return _draw(dataset, _rng(_check_seed(seed), dataset, int(index)), r, resolution)
+
+
+def _check_seed(seed) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise InputError(f"seed: expected a non-negative integer, got {seed!r}")
+    return int(seed)
+
+
+def _draw(dataset: str, rng: np.random.Generator, r: dict, resolution: int | None) -> dict:
+    if dataset.startswith("CE"):
+        p = r["partitions"]
+        regions = p * p if dataset == "CE-RP" else (p + 1) ** 2
+        out = {key: rng.uniform(*r[key], size=regions) for key in ("rho", "vx", "vy", "pressure")}
+        if dataset != "CE-RP":
+            for key in ("alpha_x", "alpha_y"):
+                out[key] = rng.uniform(*r["alpha"], size=(p, p))
+            for key in ("beta_x", "beta_y"):
+                out[key] = rng.uniform(*r["beta"], size=(p, p))
+        return out
+    if dataset == "NS-Sines":
+        m = r["modes"]
+        return {"alpha": rng.uniform(*r["alpha"], size=(m, m)),
+                "beta": rng.uniform(*r["phase"], size=(m, m)),
+                "gamma": rng.uniform(*r["phase"], size=(m, m))}
+    if dataset == "NS-Gauss":
+        m = r["n_gaussians"]
+        return {"alpha": rng.uniform(*r["alpha"], size=m), "sigma": rng.uniform(*r["sigma"], size=m),
+                "xc": rng.uniform(0.0, 1.0, size=m), "yc": rng.uniform(0.0, 1.0, size=m)}
+    if resolution is None:
+        raise InputError("resolution: NS-BB parameters depend on the grid; pass resolution")
+    k = int(resolution) // 2
+    return {"coeff": rng.uniform(*r["alpha"], size=(2, k + 1, k + 1, 4))}
+
+
+# ----------------------------------------------------------------------------- fields
+
+
+def primitive_to_conserved(rho, vx, vy, p, gamma: float = GAMMA) -> torch.Tensor:
+    """Stack `(rho, rho vx, rho vy, E)` along a new axis -3 from equally shaped `[..., H, W]`
+    primitives; `E = rho (vx^2 + vy^2) / 2 + p / (gamma - 1)`."""
+    energy = 0.5 * rho * (vx**2 + vy**2) + p / (gamma - 1.0)
+    return torch.stack((rho, rho * vx, rho * vy, energy), dim=-3)
+
+
+def _frac(z: np.ndarray) -> np.ndarray:
+    """The paper's fractional part {z} = z - floor(|z|) sgn(z)."""
+    return z - np.floor(np.abs(z)) * np.sign(z)
+
+
+def _interface_shift(a: np.ndarray, b: np.ndarray, x, y, offset: int, periodic: bool) -> np.ndarray:
+    """sum_{i,j=1..p} a_ij sin(2 pi (i + offset) x + c (j + offset) y + b_ij), c = 1 or 2 pi."""
+    p = a.shape[0]
+    idx = np.arange(1, p + 1) + offset
+    cy = 2.0 * math.pi if periodic else 1.0
+    phase = (2.0 * math.pi * idx[:, None, None, None] * x
+             + cy * idx[None, :, None, None] * y + b[:, :, None, None])
+    return (a[:, :, None, None] * np.sin(phase)).sum(axis=(0, 1))
+
+
+def _region_labels(dataset: str, prm: dict, r: dict, res: int) -> np.ndarray:
+    """Integer region index `[R, R]` (row = y, column = x) at cell centres."""
+    c = (np.arange(res) + 0.5) / res
+    y, x = np.meshgrid(c, c, indexing="ij")
+    p = r["partitions"]
+    if dataset == "CE-RP":
+        ix = np.minimum((x * p).astype(int), p - 1)
+        iy = np.minimum((y * p).astype(int), p - 1)
+        return iy * p + ix
+    offset = 2 * p * p if dataset == "CE-RPUI" else 0
+    sx = _interface_shift(prm["alpha_x"], prm["beta_x"], x, y, offset, r["periodic_interfaces"])
+    sy = _interface_shift(prm["alpha_y"], prm["beta_y"], x, y, offset, r["periodic_interfaces"])
+    bands = p + 1
+    ix = np.clip(np.floor(bands * _frac(x + sx + 1.0)).astype(int), 0, p)
+    iy = np.clip(np.floor(bands * _frac(y + sy + 1.0)).astype(int), 0, p)
+    return iy * bands + ix
+
+
+def _euler_field(dataset, prm, r, res, dtype, device) -> torch.Tensor:
+    labels = torch.as_tensor(_region_labels(dataset, prm, r, res), device=device)
+    prim = [torch.as_tensor(prm[key], dtype=torch.float64, device=device)[labels]
+            for key in ("rho", "vx", "vy", "pressure")]
+    return primitive_to_conserved(*prim, gamma=r["gamma"]).to(dtype)
+
+
+def _sines_field(prm, res, device) -> torch.Tensor:
+    m = prm["alpha"].shape[0]
+    i = np.arange(1, m + 1)
+    amp = prm["alpha"] / np.sqrt(2.0 * math.pi * (i[:, None] + i[None, :]))  # [i, j]
+    g = np.arange(res) / res
+    ax = 2.0 * math.pi * i[:, None, None] * g[None, None, :] + prm["beta"][:, :, None]  # [i, j, x]
+    ay = 2.0 * math.pi * i[None, :, None] * g[None, None, :] + prm["gamma"][:, :, None]  # [i, j, y]
+    u = np.einsum("ij,ijy,ijx->yx", amp, np.sin(ay), np.sin(ax))
+    v = np.einsum("ij,ijy,ijx->yx", amp, np.cos(ay), np.cos(ax))
+    return torch.as_tensor(np.stack((u, v)), device=device)
+
+
+def _periodic_gaussian_1d(centres: np.ndarray, sigma: np.ndarray, res: int) -> np.ndarray:
+    """`sum_n exp(-(s - c + n)^2 / (2 sigma^2))` `[m, R]` over images n = -1, 0, 1 of the
+    minimum-image offset (the next images are >= 1.5 away: < exp(-112) for sigma <= 0.1)."""
+    s = np.arange(res) / res
+    d = (s[None, :] - centres[:, None] + 0.5) % 1.0 - 0.5
+    return sum(np.exp(-((d + n) ** 2) / (2.0 * sigma[:, None] ** 2)) for n in (-1.0, 0.0, 1.0))
+
+
+def gauss_vorticity(prm: dict, res: int) -> np.ndarray:
+    """Periodised vorticity `sum_i alpha_i / sigma_i exp(-|x - x_i|^2 / (2 sigma_i^2))` `[R, R]`."""
+    gx = _periodic_gaussian_1d(prm["xc"], prm["sigma"], res)
+    gy = _periodic_gaussian_1d(prm["yc"], prm["sigma"], res)
+    return np.einsum("m,my,mx->yx", prm["alpha"] / prm["sigma"], gy, gx)
+
+
+def _bb_field(prm, r, res, device) -> torch.Tensor:
+    coeff = prm["coeff"]  # [2, K+1, K+1, 4]
+    k = np.arange(coeff.shape[1])
+    knorm = np.hypot(k[:, None], k[None, :])
+    knorm[0, 0] = 1.0
+    # azeban's fac = (2 pi |k|)^-(H+1); the factor 4 turns its complex coefficients into the
+    # real product form (4 f cos cos ...) used here.
+    fac = 4.0 * (2.0 * math.pi * knorm) ** (-(r["hurst"] + 1.0))
+    fac[0, 0] = 0.0
+    g = 2.0 * math.pi * k[:, None] * (np.arange(res) / res)[None, :]  # [k, grid]
+    c, s = np.cos(g), np.sin(g)
+    comps = []
+    for d in range(2):
+        a = coeff[d] * fac[:, :, None]  # [k1 (x), k2 (y), 4]
+        u = (np.einsum("ab,by,ax->yx", a[..., 0], c, c) + np.einsum("ab,by,ax->yx", a[..., 1], s, c)
+             + np.einsum("ab,by,ax->yx", a[..., 2], c, s) + np.einsum("ab,by,ax->yx", a[..., 3], s, s))
+        comps.append(u)
+    return torch.as_tensor(np.stack(comps), device=device)
+
+
+# ----------------------------------------------------------------------------- public sampler
+
+
+def sample(
+    dataset: str,
+    n: int,
+    resolution: int,
+    *,
+    seed: int,
+    dtype: torch.dtype = torch.float64,
+    start: int = 0,
+    device=None,
+    progress: bool = False,
+    **ranges,
+) -> torch.Tensor:
+    """`n` initial conditions of `dataset` on an R x R grid -> `[n, C, R, R]` (`dtype`, `device`).
+
+    CE data sets: C = 4 conserved `(rho, rho vx, rho vy, E)`. NS data sets: C = 2 divergence-free
+    velocity (NS-BB: the t = 0 state after evolving from t = -0.5). Samples `start .. start+n-1`
+    of the stream defined by `seed`: `sample(.., n=a+b, seed=s)` equals the concatenation of
+    `sample(.., n=a, seed=s)` and `sample(.., n=b, seed=s, start=a)`.
+    `ranges`: keyword overrides of `DEFAULT_RANGES[dataset]` (unknown keys raise InputError).
+    """
+    dataset = _check_dataset(dataset)
+    n = _check_count(n, "n")
+    resolution = _check_count(resolution, "resolution")
+    seed = _check_seed(seed)
+    if isinstance(start, bool) or not isinstance(start, (int, np.integer)) or start < 0:
+        raise InputError(f"start: expected a non-negative integer, got {start!r}")
+    if dtype not in (torch.float32, torch.float64):
+        raise InputError(f"dtype: must be torch.float32 or torch.float64, got {dtype}")
+    min_res = 2 if dataset.startswith("CE") else 4
+    if resolution < min_res:
+        raise InputError(f"resolution: must be at least {min_res} for {dataset}, got {resolution}")
+    r = _resolve_ranges(dataset, ranges)
+    device = torch.device("cpu") if device is None else torch.device(device)
+
+    fields = []
+    for index in tqdm(range(start, start + n), disable=not progress, desc=dataset, leave=False):
+        prm = _draw(dataset, _rng(seed, dataset, index), r, resolution)
+        if dataset.startswith("CE"):
+            fields.append(_euler_field(dataset, prm, r, resolution, dtype, device))
+        elif dataset == "NS-Sines":
+            fields.append(_sines_field(prm, resolution, device))
+        elif dataset == "NS-Gauss":
+            w = torch.as_tensor(gauss_vorticity(prm, resolution), device=device)
+            fields.append(navier_stokes.velocity_from_vorticity(w))
+        else:
+            fields.append(_bb_field(prm, r, resolution, device))
+    out = torch.stack(fields)
+    if dataset.startswith("CE"):
+        return out
+    out = navier_stokes.project(out)
+    if dataset == "NS-BB" and r["evolve_time"] > 0:
+        chunks = []
+        for lo in range(0, n, r["chunk_size"]):
+            chunk = out[lo : lo + r["chunk_size"]].to(dtype)
+            evolved = navier_stokes.solve(
+                chunk, [0.0], t0=-r["evolve_time"], nu=r["nu"], viscosity=r["viscosity"],
+                cfl=r["cfl"], progress=progress,
+            )
+            chunks.append(evolved[:, 0])
+        out = torch.cat(chunks)
+    return out.to(dtype)
+
+
+# ----------------------------------------------------------------------------- vacuum check
+
+
+def worst_star_pressure(dataset: str = "CE-RP", **ranges) -> tuple[float, float]:
+    """Worst 1D Riemann problem between two regions of `dataset` with the given ranges:
+    both states at the lowest pressure and highest density, normal velocities at the two
+    ends of the range (two receding rarefactions). Returns `(p_star, p_min)`; `p_star = 0`
+    means the ranges can generate vacuum. Two-rarefaction formula (Toro, eq. 4.46)."""
+    dataset = _check_dataset(dataset)
+    if not dataset.startswith("CE"):
+        raise InputError(f"dataset: {dataset} is not a compressible Euler data set")
+    r = _resolve_ranges(dataset, ranges)
+    gamma = float(r["gamma"])
+    rho, p = r["rho"][1], r["pressure"][0]
+    du = max(r["vx"][1] - r["vx"][0], r["vy"][1] - r["vy"][0])
+    a = math.sqrt(gamma * p / rho)
+    z = (gamma - 1.0) / (2.0 * gamma)
+    num = 2.0 * a - 0.5 * (gamma - 1.0) * du
+    if num <= 0:
+        return 0.0, p
+    return (num / (2.0 * a / p**z)) ** (1.0 / z), p

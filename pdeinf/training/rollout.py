@@ -1,0 +1,106 @@
+"""Autoregressive rollouts and their per-step errors, as labelled xarray objects.
+
+A rollout from start index `s` feeds the model its own prediction: `p_{s} = u_s`,
+`p_{s+h} = f(p_{s+h-1})`. The per-step error at horizon h is `SMSE(p_{s+h}, u_{s+h})`
+(method.md section 2); the cumulative error over horizon dt is the sum of the per-step errors
+for h = 1..dt (`cumulative_errors`, as in the paper's rollout link, figure 7).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+import xarray as xr
+from tqdm.auto import tqdm
+
+from pdeinf.errors import InputError
+from pdeinf.training.loss import smse
+
+
+def _model_dtype_device(model: torch.nn.Module):
+    p = next(model.parameters())
+    return p.dtype, p.device
+
+
+@torch.no_grad()
+def rollout(model: torch.nn.Module, u0: torch.Tensor, steps: int) -> torch.Tensor:
+    """Predictions `[B, steps, C, H, W]` for times start+1 .. start+steps from states `u0 [B, C, H, W]`."""
+    if steps <= 0:
+        raise InputError(f"steps: must be positive, got {steps}")
+    out, state = [], u0
+    for _ in range(steps):
+        state = model(state)
+        out.append(state)
+    return torch.stack(out, dim=1)
+
+
+def _check_trajectories(trajectories_by_class: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    if not trajectories_by_class:
+        raise InputError("trajectories: no classes given")
+    checked, shape = {}, None
+    for name, traj in trajectories_by_class.items():
+        arr = np.asarray(traj.detach().cpu() if torch.is_tensor(traj) else traj)
+        if arr.ndim != 5 or arr.shape[0] == 0 or arr.shape[1] < 2:
+            raise InputError(f"trajectories[{name!r}]: expected [n>0, T>=2, C, H, W], got {arr.shape}")
+        if shape is not None and arr.shape[1:] != shape:
+            raise InputError(f"trajectories[{name!r}]: shape {arr.shape[1:]} differs from {shape}")
+        if not np.isfinite(arr).all():
+            raise InputError(f"trajectories[{name!r}]: contains NaN or Inf")
+        shape = arr.shape[1:]
+        checked[name] = arr
+    return checked
+
+
+def rollout_errors(model: torch.nn.Module, trajectories_by_class: Mapping[str, np.ndarray], *,
+                   starts: Sequence[int] | None = None, horizon: int | None = None,
+                   batch_size: int = 64, progress: bool = False) -> xr.DataArray:
+    """Per-step SMSE of autoregressive rollouts, dims `(class, trajectory, start, horizon)`.
+
+    trajectories_by_class: class name -> `[n, T, C, H, W]` (same T, C, H, W for all classes;
+    n may differ, missing trajectories are NaN). starts: start indices in [0, T-2] (default all);
+    horizon: steps rolled out (default T - 1 - min(starts)). Entries with start + h > T - 1 are
+    NaN. The model runs in eval mode in its own dtype and device, `batch_size` states at a time.
+    """
+    trajs = _check_trajectories(trajectories_by_class)
+    n_times = next(iter(trajs.values())).shape[1]
+    starts = list(range(n_times - 1)) if starts is None else [int(s) for s in starts]
+    if not starts or min(starts) < 0 or max(starts) > n_times - 2:
+        raise InputError(f"starts: must lie in [0, {n_times - 2}], got {starts}")
+    if horizon is None:
+        horizon = n_times - 1 - min(starts)
+    if int(horizon) <= 0:
+        raise InputError(f"horizon: must be positive, got {horizon}")
+    if batch_size <= 0:
+        raise InputError(f"batch_size: must be positive, got {batch_size}")
+    horizon = int(horizon)
+    n_max = max(a.shape[0] for a in trajs.values())
+    values = np.full((len(trajs), n_max, len(starts), horizon), np.nan)
+    dtype, device = _model_dtype_device(model)
+    was_training = model.training
+    model.eval()
+    jobs = [(ci, si) for ci in range(len(trajs)) for si in range(len(starts))]
+    for ci, si in tqdm(jobs, disable=not progress, desc="rollouts"):
+        arr = list(trajs.values())[ci]
+        s = starts[si]
+        steps = min(horizon, n_times - 1 - s)
+        for b in range(0, arr.shape[0], batch_size):
+            chunk = torch.as_tensor(arr[b : b + batch_size], dtype=dtype, device=device)
+            pred = rollout(model, chunk[:, s], steps)  # [b, steps, C, H, W]
+            truth = chunk[:, s + 1 : s + 1 + steps]
+            err = smse(pred.flatten(0, 1), truth.flatten(0, 1)).reshape(len(chunk), steps)
+            values[ci, b : b + len(chunk), si, :steps] = err.double().cpu().numpy()
+    model.train(was_training)
+    return xr.DataArray(
+        values, dims=("class", "trajectory", "start", "horizon"),
+        coords={"class": list(trajs), "trajectory": np.arange(n_max), "start": starts,
+                "horizon": np.arange(1, horizon + 1)},
+        name="smse", attrs={"description": "per-step SMSE of autoregressive rollouts"},
+    )
+
+
+def cumulative_errors(errors: xr.DataArray) -> xr.DataArray:
+    """Cumulative rollout error: sum of per-step SMSE over horizons 1..dt (NaN past the end)."""
+    out = errors.cumsum("horizon", skipna=False)
+    out.name = "cumulative_smse"
+    return out

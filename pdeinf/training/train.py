@@ -1,0 +1,339 @@
+"""One-step teacher-forced training of a surrogate, with scheduled checkpoints and exact resume.
+
+Protocol (method.md section 3): transitions `(u_t, u_{t+1})`, t < t_max - 1, from the training
+trajectories of the three classes of a PDE (seeded 65/5/30 split per class), shuffled across
+classes into mini-batches of `profile.batch_size`; AdamW(lr, weight_decay); SMSE loss;
+`profile.epochs[pde]` epochs; a checkpoint after every epoch in `profile.checkpoints[pde]`.
+
+Files in the run directory `<out_dir>/<PDE>-<model>-s<seed>/` (out_dir defaults to
+`paths.runs_dir(profile)`):
+- `ckpt_e0005.pt`: `model_state`, `optimizer_state`, `config`, `data_fingerprint`, `epoch`, `history`;
+- `resume.pt`: the same fields for the last finished epoch, rewritten after every epoch;
+- `history.json`, `history.csv`: train / validation SMSE per epoch.
+All are written to a temporary name and renamed. Rerunning the same call after an interruption
+(even SIGKILL) resumes from `resume.pt` and ends, on CPU, with bitwise the same weights as an
+uninterrupted run: the only randomness is the initialisation (`torch.manual_seed(seed)`) and the
+per-epoch shuffle, derived from `(seed, epoch)` alone.
+
+The data object needs only `.classes`, `.trajectories(cls, split, seed) -> np.ndarray
+[n, T >= t_max, C, H, W]` and `.fingerprint() -> str` (`pdeinf.data.datasets.PDEData`).
+Data-parallel runs under torchrun: see `pdeinf.training.ddp`.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from pdeinf import paths
+from pdeinf.config import PDE_CHANNELS, Profile, check_pde, get_profile
+from pdeinf.errors import InputError
+from pdeinf.models import build
+from pdeinf.training import ddp
+from pdeinf.training.loss import smse
+
+#: Config entries that must agree between a run directory's saved state and a new call.
+IDENTITY_KEYS = ("pde", "model", "model_size", "seed", "channels", "resolution", "batch_size",
+                 "lr", "weight_decay", "t_max", "dtype")
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (non-finite loss); the message names epoch and step."""
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    checkpoints: dict[int, Path] = field(default_factory=dict)
+    history: list[dict] = field(default_factory=list)
+
+
+def run_name(pde: str, model_name: str, seed: int) -> str:
+    return f"{pde}-{model_name}-s{seed}"
+
+
+def checkpoint_path(run_dir: Path, epoch: int) -> Path:
+    return Path(run_dir) / f"ckpt_e{epoch:04d}.pt"
+
+
+# ----------------------------------------------------------------------------- data
+
+def load_transitions(data, split: str, seed: int, t_max: int, channels: int,
+                     dtype: torch.dtype = torch.float32):
+    """All one-step transitions of a split: `x, y [N, C, H, W]`, `class_index [N]` (int64).
+
+    Uses the first `t_max` snapshots of every trajectory (t_max - 1 transitions each).
+    Raises InputError on a wrong shape, too few snapshots or non-finite values.
+    """
+    xs, ys, cs = [], [], []
+    for ci, cls in enumerate(data.classes):
+        traj = np.asarray(data.trajectories(cls, split, seed))
+        if traj.ndim != 5 or traj.shape[2] != channels or traj.shape[3] != traj.shape[4]:
+            raise InputError(f"data {cls} ({split}): expected [n, T, {channels}, R, R] trajectories, "
+                             f"got shape {traj.shape}")
+        if traj.shape[1] < t_max:
+            raise InputError(f"data {cls} ({split}): {traj.shape[1]} snapshots, need t_max={t_max}")
+        traj = traj[:, :t_max]
+        if not np.isfinite(traj).all():
+            raise InputError(f"data {cls} ({split}): trajectories contain NaN or Inf")
+        n = traj.shape[0]
+        shape = traj.shape[2:]
+        xs.append(traj[:, :-1].reshape(n * (t_max - 1), *shape))
+        ys.append(traj[:, 1:].reshape(n * (t_max - 1), *shape))
+        cs.append(np.full(n * (t_max - 1), ci, dtype=np.int64))
+    x = torch.as_tensor(np.concatenate(xs), dtype=dtype)
+    y = torch.as_tensor(np.concatenate(ys), dtype=dtype)
+    return x, y, torch.as_tensor(np.concatenate(cs))
+
+
+# ----------------------------------------------------------------------------- files
+
+def _atomic_write_bytes(path: Path, payload: bytes) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    _atomic_write_bytes(path, buf.getvalue())
+
+
+def _write_history(run_dir: Path, history: list[dict]) -> None:
+    _atomic_write_bytes(run_dir / "history.json", json.dumps(history, indent=1).encode())
+    out = io.StringIO()
+    if history:
+        writer = csv.DictWriter(out, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+    _atomic_write_bytes(run_dir / "history.csv", out.getvalue().encode())
+
+
+def _read_state(path: Path) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # corrupt, truncated or not a torch file
+        raise InputError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from None
+    for key in ("model_state", "optimizer_state", "config", "epoch"):
+        if not isinstance(state, dict) or key not in state:
+            raise InputError(f"{path}: not a pdeinf checkpoint (no {key!r})")
+    return state
+
+
+def _check_identity(path: Path, saved: dict, wanted: dict) -> None:
+    for key in IDENTITY_KEYS:
+        if key in wanted and saved.get(key) != wanted[key]:
+            raise InputError(f"{path}: checkpoint has {key}={saved.get(key)!r}, expected "
+                             f"{wanted[key]!r} (a run of another model, PDE or size; use another out_dir)")
+
+
+def load_checkpoint(path, *, pde: str | None = None, model_name: str | None = None,
+                    size: str | None = None, map_location="cpu"):
+    """`(model, checkpoint_dict)` with the weights of a checkpoint, model in eval mode.
+
+    `pde`, `model_name`, `size`, when given, must match the checkpoint (else InputError).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: checkpoint file not found")
+    ckpt = _read_state(path)
+    wanted = {k: v for k, v in (("pde", pde), ("model", model_name), ("model_size", size)) if v}
+    _check_identity(path, ckpt["config"], wanted)
+    cfg = ckpt["config"]
+    model = build(cfg["model"], channels=cfg["channels"], resolution=cfg["resolution"],
+                  size=cfg["model_size"])
+    model.to(getattr(torch, cfg.get("dtype", "float32")))
+    try:
+        model.load_state_dict(ckpt["model_state"])
+    except RuntimeError as err:
+        raise InputError(f"{path}: weights do not fit {cfg['model']}/{cfg['model_size']}: "
+                         f"{str(err).splitlines()[0]}") from None
+    model.to(map_location)
+    return model.eval(), ckpt
+
+
+# ----------------------------------------------------------------------------- loop
+
+@torch.no_grad()
+def evaluate_smse(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                  batch_size: int = 256) -> float:
+    """Mean per-example SMSE of `model` on transitions `x -> y` (nan when empty)."""
+    if len(x) == 0:
+        return math.nan
+    was_training = model.training
+    model.eval()
+    total = 0.0
+    for i in range(0, len(x), batch_size):
+        total += smse(model(x[i : i + batch_size]), y[i : i + batch_size]).sum().item()
+    model.train(was_training)
+    return total / len(x)
+
+
+def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The shuffle of epoch `epoch` (1-based): a function of (seed, epoch) only."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def _resolve_profile(profile) -> Profile:
+    if isinstance(profile, Profile):
+        return profile
+    try:
+        return get_profile(profile)
+    except ValueError as err:
+        raise InputError(f"profile: {err}") from None
+
+
+def train(pde: str, model_name: str, seed: int, profile, *, data_root=None, out_dir=None,
+          progress: bool = True, data=None, dtype: torch.dtype = torch.float32,
+          device=None) -> RunResult:
+    """Train (or resume, or just return) the run `<PDE>-<model>-s<seed>` of a profile.
+
+    profile: a `Profile` or its name. data: an object with `.classes`, `.trajectories`,
+    `.fingerprint` (default `PDEData(data_root or paths.data_dir(profile), pde, t_max)`).
+    out_dir: parent of the run directory (default `paths.runs_dir(profile.name)`).
+    Returns the run directory, the scheduled checkpoints `{epoch: path}` and the history.
+    Raises InputError on bad arguments/data or a run directory of another configuration, and
+    TrainingError on a non-finite loss (files of the last good epoch are kept).
+    """
+    try:
+        check_pde(pde)
+    except ValueError as err:
+        raise InputError(f"pde: {err}") from None
+    prof = _resolve_profile(profile)
+    if model_name not in ("unet", "vit"):
+        raise InputError(f"model: unknown model {model_name!r}; expected unet or vit")
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise InputError(f"seed: must be a non-negative integer, got {seed!r}")
+    seed = int(seed)
+    epochs = int(prof.epochs[pde])
+    schedule = sorted(int(e) for e in prof.checkpoints[pde])
+    if epochs <= 0 or prof.batch_size <= 0 or prof.lr <= 0:
+        raise InputError(f"profile {prof.name}: epochs, batch_size and lr must be positive")
+
+    ctx = ddp.setup(device)
+    try:
+        if data is None:
+            from pdeinf.data.datasets import PDEData
+
+            data = PDEData(data_root or paths.data_dir(prof.name), pde, t_max=prof.t_max)
+        channels = PDE_CHANNELS[pde]
+        x_tr, y_tr, _ = load_transitions(data, "train", seed, prof.t_max, channels, dtype)
+        x_va, y_va, _ = load_transitions(data, "val", seed, prof.t_max, channels, dtype)
+        if len(x_tr) == 0:
+            raise InputError(f"data {pde}: no training trajectories")
+        resolution = int(x_tr.shape[-1])
+        config = {
+            "pde": pde, "model": model_name, "model_size": prof.model_size, "seed": seed,
+            "profile": prof.name, "channels": channels, "resolution": resolution,
+            "epochs": epochs, "checkpoints": schedule, "batch_size": prof.batch_size,
+            "lr": prof.lr, "weight_decay": prof.weight_decay, "t_max": prof.t_max,
+            "split": list(prof.split), "dtype": str(dtype).replace("torch.", ""),
+            "classes": list(data.classes), "n_train_transitions": len(x_tr),
+            "world_size": ctx.world,
+        }
+        fingerprint = str(data.fingerprint())
+        run_dir = Path(out_dir or paths.runs_dir(prof.name)) / run_name(pde, model_name, seed)
+        if ctx.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            for stale in run_dir.glob(".*.tmp"):  # left by a write that was killed mid-way
+                stale.unlink(missing_ok=True)
+        ddp.barrier(ctx)
+        return _train_loop(config, fingerprint, run_dir, x_tr, y_tr, x_va, y_va, ctx, progress)
+    finally:
+        ddp.cleanup(ctx)
+
+
+def _train_loop(config, fingerprint, run_dir, x_tr, y_tr, x_va, y_va, ctx, progress) -> RunResult:
+    dtype = getattr(torch, config["dtype"])
+    torch.manual_seed(config["seed"])
+    model = build(config["model"], channels=config["channels"], resolution=config["resolution"],
+                  size=config["model_size"]).to(dtype=dtype)
+    model.to(ctx.device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config["lr"],
+                                  weight_decay=config["weight_decay"])
+    history: list[dict] = []
+    start = 0
+    resume_path = run_dir / "resume.pt"
+    if resume_path.exists():
+        state = _read_state(resume_path)
+        _check_identity(resume_path, state["config"], config)
+        if state.get("data_fingerprint") != fingerprint:
+            raise InputError(f"{resume_path}: the data changed since this run started "
+                             f"(fingerprint {state.get('data_fingerprint')!r} != {fingerprint!r}); "
+                             "remove the run directory to retrain")
+        model.load_state_dict(state["model_state"])
+        optimizer.load_state_dict(state["optimizer_state"])
+        start, history = int(state["epoch"]), list(state["history"])
+    epochs, schedule = config["epochs"], set(config["checkpoints"])
+    x_tr, y_tr = x_tr.to(ctx.device), y_tr.to(ctx.device)
+    x_va, y_va = x_va.to(ctx.device), y_va.to(ctx.device)
+    net = ddp.wrap(model, ctx)
+    n, batch = len(x_tr), config["batch_size"]
+    steps = math.ceil(n / batch)
+    bar = tqdm(total=(epochs - start) * steps, disable=not (progress and ctx.is_main),
+               desc=run_dir.name, unit="step")
+    net.train()
+    for epoch in range(start + 1, epochs + 1):
+        t0 = time.perf_counter()
+        perm = epoch_permutation(config["seed"], epoch, n)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
+        for step in range(steps):
+            idx = perm[step * batch : (step + 1) * batch]
+            local = torch.as_tensor(ddp.shard(idx, ctx), device=ctx.device)
+            if len(local):
+                per_example = smse(net(x_tr[local]), y_tr[local])
+                loss = per_example.sum() * (ctx.world / len(idx))
+            else:  # a final batch smaller than the world: this rank contributes zero gradient
+                loss = net(x_tr[:1]).sum() * 0.0
+                per_example = loss.detach().reshape(1) * 0.0
+            batch_sum = ddp.all_reduce_sum(per_example.detach().sum().double(), ctx)
+            if not torch.isfinite(batch_sum):
+                last = max([e for e in schedule if e < epoch], default=None)
+                kept = f"last good checkpoint: {checkpoint_path(run_dir, last)}" if last else \
+                    "no checkpoint written yet"
+                bar.close()
+                raise TrainingError(f"non-finite loss ({batch_sum.item()}) at epoch {epoch}, step "
+                                    f"{step + 1}/{steps} of {run_dir.name}; training stopped, {kept}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += batch_sum
+            bar.update(1)
+            bar.set_postfix(epoch=epoch, loss=f"{batch_sum.item() / len(idx):.3e}")
+        record = {"epoch": epoch, "train_smse": loss_sum.item() / n,
+                  "val_smse": evaluate_smse(model, x_va, y_va),
+                  "seconds": round(time.perf_counter() - t0, 3)}
+        history.append(record)
+        if ctx.is_main:
+            state = {"model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
+                     "config": config, "data_fingerprint": fingerprint, "epoch": epoch,
+                     "history": history}
+            if epoch in schedule:
+                atomic_torch_save(state, checkpoint_path(run_dir, epoch))
+            atomic_torch_save(state, resume_path)
+            _write_history(run_dir, history)
+        ddp.barrier(ctx)
+    bar.close()
+    ckpts = {e: checkpoint_path(run_dir, e) for e in sorted(schedule)
+             if checkpoint_path(run_dir, e).exists()}
+    return RunResult(run_dir=run_dir, checkpoints=ckpts, history=history)

@@ -1,0 +1,372 @@
+"""One function per figure; each takes analysis output (pdeinf.analysis) and returns a Figure.
+
+Nothing here computes influence: inputs are the xarray / pandas objects of
+`pdeinf.analysis.coherence`, the pipeline's rollout errors and training histories, or raw
+snapshots. Time axes are snapshot indices, influence is dimensionless (normalisation named in
+the colour-bar / axis label).
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+import matplotlib
+from matplotlib.colors import TwoSlopeNorm
+from matplotlib.figure import Figure
+
+from pdeinf.errors import InputError
+from pdeinf.viz import style as st
+
+
+def _influence_label(obj) -> str:
+    norm = obj.attrs.get("normalization", "")
+    return {"standard": "standardized influence", "none": "raw influence",
+            "cosine": "cosine influence"}.get(norm, f"influence ({norm})" if norm else "influence")
+
+
+def _title(obj, default: str) -> str:
+    variant = obj.attrs.get("variant")
+    return f"{default} [{variant}]" if variant else default
+
+
+def _require_dims(obj, dims, name):
+    if not isinstance(obj, (xr.DataArray, xr.Dataset)) or any(d not in obj.dims for d in dims):
+        raise InputError(f"{name}: expected an xarray object with dims {tuple(dims)}")
+
+
+def _draw_heatmap(ax, heat: xr.DataArray, *, vmin=None, vmax=None, colorbar=True, lag=None):
+    values = heat.transpose("t_resp", "t_pert").values
+    t_resp, t_pert = heat["t_resp"].values, heat["t_pert"].values
+    lo = np.nanmin(values) if vmin is None else vmin
+    hi = np.nanmax(values) if vmax is None else vmax
+    norm = None
+    cmap = st.HEATMAP_CMAP
+    if lo < 0 < hi and abs(lo) > 0.1 * hi:  # signed data: centre the colours on zero
+        norm, cmap, lo, hi = TwoSlopeNorm(0.0, lo, hi), st.DIVERGING_CMAP, None, None
+    image = ax.imshow(values, origin="lower", cmap=cmap, norm=norm, vmin=lo, vmax=hi,
+                      extent=(t_pert[0] - 0.5, t_pert[-1] + 0.5, t_resp[0] - 0.5, t_resp[-1] + 0.5),
+                      aspect="equal", interpolation="nearest")
+    ax.set_xlabel("perturbation time $t_m$")
+    ax.set_ylabel("response time $t_n$")
+    if lag is not None:
+        ts = np.array([t_pert[0], t_pert[-1]], dtype=float)
+        ax.plot(ts, ts + lag, color="white", lw=0.8, ls="--")
+        ax.set_xlim(t_pert[0] - 0.5, t_pert[-1] + 0.5)
+        ax.set_ylim(t_resp[0] - 0.5, t_resp[-1] + 0.5)
+    if colorbar:
+        ax.figure.colorbar(image, ax=ax, shrink=0.85, label=_influence_label(heat))
+    return image
+
+
+def heatmap_figure(heat: xr.DataArray, *, title: str | None = None, vmin=None, vmax=None) -> Figure:
+    """Item 1: temporal coherence heatmap, response time vs perturbation time."""
+    _require_dims(heat, ("t_resp", "t_pert"), "heat")
+    fig, axes = st.new_figure(1, 1, size=(3.6, 3.0))
+    _draw_heatmap(axes[0, 0], heat, vmin=vmin, vmax=vmax)
+    axes[0, 0].set_title(title or _title(heat, "temporal coherence"))
+    return fig
+
+
+def _draw_horizon(ax, curve: xr.DataArray, *, lag=None):
+    dts = curve["dt"].values
+    for pair in curve["pair"].values:
+        q = curve.sel(pair=pair)
+        color = st.PAIR_COLORS.get(str(pair), "grey")
+        ax.fill_between(dts, q.sel(quantile=0.25), q.sel(quantile=0.75), color=color, alpha=0.25,
+                        lw=0)
+        ax.plot(dts, q.sel(quantile=0.5), color=color, marker="o", ms=2.5, lw=1.2,
+                label=f"{pair}-class")
+    if lag is not None:
+        ax.axvline(lag, color="black", lw=0.8, ls="--")
+    ax.axhline(0.0, color="grey", lw=0.5)
+    ax.set_xlabel(r"$\Delta t = t_n - t_m$")
+    ax.set_ylabel(_influence_label(curve))
+    ax.legend(frameon=False)
+
+
+def horizon_figure(curve: xr.DataArray, *, title: str | None = None, lag: int | None = None
+                   ) -> Figure:
+    """Item 2: influence vs time lag, medians with quartile bands, intra vs inter class."""
+    _require_dims(curve, ("pair", "quantile", "dt"), "curve")
+    fig, axes = st.new_figure(1, 1, size=(3.8, 2.8))
+    _draw_horizon(axes[0, 0], curve, lag=lag)
+    axes[0, 0].set_title(title or _title(curve, "temporal decay"))
+    return fig
+
+
+def _draw_class_matrix(ax, cm: xr.DataArray, *, colorbar=True):
+    values = cm.transpose("c_resp", "c_pert").values
+    image = ax.imshow(values, cmap=st.HEATMAP_CMAP, origin="upper")
+    labels_r, labels_p = [str(c) for c in cm["c_resp"].values], [str(c) for c in cm["c_pert"].values]
+    ax.set_xticks(range(len(labels_p)), labels_p, rotation=30, ha="right")
+    ax.set_yticks(range(len(labels_r)), labels_r)
+    ax.set_xlabel("perturbing class")
+    ax.set_ylabel("response class")
+    finite = values[np.isfinite(values)]
+    middle = 0.5 * (finite.min() + finite.max()) if finite.size else 0.0
+    for i in range(values.shape[0]):
+        for j in range(values.shape[1]):
+            ax.text(j, i, f"{values[i, j]:.2g}", ha="center", va="center", fontsize=7,
+                    color="black" if values[i, j] > middle else "white")
+    if colorbar:
+        ax.figure.colorbar(image, ax=ax, shrink=0.85, label=_influence_label(cm))
+
+
+def class_matrix_figure(cm: xr.DataArray, *, title: str | None = None) -> Figure:
+    """Item 3: 3x3 class matrix (response class vs perturbing class)."""
+    _require_dims(cm, ("c_resp", "c_pert"), "cm")
+    fig, axes = st.new_figure(1, 1, size=(3.6, 3.0))
+    _draw_class_matrix(axes[0, 0], cm)
+    lag = cm.attrs.get("lag", 0)
+    axes[0, 0].set_title(title or _title(cm, f"class coherence (lag {lag})"))
+    return fig
+
+
+def dynamics_figure(dyn: xr.DataArray, *, title: str | None = None) -> Figure:
+    """Item 4: mean diagonal vs off-diagonal influence across checkpoints (log scale)."""
+    _require_dims(dyn, ("part", "quantile", "epoch"), "dyn")
+    fig, axes = st.new_figure(1, 1, size=(3.8, 2.8))
+    ax = axes[0, 0]
+    epochs = dyn["epoch"].values
+    for part in dyn["part"].values:
+        q = dyn.sel(part=part)
+        color = st.PART_COLORS.get(str(part), "grey")
+        ax.fill_between(epochs, q.sel(quantile=0.25), q.sel(quantile=0.75), color=color,
+                        alpha=0.25, lw=0)
+        ax.plot(epochs, q.sel(quantile=0.5), color=color, marker="o", ms=3, label=str(part))
+    values = dyn.values[np.isfinite(dyn.values)]
+    if values.size and values.min() > 0:
+        ax.set_yscale("log")
+    elif values.size:
+        ax.set_yscale("symlog", linthresh=max(1e-12, float(np.min(np.abs(values[values != 0]),
+                                                                  initial=1.0))))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"mean {_influence_label(dyn)}")
+    ax.legend(frameon=False)
+    ax.set_title(title or _title(dyn, "training dynamics"))
+    return fig
+
+
+def spectrum_figure(spec: xr.Dataset, *, title: str | None = None) -> Figure:
+    """Item 5: eta_hat eigenvalues (median per mode over seeds x batches) per checkpoint,
+    and the condition number vs epoch."""
+    _require_dims(spec, ("seed", "epoch", "batch", "mode"), "spec")
+    fig, axes = st.new_figure(1, 2, size=(3.4, 2.8))
+    ax, ax_cond = axes[0]
+    epochs = spec["epoch"].values
+    cmap = matplotlib.colormaps["viridis"]
+    for k, epoch in enumerate(epochs):
+        eig = spec["eigenvalues"].sel(epoch=epoch).values.reshape(-1, spec.sizes["mode"])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # modes beyond every rank: NaN
+            med = np.nanmedian(eig, axis=0)
+        keep = np.isfinite(med) & (med > 0)
+        ax.plot(np.arange(1, keep.sum() + 1), med[keep], color=cmap(k / max(1, len(epochs) - 1)),
+                lw=1.2, label=f"epoch {epoch}")
+    ax.set_yscale("log")
+    ax.set_xlabel("mode")
+    ax.set_ylabel(r"eigenvalue of $\hat\eta$")
+    ax.legend(frameon=False, fontsize=7)
+    ax.set_title(title or "spectrum of the metric")
+    cond = spec["condition_number"].transpose("epoch", ...).values.reshape(len(epochs), -1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        q = np.nanquantile(np.where(np.isfinite(cond), cond, np.nan), [0.25, 0.5, 0.75], axis=1)
+    ax_cond.fill_between(epochs, q[0], q[2], color=st.OURS_COLOR, alpha=0.2, lw=0)
+    ax_cond.plot(epochs, q[1], color=st.OURS_COLOR, marker="o", ms=3)
+    ax_cond.set_yscale("log")
+    ax_cond.set_xlabel("epoch")
+    ax_cond.set_ylabel("condition number")
+    ax_cond.set_title("anisotropy")
+    return fig
+
+
+def similarity_figure(sim: xr.Dataset, *, title: str | None = None) -> Figure:
+    """Item 6: influence vs scaled input distance (log-spaced overlapping bins)."""
+    _require_dims(sim, ("bin",), "sim")
+    fig, axes = st.new_figure(1, 1, size=(3.8, 2.8))
+    ax = axes[0, 0]
+    center = sim["center"].values
+    ok = sim["count"].values > 0
+    ax.fill_between(center[ok], sim["q25"].values[ok], sim["q75"].values[ok],
+                    color=st.OURS_COLOR, alpha=0.2, lw=0)
+    ax.plot(center[ok], sim["median"].values[ok], color=st.OURS_COLOR, marker="o", ms=3)
+    ax.set_xscale("log")
+    ax.axhline(0.0, color="grey", lw=0.5)
+    ax.set_xlabel("scaled input distance")
+    ax.set_ylabel(_influence_label(sim))
+    rho = sim.attrs.get("spearman_rho")
+    label = f" (Spearman {rho:.2f})" if rho is not None else ""
+    ax.set_title((title or _title(sim, "influence vs similarity")) + label)
+    return fig
+
+
+def rollout_link_figure(link: xr.Dataset, *, paper: dict | pd.Series | None = None,
+                        title: str | None = None, scatter_dt: int = 1) -> Figure:
+    """Item 7: Pearson correlation of R with cumulative rollout error vs horizon, ours beside
+    the paper's published endpoints (dt = 1 and 16 only, drawn as markers, not interpolated),
+    and the scatter of rollout error against R at `scatter_dt`."""
+    _require_dims(link, ("dt",), "link")
+    fig, axes = st.new_figure(1, 2, size=(3.4, 2.8))
+    ax, ax_sc = axes[0]
+    dts = link["dt"].values
+    ax.plot(dts, link["correlation"].values, color=st.OURS_COLOR, marker="o", ms=3, label="ours")
+    if paper is not None:
+        items = sorted(dict(paper).items())
+        ax.plot([k for k, _ in items], [v for _, v in items], ls="none", marker="D", ms=6,
+                color=st.PAPER_COLOR, label="paper (published endpoints)")
+    ax.axhline(0.0, color="grey", lw=0.5)
+    ax.set_ylim(-1.05, 1.05)
+    ax.set_xlabel(r"rollout horizon $\Delta t$")
+    ax.set_ylabel("Pearson r(R, rollout SMSE)")
+    ax.legend(frameon=False, fontsize=7)
+    ax.set_title(title or "coherence vs rollout error")
+    if scatter_dt in dts:
+        for k, cls in enumerate(link["class"].values):
+            ax_sc.scatter(link["ratio"].sel({"class": cls}).values.ravel(),
+                          link["rollout_error"].sel({"class": cls, "dt": scatter_dt}).values.ravel(),
+                          s=12, color=st.class_color(k), label=str(cls))
+        ax_sc.set_yscale("log")
+        ax_sc.legend(frameon=False, fontsize=7)
+    ax_sc.set_xlabel("R = off-diagonal / diagonal")
+    ax_sc.set_ylabel(f"cumulative SMSE, $\\Delta t$={scatter_dt}")
+    return fig
+
+
+def variant_heatmaps_figure(maps: xr.DataArray, *, title: str | None = None,
+                            shared_scale: bool = False) -> Figure:
+    """Items 8-9: temporal heatmaps side by side, one per variant (metric or bra)."""
+    _require_dims(maps, ("variant", "t_resp", "t_pert"), "maps")
+    names = [str(v) for v in maps["variant"].values]
+    fig, axes = st.new_figure(1, len(names), size=(3.3, 2.9))
+    lo, hi = (float(np.nanmin(maps)), float(np.nanmax(maps))) if shared_scale else (None, None)
+    for ax, name in zip(axes[0], names):
+        _draw_heatmap(ax, maps.sel(variant=name), vmin=lo, vmax=hi)
+        ax.set_title(name)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def conservation_figure(maps: xr.DataArray, *, title: str = "conservation bras") -> Figure:
+    """Item 8: heatmaps with the mass / energy drift bras (a `variant_heatmaps_figure`)."""
+    return variant_heatmaps_figure(maps, title=title)
+
+
+def snapshots_figure(samples: dict, *, times=(0, 4, 8, 16), channel: int = 0,
+                     channel_name: str | None = None, title: str | None = None) -> Figure:
+    """Data snapshots: one row per class, one column per time. `samples[class]` is one
+    trajectory `[T, C, H, W]` (numpy); `channel` picks the field shown."""
+    if not samples:
+        raise InputError("samples: at least one class is needed")
+    names = list(samples)
+    fig, axes = st.new_figure(len(names), len(times), size=(1.7, 1.7))
+    for i, name in enumerate(names):
+        traj = np.asarray(samples[name])
+        if traj.ndim != 4:
+            raise InputError(f"samples[{name!r}]: expected [T, C, H, W], got {traj.shape}")
+        if max(times) >= traj.shape[0] or channel >= traj.shape[1]:
+            raise InputError(f"samples[{name!r}]: times {times} / channel {channel} out of range")
+        field = traj[list(times), channel]
+        lo, hi = float(field.min()), float(field.max())
+        for j, t in enumerate(times):
+            ax = axes[i, j]
+            ax.imshow(traj[t, channel], origin="lower", cmap="viridis", vmin=lo, vmax=hi)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(f"t = {t}")
+            if j == 0:
+                ax.set_ylabel(str(name))
+    if title or channel_name:
+        fig.suptitle(title or f"snapshots: {channel_name}")
+    return fig
+
+
+def loss_curves_figure(histories: dict, *, title: str = "training") -> Figure:
+    """Loss curves: `histories[label]` is a DataFrame with columns seed, epoch, train_loss,
+    val_loss (pdeinf.pipeline.training_history); one colour per label, line style per split."""
+    if not histories:
+        raise InputError("histories: at least one training history is needed")
+    fig, axes = st.new_figure(1, 1, size=(4.2, 3.0))
+    ax = axes[0, 0]
+    for k, (label, frame) in enumerate(histories.items()):
+        missing = {"seed", "epoch", "train_loss", "val_loss"} - set(frame.columns)
+        if missing:
+            raise InputError(f"histories[{label!r}]: missing columns {sorted(missing)}")
+        color = st.class_color(k) if len(histories) > 1 else st.OURS_COLOR
+        for split, ls in (("train_loss", "-"), ("val_loss", "--")):
+            per_epoch = frame.groupby("epoch")[split]
+            med = per_epoch.median()
+            ax.fill_between(med.index, per_epoch.min(), per_epoch.max(), color=color, alpha=0.15,
+                            lw=0)
+            ax.plot(med.index, med.values, color=color, ls=ls,
+                    label=f"{label} {split.split('_')[0]}")
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("SMSE")
+    ax.legend(frameon=False, fontsize=7)
+    ax.set_title(title)
+    return fig
+
+
+def rollout_error_figure(rollouts: dict, *, title: str = "rollout error") -> Figure:
+    """Per-step rollout SMSE vs horizon per class: `rollouts[label]` is the pipeline's
+    DataArray (seed, class, trajectory, start, horizon); median and quartiles over seeds x
+    trajectories x starts. One panel per label (e.g. model)."""
+    if not rollouts:
+        raise InputError("rollouts: at least one rollout array is needed")
+    fig, axes = st.new_figure(1, len(rollouts), size=(3.4, 2.8))
+    for ax, (label, da) in zip(axes[0], rollouts.items()):
+        _require_dims(da, ("seed", "class", "trajectory", "start", "horizon"), f"rollouts[{label!r}]")
+        horizon = np.arange(1, da.sizes["horizon"] + 1)
+        for k, cls in enumerate(da["class"].values):
+            values = da.sel({"class": cls}).transpose("horizon", ...).values
+            values = values.reshape(values.shape[0], -1)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                q = np.nanquantile(values, [0.25, 0.5, 0.75], axis=1)
+            color = st.class_color(k)
+            ax.fill_between(horizon, q[0], q[2], color=color, alpha=0.2, lw=0)
+            ax.plot(horizon, q[1], color=color, label=str(cls))
+        ax.set_yscale("log")
+        ax.set_xlabel("rollout step")
+        ax.set_ylabel("per-step SMSE")
+        ax.set_title(f"{title}: {label}")
+        ax.legend(frameon=False, fontsize=7)
+    return fig
+
+
+def explorer_figure(curve: xr.DataArray, heat: xr.DataArray, cm: xr.DataArray, *, lag: int,
+                    title: str = "") -> Figure:
+    """The explorer's panel: decay curves with the lag marked, the heatmap with the lag's
+    diagonal drawn, and the class matrix at that lag."""
+    fig, axes = st.new_figure(1, 3, size=(3.3, 2.9))
+    _draw_horizon(axes[0, 0], curve, lag=lag)
+    axes[0, 0].set_title("decay")
+    _draw_heatmap(axes[0, 1], heat, lag=lag)
+    axes[0, 1].set_title("temporal coherence")
+    _draw_class_matrix(axes[0, 2], cm)
+    axes[0, 2].set_title(f"classes at lag {lag}")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+__all__ = [
+    "class_matrix_figure",
+    "conservation_figure",
+    "dynamics_figure",
+    "explorer_figure",
+    "heatmap_figure",
+    "horizon_figure",
+    "loss_curves_figure",
+    "rollout_error_figure",
+    "rollout_link_figure",
+    "similarity_figure",
+    "snapshots_figure",
+    "spectrum_figure",
+    "variant_heatmaps_figure",
+]

@@ -1,0 +1,195 @@
+"""ipywidgets explorer of the influence sweeps: decay curves, heatmap and class matrix at a lag.
+
+`explorer(profile)` returns an `Explorer`; display it in a notebook (it renders as its
+`widget`). Dropdowns pick PDE, model, seed, checkpoint epoch, variant and normalisation; a
+slider picks the time lag. The panel is a PNG in an `ipywidgets.Image`, so a browser test can
+see its bytes change.
+
+Only cached results are used: each (PDE, model) sweep is loaded once (through the pipeline's
+cache, `pdeinf.analysis.load_variants`), each analysis is computed once per selection and
+kept; moving the slider only redraws. No influence matrix is ever recomputed here.
+
+CSS classes for front-end tests: "pdeinf-explorer" (the whole box), "pdeinf-lag-slider",
+"pdeinf-figure", and "pdeinf-<name>" on each dropdown (pde, model, seed, epoch, variant,
+normalization).
+"""
+from __future__ import annotations
+
+import io
+from typing import Callable
+
+import ipywidgets as W
+
+from pdeinf.analysis import coherence as co
+from pdeinf.config import PDE_CLASSES, get_profile
+from pdeinf.errors import InputError
+from pdeinf.viz import figures as vf
+
+ALL_SEEDS = "all"
+DEFAULT_VARIANTS = {
+    "CE": ("gauss-newton", "euclidean", "adam", "gn-mass", "gn-energy"),
+    "NS": ("gauss-newton", "euclidean", "adam"),
+}
+
+
+def cached_loader(profile, *, variants: dict | None = None, progress: bool = False) -> Callable:
+    """A loader `(pde, model) -> xr.Dataset` over the pipeline's cached sweeps.
+
+    Variants the sweep does not support (InputError / NotImplementedError from the pipeline)
+    are left out; Gauss-Newton is required."""
+    variants = variants or DEFAULT_VARIANTS
+
+    def load(pde: str, model: str):
+        from pdeinf import pipeline
+
+        datasets = {}
+        for name in variants.get(pde, ("gauss-newton",)):
+            try:
+                datasets[name] = pipeline.ensure_influence(
+                    profile, pde, model, progress=progress, **co.VARIANT_SPECS[name])
+            except (InputError, NotImplementedError):
+                if name == "gauss-newton":
+                    raise
+        return co.combine_variants(datasets)
+
+    return load
+
+
+class Explorer:
+    """The explorer's state: widgets, the per-(PDE, model) datasets and the analysis cache."""
+
+    def __init__(self, profile=None, *, pdes=None, models=None, loader: Callable | None = None,
+                 max_lag: int = 11, progress: bool = False):
+        self.profile = get_profile(profile) if profile is None or isinstance(profile, str) else profile
+        pdes = list(pdes or self.profile.pdes)
+        models = list(models or self.profile.models)
+        for pde in pdes:
+            if pde not in PDE_CLASSES:
+                raise InputError(f"pdes: unknown PDE {pde!r}; expected {', '.join(PDE_CLASSES)}")
+        if not pdes or not models:
+            raise InputError("pdes/models: at least one of each is needed")
+        if max_lag < 0:
+            raise InputError(f"max_lag: must be >= 0, got {max_lag}")
+        self.loader = loader or cached_loader(self.profile, progress=progress)
+        self.max_lag = max_lag
+        self._datasets: dict = {}
+        self._analyses: dict = {}
+        self._updating = False
+        self.renders = 0
+
+        def dropdown(name, options, description):
+            w = W.Dropdown(options=options, description=description,
+                           layout=W.Layout(width="220px"))
+            w.add_class(f"pdeinf-{name}")
+            return w
+
+        self.pde = dropdown("pde", pdes, "PDE")
+        self.model = dropdown("model", models, "model")
+        self.seed = dropdown("seed", [ALL_SEEDS], "seed")
+        self.epoch = dropdown("epoch", [0], "epoch")
+        self.variant = dropdown("variant", ["gauss-newton"], "variant")
+        self.normalization = dropdown("normalization", list(co.NORMALIZATIONS), "normalization")
+        self.normalization.value = "standard"
+        self.lag = W.IntSlider(value=0, min=-max_lag, max=max_lag, step=1, description="lag dt",
+                               continuous_update=False, layout=W.Layout(width="450px"))
+        self.lag.add_class("pdeinf-lag-slider")
+        self.image = W.Image(format="png", layout=W.Layout(width="100%"))
+        self.image.add_class("pdeinf-figure")
+        self.status = W.HTML(value="")
+        self.status.add_class("pdeinf-status")
+        controls = W.VBox([
+            W.HBox([self.pde, self.model, self.seed]),
+            W.HBox([self.epoch, self.variant, self.normalization]),
+            self.lag,
+        ])
+        self.widget = W.VBox([controls, self.image, self.status])
+        self.widget.add_class("pdeinf-explorer")
+
+        self.pde.observe(self._on_dataset_change, names="value")
+        self.model.observe(self._on_dataset_change, names="value")
+        for w in (self.seed, self.epoch, self.variant, self.normalization, self.lag):
+            w.observe(self._on_view_change, names="value")
+        self._on_dataset_change()
+
+    # ------------------------------------------------------------------ data and analyses
+    def dataset(self, pde: str, model: str):
+        """The sweep of (pde, model), loaded once."""
+        key = (pde, model)
+        if key not in self._datasets:
+            self._datasets[key] = self.loader(pde, model)
+        return self._datasets[key]
+
+    def _selection(self):
+        seeds = None if self.seed.value == ALL_SEEDS else [self.seed.value]
+        return (self.pde.value, self.model.value, self.seed.value, self.epoch.value,
+                self.variant.value, self.normalization.value), seeds
+
+    def analyses(self, lag: int):
+        """(horizon curve, heatmap, class matrix at `lag`) of the current selection, cached."""
+        key, seeds = self._selection()
+        ds = self.dataset(key[0], key[1])
+        kw = dict(variant=key[4], normalization=key[5], epoch=key[3], seeds=seeds)
+        if key not in self._analyses:
+            self._analyses[key] = {
+                "curve": co.horizon_curve(ds, max_lag=self.max_lag, **kw),
+                "heat": co.temporal_heatmap(ds, **kw),
+                "class": {},
+            }
+        entry = self._analyses[key]
+        if lag not in entry["class"]:
+            entry["class"][lag] = co.class_matrix(ds, lag=lag, **kw)
+        return entry["curve"], entry["heat"], entry["class"][lag]
+
+    # ------------------------------------------------------------------ callbacks
+    def _on_dataset_change(self, change=None):
+        ds = self.dataset(self.pde.value, self.model.value)
+        self._updating = True
+        try:
+            self.seed.options = [ALL_SEEDS] + [int(s) for s in ds["seed"].values]
+            self.seed.value = ALL_SEEDS
+            epochs = sorted(int(e) for e in ds["epoch"].values)
+            self.epoch.options = epochs
+            self.epoch.value = epochs[-1]
+            names = co.variants(ds)
+            current = self.variant.value
+            self.variant.options = names
+            self.variant.value = current if current in names else names[0]
+            n_times = ds.sizes["t_resp"]
+            limit = min(self.max_lag, n_times - 1)
+            self.lag.min, self.lag.max = -limit, limit
+        finally:
+            self._updating = False
+        self.render()
+
+    def _on_view_change(self, change=None):
+        if not self._updating:
+            self.render()
+
+    def render(self) -> bytes:
+        """Redraw the panel for the current selection; returns the PNG bytes shown."""
+        lag = int(self.lag.value)
+        curve, heat, cm = self.analyses(lag)
+        title = (f"{self.pde.value} {self.model.value}, seed {self.seed.value}, "
+                 f"epoch {self.epoch.value}, {self.variant.value} / {self.normalization.value}")
+        fig = vf.explorer_figure(curve, heat, cm, lag=lag, title=title)
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=80)
+        self.image.value = buffer.getvalue()
+        self.renders += 1
+        q = curve.sel(dt=lag) if lag in curve["dt"].values else None
+        if q is not None:
+            self.status.value = (
+                f"lag {lag}: intra median {float(q.sel(pair='intra', quantile=0.5)):.3g}, "
+                f"inter median {float(q.sel(pair='inter', quantile=0.5)):.3g}")
+        return self.image.value
+
+    def _repr_mimebundle_(self, **kwargs):
+        return self.widget._repr_mimebundle_(**kwargs)
+
+
+def explorer(profile=None, *, pdes=None, models=None, loader: Callable | None = None,
+             max_lag: int = 11, progress: bool = False) -> Explorer:
+    """Build the explorer (see the module docstring). `loader(pde, model) -> xr.Dataset`
+    replaces the pipeline's cached sweeps (e.g. your own `combine_variants` output)."""
+    return Explorer(profile, pdes=pdes, models=models, loader=loader, max_lag=max_lag,
+                    progress=progress)

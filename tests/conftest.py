@@ -1,0 +1,60 @@
+"""Test-suite wide settings and the shared smoke-profile fixture.
+
+For the whole session ``PDEINF_HOME`` points at a temporary directory (results, data, runs
+and figures of the tests go there; the committed ``figures/`` and the user's ``results/`` are
+never written), ``PDEINF_PROFILE=smoke`` (notebooks run by nbval follow it) and matplotlib is
+headless. Set ``PDEINF_TEST_HOME=/some/dir`` to keep that directory between sessions (the
+smoke pipeline is then computed once and reused: handy while developing). Notebooks are
+always read from the repository.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+NOTEBOOKS = REPO / "notebooks"
+
+_TEMP_HOME: Path | None = None
+
+
+def pytest_configure(config):
+    global _TEMP_HOME
+    home = os.environ.get("PDEINF_TEST_HOME")
+    if home:
+        Path(home).mkdir(parents=True, exist_ok=True)
+    else:
+        _TEMP_HOME = Path(tempfile.mkdtemp(prefix="pdeinf-test-home-"))
+        home = str(_TEMP_HOME)
+        # xdist workers inherit the environment: one shared home per session
+        os.environ["PDEINF_TEST_HOME"] = home
+    os.environ["PDEINF_HOME"] = str(Path(home).resolve())
+    os.environ["PDEINF_PROFILE"] = "smoke"
+    os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+def pytest_unconfigure(config):
+    if _TEMP_HOME is not None and not hasattr(config, "workerinput"):
+        shutil.rmtree(_TEMP_HOME, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def smoke_home() -> Path:
+    """``PDEINF_HOME`` after the smoke pipeline (data, training, influence sweeps, rollouts
+    of every PDE and model) has run once; later calls find everything cached."""
+    from pdeinf import pipeline
+
+    pipeline.run_all("smoke", progress=False)
+    return Path(os.environ["PDEINF_HOME"])
+
+
+@pytest.fixture(scope="session")
+def repo_notebooks() -> list[Path]:
+    """The numbered notebooks of the repository, in order."""
+    from pdeinf.pipeline import list_notebooks
+
+    return list_notebooks(source=NOTEBOOKS)

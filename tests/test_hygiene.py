@@ -1,0 +1,327 @@
+"""Repository hygiene: clean notebooks, environment files in step with pyproject, Binder
+configuration as repo2docker sees it, the README's two commands and the CI entry point."""
+from __future__ import annotations
+
+import ast
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.utils import canonicalize_name
+from packaging.version import Version
+
+REPO = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+ENV_FILE = REPO / "environment.yml"
+BINDER = REPO / "binder"
+
+#: Extras of pyproject that users and Binder need: the notebook/test tools. (peers, bench
+#: and dev are for cross-checks, benchmarks and maintenance, not for running the companion.)
+ENV_EXTRAS = ("test",)
+
+
+# ----------------------------------------------------------------------------- notebooks
+
+def _nb_id(path: Path) -> str:
+    return path.stem
+
+
+def test_the_nine_notebooks_exist():
+    numbers = [p.name[:2] for p in NOTEBOOKS]
+    assert numbers == [f"{i:02d}" for i in range(1, 10)], (
+        f"expected notebooks 01..09 in notebooks/, found {[p.name for p in NOTEBOOKS]}"
+    )
+    assert (REPO / "notebooks" / "01_data.ipynb").is_file()
+    assert (REPO / "notebooks" / "09_explorer.ipynb").is_file()
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_nb_id)
+def test_notebook_is_stripped(path):
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        assert cell.outputs == [], f"{path.name} cell {i}: outputs committed"
+        assert cell.execution_count is None, f"{path.name} cell {i}: execution_count committed"
+        for key in ("execution", "ExecuteTime", "collapsed", "scrolled"):
+            assert key not in cell.metadata, f"{path.name} cell {i}: metadata {key!r} committed"
+    assert "widgets" not in nb.metadata, f"{path.name}: widget state committed"
+    assert "papermill" not in nb.metadata, f"{path.name}: a papermill output was committed"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_nb_id)
+def test_notebook_kernelspec(path):
+    nb = nbformat.read(path, as_version=4)
+    spec = nb.metadata.get("kernelspec", {})
+    assert spec.get("name") == "python3", f"{path.name}: kernelspec name must be python3"
+    assert spec.get("language", "python") == "python"
+
+
+def _tags(cell) -> list[str]:
+    return list(cell.get("metadata", {}).get("tags", []))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_nb_id)
+def test_notebook_parameters_cell(path):
+    """Exactly one `parameters` cell, the first code cell after a title, holding only
+    assignments of literals to plain names (papermill rewrites literals, nothing else);
+    it defines `profile`; no committed `injected-parameters` cell."""
+    nb = nbformat.read(path, as_version=4)
+    assert nb.cells and nb.cells[0].cell_type == "markdown", f"{path.name}: no title cell"
+    assert nb.cells[0].source.lstrip().startswith("# "), f"{path.name}: first cell is no title"
+    tagged = [c for c in nb.cells if "parameters" in _tags(c)]
+    assert len(tagged) == 1, f"{path.name}: {len(tagged)} cells tagged 'parameters'"
+    injected = [c for c in nb.cells if "injected-parameters" in _tags(c)]
+    assert not injected, f"{path.name}: an 'injected-parameters' cell is committed"
+    cell = tagged[0]
+    assert cell.cell_type == "code"
+    first_code = next(c for c in nb.cells if c.cell_type == "code")
+    assert first_code is cell, f"{path.name}: the parameters cell must be the first code cell"
+    tree = ast.parse(cell.source)
+    names = []
+    for stmt in tree.body:
+        if isinstance(stmt, ast.AnnAssign):
+            targets, value = [stmt.target], stmt.value
+        else:
+            assert isinstance(stmt, ast.Assign), (
+                f"{path.name}: parameters cell line {stmt.lineno} is not an assignment"
+            )
+            targets, value = stmt.targets, stmt.value
+        assert len(targets) == 1 and isinstance(targets[0], ast.Name), (
+            f"{path.name}: parameters cell line {stmt.lineno}: assign to one plain name"
+        )
+        assert value is not None
+        try:
+            ast.literal_eval(value)
+        except ValueError:
+            pytest.fail(f"{path.name}: parameter {targets[0].id!r} is not a literal")
+        names.append(targets[0].id)
+    assert "profile" in names, f"{path.name}: the parameters cell must define `profile`"
+    assert len(names) == len(set(names)), f"{path.name}: a parameter is assigned twice"
+
+
+def test_nbstripout_agrees():
+    """The project's stripping tool finds nothing to strip (dev extra; skipped without it)."""
+    pytest.importorskip("nbstripout", reason="nbstripout (dev extra) is not installed")
+    if not NOTEBOOKS:
+        pytest.skip("no notebooks yet")
+    proc = subprocess.run([sys.executable, "-m", "nbstripout", "--verify", *map(str, NOTEBOOKS)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# ----------------------------------------------------------------------------- environment
+
+def _pyproject() -> dict:
+    return tomllib.loads((REPO / "pyproject.toml").read_text())
+
+
+def _required() -> list[Requirement]:
+    project = _pyproject()["project"]
+    reqs = [Requirement(r) for r in project["dependencies"]]
+    for extra in ENV_EXTRAS:
+        reqs += [Requirement(r) for r in project["optional-dependencies"][extra]]
+    return reqs
+
+
+#: conda-forge names that differ from the PyPI names
+CONDA_TO_PYPI = {"pytorch": "torch"}
+
+
+def _env_pins(path: Path = ENV_FILE) -> dict[str, tuple[str, str | None]]:
+    """``{canonical name: (operator-and-version string, where)}`` from an environment file."""
+    env = yaml.safe_load(path.read_text())
+    pins: dict[str, tuple[str, str | None]] = {}
+    for entry in env["dependencies"]:
+        if isinstance(entry, dict):
+            for line in entry.get("pip", []):
+                req = Requirement(line)
+                pins[canonicalize_name(req.name)] = (str(req.specifier), "pip")
+            continue
+        match = re.fullmatch(r"([A-Za-z0-9_.\-]+)\s*(==|=)?\s*([^\s=]+)?", entry.strip())
+        assert match, f"environment.yml: cannot parse {entry!r}"
+        name, op, version = match.groups()
+        name = CONDA_TO_PYPI.get(name, name)
+        pins[canonicalize_name(name)] = (f"{op}{version}" if op else "", "conda")
+    return pins
+
+
+def test_environment_header():
+    env = yaml.safe_load(ENV_FILE.read_text())
+    assert env["name"] == "pdeinf"
+    assert env["channels"] == ["conda-forge"]
+    assert "pdeinf" not in _env_pins(), "the package itself must not come from the env file"
+    pip = [e for d in env["dependencies"] if isinstance(d, dict) for e in d.get("pip", [])]
+    local = [e for e in pip if e.startswith(("-", ".", "/", "file:"))]
+    assert not local, (
+        f"environment.yml pip section has local references {local}: they stop repo2docker "
+        "from caching the environment layer"
+    )
+
+
+def test_environment_python_matches_pyproject():
+    pins = _env_pins()
+    spec, _ = pins["python"]
+    version = spec.lstrip("=")
+    assert re.fullmatch(r"3\.\d+", version), f"python must be pinned as x.y, got {spec!r}"
+    requires = SpecifierSet(_pyproject()["project"]["requires-python"])
+    assert Version(version) in requires
+
+
+def test_environment_pins_every_dependency_exactly():
+    pins = _env_pins()
+    for name, (spec, _) in pins.items():
+        if name in ("python",):
+            continue
+        assert spec.startswith("=="), f"environment.yml: {name} is not pinned with == ({spec!r})"
+
+
+@pytest.mark.parametrize("req", _required(), ids=lambda r: r.name)
+def test_environment_satisfies_pyproject(req):
+    pins = _env_pins()
+    name = canonicalize_name(req.name)
+    assert name in pins, f"environment.yml lacks {req.name} (pyproject: {req})"
+    version = Version(pins[name][0].removeprefix("=="))
+    assert req.specifier.contains(version, prereleases=True), (
+        f"environment.yml pins {req.name}=={version}, outside pyproject's range {req.specifier}"
+    )
+
+
+def test_torch_comes_from_pip_with_a_cpu_note():
+    pins = _env_pins()
+    assert pins["torch"][1] == "pip"
+    assert "download.pytorch.org/whl/cpu" in ENV_FILE.read_text()
+
+
+def test_binder_environment_is_the_same_file():
+    binder_env = BINDER / "environment.yml"
+    assert binder_env.is_file()
+    assert binder_env.read_bytes() == ENV_FILE.read_bytes(), (
+        "binder/environment.yml differs from environment.yml: copy it over"
+    )
+
+
+def _executable(path: Path) -> bool:
+    return os.access(path, os.X_OK)
+
+
+def test_binder_post_build():
+    post = BINDER / "postBuild"
+    text = post.read_text()
+    assert _executable(post)
+    assert text.startswith("#!")
+    commands = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    assert commands[0] == "set -euo pipefail", "errors must stop the Binder build"
+    assert any(re.search(r"pip install .*--no-deps.* -e \.$", c) for c in commands)
+    assert any("reproduce --profile smoke" in c and "--only-pipeline" in c for c in commands)
+    assert "labextension" not in text, "prebuilt extensions come with the Python packages"
+    proc = subprocess.run(["bash", "-n", str(post)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_binder_start_script():
+    start = BINDER / "start"
+    if not start.exists():
+        pytest.skip("no binder/start")
+    lines = [ln.strip() for ln in start.read_text().splitlines() if ln.strip()]
+    assert _executable(start)
+    assert lines[-1] == 'exec "$@"', "binder/start must end with exec \"$@\""
+    proc = subprocess.run(["bash", "-n", str(start)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_no_files_that_override_the_conda_buildpack():
+    for name in ("Dockerfile", "default.nix", "requirements.txt", "runtime.txt"):
+        for where in (REPO, BINDER):
+            assert not (where / name).exists(), f"{where / name} would change or be ignored by Binder"
+    assert not (REPO / ".binder").exists(), "binder/ and .binder/ are exclusive"
+
+
+def test_repo2docker_picks_conda_with_our_files(monkeypatch):
+    """repo2docker's own buildpack detection, run on this checkout (no Docker needed)."""
+    app = pytest.importorskip(
+        "repo2docker.app", reason="jupyter-repo2docker not installed (pip install jupyter-repo2docker)"
+    )
+    from repo2docker.buildpacks import CondaBuildPack
+
+    monkeypatch.chdir(REPO)
+    r2d = app.Repo2Docker()
+    picked = next(bp for bp in (BP(base_image=r2d.base_image) for BP in r2d.buildpacks)
+                  if bp.detect())
+    assert isinstance(picked, CondaBuildPack)
+    assert picked.binder_dir == "binder"
+    assert picked.environment_yaml_path == "binder/environment.yml"
+    assert picked.python_version == _env_pins()["python"][0].lstrip("=")
+    assert picked.get_post_build_scripts() == ["binder/postBuild"]
+    assert picked.get_start_script().endswith("binder/start")
+    assert picked._should_preassemble_env, "the env layer would be rebuilt on every commit"
+    picked.platform = "linux/amd64"
+    dockerfile = picked.render()
+    assert "RUN ./binder/postBuild" in dockerfile
+    assert '--file "binder/environment.yml"' in dockerfile
+
+
+def test_pins_compatible_with_binder_base_environment():
+    """Our env file is merged into repo2docker's base env (JupyterLab, ipywidgets, ...):
+    shared packages must stay on the same major version."""
+    pytest.importorskip("repo2docker", reason="jupyter-repo2docker not installed")
+    import repo2docker.buildpacks.conda as conda_bp
+
+    python = _env_pins()["python"][0].lstrip("=")
+    lock = Path(conda_bp.__file__).parent / f"environment.py-{python}-linux-64.lock"
+    assert lock.is_file(), f"repo2docker has no base environment for python {python}"
+    base = {}
+    for line in lock.read_text().splitlines():
+        m = re.search(r"/([A-Za-z0-9_.\-]+?)-(\d[^-]*)-[^-/]+\.(?:conda|tar\.bz2)", line)
+        if m:
+            base[canonicalize_name(m.group(1))] = Version(m.group(2))
+    pins = _env_pins()
+    shared = [n for n in pins if n in base and n not in ("python", "pip")]
+    assert {"jupyterlab", "ipywidgets", "jupyterlab-widgets"} <= set(shared)
+    for name in shared:
+        ours = Version(pins[name][0].removeprefix("=="))
+        assert ours.major == base[name].major, (
+            f"{name}: we pin {ours}, Binder's base env has {base[name]} (different major)"
+        )
+
+
+# ----------------------------------------------------------------------------- README, CI
+
+def _shell_commands(text: str) -> list[str]:
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        tokens = shlex.split(line, comments=True)
+        if tokens:
+            out.append(" ".join(tokens))
+    return out
+
+
+def test_readme_quickstart_is_the_two_commands():
+    readme = (REPO / "README.md").read_text()
+    match = re.search(r"^## Quickstart\s*$(.*?)(?=^## |\Z)", readme, flags=re.M | re.S)
+    assert match, "README.md has no '## Quickstart' section"
+    blocks = re.findall(r"```[a-z]*\n(.*?)```", match.group(1), flags=re.S)
+    commands = [c for block in blocks for c in _shell_commands(block)]
+    assert commands == ["make reproduce", "make test"]
+
+
+def test_ci_runs_make_test_and_nothing_else():
+    ci = REPO / ".ci" / "run"
+    assert _executable(ci)
+    commands = _shell_commands(ci.read_text())
+    work = [c for c in commands if not c.startswith(("set ", "cd "))]
+    assert work == ["make test"], commands
+    assert "set -euo pipefail" in commands

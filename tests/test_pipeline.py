@@ -1,0 +1,300 @@
+"""The cached pipeline at the smoke profile: argument checks, outputs that agree with
+independent recomputations, reruns that compute nothing, partial reruns that compute only
+what is missing, and the `pdeinf reproduce` command line."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pytest
+import torch
+
+from pdeinf import paths, pipeline
+from pdeinf.cli import main
+from pdeinf.config import PDE_CLASSES, get_profile
+from pdeinf.errors import InputError
+
+SMOKE = get_profile("smoke")
+PAIRS = [(pde, model) for pde in SMOKE.pdes for model in SMOKE.models]
+
+
+def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    """``{relative path: (size, mtime_ns)}`` of every file under root."""
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+# ----------------------------------------------------------------------------- arguments
+
+def test_profile_accepts_object_or_name():
+    assert pipeline.as_profile("smoke") is SMOKE
+    assert pipeline.as_profile(SMOKE) is SMOKE
+    with pytest.raises(InputError, match="profile"):
+        pipeline.as_profile("huge")
+    with pytest.raises(InputError, match="profile"):
+        pipeline.as_profile(3)
+
+
+@pytest.mark.parametrize("call", [
+    lambda: pipeline.ensure_training("smoke", "XX", "unet"),
+    lambda: pipeline.ensure_training("smoke", "CE", "mlp"),
+    lambda: pipeline.ensure_rollouts("smoke", "NS", "resnet"),
+    lambda: pipeline.ensure_influence("nope", "CE", "unet"),
+    lambda: pipeline.training_history("smoke", "ce", "unet"),
+])
+def test_bad_arguments_fail_fast(call, tmp_path, monkeypatch):
+    monkeypatch.setenv("PDEINF_HOME", str(tmp_path))
+    with pytest.raises(InputError):
+        call()
+    assert not (tmp_path / "results").exists(), "work started before the arguments were checked"
+
+
+def _fake_notebooks(folder: Path, names) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        nb = nbformat.v4.new_notebook()
+        nbformat.write(nb, folder / name)
+
+
+def test_notebook_selection(tmp_path):
+    names = ["01_data.ipynb", "02_heatmap.ipynb", "03_horizon.ipynb", "10_extra.ipynb",
+             "scratch.ipynb", "4_bad.ipynb"]
+    _fake_notebooks(tmp_path, names)
+    every = pipeline.list_notebooks(source=tmp_path)
+    assert [p.name for p in every] == ["01_data.ipynb", "02_heatmap.ipynb", "03_horizon.ipynb",
+                                      "10_extra.ipynb"]
+    chosen = pipeline.list_notebooks("03,01", source=tmp_path)
+    assert [p.name for p in chosen] == ["01_data.ipynb", "03_horizon.ipynb"]
+    chosen = pipeline.list_notebooks(["02_heatmap", "02"], source=tmp_path)
+    assert [p.name for p in chosen] == ["02_heatmap.ipynb"]
+    for bad in ("07", "03,99", " , "):
+        with pytest.raises(InputError, match="notebooks"):
+            pipeline.list_notebooks(bad, source=tmp_path)
+
+
+def test_cli_rejects_unknown_notebook_before_work(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PDEINF_HOME", str(tmp_path))
+    _fake_notebooks(tmp_path / "notebooks", ["01_data.ipynb"])
+    assert main(["reproduce", "--profile", "smoke", "--notebooks", "42"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "notebooks" in err[0] and "42" in err[0]
+    assert not (tmp_path / "results").exists()
+    with pytest.raises(SystemExit) as exc:
+        main(["reproduce", "--profile", "galactic"])
+    assert exc.value.code == 2
+
+
+# ----------------------------------------------------------------------------- notebooks
+
+def _notebook(folder: Path, name: str, body: str) -> Path:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    params = nbformat.v4.new_code_cell('profile = "quick"')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell("# test"), params, nbformat.v4.new_code_cell(body)]
+    folder.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, folder / name)
+    return folder / name
+
+
+def test_run_notebook_injects_profile_and_renames(tmp_path, monkeypatch):
+    monkeypatch.setenv("PDEINF_HOME", str(tmp_path / "home"))
+    body = ("import json, os\n"
+            "from pdeinf import paths\n"
+            "paths.results_dir().mkdir(parents=True, exist_ok=True)\n"
+            "(paths.results_dir() / '01_echo.json').write_text(json.dumps(\n"
+            "    {'profile': profile, 'cwd': os.getcwd(), 'mpl': os.environ.get('MPLBACKEND'),\n"
+            "     'numbers': {'answer': 42.0}, 'figures': ['figures/none.png']}))\n")
+    nb_path = _notebook(tmp_path / "nbs", "01_echo.ipynb", body)
+    executed = pipeline.run_notebook(nb_path, "smoke", progress=False)
+    assert executed == tmp_path / "home" / "results" / "executed" / "01_echo.ipynb"
+    out = nbformat.read(executed, as_version=4)
+    injected = [c for c in out.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert len(injected) == 1 and 'profile = "smoke"' in injected[0].source
+    record = json.loads((tmp_path / "home" / "results" / "01_echo.json").read_text())
+    assert record["profile"] == "smoke"
+    assert Path(record["cwd"]).resolve() == (tmp_path / "nbs").resolve()
+    assert record["mpl"] and record["mpl"].lower() == "agg"
+    summary = pipeline.summarize_notebook(nb_path)
+    assert summary["numbers"] == {"answer": 42.0}
+    assert summary["figures"] == ["figures/none.png"]
+    leftovers = [p.name for p in executed.parent.iterdir() if p.name != "01_echo.ipynb"]
+    assert leftovers == []
+
+
+def test_failing_notebook_leaves_no_final_copy(tmp_path, monkeypatch):
+    monkeypatch.setenv("PDEINF_HOME", str(tmp_path / "home"))
+    nb_path = _notebook(tmp_path / "nbs", "02_boom.ipynb", "raise RuntimeError('boom')")
+    with pytest.raises(Exception, match="boom"):
+        pipeline.run_notebook(nb_path, "smoke", progress=False)
+    executed = tmp_path / "home" / "results" / "executed"
+    assert not (executed / "02_boom.ipynb").exists()
+    assert sorted(p.name for p in executed.iterdir()) == ["02_boom.failed.ipynb"]
+
+
+def test_report_table_lists_figures_numbers_and_times():
+    report = pipeline.ReproduceReport("smoke", timings=[pipeline.StageTiming("data", 1.25)])
+    report.notebooks.append({"notebook": "03_classes", "status": "ok", "seconds": 2.0,
+                             "figures": ["figures/classes.png"], "numbers": {"diag": 4.5}})
+    report.notebooks.append({"notebook": "04_x", "status": "failed", "seconds": 0.5,
+                             "error": "ValueError: bad", "figures": [], "numbers": {}})
+    text = pipeline.format_report(report)
+    assert "data" in text and "1.2" in text
+    assert "figures/classes.png" in text and "diag=4.5" in text
+    assert "[failed]" in text and "ValueError: bad" in text
+    assert [nb["notebook"] for nb in report.failed] == ["04_x"]
+
+
+# ----------------------------------------------------------------------------- smoke pipeline
+
+@pytest.mark.slow
+def test_training_history_matches_checkpoint(smoke_home):
+    from pdeinf.data.datasets import PDEData
+    from pdeinf.training.loss import smse
+    from pdeinf.training.train import load_checkpoint
+
+    for pde, model in PAIRS:
+        hist = pipeline.training_history(SMOKE, pde, model)
+        assert list(hist.columns) == ["seed", "epoch", "train_loss", "val_loss"]
+        epochs = SMOKE.epochs[pde]
+        for seed in SMOKE.seeds:
+            rows = hist[hist.seed == seed]
+            assert rows.epoch.tolist() == list(range(1, epochs + 1))
+            assert np.isfinite(rows.train_loss).all() and (rows.train_loss > 0).all()
+        # the recorded validation loss is the final model's mean SMSE on validation pairs
+        seed = SMOKE.seeds[0]
+        net, _ = load_checkpoint(pipeline.checkpoint_path(SMOKE, pde, model, seed, epochs))
+        data = PDEData(paths.data_dir("smoke"), pde, t_max=SMOKE.t_max)
+        losses = []
+        for cls in PDE_CLASSES[pde]:
+            traj = torch.from_numpy(data.trajectories(cls, "val", seed))
+            if len(traj) == 0:
+                continue
+            x, y = traj[:, :-1].flatten(0, 1), traj[:, 1:].flatten(0, 1)
+            with torch.no_grad():
+                losses.append(smse(net(x), y).double())
+        if losses:
+            expected = torch.cat(losses).mean().item()
+            last = hist[(hist.seed == seed) & (hist.epoch == epochs)].val_loss.item()
+            assert last == pytest.approx(expected, rel=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pde,model", PAIRS)
+def test_rollouts_agree_with_independent_rollout(smoke_home, pde, model):
+    """Shape/labels of the cached rollouts, and every entry of one trajectory recomputed
+    by feeding the final model its own predictions."""
+    from pdeinf.data.datasets import PDEData
+    from pdeinf.training.loss import smse
+    from pdeinf.training.train import load_checkpoint
+
+    da = pipeline.ensure_rollouts(SMOKE, pde, model, progress=False)
+    assert da.dims == ("seed", "class", "trajectory", "start", "horizon")
+    assert da["seed"].values.tolist() == list(SMOKE.seeds)
+    assert da["class"].values.tolist() == list(PDE_CLASSES[pde])
+    assert da.sizes["trajectory"] == SMOKE.n_influence_batches
+    steps = SMOKE.t_max - 1
+    assert da["start"].values.tolist() == list(range(steps))
+    assert da["horizon"].values.tolist() == list(range(1, steps + 1))
+    valid = np.array([[s + h <= steps for h in range(1, steps + 1)] for s in range(steps)])
+    values = da.values
+    assert np.isfinite(values[..., valid]).all() and (values[..., valid] >= 0).all()
+    assert np.isnan(values[..., ~valid]).all()
+
+    seed, c = SMOKE.seeds[-1], len(PDE_CLASSES[pde]) - 1
+    cls, b = PDE_CLASSES[pde][c], SMOKE.n_influence_batches - 1
+    net, _ = load_checkpoint(pipeline.checkpoint_path(SMOKE, pde, model, seed, SMOKE.epochs[pde]))
+    data = PDEData(paths.data_dir("smoke"), pde, t_max=SMOKE.t_max)
+    traj = torch.from_numpy(data.trajectories(cls, "test", seed)[b])
+    for start in (0, steps // 2):
+        state, errs = traj[start : start + 1], []
+        with torch.no_grad():
+            for h in range(1, steps - start + 1):
+                state = net(state)
+                errs.append(smse(state, traj[start + h : start + h + 1]).item())
+        got = da.sel(seed=seed, trajectory=b, start=start).sel({"class": cls}).values
+        np.testing.assert_allclose(got[: len(errs)], errs, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pde,model", PAIRS)
+def test_influence_covers_profile_and_matches_rollout_losses(smoke_home, pde, model):
+    """The sweep holds every (seed, checkpoint, batch); Pi of each is symmetric positive
+    semi-definite; and the one-step losses of influence batch b at the final checkpoint are
+    the horizon-1 rollout errors of test trajectory b (same trajectories, same model)."""
+    ds = pipeline.ensure_influence(SMOKE, pde, model, progress=False)
+    assert set(ds["seed"].values.tolist()) >= set(SMOKE.seeds)
+    assert set(ds["epoch"].values.tolist()) >= set(SMOKE.checkpoints[pde])
+    pi = ds["pi"].transpose("seed", "epoch", "batch", "t_resp", "c_resp", "t_pert", "c_pert")
+    n = pi.sizes["t_resp"] * pi.sizes["c_resp"]
+    mats = pi.values.reshape(-1, n, n)
+    assert np.isfinite(mats).all()
+    for m in mats:
+        scale = np.abs(m).max()
+        np.testing.assert_allclose(m, m.T, atol=1e-6 * scale)
+        assert np.linalg.eigvalsh(0.5 * (m + m.T)).min() >= -1e-5 * scale
+
+    final = SMOKE.epochs[pde]
+    rollouts = pipeline.ensure_rollouts(SMOKE, pde, model, progress=False)
+    losses = ds["losses"].sel(epoch=final)
+    t_dim = next(d for d in losses.dims if d.startswith("t"))
+    c_dim = next(d for d in losses.dims if d.startswith("c"))
+    for seed in SMOKE.seeds:
+        for b in range(SMOKE.n_influence_batches):
+            got = losses.sel(seed=seed, batch=b).transpose(t_dim, c_dim).values
+            ref = rollouts.sel(seed=seed, trajectory=b, horizon=1).transpose("start", "class")
+            np.testing.assert_allclose(got, ref.values, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.slow
+def test_rerun_computes_nothing(smoke_home):
+    before = _snapshot(paths.results_dir())
+    timings = pipeline.run_all(SMOKE, progress=False)
+    assert _snapshot(paths.results_dir()) == before
+    assert [t.stage for t in timings][0] == "data"
+    assert len(timings) == 1 + 3 * len(PAIRS)
+
+
+@pytest.mark.slow
+def test_missing_or_stale_rollouts_are_recomputed_alone(smoke_home):
+    pde, model = PAIRS[0]
+    path = pipeline.rollouts_path(SMOKE, pde, model)
+    reference = pipeline.ensure_rollouts(SMOKE, pde, model, progress=False).copy(deep=True)
+    path.unlink()
+    before = _snapshot(paths.results_dir())
+    again = pipeline.ensure_rollouts(SMOKE, pde, model, progress=False)
+    after = _snapshot(paths.results_dir())
+    assert set(after) - set(before) == {str(path.relative_to(paths.results_dir()))}
+    assert all(after[k] == v for k, v in before.items())
+    np.testing.assert_array_equal(again.values, reference.values)  # deterministic on CPU
+
+    # a file from another configuration (cache key mismatch) is not trusted
+    stale = reference.copy()
+    stale.attrs["cache_key"] = "0" * 64
+    stale.values[:] = 123.0
+    stale.to_netcdf(path, engine="h5netcdf")
+    fresh = pipeline.ensure_rollouts(SMOKE, pde, model, progress=False)
+    np.testing.assert_array_equal(fresh.values, reference.values)
+
+    # an unreadable file is recomputed too
+    path.write_bytes(b"not a netcdf file")
+    fresh = pipeline.ensure_rollouts(SMOKE, pde, model, progress=False)
+    np.testing.assert_array_equal(fresh.values, reference.values)
+    assert not list(path.parent.glob(".*.tmp"))
+
+
+@pytest.mark.slow
+def test_cli_only_pipeline(smoke_home, capsys):
+    before = _snapshot(paths.results_dir() / "runs")
+    assert main(["reproduce", "--profile", "smoke", "--only-pipeline", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "stage timings" in out and "rollouts CE-unet" in out and "total" in out
+    summary = json.loads((paths.results_dir() / "reproduce_smoke.json").read_text())
+    assert summary["profile"] == "smoke" and summary["notebooks"] == []
+    assert {t["stage"] for t in summary["timings"]} >= {"data", "influence NS-vit"}
+    assert _snapshot(paths.results_dir() / "runs") == before
+    assert os.environ["PDEINF_HOME"] == str(smoke_home)

@@ -1,0 +1,212 @@
+"""Sweeps: one labelled file per task, reruns skip, corrupt files recomputed, torchrun sharding.
+
+A tiny setup replaces the data and checkpoint loaders of pdeinf.influence.sweep (the module's
+documented substitution points): 3 classes x 2 transitions (t_max = 3), a small periodic conv
+net trained a few AdamW steps and saved following the checkpoint contract.
+"""
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from pdeinf.errors import InputError
+
+FIXTURE = textwrap.dedent('''
+    import dataclasses
+    import numpy as np
+    import torch
+    from torch import nn
+    from types import SimpleNamespace
+    from pdeinf.config import PROFILES
+    import pdeinf.influence.sweep as S
+
+    PROFILE = dataclasses.replace(PROFILES["smoke"], name="tiny", t_max=3, seeds=(1, 2),
+                                  checkpoints={"CE": (1, 2), "NS": (1, 2)}, n_influence_batches=2)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(4, 3, 3, padding=1, padding_mode="circular")
+            self.b = nn.Conv2d(3, 4, 1)
+        def forward(self, x):
+            return x + 0.1 * self.b(torch.tanh(self.a(x)))
+
+    def influence_batch(data, seed, index):
+        g = torch.Generator().manual_seed(100 * seed + index)
+        x = 1.0 + 0.2 * torch.rand(6, 4, 4, 4, generator=g, dtype=torch.float64)
+        y = x + 0.05 * torch.randn(6, 4, 4, 4, generator=g, dtype=torch.float64)
+        return SimpleNamespace(inputs=x, targets=y, trajectory=np.full(6, index))
+
+    def write_checkpoints(runs_root):
+        for seed in PROFILE.seeds:
+            torch.manual_seed(seed)
+            model = Net().double()
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=1e-4)
+            for epoch in (1, 2):
+                b = influence_batch(None, seed, 50 + epoch)
+                opt.zero_grad()
+                ((model(b.inputs) - b.targets) ** 2).mean().backward()
+                opt.step()
+                d = runs_root / f"CE-unet-s{seed}"
+                d.mkdir(parents=True, exist_ok=True)
+                torch.save({"model_state": model.state_dict(), "optimizer_state": opt.state_dict(),
+                            "epoch": epoch, "config": {"model": "unet", "pde": "CE"}},
+                           d / f"ckpt_e{epoch:04d}.pt")
+
+    def load_checkpoint(path, pde, model_name):
+        ckpt = torch.load(path, weights_only=False)
+        model = Net().double()
+        model.load_state_dict(ckpt["model_state"])
+        return model.eval(), ckpt
+
+    def install():
+        S._load_checkpoint = load_checkpoint
+        S._open_data = lambda root, pde, t_max: root
+        S._influence_batch = influence_batch
+''')
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    (root / "sweep_fixture.py").write_text(FIXTURE)
+    sys.path.insert(0, str(root))
+    import sweep_fixture as fx
+
+    fx.install()
+    fx.write_checkpoints(root / "runs")
+    (root / "data").mkdir()
+    yield root, fx
+    sys.path.remove(str(root))
+
+
+def _run(root, fx, out="out", **kw):
+    from pdeinf.influence.sweep import run_sweep
+
+    return run_sweep(fx.PROFILE, "CE", "unet", data_root=root / "data", runs_root=root / "runs",
+                     out_root=root / out, progress=False, **kw)
+
+
+def test_serial_sweep_content(setup):
+    from pdeinf.influence import VARIANTS, hat_matrix
+    from pdeinf.influence.sweep import load_sweep
+
+    root, fx = setup
+    files = _run(root, fx)
+    assert len(files) == 8 and all(f.is_file() for f in files)
+    assert files[0].name == "s1_e0001_b00.nc" and files[0].parent.name == "CE-unet"
+    ds = load_sweep(fx.PROFILE, "CE", "unet", out_root=root / "out")
+    assert ds["pi"].dims == ("seed", "epoch", "batch", "variant", "t_resp", "c_resp", "t_pert", "c_pert")
+    assert ds["pi"].shape == (2, 2, 2, 5, 2, 3, 2, 3)
+    assert tuple(ds["variant"].values) == VARIANTS
+    assert list(ds["c_resp"].values) == ["CE-RP", "CE-CRP", "CE-RPUI"]
+    # one task against direct computation: seed 2, epoch 1, batch 1
+    model, ckpt = fx.load_checkpoint(root / "runs" / "CE-unet-s2" / "ckpt_e0001.pt", "CE", "unet")
+    b = fx.influence_batch(None, 2, 1)
+    task = ds.sel(seed=2, epoch=1, batch=1)
+    for variant, kw in [("gauss-newton", {}), ("euclidean", {"metric": "euclidean"}),
+                        ("adam", {"metric": "adam", "optimizer_state": ckpt["optimizer_state"]}),
+                        ("gn-mass", {"response": "mass_drift"}), ("gn-energy", {"response": "energy_drift"})]:
+        res = hat_matrix(model, b.inputs, b.targets, damping=fx.PROFILE.damping,
+                         energy_tol=fx.PROFILE.energy_tol, **kw)
+        expected = res.to_xarray(t_max=3, classes=["CE-RP", "CE-CRP", "CE-RPUI"])
+        np.testing.assert_allclose(task["pi"].sel(variant=variant).values, expected.values, rtol=1e-12)
+        # ordering n = c * 2 + t
+        assert task["pi"].sel(variant=variant, t_resp=1, c_resp="CE-CRP", t_pert=0,
+                              c_pert="CE-RPUI").item() == pytest.approx(res.pi[3, 4].item(), rel=1e-12)
+    assert int(task["rank"]) == res.rank
+    np.testing.assert_allclose(task["losses"].sel(t=1, c="CE-RPUI"), res.losses[5].item(), rtol=1e-12)
+    d = task["input_distance"].values.reshape(6, 6)  # (t, c) pairs flattened consistently
+    assert np.allclose(d, d.T) and np.allclose(np.diag(d), 0.0) and (d >= 0).all()
+    x = b.inputs
+    s0, s1 = x[0].pow(2).mean((-2, -1)).sqrt(), x[1].pow(2).mean((-2, -1)).sqrt()
+    manual = ((x[0] - x[1]).pow(2).mean((-2, -1)) / (0.5 * (s0 + s1) + 1e-6)).mean()
+    assert task["input_distance"].sel(t_resp=0, c_resp="CE-RP", t_pert=1, c_pert="CE-RP").item() == \
+        pytest.approx(manual.item(), rel=1e-12)
+    ev = task["eta_eigenvalues"].values
+    assert np.isfinite(ev[: res.rank]).all() and np.isnan(ev[res.rank:]).all()
+
+
+def test_rerun_skips_and_corrupt_file_is_recomputed(setup, monkeypatch):
+    import xarray as xr
+
+    import pdeinf.influence.sweep as S
+
+    root, fx = setup
+    files = _run(root, fx, out="out2")
+    stamps = [f.stat().st_mtime_ns for f in files]
+    with xr.open_dataset(files[3], engine="h5netcdf") as ds:
+        before = ds["pi"].values.copy()
+    calls = []
+    real = S.compute_task
+    monkeypatch.setattr(S, "compute_task", lambda *a, **k: calls.append(1) or real(*a, **k))
+    _run(root, fx, out="out2")
+    assert calls == [] and [f.stat().st_mtime_ns for f in files] == stamps
+    files[3].write_bytes(b"\x89HDF\r\n garbage, an interrupted copy")
+    _run(root, fx, out="out2")
+    assert len(calls) == 1
+    with xr.open_dataset(files[3], engine="h5netcdf") as ds:
+        np.testing.assert_array_equal(ds["pi"].values, before)
+    assert not list((files[3].parent).glob(".*.tmp"))
+
+
+def test_missing_inputs_are_named(setup, tmp_path):
+    from pdeinf.influence.sweep import load_sweep, run_sweep
+
+    root, fx = setup
+    with pytest.raises(InputError, match="s1_e0001_b00.nc"):
+        load_sweep(fx.PROFILE, "CE", "unet", out_root=tmp_path)
+    with pytest.raises(InputError, match="ckpt_e0001.pt"):
+        run_sweep(fx.PROFILE, "CE", "unet", runs_root=tmp_path, out_root=tmp_path, progress=False)
+    with pytest.raises(InputError, match="model"):
+        run_sweep(fx.PROFILE, "CE", "resnet", out_root=tmp_path, progress=False)
+    with pytest.raises(InputError, match="rank"):
+        run_sweep(fx.PROFILE, "CE", "unet", out_root=tmp_path, rank=2, world_size=2)
+
+
+def test_cli_reports_missing_checkpoint(setup, tmp_path, capsys):
+    from pdeinf.cli import main
+
+    code = main(["influence", "--pde", "NS", "--model", "vit", "--profile", "smoke",
+                 "--runs-root", str(tmp_path), "--out", str(tmp_path), "--no-progress"])
+    assert code == 2
+    assert "ckpt_e0001.pt" in capsys.readouterr().err
+
+
+def test_torchrun_two_ranks_match_serial(setup):
+    import xarray as xr
+
+    root, fx = setup
+    _run(root, fx)  # serial reference (reuses the files of the first test when present)
+    script = root / "rank_main.py"
+    script.write_text(textwrap.dedent(f'''
+        import json, os, sys
+        sys.path.insert(0, {str(root)!r})
+        import sweep_fixture as fx
+        fx.install()
+        from pathlib import Path
+        from pdeinf.influence.sweep import run_sweep
+        root = Path({str(root)!r})
+        files = run_sweep(fx.PROFILE, "CE", "unet", data_root=root / "data", runs_root=root / "runs",
+                          out_root=root / "dist", progress=False)
+        (root / f"rank{{os.environ['RANK']}}.json").write_text(json.dumps([f.name for f in files]))
+    '''))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0",
+         str(script)], env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import json
+
+    shares = [set(json.loads((root / f"rank{r}.json").read_text())) for r in (0, 1)]
+    assert shares[0].isdisjoint(shares[1]) and len(shares[0] | shares[1]) == 8 and len(shares[0]) == 4
+    for name in shares[0] | shares[1]:
+        with xr.open_dataset(root / "dist" / "CE-unet" / name, engine="h5netcdf") as a, \
+                xr.open_dataset(root / "out" / "CE-unet" / name, engine="h5netcdf") as b:
+            np.testing.assert_allclose(a["pi"].values, b["pi"].values, rtol=1e-10, atol=1e-300)
+            assert int(a["rank"]) == int(b["rank"])

@@ -1,0 +1,122 @@
+"""The explorer's callbacks, driven from Python (no front-end): what changes, what is cached."""
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import pytest
+
+from pdeinf import widgets
+from pdeinf.analysis import coherence as co
+from pdeinf.errors import InputError
+from test_analysis import make_sweep
+
+
+@pytest.fixture()
+def loader(monkeypatch):
+    calls = []
+    sweeps = {"CE": make_sweep(noise=0.8, inter=0.3, rng_seed=5),
+              "NS": make_sweep(noise=0.4, inter=0.1, rng_seed=6, seeds=(42,), epochs=(1, 10))}
+
+    def load(pde, model):
+        calls.append((pde, model))
+        return sweeps[pde]
+
+    load.calls = calls
+
+    # the explorer must never reach the influence engine or the pipeline
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the explorer recomputed influence")
+
+    import pdeinf.influence as influence
+    import pdeinf.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "ensure_influence", forbidden, raising=False)
+    monkeypatch.setattr(influence, "hat_matrix", forbidden, raising=False)
+    return load
+
+
+def make(loader):
+    return widgets.explorer("smoke", pdes=["CE", "NS"], models=["unet", "vit"], loader=loader)
+
+
+def test_slider_and_variant_change_the_image(loader):
+    ex = make(loader)
+    first = ex.image.value
+    assert first[:8] == b"\x89PNG\r\n\x1a\n"
+    ex.lag.value = 3
+    after_lag = ex.image.value
+    assert after_lag != first
+    ex.variant.value = "euclidean"
+    after_variant = ex.image.value
+    assert after_variant != after_lag
+    ex.normalization.value = "cosine"
+    assert ex.image.value != after_variant
+    assert "lag 3" in ex.status.value
+
+
+def test_loads_once_per_pde_model_and_caches_analyses(loader, monkeypatch):
+    counted = []
+    original = co.normalized_pi
+
+    def counting(*args, **kwargs):
+        counted.append(kwargs.get("normalization"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(co, "normalized_pi", counting)
+    ex = make(loader)
+    assert loader.calls == [("CE", "unet")]
+    n_initial = len(counted)  # horizon curve + heatmap + class matrix at lag 0
+    for lag in (1, 2, 1, 0, 2):
+        ex.lag.value = lag
+    # new lags need only their class matrix (1 and 2); revisits use the cache
+    assert len(counted) == n_initial + 2
+    ex.pde.value = "NS"
+    ex.pde.value = "CE"
+    ex.model.value = "vit"
+    ex.model.value = "unet"
+    assert loader.calls == [("CE", "unet"), ("NS", "unet"), ("CE", "vit")]
+
+
+def test_dropdowns_follow_the_dataset(loader):
+    ex = make(loader)
+    assert ex.seed.options == ("all", 10, 35)
+    assert ex.epoch.options == (1, 5) and ex.epoch.value == 5
+    assert set(ex.variant.options) == {"gauss-newton", "euclidean"}
+    ex.pde.value = "NS"
+    assert ex.seed.options == ("all", 42)
+    assert ex.epoch.value == 10
+    before = ex.image.value
+    ex.epoch.value = 1
+    assert ex.image.value != before
+
+
+def test_seed_selection_uses_only_that_seed(loader):
+    ex = make(loader)
+    ex.seed.value = 35
+    curve, heat, _ = ex.analyses(0)
+    ds = loader("CE", "unet")
+    expected = co.temporal_heatmap(ds, seeds=[35])
+    np.testing.assert_array_equal(heat.values, expected.values)
+    assert not np.array_equal(heat.values, co.temporal_heatmap(ds).values)
+
+
+def test_dom_classes_and_descriptions_for_browser_tests(loader):
+    ex = make(loader)
+    assert "pdeinf-explorer" in ex.widget._dom_classes
+    assert "pdeinf-lag-slider" in ex.lag._dom_classes
+    assert "pdeinf-figure" in ex.image._dom_classes
+    assert [w.description for w in (ex.pde, ex.model, ex.seed, ex.epoch, ex.variant,
+                                    ex.normalization, ex.lag)] == [
+        "PDE", "model", "seed", "epoch", "variant", "normalization", "lag dt"]
+    assert (ex.lag.min, ex.lag.max) == (-11, 11)
+    assert "application/vnd.jupyter.widget-view+json" in ex._repr_mimebundle_()
+
+
+def test_bad_arguments(loader):
+    with pytest.raises(InputError, match="pdes"):
+        widgets.explorer("smoke", pdes=["XX"], loader=loader)
+    with pytest.raises(InputError, match="max_lag"):
+        widgets.explorer("smoke", loader=loader, max_lag=-1)
