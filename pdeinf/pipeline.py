@@ -27,24 +27,29 @@ line::
     pdeinf reproduce --profile smoke --only-pipeline  # cached stages only, no notebooks
     pdeinf reproduce --profile quick --notebooks 03,04
 
-Paper profile (GPUs). Training is data parallel and the influence sweep is task parallel
-(checkpoints x influence batches spread over ranks) under ``torchrun``; the pipeline stages
-themselves run in one process. On a node with, say, 2 GPUs run the heavy stages first, then
-let `reproduce` pick up the cached results::
+Paper profile (GPUs). Training is data parallel (DistributedDataParallel, see
+`pdeinf.training.ddp`) and the influence sweep is task parallel (rank k of K computes tasks
+k, k+K, ... of the (seed, checkpoint, batch) list; ranks share only the file system) under
+``torchrun``; the other stages run in one process. On a node with 2 GPUs run the heavy stages
+first, then let `reproduce` pick up the cached results::
 
-    pdeinf data generate-profile --profile paper          # or place PDEGym files there
+    # data: real PDEGym files placed under results/data/paper/<DATASET>/, or generated
+    for ds in CE-RP CE-CRP CE-RPUI NS-BB NS-Gauss NS-Sines; do
+      pdeinf data generate --dataset $ds --n-trajectories 1000 --resolution 128 \
+          --solver-resolution 256 --out results/data/paper --device cuda
+    done
     for pde in CE NS; do for model in unet vit; do for seed in 10 35 42; do
-      torchrun --standalone --nproc_per_node=2 -m pdeinf train \\
+      torchrun --standalone --nproc_per_node 2 -m pdeinf train \
           --profile paper --pde $pde --model $model --seed $seed
     done; done; done
     for pde in CE NS; do for model in unet vit; do
-      torchrun --standalone --nproc_per_node=2 -m pdeinf influence sweep \\
+      torchrun --standalone --nproc_per_node 2 -m pdeinf influence \
           --profile paper --pde $pde --model $model
     done; done
-    pdeinf reproduce --profile paper                      # rollouts + notebooks, rest cached
+    pdeinf reproduce --profile paper      # rollouts + notebooks; everything above is cached
 
-(The ``train`` and ``influence`` sub-commands are documented by ``pdeinf train --help`` and
-``pdeinf influence --help``; every stage skips work whose output is already on disk.)
+Every stage skips work whose output is already on disk, so any of these commands can be
+interrupted and rerun.
 """
 from __future__ import annotations
 
@@ -113,7 +118,8 @@ def checkpoint_path(profile: ProfileLike, pde: str, model: str, seed: int, epoch
 
 
 def _final_epoch(profile: Profile, pde: str) -> int:
-    return int(profile.epochs[pde])
+    """The last kept checkpoint (the profiles keep one after the last epoch)."""
+    return max(int(e) for e in profile.checkpoints[pde])
 
 
 # --------------------------------------------------------------------------------------
@@ -129,9 +135,7 @@ def ensure_data(profile: ProfileLike, *, progress: bool = True) -> Path:
 
 
 def _scheduled_checkpoints(profile: Profile, pde: str) -> tuple[int, ...]:
-    epochs = set(int(e) for e in profile.checkpoints[pde])
-    epochs.add(_final_epoch(profile, pde))
-    return tuple(sorted(epochs))
+    return tuple(sorted(set(int(e) for e in profile.checkpoints[pde])))
 
 
 def training_complete(profile: ProfileLike, pde: str, model: str, seed: int) -> bool:
@@ -181,20 +185,29 @@ def _sweep_covers(ds, profile: Profile, pde: str) -> bool:
     except KeyError:
         return False
     return (
-        set(int(s) for s in profile.seeds) <= seeds
+        "pi" in ds
+        and set(int(s) for s in profile.seeds) <= seeds
         and set(int(e) for e in profile.checkpoints[pde]) <= epochs
         and set(range(profile.n_influence_batches)) <= batches
-        and "pi" in ds
     )
 
 
 def _call_with_supported(func, *args, **kwargs):
-    """Call ``func`` passing only the keyword arguments its signature accepts; a keyword it
-    does not accept but that differs from our default is an error rather than silently lost."""
+    """Call ``func`` with only the keyword arguments its signature accepts."""
     params = inspect.signature(func).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return func(*args, **kwargs)
     return func(*args, **{k: v for k, v in kwargs.items() if k in params})
+
+
+#: (metric, observable) -> name of the variant along the sweep's `variant` dimension.
+INFLUENCE_VARIANTS: dict[tuple[str, str], str] = {
+    ("gauss-newton", "smse"): "gauss-newton",
+    ("euclidean", "smse"): "euclidean",
+    ("adam", "smse"): "adam",
+    ("gauss-newton", "mass_drift"): "gn-mass",
+    ("gauss-newton", "energy_drift"): "gn-energy",
+}
 
 
 def ensure_influence(
@@ -202,47 +215,61 @@ def ensure_influence(
     pde: str,
     model: str,
     *,
-    metric: str = "gauss-newton",
-    observable: str = "smse",
+    metric: str | None = None,
+    observable: str | None = None,
     progress: bool = True,
 ):
-    """Influence matrices of every (seed, checkpoint, influence batch): an `xr.Dataset` with
-    ``pi (seed, epoch, batch, t_resp, c_resp, t_pert, c_pert)``, ``losses``,
-    ``eta_eigenvalues`` and ``rank`` (see `pdeinf.influence.sweep.load_sweep`).
+    """Influence matrices of every (seed, checkpoint, influence batch), as an `xr.Dataset`.
 
-    Trains first if needed; runs the sweep only when the cached one is missing or incomplete.
+    With ``metric`` and ``observable`` left None: everything the sweep stores, ``pi`` with dims
+    ``(seed, epoch, batch, variant, t_resp, c_resp, t_pert, c_pert)`` (variants
+    gauss-newton, euclidean, adam, and for CE gn-mass, gn-energy), ``losses (seed, epoch,
+    batch, t, c)``, ``eta_eigenvalues``, ``rank``, ``input_distance`` (see
+    `pdeinf.influence.sweep`). Giving either selects one variant (metric "gauss-newton" |
+    "euclidean" | "adam", observable "smse" | "mass_drift" | "energy_drift"; the other
+    defaults to gauss-newton / smse): ``pi`` then has no ``variant`` dimension and
+    ``attrs["metric"]``, ``attrs["observable"]`` name it.
+
+    Trains first if needed; runs the sweep only when the cached one is missing or incomplete
+    (the sweep itself skips task files that already exist).
     """
     profile = as_profile(profile)
     _check_pde_model(profile, pde, model)
+    variant = None
+    if metric is not None or observable is not None:
+        key = (metric or "gauss-newton", observable or "smse")
+        if key not in INFLUENCE_VARIANTS:
+            known = ", ".join(f"{m}/{o}" for m, o in INFLUENCE_VARIANTS)
+            raise InputError(f"metric/observable: {key[0]}/{key[1]} is not computed; one of {known}")
+        variant = INFLUENCE_VARIANTS[key]
     from pdeinf.influence import sweep
 
-    variant = {"metric": metric, "observable": observable}
-    load_params = inspect.signature(sweep.load_sweep).parameters
-    for key, value in variant.items():
-        default = {"metric": "gauss-newton", "observable": "smse"}[key]
-        if value != default and key not in load_params:
-            raise InputError(f"{key}: {value!r} is not supported by the influence sweep")
-    ds = _try_load_sweep(sweep, profile, pde, model, variant)
-    if ds is not None and _sweep_covers(ds, profile, pde):
-        return ds
-    data_root = ensure_data(profile, progress=progress)
-    ensure_training(profile, pde, model, progress=progress)
-    _call_with_supported(
-        sweep.run_sweep, profile, pde, model, data_root=data_root, progress=progress, **variant
-    )
-    ds = _try_load_sweep(sweep, profile, pde, model, variant)
+    ds = _try_load_sweep(sweep, profile, pde, model)
     if ds is None or not _sweep_covers(ds, profile, pde):
-        raise RuntimeError(
-            f"influence sweep {pde}-{model} ({profile.name}) did not produce every "
-            f"(seed, checkpoint, batch) of the profile"
-        )
-    return ds
+        data_root = ensure_data(profile, progress=progress)
+        ensure_training(profile, pde, model, progress=progress)
+        sweep.run_sweep(profile, pde, model, data_root=data_root, progress=progress)
+        ds = _try_load_sweep(sweep, profile, pde, model)
+        if ds is None or not _sweep_covers(ds, profile, pde):
+            raise RuntimeError(
+                f"influence sweep {pde}-{model} ({profile.name}) did not produce every "
+                f"(seed, checkpoint, batch) of the profile"
+            )
+    if variant is None:
+        return ds
+    held = [str(v) for v in ds["variant"].values] if "variant" in ds["pi"].dims else []
+    if variant not in held:
+        raise InputError(f"metric/observable: variant {variant!r} not in the {pde} sweep ({held})")
+    out = ds.sel(variant=variant, drop=True)
+    out.attrs.update(metric=key[0], observable=key[1], variant=variant)
+    return out
 
 
-def _try_load_sweep(sweep, profile: Profile, pde: str, model: str, variant: dict):
+def _try_load_sweep(sweep, profile: Profile, pde: str, model: str):
+    """The cached sweep, or None when a task file is missing or invalid."""
     try:
-        return _call_with_supported(sweep.load_sweep, profile, pde, model, **variant)
-    except (FileNotFoundError, KeyError, OSError):
+        return sweep.load_sweep(profile, pde, model)
+    except (InputError, FileNotFoundError, OSError):
         return None
 
 
@@ -330,7 +357,6 @@ def _compute_rollouts(profile: Profile, pde: str, model: str, *, progress: bool)
     from tqdm.auto import tqdm
 
     from pdeinf.data.datasets import PDEData
-    from pdeinf.training.rollout import rollout_errors
     from pdeinf.training.train import load_checkpoint
 
     data = PDEData(ensure_data(profile, progress=progress), pde, t_max=profile.t_max)
@@ -348,14 +374,54 @@ def _compute_rollouts(profile: Profile, pde: str, model: str, *, progress: bool)
                 )
             trajectories[cls] = test[:n]
         net, _ = load_checkpoint(checkpoint_path(profile, pde, model, seed, final))
-        net.eval()
         with torch.no_grad():
-            errors = rollout_errors(net, trajectories)
+            errors = rollouts_all_starts(net, trajectories)
         per_seed.append(errors.expand_dims(seed=[int(seed)]))
     da = xr.concat(per_seed, dim="seed")
     da = da.transpose("seed", "class", "trajectory", "start", "horizon")
     da.name = "smse"
     return da
+
+
+def rollouts_all_starts(net, trajectories_by_class: dict, *, max_batch: int = 64):
+    """`pdeinf.training.rollout.rollout_errors` for every start, batched over starts.
+
+    Rolling out from each start separately runs T-1 tiny batches per class; here the
+    windows ``u[s:]`` of all starts s become the members of one batch (padded at the end with
+    the last snapshot, whose errors are then discarded), so each class takes T-1 model calls
+    of up to ``max_batch`` states. Same values, dims ``(class, trajectory, start, horizon)``;
+    NaN where ``start + horizon > T - 1``.
+    """
+    import numpy as np
+    import xarray as xr
+
+    from pdeinf.training.rollout import rollout_errors
+
+    classes = list(trajectories_by_class)
+    n_traj, n_times = next(iter(trajectories_by_class.values())).shape[:2]
+    steps = n_times - 1
+    chunk = max(1, max_batch // steps)
+    values = np.full((len(classes), n_traj, steps, steps), np.nan)
+    for ci, cls in enumerate(classes):
+        arr = np.asarray(trajectories_by_class[cls])
+        for lo in range(0, arr.shape[0], chunk):
+            part = arr[lo : lo + chunk]  # [m, T, C, H, W]
+            windows = np.stack(
+                [np.concatenate([part[:, s:], np.repeat(part[:, -1:], s, axis=1)], axis=1)
+                 for s in range(steps)], axis=1)  # [m, S, T, C, H, W]
+            flat = windows.reshape(-1, *windows.shape[2:])
+            err = rollout_errors(net, {cls: flat}, starts=[0], horizon=steps,
+                                 batch_size=max_batch)
+            values[ci, lo : lo + len(part)] = err.values[0, :, 0, :].reshape(len(part), steps, steps)
+    start = np.arange(steps)[:, None]
+    horizon = np.arange(1, steps + 1)[None, :]
+    values[..., start + horizon > steps] = np.nan
+    return xr.DataArray(
+        values, dims=("class", "trajectory", "start", "horizon"),
+        coords={"class": classes, "trajectory": np.arange(n_traj), "start": np.arange(steps),
+                "horizon": np.arange(1, steps + 1)},
+        name="smse", attrs={"description": "per-step SMSE of autoregressive rollouts"},
+    )
 
 
 def _write_netcdf_atomic(obj, path: Path) -> None:
@@ -590,43 +656,58 @@ def run_notebook(
     return final
 
 
-def _flatten_numbers(obj, prefix: str = "") -> Iterator[tuple[str, float]]:
-    if isinstance(obj, bool):
-        return
-    if isinstance(obj, (int, float)):
-        yield prefix, float(obj)
-    elif isinstance(obj, dict):
+def _leaves(obj, prefix: str = "") -> Iterator[tuple[str, object]]:
+    if isinstance(obj, dict):
         for key, value in obj.items():
-            yield from _flatten_numbers(value, f"{prefix}.{key}" if prefix else str(key))
+            yield from _leaves(value, f"{prefix}.{key}" if prefix else str(key))
+    else:
+        yield prefix, obj
 
 
 def _figures_of(results: dict) -> list[str]:
-    figs = results.get("figures") or results.get("figure") or []
-    if isinstance(figs, (str, Path)):
+    """PNG figures listed by a results JSON (PDF twins are left out of the table)."""
+    figs = results.get("figures") or []
+    if isinstance(figs, str):
         figs = [figs]
     if isinstance(figs, dict):
         figs = list(figs.values())
-    return [str(f) for f in figs]
+    pngs = [str(f) for f in figs if str(f).endswith(".png")]
+    return pngs or [str(f) for f in figs]
 
 
 def summarize_notebook(notebook: Path | str, *, max_numbers: int = 4) -> dict:
-    """Figure paths and the first scalar key numbers of ``results/<notebook>.json``."""
+    """What the closing table shows of ``results/<notebook>.json``: its PNG figures, the
+    first ``max_numbers`` scalar numbers (from its ``numbers`` entry when it has one), and
+    verdicts: every boolean leaf named ``reproduced_<finding>`` counted over the (PDE,
+    model) pairs, e.g. ``{"ridge": "4/4"}``."""
     path = notebook_results_path(notebook)
+    out = {"notebook": Path(notebook).stem, "figures": [], "numbers": {}, "verdicts": {},
+           "results": None}
     if not path.is_file():
-        return {"notebook": Path(notebook).stem, "figures": [], "numbers": {}, "results": None}
-    results = json.loads(path.read_text())
-    numbers = {}
-    source = results.get("numbers", results) if isinstance(results, dict) else {}
-    for key, value in _flatten_numbers(source):
-        if len(numbers) >= max_numbers:
+        return out
+    try:
+        results = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return out
+    if not isinstance(results, dict):
+        return out
+    out["results"] = str(path)
+    out["figures"] = _figures_of(results)
+    source = results.get("numbers", {k: v for k, v in results.items() if k != "figures"})
+    for key, value in _leaves(source):
+        if len(out["numbers"]) >= max_numbers:
             break
-        numbers[key] = value
-    return {
-        "notebook": Path(notebook).stem,
-        "figures": _figures_of(results) if isinstance(results, dict) else [],
-        "numbers": numbers,
-        "results": str(path),
-    }
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out["numbers"][key] = float(value)
+    tally: dict[str, list[int]] = {}
+    for key, value in _leaves(results):
+        name = key.rsplit(".", 1)[-1]
+        if isinstance(value, bool) and name.startswith("reproduced_"):
+            counts = tally.setdefault(name.removeprefix("reproduced_"), [0, 0])
+            counts[0] += int(value)
+            counts[1] += 1
+    out["verdicts"] = {k: f"{yes}/{n}" for k, (yes, n) in tally.items()}
+    return out
 
 
 def _format_number(value: float) -> str:
@@ -635,8 +716,16 @@ def _format_number(value: float) -> str:
     return f"{value:.4g}"
 
 
+def _display_path(path: str) -> str:
+    try:
+        return str(Path(path).relative_to(paths.root()))
+    except ValueError:
+        return path
+
+
 def format_report(report: ReproduceReport) -> str:
-    """The closing table of `reproduce`: stage times, then one block per notebook."""
+    """The closing table of `reproduce`: stage times, then one block per notebook with its
+    figures, key numbers and finding verdicts (reproduced / pairs)."""
     lines = [f"pdeinf reproduce --profile {report.profile}", "", "stage timings (wall, s):"]
     width = max([len(t.stage) for t in report.timings] + [5])
     for t in report.timings:
@@ -647,12 +736,15 @@ def format_report(report: ReproduceReport) -> str:
         for nb in report.notebooks:
             lines.append(f"  {nb['notebook']}  [{nb['status']}]  {nb['seconds']:.1f} s")
             for fig in nb.get("figures", []):
-                lines.append(f"      figure  {fig}")
+                lines.append(f"      figure   {_display_path(fig)}")
             numbers = ", ".join(f"{k}={_format_number(v)}" for k, v in nb.get("numbers", {}).items())
             if numbers:
-                lines.append(f"      numbers {numbers}")
+                lines.append(f"      numbers  {numbers}")
+            verdicts = ", ".join(f"{k} {v}" for k, v in nb.get("verdicts", {}).items())
+            if verdicts:
+                lines.append(f"      findings reproduced: {verdicts}")
             if nb["status"] != "ok":
-                lines.append(f"      error   {nb.get('error', '')}")
+                lines.append(f"      error    {nb.get('error', '')}")
     return "\n".join(lines)
 
 
@@ -684,7 +776,8 @@ def reproduce(
             entry.update(status="failed", error=f"{type(err).__name__}: {_first_line(err)}")
         entry["seconds"] = time.perf_counter() - start
         summary = summarize_notebook(nb)
-        entry.update(figures=summary["figures"], numbers=summary["numbers"])
+        entry.update(figures=summary["figures"], numbers=summary["numbers"],
+                     verdicts=summary["verdicts"], results=summary["results"])
         report.notebooks.append(entry)
     _write_json_atomic(report.to_dict(), paths.results_dir() / f"reproduce_{profile.name}.json")
     print(format_report(report), flush=True)

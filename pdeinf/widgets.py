@@ -26,31 +26,14 @@ from pdeinf.errors import InputError
 from pdeinf.viz import figures as vf
 
 ALL_SEEDS = "all"
-DEFAULT_VARIANTS = {
-    "CE": ("gauss-newton", "euclidean", "adam", "gn-mass", "gn-energy"),
-    "NS": ("gauss-newton", "euclidean", "adam"),
-}
 
 
-def cached_loader(profile, *, variants: dict | None = None, progress: bool = False) -> Callable:
-    """A loader `(pde, model) -> xr.Dataset` over the pipeline's cached sweeps.
-
-    Variants the sweep does not support (InputError / NotImplementedError from the pipeline)
-    are left out; Gauss-Newton is required."""
-    variants = variants or DEFAULT_VARIANTS
+def cached_loader(profile, *, variants=None, progress: bool = False) -> Callable:
+    """A loader `(pde, model) -> xr.Dataset` over the pipeline's cached sweeps
+    (`pdeinf.analysis.load_variants`; `variants` None: every variant the sweep holds)."""
 
     def load(pde: str, model: str):
-        from pdeinf import pipeline
-
-        datasets = {}
-        for name in variants.get(pde, ("gauss-newton",)):
-            try:
-                datasets[name] = pipeline.ensure_influence(
-                    profile, pde, model, progress=progress, **co.VARIANT_SPECS[name])
-            except (InputError, NotImplementedError):
-                if name == "gauss-newton":
-                    raise
-        return co.combine_variants(datasets)
+        return co.load_variants(profile, pde, model, variants, progress=progress)
 
     return load
 

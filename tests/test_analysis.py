@@ -66,6 +66,8 @@ def make_sweep(*, seeds=(10, 35), epochs=(1, 5), batches=(0, 1, 2), n_classes=3,
     cidx = np.arange(n_classes)
     distance = (np.abs(t[:, None, None, None] - t[None, None, :, None]) + 1.0
                 + 2.0 * (cidx[None, :, None, None] != cidx[None, None, None, :]))
+    distance = distance * ~((t[:, None, None, None] == t[None, None, :, None])
+                            & (cidx[None, :, None, None] == cidx[None, None, None, :]))  # self: 0
     distance = np.broadcast_to(distance, (*shape, n_times, n_classes, n_times, n_classes)).copy()
     coords = {"seed": list(seeds), "epoch": list(epochs), "batch": list(batches),
               "variant": ["gauss-newton", "euclidean"], "t_resp": t, "c_resp": classes,

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import types
 
 import numpy as np
@@ -154,22 +153,23 @@ def test_existing_files_of_another_request_are_refused(tmp_path, fake_sampler):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(dataset="CE-XX"), "dataset='CE-XX'"),
-    (dict(n_trajectories=0), "n_trajectories=0"),
-    (dict(n_trajectories=-3), "n_trajectories=-3"),
-    (dict(resolution=0), "resolution=0"),
-    (dict(resolution=8, solver_resolution=12), "solver_resolution=12: must be a multiple"),
-    (dict(chunk_size=0), "chunk_size=0"),
-    (dict(batch_size=-1), "batch_size=-1"),
-    (dict(seed=-1), "seed=-1"),
-    (dict(device="gpu0"), "device='gpu0'"),
+    ({"dataset": "CE-XX"}, "dataset='CE-XX'"),
+    ({"n_trajectories": 0}, "n_trajectories=0"),
+    ({"n_trajectories": -3}, "n_trajectories=-3"),
+    ({"resolution": 0}, "resolution=0"),
+    ({"resolution": 8, "solver_resolution": 12}, "solver_resolution=12: must be a multiple"),
+    ({"chunk_size": 0}, "chunk_size=0"),
+    ({"batch_size": -1}, "batch_size=-1"),
+    ({"seed": -1}, "seed=-1"),
+    ({"device": "gpu0"}, "device='gpu0'"),
+    ({"device": "cuda"}, "device=cuda: CUDA is not available"),
 ])
 def test_bad_arguments_fail_before_any_work(tmp_path, kwargs, match, monkeypatch):
     def never(*args, **kwargs):
         raise AssertionError("work started")
 
     monkeypatch.setattr(gen, "_run_batch", never)
-    arguments = dict(dataset="CE-RP", n_trajectories=2, resolution=8, out_dir=tmp_path / "out")
+    arguments = {"dataset": "CE-RP", "n_trajectories": 2, "resolution": 8, "out_dir": tmp_path / "out"}
     arguments.update(kwargs)
     with pytest.raises(InputError, match=match):
         gen.generate(**arguments, progress=False)
@@ -181,9 +181,10 @@ def test_cli_generate_inspect_and_errors(tmp_path, fake_sampler, capsys):
     assert cli_main(["data", "generate", "--dataset", "NS-Gauss", "--n-trajectories", "3", "--resolution", "4",
                      "--out", str(out), "--solver-resolution", "8", "--chunk-size", "2", "--no-progress"]) == 0
     assert sorted(p.name for p in (out / "NS-Gauss").iterdir()) == ["velocity_0.nc", "velocity_1.nc"]
-    assert cli_main(["data", "inspect", str(out / "NS-Gauss")]) == 0
+    assert cli_main(["data", "inspect", str(out / "NS-Gauss"), "--validate"]) == 0
     printed = capsys.readouterr().out
     assert "samples 3, times 21, model channels 2" in printed and "vx_std" in printed
+    assert "validated: all values finite" in printed
     assert cli_main(["data", "inspect", str(out)]) == 0  # a root of class directories
     assert "NS-Gauss" in capsys.readouterr().out
     assert cli_main(["data", "generate", "--dataset", "KdV", "--n-trajectories", "3", "--resolution", "4",

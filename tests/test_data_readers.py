@@ -6,7 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
-from pdeinf.data import pdegym, well
+from pdeinf.data import pdegym
 from pdeinf.data.pdegym import chunk_files, open_dataset, write_chunk
 from pdeinf.data.well import open_well, write_well_file
 from pdeinf.errors import InputError
@@ -263,3 +263,27 @@ def test_well_bad_input(tmp_path):
         open_well(tmp_path / "not-there.hdf5")
     with pytest.raises(InputError, match="conserved"):
         write_well_file(tmp_path / "x.hdf5", u[:, :, :3])
+
+
+def test_cli_inspect_well_file_uses_its_gamma(tmp_path, capsys):
+    from pdeinf.cli import main as cli_main
+    from pdeinf.data.statistics import class_statistics
+
+    u = conserved_states(np.random.default_rng(14), n=2, t=3)
+    path = write_well_file(tmp_path / "w.hdf5", u, gamma=5.0 / 3.0)
+    assert cli_main(["data", "inspect", str(path)]) == 0
+    assert "samples 2, times 3, model channels 4" in capsys.readouterr().out
+    table = class_statistics({"well": open_well(path)})
+    rho, mx, my, energy = (u[:, :, i] for i in range(4))
+    p = (2.0 / 3.0) * (energy - 0.5 * (mx**2 + my**2) / rho)
+    assert table.loc["well", "p_mean"] == pytest.approx(p.mean(), rel=1e-5)
+    assert table.loc["well", "rho_std"] == pytest.approx(rho.std(), rel=1e-5)
+
+
+def test_chunk_writer_refuses_misfit_batches(tmp_path):
+    writer = pdegym.ChunkWriter(tmp_path / "data_0.nc", "CE", 2, TIMES, (6, 8))
+    with pytest.raises(InputError, match="does not fit"):
+        writer.put(1, primitive_states(np.random.default_rng(15), n=2))
+    with pytest.raises(RuntimeError, match="not all 2 samples"):
+        writer.close()
+    assert list(tmp_path.iterdir()) == []

@@ -7,7 +7,11 @@ import torch
 
 from pdeinf.config import PDE_CLASSES
 from pdeinf.data.datasets import (
-    PDEData, TransitionDataset, influence_batch, official_split, split_indices,
+    PDEData,
+    TransitionDataset,
+    influence_batch,
+    official_split,
+    split_indices,
 )
 from pdeinf.data.pdegym import write_chunk
 from pdeinf.errors import InputError
@@ -60,7 +64,7 @@ def test_split_indices_partition(n, seed):
 
 def test_split_depends_on_seed_and_rejects_bad_arguments():
     assert not np.array_equal(split_indices(100, 10)["test"], split_indices(100, 35)["test"])
-    for bad in [dict(n=2, seed=0), dict(n=0, seed=0), dict(n=10, seed=-1), dict(n=10.0, seed=0)]:
+    for bad in [{"n": 2, "seed": 0}, {"n": 0, "seed": 0}, {"n": 10, "seed": -1}, {"n": 10.0, "seed": 0}]:
         with pytest.raises(InputError):
             split_indices(**bad)
     with pytest.raises(InputError, match="fractions"):
@@ -122,7 +126,7 @@ def test_transition_dataset_items(ns_root):
         dataset[len(dataset)]
     loader = torch.utils.data.DataLoader(TransitionDataset(data, "test", 35), batch_size=5, shuffle=True,
                                          generator=torch.Generator().manual_seed(0))
-    x, y, c, traj, t = next(iter(loader))
+    x, y, c, _traj, t = next(iter(loader))
     assert x.shape == (5, 2, 4, 4) and c.shape == (5,)
 
 

@@ -19,9 +19,9 @@ import sys, torch
 sys.path.insert(0, {tests!r})
 from test_training import WaveData, tiny_profile
 from pdeinf.training.train import train
-# 3 classes x 5 trajectories x 16 transitions = 240 = 6 x 37 + 18: odd batches are split
-# 19/18 between the ranks, the last one 9/9.
-train("CE", "vit", 10, tiny_profile(2, batch_size={batch}), data=WaveData(n=8),
+# 3 classes x 3 trajectories x 16 transitions = 144 = 3 x 37 + 33: full batches are split
+# 19/18 between the ranks, the last one 17/16.
+train("CE", "vit", 10, tiny_profile(2, batch_size={batch}), data=WaveData(n=5),
       out_dir=sys.argv[1], progress=False, dtype=torch.float64)
 """
 

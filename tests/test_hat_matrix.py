@@ -16,6 +16,15 @@ from pdeinf.influence.hat import HatEngine, gradient_span, solve_hat
 torch.set_default_dtype(torch.float64)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one thread avoids the thread hand-off cost on a shared, loaded CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def smse_ref(pred, target):
     scale = target.pow(2).mean(dim=(-2, -1)).sqrt() + 1e-6
     return ((pred - target).pow(2).mean(dim=(-2, -1)) / scale).mean(dim=-1)
@@ -73,7 +82,7 @@ def dense_reference(model, x, y, damping, energy_tol, response=None):
             bras.append(torch.autograd.grad(response(x[n:n + 1], y[n:n + 1], pred2).sum(), t2)[0])
     G = torch.stack(grads).numpy().T  # [P, N]
     J = torch.autograd.functional.jacobian(lambda t: f(t, x).reshape(-1), theta, vectorize=True).numpy()  # [M, P]
-    U, s, Vt = np.linalg.svd(G, full_matrices=False)
+    U, s, _ = np.linalg.svd(G, full_matrices=False)
     energy = np.cumsum(s**2) / np.sum(s**2)
     r = int(np.sum(energy < 1 - energy_tol)) + 1
     r = min(r, int(np.sum(s > s[0] * 1e-7)))
@@ -157,7 +166,7 @@ def test_singular_metric_with_zero_damping_is_refused():
     ket = torch.randn(3, 4)
     with pytest.raises(InputError, match="damping"):
         solve_hat(eta, 0.0, ket)
-    pi, ev = solve_hat(eta, 1e-3, ket)
+    pi, _ = solve_hat(eta, 1e-3, ket)
     assert torch.allclose(pi, ket.T @ torch.linalg.solve(eta + 1e-3 * torch.eye(3), ket))
     with pytest.raises(InputError, match="damping"):
         solve_hat(eta, -1.0, ket)
@@ -194,15 +203,15 @@ def test_bad_input_is_refused():
     bad = x.clone()
     bad[0, 0, 0, 0] = float("nan")
     cases = [
-        (dict(inputs=bad, targets=y), "inputs"),
-        (dict(inputs=x, targets=y[:, :1]), "targets"),
-        (dict(inputs=x[0], targets=y[0]), "inputs"),
-        (dict(inputs=x, targets=y, metric="fisher"), "metric"),
-        (dict(inputs=x, targets=y, grad_chunk=0), "grad_chunk"),
-        (dict(inputs=x, targets=y, jvp_chunk=-2), "jvp_chunk"),
-        (dict(inputs=x, targets=y, energy_tol=1.0), "energy_tol"),
-        (dict(inputs=x, targets=y, metric="adam"), "optimizer_state"),
-        (dict(inputs=x, targets=y, response="vorticity"), "response"),
+        ({"inputs": bad, "targets": y}, "inputs"),
+        ({"inputs": x, "targets": y[:, :1]}, "targets"),
+        ({"inputs": x[0], "targets": y[0]}, "inputs"),
+        ({"inputs": x, "targets": y, "metric": "fisher"}, "metric"),
+        ({"inputs": x, "targets": y, "grad_chunk": 0}, "grad_chunk"),
+        ({"inputs": x, "targets": y, "jvp_chunk": -2}, "jvp_chunk"),
+        ({"inputs": x, "targets": y, "energy_tol": 1.0}, "energy_tol"),
+        ({"inputs": x, "targets": y, "metric": "adam"}, "optimizer_state"),
+        ({"inputs": x, "targets": y, "response": "vorticity"}, "response"),
     ]
     for kw, name in cases:
         with pytest.raises(InputError, match=name):
@@ -231,3 +240,38 @@ def test_labelled_output_follows_batch_order():
     assert da.attrs["model"] == "tiny" and da.attrs["rank"] == res.rank
     with pytest.raises(InputError, match="t_max"):
         res.to_xarray(t_max=5)
+
+
+@pytest.mark.parametrize("name", ["unet", "vit"])
+def test_real_surrogates_match_reverse_mode_reference(name):
+    """UNet (circular convs, norms) and ViT (attention under forward-mode AD), smoke size.
+
+    Reference without torch.func: loop gradients, J q by torch.autograd.functional.jvp (the
+    double-backward trick, reverse mode only), numpy SVD and solve.
+    """
+    from pdeinf.models import build
+
+    torch.manual_seed(0)
+    model = build(name, channels=4, resolution=16, size="smoke").double().eval()
+    g = torch.Generator().manual_seed(2)
+    x = 1.0 + 0.3 * torch.rand(4, 4, 16, 16, generator=g)
+    y = x + 0.05 * torch.randn(4, 4, 16, 16, generator=g)
+    res = hat_matrix(model, x, y, damping=1e-6, energy_tol=0.0)
+    params = list(model.parameters())
+    rows = []
+    for n in range(4):
+        gs = torch.autograd.grad(smse_ref(model(x[n:n + 1]), y[n:n + 1]).sum(), params)
+        rows.append(torch.cat([t.reshape(-1) for t in gs]))
+    G = torch.stack(rows).numpy().T
+    U, s, _ = np.linalg.svd(G, full_matrices=False)
+    Q = U[:, s > 1e-7 * s[0]]
+    f = functional(model)
+    theta = flat_params(model)
+    JQ = np.stack([
+        torch.autograd.functional.jvp(lambda t: f(t, x).reshape(-1), theta, torch.from_numpy(q))[1].numpy()
+        for q in Q.T
+    ], axis=1)
+    eta = JQ.T @ JQ / JQ.shape[0] + 1e-6 * np.eye(Q.shape[1])
+    ref = (Q.T @ G).T @ np.linalg.solve(eta, Q.T @ G)
+    assert res.rank == Q.shape[1]
+    assert rel(res.pi, ref) < 1e-9

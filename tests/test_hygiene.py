@@ -111,11 +111,12 @@ def test_notebook_parameters_cell(path):
 
 
 def test_nbstripout_agrees():
-    """The project's stripping tool finds nothing to strip (dev extra; skipped without it)."""
+    """The project's stripping tool finds nothing to strip (dev extra; skipped without it).
+    ``--keep-id``: the committed cell ids are stable; nbstripout would renumber them."""
     pytest.importorskip("nbstripout", reason="nbstripout (dev extra) is not installed")
     if not NOTEBOOKS:
         pytest.skip("no notebooks yet")
-    proc = subprocess.run([sys.executable, "-m", "nbstripout", "--verify", *map(str, NOTEBOOKS)],
+    proc = subprocess.run([sys.executable, "-m", "nbstripout", "--verify", "--keep-id", *map(str, NOTEBOOKS)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 

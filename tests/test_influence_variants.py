@@ -7,12 +7,28 @@ import torch
 from torch import nn
 
 from pdeinf.errors import InputError
-from pdeinf.influence import NORMALIZATIONS, VARIANTS, energy_drift, hat_matrix, mass_drift, normalize
+from pdeinf.influence import (
+    NORMALIZATIONS,
+    VARIANTS,
+    energy_drift,
+    hat_matrix,
+    mass_drift,
+    normalize,
+)
 from pdeinf.influence.gradients import trainable_parameters
 from pdeinf.influence.hat import HatEngine, adam_preconditioner
 from pdeinf.influence.spectrum import condition_number, effective_rank, participation_ratio
 
 torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one thread avoids the thread hand-off cost on a shared, loaded CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 class CENet(nn.Module):
@@ -147,7 +163,7 @@ def test_drift_bra_matches_dense(name, fn):
 
 def test_transformed_response_and_callable_observable():
     model, (x, y) = CENet(seed=6), ce_batch(seed=7)
-    flip = lambda t: torch.flip(t, dims=(-1,))  # noqa: E731
+    flip = lambda t: torch.flip(t, dims=(-1,))
     res = hat_matrix(model, x, y, response_transform=flip, energy_tol=0.0)
     R = loop_grads(model, flip(x), flip(y), lambda a, b, p: smse_ref(p, b))
     ref = _dense_gn(model, x, y, R, 1e-6)
@@ -182,7 +198,7 @@ def test_normalizations_properties_numpy_and_torch():
         out_t = normalize(torch.as_tensor(pi), kind, losses=torch.as_tensor(losses))
         assert isinstance(out, np.ndarray) and isinstance(out_t, torch.Tensor)
         assert out.shape == pi.shape and np.allclose(out_t.numpy(), out)
-    diag = lambda m: np.diagonal(m, axis1=-2, axis2=-1)  # noqa: E731
+    diag = lambda m: np.diagonal(m, axis1=-2, axis2=-1)
     assert np.allclose(normalize(pi, "none"), pi)
     assert np.allclose(np.std(normalize(pi, "standard"), axis=-1, ddof=1), 1.0)
     assert np.allclose(diag(normalize(pi, "cosine")), 1.0)

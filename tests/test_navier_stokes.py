@@ -1,5 +1,6 @@
 """Validation of the pseudo-spectral incompressible Navier-Stokes solver against exact solutions
 (Taylor-Green, Galilean-translated Taylor-Green), invariants and convergence."""
+
 import math
 
 import pytest
@@ -24,7 +25,9 @@ def _grid(h, w, lx, ly, dtype=torch.float64):
     return torch.meshgrid(y, x, indexing="ij")
 
 
-def taylor_green(h, w, domain, t, nu, *, modes=(1, 1), amp=0.1, mean=(0.0, 0.0), dtype=torch.float64):
+def taylor_green(
+    h, w, domain, t, nu, *, modes=(1, 1), amp=0.1, mean=(0.0, 0.0), dtype=torch.float64
+):
     """Exact NS solution: stream function amp sin(kx x) sin(ky y) decaying at nu |k|^2,
     advected by a uniform mean flow `mean` (Galilean invariance) -> [1, 2, H, W]."""
     lx, ly = domain
@@ -88,11 +91,14 @@ def test_divergence_free_and_energy_decays_with_viscosity():
     assert float(ns.divergence(out).abs().max()) < 1e-11
     energy = ns.kinetic_energy(out)  # [B, T]
     assert bool((energy[:, 1:] < energy[:, :-1]).all())
-    assert float(energy[:, -1].min()) > 0.5 * float(energy[:, 0].max())  # decays but is not wiped out
+    assert float(energy[:, -1].min()) > 0.5 * float(
+        energy[:, 0].max()
+    )  # decays but is not wiped out
 
 
-def test_inviscid_energy_and_enstrophy_conserved_to_time_accuracy():
-    v0 = smooth_random(1, 32, 32, seed=2)
+@pytest.mark.parametrize("shape", [(32, 32), (15, 21)])
+def test_inviscid_energy_and_enstrophy_conserved_to_time_accuracy(shape):
+    v0 = smooth_random(1, *shape, seed=2)
     drifts, zdrifts = [], []
     for cfl in (0.4, 0.2):
         out = ns.solve(v0, [0.0, 0.25], nu=0.0, cfl=cfl, progress=False)
@@ -101,16 +107,19 @@ def test_inviscid_energy_and_enstrophy_conserved_to_time_accuracy():
         drifts.append(abs(float(e[1] / e[0] - 1)))
         zdrifts.append(abs(float(z[1] / z[0] - 1)))
     # the 3/2-rule Galerkin truncation conserves both exactly; what is left is the RK3 error
-    assert drifts[0] < 1e-4 and zdrifts[0] < 1e-2
+    assert drifts[0] < 1e-3 and zdrifts[0] < 3e-2
     assert drifts[1] < drifts[0] / 4 and zdrifts[1] < zdrifts[0] / 4, (drifts, zdrifts)
 
 
 def test_time_step_refinement_converges_at_third_order():
     v0 = smooth_random(1, 24, 24, seed=3)
-    runs = {cfl: ns.solve(v0, [0.3], nu=1e-3, cfl=cfl, progress=False)[:, 0] for cfl in (0.4, 0.2, 0.1, 0.025)}
+    runs = {
+        cfl: ns.solve(v0, [0.3], nu=1e-3, cfl=cfl, progress=False)[:, 0]
+        for cfl in (0.4, 0.2, 0.1, 0.025)
+    }
     errs = [float((runs[c] - runs[0.025]).abs().max()) for c in (0.4, 0.2, 0.1)]
-    assert errs[0] < 1e-2
-    assert errs[0] / errs[1] > 4.5 and errs[1] / errs[2] > 5.5, errs
+    assert errs[0] < 5e-2
+    assert errs[0] / errs[1] > 6.0 and errs[1] / errs[2] > 6.0, errs  # 3rd order: 8
 
 
 def _single_mode(n, m, amp):
@@ -123,7 +132,8 @@ def test_spectral_viscosity_spares_low_modes_and_damps_high_ones():
     eps = 0.05 / n
     low = _single_mode(n, (1, 3), 0.05)  # |m| = 3.2 < sqrt(N)/2 = 4
     out = ns.solve(low, [t], viscosity="spectral", progress=False)
-    assert float((out[0, 0] - low[0]).abs().max() / low.abs().max()) < 1e-12
+    # inviscid to 1e-7 (a Laplacian with the same eps would remove 6 % of it)
+    assert float((out[0, 0] - low[0]).abs().max() / low.abs().max()) < 1e-7
     for m in ((6, 8), (14, 14)):
         high = _single_mode(n, m, 0.002)
         mnorm = math.hypot(*m)
@@ -131,15 +141,15 @@ def test_spectral_viscosity_spares_low_modes_and_damps_high_ones():
         out = ns.solve(high, [t], viscosity="spectral", progress=False)
         ratio = out[0, 0] / high[0]
         mask = high[0].abs() > 1e-3 * high.abs().max()
-        assert torch.allclose(ratio[mask], torch.full_like(ratio[mask], math.exp(-rate * t)), rtol=1e-10)
+        assert torch.allclose(
+            ratio[mask], torch.full_like(ratio[mask], math.exp(-rate * t)), rtol=1e-10
+        )
     assert rate * t > 1.0  # the highest mode is strongly damped
 
 
 def test_batch_members_evolve_independently_and_output_at_t0_is_projected():
     v = smooth_random(2, 16, 16, seed=4)
     v[1] *= 3.0  # faster member: smaller CFL steps
-    gradient = torch.stack(ns.velocity_from_vorticity(torch.zeros(16, 16)).unbind(0))  # zero field
-    assert float(gradient.abs().max()) == 0.0
     both = ns.solve(v, [0.0, 0.2], nu=1e-3, progress=False)
     for b in range(2):
         alone = ns.solve(v[b : b + 1], [0.0, 0.2], nu=1e-3, progress=False)
@@ -172,23 +182,29 @@ def test_vorticity_and_stream_function_roundtrip():
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        (dict(v0=torch.zeros(1, 3, 8, 8)), "v0"),
-        (dict(v0=torch.zeros(2, 8, 8)), "v0"),
-        (dict(v0=torch.full((1, 2, 8, 8), float("nan"))), "v0"),
-        (dict(v0=torch.zeros(1, 2, 8, 8, dtype=torch.int64)), "v0"),
-        (dict(t_out=[0.0, 0.2, 0.1]), "t_out"),
-        (dict(t_out=[]), "t_out"),
-        (dict(t_out=[float("inf")]), "t_out"),
-        (dict(nu=-1e-3), "nu"),
-        (dict(viscosity="hyper"), "viscosity"),
-        (dict(cfl=0.0), "cfl"),
-        (dict(domain=(1.0, -1.0)), "domain"),
-        (dict(domain="unit"), "domain"),
+        ({"v0": torch.zeros(1, 3, 8, 8)}, "v0"),
+        ({"v0": torch.zeros(2, 8, 8)}, "v0"),
+        ({"v0": torch.full((1, 2, 8, 8), float("nan"))}, "v0"),
+        ({"v0": torch.zeros(1, 2, 8, 8, dtype=torch.int64)}, "v0"),
+        ({"t_out": [0.0, 0.2, 0.1]}, "t_out"),
+        ({"t_out": []}, "t_out"),
+        ({"t_out": [float("inf")]}, "t_out"),
+        ({"nu": -1e-3}, "nu"),
+        ({"viscosity": "hyper"}, "viscosity"),
+        ({"cfl": 0.0}, "cfl"),
+        ({"domain": (1.0, -1.0)}, "domain"),
+        ({"domain": "unit"}, "domain"),
     ],
 )
 def test_bad_input_raises_input_error(kwargs, match):
-    args = dict(v0=torch.zeros(1, 2, 8, 8, dtype=torch.float64), t_out=[0.0, 0.1])
+    args = {"v0": torch.zeros(1, 2, 8, 8, dtype=torch.float64), "t_out": [0.0, 0.1]}
     args.update(kwargs)
     v0, t_out = args.pop("v0"), args.pop("t_out")
     with pytest.raises(InputError, match=match):
         ns.solve(v0, t_out, progress=False, **args)
+
+
+def test_non_finite_solution_raises_solver_error():
+    v = smooth_random(1, 16, 16, seed=5) * 1e200  # finite input whose square overflows
+    with pytest.raises(ns.SolverError, match="batch member 0"):
+        ns.solve(v, [0.0, 1.0], nu=0.0, progress=False)

@@ -66,8 +66,8 @@ def nbval_run(smoke_home, tmp_path_factory):
     cases: dict[str, list[tuple[str, str | None]]] = {nb.stem: [] for nb in NOTEBOOKS}
     if junit.is_file():
         for case in ET.parse(junit).getroot().iter("testcase"):
-            where = f"{case.get('classname', '')}::{case.get('file', '')}"
-            stem = next((s for s in cases if s in where), None)
+            where = case.get("classname", "")
+            stem = next((s for s in cases if where.endswith(f"{s}.ipynb")), None)
             if stem is None:
                 continue
             bad = case.find("failure")

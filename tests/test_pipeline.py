@@ -108,7 +108,9 @@ def test_run_notebook_injects_profile_and_renames(tmp_path, monkeypatch):
             "paths.results_dir().mkdir(parents=True, exist_ok=True)\n"
             "(paths.results_dir() / '01_echo.json').write_text(json.dumps(\n"
             "    {'profile': profile, 'cwd': os.getcwd(), 'mpl': os.environ.get('MPLBACKEND'),\n"
-            "     'numbers': {'answer': 42.0}, 'figures': ['figures/none.png']}))\n")
+            "     'numbers': {'answer': 42.0}, 'figures': ['figures/none.png', 'figures/none.pdf'],\n"
+            "     'findings': {'CE-unet': {'reproduced_ridge': True, 'x': 1.0},\n"
+            "                  'NS-vit': {'reproduced_ridge': False}}}))\n")
     nb_path = _notebook(tmp_path / "nbs", "01_echo.ipynb", body)
     executed = pipeline.run_notebook(nb_path, "smoke", progress=False)
     assert executed == tmp_path / "home" / "results" / "executed" / "01_echo.ipynb"
@@ -122,6 +124,7 @@ def test_run_notebook_injects_profile_and_renames(tmp_path, monkeypatch):
     summary = pipeline.summarize_notebook(nb_path)
     assert summary["numbers"] == {"answer": 42.0}
     assert summary["figures"] == ["figures/none.png"]
+    assert summary["verdicts"] == {"ridge": "1/2"}
     leftovers = [p.name for p in executed.parent.iterdir() if p.name != "01_echo.ipynb"]
     assert leftovers == []
 
@@ -139,14 +142,37 @@ def test_failing_notebook_leaves_no_final_copy(tmp_path, monkeypatch):
 def test_report_table_lists_figures_numbers_and_times():
     report = pipeline.ReproduceReport("smoke", timings=[pipeline.StageTiming("data", 1.25)])
     report.notebooks.append({"notebook": "03_classes", "status": "ok", "seconds": 2.0,
-                             "figures": ["figures/classes.png"], "numbers": {"diag": 4.5}})
+                             "figures": ["figures/classes.png"], "numbers": {"diag": 4.5},
+                             "verdicts": {"class_locked": "3/4"}})
     report.notebooks.append({"notebook": "04_x", "status": "failed", "seconds": 0.5,
                              "error": "ValueError: bad", "figures": [], "numbers": {}})
     text = pipeline.format_report(report)
     assert "data" in text and "1.2" in text
     assert "figures/classes.png" in text and "diag=4.5" in text
+    assert "class_locked 3/4" in text
     assert "[failed]" in text and "ValueError: bad" in text
     assert [nb["notebook"] for nb in report.failed] == ["04_x"]
+
+
+def test_batched_rollouts_equal_one_start_at_a_time():
+    """Windows of all starts in one batch (end-padded) give exactly the per-start rollouts."""
+    from pdeinf.training.rollout import rollout_errors
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(2, 4, 3, padding=1, padding_mode="circular"), torch.nn.Tanh(),
+        torch.nn.Conv2d(4, 2, 3, padding=1, padding_mode="circular"),
+    ).double()
+    rng = np.random.default_rng(1)
+    trajs = {"a": rng.normal(size=(3, 6, 2, 8, 8)), "b": rng.normal(size=(3, 6, 2, 8, 8))}
+    reference = rollout_errors(net, trajs)
+    for max_batch in (64, 7):  # one chunk, and several chunks of trajectories
+        batched = pipeline.rollouts_all_starts(net, trajs, max_batch=max_batch)
+        assert batched.dims == reference.dims
+        for dim in reference.dims:
+            assert batched[dim].values.tolist() == reference[dim].values.tolist()
+        np.testing.assert_allclose(batched.values, reference.values, rtol=1e-12, atol=0)
+    assert np.isnan(reference.values[:, :, 4, 1:]).all() and np.isfinite(reference.values[:, :, 4, 0]).all()
 
 
 # ----------------------------------------------------------------------------- smoke pipeline
@@ -229,14 +255,20 @@ def test_influence_covers_profile_and_matches_rollout_losses(smoke_home, pde, mo
     ds = pipeline.ensure_influence(SMOKE, pde, model, progress=False)
     assert set(ds["seed"].values.tolist()) >= set(SMOKE.seeds)
     assert set(ds["epoch"].values.tolist()) >= set(SMOKE.checkpoints[pde])
-    pi = ds["pi"].transpose("seed", "epoch", "batch", "t_resp", "c_resp", "t_pert", "c_pert")
-    n = pi.sizes["t_resp"] * pi.sizes["c_resp"]
-    mats = pi.values.reshape(-1, n, n)
-    assert np.isfinite(mats).all()
-    for m in mats:
-        scale = np.abs(m).max()
-        np.testing.assert_allclose(m, m.T, atol=1e-6 * scale)
-        assert np.linalg.eigvalsh(0.5 * (m + m.T)).min() >= -1e-5 * scale
+    assert set(ds["batch"].values.tolist()) >= set(range(SMOKE.n_influence_batches))
+    for metric in ("gauss-newton", "euclidean"):  # G^T eta^-1 G and G^T G: symmetric PSD
+        one = pipeline.ensure_influence(SMOKE, pde, model, metric=metric, progress=False)
+        assert "variant" not in one["pi"].dims and one.attrs["metric"] == metric
+        pi = one["pi"].transpose("seed", "epoch", "batch", "t_resp", "c_resp", "t_pert", "c_pert")
+        n = pi.sizes["t_resp"] * pi.sizes["c_resp"]
+        mats = pi.values.reshape(-1, n, n)
+        assert np.isfinite(mats).all()
+        for m in mats:
+            scale = np.abs(m).max()
+            np.testing.assert_allclose(m, m.T, atol=1e-6 * scale)
+            assert np.linalg.eigvalsh(0.5 * (m + m.T)).min() >= -1e-5 * scale
+    with pytest.raises(InputError, match="metric"):
+        pipeline.ensure_influence(SMOKE, pde, model, metric="fisher", progress=False)
 
     final = SMOKE.epochs[pde]
     rollouts = pipeline.ensure_rollouts(SMOKE, pde, model, progress=False)

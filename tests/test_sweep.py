@@ -15,6 +15,15 @@ import torch
 
 from pdeinf.errors import InputError
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one thread avoids the thread hand-off cost on a shared, loaded CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 FIXTURE = textwrap.dedent('''
     import dataclasses
     import numpy as np
@@ -137,7 +146,11 @@ def test_rerun_skips_and_corrupt_file_is_recomputed(setup, monkeypatch):
     import pdeinf.influence.sweep as S
 
     root, fx = setup
-    files = _run(root, fx, out="out2")
+    files = _run(root, fx)  # the files of the first test when present
+    for f in files:  # work on a copy so that the other tests keep their reference files
+        (root / "out2" / "CE-unet").mkdir(parents=True, exist_ok=True)
+        (root / "out2" / "CE-unet" / f.name).write_bytes(f.read_bytes())
+    files = [root / "out2" / "CE-unet" / f.name for f in files]
     stamps = [f.stat().st_mtime_ns for f in files]
     with xr.open_dataset(files[3], engine="h5netcdf") as ds:
         before = ds["pi"].values.copy()
@@ -157,7 +170,7 @@ def test_rerun_skips_and_corrupt_file_is_recomputed(setup, monkeypatch):
 def test_missing_inputs_are_named(setup, tmp_path):
     from pdeinf.influence.sweep import load_sweep, run_sweep
 
-    root, fx = setup
+    _, fx = setup
     with pytest.raises(InputError, match="s1_e0001_b00.nc"):
         load_sweep(fx.PROFILE, "CE", "unet", out_root=tmp_path)
     with pytest.raises(InputError, match="ckpt_e0001.pt"):
@@ -198,7 +211,7 @@ def test_torchrun_two_ranks_match_serial(setup):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0",
-         str(script)], env=env, capture_output=True, text=True, timeout=300,
+         str(script)], env=env, capture_output=True, text=True, timeout=300, check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     import json

@@ -5,7 +5,8 @@ Every function reads the labelled sweep dataset of `pdeinf.influence.sweep.load_
 
 - `pi` dims `(seed, epoch, batch, [variant,] t_resp, c_resp, t_pert, c_pert)`; rows (`*_resp`)
   are the response example, columns (`*_pert`) the perturbing example. A dataset without a
-  `variant` dimension holds one metric, named by `ds.attrs["metric"]` (default "gauss-newton").
+  `variant` dimension holds one variant, named by `ds.attrs["variant"]` (else `attrs["metric"]`,
+  else "gauss-newton").
 - `losses` `(seed, epoch, batch, t, c)`, `eta_eigenvalues` `(seed, epoch, batch, mode)`
   NaN-padded, `rank` `(seed, epoch, batch)`, `input_distance` like `pi` without `variant`.
 
@@ -76,18 +77,34 @@ def combine_variants(datasets: dict[str, xr.Dataset]) -> xr.Dataset:
     return out
 
 
-def load_variants(profile, pde: str, model: str, names=("gauss-newton",), *,
-                  progress: bool = True) -> xr.Dataset:
-    """Cached sweeps of the named variants through `pdeinf.pipeline.ensure_influence`, combined."""
+def load_variants(profile, pde: str, model: str, names=None, *, progress: bool = True
+                  ) -> xr.Dataset:
+    """The cached sweep of (pde, model) through `pdeinf.pipeline.ensure_influence`, restricted
+    to the named variants (None: every variant it holds).
+
+    A sweep that stores all variants along `variant` is loaded once; a pipeline that returns
+    one variant per call is called once per name (`VARIANT_SPECS`) and the results combined.
+    """
     from pdeinf import pipeline
 
-    unknown = [n for n in names if n not in VARIANT_SPECS]
+    ds = pipeline.ensure_influence(profile, pde, model, progress=progress)
+    held = variants(ds)
+    wanted = list(names) if names is not None else held
+    if "variant" in ds["pi"].dims:
+        missing = [n for n in wanted if n not in held]
+        if missing:
+            raise InputError(f"names: variant(s) {missing} not in the {pde}-{model} sweep ({held})")
+        return ds.sel(variant=wanted)
+    unknown = [n for n in wanted if n not in VARIANT_SPECS]
     if unknown:
         raise InputError(f"names: unknown variant(s) {unknown}; expected {', '.join(VARIANT_SPECS)}")
     datasets = {}
-    for name in names:
-        ds = pipeline.ensure_influence(profile, pde, model, progress=progress, **VARIANT_SPECS[name])
-        datasets[name] = ds
+    for name in wanted:
+        if name in held:
+            datasets[name] = ds
+        else:
+            datasets[name] = pipeline.ensure_influence(profile, pde, model, progress=progress,
+                                                       **VARIANT_SPECS[name])
     return combine_variants(datasets)
 
 
@@ -98,7 +115,7 @@ def variants(ds: xr.Dataset) -> list[str]:
     """Names of the influence variants (metrics / bras) held by the dataset."""
     if "variant" in ds["pi"].dims:
         return [str(v) for v in ds["variant"].values]
-    return [str(ds.attrs.get("metric", "gauss-newton"))]
+    return [str(ds.attrs.get("variant") or ds.attrs.get("metric") or "gauss-newton")]
 
 
 def _check_dataset(ds: xr.Dataset) -> None:
@@ -328,7 +345,8 @@ def spectrum(ds: xr.Dataset, *, seeds=None) -> xr.Dataset:
     """Item 5: eigenvalues of eta_hat per checkpoint, condition number, effective rank.
 
     Returns a Dataset with `eigenvalues` `(seed, epoch, batch, mode)` sorted in decreasing
-    order (NaN padding last), `condition_number` = largest / smallest finite eigenvalue,
+    order (NaN padding last), `condition_number` = largest / smallest positive eigenvalue
+    (undamped eigenvalues at round-off level <= 0 are left out of it),
     `effective_rank` = exp(Shannon entropy of lambda / sum(lambda)) (Roy & Vetterli), and
     `rank` (the gradient-span dimension r) when the sweep stores it; all per (seed, epoch, batch).
     """
@@ -342,8 +360,11 @@ def spectrum(ds: xr.Dataset, *, seeds=None) -> xr.Dataset:
     ordered = -np.sort(-np.where(np.isnan(values), -np.inf, values), axis=-1)
     ordered[np.isinf(ordered)] = np.nan
     finite = np.isfinite(ordered)
-    largest = np.nanmax(np.where(finite, ordered, np.nan), axis=-1)
-    smallest = np.nanmin(np.where(finite, ordered, np.nan), axis=-1)
+    positive_only = np.where(finite & (ordered > 0), ordered, np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a matrix without positive modes
+        largest = np.nanmax(positive_only, axis=-1)
+        smallest = np.nanmin(positive_only, axis=-1)
     with np.errstate(divide="ignore", invalid="ignore"):
         condition = np.where(smallest > 0, largest / smallest, np.inf)
         positive = np.where(finite & (ordered > 0), ordered, 0.0)
@@ -618,14 +639,31 @@ def findings(
     return out
 
 
-def describe_findings(numbers: dict) -> list[str]:
-    """One sentence per finding, computed from `findings(...)` output (no pre-written verdict)."""
+#: The measured numbers quoted beside each verdict.
+_FINDING_NUMBERS = {
+    "ridge": ("intra_median_dt1", "intra_q75_far_max", "ridge_sharpness"),
+    "inter_below_intra": ("inter_median_dt1", "intra_median_dt1"),
+    "class_locked": ("class_diagonal_mean_lag1", "class_offdiagonal_mean_lag1"),
+    "anisotropic": ("effective_rank_median", "rank_median", "condition_number_median"),
+    "similarity": ("similarity_spearman",),
+    "rollout_negative": ("rollout_correlation_dt1", "rollout_correlation_last"),
+}
+
+
+def describe_findings(numbers: dict, keys=None) -> list[str]:
+    """One sentence per finding, computed from `findings(...)` output (no pre-written verdict):
+    the verdict of its rule and the measured numbers behind it. `keys`: a subset of
+    `FINDING_RULES` (default: all)."""
     lines = []
-    for key, rule in FINDING_RULES.items():
+    for key in keys or FINDING_RULES:
         verdict = numbers.get(f"reproduced_{key}")
         if verdict is None:
             state = "not testable with this run"
         else:
             state = "REPRODUCED" if verdict else "NOT reproduced"
-        lines.append(f"{key}: {state} (rule: {rule})")
+        measured = ", ".join(
+            f"{name} = {numbers[name]:.3g}" for name in _FINDING_NUMBERS[key]
+            if isinstance(numbers.get(name), (int, float)) and not isinstance(numbers[name], bool)
+        )
+        lines.append(f"{key}: {state} [{measured}] (rule: {FINDING_RULES[key]})")
     return lines

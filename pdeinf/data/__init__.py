@@ -8,4 +8,4 @@ Submodules: `pdegym` (read/write the PDEGym layout), `well` (The Well euler_mult
 from pdeinf.data.pdegym import open_dataset, write_chunk
 from pdeinf.data.well import open_well, write_well_file
 
-__all__ = ["open_dataset", "write_chunk", "open_well", "write_well_file"]
+__all__ = ["open_dataset", "open_well", "write_chunk", "write_well_file"]

@@ -26,7 +26,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
     ins = sub.add_parser("inspect", help="print shape, classes and statistics of data files")
     ins.add_argument("path", help="a .nc/.hdf5 file, a chunk directory, or a data root")
-    ins.add_argument("--max-samples", type=int, default=None, help="statistics over the first N samples")
+    ins.add_argument("--max-samples", type=int, default=64,
+                     help="statistics over the first N samples of each class (default 64)")
+    ins.add_argument("--validate", action="store_true",
+                     help="also check every value (finite; CE density and pressure positive)")
     ins.set_defaults(func=_inspect)
     return parser
 
@@ -52,7 +55,7 @@ def _inspect(args) -> int:
     from pdeinf.data.statistics import class_statistics, compare_to_pdegym
     from pdeinf.data.well import open_well
 
-    if args.max_samples is not None and args.max_samples <= 0:
+    if args.max_samples <= 0:
         raise InputError(f"--max-samples={args.max_samples}: must be positive")
     path = Path(args.path)
     if not path.exists():
@@ -74,6 +77,9 @@ def _inspect(args) -> int:
         print(f"{name}: {reader!r}")
         print(f"  samples {reader.n_samples}, times {reader.n_times}, model channels {reader.channels}, "
               f"resolution (H, W) {reader.resolution}")
+        if args.validate:
+            reader.validate(progress=True)
+            print("  validated: all values finite" + ("; density and pressure positive" if reader.pde == "CE" else ""))
     table = class_statistics(readers, max_samples=args.max_samples)
     with pd.option_context("display.width", 160, "display.max_columns", 20):
         print(table.to_string(float_format=lambda v: f"{v:.5g}"))

@@ -66,6 +66,8 @@ def _check_arguments(dataset, n_trajectories, resolution, solver_resolution, chu
         device = torch.device(device)
     except (RuntimeError, TypeError):
         raise InputError(f"device={device!r}: not a torch device") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device={device}: CUDA is not available here")
     return pde, n_trajectories, resolution, solver_resolution, chunk_size, batch_size, int(seed), device
 
 

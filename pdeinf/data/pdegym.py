@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -293,7 +293,7 @@ def _dimension_names(dataset) -> tuple[str, ...] | None:
                 return None
             names.append(scales[0].name.rsplit("/", 1)[-1])
         return tuple(names)
-    except Exception:  # exotic attribute layouts: fall back to the shape checks
+    except (AttributeError, KeyError, TypeError, ValueError, RuntimeError):  # exotic layouts: shape checks only
         return None
 
 
@@ -377,45 +377,14 @@ def write_chunk(
     if not np.all(np.isfinite(array)):
         raise InputError(f"{path}: array contains NaN or Inf values")
 
-    import h5netcdf
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    stored = np.swapaxes(array.astype(np.float32, copy=False), -1, -2)  # [n, T, C, X, Y]
+    writer = ChunkWriter(path, pde, n, times, (height, width), attrs=attrs,
+                         tracer_simulated=not tracer_missing)
     try:
-        with h5netcdf.File(temporary, "w") as handle:
-            handle.dimensions = {
-                "sample": n, "time": n_times, "channel": n_stored, "x": width, "y": height,
-            }
-            _write_coordinates(handle, times, width, height, pde)
-            variable = handle.create_variable(
-                VARIABLE[pde], DIMS, "f4", chunks=(1, 1, n_stored, width, height)
-            )
-            variable.attrs["channels"] = " ".join(STORED_CHANNELS[pde])
-            variable.attrs["axis_order"] = "sample, time, channel, x, y (first spatial index is x)"
-            if pde == "CE":
-                variable.attrs["description"] = (
-                    "density, horizontal velocity, vertical velocity, pressure, total energy "
-                    "E = rho |v|^2 / 2 + p / (gamma - 1)"
-                )
-            else:
-                variable.attrs["description"] = "horizontal velocity, vertical velocity, passive tracer"
-            if tracer_missing:
-                variable.attrs["tracer"] = "not simulated: channel 2 is all zeros"
-                full = np.zeros((n, n_times, n_stored, width, height), np.float32)
-                full[:, :, :2] = stored
-                variable[...] = full
-            else:
-                variable[...] = stored
-            handle.attrs["pde"] = pde
-            handle.attrs["conventions"] = "PDEGym (Poseidon) layout, written by pdeinf"
-            for key, value in (attrs or {}).items():
-                handle.attrs[key] = value
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
-    return path
+        writer.put(0, array)
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.close()
 
 
 def _write_coordinates(handle, times: np.ndarray, width: int, height: int, pde: str) -> None:
@@ -450,6 +419,7 @@ class ChunkWriter:
         self.n_samples = int(n_samples)
         self.times = np.asarray(times, dtype=np.float64)
         height, width = resolution
+        self.resolution = (int(height), int(width))
         self.n_stored = len(STORED_CHANNELS[self.pde])
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.temporary = self.path.with_name(f".{self.path.name}.partial-{os.getpid()}")
@@ -465,6 +435,13 @@ class ChunkWriter:
         )
         self._variable.attrs["channels"] = " ".join(STORED_CHANNELS[self.pde])
         self._variable.attrs["axis_order"] = "sample, time, channel, x, y (first spatial index is x)"
+        if self.pde == "CE":
+            self._variable.attrs["description"] = (
+                "density, horizontal velocity, vertical velocity, pressure, total energy "
+                "E = rho |v|^2 / 2 + p / (gamma - 1)"
+            )
+        else:
+            self._variable.attrs["description"] = "horizontal velocity, vertical velocity, passive tracer"
         if self.pde == "NS" and not tracer_simulated:
             self._variable.attrs["tracer"] = "not simulated: channel 2 is all zeros"
         handle.attrs["pde"] = self.pde
@@ -476,6 +453,13 @@ class ChunkWriter:
     def put(self, start: int, array: np.ndarray) -> None:
         array = np.asarray(array, dtype=np.float32)
         b = array.shape[0]
+        channels = (self.n_stored, 2) if self.pde == "NS" else (self.n_stored,)
+        if (array.ndim != 5 or array.shape[1] != len(self.times) or array.shape[2] not in channels
+                or array.shape[3:] != self.resolution or not 0 <= start <= start + b <= self.n_samples):
+            raise InputError(
+                f"{self.path}: put({start}, array {array.shape}) does not fit "
+                f"[{self.n_samples}, {len(self.times)}, {self.n_stored}, {self.resolution[0]}, {self.resolution[1]}]"
+            )
         stored = np.swapaxes(array, -1, -2)
         if self.pde == "NS" and stored.shape[2] == 2:
             stored = np.concatenate([stored, np.zeros_like(stored[:, :, :1])], axis=2)

@@ -131,6 +131,6 @@ def compare_to_pdegym(df: pd.DataFrame) -> pd.DataFrame:
                 "class": name, "quantity": quantity,
                 "ours_mean": row[f"{quantity}_mean"], "pdegym_mean": ref_mean,
                 "ours_std": row[f"{quantity}_std"], "pdegym_std": ref_std,
-                "std_ratio": row[f"{quantity}_std"] / ref_std if ref_std == ref_std else np.nan,
+                "std_ratio": np.nan if np.isnan(ref_std) else row[f"{quantity}_std"] / ref_std,
             })
     return pd.DataFrame.from_records(records).set_index(["class", "quantity"])

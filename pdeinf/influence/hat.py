@@ -305,7 +305,7 @@ class HatEngine:
     @property
     def losses(self) -> torch.Tensor:
         """SMSE per example `[N]`."""
-        self.grads
+        _ = self.grads  # computes the losses alongside
         return self._losses
 
     @property

@@ -163,7 +163,7 @@ def _valid(path: Path, variants: tuple[str, ...], n: int) -> bool:
             if tuple(ds["variant"].values.tolist()) != tuple(variants) or ds.sizes.get("mode") != n:
                 return False
             return bool(np.isfinite(ds["pi"].values).all())
-    except Exception:  # unreadable, truncated or foreign file: recompute it
+    except Exception:  # noqa: BLE001 - unreadable, truncated or foreign file: recompute it
         return False
 
 
@@ -180,9 +180,9 @@ def _write(ds, path: Path) -> None:
 
 def _distributed(rank, world_size) -> tuple[int, int]:
     if rank is None:
-        rank = int(os.environ.get("RANK", 0))
+        rank = int(os.environ.get("RANK", "0"))
     if world_size is None:
-        world_size = int(os.environ.get("WORLD_SIZE", 1))
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size < 1 or not (0 <= rank < world_size):
         raise InputError(f"rank={rank}, world_size={world_size}: need 0 <= rank < world_size")
     return rank, world_size
@@ -216,7 +216,7 @@ def run_sweep(profile, pde: str, model_name: str, *, data_root=None, runs_root=N
     missing = [p for p in {_checkpoint_path(runs_root, pde, model_name, s, e) for s, e, _ in todo}
                if not p.is_file()]
     if missing:
-        raise InputError(f"{sorted(missing)[0]}: checkpoint not found ({len(missing)} missing; "
+        raise InputError(f"{min(missing)}: checkpoint not found ({len(missing)} missing; "
                          f"train {pde}/{model_name} at profile {prof.name} first)")
     data = _open_data(data_root, pde, prof.t_max) if todo else None
 

@@ -16,7 +16,7 @@ from pdeinf.models.vit import ViT
 
 UNET_SIZES: dict[str, dict] = {
     "smoke": dict(base=4, mults=(1, 2, 2), kernels=(5, 3, 3), heads=2),
-    "quick": dict(base=8, mults=(1, 2, 4, 4), kernels=(7, 5, 3, 3), heads=4),
+    "quick": dict(base=8, mults=(1, 2, 4, 4), kernels=(5, 5, 3, 3), heads=4),
     "paper": dict(base=24, mults=(1, 2, 4, 8, 12), kernels=(11, 9, 7, 5, 3), heads=8),
 }
 VIT_SIZES: dict[str, dict] = {

@@ -31,7 +31,9 @@ class SolverError(RuntimeError):
 
 def primitive_to_conserved(rho, vx, vy, p, gamma: float = 1.4) -> torch.Tensor:
     """Stack `(rho, rho*vx, rho*vy, E)` along a new channel axis: fields `[..., H, W]` -> `[..., 4, H, W]`."""
-    rho, vx, vy, p = (torch.as_tensor(a) for a in (rho, vx, vy, p))
+    rho, vx, vy, p = torch.broadcast_tensors(*(torch.as_tensor(a) for a in (rho, vx, vy, p)))
+    if rho.ndim < 2:
+        raise InputError(f"rho, vx, vy, p: expected fields [..., H, W], got shape {list(rho.shape)}")
     energy = p / (gamma - 1.0) + 0.5 * rho * (vx * vx + vy * vy)
     return torch.stack([rho, rho * vx, rho * vy, energy], dim=-3)
 
@@ -58,18 +60,29 @@ def _primitive_stack(u: torch.Tensor, gm1: float) -> torch.Tensor:
     return torch.stack([rho, vx, vy, p], dim=1)
 
 
-def _limited_slope(w: torch.Tensor, dim: int, limiter: str) -> torch.Tensor:
-    """Limited cell slope (per cell, undivided) of `w` along `dim`, periodic."""
-    fwd = torch.roll(w, -1, dim) - w  # w[i+1] - w[i]
+def _face_states(w: torch.Tensor, dim: int, limiter: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """MUSCL states `(left, right)` at the face i+1/2 of every cell i along `dim` (periodic).
+
+    `w` is primitive `[B, 4, H, W]`; the limited slope is computed per cell and channel.
+    In-place arithmetic keeps the number of fresh `[B, 4, H, W]` buffers per call small.
+    """
+    fwd = torch.roll(w, -1, dim).sub_(w)  # w[i+1] - w[i]
     bwd = torch.roll(fwd, 1, dim)  # w[i] - w[i-1]
-    same_sign = (fwd * bwd) > 0
-    if limiter == "minmod":
-        mag = torch.minimum(fwd.abs(), bwd.abs())
-    elif limiter == "mc":
-        mag = torch.minimum(torch.minimum(fwd.abs(), bwd.abs()) * 2.0, (fwd + bwd).abs() * 0.5)
-    else:  # van Leer: harmonic mean 2ab/(a+b) where ab > 0
-        mag = 2.0 * (fwd * bwd).abs() / (fwd + bwd).abs().clamp_min(torch.finfo(w.dtype).tiny)
-    return torch.where(same_sign, torch.copysign(mag, fwd), torch.zeros_like(mag))
+    if limiter == "vanleer":  # half slope = ab / (a + b) where ab > 0 (harmonic mean)
+        prod = fwd * bwd
+        half = torch.where(prod > 0, prod / fwd.add_(bwd), torch.zeros_like(prod))
+    else:
+        # minmod(a, b) = (sgn a + sgn b) / 2 * min(|a|, |b|);
+        # MC = minmod(2a, 2b, (a + b) / 2) = (sgn a + sgn b) * min(|a|, |b|, |a + b| / 4).
+        half = torch.sign(fwd).add_(torch.sign(bwd))  # 2, 0 or -2
+        if limiter == "mc":
+            quarter_sum = torch.add(fwd, bwd).abs_().mul_(0.25)
+            mag = torch.minimum(fwd.abs_(), bwd.abs_())
+            torch.minimum(mag, quarter_sum, out=mag)
+            half.mul_(mag).mul_(0.5)
+        else:  # minmod
+            half.mul_(torch.minimum(fwd.abs_(), bwd.abs_())).mul_(0.25)
+    return torch.add(w, half), torch.roll(w.sub(half), -1, dim)
 
 
 def _hllc_flux(wl: torch.Tensor, wr: torch.Tensor, normal: int, gamma: float) -> torch.Tensor:
@@ -80,52 +93,43 @@ def _hllc_flux(wl: torch.Tensor, wr: torch.Tensor, normal: int, gamma: float) ->
     Wave speeds: Davis estimates S_L = min(un_L - c_L, un_R - c_R), S_R = max(un_L + c_L, un_R + c_R).
     """
     tangent = 3 - normal
-    rho_l, un_l, ut_l, p_l = wl[:, 0], wl[:, normal], wl[:, tangent], wl[:, 3]
-    rho_r, un_r, ut_r, p_r = wr[:, 0], wr[:, normal], wr[:, tangent], wr[:, 3]
-    c_l = torch.sqrt(gamma * p_l / rho_l)
-    c_r = torch.sqrt(gamma * p_r / rho_r)
+    rho_l, un_l, p_l = wl[:, 0], wl[:, normal], wl[:, 3]
+    rho_r, un_r, p_r = wr[:, 0], wr[:, normal], wr[:, 3]
+    c_l = torch.div(p_l, rho_l).mul_(gamma).sqrt_()
+    c_r = torch.div(p_r, rho_r).mul_(gamma).sqrt_()
     s_l = torch.minimum(un_l - c_l, un_r - c_r)
-    s_r = torch.maximum(un_l + c_l, un_r + c_r)
-    m_l = rho_l * (s_l - un_l)  # mass flux through the left wave, in its frame
-    m_r = rho_r * (s_r - un_r)
-    s_star = (p_r - p_l + un_l * m_l - un_r * m_r) / (m_l - m_r)
+    s_r = torch.maximum(c_l.add_(un_l), c_r.add_(un_r))
+    m_l = torch.sub(s_l, un_l).mul_(rho_l)  # mass flux through the left wave, in its frame
+    m_r = torch.sub(s_r, un_r).mul_(rho_r)
+    s_star = torch.sub(p_r, p_l).addcmul_(un_l, m_l).addcmul_(un_r, m_r, value=-1.0).div_(m_l - m_r)
 
     # Only the side the contact moves away from contributes: F = F_K + S_K^- (U*_K - U_K)
     # with K = L and S^- = min(S_L, 0) when S* >= 0, else K = R and S^+ = max(S_R, 0).
     left = s_star >= 0
-    rho = torch.where(left, rho_l, rho_r)
-    un = torch.where(left, un_l, un_r)
-    ut = torch.where(left, ut_l, ut_r)
-    p = torch.where(left, p_l, p_r)
+    state = torch.where(left.unsqueeze(1), wl, wr)
+    rho, un, ut, p = state[:, 0], state[:, normal], state[:, tangent], state[:, 3]
     s_k = torch.where(left, s_l, s_r)
     m_k = torch.where(left, m_l, m_r)
-    s_weight = torch.where(left, s_l.clamp_max(0.0), s_r.clamp_min(0.0))
+    s_weight = torch.where(left, s_l.clamp_max_(0.0), s_r.clamp_min_(0.0))
 
-    kinetic = 0.5 * rho * (un * un + ut * ut)
-    energy = p / (gamma - 1.0) + kinetic
+    energy = torch.mul(un, un).addcmul_(ut, ut).mul_(rho).mul_(0.5).add_(p, alpha=1.0 / (gamma - 1.0))
     mass_flux = rho * un
-    # U*_K - U_K, written so that S_K - S* never divides a difference of large numbers.
-    ratio = m_k / (s_k - s_star)  # rho*_K
-    d_rho = ratio - rho
-    d_mn = ratio * s_star - mass_flux
-    d_mt = d_rho * ut
-    e_star = ratio * (energy / rho + (s_star - un) * (s_star + p / m_k))
-    d_e = e_star - energy
+    star_rho = m_k / s_k.sub_(s_star)  # rho*_K = rho_K (S_K - u_K) / (S_K - S*)
+    d_mn = torch.mul(star_rho, s_star).sub_(mass_flux)  # (rho u_n)* - rho u_n
+    # E*_K = rho*_K (E_K / rho_K + (S* - u_K) (S* + p_K / m_K)), m_K = rho_K (S_K - u_K)
+    d_e = torch.div(p, m_k).add_(s_star).mul_(s_star - un).add_(energy / rho).mul_(star_rho).sub_(energy)
 
-    f_rho = mass_flux + s_weight * d_rho
-    f_mn = mass_flux * un + p + s_weight * d_mn
-    f_mt = mass_flux * ut + s_weight * d_mt
-    f_e = un * (energy + p) + s_weight * d_e
-    if normal == 1:
-        return torch.stack([f_rho, f_mn, f_mt, f_e], dim=1)
-    return torch.stack([f_rho, f_mt, f_mn, f_e], dim=1)
+    flux = torch.empty_like(state)
+    f_rho = torch.addcmul(mass_flux, s_weight, star_rho.sub_(rho), out=flux[:, 0])
+    torch.mul(f_rho, ut, out=flux[:, tangent])  # tangential momentum is advected with the mass
+    torch.addcmul(p, mass_flux, un, out=flux[:, normal]).addcmul_(s_weight, d_mn)
+    torch.add(energy, p, out=flux[:, 3]).mul_(un).addcmul_(s_weight, d_e)
+    return flux
 
 
 def _face_flux(w: torch.Tensor, dim: int, normal: int, gamma: float, limiter: str) -> torch.Tensor:
     """Flux through the face i+1/2 of every cell i along `dim`, `[B, 4, H, W]`."""
-    half_slope = 0.5 * _limited_slope(w, dim, limiter)
-    w_left = w + half_slope  # state just left of face i+1/2
-    w_right = torch.roll(w - half_slope, -1, dim)  # state just right of face i+1/2
+    w_left, w_right = _face_states(w, dim, limiter)
     return _hllc_flux(w_left, w_right, normal, gamma)
 
 
@@ -133,8 +137,8 @@ def _rhs(w: torch.Tensor, dx: float, dy: float, gamma: float, limiter: str) -> t
     """d u / d t = -(F_{i+1/2} - F_{i-1/2}) / dx - (G_{j+1/2} - G_{j-1/2}) / dy for primitive `w`."""
     fx = _face_flux(w, _X_DIM, 1, gamma, limiter)
     gy = _face_flux(w, _Y_DIM, 2, gamma, limiter)
-    out = (torch.roll(fx, 1, _X_DIM) - fx).mul_(1.0 / dx)
-    out.add_(torch.roll(gy, 1, _Y_DIM) - gy, alpha=1.0 / dy)
+    out = torch.roll(fx, 1, _X_DIM).sub_(fx).mul_(1.0 / dx)
+    out.add_(torch.roll(gy, 1, _Y_DIM).sub_(gy), alpha=1.0 / dy)
     return out
 
 
@@ -214,8 +218,9 @@ def solve(
     """Evolve `u0` `[B, 4, H, W]` (conserved; x along W, y along H) to the times `t_out`.
 
     `t_out`: strictly increasing times starting at 0 (same time units as `domain` / velocity).
-    `domain = (Lx, Ly)`: periodic box lengths. `cfl`: Courant number of the unsplit scheme,
-    dt * max(( |vx| + c) / dx + (|vy| + c) / dy) = cfl (<= 1; 0.4 is conservative for MUSCL + SSP-RK3).
+    `domain = (Lx, Ly)`: periodic box lengths. `cfl`: Courant number per direction,
+    dt = cfl * min over cells of (dx / (|vx| + c), dy / (|vy| + c)) (the usual definition for
+    unsplit 2D MUSCL + RK schemes, e.g. Athena++; keep it <= 0.5 in 2D).
     One time step is shared by the whole batch (the smallest CFL step of all members).
     Returns `[B, len(t_out), 4, H, W]` in the dtype and device of `u0`; index 0 is `u0`.
     Raises InputError for bad arguments, SolverError when rho or p turns non-positive/non-finite.
@@ -268,7 +273,7 @@ def _cfl_step(prim: torch.Tensor, gamma: float, dx: float, dy: float, cfl: float
     """CFL time step for primitive state `prim`; raises SolverError if it is unphysical (one host sync)."""
     rho, vx, vy, p = prim.unbind(dim=1)
     c = torch.sqrt(gamma * p / rho)
-    rate = (vx.abs() + c) * (1.0 / dx) + (vy.abs() + c) * (1.0 / dy)
+    rate = torch.maximum(vx.abs().add_(c).mul_(1.0 / dx), vy.abs().add_(c).mul_(1.0 / dy))
     max_rate, min_rho, min_p = torch.stack([rate.amax(), rho.amin(), p.amin()]).tolist()
     if not (np.isfinite(max_rate) and min_rho > 0 and min_p > 0 and max_rate > 0):
         members = _bad_members(prim)

@@ -35,6 +35,7 @@ holds the defaults and `PAPER_RANGES` the values of the Poseidon appendix; the d
 - NS-Gauss: the Gaussians are periodised (summed over periodic images), the paper's formula
   is not.
 """
+
 from __future__ import annotations
 
 import math
@@ -50,9 +51,10 @@ from pdeinf.solvers import navier_stokes
 __all__ = [
     "DEFAULT_RANGES",
     "PAPER_RANGES",
+    "gauss_vorticity",
+    "primitive_to_conserved",
     "sample",
     "sample_parameters",
-    "primitive_to_conserved",
     "worst_star_pressure",
 ]
 
@@ -60,41 +62,80 @@ GAMMA = 1.4
 
 DEFAULT_RANGES: dict[str, dict] = {
     "CE-RP": {
-        "rho": (0.3, 2.2), "vx": (-0.45, 0.45), "vy": (-0.45, 0.45), "pressure": (0.06, 0.4),
-        "partitions": 2, "gamma": GAMMA,
+        "rho": (0.3, 2.2),
+        "vx": (-0.45, 0.45),
+        "vy": (-0.45, 0.45),
+        "pressure": (0.06, 0.4),
+        "partitions": 2,
+        "gamma": GAMMA,
     },
     "CE-CRP": {
-        "rho": (0.1, 1.0), "vx": (-1.0, 1.0), "vy": (-1.0, 1.0), "pressure": (0.1, 1.0),
-        "partitions": 2, "alpha": (-0.1, 0.1), "beta": (0.0, 1.0), "periodic_interfaces": False,
+        "rho": (0.1, 1.0),
+        "vx": (-1.0, 1.0),
+        "vy": (-1.0, 1.0),
+        "pressure": (0.1, 1.0),
+        "partitions": 2,
+        "alpha": (-0.1, 0.1),
+        "beta": (0.0, 1.0),
+        "periodic_interfaces": False,
         "gamma": GAMMA,
     },
     "CE-RPUI": {
-        "rho": (0.1, 1.0), "vx": (-1.0, 1.0), "vy": (-1.0, 1.0), "pressure": (0.1, 1.0),
-        "partitions": 1, "alpha": (-0.01, 0.01), "beta": (0.0, 1.0), "periodic_interfaces": False,
+        "rho": (0.1, 1.0),
+        "vx": (-1.0, 1.0),
+        "vy": (-1.0, 1.0),
+        "pressure": (0.1, 1.0),
+        "partitions": 1,
+        "alpha": (-0.01, 0.01),
+        "beta": (0.0, 1.0),
+        "periodic_interfaces": False,
         "gamma": GAMMA,
     },
     "NS-BB": {
-        "alpha": (-1.0, 1.0), "hurst": 0.5, "evolve_time": 0.5, "viscosity": "spectral",
-        "nu": 4e-4, "cfl": 0.5, "chunk_size": 16,
+        "alpha": (-1.0, 1.0),
+        "hurst": 0.5,
+        "evolve_time": 0.5,
+        "viscosity": "spectral",
+        "nu": 4e-4,
+        "cfl": 0.5,
+        "chunk_size": 16,
     },
     "NS-Gauss": {"n_gaussians": 100, "alpha": (-1.0, 1.0), "sigma": (0.01, 0.1)},
     "NS-Sines": {"modes": 10, "alpha": (-1.0, 1.0), "phase": (0.0, 2.0 * math.pi)},
 }
 
 PAPER_RANGES: dict[str, dict] = {
-    "CE-RP": {**DEFAULT_RANGES["CE-RP"], "rho": (0.1, 1.0), "vx": (-1.0, 1.0), "vy": (-1.0, 1.0),
-              "pressure": (0.1, 1.0)},
+    "CE-RP": {
+        **DEFAULT_RANGES["CE-RP"],
+        "rho": (0.1, 1.0),
+        "vx": (-1.0, 1.0),
+        "vy": (-1.0, 1.0),
+        "pressure": (0.1, 1.0),
+    },
     "CE-CRP": dict(DEFAULT_RANGES["CE-CRP"]),
-    "CE-RPUI": {**DEFAULT_RANGES["CE-RPUI"], "rho": (1.0, 3.0), "vx": (-10.0, 10.0),
-                "vy": (-10.0, 10.0), "pressure": (5.0, 7.0)},
+    "CE-RPUI": {
+        **DEFAULT_RANGES["CE-RPUI"],
+        "rho": (1.0, 3.0),
+        "vx": (-10.0, 10.0),
+        "vy": (-10.0, 10.0),
+        "pressure": (5.0, 7.0),
+    },
     "NS-BB": dict(DEFAULT_RANGES["NS-BB"]),
     "NS-Gauss": dict(DEFAULT_RANGES["NS-Gauss"]),
     "NS-Sines": dict(DEFAULT_RANGES["NS-Sines"]),
 }
 
 # keyword -> kind, for validation
-_INTERVALS = {"rho": "positive", "pressure": "positive", "vx": "any", "vy": "any",
-              "alpha": "any", "beta": "any", "phase": "any", "sigma": "positive"}
+_INTERVALS = {
+    "rho": "positive",
+    "pressure": "positive",
+    "vx": "any",
+    "vy": "any",
+    "alpha": "any",
+    "beta": "any",
+    "phase": "any",
+    "sigma": "positive",
+}
 _COUNTS = ("partitions", "modes", "n_gaussians", "chunk_size")
 _DATASET_KEY = {name: i for i, name in enumerate(DATASETS)}
 
@@ -104,7 +145,9 @@ _DATASET_KEY = {name: i for i, name in enumerate(DATASETS)}
 
 def _check_dataset(dataset) -> str:
     if dataset not in DEFAULT_RANGES:
-        raise InputError(f"dataset: unknown {dataset!r}; expected one of {', '.join(DEFAULT_RANGES)}")
+        raise InputError(
+            f"dataset: unknown {dataset!r}; expected one of {', '.join(DEFAULT_RANGES)}"
+        )
     return dataset
 
 
@@ -150,11 +193,12 @@ def _resolve_ranges(dataset: str, overrides: dict) -> dict:
                 raise InputError(f"cfl: must be a positive number, got {value!r}")
         elif key == "viscosity":
             if value not in navier_stokes.VISCOSITIES:
-                raise InputError(f"viscosity: unknown {value!r}; expected one of "
-                                 f"{', '.join(navier_stokes.VISCOSITIES)}")
-        elif key == "periodic_interfaces":
-            if not isinstance(value, bool):
-                raise InputError(f"periodic_interfaces: expected True or False, got {value!r}")
+                raise InputError(
+                    f"viscosity: unknown {value!r}; expected one of "
+                    f"{', '.join(navier_stokes.VISCOSITIES)}"
+                )
+        elif key == "periodic_interfaces" and not isinstance(value, bool):
+            raise InputError(f"periodic_interfaces: expected True or False, got {value!r}")
     return ranges
 
 
@@ -165,8 +209,9 @@ def _rng(seed: int, dataset: str, index: int) -> np.random.Generator:
 # ----------------------------------------------------------------------------- parameters
 
 
-def sample_parameters(dataset: str, seed: int, index: int, resolution: int | None = None,
-                      **ranges) -> dict[str, np.ndarray]:
+def sample_parameters(
+    dataset: str, seed: int, index: int, resolution: int | None = None, **ranges
+) -> dict[str, np.ndarray]:
     """The random parameters of sample `index` (float64 numpy arrays, the paper's symbols).
 
     CE: region states `rho, vx, vy, pressure` `[regions]` (row-major over (iy, ix)) and, for
@@ -199,13 +244,19 @@ def _draw(dataset: str, rng: np.random.Generator, r: dict, resolution: int | Non
         return out
     if dataset == "NS-Sines":
         m = r["modes"]
-        return {"alpha": rng.uniform(*r["alpha"], size=(m, m)),
-                "beta": rng.uniform(*r["phase"], size=(m, m)),
-                "gamma": rng.uniform(*r["phase"], size=(m, m))}
+        return {
+            "alpha": rng.uniform(*r["alpha"], size=(m, m)),
+            "beta": rng.uniform(*r["phase"], size=(m, m)),
+            "gamma": rng.uniform(*r["phase"], size=(m, m)),
+        }
     if dataset == "NS-Gauss":
         m = r["n_gaussians"]
-        return {"alpha": rng.uniform(*r["alpha"], size=m), "sigma": rng.uniform(*r["sigma"], size=m),
-                "xc": rng.uniform(0.0, 1.0, size=m), "yc": rng.uniform(0.0, 1.0, size=m)}
+        return {
+            "alpha": rng.uniform(*r["alpha"], size=m),
+            "sigma": rng.uniform(*r["sigma"], size=m),
+            "xc": rng.uniform(0.0, 1.0, size=m),
+            "yc": rng.uniform(0.0, 1.0, size=m),
+        }
     if resolution is None:
         raise InputError("resolution: NS-BB parameters depend on the grid; pass resolution")
     k = int(resolution) // 2
@@ -232,8 +283,11 @@ def _interface_shift(a: np.ndarray, b: np.ndarray, x, y, offset: int, periodic: 
     p = a.shape[0]
     idx = np.arange(1, p + 1) + offset
     cy = 2.0 * math.pi if periodic else 1.0
-    phase = (2.0 * math.pi * idx[:, None, None, None] * x
-             + cy * idx[None, :, None, None] * y + b[:, :, None, None])
+    phase = (
+        2.0 * math.pi * idx[:, None, None, None] * x
+        + cy * idx[None, :, None, None] * y
+        + b[:, :, None, None]
+    )
     return (a[:, :, None, None] * np.sin(phase)).sum(axis=(0, 1))
 
 
@@ -257,8 +311,10 @@ def _region_labels(dataset: str, prm: dict, r: dict, res: int) -> np.ndarray:
 
 def _euler_field(dataset, prm, r, res, dtype, device) -> torch.Tensor:
     labels = torch.as_tensor(_region_labels(dataset, prm, r, res), device=device)
-    prim = [torch.as_tensor(prm[key], dtype=torch.float64, device=device)[labels]
-            for key in ("rho", "vx", "vy", "pressure")]
+    prim = [
+        torch.as_tensor(prm[key], dtype=torch.float64, device=device)[labels]
+        for key in ("rho", "vx", "vy", "pressure")
+    ]
     return primitive_to_conserved(*prim, gamma=r["gamma"]).to(dtype)
 
 
@@ -303,8 +359,12 @@ def _bb_field(prm, r, res, device) -> torch.Tensor:
     comps = []
     for d in range(2):
         a = coeff[d] * fac[:, :, None]  # [k1 (x), k2 (y), 4]
-        u = (np.einsum("ab,by,ax->yx", a[..., 0], c, c) + np.einsum("ab,by,ax->yx", a[..., 1], s, c)
-             + np.einsum("ab,by,ax->yx", a[..., 2], c, s) + np.einsum("ab,by,ax->yx", a[..., 3], s, s))
+        u = (
+            np.einsum("ab,by,ax->yx", a[..., 0], c, c)
+            + np.einsum("ab,by,ax->yx", a[..., 1], s, c)
+            + np.einsum("ab,by,ax->yx", a[..., 2], c, s)
+            + np.einsum("ab,by,ax->yx", a[..., 3], s, s)
+        )
         comps.append(u)
     return torch.as_tensor(np.stack(comps), device=device)
 
@@ -367,8 +427,13 @@ def sample(
         for lo in range(0, n, r["chunk_size"]):
             chunk = out[lo : lo + r["chunk_size"]].to(dtype)
             evolved = navier_stokes.solve(
-                chunk, [0.0], t0=-r["evolve_time"], nu=r["nu"], viscosity=r["viscosity"],
-                cfl=r["cfl"], progress=progress,
+                chunk,
+                [0.0],
+                t0=-r["evolve_time"],
+                nu=r["nu"],
+                viscosity=r["viscosity"],
+                cfl=r["cfl"],
+                progress=progress,
             )
             chunks.append(evolved[:, 0])
         out = torch.cat(chunks)

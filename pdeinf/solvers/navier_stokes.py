@@ -21,10 +21,11 @@ y along H. The domain `(Lx, Ly)` is `[0, Lx) x [0, Ly)`, grid points at `(i dx, 
 The initial field is projected onto divergence-free fields with no Nyquist modes (for even
 H or W the Nyquist row/column carries no well-defined derivative); the mean flow is kept.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -33,16 +34,16 @@ from tqdm.auto import tqdm
 from pdeinf.errors import InputError
 
 __all__ = [
-    "SolverError",
     "VISCOSITIES",
-    "solve",
-    "project",
-    "vorticity",
+    "SolverError",
     "divergence",
-    "velocity_from_vorticity",
-    "kinetic_energy",
     "enstrophy",
+    "kinetic_energy",
     "linear_operator",
+    "project",
+    "solve",
+    "velocity_from_vorticity",
+    "vorticity",
 ]
 
 VISCOSITIES = ("laplacian", "spectral")
@@ -245,7 +246,9 @@ def linear_operator(
     `N = max(H, W)` and `eps = spectral_eps` or `0.05 / N` (nu is not used).
     """
     if viscosity not in VISCOSITIES:
-        raise InputError(f"viscosity: unknown {viscosity!r}; expected one of {', '.join(VISCOSITIES)}")
+        raise InputError(
+            f"viscosity: unknown {viscosity!r}; expected one of {', '.join(VISCOSITIES)}"
+        )
     g = _Grid(h, w, _check_domain(domain), dtype, device)
     if viscosity == "laplacian":
         return -_check_positive(nu, "nu", allow_zero=True) * g.k2
@@ -317,8 +320,14 @@ def solve(
         max_dt = _check_positive(max_dt, "max_dt")
     nu = _check_positive(nu, "nu", allow_zero=True)
     lin = linear_operator(
-        v0.shape[-2], v0.shape[-1], domain=domain, nu=nu, viscosity=viscosity,
-        spectral_eps=spectral_eps, dtype=v0.dtype, device=v0.device,
+        v0.shape[-2],
+        v0.shape[-1],
+        domain=domain,
+        nu=nu,
+        viscosity=viscosity,
+        spectral_eps=spectral_eps,
+        dtype=v0.dtype,
+        device=v0.device,
     )
 
     b, _, h, w = v0.shape
@@ -330,15 +339,29 @@ def solve(
     out = torch.empty((b, len(times), 2, h, w), dtype=v0.dtype, device=v0.device)
     t = torch.full((b,), t0, dtype=torch.float64, device=v0.device)
     steps = 0
-    bar = tqdm(total=float(times[-1] - t0), disable=not progress, unit="t", desc="navier-stokes", leave=False)
+    bar = tqdm(
+        total=float(times[-1] - t0),
+        disable=not progress,
+        unit="t",
+        desc="navier-stokes",
+        leave=False,
+    )
     shown = t0
     try:
         for k, target in enumerate(times):
             target = float(target)
             while bool((t < target).any()):
                 rhs0, rate = _advection(g, vh)
+                if not bool(torch.isfinite(rate).all()):
+                    member = int(torch.nonzero(~torch.isfinite(rate))[0])
+                    raise SolverError(
+                        f"navier_stokes.solve: non-finite velocity near t={float(t[member]):.6g} "
+                        f"in batch member {member}"
+                    )
                 remaining = target - t
-                dt_cfl = torch.where(rate > 0, cfl / rate.clamp_min(1e-300), math.inf).clamp_max(dt_cap)
+                dt_cfl = torch.where(rate > 0, cfl / rate.clamp_min(1e-300), math.inf).clamp_max(
+                    dt_cap
+                )
                 last = dt_cfl >= remaining
                 # two equal steps instead of a sliver at the end of an output interval
                 halve = ~last & (2.0 * dt_cfl >= remaining)
@@ -348,7 +371,10 @@ def solve(
                 t = torch.where(last, torch.full_like(t, target), t + dt)
                 steps += 1
                 if steps > max_steps:
-                    raise SolverError(f"navier_stokes.solve: more than max_steps={max_steps} steps by t={float(t.min()):.6g}")
+                    raise SolverError(
+                        f"navier_stokes.solve: more than max_steps={max_steps} steps "
+                        f"by t={float(t.min()):.6g}"
+                    )
                 t_min = float(t.min())
                 bar.update(t_min - shown)
                 shown = t_min
@@ -356,7 +382,10 @@ def solve(
             bad = ~torch.isfinite(field).flatten(1).all(dim=1)
             if bool(bad.any()):
                 member = int(torch.nonzero(bad)[0])
-                raise SolverError(f"navier_stokes.solve: non-finite velocity at t={target:.6g} in batch member {member}")
+                raise SolverError(
+                    f"navier_stokes.solve: non-finite velocity at t={target:.6g} "
+                    f"in batch member {member}"
+                )
             out[:, k] = field
     finally:
         bar.close()

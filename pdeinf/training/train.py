@@ -68,14 +68,41 @@ def checkpoint_path(run_dir: Path, epoch: int) -> Path:
 
 # ----------------------------------------------------------------------------- data
 
-def load_transitions(data, split: str, seed: int, t_max: int, channels: int,
-                     dtype: torch.dtype = torch.float32):
-    """All one-step transitions of a split: `x, y [N, C, H, W]`, `class_index [N]` (int64).
+class Transitions:
+    """One-step transitions of a split, stored once as trajectories (no x/y duplication).
 
-    Uses the first `t_max` snapshots of every trajectory (t_max - 1 transitions each).
+    `trajectories [n, t_max, C, H, W]` (classes concatenated in `data.classes` order);
+    transition k = (trajectory k // (t_max - 1), time t = k % (t_max - 1)): `x = u_t`,
+    `y = u_{t+1}`. `class_index [n]` gives each trajectory's class.
+    """
+
+    def __init__(self, trajectories: torch.Tensor, class_index: torch.Tensor):
+        self.trajectories = trajectories
+        self.class_index = class_index
+        self.steps = trajectories.shape[1] - 1
+
+    def __len__(self) -> int:
+        return self.trajectories.shape[0] * self.steps
+
+    @property
+    def resolution(self) -> int:
+        return int(self.trajectories.shape[-1])
+
+    def batch(self, index, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """`x, y [len(index), C, H, W]` for transition indices `index`, on `device`."""
+        index = torch.as_tensor(index, dtype=torch.long)
+        traj, t = index // self.steps, index % self.steps
+        x, y = self.trajectories[traj, t], self.trajectories[traj, t + 1]
+        return (x, y) if device is None else (x.to(device), y.to(device))
+
+
+def load_transitions(data, split: str, seed: int, t_max: int, channels: int,
+                     dtype: torch.dtype = torch.float32) -> Transitions:
+    """All one-step transitions of a split (first `t_max` snapshots of every trajectory).
+
     Raises InputError on a wrong shape, too few snapshots or non-finite values.
     """
-    xs, ys, cs = [], [], []
+    trajs, classes = [], []
     for ci, cls in enumerate(data.classes):
         traj = np.asarray(data.trajectories(cls, split, seed))
         if traj.ndim != 5 or traj.shape[2] != channels or traj.shape[3] != traj.shape[4]:
@@ -86,14 +113,9 @@ def load_transitions(data, split: str, seed: int, t_max: int, channels: int,
         traj = traj[:, :t_max]
         if not np.isfinite(traj).all():
             raise InputError(f"data {cls} ({split}): trajectories contain NaN or Inf")
-        n = traj.shape[0]
-        shape = traj.shape[2:]
-        xs.append(traj[:, :-1].reshape(n * (t_max - 1), *shape))
-        ys.append(traj[:, 1:].reshape(n * (t_max - 1), *shape))
-        cs.append(np.full(n * (t_max - 1), ci, dtype=np.int64))
-    x = torch.as_tensor(np.concatenate(xs), dtype=dtype)
-    y = torch.as_tensor(np.concatenate(ys), dtype=dtype)
-    return x, y, torch.as_tensor(np.concatenate(cs))
+        trajs.append(torch.as_tensor(traj, dtype=dtype))
+        classes.append(torch.full((traj.shape[0],), ci, dtype=torch.long))
+    return Transitions(torch.cat(trajs), torch.cat(classes))
 
 
 # ----------------------------------------------------------------------------- files
@@ -120,7 +142,9 @@ def atomic_torch_save(obj, path: Path) -> None:
 
 
 def _write_history(run_dir: Path, history: list[dict]) -> None:
-    _atomic_write_bytes(run_dir / "history.json", json.dumps(history, indent=1).encode())
+    finite = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+               for k, v in rec.items()} for rec in history]  # strict JSON: NaN -> null
+    _atomic_write_bytes(run_dir / "history.json", json.dumps(finite, indent=1).encode())
     out = io.StringIO()
     if history:
         writer = csv.DictWriter(out, fieldnames=list(history[0]))
@@ -175,16 +199,18 @@ def load_checkpoint(path, *, pde: str | None = None, model_name: str | None = No
 # ----------------------------------------------------------------------------- loop
 
 @torch.no_grad()
-def evaluate_smse(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
-                  batch_size: int = 256) -> float:
-    """Mean per-example SMSE of `model` on transitions `x -> y` (nan when empty)."""
-    if len(x) == 0:
+def evaluate_smse(model: torch.nn.Module, transitions: Transitions, batch_size: int = 256,
+                  device=None) -> float:
+    """Mean per-example SMSE of `model` on all transitions (nan when there are none)."""
+    n = len(transitions)
+    if n == 0:
         return math.nan
     was_training = model.training
     model.eval()
     total = 0.0
-    for i in range(0, len(x), batch_size):
-        total += smse(model(x[i : i + batch_size]), y[i : i + batch_size]).sum().item()
+    for i in range(0, n, batch_size):
+        x, y = transitions.batch(torch.arange(i, min(i + batch_size, n)), device)
+        total += smse(model(x), y).sum().item()
     model.train(was_training)
     return total / len(x)
 
@@ -237,18 +263,18 @@ def train(pde: str, model_name: str, seed: int, profile, *, data_root=None, out_
 
             data = PDEData(data_root or paths.data_dir(prof.name), pde, t_max=prof.t_max)
         channels = PDE_CHANNELS[pde]
-        x_tr, y_tr, _ = load_transitions(data, "train", seed, prof.t_max, channels, dtype)
-        x_va, y_va, _ = load_transitions(data, "val", seed, prof.t_max, channels, dtype)
-        if len(x_tr) == 0:
+        train_set = load_transitions(data, "train", seed, prof.t_max, channels, dtype)
+        val_set = load_transitions(data, "val", seed, prof.t_max, channels, dtype)
+        if len(train_set) == 0:
             raise InputError(f"data {pde}: no training trajectories")
-        resolution = int(x_tr.shape[-1])
+        resolution = train_set.resolution
         config = {
             "pde": pde, "model": model_name, "model_size": prof.model_size, "seed": seed,
             "profile": prof.name, "channels": channels, "resolution": resolution,
             "epochs": epochs, "checkpoints": schedule, "batch_size": prof.batch_size,
             "lr": prof.lr, "weight_decay": prof.weight_decay, "t_max": prof.t_max,
             "split": list(prof.split), "dtype": str(dtype).replace("torch.", ""),
-            "classes": list(data.classes), "n_train_transitions": len(x_tr),
+            "classes": list(data.classes), "n_train_transitions": len(train_set),
             "world_size": ctx.world,
         }
         fingerprint = str(data.fingerprint())
@@ -258,12 +284,13 @@ def train(pde: str, model_name: str, seed: int, profile, *, data_root=None, out_
             for stale in run_dir.glob(".*.tmp"):  # left by a write that was killed mid-way
                 stale.unlink(missing_ok=True)
         ddp.barrier(ctx)
-        return _train_loop(config, fingerprint, run_dir, x_tr, y_tr, x_va, y_va, ctx, progress)
+        return _train_loop(config, fingerprint, run_dir, train_set, val_set, ctx, progress)
     finally:
         ddp.cleanup(ctx)
 
 
-def _train_loop(config, fingerprint, run_dir, x_tr, y_tr, x_va, y_va, ctx, progress) -> RunResult:
+def _train_loop(config, fingerprint, run_dir, train_set: Transitions, val_set: Transitions, ctx,
+                progress) -> RunResult:
     dtype = getattr(torch, config["dtype"])
     torch.manual_seed(config["seed"])
     model = build(config["model"], channels=config["channels"], resolution=config["resolution"],
@@ -285,10 +312,8 @@ def _train_loop(config, fingerprint, run_dir, x_tr, y_tr, x_va, y_va, ctx, progr
         optimizer.load_state_dict(state["optimizer_state"])
         start, history = int(state["epoch"]), list(state["history"])
     epochs, schedule = config["epochs"], set(config["checkpoints"])
-    x_tr, y_tr = x_tr.to(ctx.device), y_tr.to(ctx.device)
-    x_va, y_va = x_va.to(ctx.device), y_va.to(ctx.device)
     net = ddp.wrap(model, ctx)
-    n, batch = len(x_tr), config["batch_size"]
+    n, batch = len(train_set), config["batch_size"]
     steps = math.ceil(n / batch)
     bar = tqdm(total=(epochs - start) * steps, disable=not (progress and ctx.is_main),
                desc=run_dir.name, unit="step")
@@ -299,12 +324,13 @@ def _train_loop(config, fingerprint, run_dir, x_tr, y_tr, x_va, y_va, ctx, progr
         loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
         for step in range(steps):
             idx = perm[step * batch : (step + 1) * batch]
-            local = torch.as_tensor(ddp.shard(idx, ctx), device=ctx.device)
+            local = ddp.shard(idx, ctx)
             if len(local):
-                per_example = smse(net(x_tr[local]), y_tr[local])
+                x, y = train_set.batch(local, ctx.device)
+                per_example = smse(net(x), y)
                 loss = per_example.sum() * (ctx.world / len(idx))
             else:  # a final batch smaller than the world: this rank contributes zero gradient
-                loss = net(x_tr[:1]).sum() * 0.0
+                loss = net(train_set.batch([0], ctx.device)[0]).sum() * 0.0
                 per_example = loss.detach().reshape(1) * 0.0
             batch_sum = ddp.all_reduce_sum(per_example.detach().sum().double(), ctx)
             if not torch.isfinite(batch_sum):
@@ -321,7 +347,7 @@ def _train_loop(config, fingerprint, run_dir, x_tr, y_tr, x_va, y_va, ctx, progr
             bar.update(1)
             bar.set_postfix(epoch=epoch, loss=f"{batch_sum.item() / len(idx):.3e}")
         record = {"epoch": epoch, "train_smse": loss_sum.item() / n,
-                  "val_smse": evaluate_smse(model, x_va, y_va),
+                  "val_smse": evaluate_smse(model, val_set, device=ctx.device),
                   "seconds": round(time.perf_counter() - t0, 3)}
         history.append(record)
         if ctx.is_main:

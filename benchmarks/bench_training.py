@@ -1,0 +1,107 @@
+"""Training throughput of the surrogates (transitions per second) and parameter counts.
+
+    python benchmarks/bench_training.py [--steps 20] [--repeats 5] [--out benchmarks/results_training.md]
+
+For each model at the quick profile (32x32, batch 48, AdamW, SMSE; CE has 4 channels, NS 2),
+times full optimizer steps (forward + backward + AdamW), interleaving the models round by round
+in one process so that they see the same machine load; prints medians and the UNet/ViT ratio,
+the estimated time of one quick training run (epochs x transitions per epoch), and the parameter
+counts of all sizes. Writes the tables to a markdown file.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from pdeinf.config import PDE_CHANNELS, get_profile
+from pdeinf.models import build, count_parameters
+from pdeinf.training.loss import smse
+
+RESOLUTION = {"smoke": 16, "quick": 32, "paper": 128}
+
+
+def step_timer(model_name: str, channels: int, resolution: int, size: str, batch: int):
+    torch.manual_seed(0)
+    model = build(model_name, channels=channels, resolution=resolution, size=size)
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=1e-4)
+    x = torch.randn(batch, channels, resolution, resolution)
+    y = x + 0.1 * torch.randn_like(x)
+
+    def run(steps: int) -> float:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            loss = smse(model(x), y).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return (time.perf_counter() - t0) / steps
+
+    run(2)  # warm-up
+    return run
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=10, help="optimizer steps per timing round")
+    parser.add_argument("--repeats", type=int, default=5, help="timing rounds (median reported)")
+    parser.add_argument("--out", default=str(Path(__file__).with_name("results_training.md")))
+    args = parser.parse_args(argv)
+    profile = get_profile("quick")
+    batch = profile.batch_size
+    rows = []
+    for pde in ("CE", "NS"):
+        timers = {m: step_timer(m, PDE_CHANNELS[pde], profile.resolution, profile.model_size, batch)
+                  for m in ("unet", "vit")}
+        samples = {m: [] for m in timers}
+        for _ in range(args.repeats):
+            for m, run in timers.items():
+                samples[m].append(run(args.steps))
+        for m, s in samples.items():
+            med = statistics.median(s)
+            # transitions per epoch: 3 classes x round(0.65 n) trajectories x 16 transitions
+            per_epoch = 3 * round(profile.split[0] * profile.n_trajectories) * (profile.t_max - 1)
+            rows.append((pde, m, med, batch / med, per_epoch * profile.epochs[pde] / (batch / med)))
+        ratio = statistics.median(samples["unet"]) / statistics.median(samples["vit"])
+        rows.append((pde, "unet/vit step-time ratio", ratio, None, None))
+
+    lines = [
+        "# Training throughput and model sizes",
+        "",
+        f"Command: `python benchmarks/bench_training.py --steps {args.steps} --repeats {args.repeats}`",
+        f"Machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; float32, batch {batch}, quick sizes at "
+        f"{profile.resolution}x{profile.resolution}; median of {args.repeats} rounds of "
+        f"{args.steps} AdamW steps, models interleaved. The machine is shared: absolute numbers "
+        "move with its load, the ratio less so.",
+        "",
+        "| PDE | model | median step (s) | transitions / s | est. quick run (s) |",
+        "|---|---|---|---|---|",
+    ]
+    for pde, m, med, tps, run_s in rows:
+        if tps is None:
+            lines.append(f"| {pde} | {m} | {med:.2f} | | |")
+        else:
+            lines.append(f"| {pde} | {m} | {med:.4f} | {tps:.0f} | {run_s:.0f} |")
+    lines += ["", "Parameter counts (CE: 4 channels, NS: 2 channels):", "",
+              "| size | resolution | UNet CE | UNet NS | ViT CE | ViT NS |", "|---|---|---|---|---|---|"]
+    for size, res in RESOLUTION.items():
+        counts = [count_parameters(build(m, channels=PDE_CHANNELS[p], resolution=res, size=size))
+                  for m in ("unet", "vit") for p in ("CE", "NS")]
+        lines.append(f"| {size} | {res} | " + " | ".join(f"{c:,}" for c in counts) + " |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    out = Path(args.out)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
