@@ -99,8 +99,8 @@ def jvp_stage_table(model, x, y, repeats, chunks, directions):
     rows = []
     for vmapped in (True, False):
         for k in chunks:
-            if not vmapped and k != chunks[0]:
-                continue  # the loop does not depend on the chunk size
+            if (not vmapped and k != chunks[0]) or (vmapped and k == 1):
+                continue  # the loop ignores the chunk size; a chunk of 1 is the loop itself
             def stage(k=k, vmapped=vmapped):
                 for start in range(0, n_dir, k):
                     cols = slice(start, min(start + k, n_dir))

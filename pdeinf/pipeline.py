@@ -62,9 +62,9 @@ import os
 import re
 import sys
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 from pdeinf import paths
 from pdeinf.config import MODELS, PDE_CLASSES, PROFILE_NAMES, Profile, get_profile
@@ -135,7 +135,7 @@ def ensure_data(profile: ProfileLike, *, progress: bool = True) -> Path:
 
 
 def _scheduled_checkpoints(profile: Profile, pde: str) -> tuple[int, ...]:
-    return tuple(sorted(set(int(e) for e in profile.checkpoints[pde])))
+    return tuple(sorted({int(e) for e in profile.checkpoints[pde]}))
 
 
 def training_complete(profile: ProfileLike, pde: str, model: str, seed: int) -> bool:
@@ -186,8 +186,8 @@ def _sweep_covers(ds, profile: Profile, pde: str) -> bool:
         return False
     return (
         "pi" in ds
-        and set(int(s) for s in profile.seeds) <= seeds
-        and set(int(e) for e in profile.checkpoints[pde]) <= epochs
+        and {int(s) for s in profile.seeds} <= seeds
+        and {int(e) for e in profile.checkpoints[pde]} <= epochs
         and set(range(profile.n_influence_batches)) <= batches
     )
 

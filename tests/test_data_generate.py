@@ -178,15 +178,15 @@ def test_bad_arguments_fail_before_any_work(tmp_path, kwargs, match, monkeypatch
 
 def test_cli_generate_inspect_and_errors(tmp_path, fake_sampler, capsys):
     out = tmp_path / "root"
-    assert cli_main(["data", "generate", "--dataset", "NS-Gauss", "--n-trajectories", "3", "--resolution", "4",
+    assert cli_main(["data", "generate", "--dataset", "CE-RP", "--n-trajectories", "3", "--resolution", "4",
                      "--out", str(out), "--solver-resolution", "8", "--chunk-size", "2", "--no-progress"]) == 0
-    assert sorted(p.name for p in (out / "NS-Gauss").iterdir()) == ["velocity_0.nc", "velocity_1.nc"]
-    assert cli_main(["data", "inspect", str(out / "NS-Gauss"), "--validate"]) == 0
+    assert sorted(p.name for p in (out / "CE-RP").iterdir()) == ["data_0.nc", "data_1.nc"]
+    assert cli_main(["data", "inspect", str(out / "CE-RP"), "--validate"]) == 0
     printed = capsys.readouterr().out
-    assert "samples 3, times 21, model channels 2" in printed and "vx_std" in printed
-    assert "validated: all values finite" in printed
+    assert "samples 3, times 21, model channels 4" in printed and "p_std" in printed
+    assert "validated: all values finite; density and pressure positive" in printed
     assert cli_main(["data", "inspect", str(out)]) == 0  # a root of class directories
-    assert "NS-Gauss" in capsys.readouterr().out
+    assert "CE-RP" in capsys.readouterr().out
     assert cli_main(["data", "generate", "--dataset", "KdV", "--n-trajectories", "3", "--resolution", "4",
                      "--out", str(out)]) == 2
     assert cli_main(["data", "inspect", str(tmp_path / "missing.nc")]) == 2
@@ -198,26 +198,28 @@ def test_cli_generate_inspect_and_errors(tmp_path, fake_sampler, capsys):
 
 @pytest.fixture(scope="module")
 def real_root(tmp_path_factory):
-    """All six data sets from the real sampler and solvers: 4 trajectories at 8x8 from 16x16."""
+    """All six data sets from the real sampler and solvers: 3 trajectories at 8x8 from 16x16."""
     pytest.importorskip("pdeinf.solvers.initial_conditions")
-    profile = dataclasses.replace(get_profile("smoke"), n_trajectories=4, resolution=8, solver_resolution=16)
+    profile = dataclasses.replace(get_profile("smoke"), n_trajectories=3, resolution=8, solver_resolution=16)
     root = gen.ensure_profile_data(profile, tmp_path_factory.mktemp("data"), progress=False)
     return root
 
 
+@pytest.mark.slow
 def test_ensure_profile_data_makes_all_six_readable(real_root):
     for dataset in DATASETS:
         reader = open_dataset(real_root / dataset)
-        assert (reader.n_samples, reader.n_times, reader.resolution) == (4, 21, (8, 8))
+        assert (reader.n_samples, reader.n_times, reader.resolution) == (3, 21, (8, 8))
         reader.validate()
     data = PDEData(real_root, "CE")
     assert data.trajectories("CE-RP", "test", 10).shape[1:] == (17, 4, 8, 8)
     stamp = {p: p.stat().st_mtime_ns for p in real_root.rglob("*.nc")}
-    profile = dataclasses.replace(get_profile("smoke"), n_trajectories=4, resolution=8, solver_resolution=16)
+    profile = dataclasses.replace(get_profile("smoke"), n_trajectories=3, resolution=8, solver_resolution=16)
     gen.ensure_profile_data(profile, real_root, progress=False)  # everything exists: nothing rewritten
     assert stamp == {p: p.stat().st_mtime_ns for p in real_root.rglob("*.nc")}
 
 
+@pytest.mark.slow
 def test_statistics_table_and_physics(real_root):
     table = class_statistics(real_root)
     assert list(table.index) == list(PDE_CLASSES["CE"] + PDE_CLASSES["NS"])

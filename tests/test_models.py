@@ -80,11 +80,11 @@ def test_unet_depth_reduced_on_tiny_grids():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(name="resnet", channels=4, resolution=16, size="smoke"), "model"),
-    (dict(name="unet", channels=4, resolution=16, size="huge"), "size"),
-    (dict(name="unet", channels=0, resolution=16, size="smoke"), "channels"),
-    (dict(name="vit", channels=4, resolution=18, size="smoke"), "resolution"),
-    (dict(name="vit", channels=4, resolution=-16, size="smoke"), "resolution"),
+    ({"name": "resnet", "channels": 4, "resolution": 16, "size": "smoke"}, "model"),
+    ({"name": "unet", "channels": 4, "resolution": 16, "size": "huge"}, "size"),
+    ({"name": "unet", "channels": 0, "resolution": 16, "size": "smoke"}, "channels"),
+    ({"name": "vit", "channels": 4, "resolution": 18, "size": "smoke"}, "resolution"),
+    ({"name": "vit", "channels": 4, "resolution": -16, "size": "smoke"}, "resolution"),
 ])
 def test_bad_arguments_raise_input_error(kwargs, match):
     with pytest.raises(InputError, match=match):

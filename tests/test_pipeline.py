@@ -287,7 +287,7 @@ def test_rerun_computes_nothing(smoke_home):
     before = _snapshot(paths.results_dir())
     timings = pipeline.run_all(SMOKE, progress=False)
     assert _snapshot(paths.results_dir()) == before
-    assert [t.stage for t in timings][0] == "data"
+    assert timings[0].stage == "data"
     assert len(timings) == 1 + 3 * len(PAIRS)
 
 

@@ -80,14 +80,14 @@ def test_batching_does_not_change_errors_of_a_trained_size_model():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(trajectories_by_class={}), "trajectories"),
-    (dict(trajectories_by_class={"A": np.zeros((2, 5, 8, 8))}), "A"),
-    (dict(starts=[4]), "starts"),
-    (dict(horizon=0), "horizon"),
-    (dict(batch_size=0), "batch_size"),
+    ({"trajectories_by_class": {}}, "trajectories"),
+    ({"trajectories_by_class": {"A": np.zeros((2, 5, 8, 8))}}, "A"),
+    ({"starts": [4]}, "starts"),
+    ({"horizon": 0}, "horizon"),
+    ({"batch_size": 0}, "batch_size"),
 ])
 def test_bad_input_raises(kwargs, match):
-    args = dict(trajectories_by_class={"A": _advected(2, 5)}) | kwargs
+    args = {"trajectories_by_class": {"A": _advected(2, 5)}} | kwargs
     with pytest.raises(InputError, match=match):
         rollout_errors(Shift(), **args)
 

@@ -28,6 +28,16 @@ from pdeinf.training.train import TrainingError, load_checkpoint, train
 TESTS_DIR = Path(__file__).resolve().parent
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: these tiny models gain nothing from more, and on a shared 2-core
+    machine extra threads thrash."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class WaveData:
     """Per class, smooth random Fourier modes advected by a class-specific constant velocity on
     the periodic unit square, `u(x, t) = u0(x - v t)`. Same interface as PDEData."""
@@ -55,7 +65,7 @@ class WaveData:
 
     def split_indices(self, seed):
         perm = np.random.default_rng(seed).permutation(self._n)
-        n_tr = int(round(0.65 * self._n))
+        n_tr = round(0.65 * self._n)
         return {"train": np.sort(perm[:n_tr]), "val": np.sort(perm[n_tr:n_tr + 1]),
                 "test": np.sort(perm[n_tr + 1:])}
 
@@ -187,6 +197,10 @@ def test_foreign_run_directory_and_checkpoint_are_refused(tmp_path):
     corrupt.write_bytes(ckpt.read_bytes()[:100])
     with pytest.raises(InputError, match="corrupt.pt"):
         load_checkpoint(corrupt)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"hello world" * 10)
+    with pytest.raises(InputError, match="garbage.pt"):
+        load_checkpoint(garbage)
     with pytest.raises(InputError, match="not found"):
         load_checkpoint(tmp_path / "missing.pt")
 
@@ -201,9 +215,9 @@ def test_bad_data_and_arguments_are_refused_before_training(tmp_path):
     with pytest.raises(InputError, match="t_max"):
         train("CE", "vit", 10, tiny_profile(), data=WaveData(n=8, t_max=9), out_dir=tmp_path,
               progress=False)
-    for kwargs, match in [(dict(pde="XX"), "pde"), (dict(model_name="mlp"), "model"),
-                          (dict(seed=-1), "seed"), (dict(profile="huge"), "profile")]:
-        args = dict(pde="CE", model_name="vit", seed=10, profile=tiny_profile()) | kwargs
+    for kwargs, match in [({"pde": "XX"}, "pde"), ({"model_name": "mlp"}, "model"),
+                          ({"seed": -1}, "seed"), ({"profile": "huge"}, "profile")]:
+        args = {"pde": "CE", "model_name": "vit", "seed": 10, "profile": tiny_profile()} | kwargs
         with pytest.raises(InputError, match=match):
             train(**args, data=WaveData(n=8), out_dir=tmp_path, progress=False)
     assert not list(tmp_path.iterdir())
@@ -222,9 +236,9 @@ train("CE", "unet", 10, tiny_profile({epochs}), data=WaveData(n=8), out_dir=sys.
 def _driver(tmp_path, epochs):
     script = tmp_path / "driver.py"
     script.write_text(textwrap.dedent(DRIVER.format(tests=str(TESTS_DIR), epochs=epochs)))
-    # Same intra-op thread count as this process, so the in-process reference run is comparable bitwise.
-    threads = str(torch.get_num_threads())
-    env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+    # One intra-op thread here and in the in-process reference run: equal reduction orders
+    # (bitwise comparison) and no thread thrashing on a shared machine.
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     return script, env
 
 
@@ -233,7 +247,7 @@ def test_sigkill_then_rerun_gives_bitwise_identical_weights(tmp_path):
     script, env = _driver(tmp_path, epochs)
     reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
     train("CE", "unet", 10, tiny_profile(epochs), data=WaveData(n=8), out_dir=reference,
-          progress=False)
+          progress=False)  # one thread (fixture), as in the subprocesses
 
     proc = subprocess.Popen([sys.executable, str(script), str(interrupted)], env=env)
     resume = interrupted / "CE-unet-s10" / "resume.pt"

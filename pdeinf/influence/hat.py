@@ -41,7 +41,12 @@ from pdeinf.influence import gradients as _grad
 from pdeinf.influence import observables as _obs
 
 METRICS: tuple[str, ...] = ("gauss-newton", "euclidean", "adam")
-_COLUMN_BLOCK = 1 << 20  # parameters per block when forming float64 products of [N, P] rows
+_COLUMN_BLOCK = 1 << 16  # parameters per block when forming float64 products of [N, P] rows
+#: Basis vectors per vmapped jvp call (memory grows linearly with it). Measured on the quick
+#: UNet, N = 48 (benchmarks/results_influence.md): 1.6-3.2 batched forwards per direction at 8,
+#: 2.2-2.8 at 4, 1.6-2.1 for a plain loop; the shared, loaded CPU made runs differ by up to 2x,
+#: so no chunk size wins clearly here; 4 keeps the chunk's memory moderate.
+JVP_CHUNK = 4
 
 
 def _positive_int(value, name: str, allow_none: bool = False):
@@ -60,10 +65,11 @@ def cross_gram(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor | None = N
     out = torch.zeros(a.shape[0], b.shape[0], dtype=torch.float64)
     for start in range(0, a.shape[1], _COLUMN_BLOCK):
         sl = slice(start, start + _COLUMN_BLOCK)
-        ab = a[:, sl].to(torch.float64)
+        a64 = a[:, sl].to(torch.float64)
+        b64 = a64 if b is a else b[:, sl].to(torch.float64)
         if weight is not None:
-            ab = ab * weight[sl].to(torch.float64)
-        out += ab @ b[:, sl].to(torch.float64).T
+            a64 = a64 * weight[sl].to(torch.float64)
+        out += a64 @ b64.T
     return out
 
 
@@ -127,7 +133,7 @@ def restricted_gauss_newton(
     inputs: torch.Tensor,
     span: GradientSpan,
     *,
-    jvp_chunk: int = 4,
+    jvp_chunk: int = JVP_CHUNK,
     vmap_tangents: bool = True,
     progress: bool = False,
     params=None,
@@ -265,7 +271,7 @@ class HatEngine:
         *,
         energy_tol: float = 1e-4,
         grad_chunk: int | None = 16,
-        jvp_chunk: int = 4,
+        jvp_chunk: int = JVP_CHUNK,
         vmap_tangents: bool = True,
         progress: bool = False,
     ):
@@ -436,7 +442,7 @@ def hat_matrix(
     response=None,
     response_transform: Callable | None = None,
     grad_chunk: int | None = 16,
-    jvp_chunk: int = 4,
+    jvp_chunk: int = JVP_CHUNK,
     normalization: str | None = None,
     vmap_tangents: bool = True,
     progress: bool = False,

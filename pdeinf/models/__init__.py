@@ -15,14 +15,14 @@ from pdeinf.models.unet import UNet
 from pdeinf.models.vit import ViT
 
 UNET_SIZES: dict[str, dict] = {
-    "smoke": dict(base=4, mults=(1, 2, 2), kernels=(5, 3, 3), heads=2),
-    "quick": dict(base=8, mults=(1, 2, 4, 4), kernels=(5, 5, 3, 3), heads=4),
-    "paper": dict(base=24, mults=(1, 2, 4, 8, 12), kernels=(11, 9, 7, 5, 3), heads=8),
+    "smoke": {"base": 4, "mults": (1, 2, 2), "kernels": (5, 3, 3), "heads": 2},
+    "quick": {"base": 6, "mults": (1, 2, 4, 8), "kernels": (5, 3, 3, 3), "heads": 4},
+    "paper": {"base": 24, "mults": (1, 2, 4, 8, 12), "kernels": (11, 9, 7, 5, 3), "heads": 8},
 }
 VIT_SIZES: dict[str, dict] = {
-    "smoke": dict(width=32, layers=2, heads=4, patch=4, mlp_ratio=2),
-    "quick": dict(width=64, layers=3, heads=4, patch=4, mlp_ratio=2),
-    "paper": dict(width=256, layers=6, heads=8, patch=4, mlp_ratio=4),
+    "smoke": {"width": 32, "layers": 2, "heads": 4, "patch": 4, "mlp_ratio": 2},
+    "quick": {"width": 64, "layers": 3, "heads": 4, "patch": 4, "mlp_ratio": 2},
+    "paper": {"width": 256, "layers": 6, "heads": 8, "patch": 4, "mlp_ratio": 4},
 }
 _SIZES = {"unet": UNET_SIZES, "vit": VIT_SIZES}
 _CLASSES = {"unet": UNet, "vit": ViT}
@@ -52,4 +52,4 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["build", "count_parameters", "UNet", "ViT", "UNET_SIZES", "VIT_SIZES"]
+__all__ = ["UNET_SIZES", "VIT_SIZES", "UNet", "ViT", "build", "count_parameters"]

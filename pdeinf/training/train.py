@@ -156,7 +156,7 @@ def _write_history(run_dir: Path, history: list[dict]) -> None:
 def _read_state(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # corrupt, truncated or not a torch file
+    except Exception as err:  # noqa: BLE001 -- torch.load raises many types on garbage
         raise InputError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from None
     for key in ("model_state", "optimizer_state", "config", "epoch"):
         if not isinstance(state, dict) or key not in state:

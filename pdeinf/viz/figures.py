@@ -15,6 +15,7 @@ import xarray as xr
 import matplotlib
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from pdeinf.errors import InputError
 from pdeinf.viz import style as st
@@ -50,6 +51,8 @@ def _draw_heatmap(ax, heat: xr.DataArray, *, vmin=None, vmax=None, colorbar=True
                       aspect="equal", interpolation="nearest")
     ax.set_xlabel("perturbation time $t_m$")
     ax.set_ylabel("response time $t_n$")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     if lag is not None:
         ts = np.array([t_pert[0], t_pert[-1]], dtype=float)
         ax.plot(ts, ts + lag, color="white", lw=0.8, ls="--")
@@ -82,6 +85,7 @@ def _draw_horizon(ax, curve: xr.DataArray, *, lag=None):
         ax.axvline(lag, color="black", lw=0.8, ls="--")
     ax.axhline(0.0, color="grey", lw=0.5)
     ax.set_xlabel(r"$\Delta t = t_n - t_m$")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(_influence_label(curve))
     ax.legend(frameon=False)
 
@@ -143,6 +147,7 @@ def dynamics_figure(dyn: xr.DataArray, *, title: str | None = None) -> Figure:
         ax.set_yscale("symlog", linthresh=max(1e-12, float(np.min(np.abs(values[values != 0]),
                                                                   initial=1.0))))
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(f"mean {_influence_label(dyn)}")
     ax.legend(frameon=False)
     ax.set_title(title or _title(dyn, "training dynamics"))
@@ -178,6 +183,7 @@ def spectrum_figure(spec: xr.Dataset, *, title: str | None = None) -> Figure:
     ax_cond.plot(epochs, q[1], color=st.OURS_COLOR, marker="o", ms=3)
     ax_cond.set_yscale("log")
     ax_cond.set_xlabel("epoch")
+    ax_cond.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_cond.set_ylabel("condition number")
     ax_cond.set_title("anisotropy")
     return fig
