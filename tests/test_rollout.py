@@ -10,6 +10,15 @@ from pdeinf.models import build
 from pdeinf.training.rollout import cumulative_errors, rollout, rollout_errors
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: tiny models gain nothing from more, and a shared machine thrashes."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class Shift(nn.Module):
     """Exact one-step map of fields advected by one pixel per step along x."""
 
@@ -97,3 +106,26 @@ def test_non_finite_trajectory_raises():
     bad[1, 2, 0, 0, 0] = np.inf
     with pytest.raises(InputError, match="NaN or Inf"):
         rollout_errors(Shift(), {"X": bad})
+
+
+def test_errors_land_at_their_labels():
+    """Every (class, trajectory, start, horizon) entry equals a hand-made rollout from that start."""
+    from pdeinf.training.loss import smse
+
+    torch.manual_seed(0)
+    model = build("vit", channels=2, resolution=8, size="smoke").double().eval()
+    trajs = {"A": _advected(3, 5, seed=3), "B": _advected(2, 5, seed=4) * 2.0}
+    err = rollout_errors(model, trajs, starts=[3, 0, 1], horizon=3, batch_size=4)
+    for name, arr in trajs.items():
+        for j in range(arr.shape[0]):
+            for s in (3, 0, 1):
+                state = torch.as_tensor(arr[j : j + 1, s])
+                with torch.no_grad():
+                    for h in range(1, 4):
+                        state = model(state)
+                        got = err.sel({"class": name, "trajectory": j, "start": s, "horizon": h})
+                        if s + h > 4:
+                            assert np.isnan(got)
+                            continue
+                        want = smse(state, torch.as_tensor(arr[j : j + 1, s + h])).item()
+                        assert float(got) == pytest.approx(want, rel=1e-10)

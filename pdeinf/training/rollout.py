@@ -60,7 +60,8 @@ def rollout_errors(model: torch.nn.Module, trajectories_by_class: Mapping[str, n
     trajectories_by_class: class name -> `[n, T, C, H, W]` (same T, C, H, W for all classes;
     n may differ, missing trajectories are NaN). starts: start indices in [0, T-2] (default all);
     horizon: steps rolled out (default T - 1 - min(starts)). Entries with start + h > T - 1 are
-    NaN. The model runs in eval mode in its own dtype and device, `batch_size` states at a time.
+    NaN. The model runs in eval mode in its own dtype and device on `batch_size` rollouts at a
+    time (all (trajectory, start) pairs of a class are batched together).
     """
     trajs = _check_trajectories(trajectories_by_class)
     n_times = next(iter(trajs.values())).shape[1]
@@ -79,17 +80,25 @@ def rollout_errors(model: torch.nn.Module, trajectories_by_class: Mapping[str, n
     dtype, device = _model_dtype_device(model)
     was_training = model.training
     model.eval()
-    jobs = [(ci, si) for ci in range(len(trajs)) for si in range(len(starts))]
-    for ci, si in tqdm(jobs, disable=not progress, desc="rollouts"):
-        arr = list(trajs.values())[ci]
-        s = starts[si]
-        steps = min(horizon, n_times - 1 - s)
-        for b in range(0, arr.shape[0], batch_size):
-            chunk = torch.as_tensor(arr[b : b + batch_size], dtype=dtype, device=device)
-            pred = rollout(model, chunk[:, s], steps)  # [b, steps, C, H, W]
-            truth = chunk[:, s + 1 : s + 1 + steps]
+    # All (trajectory, start) pairs of a class go through the model together, ordered by start
+    # so that each chunk stops at the horizon its earliest start still has data for.
+    for ci, arr in enumerate(tqdm(list(trajs.values()), disable=not progress, desc="rollouts")):
+        pairs = [(s_i, j) for s_i in range(len(starts)) for j in range(arr.shape[0])]
+        for lo in range(0, len(pairs), batch_size):
+            chunk = pairs[lo : lo + batch_size]
+            s_idx = np.array([p[0] for p in chunk])
+            j_idx = np.array([p[1] for p in chunk])
+            s_val = np.array(starts)[s_idx]
+            steps = min(horizon, n_times - 1 - int(s_val.min()))
+            u0 = torch.as_tensor(arr[j_idx, s_val], dtype=dtype, device=device)
+            pred = rollout(model, u0, steps)  # [b, steps, C, H, W]
+            h = np.arange(1, steps + 1)
+            t_idx = np.minimum(s_val[:, None] + h[None, :], n_times - 1)  # clipped; masked below
+            truth = torch.as_tensor(arr[j_idx[:, None], t_idx], dtype=dtype, device=device)
             err = smse(pred.flatten(0, 1), truth.flatten(0, 1)).reshape(len(chunk), steps)
-            values[ci, b : b + len(chunk), si, :steps] = err.double().cpu().numpy()
+            err = err.double().cpu().numpy()
+            err[s_val[:, None] + h[None, :] > n_times - 1] = np.nan
+            values[ci, j_idx, s_idx, :steps] = err
     model.train(was_training)
     return xr.DataArray(
         values, dims=("class", "trajectory", "start", "horizon"),
