@@ -16,7 +16,7 @@ normalization).
 from __future__ import annotations
 
 import io
-from typing import Callable
+from collections.abc import Callable
 
 import ipywidgets as W
 
@@ -62,7 +62,8 @@ class Explorer:
 
         def dropdown(name, options, description):
             w = W.Dropdown(options=options, description=description,
-                           layout=W.Layout(width="220px"))
+                           layout=W.Layout(width="250px"),
+                           style={"description_width": "95px"})
             w.add_class(f"pdeinf-{name}")
             return w
 
@@ -111,7 +112,7 @@ class Explorer:
         """(horizon curve, heatmap, class matrix at `lag`) of the current selection, cached."""
         key, seeds = self._selection()
         ds = self.dataset(key[0], key[1])
-        kw = dict(variant=key[4], normalization=key[5], epoch=key[3], seeds=seeds)
+        kw = {"variant": key[4], "normalization": key[5], "epoch": key[3], "seeds": seeds}
         if key not in self._analyses:
             self._analyses[key] = {
                 "curve": co.horizon_curve(ds, max_lag=self.max_lag, **kw),

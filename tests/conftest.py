@@ -16,9 +16,6 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-NOTEBOOKS = REPO / "notebooks"
-
 _TEMP_HOME: Path | None = None
 
 
@@ -51,10 +48,3 @@ def smoke_home() -> Path:
     pipeline.run_all("smoke", progress=False)
     return Path(os.environ["PDEINF_HOME"])
 
-
-@pytest.fixture(scope="session")
-def repo_notebooks() -> list[Path]:
-    """The numbered notebooks of the repository, in order."""
-    from pdeinf.pipeline import list_notebooks
-
-    return list_notebooks(source=NOTEBOOKS)

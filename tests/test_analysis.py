@@ -262,8 +262,9 @@ def test_similarity_monotone_map_gives_rank_correlation_minus_one(noisy):
     ok = np.isfinite(med)
     assert np.all(np.diff(med[ok]) < 0)
     assert sim.attrs["n_pairs"] == 2 * 3 * (48 * 48 - 48)  # final epoch only
-    # overlapping bins: bin k and k + 1 share half their span
-    assert np.allclose(sim["upper"].values[:-1], sim["lower"].values[1:] * (sim["upper"].values[0] / sim["lower"].values[1]))
+    # overlapping bins: bin k spans [edge_k, edge_k+2), so it ends where bin k + 2 starts
+    np.testing.assert_allclose(sim["upper"].values[:-2], sim["lower"].values[2:])
+    assert np.all(sim["lower"].values[1:] < sim["upper"].values[:-1])
 
 
 def test_similarity_planted_distance_bins(exact, noisy):

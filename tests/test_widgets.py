@@ -7,11 +7,11 @@ matplotlib.use("Agg")
 
 import numpy as np
 import pytest
+from test_analysis import make_sweep
 
 from pdeinf import widgets
 from pdeinf.analysis import coherence as co
 from pdeinf.errors import InputError
-from test_analysis import make_sweep
 
 
 @pytest.fixture()
@@ -30,8 +30,7 @@ def loader(monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("the explorer recomputed influence")
 
-    import pdeinf.influence as influence
-    import pdeinf.pipeline as pipeline
+    from pdeinf import influence, pipeline
 
     monkeypatch.setattr(pipeline, "ensure_influence", forbidden, raising=False)
     monkeypatch.setattr(influence, "hat_matrix", forbidden, raising=False)
@@ -96,7 +95,7 @@ def test_dropdowns_follow_the_dataset(loader):
 def test_seed_selection_uses_only_that_seed(loader):
     ex = make(loader)
     ex.seed.value = 35
-    curve, heat, _ = ex.analyses(0)
+    _, heat, _ = ex.analyses(0)
     ds = loader("CE", "unet")
     expected = co.temporal_heatmap(ds, seeds=[35])
     np.testing.assert_array_equal(heat.values, expected.values)

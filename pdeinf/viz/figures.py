@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import warnings
 
+import matplotlib
 import numpy as np
 import pandas as pd
 import xarray as xr
-import matplotlib
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
