@@ -2,7 +2,8 @@
 
 Companion to arXiv 2509.00024. See README.md for the two commands and the figure gallery.
 """
-from importlib.metadata import PackageNotFoundError, version as _version
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _version
 
 try:
     __version__ = _version("pdeinf")

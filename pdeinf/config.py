@@ -9,6 +9,8 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 
+from pdeinf.errors import InputError
+
 #: The three initial-condition classes of each PDE, in the order used everywhere
 #: (class index c in influence batches, the c axes of labelled arrays).
 PDE_CLASSES: dict[str, tuple[str, str, str]] = {
@@ -87,10 +89,10 @@ PROFILES: dict[str, Profile] = {
         solver_resolution=64,
         n_trajectories=24,
         model_size="quick",
-        epochs={"CE": 20, "NS": 20},
-        checkpoints={"CE": (1, 5, 10, 20), "NS": (1, 5, 10, 20)},
+        epochs={"CE": 15, "NS": 15},
+        checkpoints={"CE": (1, 5, 10, 15), "NS": (1, 5, 10, 15)},
         seeds=(10, 35),
-        n_influence_batches=4,
+        n_influence_batches=3,
     ),
     "paper": Profile(
         name="paper",
@@ -109,12 +111,17 @@ PROFILES: dict[str, Profile] = {
 }
 
 
-def get_profile(name: str | None = None) -> Profile:
-    """The named profile, else `$PDEINF_PROFILE`, else "quick"."""
+def get_profile(name: Profile | str | None = None) -> Profile:
+    """A Profile passes through; a name picks one; None gives `$PDEINF_PROFILE`, else "quick".
+    Raises InputError (a ValueError) naming an unknown profile."""
+    if isinstance(name, Profile):
+        return name
+    if name is not None and not isinstance(name, str):
+        raise InputError(f"profile: expected a Profile or a name, got {type(name).__name__}")
     name = name or os.environ.get("PDEINF_PROFILE") or "quick"
     try:
         return PROFILES[name]
     except KeyError:
-        raise ValueError(
-            f"unknown profile {name!r}; expected one of {', '.join(PROFILES)}"
+        raise InputError(
+            f"profile: unknown profile {name!r}; expected one of {', '.join(PROFILES)}"
         ) from None

@@ -67,6 +67,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pdeinf import paths
+from pdeinf.atomic import write_bytes, write_netcdf
 from pdeinf.config import MODELS, PDE_CLASSES, PROFILE_NAMES, Profile, get_profile
 from pdeinf.errors import InputError
 
@@ -81,16 +82,8 @@ _NOTEBOOK_NAME = re.compile(r"^(\d\d)_[A-Za-z0-9_\-]+\.ipynb$")
 # --------------------------------------------------------------------------------------
 # argument checks
 # --------------------------------------------------------------------------------------
-def as_profile(profile: ProfileLike | None) -> Profile:
-    """A `Profile` from a Profile, a profile name, or None (then `$PDEINF_PROFILE`/quick)."""
-    if isinstance(profile, Profile):
-        return profile
-    if profile is not None and not isinstance(profile, str):
-        raise InputError(f"profile: expected a Profile or a name, got {type(profile).__name__}")
-    try:
-        return get_profile(profile)
-    except ValueError as err:
-        raise InputError(f"profile: {err}") from None
+#: A `Profile` from a Profile, a profile name, or None (then `$PDEINF_PROFILE`/quick).
+as_profile = get_profile
 
 
 def _check_pde_model(profile: Profile, pde: str, model: str) -> None:
@@ -347,7 +340,7 @@ def ensure_rollouts(profile: ProfileLike, pde: str, model: str, *, progress: boo
         epoch=_final_epoch(profile, pde),
         description="per-step SMSE of autoregressive rollouts (final checkpoint)",
     )
-    _write_netcdf_atomic(da, path)
+    write_netcdf(da, path)
     return da
 
 
@@ -422,16 +415,6 @@ def rollouts_all_starts(net, trajectories_by_class: dict, *, max_batch: int = 64
                 "horizon": np.arange(1, steps + 1)},
         name="smse", attrs={"description": "per-step SMSE of autoregressive rollouts"},
     )
-
-
-def _write_netcdf_atomic(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        obj.to_netcdf(tmp, engine="h5netcdf")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # ---- training curves ------------------------------------------------------------------
@@ -615,8 +598,55 @@ def _headless_env() -> Iterator[None]:
             os.environ["MPLBACKEND"] = saved
 
 
+def _tree_signature(root: Path, digest) -> None:
+    """Feed (relative path, size, mtime) of every file under ``root`` into ``digest``."""
+    if not root.exists():
+        return
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        stat = path.stat()
+        digest.update(f"{path.relative_to(root)}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+
+
+def notebook_cache_key(notebook: Path | str, profile: ProfileLike) -> str:
+    """What an executed notebook depends on: its own bytes, the profile, the package source
+    and the stage outputs of the profile (by path, size and mtime). Equal keys mean the
+    executed copy, its figures and its results JSON are still what a rerun would produce."""
+    profile = as_profile(profile)
+    digest = hashlib.sha256()
+    digest.update(Path(notebook).read_bytes())
+    digest.update(profile.name.encode())
+    package = Path(__file__).resolve().parent
+    for source in sorted(package.rglob("*.py")):
+        digest.update(source.read_bytes())
+    for stage in ("data", "runs", "influence", "rollouts"):
+        _tree_signature(paths.results_dir() / stage / profile.name, digest)
+    return digest.hexdigest()
+
+
+def _executed_is_current(notebook: Path, key: str) -> bool:
+    """True when ``results/executed/<name>.ipynb`` was made with ``key`` and the results
+    JSON and every figure it names still exist."""
+    import nbformat
+
+    executed = executed_dir() / notebook.name
+    results = notebook_results_path(notebook)
+    if not executed.is_file() or not results.is_file():
+        return False
+    try:
+        stored = nbformat.read(executed, as_version=4).metadata.get("pdeinf", {}).get("cache_key")
+        figures = _figures_of(json.loads(results.read_text()))
+    except Exception:  # noqa: BLE001 - an unreadable copy is simply not current
+        return False
+    return stored == key and all(Path(f).exists() for f in figures)
+
+
 def run_notebook(
-    notebook: Path | str, profile: ProfileLike, *, progress: bool = True, timeout: float | None = None
+    notebook: Path | str,
+    profile: ProfileLike,
+    *,
+    progress: bool = True,
+    timeout: float | None = None,
+    cache_key: str | None = None,
 ) -> Path:
     """Execute one notebook with papermill at ``profile``; returns the executed copy
     ``results/executed/<name>.ipynb``.
@@ -651,6 +681,12 @@ def run_notebook(
         if partial.exists():
             os.replace(partial, failed)
         raise
+    if cache_key is not None:
+        import nbformat
+
+        executed = nbformat.read(partial, as_version=4)
+        executed.metadata.setdefault("pdeinf", {})["cache_key"] = cache_key
+        nbformat.write(executed, partial)
     os.replace(partial, final)
     failed.unlink(missing_ok=True)
     return final
@@ -769,9 +805,13 @@ def reproduce(
         start = time.perf_counter()
         entry: dict = {"notebook": nb.stem}
         try:
-            with _timed(report.timings, f"notebook {nb.stem}", echo=progress):
-                executed = run_notebook(nb, profile, progress=progress)
-            entry.update(status="ok", executed=str(executed))
+            key = notebook_cache_key(nb, profile)
+            if _executed_is_current(nb, key):
+                entry.update(status="ok", executed=str(executed_dir() / nb.name), cached=True)
+            else:
+                with _timed(report.timings, f"notebook {nb.stem}", echo=progress):
+                    executed = run_notebook(nb, profile, progress=progress, cache_key=key)
+                entry.update(status="ok", executed=str(executed))
         except Exception as err:  # noqa: BLE001 - reported per notebook, others still run
             entry.update(status="failed", error=f"{type(err).__name__}: {_first_line(err)}")
         entry["seconds"] = time.perf_counter() - start
@@ -795,13 +835,7 @@ def _first_line(err: BaseException) -> str:
 
 
 def _write_json_atomic(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(obj, indent=2, default=str))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_bytes(path, json.dumps(obj, indent=2, default=str).encode())
 
 
 # --------------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from pdeinf import paths
+from pdeinf.atomic import atomic_write
 from pdeinf.errors import InputError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
@@ -26,15 +26,7 @@ def _check_name(name: str, what: str) -> str:
     return name
 
 
-def _atomic_write(path: Path, write) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+_atomic_write = atomic_write
 
 
 def save_figure(fig, name: str, *, formats=("png", "pdf"), dpi: int = 150) -> list[Path]:

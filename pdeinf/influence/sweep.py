@@ -26,7 +26,8 @@ import torch
 from tqdm.auto import tqdm
 
 from pdeinf import paths
-from pdeinf.config import MODELS, PDE_CLASSES, Profile, get_profile
+from pdeinf.atomic import write_netcdf
+from pdeinf.config import MODELS, PDE_CLASSES, get_profile
 from pdeinf.errors import InputError
 from pdeinf.influence.hat import JVP_CHUNK, HatEngine
 
@@ -40,13 +41,7 @@ def variants_for(pde: str) -> tuple[str, ...]:
     return BASE_VARIANTS + (CE_VARIANTS if pde == "CE" else ())
 
 
-def _profile(profile) -> Profile:
-    if isinstance(profile, Profile):
-        return profile
-    try:
-        return get_profile(profile)
-    except ValueError as err:
-        raise InputError(f"profile: {err}") from None
+_profile = get_profile
 
 
 def sweep_dir(profile, pde: str, model_name: str, out_root=None) -> Path:
@@ -167,15 +162,7 @@ def _valid(path: Path, variants: tuple[str, ...], n: int) -> bool:
         return False
 
 
-def _write(ds, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        ds.to_netcdf(tmp, engine="h5netcdf")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+_write = write_netcdf
 
 
 def _distributed(rank, world_size) -> tuple[int, int]:

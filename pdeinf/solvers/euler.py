@@ -11,7 +11,7 @@ Layout: conserved variables `[B, 4, H, W]` = (rho, rho*vx, rho*vy, E); x runs al
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from pdeinf.errors import InputError
 
-__all__ = ["SolverError", "solve", "primitive_to_conserved", "conserved_to_primitive", "LIMITERS"]
+__all__ = ["LIMITERS", "SolverError", "conserved_to_primitive", "primitive_to_conserved", "solve"]
 
 LIMITERS = ("mc", "minmod", "vanleer")
 _X_DIM, _Y_DIM = -1, -2  # tensor axes of x and y in [B, H, W] fields

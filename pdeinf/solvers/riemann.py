@@ -6,7 +6,7 @@ sampling of the self-similar solution at x/t. Used as the reference for solver v
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -36,7 +36,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pdeinf import paths
-from pdeinf.config import PDE_CHANNELS, Profile, check_pde, get_profile
+from pdeinf.config import PDE_CHANNELS, check_pde, get_profile
 from pdeinf.errors import InputError
 from pdeinf.models import build
 from pdeinf.training import ddp
@@ -220,13 +220,7 @@ def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-def _resolve_profile(profile) -> Profile:
-    if isinstance(profile, Profile):
-        return profile
-    try:
-        return get_profile(profile)
-    except ValueError as err:
-        raise InputError(f"profile: {err}") from None
+_resolve_profile = get_profile
 
 
 def train(pde: str, model_name: str, seed: int, profile, *, data_root=None, out_dir=None,
