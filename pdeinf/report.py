@@ -111,3 +111,37 @@ def results_table() -> pd.DataFrame:
         _flatten("", data, flat)
         rows.extend((path.stem, key, value) for key, value in flat)
     return pd.DataFrame(rows, columns=["notebook", "key", "value"])
+
+
+def _names(value, default) -> list[str]:
+    """None/"" -> the profile's default; "CE,NS" (as papermill -p passes it) or a list -> names."""
+    if not value:
+        return list(default)
+    return [v.strip() for v in value.split(",")] if isinstance(value, str) else list(value)
+
+
+class NotebookRun:
+    """What every notebook sets up from its `parameters` cell: the profile, the selected PDEs
+    and models, the results dict written at the end, and `save(fig, name)` which shows a
+    figure and writes it to figures/ (PNG and PDF), recording the paths in the results."""
+
+    def __init__(self, profile=None, pdes=None, models=None):
+        from pdeinf.config import MODELS, PDE_CLASSES, get_profile
+
+        self.profile = get_profile(profile)
+        self.pdes = _names(pdes, self.profile.pdes)
+        self.models = _names(models, self.profile.models)
+        for pde in self.pdes:
+            if pde not in PDE_CLASSES:
+                raise InputError(f"pdes: unknown PDE {pde!r}; expected one of {', '.join(PDE_CLASSES)}")
+        for model in self.models:
+            if model not in MODELS:
+                raise InputError(f"models: unknown model {model!r}; expected one of {', '.join(MODELS)}")
+        self.pairs = [(pde, model) for pde in self.pdes for model in self.models]
+        self.results: dict = {"profile": self.profile.name, "figures": []}
+
+    def save(self, fig, name: str) -> None:
+        from IPython.display import display
+
+        display(fig)
+        self.results["figures"] += [str(p) for p in save_figure(fig, name)]
