@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml Makefile
 	  else echo "no GPU: installing the CPU build $(TORCH_SPEC)"; fi; \
 	  $(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"; \
 	fi
-	$(BIN)/python -m pip install --quiet -e ".[test,peers,bench]" "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[test,peers,bench,dev]" "$(TORCH_SPEC)"
 	# nngeometry declares torchvision, whose PyPI wheel pulls a CUDA torch; it needs neither.
 	$(BIN)/python -m pip install --quiet --no-deps "nngeometry==0.4"
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
