@@ -48,3 +48,15 @@ def smoke_home() -> Path:
     pipeline.run_all("smoke", progress=False)
     return Path(os.environ["PDEINF_HOME"])
 
+
+
+@pytest.fixture(autouse=True)
+def _global_torch_state_is_restored():
+    """A test that changes torch's default dtype must restore it: models built later in the
+    same process would otherwise draw different initial weights (and bitwise resume tests
+    compare against subprocesses that start from the defaults)."""
+    import torch
+
+    before = torch.get_default_dtype()
+    yield
+    assert torch.get_default_dtype() == before, "a test left torch's default dtype changed"

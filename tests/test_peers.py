@@ -3,7 +3,10 @@
 - captum TracInCP (per-example loop path) gives the Euclidean matrix G G^T;
 - nngeometry's FIM(variant="regression", PMatDense), (1/N) sum_i J_i^T J_i from module hooks
   (no torch.func), projected on our basis Q, divided by the outputs per example and damped,
-  gives the restricted Gauss-Newton metric and hence Pi.
+  gives the restricted Gauss-Newton metric and hence Pi;
+- pyDVL's CG and direct influence (reverse-over-reverse Hessian-vector products, no JVPs) on
+  the subspace model theta_0 + Q alpha, with the Hessian fitted on zero-residual targets, give
+  Pi too (pdeinf.influence.peers explains why the two quantities coincide).
 Zero padding (not circular) because the hook-based per-example Jacobians of nngeometry assume it.
 """
 import numpy as np
@@ -90,3 +93,21 @@ def test_nngeometry_regression_fisher_gives_gauss_newton_pi():
     np.testing.assert_allclose(np.sort(res.eta_eigenvalues.numpy()),
                                np.sort(torch.linalg.eigvalsh(eta - damping * torch.eye(span.rank)).numpy()),
                                rtol=1e-9, atol=1e-14)
+
+
+@pytest.mark.parametrize("method", ["cg", "cg-block", "direct"])
+def test_pydvl_influence_on_subspace_model_gives_gauss_newton_pi(method):
+    pytest.importorskip("pydvl.influence.torch")
+    from pdeinf.influence.peers import pydvl_hat_matrix
+
+    model, (x, y) = Small().double(), data()
+    damping = 1e-3
+    res = hat_matrix(model, x, y, damping=damping, energy_tol=0.0)
+    span = HatEngine(model, x, y, energy_tol=0.0).span
+    # two fit batches of 3: pyDVL averages the batch Hessians, equal sizes keep the mean over M
+    theirs = pydvl_hat_matrix(model, x, y, span, damping=damping, method=method, fit_batch=3,
+                              rtol=1e-13)
+    assert float((theirs - res.pi).norm() / res.pi.norm()) < 1e-9
+    # the check can fail: a different damping changes Pi by far more than the tolerance
+    other = pydvl_hat_matrix(model, x, y, span, damping=10 * damping, method="direct", fit_batch=3)
+    assert float((other - res.pi).norm() / res.pi.norm()) > 1e-3

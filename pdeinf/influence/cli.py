@@ -33,8 +33,10 @@ def add_parser(subparsers):
     parser.add_argument("--data-root", default=None, help="data sets (default: results/data/<profile>)")
     parser.add_argument("--runs-root", default=None, help="checkpoints (default: results/runs/<profile>)")
     parser.add_argument("--out", default=None, help="output root (default: results/influence/<profile>)")
-    parser.add_argument("--grad-chunk", type=int, default=16, help="examples per vmapped gradient call")
-    parser.add_argument("--jvp-chunk", type=int, default=4, help="basis vectors per vmapped jvp call")
+    parser.add_argument("--grad-chunk", type=int, default=8,  # hat.GRAD_CHUNK (not imported: keeps torch out of CLI start-up)
+                        help="examples per vmapped gradient call")
+    parser.add_argument("--jvp-chunk", type=int, default=4,  # hat.JVP_CHUNK
+                        help="examples per vmapped jvp call (all gradient directions at once)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=_run)
     return parser

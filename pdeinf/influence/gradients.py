@@ -118,10 +118,26 @@ def per_example_gradients(
         out = function(x, y, pred)
         return out, out
 
-    grad_fn = vmap(grad(value, has_aux=True), in_dims=(None, 0, 0), chunk_size=chunk)
+    # Chunks are written straight into one [N, P] buffer: vmap's own `chunk_size` would
+    # concatenate the chunks per parameter and `flatten` would copy again (two extra,
+    # short-lived N x P copies).
+    grad_fn = vmap(grad(value, has_aux=True), in_dims=(None, 0, 0))
+    n = inputs.shape[0]
+    step = n if chunk is None else chunk
+    dtype = next(iter(params.values())).dtype
+    out = torch.empty(n, layout.size, dtype=dtype)
+    values = torch.empty(n, dtype=dtype)
     with math_attention():
-        grads, values = grad_fn(params, inputs, targets)
-    return layout.flatten(grads, lead_dims=1), values.detach()
+        for start in range(0, n, step):
+            rows = slice(start, min(start + step, n))
+            grads, vals = grad_fn(params, inputs[rows], targets[rows])
+            offset = 0
+            for name, numel in zip(layout.names, layout.numels):
+                out[rows, offset:offset + numel] = grads[name].reshape(rows.stop - rows.start, numel)
+                offset += numel
+            values[rows] = vals.detach()
+            del grads
+    return out, values
 
 
 def output_jvps(

@@ -10,10 +10,11 @@ variants of one batch share the expensive parts):
    48 x 48. The price is accuracy for singular values below sqrt(eps) s_1; the energy cut keeps
    only modes with s_r^2 / s_1^2 >~ energy_tol / N^2, far above eps(float64), so nothing is
    lost at the default tolerance. Rank r: smallest with sum_{i<=r} s_i^2 / sum s_i^2 >= 1 - tol.
-   The basis Q = G^T V_r S_r^{-1} (P x r) is never stored: its rows are formed in chunks of
-   `jvp_chunk` when the JVPs need them; the gradients in the basis are `Gp = S_r V_r^T`.
-3. `JQ`: forward-mode JVPs of the raw model outputs over all N inputs for the basis vectors,
-   `jvp_chunk` tangents per vmapped `jvp` call, accumulated into the Gram `(JQ)^T (JQ)`.
+   The basis Q = G^T V_r S_r^{-1} (P x r) is never stored; the gradients in the basis are
+   `Gp = S_r V_r^T`.
+3. `JQ = (J G^T) V_r S_r^{-1}`: forward-mode JVPs of the raw model outputs along the N stored
+   gradient rows (vmapped over them), `jvp_chunk` examples per call; each example block's
+   rows of JQ are formed in float64 and accumulated into the Gram `(JQ)^T (JQ)`.
 4. `eta = (JQ)^T (JQ) / M + damping I` with M = N*C*H*W: the Gauss-Newton matrix of a plain
    mean squared error of the raw outputs (not of SMSE, whose per-channel scales would weight
    the outputs), exactly method.md step 4.
@@ -41,12 +42,22 @@ from pdeinf.influence import gradients as _grad
 from pdeinf.influence import observables as _obs
 
 METRICS: tuple[str, ...] = ("gauss-newton", "euclidean", "adam")
-_COLUMN_BLOCK = 1 << 16  # parameters per block when forming float64 products of [N, P] rows
-#: Basis vectors per vmapped jvp call (memory grows linearly with it). Measured on the quick
-#: UNet, N = 48 (benchmarks/results_influence.md): 1.6-3.2 batched forwards per direction at 8,
-#: 2.2-2.8 at 4, 1.6-2.1 for a plain loop; the shared, loaded CPU made runs differ by up to 2x,
-#: so no chunk size wins clearly here; 4 keeps the chunk's memory moderate.
+#: Parameters per block when forming float64 products of [N, P] rows: 16384 columns keep each
+#: float64 copy at N * 128 KiB (6 MiB for N = 48); the Gram of the quick UNet's gradients
+#: (N = 48, P = 1.6e5) takes about 0.03 s either way.
+_COLUMN_BLOCK = 1 << 14
+#: Examples per vmapped jvp call, each call pushing all N gradient directions (memory grows
+#: linearly with it: jvp_chunk x N (example, direction) pairs, as many as jvp_chunk directions
+#: over the whole batch). Each example's primal forward runs once in the whole JVP stage
+#: (instead of once per chunk of directions). When the rank r is well below N this pushes N
+#: directions where r would do. Quick UNet, N = 48, one thread: 2.1-2.7 batched forwards per
+#: basis vector for 2, 4 and 8 alike (benchmarks/bench_influence.py); 4 keeps one call small.
 JVP_CHUNK = 4
+#: Examples per vmapped gradient call. 8 rather than 16: the gradient stage's activations
+#: (linear in it) stay in the allocator's heap under the JVP stage; on the quick UNet (N = 48,
+#: one thread) 8 lowered the peak RSS of hat_matrix by 20-35 MiB (of about 380) and cost
+#: 0.2 s in the gradient stage (0.74 s against 0.53 s), 3 % of the whole call.
+GRAD_CHUNK = 8
 
 
 def _positive_int(value, name: str, allow_none: bool = False):
@@ -70,6 +81,7 @@ def cross_gram(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor | None = N
         if weight is not None:
             a64 = a64 * weight[sl].to(torch.float64)
         out += a64 @ b64.T
+        del a64, b64  # before the next block is allocated
     return out
 
 
@@ -142,33 +154,41 @@ def restricted_gauss_newton(
     """Undamped restricted Gauss-Newton metric (JQ)^T (JQ) / M, `[r, r]` float64.
 
     J is the Jacobian of all raw outputs of the batch (M = N*C*H*W) with respect to the
-    parameters. Peak extra memory: the r x M products (model dtype) plus one chunk of
-    `jvp_chunk` vmapped forward-mode evaluations.
+    parameters. Since Q = G^T V_r S_r^{-1}, JQ = (J G^T) V_r S_r^{-1}: the JVPs push the
+    stored gradient rows themselves (no P-sized basis copy), `jvp_chunk` examples at a time
+    with all N directions vmapped in one call; each block's rows of JQ are formed in float64
+    and accumulated into (JQ)^T (JQ) (J is block-diagonal over examples), so no r x M store.
+    Peak extra memory: one call's N x jvp_chunk forward-mode evaluations.
     """
     r = span.rank
     if r == 0:
         return torch.zeros(0, 0, dtype=torch.float64)
+    n = inputs.shape[0]
+    n_dir = span.grads.shape[0]  # the N gradient rows (== n unless a subset of inputs is timed)
     m_outputs = inputs.numel()  # outputs have the inputs' shape [N, C, H, W]
-    jq = None
-    bar = tqdm(total=r, desc="JVPs", unit="dir", disable=not progress, leave=False)
-    for start in range(0, r, jvp_chunk):
-        cols = slice(start, min(start + jvp_chunk, r))
-        tangents = span.basis_rows(cols)
+    coeff = span.right_vectors / span.singular_values  # [N, r] float64: Q = G^T coeff
+    eta = torch.zeros(r, r, dtype=torch.float64)
+    bar = tqdm(total=n, desc="JVPs", unit="ex", disable=not progress, leave=False)
+    for start in range(0, n, jvp_chunk):
+        rows = slice(start, min(start + jvp_chunk, n))
         out = _grad.output_jvps(
-            model, inputs, tangents, params=params, layout=layout, vmap_tangents=vmap_tangents
-        )
-        out = out.reshape(out.shape[0], -1)
-        if jq is None:
-            if out.shape[1] != m_outputs:
-                raise InputError(
-                    f"model: outputs have {out.shape[1] // inputs.shape[0]} values per example, "
-                    f"inputs {m_outputs // inputs.shape[0]}; expected [B, C, H, W] -> [B, C, H, W]"
-                )
-            jq = torch.empty(r, m_outputs, dtype=out.dtype)
-        jq[cols] = out
-        bar.update(cols.stop - cols.start)
+            model, inputs[rows], span.grads, params=params, layout=layout,
+            vmap_tangents=vmap_tangents,
+        )  # [N, b, C, H, W]: J(x_b) g_m for every gradient row m
+        if out[0].numel() != inputs[rows].numel():
+            raise InputError(
+                f"model: outputs have {out[0].numel() // (rows.stop - rows.start)} values per "
+                f"example, inputs {m_outputs // n}; expected [B, C, H, W] -> [B, C, H, W]"
+            )
+        # Combine into (JQ) rows before squaring: error ~ eps s_1 / s_r, as for a basis
+        # formed in parameter space (squaring (J G^T) first would square that factor).
+        jq = coeff.T @ out.reshape(n_dir, -1).to(torch.float64)  # [r, b*C*H*W]
+        del out  # not alive during the next chunk
+        eta += jq @ jq.T
+        del jq
+        bar.update(rows.stop - rows.start)
     bar.close()
-    eta = cross_gram(jq, jq) / m_outputs
+    eta = eta / m_outputs
     return 0.5 * (eta + eta.T)
 
 
@@ -270,7 +290,7 @@ class HatEngine:
         targets: torch.Tensor,
         *,
         energy_tol: float = 1e-4,
-        grad_chunk: int | None = 16,
+        grad_chunk: int | None = GRAD_CHUNK,
         jvp_chunk: int = JVP_CHUNK,
         vmap_tangents: bool = True,
         progress: bool = False,
@@ -441,7 +461,7 @@ def hat_matrix(
     optimizer_state: dict | None = None,
     response=None,
     response_transform: Callable | None = None,
-    grad_chunk: int | None = 16,
+    grad_chunk: int | None = GRAD_CHUNK,
     jvp_chunk: int = JVP_CHUNK,
     normalization: str | None = None,
     vmap_tangents: bool = True,
@@ -454,8 +474,9 @@ def hat_matrix(
     state_dict). response: None/"smse" | "mass_drift" | "energy_drift" | callable
     (input, target, prediction) -> scalar; response_transform: callable on `[N, C, H, W]`
     applied to the response inputs and targets. grad_chunk: examples per vmapped gradient call
-    (None = all); jvp_chunk: basis vectors per vmapped jvp call. normalization: a kind of
-    `pdeinf.influence.normalize` applied to Pi (None = raw). Inputs are cast to the model dtype.
+    (None = all); jvp_chunk: examples per vmapped jvp call (all N gradient directions at once;
+    memory grows with it). normalization: a kind of `pdeinf.influence.normalize` applied to Pi
+    (None = raw). Inputs are cast to the model dtype.
     """
     from pdeinf.influence.normalize import normalize
 

@@ -29,7 +29,7 @@ from pdeinf import paths
 from pdeinf.atomic import write_netcdf
 from pdeinf.config import MODELS, PDE_CLASSES, get_profile
 from pdeinf.errors import InputError
-from pdeinf.influence.hat import JVP_CHUNK, HatEngine
+from pdeinf.influence.hat import GRAD_CHUNK, JVP_CHUNK, HatEngine
 
 BASE_VARIANTS: tuple[str, ...] = ("gauss-newton", "euclidean", "adam")
 CE_VARIANTS: tuple[str, ...] = ("gn-mass", "gn-energy")
@@ -100,7 +100,7 @@ def input_distance(inputs: torch.Tensor) -> np.ndarray:
 
 
 def compute_task(model, optimizer_state, inputs, targets, *, pde: str, classes, damping: float,
-                 energy_tol: float, attrs: dict, grad_chunk=16, jvp_chunk=JVP_CHUNK, progress=False):
+                 energy_tol: float, attrs: dict, grad_chunk=GRAD_CHUNK, jvp_chunk=JVP_CHUNK, progress=False):
     """The xr.Dataset of one task (see the module docstring); N = len(classes) * n_times."""
     import xarray as xr
 
@@ -177,7 +177,7 @@ def _distributed(rank, world_size) -> tuple[int, int]:
 
 def run_sweep(profile, pde: str, model_name: str, *, data_root=None, runs_root=None, out_root=None,
               progress: bool = True, rank: int | None = None, world_size: int | None = None,
-              grad_chunk: int | None = 16, jvp_chunk: int = JVP_CHUNK) -> list[Path]:
+              grad_chunk: int | None = GRAD_CHUNK, jvp_chunk: int = JVP_CHUNK) -> list[Path]:
     """Compute this process's share of the profile's tasks; returns the files of that share.
 
     Existing valid files are kept (nothing recomputed). Checkpoints are read from
