@@ -128,8 +128,8 @@ def main(argv=None) -> str:
     ours_s = statistics.median(r[0] for r in our_runs) / args.batch
     rho_pyro, rho_ours = pyro_runs[0][1], our_runs[0][1]
     lines = [
-        f"four-quadrant (Lax-Liu 3), periodic, {args.n}x{args.n}, t = {T_END}, float64, "
-        f"torch threads = {args.threads}, median of {args.repeats}",
+        (f"four-quadrant (Lax-Liu 3), periodic, {args.n}x{args.n}, t = {T_END}, float64, "
+         f"torch threads = {args.threads}, median of {args.repeats}"),
         "",
         "| solver | wall s / trajectory | trajectories / s | steps |",
         "|---|---|---|---|",

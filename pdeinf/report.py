@@ -29,6 +29,15 @@ def _check_name(name: str, what: str) -> str:
 _atomic_write = atomic_write
 
 
+#: No creation dates or software versions in the files: an unchanged figure is byte-identical
+#: on a rerun, so committed figures only change when their content does.
+_STABLE_METADATA = {
+    "png": {"Software": None},
+    "pdf": {"CreationDate": None, "Producer": None, "Creator": None},
+    "svg": {"Date": None, "Creator": None},
+}
+
+
 def save_figure(fig, name: str, *, formats=("png", "pdf"), dpi: int = 150) -> list[Path]:
     """Write `paths.figures_dir()/<name>.<fmt>` for each format; returns the paths."""
     _check_name(name, "name")
@@ -37,8 +46,8 @@ def save_figure(fig, name: str, *, formats=("png", "pdf"), dpi: int = 150) -> li
         if fmt not in ("png", "pdf", "svg"):
             raise InputError(f"formats: unsupported {fmt!r} (png, pdf, svg)")
         target = paths.figures_dir() / f"{name}.{fmt}"
-        out.append(_atomic_write(target, lambda tmp, f=fmt: fig.savefig(tmp, format=f, dpi=dpi,
-                                                                            bbox_inches="tight")))
+        out.append(_atomic_write(target, lambda tmp, f=fmt: fig.savefig(
+            tmp, format=f, dpi=dpi, bbox_inches="tight", metadata=_STABLE_METADATA[f])))
     return out
 
 

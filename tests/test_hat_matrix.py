@@ -13,6 +13,7 @@ from pdeinf.errors import InputError
 from pdeinf.influence import hat_matrix
 from pdeinf.influence.hat import HatEngine, gradient_span, solve_hat
 
+
 @pytest.fixture(autouse=True, scope="module")
 def _float64_one_thread():
     """Float64 references for this module only (restored after, so other modules' models

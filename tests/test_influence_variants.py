@@ -19,6 +19,7 @@ from pdeinf.influence.gradients import trainable_parameters
 from pdeinf.influence.hat import HatEngine, adam_preconditioner
 from pdeinf.influence.spectrum import condition_number, effective_rank, participation_ratio
 
+
 @pytest.fixture(autouse=True, scope="module")
 def _float64_one_thread():
     """Float64 references for this module only (restored after, so other modules' models
