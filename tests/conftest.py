@@ -60,3 +60,27 @@ def _global_torch_state_is_restored():
     before = torch.get_default_dtype()
     yield
     assert torch.get_default_dtype() == before, "a test left torch's default dtype changed"
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for a module: tiny tensors gain nothing from a thread hand-off,
+    a shared machine thrashes with more, and bitwise comparisons against subprocesses
+    (started with OMP_NUM_THREADS=1) need equal reduction orders."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def float64_torch():
+    """Float64 default dtype for a module of dense-reference checks, restored after it."""
+    import torch
+
+    dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(dtype)

@@ -48,13 +48,7 @@ def four_quadrant(h: int, w: int, domain=(1.0, 1.0), corner=(0.5, 0.5), dtype=to
     return primitive_to_conserved(*fields, gamma=GAMMA)[None].to(dtype)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # On a small shared CPU, torch's intra-op threads spin against each other (10x slower).
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ----------------------------------------------------------------------------- exact Riemann

@@ -13,18 +13,7 @@ from pdeinf.errors import InputError
 from pdeinf.influence import hat_matrix
 from pdeinf.influence.hat import HatEngine, gradient_span, solve_hat
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _float64_one_thread():
-    """Float64 references for this module only (restored after, so other modules' models
-    are built in the default float32); one thread, because tiny tensors gain nothing from a
-    thread hand-off on a shared, loaded CPU."""
-    dtype, threads = torch.get_default_dtype(), torch.get_num_threads()
-    torch.set_default_dtype(torch.float64)
-    torch.set_num_threads(1)
-    yield
-    torch.set_default_dtype(dtype)
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("float64_torch", "one_torch_thread")
 
 
 def smse_ref(pred, target):

@@ -15,12 +15,7 @@ NS = ("NS-BB", "NS-Gauss", "NS-Sines")
 GAMMA = 1.4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def primitives(u):

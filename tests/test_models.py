@@ -13,13 +13,7 @@ from pdeinf.training.loss import smse
 MODELS = [("unet", 16), ("vit", 16)]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: tiny models gain nothing from more, and a shared machine thrashes."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _model(name, res=16, channels=3, seed=0):

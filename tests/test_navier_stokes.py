@@ -9,14 +9,7 @@ import torch
 from pdeinf.errors import InputError
 from pdeinf.solvers import navier_stokes as ns
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Small FFTs: two intra-op threads only add synchronisation cost on a shared CPU.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _grid(h, w, lx, ly, dtype=torch.float64):

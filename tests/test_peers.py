@@ -19,17 +19,7 @@ from pdeinf.influence import hat_matrix
 from pdeinf.influence.hat import HatEngine
 from pdeinf.training.loss import smse
 
-pytestmark = pytest.mark.peers
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _float64_one_thread():
-    dtype, threads = torch.get_default_dtype(), torch.get_num_threads()
-    torch.set_default_dtype(torch.float64)
-    torch.set_num_threads(1)
-    yield
-    torch.set_default_dtype(dtype)
-    torch.set_num_threads(threads)
+pytestmark = [pytest.mark.peers, pytest.mark.usefixtures("float64_torch", "one_torch_thread")]
 
 
 class Small(nn.Module):

@@ -9,14 +9,7 @@ from pdeinf.errors import InputError
 from pdeinf.models import build
 from pdeinf.training.rollout import cumulative_errors, rollout, rollout_errors
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: tiny models gain nothing from more, and a shared machine thrashes."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class Shift(nn.Module):

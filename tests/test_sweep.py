@@ -11,18 +11,10 @@ import textwrap
 
 import numpy as np
 import pytest
-import torch
 
 from pdeinf.errors import InputError
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread avoids the thread hand-off cost on a shared, loaded CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 FIXTURE = textwrap.dedent('''
     import dataclasses

@@ -28,14 +28,7 @@ from pdeinf.training.train import TrainingError, load_checkpoint, train
 TESTS_DIR = Path(__file__).resolve().parent
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: these tiny models gain nothing from more, and on a shared 2-core
-    machine extra threads thrash."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class WaveData:
