@@ -78,11 +78,17 @@ def setup(tmp_path_factory):
     sys.path.insert(0, str(root))
     import sweep_fixture as fx
 
+    from pdeinf.influence import sweep as S
+
+    loaders = {name: getattr(S, name) for name in ("_load_checkpoint", "_open_data", "_influence_batch")}
     fx.install()
     fx.write_checkpoints(root / "runs")
     (root / "data").mkdir()
     yield root, fx
+    for name, loader in loaders.items():  # later modules run the real sweep in this process
+        setattr(S, name, loader)
     sys.path.remove(str(root))
+    sys.modules.pop("sweep_fixture", None)
 
 
 def _run(root, fx, out="out", **kw):
