@@ -200,6 +200,16 @@ class _SmallNet(torch.nn.Module):
         return x + self.b(torch.tanh(self.a(x)))
 
 
+def _small_problem():
+    """The float64 net and batch (N = 6) on which dense answers are exact, shared by the
+    curvature-peer and pyDVL sections."""
+    small = _SmallNet().double()
+    g = torch.Generator().manual_seed(1)
+    xs = 1.0 + torch.rand(6, 2, 6, 6, generator=g, dtype=torch.float64)
+    ys = xs + 0.1 * torch.randn(6, 2, 6, 6, generator=g, dtype=torch.float64)
+    return small, xs, ys
+
+
 def nngeometry_peers(model, x, repeats, damping=1e-6) -> list[str]:
     """K-FAC / EK-FAC full-space influence G (F/d + damping)^-1 G^T: accuracy against the dense
     regression Fisher on a small float64 model, and whether it runs on the quick UNet."""
@@ -214,10 +224,7 @@ def nngeometry_peers(model, x, repeats, damping=1e-6) -> list[str]:
     prev = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
-        small = _SmallNet().double()
-        g = torch.Generator().manual_seed(1)
-        xs = 1.0 + torch.rand(6, 2, 6, 6, generator=g, dtype=torch.float64)
-        ys = xs + 0.1 * torch.randn(6, 2, 6, 6, generator=g, dtype=torch.float64)
+        small, xs, ys = _small_problem()
         fn = lambda *d: small(d[0]).reshape(d[0].shape[0], -1)
         loader = DataLoader(TensorDataset(xs, ys), batch_size=6)
         engine = HatEngine(small, xs, ys, energy_tol=0.0)
@@ -342,10 +349,7 @@ def pydvl_small(damping=1e-6) -> list[str]:
     prev = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
-        small = _SmallNet().double()
-        g = torch.Generator().manual_seed(1)
-        xs = 1.0 + torch.rand(6, 2, 6, 6, generator=g, dtype=torch.float64)
-        ys = xs + 0.1 * torch.randn(6, 2, 6, 6, generator=g, dtype=torch.float64)
+        small, xs, ys = _small_problem()
         sub, full = dense_reference(small, xs, ys, damping)
         engine = HatEngine(small, xs, ys, energy_tol=0.0)
         ours = engine.pi("gauss-newton", damping=damping)[0]

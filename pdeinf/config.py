@@ -37,9 +37,17 @@ def pde_of(dataset: str) -> str:
 
 
 def check_pde(pde: str) -> str:
+    """`pde` if it names a PDE, else InputError (a ValueError) naming it."""
     if pde not in PDE_CLASSES:
-        raise ValueError(f"unknown PDE {pde!r}; expected one of {', '.join(PDE_CLASSES)}")
+        raise InputError(f"pde: unknown PDE {pde!r}; expected one of {', '.join(PDE_CLASSES)}")
     return pde
+
+
+def check_model(model: str) -> str:
+    """`model` if it names a surrogate architecture, else InputError naming it."""
+    if model not in MODELS:
+        raise InputError(f"model: unknown model {model!r}; expected one of {', '.join(MODELS)}")
+    return model
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,16 @@ def runs_dir(profile: str) -> Path:
     return results_dir() / "runs" / profile
 
 
+def run_name(pde: str, model: str, seed: int) -> str:
+    """Directory name of one training run under `runs_dir`: `<PDE>-<model>-s<seed>`."""
+    return f"{pde}-{model}-s{seed}"
+
+
+def checkpoint_path(run_dir: Path | str, epoch: int) -> Path:
+    """Scheduled checkpoint of a run: `<run_dir>/ckpt_e<epoch:04d>.pt`."""
+    return Path(run_dir) / f"ckpt_e{epoch:04d}.pt"
+
+
 def influence_dir(profile: str) -> Path:
     """Cached influence matrices (labelled netCDF) of one profile."""
     return results_dir() / "influence" / profile

@@ -68,7 +68,14 @@ from pathlib import Path
 
 from pdeinf import paths
 from pdeinf.atomic import write_bytes, write_netcdf
-from pdeinf.config import MODELS, PDE_CLASSES, PROFILE_NAMES, Profile, get_profile
+from pdeinf.config import (
+    PDE_CLASSES,
+    PROFILE_NAMES,
+    Profile,
+    check_model,
+    check_pde,
+    get_profile,
+)
 from pdeinf.errors import InputError
 
 ProfileLike = Profile | str
@@ -87,10 +94,8 @@ as_profile = get_profile
 
 
 def _check_pde_model(profile: Profile, pde: str, model: str) -> None:
-    if pde not in PDE_CLASSES:
-        raise InputError(f"pde: unknown PDE {pde!r}; expected one of {', '.join(PDE_CLASSES)}")
-    if model not in MODELS:
-        raise InputError(f"model: unknown model {model!r}; expected one of {', '.join(MODELS)}")
+    check_pde(pde)
+    check_model(model)
     if pde not in profile.pdes:
         raise InputError(f"pde: {pde!r} is not part of profile {profile.name!r} ({profile.pdes})")
     if model not in profile.models:
@@ -99,15 +104,13 @@ def _check_pde_model(profile: Profile, pde: str, model: str) -> None:
         )
 
 
-def run_name(pde: str, model: str, seed: int) -> str:
-    """Directory name of one training run: ``<PDE>-<model>-s<seed>``."""
-    return f"{pde}-{model}-s{seed}"
+run_name = paths.run_name
 
 
 def checkpoint_path(profile: ProfileLike, pde: str, model: str, seed: int, epoch: int) -> Path:
     """``runs_dir(profile)/<PDE>-<model>-s<seed>/ckpt_e<epoch:04d>.pt`` (the training contract)."""
     profile = as_profile(profile)
-    return paths.runs_dir(profile.name) / run_name(pde, model, seed) / f"ckpt_e{epoch:04d}.pt"
+    return paths.checkpoint_path(paths.runs_dir(profile.name) / run_name(pde, model, seed), epoch)
 
 
 def _final_epoch(profile: Profile, pde: str) -> int:

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from pdeinf import paths
 from pdeinf.atomic import write_netcdf
-from pdeinf.config import MODELS, PDE_CLASSES, get_profile
+from pdeinf.config import PDE_CLASSES, check_model, check_pde, get_profile
 from pdeinf.errors import InputError
 from pdeinf.influence.hat import GRAD_CHUNK, JVP_CHUNK, HatEngine
 
@@ -67,7 +67,7 @@ def tasks(profile, pde: str) -> list[tuple[int, int, int]]:
 
 # Loaders: module-level so that tests (and users with their own data) can substitute them.
 def _checkpoint_path(runs_root: Path, pde: str, model_name: str, seed: int, epoch: int) -> Path:
-    return Path(runs_root) / f"{pde}-{model_name}-s{seed}" / f"ckpt_e{epoch:04d}.pt"
+    return paths.checkpoint_path(Path(runs_root) / paths.run_name(pde, model_name, seed), epoch)
 
 
 def _load_checkpoint(path: Path, pde: str, model_name: str):
@@ -185,10 +185,8 @@ def run_sweep(profile, pde: str, model_name: str, *, data_root=None, runs_root=N
     `pdeinf.data.datasets.influence_batch(PDEData(data_root, pde, t_max), seed, batch)`.
     """
     prof = _profile(profile)
-    if pde not in PDE_CLASSES:
-        raise InputError(f"pde={pde!r}: expected one of {', '.join(PDE_CLASSES)}")
-    if model_name not in MODELS:
-        raise InputError(f"model={model_name!r}: expected one of {', '.join(MODELS)}")
+    check_pde(pde)
+    check_model(model_name)
     if pde not in prof.checkpoints:
         raise InputError(f"profile {prof.name}: no checkpoint schedule for {pde}")
     rank, world_size = _distributed(rank, world_size)

@@ -58,12 +58,8 @@ class RunResult:
     history: list[dict] = field(default_factory=list)
 
 
-def run_name(pde: str, model_name: str, seed: int) -> str:
-    return f"{pde}-{model_name}-s{seed}"
-
-
-def checkpoint_path(run_dir: Path, epoch: int) -> Path:
-    return Path(run_dir) / f"ckpt_e{epoch:04d}.pt"
+run_name = paths.run_name
+checkpoint_path = paths.checkpoint_path
 
 
 # ----------------------------------------------------------------------------- data
@@ -235,10 +231,7 @@ def train(pde: str, model_name: str, seed: int, profile, *, data_root=None, out_
     Raises InputError on bad arguments/data or a run directory of another configuration, and
     TrainingError on a non-finite loss (files of the last good epoch are kept).
     """
-    try:
-        check_pde(pde)
-    except ValueError as err:
-        raise InputError(f"pde: {err}") from None
+    check_pde(pde)
     prof = _resolve_profile(profile)
     if model_name not in ("unet", "vit"):
         raise InputError(f"model: unknown model {model_name!r}; expected unet or vit")
