@@ -11,18 +11,65 @@ from dataclasses import dataclass, field
 
 from pdeinf.errors import InputError
 
+@dataclass(frozen=True)
+class PDESpec:
+    """Every per-PDE fact in one place (what used to be `if pde == "CE"` branches).
+
+    Model channels are the conserved / velocity fields the surrogates see, `[..., C, H, W]`
+    with x along W (the last axis) and y along H. `vector_axes` maps each vector-component
+    channel to the grid axis it points along (-1 = W = x, -2 = H = y); every other channel is a
+    scalar. The assignment was checked on the stored data (NS: spectral divergence of (u, v) is
+    at round-off with u along W and not with the swap; CE: continuity residual), see
+    tests/test_symmetry.py.
+    """
+
+    name: str
+    classes: tuple[str, str, str]  # the three initial-condition classes, in the order used everywhere
+    channel_names: tuple[str, ...]  # model channels
+    vector_axes: dict[int, int]  # model channel -> grid axis it points along (-1: W/x, -2: H/y)
+    stored_variables: tuple[str, ...]  # variables in the PDEGym files, in stored channel order
+    file_kind: str  # PDEGym chunk file stem: data_K.nc (CE) or velocity_K.nc (NS)
+    gamma: float | None = None  # ratio of specific heats (CE)
+    density_channel: int | None = None  # model channel of the mass density (CE)
+    energy_channel: int | None = None  # model channel of the total energy density (CE)
+
+    @property
+    def channels(self) -> int:
+        return len(self.channel_names)
+
+    @property
+    def compressible(self) -> bool:
+        return self.density_channel is not None
+
+
+PDE_SPECS: dict[str, PDESpec] = {
+    "CE": PDESpec(
+        name="CE",
+        classes=("CE-RP", "CE-CRP", "CE-RPUI"),
+        channel_names=("rho", "rho_vx", "rho_vy", "E"),
+        vector_axes={1: -1, 2: -2},
+        stored_variables=("rho", "vx", "vy", "p", "E"),
+        file_kind="data",
+        gamma=1.4,
+        density_channel=0,
+        energy_channel=3,
+    ),
+    "NS": PDESpec(
+        name="NS",
+        classes=("NS-BB", "NS-Gauss", "NS-Sines"),
+        channel_names=("u", "v"),
+        vector_axes={0: -1, 1: -2},
+        stored_variables=("u", "v", "tracer"),
+        file_kind="velocity",
+    ),
+}
+
 #: The three initial-condition classes of each PDE, in the order used everywhere
-#: (class index c in influence batches, the c axes of labelled arrays).
-PDE_CLASSES: dict[str, tuple[str, str, str]] = {
-    "CE": ("CE-RP", "CE-CRP", "CE-RPUI"),
-    "NS": ("NS-BB", "NS-Gauss", "NS-Sines"),
-}
+#: (class index c in influence batches, the c axes of labelled arrays). Views of PDE_SPECS.
+PDE_CLASSES: dict[str, tuple[str, str, str]] = {k: v.classes for k, v in PDE_SPECS.items()}
 #: Model channels per PDE: CE conserved (rho, rho*vx, rho*vy, E); NS velocity (u, v).
-PDE_CHANNELS: dict[str, int] = {"CE": 4, "NS": 2}
-CHANNEL_NAMES: dict[str, tuple[str, ...]] = {
-    "CE": ("rho", "rho_vx", "rho_vy", "E"),
-    "NS": ("u", "v"),
-}
+PDE_CHANNELS: dict[str, int] = {k: v.channels for k, v in PDE_SPECS.items()}
+CHANNEL_NAMES: dict[str, tuple[str, ...]] = {k: v.channel_names for k, v in PDE_SPECS.items()}
 DATASETS: tuple[str, ...] = PDE_CLASSES["CE"] + PDE_CLASSES["NS"]
 MODELS: tuple[str, ...] = ("unet", "vit")
 PROFILE_NAMES: tuple[str, ...] = ("smoke", "quick", "paper")
@@ -33,7 +80,12 @@ def pde_of(dataset: str) -> str:
     for pde, classes in PDE_CLASSES.items():
         if dataset in classes:
             return pde
-    raise ValueError(f"unknown data set {dataset!r}; expected one of {', '.join(DATASETS)}")
+    raise InputError(f"unknown data set {dataset!r}; expected one of {', '.join(DATASETS)}")
+
+
+def pde_spec(pde: str) -> PDESpec:
+    """The PDESpec of `pde` ("CE" or "NS"); InputError naming an unknown PDE."""
+    return PDE_SPECS[check_pde(pde)]
 
 
 def check_pde(pde: str) -> str:

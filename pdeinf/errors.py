@@ -1,5 +1,19 @@
-"""One exception type for bad input, so the CLI can print one clear line and exit 2."""
+"""The exception types of pdeinf. The CLI prints any of them as one line and exits non-zero.
+
+- `InputError`: something the user passed is wrong (file, argument, shape, value, name).
+  Exit status 2. Subclasses ValueError so callers that catch ValueError keep working.
+- `NumericalError`: a computation failed on valid input (a singular metric with damping 0,
+  non-finite gradients, a diverging solver, a NaN loss). Exit status 1.
+"""
 
 
-class InputError(ValueError):
+class PdeinfError(Exception):
+    """Base of every error pdeinf raises on purpose; the message names what is wrong."""
+
+
+class InputError(PdeinfError, ValueError):
     """Bad user input (file, argument, shape, value). The message names what is wrong."""
+
+
+class NumericalError(PdeinfError, ArithmeticError):
+    """A numerical failure on valid input (singular system, NaN/Inf, divergence)."""
