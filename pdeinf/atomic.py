@@ -1,23 +1,76 @@
-"""Write files under a temporary name in the same folder, then rename: a reader never sees a
-half-written file under its final name, and an interrupted write leaves nothing behind."""
+"""The one way pdeinf writes a file: under a temporary name in the same folder, flushed and
+fsynced, then renamed. A reader never sees a half-written file under its final name, an
+interrupted write leaves at most a temporary file whose owner process is gone (removed by
+`remove_stale_temporaries`), and files get the process umask like any other file (no 0600
+from `tempfile.mkstemp`).
+
+Temporary names are `.<name>.<pid>.tmp`: the pid tells a later process whether the writer is
+still alive, so a concurrent run never deletes another live run's temporary file.
+"""
 from __future__ import annotations
 
+import io
+import json
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
+_TMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.tmp$")
+
+
+def temporary_path(path: Path | str) -> Path:
+    """The temporary name `atomic_write` uses for `path` in this process."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def _fsync_directory(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # some file systems do not open directories
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
 
 def atomic_write(path: Path | str, write: Callable[[Path], object]) -> Path:
-    """Call `write(tmp)` to fill a temporary file beside `path`, then rename it to `path`."""
+    """Call `write(tmp)` to fill a temporary file beside `path`, fsync it, rename it to `path`.
+
+    `write` may create the file any way it likes (savefig, to_netcdf, open(..., "wb")).
+    Returns `path`. On any exception (KeyboardInterrupt included) the temporary file is removed.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    tmp = temporary_path(path)
     try:
         write(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
+        _fsync_directory(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def write_bytes(path: Path | str, payload: bytes) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_bytes(payload))
+
+
+def write_text(path: Path | str, text: str) -> Path:
+    return write_bytes(path, text.encode())
+
+
+def write_json(path: Path | str, obj, **kwargs) -> Path:
+    """Strict JSON (no NaN) unless `allow_nan=True` is passed; indent 2 by default."""
+    kwargs.setdefault("indent", 2)
+    kwargs.setdefault("allow_nan", False)
+    return write_text(path, json.dumps(obj, **kwargs) + "\n")
 
 
 def write_netcdf(obj, path: Path | str) -> Path:
@@ -25,5 +78,41 @@ def write_netcdf(obj, path: Path | str) -> Path:
     return atomic_write(path, lambda tmp: obj.to_netcdf(tmp, engine="h5netcdf"))
 
 
-def write_bytes(path: Path | str, payload: bytes) -> Path:
-    return atomic_write(path, lambda tmp: tmp.write_bytes(payload))
+def torch_save(obj, path: Path | str) -> Path:
+    """`torch.save(obj)` atomically (serialised in memory first)."""
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return write_bytes(path, buf.getvalue())
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temporaries(directory: Path | str, *, recursive: bool = False) -> list[Path]:
+    """Remove temporary files of `atomic_write` whose writing process no longer exists.
+
+    Files of live processes (another pdeinf run writing right now) are left alone.
+    Returns the removed paths.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    removed = []
+    candidates = directory.rglob(".*.tmp") if recursive else directory.glob(".*.tmp")
+    for candidate in candidates:
+        match = _TMP.match(candidate.name)
+        if match and candidate.is_file() and not _alive(int(match["pid"])):
+            candidate.unlink(missing_ok=True)
+            removed.append(candidate)
+    return removed

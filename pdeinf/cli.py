@@ -1,7 +1,8 @@
 """`pdeinf data | train | influence | reproduce`.
 
-Each sub-command lives in the module that owns it; that module exposes
-`add_parser(subparsers)` which registers a parser whose `func(args) -> int` runs it.
+Each sub-command is registered by the module that owns it (`add_parser(subparsers)` or the
+named function), which sets a `func(args) -> int`. Any pdeinf error is printed as one line:
+exit status 2 for bad input (`InputError`), 1 for any other failure (`NumericalError`, ...).
 """
 from __future__ import annotations
 
@@ -9,14 +10,14 @@ import argparse
 import importlib
 import sys
 
-from pdeinf.errors import InputError
+from pdeinf.errors import InputError, PdeinfError
 
-_COMMANDS = {
-    "data": "pdeinf.data.cli",
-    "train": "pdeinf.training.cli",
-    "influence": "pdeinf.influence.cli",
-    "reproduce": "pdeinf.pipeline",
-}
+_COMMANDS = (
+    ("pdeinf.data.cli", "add_parser"),
+    ("pdeinf.training.cli", "add_parser"),
+    ("pdeinf.pipeline.cli", "add_influence_parser"),
+    ("pdeinf.pipeline.cli", "add_reproduce_parser"),
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,8 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Influence (gradient coherence) of autoregressive PDE surrogates.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in _COMMANDS.values():
-        importlib.import_module(module).add_parser(sub)
+    for module, register in _COMMANDS:
+        getattr(importlib.import_module(module), register)(sub)
     return parser
 
 
@@ -38,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as err:
         print(f"pdeinf {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except PdeinfError as err:
+        print(f"pdeinf {args.command}: failed: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"pdeinf {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130

@@ -5,8 +5,9 @@
 slider picks the time lag. The panel is a PNG in an `ipywidgets.Image`, so a browser test can
 see its bytes change.
 
-Only cached results are used: each (PDE, model) sweep is loaded once (through the pipeline's
-cache, `pdeinf.analysis.load_variants`), each analysis is computed once per selection and
+Only what `loader(pde, model)` returns is used (the notebook passes
+`pdeinf.pipeline.sweep_loader(profile)`, the pipeline's cached sweeps): each (PDE, model) sweep
+is loaded once, each analysis is computed once per selection and
 kept; moving the slider only redraws. No influence matrix is ever recomputed here.
 
 CSS classes for front-end tests: "pdeinf-explorer" (the whole box), "pdeinf-lag-slider",
@@ -28,21 +29,11 @@ from pdeinf.viz import figures as vf
 ALL_SEEDS = "all"
 
 
-def cached_loader(profile, *, variants=None, progress: bool = False) -> Callable:
-    """A loader `(pde, model) -> xr.Dataset` over the pipeline's cached sweeps
-    (`pdeinf.analysis.load_variants`; `variants` None: every variant the sweep holds)."""
-
-    def load(pde: str, model: str):
-        return co.load_variants(profile, pde, model, variants, progress=progress)
-
-    return load
-
-
 class Explorer:
     """The explorer's state: widgets, the per-(PDE, model) datasets and the analysis cache."""
 
     def __init__(self, profile=None, *, pdes=None, models=None, loader: Callable | None = None,
-                 max_lag: int = 11, progress: bool = False):
+                 max_lag: int = 11):
         self.profile = get_profile(profile) if profile is None or isinstance(profile, str) else profile
         pdes = list(pdes or self.profile.pdes)
         models = list(models or self.profile.models)
@@ -53,7 +44,10 @@ class Explorer:
             raise InputError("pdes/models: at least one of each is needed")
         if max_lag < 0:
             raise InputError(f"max_lag: must be >= 0, got {max_lag}")
-        self.loader = loader or cached_loader(self.profile, progress=progress)
+        if not callable(loader):
+            raise InputError("loader: a callable (pde, model) -> sweep dataset is required, e.g. "
+                             "pdeinf.pipeline.sweep_loader(profile)")
+        self.loader = loader
         self.max_lag = max_lag
         self._datasets: dict = {}
         self._analyses: dict = {}
@@ -172,8 +166,7 @@ class Explorer:
 
 
 def explorer(profile=None, *, pdes=None, models=None, loader: Callable | None = None,
-             max_lag: int = 11, progress: bool = False) -> Explorer:
-    """Build the explorer (see the module docstring). `loader(pde, model) -> xr.Dataset`
-    replaces the pipeline's cached sweeps (e.g. your own `combine_variants` output)."""
-    return Explorer(profile, pdes=pdes, models=models, loader=loader, max_lag=max_lag,
-                    progress=progress)
+             max_lag: int = 11) -> Explorer:
+    """Build the explorer (see the module docstring). `loader(pde, model) -> xr.Dataset`:
+    `pdeinf.pipeline.sweep_loader(profile)`, or your own (e.g. a `combine_variants` output)."""
+    return Explorer(profile, pdes=pdes, models=models, loader=loader, max_lag=max_lag)

@@ -14,6 +14,7 @@ import pytest
 import xarray as xr
 
 from pdeinf.analysis import coherence as co
+from pdeinf.analysis.findings import describe_findings, findings
 from pdeinf.errors import InputError
 from pdeinf.influence.normalize import normalize
 
@@ -182,16 +183,16 @@ def test_horizon_curve_planted_band_and_counts(exact):
 
 
 def test_findings_recover_planted_and_reject_unstructured(noisy):
-    found = co.findings(noisy)
+    found = findings(noisy)
     assert found["reproduced_ridge"] is True
     assert found["reproduced_inter_below_intra"] is True
     assert found["reproduced_class_locked"] is True
     assert found["ridge_contrast"] > 0
-    white = co.findings(noisy, variant="euclidean")  # a white Gram: no band beyond self
+    white = findings(noisy, variant="euclidean")  # a white Gram: no band beyond self
     assert white["reproduced_ridge"] is False
-    lines = co.describe_findings(found)
+    lines = describe_findings(found)
     assert any(line.startswith("ridge: REPRODUCED") for line in lines)
-    assert any(line.startswith("ridge: NOT") for line in co.describe_findings(white))
+    assert any(line.startswith("ridge: NOT") for line in describe_findings(white))
 
 
 def test_every_variant_and_normalization_selectable(noisy):

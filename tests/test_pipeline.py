@@ -156,7 +156,7 @@ def test_report_table_lists_figures_numbers_and_times():
 
 def test_batched_rollouts_equal_one_start_at_a_time():
     """Windows of all starts in one batch (end-padded) give exactly the per-start rollouts."""
-    from pdeinf.training.rollout import rollout_errors
+    from pdeinf.training.rollout import rollout_errors, rollouts_all_starts
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(
@@ -167,7 +167,7 @@ def test_batched_rollouts_equal_one_start_at_a_time():
     trajs = {"a": rng.normal(size=(3, 6, 2, 8, 8)), "b": rng.normal(size=(3, 6, 2, 8, 8))}
     reference = rollout_errors(net, trajs)
     for max_batch in (64, 7):  # one chunk, and several chunks of trajectories
-        batched = pipeline.rollouts_all_starts(net, trajs, max_batch=max_batch)
+        batched = rollouts_all_starts(net, trajs, max_batch=max_batch)
         assert batched.dims == reference.dims
         for dim in reference.dims:
             assert batched[dim].values.tolist() == reference[dim].values.tolist()

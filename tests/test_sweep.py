@@ -1,8 +1,9 @@
-"""Sweeps: one labelled file per task, reruns skip, corrupt files recomputed, torchrun sharding.
+"""Sweeps: one labelled file per task, reruns skip, stale or corrupt files recomputed, torchrun
+sharding.
 
-A tiny setup replaces the data and checkpoint loaders of pdeinf.influence.sweep (the module's
-documented substitution points): 3 classes x 2 transitions (t_max = 3), a small periodic conv
-net trained a few AdamW steps and saved following the checkpoint contract.
+A tiny `sources` collaborator (checkpoints and influence batches) is passed to the sweep:
+3 classes x 2 transitions (t_max = 3), a small periodic conv net trained a few AdamW steps and
+saved following the checkpoint contract.
 """
 import os
 import subprocess
@@ -23,7 +24,6 @@ FIXTURE = textwrap.dedent('''
     from torch import nn
     from types import SimpleNamespace
     from pdeinf.config import PROFILES
-    import pdeinf.influence.sweep as S
 
     PROFILE = dataclasses.replace(PROFILES["smoke"], name="tiny", t_max=3, seeds=(1, 2),
                                   checkpoints={"CE": (1, 2), "NS": (1, 2)}, n_influence_batches=1)
@@ -64,10 +64,17 @@ FIXTURE = textwrap.dedent('''
         model.load_state_dict(ckpt["model_state"])
         return model.eval(), ckpt
 
-    def install():
-        S._load_checkpoint = load_checkpoint
-        S._open_data = lambda root, pde, t_max: root
-        S._influence_batch = influence_batch
+    class Sources:
+        def __init__(self, runs_root, data_key="tiny-data-v1"):
+            self.runs_root, self.key = runs_root, data_key
+        def checkpoint(self, seed, epoch):
+            return self.runs_root / f"CE-unet-s{seed}" / f"ckpt_e{epoch:04d}.pt"
+        def model(self, seed, epoch):
+            return load_checkpoint(self.checkpoint(seed, epoch), "CE", "unet")
+        def batch(self, seed, index):
+            return influence_batch(None, seed, index)
+        def data_key(self):
+            return self.key
 ''')
 
 
@@ -78,29 +85,22 @@ def setup(tmp_path_factory):
     sys.path.insert(0, str(root))
     import sweep_fixture as fx
 
-    from pdeinf.influence import sweep as S
-
-    loaders = {name: getattr(S, name) for name in ("_load_checkpoint", "_open_data", "_influence_batch")}
-    fx.install()
     fx.write_checkpoints(root / "runs")
-    (root / "data").mkdir()
     yield root, fx
-    for name, loader in loaders.items():  # later modules run the real sweep in this process
-        setattr(S, name, loader)
     sys.path.remove(str(root))
     sys.modules.pop("sweep_fixture", None)
 
 
-def _run(root, fx, out="out", **kw):
-    from pdeinf.influence.sweep import run_sweep
+def _run(root, fx, out="out", data_key="tiny-data-v1", **kw):
+    from pdeinf.pipeline.influence import run_sweep
 
-    return run_sweep(fx.PROFILE, "CE", "unet", data_root=root / "data", runs_root=root / "runs",
+    return run_sweep(fx.PROFILE, "CE", "unet", sources=fx.Sources(root / "runs", data_key),
                      out_root=root / out, progress=False, **kw)
 
 
 def test_serial_sweep_content(setup):
     from pdeinf.influence import VARIANTS, hat_matrix
-    from pdeinf.influence.sweep import load_sweep
+    from pdeinf.pipeline.influence import load_sweep
 
     root, fx = setup
     files = _run(root, fx)
@@ -120,13 +120,15 @@ def test_serial_sweep_content(setup):
                         ("gn-mass", {"response": "mass_drift"}), ("gn-energy", {"response": "energy_drift"})]:
         res = hat_matrix(model, b.inputs, b.targets, damping=fx.PROFILE.damping,
                          energy_tol=fx.PROFILE.energy_tol, **kw)
+        if variant == "gauss-newton":
+            res_gn = res
         expected = res.to_xarray(t_max=3, classes=["CE-RP", "CE-CRP", "CE-RPUI"])
         np.testing.assert_allclose(task["pi"].sel(variant=variant).values, expected.values, rtol=1e-12)
         # ordering n = c * 2 + t
         assert task["pi"].sel(variant=variant, t_resp=1, c_resp="CE-CRP", t_pert=0,
                               c_pert="CE-RPUI").item() == pytest.approx(res.pi[3, 4].item(), rel=1e-12)
-    assert int(task["rank"]) == res.rank
-    np.testing.assert_allclose(task["losses"].sel(t=1, c="CE-RPUI"), res.losses[5].item(), rtol=1e-12)
+    assert int(task["rank"]) == res_gn.rank
+    np.testing.assert_allclose(task["losses"].sel(t=1, c="CE-RPUI"), res_gn.losses[5].item(), rtol=1e-12)
     d = task["input_distance"].values.reshape(6, 6)  # (t, c) pairs flattened consistently
     assert np.allclose(d, d.T) and np.allclose(np.diag(d), 0.0) and (d >= 0).all()
     x = b.inputs
@@ -135,13 +137,12 @@ def test_serial_sweep_content(setup):
     assert task["input_distance"].sel(t_resp=0, c_resp="CE-RP", t_pert=1, c_pert="CE-RP").item() == \
         pytest.approx(manual.item(), rel=1e-12)
     ev = task["eta_eigenvalues"].values
-    assert np.isfinite(ev[: res.rank]).all() and np.isnan(ev[res.rank:]).all()
+    assert np.isfinite(ev[: res_gn.rank]).all() and np.isnan(ev[res_gn.rank:]).all()
 
 
 def test_rerun_skips_and_corrupt_file_is_recomputed(setup, monkeypatch):
     import xarray as xr
 
-    import pdeinf.influence.sweep as S
 
     root, fx = setup
     files = _run(root, fx)  # the files of the first test when present
@@ -152,13 +153,18 @@ def test_rerun_skips_and_corrupt_file_is_recomputed(setup, monkeypatch):
     stamps = [f.stat().st_mtime_ns for f in files]
     with xr.open_dataset(files[3], engine="h5netcdf") as ds:
         before = ds["pi"].values.copy()
+    from pdeinf.influence.task import labelled_influence
+
     calls = []
-    real = S.compute_task
-    monkeypatch.setattr(S, "compute_task", lambda *a, **k: calls.append(1) or real(*a, **k))
-    _run(root, fx, out="out2")
+
+    def counting(*a, **k):
+        calls.append(1)
+        return labelled_influence(*a, **k)
+
+    _run(root, fx, out="out2", compute=counting)
     assert calls == [] and [f.stat().st_mtime_ns for f in files] == stamps
     files[3].write_bytes(b"\x89HDF\r\n garbage, an interrupted copy")
-    _run(root, fx, out="out2")
+    _run(root, fx, out="out2", compute=counting)
     assert len(calls) == 1
     with xr.open_dataset(files[3], engine="h5netcdf") as ds:
         np.testing.assert_array_equal(ds["pi"].values, before)
@@ -166,17 +172,62 @@ def test_rerun_skips_and_corrupt_file_is_recomputed(setup, monkeypatch):
 
 
 def test_missing_inputs_are_named(setup, tmp_path):
-    from pdeinf.influence.sweep import load_sweep, run_sweep
+    from pdeinf.pipeline.influence import load_sweep, run_sweep
 
     _, fx = setup
     with pytest.raises(InputError, match="s1_e0001_b00.nc"):
         load_sweep(fx.PROFILE, "CE", "unet", out_root=tmp_path)
     with pytest.raises(InputError, match="ckpt_e0001.pt"):
-        run_sweep(fx.PROFILE, "CE", "unet", runs_root=tmp_path, out_root=tmp_path, progress=False)
+        run_sweep(fx.PROFILE, "CE", "unet", sources=fx.Sources(tmp_path), out_root=tmp_path,
+                  progress=False)
     with pytest.raises(InputError, match="model"):
         run_sweep(fx.PROFILE, "CE", "resnet", out_root=tmp_path, progress=False)
     with pytest.raises(InputError, match="rank"):
         run_sweep(fx.PROFILE, "CE", "unet", out_root=tmp_path, rank=2, world_size=2)
+
+
+def test_stale_and_bit_flipped_files_are_recomputed_alone(setup):
+    """Issue 9: a file of other inputs (data changed) or with flipped bytes in its arrays is
+    never read back as valid: exactly that task is recomputed, to the reference values."""
+    import shutil
+
+    import xarray as xr
+
+    from pdeinf.influence.task import labelled_influence
+    from pdeinf.pipeline.influence import load_sweep
+
+    root, fx = setup
+    files = _run(root, fx)
+    shutil.rmtree(root / "out3", ignore_errors=True)
+    shutil.copytree(root / "out" / "CE-unet", root / "out3" / "CE-unet")
+    target = root / "out3" / "CE-unet" / files[1].name
+    with xr.open_dataset(target, engine="h5netcdf") as ds:
+        reference = ds["pi"].values.copy()
+    # flip a block of bytes inside the stored pi array (the file still opens)
+    raw = bytearray(target.read_bytes())
+    needle = np.ascontiguousarray(reference[0]).tobytes()[:64]
+    at = raw.find(needle)
+    assert at > 0, "pi values not found uncompressed in the file"
+    raw[at:at + 64] = bytes(b ^ 0xFF for b in raw[at:at + 64])
+    target.write_bytes(bytes(raw))
+    with xr.open_dataset(target, engine="h5netcdf") as ds:
+        assert not np.array_equal(ds["pi"].values, reference)  # really corrupted on disk
+    with pytest.raises(InputError, match="corrupt"):
+        load_sweep(fx.PROFILE, "CE", "unet", out_root=root / "out3")
+    calls = []
+
+    def counting(*a, **k):
+        calls.append(1)
+        return labelled_influence(*a, **k)
+
+    _run(root, fx, out="out3", compute=counting)
+    assert len(calls) == 1
+    with xr.open_dataset(target, engine="h5netcdf") as ds:
+        np.testing.assert_array_equal(ds["pi"].values, reference)
+    # other inputs (the data's content key changed): every task is recomputed
+    calls.clear()
+    _run(root, fx, out="out3", data_key="tiny-data-v2", compute=counting)
+    assert len(calls) == len(files)
 
 
 def test_cli_reports_missing_checkpoint(setup, tmp_path, capsys):
@@ -199,11 +250,10 @@ def test_torchrun_two_ranks_match_serial(setup):
         import json, os, sys
         sys.path.insert(0, {str(root)!r})
         import sweep_fixture as fx
-        fx.install()
         from pathlib import Path
-        from pdeinf.influence.sweep import run_sweep
+        from pdeinf.pipeline.influence import run_sweep
         root = Path({str(root)!r})
-        files = run_sweep(fx.PROFILE, "CE", "unet", data_root=root / "data", runs_root=root / "runs",
+        files = run_sweep(fx.PROFILE, "CE", "unet", sources=fx.Sources(root / "runs"),
                           out_root=root / "dist", progress=False)
         (root / f"rank{{os.environ['RANK']}}.json").write_text(json.dumps([f.name for f in files]))
     '''))

@@ -15,7 +15,7 @@ import xarray as xr
 from matplotlib.figure import Figure
 from test_analysis import make_rollouts, make_sweep
 
-from pdeinf import report
+from pdeinf.pipeline import report
 from pdeinf.analysis import coherence as co
 from pdeinf.errors import InputError
 from pdeinf.viz import figures as vf

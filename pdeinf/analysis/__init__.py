@@ -1,16 +1,11 @@
 """Observables of the influence sweep (method.md section 6) as xarray / pandas objects."""
 from pdeinf.analysis.coherence import (
-    FINDING_RULES,
     NORMALIZATIONS,
     PAPER_ROLLOUT_CORRELATION,
-    VARIANT_SPECS,
     class_matrix,
     combine_variants,
-    describe_findings,
     dynamics,
-    findings,
     horizon_curve,
-    load_variants,
     normalized_pi,
     paper_rollout_correlation,
     rollout_link,
@@ -20,19 +15,19 @@ from pdeinf.analysis.coherence import (
     variant_heatmaps,
     variants,
 )
+from pdeinf.analysis.findings import FINDING_RULES, FINDINGS, describe_findings, findings
 
 __all__ = [
     "FINDING_RULES",
     "NORMALIZATIONS",
     "PAPER_ROLLOUT_CORRELATION",
-    "VARIANT_SPECS",
+    "FINDINGS",
     "class_matrix",
     "combine_variants",
     "describe_findings",
     "dynamics",
     "findings",
     "horizon_curve",
-    "load_variants",
     "normalized_pi",
     "paper_rollout_correlation",
     "rollout_link",

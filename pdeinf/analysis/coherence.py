@@ -1,7 +1,7 @@
 """Observables of the influence sweep (method.md section 6, items 1-9), as xarray objects.
 
-Every function reads the labelled sweep dataset of `pdeinf.influence.sweep.load_sweep` /
-`pdeinf.pipeline.ensure_influence`:
+Every function reads the labelled sweep dataset (as `pdeinf.pipeline.ensure_influence` returns
+it, or any dataset of the same layout):
 
 - `pi` dims `(seed, epoch, batch, [variant,] t_resp, c_resp, t_pert, c_pert)`; rows (`*_resp`)
   are the response example, columns (`*_pert`) the perturbing example. A dataset without a
@@ -27,7 +27,7 @@ from scipy import stats
 
 from pdeinf.errors import InputError
 
-NORMALIZATIONS = ("none", "standard", "cosine", "row", "column", "trace", "loss")
+from pdeinf.influence.normalize import NORMALIZATIONS
 PI_DIMS = ("t_resp", "c_resp", "t_pert", "c_pert")
 QUARTILES = (0.25, 0.5, 0.75)
 
@@ -39,16 +39,6 @@ PAPER_ROLLOUT_CORRELATION: dict[tuple[str, str], dict[int, float]] = {
     ("CE", "unet"): {1: -0.57, 16: -0.02},
     ("NS", "vit"): {1: -0.80, 16: -0.64},
     ("NS", "unet"): {1: -0.52, 16: -0.26},
-}
-
-
-#: How each variant name maps onto `pdeinf.pipeline.ensure_influence(metric=, observable=)`.
-VARIANT_SPECS: dict[str, dict[str, str]] = {
-    "gauss-newton": {"metric": "gauss-newton", "observable": "smse"},
-    "euclidean": {"metric": "euclidean", "observable": "smse"},
-    "adam": {"metric": "adam", "observable": "smse"},
-    "gn-mass": {"metric": "gauss-newton", "observable": "mass_drift"},
-    "gn-energy": {"metric": "gauss-newton", "observable": "energy_drift"},
 }
 
 
@@ -75,37 +65,6 @@ def combine_variants(datasets: dict[str, xr.Dataset]) -> xr.Dataset:
     out["pi"] = stacked.transpose("seed", "epoch", "batch", "variant", ...)
     out.attrs = {k: v for k, v in first.attrs.items() if k not in ("metric", "observable")}
     return out
-
-
-def load_variants(profile, pde: str, model: str, names=None, *, progress: bool = True
-                  ) -> xr.Dataset:
-    """The cached sweep of (pde, model) through `pdeinf.pipeline.ensure_influence`, restricted
-    to the named variants (None: every variant it holds).
-
-    A sweep that stores all variants along `variant` is loaded once; a pipeline that returns
-    one variant per call is called once per name (`VARIANT_SPECS`) and the results combined.
-    """
-    from pdeinf import pipeline
-
-    ds = pipeline.ensure_influence(profile, pde, model, progress=progress)
-    held = variants(ds)
-    wanted = list(names) if names is not None else held
-    if "variant" in ds["pi"].dims:
-        missing = [n for n in wanted if n not in held]
-        if missing:
-            raise InputError(f"names: variant(s) {missing} not in the {pde}-{model} sweep ({held})")
-        return ds.sel(variant=wanted)
-    unknown = [n for n in wanted if n not in VARIANT_SPECS]
-    if unknown:
-        raise InputError(f"names: unknown variant(s) {unknown}; expected {', '.join(VARIANT_SPECS)}")
-    datasets = {}
-    for name in wanted:
-        if name in held:
-            datasets[name] = ds
-        else:
-            datasets[name] = pipeline.ensure_influence(profile, pde, model, progress=progress,
-                                                       **VARIANT_SPECS[name])
-    return combine_variants(datasets)
 
 
 # --------------------------------------------------------------------------- selection
@@ -540,130 +499,3 @@ def variant_heatmaps(
     maps = [temporal_heatmap(ds, variant=v, normalization=normalization, epoch=epoch, seeds=seeds)
             for v in names]
     return xr.concat(maps, dim="variant").assign_coords(variant=("variant", names))
-
-
-# --------------------------------------------------------------------------- findings
-
-#: The decision rule of each finding, stated before any run: no threshold is tuned to a result.
-#: Self-influence (n = m) is excluded from every rule, because for any PSD Pi it is large
-#: trivially (Pi[n,n] + Pi[m,m] >= 2 Pi[n,m]); the rules test the structure beyond it.
-FINDING_RULES = {
-    "ridge": "intra-class median at dt=+1 and at dt=-1 exceeds the upper quartile at every |dt| >= 3",
-    "inter_below_intra": "inter-class median at |dt|=1 is below the intra-class median at |dt|=1",
-    "class_locked": "at lag 1, each class-matrix diagonal entry is the largest in its row",
-    "anisotropic": "median effective rank of eta_hat is below half its median rank r",
-    "similarity": "Spearman correlation of influence with input distance is negative",
-    "rollout_negative": "Pearson correlation of R with rollout error is negative at dt=1",
-}
-
-
-def findings(
-    ds: xr.Dataset, rollouts: xr.DataArray | None = None, *, variant: str = "gauss-newton",
-    normalization: str = "standard",
-) -> dict:
-    """Measured numbers behind each paper finding and whether each rule of `FINDING_RULES` holds.
-
-    Keys with a `reproduced_` prefix are booleans (None when the input lacks what a rule needs).
-    `ridge_sharpness` = median heatmap entry at dt=0 / |median heatmap entry at |dt| >= 3|.
-    """
-    out: dict = {"variant": variant, "normalization": normalization}
-    curve = horizon_curve(ds, variant=variant, normalization=normalization)
-    med = curve.sel(quantile=0.5)
-    intra, inter = med.sel(pair="intra"), med.sel(pair="inter")
-    q3_intra = curve.sel(pair="intra", quantile=0.75)
-    lags = curve["dt"].values
-    far = np.abs(lags) >= 3
-    heat = temporal_heatmap(ds, variant=variant, normalization=normalization).values
-    dt_grid = np.subtract.outer(np.arange(heat.shape[0]), np.arange(heat.shape[1]))
-    out["heatmap_dt0_median"] = float(np.median(np.diag(heat)))
-    out["intra_median_dt0"] = float(intra.sel(dt=0))
-    if 1 in lags:
-        near = [float(intra.sel(dt=d)) for d in (1, -1)]
-        out["intra_median_dt1"] = float(np.mean(near))
-        out["inter_median_dt1"] = float(np.mean([float(inter.sel(dt=d)) for d in (1, -1)]))
-        out["inter_intra_ratio_dt1"] = (
-            out["inter_median_dt1"] / out["intra_median_dt1"] if out["intra_median_dt1"] else math.nan
-        )
-        out["reproduced_inter_below_intra"] = bool(out["inter_median_dt1"] < out["intra_median_dt1"])
-    else:
-        out["reproduced_inter_below_intra"] = None
-    if far.any() and 1 in lags:
-        far_heat = float(np.median(heat[np.abs(dt_grid) >= 3]))
-        out["heatmap_far_median"] = far_heat
-        out["ridge_contrast"] = out["heatmap_dt0_median"] - far_heat
-        out["ridge_sharpness"] = (
-            out["heatmap_dt0_median"] / abs(far_heat) if far_heat != 0 else math.inf
-        )
-        out["intra_q75_far_max"] = float(q3_intra.values[far].max())
-        out["reproduced_ridge"] = bool(min(near) > out["intra_q75_far_max"])
-    else:
-        out["reproduced_ridge"] = None
-
-    cm0 = class_matrix(ds, variant=variant, normalization=normalization).values
-    off = ~np.eye(cm0.shape[0], dtype=bool)
-    out["class_diagonal_mean_lag0"] = float(np.mean(np.diag(cm0)))
-    out["class_offdiagonal_mean_lag0"] = float(np.mean(cm0[off]))
-    if ds.sizes["t_resp"] > 1:
-        cm1 = class_matrix(ds, variant=variant, normalization=normalization, lag=1).values
-        out["class_diagonal_mean_lag1"] = float(np.mean(np.diag(cm1)))
-        out["class_offdiagonal_mean_lag1"] = float(np.mean(cm1[off]))
-        out["reproduced_class_locked"] = bool(
-            all(cm1[i, i] >= cm1[i].max() for i in range(cm1.shape[0]))
-        )
-    else:
-        out["reproduced_class_locked"] = None
-
-    if "eta_eigenvalues" in ds:
-        spec = spectrum(ds).sel(epoch=max(ds["epoch"].values))
-        out["condition_number_median"] = float(np.median(spec["condition_number"]))
-        out["effective_rank_median"] = float(np.median(spec["effective_rank"]))
-        if "rank" in spec:
-            out["rank_median"] = float(np.median(spec["rank"]))
-            out["reproduced_anisotropic"] = bool(
-                out["effective_rank_median"] < 0.5 * out["rank_median"]
-            )
-        else:
-            out["reproduced_anisotropic"] = None
-    if "input_distance" in ds:
-        sim = similarity(ds, variant=variant, normalization=normalization)
-        out["similarity_spearman"] = sim.attrs["spearman_rho"]
-        out["reproduced_similarity"] = bool(sim.attrs["spearman_rho"] < 0)
-    if rollouts is not None:
-        link = rollout_link(ds, rollouts, variant=variant, normalization=normalization)
-        corr = link["correlation"]
-        out["rollout_correlation_dt1"] = float(corr.sel(dt=1))
-        out["rollout_correlation_last"] = float(corr[-1])
-        out["rollout_last_dt"] = int(corr["dt"][-1])
-        first = out["rollout_correlation_dt1"]
-        out["reproduced_rollout_negative"] = None if math.isnan(first) else bool(first < 0)
-    return out
-
-
-#: The measured numbers quoted beside each verdict.
-_FINDING_NUMBERS = {
-    "ridge": ("intra_median_dt1", "intra_q75_far_max", "ridge_sharpness"),
-    "inter_below_intra": ("inter_median_dt1", "intra_median_dt1"),
-    "class_locked": ("class_diagonal_mean_lag1", "class_offdiagonal_mean_lag1"),
-    "anisotropic": ("effective_rank_median", "rank_median", "condition_number_median"),
-    "similarity": ("similarity_spearman",),
-    "rollout_negative": ("rollout_correlation_dt1", "rollout_correlation_last"),
-}
-
-
-def describe_findings(numbers: dict, keys=None) -> list[str]:
-    """One sentence per finding, computed from `findings(...)` output (no pre-written verdict):
-    the verdict of its rule and the measured numbers behind it. `keys`: a subset of
-    `FINDING_RULES` (default: all)."""
-    lines = []
-    for key in keys or FINDING_RULES:
-        verdict = numbers.get(f"reproduced_{key}")
-        if verdict is None:
-            state = "not testable with this run"
-        else:
-            state = "REPRODUCED" if verdict else "NOT reproduced"
-        measured = ", ".join(
-            f"{name} = {numbers[name]:.3g}" for name in _FINDING_NUMBERS[key]
-            if isinstance(numbers.get(name), (int, float)) and not isinstance(numbers[name], bool)
-        )
-        lines.append(f"{key}: {state} [{measured}] (rule: {FINDING_RULES[key]})")
-    return lines

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pdeinf.errors import InputError
+from pdeinf.errors import InputError, NumericalError
 
 __all__ = ["LIMITERS", "SolverError", "conserved_to_primitive", "primitive_to_conserved", "solve"]
 
@@ -25,7 +25,7 @@ LIMITERS = ("mc", "minmod", "vanleer")
 _X_DIM, _Y_DIM = -1, -2  # tensor axes of x and y in [B, H, W] fields
 
 
-class SolverError(RuntimeError):
+class SolverError(NumericalError):
     """The solution left the physical state space (non-positive or non-finite rho or p)."""
 
 

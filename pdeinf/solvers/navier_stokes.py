@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pdeinf.errors import InputError
+from pdeinf.errors import InputError, NumericalError
 
 __all__ = [
     "VISCOSITIES",
@@ -55,7 +55,7 @@ SPECTRAL_EPS_FACTOR = 0.05
 _MAX_IF_EXPONENT = 40.0
 
 
-class SolverError(RuntimeError):
+class SolverError(NumericalError):
     """The solution became non-finite (blow-up) or needed more steps than allowed."""
 
 

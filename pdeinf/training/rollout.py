@@ -113,3 +113,38 @@ def cumulative_errors(errors: xr.DataArray) -> xr.DataArray:
     out = errors.cumsum("horizon", skipna=False)
     out.name = "cumulative_smse"
     return out
+
+
+def rollouts_all_starts(net, trajectories_by_class: Mapping[str, np.ndarray], *, max_batch: int = 64):
+    """`rollout_errors` for every start, batched over starts.
+
+    Rolling out from each start separately runs T-1 tiny batches per class; here the
+    windows ``u[s:]`` of all starts s become the members of one batch (padded at the end with
+    the last snapshot, whose errors are then discarded), so each class takes T-1 model calls
+    of up to ``max_batch`` states. Same values, dims ``(class, trajectory, start, horizon)``;
+    NaN where ``start + horizon > T - 1``.
+    """
+    classes = list(trajectories_by_class)
+    n_traj, n_times = next(iter(trajectories_by_class.values())).shape[:2]
+    steps = n_times - 1
+    chunk = max(1, max_batch // steps)
+    values = np.full((len(classes), n_traj, steps, steps), np.nan)
+    for ci, cls in enumerate(classes):
+        arr = np.asarray(trajectories_by_class[cls])
+        for lo in range(0, arr.shape[0], chunk):
+            part = arr[lo : lo + chunk]  # [m, T, C, H, W]
+            windows = np.stack(
+                [np.concatenate([part[:, s:], np.repeat(part[:, -1:], s, axis=1)], axis=1)
+                 for s in range(steps)], axis=1)  # [m, S, T, C, H, W]
+            flat = windows.reshape(-1, *windows.shape[2:])
+            err = rollout_errors(net, {cls: flat}, starts=[0], horizon=steps, batch_size=max_batch)
+            values[ci, lo : lo + len(part)] = err.values[0, :, 0, :].reshape(len(part), steps, steps)
+    start = np.arange(steps)[:, None]
+    horizon = np.arange(1, steps + 1)[None, :]
+    values[..., start + horizon > steps] = np.nan
+    return xr.DataArray(
+        values, dims=("class", "trajectory", "start", "horizon"),
+        coords={"class": classes, "trajectory": np.arange(n_traj), "start": np.arange(steps),
+                "horizon": np.arange(1, steps + 1)},
+        name="smse", attrs={"description": "per-step SMSE of autoregressive rollouts"},
+    )

@@ -1,7 +1,8 @@
-"""Writing the notebooks' outputs: figures (PNG + PDF) and key numbers (JSON per notebook).
+"""Writing the notebooks' outputs: figures (PNG + PDF) and key numbers (JSON per notebook),
+and `NotebookRun`, what every notebook sets up from its parameters cell.
 
-Every file is written under a temporary name in its final folder and renamed, so a reader
-never sees a half-written figure or results file.
+Every file goes through `pdeinf.atomic`, so a reader never sees a half-written figure or
+results file.
 """
 from __future__ import annotations
 
@@ -14,20 +15,11 @@ import numpy as np
 import pandas as pd
 
 from pdeinf import paths
-from pdeinf.atomic import atomic_write
+from pdeinf.atomic import atomic_write, write_text
+from pdeinf.config import check_model, check_pde, get_profile
 from pdeinf.errors import InputError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-
-
-def _check_name(name: str, what: str) -> str:
-    if not isinstance(name, str) or not _NAME.match(name) or name.endswith((".png", ".pdf", ".json")):
-        raise InputError(f"{what}: {name!r} is not a plain file stem (letters, digits, _ . -)")
-    return name
-
-
-_atomic_write = atomic_write
-
 
 #: No creation dates or software versions in the files: an unchanged figure is byte-identical
 #: on a rerun, so committed figures only change when their content does.
@@ -38,15 +30,21 @@ _STABLE_METADATA = {
 }
 
 
+def _check_name(name: str, what: str) -> str:
+    if not isinstance(name, str) or not _NAME.match(name) or name.endswith((".png", ".pdf", ".json")):
+        raise InputError(f"{what}: {name!r} is not a plain file stem (letters, digits, _ . -)")
+    return name
+
+
 def save_figure(fig, name: str, *, formats=("png", "pdf"), dpi: int = 150) -> list[Path]:
     """Write `paths.figures_dir()/<name>.<fmt>` for each format; returns the paths."""
     _check_name(name, "name")
     out = []
     for fmt in formats:
-        if fmt not in ("png", "pdf", "svg"):
+        if fmt not in _STABLE_METADATA:
             raise InputError(f"formats: unsupported {fmt!r} (png, pdf, svg)")
         target = paths.figures_dir() / f"{name}.{fmt}"
-        out.append(_atomic_write(target, lambda tmp, f=fmt: fig.savefig(
+        out.append(atomic_write(target, lambda tmp, f=fmt: fig.savefig(
             tmp, format=f, dpi=dpi, bbox_inches="tight", metadata=_STABLE_METADATA[f])))
     return out
 
@@ -60,7 +58,7 @@ def to_jsonable(value):
                 for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [to_jsonable(v) for v in value]
-    if hasattr(value, "to_dict") and isinstance(value, (pd.Series, pd.DataFrame)):
+    if isinstance(value, (pd.Series, pd.DataFrame)):
         return to_jsonable(value.to_dict())
     if hasattr(value, "values") and hasattr(value, "dims"):  # xarray DataArray
         return to_jsonable(np.asarray(value.values))
@@ -86,8 +84,7 @@ def write_results(notebook: str, results: dict) -> Path:
     if not isinstance(results, dict):
         raise InputError(f"results: expected a dict, got {type(results).__name__}")
     text = json.dumps(to_jsonable(results), indent=2, sort_keys=True, allow_nan=False)
-    target = paths.results_dir() / f"{notebook}.json"
-    return _atomic_write(target, lambda tmp: tmp.write_text(text + "\n"))
+    return write_text(paths.results_dir() / f"{notebook}.json", text + "\n")
 
 
 def read_results(notebook: str) -> dict:
@@ -135,17 +132,9 @@ class NotebookRun:
     figure and writes it to figures/ (PNG and PDF), recording the paths in the results."""
 
     def __init__(self, profile=None, pdes=None, models=None):
-        from pdeinf.config import MODELS, PDE_CLASSES, get_profile
-
         self.profile = get_profile(profile)
-        self.pdes = _names(pdes, self.profile.pdes)
-        self.models = _names(models, self.profile.models)
-        for pde in self.pdes:
-            if pde not in PDE_CLASSES:
-                raise InputError(f"pdes: unknown PDE {pde!r}; expected one of {', '.join(PDE_CLASSES)}")
-        for model in self.models:
-            if model not in MODELS:
-                raise InputError(f"models: unknown model {model!r}; expected one of {', '.join(MODELS)}")
+        self.pdes = [check_pde(p) for p in _names(pdes, self.profile.pdes)]
+        self.models = [check_model(m) for m in _names(models, self.profile.models)]
         self.pairs = [(pde, model) for pde in self.pdes for model in self.models]
         self.results: dict = {"profile": self.profile.name, "figures": []}
 
@@ -154,3 +143,7 @@ class NotebookRun:
 
         display(fig)
         self.results["figures"] += [str(p) for p in save_figure(fig, name)]
+
+    def write(self, notebook: str) -> Path:
+        """Write the results JSON of `notebook` (`results/<notebook>.json`)."""
+        return write_results(notebook, self.results)

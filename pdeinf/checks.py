@@ -1,0 +1,50 @@
+"""Argument checks shared by every public function: one message format, one place.
+
+Each returns the checked (and normalised) value or raises `InputError` naming the argument.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import numpy as np
+
+from pdeinf.errors import InputError
+
+
+def positive_int(value, name: str, *, allow_none: bool = False, minimum: int = 1) -> int | None:
+    """`value` as an int >= `minimum` (bools and floats refused)."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise InputError(f"{name}={value!r}: expected an integer >= {minimum}")
+    return int(value)
+
+
+def non_negative_int(value, name: str) -> int:
+    return positive_int(value, name, minimum=0)
+
+
+def finite_float(value, name: str, *, minimum: float | None = None, positive: bool = False) -> float:
+    """`value` as a finite float (optionally > 0, or >= `minimum`)."""
+    if isinstance(value, bool):
+        raise InputError(f"{name}={value!r}: expected a number")
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{name}={value!r}: expected a number") from None
+    if not math.isfinite(out):
+        raise InputError(f"{name}={value!r}: expected a finite number")
+    if positive and out <= 0:
+        raise InputError(f"{name}={value!r}: expected a number > 0")
+    if minimum is not None and out < minimum:
+        raise InputError(f"{name}={value!r}: expected a number >= {minimum}")
+    return out
+
+
+def one_of(value, choices: Iterable, name: str):
+    """`value` if it is one of `choices`, else InputError listing them."""
+    choices = tuple(choices)
+    if value not in choices:
+        raise InputError(f"{name}: unknown {value!r}; expected one of {', '.join(map(str, choices))}")
+    return value

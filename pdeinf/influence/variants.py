@@ -1,0 +1,63 @@
+"""The one table of influence variants: metric x response observable x the PDEs it applies to.
+
+A sweep stores, per task, one matrix per variant of `variants_for(pde)` along its `variant`
+dimension; analyses, the explorer and the pipeline look names up here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pdeinf.config import pde_spec
+from pdeinf.errors import InputError
+
+
+@dataclass(frozen=True)
+class Variant:
+    """`metric` ("gauss-newton" | "euclidean" | "adam") with the bra `observable`
+    ("smse" | "mass_drift" | "energy_drift"); `needs` is the PDESpec fact the observable
+    reads ("density_channel", "energy_channel"), None when every PDE has it."""
+
+    name: str
+    metric: str
+    observable: str = "smse"
+    needs: str | None = None
+    description: str = ""
+
+    def applies_to(self, pde: str) -> bool:
+        return self.needs is None or getattr(pde_spec(pde), self.needs) is not None
+
+
+VARIANT_TABLE: dict[str, Variant] = {v.name: v for v in (
+    Variant("gauss-newton", "gauss-newton", description="Gauss-Newton metric, SMSE bra (the papers' default)"),
+    Variant("euclidean", "euclidean", description="plain gradient inner products G G^T (TracIn-like)"),
+    Variant("adam", "adam", description="the checkpoint's AdamW preconditioner"),
+    Variant("gn-mass", "gauss-newton", "mass_drift", needs="density_channel",
+            description="Gauss-Newton metric, relative mass-drift bra"),
+    Variant("gn-energy", "gauss-newton", "energy_drift", needs="energy_channel",
+            description="Gauss-Newton metric, relative energy-drift bra"),
+)}
+
+#: Every variant name, in the order sweeps store them.
+VARIANTS: tuple[str, ...] = tuple(VARIANT_TABLE)
+
+
+def variants_for(pde: str) -> tuple[str, ...]:
+    """The variants a sweep of `pde` stores (the drift bras need a density / energy channel)."""
+    return tuple(name for name, v in VARIANT_TABLE.items() if v.applies_to(pde))
+
+
+def variant(name: str) -> Variant:
+    try:
+        return VARIANT_TABLE[name]
+    except KeyError:
+        raise InputError(f"variant: unknown {name!r}; expected one of {', '.join(VARIANTS)}") from None
+
+
+def variant_named(metric: str | None, observable: str | None) -> str:
+    """The variant name of (metric, observable); defaults gauss-newton / smse."""
+    key = (metric or "gauss-newton", observable or "smse")
+    for v in VARIANT_TABLE.values():
+        if (v.metric, v.observable) == key:
+            return v.name
+    known = ", ".join(f"{v.metric}/{v.observable}" for v in VARIANT_TABLE.values())
+    raise InputError(f"metric/observable: {key[0]}/{key[1]} is not computed; one of {known}")

@@ -1,0 +1,54 @@
+"""Orchestration: the only layer that reads or writes `results/` (data, checkpoints, influence
+files, rollouts, notebook runs, the closing table). Split by stage:
+
+=================  ==========================================================  ==============
+stage              output                                                      module
+=================  ==========================================================  ==============
+data               ``results/data/<profile>/<DATASET>/*.nc``                   `data`
+training           ``results/runs/<profile>/<PDE>-<model>-s<seed>/ckpt_e*.pt``  `training`
+influence          ``results/influence/<profile>/<PDE>-<model>/s*_e*_b*.nc``    `influence`
+rollouts           ``results/rollouts/<profile>/<PDE>-<model>.nc``              `rollouts`
+notebooks          ``results/executed/*.ipynb``, ``results/*.json``, figures/    `notebooks`
+=================  ==========================================================  ==============
+
+Every stage output records a key of its inputs (data content, checkpoint bytes, settings,
+package version) and, for result arrays, a checksum; a rerun recomputes exactly what is
+missing, stale or corrupt. `reproduce` runs it all under a per-results-root lock.
+"""
+from pdeinf.pipeline.common import as_profile, checkpoint_path
+from pdeinf.pipeline.data import ensure_data
+from pdeinf.pipeline.influence import (
+    FileSources,
+    ensure_influence,
+    load_sweep,
+    load_variants,
+    run_sweep,
+)
+from pdeinf.pipeline.notebooks import (
+    executed_dir,
+    list_notebooks,
+    notebook_cache_key,
+    run_notebook,
+    summarize_notebook,
+)
+from pdeinf.pipeline.reproduce import ReproduceReport, StageTiming, format_report, reproduce, run_all
+from pdeinf.pipeline.rollouts import ensure_rollouts, rollouts_path
+from pdeinf.pipeline.training import ensure_training, training_complete, training_history
+
+
+def sweep_loader(profile, *, variants=None, progress: bool = False):
+    """A loader `(pde, model) -> xr.Dataset` over the cached sweeps, for the explorer."""
+
+    def load(pde: str, model: str):
+        return load_variants(profile, pde, model, variants, progress=progress)
+
+    return load
+
+
+__all__ = [
+    "FileSources", "ReproduceReport", "StageTiming", "as_profile", "checkpoint_path",
+    "ensure_data", "ensure_influence", "ensure_rollouts", "ensure_training", "executed_dir",
+    "format_report", "list_notebooks", "load_sweep", "load_variants", "notebook_cache_key",
+    "reproduce", "rollouts_path", "run_all", "run_notebook", "run_sweep", "summarize_notebook",
+    "sweep_loader", "training_complete", "training_history",
+]

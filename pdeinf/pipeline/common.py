@@ -1,0 +1,63 @@
+"""What every stage of the pipeline shares: profile resolution, the selection checks, the run
+layout of checkpoints, and content keys (hashes of what a stage's output depends on)."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from pdeinf import paths
+from pdeinf.config import Profile, check_model, check_pde, get_profile
+from pdeinf.errors import InputError
+
+ProfileLike = Profile | str
+
+#: A `Profile` from a Profile, a profile name, or None (then `$PDEINF_PROFILE`/quick).
+as_profile = get_profile
+
+
+def check_selection(profile: Profile, pde: str, model: str) -> None:
+    """InputError unless `pde` and `model` are known and part of the profile."""
+    check_pde(pde)
+    check_model(model)
+    if pde not in profile.pdes:
+        raise InputError(f"pde: {pde!r} is not part of profile {profile.name!r} ({profile.pdes})")
+    if model not in profile.models:
+        raise InputError(f"model: {model!r} is not part of profile {profile.name!r} ({profile.models})")
+
+
+def run_dir(profile: ProfileLike, pde: str, model: str, seed: int) -> Path:
+    """``runs_dir(profile)/<PDE>-<model>-s<seed>``."""
+    profile = as_profile(profile)
+    return paths.runs_dir(profile.name) / paths.run_name(pde, model, seed)
+
+
+def checkpoint_path(profile: ProfileLike, pde: str, model: str, seed: int, epoch: int) -> Path:
+    """``runs_dir(profile)/<PDE>-<model>-s<seed>/ckpt_e<epoch:04d>.pt`` (the training contract)."""
+    return paths.checkpoint_path(run_dir(profile, pde, model, seed), epoch)
+
+
+def scheduled_checkpoints(profile: Profile, pde: str) -> tuple[int, ...]:
+    return tuple(sorted({int(e) for e in profile.checkpoints[pde]}))
+
+
+def final_epoch(profile: Profile, pde: str) -> int:
+    """The last kept checkpoint (the profiles keep one after the last epoch)."""
+    return max(scheduled_checkpoints(profile, pde))
+
+
+def file_digest(path: Path | str) -> str:
+    """blake2b (16 bytes) of a file's bytes, streamed in 1 MiB blocks."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def content_key(**parts) -> str:
+    """A key for a stage output: the hash of `parts` (JSON, sorted) and the package version."""
+    import pdeinf
+
+    payload = json.dumps({"version": pdeinf.__version__, **parts}, sort_keys=True, default=str)
+    return hashlib.blake2b(payload.encode(), digest_size=16).hexdigest()

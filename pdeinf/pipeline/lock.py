@@ -1,0 +1,71 @@
+"""One pdeinf run per results root at a time, and output folders checked before long work.
+
+`results_lock(root)` takes an exclusive `fcntl` lock on `<root>/.pdeinf.lock` (released by the
+kernel when the process dies, so a killed run never leaves a stale lock). A second run waits,
+after printing one line naming the holder, and then finds the first run's results cached.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from pdeinf.errors import InputError
+
+LOCK_NAME = ".pdeinf.lock"
+
+
+def check_writable(directory: Path | str, what: str) -> Path:
+    """InputError unless `directory` is (or can be made) a folder this process can write."""
+    directory = Path(directory)
+    for parent in (directory, *directory.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise InputError(f"{what}: {parent} is a file, not a folder")
+            break
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as err:
+        raise InputError(f"{what}: cannot write to {directory} ({err.strerror or err})") from None
+    return directory
+
+
+def _holder(path: Path) -> str:
+    try:
+        return path.read_text().strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+@contextlib.contextmanager
+def results_lock(root: Path | str, *, wait: bool = True, echo: bool = True) -> Iterator[Path]:
+    """Hold the results root's lock for the duration of the block (see the module doc).
+    `wait=False`: InputError naming the holder instead of waiting."""
+    root = check_writable(root, "results folder")
+    path = root / LOCK_NAME
+    fh = open(path, "a+")
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            message = f"another pdeinf run holds {path} (pid {_holder(path)})"
+            if not wait:
+                raise InputError(message) from None
+            if echo:
+                print(f"[pdeinf] {message}; waiting for it to finish", file=sys.stderr, flush=True)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        yield path
+    finally:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()

@@ -1,0 +1,112 @@
+"""Stage 4: per-step rollout errors of the final checkpoint of every seed, keyed on inputs."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pdeinf import paths
+from pdeinf.atomic import write_netcdf
+from pdeinf.config import pde_spec
+from pdeinf.errors import InputError
+from pdeinf.pipeline.checksums import checksum_ok, with_checksum
+from pdeinf.pipeline.common import (
+    ProfileLike,
+    as_profile,
+    check_selection,
+    checkpoint_path,
+    content_key,
+    file_digest,
+    final_epoch,
+)
+
+
+def rollouts_path(profile: ProfileLike, pde: str, model: str) -> Path:
+    """``results/rollouts/<profile>/<PDE>-<model>.nc``."""
+    profile = as_profile(profile)
+    return paths.results_dir() / "rollouts" / profile.name / f"{pde}-{model}.nc"
+
+
+def rollout_key(profile, pde: str, model: str, data_key: str) -> str:
+    """Hash of everything the rollout errors depend on: the final checkpoints' bytes, the data
+    content, the profile's sizes and the package version."""
+    final = final_epoch(profile, pde)
+    return content_key(stage="rollouts", pde=pde, model=model, data=data_key,
+                       n_batches=profile.n_influence_batches, t_max=profile.t_max,
+                       checkpoints=[file_digest(checkpoint_path(profile, pde, model, s, final))
+                                    for s in profile.seeds])
+
+
+def _load_valid(path: Path, key: str):
+    import xarray as xr
+
+    if not path.is_file():
+        return None
+    try:
+        with xr.open_dataset(path, engine="h5netcdf") as ds:
+            ds = ds.load()
+    except Exception:  # noqa: BLE001 - unreadable: recompute
+        return None
+    if ds.attrs.get("cache_key") != key or "smse" not in ds or not checksum_ok(ds):
+        return None
+    da = ds["smse"]
+    da.attrs = {k: v for k, v in ds.attrs.items() if k != "pdeinf_checksum"}
+    return da
+
+
+def ensure_rollouts(profile: ProfileLike, pde: str, model: str, *, progress: bool = True):
+    """Per-step rollout SMSE of the final checkpoint of every seed.
+
+    Returns an `xr.DataArray` named ``smse`` with dims ``(seed, class, trajectory, start,
+    horizon)``: autoregressive rollouts from snapshot ``start`` of the first
+    ``n_influence_batches`` test trajectories of each class (the trajectories that form the
+    influence batches, so ``trajectory`` = influence-batch index), error of step ``horizon``
+    (1-based) against the reference. Cached as netCDF with its key and checksum.
+    """
+    from pdeinf.data.datasets import PDEData
+    from pdeinf.pipeline.data import ensure_data
+    from pdeinf.pipeline.training import ensure_training
+
+    profile = as_profile(profile)
+    check_selection(profile, pde, model)
+    ensure_training(profile, pde, model, progress=progress)
+    data = PDEData(ensure_data(profile, progress=progress), pde, t_max=profile.t_max)
+    path = rollouts_path(profile, pde, model)
+    key = rollout_key(profile, pde, model, str(data.fingerprint()))
+    cached = _load_valid(path, key)
+    if cached is not None:
+        return cached
+    da = compute_rollouts(profile, pde, model, data, progress=progress)
+    da.attrs.update(cache_key=key, profile=profile.name, pde=pde, model=model,
+                    epoch=final_epoch(profile, pde),
+                    description="per-step SMSE of autoregressive rollouts (final checkpoint)")
+    ds = with_checksum(da.to_dataset())
+    ds.attrs.update(da.attrs)
+    write_netcdf(ds, path)
+    return da
+
+
+def compute_rollouts(profile, pde: str, model: str, data, *, progress: bool):
+    import torch
+    import xarray as xr
+    from tqdm.auto import tqdm
+
+    from pdeinf.training.rollout import rollouts_all_starts
+    from pdeinf.training.train import load_checkpoint
+
+    n = profile.n_influence_batches
+    final = final_epoch(profile, pde)
+    per_seed = []
+    for seed in tqdm(profile.seeds, desc=f"rollouts {pde}-{model}", disable=not progress):
+        trajectories = {}
+        for cls in pde_spec(pde).classes:
+            test = data.trajectories(cls, "test", int(seed))
+            if len(test) < n:
+                raise InputError(f"profile {profile.name!r}: class {cls} has {len(test)} test "
+                                 f"trajectories, fewer than n_influence_batches={n}")
+            trajectories[cls] = test[:n]
+        net, _ = load_checkpoint(checkpoint_path(profile, pde, model, seed, final))
+        with torch.no_grad():
+            errors = rollouts_all_starts(net, trajectories)
+        per_seed.append(errors.expand_dims(seed=[int(seed)]))
+    da = xr.concat(per_seed, dim="seed").transpose("seed", "class", "trajectory", "start", "horizon")
+    da.name = "smse"
+    return da

@@ -1,0 +1,164 @@
+"""Stage 2: training runs of a profile (every seed of a (PDE, model)), keyed on their inputs.
+
+A run is current when every scheduled checkpoint exists and the run's `stage_key.json` holds
+the key of what it was trained from: the data's content fingerprint, the profile's training
+settings and the package version. Anything else (a data file edited in place, another profile
+setting) makes the run stale: it is moved aside to `<run>.stale/` (replacing an older one) and
+retrained, so a rerun never reports a model of other data as current.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from pdeinf.atomic import write_json
+from pdeinf.errors import InputError, NumericalError
+from pdeinf.pipeline.common import (
+    ProfileLike,
+    as_profile,
+    check_selection,
+    checkpoint_path,
+    content_key,
+    run_dir,
+    scheduled_checkpoints,
+)
+from pdeinf.pipeline.data import ensure_data
+
+STAGE_KEY = "stage_key.json"
+_TRAINING_FIELDS = ("resolution", "model_size", "epochs", "checkpoints", "batch_size", "lr",
+                    "weight_decay", "t_max", "split")
+
+
+def training_key(profile, pde: str, model: str, seed: int, data_fingerprint: str) -> str:
+    """What a run depends on: data content, the profile's training settings, the version."""
+    settings = {f: getattr(profile, f) for f in _TRAINING_FIELDS}
+    return content_key(stage="training", pde=pde, model=model, seed=int(seed),
+                       data=data_fingerprint, settings=settings)
+
+
+def _data_fingerprint(profile, pde: str, data_root: Path) -> str:
+    from pdeinf.data.datasets import PDEData
+
+    return str(PDEData(data_root, pde, t_max=profile.t_max).fingerprint())
+
+
+def checkpoints_exist(profile: ProfileLike, pde: str, model: str, seed: int) -> bool:
+    """True when every scheduled checkpoint of the run exists (non-empty)."""
+    profile = as_profile(profile)
+    for epoch in scheduled_checkpoints(profile, pde):
+        ckpt = checkpoint_path(profile, pde, model, seed, epoch)
+        if not ckpt.is_file() or ckpt.stat().st_size == 0:
+            return False
+    return True
+
+
+def _stored_key(directory: Path) -> str | None:
+    try:
+        return json.loads((directory / STAGE_KEY).read_text()).get("key")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def training_complete(profile: ProfileLike, pde: str, model: str, seed: int, *,
+                      key: str | None = None) -> bool:
+    """Every scheduled checkpoint exists and (when `key` is given) the run was trained from it."""
+    if not checkpoints_exist(profile, pde, model, seed):
+        return False
+    return key is None or _stored_key(run_dir(profile, pde, model, seed)) == key
+
+
+def _set_aside(directory: Path) -> None:
+    """A stale run is ours (derived data): keep one copy beside it, then start afresh."""
+    if not directory.exists():
+        return
+    aside = directory.with_name(directory.name + ".stale")
+    shutil.rmtree(aside, ignore_errors=True)
+    directory.rename(aside)
+
+
+def ensure_training(profile: ProfileLike, pde: str, model: str, *, progress: bool = True,
+                    train=None) -> dict[int, Path]:
+    """Train `model` on `pde` for every seed of the profile (resuming partial runs, retraining
+    stale ones). Returns ``{seed: run_dir}``. `train` defaults to `pdeinf.training.train.train`
+    (a collaborator with the same signature may be passed, e.g. for another recipe)."""
+    profile = as_profile(profile)
+    check_selection(profile, pde, model)
+    data_root = ensure_data(profile, progress=progress)
+    fingerprint = _data_fingerprint(profile, pde, data_root)
+    if train is None:
+        from pdeinf.training.train import train
+    runs: dict[int, Path] = {}
+    for seed in profile.seeds:
+        directory = run_dir(profile, pde, model, seed)
+        key = training_key(profile, pde, model, seed, fingerprint)
+        if not training_complete(profile, pde, model, seed, key=key):
+            stored = _stored_key(directory)
+            if stored is not None and stored != key or (
+                    stored is None and checkpoints_exist(profile, pde, model, seed)):
+                _set_aside(directory)  # trained from other inputs
+            train(pde, model, int(seed), profile, data_root=data_root, progress=progress)
+            if not checkpoints_exist(profile, pde, model, seed):
+                raise NumericalError(
+                    f"training {directory.name} finished without all scheduled checkpoints "
+                    f"{scheduled_checkpoints(profile, pde)} in {directory}")
+            write_json(directory / STAGE_KEY, {"key": key, "data_fingerprint": fingerprint})
+        runs[int(seed)] = directory
+    return runs
+
+
+# ---- training curves ------------------------------------------------------------------
+_HISTORY_COLUMNS = {"train_smse": "train_loss", "val_smse": "val_loss"}
+
+
+def training_history(profile: ProfileLike, pde: str, model: str):
+    """Loss curves of every seed: a `pandas.DataFrame` with columns
+    ``seed, epoch, train_loss, val_loss`` (mean SMSE over the epoch's training transitions,
+    and of the model after the epoch on the validation transitions), one row per seed and
+    epoch, sorted. Read from each run's ``history.json`` (else its latest checkpoint's
+    ``history``). Does not train."""
+    import pandas as pd
+
+    profile = as_profile(profile)
+    check_selection(profile, pde, model)
+    frames = []
+    for seed in profile.seeds:
+        history, source = _read_history(run_dir(profile, pde, model, seed))
+        frame = history_frame(history, source)
+        frame.insert(0, "seed", int(seed))
+        frames.append(frame)
+    out = pd.concat(frames, ignore_index=True)
+    return out.sort_values(["seed", "epoch"], ignore_index=True)
+
+
+def _read_history(directory: Path):
+    json_path = directory / "history.json"
+    if json_path.is_file():
+        try:
+            return json.loads(json_path.read_text()), json_path
+        except json.JSONDecodeError as err:
+            raise InputError(f"{json_path}: not valid JSON ({err})") from None
+    ckpts = sorted(directory.glob("ckpt_e*.pt"))
+    if not ckpts:
+        raise InputError(f"{directory}: no history.json and no checkpoints; run ensure_training first")
+    import torch
+
+    ckpt = torch.load(ckpts[-1], map_location="cpu", weights_only=True)
+    return ckpt.get("history"), ckpts[-1]
+
+
+def history_frame(history, source: Path):
+    """Accepts a list of per-epoch dicts or a dict of per-epoch lists."""
+    import pandas as pd
+
+    if not history:
+        raise InputError(f"{source}: empty training history")
+    frame = pd.DataFrame(history).rename(columns=_HISTORY_COLUMNS)
+    if "epoch" not in frame.columns:
+        frame.insert(0, "epoch", range(1, len(frame) + 1))
+    missing = {"train_loss", "val_loss"} - set(frame.columns)
+    if missing:
+        raise InputError(f"{source}: history lacks {sorted(missing)}")
+    frame = frame[["epoch", "train_loss", "val_loss"]].copy()
+    frame["epoch"] = frame["epoch"].astype(int)
+    return frame
