@@ -3,8 +3,10 @@
     python benchmarks/bench_training.py [--steps 5] [--repeats 3] [--threads N] [--out FILE]
 
 For each model at the quick profile (32x32, batch 48, AdamW, SMSE; CE has 4 channels, NS 2),
-times full optimizer steps (forward + backward + AdamW), interleaving the models round by round
-in one process so that they see the same machine load; prints medians and the UNet/ViT ratio,
+both variants (`authors`, the default, and `pdeinf-v1`, residual as it was trained), times full
+optimizer steps (forward + backward + AdamW), interleaving the models round by round in one
+process so that they see the same machine load; prints medians, the UNet/ViT ratio and the
+authors/pdeinf-v1 ratio per model,
 the estimated time of one quick training run (epochs x transitions per epoch), and the parameter
 counts of all sizes. Writes the tables to a markdown file. Process CPU time per step is
 reported beside wall time: on a shared machine it tracks the compute cost better than wall time
@@ -29,9 +31,19 @@ from pdeinf.training.loss import smse
 RESOLUTION = {"smoke": 16, "quick": 32, "paper": 128}
 
 
-def step_timer(model_name: str, channels: int, resolution: int, size: str, batch: int):
+# label -> (model name, build options)
+MODELS = {
+    "unet": ("unet", {"variant": "authors"}),
+    "vit": ("vit", {"variant": "authors"}),
+    "unet pdeinf-v1": ("unet", {"variant": "pdeinf-v1", "residual": True}),
+    "vit pdeinf-v1": ("vit", {"variant": "pdeinf-v1", "residual": True}),
+}
+
+
+def step_timer(label: str, channels: int, resolution: int, size: str, batch: int):
     torch.manual_seed(0)
-    model = build(model_name, channels=channels, resolution=resolution, size=size)
+    name, options = MODELS[label]
+    model = build(name, channels=channels, resolution=resolution, size=size, **options)
     opt = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=1e-4)
     x = torch.randn(batch, channels, resolution, resolution)
     y = x + 0.1 * torch.randn_like(x)
@@ -65,7 +77,7 @@ def main(argv=None) -> int:
     rows = []
     for pde in ("CE", "NS"):
         timers = {m: step_timer(m, PDE_CHANNELS[pde], profile.resolution, profile.model_size, batch)
-                  for m in ("unet", "vit")}
+                  for m in MODELS}
         samples = {m: [] for m in timers}
         for _ in range(args.repeats):
             for m, run in timers.items():
@@ -79,6 +91,10 @@ def main(argv=None) -> int:
         ratio = statistics.median(w for w, _ in samples["unet"]) / statistics.median(
             w for w, _ in samples["vit"])
         rows.append((pde, "unet/vit step-time ratio", ratio, None, None, None))
+        for m in ("unet", "vit"):
+            ratio = statistics.median(w for w, _ in samples[m]) / statistics.median(
+                w for w, _ in samples[f"{m} pdeinf-v1"])
+            rows.append((pde, f"{m} authors/pdeinf-v1 step-time ratio", ratio, None, None, None))
 
     lines = [
         "# Training throughput and model sizes",
@@ -103,11 +119,15 @@ def main(argv=None) -> int:
         else:
             lines.append(f"| {pde} | {m} | {med:.4f} | {cpu:.4f} | {tps:.0f} | {run_s:.0f} |")
     lines += ["", "Parameter counts (CE: 4 channels, NS: 2 channels):", "",
-              "| size | resolution | UNet CE | UNet NS | ViT CE | ViT NS |", "|---|---|---|---|---|---|"]
-    for size, res in RESOLUTION.items():
-        counts = [count_parameters(build(m, channels=PDE_CHANNELS[p], resolution=res, size=size))
-                  for m in ("unet", "vit") for p in ("CE", "NS")]
-        lines.append(f"| {size} | {res} | " + " | ".join(f"{c:,}" for c in counts) + " |")
+              "| variant | size | resolution | UNet CE | UNet NS | ViT CE | ViT NS |",
+              "|---|---|---|---|---|---|---|"]
+    for variant in ("authors", "pdeinf-v1"):
+        for size, res in RESOLUTION.items():
+            counts = [count_parameters(build(m, channels=PDE_CHANNELS[p], resolution=res, size=size,
+                                             variant=variant))
+                      for m in ("unet", "vit") for p in ("CE", "NS")]
+            lines.append(f"| {variant} | {size} | {res} | "
+                         + " | ".join(f"{c:,}" for c in counts) + " |")
     text = "\n".join(lines) + "\n"
     print(text)
     out = Path(args.out)

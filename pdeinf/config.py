@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from pdeinf.errors import InputError
 
@@ -70,6 +70,10 @@ PDE_CLASSES: dict[str, tuple[str, str, str]] = {k: v.classes for k, v in PDE_SPE
 #: Model channels per PDE: CE conserved (rho, rho*vx, rho*vy, E); NS velocity (u, v).
 PDE_CHANNELS: dict[str, int] = {k: v.channels for k, v in PDE_SPECS.items()}
 CHANNEL_NAMES: dict[str, tuple[str, ...]] = {k: v.channel_names for k, v in PDE_SPECS.items()}
+#: Smallest stored grid (H = W) anything accepts, shared by generation, models and training:
+#: the UNets need >= 8 (their bottleneck is at least 4 x 4 after one 2x down-sampling).
+MIN_RESOLUTION = 8
+
 DATASETS: tuple[str, ...] = PDE_CLASSES["CE"] + PDE_CLASSES["NS"]
 MODELS: tuple[str, ...] = ("unet", "vit")
 PROFILE_NAMES: tuple[str, ...] = ("smoke", "quick", "paper")
@@ -121,11 +125,11 @@ class Profile:
     lr: float = 5e-4
     weight_decay: float = 1e-4
     t_max: int = 17  # snapshots kept per trajectory (16 transitions)
-    split: tuple[float, float, float] = (0.65, 0.05, 0.30)
+    split: tuple[float, float, float] = (0.65, 0.05, 0.30)  # train/val/test fractions per class
+    model_variant: str = "authors"  # "authors" (as lanl/PDEHats) | "pdeinf-v1" (our first round)
+    residual: bool = False  # False: predict u_{t+1} directly (the authors); True: u_t + f(u_t)
     damping: float = 1e-6
     energy_tol: float = 1e-4
-    n_snapshots: int = 21  # stored snapshots, t = k/20
-    extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

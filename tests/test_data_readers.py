@@ -1,4 +1,4 @@
-"""PDEGym netCDF and The Well HDF5 readers/writers: layout, conversions, bad input."""
+"""PDEGym netCDF readers/writers: layout, conversions, bad input (The Well: test_well.py)."""
 from __future__ import annotations
 
 import h5netcdf
@@ -8,7 +8,6 @@ import pytest
 
 from pdeinf.data import pdegym
 from pdeinf.data.pdegym import chunk_files, open_dataset, write_chunk
-from pdeinf.data.well import open_well, write_well_file
 from pdeinf.errors import InputError
 
 GAMMA = 1.4
@@ -184,7 +183,8 @@ def test_non_finite_values_raise_naming_file_and_sample(tmp_path, bad):
     np.testing.assert_array_equal(reader.read([0, 2])[:, :, 0], prim[[0, 2], :, 0])  # others fine
     with pytest.raises(InputError, match=r"data_0.nc: sample 1 contains NaN or Inf"):
         reader.read([1])
-    with pytest.raises(InputError, match=r"data_0.nc: sample 1 contains NaN or Inf"):
+    with pytest.raises(InputError, match=r"data_0.nc: variable 'data', channel 'rho', sample 1, time 2, "
+                                         r"x 3, y 3: value -?(nan|inf) is NaN or Inf"):
         reader.validate(block=2)
 
 
@@ -192,7 +192,7 @@ def test_validate_rejects_non_positive_density(tmp_path):
     prim = primitive_states(np.random.default_rng(9))
     prim[2, 0, 0, 0, 0] = -0.1
     path = write_chunk(tmp_path / "data_0.nc", prim, "CE", TIMES)
-    with pytest.raises(InputError, match="sample 2 has non-positive"):
+    with pytest.raises(InputError, match="channel 'rho', sample 2, time 0, x 0, y 0: value -0.1 must be positive"):
         open_dataset(path).validate()
 
 
@@ -210,74 +210,6 @@ def test_bad_arguments(tmp_path):
     with pytest.raises(InputError, match="times index out of range"):
         reader.read([0], [5])
     assert not list(tmp_path.glob(".*partial*")) and not (tmp_path / "x.nc").exists()
-
-
-# ----------------------------------------------------------------------------- The Well
-
-def conserved_states(rng, n=2, t=4, h=6, w=10):
-    prim = primitive_states(rng, n, t, h, w).astype(np.float64)
-    rho, vx, vy, _, energy = (prim[:, :, i] for i in range(5))
-    return np.stack([rho, rho * vx, rho * vy, energy], axis=2)
-
-
-def test_well_roundtrip_layout_and_attributes(tmp_path):
-    u = conserved_states(np.random.default_rng(11))
-    path = write_well_file(tmp_path / "euler_multi_quadrants_periodicBC_gamma_1.4_Dry_air_20.hdf5",
-                           u, gamma=1.4, periodic=(True, False))
-    with h5py.File(path, "r") as f:
-        assert f["t0_fields/density"].shape == (2, 4, 10, 6)  # (n, T, X, Y)
-        assert f["t1_fields/momentum"].shape == (2, 4, 10, 6, 2)
-        assert f["boundary_conditions/x_periodic"].attrs["bc_type"] == "PERIODIC"
-        pressure = f["t0_fields/pressure"][...]
-    reader = open_well(path)
-    assert reader.gamma == pytest.approx(1.4) and reader.periodic == (True, False)
-    assert (reader.n_samples, reader.n_times, reader.resolution, reader.channels) == (2, 4, (6, 10), 4)
-    out = reader.read()
-    np.testing.assert_array_equal(out, u.astype(np.float32))
-    # stored pressure is the ideal-gas pressure of the conserved state
-    rho, mx, my, energy = (u[:, :, i] for i in range(4))
-    p_expected = 0.4 * (energy - 0.5 * (mx**2 + my**2) / rho)
-    np.testing.assert_allclose(np.swapaxes(pressure, -1, -2), p_expected, rtol=1e-6)
-    np.testing.assert_array_equal(reader.read([1, 0], [3]), u[[1, 0]][:, [3]].astype(np.float32))
-    reader.validate()
-
-
-def test_well_bad_input(tmp_path):
-    u = conserved_states(np.random.default_rng(12))
-    path = write_well_file(tmp_path / "w.hdf5", u)
-    with h5py.File(path, "r+") as f:
-        del f["t0_fields/energy"]
-    with pytest.raises(InputError, match="w.hdf5: missing t0_fields/energy"):
-        open_well(path)
-    path = write_well_file(tmp_path / "v.hdf5", u)
-    with h5py.File(path, "r+") as f:
-        f["t0_fields/density"][0, 1, 2, 3] = np.nan
-    with pytest.raises(InputError, match="v.hdf5: trajectory 0 contains NaN"):
-        open_well(path).read()
-    path = write_well_file(tmp_path / "t.hdf5", conserved_states(np.random.default_rng(13), n=3, h=32, w=32))
-    with open(path, "r+b") as f:
-        f.truncate(path.stat().st_size // 2)
-    with pytest.raises(InputError, match="t.hdf5"):
-        open_well(path).read()
-    with pytest.raises(InputError, match="not-there.hdf5: no such file"):
-        open_well(tmp_path / "not-there.hdf5")
-    with pytest.raises(InputError, match="conserved"):
-        write_well_file(tmp_path / "x.hdf5", u[:, :, :3])
-
-
-def test_cli_inspect_well_file_uses_its_gamma(tmp_path, capsys):
-    from pdeinf.cli import main as cli_main
-    from pdeinf.data.statistics import class_statistics
-
-    u = conserved_states(np.random.default_rng(14), n=2, t=3)
-    path = write_well_file(tmp_path / "w.hdf5", u, gamma=5.0 / 3.0)
-    assert cli_main(["data", "inspect", str(path)]) == 0
-    assert "samples 2, times 3, model channels 4" in capsys.readouterr().out
-    table = class_statistics({"well": open_well(path)})
-    rho, mx, my, energy = (u[:, :, i] for i in range(4))
-    p = (2.0 / 3.0) * (energy - 0.5 * (mx**2 + my**2) / rho)
-    assert table.loc["well", "p_mean"] == pytest.approx(p.mean(), rel=1e-5)
-    assert table.loc["well", "rho_std"] == pytest.approx(rho.std(), rel=1e-5)
 
 
 def test_chunk_writer_refuses_misfit_batches(tmp_path):

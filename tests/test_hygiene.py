@@ -146,6 +146,8 @@ def _env_pins(path: Path = ENV_FILE) -> dict[str, tuple[str, str | None]]:
     for entry in env["dependencies"]:
         if isinstance(entry, dict):
             for line in entry.get("pip", []):
+                if line.startswith("-"):  # pip options (index URLs): see _pip_options
+                    continue
                 req = Requirement(line)
                 pins[canonicalize_name(req.name)] = (str(req.specifier), "pip")
             continue
@@ -163,11 +165,15 @@ def test_environment_header():
     assert env["channels"] == ["conda-forge"]
     assert "pdeinf" not in _env_pins(), "the package itself must not come from the env file"
     pip = [e for d in env["dependencies"] if isinstance(d, dict) for e in d.get("pip", [])]
-    local = [e for e in pip if e.startswith(("-", ".", "/", "file:"))]
+    local = [e for e in pip if e.startswith((".", "/", "file:", "-e", "-r", "-c", "--editable",
+                                             "--requirement", "--constraint")) or "file://" in e]
     assert not local, (
         f"environment.yml pip section has local references {local}: they stop repo2docker "
         "from caching the environment layer"
     )
+    options = [_pip_option(e) for e in pip if e.startswith("-")]
+    assert all(flag in ("--index-url", "--extra-index-url") and url.startswith("https://")
+               for flag, url in options), f"environment.yml: unexpected pip options {options}"
 
 
 def test_environment_python_matches_pyproject():
@@ -198,10 +204,65 @@ def test_environment_satisfies_pyproject(req):
     )
 
 
-def test_torch_comes_from_pip_with_a_cpu_note():
-    pins = _env_pins()
-    assert pins["torch"][1] == "pip"
-    assert "download.pytorch.org/whl/cpu" in ENV_FILE.read_text()
+def _pip_option(line: str) -> tuple[str, str]:
+    """``("--extra-index-url", "https://...")`` from a pip-section option line."""
+    flag, _, value = line.replace("=", " ", 1).partition(" ")
+    return flag, value.strip()
+
+
+#: PyTorch's CPU wheel index: the only source of the `+cpu` builds.
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+#: conda packages that pull CUDA (or are a CUDA build of torch)
+CONDA_CUDA_NAMES = ("pytorch-gpu", "cudatoolkit", "cuda-version", "cuda-runtime", "cudnn", "nccl")
+
+
+@pytest.mark.parametrize("path", [ENV_FILE, BINDER / "environment.yml"], ids=lambda p: str(p.relative_to(REPO)))
+def test_environment_torch_is_a_cpu_build(path):
+    """Binder has no GPU and PyPI's Linux torch wheel is the multi-GB CUDA build: the env
+    file must not be able to resolve to it. Either pip with an exact `+cpu` version (that
+    local version exists only on PyTorch's CPU index, which the pip section must name, and
+    no CUDA index), or conda-forge's pytorch pinned to a `cpu_*` build string."""
+    env = yaml.safe_load(path.read_text())
+    conda = [e.strip() for e in env["dependencies"] if isinstance(e, str)]
+    pip = [e.strip() for d in env["dependencies"] if isinstance(d, dict) for e in d.get("pip", [])]
+    for entry in conda:
+        name = entry.partition("=")[0].strip()
+        assert name not in CONDA_CUDA_NAMES, f"{path.name}: {entry!r} brings CUDA"
+    conda_torch = [e for e in conda if re.match(r"(pytorch|pytorch-cpu|torch)\b", e)]
+    pip_torch = [Requirement(e) for e in pip if not e.startswith("-")
+                 and canonicalize_name(Requirement(e).name) in ("torch", "pytorch")]
+    assert len(conda_torch) + len(pip_torch) == 1, f"{path.name}: torch must be listed exactly once"
+    for req in pip + conda:
+        assert not re.match(r"(torchvision|torchaudio)\b", req), (
+            f"{path.name}: {req!r} would pull its own torch build"
+        )
+    indexes = [url for flag, url in map(_pip_option, (e for e in pip if e.startswith("-")))]
+    assert not any(re.search(r"/whl/(cu|rocm)", url) for url in indexes), f"{path.name}: GPU index {indexes}"
+    if pip_torch:
+        (req,) = pip_torch
+        (spec,) = req.specifier
+        assert spec.operator == "==" and Version(spec.version).local == "cpu", (
+            f"{path.name}: pip's {req} may resolve to a CUDA build; pin torch==X.Y.Z+cpu"
+        )
+        assert TORCH_CPU_INDEX in [url.rstrip("/") for url in indexes], (
+            f"{path.name}: torch {req.specifier} exists only on {TORCH_CPU_INDEX}; add "
+            f"`--extra-index-url {TORCH_CPU_INDEX}` to the pip section"
+        )
+    else:
+        (entry,) = conda_torch
+        parts = re.split(r"\s*=+\s*", entry)
+        assert parts[0] == "pytorch-cpu" or (len(parts) == 3 and parts[2].startswith("cpu_")), (
+            f"{path.name}: {entry!r} may resolve to a CUDA build; pin pytorch=X.Y.Z=cpu_*"
+        )
+
+
+def test_environment_torch_matches_the_makefile():
+    """`make` and the env file install the same torch release (the env file's is the `+cpu` build)."""
+    pinned = Version(_env_pins()["torch"][0].removeprefix("=="))
+    assert pinned.public == _makefile_torch_version(), (
+        f"environment.yml pins torch {pinned}, the Makefile installs {_makefile_torch_version()}"
+    )
+    assert f"TORCH_CPU_INDEX ?= {TORCH_CPU_INDEX}" in (REPO / "Makefile").read_text()
 
 
 def test_binder_environment_is_the_same_file():
@@ -294,6 +355,87 @@ def test_pins_compatible_with_binder_base_environment():
         assert ours.major == base[name].major, (
             f"{name}: we pin {ours}, Binder's base env has {base[name]} (different major)"
         )
+
+
+# ----------------------------------------------------------------------------- Makefile
+
+#: Stand-in for the venv's python: logs each call; `import torch` fails (fresh venv); a pip
+#: call naming an index fails when $INDEX_FAILS is set (index unreachable).
+_STUB_PYTHON = r"""#!/usr/bin/env bash
+printf '%s\n' "$*" >> "$STUB_LOG"
+case "$*" in
+  *"import torch"*) exit 1 ;;
+  *"--index-url"*) [ -n "$INDEX_FAILS" ] && exit 1; exit 0 ;;
+  *"m.version"*) echo "$TORCH_BUILT" ;;
+esac
+exit 0
+"""
+
+
+def _bootstrap(tmp_path, *, gpu: bool, index_fails: bool) -> list[str]:
+    """Run `make venv` with a stub venv python; return the python calls it made."""
+    if sys.platform != "linux":
+        pytest.skip("the CPU-index branch is for Linux")
+    if subprocess.run(["make", "--version"], capture_output=True, check=False).returncode:
+        pytest.skip("no make")
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    stub = venv / "bin" / "python"
+    stub.write_text(_STUB_PYTHON)
+    stub.chmod(0o755)
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    probe = tools / "fake-nvidia-smi"
+    probe.write_text("#!/bin/sh\nexit 0\n")
+    probe.chmod(0o755)
+    log = tmp_path / "calls.log"
+    env = {**os.environ, "STUB_LOG": str(log), "INDEX_FAILS": "1" if index_fails else "",
+           "TORCH_BUILT": "2.13.0+cpu", "PATH": f"{tools}:{os.environ['PATH']}"}
+    probe_name = probe.name if gpu else "pdeinf-no-such-gpu-probe"
+    proc = subprocess.run(["make", "--no-print-directory", "-C", str(REPO), "venv", f"VENV={venv}",
+                           f"NVIDIA_SMI={probe_name}"],
+                          capture_output=True, text=True, env=env, check=False, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (venv / ".pdeinf-installed").is_file()
+    return log.read_text().splitlines()
+
+
+def _torch_installs(calls: list[str]) -> list[str]:
+    return [c for c in calls if c.startswith("-m pip install") and "torch==" in c]
+
+
+def _makefile_torch_version() -> str:
+    makefile = (REPO / "Makefile").read_text()
+    match = re.search(r"^TORCH_VERSION\s*\?=\s*(\S+)\s*$", makefile, flags=re.MULTILINE)
+    assert match, "Makefile: no `TORCH_VERSION ?= ...`"
+    return match.group(1)
+
+
+def test_makefile_without_gpu_takes_the_cpu_index(tmp_path):
+    version = _makefile_torch_version()
+    calls = _torch_installs(_bootstrap(tmp_path, gpu=False, index_fails=False))
+    first, package = calls
+    assert f"--index-url {TORCH_CPU_INDEX} torch=={version}" in first
+    # one short try: a blocked index must not hang the bootstrap
+    assert "--retries 0" in first
+    timeout = int(re.search(r"--timeout (\d+)", first).group(1))
+    assert timeout <= 10
+    # the package install pins the torch just installed, so no extra brings another build
+    assert "-e .[test,peers,bench,dev] torch==2.13.0+cpu" in package
+
+
+def test_makefile_falls_back_when_the_cpu_index_is_unreachable(tmp_path):
+    calls = _torch_installs(_bootstrap(tmp_path, gpu=False, index_fails=True))
+    assert len(calls) == 3
+    assert "--index-url" in calls[0]
+    assert calls[1] == f"-m pip install --quiet torch=={_makefile_torch_version()}"  # pip's own configured sources
+    assert "--index-url" not in calls[2] and calls[2].endswith("torch==2.13.0+cpu")
+
+
+def test_makefile_with_gpu_keeps_pips_default(tmp_path):
+    calls = _torch_installs(_bootstrap(tmp_path, gpu=True, index_fails=True))
+    assert not any("--index-url" in c for c in calls)
+    assert calls[0] == f"-m pip install --quiet torch=={_makefile_torch_version()}"
 
 
 # ----------------------------------------------------------------------------- README, CI

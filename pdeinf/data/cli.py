@@ -14,7 +14,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="generate look-alike PDEGym data (one data set)")
     gen.add_argument("--dataset", required=True, help="CE-RP, CE-CRP, CE-RPUI, NS-BB, NS-Gauss or NS-Sines")
     gen.add_argument("--n-trajectories", type=int, required=True)
-    gen.add_argument("--resolution", type=int, required=True, help="stored grid (H = W)")
+    gen.add_argument("--resolution", type=int, required=True, help="stored grid (H = W), at least 8")
     gen.add_argument("--out", required=True, help="root directory; files go to OUT/DATASET/")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--solver-resolution", type=int, default=None, help="default 2 x resolution")
@@ -29,7 +29,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     ins.add_argument("--max-samples", type=int, default=64,
                      help="statistics over the first N samples of each class (default 64)")
     ins.add_argument("--validate", action="store_true",
-                     help="also check every value (finite; CE density and pressure positive)")
+                     help="also check every value (float dtype, finite, CE density/pressure/energy "
+                          "positive, magnitudes plausible)")
     ins.set_defaults(func=_inspect)
     return parser
 
@@ -50,9 +51,10 @@ def _generate(args) -> int:
 def _inspect(args) -> int:
     import pandas as pd
 
-    from pdeinf.config import PDE_CLASSES
+    from pdeinf.config import PDE_CLASSES, pde_spec
     from pdeinf.data.pdegym import chunk_files, open_dataset
     from pdeinf.data.statistics import class_statistics, compare_to_pdegym
+    from pdeinf.data.validation import POSITIVE_VARIABLES
     from pdeinf.data.well import open_well
 
     if args.max_samples <= 0:
@@ -79,7 +81,8 @@ def _inspect(args) -> int:
               f"resolution (H, W) {reader.resolution}")
         if args.validate:
             reader.validate(progress=True)
-            print("  validated: all values finite" + ("; density and pressure positive" if reader.pde == "CE" else ""))
+            positive = [n for n in pde_spec(reader.pde).stored_variables if n in POSITIVE_VARIABLES]
+            print("  validated: all values finite" + (f"; {', '.join(positive)} positive" if positive else ""))
     table = class_statistics(readers, max_samples=args.max_samples)
     with pd.option_context("display.width", 160, "display.max_columns", 20):
         print(table.to_string(float_format=lambda v: f"{v:.5g}"))

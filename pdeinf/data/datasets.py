@@ -97,12 +97,15 @@ class PDEData:
     """The three classes of one PDE under `root`.
 
     `split_mode` "seeded" (the paper: `split_indices(n, seed, fractions)` per class) or
-    "official" (PDEGym's contiguous split; the seed is ignored).
+    "official" (PDEGym's contiguous split; the seed is ignored). `content_cache`: a JSON file
+    caching the files' content digests (`pdeinf.data.fingerprint`) between runs, also used by
+    `validate()`; None keeps them in memory only.
     """
 
     def __init__(self, root: str | os.PathLike, pde: str, t_max: int = 17, *,
                  split_mode: str = "seeded",
-                 fractions: tuple[float, float, float] = (0.65, 0.05, 0.30)):
+                 fractions: tuple[float, float, float] = (0.65, 0.05, 0.30),
+                 content_cache: str | os.PathLike | None = None):
         if pde not in PDE_CLASSES:
             raise InputError(f"pde={pde!r}: expected one of {', '.join(PDE_CLASSES)}")
         if split_mode not in ("seeded", "official"):
@@ -116,6 +119,7 @@ class PDEData:
         self.t_max = int(t_max)
         self.split_mode = split_mode
         self.fractions = tuple(fractions)
+        self.content_cache = Path(content_cache) if content_cache is not None else None
         self.classes: tuple[str, ...] = PDE_CLASSES[pde]
         self.channels = PDE_CHANNELS[pde]
         self._paths = {cls: self._find(cls) for cls in self.classes}
@@ -164,18 +168,29 @@ class PDEData:
         return self.reader(cls).read(self.split(cls, split, seed), range(self.t_max))
 
     def fingerprint(self) -> str:
-        """16 hex digits identifying the data: per class the file names, sizes and shapes,
-        plus the PDE, t_max and split settings (stored in training checkpoints)."""
+        """16 hex digits identifying the data: per class the content key of its files (a hash
+        of their bytes, cached by path, mtime, size and inode, see `pdeinf.data.fingerprint`)
+        and shape, plus the PDE, t_max and split settings (stored in training checkpoints).
+        Editing a value in place changes it; moving the data root does not."""
+        from pdeinf.data.fingerprint import content_key
+
         record: dict = {"pde": self.pde, "t_max": self.t_max, "split_mode": self.split_mode,
                         "fractions": list(self.fractions)}
         for cls in self.classes:
             reader = self.reader(cls)
             record[cls] = {
-                "files": [[p.name, p.stat().st_size] for p in reader.paths],
+                "content": content_key(reader.paths, self.content_cache),
                 "shape": [reader.n_samples, reader.n_times, reader.channels, *reader.resolution],
             }
         blob = json.dumps(record, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+    def validate(self, *, progress: bool = False) -> None:
+        """Physical validation of every file of the three classes, each file once per content
+        (`pdeinf.data.validation.validate_dataset`, cached in `content_cache`)."""
+        from pdeinf.data.validation import validate_dataset
+
+        validate_dataset(self, cache=self.content_cache, progress=progress)
 
     def __repr__(self) -> str:
         return f"PDEData({str(self.root)!r}, pde={self.pde}, t_max={self.t_max}, resolution={self.resolution})"

@@ -3,8 +3,10 @@ PDEGym layout.
 
 For each trajectory: initial condition from `pdeinf.solvers.initial_conditions.sample` on the
 solver grid, evolved to the 21 snapshot times t = k/20 on the periodic unit square, then
-block-averaged down to the stored grid (for CE an exact cell average of the conserved variables,
-so mass, momentum and energy stay conserved and states stay physical), then written as
+downsampled to the stored grid (`downsampling_kind`): compressible flows (finite volumes) by
+block averaging, an exact cell average of the conserved variables, so mass, momentum and energy
+stay conserved and states stay physical; incompressible flows (spectral solver) by spectral
+truncation, which keeps the stored velocity divergence-free to round-off), then written as
 `out_dir/NAME/data_K.nc` (CE: primitive rho, vx, vy, p, E) or `velocity_K.nc` (NS: u, v and a
 zero tracer). Trajectory j's initial condition is sample j of the sampler's stream for `seed`
 (seeded per sample), so chunk contents do not depend on the chunk size. Finished files are skipped on rerun; files are
@@ -21,16 +23,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pdeinf.config import DATASETS, pde_of
+from pdeinf.config import DATASETS, pde_of, pde_spec
 from pdeinf.data.pdegym import STORED_CHANNELS, VARIABLE, ChunkWriter, chunk_name
-from pdeinf.errors import InputError
+from pdeinf.data.validation import check_generation_request
+from pdeinf.errors import InputError, NumericalError
 
 N_SNAPSHOTS = 21
 SNAPSHOT_TIMES = np.arange(N_SNAPSHOTS) / (N_SNAPSHOTS - 1)  # t_k = k/20 on [0, 1]
 #: Trajectories per chunk file of the released data (used when chunk_size is None).
 PDEGYM_CHUNK_SIZE = {"CE": 715, "NS": 1177}
-GAMMA = 1.4
 NS_VISCOSITY = "spectral"
+#: Downsampling kinds (see `downsampling_kind`).
+BLOCK_AVERAGE, SPECTRAL_TRUNCATION = "block_average", "spectral_truncation"
 
 
 def _positive_int(value, name: str) -> int:
@@ -45,15 +49,13 @@ def _check_arguments(dataset, n_trajectories, resolution, solver_resolution, chu
         raise InputError(f"dataset={dataset!r}: unknown data set; expected one of {', '.join(DATASETS)}")
     n_trajectories = _positive_int(n_trajectories, "n_trajectories")
     resolution = _positive_int(resolution, "resolution")
-    if resolution < 4:
-        raise InputError(f"resolution={resolution}: must be at least 4")
     solver_resolution = _positive_int(
         2 * resolution if solver_resolution is None else solver_resolution, "solver_resolution"
     )
     if solver_resolution % resolution:
         raise InputError(
             f"solver_resolution={solver_resolution}: must be a multiple of resolution={resolution} "
-            "(the stored grid is a block average of the solver grid)"
+            "(the stored grid is a block average or spectral truncation of the solver grid)"
         )
     pde = pde_of(dataset)
     chunk_size = _positive_int(
@@ -80,6 +82,52 @@ def block_average(fields: torch.Tensor, factor: int) -> torch.Tensor:
     return blocks.mean(dim=(-1, -3))
 
 
+def spectral_truncate(fields: torch.Tensor, resolution: int) -> torch.Tensor:
+    """Fourier truncation of periodic fields `[..., Rs, Rs] -> [..., R, R]` (R <= Rs).
+
+    Keeps the modes |m| < R/2 representable on the coarse grid (the coarse Nyquist row and
+    column are dropped: they carry no well-defined derivative), then inverse-transforms at the
+    coarse size. The coarse values are the band-limited interpolant of the fine field, so any
+    linear constant-coefficient differential constraint the fine field satisfies spectrally
+    (div u = 0 for the incompressible solver's velocity) holds on the coarse grid to round-off.
+    """
+    *lead, height, width = fields.shape
+    if resolution == height == width:
+        return fields
+    coefficients = torch.fft.rfft2(fields, norm="forward")  # [..., Rs, Rs//2+1]
+    n_pos, n_neg, n_col = (resolution + 1) // 2, (resolution - 1) // 2, (resolution + 1) // 2
+    kept = coefficients.new_zeros(*lead, resolution, resolution // 2 + 1)
+    kept[..., :n_pos, :n_col] = coefficients[..., :n_pos, :n_col]
+    if n_neg:
+        kept[..., -n_neg:, :n_col] = coefficients[..., -n_neg:, :n_col]
+    return torch.fft.irfft2(kept, s=(resolution, resolution), norm="forward")
+
+
+def downsampling_kind(pde: str) -> str:
+    """How the solver grid becomes the stored grid, a fact of the PDE's discretisation:
+    compressible flows come from a finite-volume solver whose unknowns are cell averages, so a
+    block average is exact and conservative (BLOCK_AVERAGE); incompressible flows come from a
+    spectral solver whose velocity is divergence-free spectrally, which only Fourier truncation
+    preserves (a block average leaves a divergence of a few % of the velocity gradient)."""
+    return BLOCK_AVERAGE if pde_spec(pde).compressible else SPECTRAL_TRUNCATION
+
+
+def downsample(pde: str, fields: torch.Tensor, resolution: int) -> torch.Tensor:
+    """`[..., Rs, Rs] -> [..., R, R]` by the PDE's `downsampling_kind`."""
+    factor = fields.shape[-1] // resolution
+    if downsampling_kind(pde) == BLOCK_AVERAGE:
+        return block_average(fields, factor)
+    return spectral_truncate(fields, resolution)
+
+
+def _downsampling_note(pde: str, solver_resolution: int, resolution: int) -> str:
+    factor = solver_resolution // resolution
+    if downsampling_kind(pde) == BLOCK_AVERAGE:
+        return f"{factor}x{factor} block average of the solver grid"
+    return (f"spectral truncation of the {solver_resolution}x{solver_resolution} solver grid to "
+            f"the modes of the {resolution}x{resolution} grid (Nyquist dropped)")
+
+
 def _sample_initial_conditions(dataset, first, count, resolution, seed, dtype, device) -> torch.Tensor:
     """`[count, C, R, R]` initial conditions of global trajectories `first .. first+count-1`.
     The sampler seeds every sample from `(seed, data set, index)`, so the result does not
@@ -100,9 +148,10 @@ def _accepts(function, name: str) -> bool:
 
 def _solve(pde: str, u0: torch.Tensor) -> torch.Tensor:
     """`[b, C, Rs, Rs] -> [b, 21, C, Rs, Rs]` at t = k/20."""
-    if pde == "CE":
+    spec = pde_spec(pde)
+    if spec.compressible:
         from pdeinf.solvers import euler as solver
-        kwargs = {"gamma": GAMMA}
+        kwargs = {"gamma": spec.gamma}
     else:
         from pdeinf.solvers import navier_stokes as solver
         # PDEGym/azeban's smooth-cutoff spectral viscosity, eps_N = 0.05 / N on the solver grid
@@ -113,13 +162,11 @@ def _solve(pde: str, u0: torch.Tensor) -> torch.Tensor:
 
 
 def _to_stored(pde: str, trajectories: torch.Tensor) -> np.ndarray:
-    """Model-channel trajectories `[b, T, C, H, W]` -> the stored channels (CE primitive 5)."""
-    if pde == "CE":
-        rho, mx, my, energy = trajectories.unbind(dim=2)
-        vx, vy = mx / rho, my / rho
-        pressure = (GAMMA - 1.0) * (energy - 0.5 * (mx * vx + my * vy))
-        trajectories = torch.stack([rho, vx, vy, pressure, energy], dim=2)
-    return trajectories.detach().cpu().numpy()
+    """Model-channel trajectories `[b, T, C, H, W]` -> the stored channels `[b, T, C_s, H, W]`
+    (CE primitive 5; NS u, v, the writer adds the zero tracer)."""
+    from pdeinf.data.pdegym import model_to_stored
+
+    return model_to_stored(pde, trajectories.detach().cpu().numpy())
 
 
 def _chunk_ranges(n_trajectories: int, chunk_size: int) -> list[tuple[int, int]]:
@@ -146,7 +193,7 @@ def _existing_is_complete(path: Path, expected: dict, n_samples: int, resolution
         with h5py.File(path, "r") as handle:
             attrs = {key: handle.attrs.get(key) for key in expected}
             shape = handle[VARIABLE[expected["pde"]]].shape
-    except (OSError, KeyError) as err:
+    except (OSError, KeyError, RuntimeError, ValueError) as err:  # h5py's errors on a damaged file
         raise InputError(f"{path}: exists but cannot be read ({err}); delete it to regenerate") from None
     found = {key: _attribute_value(value) for key, value in attrs.items()}
     wanted_shape = (n_samples, N_SNAPSHOTS, len(STORED_CHANNELS[expected["pde"]]), resolution, resolution)
@@ -179,8 +226,10 @@ def generate(
     The solver runs at `solver_resolution` (default 2 x resolution, must be a multiple of it)
     on `device` in `dtype`, `batch_size` trajectories at a time; `chunk_size` trajectories per
     file (default: PDEGym's 715 CE / 1177 NS, capped at n_trajectories). Arguments are
-    validated before any work (InputError). A solver failure raises RuntimeError naming the data
-    set, chunk and trajectories; finished chunks stay, and rerunning resumes.
+    validated before any work (InputError, `validation.check_generation_request`: minimum
+    resolution, writable output folder, output size against free disk, one batch against memory,
+    estimated hours). A solver failure raises NumericalError naming the data set, chunk and
+    trajectories; finished chunks stay, and rerunning resumes.
     """
     from tqdm.auto import tqdm
 
@@ -189,10 +238,16 @@ def generate(
                          batch_size, seed, device)
     )
     target = Path(out_dir) / dataset
-    if target.exists() and not target.is_dir():
-        raise InputError(f"{target}: exists and is not a directory")
-    factor = solver_resolution // resolution
-    expected = {"pde": pde, "dataset": dataset, "seed": seed, "solver_resolution": solver_resolution}
+    check_generation_request(
+        pde, n_trajectories=n_trajectories, resolution=resolution, solver_resolution=solver_resolution,
+        batch_size=batch_size, dtype=dtype, device=device, out_dir=out_dir, target=target,
+        n_times=N_SNAPSHOTS,
+        existing_bytes=sum(p.stat().st_size for p in target.glob("*.nc")) if target.is_dir() else 0,
+    )
+    downsampling = _downsampling_note(pde, solver_resolution, resolution)
+    # the downsampling is part of the request: files from the old NS block average are refused
+    expected = {"pde": pde, "dataset": dataset, "seed": seed, "solver_resolution": solver_resolution,
+                "downsampling": downsampling}
     ranges = _chunk_ranges(n_trajectories, chunk_size)
     paths = [target / chunk_name(pde, k) for k in range(len(ranges))]
     todo = [
@@ -210,13 +265,12 @@ def generate(
                 paths[k], pde, stop - start, SNAPSHOT_TIMES, (resolution, resolution),
                 attrs={**expected, "first_trajectory": start, "chunk": k,
                        "snapshot_times": "t_k = k/20, k = 0..20",
-                       "downsampling": f"{factor}x{factor} block average of the solver grid",
-                       **({"gamma": GAMMA} if pde == "CE" else {"viscosity": NS_VISCOSITY})},
+                       **_physics_attrs(pde)},
             )
             try:
                 for first in range(start, stop, batch_size):
                     members = list(range(first, min(first + batch_size, stop)))
-                    stored = _run_batch(dataset, pde, members, solver_resolution, factor, seed,
+                    stored = _run_batch(dataset, pde, members, solver_resolution, resolution, seed,
                                         dtype, device, k)
                     writer.put(first - start, stored)
                     bar.update(len(members))
@@ -229,22 +283,27 @@ def generate(
     return paths
 
 
-def _run_batch(dataset, pde, members, solver_resolution, factor, seed, dtype, device, chunk) -> np.ndarray:
+def _physics_attrs(pde: str) -> dict:
+    spec = pde_spec(pde)
+    return {"gamma": spec.gamma} if spec.compressible else {"viscosity": NS_VISCOSITY}
+
+
+def _run_batch(dataset, pde, members, solver_resolution, resolution, seed, dtype, device, chunk) -> np.ndarray:
     u0 = _sample_initial_conditions(dataset, members[0], len(members), solver_resolution, seed, dtype, device)
     try:
         solution = _solve(pde, u0)
     except InputError:
         raise
-    except RuntimeError as err:
-        raise RuntimeError(
+    except (NumericalError, RuntimeError) as err:
+        raise NumericalError(
             f"generate {dataset}: solver failed in chunk {chunk} on trajectories "
             f"{_name_members(str(err), members)}: {err}"
         ) from err
-    solution = block_average(solution, factor)
+    solution = downsample(pde, solution, resolution)
     stored = _to_stored(pde, solution)
     if not np.all(np.isfinite(stored)):
         bad = members[int(np.flatnonzero(~np.isfinite(stored).reshape(len(members), -1).all(1))[0])]
-        raise RuntimeError(f"generate {dataset}: chunk {chunk}, trajectory {bad}: non-finite values")
+        raise NumericalError(f"generate {dataset}: chunk {chunk}, trajectory {bad}: non-finite values")
     return stored
 
 

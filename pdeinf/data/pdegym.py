@@ -22,16 +22,69 @@ from pathlib import Path
 
 import numpy as np
 
+from pdeinf.config import PDE_SPECS, pde_spec
 from pdeinf.errors import InputError
 
-#: On-disk variable name per PDE, and the stored channels.
-VARIABLE: dict[str, str] = {"CE": "data", "NS": "velocity"}
-STORED_CHANNELS: dict[str, tuple[str, ...]] = {
-    "CE": ("rho", "vx", "vy", "p", "E"),
-    "NS": ("u", "v", "tracer"),
-}
+#: On-disk variable name per PDE, and the stored channels (views of PDE_SPECS).
+VARIABLE: dict[str, str] = {pde: spec.file_kind for pde, spec in PDE_SPECS.items()}
+STORED_CHANNELS: dict[str, tuple[str, ...]] = {pde: spec.stored_variables for pde, spec in PDE_SPECS.items()}
 DIMS: tuple[str, ...] = ("sample", "time", "channel", "x", "y")
-_CHUNK_RE = re.compile(r"^(data|velocity)_(\d+)\.nc$")
+#: A stored channel the writer may fill with zeros when the caller has no values for it.
+OPTIONAL_STORED = "tracer"
+#: Plain-words description of each stored variable (file attributes).
+STORED_DESCRIPTIONS: dict[str, str] = {
+    "rho": "density", "vx": "horizontal velocity", "vy": "vertical velocity", "p": "pressure",
+    "E": "total energy E = rho |v|^2 / 2 + p / (gamma - 1)", "u": "horizontal velocity",
+    "v": "vertical velocity", "tracer": "passive tracer",
+}
+_CHUNK_RE = re.compile(
+    r"^(" + "|".join(re.escape(kind) for kind in VARIABLE.values()) + r")_(\d+)\.nc$"
+)
+#: What h5py raises on a damaged file (corrupt object headers surface as KeyError/RuntimeError).
+_H5_ERRORS = (OSError, ValueError, KeyError, RuntimeError)
+
+
+def stored_to_model(pde: str, stored: np.ndarray, axis: int = 1) -> np.ndarray:
+    """Stored channels -> model channels along `axis`, by name (PDESpec): a model channel named
+    like a stored variable is copied (rho, E, u, v); `rho_<q>` is density times stored `q`
+    (momentum from velocity). Channels the models never see (p, tracer) are dropped."""
+    spec = pde_spec(pde)
+    index = {name: i for i, name in enumerate(spec.stored_variables)}
+
+    def take(name: str) -> np.ndarray:
+        return np.take(stored, index[name], axis=axis)
+
+    out = []
+    for name in spec.channel_names:
+        if name in index:
+            out.append(take(name))
+        else:
+            density, _, quantity = name.partition("_")
+            out.append(take(density) * take(quantity))
+    return np.stack(out, axis=axis)
+
+
+def model_to_stored(pde: str, model: np.ndarray, axis: int = 2) -> np.ndarray:
+    """Model channels `[..., C, ...]` (channels on `axis`) -> the stored channels, the inverse of
+    `stored_to_model`: velocity = momentum / density, pressure p = (gamma - 1)(E - |m|^2 / (2 rho))
+    for a compressible PDE; the optional tracer is left out (the writer adds zeros)."""
+    spec = pde_spec(pde)
+    model = np.asarray(model)
+    channel = {name: np.take(model, i, axis=axis) for i, name in enumerate(spec.channel_names)}
+    for name in list(channel):
+        if "_" in name:
+            density, _, quantity = name.partition("_")
+            channel[quantity] = channel[name] / channel[density]
+    if spec.compressible:
+        rho = np.take(model, spec.density_channel, axis=axis)
+        energy = np.take(model, spec.energy_channel, axis=axis)
+        kinetic = sum(0.5 * np.take(model, c, axis=axis) ** 2 for c in spec.vector_axes) / rho
+        channel["p"] = (spec.gamma - 1.0) * (energy - kinetic)
+    names = [n for n in spec.stored_variables if not (n == OPTIONAL_STORED and n not in channel)]
+    missing = [n for n in names if n not in channel]
+    if missing:
+        raise InputError(f"pde {pde}: cannot derive stored variables {missing} from {spec.channel_names}")
+    return np.stack([channel[n] for n in names], axis=axis)
 
 
 def chunk_name(pde: str, index: int) -> str:
@@ -61,7 +114,7 @@ def _pde_from_kind(kind: str) -> str:
     for pde, variable in VARIABLE.items():
         if kind in (pde, variable):
             return pde
-    raise InputError(f"kind {kind!r}: expected one of CE, NS, data, velocity")
+    raise InputError(f"kind {kind!r}: expected one of {', '.join([*VARIABLE, *VARIABLE.values()])}")
 
 
 def _open_h5(path: Path):
@@ -118,7 +171,7 @@ class PDEGymReader:
         self.n_samples = first
         self.n_times = n_times
         self.resolution = (ny, nx)  # (H, W): x runs along W
-        self.channels = 4 if self.pde == "CE" else 2
+        self.channels = pde_spec(self.pde).channels
         self.times = times if times is not None else np.linspace(0.0, 1.0, n_times)
         self._chunks = chunks
         self._starts = np.array([c.first for c in chunks])
@@ -128,13 +181,20 @@ class PDEGymReader:
     def _inspect(path: Path) -> tuple[str, tuple[int, ...], np.ndarray | None]:
         if not path.is_file():
             raise InputError(f"{path}: no such file")
+        try:
+            return PDEGymReader._inspect_open(path)
+        except InputError:
+            raise
+        except _H5_ERRORS as err:  # a damaged object header (h5py: KeyError/RuntimeError)
+            raise InputError(f"{path}: corrupt netCDF4/HDF5 file, cannot read its structure ({err})") from None
+
+    @staticmethod
+    def _inspect_open(path: Path) -> tuple[str, tuple[int, ...], np.ndarray | None]:
         with _open_h5(path) as handle:
             present = [name for name in VARIABLE.values() if name in handle]
             if len(present) != 1:
-                raise InputError(
-                    f"{path}: expected exactly one variable 'data' (CE) or 'velocity' (NS), "
-                    f"found {sorted(handle.keys())}"
-                )
+                expected = " or ".join(f"{kind!r} ({pde})" for pde, kind in VARIABLE.items())
+                raise InputError(f"{path}: expected exactly one variable {expected}, found {sorted(handle.keys())}")
             variable = present[0]
             pde = _pde_from_kind(variable)
             dataset = handle[variable]
@@ -155,6 +215,10 @@ class PDEGymReader:
                 )
             if min(shape) <= 0:
                 raise InputError(f"{path}: variable {variable!r} is empty {shape}")
+            if dataset.dtype.kind != "f" or dataset.dtype.itemsize not in (4, 8):
+                raise InputError(
+                    f"{path}: variable {variable!r} has dtype {dataset.dtype}; expected float32 or float64"
+                )
             if shape[1] < 2:
                 raise InputError(f"{path}: only {shape[1]} time snapshot(s); need at least 2")
             times = None
@@ -191,12 +255,12 @@ class PDEGymReader:
             chunk = self._chunks[file_number]
             rows = np.flatnonzero(file_of == file_number)
             with _open_h5(chunk.path) as handle:
-                dataset = handle[self.variable]
+                dataset = _variable(handle, self.variable, chunk.path)
                 for row in rows:
                     local = int(sample_idx[row] - chunk.first)
                     try:
                         stored = np.asarray(dataset[local, time_selection], dtype=np.float32)
-                    except (OSError, ValueError, KeyError) as err:
+                    except _H5_ERRORS as err:
                         raise InputError(
                             f"{chunk.path}: cannot read sample {local} ({err}); truncated or corrupt?"
                         ) from None
@@ -228,59 +292,36 @@ class PDEGymReader:
                         handle[self.variable][int(sample - chunk.first), _h5_selection(unique_times)],
                         dtype=np.float32,
                     )
-                except (OSError, ValueError) as err:
+                except _H5_ERRORS as err:
                     raise InputError(f"{chunk.path}: cannot read sample {sample - chunk.first} ({err})") from None
             out[row] = np.swapaxes(stored[time_inverse], -1, -2)
         return out
 
     def _to_model_channels(self, stored: np.ndarray) -> np.ndarray:
         """`[T, C_stored, X, Y]` -> `[T, C, H=Y, W=X]`."""
-        stored = np.swapaxes(stored, -1, -2)
-        if self.pde == "CE":
-            rho, vx, vy, energy = stored[:, 0], stored[:, 1], stored[:, 2], stored[:, 4]
-            return np.stack([rho, rho * vx, rho * vy, energy], axis=1)
-        return stored[:, :2]
+        return stored_to_model(self.pde, np.swapaxes(stored, -1, -2), axis=1)
 
-    def validate(self, *, block: int = 16, progress: bool = False) -> None:
-        """Check every file: structure (done on open) and every value finite, `block` samples
-        at a time (memory bounded). CE densities and pressures must also be positive.
-        Raises InputError naming the file and sample."""
-        from tqdm.auto import tqdm
+    def validate(self, *, block: int = 16, progress: bool = False, cache=None) -> None:
+        """Check every value of every file, `block` samples at a time (memory bounded): dtype
+        float32/float64, finite, positive where the PDE requires it (CE density, pressure,
+        energy), magnitudes not absurd (`pdeinf.data.validation`). Raises InputError naming the
+        file, variable, sample and time. `cache`: JSON file of already-validated content keys."""
+        from pdeinf.data.validation import validate_reader
 
-        if block <= 0:
-            raise InputError(f"block={block}: must be positive")
-        bar = tqdm(total=self.n_samples, desc=f"validate {self.source.name}", disable=not progress)
-        for chunk in self._chunks:
-            with _open_h5(chunk.path) as handle:
-                dataset = handle[self.variable]
-                for start in range(0, chunk.n_samples, block):
-                    stop = min(start + block, chunk.n_samples)
-                    try:
-                        values = np.asarray(dataset[start:stop])
-                    except (OSError, ValueError) as err:
-                        raise InputError(
-                            f"{chunk.path}: cannot read samples {start}..{stop - 1} ({err}); "
-                            "truncated or corrupt?"
-                        ) from None
-                    finite = np.isfinite(values).reshape(stop - start, -1).all(axis=1)
-                    if not finite.all():
-                        bad = start + int(np.flatnonzero(~finite)[0])
-                        raise InputError(f"{chunk.path}: sample {bad} contains NaN or Inf values")
-                    if self.pde == "CE":
-                        positive = (values[:, :, [0, 3]] > 0).reshape(stop - start, -1).all(axis=1)
-                        if not positive.all():
-                            bad = start + int(np.flatnonzero(~positive)[0])
-                            raise InputError(
-                                f"{chunk.path}: sample {bad} has non-positive density or pressure"
-                            )
-                    bar.update(stop - start)
-        bar.close()
+        validate_reader(self, block=block, progress=progress, cache=cache)
 
     def __repr__(self) -> str:
         return (
             f"PDEGymReader({str(self.source)!r}, pde={self.pde}, files={len(self.paths)}, "
             f"n_samples={self.n_samples}, n_times={self.n_times}, resolution={self.resolution})"
         )
+
+
+def _variable(handle, name: str, path: Path):
+    try:
+        return handle[name]
+    except _H5_ERRORS as err:
+        raise InputError(f"{path}: corrupt netCDF4/HDF5 file, cannot open variable {name!r} ({err})") from None
 
 
 def _dimension_names(dataset) -> tuple[str, ...] | None:
@@ -363,11 +404,13 @@ def write_chunk(
     if array.ndim != 5:
         raise InputError(f"{path}: array must be [n, T, C, H, W], got shape {array.shape}")
     n, n_times, n_channels, height, width = array.shape
-    tracer_missing = pde == "NS" and n_channels == 2
-    if n_channels != n_stored and not tracer_missing:
+    accepted = _accepted_channels(pde)
+    tracer_missing = n_channels != n_stored and n_channels in accepted
+    if n_channels not in accepted:
         raise InputError(
             f"{path}: {pde} array has {n_channels} channels; expected {n_stored} "
-            f"({', '.join(STORED_CHANNELS[pde])})" + (" or 2 (u, v)" if pde == "NS" else "")
+            f"({', '.join(STORED_CHANNELS[pde])})"
+            + (f" or {n_stored - 1} (without the {OPTIONAL_STORED})" if len(accepted) > 1 else "")
         )
     if min(array.shape) <= 0:
         raise InputError(f"{path}: empty array {array.shape}")
@@ -385,6 +428,12 @@ def write_chunk(
         writer.abort()
         raise
     return writer.close()
+
+
+def _accepted_channels(pde: str) -> tuple[int, ...]:
+    """Stored channel counts a writer accepts: all, or all but a trailing optional tracer."""
+    stored = STORED_CHANNELS[pde]
+    return (len(stored), len(stored) - 1) if stored[-1] == OPTIONAL_STORED else (len(stored),)
 
 
 def _write_coordinates(handle, times: np.ndarray, width: int, height: int, pde: str) -> None:
@@ -435,15 +484,12 @@ class ChunkWriter:
         )
         self._variable.attrs["channels"] = " ".join(STORED_CHANNELS[self.pde])
         self._variable.attrs["axis_order"] = "sample, time, channel, x, y (first spatial index is x)"
-        if self.pde == "CE":
-            self._variable.attrs["description"] = (
-                "density, horizontal velocity, vertical velocity, pressure, total energy "
-                "E = rho |v|^2 / 2 + p / (gamma - 1)"
+        stored = STORED_CHANNELS[self.pde]
+        self._variable.attrs["description"] = ", ".join(STORED_DESCRIPTIONS.get(n, n) for n in stored)
+        if OPTIONAL_STORED in stored and not tracer_simulated:
+            self._variable.attrs[OPTIONAL_STORED] = (
+                f"not simulated: channel {stored.index(OPTIONAL_STORED)} is all zeros"
             )
-        else:
-            self._variable.attrs["description"] = "horizontal velocity, vertical velocity, passive tracer"
-        if self.pde == "NS" and not tracer_simulated:
-            self._variable.attrs["tracer"] = "not simulated: channel 2 is all zeros"
         handle.attrs["pde"] = self.pde
         handle.attrs["conventions"] = "PDEGym (Poseidon) layout, written by pdeinf"
         for key, value in (attrs or {}).items():
@@ -453,7 +499,7 @@ class ChunkWriter:
     def put(self, start: int, array: np.ndarray) -> None:
         array = np.asarray(array, dtype=np.float32)
         b = array.shape[0]
-        channels = (self.n_stored, 2) if self.pde == "NS" else (self.n_stored,)
+        channels = _accepted_channels(self.pde)
         if (array.ndim != 5 or array.shape[1] != len(self.times) or array.shape[2] not in channels
                 or array.shape[3:] != self.resolution or not 0 <= start <= start + b <= self.n_samples):
             raise InputError(
@@ -461,7 +507,7 @@ class ChunkWriter:
                 f"[{self.n_samples}, {len(self.times)}, {self.n_stored}, {self.resolution[0]}, {self.resolution[1]}]"
             )
         stored = np.swapaxes(array, -1, -2)
-        if self.pde == "NS" and stored.shape[2] == 2:
+        if stored.shape[2] == self.n_stored - 1:  # the optional tracer, last: zeros
             stored = np.concatenate([stored, np.zeros_like(stored[:, :, :1])], axis=2)
         self._variable[start:start + b] = stored
         self._written[start:start + b] = True

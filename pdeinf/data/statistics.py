@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pdeinf.config import PDE_CLASSES
+from pdeinf.config import PDE_CLASSES, PDE_SPECS, pde_spec
 from pdeinf.errors import InputError
 
 PDEGYM_STATISTICS: dict[str, dict[str, tuple[float, float]]] = {
@@ -32,25 +32,36 @@ WELL_STATISTICS: dict[str, tuple[float, float]] = {
     "density": (0.91358, 0.53502), "energy": (3.0344, 3.2550), "pressure": (0.92916, 0.78237),
     "momentum_x": (2.32e-3, 0.41322), "momentum_y": (1.71e-4, 0.41064),
 }
-QUANTITIES = {"CE": ("rho", "vx", "vy", "p"), "NS": ("vx", "vy")}
+#: Tabulated quantities per PDE: velocity components along x (vx) and y (vy), plus density and
+#: pressure for a compressible PDE (PDEGym's statistics names).
+QUANTITIES: dict[str, tuple[str, ...]] = {
+    pde: (("rho", "vx", "vy", "p") if spec.compressible else ("vx", "vy")) for pde, spec in PDE_SPECS.items()
+}
 
 
 def _quantities(pde: str, batch: np.ndarray, gamma: float) -> dict[str, np.ndarray]:
-    """Model channels `[n, T, C, H, W]` -> the tabulated quantities (float64)."""
+    """Model channels `[n, T, C, H, W]` -> the tabulated quantities (float64). `gamma` is
+    passed in because a reader's gas (The Well) may differ from the PDE's default."""
+    spec = pde_spec(pde)
     batch = batch.astype(np.float64)
-    if pde == "CE":
-        rho, mx, my, energy = (batch[:, :, i] for i in range(4))
-        vx, vy = mx / rho, my / rho
-        return {"rho": rho, "vx": vx, "vy": vy,
-                "p": (gamma - 1.0) * (energy - 0.5 * (mx * vx + my * vy))}
-    return {"vx": batch[:, :, 0], "vy": batch[:, :, 1]}
+    rho = batch[:, :, spec.density_channel] if spec.compressible else None
+    out: dict[str, np.ndarray] = {} if rho is None else {"rho": rho}
+    for channel, axis in spec.vector_axes.items():  # momentum (CE) or velocity (NS) components
+        component = batch[:, :, channel] if rho is None else batch[:, :, channel] / rho
+        out["vx" if axis == -1 else "vy"] = component
+    if spec.compressible:
+        kinetic = 0.5 * rho * (out["vx"] ** 2 + out["vy"] ** 2)
+        out["p"] = (gamma - 1.0) * (batch[:, :, spec.energy_channel] - kinetic)
+    return {q: out[q] for q in QUANTITIES[pde]}
 
 
 def reader_statistics(reader, *, times=None, max_samples: int | None = None, block: int = 8,
                       gamma: float | None = None) -> dict[str, float]:
     """Mean and (population) std of each quantity over samples, `times` (default all) and
     pixels, streamed `block` samples at a time (float64 sums). Also min of rho and p (CE)."""
-    gamma = float(getattr(reader, "gamma", 1.4) if gamma is None else gamma)
+    if gamma is None:
+        gamma = getattr(reader, "gamma", None) or pde_spec(reader.pde).gamma or 1.0  # 1.0: unused (NS)
+    gamma = float(gamma)
     n = reader.n_samples if max_samples is None else min(int(max_samples), reader.n_samples)
     if n <= 0:
         raise InputError(f"max_samples={max_samples}: must be positive")
@@ -70,7 +81,7 @@ def reader_statistics(reader, *, times=None, max_samples: int | None = None, blo
         mean = total / count
         row[f"{name}_mean"] = mean
         row[f"{name}_std"] = float(np.sqrt(max(squares / count - mean**2, 0.0)))
-    if reader.pde == "CE":
+    if pde_spec(reader.pde).compressible:
         row["rho_min"], row["p_min"] = minima["rho"], minima["p"]
     return row
 

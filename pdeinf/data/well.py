@@ -1,12 +1,24 @@
 """The Well `euler_multi_quadrants` HDF5 files: a lazy reader and a small-file writer.
 
-Layout (PolymathicAI/the_well docs/data_format.md): `t0_fields/{density, energy, pressure}`
-`(n_traj, T, X, Y)`, `t1_fields/momentum` `(n_traj, T, X, Y, 2)` (components x, y),
-`dimensions/{time, x, y}`, `boundary_conditions/{x_periodic, y_periodic}` (attribute
-`bc_type` "PERIODIC" or "OPEN"), `scalars/gamma`. The reader has the PDEGym reader's interface
-and returns conserved `(rho, rho*vx, rho*vy, E)` `[n, T, 4, H, W]` float32 with x along W.
-The real files (hundreds of GB) cannot be downloaded here; `write_well_file` writes small ones in
-the same layout for tests and examples.
+Layout: The Well's shared specification (PolymathicAI/the_well docs/data_format.md), as its
+own `WellDataset` reads it and as in the published euler_multi_quadrants files:
+
+- root attributes `dataset_name`, `grid_type` ("cartesian"), `n_spatial_dims` (2),
+  `n_trajectories`, `simulation_parameters` (["gamma"]) and `gamma`;
+- `dimensions/` (attribute `spatial_dims` ["x", "y"]): `time` float32 `(T,)`, `x` float32 `(X,)`,
+  `y` float32 `(Y,)`, each with `sample_varying` (and `time_varying` for x, y);
+- `boundary_conditions/{x,y}_{periodic,open}` groups: attributes `bc_type` (PERIODIC, OPEN or
+  WALL), `associated_dims`, `associated_fields`, `sample_varying`, `time_varying`; datasets
+  `mask` bool `(X,)` (True where the boundary is) and `values` float32 `(mask.sum(),)`;
+- `scalars/` (attribute `field_names` ["gamma"]): `gamma`, a constant scalar;
+- `t0_fields/` (attribute `field_names`): `density`, `energy`, `pressure` float32
+  `(n_traj, T, X, Y)`; `t1_fields/` (`field_names` ["momentum"]): `momentum` float32
+  `(n_traj, T, X, Y, 2)` (components x, y); `t2_fields/` (`field_names` []). Every field carries
+  `dim_varying`, `sample_varying`, `time_varying`.
+
+The reader has the PDEGym reader's interface and returns conserved `(rho, rho*vx, rho*vy, E)`
+`[n, T, 4, H, W]` float32 with x along W. The real files (hundreds of GB) cannot be downloaded
+here; `write_well_file` writes small ones in the same layout for tests and examples.
 """
 from __future__ import annotations
 
@@ -16,10 +28,14 @@ from pathlib import Path
 
 import numpy as np
 
+from pdeinf.config import pde_spec
 from pdeinf.data.pdegym import _as_indices, _h5_selection
 from pdeinf.errors import InputError
 
 _SCALAR_FIELDS = ("density", "energy", "pressure")
+_VECTOR_FIELDS = ("momentum",)
+#: The Well's boundary-condition types (the_well.data.datasets.BoundaryCondition)
+BC_TYPES = ("WALL", "OPEN", "PERIODIC")
 
 
 def _open(path: Path):
@@ -29,6 +45,31 @@ def _open(path: Path):
         return h5py.File(path, "r")
     except (OSError, ValueError) as err:
         raise InputError(f"{path}: cannot open as an HDF5 file ({err})") from None
+
+
+def _text(value) -> str:
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    return str(value)
+
+
+def _names(value) -> list[str]:
+    """An HDF5 list-of-strings attribute (a str, bytes, or an array of either) as a list."""
+    if isinstance(value, (str, bytes)):
+        return [_text(value)]
+    return [_text(v) for v in np.atleast_1d(np.asarray(value, dtype=object))]
+
+
+def _dataset(handle, name: str, path: Path):
+    """`handle[name]`, which must be an HDF5 dataset (not a group)."""
+    import h5py
+
+    if name not in handle:
+        raise InputError(f"{path}: missing {name}")
+    item = handle[name]
+    if not isinstance(item, h5py.Dataset):
+        raise InputError(f"{path}: {name} is an HDF5 {type(item).__name__.lower()}; expected a dataset")
+    return item
 
 
 class WellReader:
@@ -46,17 +87,11 @@ class WellReader:
         if not self.path.is_file():
             raise InputError(f"{self.path}: no such file")
         with _open(self.path) as handle:
-            for group in ("t0_fields", "t1_fields", "scalars", "boundary_conditions"):
+            for group in ("t0_fields", "t1_fields", "scalars", "boundary_conditions", "dimensions"):
                 if group not in handle:
                     raise InputError(f"{self.path}: missing group {group!r} (not a Well file?)")
-            shapes = {}
-            for name in _SCALAR_FIELDS:
-                if name not in handle["t0_fields"]:
-                    raise InputError(f"{self.path}: missing t0_fields/{name}")
-                shapes[name] = handle["t0_fields"][name].shape
-            if "momentum" not in handle["t1_fields"]:
-                raise InputError(f"{self.path}: missing t1_fields/momentum")
-            momentum_shape = handle["t1_fields"]["momentum"].shape
+            shapes = {name: _dataset(handle, f"t0_fields/{name}", self.path).shape for name in _SCALAR_FIELDS}
+            momentum_shape = _dataset(handle, "t1_fields/momentum", self.path).shape
             reference = shapes["density"]
             if len(reference) != 4:
                 raise InputError(
@@ -73,23 +108,14 @@ class WellReader:
                 )
             if min(reference) <= 0:
                 raise InputError(f"{self.path}: empty fields {reference}")
-            if "gamma" not in handle["scalars"]:
-                raise InputError(f"{self.path}: missing scalars/gamma")
-            try:
-                self.gamma = float(np.asarray(handle["scalars"]["gamma"][()]))
-            except (OSError, ValueError) as err:
-                raise InputError(f"{self.path}: cannot read scalars/gamma ({err})") from None
-            if not (np.isfinite(self.gamma) and self.gamma > 1):
-                raise InputError(f"{self.path}: scalars/gamma = {self.gamma}; must be > 1")
-            self.periodic = tuple(
-                _bc_is_periodic(handle["boundary_conditions"], axis, self.path) for axis in ("x", "y")
-            )
-            times = None
-            if "dimensions" in handle and "time" in handle["dimensions"]:
-                times = np.asarray(handle["dimensions"]["time"][()], dtype=np.float64)
-        self.n_samples, self.n_times, nx, ny = (int(s) for s in reference)
-        self.resolution = (ny, nx)
-        self.times = times if times is not None and times.shape == (self.n_times,) else np.arange(self.n_times, dtype=float)
+            n_times, nx, ny = reference[1:]
+            self.gamma = _read_gamma(handle, self.path)
+            self.periodic = _read_periodicity(handle["boundary_conditions"], self.path)
+            self.times = _read_coordinate(handle, "time", n_times, self.path).astype(np.float64)
+            for axis, size in (("x", nx), ("y", ny)):
+                _read_coordinate(handle, axis, size, self.path)
+        self.n_samples, self.n_times = int(reference[0]), int(n_times)
+        self.resolution = (int(ny), int(nx))
 
     def read(self, samples=None, times=None) -> np.ndarray:
         """Conserved `(rho, mx, my, E)` float32 `[n, T, 4, H, W]` (x along W)."""
@@ -145,14 +171,87 @@ class WellReader:
         )
 
 
-def _bc_is_periodic(group, axis: str, path: Path) -> bool:
-    for name in (f"{axis}_periodic", f"{axis}_open", f"{axis}_wall"):
-        if name in group:
-            bc_type = group[name].attrs.get("bc_type", b"")
-            if isinstance(bc_type, bytes):
-                bc_type = bc_type.decode()
-            return str(bc_type).upper() == "PERIODIC"
-    raise InputError(f"{path}: no boundary condition for axis {axis} in boundary_conditions/")
+def _read_gamma(handle, path: Path) -> float:
+    """`scalars/gamma`: one number > 1 (the root attribute `gamma`, when it agrees to float32
+    precision, supplies the digits that the float32 dataset rounds away)."""
+    gamma_data = _dataset(handle, "scalars/gamma", path)
+    if gamma_data.dtype.kind not in "fiu":
+        raise InputError(f"{path}: scalars/gamma has dtype {gamma_data.dtype}; expected a number")
+    if gamma_data.size != 1 or gamma_data.ndim > 1:
+        raise InputError(
+            f"{path}: scalars/gamma has shape {gamma_data.shape}; expected one constant scalar"
+        )
+    try:
+        gamma = float(np.asarray(gamma_data[()]).reshape(()))
+    except (OSError, ValueError, TypeError) as err:
+        raise InputError(f"{path}: cannot read scalars/gamma ({err})") from None
+    exact = handle.attrs.get("gamma")
+    if exact is not None and np.size(exact) == 1:
+        try:
+            exact = float(np.asarray(exact).reshape(()))
+        except (TypeError, ValueError):
+            exact = None
+        if exact is not None and np.float32(exact) == np.float32(gamma):
+            gamma = exact
+    if not (np.isfinite(gamma) and gamma > 1):
+        raise InputError(f"{path}: scalars/gamma = {gamma}; must be > 1")
+    return gamma
+
+
+def _read_coordinate(handle, name: str, size: int, path: Path) -> np.ndarray:
+    """`dimensions/<name>`, a 1-D array of `size` finite values matching the fields' axis."""
+    data = _dataset(handle, f"dimensions/{name}", path)
+    axis = {"time": "T", "x": "X", "y": "Y"}[name]
+    if data.shape != (size,):
+        raise InputError(
+            f"{path}: dimensions/{name} has shape {data.shape}; the fields have {axis} = {size}, "
+            f"so it must have shape ({size},)"
+        )
+    values = np.asarray(data[()], dtype=np.float64)
+    if not np.all(np.isfinite(values)):
+        raise InputError(f"{path}: dimensions/{name} contains NaN or Inf values")
+    return values
+
+
+def _read_periodicity(group, path: Path) -> tuple[bool, bool]:
+    """`(x_periodic, y_periodic)` from the boundary-condition groups: an axis is periodic when
+    every condition on it has `bc_type` PERIODIC. Every axis needs at least one condition."""
+    import h5py
+
+    types: dict[str, list[str]] = {"x": [], "y": []}
+    for name, bc in group.items():
+        where = f"boundary_conditions/{name}"
+        if not isinstance(bc, h5py.Group):
+            raise InputError(f"{path}: {where} is a dataset; expected a group")
+        if "bc_type" not in bc.attrs:
+            raise InputError(f"{path}: {where} has no attribute bc_type (one of {', '.join(BC_TYPES)})")
+        bc_type = _text(bc.attrs["bc_type"]).upper()
+        if bc_type not in BC_TYPES:
+            raise InputError(
+                f"{path}: {where} attribute bc_type = {_text(bc.attrs['bc_type'])!r}; "
+                f"expected one of {', '.join(BC_TYPES)}"
+            )
+        if "associated_dims" not in bc.attrs:
+            raise InputError(f"{path}: {where} has no attribute associated_dims")
+        dims = _names(bc.attrs["associated_dims"])
+        unknown = [d for d in dims if d not in types]
+        if unknown or not dims:
+            raise InputError(
+                f"{path}: {where} attribute associated_dims = {dims}; expected spatial dims from ['x', 'y']"
+            )
+        for dim in dims:
+            types[dim].append(bc_type)
+    for axis, found in types.items():
+        if not found:
+            raise InputError(f"{path}: no boundary condition for axis {axis} in boundary_conditions/")
+    return tuple(all(t == "PERIODIC" for t in types[axis]) for axis in ("x", "y"))
+
+
+def _no_names() -> np.ndarray:
+    """An empty list-of-strings attribute (typed as strings, as The Well's lists are)."""
+    import h5py
+
+    return np.array([], dtype=h5py.string_dtype())
 
 
 def open_well(path: str | os.PathLike) -> WellReader:
@@ -164,15 +263,21 @@ def write_well_file(
     path: str | os.PathLike,
     conserved: np.ndarray,
     *,
-    gamma: float = 1.4,
+    gamma: float | None = None,
     periodic: tuple[bool, bool] = (True, True),
     times: Sequence[float] | None = None,
 ) -> Path:
     """Write `conserved` `[n, T, 4, H, W]` (rho, rho*vx, rho*vy, E; x along W) as a Well
-    euler_multi_quadrants file (pressure derived with `gamma`), via a temporary name."""
+    euler_multi_quadrants file in The Well's layout (module docstring), pressure derived with
+    `gamma` (default: the CE gamma of `pdeinf.config`); `times` default to The Well's
+    `linspace(0, 1.5, T)`. Cell-centred coordinates on the unit square. Written under a
+    temporary name and renamed, so no partial file is left behind."""
     import h5py
 
     path = Path(path)
+    gamma = float(pde_spec("CE").gamma if gamma is None else gamma)
+    if not (np.isfinite(gamma) and gamma > 1):
+        raise InputError(f"{path}: gamma = {gamma}; must be > 1")
     conserved = np.asarray(conserved, dtype=np.float64)
     if conserved.ndim != 5 or conserved.shape[2] != 4:
         raise InputError(f"{path}: conserved must be [n, T, 4, H, W], got {conserved.shape}")
@@ -182,6 +287,8 @@ def write_well_file(
         raise InputError(f"{path}: times has shape {times.shape}; expected ({n_times},)")
     rho, mx, my, energy = (np.swapaxes(conserved[:, :, i], -1, -2) for i in range(4))  # [n,T,X,Y]
     pressure = (gamma - 1.0) * (energy - 0.5 * (mx**2 + my**2) / rho)
+    const = {"sample_varying": False, "time_varying": False}
+    field = {"dim_varying": [True, True], "sample_varying": True, "time_varying": True}
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.partial-{os.getpid()}")
     try:
@@ -193,33 +300,38 @@ def write_well_file(
             })
             dims = handle.create_group("dimensions")
             dims.attrs["spatial_dims"] = ["x", "y"]
-            dims["time"] = times
-            dims["x"] = (np.arange(width) + 0.5) / width
-            dims["y"] = (np.arange(height) + 0.5) / height
+            dims.create_dataset("time", data=times.astype(np.float32))
+            dims["time"].attrs["sample_varying"] = False
+            for axis, size in (("x", width), ("y", height)):
+                dims.create_dataset(axis, data=((np.arange(size) + 0.5) / size).astype(np.float32))
+                dims[axis].attrs.update(const)
             bcs = handle.create_group("boundary_conditions")
             for axis, is_periodic, size in (("x", periodic[0], width), ("y", periodic[1], height)):
                 group = bcs.create_group(f"{axis}_periodic" if is_periodic else f"{axis}_open")
                 group.attrs.update({
                     "bc_type": "PERIODIC" if is_periodic else "OPEN",
-                    "associated_dims": [axis], "associated_fields": [],
-                    "sample_varying": False, "time_varying": False,
+                    "associated_dims": [axis], "associated_fields": _no_names(), **const,
                 })
                 mask = np.zeros(size, bool)
-                mask[[0, -1]] = True
-                group["mask"] = mask
-                group["values"] = np.zeros(0, np.float32)
+                mask[[0, -1]] = True  # the boundary is at both ends of the axis
+                group.create_dataset("mask", data=mask)
+                group.create_dataset("values", data=np.zeros(int(mask.sum()), np.float32))
             scalars = handle.create_group("scalars")
-            scalars["gamma"] = np.float64(gamma)
-            scalars["gamma"].attrs.update({"time_varying": False, "sample_varying": False})
+            scalars.attrs["field_names"] = ["gamma"]
+            scalars.create_dataset("gamma", data=np.float32(gamma))
+            scalars["gamma"].attrs.update(const)
             t0 = handle.create_group("t0_fields")
-            for name, values in (("density", rho), ("energy", energy), ("pressure", pressure)):
+            t0.attrs["field_names"] = list(_SCALAR_FIELDS)
+            for name, values in zip(_SCALAR_FIELDS, (rho, energy, pressure)):
                 t0.create_dataset(name, data=values.astype(np.float32), chunks=(1, 1, width, height))
-                t0[name].attrs.update({"dim_varying": [True, True], "sample_varying": True, "time_varying": True})
+                t0[name].attrs.update(field)
             t1 = handle.create_group("t1_fields")
+            t1.attrs["field_names"] = list(_VECTOR_FIELDS)
             momentum = np.stack([mx, my], axis=-1).astype(np.float32)
             t1.create_dataset("momentum", data=momentum, chunks=(1, 1, width, height, 2))
-            t1["momentum"].attrs.update({"dim_varying": [True, True], "sample_varying": True, "time_varying": True})
-            handle.create_group("t2_fields")
+            t1["momentum"].attrs.update(field)
+            t2 = handle.create_group("t2_fields")
+            t2.attrs["field_names"] = _no_names()
         os.replace(temporary, path)
     finally:
         if temporary.exists():

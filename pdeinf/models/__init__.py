@@ -1,55 +1,124 @@
-"""Surrogate models: `build(name, *, channels, resolution, size)`.
+"""Surrogate models: `build(name, *, channels, resolution, size, variant="authors", residual=False)`.
 
-Sizes (parameters for C = 4 channels; `python benchmarks/bench_training.py` prints them all):
+Variants (named so an ablation can switch one departure at a time):
+- `"authors"` (default): the architectures of the paper's code, lanl/PDEHats
+  (`AuthorsUNet`, `AuthorsViT`; see their module docstrings for the layer-by-layer account and
+  the parameter arithmetic);
+- `"pdeinf-v1"`: pdeinf's first architectures (`UNet`, `ViT`: GroupNorm ResBlocks, nearest
+  up-sampling, LayerNorm/GELU transformer), kept for comparison.
+`residual`: False predicts `u_{t+1}` directly (as the authors); True returns `u_t + f(u_t)`
+(pdeinf-v1 was trained that way).
+
+Sizes (C = 4 channels; `python benchmarks/bench_training.py` prints them all):
 - `smoke`: a few thousand parameters, trains in seconds at 16x16;
-- `quick`: ~1e5-3e5 parameters at 32x32 (per-example gradients and JVPs stay cheap);
-- `paper`: the paper's models at 128x128, UNet ~13M (24 base channels, kernels 11/9/7/5/3),
-  ViT ~5M (width 256, 8 heads, 6 layers).
+- `quick`: ~1.2e5-2e5 parameters at 32x32 (per-example gradients and JVPs stay cheap);
+- `paper`: the paper's models at 128x128 (authors: UNet 13.9M, ViT 4.5M).
 """
 from __future__ import annotations
 
 from torch import nn
 
+from pdeinf.checks import positive_int
+from pdeinf.config import MIN_RESOLUTION
 from pdeinf.errors import InputError
+from pdeinf.models.authors_unet import AUTHORS_UNET_PARAMETERS, AuthorsUNet
+from pdeinf.models.authors_vit import AUTHORS_VIT_PARAMETERS, AuthorsViT
 from pdeinf.models.unet import UNet
 from pdeinf.models.vit import ViT
 
-UNET_SIZES: dict[str, dict] = {
+UNET_SIZES: dict[str, dict] = {  # pdeinf-v1
     "smoke": {"base": 4, "mults": (1, 2, 2), "kernels": (5, 3, 3), "heads": 2},
     "quick": {"base": 6, "mults": (1, 2, 4, 8), "kernels": (5, 3, 3, 3), "heads": 4},
     "paper": {"base": 24, "mults": (1, 2, 4, 8, 12), "kernels": (11, 9, 7, 5, 3), "heads": 8},
 }
-VIT_SIZES: dict[str, dict] = {
+VIT_SIZES: dict[str, dict] = {  # pdeinf-v1
     "smoke": {"width": 32, "layers": 2, "heads": 4, "patch": 4, "mlp_ratio": 2},
     "quick": {"width": 64, "layers": 3, "heads": 4, "patch": 4, "mlp_ratio": 2},
     "paper": {"width": 256, "layers": 6, "heads": 8, "patch": 4, "mlp_ratio": 4},
 }
-_SIZES = {"unet": UNET_SIZES, "vit": VIT_SIZES}
-_CLASSES = {"unet": UNet, "vit": ViT}
+AUTHORS_UNET_SIZES: dict[str, dict] = {
+    "smoke": {"base": 2, "levels": 2, "heads": 2},
+    "quick": {"base": 5, "levels": 4, "heads": 4},
+    "paper": {"base": 24, "levels": 4, "heads": 4},
+}
+AUTHORS_VIT_SIZES: dict[str, dict] = {
+    "smoke": {"width": 16, "depth": 2, "heads": 4},
+    "quick": {"width": 64, "depth": 4, "heads": 4},
+    "paper": {"width": 256, "depth": 8, "heads": 8},
+}
+MODEL_NAMES = ("unet", "vit")
+VARIANTS = ("authors", "pdeinf-v1")
+SIZES = ("smoke", "quick", "paper")
+_SIZES = {("unet", "authors"): AUTHORS_UNET_SIZES, ("vit", "authors"): AUTHORS_VIT_SIZES,
+          ("unet", "pdeinf-v1"): UNET_SIZES, ("vit", "pdeinf-v1"): VIT_SIZES}
+_CLASSES = {("unet", "authors"): AuthorsUNet, ("vit", "authors"): AuthorsViT,
+            ("unet", "pdeinf-v1"): UNet, ("vit", "pdeinf-v1"): ViT}
 
 
-def build(name: str, *, channels: int, resolution: int, size: str) -> nn.Module:
-    """A fresh surrogate `[B, channels, resolution, resolution] -> same shape`.
+def build(name: str, *, channels: int, resolution: int, size: str, variant: str = "authors",
+          residual: bool = False, **options) -> nn.Module:
+    """A fresh surrogate `[B, channels, R, R] -> same shape` (authors' models also take H != W
+    through their classes).
 
-    Initialisation uses torch's global RNG: call `torch.manual_seed` first for a given seed.
-    Raises InputError for an unknown name/size or a non-positive / unusable size.
+    `options` override entries of the size table (e.g. `depth=6` for the ViT of the paper's
+    text, `unpatch="patch"`). Initialisation uses torch's global RNG: call `torch.manual_seed`
+    first for a given seed. Raises InputError for an unknown name/variant/size/option or an
+    unusable channels/resolution.
     """
-    if name not in _SIZES:
-        raise InputError(f"model: unknown model {name!r}; expected one of {', '.join(_SIZES)}")
-    if size not in _SIZES[name]:
-        raise InputError(f"size: unknown model size {size!r}; expected one of smoke, quick, paper")
-    if not isinstance(channels, int) or channels <= 0:
-        raise InputError(f"channels: must be a positive integer, got {channels!r}")
-    if not isinstance(resolution, int) or resolution < 8:
-        raise InputError(f"resolution: must be an integer >= 8, got {resolution!r}")
-    spec = _SIZES[name][size]
-    if name == "vit" and resolution % spec["patch"]:
-        raise InputError(f"resolution: {resolution} is not a multiple of the ViT patch size {spec['patch']}")
-    return _CLASSES[name](channels, resolution, **spec)
+    if name not in MODEL_NAMES:
+        raise InputError(f"model: unknown model {name!r}; expected one of {', '.join(MODEL_NAMES)}")
+    if variant not in VARIANTS:
+        raise InputError(f"variant: unknown model variant {variant!r}; expected one of "
+                         f"{', '.join(VARIANTS)}")
+    if size not in SIZES:
+        raise InputError(f"size: unknown model size {size!r}; expected one of {', '.join(SIZES)}")
+    positive_int(channels, "channels")
+    positive_int(resolution, "resolution", minimum=MIN_RESOLUTION)
+    if not isinstance(residual, bool):
+        raise InputError(f"residual: must be True or False, got {residual!r}")
+    spec = {**_SIZES[name, variant][size]}
+    unknown = set(options) - set(_option_names(name, variant))
+    if unknown:
+        raise InputError(f"options: {', '.join(sorted(unknown))} not accepted by the "
+                         f"{variant} {name}; accepted: {', '.join(_option_names(name, variant))}")
+    spec.update(options)
+    patch = spec.get("patch", spec.get("stride", 4)) if name == "vit" else 1
+    if resolution % patch:
+        raise InputError(f"resolution: {resolution} is not a multiple of the ViT patch size {patch}")
+    try:
+        return _CLASSES[name, variant](channels, resolution, residual=residual, **spec)
+    except ValueError as err:  # a bad option value caught by the class
+        raise InputError(f"options: {err}") from None
+
+
+def _option_names(name: str, variant: str) -> tuple[str, ...]:
+    if (name, variant) == ("unet", "authors"):
+        return ("base", "levels", "heads", "ffn_ratio", "min_bottleneck")
+    if (name, variant) == ("vit", "authors"):
+        return ("width", "depth", "heads", "mlp_ratio", "kernel", "stride", "unpatch")
+    if name == "unet":
+        return ("base", "mults", "kernels", "heads")
+    return ("width", "layers", "heads", "patch", "mlp_ratio")
 
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["UNET_SIZES", "VIT_SIZES", "UNet", "ViT", "build", "count_parameters"]
+__all__ = [
+    "AUTHORS_UNET_PARAMETERS",
+    "AUTHORS_UNET_SIZES",
+    "AUTHORS_VIT_PARAMETERS",
+    "AUTHORS_VIT_SIZES",
+    "MODEL_NAMES",
+    "SIZES",
+    "UNET_SIZES",
+    "VARIANTS",
+    "VIT_SIZES",
+    "AuthorsUNet",
+    "AuthorsViT",
+    "UNet",
+    "ViT",
+    "build",
+    "count_parameters",
+]

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pdeinf.errors import InputError
+
 
 def group_count(channels: int, max_groups: int = 8) -> int:
     """Number of GroupNorm groups: the largest divisor of `channels` not above `max_groups`."""
@@ -59,7 +61,7 @@ class MultiHeadSelfAttention(nn.Module):
     def __init__(self, dim: int, heads: int):
         super().__init__()
         if dim % heads:
-            raise ValueError(f"attention width {dim} is not divisible by heads={heads}")
+            raise InputError(f"attention width {dim} is not divisible by heads={heads}")
         self.heads = heads
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pdeinf.errors import InputError
 from pdeinf.models.layers import CircularConv2d, ResBlock, SpatialAttention, group_count
 
 
@@ -48,7 +49,7 @@ class UNet(nn.Module):
                  kernels: tuple[int, ...], heads: int, residual: bool = True):
         super().__init__()
         if len(kernels) != len(mults):
-            raise ValueError("kernels and mults need one entry per level")
+            raise InputError("kernels and mults need one entry per level")
         self.resolution = resolution
         self.residual = residual
         self.depth = effective_depth(resolution, len(mults) - 1)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pdeinf.errors import InputError
 from pdeinf.models.layers import CircularConv2d, TransformerBlock
 
 
@@ -24,7 +25,7 @@ class ViT(nn.Module):
                  patch: int = 4, mlp_ratio: int = 4, residual: bool = True):
         super().__init__()
         if resolution % patch:
-            raise ValueError(f"resolution {resolution} is not a multiple of the patch size {patch}")
+            raise InputError(f"resolution {resolution} is not a multiple of the patch size {patch}")
         self.channels, self.patch, self.residual = channels, patch, residual
         self.grid = resolution // patch
         self.embed = CircularConv2d(channels, width, 2 * patch, stride=patch, padding=patch // 2)

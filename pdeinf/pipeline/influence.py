@@ -82,8 +82,10 @@ class FileSources:
     def data(self):
         if self._data is None:
             from pdeinf.data.datasets import PDEData
+            from pdeinf.pipeline.data import content_cache_path
 
-            self._data = PDEData(self.data_root, self.pde, self.profile.t_max)
+            self._data = PDEData(self.data_root, self.pde, self.profile.t_max,
+                                 fractions=self.profile.split, content_cache=content_cache_path())
         return self._data
 
     def batch(self, seed: int, index: int):

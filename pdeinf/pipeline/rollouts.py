@@ -61,14 +61,13 @@ def ensure_rollouts(profile: ProfileLike, pde: str, model: str, *, progress: boo
     influence batches, so ``trajectory`` = influence-batch index), error of step ``horizon``
     (1-based) against the reference. Cached as netCDF with its key and checksum.
     """
-    from pdeinf.data.datasets import PDEData
-    from pdeinf.pipeline.data import ensure_data
+    from pdeinf.pipeline.data import profile_data
     from pdeinf.pipeline.training import ensure_training
 
     profile = as_profile(profile)
     check_selection(profile, pde, model)
     ensure_training(profile, pde, model, progress=progress)
-    data = PDEData(ensure_data(profile, progress=progress), pde, t_max=profile.t_max)
+    data = profile_data(profile, pde, progress=progress, validate=False)  # validated by training
     path = rollouts_path(profile, pde, model)
     key = rollout_key(profile, pde, model, str(data.fingerprint()))
     cached = _load_valid(path, key)

@@ -23,11 +23,11 @@ from pdeinf.pipeline.common import (
     run_dir,
     scheduled_checkpoints,
 )
-from pdeinf.pipeline.data import ensure_data
+from pdeinf.pipeline.data import profile_data
 
 STAGE_KEY = "stage_key.json"
-_TRAINING_FIELDS = ("resolution", "model_size", "epochs", "checkpoints", "batch_size", "lr",
-                    "weight_decay", "t_max", "split")
+_TRAINING_FIELDS = ("resolution", "model_size", "model_variant", "residual", "epochs",
+                    "checkpoints", "batch_size", "lr", "weight_decay", "t_max", "split")
 
 
 def training_key(profile, pde: str, model: str, seed: int, data_fingerprint: str) -> str:
@@ -35,12 +35,6 @@ def training_key(profile, pde: str, model: str, seed: int, data_fingerprint: str
     settings = {f: getattr(profile, f) for f in _TRAINING_FIELDS}
     return content_key(stage="training", pde=pde, model=model, seed=int(seed),
                        data=data_fingerprint, settings=settings)
-
-
-def _data_fingerprint(profile, pde: str, data_root: Path) -> str:
-    from pdeinf.data.datasets import PDEData
-
-    return str(PDEData(data_root, pde, t_max=profile.t_max).fingerprint())
 
 
 def checkpoints_exist(profile: ProfileLike, pde: str, model: str, seed: int) -> bool:
@@ -84,8 +78,8 @@ def ensure_training(profile: ProfileLike, pde: str, model: str, *, progress: boo
     (a collaborator with the same signature may be passed, e.g. for another recipe)."""
     profile = as_profile(profile)
     check_selection(profile, pde, model)
-    data_root = ensure_data(profile, progress=progress)
-    fingerprint = _data_fingerprint(profile, pde, data_root)
+    data = profile_data(profile, pde, progress=progress)
+    fingerprint = str(data.fingerprint())
     if train is None:
         from pdeinf.training.train import train
     runs: dict[int, Path] = {}
@@ -97,7 +91,7 @@ def ensure_training(profile: ProfileLike, pde: str, model: str, *, progress: boo
             if stored is not None and stored != key or (
                     stored is None and checkpoints_exist(profile, pde, model, seed)):
                 _set_aside(directory)  # trained from other inputs
-            train(pde, model, int(seed), profile, data_root=data_root, progress=progress)
+            train(pde, model, int(seed), profile, data=data, progress=progress)
             if not checkpoints_exist(profile, pde, model, seed):
                 raise NumericalError(
                     f"training {directory.name} finished without all scheduled checkpoints "

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pdeinf.errors import InputError
+from pdeinf.errors import InputError, NumericalError
 
 
 def _check_state(state: Sequence[float], name: str) -> tuple[float, float, float]:
@@ -72,7 +72,7 @@ def star_state(left, right, gamma: float = 1.4, *, tol: float = 1e-14, max_iter:
         if change < tol:
             break
     else:
-        raise RuntimeError(f"star pressure Newton iteration did not converge in {max_iter} steps")
+        raise NumericalError(f"star pressure Newton iteration did not converge in {max_iter} steps")
     f_l, _ = _f_and_slope(p, rho_l, p_l, c_l, gamma)
     f_r, _ = _f_and_slope(p, rho_r, p_r, c_r, gamma)
     return p, 0.5 * (u_l + u_r) + 0.5 * (f_r - f_l)
