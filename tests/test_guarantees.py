@@ -122,7 +122,7 @@ def test_two_concurrent_reproduce_runs(smoke_home):
         import pathlib, sys, time
         from pdeinf.atomic import temporary_path
         from pdeinf.pipeline.lock import results_lock
-        with results_lock(pathlib.Path({str(results)!r}), echo=False):
+        with results_lock(pathlib.Path({str(results)!r})):
             tmp = temporary_path(pathlib.Path({str(results)!r}) / "influence" / "probe.nc")
             tmp.parent.mkdir(parents=True, exist_ok=True)
             tmp.write_bytes(b"live")

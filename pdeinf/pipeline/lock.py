@@ -44,9 +44,10 @@ def _holder(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def results_lock(root: Path | str, *, wait: bool = True, echo: bool = True) -> Iterator[Path]:
+def results_lock(root: Path | str, *, wait: bool = True) -> Iterator[Path]:
     """Hold the results root's lock for the duration of the block (see the module doc).
-    `wait=False`: InputError naming the holder instead of waiting."""
+    `wait=False`: InputError naming the holder instead of waiting. Waiting is always said on
+    stderr (even without progress bars): a silent wait looks like a hang."""
     root = check_writable(root, "results folder")
     path = root / LOCK_NAME
     fh = open(path, "a+")
@@ -57,8 +58,7 @@ def results_lock(root: Path | str, *, wait: bool = True, echo: bool = True) -> I
             message = f"another pdeinf run holds {path} (pid {_holder(path)})"
             if not wait:
                 raise InputError(message) from None
-            if echo:
-                print(f"[pdeinf] {message}; waiting for it to finish", file=sys.stderr, flush=True)
+            print(f"[pdeinf] {message}; waiting for it to finish", file=sys.stderr, flush=True)
             fcntl.flock(fh, fcntl.LOCK_EX)
         fh.seek(0)
         fh.truncate()

@@ -112,7 +112,7 @@ def reproduce(
     if not only_pipeline and not selected:
         raise InputError(f"notebooks: no numbered notebooks found in {notebooks_source()}")
     check_writable(paths.results_dir(), "PDEINF_HOME/results")
-    with results_lock(paths.results_dir(), echo=progress):
+    with results_lock(paths.results_dir()):
         remove_stale_temporaries(paths.results_dir(), recursive=True)
         report = _reproduce_locked(profile, selected, progress=progress)
     print(format_report(report), flush=True)
