@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import os
 import signal
@@ -139,7 +140,9 @@ def test_training_reduces_loss_and_rerun_is_a_no_op(tmp_path):
     result = train("CE", "vit", 3, tiny_profile(6, (3, 6)), data=data, out_dir=tmp_path,
                    progress=False)
     curve = [h["train_smse"] for h in result.history]
-    assert curve[-1] < 0.7 * curve[0], curve
+    # (the authors' direct-prediction models start from a far worse guess than u_t and fall
+    # more slowly than the residual ones did: steadily, by about a quarter in 6 smoke epochs)
+    assert all(b < a for a, b in itertools.pairwise(curve)) and curve[-1] < 0.85 * curve[0], curve
     before = (result.run_dir / "resume.pt").stat().st_mtime_ns
     again = train("CE", "vit", 3, tiny_profile(6, (3, 6)), data=data, out_dir=tmp_path,
                   progress=False)
@@ -267,7 +270,7 @@ def test_sigkill_then_rerun_gives_bitwise_identical_weights(tmp_path):
 
 
 def test_cli_on_generated_navier_stokes_files(tmp_path, capsys):
-    """End to end on real generated PDEGym files: `pdeinf train` (smoke), then rollouts."""
+    """End to end on real generated PDEGym files: `pdeinf train --monitor` (smoke), then rollouts."""
     import argparse
 
     from pdeinf.config import PDE_CLASSES
@@ -283,9 +286,14 @@ def test_cli_on_generated_navier_stokes_files(tmp_path, capsys):
     cli.add_parser(parser.add_subparsers())
     args = parser.parse_args(["train", "--pde", "NS", "--model", "unet", "--seed", "10",
                               "--profile", "smoke", "--data-root", str(data_root),
-                              "--out-dir", str(tmp_path / "runs"), "--no-progress"])
+                              "--out-dir", str(tmp_path / "runs"), "--no-progress",
+                              "--monitor", "--monitor-every", "6"])
     assert args.func(args) == 0
     assert "checkpoints at epochs 1, 2" in capsys.readouterr().out
+    # the coherence monitor on the validation probe (3 classes x 16 transitions), steps 0 and 6
+    records = json.loads((tmp_path / "runs" / "NS-unet-s10" / "monitor.json").read_text())
+    assert [r["step"] for r in records] == [0, 6]
+    assert all(np.isfinite(r[f"R[{c}]"]) for r in records for c in PDE_CLASSES["NS"])
     model, ckpt = load_checkpoint(tmp_path / "runs" / "NS-unet-s10" / "ckpt_e0002.pt", pde="NS")
     data = PDEData(data_root, "NS", t_max=17)
     assert ckpt["data_fingerprint"] == data.fingerprint() and ckpt["config"]["resolution"] == 16
@@ -294,3 +302,31 @@ def test_cli_on_generated_navier_stokes_files(tmp_path, capsys):
     assert err.sizes["class"] == 3 and err.sizes["horizon"] == 8
     assert np.isfinite(err.values[~np.isnan(err.values)]).all() and np.nanmin(err.values) > 0
     json.loads((tmp_path / "runs" / "NS-unet-s10" / "history.json").read_text())
+
+
+def test_validation_smse_is_the_mean_over_all_transitions_in_any_batching():
+    """Issue 8: the sum over batches was divided by the size of the LAST batch."""
+    data = WaveData(n=8)  # validation: 3 classes x 1 trajectory x 16 = 48 transitions
+    val = train_mod.load_transitions(data, "val", 10, 17, 4, torch.float64)
+    torch.manual_seed(0)
+    model = build("vit", channels=4, resolution=16, size="smoke").double()
+    xv, yv = _manual_transitions(data, "val", 10)
+    with torch.no_grad():
+        direct = torch.stack([smse(model(xv[i : i + 1]), yv[i : i + 1])[0]
+                              for i in range(len(xv))]).mean().item()
+    assert len(val) == 48
+    for batch_size in (48, 256, 7, 5, 1):  # one batch; several with ragged last batches 6, 3
+        got = train_mod.evaluate_smse(model, val, batch_size=batch_size)
+        assert got == pytest.approx(direct, rel=1e-12), batch_size
+
+
+def test_run_files_follow_the_process_umask(tmp_path):
+    """Issue 9 item 8: checkpoints and curves were written 0600 whatever the umask."""
+    old = os.umask(0o022)
+    try:
+        result = train("CE", "vit", 10, tiny_profile(1, (1,)), data=WaveData(n=5),
+                       out_dir=tmp_path, progress=False)
+    finally:
+        os.umask(old)
+    for name in ("ckpt_e0001.pt", "resume.pt", "history.json", "history.csv"):
+        assert (result.run_dir / name).stat().st_mode & 0o777 == 0o644, name

@@ -1,11 +1,19 @@
-"""`pdeinf train --pde CE --model unet --seed 10 --profile quick`.
+"""`pdeinf train --pde CE --model unet --seed 10 --profile quick [--recipe NAME
+[--recipe-setting KEY=VALUE ...]] [--monitor [--monitor-every N]]`.
 
 Trains one run (or resumes it, or reports it done). Under torchrun it trains data-parallel
-(see pdeinf.training.ddp for the paper-profile command).
+(see pdeinf.training.ddp for the paper-profile command). `--recipe` picks a training recipe of
+`pdeinf.training.recipes` (default one-step; other recipes' runs go under
+`<runs>/recipe-<name>/` unless `--out-dir` is given). `--monitor` records the coherence of a
+probe batch (the first validation trajectory of every class, all transitions) every N optimizer
+steps with `pdeinf.influence.monitor.CoherenceMonitor`: one hat matrix per record, written to
+`monitor.json` / `monitor.csv` in the run directory.
 """
 from __future__ import annotations
 
 import sys
+
+from pdeinf.config import MODELS
 
 
 def add_parser(subparsers):
@@ -14,22 +22,63 @@ def add_parser(subparsers):
         description="One-step teacher-forced training with scheduled checkpoints; rerun the "
                     "same command after an interruption to resume.")
     parser.add_argument("--pde", required=True, choices=["CE", "NS"])
-    parser.add_argument("--model", required=True, choices=["unet", "vit"])
+    parser.add_argument("--model", required=True, choices=MODELS)
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--profile", default=None, help="smoke | quick | paper (default $PDEINF_PROFILE or quick)")
     parser.add_argument("--data-root", default=None, help="data directory (default results/data/<profile>)")
     parser.add_argument("--out-dir", default=None, help="parent of the run directory (default results/runs/<profile>)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--recipe", default="one-step",
+                        help="one-step | pushforward | noise | multistep | augment | physics")
+    parser.add_argument("--recipe-setting", action="append", default=[], metavar="KEY=VALUE",
+                        help="a recipe setting, e.g. k=2 (pushforward, multistep), sigma=0.01 "
+                             "scale=train|batch (noise), d4=true shift=true (augment), weight=0.1 "
+                             "(physics); repeatable")
+    parser.add_argument("--monitor", action="store_true",
+                        help="record the coherence monitor (one hat matrix per record)")
+    parser.add_argument("--monitor-every", type=int, default=None, metavar="N",
+                        help="optimizer steps between monitor records (default: once per epoch)")
     parser.set_defaults(func=run)
     return parser
 
 
+def _monitor(args, profile):
+    """CoherenceMonitor on the first validation trajectory of every class (the CLI sits above
+    the influence layer; `train` itself only takes a callable)."""
+    import math
+
+    from pdeinf import paths
+    from pdeinf.config import PDE_SPECS
+    from pdeinf.data.datasets import PDEData, influence_batch
+    from pdeinf.errors import InputError
+    from pdeinf.influence.monitor import CoherenceMonitor
+
+    data = PDEData(args.data_root or paths.data_dir(profile.name), args.pde, t_max=profile.t_max)
+    every = args.monitor_every
+    if every is None:  # once per epoch
+        n_train = sum(len(data.split(c, "train", args.seed)) for c in data.classes)
+        every = max(1, math.ceil(n_train * (profile.t_max - 1) / profile.batch_size))
+    if every <= 0:
+        raise InputError(f"--monitor-every: must be a positive integer, got {every}")
+    probe = influence_batch(data, args.seed, 0, split="val")
+    return CoherenceMonitor(probe.inputs, probe.targets, every=every, pde=args.pde,
+                            classes=PDE_SPECS[args.pde].classes)
+
+
 def run(args) -> int:
+    from pdeinf.config import get_profile
+    from pdeinf.errors import InputError
+    from pdeinf.training.recipes import parse_settings
     from pdeinf.training.train import TrainingError, train
 
+    if args.monitor_every is not None and not args.monitor:
+        raise InputError("--monitor-every: given without --monitor")
+    profile = get_profile(args.profile)
+    monitor = _monitor(args, profile) if args.monitor else None
     try:
-        result = train(args.pde, args.model, args.seed, args.profile, data_root=args.data_root,
-                       out_dir=args.out_dir, progress=not args.no_progress)
+        result = train(args.pde, args.model, args.seed, profile, data_root=args.data_root,
+                       out_dir=args.out_dir, progress=not args.no_progress, recipe=args.recipe,
+                       recipe_settings=parse_settings(args.recipe_setting), monitor=monitor)
     except TrainingError as err:
         print(f"pdeinf train: error: {err}", file=sys.stderr)
         return 1

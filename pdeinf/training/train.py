@@ -1,19 +1,26 @@
-"""One-step teacher-forced training of a surrogate, with scheduled checkpoints and exact resume.
+"""Training of a surrogate (one-step teacher forcing or another recipe), with scheduled
+checkpoints and exact resume.
 
 Protocol (method.md section 3): transitions `(u_t, u_{t+1})`, t < t_max - 1, from the training
 trajectories of the three classes of a PDE (seeded 65/5/30 split per class), shuffled across
 classes into mini-batches of `profile.batch_size`; AdamW(lr, weight_decay); SMSE loss;
 `profile.epochs[pde]` epochs; a checkpoint after every epoch in `profile.checkpoints[pde]`.
+A recipe (`pdeinf.training.recipes`: pushforward, noise, multistep, augment, physics) changes
+only the per-example loss of each mini-batch: same data, same batches, same number of steps.
 
 Files in the run directory `<out_dir>/<PDE>-<model>-s<seed>/` (out_dir defaults to
-`paths.runs_dir(profile)`):
+`paths.runs_dir(profile)`, and to `paths.runs_dir(profile)/recipe-<name>` for other recipes):
 - `ckpt_e0005.pt`: `model_state`, `optimizer_state`, `config`, `data_fingerprint`, `epoch`, `history`;
 - `resume.pt`: the same fields for the last finished epoch, rewritten after every epoch;
-- `history.json`, `history.csv`: train / validation SMSE per epoch.
+- `history.json`, `history.csv`: per epoch `train_smse` (mean training objective over the
+  epoch: the one-step SMSE for one-step, the recipe's loss otherwise) and `val_smse` (one-step
+  SMSE on the clean validation transitions, comparable across recipes);
+- `monitor.json`, `monitor.csv`: the records of a monitor, when one is given.
 All are written to a temporary name and renamed. Rerunning the same call after an interruption
 (even SIGKILL) resumes from `resume.pt` and ends, on CPU, with bitwise the same weights as an
-uninterrupted run: the only randomness is the initialisation (`torch.manual_seed(seed)`) and the
-per-epoch shuffle, derived from `(seed, epoch)` alone.
+uninterrupted run: the only randomness is the initialisation (`torch.manual_seed(seed)`), the
+per-epoch shuffle, derived from `(seed, epoch)` alone, and the draws of the random recipes
+(noise, augment), derived from `(seed, epoch, step)` alone.
 
 The data object needs only `.classes`, `.trajectories(cls, split, seed) -> np.ndarray
 [n, T >= t_max, C, H, W]` and `.fingerprint() -> str` (`pdeinf.data.datasets.PDEData`).
@@ -25,8 +32,6 @@ import csv
 import io
 import json
 import math
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,18 +41,23 @@ import torch
 from tqdm.auto import tqdm
 
 from pdeinf import paths
-from pdeinf.config import PDE_CHANNELS, check_pde, get_profile
-from pdeinf.errors import InputError
+from pdeinf.atomic import remove_stale_temporaries, torch_save, write_bytes
+from pdeinf.config import check_model, check_pde, get_profile, pde_spec
+from pdeinf.errors import InputError, NumericalError
 from pdeinf.models import build
 from pdeinf.training import ddp
 from pdeinf.training.loss import smse
+from pdeinf.training.recipes import Recipe, StepBatch, make_recipe
 
 #: Config entries that must agree between a run directory's saved state and a new call.
-IDENTITY_KEYS = ("pde", "model", "model_size", "seed", "channels", "resolution", "batch_size",
-                 "lr", "weight_decay", "t_max", "dtype")
+IDENTITY_KEYS = ("pde", "model", "model_size", "model_variant", "residual", "seed", "channels",
+                 "resolution", "batch_size", "lr", "weight_decay", "t_max", "dtype", "recipe")
+#: What a key missing from an older checkpoint's config meant (runs before recipes and before the
+#: authors' architectures existed: our first-round models, which predicted the increment).
+_LEGACY_IDENTITY = {"recipe": {"name": "one-step"}, "model_variant": "pdeinf-v1", "residual": True}
 
 
-class TrainingError(RuntimeError):
+class TrainingError(NumericalError):
     """Training cannot go on (non-finite loss); the message names epoch and step."""
 
 
@@ -91,6 +101,19 @@ class Transitions:
         x, y = self.trajectories[traj, t], self.trajectories[traj, t + 1]
         return (x, y) if device is None else (x.to(device), y.to(device))
 
+    def locate(self, index) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(trajectory, t)` `[len(index)]` of transition indices (for multi-step recipes)."""
+        index = torch.as_tensor(index, dtype=torch.long)
+        return index // self.steps, index % self.steps
+
+    def snapshots(self, traj, t, device=None) -> torch.Tensor:
+        """`u_t` of trajectories `traj` `[B, C, H, W]`, 0 <= t <= steps (a copy, on `device`)."""
+        t = torch.as_tensor(t, dtype=torch.long)
+        if len(t) and (int(t.min()) < 0 or int(t.max()) > self.steps):
+            raise IndexError(f"snapshot times must lie in [0, {self.steps}]")
+        u = self.trajectories[torch.as_tensor(traj, dtype=torch.long), t]
+        return u if device is None else u.to(device)
+
 
 def load_transitions(data, split: str, seed: int, t_max: int, channels: int,
                      dtype: torch.dtype = torch.float32) -> Transitions:
@@ -116,25 +139,8 @@ def load_transitions(data, split: str, seed: int, t_max: int, channels: int,
 
 # ----------------------------------------------------------------------------- files
 
-def _atomic_write_bytes(path: Path, payload: bytes) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_torch_save(obj, path: Path) -> None:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    _atomic_write_bytes(path, buf.getvalue())
+_atomic_write_bytes = write_bytes  # pdeinf.atomic: umask mode, fsync, rename
+atomic_torch_save = torch_save
 
 
 def _write_history(run_dir: Path, history: list[dict]) -> None:
@@ -162,9 +168,12 @@ def _read_state(path: Path) -> dict:
 
 def _check_identity(path: Path, saved: dict, wanted: dict) -> None:
     for key in IDENTITY_KEYS:
-        if key in wanted and saved.get(key) != wanted[key]:
-            raise InputError(f"{path}: checkpoint has {key}={saved.get(key)!r}, expected "
-                             f"{wanted[key]!r} (a run of another model, PDE or size; use another out_dir)")
+        have = saved.get(key, _LEGACY_IDENTITY.get(key))
+        if key in wanted and have != wanted[key]:
+            what = ("a run trained with another recipe or recipe settings" if key == "recipe"
+                    else "a run of another model, PDE or size")
+            raise InputError(f"{path}: checkpoint has {key}={have!r}, expected "
+                             f"{wanted[key]!r} ({what}; use another out_dir)")
 
 
 def load_checkpoint(path, *, pde: str | None = None, model_name: str | None = None,
@@ -180,8 +189,7 @@ def load_checkpoint(path, *, pde: str | None = None, model_name: str | None = No
     wanted = {k: v for k, v in (("pde", pde), ("model", model_name), ("model_size", size)) if v}
     _check_identity(path, ckpt["config"], wanted)
     cfg = ckpt["config"]
-    model = build(cfg["model"], channels=cfg["channels"], resolution=cfg["resolution"],
-                  size=cfg["model_size"])
+    model = _build_from(cfg)
     model.to(getattr(torch, cfg.get("dtype", "float32")))
     try:
         model.load_state_dict(ckpt["model_state"])
@@ -208,7 +216,7 @@ def evaluate_smse(model: torch.nn.Module, transitions: Transitions, batch_size: 
         x, y = transitions.batch(torch.arange(i, min(i + batch_size, n)), device)
         total += smse(model(x), y).sum().item()
     model.train(was_training)
-    return total / len(x)
+    return total / n
 
 
 def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
@@ -216,25 +224,47 @@ def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-_resolve_profile = get_profile
+def _build_from(config: dict) -> torch.nn.Module:
+    """The surrogate a run config describes (older configs: see `_LEGACY_IDENTITY`)."""
+    return build(config["model"], channels=config["channels"], resolution=config["resolution"],
+                 size=config["model_size"],
+                 variant=config.get("model_variant", _LEGACY_IDENTITY["model_variant"]),
+                 residual=config.get("residual", _LEGACY_IDENTITY["residual"]))
+
+
+
+def default_out_dir(profile_name: str, recipe: Recipe) -> Path:
+    """`runs_dir(profile)` for one-step, `runs_dir(profile)/recipe-<name>` for other recipes
+    (so that runs of several recipes live side by side)."""
+    base = paths.runs_dir(profile_name)
+    return base if recipe.name == "one-step" else base / f"recipe-{recipe.name}"
 
 
 def train(pde: str, model_name: str, seed: int, profile, *, data_root=None, out_dir=None,
           progress: bool = True, data=None, dtype: torch.dtype = torch.float32,
-          device=None) -> RunResult:
+          device=None, recipe=None, recipe_settings: dict | None = None,
+          monitor=None) -> RunResult:
     """Train (or resume, or just return) the run `<PDE>-<model>-s<seed>` of a profile.
 
     profile: a `Profile` or its name. data: an object with `.classes`, `.trajectories`,
     `.fingerprint` (default `PDEData(data_root or paths.data_dir(profile), pde, t_max)`).
-    out_dir: parent of the run directory (default `paths.runs_dir(profile.name)`).
+    out_dir: parent of the run directory (default `default_out_dir(profile, recipe)`).
+    recipe: a name of `pdeinf.training.recipes.RECIPES` (None: "one-step") with
+    `recipe_settings`, or a `Recipe`; its name and settings are part of the run's identity.
+    monitor: None or a callable `monitor(model, step)` with a `.history` list of flat dicts
+    (e.g. `pdeinf.influence.CoherenceMonitor`), called on rank 0 with the unwrapped model at
+    step 0 of a fresh run and after every optimizer step (global step count); its history is
+    kept in the resume state and written to `monitor.json` / `monitor.csv` after every epoch.
     Returns the run directory, the scheduled checkpoints `{epoch: path}` and the history.
     Raises InputError on bad arguments/data or a run directory of another configuration, and
     TrainingError on a non-finite loss (files of the last good epoch are kept).
     """
     check_pde(pde)
-    prof = _resolve_profile(profile)
-    if model_name not in ("unet", "vit"):
-        raise InputError(f"model: unknown model {model_name!r}; expected unet or vit")
+    prof = get_profile(profile)
+    recipe = make_recipe(recipe, **(recipe_settings or {}))
+    if monitor is not None and not (callable(monitor) and isinstance(getattr(monitor, "history", None), list)):
+        raise InputError("monitor: expected a callable monitor(model, step) with a .history list")
+    check_model(model_name)
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise InputError(f"seed: must be a non-negative integer, got {seed!r}")
     seed = int(seed)
@@ -248,40 +278,55 @@ def train(pde: str, model_name: str, seed: int, profile, *, data_root=None, out_
         if data is None:
             from pdeinf.data.datasets import PDEData
 
-            data = PDEData(data_root or paths.data_dir(prof.name), pde, t_max=prof.t_max)
-        channels = PDE_CHANNELS[pde]
+            data = PDEData(data_root or paths.data_dir(prof.name), pde, t_max=prof.t_max,
+                           fractions=prof.split)
+        channels = pde_spec(pde).channels
         train_set = load_transitions(data, "train", seed, prof.t_max, channels, dtype)
         val_set = load_transitions(data, "val", seed, prof.t_max, channels, dtype)
         if len(train_set) == 0:
             raise InputError(f"data {pde}: no training trajectories")
         resolution = train_set.resolution
         config = {
-            "pde": pde, "model": model_name, "model_size": prof.model_size, "seed": seed,
+            "pde": pde, "model": model_name, "model_size": prof.model_size,
+            "model_variant": prof.model_variant, "residual": prof.residual, "seed": seed,
             "profile": prof.name, "channels": channels, "resolution": resolution,
             "epochs": epochs, "checkpoints": schedule, "batch_size": prof.batch_size,
             "lr": prof.lr, "weight_decay": prof.weight_decay, "t_max": prof.t_max,
             "split": list(prof.split), "dtype": str(dtype).replace("torch.", ""),
             "classes": list(data.classes), "n_train_transitions": len(train_set),
-            "world_size": ctx.world,
+            "world_size": ctx.world, "recipe": recipe.identity(),
         }
         fingerprint = str(data.fingerprint())
-        run_dir = Path(out_dir or paths.runs_dir(prof.name)) / run_name(pde, model_name, seed)
+        run_dir = Path(out_dir or default_out_dir(prof.name, recipe)) / run_name(pde, model_name, seed)
         if ctx.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
-            for stale in run_dir.glob(".*.tmp"):  # left by a write that was killed mid-way
-                stale.unlink(missing_ok=True)
+            remove_stale_temporaries(run_dir)  # left by a write that was killed mid-way
         ddp.barrier(ctx)
-        return _train_loop(config, fingerprint, run_dir, train_set, val_set, ctx, progress)
+        recipe.prepare(train_set, pde)
+        return _train_loop(config, fingerprint, run_dir, train_set, val_set, ctx, progress,
+                           recipe, monitor)
     finally:
         ddp.cleanup(ctx)
 
 
+def _write_monitor(run_dir: Path, records: list[dict]) -> None:
+    finite = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+               for k, v in rec.items()} for rec in records]
+    _atomic_write_bytes(run_dir / "monitor.json", json.dumps(finite, indent=1).encode())
+    out = io.StringIO()
+    if records:
+        fields = list(dict.fromkeys(k for rec in records for k in rec))
+        writer = csv.DictWriter(out, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(records)
+    _atomic_write_bytes(run_dir / "monitor.csv", out.getvalue().encode())
+
+
 def _train_loop(config, fingerprint, run_dir, train_set: Transitions, val_set: Transitions, ctx,
-                progress) -> RunResult:
+                progress, recipe: Recipe, monitor=None) -> RunResult:
     dtype = getattr(torch, config["dtype"])
     torch.manual_seed(config["seed"])
-    model = build(config["model"], channels=config["channels"], resolution=config["resolution"],
-                  size=config["model_size"]).to(dtype=dtype)
+    model = _build_from(config).to(dtype=dtype)
     model.to(ctx.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config["lr"],
                                   weight_decay=config["weight_decay"])
@@ -298,6 +343,8 @@ def _train_loop(config, fingerprint, run_dir, train_set: Transitions, val_set: T
         model.load_state_dict(state["model_state"])
         optimizer.load_state_dict(state["optimizer_state"])
         start, history = int(state["epoch"]), list(state["history"])
+        if monitor is not None:
+            monitor.history[:] = list(state.get("monitor_history", []))
     epochs, schedule = config["epochs"], set(config["checkpoints"])
     net = ddp.wrap(model, ctx)
     n, batch = len(train_set), config["batch_size"]
@@ -305,6 +352,9 @@ def _train_loop(config, fingerprint, run_dir, train_set: Transitions, val_set: T
     bar = tqdm(total=(epochs - start) * steps, disable=not (progress and ctx.is_main),
                desc=run_dir.name, unit="step")
     net.train()
+    watch = monitor is not None and ctx.is_main
+    if watch and start == 0 and start < epochs:
+        monitor(model, 0)
     for epoch in range(start + 1, epochs + 1):
         t0 = time.perf_counter()
         perm = epoch_permutation(config["seed"], epoch, n)
@@ -313,8 +363,12 @@ def _train_loop(config, fingerprint, run_dir, train_set: Transitions, val_set: T
             idx = perm[step * batch : (step + 1) * batch]
             local = ddp.shard(idx, ctx)
             if len(local):
-                x, y = train_set.batch(local, ctx.device)
-                per_example = smse(net(x), y)
+                step_batch = StepBatch(
+                    data=train_set, index=torch.as_tensor(local, dtype=torch.long),
+                    global_index=torch.as_tensor(idx, dtype=torch.long),
+                    positions=ddp.shard(torch.arange(len(idx)), ctx), net=net, model=model,
+                    loss_fn=smse, device=ctx.device, seed=config["seed"], epoch=epoch, step=step)
+                per_example = recipe.per_example_loss(step_batch)
                 loss = per_example.sum() * (ctx.world / len(idx))
             else:  # a final batch smaller than the world: this rank contributes zero gradient
                 loss = net(train_set.batch([0], ctx.device)[0]).sum() * 0.0
@@ -333,6 +387,8 @@ def _train_loop(config, fingerprint, run_dir, train_set: Transitions, val_set: T
             loss_sum += batch_sum
             bar.update(1)
             bar.set_postfix(epoch=epoch, loss=f"{batch_sum.item() / len(idx):.3e}")
+            if watch:
+                monitor(model, (epoch - 1) * steps + step + 1)
         record = {"epoch": epoch, "train_smse": loss_sum.item() / n,
                   "val_smse": evaluate_smse(model, val_set, device=ctx.device),
                   "seconds": round(time.perf_counter() - t0, 3)}
@@ -341,10 +397,14 @@ def _train_loop(config, fingerprint, run_dir, train_set: Transitions, val_set: T
             state = {"model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
                      "config": config, "data_fingerprint": fingerprint, "epoch": epoch,
                      "history": history}
+            if monitor is not None:
+                state["monitor_history"] = list(monitor.history)
             if epoch in schedule:
                 atomic_torch_save(state, checkpoint_path(run_dir, epoch))
             atomic_torch_save(state, resume_path)
             _write_history(run_dir, history)
+            if monitor is not None:
+                _write_monitor(run_dir, list(monitor.history))
         ddp.barrier(ctx)
     bar.close()
     ckpts = {e: checkpoint_path(run_dir, e) for e in sorted(schedule)

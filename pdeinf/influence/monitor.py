@@ -1,0 +1,130 @@
+"""`CoherenceMonitor`: gradient coherence of a fixed probe batch, recorded during training.
+
+Call it from any PyTorch training loop as `monitor(model, step)` (e.g. after each optimizer
+step); every `every` steps (step 0 included) it computes ONE influence matrix Pi of the probe
+batch at the model's current parameters with `pdeinf.influence.hat.hat_matrix` and appends a
+record to `.history`:
+
+- `step`, `rank` (dimension of the retained gradient span), `seconds` (wall time of the call);
+- `R[<class>]` per class: sum of the off-diagonal entries / sum of the diagonal entries of the
+  class's T x T block of the RAW Pi (the follow-up's rollout-link ratio);
+- `intra_lag1`, `inter_lag1`: medians of the standardized Pi (each row divided by its std,
+  ddof=1) over the entries with t_resp - t_pert = 1, response and perturbing example in the same
+  class / in different classes (the horizon curve at dt = 1).
+
+Probe layout: N = n_classes * T examples ordered n = c * T + t (`pdeinf.data.datasets.
+influence_batch`), `classes` the class names in that order (default `pde_spec(pde).classes`).
+
+Cost: one `hat_matrix` call per record, i.e. N per-example gradients (vmap), forward-mode
+JVPs of the model outputs along the N gradient directions over the whole probe (about 2-3
+batched forward passes of the probe per direction) and N x N / r x r eigendecompositions;
+memory of the same order as one training step on N examples times the JVP chunk. Calls on
+other steps cost nothing. The model's train/eval flags (of every submodule) are restored; the
+parameters, their `.grad` and the global RNG are not touched.
+"""
+from __future__ import annotations
+
+import inspect
+import time
+
+import numpy as np
+import torch
+
+from pdeinf.config import pde_spec
+from pdeinf.errors import InputError
+from pdeinf.influence.hat import hat_matrix
+from pdeinf.influence.normalize import normalize
+
+ESTIMATORS: tuple[str, ...] = ("subspace", "full-space")
+
+
+def coherence_record(pi: np.ndarray, classes) -> dict:
+    """R per class (raw Pi) and the lag-1 intra/inter medians (standardized Pi) of `pi` `[N, N]`
+    laid out n = c * T + t; flat dict `{"R[<class>]": ..., "intra_lag1": ..., "inter_lag1": ...}`."""
+    pi = np.asarray(pi, dtype=np.float64)
+    n_classes = len(classes)
+    n = pi.shape[0]
+    if pi.shape != (n, n) or n_classes == 0 or n % n_classes:
+        raise InputError(f"pi: expected [N, N] with N a multiple of {n_classes} classes, got {pi.shape}")
+    t = n // n_classes
+    out = {}
+    for c, name in enumerate(classes):
+        block = pi[c * t : (c + 1) * t, c * t : (c + 1) * t]
+        diag = np.trace(block)
+        out[f"R[{name}]"] = float((block.sum() - diag) / diag)
+    std = np.asarray(normalize(pi, "standard"))
+    cls, time_ = np.divmod(np.arange(n), t)
+    lag1 = (time_[:, None] - time_[None, :]) == 1
+    same = cls[:, None] == cls[None, :]
+    for key, mask in (("intra_lag1", lag1 & same), ("inter_lag1", lag1 & ~same)):
+        values = std[mask]
+        values = values[np.isfinite(values)]
+        out[key] = float(np.median(values)) if values.size else float("nan")
+    return out
+
+
+class CoherenceMonitor:
+    """Records the coherence of a probe batch every `every` steps (see the module docstring).
+
+    probe_inputs, probe_targets: `[N, C, H, W]`, N = len(classes) * T, ordered n = c * T + t.
+    every: positive int. estimator: "subspace" (exact, default) or "full-space" (when the
+    installed `hat_matrix` offers it). pde: fills `classes` from `pde_spec(pde).classes`.
+    hat_kwargs: passed to `hat_matrix` (metric, damping, energy_tol, ...).
+    """
+
+    def __init__(self, probe_inputs: torch.Tensor, probe_targets: torch.Tensor, *, every: int = 1,
+                 estimator: str = "subspace", pde: str | None = None, classes=None, **hat_kwargs):
+        if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every <= 0:
+            raise InputError(f"every={every!r}: expected a positive integer")
+        if estimator not in ESTIMATORS:
+            raise InputError(f"estimator={estimator!r}: expected one of {', '.join(ESTIMATORS)}")
+        if "estimator" in inspect.signature(hat_matrix).parameters:
+            hat_kwargs["estimator"] = estimator
+        elif estimator != "subspace":
+            raise InputError(f"estimator={estimator!r}: this hat_matrix has only the subspace estimator")
+        if classes is None:
+            if pde is None:
+                raise InputError("classes: give the class names of the probe layout, or pde=")
+            classes = pde_spec(pde).classes
+        classes = tuple(str(c) for c in classes)
+        if not isinstance(probe_inputs, torch.Tensor) or not isinstance(probe_targets, torch.Tensor):
+            raise InputError("probe_inputs, probe_targets: expected torch tensors [N, C, H, W]")
+        if probe_inputs.shape != probe_targets.shape or probe_inputs.dim() < 3:
+            raise InputError(f"probe_inputs {tuple(probe_inputs.shape)} and probe_targets "
+                             f"{tuple(probe_targets.shape)}: expected equal shapes [N, C, H, W]")
+        n = probe_inputs.shape[0]
+        if n == 0 or n % len(classes) or n // len(classes) < 2:
+            raise InputError(f"probe_inputs: N = {n} examples is not {len(classes)} classes x T >= 2 times")
+        self.inputs, self.targets = probe_inputs, probe_targets
+        self.every, self.estimator, self.pde, self.classes = int(every), estimator, pde, classes
+        self.hat_kwargs = hat_kwargs
+        self.history: list[dict] = []
+
+    def due(self, step: int) -> bool:
+        return int(step) % self.every == 0
+
+    def __call__(self, model: torch.nn.Module, step: int) -> dict | None:
+        """Record at `step` when due (returns the record), else do nothing (returns None)."""
+        if not self.due(step):
+            return None
+        modes = {m: m.training for m in model.modules()}
+        t0 = time.perf_counter()
+        try:
+            model.eval()
+            device = next(model.parameters()).device
+            result = hat_matrix(model, self.inputs.to(device), self.targets.to(device),
+                                **self.hat_kwargs)
+        finally:
+            for module, flag in modes.items():
+                module.training = flag
+        record = {"step": int(step), "rank": int(result.rank),
+                  **coherence_record(result.pi.detach().cpu().numpy(), self.classes),
+                  "seconds": round(time.perf_counter() - t0, 4)}
+        self.history.append(record)
+        return record
+
+    def to_dataframe(self):
+        """`.history` as a pandas DataFrame indexed by step."""
+        import pandas as pd
+
+        return pd.DataFrame(self.history).set_index("step") if self.history else pd.DataFrame()
