@@ -17,7 +17,7 @@ from importlib.metadata import version as _version
 try:
     __version__ = _version("pdeinf")
 except PackageNotFoundError:  # running from a source tree that was not installed
-    __version__ = "0.1.0"
+    __version__ = "0.2.0"
 
 _EXPORTS = {
     "hat_matrix": ("pdeinf.influence.hat", "hat_matrix"),

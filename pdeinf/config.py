@@ -126,6 +126,9 @@ class Profile:
     weight_decay: float = 1e-4
     t_max: int = 17  # snapshots kept per trajectory (16 transitions)
     split: tuple[float, float, float] = (0.65, 0.05, 0.30)  # train/val/test fractions per class
+    seed_paper_batches: int = 6  # influence batches of the seed paper's figures (final checkpoint)
+    fullspace_damping: float = 1e-4  # lambda of the seed paper's (J^T J + lambda I), the weight decay
+    fullspace_rtol: tuple[tuple[str, float], ...] = (("unet", 1.5e-2), ("vit", 5e-2))  # CG rtol per model
     model_variant: str = "authors"  # "authors" (as lanl/PDEHats) | "pdeinf-v1" (our first round)
     residual: bool = False  # False: predict u_{t+1} directly (the authors); True: u_t + f(u_t)
     damping: float = 1e-6
@@ -133,6 +136,10 @@ class Profile:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def rtol_for(self, model: str) -> float:
+        """The seed paper's Krylov tolerance for `model` (1.5e-2 UNet, 5e-2 ViT)."""
+        return dict(self.fullspace_rtol)[model]
 
 
 PROFILES: dict[str, Profile] = {
@@ -146,6 +153,7 @@ PROFILES: dict[str, Profile] = {
         checkpoints={"CE": (1, 2), "NS": (1, 2)},
         seeds=(10,),
         n_influence_batches=1,
+        seed_paper_batches=1,
     ),
     "quick": Profile(
         name="quick",

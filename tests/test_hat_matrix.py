@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from pdeinf.errors import InputError
+from pdeinf.errors import InputError, NumericalError
 from pdeinf.influence import hat_matrix
 from pdeinf.influence.hat import HatEngine, gradient_span, solve_hat
 
@@ -155,7 +155,7 @@ def test_all_zero_gradients_give_zero_matrix():
 def test_singular_metric_with_zero_damping_is_refused():
     eta = torch.diag(torch.tensor([2.0, 1.0, 0.0]))
     ket = torch.randn(3, 4)
-    with pytest.raises(InputError, match="damping"):
+    with pytest.raises(NumericalError, match="singular"):
         solve_hat(eta, 0.0, ket)
     pi, _ = solve_hat(eta, 1e-3, ket)
     assert torch.allclose(pi, ket.T @ torch.linalg.solve(eta + 1e-3 * torch.eye(3), ket))
@@ -266,3 +266,30 @@ def test_real_surrogates_match_reverse_mode_reference(name):
     ref = (Q.T @ G).T @ np.linalg.solve(eta, Q.T @ G)
     assert res.rank == Q.shape[1]
     assert rel(res.pi, ref) < 1e-9
+
+
+def test_estimator_keyword_dispatches_and_refuses():
+    import sys
+
+    model, (x, y) = TinyNet(seed=15), batch(n=4, seed=16)
+    with pytest.raises(InputError, match="estimator"):
+        hat_matrix(model, x, y, estimator="kfac")
+    with pytest.raises(InputError, match="rtol"):
+        hat_matrix(model, x, y, rtol=1e-3)  # the subspace estimator has no tolerance
+    res = hat_matrix(model, x, y)
+    assert res.attrs["estimator"] == "subspace" and res.damping == 1e-6
+    try:
+        import pdeinf.influence.fullspace  # noqa: F401
+    except ImportError:
+        pytest.skip("pdeinf.influence.fullspace is not installed")
+    full = hat_matrix(model, x, y, estimator="full-space", damping=1e-3, rtol=1e-8)
+    assert full.pi.shape == (4, 4) and full.damping == 1e-3
+    with pytest.raises(InputError, match="metric"):
+        hat_matrix(model, x, y, estimator="full-space", metric="euclidean")
+    saved = sys.modules.get("pdeinf.influence.fullspace")
+    sys.modules["pdeinf.influence.fullspace"] = None  # as if the module were missing
+    try:
+        with pytest.raises(InputError, match="full-space"):
+            hat_matrix(model, x, y, estimator="full-space")
+    finally:
+        sys.modules["pdeinf.influence.fullspace"] = saved

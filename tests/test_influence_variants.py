@@ -122,8 +122,11 @@ def test_drift_observables_values():
         mass_drift(x[:, :2], x[:, :2], pred[:, :2][:, :0])
 
 
-def _dense_gn(model, x, y, bra_rows, damping):
-    """Dense float64 reference of grad O_n^T Q eta^{-1} Q^T g_m via an explicit Jacobian."""
+def _dense_gn(model, x, y, bra_rows, damping, basis="joint", energy_tol=0.0):
+    """Dense float64 reference of Pi[n, m] = (Q^T r_n)^T eta^{-1} Q^T g_m, explicit Jacobian.
+
+    basis "joint": Q from numpy's SVD of [G | R^T] (the follow-up's recipe); "ket": of G alone.
+    """
     G = loop_grads(model, x, y, lambda a, b, p: smse_ref(p, b)).numpy().T
     theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
     names = [(n, p.shape, p.numel()) for n, p in model.named_parameters()]
@@ -136,37 +139,119 @@ def _dense_gn(model, x, y, bra_rows, damping):
         return torch.func.functional_call(model, params, (x,)).reshape(-1)
 
     J = torch.autograd.functional.jacobian(f, theta, vectorize=True).numpy()
-    U, s, _ = np.linalg.svd(G, full_matrices=False)
-    Q = U[:, s > s[0] * 1e-7]
-    eta = Q.T @ (J.T @ J / J.shape[0]) @ Q + damping * np.eye(Q.shape[1])
-    return (Q.T @ bra_rows.numpy().T).T @ np.linalg.solve(eta, Q.T @ G)
+    R = bra_rows.numpy().T
+    U, s, _ = np.linalg.svd(np.concatenate([G, R], axis=1) if basis == "joint" else G, full_matrices=False)
+    energy = np.cumsum(s**2) / np.sum(s**2)
+    r = min(int(np.sum(energy < 1 - energy_tol)) + 1, int(np.sum(s > s[0] * 1e-7)))
+    Q = U[:, :r]
+    eta = Q.T @ (J.T @ J / J.shape[0]) @ Q + damping * np.eye(r)
+    return (Q.T @ R).T @ np.linalg.solve(eta, Q.T @ G)
+
+
+def _rel(a, b):
+    return np.linalg.norm(np.asarray(a) - b) / np.linalg.norm(b)
 
 
 @pytest.mark.parametrize("name,fn", [("mass_drift", mass_drift), ("energy_drift", energy_drift)])
 def test_drift_bra_matches_dense(name, fn):
     model, (x, y) = CENet(seed=4), ce_batch(seed=5)
-    res = hat_matrix(model, x, y, response=name, energy_tol=0.0)
     R = loop_grads(model, x, y, lambda a, b, p: fn(a, b, p))
-    ref = _dense_gn(model, x, y, R, 1e-6)
-    assert np.linalg.norm(res.pi.numpy() - ref) < 1e-10 * np.linalg.norm(ref)
-    assert res.response == name
+    for basis in ("joint", "ket"):
+        res = hat_matrix(model, x, y, response=name, energy_tol=0.0, bra_basis=basis)
+        assert _rel(res.pi.numpy(), _dense_gn(model, x, y, R, 1e-6, basis)) < 1e-8, basis
+        assert res.response == name and res.attrs["bra_basis"] == basis
+    # the joint basis holds both gradient sets: a rank above the ket span's
+    assert res.rank == res.attrs["ket_rank"] == 6
+    assert hat_matrix(model, x, y, response=name, energy_tol=0.0).rank > 6
+
+
+def test_joint_basis_with_energy_cut_and_damping_zero():
+    model, (x, y) = CENet(seed=14), ce_batch(n=5, seed=15)
+    R = loop_grads(model, x, y, lambda a, b, p: mass_drift(a, b, p))
+    res = hat_matrix(model, x, y, response="mass_drift", energy_tol=0.05)
+    ref = _dense_gn(model, x, y, R, 1e-6, "joint", energy_tol=0.05)
+    assert res.rank < 10  # the cut is exercised on the 2N joint rows
+    assert _rel(res.pi.numpy(), ref) < 1e-9
+    res0 = hat_matrix(model, x, y, response="mass_drift", energy_tol=0.05, damping=0.0)
+    assert _rel(res0.pi.numpy(), _dense_gn(model, x, y, R, 0.0, "joint", energy_tol=0.05)) < 1e-8
 
 
 def test_transformed_response_and_callable_observable():
     model, (x, y) = CENet(seed=6), ce_batch(seed=7)
     flip = lambda t: torch.flip(t, dims=(-1,))
-    res = hat_matrix(model, x, y, response_transform=flip, energy_tol=0.0)
     R = loop_grads(model, flip(x), flip(y), lambda a, b, p: smse_ref(p, b))
-    ref = _dense_gn(model, x, y, R, 1e-6)
-    assert np.linalg.norm(res.pi.numpy() - ref) < 1e-10 * np.linalg.norm(ref)
+    for basis in ("joint", "ket"):
+        res = hat_matrix(model, x, y, response_transform=flip, energy_tol=0.0, bra_basis=basis)
+        assert _rel(res.pi.numpy(), _dense_gn(model, x, y, R, 1e-6, basis)) < 1e-10, basis
+    # target_transform: bras at (g.x_n, y_n) when the targets are kept
+    keep = lambda t: t
+    R2 = loop_grads(model, flip(x), y, lambda a, b, p: smse_ref(p, b))
+    res = hat_matrix(model, x, y, response_transform=flip, target_transform=keep, energy_tol=0.0)
+    assert _rel(res.pi.numpy(), _dense_gn(model, x, y, R2, 1e-6)) < 1e-10
+    # identity transform: joint rows [G; G] span what G spans, so Pi is the plain matrix
+    plain = hat_matrix(model, x, y, energy_tol=1e-4).pi
+    ident = hat_matrix(model, x, y, energy_tol=1e-4, response_transform=keep).pi
+    assert torch.allclose(ident, plain, rtol=1e-8, atol=1e-10 * plain.abs().max())
     # a callable bra equal to SMSE reproduces the plain matrix; Euclidean with a bra is R G^T
     plain = hat_matrix(model, x, y, energy_tol=0.0).pi
     as_callable = hat_matrix(model, x, y, energy_tol=0.0, response=lambda a, b, p: smse_ref(p, b)).pi
-    assert torch.allclose(as_callable, plain, rtol=1e-10, atol=1e-14)
+    assert torch.allclose(as_callable, plain, rtol=1e-8, atol=1e-10 * plain.abs().max())
     eu = hat_matrix(model, x, y, metric="euclidean", response="mass_drift").pi
     Rm = loop_grads(model, x, y, lambda a, b, p: mass_drift(a, b, p))
     G = loop_grads(model, x, y, lambda a, b, p: smse_ref(p, b))
     assert torch.allclose(eu, Rm @ G.T, rtol=1e-10, atol=1e-14)
+    with pytest.raises(InputError, match="bra_basis"):
+        hat_matrix(model, x, y, response="mass_drift", bra_basis="both")
+    with pytest.raises(InputError, match="target_transform"):
+        hat_matrix(model, x, y, target_transform=3)
+    with pytest.raises(InputError, match="response_transform"):
+        hat_matrix(model, x, y, response_transform=lambda t: t[:2])
+
+
+def test_engine_reuses_ket_work_across_bras(monkeypatch):
+    """Several bras of one batch: ket gradients and their JVPs are computed once; each bra
+    adds its own gradients and the JVPs of its own N rows, nothing else."""
+    from pdeinf.influence import gradients as grad_mod
+
+    model, (x, y) = CENet(seed=16), ce_batch(seed=17)
+    calls = {"grad_rows": 0, "jvp_dirs": 0}
+    real_grads, real_jvps = grad_mod.per_example_gradients, grad_mod.output_jvps
+
+    def counting_grads(model, inputs, *a, **k):
+        calls["grad_rows"] += inputs.shape[0]
+        return real_grads(model, inputs, *a, **k)
+
+    def counting_jvps(model, inputs, tangents, **k):
+        calls["jvp_dirs"] += tangents.shape[0] * inputs.shape[0]
+        return real_jvps(model, inputs, tangents, **k)
+
+    monkeypatch.setattr(grad_mod, "per_example_gradients", counting_grads)
+    monkeypatch.setattr(grad_mod, "output_jvps", counting_jvps)
+    n = x.shape[0]
+    engine = HatEngine(model, x, y, energy_tol=0.0)
+    shifts = [lambda t, k=k: torch.roll(t, k, dims=-1) for k in (1, 2, 3)]
+    pis = []
+    for i, g in enumerate(shifts):
+        pis.append(engine.pi(response_transform=g)[0])
+        # ket: N gradients, N x N JVPs once; every bra: N gradients and N x N JVPs
+        assert calls == {"grad_rows": n * (2 + i), "jvp_dirs": n * n * (2 + i)}
+    assert engine.eta_raw is not None and calls["jvp_dirs"] == n * n * 4  # plain metric: kept JVPs
+    assert torch.allclose(engine.pi()[0], hat_matrix(model, x, y, energy_tol=0.0).pi, rtol=1e-11, atol=1e-15)
+    for g, pi in zip(shifts, pis):
+        R = loop_grads(model, g(x), g(y), lambda a, b, p: smse_ref(p, b))
+        assert _rel(pi.numpy(), _dense_gn(model, x, y, R, 1e-6)) < 1e-10
+    # plain matrix first (as a sweep does): its pass keeps J G^T, a bra then pushes only its rows
+    calls["jvp_dirs"] = 0
+    first = HatEngine(model, x, y, energy_tol=0.0)
+    first.pi()
+    assert torch.allclose(first.pi(response_transform=shifts[0])[0], pis[0], rtol=1e-12, atol=1e-15)
+    assert calls["jvp_dirs"] == 2 * n * n
+    # without kept ket JVPs every bra pushes the ket rows again: same numbers
+    other = HatEngine(model, x, y, energy_tol=0.0, keep_ket_jvps=False)
+    for g, pi in zip(shifts, pis):
+        assert torch.allclose(other.pi(response_transform=g)[0], pi, rtol=1e-12, atol=1e-15)
+    with pytest.raises(InputError, match="keep_ket_jvps"):
+        HatEngine(model, x, y, keep_ket_jvps="yes")
 
 
 def test_engine_reuses_gradients_and_metric_across_variants():

@@ -117,7 +117,7 @@ def test_serial_sweep_content(setup):
     task = ds.sel(seed=2, epoch=1, batch=0)
     for variant, kw in [("gauss-newton", {}), ("euclidean", {"metric": "euclidean"}),
                         ("adam", {"metric": "adam", "optimizer_state": ckpt["optimizer_state"]}),
-                        ("gn-mass", {"response": "mass_drift"}), ("gn-energy", {"response": "energy_drift"})]:
+                        ("gn-mass", {"response": "mass_drift_sq"}), ("gn-energy", {"response": "energy_drift_sq"})]:
         res = hat_matrix(model, b.inputs, b.targets, damping=fx.PROFILE.damping,
                          energy_tol=fx.PROFILE.energy_tol, **kw)
         if variant == "gauss-newton":

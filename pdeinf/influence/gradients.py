@@ -1,33 +1,64 @@
-"""Per-example gradients and forward-mode output JVPs with torch.func.
+"""Per-example gradients and forward-mode output JVPs of any `nn.Module [B,C,H,W] -> [B,C,H,W]`.
 
 The model is evaluated functionally (`torch.func.functional_call`) on a dict of its trainable
 parameters, so the same code serves the gradients (reverse mode, `vmap(grad)`) and the
 Jacobian-vector products of the outputs (forward mode, `vmap(jvp)`). Flat vectors follow the
 order of `model.named_parameters()` restricted to parameters with `requires_grad`; this is also
 the order in which an optimizer built from `model.parameters()` indexes its state.
+
+Complex parameters (e.g. the spectral weights of a Fourier neural operator) are handled as
+their real and imaginary parts, which is what an optimizer steps on: a complex entry counts as
+two real parameters, laid out as `torch.view_as_real` does ([..., 2] = (re, im)). The gradient
+of a real scalar with respect to them is (d/d re, d/d im). Inputs are never made complex.
+
+What `vmap` cannot trace (in-place writes into a preallocated buffer, data-dependent control
+flow, ops without batching rules) is detected when it fails and computed by an exact slower
+path instead (a loop over examples with torch.autograd; a loop over tangents with jvp, or the
+double-backward trick where forward mode is missing), with one warning per `FuncSupport`.
 """
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
+import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch.func import functional_call, grad, jvp, vmap
 
-from pdeinf.errors import InputError
+from pdeinf.errors import InputError, NumericalError
 
 #: per-example scalar function (input [C,H,W], target [C,H,W], prediction [C,H,W]) -> scalar
 ExampleFunction = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
+#: Errors by which torch.func says it cannot trace a model (vmap batching rules, in-place
+#: writes into unbatched tensors, missing forward-mode formulas). Anything else propagates.
+_TRACE_ERRORS = (RuntimeError, NotImplementedError)
+
+#: Module types whose forward depends on train/eval mode (stochastic or batch statistics).
+_MODE_DEPENDENT = (
+    torch.nn.modules.dropout._DropoutNd,
+    torch.nn.modules.batchnorm._BatchNorm,
+    torch.nn.modules.instancenorm._InstanceNorm,
+    torch.nn.MultiheadAttention,
+    torch.nn.RReLU,
+)
+
 
 @dataclass(frozen=True)
 class ParameterLayout:
-    """Names, shapes and flat offsets of the trainable parameters (P = `size` entries)."""
+    """Names, real shapes and flat offsets of the trainable parameters (P = `size` reals).
+
+    A complex parameter of shape s appears with the real shape (*s, 2) (re, im) and 2 numel(s)
+    entries; its name is in `complex_names`.
+    """
 
     names: tuple[str, ...]
     shapes: tuple[torch.Size, ...]
     numels: tuple[int, ...]
+    complex_names: frozenset[str] = field(default_factory=frozenset)
 
     @property
     def size(self) -> int:
@@ -37,7 +68,7 @@ class ParameterLayout:
         """`[..., P]` -> {name: `[..., *shape]`} (views, no copy)."""
         lead = flat.shape[:-1]
         pieces = torch.split(flat, list(self.numels), dim=-1)
-        return {n: p.reshape(*lead, *s) for n, p, s in zip(self.names, pieces, self.shapes)}
+        return {n: p.reshape(tuple(lead) + tuple(s)) for n, p, s in zip(self.names, pieces, self.shapes)}
 
     def flatten(self, tensors: dict[str, torch.Tensor], lead_dims: int = 0) -> torch.Tensor:
         """{name: `[..., *shape]`} -> `[..., P]` (the inverse of `unflatten`)."""
@@ -49,27 +80,94 @@ class ParameterLayout:
 
 
 def trainable_parameters(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], ParameterLayout]:
-    """Detached trainable parameters of `model` and their layout; InputError if there are none."""
+    """Detached trainable parameters of `model` (complex ones as real views) and their layout."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not named:
         raise InputError("model: it has no trainable parameters (requires_grad=True)")
-    params = {n: p.detach() for n, p in named}
+    params = {n: (torch.view_as_real(p.detach()) if p.is_complex() else p.detach()) for n, p in named}
     layout = ParameterLayout(
         names=tuple(n for n, _ in named),
-        shapes=tuple(p.shape for _, p in named),
-        numels=tuple(p.numel() for _, p in named),
+        shapes=tuple(params[n].shape for n, _ in named),
+        numels=tuple(params[n].numel() for n, _ in named),
+        complex_names=frozenset(n for n, p in named if p.is_complex()),
     )
     return params, layout
 
 
+def real_dtype(params: dict[str, torch.Tensor]) -> torch.dtype:
+    """The real floating dtype of the (real-view) parameters; InputError if they disagree."""
+    dtypes = {t.dtype for t in params.values()}
+    if len(dtypes) != 1 or not next(iter(dtypes)).is_floating_point:
+        names = ", ".join(sorted(str(d).replace("torch.", "") for d in dtypes))
+        raise InputError(f"model: trainable parameters must share one floating dtype, got {names}")
+    return next(iter(dtypes))
+
+
 def check_model_mode(model: torch.nn.Module) -> None:
-    """torch.func cannot vmap/jvp through BatchNorm in train mode: refuse it with a clear line."""
+    """Refuse modules whose forward depends on train mode (dropout, batch statistics)."""
+    if not isinstance(model, torch.nn.Module):
+        raise InputError(
+            f"model: expected a torch.nn.Module mapping [B, C, H, W] -> [B, C, H, W], got "
+            f"{type(model).__name__} (wrap a function in an nn.Module holding its parameters)"
+        )
     for name, module in model.named_modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.training:
+        if isinstance(module, _MODE_DEPENDENT) and module.training:
+            if isinstance(module, torch.nn.modules.instancenorm._InstanceNorm) and not module.track_running_stats:
+                continue  # same forward in both modes
+            if isinstance(module, (torch.nn.modules.dropout._DropoutNd, torch.nn.MultiheadAttention)) \
+                    and not float(getattr(module, "p", getattr(module, "dropout", 0.0)) or 0.0) > 0.0:
+                continue  # dropout probability 0: the identity in both modes
+            kind = "BatchNorm" if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) else type(module).__name__
             raise InputError(
-                f"model: BatchNorm module {name!r} is in train mode; call model.eval() first "
-                "(per-example gradients are defined with frozen running statistics)"
+                f"model: {kind} module {name or type(model).__name__!r} is in train mode; call "
+                "model.eval() first (per-example gradients are defined for a deterministic forward "
+                "with frozen statistics)"
             )
+
+
+def check_model_output(model: torch.nn.Module, inputs: torch.Tensor) -> None:
+    """One forward on the first example: outputs must be real `[1, C, H, W]` like the inputs."""
+    with torch.no_grad(), math_attention():
+        out = model(inputs[:1])
+    name = type(model).__name__
+    if not isinstance(out, torch.Tensor):
+        raise InputError(f"model: {name} returns {type(out).__name__}, expected a tensor [B, C, H, W]")
+    if out.is_complex() or not out.is_floating_point():
+        raise InputError(f"model: {name} returns {out.dtype} outputs, expected real floating values")
+    if out.shape != inputs[:1].shape:
+        detail = ""
+        if out.ndim == 4 and out.shape[-2:] == inputs.shape[-2:]:
+            detail = f" ({out.shape[1]} output channels for {inputs.shape[1]} input channels)"
+        raise InputError(
+            f"model: {name} maps inputs {tuple(inputs[:1].shape)} to outputs {tuple(out.shape)}{detail}; "
+            "expected [B, C, H, W] -> [B, C, H, W] with the inputs' shape"
+        )
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to this process now (None when it cannot be told)."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_memory(rows: int, columns: int, dtype: torch.dtype, what: str) -> None:
+    """Refuse up front a `[rows, columns]` matrix larger than the available memory."""
+    need = rows * columns * torch.empty(0, dtype=dtype).element_size()
+    have = available_memory()
+    if have is not None and need > have:
+        raise InputError(
+            f"model: the {what} ({rows} x {columns} {str(dtype).replace('torch.', '')}) needs "
+            f"{need / 2**30:.2f} GiB, more than the {have / 2**30:.2f} GiB of memory available; "
+            "use fewer examples or a smaller model"
+        )
 
 
 def math_attention():
@@ -85,13 +183,75 @@ def math_attention():
     return sdpa_kernel(SDPBackend.MATH)
 
 
-def _model_function(model: torch.nn.Module):
+@dataclass
+class FuncSupport:
+    """What torch.func can trace for one model; warns once when a slower path takes over."""
+
+    model_name: str
+    vmap_grad: bool = True
+    vmap_jvp: bool = True
+    forward_mode: bool = True
+    warned: bool = False
+    reasons: list = field(default_factory=list)
+
+    def fall_back(self, stage: str, err: Exception) -> None:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        reason = reason.split(". ")[0][:160]
+        self.reasons.append(f"{stage}: {reason}")
+        if not self.warned:
+            self.warned = True
+            warnings.warn(
+                f"pdeinf: torch.func cannot trace {self.model_name} ({stage}: {reason}); using an "
+                "exact per-example loop instead (slower)",
+                RuntimeWarning, stacklevel=_caller_level(),
+            )
+
+
+def _caller_level() -> int:
+    """warnings.warn stacklevel of the first frame outside pdeinf (the user's call)."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _support(model, support: FuncSupport | None) -> FuncSupport:
+    return support if support is not None else FuncSupport(type(model).__name__)
+
+
+def _model_function(model: torch.nn.Module, layout: ParameterLayout | None = None):
+    """`apply(params, x)`: the module on a real parameter dict (complex ones as (re, im) views).
+
+    The complex names come from the module itself, so callers without a layout work too.
+    """
     buffers = {n: b for n, b in model.named_buffers()}
+    complex_names = frozenset(n for n, p in model.named_parameters() if p.is_complex())
 
     def apply(params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        if complex_names:
+            # torch.complex rather than view_as_complex: split pieces of a flat tangent can
+            # have an odd storage offset, which view_as_complex refuses.
+            params = {n: torch.complex(t[..., 0], t[..., 1]) if n in complex_names and not t.is_complex() else t
+                      for n, t in params.items()}
         return functional_call(model, (params, buffers), (x,))
 
     return apply
+
+
+def _loop_gradients(apply, params, layout, function, inputs, targets, out, values, rows):
+    """Exact reverse-mode fallback: one torch.autograd.grad per example."""
+    for i in range(rows.start, rows.stop):
+        leaves = {n: t.detach().clone().requires_grad_(True) for n, t in params.items()}
+        with torch.enable_grad():
+            pred = apply(leaves, inputs[i:i + 1]).squeeze(0)
+            val = function(inputs[i], targets[i], pred)
+            grads = torch.autograd.grad(val, [leaves[n] for n in layout.names], allow_unused=True)
+        offset = 0
+        for g, numel in zip(grads, layout.numels):
+            out[i, offset:offset + numel] = 0.0 if g is None else g.reshape(-1)
+            offset += numel
+        values[i] = val.detach()
 
 
 def per_example_gradients(
@@ -103,15 +263,17 @@ def per_example_gradients(
     chunk: int | None = 16,
     params: dict[str, torch.Tensor] | None = None,
     layout: ParameterLayout | None = None,
+    support: FuncSupport | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients of `function(x_n, y_n, f(x_n))` with respect to the trainable parameters.
 
-    inputs, targets: `[N, C, H, W]`. Returns `(G [N, P], values [N])` in the parameters' dtype.
-    `chunk` examples are vmapped at once (None = all N at once); memory grows with it.
+    inputs, targets: `[N, C, H, W]`. Returns `(G [N, P], values [N])` in the parameters' real
+    dtype. `chunk` examples are vmapped at once (None = all N at once); memory grows with it.
     """
     if params is None or layout is None:
         params, layout = trainable_parameters(model)
-    apply = _model_function(model)
+    support = _support(model, support)
+    apply = _model_function(model, layout)
 
     def value(p, x, y):
         pred = apply(p, x.unsqueeze(0)).squeeze(0)
@@ -124,20 +286,45 @@ def per_example_gradients(
     grad_fn = vmap(grad(value, has_aux=True), in_dims=(None, 0, 0))
     n = inputs.shape[0]
     step = n if chunk is None else chunk
-    dtype = next(iter(params.values())).dtype
+    dtype = real_dtype(params)
     out = torch.empty(n, layout.size, dtype=dtype)
     values = torch.empty(n, dtype=dtype)
     with math_attention():
         for start in range(0, n, step):
             rows = slice(start, min(start + step, n))
-            grads, vals = grad_fn(params, inputs[rows], targets[rows])
-            offset = 0
-            for name, numel in zip(layout.names, layout.numels):
-                out[rows, offset:offset + numel] = grads[name].reshape(rows.stop - rows.start, numel)
-                offset += numel
-            values[rows] = vals.detach()
-            del grads
+            if support.vmap_grad:
+                try:
+                    grads, vals = grad_fn(params, inputs[rows], targets[rows])
+                except _TRACE_ERRORS as err:
+                    support.vmap_grad = False
+                    support.fall_back("vmap(grad)", err)
+                else:
+                    offset = 0
+                    for name, numel in zip(layout.names, layout.numels):
+                        out[rows, offset:offset + numel] = grads[name].reshape(rows.stop - rows.start, numel)
+                        offset += numel
+                    values[rows] = vals.detach()
+                    del grads
+                    continue
+            _loop_gradients(apply, params, layout, function, inputs, targets, out, values, rows)
     return out, values
+
+
+def _double_backward_jvp(apply, params, layout, inputs, tangent_flat):
+    """J(inputs) v by reverse mode only: d/du [u^T J v] with u a dummy cotangent."""
+    leaves = {n: t.detach().clone().requires_grad_(True) for n, t in params.items()}
+    tangent = layout.unflatten(tangent_flat)
+    with torch.enable_grad():
+        out = apply(leaves, inputs)
+        u = torch.zeros_like(out, requires_grad=True)
+        vjp = torch.autograd.grad(out, [leaves[n] for n in layout.names], u, create_graph=True,
+                                  allow_unused=True)
+        pairs = [(g, tangent[n]) for g, n in zip(vjp, layout.names) if g is not None]
+        if not pairs:
+            return torch.zeros_like(out).detach()
+        dot = sum((g * t).sum() for g, t in pairs)
+        (jv,) = torch.autograd.grad(dot, u, allow_unused=True)
+    return torch.zeros_like(out).detach() if jv is None else jv.detach()
 
 
 def output_jvps(
@@ -148,21 +335,45 @@ def output_jvps(
     params: dict[str, torch.Tensor] | None = None,
     layout: ParameterLayout | None = None,
     vmap_tangents: bool = True,
+    support: FuncSupport | None = None,
 ) -> torch.Tensor:
     """Forward-mode products of the outputs with parameter directions.
 
     inputs `[B, C, H, W]`, tangents `[K, P]` -> `[K, B, C, H, W]`, entry k = J(inputs) tangent_k.
-    With `vmap_tangents` the K tangents go through one vmapped jvp, otherwise a Python loop.
+    With `vmap_tangents` the K tangents go through one vmapped jvp, otherwise a Python loop
+    (also the fallback when vmap fails; without forward mode, the double-backward trick).
     """
     if params is None or layout is None:
         params, layout = trainable_parameters(model)
-    apply = _model_function(model)
+    support = _support(model, support)
+    apply = _model_function(model, layout)
 
     def push(tangent_flat: torch.Tensor) -> torch.Tensor:
         tangent = layout.unflatten(tangent_flat)
         return jvp(lambda p: apply(p, inputs), (params,), (tangent,))[1]
 
     with math_attention():
-        if vmap_tangents and tangents.shape[0] > 1:
-            return vmap(push)(tangents)
-        return torch.stack([push(t) for t in tangents])
+        if vmap_tangents and support.vmap_jvp and tangents.shape[0] > 1:
+            try:
+                return vmap(push)(tangents)
+            except _TRACE_ERRORS as err:
+                support.vmap_jvp = False
+                support.fall_back("vmap(jvp)", err)
+        if support.forward_mode:
+            try:
+                return torch.stack([push(t) for t in tangents])
+            except _TRACE_ERRORS as err:
+                support.forward_mode = False
+                support.fall_back("jvp", err)
+        return torch.stack([_double_backward_jvp(apply, params, layout, inputs, t) for t in tangents])
+
+
+def check_finite(grads: torch.Tensor, what: str) -> None:
+    """NumericalError naming `what` and the first bad example when `grads` has NaN or Inf."""
+    bad = ~torch.isfinite(grads).all(dim=-1)
+    if bool(bad.any()):
+        first = int(bad.nonzero()[0, 0])
+        raise NumericalError(
+            f"{what}: per-example gradients contain NaN or Inf ({int(bad.sum())} of "
+            f"{grads.shape[0]} examples, first n = {first})"
+        )

@@ -22,10 +22,18 @@ variants of one batch share the expensive parts):
    to Gp, then a product A^T A): symmetric positive semi-definite by construction.
 
 Variants: metric "euclidean" (`Pi = G G^T`, no truncation) and "adam" (`Pi = R D G^T` with the
-Adam preconditioner D of the checkpoint's optimizer state, see `adam_preconditioner`). A
-response observable O (rows R = grad O_n, at optionally transformed inputs) replaces the bra:
-Gauss-Newton `Pi[n, m] = grad O_n^T Q eta^{-1} Q^T g_m`, the response gradient projected on the
-span of the SMSE gradients (the only directions in which the metric is known).
+Adam preconditioner D of the checkpoint's optimizer state, see `adam_preconditioner`).
+
+Bras other than the SMSE gradients (a response observable O, e.g. a mass drift, and/or the
+SMSE at transformed inputs and targets (g.x_n, g.y_n) for orbit influence), rows R = grad O_n:
+- `bra_basis="joint"` (the follow-up's recipe, default): the basis is that of the joint rows
+  `[G; R]` (2N x 2N Gram, same energy cut), ket coordinates `Gp`, bra coordinates `Bp` (both
+  `S V^T`, split), `eta = (JQ)^T (JQ) / M + damping I` with J at the UNtransformed inputs, and
+  `Pi = Bp^T eta^{-1} Gp`. JQ = J G^T V_k S^{-1} + J R^T V_b S^{-1}: the JVPs of the ket rows
+  J G^T are computed once per batch and kept (`HatEngine`, when they fit in memory), so each
+  further bra costs its gradients and the JVPs of its own N rows.
+- `bra_basis="ket"`: R projected on the span of the ket gradients alone,
+  `Pi = (Q^T R^T)^T eta^{-1} Gp` with the ket metric (round 1's estimator, for ablations).
 """
 from __future__ import annotations
 
@@ -37,11 +45,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pdeinf.errors import InputError
+from pdeinf.errors import InputError, NumericalError
 from pdeinf.influence import gradients as _grad
 from pdeinf.influence import observables as _obs
 
 METRICS: tuple[str, ...] = ("gauss-newton", "euclidean", "adam")
+#: Bases for a bra other than SMSE (module docstring) and the estimators of `hat_matrix`.
+BRA_BASES: tuple[str, ...] = ("joint", "ket")
+ESTIMATORS: tuple[str, ...] = ("subspace", "full-space")
+#: Damping of the restricted metric (method.md section 4, the follow-up).
+DEFAULT_DAMPING = 1e-6
 #: Parameters per block when forming float64 products of [N, P] rows: 16384 columns keep each
 #: float64 copy at N * 128 KiB (6 MiB for N = 48); the Gram of the quick UNet's gradients
 #: (N = 48, P = 1.6e5) takes about 0.03 s either way.
@@ -112,32 +125,145 @@ class GradientSpan:
         return (self.right_vectors.T @ cross) / self.singular_values[:, None]
 
 
-def gradient_span(grads: torch.Tensor, energy_tol: float = 1e-4) -> GradientSpan:
-    """Energy-truncated basis of the row span of `grads` `[N, P]` (see the module docstring)."""
+def _truncated_eigh(gram: torch.Tensor, energy_tol: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`(s_r [r], V_r [K, r], s [K])` of a K x K Gram `V S^2 V^T` with the energy cut."""
     if not (0.0 <= energy_tol < 1.0):
         raise InputError(f"energy_tol={energy_tol!r}: expected 0 <= energy_tol < 1")
-    gram = cross_gram(grads, grads)
-    gram = 0.5 * (gram + gram.T)
     evals, evecs = torch.linalg.eigh(gram)
     evals, evecs = evals.flip(0).clamp_min(0.0), evecs.flip(1)
     total = float(evals.sum())
-    n = grads.shape[0]
+    k = gram.shape[0]
     if total <= 0.0 or not math.isfinite(total):
         rank = 0
     else:
         energy = torch.cumsum(evals, 0) / total
         rank = int((energy < 1.0 - energy_tol).sum()) + 1
         # Modes at rounding level of the Gram are not directions of the span (duplicates).
-        numerical = int((evals > n * torch.finfo(torch.float64).eps * evals[0]).sum())
-        rank = max(1, min(rank, numerical, n))
+        numerical = int((evals > k * torch.finfo(torch.float64).eps * evals[0]).sum())
+        rank = max(1, min(rank, numerical, k))
     s = evals.sqrt()
-    return GradientSpan(
-        grads=grads,
-        gram=gram,
-        singular_values=s[:rank].clone(),
-        right_vectors=evecs[:, :rank].clone(),
-        all_singular_values=s,
-    )
+    return s[:rank].clone(), evecs[:, :rank].clone(), s
+
+
+def gradient_span(grads: torch.Tensor, energy_tol: float = 1e-4) -> GradientSpan:
+    """Energy-truncated basis of the row span of `grads` `[N, P]` (see the module docstring)."""
+    if not (0.0 <= energy_tol < 1.0):
+        raise InputError(f"energy_tol={energy_tol!r}: expected 0 <= energy_tol < 1")
+    gram = cross_gram(grads, grads)
+    gram = 0.5 * (gram + gram.T)
+    s_r, v_r, s = _truncated_eigh(gram, energy_tol)
+    return GradientSpan(grads=grads, gram=gram, singular_values=s_r, right_vectors=v_r, all_singular_values=s)
+
+
+@dataclass
+class JointSpan:
+    """Orthonormal basis of the rows of `[G_ket; G_bra]` (`[Nk + Nb, P]`), factored as
+    `Q = G_ket^T C_k + G_bra^T C_b` with `[C_k; C_b] = V diag(1/s)` (never stored)."""
+
+    ket_grads: torch.Tensor  # [Nk, P], model dtype
+    bra_grads: torch.Tensor  # [Nb, P], model dtype
+    gram: torch.Tensor  # [Nk + Nb, Nk + Nb] float64
+    singular_values: torch.Tensor  # [r] float64, descending
+    right_vectors: torch.Tensor  # [Nk + Nb, r] float64
+    all_singular_values: torch.Tensor  # [Nk + Nb] float64
+
+    @property
+    def rank(self) -> int:
+        return int(self.singular_values.numel())
+
+    @property
+    def n_ket(self) -> int:
+        return int(self.ket_grads.shape[0])
+
+    def coefficients(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(C_k [Nk, r], C_b [Nb, r])` float64 with Q = G_ket^T C_k + G_bra^T C_b."""
+        coeff = self.right_vectors / self.singular_values
+        return coeff[:self.n_ket], coeff[self.n_ket:]
+
+    def coordinates(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(Gp [r, Nk], Bp [r, Nb])`: Q^T of the ket and bra rows (`S V^T`, split)."""
+        sv = self.singular_values[:, None] * self.right_vectors.T
+        return sv[:, :self.n_ket], sv[:, self.n_ket:]
+
+    def basis_rows(self, columns: slice) -> torch.Tensor:
+        """Rows q_a^T of Q^T for the basis indices in `columns`: `[k, P]` in the model dtype."""
+        c_k, c_b = self.coefficients()
+        dtype = self.ket_grads.dtype
+        return c_k[:, columns].T.to(dtype) @ self.ket_grads + c_b[:, columns].T.to(dtype) @ self.bra_grads
+
+
+def joint_span(ket: GradientSpan, bra_grads: torch.Tensor, energy_tol: float = 1e-4) -> JointSpan:
+    """Energy-truncated basis of the joint rows `[G_ket; G_bra]`; reuses the ket Gram."""
+    cross = cross_gram(ket.grads, bra_grads)
+    bb = cross_gram(bra_grads, bra_grads)
+    gram = torch.cat([torch.cat([ket.gram, cross], 1), torch.cat([cross.T, 0.5 * (bb + bb.T)], 1)], 0)
+    s_r, v_r, s = _truncated_eigh(gram, energy_tol)
+    return JointSpan(ket_grads=ket.grads, bra_grads=bra_grads, gram=gram, singular_values=s_r,
+                     right_vectors=v_r, all_singular_values=s)
+
+
+def metric_pass(
+    model: torch.nn.Module,
+    inputs: torch.Tensor,
+    blocks: list,
+    rank: int,
+    *,
+    jvp_chunk: int = JVP_CHUNK,
+    vmap_tangents: bool = True,
+    progress: bool = False,
+    params=None,
+    layout=None,
+    support: _grad.FuncSupport | None = None,
+    keep: tuple[bool, ...] = (),
+) -> tuple[torch.Tensor, list]:
+    """Undamped `(JQ)^T (JQ) / M` `[r, r]` float64 for `Q = sum_i D_i^T C_i`.
+
+    blocks: `(D_i [K_i, P] directions, C_i [K_i, r] float64, pushed_i)` where pushed_i is None
+    (the JVPs J(x) D_i^T are computed here) or the kept `[K_i, N, C, H, W]` JVPs of an earlier
+    pass. J is block-diagonal over examples, so per `jvp_chunk` examples the rows of JQ are
+    formed in float64 and accumulated into the Gram; no r x M store. keep[i]: return the JVPs
+    of block i (computed here) for later passes. Returns `(eta_raw, kept)`, kept[i] None
+    where not kept.
+    """
+    kept = [None] * len(blocks)
+    if rank == 0:
+        return torch.zeros(0, 0, dtype=torch.float64), kept
+    n = inputs.shape[0]
+    m_outputs = inputs.numel()  # outputs have the inputs' shape [N, C, H, W]
+    eta = torch.zeros(rank, rank, dtype=torch.float64)
+    bar = tqdm(total=n, desc="JVPs", unit="ex", disable=not progress, leave=False)
+    for start in range(0, n, jvp_chunk):
+        rows = slice(start, min(start + jvp_chunk, n))
+        jq = None
+        for i, (directions, coeff, pushed) in enumerate(blocks):
+            if pushed is not None:
+                out = pushed[:, rows]
+            else:
+                out = _grad.output_jvps(
+                    model, inputs[rows], directions, params=params, layout=layout,
+                    vmap_tangents=vmap_tangents, support=support,
+                )  # [K_i, b, C, H, W]: J(x_b) d_k for every direction k
+                if out[0].numel() != inputs[rows].numel():
+                    raise InputError(
+                        f"model: outputs have {out[0].numel() // (rows.stop - rows.start)} values per "
+                        f"example, inputs {m_outputs // n}; expected [B, C, H, W] -> [B, C, H, W]"
+                    )
+                if i < len(keep) and keep[i]:
+                    if kept[i] is None:
+                        kept[i] = torch.empty(out.shape[0], n, *out.shape[2:], dtype=out.dtype)
+                    kept[i][:, rows] = out
+            # Combine into (JQ) rows before squaring: error ~ eps s_1 / s_r, as for a basis
+            # formed in parameter space (squaring (J D^T) first would square that factor).
+            part = coeff.T @ out.reshape(out.shape[0], -1).to(torch.float64)  # [r, b*C*H*W]
+            del out  # not alive during the next call
+            jq = part if jq is None else jq.add_(part)
+            del part
+        eta += jq @ jq.T
+        del jq
+        bar.update(rows.stop - rows.start)
+    bar.close()
+    eta = eta / m_outputs
+    return 0.5 * (eta + eta.T), kept
 
 
 def restricted_gauss_newton(
@@ -150,46 +276,22 @@ def restricted_gauss_newton(
     progress: bool = False,
     params=None,
     layout=None,
+    support: _grad.FuncSupport | None = None,
 ) -> torch.Tensor:
     """Undamped restricted Gauss-Newton metric (JQ)^T (JQ) / M, `[r, r]` float64.
 
     J is the Jacobian of all raw outputs of the batch (M = N*C*H*W) with respect to the
     parameters. Since Q = G^T V_r S_r^{-1}, JQ = (J G^T) V_r S_r^{-1}: the JVPs push the
     stored gradient rows themselves (no P-sized basis copy), `jvp_chunk` examples at a time
-    with all N directions vmapped in one call; each block's rows of JQ are formed in float64
-    and accumulated into (JQ)^T (JQ) (J is block-diagonal over examples), so no r x M store.
+    with all N directions vmapped in one call (`metric_pass`).
     Peak extra memory: one call's N x jvp_chunk forward-mode evaluations.
     """
-    r = span.rank
-    if r == 0:
-        return torch.zeros(0, 0, dtype=torch.float64)
-    n = inputs.shape[0]
-    n_dir = span.grads.shape[0]  # the N gradient rows (== n unless a subset of inputs is timed)
-    m_outputs = inputs.numel()  # outputs have the inputs' shape [N, C, H, W]
     coeff = span.right_vectors / span.singular_values  # [N, r] float64: Q = G^T coeff
-    eta = torch.zeros(r, r, dtype=torch.float64)
-    bar = tqdm(total=n, desc="JVPs", unit="ex", disable=not progress, leave=False)
-    for start in range(0, n, jvp_chunk):
-        rows = slice(start, min(start + jvp_chunk, n))
-        out = _grad.output_jvps(
-            model, inputs[rows], span.grads, params=params, layout=layout,
-            vmap_tangents=vmap_tangents,
-        )  # [N, b, C, H, W]: J(x_b) g_m for every gradient row m
-        if out[0].numel() != inputs[rows].numel():
-            raise InputError(
-                f"model: outputs have {out[0].numel() // (rows.stop - rows.start)} values per "
-                f"example, inputs {m_outputs // n}; expected [B, C, H, W] -> [B, C, H, W]"
-            )
-        # Combine into (JQ) rows before squaring: error ~ eps s_1 / s_r, as for a basis
-        # formed in parameter space (squaring (J G^T) first would square that factor).
-        jq = coeff.T @ out.reshape(n_dir, -1).to(torch.float64)  # [r, b*C*H*W]
-        del out  # not alive during the next chunk
-        eta += jq @ jq.T
-        del jq
-        bar.update(rows.stop - rows.start)
-    bar.close()
-    eta = eta / m_outputs
-    return 0.5 * (eta + eta.T)
+    eta, _ = metric_pass(
+        model, inputs, [(span.grads, coeff, None)], span.rank, jvp_chunk=jvp_chunk,
+        vmap_tangents=vmap_tangents, progress=progress, params=params, layout=layout, support=support,
+    )
+    return eta
 
 
 def solve_hat(
@@ -213,7 +315,7 @@ def solve_hat(
     damped = evals + damping
     floor = r * torch.finfo(torch.float64).eps * max(float(evals.abs().max()), 1e-300)
     if float(damped.min()) <= floor:
-        raise InputError(
+        raise NumericalError(
             f"damping={damping!r}: the restricted Gauss-Newton metric is singular "
             f"(smallest eigenvalue {float(evals.min()):.3e} of {float(evals.max()):.3e}); "
             "pass damping > 0"
@@ -254,6 +356,8 @@ def adam_preconditioner(optimizer_state: dict, layout: _grad.ParameterLayout) ->
         if entry is None or "exp_avg_sq" not in entry:
             raise InputError(f"optimizer_state: no Adam moments for parameter {name!r} (index {index})")
         v = entry.get("max_exp_avg_sq") if group.get("amsgrad") else entry["exp_avg_sq"]
+        if v.is_complex():  # Adam steps on (re, im) with one second moment each
+            v = torch.view_as_real(v)
         if tuple(v.shape) != tuple(shape):
             raise InputError(
                 f"optimizer_state: parameter {name!r} has moments of shape {tuple(v.shape)}, "
@@ -267,21 +371,38 @@ def adam_preconditioner(optimizer_state: dict, layout: _grad.ParameterLayout) ->
     return torch.cat(parts)
 
 
-def _check_batch(inputs, targets, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    for name, t in (("inputs", inputs), ("targets", targets)):
+def _check_batch(inputs, targets, dtype, names=("inputs", "targets")) -> tuple[torch.Tensor, torch.Tensor]:
+    for name, t in zip(names, (inputs, targets)):
         if not isinstance(t, torch.Tensor):
             raise InputError(f"{name}: expected a torch.Tensor [N, C, H, W], got {type(t).__name__}")
         if t.ndim != 4 or t.shape[0] == 0:
             raise InputError(f"{name}: expected shape [N, C, H, W] with N >= 1, got {tuple(t.shape)}")
+        if t.is_complex():
+            raise InputError(f"{name}: complex values; expected real [N, C, H, W]")
         if not torch.isfinite(t).all():
             raise InputError(f"{name}: contains NaN or Inf")
     if inputs.shape != targets.shape:
-        raise InputError(f"targets: shape {tuple(targets.shape)} differs from inputs {tuple(inputs.shape)}")
+        raise InputError(f"{names[1]}: shape {tuple(targets.shape)} differs from {names[0]} {tuple(inputs.shape)}")
     return inputs.detach().to(dtype), targets.detach().to(dtype)
 
 
+def _check_callable(value, name: str) -> None:
+    if value is not None and not callable(value):
+        raise InputError(f"{name}={value!r}: expected None or a callable on [N, C, H, W] tensors")
+
+
 class HatEngine:
-    """One batch at one checkpoint; caches gradients, basis and metric across variants."""
+    """One batch at one checkpoint; caches gradients, basis and metric across variants.
+
+    Shared by every variant of the batch: the SMSE gradients G, their span and metric, and (for
+    joint-basis bras) the JVPs of the ket rows J G^T, `[N, N, C, H, W]` in the model dtype.
+    keep_ket_jvps: True keeps them from the first metric pass on (InputError if they cannot
+    fit in memory), False never (each joint bra then pushes the ket rows again: exact, twice
+    the JVP work), None (default) keeps them when they take at most a quarter of the available
+    memory (`hat_matrix`, one matrix per call, passes False). Only the latest bra's
+    gradients and joint basis are cached (a symmetry study walks through many bras; each
+    N x P bra matrix is freed when the next one is computed).
+    """
 
     def __init__(
         self,
@@ -294,38 +415,47 @@ class HatEngine:
         jvp_chunk: int = JVP_CHUNK,
         vmap_tangents: bool = True,
         progress: bool = False,
+        keep_ket_jvps: bool | None = None,
     ):
         _grad.check_model_mode(model)
         self.model = model
         self.params, self.layout = _grad.trainable_parameters(model)
-        dtype = next(iter(self.params.values())).dtype
+        dtype = _grad.real_dtype(self.params)
         self.inputs, self.targets = _check_batch(inputs, targets, dtype)
         self.grad_chunk = _positive_int(grad_chunk, "grad_chunk", allow_none=True)
         self.jvp_chunk = _positive_int(jvp_chunk, "jvp_chunk")
         if not (0.0 <= energy_tol < 1.0):
             raise InputError(f"energy_tol={energy_tol!r}: expected 0 <= energy_tol < 1")
+        if keep_ket_jvps not in (None, True, False):
+            raise InputError(f"keep_ket_jvps={keep_ket_jvps!r}: expected None, True or False")
+        _grad.check_model_output(model, self.inputs)
+        _grad.check_memory(self.inputs.shape[0], self.layout.size, dtype, "per-example gradient matrix")
         self.energy_tol = float(energy_tol)
         self.vmap_tangents = vmap_tangents
         self.progress = progress
+        self.keep_ket_jvps = keep_ket_jvps
+        self.support = _grad.FuncSupport(type(model).__name__)
         self._grads = None
         self._losses = None
         self._span = None
         self._eta_raw = None
-        self._responses: dict = {}
+        self._ket_jvps = None
+        self._bra = None  # (key, [N, P] bra gradients): the latest one only
+        self._joint = None  # (key, JointSpan, undamped joint eta)
 
     def _gradients(self, function, inputs, targets):
         return _grad.per_example_gradients(
             self.model, inputs, targets, function,
-            chunk=self.grad_chunk, params=self.params, layout=self.layout,
+            chunk=self.grad_chunk, params=self.params, layout=self.layout, support=self.support,
         )
 
     @property
     def grads(self) -> torch.Tensor:
         """SMSE gradients `[N, P]`."""
         if self._grads is None:
-            self._grads, self._losses = self._gradients(_obs.smse, self.inputs, self.targets)
-            if not torch.isfinite(self._grads).all():
-                raise InputError("model: per-example gradients contain NaN or Inf")
+            grads, losses = self._gradients(_obs.smse, self.inputs, self.targets)
+            _grad.check_finite(grads, "model: SMSE")
+            self._grads, self._losses = grads, losses
         return self._grads
 
     @property
@@ -340,58 +470,132 @@ class HatEngine:
             self._span = gradient_span(self.grads, self.energy_tol)
         return self._span
 
+    def _keep_ket_jvps(self) -> bool:
+        """Whether the next pass that pushes the ket rows keeps them (class docstring)."""
+        if self._ket_jvps is not None or self.keep_ket_jvps is False:
+            return False
+        n = self.inputs.shape[0]
+        if self.keep_ket_jvps:
+            _grad.check_memory(n, self.inputs.numel(), self.inputs.dtype, "kept ket JVPs J G^T")
+            return True
+        need = n * self.inputs.numel() * self.inputs.element_size()
+        have = _grad.available_memory()
+        return have is not None and need <= have // 4
+
+    def _metric(self, blocks, rank, keep):
+        eta, kept = metric_pass(
+            self.model, self.inputs, blocks, rank, jvp_chunk=self.jvp_chunk,
+            vmap_tangents=self.vmap_tangents, progress=self.progress, params=self.params,
+            layout=self.layout, support=self.support, keep=keep,
+        )
+        if kept and kept[0] is not None:
+            self._ket_jvps = kept[0]
+        return eta
+
     @property
     def eta_raw(self) -> torch.Tensor:
-        """Undamped (JQ)^T (JQ) / M `[r, r]` float64."""
+        """Undamped (JQ)^T (JQ) / M `[r, r]` float64 in the ket basis."""
         if self._eta_raw is None:
-            self._eta_raw = restricted_gauss_newton(
-                self.model, self.inputs, self.span, jvp_chunk=self.jvp_chunk,
-                vmap_tangents=self.vmap_tangents, progress=self.progress,
-                params=self.params, layout=self.layout,
-            )
+            span = self.span
+            coeff = span.right_vectors / span.singular_values
+            self._eta_raw = self._metric([(span.grads, coeff, self._ket_jvps)], span.rank,
+                                         (self._keep_ket_jvps(),))
         return self._eta_raw
 
-    def response_gradients(self, response=None, transform: Callable | None = None) -> torch.Tensor | None:
-        """Bra gradients `[N, P]`; None when they are the SMSE gradients themselves."""
+    def response_gradients(
+        self,
+        response=None,
+        transform: Callable | None = None,
+        target_transform: Callable | None = None,
+    ) -> torch.Tensor | None:
+        """Bra gradients `[N, P]` at `(transform(x_n), target_transform(y_n))`; None when they
+        are the SMSE gradients themselves. target_transform None: `transform` for both."""
         function = _obs.resolve(response)
-        if function is _obs.smse and transform is None:
+        _check_callable(transform, "response_transform")
+        _check_callable(target_transform, "target_transform")
+        if function is _obs.smse and transform is None and target_transform is None:
             return None
-        key = (function, transform)
-        if key not in self._responses:
-            inputs, targets = self.inputs, self.targets
-            if transform is not None:
-                inputs, targets = transform(inputs), transform(targets)
-                inputs, targets = _check_batch(inputs, targets, self.inputs.dtype)
-            grads, _ = self._gradients(function, inputs, targets)
-            if not torch.isfinite(grads).all():
-                raise InputError("response: its per-example gradients contain NaN or Inf")
-            self._responses[key] = grads
-        return self._responses[key]
+        key = (function, transform, target_transform)
+        if self._bra is not None and self._bra[0] == key:
+            return self._bra[1]
+        self._bra = self._joint = None  # free the previous bra before computing the next
+        inputs, targets = self.inputs, self.targets
+        t_targets = target_transform if target_transform is not None else transform
+        if transform is not None:
+            inputs = transform(inputs)
+        if t_targets is not None:
+            targets = t_targets(targets)
+        inputs, targets = _check_batch(inputs, targets, self.inputs.dtype,
+                                       ("response_transform(inputs)", "target_transform(targets)"))
+        if inputs.shape[0] != self.inputs.shape[0]:
+            raise InputError(
+                f"response_transform: returned {inputs.shape[0]} examples for {self.inputs.shape[0]}; "
+                "a transform must act on each example"
+            )
+        _grad.check_memory(inputs.shape[0], self.layout.size, self.inputs.dtype, "response gradient matrix")
+        name = getattr(function, "__name__", "callable")
+        grads, _ = self._gradients(function, inputs, targets)
+        _grad.check_finite(grads, f"response {name!r}")
+        self._bra = (key, grads)
+        return grads
+
+    def joint(self, response=None, transform=None, target_transform=None) -> tuple[JointSpan, torch.Tensor] | None:
+        """`(basis of [G; R], its undamped metric [r, r] float64)` for a bra; None for SMSE."""
+        bra = self.response_gradients(response, transform, target_transform)
+        if bra is None:
+            return None
+        key = self._bra[0]
+        if self._joint is None or self._joint[0] != key:
+            span = joint_span(self.span, bra, self.energy_tol)
+            c_k, c_b = span.coefficients()
+            keep = self._keep_ket_jvps()
+            eta = self._metric([(self.grads, c_k, self._ket_jvps), (bra, c_b, None)], span.rank, (keep,))
+            self._joint = (key, span, eta)
+        return self._joint[1], self._joint[2]
 
     def pi(
         self,
         metric: str = "gauss-newton",
         *,
-        damping: float = 1e-6,
+        damping: float = DEFAULT_DAMPING,
         response=None,
         response_transform: Callable | None = None,
+        target_transform: Callable | None = None,
         optimizer_state: dict | None = None,
+        bra_basis: str = "joint",
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """`(Pi [N, N] float64, undamped eta eigenvalues [r])` (empty eigenvalues off Gauss-Newton)."""
+        """`(Pi [N, N] float64, undamped eta eigenvalues [r])` (empty eigenvalues off Gauss-Newton).
+
+        Rows = response (bra) n, columns = perturbation (ket) m. The basis used is `basis(...)`.
+        """
         if metric not in METRICS:
             raise InputError(f"metric={metric!r}: expected one of {', '.join(METRICS)}")
+        if bra_basis not in BRA_BASES:
+            raise InputError(f"bra_basis={bra_basis!r}: expected one of {', '.join(BRA_BASES)}")
         if metric == "adam" and optimizer_state is None:
             raise InputError("optimizer_state: required for metric='adam' (checkpoint['optimizer_state'])")
-        bra = self.response_gradients(response, response_transform)
+        bra = self.response_gradients(response, response_transform, target_transform)
         none = torch.zeros(0, dtype=torch.float64)
         if metric == "euclidean":
             return (self.span.gram.clone() if bra is None else cross_gram(bra, self.grads)), none
         if metric == "adam":
             weight = adam_preconditioner(optimizer_state, self.layout)
             return cross_gram(self.grads if bra is None else bra, self.grads, weight), none
-        ket = self.span.coordinates()
-        bra_coords = None if bra is None else self.span.coordinates(bra)
-        return solve_hat(self.eta_raw, damping, ket, bra_coords)
+        if bra is None:
+            return solve_hat(self.eta_raw, damping, self.span.coordinates())
+        if bra_basis == "ket":
+            return solve_hat(self.eta_raw, damping, self.span.coordinates(), self.span.coordinates(bra))
+        span, eta = self.joint(response, response_transform, target_transform)
+        ket, bra_coords = span.coordinates()
+        return solve_hat(eta, damping, ket, bra_coords)
+
+    def basis(self, metric="gauss-newton", *, response=None, response_transform=None,
+              target_transform=None, bra_basis="joint") -> GradientSpan | JointSpan:
+        """The basis `pi` uses for these arguments (the ket span unless a joint bra)."""
+        if metric != "gauss-newton" or bra_basis == "ket":
+            return self.span
+        found = self.joint(response, response_transform, target_transform)
+        return self.span if found is None else found[0]
 
 
 @dataclass
@@ -399,7 +603,7 @@ class HatResult:
     """Influence matrix of one batch: rows = response n, columns = perturbation m."""
 
     pi: torch.Tensor  # [N, N] float64 (normalised when `normalization` is set)
-    rank: int
+    rank: int  # of the basis used: the joint one for a joint bra (attrs["ket_rank"]: G's alone)
     eta_eigenvalues: torch.Tensor  # [r] float64, undamped, descending (empty off Gauss-Newton)
     losses: torch.Tensor  # [N] SMSE of each example
     singular_values: torch.Tensor  # [N] singular values of G, descending
@@ -456,11 +660,15 @@ def hat_matrix(
     targets: torch.Tensor,
     *,
     metric: str = "gauss-newton",
-    damping: float = 1e-6,
+    damping: float | None = None,
     energy_tol: float = 1e-4,
     optimizer_state: dict | None = None,
     response=None,
     response_transform: Callable | None = None,
+    target_transform: Callable | None = None,
+    bra_basis: str = "joint",
+    estimator: str = "subspace",
+    rtol: float | None = None,
     grad_chunk: int | None = GRAD_CHUNK,
     jvp_chunk: int = JVP_CHUNK,
     normalization: str | None = None,
@@ -468,36 +676,63 @@ def hat_matrix(
     progress: bool = False,
 ) -> HatResult:
     """Influence matrix Pi `[N, N]` of a batch (inputs, targets `[N, C, H, W]`) at the model's
-    current parameters; see the module docstring for the mathematics and the variants.
+    current parameters; rows = response (bra) n, columns = perturbation (ket) m. See the module
+    docstring for the mathematics and the variants.
 
-    metric: "gauss-newton" | "euclidean" | "adam" (needs `optimizer_state`, an AdamW
-    state_dict). response: None/"smse" | "mass_drift" | "energy_drift" | callable
-    (input, target, prediction) -> scalar; response_transform: callable on `[N, C, H, W]`
-    applied to the response inputs and targets. grad_chunk: examples per vmapped gradient call
-    (None = all); jvp_chunk: examples per vmapped jvp call (all N gradient directions at once;
-    memory grows with it). normalization: a kind of `pdeinf.influence.normalize` applied to Pi
-    (None = raw). Inputs are cast to the model dtype.
+    model: any `nn.Module` mapping `[B, C, H, W] -> [B, C, H, W]` in eval mode (complex
+    parameters count as (re, im) pairs; what torch.func cannot vmap runs in an exact loop, with
+    one RuntimeWarning). metric: "gauss-newton" | "euclidean" | "adam" (needs
+    `optimizer_state`, an AdamW state_dict). damping: None = 1e-6 (subspace) or the full-space
+    estimator's default. response: None/"smse" | "mass_drift" | "energy_drift" | callable
+    (input, target, prediction) -> scalar. response_transform: callable on `[N, C, H, W]`
+    giving the bra inputs g.x_n (e.g. a group element); target_transform: callable giving the
+    bra targets, None = response_transform again (orbit influence: bras at (g.x_n, g.y_n),
+    kets at (x_m, y_m), J at the untransformed x); pass `lambda y: y` to keep the targets.
+    bra_basis: "joint" (basis of [G_ket; G_bra], the follow-up) | "ket" (bra projected on the
+    ket span; ablation). estimator: "subspace" (this module) | "full-space"
+    (`pdeinf.influence.fullspace.full_space_hat_matrix`, the seed paper's iterative solve;
+    rtol is its relative tolerance). grad_chunk: examples per vmapped gradient call (None =
+    all); jvp_chunk: examples per vmapped jvp call (all N gradient directions at once; memory
+    grows with it). normalization: a kind of `pdeinf.influence.normalize` applied to Pi (None
+    = raw). Inputs are cast to the model's real dtype.
     """
     from pdeinf.influence.normalize import normalize
 
+    if estimator not in ESTIMATORS:
+        raise InputError(f"estimator={estimator!r}: expected one of {', '.join(ESTIMATORS)}")
     if metric not in METRICS:
         raise InputError(f"metric={metric!r}: expected one of {', '.join(METRICS)}")
+    if bra_basis not in BRA_BASES:
+        raise InputError(f"bra_basis={bra_basis!r}: expected one of {', '.join(BRA_BASES)}")
+    _check_callable(response_transform, "response_transform")
+    _check_callable(target_transform, "target_transform")
+    _obs.resolve(response)  # unknown names fail before any gradient is computed
+    if estimator == "full-space":
+        return _full_space(model, inputs, targets, metric=metric, damping=damping, rtol=rtol,
+                           response=response, response_transform=response_transform,
+                           target_transform=target_transform, normalization=normalization)
+    if rtol is not None:
+        raise InputError(f"rtol={rtol!r}: only used by estimator='full-space' (the subspace estimator is exact)")
+    damping = DEFAULT_DAMPING if damping is None else damping
     engine = HatEngine(
         model, inputs, targets, energy_tol=energy_tol, grad_chunk=grad_chunk,
         jvp_chunk=jvp_chunk, vmap_tangents=vmap_tangents, progress=progress,
+        keep_ket_jvps=False,  # one matrix: no later bra would reuse them
     )
-    _obs.resolve(response)  # unknown names fail before any gradient is computed
     pi, eigenvalues = engine.pi(
         metric, damping=damping, response=response, response_transform=response_transform,
-        optimizer_state=optimizer_state,
+        target_transform=target_transform, optimizer_state=optimizer_state, bra_basis=bra_basis,
     )
+    basis = engine.basis(metric, response=response, response_transform=response_transform,
+                         target_transform=target_transform, bra_basis=bra_basis)
     losses = engine.losses.to(torch.float64)
     if normalization is not None:
         pi = normalize(pi, normalization, losses=losses)
     response_name = response if isinstance(response, str) else getattr(response, "__name__", "smse")
+    joint = isinstance(basis, JointSpan)
     return HatResult(
         pi=pi,
-        rank=engine.span.rank,
+        rank=basis.rank,
         eta_eigenvalues=eigenvalues,
         losses=losses,
         singular_values=engine.span.all_singular_values,
@@ -506,4 +741,38 @@ def hat_matrix(
         energy_tol=float(energy_tol),
         normalization=normalization,
         response=response_name or "smse",
+        attrs={"estimator": "subspace", "bra_basis": "joint" if joint else "ket",
+               "ket_rank": engine.span.rank},
     )
+
+
+def _full_space(model, inputs, targets, *, metric, damping, rtol, response, response_transform,
+                target_transform, normalization):
+    """Delegate to the full-space (seed paper) estimator, imported only when asked for."""
+    from pdeinf.influence.normalize import normalize
+
+    if metric != "gauss-newton":
+        raise InputError(f"metric={metric!r}: estimator='full-space' has only the Gauss-Newton metric")
+    try:
+        from pdeinf.influence.fullspace import full_space_hat_matrix
+    except ImportError as err:
+        if getattr(err, "name", None) not in ("pdeinf.influence.fullspace", None):
+            raise
+        raise InputError(
+            "estimator='full-space': pdeinf.influence.fullspace.full_space_hat_matrix is not "
+            "available in this installation; use estimator='subspace'"
+        ) from None
+    kwargs = {"response": response, "response_transform": response_transform,
+              "target_transform": target_transform}
+    if damping is not None:
+        kwargs["damping"] = damping
+    if rtol is not None:
+        kwargs["rtol"] = rtol
+    result = full_space_hat_matrix(model, inputs, targets, **kwargs)
+    if normalization is not None:
+        if isinstance(result, HatResult):
+            result.pi = normalize(result.pi, normalization, losses=result.losses)
+            result.normalization = normalization
+        else:
+            result = normalize(result, normalization)
+    return result

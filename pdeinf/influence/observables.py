@@ -3,8 +3,9 @@
 An observable is a callable `(input [C,H,W], target [C,H,W], prediction [C,H,W]) -> scalar`
 applied to one example (it is vmapped over the batch). The perturbation ("ket") is always the
 SMSE training-loss gradient; a response observable O replaces the row gradients:
-`Pi[n, m] = grad O_n^T Q eta^{-1} Q^T g_m`, i.e. the response gradient is projected on the span
-of the SMSE gradients, where the metric is known (see hat.py).
+`Pi[n, m] = (Q^T grad O_n)^T eta^{-1} Q^T g_m` with Q the basis of the joint span of the SMSE
+and response gradients (the follow-up's recipe; `bra_basis="ket"` projects on the SMSE span
+alone), see hat.py.
 """
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ from collections.abc import Callable
 
 import torch
 
+from pdeinf.config import pde_spec
 from pdeinf.errors import InputError
 
-#: CE channel order (conserved variables): rho, rho*vx, rho*vy, E.
-CE_DENSITY, CE_ENERGY = 0, 3
+#: The conserved channels the drift observables read (PDESpec of CE: rho, rho*vx, rho*vy, E).
+CE_DENSITY, CE_ENERGY = pde_spec("CE").density_channel, pde_spec("CE").energy_channel
 SCALE_EPS = 1e-6
 
 
@@ -34,7 +36,11 @@ def smse(inputs: torch.Tensor, target: torch.Tensor, pred: torch.Tensor) -> torc
     return batched(pred.unsqueeze(0), target.unsqueeze(0)).squeeze(0)
 
 
-def _relative_drift(channel: int, name: str):
+def _relative_drift(channel: int, name: str, squared: bool = False):
+    """The relative drift `d = (M[pred] - M[x]) / (M[x] + 1e-6)` of `M[z] = sum_xy z[channel]`
+    (the input, not the target, is the reference: the papers' r^M / r^E), or `d^2 / 2`, whose
+    gradient `d grad d` is the papers' squared-drift bra (its sign does not flip with d)."""
+
     def drift(inputs: torch.Tensor, target: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
         if pred.shape[-3] <= channel:
             raise InputError(
@@ -43,20 +49,26 @@ def _relative_drift(channel: int, name: str):
             )
         before = inputs[..., channel, :, :].sum(dim=(-2, -1))
         after = pred[..., channel, :, :].sum(dim=(-2, -1))
-        return (after - before) / before
+        d = (after - before) / (before + SCALE_EPS)
+        return 0.5 * d * d if squared else d
 
     drift.__name__ = name
-    drift.__doc__ = f"(sum pred[{channel}] - sum input[{channel}]) / sum input[{channel}] (CE)."
+    what = "half the squared relative drift" if squared else "relative drift"
+    drift.__doc__ = f"{what} of sum_xy z[{channel}] from the input to the prediction (CE)."
     return drift
 
 
 mass_drift = _relative_drift(CE_DENSITY, "mass_drift")
 energy_drift = _relative_drift(CE_ENERGY, "energy_drift")
+mass_drift_sq = _relative_drift(CE_DENSITY, "mass_drift_sq", squared=True)
+energy_drift_sq = _relative_drift(CE_ENERGY, "energy_drift_sq", squared=True)
 
 OBSERVABLES: dict[str, Callable] = {
     "smse": smse,
     "mass_drift": mass_drift,
     "energy_drift": energy_drift,
+    "mass_drift_sq": mass_drift_sq,
+    "energy_drift_sq": energy_drift_sq,
 }
 
 

@@ -94,3 +94,65 @@ def labelled_influence(model, optimizer_state, inputs, targets, *, pde: str, dam
                "pi_convention": "rows = response (t_resp, c_resp), columns = perturbation; raw",
                **(attrs or {})},
     )
+
+
+def seed_paper_bras(pde: str) -> tuple[str, ...]:
+    """The seed paper's bras for `pde`: "C" (SMSE), and "M" / "E" (mass / energy) when the PDE
+    has a density / energy channel. The ket is always C."""
+    spec = pde_spec(pde)
+    return ("C",) + (("M",) if spec.density_channel is not None else ()) + (
+        ("E",) if spec.energy_channel is not None else ())
+
+
+_BRA_RESPONSE = {"C": "smse", "M": "mass_drift", "E": "energy_drift"}
+
+
+def seed_paper_influence(model, inputs, targets, *, pde: str, damping: float, rtol: float,
+                         state_path=None, attrs: dict | None = None, progress=False):
+    """The seed paper's labelled influence of one batch (xr.Dataset): `H` (bra, t_resp,
+    c_resp, t_pert, c_pert) raw, from the full-space estimator (`full_space_hat_matrix`, one
+    Krylov solve shared by the bras through `state_path`); `input_distance`;
+    `ntk_top_eigenvalue` (scalar, `lambda_max(J J^T + damping I)`); `losses` (t, c);
+    `cg_iterations` (t, c) and `cg_residual` (t, c) per right-hand side m."""
+    import tempfile
+    from pathlib import Path
+
+    import xarray as xr
+
+    from pdeinf import __version__
+    from pdeinf.influence.fullspace import full_space_hat_matrix
+    from pdeinf.influence.ntk import ntk_top_eigenvalue
+
+    classes = pde_spec(pde).classes
+    n_c = len(classes)
+    if inputs.shape[0] % n_c:
+        raise InputError(f"inputs: {inputs.shape[0]} examples is not a multiple of {n_c} classes")
+    n_t = inputs.shape[0] // n_c
+    bras = seed_paper_bras(pde)
+    with tempfile.TemporaryDirectory() as scratch:
+        state = Path(state_path) if state_path is not None else Path(scratch) / "cg.pt"
+        results = [full_space_hat_matrix(model, inputs, targets, damping=damping, rtol=rtol,
+                                         response=_BRA_RESPONSE[b], pde=pde, state_path=state,
+                                         progress=progress) for b in bras]
+    first = results[0]
+    top = ntk_top_eigenvalue(model, inputs, damping=damping)
+    per_m = {"cg_iterations": first.iterations.numpy(), "cg_residual": first.residual_norms.numpy()}
+    t_idx, c_idx = np.arange(n_t), list(classes)
+    return xr.Dataset(
+        {
+            "H": (("bra",) + PI_DIMS,
+                  batch_to_labelled(np.stack([r.pi.numpy() for r in results]), n_c, n_t)),
+            "input_distance": (PI_DIMS, batch_to_labelled(input_distance(inputs), n_c, n_t)),
+            "ntk_top_eigenvalue": ((), float(top["eigenvalue"])),
+            "losses": (("t", "c"), first.losses.to(torch.float64).numpy().reshape(n_c, n_t).T),
+            **{k: (("t", "c"), np.asarray(v, dtype=np.float64).reshape(n_c, n_t).T)
+               for k, v in per_m.items()},
+        },
+        coords={"bra": list(bras), "t_resp": t_idx, "c_resp": c_idx, "t_pert": t_idx,
+                "c_pert": c_idx, "t": t_idx, "c": c_idx},
+        attrs={"pde": pde, "estimator": "full-space", "damping": float(damping),
+               "rtol": float(rtol), "all_converged": int(bool(first.converged.all())),
+               "pdeinf_version": __version__,
+               "H_convention": "rows = response (t_resp, c_resp), columns = perturbation; raw",
+               **(attrs or {})},
+    )

@@ -13,8 +13,8 @@ from pdeinf.errors import InputError
 
 @dataclass(frozen=True)
 class Variant:
-    """`metric` ("gauss-newton" | "euclidean" | "adam") with the bra `observable`
-    ("smse" | "mass_drift" | "energy_drift"); `needs` is the PDESpec fact the observable
+    """`metric` ("gauss-newton" | "euclidean" | "adam") with the bra `observable` (a name of
+    `pdeinf.influence.observables.OBSERVABLES`); `needs` is the PDESpec fact the observable
     reads ("density_channel", "energy_channel"), None when every PDE has it."""
 
     name: str
@@ -31,10 +31,10 @@ VARIANT_TABLE: dict[str, Variant] = {v.name: v for v in (
     Variant("gauss-newton", "gauss-newton", description="Gauss-Newton metric, SMSE bra (the papers' default)"),
     Variant("euclidean", "euclidean", description="plain gradient inner products G G^T (TracIn-like)"),
     Variant("adam", "adam", description="the checkpoint's AdamW preconditioner"),
-    Variant("gn-mass", "gauss-newton", "mass_drift", needs="density_channel",
-            description="Gauss-Newton metric, relative mass-drift bra"),
-    Variant("gn-energy", "gauss-newton", "energy_drift", needs="energy_channel",
-            description="Gauss-Newton metric, relative energy-drift bra"),
+    Variant("gn-mass", "gauss-newton", "mass_drift_sq", needs="density_channel",
+            description="Gauss-Newton metric, squared relative mass-drift bra (the follow-up's)"),
+    Variant("gn-energy", "gauss-newton", "energy_drift_sq", needs="energy_channel",
+            description="Gauss-Newton metric, squared relative energy-drift bra (the follow-up's)"),
 )}
 
 #: Every variant name, in the order sweeps store them.

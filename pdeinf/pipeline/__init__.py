@@ -20,6 +20,7 @@ from pdeinf.pipeline.data import ensure_data
 from pdeinf.pipeline.influence import (
     FileSources,
     ensure_influence,
+    ensure_seed_paper,
     load_sweep,
     load_variants,
     run_sweep,
@@ -31,7 +32,13 @@ from pdeinf.pipeline.notebooks import (
     run_notebook,
     summarize_notebook,
 )
-from pdeinf.pipeline.reproduce import ReproduceReport, StageTiming, format_report, reproduce, run_all
+from pdeinf.pipeline.reproduce import (
+    ReproduceReport,
+    StageTiming,
+    format_report,
+    reproduce,
+    run_all,
+)
 from pdeinf.pipeline.rollouts import ensure_rollouts, rollouts_path
 from pdeinf.pipeline.training import ensure_training, training_complete, training_history
 
@@ -47,7 +54,7 @@ def sweep_loader(profile, *, variants=None, progress: bool = False):
 
 __all__ = [
     "FileSources", "ReproduceReport", "StageTiming", "as_profile", "checkpoint_path",
-    "ensure_data", "ensure_influence", "ensure_rollouts", "ensure_training", "executed_dir",
+    "ensure_data", "ensure_influence", "ensure_seed_paper", "ensure_rollouts", "ensure_training", "executed_dir",
     "format_report", "list_notebooks", "load_sweep", "load_variants", "notebook_cache_key",
     "reproduce", "rollouts_path", "run_all", "run_notebook", "run_sweep", "summarize_notebook",
     "sweep_loader", "training_complete", "training_history",

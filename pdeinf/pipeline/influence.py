@@ -19,6 +19,7 @@ pipeline's run layout and `pdeinf.data.datasets.influence_batch`), passed as an 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,6 @@ from tqdm.auto import tqdm
 
 from pdeinf import paths
 from pdeinf.atomic import write_netcdf
-from pdeinf.config import pde_spec
 from pdeinf.errors import InputError
 from pdeinf.influence.task import DATA_VARS
 from pdeinf.influence.variants import variant_named, variants_for
@@ -37,24 +37,54 @@ from pdeinf.pipeline.common import (
     check_selection,
     content_key,
     file_digest,
+    final_epoch,
 )
 
 
-def sweep_dir(profile, pde: str, model_name: str, out_root=None) -> Path:
+@dataclass(frozen=True)
+class Study:
+    """One kind of sweep: which tasks, what each file holds, how it is computed.
+
+    FOLLOW_UP: every (seed, checkpoint, batch), the exact subspace estimator, all variants.
+    SEED_PAPER: (seed, batch) at the final checkpoint, the full-space Krylov estimator with the
+    C / M / E bras, the NTK's top eigenvalue (`pdeinf.influence.task.seed_paper_influence`).
+    """
+
+    name: str
+    folder: str  # under results/influence/<profile>/
+    dims: tuple[str, ...]  # task coordinates, outermost first
+    data_vars: tuple[str, ...]
+
+    def tasks(self, prof, pde: str) -> list[tuple[int, ...]]:
+        batches = prof.n_influence_batches if self is FOLLOW_UP else prof.seed_paper_batches
+        epochs = prof.checkpoints[pde] if self is FOLLOW_UP else (final_epoch(prof, pde),)
+        return [(s, e, b) for s in prof.seeds for e in epochs for b in range(batches)]
+
+    def settings(self, prof, pde: str, model: str) -> dict:
+        if self is FOLLOW_UP:
+            return {"variants": variants_for(pde), "damping": prof.damping,
+                    "energy_tol": prof.energy_tol}
+        return {"damping": prof.fullspace_damping, "rtol": prof.rtol_for(model)}
+
+
+FOLLOW_UP = Study("follow-up", "", ("seed", "epoch", "batch"), DATA_VARS)
+SEED_PAPER = Study("seed-paper", "seed-paper", ("seed", "batch"),
+                   ("H", "input_distance", "ntk_top_eigenvalue", "losses"))
+
+
+def sweep_dir(profile, pde: str, model_name: str, out_root=None, study: Study = FOLLOW_UP) -> Path:
     prof = as_profile(profile)
     root = Path(out_root) if out_root is not None else paths.influence_dir(prof.name)
-    return root / f"{pde}-{model_name}"
+    return root / study.folder / f"{pde}-{model_name}"
 
 
 def task_file(directory: Path, seed: int, epoch: int, batch: int) -> Path:
     return Path(directory) / f"s{seed}_e{epoch:04d}_b{batch:02d}.nc"
 
 
-def tasks(profile, pde: str) -> list[tuple[int, int, int]]:
-    """All (seed, epoch, batch) of the profile for one PDE, in a fixed order."""
-    prof = as_profile(profile)
-    return [(seed, epoch, batch) for seed in prof.seeds for epoch in prof.checkpoints[pde]
-            for batch in range(prof.n_influence_batches)]
+def tasks(profile, pde: str, study: Study = FOLLOW_UP) -> list[tuple[int, int, int]]:
+    """All (seed, epoch, batch) of the profile for one PDE and study, in a fixed order."""
+    return study.tasks(as_profile(profile), pde)
 
 
 class FileSources:
@@ -97,17 +127,17 @@ class FileSources:
         return str(self.data.fingerprint())
 
 
-def _task_key(sources, data_key: str, prof, pde: str, seed: int, epoch: int, batch: int,
-              digests: dict) -> str:
+def _task_key(sources, data_key: str, prof, pde: str, model: str, study: Study, seed: int,
+              epoch: int, batch: int, digests: dict) -> str:
     ckpt = sources.checkpoint(seed, epoch)
     if ckpt not in digests:
         digests[ckpt] = file_digest(ckpt) if Path(ckpt).is_file() else "missing"
-    return content_key(stage="influence", checkpoint=digests[ckpt], data=data_key, seed=int(seed),
-                       batch=int(batch), variants=variants_for(pde), damping=prof.damping,
-                       energy_tol=prof.energy_tol, t_max=prof.t_max)
+    return content_key(stage=f"influence/{study.name}", checkpoint=digests[ckpt], data=data_key,
+                       seed=int(seed), batch=int(batch), t_max=prof.t_max,
+                       **study.settings(prof, pde, model))
 
 
-def _valid(path: Path, key: str | None, n: int) -> bool:
+def _valid(path: Path, key: str | None, study: Study) -> bool:
     """The file opens, holds every variable, matches `key` (None: any) and its checksum."""
     import xarray as xr
 
@@ -116,11 +146,12 @@ def _valid(path: Path, key: str | None, n: int) -> bool:
             ds = ds.load()
     except Exception:  # noqa: BLE001 - unreadable, truncated or foreign file: recompute it
         return False
-    if any(v not in ds for v in DATA_VARS) or ds.sizes.get("mode") != n:
+    if any(v not in ds for v in study.data_vars):
         return False
     if key is not None and ds.attrs.get("cache_key") != key:
         return False
-    return checksum_ok(ds) and bool(np.isfinite(ds["pi"].values).all())
+    main = ds["pi" if "pi" in ds else "H"].values
+    return checksum_ok(ds) and bool(np.isfinite(main).all())
 
 
 def _distributed(rank, world_size) -> tuple[int, int]:
@@ -133,36 +164,47 @@ def _distributed(rank, world_size) -> tuple[int, int]:
     return rank, world_size
 
 
+def _compute(study: Study, compute, model, ckpt, ib, *, pde, model_name, prof, attrs,
+             grad_chunk, jvp_chunk, state_path):
+    if study is FOLLOW_UP:
+        return compute(model, ckpt.get("optimizer_state"), ib.inputs, ib.targets, pde=pde,
+                       damping=prof.damping, energy_tol=prof.energy_tol, attrs=attrs,
+                       grad_chunk=grad_chunk, jvp_chunk=jvp_chunk)
+    return compute(model, ib.inputs, ib.targets, pde=pde, damping=prof.fullspace_damping,
+                   rtol=prof.rtol_for(model_name), attrs=attrs, state_path=state_path)
+
+
 def run_sweep(profile, pde: str, model_name: str, *, sources=None, out_root=None,
               progress: bool = True, rank: int | None = None, world_size: int | None = None,
               grad_chunk: int | None = None, jvp_chunk: int | None = None,
-              compute=None) -> list[Path]:
-    """Compute this process's share of the profile's tasks; returns the files of that share.
+              compute=None, study: Study = FOLLOW_UP) -> list[Path]:
+    """Compute this process's share of the study's tasks; returns the files of that share.
 
     Valid files whose key matches the current inputs are kept; the rest are (re)computed with
-    `compute` (default `pdeinf.influence.task.labelled_influence`).
+    `compute` (default `labelled_influence`, or `seed_paper_influence` for SEED_PAPER). A
+    seed-paper task's Krylov state is kept beside its file while it runs (`.cg.pt`), so a
+    killed solve resumes.
     """
     from pdeinf.influence import hat
-    from pdeinf.influence.task import labelled_influence
+    from pdeinf.influence.task import labelled_influence, seed_paper_influence
 
     prof = as_profile(profile)
     check_selection(prof, pde, model_name)
     rank, world_size = _distributed(rank, world_size)
     sources = sources if sources is not None else FileSources(prof, pde, model_name)
-    compute = compute or labelled_influence
-    out_dir = sweep_dir(prof, pde, model_name, out_root)
-    n = len(pde_spec(pde).classes) * (prof.t_max - 1)
-    mine = tasks(prof, pde)[rank::world_size]
+    compute = compute or (labelled_influence if study is FOLLOW_UP else seed_paper_influence)
+    out_dir = sweep_dir(prof, pde, model_name, out_root, study)
+    mine = study.tasks(prof, pde)[rank::world_size]
     missing = sorted({sources.checkpoint(s, e) for s, e, _ in mine
                       if not Path(sources.checkpoint(s, e)).is_file()})
     if missing:
         raise InputError(f"{missing[0]}: checkpoint not found ({len(missing)} missing; "
                          f"train {pde}/{model_name} at profile {prof.name} first)")
     data_key, digests = sources.data_key(), {}
-    keys = {t: _task_key(sources, data_key, prof, pde, *t, digests) for t in mine}
-    todo = [t for t in mine if not _valid(task_file(out_dir, *t), keys[t], n)]
+    keys = {t: _task_key(sources, data_key, prof, pde, model_name, study, *t, digests) for t in mine}
+    todo = [t for t in mine if not _valid(task_file(out_dir, *t), keys[t], study)]
 
-    bar = tqdm(total=len(todo), desc=f"influence {pde}-{model_name} [{rank}/{world_size}]",
+    bar = tqdm(total=len(todo), desc=f"{study.name} {pde}-{model_name} [{rank}/{world_size}]",
                unit="task", disable=not progress)
     loaded: dict = {}
     for seed, epoch, batch in todo:
@@ -171,53 +213,66 @@ def run_sweep(profile, pde: str, model_name: str, *, sources=None, out_root=None
             loaded[(seed, epoch)] = sources.model(seed, epoch)
         model, ckpt = loaded[(seed, epoch)]
         ib = sources.batch(seed, batch)
+        target = task_file(out_dir, seed, epoch, batch)
         attrs = {"model": model_name, "seed": int(seed), "epoch": int(epoch), "batch": int(batch),
                  "profile": prof.name, "cache_key": keys[(seed, epoch, batch)],
                  "trajectories": ",".join(str(int(v)) for v in np.unique(np.asarray(ib.trajectory)))}
-        ds = compute(model, ckpt.get("optimizer_state"), ib.inputs, ib.targets, pde=pde,
-                     damping=prof.damping, energy_tol=prof.energy_tol, attrs=attrs,
-                     grad_chunk=grad_chunk or hat.GRAD_CHUNK, jvp_chunk=jvp_chunk or hat.JVP_CHUNK)
-        write_netcdf(with_checksum(ds), task_file(out_dir, seed, epoch, batch))
+        state_path = target.with_name(f".{target.stem}.{keys[(seed, epoch, batch)][:8]}.cg.pt")
+        if study is SEED_PAPER:
+            state_path.parent.mkdir(parents=True, exist_ok=True)
+        ds = _compute(study, compute, model, ckpt, ib, pde=pde, model_name=model_name, prof=prof,
+                      attrs=attrs, grad_chunk=grad_chunk or hat.GRAD_CHUNK,
+                      jvp_chunk=jvp_chunk or hat.JVP_CHUNK, state_path=state_path)
+        write_netcdf(with_checksum(ds), target)
+        state_path.unlink(missing_ok=True)
         bar.update(1)
     bar.close()
     return [task_file(out_dir, *t) for t in mine]
 
 
-def load_sweep(profile, pde: str, model_name: str, *, out_root=None, sources=None):
-    """All task files concatenated: `pi` (seed, epoch, batch, variant, t_resp, c_resp, t_pert,
-    c_pert), `losses` (seed, epoch, batch, t, c), ... InputError naming what is missing or
+def load_sweep(profile, pde: str, model_name: str, *, out_root=None, sources=None,
+               study: Study = FOLLOW_UP):
+    """All task files of a study concatenated along its task dims (FOLLOW_UP: `pi` (seed,
+    epoch, batch, variant, t_resp, c_resp, t_pert, c_pert), `losses` (seed, epoch, batch, t, c),
+    ...; SEED_PAPER: `H` (seed, batch, bra, ...), ...). InputError naming what is missing or
     invalid (with `sources`, files are also checked against the current inputs' keys)."""
     import xarray as xr
 
     prof = as_profile(profile)
     check_selection(prof, pde, model_name)
-    out_dir = sweep_dir(prof, pde, model_name, out_root)
-    n = len(pde_spec(pde).classes) * (prof.t_max - 1)
-    all_tasks = tasks(prof, pde)
+    out_dir = sweep_dir(prof, pde, model_name, out_root, study)
+    all_tasks = study.tasks(prof, pde)
     keys = {t: None for t in all_tasks}
     if sources is not None:
         data_key, digests = sources.data_key(), {}
-        keys = {t: _task_key(sources, data_key, prof, pde, *t, digests) for t in all_tasks}
-    bad = [task_file(out_dir, *t) for t in all_tasks if not _valid(task_file(out_dir, *t), keys[t], n)]
+        keys = {t: _task_key(sources, data_key, prof, pde, model_name, study, *t, digests)
+                for t in all_tasks}
+    bad = [task_file(out_dir, *t) for t in all_tasks if not _valid(task_file(out_dir, *t), keys[t], study)]
     if bad:
         raise InputError(f"{bad[0]}: influence file missing, stale or corrupt ({len(bad)} of "
                          f"{len(all_tasks)}); run `pdeinf influence --pde {pde} --model {model_name} "
                          f"--profile {prof.name}`")
+    seeds = list(dict.fromkeys(t[0] for t in all_tasks))
+    epochs = list(dict.fromkeys(t[1] for t in all_tasks))
+    batches = list(dict.fromkeys(t[2] for t in all_tasks))
     by_seed = []
-    for seed in prof.seeds:
+    for seed in seeds:
         by_epoch = []
-        for epoch in prof.checkpoints[pde]:
+        for epoch in epochs:
             parts = []
-            for batch in range(prof.n_influence_batches):
+            for batch in batches:
                 with xr.open_dataset(task_file(out_dir, seed, epoch, batch), engine="h5netcdf") as ds:
                     parts.append(ds.load())
             by_epoch.append(xr.concat(parts, dim="batch", combine_attrs="drop_conflicts"))
         by_seed.append(xr.concat(by_epoch, dim="epoch", combine_attrs="drop_conflicts"))
     out = xr.concat(by_seed, dim="seed", combine_attrs="drop_conflicts")
-    out = out.assign_coords(seed=list(prof.seeds), epoch=list(prof.checkpoints[pde]),
-                            batch=np.arange(prof.n_influence_batches))
-    out["pi"] = out["pi"].transpose("seed", "epoch", "batch", "variant", ...)
-    out.attrs.update({"model": model_name, "pde": pde, "profile": prof.name})
+    out = out.assign_coords(seed=seeds, epoch=epochs, batch=np.arange(len(batches)))
+    if study is FOLLOW_UP:
+        out["pi"] = out["pi"].transpose("seed", "epoch", "batch", "variant", ...)
+    else:
+        out = out.isel(epoch=0)
+        out["H"] = out["H"].transpose("seed", "batch", "bra", ...)
+    out.attrs.update({"model": model_name, "pde": pde, "profile": prof.name, "study": study.name})
     return out
 
 
@@ -243,6 +298,7 @@ def ensure_influence(profile: ProfileLike, pde: str, model: str, *, metric: str 
     sources = FileSources(profile, pde, model)
     run_sweep(profile, pde, model, sources=sources, progress=progress)
     ds = load_sweep(profile, pde, model, sources=sources)
+    ds.attrs.pop("study", None)
     if variant is None:
         return ds
     held = [str(v) for v in ds["variant"].values]
@@ -262,3 +318,18 @@ def load_variants(profile, pde: str, model: str, names=None, *, progress: bool =
     if missing:
         raise InputError(f"names: variant(s) {missing} not in the {pde}-{model} sweep ({held})")
     return ds.sel(variant=wanted)
+
+
+def ensure_seed_paper(profile: ProfileLike, pde: str, model: str, *, progress: bool = True):
+    """The seed paper's influence of the final checkpoint: `H` (seed, batch, bra, t_resp,
+    c_resp, t_pert, c_pert) from the full-space estimator, `input_distance`,
+    `ntk_top_eigenvalue` (seed, batch), `losses`, `cg_iterations`, `cg_residual`. Trains first
+    if needed; recomputes exactly the tasks whose file is missing, stale or corrupt."""
+    from pdeinf.pipeline.training import ensure_training
+
+    profile = as_profile(profile)
+    check_selection(profile, pde, model)
+    ensure_training(profile, pde, model, progress=progress)
+    sources = FileSources(profile, pde, model)
+    run_sweep(profile, pde, model, sources=sources, progress=progress, study=SEED_PAPER)
+    return load_sweep(profile, pde, model, sources=sources, study=SEED_PAPER)

@@ -50,8 +50,7 @@ def results_lock(root: Path | str, *, wait: bool = True) -> Iterator[Path]:
     stderr (even without progress bars): a silent wait looks like a hang."""
     root = check_writable(root, "results folder")
     path = root / LOCK_NAME
-    fh = open(path, "a+")
-    try:
+    with open(path, "a+") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -60,12 +59,12 @@ def results_lock(root: Path | str, *, wait: bool = True) -> Iterator[Path]:
                 raise InputError(message) from None
             print(f"[pdeinf] {message}; waiting for it to finish", file=sys.stderr, flush=True)
             fcntl.flock(fh, fcntl.LOCK_EX)
-        fh.seek(0)
-        fh.truncate()
-        fh.write(str(os.getpid()))
-        fh.flush()
-        yield path
-    finally:
-        with contextlib.suppress(OSError):
-            fcntl.flock(fh, fcntl.LOCK_UN)
-        fh.close()
+        try:
+            fh.seek(0)
+            fh.truncate()
+            fh.write(str(os.getpid()))
+            fh.flush()
+            yield path
+        finally:
+            with contextlib.suppress(OSError):
+                fcntl.flock(fh, fcntl.LOCK_UN)

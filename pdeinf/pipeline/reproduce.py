@@ -4,7 +4,6 @@ temporary files of processes that died are removed at the start."""
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import sys
 import time
@@ -17,7 +16,7 @@ from pdeinf.atomic import remove_stale_temporaries, write_json
 from pdeinf.errors import InputError
 from pdeinf.pipeline.common import ProfileLike, as_profile
 from pdeinf.pipeline.data import ensure_data
-from pdeinf.pipeline.influence import ensure_influence
+from pdeinf.pipeline.influence import ensure_influence, ensure_seed_paper
 from pdeinf.pipeline.lock import check_writable, results_lock
 from pdeinf.pipeline.notebooks import (
     _executed_is_current,
@@ -89,6 +88,8 @@ def run_all(
                 ensure_training(profile, pde, model, progress=progress)
             with _timed(timings, f"influence {pde}-{model}", echo=progress):
                 ensure_influence(profile, pde, model, progress=progress)
+            with _timed(timings, f"seed-paper influence {pde}-{model}", echo=progress):
+                ensure_seed_paper(profile, pde, model, progress=progress)
             with _timed(timings, f"rollouts {pde}-{model}", echo=progress):
                 ensure_rollouts(profile, pde, model, progress=progress)
     return timings

@@ -1,0 +1,77 @@
+"""Orbit influence cost: each extra group element against one ordinary hat matrix.
+
+    python benchmarks/bench_orbit.py [--n 48] [--repeats 3] [--threads 1] [--elements r s sr2]
+
+On the quick-profile UNet (`build("unet", channels=4, resolution=32, size="quick")`, float32)
+with N random positive CE-like inputs, in one process:
+1. ordinary: `hat_matrix(model, x, y)` (a fresh engine: ket gradients, span, metric);
+2. orbit, per extra element: `orbit_influence` on one shared `HatEngine(keep_ket_jvps=True)`
+   that has already served the identity (ket gradients, span and ket JVPs cached), timed
+   element by element
+   (each costs its bra gradients at (g.x, g.y), the JVPs of its own N rows and the joint
+   2N x 2N eigendecomposition).
+Prints medians over `--repeats` and the ratio (median extra element) / (median ordinary);
+the target is <= 1.2. The machine is shared and noisy: trust the ratio, not the seconds.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import torch
+
+from pdeinf.influence import HatEngine, hat_matrix
+from pdeinf.symmetry import orbit_influence
+
+
+def make_setup(n: int, seed: int = 0):
+    from pdeinf.models import build
+
+    torch.manual_seed(seed)
+    model = build("unet", channels=4, resolution=32, size="quick").eval()
+    g = torch.Generator().manual_seed(seed + 1)
+    x = 1.0 + 0.3 * torch.rand(n, 4, 32, 32, generator=g)
+    y = x + 0.05 * torch.randn(n, 4, 32, 32, generator=g)
+    return model, x, y
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=48)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--elements", nargs="+", default=["r", "s", "sr2"])
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    model, x, y = make_setup(args.n)
+    print(f"quick UNet, N = {args.n}, {sum(p.numel() for p in model.parameters())} parameters, "
+          f"{args.threads} thread(s), {args.repeats} repeats")
+
+    hat_matrix(model, x[:4], y[:4])  # warm-up (first vmap traces, allocator), not timed
+    ordinary, first, extra = [], [], []
+    for _ in range(args.repeats):  # rivals interleaved, so drifts of a shared machine hit both
+        t0 = time.perf_counter()
+        hat_matrix(model, x, y)
+        ordinary.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        engine = HatEngine(model, x, y, keep_ket_jvps=True)  # as orbit_influence builds it
+        orbit_influence(model, x, y, ["e"], pde="CE", engine=engine)
+        first.append(time.perf_counter() - t0)
+        for element in args.elements:
+            t0 = time.perf_counter()
+            orbit_influence(model, x, y, [element], pde="CE", engine=engine)
+            extra.append(time.perf_counter() - t0)
+
+    med_ordinary, med_first, med_extra = (statistics.median(v) for v in (ordinary, first, extra))
+    print(f"ordinary hat_matrix           median {med_ordinary:8.2f} s  ({len(ordinary)} runs)")
+    print(f"orbit, identity (first)       median {med_first:8.2f} s  ({len(first)} runs)")
+    print(f"orbit, each extra element     median {med_extra:8.2f} s  ({len(extra)} runs: {', '.join(args.elements)})")
+    ratio = med_extra / med_ordinary
+    print(f"ratio extra element / ordinary = {ratio:.2f}  (target <= 1.2)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

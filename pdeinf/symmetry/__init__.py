@@ -1,0 +1,39 @@
+"""Symmetry of PDE surrogates (follow-up, method.md section 7): group actions (D4, circular
+shifts) on fields, the forward equivariance error, the Lie derivative (Gruver et al. 2023) and
+orbit influence (bras at transformed examples).
+
+`actions` is pure tensor code (importable from training); the other modules sit above
+`pdeinf.influence` and are imported lazily.
+"""
+from __future__ import annotations
+
+import importlib
+
+from pdeinf.symmetry.actions import (
+    CONVENTIONS,
+    ELEMENTS,
+    act,
+    axis_assignment_check,
+    compose,
+    inverse,
+)
+
+_LAZY = {
+    "equivariance_error": "pdeinf.symmetry.equivariance",
+    "aggregate_equivariance": "pdeinf.symmetry.equivariance",
+    "lie_derivative": "pdeinf.symmetry.lie",
+    "GENERATORS": "pdeinf.symmetry.lie",
+    "orbit_influence": "pdeinf.symmetry.orbit",
+}
+
+__all__ = [
+    "CONVENTIONS", "ELEMENTS", "GENERATORS", "act", "aggregate_equivariance",
+    "axis_assignment_check", "compose", "equivariance_error", "inverse", "lie_derivative",
+    "orbit_influence",
+]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'pdeinf.symmetry' has no attribute {name!r}")

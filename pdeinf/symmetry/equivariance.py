@@ -1,0 +1,102 @@
+"""Forward equivariance error of a one-step surrogate (follow-up, `err_eqv.jl`).
+
+Per example n and group element g:
+
+    rho_g[n] = SMSE(f(g.x_n), g.y_n) / SMSE(f(x_n), y_n)
+
+with SMSE from `pdeinf.training.loss` (its channel scales s_c taken from the target, so from
+g.y_n in the numerator). An exactly equivariant f gives 1 for every example and element
+(SMSE is invariant under the action: moving points and swapping / negating the vector
+components leaves the per-channel mean squares and their channel average unchanged).
+
+Aggregation (the follow-up's figures): per seed the third quartile over batches x examples,
+then over seeds the median (the point) and the quartiles (the bars).
+"""
+from __future__ import annotations
+
+import torch
+
+from pdeinf.errors import InputError, NumericalError
+from pdeinf.symmetry.actions import act, parse_element, resolve_spec
+from pdeinf.training.loss import smse
+
+__all__ = ["aggregate_equivariance", "equivariance_error", "smse_under"]
+
+
+def _check_batch(inputs, targets, spec) -> None:
+    for name, x in (("inputs", inputs), ("targets", targets)):
+        if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != spec.channels:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise InputError(f"{name}: expected a tensor [N, {spec.channels}, H, W] for {spec.name}, got {shape}")
+    if inputs.shape != targets.shape:
+        raise InputError(f"inputs {tuple(inputs.shape)} and targets {tuple(targets.shape)} differ in shape")
+    if inputs.shape[0] == 0:
+        raise InputError("inputs: the batch is empty")
+
+
+@torch.no_grad()
+def _predict(model, x: torch.Tensor, chunk: int | None) -> torch.Tensor:
+    if chunk is None or chunk >= x.shape[0]:
+        return model(x)
+    return torch.cat([model(x[i:i + chunk]) for i in range(0, x.shape[0], chunk)])
+
+
+def smse_under(model, inputs, targets, element, *, pde, convention: str = "ours",
+               chunk: int | None = None) -> torch.Tensor:
+    """`SMSE(f(g.x_n), g.y_n)` per example, `[N]` (the follow-up's e_g[n])."""
+    g = parse_element(element)
+    spec = resolve_spec(pde)
+    _check_batch(inputs, targets, spec)
+    gx = act(inputs, g, pde=spec, convention=convention)
+    gy = act(targets, g, pde=spec, convention=convention)
+    return smse(_predict(model, gx, chunk), gy)
+
+
+def equivariance_error(model, inputs: torch.Tensor, targets: torch.Tensor, element, *, pde,
+                       convention: str = "ours", chunk: int | None = None) -> torch.Tensor:
+    """Relative SMSE `SMSE(f(g.x), g.y) / SMSE(f(x), y)` per example, `[N]` (dimensionless).
+
+    `model`: `[N, C, H, W] -> [N, C, H, W]` predicting the target (put it in eval mode).
+    `inputs`, `targets`: `[N, C, H, W]` transitions of `pde` ("CE", "NS" or a PDESpec).
+    `element`: a D4 name, `("shift", a, b)` or `("affine", name, a, b)` (see `act`).
+    `chunk`: examples per forward call (None: all at once).
+    Raises NumericalError when a reference SMSE is zero or a value is not finite.
+    """
+    g = parse_element(element)
+    spec = resolve_spec(pde)
+    _check_batch(inputs, targets, spec)
+    base = smse(_predict(model, inputs, chunk), targets)
+    moved = smse_under(model, inputs, targets, g, pde=spec, convention=convention, chunk=chunk)
+    if not bool(torch.isfinite(base).all() & torch.isfinite(moved).all()):
+        raise NumericalError("equivariance_error: non-finite SMSE (the model output has NaN/Inf)")
+    if bool((base == 0).any()):
+        bad = torch.nonzero(base == 0).flatten().tolist()[:10]
+        raise NumericalError(f"equivariance_error: SMSE(f(x), y) = 0 for example(s) {bad}; the ratio is undefined")
+    return moved / base
+
+
+def aggregate_equivariance(errors, *, q: float = 0.75):
+    """Follow-up aggregation of ratios `errors` (xarray DataArray with dims seed, batch,
+    example, plus any others such as element): per seed the `q` quantile (default Q3) over
+    batch x example, then over seeds the median and the quartiles.
+
+    Returns an xarray Dataset with `per_seed` (dims seed, ...), `median`, `q1`, `q3`
+    (over seeds; the follow-up plots median with bars q1..q3) and `iqr` = q3 - q1.
+    """
+    import xarray as xr
+
+    if not isinstance(errors, xr.DataArray):
+        raise InputError(f"errors: expected an xarray DataArray, got {type(errors).__name__}")
+    missing = {"seed", "batch", "example"} - set(errors.dims)
+    if missing:
+        raise InputError(f"errors: missing dims {sorted(missing)} (has {list(errors.dims)})")
+    if not 0.0 <= float(q) <= 1.0:
+        raise InputError(f"q: must lie in [0, 1], got {q!r}")
+    per_seed = errors.quantile(float(q), dim=("batch", "example")).drop_vars("quantile")
+    quartiles = per_seed.quantile([0.25, 0.5, 0.75], dim="seed")
+    q1, med, q3 = (quartiles.sel(quantile=v).drop_vars("quantile") for v in (0.25, 0.5, 0.75))
+    return xr.Dataset(
+        {"per_seed": per_seed, "median": med, "q1": q1, "q3": q3, "iqr": q3 - q1},
+        attrs={"quantile_per_seed": float(q),
+               "description": "per seed quantile over batch x example; median and quartiles over seeds"},
+    )

@@ -1,0 +1,293 @@
+"""Lie derivative of a surrogate (Gruver et al., ICLR 2023): the continuous, local counterpart
+of the equivariance error.
+
+For a one-parameter group g_t acting on fields and a model f,
+
+    L f (x) = d/dt|_{t=0} g_t^{-1} f(g_t x)        (`[N, C, H, W]`, per example)
+
+is zero for an equivariant f. It is computed with forward-mode AD (`torch.func.jvp`) through
+a smooth implementation of g_t:
+
+- `"x"`, `"y"`: translation by t grid cells of the input along W (x) or H (y), as an exact
+  Fourier (sub-pixel) shift of the periodic grid: mode m is multiplied by exp(-i k_m t),
+  k_m = 2 pi m / n, with the Nyquist mode of an even grid left in place (so g_t is a real
+  one-parameter group for every t, and integer t equals `torch.roll` except on that mode).
+  A linear circular convolution commutes with it exactly.
+- `"rotation"`: rotation by t radians (t = pi/2 is the sense of `r`, `torch.rot90(., 1)`)
+  about the grid centre ((n-1)/2, (n-1)/2), by three Fourier shears
+  `R = Sx(tan t/2) Sy(-sin t) Sx(tan t/2)` (Larkin et al. 1997; each shear moves every row /
+  column by a sub-pixel Fourier shift), with vector components rotated by the same angle.
+  A rotation of a periodic field is only approximate: rows wrap around. Measured error
+  (tests/test_lie.py): rotating a centred anisotropic Gaussian bump (sigmas n/12, n/15) on
+  32 x 32 by pi/2 this way differs from `act(u, "r")` by 6e-7 of its maximum (max norm; the
+  shears smear the bump's 1e-8 tails across the wrap), and its generator matches the analytic
+  `X du/dY - Y du/dX` to 6e-8 relative. The two trade off with the
+  width: sigmas n/10, n/14 give 3e-8 and 8e-6 (tails reach the wrap).
+
+Units: translations per input grid cell, rotation per radian.
+
+Layer-wise decomposition (`layerwise=True`): for hooked modules M_i (default: every leaf
+module whose input and output are 4D fields), the contribution of M_i is the derivative at
+s = 0 of the model output when ONLY M_i is conjugated, `M_i -> g_s^{-1} M_i(g_s .)`:
+
+    c_i = J_{downstream of M_i} [ L M_i ]      (`[N, C, H, W]`)
+
+For a network that is a chain of the hooked modules these telescope to the total exactly
+(sum_i J_{>i} (J_i A h_{i-1} - A h_i) = J A x - A f(x)); operations outside hooked modules
+(functional activations, additions, resampling in `forward`) leave a `remainder` = total -
+sum(c_i), reported rather than hidden. Intermediate feature maps `[N, C', H', W']` are treated
+as scalar fields on their own grid (translation by t H'/H cells, rotation about their centre);
+the model's input and output carry the PDE's vector components.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from pdeinf.errors import InputError, NumericalError
+from pdeinf.influence.gradients import math_attention
+from pdeinf.symmetry.actions import resolve_spec, vector_channels
+
+__all__ = ["GENERATORS", "LieDecomposition", "fourier_shift", "lie_derivative", "rotate", "transform"]
+
+GENERATORS: tuple[str, ...] = ("x", "y", "rotation")
+
+
+def _wavenumbers(n: int, dtype, device) -> torch.Tensor:
+    """2 pi m / n for the rfft modes m = 0..n//2 (per grid cell), Nyquist set to 0."""
+    m = torch.arange(n // 2 + 1, dtype=dtype, device=device)
+    if n % 2 == 0:
+        m[-1] = 0.0
+    return (2 * math.pi / n) * m
+
+
+def fourier_shift(u: torch.Tensor, t, dim: int) -> torch.Tensor:
+    """`u(. - t)` along `dim` on the periodic grid (content moves by +t cells, like
+    `torch.roll(u, t, dim)` for integer t); `t` a scalar or a tensor broadcasting against `u`
+    with the shifted axis of size 1 (per-row shears). Differentiable in `u` and `t`."""
+    dim = dim % u.ndim
+    n = u.shape[dim]
+    t = torch.as_tensor(t, dtype=u.dtype, device=u.device)
+    k = _wavenumbers(n, u.dtype, u.device)
+    shape = [1] * u.ndim
+    shape[dim] = k.numel()
+    k = k.reshape(shape)
+    phase = torch.polar(torch.ones_like(k * t), -(k * t))
+    return torch.fft.irfft(torch.fft.rfft(u, dim=dim) * phase, n=n, dim=dim)
+
+
+def _coordinate(n: int, dim: int, ndim: int, dtype, device) -> torch.Tensor:
+    """Centred index coordinate i - (n-1)/2 along `dim`, shaped to broadcast in `ndim` dims."""
+    c = torch.arange(n, dtype=dtype, device=device) - (n - 1) / 2
+    shape = [1] * ndim
+    shape[dim % ndim] = n
+    return c.reshape(shape)
+
+
+def rotate(u: torch.Tensor, theta, *, pair: tuple[int, int] | None = None) -> torch.Tensor:
+    """Rotate `u` `[..., C, H, W]` (H == W) by `theta` radians about the grid centre, by three
+    Fourier shears; `pair` = (channel along H, channel along W) of a vector to rotate too
+    (None: every channel a scalar). `theta = pi/2` approximates `torch.rot90(u, 1, (-2, -1))`.
+
+    In centred index coordinates (Y, X), the point map is (Y, X) -> (Y cos - X sin,
+    X cos + Y sin) and `(g u)(p) = M u(R^-1 p)`. Shear fields: `Sx(a) u (Y, X) = u(Y, X - a Y)`,
+    `Sy(b) u (Y, X) = u(Y - b X, X)`; `R = Sx(tan t/2) Sy(-sin t) Sx(tan t/2)`."""
+    if u.shape[-1] != u.shape[-2]:
+        raise InputError(f"u: rotation needs a square grid, got H x W = {tuple(u.shape[-2:])}")
+    theta = torch.as_tensor(theta, dtype=u.dtype, device=u.device)
+    alpha, beta = torch.tan(theta / 2), -torch.sin(theta)
+    n = u.shape[-1]
+    rows = _coordinate(n, -2, u.ndim, u.dtype, u.device)  # Y, varies along H
+    cols = _coordinate(n, -1, u.ndim, u.dtype, u.device)  # X, varies along W
+    out = fourier_shift(u, alpha * rows, -1)
+    out = fourier_shift(out, beta * cols, -2)
+    out = fourier_shift(out, alpha * rows, -1)
+    if pair is not None:
+        ch_h, ch_w = pair
+        c, s = torch.cos(theta), torch.sin(theta)
+        v_h, v_w = out[..., ch_h, :, :], out[..., ch_w, :, :]
+        new = {ch_h: c * v_h - s * v_w, ch_w: s * v_h + c * v_w}
+        out = torch.stack([new.get(i, out[..., i, :, :]) for i in range(out.shape[-3])], dim=-3)
+    return out
+
+
+def transform(u: torch.Tensor, t, generator: str, *, pair: tuple[int, int] | None = None,
+              reference: int | None = None) -> torch.Tensor:
+    """`g_t u` for `generator` in GENERATORS. `reference`: the input grid size that `t` is
+    measured in for translations (a feature map of size n' moves by t n'/reference cells)."""
+    if generator == "rotation":
+        return rotate(u, t, pair=pair)
+    dim = -1 if generator == "x" else -2
+    scale = 1.0 if reference is None else u.shape[dim] / reference
+    return fourier_shift(u, t * scale if scale != 1.0 else t, dim)
+
+
+def _check_generator(generator: str) -> str:
+    if generator not in GENERATORS:
+        raise InputError(f"generator: unknown {generator!r}; expected one of {', '.join(GENERATORS)}")
+    return generator
+
+
+@dataclass
+class LieDecomposition:
+    """`total` `[N, C, H, W]`; `contributions` {module name: `[N, C, H, W]`} in forward order;
+    `remainder` = total - sum of contributions (operations outside the hooked modules)."""
+
+    total: torch.Tensor
+    contributions: dict[str, torch.Tensor] = field(default_factory=dict)
+    remainder: torch.Tensor | None = None
+
+    def norms(self) -> dict[str, torch.Tensor]:
+        """Per-example RMS over channels and grid of every term, `{name: [N]}` ("total",
+        each module, "remainder")."""
+        terms = {"total": self.total, **self.contributions, "remainder": self.remainder}
+        return {k: rms(v) for k, v in terms.items() if v is not None}
+
+
+def rms(field_: torch.Tensor) -> torch.Tensor:
+    """Per-example root mean square over channels and grid, `[N, ...] -> [N]`."""
+    return field_.pow(2).flatten(1).mean(dim=1).sqrt()
+
+
+def _jvp_t(function, dtype, device) -> torch.Tensor:
+    t0 = torch.zeros((), dtype=dtype, device=device)
+    _, tangent = torch.func.jvp(function, (t0,), (torch.ones_like(t0),))
+    return tangent.detach()
+
+
+def _attention_context():
+    """Plain-math attention (forward-mode AD through fused attention kernels is not available)."""
+    return math_attention()
+
+
+def _check(model, inputs, spec, generator) -> None:
+    if not isinstance(model, torch.nn.Module):
+        raise InputError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(inputs, torch.Tensor) or inputs.ndim != 4 or inputs.shape[1] != spec.channels:
+        shape = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
+        raise InputError(f"inputs: expected a tensor [N, {spec.channels}, H, W] for {spec.name}, got {shape}")
+    if not inputs.is_floating_point():
+        raise InputError(f"inputs: expected floating-point values, got {inputs.dtype}")
+    if generator == "rotation" and inputs.shape[-1] != inputs.shape[-2]:
+        raise InputError(f"inputs: rotation needs a square grid, got {tuple(inputs.shape[-2:])}")
+
+
+def _default_layers(model: torch.nn.Module, inputs: torch.Tensor) -> list[str]:
+    """Leaf modules whose (first) input and output are 4D tensors in a dry forward pass."""
+    seen: list[str] = []
+    handles = []
+    for name, module in model.named_modules():
+        if name and not any(True for _ in module.children()):
+            def hook(mod, args, out, name=name):
+                if args and isinstance(args[0], torch.Tensor) and args[0].ndim == 4 \
+                        and isinstance(out, torch.Tensor) and out.ndim == 4 and name not in seen:
+                    seen.append(name)
+            handles.append(module.register_forward_hook(hook))
+    try:
+        with torch.no_grad(), _attention_context():
+            model(inputs[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+def lie_derivative(model: torch.nn.Module, inputs: torch.Tensor, generator: str, *, pde,
+                   layerwise: bool = False, layers: Sequence[str] | None = None,
+                   convention: str = "ours"):
+    """Lie derivative `d/dt g_t^{-1} f(g_t x)` at t = 0, per example `[N, C, H, W]`.
+
+    `model`: `[N, C, H, W] -> [N, C, H, W]` in eval mode. `inputs`: `[N, C, H, W]` of `pde`
+    ("CE", "NS" or a PDESpec; its vector channels rotate under "rotation"). `generator`:
+    "x", "y" (per grid cell) or "rotation" (per radian). `layerwise=True` returns a
+    `LieDecomposition` (module docstring) over `layers` (module names; default every leaf
+    module with 4D input and output), else the total tensor.
+    """
+    generator = _check_generator(generator)
+    spec = resolve_spec(pde)
+    pair = vector_channels(spec, convention)
+    _check(model, inputs, spec, generator)
+    x = inputs.detach()
+    n_ref = x.shape[-1] if generator == "x" else x.shape[-2]
+
+    def g(u, t, typed: bool):
+        return transform(u, t, generator, pair=pair if typed else None, reference=n_ref)
+
+    def total_fn(t):
+        return g(model(g(x, t, True)), -t, True)
+
+    with _attention_context():
+        total = _jvp_t(total_fn, x.dtype, x.device)
+    if not bool(torch.isfinite(total).all()):
+        raise NumericalError("lie_derivative: non-finite values (the model output has NaN/Inf)")
+    if not layerwise:
+        return total
+
+    modules = dict(model.named_modules())
+    names = list(layers) if layers is not None else _default_layers(model, x)
+    unknown = [n for n in names if n not in modules or not n]
+    if unknown:
+        raise InputError(f"layers: no such sub-module(s) {unknown[:5]} in {type(model).__name__}")
+    typing = _call_typing(model, {n: modules[n] for n in names}, x)
+    contributions: dict[str, torch.Tensor] = {}
+    for name in names:
+        module, calls = modules[name], typing[name]
+        state = {"t": None, "call": 0}
+
+        def pre(mod, args, state=state, calls=calls):
+            if not args or not isinstance(args[0], torch.Tensor):
+                raise InputError(f"layers: module {mod.__class__.__name__} gets no positional field input")
+            typed_in = calls[state["call"] % len(calls)][0] if calls else False
+            return (g(args[0], state["t"], typed_in), *args[1:])
+
+        def post(mod, args, out, state=state, calls=calls):
+            typed_out = calls[state["call"] % len(calls)][1] if calls else False
+            state["call"] += 1
+            return g(out, -state["t"], typed_out)
+
+        handles = [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
+        try:
+            def conj_fn(t, state=state):
+                state["t"], state["call"] = t, 0
+                return model(x)
+
+            with _attention_context():
+                contributions[name] = _jvp_t(conj_fn, x.dtype, x.device)
+        finally:
+            for h in handles:
+                h.remove()
+    remainder = total - sum(contributions.values()) if contributions else total.clone()
+    return LieDecomposition(total=total, contributions=contributions, remainder=remainder)
+
+
+def _call_typing(model, modules: dict, x: torch.Tensor) -> dict[str, list[tuple[bool, bool]]]:
+    """Per hooked module and call (in forward order): (its first input IS the model input,
+    its output IS the model output), from one dry forward on the first example. Only those
+    tensors carry vector components; every other feature map is a set of scalar fields."""
+    x1 = x[:1]
+    records: dict[str, list] = {n: [] for n in modules}
+    handles = []
+    for name, module in modules.items():
+        def pre(mod, args, name=name):
+            records[name].append([bool(args) and args[0] is x1, None])
+
+        def post(mod, args, out, name=name):
+            records[name][-1][1] = out  # keep a reference: identity is checked after the call
+
+        handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
+    try:
+        with torch.no_grad(), _attention_context():
+            y = model(x1)
+    finally:
+        for h in handles:
+            h.remove()
+    for name, module in modules.items():
+        if not records[name]:
+            raise InputError(f"layers: module {name!r} is not called in the forward pass")
+        for rec in records[name]:
+            if not (isinstance(rec[1], torch.Tensor) and rec[1].ndim == 4):
+                raise InputError(f"layers: module {name!r} does not return a 4D field [N, C, H, W]")
+    return {n: [(r[0], r[1] is y) for r in recs] for n, recs in records.items()}
