@@ -133,6 +133,15 @@ class Profile:
     residual: bool = False  # False: predict u_{t+1} directly (the authors); True: u_t + f(u_t)
     damping: float = 1e-6
     energy_tol: float = 1e-4
+    # --- symmetry study (follow-up + Lie derivative), final checkpoint
+    symmetry_batches: int = 1  # influence batches per seed for orbit influence / equivariance
+    symmetry_shifts: tuple[int, ...] = (1, 2, 4, 8)  # circular shifts along each axis (grid cells)
+    # --- interventions (training recipes), same data and optimizer steps as one-step
+    recipes: tuple[str, ...] = ("one-step", "pushforward", "noise", "multistep", "augment", "physics")
+    recipe_pairs: tuple[tuple[str, str], ...] | None = None  # (PDE, model) pairs; None: all
+    # --- estimator study (what lambda and the Krylov tolerance do), one batch per seed
+    estimator_lambdas: tuple[float, ...] = (1e-8, 1e-6, 1e-4, 1e-2, 1e-1)
+    estimator_rtols: tuple[float, ...] = (5e-2, 1.5e-2, 1e-3)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -154,6 +163,11 @@ PROFILES: dict[str, Profile] = {
         seeds=(10,),
         n_influence_batches=1,
         seed_paper_batches=1,
+        symmetry_shifts=(1, 4),
+        recipes=("one-step", "pushforward"),
+        recipe_pairs=(("CE", "unet"),),
+        estimator_lambdas=(1e-6, 1e-2),
+        estimator_rtols=(5e-2,),
     ),
     "quick": Profile(
         name="quick",
@@ -163,8 +177,11 @@ PROFILES: dict[str, Profile] = {
         model_size="quick",
         epochs={"CE": 15, "NS": 15},
         checkpoints={"CE": (1, 5, 10, 15), "NS": (1, 5, 10, 15)},
-        seeds=(10, 35),
+        seeds=(10, 35, 42),
         n_influence_batches=3,
+        symmetry_shifts=(1, 4),
+        recipes=("one-step", "pushforward", "noise", "augment"),
+        recipe_pairs=(("CE", "unet"),),
     ),
     "paper": Profile(
         name="paper",
