@@ -17,7 +17,8 @@ def positive_int(value, name: str, *, allow_none: bool = False, minimum: int = 1
     if value is None and allow_none:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise InputError(f"{name}={value!r}: expected an integer >= {minimum}")
+        what = {0: "a non-negative integer", 1: "a positive integer"}.get(minimum, f"an integer >= {minimum}")
+        raise InputError(f"{name}={value!r}: must be {what}")
     return int(value)
 
 

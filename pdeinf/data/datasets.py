@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pdeinf.checks import positive_int
 from pdeinf.config import PDE_CHANNELS, PDE_CLASSES
 from pdeinf.data.pdegym import PDEGymReader, open_dataset
 from pdeinf.errors import InputError
@@ -26,8 +27,7 @@ OFFICIAL_VAL, OFFICIAL_TEST = 120, 240
 
 
 def _check_n(n, name: str = "n") -> int:
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
-        raise InputError(f"{name}={n!r}: must be an integer")
+    positive_int(n, name, minimum=0)
     if n < 3:
         raise InputError(f"{name}={n}: need at least 3 trajectories for non-empty train/val/test splits")
     return int(n)
@@ -72,8 +72,7 @@ def split_indices(
     covering; every split non-empty when n >= 3.
     """
     n = _check_n(n)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise InputError(f"seed={seed!r}: must be a non-negative integer")
+    positive_int(seed, "seed", minimum=0)
     fractions = tuple(float(f) for f in fractions)
     if len(fractions) != 3 or min(fractions) <= 0 or abs(sum(fractions) - 1.0) > 1e-9:
         raise InputError(f"fractions={fractions}: need three positive numbers summing to 1")
@@ -110,8 +109,7 @@ class PDEData:
             raise InputError(f"pde={pde!r}: expected one of {', '.join(PDE_CLASSES)}")
         if split_mode not in ("seeded", "official"):
             raise InputError(f"split_mode={split_mode!r}: expected 'seeded' or 'official'")
-        if isinstance(t_max, bool) or not isinstance(t_max, (int, np.integer)) or t_max < 2:
-            raise InputError(f"t_max={t_max!r}: must be an integer >= 2 (one transition)")
+        positive_int(t_max, "t_max (at least one transition)", minimum=2)
         self.root = Path(root)
         if not self.root.is_dir():
             raise InputError(f"{self.root}: data root is not a directory")
@@ -267,8 +265,7 @@ def influence_batch(pde_data: PDEData, seed: int, index: int, split: str = "test
                     dtype: torch.dtype = torch.float32) -> InfluenceBatch:
     """The `index`-th trajectory (in sorted file order) of `split` of every class, as 3 * (t_max-1)
     one-step pairs ordered n = c * (t_max - 1) + t. Out-of-range `index` -> InputError."""
-    if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or index < 0:
-        raise InputError(f"index={index!r}: must be a non-negative integer")
+    positive_int(index, "index", minimum=0)
     steps = pde_data.t_max - 1
     inputs, targets, cs, ts, trajectories = [], [], [], [], []
     for c, cls in enumerate(pde_data.classes):

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pdeinf.checks import positive_int
 from pdeinf.config import DATASETS, pde_of, pde_spec
 from pdeinf.data.pdegym import STORED_CHANNELS, VARIABLE, ChunkWriter, chunk_name
 from pdeinf.data.validation import check_generation_request
@@ -37,10 +38,7 @@ NS_VISCOSITY = "spectral"
 BLOCK_AVERAGE, SPECTRAL_TRUNCATION = "block_average", "spectral_truncation"
 
 
-def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise InputError(f"{name}={value!r}: must be a positive integer")
-    return int(value)
+_positive_int = positive_int
 
 
 def _check_arguments(dataset, n_trajectories, resolution, solver_resolution, chunk_size,
@@ -62,8 +60,7 @@ def _check_arguments(dataset, n_trajectories, resolution, solver_resolution, chu
         min(n_trajectories, PDEGYM_CHUNK_SIZE[pde]) if chunk_size is None else chunk_size, "chunk_size"
     )
     batch_size = _positive_int(batch_size, "batch_size")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise InputError(f"seed={seed!r}: must be a non-negative integer")
+    positive_int(seed, "seed", minimum=0)
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError):

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pdeinf.checks import positive_int
 from pdeinf.config import MIN_RESOLUTION, PDE_SPECS, pde_spec
 from pdeinf.errors import InputError
 
@@ -98,8 +99,7 @@ def validate_reader(reader, *, block: int = 4, progress: bool = False,
 
     from pdeinf.data import fingerprint
 
-    if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block <= 0:
-        raise InputError(f"block={block!r}: must be a positive integer")
+    positive_int(block, "block")
     keys = fingerprint.file_keys(reader.paths, cache)
     todo = [(path, key) for path, key in zip(reader.paths, keys) if not fingerprint.has_tag(key, _TAG, cache)]
     if not todo:

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from pdeinf.checks import positive_int
 from pdeinf.errors import InputError, NumericalError
 from pdeinf.influence import gradients as _grad
 from pdeinf.influence import observables as _obs
@@ -74,11 +75,7 @@ GRAD_CHUNK = 8
 
 
 def _positive_int(value, name: str, allow_none: bool = False):
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise InputError(f"{name}={value!r}: expected a positive integer")
-    return int(value)
+    return positive_int(value, name, allow_none=allow_none)
 
 
 def cross_gram(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:

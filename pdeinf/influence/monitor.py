@@ -30,6 +30,7 @@ import time
 import numpy as np
 import torch
 
+from pdeinf.checks import positive_int
 from pdeinf.config import pde_spec
 from pdeinf.errors import InputError
 from pdeinf.influence.hat import hat_matrix
@@ -74,8 +75,7 @@ class CoherenceMonitor:
 
     def __init__(self, probe_inputs: torch.Tensor, probe_targets: torch.Tensor, *, every: int = 1,
                  estimator: str = "subspace", pde: str | None = None, classes=None, **hat_kwargs):
-        if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every <= 0:
-            raise InputError(f"every={every!r}: expected a positive integer")
+        positive_int(every, "every")
         if estimator not in ESTIMATORS:
             raise InputError(f"estimator={estimator!r}: expected one of {', '.join(ESTIMATORS)}")
         if "estimator" in inspect.signature(hat_matrix).parameters:

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from pdeinf.checks import positive_int
 from pdeinf.config import DATASETS
 from pdeinf.errors import InputError
 from pdeinf.solvers import navier_stokes
@@ -152,9 +153,7 @@ def _check_dataset(dataset) -> str:
 
 
 def _check_count(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise InputError(f"{name}: expected a positive integer, got {value!r}")
-    return int(value)
+    return positive_int(value, name)
 
 
 def _resolve_ranges(dataset: str, overrides: dict) -> dict:
@@ -226,9 +225,7 @@ def sample_parameters(
 
 
 def _check_seed(seed) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise InputError(f"seed: expected a non-negative integer, got {seed!r}")
-    return int(seed)
+    return positive_int(seed, "seed", minimum=0)
 
 
 def _draw(dataset: str, rng: np.random.Generator, r: dict, resolution: int | None) -> dict:
@@ -396,8 +393,7 @@ def sample(
     n = _check_count(n, "n")
     resolution = _check_count(resolution, "resolution")
     seed = _check_seed(seed)
-    if isinstance(start, bool) or not isinstance(start, (int, np.integer)) or start < 0:
-        raise InputError(f"start: expected a non-negative integer, got {start!r}")
+    positive_int(start, "start", minimum=0)
     if dtype not in (torch.float32, torch.float64):
         raise InputError(f"dtype: must be torch.float32 or torch.float64, got {dtype}")
     min_res = 2 if dataset.startswith("CE") else 4
