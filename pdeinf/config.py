@@ -139,6 +139,7 @@ class Profile:
     # --- interventions (training recipes), same data and optimizer steps as one-step
     recipes: tuple[str, ...] = ("one-step", "pushforward", "noise", "multistep", "augment", "physics")
     recipe_pairs: tuple[tuple[str, str], ...] | None = None  # (PDE, model) pairs; None: all
+    recipe_batches: int | None = None  # influence batches per checkpoint; None: n_influence_batches
     # --- estimator study (what lambda and the Krylov tolerance do), one batch per seed
     estimator_lambdas: tuple[float, ...] = (1e-8, 1e-6, 1e-4, 1e-2, 1e-1)
     estimator_rtols: tuple[float, ...] = (5e-2, 1.5e-2, 1e-3)
@@ -178,10 +179,11 @@ PROFILES: dict[str, Profile] = {
         epochs={"CE": 15, "NS": 15},
         checkpoints={"CE": (1, 5, 10, 15), "NS": (1, 5, 10, 15)},
         seeds=(10, 35, 42),
-        n_influence_batches=3,
+        n_influence_batches=2,
         symmetry_shifts=(1, 4),
-        recipes=("one-step", "pushforward", "noise", "augment"),
+        recipes=("one-step", "pushforward", "augment"),
         recipe_pairs=(("CE", "unet"),),
+        recipe_batches=1,
     ),
     "paper": Profile(
         name="paper",
