@@ -35,13 +35,17 @@ def _nb_id(path: Path) -> str:
     return path.stem
 
 
-def test_the_nine_notebooks_exist():
-    numbers = [p.name[:2] for p in NOTEBOOKS]
-    assert numbers == [f"{i:02d}" for i in range(1, 10)], (
-        f"expected notebooks 01..09 in notebooks/, found {[p.name for p in NOTEBOOKS]}"
-    )
-    assert (REPO / "notebooks" / "01_data.ipynb").is_file()
-    assert (REPO / "notebooks" / "09_explorer.ipynb").is_file()
+#: The notebooks of the study, by layer: the seed paper (02-07), the follow-up (08-11), ours.
+EXPECTED_NOTEBOOKS = (
+    "01_data", "02_training", "03_seed_temporal", "04_seed_classes", "05_seed_similarity",
+    "06_seed_conservation", "07_seed_ntk", "08_followup_dynamics_spectrum",
+    "09_followup_rollout_link", "10_followup_variants", "11_followup_symmetry",
+    "12_estimator_study", "13_interventions", "14_findings", "15_explorer",
+)
+
+
+def test_the_study_notebooks_exist_and_nothing_else():
+    assert [p.stem for p in NOTEBOOKS] == list(EXPECTED_NOTEBOOKS)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_nb_id)

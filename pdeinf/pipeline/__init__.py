@@ -8,6 +8,8 @@ data               ``results/data/<profile>/<DATASET>/*.nc``                   `
 training           ``results/runs/<profile>/<PDE>-<model>-s<seed>/ckpt_e*.pt``  `training`
 influence          ``results/influence/<profile>/<PDE>-<model>/s*_e*_b*.nc``    `influence`
 rollouts           ``results/rollouts/<profile>/<PDE>-<model>.nc``              `rollouts`
+seed paper         ``results/influence/<profile>/seed-paper/<PDE>-<model>/``     `influence`
+interventions      ``results/interventions/<profile>/<PDE>-<model>/<recipe>/``   `interventions`
 notebooks          ``results/executed/*.ipynb``, ``results/*.json``, figures/    `notebooks`
 =================  ==========================================================  ==============
 
@@ -25,6 +27,7 @@ from pdeinf.pipeline.influence import (
     load_variants,
     run_sweep,
 )
+from pdeinf.pipeline.interventions import ensure_intervention_pair, ensure_interventions
 from pdeinf.pipeline.notebooks import (
     executed_dir,
     list_notebooks,
@@ -53,9 +56,31 @@ def sweep_loader(profile, *, variants=None, progress: bool = False):
 
 
 __all__ = [
-    "FileSources", "ReproduceReport", "StageTiming", "as_profile", "checkpoint_path",
-    "ensure_data", "ensure_influence", "ensure_seed_paper", "ensure_rollouts", "ensure_training", "executed_dir",
-    "format_report", "list_notebooks", "load_sweep", "load_variants", "notebook_cache_key",
-    "reproduce", "rollouts_path", "run_all", "run_notebook", "run_sweep", "summarize_notebook",
-    "sweep_loader", "training_complete", "training_history",
+    "FileSources",
+    "ReproduceReport",
+    "StageTiming",
+    "as_profile",
+    "checkpoint_path",
+    "ensure_data",
+    "ensure_influence",
+    "ensure_intervention_pair",
+    "ensure_interventions",
+    "ensure_rollouts",
+    "ensure_seed_paper",
+    "ensure_training",
+    "executed_dir",
+    "format_report",
+    "list_notebooks",
+    "load_sweep",
+    "load_variants",
+    "notebook_cache_key",
+    "reproduce",
+    "rollouts_path",
+    "run_all",
+    "run_notebook",
+    "run_sweep",
+    "summarize_notebook",
+    "sweep_loader",
+    "training_complete",
+    "training_history",
 ]

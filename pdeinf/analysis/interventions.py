@@ -1,0 +1,446 @@
+"""The interventions study (issue 13), pure: what each training recipe does to cross-time
+coherence and to long-horizon rollout error, and whether coherence helps choose a checkpoint.
+
+Input: the dataset of `pdeinf.pipeline.ensure_intervention_pair` (or any of the same layout):
+`pi` (recipe, seed, epoch, batch, t_resp, c_resp, t_pert, c_pert) RAW Gauss-Newton influence,
+`rollout` (recipe, seed, epoch, class, batch, start, horizon) per-step SMSE of autoregressive
+rollouts of the influence batches' test trajectories, `val_smse` (recipe, seed, epoch), `rank`
+(recipe, seed, epoch, batch). The baseline recipe is "one-step".
+
+Observables (dimensionless, SMSE-based; lags in snapshot steps):
+
+- `cross_time_ratio`: the follow-up's R per class, on the RAW Pi: (sum of the class's T x T
+  intra-class block) minus its trace, over its trace.
+- `lag_medians`: per matrix, the median of the row-standardized Pi (`normalize(pi,
+  "standard")`) over entries with t_resp - t_pert = dt, intra- and inter-class pairs.
+- `class_matrices`: per matrix, the median standardized entry of each (response class,
+  perturbing class) at a given lag.
+- `rollout_error`: cumulative rollout SMSE over horizons 1..dt (sum of the per-step SMSE),
+  averaged over the start times with a complete horizon and over the classes: one number per
+  (recipe, seed, epoch, batch), `batch` indexing the test trajectory of each class.
+
+Every headline number gets a 95% hierarchical bootstrap interval (seeds, then batches within
+each seed; `pdeinf.analysis.statistics.hierarchical_bootstrap`, percentile). Recipes share the
+seed (initialisation, shuffle) and the test trajectories of the baseline, so recipe-vs-baseline
+differences are paired per (seed, batch).
+
+Verdict rule of the intervention effect (`EFFECT_RULE`, written before any run): estimate =
+mean over seeds x batches of log(rollout SMSE at dt, recipe) - log(rollout SMSE at dt,
+one-step), final checkpoint; "improves" when the 95% interval lies below 0, "worsens" when it
+lies above 0, else "inconclusive". The selection comparison uses the same rule on
+log(rollout of the checkpoint a criterion picks) - log(rollout of the checkpoint validation
+SMSE picks).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from pdeinf.analysis.statistics import hierarchical_bootstrap
+from pdeinf.analysis.verdicts import verdict
+from pdeinf.errors import InputError
+from pdeinf.influence.normalize import normalize
+
+BASELINE = "one-step"
+PI_DIMS = ("t_resp", "c_resp", "t_pert", "c_pert")
+CRITERIA = ("val", "R", "R+val")
+EFFECT_RULE = (
+    "estimate = mean over seeds x batches of log(rollout SMSE at dt=16, recipe) - "
+    "log(rollout SMSE at dt=16, one-step), final checkpoint, paired by seed and test "
+    "trajectory; 95% hierarchical bootstrap (seeds, then batches within seed), percentile; "
+    "'improves' if the interval lies below 0, 'worsens' if above 0, else 'inconclusive'; "
+    "always 'inconclusive' with fewer than 2 seeds (the interval then omits between-seed "
+    "variation)"
+)
+SELECTION_RULE = (
+    "estimate = mean over seeds x batches of log(rollout SMSE at dt=16 of the checkpoint the "
+    "criterion picks) - log(... of the checkpoint minimal validation SMSE picks); same interval "
+    "and words as the intervention effect"
+)
+_WORDS = {"reproduced": "improves", "contradicted": "worsens", "inconclusive": "inconclusive"}
+
+
+def _check_pi(pi) -> xr.DataArray:
+    if not isinstance(pi, xr.DataArray):
+        raise InputError(f"pi: expected an xr.DataArray, got {type(pi).__name__}")
+    missing = [d for d in PI_DIMS if d not in pi.dims]
+    if missing:
+        raise InputError(f"pi: missing dimension(s) {missing}; has {pi.dims}")
+    if pi.sizes["t_resp"] != pi.sizes["t_pert"] or pi.sizes["c_resp"] != pi.sizes["c_pert"]:
+        raise InputError("pi: response and perturbation axes differ in size")
+    if not np.all(np.isfinite(pi.values)):
+        raise InputError("pi: contains NaN or Inf")
+    return pi
+
+
+def _blocks(pi: xr.DataArray) -> tuple[np.ndarray, list[str]]:
+    """`[..., C, T, C, T]` float64 and the leading dims' names."""
+    lead = [d for d in pi.dims if d not in PI_DIMS]
+    arr = pi.transpose(*lead, "c_resp", "t_resp", "c_pert", "t_pert").values
+    return np.asarray(arr, dtype=np.float64), lead
+
+
+def cross_time_ratio(pi: xr.DataArray) -> xr.DataArray:
+    """R per class of RAW `pi` (..., t_resp, c_resp, t_pert, c_pert) -> (..., class):
+    (sum of the class's intra-class block - its trace) / its trace."""
+    pi = _check_pi(pi)
+    arr, lead = _blocks(pi)
+    intra = np.diagonal(arr, axis1=-4, axis2=-2)  # [..., T, T, C]
+    total = intra.sum(axis=(-3, -2))
+    trace = np.diagonal(intra, axis1=-3, axis2=-2).sum(axis=-1)  # [..., C]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = (total - trace) / trace
+    coords = {d: pi[d].values for d in lead if d in pi.coords}
+    coords["class"] = pi["c_resp"].values
+    return xr.DataArray(ratio, dims=(*lead, "class"), coords=coords, name="R")
+
+
+def _standardized(pi: xr.DataArray) -> tuple[np.ndarray, list[str]]:
+    arr, lead = _blocks(pi)
+    c, t = arr.shape[-4], arr.shape[-3]
+    flat = arr.reshape(*arr.shape[:-4], c * t, c * t)
+    std = np.asarray(normalize(flat, "standard"), dtype=np.float64)
+    return std.reshape(arr.shape), lead
+
+
+def lag_medians(pi: xr.DataArray, *, max_lag: int = 11) -> xr.DataArray:
+    """Per matrix, the median row-standardized influence at each lag dt = t_resp - t_pert in
+    -max_lag..max_lag, over intra- and inter-class pairs: dims (..., pair, dt)."""
+    pi = _check_pi(pi)
+    std, lead = _standardized(pi)
+    n_c, n_t = std.shape[-4], std.shape[-3]
+    max_lag = int(min(max_lag, n_t - 1))
+    if max_lag < 0:
+        raise InputError(f"max_lag: must be >= 0, got {max_lag}")
+    lags = np.arange(-max_lag, max_lag + 1)
+    t = np.arange(n_t)
+    same = np.eye(n_c, dtype=bool)
+    out = np.full((*std.shape[:-4], 2, len(lags)), np.nan)
+    for k, lag in enumerate(lags):
+        tmask = (t[:, None] - t[None, :]) == lag
+        for p, cmask in enumerate((same, ~same)):
+            mask = cmask[:, None, :, None] & tmask[None, :, None, :]
+            if mask.any():
+                out[..., p, k] = np.median(std[..., mask], axis=-1)
+    coords = {d: pi[d].values for d in lead if d in pi.coords}
+    coords.update(pair=["intra", "inter"], dt=lags)
+    return xr.DataArray(out, dims=(*lead, "pair", "dt"), coords=coords, name="influence",
+                        attrs={"normalization": "standard"})
+
+
+def class_matrices(pi: xr.DataArray, *, lag: int = 0) -> xr.DataArray:
+    """Per matrix, the median standardized influence of each (c_resp, c_pert) over the time
+    pairs with t_resp - t_pert = lag: dims (..., c_resp, c_pert)."""
+    pi = _check_pi(pi)
+    std, lead = _standardized(pi)
+    n_t = std.shape[-3]
+    if abs(int(lag)) >= n_t:
+        raise InputError(f"lag: |{lag}| must be smaller than the number of times {n_t}")
+    t = np.arange(n_t)
+    tmask = (t[:, None] - t[None, :]) == int(lag)
+    sub = np.moveaxis(std, -2, -3)[..., tmask]  # [..., C, C, pairs]
+    coords = {d: pi[d].values for d in lead if d in pi.coords}
+    coords.update(c_resp=pi["c_resp"].values, c_pert=pi["c_pert"].values)
+    return xr.DataArray(np.median(sub, axis=-1), dims=(*lead, "c_resp", "c_pert"),
+                        coords=coords, name="influence", attrs={"lag": int(lag)})
+
+
+def rollout_error(rollout: xr.DataArray, dt: int = 16) -> xr.DataArray:
+    """Cumulative rollout SMSE over horizons 1..dt, mean over the starts with a complete
+    horizon, then over `class`: `rollout` (..., class, start, horizon) -> (...)."""
+    if not isinstance(rollout, xr.DataArray):
+        raise InputError(f"rollout: expected an xr.DataArray, got {type(rollout).__name__}")
+    missing = [d for d in ("class", "start", "horizon") if d not in rollout.dims]
+    if missing:
+        raise InputError(f"rollout: missing dimension(s) {missing}; has {rollout.dims}")
+    horizons = rollout["horizon"].values
+    if not (1 <= int(dt) <= int(horizons.max())):
+        raise InputError(f"dt: must lie in 1..{int(horizons.max())}, got {dt}")
+    cum = rollout.sel(horizon=slice(1, int(dt))).sum("horizon", skipna=False)
+    if not bool(np.isfinite(cum).any("start").all()):
+        raise InputError(f"rollout: no start with a complete horizon of {dt} steps")
+    out = cum.mean("start", skipna=True).mean("class")
+    out.name = "rollout_smse"
+    out.attrs["dt"] = int(dt)
+    return out
+
+
+def default_dt(rollout: xr.DataArray, dt: int = 16) -> int:
+    """dt, capped at the longest horizon the rollouts hold."""
+    return int(min(int(dt), int(rollout["horizon"].values.max())))
+
+
+# ---- per-(recipe, seed, epoch, batch) observables -----------------------------------
+def observables(ds: xr.Dataset, *, dt: int = 16) -> xr.Dataset:
+    """`R` (..., batch) class mean of R, `R_class` (..., batch, class), `intra_lag1`,
+    `inter_lag1`, `rollout` at dt, `log_rollout`, `rank`, `val_smse` (recipe, seed, epoch)."""
+    for var in ("pi", "rollout", "val_smse"):
+        if var not in ds:
+            raise InputError(f"ds: no {var!r} variable (the interventions dataset)")
+    dt = default_dt(ds["rollout"], dt)
+    r_class = cross_time_ratio(ds["pi"])
+    lag1 = lag_medians(ds["pi"], max_lag=1).sel(dt=1, drop=True)
+    roll = rollout_error(ds["rollout"], dt)
+    out = xr.Dataset({
+        "R": r_class.mean("class"), "R_class": r_class,
+        "intra_lag1": lag1.sel(pair="intra", drop=True),
+        "inter_lag1": lag1.sel(pair="inter", drop=True),
+        "rollout": roll, "log_rollout": np.log(roll), "val_smse": ds["val_smse"],
+    })
+    if "rank" in ds:
+        out["rank"] = ds["rank"]
+    out.attrs["dt"] = dt
+    return out
+
+
+def _mean_ci(data: xr.DataArray, *, n_resamples: int, random_state: int) -> xr.DataArray:
+    """Hierarchical bootstrap of the mean over (seed, batch); other dims carried along."""
+    return hierarchical_bootstrap(
+        data, lambda d: d.mean(("seed", "batch")), n_resamples=n_resamples,
+        random_state=random_state, vectorized=True)
+
+
+def _seed_mean_ci(data: xr.DataArray, *, n_resamples: int, random_state: int) -> xr.DataArray:
+    """Bootstrap of the mean over seeds of a per-seed value (validation SMSE)."""
+    return hierarchical_bootstrap(
+        data, lambda d: d.mean("seed"), seed_dim=None, batch_dim="seed",
+        n_resamples=n_resamples, random_state=random_state, vectorized=True)
+
+
+def _final(obs: xr.Dataset, epoch) -> xr.Dataset:
+    epoch = int(obs["epoch"].max()) if epoch is None else int(epoch)
+    return obs.sel(epoch=epoch)
+
+
+def recipe_table(obs: xr.Dataset, *, epoch=None, n_resamples: int = 1000,
+                 random_state: int = 0) -> xr.Dataset:
+    """R, rollout SMSE at dt, validation SMSE, lag-1 medians and rank per recipe at one
+    checkpoint (None: the final), each with a `ci` dim (estimate, low, high): means over seeds
+    x batches (validation: over seeds)."""
+    fin = _final(obs, epoch)
+    kw = {"n_resamples": n_resamples, "random_state": random_state}
+    out = xr.Dataset({name: _mean_ci(fin[name], **kw)
+                      for name in ("R", "rollout", "intra_lag1", "inter_lag1")})
+    out["R_class"] = _mean_ci(fin["R_class"], **kw)
+    out["val_smse"] = _seed_mean_ci(fin["val_smse"], **kw)
+    if "rank" in fin:
+        out["rank"] = _mean_ci(fin["rank"].astype(float), **kw)
+    out.attrs.update(dt=obs.attrs.get("dt"), epoch=int(fin["epoch"]), n_resamples=n_resamples,
+                     random_state=random_state, n_seeds=fin.sizes["seed"],
+                     n_batches=fin.sizes["batch"])
+    return out
+
+
+def effect_words(ci: xr.DataArray, n_seeds: int):
+    """"improves" / "worsens" / "inconclusive" per cell of an interval of a change in log
+    rollout SMSE (`EFFECT_RULE`; n_seeds < 2 gives "inconclusive" everywhere)."""
+    words = verdict(ci, null=0.0, paper_sign=-1, rule="sign")
+    word = (lambda w: _WORDS[str(w)]) if n_seeds >= 2 else (lambda w: "inconclusive")
+    if isinstance(words, xr.DataArray):
+        return xr.apply_ufunc(np.vectorize(word, otypes=[str]), words)
+    return word(words)
+
+
+def intervention_effects(obs: xr.Dataset, *, epoch=None, n_resamples: int = 1000,
+                         random_state: int = 0, baseline: str = BASELINE) -> xr.Dataset:
+    """Paired change in log rollout SMSE (and in R) of each recipe vs the baseline at one
+    checkpoint, with intervals and the `EFFECT_RULE` verdict; dims (ci, recipe) without the
+    baseline."""
+    if baseline not in obs["recipe"].values:
+        raise InputError(f"baseline: {baseline!r} not among the recipes {list(obs['recipe'].values)}")
+    fin = _final(obs, epoch)
+    others = [r for r in fin["recipe"].values if r != baseline]
+    if not others:
+        raise InputError("obs: only the baseline recipe; nothing to compare")
+    kw = {"n_resamples": n_resamples, "random_state": random_state}
+    d_log = fin["log_rollout"].sel(recipe=others) - fin["log_rollout"].sel(recipe=baseline)
+    d_r = fin["R"].sel(recipe=others) - fin["R"].sel(recipe=baseline)
+    out = xr.Dataset({"d_log_rollout": _mean_ci(d_log, **kw), "d_R": _mean_ci(d_r, **kw)})
+    out["verdict"] = effect_words(out["d_log_rollout"], fin.sizes["seed"])
+    out.attrs.update(rule=EFFECT_RULE, n_seeds=fin.sizes["seed"], n_batches=fin.sizes["batch"],
+                     epoch=int(fin["epoch"]), dt=obs.attrs.get("dt"))
+    return out
+
+
+def _disjoint_above(a: xr.DataArray, b: xr.DataArray) -> bool:
+    """The interval a lies entirely above the interval b."""
+    return bool(float(a.sel(ci="low")) > float(b.sel(ci="high")))
+
+
+def raises_r_lowers_rollout(table: xr.Dataset, *, baseline: str = BASELINE,
+                            min_seeds: int = 2) -> list[str]:
+    """Recipes whose R interval lies entirely above the baseline's AND whose rollout-error
+    interval lies entirely below the baseline's (`recipe_table` output); none when the table
+    rests on fewer than `min_seeds` seeds (its intervals then omit between-seed variation)."""
+    if int(table.attrs.get("n_seeds", 0)) < min_seeds:
+        return []
+    base = table.sel(recipe=baseline)
+    out = []
+    for recipe in table["recipe"].values:
+        if recipe == baseline:
+            continue
+        row = table.sel(recipe=recipe)
+        if _disjoint_above(row["R"], base["R"]) and _disjoint_above(base["rollout"], row["rollout"]):
+            out.append(str(recipe))
+    return out
+
+
+# ---- model selection --------------------------------------------------------------
+def select_epochs(val: xr.DataArray, r: xr.DataArray, criterion: str) -> xr.DataArray:
+    """The checkpoint each run picks: `val`, `r` (..., epoch) -> epoch (...).
+
+    "val": smallest validation SMSE; "R": largest R; "R+val": smallest rank sum (rank 1 =
+    lowest validation SMSE, resp. highest R; ties of the sum go to the lower validation SMSE,
+    then the earlier epoch)."""
+    if criterion not in CRITERIA:
+        raise InputError(f"criterion: unknown {criterion!r}; expected one of {', '.join(CRITERIA)}")
+    val, r = xr.broadcast(val, r)
+    lead = [d for d in val.dims if d != "epoch"]
+    v = val.transpose(*lead, "epoch").values
+    rr = r.transpose(*lead, "epoch").values
+    if not (np.all(np.isfinite(v)) and np.all(np.isfinite(rr))):
+        raise InputError("val, r: contain NaN or Inf")
+    if criterion == "val":
+        score = v
+    elif criterion == "R":
+        score = -rr
+    else:
+        rank_v = np.argsort(np.argsort(v, axis=-1, kind="stable"), axis=-1, kind="stable")
+        rank_r = np.argsort(np.argsort(-rr, axis=-1, kind="stable"), axis=-1, kind="stable")
+        # rank sum first, then validation SMSE as tie-break (lexicographic via a small weight)
+        order = np.lexsort((np.arange(v.shape[-1]) * np.ones_like(v), v, rank_v + rank_r), axis=-1)
+        idx = order[..., 0]
+        epochs = val["epoch"].values[idx]
+        return xr.DataArray(epochs, dims=lead, coords={d: val[d] for d in lead if d in val.coords},
+                            name="epoch")
+    idx = np.argmin(score, axis=-1)  # first of ties: the earlier epoch
+    epochs = val["epoch"].values[idx]
+    return xr.DataArray(epochs, dims=lead, coords={d: val[d] for d in lead if d in val.coords},
+                        name="epoch")
+
+
+def picked_epochs(obs: xr.Dataset, criteria=CRITERIA) -> xr.DataArray:
+    """The epoch each criterion picks for each run: dims (criterion, recipe, seed)."""
+    r_run = obs["R"].mean("batch")
+    return xr.concat([select_epochs(obs["val_smse"], r_run, c).expand_dims(criterion=[c])
+                      for c in criteria], dim="criterion")
+
+
+def selection_comparison(obs: xr.Dataset, *, n_resamples: int = 1000, random_state: int = 0,
+                         criteria=("R", "R+val")) -> xr.Dataset:
+    """For each recipe, the change in log rollout SMSE at dt of the checkpoint each criterion
+    picks vs the one minimal validation SMSE picks (R of a run = mean over its batches and
+    classes), and the same pooled over recipes; dims (criterion, ci, recipe) with recipe
+    "all" appended. Also `picked` (criterion, recipe, seed): the chosen epochs."""
+    r_run = obs["R"].mean("batch")
+    val = obs["val_smse"]
+    by_val = select_epochs(val, r_run, "val")
+    log_roll = obs["log_rollout"]
+    diffs = []
+    for c in criteria:
+        chosen = select_epochs(val, r_run, c)
+        diffs.append((log_roll.sel(epoch=chosen) - log_roll.sel(epoch=by_val)).expand_dims(criterion=[c]))
+    diff = xr.concat(diffs, dim="criterion")
+    kw = {"n_resamples": n_resamples, "random_state": random_state}
+    per_recipe = _mean_ci(diff, **kw)
+    # pooled: every (recipe, seed) run as one unit (runs of one seed share the initialisation,
+    # so this interval is optimistic)
+    arr = diff.transpose("criterion", "recipe", "seed", "batch").values
+    pooled = xr.DataArray(arr.reshape(arr.shape[0], -1, arr.shape[-1]),
+                          dims=("criterion", "seed", "batch"),
+                          coords={"criterion": diff["criterion"].values})
+    pooled_ci = _mean_ci(pooled, **kw).expand_dims(recipe=["all"])
+    both = xr.concat([per_recipe, pooled_ci], dim="recipe")
+    out = xr.Dataset({"d_log_rollout": both.transpose("criterion", "ci", "recipe")})
+    out["verdict"] = effect_words(out["d_log_rollout"], obs.sizes["seed"])
+    out.attrs.update(rule=SELECTION_RULE, n_resamples=n_resamples, random_state=random_state)
+    return out
+
+
+# ---- curves with intervals, results rows -------------------------------------------
+def lag_curves(ds: xr.Dataset, *, epoch=None, max_lag: int = 11, n_resamples: int = 1000,
+               random_state: int = 0) -> xr.DataArray:
+    """Mean over seeds x batches of the per-matrix lag medians (`lag_medians`) at one
+    checkpoint, with intervals: dims (ci, recipe, pair, dt)."""
+    epoch = int(ds["epoch"].max()) if epoch is None else int(epoch)
+    curves = lag_medians(ds["pi"].sel(epoch=epoch), max_lag=max_lag)
+    return _mean_ci(curves, n_resamples=n_resamples, random_state=random_state)
+
+
+def class_matrix_ci(ds: xr.Dataset, *, epoch=None, lag: int = 0, n_resamples: int = 1000,
+                    random_state: int = 0) -> xr.DataArray:
+    """Mean over seeds x batches of the per-matrix class matrices, with intervals:
+    dims (ci, recipe, c_resp, c_pert)."""
+    epoch = int(ds["epoch"].max()) if epoch is None else int(epoch)
+    cm = class_matrices(ds["pi"].sel(epoch=epoch), lag=lag)
+    return _mean_ci(cm, n_resamples=n_resamples, random_state=random_state)
+
+
+def _ci_dict(ci: xr.DataArray) -> dict:
+    return {k: float(ci.sel(ci=k)) for k in ("estimate", "low", "high")}
+
+
+def table_rows(table: xr.Dataset) -> dict:
+    """`{recipe: {quantity: {estimate, low, high}}}` of a `recipe_table` (JSON-ready)."""
+    out = {}
+    for recipe in table["recipe"].values:
+        row = table.sel(recipe=recipe)
+        out[str(recipe)] = {name: _ci_dict(row[name]) for name in
+                            ("R", "rollout", "val_smse", "intra_lag1", "inter_lag1")}
+        out[str(recipe)]["R_class"] = {str(c): _ci_dict(row["R_class"].sel({"class": c}))
+                                       for c in row["class"].values}
+    return out
+
+
+def effect_findings(effects: xr.Dataset, pde: str, model: str) -> list[dict]:
+    """The `findings.intervention_effect` rows of one (PDE, model)."""
+    rows = []
+    for recipe in effects["recipe"].values:
+        ci = effects["d_log_rollout"].sel(recipe=recipe)
+        rows.append({"pde": pde, "model": model, "recipe": str(recipe), **_ci_dict(ci),
+                     "n_seeds": int(effects.attrs["n_seeds"]),
+                     "n_batches": int(effects.attrs["n_batches"]),
+                     "verdict": str(effects["verdict"].sel(recipe=recipe).item()),
+                     "rule": EFFECT_RULE, "paper": None})
+    return rows
+
+
+def answer_sentence(table: xr.Dataset, pde: str, model: str, *, baseline: str = BASELINE) -> str:
+    """The study's question answered in one sentence from a `recipe_table`."""
+    dt = table.attrs.get("dt")
+    base = table.sel(recipe=baseline)
+
+    def fmt(ci):
+        return f"{float(ci.sel(ci='estimate')):.3g} [{float(ci.sel(ci='low')):.3g}, " \
+               f"{float(ci.sel(ci='high')):.3g}]"
+
+    winners = raises_r_lowers_rollout(table, baseline=baseline, min_seeds=0)
+    if int(table.attrs.get("n_seeds", 0)) < 2:
+        winners_text = ", ".join(winners) if winners else "none"
+        return (f"{pde}-{model}: only {table.attrs.get('n_seeds')} seed, so the intervals omit "
+                f"between-seed variation and cannot answer whether a recipe raises R and lowers "
+                f"the rollout error (point comparison only: {winners_text}).")
+    head = (f"{pde}-{model} (final epoch {table.attrs.get('epoch')}, {table.attrs.get('n_seeds')} "
+            f"seed(s) x {table.attrs.get('n_batches')} batch(es)): baseline R {fmt(base['R'])}, "
+            f"rollout SMSE at dt={dt} {fmt(base['rollout'])}; ")
+    if not winners:
+        return head + ("no recipe raises R and lowers the rollout error with intervals that do "
+                       "not overlap the baseline's.")
+    parts = [f"{r} (R {fmt(table['R'].sel(recipe=r))}, rollout {fmt(table['rollout'].sel(recipe=r))})"
+             for r in winners]
+    return head + "raises R and lowers the rollout error with non-overlapping intervals: " + \
+        "; ".join(parts) + "."
+
+
+def selection_frame(sel: xr.Dataset) -> pd.DataFrame:
+    """`selection_comparison` as a table: criterion, recipe, estimate, low, high, verdict."""
+    rows = []
+    for c in sel["criterion"].values:
+        if c not in sel["d_log_rollout"]["criterion"].values:
+            continue
+        for recipe in sel["recipe"].values:
+            ci = sel["d_log_rollout"].sel(criterion=c, recipe=recipe)
+            rows.append({"criterion": str(c), "recipe": str(recipe), **_ci_dict(ci),
+                         "verdict": str(sel["verdict"].sel(criterion=c, recipe=recipe).item())})
+    return pd.DataFrame(rows)

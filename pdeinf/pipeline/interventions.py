@@ -1,0 +1,335 @@
+"""Stage: the interventions study (issue 13): coherence and rollout error of every checkpoint
+of runs trained with each recipe of the profile.
+
+For each recipe of `profile.recipes`, each (PDE, model) of `profile.recipe_pairs` (None: every
+pair of the profile) and each seed, the run is trained (one-step: the baseline runs of
+`ensure_training`; other recipes: `runs_dir(profile)/recipe-<name>/<PDE>-<model>-s<seed>`, same
+data from `profile_data`, same optimizer steps, the recipe's default settings), then at EVERY
+scheduled checkpoint one task computes, on the first `study_batches(profile)` influence batches:
+
+- `pi` (batch, t_resp, c_resp, t_pert, c_pert): the follow-up's raw Gauss-Newton influence of
+  each influence batch (`labelled_influence(..., variants=("gauss-newton",))`; for one-step it
+  is read from the follow-up sweep `ensure_influence`, which computes exactly this for the
+  baseline runs), `losses` (batch, t, c), `rank` (batch);
+- `rollout` (class, batch, start, horizon): per-step SMSE of autoregressive rollouts of the test
+  trajectories of the influence batches (`rollouts_all_starts`), `trajectory` = batch index;
+- `val_smse` (scalar): the run's one-step validation SMSE after that epoch (its history).
+
+One netCDF per task, `results/interventions/<profile>/<PDE>-<model>/<recipe>/s<seed>_e<epoch>.nc`,
+with `cache_key` (checkpoint bytes, data fingerprint, recipe identity, settings, version) and a
+checksum; a rerun recomputes exactly the tasks whose file is missing, stale or corrupt.
+Recipe runs record their training key (the one-step key of `training.training_key` and the
+recipe's identity) in `stage_key.json`, like `ensure_training`; a run of other inputs is moved
+aside to `<run>.stale/` and retrained.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from pdeinf import paths
+from pdeinf.atomic import write_json, write_netcdf
+from pdeinf.config import pde_spec
+from pdeinf.errors import InputError, NumericalError
+from pdeinf.pipeline.checksums import checksum_ok, with_checksum
+from pdeinf.pipeline.common import (
+    ProfileLike,
+    as_profile,
+    check_selection,
+    content_key,
+    file_digest,
+    scheduled_checkpoints,
+)
+
+VARIANT = "gauss-newton"
+DATA_VARS = ("pi", "losses", "rank", "rollout", "val_smse")
+STAGE_KEY = "stage_key.json"
+
+
+def study_batches(profile: ProfileLike) -> int:
+    """Influence batches (and their test trajectories for the rollouts) per (run, checkpoint):
+    `profile.recipe_batches` when the profile has that field and it is not None, else
+    `profile.n_influence_batches`. Each batch costs one Gauss-Newton hat matrix per checkpoint
+    (about 23 s single-threaded at quick for the UNet), so the quick profile may use fewer."""
+    prof = as_profile(profile)
+    n = getattr(prof, "recipe_batches", None)
+    n = prof.n_influence_batches if n is None else int(n)
+    if not 1 <= n <= prof.n_influence_batches:
+        raise InputError(f"profile {prof.name!r}: recipe_batches={n} must lie in "
+                         f"1..n_influence_batches={prof.n_influence_batches}")
+    return n
+
+
+def recipe_pairs(profile: ProfileLike) -> list[tuple[str, str]]:
+    """The (PDE, model) pairs of the study: `profile.recipe_pairs`, or every pair (None)."""
+    prof = as_profile(profile)
+    pairs = prof.recipe_pairs
+    if pairs is None:
+        pairs = [(pde, model) for pde in prof.pdes for model in prof.models]
+    pairs = [(str(p), str(m)) for p, m in pairs]
+    for pde, model in pairs:
+        check_selection(prof, pde, model)
+    return pairs
+
+
+def _check_recipes(prof) -> list[str]:
+    from pdeinf.training.recipes import RECIPES
+
+    recipes = list(prof.recipes)
+    unknown = [r for r in recipes if r not in RECIPES]
+    if unknown:
+        raise InputError(f"profile {prof.name!r}: recipes {unknown} unknown; expected some of "
+                         f"{', '.join(RECIPES)}")
+    if "one-step" not in recipes:
+        raise InputError(f"profile {prof.name!r}: recipes {recipes} lack the baseline 'one-step'")
+    return recipes
+
+
+def recipe_run_dir(profile: ProfileLike, pde: str, model: str, recipe: str, seed: int) -> Path:
+    """The run directory of (recipe, seed): `training.train.default_out_dir` + run name."""
+    from pdeinf.training.recipes import make_recipe
+    from pdeinf.training.train import default_out_dir
+
+    prof = as_profile(profile)
+    return default_out_dir(prof.name, make_recipe(recipe)) / paths.run_name(pde, model, seed)
+
+
+def _recipe_key(prof, pde, model, recipe: str, seed: int, fingerprint: str) -> str:
+    from pdeinf.pipeline.training import training_key
+    from pdeinf.training.recipes import make_recipe
+
+    return content_key(stage="training/recipe", base=training_key(prof, pde, model, seed, fingerprint),
+                       recipe=make_recipe(recipe).identity())
+
+
+def _stored_key(directory: Path) -> str | None:
+    try:
+        return json.loads((directory / STAGE_KEY).read_text()).get("key")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _checkpoints_exist(directory: Path, epochs) -> bool:
+    return all(paths.checkpoint_path(directory, e).is_file()
+               and paths.checkpoint_path(directory, e).stat().st_size > 0 for e in epochs)
+
+
+def ensure_recipe_runs(profile: ProfileLike, pde: str, model: str, recipe: str, *,
+                       progress: bool = True, train=None) -> dict[int, Path]:
+    """`{seed: run_dir}` of `recipe` for every seed, trained (or resumed, or retrained when
+    stale) as needed. "one-step" is `pipeline.training.ensure_training` itself."""
+    from pdeinf.pipeline.data import profile_data
+    from pdeinf.pipeline.training import ensure_training
+
+    prof = as_profile(profile)
+    check_selection(prof, pde, model)
+    if recipe == "one-step":
+        return ensure_training(prof, pde, model, progress=progress)
+    if train is None:
+        from pdeinf.training.train import train
+    data = profile_data(prof, pde, progress=progress)
+    fingerprint = str(data.fingerprint())
+    epochs = scheduled_checkpoints(prof, pde)
+    runs = {}
+    for seed in prof.seeds:
+        directory = recipe_run_dir(prof, pde, model, recipe, seed)
+        key = _recipe_key(prof, pde, model, recipe, seed, fingerprint)
+        stored = _stored_key(directory)
+        if not (_checkpoints_exist(directory, epochs) and stored == key):
+            if directory.exists() and (stored is not None and stored != key
+                                       or stored is None and _checkpoints_exist(directory, epochs)):
+                aside = directory.with_name(directory.name + ".stale")
+                shutil.rmtree(aside, ignore_errors=True)
+                directory.rename(aside)  # trained from other inputs
+            train(pde, model, int(seed), prof, data=data, progress=progress, recipe=recipe,
+                  out_dir=directory.parent)
+            if not _checkpoints_exist(directory, epochs):
+                raise NumericalError(f"training {directory} ({recipe}) finished without all "
+                                     f"scheduled checkpoints {epochs}")
+            write_json(directory / STAGE_KEY, {"key": key, "data_fingerprint": fingerprint,
+                                               "recipe": recipe})
+        runs[int(seed)] = directory
+    return runs
+
+
+# ---- tasks ------------------------------------------------------------------------------
+def study_dir(profile: ProfileLike, pde: str, model: str) -> Path:
+    """`results/interventions/<profile>/<PDE>-<model>`."""
+    return paths.results_dir() / "interventions" / as_profile(profile).name / f"{pde}-{model}"
+
+
+def task_file(profile, pde: str, model: str, recipe: str, seed: int, epoch: int) -> Path:
+    return study_dir(profile, pde, model) / recipe / f"s{seed}_e{epoch:04d}.nc"
+
+
+def task_key(prof, pde: str, model: str, recipe: str, seed: int, epoch: int, checkpoint: Path,
+             data_key: str) -> str:
+    from pdeinf.training.recipes import make_recipe
+
+    # one-step takes its influence from the follow-up sweep (`influence.py`), keyed on the same
+    # checkpoint bytes, data, damping and tolerance: this key covers it
+    return content_key(stage="interventions", pde=pde, model=model,
+                       recipe=make_recipe(recipe).identity(), seed=int(seed), epoch=int(epoch),
+                       checkpoint=file_digest(checkpoint), data=data_key, variant=VARIANT,
+                       damping=prof.damping, energy_tol=prof.energy_tol, t_max=prof.t_max,
+                       n_batches=study_batches(prof))
+
+
+def _load_valid(path: Path, key: str | None):
+    import xarray as xr
+
+    if not path.is_file():
+        return None
+    try:
+        with xr.open_dataset(path, engine="h5netcdf") as ds:
+            ds = ds.load()
+    except Exception:  # noqa: BLE001 - unreadable, truncated or foreign: recompute
+        return None
+    if any(v not in ds for v in DATA_VARS) or not checksum_ok(ds):
+        return None
+    if key is not None and ds.attrs.get("cache_key") != key:
+        return None
+    return ds
+
+
+def compute_task(model_net, ckpt: dict, data, prof, pde: str, seed: int, *, attrs: dict,
+                 influence=None):
+    """The dataset of one (run, checkpoint): influence of every influence batch, rollouts of
+    their test trajectories, the validation SMSE of the checkpoint's last epoch. `influence`
+    (pi, losses, rank with a `batch` dim), when given, is used instead of computing it (the
+    baseline's Gauss-Newton influence from the follow-up sweep: the same computation)."""
+    import torch
+    import xarray as xr
+
+    from pdeinf.data.datasets import influence_batch
+    from pdeinf.influence.task import labelled_influence
+    from pdeinf.training.rollout import rollouts_all_starts
+
+    n = study_batches(prof)
+    parts = [] if influence is None else [influence[["pi", "losses", "rank"]]]
+    for b in range(n if influence is None else 0):
+        ib = influence_batch(data, int(seed), b, split="test")
+        one = labelled_influence(model_net, ckpt.get("optimizer_state"), ib.inputs, ib.targets,
+                                 pde=pde, damping=prof.damping, energy_tol=prof.energy_tol,
+                                 variants=(VARIANT,))
+        parts.append(one[["pi", "losses", "rank"]].sel(variant=VARIANT, drop=True))
+    if influence is None:
+        influence = xr.concat(parts, dim="batch", combine_attrs="drop")
+    else:
+        influence = parts[0].copy()
+        influence.attrs = {}
+    trajectories = {}
+    for cls in pde_spec(pde).classes:
+        test = data.trajectories(cls, "test", int(seed))
+        if len(test) < n:
+            raise InputError(f"profile {prof.name!r}: class {cls} has {len(test)} test "
+                             f"trajectories, fewer than the {n} influence batches")
+        trajectories[cls] = np.asarray(test[:n])[:, : prof.t_max]
+    with torch.no_grad():
+        roll = rollouts_all_starts(model_net, trajectories)
+    roll = roll.rename(trajectory="batch")
+    history = ckpt.get("history") or []
+    val = float(history[-1]["val_smse"]) if history else float("nan")
+    ds = influence.assign(rollout=roll.drop_vars("batch"), val_smse=((), val))
+    ds = ds.assign_coords(batch=np.arange(n))
+    ds.attrs.update({k: v for k, v in attrs.items()})
+    return ds
+
+
+def run_study(profile: ProfileLike, pde: str, model: str, *, progress: bool = True) -> list[Path]:
+    """Train what is missing and compute every missing/stale/corrupt task of (pde, model)."""
+    from pdeinf.pipeline.data import profile_data
+    from pdeinf.training.train import load_checkpoint
+
+    prof = as_profile(profile)
+    check_selection(prof, pde, model)
+    recipes = _check_recipes(prof)
+    runs = {r: ensure_recipe_runs(prof, pde, model, r, progress=progress) for r in recipes}
+    data = profile_data(prof, pde, progress=progress, validate=False)  # validated by training
+    data_key = str(data.fingerprint())
+    todo, files = [], []
+    for recipe in recipes:
+        for seed in prof.seeds:
+            for epoch in scheduled_checkpoints(prof, pde):
+                ckpt = paths.checkpoint_path(runs[recipe][int(seed)], epoch)
+                key = task_key(prof, pde, model, recipe, seed, epoch, ckpt, data_key)
+                target = task_file(prof, pde, model, recipe, seed, epoch)
+                files.append(target)
+                if _load_valid(target, key) is None:
+                    todo.append((recipe, seed, epoch, ckpt, key, target))
+    baseline = None
+    if any(t[0] == "one-step" for t in todo):
+        # the follow-up sweep holds the baseline's Gauss-Newton influence of the same batches
+        # and checkpoints (same damping and energy tolerance): reuse it, never recompute it
+        from pdeinf.pipeline.influence import ensure_influence
+
+        baseline = ensure_influence(prof, pde, model, metric="gauss-newton", observable="smse",
+                                    progress=progress)
+    for recipe, seed, epoch, ckpt, key, target in tqdm(
+            todo, desc=f"interventions {pde}-{model}", unit="task", disable=not progress):
+        net, state = load_checkpoint(ckpt, pde=pde, model_name=model)
+        attrs = {"pde": pde, "model": model, "recipe": recipe, "seed": int(seed),
+                 "epoch": int(epoch), "profile": prof.name, "variant": VARIANT, "cache_key": key}
+        influence = None
+        if recipe == "one-step":
+            influence = baseline.sel(seed=int(seed), epoch=int(epoch), drop=True)
+            influence = influence.isel(batch=slice(0, study_batches(prof)))
+            influence = influence.assign_coords(batch=np.arange(influence.sizes["batch"]))
+        ds = compute_task(net, state, data, prof, pde, seed, attrs=attrs, influence=influence)
+        write_netcdf(with_checksum(ds), target)
+    return files
+
+
+def load_study(profile: ProfileLike, pde: str, model: str):
+    """The cached tasks of (pde, model) as one `xr.Dataset` with dims (recipe, seed, epoch,
+    batch, ...): `pi`, `losses`, `rank`, `rollout` (recipe, seed, epoch, class, batch, start,
+    horizon), `val_smse` (recipe, seed, epoch). InputError naming a missing/corrupt file."""
+    import xarray as xr
+
+    prof = as_profile(profile)
+    recipes, epochs = _check_recipes(prof), list(scheduled_checkpoints(prof, pde))
+    by_recipe = []
+    for recipe in recipes:
+        by_seed = []
+        for seed in prof.seeds:
+            by_epoch = []
+            for epoch in epochs:
+                path = task_file(prof, pde, model, recipe, seed, epoch)
+                ds = _load_valid(path, None)
+                if ds is None:
+                    raise InputError(f"{path}: interventions file missing or corrupt; run "
+                                     f"pipeline.ensure_interventions({prof.name!r})")
+                by_epoch.append(ds)
+            by_seed.append(xr.concat(by_epoch, dim="epoch", combine_attrs="drop"))
+        by_recipe.append(xr.concat(by_seed, dim="seed", combine_attrs="drop"))
+    out = xr.concat(by_recipe, dim="recipe", combine_attrs="drop")
+    out = out.assign_coords(recipe=recipes, seed=[int(s) for s in prof.seeds], epoch=epochs)
+    out["pi"] = out["pi"].transpose("recipe", "seed", "epoch", "batch", "t_resp", "c_resp",
+                                    "t_pert", "c_pert")
+    out["rollout"] = out["rollout"].transpose("recipe", "seed", "epoch", "class", "batch",
+                                              "start", "horizon")
+    out.attrs.update({"pde": pde, "model": model, "profile": prof.name, "variant": VARIANT,
+                      "normalization": "none (raw pi)"})
+    return out
+
+
+def ensure_intervention_pair(profile: ProfileLike, pde: str, model: str, *,
+                             progress: bool = True):
+    """The study's dataset of one (PDE, model) pair (`load_study`), computed where needed."""
+    prof = as_profile(profile)
+    if (pde, model) not in recipe_pairs(prof):
+        raise InputError(f"pde/model: ({pde}, {model}) is not among the recipe pairs of profile "
+                         f"{prof.name!r} ({recipe_pairs(prof)})")
+    run_study(prof, pde, model, progress=progress)
+    return load_study(prof, pde, model)
+
+
+def ensure_interventions(profile: ProfileLike, *, progress: bool = True) -> dict:
+    """`{(pde, model): xr.Dataset}` for every recipe pair of the profile (module docstring)."""
+    prof = as_profile(profile)
+    return {(pde, model): ensure_intervention_pair(prof, pde, model, progress=progress)
+            for pde, model in recipe_pairs(prof)}

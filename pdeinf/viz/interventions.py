@@ -1,0 +1,128 @@
+"""Figures of the interventions study (issue 13), all "[ours]": neither paper trains with other
+recipes. Inputs are the outputs of `pdeinf.analysis.interventions`."""
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+from matplotlib.figure import Figure
+
+from pdeinf.errors import InputError
+from pdeinf.viz import style as st
+
+#: One colour per recipe (Okabe-Ito), baseline black.
+RECIPE_COLORS = {"one-step": "#000000", "pushforward": "#0072B2", "noise": "#D55E00",
+                 "multistep": "#009E73", "augment": "#CC79A7", "physics": "#E69F00"}
+TAG = "[ours]"
+
+
+def recipe_color(recipe: str, index: int = 0) -> str:
+    return RECIPE_COLORS.get(str(recipe), st.class_color(index))
+
+
+def _check(obj, dims, name):
+    if not isinstance(obj, (xr.DataArray, xr.Dataset)) or any(d not in obj.dims for d in dims):
+        raise InputError(f"{name}: expected an xarray object with dims {tuple(dims)}")
+
+
+def _err(ci: xr.DataArray) -> tuple[float, np.ndarray]:
+    est = float(ci.sel(ci="estimate"))
+    return est, np.array([[est - float(ci.sel(ci="low"))], [float(ci.sel(ci="high")) - est]])
+
+
+def rollout_vs_r_figure(table: xr.Dataset, obs: xr.Dataset | None = None, *,
+                        title: str = "") -> Figure:
+    """Rollout SMSE at dt vs cross-time ratio R at the final checkpoint, one point per recipe
+    (mean over seeds x batches with 95% hierarchical-bootstrap intervals on both axes); with
+    `obs`, the per-seed means as small markers."""
+    _check(table, ("recipe", "ci"), "table")
+    fig, axes = st.new_figure(1, 1, size=(4.4, 3.4))
+    ax = axes[0, 0]
+    epoch = table.attrs.get("epoch")
+    for i, recipe in enumerate(table["recipe"].values):
+        color = recipe_color(recipe, i)
+        x, xerr = _err(table["R"].sel(recipe=recipe))
+        y, yerr = _err(table["rollout"].sel(recipe=recipe))
+        ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="o", color=color, capsize=3, label=str(recipe))
+        if obs is not None:
+            per_seed = obs.sel(recipe=recipe, epoch=epoch).mean("batch")
+            ax.scatter(per_seed["R"].values, per_seed["rollout"].values, s=12, color=color,
+                       alpha=0.5, marker="x")
+    ax.set_xlabel("cross-time ratio R (raw, class mean)")
+    ax.set_ylabel(f"cumulative rollout SMSE, dt={table.attrs.get('dt')}")
+    ax.set_yscale("log")
+    ax.legend(frameon=False, fontsize=7)
+    ax.set_title(f"{title} rollout error vs R, epoch {epoch} {TAG}".strip())
+    return fig
+
+
+def lag_curves_figure(curves: xr.DataArray, *, title: str = "") -> Figure:
+    """Standardized influence vs lag dt per recipe (mean over seeds x batches of the
+    per-matrix medians, 95% interval band), intra- and inter-class panels."""
+    _check(curves, ("ci", "recipe", "pair", "dt"), "curves")
+    pairs = [str(p) for p in curves["pair"].values]
+    fig, axes = st.new_figure(1, len(pairs), sharey=True)
+    dts = curves["dt"].values
+    for j, pair in enumerate(pairs):
+        ax = axes[0, j]
+        for i, recipe in enumerate(curves["recipe"].values):
+            c = curves.sel(recipe=recipe, pair=pair)
+            color = recipe_color(recipe, i)
+            ax.plot(dts, c.sel(ci="estimate").values, color=color, lw=1.2, label=str(recipe))
+            ax.fill_between(dts, c.sel(ci="low").values, c.sel(ci="high").values, color=color,
+                            alpha=0.15, lw=0)
+        ax.axhline(0.0, color="0.6", lw=0.6)
+        ax.set_xlabel("dt = t_resp - t_pert (snapshots)")
+        ax.set_title(f"{title} {pair}-class {TAG}".strip())
+    axes[0, 0].set_ylabel("standardized influence (median per matrix)")
+    axes[0, -1].legend(frameon=False, fontsize=7)
+    return fig
+
+
+def class_matrices_figure(cms: xr.DataArray, *, title: str = "") -> Figure:
+    """One class matrix per recipe (mean over seeds x batches of the per-matrix medians of
+    standardized influence at the matrices' lag), estimate with its interval in each cell."""
+    _check(cms, ("ci", "recipe", "c_resp", "c_pert"), "cms")
+    recipes = list(cms["recipe"].values)
+    fig, axes = st.new_figure(1, len(recipes), size=(3.0, 2.8))
+    est = cms.sel(ci="estimate")
+    vmin, vmax = float(est.min()), float(est.max())
+    labels = [str(c) for c in cms["c_resp"].values]
+    for k, recipe in enumerate(recipes):
+        ax = axes[0, k]
+        values = est.sel(recipe=recipe).transpose("c_resp", "c_pert").values
+        lo = cms.sel(ci="low", recipe=recipe).transpose("c_resp", "c_pert").values
+        hi = cms.sel(ci="high", recipe=recipe).transpose("c_resp", "c_pert").values
+        image = ax.imshow(values, cmap=st.HEATMAP_CMAP, vmin=vmin, vmax=vmax)
+        for i in range(values.shape[0]):
+            for j in range(values.shape[1]):
+                ax.text(j, i, f"{values[i, j]:.2g}\n[{lo[i, j]:.2g}, {hi[i, j]:.2g}]",
+                        ha="center", va="center", fontsize=5.5,
+                        color="black" if values[i, j] > 0.5 * (vmin + vmax) else "white")
+        ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
+        ax.set_yticks(range(len(labels)), labels if k == 0 else [])
+        ax.set_title(f"{recipe} {TAG}")
+    fig.colorbar(image, ax=list(axes[0]), shrink=0.8, label="standardized influence")
+    fig.suptitle(f"{title} class matrix, lag {cms.attrs.get('lag', 0)} {TAG}".strip())
+    return fig
+
+
+def selection_figure(sel: xr.Dataset, *, title: str = "") -> Figure:
+    """Change in log rollout SMSE at dt of the checkpoint chosen by each criterion vs the one
+    minimal validation SMSE picks, per recipe (and pooled), with 95% intervals."""
+    _check(sel, ("criterion", "ci", "recipe"), "sel")
+    fig, axes = st.new_figure(1, 1, size=(4.4, 3.0))
+    ax = axes[0, 0]
+    recipes = [str(r) for r in sel["recipe"].values]
+    criteria = [str(c) for c in sel["criterion"].values]
+    width = 0.8 / max(len(criteria), 1)
+    for k, c in enumerate(criteria):
+        for i, recipe in enumerate(recipes):
+            y, yerr = _err(sel["d_log_rollout"].sel(criterion=c, recipe=recipe))
+            ax.errorbar(i + (k - (len(criteria) - 1) / 2) * width, y, yerr=yerr, fmt="os"[k % 2],
+                        color=st.class_color(k), capsize=3, label=f"by {c}" if i == 0 else None)
+    ax.axhline(0.0, color="0.6", lw=0.6)
+    ax.set_xticks(range(len(recipes)), recipes, rotation=20)
+    ax.set_ylabel("log rollout SMSE: chosen - val-chosen")
+    ax.legend(frameon=False, fontsize=7)
+    ax.set_title(f"{title} checkpoint selection {TAG}".strip())
+    return fig
