@@ -24,6 +24,7 @@ from pdeinf.influence.hat import GRAD_CHUNK, JVP_CHUNK, HatEngine, batch_to_labe
 from pdeinf.influence.variants import VARIANT_TABLE, variants_for
 
 PI_DIMS: tuple[str, ...] = ("t_resp", "c_resp", "t_pert", "c_pert")
+NTK_DAMPING = 1e-4  # the seed paper's lambda in J J^T + lambda I (fig. 8)
 DATA_VARS: tuple[str, ...] = ("pi", "losses", "eta_eigenvalues", "grad_singular_values", "rank",
                               "input_distance")
 
@@ -105,22 +106,52 @@ def seed_paper_bras(pde: str) -> tuple[str, ...]:
 
 
 _BRA_RESPONSE = {"C": "smse", "M": "mass_drift", "E": "energy_drift"}
+#: In the subspace estimator the paper's residual bras r^M, r^E are the gradients of half the
+#: squared relative drift, up to a positive per-row factor (M[x] + 1e-6) that row
+#: standardization removes.
+_BRA_SUBSPACE = {"C": "smse", "M": "mass_drift_sq", "E": "energy_drift_sq"}
+SEED_PAPER_ESTIMATORS = ("full-space", "subspace")
 
 
-def seed_paper_influence(model, inputs, targets, *, pde: str, damping: float, rtol: float,
-                         state_path=None, attrs: dict | None = None, progress=False):
-    """The seed paper's labelled influence of one batch (xr.Dataset): `H` (bra, t_resp,
-    c_resp, t_pert, c_pert) raw, from the full-space estimator (`full_space_hat_matrix`, one
-    Krylov solve shared by the bras through `state_path`); `input_distance`;
-    `ntk_top_eigenvalue` (scalar, `lambda_max(J J^T + damping I)`); `losses` (t, c);
-    `cg_iterations` (t, c) and `cg_residual` (t, c) per right-hand side m."""
+def _seed_paper_matrices(model, inputs, targets, bras, *, pde, estimator, damping, rtol,
+                         energy_tol, state_path, progress):
+    """`([bra, N, N] numpy, losses [N], per-column solver record)` of one batch."""
     import tempfile
     from pathlib import Path
 
+    if estimator == "subspace":
+        engine = HatEngine(model, inputs, targets, energy_tol=energy_tol, progress=progress)
+        pis = [engine.pi("gauss-newton", damping=damping, response=_BRA_SUBSPACE[b])[0].numpy()
+               for b in bras]
+        n = inputs.shape[0]
+        record = {"cg_iterations": np.zeros(n), "cg_residual": np.zeros(n), "converged": True}
+        return np.stack(pis), engine.losses, record
+    from pdeinf.influence.fullspace import full_space_hat_matrix
+
+    with tempfile.TemporaryDirectory() as scratch:
+        state = Path(state_path) if state_path is not None else Path(scratch) / "cg.pt"
+        results = [full_space_hat_matrix(model, inputs, targets, damping=damping, rtol=rtol,
+                                         response=_BRA_RESPONSE[b], pde=pde, state_path=state,
+                                         stopping="authors", progress=progress) for b in bras]
+    first = results[0]
+    record = {"cg_iterations": first.iterations.numpy(), "cg_residual": first.residual_norms.numpy(),
+              "converged": bool(first.converged.all())}
+    return np.stack([r.pi.numpy() for r in results]), first.losses, record
+
+
+def seed_paper_influence(model, inputs, targets, *, pde: str, damping: float, rtol: float,
+                         estimator: str = "full-space", energy_tol: float = 1e-4,
+                         state_path=None, attrs: dict | None = None, progress=False):
+    """The seed paper's labelled influence of one batch (xr.Dataset): `H` (bra, t_resp,
+    c_resp, t_pert, c_pert) raw, from the full-space estimator (`full_space_hat_matrix`, one
+    Krylov solve shared by the bras through `state_path`; damping = lambda, rtol per model)
+    or, with `estimator="subspace"`, the exact subspace estimator (damping there is the
+    follow-up's 1e-6 on eta / M); `input_distance`; `ntk_top_eigenvalue` (scalar,
+    `lambda_max(J J^T + lambda I)`, lambda = 1e-4 as the paper); `losses` (t, c);
+    `cg_iterations` (t, c) and `cg_residual` (t, c) per right-hand side m (0 for subspace)."""
     import xarray as xr
 
     from pdeinf import __version__
-    from pdeinf.influence.fullspace import full_space_hat_matrix
     from pdeinf.influence.ntk import ntk_top_eigenvalue
 
     classes = pde_spec(pde).classes
@@ -128,30 +159,30 @@ def seed_paper_influence(model, inputs, targets, *, pde: str, damping: float, rt
     if inputs.shape[0] % n_c:
         raise InputError(f"inputs: {inputs.shape[0]} examples is not a multiple of {n_c} classes")
     n_t = inputs.shape[0] // n_c
+    if estimator not in SEED_PAPER_ESTIMATORS:
+        raise InputError(f"estimator={estimator!r}: expected one of {', '.join(SEED_PAPER_ESTIMATORS)}")
     bras = seed_paper_bras(pde)
-    with tempfile.TemporaryDirectory() as scratch:
-        state = Path(state_path) if state_path is not None else Path(scratch) / "cg.pt"
-        results = [full_space_hat_matrix(model, inputs, targets, damping=damping, rtol=rtol,
-                                         response=_BRA_RESPONSE[b], pde=pde, state_path=state,
-                                         progress=progress) for b in bras]
-    first = results[0]
-    top = ntk_top_eigenvalue(model, inputs, damping=damping)
-    per_m = {"cg_iterations": first.iterations.numpy(), "cg_residual": first.residual_norms.numpy()}
+    matrices, losses, record = _seed_paper_matrices(
+        model, inputs, targets, bras, pde=pde, estimator=estimator, damping=damping, rtol=rtol,
+        energy_tol=energy_tol, state_path=state_path, progress=progress)
+    converged = record.pop("converged")
+    per_m = record
+    top = ntk_top_eigenvalue(model, inputs, damping=NTK_DAMPING)
     t_idx, c_idx = np.arange(n_t), list(classes)
     return xr.Dataset(
         {
-            "H": (("bra",) + PI_DIMS,
-                  batch_to_labelled(np.stack([r.pi.numpy() for r in results]), n_c, n_t)),
+            "H": (("bra",) + PI_DIMS, batch_to_labelled(matrices, n_c, n_t)),
             "input_distance": (PI_DIMS, batch_to_labelled(input_distance(inputs), n_c, n_t)),
             "ntk_top_eigenvalue": ((), float(top["eigenvalue"])),
-            "losses": (("t", "c"), first.losses.to(torch.float64).numpy().reshape(n_c, n_t).T),
+            "losses": (("t", "c"), losses.to(torch.float64).numpy().reshape(n_c, n_t).T),
             **{k: (("t", "c"), np.asarray(v, dtype=np.float64).reshape(n_c, n_t).T)
                for k, v in per_m.items()},
         },
         coords={"bra": list(bras), "t_resp": t_idx, "c_resp": c_idx, "t_pert": t_idx,
                 "c_pert": c_idx, "t": t_idx, "c": c_idx},
-        attrs={"pde": pde, "estimator": "full-space", "damping": float(damping),
-               "rtol": float(rtol), "all_converged": int(bool(first.converged.all())),
+        attrs={"pde": pde, "estimator": estimator, "damping": float(damping),
+               "rtol": float(rtol) if estimator == "full-space" else 0.0,
+               "all_converged": int(converged), "stopping": "authors",
                "pdeinf_version": __version__,
                "H_convention": "rows = response (t_resp, c_resp), columns = perturbation; raw",
                **(attrs or {})},

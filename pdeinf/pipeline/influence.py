@@ -64,7 +64,10 @@ class Study:
         if self is FOLLOW_UP:
             return {"variants": variants_for(pde), "damping": prof.damping,
                     "energy_tol": prof.energy_tol}
-        return {"damping": prof.fullspace_damping, "rtol": prof.rtol_for(model)}
+        if prof.seed_paper_estimator == "subspace":
+            return {"estimator": "subspace", "damping": prof.damping, "energy_tol": prof.energy_tol}
+        return {"estimator": "full-space", "damping": prof.fullspace_damping,
+                "rtol": prof.rtol_for(model)}
 
 
 FOLLOW_UP = Study("follow-up", "", ("seed", "epoch", "batch"), DATA_VARS)
@@ -170,8 +173,11 @@ def _compute(study: Study, compute, model, ckpt, ib, *, pde, model_name, prof, a
         return compute(model, ckpt.get("optimizer_state"), ib.inputs, ib.targets, pde=pde,
                        damping=prof.damping, energy_tol=prof.energy_tol, attrs=attrs,
                        grad_chunk=grad_chunk, jvp_chunk=jvp_chunk)
-    return compute(model, ib.inputs, ib.targets, pde=pde, damping=prof.fullspace_damping,
-                   rtol=prof.rtol_for(model_name), attrs=attrs, state_path=state_path)
+    subspace = prof.seed_paper_estimator == "subspace"
+    return compute(model, ib.inputs, ib.targets, pde=pde,
+                   damping=prof.damping if subspace else prof.fullspace_damping,
+                   rtol=prof.rtol_for(model_name), estimator=prof.seed_paper_estimator,
+                   energy_tol=prof.energy_tol, attrs=attrs, state_path=state_path)
 
 
 def run_sweep(profile, pde: str, model_name: str, *, sources=None, out_root=None,

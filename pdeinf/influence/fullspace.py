@@ -1,0 +1,383 @@
+"""The seed paper's full-space influence estimator (paper-spec section 2, method.md section 4).
+
+For a batch of N examples with raw outputs `f(x_n)` `[C, H, W]` (M = N*C*H*W values in all)
+and P trainable parameters, J `[M, P]` is the Jacobian of all batch outputs, J_n its rows of
+example n. With the paper's per-pixel residuals (`bra_and_ket.jl`):
+
+- ket  r^C_n = (f(x_n) - y_n) / (rms_xy(y_n^c) + 1e-6) per channel c, so that
+  mean_{c,x,y}[r^C_n * J_n v] = 1/2 dSMSE_n/dtheta . v (SMSE_n = mean (f - y)^2 / s_c);
+- g_m = J_m^T r^C_m `[P]` (one VJP per example, no 1/(CHW));
+- chi_m = (J^T J + lambda I)^{-1} g_m, lambda = `damping` (1e-4, the weight decay), no 1/M;
+- H_A(n, m) = mean_{c,x,y}[r^A_n * (J_n chi_m)] = (J_n^T r^A_n) . chi_m / (C H W).
+
+Bras r^A: "smse" r^C; "mass_drift" r^M = (M[f(x_n)] - M[x_n]) / (M[x_n] + 1e-6) on the density
+channel (constant over pixels, zero elsewhere), M[z] = sum_xy z_rho, the input as reference;
+"energy_drift" r^E the same on the energy channel; a callable O(input, target, prediction)
+-> scalar gives r = C H W dO_n/df(x_n), so that H(n, m) = dO_n/dtheta . chi_m. A response
+transform evaluates the bra (and J_n) at transformed inputs/targets; chi stays that of the
+untransformed batch (`bra_J_chi_J_ket.jl`).
+
+The solve is matrix-free: `GaussNewtonOperator` applies J^T J V + lambda V to k directions at
+once (vmapped JVP over the whole batch, then vmapped VJP), and `krylov.batched_cg` runs the N
+CG recurrences with one such call per sweep; each right-hand side stops at its own relative
+residual ||g_m - A chi_m|| / ||g_m|| <= rtol (paper: 1.5e-2 UNet, 5e-2 ViT). The authors'
+CRAIGMR with regularisation sqrt(lambda) solves the same damped least-squares system.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import pickle
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.func import jvp, vjp, vmap
+
+from pdeinf.atomic import atomic_write
+from pdeinf.config import PDE_SPECS, pde_spec
+from pdeinf.errors import InputError, NumericalError
+from pdeinf.influence import gradients as _grad
+from pdeinf.influence import observables as _obs
+from pdeinf.influence.hat import HatResult, cross_gram
+from pdeinf.influence.krylov import batched_cg
+
+SCALE_EPS = 1e-6
+RESIDUALS: tuple[str, ...] = ("smse", "mse")
+#: (example, direction) pairs per vmapped JVP/VJP call of the operator: with k active
+#: directions, max(1, PAIR_BUDGET // k) examples per call (memory grows linearly with it).
+PAIR_BUDGET = 192
+#: CG sweeps between two saves of the iterate state (state_path).
+CHECKPOINT_EVERY = 5
+STOPPING_RULES = ("per-column", "authors")
+#: CG iterations per right-hand side when maxiter is None (the quick UNet needs ~200 at rtol 1.5e-2).
+DEFAULT_MAXITER = 1000
+
+
+# --- residuals (pure) ------------------------------------------------------------------------
+
+def smse_residual(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Paper r^C `[N, C, H, W]`: (pred - target) / (rms_xy(target) + 1e-6), per channel."""
+    scale = target.pow(2).mean(dim=(-2, -1), keepdim=True).sqrt() + SCALE_EPS
+    return (pred - target) / scale
+
+
+def mse_residual(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Plain residual pred - target `[N, C, H, W]` (1/2 the gradient of a per-pixel MSE sum)."""
+    return pred - target
+
+
+def drift_residual(inputs: torch.Tensor, pred: torch.Tensor, channel: int) -> torch.Tensor:
+    """Paper r^M / r^E `[N, C, H, W]`: relative drift of sum_xy on `channel`, zero elsewhere."""
+    before = inputs[:, channel].sum(dim=(-2, -1))
+    after = pred[:, channel].sum(dim=(-2, -1))
+    out = torch.zeros_like(pred)
+    out[:, channel] = ((after - before) / (before + SCALE_EPS))[:, None, None]
+    return out
+
+
+def _conserved_channel(kind: str, channels: int, pde: str | None) -> int:
+    """Density or energy channel from the PDESpec (given, or the unique match by channel count)."""
+    attr = "density_channel" if kind == "mass_drift" else "energy_channel"
+    if pde is not None:
+        spec = pde_spec(pde)
+    else:
+        found = [s for s in PDE_SPECS.values() if getattr(s, attr) is not None and s.channels == channels]
+        if len(found) != 1:
+            raise InputError(f"response={kind!r}: pass pde=; no unique PDE with {channels} channels has a {attr}")
+        spec = found[0]
+    channel = getattr(spec, attr)
+    if channel is None or spec.channels != channels:
+        raise InputError(
+            f"response={kind!r}: PDE {spec.name} has no {attr} for a {channels}-channel model"
+        )
+    return channel
+
+
+def bra_residual(response, inputs, targets, pred, *, pde: str | None = None) -> torch.Tensor:
+    """Per-pixel bra r^A `[N, C, H, W]` for a response name or callable (module docstring)."""
+    function = _obs.resolve(response)
+    if function is _obs.smse:
+        return smse_residual(pred, targets)
+    for kind in ("mass_drift", "energy_drift"):
+        if function is _obs.OBSERVABLES[kind]:
+            return drift_residual(inputs, pred, _conserved_channel(kind, pred.shape[1], pde))
+    per_pixel = pred[0].numel()
+    grad_pred = vmap(torch.func.grad(function, argnums=2))(inputs, targets, pred)
+    return per_pixel * grad_pred
+
+
+def offdiagonal_mass(pi) -> float:
+    """Standardized off-diagonal mass of `pi` `[N, N]` (rows = response):
+    mean_{n != m} |H^(n, m)| / mean_n |H^(n, n)| with H^ = row-standardized H
+    (H(n, m) / std_m' H(n, m'), ddof 1, no centring, the papers' normalisation).
+    0 for a diagonal matrix; 1 when off-diagonal entries are as large as diagonal ones.
+    """
+    a = torch.as_tensor(np.asarray(pi), dtype=torch.float64)
+    if a.ndim != 2 or a.shape[0] != a.shape[1] or a.shape[0] < 2:
+        raise InputError(f"pi: expected a square [N, N] matrix with N >= 2, got shape {tuple(a.shape)}")
+    std = a.std(dim=1, correction=1, keepdim=True)
+    std = torch.where(std > 0, std, torch.ones_like(std))  # an all-zero row contributes zeros
+    h = (a / std).abs()
+    diag = h.diagonal()
+    off = (h.sum() - diag.sum()) / (a.shape[0] * (a.shape[0] - 1))
+    return float(off / diag.mean())
+
+
+# --- operator --------------------------------------------------------------------------------
+
+class GaussNewtonOperator:
+    """V `[k, P]` -> J^T J V + damping V `[k, P]` over the whole batch, matrix-free.
+
+    J is block diagonal over examples, so J^T J = sum_n J_n^T J_n: examples are processed in
+    chunks of max(1, pair_budget // k), each with one vmapped JVP (k directions) and one
+    vmapped VJP of those outputs. Never forms P x P or M x M.
+    """
+
+    def __init__(self, model, inputs, params, layout, damping: float, pair_budget: int = PAIR_BUDGET):
+        self.apply = _grad._model_function(model)
+        self.inputs, self.params, self.layout = inputs, params, layout
+        self.damping = float(damping)
+        self.pair_budget = int(pair_budget)
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        k, n = v.shape[0], self.inputs.shape[0]
+        chunk = max(1, self.pair_budget // k)
+        out = self.damping * v
+        tangents = self.layout.unflatten(v)  # views {name: [k, *shape]}
+        with _grad.math_attention():
+            for start in range(0, n, chunk):
+                x = self.inputs[start:start + chunk]
+
+                def f(p, x=x):
+                    return self.apply(p, x)
+
+                _, pullback = vjp(f, self.params)
+                pushed = vmap(lambda t: jvp(f, (self.params,), (t,))[1])(tangents)
+                back = vmap(pullback)(pushed)[0]
+                del pushed
+                out += self.layout.flatten(back, lead_dims=1)
+                del back
+        return out
+
+
+# --- restart state -----------------------------------------------------------------------------
+
+def _state_key(inputs, targets, params, damping: float, residual: str) -> str:
+    h = hashlib.sha256()
+    for t in (inputs, targets, *params.values()):
+        h.update(str((tuple(t.shape), t.dtype)).encode())
+        h.update(t.detach().contiguous().cpu().numpy().tobytes())
+    h.update(repr((float(damping), residual)).encode())
+    return h.hexdigest()
+
+
+def _load_state(path: Path, key: str) -> dict | None:
+    if not path.exists():
+        return None
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+        raise InputError(f"state_path={str(path)!r}: not a readable full-space solver state ({exc})") from None
+    if saved.get("key") != key:
+        raise InputError(
+            f"state_path={str(path)!r}: holds the state of another solve (different inputs, targets, "
+            "parameters, damping or residual); delete it or pass another path"
+        )
+    return saved["state"]
+
+
+def _save_state(path: Path, key: str, state: dict) -> None:
+    atomic_write(path, lambda tmp: torch.save({"key": key, "state": state}, tmp))
+
+
+# --- estimator ---------------------------------------------------------------------------------
+
+@dataclass
+class FullSpaceResult(HatResult):
+    """`HatResult` of the full-space estimator plus the solver's record (per right-hand side m)."""
+
+    iterations: torch.Tensor | None = None  # [N] int64 CG iterations per column
+    matvecs: int = 0  # operator applications per column, summed (incl. true-residual checks)
+    sweeps: int = 0  # batched operator calls
+    residual_norms: torch.Tensor | None = None  # [N] float64 final ||g - A chi|| / ||g||
+    converged: torch.Tensor | None = None  # [N] bool
+    rtol: float = 0.0
+    residual: str = "smse"
+    estimator: str = "full-space"
+    chi: torch.Tensor | None = field(default=None, repr=False)  # [N, P] solutions
+
+
+def _check_batch(inputs, targets, dtype):
+    for name, t in (("inputs", inputs), ("targets", targets)):
+        if not isinstance(t, torch.Tensor) or t.ndim != 4 or t.shape[0] == 0:
+            raise InputError(f"{name}: expected a torch.Tensor [N, C, H, W] with N >= 1")
+        if not torch.isfinite(t).all():
+            raise InputError(f"{name}: contains NaN or Inf")
+    if inputs.shape != targets.shape:
+        raise InputError(f"targets: shape {tuple(targets.shape)} differs from inputs {tuple(inputs.shape)}")
+    return inputs.detach().to(dtype), targets.detach().to(dtype)
+
+
+def _predict(model, inputs, chunk: int = 16) -> torch.Tensor:
+    with torch.no_grad(), _grad.math_attention():
+        out = torch.cat([model(inputs[i:i + chunk]) for i in range(0, inputs.shape[0], chunk)])
+    if out.shape != inputs.shape:
+        raise InputError(f"model: outputs have shape {tuple(out.shape[1:])} per example, inputs {tuple(inputs.shape[1:])}")
+    return out
+
+
+def _residual_vjps(model, inputs, residuals, params, layout) -> torch.Tensor:
+    """Rows J_n(x_n)^T r_n `[N, P]` (one VJP per example, vmapped)."""
+    grads, _ = _grad.per_example_gradients(
+        model, inputs, residuals, lambda x, r, pred: (pred * r).sum(),
+        chunk=8, params=params, layout=layout,
+    )
+    return grads
+
+
+def full_space_hat_matrix(
+    model: torch.nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    damping: float = 1e-4,
+    rtol: float = 1.5e-2,
+    maxiter: int | None = None,
+    response=None,
+    response_transform: Callable | None = None,
+    target_transform: Callable | None = None,
+    residual: str = "smse",
+    progress: bool = False,
+    state_path: str | Path | None = None,
+    pde: str | None = None,
+    pair_budget: int = PAIR_BUDGET,
+    checkpoint_every: int = CHECKPOINT_EVERY,
+    stopping: str = "per-column",
+) -> FullSpaceResult:
+    """Seed-paper influence matrix H `[N, N]` (rows = response n, columns = perturbation m).
+
+    inputs, targets `[N, C, H, W]` (cast to the model dtype). damping: lambda in
+    (J^T J + lambda I) (> 0). rtol: per-column relative residual at which CG stops (paper:
+    1.5e-2 UNet, 5e-2 ViT); maxiter: CG iterations per column (None: DEFAULT_MAXITER).
+    response: None/"smse" | "mass_drift" | "energy_drift" | callable (input, target,
+    prediction) -> scalar (the bra);
+    response_transform: callable on `[N, C, H, W]` giving the bra's inputs (and targets unless
+    target_transform is given). residual: the ket, "smse" (paper r^C) or "mse". state_path:
+    file for the CG iterate state, saved atomically every `checkpoint_every` sweeps and at the
+    end; a rerun with the same path, batch, parameters, damping and residual resumes (a
+    finished state is reused, e.g. for another bra). pde: names the PDESpec for the mass /
+    energy channels (default: the unique spec with that channel count and such a channel).
+    Columns that reach maxiter unconverged are flagged in `.converged` (and warned about).
+    stopping: "per-column" (every column to ||g_m - A chi_m|| <= rtol ||g_m||, stricter) or
+    "authors" (the paper's code: one absolute threshold rtol ||[g_1 ... g_N]||_F for every
+    column, as its craigmr atol; a column with a small gradient stops earlier).
+    """
+    _grad.check_model_mode(model)
+    params, layout = _grad.trainable_parameters(model)
+    dtype = next(iter(params.values())).dtype
+    inputs, targets = _check_batch(inputs, targets, dtype)
+    if not (isinstance(damping, (int, float)) and math.isfinite(damping) and damping > 0):
+        raise InputError(f"damping={damping!r}: expected a finite number > 0")
+    if residual not in RESIDUALS:
+        raise InputError(f"residual={residual!r}: expected one of {', '.join(RESIDUALS)}")
+    function = _obs.resolve(response)  # unknown names fail before any work
+    if function in (_obs.mass_drift, _obs.energy_drift):
+        _conserved_channel(function.__name__, inputs.shape[1], pde)
+    if not (isinstance(rtol, (int, float)) and 0.0 < rtol < 1.0):
+        raise InputError(f"rtol={rtol!r}: expected a number in (0, 1)")
+    if stopping not in STOPPING_RULES:
+        raise InputError(f"stopping={stopping!r}: expected one of {', '.join(STOPPING_RULES)}")
+    maxiter = DEFAULT_MAXITER if maxiter is None else maxiter
+    if isinstance(maxiter, bool) or not isinstance(maxiter, int) or maxiter <= 0:
+        raise InputError(f"maxiter={maxiter!r}: expected a positive integer")
+
+    pred = _predict(model, inputs)
+    ket_r = smse_residual(pred, targets) if residual == "smse" else mse_residual(pred, targets)
+    losses = (smse_residual(pred, targets) * (pred - targets)).mean(dim=(1, 2, 3)).to(torch.float64)
+    kets = _residual_vjps(model, inputs, ket_r, params, layout)  # [N, P] rows g_m
+    if not torch.isfinite(kets).all():
+        raise NumericalError("full-space solve: the ket gradients J^T r contain NaN or Inf")
+
+    path = Path(state_path) if state_path is not None else None
+    key = _state_key(inputs, targets, params, damping, residual) if path is not None else ""
+    resume = _load_state(path, key) if path is not None else None
+    operator = GaussNewtonOperator(model, inputs, params, layout, damping, pair_budget)
+    column_tol = None
+    if stopping == "authors":
+        norms = kets.to(torch.float64).norm(dim=1)
+        column_tol = float(rtol) * norms.norm() / norms.clamp_min(1e-300)
+    solved = batched_cg(
+        operator, kets, rtol=float(rtol), maxiter=maxiter, resume=resume, column_tol=column_tol,
+        checkpoint=(lambda s: _save_state(path, key, s)) if path is not None else None,
+        checkpoint_every=checkpoint_every, progress=progress,
+    )
+    if not bool(solved.converged.all()):
+        bad = int((~solved.converged).sum())
+        warnings.warn(
+            f"full-space solve: {bad} of {kets.shape[0]} right-hand sides did not reach rtol={rtol} "
+            f"within maxiter={maxiter} (largest relative residual {float(solved.residual_norms.max()):.3e})",
+            stacklevel=2,
+        )
+
+    bra_inputs, bra_targets = inputs, targets
+    if response_transform is not None or target_transform is not None:
+        tx = response_transform or (lambda u: u)
+        ty = target_transform or tx
+        bra_inputs, bra_targets = _check_batch(tx(inputs), ty(targets), dtype)
+        bra_pred = _predict(model, bra_inputs)
+    else:
+        bra_pred = pred
+    if function is _obs.smse and bra_inputs is inputs and residual == "smse":
+        bras = kets  # the bra is the ket: r^C at the untransformed batch
+    else:
+        bra_r = bra_residual(function, bra_inputs, bra_targets, bra_pred, pde=pde)
+        bras = _residual_vjps(model, bra_inputs, bra_r, params, layout)
+    pi = cross_gram(bras, solved.x) / inputs[0].numel()
+    if not torch.isfinite(pi).all():
+        raise NumericalError("full-space solve: the influence matrix contains NaN or Inf")
+
+    gram = cross_gram(kets, kets)
+    singular = torch.linalg.eigvalsh(0.5 * (gram + gram.T)).flip(0).clamp_min(0).sqrt()
+    numerical_rank = int((singular > singular[0] * len(singular) * 1e-8).sum()) if singular[0] > 0 else 0
+    name = response if isinstance(response, str) else getattr(response, "__name__", "smse")
+    return FullSpaceResult(
+        pi=pi, rank=numerical_rank, eta_eigenvalues=torch.zeros(0, dtype=torch.float64),
+        losses=losses, singular_values=singular, metric="gauss-newton", damping=float(damping),
+        energy_tol=0.0, response=name or "smse",
+        attrs={"estimator": "full-space", "rtol": float(rtol), "residual": residual},
+        iterations=solved.iterations, matvecs=solved.matvecs, sweeps=solved.sweeps,
+        residual_norms=solved.residual_norms, converged=solved.converged, rtol=float(rtol),
+        residual=residual, chi=solved.x,
+    )
+
+
+def lambda_sweep(model, inputs, targets, lambdas, rtol: float = 1.5e-2, **kwargs):
+    """Full-space H for each damping in `lambdas`: xarray Dataset with dim `lambda`.
+
+    Variables: pi (lambda, n_resp, n_pert) raw H; offdiagonal_mass (lambda); max_residual,
+    iterations_max, matvecs (lambda). kwargs go to `full_space_hat_matrix` (not state_path).
+    """
+    import xarray as xr
+
+    values = [float(v) for v in np.atleast_1d(np.asarray(lambdas, dtype=float))]
+    if not values or any(not (math.isfinite(v) and v > 0) for v in values):
+        raise InputError(f"lambdas={lambdas!r}: expected one or more finite numbers > 0")
+    if "state_path" in kwargs:
+        raise InputError("state_path: not supported by lambda_sweep (one state per damping)")
+    results = [full_space_hat_matrix(model, inputs, targets, damping=v, rtol=rtol, **kwargs) for v in values]
+    n = results[0].pi.shape[0]
+    return xr.Dataset(
+        {
+            "pi": (("lambda", "n_resp", "n_pert"), np.stack([r.pi.numpy() for r in results])),
+            "offdiagonal_mass": ("lambda", np.array([offdiagonal_mass(r.pi) for r in results])),
+            "max_residual": ("lambda", np.array([float(r.residual_norms.max()) for r in results])),
+            "iterations_max": ("lambda", np.array([int(r.iterations.max()) for r in results])),
+            "matvecs": ("lambda", np.array([r.matvecs for r in results])),
+        },
+        coords={"lambda": values, "n_resp": np.arange(n), "n_pert": np.arange(n)},
+        attrs={"estimator": "full-space", "rtol": float(rtol), "residual": kwargs.get("residual", "smse")},
+    )
