@@ -297,22 +297,42 @@ def make_rollouts(ds, ratio, a=2.0, b=1.0, n_starts=4, horizon=16):
                                 "start": np.arange(n_starts), "horizon": np.arange(1, horizon + 1)})
 
 
-def test_rollout_link_exact_anticorrelation(noisy):
-    npi = co.normalized_pi(noisy, normalization="standard")
-    blocks = npi.values[:, 0]  # [S, B, C, T, C, T]
-    ratio = np.zeros((2, 3, 3))
-    for s in range(2):
-        for c in range(3):
-            for b in range(3):
-                block = blocks[s, b, c, :, c, :]
-                ratio[s, c, b] = (block.sum() - np.trace(block)) / np.trace(block)
+def raw_ratio(ds):
+    """R per (seed, class, batch) straight from ds["pi"] (gauss-newton, final epoch) in numpy."""
+    pi = ds["pi"].sel(variant="gauss-newton").isel(epoch=-1)
+    raw = pi.transpose("seed", "batch", "c_resp", "t_resp", "c_pert", "t_pert").values
+    s, b, c = raw.shape[:3]
+    ratio = np.zeros((s, c, b))
+    for i in range(s):
+        for k in range(c):
+            for j in range(b):
+                block = raw[i, j, k, :, k, :]
+                ratio[i, k, j] = (block.sum() - np.trace(block)) / np.trace(block)
+    return ratio
+
+
+def test_rollout_link_uses_the_raw_matrix_and_exact_anticorrelation(noisy):
+    ratio = raw_ratio(noisy)
     link = co.rollout_link(noisy, make_rollouts(noisy, ratio))
+    assert link.attrs["normalization"] == "none"
     np.testing.assert_allclose(link["ratio"].values, ratio, rtol=1e-12)
+    np.testing.assert_allclose(co.rollout_ratio(noisy).values, ratio, rtol=1e-12)
     np.testing.assert_allclose(link["correlation"].values, -1.0, atol=1e-12)
     # cumulative error for dt = dt * (a - b R) (median over the starts reaching dt)
     np.testing.assert_allclose(link["rollout_error"].sel(dt=16).values, 16 * (2.0 - ratio))
     assert list(link["dt"].values) == list(range(1, 17))
     assert all(r == "" for r in link["reason"].values)
+
+
+def test_rollout_link_standardized_on_request_differs_from_raw(noisy):
+    npi = co.normalized_pi(noisy, normalization="standard").values[:, 0]  # [S, B, C, T, C, T]
+    standard = np.stack([[[(npi[s, b, c, :, c, :].sum() - np.trace(npi[s, b, c, :, c, :]))
+                           / np.trace(npi[s, b, c, :, c, :]) for b in range(3)]
+                          for c in range(3)] for s in range(2)])
+    got = co.rollout_ratio(noisy, normalization="standard").values
+    np.testing.assert_allclose(got, standard, rtol=1e-12)
+    # row standardization rescales each row differently: R is not scale-invariant under it
+    assert not np.allclose(got, raw_ratio(noisy))
 
 
 def test_rollout_link_too_few_points_gives_nan_with_reason():
@@ -323,13 +343,24 @@ def test_rollout_link_too_few_points_gives_nan_with_reason():
     assert "fewer than 3 points" in str(link["reason"].values[0])
 
 
-def test_paper_values_are_only_published_endpoints():
+def test_all_16_published_correlations_per_pde_and_model():
+    from pdeinf.analysis.verdicts import PAPER_ROLLOUT_PEARSON, VERDICT_RULES
+
     assert set(co.PAPER_ROLLOUT_CORRELATION) == {("CE", "vit"), ("CE", "unet"),
                                                  ("NS", "vit"), ("NS", "unet")}
-    for values in co.PAPER_ROLLOUT_CORRELATION.values():
-        assert set(values) == {1, 16}
-    assert co.PAPER_ROLLOUT_CORRELATION[("NS", "vit")] == {1: -0.80, 16: -0.64}
-    assert co.paper_rollout_correlation("CE", "UNet")[16] == -0.02
+    for (pde, model), values in co.PAPER_ROLLOUT_CORRELATION.items():
+        assert sorted(values) == list(range(1, 17))
+        assert all(-1 <= v < 0 for v in values.values())  # all published links are negative
+        # one source: the verdict registry holds the same numbers
+        assert tuple(values[dt] for dt in range(1, 17)) == PAPER_ROLLOUT_PEARSON[f"{pde}-{model}"]
+        rule = VERDICT_RULES["rollout_link_negative"].paper_values
+        assert all(rule[f"{pde}-{model} dt={dt}"] == values[dt] for dt in range(1, 17))
+    assert co.PAPER_ROLLOUT_CORRELATION[("NS", "vit")][1] == -0.80
+    assert co.PAPER_ROLLOUT_CORRELATION[("NS", "vit")][16] == -0.64
+    series = co.paper_rollout_correlation("CE", "UNet")
+    assert list(series.index) == list(range(1, 17)) and series[14] == -0.024
+    with pytest.raises(InputError, match="pde/model"):
+        co.paper_rollout_correlation("KdV", "unet")
 
 
 # --------------------------------------------------------------------------- bad input

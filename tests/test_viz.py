@@ -15,9 +15,9 @@ import xarray as xr
 from matplotlib.figure import Figure
 from test_analysis import make_rollouts, make_sweep
 
-from pdeinf.pipeline import report
 from pdeinf.analysis import coherence as co
 from pdeinf.errors import InputError
+from pdeinf.pipeline import report
 from pdeinf.viz import figures as vf
 
 
@@ -59,19 +59,49 @@ def test_class_matrix_figure_annotates_every_entry(sweep):
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == list(cm["c_resp"].values)
 
 
-def test_rollout_link_figure_draws_only_published_paper_points(sweep):
-    npi = co.normalized_pi(sweep)
-    blocks = npi.values[:, 0]
-    ratio = np.stack([[[(blocks[s, b, c, :, c, :].sum() - np.trace(blocks[s, b, c, :, c, :]))
-                        / np.trace(blocks[s, b, c, :, c, :]) for b in range(3)]
-                       for c in range(3)] for s in range(2)])
-    link = co.rollout_link(sweep, make_rollouts(sweep, ratio))
+def test_rollout_link_figure_draws_all_published_values_and_intervals(sweep):
+    from pdeinf.analysis import followup as fu
+
+    ratio = co.rollout_ratio(sweep).values
+    rollouts = make_rollouts(sweep, ratio)
+    rollouts = rollouts + 0.01 * xr.DataArray(
+        np.random.default_rng(1).standard_normal(rollouts.shape), dims=rollouts.dims)
+    link = co.rollout_link(sweep, rollouts)
+    stats, why = fu.rollout_statistics(link, n_resamples=50, n_permutations=20)
+    assert why == ""
     paper = co.paper_rollout_correlation("CE", "vit")
-    fig = vf.rollout_link_figure(link, paper=paper)
+    fig = vf.rollout_link_figure(link, paper=paper, stats=stats)
     lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
-    np.testing.assert_array_equal(lines["paper (published endpoints)"].get_xdata(), [1, 16])
-    np.testing.assert_array_equal(lines["paper (published endpoints)"].get_ydata(), [-0.65, -0.59])
+    published = lines["follow-up (published, method.md §6)"]
+    np.testing.assert_array_equal(published.get_xdata(), np.arange(1, 17))
+    np.testing.assert_array_equal(published.get_ydata(), paper.values)
     np.testing.assert_allclose(lines["ours"].get_ydata(), link["correlation"].values)
+    np.testing.assert_allclose(lines["ours: Pearson"].get_ydata(),
+                               stats["pearson"].sel(ci="estimate").values)
+    assert fig.axes[0].get_title().startswith("[follow-up")
+    assert fig.axes[1].get_title().startswith("[ours]")
+    within = {line.get_label(): line for line in fig.axes[1].get_lines()}
+    np.testing.assert_allclose(within["class means removed"].get_ydata(),
+                               stats["within_class_pooled"].sel(ci="estimate").values)
+    # without intervals (a design too small for them) the figure still draws ours and theirs
+    small = vf.rollout_link_figure(link, paper=paper, stats=None)
+    assert {"ours", "follow-up (published, method.md §6)"} <= {
+        line.get_label() for line in small.axes[0].get_lines()}
+
+
+def test_dynamics_figures_are_labelled_and_draw_the_estimates(sweep):
+    from pdeinf.analysis import followup as fu
+
+    ci = fu.dynamics_intervals(sweep, n_resamples=50)
+    fig = vf.dynamics_intervals_figure(ci)
+    lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
+    np.testing.assert_allclose(lines["diagonal"].get_ydata(),
+                               ci.sel(quantity="diagonal", ci="estimate").values)
+    assert fig.axes[0].get_title().startswith("[ours]")
+    assert vf.dynamics_figure(co.dynamics(sweep)).axes[0].get_title().startswith("[follow-up")
+    assert vf.spectrum_figure(co.spectrum(sweep)).axes[0].get_title().startswith("[follow-up")
+    assert vf.conservation_figure(co.variant_heatmaps(sweep))._suptitle.get_text().startswith(
+        "[follow-up")
 
 
 def test_every_figure_renders(sweep, home):

@@ -9,6 +9,7 @@ from pdeinf.analysis.coherence import (
     normalized_pi,
     paper_rollout_correlation,
     rollout_link,
+    rollout_ratio,
     similarity,
     spectrum,
     temporal_heatmap,
@@ -17,36 +18,48 @@ from pdeinf.analysis.coherence import (
 )
 from pdeinf.analysis.findings import FINDING_RULES, FINDINGS, describe_findings, findings
 from pdeinf.analysis.rollout_stats import rollout_link_statistics
-from pdeinf.analysis.statistics import hierarchical_bootstrap, seeds_batches_needed, variance_components
-from pdeinf.analysis.verdicts import VERDICT_RULES, FindingRule, Verdict, apply_rule, rule_table, verdict
+from pdeinf.analysis.statistics import (
+    hierarchical_bootstrap,
+    seeds_batches_needed,
+    variance_components,
+)
+from pdeinf.analysis.verdicts import (
+    VERDICT_RULES,
+    FindingRule,
+    Verdict,
+    apply_rule,
+    rule_table,
+    verdict,
+)
 
 __all__ = [
+    "FINDINGS",
+    "FINDING_RULES",
+    "NORMALIZATIONS",
+    "PAPER_ROLLOUT_CORRELATION",
     "VERDICT_RULES",
     "FindingRule",
     "Verdict",
     "apply_rule",
-    "hierarchical_bootstrap",
-    "rollout_link_statistics",
-    "rule_table",
-    "seeds_batches_needed",
-    "variance_components",
-    "verdict",
-    "FINDING_RULES",
-    "NORMALIZATIONS",
-    "PAPER_ROLLOUT_CORRELATION",
-    "FINDINGS",
     "class_matrix",
     "combine_variants",
     "describe_findings",
     "dynamics",
     "findings",
+    "hierarchical_bootstrap",
     "horizon_curve",
     "normalized_pi",
     "paper_rollout_correlation",
     "rollout_link",
+    "rollout_link_statistics",
+    "rollout_ratio",
+    "rule_table",
+    "seeds_batches_needed",
     "similarity",
     "spectrum",
     "temporal_heatmap",
+    "variance_components",
     "variant_heatmaps",
     "variants",
+    "verdict",
 ]

@@ -25,20 +25,20 @@ import pandas as pd
 import xarray as xr
 from scipy import stats
 
+from pdeinf.analysis.verdicts import PAPER_ROLLOUT_PEARSON
 from pdeinf.errors import InputError
-
 from pdeinf.influence.normalize import NORMALIZATIONS
+
 PI_DIMS = ("t_resp", "c_resp", "t_pert", "c_pert")
 QUARTILES = (0.25, 0.5, 0.75)
 
-#: The authors' published Pearson correlations between the intra-class off/diagonal ratio R
-#: and the cumulative rollout SMSE (method.md section 6 item 7). Only the endpoints dt = 1 and
-#: dt = 16 are published; no intermediate values are stored. Keys: (PDE, model).
+#: The follow-up's published Pearson correlations between the intra-class off/diagonal ratio R
+#: (raw Pi) and the cumulative rollout SMSE, all 16 horizons dt = 1..16 (method.md section 6).
+#: A view of the one source, `pdeinf.analysis.verdicts.PAPER_ROLLOUT_PEARSON`.
+#: Keys: (PDE, model) -> {dt: r}.
 PAPER_ROLLOUT_CORRELATION: dict[tuple[str, str], dict[int, float]] = {
-    ("CE", "vit"): {1: -0.65, 16: -0.59},
-    ("CE", "unet"): {1: -0.57, 16: -0.02},
-    ("NS", "vit"): {1: -0.80, 16: -0.64},
-    ("NS", "unet"): {1: -0.52, 16: -0.26},
+    tuple(key.split("-")): dict(enumerate(values, start=1))
+    for key, values in PAPER_ROLLOUT_PEARSON.items()
 }
 
 
@@ -415,14 +415,44 @@ def _pearson(x: np.ndarray, y: np.ndarray) -> tuple[float, str]:
     return float(np.corrcoef(x, y)[0, 1]), ""
 
 
+def rollout_ratio(
+    ds: xr.Dataset, *, variant: str = "gauss-newton", normalization: str = "none", epoch=None,
+) -> xr.DataArray:
+    """R per (seed, class, batch): sum of the off-diagonal / sum of the diagonal entries of the
+    class's `T x T` intra-class block of Pi at `epoch` (default: the final checkpoint).
+
+    normalization: "none" (default) uses the raw matrix, as the follow-up does (its `pcs.jl`
+    calls `get_hat_normed` without a normalization); any name of
+    `pdeinf.influence.normalize.NORMALIZATIONS` normalises each `N x N` matrix first.
+    Returns dims `(seed, class, batch)` (class = the response class), dimensionless.
+    """
+    npi = normalized_pi(ds, variant=variant, normalization=normalization, epoch=epoch)
+    if npi.sizes["epoch"] != 1:
+        raise InputError(f"epoch: the ratio R needs one checkpoint, got {npi.sizes['epoch']}")
+    intra = _intra(npi.values)[:, 0]  # [S, B, C, T, T]
+    diag = np.trace(intra, axis1=-2, axis2=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = (intra.sum(axis=(-2, -1)) - diag) / diag
+    return xr.DataArray(
+        np.moveaxis(ratio, 2, 1),
+        dims=("seed", "class", "batch"),
+        coords={"seed": npi["seed"].values, "class": npi["c_resp"].values,
+                "batch": npi["batch"].values},
+        name="ratio",
+        attrs={"variant": variant, "normalization": normalization,
+               "epoch": int(npi["epoch"].values[0])},
+    )
+
+
 def rollout_link(
     ds: xr.Dataset, rollouts: xr.DataArray, *, variant: str = "gauss-newton",
-    normalization: str = "standard", epoch=None, max_horizon: int = 16,
+    normalization: str = "none", epoch=None, max_horizon: int = 16,
 ) -> xr.Dataset:
-    """Item 7: intra-class cross-time ratio R vs cumulative rollout SMSE, per horizon dt.
+    """Item 7 (the follow-up's rollout link): R vs cumulative rollout SMSE, per horizon dt.
 
-    R = sum(off-diagonal) / sum(diagonal) of each class's T x T block of the normalised Pi,
-    per (seed, class, batch) at `epoch` (default: final). `rollouts`: per-step SMSE with dims
+    R = `rollout_ratio` (sum of off-diagonal / sum of diagonal of each class's T x T block of
+    the **raw** Pi by default, as the follow-up; pass `normalization` to use another), per
+    (seed, class, batch) at `epoch` (default: final). `rollouts`: per-step SMSE with dims
     `(seed, class, trajectory, start, horizon)`, the horizon axis ordered by step (first entry
     = one-step error), trajectory index = influence batch index, NaN where a start has no such
     step. Cumulative error for dt = sum of the first dt steps from each start, median over the
@@ -434,12 +464,9 @@ def rollout_link(
         raise InputError(f"rollouts: expected an xr.DataArray with dims {needed}")
     if max_horizon < 1:
         raise InputError(f"max_horizon: must be positive, got {max_horizon}")
-    npi = normalized_pi(ds, variant=variant, normalization=normalization, epoch=epoch)
-    intra = _intra(npi.values)[:, 0]  # [S, B, C, T, T]
-    diag = np.trace(intra, axis1=-2, axis2=-1)
-    ratio = (intra.sum(axis=(-2, -1)) - diag) / diag
-    ratio = np.moveaxis(ratio, 2, 1)  # [S, C, B]
-    seeds, classes, batches = npi["seed"].values, npi["c_resp"].values, npi["batch"].values
+    ratio_da = rollout_ratio(ds, variant=variant, normalization=normalization, epoch=epoch)
+    ratio = ratio_da.values  # [S, C, B]
+    seeds, classes, batches = (ratio_da[d].values for d in ("seed", "class", "batch"))
 
     roll = rollouts.transpose(*needed)
     missing_seeds = [s for s in seeds if s not in roll["seed"].values]
@@ -477,13 +504,12 @@ def rollout_link(
             "reason": ("dt", np.array(reasons, dtype=object)),
         },
         coords={"seed": seeds, "class": classes, "batch": batches, "dt": dts},
-        attrs={"variant": variant, "normalization": normalization,
-               "epoch": int(npi["epoch"].values[0])},
+        attrs=dict(ratio_da.attrs),
     )
 
 
 def paper_rollout_correlation(pde: str, model: str) -> pd.Series:
-    """The published endpoints for (PDE, model) as a Series indexed by dt (1 and 16 only)."""
+    """The follow-up's published correlations for (PDE, model), a Series indexed by dt = 1..16."""
     key = (pde, model.lower())
     if key not in PAPER_ROLLOUT_CORRELATION:
         raise InputError(f"pde/model: no published values for {pde}/{model}")

@@ -103,7 +103,8 @@ def _similarity(ds, rollouts, variant, normalization) -> dict:
 def _rollout(ds, rollouts, variant, normalization) -> dict:
     if rollouts is None:
         return {"reproduced_rollout_negative": None}
-    corr = rollout_link(ds, rollouts, variant=variant, normalization=normalization)["correlation"]
+    # R is the follow-up's ratio of the RAW matrix, whatever normalisation the other findings use
+    corr = rollout_link(ds, rollouts, variant=variant, normalization="none")["correlation"]
     first = float(corr.sel(dt=1))
     return {"rollout_correlation_dt1": first, "rollout_correlation_last": float(corr[-1]),
             "rollout_last_dt": int(corr["dt"][-1]),

@@ -150,7 +150,7 @@ def dynamics_figure(dyn: xr.DataArray, *, title: str | None = None) -> Figure:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(f"mean {_influence_label(dyn)}")
     ax.legend(frameon=False)
-    ax.set_title(title or _title(dyn, "training dynamics"))
+    ax.set_title(title or _title(dyn, f"{FOLLOWUP_LABELS['dynamics']} training dynamics"))
     return fig
 
 
@@ -174,7 +174,7 @@ def spectrum_figure(spec: xr.Dataset, *, title: str | None = None) -> Figure:
     ax.set_xlabel("mode")
     ax.set_ylabel(r"eigenvalue of $\hat\eta$")
     ax.legend(frameon=False, fontsize=7)
-    ax.set_title(title or "spectrum of the metric")
+    ax.set_title(title or f"{FOLLOWUP_LABELS['spectrum']} spectrum of the metric")
     cond = spec["condition_number"].transpose("epoch", ...).values.reshape(len(epochs), -1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -185,7 +185,7 @@ def spectrum_figure(spec: xr.Dataset, *, title: str | None = None) -> Figure:
     ax_cond.set_xlabel("epoch")
     ax_cond.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_cond.set_ylabel("condition number")
-    ax_cond.set_title("anisotropy")
+    ax_cond.set_title(f"{FOLLOWUP_LABELS['spectrum']} anisotropy")
     return fig
 
 
@@ -209,26 +209,79 @@ def similarity_figure(sim: xr.Dataset, *, title: str | None = None) -> Figure:
     return fig
 
 
+#: The study labels of the follow-up's figures. The follow-up's text at hand (the symmetry
+#: version) numbers none of these figures; the recipes and published numbers are method.md
+#: section 6 and the authors' plotting scripts (dynamics.jl, eig.jl, pcs.jl, mass.jl, energy.jl).
+FOLLOWUP_LABELS = {
+    "dynamics": "[follow-up, dynamics fig.]",
+    "spectrum": "[follow-up, spectrum fig.]",
+    "rollout": "[follow-up, rollout-link fig.]",
+    "variants": "[follow-up, metric-variants fig.]",
+    "conservation": "[follow-up, mass/energy-bra fig.]",
+}
+OURS_LABEL = "[ours]"
+
+
+def _draw_ci(ax, x, ci: xr.DataArray, *, color, label, marker="o", ls="-"):
+    """An estimate line with its interval band; `ci` has a `ci` dim (estimate, low, high)."""
+    ax.fill_between(x, ci.sel(ci="low").values, ci.sel(ci="high").values, color=color,
+                    alpha=0.2, lw=0)
+    return ax.plot(x, ci.sel(ci="estimate").values, color=color, marker=marker, ms=3, ls=ls,
+                   label=label)[0]
+
+
 def rollout_link_figure(link: xr.Dataset, *, paper: dict | pd.Series | None = None,
-                        title: str | None = None, scatter_dt: int = 1) -> Figure:
-    """Item 7: Pearson correlation of R with cumulative rollout error vs horizon, ours beside
-    the paper's published endpoints (dt = 1 and 16 only, drawn as markers, not interpolated),
-    and the scatter of rollout error against R at `scatter_dt`."""
+                        stats: xr.Dataset | None = None, title: str | None = None,
+                        scatter_dt: int = 1) -> Figure:
+    """Item 7, the follow-up's rollout link, three panels.
+
+    (a) Pearson r(R, cumulative rollout SMSE) vs horizon dt: ours (line "ours", with the 95%
+    bootstrap band and the Spearman line when `stats` is given) beside every published value
+    of the follow-up (`paper`: {dt: r}, dashed line "follow-up (published)").
+    (b) [ours] the link within classes (`stats` only): pooled after removing class means with
+    its band, and per class. (c) rollout error against R at `scatter_dt`, one colour per class.
+    `link`: `coherence.rollout_link` output; `stats`: `rollout_stats.rollout_link_statistics`
+    (or None at designs too small for intervals).
+    """
     _require_dims(link, ("dt",), "link")
-    fig, axes = st.new_figure(1, 2, size=(3.4, 2.8))
-    ax, ax_sc = axes[0]
+    fig, axes = st.new_figure(1, 3, size=(3.3, 2.8))
+    ax, ax_in, ax_sc = axes[0]
     dts = link["dt"].values
-    ax.plot(dts, link["correlation"].values, color=st.OURS_COLOR, marker="o", ms=3, label="ours")
+    if stats is not None:
+        sdt = stats["dt"].values
+        _draw_ci(ax, sdt, stats["pearson"], color=st.OURS_COLOR, label="ours: Pearson")
+        ax.plot(sdt, stats["spearman"].sel(ci="estimate").values, color="grey", ls=":",
+                marker="s", ms=2.5, label="ours: Spearman")
+    ax.plot(dts, link["correlation"].values, color=st.OURS_COLOR, marker="o", ms=3,
+            ls="none" if stats is not None else "-", label="ours")
     if paper is not None:
         items = sorted(dict(paper).items())
-        ax.plot([k for k, _ in items], [v for _, v in items], ls="none", marker="D", ms=6,
-                color=st.PAPER_COLOR, label="paper (published endpoints)")
+        ax.plot([k for k, _ in items], [v for _, v in items], ls="--", marker="D", ms=3.5,
+                color=st.PAPER_COLOR, label="follow-up (published, method.md §6)")
     ax.axhline(0.0, color="grey", lw=0.5)
     ax.set_ylim(-1.05, 1.05)
     ax.set_xlabel(r"rollout horizon $\Delta t$")
-    ax.set_ylabel("Pearson r(R, rollout SMSE)")
+    ax.set_ylabel("correlation of R with rollout SMSE")
     ax.legend(frameon=False, fontsize=7)
-    ax.set_title(title or "coherence vs rollout error")
+    ax.set_title(title or f"{FOLLOWUP_LABELS['rollout']} coherence vs rollout error")
+
+    ax_in.axhline(0.0, color="grey", lw=0.5)
+    ax_in.set_ylim(-1.05, 1.05)
+    ax_in.set_xlabel(r"rollout horizon $\Delta t$")
+    ax_in.set_ylabel("Pearson r within classes")
+    ax_in.set_title(f"{OURS_LABEL} within-class link")
+    if stats is not None:
+        sdt = stats["dt"].values
+        _draw_ci(ax_in, sdt, stats["within_class_pooled"], color=st.OURS_COLOR,
+                 label="class means removed")
+        for k, cls in enumerate(stats["class"].values):
+            ax_in.plot(sdt, stats["within_class"].sel({"class": cls, "ci": "estimate"}).values,
+                       color=st.class_color(k), lw=1, label=str(cls))
+        ax_in.legend(frameon=False, fontsize=6)
+    else:
+        ax_in.set_xlim(dts[0] - 0.5, dts[-1] + 0.5)
+        ax_in.text(0.5, 0.5, "too few seeds x batches\nfor intervals", ha="center",
+                   va="center", transform=ax_in.transAxes, fontsize=8)
     if scatter_dt in dts:
         for k, cls in enumerate(link["class"].values):
             ax_sc.scatter(link["ratio"].sel({"class": cls}).values.ravel(),
@@ -236,8 +289,37 @@ def rollout_link_figure(link: xr.Dataset, *, paper: dict | pd.Series | None = No
                           s=12, color=st.class_color(k), label=str(cls))
         ax_sc.set_yscale("log")
         ax_sc.legend(frameon=False, fontsize=7)
-    ax_sc.set_xlabel("R = off-diagonal / diagonal")
+    norm = link.attrs.get("normalization", "none")
+    ax_sc.set_xlabel("R = off-diagonal / diagonal" + (" (raw)" if norm == "none" else f" ({norm})"))
     ax_sc.set_ylabel(f"cumulative SMSE, $\\Delta t$={scatter_dt}")
+    ax_sc.set_title(FOLLOWUP_LABELS["rollout"])
+    return fig
+
+
+def dynamics_intervals_figure(ci: xr.DataArray, *, title: str | None = None) -> Figure:
+    """[ours] The follow-up's dynamics as means over seeds x batches with 95% bootstrap bands
+    (`pdeinf.analysis.followup.dynamics_intervals`): diagonal and off-diagonal (log scale where
+    positive) and their ratio."""
+    _require_dims(ci, ("ci", "quantity", "epoch"), "ci")
+    fig, axes = st.new_figure(1, 2, size=(3.4, 2.8))
+    ax, ax_r = axes[0]
+    epochs = ci["epoch"].values
+    for part in ("diagonal", "off-diagonal"):
+        _draw_ci(ax, epochs, ci.sel(quantity=part), color=st.PART_COLORS[part], label=part)
+    values = ci.sel(quantity=["diagonal", "off-diagonal"]).values
+    if np.all(values[np.isfinite(values)] > 0):
+        ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"mean {_influence_label(ci)}")
+    ax.legend(frameon=False, fontsize=7)
+    ax.set_title(title or f"{OURS_LABEL} dynamics, 95% intervals")
+    _draw_ci(ax_r, epochs, ci.sel(quantity="ratio"), color=st.OURS_COLOR, label="ratio")
+    ax_r.axhline(0.0, color="grey", lw=0.5)
+    ax_r.set_xlabel("epoch")
+    ax_r.set_ylabel("mean off-diagonal / mean diagonal")
+    ax_r.set_title(f"{OURS_LABEL} off/diagonal ratio")
+    for a in (ax, ax_r):
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
     return fig
 
 
@@ -256,7 +338,9 @@ def variant_heatmaps_figure(maps: xr.DataArray, *, title: str | None = None,
     return fig
 
 
-def conservation_figure(maps: xr.DataArray, *, title: str = "conservation bras") -> Figure:
+def conservation_figure(maps: xr.DataArray, *,
+                        title: str = f"{FOLLOWUP_LABELS['conservation']} conservation bras"
+                        ) -> Figure:
     """Item 8: heatmaps with the mass / energy drift bras (a `variant_heatmaps_figure`)."""
     return variant_heatmaps_figure(maps, title=title)
 
