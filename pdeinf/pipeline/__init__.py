@@ -10,6 +10,7 @@ influence          ``results/influence/<profile>/<PDE>-<model>/s*_e*_b*.nc``    
 rollouts           ``results/rollouts/<profile>/<PDE>-<model>.nc``              `rollouts`
 seed paper         ``results/influence/<profile>/seed-paper/<PDE>-<model>/``     `influence`
 interventions      ``results/interventions/<profile>/<PDE>-<model>/<recipe>/``   `interventions`
+estimator study    ``results/estimator/<profile>/<PDE>-<model>/s<seed>.nc``      `estimator`
 notebooks          ``results/executed/*.ipynb``, ``results/*.json``, figures/    `notebooks`
 =================  ==========================================================  ==============
 
@@ -19,6 +20,7 @@ missing, stale or corrupt. `reproduce` runs it all under a per-results-root lock
 """
 from pdeinf.pipeline.common import as_profile, checkpoint_path
 from pdeinf.pipeline.data import ensure_data
+from pdeinf.pipeline.estimator import ensure_estimator_study
 from pdeinf.pipeline.influence import (
     FileSources,
     ensure_influence,
@@ -62,6 +64,7 @@ __all__ = [
     "as_profile",
     "checkpoint_path",
     "ensure_data",
+    "ensure_estimator_study",
     "ensure_influence",
     "ensure_intervention_pair",
     "ensure_interventions",

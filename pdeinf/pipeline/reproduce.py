@@ -16,6 +16,7 @@ from pdeinf.atomic import remove_stale_temporaries, write_json
 from pdeinf.errors import InputError
 from pdeinf.pipeline.common import ProfileLike, as_profile
 from pdeinf.pipeline.data import ensure_data
+from pdeinf.pipeline.estimator import ensure_estimator_study
 from pdeinf.pipeline.influence import ensure_influence, ensure_seed_paper
 from pdeinf.pipeline.interventions import ensure_interventions
 from pdeinf.pipeline.lock import check_writable, results_lock
@@ -93,6 +94,8 @@ def run_all(
                 ensure_seed_paper(profile, pde, model, progress=progress)
             with _timed(timings, f"rollouts {pde}-{model}", echo=progress):
                 ensure_rollouts(profile, pde, model, progress=progress)
+    with _timed(timings, "estimator study", echo=progress):
+        ensure_estimator_study(profile, progress=progress)
     with _timed(timings, "interventions", echo=progress):
         ensure_interventions(profile, progress=progress)
     return timings

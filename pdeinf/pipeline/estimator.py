@@ -1,0 +1,365 @@
+"""Stage: what the influence estimator itself does to the findings (issue 11) [ours].
+
+On a STATED SUBSET (`study_subset(profile)`): for each (PDE, model) of the subset and each seed
+of the profile, the final checkpoint and influence batch 0 of the test split, restricted to
+the first `times` transitions of each class (N = C * times examples, class-major n = c T + t),
+one task computes
+
+- subspace side (every seed): the follow-up's exact subspace estimator (`HatEngine`, Gauss-
+  Newton, SMSE bra) at `profile.energy_tol` for each damping of `DAMPINGS` (`sub_damping`),
+  at `profile.damping` for each energy tolerance of `ENERGY_TOLS` (`sub_energy`, one engine:
+  its gradients and kept ket JVPs are reused, only the basis cut and metric change), and the
+  bra conventions (`sub_bra`): "smse", and for a PDE with a density channel the squared
+  (follow-up) and signed relative mass drift, each in the joint and the ket basis;
+- full-space side (the first `fullspace_seeds` seeds): the seed paper's Krylov estimator
+  (`full_space_hat_matrix`, authors' stopping rule, at most `maxiter` CG iterations per column)
+  at lambda = `profile.fullspace_damping` for every tolerance of `profile.estimator_rtols`
+  (one CG run continued from the loosest to the tightest tolerance through its restart state,
+  so each point is where the same solver stops at that tolerance), and at the paper's rtol
+  for every other lambda of `profile.estimator_lambdas`. Per solve: H (`fs_pi`), iterations
+  and true relative residual per column, operator applications, wall seconds. At the
+  reference solve (lambda 1e-4, the paper's rtol) also the seed paper's other bras
+  (`fs_bra`: M, E residual bras, the same Krylov solution).
+
+One netCDF per task, `results/estimator/<profile>/<PDE>-<model>/s<seed>.nc`, with `cache_key`
+(checkpoint bytes, data fingerprint, subset and settings, version) and a checksum; a rerun
+recomputes exactly the tasks whose file is missing, stale or corrupt.
+`limit_study` (tiny float64 models, dense Jacobian, seconds) and `pm_table` are not cached.
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from pdeinf import paths
+from pdeinf.atomic import write_netcdf
+from pdeinf.config import pde_spec
+from pdeinf.errors import InputError
+from pdeinf.pipeline.checksums import checksum_ok, with_checksum
+from pdeinf.pipeline.common import (
+    ProfileLike,
+    as_profile,
+    check_selection,
+    content_key,
+    file_digest,
+    final_epoch,
+)
+
+#: Subspace settings swept (issue 11): energy tolerance at the profile's damping, damping at the
+#: profile's energy tolerance.
+ENERGY_TOLS: tuple[float, ...] = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
+DAMPINGS: tuple[float, ...] = (1e-8, 1e-6, 1e-4, 1e-2)
+STUDY_VERSION = 1
+#: The paper's sizes (method.md section 4): outputs M of a 48-example batch and parameters P.
+PAPER_PM = {"CE": {"M": 48 * 4 * 128**2, "unet": (13e6, 14e6), "vit": (4.5e6, 5e6)},
+            "NS": {"M": 48 * 2 * 128**2, "unet": (13e6, 14e6), "vit": (4.5e6, 5e6)}}
+
+
+@dataclass(frozen=True)
+class Subset:
+    """What the study computes at a profile: (PDE, model) pairs (None: every pair of the
+    profile), transitions per class kept from batch 0 (None: all), CG iterations per column
+    (None: the solver's default), seeds with a full-space side (None: all)."""
+
+    pairs: tuple[tuple[str, str], ...] | None
+    times: int | None
+    maxiter: int | None
+    fullspace_seeds: int | None
+
+    def describe(self, prof) -> str:
+        pairs = self.pairs or tuple((p, m) for p in prof.pdes for m in prof.models)
+        return (f"pairs {[f'{p}-{m}' for p, m in pairs]}; final checkpoint; influence batch 0 of each seed, "
+                f"first {self.times or prof.t_max - 1} transitions per class; full-space on "
+                f"{self.fullspace_seeds or len(prof.seeds)} seed(s) with at most "
+                f"{self.maxiter or 'the default'} CG iterations per column; subspace on every seed")
+
+
+#: At quick one full-space CG sweep on N = 15 costs about 1.5-3 s on one core (each sweep is
+#: a JVP + VJP of all N examples along N directions; measured 3.0 s on a loaded 2-core
+#: machine), so 5 solve runs x 30 sweeps take about 4-8 minutes, the subspace side about 15 s
+#: per seed. P/M of the quick UNet on this subset is about 2.2 (the paper's
+#: side of P = M; the full 48-example batch is at 0.7).
+SUBSETS: dict[str, Subset] = {
+    "smoke": Subset(pairs=(("CE", "unet"),), times=4, maxiter=12, fullspace_seeds=1),
+    "quick": Subset(pairs=(("CE", "unet"),), times=5, maxiter=30, fullspace_seeds=1),
+    "paper": Subset(pairs=None, times=None, maxiter=None, fullspace_seeds=None),
+}
+
+
+def study_subset(profile: ProfileLike) -> Subset:
+    prof = as_profile(profile)
+    return SUBSETS.get(prof.name, SUBSETS["paper"])
+
+
+def study_pairs(profile: ProfileLike) -> list[tuple[str, str]]:
+    prof = as_profile(profile)
+    pairs = study_subset(prof).pairs or tuple((p, m) for p in prof.pdes for m in prof.models)
+    pairs = [(p, m) for p, m in pairs if p in prof.pdes and m in prof.models]
+    for pde, model in pairs:
+        check_selection(prof, pde, model)
+    return pairs
+
+
+def _settings(prof, pde: str, model: str, subset: Subset) -> dict:
+    rtols = sorted({*map(float, prof.estimator_rtols), prof.rtol_for(model)}, reverse=True)
+    return {"lambdas": [float(v) for v in prof.estimator_lambdas], "rtols": rtols,
+            "reference_lambda": float(prof.fullspace_damping), "paper_rtol": float(prof.rtol_for(model)),
+            "times": subset.times, "maxiter": subset.maxiter, "damping": float(prof.damping),
+            "energy_tol": float(prof.energy_tol), "energy_tols": list(ENERGY_TOLS),
+            "dampings": list(DAMPINGS), "stopping": "authors", "version": STUDY_VERSION}
+
+
+def _subset_batch(ib, n_classes: int, times: int | None):
+    n_t = ib.inputs.shape[0] // n_classes
+    k = n_t if times is None else int(times)
+    if not 1 <= k <= n_t:
+        raise InputError(f"times={times}: must lie in 1..{n_t} (transitions per class)")
+    idx = np.concatenate([c * n_t + np.arange(k) for c in range(n_classes)])
+    return ib.inputs[idx], ib.targets[idx], k
+
+
+def _bra_conventions(pde: str) -> list[tuple[str, str, str]]:
+    """(label, response, bra_basis) of the subspace bra ablations."""
+    out = [("smse", "smse", "joint")]
+    if pde_spec(pde).density_channel is not None:
+        out += [("mass_sq/joint", "mass_drift_sq", "joint"), ("mass_sq/ket", "mass_drift_sq", "ket"),
+                ("mass_signed/joint", "mass_drift", "joint"), ("mass_signed/ket", "mass_drift", "ket")]
+    return out
+
+
+def _subspace(model, x, y, pde, s: dict):
+    from pdeinf.influence.hat import HatEngine
+
+    engine = HatEngine(model, x, y, energy_tol=s["energy_tol"], keep_ket_jvps=True)
+    by_damping = np.stack([engine.pi(damping=d)[0].numpy() for d in s["dampings"]])
+    bras = [(label, engine.pi(damping=s["damping"], response=resp, bra_basis=basis)[0].numpy())
+            for label, resp, basis in _bra_conventions(pde)]
+    by_tol, ranks = [], []
+    for tol in s["energy_tols"]:
+        # Same engine: the gradients and the kept ket JVPs J G^T do not depend on the energy
+        # cut; only the basis (and with it the metric) is recomputed.
+        engine.energy_tol = float(tol)
+        engine._span = engine._eta_raw = engine._joint = None
+        by_tol.append(engine.pi(damping=s["damping"])[0].numpy())
+        ranks.append(engine.span.rank)
+    return {"sub_damping": (("damping", "n_resp", "n_pert"), by_damping),
+            "sub_energy": (("energy_tol", "n_resp", "n_pert"), np.stack(by_tol)),
+            "sub_rank": (("energy_tol",), np.asarray(ranks, dtype=np.int64)),
+            "sub_bra": (("bra_convention", "n_resp", "n_pert"), np.stack([b for _, b in bras])),
+            "losses": (("n",), engine.losses.to(torch.float64).numpy())}, [label for label, _ in bras]
+
+
+def _fullspace(model, x, y, pde, s: dict, progress: bool):
+    from pdeinf.influence.fullspace import full_space_hat_matrix
+    from pdeinf.influence.task import _BRA_RESPONSE, seed_paper_bras
+
+    solves, bra_pis = [], []
+    kw = {"maxiter": s["maxiter"], "stopping": "authors", "pde": pde}
+
+    def run(lam, rtol, state=None, response=None):
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # non-convergence is recorded per column below
+            r = full_space_hat_matrix(model, x, y, damping=lam, rtol=rtol, response=response,
+                                      state_path=state, **kw)
+        return r, time.perf_counter() - t0
+
+    with tempfile.TemporaryDirectory() as scratch:
+        state = Path(scratch) / "cg.pt"
+        for rtol in s["rtols"]:  # loosest first: the same CG run continued
+            r, sec = run(s["reference_lambda"], rtol, state)
+            solves.append((s["reference_lambda"], rtol, r, sec))
+            if rtol == s["paper_rtol"]:
+                bra_pis = [run(s["reference_lambda"], rtol, state, _BRA_RESPONSE[b])[0].pi.numpy()
+                           for b in seed_paper_bras(pde)]
+    for lam in tqdm(s["lambdas"], desc="lambda", disable=not progress, leave=False):
+        if lam != s["reference_lambda"]:
+            r, sec = run(lam, s["paper_rtol"])
+            solves.append((lam, s["paper_rtol"], r, sec))
+    ref = [i for i, (lam, rtol, *_) in enumerate(solves)
+           if lam == s["reference_lambda"] and rtol == s["paper_rtol"]]
+    return {
+        "fs_pi": (("solve", "n_resp", "n_pert"), np.stack([r.pi.numpy() for *_, r, _ in solves])),
+        "fs_iterations": (("solve", "n_pert"), np.stack([r.iterations.numpy() for *_, r, _ in solves])),
+        "fs_residual": (("solve", "n_pert"), np.stack([r.residual_norms.numpy() for *_, r, _ in solves])),
+        "fs_converged": (("solve",), np.array([int(r.converged.all()) for *_, r, _ in solves])),
+        "fs_matvecs": (("solve",), np.array([r.matvecs for *_, r, _ in solves], dtype=np.int64)),
+        "fs_seconds": (("solve",), np.array([sec for *_, sec in solves])),
+        "fs_bra": (("bra", "n_resp", "n_pert"), np.stack(bra_pis)),
+    }, {"fs_lambda": [v[0] for v in solves], "fs_rtol": [v[1] for v in solves],
+        "bra": list(seed_paper_bras(pde)), "reference_solve": ref[0]}
+
+
+def estimator_task(model, x, y, *, pde: str, settings: dict, fullspace: bool,
+                   attrs: dict | None = None, progress: bool = False):
+    """The dataset of one (checkpoint, subset batch) (module docstring); pure: tensors in."""
+    import xarray as xr
+
+    n_c = len(pde_spec(pde).classes)
+    n = x.shape[0]
+    data, labels = _subspace(model, x, y, pde, settings)
+    coords = {"damping": settings["dampings"], "energy_tol": settings["energy_tols"],
+              "bra_convention": labels, "n_resp": np.arange(n), "n_pert": np.arange(n),
+              "n": np.arange(n)}
+    extra = {"reference_solve": -1}
+    if fullspace:
+        fs_data, fs_coords = _fullspace(model, x, y, pde, settings, progress)
+        data.update(fs_data)
+        extra["reference_solve"] = fs_coords.pop("reference_solve")
+        coords.update({"solve": np.arange(len(fs_coords["fs_lambda"])), "bra": fs_coords["bra"],
+                       "fs_lambda": ("solve", fs_coords["fs_lambda"]),
+                       "fs_rtol": ("solve", fs_coords["fs_rtol"])})
+    return xr.Dataset(data, coords=coords,
+                      attrs={"pde": pde, "n_classes": n_c, "n_times": n // n_c,
+                             "fullspace": int(fullspace), "stopping": "authors",
+                             "convention": "rows = response, columns = perturbation; raw; n = c T + t",
+                             **extra, **(attrs or {})})
+
+
+def task_file(profile, pde: str, model: str, seed: int) -> Path:
+    prof = as_profile(profile)
+    return paths.results_dir() / "estimator" / prof.name / f"{pde}-{model}" / f"s{seed}.nc"
+
+
+def _valid(path: Path, key: str) -> bool:
+    import xarray as xr
+
+    try:
+        with xr.open_dataset(path, engine="h5netcdf") as ds:
+            ds = ds.load()
+    except Exception:  # noqa: BLE001 - unreadable or foreign file: recompute it
+        return False
+    return ds.attrs.get("cache_key") == key and checksum_ok(ds)
+
+
+def ensure_estimator_pair(profile: ProfileLike, pde: str, model: str, *, progress: bool = True):
+    """The study of one (PDE, model): dict seed -> xr.Dataset (module docstring), computing
+    exactly the tasks whose file is missing, stale or corrupt. Trains first if needed."""
+    import xarray as xr
+
+    from pdeinf.pipeline.influence import FileSources
+    from pdeinf.pipeline.training import ensure_training
+
+    prof = as_profile(profile)
+    check_selection(prof, pde, model)
+    subset = study_subset(prof)
+    ensure_training(prof, pde, model, progress=progress)
+    sources = FileSources(prof, pde, model)
+    epoch = final_epoch(prof, pde)
+    settings = _settings(prof, pde, model, subset)
+    n_fs = subset.fullspace_seeds or len(prof.seeds)
+    data_key = sources.data_key()
+    out = {}
+    for i, seed in enumerate(tqdm(prof.seeds, desc=f"estimator {pde}-{model}", disable=not progress)):
+        fullspace = i < n_fs
+        ckpt = sources.checkpoint(seed, epoch)
+        key = content_key(stage="estimator", checkpoint=file_digest(ckpt), data=data_key, seed=int(seed),
+                          batch=0, fullspace=fullspace, **settings)
+        target = task_file(prof, pde, model, seed)
+        if not _valid(target, key):
+            net, _ = sources.model(seed, epoch)
+            ib = sources.batch(seed, 0)
+            x, y, _ = _subset_batch(ib, len(pde_spec(pde).classes), subset.times)
+            attrs = {"model": model, "seed": int(seed), "epoch": int(epoch), "batch": 0,
+                     "profile": prof.name, "cache_key": key, "subset": subset.describe(prof),
+                     "P": int(sum(p.numel() for p in net.parameters() if p.requires_grad)),
+                     "M": int(x.numel()),
+                     "trajectories": ",".join(str(int(v)) for v in np.unique(np.asarray(ib.trajectory)))}
+            ds = estimator_task(net, x, y, pde=pde, settings=settings, fullspace=fullspace,
+                                attrs=attrs, progress=progress)
+            write_netcdf(with_checksum(ds), target)
+        with xr.open_dataset(target, engine="h5netcdf") as ds:
+            out[int(seed)] = ds.load()
+    return out
+
+
+def ensure_estimator_study(profile: ProfileLike = None, *, progress: bool = True) -> dict:
+    """Every (PDE, model) of `study_pairs(profile)`: {(pde, model): {seed: xr.Dataset}}."""
+    prof = as_profile(profile)
+    return {pair: ensure_estimator_pair(prof, *pair, progress=progress) for pair in study_pairs(prof)}
+
+
+# --------------------------------------------------------------------------- not cached
+
+
+class _PixelMLP(torch.nn.Module):
+    """An MLP on the flattened pixels (P > M for a few small examples)."""
+
+    def __init__(self, shape=(1, 3, 3), hidden=4):
+        super().__init__()
+        self.shape = shape
+        size = int(np.prod(shape))
+        self.net = torch.nn.Sequential(torch.nn.Linear(size, hidden), torch.nn.Tanh(),
+                                       torch.nn.Linear(hidden, size))
+
+    def forward(self, x):
+        return self.net(x.flatten(1)).reshape(x.shape[0], *self.shape)
+
+
+class _ConvNet(torch.nn.Module):
+    """Two circular 3x3 convolutions with a tanh between (P < M on a 6 x 6 grid)."""
+
+    def __init__(self, channels=2, hidden=3):
+        super().__init__()
+        self.a = torch.nn.Conv2d(channels, hidden, 3, padding=1, padding_mode="circular")
+        self.b = torch.nn.Conv2d(hidden, channels, 3, padding=1, padding_mode="circular")
+
+    def forward(self, x):
+        return self.b(torch.tanh(self.a(x)))
+
+
+def tiny_cases() -> dict:
+    """{"P > M": (model, inputs, targets), "P < M": ...}: float64, fixed seeds. Pixel MLP
+    P = 85 against M = 4 * 9 = 36; conv net P = 113 against M = 3 * 2 * 36 = 216."""
+    cases = {}
+    for name, cls, shape, seed in (("P > M", _PixelMLP, (4, 1, 3, 3), 7), ("P < M", _ConvNet, (3, 2, 6, 6), 8)):
+        torch.manual_seed(seed)
+        model = cls().double().eval()
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(*shape, generator=g, dtype=torch.float64)
+        y = x + 0.3 * torch.randn(*shape, generator=g, dtype=torch.float64)
+        cases[name] = (model, x, y)
+    return cases
+
+
+def limit_study(lambdas=(1e-1, 1e-2, 1e-4, 1e-6, 1e-8, 1e-10), *, krylov=(1e-2, 1e-6, 1e-10)) -> dict:
+    """`pdeinf.analysis.estimator.lambda_limit` on both tiny cases: {case: xr.Dataset}; the
+    Krylov solver runs at the λ of `krylov` (True: all; each solve to rtol 1e-9 costs about a
+    second for the P < M case)."""
+    from pdeinf.analysis.estimator import lambda_limit
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return {name: lambda_limit(*case, lambdas, krylov=krylov) for name, case in tiny_cases().items()}
+
+
+def pm_table(profile: ProfileLike) -> list[dict]:
+    """P and M (outputs of a 48-example influence batch, and of the study's subset batch) of the
+    profile's models, and the paper's P, M ranges (method.md section 4)."""
+    from pdeinf.models import build, count_parameters
+
+    prof = as_profile(profile)
+    subset = study_subset(prof)
+    rows = []
+    for pde in prof.pdes:
+        spec = pde_spec(pde)
+        m_full = 3 * (prof.t_max - 1) * spec.channels * prof.resolution**2
+        m_sub = 3 * (subset.times or prof.t_max - 1) * spec.channels * prof.resolution**2
+        for model in prof.models:
+            torch.manual_seed(0)
+            p = count_parameters(build(model, channels=spec.channels, resolution=prof.resolution,
+                                       size=prof.model_size, variant=prof.model_variant,
+                                       residual=prof.residual))
+            lo, hi = PAPER_PM[pde][model]
+            m_paper = PAPER_PM[pde]["M"]
+            rows.append({"pde": pde, "model": model, "P": p, "M_batch": m_full, "P/M_batch": p / m_full,
+                         "M_subset": m_sub, "P/M_subset": p / m_sub, "paper_P": f"{lo / 1e6:.1f}-{hi / 1e6:.0f}M",
+                         "paper_M": m_paper, "paper_P/M": f"{lo / m_paper:.1f}-{hi / m_paper:.1f}"})
+    return rows
