@@ -201,10 +201,10 @@ def test_stage_caches_and_recomputes_only_the_damaged_task():
     assert {f: os.stat(f).st_mtime_ns for f in files} == stamps  # warm: nothing recomputed
 
     victim = files[-1]
-    raw = bytearray(victim.read_bytes())
-    raw[len(raw) // 2] ^= 0xFF
-    victim.write_bytes(bytes(raw))
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])  # a truncated copy
+    damaged = os.stat(victim).st_mtime_ns
     again = stage.ensure_intervention_pair(prof, pde, model, progress=False)
+    assert os.stat(victim).st_mtime_ns != damaged  # rewritten by the stage, not just by us
     changed = [f for f in files if os.stat(f).st_mtime_ns != stamps[f]]
     assert changed == [victim]
     xr.testing.assert_allclose(again["pi"], ds["pi"])
