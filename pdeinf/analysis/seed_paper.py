@@ -1,0 +1,414 @@
+"""The seed paper's figure aggregations (arXiv 2509.00024; recipes of paper-spec.md sections 1-2).
+
+Input: the dataset of `pdeinf.pipeline.ensure_seed_paper` (or any of the same layout): `H` with
+dims `(seed, batch, [bra,] t_resp, c_resp, t_pert, c_pert)` RAW (rows = response example,
+columns = perturbing example), `input_distance` `(seed, batch, t_resp, c_resp, t_pert, c_pert)`,
+`ntk_top_eigenvalue` `(seed, batch)`.
+
+Every influence value is the row-standardized Ĥ(n, m) = H(n, m) / std_m' H(n, m') of each
+`N x N` matrix (`N = C T`, flat index `n = c T + t`, `normalize(..., "standard")`, ddof 1).
+Aggregations, exactly as the paper's plot scripts:
+
+- heatmap (Figs. 2, 6, 16-19, 24-25, 28-29): mean over classes of the intra-class block
+  Ĥ(τ, c | t, c), then mean over (seed, batch);
+- lag curve (Figs. 4, 7, 20-23, 26-27, 30-31): per (seed, batch) the mean of Ĥ over the
+  entries at Δ = τ - t, intra- (c = c') or inter-class (c != c'); mean over each seed's
+  batches; median and quartiles over seeds;
+- class matrix (Figs. 3, 12-15): per (seed, batch) mean over all T x T time pairs of each
+  class block, then mean over (seed, batch);
+- interpolation curve (Figs. 5, 32-33): per seed a GCV smoothing spline of overlapping-window
+  means of Ĥ against the scaled input distance d (`similarity_curves`), its zero crossing the
+  "dynamic correlation length";
+- NTK box (Figs. 8, 34-35): Tukey box statistics of log10 λ_max per (seed, batch);
+- validation SMSE (Figs. 9-11): median and quartiles over seeds at epochs 1, 6, 11, ..., last.
+
+The findings' statistics and verdicts are in `pdeinf.analysis.seed_paper_findings`.
+Pure: xarray / numpy / pandas in and out. Influence values are dimensionless; times and lags in
+snapshot steps; distances are the scaled input distance of `diffs.jl` (dimensionless).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from pdeinf.analysis.statistics import hierarchical_bootstrap
+from pdeinf.errors import InputError
+from pdeinf.influence.normalize import normalize
+
+H_DIMS = ("t_resp", "c_resp", "t_pert", "c_pert")
+BLOCK_DIMS = ("seed", "batch", "c_resp", "t_resp", "c_pert", "t_pert")
+MAX_LAG = 8  # the paper's lag range -8..8
+QUARTILES = (0.25, 0.5, 0.75)
+#: Fixed colour / axis ranges of the paper's figures.
+HEATMAP_RANGE = (0.0, 7.0)
+CLASS_RANGE = (0.0, 2.5)
+LAG_RANGE = (-0.25, 7.0)
+SIMILARITY_RANGE = (-1.0, 3.0)
+#: rkhs.jl: 25 log-spaced edges between these quantiles of the positive distances, 11-bin windows.
+EDGE_QUANTILES = (0.005, 0.995)
+N_EDGES = 25
+WINDOW_BINS = 11
+MIN_SPLINE_POINTS = 5  # make_smoothing_spline's minimum
+N_RESAMPLES = 1000
+RANDOM_STATE = 0
+
+
+# --------------------------------------------------------------------------- standardization
+
+
+def _h_array(ds, bra: str) -> xr.DataArray:
+    h = ds["H"] if isinstance(ds, xr.Dataset) else ds
+    if not isinstance(h, xr.DataArray):
+        raise InputError("ds: expected the seed-paper xr.Dataset (with 'H') or the H DataArray")
+    missing = [d for d in ("seed", "batch", *H_DIMS) if d not in h.dims]
+    if missing:
+        raise InputError(f"ds['H']: missing dimension(s) {missing}; has {h.dims}")
+    if "bra" in h.dims:
+        held = [str(b) for b in h["bra"].values]
+        if bra not in held:
+            raise InputError(f"bra: {bra!r} not in the dataset's bras {held}")
+        h = h.sel(bra=bra, drop=True)
+    if h.sizes["c_resp"] != h.sizes["c_pert"] or h.sizes["t_resp"] != h.sizes["t_pert"]:
+        raise InputError("ds['H']: response and perturbation axes differ in size")
+    return h
+
+
+def bras(ds: xr.Dataset) -> list[str]:
+    """The bras ("C", "M", "E") the dataset holds."""
+    return [str(b) for b in ds["bra"].values] if "bra" in ds["H"].dims else ["C"]
+
+
+def standardized(ds, bra: str = "C") -> xr.DataArray:
+    """Row-standardized Ĥ of one bra, dims `BLOCK_DIMS` (seed, batch, c_resp, t_resp, c_pert,
+    t_pert). Each (seed, batch) matrix is flattened with n = c T + t (rows = response), divided
+    row-wise by its std over all N columns (ddof 1), and reshaped back."""
+    h = _h_array(ds, bra).transpose(*BLOCK_DIMS)
+    values = np.asarray(h.values, dtype=np.float64)
+    if not np.all(np.isfinite(values)):
+        raise InputError(f"ds['H'] (bra {bra!r}): contains NaN or Inf")
+    s, b, c, t = values.shape[:4]
+    flat = normalize(values.reshape(s, b, c * t, c * t), "standard")
+    if not np.all(np.isfinite(flat)):
+        raise InputError(f"ds['H'] (bra {bra!r}): a row is constant (zero std); cannot standardize")
+    return xr.DataArray(flat.reshape(values.shape), dims=h.dims, coords=h.coords, name="H_hat",
+                        attrs={"bra": bra, "normalization": "standard"})
+
+
+def _check_blocks(hn: xr.DataArray) -> np.ndarray:
+    if not isinstance(hn, xr.DataArray) or any(d not in hn.dims for d in BLOCK_DIMS):
+        raise InputError(f"hn: expected the standardized DataArray with dims {BLOCK_DIMS}")
+    return np.asarray(hn.transpose(*BLOCK_DIMS).values, dtype=np.float64)
+
+
+def _intra(blocks: np.ndarray) -> np.ndarray:
+    """`[..., C, T, C, T]` -> `[..., C, T, T]` (class, response time, perturbation time)."""
+    return np.moveaxis(np.diagonal(blocks, axis1=-4, axis2=-2), -1, -3)
+
+
+# --------------------------------------------------------------------------- heatmap
+
+
+def heatmap_units(hn: xr.DataArray) -> xr.DataArray:
+    """Per (seed, batch): mean over classes of the intra-class block, dims (seed, batch,
+    t_resp, t_pert)."""
+    blocks = _check_blocks(hn)
+    heat = _intra(blocks).mean(axis=-3)
+    return xr.DataArray(heat, dims=("seed", "batch", "t_resp", "t_pert"),
+                        coords={d: hn[d].values for d in ("seed", "batch", "t_resp", "t_pert")},
+                        name="H_hat", attrs=dict(hn.attrs))
+
+
+def heatmap(hn: xr.DataArray) -> xr.DataArray:
+    """Figs. 2, 6, 16-19, 24-25, 28-29: `heatmap_units` averaged over (seed, batch),
+    dims (t_resp, t_pert)."""
+    return heatmap_units(hn).mean(("seed", "batch")).assign_attrs(hn.attrs)
+
+
+# --------------------------------------------------------------------------- lag curves
+
+
+def lag_units(hn: xr.DataArray, max_lag: int = MAX_LAG) -> xr.DataArray:
+    """Per (seed, batch): mean Ĥ over entries with τ - t = Δ, intra (c = c') and inter (c != c')
+    class, Δ in -max_lag..max_lag. Dims (seed, batch, pair, dt)."""
+    blocks = _check_blocks(hn)
+    n_c, n_t = blocks.shape[2], blocks.shape[3]
+    if not (isinstance(max_lag, (int, np.integer)) and 0 <= max_lag < n_t):
+        raise InputError(f"max_lag: must be an integer in 0..{n_t - 1}, got {max_lag!r}")
+    lags = np.arange(-max_lag, max_lag + 1)
+    dt = np.subtract.outer(np.arange(n_t), np.arange(n_t))  # [tau, t] -> tau - t
+    same = np.eye(n_c, dtype=bool)
+    out = np.empty(blocks.shape[:2] + (2, len(lags)))
+    for p, cls in enumerate((same, ~same)):
+        if not cls.any():
+            out[:, :, p] = np.nan  # one class: no inter-class pairs
+            continue
+        for k, lag in enumerate(lags):
+            mask = cls[:, None, :, None] & (dt == lag)[None, :, None, :]
+            out[:, :, p, k] = blocks[:, :, mask].mean(axis=-1)
+    return xr.DataArray(out, dims=("seed", "batch", "pair", "dt"),
+                        coords={"seed": hn["seed"].values, "batch": hn["batch"].values,
+                                "pair": ["intra", "inter"], "dt": lags},
+                        name="H_hat", attrs=dict(hn.attrs))
+
+
+def quartiles_over_seeds(per_seed: xr.DataArray) -> xr.DataArray:
+    """Q1, median, Q3 over the `seed` dim (linear interpolation, as Julia's `quantile`);
+    a leading `quantile` dim (0.25, 0.5, 0.75)."""
+    q = np.quantile(np.asarray(per_seed.values, dtype=np.float64), QUARTILES,
+                    axis=per_seed.get_axis_num("seed"))
+    rest = [d for d in per_seed.dims if d != "seed"]
+    return xr.DataArray(q, dims=("quantile", *rest),
+                        coords={"quantile": list(QUARTILES),
+                                **{d: per_seed[d].values for d in rest if d in per_seed.coords}},
+                        attrs=dict(per_seed.attrs))
+
+
+def lag_curve(hn: xr.DataArray, max_lag: int = MAX_LAG) -> xr.Dataset:
+    """Figs. 4, 7, 20-23, 26-27, 30-31: `per_seed` (seed, pair, dt) = mean over each seed's
+    batches of `lag_units`; `quartiles` (quantile, pair, dt) over seeds."""
+    per_seed = lag_units(hn, max_lag).mean("batch")
+    return xr.Dataset({"per_seed": per_seed, "quartiles": quartiles_over_seeds(per_seed)},
+                      attrs={**hn.attrs, "n_seeds": hn.sizes["seed"],
+                             "n_batches": hn.sizes["batch"]})
+
+
+# --------------------------------------------------------------------------- class matrix
+
+
+def class_units(hn: xr.DataArray) -> xr.DataArray:
+    """Per (seed, batch): mean of each (response class, perturbing class) block over all
+    T x T time pairs, dims (seed, batch, c_resp, c_pert)."""
+    blocks = _check_blocks(hn)
+    out = blocks.mean(axis=(3, 5))
+    return xr.DataArray(out, dims=("seed", "batch", "c_resp", "c_pert"),
+                        coords={d: hn[d].values for d in ("seed", "batch", "c_resp", "c_pert")},
+                        name="H_hat", attrs=dict(hn.attrs))
+
+
+def class_matrix(hn: xr.DataArray) -> xr.DataArray:
+    """Figs. 3, 12-15: time-averaged class transfer matrix, mean over (seed, batch)."""
+    return class_units(hn).mean(("seed", "batch")).assign_attrs(hn.attrs)
+
+
+# --------------------------------------------------------------------------- interpolation
+
+
+def standardized_pairs(ds: xr.Dataset, bra: str):
+    """Ĥ and d over non-self pairs: arrays [S, B, P] (P = N (N - 1))."""
+    if "input_distance" not in ds:
+        raise InputError("ds: no 'input_distance' variable")
+    hn = standardized(ds, bra)
+    d = ds["input_distance"].transpose(*BLOCK_DIMS).values.astype(np.float64)
+    s, b, c, t = d.shape[:4]
+    n = c * t
+    off = ~np.eye(n, dtype=bool)
+    h_flat = hn.values.reshape(s, b, n, n)[..., off]
+    d_flat = d.reshape(s, b, n, n)[..., off]
+    if not np.all(np.isfinite(d_flat)):
+        raise InputError("ds['input_distance']: contains NaN or Inf")
+    return hn, h_flat, d_flat
+
+
+def similarity_edges(d: np.ndarray) -> np.ndarray:
+    """25 log-spaced edges between the 0.5% and 99.5% quantiles of the positive distances."""
+    positive = np.asarray(d, dtype=np.float64).ravel()
+    positive = positive[positive > 0]
+    if positive.size < 2:
+        raise InputError("ds['input_distance']: fewer than 2 positive distances")
+    lo, hi = np.quantile(positive, EDGE_QUANTILES)
+    if not hi > lo:
+        raise InputError("ds['input_distance']: the distances have no spread")
+    return np.geomspace(lo, hi, N_EDGES)
+
+
+def evaluation_points(edges: np.ndarray) -> np.ndarray:
+    """The 23 arithmetic midpoints (e_b + e_{b+1}) / 2, b = 2..24 (1-based)."""
+    return 0.5 * (edges[1:-1] + edges[2:])
+
+
+def window_means(h: np.ndarray, d: np.ndarray, edges: np.ndarray):
+    """The 14 overlapping windows [e_{k-5}, e_{k+6}), k = 6..19 (1-based; 11 bins each):
+    mean d (t_k) and mean Ĥ (u_k) of the pairs in each, and the counts. Empty windows: NaN."""
+    h, d = np.asarray(h, dtype=np.float64).ravel(), np.asarray(d, dtype=np.float64).ravel()
+    n_win = len(edges) - WINDOW_BINS
+    t_k, u_k, counts = np.full(n_win, np.nan), np.full(n_win, np.nan), np.zeros(n_win, int)
+    for w in range(n_win):
+        inside = (d >= edges[w]) & (d < edges[w + WINDOW_BINS]) & (d > 0)
+        counts[w] = int(inside.sum())
+        if counts[w]:
+            t_k[w], u_k[w] = d[inside].mean(), h[inside].mean()
+    return t_k, u_k, counts
+
+
+def smoothing_curve(t: np.ndarray, u: np.ndarray):
+    """A GCV cubic smoothing spline of u(t) (linear t) with linear extrapolation outside
+    [t_min, t_max], as rkhs.jl's `RegularizationSmooth(...; alg=:gcv_svd, extrapolation=Linear)`.
+
+    Returns `(f, method)`: `f(x)` evaluates the curve; `method` is "gcv smoothing spline", or,
+    with fewer than 5 distinct window means (make_smoothing_spline's minimum), a stated fallback:
+    linear interpolation of the raw window means (linear extrapolation as well)."""
+    from scipy.interpolate import make_smoothing_spline
+
+    t, u = np.asarray(t, dtype=np.float64), np.asarray(u, dtype=np.float64)
+    keep = np.isfinite(t) & np.isfinite(u)
+    t, u = t[keep], u[keep]
+    if t.size:
+        order = np.argsort(t)
+        t, u = t[order], u[order]
+        t, inverse = np.unique(t, return_inverse=True)  # ties: average their means
+        u = np.bincount(inverse, weights=u) / np.bincount(inverse)
+    if t.size == 0:
+        return (lambda x: np.full(np.shape(x), np.nan)), "no window holds a pair"
+    if t.size < MIN_SPLINE_POINTS:
+        method = (f"raw window means, linearly interpolated ({t.size} non-empty windows < "
+                  f"{MIN_SPLINE_POINTS}, too few for the GCV spline)")
+        if t.size == 1:
+            return (lambda x: np.full(np.shape(x), u[0])), method
+        slope_lo = (u[1] - u[0]) / (t[1] - t[0])
+        slope_hi = (u[-1] - u[-2]) / (t[-1] - t[-2])
+
+        def f_lin(x):
+            x = np.asarray(x, dtype=np.float64)
+            y = np.interp(x, t, u)
+            y = np.where(x < t[0], u[0] + slope_lo * (x - t[0]), y)
+            return np.where(x > t[-1], u[-1] + slope_hi * (x - t[-1]), y)
+
+        return f_lin, method
+    spline = make_smoothing_spline(t, u, lam=None)
+    deriv = spline.derivative()
+    ends = (t[0], t[-1])
+    values, slopes = spline(np.array(ends)), deriv(np.array(ends))
+
+    def f(x):
+        x = np.asarray(x, dtype=np.float64)
+        y = spline(np.clip(x, *ends))
+        y = np.where(x < ends[0], values[0] + slopes[0] * (x - ends[0]), y)
+        return np.where(x > ends[1], values[1] + slopes[1] * (x - ends[1]), y)
+
+    return f, "gcv smoothing spline"
+
+
+def zero_crossing(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The first x where y goes from > 0 to <= 0 along the last axis (linear interpolation
+    between the neighbouring grid points); NaN where y never crosses (or starts <= 0).
+    x: [K] increasing; y: [..., K]. Returns [...]."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    pos = y > 0
+    cross = pos[..., :-1] & ~pos[..., 1:] & np.isfinite(y[..., 1:])
+    has = cross.any(axis=-1) & pos[..., 0]
+    k = np.argmax(cross, axis=-1)
+    y0 = np.take_along_axis(y, k[..., None], -1)[..., 0]
+    y1 = np.take_along_axis(y, (k + 1)[..., None], -1)[..., 0]
+    x0, x1 = x[k], x[np.minimum(k + 1, len(x) - 1)]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        root = x0 + (x1 - x0) * y0 / (y0 - y1)
+    return np.where(has, root, np.nan)
+
+
+def similarity_curves(ds: xr.Dataset, bra: str = "C", n_fine: int = 400) -> xr.Dataset:
+    """Figs. 5, 32, 33 (rkhs.jl): per-seed smoothing curves of Ĥ against the scaled input
+    distance d, pooled over each seed's batches (non-self pairs, intra and inter class).
+
+    Returns a Dataset: `curve` (seed, point) at the 23 evaluation points (coord `d`),
+    `quartiles` (quantile, point) over seeds, `fine` (seed, fine) on `n_fine` log-spaced points
+    spanning the evaluation points (coord `d_fine`, for the zero crossing), `window_t`,
+    `window_u`, `window_count` (seed, window), `method` (seed) as str, attrs `edges`."""
+    _, h, d = standardized_pairs(ds, bra)
+    edges = similarity_edges(d)
+    points = evaluation_points(edges)
+    fine = np.geomspace(points[0], points[-1], n_fine)
+    seeds = ds["seed"].values
+    curves, fines, ts, us, cs, methods = [], [], [], [], [], []
+    for i in range(len(seeds)):
+        t_k, u_k, counts = window_means(h[i], d[i], edges)
+        f, method = smoothing_curve(t_k, u_k)
+        curves.append(f(points))
+        fines.append(f(fine))
+        ts.append(t_k)
+        us.append(u_k)
+        cs.append(counts)
+        methods.append(method)
+    curve = xr.DataArray(np.array(curves), dims=("seed", "point"),
+                         coords={"seed": seeds, "d": ("point", points)})
+    return xr.Dataset(
+        {"curve": curve,
+         "quartiles": quartiles_over_seeds(curve).assign_coords(d=("point", points)),
+         "fine": (("seed", "fine"), np.array(fines)),
+         "window_t": (("seed", "window"), np.array(ts)),
+         "window_u": (("seed", "window"), np.array(us)),
+         "window_count": (("seed", "window"), np.array(cs)),
+         "method": ("seed", np.array(methods, dtype=str))},
+        coords={"seed": seeds, "d": ("point", points), "d_fine": ("fine", fine)},
+        attrs={"bra": bra, "edges": edges, "n_batches": ds.sizes["batch"]},
+    )
+
+
+def correlation_length(curves: xr.Dataset, *, n_resamples: int = N_RESAMPLES,
+                       random_state: int = RANDOM_STATE) -> xr.DataArray:
+    """The dynamic correlation length: d where the median-over-seeds smoothing curve first
+    crosses zero, with a percentile bootstrap interval resampling seeds (`ci` dim; NaN where
+    the curve does not cross, such replicates are left out: attrs n_nonfinite)."""
+    fine = curves["fine"]
+    x = curves["d_fine"].values
+
+    def stat(da):
+        med = da.median("seed")
+        return xr.DataArray(zero_crossing(x, med.values), dims=[d for d in med.dims if d != "fine"])
+
+    return hierarchical_bootstrap(fine, stat, seed_dim=None, batch_dim="seed",
+                                  n_resamples=n_resamples, random_state=random_state,
+                                  vectorized=True)
+
+
+# --------------------------------------------------------------------------- NTK box, training
+
+
+def box_stats(values) -> dict:
+    """Tukey box (as Makie's boxplot): median, Q1, Q3, whiskers at the most extreme values
+    within 1.5 IQR of the box, the outliers beyond (hidden in the figure), n."""
+    v = np.sort(np.asarray(values, dtype=np.float64).ravel())
+    if v.size == 0 or not np.all(np.isfinite(v)):
+        raise InputError("values: need at least one value, all finite")
+    q1, med, q3 = np.quantile(v, QUARTILES)
+    iqr = q3 - q1
+    inside = v[(v >= q1 - 1.5 * iqr) & (v <= q3 + 1.5 * iqr)]
+    return {"median": float(med), "q1": float(q1), "q3": float(q3),
+            "whislo": float(inside.min()), "whishi": float(inside.max()),
+            "outliers": v[(v < q1 - 1.5 * iqr) | (v > q3 + 1.5 * iqr)].tolist(), "n": int(v.size)}
+
+
+def ntk_box(ds: xr.Dataset) -> dict:
+    """Figs. 8, 34, 35: `box_stats` of log10 λ_max(J Jᵀ + λ) over (seed, batch)."""
+    if "ntk_top_eigenvalue" not in ds:
+        raise InputError("ds: no 'ntk_top_eigenvalue' variable")
+    lam = np.asarray(ds["ntk_top_eigenvalue"].values, dtype=np.float64)
+    if not np.all(lam > 0):
+        raise InputError("ds['ntk_top_eigenvalue']: must be positive")
+    return box_stats(np.log10(lam))
+
+
+def paper_epochs(last: int, every: int = 5) -> list[int]:
+    """Epochs 1, 1 + every, ..., and the last (the paper's Figs. 9-11 sampling)."""
+    epochs = list(range(1, int(last) + 1, every))
+    return epochs + ([int(last)] if epochs[-1] != int(last) else [])
+
+
+def validation_quartiles(history: pd.DataFrame, every: int = 5) -> pd.DataFrame:
+    """Figs. 9-11: Q1, median, Q3 over seeds of `val_loss` at `paper_epochs` (columns epoch,
+    q25, median, q75, n_seeds). history: columns seed, epoch, val_loss."""
+    need = {"seed", "epoch", "val_loss"}
+    if not isinstance(history, pd.DataFrame) or not need <= set(history.columns):
+        raise InputError(f"history: expected a DataFrame with columns {sorted(need)}")
+    table = history.pivot_table(index="epoch", columns="seed", values="val_loss")
+    epochs = [e for e in paper_epochs(table.index.max(), every) if e in table.index]
+    vals = table.loc[epochs].to_numpy(dtype=np.float64)
+    q = np.quantile(vals, QUARTILES, axis=1)
+    return pd.DataFrame({"epoch": epochs, "q25": q[0], "median": q[1], "q75": q[2],
+                         "n_seeds": table.shape[1]})
+
+
+def final_validation(history: pd.DataFrame) -> pd.Series:
+    """The last epoch's validation SMSE per seed (index seed)."""
+    last = history[history["epoch"] == history.groupby("seed")["epoch"].transform("max")]
+    return last.set_index("seed")["val_loss"].sort_index()

@@ -1,0 +1,294 @@
+"""The seed paper's figures (arXiv 2509.00024), one function each, with the paper's readings
+(`pdeinf.analysis.paper_numbers`, all "≈") drawn beside ours.
+
+Inputs are the outputs of `pdeinf.analysis.seed_paper`. Fixed ranges as the paper: heatmaps
+0..7, class matrices 0..2.5, lag curves -0.25..7, interpolation -1..3 (extended, with a note,
+only when our values leave them). Times are shown 1-based (perturbation / response time
+1..16) as in the paper. Titles name the figure: "[seed paper, fig. N]".
+"""
+from __future__ import annotations
+
+import textwrap
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from pdeinf.analysis import paper_numbers as pn
+from pdeinf.analysis import seed_paper as sp
+from pdeinf.errors import InputError
+from pdeinf.viz import style as st
+
+SEQUENTIAL_CMAP = "Reds"  # closest matplotlib map to the paper's cmocean :amp
+BRA_LABEL = {"C": "SMSE", "M": "mass", "E": "energy"}
+PAPER_KW = {"color": st.PAPER_COLOR, "mfc": "none", "ms": 6, "mew": 1.2, "ls": "none"}
+
+
+def _tag(fig_no) -> str:
+    return f"\n[seed paper, fig. {fig_no}]" if fig_no is not None else "\n[ours]"
+
+
+def _name(bra: str) -> str:
+    return f"H_{{{bra}C}}"
+
+
+def _require(obj, dims, what):
+    if not isinstance(obj, (xr.DataArray, xr.Dataset)) or any(d not in obj.dims for d in dims):
+        raise InputError(f"{what}: expected an xarray object with dims {tuple(dims)}")
+
+
+def _note(ax, text: str, y: float | None = None, width: int = 70) -> None:
+    """A small caption under the figure (wrapped by hand: constrained layout keeps it in)."""
+    if text:
+        ax.figure.supxlabel(textwrap.fill(text, width), fontsize=6.5, color="0.3", ha="center")
+
+
+def heatmap_figure(heat: xr.DataArray, *, pde: str, model: str, bra: str = "C",
+                   figure=None) -> Figure:
+    """Figs. 2, 6, 16-19, 24-25, 28-29: two-time influence, response time (y) vs perturbation
+    time (x), colour range 0..7; the paper's diagonal / first off-diagonal readings in the note."""
+    _require(heat, ("t_resp", "t_pert"), "heat")
+    paper = pn.lookup(pn.HEATMAPS, (bra, pde, model))
+    fig_no = figure if figure is not None else (paper or {}).get("figure")
+    values = heat.transpose("t_resp", "t_pert").values
+    n_r, n_p = values.shape
+    fig, axes = st.new_figure(1, 1, size=(4.0, 3.9))
+    ax = axes[0, 0]
+    lo, hi = sp.HEATMAP_RANGE
+    image = ax.imshow(values, origin="lower", cmap=SEQUENTIAL_CMAP, vmin=lo, vmax=hi,
+                      extent=(0.5, n_p + 0.5, 0.5, n_r + 0.5), interpolation="nearest")
+    fig.colorbar(image, ax=ax, shrink=0.85, label=f"standardized ${_name(bra)}$")
+    ax.set_xlabel(f"perturbation time ({BRA_LABEL['C']})")
+    ax.set_ylabel(f"response time ({BRA_LABEL[bra]})")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title(f"${_name(bra)}$ influence ({st.model_label(model)}, {pde}) {_tag(fig_no)}")
+    diag = float(np.mean(np.diag(values)))
+    off = float(np.mean(np.r_[np.diag(values, 1), np.diag(values, -1)]))
+    text = f"ours: diagonal {diag:.2f}, first off-diagonal {off:.2f}"
+    if paper and paper.get("diagonal"):
+        ref = paper["diagonal"]
+        text += f"; paper ≈ diagonal {ref[0]:g}" + (f"-{ref[1]:g}" if ref[1] != ref[0] else "")
+        if paper.get("off_diagonal_1"):
+            o = paper["off_diagonal_1"]
+            text += f", off-diagonal {o[0]:g}" + (f"-{o[1]:g}" if o[1] != o[0] else "")
+    if paper and paper.get("note"):
+        text += f" ({paper['note']})"
+    if values.max() > hi or values.min() < lo:
+        text += f"; colours saturate outside {lo:g}..{hi:g} (ours {values.min():.2g}..{values.max():.2g})"
+    _note(ax, text, y=-0.2)
+    return fig
+
+
+def lag_curve_figure(curve: xr.Dataset, *, pde: str, model: str, bra: str = "C",
+                     figure=None) -> Figure:
+    """Figs. 4, 7, 20-23, 26-27, 30-31: median over seeds (markers) with Q1..Q3 bars, intra-
+    and inter-class; the paper's readings as hollow markers (bars: their reading range)."""
+    _require(curve["quartiles"], ("quantile", "pair", "dt"), "curve['quartiles']")
+    paper = pn.lookup(pn.LAG_CURVES, (bra, pde, model))
+    fig_no = figure if figure is not None else (paper or {}).get("figure")
+    q = curve["quartiles"]
+    dts = q["dt"].values
+    fig, axes = st.new_figure(1, 1, size=(4.0, 3.0))
+    ax = axes[0, 0]
+    for pair, marker, shift in (("intra", "o", -0.1), ("inter", "D", 0.1)):
+        med = q.sel(pair=pair, quantile=0.5).values
+        if not np.isfinite(med).any():
+            continue
+        lo = med - q.sel(pair=pair, quantile=0.25).values
+        hi = q.sel(pair=pair, quantile=0.75).values - med
+        ax.errorbar(dts + shift, med, yerr=[lo, hi], fmt=marker, ms=3.5, capsize=2, lw=1,
+                    color=st.PAIR_COLORS[pair], label=f"{pair}-class (ours)")
+    if paper:
+        lags = sorted(paper["intra"])
+        vals = np.array([paper["intra"][k] for k in lags])
+        mid = vals.mean(axis=1)
+        ax.errorbar(np.array(lags, float), mid, yerr=[mid - vals[:, 0], vals[:, 1] - mid],
+                    marker="o", capsize=0, label=f"intra, paper ≈ (fig. {paper['figure']})",
+                    **PAPER_KW)
+        inter = paper["inter"]
+        ax.axhspan(inter[0], max(inter[1], inter[0] + 0.02), color=st.PAPER_COLOR, alpha=0.25,
+                   lw=0, label="inter, paper ≈")
+    lo, hi = sp.LAG_RANGE
+    finite = q.values[np.isfinite(q.values)]
+    top = max(hi, float(finite.max()) * 1.05) if finite.size else hi
+    bottom = min(lo, float(finite.min()) * 1.05) if finite.size else lo
+    ax.set_ylim(bottom, top)
+    ax.axhline(0.0, color="grey", lw=0.5)
+    ax.set_xlabel("time difference Δ = τ - t")
+    ax.set_ylabel(f"influence ({BRA_LABEL[bra]})")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(frameon=False, fontsize=6.5)
+    ax.set_title(f"${_name(bra)}$ extrapolation ({st.model_label(model)}, {pde}) {_tag(fig_no)}")
+    text = (f"markers: median over {curve.attrs.get('n_seeds', '?')} seeds of batch means "
+            f"({curve.attrs.get('n_batches', '?')} batches each); bars: Q1..Q3 over seeds")
+    if (top, bottom) != (hi, lo):
+        text += f"; y-range extended from the paper's {lo:g}..{hi:g} to show our values"
+    _note(ax, text, y=-0.2)
+    return fig
+
+
+def class_matrix_figure(cm: xr.DataArray, *, pde: str, model: str, bra: str = "C",
+                        figure=None) -> Figure:
+    """Figs. 3, 12-15: time-averaged class transferability matrix (colour range 0..2.5),
+    response class (y) vs input class (x), our values annotated with the paper's beside."""
+    _require(cm, ("c_resp", "c_pert"), "cm")
+    paper = pn.lookup(pn.CLASS_MATRICES, (bra, pde, model))
+    fig_no = figure if figure is not None else (paper or {}).get("figure")
+    values = cm.transpose("c_resp", "c_pert").values
+    classes_r = [str(c) for c in cm["c_resp"].values]
+    classes_p = [str(c) for c in cm["c_pert"].values]
+    short = lambda c: c.split("-", 1)[-1]
+    fig, axes = st.new_figure(1, 1, size=(4.4, 3.8))
+    ax = axes[0, 0]
+    lo, hi = sp.CLASS_RANGE
+    image = ax.imshow(values, origin="lower", cmap=SEQUENTIAL_CMAP, vmin=lo, vmax=hi)
+    fig.colorbar(image, ax=ax, shrink=0.85, label=f"standardized ${_name(bra)}$")
+    ax.set_xticks(range(len(classes_p)), [short(c) for c in classes_p])
+    ax.set_yticks(range(len(classes_r)), [short(c) for c in classes_r])
+    ax.set_xlabel(f"input class ({BRA_LABEL['C']})")
+    ax.set_ylabel(f"response class ({BRA_LABEL[bra]})")
+    for i, cr in enumerate(classes_r):
+        for j, cp in enumerate(classes_p):
+            text = f"{values[i, j]:.2f}"
+            if paper:
+                if i == j and i < len(paper["diagonal"]):
+                    sat = "≥" if cr in paper["saturated"] else "≈"
+                    text += f"\n(paper {sat}{paper['diagonal'][i]:g})"
+                elif (cr, cp) in paper["cells"]:
+                    text += f"\n(paper ≈{paper['cells'][(cr, cp)]:g})"
+            ax.text(j, i, text, ha="center", va="center", fontsize=6.5,
+                    color="white" if values[i, j] > 0.6 * hi else "black")
+    ax.set_title(f"${_name(bra)}$ transferability ({st.model_label(model)}, {pde}) {_tag(fig_no)}")
+    if paper:
+        off = paper["off_diagonal"]
+        _note(ax, f"paper ≈ off-diagonal {off[0]:g}-{off[1]:g} (fig. {paper['figure']}); "
+                  f"entry = mean over all time pairs, then over (seed, batch)", y=-0.2)
+    return fig
+
+
+def similarity_figure(curves: dict, lengths: dict | None = None, *, pde: str,
+                      figure=None) -> Figure:
+    """Figs. 5, 32, 33: Ĥ against the scaled input distance (log x), median over seeds of the
+    per-seed smoothing curves with Q1..Q3 bars, UNet and ViT overlaid; our zero crossings
+    (dashed, with their bootstrap interval shaded) and the paper's readings."""
+    if not curves:
+        raise InputError("curves: need at least one model's similarity_curves")
+    paper = pn.SIMILARITY.get(pde)
+    fig_no = figure if figure is not None else (paper or {}).get("figure")
+    fig, axes = st.new_figure(1, 1, size=(4.2, 3.1))
+    ax = axes[0, 0]
+    for k, (model, c) in enumerate(curves.items()):
+        _require(c["quartiles"], ("quantile", "point"), f"curves[{model!r}]['quartiles']")
+        q = c["quartiles"]
+        x = c["d"].values * (1.0 + 0.02 * (k - 0.5))
+        med = q.sel(quantile=0.5).values
+        color = st.MODEL_COLORS.get(model, "grey")
+        ax.errorbar(x, med, yerr=[med - q.sel(quantile=0.25).values,
+                                  q.sel(quantile=0.75).values - med],
+                    fmt="o" if model == "unet" else "s", ms=3, capsize=2, lw=1, color=color,
+                    label=f"{st.model_label(model)} (ours)")
+        if lengths and model in lengths:
+            ci = lengths[model]
+            est = float(ci.sel(ci="estimate"))
+            if np.isfinite(est):
+                ax.axvline(est, color=color, ls="--", lw=0.8)
+                low, high = float(ci.sel(ci="low")), float(ci.sel(ci="high"))
+                if np.isfinite(low) and np.isfinite(high):
+                    ax.axvspan(low, high, color=color, alpha=0.12, lw=0)
+    if paper:
+        d0, near = paper["near"]
+        for model, v in near.items():
+            ax.plot([d0], [v], marker="o" if model == "unet" else "s",
+                    label=f"{st.model_label(model)}, paper ≈", **{**PAPER_KW, "ms": 7})
+        lo_x, hi_x = paper["crossing"]
+        if hi_x <= lo_x:  # a single reading: a short bar around it
+            lo_x, hi_x = lo_x / 1.08, hi_x * 1.08
+        ax.hlines(0.0, lo_x, hi_x, color=st.PAPER_COLOR, lw=6, alpha=0.7,
+                  label="paper zero crossing ≈")
+    ax.set_xscale("log")
+    lo, hi = sp.SIMILARITY_RANGE
+    vals = np.concatenate([c["quartiles"].values.ravel() for c in curves.values()])
+    vals = vals[np.isfinite(vals)]
+    ax.set_ylim(min(lo, vals.min() * 1.05) if vals.size else lo,
+                max(hi, vals.max() * 1.05) if vals.size else hi)
+    ax.axhline(0.0, color="grey", lw=0.5)
+    ax.set_xlabel("input difference d (SMSE-scaled)")
+    ax.set_ylabel("influence (SMSE)")
+    ax.legend(frameon=False, fontsize=6.5)
+    ax.set_title(f"$H_{{CC}}$ interpolation ({pde}) {_tag(fig_no)}")
+    methods = sorted({str(m) for c in curves.values() for m in c["method"].values})
+    _note(ax, "curves: " + "; ".join(methods) + ". Dashed: our zero crossing (shade: 95% "
+              "bootstrap over seeds).", y=-0.2)
+    return fig
+
+
+def ntk_box_figure(boxes: dict, *, pde: str, figure=None) -> Figure:
+    """Figs. 8, 34, 35: box plot of λ_max(J Jᵀ + λ) per (seed, batch) (log y), median / IQR box,
+    1.5 IQR whiskers, outliers hidden; the paper's box beside each model's (orange)."""
+    if not boxes:
+        raise InputError("boxes: need at least one model's ntk_box")
+    fig, axes = st.new_figure(1, 1, size=(3.6, 3.0))
+    ax = axes[0, 0]
+    stats, positions, colors = [], [], []
+    fig_no = figure
+    for k, (model, box) in enumerate(boxes.items()):
+        stats.append({"med": 10 ** box["median"], "q1": 10 ** box["q1"], "q3": 10 ** box["q3"],
+                      "whislo": 10 ** box["whislo"], "whishi": 10 ** box["whishi"], "fliers": [],
+                      "label": f"{st.model_label(model)}\n(ours, n={box['n']})"})
+        positions.append(2 * k)
+        colors.append(st.MODEL_COLORS.get(model, "grey"))
+        paper = pn.lookup(pn.NTK_TOP_EIGENVALUE, (pde, model))
+        if paper:
+            fig_no = fig_no if fig_no is not None else paper["figure"]
+            wl, wh = paper["whiskers"] or paper["iqr"]
+            stats.append({"med": 10 ** paper["median"], "q1": 10 ** paper["iqr"][0],
+                          "q3": 10 ** paper["iqr"][1], "whislo": 10 ** wl, "whishi": 10 ** wh,
+                          "fliers": [], "label": f"{st.model_label(model)}\n(paper ≈)"})
+            positions.append(2 * k + 0.8)
+            colors.append(st.PAPER_COLOR)
+    art = ax.bxp(stats, positions=positions, showfliers=False, patch_artist=True, widths=0.6)
+    for patch, color in zip(art["boxes"], colors):
+        patch.set_facecolor(color)
+        patch.set_alpha(0.55)
+    for med in art["medians"]:
+        med.set_color("black")
+    ax.set_yscale("log")
+    ax.set_ylabel(r"largest eigenvalue of $JJ^T + \lambda$")
+    ax.tick_params(axis="x", labelsize=6.5)
+    ax.set_title(f"NTK top eigenvalue ({pde}) {_tag(fig_no)}")
+    return fig
+
+
+def validation_figure(quartiles: dict, *, pde: str, figure=None) -> Figure:
+    """Figs. 9-11: validation SMSE vs epoch (log y), median over seeds with the Q1..Q3 band,
+    per model; the paper's epoch-1 readings as hollow markers, its final readings (epoch 150 /
+    100, beyond our epochs) as dotted horizontal lines."""
+    if not quartiles:
+        raise InputError("quartiles: need at least one model's validation_quartiles")
+    fig, axes = st.new_figure(1, 1, size=(4.0, 3.0))
+    ax = axes[0, 0]
+    fig_no = figure
+    for model, q in quartiles.items():
+        if not isinstance(q, pd.DataFrame) or not {"epoch", "median", "q25", "q75"} <= set(q):
+            raise InputError(f"quartiles[{model!r}]: expected validation_quartiles' DataFrame")
+        color = st.MODEL_COLORS.get(model, "grey")
+        ax.fill_between(q["epoch"], q["q25"], q["q75"], color=color, alpha=0.25, lw=0)
+        ax.plot(q["epoch"], q["median"], marker="o", ms=3, color=color,
+                label=f"{st.model_label(model)} (ours, {int(q['n_seeds'].iloc[0])} seeds)")
+        paper = pn.lookup(pn.VALIDATION, (pde, model))
+        if paper:
+            fig_no = fig_no if fig_no is not None else paper["figure"]
+            ax.plot([1], [10 ** paper["first"]], marker="o" if model == "unet" else "s",
+                    color=color, mfc="none", ls="none",
+                    label=f"{st.model_label(model)}, paper ≈ epoch 1")
+            ax.axhline(10 ** paper["last"], color=color, ls=":", lw=0.9,
+                       label=f"{st.model_label(model)}, paper ≈ epoch {paper['last_epoch']}")
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation error (SMSE)")
+    ax.legend(frameon=False, fontsize=6.5)
+    ax.set_title(f"validation SMSE ({pde}) {_tag(fig_no)}")
+    return fig
