@@ -142,6 +142,13 @@ class Profile:
     # --- symmetry study (follow-up + Lie derivative), final checkpoint
     symmetry_batches: int = 1  # influence batches per seed for orbit influence / equivariance
     symmetry_shifts: tuple[int, ...] = (1, 2, 4, 8)  # circular shifts along each axis (grid cells)
+    symmetry_pairs: tuple[tuple[str, str], ...] | None = None  # (PDE, model) pairs; None: all
+    symmetry_orbit_epochs: tuple[int, ...] | None = None  # orbit influence across these epochs; None: all
+
+    def pairs(self, subset: tuple[tuple[str, str], ...] | None = None) -> list[tuple[str, str]]:
+        """The (PDE, model) pairs of the profile, or those of `subset` (a study's stated subset)."""
+        every = [(pde, model) for pde in self.pdes for model in self.models]
+        return every if subset is None else [p for p in every if tuple(p) in set(map(tuple, subset))]
     # --- interventions (training recipes), same data and optimizer steps as one-step
     recipes: tuple[str, ...] = ("one-step", "pushforward", "noise", "multistep", "augment", "physics")
     recipe_pairs: tuple[tuple[str, str], ...] | None = None  # (PDE, model) pairs; None: all
@@ -172,6 +179,7 @@ PROFILES: dict[str, Profile] = {
         seed_paper_batches=1,
         seed_paper_estimator="subspace",
         symmetry_shifts=(1, 4),
+        symmetry_pairs=(("CE", "unet"), ("NS", "vit")),
         recipes=("one-step", "pushforward"),
         recipe_pairs=(("CE", "unet"),),
         estimator_lambdas=(1e-6, 1e-2),
@@ -188,7 +196,9 @@ PROFILES: dict[str, Profile] = {
         seeds=(10, 35, 42),
         n_influence_batches=2,
         seed_paper_estimator="subspace",
-        symmetry_shifts=(1, 4),
+        symmetry_shifts=(1,),
+        symmetry_pairs=(("CE", "unet"), ("NS", "unet")),
+        symmetry_orbit_epochs=(1,),
         recipes=("one-step", "pushforward", "augment"),
         recipe_pairs=(("CE", "unet"),),
         recipe_batches=1,

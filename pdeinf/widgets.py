@@ -10,6 +10,8 @@ Only what `loader(pde, model)` returns is used (the notebook passes
 is loaded once, each analysis is computed once per selection and
 kept; moving the slider only redraws. No influence matrix is ever recomputed here.
 
+With `symmetry_loader` the explorer is a two-tab widget (influence, symmetry; `SymmetryTab`).
+
 CSS classes for front-end tests: "pdeinf-explorer" (the whole box), "pdeinf-lag-slider",
 "pdeinf-figure", and "pdeinf-<name>" on each dropdown (pde, model, seed, epoch, variant,
 normalization).
@@ -33,7 +35,7 @@ class Explorer:
     """The explorer's state: widgets, the per-(PDE, model) datasets and the analysis cache."""
 
     def __init__(self, profile=None, *, pdes=None, models=None, loader: Callable | None = None,
-                 max_lag: int = 11):
+                 max_lag: int = 11, symmetry_loader: Callable | None = None):
         self.profile = get_profile(profile) if profile is None or isinstance(profile, str) else profile
         pdes = list(pdes or self.profile.pdes)
         models = list(models or self.profile.models)
@@ -80,7 +82,15 @@ class Explorer:
             W.HBox([self.epoch, self.variant, self.normalization]),
             self.lag,
         ])
-        self.widget = W.VBox([controls, self.image, self.status])
+        influence_box = W.VBox([controls, self.image, self.status])
+        self.symmetry = None
+        if symmetry_loader is not None:
+            self.symmetry = SymmetryTab(symmetry_loader, pdes, models)
+            self.widget = W.Tab(children=[influence_box, self.symmetry.widget])
+            self.widget.set_title(0, "influence")
+            self.widget.set_title(1, "symmetry")
+        else:
+            self.widget = influence_box
         self.widget.add_class("pdeinf-explorer")
 
         self.pde.observe(self._on_dataset_change, names="value")
@@ -165,8 +175,99 @@ class Explorer:
         return self.widget._repr_mimebundle_(**kwargs)
 
 
+class SymmetryTab:
+    """The symmetry tab: PDE, model and group element (D4 element or shift) dropdowns -> the
+    per-example equivariance error and the orbit-influence diagonal of that element
+    (`pdeinf.viz.symmetry.symmetry_panel_figure`). Each (PDE, model) study is loaded once by
+    `loader(pde, model)` (the notebook passes `pdeinf.pipeline.symmetry.symmetry_loader`);
+    each element's panel is drawn once and kept.
+
+    CSS classes: "pdeinf-symmetry" (the tab), "pdeinf-symmetry-figure", "pdeinf-sym-<name>"
+    on the dropdowns (pde, model, element)."""
+
+    def __init__(self, loader: Callable, pdes, models):
+        if not callable(loader):
+            raise InputError("symmetry_loader: a callable (pde, model) -> symmetry study is required, "
+                             "e.g. pdeinf.pipeline.symmetry.symmetry_loader(profile)")
+        self.loader = loader
+        self._datasets: dict = {}
+        self._panels: dict = {}
+        self._updating = False
+        self.renders = 0
+
+        def dropdown(name, options, description):
+            w = W.Dropdown(options=options, description=description, layout=W.Layout(width="250px"),
+                           style={"description_width": "95px"})
+            w.add_class(f"pdeinf-sym-{name}")
+            return w
+
+        self.pde = dropdown("pde", list(pdes), "PDE")
+        self.model = dropdown("model", list(models), "model")
+        self.element = dropdown("element", [], "element")
+        self.image = W.Image(format="png", layout=W.Layout(width="100%"))
+        self.image.add_class("pdeinf-symmetry-figure")
+        self.status = W.HTML(value="")
+        self.widget = W.VBox([W.HBox([self.pde, self.model, self.element]), self.image, self.status])
+        self.widget.add_class("pdeinf-symmetry")
+        self.pde.observe(self._on_dataset_change, names="value")
+        self.model.observe(self._on_dataset_change, names="value")
+        self.element.observe(self._on_view_change, names="value")
+        self._on_dataset_change()
+
+    def dataset(self, pde: str, model: str):
+        key = (pde, model)
+        if key not in self._datasets:
+            self._datasets[key] = self.loader(pde, model)
+        return self._datasets[key]
+
+    def _on_dataset_change(self, change=None):
+        ds = self.dataset(self.pde.value, self.model.value)
+        labels = [str(e) for e in ds["element"].values]
+        self._updating = True
+        try:
+            current = self.element.value
+            self.element.options = labels
+            self.element.value = current if current in labels else labels[min(1, len(labels) - 1)]
+        finally:
+            self._updating = False
+        self.render()
+
+    def _on_view_change(self, change=None):
+        if not self._updating:
+            self.render()
+
+    def numbers(self) -> dict:
+        """Q3 (over seeds, batches, examples) of the selected element's equivariance ratio and
+        the median of its orbit diagonal and of the identity's."""
+        ds = self.dataset(self.pde.value, self.model.value)
+        g = self.element.value
+        return {"equivariance_q3": float(ds["equivariance"].sel(element=g).quantile(0.75)),
+                "orbit_median": float(ds["orbit_diagonal"].sel(element=g).median()),
+                "identity_median": float(ds["orbit_diagonal"].sel(element="e").median())}
+
+    def render(self) -> bytes:
+        from pdeinf.viz import symmetry as vs
+
+        key = (self.pde.value, self.model.value, self.element.value)
+        if key not in self._panels:
+            fig = vs.symmetry_panel_figure(self.dataset(*key[:2]), key[2],
+                                           title=f"{key[0]} {key[1]}, g = {key[2]}")
+            buffer = io.BytesIO()
+            fig.savefig(buffer, format="png", dpi=80)
+            self._panels[key] = buffer.getvalue()
+            self.renders += 1
+        self.image.value = self._panels[key]
+        n = self.numbers()
+        self.status.value = (f"{key[2]}: equivariance Q3 {n['equivariance_q3']:.3g}, orbit diagonal "
+                             f"median {n['orbit_median']:.3g} (identity {n['identity_median']:.3g})")
+        return self.image.value
+
+
 def explorer(profile=None, *, pdes=None, models=None, loader: Callable | None = None,
-             max_lag: int = 11) -> Explorer:
+             max_lag: int = 11, symmetry_loader: Callable | None = None) -> Explorer:
     """Build the explorer (see the module docstring). `loader(pde, model) -> xr.Dataset`:
-    `pdeinf.pipeline.sweep_loader(profile)`, or your own (e.g. a `combine_variants` output)."""
-    return Explorer(profile, pdes=pdes, models=models, loader=loader, max_lag=max_lag)
+    `pdeinf.pipeline.sweep_loader(profile)`, or your own (e.g. a `combine_variants` output).
+    `symmetry_loader(pde, model)` (optional) adds the symmetry tab (`SymmetryTab`), e.g.
+    `pdeinf.pipeline.symmetry.symmetry_loader(profile)`."""
+    return Explorer(profile, pdes=pdes, models=models, loader=loader, max_lag=max_lag,
+                    symmetry_loader=symmetry_loader)

@@ -2,7 +2,7 @@
 
 nbval and papermill never run the widget front-end; this test does. It starts JupyterLab on
 a free localhost port (token auth) with ``PDEINF_HOME`` holding the smoke results, opens
-``notebooks/09_explorer.ipynb``, runs all cells, moves the lag slider with the keyboard and
+``notebooks/15_explorer.ipynb``, runs all cells, moves the lag slider with the keyboard and
 checks that the figure (an image widget) actually changes. A screenshot is saved as
 ``results/explorer_screenshot.png`` of the repository. The server is always shut down.
 
@@ -40,7 +40,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-EXPLORER = REPO / "notebooks" / "09_explorer.ipynb"
+EXPLORER = REPO / "notebooks" / "15_explorer.ipynb"
 SCREENSHOT = REPO / "results" / "explorer_screenshot.png"
 
 

@@ -288,7 +288,8 @@ def test_rerun_computes_nothing(smoke_home):
     timings = pipeline.run_all(SMOKE, progress=False)
     assert _snapshot(paths.results_dir()) == before
     assert timings[0].stage == "data"
-    assert len(timings) == 1 + 4 * len(PAIRS) + 2  # + estimator study, interventions
+    n_symmetry = len(SMOKE.pairs(SMOKE.symmetry_pairs))
+    assert len(timings) == 1 + 4 * len(PAIRS) + n_symmetry + 2  # + estimator study, interventions
 
 
 @pytest.mark.slow

@@ -119,3 +119,53 @@ def test_bad_arguments(loader):
         widgets.explorer("smoke", pdes=["XX"], loader=loader)
     with pytest.raises(InputError, match="max_lag"):
         widgets.explorer("smoke", loader=loader, max_lag=-1)
+
+
+# --------------------------------------------------------------------------- symmetry tab
+
+
+@pytest.fixture()
+def sym_loader():
+    from test_symmetry_study import _synthetic
+
+    calls = []
+    studies = {"CE": _synthetic(rng_seed=1), "NS": _synthetic(rng_seed=2)}
+
+    def load(pde, model):
+        calls.append((pde, model))
+        return studies[pde]
+
+    load.calls = calls
+    return load
+
+
+def test_symmetry_tab_element_selector_redraws_and_caches(loader, sym_loader):
+    ex = widgets.explorer("smoke", pdes=["CE", "NS"], models=["unet", "vit"], loader=loader,
+                          symmetry_loader=sym_loader)
+    tab = ex.symmetry
+    assert isinstance(ex.widget, widgets.W.Tab) and "pdeinf-explorer" in ex.widget._dom_classes
+    assert ex.widget.children[0].children[1] is ex.image  # the influence tab is unchanged
+    assert tab.element.options[0] == "e" and tab.element.value == "r"
+    first = tab.image.value
+    assert first[:8] == b"\x89PNG\r\n\x1a\n"
+    tab.element.value = "shift(1,0)"
+    assert tab.image.value != first
+    assert tab.status.value.startswith("shift(1,0): equivariance Q3")
+    ds = sym_loader("CE", "unet")
+    n = tab.numbers()
+    assert n["equivariance_q3"] == pytest.approx(float(ds["equivariance"].sel(element="shift(1,0)").quantile(0.75)))
+    assert n["orbit_median"] == pytest.approx(float(ds["orbit_diagonal"].sel(element="shift(1,0)").median()))
+    renders = tab.renders
+    tab.element.value = "r"
+    assert tab.image.value == first and tab.renders == renders  # drawn once, kept
+    tab.pde.value = "NS"
+    assert tab.element.value == "r" and tab.image.value != first
+    tab.pde.value = "CE"
+    assert sym_loader.calls.count(("CE", "unet")) == 2  # one by the tab, one by this test
+
+
+def test_symmetry_tab_is_optional_and_needs_a_callable(loader):
+    ex = make(loader)
+    assert ex.symmetry is None and isinstance(ex.widget, widgets.W.VBox)
+    with pytest.raises(InputError, match="symmetry_loader"):
+        widgets.explorer("smoke", loader=loader, symmetry_loader="nope")

@@ -11,6 +11,7 @@ rollouts           ``results/rollouts/<profile>/<PDE>-<model>.nc``              
 seed paper         ``results/influence/<profile>/seed-paper/<PDE>-<model>/``     `influence`
 interventions      ``results/interventions/<profile>/<PDE>-<model>/<recipe>/``   `interventions`
 estimator study    ``results/estimator/<profile>/<PDE>-<model>/s<seed>.nc``      `estimator`
+symmetry           ``results/symmetry/<profile>/<PDE>-<model>/s<seed>.nc``       `symmetry`
 notebooks          ``results/executed/*.ipynb``, ``results/*.json``, figures/    `notebooks`
 =================  ==========================================================  ==============
 
@@ -45,6 +46,7 @@ from pdeinf.pipeline.reproduce import (
     run_all,
 )
 from pdeinf.pipeline.rollouts import ensure_rollouts, rollouts_path
+from pdeinf.pipeline.symmetry import ensure_symmetry, symmetry_loader
 from pdeinf.pipeline.training import ensure_training, training_complete, training_history
 
 
@@ -70,6 +72,7 @@ __all__ = [
     "ensure_interventions",
     "ensure_rollouts",
     "ensure_seed_paper",
+    "ensure_symmetry",
     "ensure_training",
     "executed_dir",
     "format_report",
@@ -84,6 +87,7 @@ __all__ = [
     "run_sweep",
     "summarize_notebook",
     "sweep_loader",
+    "symmetry_loader",
     "training_complete",
     "training_history",
 ]

@@ -30,6 +30,7 @@ from pdeinf.pipeline.notebooks import (
     summarize_notebook,
 )
 from pdeinf.pipeline.rollouts import ensure_rollouts
+from pdeinf.pipeline.symmetry import ensure_symmetry
 from pdeinf.pipeline.training import ensure_training
 
 
@@ -94,6 +95,9 @@ def run_all(
                 ensure_seed_paper(profile, pde, model, progress=progress)
             with _timed(timings, f"rollouts {pde}-{model}", echo=progress):
                 ensure_rollouts(profile, pde, model, progress=progress)
+    for pde, model in profile.pairs(profile.symmetry_pairs):
+        with _timed(timings, f"symmetry {pde}-{model}", echo=progress):
+            ensure_symmetry(profile, pde, model, progress=progress)
     with _timed(timings, "estimator study", echo=progress):
         ensure_estimator_study(profile, progress=progress)
     with _timed(timings, "interventions", echo=progress):

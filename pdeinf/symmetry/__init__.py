@@ -1,6 +1,7 @@
 """Symmetry of PDE surrogates (follow-up, method.md section 7): group actions (D4, circular
 shifts) on fields, the forward equivariance error, the Lie derivative (Gruver et al. 2023) and
-orbit influence (bras at transformed examples).
+orbit influence (bras at transformed examples); `study` (one seed's whole study as a Dataset)
+and `summary` (the follow-up's aggregation and the verdict statistics).
 
 `actions` is pure tensor code (importable from training); the other modules sit above
 `pdeinf.influence` and are imported lazily.
@@ -24,12 +25,14 @@ _LAZY = {
     "lie_derivative": "pdeinf.symmetry.lie",
     "GENERATORS": "pdeinf.symmetry.lie",
     "orbit_influence": "pdeinf.symmetry.orbit",
+    "symmetry_study": "pdeinf.symmetry.study",
+    "symmetry_findings": "pdeinf.symmetry.summary",
 }
 
 __all__ = [
     "CONVENTIONS", "ELEMENTS", "GENERATORS", "act", "aggregate_equivariance",
     "axis_assignment_check", "compose", "equivariance_error", "inverse", "lie_derivative",
-    "orbit_influence",
+    "orbit_influence", "symmetry_findings", "symmetry_study",
 ]
 
 

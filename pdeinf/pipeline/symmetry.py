@@ -1,0 +1,201 @@
+"""Stage: the symmetry study (follow-up section 7 + Lie derivative) of every training seed.
+
+One file per seed, `results/symmetry/<profile>/<PDE>-<model>/s<seed>.nc`, holding
+`pdeinf.symmetry.study.symmetry_study` of that seed: the final checkpoint on
+`profile.symmetry_batches` influence batches (equivariance error, orbit-influence diagonal, Lie
+derivative norms and layer shares, shift curves and landscape, axis check) and every checkpoint
+of `profile.checkpoints` on the first batch (Lie norm, equivariance and orbit diagonal of the
+tracked elements). Each file records `cache_key` (the seed's checkpoint bytes, the data's
+content fingerprint, the settings, the package version) and a checksum of its arrays; a rerun
+recomputes exactly the seeds whose file is missing, stale or corrupt.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from pdeinf import paths
+from pdeinf.atomic import write_netcdf
+from pdeinf.errors import InputError
+from pdeinf.pipeline.checksums import checksum_ok, with_checksum
+from pdeinf.pipeline.common import (
+    ProfileLike,
+    as_profile,
+    check_selection,
+    content_key,
+    file_digest,
+    final_epoch,
+    scheduled_checkpoints,
+)
+
+DATA_VARS = ("equivariance", "equivariance_authors", "orbit_diagonal", "lie_norm",
+             "lie_layer_norm", "axis_check", "lie_norm_epochs", "orbit_diagonal_epochs")
+#: Bumped when what a file holds changes (part of the cache key).
+STAGE_VERSION = 1
+
+
+def symmetry_dir(profile, pde: str, model: str, out_root=None) -> Path:
+    prof = as_profile(profile)
+    root = Path(out_root) if out_root is not None else paths.results_dir() / "symmetry" / prof.name
+    return root / f"{pde}-{model}"
+
+
+def seed_file(directory: Path, seed: int) -> Path:
+    return Path(directory) / f"s{int(seed)}.nc"
+
+
+def orbit_epochs(prof, pde: str) -> list[int]:
+    """Checkpoints at which the tracked orbit diagonals are computed: the profile's optional
+    `symmetry_orbit_epochs` (the final checkpoint is always included), else every checkpoint."""
+    chosen = getattr(prof, "symmetry_orbit_epochs", None)
+    every = list(scheduled_checkpoints(prof, pde))
+    if chosen is None:
+        return every
+    chosen = chosen.get(pde, every) if isinstance(chosen, dict) else chosen
+    return sorted({int(e) for e in chosen if int(e) in every} | {final_epoch(prof, pde)})
+
+
+def settings(prof, pde: str) -> dict:
+    """What a file depends on besides checkpoints and data."""
+    return {"orbit_epochs": orbit_epochs(prof, pde),"symmetry_batches": int(prof.symmetry_batches),
+            "symmetry_shifts": [int(a) for a in prof.symmetry_shifts],
+            "checkpoints": list(scheduled_checkpoints(prof, pde)),
+            "damping": prof.damping, "energy_tol": prof.energy_tol, "t_max": prof.t_max,
+            "stage_version": STAGE_VERSION}
+
+
+def seed_key(sources, data_key: str, prof, pde: str, model: str, seed: int) -> str:
+    digests = {}
+    for epoch in scheduled_checkpoints(prof, pde):
+        ckpt = Path(sources.checkpoint(seed, epoch))
+        digests[str(epoch)] = file_digest(ckpt) if ckpt.is_file() else "missing"
+    return content_key(stage="symmetry", pde=pde, model=model, seed=int(seed), data=data_key,
+                       checkpoint_digests=digests, **settings(prof, pde))
+
+
+def _valid(path: Path, key: str | None) -> bool:
+    import xarray as xr
+
+    try:
+        with xr.open_dataset(path, engine="h5netcdf") as ds:
+            ds = ds.load()
+    except Exception:  # noqa: BLE001 - unreadable, truncated or foreign file: recompute it
+        return False
+    if any(v not in ds for v in DATA_VARS):
+        return False
+    if key is not None and ds.attrs.get("cache_key") != key:
+        return False
+    return checksum_ok(ds) and bool(np.isfinite(ds["equivariance"].values).all())
+
+
+def snapshot_dt(sources, pde: str) -> float | None:
+    """Spacing of the stored snapshots (the compressible axis check needs it), from the data
+    readers of `sources` (`sources.snapshot_dt()` when it provides one)."""
+    from pdeinf.config import pde_spec
+
+    if not pde_spec(pde).compressible:
+        return None
+    if hasattr(sources, "snapshot_dt"):
+        return float(sources.snapshot_dt())
+    data = sources.data
+    times = np.asarray(data.reader(data.classes[0]).times, dtype=np.float64)
+    return float(times[1] - times[0])
+
+
+def run_symmetry(profile, pde: str, model: str, *, sources=None, out_root=None,
+                 progress: bool = True, compute=None) -> list[Path]:
+    """(Re)compute the seeds whose file is missing, stale or corrupt; returns every seed's file.
+
+    `sources`: as `pdeinf.pipeline.influence.FileSources` (checkpoint, model, batch, data_key;
+    and the data readers or `snapshot_dt()` for compressible PDEs); `compute`: defaults to
+    `pdeinf.symmetry.study.symmetry_study` (same signature).
+    """
+    from pdeinf.pipeline.influence import FileSources
+    from pdeinf.symmetry.study import symmetry_study
+
+    prof = as_profile(profile)
+    check_selection(prof, pde, model)
+    sources = sources if sources is not None else FileSources(prof, pde, model)
+    compute = compute or symmetry_study
+    epochs = scheduled_checkpoints(prof, pde)
+    missing = [sources.checkpoint(s, e) for s in prof.seeds for e in epochs
+               if not Path(sources.checkpoint(s, e)).is_file()]
+    if missing:
+        raise InputError(f"{missing[0]}: checkpoint not found ({len(missing)} missing; "
+                         f"train {pde}/{model} at profile {prof.name} first)")
+    if prof.symmetry_batches < 1:
+        raise InputError(f"profile: symmetry_batches must be >= 1, got {prof.symmetry_batches}")
+    out_dir = symmetry_dir(prof, pde, model, out_root)
+    data_key = sources.data_key()
+    keys = {s: seed_key(sources, data_key, prof, pde, model, s) for s in prof.seeds}
+    todo = [s for s in prof.seeds if not _valid(seed_file(out_dir, s), keys[s])]
+    dt = snapshot_dt(sources, pde) if todo else None
+    for seed in tqdm(todo, desc=f"symmetry {pde}-{model}", unit="seed", disable=not progress):
+        models = {}
+        for epoch in epochs:
+            m, _ = sources.model(seed, epoch)
+            models[int(epoch)] = m.eval()
+        batches = [sources.batch(seed, b) for b in range(prof.symmetry_batches)]
+        attrs = {"model": model, "seed": int(seed), "profile": prof.name, "cache_key": keys[seed],
+                 "trajectories": ",".join(str(int(v)) for b in batches
+                                          for v in np.unique(np.asarray(b.trajectory)))}
+        ds = compute(models, batches, pde=pde, final_epoch=final_epoch(prof, pde),
+                     shifts=prof.symmetry_shifts, dt=dt, damping=prof.damping,
+                     energy_tol=prof.energy_tol, orbit_epochs=orbit_epochs(prof, pde),
+                     progress=progress, attrs=attrs)
+        write_netcdf(with_checksum(ds), seed_file(out_dir, seed))
+    return [seed_file(out_dir, s) for s in prof.seeds]
+
+
+def load_symmetry(profile, pde: str, model: str, *, out_root=None, sources=None):
+    """Every seed's file concatenated along `seed` (InputError naming what is missing or
+    invalid; with `sources`, files are also checked against the current inputs' keys)."""
+    import xarray as xr
+
+    prof = as_profile(profile)
+    check_selection(prof, pde, model)
+    out_dir = symmetry_dir(prof, pde, model, out_root)
+    keys = dict.fromkeys(prof.seeds)
+    if sources is not None:
+        data_key = sources.data_key()
+        keys = {s: seed_key(sources, data_key, prof, pde, model, s) for s in prof.seeds}
+    bad = [seed_file(out_dir, s) for s in prof.seeds if not _valid(seed_file(out_dir, s), keys[s])]
+    if bad:
+        raise InputError(f"{bad[0]}: symmetry file missing, stale or corrupt ({len(bad)} of "
+                         f"{len(prof.seeds)}); run ensure_symmetry({prof.name!r}, {pde!r}, {model!r})")
+    parts = []
+    for seed in prof.seeds:
+        with xr.open_dataset(seed_file(out_dir, seed), engine="h5netcdf") as ds:
+            parts.append(ds.load())
+    out = xr.concat(parts, dim="seed", combine_attrs="drop_conflicts", coords="minimal",
+                    compat="override", data_vars="all")
+    out = out.assign_coords(seed=list(prof.seeds))
+    out.attrs.update({"model": model, "pde": pde, "profile": prof.name})
+    return out
+
+
+def ensure_symmetry(profile: ProfileLike, pde: str, model: str, *, progress: bool = True):
+    """The symmetry study of every seed of (pde, model) as one `xr.Dataset` with a leading
+    `seed` dim (see `pdeinf.symmetry.study`). Trains first if needed; recomputes exactly the
+    seeds whose file is missing, stale (other checkpoints, data or settings) or corrupt."""
+    from pdeinf.pipeline.influence import FileSources
+    from pdeinf.pipeline.training import ensure_training
+
+    prof = as_profile(profile)
+    check_selection(prof, pde, model)
+    ensure_training(prof, pde, model, progress=progress)
+    sources = FileSources(prof, pde, model)
+    run_symmetry(prof, pde, model, sources=sources, progress=progress)
+    return load_symmetry(prof, pde, model, sources=sources)
+
+
+def symmetry_loader(profile, *, progress: bool = False):
+    """A loader `(pde, model) -> xr.Dataset` over the cached symmetry studies (the explorer's
+    symmetry tab)."""
+
+    def load(pde: str, model: str):
+        return ensure_symmetry(profile, pde, model, progress=progress)
+
+    return load

@@ -1,0 +1,255 @@
+"""The symmetry study: its per-seed computation on an exactly equivariant model (known
+answers), the cached stage (rerun computes nothing; a corrupted or stale file recomputes that
+seed alone), the summaries behind the verdict rules, and the explorer's symmetry tab."""
+from __future__ import annotations
+
+import dataclasses
+from types import SimpleNamespace
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from pdeinf.config import get_profile
+from pdeinf.errors import InputError
+from pdeinf.symmetry import study as sy
+from pdeinf.symmetry import summary as sm
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+class Pointwise(torch.nn.Module):
+    """f(u) = a u + b u^3 per grid point and channel: commutes with every D4 element and shift
+    (vector components are permuted / negated, and odd powers keep signs) for EVERY (a, b)."""
+
+    def __init__(self, a=0.9, b=0.0):
+        super().__init__()
+        self.a = torch.nn.Parameter(torch.tensor(a, dtype=torch.float64))
+        self.b = torch.nn.Parameter(torch.tensor(b, dtype=torch.float64))
+
+    def forward(self, u):
+        return self.a * u + self.b * u ** 3
+
+
+def _conv_net(seed: int):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3, padding=1, padding_mode="circular"),
+                               torch.nn.Tanh(),
+                               torch.nn.Conv2d(4, 2, 3, padding=1, padding_mode="circular")).double().eval()
+
+
+def _batch(seed: int, n_per_class: int = 2, size: int = 8):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(3 * n_per_class, 2, size, size, generator=g, dtype=torch.float64)
+    y = 0.8 * x + 0.3 * torch.randn(x.shape, generator=g, dtype=torch.float64)
+    c = np.repeat(np.arange(3), n_per_class)
+    return SimpleNamespace(inputs=x, targets=y, c=c, trajectory=c)
+
+
+def test_equivariant_model_has_unit_errors_equal_orbit_influence_and_zero_lie():
+    models = {1: torch.nn.Sequential(Pointwise(0.5)), 2: torch.nn.Sequential(Pointwise(0.9))}
+    ds = sy.symmetry_study(models, [_batch(0)], pde="NS", final_epoch=2, shifts=(1, 3))
+    np.testing.assert_allclose(ds["equivariance"].values, 1.0, rtol=1e-12)
+    np.testing.assert_allclose(ds["equivariance_authors"].values, 1.0, rtol=1e-12)
+    np.testing.assert_allclose(ds["shift_axis_error"].values, 1.0, rtol=1e-12)
+    np.testing.assert_allclose(ds["shift_landscape"].values, 1.0, rtol=1e-12)
+    # G_bra = G_ket for an equivariant family: every H_g equals H_e
+    diag = ds["orbit_diagonal"]
+    for g in ds["element"].values:
+        np.testing.assert_allclose(diag.sel(element=g).values, diag.sel(element="e").values, rtol=1e-6)
+    np.testing.assert_allclose(ds["orbit_diagonal_epochs"].sel(tracked="shift1").values,
+                               ds["orbit_diagonal_epochs"].sel(tracked="identity").values, rtol=1e-6)
+    # linear at its parameter values (b = 0): commutes with sub-pixel shifts and rotations
+    assert np.abs(ds["lie_norm"].values).max() < 1e-10
+    assert np.abs(ds["lie_norm_epochs"].values).max() < 1e-10
+    assert list(ds["element"].values[:8]) == ["e", "r", "r2", "r3", "s", "sr", "sr2", "sr3"]
+    assert list(ds["element"].values[8:]) == ["shift(1,0)", "shift(0,1)", "shift(3,0)", "shift(0,3)"]
+    assert list(ds["epoch"].values) == [1, 2]
+
+
+def test_nonlinear_net_breaks_equivariance_and_tracks_worst_element():
+    models = {1: _conv_net(1), 3: _conv_net(3)}
+    ds = sy.symmetry_study(models, [_batch(1)], pde="NS", final_epoch=3, shifts=(1,))
+    eq = ds["equivariance"]
+    # circular convolutions are shift-equivariant; random filters are not rotation-equivariant
+    np.testing.assert_allclose(eq.sel(element=["shift(1,0)", "shift(0,1)"]).values, 1.0, rtol=1e-10)
+    d4 = eq.sel(element=list(sy.D4_NON_IDENTITY))
+    assert np.abs(np.log(d4.values)).max() > 1e-3
+    q3 = d4.quantile(0.75, dim=("batch", "example"))
+    assert sy.D4_NON_IDENTITY[int(ds["worst_d4_index"]) - 1] == str(q3["element"].values[int(np.argmax(q3.values))])
+    assert ds["lie_norm"].sel(generator="x").min() > 0  # aliasing of tanh (Gruver et al.)
+    assert list(ds["layer"].values) == ["0", "1", "2", "remainder"]  # conv, tanh, conv, rest
+    np.testing.assert_allclose(ds["equivariance_epochs"].sel(epoch=3, tracked="worst_d4").values,
+                               eq.sel(element=sy.D4_NON_IDENTITY[int(ds["worst_d4_index"]) - 1]).values[0])
+
+
+def test_orbit_epochs_subset_leaves_nan_elsewhere():
+    models = {e: torch.nn.Sequential(Pointwise(0.3 * e)) for e in (1, 2, 3)}
+    ds = sy.symmetry_study(models, [_batch(3)], pde="NS", final_epoch=3, shifts=(1,), orbit_epochs=(1,))
+    d = ds["orbit_diagonal_epochs"]
+    assert np.isnan(d.sel(epoch=2).values).all()
+    assert np.isfinite(d.sel(epoch=[1, 3]).values).all()
+    np.testing.assert_allclose(d.sel(epoch=3).values, ds["orbit_diagonal"].sel(
+        batch=0, element=["e", sy.D4_NON_IDENTITY[int(ds["worst_d4_index"]) - 1], "shift(1,0)"]).values)
+    assert np.isfinite(ds["lie_norm_epochs"].values).all()
+    tr = sm.epoch_trends(ds.expand_dims(seed=[0]))
+    assert np.isnan(tr["orbit"].sel(epoch=2).values).all() and np.isfinite(tr["lie"].values).all()
+
+
+def test_class_trajectories_and_bad_input():
+    b = _batch(2)
+    traj = sy.class_trajectories(b.inputs, b.targets, b.c)
+    assert traj.shape == (3, 3, 2, 8, 8)
+    assert torch.equal(traj[1, :2], b.inputs[2:4]) and torch.equal(traj[1, 2], b.targets[3])
+    with pytest.raises(InputError, match="shifts"):
+        sy.study_elements((0, 2))
+    with pytest.raises(InputError, match="final epoch"):
+        sy.symmetry_study({1: _conv_net(0)}, [b], pde="NS", final_epoch=2, shifts=(1,))
+
+
+# --------------------------------------------------------------------------- the cached stage
+
+
+class FakeSources:
+    def __init__(self, root):
+        self.root = root
+        self.loaded = []
+
+    def checkpoint(self, seed, epoch):
+        path = self.root / f"ckpt_s{seed}_e{epoch}.pt"
+        if not path.is_file():
+            path.write_bytes(f"{seed}-{epoch}".encode())
+        return path
+
+    def model(self, seed, epoch):
+        self.loaded.append((seed, epoch))
+        return _conv_net(100 * seed + epoch), {}
+
+    def batch(self, seed, index):
+        return _batch(seed + index)
+
+    def data_key(self):
+        return "fake-data"
+
+
+def _profile():
+    return dataclasses.replace(get_profile("smoke"), seeds=(1, 2), checkpoints={"CE": (1, 2), "NS": (1, 2)},
+                               symmetry_batches=1, symmetry_shifts=(1,))
+
+
+def test_stage_caches_and_recomputes_only_the_bad_seed(tmp_path):
+    from pdeinf.pipeline import symmetry as ps
+
+    prof, sources = _profile(), FakeSources(tmp_path)
+    calls = []
+
+    def counting(models, batches, **kw):
+        calls.append(kw["attrs"]["seed"])
+        return sy.symmetry_study(models, batches, **kw)
+
+    run = {"sources": sources, "out_root": tmp_path / "out", "progress": False, "compute": counting}
+    files = ps.run_symmetry(prof, "NS", "unet", **run)
+    assert calls == [1, 2] and all(f.is_file() for f in files)
+    ps.run_symmetry(prof, "NS", "unet", **run)
+    assert calls == [1, 2], "a rerun recomputed a valid file"
+    files[1].write_bytes(files[1].read_bytes()[:200])  # truncated: corrupt
+    ps.run_symmetry(prof, "NS", "unet", **run)
+    assert calls == [1, 2, 2]
+    sources.checkpoint(1, 2).write_bytes(b"retrained")  # stale: the seed's checkpoint changed
+    ps.run_symmetry(prof, "NS", "unet", **run)
+    assert calls == [1, 2, 2, 1]
+    ds = ps.load_symmetry(prof, "NS", "unet", out_root=tmp_path / "out", sources=sources)
+    assert list(ds["seed"].values) == [1, 2]
+    assert ds["equivariance"].dims == ("seed", "batch", "element", "example")
+    assert ds["worst_d4_index"].dims == ("seed",)
+
+
+def test_stage_rejects_a_flipped_value_and_missing_checkpoints(tmp_path):
+    from pdeinf.atomic import write_netcdf
+    from pdeinf.pipeline import symmetry as ps
+
+    prof, sources = _profile(), FakeSources(tmp_path)
+    out = tmp_path / "out"
+    files = ps.run_symmetry(prof, "NS", "unet", sources=sources, out_root=out, progress=False)
+    with xr.open_dataset(files[0], engine="h5netcdf") as ds:
+        ds = ds.load()
+    ds["equivariance"][0, 1, 0] += 1.0  # checksum no longer matches
+    write_netcdf(ds, files[0])
+    with pytest.raises(InputError, match="s1.nc"):
+        ps.load_symmetry(prof, "NS", "unet", out_root=out)
+    with pytest.raises(InputError, match="checkpoint not found"):
+        ps.run_symmetry(dataclasses.replace(prof, checkpoints={"CE": (1,), "NS": (1, 7)}), "NS", "unet",
+                        sources=SimpleNamespace(checkpoint=lambda s, e: tmp_path / "nope.pt"),
+                        out_root=out, progress=False)
+
+
+# --------------------------------------------------------------------------- summaries
+
+
+def _synthetic(n_seeds=3, n_batches=2, n=5, rng_seed=0):
+    """A study whose element k has equivariance ratio 10**(k / 4) (times per-seed noise) and
+    orbit diagonal decreasing with k."""
+    rng = np.random.default_rng(rng_seed)
+    labels = ["e", *sy.D4_NON_IDENTITY, "shift(1,0)", "shift(0,1)"]
+    k = np.arange(len(labels), dtype=float)
+    eq = 10 ** (k[None, None, :, None] / 4) * np.exp(0.01 * rng.standard_normal((n_seeds, n_batches, len(labels), n)))
+    eq[:, :, 0] = 1.0
+    orbit = (5.0 - 0.3 * k)[None, None, :, None] + 0.01 * rng.standard_normal((n_seeds, n_batches, len(labels), n))
+    return xr.Dataset(
+        {"equivariance": (("seed", "batch", "element", "example"), eq),
+         "orbit_diagonal": (("seed", "batch", "element", "example"), orbit),
+         "lie_layer_norm": (("seed", "batch", "layer", "example"),
+                            np.broadcast_to(np.array([1.0, 3.0])[None, None, :, None], (n_seeds, n_batches, 2, n)).copy())},
+        coords={"seed": np.arange(n_seeds) + 10, "batch": np.arange(n_batches), "element": labels,
+                "example": np.arange(n), "layer": ["conv", "remainder"]})
+
+
+def test_finding_statistics_on_known_answers():
+    ds = _synthetic()
+    d4 = sm.finding_interval(ds, "ns_d4_broken", n_resamples=200)
+    # the largest D4 element is sr3 (k = 7): log10 ratio 7/4 up to the 1% noise
+    assert abs(float(d4.sel(ci="estimate")) - 7 / 4) < 0.02
+    assert float(d4.sel(ci="low")) <= float(d4.sel(ci="estimate")) <= float(d4.sel(ci="high"))
+    tr = sm.finding_interval(ds, "translation_within_few_percent", n_resamples=200)
+    assert abs(float(tr.sel(ci="estimate")) - 9 / 4) < 0.02
+    rho = sm.finding_interval(ds, "orbit_influence_suppressed", n_resamples=200)
+    np.testing.assert_allclose(rho.values, -1.0)  # strictly monotone in every resample
+    findings = sm.symmetry_findings({("NS", "unet"): ds, ("CE", "vit"): ds}, n_resamples=100)
+    assert set(findings) == set(sm.FINDINGS)
+    assert [e["pde"] for e in findings["ns_d4_broken"]] == ["NS"]
+    assert [e["pde"] for e in findings["ce_d4_within_25pct"]] == ["CE"]
+    entry = findings["orbit_influence_suppressed"][0]
+    assert entry["verdict"] == "reproduced" and entry["n_seeds"] == 3 and entry["n_batches"] == 2
+    assert set(entry) == {"pde", "model", "estimate", "low", "high", "n_seeds", "n_batches",
+                          "verdict", "rule", "paper"}
+    assert findings["ce_d4_within_25pct"][0]["verdict"] == "contradicted"  # 10**1.75 >> 1.25
+
+
+def test_aggregation_and_shares():
+    ds = _synthetic(n_seeds=3)
+    agg = sm.equivariance_summary(ds)
+    per_seed = np.quantile(ds["equivariance"].values.transpose(0, 2, 1, 3).reshape(3, ds.sizes["element"], -1), 0.75, axis=-1)
+    np.testing.assert_allclose(agg["per_seed"].transpose("seed", "element").values, per_seed)
+    np.testing.assert_allclose(agg["median"].values, np.median(per_seed, axis=0))
+    np.testing.assert_allclose(sm.layer_shares(ds).values, [0.25, 0.75])
+    assert sm.d4_labels(ds) == list(sy.D4_NON_IDENTITY)
+    assert sm.shift_labels(ds) == ["shift(1,0)", "shift(0,1)"]
+    with pytest.raises(InputError, match="rule"):
+        sm.finding_interval(ds, "nope")
+
+
+def test_epoch_trends_relative_to_identity():
+    rng = np.random.default_rng(1)
+    d = rng.uniform(1, 2, (2, 3, 3, 4))
+    ds = xr.Dataset({"lie_norm_epochs": (("seed", "epoch", "generator", "example"), d),
+                     "equivariance_epochs": (("seed", "epoch", "tracked", "example"), d),
+                     "orbit_diagonal_epochs": (("seed", "epoch", "tracked", "example"), d)},
+                    coords={"epoch": [1, 2, 3], "tracked": list(sy.TRACKED), "generator": ["x", "y", "rotation"]})
+    tr = sm.epoch_trends(ds)
+    np.testing.assert_allclose(tr["orbit_relative"].sel(tracked="identity").values, 1.0)
+    np.testing.assert_allclose(tr["lie"].values, np.median(d.transpose(1, 2, 0, 3).reshape(3, 3, -1), axis=-1))
