@@ -32,7 +32,8 @@ _EXPORTS = {
     "NumericalError": ("pdeinf.errors", "NumericalError"),
 }
 
-__all__ = ["__version__", *_EXPORTS]
+__all__ = ["__version__", "hat_matrix", "normalize", "build_model", "open_dataset", "open_well",
+           "get_profile", "pde_spec", "act", "InputError", "NumericalError"]
 
 
 def __getattr__(name: str):

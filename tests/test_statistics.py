@@ -17,9 +17,9 @@ from pdeinf.analysis.statistics import (
     variance_components,
 )
 from pdeinf.analysis.verdicts import (
-    VERDICT_RULES,
     PAPER_ROLLOUT_PEARSON,
     RULES,
+    VERDICT_RULES,
     Verdict,
     apply_rule,
     describe_rule,
