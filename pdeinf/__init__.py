@@ -32,8 +32,19 @@ _EXPORTS = {
     "NumericalError": ("pdeinf.errors", "NumericalError"),
 }
 
-__all__ = ["__version__", "hat_matrix", "normalize", "build_model", "open_dataset", "open_well",
-           "get_profile", "pde_spec", "act", "InputError", "NumericalError"]
+__all__ = [
+    "InputError",
+    "NumericalError",
+    "__version__",
+    "act",
+    "build_model",
+    "get_profile",
+    "hat_matrix",
+    "normalize",
+    "open_dataset",
+    "open_well",
+    "pde_spec",
+]
 
 
 def __getattr__(name: str):
