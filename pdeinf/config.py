@@ -153,6 +153,8 @@ class Profile:
     recipes: tuple[str, ...] = ("one-step", "pushforward", "noise", "multistep", "augment", "physics")
     recipe_pairs: tuple[tuple[str, str], ...] | None = None  # (PDE, model) pairs; None: all
     recipe_batches: int | None = None  # influence batches per checkpoint; None: n_influence_batches
+    # --- ablation of our model departures (increment vs direct; first-round vs the authors' models)
+    ablation_pairs: tuple[tuple[str, str], ...] | None = None  # None: every pair
     # --- estimator study (what lambda and the Krylov tolerance do), one batch per seed
     estimator_lambdas: tuple[float, ...] = (1e-8, 1e-6, 1e-4, 1e-2, 1e-1)
     estimator_rtols: tuple[float, ...] = (5e-2, 1.5e-2, 1e-3)
@@ -182,6 +184,7 @@ PROFILES: dict[str, Profile] = {
         symmetry_pairs=(("CE", "unet"), ("NS", "vit")),
         recipes=("one-step", "pushforward"),
         recipe_pairs=(("CE", "unet"),),
+        ablation_pairs=(("CE", "unet"),),
         estimator_lambdas=(1e-6, 1e-2),
         estimator_rtols=(5e-2,),
     ),
@@ -202,6 +205,7 @@ PROFILES: dict[str, Profile] = {
         recipes=("one-step", "pushforward", "augment"),
         recipe_pairs=(("CE", "unet"),),
         recipe_batches=1,
+        ablation_pairs=(("CE", "unet"),),
     ),
     "paper": Profile(
         name="paper",

@@ -289,7 +289,7 @@ def test_rerun_computes_nothing(smoke_home):
     assert _snapshot(paths.results_dir()) == before
     assert timings[0].stage == "data"
     n_symmetry = len(SMOKE.pairs(SMOKE.symmetry_pairs))
-    assert len(timings) == 1 + 4 * len(PAIRS) + n_symmetry + 2  # + estimator study, interventions
+    assert len(timings) == 1 + 4 * len(PAIRS) + n_symmetry + 3  # + estimator, interventions, ablation
 
 
 @pytest.mark.slow

@@ -12,6 +12,8 @@ seed paper         ``results/influence/<profile>/seed-paper/<PDE>-<model>/``    
 interventions      ``results/interventions/<profile>/<PDE>-<model>/<recipe>/``   `interventions`
 estimator study    ``results/estimator/<profile>/<PDE>-<model>/s<seed>.nc``      `estimator`
 symmetry           ``results/symmetry/<profile>/<PDE>-<model>/s<seed>.nc``       `symmetry`
+ablation           ``results/ablation/<profile>/<PDE>-<model>/<config>/s<seed>.nc`` `ablation`
+findings           ``figures/findings_<profile>.json`` (every headline number)   `findings`
 notebooks          ``results/executed/*.ipynb``, ``results/*.json``, figures/    `notebooks`
 =================  ==========================================================  ==============
 
@@ -19,9 +21,16 @@ Every stage output records a key of its inputs (data content, checkpoint bytes, 
 package version) and, for result arrays, a checksum; a rerun recomputes exactly what is
 missing, stale or corrupt. `reproduce` runs it all under a per-results-root lock.
 """
+from pdeinf.pipeline.ablation import ensure_ablation, ensure_ablation_pair
 from pdeinf.pipeline.common import as_profile, checkpoint_path
 from pdeinf.pipeline.data import ensure_data
 from pdeinf.pipeline.estimator import ensure_estimator_study
+from pdeinf.pipeline.findings import (
+    ablation_markdown,
+    collect_findings,
+    findings_markdown,
+    write_findings,
+)
 from pdeinf.pipeline.influence import (
     FileSources,
     ensure_influence,
@@ -63,8 +72,12 @@ __all__ = [
     "FileSources",
     "ReproduceReport",
     "StageTiming",
+    "ablation_markdown",
     "as_profile",
     "checkpoint_path",
+    "collect_findings",
+    "ensure_ablation",
+    "ensure_ablation_pair",
     "ensure_data",
     "ensure_estimator_study",
     "ensure_influence",
@@ -75,6 +88,7 @@ __all__ = [
     "ensure_symmetry",
     "ensure_training",
     "executed_dir",
+    "findings_markdown",
     "format_report",
     "list_notebooks",
     "load_sweep",
@@ -90,4 +104,5 @@ __all__ = [
     "symmetry_loader",
     "training_complete",
     "training_history",
+    "write_findings",
 ]

@@ -14,6 +14,7 @@ from pathlib import Path
 from pdeinf import paths
 from pdeinf.atomic import remove_stale_temporaries, write_json
 from pdeinf.errors import InputError
+from pdeinf.pipeline.ablation import ensure_ablation
 from pdeinf.pipeline.common import ProfileLike, as_profile
 from pdeinf.pipeline.data import ensure_data
 from pdeinf.pipeline.estimator import ensure_estimator_study
@@ -102,6 +103,8 @@ def run_all(
         ensure_estimator_study(profile, progress=progress)
     with _timed(timings, "interventions", echo=progress):
         ensure_interventions(profile, progress=progress)
+    with _timed(timings, "ablation", echo=progress):
+        ensure_ablation(profile, progress=progress)
     return timings
 
 

@@ -1,0 +1,270 @@
+"""Which of our model departures from the authors mattered (issue 10, "Ablation"): the change of
+each finding's headline number when the model is trained another way, with the seed spread
+beside it (pure: xarray in, xarray out).
+
+Input: one `xr.Dataset` per (PDE, model) with a leading `config` dim (the baseline first, the
+profile's default configuration, then each alternative), as `pdeinf.pipeline.ablation` builds:
+
+- `pi` (config, seed, batch, t_resp, c_resp, t_pert, c_pert): the follow-up's raw Gauss-Newton
+  influence of each influence batch at the final checkpoint (rows = response);
+- `rollout` (config, seed, class, batch, start, horizon): per-step rollout SMSE of the test
+  trajectories that form the influence batches (batch = trajectory index), NaN where a start
+  has no such step;
+- `val_smse` (config, seed): the final checkpoint's one-step validation SMSE.
+
+The same seed means the same initialisation seed, data split and influence batches in every
+configuration, so changes are **paired**: the hierarchical bootstrap draws seeds (then batches
+within each seed) once per replicate and applies the draw to every configuration.
+
+Findings measured (`FINDINGS`; the statistics of `pdeinf.analysis.verdicts.VERDICT_RULES` where
+a rule exists, on the row-standardized matrix like the seed paper's aggregations):
+
+- `inter_below_intra`: intra- minus inter-class mean of Ĥ at |dt| = 1;
+- `temporal_decay`: intra-class mean of Ĥ at |dt| = 1 minus at |dt| = 8;
+- `class_locked`: mean diagonal minus mean off-diagonal of the time-averaged class matrix;
+- `rollout_link_negative`: pooled Pearson r, over (seed, class, batch), of the raw-matrix ratio R
+  with the cumulative rollout SMSE at dt = 1 (`coherence.rollout_link`);
+- `validation_smse`: log10 of the final validation SMSE (mean over seeds).
+
+Per finding and configuration: `value` (the statistic), `change` (value minus the baseline's,
+with a `ci` dim: estimate, low, high; 95% percentile interval), `seed_std` (std over seeds, ddof
+1, of the per-seed value: the mean over that seed's batches, its own Pearson r over (class,
+batch), its log10 validation SMSE) and `exceeds_noise`: the change's interval excludes 0 **and**
+|change| exceeds the larger seed std of the two configurations.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import xarray as xr
+
+from pdeinf.analysis.seed_paper import standardized
+from pdeinf.analysis.seed_paper_findings import (
+    class_locked_units,
+    decay_units,
+    inter_gap_units,
+)
+from pdeinf.analysis.statistics import hierarchical_bootstrap
+from pdeinf.errors import InputError
+
+N_RESAMPLES = 1000
+RANDOM_STATE = 0
+ROLLOUT_DT = 1
+BASELINE = "baseline"
+
+#: finding -> (what it measures, unit): the rows of the ablation table.
+FINDINGS = {
+    "inter_below_intra": "intra minus inter-class mean of standardized H at |dt| = 1",
+    "temporal_decay": "intra-class mean of standardized H at |dt| = 1 minus at |dt| = 8",
+    "class_locked": "class matrix: mean diagonal minus mean off-diagonal (standardized H)",
+    "rollout_link_negative": "pooled Pearson r of raw-matrix R with cumulative rollout SMSE, dt = 1",
+    "validation_smse": "log10 final validation SMSE (mean over seeds)",
+}
+UNIT_FINDINGS = {"inter_below_intra": inter_gap_units, "temporal_decay": decay_units,
+                 "class_locked": class_locked_units}
+_PI_DIMS = ("config", "seed", "batch", "t_resp", "c_resp", "t_pert", "c_pert")
+
+
+def _check(ds) -> list[str]:
+    if not isinstance(ds, xr.Dataset):
+        raise InputError(f"ds: expected an xr.Dataset, got {type(ds).__name__}")
+    for name, dims in (("pi", _PI_DIMS), ("rollout", ("config", "seed", "class", "batch", "start",
+                                                      "horizon")), ("val_smse", ("config", "seed"))):
+        if name not in ds:
+            raise InputError(f"ds: missing variable {name!r}")
+        if set(ds[name].dims) != set(dims):
+            raise InputError(f"ds[{name!r}]: dims {ds[name].dims}, expected {dims}")
+    configs = [str(c) for c in ds["config"].values]
+    if len(configs) < 1:
+        raise InputError("ds: no configuration")
+    return configs
+
+
+# --------------------------------------------------------------------------- per-unit values
+
+
+def unit_values(ds: xr.Dataset) -> xr.DataArray:
+    """Per (config, seed, batch) unit values of the standardized-H findings, dims (finding,
+    config, seed, batch); each finding's statistic is their mean over (seed, batch)."""
+    configs = _check(ds)
+    per_config = []
+    for c in configs:
+        hn = standardized(ds["pi"].sel(config=c, drop=True))
+        per_config.append(xr.concat([UNIT_FINDINGS[f](hn) for f in UNIT_FINDINGS], dim="finding"))
+    out = xr.concat(per_config, dim="config").assign_coords(finding=list(UNIT_FINDINGS),
+                                                            config=configs)
+    return out.transpose("finding", "config", "seed", "batch")
+
+
+def rollout_units(ds: xr.Dataset, dt: int = ROLLOUT_DT) -> xr.DataArray:
+    """R and the cumulative rollout error at `dt` per (config, seed, class, batch), dims (seed,
+    batch, config, class, var) with var ("R", "error")."""
+    from pdeinf.analysis.coherence import rollout_link
+
+    configs = _check(ds)
+    parts = []
+    for c in configs:
+        pi = ds["pi"].sel(config=c, drop=True)
+        sweep = xr.Dataset({"pi": pi.expand_dims(epoch=[0], variant=["gauss-newton"])})
+        roll = ds["rollout"].sel(config=c, drop=True).rename(batch="trajectory")
+        link = rollout_link(sweep, roll, variant="gauss-newton", normalization="none",
+                            max_horizon=dt)
+        parts.append(xr.concat([link["ratio"], link["rollout_error"].sel(dt=dt, drop=True)],
+                               dim="var"))
+    out = xr.concat(parts, dim="config").assign_coords(config=configs, var=["R", "error"])
+    return out.transpose("seed", "batch", "config", "class", "var")
+
+
+def _pearson(x: np.ndarray, y: np.ndarray, axis) -> np.ndarray:
+    xc = x - x.mean(axis=axis, keepdims=True)
+    yc = y - y.mean(axis=axis, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (xc * yc).sum(axis) / np.sqrt((xc * xc).sum(axis) * (yc * yc).sum(axis))
+
+
+def pooled_pearson(units: xr.DataArray) -> xr.DataArray:
+    """Pearson r of R with the error pooled over (seed, batch, class), per config (keeps a
+    leading `resample` dim)."""
+    lead = ["resample"] if "resample" in units.dims else []
+    arr = units.transpose(*lead, "config", "var", "seed", "batch", "class").values
+    arr = arr.reshape(*arr.shape[:len(lead) + 2], -1)
+    r = _pearson(arr[..., 0, :], arr[..., 1, :], axis=-1)
+    return xr.DataArray(r, dims=(*lead, "config"), coords={"config": units["config"].values})
+
+
+# --------------------------------------------------------------------------- the table
+
+
+def _ci(values: np.ndarray, estimate: float, n_units: int) -> tuple[float, float, float]:
+    if n_units < 2:  # nothing to resample: a point, no interval
+        return estimate, math.nan, math.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        low, high = np.nanquantile(values, [0.025, 0.975])
+    return estimate, float(low), float(high)
+
+
+def _paired_change(data: xr.DataArray, statistic, configs, *, seed_dim, batch_dim,
+                   n_resamples, random_state) -> xr.DataArray:
+    """hierarchical_bootstrap of statistic(data)[config] - statistic(data)[baseline], a `ci`
+    dim first and `config` after."""
+    base = configs[0]
+
+    def change(da):
+        s = statistic(da)
+        return s - s.sel(config=base)
+
+    return hierarchical_bootstrap(data, change, seed_dim=seed_dim, batch_dim=batch_dim,
+                                  n_resamples=n_resamples, random_state=random_state,
+                                  vectorized=True)
+
+
+def _mean_units(da: xr.DataArray) -> xr.DataArray:
+    return da.mean(("seed", "batch"))
+
+
+def _seed_std(per_seed: xr.DataArray) -> xr.DataArray:
+    if per_seed.sizes["seed"] < 2:
+        return xr.full_like(per_seed.isel(seed=0, drop=True), np.nan, dtype=np.float64)
+    return per_seed.std("seed", ddof=1)
+
+
+def ablation_table(ds: xr.Dataset, *, dt: int = ROLLOUT_DT, n_resamples: int = N_RESAMPLES,
+                   random_state: int = RANDOM_STATE) -> xr.Dataset:
+    """The ablation table of one (PDE, model) (module docstring): dims (finding, config), vars
+    `value`, `change` (ci, finding, config), `seed_std`, `exceeds_noise`; the baseline is the
+    first configuration (its change is 0). attrs: n_seeds, n_batches, n_resamples,
+    random_state, rollout_dt, baseline."""
+    configs = _check(ds)
+    n_seeds, n_batches = ds.sizes["seed"], ds.sizes["batch"]
+    kw = {"n_resamples": n_resamples, "random_state": random_state}
+    value, change, seed_std = {}, {}, {}
+    units = unit_values(ds)
+    for f in UNIT_FINDINGS:
+        u = units.sel(finding=f, drop=True)
+        value[f] = _mean_units(u)
+        seed_std[f] = _seed_std(u.mean("batch"))
+        change[f] = _paired_change(u, _mean_units, configs, seed_dim="seed", batch_dim="batch", **kw)
+    roll = rollout_units(ds, dt)
+    value["rollout_link_negative"] = pooled_pearson(roll)
+    arr = roll.transpose("seed", "config", "var", "batch", "class").values
+    arr = arr.reshape(*arr.shape[:3], -1)
+    seed_std["rollout_link_negative"] = _seed_std(xr.DataArray(
+        _pearson(arr[:, :, 0], arr[:, :, 1], axis=-1), dims=("seed", "config"),
+        coords={"config": configs}))
+    change["rollout_link_negative"] = _paired_change(roll, pooled_pearson, configs,
+                                                     seed_dim="seed", batch_dim="batch", **kw)
+    logv = np.log10(ds["val_smse"].transpose("config", "seed"))
+    value["validation_smse"] = logv.mean("seed")
+    seed_std["validation_smse"] = _seed_std(logv)
+    change["validation_smse"] = _paired_change(
+        logv, lambda da: da.mean("seed"), configs, seed_dim=None, batch_dim="seed", **kw)
+
+    names = list(FINDINGS)
+    value, seed_std, change = ({f: d[f].reset_coords(drop=True) for f in names}
+                               for d in (value, seed_std, change))
+    val = xr.concat([value[f] for f in names], dim="finding").assign_coords(finding=names)
+    std = xr.concat([seed_std[f] for f in names], dim="finding").assign_coords(finding=names)
+    ch = xr.concat([change[f] for f in names], dim="finding", combine_attrs="drop")
+    ch = ch.assign_coords(finding=names).transpose("ci", "finding", "config")
+    one_unit = {"validation_smse": n_seeds}
+    for f in names:  # a single resampling unit gives no interval
+        if one_unit.get(f, n_seeds * n_batches) < 2:
+            ch.loc[{"ci": ["low", "high"], "finding": f}] = np.nan
+    low, high, est = ch.sel(ci="low"), ch.sel(ci="high"), ch.sel(ci="estimate")
+    noise = np.fmax(std, std.sel(config=configs[0]))
+    excludes = (low > 0) | (high < 0)
+    exceeds = excludes & (abs(est) > noise) & np.isfinite(noise)
+    exceeds.loc[{"config": configs[0]}] = False
+    out = xr.Dataset({"value": val.transpose("finding", "config"),
+                      "change": ch, "seed_std": std.transpose("finding", "config"),
+                      "exceeds_noise": exceeds.transpose("finding", "config")})
+    out = out.assign_coords(config=configs)
+    out["description"] = ("finding", [FINDINGS[f] for f in names])
+    out.attrs.update(n_seeds=int(n_seeds), n_batches=int(n_batches), n_resamples=int(n_resamples),
+                     random_state=int(random_state), rollout_dt=int(dt), baseline=configs[0],
+                     method="paired hierarchical bootstrap (seeds, then batches), percentile 95%")
+    return out
+
+
+def table_records(table: xr.Dataset, *, pde: str, model: str) -> list[dict]:
+    """The table as JSON-ready rows (one per finding and non-baseline configuration)."""
+    base = table.attrs.get("baseline", str(table["config"].values[0]))
+    rows = []
+    for f in table["finding"].values:
+        for c in table["config"].values:
+            if c == base:
+                continue
+            cell = table.sel(finding=f, config=c)
+            ch = [float(cell["change"].sel(ci=k)) for k in ("estimate", "low", "high")]
+            rows.append({
+                "pde": pde, "model": model, "finding": str(f), "config": str(c),
+                "baseline_value": float(table["value"].sel(finding=f, config=base)),
+                "value": float(cell["value"]), "change": ch[0], "low": ch[1], "high": ch[2],
+                "seed_std_baseline": float(table["seed_std"].sel(finding=f, config=base)),
+                "seed_std": float(cell["seed_std"]), "exceeds_noise": bool(cell["exceeds_noise"]),
+                "n_seeds": int(table.attrs["n_seeds"]), "n_batches": int(table.attrs["n_batches"]),
+                "description": str(cell["description"].item())})
+    return rows
+
+
+def describe_table(table: xr.Dataset, *, pde: str, model: str) -> list[str]:
+    """One plain-words line per (configuration, finding): the change, its interval, the seed
+    spread, and whether the change exceeds the noise."""
+    lines = []
+    for row in table_records(table, pde=pde, model=model):
+        has_ci = math.isfinite(row["low"]) and math.isfinite(row["high"])
+        ci = f"95% CI {row['low']:+.3g} .. {row['high']:+.3g}" if has_ci else "no interval"
+        if row["exceeds_noise"]:
+            word = "EXCEEDS the noise"
+        elif not has_ci or not math.isfinite(row["seed_std_baseline"]):
+            word = "cannot be told from noise (too few seeds x batches for a spread)"
+        else:
+            word = "within the noise"
+        lines.append(f"{pde}-{model} {row['config']}: {row['finding']} {row['baseline_value']:.3g}"
+                     f" -> {row['value']:.3g}, change {row['change']:+.3g} ({ci}; seed std "
+                     f"{row['seed_std_baseline']:.2g} / {row['seed_std']:.2g}; {row['n_seeds']} "
+                     f"seeds x {row['n_batches']} batches): {word}")
+    return lines

@@ -1,0 +1,339 @@
+"""Stage: the model-departure ablation (issue 10): the profile's runs retrained the way our first
+round built them, one departure at a time, and what each finding's number does.
+
+Configurations (`ABLATIONS`, each a set of `Profile` overrides applied with
+`dataclasses.replace`; one that equals the profile's own setting is left out):
+
+- "increment": `residual=True`, the model predicts u_t + f(u_t) instead of u_{t+1};
+- "pdeinf-v1": `model_variant="pdeinf-v1", residual=True`, our first-round UNet / ViT (built as
+  increments).
+
+For each (PDE, model) of `ablation_pairs(profile)` and each seed, the run is trained into
+`runs_dir(profile)/ablation-<name>/<PDE>-<model>-s<seed>` (same data from `profile_data`, same
+optimizer settings; `stage_key.json` holds `training.training_key` of the replaced profile, which
+includes model_variant and residual; a run of other inputs is moved aside to `<run>.stale/`).
+At the final checkpoint one task computes, on the profile's `n_influence_batches` influence
+batches, the follow-up's raw Gauss-Newton influence (`labelled_influence(...,
+variants=("gauss-newton",))`), the per-step rollout SMSE of those batches' test trajectories
+(`rollouts_all_starts`) and the checkpoint's validation SMSE:
+`results/ablation/<profile>/<PDE>-<model>/<config>/s<seed>.nc`, with `cache_key` (checkpoint
+bytes, data, configuration, damping, energy tolerance, sizes, version) and a checksum; a rerun
+recomputes exactly what is missing, stale or corrupt.
+
+Cost (2 cores shared with other jobs): smoke 10 s for both configurations (1 seed, cached
+rerun 1 s); quick, per (PDE, model): 6 trainings + 12 Gauss-Newton matrices + rollouts, measured
+under a ~3-4x load at 126 s (pdeinf-v1) / 174 s (increment) per training and 15-18 s per
+matrix, about 5 minutes on two otherwise idle cores.
+
+The baseline (the profile's default configuration) is not recomputed: its influence is the
+follow-up sweep's (`ensure_influence`, final checkpoint), its rollouts `ensure_rollouts`, its
+validation SMSE the training history.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from pdeinf import paths
+from pdeinf.atomic import write_json, write_netcdf
+from pdeinf.config import pde_spec
+from pdeinf.errors import InputError, NumericalError
+from pdeinf.pipeline.checksums import checksum_ok, with_checksum
+from pdeinf.pipeline.common import (
+    ProfileLike,
+    as_profile,
+    check_selection,
+    content_key,
+    file_digest,
+    final_epoch,
+    scheduled_checkpoints,
+)
+
+VARIANT = "gauss-newton"
+BASELINE = "baseline"
+DATA_VARS = ("pi", "losses", "rank", "rollout", "val_smse")
+STAGE_KEY = "stage_key.json"
+#: configuration name -> Profile overrides (one model departure each).
+ABLATIONS: dict[str, dict] = {
+    "increment": {"residual": True},
+    "pdeinf-v1": {"model_variant": "pdeinf-v1", "residual": True},
+}
+#: Pairs when the profile has no `ablation_pairs` field: CE-unet, every pair at paper size.
+DEFAULT_PAIRS = (("CE", "unet"),)
+
+
+def ablation_pairs(profile: ProfileLike) -> list[tuple[str, str]]:
+    """`profile.ablation_pairs` when the profile has that field (None: every pair); else every
+    pair at the paper profile and CE-unet otherwise. Only pairs of the profile."""
+    prof = as_profile(profile)
+    if hasattr(prof, "ablation_pairs"):
+        pairs = prof.ablation_pairs
+    else:
+        pairs = None if prof.name == "paper" else DEFAULT_PAIRS
+    every = [(p, m) for p in prof.pdes for m in prof.models]
+    if pairs is None:
+        return every
+    return [(str(p), str(m)) for p, m in pairs if (p, m) in every]
+
+
+def configurations(profile: ProfileLike) -> list[str]:
+    """The names of `ABLATIONS` that differ from the profile's own configuration."""
+    prof = as_profile(profile)
+    return [name for name in ABLATIONS if ablation_profile(prof, name) != prof]
+
+
+def ablation_profile(profile: ProfileLike, name: str):
+    """The profile with configuration `name`'s overrides."""
+    if name not in ABLATIONS:
+        raise InputError(f"name: unknown ablation {name!r}; expected one of {', '.join(ABLATIONS)}")
+    return dataclasses.replace(as_profile(profile), **ABLATIONS[name])
+
+
+def run_dir(profile: ProfileLike, name: str, pde: str, model: str, seed: int) -> Path:
+    """`runs_dir(profile)/ablation-<name>/<PDE>-<model>-s<seed>`."""
+    prof = as_profile(profile)
+    return paths.runs_dir(prof.name) / f"ablation-{name}" / paths.run_name(pde, model, seed)
+
+
+def _stored_key(directory: Path) -> str | None:
+    try:
+        return json.loads((directory / STAGE_KEY).read_text()).get("key")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _checkpoints_exist(directory: Path, epochs) -> bool:
+    return all(paths.checkpoint_path(directory, e).is_file()
+               and paths.checkpoint_path(directory, e).stat().st_size > 0 for e in epochs)
+
+
+def ensure_ablation_runs(profile: ProfileLike, name: str, pde: str, model: str, *,
+                         progress: bool = True, train=None) -> dict[int, Path]:
+    """`{seed: run_dir}` of configuration `name`, trained (resumed, or retrained when stale)."""
+    from pdeinf.pipeline.data import profile_data
+    from pdeinf.pipeline.training import training_key
+
+    prof = as_profile(profile)
+    check_selection(prof, pde, model)
+    alt = ablation_profile(prof, name)
+    if train is None:
+        from pdeinf.training.train import train
+    data = profile_data(prof, pde, progress=progress)
+    fingerprint = str(data.fingerprint())
+    epochs = scheduled_checkpoints(prof, pde)
+    runs = {}
+    for seed in prof.seeds:
+        directory = run_dir(prof, name, pde, model, seed)
+        key = content_key(stage="training/ablation", ablation=name,
+                          base=training_key(alt, pde, model, seed, fingerprint))
+        stored = _stored_key(directory)
+        if not (_checkpoints_exist(directory, epochs) and stored == key):
+            if directory.exists() and (stored is not None and stored != key
+                                       or stored is None and _checkpoints_exist(directory, epochs)):
+                aside = directory.with_name(directory.name + ".stale")
+                shutil.rmtree(aside, ignore_errors=True)
+                directory.rename(aside)  # trained from other inputs
+            train(pde, model, int(seed), alt, data=data, progress=progress, out_dir=directory.parent)
+            if not _checkpoints_exist(directory, epochs):
+                raise NumericalError(f"training {directory} (ablation {name}) finished without "
+                                     f"all scheduled checkpoints {epochs}")
+            write_json(directory / STAGE_KEY, {"key": key, "data_fingerprint": fingerprint,
+                                               "ablation": name, "overrides": ABLATIONS[name]})
+        runs[int(seed)] = directory
+    return runs
+
+
+# ---- tasks --------------------------------------------------------------------------------
+def study_dir(profile: ProfileLike, pde: str, model: str) -> Path:
+    """`results/ablation/<profile>/<PDE>-<model>`."""
+    return paths.results_dir() / "ablation" / as_profile(profile).name / f"{pde}-{model}"
+
+
+def task_file(profile: ProfileLike, pde: str, model: str, name: str, seed: int) -> Path:
+    return study_dir(profile, pde, model) / name / f"s{seed}.nc"
+
+
+def task_key(prof, pde: str, model: str, name: str, seed: int, checkpoint: Path,
+             data_key: str) -> str:
+    return content_key(stage="ablation", pde=pde, model=model, ablation=name,
+                       overrides=ABLATIONS[name], seed=int(seed), epoch=final_epoch(prof, pde),
+                       checkpoint=file_digest(checkpoint), data=data_key, variant=VARIANT,
+                       damping=prof.damping, energy_tol=prof.energy_tol, t_max=prof.t_max,
+                       n_batches=prof.n_influence_batches)
+
+
+def _load_valid(path: Path, key: str | None):
+    import xarray as xr
+
+    if not path.is_file():
+        return None
+    try:
+        with xr.open_dataset(path, engine="h5netcdf") as ds:
+            ds = ds.load()
+    except Exception:  # noqa: BLE001 - unreadable, truncated or foreign: recompute
+        return None
+    if any(v not in ds for v in DATA_VARS) or not checksum_ok(ds):
+        return None
+    if key is not None and ds.attrs.get("cache_key") != key:
+        return None
+    if not np.isfinite(ds["pi"].values).all():
+        return None
+    return ds
+
+
+def _test_trajectories(data, prof, pde: str, seed: int) -> dict:
+    n = prof.n_influence_batches
+    out = {}
+    for cls in pde_spec(pde).classes:
+        test = data.trajectories(cls, "test", int(seed))
+        if len(test) < n:
+            raise InputError(f"profile {prof.name!r}: class {cls} has {len(test)} test "
+                             f"trajectories, fewer than n_influence_batches={n}")
+        out[cls] = test[:n]  # as ensure_rollouts: the influence batches' trajectories
+    return out
+
+
+def compute_task(net, ckpt: dict, data, prof, pde: str, seed: int, *, attrs: dict):
+    """The dataset of one (configuration, seed): `pi` (batch, t_resp, c_resp, t_pert, c_pert)
+    raw Gauss-Newton influence, `losses` (batch, t, c), `rank` (batch), `rollout` (class,
+    batch, start, horizon), `val_smse` (scalar, the checkpoint's last epoch)."""
+    import torch
+    import xarray as xr
+
+    from pdeinf.data.datasets import influence_batch
+    from pdeinf.influence.task import labelled_influence
+    from pdeinf.training.rollout import rollouts_all_starts
+
+    parts = []
+    for b in range(prof.n_influence_batches):
+        ib = influence_batch(data, int(seed), b, split="test")
+        one = labelled_influence(net, ckpt.get("optimizer_state"), ib.inputs, ib.targets, pde=pde,
+                                 damping=prof.damping, energy_tol=prof.energy_tol,
+                                 variants=(VARIANT,))
+        parts.append(one[["pi", "losses", "rank"]].sel(variant=VARIANT, drop=True))
+    influence = xr.concat(parts, dim="batch", combine_attrs="drop")
+    with torch.no_grad():
+        roll = rollouts_all_starts(net, _test_trajectories(data, prof, pde, seed))
+    roll = roll.rename(trajectory="batch").transpose("class", "batch", "start", "horizon")
+    history = ckpt.get("history") or []
+    val = float(history[-1]["val_smse"]) if history else float("nan")
+    ds = influence.assign(rollout=roll.drop_vars("batch", errors="ignore"), val_smse=((), val))
+    ds = ds.assign_coords(batch=np.arange(prof.n_influence_batches))
+    ds.attrs = dict(attrs)
+    return ds
+
+
+def run_ablation(profile: ProfileLike, pde: str, model: str, *, progress: bool = True) -> list[Path]:
+    """Train what is missing and compute every missing/stale/corrupt task of (pde, model)."""
+    from pdeinf.pipeline.data import profile_data
+    from pdeinf.training.train import load_checkpoint
+
+    prof = as_profile(profile)
+    check_selection(prof, pde, model)
+    names = configurations(prof)
+    runs = {n: ensure_ablation_runs(prof, n, pde, model, progress=progress) for n in names}
+    data = profile_data(prof, pde, progress=progress, validate=False)  # validated by training
+    data_key = str(data.fingerprint())
+    final = final_epoch(prof, pde)
+    todo, files = [], []
+    for name in names:
+        for seed in prof.seeds:
+            ckpt = paths.checkpoint_path(runs[name][int(seed)], final)
+            key = task_key(prof, pde, model, name, seed, ckpt, data_key)
+            target = task_file(prof, pde, model, name, seed)
+            files.append(target)
+            if _load_valid(target, key) is None:
+                todo.append((name, seed, ckpt, key, target))
+    for name, seed, ckpt, key, target in tqdm(todo, desc=f"ablation {pde}-{model}", unit="task",
+                                              disable=not progress):
+        net, state = load_checkpoint(ckpt, pde=pde, model_name=model)
+        attrs = {"pde": pde, "model": model, "ablation": name, "seed": int(seed),
+                 "epoch": int(final), "profile": prof.name, "variant": VARIANT, "cache_key": key,
+                 "overrides": json.dumps(ABLATIONS[name], sort_keys=True)}
+        write_netcdf(with_checksum(compute_task(net, state, data, prof, pde, seed, attrs=attrs)),
+                     target)
+    return files
+
+
+def _baseline(prof, pde: str, model: str, *, progress: bool):
+    """The profile's own configuration in the task layout, from the cached upstream stages."""
+    import xarray as xr
+
+    from pdeinf.pipeline.influence import ensure_influence
+    from pdeinf.pipeline.rollouts import ensure_rollouts
+    from pdeinf.pipeline.training import training_history
+
+    final = final_epoch(prof, pde)
+    infl = ensure_influence(prof, pde, model, metric=VARIANT, observable="smse", progress=progress)
+    infl = infl.sel(epoch=final, drop=True)
+    roll = ensure_rollouts(prof, pde, model, progress=progress)
+    roll = roll.rename(trajectory="batch").transpose("seed", "class", "batch", "start", "horizon")
+    roll = roll.drop_vars("batch", errors="ignore")
+    hist = training_history(prof, pde, model)
+    val = [float(hist[(hist["seed"] == s) & (hist["epoch"] == final)]["val_loss"].iloc[0])
+           if ((hist["seed"] == s) & (hist["epoch"] == final)).any() else float("nan")
+           for s in prof.seeds]
+    out = xr.Dataset({"pi": infl["pi"], "losses": infl["losses"], "rank": infl["rank"],
+                      "rollout": roll, "val_smse": (("seed",), np.asarray(val))})
+    return out.assign_coords(seed=[int(s) for s in prof.seeds],
+                             batch=np.arange(infl.sizes["batch"]))
+
+
+def load_ablation(profile: ProfileLike, pde: str, model: str, *, baseline=None):
+    """The cached tasks of (pde, model) with the baseline as one `xr.Dataset` with a leading
+    `config` dim ("baseline", then each configuration): `pi` (config, seed, batch, t_resp,
+    c_resp, t_pert, c_pert), `losses`, `rank`, `rollout` (config, seed, class, batch, start,
+    horizon), `val_smse` (config, seed). `baseline`: the baseline in the task layout (default:
+    read from the upstream stages). InputError naming a missing/corrupt file."""
+    import xarray as xr
+
+    prof = as_profile(profile)
+    parts = [baseline if baseline is not None else _baseline(prof, pde, model, progress=False)]
+    names = configurations(prof)
+    for name in names:
+        by_seed = []
+        for seed in prof.seeds:
+            path = task_file(prof, pde, model, name, seed)
+            ds = _load_valid(path, None)
+            if ds is None:
+                raise InputError(f"{path}: ablation file missing or corrupt; run "
+                                 f"pipeline.ensure_ablation({prof.name!r})")
+            by_seed.append(ds)
+        parts.append(xr.concat(by_seed, dim="seed", combine_attrs="drop")
+                     .assign_coords(seed=[int(s) for s in prof.seeds]))
+    parts = [p.drop_vars([v for v in p.coords if v not in p.dims], errors="ignore") for p in parts]
+    out = xr.concat([p[list(DATA_VARS)] for p in parts], dim="config", combine_attrs="drop",
+                    join="exact")
+    out = out.assign_coords(config=[BASELINE, *names])
+    out["pi"] = out["pi"].transpose("config", "seed", "batch", "t_resp", "c_resp", "t_pert", "c_pert")
+    out["rollout"] = out["rollout"].transpose("config", "seed", "class", "batch", "start", "horizon")
+    out["val_smse"] = out["val_smse"].transpose("config", "seed")
+    out.attrs.update({"pde": pde, "model": model, "profile": prof.name, "variant": VARIANT,
+                      "epoch": int(final_epoch(prof, pde)), "normalization": "none (raw pi)",
+                      "baseline": json.dumps({"model_variant": prof.model_variant,
+                                              "residual": prof.residual}),
+                      "configurations": json.dumps({n: ABLATIONS[n] for n in names})})
+    return out
+
+
+def ensure_ablation_pair(profile: ProfileLike, pde: str, model: str, *, progress: bool = True):
+    """The ablation dataset of one (PDE, model) pair (`load_ablation`), computed where needed."""
+    prof = as_profile(profile)
+    if (pde, model) not in ablation_pairs(prof):
+        raise InputError(f"pde/model: ({pde}, {model}) is not among the ablation pairs of profile "
+                         f"{prof.name!r} ({ablation_pairs(prof)})")
+    baseline = _baseline(prof, pde, model, progress=progress)
+    run_ablation(prof, pde, model, progress=progress)
+    return load_ablation(prof, pde, model, baseline=baseline)
+
+
+def ensure_ablation(profile: ProfileLike, *, progress: bool = True) -> dict:
+    """`{(pde, model): xr.Dataset}` for every ablation pair of the profile (module docstring)."""
+    prof = as_profile(profile)
+    return {(pde, model): ensure_ablation_pair(prof, pde, model, progress=progress)
+            for pde, model in ablation_pairs(prof)}

@@ -1,0 +1,108 @@
+"""Figures of notebook 14: the findings forest plot and the model-departure ablation [ours]."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from pdeinf.errors import InputError
+from pdeinf.viz.style import PAPER_COLOR, new_figure
+
+VERDICT_COLORS = {"reproduced": "#009E73", "contradicted": "#D55E00", "inconclusive": "#7F7F7F"}
+CONFIG_COLORS = ("#0072B2", "#CC79A7", "#E69F00", "#56B4E9")
+
+
+def _finite(x) -> bool:
+    return x is not None and isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def _row_label(row: dict) -> str:
+    extra = f" dt={row['dt']}" if row.get("dt") is not None else ""
+    extra += f" {row['recipe']}" if row.get("recipe") else ""
+    return f"{row['finding']}{extra} — {row['pde']}/{row['model']}"
+
+
+def findings_forest(findings: dict, *, title: str | None = None):
+    """Forest plot of every finding row (`pipeline.findings.collect_findings`): our estimate
+    with its 95% interval, coloured by verdict; the rule's null as a grey tick per row; the
+    paper's number as an orange diamond where it gives one. Rows share one x axis (each
+    statistic's own units, all O(1) here)."""
+    rows = findings.get("findings") if isinstance(findings, dict) else None
+    if rows is None:
+        raise InputError("findings: expected the dict of collect_findings (with 'findings')")
+    n = max(len(rows), 1)
+    fig, axes = new_figure(1, 1, size=(7.5, 0.9 + 0.24 * n))
+    ax = axes[0, 0]
+    for i, r in enumerate(rows):
+        y = n - 1 - i
+        color = VERDICT_COLORS.get(r["verdict"], "#000000")
+        if _finite(r["low"]) and _finite(r["high"]):
+            ax.plot([r["low"], r["high"]], [y, y], color=color, lw=1.6)
+        if _finite(r["estimate"]):
+            ax.plot(r["estimate"], y, "o", color=color, ms=4)
+        ax.plot(r.get("null", 0.0), y, "|", color="#555555", ms=9)
+        if _finite(r.get("paper_value")):
+            ax.plot(r["paper_value"], y, "D", color=PAPER_COLOR, ms=4, mfc="none")
+    ax.axvline(0.0, color="#999999", lw=0.6, ls="--")
+    ax.set_yticks(range(n))
+    ax.set_yticklabels([_row_label(r) for r in reversed(rows)] if rows else [""], fontsize=6)
+    ax.set_ylim(-0.7, n - 0.3)
+    ax.set_xlabel("statistic of the finding's rule (its own units; null = grey tick)")
+    handles = [ax.plot([], [], "o-", color=c, label=v)[0] for v, c in VERDICT_COLORS.items()]
+    handles.append(ax.plot([], [], "D", color=PAPER_COLOR, mfc="none", label="paper's number")[0])
+    handles.append(ax.plot([], [], "|", color="#555555", ms=9, label="null of the rule")[0])
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=6,
+              frameon=False)
+    if not rows:
+        ax.text(0.5, 0.5, "no findings recorded yet", transform=ax.transAxes, ha="center")
+    ax.set_title(title or f"[ours] Every finding: our estimate and 95% interval, coloured by "
+                 f"verdict (profile {findings.get('profile')})\npaper's numbers: seed paper "
+                 f"(paper-spec.md) / follow-up (method.md section 6)", fontsize=8)
+    return fig
+
+
+def ablation_figure(tables: dict, *, title: str | None = None):
+    """One panel per finding: per (PDE-model, configuration) the change from the baseline with
+    its 95% paired-bootstrap interval, and the baseline's seed spread as a grey band +- 1 std
+    around 0. tables: {(pde, model): `analysis.ablation.ablation_table`}."""
+    if not tables:
+        raise InputError("tables: no ablation table to draw")
+    first = next(iter(tables.values()))
+    finds = [str(f) for f in first["finding"].values]
+    cols = min(len(finds), 3)
+    rows = math.ceil(len(finds) / cols)
+    fig, axes = new_figure(rows, cols, size=(3.0, 2.4))
+    for k, f in enumerate(finds):
+        ax = axes[k // cols, k % cols]
+        labels, x = [], 0
+        for (pde, model), table in tables.items():
+            base = table.attrs.get("baseline", str(table["config"].values[0]))
+            std = float(table["seed_std"].sel(finding=f, config=base))
+            configs = [str(c) for c in table["config"].values if c != base]
+            start = x
+            for j, c in enumerate(configs):
+                cell = table["change"].sel(finding=f, config=c)
+                est, lo, hi = (float(cell.sel(ci=q)) for q in ("estimate", "low", "high"))
+                color = CONFIG_COLORS[j % len(CONFIG_COLORS)]
+                if math.isfinite(lo) and math.isfinite(hi):
+                    ax.plot([x, x], [lo, hi], color=color, lw=1.6)
+                marker = "s" if bool(table["exceeds_noise"].sel(finding=f, config=c)) else "o"
+                ax.plot(x, est, marker, color=color, ms=5)
+                labels.append(f"{c}\n{pde}/{model}")
+                x += 1
+            if math.isfinite(std):
+                ax.fill_between([start - 0.4, x - 0.6], -std, std, color="#cccccc", alpha=0.6,
+                                lw=0)
+        ax.axhline(0.0, color="#555555", lw=0.7, ls="--")
+        ax.set_xticks(np.arange(len(labels)))
+        ax.set_xticklabels(labels, fontsize=6)
+        ax.set_xlim(-0.6, max(len(labels) - 0.4, 0.6))
+        ax.set_title(f, fontsize=8)
+        ax.set_ylabel("change from baseline")
+    for k in range(len(finds), rows * cols):
+        axes[k // cols, k % cols].set_visible(False)
+    n_seeds, n_batches = first.attrs.get("n_seeds"), first.attrs.get("n_batches")
+    fig.suptitle(title or (f"[ours] Model-departure ablation: change of each finding (95% paired "
+                           f"interval; grey: baseline seed std; square: exceeds noise; "
+                           f"{n_seeds} seeds x {n_batches} batches)"), fontsize=8)
+    return fig
