@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from pdeinf.errors import InputError
+from pdeinf.errors import InputError, NumericalError
 from pdeinf.solvers.euler import (
     SolverError,
     conserved_to_primitive,
@@ -314,7 +314,7 @@ def test_negative_pressure_raises_solver_error_naming_member_and_time():
     good = primitive_to_conserved(ones, 0 * ones, 0 * ones, ones)[None]
     with pytest.raises(SolverError, match=r"t = [0-9.e-]+ in batch member\(s\) \[1\]"):
         solve(torch.cat([good, bad]), [0.0, 0.1], progress=False)
-    assert issubclass(SolverError, RuntimeError)
+    assert issubclass(SolverError, NumericalError)
 
 
 def _good_u0():
