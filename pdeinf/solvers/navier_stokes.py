@@ -305,6 +305,30 @@ def solve(
     Returns `[B, len(t_out), 2, H, W]` in the dtype/device of `v0`. Raises InputError on bad
     arguments and SolverError if the solution turns non-finite.
     """
+    v0, domain, t0, times, cfl, max_dt, nu = _check_solve_arguments(v0, t_out, domain, t0, cfl,
+                                                                     max_dt, nu)
+    lin = linear_operator(v0.shape[-2], v0.shape[-1], domain=domain, nu=nu, viscosity=viscosity,
+                          spectral_eps=spectral_eps, dtype=v0.dtype, device=v0.device)
+    b, _, h, w = v0.shape
+    g = _grid_for(v0, domain)
+    vh = g.project(torch.fft.rfft2(v0, norm="forward"))
+    stiff = float(lin.abs().max())
+    dt_cap = min(max_dt or math.inf, 2.0 * _MAX_IF_EXPONENT / stiff if stiff > 0 else math.inf)
+    out = torch.empty((b, len(times), 2, h, w), dtype=v0.dtype, device=v0.device)
+    clock = _Clock(torch.full((b,), t0, dtype=torch.float64, device=v0.device), max_steps,
+                   tqdm(total=float(times[-1] - t0), disable=not progress, unit="t",
+                        desc="navier-stokes", leave=False), t0)
+    try:
+        for k, target in enumerate(times):
+            vh = _advance_to(g, vh, lin, float(target), clock, cfl=cfl, dt_cap=dt_cap)
+            out[:, k] = _finite_field(g, vh, float(target))
+    finally:
+        clock.bar.close()
+    return out
+
+
+def _check_solve_arguments(v0, t_out, domain, t0, cfl, max_dt, nu):
+    """The checked `(v0, domain, t0, times, cfl, max_dt, nu)` of `solve` (InputError otherwise)."""
     v0 = _check_field(v0, "v0", 2)
     if v0.ndim != 4:
         raise InputError(f"v0: expected shape [B, 2, H, W], got {tuple(v0.shape)}")
@@ -319,77 +343,55 @@ def solve(
     if max_dt is not None:
         max_dt = _check_positive(max_dt, "max_dt")
     nu = _check_positive(nu, "nu", allow_zero=True)
-    lin = linear_operator(
-        v0.shape[-2],
-        v0.shape[-1],
-        domain=domain,
-        nu=nu,
-        viscosity=viscosity,
-        spectral_eps=spectral_eps,
-        dtype=v0.dtype,
-        device=v0.device,
-    )
+    return v0, domain, t0, times, cfl, max_dt, nu
 
-    b, _, h, w = v0.shape
-    g = _grid_for(v0, domain)
-    vh = g.project(torch.fft.rfft2(v0, norm="forward"))
-    stiff = float(lin.abs().max())
-    dt_cap = min(max_dt or math.inf, 2.0 * _MAX_IF_EXPONENT / stiff if stiff > 0 else math.inf)
 
-    out = torch.empty((b, len(times), 2, h, w), dtype=v0.dtype, device=v0.device)
-    t = torch.full((b,), t0, dtype=torch.float64, device=v0.device)
-    steps = 0
-    bar = tqdm(
-        total=float(times[-1] - t0),
-        disable=not progress,
-        unit="t",
-        desc="navier-stokes",
-        leave=False,
-    )
-    shown = t0
-    try:
-        for k, target in enumerate(times):
-            target = float(target)
-            while bool((t < target).any()):
-                rhs0, rate = _advection(g, vh)
-                if not bool(torch.isfinite(rate).all()):
-                    member = int(torch.nonzero(~torch.isfinite(rate))[0])
-                    raise SolverError(
-                        f"navier_stokes.solve: non-finite velocity near t={float(t[member]):.6g} "
-                        f"in batch member {member}"
-                    )
-                remaining = target - t
-                dt_cfl = torch.where(rate > 0, cfl / rate.clamp_min(1e-300), math.inf).clamp_max(
-                    dt_cap
-                )
-                last = dt_cfl >= remaining
-                # two equal steps instead of a sliver at the end of an output interval
-                halve = ~last & (2.0 * dt_cfl >= remaining)
-                dt = torch.where(last, remaining, torch.where(halve, 0.5 * remaining, dt_cfl))
-                dt = torch.where(remaining > 0, dt, torch.zeros_like(dt))
-                vh = _if_ssprk3_step(g, vh, rhs0, lin, dt)
-                t = torch.where(last, torch.full_like(t, target), t + dt)
-                steps += 1
-                if steps > max_steps:
-                    raise SolverError(
-                        f"navier_stokes.solve: more than max_steps={max_steps} steps "
-                        f"by t={float(t.min()):.6g}"
-                    )
-                t_min = float(t.min())
-                bar.update(t_min - shown)
-                shown = t_min
-            field = g.to_physical(vh)
-            bad = ~torch.isfinite(field).flatten(1).all(dim=1)
-            if bool(bad.any()):
-                member = int(torch.nonzero(bad)[0])
-                raise SolverError(
-                    f"navier_stokes.solve: non-finite velocity at t={target:.6g} "
-                    f"in batch member {member}"
-                )
-            out[:, k] = field
-    finally:
-        bar.close()
-    return out
+class _Clock:
+    """Per-member times `t` `[B]`, the step count against `max_steps`, and the progress bar."""
+
+    def __init__(self, t, max_steps: int, bar, shown: float):
+        self.t, self.max_steps, self.bar, self.shown, self.steps = t, max_steps, bar, shown, 0
+
+    def tick(self) -> None:
+        self.steps += 1
+        if self.steps > self.max_steps:
+            raise SolverError(f"navier_stokes.solve: more than max_steps={self.max_steps} steps "
+                              f"by t={float(self.t.min()):.6g}")
+        t_min = float(self.t.min())
+        self.bar.update(t_min - self.shown)
+        self.shown = t_min
+
+
+def _advance_to(g: _Grid, vh, lin, target: float, clock: _Clock, *, cfl: float, dt_cap: float):
+    """CFL-adaptive IF-SSPRK3 steps until every member reaches `target` exactly."""
+    while bool((clock.t < target).any()):
+        rhs0, rate = _advection(g, vh)
+        if not bool(torch.isfinite(rate).all()):
+            member = int(torch.nonzero(~torch.isfinite(rate))[0])
+            raise SolverError(f"navier_stokes.solve: non-finite velocity near "
+                              f"t={float(clock.t[member]):.6g} in batch member {member}")
+        remaining = target - clock.t
+        dt_cfl = torch.where(rate > 0, cfl / rate.clamp_min(1e-300), math.inf).clamp_max(dt_cap)
+        last = dt_cfl >= remaining
+        # two equal steps instead of a sliver at the end of an output interval
+        halve = ~last & (2.0 * dt_cfl >= remaining)
+        dt = torch.where(last, remaining, torch.where(halve, 0.5 * remaining, dt_cfl))
+        dt = torch.where(remaining > 0, dt, torch.zeros_like(dt))
+        vh = _if_ssprk3_step(g, vh, rhs0, lin, dt)
+        clock.t = torch.where(last, torch.full_like(clock.t, target), clock.t + dt)
+        clock.tick()
+    return vh
+
+
+def _finite_field(g: _Grid, vh, target: float) -> torch.Tensor:
+    """The physical velocity at an output time; SolverError naming a non-finite member."""
+    field = g.to_physical(vh)
+    bad = ~torch.isfinite(field).flatten(1).all(dim=1)
+    if bool(bad.any()):
+        member = int(torch.nonzero(bad)[0])
+        raise SolverError(f"navier_stokes.solve: non-finite velocity at t={target:.6g} "
+                          f"in batch member {member}")
+    return field
 
 
 def _if_ssprk3_step(g: _Grid, vh, rhs0, lin, dt):
