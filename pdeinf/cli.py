@@ -42,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     except PdeinfError as err:
         print(f"pdeinf {args.command}: failed: {err}", file=sys.stderr)
         return 1
+    except OSError as err:  # e.g. a results folder made read-only mid-run, a full disk
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"pdeinf {args.command}: error: {where}{err.strerror or err}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"pdeinf {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130

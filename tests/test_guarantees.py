@@ -185,3 +185,27 @@ def test_numerical_failures_exit_1_input_errors_exit_2(monkeypatch, capsys):
     code = main(["reproduce", "--profile", "smoke"])
     err = capsys.readouterr().err
     assert code == 1 and err.strip() == "pdeinf reproduce: failed: solver diverged at t = 0.3 (batch member 2)"
+
+
+def test_file_system_failure_mid_run_is_one_line(monkeypatch, capsys):
+    """A results folder that turns read-only (or a full disk) mid-run: one line naming the
+    path, exit 2, no traceback."""
+    from pdeinf.pipeline import cli
+
+    def read_only(args):
+        raise PermissionError(13, "Permission denied", "/home/u/results/influence/x.nc")
+
+    monkeypatch.setattr(cli, "_reproduce", read_only)
+    code = main(["reproduce", "--profile", "smoke"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err == "pdeinf reproduce: error: /home/u/results/influence/x.nc: Permission denied"
+
+
+def test_train_out_dir_that_is_a_file_fails_before_work(tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    code = main(["train", "--pde", "CE", "--model", "unet", "--seed", "1", "--profile", "smoke",
+                 "--out-dir", str(afile), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--out-dir" in err and "is a file" in err

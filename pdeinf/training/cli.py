@@ -74,6 +74,10 @@ def run(args) -> int:
     if args.monitor_every is not None and not args.monitor:
         raise InputError("--monitor-every: given without --monitor")
     profile = get_profile(args.profile)
+    if args.out_dir is not None:
+        from pdeinf.pipeline.lock import check_writable
+
+        check_writable(args.out_dir, "--out-dir")
     monitor = _monitor(args, profile) if args.monitor else None
     try:
         result = train(args.pde, args.model, args.seed, profile, data_root=args.data_root,
