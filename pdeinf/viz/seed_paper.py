@@ -292,3 +292,17 @@ def validation_figure(quartiles: dict, *, pde: str, figure=None) -> Figure:
     ax.legend(frameon=False, fontsize=6.5)
     ax.set_title(f"validation SMSE ({pde}) {_tag(fig_no)}")
     return fig
+
+
+def stamp_estimator(fig: Figure, estimator: str) -> Figure:
+    """Say on the figure which estimator produced it: the seed paper's figures are its recipes
+    and aggregations, but at the quick profile the influence is the exact subspace estimator
+    (the paper's full-space Krylov solve is out of a 2-core budget; notebook 12 measures what
+    the estimator changes)."""
+    text = {"full-space": "estimator: full-space Krylov (the seed paper's; lambda 1e-4, its rtol)",
+            "subspace": "estimator: exact subspace (the follow-up's), NOT the seed paper's "
+                        "full-space one (budget; see notebook 12)"}.get(estimator)
+    if text is None:
+        raise InputError(f"estimator: unknown {estimator!r}")
+    fig.text(0.01, 0.995, text, fontsize=6, color="0.35", ha="left", va="top")
+    return fig
