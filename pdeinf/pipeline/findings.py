@@ -31,7 +31,9 @@ NOTEBOOK = "14_findings"
 #: Notebooks that never carry findings records (data, the explorer, this one).
 NO_FINDINGS = ("01_data", NOTEBOOK, "15_explorer")
 LAYERS = ("seed paper", "follow-up", "ours")
-VERDICTS = ("reproduced", "contradicted", "inconclusive")
+#: The papers' findings are "reproduced" / "contradicted" / "inconclusive"; our interventions are
+#: "improves" / "worsens" / "inconclusive" (rule in pdeinf.analysis.interventions).
+VERDICTS = ("reproduced", "contradicted", "inconclusive", "improves", "worsens")
 REQUIRED = ("pde", "model", "estimate", "low", "high", "n_seeds", "n_batches", "verdict", "rule",
             "paper")
 _RESULTS = re.compile(r"^(\d\d)_[A-Za-z0-9_.\-]+$")
