@@ -84,9 +84,15 @@ def _tree_signature(root: Path, digest) -> None:
         digest.update(f"{path.relative_to(root)}:{stat.st_size}:{stat.st_mtime_ns};".encode())
 
 
+#: Folders under results/ whose contents (per profile) notebooks read.
+STAGE_FOLDERS = ("data", "runs", "influence", "rollouts", "symmetry", "estimator", "interventions",
+                 "ablation")
+
+
 def notebook_cache_key(notebook: Path | str, profile: ProfileLike) -> str:
-    """What an executed notebook depends on: its own bytes, the profile, the package source
-    and the stage outputs of the profile (by path, size and mtime). Equal keys mean the
+    """What an executed notebook depends on: its own bytes, the profile, the package source,
+    the stage outputs of the profile (by path, size and mtime) and the results JSON of the
+    notebooks numbered before it (the findings notebook reads them). Equal keys mean the
     executed copy, its figures and its results JSON are still what a rerun would produce."""
     profile = as_profile(profile)
     digest = hashlib.sha256()
@@ -95,8 +101,13 @@ def notebook_cache_key(notebook: Path | str, profile: ProfileLike) -> str:
     package = Path(__file__).resolve().parents[1]
     for source in sorted(package.rglob("*.py")):
         digest.update(source.read_bytes())
-    for stage in ("data", "runs", "influence", "rollouts"):
+    for stage in STAGE_FOLDERS:
         _tree_signature(paths.results_dir() / stage / profile.name, digest)
+    number = Path(notebook).name[:2]
+    for earlier in sorted(paths.results_dir().glob("[0-9][0-9]_*.json")):
+        if earlier.name[:2] < number:
+            digest.update(earlier.name.encode())
+            digest.update(earlier.read_bytes())
     return digest.hexdigest()
 
 
