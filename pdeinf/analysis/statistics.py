@@ -140,36 +140,8 @@ def hierarchical_bootstrap(
         seed_idx = np.zeros((n_resamples, 1), dtype=np.int64)
     batch_idx = rng.integers(0, n_batches, size=(n_resamples, n_seeds, n_batches))
 
-    replicates = []
-    if vectorized:
-        chunk = max(1, _CHUNK_ELEMENTS // max(arr.size, 1))
-        for start in range(0, n_resamples, chunk):
-            si, bi = seed_idx[start:start + chunk], batch_idx[start:start + chunk]
-            out = _as_dataarray(statistic(wrap(arr[si[:, :, None], bi], True)), "a chunk")
-            if "resample" not in out.dims or out.sizes["resample"] != len(si):
-                raise InputError("statistic: with vectorized=True it must keep the leading "
-                                 f"'resample' dim (got dims {out.dims})")
-            replicates.append(out.transpose("resample", *estimate.dims).values)
-    else:
-        for r in range(n_resamples):
-            out = _as_dataarray(statistic(wrap(arr[seed_idx[r][:, None], batch_idx[r]], False)),
-                                "a replicate")
-            replicates.append(out.transpose(*estimate.dims).values[None])
-    boot = np.concatenate(replicates, axis=0)
-    if boot.shape[1:] != estimate.shape:
-        raise InputError(f"statistic: replicates have shape {boot.shape[1:]}, the original "
-                         f"data gives {estimate.shape}; it must not depend on the resample")
-    alpha = (1.0 - confidence) / 2.0
-    finite = np.isfinite(boot)
-    n_nonfinite = int((~finite).any(axis=tuple(range(1, boot.ndim))).sum()) if boot.ndim > 1 \
-        else int((~finite).sum())
-    with np.errstate(all="ignore"):
-        if finite.all():
-            low, high = np.quantile(boot, [alpha, 1.0 - alpha], axis=0)
-        else:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN cells stay NaN
-                low, high = np.nanquantile(boot, [alpha, 1.0 - alpha], axis=0)
+    boot = _replicates(statistic, wrap, arr, seed_idx, batch_idx, estimate, vectorized)
+    low, high, n_nonfinite = _percentile_interval(boot, confidence)
     ci = np.stack([estimate.values, low, high], axis=0)
     resampled = ("seeds, then batches within each drawn seed" if n_seeds > 1 else
                  "batches only (one seed: between-seed variation is not in the interval)")
@@ -189,6 +161,47 @@ def hierarchical_bootstrap(
             "n_nonfinite": n_nonfinite,
         },
     )
+
+
+def _replicates(statistic, wrap, arr, seed_idx, batch_idx, estimate, vectorized) -> np.ndarray:
+    """The statistic of every resample `[n_resamples, *estimate.shape]` (draws given)."""
+    replicates = []
+    if vectorized:
+        chunk = max(1, _CHUNK_ELEMENTS // max(arr.size, 1))
+        for start in range(0, len(seed_idx), chunk):
+            si, bi = seed_idx[start:start + chunk], batch_idx[start:start + chunk]
+            out = _as_dataarray(statistic(wrap(arr[si[:, :, None], bi], True)), "a chunk")
+            if "resample" not in out.dims or out.sizes["resample"] != len(si):
+                raise InputError("statistic: with vectorized=True it must keep the leading "
+                                 f"'resample' dim (got dims {out.dims})")
+            replicates.append(out.transpose("resample", *estimate.dims).values)
+    else:
+        for r in range(len(seed_idx)):
+            out = _as_dataarray(statistic(wrap(arr[seed_idx[r][:, None], batch_idx[r]], False)),
+                                "a replicate")
+            replicates.append(out.transpose(*estimate.dims).values[None])
+    boot = np.concatenate(replicates, axis=0)
+    if boot.shape[1:] != estimate.shape:
+        raise InputError(f"statistic: replicates have shape {boot.shape[1:]}, the original "
+                         f"data gives {estimate.shape}; it must not depend on the resample")
+    return boot
+
+
+def _percentile_interval(boot: np.ndarray, confidence: float):
+    """`(low, high, n_nonfinite)`: percentile interval over the replicates (axis 0); replicates
+    where the statistic is NaN are left out and counted."""
+    alpha = (1.0 - confidence) / 2.0
+    finite = np.isfinite(boot)
+    n_nonfinite = int((~finite).any(axis=tuple(range(1, boot.ndim))).sum()) if boot.ndim > 1 \
+        else int((~finite).sum())
+    with np.errstate(all="ignore"):
+        if finite.all():
+            low, high = np.quantile(boot, [alpha, 1.0 - alpha], axis=0)
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN cells stay NaN
+                low, high = np.nanquantile(boot, [alpha, 1.0 - alpha], axis=0)
+    return low, high, n_nonfinite
 
 
 # --------------------------------------------------------------------------- power
