@@ -33,16 +33,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from pdeinf import paths
-from pdeinf.atomic import write_json, write_netcdf
+from pdeinf.atomic import write_netcdf
 from pdeinf.config import pde_spec
-from pdeinf.errors import InputError, NumericalError
+from pdeinf.errors import InputError
 from pdeinf.pipeline.checksums import checksum_ok, with_checksum
 from pdeinf.pipeline.common import (
     ProfileLike,
@@ -57,7 +56,6 @@ from pdeinf.pipeline.common import (
 VARIANT = "gauss-newton"
 BASELINE = "baseline"
 DATA_VARS = ("pi", "losses", "rank", "rollout", "val_smse")
-STAGE_KEY = "stage_key.json"
 #: configuration name -> Profile overrides (one model departure each).
 ABLATIONS: dict[str, dict] = {
     "increment": {"residual": True},
@@ -100,23 +98,11 @@ def run_dir(profile: ProfileLike, name: str, pde: str, model: str, seed: int) ->
     return paths.runs_dir(prof.name) / f"ablation-{name}" / paths.run_name(pde, model, seed)
 
 
-def _stored_key(directory: Path) -> str | None:
-    try:
-        return json.loads((directory / STAGE_KEY).read_text()).get("key")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
-def _checkpoints_exist(directory: Path, epochs) -> bool:
-    return all(paths.checkpoint_path(directory, e).is_file()
-               and paths.checkpoint_path(directory, e).stat().st_size > 0 for e in epochs)
-
-
 def ensure_ablation_runs(profile: ProfileLike, name: str, pde: str, model: str, *,
                          progress: bool = True, train=None) -> dict[int, Path]:
     """`{seed: run_dir}` of configuration `name`, trained (resumed, or retrained when stale)."""
     from pdeinf.pipeline.data import profile_data
-    from pdeinf.pipeline.training import training_key
+    from pdeinf.pipeline.training import ensure_keyed_run, training_key
 
     prof = as_profile(profile)
     check_selection(prof, pde, model)
@@ -131,20 +117,11 @@ def ensure_ablation_runs(profile: ProfileLike, name: str, pde: str, model: str, 
         directory = run_dir(prof, name, pde, model, seed)
         key = content_key(stage="training/ablation", ablation=name,
                           base=training_key(alt, pde, model, seed, fingerprint))
-        stored = _stored_key(directory)
-        if not (_checkpoints_exist(directory, epochs) and stored == key):
-            if directory.exists() and (stored is not None and stored != key
-                                       or stored is None and _checkpoints_exist(directory, epochs)):
-                aside = directory.with_name(directory.name + ".stale")
-                shutil.rmtree(aside, ignore_errors=True)
-                directory.rename(aside)  # trained from other inputs
-            train(pde, model, int(seed), alt, data=data, progress=progress, out_dir=directory.parent)
-            if not _checkpoints_exist(directory, epochs):
-                raise NumericalError(f"training {directory} (ablation {name}) finished without "
-                                     f"all scheduled checkpoints {epochs}")
-            write_json(directory / STAGE_KEY, {"key": key, "data_fingerprint": fingerprint,
-                                               "ablation": name, "overrides": ABLATIONS[name]})
-        runs[int(seed)] = directory
+        runs[int(seed)] = ensure_keyed_run(
+            directory, epochs, key,
+            lambda seed=seed, directory=directory: train(
+                pde, model, int(seed), alt, data=data, progress=progress, out_dir=directory.parent),
+            {"data_fingerprint": fingerprint, "ablation": name, "overrides": ABLATIONS[name]})
     return runs
 
 

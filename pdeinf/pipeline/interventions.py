@@ -24,17 +24,15 @@ aside to `<run>.stale/` and retrained.
 """
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from pdeinf import paths
-from pdeinf.atomic import write_json, write_netcdf
+from pdeinf.atomic import write_netcdf
 from pdeinf.config import pde_spec
-from pdeinf.errors import InputError, NumericalError
+from pdeinf.errors import InputError
 from pdeinf.pipeline.checksums import checksum_ok, with_checksum
 from pdeinf.pipeline.common import (
     ProfileLike,
@@ -47,7 +45,6 @@ from pdeinf.pipeline.common import (
 
 VARIANT = "gauss-newton"
 DATA_VARS = ("pi", "losses", "rank", "rollout", "val_smse")
-STAGE_KEY = "stage_key.json"
 
 
 def study_batches(profile: ProfileLike) -> int:
@@ -106,24 +103,12 @@ def _recipe_key(prof, pde, model, recipe: str, seed: int, fingerprint: str) -> s
                        recipe=make_recipe(recipe).identity())
 
 
-def _stored_key(directory: Path) -> str | None:
-    try:
-        return json.loads((directory / STAGE_KEY).read_text()).get("key")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
-def _checkpoints_exist(directory: Path, epochs) -> bool:
-    return all(paths.checkpoint_path(directory, e).is_file()
-               and paths.checkpoint_path(directory, e).stat().st_size > 0 for e in epochs)
-
-
 def ensure_recipe_runs(profile: ProfileLike, pde: str, model: str, recipe: str, *,
                        progress: bool = True, train=None) -> dict[int, Path]:
     """`{seed: run_dir}` of `recipe` for every seed, trained (or resumed, or retrained when
     stale) as needed. "one-step" is `pipeline.training.ensure_training` itself."""
     from pdeinf.pipeline.data import profile_data
-    from pdeinf.pipeline.training import ensure_training
+    from pdeinf.pipeline.training import ensure_keyed_run, ensure_training
 
     prof = as_profile(profile)
     check_selection(prof, pde, model)
@@ -137,22 +122,12 @@ def ensure_recipe_runs(profile: ProfileLike, pde: str, model: str, recipe: str, 
     runs = {}
     for seed in prof.seeds:
         directory = recipe_run_dir(prof, pde, model, recipe, seed)
-        key = _recipe_key(prof, pde, model, recipe, seed, fingerprint)
-        stored = _stored_key(directory)
-        if not (_checkpoints_exist(directory, epochs) and stored == key):
-            if directory.exists() and (stored is not None and stored != key
-                                       or stored is None and _checkpoints_exist(directory, epochs)):
-                aside = directory.with_name(directory.name + ".stale")
-                shutil.rmtree(aside, ignore_errors=True)
-                directory.rename(aside)  # trained from other inputs
-            train(pde, model, int(seed), prof, data=data, progress=progress, recipe=recipe,
-                  out_dir=directory.parent)
-            if not _checkpoints_exist(directory, epochs):
-                raise NumericalError(f"training {directory} ({recipe}) finished without all "
-                                     f"scheduled checkpoints {epochs}")
-            write_json(directory / STAGE_KEY, {"key": key, "data_fingerprint": fingerprint,
-                                               "recipe": recipe})
-        runs[int(seed)] = directory
+        runs[int(seed)] = ensure_keyed_run(
+            directory, epochs, _recipe_key(prof, pde, model, recipe, seed, fingerprint),
+            lambda seed=seed, directory=directory: train(
+                pde, model, int(seed), prof, data=data, progress=progress, recipe=recipe,
+                out_dir=directory.parent),
+            {"data_fingerprint": fingerprint, "recipe": recipe})
     return runs
 
 

@@ -12,13 +12,13 @@ import json
 import shutil
 from pathlib import Path
 
+from pdeinf import paths
 from pdeinf.atomic import write_json
 from pdeinf.errors import InputError, NumericalError
 from pdeinf.pipeline.common import (
     ProfileLike,
     as_profile,
     check_selection,
-    checkpoint_path,
     content_key,
     run_dir,
     scheduled_checkpoints,
@@ -37,14 +37,16 @@ def training_key(profile, pde: str, model: str, seed: int, data_fingerprint: str
                        data=data_fingerprint, settings=settings)
 
 
+def has_checkpoints(directory: Path, epochs) -> bool:
+    """True when `directory` holds a non-empty checkpoint for every epoch of `epochs`."""
+    return all(paths.checkpoint_path(directory, e).is_file()
+               and paths.checkpoint_path(directory, e).stat().st_size > 0 for e in epochs)
+
+
 def checkpoints_exist(profile: ProfileLike, pde: str, model: str, seed: int) -> bool:
     """True when every scheduled checkpoint of the run exists (non-empty)."""
     profile = as_profile(profile)
-    for epoch in scheduled_checkpoints(profile, pde):
-        ckpt = checkpoint_path(profile, pde, model, seed, epoch)
-        if not ckpt.is_file() or ckpt.stat().st_size == 0:
-            return False
-    return True
+    return has_checkpoints(run_dir(profile, pde, model, seed), scheduled_checkpoints(profile, pde))
 
 
 def _stored_key(directory: Path) -> str | None:
@@ -71,6 +73,25 @@ def _set_aside(directory: Path) -> None:
     directory.rename(aside)
 
 
+def ensure_keyed_run(directory: Path, epochs, key: str, train_once, record: dict) -> Path:
+    """The one mechanism behind every trained run of the pipeline (baseline, recipes, ablation):
+    `directory` is current when it holds a checkpoint for each of `epochs` and its
+    `stage_key.json` records `key`. Otherwise a run trained from other inputs is set aside
+    (`<run>.stale/`), `train_once()` trains (or resumes a partial run), and the key is written
+    with `record` beside it. NumericalError if training ends without every checkpoint."""
+    stored = _stored_key(directory)
+    if has_checkpoints(directory, epochs) and stored == key:
+        return directory
+    if stored is not None and stored != key or stored is None and has_checkpoints(directory, epochs):
+        _set_aside(directory)  # trained from other inputs
+    train_once()
+    if not has_checkpoints(directory, epochs):
+        raise NumericalError(f"training {directory} finished without all scheduled checkpoints "
+                             f"{tuple(epochs)}")
+    write_json(directory / STAGE_KEY, {"key": key, **record})
+    return directory
+
+
 def ensure_training(profile: ProfileLike, pde: str, model: str, *, progress: bool = True,
                     train=None) -> dict[int, Path]:
     """Train `model` on `pde` for every seed of the profile (resuming partial runs, retraining
@@ -84,20 +105,11 @@ def ensure_training(profile: ProfileLike, pde: str, model: str, *, progress: boo
         from pdeinf.training.train import train
     runs: dict[int, Path] = {}
     for seed in profile.seeds:
-        directory = run_dir(profile, pde, model, seed)
-        key = training_key(profile, pde, model, seed, fingerprint)
-        if not training_complete(profile, pde, model, seed, key=key):
-            stored = _stored_key(directory)
-            if stored is not None and stored != key or (
-                    stored is None and checkpoints_exist(profile, pde, model, seed)):
-                _set_aside(directory)  # trained from other inputs
-            train(pde, model, int(seed), profile, data=data, progress=progress)
-            if not checkpoints_exist(profile, pde, model, seed):
-                raise NumericalError(
-                    f"training {directory.name} finished without all scheduled checkpoints "
-                    f"{scheduled_checkpoints(profile, pde)} in {directory}")
-            write_json(directory / STAGE_KEY, {"key": key, "data_fingerprint": fingerprint})
-        runs[int(seed)] = directory
+        runs[int(seed)] = ensure_keyed_run(
+            run_dir(profile, pde, model, seed), scheduled_checkpoints(profile, pde),
+            training_key(profile, pde, model, seed, fingerprint),
+            lambda seed=seed: train(pde, model, int(seed), profile, data=data, progress=progress),
+            {"data_fingerprint": fingerprint})
     return runs
 
 
