@@ -30,6 +30,17 @@ one-step), final checkpoint; "improves" when the 95% interval lies below 0, "wor
 lies above 0, else "inconclusive". The selection comparison uses the same rule on
 log(rollout of the checkpoint a criterion picks) - log(rollout of the checkpoint validation
 SMSE picks).
+
+Orbit influence of `augment` (input: `pdeinf.pipeline.interventions.load_orbit`, dims (recipe,
+seed, batch, element, example) with `equivariance` = SMSE(f(g.x), g.y) / SMSE(f(x), y) and
+`orbit_diagonal` = the standardized orbit-influence diagonal H_g[n, n] of the final
+checkpoint; `pdeinf.symmetry`): per (recipe, seed, batch) the mean over examples, per element
+(`orbit_observables`), and the means over the 7 non-identity D4 elements. The paired change
+augment - one-step of (a) the mean log10 equivariance ratio and (b) the mean orbit diagonal,
+each with its hierarchical-bootstrap interval, is judged by the rules
+`augment_lowers_equivariance_error` and `augment_raises_orbit_influence` of
+`pdeinf.analysis.verdicts.VERDICT_RULES` (written before any run; words reproduced /
+contradicted / inconclusive, and always "inconclusive" with fewer than 2 seeds).
 """
 from __future__ import annotations
 
@@ -38,9 +49,10 @@ import pandas as pd
 import xarray as xr
 
 from pdeinf.analysis.statistics import hierarchical_bootstrap
-from pdeinf.analysis.verdicts import verdict
+from pdeinf.analysis.verdicts import VERDICT_RULES, apply_rule, verdict
 from pdeinf.errors import InputError
 from pdeinf.influence.normalize import normalize
+from pdeinf.symmetry.actions import ELEMENTS
 
 BASELINE = "one-step"
 PI_DIMS = ("t_resp", "c_resp", "t_pert", "c_pert")
@@ -444,3 +456,143 @@ def selection_frame(sel: xr.Dataset) -> pd.DataFrame:
             rows.append({"criterion": str(c), "recipe": str(recipe), **_ci_dict(ci),
                          "verdict": str(sel["verdict"].sel(criterion=c, recipe=recipe).item())})
     return pd.DataFrame(rows)
+
+# ---- orbit influence of augment vs one-step ------------------------------------------
+ORBIT_RECIPE = "augment"
+#: The rules of the orbit comparison (VERDICT_RULES), per quantity of `orbit_effects`.
+ORBIT_FINDINGS = {"d_orbit": "augment_raises_orbit_influence",
+                  "d_log_equivariance": "augment_lowers_equivariance_error"}
+ORBIT_MIN_SEEDS = 2
+_D4 = tuple(g for g in ELEMENTS if g != "e")
+
+
+def _check_orbit(orbit) -> None:
+    if not isinstance(orbit, xr.Dataset):
+        raise InputError(f"orbit: expected an xr.Dataset, got {type(orbit).__name__}")
+    need = ("recipe", "seed", "batch", "element", "example")
+    for var in ("equivariance", "orbit_diagonal"):
+        if var not in orbit:
+            raise InputError(f"orbit: no {var!r} variable (the interventions orbit dataset)")
+        missing = [d for d in need if d not in orbit[var].dims]
+        if missing:
+            raise InputError(f"orbit: {var} lacks dimension(s) {missing}; has {orbit[var].dims}")
+    labels = [str(e) for e in orbit["element"].values]
+    if not any(g in labels for g in _D4):
+        raise InputError(f"orbit: no non-identity D4 element among {labels}")
+    if not (np.all(np.isfinite(orbit["equivariance"].values))
+            and np.all(orbit["equivariance"].values > 0)):
+        raise InputError("orbit: equivariance ratios must be finite and positive")
+
+
+def d4_non_identity(orbit) -> list[str]:
+    """The non-identity D4 labels of the `element` coordinate, in D4 order."""
+    labels = [str(e) for e in orbit["element"].values]
+    return [g for g in _D4 if g in labels]
+
+
+def orbit_observables(orbit: xr.Dataset) -> xr.Dataset:
+    """Per (recipe, seed, batch): `log_equivariance` (..., element) the mean over examples of
+    log10 SMSE(f(g.x), g.y) / SMSE(f(x), y), `orbit` (..., element) the mean over examples of
+    the standardized diagonal H_g[n, n]; `log_equivariance_d4`, `orbit_d4` their means over the
+    non-identity D4 elements."""
+    _check_orbit(orbit)
+    log_eqv = np.log10(orbit["equivariance"]).mean("example")
+    diag = orbit["orbit_diagonal"].mean("example")
+    d4 = d4_non_identity(orbit)
+    return xr.Dataset({"log_equivariance": log_eqv, "orbit": diag,
+                       "log_equivariance_d4": log_eqv.sel(element=d4).mean("element"),
+                       "orbit_d4": diag.sel(element=d4).mean("element")},
+                      attrs={"epoch": orbit.attrs.get("epoch"), "d4": d4})
+
+
+def orbit_element_table(orbit: xr.Dataset, *, n_resamples: int = 1000,
+                        random_state: int = 0) -> xr.Dataset:
+    """Per recipe and element: the mean over seeds x batches of `orbit_observables`'
+    `orbit` and `log_equivariance`, with 95% hierarchical-bootstrap intervals; dims (ci,
+    recipe, element)."""
+    obs = orbit_observables(orbit)
+    kw = {"n_resamples": n_resamples, "random_state": random_state}
+    out = xr.Dataset({"orbit": _mean_ci(obs["orbit"], **kw),
+                      "log_equivariance": _mean_ci(obs["log_equivariance"], **kw)})
+    out.attrs.update(epoch=orbit.attrs.get("epoch"), n_seeds=orbit.sizes["seed"],
+                     n_batches=orbit.sizes["batch"], n_resamples=n_resamples,
+                     random_state=random_state)
+    return out
+
+
+def orbit_verdict(name: str, ci: xr.DataArray, n_seeds: int) -> str:
+    """The verdict of rule `name` (VERDICT_RULES) on interval `ci`; "inconclusive" with
+    fewer than `ORBIT_MIN_SEEDS` seeds (the interval then omits between-seed variation)."""
+    if int(n_seeds) < ORBIT_MIN_SEEDS:
+        return "inconclusive"
+    return str(apply_rule(name, ci))
+
+
+def orbit_rule_text(name: str) -> str:
+    """The rule's registry text and the seed condition."""
+    return (VERDICT_RULES[name].text() + f" With fewer than {ORBIT_MIN_SEEDS} seeds: "
+            "inconclusive (the interval then omits between-seed variation).")
+
+
+def orbit_effects(orbit: xr.Dataset, *, recipe: str = ORBIT_RECIPE, baseline: str = BASELINE,
+                  n_resamples: int = 1000, random_state: int = 0) -> xr.Dataset:
+    """Paired (by seed and influence batch) change `recipe` - `baseline` of the mean orbit
+    diagonal (`d_orbit`) and of the mean log10 equivariance ratio (`d_log_equivariance`) over
+    the non-identity D4 elements, with intervals (dim ci) and the verdicts of their rules
+    (`verdict_d_orbit`, `verdict_d_log_equivariance`); also `orbit_d4`, `log_equivariance_d4`
+    (ci, recipe) per recipe."""
+    obs = orbit_observables(orbit)
+    recipes = [str(r) for r in obs["recipe"].values]
+    for r in (recipe, baseline):
+        if r not in recipes:
+            raise InputError(f"orbit: recipe {r!r} not among {recipes}")
+    kw = {"n_resamples": n_resamples, "random_state": random_state}
+    n_seeds = orbit.sizes["seed"]
+    out = xr.Dataset()
+    for name, var in (("d_orbit", "orbit_d4"), ("d_log_equivariance", "log_equivariance_d4")):
+        diff = obs[var].sel(recipe=recipe, drop=True) - obs[var].sel(recipe=baseline, drop=True)
+        out[name] = _mean_ci(diff, **kw)
+        out[f"verdict_{name}"] = ((), orbit_verdict(ORBIT_FINDINGS[name], out[name], n_seeds))
+        out[var] = _mean_ci(obs[var].sel(recipe=[baseline, recipe]), **kw)
+    out.attrs.update(recipe=recipe, baseline=baseline, n_seeds=n_seeds,
+                     n_batches=orbit.sizes["batch"], epoch=orbit.attrs.get("epoch"),
+                     d4=",".join(d4_non_identity(orbit)), n_resamples=n_resamples,
+                     random_state=random_state)
+    return out
+
+
+def orbit_findings(effects: xr.Dataset, pde: str, model: str) -> dict:
+    """`{rule name: [record]}` of one (PDE, model) for the findings collector."""
+    out = {}
+    for name, rule in ORBIT_FINDINGS.items():
+        out[rule] = [{"pde": pde, "model": model, "recipe": str(effects.attrs["recipe"]),
+                      **_ci_dict(effects[name]), "n_seeds": int(effects.attrs["n_seeds"]),
+                      "n_batches": int(effects.attrs["n_batches"]),
+                      "verdict": str(effects[f"verdict_{name}"].item()),
+                      "rule": orbit_rule_text(rule), "paper": None,
+                      "note": f"paired vs {effects.attrs['baseline']} by seed and influence "
+                              f"batch, final checkpoint (epoch {effects.attrs.get('epoch')})"}]
+    return out
+
+
+def orbit_sentence(effects: xr.Dataset, pde: str, model: str) -> str:
+    """Whether augment raises orbit influence, stated from the numbers of `orbit_effects`."""
+    recipe, base = effects.attrs["recipe"], effects.attrs["baseline"]
+
+    def fmt(ci, sign=""):
+        return (f"{float(ci.sel(ci='estimate')):{sign}.3g} [{float(ci.sel(ci='low')):{sign}.3g}, "
+                f"{float(ci.sel(ci='high')):{sign}.3g}]")
+
+    word = str(effects["verdict_d_orbit"].item())
+    answer = {"reproduced": f"{recipe} raises orbit influence",
+              "contradicted": f"{recipe} lowers orbit influence"}.get(
+        word, f"the numbers do not show that {recipe} raises orbit influence (inconclusive"
+              + (f": fewer than {ORBIT_MIN_SEEDS} seeds" if effects.attrs["n_seeds"] < ORBIT_MIN_SEEDS
+                 else ": the interval contains 0") + ")")
+    return (f"{pde}-{model} (final epoch {effects.attrs.get('epoch')}, {effects.attrs['n_seeds']} "
+            f"seed(s) x {effects.attrs['n_batches']} batch(es)): mean standardized orbit-influence "
+            f"diagonal over the non-identity D4 elements {fmt(effects['orbit_d4'].sel(recipe=base))} "
+            f"({base}) vs {fmt(effects['orbit_d4'].sel(recipe=recipe))} ({recipe}), paired change "
+            f"{fmt(effects['d_orbit'], '+')}; mean log10 equivariance ratio changes by "
+            f"{fmt(effects['d_log_equivariance'], '+')} "
+            f"({effects['verdict_d_log_equivariance'].item()}): {answer}.")

@@ -293,6 +293,22 @@ _RULES = [
         "influence is suppressed where equivariance breaks",
         "Spearman correlation, over group elements, of the median orbit influence diagonal "
         "H_g[n, n] with the log equivariance ratio", 0.0, -1),
+    FindingRule(
+        "augment_raises_orbit_influence", "ours", "notebook 13 orbit figure (issue 13)",
+        "training with random D4 elements and circular shifts (augment) shares influence "
+        "across the D4 orbit",
+        "paired change, augment minus one-step (same seed and influence batch, final "
+        "checkpoint), of the mean over the 7 non-identity D4 elements and the batch's examples "
+        "of the standardized orbit-influence diagonal H_g[n, n]; mean over seeds x batches",
+        0.0, +1, paper_note="not tested by the papers"),
+    FindingRule(
+        "augment_lowers_equivariance_error", "ours", "notebook 13 orbit figure (issue 13)",
+        "training with random D4 elements and circular shifts (augment) lowers the D4 "
+        "equivariance error",
+        "paired change, augment minus one-step (same seed and influence batch, final "
+        "checkpoint), of the mean over the 7 non-identity D4 elements and the batch's examples "
+        "of log10 SMSE(f(g.x), g.y) / SMSE(f(x), y); mean over seeds x batches",
+        0.0, -1, paper_note="not tested by the papers"),
 ]
 
 #: name -> FindingRule, in the order above.

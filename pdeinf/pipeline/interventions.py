@@ -21,6 +21,18 @@ checksum; a rerun recomputes exactly the tasks whose file is missing, stale or c
 Recipe runs record their training key (the one-step key of `training.training_key` and the
 recipe's identity) in `stage_key.json`, like `ensure_training`; a run of other inputs is moved
 aside to `<run>.stale/` and retrained.
+
+Orbit influence of `augment` (when the profile trains it): for "augment" and the baseline
+"one-step" (paired by seed), at the FINAL checkpoint only, on the first `orbit_batches(profile)`
+influence batches (`profile.symmetry_batches`, 1 in every profile), the D4 equivariance error
+and the standardized D4 orbit-influence diagonal of "e" and the 7 non-identity D4 elements
+(`pdeinf.symmetry.study.final_orbit_study`: the symmetry study's own per-batch computation, no
+shift landscape, Lie derivative or earlier checkpoints). One netCDF per (recipe, seed),
+`.../<recipe>/s<seed>_e<epoch>_orbit.nc`, keyed like the tasks (checkpoint bytes, data,
+recipe, elements, batches, damping, energy tolerance, version). For one-step the symmetry
+stage's cached file of that seed is reused when it is valid and current (same checkpoint,
+batches and settings: the same computation); otherwise it is computed here (never the whole
+symmetry study).
 """
 from __future__ import annotations
 
@@ -40,11 +52,17 @@ from pdeinf.pipeline.common import (
     check_selection,
     content_key,
     file_digest,
+    final_epoch,
     scheduled_checkpoints,
 )
 
 VARIANT = "gauss-newton"
 DATA_VARS = ("pi", "losses", "rank", "rollout", "val_smse")
+#: The orbit study's recipes (the second is compared with the first, paired by seed).
+ORBIT_RECIPES = ("one-step", "augment")
+ORBIT_VARS = ("equivariance", "orbit_diagonal", "orbit_rank")
+#: Bumped when what an orbit file holds changes (part of its key).
+ORBIT_VERSION = 1
 
 
 def study_batches(profile: ProfileLike) -> int:
@@ -154,7 +172,7 @@ def task_key(prof, pde: str, model: str, recipe: str, seed: int, epoch: int, che
                        n_batches=study_batches(prof))
 
 
-def _load_valid(path: Path, key: str | None):
+def _load_valid(path: Path, key: str | None, data_vars=DATA_VARS):
     import xarray as xr
 
     if not path.is_file():
@@ -164,7 +182,7 @@ def _load_valid(path: Path, key: str | None):
             ds = ds.load()
     except Exception:  # noqa: BLE001 - unreadable, truncated or foreign: recompute
         return None
-    if any(v not in ds for v in DATA_VARS) or not checksum_ok(ds):
+    if any(v not in ds for v in data_vars) or not checksum_ok(ds):
         return None
     if key is not None and ds.attrs.get("cache_key") != key:
         return None
@@ -216,7 +234,9 @@ def compute_task(model_net, ckpt: dict, data, prof, pde: str, seed: int, *, attr
 
 
 def run_study(profile: ProfileLike, pde: str, model: str, *, progress: bool = True) -> list[Path]:
-    """Train what is missing and compute every missing/stale/corrupt task of (pde, model)."""
+    """Train what is missing and compute every missing/stale/corrupt task of (pde, model), and
+    the orbit files when the profile trains augment (`run_orbit`). Returns the task files, then
+    the orbit files."""
     from pdeinf.pipeline.data import profile_data
     from pdeinf.training.train import load_checkpoint
 
@@ -256,6 +276,9 @@ def run_study(profile: ProfileLike, pde: str, model: str, *, progress: bool = Tr
             influence = influence.assign_coords(batch=np.arange(influence.sizes["batch"]))
         ds = compute_task(net, state, data, prof, pde, seed, attrs=attrs, influence=influence)
         write_netcdf(with_checksum(ds), target)
+    if orbit_recipes(prof):
+        files += run_orbit(prof, pde, model, sources=RecipeSources(prof, pde, model, runs, data),
+                           progress=progress)
     return files
 
 
@@ -308,3 +331,205 @@ def ensure_interventions(profile: ProfileLike, *, progress: bool = True) -> dict
     prof = as_profile(profile)
     return {(pde, model): ensure_intervention_pair(prof, pde, model, progress=progress)
             for pde, model in recipe_pairs(prof)}
+
+
+# ---- orbit influence: augment vs one-step at the final checkpoint --------------------------
+def orbit_recipes(profile: ProfileLike) -> list[str]:
+    """`["one-step", "augment"]` when the profile trains augment, else `[]` (nothing to
+    compare: the orbit study is skipped)."""
+    prof = as_profile(profile)
+    return list(ORBIT_RECIPES) if all(r in prof.recipes for r in ORBIT_RECIPES) else []
+
+
+def orbit_batches(profile: ProfileLike) -> int:
+    """Influence batches per (recipe, seed) of the orbit study: `profile.symmetry_batches`
+    (the symmetry study's; 1 in every profile), within 1..n_influence_batches."""
+    prof = as_profile(profile)
+    n = int(prof.symmetry_batches)
+    if not 1 <= n <= prof.n_influence_batches:
+        raise InputError(f"profile {prof.name!r}: symmetry_batches={n} must lie in "
+                         f"1..n_influence_batches={prof.n_influence_batches}")
+    return n
+
+
+def orbit_elements() -> list[str]:
+    """The identity and the 7 non-identity D4 elements (no shifts)."""
+    from pdeinf.symmetry.study import D4_NON_IDENTITY
+
+    return ["e", *D4_NON_IDENTITY]
+
+
+def orbit_file(profile, pde: str, model: str, recipe: str, seed: int, epoch: int) -> Path:
+    return study_dir(profile, pde, model) / recipe / f"s{seed}_e{epoch:04d}_orbit.nc"
+
+
+def orbit_key(prof, pde: str, model: str, recipe: str, seed: int, epoch: int, checkpoint: Path,
+              data_key: str) -> str:
+    """What an orbit file depends on: the checkpoint's bytes, the data's content, the recipe,
+    the elements, the batches and the engine settings (and the package version)."""
+    from pdeinf.training.recipes import make_recipe
+
+    return content_key(stage="interventions/orbit", pde=pde, model=model,
+                       recipe=make_recipe(recipe).identity(), seed=int(seed), epoch=int(epoch),
+                       checkpoint=file_digest(checkpoint), data=data_key,
+                       elements=orbit_elements(), n_batches=orbit_batches(prof), split="test",
+                       damping=prof.damping, energy_tol=prof.energy_tol, t_max=prof.t_max,
+                       orbit_version=ORBIT_VERSION)
+
+
+class RecipeSources:
+    """What `run_orbit` reads: the final checkpoint and model of each (recipe, seed) of `runs`
+    ({recipe: {seed: run_dir}}), the influence batches of the profile's data (test split) and
+    the symmetry stage's cached file of a one-step seed. Any object with these methods can
+    stand in for it (tests)."""
+
+    def __init__(self, profile, pde: str, model_name: str, runs: dict, data):
+        self.profile, self.pde, self.model_name = as_profile(profile), pde, model_name
+        self.runs, self.data = runs, data
+
+    def checkpoint(self, recipe: str, seed: int) -> Path:
+        return paths.checkpoint_path(self.runs[recipe][int(seed)], final_epoch(self.profile, self.pde))
+
+    def model(self, recipe: str, seed: int):
+        from pdeinf.training.train import load_checkpoint
+
+        return load_checkpoint(self.checkpoint(recipe, seed), pde=self.pde, model_name=self.model_name)
+
+    def batch(self, seed: int, index: int):
+        from pdeinf.data.datasets import influence_batch
+
+        return influence_batch(self.data, int(seed), index, split="test")
+
+    def data_key(self) -> str:
+        return str(self.data.fingerprint())
+
+    def symmetry(self, seed: int):
+        """The symmetry stage's study of the one-step run `seed` when cached, valid, current
+        and of this very checkpoint, else None."""
+        from pdeinf.pipeline.influence import FileSources
+        from pdeinf.pipeline.symmetry import cached_seed
+
+        prof = self.profile
+        if (self.pde, self.model_name) not in prof.pairs(prof.symmetry_pairs):
+            return None
+        files = FileSources(prof, self.pde, self.model_name)
+        mine = self.checkpoint("one-step", seed)
+        if Path(files.checkpoint(seed, final_epoch(prof, self.pde))).resolve() != Path(mine).resolve():
+            return None
+        if files.data_key() != self.data_key():
+            return None
+        return cached_seed(prof, self.pde, self.model_name, seed, sources=files)
+
+
+def orbit_from_symmetry(study, epoch: int, n_batches: int):
+    """The orbit dataset (`final_orbit_study` layout) cut out of one seed's symmetry study, or
+    None when that study is of another final checkpoint, fewer batches or lacks an element."""
+    import xarray as xr
+
+    if study is None or int(study.attrs.get("final_epoch", -1)) != int(epoch):
+        return None
+    labels = orbit_elements()
+    if any(v not in study for v in ORBIT_VARS) or study.sizes.get("batch", 0) < n_batches or \
+            any(g not in list(study["element"].values) for g in labels):
+        return None
+    part = study[list(ORBIT_VARS)].isel(batch=slice(0, n_batches)).sel(element=labels)
+    return xr.Dataset(
+        {v: (part[v].dims, part[v].values) for v in ORBIT_VARS},
+        coords={"batch": np.arange(n_batches), "element": labels,
+                "example": np.arange(part.sizes["example"])},
+        attrs={"pde": study.attrs.get("pde", ""), "damping": float(study.attrs["damping"]),
+               "energy_tol": float(study.attrs["energy_tol"])})
+
+
+def run_orbit(profile: ProfileLike, pde: str, model: str, *, sources, progress: bool = True,
+              compute=None) -> list[Path]:
+    """(Re)compute the orbit files (module docstring) whose file is missing, stale or corrupt;
+    returns every one ([] when the profile does not train augment). `sources`: as
+    `RecipeSources`; `compute`: defaults to `pdeinf.symmetry.study.final_orbit_study`."""
+    prof = as_profile(profile)
+    recipes = orbit_recipes(prof)
+    if not recipes:
+        return []
+    if compute is None:
+        from pdeinf.symmetry.study import final_orbit_study as compute
+    epoch, n = final_epoch(prof, pde), orbit_batches(prof)
+    data_key = sources.data_key()
+    files, todo = [], []
+    for recipe in recipes:
+        for seed in prof.seeds:
+            ckpt = Path(sources.checkpoint(recipe, seed))
+            if not ckpt.is_file():
+                raise InputError(f"{ckpt}: checkpoint not found (train {recipe} {pde}/{model} "
+                                 f"at profile {prof.name} first)")
+            key = orbit_key(prof, pde, model, recipe, seed, epoch, ckpt, data_key)
+            target = orbit_file(prof, pde, model, recipe, seed, epoch)
+            files.append(target)
+            if _load_valid(target, key, ORBIT_VARS) is None:
+                todo.append((recipe, int(seed), key, target))
+    for recipe, seed, key, target in tqdm(todo, desc=f"orbit {pde}-{model}", unit="run",
+                                          disable=not progress):
+        ds = orbit_from_symmetry(sources.symmetry(seed), epoch, n) if recipe == "one-step" else None
+        source = "symmetry stage"
+        if ds is None:
+            net, _ = sources.model(recipe, seed)
+            batches = [sources.batch(seed, b) for b in range(n)]
+            ds = compute(net.eval(), batches, pde=pde, elements=orbit_elements(),
+                         damping=prof.damping, energy_tol=prof.energy_tol, progress=progress)
+            source = "computed"
+        ds.attrs.update({"pde": pde, "model": model, "recipe": recipe, "seed": int(seed),
+                         "epoch": int(epoch), "profile": prof.name, "source": source,
+                         "cache_key": key})
+        write_netcdf(with_checksum(ds), target)
+    return files
+
+
+def load_orbit(profile: ProfileLike, pde: str, model: str):
+    """The cached orbit files of (pde, model) as one `xr.Dataset` with dims (recipe, seed,
+    batch, element, example): `equivariance`, `orbit_diagonal`, `orbit_rank` (recipe, seed,
+    batch, element); attrs `epoch` (the final checkpoint). InputError when the profile does not
+    train augment or a file is missing or corrupt."""
+    import xarray as xr
+
+    prof = as_profile(profile)
+    recipes = orbit_recipes(prof)
+    if not recipes:
+        raise InputError(f"profile {prof.name!r}: recipes {list(prof.recipes)} lack 'augment'; "
+                         "no orbit study")
+    epoch = final_epoch(prof, pde)
+    by_recipe = []
+    for recipe in recipes:
+        by_seed = []
+        for seed in prof.seeds:
+            path = orbit_file(prof, pde, model, recipe, seed, epoch)
+            ds = _load_valid(path, None, ORBIT_VARS)
+            if ds is None:
+                raise InputError(f"{path}: orbit file missing or corrupt; run "
+                                 f"pipeline.ensure_interventions({prof.name!r})")
+            by_seed.append(ds[list(ORBIT_VARS)])
+        by_recipe.append(xr.concat(by_seed, dim="seed", combine_attrs="drop"))
+    out = xr.concat(by_recipe, dim="recipe", combine_attrs="drop")
+    out = out.assign_coords(recipe=recipes, seed=[int(s) for s in prof.seeds])
+    out.attrs.update({"pde": pde, "model": model, "profile": prof.name, "epoch": int(epoch),
+                      "damping": float(prof.damping), "energy_tol": float(prof.energy_tol)})
+    return out
+
+
+def ensure_orbit_pair(profile: ProfileLike, pde: str, model: str, *, progress: bool = True):
+    """The orbit study of one recipe pair (`load_orbit`), training and computing what is
+    missing (only the one-step and augment runs and their orbit files)."""
+    from pdeinf.pipeline.data import profile_data
+
+    prof = as_profile(profile)
+    if (pde, model) not in recipe_pairs(prof):
+        raise InputError(f"pde/model: ({pde}, {model}) is not among the recipe pairs of profile "
+                         f"{prof.name!r} ({recipe_pairs(prof)})")
+    recipes = orbit_recipes(prof)
+    if not recipes:
+        raise InputError(f"profile {prof.name!r}: recipes {list(prof.recipes)} lack 'augment'; "
+                         "no orbit study")
+    _check_recipes(prof)
+    runs = {r: ensure_recipe_runs(prof, pde, model, r, progress=progress) for r in recipes}
+    data = profile_data(prof, pde, progress=progress, validate=False)  # validated by training
+    run_orbit(prof, pde, model, sources=RecipeSources(prof, pde, model, runs, data),
+              progress=progress)
+    return load_orbit(prof, pde, model)

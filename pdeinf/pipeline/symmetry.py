@@ -149,6 +149,29 @@ def run_symmetry(profile, pde: str, model: str, *, sources=None, out_root=None,
     return [seed_file(out_dir, s) for s in prof.seeds]
 
 
+def cached_seed(profile, pde: str, model: str, seed: int, *, sources=None, out_root=None):
+    """The cached study of one seed when its file is valid AND current (the key of the present
+    checkpoints, data and settings), else None; never computes. `sources` as in
+    `run_symmetry` (default: the pipeline's `FileSources`)."""
+    import xarray as xr
+
+    from pdeinf.pipeline.influence import FileSources
+
+    prof = as_profile(profile)
+    check_selection(prof, pde, model)
+    if (pde, model) not in prof.pairs(prof.symmetry_pairs):
+        return None
+    sources = sources if sources is not None else FileSources(prof, pde, model)
+    path = seed_file(symmetry_dir(prof, pde, model, out_root), seed)
+    if not path.is_file():
+        return None
+    key = seed_key(sources, sources.data_key(), prof, pde, model, seed)
+    if not _valid(path, key):
+        return None
+    with xr.open_dataset(path, engine="h5netcdf") as ds:
+        return ds.load()
+
+
 def load_symmetry(profile, pde: str, model: str, *, out_root=None, sources=None):
     """Every seed's file concatenated along `seed` (InputError naming what is missing or
     invalid; with `sources`, files are also checked against the current inputs' keys)."""

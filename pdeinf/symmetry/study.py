@@ -27,6 +27,10 @@ final checkpoint; `worst_d4_index` into the `d4` coordinate) and ("shift", 1, 0)
 
 - `lie_norm_epochs` (epoch, generator, example), `equivariance_epochs` (epoch, tracked,
   example), `orbit_diagonal_epochs` (epoch, tracked, example).
+
+`final_orbit_study` is the final-checkpoint `equivariance` / `orbit_diagonal` / `orbit_rank`
+part alone, for chosen elements (the same per-batch code; the interventions study compares
+augment with one-step on the D4 elements with it).
 """
 from __future__ import annotations
 
@@ -42,7 +46,8 @@ from pdeinf.symmetry.equivariance import equivariance_error
 from pdeinf.symmetry.lie import GENERATORS, lie_derivative
 from pdeinf.symmetry.orbit import element_label, orbit_influence
 
-__all__ = ["D4_NON_IDENTITY", "TRACKED", "class_trajectories", "study_elements", "symmetry_study"]
+__all__ = ["D4_NON_IDENTITY", "TRACKED", "class_trajectories", "final_orbit_study", "study_elements",
+           "symmetry_study"]
 
 D4_NON_IDENTITY: tuple[str, ...] = tuple(g for g in ELEMENTS if g != "e")
 TRACKED: tuple[str, ...] = ("identity", "worst_d4", "shift1")
@@ -115,6 +120,54 @@ def _axis_curves(model, inputs, targets, spec) -> np.ndarray:
     return out
 
 
+def _equivariance_and_orbit(model, inputs, targets, elements, spec, *, damping: float,
+                            energy_tol: float, **engine_kwargs):
+    """`(equivariance [element, example], orbit diagonal [element, example], orbit rank
+    [element])` of one batch at one model: the final-checkpoint part of the study."""
+    eqv = _equivariance(model, inputs, targets, elements, spec)
+    orbit = orbit_influence(model, inputs, targets, elements, pde=spec, damping=damping,
+                            energy_tol=energy_tol, **engine_kwargs)
+    return eqv, orbit["diagonal"].values, orbit["rank"].values
+
+
+def final_orbit_study(model: torch.nn.Module, batches: Sequence, *, pde,
+                      elements: Sequence | None = None, damping: float = 1e-6,
+                      energy_tol: float = 1e-4, progress: bool = False,
+                      attrs: dict | None = None, **engine_kwargs):
+    """The equivariance error and the orbit influence of one model (a final checkpoint) on
+    `batches`, for `elements` (default: "e" and the 7 non-identity D4 elements): the same
+    computation as `symmetry_study`'s `equivariance`, `orbit_diagonal` and `orbit_rank`
+    restricted to those elements (one engine per batch for all of them), without the Lie
+    derivative, shift curves, landscape, axis check or earlier checkpoints.
+
+    Returns an `xr.Dataset` with `equivariance`, `orbit_diagonal` (batch, element, example)
+    and `orbit_rank` (batch, element); element labels as `symmetry_study`'s."""
+    import xarray as xr
+
+    spec = resolve_spec(pde)
+    if not batches:
+        raise InputError("batches: at least one batch is required")
+    elements = ["e", *D4_NON_IDENTITY] if elements is None else list(elements)
+    labels = [element_label(g) for g in elements]
+    eqv, diag, rank = [], [], []
+    for b in tqdm(batches, desc=f"orbit {spec.name}", disable=not progress, leave=False):
+        e_b, d_b, r_b = _equivariance_and_orbit(model, b.inputs, b.targets, elements, spec,
+                                                damping=damping, energy_tol=energy_tol,
+                                                **engine_kwargs)
+        eqv.append(e_b)
+        diag.append(d_b)
+        rank.append(r_b)
+    n = batches[0].inputs.shape[0]
+    return xr.Dataset(
+        {"equivariance": (("batch", "element", "example"), np.stack(eqv)),
+         "orbit_diagonal": (("batch", "element", "example"), np.stack(diag)),
+         "orbit_rank": (("batch", "element"), np.stack(rank).astype(np.int64))},
+        coords={"batch": np.arange(len(batches)), "element": labels, "example": np.arange(n)},
+        attrs={"pde": spec.name, "damping": float(damping), "energy_tol": float(energy_tol),
+               **(attrs or {})},
+    )
+
+
 def symmetry_study(models: Mapping[int, torch.nn.Module], batches: Sequence, *, pde,
                    final_epoch: int, shifts: Sequence[int], dt: float | None = None,
                    damping: float = 1e-6, energy_tol: float = 1e-4,
@@ -151,12 +204,12 @@ def symmetry_study(models: Mapping[int, torch.nn.Module], batches: Sequence, *, 
     layer_names = None
     for b in tqdm(batches, desc=f"symmetry {spec.name}", disable=not progress, leave=False):
         x, y = b.inputs, b.targets
-        eqv.append(_equivariance(model, x, y, elements, spec))
+        e_b, d_b, r_b = _equivariance_and_orbit(model, x, y, elements, spec, damping=damping,
+                                                energy_tol=energy_tol, **engine_kwargs)
+        eqv.append(e_b)
+        diag.append(d_b)
+        rank.append(r_b)
         eqv_auth.append(_equivariance(model, x, y, ELEMENTS, spec, convention="authors"))
-        orbit = orbit_influence(model, x, y, elements, pde=spec, damping=damping,
-                                energy_tol=energy_tol, **engine_kwargs)
-        diag.append(orbit["diagonal"].values)
-        rank.append(orbit["rank"].values)
         lie.append(_lie_norms(model, x, spec))
         dec = lie_derivative(model, x, "x", pde=spec, layerwise=True, layers=layers)
         norms = {k: v.double().cpu().numpy() for k, v in dec.norms().items() if k != "total"}

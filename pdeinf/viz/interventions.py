@@ -126,3 +126,37 @@ def selection_figure(sel: xr.Dataset, *, title: str = "") -> Figure:
     ax.legend(frameon=False, fontsize=7)
     ax.set_title(f"{title} checkpoint selection {TAG}".strip())
     return fig
+
+
+def orbit_figure(table: xr.Dataset, *, title: str = "") -> Figure:
+    """Per D4 element, one-step vs augment (final checkpoint): left, the standardized
+    orbit-influence diagonal H_g[n, n]; right, the log10 equivariance ratio; both the mean over
+    seeds x batches of the per-batch example means with 95% hierarchical-bootstrap intervals
+    (`pdeinf.analysis.interventions.orbit_element_table`)."""
+    _check(table, ("ci", "recipe", "element"), "table")
+    for var in ("orbit", "log_equivariance"):
+        if var not in table:
+            raise InputError(f"table: no {var!r} variable (orbit_element_table)")
+    labels = [str(e) for e in table["element"].values]
+    recipes = [str(r) for r in table["recipe"].values]
+    xs = np.arange(len(labels))
+    fig, axes = st.new_figure(1, 2, size=(4.2, 3.0))
+    panels = (("orbit", "standardized orbit influence $H_g[n, n]$", "orbit influence"),
+              ("log_equivariance", "log10 SMSE(f(g.x), g.y) / SMSE(f(x), y)", "equivariance error"))
+    for ax, (var, ylabel, name) in zip(axes[0], panels):
+        for i, recipe in enumerate(recipes):
+            ci = table[var].sel(recipe=recipe).transpose("ci", "element")
+            est = ci.sel(ci="estimate").values
+            err = np.stack([est - ci.sel(ci="low").values, ci.sel(ci="high").values - est])
+            ax.errorbar(xs + 0.15 * (i - (len(recipes) - 1) / 2), est, yerr=err, fmt="o", ms=4,
+                        capsize=2, color=recipe_color(recipe, i), label=f"{recipe} {TAG}")
+        ax.axhline(0.0, color="0.6", lw=0.6)
+        ax.set_xticks(xs, labels)
+        ax.set_xlabel("D4 element g")
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"{title} {name}, epoch {table.attrs.get('epoch')} {TAG}".strip())
+    axes[0, 0].legend(frameon=False, fontsize=7)
+    fig.suptitle(f"one-step vs augment: mean over {table.attrs.get('n_seeds')} seed(s) x "
+                 f"{table.attrs.get('n_batches')} batch(es), 95% hierarchical-bootstrap "
+                 f"intervals {TAG}", fontsize=8)
+    return fig
