@@ -147,7 +147,9 @@ def test_markdown_table_rows(home):
     assert first[0] == "| temporal_decay" and first[1] == "seed paper"
     assert first[2] == VERDICT_RULES["temporal_decay"].figures and first[3] == "CE / unet"
     assert first[4] == f"{VERDICT_RULES['temporal_decay'].paper_values['CE-unet']:.3g}"
-    assert first[5] == "1.2 [0.8, 1.6]" and first[6] == "3 x 2" and first[7] == "reproduced |"
+    assert first[5] == "1.2 [0.8, 1.6]" and first[6] == "3 x 2" and first[7] == "reproduced"
+    assert lines[0].endswith("| Verdict | Seeds x batches for a decisive verdict |")
+    assert first[8] == "– |"  # a record without `needed`
     assert any("rollout_link_negative (dt=16)" in line for line in body)
     assert any("intervention_effect (pushforward)" in line and "(no interval)" in line
                for line in body)
@@ -190,3 +192,50 @@ def test_rule_text_of_real_producers_is_accepted(home):
     assert row["verdict"] == "reproduced"
     assert row["paper_value"] == pytest.approx(VERDICT_RULES["class_locked"].paper_values["NS-vit"],
                                                rel=1e-5)
+
+
+def test_table_column_for_a_decisive_verdict(home):
+    """Each `needed` status is worded in the table's last column, from the record's summary."""
+    from pdeinf.pipeline.findings import collect_findings, findings_markdown
+
+    base = {"effect": 0.1, "s_seed": 0.2, "s_batch": 0.3, "criterion": None}
+    needed = [
+        {**base, "n_seeds": 3, "n_batches": 2, "status": "decisive at the measured design"},
+        {**base, "n_seeds": 8, "n_batches": 3, "status": "larger design"},
+        {**base, "n_seeds": None, "n_batches": None, "status": "beyond the grid",
+         "largest": [20, 36]},
+        {**base, "n_seeds": None, "n_batches": None, "status": "not estimable",
+         "reason": "1 seed(s): no between-seed spread"},
+        {**base, "n_seeds": None, "n_batches": None},  # an older summary without a status
+    ]
+    _write(home, "03_seed_temporal", {"temporal_decay": [
+        _record(est=float(i), needed=n) for i, n in enumerate(needed)]})
+    text = findings_markdown(collect_findings("smoke"))
+    last = [line.split(" | ")[-1] for line in text.splitlines()[2:] if line.startswith("| ")]
+    assert last == ["decisive at 3 x 2 (as measured) |", "8 x 3 |",
+                    "beyond the grid (> 20 x 36) |",
+                    "not estimable (1 seed(s): no between-seed spread) |", "beyond the grid |"]
+    _write(home, "03_seed_temporal", {"temporal_decay": [
+        _record(needed={**base, "n_seeds": 2, "n_batches": 1, "status": "maybe"})]})
+    with pytest.raises(InputError, match="'needed' status must be one of"):
+        collect_findings("smoke")
+    _write(home, "03_seed_temporal", {"temporal_decay": [
+        _record(needed={**base, "n_seeds": 2.5, "n_batches": 1, "status": "larger design"})]})
+    with pytest.raises(InputError, match="needed.n_seeds"):
+        collect_findings("smoke")
+
+
+def test_readme_table_is_replaced_by_the_rendered_one(home):
+    from pdeinf.pipeline.findings import collect_findings, findings_markdown, replace_findings_table
+
+    _populate(home)
+    findings = collect_findings("smoke")
+    old = ("| Finding | Layer | Paper figure | PDE / model | Paper | Ours (95% CI) | "
+           "Seeds x batches | Verdict |\n|---|---|\n| old row | 1 |\n\n"
+           "Without findings records: 08 (none).\n")
+    readme = "# Title\n\nIntro.\n\n" + old + "\n\n**Next section.**\n"
+    out = replace_findings_table(readme, findings)
+    assert out == "# Title\n\nIntro.\n\n" + findings_markdown(findings) + "\n\n**Next section.**\n"
+    assert replace_findings_table(out, findings) == out  # idempotent
+    with pytest.raises(InputError, match="one findings table"):
+        replace_findings_table("# no table\n", findings)

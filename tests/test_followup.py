@@ -137,11 +137,19 @@ def test_needed_design_finds_the_smallest_sufficient_design():
     rng = np.random.default_rng(0)
     strong = xr.DataArray(0.5 + 0.05 * rng.standard_normal((3, 4)), dims=("seed", "batch"))
     need = fu.needed_design(strong)
-    assert need["n_seeds"] is not None
-    assert need["n_seeds"] * need["n_batches"] <= 3 * 4  # already excluded at the measured size
+    assert need["status"] == "decisive at the measured design"  # already excluded as measured
+    assert (need["n_seeds"], need["n_batches"]) == (3, 4)
     null = xr.DataArray(np.array([[1.0, -1.0], [-1.0, 1.0]]), dims=("seed", "batch"))
-    assert fu.needed_design(null)["n_seeds"] is None  # zero effect: no design suffices
-    assert fu.needed_design(strong.isel(seed=[0])) is None  # one seed: nothing to estimate
+    need = fu.needed_design(null)  # zero effect: no design suffices
+    assert need["n_seeds"] is None and need["status"] == "beyond the grid"
+    need = fu.needed_design(strong.isel(seed=[0]))  # one seed: nothing to estimate
+    assert need["status"] == "not estimable" and need["n_seeds"] is None
+    # an inconclusive measured verdict is never answered with a design it already had
+    weak = xr.DataArray(0.02 + 0.05 * rng.standard_normal((3, 4)), dims=("seed", "batch"))
+    need = fu.needed_design(weak, verdict="inconclusive")
+    assert need["status"] in ("larger design", "beyond the grid")
+    if need["n_seeds"] is not None:
+        assert need["n_seeds"] >= 3 and need["n_batches"] >= 4
 
 
 def test_finding_record_applies_the_registered_rule():

@@ -293,6 +293,9 @@ def test_orbit_effects_and_verdicts_on_known_answers(d_orbit, eqv_factor, orbit_
         row = validate_record(rows[0], name)
         assert row["recipe"] == "augment" and row["n_seeds"] == 3 and row["n_batches"] == 2
         assert name in row["rule"] and "fewer than 2 seeds" in row["rule"]
+        # every seed and batch moves by the same shift: decisive as measured, no spread
+        assert row["needed"]["status"] == "decisive at the measured design"
+        assert row["needed"]["s_seed"] == pytest.approx(0, abs=1e-9)
     sentence = ai.orbit_sentence(eff, "CE", "unet")
     assert ("raises orbit influence" if d_orbit > 0 else "lowers orbit influence") in sentence
 

@@ -226,7 +226,15 @@ def test_finding_statistics_on_known_answers():
     entry = findings["orbit_influence_suppressed"][0]
     assert entry["verdict"] == "reproduced" and entry["n_seeds"] == 3 and entry["n_batches"] == 2
     assert set(entry) == {"pde", "model", "estimate", "low", "high", "n_seeds", "n_batches",
-                          "verdict", "rule", "paper"}
+                          "verdict", "rule", "paper", "needed"}
+    # a decisive verdict is decisive at the measured design; per (seed, batch) the Spearman
+    # is -1 exactly (no spread)
+    assert entry["needed"]["status"] == "decisive at the measured design"
+    assert (entry["needed"]["n_seeds"], entry["needed"]["n_batches"]) == (3, 2)
+    np.testing.assert_allclose(sm.finding_units(ds, "orbit_influence_suppressed").values, -1.0)
+    units = sm.finding_units(ds, "ns_d4_broken")
+    assert units.dims == ("seed", "batch")
+    assert abs(float(units.mean()) - 7 / 4) < 0.02  # per (seed, batch): log10 of the sr3 ratio
     assert findings["ce_d4_within_25pct"][0]["verdict"] == "contradicted"  # 10**1.75 >> 1.25
 
 

@@ -19,6 +19,8 @@ from pdeinf.analysis.coherence import (
 from pdeinf.analysis.findings import FINDING_RULES, FINDINGS, describe_findings, findings
 from pdeinf.analysis.rollout_stats import rollout_link_statistics
 from pdeinf.analysis.statistics import (
+    decisive_design,
+    describe_needed,
     hierarchical_bootstrap,
     seeds_batches_needed,
     variance_components,
@@ -28,6 +30,7 @@ from pdeinf.analysis.verdicts import (
     FindingRule,
     Verdict,
     apply_rule,
+    needed_for_rule,
     rule_table,
     verdict,
 )
@@ -43,11 +46,14 @@ __all__ = [
     "apply_rule",
     "class_matrix",
     "combine_variants",
+    "decisive_design",
     "describe_findings",
+    "describe_needed",
     "dynamics",
     "findings",
     "hierarchical_bootstrap",
     "horizon_curve",
+    "needed_for_rule",
     "normalized_pi",
     "paper_rollout_correlation",
     "rollout_link",

@@ -14,7 +14,8 @@ checkpoints, `pdeinf.pipeline.load_variants`) through `pdeinf.analysis.coherence
   influence function of Pearson's r, `IF_i = z_x z_y - r (z_x^2 + z_y^2) / 2`, averages to r
   exactly and its spread is r's first-order (delta-method) sampling spread, so its per-(seed,
   batch) mean over classes is a value measured once per (seed, batch) whose hierarchical mean
-  is r; its variance components give `seeds_batches_needed` (a linearised plug-in: approximate).
+  is r; its variance components give `decisive_design` (a linearised plug-in: approximate),
+  through `pdeinf.analysis.verdicts.needed_for_rule` with the record's verdict.
 - `finding_record`, `rollout_findings`: the `{"pde", "model", "estimate", "low", "high",
   "n_seeds", "n_batches", "verdict", "rule", "paper", "needed", ...}` records the notebooks
   write under `"findings"`, with verdicts from `pdeinf.analysis.verdicts`.
@@ -31,8 +32,14 @@ import xarray as xr
 
 from pdeinf.analysis.coherence import normalized_pi
 from pdeinf.analysis.rollout_stats import rollout_link_statistics
-from pdeinf.analysis.statistics import hierarchical_bootstrap, seeds_batches_needed
-from pdeinf.analysis.verdicts import PAPER_ROLLOUT_PEARSON, apply_rule, describe_rule
+from pdeinf.analysis.statistics import decisive_design, hierarchical_bootstrap, pearson_units
+from pdeinf.analysis.verdicts import (
+    DECISIVE_WORDS,
+    PAPER_ROLLOUT_PEARSON,
+    apply_rule,
+    describe_rule,
+    needed_for_rule,
+)
 from pdeinf.errors import InputError
 
 #: Bootstrap settings of every headline interval in the follow-up notebooks.
@@ -142,43 +149,28 @@ def correlation_units(ratio: xr.DataArray, error: xr.DataArray, *,
     Pearson correlation, returns the mean over classes of the linearised contributions
     `r + z_R z_err - r (z_R^2 + z_err^2) / 2` (r plus Pearson's influence function), dims
     `(seed, batch)`: its mean over (seed, batch) is exactly the pooled (resp. within-class
-    pooled) Pearson r, its spread r's delta-method sampling spread.
+    pooled) Pearson r, its spread r's delta-method sampling spread
+    (`pdeinf.analysis.statistics.pearson_units`).
     """
     dims = ("seed", "class", "batch")
     for name, da in (("ratio", ratio), ("error", error)):
         if not isinstance(da, xr.DataArray) or set(da.dims) != set(dims):
             raise InputError(f"{name}: expected an xr.DataArray with dims {dims}")
-    x = np.asarray(ratio.transpose(*dims).values, dtype=np.float64)
-    y = np.asarray(error.transpose(*dims).values, dtype=np.float64)
+    x = ratio.transpose(*dims).astype(np.float64)
+    y = error.transpose(*dims).astype(np.float64)
     if within_class:
-        x = x - x.mean(axis=(0, 2), keepdims=True)
-        y = y - y.mean(axis=(0, 2), keepdims=True)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        zx = (x - x.mean()) / x.std()
-        zy = (y - y.mean()) / y.std()
-    r = float(np.mean(zx * zy))
-    contribution = r + zx * zy - 0.5 * r * (zx * zx + zy * zy)
-    return xr.DataArray(contribution.mean(axis=1), dims=("seed", "batch"),
-                        coords={"seed": ratio["seed"].values, "batch": ratio["batch"].values})
+        x = x - x.mean(("seed", "batch"))
+        y = y - y.mean(("seed", "batch"))
+    units = pearson_units(x, y)
+    return units.assign_coords(seed=ratio["seed"].values, batch=ratio["batch"].values)
 
 
-def needed_design(units: xr.DataArray, *, null: float = 0.0) -> dict | None:
-    """The smallest (seeds, batches) of `seeds_batches_needed`'s grid whose 95% interval of the
-    hierarchical mean of `units` (dims seed, batch) would exclude `null` (fewest runs S x B,
-    then fewest seeds). Returns {"n_seeds", "n_batches", "effect", "s_seed", "s_batch"}, with
-    n_seeds = n_batches = None when no design on the grid suffices; None when the measured
-    design has fewer than 2 seeds or 2 batches or a non-finite value (nothing to estimate)."""
-    if units.sizes.get("seed", 0) < 2 or units.sizes.get("batch", 0) < 2:
-        return None
-    if not np.all(np.isfinite(units.values)):
-        return None
-    table = seeds_batches_needed(units, null=null)
-    ok = table[table["excludes_null"]].sort_values(["n_runs", "n_seeds"])
-    out = {"effect": table.attrs["effect"], "s_seed": table.attrs["s_seed"],
-           "s_batch": table.attrs["s_batch"], "n_seeds": None, "n_batches": None}
-    if len(ok):
-        out.update(n_seeds=int(ok.iloc[0]["n_seeds"]), n_batches=int(ok.iloc[0]["n_batches"]))
-    return out
+def needed_design(units: xr.DataArray, *, null: float = 0.0, verdict=None) -> dict:
+    """`pdeinf.analysis.statistics.decisive_design` of the hierarchical mean of `units` (dims
+    seed, batch) against `null`, given the measured verdict word (None: the plug-in decides at
+    the measured design). Records use `needed_for_rule`, which takes the null from the rule."""
+    decisive = None if verdict is None else str(verdict) in DECISIVE_WORDS
+    return decisive_design(units, null=null, decisive=decisive)
 
 
 def finding_record(
@@ -222,17 +214,20 @@ def rollout_findings(link: xr.Dataset, stats: xr.Dataset | None, *, pde: str, mo
         error = link["rollout_error"].sel(dt=dt)
         for name, quantity, within in (("rollout_link_negative", "pearson", False),
                                        ("rollout_link_within_class", "within_class_pooled", True)):
+            units = None
             if stats is not None and dt in stats["dt"].values:
                 ci = tuple(float(v) for v in stats[quantity].sel(dt=dt).values)
-                needed = needed_design(correlation_units(link["ratio"], error,
-                                                         within_class=within))
+                units = correlation_units(link["ratio"], error, within_class=within)
             else:
                 est = float(link["correlation"].sel(dt=dt)) if not within else math.nan
-                ci, needed = (est, math.nan, math.nan), None
+                ci = (est, math.nan, math.nan)
             paper = paper_rollout_pearson(pde, model, dt) if not within else None
-            out[name].append(finding_record(name, ci, pde=pde, model=model, n_seeds=n_seeds,
-                                            n_batches=n_batches, paper=paper, needed=needed,
-                                            dt=int(dt)))
+            record = finding_record(name, ci, pde=pde, model=model, n_seeds=n_seeds,
+                                    n_batches=n_batches, paper=paper, dt=int(dt))
+            if units is not None:
+                record["needed"] = needed_for_rule(name, units, estimate=ci[0],
+                                                   verdict=record["verdict"])
+            out[name].append(record)
     return out
 
 

@@ -48,8 +48,14 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from pdeinf.analysis.statistics import hierarchical_bootstrap
-from pdeinf.analysis.verdicts import VERDICT_RULES, apply_rule, verdict
+from pdeinf.analysis.statistics import decisive_design, hierarchical_bootstrap
+from pdeinf.analysis.verdicts import (
+    DECISIVE_WORDS,
+    VERDICT_RULES,
+    apply_rule,
+    needed_for_rule,
+    verdict,
+)
 from pdeinf.errors import InputError
 from pdeinf.influence.normalize import normalize
 from pdeinf.symmetry.actions import ELEMENTS
@@ -258,7 +264,8 @@ def intervention_effects(obs: xr.Dataset, *, epoch=None, n_resamples: int = 1000
                          random_state: int = 0, baseline: str = BASELINE) -> xr.Dataset:
     """Paired change in log rollout SMSE (and in R) of each recipe vs the baseline at one
     checkpoint, with intervals and the `EFFECT_RULE` verdict; dims (ci, recipe) without the
-    baseline."""
+    baseline; `d_log_rollout_units` (recipe, seed, batch) holds the paired differences the
+    interval was computed from."""
     if baseline not in obs["recipe"].values:
         raise InputError(f"baseline: {baseline!r} not among the recipes {list(obs['recipe'].values)}")
     fin = _final(obs, epoch)
@@ -270,6 +277,8 @@ def intervention_effects(obs: xr.Dataset, *, epoch=None, n_resamples: int = 1000
     d_r = fin["R"].sel(recipe=others) - fin["R"].sel(recipe=baseline)
     out = xr.Dataset({"d_log_rollout": _mean_ci(d_log, **kw), "d_R": _mean_ci(d_r, **kw)})
     out["verdict"] = effect_words(out["d_log_rollout"], fin.sizes["seed"])
+    # the paired per-(seed, batch) differences behind the interval: the power analysis's units
+    out["d_log_rollout_units"] = d_log.transpose("recipe", "seed", "batch")
     out.attrs.update(rule=EFFECT_RULE, n_seeds=fin.sizes["seed"], n_batches=fin.sizes["batch"],
                      epoch=int(fin["epoch"]), dt=obs.attrs.get("dt"))
     return out
@@ -406,15 +415,23 @@ def table_rows(table: xr.Dataset) -> dict:
 
 
 def effect_findings(effects: xr.Dataset, pde: str, model: str) -> list[dict]:
-    """The `findings.intervention_effect` rows of one (PDE, model)."""
+    """The `findings.intervention_effect` rows of one (PDE, model); with the paired units in
+    `effects` also `needed`: the seeds x batches a decisive word ("improves" / "worsens")
+    would need (`decisive_design` against 0 with the measured verdict; one seed: not
+    estimable)."""
     rows = []
     for recipe in effects["recipe"].values:
         ci = effects["d_log_rollout"].sel(recipe=recipe)
-        rows.append({"pde": pde, "model": model, "recipe": str(recipe), **_ci_dict(ci),
-                     "n_seeds": int(effects.attrs["n_seeds"]),
-                     "n_batches": int(effects.attrs["n_batches"]),
-                     "verdict": str(effects["verdict"].sel(recipe=recipe).item()),
-                     "rule": EFFECT_RULE, "paper": None})
+        word = str(effects["verdict"].sel(recipe=recipe).item())
+        row = {"pde": pde, "model": model, "recipe": str(recipe), **_ci_dict(ci),
+               "n_seeds": int(effects.attrs["n_seeds"]),
+               "n_batches": int(effects.attrs["n_batches"]),
+               "verdict": word, "rule": EFFECT_RULE, "paper": None}
+        if "d_log_rollout_units" in effects:
+            row["needed"] = decisive_design(
+                effects["d_log_rollout_units"].sel(recipe=recipe, drop=True),
+                estimate=row["estimate"], null=0.0, decisive=word in DECISIVE_WORDS)
+        rows.append(row)
     return rows
 
 
@@ -456,6 +473,7 @@ def selection_frame(sel: xr.Dataset) -> pd.DataFrame:
             rows.append({"criterion": str(c), "recipe": str(recipe), **_ci_dict(ci),
                          "verdict": str(sel["verdict"].sel(criterion=c, recipe=recipe).item())})
     return pd.DataFrame(rows)
+
 
 # ---- orbit influence of augment vs one-step ------------------------------------------
 ORBIT_RECIPE = "augment"
@@ -540,7 +558,8 @@ def orbit_effects(orbit: xr.Dataset, *, recipe: str = ORBIT_RECIPE, baseline: st
     diagonal (`d_orbit`) and of the mean log10 equivariance ratio (`d_log_equivariance`) over
     the non-identity D4 elements, with intervals (dim ci) and the verdicts of their rules
     (`verdict_d_orbit`, `verdict_d_log_equivariance`); also `orbit_d4`, `log_equivariance_d4`
-    (ci, recipe) per recipe."""
+    (ci, recipe) per recipe, and the paired differences `d_orbit_units`,
+    `d_log_equivariance_units` (seed, batch) the intervals were computed from."""
     obs = orbit_observables(orbit)
     recipes = [str(r) for r in obs["recipe"].values]
     for r in (recipe, baseline):
@@ -552,6 +571,7 @@ def orbit_effects(orbit: xr.Dataset, *, recipe: str = ORBIT_RECIPE, baseline: st
     for name, var in (("d_orbit", "orbit_d4"), ("d_log_equivariance", "log_equivariance_d4")):
         diff = obs[var].sel(recipe=recipe, drop=True) - obs[var].sel(recipe=baseline, drop=True)
         out[name] = _mean_ci(diff, **kw)
+        out[f"{name}_units"] = diff.transpose("seed", "batch")  # the power analysis's units
         out[f"verdict_{name}"] = ((), orbit_verdict(ORBIT_FINDINGS[name], out[name], n_seeds))
         out[var] = _mean_ci(obs[var].sel(recipe=[baseline, recipe]), **kw)
     out.attrs.update(recipe=recipe, baseline=baseline, n_seeds=n_seeds,
@@ -562,16 +582,22 @@ def orbit_effects(orbit: xr.Dataset, *, recipe: str = ORBIT_RECIPE, baseline: st
 
 
 def orbit_findings(effects: xr.Dataset, pde: str, model: str) -> dict:
-    """`{rule name: [record]}` of one (PDE, model) for the findings collector."""
+    """`{rule name: [record]}` of one (PDE, model) for the findings collector; with the paired
+    units in `effects` each record also carries `needed` (`needed_for_rule`)."""
     out = {}
     for name, rule in ORBIT_FINDINGS.items():
-        out[rule] = [{"pde": pde, "model": model, "recipe": str(effects.attrs["recipe"]),
-                      **_ci_dict(effects[name]), "n_seeds": int(effects.attrs["n_seeds"]),
-                      "n_batches": int(effects.attrs["n_batches"]),
-                      "verdict": str(effects[f"verdict_{name}"].item()),
-                      "rule": orbit_rule_text(rule), "paper": None,
-                      "note": f"paired vs {effects.attrs['baseline']} by seed and influence "
-                              f"batch, final checkpoint (epoch {effects.attrs.get('epoch')})"}]
+        record = {"pde": pde, "model": model, "recipe": str(effects.attrs["recipe"]),
+                  **_ci_dict(effects[name]), "n_seeds": int(effects.attrs["n_seeds"]),
+                  "n_batches": int(effects.attrs["n_batches"]),
+                  "verdict": str(effects[f"verdict_{name}"].item()),
+                  "rule": orbit_rule_text(rule), "paper": None,
+                  "note": f"paired vs {effects.attrs['baseline']} by seed and influence "
+                          f"batch, final checkpoint (epoch {effects.attrs.get('epoch')})"}
+        if f"{name}_units" in effects:
+            record["needed"] = needed_for_rule(rule, effects[f"{name}_units"],
+                                               estimate=record["estimate"],
+                                               verdict=record["verdict"])
+        out[rule] = [record]
     return out
 
 

@@ -5,6 +5,15 @@ vectorized) and the rule's verdict, as plain records for the notebooks' results 
 
 Inputs are the aggregations of `pdeinf.analysis.seed_paper` (standardized Ĥ, similarity curves,
 the seed-paper dataset, training histories). Pure: xarray / numpy / pandas in, dicts out.
+
+Every record also carries `needed` (`pdeinf.analysis.verdicts.needed_for_rule`): how many seeds
+x batches the measured effect and spread would need for a decisive verdict, computed from the
+per-(seed, batch) values behind the interval: the units themselves for means; linearised units
+for the ratio of means (`ratio_units`) and the pooled Spearman (`spearman_units`); per-seed
+zero crossings for the correlation length; paired per-(seed, batch) differences UNet minus ViT
+for the model comparisons (per seed for validation); summed components of the two independent
+data sets for NS minus CE. For medians and crossings the units only approximate the statistic's
+spread: read those projections as rough.
 """
 from __future__ import annotations
 
@@ -24,9 +33,18 @@ from pdeinf.analysis.seed_paper import (
     final_validation,
     lag_units,
     standardized_pairs,
+    zero_crossing,
 )
-from pdeinf.analysis.statistics import CI_LABELS, hierarchical_bootstrap
-from pdeinf.analysis.verdicts import VERDICT_RULES, apply_rule, describe_rule
+from pdeinf.analysis.statistics import (
+    CI_LABELS,
+    describe_needed,
+    hierarchical_bootstrap,
+    independent_difference,
+    ratio_units,
+    spearman_units,
+    unit_components,
+)
+from pdeinf.analysis.verdicts import VERDICT_RULES, apply_rule, describe_rule, needed_for_rule
 from pdeinf.errors import InputError
 
 # --------------------------------------------------------------------------- finding statistics
@@ -240,6 +258,39 @@ def mean_abs_over_seeds(da: xr.DataArray) -> xr.DataArray:
     return abs(da).mean("seed")
 
 
+# --------------------------------------------------------------------------- power-analysis units
+
+
+def components(units: xr.DataArray) -> dict:
+    """`unit_components` of `units`, or components that `decisive_design` reads as "not
+    estimable" (fewer than 2 seeds, a non-finite value) instead of an error."""
+    try:
+        return unit_components(units)
+    except InputError:
+        n_batches = units.sizes.get("batch", 1)
+        return {"mean": math.nan, "s_seed": math.nan, "s_batch": None,
+                "n_seeds": int(units.sizes.get("seed", 1)), "n_batches": int(n_batches)}
+
+
+def seed_crossings(curves: xr.Dataset) -> xr.DataArray:
+    """Per seed, where that seed's smoothing curve first crosses zero (NaN where it does not):
+    the per-seed values behind the correlation length's seed bootstrap, dims (seed,)."""
+    x = np.asarray(curves["d_fine"].values, dtype=np.float64)
+    fine = curves["fine"].transpose("seed", "fine").values
+    return xr.DataArray(zero_crossing(x, fine), dims=("seed",),
+                        coords={"seed": curves["seed"].values})
+
+
+def paired_difference(a: xr.DataArray, b: xr.DataArray):
+    """`a - b` per (seed, batch) where both hold the same seeds and batches (UNet and ViT are
+    trained from the same seeds and probed on the same test batches), else the components of
+    the difference of two independent data sets (`independent_difference`)."""
+    a2, b2 = xr.align(a, b, join="inner")
+    if a2.sizes == a.sizes == b.sizes:
+        return a2 - b2
+    return independent_difference(components(a), components(b))
+
+
 # --------------------------------------------------------------------------- findings records
 
 
@@ -250,23 +301,28 @@ def paper_value(name: str, key: str | None):
 
 
 def finding_record(name: str, ci: xr.DataArray, *, pde, model, key: str | None = None,
-                   n_seeds: int | None = None, n_batches: int | None = None) -> dict:
+                   n_seeds: int | None = None, n_batches: int | None = None,
+                   units=None) -> dict:
     """One finding as the notebooks' results JSON holds it: pde, model, estimate, low, high,
     n_seeds, n_batches, verdict (`apply_rule`; `key` picks the paper value), rule text, paper
     value (None if none). `n_seeds` / `n_batches` override the counts read from `ci.attrs`
     (for statistics bootstrapped over seeds only).
 
+    units: the per-(seed, batch) (or per-seed) values behind the interval, or their components
+    (`unit_components`): the record then carries `needed` (`needed_for_rule` with this
+    record's estimate and verdict; with per-seed values the design keeps `n_batches`).
+
     With a single resampling unit there is nothing to resample: the "interval" is the point
     itself, so the verdict is reported as inconclusive (field `note` says so)."""
     est, low, high = (float(ci.sel(ci=k)) for k in CI_LABELS)
-    units = int(ci.attrs.get("n_seeds", 1)) * int(ci.attrs.get("n_batches", 1))
+    n_units = int(ci.attrs.get("n_seeds", 1)) * int(ci.attrs.get("n_batches", 1))
     n_seeds = int(ci.attrs.get("n_seeds", 0)) if n_seeds is None else int(n_seeds)
     n_batches = int(ci.attrs.get("n_batches", 0)) if n_batches is None else int(n_batches)
     rule = VERDICT_RULES[name]
     note = ""
     nonfinite = int(ci.attrs.get("n_nonfinite", 0) or 0)
     n_res = int(ci.attrs.get("n_resamples", 0) or 0)
-    if units < 2:
+    if n_units < 2:
         verdict, note = "inconclusive", "one resampling unit only: no interval, no verdict"
     elif not math.isfinite(est):
         verdict, note = "inconclusive", "the statistic is undefined on our data (e.g. no zero crossing)"
@@ -283,19 +339,25 @@ def finding_record(name: str, ci: xr.DataArray, *, pde, model, key: str | None =
               "rule": describe_rule(name), "paper": paper_value(name, key),
               "n_resamples": ci.attrs.get("n_resamples"),
               "random_state": ci.attrs.get("random_state")}
+    if units is not None:
+        record["needed"] = needed_for_rule(name, units, key=key, estimate=est, verdict=verdict,
+                                           n_batches_measured=n_batches)
     if note:
         record["note"] = note
     return record
 
 
 def describe_record(name: str, rec: dict) -> str:
-    """One line: rule name, where, estimate [low, high], verdict, paper value."""
+    """One line: rule name, where, estimate [low, high], verdict, paper value, and the seeds x
+    batches a decisive verdict needs (`describe_needed`) where the record has them."""
     paper = "" if rec.get("paper") is None else f"; paper ≈ {rec['paper']:.3g}"
     where = "-".join(str(v) for v in (rec["pde"], rec["model"]) if v)
     note = f" ({rec['note']})" if rec.get("note") else ""
+    need = (f"; for a decisive verdict: {describe_needed(rec['needed'])}"
+            if rec.get("needed") else "")
     return (f"{name} [{where}]: {rec['estimate']:.3g} (95% CI {rec['low']:.3g} .. "
             f"{rec['high']:.3g}; {rec['n_seeds']} seeds x {rec['n_batches']} batches) -> "
-            f"{rec['verdict'].upper()}{note}{paper}")
+            f"{rec['verdict'].upper()}{note}{paper}{need}")
 
 
 # --------------------------------------------------------------------------- findings per notebook
@@ -318,9 +380,11 @@ def influence_findings(hns: dict, names) -> dict:
     for name in names:
         if name not in UNIT_STATISTICS:
             raise InputError(f"names: {name!r} is not one of {list(UNIT_STATISTICS)}")
-        out[name] = [finding_record(name, bootstrap(UNIT_STATISTICS[name](hn)), pde=pde,
-                                    model=model, key=f"{pde}-{model}")
-                     for (pde, model), hn in hns.items()]
+        out[name] = []
+        for (pde, model), hn in hns.items():
+            units = UNIT_STATISTICS[name](hn)
+            out[name].append(finding_record(name, bootstrap(units), pde=pde, model=model,
+                                            key=f"{pde}-{model}", units=units))
     return out
 
 
@@ -330,10 +394,13 @@ def broader_coherence_findings(hns: dict) -> list:
     out = []
     for model in dict.fromkeys(m for _, m in hns):
         if ("NS", model) in hns and ("CE", model) in hns:
-            ci = bootstrap_difference(coherence_ratio_units(hns[("NS", model)]),
-                                      coherence_ratio_units(hns[("CE", model)]), ratio_of_means)
+            ns, ce = (coherence_ratio_units(hns[(pde, model)]) for pde in ("NS", "CE"))
+            ci = bootstrap_difference(ns, ce, ratio_of_means)
+            units = independent_difference(*(components(ratio_units(u.sel(part="dt1"),
+                                                                    u.sel(part="dt0")))
+                                             for u in (ns, ce)))
             out.append(finding_record("ns_broader_coherence", ci, pde="NS-CE", model=model,
-                                      key=model))
+                                      key=model, units=units))
     return out
 
 
@@ -345,10 +412,14 @@ def similarity_findings(datasets: dict, curves: dict) -> dict:
         units = similarity_units(ds)
         stat = PooledSpearman(units)
         ci = bootstrap(stat.unit_index(units), stat)
-        decay.append(finding_record("similarity_decay", ci, pde=pde, model=model))
-        cl = correlation_length(curves[(pde, model)])
+        rho_units = spearman_units(units.sel(var="H", drop=True), units.sel(var="d", drop=True))
+        decay.append(finding_record("similarity_decay", ci, pde=pde, model=model,
+                                    units=rho_units))
+        cv = curves[(pde, model)]
+        cl = correlation_length(cv)
         length.append(finding_record("correlation_length", cl, pde=pde, model=model, key=pde,
-                                     n_seeds=ds.sizes["seed"], n_batches=ds.sizes["batch"]))
+                                     n_seeds=ds.sizes["seed"], n_batches=ds.sizes["batch"],
+                                     units=seed_crossings(cv)))
     return {"similarity_decay": decay, "correlation_length": length}
 
 
@@ -358,10 +429,11 @@ def ntk_findings(datasets: dict) -> list:
     out = []
     for pde in dict.fromkeys(p for p, _ in datasets):
         if (pde, "unet") in datasets and (pde, "vit") in datasets:
-            ci = bootstrap_difference(datasets[(pde, "unet")]["ntk_top_eigenvalue"],
-                                      datasets[(pde, "vit")]["ntk_top_eigenvalue"], log10_median)
+            unet, vit = (datasets[(pde, m)]["ntk_top_eigenvalue"] for m in ("unet", "vit"))
+            ci = bootstrap_difference(unet, vit, log10_median)
             out.append(finding_record("vit_smaller_ntk_eigenvalue", ci, pde=pde,
-                                      model="unet-vit", key=pde))
+                                      model="unet-vit", key=pde,
+                                      units=paired_difference(np.log10(unet), np.log10(vit))))
     return out
 
 
@@ -375,8 +447,10 @@ def validation_findings(histories: dict) -> dict:
             gap = paired_log_gap(final_validation(histories[(pde, "unet")]),
                                  final_validation(histories[(pde, "vit")]))
             ci = bootstrap(gap, stat, seed_dim=None, batch_dim="seed")
+            units = abs(gap) if name == "ns_models_comparable" else gap
             out[name].append(finding_record(name, ci, pde=pde, model="unet-vit", key=pde,
-                                            n_seeds=gap.sizes["seed"], n_batches=1))
+                                            n_seeds=gap.sizes["seed"], n_batches=1,
+                                            units=units))
     return out
 
 

@@ -11,6 +11,12 @@ the direction the paper reports:
   interval excludes the null on the paper's side and overlaps the band; **contradicted** when it
   lies entirely on the other side of the null or misses the band; otherwise **inconclusive**.
 
+`needed_for_rule` is the power analysis of a finding under its rule (how many seeds x batches
+its measured effect and spread would need for a decisive verdict): under "sign" a verdict is
+decisive when the interval excludes the null (on either side); under "value" also when it misses
+the paper's band (contradicted), so the decisive design is the smaller of "excludes the null" and
+"excludes the paper value +- tolerance". A sign rule's paper number plays no part.
+
 `VERDICT_RULES` lists each finding of the seed paper (arXiv 2509.00024, `paper-spec.md`), of the
 follow-up (`method.md` sections 6-7) and our additions as plain data (`FindingRule`), so the
 rule text can be printed (`rule_table`, `describe_rule`). Paper numbers marked "~" were read off
@@ -26,9 +32,12 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from pdeinf.analysis.statistics import NOT_ESTIMABLE, decisive_design
 from pdeinf.errors import InputError
 
 RULES = ("sign", "value")
+#: Verdict words that settle a finding (the papers' and the interventions').
+DECISIVE_WORDS = ("reproduced", "contradicted", "improves", "worsens")
 
 
 class Verdict(str, enum.Enum):
@@ -354,3 +363,27 @@ def apply_rule(name: str, estimate_ci, *, key: str | None = None):
         paper_value = rule.paper_values[key]
     return verdict(estimate_ci, null=rule.null, paper_sign=rule.paper_sign,
                    paper_value=paper_value, rule=rule.rule, tolerance=rule.tolerance)
+
+
+def needed_for_rule(name: str, units, *, key: str | None = None, estimate: float | None = None,
+                    verdict=None, **kwargs) -> dict:
+    """`pdeinf.analysis.statistics.decisive_design` of finding `name` under its rule.
+
+    units: the per-(seed, batch) (or per-seed) values the interval was computed from, or their
+    components. key: the paper value of a "value" rule (as in `apply_rule`); without one the
+    verdict cannot be decisive: status "not estimable". estimate: the finding's statistic.
+    verdict: the measured verdict word (decisive ones: `DECISIVE_WORDS`); None lets the plug-in
+    decide at the measured design. kwargs go to `decisive_design` (grids, n_batches_measured).
+    """
+    rule = _rule(name)
+    band = None
+    if rule.rule == "value":
+        if key not in rule.paper_values:
+            return {"effect": None, "s_seed": None, "s_batch": None, "n_seeds": None,
+                    "n_batches": None, "criterion": None, "status": NOT_ESTIMABLE,
+                    "reason": f"no paper value for {key!r}"}
+        value = float(rule.paper_values[key])
+        band = (value - rule.tolerance, value + rule.tolerance)
+    decisive = None if verdict is None else str(verdict) in DECISIVE_WORDS
+    return decisive_design(units, estimate=estimate, null=rule.null, band=band,
+                           decisive=decisive, **kwargs)

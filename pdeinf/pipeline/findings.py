@@ -5,14 +5,16 @@ Each study notebook writes `results/<NN_name>.json` with a top-level `"findings"
 `{rule_name: record or [records]}`; a record is a dict with `pde`, `model`, `estimate`, `low`,
 `high` (numbers, or null where not measurable), `n_seeds`, `n_batches` (integers), `verdict`
 ("reproduced" | "contradicted" | "inconclusive"), `rule` (its text), `paper` (the paper's number,
-a quoted note, or null) and optionally `dt`, `needed`, `recipe`, `note`, `n_resamples`,
-`random_state`. Rule names are those of `pdeinf.analysis.verdicts.VERDICT_RULES` (a name it does
-not know is our own finding, layer "ours").
+a quoted note, or null) and optionally `dt`, `needed` (the power analysis of
+`pdeinf.analysis.statistics.decisive_design`: seeds x batches for a decisive verdict), `recipe`,
+`note`, `n_resamples`, `random_state`. Rule names are those of
+`pdeinf.analysis.verdicts.VERDICT_RULES` (a name it does not know is our own finding, layer
+"ours").
 
 `collect_findings(profile)` reads and validates them (one InputError naming the file and key of
 a malformed record), `write_findings(profile)` writes the JSON (sorted keys, numbers rounded to
 6 significant digits, no dates: a rerun is byte-identical unless a number changes), and
-`findings_markdown` renders the table.
+`findings_markdown` renders the table, `replace_findings_table` puts it into the README.
 """
 from __future__ import annotations
 
@@ -91,12 +93,26 @@ def validate_record(record, where: str) -> dict:
         out["dt"] = _number(record["dt"], where, "dt", integer=True)
     if "recipe" in record and not isinstance(record["recipe"], str):
         raise InputError(f"{where}: 'recipe' must be a string, got {record['recipe']!r}")
-    if "needed" in record and record["needed"] is not None and not isinstance(record["needed"], dict):
-        raise InputError(f"{where}: 'needed' must be a dict or null, got {record['needed']!r}")
+    if "needed" in record and record["needed"] is not None:
+        _check_needed(record["needed"], where)
     low, high = out["low"], out["high"]
     if low is not None and high is not None and low > high:
         raise InputError(f"{where}: 'low' {low} exceeds 'high' {high}")
     return out
+
+
+def _check_needed(needed, where: str) -> None:
+    """`needed` is a `decisive_design` summary: a dict, a known status, integer designs."""
+    from pdeinf.analysis.statistics import NEEDED_STATUSES
+
+    if not isinstance(needed, dict):
+        raise InputError(f"{where}: 'needed' must be a dict or null, got {needed!r}")
+    status = needed.get("status")
+    if status is not None and status not in NEEDED_STATUSES:
+        raise InputError(f"{where}: 'needed' status must be one of {NEEDED_STATUSES}, got "
+                         f"{status!r}")
+    for key in ("n_seeds", "n_batches"):
+        _number(needed.get(key), where, f"needed.{key}", integer=True)
 
 
 def _paper_value(rule, record: dict):
@@ -257,14 +273,18 @@ def _label(row: dict) -> str:
 
 def findings_markdown(findings: dict) -> str:
     """The README table: one row per finding and (PDE, model) (and dt / recipe): layer, paper
-    figure, the paper's number, ours with its 95% interval and seeds x batches, the verdict.
+    figure, the paper's number, ours with its 95% interval and seeds x batches, the verdict, and
+    the seeds x batches its measured effect and spread would need for a decisive verdict
+    (`pdeinf.analysis.statistics.describe_needed` of the record's `needed`; "–" without one).
     Notebooks without records are listed below it."""
+    from pdeinf.analysis.statistics import describe_needed
+
     rows = findings.get("findings") if isinstance(findings, dict) else None
     if rows is None:
         raise InputError("findings: expected the dict of collect_findings (with 'findings')")
     header = ("| Finding | Layer | Paper figure | PDE / model | Paper | Ours (95% CI) | "
-              "Seeds x batches | Verdict |")
-    lines = [header, "|---|---|---|---|---|---|---|---|"]
+              "Seeds x batches | Verdict | Seeds x batches for a decisive verdict |")
+    lines = [header, "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ours = _fmt(r["estimate"])
         if r["low"] is not None and r["high"] is not None:
@@ -274,13 +294,36 @@ def findings_markdown(findings: dict) -> str:
         paper = _fmt(r["paper_value"]) if r["paper_value"] is not None else "–"
         lines.append(f"| {_label(r)} | {r['layer']} | {r['paper_figure'] or '–'} | "
                      f"{r['pde']} / {r['model']} | {paper} | {ours} | "
-                     f"{r['n_seeds']} x {r['n_batches']} | {r['verdict']} |")
+                     f"{r['n_seeds']} x {r['n_batches']} | {r['verdict']} | "
+                     f"{describe_needed(r.get('needed'))} |")
     missing = findings.get("missing") or {}
     if missing:
         lines.append("")
         lines.append("Without findings records: " + "; ".join(f"{k} ({v})" for k, v in missing.items())
                      + ".")
     return "\n".join(lines) + "\n"
+
+
+_TABLE_START = "| Finding | Layer | Paper figure |"
+_TABLE_END = "Without findings records:"
+
+
+def replace_findings_table(text: str, findings: dict) -> str:
+    """`text` (the README) with its findings table replaced by `findings_markdown(findings)`:
+    from the table's header line through the table's last row, and the "Without findings
+    records" line right after it when there is one. InputError when `text` has no such table."""
+    lines = text.split("\n")
+    starts = [i for i, line in enumerate(lines) if line.startswith(_TABLE_START)]
+    if len(starts) != 1:
+        raise InputError(f"text: expected one findings table (a line starting "
+                         f"{_TABLE_START!r}), found {len(starts)}")
+    end = starts[0]
+    while end + 1 < len(lines) and lines[end + 1].startswith("|"):
+        end += 1
+    if end + 2 < len(lines) and lines[end + 1] == "" and lines[end + 2].startswith(_TABLE_END):
+        end += 2
+    table = findings_markdown(findings).rstrip("\n").split("\n")
+    return "\n".join(lines[:starts[0]] + table + lines[end + 1:])
 
 
 def ablation_markdown(rows: list[dict]) -> str:

@@ -11,6 +11,12 @@ Statistics of the rules (`pdeinf.analysis.verdicts.VERDICT_RULES`):
   shifts), of the median orbit-influence diagonal (over seeds x batches x examples) with the
   log10 of the follow-up's aggregate of the equivariance ratio (median over seeds of the
   per-seed Q3).
+
+Each entry also carries `needed` (`pdeinf.analysis.verdicts.needed_for_rule`), the seeds x
+batches a decisive verdict would need, from per-(seed, batch) versions of the statistic
+(`finding_units`): the log10 of the largest, over elements, Q3 over that batch's examples, and
+the Spearman over elements within that (seed, batch). With one batch only seeds vary. The
+statistics are medians / rank correlations of aggregates, so the projection is approximate.
 """
 from __future__ import annotations
 
@@ -19,12 +25,12 @@ import xarray as xr
 from scipy import stats
 
 from pdeinf.analysis.statistics import hierarchical_bootstrap
-from pdeinf.analysis.verdicts import VERDICT_RULES, apply_rule
+from pdeinf.analysis.verdicts import VERDICT_RULES, apply_rule, needed_for_rule
 from pdeinf.errors import InputError
 from pdeinf.symmetry.equivariance import aggregate_equivariance
 
 __all__ = ["FINDINGS", "d4_labels", "epoch_trends", "equivariance_summary", "finding_entry", "finding_interval",
-           "layer_shares", "orbit_quartiles", "shift_labels", "symmetry_findings"]
+           "finding_units", "layer_shares", "orbit_quartiles", "shift_labels", "symmetry_findings"]
 
 FINDINGS = ("ns_d4_broken", "ce_d4_within_25pct", "translation_within_few_percent",
             "orbit_influence_suppressed")
@@ -86,17 +92,42 @@ def finding_interval(ds, rule: str, *, n_resamples: int = 1000, random_state: in
     raise InputError(f"rule: expected one of {', '.join(FINDINGS)}, got {rule!r}")
 
 
-def finding_entry(ci: xr.DataArray, rule: str, *, pde: str, model: str) -> dict:
-    """One entry of the results JSON's `findings[rule]` list."""
+def finding_units(ds, rule: str) -> xr.DataArray:
+    """Per-(seed, batch) values of the statistic of `rule` (module docstring), dims (seed,
+    batch): the power analysis's units (`needed_for_rule`)."""
+    _check(ds, ("equivariance", "orbit_diagonal"))
+    eqv = ds["equivariance"]
+    if rule in ("ns_d4_broken", "ce_d4_within_25pct", "translation_within_few_percent"):
+        labels = shift_labels(ds) if rule.startswith("translation") else d4_labels(ds)
+        if not labels:
+            raise InputError(f"ds: no elements for {rule}")
+        q3 = eqv.sel(element=labels).quantile(0.75, dim="example").drop_vars("quantile")
+        return np.log10(q3.max("element")).transpose("seed", "batch")
+    if rule == "orbit_influence_suppressed":
+        data = xr.concat([eqv, ds["orbit_diagonal"]], dim="quantity").assign_coords(
+            quantity=["equivariance", "orbit"])
+        rho = [[float(_spearman_stat(data.isel(seed=[i], batch=[j])))
+                for j in range(data.sizes["batch"])] for i in range(data.sizes["seed"])]
+        return xr.DataArray(np.array(rho, dtype=np.float64), dims=("seed", "batch"),
+                            coords={"seed": ds["seed"].values, "batch": ds["batch"].values})
+    raise InputError(f"rule: expected one of {', '.join(FINDINGS)}, got {rule!r}")
+
+
+def finding_entry(ci: xr.DataArray, rule: str, *, pde: str, model: str, units=None) -> dict:
+    """One entry of the results JSON's `findings[rule]` list; with `units` (`finding_units`)
+    also `needed` (`needed_for_rule` with this entry's estimate and verdict)."""
     r = VERDICT_RULES[rule]
     est, low, high = (float(ci.sel(ci=k)) for k in ("estimate", "low", "high"))
     n_seeds, n_batches = int(ci.attrs.get("n_seeds", 0)), int(ci.attrs.get("n_batches", 0))
     # one seed and one batch: nothing is resampled, the "interval" is a point
     resampled = n_seeds > 1 or n_batches > 1
     word = apply_rule(rule, ci) if resampled and np.isfinite(low) and np.isfinite(high) else "inconclusive"
-    return {"pde": pde, "model": model, "estimate": est, "low": low, "high": high,
-            "n_seeds": n_seeds, "n_batches": n_batches,
-            "verdict": str(word), "rule": r.text(), "paper": r.paper_note or r.claim}
+    entry = {"pde": pde, "model": model, "estimate": est, "low": low, "high": high,
+             "n_seeds": n_seeds, "n_batches": n_batches,
+             "verdict": str(word), "rule": r.text(), "paper": r.paper_note or r.claim}
+    if units is not None:
+        entry["needed"] = needed_for_rule(rule, units, estimate=est, verdict=str(word))
+    return entry
 
 
 def symmetry_findings(studies: dict, *, n_resamples: int = 1000, random_state: int = 0) -> dict:
@@ -108,7 +139,8 @@ def symmetry_findings(studies: dict, *, n_resamples: int = 1000, random_state: i
             if (rule == "ns_d4_broken" and pde != "NS") or (rule == "ce_d4_within_25pct" and pde != "CE"):
                 continue
             ci = finding_interval(ds, rule, n_resamples=n_resamples, random_state=random_state)
-            out[rule].append(finding_entry(ci, rule, pde=pde, model=model))
+            out[rule].append(finding_entry(ci, rule, pde=pde, model=model,
+                                           units=finding_units(ds, rule)))
     return {k: v for k, v in out.items() if v}
 
 
