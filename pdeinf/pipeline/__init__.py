@@ -53,6 +53,7 @@ from pdeinf.pipeline.reproduce import (
     format_report,
     reproduce,
     run_all,
+    stage_tasks,
 )
 from pdeinf.pipeline.rollouts import ensure_rollouts, rollouts_path
 from pdeinf.pipeline.symmetry import ensure_symmetry, symmetry_loader
@@ -97,6 +98,7 @@ __all__ = [
     "reproduce",
     "rollouts_path",
     "run_all",
+    "stage_tasks",
     "run_notebook",
     "run_sweep",
     "summarize_notebook",

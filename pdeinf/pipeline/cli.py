@@ -39,7 +39,8 @@ def _reproduce(args) -> int:
     if args.only_pipeline and args.notebooks:
         raise InputError("--notebooks: cannot be combined with --only-pipeline")
     report = reproduce(as_profile(args.profile), notebooks=args.notebooks,
-                       only_pipeline=args.only_pipeline, progress=not args.no_progress)
+                       only_pipeline=args.only_pipeline, progress=not args.no_progress,
+                       workers=args.workers)
     for nb in report.failed:
         print(f"pdeinf reproduce: notebook {nb['notebook']} failed: {nb.get('error')}", file=sys.stderr)
     return 1 if report.failed else 0
@@ -66,6 +67,18 @@ def add_influence_parser(subparsers):
     return parser
 
 
+def _positive_workers(text: str) -> int:
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def add_reproduce_parser(subparsers):
     parser = subparsers.add_parser(
         "reproduce",
@@ -83,5 +96,8 @@ def add_reproduce_parser(subparsers):
     parser.add_argument("--notebooks", default=None, metavar="NN,NN",
                         help="comma-separated notebook numbers or names, e.g. 03,04")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--workers", type=_positive_workers, default=None, metavar="N",
+                        help="processes for the stages (default: $PDEINF_WORKERS, else 1 with a "
+                             "GPU and 2 on a CPU; 1 runs them here, in order)")
     parser.set_defaults(func=_reproduce)
     return parser

@@ -1,0 +1,220 @@
+"""Run the pipeline's stages as a dependency graph, in this process or in a few worker processes.
+
+Every stage function (`ensure_*`) is idempotent and cached by content key, and each writes only
+its own files through `pdeinf.atomic`; two different stages may therefore run at the same time,
+as long as a stage starts only after the stages whose outputs it reads have finished. That is
+what `run_tasks` guarantees. On a CPU, two single-threaded processes get more work done than one
+process with two threads (small convolutions and per-example gradients do not scale linearly in
+threads: `benchmarks/bench_workers.py` measures the ratio), so `reproduce` uses
+`default_workers()` processes, each with `cpu_count // workers` torch threads. With one worker the
+tasks run here, one after the other, in list order (exactly the old sequential pipeline).
+
+A failing task does not stop tasks that do not depend on it (nothing already computed is lost);
+tasks downstream of it are skipped, and the first error is raised once everything that could run
+has run.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+
+from pdeinf.errors import InputError
+
+#: `$PDEINF_WORKERS` overrides `default_workers()` (1 = sequential, in this process).
+WORKERS_ENV = "PDEINF_WORKERS"
+
+
+@dataclass(frozen=True)
+class Task:
+    """One stage: `fn(*args, **kwargs)` once every task named in `after` has succeeded.
+
+    `fn` must be a module-level function (it is pickled to a worker process) and its arguments
+    picklable (profile names or `Profile` objects, strings, numbers)."""
+
+    name: str
+    fn: Callable
+    args: tuple = ()
+    kwargs: dict = field(default_factory=dict)
+    after: tuple[str, ...] = ()
+    # run in this process with all its threads, alone (no worker task running): for a stage
+    # that everything waits for and that uses several threads well (data generation)
+    exclusive: bool = False
+
+
+@dataclass
+class TaskResult:
+    name: str
+    seconds: float  # wall time of the task itself, measured where it ran
+    status: str  # "ok" | "failed" | "skipped"
+    error: BaseException | None = None
+
+
+def default_workers() -> int:
+    """`$PDEINF_WORKERS`, else 1 with a CUDA device (one GPU, one process) and
+    min(2, cpu_count) on a CPU."""
+    env = os.environ.get(WORKERS_ENV)
+    if env:
+        try:
+            value = int(env)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise InputError(f"{WORKERS_ENV}: expected a positive integer, got {env!r}")
+        return value
+    import torch
+
+    if torch.cuda.is_available():
+        return 1
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+def threads_per_worker(workers: int) -> int:
+    """Torch intra-op threads of each worker: the machine's cores shared evenly, at least 1."""
+    return max(1, (os.cpu_count() or 1) // max(1, workers))
+
+
+def check_graph(tasks: Sequence[Task]) -> None:
+    """InputError on a duplicate name, a dependency on an unknown task, or a cycle: before any
+    work starts."""
+    names = [t.name for t in tasks]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise InputError(f"tasks: duplicate names {duplicates}")
+    known = set(names)
+    for task in tasks:
+        unknown = [a for a in task.after if a not in known]
+        if unknown:
+            raise InputError(f"task {task.name!r}: depends on unknown task(s) {unknown}")
+    done: set[str] = set()
+    pending = list(tasks)
+    while pending:
+        ready = [t for t in pending if set(t.after) <= done]
+        if not ready:
+            raise InputError(f"tasks: dependency cycle among {[t.name for t in pending]}")
+        done.update(t.name for t in ready)
+        pending = [t for t in pending if t.name not in done]
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _timed_call(fn: Callable, args: tuple, kwargs: dict) -> float:
+    start = time.perf_counter()
+    fn(*args, **kwargs)
+    return time.perf_counter() - start
+
+
+def run_tasks(tasks: Sequence[Task], *, workers: int = 1, echo: bool = True,
+              on_result: Callable[[TaskResult], None] | None = None) -> list[TaskResult]:
+    """Run `tasks` respecting `after`; ready tasks start in list order. Returns one
+    `TaskResult` per task (in completion order); raises the first task error at the end.
+
+    `workers` > 1: that many spawned processes with `threads_per_worker(workers)` torch threads
+    each. `on_result` is called in this process as each task ends (e.g. to record timings)."""
+    check_graph(tasks)
+    if not (isinstance(workers, int) and workers >= 1):
+        raise InputError(f"workers: expected a positive integer, got {workers!r}")
+    results: list[TaskResult] = []
+
+    def record(result: TaskResult) -> None:
+        results.append(result)
+        if echo:
+            print(f"[pdeinf] {result.name}: {result.seconds:.1f} s {result.status}",
+                  file=sys.stderr, flush=True)
+        if on_result is not None:
+            on_result(result)
+
+    if workers == 1:
+        _run_here(tasks, record, echo=echo)
+    else:
+        _run_pool(tasks, record, workers=workers, echo=echo)
+    failed = [r for r in results if r.status == "failed"]
+    if failed:
+        raise failed[0].error
+    return results
+
+
+def _blocked(task: Task, status: dict[str, str]) -> bool:
+    return any(status.get(a) in ("failed", "skipped") for a in task.after)
+
+
+def _run_one(task: Task, record, *, echo: bool) -> str:
+    """Run `task` in this process; record and return its status."""
+    if echo:
+        print(f"[pdeinf] {task.name} ...", file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    try:
+        task.fn(*task.args, **task.kwargs)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as err:  # noqa: BLE001 - recorded, raised at the end
+        record(TaskResult(task.name, time.perf_counter() - start, "failed", err))
+        return "failed"
+    record(TaskResult(task.name, time.perf_counter() - start, "ok"))
+    return "ok"
+
+
+def _run_here(tasks: Sequence[Task], record, *, echo: bool) -> None:
+    status: dict[str, str] = {}
+    pending = list(tasks)
+    while pending:
+        task = next(t for t in pending if all(a in status for a in t.after))
+        pending.remove(task)
+        if _blocked(task, status):
+            status[task.name] = "skipped"
+            record(TaskResult(task.name, 0.0, "skipped"))
+            continue
+        status[task.name] = _run_one(task, record, echo=echo)
+
+
+def _run_pool(tasks: Sequence[Task], record, *, workers: int, echo: bool) -> None:
+    status: dict[str, str] = {}
+    pending = list(tasks)
+    running: dict[Future, tuple[Task, float]] = {}
+    context = multiprocessing.get_context("spawn")  # no forked torch / OpenMP state
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
+                             initargs=(threads_per_worker(workers),)) as pool:
+        try:
+            while pending or running:
+                for task in [t for t in pending if all(a in status for a in t.after)]:
+                    if _blocked(task, status):
+                        pending.remove(task)
+                        status[task.name] = "skipped"
+                        record(TaskResult(task.name, 0.0, "skipped"))
+                        continue
+                    if task.exclusive:
+                        if not running:  # else: wait for the running tasks to end first
+                            pending.remove(task)
+                            status[task.name] = _run_one(task, record, echo=echo)
+                        break
+                    if len(running) >= workers:
+                        break
+                    pending.remove(task)
+                    if echo:
+                        print(f"[pdeinf] {task.name} ... (worker)", file=sys.stderr, flush=True)
+                    future = pool.submit(_timed_call, task.fn, task.args, task.kwargs)
+                    running[future] = (task, time.perf_counter())
+                if not running:
+                    continue
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    task, start = running.pop(future)
+                    try:
+                        seconds = future.result()
+                    except BaseException as err:  # noqa: BLE001 - recorded, raised at the end
+                        status[task.name] = "failed"
+                        record(TaskResult(task.name, time.perf_counter() - start, "failed", err))
+                        continue
+                    status[task.name] = "ok"
+                    record(TaskResult(task.name, seconds, "ok"))
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise

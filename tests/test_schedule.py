@@ -1,0 +1,107 @@
+"""The stage scheduler: dependencies honoured in this process and across worker processes, a
+failure skips only what depends on it, a bad graph is refused before anything runs."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from pdeinf.errors import InputError
+from pdeinf.pipeline.schedule import Task, check_graph, default_workers, run_tasks
+
+
+def _stamp(folder: str, name: str, seconds: float = 0.0) -> None:
+    """A task: sleep, then write when it started and ended and in which process."""
+    start = time.monotonic()
+    time.sleep(seconds)
+    record = {"start": start, "end": time.monotonic(), "pid": os.getpid()}
+    Path(folder, f"{name}.json").write_text(json.dumps(record))
+
+
+def _fail(folder: str, name: str) -> None:
+    raise RuntimeError(f"task {name} failed on purpose")
+
+
+def _graph(folder: Path, *, fail: str | None = None, seconds: float = 0.0) -> list[Task]:
+    """a -> (b, c) -> d, and e independent of all; `fail` names a task that raises."""
+    spec = {"a": (), "b": ("a",), "c": ("a",), "d": ("b", "c"), "e": ()}
+    return [Task(name, _fail if name == fail else _stamp, (str(folder), name),
+                 {} if name == fail else {"seconds": seconds}, after)
+            for name, after in spec.items()]
+
+
+def _records(folder: Path) -> dict[str, dict]:
+    return {p.stem: json.loads(p.read_text()) for p in folder.glob("*.json")}
+
+
+def _assert_order(tasks: list[Task], records: dict[str, dict]) -> None:
+    for task in tasks:
+        for before in task.after:
+            assert records[before]["end"] <= records[task.name]["start"], (before, task.name)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_every_task_runs_once_after_its_dependencies(tmp_path, workers):
+    tasks = _graph(tmp_path, seconds=0.05)
+    results = run_tasks(tasks, workers=workers, echo=False)
+    assert sorted(r.name for r in results) == sorted(t.name for t in tasks)
+    assert all(r.status == "ok" and r.seconds >= 0.0 for r in results)
+    records = _records(tmp_path)
+    assert set(records) == {t.name for t in tasks}
+    _assert_order(tasks, records)
+    pids = {r["pid"] for r in records.values()}
+    if workers == 1:
+        assert pids == {os.getpid()}
+    else:
+        assert os.getpid() not in pids
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_failure_skips_only_its_dependents(tmp_path, workers):
+    tasks = _graph(tmp_path, fail="b")
+    outcome = {}
+    with pytest.raises(RuntimeError, match="task b failed on purpose"):
+        run_tasks(tasks, workers=workers, echo=False,
+                  on_result=lambda r: outcome.__setitem__(r.name, r.status))
+    assert outcome == {"a": "ok", "b": "failed", "c": "ok", "d": "skipped", "e": "ok"}
+    assert set(_records(tmp_path)) == {"a", "c", "e"}  # d never started
+
+
+def test_bad_graphs_are_refused_before_anything_runs(tmp_path):
+    def task(name, *after):
+        return Task(name, _stamp, (str(tmp_path), name), {}, after)
+
+    with pytest.raises(InputError, match="duplicate"):
+        check_graph([task("a"), task("a")])
+    with pytest.raises(InputError, match="unknown task"):
+        run_tasks([task("a", "z")], echo=False)
+    with pytest.raises(InputError, match="cycle"):
+        run_tasks([task("e"), task("a", "b"), task("b", "a")], echo=False)
+    with pytest.raises(InputError, match="workers"):
+        run_tasks([task("e")], workers=0, echo=False)
+    assert not list(tmp_path.iterdir())
+
+
+def test_workers_from_the_environment(monkeypatch):
+    monkeypatch.setenv("PDEINF_WORKERS", "3")
+    assert default_workers() == 3
+    monkeypatch.setenv("PDEINF_WORKERS", "none")
+    with pytest.raises(InputError, match="PDEINF_WORKERS"):
+        default_workers()
+    monkeypatch.delenv("PDEINF_WORKERS")
+    assert 1 <= default_workers() <= 2
+
+
+def test_an_exclusive_task_runs_here_and_alone(tmp_path):
+    tasks = _graph(tmp_path, seconds=0.05)
+    tasks = [Task(t.name, t.fn, t.args, t.kwargs, t.after, exclusive=t.name == "c") for t in tasks]
+    run_tasks(tasks, workers=2, echo=False)
+    records = _records(tmp_path)
+    _assert_order(tasks, records)
+    alone = records.pop("c")
+    assert alone["pid"] == os.getpid()
+    for other in records.values():  # no other task overlaps it in time
+        assert other["end"] <= alone["start"] or other["start"] >= alone["end"]
