@@ -339,3 +339,20 @@ def test_cli_only_pipeline(smoke_home, capsys):
     assert {t["stage"] for t in summary["timings"]} >= {"data", "influence NS-vit"}
     assert _snapshot(paths.results_dir() / "runs") == before
     assert os.environ["PDEINF_HOME"] == str(smoke_home)
+
+
+@pytest.mark.slow
+def test_seed_paper_subspace_matrices_are_the_sweeps_of_the_same_batches(smoke_home):
+    """With the subspace estimator, the seed-paper C / M / E matrices of a batch the follow-up
+    sweep also holds are its Gauss-Newton SMSE / mass / energy variants (reused, not recomputed)."""
+    assert SMOKE.seed_paper_estimator == "subspace"
+    pde = "CE"
+    model = next(m for p, m in PAIRS if p == pde)
+    final = max(SMOKE.checkpoints[pde])
+    seed_paper = pipeline.ensure_seed_paper(SMOKE, pde, model, progress=False)
+    sweep = pipeline.ensure_influence(SMOKE, pde, model, progress=False)
+    for bra, variant in (("C", "gauss-newton"), ("M", "gn-mass"), ("E", "gn-energy")):
+        for seed in SMOKE.seeds:
+            held = seed_paper["H"].sel(bra=bra, seed=seed, batch=0)
+            swept = sweep["pi"].sel(variant=variant, seed=seed, epoch=final, batch=0)
+            np.testing.assert_array_equal(held.transpose(*swept.dims).values, swept.values)

@@ -651,6 +651,15 @@ def batch_to_labelled(pi: np.ndarray, n_classes: int, n_times: int) -> np.ndarra
     return arr.transpose(*range(k), k + 1, k, k + 3, k + 2)
 
 
+def labelled_to_batch(labelled: np.ndarray) -> np.ndarray:
+    """The inverse of `batch_to_labelled`: `[..., t_resp, c_resp, t_pert, c_pert]` -> `[..., N, N]`."""
+    lead = labelled.shape[:-4]
+    n_times, n_classes = labelled.shape[-4], labelled.shape[-3]
+    k = len(lead)
+    arr = labelled.transpose(*range(k), k + 1, k, k + 3, k + 2)
+    return np.ascontiguousarray(arr).reshape(*lead, n_classes * n_times, n_classes * n_times)
+
+
 def hat_matrix(
     model: torch.nn.Module,
     inputs: torch.Tensor,

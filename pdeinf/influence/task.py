@@ -20,7 +20,7 @@ import torch
 
 from pdeinf.config import pde_spec
 from pdeinf.errors import InputError
-from pdeinf.influence.hat import GRAD_CHUNK, JVP_CHUNK, HatEngine, batch_to_labelled
+from pdeinf.influence.hat import GRAD_CHUNK, JVP_CHUNK, HatEngine, batch_to_labelled, labelled_to_batch
 from pdeinf.influence.variants import VARIANT_TABLE, variants_for
 
 PI_DIMS: tuple[str, ...] = ("t_resp", "c_resp", "t_pert", "c_pert")
@@ -149,6 +149,59 @@ def seed_paper_influence(model, inputs, targets, *, pde: str, damping: float, rt
     follow-up's 1e-6 on eta / M); `input_distance`; `ntk_top_eigenvalue` (scalar,
     `lambda_max(J J^T + lambda I)`, lambda = 1e-4 as the paper); `losses` (t, c);
     `cg_iterations` (t, c) and `cg_residual` (t, c) per right-hand side m (0 for subspace)."""
+    _check_classes(inputs, pde)
+    if estimator not in SEED_PAPER_ESTIMATORS:
+        raise InputError(f"estimator={estimator!r}: expected one of {', '.join(SEED_PAPER_ESTIMATORS)}")
+    matrices, losses, record = _seed_paper_matrices(
+        model, inputs, targets, seed_paper_bras(pde), pde=pde, estimator=estimator,
+        damping=damping, rtol=rtol, energy_tol=energy_tol, state_path=state_path,
+        progress=progress)
+    return _seed_paper_dataset(model, inputs, matrices, losses, record, pde=pde,
+                               estimator=estimator, damping=damping, rtol=rtol, attrs=attrs)
+
+
+#: The follow-up sweep's variant that holds each seed-paper bra's subspace matrix.
+_BRA_VARIANT = {"C": "gauss-newton", "M": "gn-mass", "E": "gn-energy"}
+
+
+def seed_paper_from_follow_up(follow_up, model, inputs, *, pde: str, damping: float,
+                              energy_tol: float, attrs: dict | None = None):
+    """`seed_paper_influence(..., estimator="subspace")` of a batch whose follow-up dataset
+    (`labelled_influence` of the same model and batch) is already computed: its Gauss-Newton
+    SMSE / mass-drift / energy-drift variants ARE the C / M / E bras' subspace matrices (same
+    engine, damping and energy tolerance), so only the NTK eigenvalue and the input distances
+    are computed here. InputError when `follow_up` was computed with other settings or lacks a
+    variant."""
+    _check_classes(inputs, pde)
+    for name, wanted in (("damping", damping), ("energy_tol", energy_tol)):
+        held = follow_up.attrs.get(name)
+        if held is None or not np.isclose(float(held), float(wanted), rtol=1e-12, atol=0.0):
+            raise InputError(f"follow_up: computed with {name}={held!r}, not {wanted!r}")
+    bras = seed_paper_bras(pde)
+    variants = [_BRA_VARIANT[b] for b in bras]
+    missing = [v for v in variants if v not in follow_up["variant"].values]
+    if missing:
+        raise InputError(f"follow_up: lacks the variant(s) {missing} of the bras {bras}")
+    labelled = follow_up["pi"].sel(variant=variants).transpose("variant", *PI_DIMS).values
+    losses = follow_up["losses"].transpose("t", "c").values  # (t, c) -> class-major [N]
+    n = inputs.shape[0]
+    record = {"cg_iterations": np.zeros(n), "cg_residual": np.zeros(n), "converged": True}
+    return _seed_paper_dataset(model, inputs, labelled_to_batch(labelled),
+                               torch.from_numpy(np.ascontiguousarray(losses.T).reshape(-1)),
+                               record, pde=pde, estimator="subspace", damping=damping, rtol=0.0,
+                               attrs=attrs)
+
+
+def _check_classes(inputs: torch.Tensor, pde: str) -> None:
+    n_c = len(pde_spec(pde).classes)
+    if inputs.shape[0] % n_c:
+        raise InputError(f"inputs: {inputs.shape[0]} examples is not a multiple of {n_c} classes")
+
+
+def _seed_paper_dataset(model, inputs, matrices, losses, record, *, pde, estimator, damping, rtol,
+                        attrs):
+    """The seed-paper dataset of one batch from its `[bra, N, N]` matrices, `losses` [N] and
+    solver record; adds the NTK's top eigenvalue and the input distances."""
     import xarray as xr
 
     from pdeinf import __version__
@@ -156,17 +209,10 @@ def seed_paper_influence(model, inputs, targets, *, pde: str, damping: float, rt
 
     classes = pde_spec(pde).classes
     n_c = len(classes)
-    if inputs.shape[0] % n_c:
-        raise InputError(f"inputs: {inputs.shape[0]} examples is not a multiple of {n_c} classes")
     n_t = inputs.shape[0] // n_c
-    if estimator not in SEED_PAPER_ESTIMATORS:
-        raise InputError(f"estimator={estimator!r}: expected one of {', '.join(SEED_PAPER_ESTIMATORS)}")
     bras = seed_paper_bras(pde)
-    matrices, losses, record = _seed_paper_matrices(
-        model, inputs, targets, bras, pde=pde, estimator=estimator, damping=damping, rtol=rtol,
-        energy_tol=energy_tol, state_path=state_path, progress=progress)
-    converged = record.pop("converged")
-    per_m = record
+    per_m = dict(record)
+    converged = per_m.pop("converged")
     top = ntk_top_eigenvalue(model, inputs, damping=NTK_DAMPING)
     t_idx, c_idx = np.arange(n_t), list(classes)
     return xr.Dataset(

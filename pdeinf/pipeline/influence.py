@@ -180,6 +180,23 @@ def _compute(study: Study, compute, model, ckpt, ib, *, pde, model_name, prof, a
                    energy_tol=prof.energy_tol, attrs=attrs, state_path=state_path)
 
 
+def _follow_up_twin(sources, data_key: str, prof, pde: str, model_name: str, seed: int,
+                    epoch: int, batch: int, digests: dict, out_root):
+    """The current follow-up dataset of the same (seed, checkpoint, batch), or None. With the
+    subspace estimator its Gauss-Newton SMSE / mass / energy variants are the seed paper's
+    C / M / E matrices (`influence.task.seed_paper_from_follow_up`): not computed twice."""
+    import xarray as xr
+
+    if batch >= prof.n_influence_batches or epoch not in prof.checkpoints[pde]:
+        return None
+    path = task_file(sweep_dir(prof, pde, model_name, out_root, FOLLOW_UP), seed, epoch, batch)
+    key = _task_key(sources, data_key, prof, pde, model_name, FOLLOW_UP, seed, epoch, batch, digests)
+    if not _valid(path, key, FOLLOW_UP):
+        return None
+    with xr.open_dataset(path, engine="h5netcdf") as ds:
+        return ds.load()
+
+
 def run_sweep(profile, pde: str, model_name: str, *, sources=None, out_root=None,
               progress: bool = True, rank: int | None = None, world_size: int | None = None,
               grad_chunk: int | None = None, jvp_chunk: int | None = None,
@@ -192,12 +209,17 @@ def run_sweep(profile, pde: str, model_name: str, *, sources=None, out_root=None
     killed solve resumes.
     """
     from pdeinf.influence import hat
-    from pdeinf.influence.task import labelled_influence, seed_paper_influence
+    from pdeinf.influence.task import (
+        labelled_influence,
+        seed_paper_from_follow_up,
+        seed_paper_influence,
+    )
 
     prof = as_profile(profile)
     check_selection(prof, pde, model_name)
     rank, world_size = _distributed(rank, world_size)
     sources = sources if sources is not None else FileSources(prof, pde, model_name)
+    reuse = compute is None and study is SEED_PAPER and prof.seed_paper_estimator == "subspace"
     compute = compute or (labelled_influence if study is FOLLOW_UP else seed_paper_influence)
     out_dir = sweep_dir(prof, pde, model_name, out_root, study)
     mine = study.tasks(prof, pde)[rank::world_size]
@@ -226,9 +248,15 @@ def run_sweep(profile, pde: str, model_name: str, *, sources=None, out_root=None
         state_path = target.with_name(f".{target.stem}.{keys[(seed, epoch, batch)][:8]}.cg.pt")
         if study is SEED_PAPER:
             state_path.parent.mkdir(parents=True, exist_ok=True)
-        ds = _compute(study, compute, model, ckpt, ib, pde=pde, model_name=model_name, prof=prof,
-                      attrs=attrs, grad_chunk=grad_chunk or hat.GRAD_CHUNK,
-                      jvp_chunk=jvp_chunk or hat.JVP_CHUNK, state_path=state_path)
+        twin = (_follow_up_twin(sources, data_key, prof, pde, model_name, seed, epoch, batch,
+                                digests, out_root) if reuse else None)
+        if twin is not None:
+            ds = seed_paper_from_follow_up(twin, model, ib.inputs, pde=pde, damping=prof.damping,
+                                           energy_tol=prof.energy_tol, attrs=attrs)
+        else:
+            ds = _compute(study, compute, model, ckpt, ib, pde=pde, model_name=model_name,
+                          prof=prof, attrs=attrs, grad_chunk=grad_chunk or hat.GRAD_CHUNK,
+                          jvp_chunk=jvp_chunk or hat.JVP_CHUNK, state_path=state_path)
         write_netcdf(with_checksum(ds), target)
         state_path.unlink(missing_ok=True)
         bar.update(1)

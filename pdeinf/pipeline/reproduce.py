@@ -105,8 +105,9 @@ def stage_tasks(profile: ProfileLike, *, progress: bool = True) -> list[Task]:
         pair, trained = f"{pde}-{model}", (f"training {pde}-{model}",)
         tasks += [
             Task(f"influence {pair}", ensure_influence, (profile, pde, model), opts, trained),
+            # after the sweep: at quick it reuses the sweep's matrices of the same batches
             Task(f"seed-paper influence {pair}", ensure_seed_paper, (profile, pde, model), opts,
-                 trained),
+                 (f"influence {pair}",)),
             Task(f"rollouts {pair}", ensure_rollouts, (profile, pde, model), opts, trained),
         ]
         if (pde, model) in symmetry:
