@@ -201,9 +201,9 @@ PROFILES: dict[str, Profile] = {
         seed_paper_batches=3,
         seed_paper_estimator="subspace",
         symmetry_shifts=(1,),
-        symmetry_pairs=(("CE", "unet"),),
         symmetry_orbit_epochs=(1,),
-        recipes=("one-step", "pushforward"),
+        # budget: multistep (2.1x a one-step run) and noise are run at `paper`, not here
+        recipes=("one-step", "pushforward", "augment", "physics"),
         recipe_pairs=(("CE", "unet"),),
         recipe_batches=1,
         ablation_pairs=(("CE", "unet"),),

@@ -82,11 +82,13 @@ def _timed(report_timings: list[StageTiming], stage: str, *, echo: bool) -> Iter
 
 
 def stage_tasks(profile: ProfileLike, *, progress: bool = True) -> list[Task]:
-    """The pipeline as a dependency graph: data; per (PDE, model) training, then the follow-up
-    sweep, the seed paper's influence, rollouts and the symmetry study; the estimator study per
-    pair; each recipe's and each ablation configuration's training runs; then the intervention
-    and ablation studies, which read all of those. Listed in the order a sequential run takes
-    them (cheap-to-unlock training first)."""
+    """The pipeline as a dependency graph: data; every training run (per (PDE, model) the
+    baseline seeds, each recipe's and each ablation configuration's runs); per pair the
+    follow-up sweep, the seed paper's influence (after the sweep, whose matrices it reuses at
+    the subspace estimator), the symmetry study, rollouts and the estimator study; then the
+    intervention and ablation studies, which read all of those. Listed in the order a
+    sequential run takes them: training first, then the analyses, longest first, so that with
+    several workers none waits long on a last straggler."""
     from pdeinf.pipeline.ablation import ablation_pairs, configurations, ensure_ablation_pair
     from pdeinf.pipeline.ablation import ensure_ablation_runs
     from pdeinf.pipeline.estimator import ensure_estimator_pair, study_pairs
@@ -97,53 +99,45 @@ def stage_tasks(profile: ProfileLike, *, progress: bool = True) -> list[Task]:
     opts = {"progress": progress}
     pairs = profile.pairs()
     symmetry = profile.pairs(profile.symmetry_pairs)
+    recipes = {pair: [r for r in profile.recipes if r != "one-step"] for pair in recipe_pairs(profile)}
+    ablations = {pair: configurations(profile) for pair in ablation_pairs(profile)}
+
+    def task(name, fn, args, after):
+        return Task(name, fn, args, opts, tuple(after))
+
     tasks = [Task("data", ensure_data, (profile,), opts, exclusive=True)]
-    for pde, model in pairs:  # every pair's training before any analysis: both workers busy early
-        tasks.append(Task(f"training {pde}-{model}", ensure_training, (profile, pde, model), opts,
-                          ("data",)))
-    for pde, model in pairs:
-        pair, trained = f"{pde}-{model}", (f"training {pde}-{model}",)
-        tasks += [
-            Task(f"influence {pair}", ensure_influence, (profile, pde, model), opts, trained),
-            # after the sweep: at quick it reuses the sweep's matrices of the same batches
-            Task(f"seed-paper influence {pair}", ensure_seed_paper, (profile, pde, model), opts,
-                 (f"influence {pair}",)),
-            Task(f"rollouts {pair}", ensure_rollouts, (profile, pde, model), opts, trained),
-        ]
-        if (pde, model) in symmetry:
-            tasks.append(Task(f"symmetry {pair}", ensure_symmetry, (profile, pde, model), opts,
-                              trained))
-    for pde, model in study_pairs(profile):
-        tasks.append(Task(f"estimator study {pde}-{model}", ensure_estimator_pair,
-                          (profile, pde, model), opts, (f"training {pde}-{model}",)))
-    for pde, model in recipe_pairs(profile):
-        pair = f"{pde}-{model}"
-        runs = []
-        for recipe in profile.recipes:
-            if recipe != "one-step":
-                runs.append(f"training {recipe} {pair}")
-                tasks.append(Task(runs[-1], ensure_recipe_runs, (profile, pde, model, recipe),
-                                  opts, ("data",)))
-        upstream = _baseline_stages(profile, pde, model, symmetry)
-        tasks.append(Task(f"interventions {pair}", ensure_intervention_pair, (profile, pde, model),
-                          opts, tuple(runs) + upstream))
-    for pde, model in ablation_pairs(profile):
-        pair = f"{pde}-{model}"
-        runs = []
-        for name in configurations(profile):
-            runs.append(f"training ablation {name} {pair}")
-            tasks.append(Task(runs[-1], ensure_ablation_runs, (profile, name, pde, model), opts,
-                              ("data",)))
-        tasks.append(Task(f"ablation {pair}", ensure_ablation_pair, (profile, pde, model), opts,
-                          tuple(runs) + _baseline_stages(profile, pde, model, symmetry)))
+    tasks += [task(f"training {p}-{m}", ensure_training, (profile, p, m), ["data"]) for p, m in pairs]
+    tasks += [task(f"training {r} {p}-{m}", ensure_recipe_runs, (profile, p, m, r), ["data"])
+              for (p, m), names in recipes.items() for r in names]
+    tasks += [task(f"training ablation {a} {p}-{m}", ensure_ablation_runs, (profile, a, p, m),
+                   ["data"]) for (p, m), names in ablations.items() for a in names]
+    trained = {(p, m): [f"training {p}-{m}"] for p, m in pairs}
+    tasks += [task(f"influence {p}-{m}", ensure_influence, (profile, p, m), trained[p, m])
+              for p, m in pairs]
+    tasks += [task(f"symmetry {p}-{m}", ensure_symmetry, (profile, p, m), trained[p, m])
+              for p, m in symmetry]
+    tasks += [task(f"seed-paper influence {p}-{m}", ensure_seed_paper, (profile, p, m),
+                   [f"influence {p}-{m}"]) for p, m in pairs]
+    tasks += [task(f"estimator study {p}-{m}", ensure_estimator_pair, (profile, p, m),
+                   trained[p, m]) for p, m in study_pairs(profile)]
+    tasks += [task(f"rollouts {p}-{m}", ensure_rollouts, (profile, p, m), trained[p, m])
+              for p, m in pairs]
+    tasks += [task(f"interventions {p}-{m}", ensure_intervention_pair, (profile, p, m),
+                   [f"training {r} {p}-{m}" for r in names]
+                   + _baseline_stages(profile, p, m, symmetry))
+              for (p, m), names in recipes.items()]
+    tasks += [task(f"ablation {p}-{m}", ensure_ablation_pair, (profile, p, m),
+                   [f"training ablation {a} {p}-{m}" for a in names]
+                   + _baseline_stages(profile, p, m, symmetry))
+              for (p, m), names in ablations.items()]
     return tasks
 
 
-def _baseline_stages(profile, pde: str, model: str, symmetry) -> tuple[str, ...]:
+def _baseline_stages(profile, pde: str, model: str, symmetry) -> list[str]:
     """The cached stages of the baseline run that the recipe and ablation studies read."""
     pair = f"{pde}-{model}"
-    names = (f"training {pair}", f"influence {pair}", f"rollouts {pair}")
-    return names + ((f"symmetry {pair}",) if (pde, model) in symmetry else ())
+    names = [f"training {pair}", f"influence {pair}", f"rollouts {pair}"]
+    return names + ([f"symmetry {pair}"] if (pde, model) in symmetry else [])
 
 
 def run_all(
