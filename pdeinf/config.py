@@ -202,8 +202,7 @@ PROFILES: dict[str, Profile] = {
         seed_paper_estimator="subspace",
         symmetry_shifts=(1,),
         symmetry_orbit_epochs=(1,),
-        # budget: multistep (2.1x a one-step run) and noise are run at `paper`, not here
-        recipes=("one-step", "pushforward", "augment", "physics"),
+        recipes=("one-step", "pushforward", "noise", "multistep", "augment", "physics"),
         recipe_pairs=(("CE", "unet"),),
         recipe_batches=1,
         ablation_pairs=(("CE", "unet"),),
