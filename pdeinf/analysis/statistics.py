@@ -254,6 +254,18 @@ def variance_components(
             "s_batch": math.sqrt(ms_within), "n_seeds": n_seeds, "n_batches": n_batches}
 
 
+def _design_grid(n_seeds, n_batches, confidence) -> tuple[list[int], list[int]]:
+    """The (seeds, batches) grids of a power analysis as int lists; InputError on an empty or
+    non-positive grid or a confidence outside (0, 1)."""
+    if not (isinstance(confidence, (int, float)) and 0.0 < confidence < 1.0):
+        raise InputError(f"confidence: must lie strictly between 0 and 1, got {confidence!r}")
+    grid_s = [int(s) for s in np.atleast_1d(n_seeds)]
+    grid_b = [int(b) for b in np.atleast_1d(n_batches)]
+    if not grid_s or not grid_b or min(grid_s) < 1 or min(grid_b) < 1:
+        raise InputError("n_seeds, n_batches: need non-empty grids of positive integers")
+    return grid_s, grid_b
+
+
 def seeds_batches_needed(
     data: xr.DataArray,
     statistic: Callable[[xr.DataArray], xr.DataArray] | None = None,
@@ -279,12 +291,7 @@ def seeds_batches_needed(
     excludes_null, power; `df.attrs` holds effect, null, s_seed, s_batch, confidence and the
     measured design (n_seeds_measured, n_batches_measured).
     """
-    if not (isinstance(confidence, (int, float)) and 0.0 < confidence < 1.0):
-        raise InputError(f"confidence: must lie strictly between 0 and 1, got {confidence!r}")
-    grid_s = [int(s) for s in np.atleast_1d(n_seeds)]
-    grid_b = [int(b) for b in np.atleast_1d(n_batches)]
-    if not grid_s or not grid_b or min(grid_s) < 1 or min(grid_b) < 1:
-        raise InputError("n_seeds, n_batches: need non-empty grids of positive integers")
+    grid_s, grid_b = _design_grid(n_seeds, n_batches, confidence)
     comp = variance_components(data, statistic, seed_dim=seed_dim, batch_dim=batch_dim)
     effect = comp["mean"] - float(null)
     z = float(stats.norm.ppf(0.5 + confidence / 2.0))
@@ -484,12 +491,7 @@ def decisive_design(
     criterion is which boundaries the plug-in interval clears at that design ("null", "paper
     band", "null, paper band") or None.
     """
-    if not (isinstance(confidence, (int, float)) and 0.0 < confidence < 1.0):
-        raise InputError(f"confidence: must lie strictly between 0 and 1, got {confidence!r}")
-    grid_s = [int(s) for s in np.atleast_1d(n_seeds)]
-    grid_b = [int(b) for b in np.atleast_1d(n_batches)]
-    if not grid_s or not grid_b or min(grid_s) < 1 or min(grid_b) < 1:
-        raise InputError("n_seeds, n_batches: need non-empty grids of positive integers")
+    grid_s, grid_b = _design_grid(n_seeds, n_batches, confidence)
     if band is not None:
         band = (float(band[0]), float(band[1]))
         if not (math.isfinite(band[0]) and math.isfinite(band[1]) and band[0] <= band[1]):
