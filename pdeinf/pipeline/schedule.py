@@ -3,10 +3,10 @@
 Every stage function (`ensure_*`) is idempotent and cached by content key, and each writes only
 its own files through `pdeinf.atomic`; two different stages may therefore run at the same time,
 as long as a stage starts only after the stages whose outputs it reads have finished. That is
-what `run_tasks` guarantees. On a CPU, two single-threaded processes get more work done than one
-process with two threads (small convolutions and per-example gradients do not scale linearly in
-threads: `benchmarks/bench_workers.py` measures the ratio), so `reproduce` uses
-`default_workers()` processes, each with `cpu_count // workers` torch threads. With one worker the
+what `run_tasks` guarantees. `reproduce` uses `default_workers()` processes, each with
+`cpu_count // workers` torch threads. Measured on a 2-core machine (README): two single-thread
+workers finish the quick stages only slightly sooner than one two-thread process (each stage runs
+1.7-2.6x longer on one thread); the graph pays on machines with more cores. With one worker the
 tasks run here, one after the other, in list order (exactly the old sequential pipeline).
 
 A failing task does not stop tasks that do not depend on it (nothing already computed is lost);
