@@ -31,6 +31,9 @@ def pytest_configure(config):
         os.environ["PDEINF_TEST_HOME"] = home
     os.environ["PDEINF_HOME"] = str(Path(home).resolve())
     os.environ["PDEINF_PROFILE"] = "smoke"
+    # stages run in this process, with its threads: tests recompute a task here and compare it
+    # with the cached one, and a different thread count changes the floating-point sums
+    os.environ.setdefault("PDEINF_WORKERS", "1")
     os.environ.setdefault("MPLBACKEND", "Agg")
 
 
