@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from types import SimpleNamespace
 
 import matplotlib
 
@@ -14,6 +13,7 @@ matplotlib.use("Agg")
 
 import numpy as np
 import pytest
+import symmetry_fixtures as fixtures
 import torch
 import xarray as xr
 
@@ -30,30 +30,15 @@ D4 = list(sy.D4_NON_IDENTITY)
 
 
 def _conv_net(seed: int):
-    torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3, padding=1, padding_mode="circular"),
-                               torch.nn.Tanh(),
-                               torch.nn.Conv2d(3, 2, 3, padding=1, padding_mode="circular")).double().eval()
+    return fixtures.conv_net(seed, hidden=3)
 
 
-class Pointwise(torch.nn.Module):
-    """f(u) = a u + b u^3 per point: commutes with every D4 element for every (a, b)."""
-
-    def __init__(self, a=0.9, b=0.1):
-        super().__init__()
-        self.a = torch.nn.Parameter(torch.tensor(a, dtype=torch.float64))
-        self.b = torch.nn.Parameter(torch.tensor(b, dtype=torch.float64))
-
-    def forward(self, u):
-        return self.a * u + self.b * u ** 3
+def Pointwise(a=0.9, b=0.1):
+    return fixtures.Pointwise(a, b)
 
 
 def _batch(seed: int, n_per_class: int = 2, size: int = 6):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(3 * n_per_class, 2, size, size, generator=g, dtype=torch.float64)
-    y = 0.8 * x + 0.3 * torch.randn(x.shape, generator=g, dtype=torch.float64)
-    c = np.repeat(np.arange(3), n_per_class)
-    return SimpleNamespace(inputs=x, targets=y, c=c, trajectory=c)
+    return fixtures.symmetry_batch(seed, n_per_class, size)
 
 
 # ---- the computation --------------------------------------------------------------------

@@ -12,6 +12,7 @@ matplotlib.use("Agg")
 
 import numpy as np
 import pytest
+import symmetry_fixtures as fixtures
 import torch
 import xarray as xr
 
@@ -23,32 +24,9 @@ from pdeinf.symmetry import summary as sm
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-class Pointwise(torch.nn.Module):
-    """f(u) = a u + b u^3 per grid point and channel: commutes with every D4 element and shift
-    (vector components are permuted / negated, and odd powers keep signs) for EVERY (a, b)."""
-
-    def __init__(self, a=0.9, b=0.0):
-        super().__init__()
-        self.a = torch.nn.Parameter(torch.tensor(a, dtype=torch.float64))
-        self.b = torch.nn.Parameter(torch.tensor(b, dtype=torch.float64))
-
-    def forward(self, u):
-        return self.a * u + self.b * u ** 3
-
-
-def _conv_net(seed: int):
-    torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3, padding=1, padding_mode="circular"),
-                               torch.nn.Tanh(),
-                               torch.nn.Conv2d(4, 2, 3, padding=1, padding_mode="circular")).double().eval()
-
-
-def _batch(seed: int, n_per_class: int = 2, size: int = 8):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(3 * n_per_class, 2, size, size, generator=g, dtype=torch.float64)
-    y = 0.8 * x + 0.3 * torch.randn(x.shape, generator=g, dtype=torch.float64)
-    c = np.repeat(np.arange(3), n_per_class)
-    return SimpleNamespace(inputs=x, targets=y, c=c, trajectory=c)
+Pointwise = fixtures.Pointwise
+_conv_net = fixtures.conv_net
+_batch = fixtures.symmetry_batch
 
 
 def test_equivariant_model_has_unit_errors_equal_orbit_influence_and_zero_lie():
