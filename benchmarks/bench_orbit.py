@@ -7,9 +7,10 @@ with N random positive CE-like inputs, in one process:
 1. ordinary: `hat_matrix(model, x, y)` (a fresh engine: ket gradients, span, metric);
 2. orbit, per extra element: `orbit_influence` on one shared `HatEngine(keep_ket_jvps=True)`
    that has already served the identity (ket gradients, span and ket JVPs cached), timed
-   element by element
-   (each costs its bra gradients at (g.x, g.y), the JVPs of its own N rows and the joint
-   2N x 2N eigendecomposition).
+   element by element (each costs its bra gradients at (g.x, g.y), the JVPs of min(N, joint
+   rank) directions and the joint 2N x 2N eigendecomposition). At random initialisation the
+   gradients have full rank r = N, where `orbit_influence`'s own engine keeps the ket JVPs
+   too (`HatEngine`'s rule: keep when r > 3N/4).
 Prints medians over `--repeats` and the ratio (median extra element) / (median ordinary);
 the target is <= 1.2. The machine is shared and noisy: trust the ratio, not the seconds.
 """
@@ -56,7 +57,7 @@ def main(argv=None) -> int:
         hat_matrix(model, x, y)
         ordinary.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        engine = HatEngine(model, x, y, keep_ket_jvps=True)  # as orbit_influence builds it
+        engine = HatEngine(model, x, y, keep_ket_jvps=True)  # as orbit_influence's at r = N
         orbit_influence(model, x, y, ["e"], pde="CE", engine=engine)
         first.append(time.perf_counter() - t0)
         for element in args.elements:

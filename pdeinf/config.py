@@ -202,7 +202,9 @@ PROFILES: dict[str, Profile] = {
         seed_paper_estimator="subspace",
         symmetry_shifts=(1,),
         symmetry_orbit_epochs=(1,),
-        recipes=("one-step", "pushforward", "noise", "multistep", "augment", "physics"),
+        # a stated subset (issue 13 allows one at quick): `noise` is left to the paper profile
+        # to keep the from-scratch run within budget; every recipe is tested at any profile
+        recipes=("one-step", "pushforward", "multistep", "augment", "physics"),
         recipe_pairs=(("CE", "unet"),),
         recipe_batches=1,
         ablation_pairs=(("CE", "unet"),),

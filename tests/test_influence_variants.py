@@ -208,12 +208,10 @@ def test_transformed_response_and_callable_observable():
         hat_matrix(model, x, y, response_transform=lambda t: t[:2])
 
 
-def test_engine_reuses_ket_work_across_bras(monkeypatch):
-    """Several bras of one batch: ket gradients and their JVPs are computed once; each bra
-    adds its own gradients and the JVPs of its own N rows, nothing else."""
+def _count_work(monkeypatch):
+    """Counters of per-example gradient rows and (direction, example) JVP pairs."""
     from pdeinf.influence import gradients as grad_mod
 
-    model, (x, y) = CENet(seed=16), ce_batch(seed=17)
     calls = {"grad_rows": 0, "jvp_dirs": 0}
     real_grads, real_jvps = grad_mod.per_example_gradients, grad_mod.output_jvps
 
@@ -227,26 +225,61 @@ def test_engine_reuses_ket_work_across_bras(monkeypatch):
 
     monkeypatch.setattr(grad_mod, "per_example_gradients", counting_grads)
     monkeypatch.setattr(grad_mod, "output_jvps", counting_jvps)
+    return calls
+
+
+def test_engine_pushes_basis_directions_not_gradient_rows(monkeypatch):
+    """Without kept JVPs every metric pass pushes its basis vectors themselves: r per example
+    for the ket metric, the joint rank for a bra (fewer than N, and than N + Nb rows); the
+    numbers equal a dense float64 reference of the truncated basis."""
+    model, (x, y) = CENet(seed=16), ce_batch(n=12, seed=17)
+    calls = _count_work(monkeypatch)
+    n, tol = x.shape[0], 1e-3
+    engine = HatEngine(model, x, y, energy_tol=tol)
+    pi, _ = engine.pi(damping=1e-6)
+    r = engine.span.rank
+    assert 4 * r <= 3 * n  # the case the folding is for (well below full rank: nothing kept)
+    assert calls == {"grad_rows": n, "jvp_dirs": r * n}
+    G = loop_grads(model, x, y, lambda a, b, p: smse_ref(p, b))
+    assert _rel(pi.numpy(), _dense_gn(model, x, y, G, 1e-6, "ket", energy_tol=tol)) < 1e-8
+    for k in (1, 2):
+        shift = lambda t, k=k: torch.roll(t, k, dims=-1)
+        before = dict(calls)
+        pi_k, _ = engine.pi(damping=1e-6, response_transform=shift)
+        r_joint = engine.basis(response_transform=shift).rank
+        assert r_joint < 2 * n
+        assert calls["grad_rows"] - before["grad_rows"] == n
+        assert calls["jvp_dirs"] - before["jvp_dirs"] == r_joint * n
+        R = loop_grads(model, shift(x), shift(y), lambda a, b, p: smse_ref(p, b))
+        assert _rel(pi_k.numpy(), _dense_gn(model, x, y, R, 1e-6, "joint", energy_tol=tol)) < 1e-8
+
+
+@pytest.mark.parametrize("keep", [True, None])
+def test_engine_reuses_kept_ket_jvps_across_bras(monkeypatch, keep):
+    """keep_ket_jvps=True, or the default at full rank (r = N): the ket pass pushes (and keeps)
+    the N gradient rows once; each bra adds its own gradients and min(its N rows, its joint
+    rank) directions, nothing else; the numbers equal those of an engine that keeps nothing."""
+    model, (x, y) = CENet(seed=16), ce_batch(seed=17)
+    calls = _count_work(monkeypatch)
     n = x.shape[0]
-    engine = HatEngine(model, x, y, energy_tol=0.0)
+    engine = HatEngine(model, x, y, energy_tol=0.0, keep_ket_jvps=keep)
+    assert engine.span.rank == n
     shifts = [lambda t, k=k: torch.roll(t, k, dims=-1) for k in (1, 2, 3)]
     pis = []
     for i, g in enumerate(shifts):
+        before = dict(calls)
         pis.append(engine.pi(response_transform=g)[0])
-        # ket: N gradients, N x N JVPs once; every bra: N gradients and N x N JVPs
-        assert calls == {"grad_rows": n * (2 + i), "jvp_dirs": n * n * (2 + i)}
-    assert engine.eta_raw is not None and calls["jvp_dirs"] == n * n * 4  # plain metric: kept JVPs
+        r_joint = engine.basis(response_transform=g).rank
+        ket = n * n if i == 0 else 0
+        assert calls["grad_rows"] - before["grad_rows"] == n  # the ket rows: above
+        assert calls["jvp_dirs"] - before["jvp_dirs"] == ket + min(n, r_joint) * n
+    before = calls["jvp_dirs"]
+    assert engine.eta_raw is not None and calls["jvp_dirs"] == before  # plain metric: kept JVPs
     assert torch.allclose(engine.pi()[0], hat_matrix(model, x, y, energy_tol=0.0).pi, rtol=1e-11, atol=1e-15)
     for g, pi in zip(shifts, pis):
         R = loop_grads(model, g(x), g(y), lambda a, b, p: smse_ref(p, b))
         assert _rel(pi.numpy(), _dense_gn(model, x, y, R, 1e-6)) < 1e-10
-    # plain matrix first (as a sweep does): its pass keeps J G^T, a bra then pushes only its rows
-    calls["jvp_dirs"] = 0
-    first = HatEngine(model, x, y, energy_tol=0.0)
-    first.pi()
-    assert torch.allclose(first.pi(response_transform=shifts[0])[0], pis[0], rtol=1e-12, atol=1e-15)
-    assert calls["jvp_dirs"] == 2 * n * n
-    # without kept ket JVPs every bra pushes the ket rows again: same numbers
+    # an engine that keeps nothing: same numbers
     other = HatEngine(model, x, y, energy_tol=0.0, keep_ket_jvps=False)
     for g, pi in zip(shifts, pis):
         assert torch.allclose(other.pi(response_transform=g)[0], pi, rtol=1e-12, atol=1e-15)

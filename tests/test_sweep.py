@@ -123,10 +123,12 @@ def test_serial_sweep_content(setup):
         if variant == "gauss-newton":
             res_gn = res
         expected = res.to_xarray(t_max=3, classes=["CE-RP", "CE-CRP", "CE-RPUI"])
-        np.testing.assert_allclose(task["pi"].sel(variant=variant).values, expected.values, rtol=1e-12)
+        # the sweep may keep the ket JVPs where hat_matrix pushes the basis itself: two exact
+        # routes through J, equal to float64 rounding
+        np.testing.assert_allclose(task["pi"].sel(variant=variant).values, expected.values, rtol=1e-10)
         # ordering n = c * 2 + t
         assert task["pi"].sel(variant=variant, t_resp=1, c_resp="CE-CRP", t_pert=0,
-                              c_pert="CE-RPUI").item() == pytest.approx(res.pi[3, 4].item(), rel=1e-12)
+                              c_pert="CE-RPUI").item() == pytest.approx(res.pi[3, 4].item(), rel=1e-10)
     assert int(task["rank"]) == res_gn.rank
     np.testing.assert_allclose(task["losses"].sel(t=1, c="CE-RPUI"), res_gn.losses[5].item(), rtol=1e-12)
     d = task["input_distance"].values.reshape(6, 6)  # (t, c) pairs flattened consistently

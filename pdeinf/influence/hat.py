@@ -60,12 +60,12 @@ DEFAULT_DAMPING = 1e-6
 #: float64 copy at N * 128 KiB (6 MiB for N = 48); the Gram of the quick UNet's gradients
 #: (N = 48, P = 1.6e5) takes about 0.03 s either way.
 _COLUMN_BLOCK = 1 << 14
-#: Examples per vmapped jvp call, each call pushing all N gradient directions (memory grows
-#: linearly with it: jvp_chunk x N (example, direction) pairs, as many as jvp_chunk directions
-#: over the whole batch). Each example's primal forward runs once in the whole JVP stage
-#: (instead of once per chunk of directions). When the rank r is well below N this pushes N
-#: directions where r would do. Quick UNet, N = 48, one thread: 2.1-2.7 batched forwards per
-#: basis vector for 2, 4 and 8 alike (benchmarks/bench_influence.py); 4 keeps one call small.
+#: Examples per vmapped jvp call, each call pushing all K directions (the r basis vectors, or
+#: the N gradient rows when they are kept for reuse; memory grows linearly with it: jvp_chunk x
+#: K (example, direction) pairs). Each example's primal forward runs once in the whole JVP
+#: stage (instead of once per chunk of directions). Quick UNet, N = 48, one thread: 2.1-2.7
+#: batched forwards per basis vector for 2, 4 and 8 alike (benchmarks/bench_influence.py); 4
+#: keeps one call small.
 JVP_CHUNK = 4
 #: Examples per vmapped gradient call. 8 rather than 16: the gradient stage's activations
 #: (linear in it) stay in the allocator's heap under the JVP stage; on the quick UNet (N = 48,
@@ -219,12 +219,14 @@ def metric_pass(
     (the JVPs J(x) D_i^T are computed here) or the kept `[K_i, N, C, H, W]` JVPs of an earlier
     pass. J is block-diagonal over examples, so per `jvp_chunk` examples the rows of JQ are
     formed in float64 and accumulated into the Gram; no r x M store. keep[i]: return the JVPs
-    of block i (computed here) for later passes. Returns `(eta_raw, kept)`, kept[i] None
-    where not kept.
+    of block i (computed here) for later passes. Blocks neither pushed nor kept go through
+    the JVPs as the r basis directions themselves when r is fewer than their rows
+    (`_fewest_directions`). Returns `(eta_raw, kept)`, kept[i] None where not kept.
     """
     kept = [None] * len(blocks)
     if rank == 0:
         return torch.zeros(0, 0, dtype=torch.float64), kept
+    blocks = _fewest_directions(blocks, rank, keep)
     n = inputs.shape[0]
     m_outputs = inputs.numel()  # outputs have the inputs' shape [N, C, H, W]
     eta = torch.zeros(rank, rank, dtype=torch.float64)
@@ -233,6 +235,8 @@ def metric_pass(
         rows = slice(start, min(start + jvp_chunk, n))
         jq = None
         for i, (directions, coeff, pushed) in enumerate(blocks):
+            if pushed is None and directions.shape[0] == 0:
+                continue  # folded into the basis block by `_fewest_directions`
             if pushed is not None:
                 out = pushed[:, rows]
             else:
@@ -261,6 +265,36 @@ def metric_pass(
     bar.close()
     eta = eta / m_outputs
     return 0.5 * (eta + eta.T), kept
+
+
+def _fewest_directions(blocks: list, rank: int, keep: tuple[bool, ...]) -> list:
+    """The blocks of `metric_pass` with every block that is neither pushed already nor to be
+    kept folded into ONE block of `rank` directions, the rows of `sum_i C_i^T D_i` formed in
+    parameter space (coefficients I_r), when that pushes fewer directions than the blocks'
+    own rows and the `[rank, P]` rows fit in a quarter of the available memory.
+
+    Exact: J is linear, so J (sum_i D_i^T C_i) = sum_i (J D_i^T) C_i. A basis cut at energy
+    1e-4 keeps r well below the N gradient rows (quick UNet, N = 48: r = 26 for the SMSE kets,
+    25..48 for a joint bra basis against Nb = 48 bra rows), and the JVPs (N per direction) are
+    the whole cost of the pass. Rounding: as for a basis formed in parameter space (class
+    docstring of `HatEngine`)."""
+    fold = [i for i, (_, _, pushed) in enumerate(blocks)
+            if pushed is None and not (i < len(keep) and keep[i])]
+    rows = sum(int(blocks[i][0].shape[0]) for i in fold)
+    if not fold or rank >= rows:
+        return blocks
+    directions = blocks[fold[0]][0]
+    need = rank * directions.shape[1] * directions.element_size()
+    have = _grad.available_memory()
+    if have is not None and need > have // 4:
+        return blocks
+    basis = sum(blocks[i][1].T.to(directions.dtype) @ blocks[i][0] for i in fold)  # [r, P]
+    identity = torch.eye(rank, dtype=torch.float64)
+    # folded blocks become empty ([0, P] rows, [0, r] coefficients) so indices (and `keep`)
+    # still refer to the caller's blocks
+    empty = (directions[:0], identity[:0], None)
+    out = [empty if i in fold else block for i, block in enumerate(blocks)]
+    return out + [(basis, identity, None)]
 
 
 def restricted_gauss_newton(
@@ -394,9 +428,14 @@ class HatEngine:
     Shared by every variant of the batch: the SMSE gradients G, their span and metric, and (for
     joint-basis bras) the JVPs of the ket rows J G^T, `[N, N, C, H, W]` in the model dtype.
     keep_ket_jvps: True keeps them from the first metric pass on (InputError if they cannot
-    fit in memory), False never (each joint bra then pushes the ket rows again: exact, twice
-    the JVP work), None (default) keeps them when they take at most a quarter of the available
-    memory (`hat_matrix`, one matrix per call, passes False). Only the latest bra's
+    fit in memory; the ket metric then pushes the N gradient rows instead of its r basis
+    vectors, and each joint bra pushes min(Nb bra rows, joint rank) directions); False never
+    (every pass pushes its own basis: r for the ket metric, the joint rank for a bra; see
+    `metric_pass`); None (default) keeps them when r > 3N/4 and they take at most a quarter
+    of the available memory. Why: with r well below N (a trained checkpoint; quick UNet r = 26
+    of 48) pushing r and then each joint basis (25..48 measured) is fewer JVPs, while near
+    full rank (early checkpoints: r = N) a joint basis approaches N + Nb and reusing the kept
+    rows caps each bra at Nb. Only the latest bra's
     gradients and joint basis are cached (a symmetry study walks through many bras; each
     N x P bra matrix is freed when the next one is computed).
     """
@@ -475,6 +514,8 @@ class HatEngine:
         if self.keep_ket_jvps:
             _grad.check_memory(n, self.inputs.numel(), self.inputs.dtype, "kept ket JVPs J G^T")
             return True
+        if 4 * self.span.rank <= 3 * n:
+            return False  # the ket metric's r basis vectors are far fewer than its N rows
         need = n * self.inputs.numel() * self.inputs.element_size()
         have = _grad.available_memory()
         return have is not None and need <= have // 4

@@ -20,7 +20,13 @@ import torch
 
 from pdeinf.config import pde_spec
 from pdeinf.errors import InputError
-from pdeinf.influence.hat import GRAD_CHUNK, JVP_CHUNK, HatEngine, batch_to_labelled, labelled_to_batch
+from pdeinf.influence.hat import (
+    GRAD_CHUNK,
+    JVP_CHUNK,
+    HatEngine,
+    batch_to_labelled,
+    labelled_to_batch,
+)
 from pdeinf.influence.variants import VARIANT_TABLE, variants_for
 
 PI_DIMS: tuple[str, ...] = ("t_resp", "c_resp", "t_pert", "c_pert")
@@ -72,8 +78,11 @@ def labelled_influence(model, optimizer_state, inputs, targets, *, pde: str, dam
         raise InputError(f"inputs: {n} examples is not a multiple of {n_c} classes")
     n_t = n // n_c
     variants = tuple(variants or variants_for(pde))
+    # without a joint-basis bra no pass reuses the ket JVPs: never keep them
+    bras = any(VARIANT_TABLE[v].metric == "gauss-newton" and VARIANT_TABLE[v].observable != "smse"
+               for v in variants if v in VARIANT_TABLE)
     engine = HatEngine(model, inputs, targets, energy_tol=energy_tol, grad_chunk=grad_chunk,
-                       jvp_chunk=jvp_chunk, progress=progress)
+                       jvp_chunk=jvp_chunk, progress=progress, keep_ket_jvps=None if bras else False)
     pis, eigenvalues = _variant_matrices(engine, variants, damping=damping,
                                          optimizer_state=optimizer_state)
     padded = np.full(n, np.nan)

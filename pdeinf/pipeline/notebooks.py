@@ -62,17 +62,24 @@ def notebook_results_path(notebook: Path | str) -> Path:
 
 
 @contextlib.contextmanager
-def _headless_env() -> Iterator[None]:
-    """The kernel inherits our environment: make matplotlib headless for its lifetime."""
-    saved = os.environ.get("MPLBACKEND")
-    os.environ.setdefault("MPLBACKEND", "Agg")
+def kernel_environment(name: str, value: str, *, override: bool = True) -> Iterator[None]:
+    """Kernels started meanwhile inherit `name=value` (override False: only where unset);
+    restored afterwards. This process's own libraries read their settings at start-up."""
+    saved = os.environ.get(name)
+    if override or saved is None:
+        os.environ[name] = value
     try:
         yield
     finally:
         if saved is None:
-            os.environ.pop("MPLBACKEND", None)
+            os.environ.pop(name, None)
         else:
-            os.environ["MPLBACKEND"] = saved
+            os.environ[name] = saved
+
+
+def _headless_env():
+    """The kernel inherits our environment: make matplotlib headless for its lifetime."""
+    return kernel_environment("MPLBACKEND", "Agg", override=False)
 
 
 def _tree_signature(root: Path, digest) -> None:
@@ -89,11 +96,17 @@ STAGE_FOLDERS = ("data", "runs", "influence", "rollouts", "symmetry", "estimator
                  "ablation")
 
 
+#: Notebooks that read other notebooks' results JSON (`results/<NN>_*.json`); every other
+#: notebook reads only stage outputs, so those may run side by side and these run after them.
+GATHERING_NOTEBOOKS: tuple[str, ...] = ("14_findings",)
+
+
 def notebook_cache_key(notebook: Path | str, profile: ProfileLike) -> str:
     """What an executed notebook depends on: its own bytes, the profile, the package source,
-    the stage outputs of the profile (by path, size and mtime) and the results JSON of the
-    notebooks numbered before it (the findings notebook reads them). Equal keys mean the
-    executed copy, its figures and its results JSON are still what a rerun would produce."""
+    the stage outputs of the profile (by path, size and mtime) and, for a notebook of
+    `GATHERING_NOTEBOOKS`, the results JSON of the notebooks numbered before it. Equal keys
+    mean the executed copy, its figures and its results JSON are still what a rerun would
+    produce."""
     profile = as_profile(profile)
     digest = hashlib.sha256()
     digest.update(Path(notebook).read_bytes())
@@ -104,6 +117,8 @@ def notebook_cache_key(notebook: Path | str, profile: ProfileLike) -> str:
     for stage in STAGE_FOLDERS:
         _tree_signature(paths.results_dir() / stage / profile.name, digest)
     number = Path(notebook).name[:2]
+    if Path(notebook).stem not in GATHERING_NOTEBOOKS:
+        return digest.hexdigest()
     for earlier in sorted(paths.results_dir().glob("[0-9][0-9]_*.json")):
         if earlier.name[:2] < number:
             digest.update(earlier.name.encode())

@@ -89,11 +89,18 @@ def stage_tasks(profile: ProfileLike, *, progress: bool = True) -> list[Task]:
     intervention and ablation studies, which read all of those. Listed in the order a
     sequential run takes them: training first, then the analyses, longest first, so that with
     several workers none waits long on a last straggler."""
-    from pdeinf.pipeline.ablation import ablation_pairs, configurations, ensure_ablation_pair
-    from pdeinf.pipeline.ablation import ensure_ablation_runs
+    from pdeinf.pipeline.ablation import (
+        ablation_pairs,
+        configurations,
+        ensure_ablation_pair,
+        ensure_ablation_runs,
+    )
     from pdeinf.pipeline.estimator import ensure_estimator_pair, study_pairs
-    from pdeinf.pipeline.interventions import ensure_intervention_pair, ensure_recipe_runs
-    from pdeinf.pipeline.interventions import recipe_pairs
+    from pdeinf.pipeline.interventions import (
+        ensure_intervention_pair,
+        ensure_recipe_runs,
+        recipe_pairs,
+    )
 
     profile = as_profile(profile)
     opts = {"progress": progress}
@@ -190,27 +197,58 @@ def _reproduce_locked(profile, selected, *, progress: bool, workers: int) -> Rep
     began = time.perf_counter()
     run_all(profile, progress=progress, timings=report.timings, workers=workers)
     report.pipeline_wall = time.perf_counter() - began
-    for nb in selected:
-        start = time.perf_counter()
-        entry: dict = {"notebook": nb.stem}
-        try:
-            key = notebook_cache_key(nb, profile)
-            if _executed_is_current(nb, key):
-                entry.update(status="ok", executed=str(executed_dir() / nb.name), cached=True)
-            else:
-                with _timed(report.timings, f"notebook {nb.stem}", echo=progress):
-                    executed = run_notebook(nb, profile, progress=progress, cache_key=key)
-                entry.update(status="ok", executed=str(executed))
-        except Exception as err:  # noqa: BLE001 - reported per notebook, others still run
-            entry.update(status="failed", error=f"{type(err).__name__}: {_first_line(err)}")
-        entry["seconds"] = time.perf_counter() - start
-        summary = summarize_notebook(nb)
-        entry.update(figures=summary["figures"], numbers=summary["numbers"],
-                     verdicts=summary["verdicts"], results=summary["results"])
-        report.notebooks.append(entry)
+    entries = run_notebooks(profile, selected, report.timings, progress=progress, workers=workers)
+    report.notebooks.extend(entries)
     report.wall = time.perf_counter() - began
     write_json(paths.results_dir() / f"reproduce_{profile.name}.json", report.to_dict(), default=str)
     return report
+
+
+def run_notebooks(profile, selected, timings: list[StageTiming], *, progress: bool = True,
+                  workers: int = 1) -> list[dict]:
+    """Execute (or find current) every selected notebook; one report entry each, in the order
+    given. Notebooks that read only stage outputs run `workers` at a time (each in its own
+    kernel, with `threads_per_worker(workers)` torch threads); those of `GATHERING_NOTEBOOKS`
+    (they read the others' results JSON) run after them. A failure is reported in its entry and
+    does not stop the others."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pdeinf.pipeline.notebooks import GATHERING_NOTEBOOKS, kernel_environment
+    from pdeinf.pipeline.schedule import threads_per_worker
+
+    def one(nb: Path) -> dict:
+        return _notebook_entry(nb, profile, timings, progress=progress and workers == 1)
+
+    independent = [nb for nb in selected if nb.stem not in GATHERING_NOTEBOOKS]
+    gathering = [nb for nb in selected if nb.stem in GATHERING_NOTEBOOKS]
+    if workers > 1 and len(independent) > 1:
+        threads = str(threads_per_worker(workers))
+        with kernel_environment("OMP_NUM_THREADS", threads), ThreadPoolExecutor(workers) as pool:
+            done = dict(zip(independent, pool.map(one, independent)))
+    else:
+        done = {nb: one(nb) for nb in independent}
+    done.update({nb: one(nb) for nb in gathering})
+    return [done[nb] for nb in selected]
+
+
+def _notebook_entry(nb: Path, profile, timings: list[StageTiming], *, progress: bool) -> dict:
+    start = time.perf_counter()
+    entry: dict = {"notebook": nb.stem}
+    try:
+        key = notebook_cache_key(nb, profile)
+        if _executed_is_current(nb, key):
+            entry.update(status="ok", executed=str(executed_dir() / nb.name), cached=True)
+        else:
+            with _timed(timings, f"notebook {nb.stem}", echo=progress):
+                executed = run_notebook(nb, profile, progress=progress, cache_key=key)
+            entry.update(status="ok", executed=str(executed))
+    except Exception as err:  # noqa: BLE001 - reported per notebook, others still run
+        entry.update(status="failed", error=f"{type(err).__name__}: {_first_line(err)}")
+    entry["seconds"] = time.perf_counter() - start
+    summary = summarize_notebook(nb)
+    entry.update(figures=summary["figures"], numbers=summary["numbers"],
+                 verdicts=summary["verdicts"], results=summary["results"])
+    return entry
 
 
 def _first_line(err: BaseException) -> str:

@@ -58,8 +58,8 @@ def orbit_influence(model: torch.nn.Module, inputs: torch.Tensor, targets: torch
     `inputs`, `targets`: `[N, C, H, W]` of `pde` ("CE", "NS" or a PDESpec); `elements`: D4
     names, `("shift", a, b)` or `("affine", name, a, b)` (see `pdeinf.symmetry.act`).
     `engine`: a `pdeinf.influence.HatEngine` of this batch to reuse (else one is built with
-    `energy_tol` and `engine_kwargs`, e.g. grad_chunk, jvp_chunk; keep_ket_jvps defaults to
-    True for more than one element).
+    `energy_tol` and `engine_kwargs`, e.g. grad_chunk, jvp_chunk, keep_ket_jvps: the engine's
+    own rule decides by default whether the ket JVPs are kept for the elements' bras).
 
     Returns an xarray Dataset with `diagonal` (element, example): the standardized
     `H_g[n, n]`; `rank` (element): joint-basis rank; and with `keep_matrices=True` also `pi`
@@ -85,8 +85,6 @@ def orbit_influence(model: torch.nn.Module, inputs: torch.Tensor, targets: torch
     if any(g.k % 2 for g in parsed) and inputs.shape[-1] != inputs.shape[-2]:
         raise InputError(f"inputs: rotations need a square grid, got {tuple(inputs.shape[-2:])}")
     if engine is None:
-        # keep the ket JVPs from the first pass on: every further element then pushes only its bras
-        engine_kwargs.setdefault("keep_ket_jvps", len(parsed) > 1)
         engine = HatEngine(model, inputs, targets, energy_tol=energy_tol, progress=progress, **engine_kwargs)
     elif engine.model is not model or engine.inputs.shape != inputs.shape:
         raise InputError("engine: built for another model or batch")

@@ -1,0 +1,75 @@
+"""How `reproduce` runs the notebooks: side by side where they read only stage outputs, the
+gathering notebooks after them, each report entry in the order asked; and which notebook's
+cache key follows the other notebooks' results JSON."""
+import importlib
+import itertools
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from pdeinf.pipeline import notebooks as nbs
+
+rp = importlib.import_module("pdeinf.pipeline.reproduce")  # the package exports a function of that name
+
+
+@pytest.fixture
+def fake_notebooks(tmp_path, monkeypatch):
+    """Three study notebooks and the gathering one, executed by a fake papermill that records
+    when each ran (no kernels)."""
+    monkeypatch.setenv("PDEINF_HOME", str(tmp_path))
+    folder = tmp_path / "nbs"
+    folder.mkdir()
+    names = ["01_a", "02_b", "03_c", "14_findings"]
+    for name in names:
+        (folder / f"{name}.ipynb").write_text("{}")
+    spans, lock = {}, threading.Lock()
+
+    def fake_run(nb, profile, *, progress=True, cache_key=None):
+        start = time.perf_counter()
+        time.sleep(0.3)
+        with lock:
+            spans[Path(nb).stem] = (start, time.perf_counter())
+        if Path(nb).stem == "02_b":
+            raise RuntimeError("cell 3 failed")
+        return Path(nb)
+
+    monkeypatch.setattr(rp, "run_notebook", fake_run)
+    monkeypatch.setattr(rp, "_executed_is_current", lambda nb, key: False)
+    monkeypatch.setattr(rp, "summarize_notebook", lambda nb: dict.fromkeys(
+        ("figures", "numbers", "verdicts", "results")))
+    return [folder / f"{n}.ipynb" for n in names], spans
+
+
+def test_study_notebooks_run_side_by_side_and_gathering_after(fake_notebooks):
+    selected, spans = fake_notebooks
+    timings = []
+    entries = rp.run_notebooks("smoke", selected, timings, progress=False, workers=2)
+    assert [e["notebook"] for e in entries] == [p.stem for p in selected]
+    assert [e["status"] for e in entries] == ["ok", "failed", "ok", "ok"]  # one failure stops nothing
+    assert "cell 3 failed" in entries[1]["error"]
+    studies = [spans[n] for n in ("01_a", "02_b", "03_c")]
+    # two at a time: some pair overlapped; the gathering notebook began after every study ended
+    assert any(a[0] < b[1] and b[0] < a[1] for i, a in enumerate(studies) for b in studies[i + 1:])
+    assert spans["14_findings"][0] >= max(end for _, end in studies)
+    assert sorted(t.stage for t in timings) == sorted(f"notebook {p.stem}" for p in selected)
+
+
+def test_one_worker_runs_notebooks_one_after_another(fake_notebooks):
+    selected, spans = fake_notebooks
+    rp.run_notebooks("smoke", selected, [], progress=False, workers=1)
+    ordered = sorted(spans.values())
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(ordered))
+
+
+def test_only_gathering_notebooks_key_on_other_results(tmp_path, monkeypatch):
+    monkeypatch.setenv("PDEINF_HOME", str(tmp_path))
+    (tmp_path / "results").mkdir()
+    study, gathering = tmp_path / "05_study.ipynb", tmp_path / "14_findings.ipynb"
+    for nb in (study, gathering):
+        nb.write_text("{}")
+    keys = (nbs.notebook_cache_key(study, "smoke"), nbs.notebook_cache_key(gathering, "smoke"))
+    (tmp_path / "results" / "03_other.json").write_text('{"x": 1}')
+    assert nbs.notebook_cache_key(study, "smoke") == keys[0]
+    assert nbs.notebook_cache_key(gathering, "smoke") != keys[1]
