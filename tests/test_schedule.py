@@ -105,3 +105,24 @@ def test_an_exclusive_task_runs_here_and_alone(tmp_path):
     assert alone["pid"] == os.getpid()
     for other in records.values():  # no other task overlaps it in time
         assert other["end"] <= alone["start"] or other["start"] >= alone["end"]
+
+
+def test_quick_graph_runs_each_recipe_study_as_soon_as_its_runs_exist():
+    """The quick profile's interventions: one stage per recipe after that recipe's training and
+    the baseline's sweep and rollouts; augment-vs-one-step orbit influence after both trainings
+    and the symmetry stage whose files it reuses; the pair's study after all of them."""
+    from pdeinf.config import get_profile
+    from pdeinf.pipeline import stage_tasks
+
+    prof = get_profile("quick")
+    tasks = {t.name: set(t.after) for t in stage_tasks(prof, progress=False)}
+    check_graph(list(stage_tasks(prof, progress=False)))
+    pair = "CE-unet"
+    base = {f"training {pair}", f"influence {pair}", f"rollouts {pair}"}
+    for recipe in prof.recipes:
+        own = set() if recipe == "one-step" else {f"training {recipe} {pair}"}
+        assert tasks[f"interventions {recipe} {pair}"] == own | base
+    assert tasks[f"interventions orbit {pair}"] == {
+        f"training {pair}", f"training augment {pair}", f"symmetry {pair}"}
+    assert tasks[f"interventions {pair}"] == {
+        f"interventions {r} {pair}" for r in prof.recipes} | {f"interventions orbit {pair}"}

@@ -233,17 +233,23 @@ def compute_task(model_net, ckpt: dict, data, prof, pde: str, seed: int, *, attr
     return ds
 
 
-def run_study(profile: ProfileLike, pde: str, model: str, *, progress: bool = True) -> list[Path]:
-    """Train what is missing and compute every missing/stale/corrupt task of (pde, model), and
-    the orbit files when the profile trains augment (`run_orbit`). Returns the task files, then
-    the orbit files."""
+def run_study(profile: ProfileLike, pde: str, model: str, *, recipes: list[str] | None = None,
+              orbit: bool = True, progress: bool = True) -> list[Path]:
+    """Train what is missing and compute every missing/stale/corrupt task of (pde, model) for
+    `recipes` (None: every recipe of the profile), and with `orbit` the orbit files when the
+    profile trains augment (`run_orbit`). Returns the task files, then the orbit files."""
     from pdeinf.pipeline.data import profile_data
     from pdeinf.training.train import load_checkpoint
 
     prof = as_profile(profile)
     check_selection(prof, pde, model)
-    recipes = _check_recipes(prof)
-    runs = {r: ensure_recipe_runs(prof, pde, model, r, progress=progress) for r in recipes}
+    every = _check_recipes(prof)
+    recipes = every if recipes is None else list(recipes)
+    unknown = [r for r in recipes if r not in every]
+    if unknown:
+        raise InputError(f"recipes: {unknown} are not recipes of profile {prof.name!r} ({every})")
+    trained = recipes + [r for r in orbit_recipes(prof) if orbit and r not in recipes]
+    runs = {r: ensure_recipe_runs(prof, pde, model, r, progress=progress) for r in trained}
     data = profile_data(prof, pde, progress=progress, validate=False)  # validated by training
     data_key = str(data.fingerprint())
     todo, files = [], []
@@ -276,10 +282,21 @@ def run_study(profile: ProfileLike, pde: str, model: str, *, progress: bool = Tr
             influence = influence.assign_coords(batch=np.arange(influence.sizes["batch"]))
         ds = compute_task(net, state, data, prof, pde, seed, attrs=attrs, influence=influence)
         write_netcdf(with_checksum(ds), target)
-    if orbit_recipes(prof):
+    if orbit and orbit_recipes(prof):
         files += run_orbit(prof, pde, model, sources=RecipeSources(prof, pde, model, runs, data),
                            progress=progress)
     return files
+
+
+def ensure_recipe_study(profile: ProfileLike, pde: str, model: str, recipe: str, *,
+                        progress: bool = True) -> list[Path]:
+    """One recipe's task files of (pde, model) (training the recipe's runs where needed): a
+    stage of its own, so the recipes' studies run side by side (`reproduce.stage_tasks`)."""
+    prof = as_profile(profile)
+    if (pde, model) not in recipe_pairs(prof):
+        raise InputError(f"pde/model: ({pde}, {model}) is not among the recipe pairs of profile "
+                         f"{prof.name!r} ({recipe_pairs(prof)})")
+    return run_study(prof, pde, model, recipes=[recipe], orbit=False, progress=progress)
 
 
 def load_study(profile: ProfileLike, pde: str, model: str):

@@ -98,7 +98,10 @@ def stage_tasks(profile: ProfileLike, *, progress: bool = True) -> list[Task]:
     from pdeinf.pipeline.estimator import ensure_estimator_pair, study_pairs
     from pdeinf.pipeline.interventions import (
         ensure_intervention_pair,
+        ensure_orbit_pair,
         ensure_recipe_runs,
+        ensure_recipe_study,
+        orbit_recipes,
         recipe_pairs,
     )
 
@@ -129,10 +132,22 @@ def stage_tasks(profile: ProfileLike, *, progress: bool = True) -> list[Task]:
                    trained[p, m]) for p, m in study_pairs(profile)]
     tasks += [task(f"rollouts {p}-{m}", ensure_rollouts, (profile, p, m), trained[p, m])
               for p, m in pairs]
+    # per recipe its own stage (one-step reads the sweep); augment vs one-step orbit influence
+    # its own (it reuses the symmetry stage's files); then the pair's study reads them all
+    baseline = {(p, m): [f"training {p}-{m}", f"influence {p}-{m}", f"rollouts {p}-{m}"]
+                for p, m in recipes}
+    tasks += [task(f"interventions {r} {p}-{m}", ensure_recipe_study, (profile, p, m, r),
+                   ([] if r == "one-step" else [f"training {r} {p}-{m}"]) + baseline[p, m])
+              for (p, m) in recipes for r in profile.recipes]
+    orbit = {pair: orbit_recipes(profile) for pair in recipes}
+    tasks += [task(f"interventions orbit {p}-{m}", ensure_orbit_pair, (profile, p, m),
+                   [f"training {r} {p}-{m}" if r != "one-step" else f"training {p}-{m}"
+                    for r in orbit[p, m]] + ([f"symmetry {p}-{m}"] if (p, m) in symmetry else []))
+              for (p, m) in recipes if orbit[p, m]]
     tasks += [task(f"interventions {p}-{m}", ensure_intervention_pair, (profile, p, m),
-                   [f"training {r} {p}-{m}" for r in names]
-                   + _baseline_stages(profile, p, m, symmetry))
-              for (p, m), names in recipes.items()]
+                   [f"interventions {r} {p}-{m}" for r in profile.recipes]
+                   + ([f"interventions orbit {p}-{m}"] if orbit[p, m] else []))
+              for (p, m) in recipes]
     tasks += [task(f"ablation {p}-{m}", ensure_ablation_pair, (profile, p, m),
                    [f"training ablation {a} {p}-{m}" for a in names]
                    + _baseline_stages(profile, p, m, symmetry))
