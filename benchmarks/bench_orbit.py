@@ -5,12 +5,15 @@
 On the quick-profile UNet (`build("unet", channels=4, resolution=32, size="quick")`, float32)
 with N random positive CE-like inputs, in one process:
 1. ordinary: `hat_matrix(model, x, y)` (a fresh engine: ket gradients, span, metric);
-2. orbit, per extra element: `orbit_influence` on one shared `HatEngine(keep_ket_jvps=True)`
-   that has already served the identity (ket gradients, span and ket JVPs cached), timed
-   element by element (each costs its bra gradients at (g.x, g.y), the JVPs of min(N, joint
-   rank) directions and the joint 2N x 2N eigendecomposition). At random initialisation the
-   gradients have full rank r = N, where `orbit_influence`'s own engine keeps the ket JVPs
-   too (`HatEngine`'s rule: keep when r > 3N/4).
+2. orbit, per extra element: `orbit_influence` on one shared `HatEngine` (as
+   `orbit_influence` builds it) that has already served the identity (ket gradients, span and
+   metric cached), timed element by element: each costs its bra gradients at (g.x, g.y), the
+   JVPs of its joint basis and the joint eigendecomposition. At random initialisation the
+   gradients have full rank r = N: the engine keeps the ket JVPs (its rule: r > 3N/4) and an
+   element pushes min(N, joint rank) directions, the ordinary matrix N. `--trained` (the
+   quick CE-UNet after training, r about N/2): nothing is kept, the ordinary matrix pushes
+   its r basis vectors and an element its joint basis (about N), so the ratio is higher
+   although neither costs more than before the basis folding.
 Prints medians over `--repeats` and the ratio (median extra element) / (median ordinary);
 the target is <= 1.2. The machine is shared and noisy: trust the ratio, not the seconds.
 """
@@ -38,16 +41,35 @@ def make_setup(n: int, seed: int = 0):
     return model, x, y
 
 
+def trained_setup(epoch: int | None):
+    """The quick profile's CE-UNet checkpoint (first seed; `epoch` None: the final one) and its
+    first influence batch: needs `make reproduce` first (`PDEINF_HOME` picks the tree)."""
+    from pdeinf.config import get_profile
+    from pdeinf.pipeline.common import final_epoch
+    from pdeinf.pipeline.influence import FileSources
+
+    prof = get_profile("quick")
+    src = FileSources(prof, "CE", "unet")
+    model, _ = src.model(prof.seeds[0], epoch or final_epoch(prof, "CE"))
+    batch = src.batch(prof.seeds[0], 0)
+    return model.eval(), batch.inputs, batch.targets
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=48)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--elements", nargs="+", default=["r", "s", "sr2"])
+    parser.add_argument("--trained", action="store_true",
+                        help="the quick CE-UNet's trained checkpoint and batch instead of random ones")
+    parser.add_argument("--epoch", type=int, default=None, help="with --trained: the checkpoint")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    model, x, y = make_setup(args.n)
-    print(f"quick UNet, N = {args.n}, {sum(p.numel() for p in model.parameters())} parameters, "
+    model, x, y = trained_setup(args.epoch) if args.trained else make_setup(args.n)
+    args.n = x.shape[0]
+    setup = "trained quick CE-UNet checkpoint" if args.trained else "quick UNet at random init"
+    print(f"{setup}, N = {args.n}, {sum(p.numel() for p in model.parameters())} parameters, "
           f"{args.threads} thread(s), {args.repeats} repeats")
 
     hat_matrix(model, x[:4], y[:4])  # warm-up (first vmap traces, allocator), not timed
@@ -57,7 +79,7 @@ def main(argv=None) -> int:
         hat_matrix(model, x, y)
         ordinary.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        engine = HatEngine(model, x, y, keep_ket_jvps=True)  # as orbit_influence's at r = N
+        engine = HatEngine(model, x, y)  # as orbit_influence builds it (the engine's keep rule)
         orbit_influence(model, x, y, ["e"], pde="CE", engine=engine)
         first.append(time.perf_counter() - t0)
         for element in args.elements:
