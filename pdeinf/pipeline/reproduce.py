@@ -86,7 +86,9 @@ def stage_tasks(profile: ProfileLike, *, progress: bool = True) -> list[Task]:
     baseline seeds, each recipe's and each ablation configuration's runs); per pair the
     follow-up sweep, the seed paper's influence (after the sweep, whose matrices it reuses at
     the subspace estimator), the symmetry study, rollouts and the estimator study; then the
-    intervention and ablation studies, which read all of those. Listed in the order a
+    intervention studies (one stage per recipe after that recipe's runs and the baseline's
+    sweep, one for augment's orbit influence, then the pair's study that reads them) and the
+    ablation study. Listed in the order a
     sequential run takes them: training first, then the analyses, longest first, so that with
     several workers none waits long on a last straggler."""
     from pdeinf.pipeline.ablation import (
