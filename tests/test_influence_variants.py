@@ -356,3 +356,24 @@ def test_spectrum_summaries():
 
 def test_variant_names():
     assert VARIANTS[:3] == ("gauss-newton", "euclidean", "adam")
+
+
+def test_basis_too_large_for_memory_falls_back_to_the_rows(monkeypatch):
+    """When the [r, P] basis rows would not fit in a quarter of the available memory, the pass
+    pushes the gradient rows themselves: the same matrix, N directions per example."""
+    from pdeinf.influence import gradients as grad_mod
+
+    model, (x, y) = CENet(seed=16), ce_batch(n=12, seed=17)
+    n, tol = x.shape[0], 1e-3
+    folded = HatEngine(model, x, y, energy_tol=tol).pi(damping=1e-6)[0]
+    calls = _count_work(monkeypatch)
+    # bytes: the 12 x 127 float64 gradients (12192) fit, a quarter of it (3750) holds no
+    # basis of r >= 4 rows of 127
+    have = 15_000
+    monkeypatch.setattr(grad_mod, "available_memory", lambda: have)
+    engine = HatEngine(model, x, y, energy_tol=tol)
+    rows, _ = engine.pi(damping=1e-6)
+    r = engine.span.rank
+    assert r * engine.layout.size * 8 > have // 4 and 4 * r <= 3 * n
+    assert calls["jvp_dirs"] == n * n
+    assert torch.allclose(rows, folded, rtol=1e-10, atol=1e-14 * float(folded.abs().max()))
