@@ -3,6 +3,7 @@ gathering notebooks after them, each report entry in the order asked; and which 
 cache key follows the other notebooks' results JSON."""
 import importlib
 import itertools
+import os
 import threading
 import time
 from pathlib import Path
@@ -24,13 +25,15 @@ def fake_notebooks(tmp_path, monkeypatch):
     names = ["01_a", "02_b", "03_c", "14_findings"]
     for name in names:
         (folder / f"{name}.ipynb").write_text("{}")
-    spans, lock = {}, threading.Lock()
+    spans, envs, lock = {}, {}, threading.Lock()
 
     def fake_run(nb, profile, *, progress=True, cache_key=None):
         start = time.perf_counter()
+        env = {k: os.environ.get(k) for k in ("MPLBACKEND", "OMP_NUM_THREADS")}
         time.sleep(0.3)
         with lock:
             spans[Path(nb).stem] = (start, time.perf_counter())
+            envs[Path(nb).stem] = {**env, "end": {k: os.environ.get(k) for k in env}}
         if Path(nb).stem == "02_b":
             raise RuntimeError("cell 3 failed")
         return Path(nb)
@@ -39,13 +42,21 @@ def fake_notebooks(tmp_path, monkeypatch):
     monkeypatch.setattr(rp, "_executed_is_current", lambda nb, key: False)
     monkeypatch.setattr(rp, "summarize_notebook", lambda nb: dict.fromkeys(
         ("figures", "numbers", "verdicts", "results")))
-    return [folder / f"{n}.ipynb" for n in names], spans
+    return [folder / f"{n}.ipynb" for n in names], spans, envs
 
 
-def test_study_notebooks_run_side_by_side_and_gathering_after(fake_notebooks):
-    selected, spans = fake_notebooks
+def test_study_notebooks_run_side_by_side_and_gathering_after(fake_notebooks, monkeypatch):
+    selected, spans, envs = fake_notebooks
+    monkeypatch.delenv("MPLBACKEND", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
     timings = []
     entries = rp.run_notebooks("smoke", selected, timings, progress=False, workers=2)
+    # every study kernel started and ran headless with one thread each, whichever ended first;
+    # the environment is restored afterwards
+    for name in ("01_a", "02_b", "03_c"):
+        assert envs[name]["MPLBACKEND"] == "Agg" and envs[name]["OMP_NUM_THREADS"] == "1"
+        assert envs[name]["end"]["MPLBACKEND"] == "Agg"
+    assert "MPLBACKEND" not in os.environ and os.environ["OMP_NUM_THREADS"] == "7"
     assert [e["notebook"] for e in entries] == [p.stem for p in selected]
     assert [e["status"] for e in entries] == ["ok", "failed", "ok", "ok"]  # one failure stops nothing
     assert "cell 3 failed" in entries[1]["error"]
@@ -57,7 +68,7 @@ def test_study_notebooks_run_side_by_side_and_gathering_after(fake_notebooks):
 
 
 def test_one_worker_runs_notebooks_one_after_another(fake_notebooks):
-    selected, spans = fake_notebooks
+    selected, spans, _ = fake_notebooks
     rp.run_notebooks("smoke", selected, [], progress=False, workers=1)
     ordered = sorted(spans.values())
     assert all(a[1] <= b[0] for a, b in itertools.pairwise(ordered))

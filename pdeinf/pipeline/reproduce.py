@@ -240,7 +240,11 @@ def run_notebooks(profile, selected, timings: list[StageTiming], *, progress: bo
     gathering = [nb for nb in selected if nb.stem in GATHERING_NOTEBOOKS]
     if workers > 1 and len(independent) > 1:
         threads = str(threads_per_worker(workers))
-        with kernel_environment("OMP_NUM_THREADS", threads), ThreadPoolExecutor(workers) as pool:
+        # set for the whole pool: the per-notebook setting would be undone by whichever
+        # notebook finishes first while the other kernel may still be starting
+        with kernel_environment("OMP_NUM_THREADS", threads), \
+                kernel_environment("MPLBACKEND", "Agg", override=False), \
+                ThreadPoolExecutor(workers) as pool:
             done = dict(zip(independent, pool.map(one, independent)))
     else:
         done = {nb: one(nb) for nb in independent}
