@@ -73,24 +73,27 @@ def main(argv=None) -> int:
           f"{args.threads} thread(s), {args.repeats} repeats")
 
     hat_matrix(model, x[:4], y[:4])  # warm-up (first vmap traces, allocator), not timed
-    ordinary, first, extra = [], [], []
+    ordinary, first, extra, ranks = [], [], [], {}
     for _ in range(args.repeats):  # rivals interleaved, so drifts of a shared machine hit both
         t0 = time.perf_counter()
         hat_matrix(model, x, y)
         ordinary.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         engine = HatEngine(model, x, y)  # as orbit_influence builds it (the engine's keep rule)
-        orbit_influence(model, x, y, ["e"], pde="CE", engine=engine)
+        ranks["e"] = int(orbit_influence(model, x, y, ["e"], pde="CE", engine=engine)["rank"][0])
         first.append(time.perf_counter() - t0)
         for element in args.elements:
             t0 = time.perf_counter()
-            orbit_influence(model, x, y, [element], pde="CE", engine=engine)
+            found = orbit_influence(model, x, y, [element], pde="CE", engine=engine)
             extra.append(time.perf_counter() - t0)
+            ranks[element] = int(found["rank"][0])
 
     med_ordinary, med_first, med_extra = (statistics.median(v) for v in (ordinary, first, extra))
     print(f"ordinary hat_matrix           median {med_ordinary:8.2f} s  ({len(ordinary)} runs)")
     print(f"orbit, identity (first)       median {med_first:8.2f} s  ({len(first)} runs)")
     print(f"orbit, each extra element     median {med_extra:8.2f} s  ({len(extra)} runs: {', '.join(args.elements)})")
+    print("basis rank (ket span for e, joint basis otherwise): "
+          + ", ".join(f"{g} {r}" for g, r in ranks.items()))
     ratio = med_extra / med_ordinary
     print(f"ratio extra element / ordinary = {ratio:.2f}  (target <= 1.2)")
     return 0

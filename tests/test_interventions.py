@@ -216,3 +216,16 @@ def test_stage_rejects_a_pair_outside_the_study():
 
     with pytest.raises(InputError, match="recipe pairs"):
         stage.ensure_intervention_pair("smoke", "NS", "vit", progress=False)
+
+
+def test_recipe_stage_refuses_an_unknown_recipe_or_pair_before_any_work(tmp_path, monkeypatch):
+    """One recipe's stage: a recipe the profile does not train, or a pair outside the study,
+    fails with one line naming it, before anything is trained or written."""
+    from pdeinf.pipeline import interventions as stage
+
+    monkeypatch.setenv("PDEINF_HOME", str(tmp_path))
+    with pytest.raises(InputError, match=r"recipes: \['nope'\] are not recipes of profile 'smoke'"):
+        stage.ensure_recipe_study("smoke", "CE", "unet", "nope", progress=False)
+    with pytest.raises(InputError, match="recipe pairs"):
+        stage.ensure_recipe_study("smoke", "NS", "vit", "pushforward", progress=False)
+    assert not any(tmp_path.rglob("*"))

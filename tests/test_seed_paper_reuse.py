@@ -65,3 +65,12 @@ def test_a_follow_up_of_other_settings_is_refused():
     with pytest.raises(InputError, match="gn-mass"):
         seed_paper_from_follow_up(follow_up.sel(variant=["gauss-newton", "gn-energy"]), model,
                                   inputs, pde="CE", damping=DAMPING, energy_tol=ENERGY_TOL)
+
+
+def test_unknown_variant_is_refused_before_any_gradient():
+    from pdeinf.errors import InputError
+
+    model, inputs, targets = _ce_batch()
+    with pytest.raises(InputError, match="variant: unknown 'gn-nope'"):
+        labelled_influence(model, None, inputs, targets, pde="CE", damping=DAMPING,
+                           energy_tol=ENERGY_TOL, variants=("gauss-newton", "gn-nope"))

@@ -274,11 +274,13 @@ def _fewest_directions(blocks: list, rank: int, keep: tuple[bool, ...]) -> list:
     own rows and the `[rank, P]` rows fit in a quarter of the available memory.
 
     Exact: J is linear, so J (sum_i D_i^T C_i) = sum_i (J D_i^T) C_i. A basis cut at energy
-    1e-4 keeps r well below the N gradient rows (quick UNet, N = 48: r = 26 for the SMSE kets,
-    25..48 for a joint bra basis against Nb = 48 bra rows), and the JVPs (N per direction) are
-    the whole cost of the pass. Rounding: the coefficients are rounded to the model dtype
-    and combined there (quick UNet, float32: the metric within 2e-6 relative of the row
-    route's), of the order eps s_1 / s_r as for a basis formed in parameter space."""
+    1e-4 keeps r well below the N gradient rows (trained quick CE UNet, N = 48: r = 26 for the
+    SMSE kets, 43..49 for the D4 orbit bras' joint bases against N + Nb = 96 rows;
+    `benchmarks/bench_orbit.py --trained` prints them), and the JVPs (N per direction) are the
+    whole cost of the pass. Rounding: the coefficients are rounded to the model dtype and
+    combined there, of the order eps s_1 / s_r as for a basis formed in parameter space (a
+    sweep task's matrices within 3.6e-6 relative of the row route's in float32,
+    `benchmarks/bench_basis_jvps.py`)."""
     fold = [i for i, (_, _, pushed) in enumerate(blocks)
             if pushed is None and not (i < len(keep) and keep[i])]
     rows = sum(int(blocks[i][0].shape[0]) for i in fold)
@@ -434,7 +436,7 @@ class HatEngine:
     (every pass pushes its own basis: r for the ket metric, the joint rank for a bra; see
     `metric_pass`); None (default) keeps them when r > 3N/4 and they take at most a quarter
     of the available memory. Why: with r well below N (a trained checkpoint; quick UNet r = 26
-    of 48) pushing r and then each joint basis (25..48 measured) is fewer JVPs, while near
+    of 48) pushing r and then each joint basis (43..49 for the D4 bras) is fewer JVPs, while near
     full rank (early checkpoints: r = N) a joint basis approaches N + Nb and reusing the kept
     rows caps each bra at Nb. Only the latest bra's gradients and joint basis are cached (a
     symmetry study walks through many bras; each N x P bra matrix is freed when the next one

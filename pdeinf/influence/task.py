@@ -27,7 +27,7 @@ from pdeinf.influence.hat import (
     batch_to_labelled,
     labelled_to_batch,
 )
-from pdeinf.influence.variants import VARIANT_TABLE, variants_for
+from pdeinf.influence.variants import VARIANT_TABLE, variant, variants_for
 
 PI_DIMS: tuple[str, ...] = ("t_resp", "c_resp", "t_pert", "c_pert")
 NTK_DAMPING = 1e-4  # the seed paper's lambda in J J^T + lambda I (fig. 8)
@@ -79,8 +79,8 @@ def labelled_influence(model, optimizer_state, inputs, targets, *, pde: str, dam
     n_t = n // n_c
     variants = tuple(variants or variants_for(pde))
     # without a joint-basis bra no pass reuses the ket JVPs: never keep them
-    bras = any(VARIANT_TABLE[v].metric == "gauss-newton" and VARIANT_TABLE[v].observable != "smse"
-               for v in variants if v in VARIANT_TABLE)
+    specs = [variant(v) for v in variants]  # an unknown name fails here, before any work
+    bras = any(v.metric == "gauss-newton" and v.observable != "smse" for v in specs)
     engine = HatEngine(model, inputs, targets, energy_tol=energy_tol, grad_chunk=grad_chunk,
                        jvp_chunk=jvp_chunk, progress=progress, keep_ket_jvps=None if bras else False)
     pis, eigenvalues = _variant_matrices(engine, variants, damping=damping,

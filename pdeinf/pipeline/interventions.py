@@ -91,6 +91,13 @@ def recipe_pairs(profile: ProfileLike) -> list[tuple[str, str]]:
     return pairs
 
 
+def _check_recipe_pair(prof, pde: str, model: str) -> None:
+    """InputError unless (pde, model) is one of the profile's recipe pairs."""
+    if (pde, model) not in recipe_pairs(prof):
+        raise InputError(f"pde/model: ({pde}, {model}) is not among the recipe pairs of profile "
+                         f"{prof.name!r} ({recipe_pairs(prof)})")
+
+
 def _check_recipes(prof) -> list[str]:
     from pdeinf.training.recipes import RECIPES
 
@@ -293,9 +300,7 @@ def ensure_recipe_study(profile: ProfileLike, pde: str, model: str, recipe: str,
     """One recipe's task files of (pde, model) (training the recipe's runs where needed): a
     stage of its own, so the recipes' studies run side by side (`reproduce.stage_tasks`)."""
     prof = as_profile(profile)
-    if (pde, model) not in recipe_pairs(prof):
-        raise InputError(f"pde/model: ({pde}, {model}) is not among the recipe pairs of profile "
-                         f"{prof.name!r} ({recipe_pairs(prof)})")
+    _check_recipe_pair(prof, pde, model)
     return run_study(prof, pde, model, recipes=[recipe], orbit=False, progress=progress)
 
 
@@ -336,9 +341,7 @@ def ensure_intervention_pair(profile: ProfileLike, pde: str, model: str, *,
                              progress: bool = True):
     """The study's dataset of one (PDE, model) pair (`load_study`), computed where needed."""
     prof = as_profile(profile)
-    if (pde, model) not in recipe_pairs(prof):
-        raise InputError(f"pde/model: ({pde}, {model}) is not among the recipe pairs of profile "
-                         f"{prof.name!r} ({recipe_pairs(prof)})")
+    _check_recipe_pair(prof, pde, model)
     run_study(prof, pde, model, progress=progress)
     return load_study(prof, pde, model)
 
@@ -537,9 +540,7 @@ def ensure_orbit_pair(profile: ProfileLike, pde: str, model: str, *, progress: b
     from pdeinf.pipeline.data import profile_data
 
     prof = as_profile(profile)
-    if (pde, model) not in recipe_pairs(prof):
-        raise InputError(f"pde/model: ({pde}, {model}) is not among the recipe pairs of profile "
-                         f"{prof.name!r} ({recipe_pairs(prof)})")
+    _check_recipe_pair(prof, pde, model)
     recipes = orbit_recipes(prof)
     if not recipes:
         raise InputError(f"profile {prof.name!r}: recipes {list(prof.recipes)} lack 'augment'; "

@@ -141,14 +141,14 @@ def stage_tasks(profile: ProfileLike, *, progress: bool = True) -> list[Task]:
     tasks += [task(f"interventions {r} {p}-{m}", ensure_recipe_study, (profile, p, m, r),
                    ([] if r == "one-step" else [f"training {r} {p}-{m}"]) + baseline[p, m])
               for (p, m) in recipes for r in profile.recipes]
-    orbit = {pair: orbit_recipes(profile) for pair in recipes}
+    orbit = orbit_recipes(profile)  # the same for every pair
     tasks += [task(f"interventions orbit {p}-{m}", ensure_orbit_pair, (profile, p, m),
                    [f"training {r} {p}-{m}" if r != "one-step" else f"training {p}-{m}"
-                    for r in orbit[p, m]] + ([f"symmetry {p}-{m}"] if (p, m) in symmetry else []))
-              for (p, m) in recipes if orbit[p, m]]
+                    for r in orbit] + ([f"symmetry {p}-{m}"] if (p, m) in symmetry else []))
+              for (p, m) in recipes if orbit]
     tasks += [task(f"interventions {p}-{m}", ensure_intervention_pair, (profile, p, m),
                    [f"interventions {r} {p}-{m}" for r in profile.recipes]
-                   + ([f"interventions orbit {p}-{m}"] if orbit[p, m] else []))
+                   + ([f"interventions orbit {p}-{m}"] if orbit else []))
               for (p, m) in recipes]
     tasks += [task(f"ablation {p}-{m}", ensure_ablation_pair, (profile, p, m),
                    [f"training ablation {a} {p}-{m}" for a in names]
