@@ -77,15 +77,13 @@ def main() -> int:
         for epoch in args.epochs:
             model, ckpt = src.model(prof.seeds[0], epoch)
             model.eval()
-            times = {True: [], False: []}
+            times, last = {True: [], False: []}, {}
             for _ in range(args.repeats):
-                for rows in (True, False):
+                for rows, record in times.items():
                     ds, jvps, seconds = run_task(model, ckpt, batch, prof, pde, rows)
-                    times[rows].append(seconds)
-                    if rows:
-                        ds_rows, n_rows = ds, jvps
-                    else:
-                        ds_basis, n_basis = ds, jvps
+                    record.append(seconds)
+                    last[rows] = (ds, jvps)
+            (ds_rows, n_rows), (ds_basis, n_basis) = last[True], last[False]
             a, b = ds_rows["pi"].values, ds_basis["pi"].values
             diff = float(np.max(np.abs(a - b)) / np.max(np.abs(a)))
             t_rows, t_basis = statistics.median(times[True]), statistics.median(times[False])
