@@ -1,14 +1,21 @@
-"""Full-space (seed paper) estimator: batched CG against a one-RHS-at-a-time CG loop and the
-subspace engine, side by side in one process (issue 10).
+"""Full-space (seed paper) estimator: the block Krylov solver against a one-RHS-at-a-time CG loop and
+the subspace engine, side by side in one process (issue 10).
 
-Rivals, each timed from the batch to the N x N matrix:
-- batched: `pdeinf.influence.fullspace.full_space_hat_matrix` (N CG recurrences, one vmapped
-  JVP + VJP sweep over the active right-hand sides per iteration, per-RHS stopping);
+Rivals, each timed from the batch to the N x N matrix at the paper's tolerances:
+- block: `pdeinf.influence.fullspace.full_space_hat_matrix` (default solver: one block Krylov
+  space shared by the N right-hand sides, `pdeinf.influence.block_krylov`);
 - plain: the structure of the authors' code, one right-hand side at a time, one whole-batch
-  JVP + one VJP per CG iteration (same kets, bras, damping, rtol and iteration cap);
+  JVP + one VJP per CG iteration (same kets, damping and rtol). At the paper's tolerances it
+  needs hundreds of iterations per column, so `--plain-columns K` runs it on K evenly spaced
+  right-hand sides and scales its time by N / K (the columns' solves are independent, so the
+  loop's time is their sum); K = N runs it whole;
 - subspace: `pdeinf.influence.hat.hat_matrix` (the follow-up's exact subspace estimator).
 
-Usage: python benchmarks/bench_fullspace.py --n 48 --repeats 3 --threads 2 [--maxiter K] [--write]
+Models: `--trained` takes the quick profile's final CE checkpoints (seed 10) and their first
+influence batch (`make reproduce` first; `PDEINF_HOME` picks the tree); without it, random-init
+quick models on a smooth CE-like batch.
+
+Usage: python benchmarks/bench_fullspace.py --trained --plain-columns 6 --repeats 3 --threads 2 [--write]
 """
 from __future__ import annotations
 
@@ -49,8 +56,34 @@ def ce_like_batch(n: int, resolution: int, seed: int = 0) -> tuple[torch.Tensor,
     return x, y
 
 
-def plain_full_space(model, inputs, targets, *, damping, rtol, maxiter):
-    """One right-hand side at a time: CG with one whole-batch JVP and one VJP per iteration."""
+def setups(trained: bool, n: int, resolution: int):
+    """(label, model, inputs, targets) for the quick UNet and ViT."""
+    if trained:
+        from pdeinf.config import get_profile
+        from pdeinf.pipeline.common import final_epoch
+        from pdeinf.pipeline.influence import FileSources
+
+        prof = get_profile("quick")
+        for name in ("unet", "vit"):
+            src = FileSources(prof, "CE", name)
+            model, _ = src.model(prof.seeds[0], final_epoch(prof, "CE"))
+            batch = src.batch(prof.seeds[0], 0)
+            yield name, f"trained quick CE {name} (seed {prof.seeds[0]}, final epoch, batch 0)", \
+                model.eval(), batch.inputs[:n], batch.targets[:n]
+        return
+    for name in ("unet", "vit"):
+        torch.manual_seed(0)
+        model = build(name, channels=4, resolution=resolution, size="quick").eval()
+        x, y = ce_like_batch(n, resolution)
+        yield name, f"random-init quick {name}, CE-like batch", model, x, y
+
+
+def plain_full_space(model, inputs, targets, *, damping, rtol, maxiter, columns):
+    """One right-hand side at a time: CG with one whole-batch JVP and one VJP per iteration.
+
+    Solves only the right-hand sides `columns`; returns their chi `[len(columns), P]`, the kets
+    `[N, P]`, iterations per solved column and the matvec count.
+    """
     params, layout = _grad.trainable_parameters(model)
     apply = _grad._model_function(model)
     with torch.no_grad():
@@ -66,8 +99,8 @@ def plain_full_space(model, inputs, targets, *, damping, rtol, maxiter):
             _, pull = vjp(f, params)
             return layout.flatten(pull(u)[0]) + damping * v
 
-    chi, iterations, matvecs = torch.zeros_like(kets), [], 0
-    for m in range(kets.shape[0]):
+    chi, iterations, matvecs = torch.zeros(len(columns), kets.shape[1]), [], 0
+    for i, m in enumerate(columns):
         b = kets[m]
         x, r = torch.zeros_like(b), b.clone()
         p, rr, b_norm = r.clone(), float(r.double().pow(2).sum()), float(b.double().norm())
@@ -81,13 +114,21 @@ def plain_full_space(model, inputs, targets, *, damping, rtol, maxiter):
             rr_new = float(r.double().pow(2).sum())
             p = r + (rr_new / rr) * p
             rr, it = rr_new, it + 1
-        chi[m], _ = x, iterations.append(it)
-    pi = cross_gram(kets, chi) / inputs[0].numel()
-    return pi, torch.tensor(iterations), matvecs
+        chi[i], _ = x, iterations.append(it)
+    return chi, kets, torch.tensor(iterations), matvecs
 
 
 def _rel(a, b) -> float:
     return float((a - b).norm() / b.norm())
+
+
+def _timed(call, repeats: int):
+    times, out = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = call()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), out
 
 
 def run(args) -> str:
@@ -95,57 +136,47 @@ def run(args) -> str:
     lines = [
         "# Full-space estimator benchmark (issue 10)", "",
         f"Command: `python benchmarks/bench_fullspace.py {' '.join(sys.argv[1:])}`", "",
-        (f"torch {torch.__version__}, {args.threads} threads; shared 2-core CPU (noisy): medians of "
-        f"{args.repeats} runs, rivals interleaved in one process; compare ratios, not absolute times."),
-        (f"damping lambda = {DAMPING}, paper tolerances rtol = 1.5e-2 (UNet), 5e-2 (ViT); "
-        f"CG iteration cap per right-hand side = {args.maxiter} (both full-space rivals)."), "",
+        (f"torch {torch.__version__}, {args.threads} threads; shared 2-core CPU: block and subspace are "
+         f"medians of {args.repeats} runs, the plain loop one run; rivals in one process; compare ratios."),
+        (f"damping lambda = {DAMPING}, the paper's tolerances rtol = 1.5e-2 (UNet), 5e-2 (ViT), per-column "
+         f"rule ||g_m - A chi_m|| <= rtol ||g_m||; iteration cap {args.maxiter} per column."), "",
     ]
-    for name in args.models.split(","):
-        torch.manual_seed(0)
-        model = build(name, channels=4, resolution=args.resolution, size="quick").eval()
-        x, y = ce_like_batch(args.n, args.resolution)
-        rtol = RTOL[name]
+    for name, label, model, x, y in setups(args.trained, args.n, args.resolution):
+        n, rtol = x.shape[0], RTOL[name]
+        k = min(args.plain_columns, n)
+        columns = [round(i * (n - 1) / max(k - 1, 1)) for i in range(k)] if k < n else list(range(n))
         kw = {"damping": DAMPING, "rtol": rtol, "maxiter": args.maxiter}
-        rivals = {
-            "batched CG (full_space_hat_matrix)": lambda m=model, x=x, y=y, kw=kw: fs.full_space_hat_matrix(m, x, y, **kw),
-            "plain CG, one RHS at a time": lambda m=model, x=x, y=y, kw=kw: plain_full_space(m, x, y, **kw),
-            "subspace hat_matrix": lambda m=model, x=x, y=y: hat_matrix(m, x, y),
-        }
-        times = {k: [] for k in rivals}
-        outputs = {}
-        for _ in range(args.repeats):
-            for key, call in rivals.items():
-                start = time.perf_counter()
-                outputs[key] = call()
-                times[key].append(time.perf_counter() - start)
-                print(f"{name} {key}: {times[key][-1]:.2f} s", flush=True)
-        med = {k: statistics.median(v) for k, v in times.items()}
-        batched, (plain_pi, plain_it, plain_mv), sub = outputs.values()
-        keys = list(rivals)
-        m_out = x.numel()
-        per_b, per_p = med[keys[0]] / batched.matvecs, med[keys[1]] / max(plain_mv, 1)
+        t_block, block = _timed(lambda: fs.full_space_hat_matrix(model, x, y, **kw), args.repeats)
+        print(f"{name} block: {t_block:.2f} s", flush=True)
+        t_sub, sub = _timed(lambda: hat_matrix(model, x, y), args.repeats)
+        print(f"{name} subspace: {t_sub:.2f} s", flush=True)
+        t_plain, (chi, kets, plain_it, plain_mv) = _timed(
+            lambda: plain_full_space(model, x, y, columns=columns, **kw), 1)
+        print(f"{name} plain ({k} columns): {t_plain:.2f} s", flush=True)
+        t_plain_all = t_plain * n / k
+        plain_cols = cross_gram(kets, chi) / x[0].numel()  # [N, k]: columns m of H
+        block_cols = block.pi[:, columns]
+        per_block = block.matvecs / n
         lines += [
-            (f"## quick {name}: P = {count_parameters(model)}, N = {args.n}, M = {m_out} "
-            f"(P/M = {count_parameters(model) / m_out:.2f}), rtol = {rtol}"), "",
-            ("| rival | median s | ratio plain/rival | CG iterations per RHS (mean, max) | column matvecs "
-            "| ms per column matvec | ratio per matvec |"),
-            "|---|---|---|---|---|---|---|",
-            (f"| {keys[0]} | {med[keys[0]]:.2f} | {med[keys[1]] / med[keys[0]]:.2f} | "
-             f"{batched.iterations.double().mean():.1f}, {int(batched.iterations.max())} | {batched.matvecs} "
-             f"| {per_b * 1e3:.1f} | {per_p / per_b:.2f} |"),
-            (f"| {keys[1]} | {med[keys[1]]:.2f} | 1.00 | {plain_it.double().mean():.1f}, {int(plain_it.max())} "
-             f"| {plain_mv} | {per_p * 1e3:.1f} | 1.00 |"),
-            f"| {keys[2]} | {med[keys[2]]:.2f} | {med[keys[1]] / med[keys[2]]:.2f} | - | - | - | - |", "",
-            (f"- batched: largest true relative residual {float(batched.residual_norms.max()):.3e}, "
-            f"{int(batched.converged.sum())}/{args.n} right-hand sides reached rtol "
-            f"({batched.sweeps} batched operator sweeps; its matvecs include one true-residual check per RHS)."),
-            ("- batched vs plain (same estimator, both stopped at rtol or the cap), relative Frobenius "
-             f"difference of H: {_rel(batched.pi, plain_pi):.2e} (plain stops on the recursive residual, "
-             "batched on the true one, restarting CG where they disagree)"),
-            (f"- full-space vs subspace, standardized matrices: relative difference "
-            f"{_rel(normalize(batched.pi, 'standard'), normalize(sub.pi, 'standard')):.3f}; raw: "
-            f"{_rel(batched.pi, sub.pi):.3f}; off-diagonal mass {fs.offdiagonal_mass(batched.pi):.3f} "
-            f"(full-space) vs {fs.offdiagonal_mass(sub.pi):.3f} (subspace)"), "",
+            f"## {label}: P = {count_parameters(model)}, N = {n}, M = {x.numel()}, rtol = {rtol}", "",
+            "| rival | seconds to the N x N matrix | plain / rival | column matvecs | matvecs per right-hand side |",
+            "|---|---|---|---|---|",
+            (f"| block Krylov (full_space_hat_matrix) | {t_block:.1f} | **{t_plain_all / t_block:.1f}x** | "
+             f"{block.matvecs} | {per_block:.1f} |"),
+            (f"| plain CG, one right-hand side at a time | {t_plain_all:.1f}"
+             + (f" ({t_plain:.1f} s for {k} of {n} columns, x {n / k:.0f})" if k < n else "")
+             + f" | 1.00 | {plain_mv * n / k:.0f}" + (" (scaled)" if k < n else "")
+             + f" | {plain_it.double().mean():.1f} (min {int(plain_it.min())}, max {int(plain_it.max())}) |"),
+            f"| subspace hat_matrix | {t_sub:.1f} | {t_plain_all / t_sub:.1f}x | - | - |", "",
+            (f"- block: {block.sweeps} sweeps, largest true relative residual "
+             f"{float(block.residual_norms.max()):.3e}, {int(block.converged.sum())}/{n} columns reached rtol; "
+             f"plain: columns {columns}, iterations {plain_it.tolist()}."),
+            (f"- block vs plain on those columns (both stopped at rtol), relative Frobenius difference of "
+             f"H[:, m]: {_rel(block_cols, plain_cols):.2e}."),
+            (f"- full-space (block) vs subspace, standardized matrices: relative difference "
+             f"{_rel(normalize(block.pi, 'standard'), normalize(sub.pi, 'standard')):.3f}; raw: "
+             f"{_rel(block.pi, sub.pi):.3f}; off-diagonal mass {fs.offdiagonal_mass(block.pi):.3f} "
+             f"(full-space) vs {fs.offdiagonal_mass(sub.pi):.3f} (subspace)."), "",
         ]
     return "\n".join(lines) + "\n"
 
@@ -153,13 +184,16 @@ def run(args) -> str:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=48, help="batch size N (right-hand sides)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="runs of block and subspace (median)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--resolution", type=int, default=32)
-    parser.add_argument("--models", default="unet,vit")
-    parser.add_argument("--maxiter", type=int, default=1000, help="CG iteration cap per right-hand side")
+    parser.add_argument("--trained", action="store_true", help="the quick profile's trained CE checkpoints")
+    parser.add_argument("--plain-columns", type=int, default=6, help="right-hand sides the plain loop solves")
+    parser.add_argument("--maxiter", type=int, default=1000, help="iteration cap per right-hand side")
     parser.add_argument("--write", action="store_true", help="write benchmarks/results_fullspace.md")
     args = parser.parse_args(argv)
+    if args.plain_columns < 1:
+        parser.error("--plain-columns: expected at least 1")
     table = run(args)
     print(table)
     if args.write:

@@ -46,6 +46,21 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a * b).sum(dim=-1, dtype=torch.float64)
 
 
+def column_tolerances(b: torch.Tensor, rtol, maxiter, column_tol: torch.Tensor | None) -> torch.Tensor:
+    """Validated per-column relative tolerances `[K]` float64 for right-hand sides `b` `[K, P]`."""
+    if not (isinstance(rtol, (int, float)) and 0.0 < rtol < 1.0):
+        raise InputError(f"rtol={rtol!r}: expected a number in (0, 1)")
+    if isinstance(maxiter, bool) or not isinstance(maxiter, int) or maxiter <= 0:
+        raise InputError(f"maxiter={maxiter!r}: expected a positive integer")
+    if b.ndim != 2:
+        raise InputError(f"b: expected [K, P], got shape {tuple(b.shape)}")
+    if column_tol is None:
+        return torch.full((b.shape[0],), float(rtol), dtype=torch.float64)
+    if column_tol.shape != (b.shape[0],) or not bool(torch.isfinite(column_tol).all()):
+        raise InputError(f"column_tol: expected {b.shape[0]} finite tolerances")
+    return column_tol.to(torch.float64)
+
+
 def _initial_state(b: torch.Tensor) -> dict:
     k = b.shape[0]
     rr = _dot(b, b)
@@ -78,17 +93,7 @@ def batched_cg(
     a column that reaches it unconverged keeps `converged = False`. Raises NumericalError on
     NaN/Inf or a non-positive curvature p^T A p (A not positive definite).
     """
-    if not (isinstance(rtol, (int, float)) and 0.0 < rtol < 1.0):
-        raise InputError(f"rtol={rtol!r}: expected a number in (0, 1)")
-    if isinstance(maxiter, bool) or not isinstance(maxiter, int) or maxiter <= 0:
-        raise InputError(f"maxiter={maxiter!r}: expected a positive integer")
-    if b.ndim != 2:
-        raise InputError(f"b: expected [K, P], got shape {tuple(b.shape)}")
-    tol = torch.full((b.shape[0],), float(rtol), dtype=torch.float64)
-    if column_tol is not None:
-        if column_tol.shape != (b.shape[0],) or not bool(torch.isfinite(column_tol).all()):
-            raise InputError(f"column_tol: expected {b.shape[0]} finite tolerances")
-        tol = column_tol.to(torch.float64)
+    tol = column_tolerances(b, rtol, maxiter, column_tol)
     s = resume if resume is not None else _initial_state(b)
     if resume is not None:  # a column stopped by an earlier maxiter or looser rtol goes on
         s["verified"] &= s["true_residual"] <= tol
