@@ -154,6 +154,10 @@ def run(args) -> str:
             lambda: plain_full_space(model, x, y, columns=columns, **kw), 1)
         print(f"{name} plain ({k} columns): {t_plain:.2f} s", flush=True)
         t_plain_all = t_plain * n / k
+        ref = None
+        if args.reference_rtol:
+            ref = fs.full_space_hat_matrix(model, x, y, **{**kw, "rtol": args.reference_rtol})
+            print(f"{name} reference (block, rtol {args.reference_rtol}): {ref.sweeps} sweeps", flush=True)
         plain_cols = cross_gram(kets, chi) / x[0].numel()  # [N, k]: columns m of H
         block_cols = block.pi[:, columns]
         per_block = block.matvecs / n
@@ -178,6 +182,17 @@ def run(args) -> str:
              f"{_rel(block.pi, sub.pi):.3f}; off-diagonal mass {fs.offdiagonal_mass(block.pi):.3f} "
              f"(full-space) vs {fs.offdiagonal_mass(sub.pi):.3f} (subspace)."), "",
         ]
+        if ref is not None:
+            ref_cols = ref.pi[:, columns]
+            lines += [
+                (f"- which is closer to the converged estimator: a reference solve (block, rtol "
+                 f"{args.reference_rtol}: {ref.sweeps} sweeps, {ref.matvecs} column matvecs, largest residual "
+                 f"{float(ref.residual_norms.max()):.1e}, {int(ref.converged.sum())}/{n} converged). Relative "
+                 f"difference of H[:, m] on the plain loop's columns: block {_rel(block_cols, ref_cols):.2e}, "
+                 f"plain {_rel(plain_cols, ref_cols):.2e}; whole matrix, block: raw {_rel(block.pi, ref.pi):.2e}, "
+                 f"standardized {_rel(normalize(block.pi, 'standard'), normalize(ref.pi, 'standard')):.2e}; "
+                 f"off-diagonal mass of the reference {fs.offdiagonal_mass(ref.pi):.3f}."), "",
+            ]
     return "\n".join(lines) + "\n"
 
 
@@ -190,6 +205,8 @@ def main(argv=None) -> None:
     parser.add_argument("--trained", action="store_true", help="the quick profile's trained CE checkpoints")
     parser.add_argument("--plain-columns", type=int, default=6, help="right-hand sides the plain loop solves")
     parser.add_argument("--maxiter", type=int, default=1000, help="iteration cap per right-hand side")
+    parser.add_argument("--reference-rtol", type=float, default=1e-3,
+                        help="tolerance of a tighter block solve both rivals are compared with (0: none)")
     parser.add_argument("--write", action="store_true", help="write benchmarks/results_fullspace.md")
     args = parser.parse_args(argv)
     if args.plain_columns < 1:
