@@ -12,9 +12,10 @@ one task computes
   bra conventions (`sub_bra`): "smse", and for a PDE with a density channel the squared
   (follow-up) and signed relative mass drift, each in the joint and the ket basis;
 - full-space side (the first `fullspace_seeds` seeds): the seed paper's Krylov estimator
-  (`full_space_hat_matrix`, authors' stopping rule, at most `maxiter` CG iterations per column)
+  (`full_space_hat_matrix`, its default block Krylov solver, authors' stopping rule, at most
+  `maxiter` Krylov sweeps per column)
   at lambda = `profile.fullspace_damping` for every tolerance of `profile.estimator_rtols`
-  (one CG run continued from the loosest to the tightest tolerance through its restart state,
+  (one Krylov solve continued from the loosest to the tightest tolerance through its restart state,
   so each point is where the same solver stops at that tolerance), and at the paper's rtol
   for every other lambda of `profile.estimator_lambdas`. Per solve: H (`fs_pi`), iterations
   and true relative residual per column, operator applications, wall seconds. At the
@@ -56,7 +57,7 @@ from pdeinf.pipeline.common import (
 #: profile's energy tolerance.
 ENERGY_TOLS: tuple[float, ...] = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
 DAMPINGS: tuple[float, ...] = (1e-8, 1e-6, 1e-4, 1e-2)
-STUDY_VERSION = 1
+STUDY_VERSION = 2  # 2: the full-space side uses the block Krylov solver
 #: The paper's sizes (method.md section 4): outputs M of a 48-example batch and parameters P.
 PAPER_PM = {"CE": {"M": 48 * 4 * 128**2, "unet": (13e6, 14e6), "vit": (4.5e6, 5e6)},
             "NS": {"M": 48 * 2 * 128**2, "unet": (13e6, 14e6), "vit": (4.5e6, 5e6)}}
@@ -65,7 +66,7 @@ PAPER_PM = {"CE": {"M": 48 * 4 * 128**2, "unet": (13e6, 14e6), "vit": (4.5e6, 5e
 @dataclass(frozen=True)
 class Subset:
     """What the study computes at a profile: (PDE, model) pairs (None: every pair of the
-    profile), transitions per class kept from batch 0 (None: all), CG iterations per column
+    profile), transitions per class kept from batch 0 (None: all), Krylov sweeps per column
     (None: the solver's default), seeds with a full-space side (None: all)."""
 
     pairs: tuple[tuple[str, str], ...] | None
@@ -78,7 +79,7 @@ class Subset:
         return (f"pairs {[f'{p}-{m}' for p, m in pairs]}; final checkpoint; influence batch 0 of each seed, "
                 f"first {self.times or prof.t_max - 1} transitions per class; full-space on "
                 f"{self.fullspace_seeds or len(prof.seeds)} seed(s) with at most "
-                f"{self.maxiter or 'the default'} CG iterations per column; subspace on every seed")
+                f"{self.maxiter or 'the default'} Krylov sweeps per column; subspace on every seed")
 
 
 #: At quick the whole study of one (PDE, model) pair takes 1-2 minutes on this 2-core machine
@@ -112,7 +113,7 @@ def _settings(prof, pde: str, model: str, subset: Subset) -> dict:
             "reference_lambda": float(prof.fullspace_damping), "paper_rtol": float(prof.rtol_for(model)),
             "times": subset.times, "maxiter": subset.maxiter, "damping": float(prof.damping),
             "energy_tol": float(prof.energy_tol), "energy_tols": list(ENERGY_TOLS),
-            "dampings": list(DAMPINGS), "stopping": "authors", "version": STUDY_VERSION}
+            "dampings": list(DAMPINGS), "stopping": "authors", "solver": "block", "version": STUDY_VERSION}
 
 
 def _subset_batch(ib, n_classes: int, times: int | None):
@@ -172,7 +173,7 @@ def _fullspace(model, x, y, pde, s: dict, progress: bool):
 
     with tempfile.TemporaryDirectory() as scratch:
         state = Path(scratch) / "cg.pt"
-        for rtol in s["rtols"]:  # loosest first: the same CG run continued
+        for rtol in s["rtols"]:  # loosest first: the same Krylov solve continued
             r, sec = run(s["reference_lambda"], rtol, state)
             solves.append((s["reference_lambda"], rtol, r, sec))
             if rtol == s["paper_rtol"]:

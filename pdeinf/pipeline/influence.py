@@ -67,7 +67,7 @@ class Study:
         if prof.seed_paper_estimator == "subspace":
             return {"estimator": "subspace", "damping": prof.damping, "energy_tol": prof.energy_tol}
         return {"estimator": "full-space", "damping": prof.fullspace_damping,
-                "rtol": prof.rtol_for(model)}
+                "rtol": prof.rtol_for(model), "solver": "block"}
 
 
 FOLLOW_UP = Study("follow-up", "", ("seed", "epoch", "batch"), DATA_VARS)
