@@ -141,7 +141,9 @@ def run(args) -> str:
         (f"damping lambda = {DAMPING}, the paper's tolerances rtol = 1.5e-2 (UNet), 5e-2 (ViT), per-column "
          f"rule ||g_m - A chi_m|| <= rtol ||g_m||; iteration cap {args.maxiter} per column."), "",
     ]
+    print("\n".join(lines), flush=True)
     for name, label, model, x, y in setups(args.trained, args.n, args.resolution):
+        done = len(lines)
         n, rtol = x.shape[0], RTOL[name]
         k = min(args.plain_columns, n)
         columns = [round(i * (n - 1) / max(k - 1, 1)) for i in range(k)] if k < n else list(range(n))
@@ -156,7 +158,8 @@ def run(args) -> str:
         t_plain_all = t_plain * n / k
         ref = None
         if args.reference_rtol:
-            ref = fs.full_space_hat_matrix(model, x, y, **{**kw, "rtol": args.reference_rtol})
+            ref = fs.full_space_hat_matrix(model, x, y, **{**kw, "rtol": args.reference_rtol,
+                                                             "maxiter": args.reference_maxiter})
             print(f"{name} reference (block, rtol {args.reference_rtol}): {ref.sweeps} sweeps", flush=True)
         plain_cols = cross_gram(kets, chi) / x[0].numel()  # [N, k]: columns m of H
         block_cols = block.pi[:, columns]
@@ -193,6 +196,7 @@ def run(args) -> str:
                  f"standardized {_rel(normalize(block.pi, 'standard'), normalize(ref.pi, 'standard')):.2e}; "
                  f"off-diagonal mass of the reference {fs.offdiagonal_mass(ref.pi):.3f}."), "",
             ]
+        print("\n".join(lines[done:]), flush=True)
     return "\n".join(lines) + "\n"
 
 
@@ -207,12 +211,13 @@ def main(argv=None) -> None:
     parser.add_argument("--maxiter", type=int, default=1000, help="iteration cap per right-hand side")
     parser.add_argument("--reference-rtol", type=float, default=1e-3,
                         help="tolerance of a tighter block solve both rivals are compared with (0: none)")
+    parser.add_argument("--reference-maxiter", type=int, default=100,
+                        help="sweeps per column of the reference solve (reported if it stops there)")
     parser.add_argument("--write", action="store_true", help="write benchmarks/results_fullspace.md")
     args = parser.parse_args(argv)
     if args.plain_columns < 1:
         parser.error("--plain-columns: expected at least 1")
     table = run(args)
-    print(table)
     if args.write:
         out = Path(__file__).with_name("results_fullspace.md")
         out.write_text(table)

@@ -26,15 +26,15 @@ def _point(ax, x, y, converged: bool, color, label=None):
 def fullspace_sweep_figure(table: xr.Dataset, *, reference_lambda: float, paper_rtol: float,
                            title: str = "") -> Figure:
     """Question 1: each finding of the full-space estimator against lambda (at the paper's
-    rtol, top row) and against the CG tolerance (at the reference lambda, bottom row). A
+    rtol, top row) and against the Krylov tolerance (at the reference lambda, bottom row). A
     filled marker converged, a hollow one hit maxiter (named in the label); each point is
-    annotated with its largest CG iteration count and largest final relative residual."""
+    annotated with its largest iteration (sweep) count and largest final relative residual."""
     if "findings" not in table or "lambda" not in table:
         raise InputError("table: expected `pdeinf.analysis.estimator.fullspace_table` output")
     fig, axes = st.new_figure(2, len(FINDINGS), size=(3.0, 2.6))
     rows = ((table["rtol"].values == paper_rtol, "lambda", f"lambda (rtol {paper_rtol:g})"),
             (np.isclose(table["lambda"].values, reference_lambda), "rtol",
-             f"CG rtol (lambda {reference_lambda:g})"))
+             f"Krylov rtol (lambda {reference_lambda:g})"))
     for r, (mask, xvar, xlabel) in enumerate(rows):
         idx = np.flatnonzero(mask)
         idx = idx[np.argsort(table[xvar].values[idx])]
@@ -58,7 +58,7 @@ def fullspace_sweep_figure(table: xr.Dataset, *, reference_lambda: float, paper_
     axes[0, 0].plot([], [], "o", color=st.OURS_COLOR, label="converged")
     axes[0, 0].plot([], [], "o", mfc="none", color=st.OURS_COLOR, label="hit maxiter")
     axes[0, 0].legend(frameon=False, fontsize=6)
-    fig.suptitle(f"{title} full-space estimator vs lambda and CG tolerance {TAG}".strip())
+    fig.suptitle(f"{title} full-space estimator vs lambda and Krylov tolerance {TAG}".strip())
     return fig
 
 
