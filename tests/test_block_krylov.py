@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from pdeinf.errors import InputError, NumericalError
+from pdeinf.influence import block_krylov as bk
 from pdeinf.influence.block_krylov import block_galerkin, orthonormal_extension
 from pdeinf.influence.krylov import batched_cg
 
@@ -133,3 +134,18 @@ def test_orthonormal_extension_drops_directions_already_spanned():
     assert new.shape == (2, 50)
     joint = torch.cat([basis, new])
     assert torch.allclose(joint @ joint.T, torch.eye(5, dtype=torch.float64), atol=1e-12)
+
+
+def test_default_basis_fits_a_quarter_of_the_free_memory_of_the_operands_device(monkeypatch):
+    """Host memory for CPU operands, the accelerator's own free memory for CUDA ones (a GPU
+    solve must not size its basis by the host's RAM)."""
+    import pdeinf.influence.gradients as grad_mod
+
+    length, gib = 10_000_000, 2**30
+    monkeypatch.setattr(grad_mod, "available_memory", lambda: 24 * gib)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (80 * gib, 80 * gib))
+    per_direction = 2 * length * 4  # V and W, float32
+    assert bk.default_max_basis(length, torch.float32) == 24 * gib // 4 // per_direction
+    assert bk.default_max_basis(length, torch.float32, "cpu") == 24 * gib // 4 // per_direction
+    assert bk.default_max_basis(length, torch.float32, torch.device("cuda", 0)) == 80 * gib // 4 // per_direction
+    assert bk.default_max_basis(10, torch.float64, "cpu") == bk.MAX_BASIS_CAP

@@ -11,8 +11,9 @@ A-norm error of every column is at most that of j steps of its own CG.
 
 Why: the seed paper's right-hand sides are the N per-example gradients of one batch. They share
 the metric's dominant eigendirections, which a block space captures for all of them at once; on the
-trained quick UNet (N = 48, rtol 1.5e-2) per-column CG needs 136-332 iterations per column where
-the block space converges with about 5.5 directions per column (`benchmarks/bench_fullspace.py`).
+trained quick UNet (N = 48, rtol 1.5e-2) per-column CG needs 148-391 iterations per column (6
+columns measured) where the block space converges with about 5.5 directions per column
+(`benchmarks/bench_fullspace.py`).
 
 Residuals are formed from the stored operator images, r_k = b_k - A x0_k - W^T y_k: they are the
 true residuals b_k - A x_k up to rounding (no recursion drifts). Column k stops at
@@ -44,11 +45,15 @@ MEMORY_SHARE = 0.25
 MAX_STALLS = 2
 
 
-def default_max_basis(length: int, dtype: torch.dtype) -> int:
-    """Directions (of `length` values each) that V and W may hold in MEMORY_SHARE of free memory."""
+def default_max_basis(length: int, dtype: torch.dtype, device: torch.device | str | None = None) -> int:
+    """Directions (of `length` values each) that V and W may hold in MEMORY_SHARE of the free
+    memory of `device`: the accelerator's own for a CUDA device, the host's otherwise."""
     from pdeinf.influence.gradients import available_memory
 
-    have = available_memory()
+    if device is not None and torch.device(device).type == "cuda":
+        have = int(torch.cuda.mem_get_info(torch.device(device))[0])
+    else:
+        have = available_memory()
     if have is None:
         return MAX_BASIS_CAP
     per_direction = 2 * length * torch.empty(0, dtype=dtype).element_size()
@@ -127,7 +132,7 @@ def block_galerkin(
     """
     tol = column_tolerances(b, rtol, maxiter, column_tol)
     k_rhs, length = b.shape
-    cap = default_max_basis(length, b.dtype) if max_basis is None else max_basis
+    cap = default_max_basis(length, b.dtype, b.device) if max_basis is None else max_basis
     if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
         raise InputError(f"max_basis={max_basis!r}: expected a positive integer")
     if resume is not None and (resume.get("solver") != "block" or resume["x"].shape != b.shape):
