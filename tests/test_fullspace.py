@@ -86,13 +86,14 @@ def _rel(a, b):
     return float((a - b).abs().max() / b.abs().max())
 
 
+@pytest.mark.parametrize("solver", ["block", "cg"])
 @pytest.mark.parametrize("case", ["conv", "mlp"])
-def test_matches_dense_reference(case):
+def test_matches_dense_reference(case, solver):
     if case == "conv":
         model, (x, y) = _model(ConvNet), _batch(3, 2, 4, 4)
     else:
         model, (x, y) = _model(PixelMLP), _batch(4, 1, 3, 3)
-    out = fs.full_space_hat_matrix(model, x, y, damping=1e-3, rtol=1e-10, maxiter=5000)
+    out = fs.full_space_hat_matrix(model, x, y, damping=1e-3, rtol=1e-10, maxiter=5000, solver=solver)
     ref, *_ = _dense_hat(model, x, y, 1e-3)
     assert out.pi.dtype == torch.float64 and out.pi.shape == ref.shape
     assert _rel(out.pi, ref) < 1e-6
