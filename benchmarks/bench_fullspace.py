@@ -215,8 +215,11 @@ def main(argv=None) -> None:
                         help="sweeps per column of the reference solve (reported if it stops there)")
     parser.add_argument("--write", action="store_true", help="write benchmarks/results_fullspace.md")
     args = parser.parse_args(argv)
-    if args.plain_columns < 1:
-        parser.error("--plain-columns: expected at least 1")
+    for name in ("n", "repeats", "threads", "resolution", "plain_columns", "maxiter", "reference_maxiter"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')}={getattr(args, name)}: expected at least 1")
+    if not args.reference_rtol >= 0:
+        parser.error(f"--reference-rtol={args.reference_rtol}: expected 0 (none) or a positive tolerance")
     table = run(args)
     if args.write:
         out = Path(__file__).with_name("results_fullspace.md")

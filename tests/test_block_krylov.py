@@ -139,10 +139,9 @@ def test_orthonormal_extension_drops_directions_already_spanned():
 def test_default_basis_fits_a_quarter_of_the_free_memory_of_the_operands_device(monkeypatch):
     """Host memory for CPU operands, the accelerator's own free memory for CUDA ones (a GPU
     solve must not size its basis by the host's RAM)."""
-    import pdeinf.influence.gradients as grad_mod
-
     length, gib = 10_000_000, 2**30
-    monkeypatch.setattr(grad_mod, "available_memory", lambda: 24 * gib)
+    psutil = pytest.importorskip("psutil")
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: type("VM", (), {"available": 24 * gib})())
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (80 * gib, 80 * gib))
     per_direction = 2 * length * 4  # V and W, float32
     assert bk.default_max_basis(length, torch.float32) == 24 * gib // 4 // per_direction

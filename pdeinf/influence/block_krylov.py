@@ -50,10 +50,7 @@ def default_max_basis(length: int, dtype: torch.dtype, device: torch.device | st
     memory of `device`: the accelerator's own for a CUDA device, the host's otherwise."""
     from pdeinf.influence.gradients import available_memory
 
-    if device is not None and torch.device(device).type == "cuda":
-        have = int(torch.cuda.mem_get_info(torch.device(device))[0])
-    else:
-        have = available_memory()
+    have = available_memory(device)
     if have is None:
         return MAX_BASIS_CAP
     per_direction = 2 * length * torch.empty(0, dtype=dtype).element_size()

@@ -144,8 +144,11 @@ def check_model_output(model: torch.nn.Module, inputs: torch.Tensor) -> None:
         )
 
 
-def available_memory() -> int | None:
-    """Bytes of memory available to this process now (None when it cannot be told)."""
+def available_memory(device: torch.device | str | None = None) -> int | None:
+    """Bytes of memory available to this process now on `device` (None when it cannot be told):
+    a CUDA device's own free memory, the host's otherwise."""
+    if device is not None and torch.device(device).type == "cuda":
+        return int(torch.cuda.mem_get_info(torch.device(device))[0])
     try:
         import psutil
 
