@@ -30,6 +30,14 @@ import pandas as pd
 import xarray as xr
 from scipy import stats
 
+from pdeinf.analysis.seed_stats import (  # noqa: F401  (the seed-level inference, public here)
+    fisher_z_interval,
+    holm,
+    seed_interval,
+    seeds_needed,
+    t_test_p,
+    tost_p,
+)
 from pdeinf.errors import InputError
 
 CI_LABELS = ("estimate", "low", "high")
