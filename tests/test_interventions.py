@@ -137,29 +137,30 @@ def _obs(n_seeds: int, shift: float, *, rng=None) -> xr.Dataset:
 
 @pytest.mark.parametrize("shift, word", [(-0.5, "improves"), (0.5, "worsens")])
 def test_intervention_effect_and_verdict(shift, word):
-    effects = ai.intervention_effects(_obs(3, shift), n_resamples=200)
+    effects = ai.intervention_effects(_obs(3, shift))
     ci = effects["d_log_rollout"].sel(recipe="x")
     assert np.allclose(ci.values, shift)  # the paired difference is exactly the shift
     assert effects["verdict"].sel(recipe="x").item() == word
     rows = ai.effect_findings(effects, "CE", "unet")
     assert rows[0]["verdict"] == word and rows[0]["paper"] is None and rows[0]["n_seeds"] == 3
     # one seed: the interval omits between-seed variation -> inconclusive by rule
-    one = ai.intervention_effects(_obs(1, shift), n_resamples=200)
+    one = ai.intervention_effects(_obs(1, shift))
     assert one["verdict"].sel(recipe="x").item() == "inconclusive"
 
 
 def test_question_needs_disjoint_intervals():
-    table = ai.recipe_table(_obs(3, -0.5), n_resamples=200)
-    assert ai.raises_r_lowers_rollout(table) == ["x"]  # R +1, rollout x exp(-0.5) everywhere
+    # R +1, rollout x exp(-0.5) everywhere; 8 seeds separate the t-intervals of the two recipes
+    table = ai.recipe_table(_obs(8, -0.5))
+    assert ai.raises_r_lowers_rollout(table) == ["x"]
     assert "raises R and lowers" in ai.answer_sentence(table, "CE", "unet")
-    worse = ai.recipe_table(_obs(3, 0.5), n_resamples=200)
+    worse = ai.recipe_table(_obs(8, 0.5))
     assert ai.raises_r_lowers_rollout(worse) == []
     assert "no recipe" in ai.answer_sentence(worse, "CE", "unet")
 
 
 def test_selection_comparison_matches_direct_choice():
     obs = _obs(3, 0.0)
-    sel = ai.selection_comparison(obs, n_resamples=200)
+    sel = ai.selection_comparison(obs)
     r_run = obs["R"].mean("batch")
     for recipe in ("one-step", "x"):
         diffs = []

@@ -180,7 +180,7 @@ def test_similarity_curves_recover_a_crossing():
     edges = curves.attrs["edges"]
     assert len(edges) == 25
     np.testing.assert_allclose(curves["d"].values, 0.5 * (edges[1:-1] + edges[2:]))
-    cl = sp.correlation_length(curves, n_resamples=50)
+    cl = sp.correlation_length(curves)
     assert float(cl.sel(ci="estimate")) == pytest.approx(0.8, rel=0.05)
 
 
@@ -224,45 +224,61 @@ def test_validation_quartiles_and_epochs():
     assert sp.final_validation(hist).loc[42] == pytest.approx(10.0 ** -13)
 
 
-def test_bootstrap_difference_is_centred_on_the_difference():
-    rng = np.random.default_rng(3)
-    a = xr.DataArray(rng.normal(2.0, 0.1, (3, 6)), dims=("seed", "batch"))
-    b = xr.DataArray(rng.normal(0.0, 0.1, (3, 6)), dims=("seed", "batch"))
-    ci = spf.bootstrap_difference(a, b, n_resamples=200)
-    est = float(ci.sel(ci="estimate"))
-    assert est == pytest.approx(float(a.mean() - b.mean()))
-    assert float(ci.sel(ci="low")) < est < float(ci.sel(ci="high"))
+def test_ridge_units_against_loops(hn):
+    """lag0_ridge per (seed, batch): intra-class mean at dt = 0 over that at |dt| = 1, pooled
+    over classes and per class, from explicit loops."""
+    units = spf.ridge_units(hn)
+    h = hn.transpose("seed", "batch", "c_resp", "t_resp", "c_pert", "t_pert").values
+    n_c, n_t = h.shape[2], h.shape[3]
+    for s in range(h.shape[0]):
+        for b in range(h.shape[1]):
+            lag0 = {c: [] for c in range(n_c)}
+            lag1 = {c: [] for c in range(n_c)}
+            for c in range(n_c):
+                for tr in range(n_t):
+                    for tp in range(n_t):
+                        if tr == tp:
+                            lag0[c].append(h[s, b, c, tr, c, tp])
+                        elif abs(tr - tp) == 1:
+                            lag1[c].append(h[s, b, c, tr, c, tp])
+            pooled = (np.mean([v for c in lag0 for v in lag0[c]])
+                      / np.mean([v for c in lag1 for v in lag1[c]]))
+            assert float(units.isel(seed=s, batch=b).sel(cls="all")) == pytest.approx(pooled)
+            for c in range(n_c):
+                assert float(units.isel(seed=s, batch=b, cls=1 + c)) == pytest.approx(
+                    np.mean(lag0[c]) / np.mean(lag1[c]))
 
 
-def test_pooled_spearman_matches_scipy_on_resampled_units(ds):
+def test_seed_spearman_is_each_seeds_rank_correlation(ds):
     from scipy.stats import spearmanr
 
-    units = spf.similarity_units(ds)
-    h, d = units.sel(var="H").values, units.sel(var="d").values
-    assert float(spf.pooled_spearman(units)) == pytest.approx(spearmanr(h.ravel(), d.ravel())[0])
-    fast = spf.PooledSpearman(units)
-    assert float(fast(units)) == pytest.approx(spearmanr(h.ravel(), d.ravel())[0], rel=1e-12)
-    # a hierarchical resample: seeds (2, 2, 0), batches drawn within each; d has exact ties
-    seeds, batches = [2, 2, 0], [[1, 1], [0, 1], [0, 0]]
-    rep = np.stack([np.stack([units.values[s_, b_] for b_ in bs]) for s_, bs in zip(seeds, batches)])
-    rep_da = xr.DataArray(rep[None], dims=("resample", "seed", "batch", "var", "pair"),
-                          coords={"var": ["H", "d", "unit"]})
-    want = spearmanr(rep[:, :, 0].ravel(), rep[:, :, 1].ravel())[0]
-    assert float(fast(rep_da)[0]) == pytest.approx(want, rel=1e-10)
-    assert float(spf.pooled_spearman(rep_da)[0]) == pytest.approx(want, rel=1e-10)
+    rho = spf.seed_spearman(ds)
+    _, h, d = sp.standardized_pairs(ds, "C")
+    for s in range(h.shape[0]):
+        assert float(rho[s]) == pytest.approx(spearmanr(h[s].ravel(), d[s].ravel())[0])
 
 
-def test_finding_record_verdicts(hn):
-    ci = spf.bootstrap(spf.decay_units(hn), n_resamples=100)
-    rec = spf.finding_record("temporal_decay", ci, pde="CE", model="vit", key="CE-vit")
-    assert rec["verdict"] in ("reproduced", "contradicted", "inconclusive")
+def test_records_hold_the_registry_statistics(hn, ds):
+    found = spf.influence_findings({("CE", "vit"): hn}, ["lag0_ridge", "temporal_decay"])
+    (rec,) = found["temporal_decay"]
     assert rec["n_seeds"] == S and rec["n_batches"] == B and rec["paper"] == pytest.approx(0.85)
-    one = spf.bootstrap(spf.decay_units(hn).isel(seed=[0], batch=[0]), n_resamples=10)
-    assert spf.finding_record("temporal_decay", one, pde="CE", model="vit")["verdict"] == "inconclusive"
-    clean = xr.DataArray([[1.0, 1.1], [0.9, 1.0]], dims=("seed", "batch"))
-    rec = spf.finding_record("temporal_decay", spf.bootstrap(clean, n_resamples=100), pde="CE",
-                            model="vit")
-    assert rec["verdict"] == "reproduced" and rec["low"] > 0
+    assert rec["per_seed"] == pytest.approx(spf.decay_units(hn).mean("batch").values.tolist())
+    ridge = found["lag0_ridge"]
+    assert [r["cls"] for r in ridge] == ["all", *[str(c) for c in hn.c_resp.values]]
+    assert ridge[0]["paper"] is not None and all(r["paper"] is None for r in ridge[1:])
+    one = spf.influence_findings({("CE", "vit"): hn.isel(seed=[0])}, ["temporal_decay"])
+    assert one["temporal_decay"][0]["verdict"] == "not estimable"
+    lines = spf.finding_lines(found)
+    assert len(lines) == 1 + len(ridge) and lines[0].startswith("lag0_ridge [CE-vit")
+
+
+def test_correlation_length_without_a_crossing_is_not_estimable(ds):
+    curves = sp.similarity_curves(ds)
+    flat = curves.assign(fine=curves["fine"] * 0 + 1.0)  # never crosses zero
+    rec = spf.similarity_findings({("CE", "unet"): ds}, {("CE", "unet"): flat})
+    (length,) = rec["correlation_length"]
+    assert length["verdict"] == "not estimable" and length["n_failed"] == S
+    assert np.isnan(sp.correlation_length(flat).sel(ci="low"))
 
 
 def test_paper_numbers_are_consistent():
@@ -282,7 +298,7 @@ def test_every_figure_renders_and_names_its_source(ds, hn):
     from pdeinf.viz import seed_paper as vs
 
     curves = sp.similarity_curves(ds)
-    lengths = {"unet": sp.correlation_length(curves, n_resamples=20)}
+    lengths = {"unet": sp.correlation_length(curves)}
     hist = pd.DataFrame([(s, e, 10.0 ** -e) for s in (10, 35) for e in range(1, 8)],
                         columns=["seed", "epoch", "val_loss"])
     figs = [vs.heatmap_figure(sp.heatmap(hn), pde="CE", model="vit"),
@@ -298,16 +314,3 @@ def test_every_figure_renders_and_names_its_source(ds, hn):
         title = fig.axes[0].get_title()
         assert f"[seed paper, fig. {no}]" in title, title
         fig.canvas.draw()
-
-
-def test_finding_record_undefined_statistic_is_inconclusive():
-    ci = xr.DataArray([np.nan, 2.5, 2.5], dims=("ci",), coords={"ci": ["estimate", "low", "high"]},
-                      attrs={"n_seeds": 1, "n_batches": 3, "n_resamples": 100, "n_nonfinite": 90})
-    rec = spf.finding_record("correlation_length", ci, pde="CE", model="unet", key="CE")
-    assert rec["verdict"] == "inconclusive" and rec["paper"] == 0.8
-    ci = ci.copy(data=[0.8, 0.7, 0.9])
-    assert spf.finding_record("correlation_length", ci, pde="CE", model="unet",
-                             key="CE")["verdict"] == "inconclusive"  # 90% of replicates undefined
-    ci.attrs["n_nonfinite"] = 0
-    assert spf.finding_record("correlation_length", ci, pde="CE", model="unet",
-                             key="CE")["verdict"] == "reproduced"

@@ -124,3 +124,17 @@ def test_fisher_z_interval_brackets_the_seed_correlations():
     assert -1 < low < est < high < 1
     with pytest.raises(InputError, match="outside"):
         fisher_z_interval([0.5, 1.5])
+
+
+def test_power_matches_the_noncentral_t_and_stays_finite():
+    from pdeinf.analysis.seed_stats import _power
+
+    for n, effect in ((3, 0.5), (6, 1.0), (12, 0.3)):
+        crit = stats.t.ppf(0.975, n - 1)
+        nc = effect * math.sqrt(n)
+        ref = stats.nct.sf(crit, n - 1, nc) + stats.nct.cdf(-crit, n - 1, nc)
+        assert _power(effect, 1.0, n, 0.05) == pytest.approx(ref, rel=1e-6)
+    # a large effect (where scipy's nct tails return NaN) needs few seeds, not many
+    powers = [_power(2.94, 0.374, n, 0.05) for n in range(2, 15)]
+    assert all(math.isfinite(p) for p in powers) and powers[1] > 0.99
+    assert seeds_needed(np.random.default_rng(0).normal(4.0, 0.5, (5, 6)), 2.94) == 3

@@ -189,31 +189,26 @@ def _synthetic(n_seeds=3, n_batches=2, n=5, rng_seed=0):
 
 def test_finding_statistics_on_known_answers():
     ds = _synthetic()
-    d4 = sm.finding_interval(ds, "ns_d4_broken", n_resamples=200)
-    # the largest D4 element is sr3 (k = 7): log10 ratio 7/4 up to the 1% noise
-    assert abs(float(d4.sel(ci="estimate")) - 7 / 4) < 0.02
-    assert float(d4.sel(ci="low")) <= float(d4.sel(ci="estimate")) <= float(d4.sel(ci="high"))
-    tr = sm.finding_interval(ds, "translation_within_few_percent", n_resamples=200)
-    assert abs(float(tr.sel(ci="estimate")) - 9 / 4) < 0.02
-    rho = sm.finding_interval(ds, "orbit_influence_suppressed", n_resamples=200)
-    np.testing.assert_allclose(rho.values, -1.0)  # strictly monotone in every resample
-    findings = sm.symmetry_findings({("NS", "unet"): ds, ("CE", "vit"): ds}, n_resamples=100)
+    d4 = sm.seed_statistic(ds, "ns_d4_broken")
+    # the largest D4 element is sr3 (k = 7): per seed, log10 ratio 7/4 up to the 1% noise
+    assert d4.dims == ("seed",) and np.all(np.abs(d4.values - 7 / 4) < 0.02)
+    q3 = ds["equivariance"].isel(seed=0).sel(element="sr3").quantile(0.75).item()
+    assert float(d4.isel(seed=0)) == pytest.approx(np.log10(q3))
+    tr = sm.seed_statistic(ds, "translation_within_few_percent")
+    assert np.all(np.abs(tr.values - 9 / 4) < 0.02)
+    rho = sm.seed_statistic(ds, "orbit_influence_suppressed")
+    np.testing.assert_allclose(rho.values, -1.0)  # strictly monotone in every seed
+    findings = sm.symmetry_findings({("NS", "unet"): ds, ("CE", "vit"): ds})
     assert set(findings) == set(sm.FINDINGS)
     assert [e["pde"] for e in findings["ns_d4_broken"]] == ["NS"]
     assert [e["pde"] for e in findings["ce_d4_within_25pct"]] == ["CE"]
     entry = findings["orbit_influence_suppressed"][0]
-    assert entry["verdict"] == "reproduced" and entry["n_seeds"] == 3 and entry["n_batches"] == 2
-    assert set(entry) == {"pde", "model", "estimate", "low", "high", "n_seeds", "n_batches",
-                          "verdict", "rule", "paper", "needed"}
-    # a decisive verdict is decisive at the measured design; per (seed, batch) the Spearman
-    # is -1 exactly (no spread)
-    assert entry["needed"]["status"] == "decisive at the measured design"
-    assert (entry["needed"]["n_seeds"], entry["needed"]["n_batches"]) == (3, 2)
-    np.testing.assert_allclose(sm.finding_units(ds, "orbit_influence_suppressed").values, -1.0)
-    units = sm.finding_units(ds, "ns_d4_broken")
-    assert units.dims == ("seed", "batch")
-    assert abs(float(units.mean()) - 7 / 4) < 0.02  # per (seed, batch): log10 of the sr3 ratio
-    assert findings["ce_d4_within_25pct"][0]["verdict"] == "contradicted"  # 10**1.75 >> 1.25
+    assert entry["verdict"] == "direction only: same direction"
+    assert entry["n_seeds"] == 3 and entry["n_batches"] == 1 and entry["seeds"] == [10, 11, 12]
+    broken = findings["ns_d4_broken"][0]
+    assert broken["paper"] == 4.0 and broken["size"]["value"] == pytest.approx(7 / 4 - 4, abs=0.02)
+    assert broken["verdict"] == "same direction, smaller"  # 10**1.75 >> 1.25, far below 1e4
+    assert findings["ce_d4_within_25pct"][0]["verdict"] == "contradicted"
 
 
 def test_aggregation_and_shares():
@@ -226,7 +221,7 @@ def test_aggregation_and_shares():
     assert sm.d4_labels(ds) == list(sy.D4_NON_IDENTITY)
     assert sm.shift_labels(ds) == ["shift(1,0)", "shift(0,1)"]
     with pytest.raises(InputError, match="rule"):
-        sm.finding_interval(ds, "nope")
+        sm.seed_statistic(ds, "nope")
 
 
 def test_epoch_trends_relative_to_identity():

@@ -67,7 +67,7 @@ def test_rollout_link_figure_draws_all_published_values_and_intervals(sweep):
     rollouts = rollouts + 0.01 * xr.DataArray(
         np.random.default_rng(1).standard_normal(rollouts.shape), dims=rollouts.dims)
     link = co.rollout_link(sweep, rollouts)
-    stats, why = fu.rollout_statistics(link, n_resamples=50, n_permutations=20)
+    stats, why = fu.rollout_statistics(link, n_permutations=20)
     assert why == ""
     paper = co.paper_rollout_correlation("CE", "vit")
     fig = vf.rollout_link_figure(link, paper=paper, stats=stats)
@@ -92,7 +92,7 @@ def test_rollout_link_figure_draws_all_published_values_and_intervals(sweep):
 def test_dynamics_figures_are_labelled_and_draw_the_estimates(sweep):
     from pdeinf.analysis import followup as fu
 
-    ci = fu.dynamics_intervals(sweep, n_resamples=50)
+    ci = fu.dynamics_intervals(sweep)
     fig = vf.dynamics_intervals_figure(ci)
     lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
     np.testing.assert_allclose(lines["diagonal"].get_ydata(),

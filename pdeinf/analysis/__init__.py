@@ -1,4 +1,5 @@
-"""Observables of the influence sweep (method.md section 6) as xarray / pandas objects."""
+"""Observables of the influence sweep, the findings registry and seed-level statistics, as
+xarray / pandas objects (docs/method.md)."""
 from pdeinf.analysis.coherence import (
     NORMALIZATIONS,
     PAPER_ROLLOUT_CORRELATION,
@@ -16,56 +17,45 @@ from pdeinf.analysis.coherence import (
     variant_heatmaps,
     variants,
 )
-from pdeinf.analysis.findings import FINDING_RULES, FINDINGS, describe_findings, findings
+from pdeinf.analysis.evaluate import adjust_records, evaluate_finding
+from pdeinf.analysis.registry import FINDING_RULES, FindingRule, describe_rule, rule_table
 from pdeinf.analysis.rollout_stats import rollout_link_statistics
 from pdeinf.analysis.statistics import (
-    decisive_design,
-    describe_needed,
-    hierarchical_bootstrap,
-    seeds_batches_needed,
-    variance_components,
-)
-from pdeinf.analysis.verdicts import (
-    VERDICT_RULES,
-    FindingRule,
-    Verdict,
-    apply_rule,
-    needed_for_rule,
-    rule_table,
-    verdict,
+    fisher_z_interval,
+    holm,
+    seed_interval,
+    seed_mean_ci,
+    seeds_needed,
+    tost_p,
 )
 
 __all__ = [
-    "FINDINGS",
     "FINDING_RULES",
     "NORMALIZATIONS",
     "PAPER_ROLLOUT_CORRELATION",
-    "VERDICT_RULES",
     "FindingRule",
-    "Verdict",
-    "apply_rule",
+    "adjust_records",
     "class_matrix",
     "combine_variants",
-    "decisive_design",
-    "describe_findings",
-    "describe_needed",
+    "describe_rule",
     "dynamics",
-    "findings",
-    "hierarchical_bootstrap",
+    "evaluate_finding",
+    "fisher_z_interval",
+    "holm",
     "horizon_curve",
-    "needed_for_rule",
     "normalized_pi",
     "paper_rollout_correlation",
     "rollout_link",
     "rollout_link_statistics",
     "rollout_ratio",
     "rule_table",
-    "seeds_batches_needed",
+    "seed_interval",
+    "seed_mean_ci",
+    "seeds_needed",
     "similarity",
     "spectrum",
     "temporal_heatmap",
-    "variance_components",
+    "tost_p",
     "variant_heatmaps",
     "variants",
-    "verdict",
 ]

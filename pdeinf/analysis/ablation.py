@@ -1,4 +1,4 @@
-"""Which of our model departures from the authors mattered (issue 10, "Ablation"): the change of
+"""Which of our model departures from the authors mattered (the ablation): the change of
 each finding's headline number when the model is trained another way, with the seed spread
 beside it (pure: xarray in, xarray out).
 
@@ -13,21 +13,21 @@ profile's default configuration, then each alternative), as `pdeinf.pipeline.abl
 - `val_smse` (config, seed): the final checkpoint's one-step validation SMSE.
 
 The same seed means the same initialisation seed, data split and influence batches in every
-configuration, so changes are **paired**: the hierarchical bootstrap draws seeds (then batches
-within each seed) once per replicate and applies the draw to every configuration.
+configuration, so changes are **paired** by seed (and batch): the interval of a change is the
+t-interval over seeds of the seed-mean changes (S - 1 df).
 
-Findings measured (`FINDINGS`; the statistics of `pdeinf.analysis.verdicts.VERDICT_RULES` where
+Findings measured (`FINDINGS`; the statistics of `pdeinf.analysis.registry.FINDING_RULES` where
 a rule exists, on the row-standardized matrix like the seed paper's aggregations):
 
 - `inter_below_intra`: intra- minus inter-class mean of Ĥ at |dt| = 1;
 - `temporal_decay`: intra-class mean of Ĥ at |dt| = 1 minus at |dt| = 8;
 - `class_locked`: mean diagonal minus mean off-diagonal of the time-averaged class matrix;
-- `rollout_link_negative`: pooled Pearson r, over (seed, class, batch), of the raw-matrix ratio R
-  with the cumulative rollout SMSE at dt = 1 (`coherence.rollout_link`);
+- `rollout_link_negative`: per-seed Pearson r, over (class, batch), of the raw-matrix ratio R
+  with the cumulative rollout SMSE at dt = 1 (`coherence.rollout_link`), mean over seeds;
 - `validation_smse`: log10 of the final validation SMSE (mean over seeds).
 
 Per finding and configuration: `value` (the statistic), `change` (value minus the baseline's,
-with a `ci` dim: estimate, low, high; 95% percentile interval), `seed_std` (std over seeds, ddof
+with a `ci` dim: estimate, low, high; 95% t-interval over seeds), `seed_std` (std over seeds, ddof
 1, of the per-seed value: the mean over that seed's batches, its own Pearson r over (class,
 batch), its log10 validation SMSE) and `exceeds_noise`: the change's interval excludes 0 **and**
 |change| exceeds the larger seed std of the two configurations.
@@ -35,7 +35,6 @@ batch), its log10 validation SMSE) and `exceeds_noise`: the change's interval ex
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
 import xarray as xr
@@ -46,11 +45,9 @@ from pdeinf.analysis.seed_paper_findings import (
     decay_units,
     inter_gap_units,
 )
-from pdeinf.analysis.statistics import hierarchical_bootstrap
+from pdeinf.analysis.statistics import seed_mean_ci
 from pdeinf.errors import InputError
 
-N_RESAMPLES = 1000
-RANDOM_STATE = 0
 ROLLOUT_DT = 1
 BASELINE = "baseline"
 
@@ -124,41 +121,15 @@ def _pearson(x: np.ndarray, y: np.ndarray, axis) -> np.ndarray:
         return (xc * yc).sum(axis) / np.sqrt((xc * xc).sum(axis) * (yc * yc).sum(axis))
 
 
-def pooled_pearson(units: xr.DataArray) -> xr.DataArray:
-    """Pearson r of R with the error pooled over (seed, batch, class), per config (keeps a
-    leading `resample` dim)."""
-    lead = ["resample"] if "resample" in units.dims else []
-    arr = units.transpose(*lead, "config", "var", "seed", "batch", "class").values
-    arr = arr.reshape(*arr.shape[:len(lead) + 2], -1)
-    r = _pearson(arr[..., 0, :], arr[..., 1, :], axis=-1)
-    return xr.DataArray(r, dims=(*lead, "config"), coords={"config": units["config"].values})
-
-
 # --------------------------------------------------------------------------- the table
 
 
-def _ci(values: np.ndarray, estimate: float, n_units: int) -> tuple[float, float, float]:
-    if n_units < 2:  # nothing to resample: a point, no interval
-        return estimate, math.nan, math.nan
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        low, high = np.nanquantile(values, [0.025, 0.975])
-    return estimate, float(low), float(high)
-
-
-def _paired_change(data: xr.DataArray, statistic, configs, *, seed_dim, batch_dim,
-                   n_resamples, random_state) -> xr.DataArray:
-    """hierarchical_bootstrap of statistic(data)[config] - statistic(data)[baseline], a `ci`
-    dim first and `config` after."""
-    base = configs[0]
-
-    def change(da):
-        s = statistic(da)
-        return s - s.sel(config=base)
-
-    return hierarchical_bootstrap(data, change, seed_dim=seed_dim, batch_dim=batch_dim,
-                                  n_resamples=n_resamples, random_state=random_state,
-                                  vectorized=True)
+def _paired_change(units: xr.DataArray, configs) -> xr.DataArray:
+    """Change of each configuration against the baseline (the first), paired by seed (and
+    batch): the mean over seeds of the seed means with its t-interval; dims (ci, config)."""
+    change = units - units.sel(config=configs[0])
+    batch = "batch" if "batch" in units.dims else None
+    return seed_mean_ci(change, batch_dim=batch)
 
 
 def _mean_units(da: xr.DataArray) -> xr.DataArray:
@@ -171,36 +142,32 @@ def _seed_std(per_seed: xr.DataArray) -> xr.DataArray:
     return per_seed.std("seed", ddof=1)
 
 
-def ablation_table(ds: xr.Dataset, *, dt: int = ROLLOUT_DT, n_resamples: int = N_RESAMPLES,
-                   random_state: int = RANDOM_STATE) -> xr.Dataset:
+def ablation_table(ds: xr.Dataset, *, dt: int = ROLLOUT_DT) -> xr.Dataset:
     """The ablation table of one (PDE, model) (module docstring): dims (finding, config), vars
     `value`, `change` (ci, finding, config), `seed_std`, `exceeds_noise`; the baseline is the
-    first configuration (its change is 0). attrs: n_seeds, n_batches, n_resamples,
-    random_state, rollout_dt, baseline."""
+    first configuration (its change is 0). attrs: n_seeds, n_batches, rollout_dt, baseline,
+    method."""
     configs = _check(ds)
     n_seeds, n_batches = ds.sizes["seed"], ds.sizes["batch"]
-    kw = {"n_resamples": n_resamples, "random_state": random_state}
     value, change, seed_std = {}, {}, {}
     units = unit_values(ds)
     for f in UNIT_FINDINGS:
         u = units.sel(finding=f, drop=True)
         value[f] = _mean_units(u)
         seed_std[f] = _seed_std(u.mean("batch"))
-        change[f] = _paired_change(u, _mean_units, configs, seed_dim="seed", batch_dim="batch", **kw)
+        change[f] = _paired_change(u, configs)
     roll = rollout_units(ds, dt)
-    value["rollout_link_negative"] = pooled_pearson(roll)
     arr = roll.transpose("seed", "config", "var", "batch", "class").values
     arr = arr.reshape(*arr.shape[:3], -1)
-    seed_std["rollout_link_negative"] = _seed_std(xr.DataArray(
-        _pearson(arr[:, :, 0], arr[:, :, 1], axis=-1), dims=("seed", "config"),
-        coords={"config": configs}))
-    change["rollout_link_negative"] = _paired_change(roll, pooled_pearson, configs,
-                                                     seed_dim="seed", batch_dim="batch", **kw)
+    seed_r = xr.DataArray(_pearson(arr[:, :, 0], arr[:, :, 1], axis=-1), dims=("seed", "config"),
+                          coords={"config": configs})
+    value["rollout_link_negative"] = seed_r.mean("seed")
+    seed_std["rollout_link_negative"] = _seed_std(seed_r)
+    change["rollout_link_negative"] = _paired_change(seed_r, configs)
     logv = np.log10(ds["val_smse"].transpose("config", "seed"))
     value["validation_smse"] = logv.mean("seed")
     seed_std["validation_smse"] = _seed_std(logv)
-    change["validation_smse"] = _paired_change(
-        logv, lambda da: da.mean("seed"), configs, seed_dim=None, batch_dim="seed", **kw)
+    change["validation_smse"] = _paired_change(logv, configs)
 
     names = list(FINDINGS)
     value, seed_std, change = ({f: d[f].reset_coords(drop=True) for f in names}
@@ -209,10 +176,6 @@ def ablation_table(ds: xr.Dataset, *, dt: int = ROLLOUT_DT, n_resamples: int = N
     std = xr.concat([seed_std[f] for f in names], dim="finding").assign_coords(finding=names)
     ch = xr.concat([change[f] for f in names], dim="finding", combine_attrs="drop")
     ch = ch.assign_coords(finding=names).transpose("ci", "finding", "config")
-    one_unit = {"validation_smse": n_seeds}
-    for f in names:  # a single resampling unit gives no interval
-        if one_unit.get(f, n_seeds * n_batches) < 2:
-            ch.loc[{"ci": ["low", "high"], "finding": f}] = np.nan
     low, high, est = ch.sel(ci="low"), ch.sel(ci="high"), ch.sel(ci="estimate")
     noise = np.fmax(std, std.sel(config=configs[0]))
     excludes = (low > 0) | (high < 0)
@@ -223,9 +186,9 @@ def ablation_table(ds: xr.Dataset, *, dt: int = ROLLOUT_DT, n_resamples: int = N
                       "exceeds_noise": exceeds.transpose("finding", "config")})
     out = out.assign_coords(config=configs)
     out["description"] = ("finding", [FINDINGS[f] for f in names])
-    out.attrs.update(n_seeds=int(n_seeds), n_batches=int(n_batches), n_resamples=int(n_resamples),
-                     random_state=int(random_state), rollout_dt=int(dt), baseline=configs[0],
-                     method="paired hierarchical bootstrap (seeds, then batches), percentile 95%")
+    out.attrs.update(n_seeds=int(n_seeds), n_batches=int(n_batches), rollout_dt=int(dt),
+                     baseline=configs[0],
+                     method="paired by seed; 95% t-interval over seed means (S - 1 df)")
     return out
 
 

@@ -25,7 +25,7 @@ import pandas as pd
 import xarray as xr
 from scipy import stats
 
-from pdeinf.analysis.verdicts import PAPER_ROLLOUT_PEARSON
+from pdeinf.analysis.registry import PAPER_ROLLOUT_PEARSON
 from pdeinf.errors import InputError
 from pdeinf.influence.normalize import NORMALIZATIONS
 
@@ -34,7 +34,7 @@ QUARTILES = (0.25, 0.5, 0.75)
 
 #: The follow-up's published Pearson correlations between the intra-class off/diagonal ratio R
 #: (raw Pi) and the cumulative rollout SMSE, all 16 horizons dt = 1..16 (method.md section 6).
-#: A view of the one source, `pdeinf.analysis.verdicts.PAPER_ROLLOUT_PEARSON`.
+#: A view of the one source, `pdeinf.analysis.registry.PAPER_ROLLOUT_PEARSON`.
 #: Keys: (PDE, model) -> {dt: r}.
 PAPER_ROLLOUT_CORRELATION: dict[tuple[str, str], dict[int, float]] = {
     tuple(key.split("-")): dict(enumerate(values, start=1))

@@ -15,7 +15,7 @@ measured on ONE batch, all on the row-standardized Ĥ(n, m) = H(n, m) / std_m' H
 
 Also: entry agreement of two estimators (Pearson / Spearman of the standardized off-diagonal
 entries), the sign-agreement table, the follow-up's R per class (raw or standardized), ablation
-effects with hierarchical-bootstrap intervals, the lambda -> 0 limit on a tiny model from a
+effects with t-intervals over seed means, the lambda -> 0 limit on a tiny model from a
 dense float64 Jacobian, and the paragraph the README quotes.
 """
 from __future__ import annotations
@@ -27,15 +27,13 @@ import pandas as pd
 import torch
 import xarray as xr
 
-from pdeinf.analysis.statistics import hierarchical_bootstrap
+from pdeinf.analysis.statistics import seed_mean_ci
 from pdeinf.errors import InputError
 
 FINDINGS: tuple[str, ...] = ("offdiagonal_mass", "lag1_gap", "temporal_decay", "class_locked")
 #: Findings whose sign is a claim of the papers (offdiagonal_mass is >= 0 by construction).
 SIGNED_FINDINGS: tuple[str, ...] = ("lag1_gap", "temporal_decay", "class_locked")
 FAR_LAG = 3
-N_RESAMPLES = 1000
-RANDOM_STATE = 0
 
 
 # --------------------------------------------------------------------------- one-batch findings
@@ -154,15 +152,10 @@ def agreement_table(a: xr.DataArray, b: xr.DataArray, names=("full-space", "subs
 # --------------------------------------------------------------------------- ablations
 
 
-def _mean_units(da: xr.DataArray) -> xr.DataArray:
-    return da.mean(("seed", "batch"))
-
-
-def ablation_effect(base: xr.DataArray, alt: xr.DataArray, *, n_resamples: int = N_RESAMPLES,
-                    random_state: int = RANDOM_STATE) -> xr.Dataset:
+def ablation_effect(base: xr.DataArray, alt: xr.DataArray) -> xr.Dataset:
     """Change of each finding under an estimator convention: `alt - base`, both dims (seed,
     batch, finding), paired per (seed, batch). Returns `change` (ci, finding) with a 95%
-    hierarchical-bootstrap interval (seeds, then batches; one seed: batches only), the
+    t-interval over seed means (one seed: no interval), the
     `base` value (ci, finding) and `seed_spread` (finding): the std over seeds of the per-seed
     mean of `base` (NaN with one seed), the scale a change is to be read against."""
     for name, da in (("base", base), ("alt", alt)):
@@ -172,29 +165,18 @@ def ablation_effect(base: xr.DataArray, alt: xr.DataArray, *, n_resamples: int =
         raise InputError("alt: shape differs from base")
     diff = (alt.transpose(*base.dims) - base).transpose("seed", "batch", "finding")
     base = base.transpose("seed", "batch", "finding")
-    kw = {"n_resamples": n_resamples, "random_state": random_state}
-    change = findings_interval(diff, **kw)
-    level = findings_interval(base, **kw)
+    change = findings_interval(diff)
+    level = findings_interval(base)
     per_seed = base.mean("batch")
     spread = per_seed.std("seed", ddof=1) if base.sizes["seed"] > 1 else per_seed.isel(seed=0) * np.nan
     return xr.Dataset({"change": change, "base": level, "seed_spread": spread.drop_vars("seed", errors="ignore")})
 
 
-def findings_interval(da: xr.DataArray, *, n_resamples: int = N_RESAMPLES,
-                      random_state: int = RANDOM_STATE) -> xr.DataArray:
-    """Mean over (seed, batch) of each finding with its 95% hierarchical-bootstrap interval,
-    `da` (seed, batch, finding) -> (ci, finding); a finding with NaN (temporal_decay at T < 4)
-    stays NaN."""
-    kw = {"n_resamples": n_resamples, "random_state": random_state, "vectorized": True}
-    parts = []
-    for f in da["finding"].values:
-        one = da.sel(finding=f)
-        if np.all(np.isfinite(one.values)):
-            parts.append(hierarchical_bootstrap(one, _mean_units, **kw))
-        else:
-            parts.append(xr.DataArray([np.nan] * 3, dims=("ci",), coords={"ci": ["estimate", "low", "high"]}))
-    out = xr.concat(parts, dim="finding").assign_coords(finding=da["finding"].values)
-    return out.transpose("ci", "finding")
+def findings_interval(da: xr.DataArray) -> xr.DataArray:
+    """Mean over seeds of the seed means of each finding with its 95% t-interval,
+    `da` (seed, batch, finding) -> (ci, finding); a finding with NaN units (temporal_decay at
+    T < 4) has no interval."""
+    return seed_mean_ci(da).transpose("ci", "finding")
 
 
 # --------------------------------------------------------------------------- lambda -> 0 limit
@@ -394,7 +376,7 @@ def _units(da: xr.DataArray) -> xr.DataArray:
     return da.expand_dims(batch=[0]).transpose("seed", "batch", "finding")
 
 
-def bra_ablations(sub: xr.Dataset, **kw) -> dict:
+def bra_ablations(sub: xr.Dataset) -> dict:
     """Estimator conventions of the subspace side as changes of each finding (paired by seed):
     "ket basis" (mass_sq/ket - mass_sq/joint) and "signed drift" (mass_signed/joint -
     mass_sq/joint), `ablation_effect` each. Empty when the PDE has no mass bra."""
@@ -403,12 +385,11 @@ def bra_ablations(sub: xr.Dataset, **kw) -> dict:
     for name, alt in (("ket basis", "mass_sq/ket"), ("signed drift", "mass_signed/joint")):
         if "mass_sq/joint" in held and alt in held:
             out[name] = ablation_effect(_units(sub["by_bra"].sel(bra_convention="mass_sq/joint", drop=True)),
-                                        _units(sub["by_bra"].sel(bra_convention=alt, drop=True)), **kw)
+                                        _units(sub["by_bra"].sel(bra_convention=alt, drop=True)))
     return out
 
 
-def r_normalization_effect(pi: xr.DataArray, n_classes: int, *, n_resamples: int = N_RESAMPLES,
-                           random_state: int = RANDOM_STATE) -> xr.Dataset:
+def r_normalization_effect(pi: xr.DataArray, n_classes: int) -> xr.Dataset:
     """The follow-up's R (class mean) from the row-standardized minus from the raw matrices,
     `pi` (seed, batch, n_resp, n_pert): `change` and `base` (ci), `seed_spread` (std over seeds
     of the per-seed mean raw R), `standardized` (ci)."""
@@ -417,9 +398,7 @@ def r_normalization_effect(pi: xr.DataArray, n_classes: int, *, n_resamples: int
     coords = {"seed": np.arange(raw.shape[0]), "batch": np.arange(raw.shape[1])}
     a = xr.DataArray(raw, dims=("seed", "batch"), coords=coords)
     b = xr.DataArray(std, dims=("seed", "batch"), coords=coords)
-    kw = {"n_resamples": n_resamples, "random_state": random_state, "vectorized": True}
     spread = float(a.mean("batch").std("seed", ddof=1)) if raw.shape[0] > 1 else math.nan
-    return xr.Dataset({"change": hierarchical_bootstrap(b - a, _mean_units, **kw),
-                       "base": hierarchical_bootstrap(a, _mean_units, **kw),
-                       "standardized": hierarchical_bootstrap(b, _mean_units, **kw),
+    return xr.Dataset({"change": seed_mean_ci(b - a), "base": seed_mean_ci(a),
+                       "standardized": seed_mean_ci(b),
                        "seed_spread": ((), spread)})

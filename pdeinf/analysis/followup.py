@@ -4,22 +4,16 @@ Everything here works on the follow-up's estimator (the exact subspace sweep acr
 checkpoints, `pdeinf.pipeline.load_variants`) through `pdeinf.analysis.coherence`:
 
 - `dynamics_intervals`: mean diagonal, mean off-diagonal and their ratio per checkpoint, each
-  a mean over seeds x influence batches with a hierarchical-bootstrap interval.
+  a mean over seeds x influence batches with its t-interval over seed means.
 - `spectrum_intervals`: log10 condition number, effective rank and effective rank / rank of
   eta_hat per checkpoint, same aggregation.
 - `rollout_statistics`: `rollout_link_statistics` on a `coherence.rollout_link` result, or None
   (with the reason) when the design is too small for it.
-- `correlation_units`, `needed_design`: the power analysis of a correlation. With z-scores
-  (population standard deviations) over the (seed, class, batch) units, r + IF_i with the
-  influence function of Pearson's r, `IF_i = z_x z_y - r (z_x^2 + z_y^2) / 2`, averages to r
-  exactly and its spread is r's first-order (delta-method) sampling spread, so its per-(seed,
-  batch) mean over classes is a value measured once per (seed, batch) whose hierarchical mean
-  is r; its variance components give `decisive_design` (a linearised plug-in: approximate),
-  through `pdeinf.analysis.verdicts.needed_for_rule` with the record's verdict.
-- `finding_record`, `rollout_findings`: the `{"pde", "model", "estimate", "low", "high",
-  "n_seeds", "n_batches", "verdict", "rule", "paper", "needed", ...}` records the notebooks
-  write under `"findings"`, with verdicts from `pdeinf.analysis.verdicts`.
+- `seed_correlations`, `rollout_findings`: the per-seed correlations of R with the rollout
+  error (pooled over classes, or centred within each (seed, class)) and the records of the
+  registry's rollout-link rules (`pdeinf.analysis.evaluate.evaluate_finding`, Fisher's z).
 - `describe_rollout_link`: the plain-words reading of the pooled vs within-class link.
+- `variant_ridge`: the lag-0 ridge of one metric or bra variant, with its interval over seeds.
 
 Pure: xarray in, xarray / dicts out.
 """
@@ -31,35 +25,30 @@ import numpy as np
 import xarray as xr
 
 from pdeinf.analysis.coherence import normalized_pi
-from pdeinf.analysis.rollout_stats import rollout_link_statistics
-from pdeinf.analysis.statistics import decisive_design, hierarchical_bootstrap, pearson_units
-from pdeinf.analysis.verdicts import (
-    DECISIVE_WORDS,
-    PAPER_ROLLOUT_PEARSON,
-    apply_rule,
-    describe_rule,
-    needed_for_rule,
+from pdeinf.analysis.evaluate import (  # noqa: F401  (VERDICT_WORDS: the notebooks check)
+    VERDICT_WORDS,
+    describe_record,
+    evaluate_finding,
 )
+from pdeinf.analysis.registry import PAPER_ROLLOUT_PEARSON
+from pdeinf.analysis.rollout_stats import pearson_rows, rollout_link_statistics
+from pdeinf.analysis.seed_paper_findings import ridge_units
+from pdeinf.analysis.statistics import seed_interval, seed_mean_ci
 from pdeinf.errors import InputError
 
-#: Bootstrap settings of every headline interval in the follow-up notebooks.
-N_RESAMPLES = 1000
+#: Permutations of the rollout link's tests, and their random state.
+N_PERMUTATIONS = 1000
 RANDOM_STATE = 0
-
-
-def _mean_over_units(da: xr.DataArray) -> xr.DataArray:
-    return da.mean(("seed", "batch"))
 
 
 def dynamics_intervals(
     ds: xr.Dataset, *, variant: str = "gauss-newton", normalization: str = "none",
-    n_resamples: int = N_RESAMPLES, random_state: int = RANDOM_STATE,
 ) -> xr.DataArray:
     """Mean diagonal, mean off-diagonal and off/diagonal ratio of Pi per checkpoint.
 
     Per (seed, epoch, batch) matrix: the mean of its N diagonal entries, the mean of its
     N(N-1) off-diagonal entries and their ratio (scale-free); each averaged over seeds x
-    batches, with the two-stage bootstrap interval (`n_resamples`, `random_state`).
+    batches, with the t-interval over seed means (`seed_mean_ci`).
     Returns dims `(ci, quantity, epoch)`, quantity in ("diagonal", "off-diagonal", "ratio").
     """
     npi = normalized_pi(ds, variant=variant, normalization=normalization, epoch="all")
@@ -77,18 +66,15 @@ def dynamics_intervals(
                         coords={"seed": npi["seed"].values, "epoch": npi["epoch"].values,
                                 "batch": npi["batch"].values,
                                 "quantity": ["diagonal", "off-diagonal", "ratio"]})
-    out = hierarchical_bootstrap(data, _mean_over_units, n_resamples=n_resamples,
-                                 random_state=random_state, vectorized=True)
+    out = seed_mean_ci(data)
     out.attrs.update(variant=variant, normalization=normalization)
     return out.transpose("ci", "quantity", "epoch")
 
 
-def spectrum_intervals(
-    spec: xr.Dataset, *, n_resamples: int = N_RESAMPLES, random_state: int = RANDOM_STATE,
-) -> xr.DataArray:
+def spectrum_intervals(spec: xr.Dataset) -> xr.DataArray:
     """log10 condition number, effective rank and effective rank / rank of eta_hat per
     checkpoint (`coherence.spectrum` output), each a mean over seeds x batches with its
-    bootstrap interval. A quantity with a non-finite value anywhere (an infinite condition
+    t-interval over seed means. A quantity with a non-finite value anywhere (an infinite condition
     number, no stored rank) is left out. Returns dims `(ci, quantity, epoch)`.
     """
     if not isinstance(spec, xr.Dataset) or "effective_rank" not in spec:
@@ -104,29 +90,23 @@ def spectrum_intervals(
     if not kept:
         raise InputError("spec: no spectrum quantity is finite for every (seed, epoch, batch)")
     data = xr.concat(list(kept.values()), dim="quantity").assign_coords(quantity=list(kept))
-    out = hierarchical_bootstrap(data.astype(np.float64), _mean_over_units,
-                                 n_resamples=n_resamples, random_state=random_state,
-                                 vectorized=True)
-    return out.transpose("ci", "quantity", "epoch")
+    return seed_mean_ci(data.astype(np.float64)).transpose("ci", "quantity", "epoch")
 
 
 # --------------------------------------------------------------------------- rollout link
 
 
 def rollout_statistics(
-    link: xr.Dataset, *, n_resamples: int = N_RESAMPLES, n_permutations: int = N_RESAMPLES,
-    random_state: int = RANDOM_STATE,
+    link: xr.Dataset, *, n_permutations: int = N_PERMUTATIONS, random_state: int = RANDOM_STATE,
 ) -> tuple[xr.Dataset | None, str]:
     """`rollout_link_statistics` of a `coherence.rollout_link` result over the horizons whose
-    errors are finite everywhere; `(None, reason)` when there are fewer than 3 (seed, batch)
-    pairs per class (the smoke profile: 1 x 1), a constant or non-finite R, or no such dt."""
+    errors are finite everywhere; `(None, reason)` with fewer than 2 seeds (no interval over
+    seeds), a non-finite R, or no such dt."""
     for name in ("ratio", "rollout_error"):
         if not isinstance(link, xr.Dataset) or name not in link:
             raise InputError(f"link: expected coherence.rollout_link output with {name!r}")
-    n_units = link.sizes["seed"] * link.sizes["batch"]
-    if n_units < 3:
-        return None, (f"{link.sizes['seed']} seed(s) x {link.sizes['batch']} batch(es): "
-                      "intervals need at least 3 (seed, batch) pairs per class")
+    if link.sizes["seed"] < 2:
+        return None, f"{link.sizes['seed']} seed: intervals over seeds need at least 2"
     if not np.all(np.isfinite(link["ratio"].values)):
         return None, "R is not finite for every (seed, class, batch)"
     error = link["rollout_error"]
@@ -135,60 +115,30 @@ def rollout_statistics(
     if not finite_dt:
         return None, "no horizon has a finite rollout error for every (seed, class, batch)"
     stats = rollout_link_statistics(link["ratio"], error.sel(dt=finite_dt),
-                                    n_resamples=n_resamples, n_permutations=n_permutations,
-                                    random_state=random_state)
+                                    n_permutations=n_permutations, random_state=random_state)
     return stats, ""
 
 
-def correlation_units(ratio: xr.DataArray, error: xr.DataArray, *,
+def seed_correlations(ratio: xr.DataArray, error: xr.DataArray, *,
                       within_class: bool = False) -> xr.DataArray:
-    """Per-(seed, batch) contributions to the Pearson r of R with the error at one dt.
+    """Per seed: the Pearson correlation of R with the rollout error at one dt over the seed's
+    (class, batch) units, dims (seed,). With `within_class`, both are first centred within each
+    (seed, class), so neither class differences nor seed differences inside a class remain.
 
-    ratio, error: dims `(seed, class, batch)`. With population z-scores over all (seed, class,
-    batch) (after subtracting each class's mean from both when `within_class`) and r their
-    Pearson correlation, returns the mean over classes of the linearised contributions
-    `r + z_R z_err - r (z_R^2 + z_err^2) / 2` (r plus Pearson's influence function), dims
-    `(seed, batch)`: its mean over (seed, batch) is exactly the pooled (resp. within-class
-    pooled) Pearson r, its spread r's delta-method sampling spread
-    (`pdeinf.analysis.statistics.pearson_units`).
+    ratio, error: dims `(seed, class, batch)`. NaN for a seed where either is constant.
     """
     dims = ("seed", "class", "batch")
     for name, da in (("ratio", ratio), ("error", error)):
         if not isinstance(da, xr.DataArray) or set(da.dims) != set(dims):
             raise InputError(f"{name}: expected an xr.DataArray with dims {dims}")
-    x = ratio.transpose(*dims).astype(np.float64)
-    y = error.transpose(*dims).astype(np.float64)
+    x = np.asarray(ratio.transpose(*dims).values, dtype=np.float64)
+    y = np.asarray(error.transpose(*dims).values, dtype=np.float64)
     if within_class:
-        x = x - x.mean(("seed", "batch"))
-        y = y - y.mean(("seed", "batch"))
-    units = pearson_units(x, y)
-    return units.assign_coords(seed=ratio["seed"].values, batch=ratio["batch"].values)
-
-
-def needed_design(units: xr.DataArray, *, null: float = 0.0, verdict=None) -> dict:
-    """`pdeinf.analysis.statistics.decisive_design` of the hierarchical mean of `units` (dims
-    seed, batch) against `null`, given the measured verdict word (None: the plug-in decides at
-    the measured design). Records use `needed_for_rule`, which takes the null from the rule."""
-    decisive = None if verdict is None else str(verdict) in DECISIVE_WORDS
-    return decisive_design(units, null=null, decisive=decisive)
-
-
-def finding_record(
-    name: str, estimate_ci, *, pde: str, model: str, n_seeds: int, n_batches: int,
-    paper=None, needed=None, **extra,
-) -> dict:
-    """One finding as the notebooks write it under `results["findings"][name]`.
-
-    estimate_ci: `(estimate, low, high)` (NaN where not measurable: verdict "inconclusive").
-    The verdict and the rule text come from `pdeinf.analysis.verdicts.VERDICT_RULES[name]`.
-    """
-    est, low, high = (float("nan") if v is None else float(v) for v in estimate_ci)
-    return {
-        "pde": pde, "model": model, "estimate": est, "low": low, "high": high,
-        "n_seeds": int(n_seeds), "n_batches": int(n_batches),
-        "verdict": str(apply_rule(name, (est, low, high))), "rule": describe_rule(name),
-        "paper": None if paper is None else float(paper), "needed": needed, **extra,
-    }
+        x = x - x.mean(axis=2, keepdims=True)
+        y = y - y.mean(axis=2, keepdims=True)
+    s = x.shape[0]
+    r = pearson_rows(x.reshape(s, -1), y.reshape(s, -1))
+    return xr.DataArray(r, dims=("seed",), coords={"seed": ratio["seed"].values})
 
 
 def paper_rollout_pearson(pde: str, model: str, dt: int) -> float | None:
@@ -203,32 +153,36 @@ def finding_dts(link: xr.Dataset, wanted=(1, 16)) -> list[int]:
     return sorted({min(int(dt), longest) for dt in wanted})
 
 
-def rollout_findings(link: xr.Dataset, stats: xr.Dataset | None, *, pde: str, model: str,
+def rollout_findings(link: xr.Dataset, *, pde: str, model: str,
                      dts=(1, 16)) -> dict[str, list[dict]]:
-    """Records of `rollout_link_negative` (pooled Pearson) and `rollout_link_within_class`
-    (Pearson after removing class means) at each dt of `finding_dts(link, dts)`. Without
-    `stats` (design too small) the pooled estimate is `link["correlation"]` with no interval."""
-    n_seeds, n_batches = link.sizes["seed"], link.sizes["batch"]
+    """Records of `rollout_link_negative` (per-seed Pearson over classes and batches) and
+    `rollout_link_within_class` (after centring within each (seed, class)) at each dt of
+    `finding_dts(link, dts)`, averaged over seeds on Fisher's z scale (`evaluate_finding`)."""
     out: dict[str, list[dict]] = {"rollout_link_negative": [], "rollout_link_within_class": []}
     for dt in finding_dts(link, dts):
         error = link["rollout_error"].sel(dt=dt)
-        for name, quantity, within in (("rollout_link_negative", "pearson", False),
-                                       ("rollout_link_within_class", "within_class_pooled", True)):
-            units = None
-            if stats is not None and dt in stats["dt"].values:
-                ci = tuple(float(v) for v in stats[quantity].sel(dt=dt).values)
-                units = correlation_units(link["ratio"], error, within_class=within)
-            else:
-                est = float(link["correlation"].sel(dt=dt)) if not within else math.nan
-                ci = (est, math.nan, math.nan)
-            paper = paper_rollout_pearson(pde, model, dt) if not within else None
-            record = finding_record(name, ci, pde=pde, model=model, n_seeds=n_seeds,
-                                    n_batches=n_batches, paper=paper, dt=int(dt))
-            if units is not None:
-                record["needed"] = needed_for_rule(name, units, estimate=ci[0],
-                                                   verdict=record["verdict"])
-            out[name].append(record)
+        for name, within in (("rollout_link_negative", False),
+                             ("rollout_link_within_class", True)):
+            r = seed_correlations(link["ratio"], error, within_class=within)
+            out[name].append(evaluate_finding(
+                name, r.values, key=None if within else f"{pde}-{model.lower()} dt={dt}",
+                pde=pde, model=model, scale="fisher-z", dt=int(dt),
+                seeds=[int(v) for v in r["seed"].values]))
     return out
+
+
+def finding_lines(records: list[dict]) -> list[str]:
+    """`describe_record` of each record."""
+    return [describe_record(r) for r in records]
+
+
+def variant_ridge(ds: xr.Dataset, variant: str) -> tuple[float, float, float]:
+    """The lag-0 ridge of one variant at the final checkpoint: per (seed, batch) the intra-class
+    mean of the row-standardized Pi at dt = 0 over that at |dt| = 1 (the seed paper's headline
+    statistic, `lag0_ridge`), its mean over seeds and t-interval (estimate, low, high)."""
+    npi = normalized_pi(ds, variant=variant, normalization="standard").isel(epoch=0, drop=True)
+    values = ridge_units(npi).sel(cls="all", drop=True).transpose("seed", "batch").values
+    return seed_interval(values)
 
 
 def _interval(ci) -> str:

@@ -19,17 +19,17 @@ Observables (dimensionless, SMSE-based; lags in snapshot steps):
   averaged over the start times with a complete horizon and over the classes: one number per
   (recipe, seed, epoch, batch), `batch` indexing the test trajectory of each class.
 
-Every headline number gets a 95% hierarchical bootstrap interval (seeds, then batches within
-each seed; `pdeinf.analysis.statistics.hierarchical_bootstrap`, percentile). Recipes share the
-seed (initialisation, shuffle) and the test trajectories of the baseline, so recipe-vs-baseline
-differences are paired per (seed, batch).
+Every headline number gets a 95% t-interval over seed means (each seed's mean over its
+batches; `pdeinf.analysis.statistics.seed_mean_ci`). Recipes share the seed (initialisation,
+shuffle) and the test trajectories of the baseline, so recipe-vs-baseline differences are
+paired per (seed, batch).
 
-Verdict rule of the intervention effect (`EFFECT_RULE`, written before any run): estimate =
-mean over seeds x batches of log(rollout SMSE at dt, recipe) - log(rollout SMSE at dt,
-one-step), final checkpoint; "improves" when the 95% interval lies below 0, "worsens" when it
-lies above 0, else "inconclusive". The selection comparison uses the same rule on
-log(rollout of the checkpoint a criterion picks) - log(rollout of the checkpoint validation
-SMSE picks).
+The intervention effect is the registry's rule `intervention_effect`: per (seed, batch) the
+change log(rollout SMSE at dt, recipe) - log(rollout SMSE at dt, one-step), final checkpoint;
+"improves" / "worsens" when the Holm-adjusted t-test over seed means puts it below / above 0
+(`evaluate_finding`). The selection comparison describes its intervals with the same words
+(`interval_words`, not adjusted) on log(rollout of the checkpoint a criterion picks) -
+log(rollout of the checkpoint validation SMSE picks).
 
 Orbit influence of `augment` (input: `pdeinf.pipeline.interventions.load_orbit`, dims (recipe,
 seed, batch, element, example) with `equivariance` = SMSE(f(g.x), g.y) / SMSE(f(x), y) and
@@ -37,10 +37,10 @@ seed, batch, element, example) with `equivariance` = SMSE(f(g.x), g.y) / SMSE(f(
 checkpoint; `pdeinf.symmetry`): per (recipe, seed, batch) the mean over examples, per element
 (`orbit_observables`), and the means over the 7 non-identity D4 elements. The paired change
 augment - one-step of (a) the mean log10 equivariance ratio and (b) the mean orbit diagonal,
-each with its hierarchical-bootstrap interval, is judged by the rules
+each with its t-interval over seeds, is judged by the rules
 `augment_lowers_equivariance_error` and `augment_raises_orbit_influence` of
-`pdeinf.analysis.verdicts.VERDICT_RULES` (written before any run; words reproduced /
-contradicted / inconclusive, and always "inconclusive" with fewer than 2 seeds).
+`pdeinf.analysis.registry.FINDING_RULES` (words "raises" / "lowers" / "inconclusive"; "not
+estimable" with fewer than 2 seeds).
 """
 from __future__ import annotations
 
@@ -48,14 +48,9 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from pdeinf.analysis.statistics import decisive_design, hierarchical_bootstrap
-from pdeinf.analysis.verdicts import (
-    DECISIVE_WORDS,
-    VERDICT_RULES,
-    apply_rule,
-    needed_for_rule,
-    verdict,
-)
+from pdeinf.analysis.evaluate import evaluate_finding
+from pdeinf.analysis.registry import describe_rule  # noqa: F401  (the notebooks print the rule)
+from pdeinf.analysis.statistics import seed_mean_ci
 from pdeinf.errors import InputError
 from pdeinf.influence.normalize import normalize
 from pdeinf.symmetry.actions import ELEMENTS
@@ -63,20 +58,11 @@ from pdeinf.symmetry.actions import ELEMENTS
 BASELINE = "one-step"
 PI_DIMS = ("t_resp", "c_resp", "t_pert", "c_pert")
 CRITERIA = ("val", "R", "R+val")
-EFFECT_RULE = (
-    "estimate = mean over seeds x batches of log(rollout SMSE at dt=16, recipe) - "
-    "log(rollout SMSE at dt=16, one-step), final checkpoint, paired by seed and test "
-    "trajectory; 95% hierarchical bootstrap (seeds, then batches within seed), percentile; "
-    "'improves' if the interval lies below 0, 'worsens' if above 0, else 'inconclusive'; "
-    "always 'inconclusive' with fewer than 2 seeds (the interval then omits between-seed "
-    "variation)"
-)
 SELECTION_RULE = (
     "estimate = mean over seeds x batches of log(rollout SMSE at dt=16 of the checkpoint the "
     "criterion picks) - log(... of the checkpoint minimal validation SMSE picks); same interval "
     "and words as the intervention effect"
 )
-_WORDS = {"reproduced": "improves", "contradicted": "worsens", "inconclusive": "inconclusive"}
 
 
 def _check_pi(pi) -> xr.DataArray:
@@ -212,18 +198,15 @@ def observables(ds: xr.Dataset, *, dt: int = 16) -> xr.Dataset:
     return out
 
 
-def _mean_ci(data: xr.DataArray, *, n_resamples: int, random_state: int) -> xr.DataArray:
-    """Hierarchical bootstrap of the mean over (seed, batch); other dims carried along."""
-    return hierarchical_bootstrap(
-        data, lambda d: d.mean(("seed", "batch")), n_resamples=n_resamples,
-        random_state=random_state, vectorized=True)
+def _mean_ci(data: xr.DataArray) -> xr.DataArray:
+    """Mean over seeds of the seed means over batches, with its t-interval over seeds; other
+    dims carried along."""
+    return seed_mean_ci(data)
 
 
-def _seed_mean_ci(data: xr.DataArray, *, n_resamples: int, random_state: int) -> xr.DataArray:
-    """Bootstrap of the mean over seeds of a per-seed value (validation SMSE)."""
-    return hierarchical_bootstrap(
-        data, lambda d: d.mean("seed"), seed_dim=None, batch_dim="seed",
-        n_resamples=n_resamples, random_state=random_state, vectorized=True)
+def _seed_mean_ci(data: xr.DataArray) -> xr.DataArray:
+    """Mean over seeds of a per-seed value (validation SMSE), with its t-interval."""
+    return seed_mean_ci(data, batch_dim=None)
 
 
 def _final(obs: xr.Dataset, epoch) -> xr.Dataset:
@@ -231,39 +214,36 @@ def _final(obs: xr.Dataset, epoch) -> xr.Dataset:
     return obs.sel(epoch=epoch)
 
 
-def recipe_table(obs: xr.Dataset, *, epoch=None, n_resamples: int = 1000,
-                 random_state: int = 0) -> xr.Dataset:
+def recipe_table(obs: xr.Dataset, *, epoch=None) -> xr.Dataset:
     """R, rollout SMSE at dt, validation SMSE, lag-1 medians and rank per recipe at one
     checkpoint (None: the final), each with a `ci` dim (estimate, low, high): means over seeds
     x batches (validation: over seeds)."""
     fin = _final(obs, epoch)
-    kw = {"n_resamples": n_resamples, "random_state": random_state}
-    out = xr.Dataset({name: _mean_ci(fin[name], **kw)
+    out = xr.Dataset({name: _mean_ci(fin[name])
                       for name in ("R", "rollout", "intra_lag1", "inter_lag1")})
-    out["R_class"] = _mean_ci(fin["R_class"], **kw)
-    out["val_smse"] = _seed_mean_ci(fin["val_smse"], **kw)
+    out["R_class"] = _mean_ci(fin["R_class"])
+    out["val_smse"] = _seed_mean_ci(fin["val_smse"])
     if "rank" in fin:
-        out["rank"] = _mean_ci(fin["rank"].astype(float), **kw)
-    out.attrs.update(dt=obs.attrs.get("dt"), epoch=int(fin["epoch"]), n_resamples=n_resamples,
-                     random_state=random_state, n_seeds=fin.sizes["seed"],
+        out["rank"] = _mean_ci(fin["rank"].astype(float))
+    out.attrs.update(dt=obs.attrs.get("dt"), epoch=int(fin["epoch"]), n_seeds=fin.sizes["seed"],
                      n_batches=fin.sizes["batch"])
     return out
 
 
-def effect_words(ci: xr.DataArray, n_seeds: int):
-    """"improves" / "worsens" / "inconclusive" per cell of an interval of a change in log
-    rollout SMSE (`EFFECT_RULE`; n_seeds < 2 gives "inconclusive" everywhere)."""
-    words = verdict(ci, null=0.0, paper_sign=-1, rule="sign")
-    word = (lambda w: _WORDS[str(w)]) if n_seeds >= 2 else (lambda w: "inconclusive")
-    if isinstance(words, xr.DataArray):
-        return xr.apply_ufunc(np.vectorize(word, otypes=[str]), words)
-    return word(words)
+def interval_words(ci: xr.DataArray) -> xr.DataArray:
+    """"improves" / "worsens" / "inconclusive" per cell of a t-interval of a change in log
+    rollout SMSE (below 0 / above 0 / neither; NaN bounds: "inconclusive"). Descriptive words
+    for tables; the findings records carry the Holm-adjusted verdicts."""
+    low, high = ci.sel(ci="low", drop=True), ci.sel(ci="high", drop=True)
+    words = np.where(high.values < 0, "improves", np.where(low.values > 0, "worsens",
+                                                          "inconclusive"))
+    return xr.DataArray(words.astype(str), dims=low.dims, coords=low.coords)
 
 
-def intervention_effects(obs: xr.Dataset, *, epoch=None, n_resamples: int = 1000,
-                         random_state: int = 0, baseline: str = BASELINE) -> xr.Dataset:
+def intervention_effects(obs: xr.Dataset, *, epoch=None,
+                         baseline: str = BASELINE) -> xr.Dataset:
     """Paired change in log rollout SMSE (and in R) of each recipe vs the baseline at one
-    checkpoint, with intervals and the `EFFECT_RULE` verdict; dims (ci, recipe) without the
+    checkpoint, with t-intervals and descriptive words (`interval_words`); dims (ci, recipe) without the
     baseline; `d_log_rollout_units` (recipe, seed, batch) holds the paired differences the
     interval was computed from."""
     if baseline not in obs["recipe"].values:
@@ -272,14 +252,13 @@ def intervention_effects(obs: xr.Dataset, *, epoch=None, n_resamples: int = 1000
     others = [r for r in fin["recipe"].values if r != baseline]
     if not others:
         raise InputError("obs: only the baseline recipe; nothing to compare")
-    kw = {"n_resamples": n_resamples, "random_state": random_state}
     d_log = fin["log_rollout"].sel(recipe=others) - fin["log_rollout"].sel(recipe=baseline)
     d_r = fin["R"].sel(recipe=others) - fin["R"].sel(recipe=baseline)
-    out = xr.Dataset({"d_log_rollout": _mean_ci(d_log, **kw), "d_R": _mean_ci(d_r, **kw)})
-    out["verdict"] = effect_words(out["d_log_rollout"], fin.sizes["seed"])
+    out = xr.Dataset({"d_log_rollout": _mean_ci(d_log), "d_R": _mean_ci(d_r)})
+    out["verdict"] = interval_words(out["d_log_rollout"])
     # the paired per-(seed, batch) differences behind the interval: the power analysis's units
     out["d_log_rollout_units"] = d_log.transpose("recipe", "seed", "batch")
-    out.attrs.update(rule=EFFECT_RULE, n_seeds=fin.sizes["seed"], n_batches=fin.sizes["batch"],
+    out.attrs.update(rule="intervention_effect", n_seeds=fin.sizes["seed"], n_batches=fin.sizes["batch"],
                      epoch=int(fin["epoch"]), dt=obs.attrs.get("dt"))
     return out
 
@@ -348,7 +327,7 @@ def picked_epochs(obs: xr.Dataset, criteria=CRITERIA) -> xr.DataArray:
                       for c in criteria], dim="criterion")
 
 
-def selection_comparison(obs: xr.Dataset, *, n_resamples: int = 1000, random_state: int = 0,
+def selection_comparison(obs: xr.Dataset, *,
                          criteria=("R", "R+val")) -> xr.Dataset:
     """For each recipe, the change in log rollout SMSE at dt of the checkpoint each criterion
     picks vs the one minimal validation SMSE picks (R of a run = mean over its batches and
@@ -363,39 +342,36 @@ def selection_comparison(obs: xr.Dataset, *, n_resamples: int = 1000, random_sta
         chosen = select_epochs(val, r_run, c)
         diffs.append((log_roll.sel(epoch=chosen) - log_roll.sel(epoch=by_val)).expand_dims(criterion=[c]))
     diff = xr.concat(diffs, dim="criterion")
-    kw = {"n_resamples": n_resamples, "random_state": random_state}
-    per_recipe = _mean_ci(diff, **kw)
+    per_recipe = _mean_ci(diff)
     # pooled: every (recipe, seed) run as one unit (runs of one seed share the initialisation,
     # so this interval is optimistic)
     arr = diff.transpose("criterion", "recipe", "seed", "batch").values
     pooled = xr.DataArray(arr.reshape(arr.shape[0], -1, arr.shape[-1]),
                           dims=("criterion", "seed", "batch"),
                           coords={"criterion": diff["criterion"].values})
-    pooled_ci = _mean_ci(pooled, **kw).expand_dims(recipe=["all"])
+    pooled_ci = _mean_ci(pooled).expand_dims(recipe=["all"])
     both = xr.concat([per_recipe, pooled_ci], dim="recipe")
     out = xr.Dataset({"d_log_rollout": both.transpose("criterion", "ci", "recipe")})
-    out["verdict"] = effect_words(out["d_log_rollout"], obs.sizes["seed"])
-    out.attrs.update(rule=SELECTION_RULE, n_resamples=n_resamples, random_state=random_state)
+    out["verdict"] = interval_words(out["d_log_rollout"])
+    out.attrs.update(rule=SELECTION_RULE)
     return out
 
 
 # ---- curves with intervals, results rows -------------------------------------------
-def lag_curves(ds: xr.Dataset, *, epoch=None, max_lag: int = 11, n_resamples: int = 1000,
-               random_state: int = 0) -> xr.DataArray:
+def lag_curves(ds: xr.Dataset, *, epoch=None, max_lag: int = 11) -> xr.DataArray:
     """Mean over seeds x batches of the per-matrix lag medians (`lag_medians`) at one
     checkpoint, with intervals: dims (ci, recipe, pair, dt)."""
     epoch = int(ds["epoch"].max()) if epoch is None else int(epoch)
     curves = lag_medians(ds["pi"].sel(epoch=epoch), max_lag=max_lag)
-    return _mean_ci(curves, n_resamples=n_resamples, random_state=random_state)
+    return _mean_ci(curves)
 
 
-def class_matrix_ci(ds: xr.Dataset, *, epoch=None, lag: int = 0, n_resamples: int = 1000,
-                    random_state: int = 0) -> xr.DataArray:
+def class_matrix_ci(ds: xr.Dataset, *, epoch=None, lag: int = 0) -> xr.DataArray:
     """Mean over seeds x batches of the per-matrix class matrices, with intervals:
     dims (ci, recipe, c_resp, c_pert)."""
     epoch = int(ds["epoch"].max()) if epoch is None else int(epoch)
     cm = class_matrices(ds["pi"].sel(epoch=epoch), lag=lag)
-    return _mean_ci(cm, n_resamples=n_resamples, random_state=random_state)
+    return _mean_ci(cm)
 
 
 def _ci_dict(ci: xr.DataArray) -> dict:
@@ -415,24 +391,15 @@ def table_rows(table: xr.Dataset) -> dict:
 
 
 def effect_findings(effects: xr.Dataset, pde: str, model: str) -> list[dict]:
-    """The `findings.intervention_effect` rows of one (PDE, model); with the paired units in
-    `effects` also `needed`: the seeds x batches a decisive word ("improves" / "worsens")
-    would need (`decisive_design` against 0 with the measured verdict; one seed: not
-    estimable)."""
-    rows = []
-    for recipe in effects["recipe"].values:
-        ci = effects["d_log_rollout"].sel(recipe=recipe)
-        word = str(effects["verdict"].sel(recipe=recipe).item())
-        row = {"pde": pde, "model": model, "recipe": str(recipe), **_ci_dict(ci),
-               "n_seeds": int(effects.attrs["n_seeds"]),
-               "n_batches": int(effects.attrs["n_batches"]),
-               "verdict": word, "rule": EFFECT_RULE, "paper": None}
-        if "d_log_rollout_units" in effects:
-            row["needed"] = decisive_design(
-                effects["d_log_rollout_units"].sel(recipe=recipe, drop=True),
-                estimate=row["estimate"], null=0.0, decisive=word in DECISIVE_WORDS)
-        rows.append(row)
-    return rows
+    """The `intervention_effect` records of one (PDE, model), one per recipe, from the paired
+    per-(seed, batch) differences in log rollout SMSE (`evaluate_finding`)."""
+    units = effects["d_log_rollout_units"]
+    return [evaluate_finding("intervention_effect",
+                             units.sel(recipe=recipe).transpose("seed", "batch").values,
+                             pde=pde, model=model, recipe=str(recipe),
+                             note=f"paired vs {BASELINE} by seed and test trajectory, final "
+                                  f"checkpoint (epoch {effects.attrs.get('epoch')})")
+            for recipe in effects["recipe"].values]
 
 
 def answer_sentence(table: xr.Dataset, pde: str, model: str, *, baseline: str = BASELINE) -> str:
@@ -477,10 +444,9 @@ def selection_frame(sel: xr.Dataset) -> pd.DataFrame:
 
 # ---- orbit influence of augment vs one-step ------------------------------------------
 ORBIT_RECIPE = "augment"
-#: The rules of the orbit comparison (VERDICT_RULES), per quantity of `orbit_effects`.
+#: The rules of the orbit comparison (FINDING_RULES), per quantity of `orbit_effects`.
 ORBIT_FINDINGS = {"d_orbit": "augment_raises_orbit_influence",
                   "d_log_equivariance": "augment_lowers_equivariance_error"}
-ORBIT_MIN_SEEDS = 2
 _D4 = tuple(g for g in ELEMENTS if g != "e")
 
 
@@ -523,37 +489,20 @@ def orbit_observables(orbit: xr.Dataset) -> xr.Dataset:
                       attrs={"epoch": orbit.attrs.get("epoch"), "d4": d4})
 
 
-def orbit_element_table(orbit: xr.Dataset, *, n_resamples: int = 1000,
-                        random_state: int = 0) -> xr.Dataset:
+def orbit_element_table(orbit: xr.Dataset) -> xr.Dataset:
     """Per recipe and element: the mean over seeds x batches of `orbit_observables`'
-    `orbit` and `log_equivariance`, with 95% hierarchical-bootstrap intervals; dims (ci,
+    `orbit` and `log_equivariance`, with 95% t-intervals over seeds; dims (ci,
     recipe, element)."""
     obs = orbit_observables(orbit)
-    kw = {"n_resamples": n_resamples, "random_state": random_state}
-    out = xr.Dataset({"orbit": _mean_ci(obs["orbit"], **kw),
-                      "log_equivariance": _mean_ci(obs["log_equivariance"], **kw)})
+    out = xr.Dataset({"orbit": _mean_ci(obs["orbit"]),
+                      "log_equivariance": _mean_ci(obs["log_equivariance"])})
     out.attrs.update(epoch=orbit.attrs.get("epoch"), n_seeds=orbit.sizes["seed"],
-                     n_batches=orbit.sizes["batch"], n_resamples=n_resamples,
-                     random_state=random_state)
+                     n_batches=orbit.sizes["batch"])
     return out
 
 
-def orbit_verdict(name: str, ci: xr.DataArray, n_seeds: int) -> str:
-    """The verdict of rule `name` (VERDICT_RULES) on interval `ci`; "inconclusive" with
-    fewer than `ORBIT_MIN_SEEDS` seeds (the interval then omits between-seed variation)."""
-    if int(n_seeds) < ORBIT_MIN_SEEDS:
-        return "inconclusive"
-    return str(apply_rule(name, ci))
-
-
-def orbit_rule_text(name: str) -> str:
-    """The rule's registry text and the seed condition."""
-    return (VERDICT_RULES[name].text() + f" With fewer than {ORBIT_MIN_SEEDS} seeds: "
-            "inconclusive (the interval then omits between-seed variation).")
-
-
 def orbit_effects(orbit: xr.Dataset, *, recipe: str = ORBIT_RECIPE, baseline: str = BASELINE,
-                  n_resamples: int = 1000, random_state: int = 0) -> xr.Dataset:
+                  ) -> xr.Dataset:
     """Paired (by seed and influence batch) change `recipe` - `baseline` of the mean orbit
     diagonal (`d_orbit`) and of the mean log10 equivariance ratio (`d_log_equivariance`) over
     the non-identity D4 elements, with intervals (dim ci) and the verdicts of their rules
@@ -565,40 +514,28 @@ def orbit_effects(orbit: xr.Dataset, *, recipe: str = ORBIT_RECIPE, baseline: st
     for r in (recipe, baseline):
         if r not in recipes:
             raise InputError(f"orbit: recipe {r!r} not among {recipes}")
-    kw = {"n_resamples": n_resamples, "random_state": random_state}
-    n_seeds = orbit.sizes["seed"]
     out = xr.Dataset()
     for name, var in (("d_orbit", "orbit_d4"), ("d_log_equivariance", "log_equivariance_d4")):
         diff = obs[var].sel(recipe=recipe, drop=True) - obs[var].sel(recipe=baseline, drop=True)
-        out[name] = _mean_ci(diff, **kw)
+        out[name] = _mean_ci(diff)
         out[f"{name}_units"] = diff.transpose("seed", "batch")  # the power analysis's units
-        out[f"verdict_{name}"] = ((), orbit_verdict(ORBIT_FINDINGS[name], out[name], n_seeds))
-        out[var] = _mean_ci(obs[var].sel(recipe=[baseline, recipe]), **kw)
-    out.attrs.update(recipe=recipe, baseline=baseline, n_seeds=n_seeds,
+        out[f"verdict_{name}"] = ((), evaluate_finding(
+            ORBIT_FINDINGS[name], diff.transpose("seed", "batch").values)["verdict"])
+        out[var] = _mean_ci(obs[var].sel(recipe=[baseline, recipe]))
+    out.attrs.update(recipe=recipe, baseline=baseline, n_seeds=orbit.sizes["seed"],
                      n_batches=orbit.sizes["batch"], epoch=orbit.attrs.get("epoch"),
-                     d4=",".join(d4_non_identity(orbit)), n_resamples=n_resamples,
-                     random_state=random_state)
+                     d4=",".join(d4_non_identity(orbit)))
     return out
 
 
 def orbit_findings(effects: xr.Dataset, pde: str, model: str) -> dict:
-    """`{rule name: [record]}` of one (PDE, model) for the findings collector; with the paired
-    units in `effects` each record also carries `needed` (`needed_for_rule`)."""
-    out = {}
-    for name, rule in ORBIT_FINDINGS.items():
-        record = {"pde": pde, "model": model, "recipe": str(effects.attrs["recipe"]),
-                  **_ci_dict(effects[name]), "n_seeds": int(effects.attrs["n_seeds"]),
-                  "n_batches": int(effects.attrs["n_batches"]),
-                  "verdict": str(effects[f"verdict_{name}"].item()),
-                  "rule": orbit_rule_text(rule), "paper": None,
-                  "note": f"paired vs {effects.attrs['baseline']} by seed and influence "
-                          f"batch, final checkpoint (epoch {effects.attrs.get('epoch')})"}
-        if f"{name}_units" in effects:
-            record["needed"] = needed_for_rule(rule, effects[f"{name}_units"],
-                                               estimate=record["estimate"],
-                                               verdict=record["verdict"])
-        out[rule] = [record]
-    return out
+    """`{rule name: [record]}` of one (PDE, model) from the paired per-(seed, batch) changes
+    in `effects` (`evaluate_finding`)."""
+    note = (f"paired vs {effects.attrs['baseline']} by seed and influence batch, final "
+            f"checkpoint (epoch {effects.attrs.get('epoch')})")
+    return {rule: [evaluate_finding(rule, effects[f"{name}_units"].values, pde=pde, model=model,
+                                    recipe=str(effects.attrs["recipe"]), note=note)]
+            for name, rule in ORBIT_FINDINGS.items()}
 
 
 def orbit_sentence(effects: xr.Dataset, pde: str, model: str) -> str:
@@ -610,11 +547,9 @@ def orbit_sentence(effects: xr.Dataset, pde: str, model: str) -> str:
                 f"{float(ci.sel(ci='high')):{sign}.3g}]")
 
     word = str(effects["verdict_d_orbit"].item())
-    answer = {"reproduced": f"{recipe} raises orbit influence",
-              "contradicted": f"{recipe} lowers orbit influence"}.get(
-        word, f"the numbers do not show that {recipe} raises orbit influence (inconclusive"
-              + (f": fewer than {ORBIT_MIN_SEEDS} seeds" if effects.attrs["n_seeds"] < ORBIT_MIN_SEEDS
-                 else ": the interval contains 0") + ")")
+    answer = {"raises": f"{recipe} raises orbit influence",
+              "lowers": f"{recipe} lowers orbit influence"}.get(
+        word, f"the numbers do not show that {recipe} raises orbit influence ({word})")
     return (f"{pde}-{model} (final epoch {effects.attrs.get('epoch')}, {effects.attrs['n_seeds']} "
             f"seed(s) x {effects.attrs['n_batches']} batch(es)): mean standardized orbit-influence "
             f"diagonal over the non-identity D4 elements {fmt(effects['orbit_d4'].sel(recipe=base))} "

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from pdeinf.analysis.statistics import hierarchical_bootstrap
+from pdeinf.analysis.seed_stats import seed_interval
 from pdeinf.errors import InputError
 from pdeinf.influence.normalize import normalize
 
@@ -50,8 +50,6 @@ EDGE_QUANTILES = (0.005, 0.995)
 N_EDGES = 25
 WINDOW_BINS = 11
 MIN_SPLINE_POINTS = 5  # make_smoothing_spline's minimum
-N_RESAMPLES = 1000
-RANDOM_STATE = 0
 
 
 # --------------------------------------------------------------------------- standardization
@@ -344,21 +342,17 @@ def similarity_curves(ds: xr.Dataset, bra: str = "C", n_fine: int = 400) -> xr.D
     )
 
 
-def correlation_length(curves: xr.Dataset, *, n_resamples: int = N_RESAMPLES,
-                       random_state: int = RANDOM_STATE) -> xr.DataArray:
-    """The dynamic correlation length: d where the median-over-seeds smoothing curve first
-    crosses zero, with a percentile bootstrap interval resampling seeds (`ci` dim; NaN where
-    the curve does not cross, such replicates are left out: attrs n_nonfinite)."""
-    fine = curves["fine"]
-    x = curves["d_fine"].values
-
-    def stat(da):
-        med = da.median("seed")
-        return xr.DataArray(zero_crossing(x, med.values), dims=[d for d in med.dims if d != "fine"])
-
-    return hierarchical_bootstrap(fine, stat, seed_dim=None, batch_dim="seed",
-                                  n_resamples=n_resamples, random_state=random_state,
-                                  vectorized=True)
+def correlation_length(curves: xr.Dataset) -> xr.DataArray:
+    """The dynamic correlation length: per seed, d where that seed's smoothing curve first
+    crosses zero; the mean over seeds with its t-interval (`ci` dim). A seed whose curve does
+    not cross is a failed unit: then there is no interval."""
+    x = np.asarray(curves["d_fine"].values, dtype=np.float64)
+    crossings = zero_crossing(x, curves["fine"].transpose("seed", "fine").values)
+    est, low, high = seed_interval(crossings)
+    return xr.DataArray([est, low, high], dims=("ci",),
+                        coords={"ci": ["estimate", "low", "high"]},
+                        attrs={"n_seeds": int(crossings.size),
+                               "n_failed": int(np.isnan(crossings).sum())})
 
 
 # --------------------------------------------------------------------------- NTK box, training

@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
+from scipy import integrate, stats
 
 from pdeinf.errors import InputError
 
@@ -161,11 +161,21 @@ def holm(pvalues) -> np.ndarray:
 
 
 def _power(effect: float, sd: float, n_seeds: int, alpha: float) -> float:
-    """Power of the two-sided one-sample t-test at S seeds (noncentral t)."""
+    """Power of the two-sided one-sample t-test at S seeds: the noncentral t probability
+    P(|T| > t_crit) written as an expectation over the chi-square of the variance estimate,
+    E_V[Phi(nc - c sqrt(V / df)) + Phi(-nc - c sqrt(V / df))], V ~ chi2(df) (stable for any
+    noncentrality, unlike scipy's nct tails)."""
     df = n_seeds - 1
     crit = stats.t.ppf(1.0 - alpha / 2.0, df)
     nc = effect * math.sqrt(n_seeds) / sd
-    return float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
+
+    def integrand(v: float) -> float:
+        scale = crit * math.sqrt(v / df)
+        return (stats.norm.cdf(nc - scale) + stats.norm.cdf(-nc - scale)) * stats.chi2.pdf(v, df)
+
+    lo, hi = stats.chi2.ppf([1e-12, 1.0 - 1e-12], df)
+    value, _ = integrate.quad(integrand, lo, hi, limit=200)
+    return float(min(1.0, max(0.0, value)))
 
 
 def seed_sd_upper(values, bound_level: float = VARIANCE_BOUND_LEVEL) -> float:

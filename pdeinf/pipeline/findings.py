@@ -2,28 +2,31 @@
 committed file (`figures/findings_<profile>.json`) and the README's table.
 
 Each study notebook writes `results/<NN_name>.json` with a top-level `"findings"` entry
-`{rule_name: record or [records]}`; a record is a dict with `pde`, `model`, `estimate`, `low`,
-`high` (numbers, or null where not measurable), `n_seeds`, `n_batches` (integers), `verdict`
-("reproduced" | "contradicted" | "inconclusive"), `rule` (its text), `paper` (the paper's number,
-a quoted note, or null) and optionally `dt`, `needed` (the power analysis of
-`pdeinf.analysis.statistics.decisive_design`: seeds x batches for a decisive verdict), `recipe`,
-`note`, `n_resamples`, `random_state`. Rule names are those of
-`pdeinf.analysis.verdicts.VERDICT_RULES` (a name it does not know is our own finding, layer
-"ours").
+`{rule_name: record or [records]}`; a record is what `pdeinf.analysis.evaluate.evaluate_finding`
+returns: pde, model, estimate, low, high (the t-interval over seed means; null where not
+estimable), per_seed (one value per seed), n_seeds, n_batches, n_failed, null, p, paper,
+size (ours against the paper's number), verdict, rule (its text), needed, and optionally dt,
+recipe, cls, note. Rule names are those of `pdeinf.analysis.registry.FINDING_RULES`.
 
 `collect_findings(profile)` reads and validates them (one InputError naming the file and key of
-a malformed record), `write_findings(profile)` writes the JSON (sorted keys, numbers rounded to
-6 significant digits, no dates: a rerun is byte-identical unless a number changes), and
-`findings_markdown` renders the table, `replace_findings_table` puts it into the README.
+a malformed record), applies Holm's adjustment within each layer over the whole table and
+recomputes every two-part verdict from the adjusted p-values (`adjust_records`);
+`write_findings(profile)` writes the JSON with the SHA-256 of the rules file and the commit
+(sorted keys, numbers rounded to 6 significant digits, no dates: a rerun is byte-identical
+unless a number changes), `findings_markdown` renders the table, `replace_findings_table` puts
+it into the README.
 """
 from __future__ import annotations
 
 import json
 import math
 import re
+import subprocess
 from pathlib import Path
 
 from pdeinf import paths
+from pdeinf.analysis import registry
+from pdeinf.analysis.evaluate import VERDICT_WORDS, adjust_records
 from pdeinf.atomic import write_text
 from pdeinf.errors import InputError
 from pdeinf.pipeline.common import ProfileLike, as_profile
@@ -32,12 +35,10 @@ from pdeinf.pipeline.common import ProfileLike, as_profile
 NOTEBOOK = "14_findings"
 #: Notebooks that never carry findings records (data, the explorer, this one).
 NO_FINDINGS = ("01_data", NOTEBOOK, "15_explorer")
-LAYERS = ("seed paper", "follow-up", "ours")
-#: The papers' findings are "reproduced" / "contradicted" / "inconclusive"; our interventions are
-#: "improves" / "worsens" / "inconclusive" (rule in pdeinf.analysis.interventions).
-VERDICTS = ("reproduced", "contradicted", "inconclusive", "improves", "worsens")
-REQUIRED = ("pde", "model", "estimate", "low", "high", "n_seeds", "n_batches", "verdict", "rule",
-            "paper")
+LAYERS = registry.LAYERS
+VERDICTS = VERDICT_WORDS
+REQUIRED = ("pde", "model", "estimate", "low", "high", "per_seed", "n_seeds", "n_batches",
+            "n_failed", "p", "verdict", "rule", "paper", "estimable")
 _RESULTS = re.compile(r"^(\d\d)_[A-Za-z0-9_.\-]+$")
 SIGNIFICANT = 6
 #: Per-finding texts kept once in the "rules" section, not in every row.
@@ -75,10 +76,17 @@ def validate_record(record, where: str) -> dict:
     if missing:
         raise InputError(f"{where}: record lacks {missing}")
     out = dict(record)
-    for key in ("estimate", "low", "high"):
+    for key in ("estimate", "low", "high", "p"):
         out[key] = _number(record[key], where, key)
-    for key in ("n_seeds", "n_batches"):
+    for key in ("n_seeds", "n_batches", "n_failed"):
         out[key] = _number(record[key], where, key, integer=True, optional=False)
+    if not isinstance(record["per_seed"], list):
+        raise InputError(f"{where}: 'per_seed' must be a list of numbers, got "
+                         f"{record['per_seed']!r}")
+    out["per_seed"] = [_number(v, where, "per_seed") for v in record["per_seed"]]
+    if len(out["per_seed"]) != out["n_seeds"]:
+        raise InputError(f"{where}: 'per_seed' holds {len(out['per_seed'])} values for "
+                         f"{out['n_seeds']} seeds")
     if record["verdict"] not in VERDICTS:
         raise InputError(f"{where}: 'verdict' must be one of {VERDICTS}, got {record['verdict']!r}")
     if not isinstance(record["rule"], str) or not record["rule"]:
@@ -86,85 +94,43 @@ def validate_record(record, where: str) -> dict:
     for key in ("pde", "model"):
         if not isinstance(record[key], str):
             raise InputError(f"{where}: {key!r} must be a string, got {record[key]!r}")
-    paper = record["paper"]
-    if paper is not None and not isinstance(paper, str):
-        _number(paper, where, "paper")
+    out["paper"] = _number(record["paper"], where, "paper")
     if "dt" in record and record["dt"] is not None:
         out["dt"] = _number(record["dt"], where, "dt", integer=True)
-    if "recipe" in record and not isinstance(record["recipe"], str):
-        raise InputError(f"{where}: 'recipe' must be a string, got {record['recipe']!r}")
-    if "needed" in record and record["needed"] is not None:
-        _check_needed(record["needed"], where)
+    for key in ("recipe", "cls"):
+        if key in record and not isinstance(record[key], str):
+            raise InputError(f"{where}: {key!r} must be a string, got {record[key]!r}")
     low, high = out["low"], out["high"]
     if low is not None and high is not None and low > high:
         raise InputError(f"{where}: 'low' {low} exceeds 'high' {high}")
+    out["estimable"] = bool(record["estimable"]) and low is not None and high is not None
     return out
 
 
-def _check_needed(needed, where: str) -> None:
-    """`needed` is a `decisive_design` summary: a dict, a known status, integer designs."""
-    from pdeinf.analysis.statistics import NEEDED_STATUSES
-
-    if not isinstance(needed, dict):
-        raise InputError(f"{where}: 'needed' must be a dict or null, got {needed!r}")
-    status = needed.get("status")
-    if status is not None and status not in NEEDED_STATUSES:
-        raise InputError(f"{where}: 'needed' status must be one of {NEEDED_STATUSES}, got "
-                         f"{status!r}")
-    for key in ("n_seeds", "n_batches"):
-        _number(needed.get(key), where, f"needed.{key}", integer=True)
-
-
-def _paper_value(rule, record: dict):
-    """The record's paper number, else the rule's for (PDE-model[ dt=k]) / PDE / model."""
-    paper = record.get("paper")
-    if isinstance(paper, (int, float)) and not isinstance(paper, bool):
-        return float(paper)
-    if rule is None:
-        return None
-    pde, model = record["pde"], record["model"]
-    keys = [f"{pde}-{model}", pde, model]
-    if record.get("dt") is not None:
-        keys.insert(0, f"{pde}-{model} dt={record['dt']}")
-    for key in keys:
-        if key in rule.paper_values:
-            return float(rule.paper_values[key])
-    return None
-
-
 def _row(name: str, notebook: str, record: dict) -> dict:
-    from pdeinf.analysis.verdicts import VERDICT_RULES
-
-    rule = VERDICT_RULES.get(name)
-    paper = record.get("paper")
-    note = rule.paper_note if rule is not None else ""
-    if isinstance(paper, str) and paper and not note:
-        note = paper
+    if name not in registry.FINDING_RULES:
+        raise InputError(f"{notebook}: finding {name!r} is not a rule of the registry "
+                         f"({', '.join(registry.FINDING_RULES)})")
+    rule = registry.FINDING_RULES[name]
     row = {
-        "finding": name, "notebook": notebook, "layer": rule.study if rule is not None else "ours",
-        "paper_figure": rule.figures if rule is not None else "",
-        "claim": rule.claim if rule is not None else "",
-        "pde": record["pde"], "model": record["model"],
-        "estimate": record["estimate"], "low": record["low"], "high": record["high"],
-        "n_seeds": record["n_seeds"], "n_batches": record["n_batches"],
-        "verdict": record["verdict"], "rule": record["rule"],
-        "null": float(rule.null) if rule is not None else 0.0,
-        "paper_value": _paper_value(rule, record), "paper_note": note,
+        "finding": name, "notebook": notebook, "layer": rule.layer,
+        "paper_figure": rule.figures, "claim": rule.claim, "paper_note": rule.paper_note,
+        "unit": rule.unit, "null": float(rule.null), "paper_value": record["paper"],
+        **{k: record[k] for k in ("pde", "model", "estimate", "low", "high", "per_seed",
+                                   "n_seeds", "n_batches", "n_failed", "p", "verdict", "rule",
+                                   "estimable")},
     }
-    for key in ("dt", "recipe", "needed", "note"):
+    for key in ("interval", "size", "needed", "dt", "recipe", "cls", "note", "seeds"):
         if record.get(key) is not None:
             row[key] = record[key]
-    return round_numbers(row)
+    return row
 
 
 def _order(row: dict):
-    from pdeinf.analysis.verdicts import VERDICT_RULES
-
-    names = list(VERDICT_RULES)
-    known = row["finding"] in VERDICT_RULES
-    return (LAYERS.index(row["layer"]) if row["layer"] in LAYERS else len(LAYERS),
-            names.index(row["finding"]) if known else len(names), row["finding"], row["pde"],
-            row["model"], row.get("dt") or 0, row.get("recipe") or "", row["notebook"])
+    names = list(registry.FINDING_RULES)
+    return (LAYERS.index(row["layer"]), names.index(row["finding"]), row["pde"],
+            row["model"], row.get("cls") or "", row.get("dt") or 0, row.get("recipe") or "",
+            row["notebook"])
 
 
 def results_files() -> list[Path]:
@@ -180,67 +146,87 @@ def _study_notebooks() -> list[str]:
     return sorted(n for n in found if _RESULTS.match(n) and n not in NO_FINDINGS)
 
 
+def _read_results(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise InputError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a JSON object at the top level")
+    return data
+
+
+def _records(path: Path, findings) -> list[tuple[str, str, dict]]:
+    if not isinstance(findings, dict):
+        raise InputError(f"{path}: 'findings' must be a dict {{rule: record or [records]}}, "
+                         f"got {type(findings).__name__}")
+    out = []
+    for name, records in findings.items():
+        items = records if isinstance(records, list) else [records]
+        for i, record in enumerate(items):
+            where = f"{path} findings[{name!r}]" + (f"[{i}]" if isinstance(records, list) else "")
+            out.append((str(name), where, record))
+    return out
+
+
 def collect_findings(profile: ProfileLike = None) -> dict:
-    """Every finding record of the study notebooks' results JSON of `profile`.
+    """Every finding record of the study notebooks' results JSON of `profile`, Holm-adjusted
+    within each layer.
 
     Returns `{"profile", "findings": [row ...], "rules": {finding: texts}, "notebooks":
     {notebook: number of records}, "missing": {notebook: why it has no records},
-    "rules_without_record": [names]}`; a row holds the finding (rule name), notebook, layer
-    ("seed paper" / "follow-up" / "ours"), paper figure, pde, model, estimate, low, high,
-    n_seeds, n_batches, verdict, null, paper_value (the paper's number, None where it gives
-    none), and dt / recipe / needed / note where the record has them; `rules[finding]` holds
-    its layer, paper figure, claim, rule text (as the notebook's record states it) and the
-    paper's note. Rows are ordered by layer, rule
-    (as in VERDICT_RULES), PDE, model, dt, recipe. A notebook without records (not run, run at
-    another profile, no findings) is listed under `missing`, never an error; a malformed record
-    is an InputError naming its file and key."""
-    from pdeinf.analysis.verdicts import VERDICT_RULES
-
+    "rules_without_record": [names], "rules_hash", "rules_commit"}`; a row holds the finding
+    (rule name), notebook, layer, paper figure, unit of replication, pde, model, estimate, low,
+    high, per_seed, n_seeds, n_batches, n_failed, p, p_adjusted, family_size, direction, size,
+    verdict (from the adjusted p), null, paper_value, and dt / recipe / cls / needed / note
+    where the record has them; `rules[finding]` holds its layer, paper figure, claim, rule text
+    and the paper's note. Rows are ordered by layer, rule (registry order), PDE, model, class,
+    dt, recipe. A notebook without records (not run, run at another profile, no findings) is
+    listed under `missing`, never an error; a malformed record is an InputError naming its file
+    and key."""
     prof = as_profile(profile)
-    rows, counts, missing = [], {}, {}
-    present = set()
+    rows, counts, missing, present = [], {}, {}, set()
     for path in results_files():
         notebook = path.stem
         present.add(notebook)
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise InputError(f"{path}: not valid JSON ({err})") from None
-        if not isinstance(data, dict):
-            raise InputError(f"{path}: expected a JSON object at the top level")
+        data = _read_results(path)
         if data.get("profile") not in (None, prof.name):
             missing[notebook] = f"results are of profile {data.get('profile')!r}, not {prof.name!r}"
             continue
-        findings = data.get("findings")
-        if findings is None:
+        if data.get("findings") is None:
             missing[notebook] = "no 'findings' entry"
             continue
-        if not isinstance(findings, dict):
-            raise InputError(f"{path}: 'findings' must be a dict {{rule: record or [records]}}, "
-                             f"got {type(findings).__name__}")
-        n = 0
-        for name, records in findings.items():
-            items = records if isinstance(records, list) else [records]
-            for i, record in enumerate(items):
-                where = f"{path} findings[{name!r}]" + (f"[{i}]" if isinstance(records, list) else "")
-                rows.append(_row(str(name), notebook, validate_record(record, where)))
-                n += 1
-        counts[notebook] = n
-        if n == 0:
+        found = _records(path, data["findings"])
+        rows += [_row(name, notebook, validate_record(record, where))
+                 for name, where, record in found]
+        counts[notebook] = len(found)
+        if not found:
             missing[notebook] = "'findings' is empty"
     for notebook in _study_notebooks():
         if notebook not in present:
             missing[notebook] = "no results JSON (notebook not run)"
-    rows.sort(key=_order)
+    rows = adjust_records(sorted(rows, key=_order))
     rules = {}
     for r in rows:  # the long texts once per finding, so that the rows diff by their numbers
         text = {k: r.pop(k) for k in _RULE_FIELDS}
         rules.setdefault(r["finding"], {"layer": r["layer"], "paper_figure": r["paper_figure"],
                                         **text})
-    covered = set(rules)
     return {"profile": prof.name, "findings": rows, "rules": dict(sorted(rules.items())),
             "notebooks": dict(sorted(counts.items())), "missing": dict(sorted(missing.items())),
-            "rules_without_record": [n for n in VERDICT_RULES if n not in covered]}
+            "rules_without_record": [n for n in registry.FINDING_RULES if n not in rules],
+            "rules_hash": registry.rules_hash(), "rules_commit": rules_commit()}
+
+
+def rules_commit() -> str | None:
+    """The last commit that changed the rules file (None outside a git checkout)."""
+    rules_file = Path(registry.__file__)
+    try:
+        out = subprocess.run(["git", "log", "-1", "--format=%H", "--", rules_file.name],
+                             cwd=rules_file.parent, capture_output=True, text=True, timeout=10,
+                             check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
 
 
 def findings_path(profile: ProfileLike = None) -> Path:
@@ -266,36 +252,49 @@ def _fmt(x) -> str:
 
 
 def _label(row: dict) -> str:
-    extra = [f"dt={row['dt']}"] if row.get("dt") is not None else []
+    extra = [f"class {row['cls']}"] if row.get("cls") else []
+    extra += [f"dt={row['dt']}"] if row.get("dt") is not None else []
     extra += [row["recipe"]] if row.get("recipe") else []
     return row["finding"] + (f" ({', '.join(extra)})" if extra else "")
 
 
-def findings_markdown(findings: dict) -> str:
-    """The README table: one row per finding and (PDE, model) (and dt / recipe): layer, paper
-    figure, the paper's number, ours with its 95% interval and seeds x batches, the verdict, and
-    the seeds x batches its measured effect and spread would need for a decisive verdict
-    (`pdeinf.analysis.statistics.describe_needed` of the record's `needed`; "–" without one).
-    Notebooks without records are listed below it."""
-    from pdeinf.analysis.statistics import describe_needed
+def _size_text(row: dict) -> str:
+    size = row.get("size")
+    if not size or size.get("value") is None:
+        return "–"
+    word = "x" if size["kind"] == "ratio" else "Δ"
+    if size["low"] is None or size["high"] is None:
+        return f"{word} {_fmt(size['value'])}"
+    return f"{word} {_fmt(size['value'])} [{_fmt(size['low'])}, {_fmt(size['high'])}]"
 
+
+def _needed_text(row: dict) -> str:
+    need = (row.get("needed") or {}).get("n_seeds")
+    return "–" if need is None else f"{need} x {row['n_batches']}"
+
+
+def findings_markdown(findings: dict) -> str:
+    """The README table: one row per finding and (PDE, model) (and class / dt / recipe): layer,
+    the paper's number, ours with its 95% t-interval, ours against the paper's (ratio "x" or
+    difference "Δ" with its interval), the two-part verdict, the Holm-adjusted p, seeds x
+    batches, and the seeds x batches a decisive direction would need (80% power, the seed
+    spread at its upper 80% bound). Notebooks without records are listed below it."""
     rows = findings.get("findings") if isinstance(findings, dict) else None
     if rows is None:
         raise InputError("findings: expected the dict of collect_findings (with 'findings')")
-    header = ("| Finding | Layer | Paper figure | PDE / model | Paper | Ours (95% CI) | "
-              "Seeds x batches | Verdict | Seeds x batches for a decisive verdict |")
-    lines = [header, "|---|---|---|---|---|---|---|---|---|"]
+    header = ("| Finding | Layer | PDE / model | Paper | Ours (95% CI) | Ours vs paper | "
+              "Verdict | Adjusted p | Seeds x batches | Decisive design |")
+    lines = [header, "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ours = _fmt(r["estimate"])
-        if r["low"] is not None and r["high"] is not None:
-            ours += f" [{_fmt(r['low'])}, {_fmt(r['high'])}]"
-        else:
-            ours += " (no interval)"
+        ours += (f" [{_fmt(r['low'])}, {_fmt(r['high'])}]"
+                 if r["low"] is not None and r["high"] is not None else " (no interval)")
         paper = _fmt(r["paper_value"]) if r["paper_value"] is not None else "–"
-        lines.append(f"| {_label(r)} | {r['layer']} | {r['paper_figure'] or '–'} | "
-                     f"{r['pde']} / {r['model']} | {paper} | {ours} | "
-                     f"{r['n_seeds']} x {r['n_batches']} | {r['verdict']} | "
-                     f"{describe_needed(r.get('needed'))} |")
+        p_adj = r.get("p_adjusted")
+        p_text = "–" if p_adj is None or not math.isfinite(p_adj) else f"{p_adj:.2g}"
+        lines.append(f"| {_label(r)} | {r['layer']} | {r['pde']} / {r['model']} | {paper} | "
+                     f"{ours} | {_size_text(r)} | {r['verdict']} | {p_text} | "
+                     f"{r['n_seeds']} x {r['n_batches']} | {_needed_text(r)} |")
     missing = findings.get("missing") or {}
     if missing:
         lines.append("")
@@ -304,7 +303,7 @@ def findings_markdown(findings: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-_TABLE_START = "| Finding | Layer | Paper figure |"
+_TABLE_START = "| Finding | Layer | PDE / model |"
 _TABLE_END = "Without findings records:"
 
 

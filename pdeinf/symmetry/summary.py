@@ -1,22 +1,17 @@
 """Summaries of the symmetry study (`pdeinf.symmetry.study`, with a leading `seed` dim): the
-follow-up's aggregation, the statistics of the verdict rules with hierarchical-bootstrap
-intervals, Lie-derivative layer shares and checkpoint trends. Pure: xarray in, xarray out.
+follow-up's aggregation, the per-seed statistics of the finding rules, Lie-derivative layer
+shares and checkpoint trends. Pure: xarray in, xarray out.
 
-Statistics of the rules (`pdeinf.analysis.verdicts.VERDICT_RULES`):
+Statistics of the rules (`pdeinf.analysis.registry.FINDING_RULES`), one value per seed:
 
-- `ns_d4_broken`, `ce_d4_within_25pct`: median over seeds of log10 of the largest, over the 7
-  non-identity D4 elements, per-seed Q3 (over batches x examples) of the equivariance ratio;
+- `ns_d4_broken`, `ce_d4_within_25pct`: log10 of the largest, over the 7 non-identity D4
+  elements, Q3 over the seed's batches x examples of the equivariance ratio;
 - `translation_within_few_percent`: the same over the axis-shift elements;
 - `orbit_influence_suppressed`: Spearman correlation, over the group elements (identity, D4,
-  shifts), of the median orbit-influence diagonal (over seeds x batches x examples) with the
-  log10 of the follow-up's aggregate of the equivariance ratio (median over seeds of the
-  per-seed Q3).
+  shifts), of the seed's median orbit-influence diagonal (over batches x examples) with the
+  log10 of its Q3 equivariance ratio (averaged over seeds on Fisher's z scale).
 
-Each entry also carries `needed` (`pdeinf.analysis.verdicts.needed_for_rule`), the seeds x
-batches a decisive verdict would need, from per-(seed, batch) versions of the statistic
-(`finding_units`): the log10 of the largest, over elements, Q3 over that batch's examples, and
-the Spearman over elements within that (seed, batch). With one batch only seeds vary. The
-statistics are medians / rank correlations of aggregates, so the projection is approximate.
+`symmetry_findings` turns them into records (`pdeinf.analysis.evaluate.evaluate_finding`).
 """
 from __future__ import annotations
 
@@ -24,13 +19,12 @@ import numpy as np
 import xarray as xr
 from scipy import stats
 
-from pdeinf.analysis.statistics import hierarchical_bootstrap
-from pdeinf.analysis.verdicts import VERDICT_RULES, apply_rule, needed_for_rule
+from pdeinf.analysis.evaluate import evaluate_finding
 from pdeinf.errors import InputError
 from pdeinf.symmetry.equivariance import aggregate_equivariance
 
-__all__ = ["FINDINGS", "d4_labels", "epoch_trends", "equivariance_summary", "finding_entry", "finding_interval",
-           "finding_units", "layer_shares", "orbit_quartiles", "shift_labels", "symmetry_findings"]
+__all__ = ["FINDINGS", "d4_labels", "epoch_trends", "equivariance_summary", "layer_shares",
+           "orbit_quartiles", "seed_statistic", "shift_labels", "symmetry_findings"]
 
 FINDINGS = ("ns_d4_broken", "ce_d4_within_25pct", "translation_within_few_percent",
             "orbit_influence_suppressed")
@@ -53,94 +47,49 @@ def shift_labels(ds) -> list[str]:
     return [str(e) for e in ds["element"].values if str(e).startswith("shift")]
 
 
-def _log_max_q3(errors: xr.DataArray) -> xr.DataArray:
-    """median over seeds of log10 max_element Q3_(batch, example) (any leading dims kept)."""
-    q3 = errors.quantile(0.75, dim=("batch", "example")).drop_vars("quantile")
-    return np.log10(q3.max("element")).median("seed")
+def _seed_q3(errors: xr.DataArray) -> xr.DataArray:
+    """Per seed and element: Q3 over batches x examples."""
+    return errors.quantile(0.75, dim=("batch", "example")).drop_vars("quantile")
 
 
-def _spearman_stat(data: xr.DataArray) -> xr.DataArray:
-    """Spearman over elements (vectorised over any leading `resample` dim)."""
-    eqv = data.sel(quantity="equivariance", drop=True)
-    q3 = eqv.quantile(0.75, dim=("batch", "example")).drop_vars("quantile").median("seed")
-    orbit = data.sel(quantity="orbit", drop=True).median(("seed", "batch", "example"))
-    x = np.log10(q3.transpose(..., "element").values)
-    y = orbit.transpose(..., "element").values
+def _spearman_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Spearman correlation along the last axis; NaN where either is constant."""
     rx, ry = stats.rankdata(x, axis=-1), stats.rankdata(y, axis=-1)
     rx, ry = rx - rx.mean(-1, keepdims=True), ry - ry.mean(-1, keepdims=True)
     den = np.sqrt((rx ** 2).sum(-1) * (ry ** 2).sum(-1))
-    rho = np.where(den > 0, (rx * ry).sum(-1) / np.where(den > 0, den, 1.0), np.nan)
-    dims = [d for d in q3.dims if d != "element"]
-    return xr.DataArray(rho, dims=dims)
+    return np.where(den > 0, (rx * ry).sum(-1) / np.where(den > 0, den, 1.0), np.nan)
 
 
-def finding_interval(ds, rule: str, *, n_resamples: int = 1000, random_state: int = 0) -> xr.DataArray:
-    """The statistic of `rule` (module docstring) with its 95% hierarchical-bootstrap interval
-    over seeds and batches (`ci` = estimate, low, high)."""
-    _check(ds, ("equivariance", "orbit_diagonal"))
-    kw = {"n_resamples": n_resamples, "random_state": random_state}
-    eqv = ds["equivariance"]
-    if rule in ("ns_d4_broken", "ce_d4_within_25pct", "translation_within_few_percent"):
-        labels = shift_labels(ds) if rule.startswith("translation") else d4_labels(ds)
-        if not labels:
-            raise InputError(f"ds: no elements for {rule}")
-        return hierarchical_bootstrap(eqv.sel(element=labels), _log_max_q3, vectorized=True, **kw)
-    if rule == "orbit_influence_suppressed":
-        data = xr.concat([eqv, ds["orbit_diagonal"]], dim="quantity").assign_coords(
-            quantity=["equivariance", "orbit"])
-        return hierarchical_bootstrap(data, _spearman_stat, vectorized=True, **kw)
-    raise InputError(f"rule: expected one of {', '.join(FINDINGS)}, got {rule!r}")
-
-
-def finding_units(ds, rule: str) -> xr.DataArray:
-    """Per-(seed, batch) values of the statistic of `rule` (module docstring), dims (seed,
-    batch): the power analysis's units (`needed_for_rule`)."""
+def seed_statistic(ds, rule: str) -> xr.DataArray:
+    """The statistic of `rule` (module docstring) per seed, dims (seed,)."""
     _check(ds, ("equivariance", "orbit_diagonal"))
     eqv = ds["equivariance"]
     if rule in ("ns_d4_broken", "ce_d4_within_25pct", "translation_within_few_percent"):
         labels = shift_labels(ds) if rule.startswith("translation") else d4_labels(ds)
         if not labels:
             raise InputError(f"ds: no elements for {rule}")
-        q3 = eqv.sel(element=labels).quantile(0.75, dim="example").drop_vars("quantile")
-        return np.log10(q3.max("element")).transpose("seed", "batch")
+        return np.log10(_seed_q3(eqv.sel(element=labels)).max("element")).transpose("seed")
     if rule == "orbit_influence_suppressed":
-        data = xr.concat([eqv, ds["orbit_diagonal"]], dim="quantity").assign_coords(
-            quantity=["equivariance", "orbit"])
-        rho = [[float(_spearman_stat(data.isel(seed=[i], batch=[j])))
-                for j in range(data.sizes["batch"])] for i in range(data.sizes["seed"])]
-        return xr.DataArray(np.array(rho, dtype=np.float64), dims=("seed", "batch"),
-                            coords={"seed": ds["seed"].values, "batch": ds["batch"].values})
+        q3 = _seed_q3(eqv).transpose("seed", "element")
+        orbit = ds["orbit_diagonal"].median(("batch", "example")).transpose("seed", "element")
+        rho = _spearman_rows(np.log10(q3.values), orbit.values)
+        return xr.DataArray(rho, dims=("seed",), coords={"seed": ds["seed"].values})
     raise InputError(f"rule: expected one of {', '.join(FINDINGS)}, got {rule!r}")
 
 
-def finding_entry(ci: xr.DataArray, rule: str, *, pde: str, model: str, units=None) -> dict:
-    """One entry of the results JSON's `findings[rule]` list; with `units` (`finding_units`)
-    also `needed` (`needed_for_rule` with this entry's estimate and verdict)."""
-    r = VERDICT_RULES[rule]
-    est, low, high = (float(ci.sel(ci=k)) for k in ("estimate", "low", "high"))
-    n_seeds, n_batches = int(ci.attrs.get("n_seeds", 0)), int(ci.attrs.get("n_batches", 0))
-    # one seed and one batch: nothing is resampled, the "interval" is a point
-    resampled = n_seeds > 1 or n_batches > 1
-    word = apply_rule(rule, ci) if resampled and np.isfinite(low) and np.isfinite(high) else "inconclusive"
-    entry = {"pde": pde, "model": model, "estimate": est, "low": low, "high": high,
-             "n_seeds": n_seeds, "n_batches": n_batches,
-             "verdict": str(word), "rule": r.text(), "paper": r.paper_note or r.claim}
-    if units is not None:
-        entry["needed"] = needed_for_rule(rule, units, estimate=est, verdict=str(word))
-    return entry
-
-
-def symmetry_findings(studies: dict, *, n_resamples: int = 1000, random_state: int = 0) -> dict:
-    """`{rule: [entry per (pde, model)]}` for `studies` {(pde, model): study Dataset}: the D4
+def symmetry_findings(studies: dict) -> dict:
+    """`{rule: [record per (pde, model)]}` for `studies` {(pde, model): study Dataset}: the D4
     rules only for their PDE (ns_d4_broken on NS, ce_d4_within_25pct on CE)."""
     out: dict = {r: [] for r in FINDINGS}
     for (pde, model), ds in studies.items():
         for rule in FINDINGS:
             if (rule == "ns_d4_broken" and pde != "NS") or (rule == "ce_d4_within_25pct" and pde != "CE"):
                 continue
-            ci = finding_interval(ds, rule, n_resamples=n_resamples, random_state=random_state)
-            out[rule].append(finding_entry(ci, rule, pde=pde, model=model,
-                                           units=finding_units(ds, rule)))
+            values = seed_statistic(ds, rule)
+            out[rule].append(evaluate_finding(
+                rule, values.values, key=pde if rule == "ns_d4_broken" else None, pde=pde,
+                model=model, scale="fisher-z" if rule == "orbit_influence_suppressed" else "linear",
+                seeds=[int(v) for v in values["seed"].values]))
     return {k: v for k, v in out.items() if v}
 
 

@@ -8,7 +8,10 @@ import numpy as np
 from pdeinf.errors import InputError
 from pdeinf.viz.style import PAPER_COLOR, new_figure
 
-VERDICT_COLORS = {"reproduced": "#009E73", "contradicted": "#D55E00", "inconclusive": "#7F7F7F"}
+VERDICT_COLORS = {"reproduced": "#009E73", "same direction, smaller": "#56B4E9",
+                  "same direction, larger": "#0072B2", "same direction, size inconclusive": "#CC79A7",
+                  "direction only: same direction": "#E69F00", "contradicted": "#D55E00",
+                  "inconclusive": "#7F7F7F", "not estimable": "#BBBBBB"}
 CONFIG_COLORS = ("#0072B2", "#CC79A7", "#E69F00", "#56B4E9")
 
 
@@ -17,7 +20,8 @@ def _finite(x) -> bool:
 
 
 def _row_label(row: dict) -> str:
-    extra = f" dt={row['dt']}" if row.get("dt") is not None else ""
+    extra = f" class {row['cls']}" if row.get("cls") else ""
+    extra += f" dt={row['dt']}" if row.get("dt") is not None else ""
     extra += f" {row['recipe']}" if row.get("recipe") else ""
     return f"{row['finding']}{extra} — {row['pde']}/{row['model']}"
 
@@ -35,7 +39,7 @@ def findings_forest(findings: dict, *, title: str | None = None):
     ax = axes[0, 0]
     for i, r in enumerate(rows):
         y = n - 1 - i
-        color = VERDICT_COLORS.get(r["verdict"], "#000000")
+        color = VERDICT_COLORS.get(r["verdict"], "#000000")  # our rules' own words: black
         if _finite(r["low"]) and _finite(r["high"]):
             ax.plot([r["low"], r["high"]], [y, y], color=color, lw=1.6)
         if _finite(r["estimate"]):
@@ -57,13 +61,13 @@ def findings_forest(findings: dict, *, title: str | None = None):
         ax.text(0.5, 0.5, "no findings recorded yet", transform=ax.transAxes, ha="center")
     ax.set_title(title or f"[ours] Every finding: our estimate and 95% interval, coloured by "
                  f"verdict (profile {findings.get('profile')})\npaper's numbers: seed paper "
-                 f"(paper-spec.md) / follow-up (method.md section 6)", fontsize=8)
+                 f"and follow-up readings (docs/method.md)", fontsize=8)
     return fig
 
 
 def ablation_figure(tables: dict, *, title: str | None = None):
     """One panel per finding: per (PDE-model, configuration) the change from the baseline with
-    its 95% paired-bootstrap interval, and the baseline's seed spread as a grey band +- 1 std
+    its 95% t-interval over seeds (paired), and the baseline's seed spread as a grey band +- 1 std
     around 0. tables: {(pde, model): `analysis.ablation.ablation_table`}."""
     if not tables:
         raise InputError("tables: no ablation table to draw")

@@ -236,7 +236,7 @@ def rollout_link_figure(link: xr.Dataset, *, paper: dict | pd.Series | None = No
     """Item 7, the follow-up's rollout link, three panels.
 
     (a) Pearson r(R, cumulative rollout SMSE) vs horizon dt: ours (line "ours", with the 95%
-    bootstrap band and the Spearman line when `stats` is given) beside every published value
+    t-interval band over seeds and the Spearman line when `stats` is given) beside every published value
     of the follow-up (`paper`: {dt: r}, dashed line "follow-up (published)").
     (b) [ours] the link within classes (`stats` only): pooled after removing class means with
     its band, and per class. (c) rollout error against R at `scatter_dt`, one colour per class.
@@ -297,7 +297,7 @@ def rollout_link_figure(link: xr.Dataset, *, paper: dict | pd.Series | None = No
 
 
 def dynamics_intervals_figure(ci: xr.DataArray, *, title: str | None = None) -> Figure:
-    """[ours] The follow-up's dynamics as means over seeds x batches with 95% bootstrap bands
+    """[ours] The follow-up's dynamics as means over seeds x batches with 95% t-interval bands over seeds
     (`pdeinf.analysis.followup.dynamics_intervals`): diagonal and off-diagonal (log scale where
     positive) and their ratio."""
     _require_dims(ci, ("ci", "quantity", "epoch"), "ci")

@@ -32,7 +32,7 @@ def _err(ci: xr.DataArray) -> tuple[float, np.ndarray]:
 def rollout_vs_r_figure(table: xr.Dataset, obs: xr.Dataset | None = None, *,
                         title: str = "") -> Figure:
     """Rollout SMSE at dt vs cross-time ratio R at the final checkpoint, one point per recipe
-    (mean over seeds x batches with 95% hierarchical-bootstrap intervals on both axes); with
+    (mean over seeds x batches with 95% t-intervals over seeds on both axes); with
     `obs`, the per-seed means as small markers."""
     _check(table, ("recipe", "ci"), "table")
     fig, axes = st.new_figure(1, 1, size=(4.4, 3.4))
@@ -131,7 +131,7 @@ def selection_figure(sel: xr.Dataset, *, title: str = "") -> Figure:
 def orbit_figure(table: xr.Dataset, *, title: str = "") -> Figure:
     """Per D4 element, one-step vs augment (final checkpoint): left, the standardized
     orbit-influence diagonal H_g[n, n]; right, the log10 equivariance ratio; both the mean over
-    seeds x batches of the per-batch example means with 95% hierarchical-bootstrap intervals
+    seeds x batches of the per-batch example means with 95% t-intervals over seeds
     (`pdeinf.analysis.interventions.orbit_element_table`)."""
     _check(table, ("ci", "recipe", "element"), "table")
     for var in ("orbit", "log_equivariance"):
@@ -157,6 +157,6 @@ def orbit_figure(table: xr.Dataset, *, title: str = "") -> Figure:
         ax.set_title(f"{title} {name}, epoch {table.attrs.get('epoch')} {TAG}".strip())
     axes[0, 0].legend(frameon=False, fontsize=7)
     fig.suptitle(f"one-step vs augment: mean over {table.attrs.get('n_seeds')} seed(s) x "
-                 f"{table.attrs.get('n_batches')} batch(es), 95% hierarchical-bootstrap "
-                 f"intervals {TAG}", fontsize=8)
+                 f"{table.attrs.get('n_batches')} batch(es), 95% t-intervals over seeds "
+                 f"{TAG}", fontsize=8)
     return fig

@@ -173,7 +173,7 @@ def similarity_figure(curves: dict, lengths: dict | None = None, *, pde: str,
                       figure=None) -> Figure:
     """Figs. 5, 32, 33: Ĥ against the scaled input distance (log x), median over seeds of the
     per-seed smoothing curves with Q1..Q3 bars, UNet and ViT overlaid; our zero crossings
-    (dashed, with their bootstrap interval shaded) and the paper's readings."""
+    (dashed, with their t-interval over seeds shaded) and the paper's readings."""
     if not curves:
         raise InputError("curves: need at least one model's similarity_curves")
     paper = pn.SIMILARITY.get(pde)
@@ -221,7 +221,7 @@ def similarity_figure(curves: dict, lengths: dict | None = None, *, pde: str,
     ax.set_title(f"$H_{{CC}}$ interpolation ({pde}) {_tag(fig_no)}")
     methods = sorted({str(m) for c in curves.values() for m in c["method"].values})
     _note(ax, "curves: " + "; ".join(methods) + ". Dashed: our zero crossing (shade: 95% "
-              "bootstrap over seeds).", y=-0.2)
+              "t-interval over seeds).", y=-0.2)
     return fig
 
 
