@@ -263,3 +263,11 @@ def test_link_refuses_bad_input():
         rollout_link_statistics(ratio.isel(batch=0), error)
     with pytest.raises(InputError, match="2 seeds"):
         rollout_link_statistics(ratio.isel(seed=[0]), error.isel(seed=[0]))
+
+
+def test_every_rule_is_defined_in_the_method_page():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "method.md").read_text()
+    missing = [name for name in registry.FINDING_RULES if f"`{name}`" not in text]
+    assert not missing, f"docs/method.md does not define {missing}"

@@ -238,7 +238,8 @@ def describe_record(rec: dict) -> str:
     """One line: finding, where, estimate [95% t-interval] over S x B, the two-part verdict,
     the paper's number and the size ratio, adjusted p, the seeds a decisive direction needs."""
     where = "-".join(str(v) for v in (rec.get("pde"), rec.get("model")) if v)
-    extra = f" dt={rec['dt']}" if rec.get("dt") is not None else ""
+    extra = f" class {rec['cls']}" if rec.get("cls") else ""
+    extra += f" dt={rec['dt']}" if rec.get("dt") is not None else ""
     interval = ("no interval" if rec["low"] is None or not math.isfinite(rec["low"])
                 else f"95% CI {rec['low']:.3g} .. {rec['high']:.3g}")
     paper = ""

@@ -129,7 +129,8 @@ def _row(name: str, notebook: str, record: dict) -> dict:
 def _order(row: dict):
     names = list(registry.FINDING_RULES)
     return (LAYERS.index(row["layer"]), names.index(row["finding"]), row["pde"],
-            row["model"], row.get("cls") or "", row.get("dt") or 0, row.get("recipe") or "",
+            row["model"], row.get("cls") not in (None, "all"), row.get("cls") or "",
+            row.get("dt") or 0, row.get("recipe") or "",
             row["notebook"])
 
 
@@ -205,7 +206,7 @@ def collect_findings(profile: ProfileLike = None) -> dict:
     for notebook in _study_notebooks():
         if notebook not in present:
             missing[notebook] = "no results JSON (notebook not run)"
-    rows = adjust_records(sorted(rows, key=_order))
+    rows = [round_numbers(r) for r in adjust_records(sorted(rows, key=_order))]
     rules = {}
     for r in rows:  # the long texts once per finding, so that the rows diff by their numbers
         text = {k: r.pop(k) for k in _RULE_FIELDS}
