@@ -304,7 +304,7 @@ def findings_markdown(findings: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-_TABLE_START = "| Finding | Layer | PDE / model |"
+_TABLE_START = "| Finding | Layer |"
 _TABLE_END = "Without findings records:"
 
 
