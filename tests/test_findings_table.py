@@ -189,3 +189,19 @@ def test_readme_table_is_replaced_by_the_rendered_one(home):
     assert replace_findings_table(out, findings) == out  # idempotent
     with pytest.raises(InputError, match="one findings table"):
         replace_findings_table("# no table\n", findings)
+
+
+def test_every_row_carries_the_regime_of_its_pairs(home):
+    from pdeinf.pipeline.findings import collect_findings
+
+    _populate(home)
+    rows = collect_findings("smoke")["findings"]
+    for row in rows:
+        cards = row["regime"]
+        assert cards and all({"p_over_m", "optimizer_steps", "estimator", "seeds"} <= set(c)
+                             for c in cards)
+        assert all(c["pde"] in row["pde"] and c["model"] in row["model"] for c in cards)
+    seed_paper = next(r for r in rows if r["layer"] == "seed paper")
+    follow_up = next(r for r in rows if r["layer"] == "follow-up")
+    assert seed_paper["regime"][0]["batches"] == 1  # the smoke profile's seed-paper batches
+    assert follow_up["regime"][0]["estimator"] == "subspace"

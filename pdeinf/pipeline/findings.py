@@ -30,6 +30,7 @@ from pdeinf.analysis.evaluate import VERDICT_WORDS, adjust_records
 from pdeinf.atomic import write_text
 from pdeinf.errors import InputError
 from pdeinf.pipeline.common import ProfileLike, as_profile
+from pdeinf.pipeline.regime import regime_cards, row_regime
 
 #: This notebook (it reads the others; its own results are not findings).
 NOTEBOOK = "14_findings"
@@ -179,8 +180,10 @@ def collect_findings(profile: ProfileLike = None) -> dict:
     "rules_without_record": [names], "rules_hash", "rules_commit"}`; a row holds the finding
     (rule name), notebook, layer, paper figure, unit of replication, pde, model, estimate, low,
     high, per_seed, n_seeds, n_batches, n_failed, p, p_adjusted, family_size, direction, size,
-    verdict (from the adjusted p), null, paper_value, and dt / recipe / cls / needed / note
-    where the record has them; `rules[finding]` holds its layer, paper figure, claim, rule text
+    verdict (from the adjusted p), null, paper_value, regime (the regime cards of the pairs the
+    row rests on: P, M, P/M, training pairs, optimizer steps, final validation SMSE ours and the
+    paper's, plateau, estimator and tolerance, seeds x batches), and dt / recipe / cls / needed /
+    note where the record has them; `rules[finding]` holds its layer, paper figure, claim, rule text
     and the paper's note. Rows are ordered by layer, rule (registry order), PDE, model, class,
     dt, recipe. A notebook without records (not run, run at another profile, no findings) is
     listed under `missing`, never an error; a malformed record is an InputError naming its file
@@ -206,7 +209,9 @@ def collect_findings(profile: ProfileLike = None) -> dict:
     for notebook in _study_notebooks():
         if notebook not in present:
             missing[notebook] = "no results JSON (notebook not run)"
-    rows = [round_numbers(r) for r in adjust_records(sorted(rows, key=_order))]
+    rows = adjust_records(sorted(rows, key=_order))
+    cards = {layer: regime_cards(prof, layer=layer) for layer in {r["layer"] for r in rows}}
+    rows = [round_numbers({**r, "regime": row_regime(r, cards[r["layer"]])}) for r in rows]
     rules = {}
     for r in rows:  # the long texts once per finding, so that the rows diff by their numbers
         text = {k: r.pop(k) for k in _RULE_FIELDS}

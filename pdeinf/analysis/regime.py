@@ -1,0 +1,138 @@
+"""The regime a finding was measured in, as a card printed beside every seed-paper figure and
+stored in every findings record: how large the model is against the batch it explains, how long
+and on how much data it trained, how well it fits, and which estimator measured it.
+
+- P / M: parameters over the outputs of one influence batch (M = N x C x H x W, N = 48). The
+  seed paper's models sit at P / M = 4.4 (CE-UNet), 1.4 (CE-ViT), 8.8 (NS-UNet), 2.9 (NS-ViT);
+  below 1 the full-space hat matrix is a projection onto range(J), above it tends to the identity
+  as the damping goes to 0 (docs/method.md, estimators).
+- The plateau criterion on the validation curve: the median of the last 20% of epochs within
+  10% of the median of the 20% before (`plateau`).
+
+Pure: numbers and pandas in, dicts out.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+
+from pdeinf.analysis import paper_numbers as pn
+from pdeinf.errors import InputError
+
+#: The seed paper's parameters per batch output (its models at 128 x 128, N = 48).
+PAPER_P_OVER_M = {("CE", "unet"): 4.4, ("CE", "vit"): 1.4, ("NS", "unet"): 8.8, ("NS", "vit"): 2.9}
+PLATEAU_FRACTION = 0.2
+PLATEAU_TOLERANCE = 0.1
+
+
+@dataclass(frozen=True)
+class Plateau:
+    """The plateau criterion on a per-epoch validation curve (median over seeds).
+
+    last / before: the medians over the last `PLATEAU_FRACTION` of epochs and the same number of
+    epochs before them; reached: |last / before - 1| <= `PLATEAU_TOLERANCE` (None with fewer
+    than 2 epochs per window)."""
+
+    last: float
+    before: float
+    reached: bool | None
+
+    @property
+    def change(self) -> float:
+        return self.last / self.before - 1.0 if self.before else math.nan
+
+
+def plateau(val_by_epoch, *, fraction: float = PLATEAU_FRACTION,
+            tolerance: float = PLATEAU_TOLERANCE) -> Plateau:
+    """`Plateau` of a validation curve `val_by_epoch` (one value per epoch, in epoch order)."""
+    values = np.asarray(val_by_epoch, dtype=np.float64)
+    if values.ndim != 1 or values.size == 0:
+        raise InputError(f"val_by_epoch: expected one value per epoch, got shape {values.shape}")
+    if not np.all(np.isfinite(values)):
+        raise InputError("val_by_epoch: contains NaN or Inf")
+    width = int(math.floor(fraction * values.size))
+    if width < 2:
+        last = float(np.median(values[-1:]))
+        return Plateau(last, math.nan, None)
+    last = float(np.median(values[-width:]))
+    before = float(np.median(values[-2 * width:-width]))
+    return Plateau(last, before, bool(abs(last / before - 1.0) <= tolerance))
+
+
+@dataclass(frozen=True)
+class RegimeCard:
+    """One (PDE, model) of a profile: P, M, P/M (ours and the paper's), training pairs,
+    optimizer steps, final validation SMSE (median over seeds, and the paper's), the train /
+    validation gap, the plateau, the estimator and its tolerance, seeds x batches."""
+
+    pde: str
+    model: str
+    parameters: int
+    outputs: int
+    p_over_m: float
+    paper_p_over_m: float | None
+    training_pairs: int
+    optimizer_steps: int
+    final_val_smse: float | None
+    paper_val_smse: float | None
+    train_val_gap: float | None  # log10(val / train) at the last epoch, median over seeds
+    plateau: bool | None
+    plateau_change: float | None
+    estimator: str
+    tolerance: float | None
+    seeds: int
+    batches: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def stamp(self) -> str:
+        """One line for a figure: P/M, steps, validation SMSE, estimator, design."""
+        val = "–" if self.final_val_smse is None else f"{self.final_val_smse:.2g}"
+        paper = "" if self.paper_val_smse is None else f" (paper {self.paper_val_smse:.1g})"
+        word = "rtol" if self.estimator == "full-space" else "energy cut"
+        tol = "" if self.tolerance is None else f", {word} {self.tolerance:g}"
+        flat = {True: ", plateau", False: ", no plateau", None: ""}[self.plateau]
+        return (f"P/M {self.p_over_m:.2f}, {self.optimizer_steps} steps, val SMSE {val}{paper}"
+                f"{flat}, {self.estimator}{tol}, {self.seeds} seeds x {self.batches} batches")
+
+
+def optimizer_steps(pairs: int, batch_size: int, epochs: int) -> int:
+    """AdamW steps of one training run: `ceil(pairs / batch_size)` per epoch (the last batch of
+    an epoch may be smaller)."""
+    return int(math.ceil(pairs / batch_size)) * int(epochs)
+
+
+def final_summaries(history: pd.DataFrame) -> tuple[float | None, float | None, Plateau | None]:
+    """From a training history (columns seed, epoch, train_loss, val_loss): the median over
+    seeds of the final validation SMSE, the median over seeds of log10(val / train) at the last
+    epoch, and the plateau of the median-over-seeds validation curve."""
+    if history is None or len(history) == 0:
+        return None, None, None
+    last = history.sort_values("epoch").groupby("seed").tail(1)
+    val = float(np.median(last["val_loss"]))
+    gap = float(np.median(np.log10(last["val_loss"].to_numpy() / last["train_loss"].to_numpy())))
+    curve = history.groupby("epoch")["val_loss"].median().sort_index().to_numpy()
+    return val, gap, plateau(curve)
+
+
+def regime_card(*, pde: str, model: str, parameters: int, outputs: int, pairs: int,
+                steps: int, history: pd.DataFrame | None, estimator: str,
+                tolerance: float | None, seeds: int, batches: int) -> RegimeCard:
+    """The card of one (PDE, model) from its counts and training history."""
+    for name, value in (("parameters", parameters), ("outputs", outputs)):
+        if not (isinstance(value, (int, np.integer)) and value > 0):
+            raise InputError(f"{name}: expected a positive integer, got {value!r}")
+    val, gap, flat = final_summaries(history)
+    paper_val = pn.VALIDATION.get((pde, model))
+    return RegimeCard(
+        pde=pde, model=model, parameters=int(parameters), outputs=int(outputs),
+        p_over_m=parameters / outputs, paper_p_over_m=PAPER_P_OVER_M.get((pde, model)),
+        training_pairs=int(pairs), optimizer_steps=int(steps), final_val_smse=val,
+        paper_val_smse=None if paper_val is None else 10.0 ** paper_val["last"],
+        train_val_gap=gap, plateau=None if flat is None else flat.reached,
+        plateau_change=None if flat is None or not math.isfinite(flat.change) else flat.change,
+        estimator=estimator, tolerance=tolerance, seeds=int(seeds), batches=int(batches))

@@ -1,0 +1,70 @@
+"""The regime card of every (PDE, model) of a profile (`pdeinf.analysis.regime`), from the
+profile's settings, the data split and the stored training histories."""
+from __future__ import annotations
+
+from pdeinf.analysis.regime import RegimeCard, optimizer_steps, regime_card
+from pdeinf.config import pde_spec
+from pdeinf.data.datasets import split_indices
+from pdeinf.errors import InputError
+from pdeinf.pipeline.common import ProfileLike, as_profile
+
+#: Examples of one influence batch: 3 classes x 16 transitions.
+BATCH_EXAMPLES = 48
+
+
+def parameter_count(profile, pde: str, model: str) -> int:
+    """Trainable parameters of the profile's `model` for `pde` (built, not trained)."""
+    from pdeinf.models import build
+
+    net = build(model, channels=pde_spec(pde).channels, resolution=profile.resolution,
+                size=profile.model_size, variant=profile.model_variant,
+                residual=profile.residual)
+    return sum(p.numel() for p in net.parameters() if p.requires_grad)
+
+
+def training_pairs(profile, pde: str) -> int:
+    """One-step transitions of the training split (every class, the first seed's split; the
+    sizes do not depend on the seed)."""
+    train = split_indices(profile.n_trajectories, profile.seeds[0], profile.split)["train"]
+    return len(train) * len(pde_spec(pde).classes) * (profile.t_max - 1)
+
+
+def _history(profile, pde: str, model: str):
+    from pdeinf.pipeline.training import training_history
+
+    try:
+        return training_history(profile, pde, model)
+    except InputError:  # not trained yet: the card has no validation numbers
+        return None
+
+
+def regime_cards(profile: ProfileLike = None, *, layer: str = "seed paper",
+                 with_history: bool = True) -> dict[tuple[str, str], RegimeCard]:
+    """{(pde, model): RegimeCard} of the profile: the seed paper's estimator, tolerance and
+    batches for `layer` "seed paper", the follow-up's exact subspace sweep (energy cut,
+    influence batches) otherwise; histories read where the runs exist (`with_history`)."""
+    prof = as_profile(profile)
+    seed_paper = layer == "seed paper"
+    estimator = prof.seed_paper_estimator if seed_paper else "subspace"
+    cards = {}
+    for pde, model in prof.pairs():
+        spec = pde_spec(pde)
+        pairs = training_pairs(prof, pde)
+        cards[(pde, model)] = regime_card(
+            pde=pde, model=model, parameters=parameter_count(prof, pde, model),
+            outputs=BATCH_EXAMPLES * spec.channels * prof.resolution ** 2, pairs=pairs,
+            steps=optimizer_steps(pairs, prof.batch_size, prof.epochs[pde]),
+            history=_history(prof, pde, model) if with_history else None,
+            estimator=estimator,
+            tolerance=prof.rtol_for(model) if estimator == "full-space" else prof.energy_tol,
+            seeds=len(prof.seeds),
+            batches=prof.seed_paper_batches if seed_paper else prof.n_influence_batches)
+    return cards
+
+
+def row_regime(row: dict, cards: dict) -> list[dict]:
+    """The cards of the (PDE, model) pairs a findings row rests on ("NS-CE" and "unet-vit"
+    rows compare two)."""
+    pdes = [p for p in str(row["pde"]).split("-") if p]
+    models = [m for m in str(row["model"]).split("-") if m]
+    return [cards[(p, m)].to_dict() for p in pdes for m in models if (p, m) in cards]

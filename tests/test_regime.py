@@ -1,0 +1,64 @@
+"""The regime card: P / M, the training budget, the plateau criterion, from the profile, the
+data split and training histories."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pdeinf.analysis.regime import PAPER_P_OVER_M, optimizer_steps, plateau, regime_card
+from pdeinf.errors import InputError
+
+
+def test_plateau_criterion_on_known_curves():
+    flat = plateau(np.r_[np.linspace(1.0, 0.1, 10), np.full(10, 0.1)])
+    assert flat.reached is True and flat.change == pytest.approx(0.0)
+    falling = plateau(1.0 / np.arange(1, 21))  # 1/epoch: the last 4 epochs vs the 4 before
+    assert falling.reached is False
+    assert falling.last == pytest.approx(np.median(1.0 / np.arange(17, 21)))
+    assert falling.before == pytest.approx(np.median(1.0 / np.arange(13, 17)))
+    assert plateau([0.3, 0.2, 0.1]).reached is None  # windows of fewer than 2 epochs
+    with pytest.raises(InputError, match="NaN"):
+        plateau([1.0, np.nan])
+
+
+def test_optimizer_steps_count_the_last_partial_batch():
+    assert optimizer_steps(768, 48, 13) == 16 * 13
+    assert optimizer_steps(769, 48, 2) == 17 * 2
+
+
+def test_card_from_a_history():
+    rows = [(s, e, 2.0 / e, (1.0 + 0.001 * s) / e) for s in (10, 35, 42) for e in range(1, 11)]
+    history = pd.DataFrame(rows, columns=["seed", "epoch", "train_loss", "val_loss"])
+    card = regime_card(pde="CE", model="unet", parameters=300, outputs=200, pairs=768,
+                       steps=208, history=history, estimator="full-space", tolerance=1.5e-2,
+                       seeds=3, batches=6)
+    assert card.p_over_m == pytest.approx(1.5) and card.paper_p_over_m == PAPER_P_OVER_M[("CE", "unet")]
+    last = history[history.epoch == 10]
+    assert card.final_val_smse == pytest.approx(np.median(last.val_loss))
+    assert card.train_val_gap == pytest.approx(np.median(np.log10(last.val_loss / last.train_loss)))
+    assert card.paper_val_smse == pytest.approx(10 ** -2.6)
+    assert card.plateau is False  # 1/epoch still falls by more than 10%
+    assert "P/M 1.50" in card.stamp() and "rtol 0.015" in card.stamp()
+    with pytest.raises(InputError, match="parameters"):
+        regime_card(pde="CE", model="unet", parameters=0, outputs=1, pairs=1, steps=1,
+                    history=None, estimator="subspace", tolerance=None, seeds=1, batches=1)
+
+
+def test_profile_cards_count_the_models_and_the_split():
+    from pdeinf.config import get_profile, pde_spec
+    from pdeinf.data.datasets import split_indices
+    from pdeinf.pipeline.regime import regime_cards
+
+    prof = get_profile("quick")
+    cards = regime_cards(prof, with_history=False)
+    train = len(split_indices(prof.n_trajectories, 10, prof.split)["train"])
+    for (pde, model), card in cards.items():
+        assert card.outputs == 48 * pde_spec(pde).channels * prof.resolution ** 2
+        assert card.training_pairs == train * 3 * 16
+        assert card.optimizer_steps == math.ceil(card.training_pairs / 48) * prof.epochs[pde]
+        assert card.estimator == prof.seed_paper_estimator and card.batches == prof.seed_paper_batches
+    follow = regime_cards(prof, layer="follow-up", with_history=False)[("CE", "unet")]
+    assert follow.estimator == "subspace" and follow.batches == prof.n_influence_batches
