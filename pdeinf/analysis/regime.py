@@ -53,7 +53,7 @@ def plateau(val_by_epoch, *, fraction: float = PLATEAU_FRACTION,
         raise InputError(f"val_by_epoch: expected one value per epoch, got shape {values.shape}")
     if not np.all(np.isfinite(values)):
         raise InputError("val_by_epoch: contains NaN or Inf")
-    width = int(math.floor(fraction * values.size))
+    width = math.floor(fraction * values.size)
     if width < 2:
         last = float(np.median(values[-1:]))
         return Plateau(last, math.nan, None)
@@ -103,7 +103,7 @@ class RegimeCard:
 def optimizer_steps(pairs: int, batch_size: int, epochs: int) -> int:
     """AdamW steps of one training run: `ceil(pairs / batch_size)` per epoch (the last batch of
     an epoch may be smaller)."""
-    return int(math.ceil(pairs / batch_size)) * int(epochs)
+    return math.ceil(pairs / batch_size) * int(epochs)
 
 
 def final_summaries(history: pd.DataFrame) -> tuple[float | None, float | None, Plateau | None]:
