@@ -314,3 +314,24 @@ def test_every_figure_renders_and_names_its_source(ds, hn):
         title = fig.axes[0].get_title()
         assert f"[seed paper, fig. {no}]" in title, title
         fig.canvas.draw()
+
+
+def test_regime_stamp_sits_above_the_title(hn):
+    from pdeinf.analysis.regime import regime_card
+    from pdeinf.viz import seed_paper as vs
+
+    card = regime_card(pde="CE", model="vit", parameters=100, outputs=200, pairs=768, steps=208,
+                       history=None, estimator="subspace", tolerance=1e-4, seeds=3, batches=3)
+    fig = vs.stamp_regime(vs.heatmap_figure(sp.heatmap(hn), pde="CE", model="vit"), [card])
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    from matplotlib.text import Text
+
+    (stamp,) = [t for t in fig.findobj(Text) if t.get_text().startswith("regime CE-vit")]
+    assert "P/M 0.50" in stamp.get_text() and "not the seed paper's" in stamp.get_text()
+    title = fig.axes[0].title.get_window_extent(renderer)
+    assert stamp.get_window_extent(renderer).y0 >= title.y1  # never covers the title
+    with pytest.raises(InputError, match="cards"):
+        vs.stamp_regime(fig, [])

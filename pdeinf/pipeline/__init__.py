@@ -31,6 +31,7 @@ from pdeinf.pipeline.findings import (
     findings_markdown,
     write_findings,
 )
+from pdeinf.pipeline.regime import regime_cards
 from pdeinf.pipeline.influence import (
     FileSources,
     ensure_influence,
@@ -106,5 +107,6 @@ __all__ = [
     "symmetry_loader",
     "training_complete",
     "training_history",
+    "regime_cards",
     "write_findings",
 ]

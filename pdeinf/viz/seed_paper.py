@@ -294,15 +294,23 @@ def validation_figure(quartiles: dict, *, pde: str, figure=None) -> Figure:
     return fig
 
 
-def stamp_estimator(fig: Figure, estimator: str) -> Figure:
-    """Say on the figure which estimator produced it: the seed paper's figures are its recipes
-    and aggregations, but at the quick profile the influence is the exact subspace estimator
-    (the paper's full-space Krylov solve is out of a 2-core budget; notebook 12 measures what
-    the estimator changes)."""
-    text = {"full-space": "estimator: full-space Krylov (the seed paper's; lambda 1e-4, its rtol)",
-            "subspace": "estimator: exact subspace (the follow-up's), NOT the seed paper's "
-                        "full-space one (budget; see notebook 12)"}.get(estimator)
-    if text is None:
-        raise InputError(f"estimator: unknown {estimator!r}")
-    fig.text(0.01, 0.995, text, fontsize=6, color="0.35", ha="left", va="top")
+def stamp_regime(fig: Figure, cards) -> Figure:
+    """Write the regime of each (PDE, model) the figure shows (`RegimeCard.stamp`: P/M, optimizer
+    steps, validation SMSE ours and the paper's, plateau, estimator and tolerance, seeds x
+    batches) above everything else on the figure, so it never covers a title; a figure not
+    made with the seed paper's full-space estimator says so."""
+    cards = list(cards)
+    if not cards:
+        raise InputError("cards: no regime card to stamp")
+    lines = [f"regime {c.pde}-{c.model}: {c.stamp()}" for c in cards]
+    if any(c.estimator != "full-space" for c in cards):
+        lines.append("not the seed paper's full-space estimator: the follow-up's exact subspace one")
+    # the figure's suptitle: constrained layout keeps every panel and its title below it
+    fig.suptitle("\n".join(lines), x=0.01, ha="left", fontsize=6, color="0.3")
+    return fig
+    # x in figure fraction, y just above the top panel's title, wherever the layout puts it
+    fig.texts.append(top.annotate("\n".join(lines), xy=(0.0, 1.0),
+                                  xycoords=(fig.transFigure, top.title), xytext=(0, 4),
+                                  textcoords="offset points", fontsize=6, color="0.3",
+                                  ha="left", va="bottom", annotation_clip=False))
     return fig
