@@ -31,7 +31,6 @@ from pdeinf.pipeline.findings import (
     findings_markdown,
     write_findings,
 )
-from pdeinf.pipeline.regime import regime_cards
 from pdeinf.pipeline.influence import (
     FileSources,
     ensure_influence,
@@ -48,6 +47,7 @@ from pdeinf.pipeline.notebooks import (
     run_notebook,
     summarize_notebook,
 )
+from pdeinf.pipeline.regime import regime_cards
 from pdeinf.pipeline.reproduce import (
     ReproduceReport,
     StageTiming,
@@ -96,6 +96,7 @@ __all__ = [
     "load_sweep",
     "load_variants",
     "notebook_cache_key",
+    "regime_cards",
     "reproduce",
     "rollouts_path",
     "run_all",
@@ -107,6 +108,5 @@ __all__ = [
     "symmetry_loader",
     "training_complete",
     "training_history",
-    "regime_cards",
     "write_findings",
 ]

@@ -308,9 +308,3 @@ def stamp_regime(fig: Figure, cards) -> Figure:
     # the figure's suptitle: constrained layout keeps every panel and its title below it
     fig.suptitle("\n".join(lines), x=0.01, ha="left", fontsize=6, color="0.3")
     return fig
-    # x in figure fraction, y just above the top panel's title, wherever the layout puts it
-    fig.texts.append(top.annotate("\n".join(lines), xy=(0.0, 1.0),
-                                  xycoords=(fig.transFigure, top.title), xytext=(0, 4),
-                                  textcoords="offset points", fontsize=6, color="0.3",
-                                  ha="left", va="bottom", annotation_clip=False))
-    return fig
