@@ -1,5 +1,5 @@
 """Full-space (seed paper) estimator: the block Krylov solver against a one-RHS-at-a-time CG loop and
-the subspace engine, side by side in one process (issue 10).
+the subspace engine, side by side in one process.
 
 Rivals, each timed from the batch to the N x N matrix at the paper's tolerances:
 - block: `pdeinf.influence.fullspace.full_space_hat_matrix` (default solver: one block Krylov
@@ -134,7 +134,7 @@ def _timed(call, repeats: int):
 def run(args) -> str:
     torch.set_num_threads(args.threads)
     lines = [
-        "# Full-space estimator benchmark (issue 10)", "",
+        "# Full-space estimator benchmark", "",
         f"Command: `python benchmarks/bench_fullspace.py {' '.join(sys.argv[1:])}`", "",
         (f"torch {torch.__version__}, {args.threads} threads; shared 2-core CPU: block and subspace are "
          f"medians of {args.repeats} runs, the plain loop one run; rivals in one process; compare ratios."),

@@ -8,7 +8,7 @@ Rivals, in one process on the quick UNet (CE-like batch, [N, 4, 32, 32]):
   gradients, min(N, joint rank) x N JVPs, the joint solve;
 - `joint, nothing kept` (`keep_ket_jvps=False`): each element pushes its joint basis itself
   (joint rank x N JVPs, the rank at most 2N);
-- `ket-span bra` (`bra_basis="ket"`, round 1): bra gradients and a projection only.
+- `ket-span bra` (`bra_basis="ket"`): bra gradients and a projection only.
 Printed: median seconds per element over the elements after the first (steady state), the
 first element's seconds (it carries the ket work), and ratios to `plain`; a plain call is
 timed before each rival in each round, so slow drifts of the machine's load hit all alike.
@@ -68,7 +68,7 @@ def main():
     rivals = [
         ("joint, kept ket JVPs", {"keep_ket_jvps": True}, {}),
         ("joint, nothing kept", {"keep_ket_jvps": False}, {}),
-        ("ket-span bra (round 1)", {}, {"bra_basis": "ket"}),
+        ("ket-span bra", {}, {"bra_basis": "ket"}),
     ]
     plain, firsts, steadies = [], {r[0]: [] for r in rivals}, {r[0]: [] for r in rivals}
     for _ in range(args.repeats):  # rounds interleave the rivals: load drifts hit all alike

@@ -201,7 +201,7 @@ def test_restart_after_interruption_gives_same_answer(tmp_path, monkeypatch, sol
 
 
 def test_small_damping_limits():
-    """Issue 11: lambda -> 0 gives the identity (P > M, J full row rank) or the orthogonal
+    """lambda -> 0 gives the identity (P > M, J full row rank) or the orthogonal
     projection onto range(J) (P < M) on the outputs."""
     lam = 1e-10
     # P > M: the pixel MLP with P = 85 against M = 4 * 9 = 36

@@ -1,4 +1,4 @@
-"""The interventions study (issue 13): the pure analysis on synthetic data against direct
+"""The interventions study: the pure analysis on synthetic data against direct
 computations, and the cached stage at the smoke profile."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""What the influence estimator itself does to the findings (issue 11) [ours]. Pure.
+"""What the influence estimator itself does to the findings [ours]. Pure.
 
 Every matrix is one batch's RAW influence `[..., N, N]` (rows = response n, columns =
 perturbation m), examples class-major `n = c T + t` (C classes, T times). The findings

@@ -1,4 +1,4 @@
-"""The interventions study (issue 13), pure: what each training recipe does to cross-time
+"""The interventions study, pure: what each training recipe does to cross-time
 coherence and to long-horizon rollout error, and whether coherence helps choose a checkpoint.
 
 Input: the dataset of `pdeinf.pipeline.ensure_intervention_pair` (or any of the same layout):

@@ -1,11 +1,11 @@
-"""Stage: the model-departure ablation (issue 10): the profile's runs retrained the way our first
-round built them, one departure at a time, and what each finding's number does.
+"""Stage: the model-departure ablation: the profile's runs retrained with one departure from
+the authors' models at a time, and what each finding's number does.
 
 Configurations (`ABLATIONS`, each a set of `Profile` overrides applied with
 `dataclasses.replace`; one that equals the profile's own setting is left out):
 
 - "increment": `residual=True`, the model predicts u_t + f(u_t) instead of u_{t+1};
-- "pdeinf-v1": `model_variant="pdeinf-v1", residual=True`, our first-round UNet / ViT (built as
+- "pdeinf-v1": `model_variant="pdeinf-v1", residual=True`, our own earlier UNet / ViT (built as
   increments).
 
 For each (PDE, model) of `ablation_pairs(profile)` and each seed, the run is trained into

@@ -1,4 +1,4 @@
-"""Stage: what the influence estimator itself does to the findings (issue 11) [ours].
+"""Stage: what the influence estimator itself does to the findings [ours].
 
 On a STATED SUBSET (`study_subset(profile)`): for each (PDE, model) of the subset and each seed
 of the profile, the final checkpoint and influence batch 0 of the test split, restricted to
@@ -53,7 +53,7 @@ from pdeinf.pipeline.common import (
     final_epoch,
 )
 
-#: Subspace settings swept (issue 11): energy tolerance at the profile's damping, damping at the
+#: Subspace settings swept: energy tolerance at the profile's damping, damping at the
 #: profile's energy tolerance.
 ENERGY_TOLS: tuple[float, ...] = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
 DAMPINGS: tuple[float, ...] = (1e-8, 1e-6, 1e-4, 1e-2)

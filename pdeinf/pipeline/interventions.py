@@ -1,4 +1,4 @@
-"""Stage: the interventions study (issue 13): coherence and rollout error of every checkpoint
+"""Stage: the interventions study: coherence and rollout error of every checkpoint
 of runs trained with each recipe of the profile.
 
 For each recipe of `profile.recipes`, each (PDE, model) of `profile.recipe_pairs` (None: every

@@ -1,4 +1,4 @@
-"""Figures of the estimator study (issue 11, notebook 12): one function per question. All [ours].
+"""Figures of the estimator study (notebook 12): one function per question. All [ours].
 
 Inputs are the tables of `pdeinf.analysis.estimator` (xarray / dicts); every figure is a
 `matplotlib.figure.Figure` built without pyplot state.

@@ -1,4 +1,4 @@
-"""Figures of the interventions study (issue 13), all "[ours]": neither paper trains with other
+"""Figures of the interventions study, all "[ours]": neither paper trains with other
 recipes. Inputs are the outputs of `pdeinf.analysis.interventions`."""
 from __future__ import annotations
 
