@@ -47,6 +47,7 @@ from pdeinf.influence import observables as _obs
 from pdeinf.influence.hat import HatResult, cross_gram
 from pdeinf.influence.block_krylov import block_galerkin
 from pdeinf.influence.krylov import batched_cg
+from pdeinf.influence.untouched import keeps_model
 
 SCALE_EPS = 1e-6
 RESIDUALS: tuple[str, ...] = ("smse", "mse")
@@ -143,31 +144,42 @@ class GaussNewtonOperator:
     vmapped VJP of those outputs. Never forms P x P or M x M.
     """
 
-    def __init__(self, model, inputs, params, layout, damping: float, pair_budget: int = PAIR_BUDGET):
+    def __init__(self, model, inputs, params, layout, damping: float, pair_budget: int = PAIR_BUDGET,
+                 support: _grad.FuncSupport | None = None):
+        self.model = model
         self.apply = _grad._model_function(model)
         self.inputs, self.params, self.layout = inputs, params, layout
         self.damping = float(damping)
         self.pair_budget = int(pair_budget)
+        self.support = support if support is not None else _grad.FuncSupport(type(model).__name__)
 
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
         k, n = v.shape[0], self.inputs.shape[0]
         chunk = max(1, self.pair_budget // k)
         out = self.damping * v
-        tangents = self.layout.unflatten(v)  # views {name: [k, *shape]}
         with _grad.math_attention():
             for start in range(0, n, chunk):
-                x = self.inputs[start:start + chunk]
-
-                def f(p, x=x):
-                    return self.apply(p, x)
-
-                _, pullback = vjp(f, self.params)
-                pushed = vmap(lambda t: jvp(f, (self.params,), (t,))[1])(tangents)
-                back = vmap(pullback)(pushed)[0]
-                del pushed
-                out += self.layout.flatten(back, lead_dims=1)
-                del back
+                out += self._gauss_newton(self.inputs[start:start + chunk], v)
         return out
+
+    def _gauss_newton(self, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """`J_x^T J_x V` `[k, P]` for the examples x `[b, C, H, W]` and directions V `[k, P]`:
+        one vmapped JVP and VJP, or (where torch.func cannot trace the model) the exact
+        fallbacks of `gradients.output_jvps` and a loop of VJPs, with one warning."""
+        def f(p):
+            return self.apply(p, x)
+
+        _, pullback = vjp(f, self.params)
+        if self.support.vmap_jvp and self.support.forward_mode:
+            try:
+                pushed = vmap(lambda t: jvp(f, (self.params,), (t,))[1])(self.layout.unflatten(v))
+                return self.layout.flatten(vmap(pullback)(pushed)[0], lead_dims=1)
+            except _grad.TRACE_ERRORS as err:
+                self.support.vmap_jvp = False
+                self.support.fall_back("vmap(jvp)", err)
+        pushed = _grad.output_jvps(self.model, x, v, params=self.params, layout=self.layout,
+                                   support=self.support)  # [k, b, C, H, W]
+        return torch.stack([self.layout.flatten(pullback(p)[0]) for p in pushed])
 
 
 # --- restart state -----------------------------------------------------------------------------
@@ -236,15 +248,16 @@ def _predict(model, inputs, chunk: int = 16) -> torch.Tensor:
     return out
 
 
-def _residual_vjps(model, inputs, residuals, params, layout) -> torch.Tensor:
+def _residual_vjps(model, inputs, residuals, params, layout, support=None) -> torch.Tensor:
     """Rows J_n(x_n)^T r_n `[N, P]` (one VJP per example, vmapped)."""
     grads, _ = _grad.per_example_gradients(
         model, inputs, residuals, lambda x, r, pred: (pred * r).sum(),
-        chunk=8, params=params, layout=layout,
+        chunk=8, params=params, layout=layout, support=support,
     )
     return grads
 
 
+@keeps_model
 def full_space_hat_matrix(
     model: torch.nn.Module,
     inputs: torch.Tensor,
@@ -312,14 +325,15 @@ def full_space_hat_matrix(
     pred = _predict(model, inputs)
     ket_r = smse_residual(pred, targets) if residual == "smse" else mse_residual(pred, targets)
     losses = (smse_residual(pred, targets) * (pred - targets)).mean(dim=(1, 2, 3)).to(torch.float64)
-    kets = _residual_vjps(model, inputs, ket_r, params, layout)  # [N, P] rows g_m
+    support = _grad.FuncSupport(type(model).__name__)
+    kets = _residual_vjps(model, inputs, ket_r, params, layout, support)  # [N, P] rows g_m
     if not torch.isfinite(kets).all():
         raise NumericalError("full-space solve: the ket gradients J^T r contain NaN or Inf")
 
     path = Path(state_path) if state_path is not None else None
     key = _state_key(inputs, targets, params, damping, residual, solver) if path is not None else ""
     resume = _load_state(path, key) if path is not None else None
-    operator = GaussNewtonOperator(model, inputs, params, layout, damping, pair_budget)
+    operator = GaussNewtonOperator(model, inputs, params, layout, damping, pair_budget, support)
     column_tol = None
     if stopping == "authors":
         norms = kets.to(torch.float64).norm(dim=1)
@@ -353,7 +367,7 @@ def full_space_hat_matrix(
         bras = kets  # the bra is the ket: r^C at the untransformed batch
     else:
         bra_r = bra_residual(function, bra_inputs, bra_targets, bra_pred, pde=pde)
-        bras = _residual_vjps(model, bra_inputs, bra_r, params, layout)
+        bras = _residual_vjps(model, bra_inputs, bra_r, params, layout, support)
     pi = cross_gram(bras, solved.x) / inputs[0].numel()
     if not torch.isfinite(pi).all():
         raise NumericalError("full-space solve: the influence matrix contains NaN or Inf")

@@ -26,16 +26,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-from torch.func import functional_call, grad, jvp, vmap
+from torch.func import grad, jvp, vmap
 
 from pdeinf.errors import InputError, NumericalError
+from pdeinf.influence.untouched import parameter_slots, swap_parameters
 
 #: per-example scalar function (input [C,H,W], target [C,H,W], prediction [C,H,W]) -> scalar
 ExampleFunction = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 #: Errors by which torch.func says it cannot trace a model (vmap batching rules, in-place
 #: writes into unbatched tensors, missing forward-mode formulas). Anything else propagates.
-_TRACE_ERRORS = (RuntimeError, NotImplementedError)
+TRACE_ERRORS = (RuntimeError, NotImplementedError)
 
 #: Module types whose forward depends on train/eval mode (stochastic or batch statistics).
 _MODE_DEPENDENT = (
@@ -226,10 +227,12 @@ def _support(model, support: FuncSupport | None) -> FuncSupport:
 def _model_function(model: torch.nn.Module, layout: ParameterLayout | None = None):
     """`apply(params, x)`: the module on a real parameter dict (complex ones as (re, im) views).
 
-    The complex names come from the module itself, so callers without a layout work too.
+    The complex names come from the module itself, so callers without a layout work too. The
+    parameters are swapped into every slot that holds them (`untouched.swap_parameters`: modules
+    used twice and tied weights) and the original objects put back after each call.
     """
-    buffers = {n: b for n, b in model.named_buffers()}
     complex_names = frozenset(n for n, p in model.named_parameters() if p.is_complex())
+    slots = parameter_slots(model)
 
     def apply(params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         if complex_names:
@@ -237,7 +240,8 @@ def _model_function(model: torch.nn.Module, layout: ParameterLayout | None = Non
             # have an odd storage offset, which view_as_complex refuses.
             params = {n: torch.complex(t[..., 0], t[..., 1]) if n in complex_names and not t.is_complex() else t
                       for n, t in params.items()}
-        return functional_call(model, (params, buffers), (x,))
+        with swap_parameters(model, params, slots):
+            return model(x)
 
     return apply
 
@@ -298,7 +302,7 @@ def per_example_gradients(
             if support.vmap_grad:
                 try:
                     grads, vals = grad_fn(params, inputs[rows], targets[rows])
-                except _TRACE_ERRORS as err:
+                except TRACE_ERRORS as err:
                     support.vmap_grad = False
                     support.fall_back("vmap(grad)", err)
                 else:
@@ -359,13 +363,13 @@ def output_jvps(
         if vmap_tangents and support.vmap_jvp and tangents.shape[0] > 1:
             try:
                 return vmap(push)(tangents)
-            except _TRACE_ERRORS as err:
+            except TRACE_ERRORS as err:
                 support.vmap_jvp = False
                 support.fall_back("vmap(jvp)", err)
         if support.forward_mode:
             try:
                 return torch.stack([push(t) for t in tangents])
-            except _TRACE_ERRORS as err:
+            except TRACE_ERRORS as err:
                 support.forward_mode = False
                 support.fall_back("jvp", err)
         return torch.stack([_double_backward_jvp(apply, params, layout, inputs, t) for t in tangents])

@@ -49,6 +49,7 @@ from pdeinf.checks import positive_int
 from pdeinf.errors import InputError, NumericalError
 from pdeinf.influence import gradients as _grad
 from pdeinf.influence import observables as _obs
+from pdeinf.influence.untouched import keeps_model
 
 METRICS: tuple[str, ...] = ("gauss-newton", "euclidean", "adam")
 #: Bases for a bra other than SMSE (module docstring) and the estimators of `hat_matrix`.
@@ -704,6 +705,7 @@ def labelled_to_batch(labelled: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(arr).reshape(*lead, n_classes * n_times, n_classes * n_times)
 
 
+@keeps_model
 def hat_matrix(
     model: torch.nn.Module,
     inputs: torch.Tensor,

@@ -35,6 +35,7 @@ from pdeinf.config import pde_spec
 from pdeinf.errors import InputError
 from pdeinf.influence.hat import hat_matrix
 from pdeinf.influence.normalize import normalize
+from pdeinf.influence.untouched import untouched
 
 ESTIMATORS: tuple[str, ...] = ("subspace", "full-space")
 
@@ -107,16 +108,12 @@ class CoherenceMonitor:
         """Record at `step` when due (returns the record), else do nothing (returns None)."""
         if not self.due(step):
             return None
-        modes = {m: m.training for m in model.modules()}
         t0 = time.perf_counter()
-        try:
+        with untouched(model):
             model.eval()
             device = next(model.parameters()).device
             result = hat_matrix(model, self.inputs.to(device), self.targets.to(device),
                                 **self.hat_kwargs)
-        finally:
-            for module, flag in modes.items():
-                module.training = flag
         record = {"step": int(step), "rank": int(result.rank),
                   **coherence_record(result.pi.detach().cpu().numpy(), self.classes),
                   "seconds": round(time.perf_counter() - t0, 4)}

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from pdeinf.errors import InputError, NumericalError
+from pdeinf.influence.untouched import keeps_model
 from pdeinf.symmetry.actions import act, parse_element, resolve_spec
 from pdeinf.training.loss import smse
 
@@ -41,6 +42,7 @@ def _predict(model, x: torch.Tensor, chunk: int | None) -> torch.Tensor:
     return torch.cat([model(x[i:i + chunk]) for i in range(0, x.shape[0], chunk)])
 
 
+@keeps_model
 def smse_under(model, inputs, targets, element, *, pde, convention: str = "ours",
                chunk: int | None = None) -> torch.Tensor:
     """`SMSE(f(g.x_n), g.y_n)` per example, `[N]` (the follow-up's e_g[n])."""
@@ -52,6 +54,7 @@ def smse_under(model, inputs, targets, element, *, pde, convention: str = "ours"
     return smse(_predict(model, gx, chunk), gy)
 
 
+@keeps_model
 def equivariance_error(model, inputs: torch.Tensor, targets: torch.Tensor, element, *, pde,
                        convention: str = "ours", chunk: int | None = None) -> torch.Tensor:
     """Relative SMSE `SMSE(f(g.x), g.y) / SMSE(f(x), y)` per example, `[N]` (dimensionless).

@@ -49,6 +49,7 @@ import torch
 
 from pdeinf.errors import InputError, NumericalError
 from pdeinf.influence.gradients import math_attention
+from pdeinf.influence.untouched import keeps_model
 from pdeinf.symmetry.actions import resolve_spec, vector_channels
 
 __all__ = ["GENERATORS", "LieDecomposition", "fourier_shift", "lie_derivative", "rotate", "transform"]
@@ -195,6 +196,7 @@ def _default_layers(model: torch.nn.Module, inputs: torch.Tensor) -> list[str]:
     return seen
 
 
+@keeps_model
 def lie_derivative(model: torch.nn.Module, inputs: torch.Tensor, generator: str, *, pde,
                    layerwise: bool = False, layers: Sequence[str] | None = None,
                    convention: str = "ours"):
