@@ -222,7 +222,8 @@ class FullSpaceResult(HatResult):
     matvecs: int = 0  # operator applications per column, summed (incl. true-residual checks)
     sweeps: int = 0  # batched operator calls
     residual_norms: torch.Tensor | None = None  # [N] float64 final ||g - A chi|| / ||g||
-    converged: torch.Tensor | None = None  # [N] bool
+    converged: torch.Tensor | None = None  # [N] bool, residual_norms <= the stated tolerance
+    error_bound: torch.Tensor | None = None  # [N, N] float64, |H - H_exact| <= this, entrywise
     rtol: float = 0.0
     residual: str = "smse"
     estimator: str = "full-space"
@@ -278,6 +279,7 @@ def full_space_hat_matrix(
     stopping: str = "per-column",
     solver: str = "block",
     max_basis: int | None = None,
+    reference_rtol: float | None = None,
 ) -> FullSpaceResult:
     """Seed-paper influence matrix H `[N, N]` (rows = response n, columns = perturbation m).
 
@@ -300,7 +302,14 @@ def full_space_hat_matrix(
     counts the sweeps a column takes part in) or "cg" (N CG recurrences, `krylov.batched_cg`).
     max_basis: directions the block solver keeps before restarting (None: from free memory).
     Both stop on the true relative residual of every column.
+    `.error_bound` `[N, N]`: |H(n, m) - H_exact(n, m)| <= ||b_n|| ||g_m - A chi_m|| / (damping
+    C H W) (A >= damping I), a guarantee that is loose for small damping. reference_rtol: also
+    solve to this tighter tolerance and report `.attrs["distance_to_reference"]` =
+    max |H - H_ref| / max |H_ref| (twice the work or more).
     """
+    if reference_rtol is not None and not (isinstance(reference_rtol, (int, float))
+                                           and 0.0 < reference_rtol < rtol):
+        raise InputError(f"reference_rtol={reference_rtol!r}: expected a number in (0, rtol={rtol!r})")
     _grad.check_model_mode(model)
     params, layout = _grad.trainable_parameters(model)
     dtype = next(iter(params.values())).dtype
@@ -371,20 +380,37 @@ def full_space_hat_matrix(
     pi = cross_gram(bras, solved.x) / inputs[0].numel()
     if not torch.isfinite(pi).all():
         raise NumericalError("full-space solve: the influence matrix contains NaN or Inf")
+    residual_abs = solved.residual_norms * kets.to(torch.float64).norm(dim=1)
+    bound = bras.to(torch.float64).norm(dim=1)[:, None] * residual_abs[None, :] / (damping * inputs[0].numel())
 
     gram = cross_gram(kets, kets)
     singular = torch.linalg.eigvalsh(0.5 * (gram + gram.T)).flip(0).clamp_min(0).sqrt()
     numerical_rank = int((singular > singular[0] * len(singular) * 1e-8).sum()) if singular[0] > 0 else 0
     name = response if isinstance(response, str) else getattr(response, "__name__", "smse")
-    return FullSpaceResult(
+    result = FullSpaceResult(
         pi=pi, rank=numerical_rank, eta_eigenvalues=torch.zeros(0, dtype=torch.float64),
         losses=losses, singular_values=singular, metric="gauss-newton", damping=float(damping),
         energy_tol=0.0, response=name or "smse",
         attrs={"estimator": "full-space", "rtol": float(rtol), "residual": residual, "solver": solver},
         iterations=solved.iterations, matvecs=solved.matvecs, sweeps=solved.sweeps,
         residual_norms=solved.residual_norms, converged=solved.converged, rtol=float(rtol),
-        residual=residual, chi=solved.x,
+        residual=residual, chi=solved.x, error_bound=bound,
     )
+    if reference_rtol is not None:
+        _compare_with_reference(result, model, inputs, targets, reference_rtol, damping=damping,
+                                maxiter=maxiter, response=response, response_transform=response_transform,
+                                target_transform=target_transform, residual=residual, pde=pde,
+                                pair_budget=pair_budget, stopping=stopping, solver=solver, max_basis=max_basis)
+    return result
+
+
+def _compare_with_reference(result: FullSpaceResult, model, inputs, targets, reference_rtol, **kwargs) -> None:
+    """Solve again to `reference_rtol` and record the distance of `result.pi` to that H."""
+    reference = full_space_hat_matrix.__wrapped__(model, inputs, targets, rtol=reference_rtol, **kwargs)
+    scale = float(reference.pi.abs().max())
+    distance = float((result.pi - reference.pi).abs().max()) / scale if scale > 0 else 0.0
+    result.attrs.update({"reference_rtol": float(reference_rtol), "distance_to_reference": distance,
+                         "reference_converged": bool(reference.converged.all())})
 
 
 def lambda_sweep(model, inputs, targets, lambdas, rtol: float = 1.5e-2, **kwargs):
