@@ -312,7 +312,7 @@ def full_space_hat_matrix(
         raise InputError(f"reference_rtol={reference_rtol!r}: expected a number in (0, rtol={rtol!r})")
     _grad.check_model_mode(model)
     params, layout = _grad.trainable_parameters(model)
-    dtype = next(iter(params.values())).dtype
+    dtype = _grad.real_dtype(params, layout.complex_names)
     inputs, targets = _check_batch(inputs, targets, dtype)
     if not (isinstance(damping, (int, float)) and math.isfinite(damping) and damping > 0):
         raise InputError(f"damping={damping!r}: expected a finite number > 0")
@@ -331,6 +331,10 @@ def full_space_hat_matrix(
     if isinstance(maxiter, bool) or not isinstance(maxiter, int) or maxiter <= 0:
         raise InputError(f"maxiter={maxiter!r}: expected a positive integer")
 
+    n = inputs.shape[0]
+    _grad.check_memory(3 * n, n, torch.float64, "N x N matrices (Gram, Pi, its error bound)", "inputs")
+    _grad.check_memory(3 * n, layout.size, dtype, "kets, bras and solutions (3 N x P)")
+    _grad.check_model_output(model, inputs)
     pred = _predict(model, inputs)
     ket_r = smse_residual(pred, targets) if residual == "smse" else mse_residual(pred, targets)
     losses = (smse_residual(pred, targets) * (pred - targets)).mean(dim=(1, 2, 3)).to(torch.float64)

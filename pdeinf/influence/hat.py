@@ -475,7 +475,7 @@ class HatEngine:
         _grad.check_model_mode(model)
         self.model = model
         self.params, self.layout = _grad.trainable_parameters(model)
-        dtype = _grad.real_dtype(self.params)
+        dtype = _grad.real_dtype(self.params, self.layout.complex_names)
         self.inputs, self.targets = _check_batch(inputs, targets, dtype)
         self.grad_chunk = _positive_int(grad_chunk, "grad_chunk", allow_none=True)
         self.jvp_chunk = _positive_int(jvp_chunk, "jvp_chunk")
@@ -483,6 +483,8 @@ class HatEngine:
             raise InputError(f"energy_tol={energy_tol!r}: expected 0 <= energy_tol < 1")
         if keep_ket_jvps not in (None, True, False):
             raise InputError(f"keep_ket_jvps={keep_ket_jvps!r}: expected None, True or False")
+        n = self.inputs.shape[0]
+        _grad.check_memory(3 * n, n, torch.float64, "N x N matrices (Gram, its eigenvectors, Pi)", "inputs")
         _grad.check_model_output(model, self.inputs)
         _grad.check_memory(self.inputs.shape[0], self.layout.size, dtype, "per-example gradient matrix")
         self.energy_tol = float(energy_tol)

@@ -37,7 +37,7 @@ def ntk_top_eigenvalue(model: torch.nn.Module, inputs: torch.Tensor, *, damping:
         raise InputError("inputs: contains NaN or Inf")
     _grad.check_model_mode(model)
     params, layout = _grad.trainable_parameters(model)
-    dtype = next(iter(params.values())).dtype
+    dtype = _grad.real_dtype(params, layout.complex_names)
     operator = GaussNewtonOperator(model, inputs.detach().to(dtype), params, layout, damping)
     count = {"matvecs": 0}
 

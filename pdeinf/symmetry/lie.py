@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 import torch
 
 from pdeinf.errors import InputError, NumericalError
-from pdeinf.influence.gradients import math_attention
+from pdeinf.influence.gradients import cast_to_model, math_attention
 from pdeinf.influence.untouched import keeps_model
 from pdeinf.symmetry.actions import resolve_spec, vector_channels
 
@@ -212,7 +212,7 @@ def lie_derivative(model: torch.nn.Module, inputs: torch.Tensor, generator: str,
     spec = resolve_spec(pde)
     pair = vector_channels(spec, convention)
     _check(model, inputs, spec, generator)
-    x = inputs.detach()
+    (x,) = cast_to_model(model, inputs.detach())
     n_ref = x.shape[-1] if generator == "x" else x.shape[-2]
 
     def g(u, t, typed: bool):
