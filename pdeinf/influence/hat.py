@@ -673,14 +673,21 @@ class HatResult:
     response: str = "smse"
     attrs: dict = field(default_factory=dict)
 
-    def to_xarray(self, *, t_max: int = 17, classes=None, attrs: dict | None = None):
+    def to_xarray(self, *, t_max: int | None = None, classes=None, attrs: dict | None = None):
         """DataArray with dims (t_resp, c_resp, t_pert, c_pert) for an influence batch.
 
-        The batch must be ordered n = c * (t_max - 1) + t (pdeinf.data.datasets.influence_batch).
+        The batch must be ordered n = c * T + t (pdeinf.data.datasets.influence_batch) with
+        T = t_max - 1 transitions per class. t_max None: T = N / len(classes), or T = N (one
+        class) without classes.
         """
         import xarray as xr
 
         n = self.pi.shape[0]
+        if t_max is None:
+            n_c = len(classes) if classes is not None else 1
+            if n_c == 0 or n % n_c:
+                raise InputError(f"classes: N = {n} examples is not a multiple of {n_c} classes")
+            t_max = n // n_c + 1
         n_t = t_max - 1
         if n_t <= 0 or n % n_t:
             raise InputError(f"t_max={t_max}: N = {n} examples is not a multiple of t_max - 1 = {n_t}")

@@ -13,7 +13,9 @@ record to `.history`:
   class / in different classes (the horizon curve at dt = 1).
 
 Probe layout: N = n_classes * T examples ordered n = c * T + t (`pdeinf.data.datasets.
-influence_batch`), `classes` the class names in that order (default `pde_spec(pde).classes`).
+influence_batch`), `classes` the class names in that order (`pde_spec(pde).classes` when `pde`
+is given; neither: one class "probe", the N examples read as one trajectory in time order, and
+`inter_lag1` is NaN).
 
 Cost: one `hat_matrix` call per record, i.e. N per-example gradients (vmap), forward-mode
 JVPs of the model outputs along the N gradient directions over the whole probe (about 2-3
@@ -70,7 +72,8 @@ class CoherenceMonitor:
 
     probe_inputs, probe_targets: `[N, C, H, W]`, N = len(classes) * T, ordered n = c * T + t.
     every: positive int. estimator: "subspace" (exact, default) or "full-space" (when the
-    installed `hat_matrix` offers it). pde: fills `classes` from `pde_spec(pde).classes`.
+    installed `hat_matrix` offers it). pde: fills `classes` from `pde_spec(pde).classes`;
+    neither classes nor pde: one class, the probe read as one trajectory.
     hat_kwargs: passed to `hat_matrix` (metric, damping, energy_tol, ...).
     """
 
@@ -84,9 +87,7 @@ class CoherenceMonitor:
         elif estimator != "subspace":
             raise InputError(f"estimator={estimator!r}: this hat_matrix has only the subspace estimator")
         if classes is None:
-            if pde is None:
-                raise InputError("classes: give the class names of the probe layout, or pde=")
-            classes = pde_spec(pde).classes
+            classes = pde_spec(pde).classes if pde is not None else ("probe",)
         classes = tuple(str(c) for c in classes)
         if not isinstance(probe_inputs, torch.Tensor) or not isinstance(probe_targets, torch.Tensor):
             raise InputError("probe_inputs, probe_targets: expected torch tensors [N, C, H, W]")
