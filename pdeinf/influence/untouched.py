@@ -8,7 +8,8 @@ gets back its own original object afterwards; `torch.func.functional_call` resto
 used twice wrongly (the second slot receives the swapped tensor back).
 
 `untouched(model)` snapshots what a call could change (the Parameter and buffer objects in
-every slot, their `requires_grad` flags, each module's train flag and tensor attributes such as
+every slot, their `requires_grad` flags, the buffers' values (running statistics of a
+train-mode forward), each module's train flag and tensor attributes such as
 the weight a `weight_norm` hook recomputes, the global RNG state) and puts it back on exit,
 also when the call raises. `model_state(model)` is the comparable snapshot used by the tests.
 """
@@ -107,12 +108,17 @@ def untouched(model):
         yield
         return
     snapshot = model_state(model)
+    values = [(b, b.detach().clone()) for b in model.buffers()]
     rng = torch.get_rng_state()
     cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
     try:
         yield
     finally:
         _restore(snapshot)
+        with torch.no_grad():
+            for buffer, value in values:  # running statistics a train-mode forward updates
+                if not torch.equal(buffer, value):
+                    buffer.copy_(value)
         torch.set_rng_state(rng)
         if cuda_rng is not None:
             torch.cuda.set_rng_state_all(cuda_rng)
