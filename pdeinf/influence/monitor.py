@@ -21,7 +21,8 @@ Cost: one `hat_matrix` call per record, i.e. N per-example gradients (vmap), for
 JVPs of the model outputs along the N gradient directions over the whole probe (about 2-3
 batched forward passes of the probe per direction) and N x N / r x r eigendecompositions;
 memory of the same order as one training step on N examples times the JVP chunk. Calls on
-other steps cost nothing. The model's train/eval flags (of every submodule) are restored; the
+other steps cost nothing. The loop's slowdown is about 1 + (seconds per record) / (every x
+seconds per step); `benchmarks/bench_monitor.py` measures it (docs/models.md). The model's train/eval flags (of every submodule) are restored; the
 parameters, their `.grad` and the global RNG are not touched.
 """
 from __future__ import annotations
