@@ -344,3 +344,25 @@ def test_training_goes_on_after_the_monitor_with_a_module_used_twice():
         assert monitor(model, step) is not None
     assert model[0].weight is model[2].weight and model[0].weight.requires_grad
     assert hat_matrix(model.eval(), x, y).rank == N  # a second call sees the same parameters
+
+
+def test_lie_derivative_falls_back_where_forward_mode_is_missing():
+    from pdeinf.symmetry.lie import transform
+
+    model, size = _build("grid_sample")
+    model = _to_float64(model)
+    x, _ = _batch(size, torch.float64)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        total = lie_derivative(model, x, "x", pde="NS")
+    ours = pdeinf_warnings(record)
+    assert len(ours) == 1 and "grid_sampler_2d" in str(ours[0].message)
+    h = 1e-5
+
+    def moved(t):
+        with torch.no_grad():
+            return transform(model(transform(x, t, "x", pair=(0, 1), reference=size)), -t, "x",
+                             pair=(0, 1), reference=size)
+
+    central = (moved(h) - moved(-h)) / (2 * h)
+    assert float((total - central).abs().max() / central.abs().max()) < 1e-6
