@@ -11,8 +11,8 @@ tensor. Every model maps `[N, 2, H, W] -> [N, 2, H, W]` on 8x8 grids (16x16 for 
 which pools four times), a few hundred to a few thousand parameters, N = 4.
 
 Reference (no torch.func, on a float64 copy of the model): per-example SMSE gradients and the
-rows of the output Jacobian by backward passes through the module itself (complex `p.grad`
-read as (d/d re, d/d im)); then the estimators' definitions solved densely:
+rows of the output Jacobian by backward passes through the module itself (batched over unit
+cotangents where autograd can; complex `p.grad` read as (d/d re, d/d im)); then the estimators' definitions solved densely:
 subspace `Pi = Gp^T (Q^T J^T J Q / M + damping)^{-1} Gp` on the span of the gradients, and
 full-space `H = B^T (J^T J + damping)^{-1} K / (C H W)` with kets and bras `J_n^T r_n`.
 """
@@ -160,7 +160,7 @@ def _build(name):
         "neuralop_fno": lambda: (_neuralop("fno"), 8),
         "neuralop_tfno": lambda: (_neuralop("tfno"), 8),
         "neuralop_uno": lambda: (_neuralop("uno"), 8),
-        "well_unet_classic": lambda: (_well("unet_classic", "UNetClassic")(2, 2, 2, (16, 16), init_features=2), 16),
+        "well_unet_classic": lambda: (_well("unet_classic", "UNetClassic")(2, 2, 2, (16, 16), init_features=1), 16),
         "well_dilated_resnet": lambda: (_well("dilated_resnet", "DilatedResNet")(
             2, 2, 2, (8, 8), hidden_dim=4, blocks=1, levels_per_block=2), 8),
         "used_twice": lambda: (UsedTwice(), 8),
@@ -202,11 +202,26 @@ def _batch(size, dtype):
 
 
 # ----------------------------------------------------------------------------- reference
-def _flat_grad(model, scalar, retain=False):
+def _flat_grad(model, output, cotangents=None):
+    """Gradients of `output` (a scalar, or `[K, *output.shape]` cotangents batched through one
+    backward graph) as flat real rows `[P]` or `[K, P]` (complex ones as (re, im))."""
     params = [p for p in model.parameters() if p.requires_grad]
-    grads = torch.autograd.grad(scalar, params, retain_graph=retain, allow_unused=True)
-    return torch.cat([(torch.zeros(p.numel() * (2 if p.is_complex() else 1), dtype=torch.float64) if g is None
-                       else (torch.view_as_real(g) if g.is_complex() else g).reshape(-1)) for p, g in zip(params, grads)])
+    grads = torch.autograd.grad(output, params, cotangents, retain_graph=True, allow_unused=True,
+                                is_grads_batched=cotangents is not None)
+    lead = () if cotangents is None else (cotangents.shape[0],)
+    return torch.cat([(torch.zeros(*lead, p.numel() * (2 if p.is_complex() else 1), dtype=torch.float64) if g is None
+                       else (torch.view_as_real(g) if g.is_complex() else g).reshape(*lead, -1))
+                      for p, g in zip(params, grads)], dim=-1)
+
+
+def _jacobian_rows(model, out):
+    """`[per, P]` rows of the Jacobian of one example's outputs: batched backward, or a loop of
+    backward passes where the backward cannot be batched."""
+    eye = torch.eye(out.numel(), dtype=out.dtype).reshape(out.numel(), *out.shape)
+    try:
+        return _flat_grad(model, out, eye)
+    except (RuntimeError, NotImplementedError):
+        return torch.stack([_flat_grad(model, out.reshape(-1)[k]) for k in range(out.numel())])
 
 
 def _reference(model64, x, y):
@@ -215,12 +230,11 @@ def _reference(model64, x, y):
     rows_j, rows_g, kets = [], [], []
     for n in range(N):
         out = model64(x[n:n + 1])
-        for k in range(per):
-            rows_j.append(_flat_grad(model64, out.reshape(-1)[k], retain=True))
-        rows_g.append(_flat_grad(model64, smse_ref(out, y[n:n + 1]).sum(), retain=True))
+        rows_j.append(_jacobian_rows(model64, out))
+        rows_g.append(_flat_grad(model64, smse_ref(out, y[n:n + 1]).sum()))
         with torch.no_grad():
             kets.append(((out - y[n:n + 1]) / (y[n:n + 1].pow(2).mean(dim=(-2, -1), keepdim=True).sqrt() + 1e-6)).reshape(-1))
-    J = torch.stack(rows_j).numpy()  # [M, P]
+    J = torch.cat(rows_j).numpy()  # [M, P]
     G = torch.stack(rows_g).numpy().T  # [P, N]
     U, s, _ = np.linalg.svd(G, full_matrices=False)
     Q = U[:, s > 1e-7 * s[0]]
