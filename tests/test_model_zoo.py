@@ -298,7 +298,7 @@ def test_zoo_matches_dense_reference_and_is_left_untouched(name, estimator, dtyp
         assert len(ours) == 1 and NO_FORWARD_MODE[name] in str(ours[0].message)
     ref = pi_ref if estimator == "subspace" else h_ref
     err = np.abs(res.pi.numpy() - ref).max() / np.abs(ref).max()
-    tol = 1e-7 if dtype == torch.float64 else 2e-3
+    tol = 1e-7 if dtype == torch.float64 else 1e-4
     assert err < tol, f"{name} {estimator} {dtype}: {err:.2e}"
     if estimator == "full-space":
         assert bool(res.converged.all())
