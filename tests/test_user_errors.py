@@ -120,3 +120,12 @@ def test_to_xarray_takes_any_batch_size():
     np.testing.assert_array_equal(two.sel(c_resp="b", c_pert="a").values, res.pi.numpy()[3:, :3])
     with pytest.raises(InputError, match="multiple of 4 classes"):
         res.to_xarray(classes=list("abcd"))
+
+
+def test_a_krylov_basis_too_large_is_refused_up_front(monkeypatch):
+    from pdeinf.influence.fullspace import full_space_hat_matrix
+
+    monkeypatch.setattr(grad_mod, "available_memory", lambda device=None: 2**20)
+    model, (x, y) = _conv(), _batch()
+    with pytest.raises(InputError, match=r"max_basis: the block Krylov basis .* needs"):
+        full_space_hat_matrix(model, x, y, max_basis=10**6)
