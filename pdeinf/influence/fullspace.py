@@ -365,7 +365,7 @@ def full_space_hat_matrix(
         warnings.warn(
             f"full-space solve: {bad} of {kets.shape[0]} right-hand sides did not reach rtol={rtol} "
             f"within maxiter={maxiter} (largest relative residual {float(solved.residual_norms.max()):.3e})",
-            stacklevel=2,
+            stacklevel=_grad.caller_level(),
         )
 
     bra_inputs, bra_targets = inputs, targets

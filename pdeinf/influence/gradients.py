@@ -279,11 +279,11 @@ class FuncSupport:
             warnings.warn(
                 f"pdeinf: torch.func cannot trace {self.model_name} ({stage}: {reason}); using an "
                 "exact per-example loop instead (slower)",
-                RuntimeWarning, stacklevel=_caller_level(),
+                RuntimeWarning, stacklevel=caller_level(),
             )
 
 
-def _caller_level() -> int:
+def caller_level() -> int:
     """warnings.warn stacklevel of the first frame outside pdeinf (the user's call)."""
     package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     frame, level = sys._getframe(1), 1
