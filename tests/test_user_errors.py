@@ -129,3 +129,16 @@ def test_a_krylov_basis_too_large_is_refused_up_front(monkeypatch):
     model, (x, y) = _conv(), _batch()
     with pytest.raises(InputError, match=r"max_basis: the block Krylov basis .* needs"):
         full_space_hat_matrix(model, x, y, max_basis=10**6)
+
+
+def test_the_energy_cut_is_reported_and_off_by_default():
+    from test_foreign_models import loop_grads
+
+    model, (x, y) = _conv().double(), _batch(n=6, dtype=torch.float64)
+    s = np.linalg.svd(loop_grads(model, x, y).numpy(), compute_uv=False)
+    assert hat_matrix(model, x, y).attrs["cut_directions"] == 0
+    cut = hat_matrix(model, x, y, energy_tol=0.2)
+    energy = np.cumsum(s**2) / np.sum(s**2)
+    rank = int(np.sum(energy < 0.8)) + 1
+    assert cut.rank == rank < 6 and cut.attrs["cut_directions"] == 6 - rank
+    assert cut.attrs["cut_energy"] == pytest.approx(1 - energy[rank - 1], rel=1e-9)
