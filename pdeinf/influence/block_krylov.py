@@ -132,6 +132,10 @@ def block_galerkin(
     cap = default_max_basis(length, b.dtype, b.device) if max_basis is None else max_basis
     if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
         raise InputError(f"max_basis={max_basis!r}: expected a positive integer")
+    if max_basis is not None:
+        from pdeinf.influence.gradients import check_memory
+
+        check_memory(2 * cap, length, b.dtype, f"block Krylov basis V, W for max_basis={cap}", "max_basis")
     if resume is not None and (resume.get("solver") != "block" or resume["x"].shape != b.shape):
         raise InputError("resume: not the state of a block Krylov solve of these right-hand sides")
     s = resume if resume is not None else {

@@ -47,6 +47,7 @@ from pdeinf.influence import observables as _obs
 from pdeinf.influence.hat import HatResult, cross_gram
 from pdeinf.influence.block_krylov import block_galerkin
 from pdeinf.influence.krylov import batched_cg
+from pdeinf.influence.untouched import keeps_model
 
 SCALE_EPS = 1e-6
 RESIDUALS: tuple[str, ...] = ("smse", "mse")
@@ -143,31 +144,42 @@ class GaussNewtonOperator:
     vmapped VJP of those outputs. Never forms P x P or M x M.
     """
 
-    def __init__(self, model, inputs, params, layout, damping: float, pair_budget: int = PAIR_BUDGET):
+    def __init__(self, model, inputs, params, layout, damping: float, pair_budget: int = PAIR_BUDGET,
+                 support: _grad.FuncSupport | None = None):
+        self.model = model
         self.apply = _grad._model_function(model)
         self.inputs, self.params, self.layout = inputs, params, layout
         self.damping = float(damping)
         self.pair_budget = int(pair_budget)
+        self.support = support if support is not None else _grad.FuncSupport(type(model).__name__)
 
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
         k, n = v.shape[0], self.inputs.shape[0]
         chunk = max(1, self.pair_budget // k)
         out = self.damping * v
-        tangents = self.layout.unflatten(v)  # views {name: [k, *shape]}
         with _grad.math_attention():
             for start in range(0, n, chunk):
-                x = self.inputs[start:start + chunk]
-
-                def f(p, x=x):
-                    return self.apply(p, x)
-
-                _, pullback = vjp(f, self.params)
-                pushed = vmap(lambda t: jvp(f, (self.params,), (t,))[1])(tangents)
-                back = vmap(pullback)(pushed)[0]
-                del pushed
-                out += self.layout.flatten(back, lead_dims=1)
-                del back
+                out += self._gauss_newton(self.inputs[start:start + chunk], v)
         return out
+
+    def _gauss_newton(self, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """`J_x^T J_x V` `[k, P]` for the examples x `[b, C, H, W]` and directions V `[k, P]`:
+        one vmapped JVP and VJP, or (where torch.func cannot trace the model) the exact
+        fallbacks of `gradients.output_jvps` and a loop of VJPs, with one warning."""
+        def f(p):
+            return self.apply(p, x)
+
+        _, pullback = vjp(f, self.params)
+        if self.support.vmap_jvp and self.support.forward_mode:
+            try:
+                pushed = vmap(lambda t: jvp(f, (self.params,), (t,))[1])(self.layout.unflatten(v))
+                return self.layout.flatten(vmap(pullback)(pushed)[0], lead_dims=1)
+            except _grad.TRACE_ERRORS as err:
+                self.support.vmap_jvp = False
+                self.support.fall_back("vmap(jvp)", err)
+        pushed = _grad.output_jvps(self.model, x, v, params=self.params, layout=self.layout,
+                                   support=self.support)  # [k, b, C, H, W]
+        return torch.stack([self.layout.flatten(pullback(p)[0]) for p in pushed])
 
 
 # --- restart state -----------------------------------------------------------------------------
@@ -210,7 +222,8 @@ class FullSpaceResult(HatResult):
     matvecs: int = 0  # operator applications per column, summed (incl. true-residual checks)
     sweeps: int = 0  # batched operator calls
     residual_norms: torch.Tensor | None = None  # [N] float64 final ||g - A chi|| / ||g||
-    converged: torch.Tensor | None = None  # [N] bool
+    converged: torch.Tensor | None = None  # [N] bool, residual_norms <= the stated tolerance
+    error_bound: torch.Tensor | None = None  # [N, N] float64, |H - H_exact| <= this, entrywise
     rtol: float = 0.0
     residual: str = "smse"
     estimator: str = "full-space"
@@ -236,15 +249,16 @@ def _predict(model, inputs, chunk: int = 16) -> torch.Tensor:
     return out
 
 
-def _residual_vjps(model, inputs, residuals, params, layout) -> torch.Tensor:
+def _residual_vjps(model, inputs, residuals, params, layout, support=None) -> torch.Tensor:
     """Rows J_n(x_n)^T r_n `[N, P]` (one VJP per example, vmapped)."""
     grads, _ = _grad.per_example_gradients(
         model, inputs, residuals, lambda x, r, pred: (pred * r).sum(),
-        chunk=8, params=params, layout=layout,
+        chunk=8, params=params, layout=layout, support=support,
     )
     return grads
 
 
+@keeps_model
 def full_space_hat_matrix(
     model: torch.nn.Module,
     inputs: torch.Tensor,
@@ -265,6 +279,7 @@ def full_space_hat_matrix(
     stopping: str = "per-column",
     solver: str = "block",
     max_basis: int | None = None,
+    reference_rtol: float | None = None,
 ) -> FullSpaceResult:
     """Seed-paper influence matrix H `[N, N]` (rows = response n, columns = perturbation m).
 
@@ -287,10 +302,17 @@ def full_space_hat_matrix(
     counts the sweeps a column takes part in) or "cg" (N CG recurrences, `krylov.batched_cg`).
     max_basis: directions the block solver keeps before restarting (None: from free memory).
     Both stop on the true relative residual of every column.
+    `.error_bound` `[N, N]`: |H(n, m) - H_exact(n, m)| <= ||b_n|| ||g_m - A chi_m|| / (damping
+    C H W) (A >= damping I), a guarantee that is loose for small damping. reference_rtol: also
+    solve to this tighter tolerance and report `.attrs["distance_to_reference"]` =
+    max |H - H_ref| / max |H_ref| (twice the work or more).
     """
+    if reference_rtol is not None and not (isinstance(reference_rtol, (int, float))
+                                           and 0.0 < reference_rtol < rtol):
+        raise InputError(f"reference_rtol={reference_rtol!r}: expected a number in (0, rtol={rtol!r})")
     _grad.check_model_mode(model)
     params, layout = _grad.trainable_parameters(model)
-    dtype = next(iter(params.values())).dtype
+    dtype = _grad.real_dtype(params, layout.complex_names)
     inputs, targets = _check_batch(inputs, targets, dtype)
     if not (isinstance(damping, (int, float)) and math.isfinite(damping) and damping > 0):
         raise InputError(f"damping={damping!r}: expected a finite number > 0")
@@ -309,17 +331,22 @@ def full_space_hat_matrix(
     if isinstance(maxiter, bool) or not isinstance(maxiter, int) or maxiter <= 0:
         raise InputError(f"maxiter={maxiter!r}: expected a positive integer")
 
+    n = inputs.shape[0]
+    _grad.check_memory(3 * n, n, torch.float64, "N x N matrices (Gram, Pi, its error bound)", "inputs")
+    _grad.check_memory(3 * n, layout.size, dtype, "kets, bras and solutions (3 N x P)")
+    _grad.check_model_output(model, inputs)
     pred = _predict(model, inputs)
     ket_r = smse_residual(pred, targets) if residual == "smse" else mse_residual(pred, targets)
     losses = (smse_residual(pred, targets) * (pred - targets)).mean(dim=(1, 2, 3)).to(torch.float64)
-    kets = _residual_vjps(model, inputs, ket_r, params, layout)  # [N, P] rows g_m
+    support = _grad.FuncSupport(type(model).__name__)
+    kets = _residual_vjps(model, inputs, ket_r, params, layout, support)  # [N, P] rows g_m
     if not torch.isfinite(kets).all():
         raise NumericalError("full-space solve: the ket gradients J^T r contain NaN or Inf")
 
     path = Path(state_path) if state_path is not None else None
     key = _state_key(inputs, targets, params, damping, residual, solver) if path is not None else ""
     resume = _load_state(path, key) if path is not None else None
-    operator = GaussNewtonOperator(model, inputs, params, layout, damping, pair_budget)
+    operator = GaussNewtonOperator(model, inputs, params, layout, damping, pair_budget, support)
     column_tol = None
     if stopping == "authors":
         norms = kets.to(torch.float64).norm(dim=1)
@@ -338,7 +365,7 @@ def full_space_hat_matrix(
         warnings.warn(
             f"full-space solve: {bad} of {kets.shape[0]} right-hand sides did not reach rtol={rtol} "
             f"within maxiter={maxiter} (largest relative residual {float(solved.residual_norms.max()):.3e})",
-            stacklevel=2,
+            stacklevel=_grad.caller_level(),
         )
 
     bra_inputs, bra_targets = inputs, targets
@@ -353,24 +380,41 @@ def full_space_hat_matrix(
         bras = kets  # the bra is the ket: r^C at the untransformed batch
     else:
         bra_r = bra_residual(function, bra_inputs, bra_targets, bra_pred, pde=pde)
-        bras = _residual_vjps(model, bra_inputs, bra_r, params, layout)
+        bras = _residual_vjps(model, bra_inputs, bra_r, params, layout, support)
     pi = cross_gram(bras, solved.x) / inputs[0].numel()
     if not torch.isfinite(pi).all():
         raise NumericalError("full-space solve: the influence matrix contains NaN or Inf")
+    residual_abs = solved.residual_norms * kets.to(torch.float64).norm(dim=1)
+    bound = bras.to(torch.float64).norm(dim=1)[:, None] * residual_abs[None, :] / (damping * inputs[0].numel())
 
     gram = cross_gram(kets, kets)
     singular = torch.linalg.eigvalsh(0.5 * (gram + gram.T)).flip(0).clamp_min(0).sqrt()
     numerical_rank = int((singular > singular[0] * len(singular) * 1e-8).sum()) if singular[0] > 0 else 0
     name = response if isinstance(response, str) else getattr(response, "__name__", "smse")
-    return FullSpaceResult(
+    result = FullSpaceResult(
         pi=pi, rank=numerical_rank, eta_eigenvalues=torch.zeros(0, dtype=torch.float64),
         losses=losses, singular_values=singular, metric="gauss-newton", damping=float(damping),
         energy_tol=0.0, response=name or "smse",
         attrs={"estimator": "full-space", "rtol": float(rtol), "residual": residual, "solver": solver},
         iterations=solved.iterations, matvecs=solved.matvecs, sweeps=solved.sweeps,
         residual_norms=solved.residual_norms, converged=solved.converged, rtol=float(rtol),
-        residual=residual, chi=solved.x,
+        residual=residual, chi=solved.x, error_bound=bound,
     )
+    if reference_rtol is not None:
+        _compare_with_reference(result, model, inputs, targets, reference_rtol, damping=damping,
+                                maxiter=maxiter, response=response, response_transform=response_transform,
+                                target_transform=target_transform, residual=residual, pde=pde,
+                                pair_budget=pair_budget, stopping=stopping, solver=solver, max_basis=max_basis)
+    return result
+
+
+def _compare_with_reference(result: FullSpaceResult, model, inputs, targets, reference_rtol, **kwargs) -> None:
+    """Solve again to `reference_rtol` and record the distance of `result.pi` to that H."""
+    reference = full_space_hat_matrix.__wrapped__(model, inputs, targets, rtol=reference_rtol, **kwargs)
+    scale = float(reference.pi.abs().max())
+    distance = float((result.pi - reference.pi).abs().max()) / scale if scale > 0 else 0.0
+    result.attrs.update({"reference_rtol": float(reference_rtol), "distance_to_reference": distance,
+                         "reference_converged": bool(reference.converged.all())})
 
 
 def lambda_sweep(model, inputs, targets, lambdas, rtol: float = 1.5e-2, **kwargs):

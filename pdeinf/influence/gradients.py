@@ -26,16 +26,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-from torch.func import functional_call, grad, jvp, vmap
+from torch.func import grad, jvp, vmap
 
 from pdeinf.errors import InputError, NumericalError
+from pdeinf.influence.untouched import parameter_slots, swap_parameters
 
 #: per-example scalar function (input [C,H,W], target [C,H,W], prediction [C,H,W]) -> scalar
 ExampleFunction = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 #: Errors by which torch.func says it cannot trace a model (vmap batching rules, in-place
 #: writes into unbatched tensors, missing forward-mode formulas). Anything else propagates.
-_TRACE_ERRORS = (RuntimeError, NotImplementedError)
+TRACE_ERRORS = (RuntimeError, NotImplementedError)
 
 #: Module types whose forward depends on train/eval mode (stochastic or batch statistics).
 _MODE_DEPENDENT = (
@@ -94,13 +95,43 @@ def trainable_parameters(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor
     return params, layout
 
 
-def real_dtype(params: dict[str, torch.Tensor]) -> torch.dtype:
-    """The real floating dtype of the (real-view) parameters; InputError if they disagree."""
-    dtypes = {t.dtype for t in params.values()}
-    if len(dtypes) != 1 or not next(iter(dtypes)).is_floating_point:
-        names = ", ".join(sorted(str(d).replace("torch.", "") for d in dtypes))
-        raise InputError(f"model: trainable parameters must share one floating dtype, got {names}")
-    return next(iter(dtypes))
+def real_dtype(params: dict[str, torch.Tensor], complex_names: frozenset = frozenset()) -> torch.dtype:
+    """The real floating dtype of the (real-view) parameters; InputError naming the parameters
+    of another precision (e.g. complex64 spectral weights left by `model.double()`)."""
+    dtypes = [t.dtype for t in params.values()]
+    if any(not d.is_floating_point for d in dtypes):
+        odd = [n for n, t in params.items() if not t.dtype.is_floating_point][:5]
+        raise InputError(f"model: trainable parameters {odd} are not floating point")
+    common = max(set(dtypes), key=dtypes.count)
+    if len(set(dtypes)) > 1:
+        odd = [f"{n} ({_stored_dtype(n, t, complex_names)})" for n, t in params.items() if t.dtype != common]
+        raise InputError(
+            f"model: parameters of another precision than the other {str(common).replace('torch.', '')} "
+            f"ones: {', '.join(odd[:5])}{' ...' if len(odd) > 5 else ''}; convert them too (`.double()` "
+            "leaves complex parameters as they are: `p.data = p.data.to(torch.complex128)`)"
+        )
+    return common
+
+
+def _stored_dtype(name: str, tensor: torch.Tensor, complex_names: frozenset) -> str:
+    """The dtype of a parameter as the model stores it (complex ones are (re, im) views here)."""
+    if name in complex_names:
+        return str(torch.complex(tensor[..., :1], tensor[..., :1]).dtype).replace("torch.", "")
+    return str(tensor.dtype).replace("torch.", "")
+
+
+def cast_to_model(model: torch.nn.Module, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The dtype policy of every public function: real floating inputs are cast to the model's
+    real dtype (that of its floating parameters, complex ones counted by their real parts);
+    a model whose floating parameters disagree is refused (`real_dtype`), one without
+    floating parameters keeps the inputs' dtype."""
+    named = {n: (torch.view_as_real(p.detach()) if p.is_complex() else p.detach())
+             for n, p in model.named_parameters() if p.is_floating_point() or p.is_complex()}
+    if not named:
+        return tensors
+    complex_names = frozenset(n for n, p in model.named_parameters() if p.is_complex())
+    dtype = real_dtype(named, complex_names)
+    return tuple(t.detach().to(dtype) if t.is_floating_point() else t for t in tensors)
 
 
 def check_model_mode(model: torch.nn.Module) -> None:
@@ -125,11 +156,53 @@ def check_model_mode(model: torch.nn.Module) -> None:
             )
 
 
+def likely_channels_last(shape) -> bool:
+    """Whether a `[N, C, H, W]` shape looks like a channels-last `[N, H, W, C]` batch: C equal
+    to H, at least 8, and a last axis of at most 4 entries (a field's components)."""
+    return len(shape) == 4 and shape[1] == shape[2] >= 8 and shape[3] <= 4
+
+
+def _first_layer(model: torch.nn.Module):
+    """Hooks recording the first sub-module with `in_channels` that a forward calls."""
+    seen: list = []
+    handles = []
+    for name, module in model.named_modules():
+        if isinstance(getattr(module, "in_channels", None), int):
+            def hook(mod, args, name=name):
+                if not seen:
+                    seen.append((name or type(model).__name__, mod))
+            handles.append(module.register_forward_pre_hook(hook))
+    return seen, handles
+
+
 def check_model_output(model: torch.nn.Module, inputs: torch.Tensor) -> None:
-    """One forward on the first example: outputs must be real `[1, C, H, W]` like the inputs."""
-    with torch.no_grad(), math_attention():
-        out = model(inputs[:1])
+    """One forward on the first example, before any work: the layout `[N, C, H, W]` (a
+    channels-last batch named as such), the channels the model's first layer takes, and real
+    outputs `[1, C, H, W]` like the inputs."""
     name = type(model).__name__
+    shape = tuple(inputs.shape)
+    if likely_channels_last(shape):
+        raise InputError(
+            f"inputs: shape {shape} looks channels-last [N, H, W, C]; expected [N, C, H, W] "
+            "(pass inputs.permute(0, 3, 1, 2))"
+        )
+    seen, handles = _first_layer(model)
+    try:
+        with torch.no_grad(), math_attention():
+            out = model(inputs[:1])
+    except (RuntimeError, ValueError, IndexError, TypeError) as err:
+        if seen and getattr(seen[0][1], "in_channels") != shape[1]:
+            layer, module = seen[0]
+            raise InputError(
+                f"inputs: {shape[1]} channels, but the model's first layer {layer!r} "
+                f"({type(module).__name__}) takes {module.in_channels}; expected "
+                f"[N, {module.in_channels}, H, W]"
+            ) from None
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise InputError(f"model: {name} fails on one example of shape {(1, *shape[1:])}: {reason}") from err
+    finally:
+        for handle in handles:
+            handle.remove()
     if not isinstance(out, torch.Tensor):
         raise InputError(f"model: {name} returns {type(out).__name__}, expected a tensor [B, C, H, W]")
     if out.is_complex() or not out.is_floating_point():
@@ -161,13 +234,13 @@ def available_memory(device: torch.device | str | None = None) -> int | None:
         return None
 
 
-def check_memory(rows: int, columns: int, dtype: torch.dtype, what: str) -> None:
+def check_memory(rows: int, columns: int, dtype: torch.dtype, what: str, subject: str = "model") -> None:
     """Refuse up front a `[rows, columns]` matrix larger than the available memory."""
     need = rows * columns * torch.empty(0, dtype=dtype).element_size()
     have = available_memory()
     if have is not None and need > have:
         raise InputError(
-            f"model: the {what} ({rows} x {columns} {str(dtype).replace('torch.', '')}) needs "
+            f"{subject}: the {what} ({rows} x {columns} {str(dtype).replace('torch.', '')}) needs "
             f"{need / 2**30:.2f} GiB, more than the {have / 2**30:.2f} GiB of memory available; "
             "use fewer examples or a smaller model"
         )
@@ -206,11 +279,11 @@ class FuncSupport:
             warnings.warn(
                 f"pdeinf: torch.func cannot trace {self.model_name} ({stage}: {reason}); using an "
                 "exact per-example loop instead (slower)",
-                RuntimeWarning, stacklevel=_caller_level(),
+                RuntimeWarning, stacklevel=caller_level(),
             )
 
 
-def _caller_level() -> int:
+def caller_level() -> int:
     """warnings.warn stacklevel of the first frame outside pdeinf (the user's call)."""
     package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     frame, level = sys._getframe(1), 1
@@ -226,10 +299,12 @@ def _support(model, support: FuncSupport | None) -> FuncSupport:
 def _model_function(model: torch.nn.Module, layout: ParameterLayout | None = None):
     """`apply(params, x)`: the module on a real parameter dict (complex ones as (re, im) views).
 
-    The complex names come from the module itself, so callers without a layout work too.
+    The complex names come from the module itself, so callers without a layout work too. The
+    parameters are swapped into every slot that holds them (`untouched.swap_parameters`: modules
+    used twice and tied weights) and the original objects put back after each call.
     """
-    buffers = {n: b for n, b in model.named_buffers()}
     complex_names = frozenset(n for n, p in model.named_parameters() if p.is_complex())
+    slots = parameter_slots(model)
 
     def apply(params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         if complex_names:
@@ -237,7 +312,8 @@ def _model_function(model: torch.nn.Module, layout: ParameterLayout | None = Non
             # have an odd storage offset, which view_as_complex refuses.
             params = {n: torch.complex(t[..., 0], t[..., 1]) if n in complex_names and not t.is_complex() else t
                       for n, t in params.items()}
-        return functional_call(model, (params, buffers), (x,))
+        with swap_parameters(model, params, slots):
+            return model(x)
 
     return apply
 
@@ -289,7 +365,7 @@ def per_example_gradients(
     grad_fn = vmap(grad(value, has_aux=True), in_dims=(None, 0, 0))
     n = inputs.shape[0]
     step = n if chunk is None else chunk
-    dtype = real_dtype(params)
+    dtype = real_dtype(params, layout.complex_names)
     out = torch.empty(n, layout.size, dtype=dtype)
     values = torch.empty(n, dtype=dtype)
     with math_attention():
@@ -298,7 +374,7 @@ def per_example_gradients(
             if support.vmap_grad:
                 try:
                     grads, vals = grad_fn(params, inputs[rows], targets[rows])
-                except _TRACE_ERRORS as err:
+                except TRACE_ERRORS as err:
                     support.vmap_grad = False
                     support.fall_back("vmap(grad)", err)
                 else:
@@ -359,13 +435,13 @@ def output_jvps(
         if vmap_tangents and support.vmap_jvp and tangents.shape[0] > 1:
             try:
                 return vmap(push)(tangents)
-            except _TRACE_ERRORS as err:
+            except TRACE_ERRORS as err:
                 support.vmap_jvp = False
                 support.fall_back("vmap(jvp)", err)
         if support.forward_mode:
             try:
                 return torch.stack([push(t) for t in tangents])
-            except _TRACE_ERRORS as err:
+            except TRACE_ERRORS as err:
                 support.forward_mode = False
                 support.fall_back("jvp", err)
         return torch.stack([_double_backward_jvp(apply, params, layout, inputs, t) for t in tangents])

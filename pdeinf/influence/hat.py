@@ -7,9 +7,12 @@ variants of one batch share the expensive parts):
 2. Basis of the gradient span from the N x N Gram matrix `K = G G^T = V S^2 V^T` (float64
    eigh) instead of an SVD of the P x N matrix: P >> N (1e4..1e7 against 48), so the Gram is
    one BLAS-3 product (N^2 P flops, no P x N copy or QR of a tall matrix) and its eigh is
-   48 x 48. The price is accuracy for singular values below sqrt(eps) s_1; the energy cut keeps
-   only modes with s_r^2 / s_1^2 >~ energy_tol / N^2, far above eps(float64), so nothing is
-   lost at the default tolerance. Rank r: smallest with sum_{i<=r} s_i^2 / sum s_i^2 >= 1 - tol.
+   48 x 48. The price is accuracy for singular values below sqrt(eps) s_1. The default keeps
+   every direction above rounding level of the Gram (energy_tol = 0: Pi is exact); with
+   energy_tol > 0 the rank r is the smallest with sum_{i<=r} s_i^2 / sum s_i^2 >= 1 - tol, and
+   the result reports what was cut (`cut_report`). That change to Pi is NOT bounded by the
+   energy: a direction with little gradient energy can carry a small metric eigenvalue, and
+   its term in Pi grows as s_i^2 / eigenvalue (docs/models.md).
    The basis Q = G^T V_r S_r^{-1} (P x r) is never stored; the gradients in the basis are
    `Gp = S_r V_r^T`.
 3. `JQ = (J G^T) V_r S_r^{-1}`: forward-mode JVPs of the raw model outputs along the N stored
@@ -49,6 +52,7 @@ from pdeinf.checks import positive_int
 from pdeinf.errors import InputError, NumericalError
 from pdeinf.influence import gradients as _grad
 from pdeinf.influence import observables as _obs
+from pdeinf.influence.untouched import keeps_model
 
 METRICS: tuple[str, ...] = ("gauss-newton", "euclidean", "adam")
 #: Bases for a bra other than SMSE (module docstring) and the estimators of `hat_matrix`.
@@ -142,7 +146,19 @@ def _truncated_eigh(gram: torch.Tensor, energy_tol: float) -> tuple[torch.Tensor
     return s[:rank].clone(), evecs[:, :rank].clone(), s
 
 
-def gradient_span(grads: torch.Tensor, energy_tol: float = 1e-4) -> GradientSpan:
+def cut_report(span) -> dict:
+    """What the basis left out of the gradient rows, `{"cut_directions", "cut_energy"}`:
+    directions of the span with a nonzero singular value that the basis drops (the energy cut
+    and modes at rounding level of the Gram), and the fraction of sum s_i^2 they carry."""
+    s = span.all_singular_values
+    total = float(s.pow(2).sum())
+    kept = float(span.singular_values.pow(2).sum())
+    nonzero = int((s > 0).sum())
+    return {"cut_directions": max(nonzero - span.rank, 0),
+            "cut_energy": max(total - kept, 0.0) / total if total > 0 else 0.0}
+
+
+def gradient_span(grads: torch.Tensor, energy_tol: float = 0.0) -> GradientSpan:
     """Energy-truncated basis of the row span of `grads` `[N, P]` (see the module docstring)."""
     if not (0.0 <= energy_tol < 1.0):
         raise InputError(f"energy_tol={energy_tol!r}: expected 0 <= energy_tol < 1")
@@ -189,7 +205,7 @@ class JointSpan:
         return c_k[:, columns].T.to(dtype) @ self.ket_grads + c_b[:, columns].T.to(dtype) @ self.bra_grads
 
 
-def joint_span(ket: GradientSpan, bra_grads: torch.Tensor, energy_tol: float = 1e-4) -> JointSpan:
+def joint_span(ket: GradientSpan, bra_grads: torch.Tensor, energy_tol: float = 0.0) -> JointSpan:
     """Energy-truncated basis of the joint rows `[G_ket; G_bra]`; reuses the ket Gram."""
     cross = cross_gram(ket.grads, bra_grads)
     bb = cross_gram(bra_grads, bra_grads)
@@ -449,7 +465,7 @@ class HatEngine:
         inputs: torch.Tensor,
         targets: torch.Tensor,
         *,
-        energy_tol: float = 1e-4,
+        energy_tol: float = 0.0,
         grad_chunk: int | None = GRAD_CHUNK,
         jvp_chunk: int = JVP_CHUNK,
         vmap_tangents: bool = True,
@@ -459,7 +475,7 @@ class HatEngine:
         _grad.check_model_mode(model)
         self.model = model
         self.params, self.layout = _grad.trainable_parameters(model)
-        dtype = _grad.real_dtype(self.params)
+        dtype = _grad.real_dtype(self.params, self.layout.complex_names)
         self.inputs, self.targets = _check_batch(inputs, targets, dtype)
         self.grad_chunk = _positive_int(grad_chunk, "grad_chunk", allow_none=True)
         self.jvp_chunk = _positive_int(jvp_chunk, "jvp_chunk")
@@ -467,6 +483,8 @@ class HatEngine:
             raise InputError(f"energy_tol={energy_tol!r}: expected 0 <= energy_tol < 1")
         if keep_ket_jvps not in (None, True, False):
             raise InputError(f"keep_ket_jvps={keep_ket_jvps!r}: expected None, True or False")
+        n = self.inputs.shape[0]
+        _grad.check_memory(3 * n, n, torch.float64, "N x N matrices (Gram, its eigenvectors, Pi)", "inputs")
         _grad.check_model_output(model, self.inputs)
         _grad.check_memory(self.inputs.shape[0], self.layout.size, dtype, "per-example gradient matrix")
         self.energy_tol = float(energy_tol)
@@ -655,14 +673,21 @@ class HatResult:
     response: str = "smse"
     attrs: dict = field(default_factory=dict)
 
-    def to_xarray(self, *, t_max: int = 17, classes=None, attrs: dict | None = None):
+    def to_xarray(self, *, t_max: int | None = None, classes=None, attrs: dict | None = None):
         """DataArray with dims (t_resp, c_resp, t_pert, c_pert) for an influence batch.
 
-        The batch must be ordered n = c * (t_max - 1) + t (pdeinf.data.datasets.influence_batch).
+        The batch must be ordered n = c * T + t (pdeinf.data.datasets.influence_batch) with
+        T = t_max - 1 transitions per class. t_max None: T = N / len(classes), or T = N (one
+        class) without classes.
         """
         import xarray as xr
 
         n = self.pi.shape[0]
+        if t_max is None:
+            n_c = len(classes) if classes is not None else 1
+            if n_c == 0 or n % n_c:
+                raise InputError(f"classes: N = {n} examples is not a multiple of {n_c} classes")
+            t_max = n // n_c + 1
         n_t = t_max - 1
         if n_t <= 0 or n % n_t:
             raise InputError(f"t_max={t_max}: N = {n} examples is not a multiple of t_max - 1 = {n_t}")
@@ -704,6 +729,7 @@ def labelled_to_batch(labelled: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(arr).reshape(*lead, n_classes * n_times, n_classes * n_times)
 
 
+@keeps_model
 def hat_matrix(
     model: torch.nn.Module,
     inputs: torch.Tensor,
@@ -711,7 +737,7 @@ def hat_matrix(
     *,
     metric: str = "gauss-newton",
     damping: float | None = None,
-    energy_tol: float = 1e-4,
+    energy_tol: float = 0.0,
     optimizer_state: dict | None = None,
     response=None,
     response_transform: Callable | None = None,
@@ -719,6 +745,8 @@ def hat_matrix(
     bra_basis: str = "joint",
     estimator: str = "subspace",
     rtol: float | None = None,
+    maxiter: int | None = None,
+    reference_rtol: float | None = None,
     grad_chunk: int | None = GRAD_CHUNK,
     jvp_chunk: int = JVP_CHUNK,
     normalization: str | None = None,
@@ -739,12 +767,16 @@ def hat_matrix(
     bra targets, None = response_transform again (orbit influence: bras at (g.x_n, g.y_n),
     kets at (x_m, y_m), J at the untransformed x); pass `lambda y: y` to keep the targets.
     bra_basis: "joint" (basis of [G_ket; G_bra], the follow-up) | "ket" (bra projected on the
-    ket span; ablation). estimator: "subspace" (this module) | "full-space"
+    ket span; ablation). energy_tol: fraction of the gradient energy the basis may drop (0 =
+    exact, the default; `.attrs["cut_directions"]`, `["cut_energy"]` report the cut).
+    estimator: "subspace" (this module) | "full-space"
     (`pdeinf.influence.fullspace.full_space_hat_matrix`, the seed paper's iterative solve;
-    rtol is its relative tolerance). grad_chunk: examples per vmapped gradient call (None =
+    rtol is its relative residual per column, maxiter its iterations per column,
+    reference_rtol a tighter solve to report the distance to). grad_chunk: examples per vmapped gradient call (None =
     all); jvp_chunk: examples per vmapped jvp call (all N gradient directions at once; memory
     grows with it). normalization: a kind of `pdeinf.influence.normalize` applied to Pi (None
-    = raw). Inputs are cast to the model's real dtype.
+    = raw). Inputs are cast to the model's real dtype (docs/models.md: dtype policy). The
+    model is left exactly as found (parameters, buffers, flags, modes, RNG).
     """
     from pdeinf.influence.normalize import normalize
 
@@ -759,10 +791,12 @@ def hat_matrix(
     _obs.resolve(response)  # unknown names fail before any gradient is computed
     if estimator == "full-space":
         return _full_space(model, inputs, targets, metric=metric, damping=damping, rtol=rtol,
+                           maxiter=maxiter, reference_rtol=reference_rtol,
                            response=response, response_transform=response_transform,
                            target_transform=target_transform, normalization=normalization)
-    if rtol is not None:
-        raise InputError(f"rtol={rtol!r}: only used by estimator='full-space' (the subspace estimator is exact)")
+    for name, value in (("rtol", rtol), ("maxiter", maxiter), ("reference_rtol", reference_rtol)):
+        if value is not None:
+            raise InputError(f"{name}={value!r}: only used by estimator='full-space' (the subspace estimator is exact)")
     damping = DEFAULT_DAMPING if damping is None else damping
     engine = HatEngine(
         model, inputs, targets, energy_tol=energy_tol, grad_chunk=grad_chunk,
@@ -792,12 +826,12 @@ def hat_matrix(
         normalization=normalization,
         response=response_name or "smse",
         attrs={"estimator": "subspace", "bra_basis": "joint" if joint else "ket",
-               "ket_rank": engine.span.rank},
+               "ket_rank": engine.span.rank, **cut_report(basis)},
     )
 
 
-def _full_space(model, inputs, targets, *, metric, damping, rtol, response, response_transform,
-                target_transform, normalization):
+def _full_space(model, inputs, targets, *, metric, damping, rtol, maxiter, reference_rtol, response,
+                response_transform, target_transform, normalization):
     """Delegate to the full-space (seed paper) estimator, imported only when asked for."""
     from pdeinf.influence.normalize import normalize
 
@@ -816,8 +850,9 @@ def _full_space(model, inputs, targets, *, metric, damping, rtol, response, resp
               "target_transform": target_transform}
     if damping is not None:
         kwargs["damping"] = damping
-    if rtol is not None:
-        kwargs["rtol"] = rtol
+    for name, value in (("rtol", rtol), ("maxiter", maxiter), ("reference_rtol", reference_rtol)):
+        if value is not None:
+            kwargs[name] = value
     result = full_space_hat_matrix(model, inputs, targets, **kwargs)
     if normalization is not None:
         if isinstance(result, HatResult):

@@ -13,13 +13,16 @@ record to `.history`:
   class / in different classes (the horizon curve at dt = 1).
 
 Probe layout: N = n_classes * T examples ordered n = c * T + t (`pdeinf.data.datasets.
-influence_batch`), `classes` the class names in that order (default `pde_spec(pde).classes`).
+influence_batch`), `classes` the class names in that order (`pde_spec(pde).classes` when `pde`
+is given; neither: one class "probe", the N examples read as one trajectory in time order, and
+`inter_lag1` is NaN).
 
 Cost: one `hat_matrix` call per record, i.e. N per-example gradients (vmap), forward-mode
 JVPs of the model outputs along the N gradient directions over the whole probe (about 2-3
 batched forward passes of the probe per direction) and N x N / r x r eigendecompositions;
 memory of the same order as one training step on N examples times the JVP chunk. Calls on
-other steps cost nothing. The model's train/eval flags (of every submodule) are restored; the
+other steps cost nothing. The loop's slowdown is about 1 + (seconds per record) / (every x
+seconds per step); `benchmarks/bench_monitor.py` measures it (docs/models.md). The model's train/eval flags (of every submodule) are restored; the
 parameters, their `.grad` and the global RNG are not touched.
 """
 from __future__ import annotations
@@ -35,6 +38,7 @@ from pdeinf.config import pde_spec
 from pdeinf.errors import InputError
 from pdeinf.influence.hat import hat_matrix
 from pdeinf.influence.normalize import normalize
+from pdeinf.influence.untouched import untouched
 
 ESTIMATORS: tuple[str, ...] = ("subspace", "full-space")
 
@@ -69,7 +73,8 @@ class CoherenceMonitor:
 
     probe_inputs, probe_targets: `[N, C, H, W]`, N = len(classes) * T, ordered n = c * T + t.
     every: positive int. estimator: "subspace" (exact, default) or "full-space" (when the
-    installed `hat_matrix` offers it). pde: fills `classes` from `pde_spec(pde).classes`.
+    installed `hat_matrix` offers it). pde: fills `classes` from `pde_spec(pde).classes`;
+    neither classes nor pde: one class, the probe read as one trajectory.
     hat_kwargs: passed to `hat_matrix` (metric, damping, energy_tol, ...).
     """
 
@@ -83,9 +88,7 @@ class CoherenceMonitor:
         elif estimator != "subspace":
             raise InputError(f"estimator={estimator!r}: this hat_matrix has only the subspace estimator")
         if classes is None:
-            if pde is None:
-                raise InputError("classes: give the class names of the probe layout, or pde=")
-            classes = pde_spec(pde).classes
+            classes = pde_spec(pde).classes if pde is not None else ("probe",)
         classes = tuple(str(c) for c in classes)
         if not isinstance(probe_inputs, torch.Tensor) or not isinstance(probe_targets, torch.Tensor):
             raise InputError("probe_inputs, probe_targets: expected torch tensors [N, C, H, W]")
@@ -107,16 +110,12 @@ class CoherenceMonitor:
         """Record at `step` when due (returns the record), else do nothing (returns None)."""
         if not self.due(step):
             return None
-        modes = {m: m.training for m in model.modules()}
         t0 = time.perf_counter()
-        try:
+        with untouched(model):
             model.eval()
             device = next(model.parameters()).device
             result = hat_matrix(model, self.inputs.to(device), self.targets.to(device),
                                 **self.hat_kwargs)
-        finally:
-            for module, flag in modes.items():
-                module.training = flag
         record = {"step": int(step), "rank": int(result.rank),
                   **coherence_record(result.pi.detach().cpu().numpy(), self.classes),
                   "seconds": round(time.perf_counter() - t0, 4)}

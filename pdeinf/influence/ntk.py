@@ -12,6 +12,7 @@ import torch
 from pdeinf.errors import InputError, NumericalError
 from pdeinf.influence import gradients as _grad
 from pdeinf.influence.fullspace import GaussNewtonOperator
+from pdeinf.influence.untouched import keeps_model
 
 #: Lanczos basis size of each ARPACK restart. The operator is PSD with a well separated top
 #: eigenvalue, so a short basis converges at once: trained quick CE UNet / ViT, tol 1e-2, one
@@ -21,6 +22,7 @@ from pdeinf.influence.fullspace import GaussNewtonOperator
 LANCZOS_VECTORS = 6
 
 
+@keeps_model
 def ntk_top_eigenvalue(model: torch.nn.Module, inputs: torch.Tensor, *, damping: float = 1e-4,
                        tol: float = 1e-2, maxiter: int | None = None, seed: int = 0) -> dict:
     """`{"eigenvalue": float, "matvecs": int}`: the top eigenvalue of `J J^T + damping I` for
@@ -35,7 +37,7 @@ def ntk_top_eigenvalue(model: torch.nn.Module, inputs: torch.Tensor, *, damping:
         raise InputError("inputs: contains NaN or Inf")
     _grad.check_model_mode(model)
     params, layout = _grad.trainable_parameters(model)
-    dtype = next(iter(params.values())).dtype
+    dtype = _grad.real_dtype(params, layout.complex_names)
     operator = GaussNewtonOperator(model, inputs.detach().to(dtype), params, layout, damping)
     count = {"matvecs": 0}
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 
 from pdeinf.errors import InputError, NumericalError
+from pdeinf.influence.gradients import cast_to_model
+from pdeinf.influence.untouched import keeps_model
 from pdeinf.symmetry.actions import act, parse_element, resolve_spec
 from pdeinf.training.loss import smse
 
@@ -41,17 +43,20 @@ def _predict(model, x: torch.Tensor, chunk: int | None) -> torch.Tensor:
     return torch.cat([model(x[i:i + chunk]) for i in range(0, x.shape[0], chunk)])
 
 
+@keeps_model
 def smse_under(model, inputs, targets, element, *, pde, convention: str = "ours",
                chunk: int | None = None) -> torch.Tensor:
     """`SMSE(f(g.x_n), g.y_n)` per example, `[N]` (the follow-up's e_g[n])."""
     g = parse_element(element)
     spec = resolve_spec(pde)
     _check_batch(inputs, targets, spec)
+    inputs, targets = cast_to_model(model, inputs, targets)
     gx = act(inputs, g, pde=spec, convention=convention)
     gy = act(targets, g, pde=spec, convention=convention)
     return smse(_predict(model, gx, chunk), gy)
 
 
+@keeps_model
 def equivariance_error(model, inputs: torch.Tensor, targets: torch.Tensor, element, *, pde,
                        convention: str = "ours", chunk: int | None = None) -> torch.Tensor:
     """Relative SMSE `SMSE(f(g.x), g.y) / SMSE(f(x), y)` per example, `[N]` (dimensionless).
@@ -59,12 +64,19 @@ def equivariance_error(model, inputs: torch.Tensor, targets: torch.Tensor, eleme
     `model`: `[N, C, H, W] -> [N, C, H, W]` predicting the target (put it in eval mode).
     `inputs`, `targets`: `[N, C, H, W]` transitions of `pde` ("CE", "NS" or a PDESpec).
     `element`: a D4 name, `("shift", a, b)` or `("affine", name, a, b)` (see `act`).
-    `chunk`: examples per forward call (None: all at once).
+    `chunk`: examples per forward call (None: all at once). Inputs and targets are cast to
+    the model's real dtype, as in `hat_matrix`.
+
+    Meaning: rho = 1 for an exactly equivariant model. Near 1 does NOT mean equivariant when
+    SMSE(f(x), y) is dominated by the target (an untrained model predicting about zero has
+    rho ~ 1 whatever it does); compare the model's rho to that of its training start
+    (docs/models.md).
     Raises NumericalError when a reference SMSE is zero or a value is not finite.
     """
     g = parse_element(element)
     spec = resolve_spec(pde)
     _check_batch(inputs, targets, spec)
+    inputs, targets = cast_to_model(model, inputs, targets)
     base = smse(_predict(model, inputs, chunk), targets)
     moved = smse_under(model, inputs, targets, g, pde=spec, convention=convention, chunk=chunk)
     if not bool(torch.isfinite(base).all() & torch.isfinite(moved).all()):

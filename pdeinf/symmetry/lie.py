@@ -48,7 +48,8 @@ from dataclasses import dataclass, field
 import torch
 
 from pdeinf.errors import InputError, NumericalError
-from pdeinf.influence.gradients import math_attention
+from pdeinf.influence.gradients import TRACE_ERRORS, FuncSupport, cast_to_model, math_attention
+from pdeinf.influence.untouched import keeps_model
 from pdeinf.symmetry.actions import resolve_spec, vector_channels
 
 __all__ = ["GENERATORS", "LieDecomposition", "fourier_shift", "lie_derivative", "rotate", "transform"]
@@ -152,10 +153,26 @@ def rms(field_: torch.Tensor) -> torch.Tensor:
     return field_.pow(2).flatten(1).mean(dim=1).sqrt()
 
 
-def _jvp_t(function, dtype, device) -> torch.Tensor:
+def _jvp_t(function, dtype, device, support: FuncSupport | None = None) -> torch.Tensor:
+    """`d function(t) / dt` at t = 0 by forward mode; where the model has an operation without
+    a forward-mode rule, by double backward (exact), with one warning per `support`."""
     t0 = torch.zeros((), dtype=dtype, device=device)
-    _, tangent = torch.func.jvp(function, (t0,), (torch.ones_like(t0),))
-    return tangent.detach()
+    if support is None or support.forward_mode:
+        try:
+            _, tangent = torch.func.jvp(function, (t0,), (torch.ones_like(t0),))
+            return tangent.detach()
+        except TRACE_ERRORS as err:
+            if support is None:
+                raise
+            support.forward_mode = False
+            support.fall_back("jvp", err)
+    t = t0.clone().requires_grad_(True)
+    with torch.enable_grad():
+        out = function(t)
+        u = torch.zeros_like(out, requires_grad=True)
+        (dot,) = torch.autograd.grad(out, t, u, create_graph=True)
+        (tangent,) = torch.autograd.grad(dot, u, allow_unused=True)
+    return torch.zeros_like(out).detach() if tangent is None else tangent.detach()
 
 
 def _attention_context():
@@ -195,6 +212,7 @@ def _default_layers(model: torch.nn.Module, inputs: torch.Tensor) -> list[str]:
     return seen
 
 
+@keeps_model
 def lie_derivative(model: torch.nn.Module, inputs: torch.Tensor, generator: str, *, pde,
                    layerwise: bool = False, layers: Sequence[str] | None = None,
                    convention: str = "ours"):
@@ -210,7 +228,7 @@ def lie_derivative(model: torch.nn.Module, inputs: torch.Tensor, generator: str,
     spec = resolve_spec(pde)
     pair = vector_channels(spec, convention)
     _check(model, inputs, spec, generator)
-    x = inputs.detach()
+    (x,) = cast_to_model(model, inputs.detach())
     n_ref = x.shape[-1] if generator == "x" else x.shape[-2]
 
     def g(u, t, typed: bool):
@@ -219,8 +237,9 @@ def lie_derivative(model: torch.nn.Module, inputs: torch.Tensor, generator: str,
     def total_fn(t):
         return g(model(g(x, t, True)), -t, True)
 
+    support = FuncSupport(type(model).__name__)
     with _attention_context():
-        total = _jvp_t(total_fn, x.dtype, x.device)
+        total = _jvp_t(total_fn, x.dtype, x.device, support)
     if not bool(torch.isfinite(total).all()):
         raise NumericalError("lie_derivative: non-finite values (the model output has NaN/Inf)")
     if not layerwise:
@@ -255,7 +274,7 @@ def lie_derivative(model: torch.nn.Module, inputs: torch.Tensor, generator: str,
                 return model(x)
 
             with _attention_context():
-                contributions[name] = _jvp_t(conj_fn, x.dtype, x.device)
+                contributions[name] = _jvp_t(conj_fn, x.dtype, x.device, support)
         finally:
             for h in handles:
                 h.remove()
