@@ -35,8 +35,9 @@ class Interrupted(KeyboardInterrupt):
 
 @contextlib.contextmanager
 def stop_on_signals() -> Iterator[None]:
-    """Within the block SIGINT and SIGTERM raise `Interrupted` once; later ones are ignored
-    until the block is left (so cleanup is never cut short). Outside the main thread: no-op."""
+    """Within the block SIGINT and SIGTERM stop every child process (`stop_children`: stage
+    workers, notebook kernels) and raise `Interrupted` once; later ones are ignored until the
+    block is left (so cleanup is never cut short). Outside the main thread: no-op."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -46,6 +47,7 @@ def stop_on_signals() -> Iterator[None]:
         if raised:
             return
         raised.append(signum)
+        stop_children()
         raise Interrupted(signum)
 
     previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
@@ -121,8 +123,12 @@ def stop_processes(pids: Iterable[int], *, grace: float = 3.0) -> None:
 
 
 def stop_children() -> None:
-    """Stop every descendant of this process (see `stop_processes`)."""
-    stop_processes(descendants())
+    """Stop every descendant of this process (see `stop_processes`) but multiprocessing's
+    resource tracker, which ends by itself with this process and warns when stopped early."""
+    from multiprocessing import resource_tracker
+
+    tracker = getattr(resource_tracker._resource_tracker, "_pid", None)
+    stop_processes([p for p in descendants() if p != tracker])
 
 
 @contextlib.contextmanager

@@ -30,6 +30,9 @@ class CorruptCheckpoint(InputError):
         self.path, self.why = Path(path), why
         super().__init__(f"{path}: corrupt checkpoint ({why})")
 
+    def __reduce__(self):  # raised in a worker process, re-raised in its parent
+        return type(self), (self.path, self.why)
+
 
 def _feed(digest, obj) -> None:
     """Add `obj` (tensors, dicts, lists, scalars) to `digest` canonically."""
