@@ -46,6 +46,14 @@ def _env(home: Path) -> dict:
     return {**env, "PDEINF_HOME": str(home), "PYTHONPATH": str(REPO), "PDEINF_PROFILE": "smoke"}
 
 
+def _with_data(source: Path, home: Path) -> Path:
+    """`home` holding the generated data of `source` only (the data stage then finds it)."""
+    for part in ("data", "cache"):
+        if (source / "results" / part).is_dir():
+            shutil.copytree(source / "results" / part, home / "results" / part)
+    return home
+
+
 def _run_part(home: Path, workers: int, stages=STAGES, tmp: Path | None = None) -> None:
     script = (tmp or home) / "part.py"
     script.parent.mkdir(parents=True, exist_ok=True)
@@ -66,9 +74,11 @@ def _pi(home: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def homes(tmp_path_factory):
-    """The same stages run from scratch with 1 worker (here, in order) and with 2 workers."""
+    """The same stages run from scratch with 1 worker (here, in order) and with 2 workers (from
+    the same data: the data stage always runs alone in the main process)."""
     one, two = tmp_path_factory.mktemp("one-worker"), tmp_path_factory.mktemp("two-workers")
     _run_part(one, 1)
+    _with_data(one, two)
     _run_part(two, 2)
     return one, two
 
@@ -158,6 +168,17 @@ def test_damaged_checkpoint_is_moved_aside_and_rebuilt(home, how, capsys):
         np.testing.assert_array_equal(values, pi_before[name])
 
 
+def test_influence_on_a_corrupt_checkpoint_says_how_to_rebuild_it(home, capsys):
+    first = home / "results" / RUN / "ckpt_e0001.pt"
+    _flip_tensor_bytes(first)
+    shutil.rmtree(home / "results/influence")
+    code = main(["influence", "--pde", "CE", "--model", "unet", "--profile", "smoke",
+                 "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert f"{first}: corrupt checkpoint (CRC mismatch" in err and "rerun its training" in err
+
+
 def test_checkpoint_content_is_verified_beyond_the_archive(home, tmp_path):
     """A state edited in a valid archive (the CRCs match; the saved SHA-256 does not), and a
     state whose optimizer holds NaN: both refused on load; such a state is never saved."""
@@ -184,17 +205,20 @@ def test_checkpoint_content_is_verified_beyond_the_archive(home, tmp_path):
 
 @pytest.mark.slow
 def test_non_finite_influence_is_refused_and_never_cached(home):
+    import xarray as xr
+
     from pdeinf.errors import NumericalError
-    from pdeinf.influence.task import labelled_influence
     from pdeinf.pipeline.influence import run_sweep, sweep_dir
 
     folder = sweep_dir("smoke", "CE", "unet")
     shutil.rmtree(folder)
 
-    def poisoned(*args, **kwargs):
-        ds = labelled_influence(*args, **kwargs)
-        ds["pi"].values[..., 0, 0] = np.nan
-        return ds
+    def poisoned(model, optimizer_state, inputs, targets, **kwargs):
+        """What an Adam variant gives from an optimizer state of garbage: NaN."""
+        n = len(inputs)
+        pi = np.eye(n)
+        pi[0, 0] = np.nan
+        return xr.Dataset({"pi": (("t_resp", "t_pert"), pi)}, attrs=kwargs["attrs"])
 
     with pytest.raises(NumericalError, match=r"ckpt_e0001\.pt.*NaN or Inf; not cached"):
         run_sweep("smoke", "CE", "unet", progress=False, compute=poisoned)
@@ -202,14 +226,6 @@ def test_non_finite_influence_is_refused_and_never_cached(home):
 
 
 # ---- signals ----------------------------------------------------------------------------
-def _with_data(source: Path, home: Path) -> Path:
-    """`home` holding the generated data of `source` only (the data stage then finds it)."""
-    for part in ("data", "cache"):
-        if (source / "results" / part).is_dir():
-            shutil.copytree(source / "results" / part, home / "results" / part)
-    return home
-
-
 def _workers(pid: int) -> list:
     import psutil
 
@@ -283,10 +299,10 @@ def test_signal_stops_workers_before_the_lock_is_released(homes, tmp_path, signa
 # ---- full disk, unwritable output, recipe bounds ---------------------------------------
 @pytest.fixture()
 def small_disk(tmp_path):
-    """A 6 MB tmpfs (root only): skipped with the reason when it cannot be mounted."""
+    """A 5 MB tmpfs (root only): skipped with the reason when it cannot be mounted."""
     where = tmp_path / "small"
     where.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(where)],
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=5m", "tmpfs", str(where)],
                              capture_output=True, text=True, check=False)
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip() or 'not root'}")

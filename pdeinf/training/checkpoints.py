@@ -28,7 +28,9 @@ class CorruptCheckpoint(InputError):
 
     def __init__(self, path: Path, why: str):
         self.path, self.why = Path(path), why
-        super().__init__(f"{path}: corrupt checkpoint ({why})")
+        super().__init__(f"{path}: corrupt checkpoint ({why}); rerun its training (`pdeinf "
+                         "reproduce`, or `pdeinf train` with the same arguments): it is moved "
+                         "aside and rebuilt from the last good checkpoint")
 
     def __reduce__(self):  # raised in a worker process, re-raised in its parent
         return type(self), (self.path, self.why)
