@@ -90,7 +90,9 @@ def task_threads() -> int:
     `$PDEINF_TASK_THREADS`, else the cores shared by the default workers of a CPU
     (`threads_per_worker(min(2, cpu_count))`). Floating-point reductions depend on the thread
     count; a count fixed per machine makes a stage's output the same with 1 or N workers
-    (more workers than the default then share the cores). 0: keep the process's own count."""
+    (more workers than the default then share the cores). 0: tasks run here keep this
+    process's count and pool workers get `threads_per_worker(workers)` (results may then
+    depend on the number of workers)."""
     env = os.environ.get(TASK_THREADS_ENV)
     if env:
         try:
@@ -227,7 +229,7 @@ def _run_pool(tasks: Sequence[Task], record, *, workers: int, echo: bool) -> Non
     running: dict[Future, tuple[Task, float]] = {}
     context = multiprocessing.get_context("spawn")  # no forked torch / OpenMP state
     with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
-                             initargs=(task_threads(),)) as pool:
+                             initargs=(task_threads() or threads_per_worker(workers),)) as pool:
         try:
             while pending or running:
                 for task in [t for t in pending if all(a in status for a in t.after)]:
