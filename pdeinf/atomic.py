@@ -16,6 +16,12 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+from pdeinf.storage import check_free, disk_full, is_no_space
+
+#: Result datasets up to this size are serialised in memory first: a full disk then fails in
+#: a plain file write (one clear error), never inside the HDF5 library.
+IN_MEMORY_NETCDF = 256 << 20
+
 _TMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.tmp$")
 
 
@@ -38,14 +44,24 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path | str, write: Callable[[Path], object]) -> Path:
+def atomic_write(path: Path | str, write: Callable[[Path], object], *,
+                 size: float | None = None) -> Path:
     """Call `write(tmp)` to fill a temporary file beside `path`, fsync it, rename it to `path`.
 
     `write` may create the file any way it likes (savefig, to_netcdf, open(..., "wb")).
     Returns `path`. On any exception (KeyboardInterrupt included) the temporary file is removed.
+    `size`: the bytes the write needs, when known: checked against the free space first. A full
+    disk (or quota) raises `pdeinf.storage.DiskFullError` naming the folder and the space.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if size is not None:
+            check_free(path.parent, size)
+    except OSError as err:
+        if is_no_space(err):
+            raise disk_full(path.parent, size) from None
+        raise
     tmp = temporary_path(path)
     try:
         write(tmp)
@@ -53,13 +69,17 @@ def atomic_write(path: Path | str, write: Callable[[Path], object]) -> Path:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
         _fsync_directory(path.parent)
+    except Exception as err:
+        if is_no_space(err):
+            raise disk_full(path.parent, size) from None
+        raise
     finally:
         tmp.unlink(missing_ok=True)
     return path
 
 
 def write_bytes(path: Path | str, payload: bytes) -> Path:
-    return atomic_write(path, lambda tmp: tmp.write_bytes(payload))
+    return atomic_write(path, lambda tmp: tmp.write_bytes(payload), size=len(payload))
 
 
 def write_text(path: Path | str, text: str) -> Path:
@@ -74,8 +94,12 @@ def write_json(path: Path | str, obj, **kwargs) -> Path:
 
 
 def write_netcdf(obj, path: Path | str) -> Path:
-    """An xarray Dataset/DataArray to netCDF4 (h5netcdf engine), atomically."""
-    return atomic_write(path, lambda tmp: obj.to_netcdf(tmp, engine="h5netcdf"))
+    """An xarray Dataset/DataArray to netCDF4 (h5netcdf engine), atomically. Up to
+    `IN_MEMORY_NETCDF` bytes it is serialised in memory and written as bytes; larger ones are
+    written by the library after a free-space check against their size."""
+    if obj.nbytes <= IN_MEMORY_NETCDF:
+        return write_bytes(path, bytes(obj.to_netcdf(engine="h5netcdf")))
+    return atomic_write(path, lambda tmp: obj.to_netcdf(tmp, engine="h5netcdf"), size=obj.nbytes)
 
 
 def torch_save(obj, path: Path | str) -> Path:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 
 from pdeinf.errors import InputError, PdeinfError
@@ -46,9 +47,13 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{err.filename}: " if err.filename else ""
         print(f"pdeinf {args.command}: error: {where}{err.strerror or err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"pdeinf {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:  # SIGINT, or SIGTERM during a pipeline run
+        for stop in (signal.SIGINT, signal.SIGTERM):  # exiting: a further one must not cut the line
+            signal.signal(stop, signal.SIG_IGN)
+        signum = getattr(err, "signum", signal.SIGINT)
+        print(f"pdeinf {args.command}: stopped by {signal.Signals(signum).name}; rerun the same "
+              "command to resume", file=sys.stderr)
+        return 128 + signum
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ def pytest_configure(config):
     # stages run in this process, with its threads: tests recompute a task here and compare it
     # with the cached one, and a different thread count changes the floating-point sums
     os.environ.setdefault("PDEINF_WORKERS", "1")
+    os.environ.setdefault("PDEINF_TASK_THREADS", "0")  # and keep this process's thread count
     os.environ.setdefault("MPLBACKEND", "Agg")
 
 

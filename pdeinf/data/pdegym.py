@@ -14,6 +14,7 @@ read touches only the requested samples and times of the files that hold them.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -509,16 +510,33 @@ class ChunkWriter:
         stored = np.swapaxes(array, -1, -2)
         if stored.shape[2] == self.n_stored - 1:  # the optional tracer, last: zeros
             stored = np.concatenate([stored, np.zeros_like(stored[:, :, :1])], axis=2)
-        self._variable[start:start + b] = stored
+        try:
+            self._variable[start:start + b] = stored
+            self._handle.flush()
+        except Exception as err:
+            self._fail(err, stored.nbytes)
         self._written[start:start + b] = True
 
     def close(self) -> Path:
         if not self._written.all():
             self.abort()
             raise RuntimeError(f"{self.path}: not all {self.n_samples} samples were written")
-        self._handle.close()
+        try:
+            self._handle.close()
+        except Exception as err:
+            self._fail(err, None)
         os.replace(self.temporary, self.path)
         return self.path
+
+    def _fail(self, err: Exception, needed) -> None:
+        """Remove the partial file; a full disk becomes one `DiskFullError` line."""
+        from pdeinf.storage import disk_full, is_no_space
+
+        with contextlib.suppress(Exception):
+            self.abort()
+        if is_no_space(err):
+            raise disk_full(self.path.parent, needed) from None
+        raise err
 
     def abort(self) -> None:
         try:

@@ -35,6 +35,7 @@ import numpy as np
 from pdeinf.checks import positive_int
 from pdeinf.config import MIN_RESOLUTION, PDE_SPECS, pde_spec
 from pdeinf.errors import InputError
+from pdeinf.storage import probe_writable
 
 VALIDATION_VERSION = 1  # bump when the rules change: cached passes are then re-checked
 _TAG = f"validated-v{VALIDATION_VERSION}"
@@ -209,7 +210,7 @@ def check_output_dir(out_dir: str | os.PathLike, target: str | os.PathLike | Non
     anchor = _existing_ancestor(Path(target) if target is not None else out_dir)
     if not anchor.is_dir():
         raise InputError(f"--out {out_dir}: {anchor} is not a directory")
-    if not os.access(anchor, os.W_OK | os.X_OK):
+    if not os.access(anchor, os.W_OK | os.X_OK) or probe_writable(anchor) is not None:
         raise InputError(f"--out {out_dir}: directory {anchor} is not writable")
     return anchor
 

@@ -31,3 +31,15 @@ def with_checksum(ds):
 def checksum_ok(ds) -> bool:
     stored = ds.attrs.get(CHECKSUM_ATTR)
     return stored is not None and stored == dataset_checksum(ds)
+
+
+def require_finite(ds, name: str, what: str) -> None:
+    """NumericalError naming `what` unless every value of `ds[name]` is finite: a result that
+    must be finite and is not is never cached."""
+    from pdeinf.errors import NumericalError
+
+    values = np.asarray(ds[name].values)
+    bad = int(values.size - np.isfinite(values).sum())
+    if bad:
+        raise NumericalError(f"{what}: {bad} of {values.size} values of {name} are NaN or Inf; "
+                             "not cached")

@@ -30,7 +30,7 @@ from pdeinf.atomic import write_netcdf
 from pdeinf.errors import InputError
 from pdeinf.influence.task import DATA_VARS
 from pdeinf.influence.variants import variant_named, variants_for
-from pdeinf.pipeline.checksums import checksum_ok, with_checksum
+from pdeinf.pipeline.checksums import checksum_ok, require_finite, with_checksum
 from pdeinf.pipeline.common import (
     ProfileLike,
     as_profile,
@@ -257,6 +257,8 @@ def run_sweep(profile, pde: str, model_name: str, *, sources=None, out_root=None
             ds = _compute(study, compute, model, ckpt, ib, pde=pde, model_name=model_name,
                           prof=prof, attrs=attrs, grad_chunk=grad_chunk or hat.GRAD_CHUNK,
                           jvp_chunk=jvp_chunk or hat.JVP_CHUNK, state_path=state_path)
+        require_finite(ds, "pi" if "pi" in ds else "H",
+                       f"{target} (from {sources.checkpoint(seed, epoch)})")
         write_netcdf(with_checksum(ds), target)
         state_path.unlink(missing_ok=True)
         bar.update(1)

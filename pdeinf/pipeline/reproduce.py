@@ -12,12 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pdeinf import paths
-from pdeinf.atomic import remove_stale_temporaries, write_json
+from pdeinf.atomic import write_json
 from pdeinf.errors import InputError
 from pdeinf.pipeline.common import ProfileLike, as_profile
 from pdeinf.pipeline.data import ensure_data
 from pdeinf.pipeline.influence import ensure_influence, ensure_seed_paper
-from pdeinf.pipeline.lock import check_writable, results_lock
+from pdeinf.pipeline.interrupt import guarded_run
+from pdeinf.pipeline.lock import check_writable
 from pdeinf.pipeline.notebooks import (
     _executed_is_current,
     executed_dir,
@@ -202,8 +203,7 @@ def reproduce(
     if not only_pipeline and not selected:
         raise InputError(f"notebooks: no numbered notebooks found in {notebooks_source()}")
     check_writable(paths.results_dir(), "PDEINF_HOME/results")
-    with results_lock(paths.results_dir()):
-        remove_stale_temporaries(paths.results_dir(), recursive=True)
+    with guarded_run(paths.results_dir()):
         report = _reproduce_locked(profile, selected, progress=progress, workers=workers)
     print(format_report(report), flush=True)
     return report

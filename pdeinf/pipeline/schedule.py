@@ -3,8 +3,9 @@
 Every stage function (`ensure_*`) is idempotent and cached by content key, and each writes only
 its own files through `pdeinf.atomic`; two different stages may therefore run at the same time,
 as long as a stage starts only after the stages whose outputs it reads have finished. That is
-what `run_tasks` guarantees. `reproduce` uses `default_workers()` processes, each with
-`cpu_count // workers` torch threads. Measured on a 2-core machine (README): two single-thread
+what `run_tasks` guarantees. `reproduce` uses `default_workers()` processes; every task runs
+with `task_threads()` torch threads, a count that does not depend on the number of workers, so
+the results do not either. Measured on a 2-core machine (README): two single-thread
 workers finish the quick stages only slightly sooner than one two-thread process (each stage runs
 1.7-2.6x longer on one thread); the graph pays on machines with more cores. With one worker the
 tasks run here, one after the other, in list order (exactly the old sequential pipeline).
@@ -15,18 +16,24 @@ has run.
 """
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 
 from pdeinf.errors import InputError
 
 #: `$PDEINF_WORKERS` overrides `default_workers()` (1 = sequential, in this process).
 WORKERS_ENV = "PDEINF_WORKERS"
+#: `$PDEINF_TASK_THREADS` overrides `task_threads()` (0: each task keeps its process's count).
+TASK_THREADS_ENV = "PDEINF_TASK_THREADS"
+#: Free bytes below which a worker that died is taken to have hit a full disk.
+LOW_SPACE = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -78,6 +85,40 @@ def threads_per_worker(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, workers))
 
 
+def task_threads() -> int:
+    """Torch intra-op threads of every (non-exclusive) task, whatever the number of workers:
+    `$PDEINF_TASK_THREADS`, else the cores shared by the default workers of a CPU
+    (`threads_per_worker(min(2, cpu_count))`). Floating-point reductions depend on the thread
+    count; a count fixed per machine makes a stage's output the same with 1 or N workers
+    (more workers than the default then share the cores). 0: tasks run here keep this
+    process's count and pool workers get `threads_per_worker(workers)` (results may then
+    depend on the number of workers)."""
+    env = os.environ.get(TASK_THREADS_ENV)
+    if env:
+        try:
+            value = int(env)
+        except ValueError:
+            value = -1
+        if value < 0:
+            raise InputError(f"{TASK_THREADS_ENV}: expected a non-negative integer, got {env!r}")
+        return value
+    return threads_per_worker(max(1, min(2, os.cpu_count() or 1)))
+
+
+@contextlib.contextmanager
+def _threads(count: int):
+    """Torch intra-op threads set to `count` (0: unchanged) for the block, then restored."""
+    import torch
+
+    before = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def check_graph(tasks: Sequence[Task]) -> None:
     """InputError on a duplicate name, a dependency on an unknown task, or a cycle: before any
     work starts."""
@@ -101,9 +142,15 @@ def check_graph(tasks: Sequence[Task]) -> None:
 
 
 def _init_worker(threads: int) -> None:
+    """A pool worker: `threads` torch threads (0: torch's default); SIGINT is left to the
+    parent, which stops its workers itself (`pdeinf.pipeline.interrupt`)."""
+    import signal
+
     import torch
 
-    torch.set_num_threads(threads)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if threads:
+        torch.set_num_threads(threads)
 
 
 def _timed_call(fn: Callable, args: tuple, kwargs: dict) -> float:
@@ -152,7 +199,8 @@ def _run_one(task: Task, record, *, echo: bool) -> str:
         print(f"[pdeinf] {task.name} ...", file=sys.stderr, flush=True)
     start = time.perf_counter()
     try:
-        task.fn(*task.args, **task.kwargs)
+        with _threads(0 if task.exclusive else task_threads()):
+            task.fn(*task.args, **task.kwargs)
     except KeyboardInterrupt:
         raise
     except BaseException as err:  # noqa: BLE001 - recorded, raised at the end
@@ -181,7 +229,7 @@ def _run_pool(tasks: Sequence[Task], record, *, workers: int, echo: bool) -> Non
     running: dict[Future, tuple[Task, float]] = {}
     context = multiprocessing.get_context("spawn")  # no forked torch / OpenMP state
     with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
-                             initargs=(threads_per_worker(workers),)) as pool:
+                             initargs=(task_threads() or threads_per_worker(workers),)) as pool:
         try:
             while pending or running:
                 for task in [t for t in pending if all(a in status for a in t.after)]:
@@ -209,6 +257,8 @@ def _run_pool(tasks: Sequence[Task], record, *, workers: int, echo: bool) -> Non
                     task, start = running.pop(future)
                     try:
                         seconds = future.result()
+                    except BrokenProcessPool:
+                        raise worker_died(task.name) from None
                     except BaseException as err:  # noqa: BLE001 - recorded, raised at the end
                         status[task.name] = "failed"
                         record(TaskResult(task.name, time.perf_counter() - start, "failed", err))
@@ -216,5 +266,29 @@ def _run_pool(tasks: Sequence[Task], record, *, workers: int, echo: bool) -> Non
                     status[task.name] = "ok"
                     record(TaskResult(task.name, seconds, "ok"))
         except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
+            _stop_pool(pool)
             raise
+
+
+def _stop_pool(pool: ProcessPoolExecutor) -> None:
+    """Stop the pool's worker processes (and their children) now, without waiting for their
+    tasks; queued tasks are cancelled."""
+    from pdeinf.pipeline.interrupt import descendants, stop_processes
+
+    workers = list((getattr(pool, "_processes", None) or {}).keys())
+    stop_processes([c for w in workers for c in descendants(w)] + workers)
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
+def worker_died(name: str) -> Exception:
+    """The error for a worker process that died without an answer (killed, out of memory, a
+    crash in a native library): one line; a full disk, the usual cause, is named as such."""
+    from pdeinf import paths
+    from pdeinf.errors import PdeinfError
+    from pdeinf.storage import disk_full, free_bytes
+
+    root = paths.results_dir()
+    if free_bytes(root) < LOW_SPACE:
+        return disk_full(root, None)
+    return PdeinfError(f"stage {name}: its worker process died without an answer (killed, out of "
+                       "memory or a crash in a native library); rerun the same command to resume")

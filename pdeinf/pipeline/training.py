@@ -78,7 +78,13 @@ def ensure_keyed_run(directory: Path, epochs, key: str, train_once, record: dict
     `directory` is current when it holds a checkpoint for each of `epochs` and its
     `stage_key.json` records `key`. Otherwise a run trained from other inputs is set aside
     (`<run>.stale/`), `train_once()` trains (or resumes a partial run), and the key is written
-    with `record` beside it. NumericalError if training ends without every checkpoint."""
+    with `record` beside it. A checkpoint that fails verification (flipped bytes, truncation,
+    NaN state) is moved aside first and rebuilt by resuming from the last good one.
+    NumericalError if training ends without every checkpoint."""
+    from pdeinf.training.checkpoints import usable
+
+    for epoch in epochs:
+        usable(paths.checkpoint_path(directory, epoch))
     stored = _stored_key(directory)
     if has_checkpoints(directory, epochs) and stored == key:
         return directory

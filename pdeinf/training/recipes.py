@@ -127,7 +127,12 @@ class Recipe:
         return {"name": self.name, **self._settings}
 
     def prepare(self, train_set, pde: str) -> None:
+        self.check_horizon(train_set.steps)
         self.pde = pde
+
+    def check_horizon(self, steps: int) -> None:
+        """InputError when a setting asks for more than a training trajectory of `steps`
+        transitions holds (called before any work). Recipes without such a setting: no-op."""
 
     def per_example_loss(self, batch: StepBatch) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
@@ -141,6 +146,13 @@ def _positive(recipe: Recipe, key: str, value, *, allow_zero: bool = False):
     if not (value > 0 or (allow_zero and value == 0)):
         raise InputError(f"recipe {recipe.name}: setting {key}={value!r} must be "
                          f"{'non-negative' if allow_zero else 'positive'}")
+
+
+def _at_most(recipe: Recipe, key: str, bound: int, why: str) -> None:
+    value = getattr(recipe, key)
+    if value > bound:
+        raise InputError(f"recipe {recipe.name}: setting {key}={value} exceeds {bound}, {why}; "
+                         f"use {key} <= {bound}")
 
 
 class OneStep(Recipe):
@@ -158,6 +170,11 @@ class Pushforward(Recipe):
     def __init__(self, **settings):
         super().__init__(**settings)
         _positive(self, "k", self.k)
+
+    def check_horizon(self, steps: int) -> None:
+        _at_most(self, "k", max(1, steps - 1),
+                 f"the deepest unroll a trajectory of {steps} transitions allows (its last "
+                 f"transition starts at t={steps - 1})")
 
     def unrolled_inputs(self, b: StepBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """`(u~, y)`: the model's own m-step prediction of u_t (no gradient) and u_{t+1}."""
@@ -221,6 +238,10 @@ class Multistep(Recipe):
     def __init__(self, **settings):
         super().__init__(**settings)
         _positive(self, "k", self.k)
+
+    def check_horizon(self, steps: int) -> None:
+        _at_most(self, "k", steps, f"the {steps} transitions of a training trajectory (k steps "
+                                   "need k + 1 snapshots)")
 
     def per_example_loss(self, b: StepBatch) -> torch.Tensor:
         traj, t = b.data.locate(b.index)

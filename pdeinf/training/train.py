@@ -46,6 +46,7 @@ from pdeinf.config import check_model, check_pde, get_profile, pde_spec
 from pdeinf.errors import InputError, NumericalError
 from pdeinf.models import build
 from pdeinf.training import ddp
+from pdeinf.training.checkpoints import read_checkpoint, save_checkpoint, usable
 from pdeinf.training.loss import smse
 from pdeinf.training.recipes import Recipe, StepBatch, make_recipe
 
@@ -155,11 +156,10 @@ def _write_history(run_dir: Path, history: list[dict]) -> None:
     _atomic_write_bytes(run_dir / "history.csv", out.getvalue().encode())
 
 
-def _read_state(path: Path) -> dict:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 -- torch.load raises many types on garbage
-        raise InputError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from None
+def _read_state(path: Path, state: dict | None = None) -> dict:
+    """The verified state of checkpoint `path` (`checkpoints.read_checkpoint`; `state`: one
+    already read), InputError unless it holds what a pdeinf checkpoint holds."""
+    state = read_checkpoint(path) if state is None else state
     for key in ("model_state", "optimizer_state", "config", "epoch"):
         if not isinstance(state, dict) or key not in state:
             raise InputError(f"{path}: not a pdeinf checkpoint (no {key!r})")
@@ -272,6 +272,7 @@ def train(pde: str, model_name: str, seed: int, profile, *, data_root=None, out_
     schedule = sorted(int(e) for e in prof.checkpoints[pde])
     if epochs <= 0 or prof.batch_size <= 0 or prof.lr <= 0:
         raise InputError(f"profile {prof.name}: epochs, batch_size and lr must be positive")
+    recipe.check_horizon(prof.t_max - 1)  # the trajectories are cut to t_max snapshots
 
     ctx = ddp.setup(device)
     try:
@@ -322,6 +323,26 @@ def _write_monitor(run_dir: Path, records: list[dict]) -> None:
     _atomic_write_bytes(run_dir / "monitor.csv", out.getvalue().encode())
 
 
+def _resume_point(run_dir: Path, schedule) -> tuple[Path | None, dict | None]:
+    """Where training resumes: `(path, verified state)` of `resume.pt`, unless a scheduled
+    checkpoint at or before its epoch is missing or corrupt (corrupt files are moved aside):
+    then the last good scheduled checkpoint before the first missing one; `(None, None)`:
+    start afresh."""
+    gap = None
+    for epoch in sorted(schedule):
+        if usable(checkpoint_path(run_dir, epoch)) is None:
+            gap = epoch
+            break
+    resume = usable(run_dir / "resume.pt")
+    if resume is not None and (gap is None or int(resume.get("epoch", 0)) < gap):
+        return run_dir / "resume.pt", resume
+    good = [e for e in sorted(schedule) if gap is None or e < gap]
+    if not good:
+        return None, None
+    path = checkpoint_path(run_dir, good[-1])
+    return path, read_checkpoint(path)
+
+
 def _train_loop(config, fingerprint, run_dir, train_set: Transitions, val_set: Transitions, ctx,
                 progress, recipe: Recipe, monitor=None) -> RunResult:
     dtype = getattr(torch, config["dtype"])
@@ -333,11 +354,12 @@ def _train_loop(config, fingerprint, run_dir, train_set: Transitions, val_set: T
     history: list[dict] = []
     start = 0
     resume_path = run_dir / "resume.pt"
-    if resume_path.exists():
-        state = _read_state(resume_path)
-        _check_identity(resume_path, state["config"], config)
+    resume_from, state = _resume_point(run_dir, config["checkpoints"])
+    if state is not None:
+        state = _read_state(resume_from, state)
+        _check_identity(resume_from, state["config"], config)
         if state.get("data_fingerprint") != fingerprint:
-            raise InputError(f"{resume_path}: the data changed since this run started "
+            raise InputError(f"{resume_from}: the data changed since this run started "
                              f"(fingerprint {state.get('data_fingerprint')!r} != {fingerprint!r}); "
                              "remove the run directory to retrain")
         model.load_state_dict(state["model_state"])
@@ -400,8 +422,8 @@ def _train_loop(config, fingerprint, run_dir, train_set: Transitions, val_set: T
             if monitor is not None:
                 state["monitor_history"] = list(monitor.history)
             if epoch in schedule:
-                atomic_torch_save(state, checkpoint_path(run_dir, epoch))
-            atomic_torch_save(state, resume_path)
+                save_checkpoint(state, checkpoint_path(run_dir, epoch))
+            save_checkpoint(state, resume_path)
             _write_history(run_dir, history)
             if monitor is not None:
                 _write_monitor(run_dir, list(monitor.history))

@@ -1,0 +1,142 @@
+"""Checkpoint files that prove their content: each carries a SHA-256 of what it holds (every
+tensor's dtype, shape and bytes, and every other entry), verified on load together with the
+zip archive's CRCs (`torch.load` checks neither) and the finiteness of the weights and the
+optimizer state. A file that fails (flipped bytes, truncation, non-finite state) raises
+`CorruptCheckpoint` naming it; `usable` moves such a file aside (`<name>.corrupt-<n>`, one line
+on stderr) so that training resumes from the last good checkpoint or retrains.
+"""
+from __future__ import annotations
+
+import hashlib
+import sys
+import zipfile
+from pathlib import Path
+
+import torch
+
+from pdeinf.atomic import torch_save
+from pdeinf.errors import InputError, NumericalError
+
+#: The entry of a saved state that holds the SHA-256 of the rest.
+CHECKSUM_KEY = "sha256"
+#: Entries whose floating-point tensors must be finite.
+FINITE_KEYS = ("model_state", "optimizer_state")
+
+
+class CorruptCheckpoint(InputError):
+    """A checkpoint whose bytes or content fail verification; `path` names the file."""
+
+    def __init__(self, path: Path, why: str):
+        self.path, self.why = Path(path), why
+        super().__init__(f"{path}: corrupt checkpoint ({why}); rerun its training (`pdeinf "
+                         "reproduce`, or `pdeinf train` with the same arguments): it is moved "
+                         "aside and rebuilt from the last good checkpoint")
+
+    def __reduce__(self):  # raised in a worker process, re-raised in its parent
+        return type(self), (self.path, self.why)
+
+
+def _feed(digest, obj) -> None:
+    """Add `obj` (tensors, dicts, lists, scalars) to `digest` canonically."""
+    if isinstance(obj, torch.Tensor):
+        flat = obj.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"T{flat.dtype}{tuple(obj.shape)}".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    elif isinstance(obj, dict):
+        digest.update(f"D{len(obj)}".encode())
+        for key in sorted(obj, key=repr):
+            digest.update(repr(key).encode())
+            _feed(digest, obj[key])
+    elif isinstance(obj, (list, tuple)):
+        digest.update(f"L{len(obj)}".encode())
+        for item in obj:
+            _feed(digest, item)
+    else:
+        digest.update(f"V{obj!r}".encode())
+
+
+def state_digest(state: dict) -> str:
+    """SHA-256 of everything in `state` but its own checksum entry."""
+    digest = hashlib.sha256()
+    _feed(digest, {k: v for k, v in state.items() if k != CHECKSUM_KEY})
+    return digest.hexdigest()
+
+
+def non_finite(state: dict) -> str | None:
+    """The first entry of `FINITE_KEYS` holding a NaN or Inf (e.g. `optimizer_state`), or None."""
+    def walk(obj) -> bool:
+        if isinstance(obj, torch.Tensor):
+            return obj.is_floating_point() and not bool(torch.isfinite(obj).all())
+        if isinstance(obj, dict):
+            return any(walk(v) for v in obj.values())
+        if isinstance(obj, (list, tuple)):
+            return any(walk(v) for v in obj)
+        return False
+
+    return next((k for k in FINITE_KEYS if walk(state.get(k))), None)
+
+
+def save_checkpoint(state: dict, path: Path | str) -> Path:
+    """Write `state` with its checksum, atomically. NumericalError (nothing written) when the
+    weights or the optimizer state hold NaN or Inf."""
+    bad = non_finite(state)
+    if bad is not None:
+        raise NumericalError(f"{path}: {bad} holds NaN or Inf; checkpoint not written")
+    return torch_save({**state, CHECKSUM_KEY: state_digest(state)}, path)
+
+
+def _archive_error(path: Path) -> str | None:
+    """Why the file is not an intact zip archive (torch's format), or None."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
+        return f"not an intact archive: {err}"
+    return None if bad is None else f"CRC mismatch in {bad}"
+
+
+def read_checkpoint(path: Path | str) -> dict:
+    """The state saved in `path`, verified (module doc). CorruptCheckpoint when it fails;
+    states saved before checksums existed are accepted when their archive is intact."""
+    path = Path(path)
+    why = _archive_error(path)
+    if why is not None:
+        raise CorruptCheckpoint(path, why)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 -- torch.load raises many types on garbage
+        raise CorruptCheckpoint(path, f"unreadable: {type(err).__name__}: {err}") from None
+    if not isinstance(state, dict):
+        raise CorruptCheckpoint(path, "not a dict of tensors")
+    stored = state.get(CHECKSUM_KEY)
+    if stored is not None and stored != state_digest(state):
+        raise CorruptCheckpoint(path, "SHA-256 of its content does not match the one saved")
+    bad = non_finite(state)
+    if bad is not None:
+        raise CorruptCheckpoint(path, f"{bad} holds NaN or Inf")
+    return state
+
+
+def set_aside(path: Path | str, why: str = "") -> Path:
+    """Rename `path` to the first free `<name>.corrupt-<n>` beside it; one line on stderr."""
+    path = Path(path)
+    n = 1
+    while (aside := path.with_name(f"{path.name}.corrupt-{n}")).exists():
+        n += 1
+    path.rename(aside)
+    print(f"[pdeinf] {path}: {why or 'corrupt'}; moved aside to {aside.name}", file=sys.stderr,
+          flush=True)
+    return aside
+
+
+def usable(path: Path | str) -> dict | None:
+    """The verified state of `path`; None when it does not exist or was corrupt (then it is
+    moved aside, see `set_aside`)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        return read_checkpoint(path)
+    except CorruptCheckpoint as err:
+        set_aside(path, f"corrupt checkpoint ({err.why})")
+        return None
