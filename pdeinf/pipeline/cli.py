@@ -38,7 +38,7 @@ def _reproduce(args) -> int:
 
     if args.only_pipeline and args.notebooks:
         raise InputError("--notebooks: cannot be combined with --only-pipeline")
-    if args.plan or args.executor == "slurm" or args.stages:
+    if args.plan or args.executor != "local" or args.stages:
         from pdeinf.pipeline.slurm_cli import reproduce_elsewhere
 
         return reproduce_elsewhere(args)

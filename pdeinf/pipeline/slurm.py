@@ -258,7 +258,10 @@ class _Running:
 
 class SlurmRun:
     """Submit `tasks` as Slurm jobs in dependency order and wait for them (see the module doc).
-    `on_submit(stage, job_id)` and `on_result(TaskResult)` are called as that happens."""
+    `on_submit(stage, job_id)` and `on_result(TaskResult)` are called as that happens.
+    Subclasses run the jobs elsewhere (`node.NodeRun`: local processes)."""
+
+    kind = "Slurm job"
 
     def __init__(self, profile, tasks: Sequence[Task], options: SlurmOptions, *,
                  echo: bool = True, on_submit: Callable[[str, str], None] | None = None,
@@ -297,6 +300,17 @@ class SlurmRun:
         executor.update_parameters(**parameters)
         return executor
 
+    def _fits(self, task: Task) -> bool:
+        """Whether `task` may start now (Slurm queues everything: always)."""
+        return True
+
+    def _release(self, task: Task) -> None:
+        """Give back what `_fits` reserved for `task`."""
+
+    def _states(self, running: Sequence[_Running]) -> dict[str, str]:
+        """The scheduler's state of each running job (absent: no longer known)."""
+        return _squeue_states([str(r.job.job_id) for r in running])
+
     def _submit(self, task: Task) -> _Running:
         from pdeinf.pipeline.slurm_job import StageJob
 
@@ -308,7 +322,7 @@ class SlurmRun:
                                                    threads=self.options.cpus_per_task,
                                                    nproc=max(1, gpus)))
         self.job_ids[task.name] = str(job.job_id)
-        self._say(f"{task.name}: Slurm job {job.job_id} (log {job_log(job)})")
+        self._say(f"{task.name}: {self.kind} {job.job_id} (log {job_log(job)})")
         if self.on_submit is not None:
             self.on_submit(task.name, str(job.job_id))
         return _Running(task, job, time.perf_counter())
@@ -327,23 +341,26 @@ class SlurmRun:
         running: dict[str, _Running] = {}
         while pending or running:
             for task in [t for t in pending if all(status.get(a) for a in t.after)]:
-                pending.remove(task)
                 if any(status[a] != "ok" for a in task.after):
                     status[task.name] = "skipped"
                     self._record(TaskResult(task.name, 0.0, "skipped"))
                 elif is_current(self.profile, task, self.keys[task.name]):
                     status[task.name] = "ok"
                     self._record(TaskResult(task.name, 0.0, "cached"))
-                else:
+                elif self._fits(task):
                     running[task.name] = self._submit(task)
+                else:
+                    continue
+                pending.remove(task)
             if not running:
                 continue
             time.sleep(self.options.poll_seconds)
-            states = _squeue_states([str(r.job.job_id) for r in running.values()])
+            states = self._states(list(running.values()))
             for name, entry in list(running.items()):
                 outcome = _outcome(entry.job, states.get(str(entry.job.job_id)))
                 if outcome is not None:
                     del running[name]
+                    self._release(entry.task)
                     status[name] = self._finish(entry, *outcome)
         if self.failures:
             raise StageFailed("\n".join(self.failures))
@@ -358,7 +375,7 @@ class SlurmRun:
             self._record(TaskResult(task.name, seconds, "ok"))
             self._say(f"{task.name}: job {job.job_id} done ({seconds:.1f} s)")
             return "ok"
-        line = (f"stage {task.name!r} failed in Slurm job {job.job_id} ({why}); "
+        line = (f"stage {task.name!r} failed in {self.kind} {job.job_id} ({why}); "
                 f"log: {job_log(job)}")
         self.failures.append(line)
         print(f"pdeinf reproduce: {line}", file=sys.stderr, flush=True)
@@ -383,8 +400,9 @@ def check_slurm() -> None:
 
 def reproduce_slurm(profile, options: SlurmOptions, *, notebooks=None, only_pipeline=False,
                     stages: Sequence[str] | None = None, progress: bool = True,
-                    on_submit=None) -> list[TaskResult]:
-    """`reproduce` with every stage (and notebook) as a Slurm job; waits for the jobs.
+                    on_submit=None, executor: str = "slurm") -> list[TaskResult]:
+    """`reproduce` with every stage (and notebook) as a Slurm job (`executor` "slurm") or a
+    local process on its own GPUs (`executor` "node", `node.NodeRun`); waits for the jobs.
     Writes ``results/slurm/<profile>/reproduce.json`` (job ids; each stage's time from
     submission to its end, queueing included). Raises StageFailed naming each failed job and its log."""
     from pdeinf.atomic import remove_stale_temporaries
@@ -393,19 +411,25 @@ def reproduce_slurm(profile, options: SlurmOptions, *, notebooks=None, only_pipe
     from pdeinf.pipeline.notebooks import list_notebooks
 
     profile = as_profile(profile)
-    check_slurm()
+    if executor == "slurm":
+        check_slurm()
+        run_class = SlurmRun
+    elif executor == "node":
+        from pdeinf.pipeline.node import NodeRun as run_class
+    else:
+        raise InputError(f"executor: expected 'slurm' or 'node', got {executor!r}")
     selected = [] if only_pipeline else list_notebooks(notebooks)
     tasks = slurm_graph(profile, notebooks=selected, stages=stages)
     check_writable(paths.results_dir(), "PDEINF_HOME/results")
     began = time.perf_counter()
     with results_lock(paths.results_dir()):
         remove_stale_temporaries(paths.results_dir(), recursive=True)
-        run = SlurmRun(profile, tasks, options, echo=progress, on_submit=on_submit)
+        run = run_class(profile, tasks, options, echo=progress, on_submit=on_submit)
         try:
             return run.run()
         finally:
             write_json(slurm_dir(profile) / "reproduce.json",
-                       {"profile": profile.name, "executor": "slurm",
+                       {"profile": profile.name, "executor": executor,
                         "wall_seconds": time.perf_counter() - began,
                         "jobs": run.job_ids,
                         "timings": [{"stage": r.name, "seconds": r.seconds, "status": r.status}

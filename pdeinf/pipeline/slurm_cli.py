@@ -18,8 +18,9 @@ def _stage_list(text: str) -> list[str]:
 def add_cluster_arguments(parser) -> None:
     """Register the executor, Slurm, stage-selection and plan options on `parser`."""
     group = parser.add_argument_group("cluster (docs/cluster.md)")
-    group.add_argument("--executor", choices=("local", "slurm"), default="local",
-                       help="local worker processes (default) or one Slurm job per stage")
+    group.add_argument("--executor", choices=("local", "slurm", "node"), default="local",
+                       help="local worker processes (default); one Slurm job per stage; or one "
+                            "local process per stage on its own GPUs of this node")
     group.add_argument("--slurm-config", default=None, metavar="FILE",
                        help="TOML file of Slurm settings (keys as the flags below, with _)")
     group.add_argument("--partition", default=None)
@@ -50,7 +51,8 @@ def slurm_options(args):
 
 
 def reproduce_elsewhere(args) -> int:
-    """``--plan``: print the plan. ``--executor slurm``: run the graph as Slurm jobs."""
+    """``--plan``: print the plan. ``--executor slurm|node``: run the graph as Slurm jobs or as
+    local processes with their own GPUs."""
     from pdeinf.pipeline.common import as_profile
 
     profile = as_profile(args.profile)
@@ -59,18 +61,19 @@ def reproduce_elsewhere(args) -> int:
 
         print(format_plan(plan(profile, stages=args.stages)))
         return 0
-    if args.executor != "slurm":
-        raise InputError("--stages: only with --executor slurm or --plan")
+    if args.executor == "local":
+        raise InputError("--stages: only with --executor slurm, --executor node or --plan")
     from pdeinf.pipeline.slurm import StageFailed, reproduce_slurm
 
     options = slurm_options(args)
     try:
         results = reproduce_slurm(profile, options, notebooks=args.notebooks,
                                   only_pipeline=args.only_pipeline, stages=args.stages,
-                                  progress=not args.no_progress)
+                                  progress=not args.no_progress, executor=args.executor)
     except StageFailed:
         return 1  # each failed job was already named on stderr, with its log
     ran = sum(r.status == "ok" for r in results)
     cached = sum(r.status == "cached" for r in results)
-    print(f"pdeinf reproduce --executor slurm: {ran} job(s) ran, {cached} stage(s) current")
+    print(f"pdeinf reproduce --executor {args.executor}: {ran} job(s) ran, {cached} stage(s) "
+          "current")
     return 0

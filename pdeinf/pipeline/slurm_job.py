@@ -36,14 +36,15 @@ class StageJob(submitit.helpers.Checkpointable):
 
     def __call__(self) -> float:
         os.environ.update(self.environment)
+        sys.stderr.flush()
+        os.dup2(sys.stdout.fileno(), sys.stderr.fileno())  # one log per job, also run locally
         os.environ["OMP_NUM_THREADS"] = str(self.threads)
         import torch
 
         torch.set_num_threads(self.threads)
-        job = os.environ.get("SLURM_JOB_ID", "?")
+        job = submitit.JobEnvironment().job_id
         restarts = os.environ.get("SLURM_RESTART_COUNT", "0")
-        print(f"[pdeinf] stage {self.task.name!r} in Slurm job {job} (restart {restarts})",
-              flush=True)
+        print(f"[pdeinf] stage {self.task.name!r} in job {job} (restart {restarts})", flush=True)
         for line in resume_notes(self.task):
             print(f"[pdeinf] {line}", flush=True)
         start = time.perf_counter()
@@ -58,7 +59,7 @@ class StageJob(submitit.helpers.Checkpointable):
     def _torchrun(self) -> None:
         """The stage function on `nproc` ranks of this node (DDP training, sharded sweeps)."""
         folder = Path(os.environ.get("PDEINF_SLURM_LOGS", "."))
-        path = folder / f"{os.environ.get('SLURM_JOB_ID', os.getpid())}_task.pkl"
+        path = folder / f"{submitit.JobEnvironment().job_id}_task.pkl"
         path.write_bytes(pickle.dumps(self.task))
         torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
         cmd = [torchrun, "--standalone", f"--nproc_per_node={self.nproc}",
