@@ -41,7 +41,7 @@ def install() -> None:
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     for cmd in (["apt-get", "update", "-q"],
                 ["apt-get", "install", "-y", "-q", "--no-install-recommends", *PACKAGES]):
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, check=False)
         if done.returncode != 0:
             raise ClusterError(f"{' '.join(cmd)} failed ({done.returncode}): "
                                f"{(done.stderr or done.stdout).strip()[-2000:]}")
@@ -95,7 +95,8 @@ class Cluster:
 
     def run(self, *cmd: str, check: bool = True) -> str:
         """A Slurm client command against this cluster; its stdout."""
-        done = subprocess.run(list(cmd), env=self.env, capture_output=True, text=True, timeout=60)
+        done = subprocess.run(list(cmd), env=self.env, capture_output=True, text=True, timeout=60,
+                              check=False)
         if check and done.returncode != 0:
             raise ClusterError(f"{' '.join(cmd)}: {done.stderr.strip()}")
         return done.stdout

@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
+import slurm_cluster
 import torch
 import xarray as xr
 
-import slurm_cluster
 from pdeinf import paths
 from pdeinf.config import get_profile
 from pdeinf.errors import InputError
@@ -25,7 +25,13 @@ from pdeinf.pipeline.common import final_epoch, run_dir
 from pdeinf.pipeline.notebooks import list_notebooks
 from pdeinf.pipeline.reproduce import run_notebooks, stage_tasks
 from pdeinf.pipeline.schedule import run_tasks
-from pdeinf.pipeline.slurm import SlurmOptions, StageFailed, load_options, reproduce_slurm, select_stages
+from pdeinf.pipeline.slurm import (
+    SlurmOptions,
+    StageFailed,
+    load_options,
+    reproduce_slurm,
+    select_stages,
+)
 from pdeinf.pipeline.slurm_job import completed_epochs
 from pdeinf.pipeline.training import ensure_training
 

@@ -297,7 +297,7 @@ def format_plan(result: dict) -> str:
         lines.append(f"  {pde}-{model}: {cost.parameters:,} parameters, one pass "
                      f"{cost.pass_seconds * 1e3:.3g} ms on {os.cpu_count()} core(s), "
                      f"activations {_size(cost.activation_bytes)}")
-    lines += ["", f"GPU-hours: this machine's time / {GPU_SPEEDUP:g} (a stated GPU speed-up); "
-              "CPU-hours: this machine's core-hours; total peak memory: the largest stage's.",
+    lines += ["", (f"GPU-hours: this machine's time / {GPU_SPEEDUP:g} (a stated GPU speed-up); "
+                   "CPU-hours: this machine's core-hours; total peak memory: the largest stage's."),
               "Laws and constants: pdeinf/pipeline/planner.py and docs/cluster.md."]
     return "\n".join(lines)

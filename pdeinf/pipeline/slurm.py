@@ -200,7 +200,11 @@ def is_current(profile, task: Task, key: str) -> bool:
     import json
 
     if task.fn is run_notebook_stage:
-        from pdeinf.pipeline.notebooks import _executed_is_current, list_notebooks, notebook_cache_key
+        from pdeinf.pipeline.notebooks import (
+            _executed_is_current,
+            list_notebooks,
+            notebook_cache_key,
+        )
 
         nb = list_notebooks([task.args[1]])[0]
         return _executed_is_current(nb, notebook_cache_key(nb, profile))
@@ -216,7 +220,7 @@ def _squeue_states(job_ids: Sequence[str]) -> dict[str, str]:
     if not job_ids:
         return {}
     done = subprocess.run(["squeue", "-h", "-o", "%i %T", "-j", ",".join(job_ids)],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, check=False)
     states = {}
     for line in done.stdout.splitlines():
         parts = line.split()
@@ -285,9 +289,10 @@ class SlurmRun:
         options = self.options
         executor = submitit.SlurmExecutor(folder=self.logs, max_num_timeout=options.max_requeues,
                                           python=sys.executable)
-        parameters = dict(job_name=f"pdeinf-{task.name}".replace(" ", "-"),
-                          time=options.time_minutes, cpus_per_task=options.cpus_per_task,
-                          stderr_to_stdout=True, additional_parameters=options.extra_parameters())
+        parameters = {"job_name": f"pdeinf-{task.name}".replace(" ", "-"),
+                      "time": options.time_minutes, "cpus_per_task": options.cpus_per_task,
+                      "stderr_to_stdout": True,
+                      "additional_parameters": options.extra_parameters()}
         gpus = options.gpus_for(task.name)
         if gpus:
             parameters["gpus_per_node"] = gpus
