@@ -1,7 +1,7 @@
 """`pdeinf reproduce --executor slurm` against a real single-node Slurm on localhost (installed
 with apt-get where missing, started and stopped by `slurm_cluster`): a part of the smoke graph
 (data, the CE-UNet training run and its sweep, notebook 01) through Slurm gives the same outputs
-as the local run; a rerun submits nothing; a training job signalled as preempted is requeued and
+as the local run, and so does `--executor node` for its training run; a rerun submits nothing; a training job signalled as preempted is requeued and
 resumes from its checkpoint, ending with the same weights as an uninterrupted run; a failing
 stage leaves its dependents unsubmitted and names its job and log in one line."""
 from __future__ import annotations
@@ -135,6 +135,13 @@ def test_smoke_through_slurm_equals_local_and_rerun_submits_nothing(cluster, hom
     rerun = reproduce_slurm(SMOKE, OPTIONS, notebooks=[NOTEBOOK], stages=STAGES, progress=False,
                             on_submit=again.__setitem__)
     assert again == {} and {r.status for r in rerun} == {"cached"}
+
+    node = home("node")  # the same jobs as local processes, no scheduler
+    ran = reproduce_slurm(SMOKE, OPTIONS, only_pipeline=True, stages=["training CE-unet"],
+                          progress=False, executor="node")
+    assert [r.status for r in ran] == ["ok", "ok"]
+    for ckpt in mine["checkpoints"]:
+        _assert_same_weights(local / "results" / ckpt, node / "results" / ckpt)
 
 
 def _wait_for(condition, timeout: float, what: str) -> None:

@@ -1,27 +1,30 @@
 """`pdeinf reproduce --plan`: what each stage of a profile will cost, before running anything.
 
-The unit of work is a *pass*: one forward and backward pass (and optimizer update) of the
-profile's model on one example at the profile's resolution. Its time is measured here, at
-start-up (`measure`, a few seconds): the profile's own models (so their parameter counts are
-exact) on a few examples at a small resolution (at most 32x32), scaled to the profile's
-resolution by the number of pixels. Each stage is then a number of passes:
+The law: a pass (forward and backward, one optimizer update) of a model over B examples takes
+``a + B x F / R`` seconds, where F is the floating-point operations of one example's pass (counted
+by torch's FlopCounterMode for the profile's model at the profile's resolution on the meta
+device, nothing computed: for these models about parameters x pixels), R the FLOP/s of this
+machine (a timed 3x3 convolution) and a the per-call overhead (the smoke-size model timed on two
+16x16 examples, less its FLOPs). All of it takes a few seconds. Each stage is then a number of
+passes, and a fixed `STAGE_FLOPS` (reading data and checkpoints, writing results):
 
 =================  =============================================================================
 stage              passes (law)
 =================  =============================================================================
-training           seeds x epochs x (training transitions + `VALIDATION` x validation transitions)
+training           seeds x epochs x (one pass per batch + `VALIDATION` x a forward pass on validation)
 influence          sweep tasks x N x `SWEEP_PASSES` (N = 48 examples: 3 classes x 16 times)
 seed-paper         tasks x N x `SWEEP_PASSES` (subspace) or x `KRYLOV_MATVECS` (full-space)
 symmetry           seeds x batches x group elements x N x `SWEEP_PASSES` x orbit epochs
 estimator study    seeds x N x `SWEEP_PASSES` x (lambdas + rtols x `KRYLOV_MATVECS`)
 rollouts           seeds x test trajectories x 16 steps x `FORWARD`
 interventions      like training (recipe runs) and influence (their sweeps)
-data               trajectories x solver cells x solver steps (CFL: steps ~ resolution), `DATA_SECONDS`
+data               trajectories x solver cells x solver steps (CFL: steps ~ resolution) x `DATA_FLOPS`
 notebooks          `NOTEBOOK_SECONDS` each (CPU)
 =================  =============================================================================
 
-The constants were fitted to the stage times of the smoke profile measured on a 2-core CPU; the
-test suite checks the estimate against measured stage times of a larger profile. GPU-hours
+The constants were fitted to the stage times of the smoke profile's CE-UNet stages on a 2-core
+CPU; the test suite checks the estimate against the measured stage times of a profile of other
+sizes (tests/test_planner.py). GPU-hours
 assume a GPU does a pass `GPU_SPEEDUP` times faster than this machine's cores (stated, not
 measured: no GPU was measured); CPU-hours are this machine's core-hours. Peak memory is the
 model state (weights, gradients, two Adam moments) plus the activations of one batch (training)
@@ -45,18 +48,23 @@ GPU_SPEEDUP = 50.0
 #: one validation forward pass, in passes
 VALIDATION = 0.35
 #: one forward-only pass (rollouts), in passes
-FORWARD = 0.35
+FORWARD = 1.0
 #: passes per example of one subspace influence matrix (per-example gradients, the metric
 #: and bra passes of every variant)
-SWEEP_PASSES = 12.0
+SWEEP_PASSES = 30.0
 #: operator applications of a full-space Krylov solve at the seed paper's tolerances
 KRYLOV_MATVECS = 60.0
 #: seconds of a notebook run (kernel start, plotting)
 NOTEBOOK_SECONDS = 15.0
-#: seconds per trajectory per solver cell per solver step (CPU, this machine's kind)
-DATA_SECONDS = 4e-8
-#: fixed seconds of any stage (imports, reading data and checkpoints)
-STAGE_SECONDS = 1.0
+#: floating-point operations per solver cell and step (finite volumes, Riemann solves)
+DATA_FLOPS = 1.3e4
+#: fixed cost of any stage (imports, reading data and checkpoints, writing results), in
+#: floating-point operations at the measured rate (about 0.5 s at 20 GFLOP/s)
+STAGE_FLOPS = 1e10
+#: resolution of the timed passes (the smoke-size models)
+MEASURE_RESOLUTION = 16
+#: examples per vmapped call of the influence stages
+CHUNK = 8
 #: examples per influence batch (3 classes x 16 times)
 BATCH_EXAMPLES = 48
 BYTES = 4  # float32
@@ -65,12 +73,18 @@ _PAIR = re.compile(r"(CE|NS)-(unet|vit)$")
 
 @dataclass(frozen=True)
 class ModelCost:
-    """Measured: seconds of one pass and activation bytes of one example, at the profile's
-    resolution (scaled from the measured resolution by pixels); the parameter count."""
+    """One pass of the profile's model: `call_seconds` per call (batch-independent overhead)
+    plus `example_seconds` per example, at the profile's size and resolution; activation bytes
+    of one example; the parameter count."""
 
     parameters: int
-    pass_seconds: float
+    call_seconds: float
+    example_seconds: float
     activation_bytes: float
+
+    def seconds(self, calls: float, examples: float) -> float:
+        """Time of `calls` passes over `examples` examples in all."""
+        return calls * self.call_seconds + examples * self.example_seconds
 
 
 @dataclass(frozen=True)
@@ -90,45 +104,94 @@ class StagePlan:
         return self.seconds * (os.cpu_count() or 1) / 3600
 
 
-def _measure_model(profile, pde: str, model: str, *, examples: int = 8, repeats: int = 2) -> ModelCost:
-    """Time forward + backward + an AdamW step of the profile's model on `examples` examples
-    at min(resolution, 32) (best of `repeats`) and count the bytes autograd saves."""
-    import torch
-
+def _build(profile, pde: str, model: str, resolution: int, size: str):
     from pdeinf.models import build
 
-    resolution = min(profile.resolution, 32)
-    channels = PDE_SPECS[pde].channels
+    return build(model, channels=PDE_SPECS[pde].channels, resolution=resolution, size=size,
+                 variant=profile.model_variant, residual=profile.residual)
+
+
+def pass_flops(profile, pde: str, model: str, resolution: int, size: str) -> tuple[float, int]:
+    """Floating-point operations of a forward and backward pass on one example (counted by
+    torch's FlopCounterMode on the meta device: nothing is computed), and the parameters."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        net = _build(profile, pde, model, resolution, size)
+        x = torch.empty(1, PDE_SPECS[pde].channels, resolution, resolution)
+    with FlopCounterMode(display=False) as counter:
+        net(x).sum().backward()
+    return float(counter.get_total_flops()), sum(p.numel() for p in net.parameters())
+
+
+def _best_time(step, repeats: int) -> float:
+    """Best wall time of `step()` over `repeats` calls, after one warm-up call: the machine's
+    own speed, the least disturbed by whatever else runs on it."""
+    step()
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def flop_rate(repeats: int = 5) -> float:
+    """This machine's FLOP/s on a forward and backward 3x3 convolution (32 channels, 8 x 32x32)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    conv = torch.nn.Conv2d(32, 32, 3, padding=1)
+    x = torch.randn(8, 32, 32, 32)
+
+    def step():
+        conv.zero_grad()
+        conv(x).square().sum().backward()
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops() / _best_time(step, repeats)
+
+
+def _measure_model(profile, pde: str, model: str, rate: float, *, repeats: int = 5) -> ModelCost:
+    """The per-call time of the smoke-size `model` (two examples at 16x16, less their FLOPs at
+    `rate`), the FLOPs of the profile's model per example at `rate`, and the activation bytes
+    autograd saves for one example of the profile's model (those of the smoke-size model at
+    16x16 scaled by pixels x the square root of the parameter ratio)."""
+    import torch
+
     torch.manual_seed(0)
-    net = build(model, channels=channels, resolution=resolution, size=profile.model_size,
-                variant=profile.model_variant, residual=profile.residual)
+    net = _build(profile, pde, model, MEASURE_RESOLUTION, "smoke")
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
-    x = torch.randn(examples, channels, resolution, resolution)
+    x = torch.randn(2, PDE_SPECS[pde].channels, MEASURE_RESOLUTION, MEASURE_RESOLUTION)
     saved = [0]
 
     def pack(tensor):
         saved[0] += tensor.numel() * tensor.element_size()
         return tensor
 
-    best = math.inf
-    for repeat in range(repeats + 1):
+    def step():
         saved[0] = 0
-        start = time.perf_counter()
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             loss = (net(x) - x).square().mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        if repeat:  # the first call warms caches up
-            best = min(best, time.perf_counter() - start)
-    scale = (profile.resolution / resolution) ** 2
-    return ModelCost(sum(p.numel() for p in net.parameters()), best / examples * scale,
-                     saved[0] / examples * scale)
+
+    seconds = _best_time(step, repeats)
+    small, reference = pass_flops(profile, pde, model, MEASURE_RESOLUTION, "smoke")
+    flops, parameters = pass_flops(profile, pde, model, profile.resolution, profile.model_size)
+    pixels = (profile.resolution / MEASURE_RESOLUTION) ** 2
+    activations = saved[0] / 2 * pixels * math.sqrt(parameters / reference)
+    return ModelCost(parameters, max(seconds - 2 * small / rate, 0.0), flops / rate, activations)
 
 
-def measure(profile, pairs=None) -> dict[tuple[str, str], ModelCost]:
-    """`ModelCost` of the (PDE, model) `pairs` (default: every pair of the profile)."""
-    return {(p, m): _measure_model(profile, p, m) for p, m in (pairs or profile.pairs())}
+def measure(profile, pairs=None, rate: float | None = None) -> dict[tuple[str, str], ModelCost]:
+    """`ModelCost` of the (PDE, model) `pairs` (default: every pair of the profile) at `rate`
+    FLOP/s (default: `flop_rate()`)."""
+    rate = flop_rate() if rate is None else rate
+    return {(p, m): _measure_model(profile, p, m, rate) for p, m in (pairs or profile.pairs())}
 
 
 def _stage_pair(profile, stage: str) -> tuple[str, str]:
@@ -142,68 +205,75 @@ def _transitions(profile, fraction: float) -> int:
     return 3 * max(1, round(profile.n_trajectories * fraction)) * (profile.t_max - 1)
 
 
-def training_passes(profile, pde: str) -> float:
-    """Passes of one training run (one seed)."""
-    epochs = profile.epochs[pde]
+def training_seconds(profile, pde: str, cost: ModelCost) -> float:
+    """One training run (one seed): per epoch a pass per batch over the training transitions,
+    and a forward pass over the validation transitions (batches of 256)."""
     train, val = _transitions(profile, profile.split[0]), _transitions(profile, profile.split[1])
-    return epochs * (train + VALIDATION * val)
+    epoch = (cost.seconds(math.ceil(train / profile.batch_size), train)
+             + VALIDATION * cost.seconds(math.ceil(val / 256), val))
+    return profile.epochs[pde] * epoch
+
+
+def matrix_seconds(cost: ModelCost, passes: float) -> float:
+    """One influence matrix of N examples: `passes` passes per example, in chunks of 8."""
+    return passes * cost.seconds(BATCH_EXAMPLES / CHUNK, BATCH_EXAMPLES)
 
 
 def _sweep_tasks(profile, pde: str) -> int:
     return len(profile.seeds) * len(profile.checkpoints[pde]) * profile.n_influence_batches
 
 
-def _seed_paper_passes(profile, model: str) -> float:
-    per_example = SWEEP_PASSES if profile.seed_paper_estimator == "subspace" else KRYLOV_MATVECS
-    return len(profile.seeds) * profile.seed_paper_batches * BATCH_EXAMPLES * per_example
+def _seed_paper_matrices(profile) -> float:
+    per_task = 1.0 if profile.seed_paper_estimator == "subspace" else KRYLOV_MATVECS / SWEEP_PASSES
+    return len(profile.seeds) * profile.seed_paper_batches * per_task
 
 
-def _symmetry_passes(profile, pde: str) -> float:
+def _symmetry_matrices(profile, pde: str) -> float:
     elements = 8 + 2 * len(profile.symmetry_shifts)
     epochs = len(profile.symmetry_orbit_epochs or profile.checkpoints[pde])
-    return (len(profile.seeds) * profile.symmetry_batches * BATCH_EXAMPLES
-            * (elements + epochs) * SWEEP_PASSES)
+    return len(profile.seeds) * profile.symmetry_batches * (elements + epochs)
 
 
-def _estimator_passes(profile) -> float:
-    solves = len(profile.estimator_lambdas) + len(profile.estimator_rtols) * KRYLOV_MATVECS
-    return len(profile.seeds) * BATCH_EXAMPLES * SWEEP_PASSES * solves / 3
+def _estimator_matrices(profile) -> float:
+    solves = len(profile.estimator_lambdas) + len(profile.estimator_rtols) * KRYLOV_MATVECS / SWEEP_PASSES
+    return len(profile.seeds) * solves / 3  # the study's stated subset: 16 of 48 examples
 
 
-def _rollout_passes(profile) -> float:
+def rollout_seconds(profile, cost: ModelCost) -> float:
+    """Every test trajectory rolled out 16 steps, one batch per step and seed (forward only)."""
     test = 3 * max(1, round(profile.n_trajectories * profile.split[2]))
-    return len(profile.seeds) * test * (profile.t_max - 1) * FORWARD
+    return len(profile.seeds) * (profile.t_max - 1) * FORWARD * cost.seconds(1, test)
 
 
 def _recipe_batches(profile) -> int:
     return profile.recipe_batches or profile.n_influence_batches
 
 
-def stage_passes(profile, stage: str, pde: str) -> float:
-    """Passes of a model stage (see the module's table); 0 for data and notebooks."""
+def stage_seconds(profile, stage: str, pde: str, cost: ModelCost) -> float:
+    """This machine's time of a model stage (see the module's table), without `STAGE_FLOPS`."""
     seeds = len(profile.seeds)
     if stage.startswith("training"):
-        return seeds * training_passes(profile, pde)
-    if stage.startswith("influence"):
-        return _sweep_tasks(profile, pde) * BATCH_EXAMPLES * SWEEP_PASSES
-    if stage.startswith("seed-paper"):
-        return _seed_paper_passes(profile, stage)
-    if stage.startswith("symmetry"):
-        return _symmetry_passes(profile, pde)
-    if stage.startswith("estimator"):
-        return _estimator_passes(profile)
+        return seeds * training_seconds(profile, pde, cost)
     if stage.startswith("rollouts"):
-        return _rollout_passes(profile)
-    if stage.startswith(("interventions", "ablation")):
-        tasks = seeds * len(profile.checkpoints[pde]) * _recipe_batches(profile)
-        return tasks * BATCH_EXAMPLES * SWEEP_PASSES + _rollout_passes(profile)
-    return 0.0
+        return rollout_seconds(profile, cost)
+    if stage.startswith("influence"):
+        matrices = _sweep_tasks(profile, pde)
+    elif stage.startswith("seed-paper"):
+        matrices = _seed_paper_matrices(profile)
+    elif stage.startswith("symmetry"):
+        matrices = _symmetry_matrices(profile, pde)
+    elif stage.startswith("estimator"):
+        matrices = _estimator_matrices(profile)
+    else:  # interventions, ablation: sweeps and rollouts of their runs
+        matrices = seeds * len(profile.checkpoints[pde]) * _recipe_batches(profile)
+        return matrix_seconds(cost, SWEEP_PASSES) * matrices + rollout_seconds(profile, cost)
+    return matrix_seconds(cost, SWEEP_PASSES) * matrices
 
 
-def data_seconds(profile) -> float:
+def data_seconds(profile, rate: float) -> float:
     """Solver time of every trajectory of the profile: cells x steps, steps ~ resolution."""
     trajectories = 3 * len(profile.pdes) * profile.n_trajectories
-    return trajectories * profile.solver_resolution ** 3 * profile.t_max * DATA_SECONDS
+    return trajectories * profile.solver_resolution ** 3 * profile.t_max * DATA_FLOPS / rate
 
 
 def data_bytes(profile) -> float:
@@ -235,17 +305,17 @@ def _output(profile, stage: str, pde: str, cost: ModelCost) -> float:
     return seeds * matrices * 4
 
 
-def plan_stage(profile, stage: str, costs: dict) -> StagePlan:
+def plan_stage(profile, stage: str, costs: dict, rate: float) -> StagePlan:
     """The plan of one stage (by its name in the stage graph)."""
     if stage == "data":
-        return StagePlan(stage, STAGE_SECONDS + data_seconds(profile), False,
+        return StagePlan(stage, STAGE_FLOPS / rate + data_seconds(profile, rate), False,
                          4 * profile.solver_resolution ** 2 * 5 * 8 * profile.t_max,
                          data_bytes(profile))
     if stage.startswith("notebook"):
         return StagePlan(stage, NOTEBOOK_SECONDS, False, 2 ** 30, 2 ** 20)
     pde, model = _stage_pair(profile, stage)
     cost = costs[pde, model]
-    seconds = STAGE_SECONDS + stage_passes(profile, stage, pde) * cost.pass_seconds
+    seconds = STAGE_FLOPS / rate + stage_seconds(profile, stage, pde, cost)
     return StagePlan(stage, seconds, True, _memory(profile, stage, cost),
                      _output(profile, stage, pde, cost))
 
@@ -263,11 +333,12 @@ def plan(profile, *, stages: Sequence[str] | None = None, notebooks: bool = True
     tasks = select_stages(stage_tasks(profile, progress=False), stages)
     if notebooks and stages is None:
         tasks += notebook_tasks(profile, list_notebooks(), [])
+    rate = flop_rate()
     if costs is None:
         model_stages = [t.name for t in tasks if t.name != "data" and not t.name.startswith("notebook")]
-        costs = measure(profile, sorted({_stage_pair(profile, n) for n in model_stages}))
-    rows = [plan_stage(profile, t.name, costs) for t in tasks]
-    return {"profile": profile.name, "stages": rows, "costs": costs}
+        costs = measure(profile, sorted({_stage_pair(profile, n) for n in model_stages}), rate)
+    rows = [plan_stage(profile, t.name, costs, rate) for t in tasks]
+    return {"profile": profile.name, "stages": rows, "costs": costs, "rate": rate}
 
 
 def _size(value: float) -> str:
@@ -292,11 +363,13 @@ def format_plan(result: dict) -> str:
                  f"{sum(r.cpu_hours for r in rows):9.3g}  "
                  f"{_size(max(r.peak_memory for r in rows)):>9}  "
                  f"{_size(sum(r.output for r in rows)):>9}")
-    lines += ["", "measured here (per example at the profile's resolution):"]
+    lines += ["", (f"measured here: {result['rate'] / 1e9:.3g} GFLOP/s on {os.cpu_count()} "
+                   "core(s); per (PDE, model) at the profile's size and resolution:")]
     for (pde, model), cost in result["costs"].items():
-        lines.append(f"  {pde}-{model}: {cost.parameters:,} parameters, one pass "
-                     f"{cost.pass_seconds * 1e3:.3g} ms on {os.cpu_count()} core(s), "
-                     f"activations {_size(cost.activation_bytes)}")
+        lines.append(f"  {pde}-{model}: {cost.parameters:,} parameters, a pass "
+                     f"{cost.call_seconds * 1e3:.3g} ms + {cost.example_seconds * 1e3:.3g} ms "
+                     f"per example on {os.cpu_count()} core(s), activations "
+                     f"{_size(cost.activation_bytes)} per example")
     lines += ["", (f"GPU-hours: this machine's time / {GPU_SPEEDUP:g} (a stated GPU speed-up); "
                    "CPU-hours: this machine's core-hours; total peak memory: the largest stage's."),
               "Laws and constants: pdeinf/pipeline/planner.py and docs/cluster.md."]
