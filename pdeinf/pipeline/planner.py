@@ -11,7 +11,7 @@ passes, and a fixed `STAGE_FLOPS` (reading data and checkpoints, writing results
 =================  =============================================================================
 stage              passes (law)
 =================  =============================================================================
-training           seeds x epochs x (one pass per batch + `VALIDATION` x a forward pass on validation)
+training           seeds x epochs x (a pass per batch + `VALIDATION` x validation) x `TRAINING_PASSES`
 influence          sweep tasks x N x `SWEEP_PASSES` (N = 48 examples: 3 classes x 16 times)
 seed-paper         tasks x N x `SWEEP_PASSES` (subspace) or x `KRYLOV_MATVECS` (full-space)
 symmetry           seeds x batches x group elements x N x `SWEEP_PASSES` x orbit epochs
@@ -45,10 +45,13 @@ from pdeinf.config import PDE_SPECS
 
 #: stated: a data-centre GPU does a pass this many times faster than this machine's cores
 GPU_SPEEDUP = 50.0
+#: the training loop's time per timed pass: per step the loss reductions, finiteness check and
+#: progress; per epoch the validation and the checkpoint and resume writes
+TRAINING_PASSES = 1.6
 #: one validation forward pass, in passes
 VALIDATION = 0.35
 #: one forward-only pass (rollouts), in passes
-FORWARD = 1.0
+FORWARD = 0.35
 #: passes per example of one subspace influence matrix (per-example gradients, the metric
 #: and bra passes of every variant)
 SWEEP_PASSES = 30.0
@@ -211,7 +214,7 @@ def training_seconds(profile, pde: str, cost: ModelCost) -> float:
     train, val = _transitions(profile, profile.split[0]), _transitions(profile, profile.split[1])
     epoch = (cost.seconds(math.ceil(train / profile.batch_size), train)
              + VALIDATION * cost.seconds(math.ceil(val / 256), val))
-    return profile.epochs[pde] * epoch
+    return profile.epochs[pde] * epoch * TRAINING_PASSES
 
 
 def matrix_seconds(cost: ModelCost, passes: float) -> float:
