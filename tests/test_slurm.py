@@ -213,7 +213,7 @@ def test_failing_stage_leaves_dependents_unsubmitted(cluster, home, capsys):
     log = Path(message.rsplit("log: ", 1)[1])
     assert log.is_file() and "Invalid learning rate: nan" in log.read_text()
     assert message in capsys.readouterr().err
-    assert not cluster.run("squeue", "-h").strip(), "jobs left in the queue"
+    _wait_for(lambda: not cluster.run("squeue", "-h").strip(), 60, "an empty queue")
 
 
 def test_options_from_file_and_flags(tmp_path):
