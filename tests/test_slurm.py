@@ -19,6 +19,7 @@ import torch
 import xarray as xr
 
 from pdeinf import paths
+from pdeinf.cli import main
 from pdeinf.config import get_profile
 from pdeinf.errors import InputError
 from pdeinf.pipeline.common import final_epoch, run_dir
@@ -231,3 +232,19 @@ def test_options_from_file_and_flags(tmp_path):
         load_options(None, cpus_per_task=0)
     with pytest.raises(InputError, match="unknown stage"):
         select_stages(stage_tasks(SMOKE, progress=False), ["training XX"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--stages", "training CE-unet"], "--stages: only with"),
+    (["--executor", "slurm", "--slurm-config", "missing.toml"], "cannot read missing.toml"),
+    (["--executor", "slurm", "--cpus-per-task", "0"], "cpus_per_task"),
+    (["--executor", "slurm", "--stages", "training XX-unet"], "unknown stage"),
+    (["--executor", "node", "--gpus-per-task", "64"], "64 GPU(s) per stage"),
+])
+def test_cli_refuses_bad_cluster_arguments_before_work(argv, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PDEINF_HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    assert main(["reproduce", "--profile", "smoke", "--only-pipeline", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "results" / "slurm").exists()

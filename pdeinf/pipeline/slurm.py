@@ -416,6 +416,8 @@ def reproduce_slurm(profile, options: SlurmOptions, *, notebooks=None, only_pipe
     from pdeinf.pipeline.notebooks import list_notebooks
 
     profile = as_profile(profile)
+    selected = [] if only_pipeline else list_notebooks(notebooks)
+    tasks = slurm_graph(profile, notebooks=selected, stages=stages)
     if executor == "slurm":
         check_slurm()
         run_class = SlurmRun
@@ -423,8 +425,6 @@ def reproduce_slurm(profile, options: SlurmOptions, *, notebooks=None, only_pipe
         from pdeinf.pipeline.node import NodeRun as run_class
     else:
         raise InputError(f"executor: expected 'slurm' or 'node', got {executor!r}")
-    selected = [] if only_pipeline else list_notebooks(notebooks)
-    tasks = slurm_graph(profile, notebooks=selected, stages=stages)
     check_writable(paths.results_dir(), "PDEINF_HOME/results")
     began = time.perf_counter()
     with results_lock(paths.results_dir()):
