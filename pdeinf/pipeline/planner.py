@@ -6,7 +6,7 @@ by torch's FlopCounterMode for the profile's model at the profile's resolution o
 device, nothing computed: for these models about parameters x pixels), R the FLOP/s of this
 machine (a timed 3x3 convolution) and a the per-call overhead (the smoke-size model timed on two
 16x16 examples, less its FLOPs). All of it takes a few seconds. Each stage is then a number of
-passes, and a fixed `STAGE_FLOPS` (reading data and checkpoints, writing results):
+passes, plus `STAGE_TICKS` ticks (reading data and checkpoints, writing results):
 
 =================  =============================================================================
 stage              passes (law)
@@ -18,7 +18,7 @@ symmetry           seeds x batches x group elements x N x `SWEEP_PASSES` x orbit
 estimator study    seeds x N x `SWEEP_PASSES` x (lambdas + rtols x `KRYLOV_MATVECS`)
 rollouts           seeds x test trajectories x 16 steps x `FORWARD`
 interventions      like training (recipe runs) and influence (their sweeps)
-data               trajectories x solver cells x solver steps (CFL: steps ~ resolution) x `DATA_FLOPS`
+data               trajectories x solver cells x snapshots x `DATA_TICKS` ticks
 notebooks          `NOTEBOOK_SECONDS` each (CPU)
 =================  =============================================================================
 
@@ -41,7 +41,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pdeinf.config import PDE_SPECS
+from pdeinf.config import PDE_SPECS, get_profile
 
 #: stated: a data-centre GPU does a pass this many times faster than this machine's cores
 GPU_SPEEDUP = 50.0
@@ -59,11 +59,12 @@ SWEEP_PASSES = 30.0
 KRYLOV_MATVECS = 60.0
 #: seconds of a notebook run (kernel start, plotting)
 NOTEBOOK_SECONDS = 15.0
-#: floating-point operations per solver cell and step (finite volumes, Riemann solves)
-DATA_FLOPS = 1.3e4
-#: fixed cost of any stage (imports, reading data and checkpoints, writing results), in
-#: floating-point operations at the measured rate (about 0.5 s at 20 GFLOP/s)
-STAGE_FLOPS = 1e10
+#: time per trajectory, solver cell and snapshot of the data generation, in ticks
+DATA_TICKS = 3e-5
+#: fixed cost of any stage (imports, reading data and checkpoints, writing results), in ticks
+#: (a tick: the measured time of one training pass of the smoke-size CE-UNet on two examples,
+#: this machine's speed at Python-bound work)
+STAGE_TICKS = 15.0
 #: resolution of the timed passes (the smoke-size models)
 MEASURE_RESOLUTION = 16
 #: examples per vmapped call of the influence stages
@@ -253,7 +254,7 @@ def _recipe_batches(profile) -> int:
 
 
 def stage_seconds(profile, stage: str, pde: str, cost: ModelCost) -> float:
-    """This machine's time of a model stage (see the module's table), without `STAGE_FLOPS`."""
+    """This machine's time of a model stage (see the module's table), without `STAGE_TICKS`."""
     seeds = len(profile.seeds)
     if stage.startswith("training"):
         return seeds * training_seconds(profile, pde, cost)
@@ -273,10 +274,10 @@ def stage_seconds(profile, stage: str, pde: str, cost: ModelCost) -> float:
     return matrix_seconds(cost, SWEEP_PASSES) * matrices
 
 
-def data_seconds(profile, rate: float) -> float:
+def data_seconds(profile, tick: float) -> float:
     """Solver time of every trajectory of the profile: cells x steps, steps ~ resolution."""
     trajectories = 3 * len(profile.pdes) * profile.n_trajectories
-    return trajectories * profile.solver_resolution ** 3 * profile.t_max * DATA_FLOPS / rate
+    return trajectories * profile.solver_resolution ** 3 * profile.t_max * DATA_TICKS * tick
 
 
 def data_bytes(profile) -> float:
@@ -308,17 +309,17 @@ def _output(profile, stage: str, pde: str, cost: ModelCost) -> float:
     return seeds * matrices * 4
 
 
-def plan_stage(profile, stage: str, costs: dict, rate: float) -> StagePlan:
+def plan_stage(profile, stage: str, costs: dict, tick: float) -> StagePlan:
     """The plan of one stage (by its name in the stage graph)."""
     if stage == "data":
-        return StagePlan(stage, STAGE_FLOPS / rate + data_seconds(profile, rate), False,
+        return StagePlan(stage, STAGE_TICKS * tick + data_seconds(profile, tick), False,
                          4 * profile.solver_resolution ** 2 * 5 * 8 * profile.t_max,
                          data_bytes(profile))
     if stage.startswith("notebook"):
         return StagePlan(stage, NOTEBOOK_SECONDS, False, 2 ** 30, 2 ** 20)
     pde, model = _stage_pair(profile, stage)
     cost = costs[pde, model]
-    seconds = STAGE_FLOPS / rate + stage_seconds(profile, stage, pde, cost)
+    seconds = STAGE_TICKS * tick + stage_seconds(profile, stage, pde, cost)
     return StagePlan(stage, seconds, True, _memory(profile, stage, cost),
                      _output(profile, stage, pde, cost))
 
@@ -340,8 +341,9 @@ def plan(profile, *, stages: Sequence[str] | None = None, notebooks: bool = True
     if costs is None:
         model_stages = [t.name for t in tasks if t.name != "data" and not t.name.startswith("notebook")]
         costs = measure(profile, sorted({_stage_pair(profile, n) for n in model_stages}), rate)
-    rows = [plan_stage(profile, t.name, costs, rate) for t in tasks]
-    return {"profile": profile.name, "stages": rows, "costs": costs, "rate": rate}
+    tick = _measure_model(get_profile("smoke"), "CE", "unet", rate).call_seconds
+    rows = [plan_stage(profile, t.name, costs, tick) for t in tasks]
+    return {"profile": profile.name, "stages": rows, "costs": costs, "rate": rate, "tick": tick}
 
 
 def _size(value: float) -> str:
@@ -367,7 +369,8 @@ def format_plan(result: dict) -> str:
                  f"{_size(max(r.peak_memory for r in rows)):>9}  "
                  f"{_size(sum(r.output for r in rows)):>9}")
     lines += ["", (f"measured here: {result['rate'] / 1e9:.3g} GFLOP/s on {os.cpu_count()} "
-                   "core(s); per (PDE, model) at the profile's size and resolution:")]
+                   f"core(s), a tick {result['tick'] * 1e3:.3g} ms; per (PDE, model) at the "
+                   "profile's size and resolution:")]
     for (pde, model), cost in result["costs"].items():
         lines.append(f"  {pde}-{model}: {cost.parameters:,} parameters, a pass "
                      f"{cost.call_seconds * 1e3:.3g} ms + {cost.example_seconds * 1e3:.3g} ms "
