@@ -47,24 +47,24 @@ from pdeinf.config import PDE_SPECS, get_profile
 GPU_SPEEDUP = 50.0
 #: the training loop's time per timed pass: per step the loss reductions, finiteness check and
 #: progress; per epoch the validation and the checkpoint and resume writes
-TRAINING_PASSES = 1.6
+TRAINING_PASSES = 3.5
 #: one validation forward pass, in passes
 VALIDATION = 0.35
 #: one forward-only pass (rollouts), in passes
 FORWARD = 0.35
 #: passes per example of one subspace influence matrix (per-example gradients, the metric
 #: and bra passes of every variant)
-SWEEP_PASSES = 30.0
+SWEEP_PASSES = 50.0
 #: operator applications of a full-space Krylov solve at the seed paper's tolerances
 KRYLOV_MATVECS = 60.0
 #: seconds of a notebook run (kernel start, plotting)
 NOTEBOOK_SECONDS = 15.0
 #: time per trajectory, solver cell and snapshot of the data generation, in ticks
-DATA_TICKS = 3e-5
+DATA_TICKS = 8e-5
 #: fixed cost of any stage (imports, reading data and checkpoints, writing results), in ticks
 #: (a tick: the measured time of one training pass of the smoke-size CE-UNet on two examples,
 #: this machine's speed at Python-bound work)
-STAGE_TICKS = 15.0
+STAGE_TICKS = 35.0
 #: resolution of the timed passes (the smoke-size models)
 MEASURE_RESOLUTION = 16
 #: examples per vmapped call of the influence stages
@@ -141,7 +141,7 @@ def _best_time(step, repeats: int) -> float:
     return best
 
 
-def flop_rate(repeats: int = 5) -> float:
+def flop_rate(repeats: int = 10) -> float:
     """This machine's FLOP/s on a forward and backward 3x3 convolution (32 channels, 8 x 32x32)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
@@ -158,7 +158,7 @@ def flop_rate(repeats: int = 5) -> float:
     return counter.get_total_flops() / _best_time(step, repeats)
 
 
-def _measure_model(profile, pde: str, model: str, rate: float, *, repeats: int = 5) -> ModelCost:
+def _measure_model(profile, pde: str, model: str, rate: float, *, repeats: int = 20) -> ModelCost:
     """The per-call time of the smoke-size `model` (two examples at 16x16, less their FLOPs at
     `rate`), the FLOPs of the profile's model per example at `rate`, and the activation bytes
     autograd saves for one example of the profile's model (those of the smoke-size model at
