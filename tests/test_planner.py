@@ -31,11 +31,7 @@ def test_estimates_within_a_factor_two_of_measured_stage_times(tmp_path, monkeyp
               on_result=lambda r: measured.__setitem__(r.name, r.seconds))
     assert set(estimate) == set(measured) == set(CHECKED)
     ratios = {name: estimate[name].seconds / measured[name] for name in CHECKED}
-    total = sum(estimate[n].seconds for n in CHECKED) / sum(measured[n] for n in CHECKED)
-    # the total within a factor 2; a single short stage (a few seconds of reading and writing)
-    # follows the load of a shared machine more than the law, within a factor 4
-    assert 0.5 <= total <= 2.0, (total, ratios)
-    assert all(0.25 <= r <= 4.0 for r in ratios.values()), (total, ratios)
+    assert all(0.5 <= r <= 2.0 for r in ratios.values()), ratios
     row = estimate["training CE-unet"]
     assert row.gpu and row.gpu_hours == pytest.approx(row.seconds / GPU_SPEEDUP / 3600)
     assert row.peak_memory > 0 and row.output > 0 and not estimate["data"].gpu

@@ -11,7 +11,8 @@ passes, plus `STAGE_TICKS` ticks (reading data and checkpoints, writing results)
 =================  =============================================================================
 stage              passes (law)
 =================  =============================================================================
-training           seeds x epochs x (a pass per batch + `VALIDATION` x validation) x `TRAINING_PASSES`
+training           seeds x epochs x ((a pass per batch + `VALIDATION` x validation) x
+                   `TRAINING_PASSES` + `EPOCH_TICKS` ticks)
 influence          sweep tasks x N x `SWEEP_PASSES` (N = 48 examples: 3 classes x 16 times)
 seed-paper         tasks x N x `SWEEP_PASSES` (subspace) or x `KRYLOV_MATVECS` (full-space)
 symmetry           seeds x batches x group elements x N x `SWEEP_PASSES` x orbit epochs
@@ -22,8 +23,8 @@ data               trajectories x solver cells x snapshots x `DATA_TICKS` ticks
 notebooks          `NOTEBOOK_SECONDS` each (CPU)
 =================  =============================================================================
 
-The constants were fitted to the stage times of the smoke profile's CE-UNet stages on a 2-core
-CPU; the test suite checks the estimate against the measured stage times of a profile of other
+The constants were fitted to the stage times of small CE-UNet profiles on an otherwise idle 2-core
+CPU (on a busy machine the stages slow down more than the short timings here); the test suite checks the estimate against the measured stage times of a profile of other
 sizes (tests/test_planner.py). GPU-hours
 assume a GPU does a pass `GPU_SPEEDUP` times faster than this machine's cores (stated, not
 measured: no GPU was measured); CPU-hours are this machine's core-hours. Peak memory is the
@@ -47,24 +48,26 @@ from pdeinf.config import PDE_SPECS, get_profile
 GPU_SPEEDUP = 50.0
 #: the training loop's time per timed pass: per step the loss reductions, finiteness check and
 #: progress; per epoch the validation and the checkpoint and resume writes
-TRAINING_PASSES = 3.5
+TRAINING_PASSES = 1.2
+#: per epoch: the validation set-up and the checkpoint and resume writes, in ticks
+EPOCH_TICKS = 2.0
 #: one validation forward pass, in passes
 VALIDATION = 0.35
 #: one forward-only pass (rollouts), in passes
 FORWARD = 0.35
 #: passes per example of one subspace influence matrix (per-example gradients, the metric
 #: and bra passes of every variant)
-SWEEP_PASSES = 50.0
+SWEEP_PASSES = 40.0
 #: operator applications of a full-space Krylov solve at the seed paper's tolerances
 KRYLOV_MATVECS = 60.0
 #: seconds of a notebook run (kernel start, plotting)
 NOTEBOOK_SECONDS = 15.0
 #: time per trajectory, solver cell and snapshot of the data generation, in ticks
-DATA_TICKS = 8e-5
+DATA_TICKS = 2.2e-5
 #: fixed cost of any stage (imports, reading data and checkpoints, writing results), in ticks
 #: (a tick: the measured time of one training pass of the smoke-size CE-UNet on two examples,
 #: this machine's speed at Python-bound work)
-STAGE_TICKS = 35.0
+STAGE_TICKS = 20.0
 #: resolution of the timed passes (the smoke-size models)
 MEASURE_RESOLUTION = 16
 #: examples per vmapped call of the influence stages
@@ -209,13 +212,13 @@ def _transitions(profile, fraction: float) -> int:
     return 3 * max(1, round(profile.n_trajectories * fraction)) * (profile.t_max - 1)
 
 
-def training_seconds(profile, pde: str, cost: ModelCost) -> float:
+def training_seconds(profile, pde: str, cost: ModelCost, tick: float) -> float:
     """One training run (one seed): per epoch a pass per batch over the training transitions,
     and a forward pass over the validation transitions (batches of 256)."""
     train, val = _transitions(profile, profile.split[0]), _transitions(profile, profile.split[1])
     epoch = (cost.seconds(math.ceil(train / profile.batch_size), train)
              + VALIDATION * cost.seconds(math.ceil(val / 256), val))
-    return profile.epochs[pde] * epoch * TRAINING_PASSES
+    return profile.epochs[pde] * (epoch * TRAINING_PASSES + EPOCH_TICKS * tick)
 
 
 def matrix_seconds(cost: ModelCost, passes: float) -> float:
@@ -253,11 +256,11 @@ def _recipe_batches(profile) -> int:
     return profile.recipe_batches or profile.n_influence_batches
 
 
-def stage_seconds(profile, stage: str, pde: str, cost: ModelCost) -> float:
+def stage_seconds(profile, stage: str, pde: str, cost: ModelCost, tick: float) -> float:
     """This machine's time of a model stage (see the module's table), without `STAGE_TICKS`."""
     seeds = len(profile.seeds)
     if stage.startswith("training"):
-        return seeds * training_seconds(profile, pde, cost)
+        return seeds * training_seconds(profile, pde, cost, tick)
     if stage.startswith("rollouts"):
         return rollout_seconds(profile, cost)
     if stage.startswith("influence"):
@@ -319,7 +322,7 @@ def plan_stage(profile, stage: str, costs: dict, tick: float) -> StagePlan:
         return StagePlan(stage, NOTEBOOK_SECONDS, False, 2 ** 30, 2 ** 20)
     pde, model = _stage_pair(profile, stage)
     cost = costs[pde, model]
-    seconds = STAGE_TICKS * tick + stage_seconds(profile, stage, pde, cost)
+    seconds = STAGE_TICKS * tick + stage_seconds(profile, stage, pde, cost, tick)
     return StagePlan(stage, seconds, True, _memory(profile, stage, cost),
                      _output(profile, stage, pde, cost))
 
