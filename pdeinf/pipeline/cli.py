@@ -38,6 +38,10 @@ def _reproduce(args) -> int:
 
     if args.only_pipeline and args.notebooks:
         raise InputError("--notebooks: cannot be combined with --only-pipeline")
+    if args.plan or args.executor != "local" or args.stages:
+        from pdeinf.pipeline.slurm_cli import reproduce_elsewhere
+
+        return reproduce_elsewhere(args)
     report = reproduce(as_profile(args.profile), notebooks=args.notebooks,
                        only_pipeline=args.only_pipeline, progress=not args.no_progress,
                        workers=args.workers)
@@ -99,5 +103,8 @@ def add_reproduce_parser(subparsers):
     parser.add_argument("--workers", type=_positive_workers, default=None, metavar="N",
                         help="processes for the stages (default: $PDEINF_WORKERS, else 1 with a "
                              "GPU and 2 on a CPU; 1 runs them here, in order)")
+    from pdeinf.pipeline.slurm_cli import add_cluster_arguments
+
+    add_cluster_arguments(parser)
     parser.set_defaults(func=_reproduce)
     return parser

@@ -1,0 +1,49 @@
+"""`pdeinf reproduce --plan`: the planner's estimates against the measured stage times of a small
+profile (other sizes than the smoke profile its constants were fitted to), and the paper
+profile's plan on the command line."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from pdeinf.cli import main
+from pdeinf.config import get_profile
+from pdeinf.pipeline.planner import GPU_SPEEDUP, plan
+from pdeinf.pipeline.reproduce import stage_tasks
+from pdeinf.pipeline.schedule import run_tasks
+from pdeinf.pipeline.slurm import select_stages
+
+pytestmark = pytest.mark.slow
+
+CHECKED = ["data", "training CE-unet", "influence CE-unet", "rollouts CE-unet"]
+SMALL = dataclasses.replace(get_profile("smoke"), name="plan-check", pdes=("CE",),
+                            models=("unet",), n_trajectories=12, epochs={"CE": 6},
+                            checkpoints={"CE": (6,)}, seeds=(10,))
+
+
+def test_estimates_within_a_factor_two_of_measured_stage_times(tmp_path, monkeypatch):
+    monkeypatch.setenv("PDEINF_HOME", str(tmp_path))
+    estimate = {row.stage: row for row in plan(SMALL, stages=CHECKED[-2:])["stages"]}
+    measured: dict[str, float] = {}
+    tasks = select_stages(stage_tasks(SMALL, progress=False), CHECKED[-2:])
+    run_tasks(tasks, workers=1, echo=False,
+              on_result=lambda r: measured.__setitem__(r.name, r.seconds))
+    assert set(estimate) == set(measured) == set(CHECKED)
+    ratios = {name: estimate[name].seconds / measured[name] for name in CHECKED}
+    assert all(0.5 <= r <= 2.0 for r in ratios.values()), ratios
+    row = estimate["training CE-unet"]
+    assert row.gpu and row.gpu_hours == pytest.approx(row.seconds / GPU_SPEEDUP / 3600)
+    assert row.peak_memory > 0 and row.output > 0 and not estimate["data"].gpu
+
+
+def test_paper_plan_prints_gpu_hours_and_totals(capsys):
+    assert main(["reproduce", "--profile", "paper", "--plan", "--stages", "training CE-vit"]) == 0
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if "GPU-h" in line)
+    assert "CPU-h" in header and "peak mem" in header and "output" in header
+    rows = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ")}
+    assert {"data", "training", "total"} <= set(rows)
+    total_gpu_hours = float(rows["total"].split()[1])
+    assert total_gpu_hours > 1, "3 paper-size training runs take GPU-hours, not minutes"
+    assert "4,5" in out or "parameters" in out
