@@ -16,7 +16,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "pdeinf"
 
 #: Layers from the bottom; a module belongs to the first (longest) prefix that matches.
 LAYERS: list[tuple[str, ...]] = [
-    ("pdeinf.errors", "pdeinf.config", "pdeinf.paths", "pdeinf.atomic", "pdeinf.checks"),
+    ("pdeinf.errors", "pdeinf.config", "pdeinf.paths", "pdeinf.atomic", "pdeinf.checks",
+     "pdeinf.storage"),
     ("pdeinf.solvers", "pdeinf.symmetry.actions"),
     ("pdeinf.data",),
     ("pdeinf.models",),
