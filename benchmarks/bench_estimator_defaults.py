@@ -59,8 +59,8 @@ def energy_cut_row(kind: str, seed: int, x, y) -> str:
 def full_space_row(kind: str, seed: int, x, y) -> str:
     model = to_float64(make_model(kind, seed))
     res = hat_matrix(model, x, y, estimator="full-space", rtol=1.5e-2, reference_rtol=1e-10, maxiter=5000)
-    return (f"{kind:<5} {seed:>4} {str(bool(res.converged.all())):>9} {float(res.residual_norms.max()):>10.2e} "
-            f"{res.attrs['distance_to_reference']:>10.2e} {str(res.attrs['reference_converged']):>9}")
+    return (f"{kind:<5} {seed:>4} {bool(res.converged.all())!s:>9} {float(res.residual_norms.max()):>10.2e} "
+            f"{res.attrs['distance_to_reference']:>10.2e} {res.attrs['reference_converged']!s:>9}")
 
 
 def main():

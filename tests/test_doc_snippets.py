@@ -14,7 +14,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 NO_RUN = "<!-- no-run -->"
-BLOCK = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.S | re.M)
+BLOCK = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.DOTALL | re.MULTILINE)
 
 
 def python_blocks(text: str) -> list[tuple[int, str, bool]]:
@@ -41,7 +41,7 @@ def test_every_python_block_runs_as_written(page, tmp_path, monkeypatch):
         if runs:
             try:
                 exec(compile(code, f"{page.name}:{line}", "exec"), namespace)
-            except Exception as err:  # noqa: BLE001 - name the block that failed
+            except Exception as err:
                 raise AssertionError(f"{page.name}, block at line {line}: {type(err).__name__}: {err}") from err
 
 

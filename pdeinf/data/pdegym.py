@@ -513,7 +513,7 @@ class ChunkWriter:
         try:
             self._variable[start:start + b] = stored
             self._handle.flush()
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001  (HDF5 wraps ENOSPC in several types; re-raised)
             self._fail(err, stored.nbytes)
         self._written[start:start + b] = True
 
@@ -523,7 +523,7 @@ class ChunkWriter:
             raise RuntimeError(f"{self.path}: not all {self.n_samples} samples were written")
         try:
             self._handle.close()
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001  (as in `put`: re-raised unless the disk is full)
             self._fail(err, None)
         os.replace(self.temporary, self.path)
         return self.path

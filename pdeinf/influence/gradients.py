@@ -191,7 +191,7 @@ def check_model_output(model: torch.nn.Module, inputs: torch.Tensor) -> None:
         with torch.no_grad(), math_attention():
             out = model(inputs[:1])
     except (RuntimeError, ValueError, IndexError, TypeError) as err:
-        if seen and getattr(seen[0][1], "in_channels") != shape[1]:
+        if seen and seen[0][1].in_channels != shape[1]:
             layer, module = seen[0]
             raise InputError(
                 f"inputs: {shape[1]} channels, but the model's first layer {layer!r} "
