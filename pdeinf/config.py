@@ -135,7 +135,7 @@ class Profile:
     seed_paper_estimator: str = "full-space"
     fullspace_damping: float = 1e-4  # lambda of the seed paper's (J^T J + lambda I), the weight decay
     fullspace_rtol: tuple[tuple[str, float], ...] = (("unet", 1.5e-2), ("vit", 5e-2))  # CG rtol per model
-    model_variant: str = "authors"  # "authors" (as lanl/PDEHats) | "pdeinf-v1" (our own earlier UNet / ViT)
+    model_variant: str = "authors"  # "authors" (as lanl/PDEHats) | "pdeinf-v1" (pdeinf's own UNet / ViT, built as increments)
     residual: bool = False  # False: predict u_{t+1} directly (the authors); True: u_t + f(u_t)
     damping: float = 1e-6
     energy_tol: float = 1e-4
@@ -153,7 +153,7 @@ class Profile:
     recipes: tuple[str, ...] = ("one-step", "pushforward", "noise", "multistep", "augment", "physics")
     recipe_pairs: tuple[tuple[str, str], ...] | None = None  # (PDE, model) pairs; None: all
     recipe_batches: int | None = None  # influence batches per checkpoint; None: n_influence_batches
-    # --- ablation of our model departures (increment vs direct; our own earlier models vs the authors')
+    # --- ablation of our model departures (increment vs direct; pdeinf's own models vs the authors')
     ablation_pairs: tuple[tuple[str, str], ...] | None = None  # None: every pair
     # --- estimator study (what lambda and the Krylov tolerance do), one batch per seed
     estimator_lambdas: tuple[float, ...] = (1e-8, 1e-6, 1e-4, 1e-2, 1e-1)

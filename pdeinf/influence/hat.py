@@ -36,7 +36,7 @@ SMSE at transformed inputs and targets (g.x_n, g.y_n) for orbit influence), rows
   J G^T are computed once per batch and kept (`HatEngine`, when they fit in memory), so each
   further bra costs its gradients and the JVPs of its own N rows.
 - `bra_basis="ket"`: R projected on the span of the ket gradients alone,
-  `Pi = (Q^T R^T)^T eta^{-1} Gp` with the ket metric (round 1's estimator, for ablations).
+  `Pi = (Q^T R^T)^T eta^{-1} Gp` with the ket metric (the ket-basis ablation).
 """
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ Configurations (`ABLATIONS`, each a set of `Profile` overrides applied with
 `dataclasses.replace`; one that equals the profile's own setting is left out):
 
 - "increment": `residual=True`, the model predicts u_t + f(u_t) instead of u_{t+1};
-- "pdeinf-v1": `model_variant="pdeinf-v1", residual=True`, our own earlier UNet / ViT (built as
+- "pdeinf-v1": `model_variant="pdeinf-v1", residual=True`, pdeinf's own UNet / ViT (built as
   increments).
 
 For each (PDE, model) of `ablation_pairs(profile)` and each seed, the run is trained into

@@ -53,9 +53,9 @@ from pdeinf.training.recipes import Recipe, StepBatch, make_recipe
 #: Config entries that must agree between a run directory's saved state and a new call.
 IDENTITY_KEYS = ("pde", "model", "model_size", "model_variant", "residual", "seed", "channels",
                  "resolution", "batch_size", "lr", "weight_decay", "t_max", "dtype", "recipe")
-#: What a key missing from an older checkpoint's config meant (runs before recipes and before the
-#: authors' architectures existed: our first-round models, which predicted the increment).
-_LEGACY_IDENTITY = {"recipe": {"name": "one-step"}, "model_variant": "pdeinf-v1", "residual": True}
+#: What a key missing from a checkpoint's config means: a config without `recipe`,
+#: `model_variant` and `residual` describes a one-step run of pdeinf's own increment models.
+_DEFAULT_IDENTITY = {"recipe": {"name": "one-step"}, "model_variant": "pdeinf-v1", "residual": True}
 
 
 class TrainingError(NumericalError):
@@ -168,7 +168,7 @@ def _read_state(path: Path, state: dict | None = None) -> dict:
 
 def _check_identity(path: Path, saved: dict, wanted: dict) -> None:
     for key in IDENTITY_KEYS:
-        have = saved.get(key, _LEGACY_IDENTITY.get(key))
+        have = saved.get(key, _DEFAULT_IDENTITY.get(key))
         if key in wanted and have != wanted[key]:
             what = ("a run trained with another recipe or recipe settings" if key == "recipe"
                     else "a run of another model, PDE or size")
@@ -225,11 +225,11 @@ def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
 
 
 def _build_from(config: dict) -> torch.nn.Module:
-    """The surrogate a run config describes (older configs: see `_LEGACY_IDENTITY`)."""
+    """The surrogate a run config describes (missing keys: `_DEFAULT_IDENTITY`)."""
     return build(config["model"], channels=config["channels"], resolution=config["resolution"],
                  size=config["model_size"],
-                 variant=config.get("model_variant", _LEGACY_IDENTITY["model_variant"]),
-                 residual=config.get("residual", _LEGACY_IDENTITY["residual"]))
+                 variant=config.get("model_variant", _DEFAULT_IDENTITY["model_variant"]),
+                 residual=config.get("residual", _DEFAULT_IDENTITY["residual"]))
 
 
 
