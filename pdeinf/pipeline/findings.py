@@ -30,7 +30,7 @@ from pdeinf.analysis.evaluate import VERDICT_WORDS, adjust_records
 from pdeinf.atomic import write_text
 from pdeinf.errors import InputError
 from pdeinf.pipeline.common import ProfileLike, as_profile
-from pdeinf.pipeline.regime import regime_cards, row_regime
+from pdeinf.pipeline.regime import for_sweep, regime_cards, row_regime
 
 #: This notebook (it reads the others; its own results are not findings).
 NOTEBOOK = "14_findings"
@@ -210,8 +210,10 @@ def collect_findings(profile: ProfileLike = None) -> dict:
         if notebook not in present:
             missing[notebook] = "no results JSON (notebook not run)"
     rows = adjust_records(sorted(rows, key=_order))
-    cards = {layer: regime_cards(prof, layer=layer) for layer in {r["layer"] for r in rows}}
-    rows = [round_numbers({**r, "regime": row_regime(r, cards[r["layer"]])}) for r in rows]
+    cards = regime_cards(prof) if rows else {}  # models built and histories read once
+    sweep = {k: for_sweep(c, prof) for k, c in cards.items()}
+    rows = [round_numbers({**r, "regime": row_regime(r, cards if r["layer"] == "seed paper"
+                                                     else sweep)}) for r in rows]
     rules = {}
     for r in rows:  # the long texts once per finding, so that the rows diff by their numbers
         text = {k: r.pop(k) for k in _RULE_FIELDS}

@@ -2,6 +2,8 @@
 profile's settings, the data split and the stored training histories."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 from pdeinf.analysis.regime import RegimeCard, optimizer_steps, regime_card
 from pdeinf.config import pde_spec
 from pdeinf.data.datasets import split_indices
@@ -44,8 +46,6 @@ def regime_cards(profile: ProfileLike = None, *, layer: str = "seed paper",
     batches for `layer` "seed paper", the follow-up's exact subspace sweep (energy cut,
     influence batches) otherwise; histories read where the runs exist (`with_history`)."""
     prof = as_profile(profile)
-    seed_paper = layer == "seed paper"
-    estimator = prof.seed_paper_estimator if seed_paper else "subspace"
     cards = {}
     for pde, model in prof.pairs():
         spec = pde_spec(pde)
@@ -55,11 +55,18 @@ def regime_cards(profile: ProfileLike = None, *, layer: str = "seed paper",
             outputs=BATCH_EXAMPLES * spec.channels * prof.resolution ** 2, pairs=pairs,
             steps=optimizer_steps(pairs, prof.batch_size, prof.epochs[pde]),
             history=_history(prof, pde, model) if with_history else None,
-            estimator=estimator,
-            tolerance=prof.rtol_for(model) if estimator == "full-space" else prof.energy_tol,
-            seeds=len(prof.seeds),
-            batches=prof.seed_paper_batches if seed_paper else prof.n_influence_batches)
-    return cards
+            estimator=prof.seed_paper_estimator,
+            tolerance=prof.rtol_for(model) if prof.seed_paper_estimator == "full-space"
+            else prof.energy_tol,
+            seeds=len(prof.seeds), batches=prof.seed_paper_batches)
+    return cards if layer == "seed paper" else {k: for_sweep(c, prof) for k, c in cards.items()}
+
+
+def for_sweep(card: RegimeCard, profile) -> RegimeCard:
+    """The card of the follow-up's sweep on the same model: exact subspace estimator, its energy
+    cut, the profile's influence batches."""
+    return replace(card, estimator="subspace", tolerance=profile.energy_tol,
+                   batches=profile.n_influence_batches)
 
 
 def row_regime(row: dict, cards: dict) -> list[dict]:
