@@ -36,6 +36,7 @@ from pdeinf.analysis.seed_stats import (
     MAX_FAILED_SHARE,
     POWER,
     as_seed_batch,
+    fisher_z,
     holm,
     seed_interval,
     seeds_needed,
@@ -76,11 +77,10 @@ def paper_number(rule: FindingRule, key: str | None) -> float | None:
 #: Scales the per-seed values are analysed on: "linear", or "fisher-z" for correlations
 #: (the t-interval of atanh(r), reported back on the r scale).
 SCALES = ("linear", "fisher-z")
-_CLIP = 1.0 - 1e-12
 
 
 def _forward(values: np.ndarray, scale: str) -> np.ndarray:
-    return values if scale == "linear" else np.arctanh(np.clip(values, -_CLIP, _CLIP))
+    return values if scale == "linear" else fisher_z(values)
 
 
 def _backward(values, scale: str):

@@ -25,11 +25,10 @@ import numpy as np
 import xarray as xr
 from scipy import stats
 
-from pdeinf.analysis.seed_stats import fisher_z_interval
+from pdeinf.analysis.seed_stats import fisher_z, fisher_z_interval
 from pdeinf.errors import InputError
 
 POOLED = ("pearson", "spearman", "within_class_pooled")
-_CLIP = 1.0 - 1e-12
 
 
 def pearson_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -67,7 +66,7 @@ def _per_seed(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 def _mean_z(r: np.ndarray) -> np.ndarray:
     """Mean over the seed axis (-2) of Fisher's z."""
-    return np.arctanh(np.clip(r, -_CLIP, _CLIP)).mean(axis=-2)
+    return fisher_z(r).mean(axis=-2)
 
 
 def _permuted_within(groups: np.ndarray, n_permutations: int, rng) -> np.ndarray:

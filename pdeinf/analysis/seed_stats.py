@@ -214,6 +214,12 @@ def seeds_needed(values, effect: float, *, level: float = 0.95, power: float = P
     return lo
 
 
+def fisher_z(r):
+    """Fisher's z = atanh(r), with |r| = 1 clipped just inside (+-(1 - 1e-12)) so that a perfect
+    correlation stays finite."""
+    return np.arctanh(np.clip(r, -1.0 + 1e-12, 1.0 - 1e-12))
+
+
 def fisher_z_interval(correlations, level: float = 0.95) -> tuple[float, float, float]:
     """(estimate, low, high) of a correlation measured once per seed: the t-interval of the
     per-seed Fisher z = atanh(r) (`seed_interval`), transformed back with tanh. `correlations`:
@@ -222,6 +228,6 @@ def fisher_z_interval(correlations, level: float = 0.95) -> tuple[float, float, 
     finite = r[np.isfinite(r)]
     if np.any(np.abs(finite) > 1.0):
         raise InputError("correlations: a value lies outside [-1, 1]")
-    z = np.arctanh(np.clip(r, -1.0 + 1e-12, 1.0 - 1e-12))
+    z = fisher_z(r)
     est, low, high = seed_interval(z, level)
     return float(np.tanh(est)), float(np.tanh(low)), float(np.tanh(high))

@@ -20,6 +20,7 @@ import xarray as xr
 from scipy import stats
 
 from pdeinf.analysis.evaluate import evaluate_finding
+from pdeinf.analysis.rollout_stats import pearson_rows
 from pdeinf.errors import InputError
 from pdeinf.symmetry.equivariance import aggregate_equivariance
 
@@ -52,14 +53,6 @@ def _seed_q3(errors: xr.DataArray) -> xr.DataArray:
     return errors.quantile(0.75, dim=("batch", "example")).drop_vars("quantile")
 
 
-def _spearman_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Spearman correlation along the last axis; NaN where either is constant."""
-    rx, ry = stats.rankdata(x, axis=-1), stats.rankdata(y, axis=-1)
-    rx, ry = rx - rx.mean(-1, keepdims=True), ry - ry.mean(-1, keepdims=True)
-    den = np.sqrt((rx ** 2).sum(-1) * (ry ** 2).sum(-1))
-    return np.where(den > 0, (rx * ry).sum(-1) / np.where(den > 0, den, 1.0), np.nan)
-
-
 def seed_statistic(ds, rule: str) -> xr.DataArray:
     """The statistic of `rule` (module docstring) per seed, dims (seed,)."""
     _check(ds, ("equivariance", "orbit_diagonal"))
@@ -72,7 +65,8 @@ def seed_statistic(ds, rule: str) -> xr.DataArray:
     if rule == "orbit_influence_suppressed":
         q3 = _seed_q3(eqv).transpose("seed", "element")
         orbit = ds["orbit_diagonal"].median(("batch", "example")).transpose("seed", "element")
-        rho = _spearman_rows(np.log10(q3.values), orbit.values)
+        rho = pearson_rows(stats.rankdata(np.log10(q3.values), axis=-1),
+                           stats.rankdata(orbit.values, axis=-1))
         return xr.DataArray(rho, dims=("seed",), coords={"seed": ds["seed"].values})
     raise InputError(f"rule: expected one of {', '.join(FINDINGS)}, got {rule!r}")
 
