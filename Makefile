@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-PROFILE ?= quick
+PROFILE ?= faithful
 TORCH_VERSION ?= 2.13.0
 # PyTorch's CPU wheel index. On Linux, PyPI's torch wheel is the CUDA build (several GB);
 # this index holds the CPU build (about 200 MB). Tried once with a short timeout and no

@@ -1,4 +1,4 @@
-"""Profiles (smoke, quick, paper) as frozen dataclasses, and the PDE / class registry.
+"""Profiles (smoke, quick, faithful, paper) as frozen dataclasses, and the PDE / class registry.
 
 `PDEINF_PROFILE` overrides the default profile name wherever `get_profile()` is called
 without an explicit name (the notebooks and nbval use this).
@@ -77,7 +77,17 @@ MIN_RESOLUTION = 8
 
 DATASETS: tuple[str, ...] = PDE_CLASSES["CE"] + PDE_CLASSES["NS"]
 MODELS: tuple[str, ...] = ("unet", "vit")
-PROFILE_NAMES: tuple[str, ...] = ("smoke", "quick", "paper")
+PROFILE_NAMES: tuple[str, ...] = ("smoke", "quick", "faithful", "paper")
+#: The profile whose figures and findings are committed (figures/); the others write theirs
+#: under results/ (`paths.figures_dir`), the paper profile under figures/paper/.
+COMMITTED_PROFILE = "faithful"
+#: What each profile's numbers are, printed on its figures' stamps and in its findings.
+REGIME_LABELS: dict[str, str] = {
+    "smoke": "test run: not the paper's regime",
+    "quick": "tour: not the paper's regime",
+    "faithful": "the paper's regime as far as a 2-core CPU allows",
+    "paper": "the paper's regime",
+}
 
 
 def pde_of(dataset: str) -> str:
@@ -142,6 +152,7 @@ class Profile:
     # --- symmetry study (follow-up + Lie derivative), final checkpoint
     symmetry_batches: int = 1  # influence batches per seed for orbit influence / equivariance
     symmetry_shifts: tuple[int, ...] = (1, 2, 4, 8)  # circular shifts along each axis (grid cells)
+    symmetry_box: int = 0  # orbit influence on the box grid of joint shifts (a, b), 1 <= a, b <= box
     symmetry_pairs: tuple[tuple[str, str], ...] | None = None  # (PDE, model) pairs; None: all
     symmetry_orbit_epochs: tuple[int, ...] | None = None  # orbit influence across these epochs; None: all
 
@@ -153,6 +164,11 @@ class Profile:
     recipes: tuple[str, ...] = ("one-step", "pushforward", "noise", "multistep", "augment", "physics")
     recipe_pairs: tuple[tuple[str, str], ...] | None = None  # (PDE, model) pairs; None: all
     recipe_batches: int | None = None  # influence batches per checkpoint; None: n_influence_batches
+    recipe_seeds: tuple[int, ...] | None = None  # seeds of the interventions and ablation; None: all
+
+    def study_seeds(self) -> tuple[int, ...]:
+        """The seeds of the interventions and ablation studies (`recipe_seeds`, else `seeds`)."""
+        return tuple(self.seeds if self.recipe_seeds is None else self.recipe_seeds)
     # --- ablation of our model departures (increment vs direct; pdeinf's own models vs the authors')
     ablation_pairs: tuple[tuple[str, str], ...] | None = None  # None: every pair
     # --- estimator study (what lambda and the Krylov tolerance do), one batch per seed
@@ -166,6 +182,11 @@ class Profile:
         """The seed paper's Krylov tolerance for `model` (1.5e-2 UNet, 5e-2 ViT)."""
         return dict(self.fullspace_rtol)[model]
 
+
+#: Epochs of the faithful profile: enough optimizer steps for the validation SMSE to plateau
+#: (pdeinf.analysis.regime.plateau_reached, checked on every run's history).
+FAITHFUL_EPOCHS = 60
+FAITHFUL_CHECKPOINTS = (1, 10, 20, 30, 40, 50, 60)
 
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(
@@ -194,22 +215,47 @@ PROFILES: dict[str, Profile] = {
         solver_resolution=64,
         n_trajectories=24,
         model_size="quick",
-        # 13 epochs (208 optimizer steps per run): with 30 training runs at quick, the
-        # from-scratch run fits its 40-minute budget on 2 cores (README, "Timing")
+        # a tour of the whole study in about half an hour on 2 cores: 13 epochs (208 optimizer
+        # steps per run), P/M below 1 for CE, the subspace estimator for the seed paper's
+        # figures, stated subsets for the follow-up and our studies; never the committed figures
         epochs={"CE": 13, "NS": 13},
         checkpoints={"CE": (1, 5, 9, 13), "NS": (1, 5, 9, 13)},
         seeds=(10, 35, 42),
-        n_influence_batches=2,
+        n_influence_batches=1,
         seed_paper_batches=3,
         seed_paper_estimator="subspace",
         symmetry_shifts=(1,),
+        symmetry_pairs=(("CE", "vit"), ("NS", "vit")),
         symmetry_orbit_epochs=(1,),
-        # a stated subset: `noise` is left to the paper profile
-        # to keep the from-scratch run within budget; every recipe is tested at any profile
-        recipes=("one-step", "pushforward", "multistep", "augment", "physics"),
-        recipe_pairs=(("CE", "unet"),),
+        recipes=("one-step", "pushforward"),
+        recipe_pairs=(("CE", "vit"),),
         recipe_batches=1,
-        ablation_pairs=(("CE", "unet"),),
+        ablation_pairs=(),
+    ),
+    "faithful": Profile(
+        name="faithful",
+        resolution=32,
+        solver_resolution=64,
+        # 48 trajectories per class: 31 train / 2 validation / 15 test, so that 6 influence
+        # batches (one test trajectory per class each) never repeat a trajectory
+        n_trajectories=48,
+        model_size="faithful",  # P/M >= 1 for every pair (pdeinf.models)
+        epochs={"CE": FAITHFUL_EPOCHS, "NS": FAITHFUL_EPOCHS},
+        checkpoints={"CE": FAITHFUL_CHECKPOINTS, "NS": FAITHFUL_CHECKPOINTS},
+        seeds=(10, 35, 42, 7, 99),
+        n_influence_batches=2,
+        seed_paper_batches=6,
+        seed_paper_estimator="full-space",
+        # the follow-up's translation set at 32x32: every axis shift (signed -16..15) and the
+        # box grid {0..4}^2 (its {0..17}^2 at 128x128, scaled)
+        symmetry_shifts=tuple(range(1, 32)),
+        symmetry_box=4,
+        symmetry_pairs=(("CE", "vit"), ("NS", "vit")),
+        symmetry_orbit_epochs=(1, FAITHFUL_EPOCHS),
+        recipe_pairs=(("CE", "vit"),),
+        recipe_batches=1,
+        recipe_seeds=(10, 35, 42),
+        ablation_pairs=(("CE", "vit"),),
     ),
     "paper": Profile(
         name="paper",

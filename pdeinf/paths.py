@@ -52,9 +52,18 @@ def influence_dir(profile: str) -> Path:
     return results_dir() / "influence" / profile
 
 
-def figures_dir() -> Path:
-    """Committed figures (PNG, and PDF for print)."""
-    return root() / "figures"
+def figures_dir(profile: str | None = None) -> Path:
+    """Where a profile's figures (PNG and PDF) and findings JSON go: `figures/` for the committed
+    profile (`config.COMMITTED_PROFILE`, also when `profile` is None), `figures/paper/` for the
+    paper profile, `results/figures/<profile>/` (not committed) for the others, so that a tour
+    or a test never overwrites the committed figures."""
+    from pdeinf.config import COMMITTED_PROFILE
+
+    if profile in (None, COMMITTED_PROFILE):
+        return root() / "figures"
+    if profile == "paper":
+        return root() / "figures" / "paper"
+    return results_dir() / "figures" / profile
 
 
 def notebooks_dir() -> Path:

@@ -161,11 +161,12 @@ def test_write_is_byte_identical_on_rerun_and_changes_with_numbers(home):
     _populate(home)
     ablation = [{"finding": "class_locked", "change": 0.1234567891, "low": float("nan")}]
     path = write_findings("smoke", ablation=ablation)
-    assert path == findings_path("smoke") == home / "figures" / "findings_smoke.json"
+    assert path == findings_path("smoke") == home / "results" / "figures" / "smoke" / "findings_smoke.json"
     first = path.read_bytes()
     assert write_findings("smoke", ablation=ablation).read_bytes() == first
     data = json.loads(first)
     assert list(data) == sorted(data)  # stable key order
+    assert data["regime_label"] == "test run: not the paper's regime"
     assert data["ablation"][0]["change"] == 0.123457 and data["ablation"][0]["low"] is None
     assert data["rules_hash"] == registry.rules_hash()
     assert not any(k in first.decode() for k in ("date", "time\"", "created"))

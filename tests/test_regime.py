@@ -62,3 +62,38 @@ def test_profile_cards_count_the_models_and_the_split():
         assert card.estimator == prof.seed_paper_estimator and card.batches == prof.seed_paper_batches
     follow = regime_cards(prof, layer="follow-up", with_history=False)[("CE", "unet")]
     assert follow.estimator == "subspace" and follow.batches == prof.n_influence_batches
+
+
+def test_runs_at_plateau_counts_each_seed_on_its_own_curve():
+    from pdeinf.analysis.regime import runs_at_plateau
+
+    epochs = np.arange(1, 21)
+    flat = np.r_[np.linspace(1.0, 0.1, 10), np.full(10, 0.1)]
+    rows = [(10, e, 1.0, v) for e, v in zip(epochs, flat)]
+    rows += [(35, e, 1.0, 1.0 / e) for e in epochs]  # still falling
+    history = pd.DataFrame(rows, columns=["seed", "epoch", "train_loss", "val_loss"])
+    assert runs_at_plateau(history) == 1
+    assert runs_at_plateau(None) is None
+    card = regime_card(pde="NS", model="vit", parameters=10, outputs=10, pairs=96, steps=40,
+                       history=history, estimator="subspace", tolerance=1e-4, seeds=2, batches=1,
+                       label="tour: not the paper's regime")
+    assert card.runs_at_plateau == 1
+    assert card.stamp().startswith("tour: not the paper's regime: P/M 1.00")
+
+
+def test_faithful_profile_is_in_the_papers_regime_on_paper():
+    """P/M >= 1 for every pair at the faithful size; six seed-paper batches from distinct test
+    trajectories with the full-space estimator, at least five seeds (10, 35, 42 first)."""
+    from pdeinf.config import COMMITTED_PROFILE, get_profile
+    from pdeinf.data.datasets import split_indices
+    from pdeinf.pipeline.regime import regime_cards
+
+    prof = get_profile("faithful")
+    assert COMMITTED_PROFILE == "faithful"
+    cards = regime_cards(prof, with_history=False)
+    assert set(cards) == {(p, m) for p in ("CE", "NS") for m in ("unet", "vit")}
+    assert all(card.p_over_m >= 1.0 for card in cards.values())
+    assert all(card.estimator == "full-space" and card.batches == 6 for card in cards.values())
+    assert len(prof.seeds) >= 5 and prof.seeds[:3] == (10, 35, 42)
+    test = split_indices(prof.n_trajectories, prof.seeds[0], prof.split)["test"]
+    assert len(test) >= prof.seed_paper_batches

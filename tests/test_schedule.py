@@ -107,17 +107,25 @@ def test_an_exclusive_task_runs_here_and_alone(tmp_path):
         assert other["end"] <= alone["start"] or other["start"] >= alone["end"]
 
 
-def test_quick_graph_runs_each_recipe_study_as_soon_as_its_runs_exist():
-    """The quick profile's interventions: one stage per recipe after that recipe's training and
-    the baseline's sweep and rollouts; augment-vs-one-step orbit influence after both trainings
-    and the symmetry stage whose files it reuses; the pair's study after all of them."""
+def test_faithful_graph_runs_each_recipe_study_as_soon_as_its_runs_exist():
+    """The faithful profile's interventions: one stage per recipe after that recipe's training
+    and the baseline's sweep and rollouts; augment-vs-one-step orbit influence after both
+    trainings and the symmetry stage whose files it reuses; the pair's study after all of them.
+    The seed paper's full-space stages need only the runs and come before the sweeps; at the
+    subspace estimator (quick) they read the sweep."""
     from pdeinf.config import get_profile
     from pdeinf.pipeline import stage_tasks
 
-    prof = get_profile("quick")
+    prof = get_profile("faithful")
+    order = [t.name for t in stage_tasks(prof, progress=False)]
     tasks = {t.name: set(t.after) for t in stage_tasks(prof, progress=False)}
     check_graph(list(stage_tasks(prof, progress=False)))
-    pair = "CE-unet"
+    for pair in ("CE-unet", "NS-vit"):
+        assert tasks[f"seed-paper influence {pair}"] == {f"training {pair}"}
+        assert order.index(f"seed-paper influence {pair}") < order.index(f"influence {pair}")
+    quick = {t.name: set(t.after) for t in stage_tasks(get_profile("quick"), progress=False)}
+    assert quick["seed-paper influence CE-unet"] == {"influence CE-unet"}
+    pair = "CE-vit"
     base = {f"training {pair}", f"influence {pair}", f"rollouts {pair}"}
     for recipe in prof.recipes:
         own = set() if recipe == "one-step" else {f"training {recipe} {pair}"}
@@ -126,3 +134,29 @@ def test_quick_graph_runs_each_recipe_study_as_soon_as_its_runs_exist():
         f"training {pair}", f"training augment {pair}", f"symmetry {pair}"}
     assert tasks[f"interventions {pair}"] == {
         f"interventions {r} {pair}" for r in prof.recipes} | {f"interventions orbit {pair}"}
+
+
+def test_eta_scales_the_estimates_by_the_measured_stages():
+    from pdeinf.pipeline.schedule import EtaClock, format_duration
+
+    clock = EtaClock({"a": 10.0, "b": 20.0, "c": 30.0, "d": 40.0}, workers=2)
+    assert clock.seconds_left() == pytest.approx(100.0 / 2)  # no stage measured: scale 1
+    clock.finish("a", 0.01)  # cached: does not rescale
+    assert clock.scale == 1.0 and clock.seconds_left() == pytest.approx(90.0 / 2)
+    clock.finish("b", 60.0)  # took 3x its estimate
+    assert clock.scale == pytest.approx(3.0)
+    assert clock.seconds_left() == pytest.approx(3.0 * 70.0 / 2)
+    assert clock.line() == "2/4 stages · ETA 1 min 45 s"
+    assert format_duration(3 * 3600 + 12 * 60 + 5) == "3 h 12 min"
+    assert format_duration(4.4) == "4 s"
+
+
+def test_run_tasks_prints_the_eta_after_each_stage(tmp_path, capsys):
+    from pdeinf.pipeline.schedule import EtaClock
+
+    tasks = _graph(tmp_path)
+    clock = EtaClock({t.name: 1.0 for t in tasks}, workers=1)
+    run_tasks(tasks, workers=1, echo=True, eta=clock)
+    lines = [l for l in capsys.readouterr().err.splitlines() if " s ok" in l or "· ETA" in l]
+    assert lines[-1].endswith("5/5 stages · ETA 0 s")
+    assert all("· ETA" in l for l in lines)

@@ -86,6 +86,12 @@ def test_class_trajectories_and_bad_input():
     assert torch.equal(traj[1, :2], b.inputs[2:4]) and torch.equal(traj[1, 2], b.targets[3])
     with pytest.raises(InputError, match="shifts"):
         sy.study_elements((0, 2))
+    with pytest.raises(InputError, match="box"):
+        sy.study_elements((1,), box=-1)
+    box = sy.study_elements((1, 2), box=2)
+    assert box[:8] == ["e", *sy.D4_NON_IDENTITY]
+    assert box[8:] == [("shift", 1, 0), ("shift", 0, 1), ("shift", 2, 0), ("shift", 0, 2),
+                       ("shift", 1, 1), ("shift", 1, 2), ("shift", 2, 1), ("shift", 2, 2)]
     with pytest.raises(InputError, match="final epoch"):
         sy.symmetry_study({1: _conv_net(0)}, [b], pde="NS", final_epoch=2, shifts=(1,))
 

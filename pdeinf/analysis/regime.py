@@ -85,6 +85,8 @@ class RegimeCard:
     tolerance: float | None
     seeds: int
     batches: int
+    runs_at_plateau: int | None = None  # runs (seeds) whose own validation curve meets it
+    label: str = ""  # what the profile is: the paper's regime as far as it goes, or a tour
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -96,7 +98,10 @@ class RegimeCard:
         word = "rtol" if self.estimator == "full-space" else "energy cut"
         tol = "" if self.tolerance is None else f", {word} {self.tolerance:g}"
         flat = {True: ", plateau", False: ", no plateau", None: ""}[self.plateau]
-        return (f"P/M {self.p_over_m:.2f}, {self.optimizer_steps} steps, val SMSE {val}{paper}"
+        if self.plateau is not None and self.runs_at_plateau is not None:
+            flat += f" ({self.runs_at_plateau}/{self.seeds} runs)"
+        label = f"{self.label}: " if self.label else ""
+        return (f"{label}P/M {self.p_over_m:.2f}, {self.optimizer_steps} steps, val SMSE {val}{paper}"
                 f"{flat}, {self.estimator}{tol}, {self.seeds} seeds x {self.batches} batches")
 
 
@@ -104,6 +109,15 @@ def optimizer_steps(pairs: int, batch_size: int, epochs: int) -> int:
     """AdamW steps of one training run: `ceil(pairs / batch_size)` per epoch (the last batch of
     an epoch may be smaller)."""
     return math.ceil(pairs / batch_size) * int(epochs)
+
+
+def runs_at_plateau(history: pd.DataFrame | None) -> int | None:
+    """How many runs (seeds) of a training history meet the plateau criterion on their own
+    validation curve (None without a history)."""
+    if history is None or len(history) == 0:
+        return None
+    return sum(bool(plateau(g.sort_values("epoch")["val_loss"].to_numpy()).reached)
+               for _, g in history.groupby("seed"))
 
 
 def final_summaries(history: pd.DataFrame) -> tuple[float | None, float | None, Plateau | None]:
@@ -121,7 +135,7 @@ def final_summaries(history: pd.DataFrame) -> tuple[float | None, float | None, 
 
 def regime_card(*, pde: str, model: str, parameters: int, outputs: int, pairs: int,
                 steps: int, history: pd.DataFrame | None, estimator: str,
-                tolerance: float | None, seeds: int, batches: int) -> RegimeCard:
+                tolerance: float | None, seeds: int, batches: int, label: str = "") -> RegimeCard:
     """The card of one (PDE, model) from its counts and training history."""
     for name, value in (("parameters", parameters), ("outputs", outputs)):
         if not (isinstance(value, (int, np.integer)) and value > 0):
@@ -135,4 +149,5 @@ def regime_card(*, pde: str, model: str, parameters: int, outputs: int, pairs: i
         paper_val_smse=None if paper_val is None else 10.0 ** paper_val["last"],
         train_val_gap=gap, plateau=None if flat is None else flat.reached,
         plateau_change=None if flat is None or not math.isfinite(flat.change) else flat.change,
-        estimator=estimator, tolerance=tolerance, seeds=int(seeds), batches=int(batches))
+        estimator=estimator, tolerance=tolerance, seeds=int(seeds), batches=int(batches),
+        runs_at_plateau=runs_at_plateau(history), label=label)

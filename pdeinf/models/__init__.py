@@ -12,6 +12,8 @@ Variants (named so an ablation can switch one departure at a time):
 Sizes (C = 4 channels; `python benchmarks/bench_training.py` prints them all):
 - `smoke`: a few thousand parameters, trains in seconds at 16x16;
 - `quick`: ~1.2e5-2e5 parameters at 32x32 (per-example gradients and JVPs stay cheap);
+- `faithful`: at 32x32 at least one parameter per batch output for both PDEs (P/M >= 1 with
+  M = 48 x C x 32 x 32): authors' UNet 262,600 (CE, P/M 1.34), ViT 224,153 (CE, P/M 1.14);
 - `paper`: the paper's models at 128x128 (authors: UNet 13.9M, ViT 4.5M).
 """
 from __future__ import annotations
@@ -29,26 +31,30 @@ from pdeinf.models.vit import ViT
 UNET_SIZES: dict[str, dict] = {  # pdeinf-v1
     "smoke": {"base": 4, "mults": (1, 2, 2), "kernels": (5, 3, 3), "heads": 2},
     "quick": {"base": 6, "mults": (1, 2, 4, 8), "kernels": (5, 3, 3, 3), "heads": 4},
+    "faithful": {"base": 7, "mults": (1, 2, 4, 8), "kernels": (5, 3, 3, 3), "heads": 4},
     "paper": {"base": 24, "mults": (1, 2, 4, 8, 12), "kernels": (11, 9, 7, 5, 3), "heads": 8},
 }
 VIT_SIZES: dict[str, dict] = {  # pdeinf-v1
     "smoke": {"width": 32, "layers": 2, "heads": 4, "patch": 4, "mlp_ratio": 2},
     "quick": {"width": 64, "layers": 3, "heads": 4, "patch": 4, "mlp_ratio": 2},
+    "faithful": {"width": 80, "layers": 3, "heads": 4, "patch": 4, "mlp_ratio": 2},
     "paper": {"width": 256, "layers": 6, "heads": 8, "patch": 4, "mlp_ratio": 4},
 }
 AUTHORS_UNET_SIZES: dict[str, dict] = {
     "smoke": {"base": 2, "levels": 2, "heads": 2},
     "quick": {"base": 5, "levels": 4, "heads": 4},
+    "faithful": {"base": 7, "levels": 4, "heads": 4},
     "paper": {"base": 24, "levels": 4, "heads": 4},
 }
 AUTHORS_VIT_SIZES: dict[str, dict] = {
     "smoke": {"width": 16, "depth": 2, "heads": 4},
     "quick": {"width": 64, "depth": 4, "heads": 4},
+    "faithful": {"width": 80, "depth": 4, "heads": 4},
     "paper": {"width": 256, "depth": 8, "heads": 8},
 }
 MODEL_NAMES = ("unet", "vit")
 VARIANTS = ("authors", "pdeinf-v1")
-SIZES = ("smoke", "quick", "paper")
+SIZES = ("smoke", "quick", "faithful", "paper")
 _SIZES = {("unet", "authors"): AUTHORS_UNET_SIZES, ("vit", "authors"): AUTHORS_VIT_SIZES,
           ("unet", "pdeinf-v1"): UNET_SIZES, ("vit", "pdeinf-v1"): VIT_SIZES}
 _CLASSES = {("unet", "authors"): AuthorsUNet, ("vit", "authors"): AuthorsViT,

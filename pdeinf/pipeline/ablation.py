@@ -113,7 +113,7 @@ def ensure_ablation_runs(profile: ProfileLike, name: str, pde: str, model: str, 
     fingerprint = str(data.fingerprint())
     epochs = scheduled_checkpoints(prof, pde)
     runs = {}
-    for seed in prof.seeds:
+    for seed in prof.study_seeds():
         directory = run_dir(prof, name, pde, model, seed)
         key = content_key(stage="training/ablation", ablation=name,
                           base=training_key(alt, pde, model, seed, fingerprint))
@@ -219,7 +219,7 @@ def run_ablation(profile: ProfileLike, pde: str, model: str, *, progress: bool =
     final = final_epoch(prof, pde)
     todo, files = [], []
     for name in names:
-        for seed in prof.seeds:
+        for seed in prof.study_seeds():
             ckpt = paths.checkpoint_path(runs[name][int(seed)], final)
             key = task_key(prof, pde, model, name, seed, ckpt, data_key)
             target = task_file(prof, pde, model, name, seed)
@@ -254,10 +254,10 @@ def _baseline(prof, pde: str, model: str, *, progress: bool):
     hist = training_history(prof, pde, model)
     val = [float(hist[(hist["seed"] == s) & (hist["epoch"] == final)]["val_loss"].iloc[0])
            if ((hist["seed"] == s) & (hist["epoch"] == final)).any() else float("nan")
-           for s in prof.seeds]
+           for s in prof.study_seeds()]
     out = xr.Dataset({"pi": infl["pi"], "losses": infl["losses"], "rank": infl["rank"],
                       "rollout": roll, "val_smse": (("seed",), np.asarray(val))})
-    return out.assign_coords(seed=[int(s) for s in prof.seeds],
+    return out.assign_coords(seed=[int(s) for s in prof.study_seeds()],
                              batch=np.arange(infl.sizes["batch"]))
 
 
@@ -274,7 +274,7 @@ def load_ablation(profile: ProfileLike, pde: str, model: str, *, baseline=None):
     names = configurations(prof)
     for name in names:
         by_seed = []
-        for seed in prof.seeds:
+        for seed in prof.study_seeds():
             path = task_file(prof, pde, model, name, seed)
             ds = _load_valid(path, None)
             if ds is None:
@@ -282,7 +282,7 @@ def load_ablation(profile: ProfileLike, pde: str, model: str, *, baseline=None):
                                  f"pipeline.ensure_ablation({prof.name!r})")
             by_seed.append(ds)
         parts.append(xr.concat(by_seed, dim="seed", combine_attrs="drop")
-                     .assign_coords(seed=[int(s) for s in prof.seeds]))
+                     .assign_coords(seed=[int(s) for s in prof.study_seeds()]))
     parts = [p.drop_vars([v for v in p.coords if v not in p.dims], errors="ignore") for p in parts]
     out = xr.concat([p[list(DATA_VARS)] for p in parts], dim="config", combine_attrs="drop",
                     join="exact")

@@ -25,6 +25,7 @@ import subprocess
 from pathlib import Path
 
 from pdeinf import paths
+from pdeinf.config import REGIME_LABELS
 from pdeinf.analysis import registry
 from pdeinf.analysis.evaluate import VERDICT_WORDS, adjust_records
 from pdeinf.atomic import write_text
@@ -219,7 +220,8 @@ def collect_findings(profile: ProfileLike = None) -> dict:
         text = {k: r.pop(k) for k in _RULE_FIELDS}
         rules.setdefault(r["finding"], {"layer": r["layer"], "paper_figure": r["paper_figure"],
                                         **text})
-    return {"profile": prof.name, "findings": rows, "rules": dict(sorted(rules.items())),
+    return {"profile": prof.name, "regime_label": REGIME_LABELS.get(prof.name, "custom profile"),
+            "findings": rows, "rules": dict(sorted(rules.items())),
             "notebooks": dict(sorted(counts.items())), "missing": dict(sorted(missing.items())),
             "rules_without_record": [n for n in registry.FINDING_RULES if n not in rules],
             "rules_hash": registry.rules_hash(), "rules_commit": rules_commit()}
@@ -239,7 +241,8 @@ def rules_commit() -> str | None:
 
 def findings_path(profile: ProfileLike = None) -> Path:
     """`figures/findings_<profile>.json`."""
-    return paths.figures_dir() / f"findings_{as_profile(profile).name}.json"
+    name = as_profile(profile).name
+    return paths.figures_dir(name) / f"findings_{name}.json"
 
 
 def write_findings(profile: ProfileLike = None, *, ablation=None, findings: dict | None = None) -> Path:

@@ -145,7 +145,7 @@ def ensure_recipe_runs(profile: ProfileLike, pde: str, model: str, recipe: str, 
     fingerprint = str(data.fingerprint())
     epochs = scheduled_checkpoints(prof, pde)
     runs = {}
-    for seed in prof.seeds:
+    for seed in prof.study_seeds():
         directory = recipe_run_dir(prof, pde, model, recipe, seed)
         runs[int(seed)] = ensure_keyed_run(
             directory, epochs, _recipe_key(prof, pde, model, recipe, seed, fingerprint),
@@ -261,7 +261,7 @@ def run_study(profile: ProfileLike, pde: str, model: str, *, recipes: list[str] 
     data_key = str(data.fingerprint())
     todo, files = [], []
     for recipe in recipes:
-        for seed in prof.seeds:
+        for seed in prof.study_seeds():
             for epoch in scheduled_checkpoints(prof, pde):
                 ckpt = paths.checkpoint_path(runs[recipe][int(seed)], epoch)
                 key = task_key(prof, pde, model, recipe, seed, epoch, ckpt, data_key)
@@ -315,7 +315,7 @@ def load_study(profile: ProfileLike, pde: str, model: str):
     by_recipe = []
     for recipe in recipes:
         by_seed = []
-        for seed in prof.seeds:
+        for seed in prof.study_seeds():
             by_epoch = []
             for epoch in epochs:
                 path = task_file(prof, pde, model, recipe, seed, epoch)
@@ -327,7 +327,7 @@ def load_study(profile: ProfileLike, pde: str, model: str):
             by_seed.append(xr.concat(by_epoch, dim="epoch", combine_attrs="drop"))
         by_recipe.append(xr.concat(by_seed, dim="seed", combine_attrs="drop"))
     out = xr.concat(by_recipe, dim="recipe", combine_attrs="drop")
-    out = out.assign_coords(recipe=recipes, seed=[int(s) for s in prof.seeds], epoch=epochs)
+    out = out.assign_coords(recipe=recipes, seed=[int(s) for s in prof.study_seeds()], epoch=epochs)
     out["pi"] = out["pi"].transpose("recipe", "seed", "epoch", "batch", "t_resp", "c_resp",
                                     "t_pert", "c_pert")
     out["rollout"] = out["rollout"].transpose("recipe", "seed", "epoch", "class", "batch",
@@ -476,7 +476,7 @@ def run_orbit(profile: ProfileLike, pde: str, model: str, *, sources, progress: 
     data_key = sources.data_key()
     files, todo = [], []
     for recipe in recipes:
-        for seed in prof.seeds:
+        for seed in prof.study_seeds():
             ckpt = Path(sources.checkpoint(recipe, seed))
             if not ckpt.is_file():
                 raise InputError(f"{ckpt}: checkpoint not found (train {recipe} {pde}/{model} "
@@ -519,7 +519,7 @@ def load_orbit(profile: ProfileLike, pde: str, model: str):
     by_recipe = []
     for recipe in recipes:
         by_seed = []
-        for seed in prof.seeds:
+        for seed in prof.study_seeds():
             path = orbit_file(prof, pde, model, recipe, seed, epoch)
             ds = _load_valid(path, None, ORBIT_VARS)
             if ds is None:
@@ -528,7 +528,7 @@ def load_orbit(profile: ProfileLike, pde: str, model: str):
             by_seed.append(ds[list(ORBIT_VARS)])
         by_recipe.append(xr.concat(by_seed, dim="seed", combine_attrs="drop"))
     out = xr.concat(by_recipe, dim="recipe", combine_attrs="drop")
-    out = out.assign_coords(recipe=recipes, seed=[int(s) for s in prof.seeds])
+    out = out.assign_coords(recipe=recipes, seed=[int(s) for s in prof.study_seeds()])
     out.attrs.update({"pde": pde, "model": model, "profile": prof.name, "epoch": int(epoch),
                       "damping": float(prof.damping), "energy_tol": float(prof.energy_tol)})
     return out

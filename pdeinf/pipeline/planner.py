@@ -236,7 +236,7 @@ def _seed_paper_matrices(profile) -> float:
 
 
 def _symmetry_matrices(profile, pde: str) -> float:
-    elements = 8 + 2 * len(profile.symmetry_shifts)
+    elements = 8 + 2 * len(profile.symmetry_shifts) + profile.symmetry_box ** 2
     epochs = len(profile.symmetry_orbit_epochs or profile.checkpoints[pde])
     return len(profile.seeds) * profile.symmetry_batches * (elements + epochs)
 
@@ -259,6 +259,9 @@ def _recipe_batches(profile) -> int:
 def stage_seconds(profile, stage: str, pde: str, cost: ModelCost, tick: float) -> float:
     """This machine's time of a model stage (see the module's table), without `STAGE_TICKS`."""
     seeds = len(profile.seeds)
+    if stage.startswith(("training ", "interventions", "ablation")) and not stage.startswith(
+            ("training CE-", "training NS-")):
+        seeds = len(profile.study_seeds())  # recipe and ablation runs and their studies
     if stage.startswith("training"):
         return seeds * training_seconds(profile, pde, cost, tick)
     if stage.startswith("rollouts"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from pdeinf.analysis.regime import RegimeCard, optimizer_steps, regime_card
-from pdeinf.config import pde_spec
+from pdeinf.config import REGIME_LABELS, pde_spec
 from pdeinf.data.datasets import split_indices
 from pdeinf.errors import InputError
 from pdeinf.pipeline.common import ProfileLike, as_profile
@@ -58,7 +58,8 @@ def regime_cards(profile: ProfileLike = None, *, layer: str = "seed paper",
             estimator=prof.seed_paper_estimator,
             tolerance=prof.rtol_for(model) if prof.seed_paper_estimator == "full-space"
             else prof.energy_tol,
-            seeds=len(prof.seeds), batches=prof.seed_paper_batches)
+            seeds=len(prof.seeds), batches=prof.seed_paper_batches,
+            label=REGIME_LABELS.get(prof.name, "custom profile"))
     return cards if layer == "seed paper" else {k: for_sweep(c, prof) for k, c in cards.items()}
 
 

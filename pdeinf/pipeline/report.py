@@ -36,14 +36,15 @@ def _check_name(name: str, what: str) -> str:
     return name
 
 
-def save_figure(fig, name: str, *, formats=("png", "pdf"), dpi: int = 150) -> list[Path]:
-    """Write `paths.figures_dir()/<name>.<fmt>` for each format; returns the paths."""
+def save_figure(fig, name: str, *, formats=("png", "pdf"), dpi: int = 150,
+                profile: str | None = None) -> list[Path]:
+    """Write `paths.figures_dir(profile)/<name>.<fmt>` for each format; returns the paths."""
     _check_name(name, "name")
     out = []
     for fmt in formats:
         if fmt not in _STABLE_METADATA:
             raise InputError(f"formats: unsupported {fmt!r} (png, pdf, svg)")
-        target = paths.figures_dir() / f"{name}.{fmt}"
+        target = paths.figures_dir(profile) / f"{name}.{fmt}"
         out.append(atomic_write(target, lambda tmp, f=fmt: fig.savefig(
             tmp, format=f, dpi=dpi, bbox_inches="tight", metadata=_STABLE_METADATA[f])))
     return out
@@ -129,7 +130,8 @@ def _names(value, default) -> list[str]:
 class NotebookRun:
     """What every notebook sets up from its `parameters` cell: the profile, the selected PDEs
     and models, the results dict written at the end, and `save(fig, name)` which shows a
-    figure and writes it to figures/ (PNG and PDF), recording the paths in the results."""
+    figure and writes it to the profile's figures folder (`paths.figures_dir`; PNG and PDF),
+    recording the paths in the results."""
 
     def __init__(self, profile=None, pdes=None, models=None):
         self.profile = get_profile(profile)
@@ -142,7 +144,8 @@ class NotebookRun:
         from IPython.display import display
 
         display(fig)
-        self.results["figures"] += [str(p) for p in save_figure(fig, name)]
+        self.results["figures"] += [str(p) for p in save_figure(fig, name,
+                                                                profile=self.profile.name)]
 
     def write(self, notebook: str) -> Path:
         """Write the results JSON of `notebook` (`results/<notebook>.json`)."""

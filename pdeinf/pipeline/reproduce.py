@@ -29,7 +29,14 @@ from pdeinf.pipeline.notebooks import (
     summarize_notebook,
 )
 from pdeinf.pipeline.rollouts import ensure_rollouts
-from pdeinf.pipeline.schedule import Task, TaskResult, default_workers, run_tasks
+from pdeinf.pipeline.schedule import (
+    EtaClock,
+    Task,
+    TaskResult,
+    default_workers,
+    format_duration,
+    run_tasks,
+)
 from pdeinf.pipeline.symmetry import ensure_symmetry
 from pdeinf.pipeline.training import ensure_training
 
@@ -125,12 +132,18 @@ def stage_tasks(profile: ProfileLike, *, progress: bool = True) -> list[Task]:
     tasks += [task(f"training ablation {a} {p}-{m}", ensure_ablation_runs, (profile, a, p, m),
                    ["data"]) for (p, m), names in ablations.items() for a in names]
     trained = {(p, m): [f"training {p}-{m}"] for p, m in pairs}
+    # the seed paper's stage reads the follow-up sweep's matrices at the subspace estimator;
+    # with its own full-space estimator it needs only the runs and goes first (the longest)
+    reuses_sweep = profile.seed_paper_estimator == "subspace"
+    seed_paper = [task(f"seed-paper influence {p}-{m}", ensure_seed_paper, (profile, p, m),
+                       [f"influence {p}-{m}"] if reuses_sweep else trained[p, m])
+                  for p, m in pairs]
+    tasks += [] if reuses_sweep else seed_paper
     tasks += [task(f"influence {p}-{m}", ensure_influence, (profile, p, m), trained[p, m])
               for p, m in pairs]
     tasks += [task(f"symmetry {p}-{m}", ensure_symmetry, (profile, p, m), trained[p, m])
               for p, m in symmetry]
-    tasks += [task(f"seed-paper influence {p}-{m}", ensure_seed_paper, (profile, p, m),
-                   [f"influence {p}-{m}"]) for p, m in pairs]
+    tasks += seed_paper if reuses_sweep else []
     tasks += [task(f"estimator study {p}-{m}", ensure_estimator_pair, (profile, p, m),
                    trained[p, m]) for p, m in study_pairs(profile)]
     tasks += [task(f"rollouts {p}-{m}", ensure_rollouts, (profile, p, m), trained[p, m])
@@ -180,8 +193,27 @@ def run_all(
     def record(result: TaskResult) -> None:
         timings.append(StageTiming(result.name, result.seconds, result.status))
 
-    run_tasks(tasks, workers=workers, echo=progress, on_result=record)
+    eta = stage_eta(profile, workers) if progress else None
+    run_tasks(tasks, workers=workers, echo=progress, on_result=record, eta=eta)
     return timings
+
+
+def stage_eta(profile, workers: int) -> EtaClock | None:
+    """An `EtaClock` from the planner's estimate of every stage (a few seconds of measuring
+    this machine), printed once as the run's prior total; None where planning fails (the run
+    goes on without an ETA)."""
+    from pdeinf.pipeline.planner import plan
+
+    try:
+        stages = plan(profile, notebooks=False)["stages"]
+    except Exception as err:  # the estimate is a courtesy: never a reason to stop a run
+        print(f"[pdeinf] no ETA ({type(err).__name__}: {err})", file=sys.stderr, flush=True)
+        return None
+    clock = EtaClock({s.stage: s.seconds for s in stages}, workers)
+    print(f"[pdeinf] estimated before starting: {format_duration(clock.seconds_left())} on "
+          f"{workers} worker(s); the ETA is rescaled by each stage's measured time",
+          file=sys.stderr, flush=True)
+    return clock
 
 
 def reproduce(

@@ -159,13 +159,62 @@ def _timed_call(fn: Callable, args: tuple, kwargs: dict) -> float:
     return time.perf_counter() - start
 
 
+class EtaClock:
+    """The time left of a run, from a prior estimate of each stage (`planner.plan`: seconds on
+    this machine) scaled by what the finished stages actually took.
+
+    After each stage: scale = measured / estimated seconds over the computed stages so far
+    (cached stages, under `COMPUTED_SECONDS`, do not count; 1 before the first), and the time
+    left = scale x the estimates of the stages not yet finished / workers."""
+
+    COMPUTED_SECONDS = 1.0
+
+    def __init__(self, estimates: dict[str, float], workers: int = 1):
+        self.estimates = {k: max(0.0, float(v)) for k, v in estimates.items()}
+        self.workers = max(1, int(workers))
+        self.finished: set[str] = set()
+        self.measured = 0.0
+        self.estimated = 0.0
+
+    def finish(self, name: str, seconds: float) -> None:
+        self.finished.add(name)
+        if seconds >= self.COMPUTED_SECONDS and self.estimates.get(name, 0.0) > 0.0:
+            self.measured += seconds
+            self.estimated += self.estimates[name]
+
+    @property
+    def scale(self) -> float:
+        return self.measured / self.estimated if self.estimated > 0 else 1.0
+
+    def seconds_left(self) -> float:
+        left = sum(v for k, v in self.estimates.items() if k not in self.finished)
+        return self.scale * left / self.workers
+
+    def line(self) -> str:
+        """`"3/40 stages · ETA 1 h 12 min"`."""
+        done = len(self.finished & set(self.estimates))
+        return f"{done}/{len(self.estimates)} stages · ETA {format_duration(self.seconds_left())}"
+
+
+def format_duration(seconds: float) -> str:
+    """`"1 h 12 min"`, `"4 min 10 s"`, `"12 s"`."""
+    seconds = max(0, round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours} h {minutes} min"
+    return f"{minutes} min {secs} s" if minutes else f"{secs} s"
+
+
 def run_tasks(tasks: Sequence[Task], *, workers: int = 1, echo: bool = True,
-              on_result: Callable[[TaskResult], None] | None = None) -> list[TaskResult]:
+              on_result: Callable[[TaskResult], None] | None = None,
+              eta: EtaClock | None = None) -> list[TaskResult]:
     """Run `tasks` respecting `after`; ready tasks start in list order. Returns one
     `TaskResult` per task (in completion order); raises the first task error at the end.
 
     `workers` > 1: that many spawned processes with `threads_per_worker(workers)` torch threads
-    each. `on_result` is called in this process as each task ends (e.g. to record timings)."""
+    each. `on_result` is called in this process as each task ends (e.g. to record timings).
+    `eta`: printed after each stage's line when echoing."""
     check_graph(tasks)
     if not (isinstance(workers, int) and workers >= 1):
         raise InputError(f"workers: expected a positive integer, got {workers!r}")
@@ -173,8 +222,11 @@ def run_tasks(tasks: Sequence[Task], *, workers: int = 1, echo: bool = True,
 
     def record(result: TaskResult) -> None:
         results.append(result)
+        if eta is not None:
+            eta.finish(result.name, result.seconds)
         if echo:
-            print(f"[pdeinf] {result.name}: {result.seconds:.1f} s {result.status}",
+            tail = f" · {eta.line()}" if eta is not None else ""
+            print(f"[pdeinf] {result.name}: {result.seconds:.1f} s {result.status}{tail}",
                   file=sys.stderr, flush=True)
         if on_result is not None:
             on_result(result)

@@ -61,6 +61,7 @@ def settings(prof, pde: str) -> dict:
     """What a file depends on besides checkpoints and data."""
     return {"orbit_epochs": orbit_epochs(prof, pde),"symmetry_batches": int(prof.symmetry_batches),
             "symmetry_shifts": [int(a) for a in prof.symmetry_shifts],
+            **({"symmetry_box": int(prof.symmetry_box)} if prof.symmetry_box else {}),
             "checkpoints": list(scheduled_checkpoints(prof, pde)),
             "damping": prof.damping, "energy_tol": prof.energy_tol, "t_max": prof.t_max,
             "stage_version": STAGE_VERSION}
@@ -142,7 +143,7 @@ def run_symmetry(profile, pde: str, model: str, *, sources=None, out_root=None,
                  "trajectories": ",".join(str(int(v)) for b in batches
                                           for v in np.unique(np.asarray(b.trajectory)))}
         ds = compute(models, batches, pde=pde, final_epoch=final_epoch(prof, pde),
-                     shifts=prof.symmetry_shifts, dt=dt, damping=prof.damping,
+                     shifts=prof.symmetry_shifts, box=prof.symmetry_box, dt=dt, damping=prof.damping,
                      energy_tol=prof.energy_tol, orbit_epochs=orbit_epochs(prof, pde),
                      progress=progress, attrs=attrs)
         write_netcdf(with_checksum(ds), seed_file(out_dir, seed))

@@ -5,7 +5,8 @@ At the final checkpoint, for every batch (n = example, `[N, C, H, W]` one-step p
 
 - `equivariance` (batch, element, example): `SMSE(f(g.x), g.y) / SMSE(f(x), y)` for
   `element` = "e" (exactly 1), the 7 non-identity D4 elements and the axis shifts
-  `("shift", a, 0)`, `("shift", 0, a)` (labels "shift(a,0)", "shift(0,a)");
+  `("shift", a, 0)`, `("shift", 0, a)` (labels "shift(a,0)", "shift(0,a)"), and the box grid
+  of joint shifts `("shift", a, b)`, 1 <= a, b <= `box` (labels "shift(a,b)");
 - `equivariance_authors` (batch, d4, example): the same under the authors' axis convention
   (`pdeinf.symmetry.actions`; it differs from ours by `v -> -v` on r, r3, s, sr2);
 - `orbit_diagonal` (batch, element, example), `orbit_rank` (batch, element): the standardized
@@ -53,14 +54,19 @@ D4_NON_IDENTITY: tuple[str, ...] = tuple(g for g in ELEMENTS if g != "e")
 TRACKED: tuple[str, ...] = ("identity", "worst_d4", "shift1")
 
 
-def study_elements(shifts: Sequence[int]) -> list:
-    """`["e", r, ..., sr3, ("shift", a, 0), ("shift", 0, a) for a in shifts]`."""
+def study_elements(shifts: Sequence[int], box: int = 0) -> list:
+    """`["e", r, ..., sr3, ("shift", a, 0), ("shift", 0, a) for a in shifts]`, then the box
+    grid of joint shifts `("shift", a, b)` for 1 <= a, b <= `box` (the follow-up's translation
+    landscape; its axis rows and columns are the axis shifts)."""
     shifts = [int(a) for a in shifts]
     if any(a <= 0 for a in shifts) or len(set(shifts)) != len(shifts):
         raise InputError(f"shifts: expected distinct positive integers, got {shifts}")
+    if not isinstance(box, (int, np.integer)) or box < 0:
+        raise InputError(f"box: expected a non-negative integer, got {box!r}")
     out: list = ["e", *D4_NON_IDENTITY]
     for a in shifts:
         out += [("shift", a, 0), ("shift", 0, a)]
+    out += [("shift", a, b) for a in range(1, box + 1) for b in range(1, box + 1)]
     return out
 
 
@@ -169,7 +175,7 @@ def final_orbit_study(model: torch.nn.Module, batches: Sequence, *, pde,
 
 
 def symmetry_study(models: Mapping[int, torch.nn.Module], batches: Sequence, *, pde,
-                   final_epoch: int, shifts: Sequence[int], dt: float | None = None,
+                   final_epoch: int, shifts: Sequence[int], box: int = 0, dt: float | None = None,
                    damping: float = 1e-6, energy_tol: float = 1e-4,
                    landscape_step: int | None = None, layers: Sequence[str] | None = None,
                    orbit_epochs: Sequence[int] | None = None, progress: bool = False, attrs: dict | None = None, **engine_kwargs):
@@ -178,7 +184,8 @@ def symmetry_study(models: Mapping[int, torch.nn.Module], batches: Sequence, *, 
     `models`: {checkpoint epoch: model in eval mode} (must hold `final_epoch`); `batches`:
     objects with `.inputs`, `.targets` `[N, C, H, W]` and `.c` `[N]` class labels of
     consecutive transitions; `pde`: "CE", "NS" or a PDESpec; `shifts`: positive shift sizes in
-    grid cells; `dt`: snapshot spacing (compressible PDEs' axis check); `landscape_step`: grid
+    grid cells; `box`: the box grid of joint shifts (a, b), 1 <= a, b <= box, added to the
+    elements (`study_elements`); `dt`: snapshot spacing (compressible PDEs' axis check); `landscape_step`: grid
     stride of the 2D shift landscape (default n // 8, at least 1); `layers`: modules of the
     layer-wise Lie derivative (default every leaf module with field input and output);
     `orbit_epochs`: checkpoints at which the tracked orbit diagonals are computed (default all;
@@ -194,7 +201,7 @@ def symmetry_study(models: Mapping[int, torch.nn.Module], batches: Sequence, *, 
         raise InputError("batches: at least one batch is required")
     if spec.compressible and (dt is None or not dt > 0):
         raise InputError(f"dt: a positive snapshot spacing is required for {spec.name}")
-    elements = study_elements(shifts)
+    elements = study_elements(shifts, box)
     labels = [element_label(g) for g in elements]
     model = models[final_epoch]
     n_grid = min(batches[0].inputs.shape[-2:])
