@@ -169,6 +169,12 @@ class Profile:
     def study_seeds(self) -> tuple[int, ...]:
         """The seeds of the interventions and ablation studies (`recipe_seeds`, else `seeds`)."""
         return tuple(self.seeds if self.recipe_seeds is None else self.recipe_seeds)
+    # --- the regime ladder (ours): the seed paper's headline numbers from a small, briefly
+    # trained model to this profile's regime, on one pair (pipeline.ladder); None: no ladder
+    ladder_pair: tuple[str, str] | None = None
+    ladder_widths: tuple[int, ...] = ()  # ViT width / UNet base of the capacity axis
+    ladder_trajectories: tuple[int, ...] = ()  # training trajectories per class of the data axis
+    ladder_seeds: tuple[int, ...] = (10, 35, 42)
     # --- ablation of our model departures (increment vs direct; pdeinf's own models vs the authors')
     ablation_pairs: tuple[tuple[str, str], ...] | None = None  # None: every pair
     # --- estimator study (what lambda and the Krylov tolerance do), one batch per seed
@@ -236,7 +242,7 @@ PROFILES: dict[str, Profile] = {
         name="faithful",
         resolution=32,
         solver_resolution=64,
-        # 48 trajectories per class: 31 train / 2 validation / 15 test, so that 6 influence
+        # 48 trajectories per class: 32 train / 2 validation / 14 test, so that 6 influence
         # batches (one test trajectory per class each) never repeat a trajectory
         n_trajectories=48,
         model_size="faithful",  # P/M >= 1 for every pair (pdeinf.models)
@@ -256,6 +262,10 @@ PROFILES: dict[str, Profile] = {
         recipe_batches=1,
         recipe_seeds=(10, 35, 42),
         ablation_pairs=(("CE", "vit"),),
+        # P/M 0.43 / 1.14 / 2.82 (CE) and 2 / 8 / 32 training trajectories per class
+        ladder_pair=("CE", "vit"),
+        ladder_widths=(48, 80, 128),
+        ladder_trajectories=(2, 8, 32),
     ),
     "paper": Profile(
         name="paper",

@@ -258,6 +258,8 @@ def _recipe_batches(profile) -> int:
 
 def stage_seconds(profile, stage: str, pde: str, cost: ModelCost, tick: float) -> float:
     """This machine's time of a model stage (see the module's table), without `STAGE_TICKS`."""
+    if stage.startswith("ladder"):
+        return _ladder_seconds(profile, stage, pde, cost, tick)
     seeds = len(profile.seeds)
     if stage.startswith(("training ", "interventions", "ablation")) and not stage.startswith(
             ("training CE-", "training NS-")):
@@ -278,6 +280,18 @@ def stage_seconds(profile, stage: str, pde: str, cost: ModelCost, tick: float) -
         matrices = seeds * len(profile.checkpoints[pde]) * _recipe_batches(profile)
         return matrix_seconds(cost, SWEEP_PASSES) * matrices + rollout_seconds(profile, cost)
     return matrix_seconds(cost, SWEEP_PASSES) * matrices
+
+
+def _ladder_seconds(profile, stage: str, pde: str, cost: ModelCost, tick: float) -> float:
+    """The ladder's runs (each as long as one run of the profile, at the profile's width) or
+    its measurements (per rung and ladder seed: one subspace and one full-space matrix)."""
+    from pdeinf.pipeline.ladder import rungs
+
+    steps = rungs(profile)
+    seeds = len(profile.ladder_seeds)
+    if stage.startswith("ladder training"):
+        return seeds * sum(not r.own for r in steps) * training_seconds(profile, pde, cost, tick)
+    return matrix_seconds(cost, SWEEP_PASSES) * seeds * len(steps) * (1 + KRYLOV_MATVECS / SWEEP_PASSES)
 
 
 def data_seconds(profile, tick: float) -> float:

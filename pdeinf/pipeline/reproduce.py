@@ -106,6 +106,7 @@ def stage_tasks(profile: ProfileLike, *, progress: bool = True) -> list[Task]:
         ensure_ablation_runs,
     )
     from pdeinf.pipeline.estimator import ensure_estimator_pair, study_pairs
+    from pdeinf.pipeline.ladder import ensure_ladder, ensure_ladder_runs, ladder_pair
     from pdeinf.pipeline.interventions import (
         ensure_intervention_pair,
         ensure_orbit_pair,
@@ -164,6 +165,11 @@ def stage_tasks(profile: ProfileLike, *, progress: bool = True) -> list[Task]:
                    [f"interventions {r} {p}-{m}" for r in profile.recipes]
                    + ([f"interventions orbit {p}-{m}"] if orbit else []))
               for (p, m) in recipes]
+    if profile.ladder_pair is not None:
+        p, m = ladder_pair(profile)
+        tasks += [task(f"ladder training {p}-{m}", ensure_ladder_runs, (profile,), ["data"]),
+                  task(f"ladder {p}-{m}", ensure_ladder, (profile,),
+                       [f"ladder training {p}-{m}", f"training {p}-{m}"])]
     tasks += [task(f"ablation {p}-{m}", ensure_ablation_pair, (profile, p, m),
                    [f"training ablation {a} {p}-{m}" for a in names]
                    + _baseline_stages(profile, p, m, symmetry))

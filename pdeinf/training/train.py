@@ -52,10 +52,12 @@ from pdeinf.training.recipes import Recipe, StepBatch, make_recipe
 
 #: Config entries that must agree between a run directory's saved state and a new call.
 IDENTITY_KEYS = ("pde", "model", "model_size", "model_variant", "residual", "seed", "channels",
-                 "resolution", "batch_size", "lr", "weight_decay", "t_max", "dtype", "recipe")
+                 "resolution", "batch_size", "lr", "weight_decay", "t_max", "dtype", "recipe",
+                 "model_options")
 #: What a key missing from a checkpoint's config means: a config without `recipe`,
 #: `model_variant` and `residual` describes a one-step run of pdeinf's own increment models.
-_DEFAULT_IDENTITY = {"recipe": {"name": "one-step"}, "model_variant": "pdeinf-v1", "residual": True}
+_DEFAULT_IDENTITY = {"recipe": {"name": "one-step"}, "model_variant": "pdeinf-v1", "residual": True,
+                     "model_options": {}}
 
 
 class TrainingError(NumericalError):
@@ -229,7 +231,8 @@ def _build_from(config: dict) -> torch.nn.Module:
     return build(config["model"], channels=config["channels"], resolution=config["resolution"],
                  size=config["model_size"],
                  variant=config.get("model_variant", _DEFAULT_IDENTITY["model_variant"]),
-                 residual=config.get("residual", _DEFAULT_IDENTITY["residual"]))
+                 residual=config.get("residual", _DEFAULT_IDENTITY["residual"]),
+                 **config.get("model_options", {}))
 
 
 
@@ -243,7 +246,7 @@ def default_out_dir(profile_name: str, recipe: Recipe) -> Path:
 def train(pde: str, model_name: str, seed: int, profile, *, data_root=None, out_dir=None,
           progress: bool = True, data=None, dtype: torch.dtype = torch.float32,
           device=None, recipe=None, recipe_settings: dict | None = None,
-          monitor=None) -> RunResult:
+          monitor=None, model_options: dict | None = None) -> RunResult:
     """Train (or resume, or just return) the run `<PDE>-<model>-s<seed>` of a profile.
 
     profile: a `Profile` or its name. data: an object with `.classes`, `.trajectories`,
@@ -255,6 +258,8 @@ def train(pde: str, model_name: str, seed: int, profile, *, data_root=None, out_
     (e.g. `pdeinf.influence.CoherenceMonitor`), called on rank 0 with the unwrapped model at
     step 0 of a fresh run and after every optimizer step (global step count); its history is
     kept in the resume state and written to `monitor.json` / `monitor.csv` after every epoch.
+    model_options: entries of the model's size table to override (e.g. `{"width": 48}`, see
+    `pdeinf.models.build`); part of the run's identity when given.
     Returns the run directory, the scheduled checkpoints `{epoch: path}` and the history.
     Raises InputError on bad arguments/data or a run directory of another configuration, and
     TrainingError on a non-finite loss (files of the last good epoch are kept).
@@ -297,6 +302,9 @@ def train(pde: str, model_name: str, seed: int, profile, *, data_root=None, out_
             "classes": list(data.classes), "n_train_transitions": len(train_set),
             "world_size": ctx.world, "recipe": recipe.identity(),
         }
+        if model_options:
+            config["model_options"] = dict(model_options)
+            _build_from(config)  # an unknown option fails here, before any training
         fingerprint = str(data.fingerprint())
         run_dir = Path(out_dir or default_out_dir(prof.name, recipe)) / run_name(pde, model_name, seed)
         if ctx.is_main:

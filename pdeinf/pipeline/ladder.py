@@ -1,0 +1,325 @@
+"""Stage: the regime ladder (ours; `pdeinf.analysis.ladder`) of `profile.ladder_pair`.
+
+Rungs (`rungs`): every checkpoint of the profile's own runs (`progress`); the widths of
+`profile.ladder_widths` at the profile's data and optimizer steps (`width`); the training
+trajectories per class of `profile.ladder_trajectories` at the profile's optimizer steps
+(`data`: the first k training trajectories of each class, seen correspondingly more often).
+A rung equal to the profile's own width or data size is the profile's own final checkpoint.
+
+Files:
+- `results/runs/<profile>/ladder/<axis>-<value>/<PDE>-<model>-s<seed>/`: the width and data
+  rungs' runs (keyed like every run: `pipeline.training.ensure_keyed_run`);
+- `results/ladder/<profile>/<PDE>-<model>/<axis>-<value>-s<seed>-<estimator>.nc`: the seed
+  paper's labelled influence of influence batch 0 (`influence.task.seed_paper_influence`) at
+  that rung with that estimator, keyed on the checkpoint bytes, the data and the settings;
+- `ladder_<PDE>_<model>.json` in the profile's figures folder: the table (per rung, estimator
+  and seed), its summary with t-intervals over seeds and one sentence per axis.
+A rerun recomputes exactly what is missing or stale.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from pdeinf import paths
+from pdeinf.atomic import write_netcdf
+from pdeinf.config import pde_spec
+from pdeinf.errors import InputError
+from pdeinf.pipeline.checksums import checksum_ok, with_checksum
+from pdeinf.pipeline.common import ProfileLike, as_profile, content_key, file_digest, final_epoch
+
+#: The build option that sets each model's width.
+WIDTH_OPTION = {"unet": "base", "vit": "width"}
+BATCH_INDEX = 0
+STAGE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Rung:
+    """One rung: `axis` ("progress" | "width" | "data"), its `value` (checkpoint epoch, width,
+    training trajectories per class), the checkpoint `epoch` measured, the run's `epochs`,
+    `train_per_class` and whether it is the profile's own run (`own`)."""
+
+    axis: str
+    value: int
+    epoch: int
+    epochs: int
+    train_per_class: int
+    own: bool
+
+    @property
+    def name(self) -> str:
+        return f"{self.axis}-{self.value}"
+
+
+def ladder_pair(profile: ProfileLike) -> tuple[str, str]:
+    prof = as_profile(profile)
+    if prof.ladder_pair is None:
+        raise InputError(f"profile {prof.name}: no ladder_pair; the regime ladder is not part of it")
+    pde, model = (str(v) for v in prof.ladder_pair)
+    if (pde, model) not in prof.pairs():
+        raise InputError(f"profile {prof.name}: ladder_pair {(pde, model)} is not one of its pairs")
+    return pde, model
+
+
+def own_width(profile: ProfileLike, model: str) -> int:
+    """The width (ViT width / UNet base) of the profile's own `model`."""
+    from pdeinf.models import _SIZES
+
+    prof = as_profile(profile)
+    return int(_SIZES[model, prof.model_variant][prof.model_size][WIDTH_OPTION[model]])
+
+
+def own_train_per_class(profile: ProfileLike) -> int:
+    from pdeinf.data.datasets import split_indices
+
+    prof = as_profile(profile)
+    return len(split_indices(prof.n_trajectories, prof.seeds[0], prof.split)["train"])
+
+
+def steps_per_epoch(profile, train_per_class: int, pde: str) -> int:
+    prof = as_profile(profile)
+    n_classes = len(pde_spec(pde).classes)
+    return math.ceil(n_classes * train_per_class * (prof.t_max - 1) / prof.batch_size)
+
+
+def rungs(profile: ProfileLike) -> list[Rung]:
+    """The rungs of the profile's ladder, axis by axis, in increasing value."""
+    prof = as_profile(profile)
+    pde, model = ladder_pair(prof)
+    epochs = int(prof.epochs[pde])
+    own_k, own_w = own_train_per_class(prof), own_width(prof, model)
+    out = [Rung("progress", int(e), int(e), epochs, own_k, True)
+           for e in sorted(prof.checkpoints[pde])]
+    for w in sorted({int(w) for w in prof.ladder_widths} | {own_w}):
+        out.append(Rung("width", w, epochs, epochs, own_k, w == own_w))
+    steps = epochs * steps_per_epoch(prof, own_k, pde)
+    for k in sorted({int(k) for k in prof.ladder_trajectories} | {own_k}):
+        if not 1 <= k <= own_k:
+            raise InputError(f"ladder_trajectories: {k} is not between 1 and the {own_k} training "
+                             "trajectories per class")
+        n = math.ceil(steps / steps_per_epoch(prof, k, pde))
+        out.append(Rung("data", k, n, n, k, k == own_k))
+    return out
+
+
+class FirstTrainingTrajectories:
+    """A data object (`.classes`, `.trajectories`, `.fingerprint`) holding the first `k`
+    training trajectories of each class of `data`; the other splits unchanged."""
+
+    def __init__(self, data, k: int):
+        self.data, self.k = data, int(k)
+        self.classes = data.classes
+
+    def trajectories(self, cls: str, split: str, seed: int) -> np.ndarray:
+        held = self.data.trajectories(cls, split, seed)
+        if split != "train":
+            return held
+        if len(held) < self.k:
+            raise InputError(f"data {cls}: {len(held)} training trajectories, the rung needs {self.k}")
+        return held[: self.k]
+
+    def fingerprint(self) -> str:
+        return f"{self.data.fingerprint()}/train-first-{self.k}"
+
+
+def rung_runs_root(profile: ProfileLike, rung: Rung) -> Path:
+    prof = as_profile(profile)
+    base = paths.runs_dir(prof.name)
+    return base if rung.own else base / "ladder" / rung.name
+
+
+def _rung_profile(prof, pde: str, rung: Rung):
+    return dataclasses.replace(prof, epochs={**prof.epochs, pde: rung.epochs},
+                               checkpoints={**prof.checkpoints, pde: (rung.epochs,)})
+
+
+def _model_options(prof, model: str, rung: Rung) -> dict | None:
+    return {WIDTH_OPTION[model]: rung.value} if rung.axis == "width" and not rung.own else None
+
+
+def ensure_ladder_runs(profile: ProfileLike, *, progress: bool = True) -> list[Path]:
+    """Train (or find current, or resume) the width and data rungs' runs of every ladder seed."""
+    from pdeinf.pipeline.data import profile_data
+    from pdeinf.pipeline.training import ensure_keyed_run
+    from pdeinf.training.train import train
+
+    prof = as_profile(profile)
+    pde, model = ladder_pair(prof)
+    data = profile_data(prof, pde, progress=progress)
+    fingerprint = str(data.fingerprint())
+    done = []
+    todo = [r for r in rungs(prof) if not r.own]
+    for rung in tqdm(todo, desc=f"ladder runs {pde}-{model}", disable=not progress):
+        rprof = _rung_profile(prof, pde, rung)
+        rdata = FirstTrainingTrajectories(data, rung.train_per_class) if rung.axis == "data" else data
+        options = _model_options(prof, model, rung)
+        root = rung_runs_root(prof, rung)
+        for seed in prof.ladder_seeds:
+            key = content_key(stage="ladder-training", pde=pde, model=model, seed=int(seed),
+                              rung=rung.name, data=fingerprint, epochs=rung.epochs,
+                              options=options, lr=prof.lr, batch_size=prof.batch_size,
+                              model_size=prof.model_size, t_max=prof.t_max)
+            done.append(ensure_keyed_run(
+                root / paths.run_name(pde, model, seed), (rung.epochs,), key,
+                lambda seed=seed: train(pde, model, int(seed), rprof, data=rdata, out_dir=root,
+                                        progress=False, model_options=options),
+                {"data_fingerprint": fingerprint, "rung": rung.name}))
+    return done
+
+
+def measurement_path(profile, rung: Rung, seed: int, estimator: str) -> Path:
+    prof = as_profile(profile)
+    pde, model = ladder_pair(prof)
+    return (paths.results_dir() / "ladder" / prof.name / f"{pde}-{model}"
+            / f"{rung.name}-s{int(seed)}-{estimator}.nc")
+
+
+def _settings(prof, model: str) -> dict:
+    return {"damping": prof.damping, "fullspace_damping": prof.fullspace_damping,
+            "rtol": prof.rtol_for(model), "energy_tol": prof.energy_tol, "t_max": prof.t_max,
+            "batch": BATCH_INDEX, "stage_version": STAGE_VERSION}
+
+
+def _load_valid(path: Path, key: str):
+    import xarray as xr
+
+    if not path.is_file():
+        return None
+    try:
+        with xr.open_dataset(path, engine="h5netcdf") as ds:
+            ds = ds.load()
+    except Exception:  # noqa: BLE001 - unreadable, truncated or foreign: recompute
+        return None
+    return ds if ds.attrs.get("cache_key") == key and "H" in ds and checksum_ok(ds) else None
+
+
+def _measure(prof, pde: str, model: str, rung: Rung, seed: int, estimator: str, sources, data_key):
+    """The seed paper's labelled influence of batch 0 at one rung, seed and estimator (cached)."""
+    from pdeinf.influence.task import seed_paper_influence
+
+    ckpt = sources.checkpoint(seed, rung.epoch)
+    if not Path(ckpt).is_file():
+        raise InputError(f"{ckpt}: checkpoint of ladder rung {rung.name} not found; train it "
+                         "first (`pipeline.ensure_ladder_runs`)")
+    key = content_key(stage="ladder", rung=rung.name, seed=int(seed), estimator=estimator,
+                      checkpoint=file_digest(ckpt), data=data_key, **_settings(prof, model))
+    path = measurement_path(prof, rung, seed, estimator)
+    held = _load_valid(path, key)
+    if held is not None:
+        return held
+    net, _ = sources.model(seed, rung.epoch)
+    batch = sources.batch(seed, BATCH_INDEX)
+    full = estimator == "full-space"
+    ds = seed_paper_influence(net, batch.inputs, batch.targets, pde=pde,
+                              damping=prof.fullspace_damping if full else prof.damping,
+                              rtol=prof.rtol_for(model), estimator=estimator,
+                              energy_tol=prof.energy_tol,
+                              attrs={"cache_key": key, "rung": rung.name, "seed": int(seed)})
+    write_netcdf(with_checksum(ds), path)
+    return ds
+
+
+def _statistics(ds, pde: str) -> dict:
+    """ridge, decay, class_locked of the SMSE bra's standardized matrix; log10 top NTK
+    eigenvalue."""
+    from pdeinf.analysis import seed_paper as sp
+    from pdeinf.analysis import seed_paper_findings as spf
+
+    h = ds["H"].expand_dims(seed=[0], batch=[0])
+    hn = sp.standardized(h.to_dataset(name="H"), "C")
+    return {"ridge": float(spf.ridge_units(hn).sel(cls="all").values.item()),
+            "decay": float(spf.decay_units(hn).values.item()),
+            "class_locked": float(spf.class_locked_units(hn).values.item()),
+            "log10_ntk": float(np.log10(float(ds["ntk_top_eigenvalue"].values)))}
+
+
+def _val_smse(root: Path, pde: str, model: str, seed: int, epoch: int) -> float:
+    path = root / paths.run_name(pde, model, seed) / "history.json"
+    try:
+        history = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return math.nan
+    return next((float(r["val_smse"]) for r in history if int(r["epoch"]) == int(epoch)), math.nan)
+
+
+def ladder_table(profile: ProfileLike, *, progress: bool = True) -> pd.DataFrame:
+    """Measure every rung, seed and estimator (cached) and return the ladder table
+    (`analysis.ladder.COLUMNS`)."""
+    from pdeinf.analysis.ladder import ESTIMATORS
+    from pdeinf.models import build, count_parameters
+    from pdeinf.pipeline.influence import FileSources
+
+    prof = as_profile(profile)
+    pde, model = ladder_pair(prof)
+    outputs = 48 * pde_spec(pde).channels * prof.resolution ** 2
+    rows = []
+    data_key = None
+    all_rungs = rungs(prof)
+    bar = tqdm(total=len(all_rungs) * len(prof.ladder_seeds) * len(ESTIMATORS),
+               desc=f"ladder {pde}-{model}", disable=not progress)
+    for rung in all_rungs:
+        root = rung_runs_root(prof, rung)
+        sources = FileSources(prof, pde, model, runs_root=root, data_root=paths.data_dir(prof.name))
+        data_key = data_key or sources.data_key()
+        options = _model_options(prof, model, rung) or {}
+        net = build(model, channels=pde_spec(pde).channels, resolution=prof.resolution,
+                    size=prof.model_size, variant=prof.model_variant, residual=prof.residual,
+                    **options)
+        p_over_m = count_parameters(net) / outputs
+        steps = rung.epoch * steps_per_epoch(prof, rung.train_per_class, pde)
+        for seed in prof.ladder_seeds:
+            val = _val_smse(root, pde, model, seed, rung.epoch)
+            for estimator in ESTIMATORS:
+                ds = _measure(prof, pde, model, rung, seed, estimator, sources, data_key)
+                rows.append({"axis": rung.axis, "value": rung.value, "estimator": estimator,
+                             "seed": int(seed), "p_over_m": p_over_m,
+                             "train_per_class": rung.train_per_class, "optimizer_steps": steps,
+                             "val_smse": val, **_statistics(ds, pde)})
+                bar.update(1)
+    bar.close()
+    return pd.DataFrame(rows)
+
+
+def ladder_path(profile: ProfileLike) -> Path:
+    prof = as_profile(profile)
+    pde, model = ladder_pair(prof)
+    return paths.figures_dir(prof.name) / f"ladder_{pde}_{model}.json"
+
+
+def ensure_ladder(profile: ProfileLike, *, progress: bool = True) -> dict:
+    """Train what is missing, measure every rung, and write the ladder JSON (the table, its
+    summary, one sentence per axis); returns what it wrote."""
+    from pdeinf.analysis import ladder as al
+    from pdeinf.analysis.registry import FINDING_RULES
+    from pdeinf.atomic import write_text
+    from pdeinf.config import REGIME_LABELS
+    from pdeinf.pipeline.findings import round_numbers
+    from pdeinf.pipeline.report import to_jsonable
+
+    prof = as_profile(profile)
+    pde, model = ladder_pair(prof)
+    ensure_ladder_runs(prof, progress=progress)
+    table = ladder_table(prof, progress=progress)
+    paper = FINDING_RULES["lag0_ridge"].paper_values.get(f"{pde}-{model}")
+    own = {"progress": final_epoch(prof, pde), "width": own_width(prof, model),
+           "data": own_train_per_class(prof)}
+    result = {
+        "profile": prof.name, "regime_label": REGIME_LABELS.get(prof.name, "custom profile"),
+        "pde": pde, "model": model, "seeds": [int(s) for s in prof.ladder_seeds],
+        "batch": BATCH_INDEX, "paper_ridge": paper, "own_rung": own,
+        "table": table.to_dict(orient="records"),
+        "summary": al.summarize(table).to_dict(orient="records"),
+        "sentences": {axis: al.axis_sentence(table, axis, paper_ridge=paper, reference=own[axis])
+                      for axis in al.AXES},
+    }
+    text = json.dumps(round_numbers(to_jsonable(result)), indent=1, sort_keys=True, allow_nan=False)
+    write_text(ladder_path(prof), text + "\n")
+    return result
