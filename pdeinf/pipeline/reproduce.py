@@ -90,15 +90,15 @@ def _timed(report_timings: list[StageTiming], stage: str, *, echo: bool) -> Iter
 
 
 def stage_tasks(profile: ProfileLike, *, progress: bool = True) -> list[Task]:
-    """The pipeline as a dependency graph: data; every training run (per (PDE, model) the
-    baseline seeds, each recipe's and each ablation configuration's runs); per pair the
-    follow-up sweep, the seed paper's influence (after the sweep, whose matrices it reuses at
-    the subspace estimator), the symmetry study, rollouts and the estimator study; then the
-    intervention studies (one stage per recipe after that recipe's runs and the baseline's
-    sweep, one for augment's orbit influence, then the pair's study that reads them) and the
-    ablation study. Listed in the order a
-    sequential run takes them: training first, then the analyses, longest first, so that with
-    several workers none waits long on a last straggler."""
+    """The pipeline as a dependency graph, listed in priority order (ready tasks start in list
+    order, so the seed paper's and the follow-up's analyses of the baseline runs come before our
+    studies' extra runs): data; the baseline runs of every (PDE, model); the seed paper's
+    influence (first, needing only the runs, with its full-space estimator; after the follow-up
+    sweep, whose matrices it reuses, at the subspace estimator); the follow-up sweep, the
+    symmetry study, rollouts and the estimator study; the regime ladder (its own runs, then its
+    measurements); each recipe's and each ablation configuration's runs; the intervention
+    studies (one stage per recipe after that recipe's runs and the baseline's sweep, one for
+    augment's orbit influence, then the pair's study that reads them) and the ablation study."""
     from pdeinf.pipeline.ablation import (
         ablation_pairs,
         configurations,
@@ -128,10 +128,6 @@ def stage_tasks(profile: ProfileLike, *, progress: bool = True) -> list[Task]:
 
     tasks = [Task("data", ensure_data, (profile,), opts, exclusive=True)]
     tasks += [task(f"training {p}-{m}", ensure_training, (profile, p, m), ["data"]) for p, m in pairs]
-    tasks += [task(f"training {r} {p}-{m}", ensure_recipe_runs, (profile, p, m, r), ["data"])
-              for (p, m), names in recipes.items() for r in names]
-    tasks += [task(f"training ablation {a} {p}-{m}", ensure_ablation_runs, (profile, a, p, m),
-                   ["data"]) for (p, m), names in ablations.items() for a in names]
     trained = {(p, m): [f"training {p}-{m}"] for p, m in pairs}
     # the seed paper's stage reads the follow-up sweep's matrices at the subspace estimator;
     # with its own full-space estimator it needs only the runs and goes first (the longest)
@@ -149,6 +145,16 @@ def stage_tasks(profile: ProfileLike, *, progress: bool = True) -> list[Task]:
                    trained[p, m]) for p, m in study_pairs(profile)]
     tasks += [task(f"rollouts {p}-{m}", ensure_rollouts, (profile, p, m), trained[p, m])
               for p, m in pairs]
+    if profile.ladder_pair is not None:
+        p, m = ladder_pair(profile)
+        tasks += [task(f"ladder training {p}-{m}", ensure_ladder_runs, (profile,), ["data"]),
+                  task(f"ladder {p}-{m}", ensure_ladder, (profile,),
+                       [f"ladder training {p}-{m}", f"training {p}-{m}"])]
+    # our studies' own runs come after every analysis of the baseline runs
+    tasks += [task(f"training {r} {p}-{m}", ensure_recipe_runs, (profile, p, m, r), ["data"])
+              for (p, m), names in recipes.items() for r in names]
+    tasks += [task(f"training ablation {a} {p}-{m}", ensure_ablation_runs, (profile, a, p, m),
+                   ["data"]) for (p, m), names in ablations.items() for a in names]
     # per recipe its own stage (one-step reads the sweep); augment vs one-step orbit influence
     # its own (it reuses the symmetry stage's files); then the pair's study reads them all
     baseline = {(p, m): [f"training {p}-{m}", f"influence {p}-{m}", f"rollouts {p}-{m}"]
@@ -165,11 +171,6 @@ def stage_tasks(profile: ProfileLike, *, progress: bool = True) -> list[Task]:
                    [f"interventions {r} {p}-{m}" for r in profile.recipes]
                    + ([f"interventions orbit {p}-{m}"] if orbit else []))
               for (p, m) in recipes]
-    if profile.ladder_pair is not None:
-        p, m = ladder_pair(profile)
-        tasks += [task(f"ladder training {p}-{m}", ensure_ladder_runs, (profile,), ["data"]),
-                  task(f"ladder {p}-{m}", ensure_ladder, (profile,),
-                       [f"ladder training {p}-{m}", f"training {p}-{m}"])]
     tasks += [task(f"ablation {p}-{m}", ensure_ablation_pair, (profile, p, m),
                    [f"training ablation {a} {p}-{m}" for a in names]
                    + _baseline_stages(profile, p, m, symmetry))
