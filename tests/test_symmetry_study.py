@@ -240,3 +240,29 @@ def test_epoch_trends_relative_to_identity():
     tr = sm.epoch_trends(ds)
     np.testing.assert_allclose(tr["orbit_relative"].sel(tracked="identity").values, 1.0)
     np.testing.assert_allclose(tr["lie"].values, np.median(d.transpose(1, 2, 0, 3).reshape(3, 3, -1), axis=-1))
+
+
+def test_translation_landscape_reads_each_shift_where_it_belongs():
+    import xarray as xr
+
+    from pdeinf.symmetry import summary as sm
+
+    labels = ["e", "r", "shift(1,0)", "shift(3,0)", "shift(0,1)", "shift(1,1)"]
+    rng = np.random.default_rng(3)
+    shape = (2, 1, len(labels), 5)  # seed, batch, element, example
+    ds = xr.Dataset({"equivariance": (("seed", "batch", "element", "example"), rng.uniform(1, 2, shape)),
+                     "orbit_diagonal": (("seed", "batch", "element", "example"), rng.normal(0, 1, shape))},
+                    coords={"seed": [1, 2], "element": labels})
+    land = sm.translation_landscape(ds, n=4)
+    xs, q = land["axis"]["y"]
+    assert list(xs) == [-1, 0, 1]  # shift 3 on a 4-cell grid is -1
+    flat = lambda lab: ds["orbit_diagonal"].sel(element=lab).values.ravel()  # noqa: E731
+    assert q[1, 0] == pytest.approx(np.median(flat("shift(3,0)")))
+    assert q[1, 1] == pytest.approx(np.median(flat("e")))
+    assert list(land["axis"]["x"][0]) == [0, 1]
+    assert land["box"] == 1
+    assert land["box_influence"][1, 1] == pytest.approx(np.median(flat("shift(1,1)")))
+    assert land["box_influence"][0, 1] == pytest.approx(np.median(flat("shift(0,1)")))
+    q3 = [np.quantile(ds["equivariance"].sel(seed=s, element="shift(1,0)").values, 0.75) for s in (1, 2)]
+    assert land["box_error"][1, 0] == pytest.approx(np.median(q3))
+    assert sm.signed(2, 4) == -2 and sm.signed(1, 5) == 1 and sm.signed(3, 5) == -2

@@ -100,6 +100,55 @@ def orbit_quartiles(ds) -> xr.DataArray:
     return ds["orbit_diagonal"].quantile([0.25, 0.5, 0.75], dim=("seed", "batch", "example"))
 
 
+def _shift_of(label: str) -> tuple[int, int] | None:
+    """`(a, b)` of a label "shift(a,b)", None for other elements."""
+    if not label.startswith("shift("):
+        return None
+    a, b = label[len("shift("):-1].split(",")
+    return int(a), int(b)
+
+
+def signed(shift: int, n: int) -> int:
+    """A circular shift 0..n-1 as the signed shift -n/2..n/2-1 it equals."""
+    return shift - n if shift >= (n + 1) // 2 else shift
+
+
+def translation_landscape(ds, n: int) -> dict:
+    """The follow-up's translation landscapes (its Figs. 8, 15, 18, 19 recipe) from one study
+    with every axis shift and a box grid of joint shifts:
+
+    - `axis`: {"y" | "x": (signed shifts, orbit-diagonal quartiles [3, shifts])} along each axis,
+      identity included at 0, quartiles over seeds x batches x examples;
+    - `box_influence`, `box_error`: [box + 1, box + 1] arrays over (a, b) = 0..box (rows a along
+      y, columns b along x): the median orbit diagonal over seeds x batches x examples, and the
+      median over seeds of the per-seed Q3 equivariance ratio; NaN where an element is missing.
+    `n`: grid size (shifts are circular modulo n)."""
+    _check(ds, ("equivariance", "orbit_diagonal"))
+    labels = [str(e) for e in ds["element"].values]
+    shifts = {lab: _shift_of(lab) for lab in labels if _shift_of(lab) is not None}
+    q = orbit_quartiles(ds)
+    axis = {}
+    for name, pick in (("y", lambda a, b: b == 0), ("x", lambda a, b: a == 0)):
+        chosen = sorted(((signed(a if name == "y" else b, n), lab) for lab, (a, b) in shifts.items()
+                         if pick(a, b)), key=lambda t: t[0])
+        xs = [0] + [s for s, _ in chosen]
+        vals = q.sel(element=["e"] + [lab for _, lab in chosen]).values
+        order = np.argsort(xs)
+        axis[name] = (np.asarray(xs)[order], vals[:, order])
+    box = max([min(a, b) for a, b in shifts.values() if a and b], default=0)
+    influence = np.full((box + 1, box + 1), np.nan)
+    error = np.full((box + 1, box + 1), np.nan)
+    med = q.sel(quantile=0.5)
+    err = _seed_q3(ds["equivariance"]).median("seed")
+    for a in range(box + 1):
+        for b in range(box + 1):
+            lab = "e" if a == b == 0 else f"shift({a},{b})"
+            if lab in labels:
+                influence[a, b] = float(med.sel(element=lab))
+                error[a, b] = float(err.sel(element=lab))
+    return {"axis": axis, "box_influence": influence, "box_error": error, "box": box}
+
+
 def layer_shares(ds) -> xr.DataArray:
     """Median (over seeds, batches, examples) share of each hooked module in the x-translation
     Lie derivative: ||c_i|| / sum_j ||c_j|| (j over modules and the remainder), per `layer`."""

@@ -14,7 +14,7 @@ from pdeinf.errors import InputError
 from pdeinf.symmetry import summary as sm
 from pdeinf.viz import style as st
 
-__all__ = ["axis_check_figure", "d4_equivariance_figure", "d4_orbit_figure", "lie_epochs_figure",
+__all__ = ["axis_check_figure", "translation_landscape_figure", "d4_equivariance_figure", "d4_orbit_figure", "lie_epochs_figure",
            "lie_layers_figure", "shift_figure", "shift_landscape_figure", "symmetry_panel_figure"]
 
 #: The follow-up's ranges (text; method.md section 7): NS D4 errors up to ~1e4, CE within ~25%,
@@ -144,6 +144,46 @@ def shift_landscape_figure(studies: dict):
         ax.set_xlabel("shift along x (cells)")
         ax.set_ylabel("shift along y (cells)")
         ax.set_title(f"{key[0]} {st.model_label(key[1])}: shift landscape [ours]")
+    return fig
+
+
+def translation_landscape_figure(studies: dict, n: int):
+    """Per (pde, model) one row: orbit influence H_g[n, n] along each axis against the signed
+    circular shift (median, quartile band over seeds x batches x examples), then the box grid
+    of joint shifts (a, b) = 0..box: median orbit influence and median over seeds of the Q3
+    equivariance ratio (log10), on shared colour ranges across rows.
+    [the follow-up's Figs. 8, 15, 18, 19 recipe, on our models]"""
+    land = {key: sm.translation_landscape(ds, n) for key, ds in studies.items()}
+    keys = [k for k in land if land[k]["box"] > 0]
+    if not keys:
+        raise InputError("studies: no study holds a box grid of joint shifts (profile symmetry_box)")
+    fig, axes = st.new_figure(len(keys), 3, size=(3.1, 2.6))
+    inf_all = np.concatenate([land[k]["box_influence"].ravel() for k in keys])
+    err_all = np.log10(np.concatenate([land[k]["box_error"].ravel() for k in keys]))
+    inf_range = (np.nanmin(inf_all), np.nanmax(inf_all))
+    err_range = (np.nanmin(err_all), np.nanmax(err_all))
+    for row, key in zip(axes, keys):
+        pde, model = key
+        data = land[key]
+        color = st.MODEL_COLORS.get(model, "k")
+        for name, ls in (("y", "-"), ("x", ":")):
+            xs, q = data["axis"][name]
+            row[0].plot(xs, q[1], ls=ls, color=color, label=f"along {name}")
+            row[0].fill_between(xs, q[0], q[2], color=color, alpha=0.15, lw=0)
+        row[0].set_xlabel("signed circular shift (grid cells)")
+        row[0].set_ylabel("standardized $H_g[n, n]$")
+        row[0].set_title(f"{pde}-{st.model_label(model)}: influence along the axes\n"
+                         "[follow-up recipe; ours]")
+        row[0].legend(loc="best", fontsize=6)
+        for ax, values, (lo, hi), what, cmap in (
+                (row[1], data["box_influence"], inf_range, "median $H_g[n, n]$", st.HEATMAP_CMAP),
+                (row[2], np.log10(data["box_error"]), err_range, "log10 equivariance ratio (Q3)",
+                 st.HEATMAP_CMAP)):
+            im = ax.imshow(values, origin="lower", vmin=lo, vmax=hi, cmap=cmap)
+            ax.set_xlabel("shift b along x")
+            ax.set_ylabel("shift a along y")
+            ax.set_title(f"{pde}-{st.model_label(model)}: box grid\n{what}", fontsize=8)
+            fig.colorbar(im, ax=ax, shrink=0.8)
     return fig
 
 
