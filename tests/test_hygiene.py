@@ -40,7 +40,7 @@ EXPECTED_NOTEBOOKS = (
     "01_data", "02_training", "03_seed_temporal", "04_seed_classes", "05_seed_similarity",
     "06_seed_conservation", "07_seed_ntk", "08_followup_dynamics_spectrum",
     "09_followup_rollout_link", "10_followup_variants", "11_followup_symmetry",
-    "12_estimator_study", "13_interventions", "14_findings", "15_explorer",
+    "12_estimator_study", "13_interventions", "14_findings", "15_explorer", "16_regime_ladder",
 )
 
 
