@@ -98,10 +98,162 @@ def test_dynamics_figures_are_labelled_and_draw_the_estimates(sweep):
     np.testing.assert_allclose(lines["diagonal"].get_ydata(),
                                ci.sel(quantity="diagonal", ci="estimate").values)
     assert fig.axes[0].get_title().startswith("[ours]")
-    assert vf.dynamics_figure(co.dynamics(sweep)).axes[0].get_title().startswith("[follow-up")
-    assert vf.spectrum_figure(co.spectrum(sweep)).axes[0].get_title().startswith("[follow-up")
-    assert vf.conservation_figure(co.variant_heatmaps(sweep))._suptitle.get_text().startswith(
-        "[follow-up")
+
+
+def test_follow_up_layer_titles_do_not_claim_figures_the_follow_up_lacks(sweep):
+    # the follow-up's figures are its symmetry figures: the dynamics, spectrum, metric-variant
+    # and conservation-bra figures (files 08_*, 10_*) are ours on its recipe
+    recipe = "[ours; follow-up recipe]"
+    maps = co.variant_heatmaps(sweep)
+    titles = [vf.dynamics_figure(co.dynamics(sweep)).axes[0].get_title(),
+              *(ax.get_title() for ax in vf.spectrum_figure(co.spectrum(sweep)).axes[:2]),
+              vf.conservation_figure(maps)._suptitle.get_text()]
+    # as notebooks 08 and 10 build their titles
+    for key in ("dynamics", "spectrum", "variants", "conservation"):
+        fig = vf.variant_heatmaps_figure(maps, title=f"{vf.FOLLOWUP_LABELS[key]} CE unet: metrics")
+        titles.append(fig._suptitle.get_text())
+    for title in titles:
+        assert title.startswith(recipe), title
+        assert "[follow-up," not in title, title
+
+
+def _images(fig):
+    return [image for ax in fig.axes for image in ax.images]
+
+
+def _one_colorbar(fig, n_panels):
+    assert len(fig.axes) == n_panels + 1  # the panels and a single colour bar
+    assert hasattr(fig.axes[-1], "_colorbar")
+
+
+def test_variant_heatmaps_share_one_colour_range_and_one_colour_bar(sweep):
+    maps = co.variant_heatmaps(sweep)
+    maps = maps.copy(data=maps.values * np.array([1.0, 10.0])[:, None, None])  # unlike ranges
+    maps[0, 0, 0] = np.nan
+    maps[1, 0, 0] = np.inf
+    finite = maps.values[np.isfinite(maps.values)]
+    for fig in (vf.variant_heatmaps_figure(maps, title="metrics"), vf.conservation_figure(maps)):
+        images = _images(fig)
+        assert len(images) == maps.sizes["variant"]
+        for image in images:
+            assert (image.norm.vmin, image.norm.vmax) == (finite.min(), finite.max())
+        assert len({image.get_cmap().name for image in images}) == 1
+        _one_colorbar(fig, len(images))
+    # per-panel ranges stay available on request
+    own = vf.variant_heatmaps_figure(maps, shared_scale=False)
+    assert len({image.norm.vmax for image in _images(own)}) == 2
+
+
+def test_class_matrix_with_negative_cells_is_centred_on_zero(sweep):
+    # any negative cell switches to a diverging map symmetric about 0
+    cm = co.class_matrix(sweep)
+    cm = cm - float(cm.mean())
+    image = vf.class_matrix_figure(cm).axes[0].images[0]
+    assert image.get_cmap().name == vf.st.DIVERGING_CMAP
+    assert image.norm.vmin == -image.norm.vmax == -float(np.abs(cm.values).max())
+    assert image.norm(0.0) == 0.5
+
+
+def test_seed_paper_class_matrix_draws_negative_cells_apart_from_zero(hn_classes):
+    # the paper's colour range 0..2.5 stays; a negative cell gets the under-colour and a hatch
+    from matplotlib.colors import to_rgba
+
+    from pdeinf.viz import seed_paper as vs
+
+    fig = vs.class_matrix_figure(hn_classes, pde="CE", model="vit")
+    ax = fig.axes[0]
+    image = ax.images[0]
+    assert (image.norm.vmin, image.norm.vmax) == (0.0, 2.5)
+    cmap = image.get_cmap()
+    assert cmap(image.norm(-0.2)) == to_rgba(vf.st.NEGATIVE_COLOR)
+    assert cmap(image.norm(-0.2)) != cmap(image.norm(0.0))
+    hatched = [p for p in ax.patches if p.get_hatch()]
+    assert [(p.get_x() + 0.5, p.get_y() + 0.5) for p in hatched] == [(2.0, 1.0)]  # the cell (1, 2)
+    assert fig.axes[1]._colorbar.extend == "min"
+    assert "negative" in fig._supxlabel.get_text()
+
+
+@pytest.fixture()
+def hn_classes():
+    classes = ["CE-RP", "CE-CRP", "CE-RPUI"]
+    values = np.array([[1.3, 0.1, 0.05], [0.0, 1.0, -0.3], [0.1, 0.2, 1.7]])
+    return xr.DataArray(values, dims=("c_resp", "c_pert"),
+                        coords={"c_resp": classes, "c_pert": classes})
+
+
+D4 = ("e", "r", "r2", "r3", "s", "sr", "sr2", "sr3")
+
+
+def _symmetry_study(rng_seed, scale=1.0, n_seeds=3, n_batches=2, n=6):
+    rng = np.random.default_rng(rng_seed)
+    labels = [*D4, "shift(1,0)"]
+    k = np.arange(len(labels), dtype=float)[None, None, :, None]
+    shape = (n_seeds, n_batches, len(labels), n)
+    shifts = [0, 2, 4, 6]
+    return xr.Dataset(
+        {"equivariance": (("seed", "batch", "element", "example"),
+                          10 ** (k / 4) * np.exp(0.05 * rng.standard_normal(shape))),
+         "orbit_diagonal": (("seed", "batch", "element", "example"),
+                            5.0 - 0.5 * k + 0.1 * rng.standard_normal(shape)),
+         "shift_landscape": (("seed", "batch", "shift_y", "shift_x"),
+                             scale * rng.uniform(1.0, 1.1, (n_seeds, n_batches, 4, 4)))},
+        coords={"seed": np.arange(n_seeds) + 10, "batch": np.arange(n_batches),
+                "element": labels, "example": np.arange(n), "d4": list(D4),
+                "shift_y": shifts, "shift_x": shifts})
+
+
+@pytest.fixture(scope="module")
+def studies():
+    return {("NS", "unet"): _symmetry_study(0), ("NS", "vit"): _symmetry_study(1, scale=30.0),
+            ("CE", "unet"): _symmetry_study(2, scale=3.0)}
+
+
+def _drawn(fig):
+    import warnings
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. constrained layout giving up
+        canvas.draw()
+    return canvas.get_renderer()
+
+
+def test_d4_figures_put_one_legend_outside_the_panels(studies):
+    from matplotlib.layout_engine import ConstrainedLayoutEngine
+
+    from pdeinf.viz import symmetry as vsym
+
+    for fig in (vsym.d4_equivariance_figure(studies), vsym.d4_orbit_figure(studies)):
+        renderer = _drawn(fig)
+        assert isinstance(fig.get_layout_engine(), ConstrainedLayoutEngine)
+        assert all(ax.get_legend() is None for ax in fig.axes)
+        assert len(fig.legends) == 1
+        box = fig.legends[0].get_window_extent(renderer)
+        assert fig.bbox.x0 <= box.x0 and box.x1 <= fig.bbox.x1 and fig.bbox.y0 <= box.y0
+        for ax in fig.axes:
+            assert not box.overlaps(ax.get_window_extent(renderer)), ax.get_title()
+            assert not box.overlaps(ax.get_tightbbox(renderer))  # tick labels and axis labels too
+        labels = [t.get_text() for t in fig.legends[0].get_texts()]
+        assert {"[ours] UNet", "[ours] ViT"} <= set(labels) and len(labels) == len(set(labels))
+    labels = [t.get_text() for t in vsym.d4_equivariance_figure(studies).legends[0].get_texts()]
+    assert {"[follow-up] NS up to ~1e4", "[follow-up] CE within ~25%"} <= set(labels)
+
+
+def test_shift_landscape_panels_share_one_colour_range(studies):
+    from pdeinf.viz import symmetry as vsym
+
+    fig = vsym.shift_landscape_figure(studies)
+    logs = [np.log10(ds["shift_landscape"].median(("seed", "batch")).values)
+            for ds in studies.values()]
+    lo, hi = min(v.min() for v in logs), max(v.max() for v in logs)
+    images = _images(fig)
+    assert len(images) == len(studies)
+    for image in images:
+        assert image.norm.vmin == pytest.approx(lo) and image.norm.vmax == pytest.approx(hi)
+    _one_colorbar(fig, len(studies))
+    _drawn(fig)
 
 
 def test_every_figure_renders(sweep, home):

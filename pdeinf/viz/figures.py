@@ -101,19 +101,28 @@ def horizon_figure(curve: xr.DataArray, *, title: str | None = None, lag: int | 
 
 
 def _draw_class_matrix(ax, cm: xr.DataArray, *, colorbar=True):
+    """Sequential colours for a matrix without negative entries; with any negative entry a
+    diverging map on a range symmetric about 0, so that the sign of every cell shows."""
     values = cm.transpose("c_resp", "c_pert").values
-    image = ax.imshow(values, cmap=st.HEATMAP_CMAP, origin="upper")
+    finite = values[np.isfinite(values)]
+    signed = bool(finite.size) and finite.min() < 0
+    if signed:
+        bound = float(np.abs(finite).max())
+        image = ax.imshow(values, cmap=st.DIVERGING_CMAP, vmin=-bound, vmax=bound, origin="upper")
+    else:
+        image = ax.imshow(values, cmap=st.HEATMAP_CMAP, origin="upper")
     labels_r, labels_p = [str(c) for c in cm["c_resp"].values], [str(c) for c in cm["c_pert"].values]
     ax.set_xticks(range(len(labels_p)), labels_p, rotation=30, ha="right")
     ax.set_yticks(range(len(labels_r)), labels_r)
     ax.set_xlabel("perturbing class")
     ax.set_ylabel("response class")
-    finite = values[np.isfinite(values)]
     middle = 0.5 * (finite.min() + finite.max()) if finite.size else 0.0
     for i in range(values.shape[0]):
         for j in range(values.shape[1]):
+            # white on the dark ends: both ends of the diverging map, the low end of magma
+            dark = abs(values[i, j]) > 0.6 * bound if signed else not values[i, j] > middle
             ax.text(j, i, f"{values[i, j]:.2g}", ha="center", va="center", fontsize=7,
-                    color="black" if values[i, j] > middle else "white")
+                    color="white" if dark else "black")
     if colorbar:
         ax.figure.colorbar(image, ax=ax, shrink=0.85, label=_influence_label(cm))
 
@@ -209,15 +218,20 @@ def similarity_figure(sim: xr.Dataset, *, title: str | None = None) -> Figure:
     return fig
 
 
-#: The study labels of the follow-up's figures. The follow-up's text at hand (the symmetry
-#: version) numbers none of these figures; the recipes and published numbers are method.md
-#: section 6 and the authors' plotting scripts (dynamics.jl, eig.jl, pcs.jl, mass.jl, energy.jl).
+#: Our figures made with a follow-up recipe (its estimator and conventions, method.md section
+#: 6) that the follow-up itself does not show: the follow-up's figures are those of the
+#: symmetry study (method.md section 7).
+FOLLOWUP_RECIPE_LABEL = "[ours; follow-up recipe]"
+#: Title labels of the figures of the follow-up layer, by study. The dynamics, spectrum,
+#: metric-variant and conservation-bra figures are ours on the follow-up's recipe; the recipes
+#: are method.md section 6 and the authors' plotting scripts (dynamics.jl, eig.jl, pcs.jl,
+#: mass.jl, energy.jl).
 FOLLOWUP_LABELS = {
-    "dynamics": "[follow-up, dynamics fig.]",
-    "spectrum": "[follow-up, spectrum fig.]",
+    "dynamics": FOLLOWUP_RECIPE_LABEL,
+    "spectrum": FOLLOWUP_RECIPE_LABEL,
     "rollout": "[follow-up, rollout-link fig.]",
-    "variants": "[follow-up, metric-variants fig.]",
-    "conservation": "[follow-up, mass/energy-bra fig.]",
+    "variants": FOLLOWUP_RECIPE_LABEL,
+    "conservation": FOLLOWUP_RECIPE_LABEL,
 }
 OURS_LABEL = "[ours]"
 
@@ -324,15 +338,23 @@ def dynamics_intervals_figure(ci: xr.DataArray, *, title: str | None = None) -> 
 
 
 def variant_heatmaps_figure(maps: xr.DataArray, *, title: str | None = None,
-                            shared_scale: bool = False) -> Figure:
-    """Items 8-9: temporal heatmaps side by side, one per variant (metric or bra)."""
+                            shared_scale: bool = True) -> Figure:
+    """Items 8-9: temporal heatmaps side by side, one per variant (metric or bra).
+
+    With `shared_scale` (the default) every panel has the same colour range (min..max of the
+    finite values of all panels; diverging about 0 when clearly signed, as every heatmap) and
+    the figure one colour bar, so panels compare; `shared_scale=False` gives each panel its own
+    range and colour bar."""
     _require_dims(maps, ("variant", "t_resp", "t_pert"), "maps")
     names = [str(v) for v in maps["variant"].values]
     fig, axes = st.new_figure(1, len(names), size=(3.3, 2.9))
-    lo, hi = (float(np.nanmin(maps)), float(np.nanmax(maps))) if shared_scale else (None, None)
+    lo, hi = st.shared_range([maps.values]) if shared_scale else (None, None)
+    images = [_draw_heatmap(ax, maps.sel(variant=name), vmin=lo, vmax=hi,
+                            colorbar=not shared_scale) for ax, name in zip(axes[0], names)]
     for ax, name in zip(axes[0], names):
-        _draw_heatmap(ax, maps.sel(variant=name), vmin=lo, vmax=hi)
         ax.set_title(name)
+    if shared_scale and images:
+        fig.colorbar(images[0], ax=list(axes[0]), shrink=0.85, label=_influence_label(maps))
     if title:
         fig.suptitle(title)
     return fig

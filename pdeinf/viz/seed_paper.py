@@ -3,17 +3,20 @@
 
 Inputs are the outputs of `pdeinf.analysis.seed_paper`. Fixed ranges as the paper: heatmaps
 0..7, class matrices 0..2.5, lag curves -0.25..7, interpolation -1..3 (extended, with a note,
-only when our values leave them). Times are shown 1-based (perturbation / response time
-1..16) as in the paper. Titles name the figure: "[seed paper, fig. N]".
+only when our values leave them; a class matrix marks cells below 0 in blue, hatched).
+Times are shown 1-based (perturbation / response time 1..16) as in the paper. Titles name the
+figure: "[seed paper, fig. N]".
 """
 from __future__ import annotations
 
 import textwrap
 
+import matplotlib
 import numpy as np
 import pandas as pd
 import xarray as xr
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
 from pdeinf.analysis import paper_numbers as pn
@@ -133,7 +136,11 @@ def lag_curve_figure(curve: xr.Dataset, *, pde: str, model: str, bra: str = "C",
 def class_matrix_figure(cm: xr.DataArray, *, pde: str, model: str, bra: str = "C",
                         figure=None) -> Figure:
     """Figs. 3, 12-15: time-averaged class transferability matrix (colour range 0..2.5),
-    response class (y) vs input class (x), our values annotated with the paper's beside."""
+    response class (y) vs input class (x), our values annotated with the paper's beside.
+
+    The paper's colour range is positive-only, so it is kept; a negative cell (which that range
+    would draw like zero) gets the colour map's under-colour (`style.NEGATIVE_COLOR`, blue) and
+    a hatch, the colour bar an extension below 0, and the note says how many cells are negative."""
     _require(cm, ("c_resp", "c_pert"), "cm")
     paper = pn.lookup(pn.CLASS_MATRICES, (bra, pde, model))
     fig_no = figure if figure is not None else (paper or {}).get("figure")
@@ -144,8 +151,14 @@ def class_matrix_figure(cm: xr.DataArray, *, pde: str, model: str, bra: str = "C
     fig, axes = st.new_figure(1, 1, size=(4.4, 3.8))
     ax = axes[0, 0]
     lo, hi = sp.CLASS_RANGE
-    image = ax.imshow(values, origin="lower", cmap=SEQUENTIAL_CMAP, vmin=lo, vmax=hi)
-    fig.colorbar(image, ax=ax, shrink=0.85, label=f"standardized ${_name(bra)}$")
+    negative = np.isfinite(values) & (values < lo)
+    cmap = matplotlib.colormaps[SEQUENTIAL_CMAP].with_extremes(under=st.NEGATIVE_COLOR)
+    image = ax.imshow(values, origin="lower", cmap=cmap, vmin=lo, vmax=hi)
+    fig.colorbar(image, ax=ax, shrink=0.85, label=f"standardized ${_name(bra)}$",
+                 extend="min" if negative.any() else "neither")
+    for i, j in zip(*np.nonzero(negative)):
+        ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///",
+                               edgecolor="white", lw=0))
     ax.set_xticks(range(len(classes_p)), [short(c) for c in classes_p])
     ax.set_yticks(range(len(classes_r)), [short(c) for c in classes_r])
     ax.set_xlabel(f"input class ({BRA_LABEL['C']})")
@@ -160,12 +173,17 @@ def class_matrix_figure(cm: xr.DataArray, *, pde: str, model: str, bra: str = "C
                 elif (cr, cp) in paper["cells"]:
                     text += f"\n(paper ≈{paper['cells'][(cr, cp)]:g})"
             ax.text(j, i, text, ha="center", va="center", fontsize=6.5,
-                    color="white" if values[i, j] > 0.6 * hi else "black")
+                    color="white" if negative[i, j] or values[i, j] > 0.6 * hi else "black")
     ax.set_title(f"${_name(bra)}$ transferability ({st.model_label(model)}, {pde}) {_tag(fig_no)}")
+    notes = []
     if paper:
         off = paper["off_diagonal"]
-        _note(ax, f"paper ≈ off-diagonal {off[0]:g}-{off[1]:g} (fig. {paper['figure']}); "
-                  f"entry = mean over all time pairs, then over (seed, batch)", y=-0.2)
+        notes.append(f"paper ≈ off-diagonal {off[0]:g}-{off[1]:g} (fig. {paper['figure']}); "
+                     f"entry = mean over all time pairs, then over (seed, batch)")
+    if negative.any():
+        notes.append(f"{int(negative.sum())} negative cell(s): blue, hatched (below the paper's "
+                     f"{lo:g}..{hi:g})")
+    _note(ax, "; ".join(notes), y=-0.2)
     return fig
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 import matplotlib as mpl
+import numpy as np
 from matplotlib.figure import Figure
 
 RC = {
@@ -34,6 +35,9 @@ OURS_COLOR = "#000000"
 PAPER_COLOR = "#E69F00"
 HEATMAP_CMAP = "magma"
 DIVERGING_CMAP = "RdBu_r"
+#: Cells below a positive-only colour range (a sequential map's under-colour): blue, apart from
+#: every shade of the red sequential maps.
+NEGATIVE_COLOR = "#2166AC"
 PANEL_SIZE = (3.2, 2.7)  # inches per panel
 
 
@@ -59,3 +63,29 @@ def class_color(index: int) -> str:
 
 def model_label(model: str) -> str:
     return {"unet": "UNet", "vit": "ViT"}.get(model.lower(), model)
+
+
+def shared_range(arrays) -> tuple[float, float] | tuple[None, None]:
+    """(min, max) over the finite values of every array (one colour range for all panels of a
+    figure); (None, None) when none is finite."""
+    values = [np.asarray(a, dtype=float).ravel() for a in arrays]
+    values = np.concatenate(values) if values else np.empty(0)
+    values = values[np.isfinite(values)]
+    if not values.size:
+        return None, None
+    return float(values.min()), float(values.max())
+
+
+def legend_below(fig: Figure, axes, *, ncol: int = 3, **kwargs):
+    """One legend for the whole figure, below the panels and outside every axes (constrained
+    layout makes room for it), so it never covers data. Entries of all `axes`, one per label
+    (the first handle of each); None when no axes has a labelled artist."""
+    entries = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(label, handle)
+    if not entries:
+        return None
+    kwargs = {"frameon": False, "fontsize": 7, **kwargs}
+    return fig.legend(list(entries.values()), list(entries), loc="outside lower center",
+                      ncol=min(ncol, len(entries)), **kwargs)

@@ -37,7 +37,8 @@ def _errorbars(ax, xs, agg, color, label, offset):
 def d4_equivariance_figure(studies: dict, *, variable: str = "equivariance"):
     """Per PDE: the follow-up aggregate (median over seeds of the per-seed Q3, bars = quartiles
     over seeds) of the equivariance ratio per D4 element, per model, log scale, with the
-    follow-up's range dashed. [follow-up D4 figures] with our numbers."""
+    follow-up's range dashed; one legend below the panels. [follow-up D4 figures] with our
+    numbers."""
     pdes = _pdes(studies)
     fig, axes = st.new_figure(1, len(pdes), size=(3.8, 2.9))
     for ax, pde in zip(axes[0], pdes):
@@ -61,14 +62,14 @@ def d4_equivariance_figure(studies: dict, *, variable: str = "equivariance"):
         ax.set_ylabel("SMSE(f(g.x), g.y) / SMSE(f(x), y)")
         conv = "" if variable == "equivariance" else " (authors' axes)"
         ax.set_title(f"{pde}: D4 equivariance error{conv}\n[ours; follow-up range dashed]")
-        ax.legend(loc="best")
+    st.legend_below(fig, axes[0])
     return fig
 
 
 def d4_orbit_figure(studies: dict):
     """Per PDE: orbit-influence diagonal H_g[n, n] (median, quartile bars over seeds x batches x
-    examples) per group element (identity and D4), per model. [ours, as the follow-up's orbit
-    figures]"""
+    examples) per group element (identity and D4), per model; one legend below the panels.
+    [ours, as the follow-up's orbit figures]"""
     pdes = _pdes(studies)
     fig, axes = st.new_figure(1, len(pdes), size=(3.8, 2.9))
     for ax, pde in zip(axes[0], pdes):
@@ -84,7 +85,7 @@ def d4_orbit_figure(studies: dict):
         ax.set_xlabel("group element g")
         ax.set_ylabel("standardized $H_g[n, n]$")
         ax.set_title(f"{pde}: D4 orbit influence [ours]\n(follow-up: suppressed where equivariance breaks)")
-        ax.legend(loc="best")
+    st.legend_below(fig, axes[0])
     return fig
 
 
@@ -129,21 +130,28 @@ def shift_figure(studies: dict):
 
 def shift_landscape_figure(studies: dict):
     """Per (pde, model): log10 of the equivariance ratio (median over seeds and batches of the
-    Q3 over examples) on the 2D grid of circular shifts (a along y, b along x). [ours; the
+    Q3 over examples) on the 2D grid of circular shifts (a along y, b along x), every panel on
+    one colour range (the finite values of all panels) with one colour bar. [ours; the
     follow-up's shift landscape]"""
     keys = list(studies)
     fig, axes = st.new_figure(1, len(keys), size=(3.0, 2.8))
-    for ax, key in zip(axes[0], keys):
-        land = studies[key]["shift_landscape"].median(("seed", "batch"))
-        values = np.log10(land.transpose("shift_y", "shift_x").values)
+    lands = [studies[key]["shift_landscape"].median(("seed", "batch")).transpose("shift_y", "shift_x")
+             for key in keys]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logs = [np.log10(land.values) for land in lands]
+    lo, hi = st.shared_range(logs)
+    images = []
+    for ax, key, land, values in zip(axes[0], keys, lands, logs):
         ys, xs = land["shift_y"].values, land["shift_x"].values
         step = int(xs[1] - xs[0]) if len(xs) > 1 else 1
-        im = ax.imshow(values, origin="lower", cmap=st.HEATMAP_CMAP, aspect="equal",
-                       extent=(xs[0] - step / 2, xs[-1] + step / 2, ys[0] - step / 2, ys[-1] + step / 2))
-        fig.colorbar(im, ax=ax, label="log10 ratio (Q3)")
+        images.append(ax.imshow(values, origin="lower", cmap=st.HEATMAP_CMAP, aspect="equal",
+                                vmin=lo, vmax=hi, extent=(xs[0] - step / 2, xs[-1] + step / 2,
+                                                          ys[0] - step / 2, ys[-1] + step / 2)))
         ax.set_xlabel("shift along x (cells)")
         ax.set_ylabel("shift along y (cells)")
         ax.set_title(f"{key[0]} {st.model_label(key[1])}: shift landscape [ours]")
+    if images:
+        fig.colorbar(images[0], ax=list(axes[0]), label="log10 ratio (Q3)")
     return fig
 
 
