@@ -206,3 +206,29 @@ def test_every_row_carries_the_regime_of_its_pairs(home):
     follow_up = next(r for r in rows if r["layer"] == "follow-up")
     assert seed_paper["regime"][0]["batches"] == 1  # the smoke profile's seed-paper batches
     assert follow_up["regime"][0]["estimator"] == "subspace"
+
+
+def test_verdict_changes_match_rows_and_count_transitions():
+    from pdeinf.pipeline.findings import verdict_changes
+
+    def row(finding, verdict, **extra):
+        return {"finding": finding, "pde": "CE", "model": "vit", "verdict": verdict, **extra}
+
+    old = {"findings": [row("a", "reproduced"), row("b", "reproduced"), row("c", "inconclusive"),
+                        row("gone", "reproduced"), row("d", "reproduced", dt=1)]}
+    new = {"findings": [row("a", "same direction, smaller"), row("b", "reproduced"),
+                        row("c", "same direction, smaller"), row("d", "inconclusive", dt=1),
+                        row("d", "reproduced", dt=2), row("fresh", "contradicted")]}
+    out = verdict_changes(old, new)
+    assert out["same"] == 1
+    assert [(c["finding"], c["old"], c["new"]) for c in out["changed"]] == [
+        ("a", "reproduced", "same direction, smaller"),
+        ("c", "inconclusive", "same direction, smaller"),
+        ("d", "reproduced", "inconclusive")]
+    assert out["transitions"] == {"reproduced -> same direction, smaller": 1,
+                                  "inconclusive -> same direction, smaller": 1,
+                                  "reproduced -> inconclusive": 1}
+    assert [r["finding"] for r in out["only_old"]] == ["gone"]
+    assert [(r["finding"], r["dt"]) for r in out["only_new"]] == [("d", 2), ("fresh", None)]
+    with pytest.raises(InputError, match="findings"):
+        verdict_changes({}, new)

@@ -355,3 +355,33 @@ def ablation_markdown(rows: list[dict]) -> str:
 
 def _finite(x):
     return x if x is not None and math.isfinite(x) else None
+
+
+_ROW_KEY = ("finding", "pde", "model", "cls", "dt", "recipe")
+
+
+def verdict_changes(old: dict, new: dict) -> dict:
+    """How the verdicts of two findings tables (as written by `write_findings`) differ, row by
+    row, matched on (finding, PDE, model, class, dt, recipe).
+
+    Returns `{"changed": [{key..., "old", "new"}], "same": n, "only_old": [keys],
+    "only_new": [keys], "transitions": {"old -> new": count}}`; a verdict counts as changed when
+    its text differs. InputError when either argument has no 'findings' list."""
+    rows = {}
+    for name, table in (("old", old), ("new", new)):
+        found = table.get("findings") if isinstance(table, dict) else None
+        if not isinstance(found, list):
+            raise InputError(f"{name}: expected a findings table with a 'findings' list")
+        rows[name] = {tuple(r.get(k) for k in _ROW_KEY): r for r in found}
+    common = [k for k in rows["new"] if k in rows["old"]]
+    changed, transitions = [], {}
+    for key in common:
+        before, after = rows["old"][key]["verdict"], rows["new"][key]["verdict"]
+        if before != after:
+            changed.append({**dict(zip(_ROW_KEY, key)), "old": before, "new": after})
+            label = f"{before} -> {after}"
+            transitions[label] = transitions.get(label, 0) + 1
+    return {"changed": changed, "same": len(common) - len(changed),
+            "only_old": [dict(zip(_ROW_KEY, k)) for k in rows["old"] if k not in rows["new"]],
+            "only_new": [dict(zip(_ROW_KEY, k)) for k in rows["new"] if k not in rows["old"]],
+            "transitions": dict(sorted(transitions.items(), key=lambda kv: -kv[1]))}

@@ -114,7 +114,7 @@ def signed(shift: int, n: int) -> int:
 
 
 def translation_landscape(ds, n: int) -> dict:
-    """The follow-up's translation landscapes (its Figs. 8, 15, 18, 19 recipe) from one study
+    """The follow-up's translation landscapes (its Figs. 5-8 and 11-20 recipe) from one study
     with every axis shift and a box grid of joint shifts:
 
     - `axis`: {"y" | "x": (signed shifts, orbit-diagonal quartiles [3, shifts])} along each axis,

@@ -159,8 +159,9 @@ def translation_landscape_figure(studies: dict, n: int):
     """Per (pde, model) one row: orbit influence H_g[n, n] along each axis against the signed
     circular shift (median, quartile band over seeds x batches x examples), then the box grid
     of joint shifts (a, b) = 0..box: median orbit influence and median over seeds of the Q3
-    equivariance ratio (log10), on shared colour ranges across rows.
-    [the follow-up's Figs. 8, 15, 18, 19 recipe, on our models]"""
+    equivariance ratio (log10), on shared colour ranges across rows. The follow-up's recipe on
+    our models: axis influence as its Figs. 5, 6, 11, 14; box influence as Figs. 8, 15, 18, 19;
+    box error as Figs. 7, 16, 17, 20."""
     land = {key: sm.translation_landscape(ds, n) for key, ds in studies.items()}
     keys = [k for k in land if land[k]["box"] > 0]
     if not keys:
@@ -181,7 +182,7 @@ def translation_landscape_figure(studies: dict, n: int):
         row[0].set_xlabel("signed circular shift (grid cells)")
         row[0].set_ylabel("standardized $H_g[n, n]$")
         row[0].set_title(f"{pde}-{st.model_label(model)}: influence along the axes\n"
-                         "[follow-up recipe; ours]")
+                         "[ours; follow-up recipe, its Figs. 5, 6, 11, 14]")
         row[0].legend(loc="best", fontsize=6)
         for ax, values, (lo, hi), what, cmap in (
                 (row[1], data["box_influence"], inf_range, "median $H_g[n, n]$", st.HEATMAP_CMAP),
@@ -190,7 +191,8 @@ def translation_landscape_figure(studies: dict, n: int):
             im = ax.imshow(values, origin="lower", vmin=lo, vmax=hi, cmap=cmap)
             ax.set_xlabel("shift b along x")
             ax.set_ylabel("shift a along y")
-            ax.set_title(f"{pde}-{st.model_label(model)}: box grid\n{what}", fontsize=8)
+            ax.set_title(f"{pde}-{st.model_label(model)}: box grid [ours; follow-up recipe]\n{what}",
+                         fontsize=8)
             fig.colorbar(im, ax=ax, shrink=0.8)
     return fig
 
