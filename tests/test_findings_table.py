@@ -167,6 +167,9 @@ def test_write_is_byte_identical_on_rerun_and_changes_with_numbers(home):
     data = json.loads(first)
     assert list(data) == sorted(data)  # stable key order
     assert data["regime_label"] == "test run: not the paper's regime"
+    table = path.with_suffix(".md").read_text()
+    assert table.startswith("# Findings of the smoke profile\n\nTest run: not the paper's regime.")
+    assert "| Finding | Layer |" in table and data["rules_hash"][:12] in table
     assert data["ablation"][0]["change"] == 0.123457 and data["ablation"][0]["low"] is None
     assert data["rules_hash"] == registry.rules_hash()
     assert not any(k in first.decode() for k in ("date", "time\"", "created"))

@@ -246,16 +246,25 @@ def findings_path(profile: ProfileLike = None) -> Path:
 
 
 def write_findings(profile: ProfileLike = None, *, ablation=None, findings: dict | None = None) -> Path:
-    """Write `figures/findings_<profile>.json`: `collect_findings(profile)` (or `findings`),
-    plus `"ablation"` (JSON-ready rows, e.g. `analysis.ablation.table_records`) when given.
-    Sorted keys, numbers to 6 significant digits, no timestamps (atomic write)."""
+    """Write `findings_<profile>.json` in the profile's figures folder: `collect_findings(profile)`
+    (or `findings`), plus `"ablation"` (JSON-ready rows, e.g. `analysis.ablation.table_records`)
+    when given; sorted keys, numbers to 6 significant digits, no timestamps (atomic write). The
+    table (`findings_markdown`) goes beside it as `findings_<profile>.md`."""
     from pdeinf.pipeline.report import to_jsonable
 
     data = dict(findings) if findings is not None else collect_findings(profile)
     if ablation is not None:
         data["ablation"] = to_jsonable(ablation)
     text = json.dumps(round_numbers(to_jsonable(data)), indent=1, sort_keys=True, allow_nan=False)
-    return write_text(findings_path(profile), text + "\n")
+    path = findings_path(profile)
+    label = data.get("regime_label") or REGIME_LABELS.get(as_profile(profile).name, "custom profile")
+    table = (f"# Findings of the {data.get('profile', as_profile(profile).name)} profile\n\n"
+             f"{label[0].upper() + label[1:]}. Written by `make reproduce` from `{path.name}` "
+             "(rules: `pdeinf/analysis/registry.py`, SHA-256 "
+             f"{str(data.get('rules_hash', ''))[:12]}...; definitions: docs/method.md).\n\n"
+             + findings_markdown(round_numbers(to_jsonable(data))))
+    write_text(path.with_suffix(".md"), table)
+    return write_text(path, text + "\n")
 
 
 def _fmt(x) -> str:
