@@ -130,38 +130,18 @@ def rollout_link_statistics(
     and `p_within_class` `(class, dt)` (R permuted within (seed, class)). A correlation is NaN
     where R or the error has no spread. attrs: the interval and the permutation schemes.
     """
-    _check_link_inputs(ratio, rollout_error, (seed_dim, class_dim, batch_dim, dt_dim))
+    dims = (seed_dim, class_dim, batch_dim, dt_dim)
+    _check_link_inputs(ratio, rollout_error, dims)
     if not (isinstance(n_permutations, (int, np.integer)) and n_permutations >= 1):
         raise InputError(f"n_permutations: must be a positive integer, got {n_permutations!r}")
-    n_seeds, n_classes, n_batches = (ratio.sizes[d] for d in (seed_dim, class_dim, batch_dim))
-    x = np.asarray(ratio.transpose(seed_dim, batch_dim, class_dim).values, dtype=np.float64)
-    y = np.asarray(rollout_error.transpose(seed_dim, batch_dim, class_dim, dt_dim).values,
-                   dtype=np.float64)
-    dts = rollout_error[dt_dim].values
-    classes = ratio[class_dim].values
-    quantities = [*POOLED, *(f"class:{c}" for c in classes)]
+    x, y = _link_arrays(ratio, rollout_error, dims)
     per_seed = _per_seed(x, y)  # [Q, S, D]
-    ci = np.stack([np.array([fisher_z_interval(per_seed[q, :, k], confidence)
-                             for k in range(len(dts))]).T
-                   for q in range(len(quantities))])  # [Q, 3, D]
-
-    rng = np.random.default_rng([int(random_state), 1])
-    flat = x.reshape(-1)  # (seed, batch, class) order
-    seed_of = np.repeat(np.arange(n_seeds), n_batches * n_classes)
-    cell_of = seed_of * n_classes + np.tile(np.arange(n_classes), n_seeds * n_batches)
-    observed = _mean_z(per_seed)  # [Q, D]
-    p = np.empty_like(observed)
-    for groups, rows in ((seed_of, slice(0, 2)), (cell_of, slice(2, None))):
-        perms = _permuted_within(groups, n_permutations, rng)
-        permuted = _mean_z(_per_seed(flat[perms].reshape(n_permutations, *x.shape), y))
-        p[rows] = _perm_pvalue(observed[rows], permuted[:, rows])
-
-    def pick(q):
-        return (("ci", dt_dim), ci[quantities.index(q)])
-
+    ci = _seed_intervals(per_seed, confidence)  # [Q, 3, D]
+    p = _permutation_pvalues(x, y, _mean_z(per_seed), n_permutations, random_state)  # [Q, D]
+    classes = ratio[class_dim].values
     out = xr.Dataset(
         {
-            **{q: pick(q) for q in POOLED},
+            **{q: (("ci", dt_dim), ci[i]) for i, q in enumerate(POOLED)},
             "within_class": (("ci", class_dim, dt_dim),
                              np.moveaxis(ci[len(POOLED):], 0, 1)),
             "per_seed": (("quantity", seed_dim, dt_dim), per_seed),
@@ -170,10 +150,56 @@ def rollout_link_statistics(
             "p_within_class_pooled": (dt_dim, p[2]),
             "p_within_class": ((class_dim, dt_dim), p[3:]),
         },
-        coords={dt_dim: dts, class_dim: classes, "ci": ["estimate", "low", "high"],
-                "quantity": quantities, seed_dim: ratio[seed_dim].values},
+        coords={dt_dim: rollout_error[dt_dim].values, class_dim: classes,
+                "ci": ["estimate", "low", "high"],
+                "quantity": [*POOLED, *(f"class:{c}" for c in classes)],
+                seed_dim: ratio[seed_dim].values},
     )
-    out.attrs = {
+    out.attrs = _link_attrs(confidence, ratio.sizes[seed_dim], ratio.sizes[batch_dim],
+                            n_permutations, random_state)
+    return out
+
+
+def _link_arrays(ratio: xr.DataArray, rollout_error: xr.DataArray, dims) -> tuple[np.ndarray, np.ndarray]:
+    """`(x [S, B, C], y [S, B, C, D])` float64: R and the rollout error in (seed, batch, class,
+    dt) order, for `dims` = (seed, class, batch, dt) dimension names."""
+    seed_dim, class_dim, batch_dim, dt_dim = dims
+    x = np.asarray(ratio.transpose(seed_dim, batch_dim, class_dim).values, dtype=np.float64)
+    y = np.asarray(rollout_error.transpose(seed_dim, batch_dim, class_dim, dt_dim).values,
+                   dtype=np.float64)
+    return x, y
+
+
+def _seed_intervals(per_seed: np.ndarray, confidence: float) -> np.ndarray:
+    """`[Q, 3, D]` (estimate, low, high) over seeds of the per-seed correlations
+    `[Q, S, D]` (`fisher_z_interval`)."""
+    return np.stack([np.array([fisher_z_interval(per_seed[q, :, k], confidence)
+                               for k in range(per_seed.shape[2])]).T
+                     for q in range(per_seed.shape[0])])
+
+
+def _permutation_pvalues(x: np.ndarray, y: np.ndarray, observed: np.ndarray, n_permutations: int,
+                         random_state: int) -> np.ndarray:
+    """Permutation p-values `[Q, D]` of the mean per-seed Fisher z `observed` `[Q, D]` for R
+    `x` `[S, B, C]` and errors `y` `[S, B, C, D]`: the pooled rows (pearson, spearman) with R
+    permuted within each seed, the others within each (seed, class); error values in place."""
+    n_seeds, n_batches, n_classes = x.shape
+    rng = np.random.default_rng([int(random_state), 1])
+    flat = x.reshape(-1)  # (seed, batch, class) order
+    seed_of = np.repeat(np.arange(n_seeds), n_batches * n_classes)
+    cell_of = seed_of * n_classes + np.tile(np.arange(n_classes), n_seeds * n_batches)
+    p = np.empty_like(observed)
+    for groups, rows in ((seed_of, slice(0, 2)), (cell_of, slice(2, None))):
+        perms = _permuted_within(groups, n_permutations, rng)
+        permuted = _mean_z(_per_seed(flat[perms].reshape(n_permutations, *x.shape), y))
+        p[rows] = _perm_pvalue(observed[rows], permuted[:, rows])
+    return p
+
+
+def _link_attrs(confidence: float, n_seeds: int, n_batches: int, n_permutations: int,
+                random_state: int) -> dict:
+    """The attrs of `rollout_link_statistics`: its settings and the schemes it used."""
+    return {
         "confidence": confidence, "n_seeds": int(n_seeds), "n_batches": int(n_batches),
         "interval": "t-interval over seeds of the per-seed Fisher z, back-transformed",
         "n_permutations": int(n_permutations), "random_state": int(random_state),
@@ -183,4 +209,3 @@ def rollout_link_statistics(
         "within_class_pooled": "per-seed Pearson after centring R and the error within each "
                                "(seed, class)",
     }
-    return out

@@ -30,12 +30,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
 from pdeinf.errors import InputError, NumericalError
-from pdeinf.influence.krylov import CGResult, column_tolerances
+from pdeinf.influence.krylov import CGResult, _counted_matvec, column_tolerances
 
 #: Largest default basis (directions): the projected eigenproblem is dense in it.
 MAX_BASIS_CAP = 4096
@@ -103,6 +104,98 @@ def _galerkin_coefficients(t: torch.Tensor, vb: torch.Tensor, lower_bound: float
     return evecs @ ((evecs.T @ vb) / evals[:, None])
 
 
+def _basis_capacity(b: torch.Tensor, max_basis: int | None) -> int:
+    """Directions the shared basis may hold for right-hand sides `b` `[K, P]`: `max_basis`
+    (checked against the memory of V and W) or `default_max_basis`; InputError unless positive."""
+    length = b.shape[1]
+    cap = default_max_basis(length, b.dtype, b.device) if max_basis is None else max_basis
+    if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
+        raise InputError(f"max_basis={max_basis!r}: expected a positive integer")
+    if max_basis is not None:
+        from pdeinf.influence.gradients import check_memory
+
+        check_memory(2 * cap, length, b.dtype, f"block Krylov basis V, W for max_basis={cap}", "max_basis")
+    return cap
+
+
+def _starting_state(b: torch.Tensor, resume: dict | None) -> dict:
+    """The restart point of a solve of `b` `[K, P]`: `resume` (checked to be a block state of
+    these shapes) or x0 = A x0 = 0 `[K, P]`, with `iterations` `[K]` and the counters at 0."""
+    if resume is not None and (resume.get("solver") != "block" or resume["x"].shape != b.shape):
+        raise InputError("resume: not the state of a block Krylov solve of these right-hand sides")
+    return resume if resume is not None else {
+        "solver": "block", "x": torch.zeros_like(b), "ax": torch.zeros_like(b),
+        "iterations": torch.zeros(b.shape[0], dtype=torch.int64), "matvecs": 0, "sweeps": 0, "restarts": 0,
+    }
+
+
+@dataclass
+class _SharedSpace:
+    """The block Krylov space of `block_galerkin` since the last restart point x0 (K right-hand
+    sides of length P, k directions so far)."""
+
+    base: torch.Tensor  # [K, P] b - A x0, the residuals at the restart point
+    basis: torch.Tensor  # [k, P] V, orthonormal rows
+    images: torch.Tensor  # [k, P] W = A V
+    projected: torch.Tensor  # [k, k] float64, T = V A V^T
+    projected_rhs: torch.Tensor  # [k, K] float64, V (b - A x0)
+    coefficients: torch.Tensor  # [k, K] float64, y with T y = V (b - A x0)
+
+    @classmethod
+    def empty(cls, b: torch.Tensor, ax: torch.Tensor) -> _SharedSpace:
+        """No directions yet, restart point with image `ax` `[K, P]` for right-hand sides `b`."""
+        k_rhs, length = b.shape
+        return cls(base=b - ax, basis=b.new_zeros(0, length), images=b.new_zeros(0, length),
+                   projected=torch.zeros(0, 0, dtype=torch.float64),
+                   projected_rhs=torch.zeros(0, k_rhs, dtype=torch.float64),
+                   coefficients=torch.zeros(0, k_rhs, dtype=torch.float64))
+
+    def iterate(self, s: dict, dtype: torch.dtype) -> dict:
+        """State `s` at the current iterate: x = x0 + V^T y and A x = A x0 + W^T y `[K, P]`
+        (y cast to `dtype`, that of the right-hand sides)."""
+        y = self.coefficients.to(dtype).T
+        return {**s, "x": s["x"] + y @ self.basis, "ax": s["ax"] + y @ self.images,
+                "iterations": s["iterations"].clone()}
+
+    def extend(self, new: torch.Tensor, pushed: torch.Tensor) -> None:
+        """Append the orthonormal directions `new` `[k', P]` and their images `pushed` = A new
+        `[k', P]`: T grows by V A new^T and new A new^T (symmetrised), V (b - A x0) by new
+        (b - A x0). NumericalError on a non-positive curvature z^T A z."""
+        cross = (self.basis @ pushed.T).to(torch.float64)  # [k_old, k_new]
+        own = (new @ pushed.T).to(torch.float64)
+        if not bool((own.diagonal() > 0).all()):
+            raise NumericalError(
+                "block Krylov solve: non-positive curvature z^T A z (the damped metric is not "
+                "positive definite; damping > 0 and a finite model are required)"
+            )
+        k_old = self.basis.shape[0]
+        grown = torch.zeros(k_old + new.shape[0], k_old + new.shape[0], dtype=torch.float64)
+        grown[:k_old, :k_old] = self.projected
+        grown[:k_old, k_old:] = cross
+        grown[k_old:, :k_old] = cross.T
+        grown[k_old:, k_old:] = 0.5 * (own + own.T)
+        self.projected = grown
+        self.projected_rhs = torch.cat([self.projected_rhs, (new @ self.base.T).to(torch.float64)])
+        self.basis, self.images = torch.cat([self.basis, new]), torch.cat([self.images, pushed])
+
+
+def _restart(s: dict, space: _SharedSpace, b: torch.Tensor) -> _SharedSpace:
+    """Fold the current iterate of `space` into the restart point (x0, A x0) `[K, P]` of `s`
+    (no operator call), count the restart and return the empty space at the new x0."""
+    if space.basis.shape[0]:
+        y = space.coefficients.to(b.dtype).T
+        s["x"] = s["x"] + y @ space.basis
+        s["ax"] = s["ax"] + y @ space.images
+    s["restarts"] += 1
+    return _SharedSpace.empty(b, s["ax"])
+
+
+def _relative_residuals(residual: torch.Tensor, b_norm: torch.Tensor) -> torch.Tensor:
+    """||r_k|| / ||b_k|| `[K]` float64 for residuals `[K, P]` and norms `b_norm` `[K]` (0 where b_k = 0)."""
+    norms = residual.norm(dim=1, dtype=torch.float64)
+    return torch.where(b_norm > 0, norms / b_norm.clamp_min(1e-300), torch.zeros_like(norms))
+
+
 def block_galerkin(
     matvec: Callable[[torch.Tensor], torch.Tensor],
     b: torch.Tensor,
@@ -128,106 +221,49 @@ def block_galerkin(
     NaN/Inf from the operator or a non-positive curvature z^T A z.
     """
     tol = column_tolerances(b, rtol, maxiter, column_tol)
-    k_rhs, length = b.shape
-    cap = default_max_basis(length, b.dtype, b.device) if max_basis is None else max_basis
-    if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
-        raise InputError(f"max_basis={max_basis!r}: expected a positive integer")
-    if max_basis is not None:
-        from pdeinf.influence.gradients import check_memory
-
-        check_memory(2 * cap, length, b.dtype, f"block Krylov basis V, W for max_basis={cap}", "max_basis")
-    if resume is not None and (resume.get("solver") != "block" or resume["x"].shape != b.shape):
-        raise InputError("resume: not the state of a block Krylov solve of these right-hand sides")
-    s = resume if resume is not None else {
-        "solver": "block", "x": torch.zeros_like(b), "ax": torch.zeros_like(b),
-        "iterations": torch.zeros(k_rhs, dtype=torch.int64), "matvecs": 0, "sweeps": 0, "restarts": 0,
-    }
+    cap = _basis_capacity(b, max_basis)
+    s = _starting_state(b, resume)
     b_norm = b.norm(dim=1, dtype=torch.float64)
-    basis, images = b.new_zeros(0, length), b.new_zeros(0, length)
-    projected = torch.zeros(0, 0, dtype=torch.float64)  # T = V A V^T
-    projected_rhs = torch.zeros(0, k_rhs, dtype=torch.float64)  # V (b - A x0)
-    coefficients = torch.zeros(0, k_rhs, dtype=torch.float64)
-    base = b - s["ax"]  # residual at the restart point x0
-    residual = base.clone()
-
-    def relative() -> torch.Tensor:
-        norms = residual.norm(dim=1, dtype=torch.float64)
-        return torch.where(b_norm > 0, norms / b_norm.clamp_min(1e-300), torch.zeros_like(norms))
-
-    def fold() -> None:
-        """Move the current iterate into (x0, A x0) and empty the basis (a restart)."""
-        nonlocal basis, images, projected, projected_rhs, coefficients, base
-        if basis.shape[0]:
-            y = coefficients.to(b.dtype).T
-            s["x"] = s["x"] + y @ basis
-            s["ax"] = s["ax"] + y @ images
-        base = b - s["ax"]
-        basis, images = b.new_zeros(0, length), b.new_zeros(0, length)
-        projected = torch.zeros(0, 0, dtype=torch.float64)
-        projected_rhs = torch.zeros(0, k_rhs, dtype=torch.float64)
-        coefficients = torch.zeros(0, k_rhs, dtype=torch.float64)
-
-    def current_state() -> dict:
-        y = coefficients.to(b.dtype).T
-        return {**s, "x": s["x"] + y @ basis, "ax": s["ax"] + y @ images, "iterations": s["iterations"].clone()}
+    space = _SharedSpace.empty(b, s["ax"])
+    residual = space.base.clone()
 
     bar = tqdm(total=None, desc="block Krylov", unit="sweep", disable=not progress, leave=False)
     stalls, since_checkpoint = 0, 0
     while True:
-        rel = relative()
+        rel = _relative_residuals(residual, b_norm)
         eligible = (rel > tol) & (s["iterations"] < maxiter)
         if not bool(eligible.any()) or stalls >= MAX_STALLS:
             break
-        room = cap - basis.shape[0]
+        room = cap - space.basis.shape[0]
         if room == 0:
-            fold()
-            s["restarts"] += 1
+            space = _restart(s, space, b)
             continue
         order = eligible.nonzero().squeeze(1)
-        order = order[rel[order].argsort(descending=True)][:room]
-        new = orthonormal_extension(residual[order], basis)
+        order = order[rel[order].argsort(descending=True)][:room]  # the worst columns first
+        new = orthonormal_extension(residual[order], space.basis)
         if new.shape[0] == 0:  # the residuals lie in span(V) to rounding: restart cleans them
             stalls += 1
-            fold()
-            s["restarts"] += 1
+            space = _restart(s, space, b)
             continue
         stalls = 0
-        pushed = matvec(new)
-        s["matvecs"] += new.shape[0]
-        s["sweeps"] += 1
-        if not torch.isfinite(pushed).all():
-            raise NumericalError("block Krylov solve: the operator returned NaN or Inf")
-        cross = (basis @ pushed.T).to(torch.float64)  # [k_old, k_new]
-        own = (new @ pushed.T).to(torch.float64)
-        if not bool((own.diagonal() > 0).all()):
-            raise NumericalError(
-                "block Krylov solve: non-positive curvature z^T A z (the damped metric is not "
-                "positive definite; damping > 0 and a finite model are required)"
-            )
-        k_old = basis.shape[0]
-        grown = torch.zeros(k_old + new.shape[0], k_old + new.shape[0], dtype=torch.float64)
-        grown[:k_old, :k_old] = projected
-        grown[:k_old, k_old:] = cross
-        grown[k_old:, :k_old] = cross.T
-        grown[k_old:, k_old:] = 0.5 * (own + own.T)
-        projected = grown
-        projected_rhs = torch.cat([projected_rhs, (new @ base.T).to(torch.float64)])
-        basis, images = torch.cat([basis, new]), torch.cat([images, pushed])
+        pushed = _counted_matvec(matvec, new, s, "block Krylov solve")  # A new [k', P]
+        space.extend(new, pushed)
         del pushed
-        coefficients = _galerkin_coefficients(projected, projected_rhs, lower_bound)
-        residual = base - coefficients.to(b.dtype).T @ images
+        space.coefficients = _galerkin_coefficients(space.projected, space.projected_rhs, lower_bound)
+        residual = space.base - space.coefficients.to(b.dtype).T @ space.images
         s["iterations"][order] += 1
         bar.update(1)
-        bar.set_postfix(max_rel_residual=f"{float(relative().max()):.2e}", basis=basis.shape[0])
+        bar.set_postfix(max_rel_residual=f"{float(_relative_residuals(residual, b_norm).max()):.2e}",
+                        basis=space.basis.shape[0])
         since_checkpoint += 1
         if checkpoint is not None and since_checkpoint >= checkpoint_every:
-            checkpoint(current_state())
+            checkpoint(space.iterate(s, b.dtype))
             since_checkpoint = 0
     bar.close()
-    final = current_state()
+    final = space.iterate(s, b.dtype)
     if checkpoint is not None:
         checkpoint(final)
-    rel = relative()
+    rel = _relative_residuals(residual, b_norm)
     return CGResult(
         x=final["x"], iterations=s["iterations"].clone(), residual_norms=rel,
         converged=rel <= tol, matvecs=int(s["matvecs"]), sweeps=int(s["sweeps"]),

@@ -258,6 +258,123 @@ def _residual_vjps(model, inputs, residuals, params, layout, support=None) -> to
     return grads
 
 
+def _check_reference_rtol(reference_rtol, rtol) -> None:
+    """InputError unless `reference_rtol` is None or a number in (0, rtol)."""
+    if reference_rtol is not None and not (isinstance(reference_rtol, (int, float))
+                                           and 0.0 < reference_rtol < rtol):
+        raise InputError(f"reference_rtol={reference_rtol!r}: expected a number in (0, rtol={rtol!r})")
+
+
+def _check_solve_options(response, channels: int, pde, *, damping, residual, rtol, stopping, solver,
+                         maxiter) -> tuple[Callable, int]:
+    """`(bra observable, maxiter)` after checking the options of `full_space_hat_matrix` for a
+    model with `channels` channels (maxiter None: DEFAULT_MAXITER); InputError on the first bad one."""
+    if not (isinstance(damping, (int, float)) and math.isfinite(damping) and damping > 0):
+        raise InputError(f"damping={damping!r}: expected a finite number > 0")
+    if residual not in RESIDUALS:
+        raise InputError(f"residual={residual!r}: expected one of {', '.join(RESIDUALS)}")
+    function = _obs.resolve(response)  # unknown names fail before any work
+    if function in (_obs.mass_drift, _obs.energy_drift):
+        _conserved_channel(function.__name__, channels, pde)
+    if not (isinstance(rtol, (int, float)) and 0.0 < rtol < 1.0):
+        raise InputError(f"rtol={rtol!r}: expected a number in (0, 1)")
+    if stopping not in STOPPING_RULES:
+        raise InputError(f"stopping={stopping!r}: expected one of {', '.join(STOPPING_RULES)}")
+    if solver not in SOLVERS:
+        raise InputError(f"solver={solver!r}: expected one of {', '.join(SOLVERS)}")
+    maxiter = DEFAULT_MAXITER if maxiter is None else maxiter
+    if isinstance(maxiter, bool) or not isinstance(maxiter, int) or maxiter <= 0:
+        raise InputError(f"maxiter={maxiter!r}: expected a positive integer")
+    return function, maxiter
+
+
+def _kets(model, inputs, targets, params, layout, dtype, residual: str):
+    """`(pred [N, C, H, W], losses [N] float64, support, kets [N, P])` of the batch: the
+    predictions, each example's SMSE and the ket rows g_m = J_m^T r_m of the chosen residual
+    (after the memory checks for the N x N and N x P stores). NumericalError on NaN/Inf kets."""
+    n = inputs.shape[0]
+    _grad.check_memory(3 * n, n, torch.float64, "N x N matrices (Gram, Pi, its error bound)", "inputs")
+    _grad.check_memory(3 * n, layout.size, dtype, "kets, bras and solutions (3 N x P)")
+    _grad.check_model_output(model, inputs)
+    pred = _predict(model, inputs)
+    ket_r = smse_residual(pred, targets) if residual == "smse" else mse_residual(pred, targets)
+    losses = (smse_residual(pred, targets) * (pred - targets)).mean(dim=(1, 2, 3)).to(torch.float64)
+    support = _grad.FuncSupport(type(model).__name__)
+    kets = _residual_vjps(model, inputs, ket_r, params, layout, support)  # [N, P] rows g_m
+    if not torch.isfinite(kets).all():
+        raise NumericalError("full-space solve: the ket gradients J^T r contain NaN or Inf")
+    return pred, losses, support, kets
+
+
+def _solve(operator: GaussNewtonOperator, kets, targets, *, damping, rtol, maxiter, residual, solver,
+           stopping, state_path, checkpoint_every, progress, max_basis):
+    """Solutions chi_m of (J^T J + damping I) chi_m = g_m for the ket rows `kets` `[N, P]`
+    (`CGResult`: x `[N, P]`, per-column iterations, residuals, convergence), resumed from and
+    saved to `state_path` when given; warns when a column did not converge."""
+    path = Path(state_path) if state_path is not None else None
+    key = _state_key(operator.inputs, targets, operator.params, damping, residual, solver) if path is not None else ""
+    resume = _load_state(path, key) if path is not None else None
+    column_tol = None
+    if stopping == "authors":
+        norms = kets.to(torch.float64).norm(dim=1)
+        column_tol = float(rtol) * norms.norm() / norms.clamp_min(1e-300)
+    common = {
+        "rtol": float(rtol), "maxiter": maxiter, "resume": resume, "column_tol": column_tol,
+        "checkpoint": (lambda s: _save_state(path, key, s)) if path is not None else None,
+        "checkpoint_every": checkpoint_every, "progress": progress,
+    }
+    if solver == "block":
+        solved = block_galerkin(operator, kets, lower_bound=float(damping), max_basis=max_basis, **common)
+    else:
+        solved = batched_cg(operator, kets, **common)
+    if not bool(solved.converged.all()):
+        bad = int((~solved.converged).sum())
+        warnings.warn(
+            f"full-space solve: {bad} of {kets.shape[0]} right-hand sides did not reach rtol={rtol} "
+            f"within maxiter={maxiter} (largest relative residual {float(solved.residual_norms.max()):.3e})",
+            stacklevel=_grad.caller_level(),
+        )
+    return solved
+
+
+def _bras(model, function, inputs, targets, pred, kets, params, layout, support, dtype, *, residual,
+          response_transform, target_transform, pde):
+    """Bra rows J_n(x'_n)^T r^A_n `[N, P]` of the response `function` at the (transformed)
+    batch x', y' `[N, C, H, W]`; the kets `[N, P]` themselves when the bra is the SMSE ket."""
+    bra_inputs, bra_targets = inputs, targets
+    if response_transform is not None or target_transform is not None:
+        tx = response_transform or (lambda u: u)
+        ty = target_transform or tx
+        bra_inputs, bra_targets = _check_batch(tx(inputs), ty(targets), dtype)
+        bra_pred = _predict(model, bra_inputs)
+    else:
+        bra_pred = pred
+    if function is _obs.smse and bra_inputs is inputs and residual == "smse":
+        return kets  # the bra is the ket: r^C at the untransformed batch
+    bra_r = bra_residual(function, bra_inputs, bra_targets, bra_pred, pde=pde)
+    return _residual_vjps(model, bra_inputs, bra_r, params, layout, support)
+
+
+def _influence(bras, kets, solved, damping: float, per_example: int):
+    """`(H [N, N], error bound [N, N])` float64: H(n, m) = b_n . chi_m / (C H W) for bras `[N, P]`
+    and solutions `solved.x` `[N, P]`, and ||b_n|| ||g_m - A chi_m|| / (damping C H W), with
+    per_example = C H W. NumericalError on NaN/Inf in H."""
+    pi = cross_gram(bras, solved.x) / per_example
+    if not torch.isfinite(pi).all():
+        raise NumericalError("full-space solve: the influence matrix contains NaN or Inf")
+    residual_abs = solved.residual_norms * kets.to(torch.float64).norm(dim=1)
+    bound = bras.to(torch.float64).norm(dim=1)[:, None] * residual_abs[None, :] / (damping * per_example)
+    return pi, bound
+
+
+def _ket_spectrum(kets) -> tuple[torch.Tensor, int]:
+    """`(singular values [N] float64, descending, numerical rank)` of the ket rows `[N, P]`."""
+    gram = cross_gram(kets, kets)
+    singular = torch.linalg.eigvalsh(0.5 * (gram + gram.T)).flip(0).clamp_min(0).sqrt()
+    numerical_rank = int((singular > singular[0] * len(singular) * 1e-8).sum()) if singular[0] > 0 else 0
+    return singular, numerical_rank
+
+
 @keeps_model
 def full_space_hat_matrix(
     model: torch.nn.Module,
@@ -307,89 +424,26 @@ def full_space_hat_matrix(
     solve to this tighter tolerance and report `.attrs["distance_to_reference"]` =
     max |H - H_ref| / max |H_ref| (twice the work or more).
     """
-    if reference_rtol is not None and not (isinstance(reference_rtol, (int, float))
-                                           and 0.0 < reference_rtol < rtol):
-        raise InputError(f"reference_rtol={reference_rtol!r}: expected a number in (0, rtol={rtol!r})")
+    _check_reference_rtol(reference_rtol, rtol)
     _grad.check_model_mode(model)
     params, layout = _grad.trainable_parameters(model)
     dtype = _grad.real_dtype(params, layout.complex_names)
     inputs, targets = _check_batch(inputs, targets, dtype)
-    if not (isinstance(damping, (int, float)) and math.isfinite(damping) and damping > 0):
-        raise InputError(f"damping={damping!r}: expected a finite number > 0")
-    if residual not in RESIDUALS:
-        raise InputError(f"residual={residual!r}: expected one of {', '.join(RESIDUALS)}")
-    function = _obs.resolve(response)  # unknown names fail before any work
-    if function in (_obs.mass_drift, _obs.energy_drift):
-        _conserved_channel(function.__name__, inputs.shape[1], pde)
-    if not (isinstance(rtol, (int, float)) and 0.0 < rtol < 1.0):
-        raise InputError(f"rtol={rtol!r}: expected a number in (0, 1)")
-    if stopping not in STOPPING_RULES:
-        raise InputError(f"stopping={stopping!r}: expected one of {', '.join(STOPPING_RULES)}")
-    if solver not in SOLVERS:
-        raise InputError(f"solver={solver!r}: expected one of {', '.join(SOLVERS)}")
-    maxiter = DEFAULT_MAXITER if maxiter is None else maxiter
-    if isinstance(maxiter, bool) or not isinstance(maxiter, int) or maxiter <= 0:
-        raise InputError(f"maxiter={maxiter!r}: expected a positive integer")
+    function, maxiter = _check_solve_options(
+        response, inputs.shape[1], pde, damping=damping, residual=residual, rtol=rtol,
+        stopping=stopping, solver=solver, maxiter=maxiter)
 
-    n = inputs.shape[0]
-    _grad.check_memory(3 * n, n, torch.float64, "N x N matrices (Gram, Pi, its error bound)", "inputs")
-    _grad.check_memory(3 * n, layout.size, dtype, "kets, bras and solutions (3 N x P)")
-    _grad.check_model_output(model, inputs)
-    pred = _predict(model, inputs)
-    ket_r = smse_residual(pred, targets) if residual == "smse" else mse_residual(pred, targets)
-    losses = (smse_residual(pred, targets) * (pred - targets)).mean(dim=(1, 2, 3)).to(torch.float64)
-    support = _grad.FuncSupport(type(model).__name__)
-    kets = _residual_vjps(model, inputs, ket_r, params, layout, support)  # [N, P] rows g_m
-    if not torch.isfinite(kets).all():
-        raise NumericalError("full-space solve: the ket gradients J^T r contain NaN or Inf")
-
-    path = Path(state_path) if state_path is not None else None
-    key = _state_key(inputs, targets, params, damping, residual, solver) if path is not None else ""
-    resume = _load_state(path, key) if path is not None else None
+    pred, losses, support, kets = _kets(model, inputs, targets, params, layout, dtype, residual)
     operator = GaussNewtonOperator(model, inputs, params, layout, damping, pair_budget, support)
-    column_tol = None
-    if stopping == "authors":
-        norms = kets.to(torch.float64).norm(dim=1)
-        column_tol = float(rtol) * norms.norm() / norms.clamp_min(1e-300)
-    common = {
-        "rtol": float(rtol), "maxiter": maxiter, "resume": resume, "column_tol": column_tol,
-        "checkpoint": (lambda s: _save_state(path, key, s)) if path is not None else None,
-        "checkpoint_every": checkpoint_every, "progress": progress,
-    }
-    if solver == "block":
-        solved = block_galerkin(operator, kets, lower_bound=float(damping), max_basis=max_basis, **common)
-    else:
-        solved = batched_cg(operator, kets, **common)
-    if not bool(solved.converged.all()):
-        bad = int((~solved.converged).sum())
-        warnings.warn(
-            f"full-space solve: {bad} of {kets.shape[0]} right-hand sides did not reach rtol={rtol} "
-            f"within maxiter={maxiter} (largest relative residual {float(solved.residual_norms.max()):.3e})",
-            stacklevel=_grad.caller_level(),
-        )
+    solved = _solve(operator, kets, targets, damping=damping, rtol=rtol, maxiter=maxiter,
+                    residual=residual, solver=solver, stopping=stopping, state_path=state_path,
+                    checkpoint_every=checkpoint_every, progress=progress, max_basis=max_basis)
+    bras = _bras(model, function, inputs, targets, pred, kets, params, layout, support, dtype,
+                 residual=residual, response_transform=response_transform,
+                 target_transform=target_transform, pde=pde)
+    pi, bound = _influence(bras, kets, solved, damping, inputs[0].numel())
+    singular, numerical_rank = _ket_spectrum(kets)
 
-    bra_inputs, bra_targets = inputs, targets
-    if response_transform is not None or target_transform is not None:
-        tx = response_transform or (lambda u: u)
-        ty = target_transform or tx
-        bra_inputs, bra_targets = _check_batch(tx(inputs), ty(targets), dtype)
-        bra_pred = _predict(model, bra_inputs)
-    else:
-        bra_pred = pred
-    if function is _obs.smse and bra_inputs is inputs and residual == "smse":
-        bras = kets  # the bra is the ket: r^C at the untransformed batch
-    else:
-        bra_r = bra_residual(function, bra_inputs, bra_targets, bra_pred, pde=pde)
-        bras = _residual_vjps(model, bra_inputs, bra_r, params, layout, support)
-    pi = cross_gram(bras, solved.x) / inputs[0].numel()
-    if not torch.isfinite(pi).all():
-        raise NumericalError("full-space solve: the influence matrix contains NaN or Inf")
-    residual_abs = solved.residual_norms * kets.to(torch.float64).norm(dim=1)
-    bound = bras.to(torch.float64).norm(dim=1)[:, None] * residual_abs[None, :] / (damping * inputs[0].numel())
-
-    gram = cross_gram(kets, kets)
-    singular = torch.linalg.eigvalsh(0.5 * (gram + gram.T)).flip(0).clamp_min(0).sqrt()
-    numerical_rank = int((singular > singular[0] * len(singular) * 1e-8).sum()) if singular[0] > 0 else 0
     name = response if isinstance(response, str) else getattr(response, "__name__", "smse")
     result = FullSpaceResult(
         pi=pi, rank=numerical_rank, eta_eigenvalues=torch.zeros(0, dtype=torch.float64),

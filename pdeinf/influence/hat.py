@@ -778,25 +778,13 @@ def hat_matrix(
     = raw). Inputs are cast to the model's real dtype (docs/models.md: dtype policy). The
     model is left exactly as found (parameters, buffers, flags, modes, RNG).
     """
-    from pdeinf.influence.normalize import normalize
-
-    if estimator not in ESTIMATORS:
-        raise InputError(f"estimator={estimator!r}: expected one of {', '.join(ESTIMATORS)}")
-    if metric not in METRICS:
-        raise InputError(f"metric={metric!r}: expected one of {', '.join(METRICS)}")
-    if bra_basis not in BRA_BASES:
-        raise InputError(f"bra_basis={bra_basis!r}: expected one of {', '.join(BRA_BASES)}")
-    _check_callable(response_transform, "response_transform")
-    _check_callable(target_transform, "target_transform")
-    _obs.resolve(response)  # unknown names fail before any gradient is computed
+    _check_hat_options(estimator, metric, bra_basis, response, response_transform, target_transform)
     if estimator == "full-space":
         return _full_space(model, inputs, targets, metric=metric, damping=damping, rtol=rtol,
                            maxiter=maxiter, reference_rtol=reference_rtol,
                            response=response, response_transform=response_transform,
                            target_transform=target_transform, normalization=normalization)
-    for name, value in (("rtol", rtol), ("maxiter", maxiter), ("reference_rtol", reference_rtol)):
-        if value is not None:
-            raise InputError(f"{name}={value!r}: only used by estimator='full-space' (the subspace estimator is exact)")
+    _check_no_solver_options(rtol, maxiter, reference_rtol)
     damping = DEFAULT_DAMPING if damping is None else damping
     engine = HatEngine(
         model, inputs, targets, energy_tol=energy_tol, grad_chunk=grad_chunk,
@@ -809,6 +797,38 @@ def hat_matrix(
     )
     basis = engine.basis(metric, response=response, response_transform=response_transform,
                          target_transform=target_transform, bra_basis=bra_basis)
+    return _subspace_result(engine, basis, pi, eigenvalues, metric=metric, damping=damping,
+                            energy_tol=energy_tol, normalization=normalization, response=response)
+
+
+def _check_hat_options(estimator, metric, bra_basis, response, response_transform, target_transform) -> None:
+    """InputError on the first unknown estimator, metric, bra basis or response name, or a
+    transform that is neither None nor callable (before any gradient is computed)."""
+    if estimator not in ESTIMATORS:
+        raise InputError(f"estimator={estimator!r}: expected one of {', '.join(ESTIMATORS)}")
+    if metric not in METRICS:
+        raise InputError(f"metric={metric!r}: expected one of {', '.join(METRICS)}")
+    if bra_basis not in BRA_BASES:
+        raise InputError(f"bra_basis={bra_basis!r}: expected one of {', '.join(BRA_BASES)}")
+    _check_callable(response_transform, "response_transform")
+    _check_callable(target_transform, "target_transform")
+    _obs.resolve(response)  # unknown names fail before any gradient is computed
+
+
+def _check_no_solver_options(rtol, maxiter, reference_rtol) -> None:
+    """InputError when a full-space solver option is given to the (exact) subspace estimator."""
+    for name, value in (("rtol", rtol), ("maxiter", maxiter), ("reference_rtol", reference_rtol)):
+        if value is not None:
+            raise InputError(f"{name}={value!r}: only used by estimator='full-space' (the subspace estimator is exact)")
+
+
+def _subspace_result(engine: HatEngine, basis, pi: torch.Tensor, eigenvalues: torch.Tensor, *, metric: str,
+                     damping: float, energy_tol: float, normalization: str | None, response) -> HatResult:
+    """`HatResult` of the subspace estimator from `engine`, the `basis` used, Pi `[N, N]` float64
+    (normalised here when `normalization` is set, with the engine's losses `[N]`) and the
+    undamped eta eigenvalues `[r]`."""
+    from pdeinf.influence.normalize import normalize
+
     losses = engine.losses.to(torch.float64)
     if normalization is not None:
         pi = normalize(pi, normalization, losses=losses)

@@ -62,6 +62,7 @@ def column_tolerances(b: torch.Tensor, rtol, maxiter, column_tol: torch.Tensor |
 
 
 def _initial_state(b: torch.Tensor) -> dict:
+    """Fresh CG state for `b` `[K, P]`: x = 0, r = p = b, r.r and ||b|| `[K]` float64, counters at 0."""
     k = b.shape[0]
     rr = _dot(b, b)
     return {
@@ -70,6 +71,86 @@ def _initial_state(b: torch.Tensor) -> dict:
         "verified": torch.zeros(k, dtype=torch.bool), "true_residual": torch.full((k,), math.inf, dtype=torch.float64),
         "restarts": 0, "matvecs": 0, "sweeps": 0,
     }
+
+
+def _starting_state(b: torch.Tensor, tol: torch.Tensor, resume: dict | None) -> dict:
+    """The iterate state `batched_cg` starts from for right-hand sides `b` `[K, P]` and
+    tolerances `tol` `[K]`: `resume` (its columns above tol unverified again, so that a column
+    stopped by an earlier maxiter or looser rtol goes on) or `_initial_state(b)`. Zero
+    right-hand sides are verified with true residual 0 (x = 0 solves them exactly)."""
+    s = resume if resume is not None else _initial_state(b)
+    if resume is not None:
+        s["verified"] &= s["true_residual"] <= tol
+    zero = s["b_norm"] == 0
+    s["true_residual"][zero] = 0.0
+    s["verified"] |= zero
+    return s
+
+
+def _counted_matvec(matvec: Callable[[torch.Tensor], torch.Tensor], v: torch.Tensor, s: dict,
+                    solver: str = "full-space solve") -> torch.Tensor:
+    """`matvec(v)` `[k, P]` for directions v `[k, P]`, counted in `s["matvecs"]` (k) and
+    `s["sweeps"]` (1); NumericalError on NaN/Inf, its message starting with `solver`."""
+    out = matvec(v)
+    s["matvecs"] += v.shape[0]
+    s["sweeps"] += 1
+    if not torch.isfinite(out).all():
+        raise NumericalError(f"{solver}: the operator returned NaN or Inf")
+    return out
+
+
+def _relative(rr_k: torch.Tensor, norm_k: torch.Tensor) -> torch.Tensor:
+    """Relative residuals `[k]` sqrt(r.r) / ||b|| from `rr_k` and `norm_k` `[k]` (float64)."""
+    return rr_k.sqrt() / norm_k.clamp_min(1e-300)
+
+
+def _cg_iteration(s: dict, idx: torch.Tensor, apply: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    """One CG step, in place in state `s`, for the columns `idx` `[k]`: one batched operator
+    call on their search directions p `[k, P]`, then x, r, p, r.r and iterations updated.
+    NumericalError on a non-positive curvature p^T A p."""
+    x, r, p, rr, iterations = s["x"], s["r"], s["p"], s["rr"], s["iterations"]
+    pk = p[idx]
+    ap = apply(pk)
+    curvature = _dot(pk, ap)
+    if not bool((curvature > 0).all()):
+        raise NumericalError(
+            "full-space solve: non-positive curvature p^T A p (the damped metric is not "
+            "positive definite; damping > 0 and a finite model are required)"
+        )
+    alpha = rr[idx] / curvature
+    x[idx] += alpha.to(x.dtype)[:, None] * pk
+    rk = r[idx] - alpha.to(x.dtype)[:, None] * ap
+    rr_new = _dot(rk, rk)
+    beta = rr_new / rr[idx]
+    r[idx] = rk
+    p[idx] = rk + beta.to(x.dtype)[:, None] * pk
+    rr[idx] = rr_new
+    iterations[idx] += 1
+
+
+def _verify(s: dict, b: torch.Tensor, tol: torch.Tensor, maxiter: int,
+            apply: Callable[[torch.Tensor], torch.Tensor]) -> bool:
+    """Check the unverified columns of `s` against their true residuals b - A x (one batched
+    operator call on their iterates `[k, P]`), in place: `s["true_residual"]` `[K]` set for them,
+    those within `tol` `[K]` (or at maxiter, or after MAX_RESTARTS) verified, the others'
+    CG restarted from their iterate on the true residual. False when none was left to check."""
+    x, r, p, rr, iterations = s["x"], s["r"], s["p"], s["rr"], s["iterations"]
+    todo = (~s["verified"]).nonzero().squeeze(1)
+    if todo.numel() == 0:
+        return False
+    true_r = b[todo] - apply(x[todo])
+    true_rr = _dot(true_r, true_r)
+    true_rel = _relative(true_rr, s["b_norm"][todo])
+    s["true_residual"][todo] = true_rel
+    ok = (true_rel <= tol[todo]) | (iterations[todo] >= maxiter) | (s["restarts"] >= MAX_RESTARTS)
+    s["verified"][todo[ok]] = True
+    again = todo[~ok]
+    if again.numel():  # restart CG from the current iterate on the true residual
+        s["restarts"] += 1
+        r[again] = true_r[~ok]
+        p[again] = true_r[~ok]
+        rr[again] = true_rr[~ok]
+    return True
 
 
 def batched_cg(
@@ -94,53 +175,20 @@ def batched_cg(
     NaN/Inf or a non-positive curvature p^T A p (A not positive definite).
     """
     tol = column_tolerances(b, rtol, maxiter, column_tol)
-    s = resume if resume is not None else _initial_state(b)
-    if resume is not None:  # a column stopped by an earlier maxiter or looser rtol goes on
-        s["verified"] &= s["true_residual"] <= tol
-    x, r, p, rr = s["x"], s["r"], s["p"], s["rr"]
-    b_norm, iterations = s["b_norm"], s["iterations"]
-    zero = b_norm == 0  # x = 0 solves it exactly
-    s["true_residual"][zero] = 0.0
-    s["verified"] |= zero
+    s = _starting_state(b, tol, resume)
 
     def apply(v: torch.Tensor) -> torch.Tensor:
-        out = matvec(v)
-        s["matvecs"] += v.shape[0]
-        s["sweeps"] += 1
-        if not torch.isfinite(out).all():
-            raise NumericalError("full-space solve: the operator returned NaN or Inf")
-        return out
-
-    def relative(rr_k, norm_k):
-        return rr_k.sqrt() / norm_k.clamp_min(1e-300)
+        return _counted_matvec(matvec, v, s)
 
     bar = tqdm(total=None, desc="CG", unit="sweep", disable=not progress, leave=False)
     since_checkpoint = 0
     while True:
-        rel = relative(rr, b_norm)
-        active = ~s["verified"] & (rel > tol) & (iterations < maxiter)
+        rel = _relative(s["rr"], s["b_norm"])
+        active = ~s["verified"] & (rel > tol) & (s["iterations"] < maxiter)
         if bool(active.any()):
-            idx = active.nonzero().squeeze(1)
-            pk = p[idx]
-            ap = apply(pk)
-            curvature = _dot(pk, ap)
-            if not bool((curvature > 0).all()):
-                raise NumericalError(
-                    "full-space solve: non-positive curvature p^T A p (the damped metric is not "
-                    "positive definite; damping > 0 and a finite model are required)"
-                )
-            alpha = rr[idx] / curvature
-            x[idx] += alpha.to(x.dtype)[:, None] * pk
-            rk = r[idx] - alpha.to(x.dtype)[:, None] * ap
-            rr_new = _dot(rk, rk)
-            beta = rr_new / rr[idx]
-            r[idx] = rk
-            p[idx] = rk + beta.to(x.dtype)[:, None] * pk
-            rr[idx] = rr_new
-            iterations[idx] += 1
-            del pk, ap, rk
+            _cg_iteration(s, active.nonzero().squeeze(1), apply)
             bar.update(1)
-            live = relative(rr, b_norm)[~s["verified"]]
+            live = _relative(s["rr"], s["b_norm"])[~s["verified"]]
             bar.set_postfix(max_rel_residual=f"{float(live.max()) if live.numel() else 0.0:.2e}")
             since_checkpoint += 1
             if checkpoint is not None and since_checkpoint >= checkpoint_every:
@@ -148,27 +196,14 @@ def batched_cg(
                 since_checkpoint = 0
             continue
         # The recursion is done for every column: verify with the true residuals.
-        todo = (~s["verified"]).nonzero().squeeze(1)
-        if todo.numel() == 0:
+        if not _verify(s, b, tol, maxiter, apply):
             break
-        true_r = b[todo] - apply(x[todo])
-        true_rr = _dot(true_r, true_r)
-        true_rel = relative(true_rr, b_norm[todo])
-        s["true_residual"][todo] = true_rel
-        ok = (true_rel <= tol[todo]) | (iterations[todo] >= maxiter) | (s["restarts"] >= MAX_RESTARTS)
-        s["verified"][todo[ok]] = True
-        again = todo[~ok]
-        if again.numel():  # restart CG from the current iterate on the true residual
-            s["restarts"] += 1
-            r[again] = true_r[~ok]
-            p[again] = true_r[~ok]
-            rr[again] = true_rr[~ok]
         if checkpoint is not None:
             checkpoint(s)
             since_checkpoint = 0
     bar.close()
     residual = s["true_residual"].clone()
     return CGResult(
-        x=x, iterations=iterations.clone(), residual_norms=residual,
+        x=s["x"], iterations=s["iterations"].clone(), residual_norms=residual,
         converged=residual <= tol, matvecs=int(s["matvecs"]), sweeps=int(s["sweeps"]),
     )

@@ -351,8 +351,11 @@ def _resume_point(run_dir: Path, schedule) -> tuple[Path | None, dict | None]:
     return path, read_checkpoint(path)
 
 
-def _train_loop(config, fingerprint, run_dir, train_set: Transitions, val_set: Transitions, ctx,
-                progress, recipe: Recipe, monitor=None) -> RunResult:
+def _start_or_resume(config: dict, fingerprint: str, run_dir: Path, ctx, monitor=None):
+    """`(model, optimizer, start epoch, history)` of a run: the model built under
+    `torch.manual_seed(seed)` on `ctx.device` with its AdamW, then, where `_resume_point` finds
+    a saved state, its weights, optimizer state, epoch, history and monitor history (InputError
+    when it belongs to another configuration or the data changed)."""
     dtype = getattr(torch, config["dtype"])
     torch.manual_seed(config["seed"])
     model = _build_from(config).to(dtype=dtype)
@@ -361,7 +364,6 @@ def _train_loop(config, fingerprint, run_dir, train_set: Transitions, val_set: T
                                   weight_decay=config["weight_decay"])
     history: list[dict] = []
     start = 0
-    resume_path = run_dir / "resume.pt"
     resume_from, state = _resume_point(run_dir, config["checkpoints"])
     if state is not None:
         state = _read_state(resume_from, state)
@@ -375,6 +377,68 @@ def _train_loop(config, fingerprint, run_dir, train_set: Transitions, val_set: T
         start, history = int(state["epoch"]), list(state["history"])
         if monitor is not None:
             monitor.history[:] = list(state.get("monitor_history", []))
+    return model, optimizer, start, history
+
+
+def _batch_loss(recipe: Recipe, net, model, train_set: Transitions, idx: np.ndarray, ctx, seed: int,
+                epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(loss, batch sum)` of mini-batch `idx` (global transition indices `[B]`): this rank's
+    share of the recipe's per-example losses, scaled so that the ranks' gradients add up to the
+    batch mean (a zero-gradient loss on a rank with no example), and the sum of the
+    per-example losses over all ranks (float64 scalar)."""
+    local = ddp.shard(idx, ctx)
+    if len(local):
+        step_batch = StepBatch(
+            data=train_set, index=torch.as_tensor(local, dtype=torch.long),
+            global_index=torch.as_tensor(idx, dtype=torch.long),
+            positions=ddp.shard(torch.arange(len(idx)), ctx), net=net, model=model,
+            loss_fn=smse, device=ctx.device, seed=seed, epoch=epoch, step=step)
+        per_example = recipe.per_example_loss(step_batch)
+        loss = per_example.sum() * (ctx.world / len(idx))
+    else:  # a final batch smaller than the world: this rank contributes zero gradient
+        loss = net(train_set.batch([0], ctx.device)[0]).sum() * 0.0
+        per_example = loss.detach().reshape(1) * 0.0
+    batch_sum = ddp.all_reduce_sum(per_example.detach().sum().double(), ctx)
+    return loss, batch_sum
+
+
+def _non_finite_loss(batch_sum: torch.Tensor, epoch: int, step: int, steps: int, schedule,
+                     run_dir: Path) -> TrainingError:
+    """The TrainingError for a non-finite batch loss at `step` (0-based) of `epoch`, naming
+    the last scheduled checkpoint already written."""
+    last = max([e for e in schedule if e < epoch], default=None)
+    kept = f"last good checkpoint: {checkpoint_path(run_dir, last)}" if last else \
+        "no checkpoint written yet"
+    return TrainingError(f"non-finite loss ({batch_sum.item()}) at epoch {epoch}, step "
+                         f"{step + 1}/{steps} of {run_dir.name}; training stopped, {kept}")
+
+
+def _save_epoch(run_dir: Path, model, optimizer, config: dict, fingerprint: str, epoch: int,
+                history: list[dict], schedule, monitor=None) -> None:
+    """Write the state after `epoch`: the scheduled checkpoint (when `epoch` is in `schedule`),
+    `resume.pt`, the history files and the monitor's files."""
+    state = {"model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
+             "config": config, "data_fingerprint": fingerprint, "epoch": epoch,
+             "history": history}
+    if monitor is not None:
+        state["monitor_history"] = list(monitor.history)
+    if epoch in schedule:
+        save_checkpoint(state, checkpoint_path(run_dir, epoch))
+    save_checkpoint(state, run_dir / "resume.pt")
+    _write_history(run_dir, history)
+    if monitor is not None:
+        _write_monitor(run_dir, list(monitor.history))
+
+
+def _train_loop(config, fingerprint, run_dir, train_set: Transitions, val_set: Transitions, ctx,
+                progress, recipe: Recipe, monitor=None) -> RunResult:
+    """Train the run `config` describes from scratch or from its resume point up to
+    `config["epochs"]`, in `run_dir`. Per epoch: the (seed, epoch) shuffle of the `train_set`
+    transitions into mini-batches, one AdamW step per mini-batch on the recipe's loss (the
+    monitor, on rank 0, after each), the epoch's record (mean training loss, validation SMSE
+    on `val_set`, seconds) and, on rank 0, the checkpoint files. TrainingError on a non-finite
+    loss. Returns the run directory, the scheduled checkpoints that exist and the history."""
+    model, optimizer, start, history = _start_or_resume(config, fingerprint, run_dir, ctx, monitor)
     epochs, schedule = config["epochs"], set(config["checkpoints"])
     net = ddp.wrap(model, ctx)
     n, batch = len(train_set), config["batch_size"]
@@ -391,26 +455,12 @@ def _train_loop(config, fingerprint, run_dir, train_set: Transitions, val_set: T
         loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
         for step in range(steps):
             idx = perm[step * batch : (step + 1) * batch]
-            local = ddp.shard(idx, ctx)
-            if len(local):
-                step_batch = StepBatch(
-                    data=train_set, index=torch.as_tensor(local, dtype=torch.long),
-                    global_index=torch.as_tensor(idx, dtype=torch.long),
-                    positions=ddp.shard(torch.arange(len(idx)), ctx), net=net, model=model,
-                    loss_fn=smse, device=ctx.device, seed=config["seed"], epoch=epoch, step=step)
-                per_example = recipe.per_example_loss(step_batch)
-                loss = per_example.sum() * (ctx.world / len(idx))
-            else:  # a final batch smaller than the world: this rank contributes zero gradient
-                loss = net(train_set.batch([0], ctx.device)[0]).sum() * 0.0
-                per_example = loss.detach().reshape(1) * 0.0
-            batch_sum = ddp.all_reduce_sum(per_example.detach().sum().double(), ctx)
+            loss, batch_sum = _batch_loss(recipe, net, model, train_set, idx, ctx, config["seed"],
+                                          epoch, step)
             if not torch.isfinite(batch_sum):
-                last = max([e for e in schedule if e < epoch], default=None)
-                kept = f"last good checkpoint: {checkpoint_path(run_dir, last)}" if last else \
-                    "no checkpoint written yet"
+                error = _non_finite_loss(batch_sum, epoch, step, steps, schedule, run_dir)
                 bar.close()
-                raise TrainingError(f"non-finite loss ({batch_sum.item()}) at epoch {epoch}, step "
-                                    f"{step + 1}/{steps} of {run_dir.name}; training stopped, {kept}")
+                raise error
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -419,22 +469,11 @@ def _train_loop(config, fingerprint, run_dir, train_set: Transitions, val_set: T
             bar.set_postfix(epoch=epoch, loss=f"{batch_sum.item() / len(idx):.3e}")
             if watch:
                 monitor(model, (epoch - 1) * steps + step + 1)
-        record = {"epoch": epoch, "train_smse": loss_sum.item() / n,
-                  "val_smse": evaluate_smse(model, val_set, device=ctx.device),
-                  "seconds": round(time.perf_counter() - t0, 3)}
-        history.append(record)
+        history.append({"epoch": epoch, "train_smse": loss_sum.item() / n,
+                        "val_smse": evaluate_smse(model, val_set, device=ctx.device),
+                        "seconds": round(time.perf_counter() - t0, 3)})
         if ctx.is_main:
-            state = {"model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
-                     "config": config, "data_fingerprint": fingerprint, "epoch": epoch,
-                     "history": history}
-            if monitor is not None:
-                state["monitor_history"] = list(monitor.history)
-            if epoch in schedule:
-                save_checkpoint(state, checkpoint_path(run_dir, epoch))
-            save_checkpoint(state, resume_path)
-            _write_history(run_dir, history)
-            if monitor is not None:
-                _write_monitor(run_dir, list(monitor.history))
+            _save_epoch(run_dir, model, optimizer, config, fingerprint, epoch, history, schedule, monitor)
         ddp.barrier(ctx)
     bar.close()
     ckpts = {e: checkpoint_path(run_dir, e) for e in sorted(schedule)
