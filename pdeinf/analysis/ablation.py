@@ -39,6 +39,7 @@ import math
 import numpy as np
 import xarray as xr
 
+from pdeinf.analysis.aggregate import pearson
 from pdeinf.analysis.seed_paper import standardized
 from pdeinf.analysis.seed_paper_findings import (
     class_locked_units,
@@ -114,13 +115,6 @@ def rollout_units(ds: xr.Dataset, dt: int = ROLLOUT_DT) -> xr.DataArray:
     return out.transpose("seed", "batch", "config", "class", "var")
 
 
-def _pearson(x: np.ndarray, y: np.ndarray, axis) -> np.ndarray:
-    xc = x - x.mean(axis=axis, keepdims=True)
-    yc = y - y.mean(axis=axis, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (xc * yc).sum(axis) / np.sqrt((xc * xc).sum(axis) * (yc * yc).sum(axis))
-
-
 # --------------------------------------------------------------------------- the table
 
 
@@ -159,7 +153,7 @@ def ablation_table(ds: xr.Dataset, *, dt: int = ROLLOUT_DT) -> xr.Dataset:
     roll = rollout_units(ds, dt)
     arr = roll.transpose("seed", "config", "var", "batch", "class").values
     arr = arr.reshape(*arr.shape[:3], -1)
-    seed_r = xr.DataArray(_pearson(arr[:, :, 0], arr[:, :, 1], axis=-1), dims=("seed", "config"),
+    seed_r = xr.DataArray(pearson(arr[:, :, 0], arr[:, :, 1]), dims=("seed", "config"),
                           coords={"config": configs})
     value["rollout_link_negative"] = seed_r.mean("seed")
     seed_std["rollout_link_negative"] = _seed_std(seed_r)

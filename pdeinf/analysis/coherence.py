@@ -25,12 +25,11 @@ import pandas as pd
 import xarray as xr
 from scipy import stats
 
+from pdeinf.analysis import aggregate as ag
+from pdeinf.analysis.aggregate import PI_DIMS, QUARTILES
 from pdeinf.analysis.registry import PAPER_ROLLOUT_PEARSON
 from pdeinf.errors import InputError
 from pdeinf.influence.normalize import NORMALIZATIONS
-
-PI_DIMS = ("t_resp", "c_resp", "t_pert", "c_pert")
-QUARTILES = (0.25, 0.5, 0.75)
 
 #: The follow-up's published Pearson correlations between the intra-class off/diagonal ratio R
 #: (raw Pi) and the cumulative rollout SMSE, all 16 horizons dt = 1..16 (method.md section 6).
@@ -126,11 +125,6 @@ def _select_variant(da: xr.DataArray, ds: xr.Dataset, variant: str) -> xr.DataAr
     return da.sel(variant=variant) if "variant" in da.dims else da
 
 
-def _to_blocks(da: xr.DataArray) -> np.ndarray:
-    """`(seed, epoch, batch, t_resp, c_resp, t_pert, c_pert)` -> `[S, E, B, C, T, C, T]`."""
-    return da.transpose("seed", "epoch", "batch", "c_resp", "t_resp", "c_pert", "t_pert").values
-
-
 def normalized_pi(
     ds: xr.Dataset,
     *,
@@ -144,39 +138,22 @@ def normalized_pi(
     Returns a DataArray with dims `(seed, epoch, batch, c_resp, t_resp, c_pert, t_pert)`.
     `epoch`: None (final checkpoint), "all", or an epoch / list of epochs.
     """
-    from pdeinf.influence.normalize import normalize
-
     _check_dataset(ds)
     _check_normalization(normalization)
     sel = {"epoch": _epochs(ds, epoch), "seed": _seeds(ds, seeds)}
     pi = _select_variant(ds["pi"], ds, variant).sel(sel)
-    pi = pi.transpose("seed", "epoch", "batch", "c_resp", "t_resp", "c_pert", "t_pert")
-    values = np.asarray(pi.values, dtype=np.float64)
+    pi = pi.transpose("seed", "epoch", "batch", *ag.BLOCK_ORDER)
+    values = np.ascontiguousarray(pi.values, dtype=np.float64)
     if not np.all(np.isfinite(values)):
         raise InputError(f"ds['pi'] (variant {variant!r}): contains NaN or Inf")
-    s, e, b, c, t = values.shape[:5]
-    flat = values.reshape(s, e, b, c * t, c * t)
     losses = None
     if normalization == "loss":
         if "losses" not in ds:
             raise InputError("normalization 'loss': the dataset has no 'losses' variable")
         losses = ds["losses"].sel(sel).transpose("seed", "epoch", "batch", "c", "t").values
-        losses = np.asarray(losses, dtype=np.float64).reshape(s, e, b, c * t)
-    if normalization == "none":
-        out = flat
-    else:
-        out = np.asarray(normalize(flat, normalization, losses=losses), dtype=np.float64)
-    return xr.DataArray(out.reshape(values.shape), coords=pi.coords, dims=pi.dims)
-
-
-def _intra(blocks: np.ndarray) -> np.ndarray:
-    """`[..., C, T, C, T]` -> intra-class blocks `[..., C, T, T]` (response t, perturbing t)."""
-    return np.moveaxis(np.diagonal(blocks, axis1=-4, axis2=-2), -1, -3)
-
-
-def _lag_mask(n_times: int, lag: int) -> np.ndarray:
-    t = np.arange(n_times)
-    return (t[:, None] - t[None, :]) == lag
+    if normalization != "none":
+        values = ag.normalize_blocks(values, normalization, losses=losses)
+    return xr.DataArray(values, coords=pi.coords, dims=pi.dims)
 
 
 def _quartiles(values: np.ndarray) -> tuple[float, float, float, int]:
@@ -196,10 +173,8 @@ def temporal_heatmap(
 ) -> xr.DataArray:
     """Item 1: median over seeds x batches x classes of intra-class entries, dims (t_resp, t_pert)."""
     npi = normalized_pi(ds, variant=variant, normalization=normalization, epoch=epoch, seeds=seeds)
-    intra = _intra(npi.values)  # [S, E, B, C, T, T]
-    heat = np.median(intra.reshape(-1, *intra.shape[-2:]), axis=0)
     return xr.DataArray(
-        heat,
+        ag.heatmap(npi.values, statistic="median", pooled=True),
         dims=("t_resp", "t_pert"),
         coords={"t_resp": npi["t_resp"].values, "t_pert": npi["t_pert"].values},
         name="influence",
@@ -217,27 +192,14 @@ def horizon_curve(
     Returns dims `(pair, quantile, dt)` with `pair` in ("intra", "inter"), `quantile` in
     (0.25, 0.5, 0.75); the entry counts are in coordinate-aligned variable `count` (attrs).
     """
-    if max_lag < 0:
-        raise InputError(f"max_lag: must be >= 0, got {max_lag}")
     npi = normalized_pi(ds, variant=variant, normalization=normalization, epoch=epoch, seeds=seeds)
-    blocks = npi.values  # [S, E, B, C, T, C, T]
-    n_classes, n_times = blocks.shape[-2], blocks.shape[-1]
-    max_lag = min(max_lag, n_times - 1)
-    lags = np.arange(-max_lag, max_lag + 1)
-    same_class = np.eye(n_classes, dtype=bool)
-    out = np.full((2, len(QUARTILES), len(lags)), np.nan)
-    counts = np.zeros((2, len(lags)), dtype=int)
-    for k, lag in enumerate(lags):
-        time_mask = _lag_mask(n_times, lag)
-        for p, class_mask in enumerate((same_class, ~same_class)):
-            mask = class_mask[:, None, :, None] & time_mask[None, :, None, :]
-            q1, q2, q3, n = _quartiles(blocks[..., mask])
-            out[p, :, k] = (q1, q2, q3)
-            counts[p, k] = n
+    lags = ag.lag_range(max_lag, npi.sizes["t_resp"])
+    pooled = ag.lag_curve(npi.values, lags, statistic=_quartiles)  # [q1 q2 q3 n, pair, dt]
+    counts = np.nan_to_num(pooled[3]).astype(int)  # no entry (one class, inter): count 0
     return xr.DataArray(
-        out,
+        np.moveaxis(pooled[:3], 0, 1),
         dims=("pair", "quantile", "dt"),
-        coords={"pair": ["intra", "inter"], "quantile": list(QUARTILES), "dt": lags,
+        coords={"pair": list(ag.PAIRS), "quantile": list(QUARTILES), "dt": lags,
                 "count": (("pair", "dt"), counts)},
         name="influence",
         attrs={"variant": variant, "normalization": normalization},
@@ -254,16 +216,11 @@ def class_matrix(
     pooled over seeds x batches x times.
     """
     npi = normalized_pi(ds, variant=variant, normalization=normalization, epoch=epoch, seeds=seeds)
-    blocks = npi.values
-    n_times = blocks.shape[-1]
+    n_times = npi.sizes["t_resp"]
     if abs(lag) >= n_times:
         raise InputError(f"lag: |{lag}| must be smaller than the number of times {n_times}")
-    mask = _lag_mask(n_times, lag)
-    pairs = np.moveaxis(blocks, -2, -3)[..., mask]  # [S, E, B, C, C, n_pairs]
-    pairs = np.moveaxis(pairs, (-3, -2), (0, 1))
-    med = np.median(pairs.reshape(*pairs.shape[:2], -1), axis=-1)
     return xr.DataArray(
-        med,
+        ag.class_matrix(npi.values, lag=lag, statistic="median", pooled=True),
         dims=("c_resp", "c_pert"),
         coords={"c_resp": npi["c_resp"].values, "c_pert": npi["c_pert"].values},
         name="influence",
@@ -281,11 +238,8 @@ def dynamics(
     Returns dims `(part, quantile, epoch)` with `part` in ("diagonal", "off-diagonal").
     """
     npi = normalized_pi(ds, variant=variant, normalization=normalization, epoch="all", seeds=seeds)
-    s, e, b, c, t = npi.shape[:5]
-    flat = npi.values.reshape(s, e, b, c * t, c * t)
-    n = c * t
-    diag = np.trace(flat, axis1=-2, axis2=-1) / n
-    off = (flat.sum(axis=(-2, -1)) - diag * n) / (n * (n - 1))
+    e = npi.sizes["epoch"]
+    diag, off = ag.diagonal_means(ag.flatten(npi.values))
     out = np.empty((2, len(QUARTILES), e))
     for p, part in enumerate((diag, off)):
         per_epoch = np.moveaxis(part, 1, 0).reshape(e, -1)
@@ -369,14 +323,8 @@ def similarity(
         dist = dist.expand_dims(epoch=npi["epoch"].values)
     dist = dist.sel(seed=npi["seed"].values, epoch=npi["epoch"].values, batch=npi["batch"].values)
     dist = dist.transpose(*npi.dims).values
-    n_classes, n_times = npi.shape[-2], npi.shape[-1]
-    same_class = np.eye(n_classes, dtype=bool)[:, None, :, None]
-    same_time = np.eye(n_times, dtype=bool)[None, :, None, :]
-    mask = ~(same_class & same_time)
-    if pairs == "intra":
-        mask &= np.broadcast_to(same_class, mask.shape)
-    elif pairs == "inter":
-        mask &= ~np.broadcast_to(same_class, mask.shape)
+    n_classes, n_times = npi.sizes["c_resp"], npi.sizes["t_resp"]
+    mask = ag.entry_mask(n_classes, n_times, pairs) & ~ag.entry_mask(n_classes, n_times, "intra", 0)
     x = dist[..., mask].ravel()
     y = npi.values[..., mask].ravel()
     keep = np.isfinite(x) & np.isfinite(y) & (x > 0)
@@ -405,14 +353,15 @@ def similarity(
     )
 
 
-def _pearson(x: np.ndarray, y: np.ndarray) -> tuple[float, str]:
+def _pearson_with_reason(x: np.ndarray, y: np.ndarray) -> tuple[float, str]:
+    """The Pearson r of the finite pairs, or NaN with the reason."""
     keep = np.isfinite(x) & np.isfinite(y)
     x, y = x[keep], y[keep]
     if x.size < 3:
         return math.nan, f"fewer than 3 points ({x.size})"
     if np.ptp(x) == 0 or np.ptp(y) == 0:
         return math.nan, "constant ratio or rollout error"
-    return float(np.corrcoef(x, y)[0, 1]), ""
+    return float(ag.pearson(x, y, zero_spread="tolerance")), ""
 
 
 def rollout_ratio(
@@ -429,10 +378,7 @@ def rollout_ratio(
     npi = normalized_pi(ds, variant=variant, normalization=normalization, epoch=epoch)
     if npi.sizes["epoch"] != 1:
         raise InputError(f"epoch: the ratio R needs one checkpoint, got {npi.sizes['epoch']}")
-    intra = _intra(npi.values)[:, 0]  # [S, B, C, T, T]
-    diag = np.trace(intra, axis1=-2, axis2=-1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = (intra.sum(axis=(-2, -1)) - diag) / diag
+    ratio = ag.cross_time_ratio(npi.values[:, 0])  # [S, B, C]
     return xr.DataArray(
         np.moveaxis(ratio, 2, 1),
         dims=("seed", "class", "batch"),
@@ -493,7 +439,7 @@ def rollout_link(
     dts = np.arange(1, horizon + 1)
     corr, reasons = [], []
     for k in range(horizon):
-        r, why = _pearson(ratio.ravel(), error[..., k].ravel())
+        r, why = _pearson_with_reason(ratio.ravel(), error[..., k].ravel())
         corr.append(r)
         reasons.append(why)
     return xr.Dataset(

@@ -27,6 +27,7 @@ import pandas as pd
 import torch
 import xarray as xr
 
+from pdeinf.analysis import aggregate as ag
 from pdeinf.analysis.statistics import seed_mean_ci
 from pdeinf.errors import InputError
 
@@ -49,11 +50,9 @@ def _square(pi) -> np.ndarray:
 
 
 def standardize(pi) -> np.ndarray:
-    """Row-standardized `[..., N, N]`: each row divided by its std over the N columns (ddof 1);
-    an all-zero row stays zero."""
-    a = _square(pi)
-    std = a.std(axis=-1, ddof=1, keepdims=True)
-    return a / np.where(std > 0, std, 1.0)
+    """Row-standardized `[..., N, N]` (checked): each row divided by its std over the N columns
+    (ddof 1); an all-zero row stays zero (`aggregate.standardize_rows(zero_std="keep")`)."""
+    return ag.standardize_rows(_square(pi), zero_std="keep")
 
 
 def offdiagonal_mass(pi) -> np.ndarray:
@@ -66,36 +65,33 @@ def offdiagonal_mass(pi) -> np.ndarray:
         return off / diag.mean(-1)
 
 
-def _layout(n: int, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+def _blocks(a: np.ndarray, n_classes: int) -> np.ndarray:
+    """`[..., N, N]` -> blocks `[..., C, T, C, T]` (n = c T + t)."""
+    n = a.shape[-1]
     if not (isinstance(n_classes, (int, np.integer)) and n_classes >= 1 and n % n_classes == 0):
         raise InputError(f"n_classes={n_classes!r}: must be a positive integer dividing N = {n}")
-    t = np.arange(n) % (n // n_classes)
-    c = np.arange(n) // (n // n_classes)
-    return np.subtract.outer(t, t), np.equal.outer(c, c)
+    return a.reshape(*a.shape[:-2], n_classes, n // n_classes, n_classes, n // n_classes)
 
 
 def batch_findings(pi, n_classes: int) -> xr.DataArray:
     """The one-batch findings (module docstring) of `pi` `[..., N, N]` (DataArray with dims
     (..., n_resp, n_pert), or an array); returns dims (..., finding)."""
     a = _square(pi)
-    h = standardize(a)
-    n = a.shape[-1]
-    dt, same = _layout(n, n_classes)
-    n_t = n // n_classes
     lead = a.shape[:-2]
-    flat = h.reshape(-1, n, n)
-    out = np.full((flat.shape[0], len(FINDINGS)), np.nan)
+    blocks = _blocks(standardize(a), n_classes)
+    blocks = blocks.reshape(-1, *blocks.shape[-4:])
+    n_t = blocks.shape[-3]
+    out = np.full((blocks.shape[0], len(FINDINGS)), np.nan)
     out[:, 0] = offdiagonal_mass(a).reshape(-1)
-    near_intra, near_inter = same & (np.abs(dt) == 1), ~same & (np.abs(dt) == 1)
-    far_intra = same & (np.abs(dt) >= FAR_LAG)
+    near, far = (-1, 1), [dt for dt in range(1 - n_t, n_t) if abs(dt) >= FAR_LAG]
+    near_intra, near_inter, far_intra = (ag.entry_mask(n_classes, n_t, pair, lags) for pair, lags
+                                         in (("intra", near), ("inter", near), ("intra", far)))
     if near_intra.any() and near_inter.any():
-        out[:, 1] = np.median(flat[:, near_intra], -1) - np.median(flat[:, near_inter], -1)
+        out[:, 1] = np.median(blocks[:, near_intra], -1) - np.median(blocks[:, near_inter], -1)
     if near_intra.any() and far_intra.any():
-        out[:, 2] = flat[:, near_intra].mean(-1) - flat[:, far_intra].mean(-1)
+        out[:, 2] = blocks[:, near_intra].mean(-1) - blocks[:, far_intra].mean(-1)
     if n_classes > 1:
-        cm = flat.reshape(-1, n_classes, n_t, n_classes, n_t).mean(axis=(2, 4))
-        eye = np.eye(n_classes, dtype=bool)
-        out[:, 3] = cm[:, eye].mean(-1) - cm[:, ~eye].mean(-1)
+        out[:, 3] = ag.diagonal_contrast(ag.class_matrix(blocks, statistic="mean"))
     dims = tuple(pi.dims[:-2]) if isinstance(pi, xr.DataArray) else tuple(f"dim_{i}" for i in range(len(lead)))
     coords = {d: pi[d].values for d in dims if isinstance(pi, xr.DataArray) and d in pi.coords}
     return xr.DataArray(out.reshape(*lead, len(FINDINGS)), dims=(*dims, "finding"),
@@ -109,14 +105,7 @@ def class_ratio(pi, n_classes: int, normalization: str = "none") -> np.ndarray:
     if normalization not in ("none", "standard"):
         raise InputError(f"normalization={normalization!r}: expected 'none' or 'standard'")
     a = _square(pi) if normalization == "none" else standardize(pi)
-    n = a.shape[-1]
-    _layout(n, n_classes)
-    n_t = n // n_classes
-    blocks = a.reshape(*a.shape[:-2], n_classes, n_t, n_classes, n_t)
-    intra = np.stack([blocks[..., c, :, c, :] for c in range(n_classes)], axis=-3)  # [..., C, T, T]
-    diag = np.trace(intra, axis1=-2, axis2=-1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return (intra.sum(axis=(-2, -1)) - diag) / diag
+    return ag.cross_time_ratio(_blocks(a, n_classes))
 
 
 # --------------------------------------------------------------------------- two estimators
@@ -132,9 +121,9 @@ def entry_agreement(pi_a, pi_b) -> dict:
     if a.shape != b.shape or a.ndim != 2:
         raise InputError(f"pi_b: expected one [N, N] matrix shaped like pi_a {a.shape}, got {b.shape}")
     off = ~np.eye(a.shape[0], dtype=bool)
-    return {"pearson_offdiagonal": float(np.corrcoef(a[off], b[off])[0, 1]),
+    return {"pearson_offdiagonal": float(ag.pearson(a[off], b[off], zero_spread="tolerance")),
             "spearman_offdiagonal": float(spearmanr(a[off], b[off])[0]),
-            "pearson_all": float(np.corrcoef(a.ravel(), b.ravel())[0, 1])}
+            "pearson_all": float(ag.pearson(a.ravel(), b.ravel(), zero_spread="tolerance"))}
 
 
 def agreement_table(a: xr.DataArray, b: xr.DataArray, names=("full-space", "subspace")) -> pd.DataFrame:

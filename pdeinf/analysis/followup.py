@@ -24,6 +24,7 @@ import math
 import numpy as np
 import xarray as xr
 
+from pdeinf.analysis import aggregate as ag
 from pdeinf.analysis.coherence import normalized_pi
 from pdeinf.analysis.evaluate import (  # noqa: F401  (VERDICT_WORDS: the notebooks check)
     VERDICT_WORDS,
@@ -31,14 +32,13 @@ from pdeinf.analysis.evaluate import (  # noqa: F401  (VERDICT_WORDS: the notebo
     evaluate_finding,
 )
 from pdeinf.analysis.registry import PAPER_ROLLOUT_PEARSON
-from pdeinf.analysis.rollout_stats import pearson_rows, rollout_link_statistics
+from pdeinf.analysis.rollout_stats import RANDOM_STATE, rollout_link_statistics
 from pdeinf.analysis.seed_paper_findings import ridge_units
 from pdeinf.analysis.statistics import seed_interval, seed_mean_ci
 from pdeinf.errors import InputError
 
-#: Permutations of the rollout link's tests, and their random state.
+#: Permutations of the rollout link's tests (their random state: `RANDOM_STATE`).
 N_PERMUTATIONS = 1000
-RANDOM_STATE = 0
 
 
 def dynamics_intervals(
@@ -52,11 +52,7 @@ def dynamics_intervals(
     Returns dims `(ci, quantity, epoch)`, quantity in ("diagonal", "off-diagonal", "ratio").
     """
     npi = normalized_pi(ds, variant=variant, normalization=normalization, epoch="all")
-    s, e, b, c, t = npi.shape[:5]
-    n = c * t
-    flat = npi.values.reshape(s, e, b, n, n)
-    diag = np.trace(flat, axis1=-2, axis2=-1) / n
-    off = (flat.sum(axis=(-2, -1)) - diag * n) / (n * (n - 1))
+    diag, off = ag.diagonal_means(ag.flatten(npi.values))
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = off / diag
     values = np.stack([diag, off, ratio], axis=-1)  # [S, E, B, 3]
@@ -137,7 +133,7 @@ def seed_correlations(ratio: xr.DataArray, error: xr.DataArray, *,
         x = x - x.mean(axis=2, keepdims=True)
         y = y - y.mean(axis=2, keepdims=True)
     s = x.shape[0]
-    r = pearson_rows(x.reshape(s, -1), y.reshape(s, -1))
+    r = ag.pearson(x.reshape(s, -1), y.reshape(s, -1), zero_spread="tolerance")
     return xr.DataArray(r, dims=("seed",), coords={"seed": ratio["seed"].values})
 
 

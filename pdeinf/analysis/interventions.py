@@ -48,15 +48,15 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from pdeinf.analysis import aggregate as ag
+from pdeinf.analysis.aggregate import PI_DIMS
 from pdeinf.analysis.evaluate import evaluate_finding
 from pdeinf.analysis.registry import describe_rule  # noqa: F401  (the notebooks print the rule)
 from pdeinf.analysis.statistics import seed_mean_ci
 from pdeinf.errors import InputError
-from pdeinf.influence.normalize import normalize
 from pdeinf.symmetry.actions import ELEMENTS
 
 BASELINE = "one-step"
-PI_DIMS = ("t_resp", "c_resp", "t_pert", "c_pert")
 CRITERIA = ("val", "R", "R+val")
 SELECTION_RULE = (
     "estimate = mean over seeds x batches of log(rollout SMSE at dt=16 of the checkpoint the "
@@ -78,57 +78,32 @@ def _check_pi(pi) -> xr.DataArray:
     return pi
 
 
-def _blocks(pi: xr.DataArray) -> tuple[np.ndarray, list[str]]:
-    """`[..., C, T, C, T]` float64 and the leading dims' names."""
-    lead = [d for d in pi.dims if d not in PI_DIMS]
-    arr = pi.transpose(*lead, "c_resp", "t_resp", "c_pert", "t_pert").values
-    return np.asarray(arr, dtype=np.float64), lead
-
-
 def cross_time_ratio(pi: xr.DataArray) -> xr.DataArray:
     """R per class of RAW `pi` (..., t_resp, c_resp, t_pert, c_pert) -> (..., class):
     (sum of the class's intra-class block - its trace) / its trace."""
     pi = _check_pi(pi)
-    arr, lead = _blocks(pi)
-    intra = np.diagonal(arr, axis1=-4, axis2=-2)  # [..., T, T, C]
-    total = intra.sum(axis=(-3, -2))
-    trace = np.diagonal(intra, axis1=-3, axis2=-2).sum(axis=-1)  # [..., C]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = (total - trace) / trace
+    lead = ag.lead_dims(pi)
+    ratio = ag.cross_time_ratio(ag.to_blocks(pi, lead))
     coords = {d: pi[d].values for d in lead if d in pi.coords}
     coords["class"] = pi["c_resp"].values
     return xr.DataArray(ratio, dims=(*lead, "class"), coords=coords, name="R")
 
 
 def _standardized(pi: xr.DataArray) -> tuple[np.ndarray, list[str]]:
-    arr, lead = _blocks(pi)
-    c, t = arr.shape[-4], arr.shape[-3]
-    flat = arr.reshape(*arr.shape[:-4], c * t, c * t)
-    std = np.asarray(normalize(flat, "standard"), dtype=np.float64)
-    return std.reshape(arr.shape), lead
+    """Row-standardized blocks `[..., C, T, C, T]` of checked `pi` and its leading dims."""
+    pi = _check_pi(pi)
+    lead = ag.lead_dims(pi)
+    return ag.normalize_blocks(ag.to_blocks(pi, lead), "standard"), lead
 
 
 def lag_medians(pi: xr.DataArray, *, max_lag: int = 11) -> xr.DataArray:
     """Per matrix, the median row-standardized influence at each lag dt = t_resp - t_pert in
     -max_lag..max_lag, over intra- and inter-class pairs: dims (..., pair, dt)."""
-    pi = _check_pi(pi)
     std, lead = _standardized(pi)
-    n_c, n_t = std.shape[-4], std.shape[-3]
-    max_lag = int(min(max_lag, n_t - 1))
-    if max_lag < 0:
-        raise InputError(f"max_lag: must be >= 0, got {max_lag}")
-    lags = np.arange(-max_lag, max_lag + 1)
-    t = np.arange(n_t)
-    same = np.eye(n_c, dtype=bool)
-    out = np.full((*std.shape[:-4], 2, len(lags)), np.nan)
-    for k, lag in enumerate(lags):
-        tmask = (t[:, None] - t[None, :]) == lag
-        for p, cmask in enumerate((same, ~same)):
-            mask = cmask[:, None, :, None] & tmask[None, :, None, :]
-            if mask.any():
-                out[..., p, k] = np.median(std[..., mask], axis=-1)
+    lags = ag.lag_range(max_lag, std.shape[-3])
+    out = ag.lag_curve(std, lags, statistic="median")
     coords = {d: pi[d].values for d in lead if d in pi.coords}
-    coords.update(pair=["intra", "inter"], dt=lags)
+    coords.update(pair=list(ag.PAIRS), dt=lags)
     return xr.DataArray(out, dims=(*lead, "pair", "dt"), coords=coords, name="influence",
                         attrs={"normalization": "standard"})
 
@@ -136,17 +111,13 @@ def lag_medians(pi: xr.DataArray, *, max_lag: int = 11) -> xr.DataArray:
 def class_matrices(pi: xr.DataArray, *, lag: int = 0) -> xr.DataArray:
     """Per matrix, the median standardized influence of each (c_resp, c_pert) over the time
     pairs with t_resp - t_pert = lag: dims (..., c_resp, c_pert)."""
-    pi = _check_pi(pi)
     std, lead = _standardized(pi)
     n_t = std.shape[-3]
     if abs(int(lag)) >= n_t:
         raise InputError(f"lag: |{lag}| must be smaller than the number of times {n_t}")
-    t = np.arange(n_t)
-    tmask = (t[:, None] - t[None, :]) == int(lag)
-    sub = np.moveaxis(std, -2, -3)[..., tmask]  # [..., C, C, pairs]
     coords = {d: pi[d].values for d in lead if d in pi.coords}
     coords.update(c_resp=pi["c_resp"].values, c_pert=pi["c_pert"].values)
-    return xr.DataArray(np.median(sub, axis=-1), dims=(*lead, "c_resp", "c_pert"),
+    return xr.DataArray(ag.class_matrix(std, lag=int(lag), statistic="median"), dims=(*lead, "c_resp", "c_pert"),
                         coords=coords, name="influence", attrs={"lag": int(lag)})
 
 

@@ -25,23 +25,13 @@ import numpy as np
 import xarray as xr
 from scipy import stats
 
+from pdeinf.analysis.aggregate import pearson
 from pdeinf.analysis.seed_stats import fisher_z, fisher_z_interval
 from pdeinf.errors import InputError
 
 POOLED = ("pearson", "spearman", "within_class_pooled")
-
-
-def pearson_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Pearson correlation along the last axis (broadcasting); NaN where either is constant."""
-    xc = x - x.mean(axis=-1, keepdims=True)
-    yc = y - y.mean(axis=-1, keepdims=True)
-    num = (xc * yc).sum(axis=-1)
-    den = np.sqrt((xc * xc).sum(axis=-1) * (yc * yc).sum(axis=-1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        r = num / den
-    # a constant input has zero spread up to rounding: call it constant, not a correlation
-    tiny = 1e-12 * (np.abs(x).max(axis=-1) * np.abs(y).max(axis=-1) + 1e-300) * x.shape[-1]
-    return np.where(den > tiny, np.clip(r, -1.0, 1.0), np.nan)
+#: The permutation tests' random state.
+RANDOM_STATE = 0
 
 
 def _per_seed(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -50,9 +40,13 @@ def _per_seed(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     s, b, c = x.shape[-3:]
     lead = x.shape[:-3]
     d = y.shape[-1]
+
+    def pearson_rows(a, b):  # NaN where a or b is constant up to rounding
+        return pearson(a, b, zero_spread="tolerance")
+
     xs = x.reshape(*lead, s, 1, b * c)
     ys = np.moveaxis(y.reshape(*y.shape[:-4], s, b * c, d), -1, -2)  # [..., S, D, B*C]
-    pearson = pearson_rows(xs, ys)
+    pooled = pearson_rows(xs, ys)
     spearman = pearson_rows(stats.rankdata(xs, axis=-1), stats.rankdata(ys, axis=-1))
     xc = x - x.mean(axis=-2, keepdims=True)  # centred within (seed, class)
     yc = y - y.mean(axis=-3, keepdims=True)
@@ -61,7 +55,7 @@ def _per_seed(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     per_class = [pearson_rows(x[..., k][..., None, :],  # [..., S, 1, B]
                               np.moveaxis(y[..., k, :], -1, -2))  # [..., S, D, B]
                  for k in range(c)]
-    return np.stack([pearson, spearman, within_pooled, *per_class], axis=-3)
+    return np.stack([pooled, spearman, within_pooled, *per_class], axis=-3)
 
 
 def _mean_z(r: np.ndarray) -> np.ndarray:
@@ -110,7 +104,7 @@ def rollout_link_statistics(
     *,
     n_permutations: int = 2000,
     confidence: float = 0.95,
-    random_state: int = 0,
+    random_state: int = RANDOM_STATE,
     seed_dim: str = "seed",
     class_dim: str = "class",
     batch_dim: str = "batch",

@@ -32,14 +32,13 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from pdeinf.analysis import aggregate as ag
+from pdeinf.analysis.aggregate import PI_DIMS, QUARTILES
 from pdeinf.analysis.seed_stats import seed_interval
 from pdeinf.errors import InputError
-from pdeinf.influence.normalize import normalize
 
-H_DIMS = ("t_resp", "c_resp", "t_pert", "c_pert")
-BLOCK_DIMS = ("seed", "batch", "c_resp", "t_resp", "c_pert", "t_pert")
+BLOCK_DIMS = ("seed", "batch", *ag.BLOCK_ORDER)
 MAX_LAG = 8  # the paper's lag range -8..8
-QUARTILES = (0.25, 0.5, 0.75)
 #: Fixed colour / axis ranges of the paper's figures.
 HEATMAP_RANGE = (0.0, 7.0)
 CLASS_RANGE = (0.0, 2.5)
@@ -59,7 +58,7 @@ def _h_array(ds, bra: str) -> xr.DataArray:
     h = ds["H"] if isinstance(ds, xr.Dataset) else ds
     if not isinstance(h, xr.DataArray):
         raise InputError("ds: expected the seed-paper xr.Dataset (with 'H') or the H DataArray")
-    missing = [d for d in ("seed", "batch", *H_DIMS) if d not in h.dims]
+    missing = [d for d in ("seed", "batch", *PI_DIMS) if d not in h.dims]
     if missing:
         raise InputError(f"ds['H']: missing dimension(s) {missing}; has {h.dims}")
     if "bra" in h.dims:
@@ -85,23 +84,24 @@ def standardized(ds, bra: str = "C") -> xr.DataArray:
     values = np.asarray(h.values, dtype=np.float64)
     if not np.all(np.isfinite(values)):
         raise InputError(f"ds['H'] (bra {bra!r}): contains NaN or Inf")
-    s, b, c, t = values.shape[:4]
-    flat = normalize(values.reshape(s, b, c * t, c * t), "standard")
-    if not np.all(np.isfinite(flat)):
+    hn = ag.normalize_blocks(values, "standard")
+    if not np.all(np.isfinite(hn)):
         raise InputError(f"ds['H'] (bra {bra!r}): a row is constant (zero std); cannot standardize")
-    return xr.DataArray(flat.reshape(values.shape), dims=h.dims, coords=h.coords, name="H_hat",
+    return xr.DataArray(hn, dims=h.dims, coords=h.coords, name="H_hat",
                         attrs={"bra": bra, "normalization": "standard"})
 
 
 def _check_blocks(hn: xr.DataArray) -> np.ndarray:
     if not isinstance(hn, xr.DataArray) or any(d not in hn.dims for d in BLOCK_DIMS):
         raise InputError(f"hn: expected the standardized DataArray with dims {BLOCK_DIMS}")
-    return np.asarray(hn.transpose(*BLOCK_DIMS).values, dtype=np.float64)
+    return ag.to_blocks(hn, ("seed", "batch"))
 
 
-def _intra(blocks: np.ndarray) -> np.ndarray:
-    """`[..., C, T, C, T]` -> `[..., C, T, T]` (class, response time, perturbation time)."""
-    return np.moveaxis(np.diagonal(blocks, axis1=-4, axis2=-2), -1, -3)
+def _units(values: np.ndarray, hn: xr.DataArray, dims: tuple[str, ...]) -> xr.DataArray:
+    """Per-(seed, batch) `values` labelled (seed, batch, *dims) with `hn`'s coordinates."""
+    dims = ("seed", "batch", *dims)
+    return xr.DataArray(values, dims=dims, coords={d: hn[d].values for d in dims}, name="H_hat",
+                        attrs=dict(hn.attrs))
 
 
 # --------------------------------------------------------------------------- heatmap
@@ -110,11 +110,7 @@ def _intra(blocks: np.ndarray) -> np.ndarray:
 def heatmap_units(hn: xr.DataArray) -> xr.DataArray:
     """Per (seed, batch): mean over classes of the intra-class block, dims (seed, batch,
     t_resp, t_pert)."""
-    blocks = _check_blocks(hn)
-    heat = _intra(blocks).mean(axis=-3)
-    return xr.DataArray(heat, dims=("seed", "batch", "t_resp", "t_pert"),
-                        coords={d: hn[d].values for d in ("seed", "batch", "t_resp", "t_pert")},
-                        name="H_hat", attrs=dict(hn.attrs))
+    return _units(ag.heatmap(_check_blocks(hn), statistic="mean"), hn, ("t_resp", "t_pert"))
 
 
 def heatmap(hn: xr.DataArray) -> xr.DataArray:
@@ -130,23 +126,11 @@ def lag_units(hn: xr.DataArray, max_lag: int = MAX_LAG) -> xr.DataArray:
     """Per (seed, batch): mean Ĥ over entries with τ - t = Δ, intra (c = c') and inter (c != c')
     class, Δ in -max_lag..max_lag. Dims (seed, batch, pair, dt)."""
     blocks = _check_blocks(hn)
-    n_c, n_t = blocks.shape[2], blocks.shape[3]
-    if not (isinstance(max_lag, (int, np.integer)) and 0 <= max_lag < n_t):
-        raise InputError(f"max_lag: must be an integer in 0..{n_t - 1}, got {max_lag!r}")
-    lags = np.arange(-max_lag, max_lag + 1)
-    dt = np.subtract.outer(np.arange(n_t), np.arange(n_t))  # [tau, t] -> tau - t
-    same = np.eye(n_c, dtype=bool)
-    out = np.empty(blocks.shape[:2] + (2, len(lags)))
-    for p, cls in enumerate((same, ~same)):
-        if not cls.any():
-            out[:, :, p] = np.nan  # one class: no inter-class pairs
-            continue
-        for k, lag in enumerate(lags):
-            mask = cls[:, None, :, None] & (dt == lag)[None, :, None, :]
-            out[:, :, p, k] = blocks[:, :, mask].mean(axis=-1)
+    lags = ag.lag_range(max_lag, blocks.shape[3], clip=False)
+    out = ag.lag_curve(blocks, lags, statistic="mean")  # one class: inter-class NaN
     return xr.DataArray(out, dims=("seed", "batch", "pair", "dt"),
                         coords={"seed": hn["seed"].values, "batch": hn["batch"].values,
-                                "pair": ["intra", "inter"], "dt": lags},
+                                "pair": list(ag.PAIRS), "dt": lags},
                         name="H_hat", attrs=dict(hn.attrs))
 
 
@@ -177,11 +161,7 @@ def lag_curve(hn: xr.DataArray, max_lag: int = MAX_LAG) -> xr.Dataset:
 def class_units(hn: xr.DataArray) -> xr.DataArray:
     """Per (seed, batch): mean of each (response class, perturbing class) block over all
     T x T time pairs, dims (seed, batch, c_resp, c_pert)."""
-    blocks = _check_blocks(hn)
-    out = blocks.mean(axis=(3, 5))
-    return xr.DataArray(out, dims=("seed", "batch", "c_resp", "c_pert"),
-                        coords={d: hn[d].values for d in ("seed", "batch", "c_resp", "c_pert")},
-                        name="H_hat", attrs=dict(hn.attrs))
+    return _units(ag.class_matrix(_check_blocks(hn), statistic="mean"), hn, ("c_resp", "c_pert"))
 
 
 def class_matrix(hn: xr.DataArray) -> xr.DataArray:
@@ -197,12 +177,10 @@ def standardized_pairs(ds: xr.Dataset, bra: str):
     if "input_distance" not in ds:
         raise InputError("ds: no 'input_distance' variable")
     hn = standardized(ds, bra)
-    d = ds["input_distance"].transpose(*BLOCK_DIMS).values.astype(np.float64)
-    s, b, c, t = d.shape[:4]
-    n = c * t
-    off = ~np.eye(n, dtype=bool)
-    h_flat = hn.values.reshape(s, b, n, n)[..., off]
-    d_flat = d.reshape(s, b, n, n)[..., off]
+    d = ag.flatten(ag.to_blocks(ds["input_distance"], ("seed", "batch")))
+    off = ~np.eye(d.shape[-1], dtype=bool)
+    h_flat = ag.flatten(hn.values)[..., off]
+    d_flat = d[..., off]
     if not np.all(np.isfinite(d_flat)):
         raise InputError("ds['input_distance']: contains NaN or Inf")
     return hn, h_flat, d_flat

@@ -13,6 +13,7 @@ import pandas as pd
 import xarray as xr
 from scipy.stats import spearmanr
 
+from pdeinf.analysis import aggregate as ag
 from pdeinf.analysis.evaluate import describe_record, evaluate_finding
 from pdeinf.analysis.seed_paper import (
     MAX_LAG,
@@ -49,11 +50,7 @@ def class_locked_units(hn: xr.DataArray) -> xr.DataArray:
     """class_locked: per (seed, batch) mean diagonal minus mean off-diagonal entry of the
     time-averaged class matrix."""
     cu = class_units(hn)
-    m = cu.values
-    n_c = m.shape[-1]
-    eye = np.eye(n_c, dtype=bool)
-    diff = m[..., eye].mean(-1) - m[..., ~eye].mean(-1)
-    return xr.DataArray(diff, dims=("seed", "batch"),
+    return xr.DataArray(ag.diagonal_contrast(cu.values), dims=("seed", "batch"),
                         coords={"seed": cu["seed"].values, "batch": cu["batch"].values})
 
 
@@ -74,11 +71,10 @@ def seed_coherence_ratio(hn: xr.DataArray) -> xr.DataArray:
 def ridge_units(hn: xr.DataArray) -> xr.DataArray:
     """lag0_ridge: per (seed, batch) the intra-class mean at dt = 0 over the intra-class mean
     at |dt| = 1, pooled over classes ("all") and per class; dims (seed, batch, cls)."""
-    blocks = np.asarray(hn.transpose("seed", "batch", "c_resp", "t_resp", "c_pert",
-                                     "t_pert").values, dtype=np.float64)
+    blocks = ag.to_blocks(hn, ("seed", "batch"))
     n_c, n_t = blocks.shape[2], blocks.shape[3]
-    intra = np.stack([blocks[:, :, c, :, c, :] for c in range(n_c)], axis=2)  # [S, B, C, T, T]
-    dt = np.subtract.outer(np.arange(n_t), np.arange(n_t))
+    intra = ag.intra_blocks(blocks)  # [S, B, C, T, T]
+    dt = ag.time_lags(n_t)
     lag0 = intra[..., dt == 0].mean(-1)  # [S, B, C]
     lag1 = intra[..., np.abs(dt) == 1].mean(-1)
     pooled = lag0.mean(-1, keepdims=True) / lag1.mean(-1, keepdims=True)

@@ -19,8 +19,8 @@ import numpy as np
 import xarray as xr
 from scipy import stats
 
+from pdeinf.analysis.aggregate import pearson
 from pdeinf.analysis.evaluate import evaluate_finding
-from pdeinf.analysis.rollout_stats import pearson_rows
 from pdeinf.errors import InputError
 from pdeinf.symmetry.equivariance import aggregate_equivariance
 
@@ -65,8 +65,8 @@ def seed_statistic(ds, rule: str) -> xr.DataArray:
     if rule == "orbit_influence_suppressed":
         q3 = _seed_q3(eqv).transpose("seed", "element")
         orbit = ds["orbit_diagonal"].median(("batch", "example")).transpose("seed", "element")
-        rho = pearson_rows(stats.rankdata(np.log10(q3.values), axis=-1),
-                           stats.rankdata(orbit.values, axis=-1))
+        rho = pearson(stats.rankdata(np.log10(q3.values), axis=-1),
+                      stats.rankdata(orbit.values, axis=-1), zero_spread="tolerance")
         return xr.DataArray(rho, dims=("seed",), coords={"seed": ds["seed"].values})
     raise InputError(f"rule: expected one of {', '.join(FINDINGS)}, got {rule!r}")
 
