@@ -107,6 +107,15 @@ def _option_names(name: str, variant: str) -> tuple[str, ...]:
     return ("width", "layers", "heads", "patch", "mlp_ratio")
 
 
+def size_options(name: str, variant: str, size: str) -> dict:
+    """The size-table entries `build` uses for (model, variant, size), e.g. `{"width": 80, ...}`;
+    InputError for an unknown combination."""
+    try:
+        return dict(_SIZES[name, variant][size])
+    except KeyError:
+        raise InputError(f"size: no {size!r} size for the {variant} {name}") from None
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -127,4 +136,5 @@ __all__ = [
     "ViT",
     "build",
     "count_parameters",
+    "size_options",
 ]

@@ -71,10 +71,10 @@ def ladder_pair(profile: ProfileLike) -> tuple[str, str]:
 
 def own_width(profile: ProfileLike, model: str) -> int:
     """The width (ViT width / UNet base) of the profile's own `model`."""
-    from pdeinf.models import _SIZES
+    from pdeinf.models import size_options
 
     prof = as_profile(profile)
-    return int(_SIZES[model, prof.model_variant][prof.model_size][WIDTH_OPTION[model]])
+    return int(size_options(model, prof.model_variant, prof.model_size)[WIDTH_OPTION[model]])
 
 
 def own_train_per_class(profile: ProfileLike) -> int:
