@@ -129,6 +129,10 @@ def test_ladder_stage_trains_measures_and_caches(smoke_home):
     stats_direct = pl._statistics(direct, "CE")
     assert row.ridge == pytest.approx(stats_direct["ridge"], rel=1e-5)
 
-    stamps = {p: p.stat().st_mtime_ns for p in (smoke_home / "results" / "ladder").rglob("*.nc")}
+    files = sorted((smoke_home / "results" / "ladder").rglob("*.nc"))
+    own = [r for r in pl.rungs(LADDER) if r.own]
+    distinct = len(pl.rungs(LADDER)) - len(own) + len({r.epoch for r in own})
+    assert len(files) == distinct * len(LADDER.ladder_seeds) * 2  # own checkpoints measured once
+    stamps = {p: p.stat().st_mtime_ns for p in files}
     pl.ensure_ladder(LADDER, progress=False)
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # nothing recomputed

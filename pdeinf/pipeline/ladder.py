@@ -176,10 +176,13 @@ def ensure_ladder_runs(profile: ProfileLike, *, progress: bool = True) -> list[P
 
 
 def measurement_path(profile, rung: Rung, seed: int, estimator: str) -> Path:
+    """The measurement file of a rung; the profile's own checkpoints are named by their epoch
+    (`own-e60-...`), so the width and data axes' own rungs share the progress axis's last file."""
     prof = as_profile(profile)
     pde, model = ladder_pair(prof)
+    stem = f"own-e{rung.epoch}" if rung.own else rung.name
     return (paths.results_dir() / "ladder" / prof.name / f"{pde}-{model}"
-            / f"{rung.name}-s{int(seed)}-{estimator}.nc")
+            / f"{stem}-s{int(seed)}-{estimator}.nc")
 
 
 def _settings(prof, model: str) -> dict:
@@ -209,7 +212,7 @@ def _measure(prof, pde: str, model: str, rung: Rung, seed: int, estimator: str, 
     if not Path(ckpt).is_file():
         raise InputError(f"{ckpt}: checkpoint of ladder rung {rung.name} not found; train it "
                          "first (`pipeline.ensure_ladder_runs`)")
-    key = content_key(stage="ladder", rung=rung.name, seed=int(seed), estimator=estimator,
+    key = content_key(stage="ladder", seed=int(seed), estimator=estimator,
                       checkpoint=file_digest(ckpt), data=data_key, **_settings(prof, model))
     path = measurement_path(prof, rung, seed, estimator)
     held = _load_valid(path, key)
@@ -222,7 +225,7 @@ def _measure(prof, pde: str, model: str, rung: Rung, seed: int, estimator: str, 
                               damping=prof.fullspace_damping if full else prof.damping,
                               rtol=prof.rtol_for(model), estimator=estimator,
                               energy_tol=prof.energy_tol,
-                              attrs={"cache_key": key, "rung": rung.name, "seed": int(seed)})
+                              attrs={"cache_key": key, "seed": int(seed)})
     write_netcdf(with_checksum(ds), path)
     return ds
 
