@@ -40,6 +40,7 @@ from pdeinf.pipeline.influence import (
     run_sweep,
 )
 from pdeinf.pipeline.interventions import ensure_intervention_pair, ensure_interventions
+from pdeinf.pipeline.ladder import ensure_ladder, ensure_ladder_runs
 from pdeinf.pipeline.notebooks import (
     executed_dir,
     list_notebooks,
@@ -85,6 +86,8 @@ __all__ = [
     "ensure_influence",
     "ensure_intervention_pair",
     "ensure_interventions",
+    "ensure_ladder",
+    "ensure_ladder_runs",
     "ensure_rollouts",
     "ensure_seed_paper",
     "ensure_symmetry",

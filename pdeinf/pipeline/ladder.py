@@ -69,6 +69,15 @@ def ladder_pair(profile: ProfileLike) -> tuple[str, str]:
     return pde, model
 
 
+def stage_pair(profile: ProfileLike) -> tuple[str, str] | None:
+    """The ladder's (PDE, model) when the profile has a ladder on one of its pairs, else None
+    (a profile narrowed to other pairs runs without it)."""
+    prof = as_profile(profile)
+    if prof.ladder_pair is None or tuple(prof.ladder_pair) not in set(prof.pairs()):
+        return None
+    return ladder_pair(prof)
+
+
 def own_width(profile: ProfileLike, model: str) -> int:
     """The width (ViT width / UNet base) of the profile's own `model`."""
     from pdeinf.models import size_options
@@ -324,5 +333,7 @@ def ensure_ladder(profile: ProfileLike, *, progress: bool = True) -> dict:
                       for axis in al.AXES},
     }
     text = json.dumps(round_numbers(to_jsonable(result)), indent=1, sort_keys=True, allow_nan=False)
-    write_text(ladder_path(prof), text + "\n")
+    path = ladder_path(prof)
+    if not path.is_file() or path.read_text() != text + "\n":  # a warm rerun writes nothing
+        write_text(path, text + "\n")
     return result

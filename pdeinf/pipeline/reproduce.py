@@ -106,7 +106,8 @@ def stage_tasks(profile: ProfileLike, *, progress: bool = True) -> list[Task]:
         ensure_ablation_runs,
     )
     from pdeinf.pipeline.estimator import ensure_estimator_pair, study_pairs
-    from pdeinf.pipeline.ladder import ensure_ladder, ensure_ladder_runs, ladder_pair
+    from pdeinf.pipeline.ladder import ensure_ladder, ensure_ladder_runs
+    from pdeinf.pipeline.ladder import stage_pair as ladder_stage_pair
     from pdeinf.pipeline.interventions import (
         ensure_intervention_pair,
         ensure_orbit_pair,
@@ -145,8 +146,8 @@ def stage_tasks(profile: ProfileLike, *, progress: bool = True) -> list[Task]:
                    trained[p, m]) for p, m in study_pairs(profile)]
     tasks += [task(f"rollouts {p}-{m}", ensure_rollouts, (profile, p, m), trained[p, m])
               for p, m in pairs]
-    if profile.ladder_pair is not None:
-        p, m = ladder_pair(profile)
+    if ladder_stage_pair(profile) is not None:
+        p, m = ladder_stage_pair(profile)
         tasks += [task(f"ladder training {p}-{m}", ensure_ladder_runs, (profile,), ["data"]),
                   task(f"ladder {p}-{m}", ensure_ladder, (profile,),
                        [f"ladder training {p}-{m}", f"training {p}-{m}"])]
