@@ -143,6 +143,9 @@ def test_eta_scales_the_estimates_by_the_measured_stages():
     assert clock.seconds_left() == pytest.approx(100.0 / 2)  # no stage measured: scale 1
     clock.finish("a", 0.01)  # cached: does not rescale
     assert clock.scale == 1.0 and clock.seconds_left() == pytest.approx(90.0 / 2)
+    slow = EtaClock({"cached": 1000.0, "other": 1000.0})
+    slow.finish("cached", 1.1)  # a cached stage that took a second to verify its files
+    assert slow.scale == 1.0
     clock.finish("b", 60.0)  # took 3x its estimate
     assert clock.scale == pytest.approx(3.0)
     assert clock.seconds_left() == pytest.approx(3.0 * 70.0 / 2)

@@ -164,10 +164,12 @@ class EtaClock:
     this machine) scaled by what the finished stages actually took.
 
     After each stage: scale = measured / estimated seconds over the computed stages so far
-    (cached stages, under `COMPUTED_SECONDS`, do not count; 1 before the first), and the time
-    left = scale x the estimates of the stages not yet finished / workers."""
+    (a stage found cached, faster than `COMPUTED_SECONDS` or than `CACHED_FRACTION` of its
+    estimate, does not count; 1 before the first), and the time left = scale x the estimates
+    of the stages not yet finished / workers."""
 
     COMPUTED_SECONDS = 1.0
+    CACHED_FRACTION = 0.05
 
     def __init__(self, estimates: dict[str, float], workers: int = 1):
         self.estimates = {k: max(0.0, float(v)) for k, v in estimates.items()}
@@ -178,9 +180,10 @@ class EtaClock:
 
     def finish(self, name: str, seconds: float) -> None:
         self.finished.add(name)
-        if seconds >= self.COMPUTED_SECONDS and self.estimates.get(name, 0.0) > 0.0:
+        estimate = self.estimates.get(name, 0.0)
+        if estimate > 0.0 and seconds >= max(self.COMPUTED_SECONDS, self.CACHED_FRACTION * estimate):
             self.measured += seconds
-            self.estimated += self.estimates[name]
+            self.estimated += estimate
 
     @property
     def scale(self) -> float:
