@@ -225,7 +225,7 @@ PROFILES: dict[str, Profile] = {
         solver_resolution=64,
         n_trajectories=24,
         model_size="quick",
-        # a tour of the whole study in about half an hour on 2 cores: 13 epochs (208 optimizer
+        # a tour of the whole study sized for about half an hour on 2 cores: 13 epochs (208 optimizer
         # steps per run), P/M below 1 for CE, the subspace estimator for the seed paper's
         # figures, stated subsets for the follow-up and our studies; never the committed figures
         epochs={"CE": 13, "NS": 13},
