@@ -136,3 +136,18 @@ def test_ladder_stage_trains_measures_and_caches(smoke_home):
     stamps = {p: p.stat().st_mtime_ns for p in files}
     pl.ensure_ladder(LADDER, progress=False)
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # nothing recomputed
+
+
+def test_ladder_figure_draws_every_axis_and_statistic_with_one_legend_outside():
+    from pdeinf.viz.ladder import ladder_figure
+
+    table = _table(np.random.default_rng(2))
+    fig = ladder_figure(al.summarize(table), own={"progress": 9, "width": 16, "data": 5},
+                        paper_ridge=4.65)
+    axes = fig.axes
+    assert len(axes) == len(al.STATISTICS) * len(al.AXES)
+    assert all(ax.get_legend() is None for ax in axes) and len(fig.legends) == 1
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert {"full-space", "subspace", "paper"} <= set(labels)
+    with pytest.raises(InputError, match="missing column"):
+        ladder_figure(al.summarize(table).drop(columns=["p_over_m"]))

@@ -8,7 +8,7 @@ from matplotlib.figure import Figure
 
 from pdeinf.analysis.ladder import AXES, AXIS_WORDS, STATISTICS
 from pdeinf.errors import InputError
-from pdeinf.viz.style import PAPER_COLOR, new_figure
+from pdeinf.viz.style import PAPER_COLOR, legend_below, new_figure
 
 ESTIMATOR_STYLE = {"full-space": {"color": "#000000", "marker": "o"},
                    "subspace": {"color": "#0072B2", "marker": "s"}}
@@ -56,7 +56,7 @@ def ladder_figure(summary: pd.DataFrame, *, own: dict | None = None,
                 ax.set_ylabel(STATISTIC_LABELS[stat])
             if i == 0:
                 ax.set_title(AXIS_WORDS[axis], fontsize=8)
-    axes[0, 0].legend(loc="best", fontsize=7)
+    legend_below(fig, axes.ravel(), ncol=4)
     if title:
         fig.suptitle(title)
     return fig
