@@ -3,10 +3,10 @@
     python benchmarks/bench_training.py [--steps 5] [--repeats 3] [--threads N] [--out FILE]
 
 For each model at the quick profile (32x32, batch 48, AdamW, SMSE; CE has 4 channels, NS 2),
-both variants (`authors`, the default, and `pdeinf-v1`, residual as it was trained), times full
+both variants (`authors`, the default, and `pdeinf`, residual as it was trained), times full
 optimizer steps (forward + backward + AdamW), interleaving the models round by round in one
 process so that they see the same machine load; prints medians, the UNet/ViT ratio and the
-authors/pdeinf-v1 ratio per model,
+authors/pdeinf ratio per model,
 the estimated time of one quick training run (epochs x transitions per epoch), and the parameter
 counts of all sizes. Writes the tables to a markdown file. Process CPU time per step is
 reported beside wall time: on a shared machine it tracks the compute cost better than wall time
@@ -35,8 +35,8 @@ RESOLUTION = {"smoke": 16, "quick": 32, "paper": 128}
 MODELS = {
     "unet": ("unet", {"variant": "authors"}),
     "vit": ("vit", {"variant": "authors"}),
-    "unet pdeinf-v1": ("unet", {"variant": "pdeinf-v1", "residual": True}),
-    "vit pdeinf-v1": ("vit", {"variant": "pdeinf-v1", "residual": True}),
+    "unet pdeinf": ("unet", {"variant": "pdeinf", "residual": True}),
+    "vit pdeinf": ("vit", {"variant": "pdeinf", "residual": True}),
 }
 
 
@@ -93,8 +93,8 @@ def main(argv=None) -> int:
         rows.append((pde, "unet/vit step-time ratio", ratio, None, None, None))
         for m in ("unet", "vit"):
             ratio = statistics.median(w for w, _ in samples[m]) / statistics.median(
-                w for w, _ in samples[f"{m} pdeinf-v1"])
-            rows.append((pde, f"{m} authors/pdeinf-v1 step-time ratio", ratio, None, None, None))
+                w for w, _ in samples[f"{m} pdeinf"])
+            rows.append((pde, f"{m} authors/pdeinf step-time ratio", ratio, None, None, None))
 
     lines = [
         "# Training throughput and model sizes",
@@ -121,7 +121,7 @@ def main(argv=None) -> int:
     lines += ["", "Parameter counts (CE: 4 channels, NS: 2 channels):", "",
               "| variant | size | resolution | UNet CE | UNet NS | ViT CE | ViT NS |",
               "|---|---|---|---|---|---|---|"]
-    for variant in ("authors", "pdeinf-v1"):
+    for variant in ("authors", "pdeinf"):
         for size, res in RESOLUTION.items():
             counts = [count_parameters(build(m, channels=PDE_CHANNELS[p], resolution=res, size=size,
                                              variant=variant))

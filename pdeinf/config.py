@@ -145,7 +145,7 @@ class Profile:
     seed_paper_estimator: str = "full-space"
     fullspace_damping: float = 1e-4  # lambda of the seed paper's (J^T J + lambda I), the weight decay
     fullspace_rtol: tuple[tuple[str, float], ...] = (("unet", 1.5e-2), ("vit", 5e-2))  # CG rtol per model
-    model_variant: str = "authors"  # "authors" (as lanl/PDEHats) | "pdeinf-v1" (pdeinf's own UNet / ViT, built as increments)
+    model_variant: str = "authors"  # "authors" (as lanl/PDEHats) | "pdeinf" (pdeinf's own UNet / ViT, which predict increments)
     residual: bool = False  # False: predict u_{t+1} directly (the authors); True: u_t + f(u_t)
     damping: float = 1e-6
     energy_tol: float = 1e-4

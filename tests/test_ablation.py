@@ -156,11 +156,11 @@ def test_configurations_and_pairs():
     from pdeinf.pipeline import ablation as ab
 
     smoke = get_profile("smoke")
-    assert ab.configurations(smoke) == ["increment", "pdeinf-v1"]
-    assert ab.ablation_profile(smoke, "pdeinf-v1").model_variant == "pdeinf-v1"
+    assert ab.configurations(smoke) == ["increment", "pdeinf"]
+    assert ab.ablation_profile(smoke, "pdeinf").model_variant == "pdeinf"
     assert ab.ablation_profile(smoke, "increment").residual is True
     # a profile already trained as increments has no separate "increment" configuration
-    assert ab.configurations(dataclasses.replace(smoke, residual=True)) == ["pdeinf-v1"]
+    assert ab.configurations(dataclasses.replace(smoke, residual=True)) == ["pdeinf"]
     assert ab.ablation_pairs(smoke) == [("CE", "unet")]
     paper = get_profile("paper")
     assert len(ab.ablation_pairs(paper)) == len(paper.pdes) * len(paper.models)
@@ -179,7 +179,7 @@ def test_stage_caches_and_recomputes_only_what_is_stale(smoke_home):
     from pdeinf.pipeline.influence import ensure_influence
 
     ds = ab.ensure_ablation_pair("smoke", "CE", "unet", progress=False)
-    assert list(ds["config"].values) == ["baseline", "increment", "pdeinf-v1"]
+    assert list(ds["config"].values) == ["baseline", "increment", "pdeinf"]
     n = ds.sizes["t_resp"] * ds.sizes["c_resp"]
     mats = ds["pi"].transpose("config", "seed", "batch", "c_resp", "t_resp", "c_pert", "t_pert")
     mats = mats.values.reshape(*mats.shape[:3], n, n)
@@ -191,12 +191,12 @@ def test_stage_caches_and_recomputes_only_what_is_stale(smoke_home):
                             progress=False).sel(epoch=final_epoch(ab.as_profile("smoke"), "CE"))
     np.testing.assert_array_equal(ds["pi"].sel(config="baseline").values,
                                   base["pi"].transpose(*ds["pi"].dims[1:]).values)
-    for name, field, want in (("increment", "residual", True), ("pdeinf-v1", "model_variant",
-                                                                "pdeinf-v1")):
+    for name, field, want in (("increment", "residual", True), ("pdeinf", "model_variant",
+                                                                "pdeinf")):
         ckpt = ab.paths.checkpoint_path(ab.run_dir("smoke", name, "CE", "unet", 10),
                                         final_epoch(ab.as_profile("smoke"), "CE"))
         assert torch.load(ckpt, map_location="cpu", weights_only=True)["config"][field] == want
-    files = [ab.task_file("smoke", "CE", "unet", name, 10) for name in ("increment", "pdeinf-v1")]
+    files = [ab.task_file("smoke", "CE", "unet", name, 10) for name in ("increment", "pdeinf")]
     stamps = [f.stat().st_mtime_ns for f in files]
     again = ab.ensure_ablation_pair("smoke", "CE", "unet", progress=False)
     assert [f.stat().st_mtime_ns for f in files] == stamps

@@ -15,7 +15,7 @@ from pdeinf.training.loss import smse
 
 # (name, variant, resolution)
 MODELS = [("unet", "authors", 16), ("vit", "authors", 16),
-          ("unet", "pdeinf-v1", 16), ("vit", "pdeinf-v1", 16)]
+          ("unet", "pdeinf", 16), ("vit", "pdeinf", 16)]
 IDS = [f"{n}-{v}" for n, v, _ in MODELS]
 
 
@@ -72,7 +72,7 @@ def test_authors_unet_commutes_with_circular_shifts(hw):
 
 
 def test_pdeinf_v1_unet_commutes_with_circular_shifts():
-    model = _model("unet", "pdeinf-v1", 16)
+    model = _model("unet", "pdeinf", 16)
     step = 2 ** model.depth
     x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
     shifted = model(torch.roll(x, shifts=(step, 2 * step), dims=(-2, -1)))
@@ -145,14 +145,14 @@ def test_authors_kernel_schedule_follows_grid_size():
 
 
 def test_pdeinf_v1_paper_parameter_counts():
-    unet = count_parameters(build("unet", channels=4, resolution=128, size="paper", variant="pdeinf-v1"))
-    vit = count_parameters(build("vit", channels=4, resolution=128, size="paper", variant="pdeinf-v1"))
+    unet = count_parameters(build("unet", channels=4, resolution=128, size="paper", variant="pdeinf"))
+    vit = count_parameters(build("vit", channels=4, resolution=128, size="paper", variant="pdeinf"))
     assert 12.5e6 < unet < 13.5e6, unet
     assert 4.5e6 < vit < 5.5e6, vit
 
 
 @pytest.mark.parametrize("name", ["unet", "vit"])
-@pytest.mark.parametrize("variant", ["authors", "pdeinf-v1"])
+@pytest.mark.parametrize("variant", ["authors", "pdeinf"])
 def test_quick_size_is_small(name, variant):
     n = count_parameters(build(name, channels=4, resolution=32, size="quick", variant=variant))
     assert 1e5 <= n <= 3e5, n
@@ -177,7 +177,7 @@ def test_unet_depth_reduced_on_tiny_grids():
     assert effective_depth(128, 4) == 4
     assert effective_depth(16, 4) == 2  # bottleneck 4x4, not 1x1
     assert effective_depth(8, 4) == 1
-    for variant in ("authors", "pdeinf-v1"):
+    for variant in ("authors", "pdeinf"):
         model = build("unet", channels=2, resolution=16, size="paper", variant=variant)
         assert model.depth == 2
         x = torch.randn(1, 2, 16, 16)

@@ -4,10 +4,10 @@ Variants (named so an ablation can switch one departure at a time):
 - `"authors"` (default): the architectures of the paper's code, lanl/PDEHats
   (`AuthorsUNet`, `AuthorsViT`; see their module docstrings for the layer-by-layer account and
   the parameter arithmetic);
-- `"pdeinf-v1"`: pdeinf's first architectures (`UNet`, `ViT`: GroupNorm ResBlocks, nearest
+- `"pdeinf"`: pdeinf's own architectures (`UNet`, `ViT`: GroupNorm ResBlocks, nearest
   up-sampling, LayerNorm/GELU transformer), kept for comparison.
 `residual`: False predicts `u_{t+1}` directly (as the authors); True returns `u_t + f(u_t)`
-(pdeinf-v1 was trained that way).
+(pdeinf's own models are used that way).
 
 Sizes (C = 4 channels; `python benchmarks/bench_training.py` prints them all):
 - `smoke`: a few thousand parameters, trains in seconds at 16x16;
@@ -28,13 +28,13 @@ from pdeinf.models.authors_vit import AUTHORS_VIT_PARAMETERS, AuthorsViT
 from pdeinf.models.unet import UNet
 from pdeinf.models.vit import ViT
 
-UNET_SIZES: dict[str, dict] = {  # pdeinf-v1
+UNET_SIZES: dict[str, dict] = {  # pdeinf
     "smoke": {"base": 4, "mults": (1, 2, 2), "kernels": (5, 3, 3), "heads": 2},
     "quick": {"base": 6, "mults": (1, 2, 4, 8), "kernels": (5, 3, 3, 3), "heads": 4},
     "faithful": {"base": 7, "mults": (1, 2, 4, 8), "kernels": (5, 3, 3, 3), "heads": 4},
     "paper": {"base": 24, "mults": (1, 2, 4, 8, 12), "kernels": (11, 9, 7, 5, 3), "heads": 8},
 }
-VIT_SIZES: dict[str, dict] = {  # pdeinf-v1
+VIT_SIZES: dict[str, dict] = {  # pdeinf
     "smoke": {"width": 32, "layers": 2, "heads": 4, "patch": 4, "mlp_ratio": 2},
     "quick": {"width": 64, "layers": 3, "heads": 4, "patch": 4, "mlp_ratio": 2},
     "faithful": {"width": 80, "layers": 3, "heads": 4, "patch": 4, "mlp_ratio": 2},
@@ -53,12 +53,12 @@ AUTHORS_VIT_SIZES: dict[str, dict] = {
     "paper": {"width": 256, "depth": 8, "heads": 8},
 }
 MODEL_NAMES = ("unet", "vit")
-VARIANTS = ("authors", "pdeinf-v1")
+VARIANTS = ("authors", "pdeinf")
 SIZES = ("smoke", "quick", "faithful", "paper")
 _SIZES = {("unet", "authors"): AUTHORS_UNET_SIZES, ("vit", "authors"): AUTHORS_VIT_SIZES,
-          ("unet", "pdeinf-v1"): UNET_SIZES, ("vit", "pdeinf-v1"): VIT_SIZES}
+          ("unet", "pdeinf"): UNET_SIZES, ("vit", "pdeinf"): VIT_SIZES}
 _CLASSES = {("unet", "authors"): AuthorsUNet, ("vit", "authors"): AuthorsViT,
-            ("unet", "pdeinf-v1"): UNet, ("vit", "pdeinf-v1"): ViT}
+            ("unet", "pdeinf"): UNet, ("vit", "pdeinf"): ViT}
 
 
 def build(name: str, *, channels: int, resolution: int, size: str, variant: str = "authors",

@@ -5,8 +5,8 @@ Configurations (`ABLATIONS`, each a set of `Profile` overrides applied with
 `dataclasses.replace`; one that equals the profile's own setting is left out):
 
 - "increment": `residual=True`, the model predicts u_t + f(u_t) instead of u_{t+1};
-- "pdeinf-v1": `model_variant="pdeinf-v1", residual=True`, pdeinf's own UNet / ViT (built as
-  increments).
+- "pdeinf": `model_variant="pdeinf", residual=True`, pdeinf's own UNet / ViT, which predict
+  the increment u_{t+1} - u_t.
 
 For each (PDE, model) of `ablation_pairs(profile)` and each seed, the run is trained into
 `runs_dir(profile)/ablation-<name>/<PDE>-<model>-s<seed>` (same data from `profile_data`, same
@@ -22,7 +22,7 @@ recomputes exactly what is missing, stale or corrupt.
 
 Cost (2 cores shared with other jobs): smoke 10 s for both configurations (1 seed, cached
 rerun 1 s); quick, per (PDE, model): 6 trainings + 12 Gauss-Newton matrices + rollouts, measured
-under a ~3-4x load at 126 s (pdeinf-v1) / 174 s (increment) per training and 15-18 s per
+under a ~3-4x load at 126 s (pdeinf) / 174 s (increment) per training and 15-18 s per
 matrix, about 5 minutes on two otherwise idle cores.
 
 The baseline (the profile's default configuration) is not recomputed: its influence is the
@@ -59,7 +59,7 @@ DATA_VARS = ("pi", "losses", "rank", "rollout", "val_smse")
 #: configuration name -> Profile overrides (one model departure each).
 ABLATIONS: dict[str, dict] = {
     "increment": {"residual": True},
-    "pdeinf-v1": {"model_variant": "pdeinf-v1", "residual": True},
+    "pdeinf": {"model_variant": "pdeinf", "residual": True},
 }
 #: Pairs when the profile has no `ablation_pairs` field: CE-unet, every pair at paper size.
 DEFAULT_PAIRS = (("CE", "unet"),)

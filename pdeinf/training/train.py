@@ -56,7 +56,7 @@ IDENTITY_KEYS = ("pde", "model", "model_size", "model_variant", "residual", "see
                  "model_options")
 #: What a key missing from a checkpoint's config means: a config without `recipe`,
 #: `model_variant` and `residual` describes a one-step run of pdeinf's own increment models.
-_DEFAULT_IDENTITY = {"recipe": {"name": "one-step"}, "model_variant": "pdeinf-v1", "residual": True,
+_DEFAULT_IDENTITY = {"recipe": {"name": "one-step"}, "model_variant": "pdeinf", "residual": True,
                      "model_options": {}}
 
 
