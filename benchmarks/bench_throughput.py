@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from pdeinf.atomic import write_text
 from pdeinf.config import PDE_CHANNELS
 from pdeinf.models import build
 from pdeinf.training.loss import smse
@@ -125,10 +126,7 @@ def main(argv=None) -> int:
     lines += ["", f"1-minute load average: {load_before:.1f} before, {os.getloadavg()[0]:.1f} after."]
     text = "\n".join(lines) + "\n"
     print(text)
-    out = Path(args.out)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(out)
+    write_text(Path(args.out), text)
     return 0
 
 

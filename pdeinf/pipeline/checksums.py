@@ -43,3 +43,24 @@ def require_finite(ds, name: str, what: str) -> None:
     if bad:
         raise NumericalError(f"{what}: {bad} of {values.size} values of {name} are NaN or Inf; "
                              "not cached")
+
+
+def load_keyed(path, key: str, variables=()):
+    """The dataset cached at `path`, loaded, when it opens, records `cache_key` == `key`, holds
+    every name of `variables` and passes its checksum; else None (missing, stale, corrupt or
+    foreign: the caller recomputes it)."""
+    from pathlib import Path
+
+    import xarray as xr
+
+    if not Path(path).is_file():
+        return None
+    try:
+        with xr.open_dataset(path, engine="h5netcdf") as ds:
+            ds = ds.load()
+    except Exception:  # noqa: BLE001 - unreadable, truncated or foreign file: recompute it
+        return None
+    if ds.attrs.get("cache_key") != key or any(v not in ds for v in variables):
+        return None
+    return ds if checksum_ok(ds) else None
+

@@ -32,7 +32,7 @@ from pdeinf import paths
 from pdeinf.atomic import write_netcdf
 from pdeinf.config import pde_spec
 from pdeinf.errors import InputError
-from pdeinf.pipeline.checksums import checksum_ok, with_checksum
+from pdeinf.pipeline.checksums import load_keyed, with_checksum
 from pdeinf.pipeline.common import ProfileLike, as_profile, content_key, file_digest, final_epoch
 
 #: The build option that sets each model's width.
@@ -200,19 +200,6 @@ def _settings(prof, model: str) -> dict:
             "batch": BATCH_INDEX, "stage_version": STAGE_VERSION}
 
 
-def _load_valid(path: Path, key: str):
-    import xarray as xr
-
-    if not path.is_file():
-        return None
-    try:
-        with xr.open_dataset(path, engine="h5netcdf") as ds:
-            ds = ds.load()
-    except Exception:  # noqa: BLE001 - unreadable, truncated or foreign: recompute
-        return None
-    return ds if ds.attrs.get("cache_key") == key and "H" in ds and checksum_ok(ds) else None
-
-
 def _measure(prof, pde: str, model: str, rung: Rung, seed: int, estimator: str, sources, data_key):
     """The seed paper's labelled influence of batch 0 at one rung, seed and estimator (cached)."""
     from pdeinf.influence.task import seed_paper_influence
@@ -224,7 +211,7 @@ def _measure(prof, pde: str, model: str, rung: Rung, seed: int, estimator: str, 
     key = content_key(stage="ladder", seed=int(seed), estimator=estimator,
                       checkpoint=file_digest(ckpt), data=data_key, **_settings(prof, model))
     path = measurement_path(prof, rung, seed, estimator)
-    held = _load_valid(path, key)
+    held = load_keyed(path, key, ("H",))
     if held is not None:
         return held
     net, _ = sources.model(seed, rung.epoch)

@@ -7,7 +7,7 @@ from pdeinf import paths
 from pdeinf.atomic import write_netcdf
 from pdeinf.config import pde_spec
 from pdeinf.errors import InputError
-from pdeinf.pipeline.checksums import checksum_ok, with_checksum
+from pdeinf.pipeline.checksums import load_keyed, with_checksum
 from pdeinf.pipeline.common import (
     ProfileLike,
     as_profile,
@@ -36,16 +36,8 @@ def rollout_key(profile, pde: str, model: str, data_key: str) -> str:
 
 
 def _load_valid(path: Path, key: str):
-    import xarray as xr
-
-    if not path.is_file():
-        return None
-    try:
-        with xr.open_dataset(path, engine="h5netcdf") as ds:
-            ds = ds.load()
-    except Exception:  # noqa: BLE001 - unreadable: recompute
-        return None
-    if ds.attrs.get("cache_key") != key or "smse" not in ds or not checksum_ok(ds):
+    ds = load_keyed(path, key, ("smse",))
+    if ds is None:
         return None
     da = ds["smse"]
     da.attrs = {k: v for k, v in ds.attrs.items() if k != "pdeinf_checksum"}
