@@ -33,7 +33,7 @@ def relative_divergence(v: np.ndarray) -> float:
     return float(div.pow(2).mean().sqrt() / grad.pow(2).mean().sqrt())
 
 
-# ----------------------------------------------------------------------------- issue 8
+# ------------------------------------------------------- stored NS fields are divergence-free
 
 @pytest.mark.parametrize("dataset", ["NS-Sines", "NS-Gauss"])
 def test_stored_navier_stokes_velocity_is_divergence_free(tmp_path, dataset):

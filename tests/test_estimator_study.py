@@ -1,4 +1,4 @@
-"""The estimator study (issue 11): pure analyses against direct numpy, the lambda -> 0 limits on
+"""The estimator study: pure analyses against direct numpy, the lambda -> 0 limits on
 tiny float64 models, and the cached stage at the smoke profile."""
 from __future__ import annotations
 

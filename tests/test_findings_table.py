@@ -1,6 +1,6 @@
 """The findings collector (`pdeinf.pipeline.findings`): records of the evaluator gathered from the
-notebooks' results JSON, validated, Holm-adjusted within each layer, written byte-stably with the
-rules' hash, rendered as the README table."""
+studies' builders, validated, Holm-adjusted within each layer, written byte-stably with the
+rules' hash, read back per study, rendered as the README table."""
 from __future__ import annotations
 
 import json
@@ -26,46 +26,39 @@ def _record(name="temporal_decay", mean=1.2, *, key="CE-unet", pde="CE", model="
 @pytest.fixture
 def home(tmp_path, monkeypatch):
     monkeypatch.setenv("PDEINF_HOME", str(tmp_path))
-    (tmp_path / "results").mkdir()
-    (tmp_path / "notebooks").mkdir()
-    for name in ("03_seed_temporal", "08_followup_dynamics_spectrum", "09_followup_rollout_link",
-                 "10_followup_variants", "14_findings"):
-        (tmp_path / "notebooks" / f"{name}.ipynb").write_text("{}")
     return tmp_path
 
 
-def _write(home, notebook, findings, profile="smoke", **extra):
-    data = {"profile": profile, "figures": [], **extra}
-    if findings is not None:
-        data["findings"] = findings
-    (home / "results" / f"{notebook}.json").write_text(json.dumps(data))
+def _studies(**records):
+    """Builders `{study: profile -> findings}` returning the given findings (None: {})."""
+    return {study: (lambda prof, found=found: {} if found is None else found)
+            for study, found in records.items()}
 
 
-def _populate(home):
-    _write(home, "03_seed_temporal", {
-        "temporal_decay": [_record(), _record(model="vit", key="CE-vit", mean=0.0, sd=1.0)],
-        "inter_below_intra": [_record("inter_below_intra", 2.0)],
-    })
-    _write(home, "09_followup_rollout_link", {
-        "rollout_link_negative": [_record("rollout_link_negative", -0.5, key="CE-unet dt=1",
-                                          dt=1),
-                                  _record("rollout_link_negative", -0.05, key="CE-unet dt=16",
-                                          sd=0.2, dt=16)],
-    })
-    _write(home, "13_interventions", {
-        "intervention_effect": [_record("intervention_effect", 0.05, key=None, n_seeds=1,
-                                        recipe="pushforward")]})
-    _write(home, "08_followup_dynamics_spectrum", {})
-    _write(home, "07_seed_ntk", {"vit_smaller_ntk_eigenvalue": _record(
-        "vit_smaller_ntk_eigenvalue", 0.5, key="CE", model="unet-vit")}, profile="quick")
-    _write(home, "14_findings", {"temporal_decay": "not a record"})  # its own: never read
+def _populated(**overrides):
+    found = {
+        "03_seed_temporal": {
+            "temporal_decay": [_record(), _record(model="vit", key="CE-vit", mean=0.0, sd=1.0)],
+            "inter_below_intra": [_record("inter_below_intra", 2.0)],
+        },
+        "09_followup_rollout_link": {
+            "rollout_link_negative": [_record("rollout_link_negative", -0.5, key="CE-unet dt=1",
+                                              dt=1),
+                                      _record("rollout_link_negative", -0.05, key="CE-unet dt=16",
+                                              sd=0.2, dt=16)],
+        },
+        "13_interventions": {
+            "intervention_effect": [_record("intervention_effect", 0.05, key=None, n_seeds=1,
+                                            recipe="pushforward")]},
+        "07_seed_ntk": None,
+    }
+    return _studies(**{**found, **overrides})
 
 
 def test_collects_rows_with_layers_adjusted_p_and_the_rules_hash(home):
     from pdeinf.pipeline.findings import collect_findings
 
-    _populate(home)
-    out = collect_findings("smoke")
+    out = collect_findings("smoke", studies=_populated())
     rows = out["findings"]
     assert [(r["layer"], r["finding"]) for r in rows] == [
         ("seed paper", "temporal_decay"), ("seed paper", "temporal_decay"),
@@ -82,17 +75,17 @@ def test_collects_rows_with_layers_adjusted_p_and_the_rules_hash(home):
     assert smallest["p_adjusted"] == pytest.approx(min(1.0, 3 * smallest["p"]), rel=1e-5)
     assert rows[-1]["verdict"] == "not estimable"  # one seed
     assert out["rules_hash"] == registry.rules_hash()
-    assert "07_seed_ntk" in out["missing"] and "14_findings" not in out["notebooks"]
+    assert "07_seed_ntk" in out["missing"] and out["notebooks"]["03_seed_temporal"] == 3
     assert out["rules"]["temporal_decay"]["rule"] == registry.describe_rule("temporal_decay")
 
 
 def test_no_results_at_all_is_not_an_error(home):
     from pdeinf.pipeline.findings import collect_findings, findings_markdown
 
-    out = collect_findings("smoke")
-    assert out["findings"] == [] and set(out["missing"]) == {
-        "03_seed_temporal", "08_followup_dynamics_spectrum", "09_followup_rollout_link",
-        "10_followup_variants"}
+    out = collect_findings("smoke", studies=_studies(**{"03_seed_temporal": None,
+                                                        "09_followup_rollout_link": {}}))
+    assert out["findings"] == [] and set(out["missing"]) == {"03_seed_temporal",
+                                                             "09_followup_rollout_link"}
     assert "Without findings records" in findings_markdown(out)
 
 
@@ -107,11 +100,11 @@ def test_malformed_record_names_notebook_and_key(home, bad, message):
     from pdeinf.pipeline.findings import collect_findings
 
     good = _record("class_locked", key="CE-unet")
-    _write(home, "04_seed_classes", {"class_locked": [good, {**good, **bad}]})
+    studies = _studies(**{"04_seed_classes": {"class_locked": [good, {**good, **bad}]}})
     with pytest.raises(InputError) as err:
-        collect_findings("smoke")
+        collect_findings("smoke", studies=studies)
     text = str(err.value)
-    assert "04_seed_classes.json" in text and "findings['class_locked'][1]" in text
+    assert "study 04_seed_classes findings['class_locked'][1]" in text
     assert message in text
 
 
@@ -120,23 +113,19 @@ def test_missing_key_unknown_rule_and_non_dict_records_are_named(home):
 
     rec = _record("similarity_decay", -0.3, key=None)
     del rec["n_batches"]
-    _write(home, "05_seed_similarity", {"similarity_decay": rec})
-    with pytest.raises(InputError, match=r"05_seed_similarity\.json findings\['similarity_decay'\]: "
+    with pytest.raises(InputError, match=r"study 05_seed_similarity findings\['similarity_decay'\]: "
                                          r"record lacks \['n_batches'\]"):
-        collect_findings("smoke")
-    _write(home, "05_seed_similarity", {"no_such_rule": _record()})
+        collect_findings("smoke", studies=_studies(**{"05_seed_similarity": {"similarity_decay": rec}}))
     with pytest.raises(InputError, match="not a rule of the registry"):
-        collect_findings("smoke")
-    _write(home, "05_seed_similarity", ["not", "a", "dict"])
-    with pytest.raises(InputError, match="'findings' must be a dict"):
-        collect_findings("smoke")
+        collect_findings("smoke", studies=_studies(**{"05_seed_similarity": {"no_such_rule": _record()}}))
+    with pytest.raises(InputError, match="findings must be a dict"):
+        collect_findings("smoke", studies=_studies(**{"05_seed_similarity": ["not", "a", "dict"]}))
 
 
 def test_markdown_table_rows(home):
     from pdeinf.pipeline.findings import collect_findings, findings_markdown
 
-    _populate(home)
-    findings = collect_findings("smoke")
+    findings = collect_findings("smoke", studies=_populated())
     lines = findings_markdown(findings).splitlines()
     assert lines[0] == ("| Finding | Layer | PDE / model | Paper | Ours (95% CI) | Ours vs paper | "
                         "Verdict | Adjusted p | Seeds x batches | Decisive design |")
@@ -152,38 +141,41 @@ def test_markdown_table_rows(home):
     assert any("rollout_link_negative (dt=16)" in line for line in body)
     assert any("intervention_effect (pushforward)" in line and "(no interval)" in line
                for line in body)
-    assert "07_seed_ntk (results are of profile 'quick'" in "\n".join(lines)
+    assert "07_seed_ntk (no finding rule applies at this profile)" in "\n".join(lines)
 
 
 def test_write_is_byte_identical_on_rerun_and_changes_with_numbers(home):
-    from pdeinf.pipeline.findings import findings_path, write_findings
+    from pdeinf.pipeline.findings import collect_findings, findings_path, write_findings
 
-    _populate(home)
-    ablation = [{"finding": "class_locked", "change": 0.1234567891, "low": float("nan")}]
-    path = write_findings("smoke", ablation=ablation)
+    ablation = [{"pde": "CE", "model": "vit", "config": "increment", "finding": "class_locked",
+                 "baseline_value": 0.5, "value": 0.62, "change": 0.1234567891, "low": float("nan"),
+                 "high": float("nan"), "seed_std_baseline": 0.1, "seed_std": 0.2,
+                 "exceeds_noise": False}]
+    path = write_findings("smoke", ablation=ablation, findings=collect_findings("smoke", studies=_populated()))
     assert path == findings_path("smoke") == home / "results" / "figures" / "smoke" / "findings_smoke.json"
-    first = path.read_bytes()
-    assert write_findings("smoke", ablation=ablation).read_bytes() == first
+    first, written_at = path.read_bytes(), path.stat().st_mtime_ns
+    assert write_findings("smoke", ablation=ablation,
+                          findings=collect_findings("smoke", studies=_populated())).read_bytes() == first
+    assert path.stat().st_mtime_ns == written_at  # an unchanged table is not rewritten
     data = json.loads(first)
     assert list(data) == sorted(data)  # stable key order
     assert data["regime_label"] == "test run: not the paper's regime"
     table = path.with_suffix(".md").read_text()
     assert table.startswith("# Findings of the smoke profile\n\nTest run: not the paper's regime.")
     assert "| Finding | Layer |" in table and data["rules_hash"][:12] in table
+    assert "## Ablation" in table and "| CE / vit | increment | class_locked |" in table
     assert data["ablation"][0]["change"] == 0.123457 and data["ablation"][0]["low"] is None
     assert data["rules_hash"] == registry.rules_hash()
     assert not any(k in first.decode() for k in ("date", "time\"", "created"))
-    rec = json.loads((home / "results" / "03_seed_temporal.json").read_text())
-    rec["findings"]["temporal_decay"][0]["estimate"] = 1.3
-    (home / "results" / "03_seed_temporal.json").write_text(json.dumps(rec))
-    assert write_findings("smoke", ablation=ablation).read_bytes() != first
+    changed = _populated(**{"03_seed_temporal": {"temporal_decay": [_record(mean=1.3)]}})
+    assert write_findings("smoke", ablation=ablation,
+                          findings=collect_findings("smoke", studies=changed)).read_bytes() != first
 
 
 def test_readme_table_is_replaced_by_the_rendered_one(home):
     from pdeinf.pipeline.findings import collect_findings, findings_markdown, replace_findings_table
 
-    _populate(home)
-    findings = collect_findings("smoke")
+    findings = collect_findings("smoke", studies=_populated())
     old = ("| Finding | Layer | PDE / model | Paper | Ours (95% CI) | "
            "Verdict |\n|---|---|\n| old row | 1 |\n\n"
            "Without findings records: 08 (none).\n")
@@ -198,8 +190,7 @@ def test_readme_table_is_replaced_by_the_rendered_one(home):
 def test_every_row_carries_the_regime_of_its_pairs(home):
     from pdeinf.pipeline.findings import collect_findings
 
-    _populate(home)
-    rows = collect_findings("smoke")["findings"]
+    rows = collect_findings("smoke", studies=_populated())["findings"]
     for row in rows:
         cards = row["regime"]
         assert cards and all({"p_over_m", "optimizer_steps", "estimator", "seeds"} <= set(c)
@@ -235,3 +226,31 @@ def test_verdict_changes_match_rows_and_count_transitions():
     assert [(r["finding"], r["dt"]) for r in out["only_new"]] == [("d", 2), ("fresh", None)]
     with pytest.raises(InputError, match="findings"):
         verdict_changes({}, new)
+
+
+def test_load_findings_reads_the_written_table_per_study_and_lines_name_the_verdict(home):
+    from pdeinf.pipeline.findings import collect_findings, finding_lines, load_findings, write_findings
+
+    write_findings("smoke", findings=collect_findings("smoke", studies=_populated()))
+    every = load_findings("smoke")
+    rollout = load_findings("smoke", "09_followup_rollout_link")
+    assert len(every["findings"]) == 6
+    assert [r["dt"] for r in rollout["findings"]] == [1, 16]
+    lines = finding_lines(rollout["findings"])
+    for line, row in zip(lines, rollout["findings"]):
+        assert line.startswith(f"rollout_link_negative CE-unet dt={row['dt']}: ")
+        assert line.endswith(f"-> {row['verdict']} (Holm p {row['p_adjusted']:.3g})")
+    one_seed = finding_lines(load_findings("smoke", "13_interventions")["findings"])
+    assert one_seed[0].startswith("intervention_effect CE-unet recipe=pushforward: ")
+    assert "(no interval)" in one_seed[0] and "not estimable" in one_seed[0]
+
+
+def test_findings_stage_comes_after_every_other_stage_and_studies_are_named():
+    from pdeinf.pipeline.reproduce import stage_tasks
+    from pdeinf.pipeline.study_findings import study_records
+
+    tasks = stage_tasks("smoke", progress=False)
+    assert tasks[-1].name == "findings"
+    assert set(tasks[-1].after) == {t.name for t in tasks[:-1]}
+    with pytest.raises(InputError, match="study='nope': expected one of 02_training"):
+        study_records("smoke", "nope")

@@ -1,4 +1,4 @@
-"""The seed paper's full-space estimator against dense float64 references (issues 10, 11)."""
+"""The seed paper's full-space estimator against dense float64 references."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""Issue 9: what a rerun recomputes, what is verified on load, what two concurrent runs do,
+"""What a rerun recomputes, what is verified on load, what two concurrent runs do,
 and one-line errors for output paths, tested with real files written by the pipeline and
 real processes."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Orbit influence of the `augment` recipe vs one-step (issue 13): the per-run computation is
+"""Orbit influence of the `augment` recipe vs one-step: the per-run computation is
 the symmetry study's, the cached stage (reuse of the symmetry stage's file, keys, resume) on
 tiny models with fake sources, and the analysis and its verdict rules on synthetic data with
 known answers."""

@@ -1,6 +1,6 @@
-"""How `reproduce` runs the notebooks: side by side where they read only stage outputs, the
-gathering notebooks after them, each report entry in the order asked; and which notebook's
-cache key follows the other notebooks' results JSON."""
+"""How `reproduce` runs the notebooks: side by side (they read only stage outputs and the
+findings table), each report entry in the order asked; and that a notebook's cache key follows
+the findings table, not the other notebooks' results JSON."""
 import importlib
 import itertools
 import os
@@ -17,8 +17,7 @@ rp = importlib.import_module("pdeinf.pipeline.reproduce")  # the package exports
 
 @pytest.fixture
 def fake_notebooks(tmp_path, monkeypatch):
-    """Three study notebooks and the gathering one, executed by a fake papermill that records
-    when each ran (no kernels)."""
+    """Four notebooks executed by a fake papermill that records when each ran (no kernels)."""
     monkeypatch.setenv("PDEINF_HOME", str(tmp_path))
     folder = tmp_path / "nbs"
     folder.mkdir()
@@ -45,7 +44,7 @@ def fake_notebooks(tmp_path, monkeypatch):
     return [folder / f"{n}.ipynb" for n in names], spans, envs
 
 
-def test_study_notebooks_run_side_by_side_and_gathering_after(fake_notebooks, monkeypatch):
+def test_notebooks_run_side_by_side(fake_notebooks, monkeypatch):
     selected, spans, envs = fake_notebooks
     monkeypatch.delenv("MPLBACKEND", raising=False)
     monkeypatch.setenv("OMP_NUM_THREADS", "7")
@@ -53,17 +52,18 @@ def test_study_notebooks_run_side_by_side_and_gathering_after(fake_notebooks, mo
     entries = rp.run_notebooks("smoke", selected, timings, progress=False, workers=2)
     # every study kernel started and ran headless with one thread each, whichever ended first;
     # the environment is restored afterwards
-    for name in ("01_a", "02_b", "03_c"):
+    for name in ("01_a", "02_b", "03_c", "14_findings"):
         assert envs[name]["MPLBACKEND"] == "Agg" and envs[name]["OMP_NUM_THREADS"] == "1"
         assert envs[name]["end"]["MPLBACKEND"] == "Agg"
     assert "MPLBACKEND" not in os.environ and os.environ["OMP_NUM_THREADS"] == "7"
     assert [e["notebook"] for e in entries] == [p.stem for p in selected]
     assert [e["status"] for e in entries] == ["ok", "failed", "ok", "ok"]  # one failure stops nothing
     assert "cell 3 failed" in entries[1]["error"]
-    studies = [spans[n] for n in ("01_a", "02_b", "03_c")]
-    # two at a time: some pair overlapped; the gathering notebook began after every study ended
+    studies = [spans[p.stem] for p in selected]
+    # two at a time: some pair overlapped, never three
     assert any(a[0] < b[1] and b[0] < a[1] for i, a in enumerate(studies) for b in studies[i + 1:])
-    assert spans["14_findings"][0] >= max(end for _, end in studies)
+    assert not any(a[0] < b[1] and b[0] < a[1] and a[0] < c[1] and c[0] < a[1] and b[0] < c[1] and c[0] < b[1]
+                   for a, b, c in itertools.combinations(studies, 3))
     assert sorted(t.stage for t in timings) == sorted(f"notebook {p.stem}" for p in selected)
 
 
@@ -74,13 +74,19 @@ def test_one_worker_runs_notebooks_one_after_another(fake_notebooks):
     assert all(a[1] <= b[0] for a, b in itertools.pairwise(ordered))
 
 
-def test_only_gathering_notebooks_key_on_other_results(tmp_path, monkeypatch):
+def test_cache_key_follows_the_findings_table_not_other_results(tmp_path, monkeypatch):
+    from pdeinf.pipeline.findings import findings_path
+
     monkeypatch.setenv("PDEINF_HOME", str(tmp_path))
     (tmp_path / "results").mkdir()
-    study, gathering = tmp_path / "05_study.ipynb", tmp_path / "14_findings.ipynb"
-    for nb in (study, gathering):
-        nb.write_text("{}")
-    keys = (nbs.notebook_cache_key(study, "smoke"), nbs.notebook_cache_key(gathering, "smoke"))
+    notebook = tmp_path / "14_findings.ipynb"
+    notebook.write_text("{}")
+    key = nbs.notebook_cache_key(notebook, "smoke")
     (tmp_path / "results" / "03_other.json").write_text('{"x": 1}')
-    assert nbs.notebook_cache_key(study, "smoke") == keys[0]
-    assert nbs.notebook_cache_key(gathering, "smoke") != keys[1]
+    assert nbs.notebook_cache_key(notebook, "smoke") == key
+    findings_path("smoke").parent.mkdir(parents=True)
+    findings_path("smoke").write_text('{"findings": []}')
+    with_table = nbs.notebook_cache_key(notebook, "smoke")
+    assert with_table != key
+    findings_path("smoke").write_text('{"findings": [1]}')
+    assert nbs.notebook_cache_key(notebook, "smoke") != with_table

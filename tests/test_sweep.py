@@ -189,7 +189,7 @@ def test_missing_inputs_are_named(setup, tmp_path):
 
 
 def test_stale_and_bit_flipped_files_are_recomputed_alone(setup):
-    """Issue 9: a file of other inputs (data changed) or with flipped bytes in its arrays is
+    """A file of other inputs (data changed) or with flipped bytes in its arrays is
     never read back as valid: exactly that task is recomputed, to the reference values."""
     import shutil
 

@@ -305,7 +305,7 @@ def test_cli_on_generated_navier_stokes_files(tmp_path, capsys):
 
 
 def test_validation_smse_is_the_mean_over_all_transitions_in_any_batching():
-    """Issue 8: the sum over batches was divided by the size of the LAST batch."""
+    """Not the sum over batches divided by the size of the last batch."""
     data = WaveData(n=8)  # validation: 3 classes x 1 trajectory x 16 = 48 transitions
     val = train_mod.load_transitions(data, "val", 10, 17, 4, torch.float64)
     torch.manual_seed(0)
@@ -321,7 +321,7 @@ def test_validation_smse_is_the_mean_over_all_transitions_in_any_batching():
 
 
 def test_run_files_follow_the_process_umask(tmp_path):
-    """Issue 9 item 8: checkpoints and curves were written 0600 whatever the umask."""
+    """Checkpoints and curves get the permissions of the umask, not 0600."""
     old = os.umask(0o022)
     try:
         result = train("CE", "vit", 10, tiny_profile(1, (1,)), data=WaveData(n=5),

@@ -13,7 +13,8 @@ interventions      ``results/interventions/<profile>/<PDE>-<model>/<recipe>/``  
 estimator study    ``results/estimator/<profile>/<PDE>-<model>/s<seed>.nc``      `estimator`
 symmetry           ``results/symmetry/<profile>/<PDE>-<model>/s<seed>.nc``       `symmetry`
 ablation           ``results/ablation/<profile>/<PDE>-<model>/<config>/s<seed>.nc`` `ablation`
-findings           ``figures/findings_<profile>.json`` (every headline number)   `findings`
+findings           ``figures/findings_<profile>.json`` (every headline number)   `findings`,
+                                                                               `study_findings`
 notebooks          ``results/executed/*.ipynb``, ``results/*.json``, figures/    `notebooks`
 =================  ==========================================================  ==============
 
@@ -28,7 +29,10 @@ from pdeinf.pipeline.estimator import ensure_estimator_study
 from pdeinf.pipeline.findings import (
     ablation_markdown,
     collect_findings,
+    finding_lines,
     findings_markdown,
+    findings_stage,
+    load_findings,
     write_findings,
 )
 from pdeinf.pipeline.influence import (
@@ -93,9 +97,12 @@ __all__ = [
     "ensure_symmetry",
     "ensure_training",
     "executed_dir",
+    "finding_lines",
     "findings_markdown",
+    "findings_stage",
     "format_report",
     "list_notebooks",
+    "load_findings",
     "load_sweep",
     "load_variants",
     "notebook_cache_key",

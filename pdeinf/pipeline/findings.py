@@ -1,26 +1,26 @@
-"""The findings table: every study notebook's `findings` records gathered into one small,
-committed file (`figures/findings_<profile>.json`) and the README's table.
+"""The findings table: every study's findings records, computed by the pipeline from the
+cached stages (`pdeinf.pipeline.study_findings`), gathered into one small committed file
+(`figures/findings_<profile>.json`, written by the `findings` stage of `reproduce`) and the
+README's table. The notebooks only show its rows.
 
-Each study notebook writes `results/<NN_name>.json` with a top-level `"findings"` entry
-`{rule_name: record or [records]}`; a record is what `pdeinf.analysis.evaluate.evaluate_finding`
-returns: pde, model, estimate, low, high (the t-interval over seed means; null where not
-estimable), per_seed (one value per seed), n_seeds, n_batches, n_failed, null, p, paper,
-size (ours against the paper's number), verdict, rule (its text), needed, and optionally dt,
-recipe, cls, note. Rule names are those of `pdeinf.analysis.registry.FINDING_RULES`.
+A record is what `pdeinf.analysis.evaluate.evaluate_finding` returns: pde, model, estimate,
+low, high (the t-interval over seed means; null where not estimable), per_seed (one value per
+seed), n_seeds, n_batches, n_failed, null, p, paper, size (ours against the paper's number),
+verdict, rule (its text), needed, and optionally dt, recipe, cls, note. Rule names are those of
+`pdeinf.analysis.registry.FINDING_RULES`.
 
-`collect_findings(profile)` reads and validates them (one InputError naming the file and key of
-a malformed record), applies Holm's adjustment within each layer over the whole table and
+`collect_findings(profile)` builds and validates them (one InputError naming the study and key
+of a malformed record), applies Holm's adjustment within each layer over the whole table and
 recomputes every two-part verdict from the adjusted p-values (`adjust_records`);
 `write_findings(profile)` writes the JSON with the SHA-256 of the rules file and the commit
 (sorted keys, numbers rounded to 6 significant digits, no dates: a rerun is byte-identical
-unless a number changes), `findings_markdown` renders the table, `replace_findings_table` puts
-it into the README.
+unless a number changes); `load_findings(profile)` reads it back; `findings_markdown` renders
+the table, `replace_findings_table` puts it into the README.
 """
 from __future__ import annotations
 
 import json
 import math
-import re
 import subprocess
 from pathlib import Path
 
@@ -33,15 +33,10 @@ from pdeinf.errors import InputError
 from pdeinf.pipeline.common import ProfileLike, as_profile
 from pdeinf.pipeline.regime import for_sweep, regime_cards, row_regime
 
-#: This notebook (it reads the others; its own results are not findings).
-NOTEBOOK = "14_findings"
-#: Notebooks that never carry findings records (data, the explorer, this one).
-NO_FINDINGS = ("01_data", NOTEBOOK, "15_explorer")
 LAYERS = registry.LAYERS
 VERDICTS = VERDICT_WORDS
 REQUIRED = ("pde", "model", "estimate", "low", "high", "per_seed", "n_seeds", "n_batches",
             "n_failed", "p", "verdict", "rule", "paper", "estimable")
-_RESULTS = re.compile(r"^(\d\d)_[A-Za-z0-9_.\-]+$")
 SIGNIFICANT = 6
 #: Per-finding texts kept once in the "rules" section, not in every row.
 _RULE_FIELDS = ("claim", "rule", "paper_note")
@@ -136,80 +131,47 @@ def _order(row: dict):
             row["notebook"])
 
 
-def results_files() -> list[Path]:
-    """`results/NN_*.json` of the study notebooks, sorted (this notebook's own excluded)."""
-    return [p for p in sorted(paths.results_dir().glob("[0-9][0-9]_*.json"))
-            if _RESULTS.match(p.stem) and p.stem not in NO_FINDINGS]
-
-
-def _study_notebooks() -> list[str]:
-    from pdeinf.pipeline.notebooks import notebooks_source
-
-    found = {p.stem for p in notebooks_source().glob("[0-9][0-9]_*.ipynb")}
-    return sorted(n for n in found if _RESULTS.match(n) and n not in NO_FINDINGS)
-
-
-def _read_results(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise InputError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(data, dict):
-        raise InputError(f"{path}: expected a JSON object at the top level")
-    return data
-
-
-def _records(path: Path, findings) -> list[tuple[str, str, dict]]:
+def _records(study: str, findings) -> list[tuple[str, str, dict]]:
+    """`(rule, where, record)` of a builder's `{rule: record or [records]}`."""
     if not isinstance(findings, dict):
-        raise InputError(f"{path}: 'findings' must be a dict {{rule: record or [records]}}, "
+        raise InputError(f"study {study}: findings must be a dict {{rule: record or [records]}}, "
                          f"got {type(findings).__name__}")
     out = []
     for name, records in findings.items():
         items = records if isinstance(records, list) else [records]
         for i, record in enumerate(items):
-            where = f"{path} findings[{name!r}]" + (f"[{i}]" if isinstance(records, list) else "")
+            where = f"study {study} findings[{name!r}]" + (f"[{i}]" if isinstance(records, list) else "")
             out.append((str(name), where, record))
     return out
 
 
-def collect_findings(profile: ProfileLike = None) -> dict:
-    """Every finding record of the study notebooks' results JSON of `profile`, Holm-adjusted
-    within each layer.
+def collect_findings(profile: ProfileLike = None, *, studies: dict | None = None) -> dict:
+    """Every finding record of the studies (`study_findings.STUDIES`, or `studies`: {name:
+    builder(profile) -> {rule: record or [records]}}) at `profile`, computed from the cached
+    stages and Holm-adjusted within each layer.
 
     Returns `{"profile", "findings": [row ...], "rules": {finding: texts}, "notebooks":
-    {notebook: number of records}, "missing": {notebook: why it has no records},
+    {study: number of records}, "missing": {study: why it has no records},
     "rules_without_record": [names], "rules_hash", "rules_commit"}`; a row holds the finding
-    (rule name), notebook, layer, paper figure, unit of replication, pde, model, estimate, low,
-    high, per_seed, n_seeds, n_batches, n_failed, p, p_adjusted, family_size, direction, size,
-    verdict (from the adjusted p), null, paper_value, regime (the regime cards of the pairs the
-    row rests on: P, M, P/M, training pairs, optimizer steps, final validation SMSE ours and the
-    paper's, plateau, estimator and tolerance, seeds x batches), and dt / recipe / cls / needed /
-    note where the record has them; `rules[finding]` holds its layer, paper figure, claim, rule text
-    and the paper's note. Rows are ordered by layer, rule (registry order), PDE, model, class,
-    dt, recipe. A notebook without records (not run, run at another profile, no findings) is
-    listed under `missing`, never an error; a malformed record is an InputError naming its file
-    and key."""
+    (rule name), notebook (the study's notebook), layer, paper figure, unit of replication, pde,
+    model, estimate, low, high, per_seed, n_seeds, n_batches, n_failed, p, p_adjusted,
+    family_size, direction, size, verdict (from the adjusted p), null, paper_value, regime (the
+    regime cards of the pairs the row rests on: P, M, P/M, training pairs, optimizer steps, final
+    validation SMSE ours and the paper's, plateau, estimator and tolerance, seeds x batches),
+    and dt / recipe / cls / needed / note where the record has them; `rules[finding]` holds its
+    layer, paper figure, claim, rule text and the paper's note. Rows are ordered by layer, rule
+    (registry order), PDE, model, class, dt, recipe. A study without records at this profile is
+    listed under `missing`; a malformed record is an InputError naming its study and key."""
+    from pdeinf.pipeline.study_findings import STUDIES
+
     prof = as_profile(profile)
-    rows, counts, missing, present = [], {}, {}, set()
-    for path in results_files():
-        notebook = path.stem
-        present.add(notebook)
-        data = _read_results(path)
-        if data.get("profile") not in (None, prof.name):
-            missing[notebook] = f"results are of profile {data.get('profile')!r}, not {prof.name!r}"
-            continue
-        if data.get("findings") is None:
-            missing[notebook] = "no 'findings' entry"
-            continue
-        found = _records(path, data["findings"])
-        rows += [_row(name, notebook, validate_record(record, where))
-                 for name, where, record in found]
-        counts[notebook] = len(found)
+    rows, counts, missing = [], {}, {}
+    for study, build in (STUDIES if studies is None else studies).items():
+        found = _records(study, build(prof))
+        rows += [_row(name, study, validate_record(record, where)) for name, where, record in found]
+        counts[study] = len(found)
         if not found:
-            missing[notebook] = "'findings' is empty"
-    for notebook in _study_notebooks():
-        if notebook not in present:
-            missing[notebook] = "no results JSON (notebook not run)"
+            missing[study] = "no finding rule applies at this profile"
     rows = adjust_records(sorted(rows, key=_order))
     cards = regime_cards(prof) if rows else {}  # models built and histories read once
     sweep = {k: for_sweep(c, prof) for k, c in cards.items()}
@@ -263,8 +225,55 @@ def write_findings(profile: ProfileLike = None, *, ablation=None, findings: dict
              "(rules: `pdeinf/analysis/registry.py`, SHA-256 "
              f"{str(data.get('rules_hash', ''))[:12]}...; definitions: docs/method.md).\n\n"
              + findings_markdown(round_numbers(to_jsonable(data))))
-    write_text(path.with_suffix(".md"), table)
-    return write_text(path, text + "\n")
+    if data.get("ablation"):
+        table += "\n\n## Ablation: which model departures mattered\n\n" + ablation_markdown(data["ablation"])
+    _write_if_changed(path.with_suffix(".md"), table)
+    return _write_if_changed(path, text + "\n")
+
+
+def _write_if_changed(path: Path, text: str) -> Path:
+    """`write_text` unless the file already holds exactly `text` (a rerun that changes no number
+    leaves the committed files, and the notebooks' cache keys, untouched)."""
+    if path.is_file() and path.read_text() == text:
+        return path
+    return write_text(path, text)
+
+
+def findings_stage(profile: ProfileLike = None, *, progress: bool = False) -> Path:
+    """The `findings` stage of `reproduce`: every study's records and the ablation rows of the
+    profile, written by `write_findings` (after every other stage, before the notebooks)."""
+    from pdeinf.pipeline.study_findings import ablation_records
+
+    return write_findings(profile, ablation=ablation_records(profile))
+
+
+def load_findings(profile: ProfileLike = None, notebook: str | None = None) -> dict:
+    """The written findings table of `profile` (`findings_stage` runs first where the file is
+    absent); with `notebook`, only the rows of that study (its rules and ablation kept)."""
+    path = findings_path(profile)
+    if not path.exists():
+        findings_stage(profile)
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise InputError(f"{path}: not valid JSON ({err}); delete it to recompute") from None
+    if notebook is not None:
+        data["findings"] = [r for r in data["findings"] if r["notebook"] == notebook]
+    return data
+
+
+def finding_lines(rows: list[dict]) -> list[str]:
+    """One line per row of the findings table: finding, pair (and class / dt / recipe), ours
+    with its interval, the paper's number and the Holm-adjusted two-part verdict."""
+    lines = []
+    for r in rows:
+        where = " ".join(f"{k}={r[k]}" for k in ("cls", "dt", "recipe") if r.get(k) not in (None, "all"))
+        interval = (f"[{_fmt(r['low'])}, {_fmt(r['high'])}]" if r.get("estimable") else "(no interval)")
+        paper = "" if r.get("paper_value") is None else f"; paper {_fmt(r['paper_value'])}"
+        lines.append(f"{r['finding']} {r['pde']}-{r['model']}{' ' + where if where else ''}: "
+                     f"{_fmt(r['estimate'])} {interval} over {r['n_seeds']} seeds x "
+                     f"{r['n_batches']} batches{paper} -> {r['verdict']} (Holm p {_fmt(r['p_adjusted'])})")
+    return lines
 
 
 def _fmt(x) -> str:

@@ -96,17 +96,13 @@ STAGE_FOLDERS = ("data", "runs", "influence", "rollouts", "symmetry", "estimator
                  "ablation")
 
 
-#: Notebooks that read other notebooks' results JSON (`results/<NN>_*.json`); every other
-#: notebook reads only stage outputs, so those may run side by side and these run after them.
-GATHERING_NOTEBOOKS: tuple[str, ...] = ("14_findings",)
-
-
 def notebook_cache_key(notebook: Path | str, profile: ProfileLike) -> str:
     """What an executed notebook depends on: its own bytes, the profile, the package source,
-    the stage outputs of the profile (by path, size and mtime) and, for a notebook of
-    `GATHERING_NOTEBOOKS`, the results JSON of the notebooks numbered before it. Equal keys
-    mean the executed copy, its figures and its results JSON are still what a rerun would
+    the stage outputs of the profile (by path, size and mtime) and the findings table. Equal
+    keys mean the executed copy, its figures and its results JSON are still what a rerun would
     produce."""
+    from pdeinf.pipeline.findings import findings_path
+
     profile = as_profile(profile)
     digest = hashlib.sha256()
     digest.update(Path(notebook).read_bytes())
@@ -116,13 +112,8 @@ def notebook_cache_key(notebook: Path | str, profile: ProfileLike) -> str:
         digest.update(source.read_bytes())
     for stage in STAGE_FOLDERS:
         _tree_signature(paths.results_dir() / stage / profile.name, digest)
-    number = Path(notebook).name[:2]
-    if Path(notebook).stem not in GATHERING_NOTEBOOKS:
-        return digest.hexdigest()
-    for earlier in sorted(paths.results_dir().glob("[0-9][0-9]_*.json")):
-        if earlier.name[:2] < number:
-            digest.update(earlier.name.encode())
-            digest.update(earlier.read_bytes())
+    table = findings_path(profile)
+    digest.update(table.read_bytes() if table.exists() else b"no findings table")
     return digest.hexdigest()
 
 
@@ -179,6 +170,9 @@ def run_notebook(
                 cwd=str(notebook.parent),
                 progress_bar=progress,
                 execution_timeout=timeout,
+                # the kernel's own log (transport warnings, shutdown interrupts) stays off
+                # the console; cell errors still reach the executed copy and the exception
+                extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
             )
     except BaseException:
         if partial.exists():

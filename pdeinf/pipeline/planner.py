@@ -335,7 +335,7 @@ def plan_stage(profile, stage: str, costs: dict, tick: float) -> StagePlan:
         return StagePlan(stage, STAGE_TICKS * tick + data_seconds(profile, tick), False,
                          4 * profile.solver_resolution ** 2 * 5 * 8 * profile.t_max,
                          data_bytes(profile))
-    if stage.startswith("notebook"):
+    if stage.startswith("notebook") or stage == "findings":
         return StagePlan(stage, NOTEBOOK_SECONDS, False, 2 ** 30, 2 ** 20)
     pde, model = _stage_pair(profile, stage)
     cost = costs[pde, model]
@@ -359,7 +359,8 @@ def plan(profile, *, stages: Sequence[str] | None = None, notebooks: bool = True
         tasks += notebook_tasks(profile, list_notebooks(), [])
     rate = flop_rate()
     if costs is None:
-        model_stages = [t.name for t in tasks if t.name != "data" and not t.name.startswith("notebook")]
+        model_stages = [t.name for t in tasks
+                        if t.name not in ("data", "findings") and not t.name.startswith("notebook")]
         costs = measure(profile, sorted({_stage_pair(profile, n) for n in model_stages}), rate)
     tick = _measure_model(get_profile("smoke"), "CE", "unet", rate).call_seconds
     rows = [plan_stage(profile, t.name, costs, tick) for t in tasks]

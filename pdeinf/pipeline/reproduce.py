@@ -98,7 +98,8 @@ def stage_tasks(profile: ProfileLike, *, progress: bool = True) -> list[Task]:
     symmetry study, rollouts and the estimator study; the regime ladder (its own runs, then its
     measurements); each recipe's and each ablation configuration's runs; the intervention
     studies (one stage per recipe after that recipe's runs and the baseline's sweep, one for
-    augment's orbit influence, then the pair's study that reads them) and the ablation study."""
+    augment's orbit influence, then the pair's study that reads them) and the ablation study;
+    last the findings table, built from every stage's output."""
     from pdeinf.pipeline.ablation import (
         ablation_pairs,
         configurations,
@@ -106,6 +107,7 @@ def stage_tasks(profile: ProfileLike, *, progress: bool = True) -> list[Task]:
         ensure_ablation_runs,
     )
     from pdeinf.pipeline.estimator import ensure_estimator_pair, study_pairs
+    from pdeinf.pipeline.findings import findings_stage
     from pdeinf.pipeline.ladder import ensure_ladder, ensure_ladder_runs
     from pdeinf.pipeline.ladder import stage_pair as ladder_stage_pair
     from pdeinf.pipeline.interventions import (
@@ -176,6 +178,8 @@ def stage_tasks(profile: ProfileLike, *, progress: bool = True) -> list[Task]:
                    [f"training ablation {a} {p}-{m}" for a in names]
                    + _baseline_stages(profile, p, m, symmetry))
               for (p, m), names in ablations.items()]
+    # every study's findings records, from all of the above, before the notebooks show them
+    tasks.append(Task("findings", findings_stage, (profile,), opts, tuple(t.name for t in tasks)))
     return tasks
 
 
@@ -264,32 +268,26 @@ def _reproduce_locked(profile, selected, *, progress: bool, workers: int) -> Rep
 def run_notebooks(profile, selected, timings: list[StageTiming], *, progress: bool = True,
                   workers: int = 1) -> list[dict]:
     """Execute (or find current) every selected notebook; one report entry each, in the order
-    given. Notebooks that read only stage outputs run `workers` at a time (each in its own
-    kernel, with `threads_per_worker(workers)` torch threads); those of `GATHERING_NOTEBOOKS`
-    (they read the others' results JSON) run after them. A failure is reported in its entry and
-    does not stop the others."""
+    given. Notebooks read only stage outputs and the findings table, so they run `workers` at a
+    time (each in its own kernel, with `threads_per_worker(workers)` torch threads). A failure
+    is reported in its entry and does not stop the others."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from pdeinf.pipeline.notebooks import GATHERING_NOTEBOOKS, kernel_environment
+    from pdeinf.pipeline.notebooks import kernel_environment
     from pdeinf.pipeline.schedule import threads_per_worker
 
     def one(nb: Path) -> dict:
         return _notebook_entry(nb, profile, timings, progress=progress and workers == 1)
 
-    independent = [nb for nb in selected if nb.stem not in GATHERING_NOTEBOOKS]
-    gathering = [nb for nb in selected if nb.stem in GATHERING_NOTEBOOKS]
-    if workers > 1 and len(independent) > 1:
+    if workers > 1 and len(selected) > 1:
         threads = str(threads_per_worker(workers))
         # set for the whole pool: the per-notebook setting would be undone by whichever
         # notebook finishes first while the other kernel may still be starting
         with kernel_environment("OMP_NUM_THREADS", threads), \
                 kernel_environment("MPLBACKEND", "Agg", override=False), \
                 ThreadPoolExecutor(workers) as pool:
-            done = dict(zip(independent, pool.map(one, independent)))
-    else:
-        done = {nb: one(nb) for nb in independent}
-    done.update({nb: one(nb) for nb in gathering})
-    return [done[nb] for nb in selected]
+            return list(pool.map(one, selected))
+    return [one(nb) for nb in selected]
 
 
 def _notebook_entry(nb: Path, profile, timings: list[StageTiming], *, progress: bool) -> dict:

@@ -129,17 +129,9 @@ def run_notebook_stage(profile, name: str) -> None:
 
 
 def notebook_tasks(profile, notebooks: Sequence[Path], after: Sequence[str]) -> list[Task]:
-    """One task per notebook after every stage in `after`; the gathering notebooks (they read
-    the others' results) after the other notebooks."""
-    from pdeinf.pipeline.notebooks import GATHERING_NOTEBOOKS
-
-    independent = [nb.stem for nb in notebooks if nb.stem not in GATHERING_NOTEBOOKS]
-    gathering = [nb.stem for nb in notebooks if nb.stem in GATHERING_NOTEBOOKS]
-    tasks = [Task(f"notebook {n}", run_notebook_stage, (profile, n), {}, tuple(after))
-             for n in independent]
-    first = tuple(after) + tuple(f"notebook {n}" for n in independent)
-    return tasks + [Task(f"notebook {n}", run_notebook_stage, (profile, n), {}, first)
-                    for n in gathering]
+    """One task per notebook after every stage in `after`."""
+    return [Task(f"notebook {nb.stem}", run_notebook_stage, (profile, nb.stem), {}, tuple(after))
+            for nb in notebooks]
 
 
 def select_stages(tasks: Sequence[Task], names: Sequence[str] | None) -> list[Task]:
