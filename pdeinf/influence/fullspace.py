@@ -40,13 +40,14 @@ import torch
 from torch.func import jvp, vjp, vmap
 
 from pdeinf.atomic import atomic_write
+from pdeinf.checks import one_of
 from pdeinf.config import PDE_SPECS, pde_spec
 from pdeinf.errors import InputError, NumericalError
 from pdeinf.influence import gradients as _grad
 from pdeinf.influence import observables as _obs
 from pdeinf.influence.hat import HatResult, cross_gram
 from pdeinf.influence.block_krylov import block_galerkin
-from pdeinf.influence.krylov import batched_cg
+from pdeinf.influence.krylov import batched_cg, check_rtol_maxiter
 from pdeinf.influence.untouched import keeps_model
 
 SCALE_EPS = 1e-6
@@ -230,17 +231,6 @@ class FullSpaceResult(HatResult):
     chi: torch.Tensor | None = field(default=None, repr=False)  # [N, P] solutions
 
 
-def _check_batch(inputs, targets, dtype):
-    for name, t in (("inputs", inputs), ("targets", targets)):
-        if not isinstance(t, torch.Tensor) or t.ndim != 4 or t.shape[0] == 0:
-            raise InputError(f"{name}: expected a torch.Tensor [N, C, H, W] with N >= 1")
-        if not torch.isfinite(t).all():
-            raise InputError(f"{name}: contains NaN or Inf")
-    if inputs.shape != targets.shape:
-        raise InputError(f"targets: shape {tuple(targets.shape)} differs from inputs {tuple(inputs.shape)}")
-    return inputs.detach().to(dtype), targets.detach().to(dtype)
-
-
 def _predict(model, inputs, chunk: int = 16) -> torch.Tensor:
     with torch.no_grad(), _grad.math_attention():
         out = torch.cat([model(inputs[i:i + chunk]) for i in range(0, inputs.shape[0], chunk)])
@@ -271,20 +261,14 @@ def _check_solve_options(response, channels: int, pde, *, damping, residual, rto
     model with `channels` channels (maxiter None: DEFAULT_MAXITER); InputError on the first bad one."""
     if not (isinstance(damping, (int, float)) and math.isfinite(damping) and damping > 0):
         raise InputError(f"damping={damping!r}: expected a finite number > 0")
-    if residual not in RESIDUALS:
-        raise InputError(f"residual={residual!r}: expected one of {', '.join(RESIDUALS)}")
+    one_of(residual, RESIDUALS, "residual")
     function = _obs.resolve(response)  # unknown names fail before any work
     if function in (_obs.mass_drift, _obs.energy_drift):
         _conserved_channel(function.__name__, channels, pde)
-    if not (isinstance(rtol, (int, float)) and 0.0 < rtol < 1.0):
-        raise InputError(f"rtol={rtol!r}: expected a number in (0, 1)")
-    if stopping not in STOPPING_RULES:
-        raise InputError(f"stopping={stopping!r}: expected one of {', '.join(STOPPING_RULES)}")
-    if solver not in SOLVERS:
-        raise InputError(f"solver={solver!r}: expected one of {', '.join(SOLVERS)}")
     maxiter = DEFAULT_MAXITER if maxiter is None else maxiter
-    if isinstance(maxiter, bool) or not isinstance(maxiter, int) or maxiter <= 0:
-        raise InputError(f"maxiter={maxiter!r}: expected a positive integer")
+    check_rtol_maxiter(rtol, maxiter)
+    one_of(stopping, STOPPING_RULES, "stopping")
+    one_of(solver, SOLVERS, "solver")
     return function, maxiter
 
 
@@ -337,21 +321,17 @@ def _solve(operator: GaussNewtonOperator, kets, targets, *, damping, rtol, maxit
     return solved
 
 
-def _bras(model, function, inputs, targets, pred, kets, params, layout, support, dtype, *, residual,
+def _bras(model, function, inputs, targets, pred, kets, params, layout, support, *, residual,
           response_transform, target_transform, pde):
     """Bra rows J_n(x'_n)^T r^A_n `[N, P]` of the response `function` at the (transformed)
     batch x', y' `[N, C, H, W]`; the kets `[N, P]` themselves when the bra is the SMSE ket."""
     bra_inputs, bra_targets = inputs, targets
     if response_transform is not None or target_transform is not None:
-        tx = response_transform or (lambda u: u)
-        ty = target_transform or tx
-        bra_inputs, bra_targets = _check_batch(tx(inputs), ty(targets), dtype)
-        bra_pred = _predict(model, bra_inputs)
-    else:
-        bra_pred = pred
+        bra_inputs, bra_targets = _grad.transformed_batch(inputs, targets, response_transform, target_transform)
+        pred = _predict(model, bra_inputs)
     if function is _obs.smse and bra_inputs is inputs and residual == "smse":
         return kets  # the bra is the ket: r^C at the untransformed batch
-    bra_r = bra_residual(function, bra_inputs, bra_targets, bra_pred, pde=pde)
+    bra_r = bra_residual(function, bra_inputs, bra_targets, pred, pde=pde)
     return _residual_vjps(model, bra_inputs, bra_r, params, layout, support)
 
 
@@ -428,7 +408,7 @@ def full_space_hat_matrix(
     _grad.check_model_mode(model)
     params, layout = _grad.trainable_parameters(model)
     dtype = _grad.real_dtype(params, layout.complex_names)
-    inputs, targets = _check_batch(inputs, targets, dtype)
+    inputs, targets = _grad.check_batch(inputs, targets, dtype)
     function, maxiter = _check_solve_options(
         response, inputs.shape[1], pde, damping=damping, residual=residual, rtol=rtol,
         stopping=stopping, solver=solver, maxiter=maxiter)
@@ -438,7 +418,7 @@ def full_space_hat_matrix(
     solved = _solve(operator, kets, targets, damping=damping, rtol=rtol, maxiter=maxiter,
                     residual=residual, solver=solver, stopping=stopping, state_path=state_path,
                     checkpoint_every=checkpoint_every, progress=progress, max_basis=max_basis)
-    bras = _bras(model, function, inputs, targets, pred, kets, params, layout, support, dtype,
+    bras = _bras(model, function, inputs, targets, pred, kets, params, layout, support,
                  residual=residual, response_transform=response_transform,
                  target_transform=target_transform, pde=pde)
     pi, bound = _influence(bras, kets, solved, damping, inputs[0].numel())

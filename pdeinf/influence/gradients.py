@@ -217,6 +217,46 @@ def check_model_output(model: torch.nn.Module, inputs: torch.Tensor) -> None:
         )
 
 
+def check_batch(inputs, targets, dtype, names=("inputs", "targets")) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(inputs, targets)` `[N, C, H, W]` cast to `dtype`; InputError naming the first one that
+    is not a real, finite batch of that shape (or whose shape differs from the other's)."""
+    for name, t in zip(names, (inputs, targets)):
+        if not isinstance(t, torch.Tensor):
+            raise InputError(f"{name}: expected a torch.Tensor [N, C, H, W], got {type(t).__name__}")
+        if t.ndim != 4 or t.shape[0] == 0:
+            raise InputError(f"{name}: expected shape [N, C, H, W] with N >= 1, got {tuple(t.shape)}")
+        if t.is_complex():
+            raise InputError(f"{name}: complex values; expected real [N, C, H, W]")
+        if not torch.isfinite(t).all():
+            raise InputError(f"{name}: contains NaN or Inf")
+    if inputs.shape != targets.shape:
+        raise InputError(f"{names[1]}: shape {tuple(targets.shape)} differs from {names[0]} {tuple(inputs.shape)}")
+    return inputs.detach().to(dtype), targets.detach().to(dtype)
+
+
+def check_callable(value, name: str) -> None:
+    """InputError unless `value` is None or callable."""
+    if value is not None and not callable(value):
+        raise InputError(f"{name}={value!r}: expected None or a callable on [N, C, H, W] tensors")
+
+
+def transformed_batch(inputs, targets, transform, target_transform) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(transform(inputs), target_transform(targets))` `[N, C, H, W]` (a None transform leaves its
+    tensor as it is; target_transform None: `transform` for both), checked like the batch."""
+    check_callable(transform, "response_transform")
+    check_callable(target_transform, "target_transform")
+    target_transform = target_transform if target_transform is not None else transform
+    x = inputs if transform is None else transform(inputs)
+    y = targets if target_transform is None else target_transform(targets)
+    x, y = check_batch(x, y, inputs.dtype, ("response_transform(inputs)", "target_transform(targets)"))
+    if x.shape[0] != inputs.shape[0]:
+        raise InputError(
+            f"response_transform: returned {x.shape[0]} examples for {inputs.shape[0]}; "
+            "a transform must act on each example"
+        )
+    return x, y
+
+
 def available_memory(device: torch.device | str | None = None) -> int | None:
     """Bytes of memory available to this process now on `device` (None when it cannot be told):
     a CUDA device's own free memory, the host's otherwise."""
