@@ -49,8 +49,8 @@ from pdeinf.influence.hat import HatResult, cross_gram
 from pdeinf.influence.block_krylov import block_galerkin
 from pdeinf.influence.krylov import batched_cg, check_rtol_maxiter
 from pdeinf.influence.untouched import keeps_model
+from pdeinf.training.loss import channel_scale
 
-SCALE_EPS = 1e-6
 RESIDUALS: tuple[str, ...] = ("smse", "mse")
 #: (example, direction) pairs per vmapped JVP/VJP call of the operator: with k active
 #: directions, max(1, PAIR_BUDGET // k) examples per call (memory grows linearly with it).
@@ -69,21 +69,13 @@ DEFAULT_MAXITER = 1000
 
 def smse_residual(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Paper r^C `[N, C, H, W]`: (pred - target) / (rms_xy(target) + 1e-6), per channel."""
-    scale = target.pow(2).mean(dim=(-2, -1), keepdim=True).sqrt() + SCALE_EPS
-    return (pred - target) / scale
-
-
-def mse_residual(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Plain residual pred - target `[N, C, H, W]` (1/2 the gradient of a per-pixel MSE sum)."""
-    return pred - target
+    return (pred - target) / channel_scale(target)[:, :, None, None]
 
 
 def drift_residual(inputs: torch.Tensor, pred: torch.Tensor, channel: int) -> torch.Tensor:
     """Paper r^M / r^E `[N, C, H, W]`: relative drift of sum_xy on `channel`, zero elsewhere."""
-    before = inputs[:, channel].sum(dim=(-2, -1))
-    after = pred[:, channel].sum(dim=(-2, -1))
     out = torch.zeros_like(pred)
-    out[:, channel] = ((after - before) / (before + SCALE_EPS))[:, None, None]
+    out[:, channel] = _obs.relative_drift(inputs, pred, channel)[:, None, None]
     return out
 
 
@@ -281,7 +273,7 @@ def _kets(model, inputs, targets, params, layout, dtype, residual: str):
     _grad.check_memory(3 * n, layout.size, dtype, "kets, bras and solutions (3 N x P)")
     _grad.check_model_output(model, inputs)
     pred = _predict(model, inputs)
-    ket_r = smse_residual(pred, targets) if residual == "smse" else mse_residual(pred, targets)
+    ket_r = smse_residual(pred, targets) if residual == "smse" else pred - targets
     losses = (smse_residual(pred, targets) * (pred - targets)).mean(dim=(1, 2, 3)).to(torch.float64)
     support = _grad.FuncSupport(type(model).__name__)
     kets = _residual_vjps(model, inputs, ket_r, params, layout, support)  # [N, P] rows g_m
