@@ -45,8 +45,8 @@ from pdeinf.config import PDE_SPECS, pde_spec
 from pdeinf.errors import InputError, NumericalError
 from pdeinf.influence import gradients as _grad
 from pdeinf.influence import observables as _obs
-from pdeinf.influence.hat import HatResult, cross_gram
 from pdeinf.influence.block_krylov import block_galerkin
+from pdeinf.influence.hat import HatResult, cross_gram
 from pdeinf.influence.krylov import batched_cg, check_rtol_maxiter
 from pdeinf.influence.untouched import keeps_model
 from pdeinf.training.loss import channel_scale

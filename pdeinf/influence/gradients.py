@@ -429,16 +429,15 @@ def per_example_gradients(
     return out, values
 
 
-def _double_backward_jvp(apply, params, layout, inputs, tangent_flat):
-    """J(inputs) v by reverse mode only: d/du [u^T J v] with u a dummy cotangent."""
-    leaves = {n: t.detach().clone().requires_grad_(True) for n, t in params.items()}
-    tangent = layout.unflatten(tangent_flat)
+def double_backward_jvp(function, primals: list, tangents: list) -> torch.Tensor:
+    """`J v` of `function(*primals)` along `tangents` by reverse mode only (exact, for operations
+    without a forward-mode rule): d/du [u^T J v] with u a dummy cotangent."""
+    leaves = [p.detach().clone().requires_grad_(True) for p in primals]
     with torch.enable_grad():
-        out = apply(leaves, inputs)
+        out = function(*leaves)
         u = torch.zeros_like(out, requires_grad=True)
-        vjp = torch.autograd.grad(out, [leaves[n] for n in layout.names], u, create_graph=True,
-                                  allow_unused=True)
-        pairs = [(g, tangent[n]) for g, n in zip(vjp, layout.names) if g is not None]
+        vjp = torch.autograd.grad(out, leaves, u, create_graph=True, allow_unused=True)
+        pairs = [(g, t) for g, t in zip(vjp, tangents) if g is not None]
         if not pairs:
             return torch.zeros_like(out).detach()
         dot = sum((g * t).sum() for g, t in pairs)
@@ -484,7 +483,12 @@ def output_jvps(
             except TRACE_ERRORS as err:
                 support.forward_mode = False
                 support.fall_back("jvp", err)
-        return torch.stack([_double_backward_jvp(apply, params, layout, inputs, t) for t in tangents])
+        def forward(*values):
+            return apply(dict(zip(layout.names, values)), inputs)
+
+        primals = [params[n] for n in layout.names]
+        return torch.stack([double_backward_jvp(forward, primals, [layout.unflatten(t)[n] for n in layout.names])
+                            for t in tangents])
 
 
 def check_finite(grads: torch.Tensor, what: str) -> None:
