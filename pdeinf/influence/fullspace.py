@@ -319,7 +319,8 @@ def _bras(model, function, inputs, targets, pred, kets, params, layout, support,
     batch x', y' `[N, C, H, W]`; the kets `[N, P]` themselves when the bra is the SMSE ket."""
     bra_inputs, bra_targets = inputs, targets
     if response_transform is not None or target_transform is not None:
-        bra_inputs, bra_targets = _grad.transformed_batch(inputs, targets, response_transform, target_transform)
+        bra_inputs, bra_targets = _grad.transformed_batch(inputs, targets, response_transform,
+                                                          target_transform)
         pred = _predict(model, bra_inputs)
     if function is _obs.smse and bra_inputs is inputs and residual == "smse":
         return kets  # the bra is the ket: r^C at the untransformed batch
@@ -370,31 +371,25 @@ def full_space_hat_matrix(
     max_basis: int | None = None,
     reference_rtol: float | None = None,
 ) -> FullSpaceResult:
-    """Seed-paper influence matrix H `[N, N]` (rows = response n, columns = perturbation m).
+    """Seed-paper influence matrix H `[N, N]` (rows = response n, columns = perturbation m;
+    the formulas, bras and solvers: the module docstring).
 
-    inputs, targets `[N, C, H, W]` (cast to the model dtype). damping: lambda in
-    (J^T J + lambda I) (> 0). rtol: per-column relative residual at which CG stops (paper:
-    1.5e-2 UNet, 5e-2 ViT); maxiter: CG iterations per column (None: DEFAULT_MAXITER).
-    response: None/"smse" | "mass_drift" | "energy_drift" | callable (input, target,
-    prediction) -> scalar (the bra);
-    response_transform: callable on `[N, C, H, W]` giving the bra's inputs (and targets unless
-    target_transform is given). residual: the ket, "smse" (paper r^C) or "mse". state_path:
-    file for the CG iterate state, saved atomically every `checkpoint_every` sweeps and at the
-    end; a rerun with the same path, batch, parameters, damping and residual resumes (a
-    finished state is reused, e.g. for another bra). pde: names the PDESpec for the mass /
+    inputs, targets `[N, C, H, W]` (cast to the model dtype). damping: lambda (> 0). rtol: the
+    relative residual per column; maxiter: iterations per column (None: DEFAULT_MAXITER; for
+    solver="block" the sweeps a column takes part in). response, response_transform,
+    target_transform: as `hat.hat_matrix`. residual: the ket, "smse" (r^C) or "mse" (f - y).
+    state_path: file of the iterate state, saved atomically every `checkpoint_every` sweeps
+    and at the end; a rerun with the same path, batch, parameters, damping and residual
+    resumes (a finished state is reused, e.g. for another bra). pde: the PDESpec of the mass /
     energy channels (default: the unique spec with that channel count and such a channel).
-    Columns that reach maxiter unconverged are flagged in `.converged` (and warned about).
-    stopping: "per-column" (every column to ||g_m - A chi_m|| <= rtol ||g_m||, stricter) or
-    "authors" (the paper's code: one absolute threshold rtol ||[g_1 ... g_N]||_F for every
-    column, as its craigmr atol; a column with a small gradient stops earlier).
-    solver: "block" (one block Krylov space shared by the N columns, `block_krylov`; maxiter
-    counts the sweeps a column takes part in) or "cg" (N CG recurrences, `krylov.batched_cg`).
-    max_basis: directions the block solver keeps before restarting (None: from free memory).
-    Both stop on the true relative residual of every column.
-    `.error_bound` `[N, N]`: |H(n, m) - H_exact(n, m)| <= ||b_n|| ||g_m - A chi_m|| / (damping
-    C H W) (A >= damping I), a guarantee that is loose for small damping. reference_rtol: also
-    solve to this tighter tolerance and report `.attrs["distance_to_reference"]` =
-    max |H - H_ref| / max |H_ref| (twice the work or more).
+    stopping: "per-column" (||g_m - A chi_m|| <= rtol ||g_m||) or "authors" (the paper's code:
+    one absolute threshold rtol ||[g_1 ... g_N]||_F for every column, its craigmr atol).
+    solver: "block" (`block_krylov`) or "cg" (`krylov.batched_cg`); max_basis: directions the
+    block solver keeps before restarting (None: from free memory). Unconverged columns are
+    flagged in `.converged` and warned about. `.error_bound` `[N, N]`: |H - H_exact| <=
+    ||b_n|| ||g_m - A chi_m|| / (damping C H W) (A >= damping I; loose for small damping).
+    reference_rtol: also solve to this tighter tolerance and report
+    `.attrs["distance_to_reference"]` = max |H - H_ref| / max |H_ref| (twice the work or more).
     """
     _check_reference_rtol(reference_rtol, rtol)
     _grad.check_model_mode(model)

@@ -19,6 +19,7 @@ double-backward trick where forward mode is missing), with one warning per `Func
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
 import warnings
@@ -162,17 +163,19 @@ def likely_channels_last(shape) -> bool:
     return len(shape) == 4 and shape[1] == shape[2] >= 8 and shape[3] <= 4
 
 
-def _first_layer(model: torch.nn.Module):
-    """Hooks recording the first sub-module with `in_channels` that a forward calls."""
-    seen: list = []
+def dry_forward(model: torch.nn.Module, x: torch.Tensor, hooks=()) -> torch.Tensor:
+    """`model(x)` without gradients (math attention), with `hooks` registered for this call only:
+    `(module, forward pre-hook or None, forward hook or None)` triples."""
     handles = []
-    for name, module in model.named_modules():
-        if isinstance(getattr(module, "in_channels", None), int):
-            def hook(mod, args, name=name):
-                if not seen:
-                    seen.append((name or type(model).__name__, mod))
-            handles.append(module.register_forward_pre_hook(hook))
-    return seen, handles
+    for module, pre, post in hooks:
+        handles += [module.register_forward_pre_hook(pre)] if pre is not None else []
+        handles += [module.register_forward_hook(post)] if post is not None else []
+    try:
+        with torch.no_grad(), math_attention():
+            return model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def check_model_output(model: torch.nn.Module, inputs: torch.Tensor) -> None:
@@ -186,10 +189,16 @@ def check_model_output(model: torch.nn.Module, inputs: torch.Tensor) -> None:
             f"inputs: shape {shape} looks channels-last [N, H, W, C]; expected [N, C, H, W] "
             "(pass inputs.permute(0, 3, 1, 2))"
         )
-    seen, handles = _first_layer(model)
+    seen: list = []  # the first sub-module with `in_channels` that the forward calls
+
+    def first(module, args, name):
+        if not seen:
+            seen.append((name or type(model).__name__, module))
+
+    hooks = [(m, functools.partial(first, name=n), None) for n, m in model.named_modules()
+             if isinstance(getattr(m, "in_channels", None), int)]
     try:
-        with torch.no_grad(), math_attention():
-            out = model(inputs[:1])
+        out = dry_forward(model, inputs[:1], hooks)
     except (RuntimeError, ValueError, IndexError, TypeError) as err:
         if seen and seen[0][1].in_channels != shape[1]:
             layer, module = seen[0]
@@ -200,9 +209,6 @@ def check_model_output(model: torch.nn.Module, inputs: torch.Tensor) -> None:
             ) from None
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         raise InputError(f"model: {name} fails on one example of shape {(1, *shape[1:])}: {reason}") from err
-    finally:
-        for handle in handles:
-            handle.remove()
     if not isinstance(out, torch.Tensor):
         raise InputError(f"model: {name} returns {type(out).__name__}, expected a tensor [B, C, H, W]")
     if out.is_complex() or not out.is_floating_point():
@@ -332,10 +338,6 @@ def caller_level() -> int:
     return level
 
 
-def _support(model, support: FuncSupport | None) -> FuncSupport:
-    return support if support is not None else FuncSupport(type(model).__name__)
-
-
 def _model_function(model: torch.nn.Module, layout: ParameterLayout | None = None):
     """`apply(params, x)`: the module on a real parameter dict (complex ones as (re, im) views).
 
@@ -391,7 +393,7 @@ def per_example_gradients(
     """
     if params is None or layout is None:
         params, layout = trainable_parameters(model)
-    support = _support(model, support)
+    support = support if support is not None else FuncSupport(type(model).__name__)
     apply = _model_function(model, layout)
 
     def value(p, x, y):
@@ -463,7 +465,7 @@ def output_jvps(
     """
     if params is None or layout is None:
         params, layout = trainable_parameters(model)
-    support = _support(model, support)
+    support = support if support is not None else FuncSupport(type(model).__name__)
     apply = _model_function(model, layout)
 
     def push(tangent_flat: torch.Tensor) -> torch.Tensor:
@@ -487,7 +489,7 @@ def output_jvps(
             return apply(dict(zip(layout.names, values)), inputs)
 
         primals = [params[n] for n in layout.names]
-        return torch.stack([double_backward_jvp(forward, primals, [layout.unflatten(t)[n] for n in layout.names])
+        return torch.stack([double_backward_jvp(forward, primals, list(layout.unflatten(t).values()))
                             for t in tangents])
 
 

@@ -527,7 +527,8 @@ class HatEngine:
         self._bra = (key, grads)
         return grads
 
-    def joint(self, response=None, transform=None, target_transform=None) -> tuple[GradientSpan, torch.Tensor] | None:
+    def joint(self, response=None, transform=None,
+              target_transform=None) -> tuple[GradientSpan, torch.Tensor] | None:
         """`(basis of [G; R], its undamped metric [r, r] float64)` for a bra; None for SMSE."""
         bra = self.response_gradients(response, transform, target_transform)
         if bra is None:
@@ -680,30 +681,23 @@ def hat_matrix(
     vmap_tangents: bool = True,
     progress: bool = False,
 ) -> HatResult:
-    """Influence matrix Pi `[N, N]` of a batch (inputs, targets `[N, C, H, W]`) at the model's
-    current parameters; rows = response (bra) n, columns = perturbation (ket) m. See the module
-    docstring for the mathematics and the variants.
+    """Influence matrix Pi `[N, N]` of a batch (inputs, targets `[N, C, H, W]`, cast to the
+    model's real dtype) at the model's current parameters; rows = response (bra) n, columns =
+    perturbation (ket) m. The mathematics, metrics, bras and bases: the module docstring.
 
-    model: any `nn.Module` mapping `[B, C, H, W] -> [B, C, H, W]` in eval mode (complex
-    parameters count as (re, im) pairs; what torch.func cannot vmap runs in an exact loop, with
-    one RuntimeWarning). metric: "gauss-newton" | "euclidean" | "adam" (needs
-    `optimizer_state`, an AdamW state_dict). damping: None = 1e-6 (subspace) or the full-space
-    estimator's default. response: None/"smse" | "mass_drift" | "energy_drift" | callable
-    (input, target, prediction) -> scalar. response_transform: callable on `[N, C, H, W]`
-    giving the bra inputs g.x_n (e.g. a group element); target_transform: callable giving the
-    bra targets, None = response_transform again (orbit influence: bras at (g.x_n, g.y_n),
-    kets at (x_m, y_m), J at the untransformed x); pass `lambda y: y` to keep the targets.
-    bra_basis: "joint" (basis of [G_ket; G_bra], the follow-up) | "ket" (bra projected on the
-    ket span; ablation). energy_tol: fraction of the gradient energy the basis may drop (0 =
-    exact, the default; `.attrs["cut_directions"]`, `["cut_energy"]` report the cut).
-    estimator: "subspace" (this module) | "full-space"
-    (`pdeinf.influence.fullspace.full_space_hat_matrix`, the seed paper's iterative solve;
-    rtol is its relative residual per column, maxiter its iterations per column,
-    reference_rtol a tighter solve to report the distance to). grad_chunk: examples per vmapped gradient call (None =
-    all); jvp_chunk: examples per vmapped jvp call (all N gradient directions at once; memory
-    grows with it). normalization: a kind of `pdeinf.influence.normalize` applied to Pi (None
-    = raw). Inputs are cast to the model's real dtype (docs/models.md: dtype policy). The
-    model is left exactly as found (parameters, buffers, flags, modes, RNG).
+    model: any `nn.Module` `[B, C, H, W] -> [B, C, H, W]` in eval mode (complex parameters
+    count as (re, im) pairs; what torch.func cannot vmap runs in an exact loop, with one
+    RuntimeWarning); it is left exactly as found (parameters, buffers, flags, modes, RNG).
+    damping: None = DEFAULT_DAMPING (subspace) or the full-space estimator's default.
+    response: None/"smse", a name of `observables.OBSERVABLES` or a callable (input, target,
+    prediction) -> scalar. response_transform: callable on `[N, C, H, W]` giving the bra
+    inputs g.x_n; target_transform: the bra targets (None: response_transform again; pass
+    `lambda y: y` to keep them); kets and J stay at the untransformed batch. energy_tol: the
+    gradient energy the basis may drop (`.attrs["cut_directions"]`, `["cut_energy"]`).
+    estimator: "subspace" (this module) | "full-space" (`fullspace.full_space_hat_matrix`,
+    with its rtol, maxiter and reference_rtol). grad_chunk / jvp_chunk: examples per vmapped
+    gradient (None = all) / jvp call (GRAD_CHUNK, JVP_CHUNK). normalization: a kind of
+    `normalize` applied to Pi (None = raw).
     """
     one_of(estimator, ESTIMATORS, "estimator")
     one_of(metric, METRICS, "metric")
@@ -711,7 +705,8 @@ def hat_matrix(
     _grad.check_callable(response_transform, "response_transform")
     _grad.check_callable(target_transform, "target_transform")
     _obs.resolve(response)  # unknown names fail before any gradient is computed
-    bra = {"response": response, "response_transform": response_transform, "target_transform": target_transform}
+    bra = {"response": response, "response_transform": response_transform,
+           "target_transform": target_transform}
     if estimator == "full-space":
         result = _full_space(model, inputs, targets, metric=metric, damping=damping, rtol=rtol,
                              maxiter=maxiter, reference_rtol=reference_rtol, **bra)
@@ -771,4 +766,5 @@ def _full_space(model, inputs, targets, *, metric, **options):
             "estimator='full-space': pdeinf.influence.fullspace.full_space_hat_matrix is not "
             "available in this installation; use estimator='subspace'"
         ) from None
-    return full_space_hat_matrix(model, inputs, targets, **{k: v for k, v in options.items() if v is not None})
+    options = {k: v for k, v in options.items() if v is not None}
+    return full_space_hat_matrix(model, inputs, targets, **options)

@@ -41,6 +41,7 @@ the model's input and output carry the PDE's vector components.
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -177,20 +178,14 @@ def _check(model, inputs, spec, generator) -> None:
 def _default_layers(model: torch.nn.Module, inputs: torch.Tensor) -> list[str]:
     """Leaf modules whose (first) input and output are 4D tensors in a dry forward pass."""
     seen: list[str] = []
-    handles = []
-    for name, module in model.named_modules():
-        if name and not any(True for _ in module.children()):
-            def hook(mod, args, out, name=name):
-                if args and isinstance(args[0], torch.Tensor) and args[0].ndim == 4 \
-                        and isinstance(out, torch.Tensor) and out.ndim == 4 and name not in seen:
-                    seen.append(name)
-            handles.append(module.register_forward_hook(hook))
-    try:
-        with torch.no_grad(), _grad.math_attention():
-            model(inputs[:1])
-    finally:
-        for h in handles:
-            h.remove()
+
+    def hook(mod, args, out, name):
+        if args and isinstance(args[0], torch.Tensor) and args[0].ndim == 4 \
+                and isinstance(out, torch.Tensor) and out.ndim == 4 and name not in seen:
+            seen.append(name)
+
+    leaves = [(n, m) for n, m in model.named_modules() if n and not any(True for _ in m.children())]
+    _grad.dry_forward(model, inputs[:1], [(m, None, functools.partial(hook, name=n)) for n, m in leaves])
     return seen
 
 
@@ -270,22 +265,16 @@ def _call_typing(model, modules: dict, x: torch.Tensor) -> dict[str, list[tuple[
     tensors carry vector components; every other feature map is a set of scalar fields."""
     x1 = x[:1]
     records: dict[str, list] = {n: [] for n in modules}
-    handles = []
-    for name, module in modules.items():
-        def pre(mod, args, name=name):
-            records[name].append([bool(args) and args[0] is x1, None])
 
-        def post(mod, args, out, name=name):
-            records[name][-1][1] = out  # keep a reference: identity is checked after the call
+    def pre(mod, args, name):
+        records[name].append([bool(args) and args[0] is x1, None])
 
-        handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
-    try:
-        with torch.no_grad(), _grad.math_attention():
-            y = model(x1)
-    finally:
-        for h in handles:
-            h.remove()
-    for name, module in modules.items():
+    def post(mod, args, out, name):
+        records[name][-1][1] = out  # keep a reference: identity is checked after the call
+
+    y = _grad.dry_forward(model, x1, [(m, functools.partial(pre, name=n), functools.partial(post, name=n))
+                                      for n, m in modules.items()])
+    for name in modules:
         if not records[name]:
             raise InputError(f"layers: module {name!r} is not called in the forward pass")
         for rec in records[name]:
