@@ -40,16 +40,17 @@ import torch
 from torch.func import jvp, vjp, vmap
 
 from pdeinf.atomic import atomic_write
+from pdeinf.checks import one_of
 from pdeinf.config import PDE_SPECS, pde_spec
 from pdeinf.errors import InputError, NumericalError
 from pdeinf.influence import gradients as _grad
 from pdeinf.influence import observables as _obs
-from pdeinf.influence.hat import HatResult, cross_gram
 from pdeinf.influence.block_krylov import block_galerkin
-from pdeinf.influence.krylov import batched_cg
+from pdeinf.influence.hat import HatResult, cross_gram
+from pdeinf.influence.krylov import batched_cg, check_rtol_maxiter
 from pdeinf.influence.untouched import keeps_model
+from pdeinf.training.loss import channel_scale
 
-SCALE_EPS = 1e-6
 RESIDUALS: tuple[str, ...] = ("smse", "mse")
 #: (example, direction) pairs per vmapped JVP/VJP call of the operator: with k active
 #: directions, max(1, PAIR_BUDGET // k) examples per call (memory grows linearly with it).
@@ -68,21 +69,13 @@ DEFAULT_MAXITER = 1000
 
 def smse_residual(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Paper r^C `[N, C, H, W]`: (pred - target) / (rms_xy(target) + 1e-6), per channel."""
-    scale = target.pow(2).mean(dim=(-2, -1), keepdim=True).sqrt() + SCALE_EPS
-    return (pred - target) / scale
-
-
-def mse_residual(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Plain residual pred - target `[N, C, H, W]` (1/2 the gradient of a per-pixel MSE sum)."""
-    return pred - target
+    return (pred - target) / channel_scale(target)[:, :, None, None]
 
 
 def drift_residual(inputs: torch.Tensor, pred: torch.Tensor, channel: int) -> torch.Tensor:
     """Paper r^M / r^E `[N, C, H, W]`: relative drift of sum_xy on `channel`, zero elsewhere."""
-    before = inputs[:, channel].sum(dim=(-2, -1))
-    after = pred[:, channel].sum(dim=(-2, -1))
     out = torch.zeros_like(pred)
-    out[:, channel] = ((after - before) / (before + SCALE_EPS))[:, None, None]
+    out[:, channel] = _obs.relative_drift(inputs, pred, channel)[:, None, None]
     return out
 
 
@@ -230,17 +223,6 @@ class FullSpaceResult(HatResult):
     chi: torch.Tensor | None = field(default=None, repr=False)  # [N, P] solutions
 
 
-def _check_batch(inputs, targets, dtype):
-    for name, t in (("inputs", inputs), ("targets", targets)):
-        if not isinstance(t, torch.Tensor) or t.ndim != 4 or t.shape[0] == 0:
-            raise InputError(f"{name}: expected a torch.Tensor [N, C, H, W] with N >= 1")
-        if not torch.isfinite(t).all():
-            raise InputError(f"{name}: contains NaN or Inf")
-    if inputs.shape != targets.shape:
-        raise InputError(f"targets: shape {tuple(targets.shape)} differs from inputs {tuple(inputs.shape)}")
-    return inputs.detach().to(dtype), targets.detach().to(dtype)
-
-
 def _predict(model, inputs, chunk: int = 16) -> torch.Tensor:
     with torch.no_grad(), _grad.math_attention():
         out = torch.cat([model(inputs[i:i + chunk]) for i in range(0, inputs.shape[0], chunk)])
@@ -271,20 +253,14 @@ def _check_solve_options(response, channels: int, pde, *, damping, residual, rto
     model with `channels` channels (maxiter None: DEFAULT_MAXITER); InputError on the first bad one."""
     if not (isinstance(damping, (int, float)) and math.isfinite(damping) and damping > 0):
         raise InputError(f"damping={damping!r}: expected a finite number > 0")
-    if residual not in RESIDUALS:
-        raise InputError(f"residual={residual!r}: expected one of {', '.join(RESIDUALS)}")
+    one_of(residual, RESIDUALS, "residual")
     function = _obs.resolve(response)  # unknown names fail before any work
     if function in (_obs.mass_drift, _obs.energy_drift):
         _conserved_channel(function.__name__, channels, pde)
-    if not (isinstance(rtol, (int, float)) and 0.0 < rtol < 1.0):
-        raise InputError(f"rtol={rtol!r}: expected a number in (0, 1)")
-    if stopping not in STOPPING_RULES:
-        raise InputError(f"stopping={stopping!r}: expected one of {', '.join(STOPPING_RULES)}")
-    if solver not in SOLVERS:
-        raise InputError(f"solver={solver!r}: expected one of {', '.join(SOLVERS)}")
     maxiter = DEFAULT_MAXITER if maxiter is None else maxiter
-    if isinstance(maxiter, bool) or not isinstance(maxiter, int) or maxiter <= 0:
-        raise InputError(f"maxiter={maxiter!r}: expected a positive integer")
+    check_rtol_maxiter(rtol, maxiter)
+    one_of(stopping, STOPPING_RULES, "stopping")
+    one_of(solver, SOLVERS, "solver")
     return function, maxiter
 
 
@@ -297,7 +273,7 @@ def _kets(model, inputs, targets, params, layout, dtype, residual: str):
     _grad.check_memory(3 * n, layout.size, dtype, "kets, bras and solutions (3 N x P)")
     _grad.check_model_output(model, inputs)
     pred = _predict(model, inputs)
-    ket_r = smse_residual(pred, targets) if residual == "smse" else mse_residual(pred, targets)
+    ket_r = smse_residual(pred, targets) if residual == "smse" else pred - targets
     losses = (smse_residual(pred, targets) * (pred - targets)).mean(dim=(1, 2, 3)).to(torch.float64)
     support = _grad.FuncSupport(type(model).__name__)
     kets = _residual_vjps(model, inputs, ket_r, params, layout, support)  # [N, P] rows g_m
@@ -337,21 +313,18 @@ def _solve(operator: GaussNewtonOperator, kets, targets, *, damping, rtol, maxit
     return solved
 
 
-def _bras(model, function, inputs, targets, pred, kets, params, layout, support, dtype, *, residual,
+def _bras(model, function, inputs, targets, pred, kets, params, layout, support, *, residual,
           response_transform, target_transform, pde):
     """Bra rows J_n(x'_n)^T r^A_n `[N, P]` of the response `function` at the (transformed)
     batch x', y' `[N, C, H, W]`; the kets `[N, P]` themselves when the bra is the SMSE ket."""
     bra_inputs, bra_targets = inputs, targets
     if response_transform is not None or target_transform is not None:
-        tx = response_transform or (lambda u: u)
-        ty = target_transform or tx
-        bra_inputs, bra_targets = _check_batch(tx(inputs), ty(targets), dtype)
-        bra_pred = _predict(model, bra_inputs)
-    else:
-        bra_pred = pred
+        bra_inputs, bra_targets = _grad.transformed_batch(inputs, targets, response_transform,
+                                                          target_transform)
+        pred = _predict(model, bra_inputs)
     if function is _obs.smse and bra_inputs is inputs and residual == "smse":
         return kets  # the bra is the ket: r^C at the untransformed batch
-    bra_r = bra_residual(function, bra_inputs, bra_targets, bra_pred, pde=pde)
+    bra_r = bra_residual(function, bra_inputs, bra_targets, pred, pde=pde)
     return _residual_vjps(model, bra_inputs, bra_r, params, layout, support)
 
 
@@ -398,37 +371,31 @@ def full_space_hat_matrix(
     max_basis: int | None = None,
     reference_rtol: float | None = None,
 ) -> FullSpaceResult:
-    """Seed-paper influence matrix H `[N, N]` (rows = response n, columns = perturbation m).
+    """Seed-paper influence matrix H `[N, N]` (rows = response n, columns = perturbation m;
+    the formulas, bras and solvers: the module docstring).
 
-    inputs, targets `[N, C, H, W]` (cast to the model dtype). damping: lambda in
-    (J^T J + lambda I) (> 0). rtol: per-column relative residual at which CG stops (paper:
-    1.5e-2 UNet, 5e-2 ViT); maxiter: CG iterations per column (None: DEFAULT_MAXITER).
-    response: None/"smse" | "mass_drift" | "energy_drift" | callable (input, target,
-    prediction) -> scalar (the bra);
-    response_transform: callable on `[N, C, H, W]` giving the bra's inputs (and targets unless
-    target_transform is given). residual: the ket, "smse" (paper r^C) or "mse". state_path:
-    file for the CG iterate state, saved atomically every `checkpoint_every` sweeps and at the
-    end; a rerun with the same path, batch, parameters, damping and residual resumes (a
-    finished state is reused, e.g. for another bra). pde: names the PDESpec for the mass /
+    inputs, targets `[N, C, H, W]` (cast to the model dtype). damping: lambda (> 0). rtol: the
+    relative residual per column; maxiter: iterations per column (None: DEFAULT_MAXITER; for
+    solver="block" the sweeps a column takes part in). response, response_transform,
+    target_transform: as `hat.hat_matrix`. residual: the ket, "smse" (r^C) or "mse" (f - y).
+    state_path: file of the iterate state, saved atomically every `checkpoint_every` sweeps
+    and at the end; a rerun with the same path, batch, parameters, damping and residual
+    resumes (a finished state is reused, e.g. for another bra). pde: the PDESpec of the mass /
     energy channels (default: the unique spec with that channel count and such a channel).
-    Columns that reach maxiter unconverged are flagged in `.converged` (and warned about).
-    stopping: "per-column" (every column to ||g_m - A chi_m|| <= rtol ||g_m||, stricter) or
-    "authors" (the paper's code: one absolute threshold rtol ||[g_1 ... g_N]||_F for every
-    column, as its craigmr atol; a column with a small gradient stops earlier).
-    solver: "block" (one block Krylov space shared by the N columns, `block_krylov`; maxiter
-    counts the sweeps a column takes part in) or "cg" (N CG recurrences, `krylov.batched_cg`).
-    max_basis: directions the block solver keeps before restarting (None: from free memory).
-    Both stop on the true relative residual of every column.
-    `.error_bound` `[N, N]`: |H(n, m) - H_exact(n, m)| <= ||b_n|| ||g_m - A chi_m|| / (damping
-    C H W) (A >= damping I), a guarantee that is loose for small damping. reference_rtol: also
-    solve to this tighter tolerance and report `.attrs["distance_to_reference"]` =
-    max |H - H_ref| / max |H_ref| (twice the work or more).
+    stopping: "per-column" (||g_m - A chi_m|| <= rtol ||g_m||) or "authors" (the paper's code:
+    one absolute threshold rtol ||[g_1 ... g_N]||_F for every column, its craigmr atol).
+    solver: "block" (`block_krylov`) or "cg" (`krylov.batched_cg`); max_basis: directions the
+    block solver keeps before restarting (None: from free memory). Unconverged columns are
+    flagged in `.converged` and warned about. `.error_bound` `[N, N]`: |H - H_exact| <=
+    ||b_n|| ||g_m - A chi_m|| / (damping C H W) (A >= damping I; loose for small damping).
+    reference_rtol: also solve to this tighter tolerance and report
+    `.attrs["distance_to_reference"]` = max |H - H_ref| / max |H_ref| (twice the work or more).
     """
     _check_reference_rtol(reference_rtol, rtol)
     _grad.check_model_mode(model)
     params, layout = _grad.trainable_parameters(model)
     dtype = _grad.real_dtype(params, layout.complex_names)
-    inputs, targets = _check_batch(inputs, targets, dtype)
+    inputs, targets = _grad.check_batch(inputs, targets, dtype)
     function, maxiter = _check_solve_options(
         response, inputs.shape[1], pde, damping=damping, residual=residual, rtol=rtol,
         stopping=stopping, solver=solver, maxiter=maxiter)
@@ -438,7 +405,7 @@ def full_space_hat_matrix(
     solved = _solve(operator, kets, targets, damping=damping, rtol=rtol, maxiter=maxiter,
                     residual=residual, solver=solver, stopping=stopping, state_path=state_path,
                     checkpoint_every=checkpoint_every, progress=progress, max_basis=max_basis)
-    bras = _bras(model, function, inputs, targets, pred, kets, params, layout, support, dtype,
+    bras = _bras(model, function, inputs, targets, pred, kets, params, layout, support,
                  residual=residual, response_transform=response_transform,
                  target_transform=target_transform, pde=pde)
     pi, bound = _influence(bras, kets, solved, damping, inputs[0].numel())

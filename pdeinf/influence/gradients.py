@@ -19,6 +19,7 @@ double-backward trick where forward mode is missing), with one warning per `Func
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
 import warnings
@@ -162,17 +163,19 @@ def likely_channels_last(shape) -> bool:
     return len(shape) == 4 and shape[1] == shape[2] >= 8 and shape[3] <= 4
 
 
-def _first_layer(model: torch.nn.Module):
-    """Hooks recording the first sub-module with `in_channels` that a forward calls."""
-    seen: list = []
+def dry_forward(model: torch.nn.Module, x: torch.Tensor, hooks=()) -> torch.Tensor:
+    """`model(x)` without gradients (math attention), with `hooks` registered for this call only:
+    `(module, forward pre-hook or None, forward hook or None)` triples."""
     handles = []
-    for name, module in model.named_modules():
-        if isinstance(getattr(module, "in_channels", None), int):
-            def hook(mod, args, name=name):
-                if not seen:
-                    seen.append((name or type(model).__name__, mod))
-            handles.append(module.register_forward_pre_hook(hook))
-    return seen, handles
+    for module, pre, post in hooks:
+        handles += [module.register_forward_pre_hook(pre)] if pre is not None else []
+        handles += [module.register_forward_hook(post)] if post is not None else []
+    try:
+        with torch.no_grad(), math_attention():
+            return model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def check_model_output(model: torch.nn.Module, inputs: torch.Tensor) -> None:
@@ -186,10 +189,16 @@ def check_model_output(model: torch.nn.Module, inputs: torch.Tensor) -> None:
             f"inputs: shape {shape} looks channels-last [N, H, W, C]; expected [N, C, H, W] "
             "(pass inputs.permute(0, 3, 1, 2))"
         )
-    seen, handles = _first_layer(model)
+    seen: list = []  # the first sub-module with `in_channels` that the forward calls
+
+    def first(module, args, name):
+        if not seen:
+            seen.append((name or type(model).__name__, module))
+
+    hooks = [(m, functools.partial(first, name=n), None) for n, m in model.named_modules()
+             if isinstance(getattr(m, "in_channels", None), int)]
     try:
-        with torch.no_grad(), math_attention():
-            out = model(inputs[:1])
+        out = dry_forward(model, inputs[:1], hooks)
     except (RuntimeError, ValueError, IndexError, TypeError) as err:
         if seen and seen[0][1].in_channels != shape[1]:
             layer, module = seen[0]
@@ -200,9 +209,6 @@ def check_model_output(model: torch.nn.Module, inputs: torch.Tensor) -> None:
             ) from None
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         raise InputError(f"model: {name} fails on one example of shape {(1, *shape[1:])}: {reason}") from err
-    finally:
-        for handle in handles:
-            handle.remove()
     if not isinstance(out, torch.Tensor):
         raise InputError(f"model: {name} returns {type(out).__name__}, expected a tensor [B, C, H, W]")
     if out.is_complex() or not out.is_floating_point():
@@ -215,6 +221,46 @@ def check_model_output(model: torch.nn.Module, inputs: torch.Tensor) -> None:
             f"model: {name} maps inputs {tuple(inputs[:1].shape)} to outputs {tuple(out.shape)}{detail}; "
             "expected [B, C, H, W] -> [B, C, H, W] with the inputs' shape"
         )
+
+
+def check_batch(inputs, targets, dtype, names=("inputs", "targets")) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(inputs, targets)` `[N, C, H, W]` cast to `dtype`; InputError naming the first one that
+    is not a real, finite batch of that shape (or whose shape differs from the other's)."""
+    for name, t in zip(names, (inputs, targets)):
+        if not isinstance(t, torch.Tensor):
+            raise InputError(f"{name}: expected a torch.Tensor [N, C, H, W], got {type(t).__name__}")
+        if t.ndim != 4 or t.shape[0] == 0:
+            raise InputError(f"{name}: expected shape [N, C, H, W] with N >= 1, got {tuple(t.shape)}")
+        if t.is_complex():
+            raise InputError(f"{name}: complex values; expected real [N, C, H, W]")
+        if not torch.isfinite(t).all():
+            raise InputError(f"{name}: contains NaN or Inf")
+    if inputs.shape != targets.shape:
+        raise InputError(f"{names[1]}: shape {tuple(targets.shape)} differs from {names[0]} {tuple(inputs.shape)}")
+    return inputs.detach().to(dtype), targets.detach().to(dtype)
+
+
+def check_callable(value, name: str) -> None:
+    """InputError unless `value` is None or callable."""
+    if value is not None and not callable(value):
+        raise InputError(f"{name}={value!r}: expected None or a callable on [N, C, H, W] tensors")
+
+
+def transformed_batch(inputs, targets, transform, target_transform) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(transform(inputs), target_transform(targets))` `[N, C, H, W]` (a None transform leaves its
+    tensor as it is; target_transform None: `transform` for both), checked like the batch."""
+    check_callable(transform, "response_transform")
+    check_callable(target_transform, "target_transform")
+    target_transform = target_transform if target_transform is not None else transform
+    x = inputs if transform is None else transform(inputs)
+    y = targets if target_transform is None else target_transform(targets)
+    x, y = check_batch(x, y, inputs.dtype, ("response_transform(inputs)", "target_transform(targets)"))
+    if x.shape[0] != inputs.shape[0]:
+        raise InputError(
+            f"response_transform: returned {x.shape[0]} examples for {inputs.shape[0]}; "
+            "a transform must act on each example"
+        )
+    return x, y
 
 
 def available_memory(device: torch.device | str | None = None) -> int | None:
@@ -292,10 +338,6 @@ def caller_level() -> int:
     return level
 
 
-def _support(model, support: FuncSupport | None) -> FuncSupport:
-    return support if support is not None else FuncSupport(type(model).__name__)
-
-
 def _model_function(model: torch.nn.Module, layout: ParameterLayout | None = None):
     """`apply(params, x)`: the module on a real parameter dict (complex ones as (re, im) views).
 
@@ -351,7 +393,7 @@ def per_example_gradients(
     """
     if params is None or layout is None:
         params, layout = trainable_parameters(model)
-    support = _support(model, support)
+    support = support if support is not None else FuncSupport(type(model).__name__)
     apply = _model_function(model, layout)
 
     def value(p, x, y):
@@ -389,16 +431,15 @@ def per_example_gradients(
     return out, values
 
 
-def _double_backward_jvp(apply, params, layout, inputs, tangent_flat):
-    """J(inputs) v by reverse mode only: d/du [u^T J v] with u a dummy cotangent."""
-    leaves = {n: t.detach().clone().requires_grad_(True) for n, t in params.items()}
-    tangent = layout.unflatten(tangent_flat)
+def double_backward_jvp(function, primals: list, tangents: list) -> torch.Tensor:
+    """`J v` of `function(*primals)` along `tangents` by reverse mode only (exact, for operations
+    without a forward-mode rule): d/du [u^T J v] with u a dummy cotangent."""
+    leaves = [p.detach().clone().requires_grad_(True) for p in primals]
     with torch.enable_grad():
-        out = apply(leaves, inputs)
+        out = function(*leaves)
         u = torch.zeros_like(out, requires_grad=True)
-        vjp = torch.autograd.grad(out, [leaves[n] for n in layout.names], u, create_graph=True,
-                                  allow_unused=True)
-        pairs = [(g, tangent[n]) for g, n in zip(vjp, layout.names) if g is not None]
+        vjp = torch.autograd.grad(out, leaves, u, create_graph=True, allow_unused=True)
+        pairs = [(g, t) for g, t in zip(vjp, tangents) if g is not None]
         if not pairs:
             return torch.zeros_like(out).detach()
         dot = sum((g * t).sum() for g, t in pairs)
@@ -424,7 +465,7 @@ def output_jvps(
     """
     if params is None or layout is None:
         params, layout = trainable_parameters(model)
-    support = _support(model, support)
+    support = support if support is not None else FuncSupport(type(model).__name__)
     apply = _model_function(model, layout)
 
     def push(tangent_flat: torch.Tensor) -> torch.Tensor:
@@ -444,7 +485,12 @@ def output_jvps(
             except TRACE_ERRORS as err:
                 support.forward_mode = False
                 support.fall_back("jvp", err)
-        return torch.stack([_double_backward_jvp(apply, params, layout, inputs, t) for t in tangents])
+        def forward(*values):
+            return apply(dict(zip(layout.names, values)), inputs)
+
+        primals = [params[n] for n in layout.names]
+        return torch.stack([double_backward_jvp(forward, primals, list(layout.unflatten(t).values()))
+                            for t in tangents])
 
 
 def check_finite(grads: torch.Tensor, what: str) -> None:

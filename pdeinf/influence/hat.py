@@ -48,7 +48,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pdeinf.checks import positive_int
+from pdeinf.checks import one_of, positive_int
 from pdeinf.errors import InputError, NumericalError
 from pdeinf.influence import gradients as _grad
 from pdeinf.influence import observables as _obs
@@ -78,10 +78,6 @@ JVP_CHUNK = 4
 GRAD_CHUNK = 8
 
 
-def _positive_int(value, name: str, allow_none: bool = False):
-    return positive_int(value, name, allow_none=allow_none)
-
-
 def cross_gram(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
     """`a diag(weight) b^T` in float64 for rows a `[Na, P]`, b `[Nb, P]`, in column blocks.
 
@@ -101,33 +97,45 @@ def cross_gram(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor | None = N
 
 @dataclass
 class GradientSpan:
-    """Orthonormal basis of span{g_n} in factored form: Q = G^T V diag(1/s) (never stored)."""
+    """Orthonormal basis Q `[P, r]` of the rows of `[G; R]` (ket rows G `[N, P]`, bra rows R
+    `[Nb, P]` of a joint span, none for the ket span alone) in factored form
+    `Q = G^T C_k + R^T C_b`, `[C_k; C_b] = V_r diag(1/s_r)` (never stored; module docstring)."""
 
     grads: torch.Tensor  # [N, P], model dtype
-    gram: torch.Tensor  # [N, N] float64, G G^T
+    gram: torch.Tensor  # [K, K] float64, K = N + Nb: [G; R] [G; R]^T
     singular_values: torch.Tensor  # [r] float64, descending
-    right_vectors: torch.Tensor  # [N, r] float64 (V_r)
-    all_singular_values: torch.Tensor  # [N] float64, descending, clamped at 0
+    right_vectors: torch.Tensor  # [K, r] float64 (V_r)
+    all_singular_values: torch.Tensor  # [K] float64, descending, clamped at 0
+    bra_grads: torch.Tensor | None = None  # [Nb, P], model dtype
 
     @property
     def rank(self) -> int:
         return int(self.singular_values.numel())
 
+    def coefficients(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(C_k [N, r], C_b [Nb, r])` float64 (C_b empty for the ket span alone)."""
+        coeff = self.right_vectors / self.singular_values
+        return coeff[:self.grads.shape[0]], coeff[self.grads.shape[0]:]
+
     def basis_rows(self, columns: slice) -> torch.Tensor:
         """Rows q_a^T of Q^T for the basis indices in `columns`: `[k, P]` in the model dtype."""
-        coeff = self.right_vectors[:, columns] / self.singular_values[columns]  # [N, k]
-        return (coeff.T.to(self.grads.dtype)) @ self.grads
+        c_k, c_b = (c[:, columns].T.to(self.grads.dtype) for c in self.coefficients())
+        rows = c_k @ self.grads
+        return rows if self.bra_grads is None else rows + c_b @ self.bra_grads
 
     def coordinates(self, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """Q^T rows^T `[r, N]` (float64). None: the span's own gradients, Gp = S V^T."""
+        """Q^T rows^T `[r, Nr]` (float64) for rows `[Nr, P]` of a ket span. None: the span's
+        own rows `[G; R]`, `S V^T` `[r, K]` (columns N.. are the bras' Bp)."""
         if rows is None:
             return self.singular_values[:, None] * self.right_vectors.T
         cross = cross_gram(self.grads, rows)  # [N, Nr] = G R^T
         return (self.right_vectors.T @ cross) / self.singular_values[:, None]
 
 
-def _truncated_eigh(gram: torch.Tensor, energy_tol: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`(s_r [r], V_r [K, r], s [K])` of a K x K Gram `V S^2 V^T` with the energy cut."""
+def _span(grads: torch.Tensor, gram: torch.Tensor, energy_tol: float,
+          bra_grads: torch.Tensor | None = None) -> GradientSpan:
+    """The basis of the rows `[grads; bra_grads]` from their K x K Gram `V S^2 V^T` with the
+    energy cut (module docstring)."""
     if not (0.0 <= energy_tol < 1.0):
         raise InputError(f"energy_tol={energy_tol!r}: expected 0 <= energy_tol < 1")
     evals, evecs = torch.linalg.eigh(gram)
@@ -143,10 +151,11 @@ def _truncated_eigh(gram: torch.Tensor, energy_tol: float) -> tuple[torch.Tensor
         numerical = int((evals > k * torch.finfo(torch.float64).eps * evals[0]).sum())
         rank = max(1, min(rank, numerical, k))
     s = evals.sqrt()
-    return s[:rank].clone(), evecs[:, :rank].clone(), s
+    return GradientSpan(grads=grads, gram=gram, singular_values=s[:rank].clone(),
+                        right_vectors=evecs[:, :rank].clone(), all_singular_values=s, bra_grads=bra_grads)
 
 
-def cut_report(span) -> dict:
+def cut_report(span: GradientSpan) -> dict:
     """What the basis left out of the gradient rows, `{"cut_directions", "cut_energy"}`:
     directions of the span with a nonzero singular value that the basis drops (the energy cut
     and modes at rounding level of the Gram), and the fraction of sum s_i^2 they carry."""
@@ -159,61 +168,17 @@ def cut_report(span) -> dict:
 
 
 def gradient_span(grads: torch.Tensor, energy_tol: float = 0.0) -> GradientSpan:
-    """Energy-truncated basis of the row span of `grads` `[N, P]` (see the module docstring)."""
-    if not (0.0 <= energy_tol < 1.0):
-        raise InputError(f"energy_tol={energy_tol!r}: expected 0 <= energy_tol < 1")
+    """Energy-truncated basis of the row span of `grads` `[N, P]`."""
     gram = cross_gram(grads, grads)
-    gram = 0.5 * (gram + gram.T)
-    s_r, v_r, s = _truncated_eigh(gram, energy_tol)
-    return GradientSpan(grads=grads, gram=gram, singular_values=s_r, right_vectors=v_r, all_singular_values=s)
+    return _span(grads, 0.5 * (gram + gram.T), energy_tol)
 
 
-@dataclass
-class JointSpan:
-    """Orthonormal basis of the rows of `[G_ket; G_bra]` (`[Nk + Nb, P]`), factored as
-    `Q = G_ket^T C_k + G_bra^T C_b` with `[C_k; C_b] = V diag(1/s)` (never stored)."""
-
-    ket_grads: torch.Tensor  # [Nk, P], model dtype
-    bra_grads: torch.Tensor  # [Nb, P], model dtype
-    gram: torch.Tensor  # [Nk + Nb, Nk + Nb] float64
-    singular_values: torch.Tensor  # [r] float64, descending
-    right_vectors: torch.Tensor  # [Nk + Nb, r] float64
-    all_singular_values: torch.Tensor  # [Nk + Nb] float64
-
-    @property
-    def rank(self) -> int:
-        return int(self.singular_values.numel())
-
-    @property
-    def n_ket(self) -> int:
-        return int(self.ket_grads.shape[0])
-
-    def coefficients(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """`(C_k [Nk, r], C_b [Nb, r])` float64 with Q = G_ket^T C_k + G_bra^T C_b."""
-        coeff = self.right_vectors / self.singular_values
-        return coeff[:self.n_ket], coeff[self.n_ket:]
-
-    def coordinates(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """`(Gp [r, Nk], Bp [r, Nb])`: Q^T of the ket and bra rows (`S V^T`, split)."""
-        sv = self.singular_values[:, None] * self.right_vectors.T
-        return sv[:, :self.n_ket], sv[:, self.n_ket:]
-
-    def basis_rows(self, columns: slice) -> torch.Tensor:
-        """Rows q_a^T of Q^T for the basis indices in `columns`: `[k, P]` in the model dtype."""
-        c_k, c_b = self.coefficients()
-        dtype = self.ket_grads.dtype
-        return c_k[:, columns].T.to(dtype) @ self.ket_grads + c_b[:, columns].T.to(dtype) @ self.bra_grads
-
-
-def joint_span(ket: GradientSpan, bra_grads: torch.Tensor, energy_tol: float = 0.0) -> JointSpan:
+def joint_span(ket: GradientSpan, bra_grads: torch.Tensor, energy_tol: float = 0.0) -> GradientSpan:
     """Energy-truncated basis of the joint rows `[G_ket; G_bra]`; reuses the ket Gram."""
     cross = cross_gram(ket.grads, bra_grads)
     bb = cross_gram(bra_grads, bra_grads)
     gram = torch.cat([torch.cat([ket.gram, cross], 1), torch.cat([cross.T, 0.5 * (bb + bb.T)], 1)], 0)
-    s_r, v_r, s = _truncated_eigh(gram, energy_tol)
-    return JointSpan(ket_grads=ket.grads, bra_grads=bra_grads, gram=gram, singular_values=s_r,
-                     right_vectors=v_r, all_singular_values=s)
-
+    return _span(ket.grads, gram, energy_tol, bra_grads)
 
 def metric_pass(
     model: torch.nn.Module,
@@ -336,9 +301,8 @@ def restricted_gauss_newton(
     with all N directions vmapped in one call (`metric_pass`).
     Peak extra memory: one call's N x jvp_chunk forward-mode evaluations.
     """
-    coeff = span.right_vectors / span.singular_values  # [N, r] float64: Q = G^T coeff
     eta, _ = metric_pass(
-        model, inputs, [(span.grads, coeff, None)], span.rank, jvp_chunk=jvp_chunk,
+        model, inputs, [(span.grads, span.coefficients()[0], None)], span.rank, jvp_chunk=jvp_chunk,
         vmap_tangents=vmap_tangents, progress=progress, params=params, layout=layout, support=support,
     )
     return eta
@@ -421,26 +385,6 @@ def adam_preconditioner(optimizer_state: dict, layout: _grad.ParameterLayout) ->
     return torch.cat(parts)
 
 
-def _check_batch(inputs, targets, dtype, names=("inputs", "targets")) -> tuple[torch.Tensor, torch.Tensor]:
-    for name, t in zip(names, (inputs, targets)):
-        if not isinstance(t, torch.Tensor):
-            raise InputError(f"{name}: expected a torch.Tensor [N, C, H, W], got {type(t).__name__}")
-        if t.ndim != 4 or t.shape[0] == 0:
-            raise InputError(f"{name}: expected shape [N, C, H, W] with N >= 1, got {tuple(t.shape)}")
-        if t.is_complex():
-            raise InputError(f"{name}: complex values; expected real [N, C, H, W]")
-        if not torch.isfinite(t).all():
-            raise InputError(f"{name}: contains NaN or Inf")
-    if inputs.shape != targets.shape:
-        raise InputError(f"{names[1]}: shape {tuple(targets.shape)} differs from {names[0]} {tuple(inputs.shape)}")
-    return inputs.detach().to(dtype), targets.detach().to(dtype)
-
-
-def _check_callable(value, name: str) -> None:
-    if value is not None and not callable(value):
-        raise InputError(f"{name}={value!r}: expected None or a callable on [N, C, H, W] tensors")
-
-
 class HatEngine:
     """One batch at one checkpoint; caches gradients, basis and metric across variants.
 
@@ -476,9 +420,9 @@ class HatEngine:
         self.model = model
         self.params, self.layout = _grad.trainable_parameters(model)
         dtype = _grad.real_dtype(self.params, self.layout.complex_names)
-        self.inputs, self.targets = _check_batch(inputs, targets, dtype)
-        self.grad_chunk = _positive_int(grad_chunk, "grad_chunk", allow_none=True)
-        self.jvp_chunk = _positive_int(jvp_chunk, "jvp_chunk")
+        self.inputs, self.targets = _grad.check_batch(inputs, targets, dtype)
+        self.grad_chunk = positive_int(grad_chunk, "grad_chunk", allow_none=True)
+        self.jvp_chunk = positive_int(jvp_chunk, "jvp_chunk")
         if not (0.0 <= energy_tol < 1.0):
             raise InputError(f"energy_tol={energy_tol!r}: expected 0 <= energy_tol < 1")
         if keep_ket_jvps not in (None, True, False):
@@ -498,7 +442,7 @@ class HatEngine:
         self._eta_raw = None
         self._ket_jvps = None
         self._bra = None  # (key, [N, P] bra gradients): the latest one only
-        self._joint = None  # (key, JointSpan, undamped joint eta)
+        self._joint = None  # (key, joint GradientSpan, undamped joint eta)
 
     def _gradients(self, function, inputs, targets):
         return _grad.per_example_gradients(
@@ -556,8 +500,7 @@ class HatEngine:
         """Undamped (JQ)^T (JQ) / M `[r, r]` float64 in the ket basis."""
         if self._eta_raw is None:
             span = self.span
-            coeff = span.right_vectors / span.singular_values
-            self._eta_raw = self._metric([(span.grads, coeff, self._ket_jvps)], span.rank,
+            self._eta_raw = self._metric([(span.grads, span.coefficients()[0], self._ket_jvps)], span.rank,
                                          (self._keep_ket_jvps(),))
         return self._eta_raw
 
@@ -570,27 +513,13 @@ class HatEngine:
         """Bra gradients `[N, P]` at `(transform(x_n), target_transform(y_n))`; None when they
         are the SMSE gradients themselves. target_transform None: `transform` for both."""
         function = _obs.resolve(response)
-        _check_callable(transform, "response_transform")
-        _check_callable(target_transform, "target_transform")
         if function is _obs.smse and transform is None and target_transform is None:
             return None
         key = (function, transform, target_transform)
         if self._bra is not None and self._bra[0] == key:
             return self._bra[1]
         self._bra = self._joint = None  # free the previous bra before computing the next
-        inputs, targets = self.inputs, self.targets
-        t_targets = target_transform if target_transform is not None else transform
-        if transform is not None:
-            inputs = transform(inputs)
-        if t_targets is not None:
-            targets = t_targets(targets)
-        inputs, targets = _check_batch(inputs, targets, self.inputs.dtype,
-                                       ("response_transform(inputs)", "target_transform(targets)"))
-        if inputs.shape[0] != self.inputs.shape[0]:
-            raise InputError(
-                f"response_transform: returned {inputs.shape[0]} examples for {self.inputs.shape[0]}; "
-                "a transform must act on each example"
-            )
+        inputs, targets = _grad.transformed_batch(self.inputs, self.targets, transform, target_transform)
         _grad.check_memory(inputs.shape[0], self.layout.size, self.inputs.dtype, "response gradient matrix")
         name = getattr(function, "__name__", "callable")
         grads, _ = self._gradients(function, inputs, targets)
@@ -598,7 +527,8 @@ class HatEngine:
         self._bra = (key, grads)
         return grads
 
-    def joint(self, response=None, transform=None, target_transform=None) -> tuple[JointSpan, torch.Tensor] | None:
+    def joint(self, response=None, transform=None,
+              target_transform=None) -> tuple[GradientSpan, torch.Tensor] | None:
         """`(basis of [G; R], its undamped metric [r, r] float64)` for a bra; None for SMSE."""
         bra = self.response_gradients(response, transform, target_transform)
         if bra is None:
@@ -627,10 +557,8 @@ class HatEngine:
 
         Rows = response (bra) n, columns = perturbation (ket) m. The basis used is `basis(...)`.
         """
-        if metric not in METRICS:
-            raise InputError(f"metric={metric!r}: expected one of {', '.join(METRICS)}")
-        if bra_basis not in BRA_BASES:
-            raise InputError(f"bra_basis={bra_basis!r}: expected one of {', '.join(BRA_BASES)}")
+        one_of(metric, METRICS, "metric")
+        one_of(bra_basis, BRA_BASES, "bra_basis")
         if metric == "adam" and optimizer_state is None:
             raise InputError("optimizer_state: required for metric='adam' (checkpoint['optimizer_state'])")
         bra = self.response_gradients(response, response_transform, target_transform)
@@ -645,11 +573,11 @@ class HatEngine:
         if bra_basis == "ket":
             return solve_hat(self.eta_raw, damping, self.span.coordinates(), self.span.coordinates(bra))
         span, eta = self.joint(response, response_transform, target_transform)
-        ket, bra_coords = span.coordinates()
-        return solve_hat(eta, damping, ket, bra_coords)
+        coords, n = span.coordinates(), self.inputs.shape[0]
+        return solve_hat(eta, damping, coords[:, :n], coords[:, n:])
 
     def basis(self, metric="gauss-newton", *, response=None, response_transform=None,
-              target_transform=None, bra_basis="joint") -> GradientSpan | JointSpan:
+              target_transform=None, bra_basis="joint") -> GradientSpan:
         """The basis `pi` uses for these arguments (the ket span unless a joint bra)."""
         if metric != "gauss-newton" or bra_basis == "ket":
             return self.span
@@ -753,108 +681,80 @@ def hat_matrix(
     vmap_tangents: bool = True,
     progress: bool = False,
 ) -> HatResult:
-    """Influence matrix Pi `[N, N]` of a batch (inputs, targets `[N, C, H, W]`) at the model's
-    current parameters; rows = response (bra) n, columns = perturbation (ket) m. See the module
-    docstring for the mathematics and the variants.
+    """Influence matrix Pi `[N, N]` of a batch (inputs, targets `[N, C, H, W]`, cast to the
+    model's real dtype) at the model's current parameters; rows = response (bra) n, columns =
+    perturbation (ket) m. The mathematics, metrics, bras and bases: the module docstring.
 
-    model: any `nn.Module` mapping `[B, C, H, W] -> [B, C, H, W]` in eval mode (complex
-    parameters count as (re, im) pairs; what torch.func cannot vmap runs in an exact loop, with
-    one RuntimeWarning). metric: "gauss-newton" | "euclidean" | "adam" (needs
-    `optimizer_state`, an AdamW state_dict). damping: None = 1e-6 (subspace) or the full-space
-    estimator's default. response: None/"smse" | "mass_drift" | "energy_drift" | callable
-    (input, target, prediction) -> scalar. response_transform: callable on `[N, C, H, W]`
-    giving the bra inputs g.x_n (e.g. a group element); target_transform: callable giving the
-    bra targets, None = response_transform again (orbit influence: bras at (g.x_n, g.y_n),
-    kets at (x_m, y_m), J at the untransformed x); pass `lambda y: y` to keep the targets.
-    bra_basis: "joint" (basis of [G_ket; G_bra], the follow-up) | "ket" (bra projected on the
-    ket span; ablation). energy_tol: fraction of the gradient energy the basis may drop (0 =
-    exact, the default; `.attrs["cut_directions"]`, `["cut_energy"]` report the cut).
-    estimator: "subspace" (this module) | "full-space"
-    (`pdeinf.influence.fullspace.full_space_hat_matrix`, the seed paper's iterative solve;
-    rtol is its relative residual per column, maxiter its iterations per column,
-    reference_rtol a tighter solve to report the distance to). grad_chunk: examples per vmapped gradient call (None =
-    all); jvp_chunk: examples per vmapped jvp call (all N gradient directions at once; memory
-    grows with it). normalization: a kind of `pdeinf.influence.normalize` applied to Pi (None
-    = raw). Inputs are cast to the model's real dtype (docs/models.md: dtype policy). The
-    model is left exactly as found (parameters, buffers, flags, modes, RNG).
+    model: any `nn.Module` `[B, C, H, W] -> [B, C, H, W]` in eval mode (complex parameters
+    count as (re, im) pairs; what torch.func cannot vmap runs in an exact loop, with one
+    RuntimeWarning); it is left exactly as found (parameters, buffers, flags, modes, RNG).
+    damping: None = DEFAULT_DAMPING (subspace) or the full-space estimator's default.
+    response: None/"smse", a name of `observables.OBSERVABLES` or a callable (input, target,
+    prediction) -> scalar. response_transform: callable on `[N, C, H, W]` giving the bra
+    inputs g.x_n; target_transform: the bra targets (None: response_transform again; pass
+    `lambda y: y` to keep them); kets and J stay at the untransformed batch. energy_tol: the
+    gradient energy the basis may drop (`.attrs["cut_directions"]`, `["cut_energy"]`).
+    estimator: "subspace" (this module) | "full-space" (`fullspace.full_space_hat_matrix`,
+    with its rtol, maxiter and reference_rtol). grad_chunk / jvp_chunk: examples per vmapped
+    gradient (None = all) / jvp call (GRAD_CHUNK, JVP_CHUNK). normalization: a kind of
+    `normalize` applied to Pi (None = raw).
     """
-    _check_hat_options(estimator, metric, bra_basis, response, response_transform, target_transform)
-    if estimator == "full-space":
-        return _full_space(model, inputs, targets, metric=metric, damping=damping, rtol=rtol,
-                           maxiter=maxiter, reference_rtol=reference_rtol,
-                           response=response, response_transform=response_transform,
-                           target_transform=target_transform, normalization=normalization)
-    _check_no_solver_options(rtol, maxiter, reference_rtol)
-    damping = DEFAULT_DAMPING if damping is None else damping
-    engine = HatEngine(
-        model, inputs, targets, energy_tol=energy_tol, grad_chunk=grad_chunk,
-        jvp_chunk=jvp_chunk, vmap_tangents=vmap_tangents, progress=progress,
-        keep_ket_jvps=False,  # one matrix: no later bra would reuse them
-    )
-    pi, eigenvalues = engine.pi(
-        metric, damping=damping, response=response, response_transform=response_transform,
-        target_transform=target_transform, optimizer_state=optimizer_state, bra_basis=bra_basis,
-    )
-    basis = engine.basis(metric, response=response, response_transform=response_transform,
-                         target_transform=target_transform, bra_basis=bra_basis)
-    return _subspace_result(engine, basis, pi, eigenvalues, metric=metric, damping=damping,
-                            energy_tol=energy_tol, normalization=normalization, response=response)
-
-
-def _check_hat_options(estimator, metric, bra_basis, response, response_transform, target_transform) -> None:
-    """InputError on the first unknown estimator, metric, bra basis or response name, or a
-    transform that is neither None nor callable (before any gradient is computed)."""
-    if estimator not in ESTIMATORS:
-        raise InputError(f"estimator={estimator!r}: expected one of {', '.join(ESTIMATORS)}")
-    if metric not in METRICS:
-        raise InputError(f"metric={metric!r}: expected one of {', '.join(METRICS)}")
-    if bra_basis not in BRA_BASES:
-        raise InputError(f"bra_basis={bra_basis!r}: expected one of {', '.join(BRA_BASES)}")
-    _check_callable(response_transform, "response_transform")
-    _check_callable(target_transform, "target_transform")
+    one_of(estimator, ESTIMATORS, "estimator")
+    one_of(metric, METRICS, "metric")
+    one_of(bra_basis, BRA_BASES, "bra_basis")
+    _grad.check_callable(response_transform, "response_transform")
+    _grad.check_callable(target_transform, "target_transform")
     _obs.resolve(response)  # unknown names fail before any gradient is computed
-
-
-def _check_no_solver_options(rtol, maxiter, reference_rtol) -> None:
-    """InputError when a full-space solver option is given to the (exact) subspace estimator."""
-    for name, value in (("rtol", rtol), ("maxiter", maxiter), ("reference_rtol", reference_rtol)):
-        if value is not None:
-            raise InputError(f"{name}={value!r}: only used by estimator='full-space' (the subspace estimator is exact)")
-
-
-def _subspace_result(engine: HatEngine, basis, pi: torch.Tensor, eigenvalues: torch.Tensor, *, metric: str,
-                     damping: float, energy_tol: float, normalization: str | None, response) -> HatResult:
-    """`HatResult` of the subspace estimator from `engine`, the `basis` used, Pi `[N, N]` float64
-    (normalised here when `normalization` is set, with the engine's losses `[N]`) and the
-    undamped eta eigenvalues `[r]`."""
-    from pdeinf.influence.normalize import normalize
-
-    losses = engine.losses.to(torch.float64)
+    bra = {"response": response, "response_transform": response_transform,
+           "target_transform": target_transform}
+    if estimator == "full-space":
+        result = _full_space(model, inputs, targets, metric=metric, damping=damping, rtol=rtol,
+                             maxiter=maxiter, reference_rtol=reference_rtol, **bra)
+    else:
+        for name, value in (("rtol", rtol), ("maxiter", maxiter), ("reference_rtol", reference_rtol)):
+            if value is not None:
+                raise InputError(f"{name}={value!r}: only used by estimator='full-space' (the subspace "
+                                 "estimator is exact)")
+        engine = HatEngine(
+            model, inputs, targets, energy_tol=energy_tol, grad_chunk=grad_chunk,
+            jvp_chunk=jvp_chunk, vmap_tangents=vmap_tangents, progress=progress,
+            keep_ket_jvps=False,  # one matrix: no later bra would reuse them
+        )
+        damping = DEFAULT_DAMPING if damping is None else damping
+        pi, eigenvalues = engine.pi(metric, damping=damping, optimizer_state=optimizer_state,
+                                    bra_basis=bra_basis, **bra)
+        result = _subspace_result(engine, engine.basis(metric, bra_basis=bra_basis, **bra), pi, eigenvalues,
+                                  metric=metric, damping=damping, energy_tol=energy_tol, response=response)
     if normalization is not None:
-        pi = normalize(pi, normalization, losses=losses)
+        from pdeinf.influence.normalize import normalize
+
+        result.pi = normalize(result.pi, normalization, losses=result.losses)
+        result.normalization = normalization
+    return result
+
+
+def _subspace_result(engine: HatEngine, basis: GradientSpan, pi: torch.Tensor, eigenvalues: torch.Tensor, *,
+                     metric: str, damping: float, energy_tol: float, response) -> HatResult:
+    """`HatResult` of the subspace estimator from `engine`, the `basis` used, Pi `[N, N]` float64
+    and the undamped eta eigenvalues `[r]`."""
     response_name = response if isinstance(response, str) else getattr(response, "__name__", "smse")
-    joint = isinstance(basis, JointSpan)
     return HatResult(
         pi=pi,
         rank=basis.rank,
         eta_eigenvalues=eigenvalues,
-        losses=losses,
+        losses=engine.losses.to(torch.float64),
         singular_values=engine.span.all_singular_values,
         metric=metric,
         damping=float(damping),
         energy_tol=float(energy_tol),
-        normalization=normalization,
         response=response_name or "smse",
-        attrs={"estimator": "subspace", "bra_basis": "joint" if joint else "ket",
+        attrs={"estimator": "subspace", "bra_basis": "ket" if basis.bra_grads is None else "joint",
                "ket_rank": engine.span.rank, **cut_report(basis)},
     )
 
 
-def _full_space(model, inputs, targets, *, metric, damping, rtol, maxiter, reference_rtol, response,
-                response_transform, target_transform, normalization):
-    """Delegate to the full-space (seed paper) estimator, imported only when asked for."""
-    from pdeinf.influence.normalize import normalize
-
+def _full_space(model, inputs, targets, *, metric, **options):
+    """The full-space (seed paper) estimator's result; options left None take its defaults."""
     if metric != "gauss-newton":
         raise InputError(f"metric={metric!r}: estimator='full-space' has only the Gauss-Newton metric")
     try:
@@ -866,18 +766,5 @@ def _full_space(model, inputs, targets, *, metric, damping, rtol, maxiter, refer
             "estimator='full-space': pdeinf.influence.fullspace.full_space_hat_matrix is not "
             "available in this installation; use estimator='subspace'"
         ) from None
-    kwargs = {"response": response, "response_transform": response_transform,
-              "target_transform": target_transform}
-    if damping is not None:
-        kwargs["damping"] = damping
-    for name, value in (("rtol", rtol), ("maxiter", maxiter), ("reference_rtol", reference_rtol)):
-        if value is not None:
-            kwargs[name] = value
-    result = full_space_hat_matrix(model, inputs, targets, **kwargs)
-    if normalization is not None:
-        if isinstance(result, HatResult):
-            result.pi = normalize(result.pi, normalization, losses=result.losses)
-            result.normalization = normalization
-        else:
-            result = normalize(result, normalization)
-    return result
+    options = {k: v for k, v in options.items() if v is not None}
+    return full_space_hat_matrix(model, inputs, targets, **options)

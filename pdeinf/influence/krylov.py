@@ -46,12 +46,17 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a * b).sum(dim=-1, dtype=torch.float64)
 
 
-def column_tolerances(b: torch.Tensor, rtol, maxiter, column_tol: torch.Tensor | None) -> torch.Tensor:
-    """Validated per-column relative tolerances `[K]` float64 for right-hand sides `b` `[K, P]`."""
+def check_rtol_maxiter(rtol, maxiter) -> None:
+    """InputError unless 0 < rtol < 1 and maxiter is a positive integer."""
     if not (isinstance(rtol, (int, float)) and 0.0 < rtol < 1.0):
         raise InputError(f"rtol={rtol!r}: expected a number in (0, 1)")
     if isinstance(maxiter, bool) or not isinstance(maxiter, int) or maxiter <= 0:
         raise InputError(f"maxiter={maxiter!r}: expected a positive integer")
+
+
+def column_tolerances(b: torch.Tensor, rtol, maxiter, column_tol: torch.Tensor | None) -> torch.Tensor:
+    """Validated per-column relative tolerances `[K]` float64 for right-hand sides `b` `[K, P]`."""
+    check_rtol_maxiter(rtol, maxiter)
     if b.ndim != 2:
         raise InputError(f"b: expected [K, P], got shape {tuple(b.shape)}")
     if column_tol is None:

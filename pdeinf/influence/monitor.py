@@ -27,20 +27,17 @@ parameters, their `.grad` and the global RNG are not touched.
 """
 from __future__ import annotations
 
-import inspect
 import time
 
 import numpy as np
 import torch
 
-from pdeinf.checks import positive_int
+from pdeinf.checks import one_of, positive_int
 from pdeinf.config import pde_spec
 from pdeinf.errors import InputError
-from pdeinf.influence.hat import hat_matrix
+from pdeinf.influence.hat import ESTIMATORS, hat_matrix
 from pdeinf.influence.normalize import normalize
 from pdeinf.influence.untouched import untouched
-
-ESTIMATORS: tuple[str, ...] = ("subspace", "full-space")
 
 
 def coherence_record(pi: np.ndarray, classes) -> dict:
@@ -69,24 +66,14 @@ def coherence_record(pi: np.ndarray, classes) -> dict:
 
 
 class CoherenceMonitor:
-    """Records the coherence of a probe batch every `every` steps (see the module docstring).
-
-    probe_inputs, probe_targets: `[N, C, H, W]`, N = len(classes) * T, ordered n = c * T + t.
-    every: positive int. estimator: "subspace" (exact, default) or "full-space" (when the
-    installed `hat_matrix` offers it). pde: fills `classes` from `pde_spec(pde).classes`;
-    neither classes nor pde: one class, the probe read as one trajectory.
-    hat_kwargs: passed to `hat_matrix` (metric, damping, energy_tol, ...).
-    """
+    """Records the coherence of a probe batch every `every` steps (module docstring: the record,
+    the probe layout and `classes` / `pde`). estimator: "subspace" (exact, default) or
+    "full-space"; hat_kwargs: passed to `hat_matrix` (metric, damping, energy_tol, ...)."""
 
     def __init__(self, probe_inputs: torch.Tensor, probe_targets: torch.Tensor, *, every: int = 1,
                  estimator: str = "subspace", pde: str | None = None, classes=None, **hat_kwargs):
         positive_int(every, "every")
-        if estimator not in ESTIMATORS:
-            raise InputError(f"estimator={estimator!r}: expected one of {', '.join(ESTIMATORS)}")
-        if "estimator" in inspect.signature(hat_matrix).parameters:
-            hat_kwargs["estimator"] = estimator
-        elif estimator != "subspace":
-            raise InputError(f"estimator={estimator!r}: this hat_matrix has only the subspace estimator")
+        hat_kwargs["estimator"] = one_of(estimator, ESTIMATORS, "estimator")
         if classes is None:
             classes = pde_spec(pde).classes if pde is not None else ("probe",)
         classes = tuple(str(c) for c in classes)

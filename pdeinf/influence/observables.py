@@ -15,31 +15,29 @@ import torch
 
 from pdeinf.config import pde_spec
 from pdeinf.errors import InputError
+from pdeinf.training.loss import SMSE_EPS
+from pdeinf.training.loss import smse as _batched_smse
 
 #: The conserved channels the drift observables read (PDESpec of CE: rho, rho*vx, rho*vy, E).
 CE_DENSITY, CE_ENERGY = pde_spec("CE").density_channel, pde_spec("CE").energy_channel
-SCALE_EPS = 1e-6
-
-
-def _smse_formula(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """SMSE of one example `[C, H, W]`: mean_{c,x,y} (p - y)^2 / s_c, s_c = rms_xy(y_c) + 1e-6."""
-    scale = target.pow(2).mean(dim=(-2, -1)).sqrt() + SCALE_EPS
-    return ((pred - target).pow(2).mean(dim=(-2, -1)) / scale).mean(dim=-1)
 
 
 def smse(inputs: torch.Tensor, target: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
-    """The training loss of one example (pdeinf.training.loss.smse when it is installed)."""
-    try:
-        from pdeinf.training.loss import smse as batched
-    except ImportError:
-        return _smse_formula(pred, target)
-    return batched(pred.unsqueeze(0), target.unsqueeze(0)).squeeze(0)
+    """The training loss of one example (`pdeinf.training.loss.smse`)."""
+    return _batched_smse(pred.unsqueeze(0), target.unsqueeze(0)).squeeze(0)
+
+
+def relative_drift(inputs: torch.Tensor, pred: torch.Tensor, channel: int) -> torch.Tensor:
+    """`d = (M[pred] - M[x]) / (M[x] + 1e-6)`, `M[z] = sum_xy z[..., channel, :, :]`, shape `[...]`:
+    the input, not the target, is the reference (the papers' r^M / r^E)."""
+    before = inputs[..., channel, :, :].sum(dim=(-2, -1))
+    after = pred[..., channel, :, :].sum(dim=(-2, -1))
+    return (after - before) / (before + SMSE_EPS)
 
 
 def _relative_drift(channel: int, name: str, squared: bool = False):
-    """The relative drift `d = (M[pred] - M[x]) / (M[x] + 1e-6)` of `M[z] = sum_xy z[channel]`
-    (the input, not the target, is the reference: the papers' r^M / r^E), or `d^2 / 2`, whose
-    gradient `d grad d` is the papers' squared-drift bra (its sign does not flip with d)."""
+    """The observable `relative_drift` on `channel`, or `d^2 / 2`, whose gradient `d grad d` is
+    the papers' squared-drift bra (its sign does not flip with d)."""
 
     def drift(inputs: torch.Tensor, target: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
         if pred.shape[-3] <= channel:
@@ -47,9 +45,7 @@ def _relative_drift(channel: int, name: str, squared: bool = False):
                 f"observable {name!r}: needs CE conserved channels (rho, rho_vx, rho_vy, E); "
                 f"got {pred.shape[-3]} channels"
             )
-        before = inputs[..., channel, :, :].sum(dim=(-2, -1))
-        after = pred[..., channel, :, :].sum(dim=(-2, -1))
-        d = (after - before) / (before + SCALE_EPS)
+        d = relative_drift(inputs, pred, channel)
         return 0.5 * d * d if squared else d
 
     drift.__name__ = name

@@ -11,12 +11,6 @@ def _as_numpy(values) -> np.ndarray:
     return np.asarray(values, dtype=np.float64)
 
 
-def metric_eigenvalues(eta) -> np.ndarray:
-    """Eigenvalues of a symmetric matrix `[r, r]`, descending (float64)."""
-    mat = _as_numpy(eta)
-    return np.linalg.eigvalsh(0.5 * (mat + mat.T))[::-1].copy()
-
-
 def condition_number(eigenvalues, damping: float = 0.0) -> float:
     """(max + damping) / (min + damping) over the finite eigenvalues; inf if the min is <= 0."""
     ev = _as_numpy(eigenvalues)

@@ -46,6 +46,23 @@ def input_distance(inputs: torch.Tensor) -> np.ndarray:
     return out.numpy()
 
 
+def _coords(classes, n_t: int) -> dict:
+    """The (t, c) coordinates of a class-major batch and of its response / perturbation pairs."""
+    t, c = np.arange(n_t), list(classes)
+    return {"t_resp": t, "c_resp": c, "t_pert": t, "c_pert": c, "t": t, "c": c}
+
+
+def _per_example(values, n_c: int, n_t: int) -> tuple:
+    """A (t, c) float64 variable of class-major values `[N]` (tensor or array)."""
+    values = values.to(torch.float64).numpy() if isinstance(values, torch.Tensor) else values
+    return ("t", "c"), np.asarray(values, dtype=np.float64).reshape(n_c, n_t).T
+
+
+def _exact_record(n: int) -> dict:
+    """The solver record of an exact (subspace) estimate of N examples: no iterations."""
+    return {"cg_iterations": np.zeros(n), "cg_residual": np.zeros(n), "converged": True}
+
+
 def _variant_matrices(engine: HatEngine, variants, *, damping: float, optimizer_state):
     """`([variant, N, N] numpy, undamped Gauss-Newton eigenvalues)` for the named variants."""
     pis, eigenvalues = [], None
@@ -87,18 +104,16 @@ def labelled_influence(model, optimizer_state, inputs, targets, *, pde: str, dam
                                          optimizer_state=optimizer_state)
     padded = np.full(n, np.nan)
     padded[: eigenvalues.numel()] = eigenvalues.numpy()
-    t_idx, c_idx = np.arange(n_t), list(classes)
     return xr.Dataset(
         {
             "pi": (("variant",) + PI_DIMS, batch_to_labelled(pis, n_c, n_t)),
-            "losses": (("t", "c"), engine.losses.to(torch.float64).numpy().reshape(n_c, n_t).T),
+            "losses": _per_example(engine.losses, n_c, n_t),
             "eta_eigenvalues": (("mode",), padded),
             "grad_singular_values": (("mode",), engine.span.all_singular_values.numpy()),
             "rank": ((), np.int64(engine.span.rank)),
             "input_distance": (PI_DIMS, batch_to_labelled(input_distance(inputs), n_c, n_t)),
         },
-        coords={"variant": list(variants), "t_resp": t_idx, "c_resp": c_idx, "t_pert": t_idx,
-                "c_pert": c_idx, "t": t_idx, "c": c_idx, "mode": np.arange(n)},
+        coords={"variant": list(variants), **_coords(classes, n_t), "mode": np.arange(n)},
         attrs={"pde": pde, "damping": float(damping), "energy_tol": float(energy_tol),
                "rank": int(engine.span.rank), "pdeinf_version": __version__,
                "pi_convention": "rows = response (t_resp, c_resp), columns = perturbation; raw",
@@ -132,9 +147,7 @@ def _seed_paper_matrices(model, inputs, targets, bras, *, pde, estimator, dampin
         engine = HatEngine(model, inputs, targets, energy_tol=energy_tol, progress=progress)
         pis = [engine.pi("gauss-newton", damping=damping, response=_BRA_SUBSPACE[b])[0].numpy()
                for b in bras]
-        n = inputs.shape[0]
-        record = {"cg_iterations": np.zeros(n), "cg_residual": np.zeros(n), "converged": True}
-        return np.stack(pis), engine.losses, record
+        return np.stack(pis), engine.losses, _exact_record(inputs.shape[0])
     from pdeinf.influence.fullspace import full_space_hat_matrix
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -193,11 +206,9 @@ def seed_paper_from_follow_up(follow_up, model, inputs, *, pde: str, damping: fl
         raise InputError(f"follow_up: lacks the variant(s) {missing} of the bras {bras}")
     labelled = follow_up["pi"].sel(variant=variants).transpose("variant", *PI_DIMS).values
     losses = follow_up["losses"].transpose("t", "c").values  # (t, c) -> class-major [N]
-    n = inputs.shape[0]
-    record = {"cg_iterations": np.zeros(n), "cg_residual": np.zeros(n), "converged": True}
     return _seed_paper_dataset(model, inputs, labelled_to_batch(labelled),
                                torch.from_numpy(np.ascontiguousarray(losses.T).reshape(-1)),
-                               record, pde=pde, estimator="subspace", damping=damping, rtol=0.0,
+                               _exact_record(inputs.shape[0]), pde=pde, estimator="subspace", damping=damping, rtol=0.0,
                                attrs=attrs)
 
 
@@ -223,18 +234,15 @@ def _seed_paper_dataset(model, inputs, matrices, losses, record, *, pde, estimat
     per_m = dict(record)
     converged = per_m.pop("converged")
     top = ntk_top_eigenvalue(model, inputs, damping=NTK_DAMPING)
-    t_idx, c_idx = np.arange(n_t), list(classes)
     return xr.Dataset(
         {
             "H": (("bra",) + PI_DIMS, batch_to_labelled(matrices, n_c, n_t)),
             "input_distance": (PI_DIMS, batch_to_labelled(input_distance(inputs), n_c, n_t)),
             "ntk_top_eigenvalue": ((), float(top["eigenvalue"])),
-            "losses": (("t", "c"), losses.to(torch.float64).numpy().reshape(n_c, n_t).T),
-            **{k: (("t", "c"), np.asarray(v, dtype=np.float64).reshape(n_c, n_t).T)
-               for k, v in per_m.items()},
+            "losses": _per_example(losses, n_c, n_t),
+            **{k: _per_example(v, n_c, n_t) for k, v in per_m.items()},
         },
-        coords={"bra": list(bras), "t_resp": t_idx, "c_resp": c_idx, "t_pert": t_idx,
-                "c_pert": c_idx, "t": t_idx, "c": c_idx},
+        coords={"bra": list(bras), **_coords(classes, n_t)},
         attrs={"pde": pde, "estimator": estimator, "damping": float(damping),
                "rtol": float(rtol) if estimator == "full-space" else 0.0,
                "all_converged": int(converged), "stopping": "authors",

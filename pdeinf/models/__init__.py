@@ -18,9 +18,11 @@ Sizes (C = 4 channels; `python benchmarks/bench_training.py` prints them all):
 """
 from __future__ import annotations
 
+import inspect
+
 from torch import nn
 
-from pdeinf.checks import positive_int
+from pdeinf.checks import one_of, positive_int
 from pdeinf.config import MIN_RESOLUTION
 from pdeinf.errors import InputError
 from pdeinf.models.authors_unet import AUTHORS_UNET_PARAMETERS, AuthorsUNet
@@ -71,13 +73,9 @@ def build(name: str, *, channels: int, resolution: int, size: str, variant: str 
     first for a given seed. Raises InputError for an unknown name/variant/size/option or an
     unusable channels/resolution.
     """
-    if name not in MODEL_NAMES:
-        raise InputError(f"model: unknown model {name!r}; expected one of {', '.join(MODEL_NAMES)}")
-    if variant not in VARIANTS:
-        raise InputError(f"variant: unknown model variant {variant!r}; expected one of "
-                         f"{', '.join(VARIANTS)}")
-    if size not in SIZES:
-        raise InputError(f"size: unknown model size {size!r}; expected one of {', '.join(SIZES)}")
+    one_of(name, MODEL_NAMES, "model")
+    one_of(variant, VARIANTS, "variant")
+    one_of(size, SIZES, "size")
     positive_int(channels, "channels")
     positive_int(resolution, "resolution", minimum=MIN_RESOLUTION)
     if not isinstance(residual, bool):
@@ -98,13 +96,9 @@ def build(name: str, *, channels: int, resolution: int, size: str, variant: str 
 
 
 def _option_names(name: str, variant: str) -> tuple[str, ...]:
-    if (name, variant) == ("unet", "authors"):
-        return ("base", "levels", "heads", "ffn_ratio", "min_bottleneck")
-    if (name, variant) == ("vit", "authors"):
-        return ("width", "depth", "heads", "mlp_ratio", "kernel", "stride", "unpatch")
-    if name == "unet":
-        return ("base", "mults", "kernels", "heads")
-    return ("width", "layers", "heads", "patch", "mlp_ratio")
+    """The keyword options of the model class (its size-table entries and their siblings)."""
+    parameters = inspect.signature(_CLASSES[name, variant]).parameters.values()
+    return tuple(p.name for p in parameters if p.kind is p.KEYWORD_ONLY and p.name != "residual")
 
 
 def size_options(name: str, variant: str, size: str) -> dict:
@@ -121,20 +115,7 @@ def count_parameters(model: nn.Module) -> int:
 
 
 __all__ = [
-    "AUTHORS_UNET_PARAMETERS",
-    "AUTHORS_UNET_SIZES",
-    "AUTHORS_VIT_PARAMETERS",
-    "AUTHORS_VIT_SIZES",
-    "MODEL_NAMES",
-    "SIZES",
-    "UNET_SIZES",
-    "VARIANTS",
-    "VIT_SIZES",
-    "AuthorsUNet",
-    "AuthorsViT",
-    "UNet",
-    "ViT",
-    "build",
-    "count_parameters",
-    "size_options",
+    "AUTHORS_UNET_PARAMETERS", "AUTHORS_UNET_SIZES", "AUTHORS_VIT_PARAMETERS", "AUTHORS_VIT_SIZES",
+    "MODEL_NAMES", "SIZES", "UNET_SIZES", "VARIANTS", "VIT_SIZES", "AuthorsUNet", "AuthorsViT", "UNet",
+    "ViT", "build", "count_parameters", "size_options",
 ]

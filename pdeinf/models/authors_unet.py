@@ -57,7 +57,7 @@ def level_kernel(size: int) -> int:
 
 
 def fit_kernel(kernel: int, size: int) -> int:
-    """Largest odd kernel <= `kernel` whose circular padding (k-1)/2 fits a grid of `size`."""
+    """Largest odd kernel <= `kernel` whose circular padding (k-1)/2 is at most `size`."""
     while kernel > 1 and (kernel - 1) // 2 > size:
         kernel -= 2
     return kernel

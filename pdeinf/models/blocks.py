@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pdeinf.errors import InputError
+from pdeinf.models.layers import CircularConv2d, attend, check_heads, over_pixels
 
 
 def kaiming_normal_(weight: torch.Tensor) -> None:
@@ -52,7 +53,7 @@ def lux_bias_(bias: torch.Tensor, fan_in: int) -> None:
         bias.uniform_(-bound, bound)
 
 
-class Conv(nn.Conv2d):
+class Conv(CircularConv2d):
     """Circularly padded conv, `[B, c_in, H, W] -> [B, c_out, H/stride, W/stride]`, with bias.
 
     Padding `(k - 1) // 2` per side wraps the periodic domain (their `pad_circular` with
@@ -61,9 +62,7 @@ class Conv(nn.Conv2d):
 
     def __init__(self, c_in: int, c_out: int, kernel_size: int, *, stride: int = 1,
                  init: str = "kaiming_normal"):
-        pad = (kernel_size - 1) // 2
-        super().__init__(c_in, c_out, kernel_size, stride=stride, padding=pad,
-                         padding_mode="circular" if pad else "zeros")
+        super().__init__(c_in, c_out, kernel_size, stride=stride)
         (kaiming_normal_ if init == "kaiming_normal" else lux_default_)(self.weight)
         lux_bias_(self.bias, self.weight[0].numel())
 
@@ -109,17 +108,12 @@ class BiasFreeSelfAttention(nn.Module):
 
     def __init__(self, dim: int, heads: int):
         super().__init__()
-        if dim % heads:
-            raise InputError(f"attention width {dim} is not divisible by heads={heads}")
+        check_heads(dim, heads)
         self.heads = heads
         self.q, self.k, self.v, self.out = (Linear(dim, dim, bias=False) for _ in range(4))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, d = x.shape
-        h, dh = self.heads, d // self.heads
-        q, k, v = (m(x).reshape(b, n, h, dh).transpose(1, 2) for m in (self.q, self.k, self.v))
-        weights = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(dh), dim=-1)
-        return self.out((weights @ v).transpose(1, 2).reshape(b, n, d))
+        return self.out(attend(self.q(x), self.k(x), self.v(x), self.heads))
 
 
 class Down(nn.Module):
@@ -189,9 +183,7 @@ class AttnBlock(nn.Module):
         self.ffn_out = Conv(ratio * c, c, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
-        tokens = self.norm_in(x).reshape(b, c, h * w).transpose(1, 2)
-        a = x + self.mha(tokens).transpose(1, 2).reshape(b, c, h, w)
+        a = x + over_pixels(self.mha, self.norm_in(x))
         ffn = self.ffn_out(F.silu(self.ffn_in(self.ffn_norm(a))))
         return (ffn + a) / math.sqrt(2.0)
 

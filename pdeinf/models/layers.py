@@ -32,7 +32,27 @@ class CircularConv2d(nn.Conv2d):
                  padding: int | None = None):
         pad = (kernel_size - 1) // 2 if padding is None else padding
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=pad,
-                         padding_mode="circular")
+                         padding_mode="circular" if pad else "zeros")
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+    """`softmax(q k^T / sqrt(d_head)) v` per head (explicit, so that torch.func passes through
+    it) for queries, keys and values `[B, L, D]` -> `[B, L, D]`."""
+    b, n, d = q.shape
+    q, k, v = (t.reshape(b, n, heads, d // heads).transpose(1, 2) for t in (q, k, v))
+    weights = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(d // heads), dim=-1)
+    return (weights @ v).transpose(1, 2).reshape(b, n, d)
+
+
+def check_heads(dim: int, heads: int) -> None:
+    if dim % heads:
+        raise InputError(f"attention width {dim} is not divisible by heads={heads}")
+
+
+def over_pixels(attention: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`attention` (tokens `[B, L, C]` -> same) applied to the pixels of `x` `[B, C, H, W]`."""
+    b, c, h, w = x.shape
+    return attention(x.reshape(b, c, h * w).transpose(1, 2)).transpose(1, 2).reshape(b, c, h, w)
 
 
 class ResBlock(nn.Module):
@@ -60,19 +80,13 @@ class MultiHeadSelfAttention(nn.Module):
 
     def __init__(self, dim: int, heads: int):
         super().__init__()
-        if dim % heads:
-            raise InputError(f"attention width {dim} is not divisible by heads={heads}")
+        check_heads(dim, heads)
         self.heads = heads
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, d = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]  # [B, heads, L, d_head]
-        scores = q @ k.transpose(-2, -1) / math.sqrt(d // self.heads)
-        out = torch.softmax(scores, dim=-1) @ v
-        return self.proj(out.transpose(1, 2).reshape(b, n, d))
+        return self.proj(attend(*self.qkv(x).chunk(3, dim=-1), self.heads))
 
 
 class SpatialAttention(nn.Module):
@@ -84,9 +98,7 @@ class SpatialAttention(nn.Module):
         self.attn = MultiHeadSelfAttention(channels, heads)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
-        tokens = self.norm(x).reshape(b, c, h * w).transpose(1, 2)
-        return x + self.attn(tokens).transpose(1, 2).reshape(b, c, h, w)
+        return x + over_pixels(self.attn, self.norm(x))
 
 
 class TransformerBlock(nn.Module):

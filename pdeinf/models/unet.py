@@ -22,24 +22,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from pdeinf.errors import InputError
+from pdeinf.models.authors_unet import fit_kernel, unet_depth
 from pdeinf.models.layers import CircularConv2d, ResBlock, SpatialAttention, group_count
 
 
 def effective_depth(resolution: int, max_depth: int) -> int:
     """Number of 2x downsamplings used at `resolution` (bottleneck at least 4x4)."""
-    depth = 0
-    size = resolution
-    while depth < max_depth and size % 2 == 0 and size // 2 >= 4:
-        size //= 2
-        depth += 1
-    return depth
-
-
-def _clip_kernel(kernel: int, size: int) -> int:
-    """Largest odd kernel <= `kernel` whose padding (k-1)/2 fits inside a grid of `size`."""
-    while kernel > 1 and (kernel - 1) // 2 > size - 1:
-        kernel -= 2
-    return kernel
+    return unet_depth(resolution, resolution, max_depth, 4)
 
 
 class UNet(nn.Module):
@@ -55,7 +44,7 @@ class UNet(nn.Module):
         self.depth = effective_depth(resolution, len(mults) - 1)
         widths = [base * m for m in mults[: self.depth + 1]]
         sizes = [resolution // 2**i for i in range(self.depth + 1)]
-        ks = [_clip_kernel(k, s) for k, s in zip(kernels[: self.depth + 1], sizes)]
+        ks = [fit_kernel(k, s - 1) for k, s in zip(kernels[: self.depth + 1], sizes)]
 
         self.stem = CircularConv2d(channels, widths[0], ks[0])
         self.down_blocks = nn.ModuleList()

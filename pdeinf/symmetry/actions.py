@@ -35,8 +35,8 @@ from pdeinf.config import PDESpec, pde_spec
 from pdeinf.errors import InputError
 
 __all__ = [
-    "CONVENTIONS", "ELEMENTS", "act", "axis_assignment_check", "compose", "inverse",
-    "parse_element", "vector_matrix",
+    "CONVENTIONS", "ELEMENTS", "act", "axis_assignment_check", "check_batch", "compose", "inverse",
+    "mix_vector", "parse_element", "vector_matrix",
 ]
 
 ELEMENTS: tuple[str, ...] = ("e", "r", "r2", "r3", "s", "sr", "sr2", "sr3")
@@ -185,6 +185,32 @@ def _check_field(u, spec: PDESpec) -> torch.Tensor:
     return u
 
 
+def check_batch(spec: PDESpec, inputs, targets=None, *, square: bool = False) -> None:
+    """InputError unless `inputs` (and `targets`, of the same shape) are non-empty tensors
+    `[N, C, H, W]` with the channels of `spec`; `square`: H == W too (rotations)."""
+    for name, x in (("inputs", inputs), ("targets", targets)):
+        if name == "targets" and targets is None:
+            continue
+        if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != spec.channels:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise InputError(f"{name}: expected a tensor [N, {spec.channels}, H, W] for {spec.name}, got {shape}")
+    if targets is not None and inputs.shape != targets.shape:
+        raise InputError(f"inputs {tuple(inputs.shape)} and targets {tuple(targets.shape)} differ in shape")
+    if inputs.shape[0] == 0:
+        raise InputError("inputs: the batch is empty")
+    if square and inputs.shape[-1] != inputs.shape[-2]:
+        raise InputError(f"inputs: rotations need a square grid, got {tuple(inputs.shape[-2:])}")
+
+
+def mix_vector(u: torch.Tensor, pair: tuple[int, int], m) -> torch.Tensor:
+    """`u` `[..., C, H, W]` with the vector `(v_H, v_W)` in the channels `pair` (along H, along
+    W) replaced by `m (v_H, v_W)` for a 2x2 matrix `m` (numbers or tensors); other channels kept."""
+    ch_h, ch_w = pair
+    v_h, v_w = u[..., ch_h, :, :], u[..., ch_w, :, :]
+    new = {ch_h: m[0][0] * v_h + m[0][1] * v_w, ch_w: m[1][0] * v_h + m[1][1] * v_w}
+    return torch.stack([new.get(c, u[..., c, :, :]) for c in range(u.shape[-3])], dim=-3)
+
+
 def act(u: torch.Tensor, element, *, pde, convention: str = "ours") -> torch.Tensor:
     """`g . u` for `u` `[..., C, H, W]` (same shape, dtype, device; differentiable).
 
@@ -204,11 +230,7 @@ def act(u: torch.Tensor, element, *, pde, convention: str = "ours") -> torch.Ten
     if g.f:
         out = torch.flip(out, dims=(-2,))
     if pair is not None and (g.k or g.f):
-        m = _linear(g.k, g.f)
-        ch_h, ch_w = pair
-        v_h, v_w = out[..., ch_h, :, :], out[..., ch_w, :, :]
-        new = {ch_h: m[0][0] * v_h + m[0][1] * v_w, ch_w: m[1][0] * v_h + m[1][1] * v_w}
-        out = torch.stack([new.get(c, out[..., c, :, :]) for c in range(spec.channels)], dim=-3)
+        out = mix_vector(out, pair, _linear(g.k, g.f))
     if g.a or g.b:
         out = torch.roll(out, shifts=(g.a, g.b), dims=(-2, -1))
     return out

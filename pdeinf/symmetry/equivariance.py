@@ -19,21 +19,10 @@ import torch
 from pdeinf.errors import InputError, NumericalError
 from pdeinf.influence.gradients import cast_to_model
 from pdeinf.influence.untouched import keeps_model
-from pdeinf.symmetry.actions import act, parse_element, resolve_spec
+from pdeinf.symmetry.actions import act, check_batch, parse_element, resolve_spec
 from pdeinf.training.loss import smse
 
 __all__ = ["aggregate_equivariance", "equivariance_error", "smse_under"]
-
-
-def _check_batch(inputs, targets, spec) -> None:
-    for name, x in (("inputs", inputs), ("targets", targets)):
-        if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != spec.channels:
-            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise InputError(f"{name}: expected a tensor [N, {spec.channels}, H, W] for {spec.name}, got {shape}")
-    if inputs.shape != targets.shape:
-        raise InputError(f"inputs {tuple(inputs.shape)} and targets {tuple(targets.shape)} differ in shape")
-    if inputs.shape[0] == 0:
-        raise InputError("inputs: the batch is empty")
 
 
 @torch.no_grad()
@@ -49,7 +38,7 @@ def smse_under(model, inputs, targets, element, *, pde, convention: str = "ours"
     """`SMSE(f(g.x_n), g.y_n)` per example, `[N]` (the follow-up's e_g[n])."""
     g = parse_element(element)
     spec = resolve_spec(pde)
-    _check_batch(inputs, targets, spec)
+    check_batch(spec, inputs, targets)
     inputs, targets = cast_to_model(model, inputs, targets)
     gx = act(inputs, g, pde=spec, convention=convention)
     gy = act(targets, g, pde=spec, convention=convention)
@@ -73,12 +62,8 @@ def equivariance_error(model, inputs: torch.Tensor, targets: torch.Tensor, eleme
     (docs/models.md).
     Raises NumericalError when a reference SMSE is zero or a value is not finite.
     """
-    g = parse_element(element)
-    spec = resolve_spec(pde)
-    _check_batch(inputs, targets, spec)
-    inputs, targets = cast_to_model(model, inputs, targets)
-    base = smse(_predict(model, inputs, chunk), targets)
-    moved = smse_under(model, inputs, targets, g, pde=spec, convention=convention, chunk=chunk)
+    moved = smse_under(model, inputs, targets, element, pde=pde, convention=convention, chunk=chunk)
+    base = smse_under(model, inputs, targets, "e", pde=pde, chunk=chunk)  # act(u, "e") is u itself
     if not bool(torch.isfinite(base).all() & torch.isfinite(moved).all()):
         raise NumericalError("equivariance_error: non-finite SMSE (the model output has NaN/Inf)")
     if bool((base == 0).any()):

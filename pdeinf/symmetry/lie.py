@@ -41,6 +41,7 @@ the model's input and output carry the PDE's vector components.
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -48,9 +49,9 @@ from dataclasses import dataclass, field
 import torch
 
 from pdeinf.errors import InputError, NumericalError
-from pdeinf.influence.gradients import TRACE_ERRORS, FuncSupport, cast_to_model, math_attention
+from pdeinf.influence import gradients as _grad
 from pdeinf.influence.untouched import keeps_model
-from pdeinf.symmetry.actions import resolve_spec, vector_channels
+from pdeinf.symmetry.actions import check_batch, mix_vector, resolve_spec, vector_channels
 
 __all__ = ["GENERATORS", "LieDecomposition", "fourier_shift", "lie_derivative", "rotate", "transform"]
 
@@ -107,11 +108,8 @@ def rotate(u: torch.Tensor, theta, *, pair: tuple[int, int] | None = None) -> to
     out = fourier_shift(out, beta * cols, -2)
     out = fourier_shift(out, alpha * rows, -1)
     if pair is not None:
-        ch_h, ch_w = pair
         c, s = torch.cos(theta), torch.sin(theta)
-        v_h, v_w = out[..., ch_h, :, :], out[..., ch_w, :, :]
-        new = {ch_h: c * v_h - s * v_w, ch_w: s * v_h + c * v_w}
-        out = torch.stack([new.get(i, out[..., i, :, :]) for i in range(out.shape[-3])], dim=-3)
+        out = mix_vector(out, pair, ((c, -s), (s, c)))
     return out
 
 
@@ -153,7 +151,7 @@ def rms(field_: torch.Tensor) -> torch.Tensor:
     return field_.pow(2).flatten(1).mean(dim=1).sqrt()
 
 
-def _jvp_t(function, dtype, device, support: FuncSupport | None = None) -> torch.Tensor:
+def _jvp_t(function, dtype, device, support: _grad.FuncSupport | None = None) -> torch.Tensor:
     """`d function(t) / dt` at t = 0 by forward mode; where the model has an operation without
     a forward-mode rule, by double backward (exact), with one warning per `support`."""
     t0 = torch.zeros((), dtype=dtype, device=device)
@@ -161,54 +159,33 @@ def _jvp_t(function, dtype, device, support: FuncSupport | None = None) -> torch
         try:
             _, tangent = torch.func.jvp(function, (t0,), (torch.ones_like(t0),))
             return tangent.detach()
-        except TRACE_ERRORS as err:
+        except _grad.TRACE_ERRORS as err:
             if support is None:
                 raise
             support.forward_mode = False
             support.fall_back("jvp", err)
-    t = t0.clone().requires_grad_(True)
-    with torch.enable_grad():
-        out = function(t)
-        u = torch.zeros_like(out, requires_grad=True)
-        (dot,) = torch.autograd.grad(out, t, u, create_graph=True)
-        (tangent,) = torch.autograd.grad(dot, u, allow_unused=True)
-    return torch.zeros_like(out).detach() if tangent is None else tangent.detach()
-
-
-def _attention_context():
-    """Plain-math attention (forward-mode AD through fused attention kernels is not available)."""
-    return math_attention()
+    return _grad.double_backward_jvp(function, [t0], [torch.ones_like(t0)])
 
 
 def _check(model, inputs, spec, generator) -> None:
     if not isinstance(model, torch.nn.Module):
         raise InputError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(inputs, torch.Tensor) or inputs.ndim != 4 or inputs.shape[1] != spec.channels:
-        shape = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
-        raise InputError(f"inputs: expected a tensor [N, {spec.channels}, H, W] for {spec.name}, got {shape}")
+    check_batch(spec, inputs, square=generator == "rotation")
     if not inputs.is_floating_point():
         raise InputError(f"inputs: expected floating-point values, got {inputs.dtype}")
-    if generator == "rotation" and inputs.shape[-1] != inputs.shape[-2]:
-        raise InputError(f"inputs: rotation needs a square grid, got {tuple(inputs.shape[-2:])}")
 
 
 def _default_layers(model: torch.nn.Module, inputs: torch.Tensor) -> list[str]:
     """Leaf modules whose (first) input and output are 4D tensors in a dry forward pass."""
     seen: list[str] = []
-    handles = []
-    for name, module in model.named_modules():
-        if name and not any(True for _ in module.children()):
-            def hook(mod, args, out, name=name):
-                if args and isinstance(args[0], torch.Tensor) and args[0].ndim == 4 \
-                        and isinstance(out, torch.Tensor) and out.ndim == 4 and name not in seen:
-                    seen.append(name)
-            handles.append(module.register_forward_hook(hook))
-    try:
-        with torch.no_grad(), _attention_context():
-            model(inputs[:1])
-    finally:
-        for h in handles:
-            h.remove()
+
+    def hook(mod, args, out, name):
+        if args and isinstance(args[0], torch.Tensor) and args[0].ndim == 4 \
+                and isinstance(out, torch.Tensor) and out.ndim == 4 and name not in seen:
+            seen.append(name)
+
+    leaves = [(n, m) for n, m in model.named_modules() if n and not any(True for _ in m.children())]
+    _grad.dry_forward(model, inputs[:1], [(m, None, functools.partial(hook, name=n)) for n, m in leaves])
     return seen
 
 
@@ -228,7 +205,7 @@ def lie_derivative(model: torch.nn.Module, inputs: torch.Tensor, generator: str,
     spec = resolve_spec(pde)
     pair = vector_channels(spec, convention)
     _check(model, inputs, spec, generator)
-    (x,) = cast_to_model(model, inputs.detach())
+    (x,) = _grad.cast_to_model(model, inputs.detach())
     n_ref = x.shape[-1] if generator == "x" else x.shape[-2]
 
     def g(u, t, typed: bool):
@@ -237,8 +214,8 @@ def lie_derivative(model: torch.nn.Module, inputs: torch.Tensor, generator: str,
     def total_fn(t):
         return g(model(g(x, t, True)), -t, True)
 
-    support = FuncSupport(type(model).__name__)
-    with _attention_context():
+    support = _grad.FuncSupport(type(model).__name__)
+    with _grad.math_attention():
         total = _jvp_t(total_fn, x.dtype, x.device, support)
     if not bool(torch.isfinite(total).all()):
         raise NumericalError("lie_derivative: non-finite values (the model output has NaN/Inf)")
@@ -273,7 +250,7 @@ def lie_derivative(model: torch.nn.Module, inputs: torch.Tensor, generator: str,
                 state["t"], state["call"] = t, 0
                 return model(x)
 
-            with _attention_context():
+            with _grad.math_attention():
                 contributions[name] = _jvp_t(conj_fn, x.dtype, x.device, support)
         finally:
             for h in handles:
@@ -288,22 +265,16 @@ def _call_typing(model, modules: dict, x: torch.Tensor) -> dict[str, list[tuple[
     tensors carry vector components; every other feature map is a set of scalar fields."""
     x1 = x[:1]
     records: dict[str, list] = {n: [] for n in modules}
-    handles = []
-    for name, module in modules.items():
-        def pre(mod, args, name=name):
-            records[name].append([bool(args) and args[0] is x1, None])
 
-        def post(mod, args, out, name=name):
-            records[name][-1][1] = out  # keep a reference: identity is checked after the call
+    def pre(mod, args, name):
+        records[name].append([bool(args) and args[0] is x1, None])
 
-        handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
-    try:
-        with torch.no_grad(), _attention_context():
-            y = model(x1)
-    finally:
-        for h in handles:
-            h.remove()
-    for name, module in modules.items():
+    def post(mod, args, out, name):
+        records[name][-1][1] = out  # keep a reference: identity is checked after the call
+
+    y = _grad.dry_forward(model, x1, [(m, functools.partial(pre, name=n), functools.partial(post, name=n))
+                                      for n, m in modules.items()])
+    for name in modules:
         if not records[name]:
             raise InputError(f"layers: module {name!r} is not called in the forward pass")
         for rec in records[name]:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from pdeinf.errors import InputError
-from pdeinf.symmetry.actions import act, parse_element, resolve_spec, vector_channels
+from pdeinf.symmetry.actions import act, check_batch, parse_element, resolve_spec, vector_channels
 
 __all__ = ["element_label", "orbit_influence", "standardize_rows"]
 
@@ -78,12 +78,7 @@ def orbit_influence(model: torch.nn.Module, inputs: torch.Tensor, targets: torch
     labels = [element_label(g) for g in parsed]
     if len(set(labels)) != len(labels):
         raise InputError(f"elements: repeated elements {labels}")
-    for name, t in (("inputs", inputs), ("targets", targets)):
-        if not isinstance(t, torch.Tensor) or t.ndim != 4 or t.shape[1] != spec.channels:
-            shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-            raise InputError(f"{name}: expected a tensor [N, {spec.channels}, H, W] for {spec.name}, got {shape}")
-    if any(g.k % 2 for g in parsed) and inputs.shape[-1] != inputs.shape[-2]:
-        raise InputError(f"inputs: rotations need a square grid, got {tuple(inputs.shape[-2:])}")
+    check_batch(spec, inputs, targets, square=any(g.k % 2 for g in parsed))
     if engine is None:
         engine = HatEngine(model, inputs, targets, energy_tol=energy_tol, progress=progress, **engine_kwargs)
     elif engine.model is not model or engine.inputs.shape != inputs.shape:

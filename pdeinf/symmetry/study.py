@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 from pdeinf.errors import InputError
 from pdeinf.symmetry.actions import ELEMENTS, axis_assignment_check, resolve_spec
 from pdeinf.symmetry.equivariance import equivariance_error
-from pdeinf.symmetry.lie import GENERATORS, lie_derivative
+from pdeinf.symmetry.lie import GENERATORS, lie_derivative, rms
 from pdeinf.symmetry.orbit import element_label, orbit_influence
 
 __all__ = ["D4_NON_IDENTITY", "TRACKED", "class_trajectories", "final_orbit_study", "study_elements",
@@ -99,8 +99,8 @@ def _equivariance(model, inputs, targets, elements, spec, convention="ours") -> 
 
 
 def _lie_norms(model, inputs, spec) -> np.ndarray:
-    return np.stack([lie_derivative(model, inputs, gen, pde=spec).pow(2).flatten(1).mean(1)
-                     .sqrt().double().cpu().numpy() for gen in GENERATORS])
+    return np.stack([rms(lie_derivative(model, inputs, gen, pde=spec)).double().cpu().numpy()
+                     for gen in GENERATORS])
 
 
 def _landscape(model, inputs, targets, spec, step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -126,16 +126,6 @@ def _axis_curves(model, inputs, targets, spec) -> np.ndarray:
     return out
 
 
-def _equivariance_and_orbit(model, inputs, targets, elements, spec, *, damping: float,
-                            energy_tol: float, **engine_kwargs):
-    """`(equivariance [element, example], orbit diagonal [element, example], orbit rank
-    [element])` of one batch at one model: the final-checkpoint part of the study."""
-    eqv = _equivariance(model, inputs, targets, elements, spec)
-    orbit = orbit_influence(model, inputs, targets, elements, pde=spec, damping=damping,
-                            energy_tol=energy_tol, **engine_kwargs)
-    return eqv, orbit["diagonal"].values, orbit["rank"].values
-
-
 def final_orbit_study(model: torch.nn.Module, batches: Sequence, *, pde,
                       elements: Sequence | None = None, damping: float = 1e-6,
                       energy_tol: float = 1e-4, progress: bool = False,
@@ -157,12 +147,11 @@ def final_orbit_study(model: torch.nn.Module, batches: Sequence, *, pde,
     labels = [element_label(g) for g in elements]
     eqv, diag, rank = [], [], []
     for b in tqdm(batches, desc=f"orbit {spec.name}", disable=not progress, leave=False):
-        e_b, d_b, r_b = _equivariance_and_orbit(model, b.inputs, b.targets, elements, spec,
-                                                damping=damping, energy_tol=energy_tol,
-                                                **engine_kwargs)
-        eqv.append(e_b)
-        diag.append(d_b)
-        rank.append(r_b)
+        eqv.append(_equivariance(model, b.inputs, b.targets, elements, spec))
+        orbit = orbit_influence(model, b.inputs, b.targets, elements, pde=spec, damping=damping,
+                                energy_tol=energy_tol, **engine_kwargs)
+        diag.append(orbit["diagonal"].values)
+        rank.append(orbit["rank"].values)
     n = batches[0].inputs.shape[0]
     return xr.Dataset(
         {"equivariance": (("batch", "element", "example"), np.stack(eqv)),
@@ -207,15 +196,13 @@ def symmetry_study(models: Mapping[int, torch.nn.Module], batches: Sequence, *, 
     n_grid = min(batches[0].inputs.shape[-2:])
     step = int(landscape_step) if landscape_step else max(1, n_grid // 8)
 
-    eqv, eqv_auth, diag, rank, lie, layer, axis_c, landscape, curves = ([] for _ in range(9))
+    final = final_orbit_study(model, batches, pde=spec, elements=elements, damping=damping,
+                              energy_tol=energy_tol, progress=progress, **engine_kwargs)
+    eqv, diag = final["equivariance"].values, final["orbit_diagonal"].values
+    eqv_auth, lie, layer, axis_c, landscape, curves = ([] for _ in range(6))
     layer_names = None
     for b in tqdm(batches, desc=f"symmetry {spec.name}", disable=not progress, leave=False):
         x, y = b.inputs, b.targets
-        e_b, d_b, r_b = _equivariance_and_orbit(model, x, y, elements, spec, damping=damping,
-                                                energy_tol=energy_tol, **engine_kwargs)
-        eqv.append(e_b)
-        diag.append(d_b)
-        rank.append(r_b)
         eqv_auth.append(_equivariance(model, x, y, ELEMENTS, spec, convention="authors"))
         lie.append(_lie_norms(model, x, spec))
         dec = lie_derivative(model, x, "x", pde=spec, layerwise=True, layers=layers)
@@ -230,7 +217,7 @@ def symmetry_study(models: Mapping[int, torch.nn.Module], batches: Sequence, *, 
 
     # the worst D4 element of this seed: largest Q3 over batches x examples
     d4_idx = [labels.index(g) for g in D4_NON_IDENTITY]
-    q3 = np.quantile(np.stack(eqv)[:, d4_idx].transpose(1, 0, 2).reshape(len(d4_idx), -1), 0.75, axis=1)
+    q3 = np.quantile(eqv[:, d4_idx].transpose(1, 0, 2).reshape(len(d4_idx), -1), 0.75, axis=1)
     worst = D4_NON_IDENTITY[int(np.argmax(q3))]
     tracked = ["e", worst, ("shift", 1, 0)]
     tracked_labels = [element_label(g) for g in tracked]
@@ -259,10 +246,10 @@ def symmetry_study(models: Mapping[int, torch.nn.Module], batches: Sequence, *, 
     n_axis = max(x.shape[-2:])
     ds = xr.Dataset(
         {
-            "equivariance": (("batch", "element", "example"), np.stack(eqv)),
+            "equivariance": final["equivariance"],
             "equivariance_authors": (("batch", "d4", "example"), np.stack(eqv_auth)),
-            "orbit_diagonal": (("batch", "element", "example"), np.stack(diag)),
-            "orbit_rank": (("batch", "element"), np.stack(rank).astype(np.int64)),
+            "orbit_diagonal": final["orbit_diagonal"],
+            "orbit_rank": final["orbit_rank"],
             "lie_norm": (("batch", "generator", "example"), np.stack(lie)),
             "lie_layer_norm": (("batch", "layer", "example"), np.stack(layer)),
             "axis_check": (("batch", "assignment"), np.asarray(axis_c, dtype=np.float64)),
