@@ -27,24 +27,15 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from pdeinf.checks import finite_float, one_of
 from pdeinf.errors import InputError, NumericalError
+from pdeinf.solvers import check_domain, check_times
 
-__all__ = [
-    "VISCOSITIES",
-    "SolverError",
-    "divergence",
-    "enstrophy",
-    "kinetic_energy",
-    "linear_operator",
-    "project",
-    "solve",
-    "velocity_from_vorticity",
-    "vorticity",
-]
+__all__ = ["VISCOSITIES", "SolverError", "divergence", "enstrophy", "kinetic_energy", "linear_operator",
+           "project", "solve", "velocity_from_vorticity", "vorticity"]
 
 VISCOSITIES = ("laplacian", "spectral")
 #: azeban's smooth cutoff: Q_k = 1 - exp(-(|m| / sqrt(N))^18), amplitude eps_N = 0.05 / N.
@@ -122,17 +113,6 @@ def _grid_for(v: torch.Tensor, domain) -> _Grid:
 # ----------------------------------------------------------------------------- validation
 
 
-def _check_domain(domain) -> tuple[float, float]:
-    try:
-        lx, ly = domain
-        lx, ly = float(lx), float(ly)
-    except (TypeError, ValueError):
-        raise InputError(f"domain: expected (Lx, Ly), got {domain!r}") from None
-    if not (math.isfinite(lx) and math.isfinite(ly) and lx > 0 and ly > 0):
-        raise InputError(f"domain: lengths must be positive and finite, got {domain!r}")
-    return lx, ly
-
-
 def _check_field(v, name: str, channels: int | None) -> torch.Tensor:
     if not isinstance(v, torch.Tensor):
         raise InputError(f"{name}: expected a torch.Tensor, got {type(v).__name__}")
@@ -147,36 +127,6 @@ def _check_field(v, name: str, channels: int | None) -> torch.Tensor:
     return v
 
 
-def _check_times(t_out, t0: float) -> np.ndarray:
-    try:
-        times = np.asarray(
-            t_out.detach().cpu() if isinstance(t_out, torch.Tensor) else t_out, dtype=np.float64
-        )
-    except (TypeError, ValueError):
-        raise InputError(f"t_out: expected a 1-D sequence of times, got {t_out!r}") from None
-    if times.ndim != 1 or times.size == 0:
-        raise InputError(f"t_out: expected a non-empty 1-D sequence, got shape {times.shape}")
-    if not np.isfinite(times).all():
-        raise InputError("t_out: contains NaN or Inf")
-    if times[0] < t0:
-        raise InputError(f"t_out: first time {times[0]} is before the initial time t0={t0}")
-    if np.any(np.diff(times) <= 0):
-        raise InputError("t_out: times must be strictly increasing")
-    return times
-
-
-def _check_positive(value, name: str, *, allow_zero: bool = False) -> float:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"{name}: expected a number, got {value!r}") from None
-    ok = value >= 0 if allow_zero else value > 0
-    if not (math.isfinite(value) and ok):
-        bound = "non-negative" if allow_zero else "positive"
-        raise InputError(f"{name}: must be {bound} and finite, got {value}")
-    return value
-
-
 # ----------------------------------------------------------------------------- diagnostics
 
 
@@ -184,14 +134,14 @@ def project(v: torch.Tensor, domain=(1.0, 1.0)) -> torch.Tensor:
     """Divergence-free (Leray) projection of `v` `[..., 2, H, W]`; keeps the mean flow and
     removes Nyquist modes. Same shape and dtype."""
     v = _check_field(v, "v", 2)
-    g = _grid_for(v, _check_domain(domain))
+    g = _grid_for(v, check_domain(domain))
     return g.to_physical(g.project(torch.fft.rfft2(v, norm="forward")))
 
 
 def divergence(v: torch.Tensor, domain=(1.0, 1.0)) -> torch.Tensor:
     """Spectral `du/dx + dv/dy` of `v` `[..., 2, H, W]` -> `[..., H, W]` (1/length units)."""
     v = _check_field(v, "v", 2)
-    g = _grid_for(v, _check_domain(domain))
+    g = _grid_for(v, check_domain(domain))
     vh = torch.fft.rfft2(v, norm="forward") * g.keep
     return g.to_physical(1j * (g.kx * vh[..., 0, :, :] + g.ky * vh[..., 1, :, :]))
 
@@ -199,7 +149,7 @@ def divergence(v: torch.Tensor, domain=(1.0, 1.0)) -> torch.Tensor:
 def vorticity(v: torch.Tensor, domain=(1.0, 1.0)) -> torch.Tensor:
     """Spectral `dv/dx - du/dy` of `v` `[..., 2, H, W]` -> `[..., H, W]`."""
     v = _check_field(v, "v", 2)
-    g = _grid_for(v, _check_domain(domain))
+    g = _grid_for(v, check_domain(domain))
     vh = torch.fft.rfft2(v, norm="forward") * g.keep
     return g.to_physical(1j * (g.kx * vh[..., 1, :, :] - g.ky * vh[..., 0, :, :]))
 
@@ -209,7 +159,7 @@ def velocity_from_vorticity(w: torch.Tensor, domain=(1.0, 1.0)) -> torch.Tensor:
     minus its mean: solve `-Lap psi = w` (mean mode removed), `u = dpsi/dy`, `v = -dpsi/dx`.
     Nyquist modes of `w` are dropped."""
     w = _check_field(w, "w", None)
-    g = _Grid(w.shape[-2], w.shape[-1], _check_domain(domain), w.dtype, w.device)
+    g = _Grid(w.shape[-2], w.shape[-1], check_domain(domain), w.dtype, w.device)
     psi = torch.fft.rfft2(w, norm="forward") * g.inv_k2 * g.keep
     vh = torch.stack((1j * g.ky * psi, -1j * g.kx * psi), dim=-3)
     return g.to_physical(vh)
@@ -245,16 +195,13 @@ def linear_operator(
     `L = -eps |k|^2 [1 - exp(-(|m| / sqrt(N))^18)]` with `|m|` the integer wavenumber norm,
     `N = max(H, W)` and `eps = spectral_eps` or `0.05 / N` (nu is not used).
     """
-    if viscosity not in VISCOSITIES:
-        raise InputError(
-            f"viscosity: unknown {viscosity!r}; expected one of {', '.join(VISCOSITIES)}"
-        )
-    g = _Grid(h, w, _check_domain(domain), dtype, device)
+    one_of(viscosity, VISCOSITIES, "viscosity")
+    g = _Grid(h, w, check_domain(domain), dtype, device)
     if viscosity == "laplacian":
-        return -_check_positive(nu, "nu", allow_zero=True) * g.k2
+        return -finite_float(nu, "nu", minimum=0.0) * g.k2
     n = max(h, w)
     eps = SPECTRAL_EPS_FACTOR / n if spectral_eps is None else spectral_eps
-    eps = _check_positive(eps, "spectral_eps", allow_zero=True)
+    eps = finite_float(eps, "spectral_eps", minimum=0.0)
     m = torch.sqrt(g.mx**2 + g.my**2)
     cutoff = -torch.expm1(-((m / math.sqrt(n)) ** SPECTRAL_CUTOFF_POWER))
     return (-eps * g.k2 * cutoff.to(dtype)).to(dtype)
@@ -334,15 +281,13 @@ def _check_solve_arguments(v0, t_out, domain, t0, cfl, max_dt, nu):
         raise InputError(f"v0: expected shape [B, 2, H, W], got {tuple(v0.shape)}")
     if v0.shape[0] == 0:
         raise InputError("v0: batch is empty")
-    domain = _check_domain(domain)
-    t0 = float(t0)
-    if not math.isfinite(t0):
-        raise InputError(f"t0: must be finite, got {t0}")
-    times = _check_times(t_out, t0)
-    cfl = _check_positive(cfl, "cfl")
+    domain = check_domain(domain)
+    t0 = finite_float(t0, "t0")
+    times = check_times(t_out, t0)
+    cfl = finite_float(cfl, "cfl", positive=True)
     if max_dt is not None:
-        max_dt = _check_positive(max_dt, "max_dt")
-    nu = _check_positive(nu, "nu", allow_zero=True)
+        max_dt = finite_float(max_dt, "max_dt", positive=True)
+    nu = finite_float(nu, "nu", minimum=0.0)
     return v0, domain, t0, times, cfl, max_dt, nu
 
 
