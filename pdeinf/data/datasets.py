@@ -143,9 +143,7 @@ class PDEData:
             if reader.pde != self.pde:
                 raise InputError(f"{self._paths[cls]}: holds {reader.pde} data, expected {self.pde}")
             if reader.n_times < self.t_max:
-                raise InputError(
-                    f"{self._paths[cls]}: {reader.n_times} snapshots < t_max = {self.t_max}"
-                )
+                raise InputError(f"{self._paths[cls]}: {reader.n_times} snapshots < t_max = {self.t_max}")
             self._readers[cls] = reader
         return self._readers[cls]
 

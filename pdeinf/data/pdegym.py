@@ -38,9 +38,7 @@ STORED_DESCRIPTIONS: dict[str, str] = {
     "E": "total energy E = rho |v|^2 / 2 + p / (gamma - 1)", "u": "horizontal velocity",
     "v": "vertical velocity", "tracer": "passive tracer",
 }
-_CHUNK_RE = re.compile(
-    r"^(" + "|".join(re.escape(kind) for kind in VARIABLE.values()) + r")_(\d+)\.nc$"
-)
+_CHUNK_RE = re.compile(r"^(" + "|".join(re.escape(kind) for kind in VARIABLE.values()) + r")_(\d+)\.nc$")
 #: What h5py raises on a damaged file (corrupt object headers surface as KeyError/RuntimeError).
 _H5_ERRORS = (OSError, ValueError, KeyError, RuntimeError)
 

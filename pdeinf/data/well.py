@@ -178,9 +178,7 @@ def _read_gamma(handle, path: Path) -> float:
     if gamma_data.dtype.kind not in "fiu":
         raise InputError(f"{path}: scalars/gamma has dtype {gamma_data.dtype}; expected a number")
     if gamma_data.size != 1 or gamma_data.ndim > 1:
-        raise InputError(
-            f"{path}: scalars/gamma has shape {gamma_data.shape}; expected one constant scalar"
-        )
+        raise InputError(f"{path}: scalars/gamma has shape {gamma_data.shape}; expected one constant scalar")
     try:
         gamma = float(np.asarray(gamma_data[()]).reshape(()))
     except (OSError, ValueError, TypeError) as err:

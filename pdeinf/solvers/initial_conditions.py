@@ -100,9 +100,7 @@ def _resolve_ranges(dataset: str, overrides: dict) -> dict:
     defaults = DEFAULT_RANGES[dataset]
     unknown = sorted(set(overrides) - set(defaults))
     if unknown:
-        raise InputError(
-            f"{unknown[0]}: not a parameter of {dataset}; expected one of {', '.join(defaults)}"
-        )
+        raise InputError(f"{unknown[0]}: not a parameter of {dataset}; expected one of {', '.join(defaults)}")
     ranges = {**defaults, **overrides}
     for key, value in ranges.items():
         if key in _INTERVALS:

@@ -57,10 +57,7 @@ def star_state(left, right, gamma: float = 1.4, *, tol: float = 1e-14, max_iter:
         )
     du = u_r - u_l
     # Primitive-variable (linearised) guess, kept positive (Toro eq. 4.47).
-    p = max(
-        0.5 * (p_l + p_r) - 0.125 * du * (rho_l + rho_r) * (c_l + c_r),
-        1e-8 * min(p_l, p_r),
-    )
+    p = max(0.5 * (p_l + p_r) - 0.125 * du * (rho_l + rho_r) * (c_l + c_r), 1e-8 * min(p_l, p_r))
     for _ in range(max_iter):
         f_l, df_l = _f_and_slope(p, rho_l, p_l, c_l, gamma)
         f_r, df_r = _f_and_slope(p, rho_r, p_r, c_r, gamma)
