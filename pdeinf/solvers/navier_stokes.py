@@ -79,21 +79,21 @@ class _Grid:
         self.n_pos, self.n_neg, self.n_col = (h + 1) // 2, (h - 1) // 2, (w + 1) // 2
         self.ph, self.pw = -(-3 * h // 2), -(-3 * w // 2)  # ceil(3N/2) > 3 * max retained |m|
 
+    def _modes(self, f: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+        """The retained modes of `f` in a zero `[..., rows, cols]` array."""
+        out = f.new_zeros(f.shape[:-2] + (rows, cols))
+        out[..., : self.n_pos, : self.n_col] = f[..., : self.n_pos, : self.n_col]
+        if self.n_neg:
+            out[..., -self.n_neg :, : self.n_col] = f[..., -self.n_neg :, : self.n_col]
+        return out
+
     def pad(self, fh: torch.Tensor) -> torch.Tensor:
         """`[..., H, Wr]` coefficients -> `[..., ph, pw//2+1]` zero-padded (Nyquist dropped)."""
-        out = fh.new_zeros(fh.shape[:-2] + (self.ph, self.pw // 2 + 1))
-        out[..., : self.n_pos, : self.n_col] = fh[..., : self.n_pos, : self.n_col]
-        if self.n_neg:
-            out[..., -self.n_neg :, : self.n_col] = fh[..., -self.n_neg :, : self.n_col]
-        return out
+        return self._modes(fh, self.ph, self.pw // 2 + 1)
 
     def truncate(self, fp: torch.Tensor) -> torch.Tensor:
         """Inverse of `pad`: keep the modes of the H x W grid (Nyquist set to zero)."""
-        out = fp.new_zeros(fp.shape[:-2] + (self.h, self.wr))
-        out[..., : self.n_pos, : self.n_col] = fp[..., : self.n_pos, : self.n_col]
-        if self.n_neg:
-            out[..., -self.n_neg :, : self.n_col] = fp[..., -self.n_neg :, : self.n_col]
-        return out
+        return self._modes(fp, self.h, self.wr)
 
     def project(self, vh: torch.Tensor) -> torch.Tensor:
         """Leray projection of `[..., 2, H, Wr]` coefficients (mean mode kept, Nyquist zeroed)."""
