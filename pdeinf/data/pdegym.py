@@ -223,13 +223,8 @@ class PDEGymReader:
         return pde, shape, times
 
     # -- reading ---------------------------------------------------------------------
-    def read(
-        self,
-        samples: int | slice | Iterable[int] | None = None,
-        times: int | slice | Iterable[int] | None = None,
-        *,
-        stored: bool = False,
-    ) -> np.ndarray:
+    def read(self, samples: int | slice | Iterable[int] | None = None,
+             times: int | slice | Iterable[int] | None = None, *, stored: bool = False) -> np.ndarray:
         """Model channels of the requested samples and times: float32 `[n, T, C, H, W]`
         (`stored`: the stored channels instead, CE primitive 5, NS 3 with the tracer; for
         inspection and statistics).
@@ -352,14 +347,8 @@ def open_dataset(path: str | os.PathLike) -> PDEGymReader:
     return PDEGymReader([path], source=path)
 
 
-def write_chunk(
-    path: str | os.PathLike,
-    array: np.ndarray,
-    kind: str,
-    times: Sequence[float] | np.ndarray,
-    *,
-    attrs: dict | None = None,
-) -> Path:
+def write_chunk(path: str | os.PathLike, array: np.ndarray, kind: str,
+                times: Sequence[float] | np.ndarray, *, attrs: dict | None = None) -> Path:
     """Write one PDEGym-layout file, to a temporary name then renamed.
 
     `array` has x along W: CE primitive `[n, T, 5, H, W]` (rho, vx, vy, p, E); NS velocity

@@ -257,14 +257,9 @@ def open_well(path: str | os.PathLike) -> WellReader:
     return WellReader(path)
 
 
-def write_well_file(
-    path: str | os.PathLike,
-    conserved: np.ndarray,
-    *,
-    gamma: float | None = None,
-    periodic: tuple[bool, bool] = (True, True),
-    times: Sequence[float] | None = None,
-) -> Path:
+def write_well_file(path: str | os.PathLike, conserved: np.ndarray, *, gamma: float | None = None,
+                    periodic: tuple[bool, bool] = (True, True),
+                    times: Sequence[float] | None = None) -> Path:
     """Write `conserved` `[n, T, 4, H, W]` (rho, rho*vx, rho*vy, E; x along W) as a Well
     euler_multi_quadrants file in The Well's layout (module docstring), pressure derived with
     `gamma` (default: the CE gamma of `pdeinf.config`); `times` default to The Well's

@@ -177,16 +177,9 @@ def _check_u0(u0, gamma: float) -> torch.Tensor:
 # ----------------------------------------------------------------------------- driver
 
 
-def solve(
-    u0: torch.Tensor,
-    t_out: Sequence[float],
-    *,
-    gamma: float = 1.4,
-    domain: tuple[float, float] = (1.0, 1.0),
-    cfl: float = 0.4,
-    limiter: str = "mc",
-    progress: bool = True,
-) -> torch.Tensor:
+def solve(u0: torch.Tensor, t_out: Sequence[float], *, gamma: float = 1.4,
+          domain: tuple[float, float] = (1.0, 1.0), cfl: float = 0.4, limiter: str = "mc",
+          progress: bool = True) -> torch.Tensor:
     """Evolve `u0` `[B, 4, H, W]` (conserved; x along W, y along H) to the times `t_out`.
 
     `t_out`: strictly increasing times starting at 0 (same time units as `domain` / velocity).

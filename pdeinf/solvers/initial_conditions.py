@@ -283,18 +283,8 @@ def _bb_field(prm, r, res, device) -> torch.Tensor:
 # ----------------------------------------------------------------------------- public sampler
 
 
-def sample(
-    dataset: str,
-    n: int,
-    resolution: int,
-    *,
-    seed: int,
-    dtype: torch.dtype = torch.float64,
-    start: int = 0,
-    device=None,
-    progress: bool = False,
-    **ranges,
-) -> torch.Tensor:
+def sample(dataset: str, n: int, resolution: int, *, seed: int, dtype: torch.dtype = torch.float64,
+           start: int = 0, device=None, progress: bool = False, **ranges) -> torch.Tensor:
     """`n` initial conditions of `dataset` on an R x R grid -> `[n, C, R, R]` (`dtype`, `device`).
 
     CE data sets: C = 4 conserved `(rho, rho vx, rho vy, E)`. NS data sets: C = 2 divergence-free
@@ -336,15 +326,8 @@ def sample(
         chunks = []
         for lo in range(0, n, r["chunk_size"]):
             chunk = out[lo : lo + r["chunk_size"]].to(dtype)
-            evolved = navier_stokes.solve(
-                chunk,
-                [0.0],
-                t0=-r["evolve_time"],
-                nu=r["nu"],
-                viscosity=r["viscosity"],
-                cfl=r["cfl"],
-                progress=progress,
-            )
+            evolved = navier_stokes.solve(chunk, [0.0], t0=-r["evolve_time"], nu=r["nu"],
+                                          viscosity=r["viscosity"], cfl=r["cfl"], progress=progress)
             chunks.append(evolved[:, 0])
         out = torch.cat(chunks)
     return out.to(dtype)

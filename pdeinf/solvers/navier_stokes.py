@@ -178,17 +178,9 @@ def enstrophy(v: torch.Tensor, domain=(1.0, 1.0)) -> torch.Tensor:
 # ----------------------------------------------------------------------------- operators
 
 
-def linear_operator(
-    h: int,
-    w: int,
-    *,
-    domain=(1.0, 1.0),
-    nu: float = 4e-4,
-    viscosity: str = "laplacian",
-    spectral_eps: float | None = None,
-    dtype: torch.dtype = torch.float64,
-    device=None,
-) -> torch.Tensor:
+def linear_operator(h: int, w: int, *, domain=(1.0, 1.0), nu: float = 4e-4,
+                    viscosity: str = "laplacian", spectral_eps: float | None = None,
+                    dtype: torch.dtype = torch.float64, device=None) -> torch.Tensor:
     """Real diagonal viscous operator L `[H, W//2+1]` (rfft layout): `u_hat' = L u_hat`.
 
     "laplacian": `L = -nu |k|^2`. "spectral" (azeban "Smooth Cutoff", s = 1):
@@ -224,20 +216,10 @@ def _advection(g: _Grid, vh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 # ----------------------------------------------------------------------------- driver
 
 
-def solve(
-    v0: torch.Tensor,
-    t_out: Sequence[float],
-    *,
-    nu: float = 4e-4,
-    domain: tuple[float, float] = (1.0, 1.0),
-    viscosity: str = "laplacian",
-    cfl: float = 0.5,
-    t0: float = 0.0,
-    spectral_eps: float | None = None,
-    max_dt: float | None = None,
-    max_steps: int = 10_000_000,
-    progress: bool = True,
-) -> torch.Tensor:
+def solve(v0: torch.Tensor, t_out: Sequence[float], *, nu: float = 4e-4,
+          domain: tuple[float, float] = (1.0, 1.0), viscosity: str = "laplacian", cfl: float = 0.5,
+          t0: float = 0.0, spectral_eps: float | None = None, max_dt: float | None = None,
+          max_steps: int = 10_000_000, progress: bool = True) -> torch.Tensor:
     """Evolve the velocity `v0` `[B, 2, H, W]` (x along W, y along H) from time `t0` to `t_out`.
 
     `nu`: kinematic viscosity of the plain Laplacian (`viscosity="laplacian"`, nu = 0 is the
