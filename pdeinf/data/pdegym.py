@@ -116,13 +116,13 @@ def _pde_from_kind(kind: str) -> str:
     raise InputError(f"kind {kind!r}: expected one of {', '.join([*VARIABLE, *VARIABLE.values()])}")
 
 
-def _open_h5(path: Path):
+def _open_h5(path: Path, kind: str = "a netCDF4/HDF5"):
     import h5py
 
     try:
         return h5py.File(path, "r")
     except (OSError, ValueError) as err:  # truncated, corrupt, not HDF5/netCDF4
-        raise InputError(f"{path}: cannot open as a netCDF4/HDF5 file ({err})") from None
+        raise InputError(f"{path}: cannot open as {kind} file ({err})") from None
 
 
 @dataclass(frozen=True)

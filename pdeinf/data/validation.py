@@ -19,10 +19,7 @@ a block of samples at a time, and checked:
 A file passes once per content: its content key (`pdeinf.data.fingerprint`) is tagged as
 validated in memory and, given `cache`, in that JSON file, so a later run skips it.
 
-Generation (`check_generation_request`): `MIN_RESOLUTION` (the smallest grid the surrogates
-accept, shared by generation and training), the output folder (a directory we can write), and
-estimates of the output size (against free disk), the solver's working memory (against RAM /
-GPU memory) and the run time (against `MAX_GENERATION_HOURS`).
+Generation: `check_generation_request`.
 """
 from __future__ import annotations
 

@@ -29,22 +29,13 @@ from pathlib import Path
 import numpy as np
 
 from pdeinf.config import pde_spec
-from pdeinf.data.pdegym import _as_indices, _h5_selection
+from pdeinf.data.pdegym import _as_indices, _h5_selection, _open_h5
 from pdeinf.errors import InputError
 
 _SCALAR_FIELDS = ("density", "energy", "pressure")
 _VECTOR_FIELDS = ("momentum",)
 #: The Well's boundary-condition types (the_well.data.datasets.BoundaryCondition)
 BC_TYPES = ("WALL", "OPEN", "PERIODIC")
-
-
-def _open(path: Path):
-    import h5py
-
-    try:
-        return h5py.File(path, "r")
-    except (OSError, ValueError) as err:
-        raise InputError(f"{path}: cannot open as an HDF5 file ({err})") from None
 
 
 def _text(value) -> str:
@@ -86,7 +77,7 @@ class WellReader:
         self.source = self.path = Path(path)
         if not self.path.is_file():
             raise InputError(f"{self.path}: no such file")
-        with _open(self.path) as handle:
+        with _open_h5(self.path, "an HDF5") as handle:
             for group in ("t0_fields", "t1_fields", "scalars", "boundary_conditions", "dimensions"):
                 if group not in handle:
                     raise InputError(f"{self.path}: missing group {group!r} (not a Well file?)")
@@ -127,7 +118,7 @@ class WellReader:
             return out
         unique_times, inverse = np.unique(time_idx, return_inverse=True)
         selection = _h5_selection(unique_times)
-        with _open(self.path) as handle:
+        with _open_h5(self.path, "an HDF5") as handle:
             density = handle["t0_fields"]["density"]
             energy = handle["t0_fields"]["energy"]
             momentum = handle["t1_fields"]["momentum"]
@@ -151,7 +142,7 @@ class WellReader:
         pressure positive. Raises InputError naming the file and trajectory."""
         from tqdm.auto import tqdm
 
-        with _open(self.path) as handle:
+        with _open_h5(self.path, "an HDF5") as handle:
             for sample in tqdm(range(self.n_samples), desc=f"validate {self.path.name}",
                                disable=not progress):
                 try:
