@@ -56,9 +56,9 @@ def official_split(n: int, pde: str) -> dict[str, np.ndarray]:
         raise InputError(f"pde={pde!r}: expected one of {', '.join(OFFICIAL_N)}")
     full = OFFICIAL_N[pde]
     if n >= full:
-        n_train, n_val, n_test = n - OFFICIAL_VAL - OFFICIAL_TEST, OFFICIAL_VAL, OFFICIAL_TEST
+        n_train, n_test = n - OFFICIAL_VAL - OFFICIAL_TEST, OFFICIAL_TEST
     else:
-        n_train, n_val, n_test = _split_sizes(n, max(1, round(n * OFFICIAL_VAL / full)),
+        n_train, _, n_test = _split_sizes(n, max(1, round(n * OFFICIAL_VAL / full)),
                                               max(1, round(n * OFFICIAL_TEST / full)))
     indices = np.arange(n)
     return {"train": indices[:n_train], "val": indices[n_train:n - n_test],
@@ -79,8 +79,8 @@ def split_indices(
     fractions = tuple(float(f) for f in fractions)
     if len(fractions) != 3 or min(fractions) <= 0 or abs(sum(fractions) - 1.0) > 1e-9:
         raise InputError(f"fractions={fractions}: need three positive numbers summing to 1")
-    n_train, n_val, n_test = _split_sizes(n, max(1, round(fractions[1] * n)),
-                                          max(1, round(fractions[2] * n)))
+    n_train, n_val, _ = _split_sizes(n, max(1, round(fractions[1] * n)),
+                                     max(1, round(fractions[2] * n)))
     permutation = np.random.default_rng(int(seed)).permutation(n)
     return {
         "train": np.sort(permutation[:n_train]),

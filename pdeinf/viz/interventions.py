@@ -80,9 +80,9 @@ def class_matrices_figure(cms: xr.DataArray, *, title: str = "") -> Figure:
     for k, recipe in enumerate(recipes):
         ax = axes[0, k]
         values, lo, hi = st.ci_parts(cms.sel(recipe=recipe).transpose("ci", "c_resp", "c_pert"))
-        image = st.matrix(ax, values,
-                          text=lambda i, j: f"{values[i, j]:.2g}\n[{lo[i, j]:.2g}, {hi[i, j]:.2g}]",
-                          dark=lambda i, j: not values[i, j] > 0.5 * (vmin + vmax), fontsize=5.5,
+        cells = np.vectorize(lambda v, low, high: f"{v:.2g}\n[{low:.2g}, {high:.2g}]")(values, lo, hi)
+        image = st.matrix(ax, values, text=lambda i, j, t=cells: t[i, j],
+                          dark=lambda i, j, v=values: not v[i, j] > 0.5 * (vmin + vmax), fontsize=5.5,
                           cmap=st.HEATMAP_CMAP, vmin=vmin, vmax=vmax)
         ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
         ax.set_yticks(range(len(labels)), labels if k == 0 else [])

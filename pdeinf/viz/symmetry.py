@@ -14,8 +14,9 @@ from pdeinf.errors import InputError
 from pdeinf.symmetry import summary as sm
 from pdeinf.viz import style as st
 
-__all__ = ["axis_check_figure", "translation_landscape_figure", "d4_equivariance_figure", "d4_orbit_figure", "lie_epochs_figure",
-           "lie_layers_figure", "shift_figure", "shift_landscape_figure", "symmetry_panel_figure"]
+__all__ = ["axis_check_figure", "d4_equivariance_figure", "d4_orbit_figure", "lie_epochs_figure",
+           "lie_layers_figure", "shift_figure", "shift_landscape_figure", "symmetry_panel_figure",
+           "translation_landscape_figure"]
 
 #: The follow-up's ranges (text; method.md section 7): NS D4 errors up to ~1e4, CE within ~25%,
 #: translations within a few percent (5% is ours).
