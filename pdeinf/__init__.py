@@ -32,19 +32,8 @@ _EXPORTS = {
     "NumericalError": ("pdeinf.errors", "NumericalError"),
 }
 
-__all__ = [
-    "InputError",
-    "NumericalError",
-    "__version__",
-    "act",
-    "build_model",
-    "get_profile",
-    "hat_matrix",
-    "normalize",
-    "open_dataset",
-    "open_well",
-    "pde_spec",
-]
+__all__ = ["InputError", "NumericalError", "__version__", "act", "build_model", "get_profile",
+           "hat_matrix", "normalize", "open_dataset", "open_well", "pde_spec"]
 
 
 def __getattr__(name: str):

@@ -22,12 +22,10 @@ def positive_int(value, name: str, *, allow_none: bool = False, minimum: int = 1
     return int(value)
 
 
-def non_negative_int(value, name: str) -> int:
-    return positive_int(value, name, minimum=0)
-
-
-def finite_float(value, name: str, *, minimum: float | None = None, positive: bool = False) -> float:
-    """`value` as a finite float (optionally > 0, or >= `minimum`)."""
+def finite_float(value, name: str, *, minimum: float | None = None, above: float | None = None,
+                 maximum: float | None = None, positive: bool = False) -> float:
+    """`value` as a finite float, optionally > 0 (`positive`), >= `minimum`, > `above`,
+    <= `maximum`."""
     if isinstance(value, bool):
         raise InputError(f"{name}={value!r}: expected a number")
     try:
@@ -36,10 +34,12 @@ def finite_float(value, name: str, *, minimum: float | None = None, positive: bo
         raise InputError(f"{name}={value!r}: expected a number") from None
     if not math.isfinite(out):
         raise InputError(f"{name}={value!r}: expected a finite number")
-    if positive and out <= 0:
-        raise InputError(f"{name}={value!r}: expected a number > 0")
-    if minimum is not None and out < minimum:
-        raise InputError(f"{name}={value!r}: expected a number >= {minimum}")
+    above = 0.0 if positive and above is None else above
+    for broken, bound in ((minimum is not None and out < minimum, f">= {minimum}"),
+                          (above is not None and out <= above, f"> {above}"),
+                          (maximum is not None and out > maximum, f"<= {maximum}")):
+        if broken:
+            raise InputError(f"{name}={value!r}: expected a number {bound}")
     return out
 
 

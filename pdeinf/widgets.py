@@ -31,7 +31,43 @@ from pdeinf.viz import figures as vf
 ALL_SEEDS = "all"
 
 
-class Explorer:
+class _Tab:
+    """What both tabs share: a loader `(pde, model) -> dataset` called once per pair, dropdowns
+    with a CSS class, a PNG image, and redraws only on a user's change."""
+
+    css_prefix = "pdeinf-"
+
+    def __init__(self, loader: Callable):
+        self.loader = loader
+        self._datasets: dict = {}
+        self._updating = False
+        self.renders = 0
+
+    def dropdown(self, name: str, options, description: str) -> W.Dropdown:
+        w = W.Dropdown(options=options, description=description, layout=W.Layout(width="250px"),
+                       style={"description_width": "95px"})
+        w.add_class(f"{self.css_prefix}{name}")
+        return w
+
+    def dataset(self, pde: str, model: str):
+        """The dataset of (pde, model), loaded once."""
+        key = (pde, model)
+        if key not in self._datasets:
+            self._datasets[key] = self.loader(pde, model)
+        return self._datasets[key]
+
+    def _on_view_change(self, change=None):
+        if not self._updating:
+            self.render()
+
+    @staticmethod
+    def png(fig) -> bytes:
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=80)
+        return buffer.getvalue()
+
+
+class Explorer(_Tab):
     """The explorer's state: widgets, the per-(PDE, model) datasets and the analysis cache."""
 
     def __init__(self, profile=None, *, pdes=None, models=None, loader: Callable | None = None,
@@ -49,20 +85,10 @@ class Explorer:
         if not callable(loader):
             raise InputError("loader: a callable (pde, model) -> sweep dataset is required, e.g. "
                              "pdeinf.pipeline.sweep_loader(profile)")
-        self.loader = loader
+        super().__init__(loader)
         self.max_lag = max_lag
-        self._datasets: dict = {}
         self._analyses: dict = {}
-        self._updating = False
-        self.renders = 0
-
-        def dropdown(name, options, description):
-            w = W.Dropdown(options=options, description=description,
-                           layout=W.Layout(width="250px"),
-                           style={"description_width": "95px"})
-            w.add_class(f"pdeinf-{name}")
-            return w
-
+        dropdown = self.dropdown
         self.pde = dropdown("pde", pdes, "PDE")
         self.model = dropdown("model", models, "model")
         self.seed = dropdown("seed", [ALL_SEEDS], "seed")
@@ -100,13 +126,6 @@ class Explorer:
         self._on_dataset_change()
 
     # ------------------------------------------------------------------ data and analyses
-    def dataset(self, pde: str, model: str):
-        """The sweep of (pde, model), loaded once."""
-        key = (pde, model)
-        if key not in self._datasets:
-            self._datasets[key] = self.loader(pde, model)
-        return self._datasets[key]
-
     def _selection(self):
         seeds = None if self.seed.value == ALL_SEEDS else [self.seed.value]
         return (self.pde.value, self.model.value, self.seed.value, self.epoch.value,
@@ -149,20 +168,13 @@ class Explorer:
             self._updating = False
         self.render()
 
-    def _on_view_change(self, change=None):
-        if not self._updating:
-            self.render()
-
     def render(self) -> bytes:
         """Redraw the panel for the current selection; returns the PNG bytes shown."""
         lag = int(self.lag.value)
         curve, heat, cm = self.analyses(lag)
         title = (f"{self.pde.value} {self.model.value}, seed {self.seed.value}, "
                  f"epoch {self.epoch.value}, {self.variant.value} / {self.normalization.value}")
-        fig = vf.explorer_figure(curve, heat, cm, lag=lag, title=title)
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=80)
-        self.image.value = buffer.getvalue()
+        self.image.value = self.png(vf.explorer_figure(curve, heat, cm, lag=lag, title=title))
         self.renders += 1
         q = curve.sel(dt=lag) if lag in curve["dt"].values else None
         if q is not None:
@@ -175,7 +187,7 @@ class Explorer:
         return self.widget._repr_mimebundle_(**kwargs)
 
 
-class SymmetryTab:
+class SymmetryTab(_Tab):
     """The symmetry tab: PDE, model and group element (D4 element or shift) dropdowns -> the
     per-example equivariance error and the orbit-influence diagonal of that element
     (`pdeinf.viz.symmetry.symmetry_panel_figure`). Each (PDE, model) study is loaded once by
@@ -185,25 +197,17 @@ class SymmetryTab:
     CSS classes: "pdeinf-symmetry" (the tab), "pdeinf-symmetry-figure", "pdeinf-sym-<name>"
     on the dropdowns (pde, model, element)."""
 
+    css_prefix = "pdeinf-sym-"
+
     def __init__(self, loader: Callable, pdes, models):
         if not callable(loader):
             raise InputError("symmetry_loader: a callable (pde, model) -> symmetry study is required, "
                              "e.g. pdeinf.pipeline.symmetry.symmetry_loader(profile)")
-        self.loader = loader
-        self._datasets: dict = {}
+        super().__init__(loader)
         self._panels: dict = {}
-        self._updating = False
-        self.renders = 0
-
-        def dropdown(name, options, description):
-            w = W.Dropdown(options=options, description=description, layout=W.Layout(width="250px"),
-                           style={"description_width": "95px"})
-            w.add_class(f"pdeinf-sym-{name}")
-            return w
-
-        self.pde = dropdown("pde", list(pdes), "PDE")
-        self.model = dropdown("model", list(models), "model")
-        self.element = dropdown("element", [], "element")
+        self.pde = self.dropdown("pde", list(pdes), "PDE")
+        self.model = self.dropdown("model", list(models), "model")
+        self.element = self.dropdown("element", [], "element")
         self.image = W.Image(format="png", layout=W.Layout(width="100%"))
         self.image.add_class("pdeinf-symmetry-figure")
         self.status = W.HTML(value="")
@@ -213,12 +217,6 @@ class SymmetryTab:
         self.model.observe(self._on_dataset_change, names="value")
         self.element.observe(self._on_view_change, names="value")
         self._on_dataset_change()
-
-    def dataset(self, pde: str, model: str):
-        key = (pde, model)
-        if key not in self._datasets:
-            self._datasets[key] = self.loader(pde, model)
-        return self._datasets[key]
 
     def _on_dataset_change(self, change=None):
         ds = self.dataset(self.pde.value, self.model.value)
@@ -231,10 +229,6 @@ class SymmetryTab:
         finally:
             self._updating = False
         self.render()
-
-    def _on_view_change(self, change=None):
-        if not self._updating:
-            self.render()
 
     def numbers(self) -> dict:
         """Q3 (over seeds, batches, examples) of the selected element's equivariance ratio and
@@ -250,11 +244,8 @@ class SymmetryTab:
 
         key = (self.pde.value, self.model.value, self.element.value)
         if key not in self._panels:
-            fig = vs.symmetry_panel_figure(self.dataset(*key[:2]), key[2],
-                                           title=f"{key[0]} {key[1]}, g = {key[2]}")
-            buffer = io.BytesIO()
-            fig.savefig(buffer, format="png", dpi=80)
-            self._panels[key] = buffer.getvalue()
+            self._panels[key] = self.png(vs.symmetry_panel_figure(
+                self.dataset(*key[:2]), key[2], title=f"{key[0]} {key[1]}, g = {key[2]}"))
             self.renders += 1
         self.image.value = self._panels[key]
         n = self.numbers()

@@ -53,7 +53,7 @@ def _inspect(args) -> int:
 
     from pdeinf.config import PDE_CLASSES, pde_spec
     from pdeinf.data.pdegym import chunk_files, open_dataset
-    from pdeinf.data.statistics import class_statistics, compare_to_pdegym
+    from pdeinf.data.statistics import class_readers, class_statistics, compare_to_pdegym
     from pdeinf.data.validation import POSITIVE_VARIABLES
     from pdeinf.data.well import open_well
 
@@ -66,11 +66,7 @@ def _inspect(args) -> int:
     if path.suffix in (".hdf5", ".h5"):
         readers[path.stem] = open_well(path)
     elif path.is_dir() and not chunk_files(path):
-        for cls in sum(PDE_CLASSES.values(), ()):
-            for candidate in (path / cls, path / f"{cls}.nc"):
-                if candidate.exists():
-                    readers[cls] = open_dataset(candidate)
-                    break
+        readers = class_readers(path, PDE_CLASSES)
         if not readers:
             raise InputError(f"{path}: no PDEGym files, class directories or class files")
     else:

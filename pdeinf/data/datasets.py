@@ -33,6 +33,17 @@ def _check_n(n, name: str = "n") -> int:
     return int(n)
 
 
+def _split_sizes(n: int, n_val: int, n_test: int) -> tuple[int, int, int]:
+    """`(n_train, n_val, n_test)`: for a tiny n the larger of val / test gives one trajectory
+    until train is non-empty."""
+    while n - n_val - n_test < 1:
+        if n_test >= n_val:
+            n_test -= 1
+        else:
+            n_val -= 1
+    return n - n_val - n_test, n_val, n_test
+
+
 def official_split(n: int, pde: str) -> dict[str, np.ndarray]:
     """PDEGym's contiguous split: test = the last 240 trajectories, val = the 120 before, the
     rest train (for files of at least the released size, 10000 CE / 20000 NS).
@@ -45,21 +56,13 @@ def official_split(n: int, pde: str) -> dict[str, np.ndarray]:
         raise InputError(f"pde={pde!r}: expected one of {', '.join(OFFICIAL_N)}")
     full = OFFICIAL_N[pde]
     if n >= full:
-        n_val, n_test = OFFICIAL_VAL, OFFICIAL_TEST
+        n_train, n_test = n - OFFICIAL_VAL - OFFICIAL_TEST, OFFICIAL_TEST
     else:
-        n_val = max(1, round(n * OFFICIAL_VAL / full))
-        n_test = max(1, round(n * OFFICIAL_TEST / full))
-        while n - n_val - n_test < 1:  # tiny n: keep train non-empty
-            if n_test >= n_val:
-                n_test -= 1
-            else:
-                n_val -= 1
+        n_train, _, n_test = _split_sizes(n, max(1, round(n * OFFICIAL_VAL / full)),
+                                              max(1, round(n * OFFICIAL_TEST / full)))
     indices = np.arange(n)
-    return {
-        "train": indices[: n - n_val - n_test],
-        "val": indices[n - n_val - n_test: n - n_test],
-        "test": indices[n - n_test:],
-    }
+    return {"train": indices[:n_train], "val": indices[n_train:n - n_test],
+            "test": indices[n - n_test:]}
 
 
 def split_indices(
@@ -76,15 +79,9 @@ def split_indices(
     fractions = tuple(float(f) for f in fractions)
     if len(fractions) != 3 or min(fractions) <= 0 or abs(sum(fractions) - 1.0) > 1e-9:
         raise InputError(f"fractions={fractions}: need three positive numbers summing to 1")
-    n_val = max(1, round(fractions[1] * n))
-    n_test = max(1, round(fractions[2] * n))
-    while n - n_val - n_test < 1:
-        if n_test >= n_val:
-            n_test -= 1
-        else:
-            n_val -= 1
+    n_train, n_val, _ = _split_sizes(n, max(1, round(fractions[1] * n)),
+                                     max(1, round(fractions[2] * n)))
     permutation = np.random.default_rng(int(seed)).permutation(n)
-    n_train = n - n_val - n_test
     return {
         "train": np.sort(permutation[:n_train]),
         "val": np.sort(permutation[n_train:n_train + n_val]),
@@ -143,9 +140,7 @@ class PDEData:
             if reader.pde != self.pde:
                 raise InputError(f"{self._paths[cls]}: holds {reader.pde} data, expected {self.pde}")
             if reader.n_times < self.t_max:
-                raise InputError(
-                    f"{self._paths[cls]}: {reader.n_times} snapshots < t_max = {self.t_max}"
-                )
+                raise InputError(f"{self._paths[cls]}: {reader.n_times} snapshots < t_max = {self.t_max}")
             self._readers[cls] = reader
         return self._readers[cls]
 

@@ -65,10 +65,6 @@ def _load_payload(cache: Path) -> dict:
     return payload
 
 
-def _load_cache(cache: Path) -> dict:
-    return _load_payload(cache)["files"]
-
-
 def _save_payload(cache: Path, payload: dict) -> None:
     from pdeinf.atomic import write_json
 
@@ -77,12 +73,6 @@ def _save_payload(cache: Path, payload: dict) -> None:
         write_json(cache, payload)
     except OSError:  # a read-only location only costs a rehash next time
         pass
-
-
-def _save_cache(cache: Path, files: dict) -> None:
-    payload = _load_payload(cache)  # keep the tags another call may have written
-    payload["files"] = files
-    _save_payload(cache, payload)
 
 
 #: In-process tags: (digest, tag) pairs.
@@ -117,7 +107,7 @@ def file_keys(paths: Iterable[str | os.PathLike], cache: str | os.PathLike | Non
     paths = [Path(p) for p in paths]
     identities = [_identity(p) for p in paths]
     cache_path = Path(cache) if cache is not None else None
-    stored = _load_cache(cache_path) if cache_path is not None else {}
+    stored = _load_payload(cache_path)["files"] if cache_path is not None else {}
     changed = False
     keys = []
     for identity in identities:
@@ -133,14 +123,9 @@ def file_keys(paths: Iterable[str | os.PathLike], cache: str | os.PathLike | Non
             stored[identity[0]] = {"identity": list(identity[1:]), "digest": key}
             changed = True
         keys.append(key)
-    if changed:
-        _save_cache(cache_path, stored)
+    if changed:  # reread: keep the tags another call may have written
+        _save_payload(cache_path, {**_load_payload(cache_path), "files": stored})
     return keys
-
-
-def file_key(path: str | os.PathLike, cache: str | os.PathLike | None = None) -> str:
-    """The content digest of one file (see `file_keys`)."""
-    return file_keys([path], cache)[0]
 
 
 def content_key(paths: Iterable[str | os.PathLike], cache: str | os.PathLike | None = None) -> str:

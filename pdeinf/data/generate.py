@@ -15,7 +15,6 @@ written under a temporary name and renamed, so a crash never leaves a half-writt
 """
 from __future__ import annotations
 
-import inspect
 import os
 import re
 from pathlib import Path
@@ -25,7 +24,7 @@ import torch
 
 from pdeinf.checks import positive_int
 from pdeinf.config import DATASETS, pde_of, pde_spec
-from pdeinf.data.pdegym import STORED_CHANNELS, VARIABLE, ChunkWriter, chunk_name
+from pdeinf.data.pdegym import STORED_CHANNELS, VARIABLE, ChunkWriter, chunk_name, model_to_stored
 from pdeinf.data.validation import check_generation_request
 from pdeinf.errors import InputError, NumericalError
 
@@ -38,16 +37,13 @@ NS_VISCOSITY = "spectral"
 BLOCK_AVERAGE, SPECTRAL_TRUNCATION = "block_average", "spectral_truncation"
 
 
-_positive_int = positive_int
-
-
 def _check_arguments(dataset, n_trajectories, resolution, solver_resolution, chunk_size,
                      batch_size, seed, device):
     if dataset not in DATASETS:
         raise InputError(f"dataset={dataset!r}: unknown data set; expected one of {', '.join(DATASETS)}")
-    n_trajectories = _positive_int(n_trajectories, "n_trajectories")
-    resolution = _positive_int(resolution, "resolution")
-    solver_resolution = _positive_int(
+    n_trajectories = positive_int(n_trajectories, "n_trajectories")
+    resolution = positive_int(resolution, "resolution")
+    solver_resolution = positive_int(
         2 * resolution if solver_resolution is None else solver_resolution, "solver_resolution"
     )
     if solver_resolution % resolution:
@@ -56,10 +52,10 @@ def _check_arguments(dataset, n_trajectories, resolution, solver_resolution, chu
             "(the stored grid is a block average or spectral truncation of the solver grid)"
         )
     pde = pde_of(dataset)
-    chunk_size = _positive_int(
+    chunk_size = positive_int(
         min(n_trajectories, PDEGYM_CHUNK_SIZE[pde]) if chunk_size is None else chunk_size, "chunk_size"
     )
-    batch_size = _positive_int(batch_size, "batch_size")
+    batch_size = positive_int(batch_size, "batch_size")
     positive_int(seed, "seed", minimum=0)
     try:
         device = torch.device(device)
@@ -88,16 +84,12 @@ def spectral_truncate(fields: torch.Tensor, resolution: int) -> torch.Tensor:
     linear constant-coefficient differential constraint the fine field satisfies spectrally
     (div u = 0 for the incompressible solver's velocity) holds on the coarse grid to round-off.
     """
-    *lead, height, width = fields.shape
-    if resolution == height == width:
+    from pdeinf.solvers.navier_stokes import _Grid
+
+    if resolution == fields.shape[-2] == fields.shape[-1]:
         return fields
-    coefficients = torch.fft.rfft2(fields, norm="forward")  # [..., Rs, Rs//2+1]
-    n_pos, n_neg, n_col = (resolution + 1) // 2, (resolution - 1) // 2, (resolution + 1) // 2
-    kept = coefficients.new_zeros(*lead, resolution, resolution // 2 + 1)
-    kept[..., :n_pos, :n_col] = coefficients[..., :n_pos, :n_col]
-    if n_neg:
-        kept[..., -n_neg:, :n_col] = coefficients[..., -n_neg:, :n_col]
-    return torch.fft.irfft2(kept, s=(resolution, resolution), norm="forward")
+    grid = _Grid(resolution, resolution, (1.0, 1.0), fields.dtype, fields.device)
+    return grid.to_physical(grid.truncate(torch.fft.rfft2(fields, norm="forward")))
 
 
 def downsampling_kind(pde: str) -> str:
@@ -125,24 +117,6 @@ def _downsampling_note(pde: str, solver_resolution: int, resolution: int) -> str
             f"the modes of the {resolution}x{resolution} grid (Nyquist dropped)")
 
 
-def _sample_initial_conditions(dataset, first, count, resolution, seed, dtype, device) -> torch.Tensor:
-    """`[count, C, R, R]` initial conditions of global trajectories `first .. first+count-1`.
-    The sampler seeds every sample from `(seed, data set, index)`, so the result does not
-    depend on how trajectories are grouped into chunks and batches."""
-    from pdeinf.solvers import initial_conditions
-
-    return initial_conditions.sample(dataset, count, resolution, seed=seed, start=first, dtype=dtype,
-                                     device=device)
-
-
-def _accepts(function, name: str) -> bool:
-    try:
-        parameters = inspect.signature(function).parameters
-    except (TypeError, ValueError):
-        return False
-    return name in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
-
-
 def _solve(pde: str, u0: torch.Tensor) -> torch.Tensor:
     """`[b, C, Rs, Rs] -> [b, 21, C, Rs, Rs]` at t = k/20."""
     spec = pde_spec(pde)
@@ -153,21 +127,7 @@ def _solve(pde: str, u0: torch.Tensor) -> torch.Tensor:
         from pdeinf.solvers import navier_stokes as solver
         # PDEGym/azeban's smooth-cutoff spectral viscosity, eps_N = 0.05 / N on the solver grid
         kwargs = {"viscosity": NS_VISCOSITY}
-    if _accepts(solver.solve, "progress"):
-        kwargs["progress"] = False
-    return solver.solve(u0, SNAPSHOT_TIMES.tolist(), **kwargs)
-
-
-def _to_stored(pde: str, trajectories: torch.Tensor) -> np.ndarray:
-    """Model-channel trajectories `[b, T, C, H, W]` -> the stored channels `[b, T, C_s, H, W]`
-    (CE primitive 5; NS u, v, the writer adds the zero tracer)."""
-    from pdeinf.data.pdegym import model_to_stored
-
-    return model_to_stored(pde, trajectories.detach().cpu().numpy())
-
-
-def _chunk_ranges(n_trajectories: int, chunk_size: int) -> list[tuple[int, int]]:
-    return [(start, min(start + chunk_size, n_trajectories)) for start in range(0, n_trajectories, chunk_size)]
+    return solver.solve(u0, SNAPSHOT_TIMES.tolist(), progress=False, **kwargs)
 
 
 def _attribute_value(value):
@@ -203,20 +163,10 @@ def _existing_is_complete(path: Path, expected: dict, n_samples: int, resolution
     return True
 
 
-def generate(
-    dataset: str,
-    n_trajectories: int,
-    resolution: int,
-    out_dir: str | os.PathLike,
-    *,
-    seed: int = 0,
-    solver_resolution: int | None = None,
-    chunk_size: int | None = None,
-    batch_size: int = 8,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float64,
-    progress: bool = True,
-) -> list[Path]:
+def generate(dataset: str, n_trajectories: int, resolution: int, out_dir: str | os.PathLike, *,
+             seed: int = 0, solver_resolution: int | None = None, chunk_size: int | None = None,
+             batch_size: int = 8, device: str | torch.device = "cpu",
+             dtype: torch.dtype = torch.float64, progress: bool = True) -> list[Path]:
     """Generate `n_trajectories` trajectories of `dataset` (e.g. "CE-RP") at `resolution`^2 into
     `out_dir/dataset/data_K.nc` (CE) or `velocity_K.nc` (NS); returns the chunk paths.
 
@@ -245,7 +195,8 @@ def generate(
     # the downsampling is part of the request: files from the old NS block average are refused
     expected = {"pde": pde, "dataset": dataset, "seed": seed, "solver_resolution": solver_resolution,
                 "downsampling": downsampling}
-    ranges = _chunk_ranges(n_trajectories, chunk_size)
+    ranges = [(start, min(start + chunk_size, n_trajectories))
+              for start in range(0, n_trajectories, chunk_size)]
     paths = [target / chunk_name(pde, k) for k in range(len(ranges))]
     todo = [
         k for k, ((start, stop), path) in enumerate(zip(ranges, paths))
@@ -286,7 +237,11 @@ def _physics_attrs(pde: str) -> dict:
 
 
 def _run_batch(dataset, pde, members, solver_resolution, resolution, seed, dtype, device, chunk) -> np.ndarray:
-    u0 = _sample_initial_conditions(dataset, members[0], len(members), solver_resolution, seed, dtype, device)
+    from pdeinf.solvers import initial_conditions
+
+    # every sample is seeded from (seed, data set, index): chunks and batches do not matter
+    u0 = initial_conditions.sample(dataset, len(members), solver_resolution, seed=seed,
+                                   start=members[0], dtype=dtype, device=device)
     try:
         solution = _solve(pde, u0)
     except InputError:
@@ -297,7 +252,7 @@ def _run_batch(dataset, pde, members, solver_resolution, resolution, seed, dtype
             f"{_name_members(str(err), members)}: {err}"
         ) from err
     solution = downsample(pde, solution, resolution)
-    stored = _to_stored(pde, solution)
+    stored = model_to_stored(pde, solution.detach().cpu().numpy())  # the writer adds the tracer
     if not np.all(np.isfinite(stored)):
         bad = members[int(np.flatnonzero(~np.isfinite(stored).reshape(len(members), -1).all(1))[0])]
         raise NumericalError(f"generate {dataset}: chunk {chunk}, trajectory {bad}: non-finite values")

@@ -38,9 +38,7 @@ STORED_DESCRIPTIONS: dict[str, str] = {
     "E": "total energy E = rho |v|^2 / 2 + p / (gamma - 1)", "u": "horizontal velocity",
     "v": "vertical velocity", "tracer": "passive tracer",
 }
-_CHUNK_RE = re.compile(
-    r"^(" + "|".join(re.escape(kind) for kind in VARIABLE.values()) + r")_(\d+)\.nc$"
-)
+_CHUNK_RE = re.compile(r"^(" + "|".join(re.escape(kind) for kind in VARIABLE.values()) + r")_(\d+)\.nc$")
 #: What h5py raises on a damaged file (corrupt object headers surface as KeyError/RuntimeError).
 _H5_ERRORS = (OSError, ValueError, KeyError, RuntimeError)
 
@@ -118,13 +116,13 @@ def _pde_from_kind(kind: str) -> str:
     raise InputError(f"kind {kind!r}: expected one of {', '.join([*VARIABLE, *VARIABLE.values()])}")
 
 
-def _open_h5(path: Path):
+def _open_h5(path: Path, kind: str = "a netCDF4/HDF5"):
     import h5py
 
     try:
         return h5py.File(path, "r")
     except (OSError, ValueError) as err:  # truncated, corrupt, not HDF5/netCDF4
-        raise InputError(f"{path}: cannot open as a netCDF4/HDF5 file ({err})") from None
+        raise InputError(f"{path}: cannot open as {kind} file ({err})") from None
 
 
 @dataclass(frozen=True)
@@ -183,60 +181,53 @@ class PDEGymReader:
         if not path.is_file():
             raise InputError(f"{path}: no such file")
         try:
-            return PDEGymReader._inspect_open(path)
+            with _open_h5(path) as handle:
+                return PDEGymReader._layout(path, handle)
         except InputError:
             raise
         except _H5_ERRORS as err:  # a damaged object header (h5py: KeyError/RuntimeError)
             raise InputError(f"{path}: corrupt netCDF4/HDF5 file, cannot read its structure ({err})") from None
 
     @staticmethod
-    def _inspect_open(path: Path) -> tuple[str, tuple[int, ...], np.ndarray | None]:
-        with _open_h5(path) as handle:
-            present = [name for name in VARIABLE.values() if name in handle]
-            if len(present) != 1:
-                expected = " or ".join(f"{kind!r} ({pde})" for pde, kind in VARIABLE.items())
-                raise InputError(f"{path}: expected exactly one variable {expected}, found {sorted(handle.keys())}")
-            variable = present[0]
-            pde = _pde_from_kind(variable)
-            dataset = handle[variable]
-            shape = tuple(int(s) for s in dataset.shape)
-            if len(shape) != 5:
-                raise InputError(
-                    f"{path}: variable {variable!r} has {len(shape)} dims {shape}; "
-                    f"expected 5 {DIMS}"
-                )
-            names = _dimension_names(dataset)
-            if names is not None and names != DIMS:
-                raise InputError(f"{path}: variable {variable!r} has dims {names}; expected {DIMS}")
-            n_channels = len(STORED_CHANNELS[pde])
-            if shape[2] != n_channels:
-                raise InputError(
-                    f"{path}: variable {variable!r} has {shape[2]} channels; expected "
-                    f"{n_channels} ({', '.join(STORED_CHANNELS[pde])})"
-                )
-            if min(shape) <= 0:
-                raise InputError(f"{path}: variable {variable!r} is empty {shape}")
-            if dataset.dtype.kind != "f" or dataset.dtype.itemsize not in (4, 8):
-                raise InputError(
-                    f"{path}: variable {variable!r} has dtype {dataset.dtype}; expected float32 or float64"
-                )
-            if shape[1] < 2:
-                raise InputError(f"{path}: only {shape[1]} time snapshot(s); need at least 2")
-            times = None
-            if "time" in handle and handle["time"].shape == (shape[1],) and not _is_bare_dimension(handle["time"]):
-                try:
-                    times = np.asarray(handle["time"][()], dtype=np.float64)
-                except OSError as err:
-                    raise InputError(f"{path}: cannot read coordinate 'time' ({err})") from None
+    def _layout(path: Path, handle) -> tuple[str, tuple[int, ...], np.ndarray | None]:
+        """`(pde, shape, times)` of an open file; InputError naming what does not fit."""
+        present = [name for name in VARIABLE.values() if name in handle]
+        if len(present) != 1:
+            expected = " or ".join(f"{kind!r} ({pde})" for pde, kind in VARIABLE.items())
+            raise InputError(f"{path}: expected exactly one variable {expected}, found {sorted(handle.keys())}")
+        variable = present[0]
+        pde = _pde_from_kind(variable)
+        dataset = handle[variable]
+        shape = tuple(int(s) for s in dataset.shape)
+        where = f"{path}: variable {variable!r}"
+        if len(shape) != 5:
+            raise InputError(f"{where} has {len(shape)} dims {shape}; expected 5 {DIMS}")
+        names = _dimension_names(dataset)
+        if names is not None and names != DIMS:
+            raise InputError(f"{where} has dims {names}; expected {DIMS}")
+        stored = STORED_CHANNELS[pde]
+        if shape[2] != len(stored):
+            raise InputError(f"{where} has {shape[2]} channels; expected {len(stored)} ({', '.join(stored)})")
+        if min(shape) <= 0:
+            raise InputError(f"{where} is empty {shape}")
+        if dataset.dtype.kind != "f" or dataset.dtype.itemsize not in (4, 8):
+            raise InputError(f"{where} has dtype {dataset.dtype}; expected float32 or float64")
+        if shape[1] < 2:
+            raise InputError(f"{path}: only {shape[1]} time snapshot(s); need at least 2")
+        times = None
+        if "time" in handle and handle["time"].shape == (shape[1],) and not _is_bare_dimension(handle["time"]):
+            try:
+                times = np.asarray(handle["time"][()], dtype=np.float64)
+            except OSError as err:
+                raise InputError(f"{path}: cannot read coordinate 'time' ({err})") from None
         return pde, shape, times
 
     # -- reading ---------------------------------------------------------------------
-    def read(
-        self,
-        samples: int | slice | Iterable[int] | None = None,
-        times: int | slice | Iterable[int] | None = None,
-    ) -> np.ndarray:
-        """Model channels of the requested samples and times: float32 `[n, T, C, H, W]`.
+    def read(self, samples: int | slice | Iterable[int] | None = None,
+             times: int | slice | Iterable[int] | None = None, *, stored: bool = False) -> np.ndarray:
+        """Model channels of the requested samples and times: float32 `[n, T, C, H, W]`
+        (`stored`: the stored channels instead, CE primitive 5, NS 3 with the tracer; for
+        inspection and statistics).
 
         `samples`/`times` are an int, a slice, or a sequence of indices (any order, repeats
         allowed); None means all. Raises InputError for out-of-range indices, unreadable
@@ -244,8 +235,8 @@ class PDEGymReader:
         """
         sample_idx = _as_indices(samples, self.n_samples, "samples", self.source)
         time_idx = _as_indices(times, self.n_times, "times", self.source)
-        height, width = self.resolution
-        out = np.empty((len(sample_idx), len(time_idx), self.channels, height, width), np.float32)
+        channels = len(STORED_CHANNELS[self.pde]) if stored else self.channels
+        out = np.empty((len(sample_idx), len(time_idx), channels, *self.resolution), np.float32)
         if len(sample_idx) == 0 or len(time_idx) == 0:
             return out
         # h5py wants increasing, unique indices: read the sorted unique times once per sample.
@@ -254,53 +245,28 @@ class PDEGymReader:
         file_of = np.searchsorted(self._starts, sample_idx, side="right") - 1
         for file_number in np.unique(file_of):
             chunk = self._chunks[file_number]
-            rows = np.flatnonzero(file_of == file_number)
             with _open_h5(chunk.path) as handle:
                 dataset = _variable(handle, self.variable, chunk.path)
-                for row in rows:
+                for row in np.flatnonzero(file_of == file_number):
                     local = int(sample_idx[row] - chunk.first)
                     try:
-                        stored = np.asarray(dataset[local, time_selection], dtype=np.float32)
+                        values = np.asarray(dataset[local, time_selection], dtype=np.float32)
                     except _H5_ERRORS as err:
                         raise InputError(
                             f"{chunk.path}: cannot read sample {local} ({err}); truncated or corrupt?"
                         ) from None
-                    stored = stored[time_inverse]
-                    if not np.all(np.isfinite(stored)):
-                        raise InputError(
-                            f"{chunk.path}: sample {local} contains NaN or Inf values"
-                        )
-                    out[row] = self._to_model_channels(stored)
+                    values = np.swapaxes(values[time_inverse], -1, -2)  # [T, C_stored, H=Y, W=X]
+                    if stored:
+                        out[row] = values
+                        continue
+                    if not np.all(np.isfinite(values)):
+                        raise InputError(f"{chunk.path}: sample {local} contains NaN or Inf values")
+                    out[row] = stored_to_model(self.pde, values, axis=1)
         return out
 
     def read_stored(self, samples=None, times=None) -> np.ndarray:
-        """The stored channels (CE primitive 5, NS 3 with the tracer), `[n, T, C_stored, H, W]`,
-        x along W. For inspection and statistics; training uses `read`."""
-        sample_idx = _as_indices(samples, self.n_samples, "samples", self.source)
-        time_idx = _as_indices(times, self.n_times, "times", self.source)
-        height, width = self.resolution
-        out = np.empty(
-            (len(sample_idx), len(time_idx), len(STORED_CHANNELS[self.pde]), height, width),
-            np.float32,
-        )
-        unique_times, time_inverse = np.unique(time_idx, return_inverse=True)
-        file_of = np.searchsorted(self._starts, sample_idx, side="right") - 1
-        for row, (file_number, sample) in enumerate(zip(file_of, sample_idx)):
-            chunk = self._chunks[file_number]
-            with _open_h5(chunk.path) as handle:
-                try:
-                    stored = np.asarray(
-                        handle[self.variable][int(sample - chunk.first), _h5_selection(unique_times)],
-                        dtype=np.float32,
-                    )
-                except _H5_ERRORS as err:
-                    raise InputError(f"{chunk.path}: cannot read sample {sample - chunk.first} ({err})") from None
-            out[row] = np.swapaxes(stored[time_inverse], -1, -2)
-        return out
-
-    def _to_model_channels(self, stored: np.ndarray) -> np.ndarray:
-        """`[T, C_stored, X, Y]` -> `[T, C, H=Y, W=X]`."""
-        return stored_to_model(self.pde, np.swapaxes(stored, -1, -2), axis=1)
+        """`read(samples, times, stored=True)`: the stored channels `[n, T, C_stored, H, W]`."""
+        return self.read(samples, times, stored=True)
 
     def validate(self, *, block: int = 16, progress: bool = False, cache=None) -> None:
         """Check every value of every file, `block` samples at a time (memory bounded): dtype
@@ -381,14 +347,8 @@ def open_dataset(path: str | os.PathLike) -> PDEGymReader:
     return PDEGymReader([path], source=path)
 
 
-def write_chunk(
-    path: str | os.PathLike,
-    array: np.ndarray,
-    kind: str,
-    times: Sequence[float] | np.ndarray,
-    *,
-    attrs: dict | None = None,
-) -> Path:
+def write_chunk(path: str | os.PathLike, array: np.ndarray, kind: str,
+                times: Sequence[float] | np.ndarray, *, attrs: dict | None = None) -> Path:
     """Write one PDEGym-layout file, to a temporary name then renamed.
 
     `array` has x along W: CE primitive `[n, T, 5, H, W]` (rho, vx, vy, p, E); NS velocity

@@ -86,6 +86,22 @@ def reader_statistics(reader, *, times=None, max_samples: int | None = None, blo
     return row
 
 
+def class_readers(root: Path, pdes) -> dict:
+    """`{class: reader}` of every class of `pdes` found under `root` as `<CLASS>/` (chunk files)
+    or `<CLASS>.nc` (assembled)."""
+    from pdeinf.data.pdegym import open_dataset
+
+    readers = {}
+    for p in pdes:
+        if p not in PDE_CLASSES:
+            raise InputError(f"pde={p!r}: expected one of {', '.join(PDE_CLASSES)}")
+        for cls in PDE_CLASSES[p]:
+            found = [c for c in (root / cls, root / f"{cls}.nc") if c.exists()]
+            if found:
+                readers[cls] = open_dataset(found[0])
+    return readers
+
+
 def class_statistics(source, pde: str | None = None, *, times=None, max_samples: int | None = None
                      ) -> pd.DataFrame:
     """Statistics per class: one row per data set, columns `<q>_mean`, `<q>_std` (q = rho, vx,
@@ -95,7 +111,6 @@ def class_statistics(source, pde: str | None = None, *, times=None, max_samples:
     are tabulated), a `PDEData`, a reader, or a mapping `{name: reader}`.
     """
     from pdeinf.data.datasets import PDEData
-    from pdeinf.data.pdegym import open_dataset
 
     if isinstance(source, PDEData):
         readers = {cls: source.reader(cls) for cls in source.classes}
@@ -105,16 +120,7 @@ def class_statistics(source, pde: str | None = None, *, times=None, max_samples:
         root = Path(source)
         if not root.is_dir():
             raise InputError(f"{root}: not a directory")
-        pdes = [pde] if pde else list(PDE_CLASSES)
-        readers = {}
-        for p in pdes:
-            if p not in PDE_CLASSES:
-                raise InputError(f"pde={p!r}: expected one of {', '.join(PDE_CLASSES)}")
-            for cls in PDE_CLASSES[p]:
-                for candidate in (root / cls, root / f"{cls}.nc"):
-                    if candidate.exists():
-                        readers[cls] = open_dataset(candidate)
-                        break
+        readers = class_readers(root, [pde] if pde else list(PDE_CLASSES))
         if not readers:
             raise InputError(f"{root}: no class directories or files ({', '.join(sum(PDE_CLASSES.values(), ()))})")
     elif hasattr(source, "read") and hasattr(source, "n_samples"):

@@ -19,10 +19,7 @@ a block of samples at a time, and checked:
 A file passes once per content: its content key (`pdeinf.data.fingerprint`) is tagged as
 validated in memory and, given `cache`, in that JSON file, so a later run skips it.
 
-Generation (`check_generation_request`): `MIN_RESOLUTION` (the smallest grid the surrogates
-accept, shared by generation and training), the output folder (a directory we can write), and
-estimates of the output size (against free disk), the solver's working memory (against RAM /
-GPU memory) and the run time (against `MAX_GENERATION_HOURS`).
+Generation: `check_generation_request`.
 """
 from __future__ import annotations
 
@@ -35,7 +32,7 @@ import numpy as np
 from pdeinf.checks import positive_int
 from pdeinf.config import MIN_RESOLUTION, PDE_SPECS, pde_spec
 from pdeinf.errors import InputError
-from pdeinf.storage import probe_writable
+from pdeinf.storage import existing_ancestor, probe_writable
 
 VALIDATION_VERSION = 1  # bump when the rules change: cached passes are then re-checked
 _TAG = f"validated-v{VALIDATION_VERSION}"
@@ -193,21 +190,14 @@ def estimate_generation(pde: str, *, n_trajectories: int, resolution: int, solve
     return {"output_bytes": output, "memory_bytes": memory, "hours": seconds / 3600.0}
 
 
-def _existing_ancestor(path: Path) -> Path:
-    path = path.absolute()
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
-
 def check_output_dir(out_dir: str | os.PathLike, target: str | os.PathLike | None = None) -> Path:
     """InputError unless `out_dir` (and `target` inside it) is, or can be created as, a
     writable directory. Returns the nearest existing ancestor (for disk-space checks)."""
     out_dir = Path(out_dir)
-    for path, name in ((out_dir, "--out"), (Path(target) if target is not None else None, "--out")):
-        if path is not None and path.exists() and not path.is_dir():
-            raise InputError(f"{name} {path}: exists and is not a directory")
-    anchor = _existing_ancestor(Path(target) if target is not None else out_dir)
+    for path in (out_dir, target):
+        if path is not None and Path(path).exists() and not Path(path).is_dir():
+            raise InputError(f"--out {path}: exists and is not a directory")
+    anchor = existing_ancestor(Path(target) if target is not None else out_dir)
     if not anchor.is_dir():
         raise InputError(f"--out {out_dir}: {anchor} is not a directory")
     if not os.access(anchor, os.W_OK | os.X_OK) or probe_writable(anchor) is not None:

@@ -29,22 +29,13 @@ from pathlib import Path
 import numpy as np
 
 from pdeinf.config import pde_spec
-from pdeinf.data.pdegym import _as_indices, _h5_selection
+from pdeinf.data.pdegym import _as_indices, _h5_selection, _open_h5
 from pdeinf.errors import InputError
 
 _SCALAR_FIELDS = ("density", "energy", "pressure")
 _VECTOR_FIELDS = ("momentum",)
 #: The Well's boundary-condition types (the_well.data.datasets.BoundaryCondition)
 BC_TYPES = ("WALL", "OPEN", "PERIODIC")
-
-
-def _open(path: Path):
-    import h5py
-
-    try:
-        return h5py.File(path, "r")
-    except (OSError, ValueError) as err:
-        raise InputError(f"{path}: cannot open as an HDF5 file ({err})") from None
 
 
 def _text(value) -> str:
@@ -86,7 +77,7 @@ class WellReader:
         self.source = self.path = Path(path)
         if not self.path.is_file():
             raise InputError(f"{self.path}: no such file")
-        with _open(self.path) as handle:
+        with _open_h5(self.path, "an HDF5") as handle:
             for group in ("t0_fields", "t1_fields", "scalars", "boundary_conditions", "dimensions"):
                 if group not in handle:
                     raise InputError(f"{self.path}: missing group {group!r} (not a Well file?)")
@@ -127,7 +118,7 @@ class WellReader:
             return out
         unique_times, inverse = np.unique(time_idx, return_inverse=True)
         selection = _h5_selection(unique_times)
-        with _open(self.path) as handle:
+        with _open_h5(self.path, "an HDF5") as handle:
             density = handle["t0_fields"]["density"]
             energy = handle["t0_fields"]["energy"]
             momentum = handle["t1_fields"]["momentum"]
@@ -151,7 +142,7 @@ class WellReader:
         pressure positive. Raises InputError naming the file and trajectory."""
         from tqdm.auto import tqdm
 
-        with _open(self.path) as handle:
+        with _open_h5(self.path, "an HDF5") as handle:
             for sample in tqdm(range(self.n_samples), desc=f"validate {self.path.name}",
                                disable=not progress):
                 try:
@@ -178,9 +169,7 @@ def _read_gamma(handle, path: Path) -> float:
     if gamma_data.dtype.kind not in "fiu":
         raise InputError(f"{path}: scalars/gamma has dtype {gamma_data.dtype}; expected a number")
     if gamma_data.size != 1 or gamma_data.ndim > 1:
-        raise InputError(
-            f"{path}: scalars/gamma has shape {gamma_data.shape}; expected one constant scalar"
-        )
+        raise InputError(f"{path}: scalars/gamma has shape {gamma_data.shape}; expected one constant scalar")
     try:
         gamma = float(np.asarray(gamma_data[()]).reshape(()))
     except (OSError, ValueError, TypeError) as err:
@@ -259,14 +248,9 @@ def open_well(path: str | os.PathLike) -> WellReader:
     return WellReader(path)
 
 
-def write_well_file(
-    path: str | os.PathLike,
-    conserved: np.ndarray,
-    *,
-    gamma: float | None = None,
-    periodic: tuple[bool, bool] = (True, True),
-    times: Sequence[float] | None = None,
-) -> Path:
+def write_well_file(path: str | os.PathLike, conserved: np.ndarray, *, gamma: float | None = None,
+                    periodic: tuple[bool, bool] = (True, True),
+                    times: Sequence[float] | None = None) -> Path:
     """Write `conserved` `[n, T, 4, H, W]` (rho, rho*vx, rho*vy, E; x along W) as a Well
     euler_multi_quadrants file in The Well's layout (module docstring), pressure derived with
     `gamma` (default: the CE gamma of `pdeinf.config`); `times` default to The Well's

@@ -17,7 +17,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from pdeinf.checks import finite_float, one_of
 from pdeinf.errors import InputError, NumericalError
+from pdeinf.solvers import check_domain, check_times
 
 __all__ = ["LIMITERS", "SolverError", "conserved_to_primitive", "primitive_to_conserved", "solve"]
 
@@ -150,36 +152,6 @@ def _bad_members(w: torch.Tensor) -> list[int]:
 # ----------------------------------------------------------------------------- validation
 
 
-def _check_times(t_out) -> np.ndarray:
-    try:
-        times = np.asarray(
-            t_out.detach().cpu().numpy() if isinstance(t_out, torch.Tensor) else t_out, dtype=np.float64
-        )
-    except (TypeError, ValueError):
-        raise InputError(f"t_out: expected a 1D sequence of numbers, got {type(t_out).__name__}") from None
-    if times.ndim != 1 or times.size == 0:
-        raise InputError(f"t_out: expected a non-empty 1D sequence, got shape {times.shape}")
-    if not np.all(np.isfinite(times)):
-        raise InputError("t_out: contains NaN or Inf")
-    if times[0] != 0.0:
-        raise InputError(f"t_out: must start at 0, starts at {times[0]}")
-    if np.any(np.diff(times) <= 0):
-        raise InputError("t_out: times must be strictly increasing")
-    return times
-
-
-def _check_scalar(value, name: str, *, low: float, high: float = np.inf, low_inclusive=False) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"{name}: expected a number, got {value!r}") from None
-    ok = np.isfinite(v) and (v >= low if low_inclusive else v > low) and v <= high
-    if not ok:
-        bound = f"{'>=' if low_inclusive else '>'} {low}" + ("" if high == np.inf else f" and <= {high}")
-        raise InputError(f"{name}: must be finite and {bound}, got {value!r}")
-    return v
-
-
 def _check_u0(u0, gamma: float) -> torch.Tensor:
     if not isinstance(u0, torch.Tensor):
         try:
@@ -205,16 +177,9 @@ def _check_u0(u0, gamma: float) -> torch.Tensor:
 # ----------------------------------------------------------------------------- driver
 
 
-def solve(
-    u0: torch.Tensor,
-    t_out: Sequence[float],
-    *,
-    gamma: float = 1.4,
-    domain: tuple[float, float] = (1.0, 1.0),
-    cfl: float = 0.4,
-    limiter: str = "mc",
-    progress: bool = True,
-) -> torch.Tensor:
+def solve(u0: torch.Tensor, t_out: Sequence[float], *, gamma: float = 1.4,
+          domain: tuple[float, float] = (1.0, 1.0), cfl: float = 0.4, limiter: str = "mc",
+          progress: bool = True) -> torch.Tensor:
     """Evolve `u0` `[B, 4, H, W]` (conserved; x along W, y along H) to the times `t_out`.
 
     `t_out`: strictly increasing times starting at 0 (same time units as `domain` / velocity).
@@ -225,17 +190,11 @@ def solve(
     Returns `[B, len(t_out), 4, H, W]` in the dtype and device of `u0`; index 0 is `u0`.
     Raises InputError for bad arguments, SolverError when rho or p turns non-positive/non-finite.
     """
-    gamma = _check_scalar(gamma, "gamma", low=1.0)
-    cfl = _check_scalar(cfl, "cfl", low=0.0, high=1.0)
-    if limiter not in LIMITERS:
-        raise InputError(f"limiter: unknown {limiter!r}; expected one of {', '.join(LIMITERS)}")
-    try:
-        lx, ly = domain
-    except (TypeError, ValueError):
-        raise InputError(f"domain: expected (Lx, Ly), got {domain!r}") from None
-    lx = _check_scalar(lx, "domain[0] (Lx)", low=0.0)
-    ly = _check_scalar(ly, "domain[1] (Ly)", low=0.0)
-    times = _check_times(t_out)
+    gamma = finite_float(gamma, "gamma", above=1.0)
+    cfl = finite_float(cfl, "cfl", positive=True, maximum=1.0)
+    one_of(limiter, LIMITERS, "limiter")
+    lx, ly = check_domain(domain)
+    times = check_times(t_out, from_t0=True)
     u = _check_u0(u0, gamma)
 
     b, _, h, w = u.shape

@@ -44,99 +44,46 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pdeinf.checks import positive_int
+from pdeinf.checks import finite_float, one_of, positive_int
 from pdeinf.config import DATASETS
 from pdeinf.errors import InputError
 from pdeinf.solvers import navier_stokes
+from pdeinf.solvers.euler import primitive_to_conserved
 
-__all__ = [
-    "DEFAULT_RANGES",
-    "PAPER_RANGES",
-    "gauss_vorticity",
-    "primitive_to_conserved",
-    "sample",
-    "sample_parameters",
-    "worst_star_pressure",
-]
+__all__ = ["DEFAULT_RANGES", "PAPER_RANGES", "gauss_vorticity", "primitive_to_conserved", "sample",
+           "sample_parameters", "worst_star_pressure"]
 
 GAMMA = 1.4
 
 DEFAULT_RANGES: dict[str, dict] = {
-    "CE-RP": {
-        "rho": (0.3, 2.2),
-        "vx": (-0.45, 0.45),
-        "vy": (-0.45, 0.45),
-        "pressure": (0.06, 0.4),
-        "partitions": 2,
-        "gamma": GAMMA,
-    },
-    "CE-CRP": {
-        "rho": (0.1, 1.0),
-        "vx": (-1.0, 1.0),
-        "vy": (-1.0, 1.0),
-        "pressure": (0.1, 1.0),
-        "partitions": 2,
-        "alpha": (-0.1, 0.1),
-        "beta": (0.0, 1.0),
-        "periodic_interfaces": False,
-        "gamma": GAMMA,
-    },
-    "CE-RPUI": {
-        "rho": (0.1, 1.0),
-        "vx": (-1.0, 1.0),
-        "vy": (-1.0, 1.0),
-        "pressure": (0.1, 1.0),
-        "partitions": 1,
-        "alpha": (-0.01, 0.01),
-        "beta": (0.0, 1.0),
-        "periodic_interfaces": False,
-        "gamma": GAMMA,
-    },
-    "NS-BB": {
-        "alpha": (-1.0, 1.0),
-        "hurst": 0.5,
-        "evolve_time": 0.5,
-        "viscosity": "spectral",
-        "nu": 4e-4,
-        "cfl": 0.5,
-        "chunk_size": 16,
-    },
+    "CE-RP": {"rho": (0.3, 2.2), "vx": (-0.45, 0.45), "vy": (-0.45, 0.45), "pressure": (0.06, 0.4),
+              "partitions": 2, "gamma": GAMMA},
+    "CE-CRP": {"rho": (0.1, 1.0), "vx": (-1.0, 1.0), "vy": (-1.0, 1.0), "pressure": (0.1, 1.0),
+               "partitions": 2, "alpha": (-0.1, 0.1), "beta": (0.0, 1.0),
+               "periodic_interfaces": False, "gamma": GAMMA},
+    "CE-RPUI": {"rho": (0.1, 1.0), "vx": (-1.0, 1.0), "vy": (-1.0, 1.0), "pressure": (0.1, 1.0),
+                "partitions": 1, "alpha": (-0.01, 0.01), "beta": (0.0, 1.0),
+                "periodic_interfaces": False, "gamma": GAMMA},
+    "NS-BB": {"alpha": (-1.0, 1.0), "hurst": 0.5, "evolve_time": 0.5, "viscosity": "spectral",
+              "nu": 4e-4, "cfl": 0.5, "chunk_size": 16},
     "NS-Gauss": {"n_gaussians": 100, "alpha": (-1.0, 1.0), "sigma": (0.01, 0.1)},
     "NS-Sines": {"modes": 10, "alpha": (-1.0, 1.0), "phase": (0.0, 2.0 * math.pi)},
 }
 
 PAPER_RANGES: dict[str, dict] = {
-    "CE-RP": {
-        **DEFAULT_RANGES["CE-RP"],
-        "rho": (0.1, 1.0),
-        "vx": (-1.0, 1.0),
-        "vy": (-1.0, 1.0),
-        "pressure": (0.1, 1.0),
-    },
-    "CE-CRP": dict(DEFAULT_RANGES["CE-CRP"]),
-    "CE-RPUI": {
-        **DEFAULT_RANGES["CE-RPUI"],
-        "rho": (1.0, 3.0),
-        "vx": (-10.0, 10.0),
-        "vy": (-10.0, 10.0),
-        "pressure": (5.0, 7.0),
-    },
-    "NS-BB": dict(DEFAULT_RANGES["NS-BB"]),
-    "NS-Gauss": dict(DEFAULT_RANGES["NS-Gauss"]),
-    "NS-Sines": dict(DEFAULT_RANGES["NS-Sines"]),
+    **{name: dict(ranges) for name, ranges in DEFAULT_RANGES.items()},
+    "CE-RP": {**DEFAULT_RANGES["CE-RP"], "rho": (0.1, 1.0), "vx": (-1.0, 1.0), "vy": (-1.0, 1.0),
+              "pressure": (0.1, 1.0)},
+    "CE-RPUI": {**DEFAULT_RANGES["CE-RPUI"], "rho": (1.0, 3.0), "vx": (-10.0, 10.0),
+                "vy": (-10.0, 10.0), "pressure": (5.0, 7.0)},
 }
 
-# keyword -> kind, for validation
-_INTERVALS = {
-    "rho": "positive",
-    "pressure": "positive",
-    "vx": "any",
-    "vy": "any",
-    "alpha": "any",
-    "beta": "any",
-    "phase": "any",
-    "sigma": "positive",
-}
+#: interval keyword -> "positive" (lower bound > 0) or "any", for validation
+_INTERVALS = {"rho": "positive", "pressure": "positive", "vx": "any", "vy": "any", "alpha": "any",
+              "beta": "any", "phase": "any", "sigma": "positive"}
+#: scalar keyword -> its bounds (`pdeinf.checks.finite_float`)
+_SCALARS = {"gamma": {"above": 1.0}, "evolve_time": {"minimum": 0.0}, "nu": {"minimum": 0.0},
+            "cfl": {"positive": True}}
 _COUNTS = ("partitions", "modes", "n_gaussians", "chunk_size")
 _DATASET_KEY = {name: i for i, name in enumerate(DATASETS)}
 
@@ -145,15 +92,7 @@ _DATASET_KEY = {name: i for i, name in enumerate(DATASETS)}
 
 
 def _check_dataset(dataset) -> str:
-    if dataset not in DEFAULT_RANGES:
-        raise InputError(
-            f"dataset: unknown {dataset!r}; expected one of {', '.join(DEFAULT_RANGES)}"
-        )
-    return dataset
-
-
-def _check_count(value, name: str) -> int:
-    return positive_int(value, name)
+    return one_of(dataset, DEFAULT_RANGES, "dataset")
 
 
 def _resolve_ranges(dataset: str, overrides: dict) -> dict:
@@ -161,9 +100,7 @@ def _resolve_ranges(dataset: str, overrides: dict) -> dict:
     defaults = DEFAULT_RANGES[dataset]
     unknown = sorted(set(overrides) - set(defaults))
     if unknown:
-        raise InputError(
-            f"{unknown[0]}: not a parameter of {dataset}; expected one of {', '.join(defaults)}"
-        )
+        raise InputError(f"{unknown[0]}: not a parameter of {dataset}; expected one of {', '.join(defaults)}")
     ranges = {**defaults, **overrides}
     for key, value in ranges.items():
         if key in _INTERVALS:
@@ -177,25 +114,13 @@ def _resolve_ranges(dataset: str, overrides: dict) -> dict:
                 raise InputError(f"{key}: lower bound must be positive, got {lo}")
             ranges[key] = (lo, hi)
         elif key in _COUNTS:
-            ranges[key] = _check_count(value, key)
-        elif key == "gamma":
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 1):
-                raise InputError(f"gamma: must be a number > 1, got {value!r}")
-        elif key == "hurst":
-            if not (isinstance(value, (int, float)) and 0 < value < 1):
-                raise InputError(f"hurst: must be in (0, 1), got {value!r}")
-        elif key in ("evolve_time", "nu"):
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise InputError(f"{key}: must be a non-negative number, got {value!r}")
-        elif key == "cfl":
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise InputError(f"cfl: must be a positive number, got {value!r}")
+            ranges[key] = positive_int(value, key)
+        elif key in _SCALARS:
+            ranges[key] = finite_float(value, key, **_SCALARS[key])
+        elif key == "hurst" and not (isinstance(value, (int, float)) and 0 < value < 1):
+            raise InputError(f"hurst: must be in (0, 1), got {value!r}")
         elif key == "viscosity":
-            if value not in navier_stokes.VISCOSITIES:
-                raise InputError(
-                    f"viscosity: unknown {value!r}; expected one of "
-                    f"{', '.join(navier_stokes.VISCOSITIES)}"
-                )
+            one_of(value, navier_stokes.VISCOSITIES, "viscosity")
         elif key == "periodic_interfaces" and not isinstance(value, bool):
             raise InputError(f"periodic_interfaces: expected True or False, got {value!r}")
     return ranges
@@ -221,11 +146,7 @@ def sample_parameters(
     """
     dataset = _check_dataset(dataset)
     r = _resolve_ranges(dataset, ranges)
-    return _draw(dataset, _rng(_check_seed(seed), dataset, int(index)), r, resolution)
-
-
-def _check_seed(seed) -> int:
-    return positive_int(seed, "seed", minimum=0)
+    return _draw(dataset, _rng(positive_int(seed, "seed", minimum=0), dataset, int(index)), r, resolution)
 
 
 def _draw(dataset: str, rng: np.random.Generator, r: dict, resolution: int | None) -> dict:
@@ -261,13 +182,6 @@ def _draw(dataset: str, rng: np.random.Generator, r: dict, resolution: int | Non
 
 
 # ----------------------------------------------------------------------------- fields
-
-
-def primitive_to_conserved(rho, vx, vy, p, gamma: float = GAMMA) -> torch.Tensor:
-    """Stack `(rho, rho vx, rho vy, E)` along a new axis -3 from equally shaped `[..., H, W]`
-    primitives; `E = rho (vx^2 + vy^2) / 2 + p / (gamma - 1)`."""
-    energy = 0.5 * rho * (vx**2 + vy**2) + p / (gamma - 1.0)
-    return torch.stack((rho, rho * vx, rho * vy, energy), dim=-3)
 
 
 def _frac(z: np.ndarray) -> np.ndarray:
@@ -369,18 +283,8 @@ def _bb_field(prm, r, res, device) -> torch.Tensor:
 # ----------------------------------------------------------------------------- public sampler
 
 
-def sample(
-    dataset: str,
-    n: int,
-    resolution: int,
-    *,
-    seed: int,
-    dtype: torch.dtype = torch.float64,
-    start: int = 0,
-    device=None,
-    progress: bool = False,
-    **ranges,
-) -> torch.Tensor:
+def sample(dataset: str, n: int, resolution: int, *, seed: int, dtype: torch.dtype = torch.float64,
+           start: int = 0, device=None, progress: bool = False, **ranges) -> torch.Tensor:
     """`n` initial conditions of `dataset` on an R x R grid -> `[n, C, R, R]` (`dtype`, `device`).
 
     CE data sets: C = 4 conserved `(rho, rho vx, rho vy, E)`. NS data sets: C = 2 divergence-free
@@ -390,9 +294,9 @@ def sample(
     `ranges`: keyword overrides of `DEFAULT_RANGES[dataset]` (unknown keys raise InputError).
     """
     dataset = _check_dataset(dataset)
-    n = _check_count(n, "n")
-    resolution = _check_count(resolution, "resolution")
-    seed = _check_seed(seed)
+    n = positive_int(n, "n")
+    resolution = positive_int(resolution, "resolution")
+    seed = positive_int(seed, "seed", minimum=0)
     positive_int(start, "start", minimum=0)
     if dtype not in (torch.float32, torch.float64):
         raise InputError(f"dtype: must be torch.float32 or torch.float64, got {dtype}")
@@ -422,15 +326,8 @@ def sample(
         chunks = []
         for lo in range(0, n, r["chunk_size"]):
             chunk = out[lo : lo + r["chunk_size"]].to(dtype)
-            evolved = navier_stokes.solve(
-                chunk,
-                [0.0],
-                t0=-r["evolve_time"],
-                nu=r["nu"],
-                viscosity=r["viscosity"],
-                cfl=r["cfl"],
-                progress=progress,
-            )
+            evolved = navier_stokes.solve(chunk, [0.0], t0=-r["evolve_time"], nu=r["nu"],
+                                          viscosity=r["viscosity"], cfl=r["cfl"], progress=progress)
             chunks.append(evolved[:, 0])
         out = torch.cat(chunks)
     return out.to(dtype)

@@ -27,24 +27,15 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from pdeinf.checks import finite_float, one_of
 from pdeinf.errors import InputError, NumericalError
+from pdeinf.solvers import check_domain, check_times
 
-__all__ = [
-    "VISCOSITIES",
-    "SolverError",
-    "divergence",
-    "enstrophy",
-    "kinetic_energy",
-    "linear_operator",
-    "project",
-    "solve",
-    "velocity_from_vorticity",
-    "vorticity",
-]
+__all__ = ["VISCOSITIES", "SolverError", "divergence", "enstrophy", "kinetic_energy", "linear_operator",
+           "project", "solve", "velocity_from_vorticity", "vorticity"]
 
 VISCOSITIES = ("laplacian", "spectral")
 #: azeban's smooth cutoff: Q_k = 1 - exp(-(|m| / sqrt(N))^18), amplitude eps_N = 0.05 / N.
@@ -88,21 +79,21 @@ class _Grid:
         self.n_pos, self.n_neg, self.n_col = (h + 1) // 2, (h - 1) // 2, (w + 1) // 2
         self.ph, self.pw = -(-3 * h // 2), -(-3 * w // 2)  # ceil(3N/2) > 3 * max retained |m|
 
+    def _modes(self, f: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+        """The retained modes of `f` in a zero `[..., rows, cols]` array."""
+        out = f.new_zeros(f.shape[:-2] + (rows, cols))
+        out[..., : self.n_pos, : self.n_col] = f[..., : self.n_pos, : self.n_col]
+        if self.n_neg:
+            out[..., -self.n_neg :, : self.n_col] = f[..., -self.n_neg :, : self.n_col]
+        return out
+
     def pad(self, fh: torch.Tensor) -> torch.Tensor:
         """`[..., H, Wr]` coefficients -> `[..., ph, pw//2+1]` zero-padded (Nyquist dropped)."""
-        out = fh.new_zeros(fh.shape[:-2] + (self.ph, self.pw // 2 + 1))
-        out[..., : self.n_pos, : self.n_col] = fh[..., : self.n_pos, : self.n_col]
-        if self.n_neg:
-            out[..., -self.n_neg :, : self.n_col] = fh[..., -self.n_neg :, : self.n_col]
-        return out
+        return self._modes(fh, self.ph, self.pw // 2 + 1)
 
     def truncate(self, fp: torch.Tensor) -> torch.Tensor:
         """Inverse of `pad`: keep the modes of the H x W grid (Nyquist set to zero)."""
-        out = fp.new_zeros(fp.shape[:-2] + (self.h, self.wr))
-        out[..., : self.n_pos, : self.n_col] = fp[..., : self.n_pos, : self.n_col]
-        if self.n_neg:
-            out[..., -self.n_neg :, : self.n_col] = fp[..., -self.n_neg :, : self.n_col]
-        return out
+        return self._modes(fp, self.h, self.wr)
 
     def project(self, vh: torch.Tensor) -> torch.Tensor:
         """Leray projection of `[..., 2, H, Wr]` coefficients (mean mode kept, Nyquist zeroed)."""
@@ -122,17 +113,6 @@ def _grid_for(v: torch.Tensor, domain) -> _Grid:
 # ----------------------------------------------------------------------------- validation
 
 
-def _check_domain(domain) -> tuple[float, float]:
-    try:
-        lx, ly = domain
-        lx, ly = float(lx), float(ly)
-    except (TypeError, ValueError):
-        raise InputError(f"domain: expected (Lx, Ly), got {domain!r}") from None
-    if not (math.isfinite(lx) and math.isfinite(ly) and lx > 0 and ly > 0):
-        raise InputError(f"domain: lengths must be positive and finite, got {domain!r}")
-    return lx, ly
-
-
 def _check_field(v, name: str, channels: int | None) -> torch.Tensor:
     if not isinstance(v, torch.Tensor):
         raise InputError(f"{name}: expected a torch.Tensor, got {type(v).__name__}")
@@ -147,36 +127,6 @@ def _check_field(v, name: str, channels: int | None) -> torch.Tensor:
     return v
 
 
-def _check_times(t_out, t0: float) -> np.ndarray:
-    try:
-        times = np.asarray(
-            t_out.detach().cpu() if isinstance(t_out, torch.Tensor) else t_out, dtype=np.float64
-        )
-    except (TypeError, ValueError):
-        raise InputError(f"t_out: expected a 1-D sequence of times, got {t_out!r}") from None
-    if times.ndim != 1 or times.size == 0:
-        raise InputError(f"t_out: expected a non-empty 1-D sequence, got shape {times.shape}")
-    if not np.isfinite(times).all():
-        raise InputError("t_out: contains NaN or Inf")
-    if times[0] < t0:
-        raise InputError(f"t_out: first time {times[0]} is before the initial time t0={t0}")
-    if np.any(np.diff(times) <= 0):
-        raise InputError("t_out: times must be strictly increasing")
-    return times
-
-
-def _check_positive(value, name: str, *, allow_zero: bool = False) -> float:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"{name}: expected a number, got {value!r}") from None
-    ok = value >= 0 if allow_zero else value > 0
-    if not (math.isfinite(value) and ok):
-        bound = "non-negative" if allow_zero else "positive"
-        raise InputError(f"{name}: must be {bound} and finite, got {value}")
-    return value
-
-
 # ----------------------------------------------------------------------------- diagnostics
 
 
@@ -184,14 +134,14 @@ def project(v: torch.Tensor, domain=(1.0, 1.0)) -> torch.Tensor:
     """Divergence-free (Leray) projection of `v` `[..., 2, H, W]`; keeps the mean flow and
     removes Nyquist modes. Same shape and dtype."""
     v = _check_field(v, "v", 2)
-    g = _grid_for(v, _check_domain(domain))
+    g = _grid_for(v, check_domain(domain))
     return g.to_physical(g.project(torch.fft.rfft2(v, norm="forward")))
 
 
 def divergence(v: torch.Tensor, domain=(1.0, 1.0)) -> torch.Tensor:
     """Spectral `du/dx + dv/dy` of `v` `[..., 2, H, W]` -> `[..., H, W]` (1/length units)."""
     v = _check_field(v, "v", 2)
-    g = _grid_for(v, _check_domain(domain))
+    g = _grid_for(v, check_domain(domain))
     vh = torch.fft.rfft2(v, norm="forward") * g.keep
     return g.to_physical(1j * (g.kx * vh[..., 0, :, :] + g.ky * vh[..., 1, :, :]))
 
@@ -199,7 +149,7 @@ def divergence(v: torch.Tensor, domain=(1.0, 1.0)) -> torch.Tensor:
 def vorticity(v: torch.Tensor, domain=(1.0, 1.0)) -> torch.Tensor:
     """Spectral `dv/dx - du/dy` of `v` `[..., 2, H, W]` -> `[..., H, W]`."""
     v = _check_field(v, "v", 2)
-    g = _grid_for(v, _check_domain(domain))
+    g = _grid_for(v, check_domain(domain))
     vh = torch.fft.rfft2(v, norm="forward") * g.keep
     return g.to_physical(1j * (g.kx * vh[..., 1, :, :] - g.ky * vh[..., 0, :, :]))
 
@@ -209,7 +159,7 @@ def velocity_from_vorticity(w: torch.Tensor, domain=(1.0, 1.0)) -> torch.Tensor:
     minus its mean: solve `-Lap psi = w` (mean mode removed), `u = dpsi/dy`, `v = -dpsi/dx`.
     Nyquist modes of `w` are dropped."""
     w = _check_field(w, "w", None)
-    g = _Grid(w.shape[-2], w.shape[-1], _check_domain(domain), w.dtype, w.device)
+    g = _Grid(w.shape[-2], w.shape[-1], check_domain(domain), w.dtype, w.device)
     psi = torch.fft.rfft2(w, norm="forward") * g.inv_k2 * g.keep
     vh = torch.stack((1j * g.ky * psi, -1j * g.kx * psi), dim=-3)
     return g.to_physical(vh)
@@ -228,33 +178,22 @@ def enstrophy(v: torch.Tensor, domain=(1.0, 1.0)) -> torch.Tensor:
 # ----------------------------------------------------------------------------- operators
 
 
-def linear_operator(
-    h: int,
-    w: int,
-    *,
-    domain=(1.0, 1.0),
-    nu: float = 4e-4,
-    viscosity: str = "laplacian",
-    spectral_eps: float | None = None,
-    dtype: torch.dtype = torch.float64,
-    device=None,
-) -> torch.Tensor:
+def linear_operator(h: int, w: int, *, domain=(1.0, 1.0), nu: float = 4e-4,
+                    viscosity: str = "laplacian", spectral_eps: float | None = None,
+                    dtype: torch.dtype = torch.float64, device=None) -> torch.Tensor:
     """Real diagonal viscous operator L `[H, W//2+1]` (rfft layout): `u_hat' = L u_hat`.
 
     "laplacian": `L = -nu |k|^2`. "spectral" (azeban "Smooth Cutoff", s = 1):
     `L = -eps |k|^2 [1 - exp(-(|m| / sqrt(N))^18)]` with `|m|` the integer wavenumber norm,
     `N = max(H, W)` and `eps = spectral_eps` or `0.05 / N` (nu is not used).
     """
-    if viscosity not in VISCOSITIES:
-        raise InputError(
-            f"viscosity: unknown {viscosity!r}; expected one of {', '.join(VISCOSITIES)}"
-        )
-    g = _Grid(h, w, _check_domain(domain), dtype, device)
+    one_of(viscosity, VISCOSITIES, "viscosity")
+    g = _Grid(h, w, check_domain(domain), dtype, device)
     if viscosity == "laplacian":
-        return -_check_positive(nu, "nu", allow_zero=True) * g.k2
+        return -finite_float(nu, "nu", minimum=0.0) * g.k2
     n = max(h, w)
     eps = SPECTRAL_EPS_FACTOR / n if spectral_eps is None else spectral_eps
-    eps = _check_positive(eps, "spectral_eps", allow_zero=True)
+    eps = finite_float(eps, "spectral_eps", minimum=0.0)
     m = torch.sqrt(g.mx**2 + g.my**2)
     cutoff = -torch.expm1(-((m / math.sqrt(n)) ** SPECTRAL_CUTOFF_POWER))
     return (-eps * g.k2 * cutoff.to(dtype)).to(dtype)
@@ -277,20 +216,10 @@ def _advection(g: _Grid, vh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 # ----------------------------------------------------------------------------- driver
 
 
-def solve(
-    v0: torch.Tensor,
-    t_out: Sequence[float],
-    *,
-    nu: float = 4e-4,
-    domain: tuple[float, float] = (1.0, 1.0),
-    viscosity: str = "laplacian",
-    cfl: float = 0.5,
-    t0: float = 0.0,
-    spectral_eps: float | None = None,
-    max_dt: float | None = None,
-    max_steps: int = 10_000_000,
-    progress: bool = True,
-) -> torch.Tensor:
+def solve(v0: torch.Tensor, t_out: Sequence[float], *, nu: float = 4e-4,
+          domain: tuple[float, float] = (1.0, 1.0), viscosity: str = "laplacian", cfl: float = 0.5,
+          t0: float = 0.0, spectral_eps: float | None = None, max_dt: float | None = None,
+          max_steps: int = 10_000_000, progress: bool = True) -> torch.Tensor:
     """Evolve the velocity `v0` `[B, 2, H, W]` (x along W, y along H) from time `t0` to `t_out`.
 
     `nu`: kinematic viscosity of the plain Laplacian (`viscosity="laplacian"`, nu = 0 is the
@@ -334,15 +263,13 @@ def _check_solve_arguments(v0, t_out, domain, t0, cfl, max_dt, nu):
         raise InputError(f"v0: expected shape [B, 2, H, W], got {tuple(v0.shape)}")
     if v0.shape[0] == 0:
         raise InputError("v0: batch is empty")
-    domain = _check_domain(domain)
-    t0 = float(t0)
-    if not math.isfinite(t0):
-        raise InputError(f"t0: must be finite, got {t0}")
-    times = _check_times(t_out, t0)
-    cfl = _check_positive(cfl, "cfl")
+    domain = check_domain(domain)
+    t0 = finite_float(t0, "t0")
+    times = check_times(t_out, t0)
+    cfl = finite_float(cfl, "cfl", positive=True)
     if max_dt is not None:
-        max_dt = _check_positive(max_dt, "max_dt")
-    nu = _check_positive(nu, "nu", allow_zero=True)
+        max_dt = finite_float(max_dt, "max_dt", positive=True)
+    nu = finite_float(nu, "nu", minimum=0.0)
     return v0, domain, t0, times, cfl, max_dt, nu
 
 

@@ -57,10 +57,7 @@ def star_state(left, right, gamma: float = 1.4, *, tol: float = 1e-14, max_iter:
         )
     du = u_r - u_l
     # Primitive-variable (linearised) guess, kept positive (Toro eq. 4.47).
-    p = max(
-        0.5 * (p_l + p_r) - 0.125 * du * (rho_l + rho_r) * (c_l + c_r),
-        1e-8 * min(p_l, p_r),
-    )
+    p = max(0.5 * (p_l + p_r) - 0.125 * du * (rho_l + rho_r) * (c_l + c_r), 1e-8 * min(p_l, p_r))
     for _ in range(max_iter):
         f_l, df_l = _f_and_slope(p, rho_l, p_l, c_l, gamma)
         f_r, df_r = _f_and_slope(p, rho_r, p_r, c_r, gamma)
@@ -86,60 +83,41 @@ def exact_riemann(left, right, x_over_t, gamma: float = 1.4):
     arrays of the same shape. Vacuum-generating data raise InputError.
     """
     p_star, u_star = star_state(left, right, gamma)
-    g = float(gamma)
-    rho_l, u_l, p_l = (float(v) for v in left)
-    rho_r, u_r, p_r = (float(v) for v in right)
-    c_l = np.sqrt(g * p_l / rho_l)
-    c_r = np.sqrt(g * p_r / rho_r)
     s = np.asarray(x_over_t, dtype=np.float64)
     if not np.all(np.isfinite(s)):
         raise InputError("x_over_t: contains NaN or Inf")
-    gm = (g - 1.0) / (g + 1.0)
-    rho = np.empty_like(s)
-    u = np.empty_like(s)
-    p = np.empty_like(s)
+    rho_l, u_l, p_l = (float(v) for v in left)
+    rho_r, u_r, p_r = (float(v) for v in right)
+    g = float(gamma)
+    left_wave = _left_wave(s, rho_l, u_l, p_l, p_star, u_star, g)
+    # the right wave is the left wave of the mirrored problem (x -> -x, u -> -u), exactly
+    rho, u, p = _left_wave(-s, rho_r, -u_r, p_r, p_star, -u_star, g)
+    on_left = s <= u_star
+    return (np.where(on_left, left_wave[0], rho), np.where(on_left, left_wave[1], -u),
+            np.where(on_left, left_wave[2], p))
 
-    def assign(mask, r, v, q):
-        rho[mask] = r if np.ndim(r) == 0 else r[mask]
-        u[mask] = v if np.ndim(v) == 0 else v[mask]
-        p[mask] = q if np.ndim(q) == 0 else q[mask]
 
-    left_side = s <= u_star
-    # ---- left wave
-    if p_star > p_l:  # left shock
-        ratio = p_star / p_l
-        speed = u_l - c_l * np.sqrt((g + 1.0) / (2.0 * g) * ratio + (g - 1.0) / (2.0 * g))
-        rho_star = rho_l * (ratio + gm) / (gm * ratio + 1.0)
-        assign(left_side & (s <= speed), rho_l, u_l, p_l)
-        assign(left_side & (s > speed), rho_star, u_star, p_star)
-    else:  # left rarefaction
-        rho_star = rho_l * (p_star / p_l) ** (1.0 / g)
-        c_star = c_l * (p_star / p_l) ** ((g - 1.0) / (2.0 * g))
-        head, tail = u_l - c_l, u_star - c_star
-        base = 2.0 / (g + 1.0) + (g - 1.0) / ((g + 1.0) * c_l) * (u_l - s)
-        fan_rho = rho_l * np.abs(base) ** (2.0 / (g - 1.0))
-        fan_u = 2.0 / (g + 1.0) * (c_l + 0.5 * (g - 1.0) * u_l + s)
-        fan_p = p_l * np.abs(base) ** (2.0 * g / (g - 1.0))
-        assign(left_side & (s <= head), rho_l, u_l, p_l)
-        assign(left_side & (s > head) & (s <= tail), fan_rho, fan_u, fan_p)
-        assign(left_side & (s > tail), rho_star, u_star, p_star)
-    # ---- right wave
-    right_side = ~left_side
-    if p_star > p_r:  # right shock
-        ratio = p_star / p_r
-        speed = u_r + c_r * np.sqrt((g + 1.0) / (2.0 * g) * ratio + (g - 1.0) / (2.0 * g))
-        rho_star = rho_r * (ratio + gm) / (gm * ratio + 1.0)
-        assign(right_side & (s >= speed), rho_r, u_r, p_r)
-        assign(right_side & (s < speed), rho_star, u_star, p_star)
-    else:  # right rarefaction
-        rho_star = rho_r * (p_star / p_r) ** (1.0 / g)
-        c_star = c_r * (p_star / p_r) ** ((g - 1.0) / (2.0 * g))
-        head, tail = u_r + c_r, u_star + c_star
-        base = 2.0 / (g + 1.0) - (g - 1.0) / ((g + 1.0) * c_r) * (u_r - s)
-        fan_rho = rho_r * np.abs(base) ** (2.0 / (g - 1.0))
-        fan_u = 2.0 / (g + 1.0) * (-c_r + 0.5 * (g - 1.0) * u_r + s)
-        fan_p = p_r * np.abs(base) ** (2.0 * g / (g - 1.0))
-        assign(right_side & (s >= head), rho_r, u_r, p_r)
-        assign(right_side & (s < head) & (s >= tail), fan_rho, fan_u, fan_p)
-        assign(right_side & (s < tail), rho_star, u_star, p_star)
-    return rho, u, p
+def _left_wave(s, rho_k, u_k, p_k, p_star, u_star, g):
+    """`(rho, u, p)` at every `x/t = s` of the left state, the left wave (shock or rarefaction
+    fan, Toro section 4.4) and the star state on its right, as if nothing were beyond the
+    contact."""
+    c_k = np.sqrt(g * p_k / rho_k)
+    ones = np.ones_like(s)
+    state = (rho_k * ones, u_k * ones, p_k * ones)
+    if p_star > p_k:  # shock
+        ratio = p_star / p_k
+        gm = (g - 1.0) / (g + 1.0)
+        speed = u_k - c_k * np.sqrt((g + 1.0) / (2.0 * g) * ratio + (g - 1.0) / (2.0 * g))
+        star = (rho_k * (ratio + gm) / (gm * ratio + 1.0), u_star, p_star)
+        inside = s > speed
+    else:  # rarefaction
+        star = (rho_k * (p_star / p_k) ** (1.0 / g), u_star, p_star)
+        c_star = c_k * (p_star / p_k) ** ((g - 1.0) / (2.0 * g))
+        head, tail = u_k - c_k, u_star - c_star
+        base = 2.0 / (g + 1.0) + (g - 1.0) / ((g + 1.0) * c_k) * (u_k - s)
+        fan_state = (rho_k * np.abs(base) ** (2.0 / (g - 1.0)),
+                     2.0 / (g + 1.0) * (c_k + 0.5 * (g - 1.0) * u_k + s),
+                     p_k * np.abs(base) ** (2.0 * g / (g - 1.0)))
+        fan, inside = s > head, s > tail
+        state = tuple(np.where(fan, f, q) for f, q in zip(fan_state, state))
+    return tuple(np.where(inside, r, q) for r, q in zip(star, state))

@@ -69,10 +69,6 @@ def wrap(model: torch.nn.Module, ctx: DistContext) -> torch.nn.Module:
     return DistributedDataParallel(model, device_ids=ids)
 
 
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return getattr(model, "module", model)
-
-
 def all_reduce_sum(x: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     """Sum of `x` over ranks (a copy; `x` itself unchanged)."""
     if not ctx.distributed:

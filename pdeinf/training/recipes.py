@@ -134,8 +134,15 @@ class Recipe:
         """InputError when a setting asks for more than a training trajectory of `steps`
         transitions holds (called before any work). Recipes without such a setting: no-op."""
 
-    def per_example_loss(self, batch: StepBatch) -> torch.Tensor:  # pragma: no cover
-        raise NotImplementedError
+    def inputs(self, b: StepBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(x, y)` the step trains `f(x) ~ y` on: the mini-batch's pairs, unless a recipe
+        changes them."""
+        return b.pairs()
+
+    def per_example_loss(self, b: StepBatch) -> torch.Tensor:
+        """`[B]` losses of this rank's examples: by default `SMSE(f(x), y)` on `inputs`."""
+        x, y = self.inputs(b)
+        return b.loss_fn(b.net(x), y)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self._settings.items())
@@ -157,10 +164,6 @@ def _at_most(recipe: Recipe, key: str, bound: int, why: str) -> None:
 
 class OneStep(Recipe):
     name = "one-step"
-
-    def per_example_loss(self, b: StepBatch) -> torch.Tensor:
-        x, y = b.pairs()
-        return b.loss_fn(b.net(x), y)
 
 
 class Pushforward(Recipe):
@@ -187,9 +190,7 @@ class Pushforward(Recipe):
                 cur[active] = b.model(cur[active])
         return cur.detach(), b.data.snapshots(traj, t + 1, b.device)
 
-    def per_example_loss(self, b: StepBatch) -> torch.Tensor:
-        x, y = self.unrolled_inputs(b)
-        return b.loss_fn(b.net(x), y)
+    inputs = unrolled_inputs
 
 
 class Noise(Recipe):
@@ -226,9 +227,7 @@ class Noise(Recipe):
         noise = self.sigma * std[None, :, None, None] * xi
         return x + noise.to(device=x.device, dtype=x.dtype), y
 
-    def per_example_loss(self, b: StepBatch) -> torch.Tensor:
-        x, y = self.noisy_inputs(b)
-        return b.loss_fn(b.net(x), y)
+    inputs = noisy_inputs
 
 
 class Multistep(Recipe):
@@ -271,11 +270,8 @@ class Augment(Recipe):
         d = torch.randint(len(D4_ELEMENTS), (n,), generator=g)
         a = torch.randint(shape[0], (n,), generator=g)
         c = torch.randint(shape[1], (n,), generator=g)
-        out = []
-        for p in b.positions.tolist():
-            out.append((D4_ELEMENTS[int(d[p])] if self.d4 else "e",
-                        int(a[p]) if self.shift else 0, int(c[p]) if self.shift else 0))
-        return out
+        return [(D4_ELEMENTS[int(d[p])] if self.d4 else "e", int(a[p]) if self.shift else 0,
+                 int(c[p]) if self.shift else 0) for p in b.positions.tolist()]
 
     def transform(self, u: torch.Tensor, element: tuple[str, int, int]) -> torch.Tensor:
         """`shift(a, b) o d` on `u` `[B, C, H, W]` (`act`'s ("affine", d, a, b))."""
@@ -286,15 +282,11 @@ class Augment(Recipe):
 
     def augmented_pairs(self, b: StepBatch) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = b.pairs()
-        xs, ys = [], []
-        for i, element in enumerate(self.draw(b, tuple(x.shape[-2:]))):
-            xs.append(self.transform(x[i : i + 1], element))
-            ys.append(self.transform(y[i : i + 1], element))
-        return torch.cat(xs), torch.cat(ys)
+        elements = self.draw(b, tuple(x.shape[-2:]))
+        return tuple(torch.cat([self.transform(u[i : i + 1], g) for i, g in enumerate(elements)])
+                     for u in (x, y))
 
-    def per_example_loss(self, b: StepBatch) -> torch.Tensor:
-        x, y = self.augmented_pairs(b)
-        return b.loss_fn(b.net(x), y)
+    inputs = augmented_pairs
 
 
 def spectral_divergence(u: torch.Tensor, vector_axes: dict[int, int]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -18,11 +18,6 @@ from pdeinf.errors import InputError
 from pdeinf.training.loss import smse
 
 
-def _model_dtype_device(model: torch.nn.Module):
-    p = next(model.parameters())
-    return p.dtype, p.device
-
-
 @torch.no_grad()
 def rollout(model: torch.nn.Module, u0: torch.Tensor, steps: int) -> torch.Tensor:
     """Predictions `[B, steps, C, H, W]` for times start+1 .. start+steps from states `u0 [B, C, H, W]`."""
@@ -77,7 +72,8 @@ def rollout_errors(model: torch.nn.Module, trajectories_by_class: Mapping[str, n
     horizon = int(horizon)
     n_max = max(a.shape[0] for a in trajs.values())
     values = np.full((len(trajs), n_max, len(starts), horizon), np.nan)
-    dtype, device = _model_dtype_device(model)
+    weight = next(model.parameters())
+    dtype, device = weight.dtype, weight.device
     was_training = model.training
     model.eval()
     # All (trajectory, start) pairs of a class go through the model together, ordered by start
@@ -100,12 +96,7 @@ def rollout_errors(model: torch.nn.Module, trajectories_by_class: Mapping[str, n
             err[s_val[:, None] + h[None, :] > n_times - 1] = np.nan
             values[ci, j_idx, s_idx, :steps] = err
     model.train(was_training)
-    return xr.DataArray(
-        values, dims=("class", "trajectory", "start", "horizon"),
-        coords={"class": list(trajs), "trajectory": np.arange(n_max), "start": starts,
-                "horizon": np.arange(1, horizon + 1)},
-        name="smse", attrs={"description": "per-step SMSE of autoregressive rollouts"},
-    )
+    return _errors_array(values, list(trajs), starts)
 
 
 def cumulative_errors(errors: xr.DataArray) -> xr.DataArray:
@@ -142,9 +133,14 @@ def rollouts_all_starts(net, trajectories_by_class: Mapping[str, np.ndarray], *,
     start = np.arange(steps)[:, None]
     horizon = np.arange(1, steps + 1)[None, :]
     values[..., start + horizon > steps] = np.nan
+    return _errors_array(values, classes, np.arange(steps))
+
+
+def _errors_array(values: np.ndarray, classes, starts) -> xr.DataArray:
+    """Per-step SMSE `[class, trajectory, start, horizon]` as the labelled `smse` array."""
     return xr.DataArray(
         values, dims=("class", "trajectory", "start", "horizon"),
-        coords={"class": classes, "trajectory": np.arange(n_traj), "start": np.arange(steps),
-                "horizon": np.arange(1, steps + 1)},
+        coords={"class": classes, "trajectory": np.arange(values.shape[1]), "start": starts,
+                "horizon": np.arange(1, values.shape[3] + 1)},
         name="smse", attrs={"description": "per-step SMSE of autoregressive rollouts"},
     )

@@ -41,7 +41,8 @@ import torch
 from tqdm.auto import tqdm
 
 from pdeinf import paths
-from pdeinf.atomic import remove_stale_temporaries, torch_save, write_bytes
+from pdeinf.atomic import remove_stale_temporaries, write_bytes
+from pdeinf.atomic import torch_save as atomic_torch_save  # noqa: F401  (tests write states with it)
 from pdeinf.config import check_model, check_pde, get_profile, pde_spec
 from pdeinf.errors import InputError, NumericalError
 from pdeinf.models import build
@@ -99,8 +100,7 @@ class Transitions:
 
     def batch(self, index, device=None) -> tuple[torch.Tensor, torch.Tensor]:
         """`x, y [len(index), C, H, W]` for transition indices `index`, on `device`."""
-        index = torch.as_tensor(index, dtype=torch.long)
-        traj, t = index // self.steps, index % self.steps
+        traj, t = self.locate(index)
         x, y = self.trajectories[traj, t], self.trajectories[traj, t + 1]
         return (x, y) if device is None else (x.to(device), y.to(device))
 
@@ -142,20 +142,18 @@ def load_transitions(data, split: str, seed: int, t_max: int, channels: int,
 
 # ----------------------------------------------------------------------------- files
 
-_atomic_write_bytes = write_bytes  # pdeinf.atomic: umask mode, fsync, rename
-atomic_torch_save = torch_save
-
-
-def _write_history(run_dir: Path, history: list[dict]) -> None:
+def _write_records(run_dir: Path, name: str, records: list[dict]) -> None:
+    """`<name>.json` (strict JSON: NaN -> null) and `<name>.csv` (columns: every key, in order
+    of first appearance) of a list of flat records, each written atomically."""
     finite = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-               for k, v in rec.items()} for rec in history]  # strict JSON: NaN -> null
-    _atomic_write_bytes(run_dir / "history.json", json.dumps(finite, indent=1).encode())
+               for k, v in rec.items()} for rec in records]
+    write_bytes(run_dir / f"{name}.json", json.dumps(finite, indent=1).encode())
     out = io.StringIO()
-    if history:
-        writer = csv.DictWriter(out, fieldnames=list(history[0]))
+    if records:
+        writer = csv.DictWriter(out, fieldnames=list(dict.fromkeys(k for rec in records for k in rec)))
         writer.writeheader()
-        writer.writerows(history)
-    _atomic_write_bytes(run_dir / "history.csv", out.getvalue().encode())
+        writer.writerows(records)
+    write_bytes(run_dir / f"{name}.csv", out.getvalue().encode())
 
 
 def _read_state(path: Path, state: dict | None = None) -> dict:
@@ -318,19 +316,6 @@ def train(pde: str, model_name: str, seed: int, profile, *, data_root=None, out_
         ddp.cleanup(ctx)
 
 
-def _write_monitor(run_dir: Path, records: list[dict]) -> None:
-    finite = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-               for k, v in rec.items()} for rec in records]
-    _atomic_write_bytes(run_dir / "monitor.json", json.dumps(finite, indent=1).encode())
-    out = io.StringIO()
-    if records:
-        fields = list(dict.fromkeys(k for rec in records for k in rec))
-        writer = csv.DictWriter(out, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(records)
-    _atomic_write_bytes(run_dir / "monitor.csv", out.getvalue().encode())
-
-
 def _resume_point(run_dir: Path, schedule) -> tuple[Path | None, dict | None]:
     """Where training resumes: `(path, verified state)` of `resume.pt`, unless a scheduled
     checkpoint at or before its epoch is missing or corrupt (corrupt files are moved aside):
@@ -425,9 +410,9 @@ def _save_epoch(run_dir: Path, model, optimizer, config: dict, fingerprint: str,
     if epoch in schedule:
         save_checkpoint(state, checkpoint_path(run_dir, epoch))
     save_checkpoint(state, run_dir / "resume.pt")
-    _write_history(run_dir, history)
+    _write_records(run_dir, "history", history)
     if monitor is not None:
-        _write_monitor(run_dir, list(monitor.history))
+        _write_records(run_dir, "monitor", list(monitor.history))
 
 
 def _train_loop(config, fingerprint, run_dir, train_set: Transitions, val_set: Transitions, ctx,

@@ -50,8 +50,7 @@ def findings_forest(findings: dict, *, title: str | None = None):
     ax.axvline(0.0, color="#999999", lw=0.6, ls="--")
     ax.set_yticks(range(n))
     ax.set_yticklabels([_row_label(r) for r in reversed(rows)] if rows else [""], fontsize=6)
-    ax.set_ylim(-0.7, n - 0.3)
-    ax.set_xlabel("statistic of the finding's rule (its own units; null = grey tick)")
+    ax.set(ylim=(-0.7, n - 0.3), xlabel="statistic of the finding's rule (its own units; null = grey tick)")
     handles = [ax.plot([], [], "o-", color=c, label=v)[0] for v, c in VERDICT_COLORS.items()]
     handles.append(ax.plot([], [], "D", color=PAPER_COLOR, mfc="none", label="paper's number")[0])
     handles.append(ax.plot([], [], "|", color="#555555", ms=9, label="null of the rule")[0])

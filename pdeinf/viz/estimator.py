@@ -77,11 +77,10 @@ def limit_figure(limits: dict, pm_rows: list[dict] | None = None) -> Figure:
         ax.plot(lam, np.maximum(ds["mass_dense"], 1e-16), "o-", color=st.OURS_COLOR, label="mass H (dense)")
         ax.plot(lam, np.maximum(ds["mass_krylov"], 1e-16), "x", ms=9, mew=1.5, color="#D55E00", label="mass H (Krylov)")
         ax.axhline(max(float(ds["mass_limit"]), 1e-16), ls="--", color="0.5", lw=0.8, label="mass of limit")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
+        ax.set(xscale="log", yscale="log")
         ax.invert_xaxis()
-        ax.set_xlabel("lambda")
-        ax.set_title(f"{case}: P={ds.attrs['P']}, M={ds.attrs['M']}, rank J={ds.attrs['rank_J']}")
+        ax.set(xlabel="lambda",
+               title=f"{case}: P={ds.attrs['P']}, M={ds.attrs['M']}, rank J={ds.attrs['rank_J']}")
         ax.legend(frameon=False, fontsize=6)
     if pm_rows:
         ax = axes[0, -1]
@@ -95,8 +94,7 @@ def limit_figure(limits: dict, pm_rows: list[dict] | None = None) -> Figure:
                 label="seed paper (method.md sec. 4)")
         ax.axvline(1.0, color="k", ls="--", lw=0.8)
         ax.set_yticks(y, labels)
-        ax.set_xscale("log")
-        ax.set_xlabel("P / M")
+        ax.set(xscale="log", xlabel="P / M")
         ax.legend(frameon=False, fontsize=6)
         ax.set_title("which side of P = M")
     fig.suptitle(f"lambda -> 0: identity (P > M) vs projection onto range(J) (P < M) {TAG}")
@@ -139,8 +137,7 @@ def side_by_side_figure(fs_pi, sub_pi, sbs: dict, ablations: dict, *, title: str
     ax = axes[0, 0]
     ax.scatter(a[off], b[off], s=6, color=st.OURS_COLOR, alpha=0.6)
     e = sbs["smse"]["entries"]
-    ax.set_xlabel("full-space Ĥ (lambda 1e-4, paper rtol)")
-    ax.set_ylabel("subspace Ĥ (follow-up defaults)")
+    ax.set(xlabel="full-space Ĥ (lambda 1e-4, paper rtol)", ylabel="subspace Ĥ (follow-up defaults)")
     ax.set_title(f"(a) off-diagonal entries: Pearson {e['pearson_offdiagonal']:.2f}, "
                  f"Spearman {e['spearman_offdiagonal']:.2f}", fontsize=7)
     ax = axes[0, 1]

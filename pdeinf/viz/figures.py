@@ -20,204 +20,6 @@ from matplotlib.ticker import MaxNLocator
 from pdeinf.errors import InputError
 from pdeinf.viz import style as st
 
-
-def _influence_label(obj) -> str:
-    norm = obj.attrs.get("normalization", "")
-    return {"standard": "standardized influence", "none": "raw influence",
-            "cosine": "cosine influence"}.get(norm, f"influence ({norm})" if norm else "influence")
-
-
-def _title(obj, default: str) -> str:
-    variant = obj.attrs.get("variant")
-    return f"{default} [{variant}]" if variant else default
-
-
-def _require_dims(obj, dims, name):
-    if not isinstance(obj, (xr.DataArray, xr.Dataset)) or any(d not in obj.dims for d in dims):
-        raise InputError(f"{name}: expected an xarray object with dims {tuple(dims)}")
-
-
-def _draw_heatmap(ax, heat: xr.DataArray, *, vmin=None, vmax=None, colorbar=True, lag=None):
-    values = heat.transpose("t_resp", "t_pert").values
-    t_resp, t_pert = heat["t_resp"].values, heat["t_pert"].values
-    lo = np.nanmin(values) if vmin is None else vmin
-    hi = np.nanmax(values) if vmax is None else vmax
-    norm = None
-    cmap = st.HEATMAP_CMAP
-    if lo < 0 < hi and abs(lo) > 0.1 * hi:  # signed data: centre the colours on zero
-        norm, cmap, lo, hi = TwoSlopeNorm(0.0, lo, hi), st.DIVERGING_CMAP, None, None
-    image = ax.imshow(values, origin="lower", cmap=cmap, norm=norm, vmin=lo, vmax=hi,
-                      extent=(t_pert[0] - 0.5, t_pert[-1] + 0.5, t_resp[0] - 0.5, t_resp[-1] + 0.5),
-                      aspect="equal", interpolation="nearest")
-    ax.set_xlabel("perturbation time $t_m$")
-    ax.set_ylabel("response time $t_n$")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    if lag is not None:
-        ts = np.array([t_pert[0], t_pert[-1]], dtype=float)
-        ax.plot(ts, ts + lag, color="white", lw=0.8, ls="--")
-        ax.set_xlim(t_pert[0] - 0.5, t_pert[-1] + 0.5)
-        ax.set_ylim(t_resp[0] - 0.5, t_resp[-1] + 0.5)
-    if colorbar:
-        ax.figure.colorbar(image, ax=ax, shrink=0.85, label=_influence_label(heat))
-    return image
-
-
-def heatmap_figure(heat: xr.DataArray, *, title: str | None = None, vmin=None, vmax=None) -> Figure:
-    """Item 1: temporal coherence heatmap, response time vs perturbation time."""
-    _require_dims(heat, ("t_resp", "t_pert"), "heat")
-    fig, axes = st.new_figure(1, 1, size=(3.6, 3.0))
-    _draw_heatmap(axes[0, 0], heat, vmin=vmin, vmax=vmax)
-    axes[0, 0].set_title(title or _title(heat, "temporal coherence"))
-    return fig
-
-
-def _draw_horizon(ax, curve: xr.DataArray, *, lag=None):
-    dts = curve["dt"].values
-    for pair in curve["pair"].values:
-        q = curve.sel(pair=pair)
-        color = st.PAIR_COLORS.get(str(pair), "grey")
-        ax.fill_between(dts, q.sel(quantile=0.25), q.sel(quantile=0.75), color=color, alpha=0.25,
-                        lw=0)
-        ax.plot(dts, q.sel(quantile=0.5), color=color, marker="o", ms=2.5, lw=1.2,
-                label=f"{pair}-class")
-    if lag is not None:
-        ax.axvline(lag, color="black", lw=0.8, ls="--")
-    ax.axhline(0.0, color="grey", lw=0.5)
-    ax.set_xlabel(r"$\Delta t = t_n - t_m$")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel(_influence_label(curve))
-    ax.legend(frameon=False)
-
-
-def horizon_figure(curve: xr.DataArray, *, title: str | None = None, lag: int | None = None
-                   ) -> Figure:
-    """Item 2: influence vs time lag, medians with quartile bands, intra vs inter class."""
-    _require_dims(curve, ("pair", "quantile", "dt"), "curve")
-    fig, axes = st.new_figure(1, 1, size=(3.8, 2.8))
-    _draw_horizon(axes[0, 0], curve, lag=lag)
-    axes[0, 0].set_title(title or _title(curve, "temporal decay"))
-    return fig
-
-
-def _draw_class_matrix(ax, cm: xr.DataArray, *, colorbar=True):
-    """Sequential colours for a matrix without negative entries; with any negative entry a
-    diverging map on a range symmetric about 0, so that the sign of every cell shows."""
-    values = cm.transpose("c_resp", "c_pert").values
-    finite = values[np.isfinite(values)]
-    signed = bool(finite.size) and finite.min() < 0
-    if signed:
-        bound = float(np.abs(finite).max())
-        image = ax.imshow(values, cmap=st.DIVERGING_CMAP, vmin=-bound, vmax=bound, origin="upper")
-    else:
-        image = ax.imshow(values, cmap=st.HEATMAP_CMAP, origin="upper")
-    labels_r, labels_p = [str(c) for c in cm["c_resp"].values], [str(c) for c in cm["c_pert"].values]
-    ax.set_xticks(range(len(labels_p)), labels_p, rotation=30, ha="right")
-    ax.set_yticks(range(len(labels_r)), labels_r)
-    ax.set_xlabel("perturbing class")
-    ax.set_ylabel("response class")
-    middle = 0.5 * (finite.min() + finite.max()) if finite.size else 0.0
-    for i in range(values.shape[0]):
-        for j in range(values.shape[1]):
-            # white on the dark ends: both ends of the diverging map, the low end of magma
-            dark = abs(values[i, j]) > 0.6 * bound if signed else not values[i, j] > middle
-            ax.text(j, i, f"{values[i, j]:.2g}", ha="center", va="center", fontsize=7,
-                    color="white" if dark else "black")
-    if colorbar:
-        ax.figure.colorbar(image, ax=ax, shrink=0.85, label=_influence_label(cm))
-
-
-def class_matrix_figure(cm: xr.DataArray, *, title: str | None = None) -> Figure:
-    """Item 3: 3x3 class matrix (response class vs perturbing class)."""
-    _require_dims(cm, ("c_resp", "c_pert"), "cm")
-    fig, axes = st.new_figure(1, 1, size=(3.6, 3.0))
-    _draw_class_matrix(axes[0, 0], cm)
-    lag = cm.attrs.get("lag", 0)
-    axes[0, 0].set_title(title or _title(cm, f"class coherence (lag {lag})"))
-    return fig
-
-
-def dynamics_figure(dyn: xr.DataArray, *, title: str | None = None) -> Figure:
-    """Item 4: mean diagonal vs off-diagonal influence across checkpoints (log scale)."""
-    _require_dims(dyn, ("part", "quantile", "epoch"), "dyn")
-    fig, axes = st.new_figure(1, 1, size=(3.8, 2.8))
-    ax = axes[0, 0]
-    epochs = dyn["epoch"].values
-    for part in dyn["part"].values:
-        q = dyn.sel(part=part)
-        color = st.PART_COLORS.get(str(part), "grey")
-        ax.fill_between(epochs, q.sel(quantile=0.25), q.sel(quantile=0.75), color=color,
-                        alpha=0.25, lw=0)
-        ax.plot(epochs, q.sel(quantile=0.5), color=color, marker="o", ms=3, label=str(part))
-    values = dyn.values[np.isfinite(dyn.values)]
-    if values.size and values.min() > 0:
-        ax.set_yscale("log")
-    elif values.size:
-        ax.set_yscale("symlog", linthresh=max(1e-12, float(np.min(np.abs(values[values != 0]),
-                                                                  initial=1.0))))
-    ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel(f"mean {_influence_label(dyn)}")
-    ax.legend(frameon=False)
-    ax.set_title(title or _title(dyn, f"{FOLLOWUP_LABELS['dynamics']} training dynamics"))
-    return fig
-
-
-def spectrum_figure(spec: xr.Dataset, *, title: str | None = None) -> Figure:
-    """Item 5: eta_hat eigenvalues (median per mode over seeds x batches) per checkpoint,
-    and the condition number vs epoch."""
-    _require_dims(spec, ("seed", "epoch", "batch", "mode"), "spec")
-    fig, axes = st.new_figure(1, 2, size=(3.4, 2.8))
-    ax, ax_cond = axes[0]
-    epochs = spec["epoch"].values
-    cmap = matplotlib.colormaps["viridis"]
-    for k, epoch in enumerate(epochs):
-        eig = spec["eigenvalues"].sel(epoch=epoch).values.reshape(-1, spec.sizes["mode"])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # modes beyond every rank: NaN
-            med = np.nanmedian(eig, axis=0)
-        keep = np.isfinite(med) & (med > 0)
-        ax.plot(np.arange(1, keep.sum() + 1), med[keep], color=cmap(k / max(1, len(epochs) - 1)),
-                lw=1.2, label=f"epoch {epoch}")
-    ax.set_yscale("log")
-    ax.set_xlabel("mode")
-    ax.set_ylabel(r"eigenvalue of $\hat\eta$")
-    ax.legend(frameon=False, fontsize=7)
-    ax.set_title(title or f"{FOLLOWUP_LABELS['spectrum']} spectrum of the metric")
-    cond = spec["condition_number"].transpose("epoch", ...).values.reshape(len(epochs), -1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        q = np.nanquantile(np.where(np.isfinite(cond), cond, np.nan), [0.25, 0.5, 0.75], axis=1)
-    ax_cond.fill_between(epochs, q[0], q[2], color=st.OURS_COLOR, alpha=0.2, lw=0)
-    ax_cond.plot(epochs, q[1], color=st.OURS_COLOR, marker="o", ms=3)
-    ax_cond.set_yscale("log")
-    ax_cond.set_xlabel("epoch")
-    ax_cond.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax_cond.set_ylabel("condition number")
-    ax_cond.set_title(f"{FOLLOWUP_LABELS['spectrum']} anisotropy")
-    return fig
-
-
-def similarity_figure(sim: xr.Dataset, *, title: str | None = None) -> Figure:
-    """Item 6: influence vs scaled input distance (log-spaced overlapping bins)."""
-    _require_dims(sim, ("bin",), "sim")
-    fig, axes = st.new_figure(1, 1, size=(3.8, 2.8))
-    ax = axes[0, 0]
-    center = sim["center"].values
-    ok = sim["count"].values > 0
-    ax.fill_between(center[ok], sim["q25"].values[ok], sim["q75"].values[ok],
-                    color=st.OURS_COLOR, alpha=0.2, lw=0)
-    ax.plot(center[ok], sim["median"].values[ok], color=st.OURS_COLOR, marker="o", ms=3)
-    ax.set_xscale("log")
-    ax.axhline(0.0, color="grey", lw=0.5)
-    ax.set_xlabel("scaled input distance")
-    ax.set_ylabel(_influence_label(sim))
-    rho = sim.attrs.get("spearman_rho")
-    label = f" (Spearman {rho:.2f})" if rho is not None else ""
-    ax.set_title((title or _title(sim, "influence vs similarity")) + label)
-    return fig
-
-
 #: Our figures made with a follow-up recipe (its estimator and conventions, method.md section
 #: 6) that the follow-up itself does not show: the follow-up's figures are those of the
 #: symmetry study (method.md section 7).
@@ -236,12 +38,198 @@ FOLLOWUP_LABELS = {
 OURS_LABEL = "[ours]"
 
 
+def _influence_label(obj) -> str:
+    norm = obj.attrs.get("normalization", "")
+    return {"standard": "standardized influence", "none": "raw influence",
+            "cosine": "cosine influence"}.get(norm, f"influence ({norm})" if norm else "influence")
+
+
+def _title(obj, default: str) -> str:
+    variant = obj.attrs.get("variant")
+    return f"{default} [{variant}]" if variant else default
+
+
+def _integer_axes(*axes, y: bool = False) -> None:
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if y:
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _quiet(reduce, values, **kwargs):
+    """A NaN-ignoring numpy reduction; an all-NaN slice gives NaN without a warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return reduce(values, **kwargs)
+
+
+def _quartiles_over(values, axis: int):
+    return _quiet(np.nanquantile, values, q=[0.25, 0.5, 0.75], axis=axis)
+
+
+def _single(size, heat, title, default):
+    fig, axes = st.new_figure(1, 1, size=size)
+    axes[0, 0].set_title(title or _title(heat, default))
+    return fig, axes[0, 0]
+
+
+def _draw_heatmap(ax, heat: xr.DataArray, *, vmin=None, vmax=None, colorbar=True, lag=None):
+    values = heat.transpose("t_resp", "t_pert").values
+    t_resp, t_pert = heat["t_resp"].values, heat["t_pert"].values
+    lo = np.nanmin(values) if vmin is None else vmin
+    hi = np.nanmax(values) if vmax is None else vmax
+    norm = None
+    cmap = st.HEATMAP_CMAP
+    if lo < 0 < hi and abs(lo) > 0.1 * hi:  # signed data: centre the colours on zero
+        norm, cmap, lo, hi = TwoSlopeNorm(0.0, lo, hi), st.DIVERGING_CMAP, None, None
+    extent = (t_pert[0] - 0.5, t_pert[-1] + 0.5, t_resp[0] - 0.5, t_resp[-1] + 0.5)
+    image = ax.imshow(values, origin="lower", cmap=cmap, norm=norm, vmin=lo, vmax=hi,
+                      extent=extent, aspect="equal", interpolation="nearest")
+    ax.set(xlabel="perturbation time $t_m$", ylabel="response time $t_n$")
+    _integer_axes(ax, y=True)
+    if lag is not None:
+        ts = np.array([t_pert[0], t_pert[-1]], dtype=float)
+        ax.plot(ts, ts + lag, color="white", lw=0.8, ls="--")
+        ax.set(xlim=extent[:2], ylim=extent[2:])
+    if colorbar:
+        ax.figure.colorbar(image, ax=ax, shrink=0.85, label=_influence_label(heat))
+    return image
+
+
+def heatmap_figure(heat: xr.DataArray, *, title: str | None = None, vmin=None, vmax=None) -> Figure:
+    """Item 1: temporal coherence heatmap, response time vs perturbation time."""
+    st.require_dims(heat, ("t_resp", "t_pert"), "heat")
+    fig, ax = _single((3.6, 3.0), heat, title, "temporal coherence")
+    _draw_heatmap(ax, heat, vmin=vmin, vmax=vmax)
+    return fig
+
+
+def _draw_horizon(ax, curve: xr.DataArray, *, lag=None):
+    dts = curve["dt"].values
+    for pair in curve["pair"].values:
+        med, q1, q3 = st.quartiles(curve.sel(pair=pair))
+        st.band(ax, dts, med, q1, q3, color=st.PAIR_COLORS.get(str(pair), "grey"), alpha=0.25,
+                marker="o", ms=2.5, lw=1.2, label=f"{pair}-class")
+    if lag is not None:
+        ax.axvline(lag, color="black", lw=0.8, ls="--")
+    st.zero_line(ax)
+    ax.set(xlabel=r"$\Delta t = t_n - t_m$", ylabel=_influence_label(curve))
+    _integer_axes(ax)
+    ax.legend(frameon=False)
+
+
+def horizon_figure(curve: xr.DataArray, *, title: str | None = None, lag: int | None = None
+                   ) -> Figure:
+    """Item 2: influence vs time lag, medians with quartile bands, intra vs inter class."""
+    st.require_dims(curve, ("pair", "quantile", "dt"), "curve")
+    fig, ax = _single((3.8, 2.8), curve, title, "temporal decay")
+    _draw_horizon(ax, curve, lag=lag)
+    return fig
+
+
+def _draw_class_matrix(ax, cm: xr.DataArray, *, colorbar=True):
+    """Sequential colours for a matrix without negative entries; with any negative entry a
+    diverging map on a range symmetric about 0, so that the sign of every cell shows."""
+    values = cm.transpose("c_resp", "c_pert").values
+    finite = values[np.isfinite(values)]
+    signed = bool(finite.size) and finite.min() < 0
+    bound = float(np.abs(finite).max()) if signed else None
+    middle = 0.5 * (finite.min() + finite.max()) if finite.size else 0.0
+    # white on the dark ends: both ends of the diverging map, the low end of magma
+    dark = ((lambda i, j: abs(values[i, j]) > 0.6 * bound) if signed
+            else (lambda i, j: not values[i, j] > middle))
+    colours = ({"cmap": st.DIVERGING_CMAP, "vmin": -bound, "vmax": bound} if signed
+               else {"cmap": st.HEATMAP_CMAP})
+    image = st.matrix(ax, values, text=lambda i, j: f"{values[i, j]:.2g}", dark=dark,
+                      origin="upper", **colours)
+    labels_r, labels_p = [str(c) for c in cm["c_resp"].values], [str(c) for c in cm["c_pert"].values]
+    ax.set_xticks(range(len(labels_p)), labels_p, rotation=30, ha="right")
+    ax.set_yticks(range(len(labels_r)), labels_r)
+    ax.set(xlabel="perturbing class", ylabel="response class")
+    if colorbar:
+        ax.figure.colorbar(image, ax=ax, shrink=0.85, label=_influence_label(cm))
+
+
+def class_matrix_figure(cm: xr.DataArray, *, title: str | None = None) -> Figure:
+    """Item 3: 3x3 class matrix (response class vs perturbing class)."""
+    st.require_dims(cm, ("c_resp", "c_pert"), "cm")
+    fig, ax = _single((3.6, 3.0), cm, title, f"class coherence (lag {cm.attrs.get('lag', 0)})")
+    _draw_class_matrix(ax, cm)
+    return fig
+
+
+def dynamics_figure(dyn: xr.DataArray, *, title: str | None = None) -> Figure:
+    """Item 4: mean diagonal vs off-diagonal influence across checkpoints (log scale)."""
+    st.require_dims(dyn, ("part", "quantile", "epoch"), "dyn")
+    fig, ax = _single((3.8, 2.8), dyn, title,
+                      f"{FOLLOWUP_LABELS['dynamics']} training dynamics")
+    epochs = dyn["epoch"].values
+    for part in dyn["part"].values:
+        med, q1, q3 = st.quartiles(dyn.sel(part=part))
+        st.band(ax, epochs, med, q1, q3, color=st.PART_COLORS.get(str(part), "grey"),
+                alpha=0.25, marker="o", ms=3, label=str(part))
+    values = dyn.values[np.isfinite(dyn.values)]
+    if values.size and values.min() > 0:
+        ax.set_yscale("log")
+    elif values.size:
+        ax.set_yscale("symlog", linthresh=max(1e-12, float(np.min(np.abs(values[values != 0]),
+                                                                  initial=1.0))))
+    ax.set(xlabel="epoch", ylabel=f"mean {_influence_label(dyn)}")
+    _integer_axes(ax)
+    ax.legend(frameon=False)
+    return fig
+
+
+def spectrum_figure(spec: xr.Dataset, *, title: str | None = None) -> Figure:
+    """Item 5: eta_hat eigenvalues (median per mode over seeds x batches) per checkpoint,
+    and the condition number vs epoch."""
+    st.require_dims(spec, ("seed", "epoch", "batch", "mode"), "spec")
+    fig, axes = st.new_figure(1, 2, size=(3.4, 2.8))
+    ax, ax_cond = axes[0]
+    epochs = spec["epoch"].values
+    cmap = matplotlib.colormaps["viridis"]
+    for k, epoch in enumerate(epochs):
+        eig = spec["eigenvalues"].sel(epoch=epoch).values.reshape(-1, spec.sizes["mode"])
+        med = _quiet(np.nanmedian, eig, axis=0)  # modes beyond every rank: NaN
+        keep = np.isfinite(med) & (med > 0)
+        ax.plot(np.arange(1, keep.sum() + 1), med[keep], color=cmap(k / max(1, len(epochs) - 1)),
+                lw=1.2, label=f"epoch {epoch}")
+    ax.set(yscale="log", xlabel="mode", ylabel=r"eigenvalue of $\hat\eta$",
+           title=title or f"{FOLLOWUP_LABELS['spectrum']} spectrum of the metric")
+    ax.legend(frameon=False, fontsize=7)
+    cond = spec["condition_number"].transpose("epoch", ...).values.reshape(len(epochs), -1)
+    q = _quartiles_over(np.where(np.isfinite(cond), cond, np.nan), 1)
+    st.band(ax_cond, epochs, q[1], q[0], q[2], color=st.OURS_COLOR, marker="o", ms=3)
+    ax_cond.set(yscale="log", xlabel="epoch", ylabel="condition number",
+                title=f"{FOLLOWUP_LABELS['spectrum']} anisotropy")
+    _integer_axes(ax_cond)
+    return fig
+
+
+def similarity_figure(sim: xr.Dataset, *, title: str | None = None) -> Figure:
+    """Item 6: influence vs scaled input distance (log-spaced overlapping bins)."""
+    st.require_dims(sim, ("bin",), "sim")
+    rho = sim.attrs.get("spearman_rho")
+    fig, axes = st.new_figure(1, 1, size=(3.8, 2.8))
+    ax = axes[0, 0]
+    ok = sim["count"].values > 0
+    st.band(ax, sim["center"].values[ok], sim["median"].values[ok], sim["q25"].values[ok],
+            sim["q75"].values[ok], color=st.OURS_COLOR, marker="o", ms=3)
+    st.zero_line(ax)
+    ax.set(xscale="log", xlabel="scaled input distance", ylabel=_influence_label(sim),
+           title=(title or _title(sim, "influence vs similarity"))
+           + (f" (Spearman {rho:.2f})" if rho is not None else ""))
+    return fig
+
+
 def _draw_ci(ax, x, ci: xr.DataArray, *, color, label, marker="o", ls="-"):
     """An estimate line with its interval band; `ci` has a `ci` dim (estimate, low, high)."""
-    ax.fill_between(x, ci.sel(ci="low").values, ci.sel(ci="high").values, color=color,
-                    alpha=0.2, lw=0)
-    return ax.plot(x, ci.sel(ci="estimate").values, color=color, marker=marker, ms=3, ls=ls,
-                   label=label)[0]
+    return st.band(ax, x, *st.ci_parts(ci), color=color, label=label, marker=marker, ms=3, ls=ls)
+
+
+def _correlation_axes(ax, ylabel: str, title: str) -> None:
+    st.zero_line(ax)
+    ax.set(ylim=(-1.05, 1.05), xlabel=r"rollout horizon $\Delta t$", ylabel=ylabel, title=title)
 
 
 def rollout_link_figure(link: xr.Dataset, *, paper: dict | pd.Series | None = None,
@@ -257,7 +245,7 @@ def rollout_link_figure(link: xr.Dataset, *, paper: dict | pd.Series | None = No
     `link`: `coherence.rollout_link` output; `stats`: `rollout_stats.rollout_link_statistics`
     (or None at designs too small for intervals).
     """
-    _require_dims(link, ("dt",), "link")
+    st.require_dims(link, ("dt",), "link")
     fig, axes = st.new_figure(1, 3, size=(3.3, 2.8))
     ax, ax_in, ax_sc = axes[0]
     dts = link["dt"].values
@@ -272,20 +260,11 @@ def rollout_link_figure(link: xr.Dataset, *, paper: dict | pd.Series | None = No
         items = sorted(dict(paper).items())
         ax.plot([k for k, _ in items], [v for _, v in items], ls="--", marker="D", ms=3.5,
                 color=st.PAPER_COLOR, label="follow-up (published, method.md §6)")
-    ax.axhline(0.0, color="grey", lw=0.5)
-    ax.set_ylim(-1.05, 1.05)
-    ax.set_xlabel(r"rollout horizon $\Delta t$")
-    ax.set_ylabel("correlation of R with rollout SMSE")
+    _correlation_axes(ax, "correlation of R with rollout SMSE",
+                      title or f"{FOLLOWUP_LABELS['rollout']} coherence vs rollout error")
     ax.legend(frameon=False, fontsize=7)
-    ax.set_title(title or f"{FOLLOWUP_LABELS['rollout']} coherence vs rollout error")
-
-    ax_in.axhline(0.0, color="grey", lw=0.5)
-    ax_in.set_ylim(-1.05, 1.05)
-    ax_in.set_xlabel(r"rollout horizon $\Delta t$")
-    ax_in.set_ylabel("Pearson r within classes")
-    ax_in.set_title(f"{OURS_LABEL} within-class link")
+    _correlation_axes(ax_in, "Pearson r within classes", f"{OURS_LABEL} within-class link")
     if stats is not None:
-        sdt = stats["dt"].values
         _draw_ci(ax_in, sdt, stats["within_class_pooled"], color=st.OURS_COLOR,
                  label="class means removed")
         for k, cls in enumerate(stats["class"].values):
@@ -304,9 +283,8 @@ def rollout_link_figure(link: xr.Dataset, *, paper: dict | pd.Series | None = No
         ax_sc.set_yscale("log")
         ax_sc.legend(frameon=False, fontsize=7)
     norm = link.attrs.get("normalization", "none")
-    ax_sc.set_xlabel("R = off-diagonal / diagonal" + (" (raw)" if norm == "none" else f" ({norm})"))
-    ax_sc.set_ylabel(f"cumulative SMSE, $\\Delta t$={scatter_dt}")
-    ax_sc.set_title(FOLLOWUP_LABELS["rollout"])
+    ax_sc.set(xlabel="R = off-diagonal / diagonal" + (" (raw)" if norm == "none" else f" ({norm})"),
+              ylabel=f"cumulative SMSE, $\\Delta t$={scatter_dt}", title=FOLLOWUP_LABELS["rollout"])
     return fig
 
 
@@ -314,7 +292,7 @@ def dynamics_intervals_figure(ci: xr.DataArray, *, title: str | None = None) -> 
     """[ours] The follow-up's dynamics as means over seeds x batches with 95% t-interval bands over seeds
     (`pdeinf.analysis.followup.dynamics_intervals`): diagonal and off-diagonal (log scale where
     positive) and their ratio."""
-    _require_dims(ci, ("ci", "quantity", "epoch"), "ci")
+    st.require_dims(ci, ("ci", "quantity", "epoch"), "ci")
     fig, axes = st.new_figure(1, 2, size=(3.4, 2.8))
     ax, ax_r = axes[0]
     epochs = ci["epoch"].values
@@ -323,17 +301,14 @@ def dynamics_intervals_figure(ci: xr.DataArray, *, title: str | None = None) -> 
     values = ci.sel(quantity=["diagonal", "off-diagonal"]).values
     if np.all(values[np.isfinite(values)] > 0):
         ax.set_yscale("log")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(f"mean {_influence_label(ci)}")
+    ax.set(xlabel="epoch", ylabel=f"mean {_influence_label(ci)}",
+           title=title or f"{OURS_LABEL} dynamics, 95% intervals")
     ax.legend(frameon=False, fontsize=7)
-    ax.set_title(title or f"{OURS_LABEL} dynamics, 95% intervals")
     _draw_ci(ax_r, epochs, ci.sel(quantity="ratio"), color=st.OURS_COLOR, label="ratio")
-    ax_r.axhline(0.0, color="grey", lw=0.5)
-    ax_r.set_xlabel("epoch")
-    ax_r.set_ylabel("mean off-diagonal / mean diagonal")
-    ax_r.set_title(f"{OURS_LABEL} off/diagonal ratio")
-    for a in (ax, ax_r):
-        a.xaxis.set_major_locator(MaxNLocator(integer=True))
+    st.zero_line(ax_r)
+    ax_r.set(xlabel="epoch", ylabel="mean off-diagonal / mean diagonal",
+             title=f"{OURS_LABEL} off/diagonal ratio")
+    _integer_axes(ax, ax_r)
     return fig
 
 
@@ -345,13 +320,14 @@ def variant_heatmaps_figure(maps: xr.DataArray, *, title: str | None = None,
     finite values of all panels; diverging about 0 when clearly signed, as every heatmap) and
     the figure one colour bar, so panels compare; `shared_scale=False` gives each panel its own
     range and colour bar."""
-    _require_dims(maps, ("variant", "t_resp", "t_pert"), "maps")
+    st.require_dims(maps, ("variant", "t_resp", "t_pert"), "maps")
     names = [str(v) for v in maps["variant"].values]
     fig, axes = st.new_figure(1, len(names), size=(3.3, 2.9))
     lo, hi = st.shared_range([maps.values]) if shared_scale else (None, None)
-    images = [_draw_heatmap(ax, maps.sel(variant=name), vmin=lo, vmax=hi,
-                            colorbar=not shared_scale) for ax, name in zip(axes[0], names)]
+    images = []
     for ax, name in zip(axes[0], names):
+        images.append(_draw_heatmap(ax, maps.sel(variant=name), vmin=lo, vmax=hi,
+                                    colorbar=not shared_scale))
         ax.set_title(name)
     if shared_scale and images:
         fig.colorbar(images[0], ax=list(axes[0]), shrink=0.85, label=_influence_label(maps))
@@ -373,25 +349,20 @@ def snapshots_figure(samples: dict, *, times=(0, 4, 8, 16), channel: int = 0,
     trajectory `[T, C, H, W]` (numpy); `channel` picks the field shown."""
     if not samples:
         raise InputError("samples: at least one class is needed")
-    names = list(samples)
-    fig, axes = st.new_figure(len(names), len(times), size=(1.7, 1.7))
-    for i, name in enumerate(names):
-        traj = np.asarray(samples[name])
+    fig, axes = st.new_figure(len(samples), len(times), size=(1.7, 1.7))
+    for i, (name, traj) in enumerate(samples.items()):
+        traj = np.asarray(traj)
         if traj.ndim != 4:
             raise InputError(f"samples[{name!r}]: expected [T, C, H, W], got {traj.shape}")
         if max(times) >= traj.shape[0] or channel >= traj.shape[1]:
             raise InputError(f"samples[{name!r}]: times {times} / channel {channel} out of range")
         field = traj[list(times), channel]
-        lo, hi = float(field.min()), float(field.max())
         for j, t in enumerate(times):
             ax = axes[i, j]
-            ax.imshow(traj[t, channel], origin="lower", cmap="viridis", vmin=lo, vmax=hi)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_title(f"t = {t}")
-            if j == 0:
-                ax.set_ylabel(str(name))
+            ax.imshow(traj[t, channel], origin="lower", cmap="viridis", vmin=float(field.min()),
+                      vmax=float(field.max()))
+            ax.set(xticks=[], yticks=[], title=f"t = {t}" if i == 0 else "",
+                   ylabel=str(name) if j == 0 else "")
     if title or channel_name:
         fig.suptitle(title or f"snapshots: {channel_name}")
     return fig
@@ -412,15 +383,10 @@ def loss_curves_figure(histories: dict, *, title: str = "training") -> Figure:
         for split, ls in (("train_loss", "-"), ("val_loss", "--")):
             per_epoch = frame.groupby("epoch")[split]
             med = per_epoch.median()
-            ax.fill_between(med.index, per_epoch.min(), per_epoch.max(), color=color, alpha=0.15,
-                            lw=0)
-            ax.plot(med.index, med.values, color=color, ls=ls,
-                    label=f"{label} {split.split('_')[0]}")
-    ax.set_yscale("log")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("SMSE")
+            st.band(ax, med.index, med.values, per_epoch.min(), per_epoch.max(), color=color,
+                    alpha=0.15, ls=ls, label=f"{label} {split.split('_')[0]}")
+    ax.set(yscale="log", xlabel="epoch", ylabel="SMSE", title=title)
     ax.legend(frameon=False, fontsize=7)
-    ax.set_title(title)
     return fig
 
 
@@ -432,21 +398,15 @@ def rollout_error_figure(rollouts: dict, *, title: str = "rollout error") -> Fig
         raise InputError("rollouts: at least one rollout array is needed")
     fig, axes = st.new_figure(1, len(rollouts), size=(3.4, 2.8))
     for ax, (label, da) in zip(axes[0], rollouts.items()):
-        _require_dims(da, ("seed", "class", "trajectory", "start", "horizon"), f"rollouts[{label!r}]")
+        st.require_dims(da, ("seed", "class", "trajectory", "start", "horizon"),
+                        f"rollouts[{label!r}]")
         horizon = np.arange(1, da.sizes["horizon"] + 1)
         for k, cls in enumerate(da["class"].values):
             values = da.sel({"class": cls}).transpose("horizon", ...).values
-            values = values.reshape(values.shape[0], -1)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                q = np.nanquantile(values, [0.25, 0.5, 0.75], axis=1)
-            color = st.class_color(k)
-            ax.fill_between(horizon, q[0], q[2], color=color, alpha=0.2, lw=0)
-            ax.plot(horizon, q[1], color=color, label=str(cls))
-        ax.set_yscale("log")
-        ax.set_xlabel("rollout step")
-        ax.set_ylabel("per-step SMSE")
-        ax.set_title(f"{title}: {label}")
+            q = _quartiles_over(values.reshape(values.shape[0], -1), 1)
+            st.band(ax, horizon, q[1], q[0], q[2], color=st.class_color(k), label=str(cls))
+        ax.set(yscale="log", xlabel="rollout step", ylabel="per-step SMSE",
+               title=f"{title}: {label}")
         ax.legend(frameon=False, fontsize=7)
     return fig
 
@@ -457,12 +417,10 @@ def explorer_figure(curve: xr.DataArray, heat: xr.DataArray, cm: xr.DataArray, *
     diagonal drawn, and the class matrix at that lag."""
     fig, axes = st.new_figure(1, 3, size=(3.3, 2.9))
     _draw_horizon(axes[0, 0], curve, lag=lag)
-    axes[0, 0].set_title("decay")
     _draw_heatmap(axes[0, 1], heat, lag=lag)
-    axes[0, 1].set_title("temporal coherence")
     _draw_class_matrix(axes[0, 2], cm)
-    axes[0, 2].set_title(f"classes at lag {lag}")
+    for ax, name in zip(axes[0], ("decay", "temporal coherence", f"classes at lag {lag}")):
+        ax.set_title(name)
     if title:
         fig.suptitle(title)
     return fig
-

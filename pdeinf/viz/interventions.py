@@ -19,11 +19,6 @@ def recipe_color(recipe: str, index: int = 0) -> str:
     return RECIPE_COLORS.get(str(recipe), st.class_color(index))
 
 
-def _check(obj, dims, name):
-    if not isinstance(obj, (xr.DataArray, xr.Dataset)) or any(d not in obj.dims for d in dims):
-        raise InputError(f"{name}: expected an xarray object with dims {tuple(dims)}")
-
-
 def _err(ci: xr.DataArray) -> tuple[float, np.ndarray]:
     est = float(ci.sel(ci="estimate"))
     return est, np.array([[est - float(ci.sel(ci="low"))], [float(ci.sel(ci="high")) - est]])
@@ -34,7 +29,7 @@ def rollout_vs_r_figure(table: xr.Dataset, obs: xr.Dataset | None = None, *,
     """Rollout SMSE at dt vs cross-time ratio R at the final checkpoint, one point per recipe
     (mean over seeds x batches with 95% t-intervals over seeds on both axes); with
     `obs`, the per-seed means as small markers."""
-    _check(table, ("recipe", "ci"), "table")
+    st.require_dims(table, ("recipe", "ci"), "table")
     fig, axes = st.new_figure(1, 1, size=(4.4, 3.4))
     ax = axes[0, 0]
     epoch = table.attrs.get("epoch")
@@ -47,9 +42,8 @@ def rollout_vs_r_figure(table: xr.Dataset, obs: xr.Dataset | None = None, *,
             per_seed = obs.sel(recipe=recipe, epoch=epoch).mean("batch")
             ax.scatter(per_seed["R"].values, per_seed["rollout"].values, s=12, color=color,
                        alpha=0.5, marker="x")
-    ax.set_xlabel("cross-time ratio R (raw, class mean)")
-    ax.set_ylabel(f"cumulative rollout SMSE, dt={table.attrs.get('dt')}")
-    ax.set_yscale("log")
+    ax.set(xlabel="cross-time ratio R (raw, class mean)",
+           ylabel=f"cumulative rollout SMSE, dt={table.attrs.get('dt')}", yscale="log")
     ax.legend(frameon=False, fontsize=7)
     ax.set_title(f"{title} rollout error vs R, epoch {epoch} {TAG}".strip())
     return fig
@@ -58,21 +52,17 @@ def rollout_vs_r_figure(table: xr.Dataset, obs: xr.Dataset | None = None, *,
 def lag_curves_figure(curves: xr.DataArray, *, title: str = "") -> Figure:
     """Standardized influence vs lag dt per recipe (mean over seeds x batches of the
     per-matrix medians, 95% interval band), intra- and inter-class panels."""
-    _check(curves, ("ci", "recipe", "pair", "dt"), "curves")
+    st.require_dims(curves, ("ci", "recipe", "pair", "dt"), "curves")
     pairs = [str(p) for p in curves["pair"].values]
     fig, axes = st.new_figure(1, len(pairs), sharey=True)
     dts = curves["dt"].values
     for j, pair in enumerate(pairs):
         ax = axes[0, j]
         for i, recipe in enumerate(curves["recipe"].values):
-            c = curves.sel(recipe=recipe, pair=pair)
-            color = recipe_color(recipe, i)
-            ax.plot(dts, c.sel(ci="estimate").values, color=color, lw=1.2, label=str(recipe))
-            ax.fill_between(dts, c.sel(ci="low").values, c.sel(ci="high").values, color=color,
-                            alpha=0.15, lw=0)
+            st.band(ax, dts, *st.ci_parts(curves.sel(recipe=recipe, pair=pair)),
+                    color=recipe_color(recipe, i), alpha=0.15, lw=1.2, label=str(recipe))
         ax.axhline(0.0, color="0.6", lw=0.6)
-        ax.set_xlabel("dt = t_resp - t_pert (snapshots)")
-        ax.set_title(f"{title} {pair}-class {TAG}".strip())
+        ax.set(xlabel="dt = t_resp - t_pert (snapshots)", title=f"{title} {pair}-class {TAG}".strip())
     axes[0, 0].set_ylabel("standardized influence (median per matrix)")
     axes[0, -1].legend(frameon=False, fontsize=7)
     return fig
@@ -81,7 +71,7 @@ def lag_curves_figure(curves: xr.DataArray, *, title: str = "") -> Figure:
 def class_matrices_figure(cms: xr.DataArray, *, title: str = "") -> Figure:
     """One class matrix per recipe (mean over seeds x batches of the per-matrix medians of
     standardized influence at the matrices' lag), estimate with its interval in each cell."""
-    _check(cms, ("ci", "recipe", "c_resp", "c_pert"), "cms")
+    st.require_dims(cms, ("ci", "recipe", "c_resp", "c_pert"), "cms")
     recipes = list(cms["recipe"].values)
     fig, axes = st.new_figure(1, len(recipes), size=(3.0, 2.8))
     est = cms.sel(ci="estimate")
@@ -89,15 +79,11 @@ def class_matrices_figure(cms: xr.DataArray, *, title: str = "") -> Figure:
     labels = [str(c) for c in cms["c_resp"].values]
     for k, recipe in enumerate(recipes):
         ax = axes[0, k]
-        values = est.sel(recipe=recipe).transpose("c_resp", "c_pert").values
-        lo = cms.sel(ci="low", recipe=recipe).transpose("c_resp", "c_pert").values
-        hi = cms.sel(ci="high", recipe=recipe).transpose("c_resp", "c_pert").values
-        image = ax.imshow(values, cmap=st.HEATMAP_CMAP, vmin=vmin, vmax=vmax)
-        for i in range(values.shape[0]):
-            for j in range(values.shape[1]):
-                ax.text(j, i, f"{values[i, j]:.2g}\n[{lo[i, j]:.2g}, {hi[i, j]:.2g}]",
-                        ha="center", va="center", fontsize=5.5,
-                        color="black" if values[i, j] > 0.5 * (vmin + vmax) else "white")
+        values, lo, hi = st.ci_parts(cms.sel(recipe=recipe).transpose("ci", "c_resp", "c_pert"))
+        cells = np.vectorize(lambda v, low, high: f"{v:.2g}\n[{low:.2g}, {high:.2g}]")(values, lo, hi)
+        image = st.matrix(ax, values, text=lambda i, j, t=cells: t[i, j],
+                          dark=lambda i, j, v=values: not v[i, j] > 0.5 * (vmin + vmax), fontsize=5.5,
+                          cmap=st.HEATMAP_CMAP, vmin=vmin, vmax=vmax)
         ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
         ax.set_yticks(range(len(labels)), labels if k == 0 else [])
         ax.set_title(f"{recipe} {TAG}")
@@ -109,7 +95,7 @@ def class_matrices_figure(cms: xr.DataArray, *, title: str = "") -> Figure:
 def selection_figure(sel: xr.Dataset, *, title: str = "") -> Figure:
     """Change in log rollout SMSE at dt of the checkpoint chosen by each criterion vs the one
     minimal validation SMSE picks, per recipe (and pooled), with 95% intervals."""
-    _check(sel, ("criterion", "ci", "recipe"), "sel")
+    st.require_dims(sel, ("criterion", "ci", "recipe"), "sel")
     fig, axes = st.new_figure(1, 1, size=(4.4, 3.0))
     ax = axes[0, 0]
     recipes = [str(r) for r in sel["recipe"].values]
@@ -133,7 +119,7 @@ def orbit_figure(table: xr.Dataset, *, title: str = "") -> Figure:
     orbit-influence diagonal H_g[n, n]; right, the log10 equivariance ratio; both the mean over
     seeds x batches of the per-batch example means with 95% t-intervals over seeds
     (`pdeinf.analysis.interventions.orbit_element_table`)."""
-    _check(table, ("ci", "recipe", "element"), "table")
+    st.require_dims(table, ("ci", "recipe", "element"), "table")
     for var in ("orbit", "log_equivariance"):
         if var not in table:
             raise InputError(f"table: no {var!r} variable (orbit_element_table)")
@@ -145,16 +131,12 @@ def orbit_figure(table: xr.Dataset, *, title: str = "") -> Figure:
               ("log_equivariance", "log10 SMSE(f(g.x), g.y) / SMSE(f(x), y)", "equivariance error"))
     for ax, (var, ylabel, name) in zip(axes[0], panels):
         for i, recipe in enumerate(recipes):
-            ci = table[var].sel(recipe=recipe).transpose("ci", "element")
-            est = ci.sel(ci="estimate").values
-            err = np.stack([est - ci.sel(ci="low").values, ci.sel(ci="high").values - est])
-            ax.errorbar(xs + 0.15 * (i - (len(recipes) - 1) / 2), est, yerr=err, fmt="o", ms=4,
-                        capsize=2, color=recipe_color(recipe, i), label=f"{recipe} {TAG}")
+            st.bars(ax, xs + 0.15 * (i - (len(recipes) - 1) / 2), *st.ci_parts(table[var].sel(recipe=recipe)),
+                    fmt="o", ms=4, capsize=2, color=recipe_color(recipe, i), label=f"{recipe} {TAG}")
         ax.axhline(0.0, color="0.6", lw=0.6)
         ax.set_xticks(xs, labels)
-        ax.set_xlabel("D4 element g")
-        ax.set_ylabel(ylabel)
-        ax.set_title(f"{title} {name}, epoch {table.attrs.get('epoch')} {TAG}".strip())
+        ax.set(xlabel="D4 element g", ylabel=ylabel,
+               title=f"{title} {name}, epoch {table.attrs.get('epoch')} {TAG}".strip())
     axes[0, 0].legend(frameon=False, fontsize=7)
     fig.suptitle(f"one-step vs augment: mean over {table.attrs.get('n_seeds')} seed(s) x "
                  f"{table.attrs.get('n_batches')} batch(es), 95% t-intervals over seeds "

@@ -37,51 +37,61 @@ def _name(bra: str) -> str:
     return f"H_{{{bra}C}}"
 
 
-def _require(obj, dims, what):
-    if not isinstance(obj, (xr.DataArray, xr.Dataset)) or any(d not in obj.dims for d in dims):
-        raise InputError(f"{what}: expected an xarray object with dims {tuple(dims)}")
-
-
-def _note(ax, text: str, y: float | None = None, width: int = 70) -> None:
+def _note(fig, text: str, width: int = 70) -> None:
     """A small caption under the figure (wrapped by hand: constrained layout keeps it in)."""
     if text:
-        ax.figure.supxlabel(textwrap.fill(text, width), fontsize=6.5, color="0.3", ha="center")
+        fig.supxlabel(textwrap.fill(text, width), fontsize=6.5, color="0.3", ha="center")
+
+
+def _range_text(prefix: str, reading) -> str:
+    """`"diagonal 1.5"` or `"diagonal 1.5-2"` for a paper reading (lo, hi)."""
+    return f"{prefix} {reading[0]:g}" + (f"-{reading[1]:g}" if reading[1] != reading[0] else "")
+
+
+def _panel(size, title: str):
+    fig, axes = st.new_figure(1, 1, size=size)
+    axes[0, 0].set_title(title)
+    return fig, axes[0, 0]
+
+
+def _title(what: str, bra: str, model: str, pde: str, fig_no) -> str:
+    return f"${_name(bra)}$ {what} ({st.model_label(model)}, {pde}) {_tag(fig_no)}"
+
+
+def _reading(table, key, figure):
+    """The paper's reading of `key` in `table` (or None) and the figure number to name."""
+    paper = pn.lookup(table, key)
+    return paper, figure if figure is not None else (paper or {}).get("figure")
 
 
 def heatmap_figure(heat: xr.DataArray, *, pde: str, model: str, bra: str = "C",
                    figure=None) -> Figure:
     """Figs. 2, 6, 16-19, 24-25, 28-29: two-time influence, response time (y) vs perturbation
     time (x), colour range 0..7; the paper's diagonal / first off-diagonal readings in the note."""
-    _require(heat, ("t_resp", "t_pert"), "heat")
-    paper = pn.lookup(pn.HEATMAPS, (bra, pde, model))
-    fig_no = figure if figure is not None else (paper or {}).get("figure")
+    st.require_dims(heat, ("t_resp", "t_pert"), "heat")
+    paper, fig_no = _reading(pn.HEATMAPS, (bra, pde, model), figure)
     values = heat.transpose("t_resp", "t_pert").values
     n_r, n_p = values.shape
-    fig, axes = st.new_figure(1, 1, size=(4.0, 3.9))
-    ax = axes[0, 0]
+    fig, ax = _panel((4.0, 3.9), _title("influence", bra, model, pde, fig_no))
     lo, hi = sp.HEATMAP_RANGE
     image = ax.imshow(values, origin="lower", cmap=SEQUENTIAL_CMAP, vmin=lo, vmax=hi,
                       extent=(0.5, n_p + 0.5, 0.5, n_r + 0.5), interpolation="nearest")
     fig.colorbar(image, ax=ax, shrink=0.85, label=f"standardized ${_name(bra)}$")
-    ax.set_xlabel(f"perturbation time ({BRA_LABEL['C']})")
-    ax.set_ylabel(f"response time ({BRA_LABEL[bra]})")
+    ax.set(xlabel=f"perturbation time ({BRA_LABEL['C']})", ylabel=f"response time ({BRA_LABEL[bra]})")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_title(f"${_name(bra)}$ influence ({st.model_label(model)}, {pde}) {_tag(fig_no)}")
     diag = float(np.mean(np.diag(values)))
     off = float(np.mean(np.r_[np.diag(values, 1), np.diag(values, -1)]))
     text = f"ours: diagonal {diag:.2f}, first off-diagonal {off:.2f}"
     if paper and paper.get("diagonal"):
-        ref = paper["diagonal"]
-        text += f"; paper ≈ diagonal {ref[0]:g}" + (f"-{ref[1]:g}" if ref[1] != ref[0] else "")
+        text += "; " + _range_text("paper ≈ diagonal", paper["diagonal"])
         if paper.get("off_diagonal_1"):
-            o = paper["off_diagonal_1"]
-            text += f", off-diagonal {o[0]:g}" + (f"-{o[1]:g}" if o[1] != o[0] else "")
+            text += ", " + _range_text("off-diagonal", paper["off_diagonal_1"])
     if paper and paper.get("note"):
         text += f" ({paper['note']})"
     if values.max() > hi or values.min() < lo:
         text += f"; colours saturate outside {lo:g}..{hi:g} (ours {values.min():.2g}..{values.max():.2g})"
-    _note(ax, text, y=-0.2)
+    _note(fig, text)
     return fig
 
 
@@ -89,28 +99,21 @@ def lag_curve_figure(curve: xr.Dataset, *, pde: str, model: str, bra: str = "C",
                      figure=None) -> Figure:
     """Figs. 4, 7, 20-23, 26-27, 30-31: median over seeds (markers) with Q1..Q3 bars, intra-
     and inter-class; the paper's readings as hollow markers (bars: their reading range)."""
-    _require(curve["quartiles"], ("quantile", "pair", "dt"), "curve['quartiles']")
-    paper = pn.lookup(pn.LAG_CURVES, (bra, pde, model))
-    fig_no = figure if figure is not None else (paper or {}).get("figure")
+    st.require_dims(curve["quartiles"], ("quantile", "pair", "dt"), "curve['quartiles']")
+    paper, fig_no = _reading(pn.LAG_CURVES, (bra, pde, model), figure)
     q = curve["quartiles"]
     dts = q["dt"].values
-    fig, axes = st.new_figure(1, 1, size=(4.0, 3.0))
-    ax = axes[0, 0]
+    fig, ax = _panel((4.0, 3.0), _title("extrapolation", bra, model, pde, fig_no))
     for pair, marker, shift in (("intra", "o", -0.1), ("inter", "D", 0.1)):
-        med = q.sel(pair=pair, quantile=0.5).values
-        if not np.isfinite(med).any():
-            continue
-        lo = med - q.sel(pair=pair, quantile=0.25).values
-        hi = q.sel(pair=pair, quantile=0.75).values - med
-        ax.errorbar(dts + shift, med, yerr=[lo, hi], fmt=marker, ms=3.5, capsize=2, lw=1,
+        med, q1, q3 = st.quartiles(q.sel(pair=pair))
+        if np.isfinite(med).any():
+            st.bars(ax, dts + shift, med, q1, q3, fmt=marker, ms=3.5, capsize=2, lw=1,
                     color=st.PAIR_COLORS[pair], label=f"{pair}-class (ours)")
     if paper:
         lags = sorted(paper["intra"])
         vals = np.array([paper["intra"][k] for k in lags])
-        mid = vals.mean(axis=1)
-        ax.errorbar(np.array(lags, float), mid, yerr=[mid - vals[:, 0], vals[:, 1] - mid],
-                    marker="o", capsize=0, label=f"intra, paper ≈ (fig. {paper['figure']})",
-                    **PAPER_KW)
+        st.bars(ax, np.array(lags, float), vals.mean(axis=1), vals[:, 0], vals[:, 1], marker="o",
+                capsize=0, label=f"intra, paper ≈ (fig. {paper['figure']})", **PAPER_KW)
         inter = paper["inter"]
         ax.axhspan(inter[0], max(inter[1], inter[0] + 0.02), color=st.PAPER_COLOR, alpha=0.25,
                    lw=0, label="inter, paper ≈")
@@ -118,18 +121,16 @@ def lag_curve_figure(curve: xr.Dataset, *, pde: str, model: str, bra: str = "C",
     finite = q.values[np.isfinite(q.values)]
     top = max(hi, float(finite.max()) * 1.05) if finite.size else hi
     bottom = min(lo, float(finite.min()) * 1.05) if finite.size else lo
-    ax.set_ylim(bottom, top)
-    ax.axhline(0.0, color="grey", lw=0.5)
-    ax.set_xlabel("time difference Δ = τ - t")
-    ax.set_ylabel(f"influence ({BRA_LABEL[bra]})")
+    st.zero_line(ax)
+    ax.set(ylim=(bottom, top), xlabel="time difference Δ = τ - t",
+           ylabel=f"influence ({BRA_LABEL[bra]})")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(frameon=False, fontsize=6.5)
-    ax.set_title(f"${_name(bra)}$ extrapolation ({st.model_label(model)}, {pde}) {_tag(fig_no)}")
     text = (f"markers: median over {curve.attrs.get('n_seeds', '?')} seeds of batch means "
             f"({curve.attrs.get('n_batches', '?')} batches each); bars: Q1..Q3 over seeds")
     if (top, bottom) != (hi, lo):
         text += f"; y-range extended from the paper's {lo:g}..{hi:g} to show our values"
-    _note(ax, text, y=-0.2)
+    _note(fig, text)
     return fig
 
 
@@ -141,40 +142,35 @@ def class_matrix_figure(cm: xr.DataArray, *, pde: str, model: str, bra: str = "C
     The paper's colour range is positive-only, so it is kept; a negative cell (which that range
     would draw like zero) gets the colour map's under-colour (`style.NEGATIVE_COLOR`, blue) and
     a hatch, the colour bar an extension below 0, and the note says how many cells are negative."""
-    _require(cm, ("c_resp", "c_pert"), "cm")
-    paper = pn.lookup(pn.CLASS_MATRICES, (bra, pde, model))
-    fig_no = figure if figure is not None else (paper or {}).get("figure")
+    st.require_dims(cm, ("c_resp", "c_pert"), "cm")
+    paper, fig_no = _reading(pn.CLASS_MATRICES, (bra, pde, model), figure)
     values = cm.transpose("c_resp", "c_pert").values
     classes_r = [str(c) for c in cm["c_resp"].values]
     classes_p = [str(c) for c in cm["c_pert"].values]
-    short = lambda c: c.split("-", 1)[-1]
-    fig, axes = st.new_figure(1, 1, size=(4.4, 3.8))
-    ax = axes[0, 0]
+    fig, ax = _panel((4.4, 3.8), _title("transferability", bra, model, pde, fig_no))
     lo, hi = sp.CLASS_RANGE
     negative = np.isfinite(values) & (values < lo)
-    cmap = matplotlib.colormaps[SEQUENTIAL_CMAP].with_extremes(under=st.NEGATIVE_COLOR)
-    image = ax.imshow(values, origin="lower", cmap=cmap, vmin=lo, vmax=hi)
-    fig.colorbar(image, ax=ax, shrink=0.85, label=f"standardized ${_name(bra)}$",
-                 extend="min" if negative.any() else "neither")
+
+    def text(i, j):
+        cr, cp = classes_r[i], classes_p[j]
+        if paper and i == j and i < len(paper["diagonal"]):
+            sat = "≥" if cr in paper["saturated"] else "≈"
+            return f"{values[i, j]:.2f}\n(paper {sat}{paper['diagonal'][i]:g})"
+        if paper and i != j and (cr, cp) in paper["cells"]:
+            return f"{values[i, j]:.2f}\n(paper ≈{paper['cells'][(cr, cp)]:g})"
+        return f"{values[i, j]:.2f}"
+
     for i, j in zip(*np.nonzero(negative)):
         ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///",
                                edgecolor="white", lw=0))
-    ax.set_xticks(range(len(classes_p)), [short(c) for c in classes_p])
-    ax.set_yticks(range(len(classes_r)), [short(c) for c in classes_r])
-    ax.set_xlabel(f"input class ({BRA_LABEL['C']})")
-    ax.set_ylabel(f"response class ({BRA_LABEL[bra]})")
-    for i, cr in enumerate(classes_r):
-        for j, cp in enumerate(classes_p):
-            text = f"{values[i, j]:.2f}"
-            if paper:
-                if i == j and i < len(paper["diagonal"]):
-                    sat = "≥" if cr in paper["saturated"] else "≈"
-                    text += f"\n(paper {sat}{paper['diagonal'][i]:g})"
-                elif (cr, cp) in paper["cells"]:
-                    text += f"\n(paper ≈{paper['cells'][(cr, cp)]:g})"
-            ax.text(j, i, text, ha="center", va="center", fontsize=6.5,
-                    color="white" if negative[i, j] or values[i, j] > 0.6 * hi else "black")
-    ax.set_title(f"${_name(bra)}$ transferability ({st.model_label(model)}, {pde}) {_tag(fig_no)}")
+    cmap = matplotlib.colormaps[SEQUENTIAL_CMAP].with_extremes(under=st.NEGATIVE_COLOR)
+    image = st.matrix(ax, values, text=text, dark=lambda i, j: negative[i, j] or values[i, j] > 0.6 * hi,
+                      fontsize=6.5, origin="lower", cmap=cmap, vmin=lo, vmax=hi)
+    fig.colorbar(image, ax=ax, shrink=0.85, label=f"standardized ${_name(bra)}$",
+                 extend="min" if negative.any() else "neither")
+    ax.set_xticks(range(len(classes_p)), [c.split("-", 1)[-1] for c in classes_p])
+    ax.set_yticks(range(len(classes_r)), [c.split("-", 1)[-1] for c in classes_r])
+    ax.set(xlabel=f"input class ({BRA_LABEL['C']})", ylabel=f"response class ({BRA_LABEL[bra]})")
     notes = []
     if paper:
         off = paper["off_diagonal"]
@@ -183,7 +179,7 @@ def class_matrix_figure(cm: xr.DataArray, *, pde: str, model: str, bra: str = "C
     if negative.any():
         notes.append(f"{int(negative.sum())} negative cell(s): blue, hatched (below the paper's "
                      f"{lo:g}..{hi:g})")
-    _note(ax, "; ".join(notes), y=-0.2)
+    _note(fig, "; ".join(notes))
     return fig
 
 
@@ -196,26 +192,18 @@ def similarity_figure(curves: dict, lengths: dict | None = None, *, pde: str,
         raise InputError("curves: need at least one model's similarity_curves")
     paper = pn.SIMILARITY.get(pde)
     fig_no = figure if figure is not None else (paper or {}).get("figure")
-    fig, axes = st.new_figure(1, 1, size=(4.2, 3.1))
-    ax = axes[0, 0]
+    fig, ax = _panel((4.2, 3.1), f"$H_{{CC}}$ interpolation ({pde}) {_tag(fig_no)}")
     for k, (model, c) in enumerate(curves.items()):
-        _require(c["quartiles"], ("quantile", "point"), f"curves[{model!r}]['quartiles']")
-        q = c["quartiles"]
-        x = c["d"].values * (1.0 + 0.02 * (k - 0.5))
-        med = q.sel(quantile=0.5).values
-        color = st.MODEL_COLORS.get(model, "grey")
-        ax.errorbar(x, med, yerr=[med - q.sel(quantile=0.25).values,
-                                  q.sel(quantile=0.75).values - med],
-                    fmt="o" if model == "unet" else "s", ms=3, capsize=2, lw=1, color=color,
-                    label=f"{st.model_label(model)} (ours)")
-        if lengths and model in lengths:
-            ci = lengths[model]
-            est = float(ci.sel(ci="estimate"))
-            if np.isfinite(est):
-                ax.axvline(est, color=color, ls="--", lw=0.8)
-                low, high = float(ci.sel(ci="low")), float(ci.sel(ci="high"))
-                if np.isfinite(low) and np.isfinite(high):
-                    ax.axvspan(low, high, color=color, alpha=0.12, lw=0)
+        st.require_dims(c["quartiles"], ("quantile", "point"), f"curves[{model!r}]['quartiles']")
+        color = st.model_color(model)
+        st.bars(ax, c["d"].values * (1.0 + 0.02 * (k - 0.5)), *st.quartiles(c["quartiles"]),
+                fmt="o" if model == "unet" else "s", ms=3, capsize=2, lw=1, color=color,
+                label=f"{st.model_label(model)} (ours)")
+        est, low, high = st.ci_parts(lengths[model]) if lengths and model in lengths else [np.nan] * 3
+        if np.isfinite(est):
+            ax.axvline(est, color=color, ls="--", lw=0.8)
+            if np.isfinite(low) and np.isfinite(high):
+                ax.axvspan(low, high, color=color, alpha=0.12, lw=0)
     if paper:
         d0, near = paper["near"]
         for model, v in near.items():
@@ -226,21 +214,24 @@ def similarity_figure(curves: dict, lengths: dict | None = None, *, pde: str,
             lo_x, hi_x = lo_x / 1.08, hi_x * 1.08
         ax.hlines(0.0, lo_x, hi_x, color=st.PAPER_COLOR, lw=6, alpha=0.7,
                   label="paper zero crossing ≈")
-    ax.set_xscale("log")
     lo, hi = sp.SIMILARITY_RANGE
     vals = np.concatenate([c["quartiles"].values.ravel() for c in curves.values()])
     vals = vals[np.isfinite(vals)]
-    ax.set_ylim(min(lo, vals.min() * 1.05) if vals.size else lo,
-                max(hi, vals.max() * 1.05) if vals.size else hi)
-    ax.axhline(0.0, color="grey", lw=0.5)
-    ax.set_xlabel("input difference d (SMSE-scaled)")
-    ax.set_ylabel("influence (SMSE)")
+    st.zero_line(ax)
+    ax.set(xscale="log", xlabel="input difference d (SMSE-scaled)", ylabel="influence (SMSE)",
+           ylim=(min(lo, vals.min() * 1.05) if vals.size else lo,
+                 max(hi, vals.max() * 1.05) if vals.size else hi))
     ax.legend(frameon=False, fontsize=6.5)
-    ax.set_title(f"$H_{{CC}}$ interpolation ({pde}) {_tag(fig_no)}")
     methods = sorted({str(m) for c in curves.values() for m in c["method"].values})
-    _note(ax, "curves: " + "; ".join(methods) + ". Dashed: our zero crossing (shade: 95% "
-              "t-interval over seeds).", y=-0.2)
+    _note(fig, "curves: " + "; ".join(methods) + ". Dashed: our zero crossing (shade: 95% "
+               "t-interval over seeds).")
     return fig
+
+
+def _box(median, iqr, whiskers, label) -> dict:
+    """A `bxp` box from log10 readings: median, (q1, q3), (whisker low, high)."""
+    return {"med": 10 ** median, "q1": 10 ** iqr[0], "q3": 10 ** iqr[1], "whislo": 10 ** whiskers[0],
+            "whishi": 10 ** whiskers[1], "fliers": [], "label": label}
 
 
 def ntk_box_figure(boxes: dict, *, pde: str, figure=None) -> Figure:
@@ -253,18 +244,15 @@ def ntk_box_figure(boxes: dict, *, pde: str, figure=None) -> Figure:
     stats, positions, colors = [], [], []
     fig_no = figure
     for k, (model, box) in enumerate(boxes.items()):
-        stats.append({"med": 10 ** box["median"], "q1": 10 ** box["q1"], "q3": 10 ** box["q3"],
-                      "whislo": 10 ** box["whislo"], "whishi": 10 ** box["whishi"], "fliers": [],
-                      "label": f"{st.model_label(model)}\n(ours, n={box['n']})"})
+        stats.append(_box(box["median"], (box["q1"], box["q3"]), (box["whislo"], box["whishi"]),
+                          f"{st.model_label(model)}\n(ours, n={box['n']})"))
         positions.append(2 * k)
-        colors.append(st.MODEL_COLORS.get(model, "grey"))
+        colors.append(st.model_color(model))
         paper = pn.lookup(pn.NTK_TOP_EIGENVALUE, (pde, model))
         if paper:
             fig_no = fig_no if fig_no is not None else paper["figure"]
-            wl, wh = paper["whiskers"] or paper["iqr"]
-            stats.append({"med": 10 ** paper["median"], "q1": 10 ** paper["iqr"][0],
-                          "q3": 10 ** paper["iqr"][1], "whislo": 10 ** wl, "whishi": 10 ** wh,
-                          "fliers": [], "label": f"{st.model_label(model)}\n(paper ≈)"})
+            stats.append(_box(paper["median"], paper["iqr"], paper["whiskers"] or paper["iqr"],
+                              f"{st.model_label(model)}\n(paper ≈)"))
             positions.append(2 * k + 0.8)
             colors.append(st.PAPER_COLOR)
     art = ax.bxp(stats, positions=positions, showfliers=False, patch_artist=True, widths=0.6)
@@ -273,10 +261,9 @@ def ntk_box_figure(boxes: dict, *, pde: str, figure=None) -> Figure:
         patch.set_alpha(0.55)
     for med in art["medians"]:
         med.set_color("black")
-    ax.set_yscale("log")
-    ax.set_ylabel(r"largest eigenvalue of $JJ^T + \lambda$")
+    ax.set(yscale="log", ylabel=r"largest eigenvalue of $JJ^T + \lambda$",
+           title=f"NTK top eigenvalue ({pde}) {_tag(fig_no)}")
     ax.tick_params(axis="x", labelsize=6.5)
-    ax.set_title(f"NTK top eigenvalue ({pde}) {_tag(fig_no)}")
     return fig
 
 
@@ -292,37 +279,31 @@ def validation_figure(quartiles: dict, *, pde: str, figure=None) -> Figure:
     for model, q in quartiles.items():
         if not isinstance(q, pd.DataFrame) or not {"epoch", "median", "q25", "q75"} <= set(q):
             raise InputError(f"quartiles[{model!r}]: expected validation_quartiles' DataFrame")
-        color = st.MODEL_COLORS.get(model, "grey")
-        ax.fill_between(q["epoch"], q["q25"], q["q75"], color=color, alpha=0.25, lw=0)
-        ax.plot(q["epoch"], q["median"], marker="o", ms=3, color=color,
-                label=f"{st.model_label(model)} (ours, {int(q['n_seeds'].iloc[0])} seeds)")
+        color, name = st.model_color(model), st.model_label(model)
+        st.band(ax, q["epoch"], q["median"], q["q25"], q["q75"], color=color, alpha=0.25,
+                marker="o", ms=3, label=f"{name} (ours, {int(q['n_seeds'].iloc[0])} seeds)")
         paper = pn.lookup(pn.VALIDATION, (pde, model))
         if paper:
             fig_no = fig_no if fig_no is not None else paper["figure"]
             ax.plot([1], [10 ** paper["first"]], marker="o" if model == "unet" else "s",
-                    color=color, mfc="none", ls="none",
-                    label=f"{st.model_label(model)}, paper ≈ epoch 1")
+                    color=color, mfc="none", ls="none", label=f"{name}, paper ≈ epoch 1")
             ax.axhline(10 ** paper["last"], color=color, ls=":", lw=0.9,
-                       label=f"{st.model_label(model)}, paper ≈ epoch {paper['last_epoch']}")
-    ax.set_yscale("log")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("validation error (SMSE)")
+                       label=f"{name}, paper ≈ epoch {paper['last_epoch']}")
+    ax.set(yscale="log", xlabel="epoch", ylabel="validation error (SMSE)",
+           title=f"validation SMSE ({pde}) {_tag(fig_no)}")
     ax.legend(frameon=False, fontsize=6.5)
-    ax.set_title(f"validation SMSE ({pde}) {_tag(fig_no)}")
     return fig
 
 
 def stamp_regime(fig: Figure, cards) -> Figure:
-    """Write the regime of each (PDE, model) the figure shows (`RegimeCard.stamp`: P/M, optimizer
+    """Stamp the regime of each (PDE, model) the figure shows (`RegimeCard.stamp`: P/M, optimizer
     steps, validation SMSE ours and the paper's, plateau, estimator and tolerance, seeds x
-    batches) above everything else on the figure, so it never covers a title; a figure not
-    made with the seed paper's full-space estimator says so."""
+    batches) with `style.stamp`; a figure not made with the seed paper's full-space estimator
+    says so."""
     cards = list(cards)
     if not cards:
         raise InputError("cards: no regime card to stamp")
     lines = [f"regime {c.pde}-{c.model}: {c.stamp()}" for c in cards]
     if any(c.estimator != "full-space" for c in cards):
         lines.append("not the seed paper's full-space estimator: the follow-up's exact subspace one")
-    # the figure's suptitle: constrained layout keeps every panel and its title below it
-    fig.suptitle("\n".join(lines), x=0.01, ha="left", fontsize=6, color="0.3")
-    return fig
+    return st.stamp(fig, lines)

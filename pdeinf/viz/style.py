@@ -1,7 +1,10 @@
-"""One visual style for every figure: sizes, fonts, colours per class / pair / variant.
+"""One visual style and the plot primitives every figure is made of.
 
 Figures are built on `matplotlib.figure.Figure` directly (never pyplot state), so they work
 under any backend, headless included, and are not kept alive by a global figure manager.
+Primitives: `band` (a line with a shaded band: quartiles or an interval), `bars` (markers
+with asymmetric bars), `matrix` (a matrix image with its cells annotated), `legend_below`
+(one legend outside every panel) and `stamp` (lines above everything, never over a title).
 """
 from __future__ import annotations
 
@@ -9,7 +12,10 @@ from contextlib import contextmanager
 
 import matplotlib as mpl
 import numpy as np
+import xarray as xr
 from matplotlib.figure import Figure
+
+from pdeinf.errors import InputError
 
 RC = {
     "font.size": 9,
@@ -61,8 +67,56 @@ def class_color(index: int) -> str:
     return CLASS_COLORS[index % len(CLASS_COLORS)]
 
 
+def model_color(model) -> str:
+    return MODEL_COLORS.get(str(model), "grey")
+
+
 def model_label(model: str) -> str:
     return {"unet": "UNet", "vit": "ViT"}.get(model.lower(), model)
+
+
+def require_dims(obj, dims, name: str) -> None:
+    """InputError unless `obj` is an xarray object holding every dim of `dims`."""
+    if not isinstance(obj, (xr.DataArray, xr.Dataset)) or any(d not in obj.dims for d in dims):
+        raise InputError(f"{name}: expected an xarray object with dims {tuple(dims)}")
+
+
+def ci_parts(ci) -> tuple:
+    """`(estimate, low, high)` of an interval array with a `ci` dim, as numpy values."""
+    return tuple(np.asarray(ci.sel(ci=c).values, dtype=float) for c in ("estimate", "low", "high"))
+
+
+def quartiles(q) -> tuple:
+    """`(median, q1, q3)` of an array with a `quantile` dim (0.25, 0.5, 0.75), numpy values."""
+    return tuple(np.asarray(q.sel(quantile=p).values, dtype=float) for p in (0.5, 0.25, 0.75))
+
+
+def band(ax, x, mid, lo, hi, *, color, label=None, alpha: float = 0.2, **line):
+    """The line `mid` over `x` on a shaded band `lo..hi` (no band edge); returns the line."""
+    ax.fill_between(x, lo, hi, color=color, alpha=alpha, lw=0)
+    return ax.plot(x, mid, color=color, label=label, **line)[0]
+
+
+def bars(ax, x, mid, lo, hi, **kwargs):
+    """Markers at `mid` with asymmetric bars down to `lo` and up to `hi` (NaN-safe)."""
+    mid = np.asarray(mid, dtype=float)
+    return ax.errorbar(x, mid, yerr=[mid - np.asarray(lo, float), np.asarray(hi, float) - mid],
+                       **kwargs)
+
+
+def zero_line(ax, y: float = 0.0, color="grey", lw: float = 0.5) -> None:
+    ax.axhline(y, color=color, lw=lw)
+
+
+def matrix(ax, values, *, text, dark, fontsize: float = 7, **imshow):
+    """`values` `[rows, cols]` as an image with each cell annotated `text(i, j)`, in white
+    where `dark(i, j)` (the dark end of the colour map), else black. Returns the image."""
+    image = ax.imshow(values, **imshow)
+    for i in range(values.shape[0]):
+        for j in range(values.shape[1]):
+            ax.text(j, i, text(i, j), ha="center", va="center", fontsize=fontsize,
+                    color="white" if dark(i, j) else "black")
+    return image
 
 
 def shared_range(arrays) -> tuple[float, float] | tuple[None, None]:
@@ -89,3 +143,10 @@ def legend_below(fig: Figure, axes, *, ncol: int = 3, **kwargs):
     kwargs = {"frameon": False, "fontsize": 7, **kwargs}
     return fig.legend(list(entries.values()), list(entries), loc="outside lower center",
                       ncol=min(ncol, len(entries)), **kwargs)
+
+
+def stamp(fig: Figure, lines) -> Figure:
+    """Write `lines` (regime, estimator) small and grey as the figure's suptitle: constrained
+    layout keeps every panel and its title below it, so a stamp never covers a title."""
+    fig.suptitle("\n".join(lines), x=0.01, ha="left", fontsize=6, color="0.3")
+    return fig

@@ -14,8 +14,9 @@ from pdeinf.errors import InputError
 from pdeinf.symmetry import summary as sm
 from pdeinf.viz import style as st
 
-__all__ = ["axis_check_figure", "translation_landscape_figure", "d4_equivariance_figure", "d4_orbit_figure", "lie_epochs_figure",
-           "lie_layers_figure", "shift_figure", "shift_landscape_figure", "symmetry_panel_figure"]
+__all__ = ["axis_check_figure", "d4_equivariance_figure", "d4_orbit_figure", "lie_epochs_figure",
+           "lie_layers_figure", "shift_figure", "shift_landscape_figure", "symmetry_panel_figure",
+           "translation_landscape_figure"]
 
 #: The follow-up's ranges (text; method.md section 7): NS D4 errors up to ~1e4, CE within ~25%,
 #: translations within a few percent (5% is ours).
@@ -29,9 +30,9 @@ def _pdes(studies: dict) -> list[str]:
 
 
 def _errorbars(ax, xs, agg, color, label, offset):
-    med, q1, q3 = (np.asarray(agg[k].values, dtype=float) for k in ("median", "q1", "q3"))
-    ax.errorbar(np.asarray(xs) + offset, med, yerr=[med - q1, q3 - med], fmt="o", ms=4,
-                color=color, capsize=2, label=label)
+    """Medians with quartile bars; `agg` has `median`, `q1`, `q3`."""
+    st.bars(ax, np.asarray(xs) + offset, *(agg[k].values for k in ("median", "q1", "q3")), fmt="o",
+            ms=4, color=color, capsize=2, label=label)
 
 
 def d4_equivariance_figure(studies: dict, *, variable: str = "equivariance"):
@@ -58,8 +59,7 @@ def d4_equivariance_figure(studies: dict, *, variable: str = "equivariance"):
         ax.axhline(1.0, color="0.6", lw=0.6)
         ax.set_yscale("log")
         ax.set_xticks(np.arange(len(labels)), labels)
-        ax.set_xlabel("D4 element g")
-        ax.set_ylabel("SMSE(f(g.x), g.y) / SMSE(f(x), y)")
+        ax.set(xlabel="D4 element g", ylabel="SMSE(f(g.x), g.y) / SMSE(f(x), y)")
         conv = "" if variable == "equivariance" else " (authors' axes)"
         ax.set_title(f"{pde}: D4 equivariance error{conv}\n[ours; follow-up range dashed]")
     st.legend_below(fig, axes[0])
@@ -77,14 +77,12 @@ def d4_orbit_figure(studies: dict):
         for i, (_, model) in enumerate(pairs):
             ds = studies[(pde, model)]
             labels = ["e", *sm.d4_labels(ds)]
-            q = sm.orbit_quartiles(ds).sel(element=labels)
-            agg = {"median": q.sel(quantile=0.5), "q1": q.sel(quantile=0.25), "q3": q.sel(quantile=0.75)}
-            _errorbars(ax, np.arange(len(labels)), agg, st.MODEL_COLORS.get(model, "k"),
-                       f"[ours] {st.model_label(model)}", 0.12 * (i - (len(pairs) - 1) / 2))
+            st.bars(ax, np.arange(len(labels)) + 0.12 * (i - (len(pairs) - 1) / 2),
+                    *st.quartiles(sm.orbit_quartiles(ds).sel(element=labels)), fmt="o", ms=4,
+                    color=st.MODEL_COLORS.get(model, "k"), capsize=2, label=f"[ours] {st.model_label(model)}")
         ax.set_xticks(np.arange(len(labels)), labels)
-        ax.set_xlabel("group element g")
-        ax.set_ylabel("standardized $H_g[n, n]$")
-        ax.set_title(f"{pde}: D4 orbit influence [ours]\n(follow-up: suppressed where equivariance breaks)")
+        ax.set(xlabel="group element g", ylabel="standardized $H_g[n, n]$",
+               title=f"{pde}: D4 orbit influence [ours]\n(follow-up: suppressed where equivariance breaks)")
     st.legend_below(fig, axes[0])
     return fig
 
@@ -109,21 +107,15 @@ def shift_figure(studies: dict):
                 labels = [lab for lab in sm.shift_labels(ds)
                           if (lab.endswith(",0)") if axis == "y" else lab.startswith("shift(0,"))]
                 shifts = [0] + [int(lab[6:-1].split(",")[0 if axis == "y" else 1]) for lab in labels]
-                med = q.sel(quantile=0.5).sel(element=["e", *labels]).values
-                lo = q.sel(quantile=0.25).sel(element=["e", *labels]).values
-                hi = q.sel(quantile=0.75).sel(element=["e", *labels]).values
-                row[1].errorbar(shifts, med, yerr=[med - lo, hi - med], fmt=marker + "-", ms=4,
-                                color=color, capsize=2, label=f"{st.model_label(model)}, along {axis}")
+                st.bars(row[1], shifts, *st.quartiles(q.sel(element=["e", *labels])), fmt=marker + "-",
+                        ms=4, color=color, capsize=2, label=f"{st.model_label(model)}, along {axis}")
         row[0].axhspan(1 / PAPER_RANGES["shift"], PAPER_RANGES["shift"], color=st.PAPER_COLOR, alpha=0.25,
                        label="[follow-up] within a few percent")
-        row[0].set_yscale("log")
-        row[0].set_xlabel("circular shift (grid cells)")
-        row[0].set_ylabel("equivariance ratio (Q3)")
-        row[0].set_title(f"{pde}: shift equivariance error\n[ours; follow-up band]")
+        row[0].set(yscale="log", xlabel="circular shift (grid cells)", ylabel="equivariance ratio (Q3)",
+                   title=f"{pde}: shift equivariance error\n[ours; follow-up band]")
         row[0].legend(loc="best", fontsize=6)
-        row[1].set_xlabel("circular shift (grid cells)")
-        row[1].set_ylabel("standardized $H_g[n, n]$")
-        row[1].set_title(f"{pde}: shift orbit influence [ours]")
+        row[1].set(xlabel="circular shift (grid cells)", ylabel="standardized $H_g[n, n]$",
+                   title=f"{pde}: shift orbit influence [ours]")
         row[1].legend(loc="best", fontsize=6)
     return fig
 
@@ -147,9 +139,8 @@ def shift_landscape_figure(studies: dict):
         images.append(ax.imshow(values, origin="lower", cmap=st.HEATMAP_CMAP, aspect="equal",
                                 vmin=lo, vmax=hi, extent=(xs[0] - step / 2, xs[-1] + step / 2,
                                                           ys[0] - step / 2, ys[-1] + step / 2)))
-        ax.set_xlabel("shift along x (cells)")
-        ax.set_ylabel("shift along y (cells)")
-        ax.set_title(f"{key[0]} {st.model_label(key[1])}: shift landscape [ours]")
+        ax.set(xlabel="shift along x (cells)", ylabel="shift along y (cells)",
+               title=f"{key[0]} {st.model_label(key[1])}: shift landscape [ours]")
     if images:
         fig.colorbar(images[0], ax=list(axes[0]), label="log10 ratio (Q3)")
     return fig
@@ -177,10 +168,8 @@ def translation_landscape_figure(studies: dict, n: int):
         color = st.MODEL_COLORS.get(model, "k")
         for name, ls in (("y", "-"), ("x", ":")):
             xs, q = data["axis"][name]
-            row[0].plot(xs, q[1], ls=ls, color=color, label=f"along {name}")
-            row[0].fill_between(xs, q[0], q[2], color=color, alpha=0.15, lw=0)
-        row[0].set_xlabel("signed circular shift (grid cells)")
-        row[0].set_ylabel("standardized $H_g[n, n]$")
+            st.band(row[0], xs, q[1], q[0], q[2], color=color, alpha=0.15, ls=ls, label=f"along {name}")
+        row[0].set(xlabel="signed circular shift (grid cells)", ylabel="standardized $H_g[n, n]$")
         row[0].set_title(f"{pde}-{st.model_label(model)}: influence along the axes\n"
                          "[ours; follow-up recipe, its Figs. 5, 6, 11, 14]")
         row[0].legend(loc="best", fontsize=6)
@@ -189,8 +178,7 @@ def translation_landscape_figure(studies: dict, n: int):
                 (row[2], np.log10(data["box_error"]), err_range, "log10 equivariance ratio (Q3)",
                  st.HEATMAP_CMAP)):
             im = ax.imshow(values, origin="lower", vmin=lo, vmax=hi, cmap=cmap)
-            ax.set_xlabel("shift b along x")
-            ax.set_ylabel("shift a along y")
+            ax.set(xlabel="shift b along x", ylabel="shift a along y")
             ax.set_title(f"{pde}-{st.model_label(model)}: box grid [ours; follow-up recipe]\n{what}",
                          fontsize=8)
             fig.colorbar(im, ax=ax, shrink=0.8)
@@ -214,9 +202,8 @@ def axis_check_figure(studies: dict):
                            label=name if i == 0 else None)
     axes[0, 0].set_xticks(np.arange(len(pdes)), [f"{p}\n({'continuity' if p == 'CE' else 'divergence'})"
                                                  for p in pdes])
-    axes[0, 0].set_yscale("log")
-    axes[0, 0].set_ylabel("relative residual")
-    axes[0, 0].set_title("axis assignment:\nPDESpec vs swapped [ours]")
+    axes[0, 0].set(yscale="log", ylabel="relative residual",
+                   title="axis assignment:\nPDESpec vs swapped [ours]")
     axes[0, 0].legend()
     ax = axes[0, 1]
     for k, key in enumerate(studies):
@@ -232,9 +219,8 @@ def axis_check_figure(studies: dict):
                 label=f"{key[0]} {st.model_label(key[1])} authors' axes")
     ax.set_yscale("log")
     ax.set_xticks(np.arange(8), d4)
-    ax.set_xlabel("D4 element (authors' axes flip v on r, r3, s, sr2)")
-    ax.set_ylabel("equivariance ratio (Q3)")
-    ax.set_title("our vs the authors' axis convention\n[ours; follow-up code]")
+    ax.set(xlabel="D4 element (authors' axes flip v on r, r3, s, sr2)", ylabel="equivariance ratio (Q3)",
+           title="our vs the authors' axis convention\n[ours; follow-up code]")
     ax.legend(fontsize=5, ncol=2)
     return fig
 
@@ -249,24 +235,21 @@ def lie_layers_figure(studies: dict):
     width = 0.8 / len(keys)
     for k, key in enumerate(keys):
         q = studies[key]["lie_norm"].quantile([0.25, 0.5, 0.75], dim=("seed", "batch", "example"))
-        med = q.sel(quantile=0.5).values
-        xs = np.arange(med.size) + (k - (len(keys) - 1) / 2) * width
-        ax.bar(xs, med, width, yerr=[med - q.sel(quantile=0.25).values, q.sel(quantile=0.75).values - med],
+        med, q1, q3 = st.quartiles(q)
+        ax.bar(np.arange(med.size) + (k - (len(keys) - 1) / 2) * width, med, width, yerr=[med - q1, q3 - med],
                label=f"{key[0]} {st.model_label(key[1])}", capsize=2)
     gens = [str(g) for g in studies[keys[0]]["generator"].values]
     ax.set_xticks(np.arange(len(gens)), gens)
-    ax.set_yscale("log")
-    ax.set_ylabel("RMS Lie derivative (per cell / per rad)")
-    ax.set_title("Lie derivative norm per generator [ours]")
+    ax.set(yscale="log", ylabel="RMS Lie derivative (per cell / per rad)",
+           title="Lie derivative norm per generator [ours]")
     ax.legend(fontsize=6)
     ax = axes[0, 1]
     for key in keys:
         share = sm.layer_shares(studies[key])
         ax.plot(np.arange(share.sizes["layer"]), share.values, "o-", ms=3,
                 label=f"{key[0]} {st.model_label(key[1])} ({share.sizes['layer'] - 1} modules)")
-    ax.set_xlabel("hooked module (forward order; last = remainder)")
-    ax.set_ylabel("share of |L_x f|")
-    ax.set_title("layer-wise Lie derivative, x translation [ours]")
+    ax.set(xlabel="hooked module (forward order; last = remainder)", ylabel="share of |L_x f|",
+           title="layer-wise Lie derivative, x translation [ours]")
     ax.legend(fontsize=6)
     return fig
 
@@ -290,15 +273,12 @@ def lie_epochs_figure(studies: dict):
             rel = tr["orbit_relative"].sel(tracked=t).values
             ok = np.isfinite(rel)  # epochs without orbit influence (profile's symmetry_orbit_epochs)
             axes[0, 1].plot(ep[ok], rel[ok], ls, color=color, marker=marker, ms=3, label=f"{lab}, {t}")
-    axes[0, 0].set_yscale("log")
-    axes[0, 0].set_xlabel("checkpoint epoch")
-    axes[0, 0].set_ylabel("median RMS Lie derivative")
-    axes[0, 0].set_title("Lie norm across training [ours]")
+    axes[0, 0].set(yscale="log", xlabel="checkpoint epoch", ylabel="median RMS Lie derivative",
+                   title="Lie norm across training [ours]")
     axes[0, 0].legend(fontsize=5)
     axes[0, 1].axhline(1.0, color="0.6", lw=0.6)
-    axes[0, 1].set_xlabel("checkpoint epoch")
-    axes[0, 1].set_ylabel("$H_g[n,n]$ / $H_e[n,n]$ (median)")
-    axes[0, 1].set_title("orbit influence across training [ours]")
+    axes[0, 1].set(xlabel="checkpoint epoch", ylabel="$H_g[n,n]$ / $H_e[n,n]$ (median)",
+                   title="orbit influence across training [ours]")
     axes[0, 1].legend(fontsize=5)
     return fig
 
@@ -321,8 +301,7 @@ def symmetry_panel_figure(ds, element: str, *, title: str = ""):
                label="[follow-up] few % band")
     ax.set_yscale("log")
     ax.set_xticks(np.arange(len(labels)), labels, rotation=60, fontsize=6)
-    ax.set_ylabel("equivariance ratio per example")
-    ax.set_title(f"equivariance error, {element} highlighted")
+    ax.set(ylabel="equivariance ratio per example", title=f"equivariance error, {element} highlighted")
     ax.legend(fontsize=6)
     ax = axes[0, 1]
     d = ds["orbit_diagonal"]
@@ -330,9 +309,8 @@ def symmetry_panel_figure(ds, element: str, *, title: str = ""):
     ax.plot(x, y, ".", ms=3, color=st.OURS_COLOR)
     lim = [min(x.min(), y.min()), max(x.max(), y.max())]
     ax.plot(lim, lim, color="0.6", lw=0.6)
-    ax.set_xlabel("$H_e[n, n]$ (identity)")
-    ax.set_ylabel(f"$H_g[n, n]$, g = {element}")
-    ax.set_title("orbit vs self influence")
+    ax.set(xlabel="$H_e[n, n]$ (identity)", ylabel=f"$H_g[n, n]$, g = {element}",
+           title="orbit vs self influence")
     if title:
         fig.suptitle(f"{title} [ours]")
     return fig
