@@ -1,4 +1,4 @@
-"""The seed paper's full-space influence estimator (paper-spec section 2, method.md section 4).
+"""The seed paper's full-space influence estimator (docs/method.md section 4).
 
 For a batch of N examples with raw outputs `f(x_n)` `[C, H, W]` (M = N*C*H*W values in all)
 and P trainable parameters, J `[M, P]` is the Jacobian of all batch outputs, J_n its rows of

@@ -1,4 +1,4 @@
-"""The influence ("hat") matrix of one batch at one checkpoint (method.md section 4).
+"""The influence ("hat") matrix of one batch at one checkpoint (docs/method.md section 4).
 
 Steps, for N examples and P trainable parameters (`HatEngine` caches each so that several
 variants of one batch share the expensive parts):
@@ -20,7 +20,7 @@ variants of one batch share the expensive parts):
    rows of JQ are formed in float64 and accumulated into the Gram `(JQ)^T (JQ)`.
 4. `eta = (JQ)^T (JQ) / M + damping I` with M = N*C*H*W: the Gauss-Newton matrix of a plain
    mean squared error of the raw outputs (not of SMSE, whose per-channel scales would weight
-   the outputs), exactly method.md step 4.
+   the outputs), exactly as in docs/method.md section 4.
 5. `Pi = Gp^T eta^{-1} Gp` via the eigendecomposition of the r x r metric (eta^{-1/2} applied
    to Gp, then a product A^T A): symmetric positive semi-definite by construction.
 
@@ -58,7 +58,7 @@ METRICS: tuple[str, ...] = ("gauss-newton", "euclidean", "adam")
 #: Bases for a bra other than SMSE (module docstring) and the estimators of `hat_matrix`.
 BRA_BASES: tuple[str, ...] = ("joint", "ket")
 ESTIMATORS: tuple[str, ...] = ("subspace", "full-space")
-#: Damping of the restricted metric (method.md section 4, the follow-up).
+#: Damping of the restricted metric (docs/method.md section 4, the follow-up).
 DEFAULT_DAMPING = 1e-6
 #: Parameters per block when forming float64 products of [N, P] rows: 16384 columns keep each
 #: float64 copy at N * 128 KiB (6 MiB for N = 48); the Gram of the quick UNet's gradients

@@ -1,4 +1,4 @@
-"""Normalisations of influence matrices (method.md section 5).
+"""Normalisations of influence matrices (docs/method.md section 5).
 
 Rows index the response example n, columns the perturbing example m; any leading batch dims.
 - none:     Pi unchanged;

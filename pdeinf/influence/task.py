@@ -7,7 +7,7 @@
   the metric are computed once and shared by the variants (`HatEngine`).
 - `losses` (t, c): SMSE per example; `eta_eigenvalues` (mode): undamped eigenvalues of the
   restricted metric, NaN-padded to N; `grad_singular_values` (mode); `rank` (scalar);
-- `input_distance` (t_resp, c_resp, t_pert, c_pert): method.md section 6 item 6,
+- `input_distance` (t_resp, c_resp, t_pert, c_pert): docs/method.md section 6,
   `mean_{c,x,y} (x_n - x_m)^2 / (0.5 (s_nc + s_mc) + 1e-6)` with s_nc the RMS of channel c of
   input n (the per-channel scale of SMSE).
 

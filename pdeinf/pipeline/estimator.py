@@ -58,7 +58,7 @@ from pdeinf.pipeline.common import (
 ENERGY_TOLS: tuple[float, ...] = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
 DAMPINGS: tuple[float, ...] = (1e-8, 1e-6, 1e-4, 1e-2)
 STUDY_VERSION = 2  # 2: the full-space side uses the block Krylov solver
-#: The paper's sizes (method.md section 4): outputs M of a 48-example batch and parameters P.
+#: The paper's sizes (docs/method.md section 4): outputs M of a 48-example batch and parameters P.
 PAPER_PM = {"CE": {"M": 48 * 4 * 128**2, "unet": (13e6, 14e6), "vit": (4.5e6, 5e6)},
             "NS": {"M": 48 * 2 * 128**2, "unet": (13e6, 14e6), "vit": (4.5e6, 5e6)}}
 
@@ -343,7 +343,7 @@ def limit_study(lambdas=(1e-1, 1e-2, 1e-4, 1e-6, 1e-8, 1e-10), *, krylov=(1e-2, 
 
 def pm_table(profile: ProfileLike) -> list[dict]:
     """P and M (outputs of a 48-example influence batch, and of the study's subset batch) of the
-    profile's models, and the paper's P, M ranges (method.md section 4)."""
+    profile's models, and the paper's P, M ranges (docs/method.md section 4)."""
     from pdeinf.models import build, count_parameters
 
     prof = as_profile(profile)

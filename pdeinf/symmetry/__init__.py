@@ -1,4 +1,4 @@
-"""Symmetry of PDE surrogates (follow-up, method.md section 7): group actions (D4, circular
+"""Symmetry of PDE surrogates (follow-up, docs/method.md section 7): group actions (D4, circular
 shifts) on fields, the forward equivariance error, the Lie derivative (Gruver et al. 2023) and
 orbit influence (bras at transformed examples); `study` (one seed's whole study as a Dataset)
 and `summary` (the follow-up's aggregation and the verdict statistics).

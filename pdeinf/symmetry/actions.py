@@ -1,6 +1,6 @@
 """Group actions on fields `[..., C, H, W]` (x along W, y along H): D4 and circular shifts.
 
-Elements (method.md section 7):
+Elements (docs/method.md section 7):
 
 - D4: `"e", "r", "r2", "r3", "s", "sr", "sr2", "sr3"`. `r` = `torch.rot90(u, 1, dims=(-2, -1))`
   (grid point (y, x) -> (n-1-x, y)), `s` = flip along H ((y, x) -> (n-1-y, x)), and

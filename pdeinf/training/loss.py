@@ -1,7 +1,7 @@
 """Per-example losses and reporting metrics. All take `pred`, `target` of shape `[B, C, H, W]`
 (any number of trailing spatial dims >= 1) and return `[B]` (or `[B, C]` per channel).
 
-SMSE (method.md section 2), the training loss and the influence cost:
+SMSE (docs/method.md section 2), the training loss and the influence cost:
     s_c  = sqrt(mean_{x,y} target_c^2) + 1e-6          (channel RMS of the target)
     SMSE = mean_{c,x,y} (pred - target)^2 / s_c
 The squared error is divided by the channel RMS, not by the mean square (the authors' choice,

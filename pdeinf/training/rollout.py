@@ -2,7 +2,7 @@
 
 A rollout from start index `s` feeds the model its own prediction: `p_{s} = u_s`,
 `p_{s+h} = f(p_{s+h-1})`. The per-step error at horizon h is `SMSE(p_{s+h}, u_{s+h})`
-(method.md section 2); the cumulative error over horizon dt is the sum of the per-step errors
+(docs/method.md section 2); the cumulative error over horizon dt is the sum of the per-step errors
 for h = 1..dt (`cumulative_errors`, as in the paper's rollout link, figure 7).
 """
 from __future__ import annotations

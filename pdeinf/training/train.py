@@ -1,7 +1,7 @@
 """Training of a surrogate (one-step teacher forcing or another recipe), with scheduled
 checkpoints and exact resume.
 
-Protocol (method.md section 3): transitions `(u_t, u_{t+1})`, t < t_max - 1, from the training
+Protocol (docs/method.md section 3): transitions `(u_t, u_{t+1})`, t < t_max - 1, from the training
 trajectories of the three classes of a PDE (seeded 65/5/30 split per class), shuffled across
 classes into mini-batches of `profile.batch_size`; AdamW(lr, weight_decay); SMSE loss;
 `profile.epochs[pde]` epochs; a checkpoint after every epoch in `profile.checkpoints[pde]`.

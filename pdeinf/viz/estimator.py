@@ -66,7 +66,7 @@ def limit_figure(limits: dict, pm_rows: list[dict] | None = None) -> Figure:
     """Question 2: the lambda -> 0 limit on tiny float64 models. Per case: max |Pi_out - I| and
     max |Pi_out - projection onto range(J)| (dense), the off-diagonal mass of H from the dense
     J and from the Krylov solver, the mass of the projection limit (dashed). Last panel: P/M
-    of the profile's models and of the paper's (method.md section 4), against P/M = 1."""
+    of the profile's models and of the paper's (docs/method.md section 4), against P/M = 1."""
     n = len(limits) + (1 if pm_rows else 0)
     fig, axes = st.new_figure(1, n, size=(3.4, 2.9))
     for k, (case, ds) in enumerate(limits.items()):
@@ -91,7 +91,7 @@ def limit_figure(limits: dict, pm_rows: list[dict] | None = None) -> Figure:
         lo = [float(r["paper_P/M"].split("-")[0]) for r in pm_rows]
         hi = [float(r["paper_P/M"].split("-")[1]) for r in pm_rows]
         ax.barh(y - 0.2, np.subtract(hi, lo), 0.2, left=lo, color=st.PAPER_COLOR,
-                label="seed paper (method.md sec. 4)")
+                label="seed paper (docs/method.md section 4)")
         ax.axvline(1.0, color="k", ls="--", lw=0.8)
         ax.set_yticks(y, labels)
         ax.set(xscale="log", xlabel="P / M")

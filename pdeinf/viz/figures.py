@@ -20,13 +20,13 @@ from matplotlib.ticker import MaxNLocator
 from pdeinf.errors import InputError
 from pdeinf.viz import style as st
 
-#: Our figures made with a follow-up recipe (its estimator and conventions, method.md section
+#: Our figures made with a follow-up recipe (its estimator and conventions, docs/method.md section
 #: 6) that the follow-up itself does not show: the follow-up's figures are those of the
-#: symmetry study (method.md section 7).
+#: symmetry study (docs/method.md section 7).
 FOLLOWUP_RECIPE_LABEL = "[ours; follow-up recipe]"
 #: Title labels of the figures of the follow-up layer, by study. The dynamics, spectrum,
 #: metric-variant and conservation-bra figures are ours on the follow-up's recipe; the recipes
-#: are method.md section 6 and the authors' plotting scripts (dynamics.jl, eig.jl, pcs.jl,
+#: are docs/method.md section 6 and the authors' plotting scripts (dynamics.jl, eig.jl, pcs.jl,
 #: mass.jl, energy.jl).
 FOLLOWUP_LABELS = {
     "dynamics": FOLLOWUP_RECIPE_LABEL,
@@ -259,7 +259,7 @@ def rollout_link_figure(link: xr.Dataset, *, paper: dict | pd.Series | None = No
     if paper is not None:
         items = sorted(dict(paper).items())
         ax.plot([k for k, _ in items], [v for _, v in items], ls="--", marker="D", ms=3.5,
-                color=st.PAPER_COLOR, label="follow-up (published, method.md §6)")
+                color=st.PAPER_COLOR, label="follow-up (published, docs/method.md section 6)")
     _correlation_axes(ax, "correlation of R with rollout SMSE",
                       title or f"{FOLLOWUP_LABELS['rollout']} coherence vs rollout error")
     ax.legend(frameon=False, fontsize=7)

@@ -4,7 +4,7 @@ Inputs are the study Datasets (`pdeinf.symmetry.study`, leading `seed` dim) keye
 (pde, model), and summaries of `pdeinf.symmetry.summary`. Equivariance errors are the
 dimensionless ratio SMSE(f(g.x), g.y) / SMSE(f(x), y); orbit influence is the standardized
 diagonal H_g[n, n]; Lie norms per grid cell (x, y) or per radian (rotation). The follow-up's
-published ranges (method.md section 7) are drawn as dashed references and named.
+published ranges (docs/method.md section 7) are drawn as dashed references and named.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ __all__ = ["axis_check_figure", "d4_equivariance_figure", "d4_orbit_figure", "li
            "lie_layers_figure", "shift_figure", "shift_landscape_figure", "symmetry_panel_figure",
            "translation_landscape_figure"]
 
-#: The follow-up's ranges (text; method.md section 7): NS D4 errors up to ~1e4, CE within ~25%,
+#: The follow-up's ranges (text; docs/method.md section 7): NS D4 errors up to ~1e4, CE within ~25%,
 #: translations within a few percent (5% is ours).
 PAPER_RANGES = {"NS": 1e4, "CE": 1.25, "shift": 1.05}
 
