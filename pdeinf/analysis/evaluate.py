@@ -32,7 +32,7 @@ import numpy as np
 
 from pdeinf.analysis import registry
 from pdeinf.analysis.registry import FindingRule
-from pdeinf.analysis.seed_stats import (
+from pdeinf.analysis.statistics import (
     MAX_FAILED_SHARE,
     POWER,
     as_seed_batch,

@@ -23,7 +23,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from pdeinf.analysis.seed_stats import seed_interval
+from pdeinf.analysis.statistics import seed_interval
 from pdeinf.errors import InputError
 
 AXES: tuple[str, ...] = ("progress", "width", "data")

@@ -26,7 +26,7 @@ import xarray as xr
 from scipy import stats
 
 from pdeinf.analysis.aggregate import pearson
-from pdeinf.analysis.seed_stats import fisher_z, fisher_z_interval
+from pdeinf.analysis.statistics import fisher_z, fisher_z_interval
 from pdeinf.errors import InputError
 
 POOLED = ("pearson", "spearman", "within_class_pooled")

@@ -34,7 +34,7 @@ import xarray as xr
 
 from pdeinf.analysis import aggregate as ag
 from pdeinf.analysis.aggregate import PI_DIMS, QUARTILES
-from pdeinf.analysis.seed_stats import seed_interval
+from pdeinf.analysis.statistics import seed_interval
 from pdeinf.errors import InputError
 
 BLOCK_DIMS = ("seed", "batch", *ag.BLOCK_ORDER)
