@@ -102,12 +102,13 @@ def rollout_statistics(
 
 
 def seed_correlations(ratio: xr.DataArray, error: xr.DataArray, *,
-                      within_class: bool = False) -> xr.DataArray:
+                      within_class: bool = False, zero_spread: str = "tolerance") -> xr.DataArray:
     """Per seed: the Pearson correlation of R with the rollout error at one dt over the seed's
     (class, batch) units, dims (seed,). With `within_class`, both are first centred within each
     (seed, class), so neither class differences nor seed differences inside a class remain.
 
-    ratio, error: dims `(seed, class, batch)`. NaN for a seed where either is constant.
+    ratio, error: dims `(seed, class, batch)`. NaN for a seed where either is constant
+    (`aggregate.pearson(zero_spread=...)`).
     """
     dims = ("seed", "class", "batch")
     for name, da in (("ratio", ratio), ("error", error)):
@@ -119,7 +120,7 @@ def seed_correlations(ratio: xr.DataArray, error: xr.DataArray, *,
         x = x - x.mean(axis=2, keepdims=True)
         y = y - y.mean(axis=2, keepdims=True)
     s = x.shape[0]
-    r = ag.pearson(x.reshape(s, -1), y.reshape(s, -1), zero_spread="tolerance")
+    r = ag.pearson(x.reshape(s, -1), y.reshape(s, -1), zero_spread=zero_spread)
     return xr.DataArray(r, dims=("seed",), coords={"seed": ratio["seed"].values})
 
 
