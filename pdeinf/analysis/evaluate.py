@@ -1,28 +1,14 @@
 """One function turns a finding's rule and its per-seed data into a record, and one pass
 adjusts a table of records for multiplicity and gives each its two-part verdict.
 
-A record answers two questions against the rule of `pdeinf.analysis.registry.FINDING_RULES`:
-
-- **direction**: does the 95% t-interval over seed means (S - 1 df, `seed_interval`) exclude the
-  rule's null, and on which side? Decided on the Holm-adjusted p-value of the one-sample t-test
-  (adjusted within the record's layer: seed paper, follow-up, ours): "paper side", "other side"
-  or "undecided".
-- **size** (where the paper gives a number): ours against the paper's as a ratio (or a
-  difference, for statistics on a log or correlation scale) with its interval, and the
-  equivalence test (TOST at 5%) against the rule's declared band: "within band", "smaller" /
-  "larger" (the 95% interval lies wholly outside the band, nearer to / farther from the null
-  than the paper's number) or "undetermined".
-
-Verdict labels: "reproduced" (paper side and within band); "same direction, smaller" / "same
-direction, larger"; "same direction, size inconclusive"; "direction only: same direction" (the
-paper gives no number); "contradicted" (other side); "inconclusive" (direction undecided);
-"not estimable" (fewer than 2 seeds with a value, or more than 2.5% failed units). Rules that
-are predictions of ours name their directions themselves (`FindingRule.direction_words`, e.g.
-"improves" / "worsens").
-
-Every record carries its per-seed values, failed-unit count, raw and adjusted p, and the seeds a
-decisive direction would need at its measured batches (80% power, seed spread at its upper 80%
-confidence bound: `seeds_needed`).
+A record answers two questions against its rule (`pdeinf.analysis.registry.FINDING_RULES`):
+the **direction** (the Holm-adjusted one-sample t-test over seed means, adjusted within the
+record's layer: "paper side", "other side" or "undecided") and, where the paper gives a number,
+the **size** (ours against it as a ratio or difference, TOST against the rule's band: "within
+band", "smaller" / "larger" or "undetermined"). The verdict words (`LABELS`, and the rules' own
+`direction_words`) and their table are docs/method.md sections 10-11. Every record carries its
+per-seed values, failed-unit count, raw and adjusted p, and the seeds a decisive direction would
+need at its measured batches (`statistics.seeds_needed`).
 """
 from __future__ import annotations
 

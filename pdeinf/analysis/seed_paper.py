@@ -7,20 +7,8 @@ columns = perturbing example), `input_distance` `(seed, batch, t_resp, c_resp, t
 
 Every influence value is the row-standardized Ĥ(n, m) = H(n, m) / std_m' H(n, m') of each
 `N x N` matrix (`N = C T`, flat index `n = c T + t`, `normalize(..., "standard")`, ddof 1).
-Aggregations, exactly as the paper's plot scripts:
-
-- heatmap (Figs. 2, 6, 16-19, 24-25, 28-29): mean over classes of the intra-class block
-  Ĥ(τ, c | t, c), then mean over (seed, batch);
-- lag curve (Figs. 4, 7, 20-23, 26-27, 30-31): per (seed, batch) the mean of Ĥ over the
-  entries at Δ = τ - t, intra- (c = c') or inter-class (c != c'); mean over each seed's
-  batches; median and quartiles over seeds;
-- class matrix (Figs. 3, 12-15): per (seed, batch) mean over all T x T time pairs of each
-  class block, then mean over (seed, batch);
-- interpolation curve (Figs. 5, 32-33): per seed a GCV smoothing spline of overlapping-window
-  means of Ĥ against the scaled input distance d (`similarity_curves`), its zero crossing the
-  "dynamic correlation length";
-- NTK box (Figs. 8, 34-35): Tukey box statistics of log10 λ_max per (seed, batch);
-- validation SMSE (Figs. 9-11): median and quartiles over seeds at epochs 1, 6, 11, ..., last.
+Aggregations exactly as the paper's plot scripts (docs/method.md section 6); each function names
+the figures it draws.
 
 The findings' statistics and verdicts are in `pdeinf.analysis.seed_paper_findings`.
 Pure: xarray / numpy / pandas in and out. Influence values are dimensionless; times and lags in
