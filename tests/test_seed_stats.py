@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from pdeinf.analysis.seed_stats import (
+from pdeinf.analysis.statistics import (
     fisher_z_interval,
     holm,
     seed_interval,
@@ -127,7 +127,7 @@ def test_fisher_z_interval_brackets_the_seed_correlations():
 
 
 def test_power_matches_the_noncentral_t_and_stays_finite():
-    from pdeinf.analysis.seed_stats import _power
+    from pdeinf.analysis.statistics import _power
 
     for n, effect in ((3, 0.5), (6, 1.0), (12, 0.3)):
         crit = stats.t.ppf(0.975, n - 1)

@@ -2,35 +2,19 @@
 each finding's headline number when the model is trained another way, with the seed spread
 beside it (pure: xarray in, xarray out).
 
-Input: one `xr.Dataset` per (PDE, model) with a leading `config` dim (the baseline first, the
-profile's default configuration, then each alternative), as `pdeinf.pipeline.ablation` builds:
+Input: one `xr.Dataset` per (PDE, model) with a leading `config` dim (the baseline first, then
+each alternative), as `pdeinf.pipeline.ablation` builds: `pi` (config, seed, batch, t_resp,
+c_resp, t_pert, c_pert) the raw Gauss-Newton influence at the final checkpoint, `rollout`
+(config, seed, class, batch, start, horizon) per-step rollout SMSE of the influence batches'
+test trajectories (batch = trajectory index; NaN where a start has no such step), `val_smse`
+(config, seed) the final one-step validation SMSE.
 
-- `pi` (config, seed, batch, t_resp, c_resp, t_pert, c_pert): the follow-up's raw Gauss-Newton
-  influence of each influence batch at the final checkpoint (rows = response);
-- `rollout` (config, seed, class, batch, start, horizon): per-step rollout SMSE of the test
-  trajectories that form the influence batches (batch = trajectory index), NaN where a start
-  has no such step;
-- `val_smse` (config, seed): the final checkpoint's one-step validation SMSE.
-
-The same seed means the same initialisation seed, data split and influence batches in every
-configuration, so changes are **paired** by seed (and batch): the interval of a change is the
-t-interval over seeds of the seed-mean changes (S - 1 df).
-
-Findings measured (`FINDINGS`; the statistics of `pdeinf.analysis.registry.FINDING_RULES` where
-a rule exists, on the row-standardized matrix like the seed paper's aggregations):
-
-- `inter_below_intra`: intra- minus inter-class mean of Ĥ at |dt| = 1;
-- `temporal_decay`: intra-class mean of Ĥ at |dt| = 1 minus at |dt| = 8;
-- `class_locked`: mean diagonal minus mean off-diagonal of the time-averaged class matrix;
-- `rollout_link_negative`: per-seed Pearson r, over (class, batch), of the raw-matrix ratio R
-  with the cumulative rollout SMSE at dt = 1 (`coherence.rollout_link`), mean over seeds;
-- `validation_smse`: log10 of the final validation SMSE (mean over seeds).
-
-Per finding and configuration: `value` (the statistic), `change` (value minus the baseline's,
-with a `ci` dim: estimate, low, high; 95% t-interval over seeds), `seed_std` (std over seeds, ddof
-1, of the per-seed value: the mean over that seed's batches, its own Pearson r over (class,
-batch), its log10 validation SMSE) and `exceeds_noise`: the change's interval excludes 0 **and**
-|change| exceeds the larger seed std of the two configurations.
+The same seed means the same initialisation, data split and influence batches in every
+configuration, so a change is paired by seed (and batch). Per finding (`FINDINGS`: the
+statistics of `registry.FINDING_RULES` where a rule exists, on the row-standardized matrix) and
+configuration: `value`, `change` against the baseline (`seed_mean_ci`), `seed_std`
+(`seed_spread` of the per-seed value) and `exceeds_noise`: the change's interval excludes 0
+**and** |change| exceeds the larger seed std of the two configurations.
 """
 from __future__ import annotations
 
@@ -39,20 +23,19 @@ import math
 import numpy as np
 import xarray as xr
 
-from pdeinf.analysis.aggregate import pearson
 from pdeinf.analysis.seed_paper import standardized
 from pdeinf.analysis.seed_paper_findings import (
     class_locked_units,
     decay_units,
     inter_gap_units,
 )
-from pdeinf.analysis.statistics import seed_mean_ci
+from pdeinf.analysis.statistics import seed_mean_ci, seed_spread
 from pdeinf.errors import InputError
 
 ROLLOUT_DT = 1
 BASELINE = "baseline"
 
-#: finding -> (what it measures, unit): the rows of the ablation table.
+#: finding -> what it measures: the rows of the ablation table.
 FINDINGS = {
     "inter_below_intra": "intra minus inter-class mean of standardized H at |dt| = 1",
     "temporal_decay": "intra-class mean of standardized H at |dt| = 1 minus at |dt| = 8",
@@ -74,114 +57,59 @@ def _check(ds) -> list[str]:
             raise InputError(f"ds: missing variable {name!r}")
         if set(ds[name].dims) != set(dims):
             raise InputError(f"ds[{name!r}]: dims {ds[name].dims}, expected {dims}")
-    configs = [str(c) for c in ds["config"].values]
-    if len(configs) < 1:
-        raise InputError("ds: no configuration")
-    return configs
+    return [str(c) for c in ds["config"].values]
 
 
-# --------------------------------------------------------------------------- per-unit values
-
-
-def unit_values(ds: xr.Dataset) -> xr.DataArray:
-    """Per (config, seed, batch) unit values of the standardized-H findings, dims (finding,
-    config, seed, batch); each finding's statistic is their mean over (seed, batch)."""
-    configs = _check(ds)
-    per_config = []
-    for c in configs:
-        hn = standardized(ds["pi"].sel(config=c, drop=True))
-        per_config.append(xr.concat([UNIT_FINDINGS[f](hn) for f in UNIT_FINDINGS], dim="finding"))
-    out = xr.concat(per_config, dim="config").assign_coords(finding=list(UNIT_FINDINGS),
-                                                            config=configs)
-    return out.transpose("finding", "config", "seed", "batch")
-
-
-def rollout_units(ds: xr.Dataset, dt: int = ROLLOUT_DT) -> xr.DataArray:
-    """R and the cumulative rollout error at `dt` per (config, seed, class, batch), dims (seed,
-    batch, config, class, var) with var ("R", "error")."""
+def _seed_link(ds: xr.Dataset, config: str, dt: int) -> xr.DataArray:
+    """rollout_link_negative per seed of one configuration: the Pearson r over (class, batch) of
+    the raw-matrix R with the cumulative rollout error at `dt` (`followup.seed_correlations`)."""
     from pdeinf.analysis.coherence import rollout_link
+    from pdeinf.analysis.followup import seed_correlations
 
+    sweep = xr.Dataset({"pi": ds["pi"].sel(config=config, drop=True)
+                        .expand_dims(epoch=[0], variant=["gauss-newton"])})
+    roll = ds["rollout"].sel(config=config, drop=True).rename(batch="trajectory")
+    link = rollout_link(sweep, roll, variant="gauss-newton", normalization="none", max_horizon=dt)
+    return seed_correlations(link["ratio"], link["rollout_error"].sel(dt=dt, drop=True),
+                             zero_spread="ieee")
+
+
+def finding_units(ds: xr.Dataset, dt: int = ROLLOUT_DT) -> dict[str, xr.DataArray]:
+    """Per finding of `FINDINGS`, its values per unit, dims (config, seed[, batch])."""
     configs = _check(ds)
-    parts = []
-    for c in configs:
-        pi = ds["pi"].sel(config=c, drop=True)
-        sweep = xr.Dataset({"pi": pi.expand_dims(epoch=[0], variant=["gauss-newton"])})
-        roll = ds["rollout"].sel(config=c, drop=True).rename(batch="trajectory")
-        link = rollout_link(sweep, roll, variant="gauss-newton", normalization="none",
-                            max_horizon=dt)
-        parts.append(xr.concat([link["ratio"], link["rollout_error"].sel(dt=dt, drop=True)],
-                               dim="var"))
-    out = xr.concat(parts, dim="config").assign_coords(config=configs, var=["R", "error"])
-    return out.transpose("seed", "batch", "config", "class", "var")
-
-
-# --------------------------------------------------------------------------- the table
-
-
-def _paired_change(units: xr.DataArray, configs) -> xr.DataArray:
-    """Change of each configuration against the baseline (the first), paired by seed (and
-    batch): the mean over seeds of the seed means with its t-interval; dims (ci, config)."""
-    change = units - units.sel(config=configs[0])
-    batch = "batch" if "batch" in units.dims else None
-    return seed_mean_ci(change, batch_dim=batch)
-
-
-def _mean_units(da: xr.DataArray) -> xr.DataArray:
-    return da.mean(("seed", "batch"))
-
-
-def _seed_std(per_seed: xr.DataArray) -> xr.DataArray:
-    if per_seed.sizes["seed"] < 2:
-        return xr.full_like(per_seed.isel(seed=0, drop=True), np.nan, dtype=np.float64)
-    return per_seed.std("seed", ddof=1)
+    hns = [standardized(ds["pi"].sel(config=c, drop=True)) for c in configs]
+    out = {f: xr.concat([unit(hn) for hn in hns], dim="config") for f, unit in UNIT_FINDINGS.items()}
+    out["rollout_link_negative"] = xr.concat([_seed_link(ds, c, dt) for c in configs], dim="config")
+    out["validation_smse"] = np.log10(ds["val_smse"])
+    return {f: u.assign_coords(config=configs).transpose("config", "seed", ...)
+            for f, u in out.items()}
 
 
 def ablation_table(ds: xr.Dataset, *, dt: int = ROLLOUT_DT) -> xr.Dataset:
     """The ablation table of one (PDE, model) (module docstring): dims (finding, config), vars
-    `value`, `change` (ci, finding, config), `seed_std`, `exceeds_noise`; the baseline is the
-    first configuration (its change is 0). attrs: n_seeds, n_batches, rollout_dt, baseline,
-    method."""
-    configs = _check(ds)
-    n_seeds, n_batches = ds.sizes["seed"], ds.sizes["batch"]
-    value, change, seed_std = {}, {}, {}
-    units = unit_values(ds)
-    for f in UNIT_FINDINGS:
-        u = units.sel(finding=f, drop=True)
-        value[f] = _mean_units(u)
-        seed_std[f] = _seed_std(u.mean("batch"))
-        change[f] = _paired_change(u, configs)
-    roll = rollout_units(ds, dt)
-    arr = roll.transpose("seed", "config", "var", "batch", "class").values
-    arr = arr.reshape(*arr.shape[:3], -1)
-    seed_r = xr.DataArray(pearson(arr[:, :, 0], arr[:, :, 1]), dims=("seed", "config"),
-                          coords={"config": configs})
-    value["rollout_link_negative"] = seed_r.mean("seed")
-    seed_std["rollout_link_negative"] = _seed_std(seed_r)
-    change["rollout_link_negative"] = _paired_change(seed_r, configs)
-    logv = np.log10(ds["val_smse"].transpose("config", "seed"))
-    value["validation_smse"] = logv.mean("seed")
-    seed_std["validation_smse"] = _seed_std(logv)
-    change["validation_smse"] = _paired_change(logv, configs)
-
-    names = list(FINDINGS)
-    value, seed_std, change = ({f: d[f].reset_coords(drop=True) for f in names}
-                               for d in (value, seed_std, change))
-    val = xr.concat([value[f] for f in names], dim="finding").assign_coords(finding=names)
-    std = xr.concat([seed_std[f] for f in names], dim="finding").assign_coords(finding=names)
-    ch = xr.concat([change[f] for f in names], dim="finding", combine_attrs="drop")
-    ch = ch.assign_coords(finding=names).transpose("ci", "finding", "config")
-    low, high, est = ch.sel(ci="low"), ch.sel(ci="high"), ch.sel(ci="estimate")
+    `value`, `change` (ci, finding, config), `seed_std`, `exceeds_noise`, `description`; the
+    baseline is the first configuration (its change is 0). attrs: n_seeds, n_batches,
+    rollout_dt, baseline, method."""
+    units = finding_units(ds, dt)
+    configs = [str(c) for c in ds["config"].values]
+    rows = [xr.Dataset({"value": u.mean([d for d in ("seed", "batch") if d in u.dims]),
+                        "seed_std": seed_spread(u),
+                        "change": seed_mean_ci(u - u.sel(config=configs[0]))})
+            for u in units.values()]
+    out = xr.concat([r.reset_coords(drop=True) for r in rows], dim="finding",
+                    combine_attrs="drop").assign_coords(finding=list(units), config=configs)
+    ch, std = out["change"], out["seed_std"]
     noise = np.fmax(std, std.sel(config=configs[0]))
-    excludes = (low > 0) | (high < 0)
-    exceeds = excludes & (abs(est) > noise) & np.isfinite(noise)
+    excludes = (ch.sel(ci="low") > 0) | (ch.sel(ci="high") < 0)
+    exceeds = excludes & (abs(ch.sel(ci="estimate")) > noise) & np.isfinite(noise)
     exceeds.loc[{"config": configs[0]}] = False
-    out = xr.Dataset({"value": val.transpose("finding", "config"),
-                      "change": ch, "seed_std": std.transpose("finding", "config"),
-                      "exceeds_noise": exceeds.transpose("finding", "config")})
-    out = out.assign_coords(config=configs)
-    out["description"] = ("finding", [FINDINGS[f] for f in names])
-    out.attrs.update(n_seeds=int(n_seeds), n_batches=int(n_batches), rollout_dt=int(dt),
-                     baseline=configs[0],
+    out = xr.Dataset({"value": out["value"].transpose("finding", "config"),
+                      "change": ch.transpose("ci", "finding", "config"),
+                      "seed_std": std.transpose("finding", "config"),
+                      "exceeds_noise": exceeds.drop_vars("ci").transpose("finding", "config"),
+                      "description": ("finding", [FINDINGS[f] for f in units])})
+    out.attrs.update(n_seeds=int(ds.sizes["seed"]), n_batches=int(ds.sizes["batch"]),
+                     rollout_dt=int(dt), baseline=configs[0],
                      method="paired by seed; 95% t-interval over seed means (S - 1 df)")
     return out
 

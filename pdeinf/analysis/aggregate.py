@@ -39,6 +39,21 @@ def lead_dims(pi: xr.DataArray) -> list[str]:
     return [d for d in pi.dims if d not in PI_DIMS]
 
 
+def check_pi(pi, what: str = "pi", lead=(), finite: bool = False) -> xr.DataArray:
+    """`pi` if it is a DataArray with `PI_DIMS` and the dims `lead`, with response and
+    perturbation axes of one size (and, with `finite`, no NaN or Inf); else InputError."""
+    if not isinstance(pi, xr.DataArray):
+        raise InputError(f"{what}: expected an xr.DataArray, got {type(pi).__name__}")
+    missing = [d for d in (*lead, *PI_DIMS) if d not in pi.dims]
+    if missing:
+        raise InputError(f"{what}: missing dimension(s) {missing}; has {pi.dims}")
+    if pi.sizes["t_resp"] != pi.sizes["t_pert"] or pi.sizes["c_resp"] != pi.sizes["c_pert"]:
+        raise InputError(f"{what}: response and perturbation axes differ in size")
+    if finite and not np.all(np.isfinite(pi.values)):
+        raise InputError(f"{what}: contains NaN or Inf")
+    return pi
+
+
 def to_blocks(pi: xr.DataArray, lead=None) -> np.ndarray:
     """Labelled `pi` (`PI_DIMS` plus leading dims, any order) -> blocks `[*lead, C, T, C, T]`
     float64. `lead`: the leading dims in the order wanted (default `lead_dims(pi)`)."""
@@ -51,6 +66,15 @@ def flatten(blocks) -> np.ndarray:
     blocks = np.asarray(blocks)
     c, t = blocks.shape[-4], blocks.shape[-3]
     return blocks.reshape(*blocks.shape[:-4], c * t, c * t)
+
+
+def unflatten(flat, n_classes: int) -> np.ndarray:
+    """Flat `[..., N, N]` -> blocks `[..., C, T, C, T]` (n = c T + t), C = `n_classes`."""
+    flat = np.asarray(flat)
+    n = flat.shape[-1]
+    if not (isinstance(n_classes, (int, np.integer)) and n_classes >= 1 and n % n_classes == 0):
+        raise InputError(f"n_classes={n_classes!r}: must be a positive integer dividing N = {n}")
+    return flat.reshape(*flat.shape[:-2], n_classes, n // n_classes, n_classes, n // n_classes)
 
 
 # --------------------------------------------------------------------------- standardisation

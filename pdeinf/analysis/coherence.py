@@ -26,7 +26,7 @@ import xarray as xr
 from scipy import stats
 
 from pdeinf.analysis import aggregate as ag
-from pdeinf.analysis.aggregate import PI_DIMS, QUARTILES
+from pdeinf.analysis.aggregate import QUARTILES
 from pdeinf.analysis.registry import PAPER_ROLLOUT_PEARSON
 from pdeinf.errors import InputError
 from pdeinf.influence.normalize import NORMALIZATIONS
@@ -79,42 +79,20 @@ def variants(ds: xr.Dataset) -> list[str]:
 def _check_dataset(ds: xr.Dataset) -> None:
     if not isinstance(ds, xr.Dataset) or "pi" not in ds:
         raise InputError("ds: expected the influence sweep xr.Dataset with a 'pi' variable")
-    missing = [d for d in ("seed", "epoch", "batch", *PI_DIMS) if d not in ds["pi"].dims]
-    if missing:
-        raise InputError(f"ds['pi']: missing dimension(s) {missing}; has {ds['pi'].dims}")
-    if ds.sizes["c_resp"] != ds.sizes["c_pert"] or ds.sizes["t_resp"] != ds.sizes["t_pert"]:
-        raise InputError("ds['pi']: response and perturbation axes differ in size")
+    ag.check_pi(ds["pi"], "ds['pi']", lead=("seed", "epoch", "batch"))
 
 
-def _check_normalization(normalization: str) -> None:
-    if normalization not in NORMALIZATIONS:
-        raise InputError(
-            f"normalization: unknown {normalization!r}; expected one of {', '.join(NORMALIZATIONS)}"
-        )
-
-
-def _epochs(ds: xr.Dataset, epoch) -> list:
-    """`None` -> the final checkpoint, `"all"` -> every checkpoint, else the named epoch(s)."""
-    available = list(ds["epoch"].values)
-    if epoch is None:
-        return [max(available)]
-    if isinstance(epoch, str) and epoch == "all":
+def _labels(ds: xr.Dataset, dim: str, wanted, what: str) -> list:
+    """The `dim` labels `wanted` (None: all; for epochs: the final, "all": every, sorted)."""
+    available = list(ds[dim].values)
+    if wanted is None:
+        return [max(available)] if dim == "epoch" else available
+    if isinstance(wanted, str) and wanted == "all":
         return sorted(available)
-    wanted = list(np.atleast_1d(epoch))
+    wanted = list(np.atleast_1d(wanted))
     unknown = [e for e in wanted if e not in available]
     if unknown:
-        raise InputError(f"epoch: {unknown} not in the sweep's checkpoints {available}")
-    return wanted
-
-
-def _seeds(ds: xr.Dataset, seeds) -> list:
-    available = list(ds["seed"].values)
-    if seeds is None:
-        return available
-    wanted = list(np.atleast_1d(seeds))
-    unknown = [s for s in wanted if s not in available]
-    if unknown:
-        raise InputError(f"seeds: {unknown} not in the sweep's seeds {available}")
+        raise InputError(f"{what}: {unknown} not in the sweep's {dim}s {available}")
     return wanted
 
 
@@ -139,8 +117,10 @@ def normalized_pi(
     `epoch`: None (final checkpoint), "all", or an epoch / list of epochs.
     """
     _check_dataset(ds)
-    _check_normalization(normalization)
-    sel = {"epoch": _epochs(ds, epoch), "seed": _seeds(ds, seeds)}
+    if normalization not in NORMALIZATIONS:
+        raise InputError(f"normalization: unknown {normalization!r}; expected one of "
+                         f"{', '.join(NORMALIZATIONS)}")
+    sel = {"epoch": _labels(ds, "epoch", epoch, "epoch"), "seed": _labels(ds, "seed", seeds, "seeds")}
     pi = _select_variant(ds["pi"], ds, variant).sel(sel)
     pi = pi.transpose("seed", "epoch", "batch", *ag.BLOCK_ORDER)
     values = np.ascontiguousarray(pi.values, dtype=np.float64)
@@ -154,6 +134,12 @@ def normalized_pi(
     if normalization != "none":
         values = ag.normalize_blocks(values, normalization, losses=losses)
     return xr.DataArray(values, coords=pi.coords, dims=pi.dims)
+
+
+def _influence(values, coords: dict, variant: str, normalization: str, **attrs) -> xr.DataArray:
+    """`values` labelled by `coords` (one per dim, in order) as an observable of the sweep."""
+    return xr.DataArray(values, dims=tuple(coords), coords=coords, name="influence",
+                        attrs={"variant": variant, "normalization": normalization, **attrs})
 
 
 def _quartiles(values: np.ndarray) -> tuple[float, float, float, int]:
@@ -173,13 +159,8 @@ def temporal_heatmap(
 ) -> xr.DataArray:
     """Item 1: median over seeds x batches x classes of intra-class entries, dims (t_resp, t_pert)."""
     npi = normalized_pi(ds, variant=variant, normalization=normalization, epoch=epoch, seeds=seeds)
-    return xr.DataArray(
-        ag.heatmap(npi.values, statistic="median", pooled=True),
-        dims=("t_resp", "t_pert"),
-        coords={"t_resp": npi["t_resp"].values, "t_pert": npi["t_pert"].values},
-        name="influence",
-        attrs={"variant": variant, "normalization": normalization},
-    )
+    return _influence(ag.heatmap(npi.values, statistic="median", pooled=True),
+                      {d: npi[d].values for d in ("t_resp", "t_pert")}, variant, normalization)
 
 
 def horizon_curve(
@@ -196,14 +177,9 @@ def horizon_curve(
     lags = ag.lag_range(max_lag, npi.sizes["t_resp"])
     pooled = ag.lag_curve(npi.values, lags, statistic=_quartiles)  # [q1 q2 q3 n, pair, dt]
     counts = np.nan_to_num(pooled[3]).astype(int)  # no entry (one class, inter): count 0
-    return xr.DataArray(
-        np.moveaxis(pooled[:3], 0, 1),
-        dims=("pair", "quantile", "dt"),
-        coords={"pair": list(ag.PAIRS), "quantile": list(QUARTILES), "dt": lags,
-                "count": (("pair", "dt"), counts)},
-        name="influence",
-        attrs={"variant": variant, "normalization": normalization},
-    )
+    return _influence(np.moveaxis(pooled[:3], 0, 1),
+                      {"pair": list(ag.PAIRS), "quantile": list(QUARTILES), "dt": lags},
+                      variant, normalization).assign_coords(count=(("pair", "dt"), counts))
 
 
 def class_matrix(
@@ -219,13 +195,9 @@ def class_matrix(
     n_times = npi.sizes["t_resp"]
     if abs(lag) >= n_times:
         raise InputError(f"lag: |{lag}| must be smaller than the number of times {n_times}")
-    return xr.DataArray(
-        ag.class_matrix(npi.values, lag=lag, statistic="median", pooled=True),
-        dims=("c_resp", "c_pert"),
-        coords={"c_resp": npi["c_resp"].values, "c_pert": npi["c_pert"].values},
-        name="influence",
-        attrs={"variant": variant, "normalization": normalization, "lag": lag},
-    )
+    return _influence(ag.class_matrix(npi.values, lag=lag, statistic="median", pooled=True),
+                      {d: npi[d].values for d in ("c_resp", "c_pert")}, variant, normalization,
+                      lag=lag)
 
 
 def dynamics(
@@ -238,20 +210,11 @@ def dynamics(
     Returns dims `(part, quantile, epoch)` with `part` in ("diagonal", "off-diagonal").
     """
     npi = normalized_pi(ds, variant=variant, normalization=normalization, epoch="all", seeds=seeds)
-    e = npi.sizes["epoch"]
-    diag, off = ag.diagonal_means(ag.flatten(npi.values))
-    out = np.empty((2, len(QUARTILES), e))
-    for p, part in enumerate((diag, off)):
-        per_epoch = np.moveaxis(part, 1, 0).reshape(e, -1)
-        out[p] = np.quantile(per_epoch, QUARTILES, axis=1)
-    return xr.DataArray(
-        out,
-        dims=("part", "quantile", "epoch"),
-        coords={"part": ["diagonal", "off-diagonal"], "quantile": list(QUARTILES),
-                "epoch": npi["epoch"].values},
-        name="influence",
-        attrs={"variant": variant, "normalization": normalization},
-    )
+    parts = np.stack(ag.diagonal_means(ag.flatten(npi.values)))  # [2, S, E, B]
+    per_epoch = np.moveaxis(parts, 2, 1).reshape(2, npi.sizes["epoch"], -1)
+    return _influence(np.moveaxis(np.quantile(per_epoch, QUARTILES, axis=-1), 0, 1),
+                      {"part": ["diagonal", "off-diagonal"], "quantile": list(QUARTILES),
+                       "epoch": npi["epoch"].values}, variant, normalization)
 
 
 def spectrum(ds: xr.Dataset, *, seeds=None) -> xr.Dataset:
@@ -265,7 +228,7 @@ def spectrum(ds: xr.Dataset, *, seeds=None) -> xr.Dataset:
     """
     if "eta_eigenvalues" not in ds:
         raise InputError("ds: the sweep has no 'eta_eigenvalues' variable")
-    eig = ds["eta_eigenvalues"].sel(seed=_seeds(ds, seeds))
+    eig = ds["eta_eigenvalues"].sel(seed=_labels(ds, "seed", seeds, "seeds"))
     eig = eig.transpose("seed", "epoch", "batch", "mode")
     values = np.asarray(eig.values, dtype=np.float64)
     if np.any(np.isinf(values)):
@@ -415,19 +378,16 @@ def rollout_link(
     seeds, classes, batches = (ratio_da[d].values for d in ("seed", "class", "batch"))
 
     roll = rollouts.transpose(*needed)
-    missing_seeds = [s for s in seeds if s not in roll["seed"].values]
-    if missing_seeds:
-        raise InputError(f"rollouts: seeds {missing_seeds} missing (have {roll['seed'].values})")
+    for dim, wanted in (("seed", seeds), ("trajectory", batches)):
+        missing = [v for v in wanted if v not in roll[dim].values]
+        if missing:
+            raise InputError(f"rollouts: {dim} {missing} missing for the influence batches "
+                             f"(have {roll[dim].values})")
     roll_classes = list(roll["class"].values)
-    if all(c in roll_classes for c in classes):
+    if all(c in roll_classes for c in classes):  # else: the same classes under other labels
         roll = roll.sel({"class": list(classes)})
-    elif roll.sizes["class"] == len(classes):
-        roll = roll.isel({"class": slice(None)})
-    else:
+    elif roll.sizes["class"] != len(classes):
         raise InputError(f"rollouts: classes {roll_classes} do not match the sweep's {list(classes)}")
-    missing_traj = [b for b in batches if b not in roll["trajectory"].values]
-    if missing_traj:
-        raise InputError(f"rollouts: trajectories {missing_traj} missing for the influence batches")
     roll = roll.sel(seed=seeds, trajectory=batches).values.astype(np.float64)  # [S,C,B,start,h]
     if np.any(np.isinf(roll)):
         raise InputError("rollouts: contains Inf")
@@ -437,11 +397,8 @@ def rollout_link(
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices stay NaN
         error = np.nanmedian(cumulative, axis=-2)  # [S, C, B, dt]
     dts = np.arange(1, horizon + 1)
-    corr, reasons = [], []
-    for k in range(horizon):
-        r, why = _pearson_with_reason(ratio.ravel(), error[..., k].ravel())
-        corr.append(r)
-        reasons.append(why)
+    corr, reasons = zip(*(_pearson_with_reason(ratio.ravel(), error[..., k].ravel())
+                          for k in range(horizon)))
     return xr.Dataset(
         {
             "ratio": (("seed", "class", "batch"), ratio),

@@ -1,9 +1,7 @@
 """What the influence estimator itself does to the findings [ours]. Pure.
 
-Every matrix is one batch's RAW influence `[..., N, N]` (rows = response n, columns =
-perturbation m), examples class-major `n = c T + t` (C classes, T times). The findings
-measured on ONE batch, all on the row-standardized Ĥ(n, m) = H(n, m) / std_m' H(n, m')
-(ddof 1, the papers' normalisation, `normalize(., "standard")`):
+Every matrix is one batch's RAW influence `[..., N, N]` in `aggregate`'s flat layout. The
+findings of ONE batch, all on the row-standardized Ĥ (`standardize`):
 
 - `offdiagonal_mass`: mean_{n != m} |Ĥ(n, m)| / mean_n |Ĥ(n, n)| (0: diagonal matrix);
 - `lag1_gap`: median of the intra-class entries at |τ - t| = 1 minus the median of the
@@ -28,7 +26,7 @@ import torch
 import xarray as xr
 
 from pdeinf.analysis import aggregate as ag
-from pdeinf.analysis.statistics import seed_mean_ci
+from pdeinf.analysis.statistics import seed_mean_ci, seed_spread
 from pdeinf.errors import InputError
 
 FINDINGS: tuple[str, ...] = ("offdiagonal_mass", "lag1_gap", "temporal_decay", "class_locked")
@@ -65,20 +63,12 @@ def offdiagonal_mass(pi) -> np.ndarray:
         return off / diag.mean(-1)
 
 
-def _blocks(a: np.ndarray, n_classes: int) -> np.ndarray:
-    """`[..., N, N]` -> blocks `[..., C, T, C, T]` (n = c T + t)."""
-    n = a.shape[-1]
-    if not (isinstance(n_classes, (int, np.integer)) and n_classes >= 1 and n % n_classes == 0):
-        raise InputError(f"n_classes={n_classes!r}: must be a positive integer dividing N = {n}")
-    return a.reshape(*a.shape[:-2], n_classes, n // n_classes, n_classes, n // n_classes)
-
-
 def batch_findings(pi, n_classes: int) -> xr.DataArray:
     """The one-batch findings (module docstring) of `pi` `[..., N, N]` (DataArray with dims
     (..., n_resp, n_pert), or an array); returns dims (..., finding)."""
     a = _square(pi)
     lead = a.shape[:-2]
-    blocks = _blocks(standardize(a), n_classes)
+    blocks = ag.unflatten(standardize(a), n_classes)
     blocks = blocks.reshape(-1, *blocks.shape[-4:])
     n_t = blocks.shape[-3]
     out = np.full((blocks.shape[0], len(FINDINGS)), np.nan)
@@ -105,7 +95,7 @@ def class_ratio(pi, n_classes: int, normalization: str = "none") -> np.ndarray:
     if normalization not in ("none", "standard"):
         raise InputError(f"normalization={normalization!r}: expected 'none' or 'standard'")
     a = _square(pi) if normalization == "none" else standardize(pi)
-    return ag.cross_time_ratio(_blocks(a, n_classes))
+    return ag.cross_time_ratio(ag.unflatten(a, n_classes))
 
 
 # --------------------------------------------------------------------------- two estimators
@@ -143,22 +133,20 @@ def agreement_table(a: xr.DataArray, b: xr.DataArray, names=("full-space", "subs
 
 def ablation_effect(base: xr.DataArray, alt: xr.DataArray) -> xr.Dataset:
     """Change of each finding under an estimator convention: `alt - base`, both dims (seed,
-    batch, finding), paired per (seed, batch). Returns `change` (ci, finding) with a 95%
-    t-interval over seed means (one seed: no interval), the
-    `base` value (ci, finding) and `seed_spread` (finding): the std over seeds of the per-seed
-    mean of `base` (NaN with one seed), the scale a change is to be read against."""
+    batch, finding), paired per (seed, batch). Returns `change` and `base` (ci, finding), each
+    the mean over seeds with its 95% t-interval (`seed_mean_ci`), and `seed_spread` (finding,
+    `seed_spread` of `base`), the scale a change is to be read against."""
     for name, da in (("base", base), ("alt", alt)):
         if not isinstance(da, xr.DataArray) or set(da.dims) != {"seed", "batch", "finding"}:
             raise InputError(f"{name}: expected a DataArray with dims (seed, batch, finding)")
     if base.shape != alt.transpose(*base.dims).shape:
         raise InputError("alt: shape differs from base")
-    diff = (alt.transpose(*base.dims) - base).transpose("seed", "batch", "finding")
-    base = base.transpose("seed", "batch", "finding")
-    change = findings_interval(diff)
-    level = findings_interval(base)
-    per_seed = base.mean("batch")
-    spread = per_seed.std("seed", ddof=1) if base.sizes["seed"] > 1 else per_seed.isel(seed=0) * np.nan
-    return xr.Dataset({"change": change, "base": level, "seed_spread": spread.drop_vars("seed", errors="ignore")})
+    return _paired_effect(base, alt).transpose("ci", "finding")
+
+
+def _paired_effect(base: xr.DataArray, alt: xr.DataArray) -> xr.Dataset:
+    return xr.Dataset({"change": seed_mean_ci(alt - base), "base": seed_mean_ci(base),
+                       "seed_spread": seed_spread(base)})
 
 
 def findings_interval(da: xr.DataArray) -> xr.DataArray:
@@ -226,7 +214,8 @@ def lambda_limit(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Te
         out["distance_identity"].append(float((pi_out - eye).abs().max()))
         out["distance_projection"].append(float((pi_out - projection).abs().max()))
         out["mass_dense"].append(float(offdiagonal_mass(h.numpy())))
-        if krylov is True or (krylov is not False and any(np.isclose(lam, np.atleast_1d(krylov), rtol=1e-9, atol=0.0))):
+        if krylov is True or (krylov is not False
+                              and np.isclose(lam, np.atleast_1d(krylov), rtol=1e-9, atol=0.0).any()):
             est = full_space_hat_matrix(model, x, y, damping=lam, rtol=rtol, maxiter=maxiter)
             out["mass_krylov"].append(float(offdiagonal_mass(est.pi.numpy())))
             out["krylov_error"].append(float((est.pi - h).abs().max() / h.abs().max()))
@@ -288,7 +277,8 @@ def ridge_paragraph(fullspace: xr.DataArray, converged: np.ndarray, reference: x
         f"({int(conv.sum())} of {conv.size} converged) the decay ranges {np.nanmin(fs_vals):+.3g} .. "
         f"{np.nanmax(fs_vals):+.3g} and the standardized off-diagonal mass "
         f"{np.nanmin(mass):.3g} .. {np.nanmax(mass):.3g}.")
-    return {"verdict": verdict, "paragraph": text, "reference_converged": bool(reference_converged), "decay_subspace": sub, "decay_fullspace": ref,
+    return {"verdict": verdict, "paragraph": text, "reference_converged": bool(reference_converged),
+            "decay_subspace": sub, "decay_fullspace": ref,
             "decay_fullspace_range": [float(np.nanmin(fs_vals)), float(np.nanmax(fs_vals))],
             "mass_fullspace_range": [float(np.nanmin(mass)), float(np.nanmax(mass))],
             "n_solves": int(conv.size), "n_converged": int(conv.sum())}
@@ -300,13 +290,9 @@ def ridge_paragraph(fullspace: xr.DataArray, converged: np.ndarray, reference: x
 def flat_matrices(pi: xr.DataArray) -> xr.DataArray:
     """Labelled influence (..., t_resp, c_resp, t_pert, c_pert) -> (..., n_resp, n_pert) with
     class-major n = c T + t (the stage's layout)."""
-    dims = ("c_resp", "t_resp", "c_pert", "t_pert")
-    if any(d not in pi.dims for d in dims):
-        raise InputError(f"pi: expected dims {dims}, got {pi.dims}")
-    lead = [d for d in pi.dims if d not in dims]
-    v = pi.transpose(*lead, *dims).values
-    n = v.shape[-1] * v.shape[-2]
-    return xr.DataArray(v.reshape(*v.shape[:len(lead)], n, n), dims=(*lead, "n_resp", "n_pert"),
+    lead = ag.lead_dims(ag.check_pi(pi))
+    v = ag.to_blocks(pi, lead)
+    return xr.DataArray(ag.flatten(v), dims=(*lead, "n_resp", "n_pert"),
                         coords={d: pi[d].values for d in lead if d in pi.coords})
 
 
@@ -346,18 +332,19 @@ def side_by_side(ds: xr.Dataset, *, damping: float, energy_tol: float) -> dict:
     of one stage dataset: {"smse": {...}, and "mass" where both estimators have a mass bra}
     each with `entries` (entry_agreement) and `table` (agreement_table)."""
     n_c = int(ds.attrs["n_classes"])
-    ref = int(ds.attrs["reference_solve"])
-    fs_c = ds["fs_pi"].isel(solve=ref)
-    sub_c = ds["sub_damping"].sel(damping=damping)
     if not np.isclose(float(ds["energy_tol"].sel(energy_tol=energy_tol)), energy_tol):
         raise InputError(f"energy_tol={energy_tol}: not in the dataset")
-    out = {"smse": {"entries": entry_agreement(fs_c, sub_c),
-                    "table": agreement_table(batch_findings(fs_c, n_c), batch_findings(sub_c, n_c))}}
+
+    def compare(fs, sub):
+        return {"entries": entry_agreement(fs, sub),
+                "table": agreement_table(batch_findings(fs, n_c), batch_findings(sub, n_c))}
+
+    out = {"smse": compare(ds["fs_pi"].isel(solve=int(ds.attrs["reference_solve"])),
+                           ds["sub_damping"].sel(damping=damping))}
     if "M" in [str(b) for b in ds.get("bra", xr.DataArray([])).values] and \
             "mass_sq/joint" in [str(b) for b in ds["bra_convention"].values]:
-        fs_m, sub_m = ds["fs_bra"].sel(bra="M"), ds["sub_bra"].sel(bra_convention="mass_sq/joint")
-        out["mass"] = {"entries": entry_agreement(fs_m, sub_m),
-                       "table": agreement_table(batch_findings(fs_m, n_c), batch_findings(sub_m, n_c))}
+        out["mass"] = compare(ds["fs_bra"].sel(bra="M"),
+                              ds["sub_bra"].sel(bra_convention="mass_sq/joint"))
     return out
 
 
@@ -382,12 +369,7 @@ def r_normalization_effect(pi: xr.DataArray, n_classes: int) -> xr.Dataset:
     """The follow-up's R (class mean) from the row-standardized minus from the raw matrices,
     `pi` (seed, batch, n_resp, n_pert): `change` and `base` (ci), `seed_spread` (std over seeds
     of the per-seed mean raw R), `standardized` (ci)."""
-    raw = class_ratio(pi.transpose("seed", "batch", "n_resp", "n_pert").values, n_classes, "none").mean(-1)
-    std = class_ratio(pi.transpose("seed", "batch", "n_resp", "n_pert").values, n_classes, "standard").mean(-1)
-    coords = {"seed": np.arange(raw.shape[0]), "batch": np.arange(raw.shape[1])}
-    a = xr.DataArray(raw, dims=("seed", "batch"), coords=coords)
-    b = xr.DataArray(std, dims=("seed", "batch"), coords=coords)
-    spread = float(a.mean("batch").std("seed", ddof=1)) if raw.shape[0] > 1 else math.nan
-    return xr.Dataset({"change": seed_mean_ci(b - a), "base": seed_mean_ci(a),
-                       "standardized": seed_mean_ci(b),
-                       "seed_spread": ((), spread)})
+    values = pi.transpose("seed", "batch", "n_resp", "n_pert").values
+    raw, std = (xr.DataArray(class_ratio(values, n_classes, norm).mean(-1), dims=("seed", "batch"))
+                for norm in ("none", "standard"))
+    return _paired_effect(raw, std).assign(standardized=seed_mean_ci(std))

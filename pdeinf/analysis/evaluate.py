@@ -1,38 +1,25 @@
 """One function turns a finding's rule and its per-seed data into a record, and one pass
 adjusts a table of records for multiplicity and gives each its two-part verdict.
 
-A record answers two questions against the rule of `pdeinf.analysis.registry.FINDING_RULES`:
-
-- **direction**: does the 95% t-interval over seed means (S - 1 df, `seed_interval`) exclude the
-  rule's null, and on which side? Decided on the Holm-adjusted p-value of the one-sample t-test
-  (adjusted within the record's layer: seed paper, follow-up, ours): "paper side", "other side"
-  or "undecided".
-- **size** (where the paper gives a number): ours against the paper's as a ratio (or a
-  difference, for statistics on a log or correlation scale) with its interval, and the
-  equivalence test (TOST at 5%) against the rule's declared band: "within band", "smaller" /
-  "larger" (the 95% interval lies wholly outside the band, nearer to / farther from the null
-  than the paper's number) or "undetermined".
-
-Verdict labels: "reproduced" (paper side and within band); "same direction, smaller" / "same
-direction, larger"; "same direction, size inconclusive"; "direction only: same direction" (the
-paper gives no number); "contradicted" (other side); "inconclusive" (direction undecided);
-"not estimable" (fewer than 2 seeds with a value, or more than 2.5% failed units). Rules that
-are predictions of ours name their directions themselves (`FindingRule.direction_words`, e.g.
-"improves" / "worsens").
-
-Every record carries its per-seed values, failed-unit count, raw and adjusted p, and the seeds a
-decisive direction would need at its measured batches (80% power, seed spread at its upper 80%
-confidence bound: `seeds_needed`).
+A record answers two questions against its rule (`pdeinf.analysis.registry.FINDING_RULES`):
+the **direction** (the Holm-adjusted one-sample t-test over seed means, adjusted within the
+record's layer: "paper side", "other side" or "undecided") and, where the paper gives a number,
+the **size** (ours against it as a ratio or difference, TOST against the rule's band: "within
+band", "smaller" / "larger" or "undetermined"). The verdict words (`LABELS`, and the rules' own
+`direction_words`) and their table are docs/method.md sections 10-11. Every record carries its
+per-seed values, failed-unit count, raw and adjusted p, and the seeds a decisive direction would
+need at its measured batches (`statistics.seeds_needed`).
 """
 from __future__ import annotations
 
 import math
 
 import numpy as np
+import xarray as xr
 
 from pdeinf.analysis import registry
 from pdeinf.analysis.registry import FindingRule
-from pdeinf.analysis.seed_stats import (
+from pdeinf.analysis.statistics import (
     MAX_FAILED_SHARE,
     POWER,
     as_seed_batch,
@@ -160,7 +147,7 @@ def evaluate_finding(name: str, values, *, key: str | None = None, pde: str = ""
     """The record of finding `name` from its per-seed data.
 
     values: `[seeds, batches]` (or `[seeds]`) of the rule's statistic, one value per unit of
-    replication (NaN for a failed unit); the finding's estimate is the mean of the seed means
+    replication (NaN for a failed unit), or a DataArray of dims (seed[, batch]); the finding's estimate is the mean of the seed means
     (with `scale="fisher-z"`, of correlations: tanh of the mean of atanh). key: which paper
     number of the rule applies (see `paper_number`). extra: labels kept in the record (dt,
     recipe, cls, note, seeds: the seed labels).
@@ -173,8 +160,8 @@ def evaluate_finding(name: str, values, *, key: str | None = None, pde: str = ""
     if scale not in SCALES:
         raise InputError(f"scale: expected one of {SCALES}, got {scale!r}")
     rule = registry.rule(name)
-    summary = summarize_seeds(values, f"{name} values")
-    raw = as_seed_batch(values, f"{name} values")
+    raw = as_seed_batch(_seed_batch_order(values), f"{name} values")
+    summary = summarize_seeds(raw)
     if scale == "fisher-z" and np.any(np.abs(raw[np.isfinite(raw)]) > 1.0):
         raise InputError(f"{name} values: a correlation lies outside [-1, 1]")
     work = _forward(raw, scale)
@@ -192,7 +179,7 @@ def evaluate_finding(name: str, values, *, key: str | None = None, pde: str = ""
         "estimate": estimate, "low": low, "high": high,
         "interval": INTERVAL_METHOD + (" of Fisher's z, back-transformed"
                                        if scale == "fisher-z" else ""),
-        "per_seed": [float(v) for v in summarize_seeds(raw).seed_means],
+        "per_seed": [float(v) for v in summary.seed_means],
         "n_seeds": int(n_seeds), "n_batches": int(n_batches), "n_failed": summary.n_failed,
         "null": float(rule.null), "p": t_test_p(work, null), "paper": paper, "size": size,
         "rule": rule.text(), "estimable": estimable,
@@ -205,6 +192,24 @@ def evaluate_finding(name: str, values, *, key: str | None = None, pde: str = ""
         record["note"] = (f"{summary.n_failed} of {summary.n_units} units failed "
                           f"(> {MAX_FAILED_SHARE:.1%}): not estimable")
     return _decide(record, rule, estimable)
+
+
+def _seed_batch_order(values):
+    """The values of a DataArray of dims (seed[, batch]) in that order; other input as is."""
+    if not isinstance(values, xr.DataArray):
+        return values
+    order = [d for d in ("seed", "batch") if d in values.dims]
+    if set(values.dims) - set(order):
+        raise InputError(f"values: expected dims (seed[, batch]), got {values.dims}")
+    return values.transpose(*order).values
+
+
+def evaluate_units(name: str, units: xr.DataArray, **kwargs) -> dict:
+    """`evaluate_finding` of per-unit values (dims seed[, batch]) with their seed labels
+    (`seeds`: ints where the labels are integers)."""
+    seeds = [int(s) if np.issubdtype(type(s), np.integer) else str(s)
+             for s in units["seed"].values.tolist()]
+    return evaluate_finding(name, units, seeds=seeds, **kwargs)
 
 
 def _decide(record: dict, rule: FindingRule, estimable: bool) -> dict:
@@ -256,3 +261,11 @@ def describe_record(rec: dict) -> str:
     return (f"{rec['finding']} [{where}{extra}]: {rec['estimate']:.3g} ({interval}; "
             f"{rec['n_seeds']} seeds x {rec['n_batches']} batches) -> {rec['verdict'].upper()}"
             f"{paper}{p_text}{need_text}")
+
+
+def finding_lines(findings) -> list[str]:
+    """`describe_record` of every record, in order: `findings` is a list of records or
+    {name: record or [records]}."""
+    groups = findings.values() if isinstance(findings, dict) else [findings]
+    return [describe_record(rec) for recs in groups
+            for rec in (recs if isinstance(recs, list) else [recs])]

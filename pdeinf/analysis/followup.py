@@ -1,21 +1,8 @@
-"""The follow-up's headline numbers with intervals, and its findings as records.
-
-Everything here works on the follow-up's estimator (the exact subspace sweep across
-checkpoints, `pdeinf.pipeline.load_variants`) through `pdeinf.analysis.coherence`:
-
-- `dynamics_intervals`: mean diagonal, mean off-diagonal and their ratio per checkpoint, each
-  a mean over seeds x influence batches with its t-interval over seed means.
-- `spectrum_intervals`: log10 condition number, effective rank and effective rank / rank of
-  eta_hat per checkpoint, same aggregation.
-- `rollout_statistics`: `rollout_link_statistics` on a `coherence.rollout_link` result, or None
-  (with the reason) when the design is too small for it.
-- `seed_correlations`, `rollout_findings`: the per-seed correlations of R with the rollout
-  error (pooled over classes, or centred within each (seed, class)) and the records of the
-  registry's rollout-link rules (`pdeinf.analysis.evaluate.evaluate_finding`, Fisher's z).
-- `describe_rollout_link`: the plain-words reading of the pooled vs within-class link.
-- `variant_ridge`: the lag-0 ridge of one metric or bra variant, with its interval over seeds.
-
-Pure: xarray in, xarray / dicts out.
+"""The follow-up's headline numbers with t-intervals over seed means, its rollout-link findings
+as records (`evaluate.evaluate_units`, Fisher's z) and their plain-words reading. Everything
+works on the follow-up's estimator (the exact subspace sweep across checkpoints,
+`pdeinf.pipeline.load_variants`) through `pdeinf.analysis.coherence`. Pure: xarray in, xarray /
+dicts out.
 """
 from __future__ import annotations
 
@@ -25,16 +12,15 @@ import numpy as np
 import xarray as xr
 
 from pdeinf.analysis import aggregate as ag
-from pdeinf.analysis.coherence import normalized_pi
-from pdeinf.analysis.evaluate import (  # noqa: F401  (VERDICT_WORDS: the notebooks check)
+from pdeinf.analysis.coherence import PAPER_ROLLOUT_CORRELATION, normalized_pi
+from pdeinf.analysis.evaluate import (  # noqa: F401  (VERDICT_WORDS, finding_lines: notebooks)
     VERDICT_WORDS,
-    describe_record,
-    evaluate_finding,
+    evaluate_units,
+    finding_lines,
 )
-from pdeinf.analysis.registry import PAPER_ROLLOUT_PEARSON
 from pdeinf.analysis.rollout_stats import RANDOM_STATE, rollout_link_statistics
 from pdeinf.analysis.seed_paper_findings import ridge_units
-from pdeinf.analysis.statistics import seed_interval, seed_mean_ci
+from pdeinf.analysis.statistics import interval_side, seed_interval, seed_mean_ci
 from pdeinf.errors import InputError
 
 #: Permutations of the rollout link's tests (their random state: `RANDOM_STATE`).
@@ -116,12 +102,13 @@ def rollout_statistics(
 
 
 def seed_correlations(ratio: xr.DataArray, error: xr.DataArray, *,
-                      within_class: bool = False) -> xr.DataArray:
+                      within_class: bool = False, zero_spread: str = "tolerance") -> xr.DataArray:
     """Per seed: the Pearson correlation of R with the rollout error at one dt over the seed's
     (class, batch) units, dims (seed,). With `within_class`, both are first centred within each
     (seed, class), so neither class differences nor seed differences inside a class remain.
 
-    ratio, error: dims `(seed, class, batch)`. NaN for a seed where either is constant.
+    ratio, error: dims `(seed, class, batch)`. NaN for a seed where either is constant
+    (`aggregate.pearson(zero_spread=...)`).
     """
     dims = ("seed", "class", "batch")
     for name, da in (("ratio", ratio), ("error", error)):
@@ -133,14 +120,13 @@ def seed_correlations(ratio: xr.DataArray, error: xr.DataArray, *,
         x = x - x.mean(axis=2, keepdims=True)
         y = y - y.mean(axis=2, keepdims=True)
     s = x.shape[0]
-    r = ag.pearson(x.reshape(s, -1), y.reshape(s, -1), zero_spread="tolerance")
+    r = ag.pearson(x.reshape(s, -1), y.reshape(s, -1), zero_spread=zero_spread)
     return xr.DataArray(r, dims=("seed",), coords={"seed": ratio["seed"].values})
 
 
 def paper_rollout_pearson(pde: str, model: str, dt: int) -> float | None:
     """The follow-up's published Pearson r at horizon dt (None where it gives none)."""
-    values = PAPER_ROLLOUT_PEARSON.get(f"{pde}-{model.lower()}")
-    return values[dt - 1] if values is not None and 1 <= dt <= len(values) else None
+    return PAPER_ROLLOUT_CORRELATION.get((pde, model.lower()), {}).get(dt)
 
 
 def finding_dts(link: xr.Dataset, wanted=(1, 16)) -> list[int]:
@@ -160,16 +146,10 @@ def rollout_findings(link: xr.Dataset, *, pde: str, model: str,
         for name, within in (("rollout_link_negative", False),
                              ("rollout_link_within_class", True)):
             r = seed_correlations(link["ratio"], error, within_class=within)
-            out[name].append(evaluate_finding(
-                name, r.values, key=None if within else f"{pde}-{model.lower()} dt={dt}",
-                pde=pde, model=model, scale="fisher-z", dt=int(dt),
-                seeds=[int(v) for v in r["seed"].values]))
+            out[name].append(evaluate_units(
+                name, r, key=None if within else f"{pde}-{model.lower()} dt={dt}",
+                pde=pde, model=model, scale="fisher-z", dt=int(dt)))
     return out
-
-
-def finding_lines(records: list[dict]) -> list[str]:
-    """`describe_record` of each record."""
-    return [describe_record(r) for r in records]
 
 
 def variant_ridge(ds: xr.Dataset, variant: str) -> tuple[float, float, float]:
@@ -188,16 +168,6 @@ def _interval(ci) -> str:
     return f"{est:+.2f} [{low:+.2f}, {high:+.2f}]"
 
 
-def _side(ci) -> int:
-    """-1 / +1 when the interval lies below / above 0, else 0."""
-    _, low, high = ci
-    if math.isfinite(high) and high < 0:
-        return -1
-    if math.isfinite(low) and low > 0:
-        return 1
-    return 0
-
-
 def describe_rollout_link(stats: xr.Dataset, dt: int, *, paper: float | None = None) -> str:
     """One plain-words sentence on what the data support at horizon dt: the pooled Pearson and
     Spearman, the within-class link (pooled after removing class means, and per class), with
@@ -213,7 +183,7 @@ def describe_rollout_link(stats: xr.Dataset, dt: int, *, paper: float | None = N
             f"p={float(stats['p_pearson'].sel(dt=dt)):.3f}; Spearman {_interval(pick['spearman'])}; "
             f"within classes (class means removed) {_interval(pick['within_class_pooled'])}, "
             f"p={float(stats['p_within_class_pooled'].sel(dt=dt)):.3f}; per class: {per_class}. ")
-    pooled, within = _side(pick["pearson"]), _side(pick["within_class_pooled"])
+    pooled, within = (interval_side(*pick[q][1:]) for q in ("pearson", "within_class_pooled"))
     if pooled < 0 and within < 0:
         return text + "The negative link holds within classes too, not only between them."
     if pooled < 0 and within == 0:

@@ -1,46 +1,20 @@
-"""The interventions study, pure: what each training recipe does to cross-time
-coherence and to long-horizon rollout error, and whether coherence helps choose a checkpoint.
+"""The interventions study, pure: what each training recipe does to cross-time coherence and to
+long-horizon rollout error, whether coherence helps choose a checkpoint, and what `augment`
+does to orbit influence.
 
 Input: the dataset of `pdeinf.pipeline.ensure_intervention_pair` (or any of the same layout):
 `pi` (recipe, seed, epoch, batch, t_resp, c_resp, t_pert, c_pert) RAW Gauss-Newton influence,
 `rollout` (recipe, seed, epoch, class, batch, start, horizon) per-step SMSE of autoregressive
 rollouts of the influence batches' test trajectories, `val_smse` (recipe, seed, epoch), `rank`
-(recipe, seed, epoch, batch). The baseline recipe is "one-step".
+(recipe, seed, epoch, batch); and for the orbit comparison the dataset of
+`pdeinf.pipeline.interventions.load_orbit` (`orbit_observables`). The baseline recipe is
+"one-step". Observables are dimensionless (SMSE-based), lags in snapshot steps.
 
-Observables (dimensionless, SMSE-based; lags in snapshot steps):
-
-- `cross_time_ratio`: the follow-up's R per class, on the RAW Pi: (sum of the class's T x T
-  intra-class block) minus its trace, over its trace.
-- `lag_medians`: per matrix, the median of the row-standardized Pi (`normalize(pi,
-  "standard")`) over entries with t_resp - t_pert = dt, intra- and inter-class pairs.
-- `class_matrices`: per matrix, the median standardized entry of each (response class,
-  perturbing class) at a given lag.
-- `rollout_error`: cumulative rollout SMSE over horizons 1..dt (sum of the per-step SMSE),
-  averaged over the start times with a complete horizon and over the classes: one number per
-  (recipe, seed, epoch, batch), `batch` indexing the test trajectory of each class.
-
-Every headline number gets a 95% t-interval over seed means (each seed's mean over its
-batches; `pdeinf.analysis.statistics.seed_mean_ci`). Recipes share the seed (initialisation,
-shuffle) and the test trajectories of the baseline, so recipe-vs-baseline differences are
-paired per (seed, batch).
-
-The intervention effect is the registry's rule `intervention_effect`: per (seed, batch) the
-change log(rollout SMSE at dt, recipe) - log(rollout SMSE at dt, one-step), final checkpoint;
-"improves" / "worsens" when the Holm-adjusted t-test over seed means puts it below / above 0
-(`evaluate_finding`). The selection comparison describes its intervals with the same words
-(`interval_words`, not adjusted) on log(rollout of the checkpoint a criterion picks) -
-log(rollout of the checkpoint validation SMSE picks).
-
-Orbit influence of `augment` (input: `pdeinf.pipeline.interventions.load_orbit`, dims (recipe,
-seed, batch, element, example) with `equivariance` = SMSE(f(g.x), g.y) / SMSE(f(x), y) and
-`orbit_diagonal` = the standardized orbit-influence diagonal H_g[n, n] of the final
-checkpoint; `pdeinf.symmetry`): per (recipe, seed, batch) the mean over examples, per element
-(`orbit_observables`), and the means over the 7 non-identity D4 elements. The paired change
-augment - one-step of (a) the mean log10 equivariance ratio and (b) the mean orbit diagonal,
-each with its t-interval over seeds, is judged by the rules
-`augment_lowers_equivariance_error` and `augment_raises_orbit_influence` of
-`pdeinf.analysis.registry.FINDING_RULES` (words "raises" / "lowers" / "inconclusive"; "not
-estimable" with fewer than 2 seeds).
+Every headline number gets a 95% t-interval over seed means (`statistics.seed_mean_ci`).
+Recipes share the seed (initialisation, shuffle) and the test trajectories of the baseline, so
+recipe-vs-baseline differences are paired per (seed, batch) and judged by the registry's rules
+(`intervention_effect`, `augment_raises_orbit_influence`, `augment_lowers_equivariance_error`;
+`evaluate_finding`); tables carry the unadjusted `interval_words`.
 """
 from __future__ import annotations
 
@@ -49,10 +23,9 @@ import pandas as pd
 import xarray as xr
 
 from pdeinf.analysis import aggregate as ag
-from pdeinf.analysis.aggregate import PI_DIMS
 from pdeinf.analysis.evaluate import evaluate_finding
 from pdeinf.analysis.registry import describe_rule  # noqa: F401  (the notebooks print the rule)
-from pdeinf.analysis.statistics import seed_mean_ci
+from pdeinf.analysis.statistics import CI_LABELS, seed_mean_ci
 from pdeinf.errors import InputError
 from pdeinf.symmetry.actions import ELEMENTS
 
@@ -65,23 +38,10 @@ SELECTION_RULE = (
 )
 
 
-def _check_pi(pi) -> xr.DataArray:
-    if not isinstance(pi, xr.DataArray):
-        raise InputError(f"pi: expected an xr.DataArray, got {type(pi).__name__}")
-    missing = [d for d in PI_DIMS if d not in pi.dims]
-    if missing:
-        raise InputError(f"pi: missing dimension(s) {missing}; has {pi.dims}")
-    if pi.sizes["t_resp"] != pi.sizes["t_pert"] or pi.sizes["c_resp"] != pi.sizes["c_pert"]:
-        raise InputError("pi: response and perturbation axes differ in size")
-    if not np.all(np.isfinite(pi.values)):
-        raise InputError("pi: contains NaN or Inf")
-    return pi
-
-
 def cross_time_ratio(pi: xr.DataArray) -> xr.DataArray:
     """R per class of RAW `pi` (..., t_resp, c_resp, t_pert, c_pert) -> (..., class):
     (sum of the class's intra-class block - its trace) / its trace."""
-    pi = _check_pi(pi)
+    pi = ag.check_pi(pi, finite=True)
     lead = ag.lead_dims(pi)
     ratio = ag.cross_time_ratio(ag.to_blocks(pi, lead))
     coords = {d: pi[d].values for d in lead if d in pi.coords}
@@ -91,7 +51,7 @@ def cross_time_ratio(pi: xr.DataArray) -> xr.DataArray:
 
 def _standardized(pi: xr.DataArray) -> tuple[np.ndarray, list[str]]:
     """Row-standardized blocks `[..., C, T, C, T]` of checked `pi` and its leading dims."""
-    pi = _check_pi(pi)
+    pi = ag.check_pi(pi, finite=True)
     lead = ag.lead_dims(pi)
     return ag.normalize_blocks(ag.to_blocks(pi, lead), "standard"), lead
 
@@ -169,20 +129,9 @@ def observables(ds: xr.Dataset, *, dt: int = 16) -> xr.Dataset:
     return out
 
 
-def _mean_ci(data: xr.DataArray) -> xr.DataArray:
-    """Mean over seeds of the seed means over batches, with its t-interval over seeds; other
-    dims carried along."""
-    return seed_mean_ci(data)
-
-
-def _seed_mean_ci(data: xr.DataArray) -> xr.DataArray:
-    """Mean over seeds of a per-seed value (validation SMSE), with its t-interval."""
-    return seed_mean_ci(data, batch_dim=None)
-
-
-def _final(obs: xr.Dataset, epoch) -> xr.Dataset:
-    epoch = int(obs["epoch"].max()) if epoch is None else int(epoch)
-    return obs.sel(epoch=epoch)
+def _final(obs, epoch):
+    """`obs` at checkpoint `epoch` (None: the last)."""
+    return obs.sel(epoch=int(obs["epoch"].max()) if epoch is None else int(epoch))
 
 
 def recipe_table(obs: xr.Dataset, *, epoch=None) -> xr.Dataset:
@@ -190,12 +139,12 @@ def recipe_table(obs: xr.Dataset, *, epoch=None) -> xr.Dataset:
     checkpoint (None: the final), each with a `ci` dim (estimate, low, high): means over seeds
     x batches (validation: over seeds)."""
     fin = _final(obs, epoch)
-    out = xr.Dataset({name: _mean_ci(fin[name])
+    out = xr.Dataset({name: seed_mean_ci(fin[name])
                       for name in ("R", "rollout", "intra_lag1", "inter_lag1")})
-    out["R_class"] = _mean_ci(fin["R_class"])
-    out["val_smse"] = _seed_mean_ci(fin["val_smse"])
+    out["R_class"] = seed_mean_ci(fin["R_class"])
+    out["val_smse"] = seed_mean_ci(fin["val_smse"], batch_dim=None)
     if "rank" in fin:
-        out["rank"] = _mean_ci(fin["rank"].astype(float))
+        out["rank"] = seed_mean_ci(fin["rank"].astype(float))
     out.attrs.update(dt=obs.attrs.get("dt"), epoch=int(fin["epoch"]), n_seeds=fin.sizes["seed"],
                      n_batches=fin.sizes["batch"])
     return out
@@ -225,7 +174,7 @@ def intervention_effects(obs: xr.Dataset, *, epoch=None,
         raise InputError("obs: only the baseline recipe; nothing to compare")
     d_log = fin["log_rollout"].sel(recipe=others) - fin["log_rollout"].sel(recipe=baseline)
     d_r = fin["R"].sel(recipe=others) - fin["R"].sel(recipe=baseline)
-    out = xr.Dataset({"d_log_rollout": _mean_ci(d_log), "d_R": _mean_ci(d_r)})
+    out = xr.Dataset({"d_log_rollout": seed_mean_ci(d_log), "d_R": seed_mean_ci(d_r)})
     out["verdict"] = interval_words(out["d_log_rollout"])
     # the paired per-(seed, batch) differences behind the interval: the power analysis's units
     out["d_log_rollout_units"] = d_log.transpose("recipe", "seed", "batch")
@@ -272,20 +221,14 @@ def select_epochs(val: xr.DataArray, r: xr.DataArray, criterion: str) -> xr.Data
     rr = r.transpose(*lead, "epoch").values
     if not (np.all(np.isfinite(v)) and np.all(np.isfinite(rr))):
         raise InputError("val, r: contain NaN or Inf")
-    if criterion == "val":
-        score = v
-    elif criterion == "R":
-        score = -rr
-    else:
+    if criterion == "R+val":
         rank_v = np.argsort(np.argsort(v, axis=-1, kind="stable"), axis=-1, kind="stable")
         rank_r = np.argsort(np.argsort(-rr, axis=-1, kind="stable"), axis=-1, kind="stable")
-        # rank sum first, then validation SMSE as tie-break (lexicographic via a small weight)
+        # rank sum first, then validation SMSE, then the earlier epoch
         order = np.lexsort((np.arange(v.shape[-1]) * np.ones_like(v), v, rank_v + rank_r), axis=-1)
         idx = order[..., 0]
-        epochs = val["epoch"].values[idx]
-        return xr.DataArray(epochs, dims=lead, coords={d: val[d] for d in lead if d in val.coords},
-                            name="epoch")
-    idx = np.argmin(score, axis=-1)  # first of ties: the earlier epoch
+    else:  # first of ties: the earlier epoch
+        idx = np.argmin(v if criterion == "val" else -rr, axis=-1)
     epochs = val["epoch"].values[idx]
     return xr.DataArray(epochs, dims=lead, coords={d: val[d] for d in lead if d in val.coords},
                         name="epoch")
@@ -313,14 +256,14 @@ def selection_comparison(obs: xr.Dataset, *,
         chosen = select_epochs(val, r_run, c)
         diffs.append((log_roll.sel(epoch=chosen) - log_roll.sel(epoch=by_val)).expand_dims(criterion=[c]))
     diff = xr.concat(diffs, dim="criterion")
-    per_recipe = _mean_ci(diff)
+    per_recipe = seed_mean_ci(diff)
     # pooled: every (recipe, seed) run as one unit (runs of one seed share the initialisation,
     # so this interval is optimistic)
     arr = diff.transpose("criterion", "recipe", "seed", "batch").values
     pooled = xr.DataArray(arr.reshape(arr.shape[0], -1, arr.shape[-1]),
                           dims=("criterion", "seed", "batch"),
                           coords={"criterion": diff["criterion"].values})
-    pooled_ci = _mean_ci(pooled).expand_dims(recipe=["all"])
+    pooled_ci = seed_mean_ci(pooled).expand_dims(recipe=["all"])
     both = xr.concat([per_recipe, pooled_ci], dim="recipe")
     out = xr.Dataset({"d_log_rollout": both.transpose("criterion", "ci", "recipe")})
     out["verdict"] = interval_words(out["d_log_rollout"])
@@ -332,21 +275,23 @@ def selection_comparison(obs: xr.Dataset, *,
 def lag_curves(ds: xr.Dataset, *, epoch=None, max_lag: int = 11) -> xr.DataArray:
     """Mean over seeds x batches of the per-matrix lag medians (`lag_medians`) at one
     checkpoint, with intervals: dims (ci, recipe, pair, dt)."""
-    epoch = int(ds["epoch"].max()) if epoch is None else int(epoch)
-    curves = lag_medians(ds["pi"].sel(epoch=epoch), max_lag=max_lag)
-    return _mean_ci(curves)
+    return seed_mean_ci(lag_medians(_final(ds["pi"], epoch), max_lag=max_lag))
 
 
 def class_matrix_ci(ds: xr.Dataset, *, epoch=None, lag: int = 0) -> xr.DataArray:
     """Mean over seeds x batches of the per-matrix class matrices, with intervals:
     dims (ci, recipe, c_resp, c_pert)."""
-    epoch = int(ds["epoch"].max()) if epoch is None else int(epoch)
-    cm = class_matrices(ds["pi"].sel(epoch=epoch), lag=lag)
-    return _mean_ci(cm)
+    return seed_mean_ci(class_matrices(_final(ds["pi"], epoch), lag=lag))
 
 
 def _ci_dict(ci: xr.DataArray) -> dict:
-    return {k: float(ci.sel(ci=k)) for k in ("estimate", "low", "high")}
+    return {k: float(ci.sel(ci=k)) for k in CI_LABELS}
+
+
+def _fmt_ci(ci: xr.DataArray, sign: str = "") -> str:
+    """"estimate [low, high]" of a `ci` DataArray, 3 significant digits (`sign` "+": signed)."""
+    est, low, high = _ci_dict(ci).values()
+    return f"{est:{sign}.3g} [{low:{sign}.3g}, {high:{sign}.3g}]"
 
 
 def table_rows(table: xr.Dataset) -> dict:
@@ -365,8 +310,7 @@ def effect_findings(effects: xr.Dataset, pde: str, model: str) -> list[dict]:
     """The `intervention_effect` records of one (PDE, model), one per recipe, from the paired
     per-(seed, batch) differences in log rollout SMSE (`evaluate_finding`)."""
     units = effects["d_log_rollout_units"]
-    return [evaluate_finding("intervention_effect",
-                             units.sel(recipe=recipe).transpose("seed", "batch").values,
+    return [evaluate_finding("intervention_effect", units.sel(recipe=recipe, drop=True),
                              pde=pde, model=model, recipe=str(recipe),
                              note=f"paired vs {BASELINE} by seed and test trajectory, final "
                                   f"checkpoint (epoch {effects.attrs.get('epoch')})")
@@ -377,11 +321,7 @@ def answer_sentence(table: xr.Dataset, pde: str, model: str, *, baseline: str = 
     """The study's question answered in one sentence from a `recipe_table`."""
     dt = table.attrs.get("dt")
     base = table.sel(recipe=baseline)
-
-    def fmt(ci):
-        return f"{float(ci.sel(ci='estimate')):.3g} [{float(ci.sel(ci='low')):.3g}, " \
-               f"{float(ci.sel(ci='high')):.3g}]"
-
+    fmt = _fmt_ci
     winners = raises_r_lowers_rollout(table, baseline=baseline, min_seeds=0)
     if int(table.attrs.get("n_seeds", 0)) < 2:
         winners_text = ", ".join(winners) if winners else "none"
@@ -465,8 +405,8 @@ def orbit_element_table(orbit: xr.Dataset) -> xr.Dataset:
     `orbit` and `log_equivariance`, with 95% t-intervals over seeds; dims (ci,
     recipe, element)."""
     obs = orbit_observables(orbit)
-    out = xr.Dataset({"orbit": _mean_ci(obs["orbit"]),
-                      "log_equivariance": _mean_ci(obs["log_equivariance"])})
+    out = xr.Dataset({"orbit": seed_mean_ci(obs["orbit"]),
+                      "log_equivariance": seed_mean_ci(obs["log_equivariance"])})
     out.attrs.update(epoch=orbit.attrs.get("epoch"), n_seeds=orbit.sizes["seed"],
                      n_batches=orbit.sizes["batch"])
     return out
@@ -488,11 +428,10 @@ def orbit_effects(orbit: xr.Dataset, *, recipe: str = ORBIT_RECIPE, baseline: st
     out = xr.Dataset()
     for name, var in (("d_orbit", "orbit_d4"), ("d_log_equivariance", "log_equivariance_d4")):
         diff = obs[var].sel(recipe=recipe, drop=True) - obs[var].sel(recipe=baseline, drop=True)
-        out[name] = _mean_ci(diff)
+        out[name] = seed_mean_ci(diff)
         out[f"{name}_units"] = diff.transpose("seed", "batch")  # the power analysis's units
-        out[f"verdict_{name}"] = ((), evaluate_finding(
-            ORBIT_FINDINGS[name], diff.transpose("seed", "batch").values)["verdict"])
-        out[var] = _mean_ci(obs[var].sel(recipe=[baseline, recipe]))
+        out[f"verdict_{name}"] = ((), evaluate_finding(ORBIT_FINDINGS[name], diff)["verdict"])
+        out[var] = seed_mean_ci(obs[var].sel(recipe=[baseline, recipe]))
     out.attrs.update(recipe=recipe, baseline=baseline, n_seeds=orbit.sizes["seed"],
                      n_batches=orbit.sizes["batch"], epoch=orbit.attrs.get("epoch"),
                      d4=",".join(d4_non_identity(orbit)))
@@ -504,7 +443,7 @@ def orbit_findings(effects: xr.Dataset, pde: str, model: str) -> dict:
     in `effects` (`evaluate_finding`)."""
     note = (f"paired vs {effects.attrs['baseline']} by seed and influence batch, final "
             f"checkpoint (epoch {effects.attrs.get('epoch')})")
-    return {rule: [evaluate_finding(rule, effects[f"{name}_units"].values, pde=pde, model=model,
+    return {rule: [evaluate_finding(rule, effects[f"{name}_units"], pde=pde, model=model,
                                     recipe=str(effects.attrs["recipe"]), note=note)]
             for name, rule in ORBIT_FINDINGS.items()}
 
@@ -512,11 +451,7 @@ def orbit_findings(effects: xr.Dataset, pde: str, model: str) -> dict:
 def orbit_sentence(effects: xr.Dataset, pde: str, model: str) -> str:
     """Whether augment raises orbit influence, stated from the numbers of `orbit_effects`."""
     recipe, base = effects.attrs["recipe"], effects.attrs["baseline"]
-
-    def fmt(ci, sign=""):
-        return (f"{float(ci.sel(ci='estimate')):{sign}.3g} [{float(ci.sel(ci='low')):{sign}.3g}, "
-                f"{float(ci.sel(ci='high')):{sign}.3g}]")
-
+    fmt = _fmt_ci
     word = str(effects["verdict_d_orbit"].item())
     answer = {"raises": f"{recipe} raises orbit influence",
               "lowers": f"{recipe} lowers orbit influence"}.get(

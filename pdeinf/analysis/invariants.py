@@ -15,6 +15,7 @@ import warnings
 
 import numpy as np
 
+from pdeinf.analysis import aggregate as ag
 from pdeinf.analysis.coherence import normalized_pi, variants
 
 SYMMETRIC_VARIANTS = ("gauss-newton", "euclidean")
@@ -22,7 +23,6 @@ SYMMETRIC_VARIANTS = ("gauss-newton", "euclidean")
 
 def _psd_violations(flat: np.ndarray, rtol: float) -> list[str]:
     """Checks (a)-(d) on matrices `[..., n, n]`; returns the names of those that fail."""
-    n = flat.shape[-1]
     tol = rtol * np.abs(flat).max()
     bad = []
     if np.abs(flat - np.swapaxes(flat, -1, -2)).max() > tol:
@@ -32,8 +32,8 @@ def _psd_violations(flat: np.ndarray, rtol: float) -> list[str]:
     diag = np.diagonal(flat, axis1=-2, axis2=-1)
     if np.any(diag[..., :, None] + diag[..., None, :] - 2 * flat < -tol):
         bad.append("2x2 principal minors")
-    off_mean = (flat.sum(axis=(-2, -1)) - diag.sum(axis=-1)) / (n * (n - 1))
-    if np.any(diag.mean(axis=-1) < off_mean - tol):
+    diag_mean, off_mean = ag.diagonal_means(flat)
+    if np.any(diag_mean < off_mean - tol):
         bad.append("mean diagonal >= mean off-diagonal")
     return bad
 
@@ -45,11 +45,9 @@ def pi_invariant_violations(ds, *, rtol: float = 1e-4) -> list[str]:
     if not np.all(np.isfinite(ds["pi"].values)):
         out.append("pi: non-finite entries")
     for name in [v for v in SYMMETRIC_VARIANTS if v in variants(ds)]:
-        raw = normalized_pi(ds, variant=name, normalization="none", epoch="all").values
-        n = raw.shape[3] * raw.shape[4]
-        flat = raw.reshape(*raw.shape[:3], n, n)
+        flat, cos = (ag.flatten(normalized_pi(ds, variant=name, normalization=norm, epoch="all").values)
+                     for norm in ("none", "cosine"))
         out += [f"{name}: {b}" for b in _psd_violations(flat, rtol)]
-        cos = normalized_pi(ds, variant=name, normalization="cosine", epoch="all").values.reshape(flat.shape)
         if not np.allclose(np.diagonal(cos, axis1=-2, axis2=-1), 1.0, atol=1e-6):
             out.append(f"{name}: cosine diagonal != 1")
         if np.abs(cos).max() > 1.0 + rtol:

@@ -14,7 +14,7 @@ Statistics per (rung, estimator, seed) from the row-standardized matrix of the S
 over classes: the seed paper's lag-0 ridge), `decay` (intra-class mean at |dt| = 1 minus at
 |dt| = 8), `class_locked` (class-matrix diagonal minus off-diagonal mean), and, estimator-free,
 `log10_ntk` (log10 of the top NTK eigenvalue). Intervals: 95% t-intervals over seeds
-(`seed_stats.seed_interval`). Pure: tables in, tables and sentences out.
+(`statistics.seed_interval`). Pure: tables in, tables and sentences out.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from pdeinf.analysis.seed_stats import seed_interval
+from pdeinf.analysis.statistics import interval_side, seed_interval
 from pdeinf.errors import InputError
 
 AXES: tuple[str, ...] = ("progress", "width", "data")
@@ -81,13 +81,19 @@ def paired_change(table: pd.DataFrame, axis: str, statistic: str = "ridge",
     if part.empty:
         raise InputError(f"axis: no rungs of {axis!r} with the {estimator} estimator")
     values = sorted(part["value"].unique())
-    first = part[part["value"] == values[0]].set_index("seed")[statistic]
-    last = part[part["value"] == values[-1]].set_index("seed")[statistic]
-    common = sorted(set(first.index) & set(last.index))
-    diff = (last.loc[common] - first.loc[common]).to_numpy(dtype=np.float64)[:, None]
-    est, low, high = seed_interval(diff, level=level) if len(common) else (math.nan,) * 3
-    return {"first": float(values[0]), "last": float(values[-1]), "estimate": est, "low": low,
-            "high": high, "n_seeds": len(common)}
+    first, last = (part[part["value"] == v].set_index("seed")[statistic]
+                   for v in (values[0], values[-1]))
+    return {"first": float(values[0]), "last": float(values[-1]),
+            **_paired_by_seed(last, first, level)}
+
+
+def _paired_by_seed(a: pd.Series, b: pd.Series, level: float) -> dict:
+    """`a - b` (Series indexed by seed) on the common seeds: {"estimate", "low", "high",
+    "n_seeds"}, the t-interval over the per-seed differences (NaN without a common seed)."""
+    common = sorted(set(a.index) & set(b.index))
+    diff = (a.loc[common] - b.loc[common]).to_numpy(dtype=np.float64)[:, None]
+    est, low, high = seed_interval(diff, level=level) if common else (math.nan,) * 3
+    return {"estimate": est, "low": low, "high": high, "n_seeds": len(common)}
 
 
 def estimator_change(table: pd.DataFrame, axis: str, value, statistic: str = "ridge",
@@ -95,24 +101,18 @@ def estimator_change(table: pd.DataFrame, axis: str, value, statistic: str = "ri
     """Full-space minus subspace `statistic` on one rung, paired by seed (t-interval)."""
     check_table(table)
     part = table[(table["axis"] == axis) & (table["value"] == value)]
-    full = part[part["estimator"] == "full-space"].set_index("seed")[statistic]
-    sub = part[part["estimator"] == "subspace"].set_index("seed")[statistic]
-    common = sorted(set(full.index) & set(sub.index))
-    if not common:
+    full, sub = (part[part["estimator"] == e].set_index("seed")[statistic] for e in ESTIMATORS)
+    out = _paired_by_seed(full, sub, level)
+    if not out["n_seeds"]:
         raise InputError(f"rung {axis}={value}: no seed with both estimators")
-    diff = (full.loc[common] - sub.loc[common]).to_numpy(dtype=np.float64)[:, None]
-    est, low, high = seed_interval(diff, level=level)
-    return {"estimate": est, "low": low, "high": high, "n_seeds": len(common)}
+    return out
 
 
 def _direction(change: dict) -> str:
     if not (math.isfinite(change["low"]) and math.isfinite(change["high"])):
         return "cannot be told apart (too few seeds for an interval)"
-    if change["low"] > 0:
-        return "rises"
-    if change["high"] < 0:
-        return "falls"
-    return "shows no change its interval can resolve"
+    return {1: "rises", -1: "falls", 0: "shows no change its interval can resolve"}[
+        interval_side(change["low"], change["high"])]
 
 
 def axis_sentence(table: pd.DataFrame, axis: str, *, paper_ridge: float | None = None,

@@ -7,7 +7,7 @@ correlation per dt pooled over everything. With three classes a pooled correlati
 entirely from differences between classes (a class with larger R that is also easier to roll
 out), so beside it this module measures the link within classes. Every correlation is measured
 **per seed** (the unit of replication) and averaged over seeds on Fisher's z scale, with the
-t-interval of the per-seed z (`pdeinf.analysis.seed_stats.fisher_z_interval`):
+t-interval of the per-seed z (`pdeinf.analysis.statistics.fisher_z_interval`):
 
 - `pearson`, `spearman`: per seed over its (class, batch) units.
 - `within_class_pooled`: per seed after centring R and the error within each (seed, class): no
@@ -26,7 +26,7 @@ import xarray as xr
 from scipy import stats
 
 from pdeinf.analysis.aggregate import pearson
-from pdeinf.analysis.seed_stats import fisher_z, fisher_z_interval
+from pdeinf.analysis.statistics import fisher_z, fisher_z_interval
 from pdeinf.errors import InputError
 
 POOLED = ("pearson", "spearman", "within_class_pooled")

@@ -7,20 +7,8 @@ columns = perturbing example), `input_distance` `(seed, batch, t_resp, c_resp, t
 
 Every influence value is the row-standardized Ĥ(n, m) = H(n, m) / std_m' H(n, m') of each
 `N x N` matrix (`N = C T`, flat index `n = c T + t`, `normalize(..., "standard")`, ddof 1).
-Aggregations, exactly as the paper's plot scripts:
-
-- heatmap (Figs. 2, 6, 16-19, 24-25, 28-29): mean over classes of the intra-class block
-  Ĥ(τ, c | t, c), then mean over (seed, batch);
-- lag curve (Figs. 4, 7, 20-23, 26-27, 30-31): per (seed, batch) the mean of Ĥ over the
-  entries at Δ = τ - t, intra- (c = c') or inter-class (c != c'); mean over each seed's
-  batches; median and quartiles over seeds;
-- class matrix (Figs. 3, 12-15): per (seed, batch) mean over all T x T time pairs of each
-  class block, then mean over (seed, batch);
-- interpolation curve (Figs. 5, 32-33): per seed a GCV smoothing spline of overlapping-window
-  means of Ĥ against the scaled input distance d (`similarity_curves`), its zero crossing the
-  "dynamic correlation length";
-- NTK box (Figs. 8, 34-35): Tukey box statistics of log10 λ_max per (seed, batch);
-- validation SMSE (Figs. 9-11): median and quartiles over seeds at epochs 1, 6, 11, ..., last.
+Aggregations exactly as the paper's plot scripts (docs/method.md section 6); each function names
+the figures it draws.
 
 The findings' statistics and verdicts are in `pdeinf.analysis.seed_paper_findings`.
 Pure: xarray / numpy / pandas in and out. Influence values are dimensionless; times and lags in
@@ -33,8 +21,8 @@ import pandas as pd
 import xarray as xr
 
 from pdeinf.analysis import aggregate as ag
-from pdeinf.analysis.aggregate import PI_DIMS, QUARTILES
-from pdeinf.analysis.seed_stats import seed_interval
+from pdeinf.analysis.aggregate import QUARTILES
+from pdeinf.analysis.statistics import CI_LABELS, seed_interval
 from pdeinf.errors import InputError
 
 BLOCK_DIMS = ("seed", "batch", *ag.BLOCK_ORDER)
@@ -55,19 +43,15 @@ MIN_SPLINE_POINTS = 5  # make_smoothing_spline's minimum
 
 
 def _h_array(ds, bra: str) -> xr.DataArray:
-    h = ds["H"] if isinstance(ds, xr.Dataset) else ds
+    h = ds["H"] if isinstance(ds, xr.Dataset) and "H" in ds else ds
     if not isinstance(h, xr.DataArray):
         raise InputError("ds: expected the seed-paper xr.Dataset (with 'H') or the H DataArray")
-    missing = [d for d in ("seed", "batch", *PI_DIMS) if d not in h.dims]
-    if missing:
-        raise InputError(f"ds['H']: missing dimension(s) {missing}; has {h.dims}")
+    ag.check_pi(h, "ds['H']", lead=("seed", "batch"))
     if "bra" in h.dims:
         held = [str(b) for b in h["bra"].values]
         if bra not in held:
             raise InputError(f"bra: {bra!r} not in the dataset's bras {held}")
         h = h.sel(bra=bra, drop=True)
-    if h.sizes["c_resp"] != h.sizes["c_pert"] or h.sizes["t_resp"] != h.sizes["t_pert"]:
-        raise InputError("ds['H']: response and perturbation axes differ in size")
     return h
 
 
@@ -241,28 +225,24 @@ def smoothing_curve(t: np.ndarray, u: np.ndarray):
                   f"{MIN_SPLINE_POINTS}, too few for the GCV spline)")
         if t.size == 1:
             return (lambda x: np.full(np.shape(x), u[0])), method
-        slope_lo = (u[1] - u[0]) / (t[1] - t[0])
-        slope_hi = (u[-1] - u[-2]) / (t[-1] - t[-2])
-
-        def f_lin(x):
-            x = np.asarray(x, dtype=np.float64)
-            y = np.interp(x, t, u)
-            y = np.where(x < t[0], u[0] + slope_lo * (x - t[0]), y)
-            return np.where(x > t[-1], u[-1] + slope_hi * (x - t[-1]), y)
-
-        return f_lin, method
+        slopes = ((u[1] - u[0]) / (t[1] - t[0]), (u[-1] - u[-2]) / (t[-1] - t[-2]))
+        return _linear_beyond(lambda x: np.interp(x, t, u), t, (u[0], u[-1]), slopes), method
     spline = make_smoothing_spline(t, u, lam=None)
-    deriv = spline.derivative()
-    ends = (t[0], t[-1])
-    values, slopes = spline(np.array(ends)), deriv(np.array(ends))
+    ends = np.array([t[0], t[-1]])
+    return _linear_beyond(spline, t, spline(ends), spline.derivative()(ends)), \
+        "gcv smoothing spline"
 
-    def f(x):
+
+def _linear_beyond(f, t: np.ndarray, values, slopes):
+    """`f` on [t[0], t[-1]], continued linearly outside from its end `values` with `slopes`."""
+
+    def curve(x):
         x = np.asarray(x, dtype=np.float64)
-        y = spline(np.clip(x, *ends))
-        y = np.where(x < ends[0], values[0] + slopes[0] * (x - ends[0]), y)
-        return np.where(x > ends[1], values[1] + slopes[1] * (x - ends[1]), y)
+        y = f(np.clip(x, t[0], t[-1]))
+        y = np.where(x < t[0], values[0] + slopes[0] * (x - t[0]), y)
+        return np.where(x > t[-1], values[1] + slopes[1] * (x - t[-1]), y)
 
-    return f, "gcv smoothing spline"
+    return curve
 
 
 def zero_crossing(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -295,40 +275,40 @@ def similarity_curves(ds: xr.Dataset, bra: str = "C", n_fine: int = 400) -> xr.D
     points = evaluation_points(edges)
     fine = np.geomspace(points[0], points[-1], n_fine)
     seeds = ds["seed"].values
-    curves, fines, ts, us, cs, methods = [], [], [], [], [], []
-    for i in range(len(seeds)):
-        t_k, u_k, counts = window_means(h[i], d[i], edges)
-        f, method = smoothing_curve(t_k, u_k)
-        curves.append(f(points))
-        fines.append(f(fine))
-        ts.append(t_k)
-        us.append(u_k)
-        cs.append(counts)
-        methods.append(method)
-    curve = xr.DataArray(np.array(curves), dims=("seed", "point"),
+    windows = [window_means(h[i], d[i], edges) for i in range(len(seeds))]
+    fits = [smoothing_curve(t_k, u_k) for t_k, u_k, _ in windows]
+    t_k, u_k, counts = (np.array(w) for w in zip(*windows))
+    curve = xr.DataArray(np.array([f(points) for f, _ in fits]), dims=("seed", "point"),
                          coords={"seed": seeds, "d": ("point", points)})
     return xr.Dataset(
         {"curve": curve,
          "quartiles": quartiles_over_seeds(curve).assign_coords(d=("point", points)),
-         "fine": (("seed", "fine"), np.array(fines)),
-         "window_t": (("seed", "window"), np.array(ts)),
-         "window_u": (("seed", "window"), np.array(us)),
-         "window_count": (("seed", "window"), np.array(cs)),
-         "method": ("seed", np.array(methods, dtype=str))},
+         "fine": (("seed", "fine"), np.array([f(fine) for f, _ in fits])),
+         "window_t": (("seed", "window"), t_k),
+         "window_u": (("seed", "window"), u_k),
+         "window_count": (("seed", "window"), counts),
+         "method": ("seed", np.array([method for _, method in fits], dtype=str))},
         coords={"seed": seeds, "d": ("point", points), "d_fine": ("fine", fine)},
         attrs={"bra": bra, "edges": edges, "n_batches": ds.sizes["batch"]},
     )
 
 
-def correlation_length(curves: xr.Dataset) -> xr.DataArray:
-    """The dynamic correlation length: per seed, d where that seed's smoothing curve first
-    crosses zero; the mean over seeds with its t-interval (`ci` dim). A seed whose curve does
-    not cross is a failed unit: then there is no interval."""
+def seed_crossings(curves: xr.Dataset) -> xr.DataArray:
+    """Per seed, the d where that seed's smoothing curve (`similarity_curves`) first crosses
+    zero (NaN where it does not), dims (seed,)."""
     x = np.asarray(curves["d_fine"].values, dtype=np.float64)
-    crossings = zero_crossing(x, curves["fine"].transpose("seed", "fine").values)
-    est, low, high = seed_interval(crossings)
-    return xr.DataArray([est, low, high], dims=("ci",),
-                        coords={"ci": ["estimate", "low", "high"]},
+    fine = curves["fine"].transpose("seed", "fine").values
+    return xr.DataArray(zero_crossing(x, fine), dims=("seed",),
+                        coords={"seed": curves["seed"].values})
+
+
+def correlation_length(curves: xr.Dataset) -> xr.DataArray:
+    """The dynamic correlation length: the mean over seeds of `seed_crossings` with its
+    t-interval (`ci` dim). A seed whose curve does not cross is a failed unit: then there is no
+    interval."""
+    crossings = seed_crossings(curves).values
+    return xr.DataArray(list(seed_interval(crossings)), dims=("ci",),
+                        coords={"ci": list(CI_LABELS)},
                         attrs={"n_seeds": int(crossings.size),
                                "n_failed": int(np.isnan(crossings).sum())})
 

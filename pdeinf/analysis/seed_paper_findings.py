@@ -1,7 +1,6 @@
 """The seed paper's findings (arXiv 2509.00024) measured on our runs: for each finding of
 `pdeinf.analysis.registry.FINDING_RULES` exactly the statistic its rule defines, computed once per
-unit of replication ([seeds, batches] or [seeds]), and the record of
-`pdeinf.analysis.evaluate.evaluate_finding` (t-interval over seed means, two-part verdict).
+unit of replication (dims seed[, batch]), and its record (`evaluate.evaluate_units`).
 
 Inputs are the aggregations of `pdeinf.analysis.seed_paper` (standardized H, similarity curves,
 the seed-paper dataset, training histories). Pure: xarray / numpy / pandas in, dicts out.
@@ -9,19 +8,18 @@ the seed-paper dataset, training histories). Pure: xarray / numpy / pandas in, d
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import xarray as xr
 from scipy.stats import spearmanr
 
 from pdeinf.analysis import aggregate as ag
-from pdeinf.analysis.evaluate import describe_record, evaluate_finding
+from pdeinf.analysis.evaluate import evaluate_units, finding_lines  # noqa: F401  (public here)
 from pdeinf.analysis.seed_paper import (
     MAX_LAG,
     class_units,
     final_validation,
     lag_units,
+    seed_crossings,
     standardized_pairs,
-    zero_crossing,
 )
 from pdeinf.errors import InputError
 
@@ -30,9 +28,8 @@ from pdeinf.errors import InputError
 
 def _abs_lag_mean(hn: xr.DataArray, lag: int, pair: str) -> xr.DataArray:
     """Per (seed, batch): mean Ĥ over the intra/inter entries with |τ - t| = lag."""
-    units = lag_units(hn, max(abs(lag), 0))
     # +lag and -lag hold equally many entries, so the mean over |dt| = lag is their average.
-    return units.sel(pair=pair, dt=[-lag, lag]).mean("dt")
+    return lag_units(hn, abs(lag)).sel(pair=pair, dt=[-lag, lag]).mean("dt")
 
 
 def decay_units(hn: xr.DataArray, near: int = 1, far: int = MAX_LAG) -> xr.DataArray:
@@ -47,25 +44,18 @@ def inter_gap_units(hn: xr.DataArray) -> xr.DataArray:
 
 
 def class_locked_units(hn: xr.DataArray) -> xr.DataArray:
-    """class_locked: per (seed, batch) mean diagonal minus mean off-diagonal entry of the
-    time-averaged class matrix."""
+    """class_locked: per (seed, batch) `aggregate.diagonal_contrast` of the time-averaged
+    class matrix."""
     cu = class_units(hn)
     return xr.DataArray(ag.diagonal_contrast(cu.values), dims=("seed", "batch"),
                         coords={"seed": cu["seed"].values, "batch": cu["batch"].values})
 
 
-def coherence_ratio_units(hn: xr.DataArray) -> xr.DataArray:
-    """ns_broader_coherence inputs: per (seed, batch) the intra-class mean at |dt| = 1 and at
-    dt = 0, stacked along `part` ("dt1", "dt0")."""
-    return xr.concat([_abs_lag_mean(hn, 1, "intra"), _abs_lag_mean(hn, 0, "intra")],
-                     dim="part").assign_coords(part=["dt1", "dt0"]).transpose("seed", "batch", "part")
-
-
 def seed_coherence_ratio(hn: xr.DataArray) -> xr.DataArray:
-    """Per seed: mean over the seed's batches of H(|dt| = 1) over that of H(dt = 0), dims
-    (seed,)."""
-    means = coherence_ratio_units(hn).mean("batch")
-    return means.sel(part="dt1", drop=True) / means.sel(part="dt0", drop=True)
+    """ns_broader_coherence input: per seed, the mean over its batches of the intra-class mean
+    at |dt| = 1 over that at dt = 0, dims (seed,)."""
+    return (_abs_lag_mean(hn, 1, "intra").mean("batch")
+            / _abs_lag_mean(hn, 0, "intra").mean("batch"))
 
 
 def ridge_units(hn: xr.DataArray) -> xr.DataArray:
@@ -78,8 +68,7 @@ def ridge_units(hn: xr.DataArray) -> xr.DataArray:
     lag0 = intra[..., dt == 0].mean(-1)  # [S, B, C]
     lag1 = intra[..., np.abs(dt) == 1].mean(-1)
     pooled = lag0.mean(-1, keepdims=True) / lag1.mean(-1, keepdims=True)
-    names = [str(c) for c in hn["c_resp"].values] if "c_resp" in hn.coords else \
-        [str(c) for c in range(n_c)]
+    names = [str(c) for c in (hn["c_resp"].values if "c_resp" in hn.coords else range(n_c))]
     return xr.DataArray(np.concatenate([pooled, lag0 / lag1], axis=-1),
                         dims=("seed", "batch", "cls"),
                         coords={"seed": hn["seed"].values, "batch": hn["batch"].values,
@@ -93,25 +82,6 @@ def seed_spearman(ds: xr.Dataset, bra: str = "C") -> xr.DataArray:
     rho = [spearmanr(h[i].ravel(), d[i].ravel())[0] for i in range(h.shape[0])]
     return xr.DataArray(np.asarray(rho, dtype=np.float64), dims=("seed",),
                         coords={"seed": ds["seed"].values})
-
-
-def seed_crossings(curves: xr.Dataset) -> xr.DataArray:
-    """Per seed, where that seed's smoothing curve first crosses zero (NaN where it does not),
-    dims (seed,)."""
-    x = np.asarray(curves["d_fine"].values, dtype=np.float64)
-    fine = curves["fine"].transpose("seed", "fine").values
-    return xr.DataArray(zero_crossing(x, fine), dims=("seed",),
-                        coords={"seed": curves["seed"].values})
-
-
-def paired_log_gap(unet: pd.Series, vit: pd.Series) -> xr.DataArray:
-    """log10 final validation SMSE, UNet minus ViT, per common seed (the seed fixes the split
-    and initialisation), dims (seed,)."""
-    common = sorted(set(unet.index) & set(vit.index))
-    if not common:
-        raise InputError("unet, vit: no common seed")
-    gap = np.log10(unet.loc[common].to_numpy(float)) - np.log10(vit.loc[common].to_numpy(float))
-    return xr.DataArray(gap, dims=("seed",), coords={"seed": common})
 
 
 def paired_difference(a: xr.DataArray, b: xr.DataArray) -> xr.DataArray:
@@ -130,23 +100,6 @@ def paired_difference(a: xr.DataArray, b: xr.DataArray) -> xr.DataArray:
 
 # --------------------------------------------------------------------------- findings records
 
-
-def _values(da: xr.DataArray) -> np.ndarray:
-    """[seeds, batches] (or [seeds]) float64 values of a per-unit DataArray."""
-    order = [d for d in ("seed", "batch") if d in da.dims]
-    if set(da.dims) - set(order):
-        raise InputError(f"values: expected dims (seed[, batch]), got {da.dims}")
-    return np.asarray(da.transpose(*order).values, dtype=np.float64)
-
-
-def record(name: str, units: xr.DataArray, *, pde: str, model: str, key: str | None = None,
-           **extra) -> dict:
-    """`evaluate_finding` of per-unit values (dims seed[, batch]) with their seed labels."""
-    return evaluate_finding(name, _values(units), key=key, pde=pde, model=model,
-                            seeds=[int(s) if np.issubdtype(type(s), np.integer) else str(s)
-                                   for s in units["seed"].values.tolist()], **extra)
-
-
 #: Unit-level statistic of each per-(PDE, model) influence finding (values per (seed, batch)).
 UNIT_STATISTICS = {
     "temporal_decay": decay_units,
@@ -161,12 +114,9 @@ def ridge_findings(hn: xr.DataArray, *, pde: str, model: str) -> list[dict]:
     """lag0_ridge records: pooled over classes (held against the paper's number) and per class
     (the paper gives no per-class number: direction only)."""
     units = ridge_units(hn)
-    out = []
-    for cls in units["cls"].values:
-        pooled = str(cls) == "all"
-        out.append(record("lag0_ridge", units.sel(cls=cls, drop=True), pde=pde, model=model,
-                          key=f"{pde}-{model}" if pooled else None, cls=str(cls)))
-    return out
+    return [evaluate_units("lag0_ridge", units.sel(cls=cls, drop=True), pde=pde, model=model,
+                           key=f"{pde}-{model}" if str(cls) == "all" else None, cls=str(cls))
+            for cls in units["cls"].values]
 
 
 def influence_findings(hns: dict, names) -> dict:
@@ -183,8 +133,8 @@ def influence_findings(hns: dict, names) -> dict:
             if name == "lag0_ridge":
                 out[name].extend(ridge_findings(hn, pde=pde, model=model))
             else:
-                out[name].append(record(name, UNIT_STATISTICS[name](hn), pde=pde, model=model,
-                                        key=f"{pde}-{model}"))
+                out[name].append(evaluate_units(name, UNIT_STATISTICS[name](hn), pde=pde,
+                                                model=model, key=f"{pde}-{model}"))
     return out
 
 
@@ -192,54 +142,57 @@ def broader_coherence_findings(hns: dict) -> list:
     """ns_broader_coherence per model held on both PDEs: per seed, the coherence ratio
     H(|dt|=1)/H(dt=0) on NS minus on CE (seeds matched by label). hns: {(pde, model):
     standardized H_CC}."""
-    out = []
-    for model in dict.fromkeys(m for _, m in hns):
-        if ("NS", model) in hns and ("CE", model) in hns:
-            ns, ce = (seed_coherence_ratio(hns[(pde, model)]) for pde in ("NS", "CE"))
-            out.append(record("ns_broader_coherence", paired_difference(ns, ce), pde="NS-CE",
-                              model=model, key=model))
-    return out
+    return [evaluate_units("ns_broader_coherence",
+                           paired_difference(*(seed_coherence_ratio(hns[(pde, model)])
+                                               for pde in ("NS", "CE"))),
+                           pde="NS-CE", model=model, key=model)
+            for model in dict.fromkeys(m for _, m in hns)
+            if ("NS", model) in hns and ("CE", model) in hns]
 
 
 def similarity_findings(datasets: dict, curves: dict) -> dict:
     """similarity_decay (per-seed Spearman of H_CC with d, Fisher-z averaged) and
     correlation_length (per-seed zero crossing of the smoothing curve) per (PDE, model)."""
-    decay, length = [], []
-    for (pde, model), ds in datasets.items():
-        decay.append(record("similarity_decay", seed_spearman(ds), pde=pde, model=model,
-                            scale="fisher-z"))
-        length.append(record("correlation_length", seed_crossings(curves[(pde, model)]),
-                             pde=pde, model=model, key=pde))
-    return {"similarity_decay": decay, "correlation_length": length}
+    return {"similarity_decay": [evaluate_units("similarity_decay", seed_spearman(ds), pde=pde,
+                                                model=model, scale="fisher-z")
+                                 for (pde, model), ds in datasets.items()],
+            "correlation_length": [evaluate_units("correlation_length",
+                                                  seed_crossings(curves[(pde, model)]),
+                                                  pde=pde, model=model, key=pde)
+                                   for pde, model in datasets]}
+
+
+def _unet_minus_vit(name: str, by_pair: dict, units, pdes=None, fold=None) -> list:
+    """The record of `name` on `units(value)` of UNet minus ViT (paired by seed; `fold`
+    applied to the difference) for each PDE of `by_pair` ({(pde, model): value}) that holds
+    both models (and is in `pdes`, if given)."""
+    out = []
+    for pde in dict.fromkeys(p for p, _ in by_pair):
+        if (pde, "unet") in by_pair and (pde, "vit") in by_pair and (pdes is None or pde in pdes):
+            diff = paired_difference(*(units(by_pair[(pde, m)]) for m in ("unet", "vit")))
+            out.append(evaluate_units(name, diff if fold is None else fold(diff), pde=pde,
+                                      model="unet-vit", key=pde))
+    return out
 
 
 def ntk_findings(datasets: dict) -> list:
     """vit_smaller_ntk_eigenvalue per PDE with both models: log10 top NTK eigenvalue, UNet
     minus ViT, per (seed, batch)."""
-    out = []
-    for pde in dict.fromkeys(p for p, _ in datasets):
-        if (pde, "unet") in datasets and (pde, "vit") in datasets:
-            unet, vit = (np.log10(datasets[(pde, m)]["ntk_top_eigenvalue"])
-                         for m in ("unet", "vit"))
-            out.append(record("vit_smaller_ntk_eigenvalue", paired_difference(unet, vit),
-                              pde=pde, model="unet-vit", key=pde))
-    return out
+    return _unet_minus_vit("vit_smaller_ntk_eigenvalue", datasets,
+                           lambda ds: np.log10(ds["ntk_top_eigenvalue"]))
+
+
+def _log_final_validation(history) -> xr.DataArray:
+    """log10 final validation SMSE per seed (the seed fixes the split and initialisation)."""
+    final = final_validation(history)
+    return xr.DataArray(np.log10(final.to_numpy(float)), dims=("seed",),
+                        coords={"seed": final.index.to_numpy()})
 
 
 def validation_findings(histories: dict) -> dict:
     """vit_beats_unet_ce (CE: per seed log10 final validation SMSE, UNet minus ViT) and
     ns_models_comparable (NS: its absolute value per seed)."""
-    out = {"vit_beats_unet_ce": [], "ns_models_comparable": []}
-    for pde, name in (("CE", "vit_beats_unet_ce"), ("NS", "ns_models_comparable")):
-        if (pde, "unet") in histories and (pde, "vit") in histories:
-            gap = paired_log_gap(final_validation(histories[(pde, "unet")]),
-                                 final_validation(histories[(pde, "vit")]))
-            units = abs(gap) if name == "ns_models_comparable" else gap
-            out[name].append(record(name, units, pde=pde, model="unet-vit", key=pde))
-    return out
-
-
-def finding_lines(findings: dict) -> list[str]:
-    """`describe_record` of every record, in order."""
-    return [describe_record(rec) for recs in findings.values()
-            for rec in (recs if isinstance(recs, list) else [recs])]
+    return {"vit_beats_unet_ce": _unet_minus_vit("vit_beats_unet_ce", histories,
+                                                 _log_final_validation, pdes=("CE",)),
+            "ns_models_comparable": _unet_minus_vit("ns_models_comparable", histories,
+                                                    _log_final_validation, pdes=("NS",), fold=abs)}
