@@ -472,3 +472,18 @@ def test_ci_runs_make_test_and_nothing_else():
     work = [c for c in commands if not c.startswith(("set ", "cd "))]
     assert work == ["make test"], commands
     assert "set -euo pipefail" in commands
+
+
+def test_every_method_reference_names_a_section_of_docs_method():
+    """Code cites the method by `docs/method.md section N` (a numbered section that exists),
+    never by files outside this repository."""
+    sections = {int(n) for n in re.findall(r"^## (\d+)\. ", (REPO / "docs" / "method.md").read_text(),
+                                           re.MULTILINE)}
+    for path in sorted((REPO / "pdeinf").rglob("*.py")):
+        text = path.read_text()
+        for outside in ("paper-spec", "followup-spec", "../shared"):
+            assert outside not in text, f"{path}: cites {outside}"
+        for found in re.finditer(r"(\S*)method\.md(?: sections? (\d+))?", text):
+            assert found.group(1).endswith("docs/"), f"{path}: {found.group(0)!r} is not docs/method.md"
+            if found.group(2):
+                assert int(found.group(2)) in sections, f"{path}: {found.group(0)!r}: no such section"

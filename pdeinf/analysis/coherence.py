@@ -1,4 +1,4 @@
-"""Observables of the influence sweep (method.md section 6, items 1-9), as xarray objects.
+"""Observables of the influence sweep (docs/method.md section 6), as xarray objects.
 
 Every function reads the labelled sweep dataset (as `pdeinf.pipeline.ensure_influence` returns
 it, or any dataset of the same layout):
@@ -10,7 +10,7 @@ it, or any dataset of the same layout):
 - `losses` `(seed, epoch, batch, t, c)`, `eta_eigenvalues` `(seed, epoch, batch, mode)`
   NaN-padded, `rank` `(seed, epoch, batch)`, `input_distance` like `pi` without `variant`.
 
-Normalisations are those of `pdeinf.influence.normalize` (method.md section 5), applied to each
+Normalisations are those of `pdeinf.influence.normalize` (docs/method.md section 5), applied to each
 `N x N` matrix with the flat index `n = c * T + t`. Aggregates pool seeds x influence batches
 (x classes / time pairs where stated) and report medians and quartiles, as the paper does.
 All values are dimensionless (SMSE-based influence); `dt` and lags are in snapshot steps.
@@ -32,7 +32,7 @@ from pdeinf.errors import InputError
 from pdeinf.influence.normalize import NORMALIZATIONS
 
 #: The follow-up's published Pearson correlations between the intra-class off/diagonal ratio R
-#: (raw Pi) and the cumulative rollout SMSE, all 16 horizons dt = 1..16 (method.md section 6).
+#: (raw Pi) and the cumulative rollout SMSE, all 16 horizons dt = 1..16 (docs/method.md section 6).
 #: A view of the one source, `pdeinf.analysis.registry.PAPER_ROLLOUT_PEARSON`.
 #: Keys: (PDE, model) -> {dt: r}.
 PAPER_ROLLOUT_CORRELATION: dict[tuple[str, str], dict[int, float]] = {

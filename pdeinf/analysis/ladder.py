@@ -10,7 +10,7 @@ Axes (each rung is a set of trained models, one per seed, measured on influence 
   seen more often: a model that memorizes should show a stronger lag-0 ridge with less data).
 
 Statistics per (rung, estimator, seed) from the row-standardized matrix of the SMSE bra
-(docs/method.md, findings): `ridge` (intra-class mean at dt = 0 over that at |dt| = 1, pooled
+(docs/method.md section 8): `ridge` (intra-class mean at dt = 0 over that at |dt| = 1, pooled
 over classes: the seed paper's lag-0 ridge), `decay` (intra-class mean at |dt| = 1 minus at
 |dt| = 8), `class_locked` (class-matrix diagonal minus off-diagonal mean), and, estimator-free,
 `log10_ntk` (log10 of the top NTK eigenvalue). Intervals: 95% t-intervals over seeds

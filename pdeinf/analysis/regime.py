@@ -5,7 +5,7 @@ and on how much data it trained, how well it fits, and which estimator measured 
 - P / M: parameters over the outputs of one influence batch (M = N x C x H x W, N = 48). The
   seed paper's models sit at P / M = 4.4 (CE-UNet), 1.4 (CE-ViT), 8.8 (NS-UNet), 2.9 (NS-ViT);
   below 1 the full-space hat matrix is a projection onto range(J), above it tends to the identity
-  as the damping goes to 0 (docs/method.md, estimators).
+  as the damping goes to 0 (docs/method.md section 4).
 - The plateau criterion on the validation curve: the median of the last 20% of epochs within
   10% of the median of the 20% before (`plateau`).
 

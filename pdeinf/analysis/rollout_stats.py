@@ -1,5 +1,5 @@
-"""Intervals and permutation tests for the rollout link (docs/method.md, rollout link;
-follow-up).
+"""Intervals and permutation tests for the rollout link (docs/method.md section 6,
+the follow-up's rollout link).
 
 Per (seed, class, batch) the follow-up measures R (off-diagonal / diagonal sum of the class's
 block of Pi) and the cumulative rollout SMSE for each horizon dt, and reports one Pearson

@@ -1,4 +1,4 @@
-"""The seed paper's figure aggregations (arXiv 2509.00024; recipes of paper-spec.md sections 1-2).
+"""The seed paper's figure aggregations (arXiv 2509.00024; recipes: docs/method.md section 6).
 
 Input: the dataset of `pdeinf.pipeline.ensure_seed_paper` (or any of the same layout): `H` with
 dims `(seed, batch, [bra,] t_resp, c_resp, t_pert, c_pert)` RAW (rows = response example,
