@@ -61,3 +61,18 @@ def content_key(**parts) -> str:
 
     payload = json.dumps({"version": pdeinf.__version__, **parts}, sort_keys=True, default=str)
     return hashlib.blake2b(payload.encode(), digest_size=16).hexdigest()
+
+
+def require_checkpoints(files, hint: str) -> None:
+    """InputError naming the first missing checkpoint of `files`, how many are missing, and
+    `hint` (what to train first)."""
+    missing = sorted({Path(f) for f in files if not Path(f).is_file()})
+    if missing:
+        raise InputError(f"{missing[0]}: checkpoint not found ({len(missing)} missing; {hint})")
+
+
+def trajectory_list(batches) -> str:
+    """The trajectories of influence batches, comma-separated (a result file's attribute)."""
+    import numpy as np
+
+    return ",".join(str(int(v)) for b in batches for v in np.unique(np.asarray(b.trajectory)))

@@ -40,10 +40,9 @@ import torch
 from tqdm.auto import tqdm
 
 from pdeinf import paths
-from pdeinf.atomic import write_netcdf
 from pdeinf.config import pde_spec
 from pdeinf.errors import InputError
-from pdeinf.pipeline.checksums import checksum_ok, with_checksum
+from pdeinf.pipeline.checksums import Cached, ensure_cached
 from pdeinf.pipeline.common import (
     ProfileLike,
     as_profile,
@@ -51,6 +50,7 @@ from pdeinf.pipeline.common import (
     content_key,
     file_digest,
     final_epoch,
+    trajectory_list,
 )
 
 #: Subspace settings swept: energy tolerance at the profile's damping, damping at the
@@ -229,22 +229,9 @@ def task_file(profile, pde: str, model: str, seed: int) -> Path:
     return paths.results_dir() / "estimator" / prof.name / f"{pde}-{model}" / f"s{seed}.nc"
 
 
-def _valid(path: Path, key: str) -> bool:
-    import xarray as xr
-
-    try:
-        with xr.open_dataset(path, engine="h5netcdf") as ds:
-            ds = ds.load()
-    except Exception:  # noqa: BLE001 - unreadable or foreign file: recompute it
-        return False
-    return ds.attrs.get("cache_key") == key and checksum_ok(ds)
-
-
 def ensure_estimator_pair(profile: ProfileLike, pde: str, model: str, *, progress: bool = True):
     """The study of one (PDE, model): dict seed -> xr.Dataset (module docstring), computing
     exactly the tasks whose file is missing, stale or corrupt. Trains first if needed."""
-    import xarray as xr
-
     from pdeinf.pipeline.influence import FileSources
     from pdeinf.pipeline.training import ensure_training
 
@@ -257,28 +244,25 @@ def ensure_estimator_pair(profile: ProfileLike, pde: str, model: str, *, progres
     settings = _settings(prof, pde, model, subset)
     n_fs = subset.fullspace_seeds or len(prof.seeds)
     data_key = sources.data_key()
-    out = {}
-    for i, seed in enumerate(tqdm(prof.seeds, desc=f"estimator {pde}-{model}", disable=not progress)):
-        fullspace = i < n_fs
-        ckpt = sources.checkpoint(seed, epoch)
-        key = content_key(stage="estimator", checkpoint=file_digest(ckpt), data=data_key, seed=int(seed),
-                          batch=0, fullspace=fullspace, **settings)
-        target = task_file(prof, pde, model, seed)
-        if not _valid(target, key):
-            net, _ = sources.model(seed, epoch)
-            ib = sources.batch(seed, 0)
-            x, y, _ = _subset_batch(ib, len(pde_spec(pde).classes), subset.times)
-            attrs = {"model": model, "seed": int(seed), "epoch": int(epoch), "batch": 0,
-                     "profile": prof.name, "cache_key": key, "subset": subset.describe(prof),
-                     "P": int(sum(p.numel() for p in net.parameters() if p.requires_grad)),
-                     "M": int(x.numel()),
-                     "trajectories": ",".join(str(int(v)) for v in np.unique(np.asarray(ib.trajectory)))}
-            ds = estimator_task(net, x, y, pde=pde, settings=settings, fullspace=fullspace,
-                                attrs=attrs, progress=progress)
-            write_netcdf(with_checksum(ds), target)
-        with xr.open_dataset(target, engine="h5netcdf") as ds:
-            out[int(seed)] = ds.load()
-    return out
+
+    def compute_seed(task: Cached):
+        seed, fullspace = task.id
+        net, _ = sources.model(seed, epoch)
+        ib = sources.batch(seed, 0)
+        x, y, _ = _subset_batch(ib, len(pde_spec(pde).classes), subset.times)
+        attrs = {"model": model, "seed": seed, "epoch": int(epoch), "batch": 0, "profile": prof.name,
+                 "subset": subset.describe(prof), "M": int(x.numel()),
+                 "P": int(sum(p.numel() for p in net.parameters() if p.requires_grad)),
+                 "trajectories": trajectory_list([ib])}
+        return estimator_task(net, x, y, pde=pde, settings=settings, fullspace=fullspace,
+                              attrs=attrs, progress=progress)
+
+    tasks = [Cached((int(seed), i < n_fs), task_file(prof, pde, model, seed),
+                    content_key(stage="estimator", checkpoint=file_digest(sources.checkpoint(seed, epoch)),
+                                data=data_key, seed=int(seed), batch=0, fullspace=i < n_fs, **settings))
+             for i, seed in enumerate(prof.seeds)]
+    held = ensure_cached(tasks, compute_seed, desc=f"estimator {pde}-{model}", progress=progress)
+    return {seed: ds for (seed, _), ds in held.items()}
 
 
 def ensure_estimator_study(profile: ProfileLike = None, *, progress: bool = True) -> dict:
@@ -290,39 +274,22 @@ def ensure_estimator_study(profile: ProfileLike = None, *, progress: bool = True
 # --------------------------------------------------------------------------- not cached
 
 
-class _PixelMLP(torch.nn.Module):
-    """An MLP on the flattened pixels (P > M for a few small examples)."""
-
-    def __init__(self, shape=(1, 3, 3), hidden=4):
-        super().__init__()
-        self.shape = shape
-        size = int(np.prod(shape))
-        self.net = torch.nn.Sequential(torch.nn.Linear(size, hidden), torch.nn.Tanh(),
-                                       torch.nn.Linear(hidden, size))
-
-    def forward(self, x):
-        return self.net(x.flatten(1)).reshape(x.shape[0], *self.shape)
-
-
-class _ConvNet(torch.nn.Module):
-    """Two circular 3x3 convolutions with a tanh between (P < M on a 6 x 6 grid)."""
-
-    def __init__(self, channels=2, hidden=3):
-        super().__init__()
-        self.a = torch.nn.Conv2d(channels, hidden, 3, padding=1, padding_mode="circular")
-        self.b = torch.nn.Conv2d(hidden, channels, 3, padding=1, padding_mode="circular")
-
-    def forward(self, x):
-        return self.b(torch.tanh(self.a(x)))
-
-
 def tiny_cases() -> dict:
-    """{"P > M": (model, inputs, targets), "P < M": ...}: float64, fixed seeds. Pixel MLP
-    P = 85 against M = 4 * 9 = 36; conv net P = 113 against M = 3 * 2 * 36 = 216."""
+    """{"P > M": (model, inputs, targets), "P < M": ...}: float64, fixed seeds. An MLP on the
+    flattened pixels (3 x 3, tanh hidden layer of 4): P = 85 against M = 4 * 9 = 36; two circular
+    3x3 convolutions with a tanh between (3 hidden channels): P = 113 against M = 3 * 2 * 36 = 216."""
+    nn = torch.nn
+
+    def conv(c_in, c_out):
+        return nn.Conv2d(c_in, c_out, 3, padding=1, padding_mode="circular")
+
+    models = {"P > M": (lambda: nn.Sequential(nn.Flatten(1), nn.Linear(9, 4), nn.Tanh(), nn.Linear(4, 9),
+                                              nn.Unflatten(1, (1, 3, 3))), (4, 1, 3, 3), 7),
+              "P < M": (lambda: nn.Sequential(conv(2, 3), nn.Tanh(), conv(3, 2)), (3, 2, 6, 6), 8)}
     cases = {}
-    for name, cls, shape, seed in (("P > M", _PixelMLP, (4, 1, 3, 3), 7), ("P < M", _ConvNet, (3, 2, 6, 6), 8)):
+    for name, (build, shape, seed) in models.items():
         torch.manual_seed(seed)
-        model = cls().double().eval()
+        model = build().double().eval()
         g = torch.Generator().manual_seed(seed)
         x = torch.randn(*shape, generator=g, dtype=torch.float64)
         y = x + 0.3 * torch.randn(*shape, generator=g, dtype=torch.float64)

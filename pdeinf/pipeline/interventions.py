@@ -36,16 +36,14 @@ symmetry study).
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from pdeinf import paths
-from pdeinf.atomic import write_netcdf
-from pdeinf.config import pde_spec
 from pdeinf.errors import InputError
-from pdeinf.pipeline.checksums import checksum_ok, with_checksum
+from pdeinf.pipeline.checksums import Cached, ensure_cached, load_cached, stack
 from pdeinf.pipeline.common import (
     ProfileLike,
     as_profile,
@@ -53,6 +51,7 @@ from pdeinf.pipeline.common import (
     content_key,
     file_digest,
     final_epoch,
+    require_checkpoints,
     scheduled_checkpoints,
 )
 
@@ -179,64 +178,39 @@ def task_key(prof, pde: str, model: str, recipe: str, seed: int, epoch: int, che
                        n_batches=study_batches(prof))
 
 
-def _load_valid(path: Path, key: str | None, data_vars=DATA_VARS):
-    import xarray as xr
-
-    if not path.is_file():
-        return None
-    try:
-        with xr.open_dataset(path, engine="h5netcdf") as ds:
-            ds = ds.load()
-    except Exception:  # noqa: BLE001 - unreadable, truncated or foreign: recompute
-        return None
-    if any(v not in ds for v in data_vars) or not checksum_ok(ds):
-        return None
-    if key is not None and ds.attrs.get("cache_key") != key:
-        return None
-    return ds
-
-
-def compute_task(model_net, ckpt: dict, data, prof, pde: str, seed: int, *, attrs: dict,
-                 influence=None):
-    """The dataset of one (run, checkpoint): influence of every influence batch, rollouts of
-    their test trajectories, the validation SMSE of the checkpoint's last epoch. `influence`
-    (pi, losses, rank with a `batch` dim), when given, is used instead of computing it (the
-    baseline's Gauss-Newton influence from the follow-up sweep: the same computation)."""
+def compute_task(net, ckpt: dict, data, prof, pde: str, seed: int, n_batches: int, *,
+                 attrs: dict, influence=None):
+    """The dataset of one (run, checkpoint) on the first `n_batches` influence batches: `pi`
+    (batch, t_resp, c_resp, t_pert, c_pert) raw Gauss-Newton influence, `losses` (batch, t, c),
+    `rank` (batch), `rollout` (class, batch, start, horizon) of the batches' test trajectories,
+    `val_smse` (scalar: the checkpoint's last epoch). `influence` (pi, losses, rank with a
+    `batch` dim), when given, is used instead of computing it (the baseline's Gauss-Newton
+    influence from the follow-up sweep: the same computation)."""
     import torch
     import xarray as xr
 
     from pdeinf.data.datasets import influence_batch
     from pdeinf.influence.task import labelled_influence
+    from pdeinf.pipeline.rollouts import influence_trajectories
     from pdeinf.training.rollout import rollouts_all_starts
 
-    n = study_batches(prof)
-    parts = [] if influence is None else [influence[["pi", "losses", "rank"]]]
-    for b in range(n if influence is None else 0):
-        ib = influence_batch(data, int(seed), b, split="test")
-        one = labelled_influence(model_net, ckpt.get("optimizer_state"), ib.inputs, ib.targets,
-                                 pde=pde, damping=prof.damping, energy_tol=prof.energy_tol,
-                                 variants=(VARIANT,))
-        parts.append(one[["pi", "losses", "rank"]].sel(variant=VARIANT, drop=True))
     if influence is None:
+        parts = []
+        for b in range(n_batches):
+            ib = influence_batch(data, int(seed), b, split="test")
+            one = labelled_influence(net, ckpt.get("optimizer_state"), ib.inputs, ib.targets,
+                                     pde=pde, damping=prof.damping, energy_tol=prof.energy_tol,
+                                     variants=(VARIANT,))
+            parts.append(one[["pi", "losses", "rank"]].sel(variant=VARIANT, drop=True))
         influence = xr.concat(parts, dim="batch", combine_attrs="drop")
-    else:
-        influence = parts[0].copy()
-        influence.attrs = {}
-    trajectories = {}
-    for cls in pde_spec(pde).classes:
-        test = data.trajectories(cls, "test", int(seed))
-        if len(test) < n:
-            raise InputError(f"profile {prof.name!r}: class {cls} has {len(test)} test "
-                             f"trajectories, fewer than the {n} influence batches")
-        trajectories[cls] = np.asarray(test[:n])[:, : prof.t_max]
     with torch.no_grad():
-        roll = rollouts_all_starts(model_net, trajectories)
-    roll = roll.rename(trajectory="batch")
+        roll = rollouts_all_starts(net, influence_trajectories(data, prof, pde, seed, n_batches))
     history = ckpt.get("history") or []
     val = float(history[-1]["val_smse"]) if history else float("nan")
-    ds = influence.assign(rollout=roll.drop_vars("batch"), val_smse=((), val))
-    ds = ds.assign_coords(batch=np.arange(n))
-    ds.attrs.update({k: v for k, v in attrs.items()})
+    ds = influence[["pi", "losses", "rank"]].assign(
+        rollout=roll.rename(trajectory="batch").drop_vars("batch"), val_smse=((), val))
+    ds = ds.assign_coords(batch=np.arange(n_batches))
+    ds.attrs = dict(attrs)
     return ds
 
 
@@ -258,37 +232,35 @@ def run_study(profile: ProfileLike, pde: str, model: str, *, recipes: list[str] 
     trained = recipes + [r for r in orbit_recipes(prof) if orbit and r not in recipes]
     runs = {r: ensure_recipe_runs(prof, pde, model, r, progress=progress) for r in trained}
     data = profile_data(prof, pde, progress=progress, validate=False)  # validated by training
-    data_key = str(data.fingerprint())
-    todo, files = [], []
-    for recipe in recipes:
-        for seed in prof.study_seeds():
-            for epoch in scheduled_checkpoints(prof, pde):
-                ckpt = paths.checkpoint_path(runs[recipe][int(seed)], epoch)
-                key = task_key(prof, pde, model, recipe, seed, epoch, ckpt, data_key)
-                target = task_file(prof, pde, model, recipe, seed, epoch)
-                files.append(target)
-                if _load_valid(target, key) is None:
-                    todo.append((recipe, seed, epoch, ckpt, key, target))
-    baseline = None
-    if any(t[0] == "one-step" for t in todo):
+    data_key, n = str(data.fingerprint()), study_batches(prof)
+
+    def checkpoint(recipe: str, seed: int, epoch: int) -> Path:
+        return paths.checkpoint_path(runs[recipe][int(seed)], epoch)
+
+    @functools.cache
+    def baseline():
         # the follow-up sweep holds the baseline's Gauss-Newton influence of the same batches
         # and checkpoints (same damping and energy tolerance): reuse it, never recompute it
         from pdeinf.pipeline.influence import ensure_influence
 
-        baseline = ensure_influence(prof, pde, model, metric="gauss-newton", observable="smse",
-                                    progress=progress)
-    for recipe, seed, epoch, ckpt, key, target in tqdm(
-            todo, desc=f"interventions {pde}-{model}", unit="task", disable=not progress):
-        net, state = load_checkpoint(ckpt, pde=pde, model_name=model)
-        attrs = {"pde": pde, "model": model, "recipe": recipe, "seed": int(seed),
-                 "epoch": int(epoch), "profile": prof.name, "variant": VARIANT, "cache_key": key}
+        return ensure_influence(prof, pde, model, metric=VARIANT, observable="smse", progress=progress)
+
+    def compute(task: Cached):
+        recipe, seed, epoch = task.id
+        net, state = load_checkpoint(checkpoint(*task.id), pde=pde, model_name=model)
+        attrs = {"pde": pde, "model": model, "recipe": recipe, "seed": seed, "epoch": epoch,
+                 "profile": prof.name, "variant": VARIANT}
         influence = None
         if recipe == "one-step":
-            influence = baseline.sel(seed=int(seed), epoch=int(epoch), drop=True)
-            influence = influence.isel(batch=slice(0, study_batches(prof)))
-            influence = influence.assign_coords(batch=np.arange(influence.sizes["batch"]))
-        ds = compute_task(net, state, data, prof, pde, seed, attrs=attrs, influence=influence)
-        write_netcdf(with_checksum(ds), target)
+            influence = baseline().sel(seed=seed, epoch=epoch, drop=True).isel(batch=slice(0, n))
+        return compute_task(net, state, data, prof, pde, seed, n, attrs=attrs, influence=influence)
+
+    chosen = [(recipe, int(seed), int(epoch)) for recipe in recipes for seed in prof.study_seeds()
+              for epoch in scheduled_checkpoints(prof, pde)]
+    tasks = [Cached(t, task_file(prof, pde, model, *t),
+                    task_key(prof, pde, model, *t, checkpoint(*t), data_key)) for t in chosen]
+    files = list(ensure_cached(tasks, compute, variables=DATA_VARS, desc=f"interventions {pde}-{model}",
+                               progress=progress, load=False).values())
     if orbit and orbit_recipes(prof):
         files += run_orbit(prof, pde, model, sources=RecipeSources(prof, pde, model, runs, data),
                            progress=progress)
@@ -308,25 +280,13 @@ def load_study(profile: ProfileLike, pde: str, model: str):
     """The cached tasks of (pde, model) as one `xr.Dataset` with dims (recipe, seed, epoch,
     batch, ...): `pi`, `losses`, `rank`, `rollout` (recipe, seed, epoch, class, batch, start,
     horizon), `val_smse` (recipe, seed, epoch). InputError naming a missing/corrupt file."""
-    import xarray as xr
-
     prof = as_profile(profile)
     recipes, epochs = _check_recipes(prof), list(scheduled_checkpoints(prof, pde))
-    by_recipe = []
-    for recipe in recipes:
-        by_seed = []
-        for seed in prof.study_seeds():
-            by_epoch = []
-            for epoch in epochs:
-                path = task_file(prof, pde, model, recipe, seed, epoch)
-                ds = _load_valid(path, None)
-                if ds is None:
-                    raise InputError(f"{path}: interventions file missing or corrupt; run "
-                                     f"pipeline.ensure_interventions({prof.name!r})")
-                by_epoch.append(ds)
-            by_seed.append(xr.concat(by_epoch, dim="epoch", combine_attrs="drop"))
-        by_recipe.append(xr.concat(by_seed, dim="seed", combine_attrs="drop"))
-    out = xr.concat(by_recipe, dim="recipe", combine_attrs="drop")
+    tasks = [Cached((r, s, e), task_file(prof, pde, model, r, s, e))
+             for r in recipes for s in prof.study_seeds() for e in epochs]
+    parts = load_cached(tasks, variables=DATA_VARS, what="interventions file",
+                        hint=f"pipeline.ensure_interventions({prof.name!r})")
+    out = stack(parts, ("recipe", "seed", "epoch"), combine_attrs="drop")
     out = out.assign_coords(recipe=recipes, seed=[int(s) for s in prof.study_seeds()], epoch=epochs)
     out["pi"] = out["pi"].transpose("recipe", "seed", "epoch", "batch", "t_resp", "c_resp",
                                     "t_pert", "c_pert")
@@ -473,21 +433,12 @@ def run_orbit(profile: ProfileLike, pde: str, model: str, *, sources, progress: 
     if compute is None:
         from pdeinf.symmetry.study import final_orbit_study as compute
     epoch, n = final_epoch(prof, pde), orbit_batches(prof)
-    data_key = sources.data_key()
-    files, todo = [], []
-    for recipe in recipes:
-        for seed in prof.study_seeds():
-            ckpt = Path(sources.checkpoint(recipe, seed))
-            if not ckpt.is_file():
-                raise InputError(f"{ckpt}: checkpoint not found (train {recipe} {pde}/{model} "
-                                 f"at profile {prof.name} first)")
-            key = orbit_key(prof, pde, model, recipe, seed, epoch, ckpt, data_key)
-            target = orbit_file(prof, pde, model, recipe, seed, epoch)
-            files.append(target)
-            if _load_valid(target, key, ORBIT_VARS) is None:
-                todo.append((recipe, int(seed), key, target))
-    for recipe, seed, key, target in tqdm(todo, desc=f"orbit {pde}-{model}", unit="run",
-                                          disable=not progress):
+    chosen = [(recipe, int(seed)) for recipe in recipes for seed in prof.study_seeds()]
+    require_checkpoints([sources.checkpoint(*t) for t in chosen],
+                        f"train {'/'.join(recipes)} {pde}/{model} at profile {prof.name} first")
+
+    def orbit_of(task: Cached):
+        recipe, seed = task.id
         ds = orbit_from_symmetry(sources.symmetry(seed), epoch, n) if recipe == "one-step" else None
         source = "symmetry stage"
         if ds is None:
@@ -496,11 +447,16 @@ def run_orbit(profile: ProfileLike, pde: str, model: str, *, sources, progress: 
             ds = compute(net.eval(), batches, pde=pde, elements=orbit_elements(),
                          damping=prof.damping, energy_tol=prof.energy_tol, progress=progress)
             source = "computed"
-        ds.attrs.update({"pde": pde, "model": model, "recipe": recipe, "seed": int(seed),
-                         "epoch": int(epoch), "profile": prof.name, "source": source,
-                         "cache_key": key})
-        write_netcdf(with_checksum(ds), target)
-    return files
+        ds.attrs.update({"pde": pde, "model": model, "recipe": recipe, "seed": seed,
+                         "epoch": int(epoch), "profile": prof.name, "source": source})
+        return ds
+
+    data_key = sources.data_key()
+    tasks = [Cached(t, orbit_file(prof, pde, model, *t, epoch),
+                    orbit_key(prof, pde, model, *t, epoch, Path(sources.checkpoint(*t)), data_key))
+             for t in chosen]
+    return list(ensure_cached(tasks, orbit_of, variables=ORBIT_VARS, desc=f"orbit {pde}-{model}",
+                              unit="run", progress=progress, load=False).values())
 
 
 def load_orbit(profile: ProfileLike, pde: str, model: str):
@@ -508,26 +464,18 @@ def load_orbit(profile: ProfileLike, pde: str, model: str):
     batch, element, example): `equivariance`, `orbit_diagonal`, `orbit_rank` (recipe, seed,
     batch, element); attrs `epoch` (the final checkpoint). InputError when the profile does not
     train augment or a file is missing or corrupt."""
-    import xarray as xr
-
     prof = as_profile(profile)
     recipes = orbit_recipes(prof)
     if not recipes:
         raise InputError(f"profile {prof.name!r}: recipes {list(prof.recipes)} lack 'augment'; "
                          "no orbit study")
     epoch = final_epoch(prof, pde)
-    by_recipe = []
-    for recipe in recipes:
-        by_seed = []
-        for seed in prof.study_seeds():
-            path = orbit_file(prof, pde, model, recipe, seed, epoch)
-            ds = _load_valid(path, None, ORBIT_VARS)
-            if ds is None:
-                raise InputError(f"{path}: orbit file missing or corrupt; run "
-                                 f"pipeline.ensure_interventions({prof.name!r})")
-            by_seed.append(ds[list(ORBIT_VARS)])
-        by_recipe.append(xr.concat(by_seed, dim="seed", combine_attrs="drop"))
-    out = xr.concat(by_recipe, dim="recipe", combine_attrs="drop")
+    tasks = [Cached((r, s), orbit_file(prof, pde, model, r, s, epoch))
+             for r in recipes for s in prof.study_seeds()]
+    parts = load_cached(tasks, variables=ORBIT_VARS, what="orbit file",
+                        hint=f"pipeline.ensure_interventions({prof.name!r})")
+    out = stack({k: ds[list(ORBIT_VARS)] for k, ds in parts.items()}, ("recipe", "seed"),
+                combine_attrs="drop")
     out = out.assign_coords(recipe=recipes, seed=[int(s) for s in prof.study_seeds()])
     out.attrs.update({"pde": pde, "model": model, "profile": prof.name, "epoch": int(epoch),
                       "damping": float(prof.damping), "energy_tol": float(prof.energy_tol)})

@@ -29,11 +29,17 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from pdeinf import paths
-from pdeinf.atomic import write_netcdf
 from pdeinf.config import pde_spec
 from pdeinf.errors import InputError
-from pdeinf.pipeline.checksums import load_keyed, with_checksum
-from pdeinf.pipeline.common import ProfileLike, as_profile, content_key, file_digest, final_epoch
+from pdeinf.pipeline.checksums import Cached, ensure_cached
+from pdeinf.pipeline.common import (
+    ProfileLike,
+    as_profile,
+    content_key,
+    file_digest,
+    final_epoch,
+    require_checkpoints,
+)
 
 #: The build option that sets each model's width.
 WIDTH_OPTION = {"unet": "base", "vit": "width"}
@@ -200,30 +206,34 @@ def _settings(prof, model: str) -> dict:
             "batch": BATCH_INDEX, "stage_version": STAGE_VERSION}
 
 
-def _measure(prof, pde: str, model: str, rung: Rung, seed: int, estimator: str, sources, data_key):
-    """The seed paper's labelled influence of batch 0 at one rung, seed and estimator (cached)."""
+def _measurements(prof, pde: str, model: str, sources: dict, progress: bool) -> dict:
+    """{(rung, seed, estimator): the seed paper's labelled influence of batch 0} (cached);
+    `sources`: {rung: FileSources of its runs}."""
+    from pdeinf.analysis.ladder import ESTIMATORS
     from pdeinf.influence.task import seed_paper_influence
 
-    ckpt = sources.checkpoint(seed, rung.epoch)
-    if not Path(ckpt).is_file():
-        raise InputError(f"{ckpt}: checkpoint of ladder rung {rung.name} not found; train it "
-                         "first (`pipeline.ensure_ladder_runs`)")
-    key = content_key(stage="ladder", seed=int(seed), estimator=estimator,
-                      checkpoint=file_digest(ckpt), data=data_key, **_settings(prof, model))
-    path = measurement_path(prof, rung, seed, estimator)
-    held = load_keyed(path, key, ("H",))
-    if held is not None:
-        return held
-    net, _ = sources.model(seed, rung.epoch)
-    batch = sources.batch(seed, BATCH_INDEX)
-    full = estimator == "full-space"
-    ds = seed_paper_influence(net, batch.inputs, batch.targets, pde=pde,
-                              damping=prof.fullspace_damping if full else prof.damping,
-                              rtol=prof.rtol_for(model), estimator=estimator,
-                              energy_tol=prof.energy_tol,
-                              attrs={"cache_key": key, "seed": int(seed)})
-    write_netcdf(with_checksum(ds), path)
-    return ds
+    require_checkpoints([s.checkpoint(seed, rung.epoch) for rung, s in sources.items()
+                         for seed in prof.ladder_seeds],
+                        "train the ladder rungs first: `pipeline.ensure_ladder_runs`")
+    data_key = next(iter(sources.values())).data_key()
+
+    def measure(task: Cached):
+        rung, seed, estimator = task.id
+        net, _ = sources[rung].model(seed, rung.epoch)
+        batch = sources[rung].batch(seed, BATCH_INDEX)
+        full = estimator == "full-space"
+        return seed_paper_influence(net, batch.inputs, batch.targets, pde=pde,
+                                    damping=prof.fullspace_damping if full else prof.damping,
+                                    rtol=prof.rtol_for(model), estimator=estimator,
+                                    energy_tol=prof.energy_tol, attrs={"seed": int(seed)})
+
+    tasks = [Cached((rung, seed, estimator), measurement_path(prof, rung, seed, estimator),
+                    content_key(stage="ladder", seed=int(seed), estimator=estimator,
+                                checkpoint=file_digest(s.checkpoint(seed, rung.epoch)), data=data_key,
+                                **_settings(prof, model)))
+             for rung, s in sources.items() for seed in prof.ladder_seeds for estimator in ESTIMATORS]
+    return ensure_cached(tasks, measure, variables=("H",), desc=f"ladder {pde}-{model}",
+                         progress=progress)
 
 
 def _statistics(ds, pde: str) -> dict:
@@ -259,31 +269,23 @@ def ladder_table(profile: ProfileLike, *, progress: bool = True) -> pd.DataFrame
     prof = as_profile(profile)
     pde, model = ladder_pair(prof)
     outputs = 48 * pde_spec(pde).channels * prof.resolution ** 2
+    sources = {rung: FileSources(prof, pde, model, runs_root=rung_runs_root(prof, rung),
+                                 data_root=paths.data_dir(prof.name)) for rung in rungs(prof)}
+    measured = _measurements(prof, pde, model, sources, progress)
     rows = []
-    data_key = None
-    all_rungs = rungs(prof)
-    bar = tqdm(total=len(all_rungs) * len(prof.ladder_seeds) * len(ESTIMATORS),
-               desc=f"ladder {pde}-{model}", disable=not progress)
-    for rung in all_rungs:
-        root = rung_runs_root(prof, rung)
-        sources = FileSources(prof, pde, model, runs_root=root, data_root=paths.data_dir(prof.name))
-        data_key = data_key or sources.data_key()
-        options = _model_options(prof, model, rung) or {}
+    for rung in sources:
         net = build(model, channels=pde_spec(pde).channels, resolution=prof.resolution,
                     size=prof.model_size, variant=prof.model_variant, residual=prof.residual,
-                    **options)
+                    **(_model_options(prof, model, rung) or {}))
         p_over_m = count_parameters(net) / outputs
         steps = rung.epoch * steps_per_epoch(prof, rung.train_per_class, pde)
         for seed in prof.ladder_seeds:
-            val = _val_smse(root, pde, model, seed, rung.epoch)
+            val = _val_smse(rung_runs_root(prof, rung), pde, model, seed, rung.epoch)
             for estimator in ESTIMATORS:
-                ds = _measure(prof, pde, model, rung, seed, estimator, sources, data_key)
                 rows.append({"axis": rung.axis, "value": rung.value, "estimator": estimator,
                              "seed": int(seed), "p_over_m": p_over_m,
                              "train_per_class": rung.train_per_class, "optimizer_steps": steps,
-                             "val_smse": val, **_statistics(ds, pde)})
-                bar.update(1)
-    bar.close()
+                             "val_smse": val, **_statistics(measured[(rung, seed, estimator)], pde)})
     return pd.DataFrame(rows)
 
 
