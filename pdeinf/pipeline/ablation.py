@@ -10,15 +10,12 @@ Configurations (`ABLATIONS`, each a set of `Profile` overrides applied with
 
 For each (PDE, model) of `ablation_pairs(profile)` and each seed, the run is trained into
 `runs_dir(profile)/ablation-<name>/<PDE>-<model>-s<seed>` (same data from `profile_data`, same
-optimizer settings; `stage_key.json` holds `training.training_key` of the replaced profile, which
-includes model_variant and residual; a run of other inputs is moved aside to `<run>.stale/`).
-At the final checkpoint one task computes, on the profile's `n_influence_batches` influence
-batches, the follow-up's raw Gauss-Newton influence (`labelled_influence(...,
-variants=("gauss-newton",))`), the per-step rollout SMSE of those batches' test trajectories
-(`rollouts_all_starts`) and the checkpoint's validation SMSE:
-`results/ablation/<profile>/<PDE>-<model>/<config>/s<seed>.nc`, with `cache_key` (checkpoint
-bytes, data, configuration, damping, energy tolerance, sizes, version) and a checksum; a rerun
-recomputes exactly what is missing, stale or corrupt.
+optimizer settings; keyed on `training.training_key` of the replaced profile, which includes
+model_variant and residual: `training.ensure_keyed_run`). At the final checkpoint one task
+computes the interventions study's task (`interventions.compute_task`: raw Gauss-Newton
+influence, rollouts and validation SMSE) on the profile's `n_influence_batches` influence
+batches: `results/ablation/<profile>/<PDE>-<model>/<config>/s<seed>.nc`, keyed by `task_key`
+(`checksums.ensure_cached`).
 
 Cost (2 cores shared with other jobs): smoke 10 s for both configurations (1 seed, cached
 rerun 1 s); quick, per (PDE, model): 6 trainings + 12 Gauss-Newton matrices + rollouts, measured
@@ -43,16 +40,16 @@ from pdeinf.pipeline.checksums import Cached, ensure_cached, load_cached
 from pdeinf.pipeline.common import (
     ProfileLike,
     as_profile,
+    check_pair,
     check_selection,
     content_key,
     file_digest,
     final_epoch,
     scheduled_checkpoints,
 )
+from pdeinf.pipeline.interventions import DATA_VARS, VARIANT, compute_task
 
-VARIANT = "gauss-newton"
 BASELINE = "baseline"
-DATA_VARS = ("pi", "losses", "rank", "rollout", "val_smse")
 #: configuration name -> Profile overrides (one model departure each).
 ABLATIONS: dict[str, dict] = {
     "increment": {"residual": True},
@@ -99,27 +96,20 @@ def ensure_ablation_runs(profile: ProfileLike, name: str, pde: str, model: str, 
                          progress: bool = True, train=None) -> dict[int, Path]:
     """`{seed: run_dir}` of configuration `name`, trained (resumed, or retrained when stale)."""
     from pdeinf.pipeline.data import profile_data
-    from pdeinf.pipeline.training import ensure_keyed_run, training_key
+    from pdeinf.pipeline.training import ensure_runs, training_key
 
     prof = as_profile(profile)
     check_selection(prof, pde, model)
     alt = ablation_profile(prof, name)
-    if train is None:
-        from pdeinf.training.train import train
     data = profile_data(prof, pde, progress=progress)
     fingerprint = str(data.fingerprint())
-    epochs = scheduled_checkpoints(prof, pde)
-    runs = {}
-    for seed in prof.study_seeds():
-        directory = run_dir(prof, name, pde, model, seed)
-        key = content_key(stage="training/ablation", ablation=name,
-                          base=training_key(alt, pde, model, seed, fingerprint))
-        runs[int(seed)] = ensure_keyed_run(
-            directory, epochs, key,
-            lambda seed=seed, directory=directory: train(
-                pde, model, int(seed), alt, data=data, progress=progress, out_dir=directory.parent),
-            {"data_fingerprint": fingerprint, "ablation": name, "overrides": ABLATIONS[name]})
-    return runs
+    return ensure_runs(
+        alt, pde, model, prof.study_seeds(), run_dir(prof, name, pde, model, 0).parent,
+        scheduled_checkpoints(prof, pde),
+        lambda seed: content_key(stage="training/ablation", ablation=name,
+                                 base=training_key(alt, pde, model, seed, fingerprint)),
+        {"data_fingerprint": fingerprint, "ablation": name, "overrides": ABLATIONS[name]},
+        data=data, train=train, progress=progress)
 
 
 # ---- tasks --------------------------------------------------------------------------------
@@ -144,7 +134,6 @@ def task_key(prof, pde: str, model: str, name: str, seed: int, checkpoint: Path,
 def run_ablation(profile: ProfileLike, pde: str, model: str, *, progress: bool = True) -> list[Path]:
     """Train what is missing and compute every missing/stale/corrupt task of (pde, model)."""
     from pdeinf.pipeline.data import profile_data
-    from pdeinf.pipeline.interventions import compute_task
     from pdeinf.training.train import load_checkpoint
 
     prof = as_profile(profile)
@@ -229,9 +218,7 @@ def load_ablation(profile: ProfileLike, pde: str, model: str, *, baseline=None):
 def ensure_ablation_pair(profile: ProfileLike, pde: str, model: str, *, progress: bool = True):
     """The ablation dataset of one (PDE, model) pair (`load_ablation`), computed where needed."""
     prof = as_profile(profile)
-    if (pde, model) not in ablation_pairs(prof):
-        raise InputError(f"pde/model: ({pde}, {model}) is not among the ablation pairs of profile "
-                         f"{prof.name!r} ({ablation_pairs(prof)})")
+    check_pair(prof, pde, model, ablation_pairs(prof), "ablation")
     baseline = _baseline(prof, pde, model, progress=progress)
     run_ablation(prof, pde, model, progress=progress)
     return load_ablation(prof, pde, model, baseline=baseline)

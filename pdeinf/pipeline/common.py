@@ -26,6 +26,13 @@ def check_selection(profile: Profile, pde: str, model: str) -> None:
         raise InputError(f"model: {model!r} is not part of profile {profile.name!r} ({profile.models})")
 
 
+def check_pair(profile: Profile, pde: str, model: str, pairs, study: str) -> None:
+    """InputError unless (pde, model) is one of `pairs`, the pairs of the profile's `study`."""
+    if (pde, model) not in pairs:
+        raise InputError(f"pde/model: ({pde}, {model}) is not among the {study} pairs of profile "
+                         f"{profile.name!r} ({pairs})")
+
+
 def run_dir(profile: ProfileLike, pde: str, model: str, seed: int) -> Path:
     """``runs_dir(profile)/<PDE>-<model>-s<seed>``."""
     profile = as_profile(profile)

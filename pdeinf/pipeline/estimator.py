@@ -13,18 +13,17 @@ one task computes
   (follow-up) and signed relative mass drift, each in the joint and the ket basis;
 - full-space side (the first `fullspace_seeds` seeds): the seed paper's Krylov estimator
   (`full_space_hat_matrix`, its default block Krylov solver, authors' stopping rule, at most
-  `maxiter` Krylov sweeps per column)
-  at lambda = `profile.fullspace_damping` for every tolerance of `profile.estimator_rtols`
-  (one Krylov solve continued from the loosest to the tightest tolerance through its restart state,
-  so each point is where the same solver stops at that tolerance), and at the paper's rtol
+  `maxiter` Krylov sweeps per column) at lambda = `profile.fullspace_damping` for every
+  tolerance of `profile.estimator_rtols` (one Krylov solve continued from the loosest to the
+  tightest tolerance through its restart state, so each point is where the same solver stops
+  at that tolerance), and at the paper's rtol
   for every other lambda of `profile.estimator_lambdas`. Per solve: H (`fs_pi`), iterations
   and true relative residual per column, operator applications, wall seconds. At the
   reference solve (lambda 1e-4, the paper's rtol) also the seed paper's other bras
   (`fs_bra`: M, E residual bras, the same Krylov solution).
 
-One netCDF per task, `results/estimator/<profile>/<PDE>-<model>/s<seed>.nc`, with `cache_key`
-(checkpoint bytes, data fingerprint, subset and settings, version) and a checksum; a rerun
-recomputes exactly the tasks whose file is missing, stale or corrupt.
+One netCDF per task, `results/estimator/<profile>/<PDE>-<model>/s<seed>.nc`, keyed on the
+checkpoint bytes, the data, the subset and settings (`checksums.ensure_cached`).
 `limit_study` (tiny float64 models, dense Jacobian, seconds) and `pm_table` are not cached.
 """
 from __future__ import annotations
@@ -311,7 +310,7 @@ def limit_study(lambdas=(1e-1, 1e-2, 1e-4, 1e-6, 1e-8, 1e-10), *, krylov=(1e-2, 
 def pm_table(profile: ProfileLike) -> list[dict]:
     """P and M (outputs of a 48-example influence batch, and of the study's subset batch) of the
     profile's models, and the paper's P, M ranges (method.md section 4)."""
-    from pdeinf.models import build, count_parameters
+    from pdeinf.pipeline.regime import parameter_count
 
     prof = as_profile(profile)
     subset = study_subset(prof)
@@ -322,12 +321,11 @@ def pm_table(profile: ProfileLike) -> list[dict]:
         m_sub = 3 * (subset.times or prof.t_max - 1) * spec.channels * prof.resolution**2
         for model in prof.models:
             torch.manual_seed(0)
-            p = count_parameters(build(model, channels=spec.channels, resolution=prof.resolution,
-                                       size=prof.model_size, variant=prof.model_variant,
-                                       residual=prof.residual))
+            p = parameter_count(prof, pde, model)
             lo, hi = PAPER_PM[pde][model]
             m_paper = PAPER_PM[pde]["M"]
             rows.append({"pde": pde, "model": model, "P": p, "M_batch": m_full, "P/M_batch": p / m_full,
-                         "M_subset": m_sub, "P/M_subset": p / m_sub, "paper_P": f"{lo / 1e6:.1f}-{hi / 1e6:.0f}M",
-                         "paper_M": m_paper, "paper_P/M": f"{lo / m_paper:.1f}-{hi / m_paper:.1f}"})
+                         "M_subset": m_sub, "P/M_subset": p / m_sub,
+                         "paper_P": f"{lo / 1e6:.1f}-{hi / 1e6:.0f}M", "paper_M": m_paper,
+                         "paper_P/M": f"{lo / m_paper:.1f}-{hi / m_paper:.1f}"})
     return rows

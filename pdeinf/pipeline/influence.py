@@ -2,16 +2,12 @@
 
 One task = one checkpoint x one influence batch; it writes ONE netCDF file
 `<out_root>/<PDE>-<model>/s<seed>_e<epoch:04d>_b<batch:02d>.nc` holding the dataset of
-`pdeinf.influence.task.labelled_influence`. Each file records
-
-- `cache_key`: a hash of what it depends on (the checkpoint's bytes, the data's content
-  fingerprint, the seed and batch index, the variants, damping, energy tolerance, version);
-- a checksum of its arrays (`pdeinf.pipeline.checksums`).
-
-A rerun keeps a file only when it opens, its key equals the key of the current inputs and its
-arrays match the checksum; otherwise that task alone is recomputed. Under torchrun (RANK and
-WORLD_SIZE set) each rank computes tasks[rank::world_size]; the files are the same as serial,
-and no process group is needed because ranks share nothing but the file system.
+`pdeinf.influence.task.labelled_influence`, keyed on the checkpoint's bytes, the data's content
+fingerprint, the seed and batch index, the variants, damping, energy tolerance and version: a
+rerun recomputes exactly the tasks whose file is missing, stale or corrupt
+(`pdeinf.pipeline.checksums.ensure_cached`). Under torchrun (RANK and WORLD_SIZE set) each
+rank computes tasks[rank::world_size]; the files are the same as serial, and no process group
+is needed because ranks share nothing but the file system.
 
 Where checkpoints and batches come from is a collaborator (`FileSources` by default: the
 pipeline's run layout and `pdeinf.data.datasets.influence_batch`), passed as an argument.
@@ -293,15 +289,8 @@ def ensure_influence(profile: ProfileLike, pde: str, model: str, *, metric: str 
     Trains first if needed (or if the data changed); recomputes exactly the tasks whose file
     is missing, stale (other inputs) or corrupt (checksum).
     """
-    from pdeinf.pipeline.training import ensure_training
-
-    profile = as_profile(profile)
-    check_selection(profile, pde, model)
     variant = None if metric is None and observable is None else variant_named(metric, observable)
-    ensure_training(profile, pde, model, progress=progress)
-    sources = FileSources(profile, pde, model)
-    run_sweep(profile, pde, model, sources=sources, progress=progress)
-    ds = load_sweep(profile, pde, model, sources=sources)
+    ds = _ensure_sweep(profile, pde, model, FOLLOW_UP, progress)
     ds.attrs.pop("study", None)
     if variant is None:
         return ds
@@ -329,11 +318,16 @@ def ensure_seed_paper(profile: ProfileLike, pde: str, model: str, *, progress: b
     c_resp, t_pert, c_pert) from the full-space estimator, `input_distance`,
     `ntk_top_eigenvalue` (seed, batch), `losses`, `cg_iterations`, `cg_residual`. Trains first
     if needed; recomputes exactly the tasks whose file is missing, stale or corrupt."""
+    return _ensure_sweep(profile, pde, model, SEED_PAPER, progress)
+
+
+def _ensure_sweep(profile, pde: str, model: str, study: Study, progress: bool):
+    """`load_sweep` of the study's current files, training and computing what is needed first."""
     from pdeinf.pipeline.training import ensure_training
 
     profile = as_profile(profile)
     check_selection(profile, pde, model)
     ensure_training(profile, pde, model, progress=progress)
     sources = FileSources(profile, pde, model)
-    run_sweep(profile, pde, model, sources=sources, progress=progress, study=SEED_PAPER)
-    return load_sweep(profile, pde, model, sources=sources, study=SEED_PAPER)
+    run_sweep(profile, pde, model, sources=sources, progress=progress, study=study)
+    return load_sweep(profile, pde, model, sources=sources, study=study)

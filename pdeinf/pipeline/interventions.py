@@ -1,26 +1,15 @@
 """Stage: the interventions study: coherence and rollout error of every checkpoint
 of runs trained with each recipe of the profile.
 
-For each recipe of `profile.recipes`, each (PDE, model) of `profile.recipe_pairs` (None: every
-pair of the profile) and each seed, the run is trained (one-step: the baseline runs of
-`ensure_training`; other recipes: `runs_dir(profile)/recipe-<name>/<PDE>-<model>-s<seed>`, same
-data from `profile_data`, same optimizer steps, the recipe's default settings), then at EVERY
-scheduled checkpoint one task computes, on the first `study_batches(profile)` influence batches:
-
-- `pi` (batch, t_resp, c_resp, t_pert, c_pert): the follow-up's raw Gauss-Newton influence of
-  each influence batch (`labelled_influence(..., variants=("gauss-newton",))`; for one-step it
-  is read from the follow-up sweep `ensure_influence`, which computes exactly this for the
-  baseline runs), `losses` (batch, t, c), `rank` (batch);
-- `rollout` (class, batch, start, horizon): per-step SMSE of autoregressive rollouts of the test
-  trajectories of the influence batches (`rollouts_all_starts`), `trajectory` = batch index;
-- `val_smse` (scalar): the run's one-step validation SMSE after that epoch (its history).
-
-One netCDF per task, `results/interventions/<profile>/<PDE>-<model>/<recipe>/s<seed>_e<epoch>.nc`,
-with `cache_key` (checkpoint bytes, data fingerprint, recipe identity, settings, version) and a
-checksum; a rerun recomputes exactly the tasks whose file is missing, stale or corrupt.
-Recipe runs record their training key (the one-step key of `training.training_key` and the
-recipe's identity) in `stage_key.json`, like `ensure_training`; a run of other inputs is moved
-aside to `<run>.stale/` and retrained.
+For each recipe of `profile.recipes`, each pair of `recipe_pairs(profile)` and each seed, the run
+is trained (one-step: the baseline runs of `ensure_training`; other recipes: `recipe_run_dir`,
+same data from `profile_data`, same optimizer steps, the recipe's default settings, keyed on the
+one-step training key and the recipe's identity like every run: `training.ensure_keyed_run`),
+then at EVERY scheduled checkpoint one task computes `compute_task` on the first
+`study_batches(profile)` influence batches (for one-step the influence is read from the
+follow-up sweep `ensure_influence`, which computes exactly this for the baseline runs):
+`results/interventions/<profile>/<PDE>-<model>/<recipe>/s<seed>_e<epoch>.nc`, keyed by
+`task_key` (`checksums.ensure_cached`).
 
 Orbit influence of `augment` (when the profile trains it): for "augment" and the baseline
 "one-step" (paired by seed), at the FINAL checkpoint only, on the first `orbit_batches(profile)`
@@ -28,8 +17,7 @@ influence batches (`profile.symmetry_batches`, 1 in every profile), the D4 equiv
 and the standardized D4 orbit-influence diagonal of "e" and the 7 non-identity D4 elements
 (`pdeinf.symmetry.study.final_orbit_study`: the symmetry study's own per-batch computation, no
 shift landscape, Lie derivative or earlier checkpoints). One netCDF per (recipe, seed),
-`.../<recipe>/s<seed>_e<epoch>_orbit.nc`, keyed like the tasks (checkpoint bytes, data,
-recipe, elements, batches, damping, energy tolerance, version). For one-step the symmetry
+`.../<recipe>/s<seed>_e<epoch>_orbit.nc`, keyed by `orbit_key`. For one-step the symmetry
 stage's cached file of that seed is reused when it is valid and current (same checkpoint,
 batches and settings: the same computation); otherwise it is computed here (never the whole
 symmetry study).
@@ -47,6 +35,7 @@ from pdeinf.pipeline.checksums import Cached, ensure_cached, load_cached, stack
 from pdeinf.pipeline.common import (
     ProfileLike,
     as_profile,
+    check_pair,
     check_selection,
     content_key,
     file_digest,
@@ -64,6 +53,14 @@ ORBIT_VARS = ("equivariance", "orbit_diagonal", "orbit_rank")
 ORBIT_VERSION = 1
 
 
+def _batches(prof, field: str, n: int) -> int:
+    """`n` influence batches named by the profile's `field`, InputError unless in 1..n_influence_batches."""
+    if not 1 <= n <= prof.n_influence_batches:
+        raise InputError(f"profile {prof.name!r}: {field}={n} must lie in "
+                         f"1..n_influence_batches={prof.n_influence_batches}")
+    return n
+
+
 def study_batches(profile: ProfileLike) -> int:
     """Influence batches (and their test trajectories for the rollouts) per (run, checkpoint):
     `profile.recipe_batches` when the profile has that field and it is not None, else
@@ -71,11 +68,7 @@ def study_batches(profile: ProfileLike) -> int:
     (about 23 s single-threaded at quick for the UNet), so the quick profile may use fewer."""
     prof = as_profile(profile)
     n = getattr(prof, "recipe_batches", None)
-    n = prof.n_influence_batches if n is None else int(n)
-    if not 1 <= n <= prof.n_influence_batches:
-        raise InputError(f"profile {prof.name!r}: recipe_batches={n} must lie in "
-                         f"1..n_influence_batches={prof.n_influence_batches}")
-    return n
+    return _batches(prof, "recipe_batches", prof.n_influence_batches if n is None else int(n))
 
 
 def recipe_pairs(profile: ProfileLike) -> list[tuple[str, str]]:
@@ -88,13 +81,6 @@ def recipe_pairs(profile: ProfileLike) -> list[tuple[str, str]]:
     for pde, model in pairs:
         check_selection(prof, pde, model)
     return pairs
-
-
-def _check_recipe_pair(prof, pde: str, model: str) -> None:
-    """InputError unless (pde, model) is one of the profile's recipe pairs."""
-    if (pde, model) not in recipe_pairs(prof):
-        raise InputError(f"pde/model: ({pde}, {model}) is not among the recipe pairs of profile "
-                         f"{prof.name!r} ({recipe_pairs(prof)})")
 
 
 def _check_recipes(prof) -> list[str]:
@@ -132,27 +118,21 @@ def ensure_recipe_runs(profile: ProfileLike, pde: str, model: str, recipe: str, 
     """`{seed: run_dir}` of `recipe` for every seed, trained (or resumed, or retrained when
     stale) as needed. "one-step" is `pipeline.training.ensure_training` itself."""
     from pdeinf.pipeline.data import profile_data
-    from pdeinf.pipeline.training import ensure_keyed_run, ensure_training
+    from pdeinf.pipeline.training import ensure_runs, ensure_training
+    from pdeinf.training.recipes import make_recipe
+    from pdeinf.training.train import default_out_dir
 
     prof = as_profile(profile)
     check_selection(prof, pde, model)
     if recipe == "one-step":
         return ensure_training(prof, pde, model, progress=progress)
-    if train is None:
-        from pdeinf.training.train import train
     data = profile_data(prof, pde, progress=progress)
     fingerprint = str(data.fingerprint())
-    epochs = scheduled_checkpoints(prof, pde)
-    runs = {}
-    for seed in prof.study_seeds():
-        directory = recipe_run_dir(prof, pde, model, recipe, seed)
-        runs[int(seed)] = ensure_keyed_run(
-            directory, epochs, _recipe_key(prof, pde, model, recipe, seed, fingerprint),
-            lambda seed=seed, directory=directory: train(
-                pde, model, int(seed), prof, data=data, progress=progress, recipe=recipe,
-                out_dir=directory.parent),
-            {"data_fingerprint": fingerprint, "recipe": recipe})
-    return runs
+    return ensure_runs(prof, pde, model, prof.study_seeds(),
+                       default_out_dir(prof.name, make_recipe(recipe)), scheduled_checkpoints(prof, pde),
+                       lambda seed: _recipe_key(prof, pde, model, recipe, seed, fingerprint),
+                       {"data_fingerprint": fingerprint, "recipe": recipe}, data=data, train=train,
+                       progress=progress, recipe=recipe)
 
 
 # ---- tasks ------------------------------------------------------------------------------
@@ -272,7 +252,7 @@ def ensure_recipe_study(profile: ProfileLike, pde: str, model: str, recipe: str,
     """One recipe's task files of (pde, model) (training the recipe's runs where needed): a
     stage of its own, so the recipes' studies run side by side (`reproduce.stage_tasks`)."""
     prof = as_profile(profile)
-    _check_recipe_pair(prof, pde, model)
+    check_pair(prof, pde, model, recipe_pairs(prof), "recipe")
     return run_study(prof, pde, model, recipes=[recipe], orbit=False, progress=progress)
 
 
@@ -301,7 +281,7 @@ def ensure_intervention_pair(profile: ProfileLike, pde: str, model: str, *,
                              progress: bool = True):
     """The study's dataset of one (PDE, model) pair (`load_study`), computed where needed."""
     prof = as_profile(profile)
-    _check_recipe_pair(prof, pde, model)
+    check_pair(prof, pde, model, recipe_pairs(prof), "recipe")
     run_study(prof, pde, model, progress=progress)
     return load_study(prof, pde, model)
 
@@ -314,22 +294,23 @@ def ensure_interventions(profile: ProfileLike, *, progress: bool = True) -> dict
 
 
 # ---- orbit influence: augment vs one-step at the final checkpoint --------------------------
-def orbit_recipes(profile: ProfileLike) -> list[str]:
+def orbit_recipes(profile: ProfileLike, *, required: bool = False) -> list[str]:
     """`["one-step", "augment"]` when the profile trains augment, else `[]` (nothing to
-    compare: the orbit study is skipped)."""
+    compare: the orbit study is skipped) or, when `required`, InputError."""
     prof = as_profile(profile)
-    return list(ORBIT_RECIPES) if all(r in prof.recipes for r in ORBIT_RECIPES) else []
+    if all(r in prof.recipes for r in ORBIT_RECIPES):
+        return list(ORBIT_RECIPES)
+    if required:
+        raise InputError(f"profile {prof.name!r}: recipes {list(prof.recipes)} lack 'augment'; "
+                         "no orbit study")
+    return []
 
 
 def orbit_batches(profile: ProfileLike) -> int:
     """Influence batches per (recipe, seed) of the orbit study: `profile.symmetry_batches`
     (the symmetry study's; 1 in every profile), within 1..n_influence_batches."""
     prof = as_profile(profile)
-    n = int(prof.symmetry_batches)
-    if not 1 <= n <= prof.n_influence_batches:
-        raise InputError(f"profile {prof.name!r}: symmetry_batches={n} must lie in "
-                         f"1..n_influence_batches={prof.n_influence_batches}")
-    return n
+    return _batches(prof, "symmetry_batches", int(prof.symmetry_batches))
 
 
 def orbit_elements() -> list[str]:
@@ -465,11 +446,7 @@ def load_orbit(profile: ProfileLike, pde: str, model: str):
     batch, element); attrs `epoch` (the final checkpoint). InputError when the profile does not
     train augment or a file is missing or corrupt."""
     prof = as_profile(profile)
-    recipes = orbit_recipes(prof)
-    if not recipes:
-        raise InputError(f"profile {prof.name!r}: recipes {list(prof.recipes)} lack 'augment'; "
-                         "no orbit study")
-    epoch = final_epoch(prof, pde)
+    recipes, epoch = orbit_recipes(prof, required=True), final_epoch(prof, pde)
     tasks = [Cached((r, s), orbit_file(prof, pde, model, r, s, epoch))
              for r in recipes for s in prof.study_seeds()]
     parts = load_cached(tasks, variables=ORBIT_VARS, what="orbit file",
@@ -488,11 +465,8 @@ def ensure_orbit_pair(profile: ProfileLike, pde: str, model: str, *, progress: b
     from pdeinf.pipeline.data import profile_data
 
     prof = as_profile(profile)
-    _check_recipe_pair(prof, pde, model)
-    recipes = orbit_recipes(prof)
-    if not recipes:
-        raise InputError(f"profile {prof.name!r}: recipes {list(prof.recipes)} lack 'augment'; "
-                         "no orbit study")
+    check_pair(prof, pde, model, recipe_pairs(prof), "recipe")
+    recipes = orbit_recipes(prof, required=True)
     _check_recipes(prof)
     runs = {r: ensure_recipe_runs(prof, pde, model, r, progress=progress) for r in recipes}
     data = profile_data(prof, pde, progress=progress, validate=False)  # validated by training

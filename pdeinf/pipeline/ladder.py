@@ -163,30 +163,26 @@ def _model_options(prof, model: str, rung: Rung) -> dict | None:
 def ensure_ladder_runs(profile: ProfileLike, *, progress: bool = True) -> list[Path]:
     """Train (or find current, or resume) the width and data rungs' runs of every ladder seed."""
     from pdeinf.pipeline.data import profile_data
-    from pdeinf.pipeline.training import ensure_keyed_run
-    from pdeinf.training.train import train
+    from pdeinf.pipeline.training import ensure_runs
 
     prof = as_profile(profile)
     pde, model = ladder_pair(prof)
     data = profile_data(prof, pde, progress=progress)
     fingerprint = str(data.fingerprint())
     done = []
-    todo = [r for r in rungs(prof) if not r.own]
-    for rung in tqdm(todo, desc=f"ladder runs {pde}-{model}", disable=not progress):
-        rprof = _rung_profile(prof, pde, rung)
-        rdata = FirstTrainingTrajectories(data, rung.train_per_class) if rung.axis == "data" else data
+    for rung in tqdm([r for r in rungs(prof) if not r.own], desc=f"ladder runs {pde}-{model}",
+                     disable=not progress):
         options = _model_options(prof, model, rung)
-        root = rung_runs_root(prof, rung)
-        for seed in prof.ladder_seeds:
-            key = content_key(stage="ladder-training", pde=pde, model=model, seed=int(seed),
-                              rung=rung.name, data=fingerprint, epochs=rung.epochs,
-                              options=options, lr=prof.lr, batch_size=prof.batch_size,
-                              model_size=prof.model_size, t_max=prof.t_max)
-            done.append(ensure_keyed_run(
-                root / paths.run_name(pde, model, seed), (rung.epochs,), key,
-                lambda seed=seed: train(pde, model, int(seed), rprof, data=rdata, out_dir=root,
-                                        progress=False, model_options=options),
-                {"data_fingerprint": fingerprint, "rung": rung.name}))
+        done += ensure_runs(
+            _rung_profile(prof, pde, rung), pde, model, prof.ladder_seeds, rung_runs_root(prof, rung),
+            (rung.epochs,),
+            lambda seed, rung=rung, options=options: content_key(
+                stage="ladder-training", pde=pde, model=model, seed=int(seed), rung=rung.name,
+                data=fingerprint, epochs=rung.epochs, options=options, lr=prof.lr,
+                batch_size=prof.batch_size, model_size=prof.model_size, t_max=prof.t_max),
+            {"data_fingerprint": fingerprint, "rung": rung.name},
+            data=FirstTrainingTrajectories(data, rung.train_per_class) if rung.axis == "data" else data,
+            progress=False, model_options=options).values()
     return done
 
 
@@ -263,8 +259,8 @@ def ladder_table(profile: ProfileLike, *, progress: bool = True) -> pd.DataFrame
     """Measure every rung, seed and estimator (cached) and return the ladder table
     (`analysis.ladder.COLUMNS`)."""
     from pdeinf.analysis.ladder import ESTIMATORS
-    from pdeinf.models import build, count_parameters
     from pdeinf.pipeline.influence import FileSources
+    from pdeinf.pipeline.regime import parameter_count
 
     prof = as_profile(profile)
     pde, model = ladder_pair(prof)
@@ -274,10 +270,7 @@ def ladder_table(profile: ProfileLike, *, progress: bool = True) -> pd.DataFrame
     measured = _measurements(prof, pde, model, sources, progress)
     rows = []
     for rung in sources:
-        net = build(model, channels=pde_spec(pde).channels, resolution=prof.resolution,
-                    size=prof.model_size, variant=prof.model_variant, residual=prof.residual,
-                    **(_model_options(prof, model, rung) or {}))
-        p_over_m = count_parameters(net) / outputs
+        p_over_m = parameter_count(prof, pde, model, **(_model_options(prof, model, rung) or {})) / outputs
         steps = rung.epoch * steps_per_epoch(prof, rung.train_per_class, pde)
         for seed in prof.ladder_seeds:
             val = _val_smse(rung_runs_root(prof, rung), pde, model, seed, rung.epoch)

@@ -5,9 +5,8 @@ One file per seed, `results/symmetry/<profile>/<PDE>-<model>/s<seed>.nc`, holdin
 `profile.symmetry_batches` influence batches (equivariance error, orbit-influence diagonal, Lie
 derivative norms and layer shares, shift curves and landscape, axis check) and every checkpoint
 of `profile.checkpoints` on the first batch (Lie norm, equivariance and orbit diagonal of the
-tracked elements). Each file records `cache_key` (the seed's checkpoint bytes, the data's
-content fingerprint, the settings, the package version) and a checksum of its arrays; a rerun
-recomputes exactly the seeds whose file is missing, stale or corrupt.
+tracked elements). Each file is keyed on the seed's checkpoint bytes, the data's content
+fingerprint and the settings (`checksums.ensure_cached`).
 """
 from __future__ import annotations
 
@@ -190,8 +189,4 @@ def ensure_symmetry(profile: ProfileLike, pde: str, model: str, *, progress: boo
 def symmetry_loader(profile, *, progress: bool = False):
     """A loader `(pde, model) -> xr.Dataset` over the cached symmetry studies (the explorer's
     symmetry tab)."""
-
-    def load(pde: str, model: str):
-        return ensure_symmetry(profile, pde, model, progress=progress)
-
-    return load
+    return functools.partial(ensure_symmetry, profile, progress=progress)
