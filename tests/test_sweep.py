@@ -232,6 +232,43 @@ def test_stale_and_bit_flipped_files_are_recomputed_alone(setup):
     assert len(calls) == len(files)
 
 
+def test_cached_files_helper_keeps_valid_and_computes_the_rest_once(tmp_path):
+    """`pipeline.checksums.ensure_cached`: a valid file is kept, a missing, stale or non-finite
+    one is computed (a path shared by two tasks once), written with its key and checksum;
+    `load_cached` names the first bad file."""
+    import xarray as xr
+
+    from pdeinf.atomic import write_netcdf
+    from pdeinf.pipeline.checksums import Cached, ensure_cached, load_cached, stack, with_checksum
+
+    calls, written = [], []
+
+    def compute(task):
+        calls.append(task.id)
+        return xr.Dataset({"v": ("x", np.full(2, float(task.id[0])))})
+
+    tasks = [Cached((a, b), tmp_path / f"{a}.nc", f"key{a}") for a in (1, 2) for b in (0,)]
+    tasks.append(Cached((2, 1), tmp_path / "2.nc", "key2"))  # shares the file of (2, 0)
+    held = ensure_cached(tasks, compute, variables=("v",), finite=("v",), progress=False,
+                         written=lambda t: written.append(t.id))
+    assert calls == written == [(1, 0), (2, 0)] and float(held[(2, 1)]["v"][0]) == 2.0
+    assert held[(1, 0)].attrs["cache_key"] == "key1"
+    ensure_cached(tasks, compute, variables=("v",), progress=False)
+    assert len(calls) == 2  # warm: nothing computed
+    stale = [Cached((1, 0), tmp_path / "1.nc", "other"), *tasks[1:]]
+    paths = ensure_cached(stale, compute, variables=("v",), progress=False, load=False)
+    assert calls[2:] == [(1, 0)] and paths[(2, 1)] == tmp_path / "2.nc"
+    nan = xr.Dataset({"v": ("x", [np.nan, 1.0])}, attrs={"cache_key": "key2"})
+    write_netcdf(with_checksum(nan), tmp_path / "2.nc")  # intact, but not finite
+    ensure_cached(stale, compute, variables=("v",), finite=("v",), progress=False)
+    assert calls[3:] == [(2, 0)]
+    with pytest.raises(InputError, match=r"1\.nc: thing missing, stale or corrupt \(1 of 2\); run me"):
+        load_cached(tasks[:2], what="thing", hint="me")
+    both = stack(load_cached([Cached(t.id, t.path) for t in tasks[:2]], what="thing", hint="me"),
+                 ("a", "b"))
+    assert both["v"].dims == ("a", "b", "x") and both["v"].values[:, 0, 0].tolist() == [1.0, 2.0]
+
+
 def test_cli_reports_missing_checkpoint(setup, tmp_path, capsys):
     from pdeinf.cli import main
 

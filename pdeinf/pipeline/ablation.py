@@ -10,15 +10,12 @@ Configurations (`ABLATIONS`, each a set of `Profile` overrides applied with
 
 For each (PDE, model) of `ablation_pairs(profile)` and each seed, the run is trained into
 `runs_dir(profile)/ablation-<name>/<PDE>-<model>-s<seed>` (same data from `profile_data`, same
-optimizer settings; `stage_key.json` holds `training.training_key` of the replaced profile, which
-includes model_variant and residual; a run of other inputs is moved aside to `<run>.stale/`).
-At the final checkpoint one task computes, on the profile's `n_influence_batches` influence
-batches, the follow-up's raw Gauss-Newton influence (`labelled_influence(...,
-variants=("gauss-newton",))`), the per-step rollout SMSE of those batches' test trajectories
-(`rollouts_all_starts`) and the checkpoint's validation SMSE:
-`results/ablation/<profile>/<PDE>-<model>/<config>/s<seed>.nc`, with `cache_key` (checkpoint
-bytes, data, configuration, damping, energy tolerance, sizes, version) and a checksum; a rerun
-recomputes exactly what is missing, stale or corrupt.
+optimizer settings; keyed on `training.training_key` of the replaced profile, which includes
+model_variant and residual: `training.ensure_keyed_run`). At the final checkpoint one task
+computes the interventions study's task (`interventions.compute_task`: raw Gauss-Newton
+influence, rollouts and validation SMSE) on the profile's `n_influence_batches` influence
+batches: `results/ablation/<profile>/<PDE>-<model>/<config>/s<seed>.nc`, keyed by `task_key`
+(`checksums.ensure_cached`).
 
 Cost (2 cores shared with other jobs): smoke 10 s for both configurations (1 seed, cached
 rerun 1 s); quick, per (PDE, model): 6 trainings + 12 Gauss-Newton matrices + rollouts, measured
@@ -36,26 +33,23 @@ import json
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from pdeinf import paths
-from pdeinf.atomic import write_netcdf
-from pdeinf.config import pde_spec
 from pdeinf.errors import InputError
-from pdeinf.pipeline.checksums import checksum_ok, with_checksum
+from pdeinf.pipeline.checksums import Cached, ensure_cached, load_cached
 from pdeinf.pipeline.common import (
     ProfileLike,
     as_profile,
+    check_pair,
     check_selection,
     content_key,
     file_digest,
     final_epoch,
     scheduled_checkpoints,
 )
+from pdeinf.pipeline.interventions import DATA_VARS, VARIANT, compute_task
 
-VARIANT = "gauss-newton"
 BASELINE = "baseline"
-DATA_VARS = ("pi", "losses", "rank", "rollout", "val_smse")
 #: configuration name -> Profile overrides (one model departure each).
 ABLATIONS: dict[str, dict] = {
     "increment": {"residual": True},
@@ -102,27 +96,20 @@ def ensure_ablation_runs(profile: ProfileLike, name: str, pde: str, model: str, 
                          progress: bool = True, train=None) -> dict[int, Path]:
     """`{seed: run_dir}` of configuration `name`, trained (resumed, or retrained when stale)."""
     from pdeinf.pipeline.data import profile_data
-    from pdeinf.pipeline.training import ensure_keyed_run, training_key
+    from pdeinf.pipeline.training import ensure_runs, training_key
 
     prof = as_profile(profile)
     check_selection(prof, pde, model)
     alt = ablation_profile(prof, name)
-    if train is None:
-        from pdeinf.training.train import train
     data = profile_data(prof, pde, progress=progress)
     fingerprint = str(data.fingerprint())
-    epochs = scheduled_checkpoints(prof, pde)
-    runs = {}
-    for seed in prof.study_seeds():
-        directory = run_dir(prof, name, pde, model, seed)
-        key = content_key(stage="training/ablation", ablation=name,
-                          base=training_key(alt, pde, model, seed, fingerprint))
-        runs[int(seed)] = ensure_keyed_run(
-            directory, epochs, key,
-            lambda seed=seed, directory=directory: train(
-                pde, model, int(seed), alt, data=data, progress=progress, out_dir=directory.parent),
-            {"data_fingerprint": fingerprint, "ablation": name, "overrides": ABLATIONS[name]})
-    return runs
+    return ensure_runs(
+        alt, pde, model, prof.study_seeds(), run_dir(prof, name, pde, model, 0).parent,
+        scheduled_checkpoints(prof, pde),
+        lambda seed: content_key(stage="training/ablation", ablation=name,
+                                 base=training_key(alt, pde, model, seed, fingerprint)),
+        {"data_fingerprint": fingerprint, "ablation": name, "overrides": ABLATIONS[name]},
+        data=data, train=train, progress=progress)
 
 
 # ---- tasks --------------------------------------------------------------------------------
@@ -144,67 +131,6 @@ def task_key(prof, pde: str, model: str, name: str, seed: int, checkpoint: Path,
                        n_batches=prof.n_influence_batches)
 
 
-def _load_valid(path: Path, key: str | None):
-    import xarray as xr
-
-    if not path.is_file():
-        return None
-    try:
-        with xr.open_dataset(path, engine="h5netcdf") as ds:
-            ds = ds.load()
-    except Exception:  # noqa: BLE001 - unreadable, truncated or foreign: recompute
-        return None
-    if any(v not in ds for v in DATA_VARS) or not checksum_ok(ds):
-        return None
-    if key is not None and ds.attrs.get("cache_key") != key:
-        return None
-    if not np.isfinite(ds["pi"].values).all():
-        return None
-    return ds
-
-
-def _test_trajectories(data, prof, pde: str, seed: int) -> dict:
-    n = prof.n_influence_batches
-    out = {}
-    for cls in pde_spec(pde).classes:
-        test = data.trajectories(cls, "test", int(seed))
-        if len(test) < n:
-            raise InputError(f"profile {prof.name!r}: class {cls} has {len(test)} test "
-                             f"trajectories, fewer than n_influence_batches={n}")
-        out[cls] = test[:n]  # as ensure_rollouts: the influence batches' trajectories
-    return out
-
-
-def compute_task(net, ckpt: dict, data, prof, pde: str, seed: int, *, attrs: dict):
-    """The dataset of one (configuration, seed): `pi` (batch, t_resp, c_resp, t_pert, c_pert)
-    raw Gauss-Newton influence, `losses` (batch, t, c), `rank` (batch), `rollout` (class,
-    batch, start, horizon), `val_smse` (scalar, the checkpoint's last epoch)."""
-    import torch
-    import xarray as xr
-
-    from pdeinf.data.datasets import influence_batch
-    from pdeinf.influence.task import labelled_influence
-    from pdeinf.training.rollout import rollouts_all_starts
-
-    parts = []
-    for b in range(prof.n_influence_batches):
-        ib = influence_batch(data, int(seed), b, split="test")
-        one = labelled_influence(net, ckpt.get("optimizer_state"), ib.inputs, ib.targets, pde=pde,
-                                 damping=prof.damping, energy_tol=prof.energy_tol,
-                                 variants=(VARIANT,))
-        parts.append(one[["pi", "losses", "rank"]].sel(variant=VARIANT, drop=True))
-    influence = xr.concat(parts, dim="batch", combine_attrs="drop")
-    with torch.no_grad():
-        roll = rollouts_all_starts(net, _test_trajectories(data, prof, pde, seed))
-    roll = roll.rename(trajectory="batch").transpose("class", "batch", "start", "horizon")
-    history = ckpt.get("history") or []
-    val = float(history[-1]["val_smse"]) if history else float("nan")
-    ds = influence.assign(rollout=roll.drop_vars("batch", errors="ignore"), val_smse=((), val))
-    ds = ds.assign_coords(batch=np.arange(prof.n_influence_batches))
-    ds.attrs = dict(attrs)
-    return ds
-
-
 def run_ablation(profile: ProfileLike, pde: str, model: str, *, progress: bool = True) -> list[Path]:
     """Train what is missing and compute every missing/stale/corrupt task of (pde, model)."""
     from pdeinf.pipeline.data import profile_data
@@ -215,26 +141,23 @@ def run_ablation(profile: ProfileLike, pde: str, model: str, *, progress: bool =
     names = configurations(prof)
     runs = {n: ensure_ablation_runs(prof, n, pde, model, progress=progress) for n in names}
     data = profile_data(prof, pde, progress=progress, validate=False)  # validated by training
-    data_key = str(data.fingerprint())
-    final = final_epoch(prof, pde)
-    todo, files = [], []
-    for name in names:
-        for seed in prof.study_seeds():
-            ckpt = paths.checkpoint_path(runs[name][int(seed)], final)
-            key = task_key(prof, pde, model, name, seed, ckpt, data_key)
-            target = task_file(prof, pde, model, name, seed)
-            files.append(target)
-            if _load_valid(target, key) is None:
-                todo.append((name, seed, ckpt, key, target))
-    for name, seed, ckpt, key, target in tqdm(todo, desc=f"ablation {pde}-{model}", unit="task",
-                                              disable=not progress):
-        net, state = load_checkpoint(ckpt, pde=pde, model_name=model)
-        attrs = {"pde": pde, "model": model, "ablation": name, "seed": int(seed),
-                 "epoch": int(final), "profile": prof.name, "variant": VARIANT, "cache_key": key,
+    data_key, final = str(data.fingerprint()), final_epoch(prof, pde)
+
+    def compute(task: Cached):
+        name, seed = task.id
+        net, state = load_checkpoint(paths.checkpoint_path(runs[name][seed], final), pde=pde,
+                                     model_name=model)
+        attrs = {"pde": pde, "model": model, "ablation": name, "seed": seed, "epoch": int(final),
+                 "profile": prof.name, "variant": VARIANT,
                  "overrides": json.dumps(ABLATIONS[name], sort_keys=True)}
-        write_netcdf(with_checksum(compute_task(net, state, data, prof, pde, seed, attrs=attrs)),
-                     target)
-    return files
+        return compute_task(net, state, data, prof, pde, seed, prof.n_influence_batches, attrs=attrs)
+
+    tasks = [Cached((name, int(seed)), task_file(prof, pde, model, name, seed),
+                    task_key(prof, pde, model, name, seed,
+                             paths.checkpoint_path(runs[name][int(seed)], final), data_key))
+             for name in names for seed in prof.study_seeds()]
+    return list(ensure_cached(tasks, compute, variables=DATA_VARS, finite=("pi",),
+                              desc=f"ablation {pde}-{model}", progress=progress, load=False).values())
 
 
 def _baseline(prof, pde: str, model: str, *, progress: bool):
@@ -271,18 +194,12 @@ def load_ablation(profile: ProfileLike, pde: str, model: str, *, baseline=None):
 
     prof = as_profile(profile)
     parts = [baseline if baseline is not None else _baseline(prof, pde, model, progress=False)]
-    names = configurations(prof)
-    for name in names:
-        by_seed = []
-        for seed in prof.study_seeds():
-            path = task_file(prof, pde, model, name, seed)
-            ds = _load_valid(path, None)
-            if ds is None:
-                raise InputError(f"{path}: ablation file missing or corrupt; run "
-                                 f"pipeline.ensure_ablation({prof.name!r})")
-            by_seed.append(ds)
-        parts.append(xr.concat(by_seed, dim="seed", combine_attrs="drop")
-                     .assign_coords(seed=[int(s) for s in prof.study_seeds()]))
+    names, seeds = configurations(prof), [int(s) for s in prof.study_seeds()]
+    loaded = load_cached([Cached((n, s), task_file(prof, pde, model, n, s)) for n in names for s in seeds],
+                         variables=DATA_VARS, finite=("pi",), what="ablation file",
+                         hint=f"pipeline.ensure_ablation({prof.name!r})")
+    parts += [xr.concat([loaded[(n, s)] for s in seeds], dim="seed", combine_attrs="drop")
+              .assign_coords(seed=seeds) for n in names]
     parts = [p.drop_vars([v for v in p.coords if v not in p.dims], errors="ignore") for p in parts]
     out = xr.concat([p[list(DATA_VARS)] for p in parts], dim="config", combine_attrs="drop",
                     join="exact")
@@ -301,9 +218,7 @@ def load_ablation(profile: ProfileLike, pde: str, model: str, *, baseline=None):
 def ensure_ablation_pair(profile: ProfileLike, pde: str, model: str, *, progress: bool = True):
     """The ablation dataset of one (PDE, model) pair (`load_ablation`), computed where needed."""
     prof = as_profile(profile)
-    if (pde, model) not in ablation_pairs(prof):
-        raise InputError(f"pde/model: ({pde}, {model}) is not among the ablation pairs of profile "
-                         f"{prof.name!r} ({ablation_pairs(prof)})")
+    check_pair(prof, pde, model, ablation_pairs(prof), "ablation")
     baseline = _baseline(prof, pde, model, progress=progress)
     run_ablation(prof, pde, model, progress=progress)
     return load_ablation(prof, pde, model, baseline=baseline)

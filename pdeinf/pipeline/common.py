@@ -26,6 +26,13 @@ def check_selection(profile: Profile, pde: str, model: str) -> None:
         raise InputError(f"model: {model!r} is not part of profile {profile.name!r} ({profile.models})")
 
 
+def check_pair(profile: Profile, pde: str, model: str, pairs, study: str) -> None:
+    """InputError unless (pde, model) is one of `pairs`, the pairs of the profile's `study`."""
+    if (pde, model) not in pairs:
+        raise InputError(f"pde/model: ({pde}, {model}) is not among the {study} pairs of profile "
+                         f"{profile.name!r} ({pairs})")
+
+
 def run_dir(profile: ProfileLike, pde: str, model: str, seed: int) -> Path:
     """``runs_dir(profile)/<PDE>-<model>-s<seed>``."""
     profile = as_profile(profile)
@@ -61,3 +68,18 @@ def content_key(**parts) -> str:
 
     payload = json.dumps({"version": pdeinf.__version__, **parts}, sort_keys=True, default=str)
     return hashlib.blake2b(payload.encode(), digest_size=16).hexdigest()
+
+
+def require_checkpoints(files, hint: str) -> None:
+    """InputError naming the first missing checkpoint of `files`, how many are missing, and
+    `hint` (what to train first)."""
+    missing = sorted({Path(f) for f in files if not Path(f).is_file()})
+    if missing:
+        raise InputError(f"{missing[0]}: checkpoint not found ({len(missing)} missing; {hint})")
+
+
+def trajectory_list(batches) -> str:
+    """The trajectories of influence batches, comma-separated (a result file's attribute)."""
+    import numpy as np
+
+    return ",".join(str(int(v)) for b in batches for v in np.unique(np.asarray(b.trajectory)))

@@ -13,18 +13,17 @@ one task computes
   (follow-up) and signed relative mass drift, each in the joint and the ket basis;
 - full-space side (the first `fullspace_seeds` seeds): the seed paper's Krylov estimator
   (`full_space_hat_matrix`, its default block Krylov solver, authors' stopping rule, at most
-  `maxiter` Krylov sweeps per column)
-  at lambda = `profile.fullspace_damping` for every tolerance of `profile.estimator_rtols`
-  (one Krylov solve continued from the loosest to the tightest tolerance through its restart state,
-  so each point is where the same solver stops at that tolerance), and at the paper's rtol
+  `maxiter` Krylov sweeps per column) at lambda = `profile.fullspace_damping` for every
+  tolerance of `profile.estimator_rtols` (one Krylov solve continued from the loosest to the
+  tightest tolerance through its restart state, so each point is where the same solver stops
+  at that tolerance), and at the paper's rtol
   for every other lambda of `profile.estimator_lambdas`. Per solve: H (`fs_pi`), iterations
   and true relative residual per column, operator applications, wall seconds. At the
   reference solve (lambda 1e-4, the paper's rtol) also the seed paper's other bras
   (`fs_bra`: M, E residual bras, the same Krylov solution).
 
-One netCDF per task, `results/estimator/<profile>/<PDE>-<model>/s<seed>.nc`, with `cache_key`
-(checkpoint bytes, data fingerprint, subset and settings, version) and a checksum; a rerun
-recomputes exactly the tasks whose file is missing, stale or corrupt.
+One netCDF per task, `results/estimator/<profile>/<PDE>-<model>/s<seed>.nc`, keyed on the
+checkpoint bytes, the data, the subset and settings (`checksums.ensure_cached`).
 `limit_study` (tiny float64 models, dense Jacobian, seconds) and `pm_table` are not cached.
 """
 from __future__ import annotations
@@ -40,10 +39,9 @@ import torch
 from tqdm.auto import tqdm
 
 from pdeinf import paths
-from pdeinf.atomic import write_netcdf
 from pdeinf.config import pde_spec
 from pdeinf.errors import InputError
-from pdeinf.pipeline.checksums import checksum_ok, with_checksum
+from pdeinf.pipeline.checksums import Cached, ensure_cached
 from pdeinf.pipeline.common import (
     ProfileLike,
     as_profile,
@@ -51,6 +49,7 @@ from pdeinf.pipeline.common import (
     content_key,
     file_digest,
     final_epoch,
+    trajectory_list,
 )
 
 #: Subspace settings swept: energy tolerance at the profile's damping, damping at the
@@ -229,22 +228,9 @@ def task_file(profile, pde: str, model: str, seed: int) -> Path:
     return paths.results_dir() / "estimator" / prof.name / f"{pde}-{model}" / f"s{seed}.nc"
 
 
-def _valid(path: Path, key: str) -> bool:
-    import xarray as xr
-
-    try:
-        with xr.open_dataset(path, engine="h5netcdf") as ds:
-            ds = ds.load()
-    except Exception:  # noqa: BLE001 - unreadable or foreign file: recompute it
-        return False
-    return ds.attrs.get("cache_key") == key and checksum_ok(ds)
-
-
 def ensure_estimator_pair(profile: ProfileLike, pde: str, model: str, *, progress: bool = True):
     """The study of one (PDE, model): dict seed -> xr.Dataset (module docstring), computing
     exactly the tasks whose file is missing, stale or corrupt. Trains first if needed."""
-    import xarray as xr
-
     from pdeinf.pipeline.influence import FileSources
     from pdeinf.pipeline.training import ensure_training
 
@@ -257,28 +243,25 @@ def ensure_estimator_pair(profile: ProfileLike, pde: str, model: str, *, progres
     settings = _settings(prof, pde, model, subset)
     n_fs = subset.fullspace_seeds or len(prof.seeds)
     data_key = sources.data_key()
-    out = {}
-    for i, seed in enumerate(tqdm(prof.seeds, desc=f"estimator {pde}-{model}", disable=not progress)):
-        fullspace = i < n_fs
-        ckpt = sources.checkpoint(seed, epoch)
-        key = content_key(stage="estimator", checkpoint=file_digest(ckpt), data=data_key, seed=int(seed),
-                          batch=0, fullspace=fullspace, **settings)
-        target = task_file(prof, pde, model, seed)
-        if not _valid(target, key):
-            net, _ = sources.model(seed, epoch)
-            ib = sources.batch(seed, 0)
-            x, y, _ = _subset_batch(ib, len(pde_spec(pde).classes), subset.times)
-            attrs = {"model": model, "seed": int(seed), "epoch": int(epoch), "batch": 0,
-                     "profile": prof.name, "cache_key": key, "subset": subset.describe(prof),
-                     "P": int(sum(p.numel() for p in net.parameters() if p.requires_grad)),
-                     "M": int(x.numel()),
-                     "trajectories": ",".join(str(int(v)) for v in np.unique(np.asarray(ib.trajectory)))}
-            ds = estimator_task(net, x, y, pde=pde, settings=settings, fullspace=fullspace,
-                                attrs=attrs, progress=progress)
-            write_netcdf(with_checksum(ds), target)
-        with xr.open_dataset(target, engine="h5netcdf") as ds:
-            out[int(seed)] = ds.load()
-    return out
+
+    def compute_seed(task: Cached):
+        seed, fullspace = task.id
+        net, _ = sources.model(seed, epoch)
+        ib = sources.batch(seed, 0)
+        x, y, _ = _subset_batch(ib, len(pde_spec(pde).classes), subset.times)
+        attrs = {"model": model, "seed": seed, "epoch": int(epoch), "batch": 0, "profile": prof.name,
+                 "subset": subset.describe(prof), "M": int(x.numel()),
+                 "P": int(sum(p.numel() for p in net.parameters() if p.requires_grad)),
+                 "trajectories": trajectory_list([ib])}
+        return estimator_task(net, x, y, pde=pde, settings=settings, fullspace=fullspace,
+                              attrs=attrs, progress=progress)
+
+    tasks = [Cached((int(seed), i < n_fs), task_file(prof, pde, model, seed),
+                    content_key(stage="estimator", checkpoint=file_digest(sources.checkpoint(seed, epoch)),
+                                data=data_key, seed=int(seed), batch=0, fullspace=i < n_fs, **settings))
+             for i, seed in enumerate(prof.seeds)]
+    held = ensure_cached(tasks, compute_seed, desc=f"estimator {pde}-{model}", progress=progress)
+    return {seed: ds for (seed, _), ds in held.items()}
 
 
 def ensure_estimator_study(profile: ProfileLike = None, *, progress: bool = True) -> dict:
@@ -290,39 +273,22 @@ def ensure_estimator_study(profile: ProfileLike = None, *, progress: bool = True
 # --------------------------------------------------------------------------- not cached
 
 
-class _PixelMLP(torch.nn.Module):
-    """An MLP on the flattened pixels (P > M for a few small examples)."""
-
-    def __init__(self, shape=(1, 3, 3), hidden=4):
-        super().__init__()
-        self.shape = shape
-        size = int(np.prod(shape))
-        self.net = torch.nn.Sequential(torch.nn.Linear(size, hidden), torch.nn.Tanh(),
-                                       torch.nn.Linear(hidden, size))
-
-    def forward(self, x):
-        return self.net(x.flatten(1)).reshape(x.shape[0], *self.shape)
-
-
-class _ConvNet(torch.nn.Module):
-    """Two circular 3x3 convolutions with a tanh between (P < M on a 6 x 6 grid)."""
-
-    def __init__(self, channels=2, hidden=3):
-        super().__init__()
-        self.a = torch.nn.Conv2d(channels, hidden, 3, padding=1, padding_mode="circular")
-        self.b = torch.nn.Conv2d(hidden, channels, 3, padding=1, padding_mode="circular")
-
-    def forward(self, x):
-        return self.b(torch.tanh(self.a(x)))
-
-
 def tiny_cases() -> dict:
-    """{"P > M": (model, inputs, targets), "P < M": ...}: float64, fixed seeds. Pixel MLP
-    P = 85 against M = 4 * 9 = 36; conv net P = 113 against M = 3 * 2 * 36 = 216."""
+    """{"P > M": (model, inputs, targets), "P < M": ...}: float64, fixed seeds. An MLP on the
+    flattened pixels (3 x 3, tanh hidden layer of 4): P = 85 against M = 4 * 9 = 36; two circular
+    3x3 convolutions with a tanh between (3 hidden channels): P = 113 against M = 3 * 2 * 36 = 216."""
+    nn = torch.nn
+
+    def conv(c_in, c_out):
+        return nn.Conv2d(c_in, c_out, 3, padding=1, padding_mode="circular")
+
+    models = {"P > M": (lambda: nn.Sequential(nn.Flatten(1), nn.Linear(9, 4), nn.Tanh(), nn.Linear(4, 9),
+                                              nn.Unflatten(1, (1, 3, 3))), (4, 1, 3, 3), 7),
+              "P < M": (lambda: nn.Sequential(conv(2, 3), nn.Tanh(), conv(3, 2)), (3, 2, 6, 6), 8)}
     cases = {}
-    for name, cls, shape, seed in (("P > M", _PixelMLP, (4, 1, 3, 3), 7), ("P < M", _ConvNet, (3, 2, 6, 6), 8)):
+    for name, (build, shape, seed) in models.items():
         torch.manual_seed(seed)
-        model = cls().double().eval()
+        model = build().double().eval()
         g = torch.Generator().manual_seed(seed)
         x = torch.randn(*shape, generator=g, dtype=torch.float64)
         y = x + 0.3 * torch.randn(*shape, generator=g, dtype=torch.float64)
@@ -344,7 +310,7 @@ def limit_study(lambdas=(1e-1, 1e-2, 1e-4, 1e-6, 1e-8, 1e-10), *, krylov=(1e-2, 
 def pm_table(profile: ProfileLike) -> list[dict]:
     """P and M (outputs of a 48-example influence batch, and of the study's subset batch) of the
     profile's models, and the paper's P, M ranges (docs/method.md section 4)."""
-    from pdeinf.models import build, count_parameters
+    from pdeinf.pipeline.regime import parameter_count
 
     prof = as_profile(profile)
     subset = study_subset(prof)
@@ -355,12 +321,11 @@ def pm_table(profile: ProfileLike) -> list[dict]:
         m_sub = 3 * (subset.times or prof.t_max - 1) * spec.channels * prof.resolution**2
         for model in prof.models:
             torch.manual_seed(0)
-            p = count_parameters(build(model, channels=spec.channels, resolution=prof.resolution,
-                                       size=prof.model_size, variant=prof.model_variant,
-                                       residual=prof.residual))
+            p = parameter_count(prof, pde, model)
             lo, hi = PAPER_PM[pde][model]
             m_paper = PAPER_PM[pde]["M"]
             rows.append({"pde": pde, "model": model, "P": p, "M_batch": m_full, "P/M_batch": p / m_full,
-                         "M_subset": m_sub, "P/M_subset": p / m_sub, "paper_P": f"{lo / 1e6:.1f}-{hi / 1e6:.0f}M",
-                         "paper_M": m_paper, "paper_P/M": f"{lo / m_paper:.1f}-{hi / m_paper:.1f}"})
+                         "M_subset": m_sub, "P/M_subset": p / m_sub,
+                         "paper_P": f"{lo / 1e6:.1f}-{hi / 1e6:.0f}M", "paper_M": m_paper,
+                         "paper_P/M": f"{lo / m_paper:.1f}-{hi / m_paper:.1f}"})
     return rows

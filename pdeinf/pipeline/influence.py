@@ -2,16 +2,12 @@
 
 One task = one checkpoint x one influence batch; it writes ONE netCDF file
 `<out_root>/<PDE>-<model>/s<seed>_e<epoch:04d>_b<batch:02d>.nc` holding the dataset of
-`pdeinf.influence.task.labelled_influence`. Each file records
-
-- `cache_key`: a hash of what it depends on (the checkpoint's bytes, the data's content
-  fingerprint, the seed and batch index, the variants, damping, energy tolerance, version);
-- a checksum of its arrays (`pdeinf.pipeline.checksums`).
-
-A rerun keeps a file only when it opens, its key equals the key of the current inputs and its
-arrays match the checksum; otherwise that task alone is recomputed. Under torchrun (RANK and
-WORLD_SIZE set) each rank computes tasks[rank::world_size]; the files are the same as serial,
-and no process group is needed because ranks share nothing but the file system.
+`pdeinf.influence.task.labelled_influence`, keyed on the checkpoint's bytes, the data's content
+fingerprint, the seed and batch index, the variants, damping, energy tolerance and version: a
+rerun recomputes exactly the tasks whose file is missing, stale or corrupt
+(`pdeinf.pipeline.checksums.ensure_cached`). Under torchrun (RANK and WORLD_SIZE set) each
+rank computes tasks[rank::world_size]; the files are the same as serial, and no process group
+is needed because ranks share nothing but the file system.
 
 Where checkpoints and batches come from is a collaborator (`FileSources` by default: the
 pipeline's run layout and `pdeinf.data.datasets.influence_batch`), passed as an argument.
@@ -23,14 +19,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from pdeinf import paths
-from pdeinf.atomic import write_netcdf
 from pdeinf.errors import InputError
 from pdeinf.influence.task import DATA_VARS
 from pdeinf.influence.variants import variant_named, variants_for
-from pdeinf.pipeline.checksums import checksum_ok, require_finite, with_checksum
+from pdeinf.pipeline.checksums import (
+    Cached,
+    ensure_cached,
+    load_cached,
+    load_keyed,
+    require_finite,
+    stack,
+)
 from pdeinf.pipeline.common import (
     ProfileLike,
     as_profile,
@@ -38,6 +39,8 @@ from pdeinf.pipeline.common import (
     content_key,
     file_digest,
     final_epoch,
+    require_checkpoints,
+    trajectory_list,
 )
 
 
@@ -140,21 +143,15 @@ def _task_key(sources, data_key: str, prof, pde: str, model: str, study: Study, 
                        **study.settings(prof, pde, model))
 
 
-def _valid(path: Path, key: str | None, study: Study) -> bool:
-    """The file opens, holds every variable, matches `key` (None: any) and its checksum."""
-    import xarray as xr
+def _cached(out_dir: Path, chosen, key_of=None) -> list[Cached]:
+    """The task files of `chosen` (seed, epoch, batch), with `key_of(task)` when given."""
+    return [Cached(t, task_file(out_dir, *t), key_of and key_of(t)) for t in chosen]
 
-    try:
-        with xr.open_dataset(path, engine="h5netcdf") as ds:
-            ds = ds.load()
-    except Exception:  # noqa: BLE001 - unreadable, truncated or foreign file: recompute it
-        return False
-    if any(v not in ds for v in study.data_vars):
-        return False
-    if key is not None and ds.attrs.get("cache_key") != key:
-        return False
-    main = ds["pi" if "pi" in ds else "H"].values
-    return checksum_ok(ds) and bool(np.isfinite(main).all())
+
+def _key_of(sources, prof, pde: str, model: str, study: Study):
+    """`key_of(task, study)`: the content key of a task of `study` (or another study)."""
+    data_key, digests = sources.data_key(), {}
+    return lambda t, other=study: _task_key(sources, data_key, prof, pde, model, other, *t, digests)
 
 
 def _distributed(rank, world_size) -> tuple[int, int]:
@@ -180,21 +177,16 @@ def _compute(study: Study, compute, model, ckpt, ib, *, pde, model_name, prof, a
                    energy_tol=prof.energy_tol, attrs=attrs, state_path=state_path)
 
 
-def _follow_up_twin(sources, data_key: str, prof, pde: str, model_name: str, seed: int,
-                    epoch: int, batch: int, digests: dict, out_root):
+def _follow_up_twin(key_of, prof, pde: str, model_name: str, seed: int, epoch: int, batch: int,
+                    out_root):
     """The current follow-up dataset of the same (seed, checkpoint, batch), or None. With the
     subspace estimator its Gauss-Newton SMSE / mass / energy variants are the seed paper's
     C / M / E matrices (`influence.task.seed_paper_from_follow_up`): not computed twice."""
-    import xarray as xr
-
     if batch >= prof.n_influence_batches or epoch not in prof.checkpoints[pde]:
         return None
     path = task_file(sweep_dir(prof, pde, model_name, out_root, FOLLOW_UP), seed, epoch, batch)
-    key = _task_key(sources, data_key, prof, pde, model_name, FOLLOW_UP, seed, epoch, batch, digests)
-    if not _valid(path, key, FOLLOW_UP):
-        return None
-    with xr.open_dataset(path, engine="h5netcdf") as ds:
-        return ds.load()
+    key = key_of((seed, epoch, batch), FOLLOW_UP)
+    return load_keyed(path, key, FOLLOW_UP.data_vars, FOLLOW_UP.data_vars[:1])
 
 
 def run_sweep(profile, pde: str, model_name: str, *, sources=None, out_root=None,
@@ -223,47 +215,40 @@ def run_sweep(profile, pde: str, model_name: str, *, sources=None, out_root=None
     compute = compute or (labelled_influence if study is FOLLOW_UP else seed_paper_influence)
     out_dir = sweep_dir(prof, pde, model_name, out_root, study)
     mine = study.tasks(prof, pde)[rank::world_size]
-    missing = sorted({sources.checkpoint(s, e) for s, e, _ in mine
-                      if not Path(sources.checkpoint(s, e)).is_file()})
-    if missing:
-        raise InputError(f"{missing[0]}: checkpoint not found ({len(missing)} missing; "
-                         f"train {pde}/{model_name} at profile {prof.name} first)")
-    data_key, digests = sources.data_key(), {}
-    keys = {t: _task_key(sources, data_key, prof, pde, model_name, study, *t, digests) for t in mine}
-    todo = [t for t in mine if not _valid(task_file(out_dir, *t), keys[t], study)]
+    require_checkpoints([sources.checkpoint(s, e) for s, e, _ in mine],
+                        f"train {pde}/{model_name} at profile {prof.name} first")
+    key_of, loaded = _key_of(sources, prof, pde, model_name, study), {}
 
-    bar = tqdm(total=len(todo), desc=f"{study.name} {pde}-{model_name} [{rank}/{world_size}]",
-               unit="task", disable=not progress)
-    loaded: dict = {}
-    for seed, epoch, batch in todo:
+    def state_path(task: Cached) -> Path:
+        return task.path.with_name(f".{task.path.stem}.{task.key[:8]}.cg.pt")
+
+    def compute_task(task: Cached):
+        seed, epoch, batch = task.id
         if (seed, epoch) not in loaded:
             loaded.clear()  # one checkpoint in memory at a time (tasks are ordered by it)
             loaded[(seed, epoch)] = sources.model(seed, epoch)
         model, ckpt = loaded[(seed, epoch)]
         ib = sources.batch(seed, batch)
-        target = task_file(out_dir, seed, epoch, batch)
         attrs = {"model": model_name, "seed": int(seed), "epoch": int(epoch), "batch": int(batch),
-                 "profile": prof.name, "cache_key": keys[(seed, epoch, batch)],
-                 "trajectories": ",".join(str(int(v)) for v in np.unique(np.asarray(ib.trajectory)))}
-        state_path = target.with_name(f".{target.stem}.{keys[(seed, epoch, batch)][:8]}.cg.pt")
+                 "profile": prof.name, "trajectories": trajectory_list([ib])}
         if study is SEED_PAPER:
-            state_path.parent.mkdir(parents=True, exist_ok=True)
-        twin = (_follow_up_twin(sources, data_key, prof, pde, model_name, seed, epoch, batch,
-                                digests, out_root) if reuse else None)
+            task.path.parent.mkdir(parents=True, exist_ok=True)
+        twin = _follow_up_twin(key_of, prof, pde, model_name, seed, epoch, batch, out_root) if reuse else None
         if twin is not None:
             ds = seed_paper_from_follow_up(twin, model, ib.inputs, pde=pde, damping=prof.damping,
                                            energy_tol=prof.energy_tol, attrs=attrs)
         else:
             ds = _compute(study, compute, model, ckpt, ib, pde=pde, model_name=model_name,
                           prof=prof, attrs=attrs, grad_chunk=grad_chunk or hat.GRAD_CHUNK,
-                          jvp_chunk=jvp_chunk or hat.JVP_CHUNK, state_path=state_path)
-        require_finite(ds, "pi" if "pi" in ds else "H",
-                       f"{target} (from {sources.checkpoint(seed, epoch)})")
-        write_netcdf(with_checksum(ds), target)
-        state_path.unlink(missing_ok=True)
-        bar.update(1)
-    bar.close()
-    return [task_file(out_dir, *t) for t in mine]
+                          jvp_chunk=jvp_chunk or hat.JVP_CHUNK, state_path=state_path(task))
+        require_finite(ds, study.data_vars[0], f"{task.path} (from {sources.checkpoint(seed, epoch)})")
+        return ds
+
+    tasks = _cached(out_dir, mine, key_of)
+    ensure_cached(tasks, compute_task, variables=study.data_vars, finite=study.data_vars[:1],
+                  desc=f"{study.name} {pde}-{model_name} [{rank}/{world_size}]", progress=progress,
+                  load=False, written=lambda task: state_path(task).unlink(missing_ok=True))
+    return [t.path for t in tasks]
 
 
 def load_sweep(profile, pde: str, model_name: str, *, out_root=None, sources=None,
@@ -272,36 +257,15 @@ def load_sweep(profile, pde: str, model_name: str, *, out_root=None, sources=Non
     epoch, batch, variant, t_resp, c_resp, t_pert, c_pert), `losses` (seed, epoch, batch, t, c),
     ...; SEED_PAPER: `H` (seed, batch, bra, ...), ...). InputError naming what is missing or
     invalid (with `sources`, files are also checked against the current inputs' keys)."""
-    import xarray as xr
-
     prof = as_profile(profile)
     check_selection(prof, pde, model_name)
-    out_dir = sweep_dir(prof, pde, model_name, out_root, study)
     all_tasks = study.tasks(prof, pde)
-    keys = {t: None for t in all_tasks}
-    if sources is not None:
-        data_key, digests = sources.data_key(), {}
-        keys = {t: _task_key(sources, data_key, prof, pde, model_name, study, *t, digests)
-                for t in all_tasks}
-    bad = [task_file(out_dir, *t) for t in all_tasks if not _valid(task_file(out_dir, *t), keys[t], study)]
-    if bad:
-        raise InputError(f"{bad[0]}: influence file missing, stale or corrupt ({len(bad)} of "
-                         f"{len(all_tasks)}); run `pdeinf influence --pde {pde} --model {model_name} "
-                         f"--profile {prof.name}`")
-    seeds = list(dict.fromkeys(t[0] for t in all_tasks))
-    epochs = list(dict.fromkeys(t[1] for t in all_tasks))
-    batches = list(dict.fromkeys(t[2] for t in all_tasks))
-    by_seed = []
-    for seed in seeds:
-        by_epoch = []
-        for epoch in epochs:
-            parts = []
-            for batch in batches:
-                with xr.open_dataset(task_file(out_dir, seed, epoch, batch), engine="h5netcdf") as ds:
-                    parts.append(ds.load())
-            by_epoch.append(xr.concat(parts, dim="batch", combine_attrs="drop_conflicts"))
-        by_seed.append(xr.concat(by_epoch, dim="epoch", combine_attrs="drop_conflicts"))
-    out = xr.concat(by_seed, dim="seed", combine_attrs="drop_conflicts")
+    key_of = _key_of(sources, prof, pde, model_name, study) if sources is not None else None
+    parts = load_cached(_cached(sweep_dir(prof, pde, model_name, out_root, study), all_tasks, key_of),
+                        variables=study.data_vars, finite=study.data_vars[:1], what="influence file",
+                        hint=f"`pdeinf influence --pde {pde} --model {model_name} --profile {prof.name}`")
+    out = stack(parts, ("seed", "epoch", "batch"), combine_attrs="drop_conflicts")
+    seeds, epochs, batches = (list(dict.fromkeys(t[i] for t in all_tasks)) for i in range(3))
     out = out.assign_coords(seed=seeds, epoch=epochs, batch=np.arange(len(batches)))
     if study is FOLLOW_UP:
         out["pi"] = out["pi"].transpose("seed", "epoch", "batch", "variant", ...)
@@ -325,15 +289,8 @@ def ensure_influence(profile: ProfileLike, pde: str, model: str, *, metric: str 
     Trains first if needed (or if the data changed); recomputes exactly the tasks whose file
     is missing, stale (other inputs) or corrupt (checksum).
     """
-    from pdeinf.pipeline.training import ensure_training
-
-    profile = as_profile(profile)
-    check_selection(profile, pde, model)
     variant = None if metric is None and observable is None else variant_named(metric, observable)
-    ensure_training(profile, pde, model, progress=progress)
-    sources = FileSources(profile, pde, model)
-    run_sweep(profile, pde, model, sources=sources, progress=progress)
-    ds = load_sweep(profile, pde, model, sources=sources)
+    ds = _ensure_sweep(profile, pde, model, FOLLOW_UP, progress)
     ds.attrs.pop("study", None)
     if variant is None:
         return ds
@@ -361,11 +318,16 @@ def ensure_seed_paper(profile: ProfileLike, pde: str, model: str, *, progress: b
     c_resp, t_pert, c_pert) from the full-space estimator, `input_distance`,
     `ntk_top_eigenvalue` (seed, batch), `losses`, `cg_iterations`, `cg_residual`. Trains first
     if needed; recomputes exactly the tasks whose file is missing, stale or corrupt."""
+    return _ensure_sweep(profile, pde, model, SEED_PAPER, progress)
+
+
+def _ensure_sweep(profile, pde: str, model: str, study: Study, progress: bool):
+    """`load_sweep` of the study's current files, training and computing what is needed first."""
     from pdeinf.pipeline.training import ensure_training
 
     profile = as_profile(profile)
     check_selection(profile, pde, model)
     ensure_training(profile, pde, model, progress=progress)
     sources = FileSources(profile, pde, model)
-    run_sweep(profile, pde, model, sources=sources, progress=progress, study=SEED_PAPER)
-    return load_sweep(profile, pde, model, sources=sources, study=SEED_PAPER)
+    run_sweep(profile, pde, model, sources=sources, progress=progress, study=study)
+    return load_sweep(profile, pde, model, sources=sources, study=study)

@@ -1,26 +1,15 @@
 """Stage: the interventions study: coherence and rollout error of every checkpoint
 of runs trained with each recipe of the profile.
 
-For each recipe of `profile.recipes`, each (PDE, model) of `profile.recipe_pairs` (None: every
-pair of the profile) and each seed, the run is trained (one-step: the baseline runs of
-`ensure_training`; other recipes: `runs_dir(profile)/recipe-<name>/<PDE>-<model>-s<seed>`, same
-data from `profile_data`, same optimizer steps, the recipe's default settings), then at EVERY
-scheduled checkpoint one task computes, on the first `study_batches(profile)` influence batches:
-
-- `pi` (batch, t_resp, c_resp, t_pert, c_pert): the follow-up's raw Gauss-Newton influence of
-  each influence batch (`labelled_influence(..., variants=("gauss-newton",))`; for one-step it
-  is read from the follow-up sweep `ensure_influence`, which computes exactly this for the
-  baseline runs), `losses` (batch, t, c), `rank` (batch);
-- `rollout` (class, batch, start, horizon): per-step SMSE of autoregressive rollouts of the test
-  trajectories of the influence batches (`rollouts_all_starts`), `trajectory` = batch index;
-- `val_smse` (scalar): the run's one-step validation SMSE after that epoch (its history).
-
-One netCDF per task, `results/interventions/<profile>/<PDE>-<model>/<recipe>/s<seed>_e<epoch>.nc`,
-with `cache_key` (checkpoint bytes, data fingerprint, recipe identity, settings, version) and a
-checksum; a rerun recomputes exactly the tasks whose file is missing, stale or corrupt.
-Recipe runs record their training key (the one-step key of `training.training_key` and the
-recipe's identity) in `stage_key.json`, like `ensure_training`; a run of other inputs is moved
-aside to `<run>.stale/` and retrained.
+For each recipe of `profile.recipes`, each pair of `recipe_pairs(profile)` and each seed, the run
+is trained (one-step: the baseline runs of `ensure_training`; other recipes: `recipe_run_dir`,
+same data from `profile_data`, same optimizer steps, the recipe's default settings, keyed on the
+one-step training key and the recipe's identity like every run: `training.ensure_keyed_run`),
+then at EVERY scheduled checkpoint one task computes `compute_task` on the first
+`study_batches(profile)` influence batches (for one-step the influence is read from the
+follow-up sweep `ensure_influence`, which computes exactly this for the baseline runs):
+`results/interventions/<profile>/<PDE>-<model>/<recipe>/s<seed>_e<epoch>.nc`, keyed by
+`task_key` (`checksums.ensure_cached`).
 
 Orbit influence of `augment` (when the profile trains it): for "augment" and the baseline
 "one-step" (paired by seed), at the FINAL checkpoint only, on the first `orbit_batches(profile)`
@@ -28,31 +17,30 @@ influence batches (`profile.symmetry_batches`, 1 in every profile), the D4 equiv
 and the standardized D4 orbit-influence diagonal of "e" and the 7 non-identity D4 elements
 (`pdeinf.symmetry.study.final_orbit_study`: the symmetry study's own per-batch computation, no
 shift landscape, Lie derivative or earlier checkpoints). One netCDF per (recipe, seed),
-`.../<recipe>/s<seed>_e<epoch>_orbit.nc`, keyed like the tasks (checkpoint bytes, data,
-recipe, elements, batches, damping, energy tolerance, version). For one-step the symmetry
+`.../<recipe>/s<seed>_e<epoch>_orbit.nc`, keyed by `orbit_key`. For one-step the symmetry
 stage's cached file of that seed is reused when it is valid and current (same checkpoint,
 batches and settings: the same computation); otherwise it is computed here (never the whole
 symmetry study).
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from pdeinf import paths
-from pdeinf.atomic import write_netcdf
-from pdeinf.config import pde_spec
 from pdeinf.errors import InputError
-from pdeinf.pipeline.checksums import checksum_ok, with_checksum
+from pdeinf.pipeline.checksums import Cached, ensure_cached, load_cached, stack
 from pdeinf.pipeline.common import (
     ProfileLike,
     as_profile,
+    check_pair,
     check_selection,
     content_key,
     file_digest,
     final_epoch,
+    require_checkpoints,
     scheduled_checkpoints,
 )
 
@@ -65,6 +53,14 @@ ORBIT_VARS = ("equivariance", "orbit_diagonal", "orbit_rank")
 ORBIT_VERSION = 1
 
 
+def _batches(prof, field: str, n: int) -> int:
+    """`n` influence batches named by the profile's `field`, InputError unless in 1..n_influence_batches."""
+    if not 1 <= n <= prof.n_influence_batches:
+        raise InputError(f"profile {prof.name!r}: {field}={n} must lie in "
+                         f"1..n_influence_batches={prof.n_influence_batches}")
+    return n
+
+
 def study_batches(profile: ProfileLike) -> int:
     """Influence batches (and their test trajectories for the rollouts) per (run, checkpoint):
     `profile.recipe_batches` when the profile has that field and it is not None, else
@@ -72,11 +68,7 @@ def study_batches(profile: ProfileLike) -> int:
     (about 23 s single-threaded at quick for the UNet), so the quick profile may use fewer."""
     prof = as_profile(profile)
     n = getattr(prof, "recipe_batches", None)
-    n = prof.n_influence_batches if n is None else int(n)
-    if not 1 <= n <= prof.n_influence_batches:
-        raise InputError(f"profile {prof.name!r}: recipe_batches={n} must lie in "
-                         f"1..n_influence_batches={prof.n_influence_batches}")
-    return n
+    return _batches(prof, "recipe_batches", prof.n_influence_batches if n is None else int(n))
 
 
 def recipe_pairs(profile: ProfileLike) -> list[tuple[str, str]]:
@@ -89,13 +81,6 @@ def recipe_pairs(profile: ProfileLike) -> list[tuple[str, str]]:
     for pde, model in pairs:
         check_selection(prof, pde, model)
     return pairs
-
-
-def _check_recipe_pair(prof, pde: str, model: str) -> None:
-    """InputError unless (pde, model) is one of the profile's recipe pairs."""
-    if (pde, model) not in recipe_pairs(prof):
-        raise InputError(f"pde/model: ({pde}, {model}) is not among the recipe pairs of profile "
-                         f"{prof.name!r} ({recipe_pairs(prof)})")
 
 
 def _check_recipes(prof) -> list[str]:
@@ -133,27 +118,21 @@ def ensure_recipe_runs(profile: ProfileLike, pde: str, model: str, recipe: str, 
     """`{seed: run_dir}` of `recipe` for every seed, trained (or resumed, or retrained when
     stale) as needed. "one-step" is `pipeline.training.ensure_training` itself."""
     from pdeinf.pipeline.data import profile_data
-    from pdeinf.pipeline.training import ensure_keyed_run, ensure_training
+    from pdeinf.pipeline.training import ensure_runs, ensure_training
+    from pdeinf.training.recipes import make_recipe
+    from pdeinf.training.train import default_out_dir
 
     prof = as_profile(profile)
     check_selection(prof, pde, model)
     if recipe == "one-step":
         return ensure_training(prof, pde, model, progress=progress)
-    if train is None:
-        from pdeinf.training.train import train
     data = profile_data(prof, pde, progress=progress)
     fingerprint = str(data.fingerprint())
-    epochs = scheduled_checkpoints(prof, pde)
-    runs = {}
-    for seed in prof.study_seeds():
-        directory = recipe_run_dir(prof, pde, model, recipe, seed)
-        runs[int(seed)] = ensure_keyed_run(
-            directory, epochs, _recipe_key(prof, pde, model, recipe, seed, fingerprint),
-            lambda seed=seed, directory=directory: train(
-                pde, model, int(seed), prof, data=data, progress=progress, recipe=recipe,
-                out_dir=directory.parent),
-            {"data_fingerprint": fingerprint, "recipe": recipe})
-    return runs
+    return ensure_runs(prof, pde, model, prof.study_seeds(),
+                       default_out_dir(prof.name, make_recipe(recipe)), scheduled_checkpoints(prof, pde),
+                       lambda seed: _recipe_key(prof, pde, model, recipe, seed, fingerprint),
+                       {"data_fingerprint": fingerprint, "recipe": recipe}, data=data, train=train,
+                       progress=progress, recipe=recipe)
 
 
 # ---- tasks ------------------------------------------------------------------------------
@@ -179,64 +158,39 @@ def task_key(prof, pde: str, model: str, recipe: str, seed: int, epoch: int, che
                        n_batches=study_batches(prof))
 
 
-def _load_valid(path: Path, key: str | None, data_vars=DATA_VARS):
-    import xarray as xr
-
-    if not path.is_file():
-        return None
-    try:
-        with xr.open_dataset(path, engine="h5netcdf") as ds:
-            ds = ds.load()
-    except Exception:  # noqa: BLE001 - unreadable, truncated or foreign: recompute
-        return None
-    if any(v not in ds for v in data_vars) or not checksum_ok(ds):
-        return None
-    if key is not None and ds.attrs.get("cache_key") != key:
-        return None
-    return ds
-
-
-def compute_task(model_net, ckpt: dict, data, prof, pde: str, seed: int, *, attrs: dict,
-                 influence=None):
-    """The dataset of one (run, checkpoint): influence of every influence batch, rollouts of
-    their test trajectories, the validation SMSE of the checkpoint's last epoch. `influence`
-    (pi, losses, rank with a `batch` dim), when given, is used instead of computing it (the
-    baseline's Gauss-Newton influence from the follow-up sweep: the same computation)."""
+def compute_task(net, ckpt: dict, data, prof, pde: str, seed: int, n_batches: int, *,
+                 attrs: dict, influence=None):
+    """The dataset of one (run, checkpoint) on the first `n_batches` influence batches: `pi`
+    (batch, t_resp, c_resp, t_pert, c_pert) raw Gauss-Newton influence, `losses` (batch, t, c),
+    `rank` (batch), `rollout` (class, batch, start, horizon) of the batches' test trajectories,
+    `val_smse` (scalar: the checkpoint's last epoch). `influence` (pi, losses, rank with a
+    `batch` dim), when given, is used instead of computing it (the baseline's Gauss-Newton
+    influence from the follow-up sweep: the same computation)."""
     import torch
     import xarray as xr
 
     from pdeinf.data.datasets import influence_batch
     from pdeinf.influence.task import labelled_influence
+    from pdeinf.pipeline.rollouts import influence_trajectories
     from pdeinf.training.rollout import rollouts_all_starts
 
-    n = study_batches(prof)
-    parts = [] if influence is None else [influence[["pi", "losses", "rank"]]]
-    for b in range(n if influence is None else 0):
-        ib = influence_batch(data, int(seed), b, split="test")
-        one = labelled_influence(model_net, ckpt.get("optimizer_state"), ib.inputs, ib.targets,
-                                 pde=pde, damping=prof.damping, energy_tol=prof.energy_tol,
-                                 variants=(VARIANT,))
-        parts.append(one[["pi", "losses", "rank"]].sel(variant=VARIANT, drop=True))
     if influence is None:
+        parts = []
+        for b in range(n_batches):
+            ib = influence_batch(data, int(seed), b, split="test")
+            one = labelled_influence(net, ckpt.get("optimizer_state"), ib.inputs, ib.targets,
+                                     pde=pde, damping=prof.damping, energy_tol=prof.energy_tol,
+                                     variants=(VARIANT,))
+            parts.append(one[["pi", "losses", "rank"]].sel(variant=VARIANT, drop=True))
         influence = xr.concat(parts, dim="batch", combine_attrs="drop")
-    else:
-        influence = parts[0].copy()
-        influence.attrs = {}
-    trajectories = {}
-    for cls in pde_spec(pde).classes:
-        test = data.trajectories(cls, "test", int(seed))
-        if len(test) < n:
-            raise InputError(f"profile {prof.name!r}: class {cls} has {len(test)} test "
-                             f"trajectories, fewer than the {n} influence batches")
-        trajectories[cls] = np.asarray(test[:n])[:, : prof.t_max]
     with torch.no_grad():
-        roll = rollouts_all_starts(model_net, trajectories)
-    roll = roll.rename(trajectory="batch")
+        roll = rollouts_all_starts(net, influence_trajectories(data, prof, pde, seed, n_batches))
     history = ckpt.get("history") or []
     val = float(history[-1]["val_smse"]) if history else float("nan")
-    ds = influence.assign(rollout=roll.drop_vars("batch"), val_smse=((), val))
-    ds = ds.assign_coords(batch=np.arange(n))
-    ds.attrs.update({k: v for k, v in attrs.items()})
+    ds = influence[["pi", "losses", "rank"]].assign(
+        rollout=roll.rename(trajectory="batch").drop_vars("batch"), val_smse=((), val))
+    ds = ds.assign_coords(batch=np.arange(n_batches))
+    ds.attrs = dict(attrs)
     return ds
 
 
@@ -258,37 +212,35 @@ def run_study(profile: ProfileLike, pde: str, model: str, *, recipes: list[str] 
     trained = recipes + [r for r in orbit_recipes(prof) if orbit and r not in recipes]
     runs = {r: ensure_recipe_runs(prof, pde, model, r, progress=progress) for r in trained}
     data = profile_data(prof, pde, progress=progress, validate=False)  # validated by training
-    data_key = str(data.fingerprint())
-    todo, files = [], []
-    for recipe in recipes:
-        for seed in prof.study_seeds():
-            for epoch in scheduled_checkpoints(prof, pde):
-                ckpt = paths.checkpoint_path(runs[recipe][int(seed)], epoch)
-                key = task_key(prof, pde, model, recipe, seed, epoch, ckpt, data_key)
-                target = task_file(prof, pde, model, recipe, seed, epoch)
-                files.append(target)
-                if _load_valid(target, key) is None:
-                    todo.append((recipe, seed, epoch, ckpt, key, target))
-    baseline = None
-    if any(t[0] == "one-step" for t in todo):
+    data_key, n = str(data.fingerprint()), study_batches(prof)
+
+    def checkpoint(recipe: str, seed: int, epoch: int) -> Path:
+        return paths.checkpoint_path(runs[recipe][int(seed)], epoch)
+
+    @functools.cache
+    def baseline():
         # the follow-up sweep holds the baseline's Gauss-Newton influence of the same batches
         # and checkpoints (same damping and energy tolerance): reuse it, never recompute it
         from pdeinf.pipeline.influence import ensure_influence
 
-        baseline = ensure_influence(prof, pde, model, metric="gauss-newton", observable="smse",
-                                    progress=progress)
-    for recipe, seed, epoch, ckpt, key, target in tqdm(
-            todo, desc=f"interventions {pde}-{model}", unit="task", disable=not progress):
-        net, state = load_checkpoint(ckpt, pde=pde, model_name=model)
-        attrs = {"pde": pde, "model": model, "recipe": recipe, "seed": int(seed),
-                 "epoch": int(epoch), "profile": prof.name, "variant": VARIANT, "cache_key": key}
+        return ensure_influence(prof, pde, model, metric=VARIANT, observable="smse", progress=progress)
+
+    def compute(task: Cached):
+        recipe, seed, epoch = task.id
+        net, state = load_checkpoint(checkpoint(*task.id), pde=pde, model_name=model)
+        attrs = {"pde": pde, "model": model, "recipe": recipe, "seed": seed, "epoch": epoch,
+                 "profile": prof.name, "variant": VARIANT}
         influence = None
         if recipe == "one-step":
-            influence = baseline.sel(seed=int(seed), epoch=int(epoch), drop=True)
-            influence = influence.isel(batch=slice(0, study_batches(prof)))
-            influence = influence.assign_coords(batch=np.arange(influence.sizes["batch"]))
-        ds = compute_task(net, state, data, prof, pde, seed, attrs=attrs, influence=influence)
-        write_netcdf(with_checksum(ds), target)
+            influence = baseline().sel(seed=seed, epoch=epoch, drop=True).isel(batch=slice(0, n))
+        return compute_task(net, state, data, prof, pde, seed, n, attrs=attrs, influence=influence)
+
+    chosen = [(recipe, int(seed), int(epoch)) for recipe in recipes for seed in prof.study_seeds()
+              for epoch in scheduled_checkpoints(prof, pde)]
+    tasks = [Cached(t, task_file(prof, pde, model, *t),
+                    task_key(prof, pde, model, *t, checkpoint(*t), data_key)) for t in chosen]
+    files = list(ensure_cached(tasks, compute, variables=DATA_VARS, desc=f"interventions {pde}-{model}",
+                               progress=progress, load=False).values())
     if orbit and orbit_recipes(prof):
         files += run_orbit(prof, pde, model, sources=RecipeSources(prof, pde, model, runs, data),
                            progress=progress)
@@ -300,7 +252,7 @@ def ensure_recipe_study(profile: ProfileLike, pde: str, model: str, recipe: str,
     """One recipe's task files of (pde, model) (training the recipe's runs where needed): a
     stage of its own, so the recipes' studies run side by side (`reproduce.stage_tasks`)."""
     prof = as_profile(profile)
-    _check_recipe_pair(prof, pde, model)
+    check_pair(prof, pde, model, recipe_pairs(prof), "recipe")
     return run_study(prof, pde, model, recipes=[recipe], orbit=False, progress=progress)
 
 
@@ -308,25 +260,13 @@ def load_study(profile: ProfileLike, pde: str, model: str):
     """The cached tasks of (pde, model) as one `xr.Dataset` with dims (recipe, seed, epoch,
     batch, ...): `pi`, `losses`, `rank`, `rollout` (recipe, seed, epoch, class, batch, start,
     horizon), `val_smse` (recipe, seed, epoch). InputError naming a missing/corrupt file."""
-    import xarray as xr
-
     prof = as_profile(profile)
     recipes, epochs = _check_recipes(prof), list(scheduled_checkpoints(prof, pde))
-    by_recipe = []
-    for recipe in recipes:
-        by_seed = []
-        for seed in prof.study_seeds():
-            by_epoch = []
-            for epoch in epochs:
-                path = task_file(prof, pde, model, recipe, seed, epoch)
-                ds = _load_valid(path, None)
-                if ds is None:
-                    raise InputError(f"{path}: interventions file missing or corrupt; run "
-                                     f"pipeline.ensure_interventions({prof.name!r})")
-                by_epoch.append(ds)
-            by_seed.append(xr.concat(by_epoch, dim="epoch", combine_attrs="drop"))
-        by_recipe.append(xr.concat(by_seed, dim="seed", combine_attrs="drop"))
-    out = xr.concat(by_recipe, dim="recipe", combine_attrs="drop")
+    tasks = [Cached((r, s, e), task_file(prof, pde, model, r, s, e))
+             for r in recipes for s in prof.study_seeds() for e in epochs]
+    parts = load_cached(tasks, variables=DATA_VARS, what="interventions file",
+                        hint=f"pipeline.ensure_interventions({prof.name!r})")
+    out = stack(parts, ("recipe", "seed", "epoch"), combine_attrs="drop")
     out = out.assign_coords(recipe=recipes, seed=[int(s) for s in prof.study_seeds()], epoch=epochs)
     out["pi"] = out["pi"].transpose("recipe", "seed", "epoch", "batch", "t_resp", "c_resp",
                                     "t_pert", "c_pert")
@@ -341,7 +281,7 @@ def ensure_intervention_pair(profile: ProfileLike, pde: str, model: str, *,
                              progress: bool = True):
     """The study's dataset of one (PDE, model) pair (`load_study`), computed where needed."""
     prof = as_profile(profile)
-    _check_recipe_pair(prof, pde, model)
+    check_pair(prof, pde, model, recipe_pairs(prof), "recipe")
     run_study(prof, pde, model, progress=progress)
     return load_study(prof, pde, model)
 
@@ -354,22 +294,23 @@ def ensure_interventions(profile: ProfileLike, *, progress: bool = True) -> dict
 
 
 # ---- orbit influence: augment vs one-step at the final checkpoint --------------------------
-def orbit_recipes(profile: ProfileLike) -> list[str]:
+def orbit_recipes(profile: ProfileLike, *, required: bool = False) -> list[str]:
     """`["one-step", "augment"]` when the profile trains augment, else `[]` (nothing to
-    compare: the orbit study is skipped)."""
+    compare: the orbit study is skipped) or, when `required`, InputError."""
     prof = as_profile(profile)
-    return list(ORBIT_RECIPES) if all(r in prof.recipes for r in ORBIT_RECIPES) else []
+    if all(r in prof.recipes for r in ORBIT_RECIPES):
+        return list(ORBIT_RECIPES)
+    if required:
+        raise InputError(f"profile {prof.name!r}: recipes {list(prof.recipes)} lack 'augment'; "
+                         "no orbit study")
+    return []
 
 
 def orbit_batches(profile: ProfileLike) -> int:
     """Influence batches per (recipe, seed) of the orbit study: `profile.symmetry_batches`
     (the symmetry study's; 1 in every profile), within 1..n_influence_batches."""
     prof = as_profile(profile)
-    n = int(prof.symmetry_batches)
-    if not 1 <= n <= prof.n_influence_batches:
-        raise InputError(f"profile {prof.name!r}: symmetry_batches={n} must lie in "
-                         f"1..n_influence_batches={prof.n_influence_batches}")
-    return n
+    return _batches(prof, "symmetry_batches", int(prof.symmetry_batches))
 
 
 def orbit_elements() -> list[str]:
@@ -473,21 +414,12 @@ def run_orbit(profile: ProfileLike, pde: str, model: str, *, sources, progress: 
     if compute is None:
         from pdeinf.symmetry.study import final_orbit_study as compute
     epoch, n = final_epoch(prof, pde), orbit_batches(prof)
-    data_key = sources.data_key()
-    files, todo = [], []
-    for recipe in recipes:
-        for seed in prof.study_seeds():
-            ckpt = Path(sources.checkpoint(recipe, seed))
-            if not ckpt.is_file():
-                raise InputError(f"{ckpt}: checkpoint not found (train {recipe} {pde}/{model} "
-                                 f"at profile {prof.name} first)")
-            key = orbit_key(prof, pde, model, recipe, seed, epoch, ckpt, data_key)
-            target = orbit_file(prof, pde, model, recipe, seed, epoch)
-            files.append(target)
-            if _load_valid(target, key, ORBIT_VARS) is None:
-                todo.append((recipe, int(seed), key, target))
-    for recipe, seed, key, target in tqdm(todo, desc=f"orbit {pde}-{model}", unit="run",
-                                          disable=not progress):
+    chosen = [(recipe, int(seed)) for recipe in recipes for seed in prof.study_seeds()]
+    require_checkpoints([sources.checkpoint(*t) for t in chosen],
+                        f"train {'/'.join(recipes)} {pde}/{model} at profile {prof.name} first")
+
+    def orbit_of(task: Cached):
+        recipe, seed = task.id
         ds = orbit_from_symmetry(sources.symmetry(seed), epoch, n) if recipe == "one-step" else None
         source = "symmetry stage"
         if ds is None:
@@ -496,11 +428,16 @@ def run_orbit(profile: ProfileLike, pde: str, model: str, *, sources, progress: 
             ds = compute(net.eval(), batches, pde=pde, elements=orbit_elements(),
                          damping=prof.damping, energy_tol=prof.energy_tol, progress=progress)
             source = "computed"
-        ds.attrs.update({"pde": pde, "model": model, "recipe": recipe, "seed": int(seed),
-                         "epoch": int(epoch), "profile": prof.name, "source": source,
-                         "cache_key": key})
-        write_netcdf(with_checksum(ds), target)
-    return files
+        ds.attrs.update({"pde": pde, "model": model, "recipe": recipe, "seed": seed,
+                         "epoch": int(epoch), "profile": prof.name, "source": source})
+        return ds
+
+    data_key = sources.data_key()
+    tasks = [Cached(t, orbit_file(prof, pde, model, *t, epoch),
+                    orbit_key(prof, pde, model, *t, epoch, Path(sources.checkpoint(*t)), data_key))
+             for t in chosen]
+    return list(ensure_cached(tasks, orbit_of, variables=ORBIT_VARS, desc=f"orbit {pde}-{model}",
+                              unit="run", progress=progress, load=False).values())
 
 
 def load_orbit(profile: ProfileLike, pde: str, model: str):
@@ -508,26 +445,14 @@ def load_orbit(profile: ProfileLike, pde: str, model: str):
     batch, element, example): `equivariance`, `orbit_diagonal`, `orbit_rank` (recipe, seed,
     batch, element); attrs `epoch` (the final checkpoint). InputError when the profile does not
     train augment or a file is missing or corrupt."""
-    import xarray as xr
-
     prof = as_profile(profile)
-    recipes = orbit_recipes(prof)
-    if not recipes:
-        raise InputError(f"profile {prof.name!r}: recipes {list(prof.recipes)} lack 'augment'; "
-                         "no orbit study")
-    epoch = final_epoch(prof, pde)
-    by_recipe = []
-    for recipe in recipes:
-        by_seed = []
-        for seed in prof.study_seeds():
-            path = orbit_file(prof, pde, model, recipe, seed, epoch)
-            ds = _load_valid(path, None, ORBIT_VARS)
-            if ds is None:
-                raise InputError(f"{path}: orbit file missing or corrupt; run "
-                                 f"pipeline.ensure_interventions({prof.name!r})")
-            by_seed.append(ds[list(ORBIT_VARS)])
-        by_recipe.append(xr.concat(by_seed, dim="seed", combine_attrs="drop"))
-    out = xr.concat(by_recipe, dim="recipe", combine_attrs="drop")
+    recipes, epoch = orbit_recipes(prof, required=True), final_epoch(prof, pde)
+    tasks = [Cached((r, s), orbit_file(prof, pde, model, r, s, epoch))
+             for r in recipes for s in prof.study_seeds()]
+    parts = load_cached(tasks, variables=ORBIT_VARS, what="orbit file",
+                        hint=f"pipeline.ensure_interventions({prof.name!r})")
+    out = stack({k: ds[list(ORBIT_VARS)] for k, ds in parts.items()}, ("recipe", "seed"),
+                combine_attrs="drop")
     out = out.assign_coords(recipe=recipes, seed=[int(s) for s in prof.study_seeds()])
     out.attrs.update({"pde": pde, "model": model, "profile": prof.name, "epoch": int(epoch),
                       "damping": float(prof.damping), "energy_tol": float(prof.energy_tol)})
@@ -540,11 +465,8 @@ def ensure_orbit_pair(profile: ProfileLike, pde: str, model: str, *, progress: b
     from pdeinf.pipeline.data import profile_data
 
     prof = as_profile(profile)
-    _check_recipe_pair(prof, pde, model)
-    recipes = orbit_recipes(prof)
-    if not recipes:
-        raise InputError(f"profile {prof.name!r}: recipes {list(prof.recipes)} lack 'augment'; "
-                         "no orbit study")
+    check_pair(prof, pde, model, recipe_pairs(prof), "recipe")
+    recipes = orbit_recipes(prof, required=True)
     _check_recipes(prof)
     runs = {r: ensure_recipe_runs(prof, pde, model, r, progress=progress) for r in recipes}
     data = profile_data(prof, pde, progress=progress, validate=False)  # validated by training

@@ -29,11 +29,17 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from pdeinf import paths
-from pdeinf.atomic import write_netcdf
 from pdeinf.config import pde_spec
 from pdeinf.errors import InputError
-from pdeinf.pipeline.checksums import load_keyed, with_checksum
-from pdeinf.pipeline.common import ProfileLike, as_profile, content_key, file_digest, final_epoch
+from pdeinf.pipeline.checksums import Cached, ensure_cached
+from pdeinf.pipeline.common import (
+    ProfileLike,
+    as_profile,
+    content_key,
+    file_digest,
+    final_epoch,
+    require_checkpoints,
+)
 
 #: The build option that sets each model's width.
 WIDTH_OPTION = {"unet": "base", "vit": "width"}
@@ -157,30 +163,26 @@ def _model_options(prof, model: str, rung: Rung) -> dict | None:
 def ensure_ladder_runs(profile: ProfileLike, *, progress: bool = True) -> list[Path]:
     """Train (or find current, or resume) the width and data rungs' runs of every ladder seed."""
     from pdeinf.pipeline.data import profile_data
-    from pdeinf.pipeline.training import ensure_keyed_run
-    from pdeinf.training.train import train
+    from pdeinf.pipeline.training import ensure_runs
 
     prof = as_profile(profile)
     pde, model = ladder_pair(prof)
     data = profile_data(prof, pde, progress=progress)
     fingerprint = str(data.fingerprint())
     done = []
-    todo = [r for r in rungs(prof) if not r.own]
-    for rung in tqdm(todo, desc=f"ladder runs {pde}-{model}", disable=not progress):
-        rprof = _rung_profile(prof, pde, rung)
-        rdata = FirstTrainingTrajectories(data, rung.train_per_class) if rung.axis == "data" else data
+    for rung in tqdm([r for r in rungs(prof) if not r.own], desc=f"ladder runs {pde}-{model}",
+                     disable=not progress):
         options = _model_options(prof, model, rung)
-        root = rung_runs_root(prof, rung)
-        for seed in prof.ladder_seeds:
-            key = content_key(stage="ladder-training", pde=pde, model=model, seed=int(seed),
-                              rung=rung.name, data=fingerprint, epochs=rung.epochs,
-                              options=options, lr=prof.lr, batch_size=prof.batch_size,
-                              model_size=prof.model_size, t_max=prof.t_max)
-            done.append(ensure_keyed_run(
-                root / paths.run_name(pde, model, seed), (rung.epochs,), key,
-                lambda seed=seed: train(pde, model, int(seed), rprof, data=rdata, out_dir=root,
-                                        progress=False, model_options=options),
-                {"data_fingerprint": fingerprint, "rung": rung.name}))
+        done += ensure_runs(
+            _rung_profile(prof, pde, rung), pde, model, prof.ladder_seeds, rung_runs_root(prof, rung),
+            (rung.epochs,),
+            lambda seed, rung=rung, options=options: content_key(
+                stage="ladder-training", pde=pde, model=model, seed=int(seed), rung=rung.name,
+                data=fingerprint, epochs=rung.epochs, options=options, lr=prof.lr,
+                batch_size=prof.batch_size, model_size=prof.model_size, t_max=prof.t_max),
+            {"data_fingerprint": fingerprint, "rung": rung.name},
+            data=FirstTrainingTrajectories(data, rung.train_per_class) if rung.axis == "data" else data,
+            progress=False, model_options=options).values()
     return done
 
 
@@ -200,30 +202,34 @@ def _settings(prof, model: str) -> dict:
             "batch": BATCH_INDEX, "stage_version": STAGE_VERSION}
 
 
-def _measure(prof, pde: str, model: str, rung: Rung, seed: int, estimator: str, sources, data_key):
-    """The seed paper's labelled influence of batch 0 at one rung, seed and estimator (cached)."""
+def _measurements(prof, pde: str, model: str, sources: dict, progress: bool) -> dict:
+    """{(rung, seed, estimator): the seed paper's labelled influence of batch 0} (cached);
+    `sources`: {rung: FileSources of its runs}."""
+    from pdeinf.analysis.ladder import ESTIMATORS
     from pdeinf.influence.task import seed_paper_influence
 
-    ckpt = sources.checkpoint(seed, rung.epoch)
-    if not Path(ckpt).is_file():
-        raise InputError(f"{ckpt}: checkpoint of ladder rung {rung.name} not found; train it "
-                         "first (`pipeline.ensure_ladder_runs`)")
-    key = content_key(stage="ladder", seed=int(seed), estimator=estimator,
-                      checkpoint=file_digest(ckpt), data=data_key, **_settings(prof, model))
-    path = measurement_path(prof, rung, seed, estimator)
-    held = load_keyed(path, key, ("H",))
-    if held is not None:
-        return held
-    net, _ = sources.model(seed, rung.epoch)
-    batch = sources.batch(seed, BATCH_INDEX)
-    full = estimator == "full-space"
-    ds = seed_paper_influence(net, batch.inputs, batch.targets, pde=pde,
-                              damping=prof.fullspace_damping if full else prof.damping,
-                              rtol=prof.rtol_for(model), estimator=estimator,
-                              energy_tol=prof.energy_tol,
-                              attrs={"cache_key": key, "seed": int(seed)})
-    write_netcdf(with_checksum(ds), path)
-    return ds
+    require_checkpoints([s.checkpoint(seed, rung.epoch) for rung, s in sources.items()
+                         for seed in prof.ladder_seeds],
+                        "train the ladder rungs first: `pipeline.ensure_ladder_runs`")
+    data_key = next(iter(sources.values())).data_key()
+
+    def measure(task: Cached):
+        rung, seed, estimator = task.id
+        net, _ = sources[rung].model(seed, rung.epoch)
+        batch = sources[rung].batch(seed, BATCH_INDEX)
+        full = estimator == "full-space"
+        return seed_paper_influence(net, batch.inputs, batch.targets, pde=pde,
+                                    damping=prof.fullspace_damping if full else prof.damping,
+                                    rtol=prof.rtol_for(model), estimator=estimator,
+                                    energy_tol=prof.energy_tol, attrs={"seed": int(seed)})
+
+    tasks = [Cached((rung, seed, estimator), measurement_path(prof, rung, seed, estimator),
+                    content_key(stage="ladder", seed=int(seed), estimator=estimator,
+                                checkpoint=file_digest(s.checkpoint(seed, rung.epoch)), data=data_key,
+                                **_settings(prof, model)))
+             for rung, s in sources.items() for seed in prof.ladder_seeds for estimator in ESTIMATORS]
+    return ensure_cached(tasks, measure, variables=("H",), desc=f"ladder {pde}-{model}",
+                         progress=progress)
 
 
 def _statistics(ds, pde: str) -> dict:
@@ -253,37 +259,26 @@ def ladder_table(profile: ProfileLike, *, progress: bool = True) -> pd.DataFrame
     """Measure every rung, seed and estimator (cached) and return the ladder table
     (`analysis.ladder.COLUMNS`)."""
     from pdeinf.analysis.ladder import ESTIMATORS
-    from pdeinf.models import build, count_parameters
     from pdeinf.pipeline.influence import FileSources
+    from pdeinf.pipeline.regime import parameter_count
 
     prof = as_profile(profile)
     pde, model = ladder_pair(prof)
     outputs = 48 * pde_spec(pde).channels * prof.resolution ** 2
+    sources = {rung: FileSources(prof, pde, model, runs_root=rung_runs_root(prof, rung),
+                                 data_root=paths.data_dir(prof.name)) for rung in rungs(prof)}
+    measured = _measurements(prof, pde, model, sources, progress)
     rows = []
-    data_key = None
-    all_rungs = rungs(prof)
-    bar = tqdm(total=len(all_rungs) * len(prof.ladder_seeds) * len(ESTIMATORS),
-               desc=f"ladder {pde}-{model}", disable=not progress)
-    for rung in all_rungs:
-        root = rung_runs_root(prof, rung)
-        sources = FileSources(prof, pde, model, runs_root=root, data_root=paths.data_dir(prof.name))
-        data_key = data_key or sources.data_key()
-        options = _model_options(prof, model, rung) or {}
-        net = build(model, channels=pde_spec(pde).channels, resolution=prof.resolution,
-                    size=prof.model_size, variant=prof.model_variant, residual=prof.residual,
-                    **options)
-        p_over_m = count_parameters(net) / outputs
+    for rung in sources:
+        p_over_m = parameter_count(prof, pde, model, **(_model_options(prof, model, rung) or {})) / outputs
         steps = rung.epoch * steps_per_epoch(prof, rung.train_per_class, pde)
         for seed in prof.ladder_seeds:
-            val = _val_smse(root, pde, model, seed, rung.epoch)
+            val = _val_smse(rung_runs_root(prof, rung), pde, model, seed, rung.epoch)
             for estimator in ESTIMATORS:
-                ds = _measure(prof, pde, model, rung, seed, estimator, sources, data_key)
                 rows.append({"axis": rung.axis, "value": rung.value, "estimator": estimator,
                              "seed": int(seed), "p_over_m": p_over_m,
                              "train_per_class": rung.train_per_class, "optimizer_steps": steps,
-                             "val_smse": val, **_statistics(ds, pde)})
-                bar.update(1)
-    bar.close()
+                             "val_smse": val, **_statistics(measured[(rung, seed, estimator)], pde)})
     return pd.DataFrame(rows)
 
 

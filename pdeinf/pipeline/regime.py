@@ -14,13 +14,14 @@ from pdeinf.pipeline.common import ProfileLike, as_profile
 BATCH_EXAMPLES = 48
 
 
-def parameter_count(profile, pde: str, model: str) -> int:
-    """Trainable parameters of the profile's `model` for `pde` (built, not trained)."""
+def parameter_count(profile, pde: str, model: str, **options) -> int:
+    """Trainable parameters of the profile's `model` for `pde` (built, not trained; `options`:
+    entries of the model's size table to override, as `pdeinf.models.build`)."""
     from pdeinf.models import build
 
     net = build(model, channels=pde_spec(pde).channels, resolution=profile.resolution,
                 size=profile.model_size, variant=profile.model_variant,
-                residual=profile.residual)
+                residual=profile.residual, **options)
     return sum(p.numel() for p in net.parameters() if p.requires_grad)
 
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from pdeinf import paths
-from pdeinf.atomic import write_netcdf
 from pdeinf.config import pde_spec
 from pdeinf.errors import InputError
-from pdeinf.pipeline.checksums import load_keyed, with_checksum
+from pdeinf.pipeline.checksums import CHECKSUM_ATTR, Cached, ensure_cached
 from pdeinf.pipeline.common import (
     ProfileLike,
     as_profile,
@@ -35,15 +34,6 @@ def rollout_key(profile, pde: str, model: str, data_key: str) -> str:
                                     for s in profile.seeds])
 
 
-def _load_valid(path: Path, key: str):
-    ds = load_keyed(path, key, ("smse",))
-    if ds is None:
-        return None
-    da = ds["smse"]
-    da.attrs = {k: v for k, v in ds.attrs.items() if k != "pdeinf_checksum"}
-    return da
-
-
 def ensure_rollouts(profile: ProfileLike, pde: str, model: str, *, progress: bool = True):
     """Per-step rollout SMSE of the final checkpoint of every seed.
 
@@ -60,19 +50,32 @@ def ensure_rollouts(profile: ProfileLike, pde: str, model: str, *, progress: boo
     check_selection(profile, pde, model)
     ensure_training(profile, pde, model, progress=progress)
     data = profile_data(profile, pde, progress=progress, validate=False)  # validated by training
-    path = rollouts_path(profile, pde, model)
-    key = rollout_key(profile, pde, model, str(data.fingerprint()))
-    cached = _load_valid(path, key)
-    if cached is not None:
-        return cached
-    da = compute_rollouts(profile, pde, model, data, progress=progress)
-    da.attrs.update(cache_key=key, profile=profile.name, pde=pde, model=model,
-                    epoch=final_epoch(profile, pde),
-                    description="per-step SMSE of autoregressive rollouts (final checkpoint)")
-    ds = with_checksum(da.to_dataset())
-    ds.attrs.update(da.attrs)
-    write_netcdf(ds, path)
+
+    def compute(task: Cached):
+        ds = compute_rollouts(profile, pde, model, data, progress=progress).to_dataset()
+        ds.attrs.update(profile=profile.name, pde=pde, model=model, epoch=final_epoch(profile, pde),
+                        description="per-step SMSE of autoregressive rollouts (final checkpoint)")
+        return ds
+
+    task = Cached(None, rollouts_path(profile, pde, model),
+                  rollout_key(profile, pde, model, str(data.fingerprint())))
+    ds = ensure_cached([task], compute, variables=("smse",), progress=False)[None]
+    da = ds["smse"]
+    da.attrs = {k: v for k, v in ds.attrs.items() if k != CHECKSUM_ATTR}
     return da
+
+
+def influence_trajectories(data, prof, pde: str, seed: int, n: int) -> dict:
+    """{class: the first `n` test trajectories of the seed's split}: those of the first `n`
+    influence batches (InputError when a class has fewer)."""
+    out = {}
+    for cls in pde_spec(pde).classes:
+        test = data.trajectories(cls, "test", int(seed))
+        if len(test) < n:
+            raise InputError(f"profile {prof.name!r}: class {cls} has {len(test)} test "
+                             f"trajectories, fewer than the {n} influence batches")
+        out[cls] = test[:n]
+    return out
 
 
 def compute_rollouts(profile, pde: str, model: str, data, *, progress: bool):
@@ -87,16 +90,9 @@ def compute_rollouts(profile, pde: str, model: str, data, *, progress: bool):
     final = final_epoch(profile, pde)
     per_seed = []
     for seed in tqdm(profile.seeds, desc=f"rollouts {pde}-{model}", disable=not progress):
-        trajectories = {}
-        for cls in pde_spec(pde).classes:
-            test = data.trajectories(cls, "test", int(seed))
-            if len(test) < n:
-                raise InputError(f"profile {profile.name!r}: class {cls} has {len(test)} test "
-                                 f"trajectories, fewer than n_influence_batches={n}")
-            trajectories[cls] = test[:n]
         net, _ = load_checkpoint(checkpoint_path(profile, pde, model, seed, final))
         with torch.no_grad():
-            errors = rollouts_all_starts(net, trajectories)
+            errors = rollouts_all_starts(net, influence_trajectories(data, profile, pde, seed, n))
         per_seed.append(errors.expand_dims(seed=[int(seed)]))
     da = xr.concat(per_seed, dim="seed").transpose("seed", "class", "trajectory", "start", "horizon")
     da.name = "smse"

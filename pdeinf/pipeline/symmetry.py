@@ -5,21 +5,19 @@ One file per seed, `results/symmetry/<profile>/<PDE>-<model>/s<seed>.nc`, holdin
 `profile.symmetry_batches` influence batches (equivariance error, orbit-influence diagonal, Lie
 derivative norms and layer shares, shift curves and landscape, axis check) and every checkpoint
 of `profile.checkpoints` on the first batch (Lie norm, equivariance and orbit diagonal of the
-tracked elements). Each file records `cache_key` (the seed's checkpoint bytes, the data's
-content fingerprint, the settings, the package version) and a checksum of its arrays; a rerun
-recomputes exactly the seeds whose file is missing, stale or corrupt.
+tracked elements). Each file is keyed on the seed's checkpoint bytes, the data's content
+fingerprint and the settings (`checksums.ensure_cached`).
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from pdeinf import paths
-from pdeinf.atomic import write_netcdf
 from pdeinf.errors import InputError
-from pdeinf.pipeline.checksums import checksum_ok, with_checksum
+from pdeinf.pipeline.checksums import Cached, ensure_cached, load_cached, load_keyed
 from pdeinf.pipeline.common import (
     ProfileLike,
     as_profile,
@@ -27,7 +25,9 @@ from pdeinf.pipeline.common import (
     content_key,
     file_digest,
     final_epoch,
+    require_checkpoints,
     scheduled_checkpoints,
+    trajectory_list,
 )
 
 DATA_VARS = ("equivariance", "equivariance_authors", "orbit_diagonal", "lie_norm",
@@ -59,7 +59,7 @@ def orbit_epochs(prof, pde: str) -> list[int]:
 
 def settings(prof, pde: str) -> dict:
     """What a file depends on besides checkpoints and data."""
-    return {"orbit_epochs": orbit_epochs(prof, pde),"symmetry_batches": int(prof.symmetry_batches),
+    return {"orbit_epochs": orbit_epochs(prof, pde), "symmetry_batches": int(prof.symmetry_batches),
             "symmetry_shifts": [int(a) for a in prof.symmetry_shifts],
             **({"symmetry_box": int(prof.symmetry_box)} if prof.symmetry_box else {}),
             "checkpoints": list(scheduled_checkpoints(prof, pde)),
@@ -76,19 +76,12 @@ def seed_key(sources, data_key: str, prof, pde: str, model: str, seed: int) -> s
                        checkpoint_digests=digests, **settings(prof, pde))
 
 
-def _valid(path: Path, key: str | None) -> bool:
-    import xarray as xr
-
-    try:
-        with xr.open_dataset(path, engine="h5netcdf") as ds:
-            ds = ds.load()
-    except Exception:  # noqa: BLE001 - unreadable, truncated or foreign file: recompute it
-        return False
-    if any(v not in ds for v in DATA_VARS):
-        return False
-    if key is not None and ds.attrs.get("cache_key") != key:
-        return False
-    return checksum_ok(ds) and bool(np.isfinite(ds["equivariance"].values).all())
+def _cached(sources, prof, pde: str, model: str, out_root=None, keyed: bool = True) -> list[Cached]:
+    """Every seed's file, keyed on the current inputs of `sources` (`keyed`)."""
+    data_key = sources.data_key() if keyed else None
+    return [Cached(int(s), seed_file(symmetry_dir(prof, pde, model, out_root), s),
+                   seed_key(sources, data_key, prof, pde, model, s) if keyed else None)
+            for s in prof.seeds]
 
 
 def snapshot_dt(sources, pde: str) -> float | None:
@@ -121,41 +114,32 @@ def run_symmetry(profile, pde: str, model: str, *, sources=None, out_root=None,
     sources = sources if sources is not None else FileSources(prof, pde, model)
     compute = compute or symmetry_study
     epochs = scheduled_checkpoints(prof, pde)
-    missing = [sources.checkpoint(s, e) for s in prof.seeds for e in epochs
-               if not Path(sources.checkpoint(s, e)).is_file()]
-    if missing:
-        raise InputError(f"{missing[0]}: checkpoint not found ({len(missing)} missing; "
-                         f"train {pde}/{model} at profile {prof.name} first)")
+    require_checkpoints([sources.checkpoint(s, e) for s in prof.seeds for e in epochs],
+                        f"train {pde}/{model} at profile {prof.name} first")
     if prof.symmetry_batches < 1:
         raise InputError(f"profile: symmetry_batches must be >= 1, got {prof.symmetry_batches}")
-    out_dir = symmetry_dir(prof, pde, model, out_root)
-    data_key = sources.data_key()
-    keys = {s: seed_key(sources, data_key, prof, pde, model, s) for s in prof.seeds}
-    todo = [s for s in prof.seeds if not _valid(seed_file(out_dir, s), keys[s])]
-    dt = snapshot_dt(sources, pde) if todo else None
-    for seed in tqdm(todo, desc=f"symmetry {pde}-{model}", unit="seed", disable=not progress):
-        models = {}
-        for epoch in epochs:
-            m, _ = sources.model(seed, epoch)
-            models[int(epoch)] = m.eval()
-        batches = [sources.batch(seed, b) for b in range(prof.symmetry_batches)]
-        attrs = {"model": model, "seed": int(seed), "profile": prof.name, "cache_key": keys[seed],
-                 "trajectories": ",".join(str(int(v)) for b in batches
-                                          for v in np.unique(np.asarray(b.trajectory)))}
-        ds = compute(models, batches, pde=pde, final_epoch=final_epoch(prof, pde),
-                     shifts=prof.symmetry_shifts, box=prof.symmetry_box, dt=dt, damping=prof.damping,
-                     energy_tol=prof.energy_tol, orbit_epochs=orbit_epochs(prof, pde),
-                     progress=progress, attrs=attrs)
-        write_netcdf(with_checksum(ds), seed_file(out_dir, seed))
-    return [seed_file(out_dir, s) for s in prof.seeds]
+    dt = functools.cache(lambda: snapshot_dt(sources, pde))
+
+    def compute_seed(task: Cached):
+        models = {int(e): sources.model(task.id, e)[0].eval() for e in epochs}
+        batches = [sources.batch(task.id, b) for b in range(prof.symmetry_batches)]
+        attrs = {"model": model, "seed": task.id, "profile": prof.name,
+                 "trajectories": trajectory_list(batches)}
+        return compute(models, batches, pde=pde, final_epoch=final_epoch(prof, pde),
+                       shifts=prof.symmetry_shifts, box=prof.symmetry_box, dt=dt(),
+                       damping=prof.damping, energy_tol=prof.energy_tol,
+                       orbit_epochs=orbit_epochs(prof, pde), progress=progress, attrs=attrs)
+
+    files = ensure_cached(_cached(sources, prof, pde, model, out_root), compute_seed,
+                          variables=DATA_VARS, finite=DATA_VARS[:1], desc=f"symmetry {pde}-{model}",
+                          unit="seed", progress=progress, load=False)
+    return list(files.values())
 
 
 def cached_seed(profile, pde: str, model: str, seed: int, *, sources=None, out_root=None):
     """The cached study of one seed when its file is valid AND current (the key of the present
     checkpoints, data and settings), else None; never computes. `sources` as in
     `run_symmetry` (default: the pipeline's `FileSources`)."""
-    import xarray as xr
-
     from pdeinf.pipeline.influence import FileSources
 
     prof = as_profile(profile)
@@ -167,10 +151,7 @@ def cached_seed(profile, pde: str, model: str, seed: int, *, sources=None, out_r
     if not path.is_file():
         return None
     key = seed_key(sources, sources.data_key(), prof, pde, model, seed)
-    if not _valid(path, key):
-        return None
-    with xr.open_dataset(path, engine="h5netcdf") as ds:
-        return ds.load()
+    return load_keyed(path, key, DATA_VARS, DATA_VARS[:1])
 
 
 def load_symmetry(profile, pde: str, model: str, *, out_root=None, sources=None):
@@ -180,21 +161,11 @@ def load_symmetry(profile, pde: str, model: str, *, out_root=None, sources=None)
 
     prof = as_profile(profile)
     check_selection(prof, pde, model)
-    out_dir = symmetry_dir(prof, pde, model, out_root)
-    keys = dict.fromkeys(prof.seeds)
-    if sources is not None:
-        data_key = sources.data_key()
-        keys = {s: seed_key(sources, data_key, prof, pde, model, s) for s in prof.seeds}
-    bad = [seed_file(out_dir, s) for s in prof.seeds if not _valid(seed_file(out_dir, s), keys[s])]
-    if bad:
-        raise InputError(f"{bad[0]}: symmetry file missing, stale or corrupt ({len(bad)} of "
-                         f"{len(prof.seeds)}); run ensure_symmetry({prof.name!r}, {pde!r}, {model!r})")
-    parts = []
-    for seed in prof.seeds:
-        with xr.open_dataset(seed_file(out_dir, seed), engine="h5netcdf") as ds:
-            parts.append(ds.load())
-    out = xr.concat(parts, dim="seed", combine_attrs="drop_conflicts", coords="minimal",
-                    compat="override", data_vars="all")
+    parts = load_cached(_cached(sources, prof, pde, model, out_root, keyed=sources is not None),
+                        variables=DATA_VARS, finite=DATA_VARS[:1], what="symmetry file",
+                        hint=f"ensure_symmetry({prof.name!r}, {pde!r}, {model!r})")
+    out = xr.concat(list(parts.values()), dim="seed", combine_attrs="drop_conflicts",
+                    coords="minimal", compat="override", data_vars="all")
     out = out.assign_coords(seed=list(prof.seeds))
     out.attrs.update({"model": model, "pde": pde, "profile": prof.name})
     return out
@@ -218,8 +189,4 @@ def ensure_symmetry(profile: ProfileLike, pde: str, model: str, *, progress: boo
 def symmetry_loader(profile, *, progress: bool = False):
     """A loader `(pde, model) -> xr.Dataset` over the cached symmetry studies (the explorer's
     symmetry tab)."""
-
-    def load(pde: str, model: str):
-        return ensure_symmetry(profile, pde, model, progress=progress)
-
-    return load
+    return functools.partial(ensure_symmetry, profile, progress=progress)

@@ -8,6 +8,7 @@ retrained, so a rerun never reports a model of other data as current.
 """
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 from pathlib import Path
@@ -43,12 +44,6 @@ def has_checkpoints(directory: Path, epochs) -> bool:
                and paths.checkpoint_path(directory, e).stat().st_size > 0 for e in epochs)
 
 
-def checkpoints_exist(profile: ProfileLike, pde: str, model: str, seed: int) -> bool:
-    """True when every scheduled checkpoint of the run exists (non-empty)."""
-    profile = as_profile(profile)
-    return has_checkpoints(run_dir(profile, pde, model, seed), scheduled_checkpoints(profile, pde))
-
-
 def _stored_key(directory: Path) -> str | None:
     try:
         return json.loads((directory / STAGE_KEY).read_text()).get("key")
@@ -58,10 +53,13 @@ def _stored_key(directory: Path) -> str | None:
 
 def training_complete(profile: ProfileLike, pde: str, model: str, seed: int, *,
                       key: str | None = None) -> bool:
-    """Every scheduled checkpoint exists and (when `key` is given) the run was trained from it."""
-    if not checkpoints_exist(profile, pde, model, seed):
+    """Every scheduled checkpoint exists (non-empty) and (when `key` is given) the run was
+    trained from it."""
+    profile = as_profile(profile)
+    directory = run_dir(profile, pde, model, seed)
+    if not has_checkpoints(directory, scheduled_checkpoints(profile, pde)):
         return False
-    return key is None or _stored_key(run_dir(profile, pde, model, seed)) == key
+    return key is None or _stored_key(directory) == key
 
 
 def _set_aside(directory: Path) -> None:
@@ -98,6 +96,21 @@ def ensure_keyed_run(directory: Path, epochs, key: str, train_once, record: dict
     return directory
 
 
+def ensure_runs(profile, pde: str, model: str, seeds, root: Path, epochs, key_of, record: dict, *,
+                data, train=None, **train_kwargs) -> dict[int, Path]:
+    """`{seed: run_dir}` of `seeds` under `root` (`<root>/<PDE>-<model>-s<seed>`), each current
+    for `key_of(seed)` (`ensure_keyed_run`, `record` written beside the key), trained where
+    needed by `train(pde, model, seed, profile, data=data, out_dir=root, **train_kwargs)`
+    (default `pdeinf.training.train.train`)."""
+    if train is None:
+        from pdeinf.training.train import train
+    return {int(seed): ensure_keyed_run(root / paths.run_name(pde, model, seed), epochs, key_of(seed),
+                                        functools.partial(train, pde, model, int(seed), profile,
+                                                          data=data, out_dir=root, **train_kwargs),
+                                        record)
+            for seed in seeds}
+
+
 def ensure_training(profile: ProfileLike, pde: str, model: str, *, progress: bool = True,
                     train=None) -> dict[int, Path]:
     """Train `model` on `pde` for every seed of the profile (resuming partial runs, retraining
@@ -107,16 +120,10 @@ def ensure_training(profile: ProfileLike, pde: str, model: str, *, progress: boo
     check_selection(profile, pde, model)
     data = profile_data(profile, pde, progress=progress)
     fingerprint = str(data.fingerprint())
-    if train is None:
-        from pdeinf.training.train import train
-    runs: dict[int, Path] = {}
-    for seed in profile.seeds:
-        runs[int(seed)] = ensure_keyed_run(
-            run_dir(profile, pde, model, seed), scheduled_checkpoints(profile, pde),
-            training_key(profile, pde, model, seed, fingerprint),
-            lambda seed=seed: train(pde, model, int(seed), profile, data=data, progress=progress),
-            {"data_fingerprint": fingerprint})
-    return runs
+    return ensure_runs(profile, pde, model, profile.seeds, paths.runs_dir(profile.name),
+                       scheduled_checkpoints(profile, pde),
+                       lambda seed: training_key(profile, pde, model, seed, fingerprint),
+                       {"data_fingerprint": fingerprint}, data=data, train=train, progress=progress)
 
 
 # ---- training curves ------------------------------------------------------------------
