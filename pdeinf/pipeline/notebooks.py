@@ -209,13 +209,10 @@ def figures_of(results: dict) -> list[str]:
 
 
 def summarize_notebook(notebook: Path | str, *, max_numbers: int = 4) -> dict:
-    """What the closing table shows of ``results/<notebook>.json``: its PNG figures, the
-    first ``max_numbers`` scalar numbers (from its ``numbers`` entry when it has one), and
-    verdicts: every boolean leaf named ``reproduced_<finding>`` counted over the (PDE,
-    model) pairs, e.g. ``{"ridge": "4/4"}``."""
+    """What the closing table shows of ``results/<notebook>.json``: its PNG figures and the
+    first ``max_numbers`` scalar numbers (from its ``numbers`` entry when it has one)."""
     path = notebook_results_path(notebook)
-    out = {"notebook": Path(notebook).stem, "figures": [], "numbers": {}, "verdicts": {},
-           "results": None}
+    out = {"notebook": Path(notebook).stem, "figures": [], "numbers": {}, "results": None}
     if not path.is_file():
         return out
     try:
@@ -232,12 +229,4 @@ def summarize_notebook(notebook: Path | str, *, max_numbers: int = 4) -> dict:
             break
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             out["numbers"][key] = float(value)
-    tally: dict[str, list[int]] = {}
-    for key, value in leaves(results):
-        name = key.rsplit(".", 1)[-1]
-        if isinstance(value, bool) and name.startswith("reproduced_"):
-            counts = tally.setdefault(name.removeprefix("reproduced_"), [0, 0])
-            counts[0] += int(value)
-            counts[1] += 1
-    out["verdicts"] = {k: f"{yes}/{n}" for k, (yes, n) in tally.items()}
     return out

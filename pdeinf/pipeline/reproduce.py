@@ -306,8 +306,23 @@ def _notebook_entry(nb: Path, profile, timings: list[StageTiming], *, progress: 
     entry["seconds"] = time.perf_counter() - start
     summary = summarize_notebook(nb)
     entry.update(figures=summary["figures"], numbers=summary["numbers"],
-                 verdicts=summary["verdicts"], results=summary["results"])
+                 verdicts=verdict_counts(profile, nb.stem), results=summary["results"])
     return entry
+
+
+def verdict_counts(profile, notebook: str) -> dict[str, int]:
+    """`{verdict: rows}` of the study `notebook` in the profile's findings table (empty when
+    the table is absent or unreadable: the closing table is a courtesy)."""
+    import json
+    from collections import Counter
+
+    from pdeinf.pipeline.findings import findings_path
+
+    try:
+        rows = json.loads(findings_path(profile).read_text())["findings"]
+        return dict(sorted(Counter(r["verdict"] for r in rows if r["notebook"] == notebook).items()))
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
 
 
 def _first_line(err: BaseException) -> str:
@@ -335,7 +350,7 @@ def _display_path(path: str) -> str:
 
 def format_report(report: ReproduceReport) -> str:
     """The closing table of `reproduce`: stage times, then one block per notebook with its
-    figures, key numbers and finding verdicts (reproduced / pairs)."""
+    figures, key numbers and the verdicts of its study's rows in the findings table."""
     lines = [f"pdeinf reproduce --profile {report.profile}", "", "stage timings (wall, s):"]
     width = max([len(t.stage) for t in report.timings] + [5])
     for t in report.timings:
@@ -353,9 +368,9 @@ def format_report(report: ReproduceReport) -> str:
             numbers = ", ".join(f"{k}={_format_number(v)}" for k, v in nb.get("numbers", {}).items())
             if numbers:
                 lines.append(f"      numbers  {numbers}")
-            verdicts = ", ".join(f"{k} {v}" for k, v in nb.get("verdicts", {}).items())
+            verdicts = ", ".join(f"{n} {word}" for word, n in nb.get("verdicts", {}).items())
             if verdicts:
-                lines.append(f"      findings reproduced: {verdicts}")
+                lines.append(f"      findings {verdicts}")
             if nb["status"] != "ok":
                 lines.append(f"      error    {nb.get('error', '')}")
     return "\n".join(lines)
