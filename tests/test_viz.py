@@ -72,7 +72,7 @@ def test_rollout_link_figure_draws_all_published_values_and_intervals(sweep):
     paper = co.paper_rollout_correlation("CE", "vit")
     fig = vf.rollout_link_figure(link, paper=paper, stats=stats)
     lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
-    published = lines["follow-up (published, method.md §6)"]
+    published = lines["follow-up (published)"]
     np.testing.assert_array_equal(published.get_xdata(), np.arange(1, 17))
     np.testing.assert_array_equal(published.get_ydata(), paper.values)
     np.testing.assert_allclose(lines["ours"].get_ydata(), link["correlation"].values)
@@ -85,7 +85,7 @@ def test_rollout_link_figure_draws_all_published_values_and_intervals(sweep):
                                stats["within_class_pooled"].sel(ci="estimate").values)
     # without intervals (a design too small for them) the figure still draws ours and theirs
     small = vf.rollout_link_figure(link, paper=paper, stats=None)
-    assert {"ours", "follow-up (published, method.md §6)"} <= {
+    assert {"ours", "follow-up (published)"} <= {
         line.get_label() for line in small.axes[0].get_lines()}
 
 

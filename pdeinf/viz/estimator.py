@@ -91,7 +91,7 @@ def limit_figure(limits: dict, pm_rows: list[dict] | None = None) -> Figure:
         lo = [float(r["paper_P/M"].split("-")[0]) for r in pm_rows]
         hi = [float(r["paper_P/M"].split("-")[1]) for r in pm_rows]
         ax.barh(y - 0.2, np.subtract(hi, lo), 0.2, left=lo, color=st.PAPER_COLOR,
-                label="seed paper (docs/method.md section 4)")
+                label="seed paper")
         ax.axvline(1.0, color="k", ls="--", lw=0.8)
         ax.set_yticks(y, labels)
         ax.set(xscale="log", xlabel="P / M")

@@ -259,7 +259,7 @@ def rollout_link_figure(link: xr.Dataset, *, paper: dict | pd.Series | None = No
     if paper is not None:
         items = sorted(dict(paper).items())
         ax.plot([k for k, _ in items], [v for _, v in items], ls="--", marker="D", ms=3.5,
-                color=st.PAPER_COLOR, label="follow-up (published, docs/method.md section 6)")
+                color=st.PAPER_COLOR, label="follow-up (published)")
     _correlation_axes(ax, "correlation of R with rollout SMSE",
                       title or f"{FOLLOWUP_LABELS['rollout']} coherence vs rollout error")
     ax.legend(frameon=False, fontsize=7)
