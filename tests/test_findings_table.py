@@ -254,3 +254,14 @@ def test_findings_stage_comes_after_every_other_stage_and_studies_are_named():
     assert set(tasks[-1].after) == {t.name for t in tasks[:-1]}
     with pytest.raises(InputError, match="study='nope': expected one of 02_training"):
         study_records("smoke", "nope")
+
+
+def test_a_corrupt_findings_table_is_one_clear_error(home):
+    from pdeinf.pipeline.findings import findings_path, load_findings
+
+    path = findings_path("smoke")
+    path.parent.mkdir(parents=True)
+    path.write_text('{"findings": [')  # truncated
+    with pytest.raises(InputError, match=r"findings_smoke\.json: not valid JSON .*delete it to recompute"):
+        load_findings("smoke")
+    assert path.read_text() == '{"findings": ['  # left as it was: nothing half-rewritten

@@ -66,8 +66,8 @@ def findings_forest(findings: dict, *, title: str | None = None):
 
 def ablation_figure(tables: dict, *, title: str | None = None):
     """One panel per finding: per (PDE-model, configuration) the change from the baseline with
-    its 95% t-interval over seeds (paired), and the baseline's seed spread as a grey band +- 1 std
-    around 0. tables: {(pde, model): `analysis.ablation.ablation_table`}."""
+    its 95% t-interval over seeds (paired), and the baseline's seed spread as a grey band of +- 1 std
+    centred on 0. tables: {(pde, model): `analysis.ablation.ablation_table`}."""
     if not tables:
         raise InputError("tables: no ablation table to draw")
     first = next(iter(tables.values()))
