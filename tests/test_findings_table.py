@@ -151,7 +151,8 @@ def test_write_is_byte_identical_on_rerun_and_changes_with_numbers(home):
                  "baseline_value": 0.5, "value": 0.62, "change": 0.1234567891, "low": float("nan"),
                  "high": float("nan"), "seed_std_baseline": 0.1, "seed_std": 0.2,
                  "exceeds_noise": False}]
-    path = write_findings("smoke", ablation=ablation, findings=collect_findings("smoke", studies=_populated()))
+    path = write_findings("smoke", ablation=ablation,
+                          findings=collect_findings("smoke", studies=_populated()))
     assert path == findings_path("smoke") == home / "results" / "figures" / "smoke" / "findings_smoke.json"
     first, written_at = path.read_bytes(), path.stat().st_mtime_ns
     assert write_findings("smoke", ablation=ablation,
