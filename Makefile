@@ -16,7 +16,7 @@ TORCH_CPU_TIMEOUT ?= 5
 NVIDIA_SMI ?= nvidia-smi
 STAMP  := $(VENV)/.pdeinf-installed
 
-.PHONY: reproduce test venv clean-venv
+.PHONY: reproduce test check-notebooks venv clean-venv
 
 venv: $(STAMP)
 
@@ -50,6 +50,13 @@ reproduce: $(STAMP)
 
 test: $(STAMP)
 	MPLBACKEND=Agg $(BIN)/python -m pytest -q
+
+# After `make reproduce`: rerun every notebook as stored and compare its outputs with the
+# stored ones (nbval; paths and addresses sanitized by notebooks/nbval_sanitize.cfg).
+check-notebooks: $(STAMP)
+	PDEINF_PROFILE=$(PROFILE) MPLBACKEND=Agg $(BIN)/python -m pytest -q -p no:cacheprovider \
+	  -o addopts= --nbval --nbval-current-env \
+	  --nbval-sanitize-with notebooks/nbval_sanitize.cfg notebooks/
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,4 +1,4 @@
-"""Repository hygiene: clean notebooks, environment files in step with pyproject, Binder
+"""Repository hygiene: notebooks clean or holding the committed outputs, environment files in step with pyproject, Binder
 configuration as repo2docker sees it, the README's two commands and the CI entry point."""
 from __future__ import annotations
 
@@ -48,16 +48,38 @@ def test_the_study_notebooks_exist_and_nothing_else():
     assert [p.stem for p in NOTEBOOKS] == list(EXPECTED_NOTEBOOKS)
 
 
+#: A path of the machine that ran a notebook, in its stored outputs.
+MACHINE_PATH = re.compile(r"(?<![\w.])/(?:home|tmp|work|root|Users|private|var|mnt)/")
+
+
+def _published(nb) -> bool:
+    return any(c.get("outputs") for c in nb.cells if c.cell_type == "code")
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_nb_id)
-def test_notebook_is_stripped(path):
+def test_notebook_is_stripped_or_holds_the_committed_outputs(path):
+    """A notebook holds no outputs, or those of the committed profile's run as published by
+    `pipeline.publish`: recorded profile, counts 1..n over the code cells, no error, no
+    machine path, no widget view, no papermill or timing trace."""
+    from pdeinf.config import COMMITTED_PROFILE
+
     nb = nbformat.read(path, as_version=4)
     nbformat.validate(nb)
-    for i, cell in enumerate(nb.cells):
-        if cell.cell_type != "code":
-            continue
-        assert cell.outputs == [], f"{path.name} cell {i}: outputs committed"
-        assert cell.execution_count is None, f"{path.name} cell {i}: execution_count committed"
-        for key in ("execution", "ExecuteTime", "collapsed", "scrolled"):
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    published = _published(nb)
+    if published:
+        assert nb.metadata.get("pdeinf", {}).get("outputs_profile") == COMMITTED_PROFILE, (
+            f"{path.name}: outputs not recorded as the committed profile's")
+        assert [c.execution_count for c in code] == list(range(1, len(code) + 1))
+    for i, cell in enumerate(code):
+        if not published:
+            assert cell.execution_count is None, f"{path.name} cell {i}: execution_count committed"
+        for output in cell.outputs:
+            assert output.output_type != "error", f"{path.name} cell {i}: an error is stored"
+            text = output.get("text", "") + str(output.get("data", {}).get("text/plain", ""))
+            assert not MACHINE_PATH.search(text), f"{path.name} cell {i}: a machine path is stored"
+            assert "application/vnd.jupyter.widget-view+json" not in output.get("data", {})
+        for key in ("execution", "ExecuteTime", "collapsed", "scrolled", "papermill"):
             assert key not in cell.metadata, f"{path.name} cell {i}: metadata {key!r} committed"
     assert "widgets" not in nb.metadata, f"{path.name}: widget state committed"
     assert "papermill" not in nb.metadata, f"{path.name}: a papermill output was committed"
@@ -115,12 +137,14 @@ def test_notebook_parameters_cell(path):
 
 
 def test_nbstripout_agrees():
-    """The project's stripping tool finds nothing to strip (dev extra; skipped without it).
-    ``--keep-id``: the committed cell ids are stable; nbstripout would renumber them."""
+    """The project's stripping tool finds nothing to strip in the notebooks without published
+    outputs (dev extra; skipped without it). ``--keep-id``: the committed cell ids are stable;
+    nbstripout would renumber them."""
     pytest.importorskip("nbstripout", reason="nbstripout (dev extra) is not installed")
-    if not NOTEBOOKS:
-        pytest.skip("no notebooks yet")
-    proc = subprocess.run([sys.executable, "-m", "nbstripout", "--verify", "--keep-id", *map(str, NOTEBOOKS)],
+    stripped = [p for p in NOTEBOOKS if not _published(nbformat.read(p, as_version=4))]
+    if not stripped:
+        pytest.skip("every notebook holds the committed profile's outputs")
+    proc = subprocess.run([sys.executable, "-m", "nbstripout", "--verify", "--keep-id", *map(str, stripped)],
                           capture_output=True, text=True, check=False, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 

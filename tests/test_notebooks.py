@@ -149,3 +149,38 @@ def test_papermill_smoke_results(nbval_run, notebook):
         assert paths.root() in fig.resolve().parents, f"{fig} is outside PDEINF_HOME"
         if fig.suffix == ".png":
             assert fig.read_bytes()[:8] == PNG_MAGIC, f"{fig} is not a PNG"
+
+
+def _nbval_compare(notebook: Path, home: Path) -> subprocess.CompletedProcess:
+    """nbval with output comparison (as `make check-notebooks`) over one notebook."""
+    env = dict(os.environ, PDEINF_HOME=str(home), PDEINF_PROFILE="smoke", MPLBACKEND="Agg")
+    cmd = [sys.executable, "-m", "pytest", "--nbval", "--nbval-current-env", "-p", "no:cacheprovider",
+           "-o", "addopts=", "-q", "--nbval-sanitize-with", str(REPO / "notebooks" / "nbval_sanitize.cfg"),
+           str(notebook)]
+    return subprocess.run(cmd, cwd=notebook.parent, env=env, capture_output=True, text=True,
+                          check=False, timeout=900)
+
+
+def test_published_notebook_reruns_to_its_stored_outputs(smoke_home, tmp_path):
+    """A notebook holding a papermill run's outputs (`publish.publish_notebook`) reruns under
+    nbval, outputs compared, to exactly what it stores; one changed digit fails the rerun."""
+    from pdeinf.pipeline.publish import publish_notebook
+
+    source = REPO / "notebooks" / "03_seed_temporal.ipynb"
+    executed = pipeline.run_notebook(source, "smoke", progress=False)
+    target = tmp_path / source.name
+    target.write_bytes(source.read_bytes())
+    assert publish_notebook(target, executed, "smoke")
+    stored = target.read_text()
+    assert str(smoke_home) not in stored, "a machine path was published"
+    proc = _nbval_compare(target, smoke_home)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+
+    nb = nbformat.read(target, as_version=4)
+    stream = next(o for c in nb.cells if c.cell_type == "code" for o in c.outputs
+                  if o.output_type == "stream" and any(ch.isdigit() for ch in o.text))
+    digit = next(ch for ch in stream.text if ch.isdigit())
+    stream.text = stream.text.replace(digit, str((int(digit) + 1) % 10), 1)
+    nbformat.write(nb, target)
+    proc = _nbval_compare(target, smoke_home)
+    assert proc.returncode != 0 and "Cell outputs differ" in proc.stdout, proc.stdout[-3000:]

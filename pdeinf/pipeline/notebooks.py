@@ -97,15 +97,18 @@ STAGE_FOLDERS = ("data", "runs", "influence", "rollouts", "symmetry", "estimator
 
 
 def notebook_cache_key(notebook: Path | str, profile: ProfileLike) -> str:
-    """What an executed notebook depends on: its own bytes, the profile, the package source,
+    """What an executed notebook depends on: its cells (not the outputs they hold), the profile, the package source,
     the stage outputs of the profile (by path, size and mtime) and the findings table. Equal
     keys mean the executed copy, its figures and its results JSON are still what a rerun would
     produce."""
+    import nbformat
+
     from pdeinf.pipeline.findings import findings_path
+    from pdeinf.pipeline.publish import source_cells
 
     profile = as_profile(profile)
     digest = hashlib.sha256()
-    digest.update(Path(notebook).read_bytes())
+    digest.update(json.dumps(source_cells(nbformat.read(notebook, as_version=4))).encode())
     digest.update(profile.name.encode())
     package = Path(__file__).resolve().parents[1]
     for source in sorted(package.rglob("*.py")):

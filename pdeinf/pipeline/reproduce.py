@@ -28,6 +28,7 @@ from pdeinf.pipeline.notebooks import (
     run_notebook,
     summarize_notebook,
 )
+from pdeinf.pipeline.publish import publish_notebooks
 from pdeinf.pipeline.rollouts import ensure_rollouts
 from pdeinf.pipeline.schedule import (
     EtaClock,
@@ -237,7 +238,8 @@ def reproduce(
     workers: int | None = None,
 ) -> ReproduceReport:
     """Data, training, influence sweeps, rollouts, then every notebook (or the selected
-    ones) through papermill; executed copies under ``results/executed/``. Prints the closing
+    ones) through papermill; executed copies under ``results/executed/``, and at the committed
+    profile their outputs written into the notebooks (`publish.publish_notebooks`). Prints the closing
     table and writes it to ``results/reproduce_<profile>.json``. Notebook failures do not
     stop the others; they are listed in the report (``report.failed``). `workers`: processes
     for the stages (None: `schedule.default_workers()`)."""
@@ -259,6 +261,7 @@ def _reproduce_locked(profile, selected, *, progress: bool, workers: int) -> Rep
     run_all(profile, progress=progress, timings=report.timings, workers=workers)
     report.pipeline_wall = time.perf_counter() - began
     entries = run_notebooks(profile, selected, report.timings, progress=progress, workers=workers)
+    publish_notebooks(profile.name, entries)  # the committed profile's outputs, into the notebooks
     report.notebooks.extend(entries)
     report.wall = time.perf_counter() - began
     write_json(paths.results_dir() / f"reproduce_{profile.name}.json", report.to_dict(), default=str)
@@ -373,4 +376,6 @@ def format_report(report: ReproduceReport) -> str:
                 lines.append(f"      findings {verdicts}")
             if nb["status"] != "ok":
                 lines.append(f"      error    {nb.get('error', '')}")
+            if nb.get("published"):
+                lines.append(f"      outputs  {_display_path(nb['published'])}")
     return "\n".join(lines)
