@@ -246,6 +246,22 @@ def test_load_findings_reads_the_written_table_per_study_and_lines_name_the_verd
     assert "(no interval)" in one_seed[0] and "not estimable" in one_seed[0]
 
 
+def test_finding_summary_gives_the_claim_then_that_findings_rows_only(home):
+    from pdeinf.analysis.registry import FINDING_RULES
+    from pdeinf.pipeline.findings import collect_findings, finding_lines, finding_summary
+
+    rows = collect_findings("smoke", studies=_populated())["findings"]
+    text = finding_summary(rows, "rollout_link_negative", "class_locked")
+    link, locked = text.split("\n\n")
+    rule = FINDING_RULES["rollout_link_negative"]
+    assert link.splitlines()[0] == f"rollout_link_negative ({rule.layer}, {rule.figures}): {rule.claim}"
+    wanted = finding_lines([r for r in rows if r["finding"] == "rollout_link_negative"])
+    assert link.splitlines()[1:] == [f"  {line}" for line in wanted] and len(wanted) == 2
+    assert locked.splitlines()[1:] == ["  no row at this profile"]
+    with pytest.raises(InputError, match="finding 'nope': not a rule"):
+        finding_summary(rows, "nope")
+
+
 def test_findings_stage_comes_after_every_other_stage_and_studies_are_named():
     from pdeinf.pipeline.reproduce import stage_tasks
     from pdeinf.pipeline.study_findings import study_records

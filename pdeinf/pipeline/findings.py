@@ -276,6 +276,25 @@ def finding_lines(rows: list[dict]) -> list[str]:
     return lines
 
 
+def finding_summary(rows: list[dict], *names: str) -> str:
+    """Per finding of `names` (rules of `analysis.registry`): the paper's claim and figures, then
+    `finding_lines` of its rows in `rows` (the findings table's), or a line saying it has none
+    here. InputError naming an unknown finding."""
+    from pdeinf.analysis.registry import FINDING_RULES
+
+    unknown = [n for n in names if n not in FINDING_RULES]
+    if unknown:
+        raise InputError(f"finding {unknown[0]!r}: not a rule of pdeinf.analysis.registry; "
+                         f"known: {', '.join(FINDING_RULES)}")
+    blocks = []
+    for name in names:
+        rule = FINDING_RULES[name]
+        lines = finding_lines([r for r in rows if r.get("finding") == name])
+        blocks.append("\n".join([f"{name} ({rule.layer}, {rule.figures}): {rule.claim}",
+                                  *(f"  {line}" for line in lines or ["no row at this profile"])]))
+    return "\n\n".join(blocks)
+
+
 def _fmt(x) -> str:
     return "–" if x is None else f"{x:.3g}"
 
