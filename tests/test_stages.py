@@ -11,6 +11,7 @@ import pytest
 
 from pdeinf.config import Profile, get_profile
 from pdeinf.pipeline import stages
+from pdeinf.pipeline.planner import COST_LAWS
 from pdeinf.pipeline.reproduce import stage_tasks
 from pdeinf.pipeline.schedule import Task, check_graph
 
@@ -160,7 +161,7 @@ def test_every_task_of_a_kind_is_named_after_it_and_has_its_cost_law():
         profile = get_profile(name)
         for kind, unit in stages.stage_units(profile):
             assert stages.find(profile, kind.name(unit)) == (kind, unit)
-            assert kind.cost_law in stages.COST_LAWS
+            assert kind.cost_law in COST_LAWS
     assert stages.find(get_profile("smoke"), "notebook 01_data") is None
 
 
