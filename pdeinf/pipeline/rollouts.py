@@ -17,7 +17,6 @@ from pdeinf.pipeline.common import (
     final_epoch,
 )
 
-
 #: The data variable a rollouts file must hold.
 ROLLOUT_VARS = ("smse",)
 
