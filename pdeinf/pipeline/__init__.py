@@ -20,7 +20,8 @@ notebooks          ``results/executed/*.ipynb``, ``results/*.json``, figures/   
 
 Every stage output records a key of its inputs (data content, checkpoint bytes, settings,
 package version) and, for result arrays, a checksum; a rerun recomputes exactly what is
-missing, stale or corrupt. `reproduce` runs it all under a per-results-root lock.
+missing, stale or corrupt. `reproduce` runs it all under a per-results-root lock, as the graph
+derived from the stage table (`stages.STAGES`).
 """
 from pdeinf.pipeline.ablation import ensure_ablation, ensure_ablation_pair
 from pdeinf.pipeline.common import as_profile, checkpoint_path

@@ -45,6 +45,8 @@ from pdeinf.pipeline.common import (
 WIDTH_OPTION = {"unet": "base", "vit": "width"}
 BATCH_INDEX = 0
 STAGE_VERSION = 1
+#: The data variable a rung's measurement file must hold.
+MEASUREMENT_VARS = ("H",)
 
 
 @dataclass(frozen=True)
@@ -228,7 +230,7 @@ def _measurements(prof, pde: str, model: str, sources: dict, progress: bool) -> 
                                 checkpoint=file_digest(s.checkpoint(seed, rung.epoch)), data=data_key,
                                 **_settings(prof, model)))
              for rung, s in sources.items() for seed in prof.ladder_seeds for estimator in ESTIMATORS]
-    return ensure_cached(tasks, measure, variables=("H",), desc=f"ladder {pde}-{model}",
+    return ensure_cached(tasks, measure, variables=MEASUREMENT_VARS, desc=f"ladder {pde}-{model}",
                          progress=progress)
 
 

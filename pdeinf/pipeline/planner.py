@@ -6,26 +6,32 @@ by torch's FlopCounterMode for the profile's model at the profile's resolution o
 device, nothing computed: for these models about parameters x pixels), R the FLOP/s of this
 machine (a timed 3x3 convolution) and a the per-call overhead (the smoke-size model timed on two
 16x16 examples, less its FLOPs). All of it takes a few seconds. Each stage is then a number of
-passes, plus `STAGE_TICKS` ticks (reading data and checkpoints, writing results):
+passes, plus `STAGE_TICKS` ticks (reading data and checkpoints, writing results). Each kind of
+stage names its cost law in the stage table (`stages.StageKind.cost_law`):
 
 =================  =============================================================================
-stage              passes (law)
+cost law           passes
 =================  =============================================================================
 training           seeds x epochs x ((a pass per batch + `VALIDATION` x validation) x
                    `TRAINING_PASSES` + `EPOCH_TICKS` ticks)
+study training     the same with the study seeds (the recipe and ablation runs)
 influence          sweep tasks x N x `SWEEP_PASSES` (N = 48 examples: 3 classes x 16 times)
 seed-paper         tasks x N x `SWEEP_PASSES` (subspace) or x `KRYLOV_MATVECS` (full-space)
 symmetry           seeds x batches x group elements x N x `SWEEP_PASSES` x orbit epochs
 estimator study    seeds x N x `SWEEP_PASSES` x (lambdas + rtols x `KRYLOV_MATVECS`)
 rollouts           seeds x test trajectories x 16 steps x `FORWARD`
-interventions      like training (recipe runs) and influence (their sweeps)
+study              the sweeps (study seeds x checkpoints x batches) and rollouts of the study's
+                   runs (interventions, ablation)
+ladder training    ladder seeds x trained rungs x one run of the profile
+ladder             ladder seeds x rungs x N x (`SWEEP_PASSES` + `KRYLOV_MATVECS`)
 data               trajectories x solver cells x snapshots x `DATA_TICKS` ticks
-notebooks          `NOTEBOOK_SECONDS` each (CPU)
+findings, notebook `NOTEBOOK_SECONDS` each (CPU)
 =================  =============================================================================
 
 The constants were fitted to the stage times of small CE-UNet profiles on an otherwise idle 2-core
-CPU (on a busy machine the stages slow down more than the short timings here); the test suite checks the estimate against the measured stage times of a profile of other
-sizes (tests/test_planner.py). GPU-hours
+CPU (on a busy machine the stages slow down more than the short timings here); the test suite
+checks the estimate against the measured stage times of a profile of other sizes
+(tests/test_planner.py). GPU-hours
 assume a GPU does a pass `GPU_SPEEDUP` times faster than this machine's cores (stated, not
 measured: no GPU was measured); CPU-hours are this machine's core-hours. Peak memory is the
 model state (weights, gradients, two Adam moments) plus the activations of one batch (training)
@@ -43,6 +49,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pdeinf.config import PDE_SPECS, get_profile
+from pdeinf.errors import InputError
 
 #: stated: a data-centre GPU does a pass this many times faster than this machine's cores
 GPU_SPEEDUP = 50.0
@@ -76,6 +83,12 @@ CHUNK = 8
 BATCH_EXAMPLES = 48
 BYTES = 4  # float32
 _PAIR = re.compile(r"(CE|NS)-(unet|vit)$")
+#: The cost laws (module docstring) the stage table names, and that of a notebook.
+COST_LAWS = ("data", "training", "study training", "influence", "seed-paper", "symmetry",
+             "estimator study", "rollouts", "study", "ladder training", "ladder", "findings",
+             "notebook")
+_TRAINING_LAWS = ("training", "study training")
+_STUDY_SEED_LAWS = ("study training", "study")  # the recipe and ablation runs and their studies
 
 
 @dataclass(frozen=True)
@@ -256,40 +269,34 @@ def _recipe_batches(profile) -> int:
     return profile.recipe_batches or profile.n_influence_batches
 
 
-def stage_seconds(profile, stage: str, pde: str, cost: ModelCost, tick: float) -> float:
-    """This machine's time of a model stage (see the module's table), without `STAGE_TICKS`."""
-    if stage.startswith("ladder"):
-        return _ladder_seconds(profile, stage, pde, cost, tick)
-    seeds = len(profile.seeds)
-    if stage.startswith(("training ", "interventions", "ablation")) and not stage.startswith(
-            ("training CE-", "training NS-")):
-        seeds = len(profile.study_seeds())  # recipe and ablation runs and their studies
-    if stage.startswith("training"):
+def stage_seconds(profile, law: str, pde: str, cost: ModelCost, tick: float) -> float:
+    """This machine's time of a model stage of cost law `law` (see the module's table), without
+    `STAGE_TICKS`."""
+    if law in ("ladder training", "ladder"):
+        return _ladder_seconds(profile, law, pde, cost, tick)
+    seeds = len(profile.study_seeds() if law in _STUDY_SEED_LAWS else profile.seeds)
+    if law in _TRAINING_LAWS:
         return seeds * training_seconds(profile, pde, cost, tick)
-    if stage.startswith("rollouts"):
+    if law == "rollouts":
         return rollout_seconds(profile, cost)
-    if stage.startswith("influence"):
-        matrices = _sweep_tasks(profile, pde)
-    elif stage.startswith("seed-paper"):
-        matrices = _seed_paper_matrices(profile)
-    elif stage.startswith("symmetry"):
-        matrices = _symmetry_matrices(profile, pde)
-    elif stage.startswith("estimator"):
-        matrices = _estimator_matrices(profile)
-    else:  # interventions, ablation: sweeps and rollouts of their runs
+    if law == "study":  # sweeps and rollouts of the study's runs
         matrices = seeds * len(profile.checkpoints[pde]) * _recipe_batches(profile)
         return matrix_seconds(cost, SWEEP_PASSES) * matrices + rollout_seconds(profile, cost)
+    matrices = {"influence": lambda: _sweep_tasks(profile, pde),
+                "seed-paper": lambda: _seed_paper_matrices(profile),
+                "symmetry": lambda: _symmetry_matrices(profile, pde),
+                "estimator study": lambda: _estimator_matrices(profile)}[law]()
     return matrix_seconds(cost, SWEEP_PASSES) * matrices
 
 
-def _ladder_seconds(profile, stage: str, pde: str, cost: ModelCost, tick: float) -> float:
+def _ladder_seconds(profile, law: str, pde: str, cost: ModelCost, tick: float) -> float:
     """The ladder's runs (each as long as one run of the profile, at the profile's width) or
     its measurements (per rung and ladder seed: one subspace and one full-space matrix)."""
     from pdeinf.pipeline.ladder import rungs
 
     steps = rungs(profile)
     seeds = len(profile.ladder_seeds)
-    if stage.startswith("ladder training"):
+    if law == "ladder training":
         return seeds * sum(not r.own for r in steps) * training_seconds(profile, pde, cost, tick)
     return matrix_seconds(cost, SWEEP_PASSES) * seeds * len(steps) * (1 + KRYLOV_MATVECS / SWEEP_PASSES)
 
@@ -310,38 +317,58 @@ def _model_state(cost: ModelCost) -> float:
     return 4 * cost.parameters * BYTES  # weights, gradients, two Adam moments
 
 
-def _memory(profile, stage: str, cost: ModelCost) -> float:
-    if stage.startswith("training"):
+def _memory(profile, law: str, cost: ModelCost) -> float:
+    if law in _TRAINING_LAWS:
         return _model_state(cost) + profile.batch_size * cost.activation_bytes
-    if stage.startswith("rollouts"):
+    if law == "rollouts":
         return _model_state(cost) + profile.batch_size * cost.activation_bytes * FORWARD
     rows = 2 * BATCH_EXAMPLES * cost.parameters * BYTES  # per-example gradients and their images
     return _model_state(cost) + rows + 8 * cost.activation_bytes
 
 
-def _output(profile, stage: str, pde: str, cost: ModelCost) -> float:
+def _output(profile, law: str, pde: str, cost: ModelCost) -> float:
     seeds = len(profile.seeds)
-    if stage.startswith("training"):
+    if law in _TRAINING_LAWS:
         return seeds * (len(profile.checkpoints[pde]) + 1) * 3 * cost.parameters * BYTES
     matrices = 8 * BATCH_EXAMPLES ** 2 * 8  # a few N x N float64 arrays per task
-    if stage.startswith("influence"):
+    if law == "influence":
         return _sweep_tasks(profile, pde) * matrices
     return seeds * matrices * 4
 
 
-def plan_stage(profile, stage: str, costs: dict, tick: float) -> StagePlan:
-    """The plan of one stage (by its name in the stage graph)."""
-    if stage == "data":
+def cost_laws(profile) -> dict[str, str]:
+    """`{task name: cost law}` of every stage of the profile's graph (the stage table's)."""
+    from pdeinf.pipeline.stages import stage_units
+
+    return {kind.name(unit): kind.cost_law for kind, unit in stage_units(profile)}
+
+
+def cost_law(profile, stage: str, laws: dict[str, str] | None = None) -> str:
+    """The cost law of stage `stage` of the profile (`laws`: `cost_laws(profile)`); "notebook"
+    for a notebook. InputError naming any other stage."""
+    laws = cost_laws(profile) if laws is None else laws
+    if stage in laws:
+        return laws[stage]
+    if stage.startswith("notebook "):
+        return "notebook"
+    raise InputError(f"stage: {stage!r} is not a stage of profile {profile.name!r}")
+
+
+def plan_stage(profile, stage: str, costs: dict, tick: float, law: str | None = None) -> StagePlan:
+    """The plan of one stage (by its name in the stage graph; `law`: its cost law, by
+    default `cost_law(profile, stage)`)."""
+    law = cost_law(profile, stage) if law is None else law
+    if law == "data":
         return StagePlan(stage, STAGE_TICKS * tick + data_seconds(profile, tick), False,
                          4 * profile.solver_resolution ** 2 * 5 * 8 * profile.t_max,
                          data_bytes(profile))
-    if stage.startswith("notebook") or stage == "findings":
+    if law in ("notebook", "findings"):
         return StagePlan(stage, NOTEBOOK_SECONDS, False, 2 ** 30, 2 ** 20)
     pde, model = _stage_pair(profile, stage)
     cost = costs[pde, model]
-    seconds = STAGE_TICKS * tick + stage_seconds(profile, stage, pde, cost, tick)
-    return StagePlan(stage, seconds, True, _memory(profile, stage, cost),
-                     _output(profile, stage, pde, cost))
+    seconds = STAGE_TICKS * tick + stage_seconds(profile, law, pde, cost, tick)
+    return StagePlan(stage, seconds, True, _memory(profile, law, cost),
+                     _output(profile, law, pde, cost))
 
 
 def plan(profile, *, stages: Sequence[str] | None = None, notebooks: bool = True,
@@ -357,13 +384,14 @@ def plan(profile, *, stages: Sequence[str] | None = None, notebooks: bool = True
     tasks = select_stages(stage_tasks(profile, progress=False), stages)
     if notebooks and stages is None:
         tasks += notebook_tasks(profile, list_notebooks(), [])
+    laws = cost_laws(profile)
+    law = {t.name: cost_law(profile, t.name, laws) for t in tasks}
     rate = flop_rate()
     if costs is None:
-        model_stages = [t.name for t in tasks
-                        if t.name not in ("data", "findings") and not t.name.startswith("notebook")]
+        model_stages = [t.name for t in tasks if law[t.name] not in ("data", "findings", "notebook")]
         costs = measure(profile, sorted({_stage_pair(profile, n) for n in model_stages}), rate)
     tick = _measure_model(get_profile("smoke"), "CE", "unet", rate).call_seconds
-    rows = [plan_stage(profile, t.name, costs, tick) for t in tasks]
+    rows = [plan_stage(profile, t.name, costs, tick, law[t.name]) for t in tasks]
     return {"profile": profile.name, "stages": rows, "costs": costs, "rate": rate, "tick": tick}
 
 

@@ -15,8 +15,6 @@ from pdeinf import paths
 from pdeinf.atomic import write_json
 from pdeinf.errors import InputError
 from pdeinf.pipeline.common import ProfileLike, as_profile
-from pdeinf.pipeline.data import ensure_data
-from pdeinf.pipeline.influence import ensure_influence, ensure_seed_paper
 from pdeinf.pipeline.interrupt import guarded_run
 from pdeinf.pipeline.lock import check_writable
 from pdeinf.pipeline.notebooks import (
@@ -29,7 +27,6 @@ from pdeinf.pipeline.notebooks import (
     summarize_notebook,
 )
 from pdeinf.pipeline.publish import publish_notebooks
-from pdeinf.pipeline.rollouts import ensure_rollouts
 from pdeinf.pipeline.schedule import (
     EtaClock,
     Task,
@@ -38,8 +35,6 @@ from pdeinf.pipeline.schedule import (
     format_duration,
     run_tasks,
 )
-from pdeinf.pipeline.symmetry import ensure_symmetry
-from pdeinf.pipeline.training import ensure_training
 
 
 @dataclass
@@ -91,104 +86,17 @@ def _timed(report_timings: list[StageTiming], stage: str, *, echo: bool) -> Iter
 
 
 def stage_tasks(profile: ProfileLike, *, progress: bool = True) -> list[Task]:
-    """The pipeline as a dependency graph, listed in priority order (ready tasks start in list
-    order, so the seed paper's and the follow-up's analyses of the baseline runs come before our
-    studies' extra runs): data; the baseline runs of every (PDE, model); the seed paper's
-    influence (first, needing only the runs, with its full-space estimator; after the follow-up
-    sweep, whose matrices it reuses, at the subspace estimator); the follow-up sweep, the
-    symmetry study, rollouts and the estimator study; the regime ladder (its own runs, then its
-    measurements); each recipe's and each ablation configuration's runs; the intervention
-    studies (one stage per recipe after that recipe's runs and the baseline's sweep, one for
-    augment's orbit influence, then the pair's study that reads them) and the ablation study;
-    last the findings table, built from every stage's output."""
-    from pdeinf.pipeline.ablation import (
-        ablation_pairs,
-        configurations,
-        ensure_ablation_pair,
-        ensure_ablation_runs,
-    )
-    from pdeinf.pipeline.estimator import ensure_estimator_pair, study_pairs
-    from pdeinf.pipeline.findings import findings_stage
-    from pdeinf.pipeline.ladder import ensure_ladder, ensure_ladder_runs
-    from pdeinf.pipeline.ladder import stage_pair as ladder_stage_pair
-    from pdeinf.pipeline.interventions import (
-        ensure_intervention_pair,
-        ensure_orbit_pair,
-        ensure_recipe_runs,
-        ensure_recipe_study,
-        orbit_recipes,
-        recipe_pairs,
-    )
+    """The pipeline as a dependency graph, derived from the stage table (`stages.STAGES`): one
+    task per kind and unit of the profile, named, wired and ordered as the table says, listed in
+    priority order (ready tasks start in list order, so the seed paper's and the follow-up's
+    analyses of the baseline runs come before our studies' extra runs; the findings table last)."""
+    from pdeinf.pipeline import stages
 
     profile = as_profile(profile)
     opts = {"progress": progress}
-    pairs = profile.pairs()
-    symmetry = profile.pairs(profile.symmetry_pairs)
-    recipes = {pair: [r for r in profile.recipes if r != "one-step"] for pair in recipe_pairs(profile)}
-    ablations = {pair: configurations(profile) for pair in ablation_pairs(profile)}
-
-    def task(name, fn, args, after):
-        return Task(name, fn, args, opts, tuple(after))
-
-    tasks = [Task("data", ensure_data, (profile,), opts, exclusive=True)]
-    tasks += [task(f"training {p}-{m}", ensure_training, (profile, p, m), ["data"]) for p, m in pairs]
-    trained = {(p, m): [f"training {p}-{m}"] for p, m in pairs}
-    # the seed paper's stage reads the follow-up sweep's matrices at the subspace estimator;
-    # with its own full-space estimator it needs only the runs and goes first (the longest)
-    reuses_sweep = profile.seed_paper_estimator == "subspace"
-    seed_paper = [task(f"seed-paper influence {p}-{m}", ensure_seed_paper, (profile, p, m),
-                       [f"influence {p}-{m}"] if reuses_sweep else trained[p, m])
-                  for p, m in pairs]
-    tasks += [] if reuses_sweep else seed_paper
-    tasks += [task(f"influence {p}-{m}", ensure_influence, (profile, p, m), trained[p, m])
-              for p, m in pairs]
-    tasks += [task(f"symmetry {p}-{m}", ensure_symmetry, (profile, p, m), trained[p, m])
-              for p, m in symmetry]
-    tasks += seed_paper if reuses_sweep else []
-    tasks += [task(f"estimator study {p}-{m}", ensure_estimator_pair, (profile, p, m),
-                   trained[p, m]) for p, m in study_pairs(profile)]
-    tasks += [task(f"rollouts {p}-{m}", ensure_rollouts, (profile, p, m), trained[p, m])
-              for p, m in pairs]
-    if ladder_stage_pair(profile) is not None:
-        p, m = ladder_stage_pair(profile)
-        tasks += [task(f"ladder training {p}-{m}", ensure_ladder_runs, (profile,), ["data"]),
-                  task(f"ladder {p}-{m}", ensure_ladder, (profile,),
-                       [f"ladder training {p}-{m}", f"training {p}-{m}"])]
-    # our studies' own runs come after every analysis of the baseline runs
-    tasks += [task(f"training {r} {p}-{m}", ensure_recipe_runs, (profile, p, m, r), ["data"])
-              for (p, m), names in recipes.items() for r in names]
-    tasks += [task(f"training ablation {a} {p}-{m}", ensure_ablation_runs, (profile, a, p, m),
-                   ["data"]) for (p, m), names in ablations.items() for a in names]
-    # per recipe its own stage (one-step reads the sweep); augment vs one-step orbit influence
-    # its own (it reuses the symmetry stage's files); then the pair's study reads them all
-    baseline = {(p, m): [f"training {p}-{m}", f"influence {p}-{m}", f"rollouts {p}-{m}"]
-                for p, m in recipes}
-    tasks += [task(f"interventions {r} {p}-{m}", ensure_recipe_study, (profile, p, m, r),
-                   ([] if r == "one-step" else [f"training {r} {p}-{m}"]) + baseline[p, m])
-              for (p, m) in recipes for r in profile.recipes]
-    orbit = orbit_recipes(profile)  # the same for every pair
-    tasks += [task(f"interventions orbit {p}-{m}", ensure_orbit_pair, (profile, p, m),
-                   [f"training {r} {p}-{m}" if r != "one-step" else f"training {p}-{m}"
-                    for r in orbit] + ([f"symmetry {p}-{m}"] if (p, m) in symmetry else []))
-              for (p, m) in recipes if orbit]
-    tasks += [task(f"interventions {p}-{m}", ensure_intervention_pair, (profile, p, m),
-                   [f"interventions {r} {p}-{m}" for r in profile.recipes]
-                   + ([f"interventions orbit {p}-{m}"] if orbit else []))
-              for (p, m) in recipes]
-    tasks += [task(f"ablation {p}-{m}", ensure_ablation_pair, (profile, p, m),
-                   [f"training ablation {a} {p}-{m}" for a in names]
-                   + _baseline_stages(profile, p, m, symmetry))
-              for (p, m), names in ablations.items()]
-    # every study's findings records, from all of the above, before the notebooks show them
-    tasks.append(Task("findings", findings_stage, (profile,), opts, tuple(t.name for t in tasks)))
-    return tasks
-
-
-def _baseline_stages(profile, pde: str, model: str, symmetry) -> list[str]:
-    """The cached stages of the baseline run that the recipe and ablation studies read."""
-    pair = f"{pde}-{model}"
-    names = [f"training {pair}", f"influence {pair}", f"rollouts {pair}"]
-    return names + ([f"symmetry {pair}"] if (pde, model) in symmetry else [])
+    return [Task(kind.name(unit), kind.compute, kind.arguments(profile, unit), opts,
+                 tuple(stages.after_names(profile, kind, unit)), exclusive=kind.exclusive)
+            for kind, unit in stages.stage_units(profile)]
 
 
 def run_all(

@@ -17,6 +17,9 @@ from pdeinf.pipeline.common import (
     final_epoch,
 )
 
+#: The data variable a rollouts file must hold.
+ROLLOUT_VARS = ("smse",)
+
 
 def rollouts_path(profile: ProfileLike, pde: str, model: str) -> Path:
     """``results/rollouts/<profile>/<PDE>-<model>.nc``."""
@@ -59,7 +62,7 @@ def ensure_rollouts(profile: ProfileLike, pde: str, model: str, *, progress: boo
 
     task = Cached(None, rollouts_path(profile, pde, model),
                   rollout_key(profile, pde, model, str(data.fingerprint())))
-    ds = ensure_cached([task], compute, variables=("smse",), progress=False)[None]
+    ds = ensure_cached([task], compute, variables=ROLLOUT_VARS, progress=False)[None]
     da = ds["smse"]
     da.attrs = {k: v for k, v in ds.attrs.items() if k != CHECKSUM_ATTR}
     return da
