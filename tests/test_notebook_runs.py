@@ -8,9 +8,12 @@ import threading
 import time
 from pathlib import Path
 
+import nbformat
 import pytest
 
 from pdeinf.pipeline import notebooks as nbs
+
+EMPTY_NOTEBOOK = nbformat.writes(nbformat.v4.new_notebook())
 
 rp = importlib.import_module("pdeinf.pipeline.reproduce")  # the package exports a function of that name
 
@@ -23,7 +26,7 @@ def fake_notebooks(tmp_path, monkeypatch):
     folder.mkdir()
     names = ["01_a", "02_b", "03_c", "14_findings"]
     for name in names:
-        (folder / f"{name}.ipynb").write_text("{}")
+        (folder / f"{name}.ipynb").write_text(EMPTY_NOTEBOOK)
     spans, envs, lock = {}, {}, threading.Lock()
 
     def fake_run(nb, profile, *, progress=True, cache_key=None):
@@ -80,7 +83,7 @@ def test_cache_key_follows_the_findings_table_not_other_results(tmp_path, monkey
     monkeypatch.setenv("PDEINF_HOME", str(tmp_path))
     (tmp_path / "results").mkdir()
     notebook = tmp_path / "14_findings.ipynb"
-    notebook.write_text("{}")
+    notebook.write_text(EMPTY_NOTEBOOK)
     key = nbs.notebook_cache_key(notebook, "smoke")
     (tmp_path / "results" / "03_other.json").write_text('{"x": 1}')
     assert nbs.notebook_cache_key(notebook, "smoke") == key
