@@ -146,6 +146,9 @@ def test_eta_scales_the_estimates_by_the_measured_stages():
     slow = EtaClock({"cached": 1000.0, "other": 1000.0})
     slow.finish("cached", 1.1)  # a cached stage that took a second to verify its files
     assert slow.scale == 1.0
+    low = EtaClock({"cached": 100.0, "other": 1000.0})
+    low.finish("cached", 9.0)  # many files verified against an estimate far too low
+    assert low.scale == 1.0 and low.seconds_left() == pytest.approx(1000.0)
     clock.finish("b", 60.0)  # took 3x its estimate
     assert clock.scale == pytest.approx(3.0)
     assert clock.seconds_left() == pytest.approx(3.0 * 70.0 / 2)

@@ -168,7 +168,10 @@ class EtaClock:
     estimate, does not count; 1 before the first), and the time left = scale x the estimates
     of the stages not yet finished / workers."""
 
-    COMPUTED_SECONDS = 1.0
+    # finding a stage's files cached (loading and verifying their checksums) takes up to about
+    # 10 s at the faithful profile; a stage whose estimate is far too low must not count as
+    # measured then, or the ETA of a resumed run collapses
+    COMPUTED_SECONDS = 30.0
     CACHED_FRACTION = 0.05
 
     def __init__(self, estimates: dict[str, float], workers: int = 1):
