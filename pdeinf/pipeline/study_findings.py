@@ -30,7 +30,7 @@ def _standardized(profile, bra: str) -> dict:
 
 
 def training(profile) -> dict:
-    """Final validation SMSE of UNet against ViT (seed paper, Fig. 2)."""
+    """Final validation SMSE of UNet against ViT (seed paper, Figs. 9-11)."""
     from pdeinf.analysis import seed_paper_findings as spf
     from pdeinf.pipeline.training import ensure_training, training_history
 
@@ -42,7 +42,7 @@ def training(profile) -> dict:
 
 
 def seed_temporal(profile) -> dict:
-    """Lag-0 ridge, temporal decay, inter below intra and NS's broader coherence (Figs. 3-4)."""
+    """Lag-0 ridge, temporal decay, inter below intra and NS's broader coherence (Figs. 2, 4)."""
     from pdeinf.analysis import seed_paper_findings as spf
 
     hns = _standardized(profile, "C")
@@ -52,14 +52,14 @@ def seed_temporal(profile) -> dict:
 
 
 def seed_classes(profile) -> dict:
-    """Class locking of the lag-0 class matrix (Fig. 5)."""
+    """Class locking of the time-averaged class matrix (Fig. 3)."""
     from pdeinf.analysis import seed_paper_findings as spf
 
     return spf.influence_findings(_standardized(profile, "C"), ["class_locked"])
 
 
 def seed_similarity(profile) -> dict:
-    """Influence against input similarity (Fig. 6)."""
+    """Influence against input distance (Fig. 5)."""
     from pdeinf.analysis import seed_paper as sp
     from pdeinf.analysis import seed_paper_findings as spf
 
@@ -68,7 +68,7 @@ def seed_similarity(profile) -> dict:
 
 
 def seed_conservation(profile) -> dict:
-    """Temporal decay of the mass and energy bras (Figs. 7-8)."""
+    """Temporal decay of the mass and energy bras (Figs. 6, 7)."""
     from pdeinf.analysis import seed_paper_findings as spf
 
     found = {}
@@ -78,7 +78,7 @@ def seed_conservation(profile) -> dict:
 
 
 def seed_ntk(profile) -> dict:
-    """Top NTK eigenvalue of ViT below UNet's (Fig. 9)."""
+    """Top NTK eigenvalue of ViT below UNet's (Fig. 8)."""
     from pdeinf.analysis import seed_paper_findings as spf
 
     return {"vit_smaller_ntk_eigenvalue": spf.ntk_findings(_seed_paper(profile))}
