@@ -100,3 +100,13 @@ def test_only_the_committed_profile_is_published(tmp_path, monkeypatch):
     assert entries[0]["published"] == str(folder / "03_x.ipynb") and "published" not in entries[1]
     stored = nbformat.read(folder / "03_x.ipynb", as_version=4)
     assert stored.metadata["pdeinf"]["outputs_profile"] == COMMITTED_PROFILE
+
+
+def test_a_corrupt_executed_copy_is_one_clear_error_and_nothing_is_written(tmp_path):
+    target, executed = tmp_path / "03_x.ipynb", tmp_path / "executed.ipynb"
+    nbformat.write(_source(), target)
+    before = target.read_bytes()
+    executed.write_text('{"cells": [')  # truncated
+    with pytest.raises(InputError, match="03_x.ipynb: cannot read"):
+        publish_notebook(target, executed, "smoke")
+    assert target.read_bytes() == before

@@ -84,9 +84,12 @@ def publish_notebook(notebook: Path, executed: Path, profile: str) -> bool:
     from pdeinf.atomic import write_text
 
     notebook, executed = Path(notebook), Path(executed)
-    stored = nbformat.read(notebook, as_version=4)
     try:
-        copy_ = published_copy(stored, nbformat.read(executed, as_version=4), profile)
+        stored, ran = (nbformat.read(p, as_version=4) for p in (notebook, executed))
+    except Exception as err:  # noqa: BLE001 - truncated or foreign JSON: one line, nothing written
+        raise InputError(f"{notebook.name}: cannot read it or its executed copy ({err})") from None
+    try:
+        copy_ = published_copy(stored, ran, profile)
     except InputError as err:
         raise InputError(f"{notebook.name}: {str(err).removeprefix('notebook: ')}") from None
     text = nbformat.writes(copy_) + "\n"
