@@ -89,6 +89,7 @@ SUBSETS: dict[str, Subset] = {
     "smoke": Subset(pairs=(("CE", "unet"),), times=4, maxiter=12, fullspace_seeds=1),
     "quick": Subset(pairs=(("CE", "vit"),), times=5, maxiter=30, fullspace_seeds=1),
     "faithful": Subset(pairs=None, times=5, maxiter=30, fullspace_seeds=1),
+    "faithful-full": Subset(pairs=None, times=5, maxiter=30, fullspace_seeds=1),
     "paper": Subset(pairs=None, times=None, maxiter=None, fullspace_seeds=None),
 }
 

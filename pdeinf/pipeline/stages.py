@@ -352,7 +352,7 @@ def find(profile: Profile, name: str) -> tuple[StageKind, Unit] | None:
 
 
 def _example_profile() -> Profile:
-    return get_profile("faithful")  # every kind of stage has tasks there
+    return get_profile("faithful-full")  # every kind of stage has tasks there
 
 
 def markdown_table() -> str:
