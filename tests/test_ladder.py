@@ -75,7 +75,7 @@ def test_sentence_says_when_one_seed_cannot_decide():
 def test_rungs_keep_steps_equal_along_the_data_axis():
     from pdeinf.pipeline.ladder import own_train_per_class, rungs, steps_per_epoch
 
-    faithful = get_profile("faithful")
+    faithful = get_profile("faithful-full")
     own = own_train_per_class(faithful)
     full = faithful.epochs["CE"] * steps_per_epoch(faithful, own, "CE")
     data = [r for r in rungs(faithful) if r.axis == "data"]

@@ -81,19 +81,25 @@ def test_runs_at_plateau_counts_each_seed_on_its_own_curve():
     assert card.stamp().startswith("tour: not the paper's regime: P/M 1.00")
 
 
-def test_faithful_profile_is_in_the_papers_regime_on_paper():
-    """P/M >= 1 for every pair at the faithful size; six seed-paper batches from distinct test
-    trajectories with the full-space estimator, at least five seeds (10, 35, 42 first)."""
+def test_faithful_profiles_are_in_the_papers_regime_on_paper():
+    """Uncut (faithful-full): P/M >= 1 for every pair at the faithful size; six seed-paper
+    batches from distinct test trajectories with the full-space estimator, at least five seeds
+    (10, 35, 42 first). The committed cut (faithful) keeps P/M, the estimator, the six batches and
+    the paper's three seeds, and trains the same models on the same data for fewer epochs."""
     from pdeinf.config import COMMITTED_PROFILE, get_profile
     from pdeinf.data.datasets import split_indices
     from pdeinf.pipeline.regime import regime_cards
 
-    prof = get_profile("faithful")
     assert COMMITTED_PROFILE == "faithful"
-    cards = regime_cards(prof, with_history=False)
-    assert set(cards) == {(p, m) for p in ("CE", "NS") for m in ("unet", "vit")}
-    assert all(card.p_over_m >= 1.0 for card in cards.values())
-    assert all(card.estimator == "full-space" and card.batches == 6 for card in cards.values())
-    assert len(prof.seeds) >= 5 and prof.seeds[:3] == (10, 35, 42)
-    test = split_indices(prof.n_trajectories, prof.seeds[0], prof.split)["test"]
-    assert len(test) >= prof.seed_paper_batches
+    full, cut = get_profile("faithful-full"), get_profile("faithful")
+    for prof in (full, cut):
+        cards = regime_cards(prof, with_history=False)
+        assert set(cards) == {(p, m) for p in ("CE", "NS") for m in ("unet", "vit")}
+        assert all(card.p_over_m >= 1.0 for card in cards.values())
+        assert all(card.estimator == "full-space" and card.batches == 6 for card in cards.values())
+        test = split_indices(prof.n_trajectories, prof.seeds[0], prof.split)["test"]
+        assert len(test) >= prof.seed_paper_batches
+    assert len(full.seeds) >= 5 and full.seeds[:3] == (10, 35, 42)
+    assert cut.seeds == (10, 35, 42)
+    assert (cut.model_size, cut.n_trajectories, cut.resolution) == (
+        full.model_size, full.n_trajectories, full.resolution)

@@ -108,7 +108,7 @@ def test_an_exclusive_task_runs_here_and_alone(tmp_path):
 
 
 def test_faithful_graph_runs_each_recipe_study_as_soon_as_its_runs_exist():
-    """The faithful profile's interventions: one stage per recipe after that recipe's training
+    """The uncut faithful profile's interventions: one stage per recipe after that recipe's training
     and the baseline's sweep and rollouts; augment-vs-one-step orbit influence after both
     trainings and the symmetry stage whose files it reuses; the pair's study after all of them.
     The seed paper's full-space stages need only the runs and come before the sweeps; at the
@@ -116,7 +116,7 @@ def test_faithful_graph_runs_each_recipe_study_as_soon_as_its_runs_exist():
     from pdeinf.config import get_profile
     from pdeinf.pipeline import stage_tasks
 
-    prof = get_profile("faithful")
+    prof = get_profile("faithful-full")
     order = [t.name for t in stage_tasks(prof, progress=False)]
     tasks = {t.name: set(t.after) for t in stage_tasks(prof, progress=False)}
     check_graph(list(stage_tasks(prof, progress=False)))

@@ -16,7 +16,7 @@ from pdeinf.pipeline.reproduce import stage_tasks
 from pdeinf.pipeline.schedule import Task, check_graph
 
 REPO = Path(__file__).resolve().parent.parent
-PROFILES = ("smoke", "quick", "faithful")
+PROFILES = ("smoke", "quick", "faithful", "faithful-full")
 
 
 def _reference_stage_tasks(profile, *, progress: bool = True) -> list[Task]:
@@ -139,7 +139,7 @@ def test_derived_graph_of_other_subsets_is_the_hand_written_one(name):
 
 
 def test_key_dependencies_of_the_faithful_and_smoke_graphs():
-    faithful = {t.name: t for t in stage_tasks("faithful", progress=False)}
+    faithful = {t.name: t for t in stage_tasks("faithful-full", progress=False)}
     assert faithful["data"].exclusive and faithful["data"].after == ()
     assert faithful["training CE-vit"].after == ("data",)
     assert faithful["seed-paper influence CE-unet"].after == ("training CE-unet",)
@@ -148,7 +148,7 @@ def test_key_dependencies_of_the_faithful_and_smoke_graphs():
     assert set(faithful["interventions orbit CE-vit"].after) == {
         "training CE-vit", "training augment CE-vit", "symmetry CE-vit"}
     assert faithful["ladder CE-vit"].after == ("ladder training CE-vit", "training CE-vit")
-    assert faithful["ladder CE-vit"].args == (get_profile("faithful"),)
+    assert faithful["ladder CE-vit"].args == (get_profile("faithful-full"),)
     assert set(faithful["findings"].after) == set(faithful) - {"findings"}
     smoke = {t.name: t for t in stage_tasks("smoke", progress=False)}
     assert smoke["seed-paper influence CE-unet"].after == ("influence CE-unet",)
