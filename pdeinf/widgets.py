@@ -205,8 +205,14 @@ class SymmetryTab(_Tab):
                              "e.g. pdeinf.pipeline.symmetry.symmetry_loader(profile)")
         super().__init__(loader)
         self._panels: dict = {}
-        self.pde = self.dropdown("pde", list(pdes), "PDE")
-        self.model = self.dropdown("model", list(models), "model")
+        studied = getattr(loader, "pairs", None)
+        self.pairs = [(p, m) for p in pdes for m in models
+                      if studied is None or (p, m) in set(map(tuple, studied))]
+        if not self.pairs:
+            raise InputError(f"symmetry_loader: no symmetry study for any of the pairs of "
+                             f"{list(pdes)} x {list(models)} (the loader holds {studied})")
+        self.pde = self.dropdown("pde", list(dict.fromkeys(p for p, _ in self.pairs)), "PDE")
+        self.model = self.dropdown("model", self._models_of(self.pde.value), "model")
         self.element = self.dropdown("element", [], "element")
         self.image = W.Image(format="png", layout=W.Layout(width="100%"))
         self.image.add_class("pdeinf-symmetry-figure")
@@ -218,7 +224,20 @@ class SymmetryTab(_Tab):
         self.element.observe(self._on_view_change, names="value")
         self._on_dataset_change()
 
+    def _models_of(self, pde: str) -> list[str]:
+        return [m for p, m in self.pairs if p == pde]
+
     def _on_dataset_change(self, change=None):
+        if self._updating:
+            return
+        self._updating = True
+        try:  # only the models studied on this PDE, so that no study starts unasked
+            models = self._models_of(self.pde.value)
+            if list(self.model.options) != models:
+                self.model.options = models
+                self.model.value = models[0]
+        finally:
+            self._updating = False
         ds = self.dataset(self.pde.value, self.model.value)
         labels = [str(e) for e in ds["element"].values]
         self._updating = True

@@ -169,3 +169,28 @@ def test_symmetry_tab_is_optional_and_needs_a_callable(loader):
     assert ex.symmetry is None and isinstance(ex.widget, widgets.W.VBox)
     with pytest.raises(InputError, match="symmetry_loader"):
         widgets.explorer("smoke", loader=loader, symmetry_loader="nope")
+
+
+def test_symmetry_tab_offers_only_the_studied_pairs(loader, sym_loader):
+    """A loader that names its pairs (as `pipeline.symmetry.symmetry_loader` does) limits the
+    dropdowns to them: the tab never asks for a study the profile does not hold."""
+    sym_loader.pairs = [("CE", "vit"), ("NS", "vit")]
+    ex = widgets.explorer("smoke", pdes=["CE", "NS"], models=["unet", "vit"], loader=loader,
+                          symmetry_loader=sym_loader)
+    tab = ex.symmetry
+    assert list(tab.pde.options) == ["CE", "NS"] and list(tab.model.options) == ["vit"]
+    tab.pde.value = "NS"
+    assert tab.model.value == "vit" and tab.image.value[:8] == b"\x89PNG\r\n\x1a\n"
+    assert set(sym_loader.calls) == {("CE", "vit"), ("NS", "vit")}
+    sym_loader.pairs = [("NS", "unet")]
+    with pytest.raises(InputError, match="no symmetry study"):
+        widgets.explorer("smoke", pdes=["CE"], models=["vit"], loader=loader,
+                         symmetry_loader=sym_loader)
+
+
+def test_pipeline_symmetry_loader_names_the_profiles_pairs():
+    from pdeinf.config import get_profile
+    from pdeinf.pipeline.symmetry import symmetry_loader
+
+    prof = get_profile("faithful")
+    assert symmetry_loader(prof).pairs == [tuple(p) for p in prof.symmetry_pairs]

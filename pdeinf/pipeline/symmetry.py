@@ -188,5 +188,9 @@ def ensure_symmetry(profile: ProfileLike, pde: str, model: str, *, progress: boo
 
 def symmetry_loader(profile, *, progress: bool = False):
     """A loader `(pde, model) -> xr.Dataset` over the cached symmetry studies (the explorer's
-    symmetry tab)."""
-    return functools.partial(ensure_symmetry, profile, progress=progress)
+    symmetry tab). Its `pairs` attribute lists the (PDE, model) pairs the profile studies, so the
+    tab never starts a study the profile does not hold."""
+    prof = as_profile(profile)
+    loader = functools.partial(ensure_symmetry, prof, progress=progress)
+    loader.pairs = [tuple(p) for p in prof.pairs(prof.symmetry_pairs)]
+    return loader
