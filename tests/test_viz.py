@@ -329,3 +329,27 @@ def test_report_rejects_bad_names_and_values(home):
     (home / "results" / "broken.json").write_text("{not json")
     with pytest.raises(InputError, match="broken.json"):
         report.results_table()
+
+
+def test_a_long_stamp_wraps_inside_the_figure_and_keeps_every_word():
+    """A regime stamp longer than the figure is wide is wrapped: the saved figure keeps about
+    its width (a tight bounding box is not widened by the stamp) and no word is lost."""
+    import io
+
+    from pdeinf.viz import style
+
+    words = [f"word{i}" for i in range(60)]
+    widths = []
+    for lines in ([], [" ".join(words), "second line"]):
+        fig = Figure(figsize=(3, 2), layout="constrained")
+        fig.add_subplot().plot([0, 1], [0, 1])
+        if lines:
+            style.stamp(fig, lines)
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=50, bbox_inches="tight")
+        widths.append(matplotlib.image.imread(io.BytesIO(buffer.getvalue())).shape[1])
+    text = fig._suptitle.get_text()
+    assert text.split() == words + ["second", "line"] and text.count("\n") >= 2
+    # at 50 dpi the 3-inch figure is 150 px (155 with its tight padding); unwrapped, the stamp
+    # alone would be about 1,000 px wide
+    assert widths[1] <= 1.1 * 150 + 10

@@ -8,6 +8,7 @@ with asymmetric bars), `matrix` (a matrix image with its cells annotated), `lege
 """
 from __future__ import annotations
 
+import textwrap
 from contextlib import contextmanager
 
 import matplotlib as mpl
@@ -145,8 +146,15 @@ def legend_below(fig: Figure, axes, *, ncol: int = 3, **kwargs):
                       ncol=min(ncol, len(entries)), **kwargs)
 
 
+#: Average width of a character of the stamp's 6-point font, in points (wrapping estimate).
+STAMP_CHAR_WIDTH_PT = 3.4
+
+
 def stamp(fig: Figure, lines) -> Figure:
-    """Write `lines` (regime, estimator) small and grey as the figure's suptitle: constrained
-    layout keeps every panel and its title below it, so a stamp never covers a title."""
-    fig.suptitle("\n".join(lines), x=0.01, ha="left", fontsize=6, color="0.3")
+    """Write `lines` (regime, estimator) small and grey as the figure's suptitle, each wrapped to
+    the figure's width: constrained layout keeps every panel and its title below it, so a stamp
+    never covers a title nor widens the saved figure."""
+    width = max(30, int(fig.get_figwidth() * 72 / STAMP_CHAR_WIDTH_PT))
+    wrapped = [part for line in lines for part in (textwrap.wrap(line, width) or [""])]
+    fig.suptitle("\n".join(wrapped), x=0.01, ha="left", fontsize=6, color="0.3")
     return fig
