@@ -198,6 +198,37 @@ FAITHFUL_CHECKPOINTS = (1, 10, 20, 30, 40)
 FAITHFUL_FULL_EPOCHS = 60
 FAITHFUL_FULL_CHECKPOINTS = (1, 10, 20, 30, 40, 50, 60)
 
+_FAITHFUL_FULL = Profile(
+    name="faithful-full",
+    # the paper's regime as far as a 2-core CPU goes, without the 2-hour cuts of "faithful"
+    resolution=32,
+    solver_resolution=64,
+    # 48 trajectories per class: 32 train / 2 validation / 14 test, so that 6 influence
+    # batches (one test trajectory per class each) never repeat a trajectory
+    n_trajectories=48,
+    model_size="faithful",  # P/M >= 1 for every pair (pdeinf.models)
+    epochs={"CE": FAITHFUL_FULL_EPOCHS, "NS": FAITHFUL_FULL_EPOCHS},
+    checkpoints={"CE": FAITHFUL_FULL_CHECKPOINTS, "NS": FAITHFUL_FULL_CHECKPOINTS},
+    seeds=(10, 35, 42, 7, 99),
+    n_influence_batches=2,
+    seed_paper_batches=6,
+    seed_paper_estimator="full-space",
+    # the follow-up's translation set at 32x32: every axis shift (signed -16..15) and the
+    # box grid {0..4}^2 (its {0..17}^2 at 128x128, scaled)
+    symmetry_shifts=tuple(range(1, 32)),
+    symmetry_box=4,
+    symmetry_pairs=(("CE", "vit"), ("NS", "vit")),
+    symmetry_orbit_epochs=(1, FAITHFUL_FULL_EPOCHS),
+    recipe_pairs=(("CE", "vit"),),
+    recipe_batches=1,
+    recipe_seeds=(10, 35, 42),
+    ablation_pairs=(("CE", "vit"),),
+    # P/M 0.43 / 1.14 / 2.82 (CE) and 2 / 8 / 32 training trajectories per class
+    ladder_pair=("CE", "vit"),
+    ladder_widths=(48, 80, 128),
+    ladder_trajectories=(2, 8, 32),
+)
+
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         name="smoke",
@@ -246,62 +277,28 @@ PROFILES: dict[str, Profile] = {
         recipe_batches=1,
         ablation_pairs=(),
     ),
-    "faithful": Profile(
+    # the paper's regime cut to about 2 hours on 2 cores: P/M and the seed paper's estimator on
+    # its 6 batches kept first, then the paper's 3 seeds, 40 epochs (1,280 steps; the UNets
+    # plateau by then) and stated subsets for the follow-up and our studies
+    "faithful": dataclasses.replace(
+        _FAITHFUL_FULL,
         name="faithful",
-        resolution=32,
-        solver_resolution=64,
-        # 48 trajectories per class: 32 train / 2 validation / 14 test
-        n_trajectories=48,
-        model_size="faithful",  # P/M >= 1 for every pair (pdeinf.models)
-        # the paper's regime cut to about 2 hours on 2 cores, P/M and the seed paper's estimator
-        # kept first, then the paper's 6 batches: the paper's 3 seeds, 40 epochs (1,280 steps; the
-        # UNets plateau by then), and stated subsets for the follow-up and our studies;
-        # "faithful-full" is the same regime without the cuts (several hours)
         epochs={"CE": FAITHFUL_EPOCHS, "NS": FAITHFUL_EPOCHS},
         checkpoints={"CE": FAITHFUL_CHECKPOINTS, "NS": FAITHFUL_CHECKPOINTS},
         seeds=(10, 35, 42),
         n_influence_batches=1,
-        seed_paper_batches=6,
-        seed_paper_estimator="full-space",
         # signed axis shifts +-1, 2, 4, 8 and 16 of the follow-up's translation set at 32x32
         symmetry_shifts=(1, 2, 4, 8, 16, 24, 28, 30, 31),
-        symmetry_pairs=(("CE", "vit"), ("NS", "vit")),
+        symmetry_box=0,
         symmetry_orbit_epochs=(1, FAITHFUL_EPOCHS),
         recipes=("one-step", "pushforward"),
-        recipe_pairs=(("CE", "vit"),),
-        recipe_batches=1,
+        recipe_seeds=None,
         ablation_pairs=(),
+        ladder_pair=None,
+        ladder_widths=(),
+        ladder_trajectories=(),
     ),
-    "faithful-full": Profile(
-        name="faithful-full",
-        # the paper's regime as far as a 2-core CPU goes, without the 2-hour cuts of "faithful"
-        resolution=32,
-        solver_resolution=64,
-        # 48 trajectories per class: 32 train / 2 validation / 14 test, so that 6 influence
-        # batches (one test trajectory per class each) never repeat a trajectory
-        n_trajectories=48,
-        model_size="faithful",  # P/M >= 1 for every pair (pdeinf.models)
-        epochs={"CE": FAITHFUL_FULL_EPOCHS, "NS": FAITHFUL_FULL_EPOCHS},
-        checkpoints={"CE": FAITHFUL_FULL_CHECKPOINTS, "NS": FAITHFUL_FULL_CHECKPOINTS},
-        seeds=(10, 35, 42, 7, 99),
-        n_influence_batches=2,
-        seed_paper_batches=6,
-        seed_paper_estimator="full-space",
-        # the follow-up's translation set at 32x32: every axis shift (signed -16..15) and the
-        # box grid {0..4}^2 (its {0..17}^2 at 128x128, scaled)
-        symmetry_shifts=tuple(range(1, 32)),
-        symmetry_box=4,
-        symmetry_pairs=(("CE", "vit"), ("NS", "vit")),
-        symmetry_orbit_epochs=(1, FAITHFUL_FULL_EPOCHS),
-        recipe_pairs=(("CE", "vit"),),
-        recipe_batches=1,
-        recipe_seeds=(10, 35, 42),
-        ablation_pairs=(("CE", "vit"),),
-        # P/M 0.43 / 1.14 / 2.82 (CE) and 2 / 8 / 32 training trajectories per class
-        ladder_pair=("CE", "vit"),
-        ladder_widths=(48, 80, 128),
-        ladder_trajectories=(2, 8, 32),
-    ),
+    "faithful-full": _FAITHFUL_FULL,
     "paper": Profile(
         name="paper",
         resolution=128,
