@@ -27,8 +27,11 @@ from pdeinf.pipeline.notebooks import list_notebooks
 from pdeinf.pipeline.reproduce import run_notebooks, stage_tasks
 from pdeinf.pipeline.schedule import run_tasks
 from pdeinf.pipeline.slurm import (
+    END_GRACE_SECONDS,
     SlurmOptions,
+    SlurmRun,
     StageFailed,
+    _Running,
     load_options,
     reproduce_slurm,
     select_stages,
@@ -215,6 +218,26 @@ def test_failing_stage_leaves_dependents_unsubmitted(cluster, home, capsys):
     assert log.is_file() and "Invalid learning rate: nan" in log.read_text()
     assert message in capsys.readouterr().err
     _wait_for(lambda: not cluster.run("squeue", "-h").strip(), 60, "an empty queue")
+
+
+def test_a_job_counts_as_failed_only_after_looking_ended_for_the_grace_period(monkeypatch):
+    """A requeue passes through states squeue may not list: one poll without the job is not a
+    failure; a failure is declared once the job has looked ended for the grace period."""
+    run = SlurmRun.__new__(SlurmRun)
+    run.options = SlurmOptions(poll_seconds=0.5)
+    clock = [100.0]
+    monkeypatch.setattr("pdeinf.pipeline.slurm.time.monotonic", lambda: clock[0])
+    entry = _Running(task=None, job=None, start=0.0)
+    gone = ("gone", "ended without a result (cancelled or killed)")
+    assert run._settled(entry, gone) is None
+    clock[0] += 5.0
+    assert run._settled(entry, None) is None and entry.ended_since is None  # back: requeued
+    assert run._settled(entry, gone) is None
+    clock[0] += END_GRACE_SECONDS - 0.1
+    assert run._settled(entry, gone) is None
+    clock[0] += 0.2
+    assert run._settled(entry, gone) == ("failed", gone[1])
+    assert run._settled(_Running(None, None, 0.0), ("ok", "")) == ("ok", "")
 
 
 def test_options_from_file_and_flags(tmp_path):

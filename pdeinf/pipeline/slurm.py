@@ -207,12 +207,29 @@ def is_current(profile, task: Task, key: str) -> bool:
 
 
 # ---- the driver ---------------------------------------------------------------------------
-def _squeue_states(job_ids: Sequence[str]) -> dict[str, str]:
-    """Slurm's state of each job still known to the controller (absent: gone)."""
+#: Slurm job states after which a job never runs again (a requeued job passes through REQUEUED,
+#: PENDING and COMPLETING instead).
+ENDED_STATES = frozenset({"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL",
+                          "OUT_OF_MEMORY", "PREEMPTED", "REVOKED", "TIMEOUT"})
+#: How long a job must look ended without a result before it counts as failed: a requeue passes
+#: through states the controller reports inconsistently, and a shared filesystem may show the
+#: result file late.
+END_GRACE_SECONDS = 20.0
+
+
+def _squeue_states(job_ids: Sequence[str]) -> dict[str, str] | None:
+    """Slurm's state of each job the controller still knows (absent: gone), or None when the
+    controller could not be asked (busy, restarting): nothing is concluded from that poll."""
     if not job_ids:
         return {}
-    done = subprocess.run(["squeue", "-h", "-o", "%i %T", "-j", ",".join(job_ids)],
-                          capture_output=True, text=True, timeout=60, check=False)
+    try:
+        done = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%i %T", "-j", ",".join(job_ids)],
+                              capture_output=True, text=True, timeout=60, check=False)
+    except subprocess.TimeoutExpired:
+        return None
+    if done.returncode != 0:
+        # one job id that the controller no longer knows is an error, not an empty list
+        return {} if "Invalid job id" in done.stderr and len(job_ids) == 1 else None
     states = {}
     for line in done.stdout.splitlines():
         parts = line.split()
@@ -227,7 +244,8 @@ def job_log(job) -> Path:
 
 
 def _outcome(job, state: str | None) -> tuple[str, str] | None:
-    """("ok", "") / ("failed", why) once the job has ended, else None."""
+    """("ok", "") / ("failed", why) once the job has a result, ("gone", why) while it looks ended
+    without one (`state` None: unknown to the controller), else None (still queued or running)."""
     from submitit.core.utils import pickle_load
 
     result = Path(job.paths.result_pickle)
@@ -241,7 +259,9 @@ def _outcome(job, state: str | None) -> tuple[str, str] | None:
         lines = [ln for ln in str(value).strip().splitlines() if ln.strip()]
         return "failed", lines[-1] if lines else "error"
     if state is None:  # gone from the queue without a result: cancelled, killed, node failure
-        return "failed", "ended without a result (cancelled or killed)"
+        return "gone", "ended without a result (cancelled or killed)"
+    if state in ENDED_STATES:
+        return "gone", f"ended {state} without a result"
     return None
 
 
@@ -250,6 +270,8 @@ class _Running:
     task: Task
     job: object
     start: float
+    #: when the job was first seen ended without a result (None: not seen so)
+    ended_since: float | None = None
 
 
 class SlurmRun:
@@ -304,8 +326,9 @@ class SlurmRun:
     def _release(self, task: Task) -> None:
         """Give back what `_fits` reserved for `task`."""
 
-    def _states(self, running: Sequence[_Running]) -> dict[str, str]:
-        """The scheduler's state of each running job (absent: no longer known)."""
+    def _states(self, running: Sequence[_Running]) -> dict[str, str] | None:
+        """The scheduler's state of each running job (absent: no longer known); None when the
+        scheduler could not be asked."""
         return _squeue_states([str(r.job.job_id) for r in running])
 
     def _submit(self, task: Task) -> _Running:
@@ -353,8 +376,10 @@ class SlurmRun:
                 continue
             time.sleep(self.options.poll_seconds)
             states = self._states(list(running.values()))
+            if states is None:
+                continue
             for name, entry in list(running.items()):
-                outcome = _outcome(entry.job, states.get(str(entry.job.job_id)))
+                outcome = self._settled(entry, _outcome(entry.job, states.get(str(entry.job.job_id))))
                 if outcome is not None:
                     del running[name]
                     self._release(entry.task)
@@ -362,6 +387,19 @@ class SlurmRun:
         if self.failures:
             raise StageFailed("\n".join(self.failures))
         return self.results
+
+    def _settled(self, entry: _Running, outcome: tuple[str, str] | None) -> tuple[str, str] | None:
+        """`outcome`, except that a job counts as ended without a result only after looking so
+        for `END_GRACE_SECONDS` (and at least two polls)."""
+        if outcome is None or outcome[0] != "gone":
+            entry.ended_since = None
+            return outcome
+        now = time.monotonic()
+        if entry.ended_since is None:
+            entry.ended_since = now
+            return None
+        grace = max(END_GRACE_SECONDS, 2 * self.options.poll_seconds)
+        return ("failed", outcome[1]) if now - entry.ended_since >= grace else None
 
     def _finish(self, entry: _Running, status: str, why: str) -> str:
         task, job = entry.task, entry.job
