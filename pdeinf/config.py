@@ -179,9 +179,16 @@ class Profile:
     ladder_seeds: tuple[int, ...] = (10, 35, 42)
     # --- ablation of our model departures (increment vs direct; pdeinf's own models vs the authors')
     ablation_pairs: tuple[tuple[str, str], ...] | None = None  # None: every pair
-    # --- estimator study (what lambda and the Krylov tolerance do), one batch per seed
+    # --- estimator study (what lambda and the Krylov tolerance do), one batch per seed, on a
+    # stated subset: (PDE, model) pairs (None: all), transitions per class kept from batch 0
+    # (None: all), Krylov sweeps per column (None: the solver's default), seeds with a full-space
+    # side (None: all)
     estimator_lambdas: tuple[float, ...] = (1e-8, 1e-6, 1e-4, 1e-2, 1e-1)
     estimator_rtols: tuple[float, ...] = (5e-2, 1.5e-2, 1e-3)
+    estimator_pairs: tuple[tuple[str, str], ...] | None = None
+    estimator_times: int | None = None
+    estimator_maxiter: int | None = None
+    estimator_fullspace_seeds: int | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -227,6 +234,9 @@ _FAITHFUL_FULL = Profile(
     ladder_pair=("CE", "vit"),
     ladder_widths=(48, 80, 128),
     ladder_trajectories=(2, 8, 32),
+    estimator_times=5,
+    estimator_maxiter=30,
+    estimator_fullspace_seeds=1,
 )
 
 PROFILES: dict[str, Profile] = {
@@ -253,6 +263,10 @@ PROFILES: dict[str, Profile] = {
         ladder_seeds=(10,),
         estimator_lambdas=(1e-6, 1e-2),
         estimator_rtols=(5e-2,),
+        estimator_pairs=(("CE", "unet"),),
+        estimator_times=4,
+        estimator_maxiter=12,
+        estimator_fullspace_seeds=1,
     ),
     "quick": Profile(
         name="quick",
@@ -276,10 +290,17 @@ PROFILES: dict[str, Profile] = {
         recipe_pairs=(("CE", "vit"),),
         recipe_batches=1,
         ablation_pairs=(),
+        # the estimator study of one pair in 1-2 minutes: the full-space side on one seed, 5
+        # transitions per class (P/M of the quick ViT 2.4 on that batch), at most 30 sweeps
+        estimator_pairs=(("CE", "vit"),),
+        estimator_times=5,
+        estimator_maxiter=30,
+        estimator_fullspace_seeds=1,
     ),
     # the paper's regime cut to about 2 hours on 2 cores: P/M and the seed paper's estimator on
     # its 6 batches kept first, then the paper's 3 seeds, 40 epochs (1,280 steps; the UNets
-    # plateau by then) and stated subsets for the follow-up and our studies
+    # plateau by then) and stated subsets for the follow-up and our studies; the regime ladder
+    # of faithful-full on its 40 epochs
     "faithful": dataclasses.replace(
         _FAITHFUL_FULL,
         name="faithful",
@@ -294,9 +315,7 @@ PROFILES: dict[str, Profile] = {
         recipes=("one-step", "pushforward"),
         recipe_seeds=None,
         ablation_pairs=(),
-        ladder_pair=None,
-        ladder_widths=(),
-        ladder_trajectories=(),
+        # the regime ladder as in faithful-full: 4 extra CE-ViT runs per ladder seed
     ),
     "faithful-full": _FAITHFUL_FULL,
     "paper": Profile(

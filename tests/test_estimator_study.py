@@ -238,3 +238,19 @@ def test_stage_caches_and_recomputes_only_the_damaged_task():
     assert os.stat(victim).st_mtime_ns != damaged  # rewritten
     assert [f for f in files if os.stat(f).st_mtime_ns != stamps[f]] == [victim]
     assert np.allclose(again[prof.seeds[-1]]["sub_damping"].values, out[prof.seeds[-1]]["sub_damping"].values)
+
+
+def test_the_study_subset_is_the_profiles_own_not_looked_up_by_name():
+    """A renamed copy of a profile keeps that profile's subset; the stage key follows the fields."""
+    import dataclasses
+
+    from pdeinf.config import get_profile
+    from pdeinf.pipeline import estimator as stage
+
+    smoke = get_profile("smoke")
+    mine = dataclasses.replace(smoke, name="my-profile")
+    assert stage.study_subset(mine) == stage.study_subset(smoke)
+    assert stage.study_pairs(mine) == [("CE", "unet")] and stage.study_subset(mine).times == 4
+    wider = dataclasses.replace(mine, estimator_pairs=None, estimator_times=None)
+    assert stage.study_pairs(wider) == smoke.pairs()
+    assert stage.study_subset(get_profile("paper")) == stage.Subset(None, None, None, None)

@@ -64,7 +64,7 @@ PAPER_PM = {"CE": {"M": 48 * 4 * 128**2, "unet": (13e6, 14e6), "vit": (4.5e6, 5e
 
 @dataclass(frozen=True)
 class Subset:
-    """What the study computes at a profile: (PDE, model) pairs (None: every pair of the
+    """What the study computes at a profile (its `estimator_*` fields): (PDE, model) pairs (None: every pair of the
     profile), transitions per class kept from batch 0 (None: all), Krylov sweeps per column
     (None: the solver's default), seeds with a full-space side (None: all)."""
 
@@ -81,22 +81,11 @@ class Subset:
                 f"{self.maxiter or 'the default'} Krylov sweeps per column; subspace on every seed")
 
 
-#: At quick the whole study of one (PDE, model) pair takes 1-2 minutes on this 2-core machine
-#: (CE-UNet measured 92 s from scratch: the full-space solves on one seed, N = 15, at most 30
-#: CG sweeps each, and the subspace side on every seed). P/M of the quick UNet on this subset
-#: is about 2.2 (the paper's side of P = M; the full 48-example batch is at 0.7).
-SUBSETS: dict[str, Subset] = {
-    "smoke": Subset(pairs=(("CE", "unet"),), times=4, maxiter=12, fullspace_seeds=1),
-    "quick": Subset(pairs=(("CE", "vit"),), times=5, maxiter=30, fullspace_seeds=1),
-    "faithful": Subset(pairs=None, times=5, maxiter=30, fullspace_seeds=1),
-    "faithful-full": Subset(pairs=None, times=5, maxiter=30, fullspace_seeds=1),
-    "paper": Subset(pairs=None, times=None, maxiter=None, fullspace_seeds=None),
-}
-
-
 def study_subset(profile: ProfileLike) -> Subset:
+    """The profile's stated subset (its `estimator_*` fields)."""
     prof = as_profile(profile)
-    return SUBSETS.get(prof.name, SUBSETS["paper"])
+    return Subset(pairs=prof.estimator_pairs, times=prof.estimator_times,
+                  maxiter=prof.estimator_maxiter, fullspace_seeds=prof.estimator_fullspace_seeds)
 
 
 def study_pairs(profile: ProfileLike) -> list[tuple[str, str]]:

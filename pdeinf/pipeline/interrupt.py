@@ -104,9 +104,15 @@ def _zombie(pid: int) -> bool:
         return False
 
 
+#: How long SIGKILLed processes may take to go: only a process stuck in the kernel (a hung
+#: filesystem) takes longer, and then the lock is released after this wait anyway.
+KILL_WAIT_SECONDS = 30.0
+
+
 def stop_processes(pids: Iterable[int], *, grace: float = 3.0) -> None:
     """SIGTERM to each of `pids`, wait up to `grace` seconds, SIGKILL what is left, and wait
-    for those too (children of this process are reaped)."""
+    up to `KILL_WAIT_SECONDS` for those (on a loaded machine a killed process can take seconds
+    to be gone; children of this process are reaped)."""
     pids = list(pids)
     for pid in pids:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -117,7 +123,7 @@ def stop_processes(pids: Iterable[int], *, grace: float = 3.0) -> None:
     for pid in left:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + grace
+    deadline = time.monotonic() + KILL_WAIT_SECONDS
     while [p for p in left if _alive(p)] and time.monotonic() < deadline:
         time.sleep(0.05)
 

@@ -262,8 +262,9 @@ STAGES: tuple[StageKind, ...] = (
               variables=SYMMETRY_VARS, cost_law="symmetry"),
     StageKind("estimator study", estimator.ensure_estimator_pair, "estimator study {pde}-{model}", PAIR,
               estimator.study_pairs, _after_training, _estimator_dir,
-              key_fields=(*ENGINE_KEY, "name", "seeds", "checkpoints", "estimator_lambdas",
-                          "estimator_rtols", "fullspace_damping", "fullspace_rtol"),
+              key_fields=(*ENGINE_KEY, "seeds", "checkpoints", "estimator_lambdas",
+                          "estimator_rtols", "estimator_pairs", "estimator_times", "estimator_maxiter",
+                          "estimator_fullspace_seeds", "fullspace_damping", "fullspace_rtol"),
               variables=(), cost_law="estimator study"),  # its variables depend on the seed
     StageKind("rollouts", ensure_rollouts, "rollouts {pde}-{model}", PAIR, _pairs, _after_training,
               _rollouts_file,
