@@ -230,7 +230,12 @@ def test_verdict_changes_match_rows_and_count_transitions():
 
 
 def test_load_findings_reads_the_written_table_per_study_and_lines_name_the_verdict(home):
-    from pdeinf.pipeline.findings import collect_findings, finding_lines, load_findings, write_findings
+    from pdeinf.pipeline.findings import (
+        collect_findings,
+        finding_lines,
+        load_findings,
+        write_findings,
+    )
 
     write_findings("smoke", findings=collect_findings("smoke", studies=_populated()))
     every = load_findings("smoke")

@@ -256,7 +256,7 @@ def test_translation_landscape_reads_each_shift_where_it_belongs():
     land = sm.translation_landscape(ds, n=4)
     xs, q = land["axis"]["y"]
     assert list(xs) == [-1, 0, 1]  # shift 3 on a 4-cell grid is -1
-    flat = lambda lab: ds["orbit_diagonal"].sel(element=lab).values.ravel()  # noqa: E731
+    flat = lambda lab: ds["orbit_diagonal"].sel(element=lab).values.ravel()
     assert q[1, 0] == pytest.approx(np.median(flat("shift(3,0)")))
     assert q[1, 1] == pytest.approx(np.median(flat("e")))
     assert list(land["axis"]["x"][0]) == [0, 1]

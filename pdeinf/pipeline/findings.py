@@ -25,10 +25,10 @@ import subprocess
 from pathlib import Path
 
 from pdeinf import paths
-from pdeinf.config import REGIME_LABELS
 from pdeinf.analysis import registry
 from pdeinf.analysis.evaluate import VERDICT_WORDS, adjust_records
 from pdeinf.atomic import write_text
+from pdeinf.config import REGIME_LABELS
 from pdeinf.errors import InputError
 from pdeinf.pipeline.common import ProfileLike, as_profile
 from pdeinf.pipeline.regime import for_sweep, regime_cards, row_regime
