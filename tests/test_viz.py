@@ -353,3 +353,21 @@ def test_a_long_stamp_wraps_inside_the_figure_and_keeps_every_word():
     # at 50 dpi the 3-inch figure is 150 px (155 with its tight padding); unwrapped, the stamp
     # alone would be about 1,000 px wide
     assert widths[1] <= 1.1 * 150 + 10
+
+
+def test_a_stamp_keeps_the_figures_own_title_above_it_and_stays_inside_the_figure():
+    import io
+
+    from pdeinf.viz import style
+
+    fig = Figure(figsize=(3, 2), layout="constrained")
+    fig.add_subplot().plot([0, 1], [0, 1])
+    fig.suptitle("Regime ladder [ours]")
+    style.stamp(fig, ["regime CE-vit: P/M 1.14"])
+    assert fig._suptitle.get_text().split("\n") == ["Regime ladder [ours]", "regime CE-vit: P/M 1.14"]
+    fig.suptitle("A title")
+    style.stamp(fig, [" ".join(f"word{i}" for i in range(60))])
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=50, bbox_inches="tight")
+    assert fig._suptitle.get_text().startswith("A title\n")
+    assert matplotlib.image.imread(io.BytesIO(buffer.getvalue())).shape[1] <= 1.1 * 150 + 10

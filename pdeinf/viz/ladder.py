@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
 from pdeinf.analysis.ladder import AXES, AXIS_WORDS, STATISTICS
 from pdeinf.errors import InputError
@@ -24,7 +25,8 @@ def ladder_figure(summary: pd.DataFrame, *, own: dict | None = None,
                   paper_ridge: float | None = None, title: str = "") -> Figure:
     """A grid: rows = statistics, columns = axes. Each panel: the mean over seeds per rung and
     estimator with its 95% t-interval (bars), the paper's ridge (dashed), the profile's own
-    rung (grey line). The width axis is drawn against P / M."""
+    rung (grey line). The width axis is drawn against P / M; capacity and data on log scales,
+    each axis ticked at its rungs."""
     missing = {"axis", "value", "estimator", "statistic", "estimate", "low", "high",
                "p_over_m"} - set(summary.columns)
     if missing:
@@ -49,7 +51,8 @@ def ladder_figure(summary: pd.DataFrame, *, own: dict | None = None,
                 ax.axvline(x_own, color="0.7", lw=0.8, zorder=0)
             if stat == "ridge" and paper_ridge is not None:
                 ax.axhline(paper_ridge, color=PAPER_COLOR, ls="--", lw=1, label="paper")
-            ax.set_xscale("log")
+            _rung_ticks(ax, part["p_over_m"] if axis == "width" else part["value"],
+                        log=axis != "progress")
             if i == len(STATISTICS) - 1:
                 ax.set_xlabel(AXIS_LABELS[axis])
             if j == 0:
@@ -60,3 +63,14 @@ def ladder_figure(summary: pd.DataFrame, *, own: dict | None = None,
     if title:
         fig.suptitle(title)
     return fig
+
+
+def _rung_ticks(ax, values, *, log: bool) -> None:
+    """Ticks at the rungs' x values only, written plainly (no 2 x 10^0 minor labels)."""
+    ticks = sorted({float(v) for v in values})
+    if log:
+        ax.set_xscale("log")
+    if ticks:
+        ax.set_xticks(ticks)
+        ax.xaxis.set_major_formatter(FormatStrFormatter("%.3g"))
+        ax.xaxis.set_minor_formatter(NullFormatter())

@@ -153,8 +153,14 @@ STAMP_CHAR_WIDTH_PT = 3.4
 def stamp(fig: Figure, lines) -> Figure:
     """Write `lines` (regime, estimator) small and grey as the figure's suptitle, each wrapped to
     the figure's width: constrained layout keeps every panel and its title below it, so a stamp
-    never covers a title nor widens the saved figure."""
-    width = max(30, int(fig.get_figwidth() * 72 / STAMP_CHAR_WIDTH_PT))
+    never covers a title nor widens the saved figure. A figure's own suptitle is kept as the
+    first line(s), the stamp below it."""
+    title = fig._suptitle.get_text().strip() if fig._suptitle is not None else ""
+    fontsize = 7 if title else 6
+    # characters per line at this size (STAMP_CHAR_WIDTH_PT is the width of one at size 6)
+    width = max(30, int(fig.get_figwidth() * 72 / (STAMP_CHAR_WIDTH_PT * fontsize / 6)))
     wrapped = [part for line in lines for part in (textwrap.wrap(line, width) or [""])]
-    fig.suptitle("\n".join(wrapped), x=0.01, ha="left", fontsize=6, color="0.3")
+    heading = [part for line in title.splitlines() for part in textwrap.wrap(line, width)]
+    fig.suptitle("\n".join(heading + wrapped), x=0.01, ha="left", fontsize=fontsize,
+                 color="0.1" if title else "0.3")
     return fig
