@@ -199,48 +199,20 @@ def symmetry_study(models: Mapping[int, torch.nn.Module], batches: Sequence, *, 
     final = final_orbit_study(model, batches, pde=spec, elements=elements, damping=damping,
                               energy_tol=energy_tol, progress=progress, **engine_kwargs)
     eqv, diag = final["equivariance"].values, final["orbit_diagonal"].values
-    eqv_auth, lie, layer, axis_c, landscape, curves = ([] for _ in range(6))
-    layer_names = None
-    for b in tqdm(batches, desc=f"symmetry {spec.name}", disable=not progress, leave=False):
-        x, y = b.inputs, b.targets
-        eqv_auth.append(_equivariance(model, x, y, ELEMENTS, spec, convention="authors"))
-        lie.append(_lie_norms(model, x, spec))
-        dec = lie_derivative(model, x, "x", pde=spec, layerwise=True, layers=layers)
-        norms = {k: v.double().cpu().numpy() for k, v in dec.norms().items() if k != "total"}
-        layer_names = layer_names or list(norms)
-        layer.append(np.stack([norms[k] for k in layer_names]))
-        check = _axis_check(x, y, b.c, spec, dt)
-        axis_c.append([check["ours"], check["swapped"]])
-        ys, xs, land = _landscape(model, x, y, spec, step)
-        landscape.append(land)
-        curves.append(_axis_curves(model, x, y, spec))
-
-    # the worst D4 element of this seed: largest Q3 over batches x examples
-    d4_idx = [labels.index(g) for g in D4_NON_IDENTITY]
-    q3 = np.quantile(eqv[:, d4_idx].transpose(1, 0, 2).reshape(len(d4_idx), -1), 0.75, axis=1)
-    worst = D4_NON_IDENTITY[int(np.argmax(q3))]
+    per_batch = _per_batch_measures(model, batches, spec, dt=dt, step=step, layers=layers,
+                                    progress=progress)
+    worst = _worst_d4(eqv, labels)
     tracked = ["e", worst, ("shift", 1, 0)]
-    tracked_labels = [element_label(g) for g in tracked]
     epochs = sorted(int(e) for e in models)
-    lie_e, eqv_e, diag_e = [], [], []
     x, y = batches[0].inputs, batches[0].targets
-    for epoch in tqdm(epochs, desc="checkpoints", disable=not progress, leave=False):
-        if epoch == final_epoch:
-            lie_e.append(lie[0])
-            eqv_e.append(_equivariance(model, x, y, tracked, spec))
-            if tracked_labels[2] in labels:
-                diag_e.append(np.stack([diag[0][labels.index(t)] for t in tracked_labels]))
-                continue
-        m = models[epoch]
-        if epoch != final_epoch:
-            lie_e.append(_lie_norms(m, x, spec))
-            eqv_e.append(_equivariance(m, x, y, tracked, spec))
-        if orbit_epochs is not None and epoch not in orbit_epochs and epoch != final_epoch:
-            diag_e.append(np.full((len(tracked), x.shape[0]), np.nan))
-            continue
-        orbit = orbit_influence(m, x, y, tracked, pde=spec, damping=damping,
-                                energy_tol=energy_tol, **engine_kwargs)
-        diag_e.append(orbit["diagonal"].values)
+    lie_e, eqv_e, diag_e = _tracked_across_epochs(
+        models, x, y, tracked, spec, final_epoch=final_epoch,
+        final_lie=per_batch["lie"][0], final_diagonal=diag[0], labels=labels,
+        orbit_epochs=orbit_epochs, damping=damping, energy_tol=energy_tol, progress=progress,
+        **engine_kwargs)
+    eqv_auth, lie, layer = per_batch["eqv_auth"], per_batch["lie"], per_batch["layer"]
+    axis_c, landscape, curves = per_batch["axis_c"], per_batch["landscape"], per_batch["curves"]
+    layer_names, ys, xs = per_batch["layer_names"], per_batch["ys"], per_batch["xs"]
 
     n_batches, n = len(batches), x.shape[0]
     n_axis = max(x.shape[-2:])
@@ -272,3 +244,58 @@ def symmetry_study(models: Mapping[int, torch.nn.Module], batches: Sequence, *, 
                **(attrs or {})},
     )
     return ds
+
+
+def _per_batch_measures(model, batches, spec, *, dt, step: int, layers, progress: bool) -> dict:
+    """At the final checkpoint, per batch: the authors' D4 equivariance, the Lie derivative
+    norms (total and per layer), the axis-assignment check, the 2D shift landscape and the
+    per-axis shift curves (lists over batches, keyed as `symmetry_study` stores them)."""
+    out = {k: [] for k in ("eqv_auth", "lie", "layer", "axis_c", "landscape", "curves")}
+    out["layer_names"] = None
+    for b in tqdm(batches, desc=f"symmetry {spec.name}", disable=not progress, leave=False):
+        x, y = b.inputs, b.targets
+        out["eqv_auth"].append(_equivariance(model, x, y, ELEMENTS, spec, convention="authors"))
+        out["lie"].append(_lie_norms(model, x, spec))
+        dec = lie_derivative(model, x, "x", pde=spec, layerwise=True, layers=layers)
+        norms = {k: v.double().cpu().numpy() for k, v in dec.norms().items() if k != "total"}
+        out["layer_names"] = out["layer_names"] or list(norms)
+        out["layer"].append(np.stack([norms[k] for k in out["layer_names"]]))
+        check = _axis_check(x, y, b.c, spec, dt)
+        out["axis_c"].append([check["ours"], check["swapped"]])
+        out["ys"], out["xs"], land = _landscape(model, x, y, spec, step)
+        out["landscape"].append(land)
+        out["curves"].append(_axis_curves(model, x, y, spec))
+    return out
+
+
+def _worst_d4(equivariance: np.ndarray, labels: Sequence[str]):
+    """The D4 element (not the identity) with the largest upper quartile of the equivariance
+    error over batches x examples; `equivariance` `[batch, element, example]`."""
+    d4_idx = [labels.index(g) for g in D4_NON_IDENTITY]
+    q3 = np.quantile(equivariance[:, d4_idx].transpose(1, 0, 2).reshape(len(d4_idx), -1), 0.75, axis=1)
+    return D4_NON_IDENTITY[int(np.argmax(q3))]
+
+
+def _tracked_across_epochs(models, x, y, tracked, spec, *, final_epoch: int, final_lie,
+                           final_diagonal, labels, orbit_epochs, damping: float,
+                           energy_tol: float, progress: bool, **engine_kwargs):
+    """Per checkpoint on batch 0: Lie norms `[generator, example]`, equivariance of the tracked
+    elements `[tracked, example]` and their orbit diagonals `[tracked, example]` (NaN at epochs
+    outside `orbit_epochs`). The final checkpoint reuses what the final-epoch study computed."""
+    tracked_labels = [element_label(g) for g in tracked]
+    lie_e, eqv_e, diag_e = [], [], []
+    for epoch in tqdm(sorted(int(e) for e in models), desc="checkpoints", disable=not progress,
+                      leave=False):
+        m = models[epoch]
+        lie_e.append(final_lie if epoch == final_epoch else _lie_norms(m, x, spec))
+        eqv_e.append(_equivariance(m, x, y, tracked, spec))
+        if epoch == final_epoch and tracked_labels[2] in labels:
+            diag_e.append(np.stack([final_diagonal[labels.index(t)] for t in tracked_labels]))
+            continue
+        if orbit_epochs is not None and epoch not in orbit_epochs and epoch != final_epoch:
+            diag_e.append(np.full((len(tracked), x.shape[0]), np.nan))
+            continue
+        orbit = orbit_influence(m, x, y, tracked, pde=spec, damping=damping,
+                                energy_tol=energy_tol, **engine_kwargs)
+        diag_e.append(orbit["diagonal"].values)
+    return lie_e, eqv_e, diag_e
