@@ -240,6 +240,35 @@ def test_a_job_counts_as_failed_only_after_looking_ended_for_the_grace_period(mo
     assert run._settled(_Running(None, None, 0.0), ("ok", "")) == ("ok", "")
 
 
+def test_squeue_states_conclude_nothing_from_a_controller_error(monkeypatch):
+    """A busy controller (an error other than an unknown job id) gives None: no job is taken
+    for gone; an unknown job id is gone, asked one by one when several are listed."""
+    import subprocess
+
+    from pdeinf.pipeline import slurm
+
+    known = {"7": "RUNNING", "8": "REQUEUED"}
+    busy = [False]
+
+    def fake_squeue(argv, **kwargs):
+        ids = argv[argv.index("-j") + 1].split(",")
+        assert argv[argv.index("-t") + 1] == "all"
+        if busy[0]:
+            return subprocess.CompletedProcess(argv, 1, "", "slurm_load_jobs error: Socket timed out")
+        if any(i not in known for i in ids) and len(ids) == 1:
+            return subprocess.CompletedProcess(argv, 1, "", "slurm_load_jobs error: Invalid job id specified")
+        if any(i not in known for i in ids):
+            return subprocess.CompletedProcess(argv, 1, "", "Invalid job id specified")
+        return subprocess.CompletedProcess(argv, 0, "".join(f"{i} {known[i]}\n" for i in ids), "")
+
+    monkeypatch.setattr(slurm.subprocess, "run", fake_squeue)
+    assert slurm._squeue_states(["7", "8"]) == known
+    assert slurm._squeue_states(["9"]) == {}
+    assert slurm._squeue_states(["7", "9", "8"]) == known
+    busy[0] = True
+    assert slurm._squeue_states(["7", "8"]) is None
+
+
 def test_options_from_file_and_flags(tmp_path):
     config = tmp_path / "slurm.toml"
     config.write_text('[slurm]\npartition = "gpu"\ngpus_per_task = 4\nextra = ["--qos=high"]\n')

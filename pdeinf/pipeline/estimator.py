@@ -64,9 +64,10 @@ PAPER_PM = {"CE": {"M": 48 * 4 * 128**2, "unet": (13e6, 14e6), "vit": (4.5e6, 5e
 
 @dataclass(frozen=True)
 class Subset:
-    """What the study computes at a profile (its `estimator_*` fields): (PDE, model) pairs (None: every pair of the
-    profile), transitions per class kept from batch 0 (None: all), Krylov sweeps per column
-    (None: the solver's default), seeds with a full-space side (None: all)."""
+    """What the study computes at a profile (its `estimator_*` fields): (PDE, model) pairs
+    (None: every pair of the profile), transitions per class kept from batch 0 (None: all),
+    Krylov sweeps per column (None: the solver's default), seeds with a full-space side (None:
+    all)."""
 
     pairs: tuple[tuple[str, str], ...] | None
     times: int | None

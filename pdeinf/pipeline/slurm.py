@@ -228,8 +228,18 @@ def _squeue_states(job_ids: Sequence[str]) -> dict[str, str] | None:
     except subprocess.TimeoutExpired:
         return None
     if done.returncode != 0:
-        # one job id that the controller no longer knows is an error, not an empty list
-        return {} if "Invalid job id" in done.stderr and len(job_ids) == 1 else None
+        if "Invalid job id" not in done.stderr:
+            return None
+        # a job id the controller no longer knows is an error, not an empty list: ask per job
+        if len(job_ids) == 1:
+            return {}
+        states: dict[str, str] = {}
+        for job_id in job_ids:
+            one = _squeue_states([job_id])
+            if one is None:
+                return None
+            states.update(one)
+        return states
     states = {}
     for line in done.stdout.splitlines():
         parts = line.split()
