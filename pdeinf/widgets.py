@@ -206,8 +206,8 @@ class SymmetryTab(_Tab):
         super().__init__(loader)
         self._panels: dict = {}
         studied = getattr(loader, "pairs", None)
-        self.pairs = [(p, m) for p in pdes for m in models
-                      if studied is None or (p, m) in set(map(tuple, studied))]
+        held = None if studied is None else set(map(tuple, studied))
+        self.pairs = [(p, m) for p in pdes for m in models if held is None or (p, m) in held]
         if not self.pairs:
             raise InputError(f"symmetry_loader: no symmetry study for any of the pairs of "
                              f"{list(pdes)} x {list(models)} (the loader holds {studied})")

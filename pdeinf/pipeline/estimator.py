@@ -91,8 +91,7 @@ def study_subset(profile: ProfileLike) -> Subset:
 
 def study_pairs(profile: ProfileLike) -> list[tuple[str, str]]:
     prof = as_profile(profile)
-    pairs = study_subset(prof).pairs or tuple((p, m) for p in prof.pdes for m in prof.models)
-    pairs = [(p, m) for p, m in pairs if p in prof.pdes and m in prof.models]
+    pairs = prof.pairs(study_subset(prof).pairs)
     for pde, model in pairs:
         check_selection(prof, pde, model)
     return pairs
