@@ -3,6 +3,7 @@ tiny float64 models, and the cached stage at the smoke profile."""
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -254,3 +255,21 @@ def test_the_study_subset_is_the_profiles_own_not_looked_up_by_name():
     wider = dataclasses.replace(mine, estimator_pairs=None, estimator_times=None)
     assert stage.study_pairs(wider) == smoke.pairs()
     assert stage.study_subset(get_profile("paper")) == stage.Subset(None, None, None, None)
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("estimator_times", 0, "estimator_times=0"),
+    ("estimator_times", 99, "estimator_times=99"),
+    ("estimator_maxiter", float("nan"), "estimator_maxiter=nan"),
+    ("estimator_fullspace_seeds", 2, "estimator_fullspace_seeds=2"),
+    ("estimator_pairs", (("CE", "resnet"),), "estimator_pairs holds ('CE', 'resnet')"),
+])
+def test_a_bad_study_subset_is_one_clear_error_before_any_work(field, value, words):
+    import dataclasses
+
+    from pdeinf.config import get_profile
+    from pdeinf.pipeline import estimator as stage
+
+    bad = dataclasses.replace(get_profile("smoke"), name="bad", **{field: value})
+    with pytest.raises(InputError, match=re.escape(words)):
+        stage.study_pairs(bad)

@@ -39,7 +39,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pdeinf import paths
-from pdeinf.config import pde_spec
+from pdeinf.config import MODELS, PDE_CLASSES, pde_spec
 from pdeinf.errors import InputError
 from pdeinf.pipeline.checksums import Cached, ensure_cached
 from pdeinf.pipeline.common import (
@@ -83,8 +83,22 @@ class Subset:
 
 
 def study_subset(profile: ProfileLike) -> Subset:
-    """The profile's stated subset (its `estimator_*` fields)."""
+    """The profile's stated subset (its `estimator_*` fields); InputError naming the field when
+    one is out of range, before any work starts."""
     prof = as_profile(profile)
+    bounds = (("estimator_times", prof.estimator_times, prof.t_max - 1),
+              ("estimator_maxiter", prof.estimator_maxiter, None),
+              ("estimator_fullspace_seeds", prof.estimator_fullspace_seeds, len(prof.seeds)))
+    for field, value, high in bounds:
+        valid = isinstance(value, int) and not isinstance(value, bool) and value >= 1 \
+            and (high is None or value <= high)
+        if value is not None and not valid:
+            raise InputError(f"profile {prof.name}: {field}={value!r}; expected None or an integer "
+                             f"in 1..{high if high is not None else 'any'}")
+    for pair in prof.estimator_pairs or ():
+        if len(pair) != 2 or pair[0] not in PDE_CLASSES or pair[1] not in MODELS:
+            raise InputError(f"profile {prof.name}: estimator_pairs holds {pair!r}; expected "
+                             f"(PDE, model) with PDE in {list(PDE_CLASSES)} and model in {list(MODELS)}")
     return Subset(pairs=prof.estimator_pairs, times=prof.estimator_times,
                   maxiter=prof.estimator_maxiter, fullspace_seeds=prof.estimator_fullspace_seeds)
 
