@@ -85,7 +85,7 @@ def test_faithful_profiles_are_in_the_papers_regime_on_paper():
     """Uncut (faithful-full): P/M >= 1 for every pair at the faithful size; six seed-paper
     batches from distinct test trajectories with the full-space estimator, at least five seeds
     (10, 35, 42 first). The committed cut (faithful) keeps P/M, the estimator, the six batches and
-    the paper's three seeds, and trains the same models on the same data for fewer epochs."""
+    the five seeds, and trains the same models on the same data for fewer epochs."""
     from pdeinf.config import COMMITTED_PROFILE, get_profile
     from pdeinf.data.datasets import split_indices
     from pdeinf.pipeline.regime import regime_cards
@@ -99,7 +99,7 @@ def test_faithful_profiles_are_in_the_papers_regime_on_paper():
         assert all(card.estimator == "full-space" and card.batches == 6 for card in cards.values())
         test = split_indices(prof.n_trajectories, prof.seeds[0], prof.split)["test"]
         assert len(test) >= prof.seed_paper_batches
-    assert len(full.seeds) >= 5 and full.seeds[:3] == (10, 35, 42)
-    assert cut.seeds == (10, 35, 42)
+    for prof in (full, cut):
+        assert len(prof.seeds) >= 5 and prof.seeds[:3] == (10, 35, 42)
     assert (cut.model_size, cut.n_trajectories, cut.resolution) == (
         full.model_size, full.n_trajectories, full.resolution)
