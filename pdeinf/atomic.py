@@ -1,14 +1,12 @@
-"""The one way pdeinf writes a file: under a temporary name in the same folder, flushed and
-fsynced, then renamed. A reader never sees a half-written file under its final name, an
-interrupted write leaves at most a temporary file whose owner process is gone (removed by
-`remove_stale_temporaries`), and files get the process umask like any other file (no 0600
-from `tempfile.mkstemp`).
-
-Temporary names are `.<name>.<pid>.tmp`: the pid tells a later process whether the writer is
-still alive, so a concurrent run never deletes another live run's temporary file.
+"""The one way pdeinf writes a file: under a temporary name ``.<name>.<pid>.tmp`` in the same
+folder, fsynced, then renamed. A reader never sees a half-written file under its final name; an
+interrupted write leaves at most a temporary file whose writer (the pid) is gone, removed by
+`remove_stale_temporaries` (never a live run's). Files get the process umask (no 0600 from
+`tempfile.mkstemp`).
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -37,22 +35,19 @@ def _fsync_directory(directory: Path) -> None:
     except OSError:  # some file systems do not open directories
         return
     try:
-        os.fsync(fd)
-    except OSError:
-        pass
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
     finally:
         os.close(fd)
 
 
 def atomic_write(path: Path | str, write: Callable[[Path], object], *,
                  size: float | None = None) -> Path:
-    """Call `write(tmp)` to fill a temporary file beside `path`, fsync it, rename it to `path`.
-
-    `write` may create the file any way it likes (savefig, to_netcdf, open(..., "wb")).
-    Returns `path`. On any exception (KeyboardInterrupt included) the temporary file is removed.
-    `size`: the bytes the write needs, when known: checked against the free space first. A full
-    disk (or quota) raises `pdeinf.storage.DiskFullError` naming the folder and the space.
-    """
+    """Call `write(tmp)` to fill a temporary file beside `path` (any way: savefig, to_netcdf,
+    open), fsync it, rename it to `path`; returns `path`. On any exception (KeyboardInterrupt
+    included) the temporary file is removed. `size`: the bytes the write needs, when known,
+    checked against the free space first. A full disk (or quota) raises
+    `pdeinf.storage.DiskFullError` naming the folder and the space."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -94,9 +89,8 @@ def write_json(path: Path | str, obj, **kwargs) -> Path:
 
 
 def write_netcdf(obj, path: Path | str) -> Path:
-    """An xarray Dataset/DataArray to netCDF4 (h5netcdf engine), atomically. Up to
-    `IN_MEMORY_NETCDF` bytes it is serialised in memory and written as bytes; larger ones are
-    written by the library after a free-space check against their size."""
+    """An xarray Dataset/DataArray to netCDF4 (h5netcdf engine), atomically: serialised in memory
+    up to `IN_MEMORY_NETCDF` bytes, else written by the library after a free-space check."""
     if obj.nbytes <= IN_MEMORY_NETCDF:
         return write_bytes(path, bytes(obj.to_netcdf(engine="h5netcdf")))
     return atomic_write(path, lambda tmp: obj.to_netcdf(tmp, engine="h5netcdf"), size=obj.nbytes)
@@ -112,29 +106,23 @@ def torch_save(obj, path: Path | str) -> Path:
 
 
 def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # exists, owned by someone else
-        return True
+        pass
     return True
 
 
 def remove_stale_temporaries(directory: Path | str, *, recursive: bool = False) -> list[Path]:
-    """Remove temporary files of `atomic_write` whose writing process no longer exists.
-
-    Files of live processes (another pdeinf run writing right now) are left alone.
-    Returns the removed paths.
-    """
+    """Remove the temporary files of `atomic_write` whose writing process no longer exists
+    (those of live processes are left alone); returns the removed paths."""
     directory = Path(directory)
     if not directory.is_dir():
         return []
     removed = []
-    candidates = directory.rglob(".*.tmp") if recursive else directory.glob(".*.tmp")
-    for candidate in candidates:
+    for candidate in (directory.rglob if recursive else directory.glob)(".*.tmp"):
         match = _TMP.match(candidate.name)
         if match and candidate.is_file() and not _alive(int(match["pid"])):
             candidate.unlink(missing_ok=True)

@@ -1,7 +1,5 @@
-"""Argument checks shared by every public function: one message format, one place.
-
-Each returns the checked (and normalised) value or raises `InputError` naming the argument.
-"""
+"""Argument checks shared by every public function: each returns the checked (normalised)
+value or raises `InputError` naming the argument."""
 from __future__ import annotations
 
 import math

@@ -1,8 +1,8 @@
 """`pdeinf data | train | influence | reproduce`.
 
-Each sub-command is registered by the module that owns it (`add_parser(subparsers)` or the
-named function), which sets a `func(args) -> int`. Any pdeinf error is printed as one line:
-exit status 2 for bad input (`InputError`), 1 for any other failure (`NumericalError`, ...).
+Each sub-command is registered by the module that owns it, which sets a `func(args) -> int`.
+Any pdeinf error is printed as one line: exit status 2 for bad input (`InputError`), 1 for any
+other failure (`NumericalError`, ...), 128 + the signal number when stopped by a signal.
 """
 from __future__ import annotations
 
@@ -23,9 +23,7 @@ _COMMANDS = (
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="pdeinf",
-        description="Influence (gradient coherence) of autoregressive PDE surrogates.",
-    )
+        prog="pdeinf", description="Influence (gradient coherence) of autoregressive PDE surrogates.")
     sub = parser.add_subparsers(dest="command", required=True)
     for module, register in _COMMANDS:
         getattr(importlib.import_module(module), register)(sub)
@@ -33,8 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except InputError as err:

@@ -1,10 +1,8 @@
-"""The exception types of pdeinf. The CLI prints any of them as one line and exits non-zero.
-
-- `InputError`: something the user passed is wrong (file, argument, shape, value, name).
-  Exit status 2. Subclasses ValueError so callers that catch ValueError keep working.
-- `NumericalError`: a computation failed on valid input (a singular metric with damping 0,
-  non-finite gradients, a diverging solver, a NaN loss). Exit status 1.
-"""
+"""The exception types of pdeinf; the CLI prints any of them as one line and exits non-zero:
+2 for an `InputError` (something the user passed is wrong: file, argument, shape, value, name;
+a ValueError, so callers that catch ValueError keep working), 1 for a `NumericalError` (a
+computation failed on valid input: a singular metric with damping 0, non-finite gradients, a
+diverging solver, a NaN loss)."""
 
 
 class PdeinfError(Exception):

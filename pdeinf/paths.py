@@ -1,8 +1,5 @@
-"""Absolute paths used by every stage, independent of the working directory.
-
-`PDEINF_HOME` overrides the root (default: the repository that holds this package, or
-the current directory when the package is installed elsewhere).
-"""
+"""Absolute paths used by every stage, independent of the working directory: under
+`$PDEINF_HOME`, else the repository that holds this package, else the current directory."""
 from __future__ import annotations
 
 import os
@@ -17,9 +14,7 @@ def root() -> Path:
     if env:
         return Path(env).expanduser().resolve()
     checkout = _PACKAGE_DIR.parent
-    if (checkout / "pyproject.toml").exists():
-        return checkout
-    return Path.cwd().resolve()
+    return checkout if (checkout / "pyproject.toml").exists() else Path.cwd().resolve()
 
 
 def results_dir() -> Path:
@@ -53,10 +48,10 @@ def influence_dir(profile: str) -> Path:
 
 
 def figures_dir(profile: str | None = None) -> Path:
-    """Where a profile's figures (PNG and PDF) and findings JSON go: `figures/` for the committed
-    profile (`config.COMMITTED_PROFILE`, also when `profile` is None), `figures/paper/` for the
-    paper profile, `results/figures/<profile>/` (not committed) for the others, so that a tour
-    or a test never overwrites the committed figures."""
+    """A profile's figures (PNG, PDF) and findings JSON: `figures/` for the committed profile
+    (`config.COMMITTED_PROFILE`, also for None), `figures/paper/` for the paper profile,
+    `results/figures/<profile>/` (not committed) for the others, so that a tour or a test never
+    overwrites the committed figures."""
     from pdeinf.config import COMMITTED_PROFILE
 
     if profile in (None, COMMITTED_PROFILE):

@@ -1,6 +1,6 @@
-"""Where pdeinf writes: a folder probed for writing before long work, free space checked
-against what a write needs, and a full disk turned into one line naming the folder and the
-space needed (`DiskFullError`) instead of a traceback or a crash inside a file library."""
+"""Where pdeinf writes: folders probed for writing before long work, free space checked against
+what a write needs, and a full disk turned into one line (`DiskFullError`) naming the folder and
+the space needed instead of a traceback or a crash inside a file library."""
 from __future__ import annotations
 
 import errno
@@ -20,20 +20,18 @@ class DiskFullError(PdeinfError):
 
 def format_bytes(n: float) -> str:
     """`n` bytes as a short human-readable size (B, KiB, MiB, GiB)."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+    if abs(n) < 1024:
+        return f"{n:.0f} B"
+    for unit in ("KiB", "MiB", "GiB"):
         n /= 1024
-    return f"{n:.1f} GiB"  # pragma: no cover
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}"
 
 
 def existing_ancestor(path: Path | str) -> Path:
     """`path` itself when it exists, else its nearest existing parent."""
     path = Path(path).absolute()
-    for candidate in (path, *path.parents):
-        if candidate.exists():
-            return candidate
-    return Path("/")
+    return next((p for p in (path, *path.parents) if p.exists()), Path("/"))
 
 
 def free_bytes(directory: Path | str) -> int:
@@ -43,12 +41,11 @@ def free_bytes(directory: Path | str) -> int:
 
 def disk_full(directory: Path | str, needed: float | None) -> DiskFullError:
     """The one-line error for a write of `needed` bytes (None: unknown) into `directory`."""
-    directory = Path(directory)
-    free = free_bytes(directory)
     need = f"needs {format_bytes(needed)}" if needed else "needs more space"
-    return DiskFullError(f"no space left in {directory}: the write {need}, {format_bytes(free)} "
-                         "free; free some space or point PDEINF_HOME at a larger disk, then rerun "
-                         "the same command (what was already computed is kept)")
+    return DiskFullError(f"no space left in {Path(directory)}: the write {need}, "
+                         f"{format_bytes(free_bytes(directory))} free; free some space or point "
+                         "PDEINF_HOME at a larger disk, then rerun the same command (what was "
+                         "already computed is kept)")
 
 
 def check_free(directory: Path | str, needed: float) -> None:
@@ -58,8 +55,8 @@ def check_free(directory: Path | str, needed: float) -> None:
 
 
 def is_no_space(err: BaseException) -> bool:
-    """True for an OSError (or an error from a file library that wraps one) caused by a full
-    disk or an exhausted quota."""
+    """True for an OSError (or an error from a file library that wraps one, as its cause or
+    context) caused by a full disk or an exhausted quota."""
     seen = set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))

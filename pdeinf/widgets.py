@@ -1,25 +1,17 @@
 """ipywidgets explorer of the influence sweeps: decay curves, heatmap and class matrix at a lag.
 
-`explorer(profile)` returns an `Explorer`; display it in a notebook (it renders as its
-`widget`). Dropdowns pick PDE, model, seed, checkpoint epoch, variant and normalisation; a
-slider picks the time lag. The panel is a PNG in an `ipywidgets.Image`, so a browser test can
-see its bytes change.
-
-Only what `loader(pde, model)` returns is used (the notebook passes
-`pdeinf.pipeline.sweep_loader(profile)`, the pipeline's cached sweeps): each (PDE, model) sweep
-is loaded once, each analysis is computed once per selection and
-kept; moving the slider only redraws. No influence matrix is ever recomputed here.
-
-With `symmetry_loader` the explorer is a two-tab widget (influence, symmetry; `SymmetryTab`).
-
-CSS classes for front-end tests: "pdeinf-explorer" (the whole box), "pdeinf-lag-slider",
-"pdeinf-figure", and "pdeinf-<name>" on each dropdown (pde, model, seed, epoch, variant,
-normalization).
+`explorer(profile, loader=...)` returns an `Explorer` (displayed as its `widget`): dropdowns pick
+PDE, model, seed, epoch, variant and normalisation, a slider the lag; the panel is a PNG in an
+`ipywidgets.Image`. Each `loader(pde, model)` result and each analysis is computed once and
+kept (the slider only redraws; no influence is recomputed here). `symmetry_loader` adds a tab.
+CSS classes for front-end tests: "pdeinf-explorer", "pdeinf-lag-slider", "pdeinf-figure", and
+"pdeinf-<name>" on each dropdown (pde, model, seed, epoch, variant, normalization).
 """
 from __future__ import annotations
 
 import io
 from collections.abc import Callable
+from contextlib import contextmanager
 
 import ipywidgets as W
 
@@ -32,29 +24,40 @@ ALL_SEEDS = "all"
 
 
 class _Tab:
-    """What both tabs share: a loader `(pde, model) -> dataset` called once per pair, dropdowns
-    with a CSS class, a PNG image, and redraws only on a user's change."""
+    """What both tabs share: a loader called once per (pde, model), dropdowns with a CSS class,
+    a PNG image with a status line, and redraws only on a user's change."""
 
     css_prefix = "pdeinf-"
 
-    def __init__(self, loader: Callable):
+    def __init__(self, loader: Callable, image_class: str):
         self.loader = loader
         self._datasets: dict = {}
         self._updating = False
         self.renders = 0
+        self.image = W.Image(format="png", layout=W.Layout(width="100%"))
+        self.image.add_class(image_class)
+        self.status = W.HTML(value="")
 
-    def dropdown(self, name: str, options, description: str) -> W.Dropdown:
-        w = W.Dropdown(options=options, description=description, layout=W.Layout(width="250px"),
-                       style={"description_width": "95px"})
+    def dropdown(self, name: str, options) -> W.Dropdown:
+        w = W.Dropdown(options=options, description="PDE" if name == "pde" else name,
+                       layout=W.Layout(width="250px"), style={"description_width": "95px"})
         w.add_class(f"{self.css_prefix}{name}")
         return w
 
     def dataset(self, pde: str, model: str):
         """The dataset of (pde, model), loaded once."""
-        key = (pde, model)
-        if key not in self._datasets:
-            self._datasets[key] = self.loader(pde, model)
-        return self._datasets[key]
+        if (pde, model) not in self._datasets:
+            self._datasets[pde, model] = self.loader(pde, model)
+        return self._datasets[pde, model]
+
+    @contextmanager
+    def _quietly(self):
+        """Change widgets without a redraw per change."""
+        self._updating = True
+        try:
+            yield
+        finally:
+            self._updating = False
 
     def _on_view_change(self, change=None):
         if not self._updating:
@@ -68,7 +71,7 @@ class _Tab:
 
 
 class Explorer(_Tab):
-    """The explorer's state: widgets, the per-(PDE, model) datasets and the analysis cache."""
+    """The influence tab: its widgets, datasets and analysis cache."""
 
     def __init__(self, profile=None, *, pdes=None, models=None, loader: Callable | None = None,
                  max_lag: int = 11, symmetry_loader: Callable | None = None):
@@ -85,87 +88,63 @@ class Explorer(_Tab):
         if not callable(loader):
             raise InputError("loader: a callable (pde, model) -> sweep dataset is required, e.g. "
                              "pdeinf.pipeline.sweep_loader(profile)")
-        super().__init__(loader)
+        super().__init__(loader, "pdeinf-figure")
         self.max_lag = max_lag
         self._analyses: dict = {}
-        dropdown = self.dropdown
-        self.pde = dropdown("pde", pdes, "PDE")
-        self.model = dropdown("model", models, "model")
-        self.seed = dropdown("seed", [ALL_SEEDS], "seed")
-        self.epoch = dropdown("epoch", [0], "epoch")
-        self.variant = dropdown("variant", ["gauss-newton"], "variant")
-        self.normalization = dropdown("normalization", list(co.NORMALIZATIONS), "normalization")
+        for name, options in (("pde", pdes), ("model", models), ("seed", [ALL_SEEDS]),
+                              ("epoch", [0]), ("variant", ["gauss-newton"]),
+                              ("normalization", list(co.NORMALIZATIONS))):
+            setattr(self, name, self.dropdown(name, options))
         self.normalization.value = "standard"
         self.lag = W.IntSlider(value=0, min=-max_lag, max=max_lag, step=1, description="lag dt",
                                continuous_update=False, layout=W.Layout(width="450px"))
         self.lag.add_class("pdeinf-lag-slider")
-        self.image = W.Image(format="png", layout=W.Layout(width="100%"))
-        self.image.add_class("pdeinf-figure")
-        self.status = W.HTML(value="")
         self.status.add_class("pdeinf-status")
-        controls = W.VBox([
-            W.HBox([self.pde, self.model, self.seed]),
-            W.HBox([self.epoch, self.variant, self.normalization]),
-            self.lag,
-        ])
-        influence_box = W.VBox([controls, self.image, self.status])
+        influence_box = W.VBox([W.VBox([W.HBox([self.pde, self.model, self.seed]),
+                                        W.HBox([self.epoch, self.variant, self.normalization]),
+                                        self.lag]),
+                                self.image, self.status])
         self.symmetry = None
+        self.widget = influence_box
         if symmetry_loader is not None:
             self.symmetry = SymmetryTab(symmetry_loader, pdes, models)
             self.widget = W.Tab(children=[influence_box, self.symmetry.widget])
             self.widget.set_title(0, "influence")
             self.widget.set_title(1, "symmetry")
-        else:
-            self.widget = influence_box
         self.widget.add_class("pdeinf-explorer")
-
         self.pde.observe(self._on_dataset_change, names="value")
         self.model.observe(self._on_dataset_change, names="value")
         for w in (self.seed, self.epoch, self.variant, self.normalization, self.lag):
             w.observe(self._on_view_change, names="value")
         self._on_dataset_change()
 
-    # ------------------------------------------------------------------ data and analyses
-    def _selection(self):
-        seeds = None if self.seed.value == ALL_SEEDS else [self.seed.value]
-        return (self.pde.value, self.model.value, self.seed.value, self.epoch.value,
-                self.variant.value, self.normalization.value), seeds
-
     def analyses(self, lag: int):
         """(horizon curve, heatmap, class matrix at `lag`) of the current selection, cached."""
-        key, seeds = self._selection()
+        key = (self.pde.value, self.model.value, self.seed.value, self.epoch.value,
+               self.variant.value, self.normalization.value)
         ds = self.dataset(key[0], key[1])
-        kw = {"variant": key[4], "normalization": key[5], "epoch": key[3], "seeds": seeds}
+        kw = {"variant": key[4], "normalization": key[5], "epoch": key[3],
+              "seeds": None if key[2] == ALL_SEEDS else [key[2]]}
         if key not in self._analyses:
-            self._analyses[key] = {
-                "curve": co.horizon_curve(ds, max_lag=self.max_lag, **kw),
-                "heat": co.temporal_heatmap(ds, **kw),
-                "class": {},
-            }
+            self._analyses[key] = {"curve": co.horizon_curve(ds, max_lag=self.max_lag, **kw),
+                                   "heat": co.temporal_heatmap(ds, **kw), "class": {}}
         entry = self._analyses[key]
         if lag not in entry["class"]:
             entry["class"][lag] = co.class_matrix(ds, lag=lag, **kw)
         return entry["curve"], entry["heat"], entry["class"][lag]
 
-    # ------------------------------------------------------------------ callbacks
     def _on_dataset_change(self, change=None):
         ds = self.dataset(self.pde.value, self.model.value)
-        self._updating = True
-        try:
+        with self._quietly():
             self.seed.options = [ALL_SEEDS] + [int(s) for s in ds["seed"].values]
             self.seed.value = ALL_SEEDS
-            epochs = sorted(int(e) for e in ds["epoch"].values)
-            self.epoch.options = epochs
-            self.epoch.value = epochs[-1]
-            names = co.variants(ds)
-            current = self.variant.value
+            self.epoch.options = sorted(int(e) for e in ds["epoch"].values)
+            self.epoch.value = self.epoch.options[-1]
+            names, current = co.variants(ds), self.variant.value
             self.variant.options = names
             self.variant.value = current if current in names else names[0]
-            n_times = ds.sizes["t_resp"]
-            limit = min(self.max_lag, n_times - 1)
+            limit = min(self.max_lag, ds.sizes["t_resp"] - 1)
             self.lag.min, self.lag.max = -limit, limit
-        finally:
-            self._updating = False
         self.render()
 
     def render(self) -> bytes:
@@ -176,11 +155,10 @@ class Explorer(_Tab):
                  f"epoch {self.epoch.value}, {self.variant.value} / {self.normalization.value}")
         self.image.value = self.png(vf.explorer_figure(curve, heat, cm, lag=lag, title=title))
         self.renders += 1
-        q = curve.sel(dt=lag) if lag in curve["dt"].values else None
-        if q is not None:
-            self.status.value = (
-                f"lag {lag}: intra median {float(q.sel(pair='intra', quantile=0.5)):.3g}, "
-                f"inter median {float(q.sel(pair='inter', quantile=0.5)):.3g}")
+        if lag in curve["dt"].values:
+            q = curve.sel(dt=lag, quantile=0.5)
+            self.status.value = (f"lag {lag}: intra median {float(q.sel(pair='intra')):.3g}, "
+                                 f"inter median {float(q.sel(pair='inter')):.3g}")
         return self.image.value
 
     def _repr_mimebundle_(self, **kwargs):
@@ -188,14 +166,11 @@ class Explorer(_Tab):
 
 
 class SymmetryTab(_Tab):
-    """The symmetry tab: PDE, model and group element (D4 element or shift) dropdowns -> the
-    per-example equivariance error and the orbit-influence diagonal of that element
-    (`pdeinf.viz.symmetry.symmetry_panel_figure`). Each (PDE, model) study is loaded once by
-    `loader(pde, model)` (the notebook passes `pdeinf.pipeline.symmetry.symmetry_loader`);
-    each element's panel is drawn once and kept.
-
-    CSS classes: "pdeinf-symmetry" (the tab), "pdeinf-symmetry-figure", "pdeinf-sym-<name>"
-    on the dropdowns (pde, model, element)."""
+    """The symmetry tab: PDE, model and group element dropdowns -> that element's per-example
+    equivariance error and orbit-influence diagonal (`viz.symmetry.symmetry_panel_figure`), each
+    study loaded and each panel drawn once. A loader with a `pairs` attribute limits the
+    dropdowns to those pairs. CSS classes: "pdeinf-symmetry", "pdeinf-symmetry-figure",
+    "pdeinf-sym-<name>" on the dropdowns (pde, model, element)."""
 
     css_prefix = "pdeinf-sym-"
 
@@ -203,7 +178,7 @@ class SymmetryTab(_Tab):
         if not callable(loader):
             raise InputError("symmetry_loader: a callable (pde, model) -> symmetry study is required, "
                              "e.g. pdeinf.pipeline.symmetry.symmetry_loader(profile)")
-        super().__init__(loader)
+        super().__init__(loader, "pdeinf-symmetry-figure")
         self._panels: dict = {}
         studied = getattr(loader, "pairs", None)
         held = None if studied is None else set(map(tuple, studied))
@@ -211,12 +186,9 @@ class SymmetryTab(_Tab):
         if not self.pairs:
             raise InputError(f"symmetry_loader: no symmetry study for any of the pairs of "
                              f"{list(pdes)} x {list(models)} (the loader holds {studied})")
-        self.pde = self.dropdown("pde", list(dict.fromkeys(p for p, _ in self.pairs)), "PDE")
-        self.model = self.dropdown("model", self._models_of(self.pde.value), "model")
-        self.element = self.dropdown("element", [], "element")
-        self.image = W.Image(format="png", layout=W.Layout(width="100%"))
-        self.image.add_class("pdeinf-symmetry-figure")
-        self.status = W.HTML(value="")
+        self.pde = self.dropdown("pde", list(dict.fromkeys(p for p, _ in self.pairs)))
+        self.model = self.dropdown("model", self._models_of(self.pde.value))
+        self.element = self.dropdown("element", [])
         self.widget = W.VBox([W.HBox([self.pde, self.model, self.element]), self.image, self.status])
         self.widget.add_class("pdeinf-symmetry")
         self.pde.observe(self._on_dataset_change, names="value")
@@ -230,23 +202,16 @@ class SymmetryTab(_Tab):
     def _on_dataset_change(self, change=None):
         if self._updating:
             return
-        self._updating = True
-        try:  # only the models studied on this PDE, so that no study starts unasked
+        with self._quietly():  # only the models studied on this PDE: no study starts unasked
             models = self._models_of(self.pde.value)
             if list(self.model.options) != models:
                 self.model.options = models
                 self.model.value = models[0]
-        finally:
-            self._updating = False
-        ds = self.dataset(self.pde.value, self.model.value)
-        labels = [str(e) for e in ds["element"].values]
-        self._updating = True
-        try:
+        labels = [str(e) for e in self.dataset(self.pde.value, self.model.value)["element"].values]
+        with self._quietly():
             current = self.element.value
             self.element.options = labels
             self.element.value = current if current in labels else labels[min(1, len(labels) - 1)]
-        finally:
-            self._updating = False
         self.render()
 
     def numbers(self) -> dict:
@@ -276,8 +241,7 @@ class SymmetryTab(_Tab):
 def explorer(profile=None, *, pdes=None, models=None, loader: Callable | None = None,
              max_lag: int = 11, symmetry_loader: Callable | None = None) -> Explorer:
     """Build the explorer (see the module docstring). `loader(pde, model) -> xr.Dataset`:
-    `pdeinf.pipeline.sweep_loader(profile)`, or your own (e.g. a `combine_variants` output).
-    `symmetry_loader(pde, model)` (optional) adds the symmetry tab (`SymmetryTab`), e.g.
-    `pdeinf.pipeline.symmetry.symmetry_loader(profile)`."""
+    `pdeinf.pipeline.sweep_loader(profile)`, or your own (e.g. a `combine_variants` output);
+    `symmetry_loader(pde, model)` (optional) adds the symmetry tab."""
     return Explorer(profile, pdes=pdes, models=models, loader=loader, max_lag=max_lag,
                     symmetry_loader=symmetry_loader)

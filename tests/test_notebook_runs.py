@@ -42,7 +42,7 @@ def fake_notebooks(tmp_path, monkeypatch):
 
     monkeypatch.setattr(rp, "run_notebook", fake_run)
     monkeypatch.setattr(rp, "_executed_is_current", lambda nb, key: False)
-    monkeypatch.setattr(rp, "summarize_notebook", lambda nb: dict.fromkeys(
+    monkeypatch.setattr(rp, "summarize_notebook", lambda nb, profile=None: dict.fromkeys(
         ("figures", "numbers", "results")))
     return [folder / f"{n}.ipynb" for n in names], spans, envs
 

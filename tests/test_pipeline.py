@@ -108,9 +108,12 @@ def test_run_notebook_injects_profile_and_renames(tmp_path, monkeypatch):
             "paths.results_dir().mkdir(parents=True, exist_ok=True)\n"
             "(paths.results_dir() / '01_echo.json').write_text(json.dumps(\n"
             "    {'profile': profile, 'cwd': os.getcwd(), 'mpl': os.environ.get('MPLBACKEND'),\n"
-            "     'numbers': {'answer': 42.0}, 'figures': ['figures/none.png', 'figures/none.pdf']}))\n")
+            "     'numbers': {'answer': 42.0}, 'figures': ['figures/none.png']}))\n"
+            "paths.figures_dir(profile).mkdir(parents=True, exist_ok=True)\n"
+            "for name in ('01_echo_plot.png', '01_echo_plot.pdf'):\n"
+            "    (paths.figures_dir(profile) / name).write_bytes(b'figure')\n")
     nb_path = _notebook(tmp_path / "nbs", "01_echo.ipynb", body)
-    executed = pipeline.run_notebook(nb_path, "smoke", progress=False)
+    executed = pipeline.run_notebook(nb_path, "smoke", progress=False, cache_key="k1")
     assert executed == tmp_path / "home" / "results" / "executed" / "01_echo.ipynb"
     out = nbformat.read(executed, as_version=4)
     injected = [c for c in out.cells if "injected-parameters" in c.metadata.get("tags", [])]
@@ -119,11 +122,56 @@ def test_run_notebook_injects_profile_and_renames(tmp_path, monkeypatch):
     assert record["profile"] == "smoke"
     assert Path(record["cwd"]).resolve() == (tmp_path / "nbs").resolve()
     assert record["mpl"] and record["mpl"].lower() == "agg"
-    summary = pipeline.summarize_notebook(nb_path)
-    assert summary["numbers"] == {"answer": 42.0}
-    assert summary["figures"] == ["figures/none.png"]
+    # the closing table takes the figures from the profile's figures folder, not the results JSON
+    figure = paths.figures_dir("smoke") / "01_echo_plot.png"
+    summary = pipeline.summarize_notebook(nb_path, profile="smoke")
+    assert summary["figures"] == [str(figure)]
+    assert summary["numbers"] == {} and summary["results"] is None  # no findings table yet
+    # the executed copy records its figures: current until one of them is gone
+    from pdeinf.pipeline.notebooks import _executed_is_current
+
+    assert out.metadata["pdeinf"] == {"cache_key": "k1", "figures": [str(figure)]}
+    assert _executed_is_current(nb_path, "k1") and not _executed_is_current(nb_path, "k2")
+    figure.unlink()
+    assert not _executed_is_current(nb_path, "k1")
     leftovers = [p.name for p in executed.parent.iterdir() if p.name != "01_echo.ipynb"]
     assert leftovers == []
+
+
+def test_closing_table_numbers_come_from_the_findings_table(tmp_path, monkeypatch):
+    from pdeinf.pipeline.findings import findings_path
+
+    monkeypatch.setenv("PDEINF_HOME", str(tmp_path / "home"))
+    nb_path = _notebook(tmp_path / "nbs", "09_link.ipynb", "pass")
+    figures = paths.figures_dir("smoke")
+    figures.mkdir(parents=True)
+    for name in ("09_link_CE.pdf", "09_link_CE.png", "09_link_NS.png", "10_other.png",
+                 "findings_smoke.md"):
+        (figures / name).write_bytes(b"figure")
+    results = paths.results_dir() / "09_link.json"  # the notebook's own output: never read
+    results.write_text(json.dumps({"numbers": {"answer": 42.0}, "figures": ["x.png"]}))
+
+    def row(notebook, estimate, **extra):
+        return {"finding": "rollout_link_negative", "notebook": notebook, "pde": "CE",
+                "model": "unet", "estimate": estimate, "verdict": "inconclusive", **extra}
+
+    rows = [row("09_link", -0.5, dt=1), row("03_other", 7.0), row("09_link", None, dt=4),
+            row("09_link", -0.25, dt=16), row("09_link", 0.5, cls="all", recipe="augment"),
+            row("09_link", 0.125, cls="CE-RP", dt=2)]
+    findings_path("smoke").write_text(json.dumps({"findings": rows}))
+    summary = pipeline.summarize_notebook(nb_path, profile="smoke", max_numbers=3)
+    assert summary["figures"] == [str(figures / "09_link_CE.png"), str(figures / "09_link_NS.png")]
+    assert summary["numbers"] == {"rollout_link_negative CE-unet dt=1": -0.5,
+                                  "rollout_link_negative CE-unet dt=16": -0.25,
+                                  "rollout_link_negative CE-unet recipe=augment": 0.5}
+    assert summary["results"] == str(findings_path("smoke"))
+    other = pipeline.summarize_notebook(tmp_path / "nbs" / "10_other.ipynb", profile="smoke")
+    assert other["figures"] == [str(figures / "10_other.png")]
+    assert other["numbers"] == {} and other["results"] is None
+    (figures / "09_link_CE.png").unlink()
+    (figures / "09_link_NS.png").unlink()
+    assert pipeline.summarize_notebook(nb_path, profile="smoke")["figures"] == [
+        str(figures / "09_link_CE.pdf")]  # no PNG: the other formats
 
 
 def test_failing_notebook_leaves_no_final_copy(tmp_path, monkeypatch):

@@ -32,7 +32,6 @@ def _reference_stage_tasks(profile, *, progress: bool = True) -> list[Task]:
         ensure_ablation_runs,
     )
     from pdeinf.pipeline.common import as_profile
-    from pdeinf.pipeline.data import ensure_data
     from pdeinf.pipeline.estimator import ensure_estimator_pair, study_pairs
     from pdeinf.pipeline.findings import findings_stage
     from pdeinf.pipeline.influence import ensure_influence, ensure_seed_paper
@@ -48,7 +47,7 @@ def _reference_stage_tasks(profile, *, progress: bool = True) -> list[Task]:
     from pdeinf.pipeline.ladder import stage_pair as ladder_stage_pair
     from pdeinf.pipeline.rollouts import ensure_rollouts
     from pdeinf.pipeline.symmetry import ensure_symmetry
-    from pdeinf.pipeline.training import ensure_training
+    from pdeinf.pipeline.training import ensure_data, ensure_training
 
     profile = as_profile(profile)
     opts = {"progress": progress}

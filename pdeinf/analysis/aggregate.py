@@ -1,21 +1,11 @@
-"""Aggregations of influence matrices, each written once; the studies call these.
-
-Layout. One influence matrix of C classes x T times is held either flat, `[..., N, N]` with
-`N = C T` and the class-major index `n = c T + t`, or as blocks `[..., C, T, C, T]` in the order
-(c_resp, t_resp, c_pert, t_pert). Rows (the first index) are the response example, columns
-the perturbing example; any leading dims are kept, one matrix per leading index. A lag is
-`dt = t_resp - t_pert` in snapshot steps; `pair` 0 is intra-class (c_resp = c_pert), 1
-inter-class. Labelled inputs are `xr.DataArray`s with `PI_DIMS` (in any order, any leading
-dims): `to_blocks` turns them into blocks. Aggregates come back as float64 numpy arrays.
-
-Where the studies differ in convention the difference is a parameter, never a silent choice:
-a zero-std row (`standardize_rows(zero_std=...)`), mean or median and per-matrix or pooled
-(`statistic`, `pooled`), a constant input of a correlation (`pearson(zero_spread=...)`).
-NaN is not dropped here: it propagates (the callers reject non-finite matrices first), except
-where a `lag_curve` statistic given as a function drops it itself. All values are as
-dimensionless as the matrix.
+"""Aggregations of influence matrices, each written once; the studies call these. A matrix is flat
+`[..., N, N]` (`N = C T`, n = c T + t) or blocks `[..., C, T, C, T]` (c_resp, t_resp, c_pert,
+t_pert); rows are the response. A lag is dt = t_resp - t_pert. Conventions that differ between
+studies are parameters; NaN propagates; results are float64 numpy.
 """
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 import xarray as xr
@@ -31,17 +21,13 @@ QUARTILES = (0.25, 0.5, 0.75)
 _STATISTICS = {"mean": np.mean, "median": np.median}
 
 
-# --------------------------------------------------------------------------- layout
-
-
 def lead_dims(pi: xr.DataArray) -> list[str]:
     """The dims of `pi` that are not `PI_DIMS`, in `pi`'s order."""
     return [d for d in pi.dims if d not in PI_DIMS]
 
 
 def check_pi(pi, what: str = "pi", lead=(), finite: bool = False) -> xr.DataArray:
-    """`pi` if it is a DataArray with `PI_DIMS` and the dims `lead`, with response and
-    perturbation axes of one size (and, with `finite`, no NaN or Inf); else InputError."""
+    """`pi` if a DataArray with `PI_DIMS`, `lead`, square blocks (and `finite` values); else InputError."""
     if not isinstance(pi, xr.DataArray):
         raise InputError(f"{what}: expected an xr.DataArray, got {type(pi).__name__}")
     missing = [d for d in (*lead, *PI_DIMS) if d not in pi.dims]
@@ -55,8 +41,7 @@ def check_pi(pi, what: str = "pi", lead=(), finite: bool = False) -> xr.DataArra
 
 
 def to_blocks(pi: xr.DataArray, lead=None) -> np.ndarray:
-    """Labelled `pi` (`PI_DIMS` plus leading dims, any order) -> blocks `[*lead, C, T, C, T]`
-    float64. `lead`: the leading dims in the order wanted (default `lead_dims(pi)`)."""
+    """Labelled `pi` (any dim order) -> float64 blocks `[*lead, C, T, C, T]` (default `lead_dims`)."""
     lead = lead_dims(pi) if lead is None else list(lead)
     return np.asarray(pi.transpose(*lead, *BLOCK_ORDER).values, dtype=np.float64)
 
@@ -77,18 +62,8 @@ def unflatten(flat, n_classes: int) -> np.ndarray:
     return flat.reshape(*flat.shape[:-2], n_classes, n // n_classes, n_classes, n // n_classes)
 
 
-# --------------------------------------------------------------------------- standardisation
-
-
 def standardize_rows(pi, *, zero_std: str = "ieee") -> np.ndarray:
-    """Flat `pi` `[..., N, N]` -> `[..., N, N]`: each row n divided by its standard deviation
-    over the N columns, `std_m pi[n, m]` with ddof 1 (the papers' Julia `std`).
-
-    zero_std: what a row of zero std (a constant row) becomes:
-    "ieee" -> inf / nan (`pdeinf.influence.normalize.normalize(pi, "standard")`, the studies'
-    convention); "keep" -> divided by 1, so it stays as it is (an all-zero row stays zero; the
-    estimator study's convention).
-    """
+    """Flat `pi` over its row std (ddof 1); constant rows: inf / nan ("ieee") or kept ("keep")."""
     a = np.asarray(pi, dtype=np.float64)
     if zero_std == "ieee":
         return np.asarray(normalize(a, "standard"), dtype=np.float64)
@@ -99,9 +74,7 @@ def standardize_rows(pi, *, zero_std: str = "ieee") -> np.ndarray:
 
 
 def normalize_blocks(blocks, kind: str = "standard", *, losses=None) -> np.ndarray:
-    """Blocks `[..., C, T, C, T]` -> the same shape, each matrix normalised as its flat
-    `[..., N, N]` form by `pdeinf.influence.normalize.normalize(., kind)`; "standard" is
-    `standardize_rows(zero_std="ieee")`. `losses` `[..., C, T]` for kind "loss"."""
+    """Blocks, each matrix normalised flat by `normalize(., kind)`; `losses` `[..., C, T]` for "loss"."""
     blocks = np.asarray(blocks, dtype=np.float64)
     if losses is not None:
         losses = np.asarray(losses, dtype=np.float64)
@@ -110,12 +83,8 @@ def normalize_blocks(blocks, kind: str = "standard", *, losses=None) -> np.ndarr
     return np.asarray(flat, dtype=np.float64).reshape(blocks.shape)
 
 
-# --------------------------------------------------------------------------- diagonal, blocks
-
-
 def diagonal_means(pi) -> tuple[np.ndarray, np.ndarray]:
-    """Flat `pi` `[..., N, N]` -> (mean of the N diagonal entries, mean of the N (N - 1)
-    off-diagonal entries), each `[...]`."""
+    """Flat `pi` `[..., N, N]` -> (mean diagonal entry, mean off-diagonal entry), each `[...]`."""
     pi = np.asarray(pi, dtype=np.float64)
     n = pi.shape[-1]
     diag = np.trace(pi, axis1=-2, axis2=-1) / n
@@ -123,15 +92,13 @@ def diagonal_means(pi) -> tuple[np.ndarray, np.ndarray]:
 
 
 def intra_blocks(blocks) -> np.ndarray:
-    """Blocks `[..., C, T, C, T]` -> the intra-class blocks `[..., C, T, T]` (class, response
-    time, perturbing time)."""
+    """Blocks `[..., C, T, C, T]` -> intra-class blocks `[..., C, T, T]` (class, t_resp, t_pert)."""
     return np.moveaxis(np.diagonal(blocks, axis1=-4, axis2=-2), -1, -3)
 
 
 def cross_time_ratio(blocks) -> np.ndarray:
-    """The follow-up's R per class: blocks `[..., C, T, C, T]` -> `[..., C]`, (sum of the
-    class's T x T intra-class block minus its trace) over its trace; a zero trace gives
-    inf / nan (IEEE)."""
+    """The follow-up's R per class, `[..., C, T, C, T]` -> `[..., C]`: (sum of the intra-class
+    block minus its trace) over its trace (inf / nan for a zero trace)."""
     intra = intra_blocks(np.asarray(blocks, dtype=np.float64))
     diag = np.trace(intra, axis1=-2, axis2=-1)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -139,20 +106,10 @@ def cross_time_ratio(blocks) -> np.ndarray:
 
 
 def heatmap(blocks, *, statistic: str = "mean", pooled: bool = False) -> np.ndarray:
-    """Temporal heatmap of the intra-class blocks, dims (t_resp, t_pert).
-
-    blocks `[..., C, T, C, T]`; statistic "mean" or "median". pooled=False: per matrix, over
-    the classes -> `[..., T, T]` (the seed paper's per-unit map); pooled=True: over every
-    leading index and class at once -> `[T, T]` (the sweep's pooled median).
-    """
-    intra = intra_blocks(blocks)
-    reduce = _reducer(statistic)
-    if pooled:
-        return reduce(intra.reshape(-1, *intra.shape[-2:]), axis=0)
-    return reduce(intra, axis=-3)
-
-
-# --------------------------------------------------------------------------- lags
+    """Intra-class heatmap (t_resp, t_pert): "mean" / "median" over classes per matrix -> `[..., T, T]`,
+    or with `pooled` over every leading index and class -> `[T, T]`."""
+    intra, reduce = intra_blocks(blocks), _reducer(statistic)
+    return reduce(intra.reshape(-1, *intra.shape[-2:]), axis=0) if pooled else reduce(intra, axis=-3)
 
 
 def time_lags(n_times: int) -> np.ndarray:
@@ -161,8 +118,7 @@ def time_lags(n_times: int) -> np.ndarray:
 
 
 def lag_range(max_lag, n_times: int, *, clip: bool = True) -> np.ndarray:
-    """The lags -max_lag..max_lag. clip=True: max_lag must be >= 0 and is capped at
-    n_times - 1; clip=False: it must be an integer in 0..n_times - 1."""
+    """Lags -max_lag..max_lag; `clip`: capped at n_times - 1, else max_lag must lie in 0..n_times - 1."""
     if clip:
         if max_lag < 0:
             raise InputError(f"max_lag: must be >= 0, got {max_lag}")
@@ -173,62 +129,50 @@ def lag_range(max_lag, n_times: int, *, clip: bool = True) -> np.ndarray:
 
 
 def entry_mask(n_classes: int, n_times: int, pair: str = "all", lags=None) -> np.ndarray:
-    """Boolean `[C, T, C, T]` (block order) of the entries whose classes are `pair` ("intra",
-    "inter" or "all") and whose dt = t_resp - t_pert is in `lags` (an int or a collection;
-    None: every lag)."""
-    same = np.eye(n_classes, dtype=bool)
+    """Boolean `[C, T, C, T]`: classes `pair` ("intra", "inter", "all"), dt in `lags` (None: all)."""
     if pair not in (*PAIRS, "all"):
         raise InputError(f"pair={pair!r}: expected 'intra', 'inter' or 'all'")
+    same = np.eye(n_classes, dtype=bool)
     classes = {"intra": same, "inter": ~same, "all": np.ones_like(same)}[pair]
     dt = time_lags(n_times)
     times = np.ones_like(dt, dtype=bool) if lags is None else np.isin(dt, lags)
     return classes[:, None, :, None] & times[None, :, None, :]
 
 
-def lag_curve(blocks, lags, *, statistic="mean") -> np.ndarray:
-    """Influence against the lag dt = t_resp - t_pert, intra- and inter-class entries.
-
-    blocks `[..., C, T, C, T]`; lags: the dt values (`lag_range`). statistic: "mean" or
-    "median" of each matrix's entries at that lag -> `[..., 2, L]` (pair, dt); or a function of
-    the entries `[..., K]` returning an array of any shape S (it may pool the leading dims)
-    -> `[*S, 2, L]`. NaN where no entry has that pair and lag (inter-class with one class).
-    """
+def pair_entries(blocks, pair: str = "all") -> np.ndarray:
+    """The entries n != m whose classes are `pair`, `[..., C, T, C, T]` -> `[..., K]` (flat order)."""
     blocks = np.asarray(blocks)
     n_c, n_t = blocks.shape[-4], blocks.shape[-3]
-    reduce = statistic if callable(statistic) else _along_last(statistic)
+    return blocks[..., entry_mask(n_c, n_t, pair) & ~entry_mask(n_c, n_t, "intra", 0)]
+
+
+def lag_curve(blocks, lags, *, statistic="mean") -> np.ndarray:
+    """Intra- and inter-class entries at each of `lags`: "mean" / "median" per matrix -> `[..., 2, L]`,
+    or a function of the entries `[..., K]` -> `[*S, 2, L]`; NaN where no entry is."""
+    blocks = np.asarray(blocks)
+    n_c, n_t = blocks.shape[-4], blocks.shape[-3]
+    reduce = statistic if callable(statistic) else functools.partial(_reducer(statistic), axis=-1)
     cells = {}
     for p, pair in enumerate(PAIRS):
         for k, lag in enumerate(lags):
             mask = entry_mask(n_c, n_t, pair, lag)
             if mask.any():
                 cells[p, k] = np.asarray(reduce(blocks[..., mask]), dtype=np.float64)
-    shape = next(iter(cells.values())).shape
-    out = np.full((*shape, len(PAIRS), len(lags)), np.nan)
+    out = np.full((*next(iter(cells.values())).shape, len(PAIRS), len(lags)), np.nan)
     for (p, k), value in cells.items():
         out[..., p, k] = value
     return out
 
 
-# --------------------------------------------------------------------------- classes
-
-
 def class_matrix(blocks, *, lag=None, statistic: str = "mean", pooled: bool = False) -> np.ndarray:
-    """Influence of each (response class, perturbing class), dims (c_resp, c_pert).
-
-    blocks `[..., C, T, C, T]`. lag=None: over all T x T time pairs of each class block (the
-    seed paper's time-averaged matrix); an int: over the time pairs with t_resp - t_pert = lag.
-    statistic "mean" or "median". pooled=False: per matrix -> `[..., C, C]`; pooled=True: the
-    entries of every leading index at once -> `[C, C]`.
-    """
-    blocks = np.asarray(blocks)
-    reduce = _reducer(statistic)
+    """Each (c_resp, c_pert) block's "mean" / "median" over all time pairs or those at dt = `lag`:
+    per matrix `[..., C, C]`, or with `pooled` over all leading indices `[C, C]`."""
+    blocks, reduce = np.asarray(blocks), _reducer(statistic)
     if lag is None and not pooled:
         return reduce(blocks, axis=(-3, -1))
     pairs = np.moveaxis(blocks, -2, -3)  # [..., C, C, T, T]
-    if lag is None:
-        values = pairs.reshape(*pairs.shape[:-2], -1)
-    else:
-        values = pairs[..., time_lags(blocks.shape[-3]) == lag]  # [..., C, C, K]
+    values = (pairs.reshape(*pairs.shape[:-2], -1) if lag is None
+              else pairs[..., time_lags(blocks.shape[-3]) == lag])  # [..., C, C, K]
     if pooled:
         values = np.moveaxis(values, (-3, -2), (0, 1))
         values = values.reshape(*values.shape[:2], -1)
@@ -236,28 +180,17 @@ def class_matrix(blocks, *, lag=None, statistic: str = "mean", pooled: bool = Fa
 
 
 def diagonal_contrast(matrix) -> np.ndarray:
-    """`[..., C, C]` -> `[...]`: mean diagonal entry minus mean off-diagonal entry (the
-    class-locked contrast of a class matrix; NaN with one class)."""
+    """`[..., C, C]` -> `[...]`: mean diagonal minus mean off-diagonal entry (NaN if C = 1)."""
     matrix = np.asarray(matrix, dtype=np.float64)
     eye = np.eye(matrix.shape[-1], dtype=bool)
     return matrix[..., eye].mean(-1) - matrix[..., ~eye].mean(-1)
 
 
-# --------------------------------------------------------------------------- correlation
-
-
 def pearson(x, y, *, axis: int = -1, zero_spread: str = "ieee") -> np.ndarray:
-    """Pearson correlation of x and y along `axis` (broadcasting): sum of the centred products
-    over the root of the product of the centred sums of squares.
-
-    zero_spread: a constant input. "ieee" -> the plain quotient (0 / 0 = nan; the ablation's
-    convention); "tolerance" -> NaN wherever the denominator is within 1e-12 x max|x| x max|y|
-    x n of zero (a constant has zero spread only up to rounding), and r clipped to [-1, 1]
-    (the rollout link's convention).
-    """
+    """Pearson r along `axis`; a constant input gives 0 / 0 (`zero_spread` "ieee") or NaN within
+    1e-12 max|x| max|y| n of zero ("tolerance", r clipped)."""
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    xc = x - x.mean(axis=axis, keepdims=True)
-    yc = y - y.mean(axis=axis, keepdims=True)
+    xc, yc = (a - a.mean(axis=axis, keepdims=True) for a in (x, y))
     num = (xc * yc).sum(axis=axis)
     den = np.sqrt((xc * xc).sum(axis=axis) * (yc * yc).sum(axis=axis))
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -270,15 +203,7 @@ def pearson(x, y, *, axis: int = -1, zero_spread: str = "ieee") -> np.ndarray:
     raise InputError(f"zero_spread={zero_spread!r}: expected 'ieee' or 'tolerance'")
 
 
-# --------------------------------------------------------------------------- helpers
-
-
 def _reducer(statistic: str):
     if statistic not in _STATISTICS:
         raise InputError(f"statistic={statistic!r}: expected one of {', '.join(_STATISTICS)}")
     return _STATISTICS[statistic]
-
-
-def _along_last(statistic: str):
-    reduce = _reducer(statistic)
-    return lambda values: reduce(values, axis=-1)

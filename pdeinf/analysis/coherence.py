@@ -1,19 +1,7 @@
-"""Observables of the influence sweep (docs/method.md section 6), as xarray objects.
-
-Every function reads the labelled sweep dataset (as `pdeinf.pipeline.ensure_influence` returns
-it, or any dataset of the same layout):
-
-- `pi` dims `(seed, epoch, batch, [variant,] t_resp, c_resp, t_pert, c_pert)`; rows (`*_resp`)
-  are the response example, columns (`*_pert`) the perturbing example. A dataset without a
-  `variant` dimension holds one variant, named by `ds.attrs["variant"]` (else `attrs["metric"]`,
-  else "gauss-newton").
-- `losses` `(seed, epoch, batch, t, c)`, `eta_eigenvalues` `(seed, epoch, batch, mode)`
-  NaN-padded, `rank` `(seed, epoch, batch)`, `input_distance` like `pi` without `variant`.
-
-Normalisations are those of `pdeinf.influence.normalize` (docs/method.md section 5), applied to each
-`N x N` matrix with the flat index `n = c * T + t`. Aggregates pool seeds x influence batches
-(x classes / time pairs where stated) and report medians and quartiles, as the paper does.
-All values are dimensionless (SMSE-based influence); `dt` and lags are in snapshot steps.
+"""Observables of the influence sweep (docs/method.md section 6) as xarray objects, from the
+dataset of `pdeinf.pipeline.ensure_influence`: `pi` (seed, epoch, batch, [variant,] t_resp, c_resp,
+t_pert, c_pert), `losses`, `eta_eigenvalues`, `rank`, `input_distance`. Each N x N matrix is
+normalised on its own; aggregates pool seeds x batches. Values are dimensionless.
 """
 from __future__ import annotations
 
@@ -31,42 +19,27 @@ from pdeinf.analysis.registry import PAPER_ROLLOUT_PEARSON
 from pdeinf.errors import InputError
 from pdeinf.influence.normalize import NORMALIZATIONS
 
-#: The follow-up's published Pearson correlations between the intra-class off/diagonal ratio R
-#: (raw Pi) and the cumulative rollout SMSE, all 16 horizons dt = 1..16 (docs/method.md section 6).
-#: A view of the one source, `pdeinf.analysis.registry.PAPER_ROLLOUT_PEARSON`.
-#: Keys: (PDE, model) -> {dt: r}.
+#: The follow-up's published Pearson r of R (raw Pi) with the cumulative rollout SMSE,
+#: (PDE, model) -> {dt: r} for dt = 1..16; a view of `registry.PAPER_ROLLOUT_PEARSON`.
 PAPER_ROLLOUT_CORRELATION: dict[tuple[str, str], dict[int, float]] = {
-    tuple(key.split("-")): dict(enumerate(values, start=1))
-    for key, values in PAPER_ROLLOUT_PEARSON.items()
-}
+    tuple(key.split("-")): dict(enumerate(values, start=1)) for key, values in PAPER_ROLLOUT_PEARSON.items()}
 
 
 def combine_variants(datasets: dict[str, xr.Dataset]) -> xr.Dataset:
-    """Sweeps of single variants -> one Dataset whose `pi` has a `variant` dimension.
-
-    The other variables (losses, eta eigenvalues, rank, input distance) are taken from the
-    first dataset given (put "gauss-newton" first: eta_hat is the Gauss-Newton metric).
-    """
+    """Single-variant sweeps -> one Dataset, `pi` with a `variant` dim (other variables: the first's)."""
     if not datasets:
         raise InputError("datasets: at least one variant is needed")
-    names = list(datasets)
-    pis = []
-    for name, ds in datasets.items():
+    for ds in datasets.values():
         _check_dataset(ds)
-        pi = ds["pi"]
-        if "variant" in pi.dims:
-            pi = pi.sel(variant=name)
-        pis.append(pi.drop_vars("variant", errors="ignore"))
-    first = datasets[names[0]]
+    pis = [(ds["pi"].sel(variant=name) if "variant" in ds["pi"].dims else ds["pi"])
+           .drop_vars("variant", errors="ignore") for name, ds in datasets.items()]
+    first = next(iter(datasets.values()))
     out = first.drop_vars("pi").drop_dims("variant", errors="ignore")
     stacked = xr.concat(pis, dim="variant", join="exact", coords="minimal", compat="override")
-    stacked = stacked.assign_coords(variant=("variant", names))
-    out["pi"] = stacked.transpose("seed", "epoch", "batch", "variant", ...)
+    out["pi"] = stacked.assign_coords(variant=("variant", list(datasets))).transpose(
+        "seed", "epoch", "batch", "variant", ...)
     out.attrs = {k: v for k, v in first.attrs.items() if k not in ("metric", "observable")}
     return out
-
-
-# --------------------------------------------------------------------------- selection
 
 
 def variants(ds: xr.Dataset) -> list[str]:
@@ -96,33 +69,19 @@ def _labels(ds: xr.Dataset, dim: str, wanted, what: str) -> list:
     return wanted
 
 
-def _select_variant(da: xr.DataArray, ds: xr.Dataset, variant: str) -> xr.DataArray:
-    names = variants(ds)
-    if variant not in names:
-        raise InputError(f"variant: unknown {variant!r}; this sweep holds {', '.join(names)}")
-    return da.sel(variant=variant) if "variant" in da.dims else da
-
-
-def normalized_pi(
-    ds: xr.Dataset,
-    *,
-    variant: str = "gauss-newton",
-    normalization: str = "standard",
-    epoch=None,
-    seeds=None,
-) -> xr.DataArray:
-    """Pi of one variant, normalised per `N x N` matrix.
-
-    Returns a DataArray with dims `(seed, epoch, batch, c_resp, t_resp, c_pert, t_pert)`.
-    `epoch`: None (final checkpoint), "all", or an epoch / list of epochs.
-    """
+def normalized_pi(ds: xr.Dataset, *, variant: str = "gauss-newton", normalization: str = "standard",
+                  epoch=None, seeds=None) -> xr.DataArray:
+    """Pi of one variant normalised per matrix, (seed, epoch, batch, *BLOCK_ORDER); epoch None: the last."""
     _check_dataset(ds)
     if normalization not in NORMALIZATIONS:
         raise InputError(f"normalization: unknown {normalization!r}; expected one of "
                          f"{', '.join(NORMALIZATIONS)}")
     sel = {"epoch": _labels(ds, "epoch", epoch, "epoch"), "seed": _labels(ds, "seed", seeds, "seeds")}
-    pi = _select_variant(ds["pi"], ds, variant).sel(sel)
-    pi = pi.transpose("seed", "epoch", "batch", *ag.BLOCK_ORDER)
+    names = variants(ds)
+    if variant not in names:
+        raise InputError(f"variant: unknown {variant!r}; this sweep holds {', '.join(names)}")
+    pi = ds["pi"].sel(variant=variant) if "variant" in ds["pi"].dims else ds["pi"]
+    pi = pi.sel(sel).transpose("seed", "epoch", "batch", *ag.BLOCK_ORDER)
     values = np.ascontiguousarray(pi.values, dtype=np.float64)
     if not np.all(np.isfinite(values)):
         raise InputError(f"ds['pi'] (variant {variant!r}): contains NaN or Inf")
@@ -146,33 +105,21 @@ def _quartiles(values: np.ndarray) -> tuple[float, float, float, int]:
     values = values[np.isfinite(values)]
     if values.size == 0:
         return (math.nan, math.nan, math.nan, 0)
-    q = np.quantile(values, QUARTILES)
-    return (float(q[0]), float(q[1]), float(q[2]), int(values.size))
+    return (*(float(q) for q in np.quantile(values, QUARTILES)), int(values.size))
 
 
-# --------------------------------------------------------------------------- observables
-
-
-def temporal_heatmap(
-    ds: xr.Dataset, *, variant: str = "gauss-newton", normalization: str = "standard",
-    epoch=None, seeds=None,
-) -> xr.DataArray:
+def temporal_heatmap(ds: xr.Dataset, *, variant: str = "gauss-newton", normalization: str = "standard",
+                     epoch=None, seeds=None) -> xr.DataArray:
     """Item 1: median over seeds x batches x classes of intra-class entries, dims (t_resp, t_pert)."""
     npi = normalized_pi(ds, variant=variant, normalization=normalization, epoch=epoch, seeds=seeds)
     return _influence(ag.heatmap(npi.values, statistic="median", pooled=True),
                       {d: npi[d].values for d in ("t_resp", "t_pert")}, variant, normalization)
 
 
-def horizon_curve(
-    ds: xr.Dataset, *, variant: str = "gauss-newton", normalization: str = "standard",
-    epoch=None, seeds=None, max_lag: int = 11,
-) -> xr.DataArray:
-    """Item 2: quartiles of influence vs dt = t_resp - t_pert, intra- and inter-class pairs.
-
-    Pools every entry at that lag over seeds x batches x class pairs x time pairs.
-    Returns dims `(pair, quantile, dt)` with `pair` in ("intra", "inter"), `quantile` in
-    (0.25, 0.5, 0.75); the entry counts are in coordinate-aligned variable `count` (attrs).
-    """
+def horizon_curve(ds: xr.Dataset, *, variant: str = "gauss-newton", normalization: str = "standard",
+                  epoch=None, seeds=None, max_lag: int = 11) -> xr.DataArray:
+    """Item 2: quartiles at each dt of the entries pooled over seeds x batches x pairs, dims (pair,
+    quantile, dt); entry counts in coordinate `count`."""
     npi = normalized_pi(ds, variant=variant, normalization=normalization, epoch=epoch, seeds=seeds)
     lags = ag.lag_range(max_lag, npi.sizes["t_resp"])
     pooled = ag.lag_curve(npi.values, lags, statistic=_quartiles)  # [q1 q2 q3 n, pair, dt]
@@ -182,33 +129,20 @@ def horizon_curve(
                       variant, normalization).assign_coords(count=(("pair", "dt"), counts))
 
 
-def class_matrix(
-    ds: xr.Dataset, *, variant: str = "gauss-newton", normalization: str = "standard",
-    epoch=None, seeds=None, lag: int = 0,
-) -> xr.DataArray:
-    """Item 3: median influence of response class vs perturbing class, dims (c_resp, c_pert).
-
-    Uses the entries with `t_resp - t_pert == lag` (the paper: lag 0, same-time entries),
-    pooled over seeds x batches x times.
-    """
+def class_matrix(ds: xr.Dataset, *, variant: str = "gauss-newton", normalization: str = "standard",
+                 epoch=None, seeds=None, lag: int = 0) -> xr.DataArray:
+    """Item 3: median of the entries at dt = `lag` pooled over seeds x batches, dims (c_resp, c_pert)."""
     npi = normalized_pi(ds, variant=variant, normalization=normalization, epoch=epoch, seeds=seeds)
-    n_times = npi.sizes["t_resp"]
-    if abs(lag) >= n_times:
-        raise InputError(f"lag: |{lag}| must be smaller than the number of times {n_times}")
+    if abs(lag) >= npi.sizes["t_resp"]:
+        raise InputError(f"lag: |{lag}| must be smaller than the number of times {npi.sizes['t_resp']}")
     return _influence(ag.class_matrix(npi.values, lag=lag, statistic="median", pooled=True),
                       {d: npi[d].values for d in ("c_resp", "c_pert")}, variant, normalization,
                       lag=lag)
 
 
-def dynamics(
-    ds: xr.Dataset, *, variant: str = "gauss-newton", normalization: str = "none", seeds=None,
-) -> xr.DataArray:
-    """Item 4: mean diagonal vs mean off-diagonal influence per checkpoint.
-
-    For each (seed, batch, epoch) the mean of the N diagonal entries and of the N(N-1)
-    off-diagonal entries of the N x N matrix; quartiles over seeds x batches.
-    Returns dims `(part, quantile, epoch)` with `part` in ("diagonal", "off-diagonal").
-    """
+def dynamics(ds: xr.Dataset, *, variant: str = "gauss-newton", normalization: str = "none",
+             seeds=None) -> xr.DataArray:
+    """Item 4: quartiles of the mean diagonal / off-diagonal entry, dims (part, quantile, epoch)."""
     npi = normalized_pi(ds, variant=variant, normalization=normalization, epoch="all", seeds=seeds)
     parts = np.stack(ag.diagonal_means(ag.flatten(npi.values)))  # [2, S, E, B]
     per_epoch = np.moveaxis(parts, 2, 1).reshape(2, npi.sizes["epoch"], -1)
@@ -218,60 +152,39 @@ def dynamics(
 
 
 def spectrum(ds: xr.Dataset, *, seeds=None) -> xr.Dataset:
-    """Item 5: eigenvalues of eta_hat per checkpoint, condition number, effective rank.
-
-    Returns a Dataset with `eigenvalues` `(seed, epoch, batch, mode)` sorted in decreasing
-    order (NaN padding last), `condition_number` = largest / smallest positive eigenvalue
-    (undamped eigenvalues at round-off level <= 0 are left out of it),
-    `effective_rank` = exp(Shannon entropy of lambda / sum(lambda)) (Roy & Vetterli), and
-    `rank` (the gradient-span dimension r) when the sweep stores it; all per (seed, epoch, batch).
-    """
+    """Item 5, per (seed, epoch, batch): `eigenvalues` of eta_hat, decreasing (NaN last),
+    `condition_number` (of the positive ones), `effective_rank` (Roy & Vetterli), `rank`."""
     if "eta_eigenvalues" not in ds:
         raise InputError("ds: the sweep has no 'eta_eigenvalues' variable")
-    eig = ds["eta_eigenvalues"].sel(seed=_labels(ds, "seed", seeds, "seeds"))
-    eig = eig.transpose("seed", "epoch", "batch", "mode")
+    lead = ("seed", "epoch", "batch")
+    eig = ds["eta_eigenvalues"].sel(seed=_labels(ds, "seed", seeds, "seeds")).transpose(*lead, "mode")
     values = np.asarray(eig.values, dtype=np.float64)
     if np.any(np.isinf(values)):
         raise InputError("ds['eta_eigenvalues']: contains Inf")
     ordered = -np.sort(-np.where(np.isnan(values), -np.inf, values), axis=-1)
     ordered[np.isinf(ordered)] = np.nan
-    finite = np.isfinite(ordered)
-    positive_only = np.where(finite & (ordered > 0), ordered, np.nan)
+    positive_mask = np.isfinite(ordered) & (ordered > 0)
+    positive_only = np.where(positive_mask, ordered, np.nan)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a matrix without positive modes
-        largest = np.nanmax(positive_only, axis=-1)
-        smallest = np.nanmin(positive_only, axis=-1)
+        largest, smallest = np.nanmax(positive_only, axis=-1), np.nanmin(positive_only, axis=-1)
     with np.errstate(divide="ignore", invalid="ignore"):
         condition = np.where(smallest > 0, largest / smallest, np.inf)
-        positive = np.where(finite & (ordered > 0), ordered, 0.0)
+        positive = np.where(positive_mask, ordered, 0.0)
         p = positive / positive.sum(axis=-1, keepdims=True)
         entropy = -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0), axis=-1)
-    lead = {d: eig[d].values for d in ("seed", "epoch", "batch")}
-    out = xr.Dataset(
-        {
-            "eigenvalues": (("seed", "epoch", "batch", "mode"), ordered),
-            "condition_number": (("seed", "epoch", "batch"), condition),
-            "effective_rank": (("seed", "epoch", "batch"), np.exp(entropy)),
-        },
-        coords={**lead, "mode": np.arange(values.shape[-1])},
-    )
+    out = xr.Dataset({"eigenvalues": ((*lead, "mode"), ordered), "condition_number": (lead, condition),
+                      "effective_rank": (lead, np.exp(entropy))},
+                     coords={**{d: eig[d].values for d in lead}, "mode": np.arange(values.shape[-1])})
     if "rank" in ds:
-        out["rank"] = ds["rank"].sel(seed=out["seed"]).transpose("seed", "epoch", "batch")
+        out["rank"] = ds["rank"].sel(seed=out["seed"]).transpose(*lead)
     return out
 
 
-def similarity(
-    ds: xr.Dataset, *, variant: str = "gauss-newton", normalization: str = "standard",
-    epoch=None, seeds=None, n_bins: int = 12, pairs: str = "all",
-) -> xr.Dataset:
-    """Item 6: influence vs the scaled input distance in log-spaced overlapping bins.
-
-    Off-diagonal pairs (n != m) only (the distance of a pair with itself is 0). `pairs`:
-    "all", "intra" or "inter" class pairs. Bin k spans [edge_k, edge_{k+2}) of `n_bins + 1`
-    log-spaced edges from the smallest to the largest positive distance, so neighbouring bins
-    overlap by half. Returns a Dataset over `bin` with `center` (geometric), `q25`, `median`,
-    `q75`, `count`; attrs `spearman_rho`, `spearman_p` over every pair.
-    """
+def similarity(ds: xr.Dataset, *, variant: str = "gauss-newton", normalization: str = "standard",
+               epoch=None, seeds=None, n_bins: int = 12, pairs: str = "all") -> xr.Dataset:
+    """Item 6: quartiles of the influence of pairs n != m (`pairs`) in `n_bins` half-overlapping
+    log-spaced bins of the input distance (`center`, `q25`, `median`, `q75`, `count`; Spearman)."""
     if "input_distance" not in ds:
         raise InputError("ds: the sweep has no 'input_distance' variable")
     if n_bins < 1:
@@ -285,35 +198,23 @@ def similarity(
     if "epoch" not in dist.dims:
         dist = dist.expand_dims(epoch=npi["epoch"].values)
     dist = dist.sel(seed=npi["seed"].values, epoch=npi["epoch"].values, batch=npi["batch"].values)
-    dist = dist.transpose(*npi.dims).values
-    n_classes, n_times = npi.sizes["c_resp"], npi.sizes["t_resp"]
-    mask = ag.entry_mask(n_classes, n_times, pairs) & ~ag.entry_mask(n_classes, n_times, "intra", 0)
-    x = dist[..., mask].ravel()
-    y = npi.values[..., mask].ravel()
+    x = ag.pair_entries(dist.transpose(*npi.dims).values, pairs).ravel()
+    y = ag.pair_entries(npi.values, pairs).ravel()
     keep = np.isfinite(x) & np.isfinite(y) & (x > 0)
     x, y = x[keep], y[keep]
     if x.size < 2:
         raise InputError("ds['input_distance']: fewer than 2 positive finite distances")
     edges = np.geomspace(x.min(), x.max() * (1 + 1e-12), n_bins + 2)
-    rows = []
-    for k in range(n_bins):
-        lo, hi = edges[k], edges[k + 2]
-        q1, q2, q3, n = _quartiles(y[(x >= lo) & (x < hi)])
-        rows.append((math.sqrt(lo * hi), q1, q2, q3, n))
-    rows = np.array(rows)
+    rows = np.array([(math.sqrt(edges[k] * edges[k + 2]),
+                      *_quartiles(y[(x >= edges[k]) & (x < edges[k + 2])])) for k in range(n_bins)])
     rho, pval = stats.spearmanr(x, y)
     return xr.Dataset(
-        {
-            "q25": ("bin", rows[:, 1]),
-            "median": ("bin", rows[:, 2]),
-            "q75": ("bin", rows[:, 3]),
-            "count": ("bin", rows[:, 4].astype(int)),
-        },
+        {"q25": ("bin", rows[:, 1]), "median": ("bin", rows[:, 2]), "q75": ("bin", rows[:, 3]),
+         "count": ("bin", rows[:, 4].astype(int))},
         coords={"bin": np.arange(n_bins), "center": ("bin", rows[:, 0]),
                 "lower": ("bin", edges[:n_bins]), "upper": ("bin", edges[2:n_bins + 2])},
         attrs={"variant": variant, "normalization": normalization, "pairs": pairs,
-               "spearman_rho": float(rho), "spearman_p": float(pval), "n_pairs": int(x.size)},
-    )
+               "spearman_rho": float(rho), "spearman_p": float(pval), "n_pairs": int(x.size)})
 
 
 def _pearson_with_reason(x: np.ndarray, y: np.ndarray) -> tuple[float, str]:
@@ -327,56 +228,32 @@ def _pearson_with_reason(x: np.ndarray, y: np.ndarray) -> tuple[float, str]:
     return float(ag.pearson(x, y, zero_spread="tolerance")), ""
 
 
-def rollout_ratio(
-    ds: xr.Dataset, *, variant: str = "gauss-newton", normalization: str = "none", epoch=None,
-) -> xr.DataArray:
-    """R per (seed, class, batch): sum of the off-diagonal / sum of the diagonal entries of the
-    class's `T x T` intra-class block of Pi at `epoch` (default: the final checkpoint).
-
-    normalization: "none" (default) uses the raw matrix, as the follow-up does (its `pcs.jl`
-    calls `get_hat_normed` without a normalization); any name of
-    `pdeinf.influence.normalize.NORMALIZATIONS` normalises each `N x N` matrix first.
-    Returns dims `(seed, class, batch)` (class = the response class), dimensionless.
-    """
+def rollout_ratio(ds: xr.Dataset, *, variant: str = "gauss-newton", normalization: str = "none",
+                  epoch=None) -> xr.DataArray:
+    """R (`aggregate.cross_time_ratio`) per (seed, class, batch) at `epoch` (default: final) of the
+    raw Pi (as the follow-up's `pcs.jl`) or of Pi normalised by `normalization`."""
     npi = normalized_pi(ds, variant=variant, normalization=normalization, epoch=epoch)
     if npi.sizes["epoch"] != 1:
         raise InputError(f"epoch: the ratio R needs one checkpoint, got {npi.sizes['epoch']}")
     ratio = ag.cross_time_ratio(npi.values[:, 0])  # [S, B, C]
     return xr.DataArray(
-        np.moveaxis(ratio, 2, 1),
-        dims=("seed", "class", "batch"),
-        coords={"seed": npi["seed"].values, "class": npi["c_resp"].values,
-                "batch": npi["batch"].values},
-        name="ratio",
-        attrs={"variant": variant, "normalization": normalization,
-               "epoch": int(npi["epoch"].values[0])},
-    )
+        np.moveaxis(ratio, 2, 1), dims=("seed", "class", "batch"), name="ratio",
+        coords={"seed": npi["seed"].values, "class": npi["c_resp"].values, "batch": npi["batch"].values},
+        attrs={"variant": variant, "normalization": normalization, "epoch": int(npi["epoch"].values[0])})
 
 
-def rollout_link(
-    ds: xr.Dataset, rollouts: xr.DataArray, *, variant: str = "gauss-newton",
-    normalization: str = "none", epoch=None, max_horizon: int = 16,
-) -> xr.Dataset:
-    """Item 7 (the follow-up's rollout link): R vs cumulative rollout SMSE, per horizon dt.
-
-    R = `rollout_ratio` (sum of off-diagonal / sum of diagonal of each class's T x T block of
-    the **raw** Pi by default, as the follow-up; pass `normalization` to use another), per
-    (seed, class, batch) at `epoch` (default: final). `rollouts`: per-step SMSE with dims
-    `(seed, class, trajectory, start, horizon)`, the horizon axis ordered by step (first entry
-    = one-step error), trajectory index = influence batch index, NaN where a start has no such
-    step. Cumulative error for dt = sum of the first dt steps from each start, median over the
-    starts that reach dt. Pearson correlation across (seed, class, batch) for dt = 1..max_horizon;
-    NaN with a reason (variable `reason`) when fewer than 3 finite points or no spread.
-    """
+def rollout_link(ds: xr.Dataset, rollouts: xr.DataArray, *, variant: str = "gauss-newton",
+                 normalization: str = "none", epoch=None, max_horizon: int = 16) -> xr.Dataset:
+    """Item 7: Pearson r over (seed, class, batch) of `rollout_ratio` with the rollout error at dt =
+    1..max_horizon, the sum of the first dt steps of `rollouts` (seed, class, trajectory = batch,
+    start, horizon), median over starts; NaN with a `reason` below 3 points or without spread."""
     needed = ("seed", "class", "trajectory", "start", "horizon")
     if not isinstance(rollouts, xr.DataArray) or any(d not in rollouts.dims for d in needed):
         raise InputError(f"rollouts: expected an xr.DataArray with dims {needed}")
     if max_horizon < 1:
         raise InputError(f"max_horizon: must be positive, got {max_horizon}")
     ratio_da = rollout_ratio(ds, variant=variant, normalization=normalization, epoch=epoch)
-    ratio = ratio_da.values  # [S, C, B]
-    seeds, classes, batches = (ratio_da[d].values for d in ("seed", "class", "batch"))
-
+    ratio, (seeds, classes, batches) = ratio_da.values, (ratio_da[d].values for d in ratio_da.dims)
     roll = rollouts.transpose(*needed)
     for dim, wanted in (("seed", seeds), ("trajectory", batches)):
         missing = [v for v in wanted if v not in roll[dim].values]
@@ -396,35 +273,26 @@ def rollout_link(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices stay NaN
         error = np.nanmedian(cumulative, axis=-2)  # [S, C, B, dt]
-    dts = np.arange(1, horizon + 1)
-    corr, reasons = zip(*(_pearson_with_reason(ratio.ravel(), error[..., k].ravel())
-                          for k in range(horizon)))
+    corr, reasons = zip(*(_pearson_with_reason(ratio.ravel(), error[..., k].ravel()) for k in range(horizon)))
     return xr.Dataset(
-        {
-            "ratio": (("seed", "class", "batch"), ratio),
-            "rollout_error": (("seed", "class", "batch", "dt"), error),
-            "correlation": ("dt", np.array(corr)),
-            "reason": ("dt", np.array(reasons, dtype=object)),
-        },
-        coords={"seed": seeds, "class": classes, "batch": batches, "dt": dts},
-        attrs=dict(ratio_da.attrs),
-    )
+        {"ratio": (("seed", "class", "batch"), ratio),
+         "rollout_error": (("seed", "class", "batch", "dt"), error),
+         "correlation": ("dt", np.array(corr)), "reason": ("dt", np.array(reasons, dtype=object))},
+        coords={"seed": seeds, "class": classes, "batch": batches, "dt": np.arange(1, horizon + 1)},
+        attrs=dict(ratio_da.attrs))
 
 
 def paper_rollout_correlation(pde: str, model: str) -> pd.Series:
     """The follow-up's published correlations for (PDE, model), a Series indexed by dt = 1..16."""
-    key = (pde, model.lower())
-    if key not in PAPER_ROLLOUT_CORRELATION:
+    values = PAPER_ROLLOUT_CORRELATION.get((pde, model.lower()))
+    if values is None:
         raise InputError(f"pde/model: no published values for {pde}/{model}")
-    values = PAPER_ROLLOUT_CORRELATION[key]
     return pd.Series(values, name=f"paper {model} {pde}").rename_axis("dt")
 
 
-def variant_heatmaps(
-    ds: xr.Dataset, *, names=None, normalization: str = "standard", epoch=None, seeds=None,
-) -> xr.DataArray:
+def variant_heatmaps(ds: xr.Dataset, *, names=None, normalization: str = "standard", epoch=None,
+                     seeds=None) -> xr.DataArray:
     """Items 8-9: temporal heatmaps of several variants stacked along `variant`."""
     names = list(names) if names is not None else variants(ds)
-    maps = [temporal_heatmap(ds, variant=v, normalization=normalization, epoch=epoch, seeds=seeds)
-            for v in names]
-    return xr.concat(maps, dim="variant").assign_coords(variant=("variant", names))
+    return xr.concat([temporal_heatmap(ds, variant=v, normalization=normalization, epoch=epoch, seeds=seeds)
+                      for v in names], dim="variant").assign_coords(variant=("variant", names))

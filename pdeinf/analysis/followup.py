@@ -1,8 +1,6 @@
-"""The follow-up's headline numbers with t-intervals over seed means, its rollout-link findings
-as records (`evaluate.evaluate_units`, Fisher's z) and their plain-words reading. Everything
-works on the follow-up's estimator (the exact subspace sweep across checkpoints,
-`pdeinf.pipeline.load_variants`) through `pdeinf.analysis.coherence`. Pure: xarray in, xarray /
-dicts out.
+"""The follow-up's headline numbers with t-intervals over seed means, its rollout-link records
+(`evaluate.evaluate_units`, Fisher's z) and their plain-words reading, on its estimator (the
+subspace sweep across checkpoints) through `pdeinf.analysis.coherence`. Pure: xarray in, out.
 """
 from __future__ import annotations
 
@@ -13,11 +11,7 @@ import xarray as xr
 
 from pdeinf.analysis import aggregate as ag
 from pdeinf.analysis.coherence import PAPER_ROLLOUT_CORRELATION, normalized_pi
-from pdeinf.analysis.evaluate import (  # noqa: F401  (VERDICT_WORDS, finding_lines: notebooks)
-    VERDICT_WORDS,
-    evaluate_units,
-    finding_lines,
-)
+from pdeinf.analysis.evaluate import evaluate_units
 from pdeinf.analysis.rollout_stats import RANDOM_STATE, rollout_link_statistics
 from pdeinf.analysis.seed_paper_findings import ridge_units
 from pdeinf.analysis.statistics import interval_side, seed_interval, seed_mean_ci
@@ -27,16 +21,11 @@ from pdeinf.errors import InputError
 N_PERMUTATIONS = 1000
 
 
-def dynamics_intervals(
-    ds: xr.Dataset, *, variant: str = "gauss-newton", normalization: str = "none",
-) -> xr.DataArray:
-    """Mean diagonal, mean off-diagonal and off/diagonal ratio of Pi per checkpoint.
-
-    Per (seed, epoch, batch) matrix: the mean of its N diagonal entries, the mean of its
-    N(N-1) off-diagonal entries and their ratio (scale-free); each averaged over seeds x
-    batches, with the t-interval over seed means (`seed_mean_ci`).
-    Returns dims `(ci, quantity, epoch)`, quantity in ("diagonal", "off-diagonal", "ratio").
-    """
+def dynamics_intervals(ds: xr.Dataset, *, variant: str = "gauss-newton",
+                       normalization: str = "none") -> xr.DataArray:
+    """Per checkpoint, the mean diagonal, mean off-diagonal entry and their ratio of each
+    (seed, epoch, batch) matrix Pi, with the t-interval over seed means (`seed_mean_ci`): dims
+    `(ci, quantity, epoch)`, quantity "diagonal", "off-diagonal", "ratio"."""
     npi = normalized_pi(ds, variant=variant, normalization=normalization, epoch="all")
     diag, off = ag.diagonal_means(ag.flatten(npi.values))
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -54,11 +43,9 @@ def dynamics_intervals(
 
 
 def spectrum_intervals(spec: xr.Dataset) -> xr.DataArray:
-    """log10 condition number, effective rank and effective rank / rank of eta_hat per
-    checkpoint (`coherence.spectrum` output), each a mean over seeds x batches with its
-    t-interval over seed means. A quantity with a non-finite value anywhere (an infinite condition
-    number, no stored rank) is left out. Returns dims `(ci, quantity, epoch)`.
-    """
+    """Per checkpoint, log10 condition number, effective rank and effective rank / rank of
+    eta_hat (`coherence.spectrum` output) with their t-intervals over seed means, dims `(ci,
+    quantity, epoch)`; a quantity not finite everywhere is left out."""
     if not isinstance(spec, xr.Dataset) or "effective_rank" not in spec:
         raise InputError("spec: expected the xr.Dataset of pdeinf.analysis.coherence.spectrum")
     parts = {}
@@ -75,15 +62,11 @@ def spectrum_intervals(spec: xr.Dataset) -> xr.DataArray:
     return seed_mean_ci(data.astype(np.float64)).transpose("ci", "quantity", "epoch")
 
 
-# --------------------------------------------------------------------------- rollout link
-
-
-def rollout_statistics(
-    link: xr.Dataset, *, n_permutations: int = N_PERMUTATIONS, random_state: int = RANDOM_STATE,
-) -> tuple[xr.Dataset | None, str]:
-    """`rollout_link_statistics` of a `coherence.rollout_link` result over the horizons whose
-    errors are finite everywhere; `(None, reason)` with fewer than 2 seeds (no interval over
-    seeds), a non-finite R, or no such dt."""
+def rollout_statistics(link: xr.Dataset, *, n_permutations: int = N_PERMUTATIONS,
+                       random_state: int = RANDOM_STATE) -> tuple[xr.Dataset | None, str]:
+    """`(rollout_link_statistics, "")` of a `coherence.rollout_link` result over the horizons
+    whose errors are finite everywhere; `(None, reason)` with fewer than 2 seeds, a non-finite
+    R, or no such dt."""
     for name in ("ratio", "rollout_error"):
         if not isinstance(link, xr.Dataset) or name not in link:
             raise InputError(f"link: expected coherence.rollout_link output with {name!r}")
@@ -103,13 +86,9 @@ def rollout_statistics(
 
 def seed_correlations(ratio: xr.DataArray, error: xr.DataArray, *,
                       within_class: bool = False, zero_spread: str = "tolerance") -> xr.DataArray:
-    """Per seed: the Pearson correlation of R with the rollout error at one dt over the seed's
-    (class, batch) units, dims (seed,). With `within_class`, both are first centred within each
-    (seed, class), so neither class differences nor seed differences inside a class remain.
-
-    ratio, error: dims `(seed, class, batch)`. NaN for a seed where either is constant
-    (`aggregate.pearson(zero_spread=...)`).
-    """
+    """Per seed, the Pearson correlation of R with the rollout error at one dt (both dims
+    `(seed, class, batch)`) over its (class, batch) units, dims (seed,); with `within_class`,
+    both centred within each (seed, class) first. NaN where either is constant."""
     dims = ("seed", "class", "batch")
     for name, da in (("ratio", ratio), ("error", error)):
         if not isinstance(da, xr.DataArray) or set(da.dims) != set(dims):
@@ -137,9 +116,8 @@ def finding_dts(link: xr.Dataset, wanted=(1, 16)) -> list[int]:
 
 def rollout_findings(link: xr.Dataset, *, pde: str, model: str,
                      dts=(1, 16)) -> dict[str, list[dict]]:
-    """Records of `rollout_link_negative` (per-seed Pearson over classes and batches) and
-    `rollout_link_within_class` (after centring within each (seed, class)) at each dt of
-    `finding_dts(link, dts)`, averaged over seeds on Fisher's z scale (`evaluate_finding`)."""
+    """Records of `rollout_link_negative` and `rollout_link_within_class` (`seed_correlations`
+    without / with centring) at each dt of `finding_dts(link, dts)`, on Fisher's z scale."""
     out: dict[str, list[dict]] = {"rollout_link_negative": [], "rollout_link_within_class": []}
     for dt in finding_dts(link, dts):
         error = link["rollout_error"].sel(dt=dt)
@@ -153,9 +131,8 @@ def rollout_findings(link: xr.Dataset, *, pde: str, model: str,
 
 
 def variant_ridge(ds: xr.Dataset, variant: str) -> tuple[float, float, float]:
-    """The lag-0 ridge of one variant at the final checkpoint: per (seed, batch) the intra-class
-    mean of the row-standardized Pi at dt = 0 over that at |dt| = 1 (the seed paper's headline
-    statistic, `lag0_ridge`), its mean over seeds and t-interval (estimate, low, high)."""
+    """(estimate, low, high) over seeds of the lag-0 ridge (`lag0_ridge`, pooled over
+    classes) of one variant's row-standardized Pi at the final checkpoint."""
     npi = normalized_pi(ds, variant=variant, normalization="standard").isel(epoch=0, drop=True)
     values = ridge_units(npi).sel(cls="all", drop=True).transpose("seed", "batch").values
     return seed_interval(values)
@@ -169,9 +146,9 @@ def _interval(ci) -> str:
 
 
 def describe_rollout_link(stats: xr.Dataset, dt: int, *, paper: float | None = None) -> str:
-    """One plain-words sentence on what the data support at horizon dt: the pooled Pearson and
-    Spearman, the within-class link (pooled after removing class means, and per class), with
-    intervals and permutation p-values, and whether the link is between or within classes."""
+    """What the data support at horizon dt, in plain words: the pooled Pearson and Spearman,
+    the within-class link (pooled and per class) with intervals and permutation p-values, and
+    whether the link is between or within classes."""
     pick = {q: tuple(float(v) for v in stats[q].sel(dt=dt).values)
             for q in ("pearson", "spearman", "within_class_pooled")}
     within = stats["within_class"]

@@ -1,15 +1,10 @@
-"""The numbers the seed paper's figures show (arXiv 2509.00024), as plain data.
-
-Every value was read off the rendered plots of the paper (docs/method.md section 8), so every one is
-approximate ("≈"); none is a fitted or published table value. Ranges are `(low, high)`; a single
-reading is `(v, v)`. "a/b" readings of lag pairs are stored as Δ = -1 -> a, Δ = +1 -> b.
-Keys: `(bra, PDE, model)` with bra "C" (SMSE), "M" (mass), "E" (energy); models "unet", "vit".
-Class order is that of `pdeinf.config.pde_spec(pde).classes`.
+"""The numbers the seed paper's figures show (arXiv 2509.00024), as plain data: every one read
+off its rendered plots (docs/method.md section 8), so approximate ("≈"). Ranges are `(low,
+high)`, a single reading `(v, v)`; "a/b" readings of lag pairs are Δ = -1 -> a, Δ = +1 -> b.
+Keys: `(bra, PDE, model)`, bra "C" (SMSE), "M" (mass), "E" (energy); class order that of
+`pdeinf.config.pde_spec(pde).classes`.
 """
 from __future__ import annotations
-
-APPROX = "≈ read off the paper's plot"
-SOURCE = "seed paper (arXiv 2509.00024)"
 
 
 def _r(a, b=None):

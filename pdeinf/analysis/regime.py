@@ -1,15 +1,7 @@
 """The regime a finding was measured in, as a card printed beside every seed-paper figure and
-stored in every findings record: how large the model is against the batch it explains, how long
-and on how much data it trained, how well it fits, and which estimator measured it.
-
-- P / M: parameters over the outputs of one influence batch (M = N x C x H x W, N = 48). The
-  seed paper's models sit at P / M = 4.4 (CE-UNet), 1.4 (CE-ViT), 8.8 (NS-UNet), 2.9 (NS-ViT);
-  below 1 the full-space hat matrix is a projection onto range(J), above it tends to the identity
-  as the damping goes to 0 (docs/method.md section 4).
-- The plateau criterion on the validation curve: the median of the last 20% of epochs within
-  10% of the median of the 20% before (`plateau`).
-
-Pure: numbers and pandas in, dicts out.
+stored in every findings record: P / M (parameters over the outputs M = N x C x H x W of one
+influence batch; docs/method.md section 4), training data and steps, the fit and its plateau
+(`plateau`), and the estimator. Pure: numbers and pandas in, dicts out.
 """
 from __future__ import annotations
 
@@ -30,11 +22,9 @@ PLATEAU_TOLERANCE = 0.1
 
 @dataclass(frozen=True)
 class Plateau:
-    """The plateau criterion on a per-epoch validation curve (median over seeds).
-
-    last / before: the medians over the last `PLATEAU_FRACTION` of epochs and the same number of
-    epochs before them; reached: |last / before - 1| <= `PLATEAU_TOLERANCE` (None with fewer
-    than 2 epochs per window)."""
+    """The plateau criterion on a validation curve: last / before, the medians over the last
+    `PLATEAU_FRACTION` of epochs and as many before them; reached: |last / before - 1| <=
+    `PLATEAU_TOLERANCE` (None with fewer than 2 epochs per window)."""
 
     last: float
     before: float
@@ -47,7 +37,7 @@ class Plateau:
 
 def plateau(val_by_epoch, *, fraction: float = PLATEAU_FRACTION,
             tolerance: float = PLATEAU_TOLERANCE) -> Plateau:
-    """`Plateau` of a validation curve `val_by_epoch` (one value per epoch, in epoch order)."""
+    """`Plateau` of `val_by_epoch` (one value per epoch, in order); InputError for NaN / Inf."""
     values = np.asarray(val_by_epoch, dtype=np.float64)
     if values.ndim != 1 or values.size == 0:
         raise InputError(f"val_by_epoch: expected one value per epoch, got shape {values.shape}")
@@ -64,9 +54,7 @@ def plateau(val_by_epoch, *, fraction: float = PLATEAU_FRACTION,
 
 @dataclass(frozen=True)
 class RegimeCard:
-    """One (PDE, model) of a profile: P, M, P/M (ours and the paper's), training pairs,
-    optimizer steps, final validation SMSE (median over seeds, and the paper's), the train /
-    validation gap, the plateau, the estimator and its tolerance, seeds x batches."""
+    """One (PDE, model) of a profile (medians over seeds; the paper's numbers beside ours)."""
 
     pde: str
     model: str
@@ -106,41 +94,34 @@ class RegimeCard:
 
 
 def optimizer_steps(pairs: int, batch_size: int, epochs: int) -> int:
-    """AdamW steps of one training run: `ceil(pairs / batch_size)` per epoch (the last batch of
-    an epoch may be smaller)."""
+    """AdamW steps of one training run: `ceil(pairs / batch_size)` per epoch."""
     return math.ceil(pairs / batch_size) * int(epochs)
 
 
 def runs_at_plateau(history: pd.DataFrame | None) -> int | None:
     """How many runs (seeds) of a training history meet the plateau criterion on their own
-    validation curve (None without a history)."""
+    validation curve (None without one)."""
     if history is None or len(history) == 0:
         return None
     return sum(bool(plateau(g.sort_values("epoch")["val_loss"].to_numpy()).reached)
                for _, g in history.groupby("seed"))
 
 
-def final_summaries(history: pd.DataFrame) -> tuple[float | None, float | None, Plateau | None]:
-    """From a training history (columns seed, epoch, train_loss, val_loss): the median over
-    seeds of the final validation SMSE, the median over seeds of log10(val / train) at the last
-    epoch, and the plateau of the median-over-seeds validation curve."""
-    if history is None or len(history) == 0:
-        return None, None, None
-    last = history.sort_values("epoch").groupby("seed").tail(1)
-    val = float(np.median(last["val_loss"]))
-    gap = float(np.median(np.log10(last["val_loss"].to_numpy() / last["train_loss"].to_numpy())))
-    curve = history.groupby("epoch")["val_loss"].median().sort_index().to_numpy()
-    return val, gap, plateau(curve)
-
-
 def regime_card(*, pde: str, model: str, parameters: int, outputs: int, pairs: int,
                 steps: int, history: pd.DataFrame | None, estimator: str,
                 tolerance: float | None, seeds: int, batches: int, label: str = "") -> RegimeCard:
-    """The card of one (PDE, model) from its counts and training history."""
+    """The card of one (PDE, model) from its counts and training history (columns seed, epoch,
+    train_loss, val_loss): final validation SMSE and log10(val / train) at the last epoch as
+    medians over seeds, the plateau of the median-over-seeds validation curve."""
     for name, value in (("parameters", parameters), ("outputs", outputs)):
         if not (isinstance(value, (int, np.integer)) and value > 0):
             raise InputError(f"{name}: expected a positive integer, got {value!r}")
-    val, gap, flat = final_summaries(history)
+    val = gap = flat = None
+    if history is not None and len(history) > 0:
+        last = history.sort_values("epoch").groupby("seed").tail(1)
+        val = float(np.median(last["val_loss"]))
+        gap = float(np.median(np.log10(last["val_loss"].to_numpy() / last["train_loss"].to_numpy())))
+        flat = plateau(history.groupby("epoch")["val_loss"].median().sort_index().to_numpy())
     paper_val = pn.VALIDATION.get((pde, model))
     return RegimeCard(
         pde=pde, model=model, parameters=int(parameters), outputs=int(outputs),

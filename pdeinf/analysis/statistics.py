@@ -1,16 +1,11 @@
 """Inference over training seeds, the unit of replication of every headline number:
-t-intervals of seed means, equivalence tests, Holm's adjustment, the power of a seeds design and
+t-intervals of seed means (S - 1 df; batches are nested in a seed, so this covers whatever the
+split of the variance), equivalence tests, Holm's adjustment, the power of a seeds design and
 correlations averaged on Fisher's z scale.
 
-Seeds are independent trainings; influence batches are nested in a seed (the same trained
-model, different test trajectories). The mean of a seed's batches is one draw of the
-seed-level quantity, so a t-interval over the S seed means with S - 1 degrees of freedom covers
-at its nominal level whatever the split of the variance between seeds and batches (exactly so
-for normal seed means; `tests/test_seed_stats.py` checks it by simulation).
-
-Missing units are NaN in a `[seeds, batches]` array. They are counted, never dropped silently:
-`failed_share` is the fraction of NaN units, and a statistic is not estimable (NaN) above
-`MAX_FAILED_SHARE` or with fewer than 2 seeds with a value.
+Values are `[seeds, batches]` arrays with NaN for a failed unit: counted, never dropped
+silently; a statistic is not estimable (NaN) above `MAX_FAILED_SHARE` failed units or with
+fewer than 2 seeds with a value.
 """
 from __future__ import annotations
 
@@ -23,21 +18,17 @@ from scipy import integrate, stats
 
 from pdeinf.errors import InputError
 
-#: Above this share of failed (NaN) units an interval is not reported (NaN).
-MAX_FAILED_SHARE = 0.025
+MAX_FAILED_SHARE = 0.025  # above this share of failed units: not estimable
 #: Power and the confidence of the upper bound on the seed variance used by `seeds_needed`.
 POWER = 0.80
 VARIANCE_BOUND_LEVEL = 0.80
-#: The largest design `seeds_needed` searches.
-MAX_SEEDS = 200
+MAX_SEEDS = 200  # the largest design `seeds_needed` searches
 CI_LABELS = ("estimate", "low", "high")
 
 
 def as_seed_batch(values, what: str = "values") -> np.ndarray:
-    """`values` as a float64 array shaped [seeds, batches]: a 1-D array is one batch per seed.
-
-    NaN marks a missing unit; +-Inf is refused (an overflow is a failure to report, not a
-    value)."""
+    """`values` as a float64 `[seeds, batches]` array (1-D: one batch per seed); InputError
+    for another shape, an empty array or +-Inf (mark a failed unit with NaN)."""
     arr = np.asarray(values, dtype=np.float64)
     if arr.ndim == 1:
         arr = arr[:, None]
@@ -52,9 +43,7 @@ def as_seed_batch(values, what: str = "values") -> np.ndarray:
 
 @dataclass(frozen=True)
 class SeedSummary:
-    """The per-seed means of a `[seeds, batches]` array and what failed.
-
-    seed_means: [S] mean over each seed's non-missing batches (NaN where a seed has none);
+    """seed_means: [S] mean over each seed's non-missing batches (NaN where it has none);
     n_units: S x B; n_failed: NaN units; design: (S, B)."""
 
     seed_means: np.ndarray
@@ -67,8 +56,7 @@ class SeedSummary:
         return self.n_failed / self.n_units
 
     @property
-    def usable(self) -> np.ndarray:
-        """The finite seed means."""
+    def usable(self) -> np.ndarray:  # the finite seed means
         return self.seed_means[np.isfinite(self.seed_means)]
 
 
@@ -84,8 +72,7 @@ def summarize_seeds(values, what: str = "values") -> SeedSummary:
 
 
 def _t_parts(values) -> tuple[float, float, int]:
-    """Mean, standard error and degrees of freedom of the finite seed means of `values`; df 0
-    where not estimable (fewer than 2 seeds with a value, or too many failed units)."""
+    """Mean, standard error and df of the finite seed means; df 0 where not estimable."""
     summary = summarize_seeds(values)
     means = summary.usable
     if means.size < 2 or summary.failed_share > MAX_FAILED_SHARE:
@@ -100,12 +87,8 @@ def _check_level(level: float, what: str = "level") -> float:
 
 
 def seed_interval(values, level: float = 0.95) -> tuple[float, float, float]:
-    """(estimate, low, high): the mean of the seed means and its t-interval (S - 1 df).
-
-    values: `[seeds, batches]` (NaN for a missing batch) or `[seeds]`. When not estimable
-    (module docstring) the bounds are NaN; the estimate is kept when it exists. A zero spread
-    gives a zero-width interval (all seeds agree exactly).
-    """
+    """(estimate, low, high): the mean of the seed means of `values` ([seeds, batches] or
+    [seeds]) and its t-interval; NaN bounds when not estimable, zero width for a zero spread."""
     level = _check_level(level)
     est, se, df = _t_parts(values)
     if df < 1:
@@ -115,8 +98,8 @@ def seed_interval(values, level: float = 0.95) -> tuple[float, float, float]:
 
 
 def t_test_p(values, null: float = 0.0) -> float:
-    """Two-sided p-value of the one-sample t-test of the seed means against `null` (NaN when
-    not estimable). Equal seed means give 0 or 1 exactly."""
+    """Two-sided p of the one-sample t-test of the seed means against `null` (NaN when not
+    estimable; 0 or 1 for equal seed means)."""
     est, se, df = _t_parts(values)
     if df < 1 or not math.isfinite(est):
         return math.nan
@@ -126,10 +109,8 @@ def t_test_p(values, null: float = 0.0) -> float:
 
 
 def tost_p(values, low: float, high: float) -> float:
-    """p-value of the two one-sided t-tests that the seed-mean lies inside (low, high):
-    the larger of the p-values of H0: mean <= low and H0: mean >= high. Equivalence is shown at
-    level alpha when the result is below alpha (the (1 - 2 alpha) t-interval lies inside the
-    band). NaN when not estimable."""
+    """p-value of the two one-sided t-tests that the seed mean lies inside (low, high): the
+    larger of those of H0: mean <= low and H0: mean >= high; NaN when not estimable."""
     if not low < high:
         raise InputError(f"band: expected low < high, got ({low}, {high})")
     est, se, df = _t_parts(values)
@@ -141,8 +122,7 @@ def tost_p(values, low: float, high: float) -> float:
 
 
 def holm(pvalues) -> np.ndarray:
-    """Holm's step-down adjusted p-values (family-wise error), same order as the input.
-    NaN p-values stay NaN and do not count towards the family size."""
+    """Holm's step-down adjusted p-values, in input order; NaN stays NaN, outside the family."""
     p = np.asarray(pvalues, dtype=np.float64).ravel()
     out = np.full(p.shape, np.nan)
     idx = np.flatnonzero(np.isfinite(p))
@@ -157,10 +137,8 @@ def holm(pvalues) -> np.ndarray:
 
 
 def _power(effect: float, sd: float, n_seeds: int, alpha: float) -> float:
-    """Power of the two-sided one-sample t-test at S seeds: the noncentral t probability
-    P(|T| > t_crit) written as an expectation over the chi-square of the variance estimate,
-    E_V[Phi(nc - c sqrt(V / df)) + Phi(-nc - c sqrt(V / df))], V ~ chi2(df) (stable for any
-    noncentrality, unlike scipy's nct tails)."""
+    """Power of the two-sided one-sample t-test at S seeds, E_V[Phi(nc - c sqrt(V / df)) +
+    Phi(-nc - c sqrt(V / df))], V ~ chi2(df) (stable for any noncentrality, unlike nct)."""
     df = n_seeds - 1
     crit = stats.t.ppf(1.0 - alpha / 2.0, df)
     nc = effect * math.sqrt(n_seeds) / sd
@@ -175,8 +153,8 @@ def _power(effect: float, sd: float, n_seeds: int, alpha: float) -> float:
 
 
 def seed_sd_upper(values, bound_level: float = VARIANCE_BOUND_LEVEL) -> float:
-    """Upper `bound_level` confidence bound on the standard deviation of the seed means
-    (chi-square with S - 1 df); NaN with fewer than 2 seeds."""
+    """Upper `bound_level` confidence bound (chi-square, S - 1 df) on the standard deviation of
+    the seed means; NaN with fewer than 2 seeds."""
     means = summarize_seeds(values).usable
     if means.size < 2:
         return math.nan
@@ -187,10 +165,9 @@ def seed_sd_upper(values, bound_level: float = VARIANCE_BOUND_LEVEL) -> float:
 def seeds_needed(values, effect: float, *, level: float = 0.95, power: float = POWER,
                  bound_level: float = VARIANCE_BOUND_LEVEL) -> int | None:
     """The fewest seeds (at the measured batches per seed) whose two-sided t-test at
-    `1 - level` rejects a true `effect` with probability `power`, with the seed-mean spread
-    taken at its upper `bound_level` confidence bound (so a lucky small spread does not make
-    a design look enough). None when the effect is zero or not finite, or beyond `MAX_SEEDS`.
-    A zero measured spread needs 2 seeds."""
+    `1 - level` rejects a true `effect` with probability `power`, the seed-mean spread taken at
+    its upper `bound_level` confidence bound; 2 for a zero spread, None for a zero or
+    non-finite effect or beyond `MAX_SEEDS`."""
     level, power = _check_level(level), _check_level(power, "power")
     sd = seed_sd_upper(values, bound_level)
     if not (math.isfinite(effect) and effect != 0.0 and math.isfinite(sd)):
@@ -211,40 +188,29 @@ def seeds_needed(values, effect: float, *, level: float = 0.95, power: float = P
 
 
 def fisher_z(r):
-    """Fisher's z = atanh(r), with |r| = 1 clipped just inside (+-(1 - 1e-12)) so that a perfect
-    correlation stays finite."""
+    """Fisher's z = atanh(r), |r| = 1 clipped to 1 - 1e-12 (finite for a perfect correlation)."""
     return np.arctanh(np.clip(r, -1.0 + 1e-12, 1.0 - 1e-12))
 
 
 def fisher_z_interval(correlations, level: float = 0.95) -> tuple[float, float, float]:
-    """(estimate, low, high) of a correlation measured once per seed: the `seed_interval` of the
-    per-seed `fisher_z`, transformed back with tanh. `correlations`: [seeds] or [seeds,
-    batches] (NaN = failed unit)."""
+    """(estimate, low, high) of a correlation measured per seed ([seeds] or [seeds, batches]):
+    the `seed_interval` of its `fisher_z`, transformed back with tanh."""
     r = as_seed_batch(correlations, "correlations")
     if np.any(np.abs(r[np.isfinite(r)]) > 1.0):
         raise InputError("correlations: a value lies outside [-1, 1]")
-    est, low, high = seed_interval(fisher_z(r), level)
-    return float(np.tanh(est)), float(np.tanh(low)), float(np.tanh(high))
+    return tuple(float(np.tanh(v)) for v in seed_interval(fisher_z(r), level))
 
 
 def interval_side(low: float, high: float) -> int:
-    """-1 / +1 when the interval (low, high) lies wholly below / above 0, else 0 (NaN bounds:
-    0)."""
-    if math.isfinite(high) and high < 0:
-        return -1
-    if math.isfinite(low) and low > 0:
-        return 1
-    return 0
+    """-1 / +1 when the interval (low, high) lies wholly below / above 0, else 0."""
+    return -1 if math.isfinite(high) and high < 0 else int(math.isfinite(low) and low > 0)
 
 
 def seed_mean_ci(data: xr.DataArray, *, seed_dim: str = "seed", batch_dim: str | None = "batch",
                  confidence: float = 0.95) -> xr.DataArray:
-    """`seed_interval` for every cell of the other dims of `data`.
-
-    data: dims include `seed_dim` (and `batch_dim` unless None or absent: one value per seed);
-    NaN marks a failed unit. Returns the DataArray of the other dims with a leading `ci` dim
-    (`CI_LABELS`); attrs `n_seeds`, `n_batches`, `confidence`, `method`.
-    """
+    """`seed_interval` for every cell of the other dims of `data` (dims `seed_dim` and
+    `batch_dim` unless None or absent): a leading `ci` dim (`CI_LABELS`); attrs `n_seeds`,
+    `n_batches`, `confidence`, `method`."""
     if not isinstance(data, xr.DataArray) or seed_dim not in data.dims:
         raise InputError(f"data: expected an xr.DataArray with a {seed_dim!r} dim")
     confidence = _check_level(confidence, "confidence")
@@ -262,10 +228,9 @@ def seed_mean_ci(data: xr.DataArray, *, seed_dim: str = "seed", batch_dim: str |
                                "method": "t-interval over seed means (S - 1 df)"})
 
 
-def seed_spread(data: xr.DataArray, *, seed_dim: str = "seed",
-                batch_dim: str = "batch") -> xr.DataArray:
-    """The standard deviation over seeds (ddof 1) of each seed's mean over `batch_dim` (when
-    present), for every cell of the other dims; NaN with one seed."""
+def seed_spread(data: xr.DataArray, *, seed_dim: str = "seed", batch_dim: str = "batch") -> xr.DataArray:
+    """Standard deviation over seeds (ddof 1) of the seed means over `batch_dim` (if present)
+    per cell of the other dims; NaN with one seed."""
     per_seed = data.mean(batch_dim) if batch_dim in data.dims else data
     if per_seed.sizes[seed_dim] < 2:
         return xr.full_like(per_seed.isel({seed_dim: 0}, drop=True), np.nan, dtype=np.float64)

@@ -38,12 +38,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def _generate(args) -> int:
     from pdeinf.data.generate import generate
 
-    paths = generate(
-        args.dataset, args.n_trajectories, args.resolution, args.out, seed=args.seed,
-        solver_resolution=args.solver_resolution, chunk_size=args.chunk_size,
-        batch_size=args.batch_size, device=args.device, progress=not args.no_progress,
-    )
-    for path in paths:
+    for path in generate(args.dataset, args.n_trajectories, args.resolution, args.out, seed=args.seed,
+                         solver_resolution=args.solver_resolution, chunk_size=args.chunk_size,
+                         batch_size=args.batch_size, device=args.device, progress=not args.no_progress):
         print(path)
     return 0
 
@@ -78,7 +75,8 @@ def _inspect(args) -> int:
         if args.validate:
             reader.validate(progress=True)
             positive = [n for n in pde_spec(reader.pde).stored_variables if n in POSITIVE_VARIABLES]
-            print("  validated: all values finite" + (f"; {', '.join(positive)} positive" if positive else ""))
+            print("  validated: all values finite"
+                  + (f"; {', '.join(positive)} positive" if positive else ""))
     table = class_statistics(readers, max_samples=args.max_samples)
     with pd.option_context("display.width", 160, "display.max_columns", 20):
         print(table.to_string(float_format=lambda v: f"{v:.5g}"))

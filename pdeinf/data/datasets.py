@@ -1,8 +1,8 @@
 """Splits, trajectories, one-step transitions and influence batches of one PDE's three classes.
 
-`PDEData(root, pde)` finds `root/<CLASS>/` (chunk files) or `root/<CLASS>.nc` (assembled) for the
-three classes of `pdeinf.config.PDE_CLASSES[pde]` and reads the first `t_max` snapshots.
-Trajectory indices are positions in the file (the sample axis), the same in every split.
+`PDEData(root, pde)` reads `root/<CLASS>/` (chunk files) or `root/<CLASS>.nc` for the classes
+of `pdeinf.config.PDE_CLASSES[pde]`, first `t_max` snapshots. Trajectory indices are positions
+in the file, the same in every split.
 """
 from __future__ import annotations
 
@@ -46,11 +46,8 @@ def _split_sizes(n: int, n_val: int, n_test: int) -> tuple[int, int, int]:
 
 def official_split(n: int, pde: str) -> dict[str, np.ndarray]:
     """PDEGym's contiguous split: test = the last 240 trajectories, val = the 120 before, the
-    rest train (for files of at least the released size, 10000 CE / 20000 NS).
-
-    Smaller files scale both counts proportionally (`round(n * 240 / N_released)`, at least 1
-    each, so e.g. CE n = 24 gives 22 / 1 / 1), keeping the contiguous order.
-    """
+    rest train. Files smaller than the released size (10000 CE / 20000 NS) scale both counts
+    (`round(n * 240 / N_released)`, at least 1 each: CE n = 24 gives 22 / 1 / 1)."""
     n = _check_n(n)
     if pde not in OFFICIAL_N:
         raise InputError(f"pde={pde!r}: expected one of {', '.join(OFFICIAL_N)}")
@@ -61,19 +58,14 @@ def official_split(n: int, pde: str) -> dict[str, np.ndarray]:
         n_train, _, n_test = _split_sizes(n, max(1, round(n * OFFICIAL_VAL / full)),
                                               max(1, round(n * OFFICIAL_TEST / full)))
     indices = np.arange(n)
-    return {"train": indices[:n_train], "val": indices[n_train:n - n_test],
-            "test": indices[n - n_test:]}
+    return {"train": indices[:n_train], "val": indices[n_train:n - n_test], "test": indices[n - n_test:]}
 
 
 def split_indices(
     n: int, seed: int, fractions: tuple[float, float, float] = (0.65, 0.05, 0.30)
 ) -> dict[str, np.ndarray]:
-    """The paper's seeded shuffle split of `n` trajectories into train/val/test.
-
-    `np.random.default_rng(seed).permutation(n)` is cut into `round(f * n)` pieces (val and test
-    at least 1, train the rest, at least 1); each split is returned sorted. Disjoint and
-    covering; every split non-empty when n >= 3.
-    """
+    """The paper's seeded split: `np.random.default_rng(seed).permutation(n)` cut into
+    `round(f * n)` pieces (val and test at least 1, train the rest, at least 1), each sorted."""
     n = _check_n(n)
     positive_int(seed, "seed", minimum=0)
     fractions = tuple(float(f) for f in fractions)
@@ -92,10 +84,9 @@ def split_indices(
 class PDEData:
     """The three classes of one PDE under `root`.
 
-    `split_mode` "seeded" (the paper: `split_indices(n, seed, fractions)` per class) or
-    "official" (PDEGym's contiguous split; the seed is ignored). `content_cache`: a JSON file
-    caching the files' content digests (`pdeinf.data.fingerprint`) between runs, also used by
-    `validate()`; None keeps them in memory only.
+    `split_mode`: "seeded" (`split_indices(n, seed, fractions)` per class) or "official"
+    (PDEGym's contiguous split; no seed). `content_cache`: JSON file caching the files' content
+    digests (`pdeinf.data.fingerprint`) and validations between runs; None: memory only.
     """
 
     def __init__(self, root: str | os.PathLike, pde: str, t_max: int = 17, *,
@@ -117,20 +108,17 @@ class PDEData:
         self.content_cache = Path(content_cache) if content_cache is not None else None
         self.classes: tuple[str, ...] = PDE_CLASSES[pde]
         self.channels = PDE_CHANNELS[pde]
-        self._paths = {cls: self._find(cls) for cls in self.classes}
+        self._paths = {}
+        for cls in self.classes:
+            directory, assembled = self.root / cls, self.root / f"{cls}.nc"
+            if not (directory.is_dir() or assembled.is_file()):
+                raise InputError(f"{self.root}: class {cls} not found (expected {directory}/ or {assembled})")
+            self._paths[cls] = directory if directory.is_dir() else assembled
         self._readers: dict[str, PDEGymReader] = {}
         resolutions = {cls: self.reader(cls).resolution for cls in self.classes}
         if len(set(resolutions.values())) != 1:
             raise InputError(f"{self.root}: classes have different resolutions {resolutions}")
         self.resolution: tuple[int, int] = resolutions[self.classes[0]]
-
-    def _find(self, cls: str) -> Path:
-        directory, assembled = self.root / cls, self.root / f"{cls}.nc"
-        if directory.is_dir():
-            return directory
-        if assembled.is_file():
-            return assembled
-        raise InputError(f"{self.root}: class {cls} not found (expected {directory}/ or {assembled})")
 
     def reader(self, cls: str) -> PDEGymReader:
         if cls not in self.classes:
@@ -144,26 +132,22 @@ class PDEData:
             self._readers[cls] = reader
         return self._readers[cls]
 
-    def splits(self, cls: str, seed: int) -> dict[str, np.ndarray]:
-        n = self.reader(cls).n_samples
-        if self.split_mode == "official":
-            return official_split(n, self.pde)
-        return split_indices(n, seed, self.fractions)
-
     def split(self, cls: str, split: str, seed: int) -> np.ndarray:
         """File indices of one class's split, sorted."""
         if split not in SPLITS:
             raise InputError(f"split={split!r}: expected one of {', '.join(SPLITS)}")
-        return self.splits(cls, seed)[split]
+        n = self.reader(cls).n_samples
+        if self.split_mode == "official":
+            return official_split(n, self.pde)[split]
+        return split_indices(n, seed, self.fractions)[split]
 
     def trajectories(self, cls: str, split: str, seed: int) -> np.ndarray:
         """float32 `[n, t_max, C, H, W]` of one class's split (in file order)."""
         return self.reader(cls).read(self.split(cls, split, seed), range(self.t_max))
 
     def fingerprint(self) -> str:
-        """16 hex digits identifying the data: per class the content key of its files (a hash
-        of their bytes, cached by path, mtime, size and inode, see `pdeinf.data.fingerprint`)
-        and shape, plus the PDE, t_max and split settings (stored in training checkpoints).
+        """16 hex digits identifying the data (stored in training checkpoints): per class the
+        content key of its files and their shape, plus the PDE, t_max and split settings.
         Editing a value in place changes it; moving the data root does not."""
         from pdeinf.data.fingerprint import content_key
 
@@ -175,27 +159,25 @@ class PDEData:
                 "content": content_key(reader.paths, self.content_cache),
                 "shape": [reader.n_samples, reader.n_times, reader.channels, *reader.resolution],
             }
-        blob = json.dumps(record, sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
 
     def validate(self, *, progress: bool = False) -> None:
-        """Physical validation of every file of the three classes, each file once per content
+        """Physical validation of every file, once per content
         (`pdeinf.data.validation.validate_dataset`, cached in `content_cache`)."""
         from pdeinf.data.validation import validate_dataset
 
         validate_dataset(self, cache=self.content_cache, progress=progress)
 
     def __repr__(self) -> str:
-        return f"PDEData({str(self.root)!r}, pde={self.pde}, t_max={self.t_max}, resolution={self.resolution})"
+        return (f"PDEData({str(self.root)!r}, pde={self.pde}, t_max={self.t_max}, "
+                f"resolution={self.resolution})")
 
 
 class TransitionDataset(torch.utils.data.Dataset):
     """One-step pairs `u_t -> u_{t+1}`, t = 0 .. t_max-2, of every trajectory of one split of
-    the three classes. Item: `(x [C,H,W], y [C,H,W], class_index, trajectory_index, t)` with
-    `trajectory_index` the position in the class's file.
+    the three classes. Item: `(x [C,H,W], y [C,H,W], class_index, trajectory_index, t)`.
 
-    `in_memory=True` reads the split once (`n * t_max * C * H * W` floats); `False` reads each
-    item's two snapshots from disk on access (memory bounded by one item).
+    `in_memory=True` reads the split once; `False` reads each item's two snapshots on access.
     """
 
     def __init__(self, pde_data: PDEData, split: str, seed: int, *, in_memory: bool = True,
@@ -205,14 +187,11 @@ class TransitionDataset(torch.utils.data.Dataset):
         self.dtype = dtype
         self.steps = pde_data.t_max - 1
         self.indices = [pde_data.split(cls, split, seed) for cls in pde_data.classes]
-        self._counts = np.array([len(i) * self.steps for i in self.indices])
-        self._offsets = np.concatenate([[0], np.cumsum(self._counts)])
+        self._offsets = np.concatenate([[0], np.cumsum([len(i) * self.steps for i in self.indices])])
         self._arrays = None
         if in_memory:
-            self._arrays = [
-                torch.from_numpy(pde_data.trajectories(cls, split, seed)).to(dtype)
-                for cls in pde_data.classes
-            ]
+            self._arrays = [torch.from_numpy(pde_data.trajectories(cls, split, seed)).to(dtype)
+                            for cls in pde_data.classes]
 
     def __len__(self) -> int:
         return int(self._offsets[-1])
@@ -232,16 +211,16 @@ class TransitionDataset(torch.utils.data.Dataset):
         if self._arrays is not None:
             pair = self._arrays[c][k, t:t + 2]
         else:
-            cls = self.pde_data.classes[c]
-            pair = torch.from_numpy(self.pde_data.reader(cls).read([trajectory], [t, t + 1])[0]).to(self.dtype)
+            reader = self.pde_data.reader(self.pde_data.classes[c])
+            pair = torch.from_numpy(reader.read([trajectory], [t, t + 1])[0]).to(self.dtype)
         return pair[0], pair[1], c, trajectory, t
 
 
 @dataclass
 class InfluenceBatch:
-    """One test trajectory of each class, all transitions: N = 3 * (t_max - 1) examples ordered
+    """One trajectory of each class, all transitions: N = 3 * (t_max - 1) examples ordered
     n = c * (t_max - 1) + t. `inputs`/`targets` `[N, C, H, W]`; `t`, `c`, `trajectory` `[N]`
-    int arrays (`trajectory` = position in the class's file)."""
+    (`trajectory` = position in the class's file)."""
 
     inputs: torch.Tensor
     targets: torch.Tensor
@@ -258,26 +237,23 @@ class InfluenceBatch:
 
 def influence_batch(pde_data: PDEData, seed: int, index: int, split: str = "test", *,
                     dtype: torch.dtype = torch.float32) -> InfluenceBatch:
-    """The `index`-th trajectory (in sorted file order) of `split` of every class, as 3 * (t_max-1)
-    one-step pairs ordered n = c * (t_max - 1) + t. Out-of-range `index` -> InputError."""
+    """The `index`-th trajectory (sorted file order) of `split` of every class, as an
+    `InfluenceBatch`. Out-of-range `index` -> InputError."""
     positive_int(index, "index", minimum=0)
     steps = pde_data.t_max - 1
-    inputs, targets, cs, ts, trajectories = [], [], [], [], []
-    for c, cls in enumerate(pde_data.classes):
+    states, trajectories = [], []
+    for cls in pde_data.classes:
         members = pde_data.split(cls, split, seed)
         if index >= len(members):
             raise InputError(
-                f"index={index}: class {cls} has only {len(members)} {split} trajectories (seed {seed})"
-            )
-        trajectory = int(members[index])
-        states = torch.from_numpy(pde_data.reader(cls).read([trajectory], range(pde_data.t_max))[0]).to(dtype)
-        inputs.append(states[:-1])
-        targets.append(states[1:])
-        cs.append(np.full(steps, c))
-        ts.append(np.arange(steps))
-        trajectories.append(np.full(steps, trajectory))
+                f"index={index}: class {cls} has only {len(members)} {split} trajectories (seed {seed})")
+        trajectories.append(int(members[index]))
+        read = pde_data.reader(cls).read([trajectories[-1]], range(pde_data.t_max))[0]
+        states.append(torch.from_numpy(read).to(dtype))
+    n_classes = len(pde_data.classes)
     return InfluenceBatch(
-        inputs=torch.cat(inputs), targets=torch.cat(targets), t=np.concatenate(ts),
-        c=np.concatenate(cs), trajectory=np.concatenate(trajectories),
+        inputs=torch.cat([s[:-1] for s in states]), targets=torch.cat([s[1:] for s in states]),
+        t=np.tile(np.arange(steps), n_classes), c=np.repeat(np.arange(n_classes), steps),
+        trajectory=np.repeat(trajectories, steps),
         classes=pde_data.classes, index=int(index), seed=int(seed),
     )

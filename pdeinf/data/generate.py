@@ -1,17 +1,11 @@
 """Look-alike PDEGym data: sample initial conditions, run the batched solvers, write the
 PDEGym layout.
 
-For each trajectory: initial condition from `pdeinf.solvers.initial_conditions.sample` on the
-solver grid, evolved to the 21 snapshot times t = k/20 on the periodic unit square, then
-downsampled to the stored grid (`downsampling_kind`): compressible flows (finite volumes) by
-block averaging, an exact cell average of the conserved variables, so mass, momentum and energy
-stay conserved and states stay physical; incompressible flows (spectral solver) by spectral
-truncation, which keeps the stored velocity divergence-free to round-off), then written as
-`out_dir/NAME/data_K.nc` (CE: primitive rho, vx, vy, p, E) or `velocity_K.nc` (NS: u, v and a
-zero tracer). Trajectory j's initial condition is sample j of the sampler's stream for `seed`
-(seeded per sample), so chunk contents do not depend on the chunk size. Finished files are skipped on rerun; files are
-written under a temporary name and renamed, so a crash never leaves a half-written
-`data_K.nc`.
+Each trajectory starts from sample j of `pdeinf.solvers.initial_conditions.sample` for `seed`
+on the solver grid (so chunk contents do not depend on the chunk size), is evolved to the 21
+snapshot times t = k/20 on the periodic unit square, downsampled to the stored grid
+(`downsampling_kind`) and written to `out_dir/NAME/data_K.nc` (CE) or `velocity_K.nc` (NS).
+Finished files are skipped on rerun; files are written under a temporary name and renamed.
 """
 from __future__ import annotations
 
@@ -37,35 +31,6 @@ NS_VISCOSITY = "spectral"
 BLOCK_AVERAGE, SPECTRAL_TRUNCATION = "block_average", "spectral_truncation"
 
 
-def _check_arguments(dataset, n_trajectories, resolution, solver_resolution, chunk_size,
-                     batch_size, seed, device):
-    if dataset not in DATASETS:
-        raise InputError(f"dataset={dataset!r}: unknown data set; expected one of {', '.join(DATASETS)}")
-    n_trajectories = positive_int(n_trajectories, "n_trajectories")
-    resolution = positive_int(resolution, "resolution")
-    solver_resolution = positive_int(
-        2 * resolution if solver_resolution is None else solver_resolution, "solver_resolution"
-    )
-    if solver_resolution % resolution:
-        raise InputError(
-            f"solver_resolution={solver_resolution}: must be a multiple of resolution={resolution} "
-            "(the stored grid is a block average or spectral truncation of the solver grid)"
-        )
-    pde = pde_of(dataset)
-    chunk_size = positive_int(
-        min(n_trajectories, PDEGYM_CHUNK_SIZE[pde]) if chunk_size is None else chunk_size, "chunk_size"
-    )
-    batch_size = positive_int(batch_size, "batch_size")
-    positive_int(seed, "seed", minimum=0)
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise InputError(f"device={device!r}: not a torch device") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device={device}: CUDA is not available here")
-    return pde, n_trajectories, resolution, solver_resolution, chunk_size, batch_size, int(seed), device
-
-
 def block_average(fields: torch.Tensor, factor: int) -> torch.Tensor:
     """Mean over `factor x factor` blocks of the last two axes: `[..., H, W] -> [..., H/f, W/f]`."""
     if factor == 1:
@@ -76,14 +41,9 @@ def block_average(fields: torch.Tensor, factor: int) -> torch.Tensor:
 
 
 def spectral_truncate(fields: torch.Tensor, resolution: int) -> torch.Tensor:
-    """Fourier truncation of periodic fields `[..., Rs, Rs] -> [..., R, R]` (R <= Rs).
-
-    Keeps the modes |m| < R/2 representable on the coarse grid (the coarse Nyquist row and
-    column are dropped: they carry no well-defined derivative), then inverse-transforms at the
-    coarse size. The coarse values are the band-limited interpolant of the fine field, so any
-    linear constant-coefficient differential constraint the fine field satisfies spectrally
-    (div u = 0 for the incompressible solver's velocity) holds on the coarse grid to round-off.
-    """
+    """Fourier truncation of periodic fields `[..., Rs, Rs] -> [..., R, R]` (R <= Rs): keeps the
+    modes |m| < R/2 (coarse Nyquist dropped), so a spectral constraint such as div u = 0 holds
+    on the coarse grid to round-off."""
     from pdeinf.solvers.navier_stokes import _Grid
 
     if resolution == fields.shape[-2] == fields.shape[-1]:
@@ -93,50 +53,23 @@ def spectral_truncate(fields: torch.Tensor, resolution: int) -> torch.Tensor:
 
 
 def downsampling_kind(pde: str) -> str:
-    """How the solver grid becomes the stored grid, a fact of the PDE's discretisation:
-    compressible flows come from a finite-volume solver whose unknowns are cell averages, so a
-    block average is exact and conservative (BLOCK_AVERAGE); incompressible flows come from a
-    spectral solver whose velocity is divergence-free spectrally, which only Fourier truncation
-    preserves (a block average leaves a divergence of a few % of the velocity gradient)."""
+    """How the solver grid becomes the stored grid: a block average of the finite-volume cell
+    averages of a compressible flow (exact and conservative, BLOCK_AVERAGE), a Fourier
+    truncation of the spectral solver's divergence-free velocity (SPECTRAL_TRUNCATION)."""
     return BLOCK_AVERAGE if pde_spec(pde).compressible else SPECTRAL_TRUNCATION
-
-
-def downsample(pde: str, fields: torch.Tensor, resolution: int) -> torch.Tensor:
-    """`[..., Rs, Rs] -> [..., R, R]` by the PDE's `downsampling_kind`."""
-    factor = fields.shape[-1] // resolution
-    if downsampling_kind(pde) == BLOCK_AVERAGE:
-        return block_average(fields, factor)
-    return spectral_truncate(fields, resolution)
-
-
-def _downsampling_note(pde: str, solver_resolution: int, resolution: int) -> str:
-    factor = solver_resolution // resolution
-    if downsampling_kind(pde) == BLOCK_AVERAGE:
-        return f"{factor}x{factor} block average of the solver grid"
-    return (f"spectral truncation of the {solver_resolution}x{solver_resolution} solver grid to "
-            f"the modes of the {resolution}x{resolution} grid (Nyquist dropped)")
 
 
 def _solve(pde: str, u0: torch.Tensor) -> torch.Tensor:
     """`[b, C, Rs, Rs] -> [b, 21, C, Rs, Rs]` at t = k/20."""
     spec = pde_spec(pde)
     if spec.compressible:
-        from pdeinf.solvers import euler as solver
-        kwargs = {"gamma": spec.gamma}
-    else:
-        from pdeinf.solvers import navier_stokes as solver
-        # PDEGym/azeban's smooth-cutoff spectral viscosity, eps_N = 0.05 / N on the solver grid
-        kwargs = {"viscosity": NS_VISCOSITY}
-    return solver.solve(u0, SNAPSHOT_TIMES.tolist(), progress=False, **kwargs)
+        from pdeinf.solvers import euler
 
+        return euler.solve(u0, SNAPSHOT_TIMES.tolist(), progress=False, gamma=spec.gamma)
+    from pdeinf.solvers import navier_stokes
 
-def _attribute_value(value):
-    """netCDF attributes come back as bytes or length-1 arrays: plain Python values."""
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, np.ndarray) and value.size == 1:
-        return value.reshape(()).item()
-    return value
+    # PDEGym/azeban's smooth-cutoff spectral viscosity, eps_N = 0.05 / N on the solver grid
+    return navier_stokes.solve(u0, SNAPSHOT_TIMES.tolist(), progress=False, viscosity=NS_VISCOSITY)
 
 
 def _existing_is_complete(path: Path, expected: dict, n_samples: int, resolution: int) -> bool:
@@ -148,17 +81,21 @@ def _existing_is_complete(path: Path, expected: dict, n_samples: int, resolution
         return False
     try:
         with h5py.File(path, "r") as handle:
-            attrs = {key: handle.attrs.get(key) for key in expected}
-            shape = handle[VARIABLE[expected["pde"]]].shape
+            found = {key: handle.attrs.get(key) for key in expected}
+            shape = tuple(handle[VARIABLE[expected["pde"]]].shape)
     except (OSError, KeyError, RuntimeError, ValueError) as err:  # h5py's errors on a damaged file
         raise InputError(f"{path}: exists but cannot be read ({err}); delete it to regenerate") from None
-    found = {key: _attribute_value(value) for key, value in attrs.items()}
+    for key, value in found.items():  # netCDF attributes come back as bytes or length-1 arrays
+        if isinstance(value, bytes):
+            found[key] = value.decode()
+        elif isinstance(value, np.ndarray) and value.size == 1:
+            found[key] = value.reshape(()).item()
     wanted_shape = (n_samples, N_SNAPSHOTS, len(STORED_CHANNELS[expected["pde"]]), resolution, resolution)
     mismatched = [key for key in expected if str(found[key]) != str(expected[key])]
-    if mismatched or tuple(shape) != wanted_shape:
+    if mismatched or shape != wanted_shape:
         raise InputError(
             f"{path}: exists from a different request ({', '.join(mismatched) or 'shape'} differ: "
-            f"found {found} {tuple(shape)}, wanted {expected} {wanted_shape}); delete it or use another --out"
+            f"found {found} {shape}, wanted {expected} {wanted_shape}); delete it or use another --out"
         )
     return True
 
@@ -168,22 +105,39 @@ def generate(dataset: str, n_trajectories: int, resolution: int, out_dir: str | 
              batch_size: int = 8, device: str | torch.device = "cpu",
              dtype: torch.dtype = torch.float64, progress: bool = True) -> list[Path]:
     """Generate `n_trajectories` trajectories of `dataset` (e.g. "CE-RP") at `resolution`^2 into
-    `out_dir/dataset/data_K.nc` (CE) or `velocity_K.nc` (NS); returns the chunk paths.
+    `out_dir/dataset/`; returns the chunk paths.
 
-    The solver runs at `solver_resolution` (default 2 x resolution, must be a multiple of it)
-    on `device` in `dtype`, `batch_size` trajectories at a time; `chunk_size` trajectories per
-    file (default: PDEGym's 715 CE / 1177 NS, capped at n_trajectories). Arguments are
-    validated before any work (InputError, `validation.check_generation_request`: minimum
-    resolution, writable output folder, output size against free disk, one batch against memory,
-    estimated hours). A solver failure raises NumericalError naming the data set, chunk and
-    trajectories; finished chunks stay, and rerunning resumes.
+    The solver runs at `solver_resolution` (default 2 x resolution, a multiple of it) on
+    `device` in `dtype`, `batch_size` trajectories at a time; `chunk_size` trajectories per file
+    (default PDEGym's 715 CE / 1177 NS, capped at n_trajectories). Arguments are checked before
+    any work (InputError; `validation.check_generation_request`). A solver failure raises
+    NumericalError naming the data set, chunk and trajectories; finished chunks stay, and
+    rerunning resumes.
     """
     from tqdm.auto import tqdm
 
-    pde, n_trajectories, resolution, solver_resolution, chunk_size, batch_size, seed, device = (
-        _check_arguments(dataset, n_trajectories, resolution, solver_resolution, chunk_size,
-                         batch_size, seed, device)
-    )
+    if dataset not in DATASETS:
+        raise InputError(f"dataset={dataset!r}: unknown data set; expected one of {', '.join(DATASETS)}")
+    n_trajectories = positive_int(n_trajectories, "n_trajectories")
+    resolution = positive_int(resolution, "resolution")
+    solver_resolution = positive_int(
+        2 * resolution if solver_resolution is None else solver_resolution, "solver_resolution")
+    if solver_resolution % resolution:
+        raise InputError(
+            f"solver_resolution={solver_resolution}: must be a multiple of resolution={resolution} "
+            "(the stored grid is a block average or spectral truncation of the solver grid)")
+    pde = pde_of(dataset)
+    chunk_size = positive_int(
+        min(n_trajectories, PDEGYM_CHUNK_SIZE[pde]) if chunk_size is None else chunk_size, "chunk_size")
+    batch_size = positive_int(batch_size, "batch_size")
+    positive_int(seed, "seed", minimum=0)
+    seed = int(seed)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f"device={device!r}: not a torch device") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device={device}: CUDA is not available here")
     target = Path(out_dir) / dataset
     check_generation_request(
         pde, n_trajectories=n_trajectories, resolution=resolution, solver_resolution=solver_resolution,
@@ -191,17 +145,22 @@ def generate(dataset: str, n_trajectories: int, resolution: int, out_dir: str | 
         n_times=N_SNAPSHOTS,
         existing_bytes=sum(p.stat().st_size for p in target.glob("*.nc")) if target.is_dir() else 0,
     )
-    downsampling = _downsampling_note(pde, solver_resolution, resolution)
+    factor = solver_resolution // resolution
+    if downsampling_kind(pde) == BLOCK_AVERAGE:
+        downsampling = f"{factor}x{factor} block average of the solver grid"
+    else:
+        downsampling = (f"spectral truncation of the {solver_resolution}x{solver_resolution} solver grid "
+                        f"to the modes of the {resolution}x{resolution} grid (Nyquist dropped)")
     # the downsampling is part of the request: files from the old NS block average are refused
     expected = {"pde": pde, "dataset": dataset, "seed": seed, "solver_resolution": solver_resolution,
                 "downsampling": downsampling}
+    spec = pde_spec(pde)
+    physics = {"gamma": spec.gamma} if spec.compressible else {"viscosity": NS_VISCOSITY}
     ranges = [(start, min(start + chunk_size, n_trajectories))
               for start in range(0, n_trajectories, chunk_size)]
     paths = [target / chunk_name(pde, k) for k in range(len(ranges))]
-    todo = [
-        k for k, ((start, stop), path) in enumerate(zip(ranges, paths))
-        if not _existing_is_complete(path, expected, stop - start, resolution)
-    ]
+    todo = [k for k, ((start, stop), path) in enumerate(zip(ranges, paths))
+            if not _existing_is_complete(path, expected, stop - start, resolution)]
     bar = tqdm(total=sum(ranges[k][1] - ranges[k][0] for k in todo), desc=f"generate {dataset}",
                unit="traj", disable=not progress)
     try:
@@ -209,18 +168,14 @@ def generate(dataset: str, n_trajectories: int, resolution: int, out_dir: str | 
             start, stop = ranges[k]
             for stale in target.glob(f".{paths[k].name}.partial-*"):
                 stale.unlink()
-            writer = ChunkWriter(
-                paths[k], pde, stop - start, SNAPSHOT_TIMES, (resolution, resolution),
-                attrs={**expected, "first_trajectory": start, "chunk": k,
-                       "snapshot_times": "t_k = k/20, k = 0..20",
-                       **_physics_attrs(pde)},
-            )
+            writer = ChunkWriter(paths[k], pde, stop - start, SNAPSHOT_TIMES, (resolution, resolution),
+                                 attrs={**expected, "first_trajectory": start, "chunk": k,
+                                        "snapshot_times": "t_k = k/20, k = 0..20", **physics})
             try:
                 for first in range(start, stop, batch_size):
                     members = list(range(first, min(first + batch_size, stop)))
-                    stored = _run_batch(dataset, pde, members, solver_resolution, resolution, seed,
-                                        dtype, device, k)
-                    writer.put(first - start, stored)
+                    writer.put(first - start, _run_batch(dataset, pde, members, solver_resolution, resolution,
+                                                         seed, dtype, device, k))
                     bar.update(len(members))
                 writer.close()
             except BaseException:
@@ -231,12 +186,9 @@ def generate(dataset: str, n_trajectories: int, resolution: int, out_dir: str | 
     return paths
 
 
-def _physics_attrs(pde: str) -> dict:
-    spec = pde_spec(pde)
-    return {"gamma": spec.gamma} if spec.compressible else {"viscosity": NS_VISCOSITY}
-
-
-def _run_batch(dataset, pde, members, solver_resolution, resolution, seed, dtype, device, chunk) -> np.ndarray:
+def _run_batch(dataset, pde, members, solver_resolution, resolution, seed, dtype, device,
+               chunk) -> np.ndarray:
+    """Stored channels `[b, 21, C, R, R]` of trajectories `members` (the writer adds the tracer)."""
     from pdeinf.solvers import initial_conditions
 
     # every sample is seeded from (seed, data set, index): chunks and batches do not matter
@@ -247,33 +199,26 @@ def _run_batch(dataset, pde, members, solver_resolution, resolution, seed, dtype
     except InputError:
         raise
     except (NumericalError, RuntimeError) as err:
-        raise NumericalError(
-            f"generate {dataset}: solver failed in chunk {chunk} on trajectories "
-            f"{_name_members(str(err), members)}: {err}"
-        ) from err
-    solution = downsample(pde, solution, resolution)
-    stored = model_to_stored(pde, solution.detach().cpu().numpy())  # the writer adds the tracer
+        # name the trajectories of the solver's "batch member(s) [i, j]"
+        match = re.search(r"batch member\(s\) \[([\d,\s]*)\]", str(err))
+        local = map(int, match.group(1).split(",")) if match and match.group(1).strip() else ()
+        named = ", ".join(str(members[i]) for i in local if 0 <= i < len(members))
+        raise NumericalError(f"generate {dataset}: solver failed in chunk {chunk} on trajectories "
+                             f"{named or f'{members[0]}..{members[-1]}'}: {err}") from err
+    if downsampling_kind(pde) == BLOCK_AVERAGE:
+        solution = block_average(solution, solution.shape[-1] // resolution)
+    else:
+        solution = spectral_truncate(solution, resolution)
+    stored = model_to_stored(pde, solution.detach().cpu().numpy())
     if not np.all(np.isfinite(stored)):
         bad = members[int(np.flatnonzero(~np.isfinite(stored).reshape(len(members), -1).all(1))[0])]
         raise NumericalError(f"generate {dataset}: chunk {chunk}, trajectory {bad}: non-finite values")
     return stored
 
 
-def _name_members(message: str, members: list[int]) -> str:
-    """Translate the solver's "batch member(s) [i, j]" into global trajectory numbers."""
-    match = re.search(r"batch member\(s\) \[([\d,\s]*)\]", message)
-    if match and match.group(1).strip():
-        local = [int(i) for i in match.group(1).split(",")]
-        named = [members[i] for i in local if 0 <= i < len(members)]
-        if named:
-            return ", ".join(str(j) for j in named)
-    return f"{members[0]}..{members[-1]}"
-
-
 def ensure_profile_data(profile, root: str | os.PathLike | None = None, *, progress: bool = True) -> Path:
-    """Generate all data sets of `profile` (its PDEs' three classes each; n_trajectories,
-    resolution, solver_resolution; seed 0) into `root` (default `paths.data_dir(profile.name)`),
-    skipping finished chunks. Returns the root."""
+    """Generate all data sets of `profile` (its PDEs' three classes; seed 0) into `root`
+    (default `paths.data_dir(profile.name)`), skipping finished chunks. Returns the root."""
     from pdeinf import paths
     from pdeinf.config import PDE_CLASSES
 

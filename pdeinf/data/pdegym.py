@@ -1,16 +1,10 @@
 """PDEGym (Poseidon) netCDF files: a lazy reader and a writer of the same layout.
 
-On disk (HF chunk files `data_K.nc` / `velocity_K.nc`, or an assembled `CE-RP.nc`) one
-variable, `data` (compressible Euler) or `velocity` (incompressible Navier-Stokes), has dims
-`(sample, time, channel, x, y)`, float32, with the first spatial index along x:
-
-- CE: 5 channels rho, vx, vy, p, E (primitive velocities plus pressure and total energy);
-- NS: 3 channels u, v, tracer (a passive tracer the models never see).
-
-The reader returns the *model channels* `[n, T, C, H, W]` with x along W (the last two axes
-transposed, the solvers' convention): CE conserved `(rho, rho*vx, rho*vy, E)` (pressure dropped,
-as the authors do), NS velocity `(u, v)` (tracer dropped). Memory is bounded by the request: a
-read touches only the requested samples and times of the files that hold them.
+On disk (chunk files `data_K.nc` / `velocity_K.nc`, or an assembled `CE-RP.nc`) one float32
+variable, `data` (CE: rho, vx, vy, p, E) or `velocity` (NS: u, v, tracer), has dims
+`(sample, time, channel, x, y)`. The reader returns the model channels `[n, T, C, H, W]` with
+x along W: CE conserved `(rho, rho*vx, rho*vy, E)`, NS velocity `(u, v)`. A read touches only
+the requested samples and times.
 """
 from __future__ import annotations
 
@@ -18,7 +12,6 @@ import contextlib
 import os
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,29 +37,22 @@ _H5_ERRORS = (OSError, ValueError, KeyError, RuntimeError)
 
 
 def stored_to_model(pde: str, stored: np.ndarray, axis: int = 1) -> np.ndarray:
-    """Stored channels -> model channels along `axis`, by name (PDESpec): a model channel named
-    like a stored variable is copied (rho, E, u, v); `rho_<q>` is density times stored `q`
-    (momentum from velocity). Channels the models never see (p, tracer) are dropped."""
-    spec = pde_spec(pde)
-    index = {name: i for i, name in enumerate(spec.stored_variables)}
+    """Stored channels -> model channels along `axis`: a model channel named like a stored one
+    is copied; `rho_<q>` is density times stored `q`. p and the tracer are dropped."""
+    index = {name: i for i, name in enumerate(pde_spec(pde).stored_variables)}
 
     def take(name: str) -> np.ndarray:
-        return np.take(stored, index[name], axis=axis)
-
-    out = []
-    for name in spec.channel_names:
         if name in index:
-            out.append(take(name))
-        else:
-            density, _, quantity = name.partition("_")
-            out.append(take(density) * take(quantity))
-    return np.stack(out, axis=axis)
+            return np.take(stored, index[name], axis=axis)
+        density, _, quantity = name.partition("_")
+        return take(density) * take(quantity)
+
+    return np.stack([take(name) for name in pde_spec(pde).channel_names], axis=axis)
 
 
 def model_to_stored(pde: str, model: np.ndarray, axis: int = 2) -> np.ndarray:
-    """Model channels `[..., C, ...]` (channels on `axis`) -> the stored channels, the inverse of
-    `stored_to_model`: velocity = momentum / density, pressure p = (gamma - 1)(E - |m|^2 / (2 rho))
-    for a compressible PDE; the optional tracer is left out (the writer adds zeros)."""
+    """Model channels (on `axis`) -> the stored channels, the inverse of `stored_to_model`
+    (CE pressure p = (gamma - 1)(E - |m|^2 / (2 rho))); the optional tracer is left out."""
     spec = pde_spec(pde)
     model = np.asarray(model)
     channel = {name: np.take(model, i, axis=axis) for i, name in enumerate(spec.channel_names)}
@@ -92,19 +78,12 @@ def chunk_name(pde: str, index: int) -> str:
 
 
 def chunk_files(directory: str | os.PathLike) -> list[Path]:
-    """The chunk files of a directory in numeric order (0, 1, 2, ..., 10), not string order.
-
-    Temporary files (`.data_0.nc.partial-*`) and other names are ignored. A directory mixing
-    `data_*` and `velocity_*` files raises InputError.
-    """
+    """The chunk files of a directory in numeric order (temporary and other files ignored);
+    InputError for a directory mixing `data_*` and `velocity_*` files."""
     directory = Path(directory)
-    found: list[tuple[str, int, Path]] = []
-    for entry in directory.iterdir():
-        match = _CHUNK_RE.match(entry.name)
-        if match and entry.is_file():
-            found.append((match.group(1), int(match.group(2)), entry))
-    prefixes = {prefix for prefix, _, _ in found}
-    if len(prefixes) > 1:
+    found = [(match.group(1), int(match.group(2)), entry) for entry in directory.iterdir()
+             if (match := _CHUNK_RE.match(entry.name)) and entry.is_file()]
+    if len({prefix for prefix, _, _ in found}) > 1:
         raise InputError(f"{directory}: holds both data_*.nc and velocity_*.nc chunk files")
     return [path for _, _, path in sorted(found, key=lambda item: item[1])]
 
@@ -125,20 +104,12 @@ def _open_h5(path: Path, kind: str = "a netCDF4/HDF5"):
         raise InputError(f"{path}: cannot open as {kind} file ({err})") from None
 
 
-@dataclass(frozen=True)
-class _Chunk:
-    path: Path
-    n_samples: int
-    first: int  # global index of its first sample
-
-
 class PDEGymReader:
     """Lazy reader over one or more PDEGym files holding the same data set.
 
-    Attributes: `paths` (files in sample order), `pde` ("CE" | "NS"), `variable`,
-    `n_samples`, `n_times`, `resolution` `(H, W)`, `channels` (model channel count),
-    `times` (the stored time coordinate, or `k/(n_times-1)` when absent).
-    Opening checks structure only (cheap); `validate()` also checks every value.
+    Attributes: `paths` (files in sample order), `pde`, `variable`, `n_samples`, `n_times`,
+    `resolution` `(H, W)`, `channels` (model channels), `times` (stored, or `k/(n_times-1)`).
+    Opening checks structure only; `validate()` checks every value.
     """
 
     def __init__(self, paths: Sequence[str | os.PathLike], *, source: str | os.PathLike | None = None):
@@ -146,92 +117,76 @@ class PDEGymReader:
             raise InputError(f"{source}: no PDEGym files (data_K.nc / velocity_K.nc) found")
         self.source = Path(source) if source is not None else Path(paths[0])
         self.paths = [Path(p) for p in paths]
-        chunks: list[_Chunk] = []
-        first = 0
-        reference: tuple | None = None
-        times = None
+        counts = []
         for path in self.paths:
             pde, shape, file_times = self._inspect(path)
-            signature = (pde, shape[1:])
-            if reference is None:
-                reference = signature
-                times = file_times
-            elif signature != reference:
-                raise InputError(
-                    f"{path}: layout {pde} {shape[1:]} differs from {self.paths[0]} "
-                    f"({reference[0]} {reference[1]})"
-                )
-            chunks.append(_Chunk(path, shape[0], first))
-            first += shape[0]
-        assert reference is not None
+            if not counts:
+                reference, times = (pde, shape[1:]), file_times
+            elif (pde, shape[1:]) != reference:
+                raise InputError(f"{path}: layout {pde} {shape[1:]} differs from {self.paths[0]} "
+                                 f"({reference[0]} {reference[1]})")
+            counts.append(shape[0])
         self.pde: str = reference[0]
         self.variable = VARIABLE[self.pde]
-        n_times, _, nx, ny = reference[1]
-        self.n_samples = first
-        self.n_times = n_times
+        self.n_times, _, nx, ny = reference[1]
+        self.n_samples = sum(counts)
         self.resolution = (ny, nx)  # (H, W): x runs along W
         self.channels = pde_spec(self.pde).channels
-        self.times = times if times is not None else np.linspace(0.0, 1.0, n_times)
-        self._chunks = chunks
-        self._starts = np.array([c.first for c in chunks])
+        self.times = times if times is not None else np.linspace(0.0, 1.0, self.n_times)
+        self._starts = np.cumsum([0, *counts[:-1]])
 
-    # -- structure -------------------------------------------------------------------
     @staticmethod
     def _inspect(path: Path) -> tuple[str, tuple[int, ...], np.ndarray | None]:
+        """`(pde, shape, times)` of a file; InputError naming what does not fit."""
         if not path.is_file():
             raise InputError(f"{path}: no such file")
         try:
             with _open_h5(path) as handle:
-                return PDEGymReader._layout(path, handle)
+                present = [name for name in VARIABLE.values() if name in handle]
+                if len(present) != 1:
+                    expected = " or ".join(f"{kind!r} ({pde})" for pde, kind in VARIABLE.items())
+                    raise InputError(f"{path}: expected exactly one variable {expected}, "
+                                     f"found {sorted(handle.keys())}")
+                pde, dataset = _pde_from_kind(present[0]), handle[present[0]]
+                shape = tuple(int(s) for s in dataset.shape)
+                where = f"{path}: variable {present[0]!r}"
+                if len(shape) != 5:
+                    raise InputError(f"{where} has {len(shape)} dims {shape}; expected 5 {DIMS}")
+                names = _dimension_names(dataset)
+                if names is not None and names != DIMS:
+                    raise InputError(f"{where} has dims {names}; expected {DIMS}")
+                stored = STORED_CHANNELS[pde]
+                if shape[2] != len(stored):
+                    raise InputError(f"{where} has {shape[2]} channels; expected {len(stored)} "
+                                     f"({', '.join(stored)})")
+                if min(shape) <= 0:
+                    raise InputError(f"{where} is empty {shape}")
+                if dataset.dtype.kind != "f" or dataset.dtype.itemsize not in (4, 8):
+                    raise InputError(f"{where} has dtype {dataset.dtype}; expected float32 or float64")
+                if shape[1] < 2:
+                    raise InputError(f"{path}: only {shape[1]} time snapshot(s); need at least 2")
+                time = handle.get("time")
+                # a netCDF4 dimension without coordinate values holds fill values
+                if time is None or time.shape != (shape[1],) or "not a netCDF variable" in _text(
+                        time.attrs.get("NAME", b"")):
+                    return pde, shape, None
+                try:
+                    return pde, shape, np.asarray(time[()], dtype=np.float64)
+                except OSError as err:
+                    raise InputError(f"{path}: cannot read coordinate 'time' ({err})") from None
         except InputError:
             raise
         except _H5_ERRORS as err:  # a damaged object header (h5py: KeyError/RuntimeError)
-            raise InputError(f"{path}: corrupt netCDF4/HDF5 file, cannot read its structure ({err})") from None
+            raise InputError(
+                f"{path}: corrupt netCDF4/HDF5 file, cannot read its structure ({err})") from None
 
-    @staticmethod
-    def _layout(path: Path, handle) -> tuple[str, tuple[int, ...], np.ndarray | None]:
-        """`(pde, shape, times)` of an open file; InputError naming what does not fit."""
-        present = [name for name in VARIABLE.values() if name in handle]
-        if len(present) != 1:
-            expected = " or ".join(f"{kind!r} ({pde})" for pde, kind in VARIABLE.items())
-            raise InputError(f"{path}: expected exactly one variable {expected}, found {sorted(handle.keys())}")
-        variable = present[0]
-        pde = _pde_from_kind(variable)
-        dataset = handle[variable]
-        shape = tuple(int(s) for s in dataset.shape)
-        where = f"{path}: variable {variable!r}"
-        if len(shape) != 5:
-            raise InputError(f"{where} has {len(shape)} dims {shape}; expected 5 {DIMS}")
-        names = _dimension_names(dataset)
-        if names is not None and names != DIMS:
-            raise InputError(f"{where} has dims {names}; expected {DIMS}")
-        stored = STORED_CHANNELS[pde]
-        if shape[2] != len(stored):
-            raise InputError(f"{where} has {shape[2]} channels; expected {len(stored)} ({', '.join(stored)})")
-        if min(shape) <= 0:
-            raise InputError(f"{where} is empty {shape}")
-        if dataset.dtype.kind != "f" or dataset.dtype.itemsize not in (4, 8):
-            raise InputError(f"{where} has dtype {dataset.dtype}; expected float32 or float64")
-        if shape[1] < 2:
-            raise InputError(f"{path}: only {shape[1]} time snapshot(s); need at least 2")
-        times = None
-        if "time" in handle and handle["time"].shape == (shape[1],) and not _is_bare_dimension(handle["time"]):
-            try:
-                times = np.asarray(handle["time"][()], dtype=np.float64)
-            except OSError as err:
-                raise InputError(f"{path}: cannot read coordinate 'time' ({err})") from None
-        return pde, shape, times
-
-    # -- reading ---------------------------------------------------------------------
     def read(self, samples: int | slice | Iterable[int] | None = None,
              times: int | slice | Iterable[int] | None = None, *, stored: bool = False) -> np.ndarray:
-        """Model channels of the requested samples and times: float32 `[n, T, C, H, W]`
-        (`stored`: the stored channels instead, CE primitive 5, NS 3 with the tracer; for
-        inspection and statistics).
+        """Model channels float32 `[n, T, C, H, W]` (`stored`: the stored channels, CE 5, NS 3).
 
-        `samples`/`times` are an int, a slice, or a sequence of indices (any order, repeats
-        allowed); None means all. Raises InputError for out-of-range indices, unreadable
-        (truncated) data and non-finite values, naming the file and sample.
+        `samples`/`times`: an int, a slice or a sequence of indices (any order, repeats
+        allowed); None means all. InputError for out-of-range indices, unreadable data and
+        non-finite values, naming the file and sample.
         """
         sample_idx = _as_indices(samples, self.n_samples, "samples", self.source)
         time_idx = _as_indices(times, self.n_times, "times", self.source)
@@ -244,23 +199,23 @@ class PDEGymReader:
         time_selection = _h5_selection(unique_times)
         file_of = np.searchsorted(self._starts, sample_idx, side="right") - 1
         for file_number in np.unique(file_of):
-            chunk = self._chunks[file_number]
-            with _open_h5(chunk.path) as handle:
-                dataset = _variable(handle, self.variable, chunk.path)
+            path = self.paths[file_number]
+            with _open_h5(path) as handle:
+                dataset = _variable(handle, self.variable, path)
                 for row in np.flatnonzero(file_of == file_number):
-                    local = int(sample_idx[row] - chunk.first)
+                    local = int(sample_idx[row] - self._starts[file_number])
                     try:
                         values = np.asarray(dataset[local, time_selection], dtype=np.float32)
                     except _H5_ERRORS as err:
                         raise InputError(
-                            f"{chunk.path}: cannot read sample {local} ({err}); truncated or corrupt?"
+                            f"{path}: cannot read sample {local} ({err}); truncated or corrupt?"
                         ) from None
                     values = np.swapaxes(values[time_inverse], -1, -2)  # [T, C_stored, H=Y, W=X]
                     if stored:
                         out[row] = values
                         continue
                     if not np.all(np.isfinite(values)):
-                        raise InputError(f"{chunk.path}: sample {local} contains NaN or Inf values")
+                        raise InputError(f"{path}: sample {local} contains NaN or Inf values")
                     out[row] = stored_to_model(self.pde, values, axis=1)
         return out
 
@@ -269,10 +224,8 @@ class PDEGymReader:
         return self.read(samples, times, stored=True)
 
     def validate(self, *, block: int = 16, progress: bool = False, cache=None) -> None:
-        """Check every value of every file, `block` samples at a time (memory bounded): dtype
-        float32/float64, finite, positive where the PDE requires it (CE density, pressure,
-        energy), magnitudes not absurd (`pdeinf.data.validation`). Raises InputError naming the
-        file, variable, sample and time. `cache`: JSON file of already-validated content keys."""
+        """Check every value, `block` samples at a time (`pdeinf.data.validation`); InputError
+        naming file, variable, sample and time. `cache`: JSON file of validated content keys."""
         from pdeinf.data.validation import validate_reader
 
         validate_reader(self, block=block, progress=progress, cache=cache)
@@ -284,33 +237,27 @@ class PDEGymReader:
         )
 
 
+def _text(value) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
 def _variable(handle, name: str, path: Path):
     try:
         return handle[name]
     except _H5_ERRORS as err:
-        raise InputError(f"{path}: corrupt netCDF4/HDF5 file, cannot open variable {name!r} ({err})") from None
+        raise InputError(
+            f"{path}: corrupt netCDF4/HDF5 file, cannot open variable {name!r} ({err})") from None
 
 
 def _dimension_names(dataset) -> tuple[str, ...] | None:
     """netCDF4 dimension names of an h5py dataset, or None when no scales are attached."""
     try:
-        names = []
-        for axis in dataset.dims:
-            scales = list(axis.values())
-            if not scales:
-                return None
-            names.append(scales[0].name.rsplit("/", 1)[-1])
-        return tuple(names)
-    except (AttributeError, KeyError, TypeError, ValueError, RuntimeError):  # exotic layouts: shape checks only
-        return None
-
-
-def _is_bare_dimension(dataset) -> bool:
-    """A netCDF4 dimension without coordinate values (its data are fill values)."""
-    name = dataset.attrs.get("NAME", b"")
-    if isinstance(name, bytes):
-        name = name.decode(errors="replace")
-    return "not a netCDF variable" in str(name)
+        scales = [list(axis.values()) for axis in dataset.dims]
+        if not all(scales):
+            return None
+        return tuple(axis[0].name.rsplit("/", 1)[-1] for axis in scales)
+    except (AttributeError, KeyError, TypeError, ValueError, RuntimeError):
+        return None  # exotic layouts: shape checks only
 
 
 def _h5_selection(indices: np.ndarray):
@@ -337,8 +284,8 @@ def _as_indices(selection, size: int, name: str, source) -> np.ndarray:
 
 
 def open_dataset(path: str | os.PathLike) -> PDEGymReader:
-    """A reader for a chunk file, a directory of chunk files (numeric order), or an
-    assembled file such as `CE-RP.nc`. Raises InputError for a missing/corrupt/ill-shaped file."""
+    """A reader for a chunk file, a directory of chunk files (numeric order), or an assembled
+    file such as `CE-RP.nc`. InputError for a missing/corrupt/ill-shaped file."""
     path = Path(path)
     if path.is_dir():
         return PDEGymReader(chunk_files(path), source=path)
@@ -349,14 +296,11 @@ def open_dataset(path: str | os.PathLike) -> PDEGymReader:
 
 def write_chunk(path: str | os.PathLike, array: np.ndarray, kind: str,
                 times: Sequence[float] | np.ndarray, *, attrs: dict | None = None) -> Path:
-    """Write one PDEGym-layout file, to a temporary name then renamed.
+    """Write one PDEGym-layout file (to a temporary name, then renamed); returns the path.
 
     `array` has x along W: CE primitive `[n, T, 5, H, W]` (rho, vx, vy, p, E); NS velocity
-    `[n, T, 2, H, W]` (a zero tracer channel is added and marked as not simulated) or
-    `[n, T, 3, H, W]`. `kind` is "CE"/"data" or "NS"/"velocity"; `times` has length T.
-    Stores float32 with chunks `(1, 1, C, X, Y)` like the assembled HF files; coordinate
-    variables x, y (cell centres on the unit square), time, channel; `attrs` become global
-    attributes. Returns the final path.
+    `[n, T, 2, H, W]` (a zero tracer is added, marked as not simulated) or `[n, T, 3, H, W]`.
+    `kind`: "CE"/"data" or "NS"/"velocity"; `times` length T; `attrs`: global attributes.
     """
     pde = _pde_from_kind(kind)
     path = Path(path)
@@ -366,7 +310,6 @@ def write_chunk(path: str | os.PathLike, array: np.ndarray, kind: str,
         raise InputError(f"{path}: array must be [n, T, C, H, W], got shape {array.shape}")
     n, n_times, n_channels, height, width = array.shape
     accepted = _accepted_channels(pde)
-    tracer_missing = n_channels != n_stored and n_channels in accepted
     if n_channels not in accepted:
         raise InputError(
             f"{path}: {pde} array has {n_channels} channels; expected {n_stored} "
@@ -380,9 +323,8 @@ def write_chunk(path: str | os.PathLike, array: np.ndarray, kind: str,
         raise InputError(f"{path}: times has shape {times.shape}; expected ({n_times},)")
     if not np.all(np.isfinite(array)):
         raise InputError(f"{path}: array contains NaN or Inf values")
-
     writer = ChunkWriter(path, pde, n, times, (height, width), attrs=attrs,
-                         tracer_simulated=not tracer_missing)
+                         tracer_simulated=n_channels == n_stored)
     try:
         writer.put(0, array)
     except BaseException:
@@ -397,27 +339,10 @@ def _accepted_channels(pde: str) -> tuple[int, ...]:
     return (len(stored), len(stored) - 1) if stored[-1] == OPTIONAL_STORED else (len(stored),)
 
 
-def _write_coordinates(handle, times: np.ndarray, width: int, height: int, pde: str) -> None:
-    coordinates = {
-        "time": times,
-        "x": (np.arange(width) + 0.5) / width,
-        "y": (np.arange(height) + 0.5) / height,
-        "channel": np.arange(len(STORED_CHANNELS[pde])),
-    }
-    for name, values in coordinates.items():
-        variable = handle.create_variable(name, (name,), values.dtype)
-        variable[...] = values
-    handle.variables["x"].attrs["description"] = "cell centres on the unit square (periodic)"
-    handle.variables["y"].attrs["description"] = "cell centres on the unit square (periodic)"
-    handle.variables["channel"].attrs["names"] = " ".join(STORED_CHANNELS[pde])
-
-
 class ChunkWriter:
-    """Writes a PDEGym file incrementally (one solver batch at a time, so memory is bounded by
-    the batch), under a temporary name; `close()` renames it, `abort()` deletes it.
-
-    `put(start, array)` takes `[b, T, C, H, W]` (x along W) in the stored channels (CE
-    primitive 5; NS 2 or 3) for samples `start .. start+b-1` of this file.
+    """Writes a PDEGym file one batch at a time under a temporary name; `close()` renames it,
+    `abort()` deletes it. `put(start, array)`: `[b, T, C, H, W]` stored channels (x along W;
+    CE 5, NS 2 or 3) for samples `start .. start+b-1`.
     """
 
     def __init__(self, path, kind: str, n_samples: int, times, resolution: tuple[int, int], *,
@@ -430,27 +355,28 @@ class ChunkWriter:
         self.times = np.asarray(times, dtype=np.float64)
         height, width = resolution
         self.resolution = (int(height), int(width))
-        self.n_stored = len(STORED_CHANNELS[self.pde])
+        stored = STORED_CHANNELS[self.pde]
+        self.n_stored = len(stored)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.temporary = self.path.with_name(f".{self.path.name}.partial-{os.getpid()}")
-        self._handle = h5netcdf.File(self.temporary, "w")
-        handle = self._handle
-        handle.dimensions = {
-            "sample": self.n_samples, "time": len(self.times), "channel": self.n_stored,
-            "x": width, "y": height,
-        }
-        _write_coordinates(handle, self.times, width, height, self.pde)
-        self._variable = handle.create_variable(
-            VARIABLE[self.pde], DIMS, "f4", chunks=(1, 1, self.n_stored, width, height)
-        )
-        self._variable.attrs["channels"] = " ".join(STORED_CHANNELS[self.pde])
-        self._variable.attrs["axis_order"] = "sample, time, channel, x, y (first spatial index is x)"
-        stored = STORED_CHANNELS[self.pde]
-        self._variable.attrs["description"] = ", ".join(STORED_DESCRIPTIONS.get(n, n) for n in stored)
+        self._handle = handle = h5netcdf.File(self.temporary, "w")
+        handle.dimensions = {"sample": self.n_samples, "time": len(self.times), "channel": self.n_stored,
+                             "x": width, "y": height}
+        coordinates = {"time": self.times, "x": (np.arange(width) + 0.5) / width,
+                       "y": (np.arange(height) + 0.5) / height, "channel": np.arange(self.n_stored)}
+        for name, values in coordinates.items():
+            handle.create_variable(name, (name,), values.dtype)[...] = values
+        for name in ("x", "y"):
+            handle.variables[name].attrs["description"] = "cell centres on the unit square (periodic)"
+        handle.variables["channel"].attrs["names"] = " ".join(stored)
+        self._variable = variable = handle.create_variable(
+            VARIABLE[self.pde], DIMS, "f4", chunks=(1, 1, self.n_stored, width, height))
+        variable.attrs["channels"] = " ".join(stored)
+        variable.attrs["axis_order"] = "sample, time, channel, x, y (first spatial index is x)"
+        variable.attrs["description"] = ", ".join(STORED_DESCRIPTIONS.get(n, n) for n in stored)
         if OPTIONAL_STORED in stored and not tracer_simulated:
-            self._variable.attrs[OPTIONAL_STORED] = (
-                f"not simulated: channel {stored.index(OPTIONAL_STORED)} is all zeros"
-            )
+            variable.attrs[OPTIONAL_STORED] = (
+                f"not simulated: channel {stored.index(OPTIONAL_STORED)} is all zeros")
         handle.attrs["pde"] = self.pde
         handle.attrs["conventions"] = "PDEGym (Poseidon) layout, written by pdeinf"
         for key, value in (attrs or {}).items():
@@ -460,13 +386,12 @@ class ChunkWriter:
     def put(self, start: int, array: np.ndarray) -> None:
         array = np.asarray(array, dtype=np.float32)
         b = array.shape[0]
-        channels = _accepted_channels(self.pde)
-        if (array.ndim != 5 or array.shape[1] != len(self.times) or array.shape[2] not in channels
+        if (array.ndim != 5 or array.shape[1] != len(self.times)
+                or array.shape[2] not in _accepted_channels(self.pde)
                 or array.shape[3:] != self.resolution or not 0 <= start <= start + b <= self.n_samples):
-            raise InputError(
-                f"{self.path}: put({start}, array {array.shape}) does not fit "
-                f"[{self.n_samples}, {len(self.times)}, {self.n_stored}, {self.resolution[0]}, {self.resolution[1]}]"
-            )
+            raise InputError(f"{self.path}: put({start}, array {array.shape}) does not fit "
+                             f"[{self.n_samples}, {len(self.times)}, {self.n_stored}, "
+                             f"{self.resolution[0]}, {self.resolution[1]}]")
         stored = np.swapaxes(array, -1, -2)
         if stored.shape[2] == self.n_stored - 1:  # the optional tracer, last: zeros
             stored = np.concatenate([stored, np.zeros_like(stored[:, :, :1])], axis=2)

@@ -1,8 +1,7 @@
 """Per-class data statistics, beside the measured statistics of the released PDEGym data.
 
-`PDEGYM_STATISTICS[name][quantity] = (mean, std)` over all samples, times and pixels, as
-measured on the released files (camlab-ethz/Phaedra configs; see
-shared/reference/pdegym-and-well-data.md section 2.4). `WELL_STATISTICS` is The Well
+`PDEGYM_STATISTICS[name][quantity] = (mean, std)` over all samples, times and pixels of the
+released files (camlab-ethz/Phaedra configs); `WELL_STATISTICS`: The Well
 euler_multi_quadrants_periodicBC stats.yaml. Quantities: rho, vx, vy, p (CE), vx, vy (NS).
 """
 from __future__ import annotations
@@ -32,16 +31,15 @@ WELL_STATISTICS: dict[str, tuple[float, float]] = {
     "density": (0.91358, 0.53502), "energy": (3.0344, 3.2550), "pressure": (0.92916, 0.78237),
     "momentum_x": (2.32e-3, 0.41322), "momentum_y": (1.71e-4, 0.41064),
 }
-#: Tabulated quantities per PDE: velocity components along x (vx) and y (vy), plus density and
-#: pressure for a compressible PDE (PDEGym's statistics names).
+#: Tabulated quantities per PDE (PDEGym's statistics names).
 QUANTITIES: dict[str, tuple[str, ...]] = {
     pde: (("rho", "vx", "vy", "p") if spec.compressible else ("vx", "vy")) for pde, spec in PDE_SPECS.items()
 }
 
 
 def _quantities(pde: str, batch: np.ndarray, gamma: float) -> dict[str, np.ndarray]:
-    """Model channels `[n, T, C, H, W]` -> the tabulated quantities (float64). `gamma` is
-    passed in because a reader's gas (The Well) may differ from the PDE's default."""
+    """Model channels `[n, T, C, H, W]` -> the tabulated quantities (float64); `gamma` is the
+    reader's gas (The Well's may differ from the PDE's default)."""
     spec = pde_spec(pde)
     batch = batch.astype(np.float64)
     rho = batch[:, :, spec.density_channel] if spec.compressible else None
@@ -57,8 +55,8 @@ def _quantities(pde: str, batch: np.ndarray, gamma: float) -> dict[str, np.ndarr
 
 def reader_statistics(reader, *, times=None, max_samples: int | None = None, block: int = 8,
                       gamma: float | None = None) -> dict[str, float]:
-    """Mean and (population) std of each quantity over samples, `times` (default all) and
-    pixels, streamed `block` samples at a time (float64 sums). Also min of rho and p (CE)."""
+    """Mean and population std of each quantity over samples, `times` (default all) and
+    pixels, `block` samples at a time (float64 sums); also min of rho and p (CE)."""
     if gamma is None:
         gamma = getattr(reader, "gamma", None) or pde_spec(reader.pde).gamma or 1.0  # 1.0: unused (NS)
     gamma = float(gamma)
@@ -87,8 +85,7 @@ def reader_statistics(reader, *, times=None, max_samples: int | None = None, blo
 
 
 def class_readers(root: Path, pdes) -> dict:
-    """`{class: reader}` of every class of `pdes` found under `root` as `<CLASS>/` (chunk files)
-    or `<CLASS>.nc` (assembled)."""
+    """`{class: reader}` of every class of `pdes` found under `root` (`<CLASS>/` or `<CLASS>.nc`)."""
     from pdeinf.data.pdegym import open_dataset
 
     readers = {}
@@ -96,19 +93,18 @@ def class_readers(root: Path, pdes) -> dict:
         if p not in PDE_CLASSES:
             raise InputError(f"pde={p!r}: expected one of {', '.join(PDE_CLASSES)}")
         for cls in PDE_CLASSES[p]:
-            found = [c for c in (root / cls, root / f"{cls}.nc") if c.exists()]
+            found = next((c for c in (root / cls, root / f"{cls}.nc") if c.exists()), None)
             if found:
-                readers[cls] = open_dataset(found[0])
+                readers[cls] = open_dataset(found)
     return readers
 
 
 def class_statistics(source, pde: str | None = None, *, times=None, max_samples: int | None = None
                      ) -> pd.DataFrame:
-    """Statistics per class: one row per data set, columns `<q>_mean`, `<q>_std` (q = rho, vx,
-    vy, p for CE; vx, vy for NS), `n_samples` (and `rho_min`, `p_min` for CE).
+    """One row per data set: `<q>_mean`, `<q>_std`, `n_samples` (and `rho_min`, `p_min` for CE).
 
-    `source`: a data root holding `<CLASS>/` or `<CLASS>.nc` (give `pde`, or both PDEs present
-    are tabulated), a `PDEData`, a reader, or a mapping `{name: reader}`.
+    `source`: a data root holding `<CLASS>/` or `<CLASS>.nc` (of `pde`, or of every PDE present),
+    a `PDEData`, a reader, or a mapping `{name: reader}`.
     """
     from pdeinf.data.datasets import PDEData
 
@@ -122,11 +118,13 @@ def class_statistics(source, pde: str | None = None, *, times=None, max_samples:
             raise InputError(f"{root}: not a directory")
         readers = class_readers(root, [pde] if pde else list(PDE_CLASSES))
         if not readers:
-            raise InputError(f"{root}: no class directories or files ({', '.join(sum(PDE_CLASSES.values(), ()))})")
+            raise InputError(
+                f"{root}: no class directories or files ({', '.join(sum(PDE_CLASSES.values(), ()))})")
     elif hasattr(source, "read") and hasattr(source, "n_samples"):
         readers = {Path(getattr(source, "source", "data")).stem: source}
     else:
-        raise InputError(f"source: expected a directory, PDEData, reader or mapping, got {type(source).__name__}")
+        raise InputError(
+            f"source: expected a directory, PDEData, reader or mapping, got {type(source).__name__}")
     rows = {name: reader_statistics(reader, times=times, max_samples=max_samples)
             for name, reader in readers.items()}
     frame = pd.DataFrame.from_dict(rows, orient="index")
@@ -135,8 +133,8 @@ def class_statistics(source, pde: str | None = None, *, times=None, max_samples:
 
 
 def compare_to_pdegym(df: pd.DataFrame) -> pd.DataFrame:
-    """Long table: one row per (class, quantity) with our mean/std beside PDEGym's (NaN where
-    PDEGym's statistic is unknown) and the ratio of stds."""
+    """One row per (class, quantity): our mean/std beside PDEGym's (NaN where unknown) and the
+    ratio of stds."""
     records = []
     for name, row in df.iterrows():
         reference = PDEGYM_STATISTICS.get(str(name), {})

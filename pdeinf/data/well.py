@@ -1,24 +1,12 @@
 """The Well `euler_multi_quadrants` HDF5 files: a lazy reader and a small-file writer.
 
-Layout: The Well's shared specification (PolymathicAI/the_well docs/data_format.md), as its
-own `WellDataset` reads it and as in the published euler_multi_quadrants files:
-
-- root attributes `dataset_name`, `grid_type` ("cartesian"), `n_spatial_dims` (2),
-  `n_trajectories`, `simulation_parameters` (["gamma"]) and `gamma`;
-- `dimensions/` (attribute `spatial_dims` ["x", "y"]): `time` float32 `(T,)`, `x` float32 `(X,)`,
-  `y` float32 `(Y,)`, each with `sample_varying` (and `time_varying` for x, y);
-- `boundary_conditions/{x,y}_{periodic,open}` groups: attributes `bc_type` (PERIODIC, OPEN or
-  WALL), `associated_dims`, `associated_fields`, `sample_varying`, `time_varying`; datasets
-  `mask` bool `(X,)` (True where the boundary is) and `values` float32 `(mask.sum(),)`;
-- `scalars/` (attribute `field_names` ["gamma"]): `gamma`, a constant scalar;
-- `t0_fields/` (attribute `field_names`): `density`, `energy`, `pressure` float32
-  `(n_traj, T, X, Y)`; `t1_fields/` (`field_names` ["momentum"]): `momentum` float32
-  `(n_traj, T, X, Y, 2)` (components x, y); `t2_fields/` (`field_names` []). Every field carries
-  `dim_varying`, `sample_varying`, `time_varying`.
-
-The reader has the PDEGym reader's interface and returns conserved `(rho, rho*vx, rho*vy, E)`
-`[n, T, 4, H, W]` float32 with x along W. The real files (hundreds of GB) cannot be downloaded
-here; `write_well_file` writes small ones in the same layout for tests and examples.
+Layout (PolymathicAI/the_well docs/data_format.md): root attributes (`dataset_name`, `gamma`,
+...); `dimensions/{time,x,y}`; `boundary_conditions/<axis>_<kind>` groups (attributes
+`bc_type`, `associated_dims`; datasets `mask`, `values`); `scalars/gamma`;
+`t0_fields/{density,energy,pressure}` `(n_traj, T, X, Y)`; `t1_fields/momentum`
+`(n_traj, T, X, Y, 2)`; an empty `t2_fields/`. The reader has the PDEGym reader's interface
+and returns conserved `(rho, rho*vx, rho*vy, E)` `[n, T, 4, H, W]` float32 with x along W.
+`write_well_file` writes small files in the same layout for tests and examples.
 """
 from __future__ import annotations
 
@@ -29,26 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from pdeinf.config import pde_spec
-from pdeinf.data.pdegym import _as_indices, _h5_selection, _open_h5
+from pdeinf.data.pdegym import _as_indices, _h5_selection, _open_h5, _text
 from pdeinf.errors import InputError
 
 _SCALAR_FIELDS = ("density", "energy", "pressure")
 _VECTOR_FIELDS = ("momentum",)
 #: The Well's boundary-condition types (the_well.data.datasets.BoundaryCondition)
 BC_TYPES = ("WALL", "OPEN", "PERIODIC")
-
-
-def _text(value) -> str:
-    if isinstance(value, bytes):
-        return value.decode(errors="replace")
-    return str(value)
-
-
-def _names(value) -> list[str]:
-    """An HDF5 list-of-strings attribute (a str, bytes, or an array of either) as a list."""
-    if isinstance(value, (str, bytes)):
-        return [_text(value)]
-    return [_text(v) for v in np.atleast_1d(np.asarray(value, dtype=object))]
 
 
 def _dataset(handle, name: str, path: Path):
@@ -86,17 +61,14 @@ class WellReader:
             reference = shapes["density"]
             if len(reference) != 4:
                 raise InputError(
-                    f"{self.path}: t0_fields/density has shape {reference}; expected (n_traj, T, X, Y)"
-                )
+                    f"{self.path}: t0_fields/density has shape {reference}; expected (n_traj, T, X, Y)")
             for name, shape in shapes.items():
                 if shape != reference:
                     raise InputError(
-                        f"{self.path}: t0_fields/{name} has shape {shape}; density has {reference}"
-                    )
+                        f"{self.path}: t0_fields/{name} has shape {shape}; density has {reference}")
             if momentum_shape != reference + (2,):
-                raise InputError(
-                    f"{self.path}: t1_fields/momentum has shape {momentum_shape}; expected {reference + (2,)}"
-                )
+                raise InputError(f"{self.path}: t1_fields/momentum has shape {momentum_shape}; "
+                                 f"expected {reference + (2,)}")
             if min(reference) <= 0:
                 raise InputError(f"{self.path}: empty fields {reference}")
             n_times, nx, ny = reference[1:]
@@ -112,21 +84,17 @@ class WellReader:
         """Conserved `(rho, mx, my, E)` float32 `[n, T, 4, H, W]` (x along W)."""
         sample_idx = _as_indices(samples, self.n_samples, "samples", self.path)
         time_idx = _as_indices(times, self.n_times, "times", self.path)
-        height, width = self.resolution
-        out = np.empty((len(sample_idx), len(time_idx), 4, height, width), np.float32)
+        out = np.empty((len(sample_idx), len(time_idx), 4, *self.resolution), np.float32)
         if len(sample_idx) == 0 or len(time_idx) == 0:
             return out
         unique_times, inverse = np.unique(time_idx, return_inverse=True)
         selection = _h5_selection(unique_times)
         with _open_h5(self.path, "an HDF5") as handle:
-            density = handle["t0_fields"]["density"]
-            energy = handle["t0_fields"]["energy"]
-            momentum = handle["t1_fields"]["momentum"]
+            fields = (handle["t0_fields"]["density"], handle["t0_fields"]["energy"],
+                      handle["t1_fields"]["momentum"])
             for row, sample in enumerate(sample_idx):
                 try:
-                    rho = np.asarray(density[int(sample), selection], np.float32)[inverse]
-                    e = np.asarray(energy[int(sample), selection], np.float32)[inverse]
-                    m = np.asarray(momentum[int(sample), selection], np.float32)[inverse]
+                    rho, e, m = (np.asarray(f[int(sample), selection], np.float32)[inverse] for f in fields)
                 except (OSError, ValueError) as err:
                     raise InputError(
                         f"{self.path}: cannot read trajectory {sample} ({err}); truncated or corrupt?"
@@ -138,8 +106,8 @@ class WellReader:
         return out
 
     def validate(self, *, progress: bool = False) -> None:
-        """Read every trajectory (one at a time) and check values are finite and density and
-        pressure positive. Raises InputError naming the file and trajectory."""
+        """Read every trajectory and check values are finite and density and pressure
+        positive. InputError naming the file and trajectory."""
         from tqdm.auto import tqdm
 
         with _open_h5(self.path, "an HDF5") as handle:
@@ -190,12 +158,10 @@ def _read_gamma(handle, path: Path) -> float:
 def _read_coordinate(handle, name: str, size: int, path: Path) -> np.ndarray:
     """`dimensions/<name>`, a 1-D array of `size` finite values matching the fields' axis."""
     data = _dataset(handle, f"dimensions/{name}", path)
-    axis = {"time": "T", "x": "X", "y": "Y"}[name]
     if data.shape != (size,):
-        raise InputError(
-            f"{path}: dimensions/{name} has shape {data.shape}; the fields have {axis} = {size}, "
-            f"so it must have shape ({size},)"
-        )
+        axis = {"time": "T", "x": "X", "y": "Y"}[name]
+        raise InputError(f"{path}: dimensions/{name} has shape {data.shape}; the fields have "
+                         f"{axis} = {size}, so it must have shape ({size},)")
     values = np.asarray(data[()], dtype=np.float64)
     if not np.all(np.isfinite(values)):
         raise InputError(f"{path}: dimensions/{name} contains NaN or Inf values")
@@ -203,44 +169,35 @@ def _read_coordinate(handle, name: str, size: int, path: Path) -> np.ndarray:
 
 
 def _read_periodicity(group, path: Path) -> tuple[bool, bool]:
-    """`(x_periodic, y_periodic)` from the boundary-condition groups: an axis is periodic when
-    every condition on it has `bc_type` PERIODIC. Every axis needs at least one condition."""
+    """`(x_periodic, y_periodic)`: an axis is periodic when every boundary condition on it has
+    `bc_type` PERIODIC. Every axis needs at least one condition."""
     import h5py
 
     types: dict[str, list[str]] = {"x": [], "y": []}
     for name, bc in group.items():
-        where = f"boundary_conditions/{name}"
+        where = f"{path}: boundary_conditions/{name}"
         if not isinstance(bc, h5py.Group):
-            raise InputError(f"{path}: {where} is a dataset; expected a group")
+            raise InputError(f"{where} is a dataset; expected a group")
         if "bc_type" not in bc.attrs:
-            raise InputError(f"{path}: {where} has no attribute bc_type (one of {', '.join(BC_TYPES)})")
+            raise InputError(f"{where} has no attribute bc_type (one of {', '.join(BC_TYPES)})")
         bc_type = _text(bc.attrs["bc_type"]).upper()
         if bc_type not in BC_TYPES:
-            raise InputError(
-                f"{path}: {where} attribute bc_type = {_text(bc.attrs['bc_type'])!r}; "
-                f"expected one of {', '.join(BC_TYPES)}"
-            )
+            raise InputError(f"{where} attribute bc_type = {_text(bc.attrs['bc_type'])!r}; "
+                             f"expected one of {', '.join(BC_TYPES)}")
         if "associated_dims" not in bc.attrs:
-            raise InputError(f"{path}: {where} has no attribute associated_dims")
-        dims = _names(bc.attrs["associated_dims"])
-        unknown = [d for d in dims if d not in types]
-        if unknown or not dims:
+            raise InputError(f"{where} has no attribute associated_dims")
+        dims = bc.attrs["associated_dims"]  # a list-of-strings attribute: str, bytes or an array
+        dims = [_text(d) for d in ([dims] if isinstance(dims, (str, bytes)) else
+                                   np.atleast_1d(np.asarray(dims, dtype=object)))]
+        if not dims or any(d not in types for d in dims):
             raise InputError(
-                f"{path}: {where} attribute associated_dims = {dims}; expected spatial dims from ['x', 'y']"
-            )
+                f"{where} attribute associated_dims = {dims}; expected spatial dims from ['x', 'y']")
         for dim in dims:
             types[dim].append(bc_type)
     for axis, found in types.items():
         if not found:
             raise InputError(f"{path}: no boundary condition for axis {axis} in boundary_conditions/")
     return tuple(all(t == "PERIODIC" for t in types[axis]) for axis in ("x", "y"))
-
-
-def _no_names() -> np.ndarray:
-    """An empty list-of-strings attribute (typed as strings, as The Well's lists are)."""
-    import h5py
-
-    return np.array([], dtype=h5py.string_dtype())
 
 
 def open_well(path: str | os.PathLike) -> WellReader:
@@ -251,11 +208,9 @@ def open_well(path: str | os.PathLike) -> WellReader:
 def write_well_file(path: str | os.PathLike, conserved: np.ndarray, *, gamma: float | None = None,
                     periodic: tuple[bool, bool] = (True, True),
                     times: Sequence[float] | None = None) -> Path:
-    """Write `conserved` `[n, T, 4, H, W]` (rho, rho*vx, rho*vy, E; x along W) as a Well
-    euler_multi_quadrants file in The Well's layout (module docstring), pressure derived with
-    `gamma` (default: the CE gamma of `pdeinf.config`); `times` default to The Well's
-    `linspace(0, 1.5, T)`. Cell-centred coordinates on the unit square. Written under a
-    temporary name and renamed, so no partial file is left behind."""
+    """Write `conserved` `[n, T, 4, H, W]` (rho, rho*vx, rho*vy, E; x along W) as a Well file
+    (pressure from `gamma`, default the CE gamma; `times` default `linspace(0, 1.5, T)`;
+    cell-centred coordinates on the unit square). Written under a temporary name and renamed."""
     import h5py
 
     path = Path(path)
@@ -273,6 +228,7 @@ def write_well_file(path: str | os.PathLike, conserved: np.ndarray, *, gamma: fl
     pressure = (gamma - 1.0) * (energy - 0.5 * (mx**2 + my**2) / rho)
     const = {"sample_varying": False, "time_varying": False}
     field = {"dim_varying": [True, True], "sample_varying": True, "time_varying": True}
+    no_names = np.array([], dtype=h5py.string_dtype())  # an empty list of strings
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.partial-{os.getpid()}")
     try:
@@ -294,7 +250,7 @@ def write_well_file(path: str | os.PathLike, conserved: np.ndarray, *, gamma: fl
                 group = bcs.create_group(f"{axis}_periodic" if is_periodic else f"{axis}_open")
                 group.attrs.update({
                     "bc_type": "PERIODIC" if is_periodic else "OPEN",
-                    "associated_dims": [axis], "associated_fields": _no_names(), **const,
+                    "associated_dims": [axis], "associated_fields": no_names, **const,
                 })
                 mask = np.zeros(size, bool)
                 mask[[0, -1]] = True  # the boundary is at both ends of the axis
@@ -314,8 +270,7 @@ def write_well_file(path: str | os.PathLike, conserved: np.ndarray, *, gamma: fl
             momentum = np.stack([mx, my], axis=-1).astype(np.float32)
             t1.create_dataset("momentum", data=momentum, chunks=(1, 1, width, height, 2))
             t1["momentum"].attrs.update(field)
-            t2 = handle.create_group("t2_fields")
-            t2.attrs["field_names"] = _no_names()
+            handle.create_group("t2_fields").attrs["field_names"] = no_names
         os.replace(temporary, path)
     finally:
         if temporary.exists():

@@ -1,29 +1,12 @@
 """The seed paper's full-space influence estimator (docs/method.md section 4).
 
-For a batch of N examples with raw outputs `f(x_n)` `[C, H, W]` (M = N*C*H*W values in all)
-and P trainable parameters, J `[M, P]` is the Jacobian of all batch outputs, J_n its rows of
-example n. With the paper's per-pixel residuals (`bra_and_ket.jl`):
-
-- ket  r^C_n = (f(x_n) - y_n) / (rms_xy(y_n^c) + 1e-6) per channel c, so that
-  mean_{c,x,y}[r^C_n * J_n v] = 1/2 dSMSE_n/dtheta . v (SMSE_n = mean (f - y)^2 / s_c);
-- g_m = J_m^T r^C_m `[P]` (one VJP per example, no 1/(CHW));
-- chi_m = (J^T J + lambda I)^{-1} g_m, lambda = `damping` (1e-4, the weight decay), no 1/M;
-- H_A(n, m) = mean_{c,x,y}[r^A_n * (J_n chi_m)] = (J_n^T r^A_n) . chi_m / (C H W).
-
-Bras r^A: "smse" r^C; "mass_drift" r^M = (M[f(x_n)] - M[x_n]) / (M[x_n] + 1e-6) on the density
-channel (constant over pixels, zero elsewhere), M[z] = sum_xy z_rho, the input as reference;
-"energy_drift" r^E the same on the energy channel; a callable O(input, target, prediction)
--> scalar gives r = C H W dO_n/df(x_n), so that H(n, m) = dO_n/dtheta . chi_m. A response
-transform evaluates the bra (and J_n) at transformed inputs/targets; chi stays that of the
-untransformed batch (`bra_J_chi_J_ket.jl`).
-
-The solve is matrix-free: `GaussNewtonOperator` applies J^T J V + lambda V to k directions at
-once (vmapped JVP over the whole batch, then vmapped VJP). By default `block_krylov.block_galerkin`
-solves the N systems in one shared block Krylov space (block CG with full reorthogonalisation),
-one such call per sweep on the new directions; `solver="cg"` runs N separate CG recurrences
-(`krylov.batched_cg`) instead. Each right-hand side stops at its own relative
-residual ||g_m - A chi_m|| / ||g_m|| <= rtol (paper: 1.5e-2 UNet, 5e-2 ViT). The authors'
-CRAIGMR with regularisation sqrt(lambda) solves the same damped least-squares system.
+J `[M, P]`: Jacobian of all M = N*C*H*W raw outputs (J_n: example n's rows). Ket r^C_n =
+(f(x_n) - y_n) / (rms_xy(y_n^c) + 1e-6) per channel, g_m = J_m^T r^C_m, chi_m = (J^T J +
+lambda I)^{-1} g_m, H_A(n, m) = (J_n^T r^A_n) . chi_m / (C H W) (`bra_and_ket.jl`). Bras r^A:
+r^C; the relative drift (M[f(x_n)] - M[x_n]) / (M[x_n] + 1e-6) of M[z] = sum_xy z on the density
+/ energy channel; C H W dO_n/df(x_n) for a callable O. A response transform moves the bra and
+J_n, not chi. The matrix-free solve (`GaussNewtonOperator`) shares one block Krylov space
+(`block_krylov`) or runs N CG recurrences (`krylov`) to ||g_m - A chi_m|| <= rtol ||g_m||.
 """
 from __future__ import annotations
 
@@ -52,31 +35,16 @@ from pdeinf.influence.untouched import keeps_model
 from pdeinf.training.loss import channel_scale
 
 RESIDUALS: tuple[str, ...] = ("smse", "mse")
-#: (example, direction) pairs per vmapped JVP/VJP call of the operator: with k active
-#: directions, max(1, PAIR_BUDGET // k) examples per call (memory grows linearly with it).
-PAIR_BUDGET = 192
-#: CG sweeps between two saves of the iterate state (state_path).
-CHECKPOINT_EVERY = 5
+PAIR_BUDGET = 192  # (example, direction) pairs per vmapped operator call
+CHECKPOINT_EVERY = 5  # sweeps between two saves of the iterate state
 STOPPING_RULES = ("per-column", "authors")
-#: "block": one shared block Krylov space for all N right-hand sides (`block_krylov`, default);
-#: "cg": N separate CG recurrences sharing each operator call (`krylov.batched_cg`).
 SOLVERS = ("block", "cg")
-#: CG iterations per right-hand side when maxiter is None (the quick UNet needs ~200 at rtol 1.5e-2).
-DEFAULT_MAXITER = 1000
+DEFAULT_MAXITER = 1000  # per right-hand side (quick UNet: ~200 at rtol 1.5e-2)
 
-
-# --- residuals (pure) ------------------------------------------------------------------------
 
 def smse_residual(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Paper r^C `[N, C, H, W]`: (pred - target) / (rms_xy(target) + 1e-6), per channel."""
     return (pred - target) / channel_scale(target)[:, :, None, None]
-
-
-def drift_residual(inputs: torch.Tensor, pred: torch.Tensor, channel: int) -> torch.Tensor:
-    """Paper r^M / r^E `[N, C, H, W]`: relative drift of sum_xy on `channel`, zero elsewhere."""
-    out = torch.zeros_like(pred)
-    out[:, channel] = _obs.relative_drift(inputs, pred, channel)[:, None, None]
-    return out
 
 
 def _conserved_channel(kind: str, channels: int, pde: str | None) -> int:
@@ -91,9 +59,7 @@ def _conserved_channel(kind: str, channels: int, pde: str | None) -> int:
         spec = found[0]
     channel = getattr(spec, attr)
     if channel is None or spec.channels != channels:
-        raise InputError(
-            f"response={kind!r}: PDE {spec.name} has no {attr} for a {channels}-channel model"
-        )
+        raise InputError(f"response={kind!r}: PDE {spec.name} has no {attr} for a {channels}-channel model")
     return channel
 
 
@@ -102,20 +68,18 @@ def bra_residual(response, inputs, targets, pred, *, pde: str | None = None) -> 
     function = _obs.resolve(response)
     if function is _obs.smse:
         return smse_residual(pred, targets)
-    for kind in ("mass_drift", "energy_drift"):
+    for kind in ("mass_drift", "energy_drift"):  # r^M / r^E: the relative drift on its channel
         if function is _obs.OBSERVABLES[kind]:
-            return drift_residual(inputs, pred, _conserved_channel(kind, pred.shape[1], pde))
-    per_pixel = pred[0].numel()
-    grad_pred = vmap(torch.func.grad(function, argnums=2))(inputs, targets, pred)
-    return per_pixel * grad_pred
+            channel = _conserved_channel(kind, pred.shape[1], pde)
+            out = torch.zeros_like(pred)
+            out[:, channel] = _obs.relative_drift(inputs, pred, channel)[:, None, None]
+            return out
+    return pred[0].numel() * vmap(torch.func.grad(function, argnums=2))(inputs, targets, pred)
 
 
 def offdiagonal_mass(pi) -> float:
-    """Standardized off-diagonal mass of `pi` `[N, N]` (rows = response):
-    mean_{n != m} |H^(n, m)| / mean_n |H^(n, n)| with H^ = row-standardized H
-    (H(n, m) / std_m' H(n, m'), ddof 1, no centring, the papers' normalisation).
-    0 for a diagonal matrix; 1 when off-diagonal entries are as large as diagonal ones.
-    """
+    """mean_{n != m} |H^(n, m)| / mean_n |H^(n, n)| of `pi` `[N, N]`, H^ row-standardized (by the
+    std over m, ddof 1, no centring): 0 when diagonal, 1 when off-diagonal entries are as large."""
     a = torch.as_tensor(np.asarray(pi), dtype=torch.float64)
     if a.ndim != 2 or a.shape[0] != a.shape[1] or a.shape[0] < 2:
         raise InputError(f"pi: expected a square [N, N] matrix with N >= 2, got shape {tuple(a.shape)}")
@@ -127,23 +91,15 @@ def offdiagonal_mass(pi) -> float:
     return float(off / diag.mean())
 
 
-# --- operator --------------------------------------------------------------------------------
-
 class GaussNewtonOperator:
-    """V `[k, P]` -> J^T J V + damping V `[k, P]` over the whole batch, matrix-free.
-
-    J is block diagonal over examples, so J^T J = sum_n J_n^T J_n: examples are processed in
-    chunks of max(1, pair_budget // k), each with one vmapped JVP (k directions) and one
-    vmapped VJP of those outputs. Never forms P x P or M x M.
-    """
+    """V `[k, P]` -> J^T J V + damping V `[k, P]` over the batch, matrix-free: J^T J = sum_n
+    J_n^T J_n over chunks of max(1, pair_budget // k) examples (one vmapped JVP and VJP each)."""
 
     def __init__(self, model, inputs, params, layout, damping: float, pair_budget: int = PAIR_BUDGET,
                  support: _grad.FuncSupport | None = None):
-        self.model = model
-        self.apply = _grad._model_function(model)
+        self.model, self.apply = model, _grad._model_function(model)
         self.inputs, self.params, self.layout = inputs, params, layout
-        self.damping = float(damping)
-        self.pair_budget = int(pair_budget)
+        self.damping, self.pair_budget = float(damping), int(pair_budget)
         self.support = support if support is not None else _grad.FuncSupport(type(model).__name__)
 
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
@@ -156,9 +112,7 @@ class GaussNewtonOperator:
         return out
 
     def _gauss_newton(self, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """`J_x^T J_x V` `[k, P]` for the examples x `[b, C, H, W]` and directions V `[k, P]`:
-        one vmapped JVP and VJP, or (where torch.func cannot trace the model) the exact
-        fallbacks of `gradients.output_jvps` and a loop of VJPs, with one warning."""
+        """`J_x^T J_x V` `[k, P]` for examples x `[b, C, H, W]` (exact fallbacks where untraceable)."""
         def f(p):
             return self.apply(p, x)
 
@@ -175,37 +129,6 @@ class GaussNewtonOperator:
         return torch.stack([self.layout.flatten(pullback(p)[0]) for p in pushed])
 
 
-# --- restart state -----------------------------------------------------------------------------
-
-def _state_key(inputs, targets, params, damping: float, residual: str, solver: str) -> str:
-    h = hashlib.sha256()
-    for t in (inputs, targets, *params.values()):
-        h.update(str((tuple(t.shape), t.dtype)).encode())
-        h.update(t.detach().contiguous().cpu().numpy().tobytes())
-    h.update(repr((float(damping), residual, solver)).encode())
-    return h.hexdigest()
-
-
-def _load_state(path: Path, key: str) -> dict | None:
-    if not path.exists():
-        return None
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
-        raise InputError(f"state_path={str(path)!r}: not a readable full-space solver state ({exc})") from None
-    if saved.get("key") != key:
-        raise InputError(
-            f"state_path={str(path)!r}: holds the state of another solve (different inputs, targets, "
-            "parameters, damping, residual or solver); delete it or pass another path"
-        )
-    return saved["state"]
-
-
-def _save_state(path: Path, key: str, state: dict) -> None:
-    atomic_write(path, lambda tmp: torch.save({"key": key, "state": state}, tmp))
-
-
-# --- estimator ---------------------------------------------------------------------------------
 
 @dataclass
 class FullSpaceResult(HatResult):
@@ -233,45 +156,100 @@ def _predict(model, inputs, chunk: int = 16) -> torch.Tensor:
 
 def _residual_vjps(model, inputs, residuals, params, layout, support=None) -> torch.Tensor:
     """Rows J_n(x_n)^T r_n `[N, P]` (one VJP per example, vmapped)."""
-    grads, _ = _grad.per_example_gradients(
-        model, inputs, residuals, lambda x, r, pred: (pred * r).sum(),
-        chunk=8, params=params, layout=layout, support=support,
-    )
+    grads, _ = _grad.per_example_gradients(model, inputs, residuals, lambda x, r, pred: (pred * r).sum(),
+                                           chunk=8, params=params, layout=layout, support=support)
     return grads
 
 
-def _check_reference_rtol(reference_rtol, rtol) -> None:
-    """InputError unless `reference_rtol` is None or a number in (0, rtol)."""
+def _solve(operator: GaussNewtonOperator, kets, targets, *, damping, rtol, maxiter, residual, solver,
+           stopping, state_path, checkpoint_every, progress, max_basis):
+    """`CGResult` of (J^T J + damping I) chi_m = g_m for the kets `[N, P]`, resumed from and
+    saved to `state_path` when given; warns when a column did not converge."""
+    path = Path(state_path) if state_path is not None else None
+    key, resume = "", None
+    if path is not None:
+        h = hashlib.sha256()
+        for t in (operator.inputs, targets, *operator.params.values()):
+            h.update(str((tuple(t.shape), t.dtype)).encode())
+            h.update(t.detach().contiguous().cpu().numpy().tobytes())
+        h.update(repr((float(damping), residual, solver)).encode())
+        key = h.hexdigest()
+    if path is not None and path.exists():
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+            raise InputError(f"state_path={str(path)!r}: not a readable full-space solver state "
+                             f"({exc})") from None
+        if saved.get("key") != key:
+            raise InputError(f"state_path={str(path)!r}: holds the state of another solve (different "
+                             "inputs, targets, parameters, damping, residual or solver); delete it or pass "
+                             "another path")
+        resume = saved["state"]
+    column_tol = None
+    if stopping == "authors":
+        norms = kets.to(torch.float64).norm(dim=1)
+        column_tol = float(rtol) * norms.norm() / norms.clamp_min(1e-300)
+    save = lambda s: atomic_write(path, lambda tmp: torch.save({"key": key, "state": s}, tmp))
+    common = {"rtol": float(rtol), "maxiter": maxiter, "resume": resume, "column_tol": column_tol,
+              "checkpoint": save if path is not None else None, "checkpoint_every": checkpoint_every,
+              "progress": progress}
+    if solver == "block":
+        solved = block_galerkin(operator, kets, lower_bound=float(damping), max_basis=max_basis, **common)
+    else:
+        solved = batched_cg(operator, kets, **common)
+    if not bool(solved.converged.all()):
+        bad = int((~solved.converged).sum())
+        warnings.warn(f"full-space solve: {bad} of {kets.shape[0]} right-hand sides did not reach "
+                      f"rtol={rtol} within maxiter={maxiter} (largest relative residual "
+                      f"{float(solved.residual_norms.max()):.3e})", stacklevel=_grad.caller_level())
+    return solved
+
+
+@keeps_model
+def full_space_hat_matrix(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *,
+                          damping: float = 1e-4, rtol: float = 1.5e-2, maxiter: int | None = None,
+                          response=None, response_transform: Callable | None = None,
+                          target_transform: Callable | None = None, residual: str = "smse",
+                          progress: bool = False, state_path: str | Path | None = None,
+                          pde: str | None = None, pair_budget: int = PAIR_BUDGET,
+                          checkpoint_every: int = CHECKPOINT_EVERY,
+                          stopping: str = "per-column", solver: str = "block", max_basis: int | None = None,
+                          reference_rtol: float | None = None) -> FullSpaceResult:
+    """Seed-paper influence matrix H `[N, N]` (rows = response n, columns = perturbation m) of
+    inputs, targets `[N, C, H, W]` (cast to the model dtype); module docstring.
+
+    damping: lambda > 0. rtol, maxiter: per column (maxiter None: DEFAULT_MAXITER). response,
+    response_transform, target_transform: as `hat.hat_matrix`. residual: the ket, "smse" or
+    "mse" (f - y). state_path: iterate state saved every `checkpoint_every` sweeps; a rerun
+    with the same path and inputs resumes. pde: the PDESpec of the mass / energy channels.
+    stopping: "per-column" or "authors" (one absolute threshold rtol ||[g_1 ... g_N]||_F).
+    solver: "block" or "cg" (max_basis: the block basis size, None: from free memory).
+    `.converged` flags unconverged columns (with a warning); `.error_bound` >= |H - H_exact|.
+    reference_rtol: also solve to it; `.attrs["distance_to_reference"]` = max |H - H_ref| / max |H_ref|.
+    """
     if reference_rtol is not None and not (isinstance(reference_rtol, (int, float))
                                            and 0.0 < reference_rtol < rtol):
         raise InputError(f"reference_rtol={reference_rtol!r}: expected a number in (0, rtol={rtol!r})")
-
-
-def _check_solve_options(response, channels: int, pde, *, damping, residual, rtol, stopping, solver,
-                         maxiter) -> tuple[Callable, int]:
-    """`(bra observable, maxiter)` after checking the options of `full_space_hat_matrix` for a
-    model with `channels` channels (maxiter None: DEFAULT_MAXITER); InputError on the first bad one."""
+    _grad.check_model_mode(model)
+    params, layout = _grad.trainable_parameters(model)
+    dtype = _grad.real_dtype(params, layout.complex_names)
+    inputs, targets = _grad.check_batch(inputs, targets, dtype)
     if not (isinstance(damping, (int, float)) and math.isfinite(damping) and damping > 0):
         raise InputError(f"damping={damping!r}: expected a finite number > 0")
     one_of(residual, RESIDUALS, "residual")
     function = _obs.resolve(response)  # unknown names fail before any work
     if function in (_obs.mass_drift, _obs.energy_drift):
-        _conserved_channel(function.__name__, channels, pde)
+        _conserved_channel(function.__name__, inputs.shape[1], pde)
     maxiter = DEFAULT_MAXITER if maxiter is None else maxiter
     check_rtol_maxiter(rtol, maxiter)
     one_of(stopping, STOPPING_RULES, "stopping")
     one_of(solver, SOLVERS, "solver")
-    return function, maxiter
-
-
-def _kets(model, inputs, targets, params, layout, dtype, residual: str):
-    """`(pred [N, C, H, W], losses [N] float64, support, kets [N, P])` of the batch: the
-    predictions, each example's SMSE and the ket rows g_m = J_m^T r_m of the chosen residual
-    (after the memory checks for the N x N and N x P stores). NumericalError on NaN/Inf kets."""
     n = inputs.shape[0]
     _grad.check_memory(3 * n, n, torch.float64, "N x N matrices (Gram, Pi, its error bound)", "inputs")
     _grad.check_memory(3 * n, layout.size, dtype, "kets, bras and solutions (3 N x P)")
     _grad.check_model_output(model, inputs)
+
+    # kets g_m = J_m^T r_m of the chosen residual
     pred = _predict(model, inputs)
     ket_r = smse_residual(pred, targets) if residual == "smse" else pred - targets
     losses = (smse_residual(pred, targets) * (pred - targets)).mean(dim=(1, 2, 3)).to(torch.float64)
@@ -279,171 +257,53 @@ def _kets(model, inputs, targets, params, layout, dtype, residual: str):
     kets = _residual_vjps(model, inputs, ket_r, params, layout, support)  # [N, P] rows g_m
     if not torch.isfinite(kets).all():
         raise NumericalError("full-space solve: the ket gradients J^T r contain NaN or Inf")
-    return pred, losses, support, kets
-
-
-def _solve(operator: GaussNewtonOperator, kets, targets, *, damping, rtol, maxiter, residual, solver,
-           stopping, state_path, checkpoint_every, progress, max_basis):
-    """Solutions chi_m of (J^T J + damping I) chi_m = g_m for the ket rows `kets` `[N, P]`
-    (`CGResult`: x `[N, P]`, per-column iterations, residuals, convergence), resumed from and
-    saved to `state_path` when given; warns when a column did not converge."""
-    path = Path(state_path) if state_path is not None else None
-    key = _state_key(operator.inputs, targets, operator.params, damping, residual, solver) if path is not None else ""
-    resume = _load_state(path, key) if path is not None else None
-    column_tol = None
-    if stopping == "authors":
-        norms = kets.to(torch.float64).norm(dim=1)
-        column_tol = float(rtol) * norms.norm() / norms.clamp_min(1e-300)
-    common = {
-        "rtol": float(rtol), "maxiter": maxiter, "resume": resume, "column_tol": column_tol,
-        "checkpoint": (lambda s: _save_state(path, key, s)) if path is not None else None,
-        "checkpoint_every": checkpoint_every, "progress": progress,
-    }
-    if solver == "block":
-        solved = block_galerkin(operator, kets, lower_bound=float(damping), max_basis=max_basis, **common)
-    else:
-        solved = batched_cg(operator, kets, **common)
-    if not bool(solved.converged.all()):
-        bad = int((~solved.converged).sum())
-        warnings.warn(
-            f"full-space solve: {bad} of {kets.shape[0]} right-hand sides did not reach rtol={rtol} "
-            f"within maxiter={maxiter} (largest relative residual {float(solved.residual_norms.max()):.3e})",
-            stacklevel=_grad.caller_level(),
-        )
-    return solved
-
-
-def _bras(model, function, inputs, targets, pred, kets, params, layout, support, *, residual,
-          response_transform, target_transform, pde):
-    """Bra rows J_n(x'_n)^T r^A_n `[N, P]` of the response `function` at the (transformed)
-    batch x', y' `[N, C, H, W]`; the kets `[N, P]` themselves when the bra is the SMSE ket."""
+    operator = GaussNewtonOperator(model, inputs, params, layout, damping, pair_budget, support)
+    solved = _solve(operator, kets, targets, damping=damping, rtol=rtol, maxiter=maxiter,
+                    residual=residual, solver=solver, stopping=stopping, state_path=state_path,
+                    checkpoint_every=checkpoint_every, progress=progress, max_basis=max_basis)
+    # bras J_n(x'_n)^T r^A_n at the (transformed) batch; the kets when the bra is the SMSE ket
     bra_inputs, bra_targets = inputs, targets
     if response_transform is not None or target_transform is not None:
         bra_inputs, bra_targets = _grad.transformed_batch(inputs, targets, response_transform,
                                                           target_transform)
         pred = _predict(model, bra_inputs)
-    if function is _obs.smse and bra_inputs is inputs and residual == "smse":
-        return kets  # the bra is the ket: r^C at the untransformed batch
-    bra_r = bra_residual(function, bra_inputs, bra_targets, pred, pde=pde)
-    return _residual_vjps(model, bra_inputs, bra_r, params, layout, support)
-
-
-def _influence(bras, kets, solved, damping: float, per_example: int):
-    """`(H [N, N], error bound [N, N])` float64: H(n, m) = b_n . chi_m / (C H W) for bras `[N, P]`
-    and solutions `solved.x` `[N, P]`, and ||b_n|| ||g_m - A chi_m|| / (damping C H W), with
-    per_example = C H W. NumericalError on NaN/Inf in H."""
+    bras = kets
+    if not (function is _obs.smse and bra_inputs is inputs and residual == "smse"):
+        bra_r = bra_residual(function, bra_inputs, bra_targets, pred, pde=pde)
+        bras = _residual_vjps(model, bra_inputs, bra_r, params, layout, support)
+    per_example = inputs[0].numel()  # C H W
     pi = cross_gram(bras, solved.x) / per_example
     if not torch.isfinite(pi).all():
         raise NumericalError("full-space solve: the influence matrix contains NaN or Inf")
     residual_abs = solved.residual_norms * kets.to(torch.float64).norm(dim=1)
     bound = bras.to(torch.float64).norm(dim=1)[:, None] * residual_abs[None, :] / (damping * per_example)
-    return pi, bound
-
-
-def _ket_spectrum(kets) -> tuple[torch.Tensor, int]:
-    """`(singular values [N] float64, descending, numerical rank)` of the ket rows `[N, P]`."""
     gram = cross_gram(kets, kets)
     singular = torch.linalg.eigvalsh(0.5 * (gram + gram.T)).flip(0).clamp_min(0).sqrt()
     numerical_rank = int((singular > singular[0] * len(singular) * 1e-8).sum()) if singular[0] > 0 else 0
-    return singular, numerical_rank
-
-
-@keeps_model
-def full_space_hat_matrix(
-    model: torch.nn.Module,
-    inputs: torch.Tensor,
-    targets: torch.Tensor,
-    *,
-    damping: float = 1e-4,
-    rtol: float = 1.5e-2,
-    maxiter: int | None = None,
-    response=None,
-    response_transform: Callable | None = None,
-    target_transform: Callable | None = None,
-    residual: str = "smse",
-    progress: bool = False,
-    state_path: str | Path | None = None,
-    pde: str | None = None,
-    pair_budget: int = PAIR_BUDGET,
-    checkpoint_every: int = CHECKPOINT_EVERY,
-    stopping: str = "per-column",
-    solver: str = "block",
-    max_basis: int | None = None,
-    reference_rtol: float | None = None,
-) -> FullSpaceResult:
-    """Seed-paper influence matrix H `[N, N]` (rows = response n, columns = perturbation m;
-    the formulas, bras and solvers: the module docstring).
-
-    inputs, targets `[N, C, H, W]` (cast to the model dtype). damping: lambda (> 0). rtol: the
-    relative residual per column; maxiter: iterations per column (None: DEFAULT_MAXITER; for
-    solver="block" the sweeps a column takes part in). response, response_transform,
-    target_transform: as `hat.hat_matrix`. residual: the ket, "smse" (r^C) or "mse" (f - y).
-    state_path: file of the iterate state, saved atomically every `checkpoint_every` sweeps
-    and at the end; a rerun with the same path, batch, parameters, damping and residual
-    resumes (a finished state is reused, e.g. for another bra). pde: the PDESpec of the mass /
-    energy channels (default: the unique spec with that channel count and such a channel).
-    stopping: "per-column" (||g_m - A chi_m|| <= rtol ||g_m||) or "authors" (the paper's code:
-    one absolute threshold rtol ||[g_1 ... g_N]||_F for every column, its craigmr atol).
-    solver: "block" (`block_krylov`) or "cg" (`krylov.batched_cg`); max_basis: directions the
-    block solver keeps before restarting (None: from free memory). Unconverged columns are
-    flagged in `.converged` and warned about. `.error_bound` `[N, N]`: |H - H_exact| <=
-    ||b_n|| ||g_m - A chi_m|| / (damping C H W) (A >= damping I; loose for small damping).
-    reference_rtol: also solve to this tighter tolerance and report
-    `.attrs["distance_to_reference"]` = max |H - H_ref| / max |H_ref| (twice the work or more).
-    """
-    _check_reference_rtol(reference_rtol, rtol)
-    _grad.check_model_mode(model)
-    params, layout = _grad.trainable_parameters(model)
-    dtype = _grad.real_dtype(params, layout.complex_names)
-    inputs, targets = _grad.check_batch(inputs, targets, dtype)
-    function, maxiter = _check_solve_options(
-        response, inputs.shape[1], pde, damping=damping, residual=residual, rtol=rtol,
-        stopping=stopping, solver=solver, maxiter=maxiter)
-
-    pred, losses, support, kets = _kets(model, inputs, targets, params, layout, dtype, residual)
-    operator = GaussNewtonOperator(model, inputs, params, layout, damping, pair_budget, support)
-    solved = _solve(operator, kets, targets, damping=damping, rtol=rtol, maxiter=maxiter,
-                    residual=residual, solver=solver, stopping=stopping, state_path=state_path,
-                    checkpoint_every=checkpoint_every, progress=progress, max_basis=max_basis)
-    bras = _bras(model, function, inputs, targets, pred, kets, params, layout, support,
-                 residual=residual, response_transform=response_transform,
-                 target_transform=target_transform, pde=pde)
-    pi, bound = _influence(bras, kets, solved, damping, inputs[0].numel())
-    singular, numerical_rank = _ket_spectrum(kets)
 
     name = response if isinstance(response, str) else getattr(response, "__name__", "smse")
     result = FullSpaceResult(
-        pi=pi, rank=numerical_rank, eta_eigenvalues=torch.zeros(0, dtype=torch.float64),
-        losses=losses, singular_values=singular, metric="gauss-newton", damping=float(damping),
-        energy_tol=0.0, response=name or "smse",
+        pi, numerical_rank, torch.zeros(0, dtype=torch.float64), losses, singular, "gauss-newton",
+        float(damping), 0.0, response=name or "smse",
         attrs={"estimator": "full-space", "rtol": float(rtol), "residual": residual, "solver": solver},
         iterations=solved.iterations, matvecs=solved.matvecs, sweeps=solved.sweeps,
         residual_norms=solved.residual_norms, converged=solved.converged, rtol=float(rtol),
-        residual=residual, chi=solved.x, error_bound=bound,
-    )
+        residual=residual, chi=solved.x, error_bound=bound)
     if reference_rtol is not None:
-        _compare_with_reference(result, model, inputs, targets, reference_rtol, damping=damping,
-                                maxiter=maxiter, response=response, response_transform=response_transform,
-                                target_transform=target_transform, residual=residual, pde=pde,
-                                pair_budget=pair_budget, stopping=stopping, solver=solver, max_basis=max_basis)
+        reference = full_space_hat_matrix.__wrapped__(
+            model, inputs, targets, rtol=reference_rtol, damping=damping, maxiter=maxiter, response=response,
+            response_transform=response_transform, target_transform=target_transform, residual=residual,
+            pde=pde, pair_budget=pair_budget, stopping=stopping, solver=solver, max_basis=max_basis)
+        scale = float(reference.pi.abs().max())
+        distance = float((result.pi - reference.pi).abs().max()) / scale if scale > 0 else 0.0
+        result.attrs.update({"reference_rtol": float(reference_rtol), "distance_to_reference": distance,
+                             "reference_converged": bool(reference.converged.all())})
     return result
 
 
-def _compare_with_reference(result: FullSpaceResult, model, inputs, targets, reference_rtol, **kwargs) -> None:
-    """Solve again to `reference_rtol` and record the distance of `result.pi` to that H."""
-    reference = full_space_hat_matrix.__wrapped__(model, inputs, targets, rtol=reference_rtol, **kwargs)
-    scale = float(reference.pi.abs().max())
-    distance = float((result.pi - reference.pi).abs().max()) / scale if scale > 0 else 0.0
-    result.attrs.update({"reference_rtol": float(reference_rtol), "distance_to_reference": distance,
-                         "reference_converged": bool(reference.converged.all())})
-
-
 def lambda_sweep(model, inputs, targets, lambdas, rtol: float = 1.5e-2, **kwargs):
-    """Full-space H for each damping in `lambdas`: xarray Dataset with dim `lambda`.
-
-    Variables: pi (lambda, n_resp, n_pert) raw H; offdiagonal_mass (lambda); max_residual,
-    iterations_max, matvecs (lambda). kwargs go to `full_space_hat_matrix` (not state_path).
-    """
+    """xr.Dataset over `lambda` (the dampings): pi (raw H), offdiagonal_mass, max_residual,
+    iterations_max, matvecs; kwargs go to `full_space_hat_matrix` (not state_path)."""
     import xarray as xr
 
     values = [float(v) for v in np.atleast_1d(np.asarray(lambdas, dtype=float))]
@@ -453,14 +313,11 @@ def lambda_sweep(model, inputs, targets, lambdas, rtol: float = 1.5e-2, **kwargs
         raise InputError("state_path: not supported by lambda_sweep (one state per damping)")
     results = [full_space_hat_matrix(model, inputs, targets, damping=v, rtol=rtol, **kwargs) for v in values]
     n = results[0].pi.shape[0]
-    return xr.Dataset(
-        {
-            "pi": (("lambda", "n_resp", "n_pert"), np.stack([r.pi.numpy() for r in results])),
+    data = {"pi": (("lambda", "n_resp", "n_pert"), np.stack([r.pi.numpy() for r in results])),
             "offdiagonal_mass": ("lambda", np.array([offdiagonal_mass(r.pi) for r in results])),
             "max_residual": ("lambda", np.array([float(r.residual_norms.max()) for r in results])),
             "iterations_max": ("lambda", np.array([int(r.iterations.max()) for r in results])),
-            "matvecs": ("lambda", np.array([r.matvecs for r in results])),
-        },
-        coords={"lambda": values, "n_resp": np.arange(n), "n_pert": np.arange(n)},
-        attrs={"estimator": "full-space", "rtol": float(rtol), "residual": kwargs.get("residual", "smse")},
-    )
+            "matvecs": ("lambda", np.array([r.matvecs for r in results]))}
+    return xr.Dataset(data, coords={"lambda": values, "n_resp": np.arange(n), "n_pert": np.arange(n)},
+                      attrs={"estimator": "full-space", "rtol": float(rtol),
+                             "residual": kwargs.get("residual", "smse")})

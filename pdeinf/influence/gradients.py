@@ -1,24 +1,10 @@
-"""Per-example gradients and forward-mode output JVPs of any `nn.Module [B,C,H,W] -> [B,C,H,W]`.
-
-The model is evaluated functionally (`torch.func.functional_call`) on a dict of its trainable
-parameters, so the same code serves the gradients (reverse mode, `vmap(grad)`) and the
-Jacobian-vector products of the outputs (forward mode, `vmap(jvp)`). Flat vectors follow the
-order of `model.named_parameters()` restricted to parameters with `requires_grad`; this is also
-the order in which an optimizer built from `model.parameters()` indexes its state.
-
-Complex parameters (e.g. the spectral weights of a Fourier neural operator) are handled as
-their real and imaginary parts, which is what an optimizer steps on: a complex entry counts as
-two real parameters, laid out as `torch.view_as_real` does ([..., 2] = (re, im)). The gradient
-of a real scalar with respect to them is (d/d re, d/d im). Inputs are never made complex.
-
-What `vmap` cannot trace (in-place writes into a preallocated buffer, data-dependent control
-flow, ops without batching rules) is detected when it fails and computed by an exact slower
-path instead (a loop over examples with torch.autograd; a loop over tangents with jvp, or the
-double-backward trick where forward mode is missing), with one warning per `FuncSupport`.
+"""Per-example gradients and forward-mode output JVPs of any `nn.Module [B,C,H,W] -> [B,C,H,W]`,
+evaluated functionally on its trainable parameters (flat in `model.named_parameters()` order;
+complex ones as their (re, im) parts, as `torch.view_as_real`). What `vmap` cannot trace runs
+in an exact slower path, with one warning per `FuncSupport`.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import sys
@@ -28,16 +14,12 @@ from dataclasses import dataclass, field
 
 import torch
 from torch.func import grad, jvp, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from pdeinf.errors import InputError, NumericalError
 from pdeinf.influence.untouched import parameter_slots, swap_parameters
 
-#: per-example scalar function (input [C,H,W], target [C,H,W], prediction [C,H,W]) -> scalar
-ExampleFunction = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-
-#: Errors by which torch.func says it cannot trace a model (vmap batching rules, in-place
-#: writes into unbatched tensors, missing forward-mode formulas). Anything else propagates.
-TRACE_ERRORS = (RuntimeError, NotImplementedError)
+TRACE_ERRORS = (RuntimeError, NotImplementedError)  # torch.func cannot trace the model
 
 #: Module types whose forward depends on train/eval mode (stochastic or batch statistics).
 _MODE_DEPENDENT = (
@@ -51,11 +33,8 @@ _MODE_DEPENDENT = (
 
 @dataclass(frozen=True)
 class ParameterLayout:
-    """Names, real shapes and flat offsets of the trainable parameters (P = `size` reals).
-
-    A complex parameter of shape s appears with the real shape (*s, 2) (re, im) and 2 numel(s)
-    entries; its name is in `complex_names`.
-    """
+    """Names, real shapes and flat offsets of the trainable parameters (P = `size` reals); a
+    complex parameter of shape s has the real shape (*s, 2) and its name in `complex_names`."""
 
     names: tuple[str, ...]
     shapes: tuple[torch.Size, ...]
@@ -74,11 +53,11 @@ class ParameterLayout:
 
     def flatten(self, tensors: dict[str, torch.Tensor], lead_dims: int = 0) -> torch.Tensor:
         """{name: `[..., *shape]`} -> `[..., P]` (the inverse of `unflatten`)."""
-        parts = []
-        for n in self.names:
-            t = tensors[n]
-            parts.append(t.reshape(*t.shape[:lead_dims], -1))
-        return torch.cat(parts, dim=-1)
+        return torch.cat([tensors[n].reshape(*tensors[n].shape[:lead_dims], -1) for n in self.names], dim=-1)
+
+
+def _real_views(named) -> dict[str, torch.Tensor]:
+    return {n: (torch.view_as_real(p.detach()) if p.is_complex() else p.detach()) for n, p in named}
 
 
 def trainable_parameters(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], ParameterLayout]:
@@ -86,14 +65,10 @@ def trainable_parameters(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not named:
         raise InputError("model: it has no trainable parameters (requires_grad=True)")
-    params = {n: (torch.view_as_real(p.detach()) if p.is_complex() else p.detach()) for n, p in named}
-    layout = ParameterLayout(
-        names=tuple(n for n, _ in named),
-        shapes=tuple(params[n].shape for n, _ in named),
-        numels=tuple(params[n].numel() for n, _ in named),
-        complex_names=frozenset(n for n, p in named if p.is_complex()),
-    )
-    return params, layout
+    params = _real_views(named)
+    return params, ParameterLayout(tuple(params), tuple(t.shape for t in params.values()),
+                                   tuple(t.numel() for t in params.values()),
+                                   frozenset(n for n, p in named if p.is_complex()))
 
 
 def real_dtype(params: dict[str, torch.Tensor], complex_names: frozenset = frozenset()) -> torch.dtype:
@@ -105,29 +80,22 @@ def real_dtype(params: dict[str, torch.Tensor], complex_names: frozenset = froze
         raise InputError(f"model: trainable parameters {odd} are not floating point")
     common = max(set(dtypes), key=dtypes.count)
     if len(set(dtypes)) > 1:
-        odd = [f"{n} ({_stored_dtype(n, t, complex_names)})" for n, t in params.items() if t.dtype != common]
-        raise InputError(
-            f"model: parameters of another precision than the other {str(common).replace('torch.', '')} "
-            f"ones: {', '.join(odd[:5])}{' ...' if len(odd) > 5 else ''}; convert them too (`.double()` "
-            "leaves complex parameters as they are: `p.data = p.data.to(torch.complex128)`)"
-        )
+        # the dtype as the model stores it (complex ones are (re, im) views here)
+        odd = [(n, torch.complex(t[..., :1], t[..., :1]).dtype if n in complex_names else t.dtype)
+               for n, t in params.items() if t.dtype != common]
+        odd = [f"{n} ({str(d).replace('torch.', '')})" for n, d in odd]
+        raise InputError(f"model: parameters of another precision than the other "
+                         f"{str(common).replace('torch.', '')} ones: {', '.join(odd[:5])}"
+                         f"{' ...' if len(odd) > 5 else ''}; convert them too (`.double()` leaves complex "
+                         "parameters as they are: `p.data = p.data.to(torch.complex128)`)")
     return common
 
 
-def _stored_dtype(name: str, tensor: torch.Tensor, complex_names: frozenset) -> str:
-    """The dtype of a parameter as the model stores it (complex ones are (re, im) views here)."""
-    if name in complex_names:
-        return str(torch.complex(tensor[..., :1], tensor[..., :1]).dtype).replace("torch.", "")
-    return str(tensor.dtype).replace("torch.", "")
-
-
 def cast_to_model(model: torch.nn.Module, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """The dtype policy of every public function: real floating inputs are cast to the model's
-    real dtype (that of its floating parameters, complex ones counted by their real parts);
-    a model whose floating parameters disagree is refused (`real_dtype`), one without
-    floating parameters keeps the inputs' dtype."""
-    named = {n: (torch.view_as_real(p.detach()) if p.is_complex() else p.detach())
-             for n, p in model.named_parameters() if p.is_floating_point() or p.is_complex()}
+    """`tensors` with the real floating ones cast to the model's real dtype (`real_dtype` of its
+    floating parameters); unchanged for a model without floating parameters."""
+    named = _real_views((n, p) for n, p in model.named_parameters()
+                        if p.is_floating_point() or p.is_complex())
     if not named:
         return tensors
     complex_names = frozenset(n for n, p in model.named_parameters() if p.is_complex())
@@ -138,10 +106,8 @@ def cast_to_model(model: torch.nn.Module, *tensors: torch.Tensor) -> tuple[torch
 def check_model_mode(model: torch.nn.Module) -> None:
     """Refuse modules whose forward depends on train mode (dropout, batch statistics)."""
     if not isinstance(model, torch.nn.Module):
-        raise InputError(
-            f"model: expected a torch.nn.Module mapping [B, C, H, W] -> [B, C, H, W], got "
-            f"{type(model).__name__} (wrap a function in an nn.Module holding its parameters)"
-        )
+        raise InputError(f"model: expected a torch.nn.Module mapping [B, C, H, W] -> [B, C, H, W], got "
+                         f"{type(model).__name__} (wrap a function in an nn.Module holding its parameters)")
     for name, module in model.named_modules():
         if isinstance(module, _MODE_DEPENDENT) and module.training:
             if isinstance(module, torch.nn.modules.instancenorm._InstanceNorm) and not module.track_running_stats:
@@ -150,17 +116,9 @@ def check_model_mode(model: torch.nn.Module) -> None:
                     and not float(getattr(module, "p", getattr(module, "dropout", 0.0)) or 0.0) > 0.0:
                 continue  # dropout probability 0: the identity in both modes
             kind = "BatchNorm" if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) else type(module).__name__
-            raise InputError(
-                f"model: {kind} module {name or type(model).__name__!r} is in train mode; call "
-                "model.eval() first (per-example gradients are defined for a deterministic forward "
-                "with frozen statistics)"
-            )
-
-
-def likely_channels_last(shape) -> bool:
-    """Whether a `[N, C, H, W]` shape looks like a channels-last `[N, H, W, C]` batch: C equal
-    to H, at least 8, and a last axis of at most 4 entries (a field's components)."""
-    return len(shape) == 4 and shape[1] == shape[2] >= 8 and shape[3] <= 4
+            raise InputError(f"model: {kind} module {name or type(model).__name__!r} is in train mode; call "
+                             "model.eval() first (per-example gradients are defined for a deterministic "
+                             "forward with frozen statistics)")
 
 
 def dry_forward(model: torch.nn.Module, x: torch.Tensor, hooks=()) -> torch.Tensor:
@@ -179,16 +137,14 @@ def dry_forward(model: torch.nn.Module, x: torch.Tensor, hooks=()) -> torch.Tens
 
 
 def check_model_output(model: torch.nn.Module, inputs: torch.Tensor) -> None:
-    """One forward on the first example, before any work: the layout `[N, C, H, W]` (a
-    channels-last batch named as such), the channels the model's first layer takes, and real
-    outputs `[1, C, H, W]` like the inputs."""
+    """One forward on the first example; InputError for a channels-last batch, a channel count the
+    model's first layer does not take, or outputs other than real `[1, C, H, W]` like the inputs."""
     name = type(model).__name__
     shape = tuple(inputs.shape)
-    if likely_channels_last(shape):
-        raise InputError(
-            f"inputs: shape {shape} looks channels-last [N, H, W, C]; expected [N, C, H, W] "
-            "(pass inputs.permute(0, 3, 1, 2))"
-        )
+    # channels-last [N, H, W, C]: C equal to H, at least 8, and a last axis of a field's components
+    if len(shape) == 4 and shape[1] == shape[2] >= 8 and shape[3] <= 4:
+        raise InputError(f"inputs: shape {shape} looks channels-last [N, H, W, C]; expected [N, C, H, W] "
+                         "(pass inputs.permute(0, 3, 1, 2))")
     seen: list = []  # the first sub-module with `in_channels` that the forward calls
 
     def first(module, args, name):
@@ -202,11 +158,9 @@ def check_model_output(model: torch.nn.Module, inputs: torch.Tensor) -> None:
     except (RuntimeError, ValueError, IndexError, TypeError) as err:
         if seen and seen[0][1].in_channels != shape[1]:
             layer, module = seen[0]
-            raise InputError(
-                f"inputs: {shape[1]} channels, but the model's first layer {layer!r} "
-                f"({type(module).__name__}) takes {module.in_channels}; expected "
-                f"[N, {module.in_channels}, H, W]"
-            ) from None
+            raise InputError(f"inputs: {shape[1]} channels, but the model's first layer {layer!r} "
+                             f"({type(module).__name__}) takes {module.in_channels}; expected "
+                             f"[N, {module.in_channels}, H, W]") from None
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         raise InputError(f"model: {name} fails on one example of shape {(1, *shape[1:])}: {reason}") from err
     if not isinstance(out, torch.Tensor):
@@ -217,10 +171,9 @@ def check_model_output(model: torch.nn.Module, inputs: torch.Tensor) -> None:
         detail = ""
         if out.ndim == 4 and out.shape[-2:] == inputs.shape[-2:]:
             detail = f" ({out.shape[1]} output channels for {inputs.shape[1]} input channels)"
-        raise InputError(
-            f"model: {name} maps inputs {tuple(inputs[:1].shape)} to outputs {tuple(out.shape)}{detail}; "
-            "expected [B, C, H, W] -> [B, C, H, W] with the inputs' shape"
-        )
+        raise InputError(f"model: {name} maps inputs {tuple(inputs[:1].shape)} to outputs "
+                         f"{tuple(out.shape)}{detail}; expected [B, C, H, W] -> [B, C, H, W] with the "
+                         "inputs' shape")
 
 
 def check_batch(inputs, targets, dtype, names=("inputs", "targets")) -> tuple[torch.Tensor, torch.Tensor]:
@@ -247,8 +200,8 @@ def check_callable(value, name: str) -> None:
 
 
 def transformed_batch(inputs, targets, transform, target_transform) -> tuple[torch.Tensor, torch.Tensor]:
-    """`(transform(inputs), target_transform(targets))` `[N, C, H, W]` (a None transform leaves its
-    tensor as it is; target_transform None: `transform` for both), checked like the batch."""
+    """`(transform(inputs), target_transform(targets))` `[N, C, H, W]` (None leaves its tensor;
+    target_transform None: `transform` for both), checked like the batch."""
     check_callable(transform, "response_transform")
     check_callable(target_transform, "target_transform")
     target_transform = target_transform if target_transform is not None else transform
@@ -256,16 +209,14 @@ def transformed_batch(inputs, targets, transform, target_transform) -> tuple[tor
     y = targets if target_transform is None else target_transform(targets)
     x, y = check_batch(x, y, inputs.dtype, ("response_transform(inputs)", "target_transform(targets)"))
     if x.shape[0] != inputs.shape[0]:
-        raise InputError(
-            f"response_transform: returned {x.shape[0]} examples for {inputs.shape[0]}; "
-            "a transform must act on each example"
-        )
+        raise InputError(f"response_transform: returned {x.shape[0]} examples for {inputs.shape[0]}; "
+                         "a transform must act on each example")
     return x, y
 
 
 def available_memory(device: torch.device | str | None = None) -> int | None:
-    """Bytes of memory available to this process now on `device` (None when it cannot be told):
-    a CUDA device's own free memory, the host's otherwise."""
+    """Bytes of memory available now on `device` (a CUDA device's own, the host's otherwise);
+    None when it cannot be told."""
     if device is not None and torch.device(device).type == "cuda":
         return int(torch.cuda.mem_get_info(torch.device(device))[0])
     try:
@@ -285,23 +236,14 @@ def check_memory(rows: int, columns: int, dtype: torch.dtype, what: str, subject
     need = rows * columns * torch.empty(0, dtype=dtype).element_size()
     have = available_memory()
     if have is not None and need > have:
-        raise InputError(
-            f"{subject}: the {what} ({rows} x {columns} {str(dtype).replace('torch.', '')}) needs "
-            f"{need / 2**30:.2f} GiB, more than the {have / 2**30:.2f} GiB of memory available; "
-            "use fewer examples or a smaller model"
-        )
+        raise InputError(f"{subject}: the {what} ({rows} x {columns} {str(dtype).replace('torch.', '')}) "
+                         f"needs {need / 2**30:.2f} GiB, more than the {have / 2**30:.2f} GiB of memory "
+                         "available; use fewer examples or a smaller model")
 
 
 def math_attention():
-    """Context in which scaled-dot-product attention uses the math kernel.
-
-    The fused CPU kernels have no forward-mode derivative on torch 2.13, so the JVPs of a ViT
-    raise NotImplementedError without it; the math kernel is exact (same numbers to rounding).
-    """
-    try:
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-    except ImportError:  # older torch: no choice to make
-        return contextlib.nullcontext()
+    """Context in which scaled-dot-product attention uses the exact math kernel (the fused CPU
+    kernels have no forward-mode derivative on torch 2.13)."""
     return sdpa_kernel(SDPBackend.MATH)
 
 
@@ -314,19 +256,14 @@ class FuncSupport:
     vmap_jvp: bool = True
     forward_mode: bool = True
     warned: bool = False
-    reasons: list = field(default_factory=list)
 
     def fall_back(self, stage: str, err: Exception) -> None:
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        reason = reason.split(". ")[0][:160]
-        self.reasons.append(f"{stage}: {reason}")
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0][:160]
         if not self.warned:
             self.warned = True
-            warnings.warn(
-                f"pdeinf: torch.func cannot trace {self.model_name} ({stage}: {reason}); using an "
-                "exact per-example loop instead (slower)",
-                RuntimeWarning, stacklevel=caller_level(),
-            )
+            warnings.warn(f"pdeinf: torch.func cannot trace {self.model_name} ({stage}: {reason}); using an "
+                          "exact per-example loop instead (slower)",
+                          RuntimeWarning, stacklevel=caller_level())
 
 
 def caller_level() -> int:
@@ -338,13 +275,9 @@ def caller_level() -> int:
     return level
 
 
-def _model_function(model: torch.nn.Module, layout: ParameterLayout | None = None):
-    """`apply(params, x)`: the module on a real parameter dict (complex ones as (re, im) views).
-
-    The complex names come from the module itself, so callers without a layout work too. The
-    parameters are swapped into every slot that holds them (`untouched.swap_parameters`: modules
-    used twice and tied weights) and the original objects put back after each call.
-    """
+def _model_function(model: torch.nn.Module):
+    """`apply(params, x)`: the module on a real parameter dict (complex ones as (re, im) views),
+    swapped into every slot that holds them (`untouched.swap_parameters`) for each call."""
     complex_names = frozenset(n for n, p in model.named_parameters() if p.is_complex())
     slots = parameter_slots(model)
 
@@ -360,50 +293,30 @@ def _model_function(model: torch.nn.Module, layout: ParameterLayout | None = Non
     return apply
 
 
-def _loop_gradients(apply, params, layout, function, inputs, targets, out, values, rows):
-    """Exact reverse-mode fallback: one torch.autograd.grad per example."""
-    for i in range(rows.start, rows.stop):
-        leaves = {n: t.detach().clone().requires_grad_(True) for n, t in params.items()}
-        with torch.enable_grad():
-            pred = apply(leaves, inputs[i:i + 1]).squeeze(0)
-            val = function(inputs[i], targets[i], pred)
-            grads = torch.autograd.grad(val, [leaves[n] for n in layout.names], allow_unused=True)
-        offset = 0
-        for g, numel in zip(grads, layout.numels):
-            out[i, offset:offset + numel] = 0.0 if g is None else g.reshape(-1)
-            offset += numel
-        values[i] = val.detach()
-
-
-def per_example_gradients(
-    model: torch.nn.Module,
-    inputs: torch.Tensor,
-    targets: torch.Tensor,
-    function: ExampleFunction,
-    *,
-    chunk: int | None = 16,
-    params: dict[str, torch.Tensor] | None = None,
-    layout: ParameterLayout | None = None,
-    support: FuncSupport | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradients of `function(x_n, y_n, f(x_n))` with respect to the trainable parameters.
-
-    inputs, targets: `[N, C, H, W]`. Returns `(G [N, P], values [N])` in the parameters' real
-    dtype. `chunk` examples are vmapped at once (None = all N at once); memory grows with it.
-    """
+def per_example_gradients(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
+                          function: Callable, *, chunk: int | None = 16,
+                          params: dict[str, torch.Tensor] | None = None,
+                          layout: ParameterLayout | None = None,
+                          support: FuncSupport | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(G [N, P], values [N])` in the parameters' dtype: gradients of the scalar `function(x_n [C,H,W],
+    y_n, f(x_n))` for inputs, targets `[N, C, H, W]`, `chunk` examples per vmapped call (None: all)."""
     if params is None or layout is None:
         params, layout = trainable_parameters(model)
     support = support if support is not None else FuncSupport(type(model).__name__)
-    apply = _model_function(model, layout)
+    apply = _model_function(model)
 
     def value(p, x, y):
         pred = apply(p, x.unsqueeze(0)).squeeze(0)
         out = function(x, y, pred)
         return out, out
 
-    # Chunks are written straight into one [N, P] buffer: vmap's own `chunk_size` would
-    # concatenate the chunks per parameter and `flatten` would copy again (two extra,
-    # short-lived N x P copies).
+    def store(rows, grads):  # per-parameter gradients [b, ...] (None: unused) into out[rows]
+        offset = 0
+        for g, numel in zip(grads, layout.numels):
+            out[rows, offset:offset + numel] = 0.0 if g is None else g.reshape(rows.stop - rows.start, numel)
+            offset += numel
+
+    # Chunks go straight into one [N, P] buffer (vmap's `chunk_size` and `flatten` would copy).
     grad_fn = vmap(grad(value, has_aux=True), in_dims=(None, 0, 0))
     n = inputs.shape[0]
     step = n if chunk is None else chunk
@@ -420,14 +333,18 @@ def per_example_gradients(
                     support.vmap_grad = False
                     support.fall_back("vmap(grad)", err)
                 else:
-                    offset = 0
-                    for name, numel in zip(layout.names, layout.numels):
-                        out[rows, offset:offset + numel] = grads[name].reshape(rows.stop - rows.start, numel)
-                        offset += numel
+                    store(rows, [grads[name] for name in layout.names])
                     values[rows] = vals.detach()
                     del grads
                     continue
-            _loop_gradients(apply, params, layout, function, inputs, targets, out, values, rows)
+            for i in range(rows.start, rows.stop):  # exact fallback: one autograd.grad per example
+                leaves = {n: t.detach().clone().requires_grad_(True) for n, t in params.items()}
+                with torch.enable_grad():
+                    pred = apply(leaves, inputs[i:i + 1]).squeeze(0)
+                    val = function(inputs[i], targets[i], pred)
+                    grads = torch.autograd.grad(val, [leaves[n] for n in layout.names], allow_unused=True)
+                store(slice(i, i + 1), grads)
+                values[i] = val.detach()
     return out, values
 
 
@@ -447,26 +364,15 @@ def double_backward_jvp(function, primals: list, tangents: list) -> torch.Tensor
     return torch.zeros_like(out).detach() if jv is None else jv.detach()
 
 
-def output_jvps(
-    model: torch.nn.Module,
-    inputs: torch.Tensor,
-    tangents: torch.Tensor,
-    *,
-    params: dict[str, torch.Tensor] | None = None,
-    layout: ParameterLayout | None = None,
-    vmap_tangents: bool = True,
-    support: FuncSupport | None = None,
-) -> torch.Tensor:
-    """Forward-mode products of the outputs with parameter directions.
-
-    inputs `[B, C, H, W]`, tangents `[K, P]` -> `[K, B, C, H, W]`, entry k = J(inputs) tangent_k.
-    With `vmap_tangents` the K tangents go through one vmapped jvp, otherwise a Python loop
-    (also the fallback when vmap fails; without forward mode, the double-backward trick).
-    """
+def output_jvps(model: torch.nn.Module, inputs: torch.Tensor, tangents: torch.Tensor, *,
+                params: dict[str, torch.Tensor] | None = None, layout: ParameterLayout | None = None,
+                vmap_tangents: bool = True, support: FuncSupport | None = None) -> torch.Tensor:
+    """`[K, B, C, H, W]`, entry k = J(inputs) tangent_k, for inputs `[B, C, H, W]`, tangents `[K, P]`:
+    one vmapped jvp (`vmap_tangents`) or a loop (also the fallbacks, then double backward)."""
     if params is None or layout is None:
         params, layout = trainable_parameters(model)
     support = support if support is not None else FuncSupport(type(model).__name__)
-    apply = _model_function(model, layout)
+    apply = _model_function(model)
 
     def push(tangent_flat: torch.Tensor) -> torch.Tensor:
         tangent = layout.unflatten(tangent_flat)
@@ -485,6 +391,7 @@ def output_jvps(
             except TRACE_ERRORS as err:
                 support.forward_mode = False
                 support.fall_back("jvp", err)
+
         def forward(*values):
             return apply(dict(zip(layout.names, values)), inputs)
 
@@ -498,7 +405,5 @@ def check_finite(grads: torch.Tensor, what: str) -> None:
     bad = ~torch.isfinite(grads).all(dim=-1)
     if bool(bad.any()):
         first = int(bad.nonzero()[0, 0])
-        raise NumericalError(
-            f"{what}: per-example gradients contain NaN or Inf ({int(bad.sum())} of "
-            f"{grads.shape[0]} examples, first n = {first})"
-        )
+        raise NumericalError(f"{what}: per-example gradients contain NaN or Inf ({int(bad.sum())} of "
+                             f"{grads.shape[0]} examples, first n = {first})")

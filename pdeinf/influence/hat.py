@@ -1,42 +1,9 @@
-"""The influence ("hat") matrix of one batch at one checkpoint (docs/method.md section 4).
-
-Steps, for N examples and P trainable parameters (`HatEngine` caches each so that several
-variants of one batch share the expensive parts):
-
-1. Per-example SMSE gradients `G` (`[N, P]`, rows g_n) with torch.func `vmap(grad)`, chunked.
-2. Basis of the gradient span from the N x N Gram matrix `K = G G^T = V S^2 V^T` (float64
-   eigh) instead of an SVD of the P x N matrix: P >> N (1e4..1e7 against 48), so the Gram is
-   one BLAS-3 product (N^2 P flops, no P x N copy or QR of a tall matrix) and its eigh is
-   48 x 48. The price is accuracy for singular values below sqrt(eps) s_1. The default keeps
-   every direction above rounding level of the Gram (energy_tol = 0: Pi is exact); with
-   energy_tol > 0 the rank r is the smallest with sum_{i<=r} s_i^2 / sum s_i^2 >= 1 - tol, and
-   the result reports what was cut (`cut_report`). That change to Pi is NOT bounded by the
-   energy: a direction with little gradient energy can carry a small metric eigenvalue, and
-   its term in Pi grows as s_i^2 / eigenvalue (docs/models.md).
-   The basis Q = G^T V_r S_r^{-1} (P x r) is never stored; the gradients in the basis are
-   `Gp = S_r V_r^T`.
-3. `JQ = (J G^T) V_r S_r^{-1}`: forward-mode JVPs of the raw model outputs along the N stored
-   gradient rows (vmapped over them), `jvp_chunk` examples per call; each example block's
-   rows of JQ are formed in float64 and accumulated into the Gram `(JQ)^T (JQ)`.
-4. `eta = (JQ)^T (JQ) / M + damping I` with M = N*C*H*W: the Gauss-Newton matrix of a plain
-   mean squared error of the raw outputs (not of SMSE, whose per-channel scales would weight
-   the outputs), exactly as in docs/method.md section 4.
-5. `Pi = Gp^T eta^{-1} Gp` via the eigendecomposition of the r x r metric (eta^{-1/2} applied
-   to Gp, then a product A^T A): symmetric positive semi-definite by construction.
-
-Variants: metric "euclidean" (`Pi = G G^T`, no truncation) and "adam" (`Pi = R D G^T` with the
-Adam preconditioner D of the checkpoint's optimizer state, see `adam_preconditioner`).
-
-Bras other than the SMSE gradients (a response observable O, e.g. a mass drift, and/or the
-SMSE at transformed inputs and targets (g.x_n, g.y_n) for orbit influence), rows R = grad O_n:
-- `bra_basis="joint"` (the follow-up's recipe, default): the basis is that of the joint rows
-  `[G; R]` (2N x 2N Gram, same energy cut), ket coordinates `Gp`, bra coordinates `Bp` (both
-  `S V^T`, split), `eta = (JQ)^T (JQ) / M + damping I` with J at the UNtransformed inputs, and
-  `Pi = Bp^T eta^{-1} Gp`. JQ = J G^T V_k S^{-1} + J R^T V_b S^{-1}: the JVPs of the ket rows
-  J G^T are computed once per batch and kept (`HatEngine`, when they fit in memory), so each
-  further bra costs its gradients and the JVPs of its own N rows.
-- `bra_basis="ket"`: R projected on the span of the ket gradients alone,
-  `Pi = (Q^T R^T)^T eta^{-1} Gp` with the ket metric (the ket-basis ablation).
+"""The influence ("hat") matrix of one batch at one checkpoint (docs/method.md section 4):
+`Pi = Gp^T (eta + damping I)^{-1} Gp` with G `[N, P]` the per-example SMSE gradients, Q the basis
+of their span (eigh of the float64 Gram; energy_tol > 0 drops that share of sum s_i^2, which does
+not bound the change of Pi), Gp = Q^T G^T and eta = (JQ)^T (JQ) / M the restricted Gauss-Newton
+metric of a plain MSE (forward-mode JVPs, M = N*C*H*W). Metrics "euclidean" (`G G^T`) and "adam"
+(`R D G^T`); other bras R use the basis of `[G; R]` (`bra_basis="joint"`) or the span of G ("ket").
 """
 from __future__ import annotations
 
@@ -52,37 +19,20 @@ from pdeinf.checks import one_of, positive_int
 from pdeinf.errors import InputError, NumericalError
 from pdeinf.influence import gradients as _grad
 from pdeinf.influence import observables as _obs
+from pdeinf.influence.normalize import normalize
 from pdeinf.influence.untouched import keeps_model
 
 METRICS: tuple[str, ...] = ("gauss-newton", "euclidean", "adam")
-#: Bases for a bra other than SMSE (module docstring) and the estimators of `hat_matrix`.
 BRA_BASES: tuple[str, ...] = ("joint", "ket")
 ESTIMATORS: tuple[str, ...] = ("subspace", "full-space")
-#: Damping of the restricted metric (docs/method.md section 4, the follow-up).
-DEFAULT_DAMPING = 1e-6
-#: Parameters per block when forming float64 products of [N, P] rows: 16384 columns keep each
-#: float64 copy at N * 128 KiB (6 MiB for N = 48); the Gram of the quick UNet's gradients
-#: (N = 48, P = 1.6e5) takes about 0.03 s either way.
-_COLUMN_BLOCK = 1 << 14
-#: Examples per vmapped jvp call, each call pushing all K directions (the r basis vectors, or
-#: the N gradient rows when they are kept for reuse; memory grows linearly with it: jvp_chunk x
-#: K (example, direction) pairs). Each example's primal forward runs once in the whole JVP
-#: stage (instead of once per chunk of directions). Quick UNet, N = 48, one thread: 2.1-2.7
-#: batched forwards per basis vector for 2, 4 and 8 alike (benchmarks/bench_influence.py); 4
-#: keeps one call small.
-JVP_CHUNK = 4
-#: Examples per vmapped gradient call. 8 rather than 16: the gradient stage's activations
-#: (linear in it) stay in the allocator's heap under the JVP stage; on the quick UNet (N = 48,
-#: one thread) 8 lowered the peak RSS of hat_matrix by 20-35 MiB (of about 380) and cost
-#: 0.2 s in the gradient stage (0.74 s against 0.53 s), 3 % of the whole call.
-GRAD_CHUNK = 8
+DEFAULT_DAMPING = 1e-6  # of the restricted metric (the follow-up's)
+_COLUMN_BLOCK = 1 << 14  # parameters per block of the float64 products of [N, P] rows
+JVP_CHUNK = 4  # examples per vmapped jvp call, each pushing all its directions
+GRAD_CHUNK = 8  # examples per vmapped gradient call
 
 
 def cross_gram(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-    """`a diag(weight) b^T` in float64 for rows a `[Na, P]`, b `[Nb, P]`, in column blocks.
-
-    The blocks keep the float64 copies small when a and b are float32.
-    """
+    """`a diag(weight) b^T` `[Na, Nb]` in float64 for rows a `[Na, P]`, b `[Nb, P]`, in column blocks."""
     out = torch.zeros(a.shape[0], b.shape[0], dtype=torch.float64)
     for start in range(0, a.shape[1], _COLUMN_BLOCK):
         sl = slice(start, start + _COLUMN_BLOCK)
@@ -98,8 +48,7 @@ def cross_gram(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor | None = N
 @dataclass
 class GradientSpan:
     """Orthonormal basis Q `[P, r]` of the rows of `[G; R]` (ket rows G `[N, P]`, bra rows R
-    `[Nb, P]` of a joint span, none for the ket span alone) in factored form
-    `Q = G^T C_k + R^T C_b`, `[C_k; C_b] = V_r diag(1/s_r)` (never stored; module docstring)."""
+    `[Nb, P]` or none), factored as `Q = G^T C_k + R^T C_b`, `[C_k; C_b] = V_r diag(1/s_r)`."""
 
     grads: torch.Tensor  # [N, P], model dtype
     gram: torch.Tensor  # [K, K] float64, K = N + Nb: [G; R] [G; R]^T
@@ -124,20 +73,28 @@ class GradientSpan:
         return rows if self.bra_grads is None else rows + c_b @ self.bra_grads
 
     def coordinates(self, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """Q^T rows^T `[r, Nr]` (float64) for rows `[Nr, P]` of a ket span. None: the span's
-        own rows `[G; R]`, `S V^T` `[r, K]` (columns N.. are the bras' Bp)."""
+        """Q^T rows^T `[r, Nr]` float64 for rows `[Nr, P]` of a ket span; None: the span's own
+        rows `S V^T` `[r, K]` (columns N.. are the bras')."""
         if rows is None:
             return self.singular_values[:, None] * self.right_vectors.T
         cross = cross_gram(self.grads, rows)  # [N, Nr] = G R^T
         return (self.right_vectors.T @ cross) / self.singular_values[:, None]
 
 
-def _span(grads: torch.Tensor, gram: torch.Tensor, energy_tol: float,
-          bra_grads: torch.Tensor | None = None) -> GradientSpan:
-    """The basis of the rows `[grads; bra_grads]` from their K x K Gram `V S^2 V^T` with the
-    energy cut (module docstring)."""
+def gradient_span(grads: torch.Tensor, energy_tol: float = 0.0, bra_grads: torch.Tensor | None = None,
+                  ket_gram: torch.Tensor | None = None) -> GradientSpan:
+    """Energy-truncated basis of the rows of `grads` `[N, P]` (and `bra_grads` `[Nb, P]`: the
+    joint span) from their Gram; `ket_gram`: the symmetrised Gram of `grads` when known."""
     if not (0.0 <= energy_tol < 1.0):
         raise InputError(f"energy_tol={energy_tol!r}: expected 0 <= energy_tol < 1")
+    if ket_gram is None:
+        gram = cross_gram(grads, grads)
+        ket_gram = 0.5 * (gram + gram.T)
+    gram = ket_gram
+    if bra_grads is not None:
+        cross = cross_gram(grads, bra_grads)
+        bb = cross_gram(bra_grads, bra_grads)
+        gram = torch.cat([torch.cat([ket_gram, cross], 1), torch.cat([cross.T, 0.5 * (bb + bb.T)], 1)], 0)
     evals, evecs = torch.linalg.eigh(gram)
     evals, evecs = evals.flip(0).clamp_min(0.0), evecs.flip(1)
     total = float(evals.sum())
@@ -155,55 +112,13 @@ def _span(grads: torch.Tensor, gram: torch.Tensor, energy_tol: float,
                         right_vectors=evecs[:, :rank].clone(), all_singular_values=s, bra_grads=bra_grads)
 
 
-def cut_report(span: GradientSpan) -> dict:
-    """What the basis left out of the gradient rows, `{"cut_directions", "cut_energy"}`:
-    directions of the span with a nonzero singular value that the basis drops (the energy cut
-    and modes at rounding level of the Gram), and the fraction of sum s_i^2 they carry."""
-    s = span.all_singular_values
-    total = float(s.pow(2).sum())
-    kept = float(span.singular_values.pow(2).sum())
-    nonzero = int((s > 0).sum())
-    return {"cut_directions": max(nonzero - span.rank, 0),
-            "cut_energy": max(total - kept, 0.0) / total if total > 0 else 0.0}
-
-
-def gradient_span(grads: torch.Tensor, energy_tol: float = 0.0) -> GradientSpan:
-    """Energy-truncated basis of the row span of `grads` `[N, P]`."""
-    gram = cross_gram(grads, grads)
-    return _span(grads, 0.5 * (gram + gram.T), energy_tol)
-
-
-def joint_span(ket: GradientSpan, bra_grads: torch.Tensor, energy_tol: float = 0.0) -> GradientSpan:
-    """Energy-truncated basis of the joint rows `[G_ket; G_bra]`; reuses the ket Gram."""
-    cross = cross_gram(ket.grads, bra_grads)
-    bb = cross_gram(bra_grads, bra_grads)
-    gram = torch.cat([torch.cat([ket.gram, cross], 1), torch.cat([cross.T, 0.5 * (bb + bb.T)], 1)], 0)
-    return _span(ket.grads, gram, energy_tol, bra_grads)
-
-def metric_pass(
-    model: torch.nn.Module,
-    inputs: torch.Tensor,
-    blocks: list,
-    rank: int,
-    *,
-    jvp_chunk: int = JVP_CHUNK,
-    vmap_tangents: bool = True,
-    progress: bool = False,
-    params=None,
-    layout=None,
-    support: _grad.FuncSupport | None = None,
-    keep: tuple[bool, ...] = (),
-) -> tuple[torch.Tensor, list]:
-    """Undamped `(JQ)^T (JQ) / M` `[r, r]` float64 for `Q = sum_i D_i^T C_i`.
-
-    blocks: `(D_i [K_i, P] directions, C_i [K_i, r] float64, pushed_i)` where pushed_i is None
-    (the JVPs J(x) D_i^T are computed here) or the kept `[K_i, N, C, H, W]` JVPs of an earlier
-    pass. J is block-diagonal over examples, so per `jvp_chunk` examples the rows of JQ are
-    formed in float64 and accumulated into the Gram; no r x M store. keep[i]: return the JVPs
-    of block i (computed here) for later passes. Blocks neither pushed nor kept go through
-    the JVPs as the r basis directions themselves when r is fewer than their rows
-    (`_fewest_directions`). Returns `(eta_raw, kept)`, kept[i] None where not kept.
-    """
+def metric_pass(model: torch.nn.Module, inputs: torch.Tensor, blocks: list, rank: int, *,
+                jvp_chunk: int = JVP_CHUNK, vmap_tangents: bool = True, progress: bool = False,
+                params=None, layout=None, support: _grad.FuncSupport | None = None,
+                keep: tuple[bool, ...] = ()) -> tuple[torch.Tensor, list]:
+    """`(eta_raw, kept)`: the undamped `(JQ)^T (JQ) / M` `[r, r]` float64 for `Q = sum_i D_i^T C_i`,
+    blocks `(D_i [K_i, P], C_i [K_i, r] float64, pushed_i)` with pushed_i None or the kept JVPs
+    `[K_i, N, C, H, W]` of an earlier pass; kept[i]: block i's JVPs where `keep[i]`, else None."""
     kept = [None] * len(blocks)
     if rank == 0:
         return torch.zeros(0, 0, dtype=torch.float64), kept
@@ -226,10 +141,9 @@ def metric_pass(
                     vmap_tangents=vmap_tangents, support=support,
                 )  # [K_i, b, C, H, W]: J(x_b) d_k for every direction k
                 if out[0].numel() != inputs[rows].numel():
-                    raise InputError(
-                        f"model: outputs have {out[0].numel() // (rows.stop - rows.start)} values per "
-                        f"example, inputs {m_outputs // n}; expected [B, C, H, W] -> [B, C, H, W]"
-                    )
+                    raise InputError(f"model: outputs have {out[0].numel() // (rows.stop - rows.start)} "
+                                     f"values per example, inputs {m_outputs // n}; expected [B, C, H, W] "
+                                     "-> [B, C, H, W]")
                 if i < len(keep) and keep[i]:
                     if kept[i] is None:
                         kept[i] = torch.empty(out.shape[0], n, *out.shape[2:], dtype=out.dtype)
@@ -249,19 +163,8 @@ def metric_pass(
 
 
 def _fewest_directions(blocks: list, rank: int, keep: tuple[bool, ...]) -> list:
-    """The blocks of `metric_pass` with every block that is neither pushed already nor to be
-    kept folded into ONE block of `rank` directions, the rows of `sum_i C_i^T D_i` formed in
-    parameter space (coefficients I_r), when that pushes fewer directions than the blocks'
-    own rows and the `[rank, P]` rows fit in a quarter of the available memory.
-
-    Exact: J is linear, so J (sum_i D_i^T C_i) = sum_i (J D_i^T) C_i. A basis cut at energy
-    1e-4 keeps r well below the N gradient rows (trained quick CE UNet, N = 48: r = 26 for the
-    SMSE kets, 43..49 for the D4 orbit bras' joint bases against N + Nb = 96 rows;
-    `benchmarks/bench_orbit.py --trained` prints them), and the JVPs (N per direction) are the
-    whole cost of the pass. Rounding: the coefficients are rounded to the model dtype and
-    combined there, of the order eps s_1 / s_r as for a basis formed in parameter space (a
-    sweep task's matrices within 3.6e-6 relative of the row route's in float32,
-    `benchmarks/bench_basis_jvps.py`)."""
+    """`blocks` with those neither pushed nor kept folded into ONE block of the `rank` rows of
+    `sum_i C_i^T D_i` (exact, J is linear) when that is fewer JVPs and fits in a quarter of free memory."""
     fold = [i for i, (_, _, pushed) in enumerate(blocks)
             if pushed is None and not (i < len(keep) and keep[i])]
     rows = sum(int(blocks[i][0].shape[0]) for i in fold)
@@ -274,51 +177,23 @@ def _fewest_directions(blocks: list, rank: int, keep: tuple[bool, ...]) -> list:
         return blocks
     basis = sum(blocks[i][1].T.to(directions.dtype) @ blocks[i][0] for i in fold)  # [r, P]
     identity = torch.eye(rank, dtype=torch.float64)
-    # folded blocks become empty ([0, P] rows, [0, r] coefficients) so indices (and `keep`)
-    # still refer to the caller's blocks
+    # folded blocks become empty so that indices (and `keep`) still refer to the caller's blocks
     empty = (directions[:0], identity[:0], None)
     out = [empty if i in fold else block for i, block in enumerate(blocks)]
     return out + [(basis, identity, None)]
 
 
-def restricted_gauss_newton(
-    model: torch.nn.Module,
-    inputs: torch.Tensor,
-    span: GradientSpan,
-    *,
-    jvp_chunk: int = JVP_CHUNK,
-    vmap_tangents: bool = True,
-    progress: bool = False,
-    params=None,
-    layout=None,
-    support: _grad.FuncSupport | None = None,
-) -> torch.Tensor:
-    """Undamped restricted Gauss-Newton metric (JQ)^T (JQ) / M, `[r, r]` float64.
-
-    J is the Jacobian of all raw outputs of the batch (M = N*C*H*W) with respect to the
-    parameters. Since Q = G^T V_r S_r^{-1}, JQ = (J G^T) V_r S_r^{-1}: the JVPs push the
-    stored gradient rows themselves (no P-sized basis copy), `jvp_chunk` examples at a time
-    with all N directions vmapped in one call (`metric_pass`).
-    Peak extra memory: one call's N x jvp_chunk forward-mode evaluations.
-    """
-    eta, _ = metric_pass(
-        model, inputs, [(span.grads, span.coefficients()[0], None)], span.rank, jvp_chunk=jvp_chunk,
-        vmap_tangents=vmap_tangents, progress=progress, params=params, layout=layout, support=support,
-    )
-    return eta
+def restricted_gauss_newton(model: torch.nn.Module, inputs: torch.Tensor, span: GradientSpan,
+                            **options) -> torch.Tensor:
+    """Undamped restricted Gauss-Newton metric (JQ)^T (JQ) / M `[r, r]` float64 of the ket span
+    (J of all N*C*H*W raw outputs); options: those of `metric_pass` (jvp_chunk, ...)."""
+    return metric_pass(model, inputs, [(span.grads, span.coefficients()[0], None)], span.rank, **options)[0]
 
 
-def solve_hat(
-    eta_raw: torch.Tensor,
-    damping: float,
-    ket: torch.Tensor,
-    bra: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """`Pi = bra^T (eta_raw + damping I)^{-1} ket` `[N, N]` and the undamped eigenvalues.
-
-    ket, bra: coordinates in the basis, `[r, N]` float64 (bra None: bra = ket, then Pi is
-    A^T A with A = eta^{-1/2} ket, exactly symmetric positive semi-definite).
-    """
+def solve_hat(eta_raw: torch.Tensor, damping: float, ket: torch.Tensor,
+              bra: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(Pi = bra^T (eta_raw + damping I)^{-1} ket [N, N], undamped eigenvalues [r])` for float64
+    coordinates ket, bra `[r, N]` (None: ket, Pi exactly symmetric PSD); NumericalError if singular."""
     if not (isinstance(damping, (int, float)) and math.isfinite(damping) and damping >= 0):
         raise InputError(f"damping={damping!r}: expected a finite number >= 0")
     r, n = ket.shape
@@ -329,11 +204,9 @@ def solve_hat(
     damped = evals + damping
     floor = r * torch.finfo(torch.float64).eps * max(float(evals.abs().max()), 1e-300)
     if float(damped.min()) <= floor:
-        raise NumericalError(
-            f"damping={damping!r}: the restricted Gauss-Newton metric is singular "
-            f"(smallest eigenvalue {float(evals.min()):.3e} of {float(evals.max()):.3e}); "
-            "pass damping > 0"
-        )
+        raise NumericalError(f"damping={damping!r}: the restricted Gauss-Newton metric is singular "
+                             f"(smallest eigenvalue {float(evals.min()):.3e} of {float(evals.max()):.3e}); "
+                             "pass damping > 0")
     inv_sqrt = damped.rsqrt()[:, None]
     a = inv_sqrt * (evecs.T @ ket)
     if bra is None:
@@ -344,26 +217,17 @@ def solve_hat(
 
 
 def adam_preconditioner(optimizer_state: dict, layout: _grad.ParameterLayout) -> torch.Tensor:
-    """First-order Adam(W) update direction per unit gradient, `[P]` float64.
-
-    One more AdamW step (step count t -> t+1) with gradient g changes the parameters by
-    `-lr * ((beta1 m + (1-beta1) g) / b1 / (sqrt((beta2 v + (1-beta2) g^2) / b2) + eps) + wd theta)`
-    with b1 = 1 - beta1^(t+1), b2 = 1 - beta2^(t+1). Its part linear in g (the g^2 term in the
-    second moment is second order) is `-lr * D g` with
-    `D = (1 - beta1) / b1 / (sqrt(beta2 v / b2) + eps)` (amsgrad: v -> the stored maximum).
-    `Pi_adam[n, m] = grad_n^T D g_m`, so an Adam step on example m changes the loss of n by
-    `-lr * Pi_adam[n, m]` to first order. optimizer_state: `torch.optim.AdamW.state_dict()`
-    of an optimizer built from `model.parameters()` (trainable parameters, in order).
-    """
+    """D `[P]` float64 of the part `-lr D g` of one more AdamW step linear in the gradient g:
+    `(1 - beta1) / b1 / (sqrt(beta2 v / b2) + eps)`, b_i = 1 - beta_i^(t+1) (amsgrad: v the stored
+    maximum), from the `AdamW.state_dict()` of an optimizer built from `model.parameters()`."""
     try:
         state, groups = optimizer_state["state"], optimizer_state["param_groups"]
     except (KeyError, TypeError):
         raise InputError("optimizer_state: expected an AdamW state_dict with 'state' and 'param_groups'") from None
     indices = [(i, g) for g in groups for i in g["params"]]
     if len(indices) != len(layout.names):
-        raise InputError(
-            f"optimizer_state: holds {len(indices)} parameters, the model {len(layout.names)} trainable ones"
-        )
+        raise InputError(f"optimizer_state: holds {len(indices)} parameters, the model {len(layout.names)} "
+                         "trainable ones")
     parts = []
     for (index, group), name, shape in zip(indices, layout.names, layout.shapes):
         entry = state.get(index)
@@ -373,10 +237,8 @@ def adam_preconditioner(optimizer_state: dict, layout: _grad.ParameterLayout) ->
         if v.is_complex():  # Adam steps on (re, im) with one second moment each
             v = torch.view_as_real(v)
         if tuple(v.shape) != tuple(shape):
-            raise InputError(
-                f"optimizer_state: parameter {name!r} has moments of shape {tuple(v.shape)}, "
-                f"the model {tuple(shape)}"
-            )
+            raise InputError(f"optimizer_state: parameter {name!r} has moments of shape {tuple(v.shape)}, "
+                             f"the model {tuple(shape)}")
         beta1, beta2 = group["betas"]
         step = float(entry["step"]) + 1.0
         b1, b2 = 1.0 - beta1**step, 1.0 - beta2**step
@@ -386,36 +248,13 @@ def adam_preconditioner(optimizer_state: dict, layout: _grad.ParameterLayout) ->
 
 
 class HatEngine:
-    """One batch at one checkpoint; caches gradients, basis and metric across variants.
+    """One batch at one checkpoint; caches gradients, basis and metric across variants (the latest
+    bra's). keep_ket_jvps: keep the ket JVPs J G^T `[N, N, C, H, W]` for joint bras: True (InputError
+    if they cannot fit), False, None (when r > 3N/4 and they fit in a quarter of free memory)."""
 
-    Shared by every variant of the batch: the SMSE gradients G, their span and metric, and (for
-    joint-basis bras) the JVPs of the ket rows J G^T, `[N, N, C, H, W]` in the model dtype.
-    keep_ket_jvps: True keeps them from the first metric pass on (InputError if they cannot
-    fit in memory; the ket metric then pushes the N gradient rows instead of its r basis
-    vectors, and each joint bra pushes min(Nb bra rows, joint rank) directions); False never
-    (every pass pushes its own basis: r for the ket metric, the joint rank for a bra; see
-    `metric_pass`); None (default) keeps them when r > 3N/4 and they take at most a quarter
-    of the available memory. Why: with r well below N (a trained checkpoint; quick UNet r = 26
-    of 48) pushing r and then each joint basis (43..49 for the D4 bras) is fewer JVPs, while near
-    full rank (early checkpoints: r = N) a joint basis approaches N + Nb and reusing the kept
-    rows caps each bra at Nb. Only the latest bra's gradients and joint basis are cached (a
-    symmetry study walks through many bras; each N x P bra matrix is freed when the next one
-    is computed).
-    """
-
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        inputs: torch.Tensor,
-        targets: torch.Tensor,
-        *,
-        energy_tol: float = 0.0,
-        grad_chunk: int | None = GRAD_CHUNK,
-        jvp_chunk: int = JVP_CHUNK,
-        vmap_tangents: bool = True,
-        progress: bool = False,
-        keep_ket_jvps: bool | None = None,
-    ):
+    def __init__(self, model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *,
+                 energy_tol: float = 0.0, grad_chunk: int | None = GRAD_CHUNK, jvp_chunk: int = JVP_CHUNK,
+                 vmap_tangents: bool = True, progress: bool = False, keep_ket_jvps: bool | None = None):
         _grad.check_model_mode(model)
         self.model = model
         self.params, self.layout = _grad.trainable_parameters(model)
@@ -431,24 +270,15 @@ class HatEngine:
         _grad.check_memory(3 * n, n, torch.float64, "N x N matrices (Gram, its eigenvectors, Pi)", "inputs")
         _grad.check_model_output(model, self.inputs)
         _grad.check_memory(self.inputs.shape[0], self.layout.size, dtype, "per-example gradient matrix")
-        self.energy_tol = float(energy_tol)
-        self.vmap_tangents = vmap_tangents
-        self.progress = progress
+        self.energy_tol, self.vmap_tangents, self.progress = float(energy_tol), vmap_tangents, progress
         self.keep_ket_jvps = keep_ket_jvps
         self.support = _grad.FuncSupport(type(model).__name__)
-        self._grads = None
-        self._losses = None
-        self._span = None
-        self._eta_raw = None
-        self._ket_jvps = None
-        self._bra = None  # (key, [N, P] bra gradients): the latest one only
-        self._joint = None  # (key, joint GradientSpan, undamped joint eta)
+        self._grads = self._losses = self._span = self._eta_raw = self._ket_jvps = None
+        self._bra = self._joint = None  # latest bra: (key, [N, P] gradients), (key, span, undamped eta)
 
     def _gradients(self, function, inputs, targets):
-        return _grad.per_example_gradients(
-            self.model, inputs, targets, function,
-            chunk=self.grad_chunk, params=self.params, layout=self.layout, support=self.support,
-        )
+        return _grad.per_example_gradients(self.model, inputs, targets, function, chunk=self.grad_chunk,
+                                           params=self.params, layout=self.layout, support=self.support)
 
     @property
     def grads(self) -> torch.Tensor:
@@ -485,12 +315,11 @@ class HatEngine:
         have = _grad.available_memory()
         return have is not None and need <= have // 4
 
-    def _metric(self, blocks, rank, keep):
-        eta, kept = metric_pass(
-            self.model, self.inputs, blocks, rank, jvp_chunk=self.jvp_chunk,
-            vmap_tangents=self.vmap_tangents, progress=self.progress, params=self.params,
-            layout=self.layout, support=self.support, keep=keep,
-        )
+    def _metric(self, blocks, rank):
+        """Undamped metric of a basis whose first block holds the ket rows (kept when `_keep_ket_jvps`)."""
+        eta, kept = metric_pass(self.model, self.inputs, blocks, rank, jvp_chunk=self.jvp_chunk,
+                                vmap_tangents=self.vmap_tangents, progress=self.progress, params=self.params,
+                                layout=self.layout, support=self.support, keep=(self._keep_ket_jvps(),))
         if kept and kept[0] is not None:
             self._ket_jvps = kept[0]
         return eta
@@ -500,16 +329,11 @@ class HatEngine:
         """Undamped (JQ)^T (JQ) / M `[r, r]` float64 in the ket basis."""
         if self._eta_raw is None:
             span = self.span
-            self._eta_raw = self._metric([(span.grads, span.coefficients()[0], self._ket_jvps)], span.rank,
-                                         (self._keep_ket_jvps(),))
+            self._eta_raw = self._metric([(span.grads, span.coefficients()[0], self._ket_jvps)], span.rank)
         return self._eta_raw
 
-    def response_gradients(
-        self,
-        response=None,
-        transform: Callable | None = None,
-        target_transform: Callable | None = None,
-    ) -> torch.Tensor | None:
+    def response_gradients(self, response=None, transform: Callable | None = None,
+                           target_transform: Callable | None = None) -> torch.Tensor | None:
         """Bra gradients `[N, P]` at `(transform(x_n), target_transform(y_n))`; None when they
         are the SMSE gradients themselves. target_transform None: `transform` for both."""
         function = _obs.resolve(response)
@@ -521,9 +345,8 @@ class HatEngine:
         self._bra = self._joint = None  # free the previous bra before computing the next
         inputs, targets = _grad.transformed_batch(self.inputs, self.targets, transform, target_transform)
         _grad.check_memory(inputs.shape[0], self.layout.size, self.inputs.dtype, "response gradient matrix")
-        name = getattr(function, "__name__", "callable")
         grads, _ = self._gradients(function, inputs, targets)
-        _grad.check_finite(grads, f"response {name!r}")
+        _grad.check_finite(grads, f"response {getattr(function, '__name__', 'callable')!r}")
         self._bra = (key, grads)
         return grads
 
@@ -535,28 +358,18 @@ class HatEngine:
             return None
         key = self._bra[0]
         if self._joint is None or self._joint[0] != key:
-            span = joint_span(self.span, bra, self.energy_tol)
+            span = gradient_span(self.span.grads, self.energy_tol, bra, self.span.gram)
             c_k, c_b = span.coefficients()
-            keep = self._keep_ket_jvps()
-            eta = self._metric([(self.grads, c_k, self._ket_jvps), (bra, c_b, None)], span.rank, (keep,))
+            eta = self._metric([(self.grads, c_k, self._ket_jvps), (bra, c_b, None)], span.rank)
             self._joint = (key, span, eta)
         return self._joint[1], self._joint[2]
 
-    def pi(
-        self,
-        metric: str = "gauss-newton",
-        *,
-        damping: float = DEFAULT_DAMPING,
-        response=None,
-        response_transform: Callable | None = None,
-        target_transform: Callable | None = None,
-        optimizer_state: dict | None = None,
-        bra_basis: str = "joint",
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """`(Pi [N, N] float64, undamped eta eigenvalues [r])` (empty eigenvalues off Gauss-Newton).
-
-        Rows = response (bra) n, columns = perturbation (ket) m. The basis used is `basis(...)`.
-        """
+    def pi(self, metric: str = "gauss-newton", *, damping: float = DEFAULT_DAMPING, response=None,
+           response_transform: Callable | None = None, target_transform: Callable | None = None,
+           optimizer_state: dict | None = None,
+           bra_basis: str = "joint") -> tuple[torch.Tensor, torch.Tensor]:
+        """`(Pi [N, N] float64, undamped eta eigenvalues [r])` (empty eigenvalues off Gauss-Newton);
+        rows = response (bra) n, columns = perturbation (ket) m, in the basis `basis(...)`."""
         one_of(metric, METRICS, "metric")
         one_of(bra_basis, BRA_BASES, "bra_basis")
         if metric == "adam" and optimizer_state is None:
@@ -602,12 +415,8 @@ class HatResult:
     attrs: dict = field(default_factory=dict)
 
     def to_xarray(self, *, t_max: int | None = None, classes=None, attrs: dict | None = None):
-        """DataArray with dims (t_resp, c_resp, t_pert, c_pert) for an influence batch.
-
-        The batch must be ordered n = c * T + t (pdeinf.data.datasets.influence_batch) with
-        T = t_max - 1 transitions per class. t_max None: T = N / len(classes), or T = N (one
-        class) without classes.
-        """
+        """DataArray (t_resp, c_resp, t_pert, c_pert) of a batch n = c * T + t, T = t_max - 1
+        (None: N / len(classes), or N)."""
         import xarray as xr
 
         n = self.pi.shape[0]
@@ -625,19 +434,12 @@ class HatResult:
             raise InputError(f"classes: {len(classes)} names for {n_c} classes")
         from pdeinf import __version__ as version
 
-        merged = {
-            "metric": self.metric, "damping": self.damping, "energy_tol": self.energy_tol,
-            "rank": self.rank, "response": self.response,
-            "normalization": self.normalization or "none", "pdeinf_version": version,
-            **self.attrs, **(attrs or {}),
-        }
-        return xr.DataArray(
-            batch_to_labelled(self.pi.numpy(), n_c, n_t),
-            dims=("t_resp", "c_resp", "t_pert", "c_pert"),
-            coords={"t_resp": np.arange(n_t), "c_resp": classes, "t_pert": np.arange(n_t), "c_pert": classes},
-            name="pi",
-            attrs=merged,
-        )
+        merged = {"metric": self.metric, "damping": self.damping, "energy_tol": self.energy_tol,
+                  "rank": self.rank, "response": self.response, "normalization": self.normalization or "none",
+                  "pdeinf_version": version, **self.attrs, **(attrs or {})}
+        coords = {"t_resp": np.arange(n_t), "c_resp": classes, "t_pert": np.arange(n_t), "c_pert": classes}
+        return xr.DataArray(batch_to_labelled(self.pi.numpy(), n_c, n_t), dims=tuple(coords), coords=coords,
+                            name="pi", attrs=merged)
 
 
 def batch_to_labelled(pi: np.ndarray, n_classes: int, n_times: int) -> np.ndarray:
@@ -658,46 +460,24 @@ def labelled_to_batch(labelled: np.ndarray) -> np.ndarray:
 
 
 @keeps_model
-def hat_matrix(
-    model: torch.nn.Module,
-    inputs: torch.Tensor,
-    targets: torch.Tensor,
-    *,
-    metric: str = "gauss-newton",
-    damping: float | None = None,
-    energy_tol: float = 0.0,
-    optimizer_state: dict | None = None,
-    response=None,
-    response_transform: Callable | None = None,
-    target_transform: Callable | None = None,
-    bra_basis: str = "joint",
-    estimator: str = "subspace",
-    rtol: float | None = None,
-    maxiter: int | None = None,
-    reference_rtol: float | None = None,
-    grad_chunk: int | None = GRAD_CHUNK,
-    jvp_chunk: int = JVP_CHUNK,
-    normalization: str | None = None,
-    vmap_tangents: bool = True,
-    progress: bool = False,
-) -> HatResult:
-    """Influence matrix Pi `[N, N]` of a batch (inputs, targets `[N, C, H, W]`, cast to the
-    model's real dtype) at the model's current parameters; rows = response (bra) n, columns =
-    perturbation (ket) m. The mathematics, metrics, bras and bases: the module docstring.
+def hat_matrix(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *,
+               metric: str = "gauss-newton", damping: float | None = None, energy_tol: float = 0.0,
+               optimizer_state: dict | None = None, response=None, response_transform: Callable | None = None,
+               target_transform: Callable | None = None, bra_basis: str = "joint",
+               estimator: str = "subspace", rtol: float | None = None, maxiter: int | None = None,
+               reference_rtol: float | None = None, grad_chunk: int | None = GRAD_CHUNK,
+               jvp_chunk: int = JVP_CHUNK, normalization: str | None = None, vmap_tangents: bool = True,
+               progress: bool = False) -> HatResult:
+    """Influence matrix Pi `[N, N]` (rows = response n, columns = perturbation m) of inputs,
+    targets `[N, C, H, W]` (cast to the model's real dtype) for any eval-mode `nn.Module`
+    `[B, C, H, W] -> [B, C, H, W]` (left exactly as found; see the module docstring).
 
-    model: any `nn.Module` `[B, C, H, W] -> [B, C, H, W]` in eval mode (complex parameters
-    count as (re, im) pairs; what torch.func cannot vmap runs in an exact loop, with one
-    RuntimeWarning); it is left exactly as found (parameters, buffers, flags, modes, RNG).
-    damping: None = DEFAULT_DAMPING (subspace) or the full-space estimator's default.
-    response: None/"smse", a name of `observables.OBSERVABLES` or a callable (input, target,
-    prediction) -> scalar. response_transform: callable on `[N, C, H, W]` giving the bra
-    inputs g.x_n; target_transform: the bra targets (None: response_transform again; pass
-    `lambda y: y` to keep them); kets and J stay at the untransformed batch. energy_tol: the
-    gradient energy the basis may drop (`.attrs["cut_directions"]`, `["cut_energy"]`).
-    estimator: "subspace" (this module) | "full-space" (`fullspace.full_space_hat_matrix`,
-    with its rtol, maxiter and reference_rtol). grad_chunk / jvp_chunk: examples per vmapped
-    gradient (None = all) / jvp call (GRAD_CHUNK, JVP_CHUNK). normalization: a kind of
-    `normalize` applied to Pi (None = raw).
+    damping: None = DEFAULT_DAMPING or the full-space default. response: None/"smse", a name of
+    `observables.OBSERVABLES` or a callable (input, target, prediction) -> scalar, evaluated at
+    response_transform(x) / target_transform(y) (None: unchanged / the response_transform).
+    estimator: "subspace" | "full-space" (`fullspace.full_space_hat_matrix`: rtol, maxiter,
+    reference_rtol). grad_chunk / jvp_chunk: examples per vmapped call. normalization: a kind of
+    `normalize` (None = raw).
     """
     one_of(estimator, ESTIMATORS, "estimator")
     one_of(metric, METRICS, "metric")
@@ -707,64 +487,44 @@ def hat_matrix(
     _obs.resolve(response)  # unknown names fail before any gradient is computed
     bra = {"response": response, "response_transform": response_transform,
            "target_transform": target_transform}
+    solver = {"damping": damping, "rtol": rtol, "maxiter": maxiter, "reference_rtol": reference_rtol}
     if estimator == "full-space":
-        result = _full_space(model, inputs, targets, metric=metric, damping=damping, rtol=rtol,
-                             maxiter=maxiter, reference_rtol=reference_rtol, **bra)
+        if metric != "gauss-newton":
+            raise InputError(f"metric={metric!r}: estimator='full-space' has only the Gauss-Newton metric")
+        try:
+            from pdeinf.influence.fullspace import full_space_hat_matrix
+        except ImportError as err:
+            if getattr(err, "name", None) not in ("pdeinf.influence.fullspace", None):
+                raise
+            raise InputError("estimator='full-space': "
+                             "pdeinf.influence.fullspace.full_space_hat_matrix is not available "
+                             "in this installation; use estimator='subspace'") from None
+        options = {k: v for k, v in {**solver, **bra}.items() if v is not None}
+        result = full_space_hat_matrix(model, inputs, targets, **options)
     else:
-        for name, value in (("rtol", rtol), ("maxiter", maxiter), ("reference_rtol", reference_rtol)):
-            if value is not None:
-                raise InputError(f"{name}={value!r}: only used by estimator='full-space' (the subspace "
-                                 "estimator is exact)")
-        engine = HatEngine(
-            model, inputs, targets, energy_tol=energy_tol, grad_chunk=grad_chunk,
-            jvp_chunk=jvp_chunk, vmap_tangents=vmap_tangents, progress=progress,
-            keep_ket_jvps=False,  # one matrix: no later bra would reuse them
-        )
+        for name in ("rtol", "maxiter", "reference_rtol"):
+            if solver[name] is not None:
+                raise InputError(f"{name}={solver[name]!r}: only used by estimator='full-space' (the "
+                                 "subspace estimator is exact)")
+        engine = HatEngine(model, inputs, targets, energy_tol=energy_tol, grad_chunk=grad_chunk,
+                           jvp_chunk=jvp_chunk, vmap_tangents=vmap_tangents, progress=progress,
+                           keep_ket_jvps=False)  # one matrix: no later bra would reuse them
         damping = DEFAULT_DAMPING if damping is None else damping
         pi, eigenvalues = engine.pi(metric, damping=damping, optimizer_state=optimizer_state,
                                     bra_basis=bra_basis, **bra)
-        result = _subspace_result(engine, engine.basis(metric, bra_basis=bra_basis, **bra), pi, eigenvalues,
-                                  metric=metric, damping=damping, energy_tol=energy_tol, response=response)
+        basis = engine.basis(metric, bra_basis=bra_basis, **bra)
+        # what the basis left out: directions with a nonzero singular value and their energy share
+        s = basis.all_singular_values
+        total, kept = float(s.pow(2).sum()), float(basis.singular_values.pow(2).sum())
+        cut = {"cut_directions": max(int((s > 0).sum()) - basis.rank, 0),
+               "cut_energy": max(total - kept, 0.0) / total if total > 0 else 0.0}
+        name = response if isinstance(response, str) else getattr(response, "__name__", "smse")
+        attrs = {"estimator": "subspace", "bra_basis": "ket" if basis.bra_grads is None else "joint",
+                 "ket_rank": engine.span.rank, **cut}
+        result = HatResult(pi, basis.rank, eigenvalues, engine.losses.to(torch.float64),
+                           engine.span.all_singular_values, metric, float(damping), float(energy_tol),
+                           response=name or "smse", attrs=attrs)
     if normalization is not None:
-        from pdeinf.influence.normalize import normalize
-
         result.pi = normalize(result.pi, normalization, losses=result.losses)
         result.normalization = normalization
     return result
-
-
-def _subspace_result(engine: HatEngine, basis: GradientSpan, pi: torch.Tensor, eigenvalues: torch.Tensor, *,
-                     metric: str, damping: float, energy_tol: float, response) -> HatResult:
-    """`HatResult` of the subspace estimator from `engine`, the `basis` used, Pi `[N, N]` float64
-    and the undamped eta eigenvalues `[r]`."""
-    response_name = response if isinstance(response, str) else getattr(response, "__name__", "smse")
-    return HatResult(
-        pi=pi,
-        rank=basis.rank,
-        eta_eigenvalues=eigenvalues,
-        losses=engine.losses.to(torch.float64),
-        singular_values=engine.span.all_singular_values,
-        metric=metric,
-        damping=float(damping),
-        energy_tol=float(energy_tol),
-        response=response_name or "smse",
-        attrs={"estimator": "subspace", "bra_basis": "ket" if basis.bra_grads is None else "joint",
-               "ket_rank": engine.span.rank, **cut_report(basis)},
-    )
-
-
-def _full_space(model, inputs, targets, *, metric, **options):
-    """The full-space (seed paper) estimator's result; options left None take its defaults."""
-    if metric != "gauss-newton":
-        raise InputError(f"metric={metric!r}: estimator='full-space' has only the Gauss-Newton metric")
-    try:
-        from pdeinf.influence.fullspace import full_space_hat_matrix
-    except ImportError as err:
-        if getattr(err, "name", None) not in ("pdeinf.influence.fullspace", None):
-            raise
-        raise InputError(
-            "estimator='full-space': pdeinf.influence.fullspace.full_space_hat_matrix is not "
-            "available in this installation; use estimator='subspace'"
-        ) from None
-    options = {k: v for k, v in options.items() if v is not None}
-    return full_space_hat_matrix(model, inputs, targets, **options)

@@ -1,29 +1,8 @@
-"""`CoherenceMonitor`: gradient coherence of a fixed probe batch, recorded during training.
-
-Call it from any PyTorch training loop as `monitor(model, step)` (e.g. after each optimizer
-step); every `every` steps (step 0 included) it computes ONE influence matrix Pi of the probe
-batch at the model's current parameters with `pdeinf.influence.hat.hat_matrix` and appends a
-record to `.history`:
-
-- `step`, `rank` (dimension of the retained gradient span), `seconds` (wall time of the call);
-- `R[<class>]` per class: sum of the off-diagonal entries / sum of the diagonal entries of the
-  class's T x T block of the RAW Pi (the follow-up's rollout-link ratio);
-- `intra_lag1`, `inter_lag1`: medians of the standardized Pi (each row divided by its std,
-  ddof=1) over the entries with t_resp - t_pert = 1, response and perturbing example in the same
-  class / in different classes (the horizon curve at dt = 1).
-
-Probe layout: N = n_classes * T examples ordered n = c * T + t (`pdeinf.data.datasets.
-influence_batch`), `classes` the class names in that order (`pde_spec(pde).classes` when `pde`
-is given; neither: one class "probe", the N examples read as one trajectory in time order, and
-`inter_lag1` is NaN).
-
-Cost: one `hat_matrix` call per record, i.e. N per-example gradients (vmap), forward-mode
-JVPs of the model outputs along the N gradient directions over the whole probe (about 2-3
-batched forward passes of the probe per direction) and N x N / r x r eigendecompositions;
-memory of the same order as one training step on N examples times the JVP chunk. Calls on
-other steps cost nothing. The loop's slowdown is about 1 + (seconds per record) / (every x
-seconds per step); `benchmarks/bench_monitor.py` measures it (docs/models.md). The model's train/eval flags (of every submodule) are restored; the
-parameters, their `.grad` and the global RNG are not touched.
+"""`CoherenceMonitor`: gradient coherence of a fixed probe batch (n = c * T + t), recorded during
+training: every `every` steps one `hat_matrix` and a record of `step`, `rank`, `seconds`,
+`R[<class>]` (off-diagonal / diagonal sum of the class's block of the raw Pi) and `intra_lag1` /
+`inter_lag1` (medians of the standardized Pi at t_resp - t_pert = 1, same / other class). The
+model and the RNG are left as found (cost: `benchmarks/bench_monitor.py`).
 """
 from __future__ import annotations
 
@@ -41,11 +20,9 @@ from pdeinf.influence.untouched import untouched
 
 
 def coherence_record(pi: np.ndarray, classes) -> dict:
-    """R per class (raw Pi) and the lag-1 intra/inter medians (standardized Pi) of `pi` `[N, N]`
-    laid out n = c * T + t; flat dict `{"R[<class>]": ..., "intra_lag1": ..., "inter_lag1": ...}`."""
+    """`{"R[<class>]": ..., "intra_lag1": ..., "inter_lag1": ...}` of `pi` `[N, N]`, n = c * T + t."""
     pi = np.asarray(pi, dtype=np.float64)
-    n_classes = len(classes)
-    n = pi.shape[0]
+    n_classes, n = len(classes), pi.shape[0]
     if pi.shape != (n, n) or n_classes == 0 or n % n_classes:
         raise InputError(f"pi: expected [N, N] with N a multiple of {n_classes} classes, got {pi.shape}")
     t = n // n_classes
@@ -66,9 +43,8 @@ def coherence_record(pi: np.ndarray, classes) -> dict:
 
 
 class CoherenceMonitor:
-    """Records the coherence of a probe batch every `every` steps (module docstring: the record,
-    the probe layout and `classes` / `pde`). estimator: "subspace" (exact, default) or
-    "full-space"; hat_kwargs: passed to `hat_matrix` (metric, damping, energy_tol, ...)."""
+    """Records the coherence of a probe batch every `every` steps (module docstring); estimator:
+    "subspace" (default) or "full-space"; hat_kwargs go to `hat_matrix`."""
 
     def __init__(self, probe_inputs: torch.Tensor, probe_targets: torch.Tensor, *, every: int = 1,
                  estimator: str = "subspace", pde: str | None = None, classes=None, **hat_kwargs):

@@ -1,15 +1,9 @@
 """Normalisations of influence matrices (docs/method.md section 5).
 
-Rows index the response example n, columns the perturbing example m; any leading batch dims.
-- none:     Pi unchanged;
-- standard: each row divided by its standard deviation over the perturbing examples (ddof=1,
-            the corrected estimator, as Julia's `std` that the authors used);
-- cosine:   Pi[n, m] / sqrt(Pi[n, n] Pi[m, m]);
-- row:      Pi[n, m] / Pi[m, m] (the perturbing example's diagonal entry);
-- column:   Pi[n, m] / Pi[n, n] (the response example's diagonal entry);
-- trace:    Pi / (trace(Pi) / N);
-- loss:     each row divided by the response example's loss, `losses[..., n]`.
-A zero denominator gives inf/nan (IEEE), never an exception: it marks a degenerate example.
+Rows index the response example n, columns the perturbing example m, any leading batch dims.
+Kinds: none; standard (each row by its std over m, ddof=1 as the authors' Julia `std`); cosine
+(Pi[n, m] / sqrt(Pi[n, n] Pi[m, m])); row (/ Pi[m, m]); column (/ Pi[n, n]); trace (/ the mean
+diagonal); loss (each row by the response's loss). A zero denominator gives inf/nan (IEEE).
 """
 from __future__ import annotations
 
@@ -18,34 +12,21 @@ import torch
 
 from pdeinf.errors import InputError
 
-NORMALIZATIONS: tuple[str, ...] = ("none", "standard", "cosine", "row", "column", "trace", "loss")
-
-
-def _normalize_numpy(pi: np.ndarray, kind: str, losses: np.ndarray | None) -> np.ndarray:
-    diag = np.diagonal(pi, axis1=-2, axis2=-1)  # [..., N]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        if kind == "none":
-            return pi.copy()
-        if kind == "standard":
-            return pi / np.std(pi, axis=-1, ddof=1, keepdims=True)
-        if kind == "cosine":
-            return pi / np.sqrt(diag[..., :, None] * diag[..., None, :])
-        if kind == "row":
-            return pi / diag[..., None, :]
-        if kind == "column":
-            return pi / diag[..., :, None]
-        if kind == "trace":
-            return pi / (diag.mean(axis=-1)[..., None, None])
-        if kind == "loss":
-            return pi / losses[..., :, None]
-    raise AssertionError(kind)
+_KINDS = {  # (pi [..., N, N], its diagonal [..., N], losses [..., N]) -> normalised pi
+    "none": lambda pi, diag, losses: pi.copy(),
+    "standard": lambda pi, diag, losses: pi / np.std(pi, axis=-1, ddof=1, keepdims=True),
+    "cosine": lambda pi, diag, losses: pi / np.sqrt(diag[..., :, None] * diag[..., None, :]),
+    "row": lambda pi, diag, losses: pi / diag[..., None, :],
+    "column": lambda pi, diag, losses: pi / diag[..., :, None],
+    "trace": lambda pi, diag, losses: pi / (diag.mean(axis=-1)[..., None, None]),
+    "loss": lambda pi, diag, losses: pi / losses[..., :, None],
+}
+NORMALIZATIONS: tuple[str, ...] = tuple(_KINDS)
 
 
 def normalize(pi, kind: str, *, losses=None):
-    """Normalise `pi` `[..., N, N]` (numpy array or torch tensor); returns the same type/shape.
-
-    `losses` `[..., N]` (same type family accepted) is required for kind="loss".
-    """
+    """Normalise `pi` `[..., N, N]` (numpy array or torch tensor; same type and shape back);
+    `losses` `[..., N]` is required for kind="loss"."""
     if kind not in NORMALIZATIONS:
         raise InputError(f"kind={kind!r}: unknown normalisation; expected one of {', '.join(NORMALIZATIONS)}")
     is_torch = isinstance(pi, torch.Tensor)
@@ -61,7 +42,8 @@ def normalize(pi, kind: str, *, losses=None):
             raise InputError(f"losses: expected shape {tuple(arr.shape[:-1])}, got {tuple(loss_arr.shape)}")
     if not np.issubdtype(arr.dtype, np.floating):
         arr = arr.astype(np.float64)
-    out = _normalize_numpy(arr, kind, loss_arr)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = _KINDS[kind](arr, np.diagonal(arr, axis1=-2, axis2=-1), loss_arr)
     if is_torch:
         return torch.as_tensor(out, dtype=pi.dtype if pi.is_floating_point() else torch.float64).to(pi.device)
     return out

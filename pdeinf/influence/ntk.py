@@ -1,8 +1,6 @@
-"""The largest eigenvalue of the unnormalised neural tangent kernel of a batch (seed paper,
-fig. 8 / 34 / 35): `lambda_max(J J^T + lambda I)` over the batch's output space, equal to
-`lambda_max(J^T J) + lambda`, computed matrix-free by Lanczos (`scipy.sparse.linalg.eigsh`) on
-the parameter-space operator `v -> J^T J v + lambda v` (one JVP and one VJP over the batch per
-product; never P x P or M x M). J: Jacobian of all N*C*H*W raw outputs, no 1/M.
+"""The largest eigenvalue of the unnormalised NTK of a batch (seed paper, fig. 8 / 34 / 35):
+`lambda_max(J J^T + lambda I) = lambda_max(J^T J) + lambda` (J of all N*C*H*W raw outputs, no
+1/M), by Lanczos (`scipy.sparse.linalg.eigsh`) on the matrix-free `v -> J^T J v + lambda v`.
 """
 from __future__ import annotations
 
@@ -14,11 +12,8 @@ from pdeinf.influence import gradients as _grad
 from pdeinf.influence.fullspace import GaussNewtonOperator
 from pdeinf.influence.untouched import keeps_model
 
-#: Lanczos basis size of each ARPACK restart. The operator is PSD with a well separated top
-#: eigenvalue, so a short basis converges at once: trained quick CE UNet / ViT, tol 1e-2, one
-#: thread: 7 operator products against 21 with scipy's default of 20, 3.4x / 3.5x faster, the
-#: eigenvalue equal to 6e-15 / 2e-6 relative (`benchmarks/bench_ntk_lanczos.py --trained`).
-#: ARPACK's stopping rule (residual <= tol * |Ritz value|) is unchanged.
+#: Lanczos basis size of each ARPACK restart: the top eigenvalue is well separated, so 6 takes 7
+#: products against 21 with scipy's 20 (`benchmarks/bench_ntk_lanczos.py --trained`).
 LANCZOS_VECTORS = 6
 
 
@@ -26,9 +21,7 @@ LANCZOS_VECTORS = 6
 def ntk_top_eigenvalue(model: torch.nn.Module, inputs: torch.Tensor, *, damping: float = 1e-4,
                        tol: float = 1e-2, maxiter: int | None = None, seed: int = 0) -> dict:
     """`{"eigenvalue": float, "matvecs": int}`: the top eigenvalue of `J J^T + damping I` for
-    the batch `inputs` `[N, C, H, W]` (units: output^2 per parameter^2, unnormalised), to
-    relative tolerance `tol` (the paper: 1e-2, KrylovKit). Deterministic for a given `seed`
-    (the Lanczos start vector)."""
+    `inputs` `[N, C, H, W]` to relative tolerance `tol` (the paper's 1e-2); `seed`: the start vector."""
     from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 
     if not isinstance(inputs, torch.Tensor) or inputs.ndim != 4 or inputs.shape[0] == 0:

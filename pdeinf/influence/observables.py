@@ -1,11 +1,6 @@
-"""Response observables ("bras"): per-example scalars whose gradients are the rows of Pi.
-
-An observable is a callable `(input [C,H,W], target [C,H,W], prediction [C,H,W]) -> scalar`
-applied to one example (it is vmapped over the batch). The perturbation ("ket") is always the
-SMSE training-loss gradient; a response observable O replaces the row gradients:
-`Pi[n, m] = (Q^T grad O_n)^T eta^{-1} Q^T g_m` with Q the basis of the joint span of the SMSE
-and response gradients (the follow-up's recipe; `bra_basis="ket"` projects on the SMSE span
-alone), see hat.py.
+"""Response observables ("bras"): per-example scalars `(input [C,H,W], target [C,H,W],
+prediction [C,H,W]) -> scalar` (vmapped over the batch) whose gradients replace the SMSE rows
+of Pi; the perturbation ("ket") is always the SMSE gradient (hat.py).
 """
 from __future__ import annotations
 
@@ -28,23 +23,21 @@ def smse(inputs: torch.Tensor, target: torch.Tensor, pred: torch.Tensor) -> torc
 
 
 def relative_drift(inputs: torch.Tensor, pred: torch.Tensor, channel: int) -> torch.Tensor:
-    """`d = (M[pred] - M[x]) / (M[x] + 1e-6)`, `M[z] = sum_xy z[..., channel, :, :]`, shape `[...]`:
-    the input, not the target, is the reference (the papers' r^M / r^E)."""
+    """`(M[pred] - M[x]) / (M[x] + 1e-6)` `[...]`, `M[z] = sum_xy z[..., channel, :, :]` (the
+    input is the reference: the papers' r^M / r^E)."""
     before = inputs[..., channel, :, :].sum(dim=(-2, -1))
     after = pred[..., channel, :, :].sum(dim=(-2, -1))
     return (after - before) / (before + SMSE_EPS)
 
 
 def _relative_drift(channel: int, name: str, squared: bool = False):
-    """The observable `relative_drift` on `channel`, or `d^2 / 2`, whose gradient `d grad d` is
-    the papers' squared-drift bra (its sign does not flip with d)."""
+    """The observable `relative_drift` on `channel`, or `d^2 / 2` (gradient `d grad d`: the
+    papers' squared-drift bra)."""
 
     def drift(inputs: torch.Tensor, target: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
         if pred.shape[-3] <= channel:
-            raise InputError(
-                f"observable {name!r}: needs CE conserved channels (rho, rho_vx, rho_vy, E); "
-                f"got {pred.shape[-3]} channels"
-            )
+            raise InputError(f"observable {name!r}: needs CE conserved channels (rho, rho_vx, rho_vy, E); "
+                             f"got {pred.shape[-3]} channels")
         d = relative_drift(inputs, pred, channel)
         return 0.5 * d * d if squared else d
 
@@ -59,13 +52,8 @@ energy_drift = _relative_drift(CE_ENERGY, "energy_drift")
 mass_drift_sq = _relative_drift(CE_DENSITY, "mass_drift_sq", squared=True)
 energy_drift_sq = _relative_drift(CE_ENERGY, "energy_drift_sq", squared=True)
 
-OBSERVABLES: dict[str, Callable] = {
-    "smse": smse,
-    "mass_drift": mass_drift,
-    "energy_drift": energy_drift,
-    "mass_drift_sq": mass_drift_sq,
-    "energy_drift_sq": energy_drift_sq,
-}
+OBSERVABLES: dict[str, Callable] = {f.__name__: f for f in (smse, mass_drift, energy_drift, mass_drift_sq,
+                                                             energy_drift_sq)}
 
 
 def resolve(observable) -> Callable:
@@ -77,7 +65,6 @@ def resolve(observable) -> Callable:
     try:
         return OBSERVABLES[observable]
     except (KeyError, TypeError):
-        raise InputError(
-            f"response={observable!r}: unknown observable; expected one of "
-            f"{', '.join(OBSERVABLES)} or a callable (input, target, prediction) -> scalar"
-        ) from None
+        raise InputError(f"response={observable!r}: unknown observable; expected one of "
+                         f"{', '.join(OBSERVABLES)} or a callable (input, target, prediction) -> "
+                         "scalar") from None

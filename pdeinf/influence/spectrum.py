@@ -5,16 +5,18 @@ import numpy as np
 import torch
 
 
-def _as_numpy(values) -> np.ndarray:
+def _finite(values, absolute: bool = True) -> np.ndarray:
+    """The finite values (absolute values) of a tensor or array, float64."""
     if isinstance(values, torch.Tensor):
         values = values.detach().cpu().numpy()
-    return np.asarray(values, dtype=np.float64)
+    ev = np.asarray(values, dtype=np.float64)
+    ev = np.abs(ev) if absolute else ev
+    return ev[np.isfinite(ev)]
 
 
 def condition_number(eigenvalues, damping: float = 0.0) -> float:
     """(max + damping) / (min + damping) over the finite eigenvalues; inf if the min is <= 0."""
-    ev = _as_numpy(eigenvalues)
-    ev = ev[np.isfinite(ev)] + damping
+    ev = _finite(eigenvalues, absolute=False) + damping
     if ev.size == 0:
         return float("nan")
     lo = ev.min()
@@ -22,12 +24,10 @@ def condition_number(eigenvalues, damping: float = 0.0) -> float:
 
 
 def effective_rank(eigenvalues) -> float:
-    """Entropy effective rank exp(H(p)), p_i = |l_i| / sum |l| (Roy & Vetterli 2007).
-
-    Equals k for k equal non-zero eigenvalues; 1 for a single dominant mode.
-    """
-    ev = np.abs(_as_numpy(eigenvalues))
-    ev = ev[np.isfinite(ev) & (ev > 0)]
+    """Entropy effective rank exp(H(p)), p_i = |l_i| / sum |l| (Roy & Vetterli 2007): k for k
+    equal non-zero eigenvalues, 1 for a single dominant mode."""
+    ev = _finite(eigenvalues)
+    ev = ev[ev > 0]
     if ev.size == 0:
         return 0.0
     p = ev / ev.sum()
@@ -36,7 +36,6 @@ def effective_rank(eigenvalues) -> float:
 
 def participation_ratio(eigenvalues) -> float:
     """(sum l)^2 / sum l^2, another effective dimension (k for k equal modes)."""
-    ev = np.abs(_as_numpy(eigenvalues))
-    ev = ev[np.isfinite(ev)]
+    ev = _finite(eigenvalues)
     s2 = (ev**2).sum()
     return float(ev.sum() ** 2 / s2) if s2 > 0 else 0.0

@@ -1,17 +1,7 @@
-"""Leave the user's model exactly as found: the parameter swap of the functional calls and a
-guard around every public entry point.
-
-`swap_parameters(model, tensors)` puts tensors in the place of the named trainable parameters
-for the duration of one forward. Each parameter object is replaced in EVERY slot that holds it
-(a module used twice, a weight tied between two modules) exactly once per slot, and every slot
-gets back its own original object afterwards; `torch.func.functional_call` restores a module
-used twice wrongly (the second slot receives the swapped tensor back).
-
-`untouched(model)` snapshots what a call could change (the Parameter and buffer objects in
-every slot, their `requires_grad` flags, the buffers' values (running statistics of a
-train-mode forward), each module's train flag and tensor attributes such as
-the weight a `weight_norm` hook recomputes, the global RNG state) and puts it back on exit,
-also when the call raises. `model_state(model)` is the comparable snapshot used by the tests.
+"""Leave the user's model exactly as found: `swap_parameters` (tensors in every slot of the named
+parameters for one forward, also modules used twice and tied weights) and `untouched` (restores
+parameter / buffer objects and values, `requires_grad`, train flags, tensor attributes and the
+RNG state on exit); `model_state` / `same_state` are the snapshot the tests compare.
 """
 from __future__ import annotations
 
@@ -56,8 +46,8 @@ def _tensor_attributes(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def model_state(model: torch.nn.Module) -> list[tuple]:
-    """Per module (each once): its train flag, `(attr, object, requires_grad)` of its parameters
-    and buffers, and its plain tensor attributes; compare two snapshots with `same_state`."""
+    """Per module (each once): train flag, parameters `(attr, object, requires_grad)`, buffers and
+    plain tensor attributes; compare two snapshots with `same_state`."""
     out = []
     for module in model.modules():
         params = [(k, p, None if p is None else p.requires_grad) for k, p in module._parameters.items()]

@@ -1,7 +1,5 @@
-"""The one table of influence variants: metric x response observable x the PDEs it applies to.
-
-A sweep stores, per task, one matrix per variant of `variants_for(pde)` along its `variant`
-dimension; analyses, the explorer and the pipeline look names up here.
+"""The one table of influence variants (metric x response observable x the PDEs it applies to)
+that sweeps, analyses, the explorer and the pipeline look names up in.
 """
 from __future__ import annotations
 
@@ -13,9 +11,8 @@ from pdeinf.errors import InputError
 
 @dataclass(frozen=True)
 class Variant:
-    """`metric` ("gauss-newton" | "euclidean" | "adam") with the bra `observable` (a name of
-    `pdeinf.influence.observables.OBSERVABLES`); `needs` is the PDESpec fact the observable
-    reads ("density_channel", "energy_channel"), None when every PDE has it."""
+    """`metric` (of `hat.METRICS`) with the bra `observable` (of `observables.OBSERVABLES`); `needs`:
+    the PDESpec fact the observable reads ("density_channel", "energy_channel") or None."""
 
     name: str
     metric: str

@@ -1,20 +1,12 @@
 """Surrogate models: `build(name, *, channels, resolution, size, variant="authors", residual=False)`.
 
-Variants (named so an ablation can switch one departure at a time):
-- `"authors"` (default): the architectures of the paper's code, lanl/PDEHats
-  (`AuthorsUNet`, `AuthorsViT`; see their module docstrings for the layer-by-layer account and
-  the parameter arithmetic);
-- `"pdeinf"`: pdeinf's own architectures (`UNet`, `ViT`: GroupNorm ResBlocks, nearest
-  up-sampling, LayerNorm/GELU transformer), kept for comparison.
-`residual`: False predicts `u_{t+1}` directly (as the authors); True returns `u_t + f(u_t)`
-(pdeinf's own models are used that way).
-
-Sizes (C = 4 channels; `python benchmarks/bench_training.py` prints them all):
-- `smoke`: a few thousand parameters, trains in seconds at 16x16;
-- `quick`: ~1.2e5-2e5 parameters at 32x32 (per-example gradients and JVPs stay cheap);
-- `faithful`: at 32x32 at least one parameter per batch output for both PDEs (P/M >= 1 with
-  M = 48 x C x 32 x 32): authors' UNet 262,600 (CE, P/M 1.34), ViT 224,153 (CE, P/M 1.14);
-- `paper`: the paper's models at 128x128 (authors: UNet 13.9M, ViT 4.5M).
+Variants: `"authors"` (default), the architectures of the paper's code, lanl/PDEHats
+(`AuthorsUNet`, `AuthorsViT`); `"pdeinf"`, pdeinf's own (`UNet`, `ViT`), kept for comparison.
+`residual=True` returns `u_t + f(u_t)` instead of predicting `u_{t+1}` directly (as the authors).
+Sizes (C = 4; `python benchmarks/bench_training.py` prints them all): `smoke` (a few thousand
+parameters, 16x16), `quick` (~1.2e5-2e5 at 32x32), `faithful` (P/M >= 1 at 32x32 with
+M = 48 x C x 32 x 32: authors' UNet 262,600, CE P/M 1.34; ViT 224,153, P/M 1.14), `paper` (the
+paper's models at 128x128: UNet 13.9M, ViT 4.5M).
 """
 from __future__ import annotations
 
@@ -43,16 +35,12 @@ VIT_SIZES: dict[str, dict] = {  # pdeinf
     "paper": {"width": 256, "layers": 6, "heads": 8, "patch": 4, "mlp_ratio": 4},
 }
 AUTHORS_UNET_SIZES: dict[str, dict] = {
-    "smoke": {"base": 2, "levels": 2, "heads": 2},
-    "quick": {"base": 5, "levels": 4, "heads": 4},
-    "faithful": {"base": 7, "levels": 4, "heads": 4},
-    "paper": {"base": 24, "levels": 4, "heads": 4},
+    "smoke": {"base": 2, "levels": 2, "heads": 2}, "quick": {"base": 5, "levels": 4, "heads": 4},
+    "faithful": {"base": 7, "levels": 4, "heads": 4}, "paper": {"base": 24, "levels": 4, "heads": 4},
 }
 AUTHORS_VIT_SIZES: dict[str, dict] = {
-    "smoke": {"width": 16, "depth": 2, "heads": 4},
-    "quick": {"width": 64, "depth": 4, "heads": 4},
-    "faithful": {"width": 80, "depth": 4, "heads": 4},
-    "paper": {"width": 256, "depth": 8, "heads": 8},
+    "smoke": {"width": 16, "depth": 2, "heads": 4}, "quick": {"width": 64, "depth": 4, "heads": 4},
+    "faithful": {"width": 80, "depth": 4, "heads": 4}, "paper": {"width": 256, "depth": 8, "heads": 8},
 }
 MODEL_NAMES = ("unet", "vit")
 VARIANTS = ("authors", "pdeinf")
@@ -96,7 +84,7 @@ def build(name: str, *, channels: int, resolution: int, size: str, variant: str 
 
 
 def _option_names(name: str, variant: str) -> tuple[str, ...]:
-    """The keyword options of the model class (its size-table entries and their siblings)."""
+    """The keyword options of the model class."""
     parameters = inspect.signature(_CLASSES[name, variant]).parameters.values()
     return tuple(p.name for p in parameters if p.kind is p.KEYWORD_ONLY and p.name != "residual")
 

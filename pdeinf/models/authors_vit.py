@@ -1,32 +1,20 @@
-"""The authors' ViT (lanl/PDEHats `src/Models/ViT/{ViT,embed,encoder}.jl`), in PyTorch.
-
-Read at lanl/PDEHats commit 02eff15 (the stored version; the paper commit 843937e is not in the
-code index). Their code: `depth = 8`, `N_heads = 8`, `r = 2`, `chs = 256` (train scripts); the
-paper text says "layer-depth six" (L1313): `depth` is a setting, default 8 as the code.
+"""The authors' ViT (lanl/PDEHats `src/Models/ViT/{ViT,embed,encoder}.jl`, commit 02eff15).
+Their code: depth 8, 8 heads, MLP ratio 2, width 256 (the paper's text says depth six, L1313:
+`depth` is a setting, default 8 as the code).
 
     patch embed  circular pad 2, conv 5x5 stride 4 (Lux default init), F -> D   [B, L, D]
     + position embedding, one N(0, 1) vector per token (their `randn` init)
     -> depth x [x + MHA(RMSNorm(x)); x + Dense(rD -> D)(swish(Dense(D -> rD)(RMSNorm(x))))]
-    -> RMSNorm -> Dense(D -> 16 F) -> un-patching -> u_{t+1}   (`residual=True`: u_t + that)
+    -> RMSNorm (one scalar scale) -> Dense(D -> 16 F) -> un-patching -> u_{t+1}
+    (`residual=True`: u_t + that)
 
-RMSNorm is Lux `RMSNorm((1,))`: RMS over a token's features, one scalar scale.
+Un-patching, theirs (`unpatch="strip"`): the 16 values of token t land at flat pixels
+16 t .. 16 t + 15 of the row-major `[H, W]` grid, a 1 x 16 strip inside the token's band of 4
+rows, not its 4 x 4 patch; so the model commutes with circular shifts along H by multiples of 4
+(position embedding removed) but not along W. `unpatch="patch"`: the conventional placement.
 
-Un-patching, theirs (`unpatch="strip"`): `ReshapeLayer((k*k, F, l*l))`, `permutedims (1,3,2,4)`,
-`ReshapeLayer((L, L, F))`: the 16 values of token t (patch row t // gw, column t % gw) land at
-flat pixels 16 t .. 16 t + 15 of the row-major `[H, W]` grid, i.e. a 1 x 16 strip inside the
-token's own band of 4 rows, not its 4 x 4 patch. The model thus commutes with circular shifts
-along H by multiples of 4 (with the position embedding removed) but not along W.
-`unpatch="patch"` is the conventional 4 x 4 placement (an ablation switch).
-
-Their parameter count (CE, F = 4, D = 256, 128 x 128 -> 32 x 32 tokens, depth 8):
-
-    patch embed  25*4*256 + 256                                     =    25,856
-    position     256 * 1024                                         =   262,144
-    encoder      8 * (1 + 4*256^2 + 1 + (256*512+512) + (512*256+256)) = 8 * 525,058 = 4,200,464
-    final norm   1                                                  =         1
-    dense        256*64 + 64                                        =    16,448
-    total                                                             4,504,913
-    (NS, F = 2: 4,483,889; depth 6 as the text: 3,454,797.)
+Parameters at 128 x 128, CE (F = 4): embed 25,856; position 262,144; encoder 8 x 525,058;
+final norm 1; dense 16,448; total 4,504,913 (NS, F = 2: 4,483,889; depth 6: 3,454,797).
 """
 from __future__ import annotations
 

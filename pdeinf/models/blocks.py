@@ -1,24 +1,14 @@
-"""Building blocks of the authors' surrogates (lanl/PDEHats, Lux.jl), rebuilt in PyTorch.
+"""Building blocks of the surrogates: pdeinf's own (GroupNorm ResBlocks, LayerNorm/GELU
+transformer) and the authors' (lanl/PDEHats, Lux.jl), rebuilt in PyTorch.
 
-Conventions carried over from their Julia code (arrays `(x, y, channel, batch)`, column-major,
-which is our `[B, C, H=y, W=x]` in row-major memory order):
-
-- `LayerNorm((1, 1, C), swish; dims=(1, 2))` normalises each channel of each sample over space
-  and has a per-channel scale and shift -> `SpaceNorm` (= GroupNorm with one group per channel).
-- Lux `RMSNorm(shape)` divides by the root mean square over the first `len(shape)` axes and
-  multiplies by a learned scale *of that shape*; their shapes are `(1, 1)` (UNet: RMS over space,
-  per channel) and `(1,)` (ViT: RMS over the features of a token), so the scale is ONE scalar
-  -> `ScalarRMSNorm`.
-- Lux `MultiHeadAttention(d; nheads)`: q, k, v and output projections without bias, softmax of
-  `q.k / sqrt(d_head)` -> `BiasFreeSelfAttention` (explicit matmul + softmax, so that
-  `torch.func.jvp`/`vmap` pass through it on every backend).
-
-Initialisation (Lux defaults unless their code names one):
-- `init_weight=kaiming_normal`: N(0, 2 / fan_in) -> `kaiming_normal_`;
-- Lux default weight: U(+-sqrt(3 / fan_in)) (kaiming_uniform with gain 1) -> `lux_default_`;
-- Lux default bias: U(+-1 / sqrt(fan_in)) (the PyTorch default) -> `lux_bias_`;
-- norm scales 1, shifts 0.
-`fan_in` = in_channels * kernel area.
+Every layer passes `torch.func` transforms: no BatchNorm (running statistics break
+`vmap(grad)`), no fused attention (the CPU flash kernel has no forward-mode AD); attention is
+matmul + softmax. Lux conventions (`(x, y, channel, batch)` arrays = our `[B, C, H=y, W=x]`):
+`LayerNorm((1, 1, C), swish; dims=(1, 2))` -> `SpaceNorm`; `RMSNorm((1, 1))` / `RMSNorm((1,))`
+(RMS over space / token features, ONE scalar scale) -> `ScalarRMSNorm`; `MultiHeadAttention`
+(no biases) -> `BiasFreeSelfAttention`. Lux initialisation: `kaiming_normal` N(0, 2 / fan_in),
+default weight U(+-sqrt(3 / fan_in)), default bias U(+-1 / sqrt(fan_in)); `fan_in` = in_channels
+x kernel area; norm scales 1, shifts 0.
 """
 from __future__ import annotations
 
@@ -29,42 +19,44 @@ import torch.nn.functional as F
 from torch import nn
 
 from pdeinf.errors import InputError
-from pdeinf.models.layers import CircularConv2d, attend, check_heads, over_pixels
 
 
-def kaiming_normal_(weight: torch.Tensor) -> None:
-    """N(0, 2/fan_in) in place (Lux/WeightInitializers `kaiming_normal`, gain sqrt(2))."""
-    fan_in = weight[0].numel()
+def group_count(channels: int, max_groups: int = 8) -> int:
+    """Number of GroupNorm groups: the largest divisor of `channels` not above `max_groups`."""
+    return math.gcd(channels, max_groups)
+
+
+def lux_init_(tensor: torch.Tensor, fan_in: int, kind: str) -> None:
+    """In place: `"kaiming_normal"` N(0, 2/fan_in), `"lux"` U(+-sqrt(3/fan_in)) (Lux default
+    weight) or `"bias"` U(+-1/sqrt(fan_in)) (Lux default bias)."""
     with torch.no_grad():
-        weight.normal_(0.0, math.sqrt(2.0 / fan_in))
+        if kind == "kaiming_normal":
+            tensor.normal_(0.0, math.sqrt(2.0 / fan_in))
+        else:
+            bound = math.sqrt(3.0 / fan_in) if kind == "lux" else 1.0 / math.sqrt(fan_in)
+            tensor.uniform_(-bound, bound)
 
 
-def lux_default_(weight: torch.Tensor) -> None:
-    """U(-sqrt(3/fan_in), sqrt(3/fan_in)) in place (Lux Dense/Conv default weight)."""
-    bound = math.sqrt(3.0 / weight[0].numel())
-    with torch.no_grad():
-        weight.uniform_(-bound, bound)
+class CircularConv2d(nn.Conv2d):
+    """`Conv2d` with circular padding of `(kernel_size - 1) // 2` per side: with stride 1 and an
+    odd kernel the grid is kept, and the layer commutes with circular translations."""
 
-
-def lux_bias_(bias: torch.Tensor, fan_in: int) -> None:
-    """U(-1/sqrt(fan_in), 1/sqrt(fan_in)) in place (Lux default bias)."""
-    bound = 1.0 / math.sqrt(fan_in)
-    with torch.no_grad():
-        bias.uniform_(-bound, bound)
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
+                 padding: int | None = None):
+        pad = (kernel_size - 1) // 2 if padding is None else padding
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=pad,
+                         padding_mode="circular" if pad else "zeros")
 
 
 class Conv(CircularConv2d):
-    """Circularly padded conv, `[B, c_in, H, W] -> [B, c_out, H/stride, W/stride]`, with bias.
-
-    Padding `(k - 1) // 2` per side wraps the periodic domain (their `pad_circular` with
-    `get_padding_circular(K)`). `init="kaiming_normal"` or `"lux"` (the Lux default).
-    """
+    """The authors' circular conv with bias, `[B, c_in, H, W] -> [B, c_out, H/stride, W/stride]`;
+    `init="kaiming_normal"` or `"lux"` (the Lux default)."""
 
     def __init__(self, c_in: int, c_out: int, kernel_size: int, *, stride: int = 1,
                  init: str = "kaiming_normal"):
         super().__init__(c_in, c_out, kernel_size, stride=stride)
-        (kaiming_normal_ if init == "kaiming_normal" else lux_default_)(self.weight)
-        lux_bias_(self.bias, self.weight[0].numel())
+        lux_init_(self.weight, self.weight[0].numel(), init)
+        lux_init_(self.bias, self.weight[0].numel(), "bias")
 
 
 class Linear(nn.Linear):
@@ -72,35 +64,59 @@ class Linear(nn.Linear):
 
     def __init__(self, d_in: int, d_out: int, bias: bool = True):
         super().__init__(d_in, d_out, bias=bias)
-        lux_default_(self.weight)
+        lux_init_(self.weight, d_in, "lux")
         if bias:
-            lux_bias_(self.bias, d_in)
+            lux_init_(self.bias, d_in, "bias")
 
 
-class SpaceNorm(nn.GroupNorm):
-    """Per-sample, per-channel normalisation over space with a per-channel affine map, then
-    swish; `[B, C, H, W] -> same`. Their `LayerNorm((1, 1, C), swish; dims=(1, 2))`."""
-
-    def __init__(self, channels: int, eps: float = 1e-5):
-        super().__init__(channels, channels, eps=eps)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.silu(super().forward(x))
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+    """`softmax(q k^T / sqrt(d_head)) v` per head for `[B, L, D]` queries, keys, values."""
+    b, n, d = q.shape
+    q, k, v = (t.reshape(b, n, heads, d // heads).transpose(1, 2) for t in (q, k, v))
+    weights = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(d // heads), dim=-1)
+    return (weights @ v).transpose(1, 2).reshape(b, n, d)
 
 
-class ScalarRMSNorm(nn.Module):
-    """`x / sqrt(mean(x^2 over dims) + eps) * scale` with ONE learned scalar (Lux `RMSNorm((1,1))`
-    / `RMSNorm((1,))`). `dims=(-2, -1)`: over space of `[B, C, H, W]`; `dims=(-1,)`: over the
-    features of tokens `[B, L, D]`."""
+def check_heads(dim: int, heads: int) -> None:
+    if dim % heads:
+        raise InputError(f"attention width {dim} is not divisible by heads={heads}")
 
-    def __init__(self, dims: tuple[int, ...], eps: float = 1e-5, swish: bool = False):
+
+def over_pixels(attention: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`attention` (tokens `[B, L, C]` -> same) applied to the pixels of `x` `[B, C, H, W]`."""
+    b, c, h, w = x.shape
+    return attention(x.reshape(b, c, h * w).transpose(1, 2)).transpose(1, 2).reshape(b, c, h, w)
+
+
+class ResBlock(nn.Module):
+    """norm -> swish -> conv -> norm -> swish -> conv, plus a (1x1 projected) residual;
+    `[B, c_in, H, W] -> [B, c_out, H, W]`."""
+
+    def __init__(self, c_in: int, c_out: int, kernel_size: int):
         super().__init__()
-        self.dims, self.eps, self.swish = dims, eps, swish
-        self.scale = nn.Parameter(torch.ones(1))
+        self.norm1 = nn.GroupNorm(group_count(c_in), c_in)
+        self.conv1 = CircularConv2d(c_in, c_out, kernel_size)
+        self.norm2 = nn.GroupNorm(group_count(c_out), c_out)
+        self.conv2 = CircularConv2d(c_out, c_out, kernel_size)
+        self.skip = nn.Identity() if c_in == c_out else nn.Conv2d(c_in, c_out, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = x * torch.rsqrt(x.pow(2).mean(dim=self.dims, keepdim=True) + self.eps) * self.scale
-        return F.silu(y) if self.swish else y
+        h = self.conv1(F.silu(self.norm1(x)))
+        return self.skip(x) + self.conv2(F.silu(self.norm2(h)))
+
+
+class MultiHeadSelfAttention(nn.Module):
+    """Multi-head self-attention on tokens `[B, L, D] -> [B, L, D]` (explicit softmax)."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        check_heads(dim, heads)
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(attend(*self.qkv(x).chunk(3, dim=-1), self.heads))
 
 
 class BiasFreeSelfAttention(nn.Module):
@@ -116,14 +132,62 @@ class BiasFreeSelfAttention(nn.Module):
         return self.out(attend(self.q(x), self.k(x), self.v(x), self.heads))
 
 
-class Down(nn.Module):
-    """Their `Down(c; K)`: `[B, c, H, W] -> [B, 2c, H/2, W/2]`.
+class SpatialAttention(nn.Module):
+    """Pre-norm residual self-attention over the pixels of a feature map `[B, C, H, W]`."""
 
-        h = swish(SpaceNorm(x))
-        skip = avgpool_K,stride2(circpad(conv1x1(h)))            (fixed K x K mean, no parameters)
-        main = conv_K,stride2(swish(SpaceNorm(conv_K(h))))
-        out  = (main + skip) / sqrt(2)
-    """
+    def __init__(self, channels: int, heads: int):
+        super().__init__()
+        self.norm = nn.GroupNorm(group_count(channels), channels)
+        self.attn = MultiHeadSelfAttention(channels, heads)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + over_pixels(self.attn, self.norm(x))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm encoder block: x + MHSA(LN(x)), then x + MLP(LN(x)); `[B, L, D]`."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: int):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = MultiHeadSelfAttention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(),
+                                 nn.Linear(mlp_ratio * dim, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class SpaceNorm(nn.GroupNorm):
+    """Per-sample, per-channel normalisation over space with a per-channel affine map, then
+    swish; `[B, C, H, W] -> same`."""
+
+    def __init__(self, channels: int, eps: float = 1e-5):
+        super().__init__(channels, channels, eps=eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.silu(super().forward(x))
+
+
+class ScalarRMSNorm(nn.Module):
+    """`x / sqrt(mean(x^2 over dims) + eps) * scale` with ONE learned scalar; `dims=(-2, -1)`:
+    over space of `[B, C, H, W]`; `dims=(-1,)`: over the features of tokens `[B, L, D]`."""
+
+    def __init__(self, dims: tuple[int, ...], eps: float = 1e-5, swish: bool = False):
+        super().__init__()
+        self.dims, self.eps, self.swish = dims, eps, swish
+        self.scale = nn.Parameter(torch.ones(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x * torch.rsqrt(x.pow(2).mean(dim=self.dims, keepdim=True) + self.eps) * self.scale
+        return F.silu(y) if self.swish else y
+
+
+class Down(nn.Module):
+    """Their `Down(c; K)`: `[B, c, H, W] -> [B, 2c, H/2, W/2]`; the skip path is a 1x1 conv and
+    a fixed K x K mean (stride 2, circular padding)."""
 
     def __init__(self, c: int, kernel: int):
         super().__init__()
@@ -144,11 +208,7 @@ class Down(nn.Module):
 
 
 class Up(nn.Module):
-    """Their `Up(c; K)`: `[B, c, H, W] -> [B, c/4, 2H, 2W]`.
-
-        h = PixelShuffle_2(swish(SpaceNorm(x)))
-        out = (conv_K(swish(SpaceNorm(conv_K(h)))) + conv1x1(h)) / sqrt(2)
-    """
+    """Their `Up(c; K)` (pixel shuffle): `[B, c, H, W] -> [B, c/4, 2H, 2W]`."""
 
     def __init__(self, c: int, kernel: int):
         super().__init__()
@@ -168,11 +228,8 @@ class Up(nn.Module):
 
 
 class AttnBlock(nn.Module):
-    """Their UNet bottleneck `AttnBlock(c; N_heads=4, r)` on `[B, c, H, W]`:
-
-        a = x + MHA(pixels of ScalarRMSNorm_space(x))
-        out = (a + conv1x1(swish(conv1x1_{c -> r c}(ScalarRMSNorm_space(a))))) / sqrt(2)
-    """
+    """Their UNet bottleneck `AttnBlock(c; N_heads=4, r)` on `[B, c, H, W]`: attention over
+    the pixels, then a 1x1-conv FFN of ratio `r`."""
 
     def __init__(self, c: int, heads: int = 4, ratio: int = 2):
         super().__init__()
@@ -189,8 +246,7 @@ class AttnBlock(nn.Module):
 
 
 class EncoderLayer(nn.Module):
-    """Their ViT encoder layer on `[B, L, D]`: x + MHA(RMSNorm(x)); x + MLP(RMSNorm(x)),
-    MLP = Dense(D, rD, swish) -> Dense(rD, D)."""
+    """Their ViT encoder layer on `[B, L, D]`: x + MHA(RMSNorm(x)); x + MLP(RMSNorm(x))."""
 
     def __init__(self, dim: int, heads: int, ratio: int = 2):
         super().__init__()

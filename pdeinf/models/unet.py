@@ -1,19 +1,12 @@
-"""UNet surrogate `u_t -> u_{t+1}` on a periodic grid (the paper's UNet, in PyTorch).
+"""pdeinf's own UNet surrogate `u_t -> u_{t+1}` on a periodic grid (level i: `base * mults[i]`
+channels, kernel `kernels[i]`):
 
-Layout (level i has `base * mults[i]` channels and kernel `kernels[i]`, large to small):
+    stem conv -> [ResBlock_i -> stride-2 conv] for i < depth -> ResBlock, attention, ResBlock
+              -> [upsample x2 + conv -> concat skip -> ResBlock_i] -> norm, swish, conv
 
-    stem conv -> [ResBlock_i -> stride-2 conv]  for i < depth        (down path)
-              -> ResBlock -> attention -> ResBlock                   (bottleneck, level depth)
-              -> [upsample x2 + conv -> concat skip -> ResBlock_i]    (up path)
-              -> norm -> swish -> conv -> + input                    (predicts the increment)
-
-All convolutions pad circularly; normalisation is GroupNorm (no BatchNorm, so torch.func works);
-activations are swish (SiLU). The network predicts the increment `u_{t+1} - u_t`, added to the
-input (`residual=True`), which makes the one-step map start near the identity.
-
-Tiny grids: the number of downsamplings is reduced so that the bottleneck stays at least 4x4
-(`depth = min(len(mults) - 1, log2(resolution) - 2)`), and every kernel is clipped so that its
-circular padding does not wrap more than once around the grid of its level.
+Circular padding, GroupNorm, swish; `residual=True` (default) adds the input (predicts the
+increment). The bottleneck stays at least 4x4 (`depth = min(len(mults) - 1, log2(R) - 2)`) and
+every kernel is clipped so that its circular padding wraps at most once.
 """
 from __future__ import annotations
 
@@ -23,7 +16,7 @@ from torch import nn
 
 from pdeinf.errors import InputError
 from pdeinf.models.authors_unet import fit_kernel, unet_depth
-from pdeinf.models.layers import CircularConv2d, ResBlock, SpatialAttention, group_count
+from pdeinf.models.blocks import CircularConv2d, ResBlock, SpatialAttention, group_count
 
 
 def effective_depth(resolution: int, max_depth: int) -> int:
@@ -39,16 +32,14 @@ class UNet(nn.Module):
         super().__init__()
         if len(kernels) != len(mults):
             raise InputError("kernels and mults need one entry per level")
-        self.resolution = resolution
-        self.residual = residual
+        self.resolution, self.residual = resolution, residual
         self.depth = effective_depth(resolution, len(mults) - 1)
         widths = [base * m for m in mults[: self.depth + 1]]
         sizes = [resolution // 2**i for i in range(self.depth + 1)]
         ks = [fit_kernel(k, s - 1) for k, s in zip(kernels[: self.depth + 1], sizes)]
 
         self.stem = CircularConv2d(channels, widths[0], ks[0])
-        self.down_blocks = nn.ModuleList()
-        self.downsamples = nn.ModuleList()
+        self.down_blocks, self.downsamples = nn.ModuleList(), nn.ModuleList()
         for i in range(self.depth):
             self.down_blocks.append(ResBlock(widths[i], widths[i], ks[i]))
             self.downsamples.append(CircularConv2d(widths[i], widths[i + 1], 3, stride=2, padding=1))
@@ -56,8 +47,7 @@ class UNet(nn.Module):
         self.mid1 = ResBlock(c_mid, c_mid, k_mid)
         self.mid_attn = SpatialAttention(c_mid, heads)
         self.mid2 = ResBlock(c_mid, c_mid, k_mid)
-        self.upsamples = nn.ModuleList()
-        self.up_blocks = nn.ModuleList()
+        self.upsamples, self.up_blocks = nn.ModuleList(), nn.ModuleList()
         for i in reversed(range(self.depth)):
             self.upsamples.append(CircularConv2d(widths[i + 1], widths[i], 3))
             self.up_blocks.append(ResBlock(2 * widths[i], widths[i], ks[i]))

@@ -1,13 +1,7 @@
-"""Vision-transformer surrogate `u_t -> u_{t+1}` on a periodic grid (the paper's ViT).
-
-    patch embedding: circularly padded stride-`patch` convolution (kernel 2*patch, so
-                     neighbouring patches overlap across the periodic boundary)
-    + learned position embedding (one vector per patch)
-    -> `layers` pre-norm transformer encoder blocks (width, heads, MLP ratio)
-    -> LayerNorm -> linear un-patching (each token -> patch*patch*channels values)
-    -> + input (predicts the increment, `residual=True`)
-
-Attention is explicit matmul + softmax so `torch.func.jvp` passes through it.
+"""pdeinf's own ViT surrogate `u_t -> u_{t+1}` on a periodic grid: a circularly padded
+stride-`patch` convolution (kernel 2 patch, patches overlap across the boundary) + learned
+position embedding -> `layers` pre-norm transformer blocks -> LayerNorm -> linear un-patching
+(token -> patch x patch x channels values); `residual=True` (default) adds the input.
 """
 from __future__ import annotations
 
@@ -15,7 +9,7 @@ import torch
 from torch import nn
 
 from pdeinf.errors import InputError
-from pdeinf.models.layers import CircularConv2d, TransformerBlock
+from pdeinf.models.blocks import CircularConv2d, TransformerBlock
 
 
 class ViT(nn.Module):

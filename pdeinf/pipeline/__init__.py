@@ -1,31 +1,15 @@
 """Orchestration: the only layer that reads or writes `results/` (data, checkpoints, influence
-files, rollouts, notebook runs, the closing table). Split by stage:
-
-=================  ==========================================================  ==============
-stage              output                                                      module
-=================  ==========================================================  ==============
-data               ``results/data/<profile>/<DATASET>/*.nc``                   `data`
-training           ``results/runs/<profile>/<PDE>-<model>-s<seed>/ckpt_e*.pt``  `training`
-influence          ``results/influence/<profile>/<PDE>-<model>/s*_e*_b*.nc``    `influence`
-rollouts           ``results/rollouts/<profile>/<PDE>-<model>.nc``              `rollouts`
-seed paper         ``results/influence/<profile>/seed-paper/<PDE>-<model>/``     `influence`
-interventions      ``results/interventions/<profile>/<PDE>-<model>/<recipe>/``   `interventions`
-estimator study    ``results/estimator/<profile>/<PDE>-<model>/s<seed>.nc``      `estimator`
-symmetry           ``results/symmetry/<profile>/<PDE>-<model>/s<seed>.nc``       `symmetry`
-ablation           ``results/ablation/<profile>/<PDE>-<model>/<config>/s<seed>.nc`` `ablation`
-findings           ``figures/findings_<profile>.json`` (every headline number)   `findings`,
-                                                                               `study_findings`
-notebooks          ``results/executed/*.ipynb``, ``results/*.json``, figures/    `notebooks`
-=================  ==========================================================  ==============
+files, rollouts, the studies, notebook runs, the closing table), one module per stage; where
+each stage writes is the stage table (`stages.STAGES`, shown in docs/cluster.md).
 
 Every stage output records a key of its inputs (data content, checkpoint bytes, settings,
 package version) and, for result arrays, a checksum; a rerun recomputes exactly what is
-missing, stale or corrupt. `reproduce` runs it all under a per-results-root lock, as the graph
-derived from the stage table (`stages.STAGES`).
+missing, stale or corrupt. `reproduce` runs it all under a per-results-root lock.
 """
+import functools
+
 from pdeinf.pipeline.ablation import ensure_ablation, ensure_ablation_pair
 from pdeinf.pipeline.common import as_profile, checkpoint_path
-from pdeinf.pipeline.data import ensure_data
 from pdeinf.pipeline.estimator import ensure_estimator_study
 from pdeinf.pipeline.findings import (
     ablation_markdown,
@@ -65,61 +49,28 @@ from pdeinf.pipeline.reproduce import (
 )
 from pdeinf.pipeline.rollouts import ensure_rollouts, rollouts_path
 from pdeinf.pipeline.symmetry import ensure_symmetry, symmetry_loader
-from pdeinf.pipeline.training import ensure_training, training_complete, training_history
+from pdeinf.pipeline.training import (
+    ensure_data,
+    ensure_training,
+    training_complete,
+    training_history,
+)
 
 
 def sweep_loader(profile, *, variants=None, progress: bool = False):
     """A loader `(pde, model) -> xr.Dataset` over the cached sweeps, for the explorer."""
-
-    def load(pde: str, model: str):
-        return load_variants(profile, pde, model, variants, progress=progress)
-
-    return load
+    return functools.partial(load_variants, profile, names=variants, progress=progress)
 
 
 __all__ = [
-    "FileSources",
-    "ReproduceReport",
-    "StageTiming",
-    "ablation_markdown",
-    "as_profile",
-    "checkpoint_path",
-    "collect_findings",
-    "ensure_ablation",
-    "ensure_ablation_pair",
-    "ensure_data",
-    "ensure_estimator_study",
-    "ensure_influence",
-    "ensure_intervention_pair",
-    "ensure_interventions",
-    "ensure_ladder",
-    "ensure_ladder_runs",
-    "ensure_rollouts",
-    "ensure_seed_paper",
-    "ensure_symmetry",
-    "ensure_training",
-    "executed_dir",
-    "finding_lines",
-    "finding_summary",
-    "findings_markdown",
-    "findings_stage",
-    "format_report",
-    "list_notebooks",
-    "load_findings",
-    "load_sweep",
-    "load_variants",
-    "notebook_cache_key",
-    "regime_cards",
-    "reproduce",
-    "rollouts_path",
-    "run_all",
-    "run_notebook",
-    "run_sweep",
-    "stage_tasks",
-    "summarize_notebook",
-    "sweep_loader",
-    "symmetry_loader",
-    "training_complete",
-    "training_history",
-    "write_findings",
+    "FileSources", "ReproduceReport", "StageTiming", "ablation_markdown", "as_profile",
+    "checkpoint_path", "collect_findings", "ensure_ablation", "ensure_ablation_pair",
+    "ensure_data", "ensure_estimator_study", "ensure_influence", "ensure_intervention_pair",
+    "ensure_interventions", "ensure_ladder", "ensure_ladder_runs", "ensure_rollouts",
+    "ensure_seed_paper", "ensure_symmetry", "ensure_training", "executed_dir", "finding_lines",
+    "finding_summary", "findings_markdown", "findings_stage", "format_report", "list_notebooks",
+    "load_findings", "load_sweep", "load_variants", "notebook_cache_key", "regime_cards",
+    "reproduce", "rollouts_path", "run_all", "run_notebook", "run_sweep", "stage_tasks",
+    "summarize_notebook", "sweep_loader", "symmetry_loader", "training_complete",
+    "training_history", "write_findings",
 ]

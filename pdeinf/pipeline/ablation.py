@@ -1,30 +1,13 @@
 """Stage: the model-departure ablation: the profile's runs retrained with one departure from
-the authors' models at a time, and what each finding's number does.
+the authors' models at a time (`ABLATIONS`: "increment", `residual=True`, the model predicts
+u_t + f(u_t); "pdeinf", pdeinf's own UNet / ViT predicting the increment), and what each
+finding's number does. A configuration equal to the profile's own setting is left out.
 
-Configurations (`ABLATIONS`, each a set of `Profile` overrides applied with
-`dataclasses.replace`; one that equals the profile's own setting is left out):
-
-- "increment": `residual=True`, the model predicts u_t + f(u_t) instead of u_{t+1};
-- "pdeinf": `model_variant="pdeinf", residual=True`, pdeinf's own UNet / ViT, which predict
-  the increment u_{t+1} - u_t.
-
-For each (PDE, model) of `ablation_pairs(profile)` and each seed, the run is trained into
-`runs_dir(profile)/ablation-<name>/<PDE>-<model>-s<seed>` (same data from `profile_data`, same
-optimizer settings; keyed on `training.training_key` of the replaced profile, which includes
-model_variant and residual: `training.ensure_keyed_run`). At the final checkpoint one task
-computes the interventions study's task (`interventions.compute_task`: raw Gauss-Newton
-influence, rollouts and validation SMSE) on the profile's `n_influence_batches` influence
-batches: `results/ablation/<profile>/<PDE>-<model>/<config>/s<seed>.nc`, keyed by `task_key`
-(`checksums.ensure_cached`).
-
-Cost (2 cores shared with other jobs): smoke 10 s for both configurations (1 seed, cached
-rerun 1 s); quick, per (PDE, model): 6 trainings + 12 Gauss-Newton matrices + rollouts, measured
-under a ~3-4x load at 126 s (pdeinf) / 174 s (increment) per training and 15-18 s per
-matrix, about 5 minutes on two otherwise idle cores.
-
-The baseline (the profile's default configuration) is not recomputed: its influence is the
-follow-up sweep's (`ensure_influence`, final checkpoint), its rollouts `ensure_rollouts`, its
-validation SMSE the training history.
+Per pair of `ablation_pairs` and seed: the run under `runs_dir(profile)/ablation-<name>/`
+(keyed on `training.training_key` of the replaced profile), and at its final checkpoint the
+interventions study's task (`interventions.compute_task`) on `n_influence_batches` batches,
+`results/ablation/<profile>/<PDE>-<model>/<config>/s<seed>.nc`, keyed by `task_key`. The
+baseline is read from the follow-up sweep, the rollouts and the training history.
 """
 from __future__ import annotations
 
@@ -55,22 +38,15 @@ ABLATIONS: dict[str, dict] = {
     "increment": {"residual": True},
     "pdeinf": {"model_variant": "pdeinf", "residual": True},
 }
-#: Pairs when the profile has no `ablation_pairs` field: CE-unet, every pair at paper size.
-DEFAULT_PAIRS = (("CE", "unet"),)
 
 
 def ablation_pairs(profile: ProfileLike) -> list[tuple[str, str]]:
-    """`profile.ablation_pairs` when the profile has that field (None: every pair); else every
-    pair at the paper profile and CE-unet otherwise. Only pairs of the profile."""
+    """`profile.ablation_pairs` (None: every pair), only pairs of the profile."""
     prof = as_profile(profile)
-    if hasattr(prof, "ablation_pairs"):
-        pairs = prof.ablation_pairs
-    else:
-        pairs = None if prof.name == "paper" else DEFAULT_PAIRS
     every = [(p, m) for p in prof.pdes for m in prof.models]
-    if pairs is None:
+    if prof.ablation_pairs is None:
         return every
-    return [(str(p), str(m)) for p, m in pairs if (p, m) in every]
+    return [(str(p), str(m)) for p, m in prof.ablation_pairs if (p, m) in every]
 
 
 def configurations(profile: ProfileLike) -> list[str]:
@@ -95,8 +71,7 @@ def run_dir(profile: ProfileLike, name: str, pde: str, model: str, seed: int) ->
 def ensure_ablation_runs(profile: ProfileLike, name: str, pde: str, model: str, *,
                          progress: bool = True, train=None) -> dict[int, Path]:
     """`{seed: run_dir}` of configuration `name`, trained (resumed, or retrained when stale)."""
-    from pdeinf.pipeline.data import profile_data
-    from pdeinf.pipeline.training import ensure_runs, training_key
+    from pdeinf.pipeline.training import ensure_runs, profile_data, training_key
 
     prof = as_profile(profile)
     check_selection(prof, pde, model)
@@ -133,7 +108,7 @@ def task_key(prof, pde: str, model: str, name: str, seed: int, checkpoint: Path,
 
 def run_ablation(profile: ProfileLike, pde: str, model: str, *, progress: bool = True) -> list[Path]:
     """Train what is missing and compute every missing/stale/corrupt task of (pde, model)."""
-    from pdeinf.pipeline.data import profile_data
+    from pdeinf.pipeline.training import profile_data
     from pdeinf.training.train import load_checkpoint
 
     prof = as_profile(profile)
@@ -185,11 +160,10 @@ def _baseline(prof, pde: str, model: str, *, progress: bool):
 
 
 def load_ablation(profile: ProfileLike, pde: str, model: str, *, baseline=None):
-    """The cached tasks of (pde, model) with the baseline as one `xr.Dataset` with a leading
-    `config` dim ("baseline", then each configuration): `pi` (config, seed, batch, t_resp,
-    c_resp, t_pert, c_pert), `losses`, `rank`, `rollout` (config, seed, class, batch, start,
-    horizon), `val_smse` (config, seed). `baseline`: the baseline in the task layout (default:
-    read from the upstream stages). InputError naming a missing/corrupt file."""
+    """The cached tasks of (pde, model) and the baseline (default: from the upstream stages) as
+    one `xr.Dataset` with a leading `config` dim ("baseline", then each configuration): `pi`
+    (config, seed, batch, t_resp, c_resp, t_pert, c_pert), `losses`, `rank`, `rollout` (config,
+    seed, class, batch, start, horizon), `val_smse`. InputError naming a missing/corrupt file."""
     import xarray as xr
 
     prof = as_profile(profile)

@@ -1,7 +1,6 @@
-"""The result files of the pipeline's stages: one netCDF per task, recording `cache_key` (the
-content key of what it was computed from, `common.content_key`) and a checksum of its arrays,
-so a file of other inputs or whose bytes changed (a flipped block on disk, a hand edit, an
-interrupted copy) is never read back as valid. `ensure_cached` is the one loop of every stage:
+"""The result files of the pipeline's stages: one netCDF per task recording `cache_key` (the
+`common.content_key` of its inputs) and a checksum of its arrays, so a file of other inputs or
+whose bytes changed is never read back as valid. `ensure_cached` is the one loop of every stage:
 keep what is valid, compute exactly what is missing, stale or corrupt, write it atomically."""
 from __future__ import annotations
 
@@ -34,19 +33,13 @@ def with_checksum(ds):
     return ds
 
 
-def checksum_ok(ds) -> bool:
-    stored = ds.attrs.get(CHECKSUM_ATTR)
-    return stored is not None and stored == dataset_checksum(ds)
-
-
 def require_finite(ds, name: str, what: str) -> None:
     """NumericalError naming `what` unless every value of `ds[name]` is finite: a result that
     must be finite and is not is never cached."""
     from pdeinf.errors import NumericalError
 
     values = np.asarray(ds[name].values)
-    bad = int(values.size - np.isfinite(values).sum())
-    if bad:
+    if bad := int(values.size - np.isfinite(values).sum()):
         raise NumericalError(f"{what}: {bad} of {values.size} values of {name} are NaN or Inf; "
                              "not cached")
 
@@ -70,9 +63,10 @@ def load_keyed(path, key: str | None, variables=(), finite=()):
         return None
     if key is not None and ds.attrs.get("cache_key") != key or any(v not in ds for v in variables):
         return None
-    if not checksum_ok(ds) or not all(np.isfinite(ds[v].values).all() for v in finite):
+    stored = ds.attrs.get(CHECKSUM_ATTR)
+    if stored is None or stored != dataset_checksum(ds):
         return None
-    return ds
+    return ds if all(np.isfinite(ds[v].values).all() for v in finite) else None
 
 
 class Cached(NamedTuple):
@@ -87,11 +81,10 @@ class Cached(NamedTuple):
 def ensure_cached(tasks: Iterable[Cached], compute: Callable, *, variables=(), finite=(),
                   desc: str = "", unit: str = "task", progress: bool = True, load: bool = True,
                   written: Callable | None = None) -> dict:
-    """Every task's file made valid: those that are (`load_keyed` with the task's key,
-    `variables` and `finite`) are kept; the others are computed in order, under one progress
-    bar, by `compute(task) -> xr.Dataset`, recorded with the task's key and a checksum and
-    written atomically (then `written(task)` is called). Tasks that share a path are computed
-    once. Returns {task.id: dataset} (`load`), else {task.id: path} and keeps nothing."""
+    """Every task's file made valid: those that are (`load_keyed`) are kept; the others are
+    computed in order under one progress bar by `compute(task) -> xr.Dataset`, recorded with the
+    task's key and a checksum, written atomically, then `written(task)` is called. Tasks sharing
+    a path are computed once. Returns {task.id: dataset} (`load`), else {task.id: path}."""
     from tqdm.auto import tqdm
 
     from pdeinf.atomic import write_netcdf
@@ -99,13 +92,12 @@ def ensure_cached(tasks: Iterable[Cached], compute: Callable, *, variables=(), f
     tasks = list(tasks)
     held, todo = {}, {}
     for task in tasks:
-        if task.path in held or task.path in todo:
-            continue
-        ds = load_keyed(task.path, task.key, variables, finite)
-        if ds is None:
-            todo[task.path] = task
-        else:
-            held[task.path] = ds if load else task.path
+        if task.path not in held and task.path not in todo:
+            ds = load_keyed(task.path, task.key, variables, finite)
+            if ds is None:
+                todo[task.path] = task
+            else:
+                held[task.path] = ds if load else task.path
     for task in tqdm(list(todo.values()), desc=desc, unit=unit, disable=not progress):
         ds = compute(task)
         ds.attrs["cache_key"] = task.key

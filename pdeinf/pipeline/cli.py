@@ -1,10 +1,8 @@
-"""`pdeinf influence ...` and `pdeinf reproduce ...`: the orchestration commands.
-
-Under `torchrun --nproc_per_node K -m pdeinf influence ...` the influence tasks are sharded
-across ranks.
-"""
+"""`pdeinf influence ...` (under `torchrun --nproc_per_node K -m pdeinf influence ...` its tasks
+are sharded across ranks) and `pdeinf reproduce ...`: the orchestration commands."""
 from __future__ import annotations
 
+import argparse
 import sys
 
 from pdeinf.config import MODELS, PDE_CLASSES, PROFILE_NAMES
@@ -33,21 +31,46 @@ def _influence(args) -> int:
 
 
 def _reproduce(args) -> int:
+    """Locally (worker processes), or ``--plan``: print the plan, or ``--executor slurm|node``:
+    the graph as Slurm jobs or as local processes with their own GPUs."""
     from pdeinf.pipeline.common import as_profile
-    from pdeinf.pipeline.reproduce import reproduce
 
     if args.only_pipeline and args.notebooks:
         raise InputError("--notebooks: cannot be combined with --only-pipeline")
-    if args.plan or args.executor != "local" or args.stages:
-        from pdeinf.pipeline.slurm_cli import reproduce_elsewhere
+    profile = as_profile(args.profile)
+    if args.plan:
+        from pdeinf.pipeline.planner import format_plan, plan
 
-        return reproduce_elsewhere(args)
-    report = reproduce(as_profile(args.profile), notebooks=args.notebooks,
-                       only_pipeline=args.only_pipeline, progress=not args.no_progress,
-                       workers=args.workers)
-    for nb in report.failed:
-        print(f"pdeinf reproduce: notebook {nb['notebook']} failed: {nb.get('error')}", file=sys.stderr)
-    return 1 if report.failed else 0
+        print(format_plan(plan(profile, stages=args.stages)))
+        return 0
+    if args.executor == "local":
+        if args.stages:
+            raise InputError("--stages: only with --executor slurm, --executor node or --plan")
+        from pdeinf.pipeline.reproduce import reproduce
+
+        report = reproduce(profile, notebooks=args.notebooks, only_pipeline=args.only_pipeline,
+                           progress=not args.no_progress, workers=args.workers)
+        for nb in report.failed:
+            print(f"pdeinf reproduce: notebook {nb['notebook']} failed: {nb.get('error')}",
+                  file=sys.stderr)
+        return 1 if report.failed else 0
+    from pdeinf.pipeline.slurm import StageFailed, load_options, reproduce_slurm
+
+    options = load_options(args.slurm_config, partition=args.partition,
+                           gpus_per_task=args.gpus_per_task, cpus_per_task=args.cpus_per_task,
+                           time_minutes=args.time_minutes, account=args.account, mem=args.mem,
+                           extra=tuple(args.extra) if args.extra else None)
+    try:
+        results = reproduce_slurm(profile, options, notebooks=args.notebooks,
+                                  only_pipeline=args.only_pipeline, stages=args.stages,
+                                  progress=not args.no_progress, executor=args.executor)
+    except StageFailed:
+        return 1  # each failed job was already named on stderr, with its log
+    ran = sum(r.status == "ok" for r in results)
+    cached = sum(r.status == "cached" for r in results)
+    print(f"pdeinf reproduce --executor {args.executor}: {ran} job(s) ran, {cached} stage(s) "
+          "current")
+    return 0
 
 
 def add_influence_parser(subparsers):
@@ -55,25 +78,23 @@ def add_influence_parser(subparsers):
         "influence",
         help="influence (hat) matrices for every seed, checkpoint and influence batch of a profile",
     )
-    parser.add_argument("--pde", required=True, choices=sorted(PDE_CLASSES))
-    parser.add_argument("--model", required=True, choices=MODELS)
-    parser.add_argument("--profile", default=None, choices=PROFILE_NAMES,
-                        help="default: $PDEINF_PROFILE or quick")
-    parser.add_argument("--data-root", default=None, help="data sets (default: results/data/<profile>)")
-    parser.add_argument("--runs-root", default=None, help="checkpoints (default: results/runs/<profile>)")
-    parser.add_argument("--out", default=None, help="output root (default: results/influence/<profile>)")
-    parser.add_argument("--grad-chunk", type=int, default=8,  # hat.GRAD_CHUNK (keeps torch out of start-up)
-                        help="examples per vmapped gradient call")
-    parser.add_argument("--jvp-chunk", type=int, default=4,  # hat.JVP_CHUNK
-                        help="examples per vmapped jvp call (all gradient directions at once)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add = parser.add_argument
+    add("--pde", required=True, choices=sorted(PDE_CLASSES))
+    add("--model", required=True, choices=MODELS)
+    add("--profile", default=None, choices=PROFILE_NAMES, help="default: $PDEINF_PROFILE or quick")
+    add("--data-root", default=None, help="data sets (default: results/data/<profile>)")
+    add("--runs-root", default=None, help="checkpoints (default: results/runs/<profile>)")
+    add("--out", default=None, help="output root (default: results/influence/<profile>)")
+    add("--grad-chunk", type=int, default=8,  # hat.GRAD_CHUNK (keeps torch out of start-up)
+        help="examples per vmapped gradient call")
+    add("--jvp-chunk", type=int, default=4,  # hat.JVP_CHUNK
+        help="examples per vmapped jvp call (all gradient directions at once)")
+    add("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=_influence)
     return parser
 
 
 def _positive_workers(text: str) -> int:
-    import argparse
-
     try:
         value = int(text)
     except ValueError:
@@ -81,6 +102,13 @@ def _positive_workers(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
+
+
+def _stage_list(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("expected comma-separated stage names")
+    return names
 
 
 def add_reproduce_parser(subparsers):
@@ -93,18 +121,35 @@ def add_reproduce_parser(subparsers):
             "of figures, key numbers and timings."
         ),
     )
-    parser.add_argument("--profile", choices=PROFILE_NAMES, default=None,
-                        help="size profile (default: $PDEINF_PROFILE, else quick)")
-    parser.add_argument("--only-pipeline", action="store_true",
-                        help="run the cached stages only, no notebooks")
-    parser.add_argument("--notebooks", default=None, metavar="NN,NN",
-                        help="comma-separated notebook numbers or names, e.g. 03,04")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.add_argument("--workers", type=_positive_workers, default=None, metavar="N",
-                        help="processes for the stages (default: $PDEINF_WORKERS, else 1 with a "
-                             "GPU and 2 on a CPU; 1 runs them here, in order)")
-    from pdeinf.pipeline.slurm_cli import add_cluster_arguments
-
-    add_cluster_arguments(parser)
+    add = parser.add_argument
+    add("--profile", choices=PROFILE_NAMES, default=None,
+        help="size profile (default: $PDEINF_PROFILE, else quick)")
+    add("--only-pipeline", action="store_true", help="run the cached stages only, no notebooks")
+    add("--notebooks", default=None, metavar="NN,NN",
+        help="comma-separated notebook numbers or names, e.g. 03,04")
+    add("--no-progress", action="store_true", help="no progress bars")
+    add("--workers", type=_positive_workers, default=None, metavar="N",
+        help="processes for the stages (default: $PDEINF_WORKERS, else 1 with a GPU and 2 on a "
+             "CPU; 1 runs them here, in order)")
+    add = parser.add_argument_group("cluster (docs/cluster.md)").add_argument
+    add("--executor", choices=("local", "slurm", "node"), default="local",
+        help="local worker processes (default); one Slurm job per stage; or one local process "
+             "per stage on its own GPUs of this node")
+    add("--slurm-config", default=None, metavar="FILE",
+        help="TOML file of Slurm settings (keys as the flags below, with _)")
+    add("--partition", default=None)
+    add("--gpus-per-task", type=int, default=None, metavar="N",
+        help="GPUs of each training and sweep job (torchrun when > 1)")
+    add("--cpus-per-task", type=int, default=None, metavar="N")
+    add("--time", dest="time_minutes", type=int, default=None, metavar="MIN",
+        help="time limit of each job in minutes (requeued past it)")
+    add("--account", default=None)
+    add("--mem", default=None, help="memory per job, e.g. 64G")
+    add("--sbatch", dest="extra", action="append", default=None, metavar="FLAG",
+        help="an extra sbatch flag, e.g. --sbatch=--qos=high (repeatable)")
+    add("--stages", type=_stage_list, default=None, metavar="NAME,NAME",
+        help="only these stages and those they need (e.g. 'training CE-unet')")
+    add("--plan", action="store_true", help="print the estimated GPU-hours, CPU-hours, memory "
+        "and output size of every stage and the totals; run nothing")
     parser.set_defaults(func=_reproduce)
     return parser

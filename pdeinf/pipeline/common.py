@@ -20,10 +20,9 @@ def check_selection(profile: Profile, pde: str, model: str) -> None:
     """InputError unless `pde` and `model` are known and part of the profile."""
     check_pde(pde)
     check_model(model)
-    if pde not in profile.pdes:
-        raise InputError(f"pde: {pde!r} is not part of profile {profile.name!r} ({profile.pdes})")
-    if model not in profile.models:
-        raise InputError(f"model: {model!r} is not part of profile {profile.name!r} ({profile.models})")
+    for what, value, known in (("pde", pde, profile.pdes), ("model", model, profile.models)):
+        if value not in known:
+            raise InputError(f"{what}: {value!r} is not part of profile {profile.name!r} ({known})")
 
 
 def check_pair(profile: Profile, pde: str, model: str, pairs, study: str) -> None:
@@ -35,8 +34,7 @@ def check_pair(profile: Profile, pde: str, model: str, pairs, study: str) -> Non
 
 def run_dir(profile: ProfileLike, pde: str, model: str, seed: int) -> Path:
     """``runs_dir(profile)/<PDE>-<model>-s<seed>``."""
-    profile = as_profile(profile)
-    return paths.runs_dir(profile.name) / paths.run_name(pde, model, seed)
+    return paths.runs_dir(as_profile(profile).name) / paths.run_name(pde, model, seed)
 
 
 def checkpoint_path(profile: ProfileLike, pde: str, model: str, seed: int, epoch: int) -> Path:

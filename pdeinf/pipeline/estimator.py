@@ -1,30 +1,18 @@
 """Stage: what the influence estimator itself does to the findings [ours].
 
-On a STATED SUBSET (`study_subset(profile)`): for each (PDE, model) of the subset and each seed
-of the profile, the final checkpoint and influence batch 0 of the test split, restricted to
-the first `times` transitions of each class (N = C * times examples, class-major n = c T + t),
-one task computes
-
-- subspace side (every seed): the follow-up's exact subspace estimator (`HatEngine`, Gauss-
-  Newton, SMSE bra) at `profile.energy_tol` for each damping of `DAMPINGS` (`sub_damping`),
-  at `profile.damping` for each energy tolerance of `ENERGY_TOLS` (`sub_energy`, one engine:
-  its gradients and kept ket JVPs are reused, only the basis cut and metric change), and the
-  bra conventions (`sub_bra`): "smse", and for a PDE with a density channel the squared
-  (follow-up) and signed relative mass drift, each in the joint and the ket basis;
-- full-space side (the first `fullspace_seeds` seeds): the seed paper's Krylov estimator
-  (`full_space_hat_matrix`, its default block Krylov solver, authors' stopping rule, at most
-  `maxiter` Krylov sweeps per column) at lambda = `profile.fullspace_damping` for every
-  tolerance of `profile.estimator_rtols` (one Krylov solve continued from the loosest to the
-  tightest tolerance through its restart state, so each point is where the same solver stops
-  at that tolerance), and at the paper's rtol
-  for every other lambda of `profile.estimator_lambdas`. Per solve: H (`fs_pi`), iterations
-  and true relative residual per column, operator applications, wall seconds. At the
-  reference solve (lambda 1e-4, the paper's rtol) also the seed paper's other bras
-  (`fs_bra`: M, E residual bras, the same Krylov solution).
-
+On a stated subset (`study_subset`): per (PDE, model) and seed, the final checkpoint on the
+first `times` transitions of each class of influence batch 0 (N = C * times, n = c T + t):
+- subspace side (every seed): the exact subspace estimator per damping of `DAMPINGS`
+  (`sub_damping`), per energy tolerance of `ENERGY_TOLS` (`sub_energy`, one engine) and per
+  bra convention (`sub_bra`: SMSE; with a density channel the squared and signed mass drift,
+  joint and ket basis);
+- full-space side (the first `fullspace_seeds` seeds): the seed paper's block Krylov estimator
+  at `fullspace_damping` for every tolerance of `estimator_rtols` (one solve continued from the
+  loosest), and at the paper's rtol for every other lambda of `estimator_lambdas` (`fs_pi`,
+  iterations, residuals, operator applications, seconds); at the reference solve also the
+  M, E bras (`fs_bra`).
 One netCDF per task, `results/estimator/<profile>/<PDE>-<model>/s<seed>.nc`, keyed on the
-checkpoint bytes, the data, the subset and settings (`checksums.ensure_cached`).
-`limit_study` (tiny float64 models, dense Jacobian, seconds) and `pm_table` are not cached.
+checkpoint, data, subset and settings. `limit_study` and `pm_table` are not cached.
 """
 from __future__ import annotations
 
@@ -64,10 +52,8 @@ PAPER_PM = {"CE": {"M": 48 * 4 * 128**2, "unet": (13e6, 14e6), "vit": (4.5e6, 5e
 
 @dataclass(frozen=True)
 class Subset:
-    """What the study computes at a profile (its `estimator_*` fields): (PDE, model) pairs
-    (None: every pair of the profile), transitions per class kept from batch 0 (None: all),
-    Krylov sweeps per column (None: the solver's default), seeds with a full-space side (None:
-    all)."""
+    """The study's subset (the profile's `estimator_*` fields; None: every pair, all
+    transitions, the solver's default Krylov sweeps per column, every seed full-space)."""
 
     pairs: tuple[tuple[str, str], ...] | None
     times: int | None
@@ -83,8 +69,7 @@ class Subset:
 
 
 def study_subset(profile: ProfileLike) -> Subset:
-    """The profile's stated subset (its `estimator_*` fields); InputError naming the field when
-    one is out of range, before any work starts."""
+    """The profile's stated subset; InputError naming a field out of range."""
     prof = as_profile(profile)
     bounds = (("estimator_times", prof.estimator_times, prof.t_max - 1),
               ("estimator_maxiter", prof.estimator_maxiter, None),
@@ -129,22 +114,18 @@ def _subset_batch(ib, n_classes: int, times: int | None):
     return ib.inputs[idx], ib.targets[idx], k
 
 
-def _bra_conventions(pde: str) -> list[tuple[str, str, str]]:
-    """(label, response, bra_basis) of the subspace bra ablations."""
-    out = [("smse", "smse", "joint")]
-    if pde_spec(pde).density_channel is not None:
-        out += [("mass_sq/joint", "mass_drift_sq", "joint"), ("mass_sq/ket", "mass_drift_sq", "ket"),
-                ("mass_signed/joint", "mass_drift", "joint"), ("mass_signed/ket", "mass_drift", "ket")]
-    return out
-
-
 def _subspace(model, x, y, pde, s: dict):
     from pdeinf.influence.hat import HatEngine
 
     engine = HatEngine(model, x, y, energy_tol=s["energy_tol"], keep_ket_jvps=True)
     by_damping = np.stack([engine.pi(damping=d)[0].numpy() for d in s["dampings"]])
+    conventions = [("smse", "smse", "joint")]  # (label, response, bra_basis) of the bra ablations
+    if pde_spec(pde).density_channel is not None:
+        conventions += [(f"mass_{kind}/{basis}", response, basis)
+                        for kind, response in (("sq", "mass_drift_sq"), ("signed", "mass_drift"))
+                        for basis in ("joint", "ket")]
     bras = [(label, engine.pi(damping=s["damping"], response=resp, bra_basis=basis)[0].numpy())
-            for label, resp, basis in _bra_conventions(pde)]
+            for label, resp, basis in conventions]
     by_tol, ranks = [], []
     for tol in s["energy_tols"]:
         # Same engine: the gradients and the kept ket JVPs J G^T do not depend on the energy
@@ -203,7 +184,7 @@ def _fullspace(model, x, y, pde, s: dict, progress: bool):
 
 def estimator_task(model, x, y, *, pde: str, settings: dict, fullspace: bool,
                    attrs: dict | None = None, progress: bool = False):
-    """The dataset of one (checkpoint, subset batch) (module docstring); pure: tensors in."""
+    """The dataset of one (checkpoint, subset batch) (module docstring), from tensors."""
     import xarray as xr
 
     n_c = len(pde_spec(pde).classes)
@@ -233,8 +214,7 @@ def task_file(profile, pde: str, model: str, seed: int) -> Path:
 
 
 def ensure_estimator_pair(profile: ProfileLike, pde: str, model: str, *, progress: bool = True):
-    """The study of one (PDE, model): dict seed -> xr.Dataset (module docstring), computing
-    exactly the tasks whose file is missing, stale or corrupt. Trains first if needed."""
+    """{seed: xr.Dataset} of one (PDE, model), training and computing what is needed."""
     from pdeinf.pipeline.influence import FileSources
     from pdeinf.pipeline.training import ensure_training
 
@@ -278,9 +258,8 @@ def ensure_estimator_study(profile: ProfileLike = None, *, progress: bool = True
 
 
 def tiny_cases() -> dict:
-    """{"P > M": (model, inputs, targets), "P < M": ...}: float64, fixed seeds. An MLP on the
-    flattened pixels (3 x 3, tanh hidden layer of 4): P = 85 against M = 4 * 9 = 36; two circular
-    3x3 convolutions with a tanh between (3 hidden channels): P = 113 against M = 3 * 2 * 36 = 216."""
+    """{"P > M": (model, inputs, targets), "P < M": ...}, float64, fixed seeds: an MLP on 3 x 3
+    pixels (P = 85, M = 36); two circular 3x3 convolutions, 3 hidden channels (P = 113, M = 216)."""
     nn = torch.nn
 
     def conv(c_in, c_out):
@@ -301,9 +280,8 @@ def tiny_cases() -> dict:
 
 
 def limit_study(lambdas=(1e-1, 1e-2, 1e-4, 1e-6, 1e-8, 1e-10), *, krylov=(1e-2, 1e-6, 1e-10)) -> dict:
-    """`pdeinf.analysis.estimator.lambda_limit` on both tiny cases: {case: xr.Dataset}; the
-    Krylov solver runs at the λ of `krylov` (True: all; each solve to rtol 1e-9 costs about a
-    second for the P < M case)."""
+    """`analysis.estimator.lambda_limit` on both tiny cases: {case: xr.Dataset}; the Krylov
+    solver runs at the λ of `krylov` (True: all)."""
     from pdeinf.analysis.estimator import lambda_limit
 
     with warnings.catch_warnings():
@@ -312,8 +290,8 @@ def limit_study(lambdas=(1e-1, 1e-2, 1e-4, 1e-6, 1e-8, 1e-10), *, krylov=(1e-2, 
 
 
 def pm_table(profile: ProfileLike) -> list[dict]:
-    """P and M (outputs of a 48-example influence batch, and of the study's subset batch) of the
-    profile's models, and the paper's P, M ranges (docs/method.md section 4)."""
+    """P and M (outputs of an influence batch and of the subset batch) of the profile's models,
+    beside the paper's (docs/method.md section 4)."""
     from pdeinf.pipeline.regime import parameter_count
 
     prof = as_profile(profile)

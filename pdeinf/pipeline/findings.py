@@ -1,27 +1,15 @@
-"""The findings table: every study's findings records, computed by the pipeline from the
-cached stages (`pdeinf.pipeline.study_findings`), gathered into one small committed file
-(`figures/findings_<profile>.json`, written by the `findings` stage of `reproduce`) and the
-README's table. The notebooks only show its rows.
-
-A record is what `pdeinf.analysis.evaluate.evaluate_finding` returns: pde, model, estimate,
-low, high (the t-interval over seed means; null where not estimable), per_seed (one value per
-seed), n_seeds, n_batches, n_failed, null, p, paper, size (ours against the paper's number),
-verdict, rule (its text), needed, and optionally dt, recipe, cls, note. Rule names are those of
-`pdeinf.analysis.registry.FINDING_RULES`.
-
-`collect_findings(profile)` builds and validates them (one InputError naming the study and key
-of a malformed record), applies Holm's adjustment within each layer over the whole table and
-recomputes every two-part verdict from the adjusted p-values (`adjust_records`);
-`write_findings(profile)` writes the JSON with the SHA-256 of the rules file and the commit
-(sorted keys, numbers rounded to 6 significant digits, no dates: a rerun is byte-identical
-unless a number changes); `load_findings(profile)` reads it back; `findings_markdown` renders
-the table, `replace_findings_table` puts it into the README.
+"""The findings table: every study's records (`pipeline.study_findings`, each an
+`analysis.evaluate.evaluate_finding` record), validated, Holm-adjusted within each layer and
+written to `figures/findings_<profile>.json` and its Markdown table by the `findings` stage of
+`reproduce` (sorted keys, 6 significant digits, no dates: byte-identical unless a number
+changes). The notebooks and the closing table of `reproduce` only show its rows.
 """
 from __future__ import annotations
 
 import json
 import math
 import subprocess
+from collections import Counter
 from pathlib import Path
 
 from pdeinf import paths
@@ -56,24 +44,22 @@ def round_numbers(value):
 def _number(value, where: str, key: str, *, integer: bool = False, optional: bool = True):
     if value is None and optional:
         return None
-    ok = isinstance(value, int) and not isinstance(value, bool) if integer else \
-        isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not ok:
+    if not isinstance(value, int if integer else (int, float)) or isinstance(value, bool):
         kind = "an integer" if integer else "a number or null"
         raise InputError(f"{where}: {key!r} must be {kind}, got {value!r}")
     return int(value) if integer else float(value)
 
 
 def validate_record(record, where: str) -> dict:
-    """The record with its numbers checked; InputError naming `where` (file and key) when it is
-    not a dict of the documented form."""
+    """The record with its numbers checked; InputError naming `where` (study and key) when it
+    is not a dict of the documented form."""
     if not isinstance(record, dict):
         raise InputError(f"{where}: a findings record must be a dict, got {type(record).__name__}")
     missing = [k for k in REQUIRED if k not in record]
     if missing:
         raise InputError(f"{where}: record lacks {missing}")
     out = dict(record)
-    for key in ("estimate", "low", "high", "p"):
+    for key in ("estimate", "low", "high", "p", "paper"):
         out[key] = _number(record[key], where, key)
     for key in ("n_seeds", "n_batches", "n_failed"):
         out[key] = _number(record[key], where, key, integer=True, optional=False)
@@ -88,15 +74,11 @@ def validate_record(record, where: str) -> dict:
         raise InputError(f"{where}: 'verdict' must be one of {VERDICTS}, got {record['verdict']!r}")
     if not isinstance(record["rule"], str) or not record["rule"]:
         raise InputError(f"{where}: 'rule' must be the rule's text, got {record['rule']!r}")
-    for key in ("pde", "model"):
+    for key in ("pde", "model", *(k for k in ("recipe", "cls") if k in record)):
         if not isinstance(record[key], str):
             raise InputError(f"{where}: {key!r} must be a string, got {record[key]!r}")
-    out["paper"] = _number(record["paper"], where, "paper")
-    if "dt" in record and record["dt"] is not None:
+    if record.get("dt") is not None:
         out["dt"] = _number(record["dt"], where, "dt", integer=True)
-    for key in ("recipe", "cls"):
-        if key in record and not isinstance(record[key], str):
-            raise InputError(f"{where}: {key!r} must be a string, got {record[key]!r}")
     low, high = out["low"], out["high"]
     if low is not None and high is not None and low > high:
         raise InputError(f"{where}: 'low' {low} exceeds 'high' {high}")
@@ -124,50 +106,32 @@ def _row(name: str, notebook: str, record: dict) -> dict:
 
 
 def _order(row: dict):
-    names = list(registry.FINDING_RULES)
-    return (LAYERS.index(row["layer"]), names.index(row["finding"]), row["pde"],
-            row["model"], row.get("cls") not in (None, "all"), row.get("cls") or "",
-            row.get("dt") or 0, row.get("recipe") or "",
-            row["notebook"])
-
-
-def _records(study: str, findings) -> list[tuple[str, str, dict]]:
-    """`(rule, where, record)` of a builder's `{rule: record or [records]}`."""
-    if not isinstance(findings, dict):
-        raise InputError(f"study {study}: findings must be a dict {{rule: record or [records]}}, "
-                         f"got {type(findings).__name__}")
-    out = []
-    for name, records in findings.items():
-        items = records if isinstance(records, list) else [records]
-        for i, record in enumerate(items):
-            where = f"study {study} findings[{name!r}]" + (f"[{i}]" if isinstance(records, list) else "")
-            out.append((str(name), where, record))
-    return out
+    return (LAYERS.index(row["layer"]), list(registry.FINDING_RULES).index(row["finding"]),
+            row["pde"], row["model"], row.get("cls") not in (None, "all"), row.get("cls") or "",
+            row.get("dt") or 0, row.get("recipe") or "", row["notebook"])
 
 
 def collect_findings(profile: ProfileLike = None, *, studies: dict | None = None) -> dict:
     """Every finding record of the studies (`study_findings.STUDIES`, or `studies`: {name:
-    builder(profile) -> {rule: record or [records]}}) at `profile`, computed from the cached
-    stages and Holm-adjusted within each layer.
-
-    Returns `{"profile", "findings": [row ...], "rules": {finding: texts}, "notebooks":
-    {study: number of records}, "missing": {study: why it has no records},
-    "rules_without_record": [names], "rules_hash", "rules_commit"}`; a row holds the finding
-    (rule name), notebook (the study's notebook), layer, paper figure, unit of replication, pde,
-    model, estimate, low, high, per_seed, n_seeds, n_batches, n_failed, p, p_adjusted,
-    family_size, direction, size, verdict (from the adjusted p), null, paper_value, regime (the
-    regime cards of the pairs the row rests on: P, M, P/M, training pairs, optimizer steps, final
-    validation SMSE ours and the paper's, plateau, estimator and tolerance, seeds x batches),
-    and dt / recipe / cls / needed / note where the record has them; `rules[finding]` holds its
-    layer, paper figure, claim, rule text and the paper's note. Rows are ordered by layer, rule
-    (registry order), PDE, model, class, dt, recipe. A study without records at this profile is
-    listed under `missing`; a malformed record is an InputError naming its study and key."""
+    builder(profile) -> {rule: record or [records]}}) at `profile`, Holm-adjusted within each
+    layer, with the verdicts of the adjusted p. Returns {"profile", "regime_label", "findings":
+    [row ...] (the record plus finding, notebook, layer, paper_figure, unit, family_size and the
+    regime cards of its pairs; ordered by layer, rule, PDE, model, class, dt, recipe), "rules":
+    {finding: texts}, "notebooks": {study: records}, "missing": {study: why none},
+    "rules_without_record", "rules_hash", "rules_commit"}. InputError names a bad record."""
     from pdeinf.pipeline.study_findings import STUDIES
 
     prof = as_profile(profile)
     rows, counts, missing = [], {}, {}
     for study, build in (STUDIES if studies is None else studies).items():
-        found = _records(study, build(prof))
+        findings = build(prof)
+        if not isinstance(findings, dict):
+            raise InputError(f"study {study}: findings must be a dict {{rule: record or "
+                             f"[records]}}, got {type(findings).__name__}")
+        found = [(str(name), f"study {study} findings[{name!r}]"
+                  + (f"[{i}]" if isinstance(records, list) else ""), record)
+                 for name, records in findings.items()
+                 for i, record in enumerate(records if isinstance(records, list) else [records])]
         rows += [_row(name, study, validate_record(record, where)) for name, where, record in found]
         counts[study] = len(found)
         if not found:
@@ -202,16 +166,15 @@ def rules_commit() -> str | None:
 
 
 def findings_path(profile: ProfileLike = None) -> Path:
-    """`figures/findings_<profile>.json`."""
+    """`findings_<profile>.json` in the profile's figures folder."""
     name = as_profile(profile).name
     return paths.figures_dir(name) / f"findings_{name}.json"
 
 
 def write_findings(profile: ProfileLike = None, *, ablation=None, findings: dict | None = None) -> Path:
-    """Write `findings_<profile>.json` in the profile's figures folder: `collect_findings(profile)`
-    (or `findings`), plus `"ablation"` (JSON-ready rows, e.g. `analysis.ablation.table_records`)
-    when given; sorted keys, numbers to 6 significant digits, no timestamps (atomic write). The
-    table (`findings_markdown`) goes beside it as `findings_<profile>.md`."""
+    """Write `findings_path(profile)`: `collect_findings(profile)` (or `findings`), plus
+    `"ablation"` (rows of `analysis.ablation.table_records`) when given, and its Markdown table
+    beside it (`.md`). A file that would not change is not rewritten."""
     from pdeinf.pipeline.report import to_jsonable
 
     data = dict(findings) if findings is not None else collect_findings(profile)
@@ -227,21 +190,16 @@ def write_findings(profile: ProfileLike = None, *, ablation=None, findings: dict
              + findings_markdown(round_numbers(to_jsonable(data))))
     if data.get("ablation"):
         table += "\n\n## Ablation: which model departures mattered\n\n" + ablation_markdown(data["ablation"])
-    _write_if_changed(path.with_suffix(".md"), table)
-    return _write_if_changed(path, text + "\n")
-
-
-def _write_if_changed(path: Path, text: str) -> Path:
-    """`write_text` unless the file already holds exactly `text` (a rerun that changes no number
-    leaves the committed files, and the notebooks' cache keys, untouched)."""
-    if path.is_file() and path.read_text() == text:
-        return path
-    return write_text(path, text)
+    for target, content in ((path.with_suffix(".md"), table), (path, text + "\n")):
+        # unchanged files keep their mtime (and the notebooks' cache keys)
+        if not (target.is_file() and target.read_text() == content):
+            write_text(target, content)
+    return path
 
 
 def findings_stage(profile: ProfileLike = None, *, progress: bool = False) -> Path:
-    """The `findings` stage of `reproduce`: every study's records and the ablation rows of the
-    profile, written by `write_findings` (after every other stage, before the notebooks)."""
+    """The `findings` stage of `reproduce` (after every other stage, before the notebooks):
+    `write_findings` with the profile's ablation rows."""
     from pdeinf.pipeline.study_findings import ablation_records
 
     return write_findings(profile, ablation=ablation_records(profile))
@@ -249,7 +207,7 @@ def findings_stage(profile: ProfileLike = None, *, progress: bool = False) -> Pa
 
 def load_findings(profile: ProfileLike = None, notebook: str | None = None) -> dict:
     """The written findings table of `profile` (`findings_stage` runs first where the file is
-    absent); with `notebook`, only the rows of that study (its rules and ablation kept)."""
+    absent); with `notebook`, only the rows of that study."""
     path = findings_path(profile)
     if not path.exists():
         findings_stage(profile)
@@ -262,33 +220,35 @@ def load_findings(profile: ProfileLike = None, notebook: str | None = None) -> d
     return data
 
 
+def row_name(row: dict) -> str:
+    """A row's finding, pair and the class / dt / recipe that tell it apart."""
+    return " ".join([row["finding"], f"{row['pde']}-{row['model']}",
+                     *(f"{k}={row[k]}" for k in ("cls", "dt", "recipe")
+                       if row.get(k) not in (None, "all"))])
+
+
 def finding_lines(rows: list[dict]) -> list[str]:
-    """One line per row of the findings table: finding, pair (and class / dt / recipe), ours
-    with its interval, the paper's number and the Holm-adjusted two-part verdict."""
+    """One line per row of the findings table: `row_name`, ours with its interval, the paper's
+    number and the Holm-adjusted two-part verdict."""
     lines = []
     for r in rows:
-        where = " ".join(f"{k}={r[k]}" for k in ("cls", "dt", "recipe") if r.get(k) not in (None, "all"))
         interval = (f"[{_fmt(r['low'])}, {_fmt(r['high'])}]" if r.get("estimable") else "(no interval)")
         paper = "" if r.get("paper_value") is None else f"; paper {_fmt(r['paper_value'])}"
-        lines.append(f"{r['finding']} {r['pde']}-{r['model']}{' ' + where if where else ''}: "
-                     f"{_fmt(r['estimate'])} {interval} over {r['n_seeds']} seeds x "
+        lines.append(f"{row_name(r)}: {_fmt(r['estimate'])} {interval} over {r['n_seeds']} seeds x "
                      f"{r['n_batches']} batches{paper} -> {r['verdict']} (Holm p {_fmt(r['p_adjusted'])})")
     return lines
 
 
 def finding_summary(rows: list[dict], *names: str) -> str:
-    """Per finding of `names` (rules of `analysis.registry`): the paper's claim and figures, then
-    `finding_lines` of its rows in `rows` (the findings table's), or a line saying it has none
-    here. InputError naming an unknown finding."""
-    from pdeinf.analysis.registry import FINDING_RULES
-
-    unknown = [n for n in names if n not in FINDING_RULES]
+    """Per finding of `names`: the paper's claim and figures, then `finding_lines` of its rows
+    in `rows`, or a line saying it has none here. InputError naming an unknown finding."""
+    unknown = [n for n in names if n not in registry.FINDING_RULES]
     if unknown:
         raise InputError(f"finding {unknown[0]!r}: not a rule of pdeinf.analysis.registry; "
-                         f"known: {', '.join(FINDING_RULES)}")
+                         f"known: {', '.join(registry.FINDING_RULES)}")
     blocks = []
     for name in names:
-        rule = FINDING_RULES[name]
+        rule = registry.FINDING_RULES[name]
         lines = finding_lines([r for r in rows if r.get("finding") == name])
         blocks.append("\n".join([f"{name} ({rule.layer}, {rule.figures}): {rule.claim}",
                                   *(f"  {line}" for line in lines or ["no row at this profile"])]))
@@ -296,58 +256,49 @@ def finding_summary(rows: list[dict], *names: str) -> str:
 
 
 def _fmt(x) -> str:
-    return "–" if x is None else f"{x:.3g}"
+    return "–" if x is None or not math.isfinite(x) else f"{x:.3g}"
 
 
-def _label(row: dict) -> str:
-    extra = [f"class {row['cls']}"] if row.get("cls") else []
-    extra += [f"dt={row['dt']}"] if row.get("dt") is not None else []
-    extra += [row["recipe"]] if row.get("recipe") else []
-    return row["finding"] + (f" ({', '.join(extra)})" if extra else "")
-
-
-def _size_text(row: dict) -> str:
-    size = row.get("size")
-    if not size or size.get("value") is None:
-        return "–"
-    word = "x" if size["kind"] == "ratio" else "Δ"
-    if size["low"] is None or size["high"] is None:
-        return f"{word} {_fmt(size['value'])}"
-    return f"{word} {_fmt(size['value'])} [{_fmt(size['low'])}, {_fmt(size['high'])}]"
-
-
-def _needed_text(row: dict) -> str:
-    need = (row.get("needed") or {}).get("n_seeds")
-    return "–" if need is None else f"{need} x {row['n_batches']}"
+def _interval(low, high) -> str:
+    both = low is not None and high is not None and math.isfinite(low) and math.isfinite(high)
+    return f" [{_fmt(low)}, {_fmt(high)}]" if both else " (no interval)"
 
 
 def findings_markdown(findings: dict) -> str:
     """The README table: one row per finding and (PDE, model) (and class / dt / recipe): layer,
     the paper's number, ours with its 95% t-interval, ours against the paper's (ratio "x" or
-    difference "Δ" with its interval), the two-part verdict, the Holm-adjusted p, seeds x
-    batches, and the seeds x batches a decisive direction would need (80% power, the seed
-    spread at its upper 80% bound). Notebooks without records are listed below it."""
+    difference "Δ" with its interval), the verdict, the Holm-adjusted p, seeds x batches and
+    the seeds x batches a decisive direction would need. Studies without records follow."""
     rows = findings.get("findings") if isinstance(findings, dict) else None
     if rows is None:
         raise InputError("findings: expected the dict of collect_findings (with 'findings')")
-    header = ("| Finding | Layer | PDE / model | Paper | Ours (95% CI) | Ours vs paper | "
-              "Verdict | Adjusted p | Seeds x batches | Decisive design |")
-    lines = [header, "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [("| Finding | Layer | PDE / model | Paper | Ours (95% CI) | Ours vs paper | "
+              "Verdict | Adjusted p | Seeds x batches | Decisive design |"),
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        ours = _fmt(r["estimate"])
-        ours += (f" [{_fmt(r['low'])}, {_fmt(r['high'])}]"
-                 if r["low"] is not None and r["high"] is not None else " (no interval)")
-        paper = _fmt(r["paper_value"]) if r["paper_value"] is not None else "–"
+        extra = [f"class {r['cls']}"] if r.get("cls") else []
+        extra += [f"dt={r['dt']}"] if r.get("dt") is not None else []
+        extra += [r["recipe"]] if r.get("recipe") else []
+        name = r["finding"] + (f" ({', '.join(extra)})" if extra else "")
+        size = r.get("size")
+        size_text = "–"
+        if size and size.get("value") is not None:
+            word = "x" if size["kind"] == "ratio" else "Δ"
+            size_text = f"{word} {_fmt(size['value'])}"
+            if size["low"] is not None and size["high"] is not None:
+                size_text += f" [{_fmt(size['low'])}, {_fmt(size['high'])}]"
         p_adj = r.get("p_adjusted")
         p_text = "–" if p_adj is None or not math.isfinite(p_adj) else f"{p_adj:.2g}"
-        lines.append(f"| {_label(r)} | {r['layer']} | {r['pde']} / {r['model']} | {paper} | "
-                     f"{ours} | {_size_text(r)} | {r['verdict']} | {p_text} | "
-                     f"{r['n_seeds']} x {r['n_batches']} | {_needed_text(r)} |")
+        need = (r.get("needed") or {}).get("n_seeds")
+        need_text = "–" if need is None else f"{need} x {r['n_batches']}"
+        lines.append(f"| {name} | {r['layer']} | {r['pde']} / {r['model']} | "
+                     f"{_fmt(r['paper_value'])} | {_fmt(r['estimate'])}{_interval(r['low'], r['high'])}"
+                     f" | {size_text} | {r['verdict']} | {p_text} | "
+                     f"{r['n_seeds']} x {r['n_batches']} | {need_text} |")
     missing = findings.get("missing") or {}
     if missing:
-        lines.append("")
-        lines.append("Without findings records: " + "; ".join(f"{k} ({v})" for k, v in missing.items())
-                     + ".")
+        lines += ["", "Without findings records: "
+                  + "; ".join(f"{k} ({v})" for k, v in missing.items()) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -356,9 +307,9 @@ _TABLE_END = "Without findings records:"
 
 
 def replace_findings_table(text: str, findings: dict) -> str:
-    """`text` (the README) with its findings table replaced by `findings_markdown(findings)`:
-    from the table's header line through the table's last row, and the "Without findings
-    records" line right after it when there is one. InputError when `text` has no such table."""
+    """`text` (the README) with its findings table (header through last row, and the "Without
+    findings records" line right after it) replaced by `findings_markdown(findings)`.
+    InputError when `text` has no such table."""
     lines = text.split("\n")
     starts = [i for i, line in enumerate(lines) if line.startswith(_TABLE_START)]
     if len(starts) != 1:
@@ -375,23 +326,15 @@ def replace_findings_table(text: str, findings: dict) -> str:
 
 def ablation_markdown(rows: list[dict]) -> str:
     """The ablation table (rows of `analysis.ablation.table_records`) as Markdown."""
-    header = ("| PDE / model | Configuration | Finding | Baseline | Ablated | Change (95% CI) | "
-              "Seed std (base / ablated) | Exceeds noise |")
-    lines = [header, "|---|---|---|---|---|---|---|---|"]
+    lines = [("| PDE / model | Configuration | Finding | Baseline | Ablated | Change (95% CI) | "
+              "Seed std (base / ablated) | Exceeds noise |"), "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        ci = (f" [{_fmt(r['low'])}, {_fmt(r['high'])}]"
-              if r.get("low") is not None and r.get("high") is not None
-              and math.isfinite(r["low"]) and math.isfinite(r["high"]) else " (no interval)")
         lines.append(f"| {r['pde']} / {r['model']} | {r['config']} | {r['finding']} | "
-                     f"{_fmt(_finite(r['baseline_value']))} | {_fmt(_finite(r['value']))} | "
-                     f"{_fmt(_finite(r['change']))}{ci} | "
-                     f"{_fmt(_finite(r['seed_std_baseline']))} / {_fmt(_finite(r['seed_std']))} | "
+                     f"{_fmt(r['baseline_value'])} | {_fmt(r['value'])} | "
+                     f"{_fmt(r['change'])}{_interval(r.get('low'), r.get('high'))} | "
+                     f"{_fmt(r['seed_std_baseline'])} / {_fmt(r['seed_std'])} | "
                      f"{'yes' if r['exceeds_noise'] else 'no'} |")
     return "\n".join(lines) + "\n"
-
-
-def _finite(x):
-    return x if x is not None and math.isfinite(x) else None
 
 
 _ROW_KEY = ("finding", "pde", "model", "cls", "dt", "recipe")
@@ -402,8 +345,8 @@ def verdict_changes(old: dict, new: dict) -> dict:
     row, matched on (finding, PDE, model, class, dt, recipe).
 
     Returns `{"changed": [{key..., "old", "new"}], "same": n, "only_old": [keys],
-    "only_new": [keys], "transitions": {"old -> new": count}}`; a verdict counts as changed when
-    its text differs. InputError when either argument has no 'findings' list."""
+    "only_new": [keys], "transitions": {"old -> new": count}}`. InputError when either
+    argument has no 'findings' list."""
     rows = {}
     for name, table in (("old", old), ("new", new)):
         found = table.get("findings") if isinstance(table, dict) else None
@@ -411,13 +354,10 @@ def verdict_changes(old: dict, new: dict) -> dict:
             raise InputError(f"{name}: expected a findings table with a 'findings' list")
         rows[name] = {tuple(r.get(k) for k in _ROW_KEY): r for r in found}
     common = [k for k in rows["new"] if k in rows["old"]]
-    changed, transitions = [], {}
-    for key in common:
-        before, after = rows["old"][key]["verdict"], rows["new"][key]["verdict"]
-        if before != after:
-            changed.append({**dict(zip(_ROW_KEY, key)), "old": before, "new": after})
-            label = f"{before} -> {after}"
-            transitions[label] = transitions.get(label, 0) + 1
+    changed = [{**dict(zip(_ROW_KEY, k)), "old": rows["old"][k]["verdict"],
+                "new": rows["new"][k]["verdict"]}
+               for k in common if rows["old"][k]["verdict"] != rows["new"][k]["verdict"]]
+    transitions = Counter(f"{c['old']} -> {c['new']}" for c in changed)
     return {"changed": changed, "same": len(common) - len(changed),
             "only_old": [dict(zip(_ROW_KEY, k)) for k in rows["old"] if k not in rows["new"]],
             "only_new": [dict(zip(_ROW_KEY, k)) for k in rows["new"] if k not in rows["old"]],

@@ -1,26 +1,16 @@
-"""Stage: the interventions study: coherence and rollout error of every checkpoint
-of runs trained with each recipe of the profile.
+"""Stage: the interventions study: coherence and rollout error at every checkpoint of runs
+trained with each recipe of the profile.
 
-For each recipe of `profile.recipes`, each pair of `recipe_pairs(profile)` and each seed, the run
-is trained (one-step: the baseline runs of `ensure_training`; other recipes: `recipe_run_dir`,
-same data from `profile_data`, same optimizer steps, the recipe's default settings, keyed on the
-one-step training key and the recipe's identity like every run: `training.ensure_keyed_run`),
-then at EVERY scheduled checkpoint one task computes `compute_task` on the first
-`study_batches(profile)` influence batches (for one-step the influence is read from the
-follow-up sweep `ensure_influence`, which computes exactly this for the baseline runs):
-`results/interventions/<profile>/<PDE>-<model>/<recipe>/s<seed>_e<epoch>.nc`, keyed by
-`task_key` (`checksums.ensure_cached`).
+Per recipe, pair of `recipe_pairs` and seed, the run (one-step: the baseline runs; others:
+`recipe_run_dir`, keyed on the one-step training key and the recipe) is measured at every
+checkpoint on the first `study_batches` influence batches (`compute_task`; one-step reads its
+influence from the follow-up sweep): `results/interventions/<profile>/<PDE>-<model>/<recipe>/
+s<seed>_e<epoch>.nc`, keyed by `task_key`.
 
-Orbit influence of `augment` (when the profile trains it): for "augment" and the baseline
-"one-step" (paired by seed), at the FINAL checkpoint only, on the first `orbit_batches(profile)`
-influence batches (`profile.symmetry_batches`, 1 in every profile), the D4 equivariance error
-and the standardized D4 orbit-influence diagonal of "e" and the 7 non-identity D4 elements
-(`pdeinf.symmetry.study.final_orbit_study`: the symmetry study's own per-batch computation, no
-shift landscape, Lie derivative or earlier checkpoints). One netCDF per (recipe, seed),
-`.../<recipe>/s<seed>_e<epoch>_orbit.nc`, keyed by `orbit_key`. For one-step the symmetry
-stage's cached file of that seed is reused when it is valid and current (same checkpoint,
-batches and settings: the same computation); otherwise it is computed here (never the whole
-symmetry study).
+Orbit influence (when the profile trains augment): augment and one-step, paired by seed, at the
+final checkpoint on the first `orbit_batches` batches: D4 equivariance error and orbit-influence
+diagonal (`symmetry.study.final_orbit_study`), `.../<recipe>/s<seed>_e<epoch>_orbit.nc`, keyed by
+`orbit_key`; one-step reuses the symmetry stage's current file of that seed when it has one.
 """
 from __future__ import annotations
 
@@ -43,6 +33,7 @@ from pdeinf.pipeline.common import (
     require_checkpoints,
     scheduled_checkpoints,
 )
+from pdeinf.pipeline.influence import FileSources
 
 VARIANT = "gauss-newton"
 DATA_VARS = ("pi", "losses", "rank", "rollout", "val_smse")
@@ -54,7 +45,7 @@ ORBIT_VERSION = 1
 
 
 def _batches(prof, field: str, n: int) -> int:
-    """`n` influence batches named by the profile's `field`, InputError unless in 1..n_influence_batches."""
+    """`n`, the profile's `field`; InputError unless in 1..n_influence_batches."""
     if not 1 <= n <= prof.n_influence_batches:
         raise InputError(f"profile {prof.name!r}: {field}={n} must lie in "
                          f"1..n_influence_batches={prof.n_influence_batches}")
@@ -62,22 +53,18 @@ def _batches(prof, field: str, n: int) -> int:
 
 
 def study_batches(profile: ProfileLike) -> int:
-    """Influence batches (and their test trajectories for the rollouts) per (run, checkpoint):
-    `profile.recipe_batches` when the profile has that field and it is not None, else
-    `profile.n_influence_batches`. Each batch costs one Gauss-Newton hat matrix per checkpoint
-    (about 23 s single-threaded at quick for the UNet), so the quick profile may use fewer."""
+    """Influence batches (and their test trajectories) per (run, checkpoint):
+    `profile.recipe_batches` when set, else `profile.n_influence_batches`."""
     prof = as_profile(profile)
-    n = getattr(prof, "recipe_batches", None)
-    return _batches(prof, "recipe_batches", prof.n_influence_batches if n is None else int(n))
+    n = prof.n_influence_batches if prof.recipe_batches is None else int(prof.recipe_batches)
+    return _batches(prof, "recipe_batches", n)
 
 
 def recipe_pairs(profile: ProfileLike) -> list[tuple[str, str]]:
     """The (PDE, model) pairs of the study: `profile.recipe_pairs`, or every pair (None)."""
     prof = as_profile(profile)
-    pairs = prof.recipe_pairs
-    if pairs is None:
-        pairs = [(pde, model) for pde in prof.pdes for model in prof.models]
-    pairs = [(str(p), str(m)) for p, m in pairs]
+    every = [(pde, model) for pde in prof.pdes for model in prof.models]
+    pairs = [(str(p), str(m)) for p, m in (every if prof.recipe_pairs is None else prof.recipe_pairs)]
     for pde, model in pairs:
         check_selection(prof, pde, model)
     return pairs
@@ -105,20 +92,11 @@ def recipe_run_dir(profile: ProfileLike, pde: str, model: str, recipe: str, seed
     return default_out_dir(prof.name, make_recipe(recipe)) / paths.run_name(pde, model, seed)
 
 
-def _recipe_key(prof, pde, model, recipe: str, seed: int, fingerprint: str) -> str:
-    from pdeinf.pipeline.training import training_key
-    from pdeinf.training.recipes import make_recipe
-
-    return content_key(stage="training/recipe", base=training_key(prof, pde, model, seed, fingerprint),
-                       recipe=make_recipe(recipe).identity())
-
-
 def ensure_recipe_runs(profile: ProfileLike, pde: str, model: str, recipe: str, *,
                        progress: bool = True, train=None) -> dict[int, Path]:
     """`{seed: run_dir}` of `recipe` for every seed, trained (or resumed, or retrained when
     stale) as needed. "one-step" is `pipeline.training.ensure_training` itself."""
-    from pdeinf.pipeline.data import profile_data
-    from pdeinf.pipeline.training import ensure_runs, ensure_training
+    from pdeinf.pipeline.training import ensure_runs, ensure_training, profile_data, training_key
     from pdeinf.training.recipes import make_recipe
     from pdeinf.training.train import default_out_dir
 
@@ -130,7 +108,9 @@ def ensure_recipe_runs(profile: ProfileLike, pde: str, model: str, recipe: str, 
     fingerprint = str(data.fingerprint())
     return ensure_runs(prof, pde, model, prof.study_seeds(),
                        default_out_dir(prof.name, make_recipe(recipe)), scheduled_checkpoints(prof, pde),
-                       lambda seed: _recipe_key(prof, pde, model, recipe, seed, fingerprint),
+                       lambda seed: content_key(stage="training/recipe",
+                                                base=training_key(prof, pde, model, seed, fingerprint),
+                                                recipe=make_recipe(recipe).identity()),
                        {"data_fingerprint": fingerprint, "recipe": recipe}, data=data, train=train,
                        progress=progress, recipe=recipe)
 
@@ -141,21 +121,26 @@ def study_dir(profile: ProfileLike, pde: str, model: str) -> Path:
     return paths.results_dir() / "interventions" / as_profile(profile).name / f"{pde}-{model}"
 
 
-def task_file(profile, pde: str, model: str, recipe: str, seed: int, epoch: int) -> Path:
-    return study_dir(profile, pde, model) / recipe / f"s{seed}_e{epoch:04d}.nc"
+def task_file(profile, pde: str, model: str, recipe: str, seed: int, epoch: int,
+              suffix: str = "") -> Path:
+    """A task's file; `suffix` "_orbit": its orbit file."""
+    return study_dir(profile, pde, model) / recipe / f"s{seed}_e{epoch:04d}{suffix}.nc"
 
 
 def task_key(prof, pde: str, model: str, recipe: str, seed: int, epoch: int, checkpoint: Path,
-             data_key: str) -> str:
+             data_key: str, *, orbit: bool = False) -> str:
+    """What a task's file (`orbit`: its orbit file, `orbit_key`) depends on: checkpoint bytes,
+    data, recipe, batches and engine settings (one-step's influence, read from the follow-up
+    sweep, is keyed on the same inputs)."""
     from pdeinf.training.recipes import make_recipe
 
-    # one-step takes its influence from the follow-up sweep (`influence.py`), keyed on the same
-    # checkpoint bytes, data, damping and tolerance: this key covers it
-    return content_key(stage="interventions", pde=pde, model=model,
+    return content_key(stage="interventions/orbit" if orbit else "interventions", pde=pde, model=model,
                        recipe=make_recipe(recipe).identity(), seed=int(seed), epoch=int(epoch),
-                       checkpoint=file_digest(checkpoint), data=data_key, variant=VARIANT,
-                       damping=prof.damping, energy_tol=prof.energy_tol, t_max=prof.t_max,
-                       n_batches=study_batches(prof))
+                       checkpoint=file_digest(checkpoint), data=data_key, damping=prof.damping,
+                       energy_tol=prof.energy_tol, t_max=prof.t_max,
+                       **({"elements": orbit_elements(), "n_batches": orbit_batches(prof), "split": "test",
+                           "orbit_version": ORBIT_VERSION} if orbit
+                          else {"variant": VARIANT, "n_batches": study_batches(prof)}))
 
 
 def compute_task(net, ckpt: dict, data, prof, pde: str, seed: int, n_batches: int, *,
@@ -163,9 +148,8 @@ def compute_task(net, ckpt: dict, data, prof, pde: str, seed: int, n_batches: in
     """The dataset of one (run, checkpoint) on the first `n_batches` influence batches: `pi`
     (batch, t_resp, c_resp, t_pert, c_pert) raw Gauss-Newton influence, `losses` (batch, t, c),
     `rank` (batch), `rollout` (class, batch, start, horizon) of the batches' test trajectories,
-    `val_smse` (scalar: the checkpoint's last epoch). `influence` (pi, losses, rank with a
-    `batch` dim), when given, is used instead of computing it (the baseline's Gauss-Newton
-    influence from the follow-up sweep: the same computation)."""
+    `val_smse` (the checkpoint's last epoch). `influence` (pi, losses, rank by batch): used
+    instead of computing it (the baseline's, from the follow-up sweep)."""
     import torch
     import xarray as xr
 
@@ -197,9 +181,9 @@ def compute_task(net, ckpt: dict, data, prof, pde: str, seed: int, n_batches: in
 def run_study(profile: ProfileLike, pde: str, model: str, *, recipes: list[str] | None = None,
               orbit: bool = True, progress: bool = True) -> list[Path]:
     """Train what is missing and compute every missing/stale/corrupt task of (pde, model) for
-    `recipes` (None: every recipe of the profile), and with `orbit` the orbit files when the
-    profile trains augment (`run_orbit`). Returns the task files, then the orbit files."""
-    from pdeinf.pipeline.data import profile_data
+    `recipes` (None: all the profile's), with `orbit` also the orbit files (`run_orbit`).
+    Returns the task files, then the orbit files."""
+    from pdeinf.pipeline.training import profile_data
     from pdeinf.training.train import load_checkpoint
 
     prof = as_profile(profile)
@@ -218,9 +202,7 @@ def run_study(profile: ProfileLike, pde: str, model: str, *, recipes: list[str] 
         return paths.checkpoint_path(runs[recipe][int(seed)], epoch)
 
     @functools.cache
-    def baseline():
-        # the follow-up sweep holds the baseline's Gauss-Newton influence of the same batches
-        # and checkpoints (same damping and energy tolerance): reuse it, never recompute it
+    def baseline():  # the follow-up sweep holds the baseline's influence of the same batches
         from pdeinf.pipeline.influence import ensure_influence
 
         return ensure_influence(prof, pde, model, metric=VARIANT, observable="smse", progress=progress)
@@ -249,17 +231,17 @@ def run_study(profile: ProfileLike, pde: str, model: str, *, recipes: list[str] 
 
 def ensure_recipe_study(profile: ProfileLike, pde: str, model: str, recipe: str, *,
                         progress: bool = True) -> list[Path]:
-    """One recipe's task files of (pde, model) (training the recipe's runs where needed): a
-    stage of its own, so the recipes' studies run side by side (`reproduce.stage_tasks`)."""
+    """One recipe's task files of (pde, model), training its runs where needed (a stage of its
+    own, so the recipes' studies run side by side)."""
     prof = as_profile(profile)
     check_pair(prof, pde, model, recipe_pairs(prof), "recipe")
     return run_study(prof, pde, model, recipes=[recipe], orbit=False, progress=progress)
 
 
 def load_study(profile: ProfileLike, pde: str, model: str):
-    """The cached tasks of (pde, model) as one `xr.Dataset` with dims (recipe, seed, epoch,
-    batch, ...): `pi`, `losses`, `rank`, `rollout` (recipe, seed, epoch, class, batch, start,
-    horizon), `val_smse` (recipe, seed, epoch). InputError naming a missing/corrupt file."""
+    """The cached tasks of (pde, model) as one `xr.Dataset` (recipe, seed, epoch, batch, ...):
+    `pi`, `losses`, `rank`, `rollout` (recipe, seed, epoch, class, batch, start, horizon),
+    `val_smse` (recipe, seed, epoch). InputError naming a missing/corrupt file."""
     prof = as_profile(profile)
     recipes, epochs = _check_recipes(prof), list(scheduled_checkpoints(prof, pde))
     tasks = [Cached((r, s, e), task_file(prof, pde, model, r, s, e))
@@ -295,8 +277,8 @@ def ensure_interventions(profile: ProfileLike, *, progress: bool = True) -> dict
 
 # ---- orbit influence: augment vs one-step at the final checkpoint --------------------------
 def orbit_recipes(profile: ProfileLike, *, required: bool = False) -> list[str]:
-    """`["one-step", "augment"]` when the profile trains augment, else `[]` (nothing to
-    compare: the orbit study is skipped) or, when `required`, InputError."""
+    """`["one-step", "augment"]` when the profile trains augment, else `[]` (no orbit study)
+    or, when `required`, InputError."""
     prof = as_profile(profile)
     if all(r in prof.recipes for r in ORBIT_RECIPES):
         return list(ORBIT_RECIPES)
@@ -307,67 +289,36 @@ def orbit_recipes(profile: ProfileLike, *, required: bool = False) -> list[str]:
 
 
 def orbit_batches(profile: ProfileLike) -> int:
-    """Influence batches per (recipe, seed) of the orbit study: `profile.symmetry_batches`
-    (the symmetry study's; 1 in every profile), within 1..n_influence_batches."""
+    """Influence batches per (recipe, seed) of the orbit study: `profile.symmetry_batches`."""
     prof = as_profile(profile)
     return _batches(prof, "symmetry_batches", int(prof.symmetry_batches))
 
 
 def orbit_elements() -> list[str]:
-    """The identity and the 7 non-identity D4 elements (no shifts)."""
+    """The identity and the 7 non-identity D4 elements."""
     from pdeinf.symmetry.study import D4_NON_IDENTITY
 
     return ["e", *D4_NON_IDENTITY]
 
 
-def orbit_file(profile, pde: str, model: str, recipe: str, seed: int, epoch: int) -> Path:
-    return study_dir(profile, pde, model) / recipe / f"s{seed}_e{epoch:04d}_orbit.nc"
+orbit_key = functools.partial(task_key, orbit=True)
 
 
-def orbit_key(prof, pde: str, model: str, recipe: str, seed: int, epoch: int, checkpoint: Path,
-              data_key: str) -> str:
-    """What an orbit file depends on: the checkpoint's bytes, the data's content, the recipe,
-    the elements, the batches and the engine settings (and the package version)."""
-    from pdeinf.training.recipes import make_recipe
-
-    return content_key(stage="interventions/orbit", pde=pde, model=model,
-                       recipe=make_recipe(recipe).identity(), seed=int(seed), epoch=int(epoch),
-                       checkpoint=file_digest(checkpoint), data=data_key,
-                       elements=orbit_elements(), n_batches=orbit_batches(prof), split="test",
-                       damping=prof.damping, energy_tol=prof.energy_tol, t_max=prof.t_max,
-                       orbit_version=ORBIT_VERSION)
-
-
-class RecipeSources:
-    """What `run_orbit` reads: the final checkpoint and model of each (recipe, seed) of `runs`
-    ({recipe: {seed: run_dir}}), the influence batches of the profile's data (test split) and
+class RecipeSources(FileSources):
+    """What `run_orbit` reads: `FileSources` whose checkpoints are the final ones of `runs`
+    ({recipe: {seed: run_dir}}), by (recipe, seed) (`model` too), on the profile's `data`, and
     the symmetry stage's cached file of a one-step seed. Any object with these methods can
-    stand in for it (tests)."""
+    stand in for it."""
 
     def __init__(self, profile, pde: str, model_name: str, runs: dict, data):
-        self.profile, self.pde, self.model_name = as_profile(profile), pde, model_name
-        self.runs, self.data = runs, data
+        super().__init__(profile, pde, model_name)
+        self.runs, self._data = runs, data
 
     def checkpoint(self, recipe: str, seed: int) -> Path:
         return paths.checkpoint_path(self.runs[recipe][int(seed)], final_epoch(self.profile, self.pde))
 
-    def model(self, recipe: str, seed: int):
-        from pdeinf.training.train import load_checkpoint
-
-        return load_checkpoint(self.checkpoint(recipe, seed), pde=self.pde, model_name=self.model_name)
-
-    def batch(self, seed: int, index: int):
-        from pdeinf.data.datasets import influence_batch
-
-        return influence_batch(self.data, int(seed), index, split="test")
-
-    def data_key(self) -> str:
-        return str(self.data.fingerprint())
-
     def symmetry(self, seed: int):
-        """The symmetry stage's study of the one-step run `seed` when cached, valid, current
-        and of this very checkpoint, else None."""
-        from pdeinf.pipeline.influence import FileSources
+        """The symmetry stage's current study of this one-step checkpoint, else None."""
         from pdeinf.pipeline.symmetry import cached_seed
 
         prof = self.profile
@@ -375,16 +326,15 @@ class RecipeSources:
             return None
         files = FileSources(prof, self.pde, self.model_name)
         mine = self.checkpoint("one-step", seed)
-        if Path(files.checkpoint(seed, final_epoch(prof, self.pde))).resolve() != Path(mine).resolve():
-            return None
-        if files.data_key() != self.data_key():
+        if Path(files.checkpoint(seed, final_epoch(prof, self.pde))).resolve() != Path(mine).resolve() \
+                or files.data_key() != self.data_key():
             return None
         return cached_seed(prof, self.pde, self.model_name, seed, sources=files)
 
 
 def orbit_from_symmetry(study, epoch: int, n_batches: int):
-    """The orbit dataset (`final_orbit_study` layout) cut out of one seed's symmetry study, or
-    None when that study is of another final checkpoint, fewer batches or lacks an element."""
+    """The orbit dataset (`final_orbit_study` layout) cut out of one seed's symmetry study; None
+    when it is of another final checkpoint, has fewer batches or lacks an element."""
     import xarray as xr
 
     if study is None or int(study.attrs.get("final_epoch", -1)) != int(epoch):
@@ -404,9 +354,8 @@ def orbit_from_symmetry(study, epoch: int, n_batches: int):
 
 def run_orbit(profile: ProfileLike, pde: str, model: str, *, sources, progress: bool = True,
               compute=None) -> list[Path]:
-    """(Re)compute the orbit files (module docstring) whose file is missing, stale or corrupt;
-    returns every one ([] when the profile does not train augment). `sources`: as
-    `RecipeSources`; `compute`: defaults to `pdeinf.symmetry.study.final_orbit_study`."""
+    """(Re)compute the missing, stale or corrupt orbit files; returns every one ([] without
+    augment). `sources`: as `RecipeSources`; `compute`: default `final_orbit_study`."""
     prof = as_profile(profile)
     recipes = orbit_recipes(prof)
     if not recipes:
@@ -433,7 +382,7 @@ def run_orbit(profile: ProfileLike, pde: str, model: str, *, sources, progress: 
         return ds
 
     data_key = sources.data_key()
-    tasks = [Cached(t, orbit_file(prof, pde, model, *t, epoch),
+    tasks = [Cached(t, task_file(prof, pde, model, *t, epoch, "_orbit"),
                     orbit_key(prof, pde, model, *t, epoch, Path(sources.checkpoint(*t)), data_key))
              for t in chosen]
     return list(ensure_cached(tasks, orbit_of, variables=ORBIT_VARS, desc=f"orbit {pde}-{model}",
@@ -441,13 +390,12 @@ def run_orbit(profile: ProfileLike, pde: str, model: str, *, sources, progress: 
 
 
 def load_orbit(profile: ProfileLike, pde: str, model: str):
-    """The cached orbit files of (pde, model) as one `xr.Dataset` with dims (recipe, seed,
-    batch, element, example): `equivariance`, `orbit_diagonal`, `orbit_rank` (recipe, seed,
-    batch, element); attrs `epoch` (the final checkpoint). InputError when the profile does not
-    train augment or a file is missing or corrupt."""
+    """The cached orbit files of (pde, model) as one `xr.Dataset` (recipe, seed, batch,
+    element, example): `equivariance`, `orbit_diagonal`, `orbit_rank`; attrs `epoch`.
+    InputError without augment or when a file is missing or corrupt."""
     prof = as_profile(profile)
     recipes, epoch = orbit_recipes(prof, required=True), final_epoch(prof, pde)
-    tasks = [Cached((r, s), orbit_file(prof, pde, model, r, s, epoch))
+    tasks = [Cached((r, s), task_file(prof, pde, model, r, s, epoch, "_orbit"))
              for r in recipes for s in prof.study_seeds()]
     parts = load_cached(tasks, variables=ORBIT_VARS, what="orbit file",
                         hint=f"pipeline.ensure_interventions({prof.name!r})")
@@ -461,8 +409,8 @@ def load_orbit(profile: ProfileLike, pde: str, model: str):
 
 def ensure_orbit_pair(profile: ProfileLike, pde: str, model: str, *, progress: bool = True):
     """The orbit study of one recipe pair (`load_orbit`), training and computing what is
-    missing (only the one-step and augment runs and their orbit files)."""
-    from pdeinf.pipeline.data import profile_data
+    missing."""
+    from pdeinf.pipeline.training import profile_data
 
     prof = as_profile(profile)
     check_pair(prof, pde, model, recipe_pairs(prof), "recipe")

@@ -1,20 +1,13 @@
 """Stage: the regime ladder (ours; `pdeinf.analysis.ladder`) of `profile.ladder_pair`.
 
 Rungs (`rungs`): every checkpoint of the profile's own runs (`progress`); the widths of
-`profile.ladder_widths` at the profile's data and optimizer steps (`width`); the training
-trajectories per class of `profile.ladder_trajectories` at the profile's optimizer steps
-(`data`: the first k training trajectories of each class, seen correspondingly more often).
-A rung equal to the profile's own width or data size is the profile's own final checkpoint.
-
-Files:
-- `results/runs/<profile>/ladder/<axis>-<value>/<PDE>-<model>-s<seed>/`: the width and data
-  rungs' runs (keyed like every run: `pipeline.training.ensure_keyed_run`);
-- `results/ladder/<profile>/<PDE>-<model>/<axis>-<value>-s<seed>-<estimator>.nc`: the seed
-  paper's labelled influence of influence batch 0 (`influence.task.seed_paper_influence`) at
-  that rung with that estimator, keyed on the checkpoint bytes, the data and the settings;
-- `ladder_<PDE>_<model>.json` in the profile's figures folder: the table (per rung, estimator
-  and seed), its summary with t-intervals over seeds and one sentence per axis.
-A rerun recomputes exactly what is missing or stale.
+`ladder_widths` (`width`) and the first k training trajectories per class of
+`ladder_trajectories` (`data`), both at the profile's optimizer steps. A rung at the
+profile's own width or data size is its own final checkpoint. Files: the rungs' runs under
+`results/runs/<profile>/ladder/<axis>-<value>/`; per rung, seed and estimator the seed paper's
+influence of batch 0 (`results/ladder/<profile>/<PDE>-<model>/*.nc`, keyed on checkpoint, data
+and settings); the table, summary and one sentence per axis in `ladder_<PDE>_<model>.json` in
+the profile's figures folder.
 """
 from __future__ import annotations
 
@@ -153,19 +146,13 @@ def rung_runs_root(profile: ProfileLike, rung: Rung) -> Path:
     return base if rung.own else base / "ladder" / rung.name
 
 
-def _rung_profile(prof, pde: str, rung: Rung):
-    return dataclasses.replace(prof, epochs={**prof.epochs, pde: rung.epochs},
-                               checkpoints={**prof.checkpoints, pde: (rung.epochs,)})
-
-
 def _model_options(prof, model: str, rung: Rung) -> dict | None:
     return {WIDTH_OPTION[model]: rung.value} if rung.axis == "width" and not rung.own else None
 
 
 def ensure_ladder_runs(profile: ProfileLike, *, progress: bool = True) -> list[Path]:
     """Train (or find current, or resume) the width and data rungs' runs of every ladder seed."""
-    from pdeinf.pipeline.data import profile_data
-    from pdeinf.pipeline.training import ensure_runs
+    from pdeinf.pipeline.training import ensure_runs, profile_data
 
     prof = as_profile(profile)
     pde, model = ladder_pair(prof)
@@ -176,8 +163,9 @@ def ensure_ladder_runs(profile: ProfileLike, *, progress: bool = True) -> list[P
                      disable=not progress):
         options = _model_options(prof, model, rung)
         done += ensure_runs(
-            _rung_profile(prof, pde, rung), pde, model, prof.ladder_seeds, rung_runs_root(prof, rung),
-            (rung.epochs,),
+            dataclasses.replace(prof, epochs={**prof.epochs, pde: rung.epochs},
+                                checkpoints={**prof.checkpoints, pde: (rung.epochs,)}),
+            pde, model, prof.ladder_seeds, rung_runs_root(prof, rung), (rung.epochs,),
             lambda seed, rung=rung, options=options: content_key(
                 stage="ladder-training", pde=pde, model=model, seed=int(seed), rung=rung.name,
                 data=fingerprint, epochs=rung.epochs, options=options, lr=prof.lr,
@@ -198,18 +186,33 @@ def measurement_path(profile, rung: Rung, seed: int, estimator: str) -> Path:
             / f"{stem}-s{int(seed)}-{estimator}.nc")
 
 
-def _settings(prof, model: str) -> dict:
-    return {"damping": prof.damping, "fullspace_damping": prof.fullspace_damping,
-            "rtol": prof.rtol_for(model), "energy_tol": prof.energy_tol, "t_max": prof.t_max,
-            "batch": BATCH_INDEX, "stage_version": STAGE_VERSION}
+def _statistics(ds, pde: str) -> dict:
+    """ridge, decay, class_locked of the SMSE bra's standardized matrix; log10 top NTK
+    eigenvalue."""
+    from pdeinf.analysis import seed_paper as sp
+    from pdeinf.analysis import seed_paper_findings as spf
+
+    h = ds["H"].expand_dims(seed=[0], batch=[0])
+    hn = sp.standardized(h.to_dataset(name="H"), "C")
+    return {"ridge": float(spf.ridge_units(hn).sel(cls="all").values.item()),
+            "decay": float(spf.decay_units(hn).values.item()),
+            "class_locked": float(spf.class_locked_units(hn).values.item()),
+            "log10_ntk": float(np.log10(float(ds["ntk_top_eigenvalue"].values)))}
 
 
-def _measurements(prof, pde: str, model: str, sources: dict, progress: bool) -> dict:
-    """{(rung, seed, estimator): the seed paper's labelled influence of batch 0} (cached);
-    `sources`: {rung: FileSources of its runs}."""
+def ladder_table(profile: ProfileLike, *, progress: bool = True) -> pd.DataFrame:
+    """Measure every rung, seed and estimator (the seed paper's labelled influence of batch 0,
+    cached) and return the ladder table (`analysis.ladder.COLUMNS`)."""
     from pdeinf.analysis.ladder import ESTIMATORS
     from pdeinf.influence.task import seed_paper_influence
+    from pdeinf.pipeline.influence import FileSources
+    from pdeinf.pipeline.regime import parameter_count
 
+    prof = as_profile(profile)
+    pde, model = ladder_pair(prof)
+    outputs = 48 * pde_spec(pde).channels * prof.resolution ** 2
+    sources = {rung: FileSources(prof, pde, model, runs_root=rung_runs_root(prof, rung),
+                                 data_root=paths.data_dir(prof.name)) for rung in rungs(prof)}
     require_checkpoints([s.checkpoint(seed, rung.epoch) for rung, s in sources.items()
                          for seed in prof.ladder_seeds],
                         "train the ladder rungs first: `pipeline.ensure_ladder_runs`")
@@ -228,54 +231,24 @@ def _measurements(prof, pde: str, model: str, sources: dict, progress: bool) -> 
     tasks = [Cached((rung, seed, estimator), measurement_path(prof, rung, seed, estimator),
                     content_key(stage="ladder", seed=int(seed), estimator=estimator,
                                 checkpoint=file_digest(s.checkpoint(seed, rung.epoch)), data=data_key,
-                                **_settings(prof, model)))
+                                damping=prof.damping, fullspace_damping=prof.fullspace_damping,
+                                rtol=prof.rtol_for(model), energy_tol=prof.energy_tol, t_max=prof.t_max,
+                                batch=BATCH_INDEX, stage_version=STAGE_VERSION))
              for rung, s in sources.items() for seed in prof.ladder_seeds for estimator in ESTIMATORS]
-    return ensure_cached(tasks, measure, variables=MEASUREMENT_VARS, desc=f"ladder {pde}-{model}",
-                         progress=progress)
-
-
-def _statistics(ds, pde: str) -> dict:
-    """ridge, decay, class_locked of the SMSE bra's standardized matrix; log10 top NTK
-    eigenvalue."""
-    from pdeinf.analysis import seed_paper as sp
-    from pdeinf.analysis import seed_paper_findings as spf
-
-    h = ds["H"].expand_dims(seed=[0], batch=[0])
-    hn = sp.standardized(h.to_dataset(name="H"), "C")
-    return {"ridge": float(spf.ridge_units(hn).sel(cls="all").values.item()),
-            "decay": float(spf.decay_units(hn).values.item()),
-            "class_locked": float(spf.class_locked_units(hn).values.item()),
-            "log10_ntk": float(np.log10(float(ds["ntk_top_eigenvalue"].values)))}
-
-
-def _val_smse(root: Path, pde: str, model: str, seed: int, epoch: int) -> float:
-    path = root / paths.run_name(pde, model, seed) / "history.json"
-    try:
-        history = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return math.nan
-    return next((float(r["val_smse"]) for r in history if int(r["epoch"]) == int(epoch)), math.nan)
-
-
-def ladder_table(profile: ProfileLike, *, progress: bool = True) -> pd.DataFrame:
-    """Measure every rung, seed and estimator (cached) and return the ladder table
-    (`analysis.ladder.COLUMNS`)."""
-    from pdeinf.analysis.ladder import ESTIMATORS
-    from pdeinf.pipeline.influence import FileSources
-    from pdeinf.pipeline.regime import parameter_count
-
-    prof = as_profile(profile)
-    pde, model = ladder_pair(prof)
-    outputs = 48 * pde_spec(pde).channels * prof.resolution ** 2
-    sources = {rung: FileSources(prof, pde, model, runs_root=rung_runs_root(prof, rung),
-                                 data_root=paths.data_dir(prof.name)) for rung in rungs(prof)}
-    measured = _measurements(prof, pde, model, sources, progress)
+    measured = ensure_cached(tasks, measure, variables=MEASUREMENT_VARS, desc=f"ladder {pde}-{model}",
+                             progress=progress)
     rows = []
     for rung in sources:
         p_over_m = parameter_count(prof, pde, model, **(_model_options(prof, model, rung) or {})) / outputs
         steps = rung.epoch * steps_per_epoch(prof, rung.train_per_class, pde)
         for seed in prof.ladder_seeds:
-            val = _val_smse(rung_runs_root(prof, rung), pde, model, seed, rung.epoch)
+            try:
+                history = json.loads((rung_runs_root(prof, rung) / paths.run_name(pde, model, seed)
+                                      / "history.json").read_text())
+            except (OSError, ValueError):
+                history = []
+            val = next((float(r["val_smse"]) for r in history if int(r["epoch"]) == int(rung.epoch)),
+                       math.nan)
             for estimator in ESTIMATORS:
                 rows.append({"axis": rung.axis, "value": rung.value, "estimator": estimator,
                              "seed": int(seed), "p_over_m": p_over_m,

@@ -1,8 +1,8 @@
 """One pdeinf run per results root at a time, and output folders checked before long work.
 
-`results_lock(root)` takes an exclusive `fcntl` lock on `<root>/.pdeinf.lock` (released by the
-kernel when the process dies, so a killed run never leaves a stale lock). A second run waits,
-after printing one line naming the holder, and then finds the first run's results cached.
+`results_lock(root)` takes an exclusive `fcntl` lock on `<root>/.pdeinf.lock`, released by the
+kernel when the process dies (a killed run never leaves a stale lock). A second run says so in
+one line naming the holder, waits, and then finds the first run's results cached.
 """
 from __future__ import annotations
 
@@ -22,11 +22,9 @@ LOCK_NAME = ".pdeinf.lock"
 def check_writable(directory: Path | str, what: str) -> Path:
     """InputError unless `directory` is (or can be made) a folder this process can write."""
     directory = Path(directory)
-    for parent in (directory, *directory.parents):
-        if parent.exists():
-            if not parent.is_dir():
-                raise InputError(f"{what}: {parent} is a file, not a folder")
-            break
+    parent = next((p for p in (directory, *directory.parents) if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise InputError(f"{what}: {parent} is a file, not a folder")
     try:
         directory.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=directory):
@@ -36,28 +34,22 @@ def check_writable(directory: Path | str, what: str) -> Path:
     return directory
 
 
-def _holder(path: Path) -> str:
-    try:
-        return path.read_text().strip() or "unknown"
-    except OSError:
-        return "unknown"
-
-
 @contextlib.contextmanager
-def results_lock(root: Path | str, *, wait: bool = True) -> Iterator[Path]:
-    """Hold the results root's lock for the duration of the block (see the module doc).
-    `wait=False`: InputError naming the holder instead of waiting. Waiting is always said on
-    stderr (even without progress bars): a silent wait looks like a hang."""
+def results_lock(root: Path | str) -> Iterator[Path]:
+    """Hold the results root's lock for the duration of the block (see the module doc). Waiting
+    is always said on stderr (even without progress bars): a silent wait looks like a hang."""
     root = check_writable(root, "results folder")
     path = root / LOCK_NAME
     with open(path, "a+") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            message = f"another pdeinf run holds {path} (pid {_holder(path)})"
-            if not wait:
-                raise InputError(message) from None
-            print(f"[pdeinf] {message}; waiting for it to finish", file=sys.stderr, flush=True)
+            try:
+                holder = path.read_text().strip() or "unknown"
+            except OSError:
+                holder = "unknown"
+            print(f"[pdeinf] another pdeinf run holds {path} (pid {holder}); waiting for it to "
+                  "finish", file=sys.stderr, flush=True)
             fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             fh.seek(0)

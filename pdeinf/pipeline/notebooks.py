@@ -1,5 +1,6 @@
 """Notebook runs: which notebooks exist, executing one with papermill, when an executed copy
-is still current (its cache key), and what the closing table shows of its results JSON."""
+is still current (its cache key), and what the closing table shows of a notebook: its figures
+and its study's rows of the findings table (never the notebook's own results JSON)."""
 from __future__ import annotations
 
 import contextlib
@@ -34,9 +35,8 @@ def list_notebooks(selection: Iterable[str] | str | None = None, *, source: Path
     available = sorted(p for p in source.glob("*.ipynb") if _NOTEBOOK_NAME.match(p.name))
     if selection is None:
         return available
-    if isinstance(selection, str):
-        selection = [s for s in selection.split(",")]
-    wanted = [s.strip() for s in selection if s.strip()]
+    wanted = [s.strip() for s in (selection.split(",") if isinstance(selection, str) else selection)
+              if s.strip()]
     if not wanted:
         raise InputError("notebooks: empty selection")
     chosen: list[Path] = []
@@ -56,11 +56,6 @@ def executed_dir() -> Path:
     return paths.results_dir() / "executed"
 
 
-def notebook_results_path(notebook: Path | str) -> Path:
-    """``results/<notebook stem>.json``, written by the notebook itself."""
-    return paths.results_dir() / f"{Path(notebook).stem}.json"
-
-
 @contextlib.contextmanager
 def kernel_environment(name: str, value: str, *, override: bool = True) -> Iterator[None]:
     """Kernels started meanwhile inherit `name=value` (override False: only where unset);
@@ -77,30 +72,15 @@ def kernel_environment(name: str, value: str, *, override: bool = True) -> Itera
             os.environ[name] = saved
 
 
-def _headless_env():
-    """The kernel inherits our environment: make matplotlib headless for its lifetime."""
-    return kernel_environment("MPLBACKEND", "Agg", override=False)
-
-
-def _tree_signature(root: Path, digest) -> None:
-    """Feed (relative path, size, mtime) of every file under ``root`` into ``digest``."""
-    if not root.exists():
-        return
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        stat = path.stat()
-        digest.update(f"{path.relative_to(root)}:{stat.st_size}:{stat.st_mtime_ns};".encode())
-
-
 #: Folders under results/ whose contents (per profile) notebooks read.
 STAGE_FOLDERS = ("data", "runs", "influence", "rollouts", "symmetry", "estimator", "interventions",
                  "ablation")
 
 
 def notebook_cache_key(notebook: Path | str, profile: ProfileLike) -> str:
-    """What an executed notebook depends on: its cells (not the outputs they hold), the profile, the package source,
-    the stage outputs of the profile (by path, size and mtime) and the findings table. Equal
-    keys mean the executed copy, its figures and its results JSON are still what a rerun would
-    produce."""
+    """What an executed notebook depends on: its cells (not their outputs), the profile, the
+    package source, the profile's stage outputs (by path, size and mtime) and the findings
+    table. Equal keys mean the executed copy and its figures are what a rerun would produce."""
     import nbformat
 
     from pdeinf.pipeline.findings import findings_path
@@ -114,44 +94,35 @@ def notebook_cache_key(notebook: Path | str, profile: ProfileLike) -> str:
     for source in sorted(package.rglob("*.py")):
         digest.update(source.read_bytes())
     for stage in STAGE_FOLDERS:
-        _tree_signature(paths.results_dir() / stage / profile.name, digest)
+        root = paths.results_dir() / stage / profile.name
+        for path in (sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else ()):
+            stat = path.stat()
+            digest.update(f"{path.relative_to(root)}:{stat.st_size}:{stat.st_mtime_ns};".encode())
     table = findings_path(profile)
     digest.update(table.read_bytes() if table.exists() else b"no findings table")
     return digest.hexdigest()
 
 
 def _executed_is_current(notebook: Path, key: str) -> bool:
-    """True when ``results/executed/<name>.ipynb`` was made with ``key`` and the results
-    JSON and every figure it names still exist."""
+    """True when ``results/executed/<name>.ipynb`` was made with ``key`` and every figure it
+    recorded (`run_notebook`) still exists."""
     import nbformat
 
     executed = executed_dir() / notebook.name
-    results = notebook_results_path(notebook)
-    if not executed.is_file() or not results.is_file():
-        return False
     try:
-        stored = nbformat.read(executed, as_version=4).metadata.get("pdeinf", {}).get("cache_key")
-        figures = figures_of(json.loads(results.read_text()))
-    except Exception:  # noqa: BLE001 - an unreadable copy is simply not current
+        stamp = nbformat.read(executed, as_version=4).metadata.get("pdeinf", {})
+    except Exception:  # noqa: BLE001 - a missing or unreadable copy is simply not current
         return False
-    return stored == key and all(Path(f).exists() for f in figures)
+    return stamp.get("cache_key") == key and all(Path(f).exists() for f in stamp.get("figures", ()))
 
 
-def run_notebook(
-    notebook: Path | str,
-    profile: ProfileLike,
-    *,
-    progress: bool = True,
-    timeout: float | None = None,
-    cache_key: str | None = None,
-) -> Path:
-    """Execute one notebook with papermill at ``profile``; returns the executed copy
-    ``results/executed/<name>.ipynb``.
-
-    Kernel ``python3``, parameters ``{"profile": <name>}``, cwd = the notebook's folder,
-    absolute paths throughout. The copy is written under a temporary name and renamed; on
-    failure it is kept as ``<name>.failed.ipynb`` and the papermill error propagates.
-    """
+def run_notebook(notebook: Path | str, profile: ProfileLike, *, progress: bool = True,
+                 timeout: float | None = None, cache_key: str | None = None) -> Path:
+    """Execute one notebook with papermill at ``profile`` (kernel ``python3``, parameters
+    ``{"profile": <name>}``, cwd its folder); returns the executed copy
+    ``results/executed/<name>.ipynb``, written under a temporary name and renamed. On failure
+    it is kept as ``<name>.failed.ipynb`` and the papermill error propagates. With
+    ``cache_key``, the copy's metadata records it and the notebook's figures."""
     import papermill as pm
 
     profile = as_profile(profile)
@@ -164,19 +135,13 @@ def run_notebook(
     partial = out_dir / f".{notebook.stem}.{os.getpid()}.partial.ipynb"
     failed = out_dir / f"{notebook.stem}.failed.ipynb"
     try:
-        with _headless_env():
-            pm.execute_notebook(
-                str(notebook),
-                str(partial),
-                parameters={"profile": profile.name},
-                kernel_name="python3",
-                cwd=str(notebook.parent),
-                progress_bar=progress,
-                execution_timeout=timeout,
-                # the kernel's own log (transport warnings, shutdown interrupts) stays off
-                # the console; cell errors still reach the executed copy and the exception
-                extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
-            )
+        with kernel_environment("MPLBACKEND", "Agg", override=False):  # headless kernel
+            # the kernel's own log (transport warnings, shutdown interrupts) stays off the
+            # console; cell errors still reach the executed copy and the exception
+            pm.execute_notebook(str(notebook), str(partial), parameters={"profile": profile.name},
+                                kernel_name="python3", cwd=str(notebook.parent),
+                                progress_bar=progress, execution_timeout=timeout,
+                                extra_arguments=["--IPKernelApp.log_level=CRITICAL"])
     except BaseException:
         if partial.exists():
             os.replace(partial, failed)
@@ -185,51 +150,40 @@ def run_notebook(
         import nbformat
 
         executed = nbformat.read(partial, as_version=4)
-        executed.metadata.setdefault("pdeinf", {})["cache_key"] = cache_key
+        executed.metadata.setdefault("pdeinf", {}).update(
+            cache_key=cache_key, figures=notebook_figures(notebook, profile))
         nbformat.write(executed, partial)
     os.replace(partial, final)
     failed.unlink(missing_ok=True)
     return final
 
 
-def leaves(obj, prefix: str = "") -> Iterator[tuple[str, object]]:
-    if isinstance(obj, dict):
-        for key, value in obj.items():
-            yield from leaves(value, f"{prefix}.{key}" if prefix else str(key))
-    else:
-        yield prefix, obj
+def notebook_figures(notebook: Path | str, profile: ProfileLike) -> list[str]:
+    """The figures of `notebook` in the profile's figures folder (files ``NN_*`` of its number
+    ``NN``): the PNGs, or the PDF / SVG files where it has no PNG."""
+    number = Path(notebook).stem.split("_", 1)[0]
+    found = sorted(p for p in paths.figures_dir(as_profile(profile).name).glob(f"{number}_*")
+                   if p.suffix in (".png", ".pdf", ".svg") and p.is_file())
+    return [str(p) for p in found if p.suffix == ".png"] or [str(p) for p in found]
 
 
-def figures_of(results: dict) -> list[str]:
-    """PNG figures listed by a results JSON (PDF twins are left out of the table)."""
-    figs = results.get("figures") or []
-    if isinstance(figs, str):
-        figs = [figs]
-    if isinstance(figs, dict):
-        figs = list(figs.values())
-    pngs = [str(f) for f in figs if str(f).endswith(".png")]
-    return pngs or [str(f) for f in figs]
+def summarize_notebook(notebook: Path | str, *, max_numbers: int = 4,
+                       profile: ProfileLike = None) -> dict:
+    """What the closing table shows of `notebook` at `profile`: its figures
+    (`notebook_figures`) and, as its key numbers, the estimates of the first `max_numbers` rows
+    of its study in the profile's findings table (`pipeline.findings`), keyed by `row_name`;
+    ``results`` is that table's path when it holds such rows."""
+    from pdeinf.pipeline.findings import findings_path, row_name
 
-
-def summarize_notebook(notebook: Path | str, *, max_numbers: int = 4) -> dict:
-    """What the closing table shows of ``results/<notebook>.json``: its PNG figures and the
-    first ``max_numbers`` scalar numbers (from its ``numbers`` entry when it has one)."""
-    path = notebook_results_path(notebook)
-    out = {"notebook": Path(notebook).stem, "figures": [], "numbers": {}, "results": None}
-    if not path.is_file():
-        return out
+    out = {"notebook": Path(notebook).stem, "figures": notebook_figures(notebook, profile),
+           "numbers": {}, "results": None}
+    table = findings_path(profile)
     try:
-        results = json.loads(path.read_text())
-    except json.JSONDecodeError:
+        rows = [r for r in json.loads(table.read_text())["findings"]
+                if r["notebook"] == out["notebook"]]
+    except (OSError, ValueError, KeyError, TypeError):  # no table yet: figures only
         return out
-    if not isinstance(results, dict):
-        return out
-    out["results"] = str(path)
-    out["figures"] = figures_of(results)
-    source = results.get("numbers", {k: v for k, v in results.items() if k != "figures"})
-    for key, value in leaves(source):
-        if len(out["numbers"]) >= max_numbers:
-            break
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            out["numbers"][key] = float(value)
+    shown = [r for r in rows if isinstance(r.get("estimate"), (int, float))][:max_numbers]
+    out["numbers"] = {row_name(r): float(r["estimate"]) for r in shown}
+    out["results"] = str(table) if rows else None
     return out

@@ -1,12 +1,9 @@
-"""The committed notebooks carry the outputs of the committed profile (`config.COMMITTED_PROFILE`):
-after `reproduce` at that profile, the outputs of each executed copy are written back into the
-notebook it was run from, so that a reader of the repository sees every figure and number, and
-nbval can compare a rerun with them (`make check-notebooks`, with `notebooks/nbval_sanitize.cfg`).
-
-A published notebook is its source cells unchanged, with the executed copy's outputs; papermill's
-injected parameters cell and its metadata are left out, execution counts run 1, 2, ... over the
-code cells, paths under the project root are written relative to it, and widget views (whose
-state is not stored) are left out. Its metadata records the profile the outputs come from."""
+"""After `reproduce` at the committed profile (`config.COMMITTED_PROFILE`) the outputs of each
+executed notebook are written back into the notebook it was run from, for readers of the
+repository and for nbval (`make check-notebooks`). A published notebook is its source cells with
+the executed copy's outputs, without papermill's parameters cell and metadata; execution counts
+run 1, 2, ... over the code cells, paths are relative to the project root, widget views (whose
+state is not stored) are left out, and its metadata records the profile."""
 from __future__ import annotations
 
 import copy
@@ -31,8 +28,7 @@ def source_cells(nb) -> list[tuple[str, str, tuple[str, ...]]]:
 
 def portable_text(text: str) -> str:
     """`text` with the project root (`paths.root()`) left out of every path below it."""
-    root = str(paths.root()).rstrip("/") + "/"
-    return text.replace(root, "")
+    return text.replace(str(paths.root()).rstrip("/") + "/", "")
 
 
 def _portable_output(output):

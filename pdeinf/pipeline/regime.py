@@ -25,13 +25,6 @@ def parameter_count(profile, pde: str, model: str, **options) -> int:
     return sum(p.numel() for p in net.parameters() if p.requires_grad)
 
 
-def training_pairs(profile, pde: str) -> int:
-    """One-step transitions of the training split (every class, the first seed's split; the
-    sizes do not depend on the seed)."""
-    train = split_indices(profile.n_trajectories, profile.seeds[0], profile.split)["train"]
-    return len(train) * len(pde_spec(pde).classes) * (profile.t_max - 1)
-
-
 def _history(profile, pde: str, model: str):
     from pdeinf.pipeline.training import training_history
 
@@ -48,9 +41,11 @@ def regime_cards(profile: ProfileLike = None, *, layer: str = "seed paper",
     influence batches) otherwise; histories read where the runs exist (`with_history`)."""
     prof = as_profile(profile)
     cards = {}
+    # one-step training transitions (the first seed's split: the sizes do not depend on it)
+    train = split_indices(prof.n_trajectories, prof.seeds[0], prof.split)["train"]
     for pde, model in prof.pairs():
         spec = pde_spec(pde)
-        pairs = training_pairs(prof, pde)
+        pairs = len(train) * len(spec.classes) * (prof.t_max - 1)
         cards[(pde, model)] = regime_card(
             pde=pde, model=model, parameters=parameter_count(prof, pde, model),
             outputs=BATCH_EXAMPLES * spec.channels * prof.resolution ** 2, pairs=pairs,

@@ -1,9 +1,6 @@
-"""Writing the notebooks' outputs: figures (PNG + PDF) and key numbers (JSON per notebook),
-and `NotebookRun`, what every notebook sets up from its parameters cell.
-
-Every file goes through `pdeinf.atomic`, so a reader never sees a half-written figure or
-results file.
-"""
+"""Writing the notebooks' outputs (atomically): figures (PNG + PDF), key numbers (JSON per
+notebook, for users; the pipeline reads none of it), and `NotebookRun`, what every notebook sets
+up from its parameters cell."""
 from __future__ import annotations
 
 import json
@@ -51,27 +48,25 @@ def save_figure(fig, name: str, *, formats=("png", "pdf"), dpi: int = 150,
 
 
 def to_jsonable(value):
-    """Numbers, arrays, xarray / pandas objects and nested containers -> JSON-safe values.
-
-    Non-finite floats become None (JSON null); tuple keys are joined with "/"."""
+    """Numbers, arrays, xarray / pandas objects and nested containers -> JSON-safe values:
+    non-finite floats -> None, tuple keys joined with "/"; InputError for anything else."""
+    if isinstance(value, (pd.Series, pd.DataFrame)):
+        value = value.to_dict()
+    elif hasattr(value, "values") and hasattr(value, "dims"):  # xarray DataArray
+        value = np.asarray(value.values)
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
     if isinstance(value, dict):
         return {("/".join(map(str, k)) if isinstance(k, tuple) else str(k)): to_jsonable(v)
                 for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [to_jsonable(v) for v in value]
-    if isinstance(value, (pd.Series, pd.DataFrame)):
-        return to_jsonable(value.to_dict())
-    if hasattr(value, "values") and hasattr(value, "dims"):  # xarray DataArray
-        return to_jsonable(np.asarray(value.values))
-    if isinstance(value, np.ndarray):
-        return to_jsonable(value.tolist())
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
     if isinstance(value, (int, np.integer)):
         return int(value)
     if isinstance(value, (float, np.floating)):
-        value = float(value)
-        return value if math.isfinite(value) else None
+        return float(value) if math.isfinite(value) else None
     if value is None or isinstance(value, str):
         return value
     if isinstance(value, Path):
@@ -98,12 +93,12 @@ def read_results(notebook: str) -> dict:
         raise InputError(f"{path}: not valid JSON ({err})") from None
 
 
-def _flatten(prefix: str, value, rows: list):
-    if isinstance(value, dict):
-        for key, sub in value.items():
-            _flatten(f"{prefix}.{key}" if prefix else str(key), sub, rows)
-    else:
-        rows.append((prefix, value))
+def _leaves(value, prefix: str = ""):
+    """`(dotted key, value)` of every non-dict value nested in `value`."""
+    if not isinstance(value, dict):
+        return [(prefix, value)]
+    return [leaf for key, sub in value.items()
+            for leaf in _leaves(sub, f"{prefix}.{key}" if prefix else str(key))]
 
 
 def results_table() -> pd.DataFrame:
@@ -114,9 +109,7 @@ def results_table() -> pd.DataFrame:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as err:
             raise InputError(f"{path}: not valid JSON ({err})") from None
-        flat: list = []
-        _flatten("", data, flat)
-        rows.extend((path.stem, key, value) for key, value in flat)
+        rows.extend((path.stem, key, value) for key, value in _leaves(data))
     return pd.DataFrame(rows, columns=["notebook", "key", "value"])
 
 

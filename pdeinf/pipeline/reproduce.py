@@ -1,13 +1,11 @@
-"""`pdeinf reproduce`: every cached stage of a profile, then every notebook, then a closing
-table of figures, key numbers and stage times. One run per results root at a time (a lock);
-temporary files of processes that died are removed at the start."""
+"""`pdeinf reproduce`: every cached stage of a profile, every notebook, then a closing table of
+figures, key numbers and stage times; one run per results root at a time (a lock)."""
 from __future__ import annotations
 
-import contextlib
 import math
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,36 +58,14 @@ class ReproduceReport:
         return [nb for nb in self.notebooks if nb["status"] != "ok"]
 
     def to_dict(self) -> dict:
-        return {
-            "profile": self.profile,
-            "timings": [t.__dict__ for t in self.timings],
-            "workers": self.workers,
-            "pipeline_wall_seconds": self.pipeline_wall,
-            "wall_seconds": self.wall,
-            "notebooks": self.notebooks,
-        }
-
-
-@contextlib.contextmanager
-def _timed(report_timings: list[StageTiming], stage: str, *, echo: bool) -> Iterator[None]:
-    if echo:
-        print(f"[pdeinf] {stage} ...", file=sys.stderr, flush=True)
-    start = time.perf_counter()
-    try:
-        yield
-    except BaseException:
-        report_timings.append(StageTiming(stage, time.perf_counter() - start, "failed"))
-        raise
-    report_timings.append(StageTiming(stage, time.perf_counter() - start))
-    if echo:
-        print(f"[pdeinf] {stage}: {report_timings[-1].seconds:.1f} s", file=sys.stderr, flush=True)
+        return {"profile": self.profile, "timings": [t.__dict__ for t in self.timings],
+                "workers": self.workers, "pipeline_wall_seconds": self.pipeline_wall,
+                "wall_seconds": self.wall, "notebooks": self.notebooks}
 
 
 def stage_tasks(profile: ProfileLike, *, progress: bool = True) -> list[Task]:
-    """The pipeline as a dependency graph, derived from the stage table (`stages.STAGES`): one
-    task per kind and unit of the profile, named, wired and ordered as the table says, listed in
-    priority order (ready tasks start in list order, so the seed paper's and the follow-up's
-    analyses of the baseline runs come before our studies' extra runs; the findings table last)."""
+    """The pipeline as a dependency graph: one task per kind and unit of the stage table
+    (`stages.STAGES`), in priority order (ready tasks start in list order)."""
     from pdeinf.pipeline import stages
 
     profile = as_profile(profile)
@@ -120,9 +96,8 @@ def run_all(
 
 
 def stage_eta(profile, workers: int) -> EtaClock | None:
-    """An `EtaClock` from the planner's estimate of every stage (a few seconds of measuring
-    this machine), printed once as the run's prior total; None where planning fails (the run
-    goes on without an ETA)."""
+    """An `EtaClock` from the planner's estimate of every stage, its total printed once; None
+    where planning fails (the run goes on without an ETA)."""
     from pdeinf.pipeline.planner import plan
 
     try:
@@ -145,12 +120,11 @@ def reproduce(
     progress: bool = True,
     workers: int | None = None,
 ) -> ReproduceReport:
-    """Data, training, influence sweeps, rollouts, then every notebook (or the selected
-    ones) through papermill; executed copies under ``results/executed/``, and at the committed
-    profile their outputs written into the notebooks (`publish.publish_notebooks`). Prints the closing
-    table and writes it to ``results/reproduce_<profile>.json``. Notebook failures do not
-    stop the others; they are listed in the report (``report.failed``). `workers`: processes
-    for the stages (None: `schedule.default_workers()`)."""
+    """Every stage, then every notebook (or the selected ones) through papermill; executed
+    copies under ``results/executed/``, at the committed profile their outputs written into the
+    notebooks (`publish.publish_notebooks`). Prints the closing table and writes it to
+    ``results/reproduce_<profile>.json``. Notebook failures do not stop the others
+    (``report.failed``). `workers`: processes for the stages (None: `default_workers()`)."""
     profile = as_profile(profile)
     workers = default_workers() if workers is None else workers
     selected = [] if only_pipeline else list_notebooks(notebooks)  # validate before long work
@@ -158,30 +132,24 @@ def reproduce(
         raise InputError(f"notebooks: no numbered notebooks found in {notebooks_source()}")
     check_writable(paths.results_dir(), "PDEINF_HOME/results")
     with guarded_run(paths.results_dir()):
-        report = _reproduce_locked(profile, selected, progress=progress, workers=workers)
+        report = ReproduceReport(profile.name, workers=workers)
+        began = time.perf_counter()
+        run_all(profile, progress=progress, timings=report.timings, workers=workers)
+        report.pipeline_wall = time.perf_counter() - began
+        entries = run_notebooks(profile, selected, report.timings, progress=progress, workers=workers)
+        publish_notebooks(profile.name, entries)  # the committed profile's outputs, into the notebooks
+        report.notebooks.extend(entries)
+        report.wall = time.perf_counter() - began
+        write_json(paths.results_dir() / f"reproduce_{profile.name}.json", report.to_dict(), default=str)
     print(format_report(report), flush=True)
-    return report
-
-
-def _reproduce_locked(profile, selected, *, progress: bool, workers: int) -> ReproduceReport:
-    report = ReproduceReport(profile.name, workers=workers)
-    began = time.perf_counter()
-    run_all(profile, progress=progress, timings=report.timings, workers=workers)
-    report.pipeline_wall = time.perf_counter() - began
-    entries = run_notebooks(profile, selected, report.timings, progress=progress, workers=workers)
-    publish_notebooks(profile.name, entries)  # the committed profile's outputs, into the notebooks
-    report.notebooks.extend(entries)
-    report.wall = time.perf_counter() - began
-    write_json(paths.results_dir() / f"reproduce_{profile.name}.json", report.to_dict(), default=str)
     return report
 
 
 def run_notebooks(profile, selected, timings: list[StageTiming], *, progress: bool = True,
                   workers: int = 1) -> list[dict]:
-    """Execute (or find current) every selected notebook; one report entry each, in the order
-    given. Notebooks read only stage outputs and the findings table, so they run `workers` at a
-    time (each in its own kernel, with `threads_per_worker(workers)` torch threads). A failure
-    is reported in its entry and does not stop the others."""
+    """Execute (or find current) every selected notebook; one report entry each, in order.
+    They run `workers` at a time (own kernels, `threads_per_worker(workers)` torch threads); a
+    failure is reported in its entry and does not stop the others."""
     from concurrent.futures import ThreadPoolExecutor
 
     from pdeinf.pipeline.notebooks import kernel_environment
@@ -209,21 +177,30 @@ def _notebook_entry(nb: Path, profile, timings: list[StageTiming], *, progress: 
         if _executed_is_current(nb, key):
             entry.update(status="ok", executed=str(executed_dir() / nb.name), cached=True)
         else:
-            with _timed(timings, f"notebook {nb.stem}", echo=progress):
+            stage, began = f"notebook {nb.stem}", time.perf_counter()
+            if progress:
+                print(f"[pdeinf] {stage} ...", file=sys.stderr, flush=True)
+            try:
                 executed = run_notebook(nb, profile, progress=progress, cache_key=key)
+            except BaseException:
+                timings.append(StageTiming(stage, time.perf_counter() - began, "failed"))
+                raise
+            timings.append(StageTiming(stage, time.perf_counter() - began))
+            if progress:
+                print(f"[pdeinf] {stage}: {timings[-1].seconds:.1f} s", file=sys.stderr, flush=True)
             entry.update(status="ok", executed=str(executed))
     except Exception as err:  # noqa: BLE001 - reported per notebook, others still run
         entry.update(status="failed", error=f"{type(err).__name__}: {_first_line(err)}")
     entry["seconds"] = time.perf_counter() - start
-    summary = summarize_notebook(nb)
+    summary = summarize_notebook(nb, profile=profile)
     entry.update(figures=summary["figures"], numbers=summary["numbers"],
                  verdicts=verdict_counts(profile, nb.stem), results=summary["results"])
     return entry
 
 
 def verdict_counts(profile, notebook: str) -> dict[str, int]:
-    """`{verdict: rows}` of the study `notebook` in the profile's findings table (empty when
-    the table is absent or unreadable: the closing table is a courtesy)."""
+    """`{verdict: rows}` of the study `notebook` in the profile's findings table ({} when the
+    table is absent or unreadable)."""
     import json
     from collections import Counter
 
@@ -244,12 +221,6 @@ def _first_line(err: BaseException) -> str:
         if line and not set(line) <= set("-=*"):
             return line[:300]
     return text[:300]
-
-
-def _format_number(value: float) -> str:
-    if not math.isfinite(value):
-        return str(value)
-    return f"{value:.4g}"
 
 
 def _display_path(path: str) -> str:
@@ -276,7 +247,8 @@ def format_report(report: ReproduceReport) -> str:
             lines.append(f"  {nb['notebook']}  [{nb['status']}]  {nb['seconds']:.1f} s")
             for fig in nb.get("figures", []):
                 lines.append(f"      figure   {_display_path(fig)}")
-            numbers = ", ".join(f"{k}={_format_number(v)}" for k, v in nb.get("numbers", {}).items())
+            numbers = ", ".join(f"{k}={v:.4g}" if math.isfinite(v) else f"{k}={v}"
+                                for k, v in nb.get("numbers", {}).items())
             if numbers:
                 lines.append(f"      numbers  {numbers}")
             verdicts = ", ".join(f"{n} {word}" for word, n in nb.get("verdicts", {}).items())

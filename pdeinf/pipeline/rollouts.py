@@ -27,41 +27,46 @@ def rollouts_path(profile: ProfileLike, pde: str, model: str) -> Path:
     return paths.results_dir() / "rollouts" / profile.name / f"{pde}-{model}.nc"
 
 
-def rollout_key(profile, pde: str, model: str, data_key: str) -> str:
-    """Hash of everything the rollout errors depend on: the final checkpoints' bytes, the data
-    content, the profile's sizes and the package version."""
-    final = final_epoch(profile, pde)
-    return content_key(stage="rollouts", pde=pde, model=model, data=data_key,
-                       n_batches=profile.n_influence_batches, t_max=profile.t_max,
-                       checkpoints=[file_digest(checkpoint_path(profile, pde, model, s, final))
-                                    for s in profile.seeds])
-
-
 def ensure_rollouts(profile: ProfileLike, pde: str, model: str, *, progress: bool = True):
-    """Per-step rollout SMSE of the final checkpoint of every seed.
-
-    Returns an `xr.DataArray` named ``smse`` with dims ``(seed, class, trajectory, start,
-    horizon)``: autoregressive rollouts from snapshot ``start`` of the first
-    ``n_influence_batches`` test trajectories of each class (the trajectories that form the
-    influence batches, so ``trajectory`` = influence-batch index), error of step ``horizon``
-    (1-based) against the reference. Cached as netCDF with its key and checksum.
-    """
-    from pdeinf.pipeline.data import profile_data
-    from pdeinf.pipeline.training import ensure_training
+    """Per-step rollout SMSE of the final checkpoint of every seed: an `xr.DataArray` ``smse``
+    (seed, class, trajectory, start, horizon), autoregressive rollouts from snapshot ``start``
+    of the first ``n_influence_batches`` test trajectories of each class (``trajectory`` =
+    influence-batch index), error of step ``horizon`` (1-based). Cached, keyed on the final
+    checkpoints' bytes, the data and the sizes."""
+    from pdeinf.pipeline.training import ensure_training, profile_data
 
     profile = as_profile(profile)
     check_selection(profile, pde, model)
     ensure_training(profile, pde, model, progress=progress)
     data = profile_data(profile, pde, progress=progress, validate=False)  # validated by training
+    final = final_epoch(profile, pde)
 
     def compute(task: Cached):
-        ds = compute_rollouts(profile, pde, model, data, progress=progress).to_dataset()
-        ds.attrs.update(profile=profile.name, pde=pde, model=model, epoch=final_epoch(profile, pde),
+        import torch
+        import xarray as xr
+        from tqdm.auto import tqdm
+
+        from pdeinf.training.rollout import rollouts_all_starts
+        from pdeinf.training.train import load_checkpoint
+
+        per_seed = []
+        for seed in tqdm(profile.seeds, desc=f"rollouts {pde}-{model}", disable=not progress):
+            net, _ = load_checkpoint(checkpoint_path(profile, pde, model, seed, final))
+            with torch.no_grad():
+                errors = rollouts_all_starts(net, influence_trajectories(
+                    data, profile, pde, seed, profile.n_influence_batches))
+            per_seed.append(errors.expand_dims(seed=[int(seed)]))
+        da = xr.concat(per_seed, dim="seed").transpose("seed", "class", "trajectory", "start", "horizon")
+        ds = da.to_dataset(name="smse")
+        ds.attrs.update(profile=profile.name, pde=pde, model=model, epoch=final,
                         description="per-step SMSE of autoregressive rollouts (final checkpoint)")
         return ds
 
-    task = Cached(None, rollouts_path(profile, pde, model),
-                  rollout_key(profile, pde, model, str(data.fingerprint())))
+    key = content_key(stage="rollouts", pde=pde, model=model, data=str(data.fingerprint()),
+                      n_batches=profile.n_influence_batches, t_max=profile.t_max,
+                      checkpoints=[file_digest(checkpoint_path(profile, pde, model, s, final))
+                                   for s in profile.seeds])
+    task = Cached(None, rollouts_path(profile, pde, model), key)
     ds = ensure_cached([task], compute, variables=ROLLOUT_VARS, progress=False)[None]
     da = ds["smse"]
     da.attrs = {k: v for k, v in ds.attrs.items() if k != CHECKSUM_ATTR}
@@ -80,23 +85,3 @@ def influence_trajectories(data, prof, pde: str, seed: int, n: int) -> dict:
         out[cls] = test[:n]
     return out
 
-
-def compute_rollouts(profile, pde: str, model: str, data, *, progress: bool):
-    import torch
-    import xarray as xr
-    from tqdm.auto import tqdm
-
-    from pdeinf.training.rollout import rollouts_all_starts
-    from pdeinf.training.train import load_checkpoint
-
-    n = profile.n_influence_batches
-    final = final_epoch(profile, pde)
-    per_seed = []
-    for seed in tqdm(profile.seeds, desc=f"rollouts {pde}-{model}", disable=not progress):
-        net, _ = load_checkpoint(checkpoint_path(profile, pde, model, seed, final))
-        with torch.no_grad():
-            errors = rollouts_all_starts(net, influence_trajectories(data, profile, pde, seed, n))
-        per_seed.append(errors.expand_dims(seed=[int(seed)]))
-    da = xr.concat(per_seed, dim="seed").transpose("seed", "class", "trajectory", "start", "horizon")
-    da.name = "smse"
-    return da

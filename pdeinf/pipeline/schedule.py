@@ -1,22 +1,16 @@
-"""Run the pipeline's stages as a dependency graph, in this process or in a few worker processes.
+"""Run the pipeline's stages as a dependency graph, in this process or in worker processes.
 
-Every stage function (`ensure_*`) is idempotent and cached by content key, and each writes only
-its own files through `pdeinf.atomic`; two different stages may therefore run at the same time,
-as long as a stage starts only after the stages whose outputs it reads have finished. That is
-what `run_tasks` guarantees. `reproduce` uses `default_workers()` processes; every task runs
-with `task_threads()` torch threads, a count that does not depend on the number of workers, so
-the results do not either. Measured on a 2-core machine (README): two single-thread
-workers finish the quick stages only slightly sooner than one two-thread process (each stage runs
-1.7-2.6x longer on one thread); the graph pays on machines with more cores. With one worker the
-tasks run here, one after the other, in list order (exactly the old sequential pipeline).
-
-A failing task does not stop tasks that do not depend on it (nothing already computed is lost);
-tasks downstream of it are skipped, and the first error is raised once everything that could run
-has run.
+Every stage function (`ensure_*`) is idempotent, cached by content key and writes only its own
+files atomically, so two stages may run at once as long as each starts after the stages it
+reads have finished (`run_tasks`). Every task runs with `task_threads()` torch threads, a count
+independent of the number of workers, so the results are too. With one worker the tasks run
+here, one after the other, in list order. A failing task skips only the tasks downstream of it;
+the first error is raised once everything that could run has run.
 """
 from __future__ import annotations
 
 import contextlib
+import graphlib
 import multiprocessing
 import os
 import sys
@@ -38,19 +32,15 @@ LOW_SPACE = 1 << 20
 
 @dataclass(frozen=True)
 class Task:
-    """One stage: `fn(*args, **kwargs)` once every task named in `after` has succeeded.
-
-    `fn` must be a module-level function (it is pickled to a worker process) and its arguments
-    picklable (profile names or `Profile` objects, strings, numbers)."""
+    """One stage: `fn(*args, **kwargs)` once every task named in `after` has succeeded; `fn`
+    and its arguments are pickled to a worker process (a module-level function)."""
 
     name: str
     fn: Callable
     args: tuple = ()
     kwargs: dict = field(default_factory=dict)
     after: tuple[str, ...] = ()
-    # run in this process with all its threads, alone (no worker task running): for a stage
-    # that everything waits for and that uses several threads well (data generation)
-    exclusive: bool = False
+    exclusive: bool = False  # run here, alone, with all threads (a stage all others wait for)
 
 
 @dataclass
@@ -61,17 +51,24 @@ class TaskResult:
     error: BaseException | None = None
 
 
+def _env_int(name: str, minimum: int, what: str) -> int | None:
+    env = os.environ.get(name)
+    if not env:
+        return None
+    try:
+        value = int(env)
+    except ValueError:
+        value = minimum - 1
+    if value < minimum:
+        raise InputError(f"{name}: expected {what}, got {env!r}")
+    return value
+
+
 def default_workers() -> int:
     """`$PDEINF_WORKERS`, else 1 with a CUDA device (one GPU, one process) and
     min(2, cpu_count) on a CPU."""
-    env = os.environ.get(WORKERS_ENV)
-    if env:
-        try:
-            value = int(env)
-        except ValueError:
-            value = 0
-        if value < 1:
-            raise InputError(f"{WORKERS_ENV}: expected a positive integer, got {env!r}")
+    value = _env_int(WORKERS_ENV, 1, "a positive integer")
+    if value is not None:
         return value
     import torch
 
@@ -87,36 +84,14 @@ def threads_per_worker(workers: int) -> int:
 
 def task_threads() -> int:
     """Torch intra-op threads of every (non-exclusive) task, whatever the number of workers:
-    `$PDEINF_TASK_THREADS`, else the cores shared by the default workers of a CPU
-    (`threads_per_worker(min(2, cpu_count))`). Floating-point reductions depend on the thread
-    count; a count fixed per machine makes a stage's output the same with 1 or N workers
-    (more workers than the default then share the cores). 0: tasks run here keep this
-    process's count and pool workers get `threads_per_worker(workers)` (results may then
-    depend on the number of workers)."""
-    env = os.environ.get(TASK_THREADS_ENV)
-    if env:
-        try:
-            value = int(env)
-        except ValueError:
-            value = -1
-        if value < 0:
-            raise InputError(f"{TASK_THREADS_ENV}: expected a non-negative integer, got {env!r}")
+    `$PDEINF_TASK_THREADS`, else `threads_per_worker(min(2, cpu_count))`. Reductions depend on
+    the thread count; a count fixed per machine makes a stage's output the same with 1 or N
+    workers. 0: tasks run here keep this process's count and pool workers get
+    `threads_per_worker(workers)` (results may then depend on the number of workers)."""
+    value = _env_int(TASK_THREADS_ENV, 0, "a non-negative integer")
+    if value is not None:
         return value
     return threads_per_worker(max(1, min(2, os.cpu_count() or 1)))
-
-
-@contextlib.contextmanager
-def _threads(count: int):
-    """Torch intra-op threads set to `count` (0: unchanged) for the block, then restored."""
-    import torch
-
-    before = torch.get_num_threads()
-    if count:
-        torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def check_graph(tasks: Sequence[Task]) -> None:
@@ -126,19 +101,14 @@ def check_graph(tasks: Sequence[Task]) -> None:
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise InputError(f"tasks: duplicate names {duplicates}")
-    known = set(names)
     for task in tasks:
-        unknown = [a for a in task.after if a not in known]
+        unknown = [a for a in task.after if a not in names]
         if unknown:
             raise InputError(f"task {task.name!r}: depends on unknown task(s) {unknown}")
-    done: set[str] = set()
-    pending = list(tasks)
-    while pending:
-        ready = [t for t in pending if set(t.after) <= done]
-        if not ready:
-            raise InputError(f"tasks: dependency cycle among {[t.name for t in pending]}")
-        done.update(t.name for t in ready)
-        pending = [t for t in pending if t.name not in done]
+    try:
+        tuple(graphlib.TopologicalSorter({t.name: t.after for t in tasks}).static_order())
+    except graphlib.CycleError as err:
+        raise InputError(f"tasks: dependency cycle among {err.args[1]}") from None
 
 
 def _init_worker(threads: int) -> None:
@@ -153,24 +123,20 @@ def _init_worker(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
-def _timed_call(fn: Callable, args: tuple, kwargs: dict) -> float:
+def _timed_call(fn: Callable, args: tuple, kwargs: dict) -> float:  # in a pool worker
     start = time.perf_counter()
     fn(*args, **kwargs)
     return time.perf_counter() - start
 
 
 class EtaClock:
-    """The time left of a run, from a prior estimate of each stage (`planner.plan`: seconds on
-    this machine) scaled by what the finished stages actually took.
+    """The time left of a run: a prior estimate of each stage (`planner.plan`: seconds on this
+    machine) scaled by measured / estimated seconds over the computed stages so far (1 before
+    the first), over the estimates of the stages not yet finished / workers. A stage found
+    cached (faster than `COMPUTED_SECONDS` or than `CACHED_FRACTION` of its estimate) does not
+    count: loading and verifying cached files takes up to about 10 s at the faithful profile,
+    and counting that would collapse the ETA of a resumed run."""
 
-    After each stage: scale = measured / estimated seconds over the computed stages so far
-    (a stage found cached, faster than `COMPUTED_SECONDS` or than `CACHED_FRACTION` of its
-    estimate, does not count; 1 before the first), and the time left = scale x the estimates
-    of the stages not yet finished / workers."""
-
-    # finding a stage's files cached (loading and verifying their checksums) takes up to about
-    # 10 s at the faithful profile; a stage whose estimate is far too low must not count as
-    # measured then, or the ETA of a resumed run collapses
     COMPUTED_SECONDS = 30.0
     CACHED_FRACTION = 0.05
 
@@ -204,9 +170,8 @@ class EtaClock:
 
 def format_duration(seconds: float) -> str:
     """`"1 h 12 min"`, `"4 min 10 s"`, `"12 s"`."""
-    seconds = max(0, round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
+    minutes, secs = divmod(max(0, round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
     if hours:
         return f"{hours} h {minutes} min"
     return f"{minutes} min {secs} s" if minutes else f"{secs} s"
@@ -215,12 +180,9 @@ def format_duration(seconds: float) -> str:
 def run_tasks(tasks: Sequence[Task], *, workers: int = 1, echo: bool = True,
               on_result: Callable[[TaskResult], None] | None = None,
               eta: EtaClock | None = None) -> list[TaskResult]:
-    """Run `tasks` respecting `after`; ready tasks start in list order. Returns one
-    `TaskResult` per task (in completion order); raises the first task error at the end.
-
-    `workers` > 1: that many spawned processes with `threads_per_worker(workers)` torch threads
-    each. `on_result` is called in this process as each task ends (e.g. to record timings).
-    `eta`: printed after each stage's line when echoing."""
+    """Run `tasks` respecting `after`, ready ones in list order (`workers` > 1: in that many
+    processes). Returns one `TaskResult` per task in completion order, each also passed to
+    `on_result` here; raises the first task error at the end. `eta`: printed after each stage."""
     check_graph(tasks)
     if not (isinstance(workers, int) and workers >= 1):
         raise InputError(f"workers: expected a positive integer, got {workers!r}")
@@ -237,28 +199,29 @@ def run_tasks(tasks: Sequence[Task], *, workers: int = 1, echo: bool = True,
         if on_result is not None:
             on_result(result)
 
-    if workers == 1:
-        _run_here(tasks, record, echo=echo)
-    else:
-        _run_pool(tasks, record, workers=workers, echo=echo)
+    _run_graph(tasks, record, workers=workers, echo=echo)
     failed = [r for r in results if r.status == "failed"]
     if failed:
         raise failed[0].error
     return results
 
 
-def _blocked(task: Task, status: dict[str, str]) -> bool:
-    return any(status.get(a) in ("failed", "skipped") for a in task.after)
-
-
 def _run_one(task: Task, record, *, echo: bool) -> str:
-    """Run `task` in this process; record and return its status."""
+    """Run `task` here with `task_threads()` torch threads (exclusive: unchanged), then restore
+    the count; record and return its status."""
+    import torch
+
     if echo:
         print(f"[pdeinf] {task.name} ...", file=sys.stderr, flush=True)
     start = time.perf_counter()
+    before = torch.get_num_threads()
     try:
-        with _threads(0 if task.exclusive else task_threads()):
+        try:
+            if count := 0 if task.exclusive else task_threads():
+                torch.set_num_threads(count)
             task.fn(*task.args, **task.kwargs)
+        finally:
+            torch.set_num_threads(before)
     except KeyboardInterrupt:
         raise
     except BaseException as err:  # noqa: BLE001 - recorded, raised at the end
@@ -268,35 +231,25 @@ def _run_one(task: Task, record, *, echo: bool) -> str:
     return "ok"
 
 
-def _run_here(tasks: Sequence[Task], record, *, echo: bool) -> None:
-    status: dict[str, str] = {}
-    pending = list(tasks)
-    while pending:
-        task = next(t for t in pending if all(a in status for a in t.after))
-        pending.remove(task)
-        if _blocked(task, status):
-            status[task.name] = "skipped"
-            record(TaskResult(task.name, 0.0, "skipped"))
-            continue
-        status[task.name] = _run_one(task, record, echo=echo)
-
-
-def _run_pool(tasks: Sequence[Task], record, *, workers: int, echo: bool) -> None:
+def _run_graph(tasks: Sequence[Task], record, *, workers: int, echo: bool) -> None:
+    """Exclusive tasks (all with one worker) run here once nothing runs, the others in a pool
+    of spawned processes (no forked torch / OpenMP state)."""
     status: dict[str, str] = {}
     pending = list(tasks)
     running: dict[Future, tuple[Task, float]] = {}
-    context = multiprocessing.get_context("spawn")  # no forked torch / OpenMP state
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
-                             initargs=(task_threads() or threads_per_worker(workers),)) as pool:
+    pool = contextlib.nullcontext() if workers == 1 else ProcessPoolExecutor(
+        max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+        initializer=_init_worker, initargs=(task_threads() or threads_per_worker(workers),))
+    with pool:
         try:
             while pending or running:
                 for task in [t for t in pending if all(a in status for a in t.after)]:
-                    if _blocked(task, status):
+                    if any(status.get(a) in ("failed", "skipped") for a in task.after):
                         pending.remove(task)
                         status[task.name] = "skipped"
                         record(TaskResult(task.name, 0.0, "skipped"))
                         continue
-                    if task.exclusive:
+                    if task.exclusive or workers == 1:
                         if not running:  # else: wait for the running tasks to end first
                             pending.remove(task)
                             status[task.name] = _run_one(task, record, echo=echo)
@@ -324,18 +277,13 @@ def _run_pool(tasks: Sequence[Task], record, *, workers: int, echo: bool) -> Non
                     status[task.name] = "ok"
                     record(TaskResult(task.name, seconds, "ok"))
         except BaseException:
-            _stop_pool(pool)
+            if workers > 1:  # stop the workers (and their children) now, queued tasks cancelled
+                from pdeinf.pipeline.interrupt import descendants, stop_processes
+
+                processes = list((getattr(pool, "_processes", None) or {}).keys())
+                stop_processes([c for w in processes for c in descendants(w)] + processes)
+                pool.shutdown(wait=False, cancel_futures=True)
             raise
-
-
-def _stop_pool(pool: ProcessPoolExecutor) -> None:
-    """Stop the pool's worker processes (and their children) now, without waiting for their
-    tasks; queued tasks are cancelled."""
-    from pdeinf.pipeline.interrupt import descendants, stop_processes
-
-    workers = list((getattr(pool, "_processes", None) or {}).keys())
-    stop_processes([c for w in workers for c in descendants(w)] + workers)
-    pool.shutdown(wait=False, cancel_futures=True)
 
 
 def worker_died(name: str) -> Exception:

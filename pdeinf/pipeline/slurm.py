@@ -1,25 +1,14 @@
-"""`pdeinf reproduce --executor slurm`: every stage of the stage graph as one Slurm job.
-
-The graph is `reproduce.stage_tasks` (data, each training run, each sweep, each study) followed by
-one job per notebook (the gathering notebooks after the others). Jobs are submitted through
-submitit (`python` = this interpreter, so a job imports the same package) with ``afterok``
-dependencies on the jobs of the stages they read; a stage is submitted once every stage it
-depends on has succeeded, so a failing stage leaves everything downstream unsubmitted, and the
-run ends with one line naming the failed job and its log. Other branches of the graph go on.
-
-One log per job, stdout and stderr together: ``results/slurm/<profile>/logs/<jobid>_0_log.out``.
-A job past its time limit or preempted is requeued by submitit (`slurm_job.StageJob` is
-checkpointable) and resumes from the stage's own checkpoint. After a stage succeeds a stamp
-``results/slurm/<profile>/stamps/<stage>.json`` records its key (the profile's settings, the
-package version and the keys of the stages it read): a rerun submits only the stages whose key
-differs (and notebooks whose executed copy is not current).
-
-Options (`SlurmOptions`) come from a TOML file (``--slurm-config``; keys as the fields) and
-command-line flags, the flags winning.
-"""
+"""`pdeinf reproduce --executor slurm|node`: each stage of `reproduce.stage_tasks`, then each
+notebook, as one job (submitit, this interpreter), submitted with ``afterok`` dependencies once
+the stages it reads succeeded: a failure leaves its dependents unsubmitted, other branches go on,
+and the run ends with one line per failed job and its log (``results/slurm/<profile>/logs/``).
+A job past its time limit or preempted is requeued and resumes from the stage's checkpoint. Each
+finished stage's key is stamped (``stamps/<stage>.json``): a rerun submits only stages whose key
+differs and notebooks whose executed copy is not current. `NodeRun`: local processes instead."""
 from __future__ import annotations
 
 import dataclasses
+import graphlib
 import os
 import re
 import subprocess
@@ -48,9 +37,8 @@ class StageFailed(PdeinfError):
 @dataclass(frozen=True)
 class SlurmOptions:
     """Where and how the jobs run. `gpus_per_task` GPUs go to multi-GPU stages (training,
-    sweeps; run under torchrun when > 1), one to the other analysis stages, none to data and
-    notebooks. `time_minutes` is each job's limit; `extra` holds more sbatch flags
-    (``"--qos=high"``, ``"--constraint=a100"``)."""
+    sweeps; torchrun when > 1), one to the other analysis stages, none to data and notebooks.
+    `time_minutes` is each job's limit; `extra` holds more sbatch flags (``"--qos=high"``)."""
 
     partition: str | None = None
     gpus_per_task: int = 0
@@ -63,9 +51,9 @@ class SlurmOptions:
     poll_seconds: float = 10.0
 
     def __post_init__(self):
-        for name in ("gpus_per_task", "cpus_per_task", "time_minutes", "max_requeues"):
+        for name, low in (("gpus_per_task", 0), ("cpus_per_task", 1), ("time_minutes", 1),
+                          ("max_requeues", 0)):
             value = getattr(self, name)
-            low = 0 if name in ("gpus_per_task", "max_requeues") else 1
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise InputError(f"slurm {name}: expected an integer >= {low}, got {value!r}")
         if not (isinstance(self.poll_seconds, (int, float)) and self.poll_seconds > 0):
@@ -86,11 +74,8 @@ class SlurmOptions:
 
     def extra_parameters(self) -> dict[str, str | bool]:
         """`extra` as submitit's `additional_parameters` (``--qos=high`` -> ``{"qos": "high"}``)."""
-        parameters: dict[str, str | bool] = {}
-        for flag in self.extra:
-            key, sep, value = flag[2:].partition("=")
-            parameters[key.replace("-", "_")] = value if sep else True
-        return parameters
+        return {key.replace("-", "_"): value if sep else True
+                for key, sep, value in (flag[2:].partition("=") for flag in self.extra)}
 
 
 def load_options(path: Path | str | None = None, **overrides) -> SlurmOptions:
@@ -154,19 +139,9 @@ def select_stages(tasks: Sequence[Task], names: Sequence[str] | None) -> list[Ta
     return [t for t in tasks if t.name in keep]
 
 
-def slurm_graph(profile, *, notebooks: Sequence[Path] = (), stages: Sequence[str] | None = None,
-                ) -> list[Task]:
-    """The stages of the profile (or the `stages` selection and what they need), then the
-    notebooks after all of them."""
-    from pdeinf.pipeline.reproduce import stage_tasks
-
-    tasks = select_stages(stage_tasks(profile, progress=False), stages)
-    return tasks + notebook_tasks(profile, notebooks, [t.name for t in tasks])
-
-
 # ---- stamps: what a rerun need not submit -------------------------------------------------
 def slurm_dir(profile) -> Path:
-    """``results/slurm/<profile>``: the job logs and the stage stamps."""
+    """``results/slurm/<profile>``: the job logs, the stage stamps and ``reproduce.json``."""
     return paths.results_dir() / "slurm" / profile.name
 
 
@@ -178,12 +153,10 @@ def stage_keys(profile, tasks: Sequence[Task]) -> dict[str, str]:
     """Each stage's key: the profile's settings, the package version, its name and the keys of
     the stages it reads (so a changed stage changes everything downstream)."""
     keys: dict[str, str] = {}
-    pending = list(tasks)
-    while pending:
-        for task in [t for t in pending if all(a in keys for a in t.after)]:
-            keys[task.name] = content_key(stage=task.name, profile=profile.to_dict(),
-                                          after=[keys[a] for a in task.after])
-            pending.remove(task)
+    after = {t.name: t.after for t in tasks}
+    for name in graphlib.TopologicalSorter(after).static_order():
+        keys[name] = content_key(stage=name, profile=profile.to_dict(),
+                                 after=[keys[a] for a in after[name]])
     return keys
 
 
@@ -192,14 +165,10 @@ def is_current(profile, task: Task, key: str) -> bool:
     import json
 
     if task.fn is run_notebook_stage:
-        from pdeinf.pipeline.notebooks import (
-            _executed_is_current,
-            list_notebooks,
-            notebook_cache_key,
-        )
+        from pdeinf.pipeline import notebooks
 
-        nb = list_notebooks([task.args[1]])[0]
-        return _executed_is_current(nb, notebook_cache_key(nb, profile))
+        nb = notebooks.list_notebooks([task.args[1]])[0]
+        return notebooks._executed_is_current(nb, notebooks.notebook_cache_key(nb, profile))
     try:
         return json.loads(_stamp_path(profile, task.name).read_text()).get("key") == key
     except (OSError, ValueError, AttributeError):
@@ -240,17 +209,7 @@ def _squeue_states(job_ids: Sequence[str]) -> dict[str, str] | None:
                 return None
             states.update(one)
         return states
-    states = {}
-    for line in done.stdout.splitlines():
-        parts = line.split()
-        if len(parts) == 2:
-            states[parts[0]] = parts[1]
-    return states
-
-
-def job_log(job) -> Path:
-    """The one log (stdout and stderr) of a submitit job."""
-    return Path(str(job.paths.stdout))
+    return dict(parts for line in done.stdout.splitlines() if len(parts := line.split()) == 2)
 
 
 def _outcome(job, state: str | None) -> tuple[str, str] | None:
@@ -285,18 +244,16 @@ class _Running:
 
 
 class SlurmRun:
-    """Submit `tasks` as Slurm jobs in dependency order and wait for them (see the module doc).
-    `on_submit(stage, job_id)` and `on_result(TaskResult)` are called as that happens.
-    Subclasses run the jobs elsewhere (`node.NodeRun`: local processes)."""
+    """Submit `tasks` as Slurm jobs in dependency order and wait for them (see the module doc);
+    `on_submit(stage, job_id)` is called on each submission."""
 
     kind = "Slurm job"
 
     def __init__(self, profile, tasks: Sequence[Task], options: SlurmOptions, *,
-                 echo: bool = True, on_submit: Callable[[str, str], None] | None = None,
-                 on_result: Callable[[TaskResult], None] | None = None):
+                 echo: bool = True, on_submit: Callable[[str, str], None] | None = None):
         check_graph(tasks)
         self.profile, self.tasks, self.options, self.echo = profile, list(tasks), options, echo
-        self.on_submit, self.on_result = on_submit, on_result
+        self.on_submit = on_submit
         self.keys = stage_keys(profile, tasks)
         self.logs = slurm_dir(profile) / "logs"
         self.job_ids: dict[str, str] = {}
@@ -313,32 +270,26 @@ class SlurmRun:
         options = self.options
         executor = submitit.SlurmExecutor(folder=self.logs, max_num_timeout=options.max_requeues,
                                           python=sys.executable)
-        parameters = {"job_name": f"pdeinf-{task.name}".replace(" ", "-"),
-                      "time": options.time_minutes, "cpus_per_task": options.cpus_per_task,
-                      "stderr_to_stdout": True,
-                      "additional_parameters": options.extra_parameters()}
-        gpus = options.gpus_for(task.name)
-        if gpus:
-            parameters["gpus_per_node"] = gpus
-        for name in ("partition", "account", "mem"):
-            if getattr(options, name) is not None:
-                parameters[name] = getattr(options, name)
         after = [self.job_ids[a] for a in task.after if a in self.job_ids]
-        if after:
-            parameters["dependency"] = "afterok:" + ":".join(after)
-        executor.update_parameters(**parameters)
+        optional = {"gpus_per_node": options.gpus_for(task.name) or None,
+                    "partition": options.partition, "account": options.account, "mem": options.mem,
+                    "dependency": "afterok:" + ":".join(after) if after else None}
+        executor.update_parameters(job_name=f"pdeinf-{task.name}".replace(" ", "-"),
+                                   time=options.time_minutes, cpus_per_task=options.cpus_per_task,
+                                   stderr_to_stdout=True,
+                                   additional_parameters=options.extra_parameters(),
+                                   **{k: v for k, v in optional.items() if v is not None})
         return executor
 
     def _fits(self, task: Task) -> bool:
-        """Whether `task` may start now (Slurm queues everything: always)."""
+        """Whether `task` may start now (reserving what it needs; Slurm queues everything)."""
         return True
 
     def _release(self, task: Task) -> None:
         """Give back what `_fits` reserved for `task`."""
 
     def _states(self, running: Sequence[_Running]) -> dict[str, str] | None:
-        """The scheduler's state of each running job (absent: no longer known); None when the
-        scheduler could not be asked."""
+        """As `_squeue_states`, for the running jobs."""
         return _squeue_states([str(r.job.job_id) for r in running])
 
     def _submit(self, task: Task) -> _Running:
@@ -352,15 +303,10 @@ class SlurmRun:
                                                    threads=self.options.cpus_per_task,
                                                    nproc=max(1, gpus)))
         self.job_ids[task.name] = str(job.job_id)
-        self._say(f"{task.name}: {self.kind} {job.job_id} (log {job_log(job)})")
+        self._say(f"{task.name}: {self.kind} {job.job_id} (log {job.paths.stdout})")
         if self.on_submit is not None:
             self.on_submit(task.name, str(job.job_id))
         return _Running(task, job, time.perf_counter())
-
-    def _record(self, result: TaskResult) -> None:
-        self.results.append(result)
-        if self.on_result is not None:
-            self.on_result(result)
 
     def run(self) -> list[TaskResult]:
         """Submit, wait, submit what became ready, until nothing is left. Raises StageFailed
@@ -373,10 +319,10 @@ class SlurmRun:
             for task in [t for t in pending if all(status.get(a) for a in t.after)]:
                 if any(status[a] != "ok" for a in task.after):
                     status[task.name] = "skipped"
-                    self._record(TaskResult(task.name, 0.0, "skipped"))
+                    self.results.append(TaskResult(task.name, 0.0, "skipped"))
                 elif is_current(self.profile, task, self.keys[task.name]):
                     status[task.name] = "ok"
-                    self._record(TaskResult(task.name, 0.0, "cached"))
+                    self.results.append(TaskResult(task.name, 0.0, "cached"))
                 elif self._fits(task):
                     running[task.name] = self._submit(task)
                 else:
@@ -417,65 +363,106 @@ class SlurmRun:
         if status == "ok":
             write_json(_stamp_path(self.profile, task.name),
                        {"key": self.keys[task.name], "job": str(job.job_id)})
-            self._record(TaskResult(task.name, seconds, "ok"))
+            self.results.append(TaskResult(task.name, seconds, "ok"))
             self._say(f"{task.name}: job {job.job_id} done ({seconds:.1f} s)")
             return "ok"
         line = (f"stage {task.name!r} failed in {self.kind} {job.job_id} ({why}); "
-                f"log: {job_log(job)}")
+                f"log: {job.paths.stdout}")
         self.failures.append(line)
         print(f"pdeinf reproduce: {line}", file=sys.stderr, flush=True)
-        self._record(TaskResult(task.name, seconds, "failed", StageFailed(line)))
+        self.results.append(TaskResult(task.name, seconds, "failed", StageFailed(line)))
         return "failed"
 
 
-def check_slurm() -> None:
-    """InputError unless submitit is installed and `sbatch` and `squeue` are on PATH."""
-    import shutil
+class NodeRun(SlurmRun):
+    """`SlurmRun` without a scheduler (``--executor node``): every stage a local process through
+    submitit's `LocalExecutor`, given its own GPUs (``CUDA_VISIBLE_DEVICES``) from the node's pool,
+    started once its inputs succeeded and its GPUs (a CPU stage: `cpus_per_task` cores) are free."""
 
-    try:
-        import submitit  # noqa: F401
-    except ImportError:
-        raise InputError("--executor slurm: submitit is not installed "
-                         "(pip install 'pdeinf[cluster]')") from None
-    missing = [p for p in ("sbatch", "squeue") if shutil.which(p) is None]
-    if missing:
-        raise InputError(f"--executor slurm: {', '.join(missing)} not found on PATH "
-                         "(run on a Slurm login node)")
+    kind = "local job"
+
+    def __init__(self, profile, tasks: Sequence[Task], options, **kwargs):
+        import torch
+
+        super().__init__(profile, tasks, options, **kwargs)
+        self.free_gpus = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+        self.cpu_slots = max(1, (os.cpu_count() or 1) // options.cpus_per_task)
+        self.held: dict[str, list[int]] = {}
+        wanted = max((options.gpus_for(t.name) for t in tasks), default=0)
+        if wanted > len(self.free_gpus):
+            raise InputError(f"--gpus-per-task: {wanted} GPU(s) per stage, but this node has "
+                             f"{len(self.free_gpus)}")
+
+    def _fits(self, task: Task) -> bool:
+        gpus = self.options.gpus_for(task.name)
+        if gpus == 0:
+            if sum(1 for held in self.held.values() if not held) >= self.cpu_slots:
+                return False
+        elif gpus > len(self.free_gpus):
+            return False
+        self.held[task.name] = self.free_gpus[:gpus]
+        del self.free_gpus[:gpus]
+        return True
+
+    def _release(self, task: Task) -> None:
+        self.free_gpus = sorted(self.free_gpus + self.held.pop(task.name, []))
+
+    def _executor(self, task: Task):
+        import submitit
+
+        executor = submitit.LocalExecutor(folder=self.logs, max_num_timeout=self.options.max_requeues,
+                                          python=sys.executable)
+        gpus = self.held.get(task.name, [])
+        executor.update_parameters(timeout_min=self.options.time_minutes, gpus_per_node=len(gpus),
+                                   visible_gpus=tuple(gpus))
+        return executor
+
+    def _states(self, running: Sequence[_Running]) -> dict[str, str]:
+        return {str(r.job.job_id): "RUNNING" for r in running if not r.job.done()}
 
 
 def reproduce_slurm(profile, options: SlurmOptions, *, notebooks=None, only_pipeline=False,
                     stages: Sequence[str] | None = None, progress: bool = True,
                     on_submit=None, executor: str = "slurm") -> list[TaskResult]:
     """`reproduce` with every stage (and notebook) as a Slurm job (`executor` "slurm") or a
-    local process on its own GPUs (`executor` "node", `node.NodeRun`); waits for the jobs.
-    Writes ``results/slurm/<profile>/reproduce.json`` (job ids; each stage's time from
-    submission to its end, queueing included). Raises StageFailed naming each failed job and its log."""
+    local process on its own GPUs (`executor` "node"); waits for the jobs. Writes
+    ``results/slurm/<profile>/reproduce.json`` (job ids; each stage's time from submission to its
+    end, queueing included). Raises StageFailed naming each failed job and its log."""
+    import shutil
+
     from pdeinf.atomic import remove_stale_temporaries
     from pdeinf.pipeline.common import as_profile
     from pdeinf.pipeline.lock import check_writable, results_lock
     from pdeinf.pipeline.notebooks import list_notebooks
+    from pdeinf.pipeline.reproduce import stage_tasks
 
     profile = as_profile(profile)
     selected = [] if only_pipeline else list_notebooks(notebooks)
-    tasks = slurm_graph(profile, notebooks=selected, stages=stages)
-    if executor == "slurm":
-        check_slurm()
-        run_class = SlurmRun
-    elif executor == "node":
-        from pdeinf.pipeline.node import NodeRun as run_class
-    else:
+    tasks = select_stages(stage_tasks(profile, progress=False), stages)
+    tasks += notebook_tasks(profile, selected, [t.name for t in tasks])
+    if executor not in ("slurm", "node"):
         raise InputError(f"executor: expected 'slurm' or 'node', got {executor!r}")
+    if executor == "slurm":
+        try:
+            import submitit  # noqa: F401
+        except ImportError:
+            raise InputError("--executor slurm: submitit is not installed "
+                             "(pip install 'pdeinf[cluster]')") from None
+        missing = [p for p in ("sbatch", "squeue") if shutil.which(p) is None]
+        if missing:
+            raise InputError(f"--executor slurm: {', '.join(missing)} not found on PATH "
+                             "(run on a Slurm login node)")
     check_writable(paths.results_dir(), "PDEINF_HOME/results")
     began = time.perf_counter()
     with results_lock(paths.results_dir()):
         remove_stale_temporaries(paths.results_dir(), recursive=True)
-        run = run_class(profile, tasks, options, echo=progress, on_submit=on_submit)
+        run = (SlurmRun if executor == "slurm" else NodeRun)(profile, tasks, options, echo=progress,
+                                                             on_submit=on_submit)
         try:
             return run.run()
         finally:
             write_json(slurm_dir(profile) / "reproduce.json",
                        {"profile": profile.name, "executor": executor,
-                        "wall_seconds": time.perf_counter() - began,
-                        "jobs": run.job_ids,
+                        "wall_seconds": time.perf_counter() - began, "jobs": run.job_ids,
                         "timings": [{"stage": r.name, "seconds": r.seconds, "status": r.status}
                                     for r in run.results]})

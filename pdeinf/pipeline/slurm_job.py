@@ -1,15 +1,13 @@
-"""What runs inside one Slurm job of `pdeinf reproduce --executor slurm`: one stage of the graph.
+"""One stage of `pdeinf reproduce --executor slurm` inside its Slurm job.
 
-`StageJob` is a `submitit.helpers.Checkpointable`: when Slurm signals a time limit or a
-preemption, submitit pickles the job again and requeues it (same job id); the requeued job calls
-the same stage function, which resumes from the stage's own checkpoint (a training run's
-``resume.pt``, a Krylov solve's saved state) and skips what is already cached. A stage that
-uses several GPUs runs its function on every rank of a ``torchrun --standalone`` inside the job.
-
-``python -m pdeinf.pipeline.slurm_job TASK.pkl`` is the per-rank entry point of that torchrun.
+`StageJob` is checkpointable: on a time limit or preemption submitit requeues it (same job id)
+and the stage function resumes from the stage's own checkpoint, skipping what is cached. A stage
+on several GPUs runs on every rank of a ``torchrun --standalone`` inside the job, whose per-rank
+entry point is ``python -m pdeinf.pipeline.slurm_job TASK.pkl``.
 """
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import shutil
@@ -48,26 +46,20 @@ class StageJob(submitit.helpers.Checkpointable):
         for line in resume_notes(self.task):
             print(f"[pdeinf] {line}", flush=True)
         start = time.perf_counter()
-        if self.nproc > 1:
-            self._torchrun()
+        if self.nproc > 1:  # DDP training, sharded sweeps: the stage function on every rank
+            path = Path(os.environ.get("PDEINF_SLURM_LOGS", ".")) / f"{job}_task.pkl"
+            path.write_bytes(pickle.dumps(self.task))
+            torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+            done = subprocess.run([torchrun, "--standalone", f"--nproc_per_node={self.nproc}",
+                                   "-m", "pdeinf.pipeline.slurm_job", str(path)], check=False)
+            if done.returncode != 0:
+                raise NumericalError(f"stage {self.task.name!r}: torchrun exited with "
+                                     f"{done.returncode}")
         else:
             self.task.fn(*self.task.args, **self.task.kwargs)
         seconds = time.perf_counter() - start
         print(f"[pdeinf] stage {self.task.name!r} done in {seconds:.1f} s", flush=True)
         return seconds
-
-    def _torchrun(self) -> None:
-        """The stage function on `nproc` ranks of this node (DDP training, sharded sweeps)."""
-        folder = Path(os.environ.get("PDEINF_SLURM_LOGS", "."))
-        path = folder / f"{submitit.JobEnvironment().job_id}_task.pkl"
-        path.write_bytes(pickle.dumps(self.task))
-        torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
-        cmd = [torchrun, "--standalone", f"--nproc_per_node={self.nproc}",
-               "-m", "pdeinf.pipeline.slurm_job", str(path)]
-        done = subprocess.run(cmd, check=False)
-        if done.returncode != 0:
-            raise NumericalError(f"stage {self.task.name!r}: torchrun exited with "
-                                 f"{done.returncode}")
 
 
 def resume_notes(task: Task) -> list[str]:
@@ -78,29 +70,19 @@ def resume_notes(task: Task) -> list[str]:
     if task.fn is not ensure_training:
         return []
     profile, pde, model = task.args[:3]
-    notes = []
-    for seed in profile.seeds:
-        directory = run_dir(profile, pde, model, seed)
-        epochs = completed_epochs(directory)
-        if epochs:
-            notes.append(f"resuming {directory.name} after epoch {epochs}")
-    return notes
+    directories = [run_dir(profile, pde, model, seed) for seed in profile.seeds]
+    return [f"resuming {d.name} after epoch {epochs}" for d in directories
+            if (epochs := completed_epochs(d))]
 
 
 def completed_epochs(directory: Path) -> int:
     """Epochs a (partial) run has finished, from its ``history.json`` (0 when none)."""
-    import json
-
     try:
         return len(json.loads((directory / "history.json").read_text()))
     except (OSError, ValueError, TypeError):
         return 0
 
 
-def _main(path: str) -> None:
-    task = pickle.loads(Path(path).read_bytes())
-    task.fn(*task.args, **task.kwargs)
-
-
 if __name__ == "__main__":
-    _main(sys.argv[1])
+    task = pickle.loads(Path(sys.argv[1]).read_bytes())
+    task.fn(*task.args, **task.kwargs)

@@ -1,12 +1,10 @@
 """The stage table: every kind of stage of `pdeinf reproduce`, declared once.
 
-Each `StageKind` says what it computes (its `ensure_*` function), for which units of the
-profile (a unit: the function's arguments after the profile, e.g. ``("CE", "vit")`` or
-``("CE", "vit", "pushforward")``, read from the profile's study subsets), how its tasks are
-named, what it runs after, where it writes, the inputs its content key is built from, the data
-variables its files must hold and the planner's cost law for it. The stage graph
-(`reproduce.stage_tasks`), the planner and the Slurm executor derive from this table; docs/cluster.md
-shows it (`markdown_table`).
+Each `StageKind` says what it computes, for which units of the profile (a unit: the function's
+arguments after the profile, e.g. ``("CE", "vit")``), how its tasks are named, what it runs
+after, where it writes, what its content key reads, the variables its files hold and the
+planner's cost law. The graph (`reproduce.stage_tasks`), the planner and the Slurm executor
+derive from it; docs/cluster.md shows it (`markdown_table`).
 """
 from __future__ import annotations
 
@@ -18,17 +16,15 @@ from pdeinf import paths
 from pdeinf.config import PDE_SPECS, Profile, get_profile
 from pdeinf.influence.task import DATA_VARS as SWEEP_VARS
 from pdeinf.pipeline import ablation, estimator, interventions, ladder
-from pdeinf.pipeline.data import ensure_data
 from pdeinf.pipeline.findings import findings_path, findings_stage
 from pdeinf.pipeline.influence import SEED_PAPER, ensure_influence, ensure_seed_paper, sweep_dir
 from pdeinf.pipeline.rollouts import ROLLOUT_VARS, ensure_rollouts, rollouts_path
 from pdeinf.pipeline.symmetry import DATA_VARS as SYMMETRY_VARS
 from pdeinf.pipeline.symmetry import ensure_symmetry, symmetry_dir
-from pdeinf.pipeline.training import ensure_training
+from pdeinf.pipeline.training import ensure_data, ensure_training
 
 Unit = tuple  # a stage function's arguments after the profile: (), (pde, model), ...
-#: Inputs of content keys that are not fields of the profile: the bytes of the checkpoints a
-#: stage reads and the content of the profile's data files.
+#: Inputs of content keys that are not profile fields: checkpoint bytes, data content.
 INPUTS = ("checkpoint", "data")
 #: What every trained run's key reads (`training.training_key`), besides its seed.
 TRAINING_KEY = ("data", "resolution", "model_size", "model_variant", "residual", "epochs",
@@ -65,14 +61,6 @@ class StageKind:
 
 
 # ---- units: which pairs, recipes and configurations each kind runs for ----------------------
-def _single(profile: Profile) -> list[Unit]:
-    return [()]
-
-
-def _pairs(profile: Profile) -> list[Unit]:
-    return profile.pairs()
-
-
 def _symmetry_pairs(profile: Profile) -> list[Unit]:
     return profile.pairs(profile.symmetry_pairs)
 
@@ -86,17 +74,11 @@ def _recipe_pairs(profile: Profile) -> list[Unit]:
     return list(dict.fromkeys(interventions.recipe_pairs(profile)))
 
 
-def _trained_recipes(profile: Profile) -> list[Unit]:
-    """The recipes with runs of their own: all but one-step (the baseline runs)."""
-    return [(p, m, r) for p, m in _recipe_pairs(profile) for r in profile.recipes if r != "one-step"]
-
-
-def _recipe_studies(profile: Profile) -> list[Unit]:
-    return [(p, m, r) for p, m in _recipe_pairs(profile) for r in profile.recipes]
-
-
-def _orbit_pairs(profile: Profile) -> list[Unit]:
-    return _recipe_pairs(profile) if interventions.orbit_recipes(profile) else []
+def _recipe_studies(profile: Profile, trained_only: bool = False) -> list[Unit]:
+    """(pde, model, recipe) of the study; `trained_only`: the recipes with runs of their own
+    (all but one-step, whose runs are the baseline's)."""
+    return [(p, m, r) for p, m in _recipe_pairs(profile) for r in profile.recipes
+            if not (trained_only and r == "one-step")]
 
 
 def _ablation_pairs(profile: Profile) -> list[Unit]:
@@ -108,28 +90,7 @@ def _ablation_runs(profile: Profile) -> list[Unit]:
 
 
 # ---- after: the stages whose outputs a task reads ---------------------------------------------
-def _after_nothing(profile: Profile, unit: Unit) -> list[tuple[str, Unit]]:
-    return []
-
-
-def _after_data(profile: Profile, unit: Unit) -> list[tuple[str, Unit]]:
-    return [("data", ())]
-
-
-def _after_training(profile: Profile, unit: Unit) -> list[tuple[str, Unit]]:
-    return [("training", unit)]
-
-
-def _after_seed_paper_inputs(profile: Profile, unit: Unit) -> list[tuple[str, Unit]]:
-    """The runs; at the subspace estimator the follow-up sweep, whose matrices it reuses."""
-    return [("influence" if reads_sweep(profile) else "training", unit)]
-
-
-def _after_ladder_runs(profile: Profile, unit: Unit) -> list[tuple[str, Unit]]:
-    return [("ladder training", unit), ("training", unit)]
-
-
-def _baseline(pair: Unit) -> list[tuple[str, Unit]]:
+def _baseline(profile: Profile, pair: Unit) -> list[tuple[str, Unit]]:
     """The baseline run's stages the recipe and ablation studies read."""
     return [("training", pair), ("influence", pair), ("rollouts", pair)]
 
@@ -143,16 +104,13 @@ def _after_recipe_runs(profile: Profile, unit: Unit) -> list[tuple[str, Unit]]:
     baseline's sweep and rollouts."""
     pde, model, recipe = unit
     own = [] if recipe == "one-step" else [("training recipe", unit)]
-    return own + _baseline((pde, model))
-
-
-def _runs_of(recipe: str, pair: Unit) -> tuple[str, Unit]:
-    return ("training", pair) if recipe == "one-step" else ("training recipe", (*pair, recipe))
+    return own + _baseline(profile, (pde, model))
 
 
 def _after_orbit_inputs(profile: Profile, pair: Unit) -> list[tuple[str, Unit]]:
     """The compared recipes' runs and the symmetry stage, whose one-step files it reuses."""
-    runs = [_runs_of(r, pair) for r in interventions.orbit_recipes(profile)]
+    runs = [("training", pair) if r == "one-step" else ("training recipe", (*pair, r))
+            for r in interventions.orbit_recipes(profile)]
     return runs + _symmetry_of(profile, pair)
 
 
@@ -163,42 +121,12 @@ def _after_recipe_studies(profile: Profile, pair: Unit) -> list[tuple[str, Unit]
 
 def _after_ablation_runs(profile: Profile, pair: Unit) -> list[tuple[str, Unit]]:
     runs = [("training ablation", (a, *pair)) for a in ablation.configurations(profile)]
-    return runs + _baseline(pair) + _symmetry_of(profile, pair)
+    return runs + _baseline(profile, pair) + _symmetry_of(profile, pair)
 
 
 def _after_everything(profile: Profile, unit: Unit) -> list[tuple[str, Unit]]:
     """Every other task of the profile, in priority order."""
     return [(k.kind, u) for k, u in stage_units(profile) if k.kind != "findings"]
-
-
-# ---- outputs ----------------------------------------------------------------------------------
-def _data_dir(profile: Profile, unit: Unit) -> Path:
-    return paths.data_dir(profile.name)
-
-
-def _runs_dir(profile: Profile, unit: Unit) -> Path:
-    """The folder of the runs, `<PDE>-<model>-s<seed>` in it."""
-    return paths.runs_dir(profile.name)
-
-
-def _seed_paper_dir(profile: Profile, unit: Unit) -> Path:
-    return sweep_dir(profile, *unit, study=SEED_PAPER)
-
-
-def _sweep_dir(profile: Profile, unit: Unit) -> Path:
-    return sweep_dir(profile, *unit)
-
-
-def _symmetry_dir(profile: Profile, unit: Unit) -> Path:
-    return symmetry_dir(profile, *unit)
-
-
-def _estimator_dir(profile: Profile, unit: Unit) -> Path:
-    return estimator.task_file(profile, *unit, profile.seeds[0]).parent
-
-
-def _rollouts_file(profile: Profile, unit: Unit) -> Path:
-    return rollouts_path(profile, *unit)
 
 
 def _ladder_runs_dir(profile: Profile, unit: Unit) -> Path:
@@ -207,106 +135,89 @@ def _ladder_runs_dir(profile: Profile, unit: Unit) -> Path:
     return ladder.rung_runs_root(profile, trained[0]).parent if trained else paths.runs_dir(profile.name)
 
 
-def _ladder_file(profile: Profile, unit: Unit) -> Path:
-    return ladder.ladder_path(profile)
-
-
-def _recipe_runs_dir(profile: Profile, unit: Unit) -> Path:
-    return interventions.recipe_run_dir(profile, *unit, profile.seeds[0]).parent
-
-
-def _ablation_runs_dir(profile: Profile, unit: Unit) -> Path:
-    return ablation.run_dir(profile, *unit, profile.seeds[0]).parent
-
-
-def _recipe_study_dir(profile: Profile, unit: Unit) -> Path:
-    pde, model, recipe = unit
-    return interventions.study_dir(profile, pde, model) / recipe
-
-
-def _interventions_dir(profile: Profile, unit: Unit) -> Path:
-    return interventions.study_dir(profile, *unit)
-
-
-def _ablation_dir(profile: Profile, unit: Unit) -> Path:
-    return ablation.study_dir(profile, *unit)
-
-
-def _findings_file(profile: Profile, unit: Unit) -> Path:
-    return findings_path(profile)
-
-
 PAIR = ("pde", "model")
 RECIPE_KEY = ("recipes", "recipe_seeds", "seeds", "checkpoints")
 
 #: The stage table, in priority order (ready tasks start in this order; see `priority_order`).
 STAGES: tuple[StageKind, ...] = (
-    StageKind("data", ensure_data, "data", (), _single, _after_nothing, _data_dir,
+    StageKind("data", ensure_data, "data", (), lambda p: [()], lambda p, u: [],
+              lambda p, u: paths.data_dir(p.name),
               key_fields=("pdes", "n_trajectories", "resolution", "solver_resolution"),
               variables=tuple(dict.fromkeys(v for s in PDE_SPECS.values() for v in s.stored_variables)),
               cost_law="data", exclusive=True),
-    StageKind("training", ensure_training, "training {pde}-{model}", PAIR, _pairs, _after_data, _runs_dir,
+    StageKind("training", ensure_training, "training {pde}-{model}", PAIR, lambda p: p.pairs(),
+              lambda p, u: [("data", ())], lambda p, u: paths.runs_dir(p.name),
               key_fields=("seeds", *TRAINING_KEY), variables=(), cost_law="training"),
+    # the runs; at the subspace estimator the follow-up sweep, whose matrices it reuses
     StageKind("seed-paper influence", ensure_seed_paper, "seed-paper influence {pde}-{model}", PAIR,
-              _pairs, _after_seed_paper_inputs, _seed_paper_dir,
+              lambda p: p.pairs(), lambda p, u: [("influence" if reads_sweep(p) else "training", u)],
+              lambda p, u: sweep_dir(p, *u, study=SEED_PAPER),
               key_fields=(*ENGINE_KEY, "seeds", "checkpoints", "seed_paper_batches", "seed_paper_estimator",
                           "fullspace_damping", "fullspace_rtol"),
               variables=SEED_PAPER.data_vars, cost_law="seed-paper"),
-    StageKind("influence", ensure_influence, "influence {pde}-{model}", PAIR, _pairs, _after_training,
-              _sweep_dir, key_fields=(*ENGINE_KEY, "seeds", "checkpoints", "n_influence_batches"),
+    StageKind("influence", ensure_influence, "influence {pde}-{model}", PAIR, lambda p: p.pairs(),
+              lambda p, u: [("training", u)], lambda p, u: sweep_dir(p, *u),
+              key_fields=(*ENGINE_KEY, "seeds", "checkpoints", "n_influence_batches"),
               variables=SWEEP_VARS, cost_law="influence"),
     StageKind("symmetry", ensure_symmetry, "symmetry {pde}-{model}", PAIR, _symmetry_pairs,
-              _after_training, _symmetry_dir,
+              lambda p, u: [("training", u)], lambda p, u: symmetry_dir(p, *u),
               key_fields=(*ENGINE_KEY, "seeds", "checkpoints", "symmetry_orbit_epochs", "symmetry_batches",
                           "symmetry_shifts", "symmetry_box"),
               variables=SYMMETRY_VARS, cost_law="symmetry"),
     StageKind("estimator study", estimator.ensure_estimator_pair, "estimator study {pde}-{model}", PAIR,
-              estimator.study_pairs, _after_training, _estimator_dir,
+              estimator.study_pairs, lambda p, u: [("training", u)],
+              lambda p, u: estimator.task_file(p, *u, p.seeds[0]).parent,
               key_fields=(*ENGINE_KEY, "seeds", "checkpoints", "estimator_lambdas",
                           "estimator_rtols", "estimator_pairs", "estimator_times", "estimator_maxiter",
                           "estimator_fullspace_seeds", "fullspace_damping", "fullspace_rtol"),
               variables=(), cost_law="estimator study"),  # its variables depend on the seed
-    StageKind("rollouts", ensure_rollouts, "rollouts {pde}-{model}", PAIR, _pairs, _after_training,
-              _rollouts_file,
+    StageKind("rollouts", ensure_rollouts, "rollouts {pde}-{model}", PAIR, lambda p: p.pairs(),
+              lambda p, u: [("training", u)], lambda p, u: rollouts_path(p, *u),
               key_fields=("checkpoint", "data", "seeds", "checkpoints", "n_influence_batches", "t_max"),
               variables=ROLLOUT_VARS, cost_law="rollouts"),
     StageKind("ladder training", ladder.ensure_ladder_runs, "ladder training {pde}-{model}", PAIR,
-              _ladder_pairs, _after_data, _ladder_runs_dir,
+              _ladder_pairs, lambda p, u: [("data", ())], _ladder_runs_dir,
               key_fields=("data", "ladder_pair", "ladder_seeds", "ladder_widths", "ladder_trajectories",
                           "epochs", "checkpoints", "lr", "batch_size", "model_size", "t_max"),
               variables=(), cost_law="ladder training", takes_unit=False),
     StageKind("ladder", ladder.ensure_ladder, "ladder {pde}-{model}", PAIR, _ladder_pairs,
-              _after_ladder_runs, _ladder_file,
+              lambda p, u: [("ladder training", u), ("training", u)],
+              lambda p, u: ladder.ladder_path(p),
               key_fields=(*ENGINE_KEY, "ladder_pair", "ladder_seeds", "ladder_widths", "ladder_trajectories",
                           "checkpoints", "fullspace_damping", "fullspace_rtol"),
               variables=ladder.MEASUREMENT_VARS, cost_law="ladder", takes_unit=False),
     StageKind("training recipe", interventions.ensure_recipe_runs, "training {recipe} {pde}-{model}",
-              (*PAIR, "recipe"), _trained_recipes, _after_data, _recipe_runs_dir,
+              (*PAIR, "recipe"), lambda p: _recipe_studies(p, trained_only=True), lambda p, u: [("data", ())],
+              lambda p, u: interventions.recipe_run_dir(p, *u, p.seeds[0]).parent,
               key_fields=("recipes", "recipe_seeds", "seeds", *TRAINING_KEY), variables=(),
               cost_law="study training"),
     StageKind("training ablation", ablation.ensure_ablation_runs,
               "training ablation {configuration} {pde}-{model}", ("configuration", *PAIR),
-              _ablation_runs, _after_data, _ablation_runs_dir,
+              _ablation_runs, lambda p, u: [("data", ())],
+              lambda p, u: ablation.run_dir(p, *u, p.seeds[0]).parent,
               key_fields=("recipe_seeds", "seeds", *TRAINING_KEY), variables=(), cost_law="study training"),
     StageKind("interventions recipe", interventions.ensure_recipe_study,
               "interventions {recipe} {pde}-{model}", (*PAIR, "recipe"), _recipe_studies,
-              _after_recipe_runs, _recipe_study_dir,
+              _after_recipe_runs, lambda p, u: interventions.study_dir(p, *u[:2]) / u[2],
               key_fields=(*ENGINE_KEY, *RECIPE_KEY, "recipe_batches", "n_influence_batches"),
               variables=interventions.DATA_VARS, cost_law="study"),
     StageKind("interventions orbit", interventions.ensure_orbit_pair, "interventions orbit {pde}-{model}",
-              PAIR, _orbit_pairs, _after_orbit_inputs, _interventions_dir,
+              PAIR, lambda p: _recipe_pairs(p) if interventions.orbit_recipes(p) else [],
+              _after_orbit_inputs, lambda p, u: interventions.study_dir(p, *u),
               key_fields=(*ENGINE_KEY, *RECIPE_KEY, "symmetry_batches", "n_influence_batches"),
               variables=interventions.ORBIT_VARS, cost_law="study"),
     StageKind("interventions", interventions.ensure_intervention_pair, "interventions {pde}-{model}",
-              PAIR, _recipe_pairs, _after_recipe_studies, _interventions_dir,
+              PAIR, _recipe_pairs, _after_recipe_studies,
+              lambda p, u: interventions.study_dir(p, *u),
               key_fields=(*ENGINE_KEY, *RECIPE_KEY, "recipe_batches", "symmetry_batches",
                           "n_influence_batches"),
               variables=interventions.DATA_VARS, cost_law="study"),
     StageKind("ablation", ablation.ensure_ablation_pair, "ablation {pde}-{model}", PAIR,
-              _ablation_pairs, _after_ablation_runs, _ablation_dir,
+              _ablation_pairs, _after_ablation_runs, lambda p, u: ablation.study_dir(p, *u),
               key_fields=(*ENGINE_KEY, "recipe_seeds", "seeds", "checkpoints", "n_influence_batches"),
               variables=interventions.DATA_VARS, cost_law="study"),
-    StageKind("findings", findings_stage, "findings", (), _single, _after_everything, _findings_file,
+    StageKind("findings", findings_stage, "findings", (), lambda p: [()], _after_everything,
+              lambda p, u: findings_path(p),
               key_fields=(), variables=(), cost_law="findings"),  # rewritten when its text changes
 )
 
@@ -352,14 +263,10 @@ def find(profile: Profile, name: str) -> tuple[StageKind, Unit] | None:
     return next(((k, u) for k, u in stage_units(profile) if k.name(u) == name), None)
 
 
-def _example_profile() -> Profile:
-    return get_profile("faithful-full")  # every kind of stage has tasks there
-
-
 def markdown_table() -> str:
     """The table as Markdown, for docs/cluster.md: per kind the name of its first task, its
     output and the kinds it runs after, at the faithful profile (paths from the project root)."""
-    profile = _example_profile()
+    profile = get_profile("faithful-full")  # every kind of stage has tasks there
     rows = ["| stage kind | first task | output | runs after |", "|---|---|---|---|"]
     for row in STAGES:
         unit = row.units(profile)[0]

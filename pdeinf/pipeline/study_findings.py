@@ -1,39 +1,43 @@
-"""The findings records of each study, computed by the pipeline from the cached stages.
-
-One builder per study (named after the notebook that draws its figures): `build(profile)` ->
-`{rule: [record, ...]}`, each record from `pdeinf.analysis.evaluate.evaluate_finding` (through
-the analysis module of that study). `pipeline.findings.collect_findings` gathers them, applies
-Holm's adjustment and writes the findings table; the notebooks only show those rows. Every
-builder reads its stages through their `ensure_*` function, so it computes what is missing.
+"""The findings records of each study (named after the notebook that draws its figures),
+computed from the cached stages: `STUDIES[study](profile)` -> `{rule: [record, ...]}` through the
+analysis module of that study. Each builder reads its stages through their `ensure_*` function,
+so it computes what is missing; `pipeline.findings.collect_findings` gathers them.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from pdeinf.analysis import coherence as co
+from pdeinf.analysis import followup as fu
+from pdeinf.analysis import interventions as ai
+from pdeinf.analysis import seed_paper as sp
+from pdeinf.analysis import seed_paper_findings as spf
+from pdeinf.analysis.ablation import ablation_table, table_records
+from pdeinf.errors import InputError
+from pdeinf.pipeline import interventions as stage
+from pdeinf.pipeline.ablation import ablation_pairs, ensure_ablation_pair
 from pdeinf.pipeline.common import ProfileLike, as_profile
+from pdeinf.pipeline.influence import ensure_seed_paper, load_variants
+from pdeinf.pipeline.rollouts import ensure_rollouts
+from pdeinf.pipeline.symmetry import ensure_symmetry
+from pdeinf.pipeline.training import ensure_training, training_history
+from pdeinf.symmetry import summary as sm
 
 
 def _seed_paper(profile) -> dict:
     """`{(pde, model): seed-paper influence Dataset}` of every pair of the profile."""
-    from pdeinf.pipeline.influence import ensure_seed_paper
-
     return {(pde, model): ensure_seed_paper(profile, pde, model, progress=False)
             for pde, model in profile.pairs()}
 
 
 def _standardized(profile, bra: str) -> dict:
     """`{(pde, model): row-standardized H}` of the bra ("C", "M" or "E") where a pair has it."""
-    from pdeinf.analysis import seed_paper as sp
-
     return {key: sp.standardized(ds, bra) for key, ds in _seed_paper(profile).items()
             if bra in sp.bras(ds)}
 
 
 def training(profile) -> dict:
     """Final validation SMSE of UNet against ViT (seed paper, Figs. 9-11)."""
-    from pdeinf.analysis import seed_paper_findings as spf
-    from pdeinf.pipeline.training import ensure_training, training_history
-
     histories = {}
     for pde, model in profile.pairs():
         ensure_training(profile, pde, model, progress=False)
@@ -43,8 +47,6 @@ def training(profile) -> dict:
 
 def seed_temporal(profile) -> dict:
     """Lag-0 ridge, temporal decay, inter below intra and NS's broader coherence (Figs. 2, 4)."""
-    from pdeinf.analysis import seed_paper_findings as spf
-
     hns = _standardized(profile, "C")
     found = spf.influence_findings(hns, ["lag0_ridge", "temporal_decay", "inter_below_intra"])
     found["ns_broader_coherence"] = spf.broader_coherence_findings(hns)
@@ -53,24 +55,17 @@ def seed_temporal(profile) -> dict:
 
 def seed_classes(profile) -> dict:
     """Class locking of the time-averaged class matrix (Fig. 3)."""
-    from pdeinf.analysis import seed_paper_findings as spf
-
     return spf.influence_findings(_standardized(profile, "C"), ["class_locked"])
 
 
 def seed_similarity(profile) -> dict:
     """Influence against input distance (Fig. 5)."""
-    from pdeinf.analysis import seed_paper as sp
-    from pdeinf.analysis import seed_paper_findings as spf
-
     data = _seed_paper(profile)
     return spf.similarity_findings(data, {key: sp.similarity_curves(ds) for key, ds in data.items()})
 
 
 def seed_conservation(profile) -> dict:
     """Temporal decay of the mass and energy bras (Figs. 6, 7)."""
-    from pdeinf.analysis import seed_paper_findings as spf
-
     found = {}
     for bra, name in (("M", "mass_decay"), ("E", "energy_decay")):
         found.update(spf.influence_findings(_standardized(profile, bra), [name]))
@@ -79,18 +74,11 @@ def seed_conservation(profile) -> dict:
 
 def seed_ntk(profile) -> dict:
     """Top NTK eigenvalue of ViT below UNet's (Fig. 8)."""
-    from pdeinf.analysis import seed_paper_findings as spf
-
     return {"vit_smaller_ntk_eigenvalue": spf.ntk_findings(_seed_paper(profile))}
 
 
 def rollout_link(profile) -> dict:
     """Per-seed correlation of the coherence ratio R with the rollout error (follow-up)."""
-    from pdeinf.analysis import coherence as co
-    from pdeinf.analysis import followup as fu
-    from pdeinf.pipeline.influence import load_variants
-    from pdeinf.pipeline.rollouts import ensure_rollouts
-
     found: dict = {}
     for pde, model in profile.pairs():
         link = co.rollout_link(load_variants(profile, pde, model, progress=False),
@@ -102,9 +90,6 @@ def rollout_link(profile) -> dict:
 
 def symmetry(profile) -> dict:
     """D4 and translation equivariance, orbit influence (follow-up) on the profile's subset."""
-    from pdeinf.pipeline.symmetry import ensure_symmetry
-    from pdeinf.symmetry import summary as sm
-
     studies = {(pde, model): ensure_symmetry(profile, pde, model, progress=False)
                for pde, model in profile.pairs(profile.symmetry_pairs)}
     return sm.symmetry_findings(studies) if studies else {}
@@ -113,9 +98,6 @@ def symmetry(profile) -> dict:
 def interventions(profile) -> dict:
     """Each training recipe's change of the rollout error and R against one-step, and augment's
     orbit influence (ours)."""
-    from pdeinf.analysis import interventions as ai
-    from pdeinf.pipeline import interventions as stage
-
     found: dict = {}
     for pde, model in stage.recipe_pairs(profile):
         ds = stage.ensure_intervention_pair(profile, pde, model, progress=False)
@@ -146,10 +128,7 @@ STUDIES: dict[str, Callable] = {
 
 
 def study_records(profile: ProfileLike, study: str) -> dict:
-    """`{rule: [record, ...]}` of one study of `STUDIES` at `profile` (unadjusted p-values;
-    the findings table holds the Holm-adjusted verdicts)."""
-    from pdeinf.errors import InputError
-
+    """`{rule: [record, ...]}` of one study of `STUDIES` at `profile` (unadjusted p-values)."""
     if study not in STUDIES:
         raise InputError(f"study={study!r}: expected one of {', '.join(STUDIES)}")
     return STUDIES[study](as_profile(profile))
@@ -157,16 +136,11 @@ def study_records(profile: ProfileLike, study: str) -> dict:
 
 def ablation_tables(profile: ProfileLike, *, progress: bool = False) -> dict:
     """`{(pde, model): analysis.ablation.ablation_table}` of the profile's ablation pairs."""
-    from pdeinf.analysis.ablation import ablation_table
-    from pdeinf.pipeline.ablation import ablation_pairs, ensure_ablation_pair
-
     return {(pde, model): ablation_table(ensure_ablation_pair(profile, pde, model, progress=progress))
             for pde, model in ablation_pairs(profile)}
 
 
 def ablation_records(profile: ProfileLike) -> list[dict]:
     """The rows of every ablation table of the profile (`analysis.ablation.table_records`)."""
-    from pdeinf.analysis.ablation import table_records
-
     return [row for (pde, model), table in ablation_tables(profile).items()
             for row in table_records(table, pde=pde, model=model)]

@@ -1,12 +1,9 @@
 """Stage: the symmetry study (follow-up section 7 + Lie derivative) of every training seed.
 
-One file per seed, `results/symmetry/<profile>/<PDE>-<model>/s<seed>.nc`, holding
-`pdeinf.symmetry.study.symmetry_study` of that seed: the final checkpoint on
-`profile.symmetry_batches` influence batches (equivariance error, orbit-influence diagonal, Lie
-derivative norms and layer shares, shift curves and landscape, axis check) and every checkpoint
-of `profile.checkpoints` on the first batch (Lie norm, equivariance and orbit diagonal of the
-tracked elements). Each file is keyed on the seed's checkpoint bytes, the data's content
-fingerprint and the settings (`checksums.ensure_cached`).
+One file per seed, `results/symmetry/<profile>/<PDE>-<model>/s<seed>.nc`: `symmetry.study.
+symmetry_study` of the final checkpoint on `profile.symmetry_batches` influence batches and of
+every checkpoint on the first batch, keyed on the seed's checkpoint bytes, the data and the
+settings.
 """
 from __future__ import annotations
 
@@ -47,33 +44,27 @@ def seed_file(directory: Path, seed: int) -> Path:
 
 
 def orbit_epochs(prof, pde: str) -> list[int]:
-    """Checkpoints at which the tracked orbit diagonals are computed: the profile's optional
-    `symmetry_orbit_epochs` (the final checkpoint is always included), else every checkpoint."""
-    chosen = getattr(prof, "symmetry_orbit_epochs", None)
+    """Checkpoints of the tracked orbit diagonals: those of `profile.symmetry_orbit_epochs` and
+    the final one, or (None) every checkpoint."""
     every = list(scheduled_checkpoints(prof, pde))
-    if chosen is None:
+    if prof.symmetry_orbit_epochs is None:
         return every
-    chosen = chosen.get(pde, every) if isinstance(chosen, dict) else chosen
-    return sorted({int(e) for e in chosen if int(e) in every} | {final_epoch(prof, pde)})
-
-
-def settings(prof, pde: str) -> dict:
-    """What a file depends on besides checkpoints and data."""
-    return {"orbit_epochs": orbit_epochs(prof, pde), "symmetry_batches": int(prof.symmetry_batches),
-            "symmetry_shifts": [int(a) for a in prof.symmetry_shifts],
-            **({"symmetry_box": int(prof.symmetry_box)} if prof.symmetry_box else {}),
-            "checkpoints": list(scheduled_checkpoints(prof, pde)),
-            "damping": prof.damping, "energy_tol": prof.energy_tol, "t_max": prof.t_max,
-            "stage_version": STAGE_VERSION}
+    return sorted({int(e) for e in prof.symmetry_orbit_epochs if int(e) in every} | {final_epoch(prof, pde)})
 
 
 def seed_key(sources, data_key: str, prof, pde: str, model: str, seed: int) -> str:
+    """What a seed's file depends on: its checkpoints' bytes, the data and the settings."""
     digests = {}
     for epoch in scheduled_checkpoints(prof, pde):
         ckpt = Path(sources.checkpoint(seed, epoch))
         digests[str(epoch)] = file_digest(ckpt) if ckpt.is_file() else "missing"
     return content_key(stage="symmetry", pde=pde, model=model, seed=int(seed), data=data_key,
-                       checkpoint_digests=digests, **settings(prof, pde))
+                       checkpoint_digests=digests, orbit_epochs=orbit_epochs(prof, pde),
+                       symmetry_batches=int(prof.symmetry_batches),
+                       symmetry_shifts=[int(a) for a in prof.symmetry_shifts],
+                       **({"symmetry_box": int(prof.symmetry_box)} if prof.symmetry_box else {}),
+                       checkpoints=list(scheduled_checkpoints(prof, pde)), damping=prof.damping,
+                       energy_tol=prof.energy_tol, t_max=prof.t_max, stage_version=STAGE_VERSION)
 
 
 def _cached(sources, prof, pde: str, model: str, out_root=None, keyed: bool = True) -> list[Cached]:
@@ -85,8 +76,8 @@ def _cached(sources, prof, pde: str, model: str, out_root=None, keyed: bool = Tr
 
 
 def snapshot_dt(sources, pde: str) -> float | None:
-    """Spacing of the stored snapshots (the compressible axis check needs it), from the data
-    readers of `sources` (`sources.snapshot_dt()` when it provides one)."""
+    """Spacing of the stored snapshots (compressible PDEs' axis check; else None), from
+    `sources.snapshot_dt()` when it provides one, else from its data readers."""
     from pdeinf.config import pde_spec
 
     if not pde_spec(pde).compressible:
@@ -101,11 +92,8 @@ def snapshot_dt(sources, pde: str) -> float | None:
 def run_symmetry(profile, pde: str, model: str, *, sources=None, out_root=None,
                  progress: bool = True, compute=None) -> list[Path]:
     """(Re)compute the seeds whose file is missing, stale or corrupt; returns every seed's file.
-
-    `sources`: as `pdeinf.pipeline.influence.FileSources` (checkpoint, model, batch, data_key;
-    and the data readers or `snapshot_dt()` for compressible PDEs); `compute`: defaults to
-    `pdeinf.symmetry.study.symmetry_study` (same signature).
-    """
+    `sources`: as `influence.FileSources` (with the data readers or `snapshot_dt()` for
+    compressible PDEs); `compute`: default `symmetry.study.symmetry_study`."""
     from pdeinf.pipeline.influence import FileSources
     from pdeinf.symmetry.study import symmetry_study
 
@@ -137,9 +125,8 @@ def run_symmetry(profile, pde: str, model: str, *, sources=None, out_root=None,
 
 
 def cached_seed(profile, pde: str, model: str, seed: int, *, sources=None, out_root=None):
-    """The cached study of one seed when its file is valid AND current (the key of the present
-    checkpoints, data and settings), else None; never computes. `sources` as in
-    `run_symmetry` (default: the pipeline's `FileSources`)."""
+    """The cached study of one seed when its file is valid and current, else None (never
+    computes). `sources` as in `run_symmetry` (default `FileSources`)."""
     from pdeinf.pipeline.influence import FileSources
 
     prof = as_profile(profile)
@@ -155,8 +142,8 @@ def cached_seed(profile, pde: str, model: str, seed: int, *, sources=None, out_r
 
 
 def load_symmetry(profile, pde: str, model: str, *, out_root=None, sources=None):
-    """Every seed's file concatenated along `seed` (InputError naming what is missing or
-    invalid; with `sources`, files are also checked against the current inputs' keys)."""
+    """Every seed's file concatenated along `seed`; InputError naming what is missing or
+    invalid (with `sources`, also stale)."""
     import xarray as xr
 
     prof = as_profile(profile)
@@ -172,9 +159,8 @@ def load_symmetry(profile, pde: str, model: str, *, out_root=None, sources=None)
 
 
 def ensure_symmetry(profile: ProfileLike, pde: str, model: str, *, progress: bool = True):
-    """The symmetry study of every seed of (pde, model) as one `xr.Dataset` with a leading
-    `seed` dim (see `pdeinf.symmetry.study`). Trains first if needed; recomputes exactly the
-    seeds whose file is missing, stale (other checkpoints, data or settings) or corrupt."""
+    """The symmetry study of every seed of (pde, model), one `xr.Dataset` with a leading `seed`
+    dim (`pdeinf.symmetry.study`); trains and (re)computes what is needed first."""
     from pdeinf.pipeline.influence import FileSources
     from pdeinf.pipeline.training import ensure_training
 
@@ -187,9 +173,8 @@ def ensure_symmetry(profile: ProfileLike, pde: str, model: str, *, progress: boo
 
 
 def symmetry_loader(profile, *, progress: bool = False):
-    """A loader `(pde, model) -> xr.Dataset` over the cached symmetry studies (the explorer's
-    symmetry tab). Its `pairs` attribute lists the (PDE, model) pairs the profile studies, so the
-    tab never starts a study the profile does not hold."""
+    """A loader `(pde, model) -> xr.Dataset` over the symmetry studies (the explorer's tab);
+    its `pairs` are the pairs the profile studies."""
     prof = as_profile(profile)
     loader = functools.partial(ensure_symmetry, prof, progress=progress)
     loader.pairs = [tuple(p) for p in prof.pairs(prof.symmetry_pairs)]

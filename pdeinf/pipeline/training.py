@@ -1,10 +1,11 @@
-"""Stage 2: training runs of a profile (every seed of a (PDE, model)), keyed on their inputs.
+"""Stages 1 and 2: the data sets of a profile, then its training runs (every seed of a (PDE,
+model)), keyed on their inputs. The data sets (generated here, or a user's PDEGym files) are
+validated (finite, positive density / pressure / energy, plausible ranges) once per content
+before anything trains on them.
 
-A run is current when every scheduled checkpoint exists and the run's `stage_key.json` holds
-the key of what it was trained from: the data's content fingerprint, the profile's training
-settings and the package version. Anything else (a data file edited in place, another profile
-setting) makes the run stale: it is moved aside to `<run>.stale/` (replacing an older one) and
-retrained, so a rerun never reports a model of other data as current.
+A run is current when every scheduled checkpoint exists and its `stage_key.json` holds the key
+of what it was trained from (data fingerprint, training settings, package version); otherwise
+it is moved aside to `<run>.stale/` (replacing an older one) and retrained.
 """
 from __future__ import annotations
 
@@ -24,11 +25,37 @@ from pdeinf.pipeline.common import (
     run_dir,
     scheduled_checkpoints,
 )
-from pdeinf.pipeline.data import profile_data
 
 STAGE_KEY = "stage_key.json"
 _TRAINING_FIELDS = ("resolution", "model_size", "model_variant", "residual", "epochs",
                     "checkpoints", "batch_size", "lr", "weight_decay", "t_max", "split")
+
+
+def content_cache_path() -> Path:
+    """JSON cache of file content keys and validation passes (by path, mtime, size, inode)."""
+    return paths.results_dir() / "cache" / "content_keys.json"
+
+
+def ensure_data(profile: ProfileLike, *, progress: bool = True) -> Path:
+    """Generate (or find) the six data sets of the profile; returns their root directory
+    (``results/data/<profile>``, holding one PDEGym-layout folder per data set)."""
+    from pdeinf.data.generate import ensure_profile_data
+
+    return Path(ensure_profile_data(as_profile(profile), progress=progress))
+
+
+def profile_data(profile: ProfileLike, pde: str, *, progress: bool = True, validate: bool = True):
+    """`PDEData` of one PDE at the profile's `t_max` and split fractions, with the content
+    cache; validated first (InputError naming file, variable, index and value on bad data)."""
+    from pdeinf.data.datasets import PDEData
+
+    profile = as_profile(profile)
+    data = PDEData(ensure_data(profile, progress=progress), pde, t_max=profile.t_max,
+                   fractions=profile.split, content_cache=content_cache_path())
+    if validate:
+        data.validate(progress=False)
+    return data
+
 
 
 def training_key(profile, pde: str, model: str, seed: int, data_fingerprint: str) -> str:
@@ -62,22 +89,11 @@ def training_complete(profile: ProfileLike, pde: str, model: str, seed: int, *,
     return key is None or _stored_key(directory) == key
 
 
-def _set_aside(directory: Path) -> None:
-    """A stale run is ours (derived data): keep one copy beside it, then start afresh."""
-    if not directory.exists():
-        return
-    aside = directory.with_name(directory.name + ".stale")
-    shutil.rmtree(aside, ignore_errors=True)
-    directory.rename(aside)
-
-
 def ensure_keyed_run(directory: Path, epochs, key: str, train_once, record: dict) -> Path:
-    """The one mechanism behind every trained run of the pipeline (baseline, recipes, ablation):
-    `directory` is current when it holds a checkpoint for each of `epochs` and its
-    `stage_key.json` records `key`. Otherwise a run trained from other inputs is set aside
-    (`<run>.stale/`), `train_once()` trains (or resumes a partial run), and the key is written
-    with `record` beside it. A checkpoint that fails verification (flipped bytes, truncation,
-    NaN state) is moved aside first and rebuilt by resuming from the last good one.
+    """Every trained run of the pipeline: `directory` is current when it holds a checkpoint for
+    each of `epochs` and its `stage_key.json` records `key`. Otherwise a run of other inputs is
+    set aside (`<run>.stale/`), `train_once()` trains (or resumes), and the key is written with
+    `record`. A checkpoint that fails verification is moved aside first and rebuilt by resuming.
     NumericalError if training ends without every checkpoint."""
     from pdeinf.training.checkpoints import usable
 
@@ -86,8 +102,11 @@ def ensure_keyed_run(directory: Path, epochs, key: str, train_once, record: dict
     stored = _stored_key(directory)
     if has_checkpoints(directory, epochs) and stored == key:
         return directory
-    if stored is not None and stored != key or stored is None and has_checkpoints(directory, epochs):
-        _set_aside(directory)  # trained from other inputs
+    if (stored is not None and stored != key or stored is None and has_checkpoints(directory, epochs)) \
+            and directory.exists():  # trained from other inputs: keep one copy beside it
+        aside = directory.with_name(directory.name + ".stale")
+        shutil.rmtree(aside, ignore_errors=True)
+        directory.rename(aside)
     train_once()
     if not has_checkpoints(directory, epochs):
         raise NumericalError(f"training {directory} finished without all scheduled checkpoints "
@@ -98,10 +117,9 @@ def ensure_keyed_run(directory: Path, epochs, key: str, train_once, record: dict
 
 def ensure_runs(profile, pde: str, model: str, seeds, root: Path, epochs, key_of, record: dict, *,
                 data, train=None, **train_kwargs) -> dict[int, Path]:
-    """`{seed: run_dir}` of `seeds` under `root` (`<root>/<PDE>-<model>-s<seed>`), each current
-    for `key_of(seed)` (`ensure_keyed_run`, `record` written beside the key), trained where
-    needed by `train(pde, model, seed, profile, data=data, out_dir=root, **train_kwargs)`
-    (default `pdeinf.training.train.train`)."""
+    """`{seed: run_dir}` of `seeds` under `root`, each current for `key_of(seed)`
+    (`ensure_keyed_run`), trained where needed by `train(pde, model, seed, profile, data=data,
+    out_dir=root, **train_kwargs)` (default `pdeinf.training.train.train`)."""
     if train is None:
         from pdeinf.training.train import train
     return {int(seed): ensure_keyed_run(root / paths.run_name(pde, model, seed), epochs, key_of(seed),
@@ -114,8 +132,7 @@ def ensure_runs(profile, pde: str, model: str, seeds, root: Path, epochs, key_of
 def ensure_training(profile: ProfileLike, pde: str, model: str, *, progress: bool = True,
                     train=None) -> dict[int, Path]:
     """Train `model` on `pde` for every seed of the profile (resuming partial runs, retraining
-    stale ones). Returns ``{seed: run_dir}``. `train` defaults to `pdeinf.training.train.train`
-    (a collaborator with the same signature may be passed, e.g. for another recipe)."""
+    stale ones); ``{seed: run_dir}``. `train`: default `pdeinf.training.train.train`."""
     profile = as_profile(profile)
     check_selection(profile, pde, model)
     data = profile_data(profile, pde, progress=progress)
@@ -131,11 +148,11 @@ _HISTORY_COLUMNS = {"train_smse": "train_loss", "val_smse": "val_loss"}
 
 
 def training_history(profile: ProfileLike, pde: str, model: str):
-    """Loss curves of every seed: a `pandas.DataFrame` with columns
-    ``seed, epoch, train_loss, val_loss`` (mean SMSE over the epoch's training transitions,
-    and of the model after the epoch on the validation transitions), one row per seed and
-    epoch, sorted. Read from each run's ``history.json`` (else its latest checkpoint's
-    ``history``). Does not train."""
+    """Loss curves of every seed: a `pandas.DataFrame` with columns ``seed, epoch, train_loss,
+    val_loss`` (mean SMSE over the epoch's training transitions; of the model after the epoch
+    on the validation transitions), sorted. Read from each run's ``history.json`` (else its
+    latest checkpoint's ``history``: a list of per-epoch dicts or a dict of lists). Does not
+    train; InputError when a run has no readable history."""
     import pandas as pd
 
     profile = as_profile(profile)
@@ -143,7 +160,16 @@ def training_history(profile: ProfileLike, pde: str, model: str):
     frames = []
     for seed in profile.seeds:
         history, source = _read_history(run_dir(profile, pde, model, seed))
-        frame = history_frame(history, source)
+        if not history:
+            raise InputError(f"{source}: empty training history")
+        frame = pd.DataFrame(history).rename(columns=_HISTORY_COLUMNS)
+        if "epoch" not in frame.columns:
+            frame.insert(0, "epoch", range(1, len(frame) + 1))
+        missing = {"train_loss", "val_loss"} - set(frame.columns)
+        if missing:
+            raise InputError(f"{source}: history lacks {sorted(missing)}")
+        frame = frame[["epoch", "train_loss", "val_loss"]].copy()
+        frame["epoch"] = frame["epoch"].astype(int)
         frame.insert(0, "seed", int(seed))
         frames.append(frame)
     out = pd.concat(frames, ignore_index=True)
@@ -164,20 +190,3 @@ def _read_history(directory: Path):
 
     ckpt = torch.load(ckpts[-1], map_location="cpu", weights_only=True)
     return ckpt.get("history"), ckpts[-1]
-
-
-def history_frame(history, source: Path):
-    """Accepts a list of per-epoch dicts or a dict of per-epoch lists."""
-    import pandas as pd
-
-    if not history:
-        raise InputError(f"{source}: empty training history")
-    frame = pd.DataFrame(history).rename(columns=_HISTORY_COLUMNS)
-    if "epoch" not in frame.columns:
-        frame.insert(0, "epoch", range(1, len(frame) + 1))
-    missing = {"train_loss", "val_loss"} - set(frame.columns)
-    if missing:
-        raise InputError(f"{source}: history lacks {sorted(missing)}")
-    frame = frame[["epoch", "train_loss", "val_loss"]].copy()
-    frame["epoch"] = frame["epoch"].astype(int)
-    return frame

@@ -1,7 +1,5 @@
 """Batched PDE solvers (compressible Euler, incompressible Navier-Stokes), the exact Riemann
-solution they are validated against, and the initial-condition samplers of the data sets.
-
-The argument checks the solvers share live here."""
+solution, the initial-condition samplers of the data sets, and the solvers' shared checks."""
 from __future__ import annotations
 
 import numpy as np

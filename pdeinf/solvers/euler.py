@@ -1,13 +1,9 @@
 """Batched 2D compressible Euler solver on a periodic rectangle (pure torch, CPU or GPU).
 
-Finite volume, unsplit: MUSCL reconstruction of the primitive variables (rho, vx, vy, p)
-with a TVD slope limiter, HLLC numerical fluxes (Toro, ch. 10), SSP-RK3 in time, and a
-CFL-adaptive step that lands exactly on every requested output time. Ideal gas:
-E = p / (gamma - 1) + rho |v|^2 / 2.
-
-Layout: conserved variables `[B, 4, H, W]` = (rho, rho*vx, rho*vy, E); x runs along W
-(the last axis), y along H. The domain `(Lx, Ly)` is `[0, Lx) x [0, Ly)` with cell sizes
-`dx = Lx / W`, `dy = Ly / H` and cell centres at `(i + 1/2) dx`.
+Unsplit finite volume: MUSCL reconstruction of the primitive variables with a TVD limiter,
+HLLC fluxes (Toro, ch. 10), SSP-RK3, CFL-adaptive steps landing exactly on every output time.
+Ideal gas E = p / (gamma - 1) + rho |v|^2 / 2. Layout: conserved `[B, 4, H, W]` = (rho,
+rho*vx, rho*vy, E), x along W; domain `[0, Lx) x [0, Ly)`, cell centres `(i + 1/2) dx`.
 """
 from __future__ import annotations
 
@@ -50,24 +46,14 @@ def conserved_to_primitive(u: torch.Tensor, gamma: float = 1.4):
     return rho, vx, vy, p
 
 
-# ----------------------------------------------------------------------------- numerics
-
-
-def _primitive_stack(u: torch.Tensor, gm1: float) -> torch.Tensor:
+def _primitive_stack(u: torch.Tensor, gamma: float) -> torch.Tensor:
     """`[B, 4, H, W]` conserved -> `[B, 4, H, W]` primitive (rho, vx, vy, p)."""
-    rho = u[:, 0]
-    vx = u[:, 1] / rho
-    vy = u[:, 2] / rho
-    p = (u[:, 3] - 0.5 * (u[:, 1] * vx + u[:, 2] * vy)) * gm1
-    return torch.stack([rho, vx, vy, p], dim=1)
+    return torch.stack(conserved_to_primitive(u, gamma), dim=1)
 
 
 def _face_states(w: torch.Tensor, dim: int, limiter: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """MUSCL states `(left, right)` at the face i+1/2 of every cell i along `dim` (periodic).
-
-    `w` is primitive `[B, 4, H, W]`; the limited slope is computed per cell and channel.
-    In-place arithmetic keeps the number of fresh `[B, 4, H, W]` buffers per call small.
-    """
+    """MUSCL states `(left, right)` at the face i+1/2 of every cell i along `dim` (periodic)
+    of primitive `w` `[B, 4, H, W]` (in-place arithmetic keeps fresh buffers few)."""
     fwd = torch.roll(w, -1, dim).sub_(w)  # w[i+1] - w[i]
     bwd = torch.roll(fwd, 1, dim)  # w[i] - w[i-1]
     if limiter == "vanleer":  # half slope = ab / (a + b) where ab > 0 (harmonic mean)
@@ -88,12 +74,8 @@ def _face_states(w: torch.Tensor, dim: int, limiter: str) -> tuple[torch.Tensor,
 
 
 def _hllc_flux(wl: torch.Tensor, wr: torch.Tensor, normal: int, gamma: float) -> torch.Tensor:
-    """HLLC flux across faces with left/right primitive states `[B, 4, ...]`.
-
-    `normal` is the channel of the face-normal velocity (1 for x faces, 2 for y faces).
-    Returns the conserved-variable flux `[B, 4, ...]` in channel order (rho, mx, my, E).
-    Wave speeds: Davis estimates S_L = min(un_L - c_L, un_R - c_R), S_R = max(un_L + c_L, un_R + c_R).
-    """
+    """Conserved HLLC flux `[B, 4, ...]` across faces with left/right primitive states;
+    `normal`: channel of the face-normal velocity (1 x, 2 y). Davis wave-speed estimates."""
     tangent = 3 - normal
     rho_l, un_l, p_l = wl[:, 0], wl[:, normal], wl[:, 3]
     rho_r, un_r, p_r = wr[:, 0], wr[:, normal], wr[:, 3]
@@ -129,37 +111,39 @@ def _hllc_flux(wl: torch.Tensor, wr: torch.Tensor, normal: int, gamma: float) ->
     return flux
 
 
-def _face_flux(w: torch.Tensor, dim: int, normal: int, gamma: float, limiter: str) -> torch.Tensor:
-    """Flux through the face i+1/2 of every cell i along `dim`, `[B, 4, H, W]`."""
-    w_left, w_right = _face_states(w, dim, limiter)
-    return _hllc_flux(w_left, w_right, normal, gamma)
-
-
 def _rhs(w: torch.Tensor, dx: float, dy: float, gamma: float, limiter: str) -> torch.Tensor:
     """d u / d t = -(F_{i+1/2} - F_{i-1/2}) / dx - (G_{j+1/2} - G_{j-1/2}) / dy for primitive `w`."""
-    fx = _face_flux(w, _X_DIM, 1, gamma, limiter)
-    gy = _face_flux(w, _Y_DIM, 2, gamma, limiter)
+    fx = _hllc_flux(*_face_states(w, _X_DIM, limiter), 1, gamma)
+    gy = _hllc_flux(*_face_states(w, _Y_DIM, limiter), 2, gamma)
     out = torch.roll(fx, 1, _X_DIM).sub_(fx).mul_(1.0 / dx)
     out.add_(torch.roll(gy, 1, _Y_DIM).sub_(gy), alpha=1.0 / dy)
     return out
 
 
-def _bad_members(w: torch.Tensor) -> list[int]:
-    ok = torch.isfinite(w).all(dim=1) & (w[:, 0] > 0) & (w[:, 3] > 0)
-    return torch.nonzero(~ok.flatten(1).all(dim=1)).flatten().tolist()
+def solve(u0: torch.Tensor, t_out: Sequence[float], *, gamma: float = 1.4,
+          domain: tuple[float, float] = (1.0, 1.0), cfl: float = 0.4, limiter: str = "mc",
+          progress: bool = True) -> torch.Tensor:
+    """Evolve `u0` `[B, 4, H, W]` (conserved; x along W, y along H) to the times `t_out`.
 
-
-# ----------------------------------------------------------------------------- validation
-
-
-def _check_u0(u0, gamma: float) -> torch.Tensor:
+    `t_out`: strictly increasing times starting at 0. `domain = (Lx, Ly)`: periodic box
+    lengths. `cfl`: Courant number per direction, dt = cfl * min over cells of
+    (dx / (|vx| + c), dy / (|vy| + c)) (keep it <= 0.5 in 2D); one step for the whole batch.
+    Returns `[B, len(t_out), 4, H, W]` in the dtype and device of `u0`; index 0 is `u0`.
+    Raises InputError for bad arguments, SolverError when rho or p turns non-positive/non-finite.
+    """
+    gamma = finite_float(gamma, "gamma", above=1.0)
+    cfl = finite_float(cfl, "cfl", positive=True, maximum=1.0)
+    one_of(limiter, LIMITERS, "limiter")
+    lx, ly = check_domain(domain)
+    times = check_times(t_out, from_t0=True)
     if not isinstance(u0, torch.Tensor):
         try:
             u0 = torch.as_tensor(np.asarray(u0))
         except (TypeError, ValueError):
             raise InputError(f"u0: expected a tensor [B, 4, H, W], got {type(u0).__name__}") from None
     if u0.ndim != 4 or u0.shape[1] != 4:
-        raise InputError(f"u0: expected shape [B, 4, H, W] (conserved rho, rho*vx, rho*vy, E), got {list(u0.shape)}")
+        raise InputError(
+            f"u0: expected shape [B, 4, H, W] (conserved rho, rho*vx, rho*vy, E), got {list(u0.shape)}")
     if not u0.is_floating_point():
         raise InputError(f"u0: expected a floating-point tensor, got {u0.dtype}")
     b, _, h, w = u0.shape
@@ -171,45 +155,17 @@ def _check_u0(u0, gamma: float) -> torch.Tensor:
     bad = torch.nonzero(~((rho > 0) & (p > 0)).flatten(1).all(dim=1)).flatten().tolist()
     if bad:
         raise InputError(f"u0: non-positive density or pressure at t = 0 in batch member(s) {bad[:10]}")
-    return u0
-
-
-# ----------------------------------------------------------------------------- driver
-
-
-def solve(u0: torch.Tensor, t_out: Sequence[float], *, gamma: float = 1.4,
-          domain: tuple[float, float] = (1.0, 1.0), cfl: float = 0.4, limiter: str = "mc",
-          progress: bool = True) -> torch.Tensor:
-    """Evolve `u0` `[B, 4, H, W]` (conserved; x along W, y along H) to the times `t_out`.
-
-    `t_out`: strictly increasing times starting at 0 (same time units as `domain` / velocity).
-    `domain = (Lx, Ly)`: periodic box lengths. `cfl`: Courant number per direction,
-    dt = cfl * min over cells of (dx / (|vx| + c), dy / (|vy| + c)) (the usual definition for
-    unsplit 2D MUSCL + RK schemes, e.g. Athena++; keep it <= 0.5 in 2D).
-    One time step is shared by the whole batch (the smallest CFL step of all members).
-    Returns `[B, len(t_out), 4, H, W]` in the dtype and device of `u0`; index 0 is `u0`.
-    Raises InputError for bad arguments, SolverError when rho or p turns non-positive/non-finite.
-    """
-    gamma = finite_float(gamma, "gamma", above=1.0)
-    cfl = finite_float(cfl, "cfl", positive=True, maximum=1.0)
-    one_of(limiter, LIMITERS, "limiter")
-    lx, ly = check_domain(domain)
-    times = check_times(t_out, from_t0=True)
-    u = _check_u0(u0, gamma)
-
-    b, _, h, w = u.shape
     dx, dy = lx / w, ly / h
-    gm1 = gamma - 1.0
-    out = torch.empty((b, len(times), 4, h, w), dtype=u.dtype, device=u.device)
-    out[:, 0] = u
-    u = u.clone()
+    out = torch.empty((b, len(times), 4, h, w), dtype=u0.dtype, device=u0.device)
+    out[:, 0] = u0
+    u = u0.clone()
     t = 0.0
     bar = tqdm(total=float(times[-1]), disable=not progress, unit="t", desc="euler", leave=False)
     try:
         for k in range(1, len(times)):
             target = float(times[k])
             while t < target:
-                prim = _primitive_stack(u, gm1)
+                prim = _primitive_stack(u, gamma)
                 dt_cfl = _cfl_step(prim, gamma, dx, dy, cfl, t)
                 remaining = target - t
                 if dt_cfl >= remaining:
@@ -218,13 +174,13 @@ def solve(u0: torch.Tensor, t_out: Sequence[float], *, gamma: float = 1.4,
                     dt, t_next = 0.5 * remaining, t + 0.5 * remaining
                 else:
                     dt, t_next = dt_cfl, t + dt_cfl
-                u = _ssp_rk3_step(u, prim, dt, dx, dy, gamma, gm1, limiter)
+                u = _ssp_rk3_step(u, prim, dt, dx, dy, gamma, limiter)
                 bar.update(t_next - t)
                 t = t_next
             out[:, k] = u
     finally:
         bar.close()
-    _cfl_step(_primitive_stack(u, gm1), gamma, dx, dy, cfl, t)  # final state must be physical too
+    _cfl_step(_primitive_stack(u, gamma), gamma, dx, dy, cfl, t)  # final state must be physical too
     return out
 
 
@@ -235,7 +191,8 @@ def _cfl_step(prim: torch.Tensor, gamma: float, dx: float, dy: float, cfl: float
     rate = torch.maximum(vx.abs().add_(c).mul_(1.0 / dx), vy.abs().add_(c).mul_(1.0 / dy))
     max_rate, min_rho, min_p = torch.stack([rate.amax(), rho.amin(), p.amin()]).tolist()
     if not (np.isfinite(max_rate) and min_rho > 0 and min_p > 0 and max_rate > 0):
-        members = _bad_members(prim)
+        ok = torch.isfinite(prim).all(dim=1) & (prim[:, 0] > 0) & (prim[:, 3] > 0)
+        members = torch.nonzero(~ok.flatten(1).all(dim=1)).flatten().tolist()
         raise SolverError(
             f"Euler solver: non-positive or non-finite density/pressure at t = {t:.6g} "
             f"in batch member(s) {members[:10]} (min rho = {min_rho:.3g}, min p = {min_p:.3g})"
@@ -243,10 +200,10 @@ def _cfl_step(prim: torch.Tensor, gamma: float, dx: float, dy: float, cfl: float
     return cfl / max_rate
 
 
-def _ssp_rk3_step(u, prim, dt, dx, dy, gamma, gm1, limiter):
+def _ssp_rk3_step(u, prim, dt, dx, dy, gamma, limiter):
     """One Shu-Osher SSP-RK3 step; `prim` is the primitive form of `u` (already computed for the CFL step)."""
     u1 = torch.add(u, _rhs(prim, dx, dy, gamma, limiter), alpha=dt)
-    u2 = u1.add_(_rhs(_primitive_stack(u1, gm1), dx, dy, gamma, limiter), alpha=dt)
+    u2 = u1.add_(_rhs(_primitive_stack(u1, gamma), dx, dy, gamma, limiter), alpha=dt)
     u2.mul_(0.25).add_(u, alpha=0.75)
-    u3 = u2.add_(_rhs(_primitive_stack(u2, gm1), dx, dy, gamma, limiter), alpha=dt)
+    u3 = u2.add_(_rhs(_primitive_stack(u2, gamma), dx, dy, gamma, limiter), alpha=dt)
     return u3.mul_(2.0 / 3.0).add_(u, alpha=1.0 / 3.0)

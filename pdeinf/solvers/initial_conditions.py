@@ -1,41 +1,19 @@
 """Initial-condition samplers of the six PDEGym data sets (Poseidon, arXiv 2405.19101, App. B).
 
-`sample(dataset, n, resolution, *, seed, ...)` returns `[n, C, R, R]` on the unit torus:
+`sample(dataset, n, resolution, *, seed, ...)` returns `[n, C, R, R]` on the unit torus, x
+along W: CE-* conserved `(rho, rho*vx, rho*vy, E)` (gamma 1.4), piecewise-constant states at
+cell centres `((i + 1/2) / R, (j + 1/2) / R)`; NS-* divergence-free velocity `(u, v)` on the
+spectral grid `(i / R, j / R)`, Leray-projected (`navier_stokes.project`); NS-BB is evolved
+from t = -0.5 to t = 0. Sample k has its own generator, seeded from `(seed, data set, k)`, so
+it does not depend on `n` or `start`.
 
-- CE-RP, CE-CRP, CE-RPUI: conserved variables `(rho, rho*vx, rho*vy, E)`, gamma = 1.4,
-  `E = rho |v|^2 / 2 + p / (gamma - 1)`; piecewise-constant states evaluated at cell centres
-  `((i + 1/2) / R, (j + 1/2) / R)` (the finite-volume convention of `euler.py`).
-- NS-BB, NS-Gauss, NS-Sines: divergence-free velocity `(u, v)` on the spectral grid
-  `(i / R, j / R)`; fields are Leray-projected (Nyquist modes removed, see
-  `navier_stokes.project`). NS-BB is additionally evolved from t = -0.5 to t = 0 with
-  `navier_stokes.solve`, so the returned field is the t = 0 state.
-
-x runs along the last axis (W), y along H. Every sample has its own random generator,
-seeded from `(seed, data set, sample index)`, so sample k is the same whatever `n` is and
-chunked generation (`start=`) reproduces a single large call.
-
-State ranges are keyword arguments (`rho=(lo, hi)`, `pressure=(lo, hi)`, ...). `DEFAULT_RANGES`
-holds the defaults and `PAPER_RANGES` the values of the Poseidon appendix; the departures:
-
-- CE-RP: the appendix's U[0.1, 1] / U[-1, 1] states do not match the released data (mean
-  density 1.25, PHAEDRA statistics). Defaults rho ~ U[0.3, 2.2], v ~ U[-0.45, 0.45] reproduce
-  the measured mean/std of rho and v; the pressure lower bound is raised from 0.02 to 0.06,
-  p ~ U[0.06, 0.4], so that the worst 1D Riemann problem between two quadrants keeps its
-  two-rarefaction star pressure above 1 % of the smallest initial pressure (at 0.02 it falls to
-  ~1e-5 of it, a near-vacuum that finite-volume schemes fail on); see `worst_star_pressure`.
-- CE-RPUI: the appendix states (rho ~ U[1, 3], v ~ U[-10, 10], p ~ U[5, 7]) do not match the
-  released data (rho 0.54 +- 0.36, p 0.55 +- 0.20) and can even generate vacuum; the defaults
-  are the CE-CRP states the data imply, with a 2 x 2 partition (p = 1). Pass
-  `**PAPER_RANGES["CE-RPUI"]` for the appendix values.
-- CE-CRP: the appendix states (they match the data statistics); the partition parameter p is
-  not stated in the paper, default 2 (a 3 x 3 curved partition).
-- The interface distortions use the appendix formula literally, `sin(2 pi i x + j y + beta)`
-  (2 pi multiplies only i x, so the distortion is not periodic in y);
-  `periodic_interfaces=True` uses `2 pi j y` instead.
-- NS-Gauss: the Gaussians are periodised (summed over periodic images), the paper's formula
-  is not.
+State ranges are keyword arguments: `DEFAULT_RANGES`, or the appendix's `PAPER_RANGES`.
+Departures: CE-RP states fit the released data's mean/std, with p >= 0.06 keeping the worst
+star pressure above 1 % of the smallest (`worst_star_pressure`); CE-RPUI defaults to the
+CE-CRP states with p = 1 (the appendix's states can generate vacuum); CE-CRP's unstated
+partition p is 2; interfaces use `sin(2 pi i x + j y + beta)` literally
+(`periodic_interfaces=True`: `2 pi j y`); NS-Gauss's Gaussians are periodised.
 """
-
 from __future__ import annotations
 
 import math
@@ -88,13 +66,6 @@ _COUNTS = ("partitions", "modes", "n_gaussians", "chunk_size")
 _DATASET_KEY = {name: i for i, name in enumerate(DATASETS)}
 
 
-# ----------------------------------------------------------------------------- validation
-
-
-def _check_dataset(dataset) -> str:
-    return one_of(dataset, DEFAULT_RANGES, "dataset")
-
-
 def _resolve_ranges(dataset: str, overrides: dict) -> dict:
     """Defaults of `dataset` updated by `overrides`, validated (InputError names the key)."""
     defaults = DEFAULT_RANGES[dataset]
@@ -130,21 +101,18 @@ def _rng(seed: int, dataset: str, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, _DATASET_KEY[dataset], index]))
 
 
-# ----------------------------------------------------------------------------- parameters
-
-
 def sample_parameters(
     dataset: str, seed: int, index: int, resolution: int | None = None, **ranges
 ) -> dict[str, np.ndarray]:
-    """The random parameters of sample `index` (float64 numpy arrays, the paper's symbols).
+    """The random parameters of sample `index` (float64 arrays, the paper's symbols).
 
-    CE: region states `rho, vx, vy, pressure` `[regions]` (row-major over (iy, ix)) and, for
-    CE-CRP/RPUI, interface coefficients `alpha_x, alpha_y, beta_x, beta_y` `[p, p]` (index
-    [i-1, j-1]). NS-Sines: `alpha, beta, gamma` `[p, p]`. NS-Gauss: `alpha, sigma, xc, yc`
-    `[n_gaussians]`. NS-BB (needs `resolution`): `coeff` `[2, K+1, K+1, 4]` (component, k1 along
-    x, k2 along y, (cc, cs, sc, ss)), K = resolution // 2.
+    CE: region states `rho, vx, vy, pressure` `[regions]` (row-major over (iy, ix)); CE-CRP/RPUI
+    also `alpha_x, alpha_y, beta_x, beta_y` `[p, p]` (index [i-1, j-1]). NS-Sines: `alpha, beta,
+    gamma` `[p, p]`. NS-Gauss: `alpha, sigma, xc, yc` `[n_gaussians]`. NS-BB (needs
+    `resolution`): `coeff` `[2, K+1, K+1, 4]` (component, k1 along x, k2 along y, (cc, cs, sc,
+    ss)), K = resolution // 2.
     """
-    dataset = _check_dataset(dataset)
+    dataset = one_of(dataset, DEFAULT_RANGES, "dataset")
     r = _resolve_ranges(dataset, ranges)
     return _draw(dataset, _rng(positive_int(seed, "seed", minimum=0), dataset, int(index)), r, resolution)
 
@@ -153,35 +121,22 @@ def _draw(dataset: str, rng: np.random.Generator, r: dict, resolution: int | Non
     if dataset.startswith("CE"):
         p = r["partitions"]
         regions = p * p if dataset == "CE-RP" else (p + 1) ** 2
-        out = {key: rng.uniform(*r[key], size=regions) for key in ("rho", "vx", "vy", "pressure")}
+        draws = [(key, r[key], regions) for key in ("rho", "vx", "vy", "pressure")]
         if dataset != "CE-RP":
-            for key in ("alpha_x", "alpha_y"):
-                out[key] = rng.uniform(*r["alpha"], size=(p, p))
-            for key in ("beta_x", "beta_y"):
-                out[key] = rng.uniform(*r["beta"], size=(p, p))
-        return out
-    if dataset == "NS-Sines":
+            draws += [(f"{key}_{axis}", r[key], (p, p)) for key in ("alpha", "beta") for axis in "xy"]
+    elif dataset == "NS-Sines":
         m = r["modes"]
-        return {
-            "alpha": rng.uniform(*r["alpha"], size=(m, m)),
-            "beta": rng.uniform(*r["phase"], size=(m, m)),
-            "gamma": rng.uniform(*r["phase"], size=(m, m)),
-        }
-    if dataset == "NS-Gauss":
+        draws = [("alpha", r["alpha"], (m, m)), ("beta", r["phase"], (m, m)), ("gamma", r["phase"], (m, m))]
+    elif dataset == "NS-Gauss":
         m = r["n_gaussians"]
-        return {
-            "alpha": rng.uniform(*r["alpha"], size=m),
-            "sigma": rng.uniform(*r["sigma"], size=m),
-            "xc": rng.uniform(0.0, 1.0, size=m),
-            "yc": rng.uniform(0.0, 1.0, size=m),
-        }
-    if resolution is None:
+        draws = [("alpha", r["alpha"], m), ("sigma", r["sigma"], m), ("xc", (0.0, 1.0), m),
+                 ("yc", (0.0, 1.0), m)]
+    elif resolution is None:
         raise InputError("resolution: NS-BB parameters depend on the grid; pass resolution")
-    k = int(resolution) // 2
-    return {"coeff": rng.uniform(*r["alpha"], size=(2, k + 1, k + 1, 4))}
-
-
-# ----------------------------------------------------------------------------- fields
+    else:
+        k = int(resolution) // 2
+        draws = [("coeff", r["alpha"], (2, k + 1, k + 1, 4))]
+    return {key: rng.uniform(*bounds, size=size) for key, bounds, size in draws}
 
 
 def _frac(z: np.ndarray) -> np.ndarray:
@@ -191,8 +146,7 @@ def _frac(z: np.ndarray) -> np.ndarray:
 
 def _interface_shift(a: np.ndarray, b: np.ndarray, x, y, offset: int, periodic: bool) -> np.ndarray:
     """sum_{i,j=1..p} a_ij sin(2 pi (i + offset) x + c (j + offset) y + b_ij), c = 1 or 2 pi."""
-    p = a.shape[0]
-    idx = np.arange(1, p + 1) + offset
+    idx = np.arange(1, a.shape[0] + 1) + offset
     cy = 2.0 * math.pi if periodic else 1.0
     phase = (
         2.0 * math.pi * idx[:, None, None, None] * x
@@ -214,49 +168,34 @@ def _region_labels(dataset: str, prm: dict, r: dict, res: int) -> np.ndarray:
     offset = 2 * p * p if dataset == "CE-RPUI" else 0
     sx = _interface_shift(prm["alpha_x"], prm["beta_x"], x, y, offset, r["periodic_interfaces"])
     sy = _interface_shift(prm["alpha_y"], prm["beta_y"], x, y, offset, r["periodic_interfaces"])
-    bands = p + 1
-    ix = np.clip(np.floor(bands * _frac(x + sx + 1.0)).astype(int), 0, p)
-    iy = np.clip(np.floor(bands * _frac(y + sy + 1.0)).astype(int), 0, p)
-    return iy * bands + ix
+    ix = np.clip(np.floor((p + 1) * _frac(x + sx + 1.0)).astype(int), 0, p)
+    iy = np.clip(np.floor((p + 1) * _frac(y + sy + 1.0)).astype(int), 0, p)
+    return iy * (p + 1) + ix
 
 
-def _euler_field(dataset, prm, r, res, dtype, device) -> torch.Tensor:
-    labels = torch.as_tensor(_region_labels(dataset, prm, r, res), device=device)
-    prim = [
-        torch.as_tensor(prm[key], dtype=torch.float64, device=device)[labels]
-        for key in ("rho", "vx", "vy", "pressure")
-    ]
-    return primitive_to_conserved(*prim, gamma=r["gamma"]).to(dtype)
-
-
-def _sines_field(prm, res, device) -> torch.Tensor:
-    m = prm["alpha"].shape[0]
-    i = np.arange(1, m + 1)
+def _sines_field(prm, r, res) -> np.ndarray:
+    i = np.arange(1, prm["alpha"].shape[0] + 1)
     amp = prm["alpha"] / np.sqrt(2.0 * math.pi * (i[:, None] + i[None, :]))  # [i, j]
     g = np.arange(res) / res
     ax = 2.0 * math.pi * i[:, None, None] * g[None, None, :] + prm["beta"][:, :, None]  # [i, j, x]
     ay = 2.0 * math.pi * i[None, :, None] * g[None, None, :] + prm["gamma"][:, :, None]  # [i, j, y]
-    u = np.einsum("ij,ijy,ijx->yx", amp, np.sin(ay), np.sin(ax))
-    v = np.einsum("ij,ijy,ijx->yx", amp, np.cos(ay), np.cos(ax))
-    return torch.as_tensor(np.stack((u, v)), device=device)
-
-
-def _periodic_gaussian_1d(centres: np.ndarray, sigma: np.ndarray, res: int) -> np.ndarray:
-    """`sum_n exp(-(s - c + n)^2 / (2 sigma^2))` `[m, R]` over images n = -1, 0, 1 of the
-    minimum-image offset (the next images are >= 1.5 away: < exp(-112) for sigma <= 0.1)."""
-    s = np.arange(res) / res
-    d = (s[None, :] - centres[:, None] + 0.5) % 1.0 - 0.5
-    return sum(np.exp(-((d + n) ** 2) / (2.0 * sigma[:, None] ** 2)) for n in (-1.0, 0.0, 1.0))
+    return np.stack((np.einsum("ij,ijy,ijx->yx", amp, np.sin(ay), np.sin(ax)),
+                     np.einsum("ij,ijy,ijx->yx", amp, np.cos(ay), np.cos(ax))))
 
 
 def gauss_vorticity(prm: dict, res: int) -> np.ndarray:
-    """Periodised vorticity `sum_i alpha_i / sigma_i exp(-|x - x_i|^2 / (2 sigma_i^2))` `[R, R]`."""
-    gx = _periodic_gaussian_1d(prm["xc"], prm["sigma"], res)
-    gy = _periodic_gaussian_1d(prm["yc"], prm["sigma"], res)
-    return np.einsum("m,my,mx->yx", prm["alpha"] / prm["sigma"], gy, gx)
+    """Periodised vorticity `sum_i alpha_i / sigma_i exp(-|x - x_i|^2 / (2 sigma_i^2))` `[R, R]`
+    (images n = -1, 0, 1 of the minimum-image offset; the next are < exp(-112) for sigma <= 0.1)."""
+    s = np.arange(res) / res
+
+    def gaussian(centres):  # [m, R]
+        d = (s[None, :] - centres[:, None] + 0.5) % 1.0 - 0.5
+        return sum(np.exp(-((d + n) ** 2) / (2.0 * prm["sigma"][:, None] ** 2)) for n in (-1.0, 0.0, 1.0))
+
+    return np.einsum("m,my,mx->yx", prm["alpha"] / prm["sigma"], gaussian(prm["yc"]), gaussian(prm["xc"]))
 
 
-def _bb_field(prm, r, res, device) -> torch.Tensor:
+def _bb_field(prm, r, res) -> np.ndarray:
     coeff = prm["coeff"]  # [2, K+1, K+1, 4]
     k = np.arange(coeff.shape[1])
     knorm = np.hypot(k[:, None], k[None, :])
@@ -267,33 +206,24 @@ def _bb_field(prm, r, res, device) -> torch.Tensor:
     fac[0, 0] = 0.0
     g = 2.0 * math.pi * k[:, None] * (np.arange(res) / res)[None, :]  # [k, grid]
     c, s = np.cos(g), np.sin(g)
+    bases = ((c, c), (s, c), (c, s), (s, s))  # (along y, along x) of (cc, cs, sc, ss)
     comps = []
     for d in range(2):
         a = coeff[d] * fac[:, :, None]  # [k1 (x), k2 (y), 4]
-        u = (
-            np.einsum("ab,by,ax->yx", a[..., 0], c, c)
-            + np.einsum("ab,by,ax->yx", a[..., 1], s, c)
-            + np.einsum("ab,by,ax->yx", a[..., 2], c, s)
-            + np.einsum("ab,by,ax->yx", a[..., 3], s, s)
-        )
-        comps.append(u)
-    return torch.as_tensor(np.stack(comps), device=device)
-
-
-# ----------------------------------------------------------------------------- public sampler
+        terms = [np.einsum("ab,by,ax->yx", a[..., i], *basis) for i, basis in enumerate(bases)]
+        comps.append(terms[0] + terms[1] + terms[2] + terms[3])
+    return np.stack(comps)
 
 
 def sample(dataset: str, n: int, resolution: int, *, seed: int, dtype: torch.dtype = torch.float64,
            start: int = 0, device=None, progress: bool = False, **ranges) -> torch.Tensor:
     """`n` initial conditions of `dataset` on an R x R grid -> `[n, C, R, R]` (`dtype`, `device`).
 
-    CE data sets: C = 4 conserved `(rho, rho vx, rho vy, E)`. NS data sets: C = 2 divergence-free
-    velocity (NS-BB: the t = 0 state after evolving from t = -0.5). Samples `start .. start+n-1`
-    of the stream defined by `seed`: `sample(.., n=a+b, seed=s)` equals the concatenation of
-    `sample(.., n=a, seed=s)` and `sample(.., n=b, seed=s, start=a)`.
-    `ranges`: keyword overrides of `DEFAULT_RANGES[dataset]` (unknown keys raise InputError).
+    CE: C = 4 conserved `(rho, rho vx, rho vy, E)`; NS: C = 2 divergence-free velocity (NS-BB:
+    the t = 0 state after evolving from t = -0.5). Samples `start .. start+n-1` of the stream of
+    `seed`. `ranges`: overrides of `DEFAULT_RANGES[dataset]` (unknown keys raise InputError).
     """
-    dataset = _check_dataset(dataset)
+    dataset = one_of(dataset, DEFAULT_RANGES, "dataset")
     n = positive_int(n, "n")
     resolution = positive_int(resolution, "resolution")
     seed = positive_int(seed, "seed", minimum=0)
@@ -310,14 +240,16 @@ def sample(dataset: str, n: int, resolution: int, *, seed: int, dtype: torch.dty
     for index in tqdm(range(start, start + n), disable=not progress, desc=dataset, leave=False):
         prm = _draw(dataset, _rng(seed, dataset, index), r, resolution)
         if dataset.startswith("CE"):
-            fields.append(_euler_field(dataset, prm, r, resolution, dtype, device))
-        elif dataset == "NS-Sines":
-            fields.append(_sines_field(prm, resolution, device))
+            labels = torch.as_tensor(_region_labels(dataset, prm, r, resolution), device=device)
+            prim = [torch.as_tensor(prm[key], dtype=torch.float64, device=device)[labels]
+                    for key in ("rho", "vx", "vy", "pressure")]
+            fields.append(primitive_to_conserved(*prim, gamma=r["gamma"]).to(dtype))
         elif dataset == "NS-Gauss":
             w = torch.as_tensor(gauss_vorticity(prm, resolution), device=device)
             fields.append(navier_stokes.velocity_from_vorticity(w))
         else:
-            fields.append(_bb_field(prm, r, resolution, device))
+            make = _sines_field if dataset == "NS-Sines" else _bb_field
+            fields.append(torch.as_tensor(make(prm, r, resolution), device=device))
     out = torch.stack(fields)
     if dataset.startswith("CE"):
         return out
@@ -333,15 +265,11 @@ def sample(dataset: str, n: int, resolution: int, *, seed: int, dtype: torch.dty
     return out.to(dtype)
 
 
-# ----------------------------------------------------------------------------- vacuum check
-
-
 def worst_star_pressure(dataset: str = "CE-RP", **ranges) -> tuple[float, float]:
-    """Worst 1D Riemann problem between two regions of `dataset` with the given ranges:
-    both states at the lowest pressure and highest density, normal velocities at the two
-    ends of the range (two receding rarefactions). Returns `(p_star, p_min)`; `p_star = 0`
-    means the ranges can generate vacuum. Two-rarefaction formula (Toro, eq. 4.46)."""
-    dataset = _check_dataset(dataset)
+    """Worst 1D Riemann problem between two regions of `dataset`: both states at the lowest
+    pressure and highest density, normal velocities at the two ends of the range (two receding
+    rarefactions, Toro eq. 4.46). Returns `(p_star, p_min)`; `p_star = 0`: vacuum possible."""
+    dataset = one_of(dataset, DEFAULT_RANGES, "dataset")
     if not dataset.startswith("CE"):
         raise InputError(f"dataset: {dataset} is not a compressible Euler data set")
     r = _resolve_ranges(dataset, ranges)

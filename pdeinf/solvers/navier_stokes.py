@@ -2,24 +2,15 @@
 
     u_t + (u . grad) u + grad p = D u,    div u = 0,
 
-with D either the Laplacian `nu * Lap` or PDEGym/azeban's smooth-cutoff spectral viscosity.
+with D the Laplacian `nu * Lap` or PDEGym/azeban's smooth-cutoff spectral viscosity.
+Fourier pseudo-spectral: the state is `torch.fft.rfft2(v, norm="forward")`; the advection
+`div(u u^T)` is dealiased by the 3/2 rule and Leray-projected, so the velocity stays
+divergence-free to round-off. Integrating-factor SSP-RK3 (L exact), with a CFL-adaptive step
+`dt * max(|u| / dx + |v| / dy) = cfl` per batch member (a sample's trajectory does not depend
+on its batch), cut to land exactly on every output time.
 
-Method: Fourier pseudo-spectral. The state is the real-FFT coefficient array of the velocity,
-`torch.fft.rfft2(v, norm="forward")` (so coefficients do not depend on the grid size). The
-advection term is evaluated in divergence form `div(u u^T)` with exact 3/2-rule dealiasing
-(zero padding to a grid of ceil(3N/2) points per axis), then Leray-projected, so the velocity
-stays divergence-free to round-off. Time stepping: SSP-RK3 (Shu-Osher) applied to the
-integrating-factor variable `exp(-L t) u_hat`, which treats the (diagonal) viscous operator L
-exactly. The step is CFL-adaptive, `dt * max(|u| / dx + |v| / dy) = cfl`, chosen separately
-for every batch member (so a sample's trajectory does not depend on what it is batched with),
-and cut to land exactly on every output time.
-
-Layout: velocity `[B, 2, H, W]` = (u, v) = (x-, y-component); x runs along W (the last axis),
-y along H. The domain `(Lx, Ly)` is `[0, Lx) x [0, Ly)`, grid points at `(i dx, j dy)` with
-`dx = Lx / W`, `dy = Ly / H`. Physical wavenumbers `k = 2 pi m / L` with integer mode numbers m.
-
-The initial field is projected onto divergence-free fields with no Nyquist modes (for even
-H or W the Nyquist row/column carries no well-defined derivative); the mean flow is kept.
+Layout: velocity `[B, 2, H, W]` = (u, v), x along W, y along H; domain `[0, Lx) x [0, Ly)`,
+grid points `(i dx, j dy)`. The initial field is projected (Nyquist modes removed, mean kept).
 """
 
 from __future__ import annotations
@@ -48,9 +39,6 @@ _MAX_IF_EXPONENT = 40.0
 
 class SolverError(NumericalError):
     """The solution became non-finite (blow-up) or needed more steps than allowed."""
-
-
-# ----------------------------------------------------------------------------- spectral grid
 
 
 class _Grid:
@@ -106,13 +94,6 @@ class _Grid:
         return torch.fft.irfft2(vh, s=(self.h, self.w), norm="forward")
 
 
-def _grid_for(v: torch.Tensor, domain) -> _Grid:
-    return _Grid(v.shape[-2], v.shape[-1], domain, v.dtype, v.device)
-
-
-# ----------------------------------------------------------------------------- validation
-
-
 def _check_field(v, name: str, channels: int | None) -> torch.Tensor:
     if not isinstance(v, torch.Tensor):
         raise InputError(f"{name}: expected a torch.Tensor, got {type(v).__name__}")
@@ -127,42 +108,40 @@ def _check_field(v, name: str, channels: int | None) -> torch.Tensor:
     return v
 
 
-# ----------------------------------------------------------------------------- diagnostics
+def _spectrum(v: torch.Tensor, domain, name: str = "v", channels: int | None = 2):
+    """`(grid, rfft2 coefficients)` of a checked field."""
+    v = _check_field(v, name, channels)
+    grid = _Grid(v.shape[-2], v.shape[-1], check_domain(domain), v.dtype, v.device)
+    return grid, torch.fft.rfft2(v, norm="forward")
 
 
 def project(v: torch.Tensor, domain=(1.0, 1.0)) -> torch.Tensor:
     """Divergence-free (Leray) projection of `v` `[..., 2, H, W]`; keeps the mean flow and
-    removes Nyquist modes. Same shape and dtype."""
-    v = _check_field(v, "v", 2)
-    g = _grid_for(v, check_domain(domain))
-    return g.to_physical(g.project(torch.fft.rfft2(v, norm="forward")))
+    removes Nyquist modes."""
+    g, vh = _spectrum(v, domain)
+    return g.to_physical(g.project(vh))
 
 
 def divergence(v: torch.Tensor, domain=(1.0, 1.0)) -> torch.Tensor:
     """Spectral `du/dx + dv/dy` of `v` `[..., 2, H, W]` -> `[..., H, W]` (1/length units)."""
-    v = _check_field(v, "v", 2)
-    g = _grid_for(v, check_domain(domain))
-    vh = torch.fft.rfft2(v, norm="forward") * g.keep
+    g, vh = _spectrum(v, domain)
+    vh = vh * g.keep
     return g.to_physical(1j * (g.kx * vh[..., 0, :, :] + g.ky * vh[..., 1, :, :]))
 
 
 def vorticity(v: torch.Tensor, domain=(1.0, 1.0)) -> torch.Tensor:
     """Spectral `dv/dx - du/dy` of `v` `[..., 2, H, W]` -> `[..., H, W]`."""
-    v = _check_field(v, "v", 2)
-    g = _grid_for(v, check_domain(domain))
-    vh = torch.fft.rfft2(v, norm="forward") * g.keep
+    g, vh = _spectrum(v, domain)
+    vh = vh * g.keep
     return g.to_physical(1j * (g.kx * vh[..., 1, :, :] - g.ky * vh[..., 0, :, :]))
 
 
 def velocity_from_vorticity(w: torch.Tensor, domain=(1.0, 1.0)) -> torch.Tensor:
     """Zero-mean divergence-free velocity `[..., 2, H, W]` whose vorticity is `w` `[..., H, W]`
-    minus its mean: solve `-Lap psi = w` (mean mode removed), `u = dpsi/dy`, `v = -dpsi/dx`.
-    Nyquist modes of `w` are dropped."""
-    w = _check_field(w, "w", None)
-    g = _Grid(w.shape[-2], w.shape[-1], check_domain(domain), w.dtype, w.device)
-    psi = torch.fft.rfft2(w, norm="forward") * g.inv_k2 * g.keep
-    vh = torch.stack((1j * g.ky * psi, -1j * g.kx * psi), dim=-3)
-    return g.to_physical(vh)
+    minus its mean (`-Lap psi = w`, `u = dpsi/dy`, `v = -dpsi/dx`; Nyquist modes dropped)."""
+    g, wh = _spectrum(w, domain, "w", None)
+    psi = wh * g.inv_k2 * g.keep
+    return g.to_physical(torch.stack((1j * g.ky * psi, -1j * g.kx * psi), dim=-3))
 
 
 def kinetic_energy(v: torch.Tensor) -> torch.Tensor:
@@ -173,9 +152,6 @@ def kinetic_energy(v: torch.Tensor) -> torch.Tensor:
 def enstrophy(v: torch.Tensor, domain=(1.0, 1.0)) -> torch.Tensor:
     """Mean enstrophy `0.5 <omega^2>` of `[..., 2, H, W]` -> `[...]`."""
     return 0.5 * (vorticity(v, domain) ** 2).mean(dim=(-2, -1))
-
-
-# ----------------------------------------------------------------------------- operators
 
 
 def linear_operator(h: int, w: int, *, domain=(1.0, 1.0), nu: float = 4e-4,
@@ -213,51 +189,21 @@ def _advection(g: _Grid, vh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return rhs, rate.to(torch.float64)
 
 
-# ----------------------------------------------------------------------------- driver
-
-
 def solve(v0: torch.Tensor, t_out: Sequence[float], *, nu: float = 4e-4,
           domain: tuple[float, float] = (1.0, 1.0), viscosity: str = "laplacian", cfl: float = 0.5,
           t0: float = 0.0, spectral_eps: float | None = None, max_dt: float | None = None,
           max_steps: int = 10_000_000, progress: bool = True) -> torch.Tensor:
     """Evolve the velocity `v0` `[B, 2, H, W]` (x along W, y along H) from time `t0` to `t_out`.
 
-    `nu`: kinematic viscosity of the plain Laplacian (`viscosity="laplacian"`, nu = 0 is the
-    Euler equations). `viscosity="spectral"`: azeban's smooth-cutoff spectral viscosity (see
-    `linear_operator`; `nu` is then ignored, `spectral_eps` overrides eps_N = 0.05 / N).
-    `domain = (Lx, Ly)`: periodic box lengths. `cfl`: Courant number
-    `dt * max(|u| / dx + |v| / dy)`, per batch member. `max_dt` optionally caps the step.
-    `t_out`: strictly increasing times `>= t0` (time units of `domain` / velocity).
-    `v0` is first projected to be divergence-free (Nyquist modes removed, mean flow kept);
-    an output at `t0` is that projected field.
+    `nu`: kinematic viscosity of the Laplacian (`viscosity="laplacian"`; 0 is Euler).
+    `viscosity="spectral"`: azeban's smooth-cutoff viscosity (`linear_operator`; `nu` unused,
+    `spectral_eps` overrides eps_N = 0.05 / N). `domain = (Lx, Ly)`: periodic box lengths.
+    `cfl`: Courant number `dt * max(|u| / dx + |v| / dy)` per member; `max_dt` caps the step.
+    `t_out`: strictly increasing times `>= t0`; an output at `t0` is the projected `v0`.
 
     Returns `[B, len(t_out), 2, H, W]` in the dtype/device of `v0`. Raises InputError on bad
     arguments and SolverError if the solution turns non-finite.
     """
-    v0, domain, t0, times, cfl, max_dt, nu = _check_solve_arguments(v0, t_out, domain, t0, cfl,
-                                                                     max_dt, nu)
-    lin = linear_operator(v0.shape[-2], v0.shape[-1], domain=domain, nu=nu, viscosity=viscosity,
-                          spectral_eps=spectral_eps, dtype=v0.dtype, device=v0.device)
-    b, _, h, w = v0.shape
-    g = _grid_for(v0, domain)
-    vh = g.project(torch.fft.rfft2(v0, norm="forward"))
-    stiff = float(lin.abs().max())
-    dt_cap = min(max_dt or math.inf, 2.0 * _MAX_IF_EXPONENT / stiff if stiff > 0 else math.inf)
-    out = torch.empty((b, len(times), 2, h, w), dtype=v0.dtype, device=v0.device)
-    clock = _Clock(torch.full((b,), t0, dtype=torch.float64, device=v0.device), max_steps,
-                   tqdm(total=float(times[-1] - t0), disable=not progress, unit="t",
-                        desc="navier-stokes", leave=False), t0)
-    try:
-        for k, target in enumerate(times):
-            vh = _advance_to(g, vh, lin, float(target), clock, cfl=cfl, dt_cap=dt_cap)
-            out[:, k] = _finite_field(g, vh, float(target))
-    finally:
-        clock.bar.close()
-    return out
-
-
-def _check_solve_arguments(v0, t_out, domain, t0, cfl, max_dt, nu):
-    """The checked `(v0, domain, t0, times, cfl, max_dt, nu)` of `solve` (InputError otherwise)."""
     v0 = _check_field(v0, "v0", 2)
     if v0.ndim != 4:
         raise InputError(f"v0: expected shape [B, 2, H, W], got {tuple(v0.shape)}")
@@ -270,55 +216,48 @@ def _check_solve_arguments(v0, t_out, domain, t0, cfl, max_dt, nu):
     if max_dt is not None:
         max_dt = finite_float(max_dt, "max_dt", positive=True)
     nu = finite_float(nu, "nu", minimum=0.0)
-    return v0, domain, t0, times, cfl, max_dt, nu
-
-
-class _Clock:
-    """Per-member times `t` `[B]`, the step count against `max_steps`, and the progress bar."""
-
-    def __init__(self, t, max_steps: int, bar, shown: float):
-        self.t, self.max_steps, self.bar, self.shown, self.steps = t, max_steps, bar, shown, 0
-
-    def tick(self) -> None:
-        self.steps += 1
-        if self.steps > self.max_steps:
-            raise SolverError(f"navier_stokes.solve: more than max_steps={self.max_steps} steps "
-                              f"by t={float(self.t.min()):.6g}")
-        t_min = float(self.t.min())
-        self.bar.update(t_min - self.shown)
-        self.shown = t_min
-
-
-def _advance_to(g: _Grid, vh, lin, target: float, clock: _Clock, *, cfl: float, dt_cap: float):
-    """CFL-adaptive IF-SSPRK3 steps until every member reaches `target` exactly."""
-    while bool((clock.t < target).any()):
-        rhs0, rate = _advection(g, vh)
-        if not bool(torch.isfinite(rate).all()):
-            member = int(torch.nonzero(~torch.isfinite(rate))[0])
-            raise SolverError(f"navier_stokes.solve: non-finite velocity near "
-                              f"t={float(clock.t[member]):.6g} in batch member {member}")
-        remaining = target - clock.t
-        dt_cfl = torch.where(rate > 0, cfl / rate.clamp_min(1e-300), math.inf).clamp_max(dt_cap)
-        last = dt_cfl >= remaining
-        # two equal steps instead of a sliver at the end of an output interval
-        halve = ~last & (2.0 * dt_cfl >= remaining)
-        dt = torch.where(last, remaining, torch.where(halve, 0.5 * remaining, dt_cfl))
-        dt = torch.where(remaining > 0, dt, torch.zeros_like(dt))
-        vh = _if_ssprk3_step(g, vh, rhs0, lin, dt)
-        clock.t = torch.where(last, torch.full_like(clock.t, target), clock.t + dt)
-        clock.tick()
-    return vh
-
-
-def _finite_field(g: _Grid, vh, target: float) -> torch.Tensor:
-    """The physical velocity at an output time; SolverError naming a non-finite member."""
-    field = g.to_physical(vh)
-    bad = ~torch.isfinite(field).flatten(1).all(dim=1)
-    if bool(bad.any()):
-        member = int(torch.nonzero(bad)[0])
-        raise SolverError(f"navier_stokes.solve: non-finite velocity at t={target:.6g} "
-                          f"in batch member {member}")
-    return field
+    lin = linear_operator(v0.shape[-2], v0.shape[-1], domain=domain, nu=nu, viscosity=viscosity,
+                          spectral_eps=spectral_eps, dtype=v0.dtype, device=v0.device)
+    b, _, h, w = v0.shape
+    g = _Grid(h, w, domain, v0.dtype, v0.device)
+    vh = g.project(torch.fft.rfft2(v0, norm="forward"))
+    stiff = float(lin.abs().max())
+    dt_cap = min(max_dt or math.inf, 2.0 * _MAX_IF_EXPONENT / stiff if stiff > 0 else math.inf)
+    out = torch.empty((b, len(times), 2, h, w), dtype=v0.dtype, device=v0.device)
+    t = torch.full((b,), t0, dtype=torch.float64, device=v0.device)  # per member
+    steps, shown = 0, t0
+    bar = tqdm(total=float(times[-1] - t0), disable=not progress, unit="t", desc="navier-stokes", leave=False)
+    try:
+        for k, target in enumerate(times.tolist()):
+            while bool((t < target).any()):
+                rhs0, rate = _advection(g, vh)
+                if not bool(torch.isfinite(rate).all()):
+                    member = int(torch.nonzero(~torch.isfinite(rate))[0])
+                    raise SolverError(f"navier_stokes.solve: non-finite velocity near "
+                                      f"t={float(t[member]):.6g} in batch member {member}")
+                remaining = target - t
+                dt_cfl = torch.where(rate > 0, cfl / rate.clamp_min(1e-300), math.inf).clamp_max(dt_cap)
+                last = dt_cfl >= remaining
+                # two equal steps instead of a sliver at the end of an output interval
+                halve = ~last & (2.0 * dt_cfl >= remaining)
+                dt = torch.where(last, remaining, torch.where(halve, 0.5 * remaining, dt_cfl))
+                dt = torch.where(remaining > 0, dt, torch.zeros_like(dt))
+                vh = _if_ssprk3_step(g, vh, rhs0, lin, dt)
+                t = torch.where(last, torch.full_like(t, target), t + dt)
+                steps += 1
+                if steps > max_steps:
+                    raise SolverError(f"navier_stokes.solve: more than max_steps={max_steps} steps "
+                                      f"by t={float(t.min()):.6g}")
+                bar.update(float(t.min()) - shown)
+                shown = float(t.min())
+            out[:, k] = g.to_physical(vh)
+            bad = ~torch.isfinite(out[:, k]).flatten(1).all(dim=1)
+            if bool(bad.any()):
+                raise SolverError(f"navier_stokes.solve: non-finite velocity at t={target:.6g} "
+                                  f"in batch member {int(torch.nonzero(bad)[0])}")
+    finally:
+        bar.close()
+    return out
 
 
 def _if_ssprk3_step(g: _Grid, vh, rhs0, lin, dt):

@@ -1,9 +1,5 @@
-"""Exact solution of the 1D Riemann problem for the ideal-gas Euler equations.
-
-Follows Toro, "Riemann Solvers and Numerical Methods for Fluid Dynamics", ch. 4: a Newton
-iteration for the star-region pressure p* (root of f_L(p) + f_R(p) + u_R - u_L = 0), then
-sampling of the self-similar solution at x/t. Used as the reference for solver validation.
-"""
+"""Exact solution of the 1D ideal-gas Riemann problem (Toro, "Riemann Solvers and Numerical
+Methods for Fluid Dynamics", ch. 4), the reference of the Euler solver's validation."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -38,11 +34,9 @@ def _f_and_slope(p: float, rho_k: float, p_k: float, c_k: float, gamma: float) -
 
 
 def star_state(left, right, gamma: float = 1.4, *, tol: float = 1e-14, max_iter: int = 100):
-    """Star-region pressure and velocity `(p_star, u_star)` of the Riemann problem.
-
-    `left`, `right` are `(rho, u, p)`. Raises InputError when the data generate vacuum
-    (pressure positivity condition 2 (c_L + c_R) / (gamma - 1) <= u_R - u_L).
-    """
+    """Star-region `(p_star, u_star)` of the Riemann problem of `left`, `right` = `(rho, u, p)`
+    (Newton iteration on f_L(p) + f_R(p) + u_R - u_L = 0). InputError when the data generate
+    vacuum (2 (c_L + c_R) / (gamma - 1) <= u_R - u_L)."""
     gamma = float(gamma)
     if not np.isfinite(gamma) or gamma <= 1.0:
         raise InputError(f"gamma: must be a finite number > 1, got {gamma}")
@@ -76,12 +70,8 @@ def star_state(left, right, gamma: float = 1.4, *, tol: float = 1e-14, max_iter:
 
 
 def exact_riemann(left, right, x_over_t, gamma: float = 1.4):
-    """Exact self-similar solution of the Riemann problem at similarity coordinates `x/t`.
-
-    `left`, `right`: `(rho, u, p)` on either side of the initial discontinuity at x = 0.
-    `x_over_t`: array of any shape (units of velocity). Returns `(rho, u, p)` as float64
-    arrays of the same shape. Vacuum-generating data raise InputError.
-    """
+    """Exact self-similar solution `(rho, u, p)` (float64, shape of `x_over_t`) at `x/t` for the
+    states `left`, `right` = `(rho, u, p)` either side of x = 0. Vacuum raises InputError."""
     p_star, u_star = star_state(left, right, gamma)
     s = np.asarray(x_over_t, dtype=np.float64)
     if not np.all(np.isfinite(s)):
@@ -98,9 +88,8 @@ def exact_riemann(left, right, x_over_t, gamma: float = 1.4):
 
 
 def _left_wave(s, rho_k, u_k, p_k, p_star, u_star, g):
-    """`(rho, u, p)` at every `x/t = s` of the left state, the left wave (shock or rarefaction
-    fan, Toro section 4.4) and the star state on its right, as if nothing were beyond the
-    contact."""
+    """`(rho, u, p)` at `x/t = s` of the left state, its wave (shock or rarefaction fan, Toro
+    4.4) and the star state, as if nothing were beyond the contact."""
     c_k = np.sqrt(g * p_k / rho_k)
     ones = np.ones_like(s)
     state = (rho_k * ones, u_k * ones, p_k * ones)

@@ -1,10 +1,8 @@
 """Symmetry of PDE surrogates (follow-up, docs/method.md section 7): group actions (D4, circular
 shifts) on fields, the forward equivariance error, the Lie derivative (Gruver et al. 2023) and
 orbit influence (bras at transformed examples); `study` (one seed's whole study as a Dataset)
-and `summary` (the follow-up's aggregation and the verdict statistics).
-
-`actions` is pure tensor code (importable from training); the other modules sit above
-`pdeinf.influence` and are imported lazily.
+and `summary` (the follow-up's aggregation and the verdict statistics). `actions` is pure
+tensor code (importable from training); the others sit above `pdeinf.influence`, imported lazily.
 """
 from __future__ import annotations
 
@@ -19,15 +17,10 @@ from pdeinf.symmetry.actions import (
     inverse,
 )
 
-_LAZY = {
-    "equivariance_error": "pdeinf.symmetry.equivariance",
-    "aggregate_equivariance": "pdeinf.symmetry.equivariance",
-    "lie_derivative": "pdeinf.symmetry.lie",
-    "GENERATORS": "pdeinf.symmetry.lie",
-    "orbit_influence": "pdeinf.symmetry.orbit",
-    "symmetry_study": "pdeinf.symmetry.study",
-    "symmetry_findings": "pdeinf.symmetry.summary",
-}
+_LAZY = {name: f"pdeinf.symmetry.{module}" for module, names in (
+    ("equivariance", ("equivariance_error", "aggregate_equivariance")),
+    ("lie", ("lie_derivative", "GENERATORS")), ("orbit", ("orbit_influence",)),
+    ("study", ("symmetry_study",)), ("summary", ("symmetry_findings",))) for name in names}
 
 __all__ = [
     "CONVENTIONS", "ELEMENTS", "GENERATORS", "act", "aggregate_equivariance",

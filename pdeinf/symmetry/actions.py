@@ -1,27 +1,11 @@
-"""Group actions on fields `[..., C, H, W]` (x along W, y along H): D4 and circular shifts.
-
-Elements (docs/method.md section 7):
-
-- D4: `"e", "r", "r2", "r3", "s", "sr", "sr2", "sr3"`. `r` = `torch.rot90(u, 1, dims=(-2, -1))`
-  (grid point (y, x) -> (n-1-x, y)), `s` = flip along H ((y, x) -> (n-1-y, x)), and
-  `sr^k = s o r^k` (r^k first, then s).
-- Circular shifts `("shift", a, b)`: `torch.roll` by `a` along H and `b` along W.
-- Products of the two, `("affine", d4_name, a, b)` = shift(a, b) o d4_name, which `compose`
-  and `inverse` return when a rotation/reflection and a shift are mixed.
-
-Scalars only move: `(g.u)(p) = u(g^-1 p)`. Vector components move AND rotate/reflect with the
-grid: with `(v_H, v_W)` the components along H (y) and W (x), `r: (v_H, v_W) -> (-r(v_W), r(v_H))`
-and `s: v_H -> -s(v_H)`. Which model channel is a vector component along which axis comes from
-`pdeinf.config.pde_spec(pde).vector_axes`.
-
-Conventions: `"ours"` uses `vector_axes` as stored in the PDESpec (checked on the data by
-`axis_assignment_check` and tests/test_symmetry.py). `"authors"` reproduces the follow-up code
-(lanl/PDEHats `lie.jl`): the same grid operations on (H, W), but the first vector channel
-("vx": CE rho*vx, NS u) is treated as the component along the first array axis (H) and the
-second along W, i.e. the assignment swapped. With our data that equals the true action
-combined with `v -> -v` for r, r3, s, sr2 (and the true action for e, r2, sr, sr3).
-
-Only config and errors are imported (training may import this module).
+"""Group actions on fields `[..., C, H, W]` (x along W, y along H; docs/method.md section 7):
+D4 `ELEMENTS` (`r` = `torch.rot90(u, 1, dims=(-2, -1))`, `s` = flip along H, `sr^k = s o r^k`),
+circular shifts `("shift", a, b)` (`torch.roll` by a along H, b along W) and their products
+`("affine", d4_name, a, b)` = shift(a, b) o d4_name. Scalars move, `(g.u)(p) = u(g^-1 p)`;
+the vector components `(v_H, v_W)` of `pde_spec(pde).vector_axes` also rotate/reflect
+(`r: (v_H, v_W) -> (-r(v_W), r(v_H))`, `s: v_H -> -s(v_H)`). Convention `"authors"` reproduces
+the follow-up code (lanl/PDEHats `lie.jl`), which takes the first vector channel along H: with
+our data the true action times `v -> -v` for r, r3, s, sr2. Imports only config and errors.
 """
 from __future__ import annotations
 
@@ -41,10 +25,6 @@ __all__ = [
 
 ELEMENTS: tuple[str, ...] = ("e", "r", "r2", "r3", "s", "sr", "sr2", "sr3")
 CONVENTIONS: tuple[str, ...] = ("ours", "authors")
-
-# 2x2 matrices on (v_H, v_W) (equally on index displacements (dy, dx)).
-_R = ((0, -1), (1, 0))
-_S = ((-1, 0), (0, 1))
 
 
 @dataclass(frozen=True)
@@ -68,16 +48,11 @@ class _Affine:
         return ("affine", self.d4, self.a, self.b)
 
 
-def _matmul(p, q):
-    return tuple(tuple(sum(p[i][m] * q[m][j] for m in range(2)) for j in range(2)) for i in range(2))
-
-
 def _linear(k: int, f: int):
-    """Matrix of `s^f r^k` on (dy, dx) / (v_H, v_W)."""
-    m = ((1, 0), (0, 1))
-    for _ in range(k):
-        m = _matmul(_R, m)
-    return _matmul(_S, m) if f else m
+    """Integer matrix of `s^f r^k` on (dy, dx) / (v_H, v_W): r = ((0, -1), (1, 0)) and s
+    negates the first row."""
+    c, s = (1, 0, -1, 0)[k], (0, 1, 0, -1)[k]
+    return ((-c, s) if f else (c, -s), (s, c))
 
 
 def vector_matrix(element) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -94,54 +69,39 @@ def _int(value, what: str) -> int:
 
 def parse_element(element) -> _Affine:
     """Canonical form of a D4 name, `("shift", a, b)` or `("affine", name, a, b)`; InputError else."""
+    expected = f"expected one of {', '.join(ELEMENTS)}, ('shift', a, b) or ('affine', name, a, b)"
     if isinstance(element, _Affine):
         return element
     if isinstance(element, str):
         if element not in ELEMENTS:
-            raise InputError(
-                f"element: unknown group element {element!r}; expected one of {', '.join(ELEMENTS)}, "
-                "('shift', a, b) or ('affine', name, a, b)"
-            )
-        if element == "e":
-            return _Affine(0, 0)
+            raise InputError(f"element: unknown group element {element!r}; {expected}")
         f = int(element.startswith("s"))
         rest = element[f:]
-        k = 0 if rest == "" else (1 if rest == "r" else int(rest[1:]))
-        return _Affine(k, f)
+        return _Affine(0 if rest in ("", "e") else (1 if rest == "r" else int(rest[1:])), f)
     if isinstance(element, (tuple, list)) and element:
         if element[0] == "shift" and len(element) == 3:
             return _Affine(0, 0, _int(element[1], "shift a"), _int(element[2], "shift b"))
         if element[0] == "affine" and len(element) == 4 and element[1] in ELEMENTS:
             d = parse_element(element[1])
             return _Affine(d.k, d.f, _int(element[2], "shift a"), _int(element[3], "shift b"))
-    raise InputError(
-        f"element: cannot read {element!r}; expected one of {', '.join(ELEMENTS)}, "
-        "('shift', a, b) or ('affine', name, a, b)"
-    )
-
-
-def _compose(g: _Affine, h: _Affine) -> _Affine:
-    # T(t1) D1 T(t2) D2 = T(t1 + D1 t2) D1 D2, and s^f1 r^k1 s^f2 r^k2 = s^(f1+f2) r^((-1)^f2 k1 + k2)
-    m = _linear(g.k, g.f)
-    a = g.a + m[0][0] * h.a + m[0][1] * h.b
-    b = g.b + m[1][0] * h.a + m[1][1] * h.b
-    k = ((-g.k if h.f else g.k) + h.k) % 4
-    return _Affine(k, (g.f + h.f) % 2, a, b)
+    raise InputError(f"element: cannot read {element!r}; {expected}")
 
 
 def compose(g, h):
     """The element `g o h` (apply h first, then g): `act(act(u, h), g) == act(u, compose(g, h))`."""
-    return _compose(parse_element(g), parse_element(h)).element()
+    g, h = parse_element(g), parse_element(h)
+    # T(t1) D1 T(t2) D2 = T(t1 + D1 t2) D1 D2, and s^f1 r^k1 s^f2 r^k2 = s^(f1+f2) r^((-1)^f2 k1 + k2)
+    m = _linear(g.k, g.f)
+    a = g.a + m[0][0] * h.a + m[0][1] * h.b
+    b = g.b + m[1][0] * h.a + m[1][1] * h.b
+    return _Affine(((-g.k if h.f else g.k) + h.k) % 4, (g.f + h.f) % 2, a, b).element()
 
 
 def inverse(g):
     """The element `g^-1`: `act(act(u, g), inverse(g)) == u`."""
     p = parse_element(g)
-    # (T(t) D)^-1 = D^-1 T(-t) = T(-D^-1 t) D^-1; for D = s^f r^k, D^-1 = r^-k s^f = s^f r^((-1)^(f+1) k)
-    k_inv = p.k % 4 if p.f else (-p.k) % 4
-    d_inv = _Affine(k_inv, p.f)
-    m = _linear(d_inv.k, d_inv.f)
-    return _Affine(d_inv.k, d_inv.f, -(m[0][0] * p.a + m[0][1] * p.b), -(m[1][0] * p.a + m[1][1] * p.b)).element()
+    # (T(t) D)^-1 = D^-1 T(-t); for D = s^f r^k, D^-1 = r^-k s^f = s^f r^((-1)^(f+1) k)
+    return compose(_Affine(p.k % 4 if p.f else (-p.k) % 4, p.f), _Affine(0, 0, -p.a, -p.b))
 
 
 def resolve_spec(pde) -> PDESpec:
@@ -167,21 +127,16 @@ def vector_channels(pde, convention: str = "ours") -> tuple[int, int] | None:
     if len(along_h) != 1 or len(along_w) != 1 or len(axes) != 2:
         raise InputError(f"pde: {spec.name} vector_axes {axes} is not one component per grid axis")
     pair = (along_h[0], along_w[0])
-    if convention == "authors":
-        # the authors' "vx" (first vector channel) lies along the first array axis (H)
-        first, second = sorted(pair)
-        pair = (first, second)
-    return pair
+    # the authors' "vx" (first vector channel) lies along the first array axis (H)
+    return tuple(sorted(pair)) if convention == "authors" else pair
 
 
 def _check_field(u, spec: PDESpec) -> torch.Tensor:
     if not isinstance(u, torch.Tensor):
         raise InputError(f"u: expected a torch tensor [..., C, H, W], got {type(u).__name__}")
     if u.ndim < 3 or u.shape[-3] != spec.channels:
-        raise InputError(
-            f"u: expected shape [..., {spec.channels}, H, W] ({spec.name} channels "
-            f"{', '.join(spec.channel_names)}), got {tuple(u.shape)}"
-        )
+        raise InputError(f"u: expected shape [..., {spec.channels}, H, W] ({spec.name} channels "
+                         f"{', '.join(spec.channel_names)}), got {tuple(u.shape)}")
     return u
 
 
@@ -189,11 +144,12 @@ def check_batch(spec: PDESpec, inputs, targets=None, *, square: bool = False) ->
     """InputError unless `inputs` (and `targets`, of the same shape) are non-empty tensors
     `[N, C, H, W]` with the channels of `spec`; `square`: H == W too (rotations)."""
     for name, x in (("inputs", inputs), ("targets", targets)):
-        if name == "targets" and targets is None:
+        if x is None and name == "targets":
             continue
         if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != spec.channels:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise InputError(f"{name}: expected a tensor [N, {spec.channels}, H, W] for {spec.name}, got {shape}")
+            raise InputError(f"{name}: expected a tensor [N, {spec.channels}, H, W] for {spec.name}, "
+                             f"got {shape}")
     if targets is not None and inputs.shape != targets.shape:
         raise InputError(f"inputs {tuple(inputs.shape)} and targets {tuple(targets.shape)} differ in shape")
     if inputs.shape[0] == 0:
@@ -212,19 +168,15 @@ def mix_vector(u: torch.Tensor, pair: tuple[int, int], m) -> torch.Tensor:
 
 
 def act(u: torch.Tensor, element, *, pde, convention: str = "ours") -> torch.Tensor:
-    """`g . u` for `u` `[..., C, H, W]` (same shape, dtype, device; differentiable).
-
-    `element`: a D4 name (see ELEMENTS), `("shift", a, b)` or `("affine", name, a, b)`.
-    `pde`: "CE", "NS" or a PDESpec (its `vector_axes` say which channels rotate).
-    `convention`: "ours" or "authors" (module docstring). Rotations need H == W.
-    """
+    """`g . u` for `u` `[..., C, H, W]` (same shape, dtype, device; differentiable); `element`
+    a D4 name, `("shift", a, b)` or `("affine", name, a, b)`; `pde` "CE", "NS" or a PDESpec;
+    `convention` "ours" or "authors". Rotations need H == W."""
     g = parse_element(element)
     spec = resolve_spec(pde)
     pair = vector_channels(spec, convention)
-    u = _check_field(u, spec)
+    out = _check_field(u, spec)
     if g.k % 2 and u.shape[-1] != u.shape[-2]:
         raise InputError(f"u: rotation {g.d4!r} needs a square grid, got H x W = {tuple(u.shape[-2:])}")
-    out = u
     if g.k:
         out = torch.rot90(out, g.k, dims=(-2, -1))
     if g.f:
@@ -262,19 +214,11 @@ def _rms(x: torch.Tensor) -> float:
 
 def axis_assignment_check(u: torch.Tensor, pde, *, dt: float | None = None,
                           domain: tuple[float, float] = (1.0, 1.0)) -> dict[str, float]:
-    """Which stored component lies along which grid axis: relative residuals of the PDE's
-    kinematic constraint under the PDESpec assignment ("ours") and under the swap ("swapped").
-
-    - incompressible (no density channel, e.g. NS): `u` `[..., C, H, W]` velocity snapshots;
-      residual = rms(spectral div v) / rms(all four spectral first derivatives of v), with
-      `div v = d v_W / dx + d v_H / dy` (dimensionless; 0 for a divergence-free field).
-    - compressible (e.g. CE): `u` `[..., T, C, H, W]` a trajectory with T >= 2 snapshots `dt`
-      apart (conserved channels); residual of continuity, trapezoidal in time and central
-      second-order in space (shock-tolerant):
-      `r = (rho^{n+1} - rho^n) / dt + (div m^n + div m^{n+1}) / 2`,
-      reported as rms(r) / rms(d rho / dt) (0 up to discretisation error for the right pair).
-
-    `domain = (Lx, Ly)`. Returns `{"ours": float, "swapped": float}`.
+    """`{"ours": r, "swapped": r}`: relative residuals of the kinematic constraint with the
+    PDESpec's vector assignment and with its swap (0 up to discretisation for the right one).
+    Incompressible: `u` `[..., C, H, W]`, rms(spectral div v) / rms(the four derivatives).
+    Compressible: `u` `[..., T >= 2, C, H, W]` `dt` apart, continuity `(rho^{n+1} - rho^n) / dt
+    + (div m^n + div m^{n+1}) / 2` (central differences) over rms(d rho / dt). `domain=(Lx, Ly)`.
     """
     spec = resolve_spec(pde)
     pair = vector_channels(spec, "ours")
@@ -282,10 +226,10 @@ def axis_assignment_check(u: torch.Tensor, pde, *, dt: float | None = None,
         raise InputError(f"pde: {spec.name} has no vector channels to check")
     u = _check_field(u, spec)
     lx, ly = (float(d) for d in domain)
-    ch_h, ch_w = pair
-    out = {}
+    assignments = {"ours": pair, "swapped": pair[::-1]}
     if spec.density_channel is None:
-        for name, (a, b) in {"ours": (ch_h, ch_w), "swapped": (ch_w, ch_h)}.items():
+        out = {}
+        for name, (a, b) in assignments.items():
             v_h, v_w = u[..., a, :, :], u[..., b, :, :]
             derivatives = [_spectral_derivative(f, d, ln) for f in (v_h, v_w)
                            for d, ln in ((-1, lx), (-2, ly))]
@@ -299,7 +243,8 @@ def axis_assignment_check(u: torch.Tensor, pde, *, dt: float | None = None,
         raise InputError(f"u: expected a trajectory [..., T >= 2, C, H, W], got {tuple(u.shape)}")
     rho = u[..., spec.density_channel, :, :]
     drho = (rho[..., 1:, :, :] - rho[..., :-1, :, :]) / float(dt)
-    for name, (a, b) in {"ours": (ch_h, ch_w), "swapped": (ch_w, ch_h)}.items():
+    out = {}
+    for name, (a, b) in assignments.items():
         div = _central_difference(u[..., b, :, :], -1, lx) + _central_difference(u[..., a, :, :], -2, ly)
         residual = drho + 0.5 * (div[..., 1:, :, :] + div[..., :-1, :, :])
         out[name] = _rms(residual) / max(_rms(drho), 1e-300)

@@ -1,20 +1,13 @@
-"""Forward equivariance error of a one-step surrogate (follow-up, `err_eqv.jl`).
-
-Per example n and group element g:
-
-    rho_g[n] = SMSE(f(g.x_n), g.y_n) / SMSE(f(x_n), y_n)
-
-with SMSE from `pdeinf.training.loss` (its channel scales s_c taken from the target, so from
-g.y_n in the numerator). An exactly equivariant f gives 1 for every example and element
-(SMSE is invariant under the action: moving points and swapping / negating the vector
-components leaves the per-channel mean squares and their channel average unchanged).
-
-Aggregation (the follow-up's figures): per seed the third quartile over batches x examples,
-then over seeds the median (the point) and the quartiles (the bars).
+"""Forward equivariance error of a one-step surrogate (follow-up, `err_eqv.jl`): per example n
+and group element g, `rho_g[n] = SMSE(f(g.x_n), g.y_n) / SMSE(f(x_n), y_n)` (channel scales
+from the target, so from g.y_n in the numerator). An exactly equivariant f gives 1 (SMSE is
+invariant under the action). Aggregation as in the follow-up's figures: per seed Q3 over
+batches x examples, then over seeds the median and the quartiles.
 """
 from __future__ import annotations
 
 import torch
+import xarray as xr
 
 from pdeinf.errors import InputError, NumericalError
 from pdeinf.influence.gradients import cast_to_model
@@ -23,13 +16,6 @@ from pdeinf.symmetry.actions import act, check_batch, parse_element, resolve_spe
 from pdeinf.training.loss import smse
 
 __all__ = ["aggregate_equivariance", "equivariance_error", "smse_under"]
-
-
-@torch.no_grad()
-def _predict(model, x: torch.Tensor, chunk: int | None) -> torch.Tensor:
-    if chunk is None or chunk >= x.shape[0]:
-        return model(x)
-    return torch.cat([model(x[i:i + chunk]) for i in range(0, x.shape[0], chunk)])
 
 
 @keeps_model
@@ -42,46 +28,37 @@ def smse_under(model, inputs, targets, element, *, pde, convention: str = "ours"
     inputs, targets = cast_to_model(model, inputs, targets)
     gx = act(inputs, g, pde=spec, convention=convention)
     gy = act(targets, g, pde=spec, convention=convention)
-    return smse(_predict(model, gx, chunk), gy)
+    with torch.no_grad():
+        pred = model(gx) if chunk is None or chunk >= gx.shape[0] else \
+            torch.cat([model(gx[i:i + chunk]) for i in range(0, gx.shape[0], chunk)])
+    return smse(pred, gy)
 
 
 @keeps_model
 def equivariance_error(model, inputs: torch.Tensor, targets: torch.Tensor, element, *, pde,
                        convention: str = "ours", chunk: int | None = None) -> torch.Tensor:
-    """Relative SMSE `SMSE(f(g.x), g.y) / SMSE(f(x), y)` per example, `[N]` (dimensionless).
-
-    `model`: `[N, C, H, W] -> [N, C, H, W]` predicting the target (put it in eval mode).
-    `inputs`, `targets`: `[N, C, H, W]` transitions of `pde` ("CE", "NS" or a PDESpec).
-    `element`: a D4 name, `("shift", a, b)` or `("affine", name, a, b)` (see `act`).
-    `chunk`: examples per forward call (None: all at once). Inputs and targets are cast to
-    the model's real dtype, as in `hat_matrix`.
-
-    Meaning: rho = 1 for an exactly equivariant model. Near 1 does NOT mean equivariant when
-    SMSE(f(x), y) is dominated by the target (an untrained model predicting about zero has
-    rho ~ 1 whatever it does); compare the model's rho to that of its training start
-    (docs/models.md).
-    Raises NumericalError when a reference SMSE is zero or a value is not finite.
-    """
+    """`SMSE(f(g.x), g.y) / SMSE(f(x), y)` per example, `[N]`, of a model in eval mode on
+    transitions `[N, C, H, W]` of `pde` (cast to the model's real dtype), `chunk` examples per
+    forward call (None: all). Near 1 does NOT mean equivariant when SMSE(f(x), y) is dominated
+    by the target (compare with the training start, docs/models.md). NumericalError when a
+    reference SMSE is zero or a value is not finite."""
     moved = smse_under(model, inputs, targets, element, pde=pde, convention=convention, chunk=chunk)
     base = smse_under(model, inputs, targets, "e", pde=pde, chunk=chunk)  # act(u, "e") is u itself
     if not bool(torch.isfinite(base).all() & torch.isfinite(moved).all()):
         raise NumericalError("equivariance_error: non-finite SMSE (the model output has NaN/Inf)")
     if bool((base == 0).any()):
         bad = torch.nonzero(base == 0).flatten().tolist()[:10]
-        raise NumericalError(f"equivariance_error: SMSE(f(x), y) = 0 for example(s) {bad}; the ratio is undefined")
+        raise NumericalError(f"equivariance_error: SMSE(f(x), y) = 0 for example(s) {bad}; "
+                             "the ratio is undefined")
     return moved / base
 
 
 def aggregate_equivariance(errors, *, q: float = 0.75):
-    """Follow-up aggregation of ratios `errors` (xarray DataArray with dims seed, batch,
-    example, plus any others such as element): per seed the `q` quantile (default Q3) over
-    batch x example, then over seeds the median and the quartiles.
-
-    Returns an xarray Dataset with `per_seed` (dims seed, ...), `median`, `q1`, `q3`
-    (over seeds; the follow-up plots median with bars q1..q3) and `iqr` = q3 - q1.
+    """Follow-up aggregation of ratios `errors` (DataArray with dims seed, batch, example and
+    any others such as element): per seed the `q` quantile over batch x example, then over
+    seeds the median and the quartiles. Returns a Dataset with `per_seed` (seed, ...), and over
+    seeds `median`, `q1`, `q3` (the follow-up plots median with bars q1..q3), `iqr` = q3 - q1.
     """
-    import xarray as xr
-
     if not isinstance(errors, xr.DataArray):
         raise InputError(f"errors: expected an xarray DataArray, got {type(errors).__name__}")
     missing = {"seed", "batch", "example"} - set(errors.dims)

@@ -1,43 +1,18 @@
-"""Lie derivative of a surrogate (Gruver et al., ICLR 2023): the continuous, local counterpart
-of the equivariance error.
+"""Lie derivative of a surrogate (Gruver et al., ICLR 2023): `L f (x) = d/dt|_{t=0} g_t^{-1}
+f(g_t x)` (`[N, C, H, W]`, zero for an equivariant f), by forward-mode AD through smooth g_t:
 
-For a one-parameter group g_t acting on fields and a model f,
+- `"x"`, `"y"`: translation by t grid cells along W (x) or H (y), an exact Fourier (sub-pixel)
+  shift (the Nyquist mode of an even grid stays in place, so integer t equals `torch.roll`
+  except on that mode);
+- `"rotation"`: by t radians (t = pi/2 is the sense of `r`) about the grid centre by three
+  Fourier shears (Larkin et al. 1997), vector components rotated too; approximate on a
+  periodic grid (rows wrap; accuracy measured in tests/test_lie.py).
 
-    L f (x) = d/dt|_{t=0} g_t^{-1} f(g_t x)        (`[N, C, H, W]`, per example)
-
-is zero for an equivariant f. It is computed with forward-mode AD (`torch.func.jvp`) through
-a smooth implementation of g_t:
-
-- `"x"`, `"y"`: translation by t grid cells of the input along W (x) or H (y), as an exact
-  Fourier (sub-pixel) shift of the periodic grid: mode m is multiplied by exp(-i k_m t),
-  k_m = 2 pi m / n, with the Nyquist mode of an even grid left in place (so g_t is a real
-  one-parameter group for every t, and integer t equals `torch.roll` except on that mode).
-  A linear circular convolution commutes with it exactly.
-- `"rotation"`: rotation by t radians (t = pi/2 is the sense of `r`, `torch.rot90(., 1)`)
-  about the grid centre ((n-1)/2, (n-1)/2), by three Fourier shears
-  `R = Sx(tan t/2) Sy(-sin t) Sx(tan t/2)` (Larkin et al. 1997; each shear moves every row /
-  column by a sub-pixel Fourier shift), with vector components rotated by the same angle.
-  A rotation of a periodic field is only approximate: rows wrap around. Measured error
-  (tests/test_lie.py): rotating a centred anisotropic Gaussian bump (sigmas n/12, n/15) on
-  32 x 32 by pi/2 this way differs from `act(u, "r")` by 6e-7 of its maximum (max norm; the
-  shears smear the bump's 1e-8 tails across the wrap), and its generator matches the analytic
-  `X du/dY - Y du/dX` to 6e-8 relative. The two trade off with the
-  width: sigmas n/10, n/14 give 3e-8 and 8e-6 (tails reach the wrap).
-
-Units: translations per input grid cell, rotation per radian.
-
-Layer-wise decomposition (`layerwise=True`): for hooked modules M_i (default: every leaf
-module whose input and output are 4D fields), the contribution of M_i is the derivative at
-s = 0 of the model output when ONLY M_i is conjugated, `M_i -> g_s^{-1} M_i(g_s .)`:
-
-    c_i = J_{downstream of M_i} [ L M_i ]      (`[N, C, H, W]`)
-
-For a network that is a chain of the hooked modules these telescope to the total exactly
-(sum_i J_{>i} (J_i A h_{i-1} - A h_i) = J A x - A f(x)); operations outside hooked modules
-(functional activations, additions, resampling in `forward`) leave a `remainder` = total -
-sum(c_i), reported rather than hidden. Intermediate feature maps `[N, C', H', W']` are treated
-as scalar fields on their own grid (translation by t H'/H cells, rotation about their centre);
-the model's input and output carry the PDE's vector components.
+Layer-wise (`layerwise=True`): the contribution of a hooked module M_i is the derivative of the
+output when ONLY M_i is conjugated, `M_i -> g_s^{-1} M_i(g_s .)`; for a chain of hooked modules
+these telescope to the total, and operations outside them leave a `remainder`. Intermediate
+feature maps are scalar fields on their own grid (translation by t H'/H cells); only the
+model's input and output carry the PDE's vector components.
 """
 from __future__ import annotations
 
@@ -58,14 +33,6 @@ __all__ = ["GENERATORS", "LieDecomposition", "fourier_shift", "lie_derivative", 
 GENERATORS: tuple[str, ...] = ("x", "y", "rotation")
 
 
-def _wavenumbers(n: int, dtype, device) -> torch.Tensor:
-    """2 pi m / n for the rfft modes m = 0..n//2 (per grid cell), Nyquist set to 0."""
-    m = torch.arange(n // 2 + 1, dtype=dtype, device=device)
-    if n % 2 == 0:
-        m[-1] = 0.0
-    return (2 * math.pi / n) * m
-
-
 def fourier_shift(u: torch.Tensor, t, dim: int) -> torch.Tensor:
     """`u(. - t)` along `dim` on the periodic grid (content moves by +t cells, like
     `torch.roll(u, t, dim)` for integer t); `t` a scalar or a tensor broadcasting against `u`
@@ -73,37 +40,28 @@ def fourier_shift(u: torch.Tensor, t, dim: int) -> torch.Tensor:
     dim = dim % u.ndim
     n = u.shape[dim]
     t = torch.as_tensor(t, dtype=u.dtype, device=u.device)
-    k = _wavenumbers(n, u.dtype, u.device)
+    m = torch.arange(n // 2 + 1, dtype=u.dtype, device=u.device)  # the rfft modes
+    if n % 2 == 0:
+        m[-1] = 0.0  # the Nyquist mode stays in place
     shape = [1] * u.ndim
-    shape[dim] = k.numel()
-    k = k.reshape(shape)
+    shape[dim] = m.numel()
+    k = ((2 * math.pi / n) * m).reshape(shape)  # per grid cell
     phase = torch.polar(torch.ones_like(k * t), -(k * t))
     return torch.fft.irfft(torch.fft.rfft(u, dim=dim) * phase, n=n, dim=dim)
 
 
-def _coordinate(n: int, dim: int, ndim: int, dtype, device) -> torch.Tensor:
-    """Centred index coordinate i - (n-1)/2 along `dim`, shaped to broadcast in `ndim` dims."""
-    c = torch.arange(n, dtype=dtype, device=device) - (n - 1) / 2
-    shape = [1] * ndim
-    shape[dim % ndim] = n
-    return c.reshape(shape)
-
-
 def rotate(u: torch.Tensor, theta, *, pair: tuple[int, int] | None = None) -> torch.Tensor:
-    """Rotate `u` `[..., C, H, W]` (H == W) by `theta` radians about the grid centre, by three
-    Fourier shears; `pair` = (channel along H, channel along W) of a vector to rotate too
-    (None: every channel a scalar). `theta = pi/2` approximates `torch.rot90(u, 1, (-2, -1))`.
-
-    In centred index coordinates (Y, X), the point map is (Y, X) -> (Y cos - X sin,
-    X cos + Y sin) and `(g u)(p) = M u(R^-1 p)`. Shear fields: `Sx(a) u (Y, X) = u(Y, X - a Y)`,
-    `Sy(b) u (Y, X) = u(Y - b X, X)`; `R = Sx(tan t/2) Sy(-sin t) Sx(tan t/2)`."""
+    """Rotate `u` `[..., C, H, W]` (H == W) by `theta` radians about the grid centre by the
+    Fourier shears `Sx(tan t/2) Sy(-sin t) Sx(tan t/2)`, `Sx(a) u (Y, X) = u(Y, X - a Y)`;
+    `pair` = (channel along H, channel along W) of a vector to rotate too (None: scalars only).
+    `theta = pi/2` approximates `torch.rot90(u, 1, (-2, -1))`."""
     if u.shape[-1] != u.shape[-2]:
         raise InputError(f"u: rotation needs a square grid, got H x W = {tuple(u.shape[-2:])}")
     theta = torch.as_tensor(theta, dtype=u.dtype, device=u.device)
     alpha, beta = torch.tan(theta / 2), -torch.sin(theta)
     n = u.shape[-1]
-    rows = _coordinate(n, -2, u.ndim, u.dtype, u.device)  # Y, varies along H
-    cols = _coordinate(n, -1, u.ndim, u.dtype, u.device)  # X, varies along W
+    centred = torch.arange(n, dtype=u.dtype, device=u.device) - (n - 1) / 2
+    rows, cols = centred[:, None], centred  # Y varies along H, X along W
     out = fourier_shift(u, alpha * rows, -1)
     out = fourier_shift(out, beta * cols, -2)
     out = fourier_shift(out, alpha * rows, -1)
@@ -122,12 +80,6 @@ def transform(u: torch.Tensor, t, generator: str, *, pair: tuple[int, int] | Non
     dim = -1 if generator == "x" else -2
     scale = 1.0 if reference is None else u.shape[dim] / reference
     return fourier_shift(u, t * scale if scale != 1.0 else t, dim)
-
-
-def _check_generator(generator: str) -> str:
-    if generator not in GENERATORS:
-        raise InputError(f"generator: unknown {generator!r}; expected one of {', '.join(GENERATORS)}")
-    return generator
 
 
 @dataclass
@@ -151,28 +103,19 @@ def rms(field_: torch.Tensor) -> torch.Tensor:
     return field_.pow(2).flatten(1).mean(dim=1).sqrt()
 
 
-def _jvp_t(function, dtype, device, support: _grad.FuncSupport | None = None) -> torch.Tensor:
+def _jvp_t(function, dtype, device, support: _grad.FuncSupport) -> torch.Tensor:
     """`d function(t) / dt` at t = 0 by forward mode; where the model has an operation without
     a forward-mode rule, by double backward (exact), with one warning per `support`."""
     t0 = torch.zeros((), dtype=dtype, device=device)
-    if support is None or support.forward_mode:
-        try:
-            _, tangent = torch.func.jvp(function, (t0,), (torch.ones_like(t0),))
-            return tangent.detach()
-        except _grad.TRACE_ERRORS as err:
-            if support is None:
-                raise
-            support.forward_mode = False
-            support.fall_back("jvp", err)
-    return _grad.double_backward_jvp(function, [t0], [torch.ones_like(t0)])
-
-
-def _check(model, inputs, spec, generator) -> None:
-    if not isinstance(model, torch.nn.Module):
-        raise InputError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-    check_batch(spec, inputs, square=generator == "rotation")
-    if not inputs.is_floating_point():
-        raise InputError(f"inputs: expected floating-point values, got {inputs.dtype}")
+    with _grad.math_attention():
+        if support.forward_mode:
+            try:
+                _, tangent = torch.func.jvp(function, (t0,), (torch.ones_like(t0),))
+                return tangent.detach()
+            except _grad.TRACE_ERRORS as err:
+                support.forward_mode = False
+                support.fall_back("jvp", err)
+        return _grad.double_backward_jvp(function, [t0], [torch.ones_like(t0)])
 
 
 def _default_layers(model: torch.nn.Module, inputs: torch.Tensor) -> list[str]:
@@ -193,18 +136,19 @@ def _default_layers(model: torch.nn.Module, inputs: torch.Tensor) -> list[str]:
 def lie_derivative(model: torch.nn.Module, inputs: torch.Tensor, generator: str, *, pde,
                    layerwise: bool = False, layers: Sequence[str] | None = None,
                    convention: str = "ours"):
-    """Lie derivative `d/dt g_t^{-1} f(g_t x)` at t = 0, per example `[N, C, H, W]`.
-
-    `model`: `[N, C, H, W] -> [N, C, H, W]` in eval mode. `inputs`: `[N, C, H, W]` of `pde`
-    ("CE", "NS" or a PDESpec; its vector channels rotate under "rotation"). `generator`:
-    "x", "y" (per grid cell) or "rotation" (per radian). `layerwise=True` returns a
-    `LieDecomposition` (module docstring) over `layers` (module names; default every leaf
-    module with 4D input and output), else the total tensor.
-    """
-    generator = _check_generator(generator)
+    """`d/dt g_t^{-1} f(g_t x)` at t = 0 `[N, C, H, W]` of a model in eval mode at `inputs`
+    `[N, C, H, W]` of `pde`, for `generator` "x", "y" (per grid cell) or "rotation" (per
+    radian). `layerwise=True`: a `LieDecomposition` over `layers` (module names; default every
+    leaf module with 4D input and output)."""
+    if generator not in GENERATORS:
+        raise InputError(f"generator: unknown {generator!r}; expected one of {', '.join(GENERATORS)}")
     spec = resolve_spec(pde)
     pair = vector_channels(spec, convention)
-    _check(model, inputs, spec, generator)
+    if not isinstance(model, torch.nn.Module):
+        raise InputError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    check_batch(spec, inputs, square=generator == "rotation")
+    if not inputs.is_floating_point():
+        raise InputError(f"inputs: expected floating-point values, got {inputs.dtype}")
     (x,) = _grad.cast_to_model(model, inputs.detach())
     n_ref = x.shape[-1] if generator == "x" else x.shape[-2]
 
@@ -215,8 +159,7 @@ def lie_derivative(model: torch.nn.Module, inputs: torch.Tensor, generator: str,
         return g(model(g(x, t, True)), -t, True)
 
     support = _grad.FuncSupport(type(model).__name__)
-    with _grad.math_attention():
-        total = _jvp_t(total_fn, x.dtype, x.device, support)
+    total = _jvp_t(total_fn, x.dtype, x.device, support)
     if not bool(torch.isfinite(total).all()):
         raise NumericalError("lie_derivative: non-finite values (the model output has NaN/Inf)")
     if not layerwise:
@@ -236,11 +179,10 @@ def lie_derivative(model: torch.nn.Module, inputs: torch.Tensor, generator: str,
         def pre(mod, args, state=state, calls=calls):
             if not args or not isinstance(args[0], torch.Tensor):
                 raise InputError(f"layers: module {mod.__class__.__name__} gets no positional field input")
-            typed_in = calls[state["call"] % len(calls)][0] if calls else False
-            return (g(args[0], state["t"], typed_in), *args[1:])
+            return (g(args[0], state["t"], calls[state["call"] % len(calls)][0]), *args[1:])
 
         def post(mod, args, out, state=state, calls=calls):
-            typed_out = calls[state["call"] % len(calls)][1] if calls else False
+            typed_out = calls[state["call"] % len(calls)][1]
             state["call"] += 1
             return g(out, -state["t"], typed_out)
 
@@ -250,8 +192,7 @@ def lie_derivative(model: torch.nn.Module, inputs: torch.Tensor, generator: str,
                 state["t"], state["call"] = t, 0
                 return model(x)
 
-            with _grad.math_attention():
-                contributions[name] = _jvp_t(conj_fn, x.dtype, x.device, support)
+            contributions[name] = _jvp_t(conj_fn, x.dtype, x.device, support)
         finally:
             for h in handles:
                 h.remove()

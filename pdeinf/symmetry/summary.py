@@ -1,19 +1,11 @@
-"""Summaries of the symmetry study (`pdeinf.symmetry.study`, with a leading `seed` dim): the
-follow-up's aggregation, the per-seed statistics of the finding rules, Lie-derivative layer
-shares and checkpoint trends. Pure: xarray in, xarray out.
-
-Statistics of the rules (`pdeinf.analysis.registry.FINDING_RULES`), one value per seed:
-
-- `ns_d4_broken`, `ce_d4_within_25pct`: log10 of the largest, over the 7 non-identity D4
-  elements, Q3 over the seed's batches x examples of the equivariance ratio;
-- `translation_within_few_percent`: the same over the axis-shift elements;
-- `orbit_influence_suppressed`: Spearman correlation, over the group elements (identity, D4,
-  shifts), of the seed's median orbit-influence diagonal (over batches x examples) with the
-  log10 of its Q3 equivariance ratio (averaged over seeds on Fisher's z scale).
-
-`symmetry_findings` turns them into records (`pdeinf.analysis.evaluate.evaluate_finding`).
+"""Summaries of symmetry studies (`pdeinf.symmetry.study` with a leading `seed` dim; pure,
+xarray in and out): the follow-up's aggregation, layer shares, checkpoint trends, translation
+landscapes and, per seed, the statistics of the finding rules (`seed_statistic`), which
+`symmetry_findings` turns into records (`pdeinf.analysis.evaluate.evaluate_finding`).
 """
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import xarray as xr
@@ -41,7 +33,8 @@ def _check(ds, names) -> None:
 
 def d4_labels(ds) -> list[str]:
     """Non-identity D4 element labels of the study's `element` coordinate."""
-    return [str(e) for e in ds["element"].values if not str(e).startswith(("shift", "affine")) and str(e) != "e"]
+    return [str(e) for e in ds["element"].values
+            if not str(e).startswith(("shift", "affine")) and str(e) != "e"]
 
 
 def shift_labels(ds) -> list[str]:
@@ -54,7 +47,11 @@ def _seed_q3(errors: xr.DataArray) -> xr.DataArray:
 
 
 def seed_statistic(ds, rule: str) -> xr.DataArray:
-    """The statistic of `rule` (module docstring) per seed, dims (seed,)."""
+    """The statistic of `rule` per seed, dims (seed,): for `ns_d4_broken`, `ce_d4_within_25pct`
+    (`translation_within_few_percent`) log10 of the largest, over the non-identity D4 (shift)
+    elements, Q3 over batches x examples of the equivariance ratio; for
+    `orbit_influence_suppressed` the Spearman correlation over the elements of the median orbit
+    diagonal with the log10 Q3 ratio (averaged over seeds on Fisher's z scale)."""
     _check(ds, ("equivariance", "orbit_diagonal"))
     eqv = ds["equivariance"]
     if rule in ("ns_d4_broken", "ce_d4_within_25pct", "translation_within_few_percent"):
@@ -100,52 +97,36 @@ def orbit_quartiles(ds) -> xr.DataArray:
     return ds["orbit_diagonal"].quantile([0.25, 0.5, 0.75], dim=("seed", "batch", "example"))
 
 
-def _shift_of(label: str) -> tuple[int, int] | None:
-    """`(a, b)` of a label "shift(a,b)", None for other elements."""
-    if not label.startswith("shift("):
-        return None
-    a, b = label[len("shift("):-1].split(",")
-    return int(a), int(b)
-
-
 def signed(shift: int, n: int) -> int:
     """A circular shift 0..n-1 as the signed shift -n/2..n/2-1 it equals."""
     return shift - n if shift >= (n + 1) // 2 else shift
 
 
 def translation_landscape(ds, n: int) -> dict:
-    """The follow-up's translation landscapes (its Figs. 5-8 and 11-20 recipe) from one study
-    with every axis shift and a box grid of joint shifts:
-
-    - `axis`: {"y" | "x": (signed shifts, orbit-diagonal quartiles [3, shifts])} along each axis,
-      identity included at 0, quartiles over seeds x batches x examples;
-    - `box_influence`, `box_error`: [box + 1, box + 1] arrays over (a, b) = 0..box (rows a along
-      y, columns b along x): the median orbit diagonal over seeds x batches x examples, and the
-      median over seeds of the per-seed Q3 equivariance ratio; NaN where an element is missing.
-    `n`: grid size (shifts are circular modulo n)."""
+    """The follow-up's translation landscapes (its Figs. 5-8 and 11-20) of a study on an n x n
+    grid: `axis` {"y" | "x": (signed shifts, orbit-diagonal quartiles [3, shifts])}, identity
+    at 0; `box_influence`, `box_error` `[box + 1, box + 1]` over (a along y, b along x): median
+    orbit diagonal, and median over seeds of the Q3 equivariance ratio (NaN where missing)."""
     _check(ds, ("equivariance", "orbit_diagonal"))
     labels = [str(e) for e in ds["element"].values]
-    shifts = {lab: _shift_of(lab) for lab in labels if _shift_of(lab) is not None}
+    shifts = {lab: (int(m[1]), int(m[2])) for lab in labels
+              if (m := re.fullmatch(r"shift\((-?\d+),(-?\d+)\)", lab))}
     q = orbit_quartiles(ds)
     axis = {}
-    for name, pick in (("y", lambda a, b: b == 0), ("x", lambda a, b: a == 0)):
-        chosen = sorted(((signed(a if name == "y" else b, n), lab) for lab, (a, b) in shifts.items()
-                         if pick(a, b)), key=lambda t: t[0])
-        xs = [0] + [s for s, _ in chosen]
-        vals = q.sel(element=["e"] + [lab for _, lab in chosen]).values
-        order = np.argsort(xs)
-        axis[name] = (np.asarray(xs)[order], vals[:, order])
+    for name, along in (("y", 0), ("x", 1)):  # the shifts with the other component 0
+        chosen = sorted([(0, "e"), *((signed(ab[along], n), lab) for lab, ab in shifts.items()
+                                     if ab[1 - along] == 0)], key=lambda t: t[0])
+        axis[name] = (np.asarray([s for s, _ in chosen]),
+                      q.sel(element=[lab for _, lab in chosen]).values)
     box = max([min(a, b) for a, b in shifts.values() if a and b], default=0)
-    influence = np.full((box + 1, box + 1), np.nan)
-    error = np.full((box + 1, box + 1), np.nan)
+    influence, error = np.full((2, box + 1, box + 1), np.nan)
     med = q.sel(quantile=0.5)
     err = _seed_q3(ds["equivariance"]).median("seed")
-    for a in range(box + 1):
-        for b in range(box + 1):
-            lab = "e" if a == b == 0 else f"shift({a},{b})"
-            if lab in labels:
-                influence[a, b] = float(med.sel(element=lab))
-                error[a, b] = float(err.sel(element=lab))
+    for a, b in np.ndindex(box + 1, box + 1):
+        lab = "e" if a == b == 0 else f"shift({a},{b})"
+        if lab in labels:
+            influence[a, b] = float(med.sel(element=lab))
+            error[a, b] = float(err.sel(element=lab))
     return {"axis": axis, "box_influence": influence, "box_error": error, "box": box}
 
 
@@ -155,8 +136,7 @@ def layer_shares(ds) -> xr.DataArray:
     _check(ds, ("lie_layer_norm",))
     norms = ds["lie_layer_norm"]
     total = norms.sum("layer")
-    share = (norms / total.where(total > 0)).median(("seed", "batch", "example"))
-    return share
+    return (norms / total.where(total > 0)).median(("seed", "batch", "example"))
 
 
 def epoch_trends(ds) -> xr.Dataset:
@@ -171,7 +151,6 @@ def epoch_trends(ds) -> xr.Dataset:
     for name, da in (("lie", ds["lie_norm_epochs"]), ("equivariance", ds["equivariance_epochs"]),
                      ("orbit", ds["orbit_diagonal_epochs"]), ("orbit_relative", rel)):
         q = da.quantile([0.25, 0.5, 0.75], dim=dims)
-        out[name] = q.sel(quantile=0.5, drop=True)
-        out[f"{name}_q1"] = q.sel(quantile=0.25, drop=True)
-        out[f"{name}_q3"] = q.sel(quantile=0.75, drop=True)
+        for suffix, level in (("", 0.5), ("_q1", 0.25), ("_q3", 0.75)):
+            out[name + suffix] = q.sel(quantile=level, drop=True)
     return xr.Dataset(out)

@@ -1,9 +1,8 @@
 """Checkpoint files that prove their content: each carries a SHA-256 of what it holds (every
-tensor's dtype, shape and bytes, and every other entry), verified on load together with the
-zip archive's CRCs (`torch.load` checks neither) and the finiteness of the weights and the
-optimizer state. A file that fails (flipped bytes, truncation, non-finite state) raises
-`CorruptCheckpoint` naming it; `usable` moves such a file aside (`<name>.corrupt-<n>`, one line
-on stderr) so that training resumes from the last good checkpoint or retrains.
+tensor's dtype, shape and bytes, and every other entry), verified on load with the zip
+archive's CRCs and the finiteness of the weights and optimizer state. A file that fails raises
+`CorruptCheckpoint`; `usable` moves it aside (`<name>.corrupt-<n>`, one line on stderr) so that
+training resumes from the last good checkpoint or retrains.
 """
 from __future__ import annotations
 
@@ -17,10 +16,8 @@ import torch
 from pdeinf.atomic import torch_save
 from pdeinf.errors import InputError, NumericalError
 
-#: The entry of a saved state that holds the SHA-256 of the rest.
-CHECKSUM_KEY = "sha256"
-#: Entries whose floating-point tensors must be finite.
-FINITE_KEYS = ("model_state", "optimizer_state")
+CHECKSUM_KEY = "sha256"  # the entry of a saved state that holds the SHA-256 of the rest
+FINITE_KEYS = ("model_state", "optimizer_state")  # entries whose float tensors must be finite
 
 
 class CorruptCheckpoint(InputError):
@@ -67,11 +64,8 @@ def non_finite(state: dict) -> str | None:
     def walk(obj) -> bool:
         if isinstance(obj, torch.Tensor):
             return obj.is_floating_point() and not bool(torch.isfinite(obj).all())
-        if isinstance(obj, dict):
-            return any(walk(v) for v in obj.values())
-        if isinstance(obj, (list, tuple)):
-            return any(walk(v) for v in obj)
-        return False
+        items = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple)) else ()
+        return any(walk(v) for v in items)
 
     return next((k for k in FINITE_KEYS if walk(state.get(k))), None)
 
@@ -85,23 +79,17 @@ def save_checkpoint(state: dict, path: Path | str) -> Path:
     return torch_save({**state, CHECKSUM_KEY: state_digest(state)}, path)
 
 
-def _archive_error(path: Path) -> str | None:
-    """Why the file is not an intact zip archive (torch's format), or None."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            bad = archive.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
-        return f"not an intact archive: {err}"
-    return None if bad is None else f"CRC mismatch in {bad}"
-
-
 def read_checkpoint(path: Path | str) -> dict:
     """The state saved in `path`, verified (module doc). CorruptCheckpoint when it fails;
     states saved before checksums existed are accepted when their archive is intact."""
     path = Path(path)
-    why = _archive_error(path)
-    if why is not None:
-        raise CorruptCheckpoint(path, why)
+    try:  # torch's format is a zip archive; torch.load checks neither its CRCs nor a checksum
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
+        raise CorruptCheckpoint(path, f"not an intact archive: {err}") from None
+    if bad is not None:
+        raise CorruptCheckpoint(path, f"CRC mismatch in {bad}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 -- torch.load raises many types on garbage
@@ -117,26 +105,19 @@ def read_checkpoint(path: Path | str) -> dict:
     return state
 
 
-def set_aside(path: Path | str, why: str = "") -> Path:
-    """Rename `path` to the first free `<name>.corrupt-<n>` beside it; one line on stderr."""
-    path = Path(path)
-    n = 1
-    while (aside := path.with_name(f"{path.name}.corrupt-{n}")).exists():
-        n += 1
-    path.rename(aside)
-    print(f"[pdeinf] {path}: {why or 'corrupt'}; moved aside to {aside.name}", file=sys.stderr,
-          flush=True)
-    return aside
-
-
 def usable(path: Path | str) -> dict | None:
-    """The verified state of `path`; None when it does not exist or was corrupt (then it is
-    moved aside, see `set_aside`)."""
+    """The verified state of `path`; None when it does not exist or was corrupt: then it is
+    renamed to the first free `<name>.corrupt-<n>` beside it, with one line on stderr."""
     path = Path(path)
     if not path.is_file():
         return None
     try:
         return read_checkpoint(path)
     except CorruptCheckpoint as err:
-        set_aside(path, f"corrupt checkpoint ({err.why})")
+        n = 1
+        while (aside := path.with_name(f"{path.name}.corrupt-{n}")).exists():
+            n += 1
+        path.rename(aside)
+        print(f"[pdeinf] {path}: corrupt checkpoint ({err.why}); moved aside to {aside.name}",
+              file=sys.stderr, flush=True)
         return None

@@ -1,19 +1,19 @@
 """`pdeinf train --pde CE --model unet --seed 10 --profile quick [--recipe NAME
 [--recipe-setting KEY=VALUE ...]] [--monitor [--monitor-every N]]`.
 
-Trains one run (or resumes it, or reports it done). Under torchrun it trains data-parallel
-(see pdeinf.training.ddp for the paper-profile command). `--recipe` picks a training recipe of
-`pdeinf.training.recipes` (default one-step; other recipes' runs go under
-`<runs>/recipe-<name>/` unless `--out-dir` is given). `--monitor` records the coherence of a
-probe batch (the first validation trajectory of every class, all transitions) every N optimizer
-steps with `pdeinf.influence.monitor.CoherenceMonitor`: one hat matrix per record, written to
-`monitor.json` / `monitor.csv` in the run directory.
+Trains one run (or resumes it, or reports it done); data-parallel under torchrun
+(`pdeinf.training.train`). `--recipe`: a recipe of `pdeinf.training.recipes` (other recipes'
+runs go under `<runs>/recipe-<name>/` unless `--out-dir` is given). `--monitor` records the
+coherence of a probe batch (the first validation trajectory of every class) every N optimizer
+steps (`pdeinf.influence.monitor.CoherenceMonitor`) to `monitor.json|csv` in the run directory.
 """
 from __future__ import annotations
 
+import math
 import sys
 
-from pdeinf.config import MODELS
+from pdeinf.config import MODELS, PDE_SPECS, get_profile
+from pdeinf.errors import InputError
 
 
 def add_parser(subparsers):
@@ -24,9 +24,10 @@ def add_parser(subparsers):
     parser.add_argument("--pde", required=True, choices=["CE", "NS"])
     parser.add_argument("--model", required=True, choices=MODELS)
     parser.add_argument("--seed", type=int, required=True)
-    parser.add_argument("--profile", default=None, help="smoke | quick | paper (default $PDEINF_PROFILE or quick)")
-    parser.add_argument("--data-root", default=None, help="data directory (default results/data/<profile>)")
-    parser.add_argument("--out-dir", default=None, help="parent of the run directory (default results/runs/<profile>)")
+    for flag, text in (("--profile", "smoke | quick | paper (default $PDEINF_PROFILE or quick)"),
+                       ("--data-root", "data directory (default results/data/<profile>)"),
+                       ("--out-dir", "parent of the run directory (default results/runs/<profile>)")):
+        parser.add_argument(flag, default=None, help=text)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--recipe", default="one-step",
                         help="one-step | pushforward | noise | multistep | augment | physics")
@@ -43,14 +44,9 @@ def add_parser(subparsers):
 
 
 def _monitor(args, profile):
-    """CoherenceMonitor on the first validation trajectory of every class (the CLI sits above
-    the influence layer; `train` itself only takes a callable)."""
-    import math
-
+    """CoherenceMonitor on the first validation trajectory of every class."""
     from pdeinf import paths
-    from pdeinf.config import PDE_SPECS
     from pdeinf.data.datasets import PDEData, influence_batch
-    from pdeinf.errors import InputError
     from pdeinf.influence.monitor import CoherenceMonitor
 
     data = PDEData(args.data_root or paths.data_dir(profile.name), args.pde, t_max=profile.t_max)
@@ -66,8 +62,6 @@ def _monitor(args, profile):
 
 
 def run(args) -> int:
-    from pdeinf.config import get_profile
-    from pdeinf.errors import InputError
     from pdeinf.training.recipes import parse_settings
     from pdeinf.training.train import TrainingError, train
 
@@ -87,7 +81,8 @@ def run(args) -> int:
         print(f"pdeinf train: error: {err}", file=sys.stderr)
         return 1
     last = result.history[-1] if result.history else {}
-    print(f"{result.run_dir}: epoch {last.get('epoch')}, train SMSE {last.get('train_smse', float('nan')):.4e}, "
-          f"val SMSE {last.get('val_smse', float('nan')):.4e}; checkpoints at epochs "
-          f"{', '.join(map(str, result.checkpoints))}")
+    nan = float("nan")
+    print(f"{result.run_dir}: epoch {last.get('epoch')}, train SMSE "
+          f"{last.get('train_smse', nan):.4e}, val SMSE {last.get('val_smse', nan):.4e}; "
+          f"checkpoints at epochs {', '.join(map(str, result.checkpoints))}")
     return 0

@@ -1,37 +1,16 @@
-"""Training recipes: what one optimizer step of `pdeinf.training.train` minimises.
+"""Training recipes: the per-example loss of one optimizer step of `pdeinf.training.train`
+(same data, mini-batches and steps for all). `RECIPES` (name -> class), `make_recipe`:
 
-Every recipe sees the same data (the one-step transitions of the training split, shuffled per
-epoch from (seed, epoch)), the same mini-batches and the same number of optimizer steps as the
-baseline; only the per-example loss of a mini-batch changes. A recipe is a small strategy
-object: `per_example_loss(batch: StepBatch) -> [B]` tensor (the loop sums it, scales it to the
-global batch mean and back-propagates), `settings()` (part of the run's identity: a run
-directory trained with other settings is refused on resume) and `prepare(train_set, pde)`
-(statistics of the training set, called once before the first step).
-
-Registry `RECIPES` (name -> class), `make_recipe(name, **settings)`:
-
-- `one-step`: teacher forcing, `SMSE(f(u_t), u_{t+1})` (the baseline; bitwise today's loop).
-- `pushforward` (k): Brandstetter, Worrall & Welling, ICLR 2022. The transition
-  (u_t -> u_{t+1}) is trained on the model's own input: `u~ = f^m(u_{t-m})` unrolled without
-  gradient, `m = min(k, t)` (at t < k only the t available steps), then `SMSE(f(u~), u_{t+1})`.
-  Every transition of the epoch is still a target exactly once; cost 1 + m forward passes.
+- `one-step`: teacher forcing, `SMSE(f(u_t), u_{t+1})` (the baseline);
+- `pushforward` (k; Brandstetter, Worrall & Welling, ICLR 2022): `SMSE(f(u~), u_{t+1})`,
+  `u~ = f^m(u_{t-m})` unrolled without gradient, `m = min(k, t)`;
 - `noise` (sigma, scale): `SMSE(f(u_t + sigma * s_c * xi), u_{t+1})`, xi ~ N(0, 1), s_c the
-  per-channel standard deviation of the training set's targets (`scale="train"`) or of the
-  global mini-batch's targets (`scale="batch"`).
-- `multistep` (k): `sum_{j=1..m} SMSE(f^j(u_t), u_{t+j})`, `m = min(k, T-1-t)` (steps past the
-  trajectory's end are masked), gradients through the whole unroll; cost k forward passes.
-- `augment` (d4, shift): each pair (x, y) is replaced by (g x, g y) with g = shift(a, b) o d,
-  d uniform in D4, (a, b) uniform on the grid, acted with `pdeinf.symmetry.actions.act`
-  (vector channels rotate with the grid, `pde_spec(pde).vector_axes`).
-- `physics` (weight): `SMSE + weight * P(u_t, f(u_t))`; P per `pdeinf.config.pde_spec`:
-  compressible (a density channel): squared relative drifts of the spatial means of the
-  density and energy channels between input and prediction (periodic domain: both conserved);
-  otherwise the relative squared spectral divergence of the vector channels
-  `<(div u)^2> / sum_c <(d_axis(c) u_c)^2>` (axes from `vector_axes`).
-
-Randomness (noise, augment) comes from a generator seeded by (seed, epoch, step) and is drawn
-for the whole global mini-batch, each rank taking its rows: resume is bitwise and a DDP run
-draws what a one-process run draws.
+  per-channel std of the training set's (`"train"`) or the global mini-batch's targets;
+- `multistep` (k): `sum_{j<=min(k, T-1-t)} SMSE(f^j(u_t), u_{t+j})`, through the whole unroll;
+- `augment` (d4, shift): pairs moved by g = shift(a, b) o d, d and (a, b) uniform;
+- `physics` (weight): `SMSE + weight * physics_penalty(u_t, f(u_t))`.
+Random draws come from (seed, epoch, step) for the whole global mini-batch, each rank taking
+its rows: resume is bitwise and a DDP run draws what a one-process run draws.
 """
 from __future__ import annotations
 
@@ -44,21 +23,15 @@ import torch
 
 from pdeinf.config import pde_spec
 from pdeinf.errors import InputError
-
-#: D4 elements, as named by `pdeinf.symmetry.actions`.
-D4_ELEMENTS: tuple[str, ...] = ("e", "r", "r2", "r3", "s", "sr", "sr2", "sr3")
+from pdeinf.symmetry.actions import ELEMENTS, act
 
 
 @dataclass
 class StepBatch:
-    """Everything a recipe may use for one optimizer step on one rank.
-
-    `net` is the (possibly DDP-wrapped) model: call it exactly once per step, with gradient
-    (DDP registers one forward per backward); extra forward passes go through `model`, the
-    same parameters unwrapped. `index` `[B]`: this rank's transition indices; `global_index`
-    `[G]`: the whole global mini-batch (same on every rank); `positions` `[B]`: rows of
-    `index` in `global_index`. `loss_fn(pred, target) -> [B]` is the SMSE.
-    """
+    """Everything a recipe may use for one optimizer step on one rank. `net`, the (possibly
+    DDP-wrapped) model, is called exactly once per step, with gradient; extra forward passes go
+    through `model`, the same parameters unwrapped. `index` `[B]`: this rank's transitions;
+    `global_index` `[G]`: the global mini-batch; `positions` `[B]`: rows of `index` in it."""
 
     data: object  # pdeinf.training.train.Transitions
     index: torch.Tensor
@@ -82,10 +55,14 @@ class StepBatch:
 
 
 class Recipe:
-    """Base class: subclasses set `name`, `defaults` and implement `per_example_loss`."""
+    """Base class: subclasses set `name`, `defaults` (settings and their types), the settings
+    that must be `positive` or `non_negative`, and override `inputs` or `per_example_loss`.
+    `identity()` is part of the run's identity; `prepare` runs once before the first step."""
 
     name: ClassVar[str] = ""
     defaults: ClassVar[dict] = {}
+    positive: ClassVar[tuple[str, ...]] = ()
+    non_negative: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, **settings):
         unknown = sorted(set(settings) - set(self.defaults))
@@ -94,6 +71,11 @@ class Recipe:
             raise InputError(f"recipe {self.name}: unknown setting(s) {unknown}; allowed: {allowed}")
         self._settings = {k: self._coerce(k, settings.get(k, v)) for k, v in self.defaults.items()}
         self.pde: str | None = None
+        for key in (*self.positive, *self.non_negative):
+            value = self._settings[key]
+            if not (value > 0 or (key in self.non_negative and value == 0)):
+                raise InputError(f"recipe {self.name}: setting {key}={value!r} must be "
+                                 f"{'non-negative' if key in self.non_negative else 'positive'}")
 
     def _coerce(self, key, value):
         """`value` (a CLI string or a Python value) as the type of the setting's default."""
@@ -132,11 +114,16 @@ class Recipe:
 
     def check_horizon(self, steps: int) -> None:
         """InputError when a setting asks for more than a training trajectory of `steps`
-        transitions holds (called before any work). Recipes without such a setting: no-op."""
+        transitions holds (called before any work)."""
+
+    def _at_most(self, key: str, bound: int, why: str) -> None:
+        value = getattr(self, key)
+        if value > bound:
+            raise InputError(f"recipe {self.name}: setting {key}={value} exceeds {bound}, {why}; "
+                             f"use {key} <= {bound}")
 
     def inputs(self, b: StepBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """`(x, y)` the step trains `f(x) ~ y` on: the mini-batch's pairs, unless a recipe
-        changes them."""
+        """`(x, y)` the step trains `f(x) ~ y` on (default: the mini-batch's pairs)."""
         return b.pairs()
 
     def per_example_loss(self, b: StepBatch) -> torch.Tensor:
@@ -149,19 +136,6 @@ class Recipe:
         return f"{type(self).__name__}({args})"
 
 
-def _positive(recipe: Recipe, key: str, value, *, allow_zero: bool = False):
-    if not (value > 0 or (allow_zero and value == 0)):
-        raise InputError(f"recipe {recipe.name}: setting {key}={value!r} must be "
-                         f"{'non-negative' if allow_zero else 'positive'}")
-
-
-def _at_most(recipe: Recipe, key: str, bound: int, why: str) -> None:
-    value = getattr(recipe, key)
-    if value > bound:
-        raise InputError(f"recipe {recipe.name}: setting {key}={value} exceeds {bound}, {why}; "
-                         f"use {key} <= {bound}")
-
-
 class OneStep(Recipe):
     name = "one-step"
 
@@ -169,17 +143,14 @@ class OneStep(Recipe):
 class Pushforward(Recipe):
     name = "pushforward"
     defaults: ClassVar[dict] = {"k": 1}
-
-    def __init__(self, **settings):
-        super().__init__(**settings)
-        _positive(self, "k", self.k)
+    positive = ("k",)
 
     def check_horizon(self, steps: int) -> None:
-        _at_most(self, "k", max(1, steps - 1),
-                 f"the deepest unroll a trajectory of {steps} transitions allows (its last "
-                 f"transition starts at t={steps - 1})")
+        self._at_most("k", max(1, steps - 1),
+                      f"the deepest unroll a trajectory of {steps} transitions allows (its last "
+                      f"transition starts at t={steps - 1})")
 
-    def unrolled_inputs(self, b: StepBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    def inputs(self, b: StepBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """`(u~, y)`: the model's own m-step prediction of u_t (no gradient) and u_{t+1}."""
         traj, t = b.data.locate(b.index)
         depth = torch.clamp(t, max=self.k)
@@ -190,16 +161,14 @@ class Pushforward(Recipe):
                 cur[active] = b.model(cur[active])
         return cur.detach(), b.data.snapshots(traj, t + 1, b.device)
 
-    inputs = unrolled_inputs
-
 
 class Noise(Recipe):
     name = "noise"
     defaults: ClassVar[dict] = {"sigma": 0.01, "scale": "train"}
+    non_negative = ("sigma",)
 
     def __init__(self, **settings):
         super().__init__(**settings)
-        _positive(self, "sigma", self.sigma, allow_zero=True)
         if self.scale not in ("train", "batch"):
             raise InputError(f"recipe noise: setting scale={self.scale!r}; expected train or batch")
         self._train_std: torch.Tensor | None = None
@@ -220,8 +189,7 @@ class Noise(Recipe):
 
     def noisy_inputs(self, b: StepBatch) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = b.pairs()
-        g = b.generator()
-        xi = torch.randn((len(b.global_index), *x.shape[1:]), generator=g,
+        xi = torch.randn((len(b.global_index), *x.shape[1:]), generator=b.generator(),
                          dtype=b.data.trajectories.dtype)[b.positions]
         std = self.channel_std(b).to(xi.dtype)
         noise = self.sigma * std[None, :, None, None] * xi
@@ -233,14 +201,11 @@ class Noise(Recipe):
 class Multistep(Recipe):
     name = "multistep"
     defaults: ClassVar[dict] = {"k": 2}
-
-    def __init__(self, **settings):
-        super().__init__(**settings)
-        _positive(self, "k", self.k)
+    positive = ("k",)
 
     def check_horizon(self, steps: int) -> None:
-        _at_most(self, "k", steps, f"the {steps} transitions of a training trajectory (k steps "
-                                   "need k + 1 snapshots)")
+        self._at_most("k", steps, f"the {steps} transitions of a training trajectory (k steps "
+                                  "need k + 1 snapshots)")
 
     def per_example_loss(self, b: StepBatch) -> torch.Tensor:
         traj, t = b.data.locate(b.index)
@@ -267,34 +232,26 @@ class Augment(Recipe):
         """This rank's group elements `(d4 element, shift along H, shift along W)`."""
         g = b.generator()
         n = len(b.global_index)
-        d = torch.randint(len(D4_ELEMENTS), (n,), generator=g)
+        d = torch.randint(len(ELEMENTS), (n,), generator=g)
         a = torch.randint(shape[0], (n,), generator=g)
         c = torch.randint(shape[1], (n,), generator=g)
-        return [(D4_ELEMENTS[int(d[p])] if self.d4 else "e", int(a[p]) if self.shift else 0,
+        return [(ELEMENTS[int(d[p])] if self.d4 else "e", int(a[p]) if self.shift else 0,
                  int(c[p]) if self.shift else 0) for p in b.positions.tolist()]
 
-    def transform(self, u: torch.Tensor, element: tuple[str, int, int]) -> torch.Tensor:
-        """`shift(a, b) o d` on `u` `[B, C, H, W]` (`act`'s ("affine", d, a, b))."""
-        from pdeinf.symmetry.actions import act  # lazily: only this recipe needs it
-
-        d4, a, c = element
-        return act(u, ("affine", d4, a, c), pde=self.pde)
-
     def augmented_pairs(self, b: StepBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each pair moved by its element `shift(a, b) o d` (`act`'s ("affine", d, a, b))."""
         x, y = b.pairs()
         elements = self.draw(b, tuple(x.shape[-2:]))
-        return tuple(torch.cat([self.transform(u[i : i + 1], g) for i, g in enumerate(elements)])
-                     for u in (x, y))
+        return tuple(torch.cat([act(u[i : i + 1], ("affine", *g), pde=self.pde)
+                                for i, g in enumerate(elements)]) for u in (x, y))
 
     inputs = augmented_pairs
 
 
 def spectral_divergence(u: torch.Tensor, vector_axes: dict[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """`(div, parts)` of the vector channels of `u` `[B, C, H, W]` on the periodic unit square.
-
-    div `[B, H, W]` = sum_c d_{axis(c)} u_c, spectral derivative (Nyquist mode dropped);
-    parts `[B, n_vector, H, W]` the individual terms d_{axis(c)} u_c. Units 1/length.
-    """
+    """`(div [B, H, W], parts [B, n_vector, H, W])` of the vector channels of `u` `[B, C, H, W]`
+    on the periodic unit square: the spectral derivatives d_{axis(c)} u_c (Nyquist mode dropped)
+    and their sum. Units 1/length."""
     parts = []
     for channel, axis in sorted(vector_axes.items()):
         field = u[:, channel]  # [B, H, W]; grid axis -1 = W, -2 = H
@@ -312,18 +269,15 @@ def spectral_divergence(u: torch.Tensor, vector_axes: dict[int, int]) -> tuple[t
 
 def physics_penalty(inputs: torch.Tensor, pred: torch.Tensor, pde: str, eps: float = 1e-12
                     ) -> torch.Tensor:
-    """Per-example physics residual `[B]` of a predicted state (dimensionless, >= 0).
-
-    Compressible PDEs: sum over the density and energy channels of
+    """Per-example physics residual `[B]` of a predicted state (dimensionless, >= 0), per
+    `pde_spec(pde)`. Compressible PDEs: sum over the density and energy channels of
     `((<pred_c> - <input_c>) / |<input_c>|)^2`, <.> the spatial mean (conserved on the periodic
-    domain). Otherwise: `<(div pred)^2> / (sum_c <(d_axis(c) pred_c)^2> + eps)`.
-    """
+    domain). Otherwise the relative squared spectral divergence of the vector channels,
+    `<(div pred)^2> / (sum_c <(d_axis(c) pred_c)^2> + eps)` (axes from `vector_axes`)."""
     spec = pde_spec(pde)
     if spec.compressible:
         total = torch.zeros(pred.shape[0], dtype=pred.dtype, device=pred.device)
-        for channel in (spec.density_channel, spec.energy_channel):
-            if channel is None:
-                continue
+        for channel in (c for c in (spec.density_channel, spec.energy_channel) if c is not None):
             before = inputs[:, channel].mean(dim=(-2, -1))
             after = pred[:, channel].mean(dim=(-2, -1))
             total = total + ((after - before) / (before.abs() + eps)).pow(2)
@@ -337,10 +291,7 @@ def physics_penalty(inputs: torch.Tensor, pred: torch.Tensor, pde: str, eps: flo
 class Physics(Recipe):
     name = "physics"
     defaults: ClassVar[dict] = {"weight": 0.1}
-
-    def __init__(self, **settings):
-        super().__init__(**settings)
-        _positive(self, "weight", self.weight, allow_zero=True)
+    non_negative = ("weight",)
 
     def per_example_loss(self, b: StepBatch) -> torch.Tensor:
         x, y = b.pairs()
@@ -349,8 +300,7 @@ class Physics(Recipe):
 
 
 RECIPES: dict[str, type[Recipe]] = {
-    cls.name: cls for cls in (OneStep, Pushforward, Noise, Multistep, Augment, Physics)
-}
+    cls.name: cls for cls in (OneStep, Pushforward, Noise, Multistep, Augment, Physics)}
 
 
 def make_recipe(recipe=None, **settings) -> Recipe:

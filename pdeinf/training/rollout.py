@@ -1,9 +1,6 @@
-"""Autoregressive rollouts and their per-step errors, as labelled xarray objects.
-
-A rollout from start index `s` feeds the model its own prediction: `p_{s} = u_s`,
-`p_{s+h} = f(p_{s+h-1})`. The per-step error at horizon h is `SMSE(p_{s+h}, u_{s+h})`
-(docs/method.md section 2); the cumulative error over horizon dt is the sum of the per-step errors
-for h = 1..dt (`cumulative_errors`, as in the paper's rollout link, figure 7).
+"""Autoregressive rollouts `p_s = u_s`, `p_{s+h} = f(p_{s+h-1})` and their per-step errors
+`SMSE(p_{s+h}, u_{s+h})` (docs/method.md section 2; cumulated over h = 1..dt for the paper's
+rollout link, figure 7), as labelled xarray objects.
 """
 from __future__ import annotations
 
@@ -20,7 +17,7 @@ from pdeinf.training.loss import smse
 
 @torch.no_grad()
 def rollout(model: torch.nn.Module, u0: torch.Tensor, steps: int) -> torch.Tensor:
-    """Predictions `[B, steps, C, H, W]` for times start+1 .. start+steps from states `u0 [B, C, H, W]`."""
+    """Predictions `[B, steps, C, H, W]` for times start+1 .. start+steps from `u0 [B, C, H, W]`."""
     if steps <= 0:
         raise InputError(f"steps: must be positive, got {steps}")
     out, state = [], u0
@@ -30,35 +27,26 @@ def rollout(model: torch.nn.Module, u0: torch.Tensor, steps: int) -> torch.Tenso
     return torch.stack(out, dim=1)
 
 
-def _check_trajectories(trajectories_by_class: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    if not trajectories_by_class:
-        raise InputError("trajectories: no classes given")
-    checked, shape = {}, None
-    for name, traj in trajectories_by_class.items():
-        arr = np.asarray(traj.detach().cpu() if torch.is_tensor(traj) else traj)
-        if arr.ndim != 5 or arr.shape[0] == 0 or arr.shape[1] < 2:
-            raise InputError(f"trajectories[{name!r}]: expected [n>0, T>=2, C, H, W], got {arr.shape}")
-        if shape is not None and arr.shape[1:] != shape:
-            raise InputError(f"trajectories[{name!r}]: shape {arr.shape[1:]} differs from {shape}")
-        if not np.isfinite(arr).all():
-            raise InputError(f"trajectories[{name!r}]: contains NaN or Inf")
-        shape = arr.shape[1:]
-        checked[name] = arr
-    return checked
-
-
 def rollout_errors(model: torch.nn.Module, trajectories_by_class: Mapping[str, np.ndarray], *,
                    starts: Sequence[int] | None = None, horizon: int | None = None,
                    batch_size: int = 64, progress: bool = False) -> xr.DataArray:
-    """Per-step SMSE of autoregressive rollouts, dims `(class, trajectory, start, horizon)`.
-
-    trajectories_by_class: class name -> `[n, T, C, H, W]` (same T, C, H, W for all classes;
-    n may differ, missing trajectories are NaN). starts: start indices in [0, T-2] (default all);
-    horizon: steps rolled out (default T - 1 - min(starts)). Entries with start + h > T - 1 are
-    NaN. The model runs in eval mode in its own dtype and device on `batch_size` rollouts at a
-    time (all (trajectory, start) pairs of a class are batched together).
-    """
-    trajs = _check_trajectories(trajectories_by_class)
+    """Per-step SMSE of rollouts from `starts` (default all, in [0, T-2]) over `horizon` steps
+    (default T - 1 - min(starts)) of `trajectories_by_class` {class: `[n, T, C, H, W]`}, dims
+    `(class, trajectory, start, horizon)`, NaN past the end or a class's n. The model runs in
+    eval mode, in its dtype and device, on `batch_size` rollouts at a time."""
+    if not trajectories_by_class:
+        raise InputError("trajectories: no classes given")
+    trajs, shape = {}, None
+    for name, traj in trajectories_by_class.items():
+        arr = np.asarray(traj.detach().cpu() if torch.is_tensor(traj) else traj)
+        what = f"trajectories[{name!r}]"
+        if arr.ndim != 5 or arr.shape[0] == 0 or arr.shape[1] < 2:
+            raise InputError(f"{what}: expected [n>0, T>=2, C, H, W], got {arr.shape}")
+        if shape is not None and arr.shape[1:] != shape:
+            raise InputError(f"{what}: shape {arr.shape[1:]} differs from {shape}")
+        if not np.isfinite(arr).all():
+            raise InputError(f"{what}: contains NaN or Inf")
+        shape, trajs[name] = arr.shape[1:], arr
     n_times = next(iter(trajs.values())).shape[1]
     starts = list(range(n_times - 1)) if starts is None else [int(s) for s in starts]
     if not starts or min(starts) < 0 or max(starts) > n_times - 2:
@@ -76,14 +64,13 @@ def rollout_errors(model: torch.nn.Module, trajectories_by_class: Mapping[str, n
     dtype, device = weight.dtype, weight.device
     was_training = model.training
     model.eval()
-    # All (trajectory, start) pairs of a class go through the model together, ordered by start
+    # All (start, trajectory) pairs of a class go through the model together, ordered by start
     # so that each chunk stops at the horizon its earliest start still has data for.
     for ci, arr in enumerate(tqdm(list(trajs.values()), disable=not progress, desc="rollouts")):
-        pairs = [(s_i, j) for s_i in range(len(starts)) for j in range(arr.shape[0])]
-        for lo in range(0, len(pairs), batch_size):
-            chunk = pairs[lo : lo + batch_size]
-            s_idx = np.array([p[0] for p in chunk])
-            j_idx = np.array([p[1] for p in chunk])
+        all_s = np.repeat(np.arange(len(starts)), arr.shape[0])
+        all_j = np.tile(np.arange(arr.shape[0]), len(starts))
+        for lo in range(0, len(all_s), batch_size):
+            s_idx, j_idx = all_s[lo : lo + batch_size], all_j[lo : lo + batch_size]
             s_val = np.array(starts)[s_idx]
             steps = min(horizon, n_times - 1 - int(s_val.min()))
             u0 = torch.as_tensor(arr[j_idx, s_val], dtype=dtype, device=device)
@@ -91,7 +78,7 @@ def rollout_errors(model: torch.nn.Module, trajectories_by_class: Mapping[str, n
             h = np.arange(1, steps + 1)
             t_idx = np.minimum(s_val[:, None] + h[None, :], n_times - 1)  # clipped; masked below
             truth = torch.as_tensor(arr[j_idx[:, None], t_idx], dtype=dtype, device=device)
-            err = smse(pred.flatten(0, 1), truth.flatten(0, 1)).reshape(len(chunk), steps)
+            err = smse(pred.flatten(0, 1), truth.flatten(0, 1)).reshape(len(s_idx), steps)
             err = err.double().cpu().numpy()
             err[s_val[:, None] + h[None, :] > n_times - 1] = np.nan
             values[ci, j_idx, s_idx, :steps] = err
@@ -107,14 +94,10 @@ def cumulative_errors(errors: xr.DataArray) -> xr.DataArray:
 
 
 def rollouts_all_starts(net, trajectories_by_class: Mapping[str, np.ndarray], *, max_batch: int = 64):
-    """`rollout_errors` for every start, batched over starts.
-
-    Rolling out from each start separately runs T-1 tiny batches per class; here the
-    windows ``u[s:]`` of all starts s become the members of one batch (padded at the end with
-    the last snapshot, whose errors are then discarded), so each class takes T-1 model calls
-    of up to ``max_batch`` states. Same values, dims ``(class, trajectory, start, horizon)``;
-    NaN where ``start + horizon > T - 1``.
-    """
+    """`rollout_errors` for every start, batched over starts: the windows ``u[s:]`` of all
+    starts s (padded at the end with the last snapshot, whose errors are discarded) are the
+    members of one batch, so each class takes T-1 model calls of up to ``max_batch`` states.
+    Same values and dims; NaN where ``start + horizon > T - 1``."""
     classes = list(trajectories_by_class)
     n_traj, n_times = next(iter(trajectories_by_class.values())).shape[:2]
     steps = n_times - 1
@@ -130,9 +113,7 @@ def rollouts_all_starts(net, trajectories_by_class: Mapping[str, np.ndarray], *,
             flat = windows.reshape(-1, *windows.shape[2:])
             err = rollout_errors(net, {cls: flat}, starts=[0], horizon=steps, batch_size=max_batch)
             values[ci, lo : lo + len(part)] = err.values[0, :, 0, :].reshape(len(part), steps, steps)
-    start = np.arange(steps)[:, None]
-    horizon = np.arange(1, steps + 1)[None, :]
-    values[..., start + horizon > steps] = np.nan
+    values[..., np.arange(steps)[:, None] + np.arange(1, steps + 1)[None, :] > steps] = np.nan
     return _errors_array(values, classes, np.arange(steps))
 
 

@@ -6,7 +6,7 @@ import math
 import numpy as np
 
 from pdeinf.errors import InputError
-from pdeinf.viz.style import PAPER_COLOR, new_figure
+from pdeinf.viz.style import PAPER_KW, ci_parts, new_figure
 
 VERDICT_COLORS = {"reproduced": "#009E73", "same direction, smaller": "#56B4E9",
                   "same direction, larger": "#0072B2", "same direction, size inconclusive": "#CC79A7",
@@ -28,15 +28,13 @@ def _row_label(row: dict) -> str:
 
 def findings_forest(findings: dict, *, title: str | None = None):
     """Forest plot of every finding row (`pipeline.findings.collect_findings`): our estimate
-    with its 95% interval, coloured by verdict; the rule's null as a grey tick per row; the
-    paper's number as an orange diamond where it gives one. Rows share one x axis (each
-    statistic's own units, all O(1) here)."""
+    with its 95% interval, coloured by verdict; the rule's null as a grey tick; the paper's
+    number as an orange diamond where it gives one. One x axis (each statistic's own units)."""
     rows = findings.get("findings") if isinstance(findings, dict) else None
     if rows is None:
         raise InputError("findings: expected the dict of collect_findings (with 'findings')")
     n = max(len(rows), 1)
-    fig, axes = new_figure(1, 1, size=(7.5, 0.9 + 0.24 * n))
-    ax = axes[0, 0]
+    fig, ax = new_figure(size=(7.5, 0.9 + 0.24 * n), title="")
     for i, r in enumerate(rows):
         y = n - 1 - i
         color = VERDICT_COLORS.get(r["verdict"], "#000000")  # our rules' own words: black
@@ -46,13 +44,13 @@ def findings_forest(findings: dict, *, title: str | None = None):
             ax.plot(r["estimate"], y, "o", color=color, ms=4)
         ax.plot(r.get("null", 0.0), y, "|", color="#555555", ms=9)
         if _finite(r.get("paper_value")):
-            ax.plot(r["paper_value"], y, "D", color=PAPER_COLOR, ms=4, mfc="none")
+            ax.plot(r["paper_value"], y, "D", **{**PAPER_KW, "ms": 4, "mew": 1.0})
     ax.axvline(0.0, color="#999999", lw=0.6, ls="--")
     ax.set_yticks(range(n))
     ax.set_yticklabels([_row_label(r) for r in reversed(rows)] if rows else [""], fontsize=6)
     ax.set(ylim=(-0.7, n - 0.3), xlabel="statistic of the finding's rule (its own units; null = grey tick)")
     handles = [ax.plot([], [], "o-", color=c, label=v)[0] for v, c in VERDICT_COLORS.items()]
-    handles.append(ax.plot([], [], "D", color=PAPER_COLOR, mfc="none", label="paper's number")[0])
+    handles.append(ax.plot([], [], "D", **{**PAPER_KW, "mew": 1.0}, label="paper's number")[0])
     handles.append(ax.plot([], [], "|", color="#555555", ms=9, label="null of the rule")[0])
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=6,
               frameon=False)
@@ -66,8 +64,8 @@ def findings_forest(findings: dict, *, title: str | None = None):
 
 def ablation_figure(tables: dict, *, title: str | None = None):
     """One panel per finding: per (PDE-model, configuration) the change from the baseline with
-    its 95% t-interval over seeds (paired), and the baseline's seed spread as a grey band of +- 1 std
-    centred on 0. tables: {(pde, model): `analysis.ablation.ablation_table`}."""
+    its paired 95% t-interval over seeds, and the baseline's seed spread as a grey band (+-1 std
+    about 0). tables: {(pde, model): `analysis.ablation.ablation_table`}."""
     if not tables:
         raise InputError("tables: no ablation table to draw")
     first = next(iter(tables.values()))
@@ -85,7 +83,7 @@ def ablation_figure(tables: dict, *, title: str | None = None):
             start = x
             for j, c in enumerate(configs):
                 cell = table["change"].sel(finding=f, config=c)
-                est, lo, hi = (float(cell.sel(ci=q)) for q in ("estimate", "low", "high"))
+                est, lo, hi = (float(v) for v in ci_parts(cell))
                 color = CONFIG_COLORS[j % len(CONFIG_COLORS)]
                 if math.isfinite(lo) and math.isfinite(hi):
                     ax.plot([x, x], [lo, hi], color=color, lw=1.6)

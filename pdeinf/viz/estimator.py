@@ -1,8 +1,5 @@
-"""Figures of the estimator study (notebook 12): one function per question. All [ours].
-
-Inputs are the tables of `pdeinf.analysis.estimator` (xarray / dicts); every figure is a
-`matplotlib.figure.Figure` built without pyplot state.
-"""
+"""Figures of the estimator study (notebook 12), one function per question, all [ours].
+Inputs are the tables of `pdeinf.analysis.estimator` (xarray / dicts)."""
 from __future__ import annotations
 
 import numpy as np
@@ -18,17 +15,19 @@ LABELS = {"offdiagonal_mass": "off-diagonal mass", "lag1_gap": "lag-1 intra - in
           "temporal_decay": "decay |dt|=1 - |dt|>=3", "class_locked": "class diag - off-diag"}
 
 
-def _point(ax, x, y, converged: bool, color, label=None):
-    ax.plot([x], [y], marker="o", ms=6, color=color, mfc=color if converged else "none", ls="none",
-            label=label)
+def _finding_axes(ax, f: str, xlabel: str) -> None:
+    ax.set_xscale("log")
+    ax.ticklabel_format(axis="y", useOffset=False)
+    ax.set_xlabel(xlabel)
+    ax.set_title(LABELS[f], fontsize=7)
 
 
 def fullspace_sweep_figure(table: xr.Dataset, *, reference_lambda: float, paper_rtol: float,
                            title: str = "") -> Figure:
     """Question 1: each finding of the full-space estimator against lambda (at the paper's
     rtol, top row) and against the Krylov tolerance (at the reference lambda, bottom row). A
-    filled marker converged, a hollow one hit maxiter (named in the label); each point is
-    annotated with its largest iteration (sweep) count and largest final relative residual."""
+    filled marker converged, a hollow one hit maxiter; each point is annotated with its
+    largest iteration (sweep) count and largest final relative residual."""
     if "findings" not in table or "lambda" not in table:
         raise InputError("table: expected `pdeinf.analysis.estimator.fullspace_table` output")
     fig, axes = st.new_figure(2, len(FINDINGS), size=(3.0, 2.6))
@@ -40,21 +39,18 @@ def fullspace_sweep_figure(table: xr.Dataset, *, reference_lambda: float, paper_
         idx = idx[np.argsort(table[xvar].values[idx])]
         for k, f in enumerate(FINDINGS):
             ax = axes[r, k]
-            xs = table[xvar].values[idx]
-            ys = table["findings"].sel(finding=f).values[idx]
+            xs, ys = table[xvar].values[idx], table["findings"].sel(finding=f).values[idx]
             ax.plot(xs, ys, color="0.6", lw=0.8)
             for i, x, y in zip(idx, xs, ys):
                 conv = bool(table["converged"].values[i])
-                _point(ax, x, y, conv, st.OURS_COLOR)
+                ax.plot([x], [y], marker="o", ms=6, color=st.OURS_COLOR, ls="none",
+                        mfc=st.OURS_COLOR if conv else "none")
                 note = (f"it {int(table['iterations_max'].values[i])}\n"
                         f"res {float(table['residual_max'].values[i]):.1e}" + ("" if conv else "\nmaxiter"))
                 ax.annotate(note, (x, y), fontsize=5.5, xytext=(3, 3), textcoords="offset points")
-            ax.set_xscale("log")
-            ax.ticklabel_format(axis="y", useOffset=False)
-            ax.set_xlabel(xlabel)
             if f != "offdiagonal_mass":
                 ax.axhline(0, color="0.8", lw=0.6)
-            ax.set_title(LABELS[f], fontsize=7)
+            _finding_axes(ax, f, xlabel)
     axes[0, 0].plot([], [], "o", color=st.OURS_COLOR, label="converged")
     axes[0, 0].plot([], [], "o", mfc="none", color=st.OURS_COLOR, label="hit maxiter")
     axes[0, 0].legend(frameon=False, fontsize=6)
@@ -67,16 +63,17 @@ def limit_figure(limits: dict, pm_rows: list[dict] | None = None) -> Figure:
     max |Pi_out - projection onto range(J)| (dense), the off-diagonal mass of H from the dense
     J and from the Krylov solver, the mass of the projection limit (dashed). Last panel: P/M
     of the profile's models and of the paper's (docs/method.md section 4), against P/M = 1."""
-    n = len(limits) + (1 if pm_rows else 0)
-    fig, axes = st.new_figure(1, n, size=(3.4, 2.9))
-    for k, (case, ds) in enumerate(limits.items()):
-        ax = axes[0, k]
+    fig, axes = st.new_figure(1, len(limits) + (1 if pm_rows else 0), size=(3.4, 2.9))
+    for ax, (case, ds) in zip(axes[0], limits.items()):
         lam = ds["lambda"].values
         ax.plot(lam, ds["distance_identity"], "s-", color="#0072B2", label="max|Pi_out - I|")
         ax.plot(lam, ds["distance_projection"], "^-", color="#009E73", label="max|Pi_out - proj|")
-        ax.plot(lam, np.maximum(ds["mass_dense"], 1e-16), "o-", color=st.OURS_COLOR, label="mass H (dense)")
-        ax.plot(lam, np.maximum(ds["mass_krylov"], 1e-16), "x", ms=9, mew=1.5, color="#D55E00", label="mass H (Krylov)")
-        ax.axhline(max(float(ds["mass_limit"]), 1e-16), ls="--", color="0.5", lw=0.8, label="mass of limit")
+        ax.plot(lam, np.maximum(ds["mass_dense"], 1e-16), "o-", color=st.OURS_COLOR,
+                label="mass H (dense)")
+        ax.plot(lam, np.maximum(ds["mass_krylov"], 1e-16), "x", ms=9, mew=1.5, color="#D55E00",
+                label="mass H (Krylov)")
+        ax.axhline(max(float(ds["mass_limit"]), 1e-16), ls="--", color="0.5", lw=0.8,
+                   label="mass of limit")
         ax.set(xscale="log", yscale="log")
         ax.invert_xaxis()
         ax.set(xlabel="lambda",
@@ -84,19 +81,16 @@ def limit_figure(limits: dict, pm_rows: list[dict] | None = None) -> Figure:
         ax.legend(frameon=False, fontsize=6)
     if pm_rows:
         ax = axes[0, -1]
-        labels = [f"{r['pde']}-{r['model']}" for r in pm_rows]
         y = np.arange(len(pm_rows))
-        ax.barh(y + 0.2, [r["P/M_batch"] for r in pm_rows], 0.2, color=st.OURS_COLOR, label="ours, N=48 batch")
+        ax.barh(y + 0.2, [r["P/M_batch"] for r in pm_rows], 0.2, color=st.OURS_COLOR,
+                label="ours, N=48 batch")
         ax.barh(y, [r["P/M_subset"] for r in pm_rows], 0.2, color="0.6", label="ours, study subset")
-        lo = [float(r["paper_P/M"].split("-")[0]) for r in pm_rows]
-        hi = [float(r["paper_P/M"].split("-")[1]) for r in pm_rows]
-        ax.barh(y - 0.2, np.subtract(hi, lo), 0.2, left=lo, color=st.PAPER_COLOR,
-                label="seed paper")
+        lo, hi = np.array([[float(v) for v in r["paper_P/M"].split("-")[:2]] for r in pm_rows]).T
+        ax.barh(y - 0.2, np.subtract(hi, lo), 0.2, left=lo, color=st.PAPER_COLOR, label="seed paper")
         ax.axvline(1.0, color="k", ls="--", lw=0.8)
-        ax.set_yticks(y, labels)
-        ax.set(xscale="log", xlabel="P / M")
+        ax.set_yticks(y, [f"{r['pde']}-{r['model']}" for r in pm_rows])
+        ax.set(xscale="log", xlabel="P / M", title="which side of P = M")
         ax.legend(frameon=False, fontsize=6)
-        ax.set_title("which side of P = M")
     fig.suptitle(f"lambda -> 0: identity (P > M) vs projection onto range(J) (P < M) {TAG}")
     return fig
 
@@ -107,20 +101,17 @@ def subspace_sensitivity_figure(sub: xr.Dataset, *, energy_tol: float, damping: 
     at `damping`) and damping (bottom, at `energy_tol`): one thin line per seed, the seed mean
     thick; the follow-up's defaults marked."""
     fig, axes = st.new_figure(2, len(FINDINGS), size=(3.0, 2.5))
-    for r, (var, dim, default) in enumerate((("by_energy", "energy_tol", energy_tol), ("by_damping", "damping", damping))):
+    for r, (var, dim, default) in enumerate((("by_energy", "energy_tol", energy_tol),
+                                             ("by_damping", "damping", damping))):
         da = sub[var]
         for k, f in enumerate(FINDINGS):
-            ax = axes[r, k]
-            x = da[dim].values
+            ax, x = axes[r, k], da[dim].values
             for s in da["seed"].values:
                 ax.plot(x, da.sel(seed=s, finding=f), color="0.6", lw=0.7, marker=".")
             ax.plot(x, da.sel(finding=f).mean("seed"), color=st.OURS_COLOR, lw=1.6, marker="o",
                     label="seed mean")
-            ax.axvline(default, color=st.PAPER_COLOR, ls="--", lw=0.8, label="follow-up default")
-            ax.set_xscale("log")
-            ax.ticklabel_format(axis="y", useOffset=False)
-            ax.set_xlabel(dim)
-            ax.set_title(LABELS[f], fontsize=7)
+            st.paper_line(ax, default, "follow-up default", vertical=True, lw=0.8)
+            _finding_axes(ax, f, dim)
     axes[0, 0].legend(frameon=False, fontsize=6)
     fig.suptitle(f"{title} subspace estimator: energy tolerance and damping {TAG}".strip())
     return fig
@@ -132,48 +123,42 @@ def side_by_side_figure(fs_pi, sub_pi, sbs: dict, ablations: dict, *, title: str
     change of each finding under each estimator convention (95% interval over seeds) beside
     the seed spread of the baseline (grey band, +-1 std)."""
     fig, axes = st.new_figure(1, 3, size=(3.6, 3.1))
+    ax, ax_b, ax_c = axes[0]
     a, b = standardize(fs_pi), standardize(sub_pi)
     off = ~np.eye(a.shape[0], dtype=bool)
-    ax = axes[0, 0]
     ax.scatter(a[off], b[off], s=6, color=st.OURS_COLOR, alpha=0.6)
     e = sbs["smse"]["entries"]
     ax.set(xlabel="full-space Ĥ (lambda 1e-4, paper rtol)", ylabel="subspace Ĥ (follow-up defaults)")
     ax.set_title(f"(a) off-diagonal entries: Pearson {e['pearson_offdiagonal']:.2f}, "
                  f"Spearman {e['spearman_offdiagonal']:.2f}", fontsize=7)
-    ax = axes[0, 1]
     x = np.arange(len(FINDINGS))
     width = 0.8 / (2 * len(sbs))
     for j, (bra, rec) in enumerate(sbs.items()):
         t = rec["table"]
-        cols = list(t.columns[:2])
-        for i, (col, color) in enumerate(zip(cols, (st.OURS_COLOR, "0.6"))):
-            ax.bar(x + (2 * j + i - len(sbs) + 0.5) * width, t[col].values, width, color=color,
-                   hatch="//" if j else None, edgecolor="w" if j else color, label=f"{col}, {bra} bra")
-    ax.axhline(0, color="k", lw=0.6)
-    ax.set_xticks(x, [LABELS[f] for f in FINDINGS], rotation=30, ha="right", fontsize=6)
-    ax.legend(frameon=False, fontsize=6)
-    ax.set_title("(b) findings, same batch", fontsize=8)
-    ax = axes[0, 2]
-    names = list(ablations)
-    for j, name in enumerate(names):
-        abl = ablations[name]
-        ch = abl["change"]
-        findings = [str(f) for f in ch["finding"].values] if "finding" in ch.dims else [name]
-        for i, f in enumerate(findings):
+        for i, (col, color) in enumerate(zip(list(t.columns[:2]), (st.OURS_COLOR, "0.6"))):
+            ax_b.bar(x + (2 * j + i - len(sbs) + 0.5) * width, t[col].values, width, color=color,
+                     hatch="//" if j else None, edgecolor="w" if j else color,
+                     label=f"{col}, {bra} bra")
+    ax_b.axhline(0, color="k", lw=0.6)
+    ax_b.set_xticks(x, [LABELS[f] for f in FINDINGS], rotation=30, ha="right", fontsize=6)
+    ax_b.legend(frameon=False, fontsize=6)
+    ax_b.set_title("(b) findings, same batch", fontsize=8)
+    for j, (name, abl) in enumerate(ablations.items()):
+        ch, spread_all = abl["change"], abl["seed_spread"]
+        for i, f in enumerate([str(f) for f in ch["finding"].values] if "finding" in ch.dims else [name]):
             one = ch.sel(finding=f) if "finding" in ch.dims else ch
-            est, lo, hi = (float(one.sel(ci=c)) for c in ("estimate", "low", "high"))
             ypos = j * (len(FINDINGS) + 1) + i
-            spread = abl["seed_spread"].sel(finding=f) if "finding" in abl["seed_spread"].dims else abl["seed_spread"]
-            spread = float(spread)
+            spread = float(spread_all.sel(finding=f) if "finding" in spread_all.dims else spread_all)
             if np.isfinite(spread):
-                ax.fill_betweenx([ypos - 0.4, ypos + 0.4], -spread, spread, color="0.85")
-            ax.errorbar([est], [ypos], xerr=[[est - lo], [hi - est]] if np.isfinite(lo) else None,
-                        fmt="o", color=st.class_color(j), capsize=2, ms=4)
-            ax.annotate(f"{name}: {LABELS.get(f, f)}", (0, ypos), fontsize=5.5, xytext=(2, 4),
-                        textcoords="offset points")
-    ax.axvline(0, color="k", lw=0.6)
-    ax.set_yticks([])
-    ax.set_xlabel("change of the number (convention - baseline)")
-    ax.set_title("(c) estimator conventions vs seed spread (grey)", fontsize=8)
+                ax_c.fill_betweenx([ypos - 0.4, ypos + 0.4], -spread, spread, color="0.85")
+            est, lo, hi = (float(v) for v in st.ci_parts(one))
+            ax_c.errorbar([est], [ypos], xerr=[[est - lo], [hi - est]] if np.isfinite(lo) else None,
+                          fmt="o", color=st.class_color(j), capsize=2, ms=4)
+            ax_c.annotate(f"{name}: {LABELS.get(f, f)}", (0, ypos), fontsize=5.5, xytext=(2, 4),
+                          textcoords="offset points")
+    ax_c.axvline(0, color="k", lw=0.6)
+    ax_c.set_yticks([])
+    ax_c.set_xlabel("change of the number (convention - baseline)")
+    ax_c.set_title("(c) estimator conventions vs seed spread (grey)", fontsize=8)
     fig.suptitle(f"{title} full-space vs subspace on the same batch {TAG}".strip())
     return fig

@@ -1,10 +1,6 @@
-"""One function per figure; each takes analysis output (pdeinf.analysis) and returns a Figure.
-
-Nothing here computes influence: inputs are the xarray / pandas objects of
-`pdeinf.analysis.coherence`, the pipeline's rollout errors and training histories, or raw
-snapshots. Time axes are snapshot indices, influence is dimensionless (normalisation named in
-the colour-bar / axis label).
-"""
+"""One function per figure, from the objects of `pdeinf.analysis.coherence`, the pipeline's
+rollout errors and training histories, or raw snapshots. Time axes are snapshot indices;
+influence is dimensionless (its normalisation named in the colour-bar / axis label)."""
 from __future__ import annotations
 
 import warnings
@@ -15,27 +11,20 @@ import pandas as pd
 import xarray as xr
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 
 from pdeinf.errors import InputError
 from pdeinf.viz import style as st
 
-#: Our figures made with a follow-up recipe (its estimator and conventions, docs/method.md section
-#: 6) that the follow-up itself does not show: the follow-up's figures are those of the
-#: symmetry study (docs/method.md section 7).
+#: Our figures made with a follow-up recipe (docs/method.md section 6) that the follow-up itself
+#: does not show: its figures are those of the symmetry study (docs/method.md section 7).
 FOLLOWUP_RECIPE_LABEL = "[ours; follow-up recipe]"
-#: Title labels of the figures of the follow-up layer, by study. The dynamics, spectrum,
-#: metric-variant and conservation-bra figures are ours on the follow-up's recipe; the recipes
-#: are docs/method.md section 6 and the authors' plotting scripts (dynamics.jl, eig.jl, pcs.jl,
-#: mass.jl, energy.jl).
-FOLLOWUP_LABELS = {
-    "dynamics": FOLLOWUP_RECIPE_LABEL,
-    "spectrum": FOLLOWUP_RECIPE_LABEL,
-    "rollout": "[follow-up, rollout-link fig.]",
-    "variants": FOLLOWUP_RECIPE_LABEL,
-    "conservation": FOLLOWUP_RECIPE_LABEL,
-}
+#: Title labels of the figures of the follow-up layer, by study (recipes: docs/method.md
+#: section 6 and the authors' scripts dynamics.jl, eig.jl, pcs.jl, mass.jl, energy.jl).
+FOLLOWUP_LABELS = {"dynamics": FOLLOWUP_RECIPE_LABEL, "spectrum": FOLLOWUP_RECIPE_LABEL,
+                   "rollout": "[follow-up, rollout-link fig.]", "variants": FOLLOWUP_RECIPE_LABEL,
+                   "conservation": FOLLOWUP_RECIPE_LABEL}
 OURS_LABEL = "[ours]"
+QUARTILES = [0.25, 0.5, 0.75]
 
 
 def _influence_label(obj) -> str:
@@ -49,13 +38,6 @@ def _title(obj, default: str) -> str:
     return f"{default} [{variant}]" if variant else default
 
 
-def _integer_axes(*axes, y: bool = False) -> None:
-    for ax in axes:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        if y:
-            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-
-
 def _quiet(reduce, values, **kwargs):
     """A NaN-ignoring numpy reduction; an all-NaN slice gives NaN without a warning."""
     with warnings.catch_warnings():
@@ -63,58 +45,44 @@ def _quiet(reduce, values, **kwargs):
         return reduce(values, **kwargs)
 
 
-def _quartiles_over(values, axis: int):
-    return _quiet(np.nanquantile, values, q=[0.25, 0.5, 0.75], axis=axis)
-
-
-def _single(size, heat, title, default):
-    fig, axes = st.new_figure(1, 1, size=size)
-    axes[0, 0].set_title(title or _title(heat, default))
-    return fig, axes[0, 0]
-
-
 def _draw_heatmap(ax, heat: xr.DataArray, *, vmin=None, vmax=None, colorbar=True, lag=None):
     values = heat.transpose("t_resp", "t_pert").values
     t_resp, t_pert = heat["t_resp"].values, heat["t_pert"].values
     lo = np.nanmin(values) if vmin is None else vmin
     hi = np.nanmax(values) if vmax is None else vmax
-    norm = None
-    cmap = st.HEATMAP_CMAP
+    colours = {"cmap": st.HEATMAP_CMAP, "vmin": lo, "vmax": hi}
     if lo < 0 < hi and abs(lo) > 0.1 * hi:  # signed data: centre the colours on zero
-        norm, cmap, lo, hi = TwoSlopeNorm(0.0, lo, hi), st.DIVERGING_CMAP, None, None
-    extent = (t_pert[0] - 0.5, t_pert[-1] + 0.5, t_resp[0] - 0.5, t_resp[-1] + 0.5)
-    image = ax.imshow(values, origin="lower", cmap=cmap, norm=norm, vmin=lo, vmax=hi,
-                      extent=extent, aspect="equal", interpolation="nearest")
+        colours = {"cmap": st.DIVERGING_CMAP, "norm": TwoSlopeNorm(0.0, lo, hi)}
+    image = st.heatmap(ax, values, x=t_pert, y=t_resp, aspect="equal", colorbar=colorbar,
+                       label=_influence_label(heat), **colours)
     ax.set(xlabel="perturbation time $t_m$", ylabel="response time $t_n$")
-    _integer_axes(ax, y=True)
+    st.integer_ticks(ax, y=True)
     if lag is not None:
         ts = np.array([t_pert[0], t_pert[-1]], dtype=float)
+        extent = image.get_extent()
         ax.plot(ts, ts + lag, color="white", lw=0.8, ls="--")
         ax.set(xlim=extent[:2], ylim=extent[2:])
-    if colorbar:
-        ax.figure.colorbar(image, ax=ax, shrink=0.85, label=_influence_label(heat))
     return image
 
 
 def heatmap_figure(heat: xr.DataArray, *, title: str | None = None, vmin=None, vmax=None) -> Figure:
     """Item 1: temporal coherence heatmap, response time vs perturbation time."""
     st.require_dims(heat, ("t_resp", "t_pert"), "heat")
-    fig, ax = _single((3.6, 3.0), heat, title, "temporal coherence")
+    fig, ax = st.new_figure(size=(3.6, 3.0), title=title or _title(heat, "temporal coherence"))
     _draw_heatmap(ax, heat, vmin=vmin, vmax=vmax)
     return fig
 
 
 def _draw_horizon(ax, curve: xr.DataArray, *, lag=None):
-    dts = curve["dt"].values
     for pair in curve["pair"].values:
-        med, q1, q3 = st.quartiles(curve.sel(pair=pair))
-        st.band(ax, dts, med, q1, q3, color=st.PAIR_COLORS.get(str(pair), "grey"), alpha=0.25,
-                marker="o", ms=2.5, lw=1.2, label=f"{pair}-class")
+        st.band(ax, curve["dt"].values, *st.quartiles(curve.sel(pair=pair)), alpha=0.25,
+                color=st.PAIR_COLORS.get(str(pair), "grey"), marker="o", ms=2.5, lw=1.2,
+                label=f"{pair}-class")
     if lag is not None:
         ax.axvline(lag, color="black", lw=0.8, ls="--")
     st.zero_line(ax)
     ax.set(xlabel=r"$\Delta t = t_n - t_m$", ylabel=_influence_label(curve))
-    _integer_axes(ax)
+    st.integer_ticks(ax)
     ax.legend(frameon=False)
 
 
@@ -122,12 +90,12 @@ def horizon_figure(curve: xr.DataArray, *, title: str | None = None, lag: int | 
                    ) -> Figure:
     """Item 2: influence vs time lag, medians with quartile bands, intra vs inter class."""
     st.require_dims(curve, ("pair", "quantile", "dt"), "curve")
-    fig, ax = _single((3.8, 2.8), curve, title, "temporal decay")
+    fig, ax = st.new_figure(size=(3.8, 2.8), title=title or _title(curve, "temporal decay"))
     _draw_horizon(ax, curve, lag=lag)
     return fig
 
 
-def _draw_class_matrix(ax, cm: xr.DataArray, *, colorbar=True):
+def _draw_class_matrix(ax, cm: xr.DataArray):
     """Sequential colours for a matrix without negative entries; with any negative entry a
     diverging map on a range symmetric about 0, so that the sign of every cell shows."""
     values = cm.transpose("c_resp", "c_pert").values
@@ -146,14 +114,14 @@ def _draw_class_matrix(ax, cm: xr.DataArray, *, colorbar=True):
     ax.set_xticks(range(len(labels_p)), labels_p, rotation=30, ha="right")
     ax.set_yticks(range(len(labels_r)), labels_r)
     ax.set(xlabel="perturbing class", ylabel="response class")
-    if colorbar:
-        ax.figure.colorbar(image, ax=ax, shrink=0.85, label=_influence_label(cm))
+    ax.figure.colorbar(image, ax=ax, shrink=0.85, label=_influence_label(cm))
 
 
 def class_matrix_figure(cm: xr.DataArray, *, title: str | None = None) -> Figure:
     """Item 3: 3x3 class matrix (response class vs perturbing class)."""
     st.require_dims(cm, ("c_resp", "c_pert"), "cm")
-    fig, ax = _single((3.6, 3.0), cm, title, f"class coherence (lag {cm.attrs.get('lag', 0)})")
+    fig, ax = st.new_figure(size=(3.6, 3.0), title=title or _title(
+        cm, f"class coherence (lag {cm.attrs.get('lag', 0)})"))
     _draw_class_matrix(ax, cm)
     return fig
 
@@ -161,13 +129,11 @@ def class_matrix_figure(cm: xr.DataArray, *, title: str | None = None) -> Figure
 def dynamics_figure(dyn: xr.DataArray, *, title: str | None = None) -> Figure:
     """Item 4: mean diagonal vs off-diagonal influence across checkpoints (log scale)."""
     st.require_dims(dyn, ("part", "quantile", "epoch"), "dyn")
-    fig, ax = _single((3.8, 2.8), dyn, title,
-                      f"{FOLLOWUP_LABELS['dynamics']} training dynamics")
-    epochs = dyn["epoch"].values
+    fig, ax = st.new_figure(size=(3.8, 2.8), title=title or _title(
+        dyn, f"{FOLLOWUP_LABELS['dynamics']} training dynamics"))
     for part in dyn["part"].values:
-        med, q1, q3 = st.quartiles(dyn.sel(part=part))
-        st.band(ax, epochs, med, q1, q3, color=st.PART_COLORS.get(str(part), "grey"),
-                alpha=0.25, marker="o", ms=3, label=str(part))
+        st.band(ax, dyn["epoch"].values, *st.quartiles(dyn.sel(part=part)), alpha=0.25,
+                color=st.PART_COLORS.get(str(part), "grey"), marker="o", ms=3, label=str(part))
     values = dyn.values[np.isfinite(dyn.values)]
     if values.size and values.min() > 0:
         ax.set_yscale("log")
@@ -175,7 +141,7 @@ def dynamics_figure(dyn: xr.DataArray, *, title: str | None = None) -> Figure:
         ax.set_yscale("symlog", linthresh=max(1e-12, float(np.min(np.abs(values[values != 0]),
                                                                   initial=1.0))))
     ax.set(xlabel="epoch", ylabel=f"mean {_influence_label(dyn)}")
-    _integer_axes(ax)
+    st.integer_ticks(ax)
     ax.legend(frameon=False)
     return fig
 
@@ -198,11 +164,11 @@ def spectrum_figure(spec: xr.Dataset, *, title: str | None = None) -> Figure:
            title=title or f"{FOLLOWUP_LABELS['spectrum']} spectrum of the metric")
     ax.legend(frameon=False, fontsize=7)
     cond = spec["condition_number"].transpose("epoch", ...).values.reshape(len(epochs), -1)
-    q = _quartiles_over(np.where(np.isfinite(cond), cond, np.nan), 1)
+    q = _quiet(np.nanquantile, np.where(np.isfinite(cond), cond, np.nan), q=QUARTILES, axis=1)
     st.band(ax_cond, epochs, q[1], q[0], q[2], color=st.OURS_COLOR, marker="o", ms=3)
     ax_cond.set(yscale="log", xlabel="epoch", ylabel="condition number",
                 title=f"{FOLLOWUP_LABELS['spectrum']} anisotropy")
-    _integer_axes(ax_cond)
+    st.integer_ticks(ax_cond)
     return fig
 
 
@@ -210,11 +176,10 @@ def similarity_figure(sim: xr.Dataset, *, title: str | None = None) -> Figure:
     """Item 6: influence vs scaled input distance (log-spaced overlapping bins)."""
     st.require_dims(sim, ("bin",), "sim")
     rho = sim.attrs.get("spearman_rho")
-    fig, axes = st.new_figure(1, 1, size=(3.8, 2.8))
-    ax = axes[0, 0]
+    fig, ax = st.new_figure(size=(3.8, 2.8), title="")
     ok = sim["count"].values > 0
-    st.band(ax, sim["center"].values[ok], sim["median"].values[ok], sim["q25"].values[ok],
-            sim["q75"].values[ok], color=st.OURS_COLOR, marker="o", ms=3)
+    st.band(ax, *(sim[v].values[ok] for v in ("center", "median", "q25", "q75")),
+            color=st.OURS_COLOR, marker="o", ms=3)
     st.zero_line(ax)
     ax.set(xscale="log", xlabel="scaled input distance", ylabel=_influence_label(sim),
            title=(title or _title(sim, "influence vs similarity"))
@@ -222,9 +187,9 @@ def similarity_figure(sim: xr.Dataset, *, title: str | None = None) -> Figure:
     return fig
 
 
-def _draw_ci(ax, x, ci: xr.DataArray, *, color, label, marker="o", ls="-"):
+def _ci_band(ax, x, ci: xr.DataArray, *, color, label, **line):
     """An estimate line with its interval band; `ci` has a `ci` dim (estimate, low, high)."""
-    return st.band(ax, x, *st.ci_parts(ci), color=color, label=label, marker=marker, ms=3, ls=ls)
+    return st.band(ax, x, *st.ci_parts(ci), color=color, label=label, marker="o", ms=3, **line)
 
 
 def _correlation_axes(ax, ylabel: str, title: str) -> None:
@@ -235,37 +200,30 @@ def _correlation_axes(ax, ylabel: str, title: str) -> None:
 def rollout_link_figure(link: xr.Dataset, *, paper: dict | pd.Series | None = None,
                         stats: xr.Dataset | None = None, title: str | None = None,
                         scatter_dt: int = 1) -> Figure:
-    """Item 7, the follow-up's rollout link, three panels.
-
-    (a) Pearson r(R, cumulative rollout SMSE) vs horizon dt: ours (line "ours", with the 95%
-    t-interval band over seeds and the Spearman line when `stats` is given) beside every published value
-    of the follow-up (`paper`: {dt: r}, dashed line "follow-up (published)").
-    (b) [ours] the link within classes (`stats` only): pooled after removing class means with
-    its band, and per class. (c) rollout error against R at `scatter_dt`, one colour per class.
-    `link`: `coherence.rollout_link` output; `stats`: `rollout_stats.rollout_link_statistics`
-    (or None at designs too small for intervals).
-    """
+    """Item 7, the follow-up's rollout link: (a) Pearson r(R, cumulative rollout SMSE) vs dt,
+    ours (with 95% band and Spearman when `stats` is given) beside the published `{dt: r}`;
+    (b) [ours] the link within classes (`stats` only); (c) rollout error vs R at `scatter_dt`.
+    `link`: `coherence.rollout_link`; `stats`: `rollout_stats.rollout_link_statistics` or None."""
     st.require_dims(link, ("dt",), "link")
     fig, axes = st.new_figure(1, 3, size=(3.3, 2.8))
     ax, ax_in, ax_sc = axes[0]
     dts = link["dt"].values
     if stats is not None:
         sdt = stats["dt"].values
-        _draw_ci(ax, sdt, stats["pearson"], color=st.OURS_COLOR, label="ours: Pearson")
+        _ci_band(ax, sdt, stats["pearson"], color=st.OURS_COLOR, label="ours: Pearson")
         ax.plot(sdt, stats["spearman"].sel(ci="estimate").values, color="grey", ls=":",
                 marker="s", ms=2.5, label="ours: Spearman")
     ax.plot(dts, link["correlation"].values, color=st.OURS_COLOR, marker="o", ms=3,
             ls="none" if stats is not None else "-", label="ours")
     if paper is not None:
-        items = sorted(dict(paper).items())
-        ax.plot([k for k, _ in items], [v for _, v in items], ls="--", marker="D", ms=3.5,
+        ax.plot(*zip(*sorted(dict(paper).items())), ls="--", marker="D", ms=3.5,
                 color=st.PAPER_COLOR, label="follow-up (published)")
     _correlation_axes(ax, "correlation of R with rollout SMSE",
                       title or f"{FOLLOWUP_LABELS['rollout']} coherence vs rollout error")
     ax.legend(frameon=False, fontsize=7)
     _correlation_axes(ax_in, "Pearson r within classes", f"{OURS_LABEL} within-class link")
     if stats is not None:
-        _draw_ci(ax_in, sdt, stats["within_class_pooled"], color=st.OURS_COLOR,
+        _ci_band(ax_in, sdt, stats["within_class_pooled"], color=st.OURS_COLOR,
                  label="class means removed")
         for k, cls in enumerate(stats["class"].values):
             ax_in.plot(sdt, stats["within_class"].sel({"class": cls, "ci": "estimate"}).values,
@@ -289,45 +247,40 @@ def rollout_link_figure(link: xr.Dataset, *, paper: dict | pd.Series | None = No
 
 
 def dynamics_intervals_figure(ci: xr.DataArray, *, title: str | None = None) -> Figure:
-    """[ours] The follow-up's dynamics as means over seeds x batches with 95% t-interval bands over seeds
-    (`pdeinf.analysis.followup.dynamics_intervals`): diagonal and off-diagonal (log scale where
-    positive) and their ratio."""
+    """[ours] The follow-up's dynamics as means over seeds x batches with 95% t-interval bands
+    over seeds (`pdeinf.analysis.followup.dynamics_intervals`): diagonal and off-diagonal (log
+    scale where positive) and their ratio."""
     st.require_dims(ci, ("ci", "quantity", "epoch"), "ci")
     fig, axes = st.new_figure(1, 2, size=(3.4, 2.8))
     ax, ax_r = axes[0]
     epochs = ci["epoch"].values
     for part in ("diagonal", "off-diagonal"):
-        _draw_ci(ax, epochs, ci.sel(quantity=part), color=st.PART_COLORS[part], label=part)
+        _ci_band(ax, epochs, ci.sel(quantity=part), color=st.PART_COLORS[part], label=part)
     values = ci.sel(quantity=["diagonal", "off-diagonal"]).values
     if np.all(values[np.isfinite(values)] > 0):
         ax.set_yscale("log")
     ax.set(xlabel="epoch", ylabel=f"mean {_influence_label(ci)}",
            title=title or f"{OURS_LABEL} dynamics, 95% intervals")
     ax.legend(frameon=False, fontsize=7)
-    _draw_ci(ax_r, epochs, ci.sel(quantity="ratio"), color=st.OURS_COLOR, label="ratio")
+    _ci_band(ax_r, epochs, ci.sel(quantity="ratio"), color=st.OURS_COLOR, label="ratio")
     st.zero_line(ax_r)
     ax_r.set(xlabel="epoch", ylabel="mean off-diagonal / mean diagonal",
              title=f"{OURS_LABEL} off/diagonal ratio")
-    _integer_axes(ax, ax_r)
+    st.integer_ticks(ax, ax_r)
     return fig
 
 
 def variant_heatmaps_figure(maps: xr.DataArray, *, title: str | None = None,
                             shared_scale: bool = True) -> Figure:
-    """Items 8-9: temporal heatmaps side by side, one per variant (metric or bra).
-
-    With `shared_scale` (the default) every panel has the same colour range (min..max of the
-    finite values of all panels; diverging about 0 when clearly signed, as every heatmap) and
-    the figure one colour bar, so panels compare; `shared_scale=False` gives each panel its own
-    range and colour bar."""
+    """Items 8-9: temporal heatmaps side by side, one per variant (metric or bra), on one colour
+    range with one colour bar (`shared_scale=False`: each panel its own)."""
     st.require_dims(maps, ("variant", "t_resp", "t_pert"), "maps")
     names = [str(v) for v in maps["variant"].values]
     fig, axes = st.new_figure(1, len(names), size=(3.3, 2.9))
     lo, hi = st.shared_range([maps.values]) if shared_scale else (None, None)
-    images = []
+    images = [_draw_heatmap(ax, maps.sel(variant=name), vmin=lo, vmax=hi, colorbar=not shared_scale)
+              for ax, name in zip(axes[0], names)]
     for ax, name in zip(axes[0], names):
-        images.append(_draw_heatmap(ax, maps.sel(variant=name), vmin=lo, vmax=hi,
-                                    colorbar=not shared_scale))
         ax.set_title(name)
     if shared_scale and images:
         fig.colorbar(images[0], ax=list(axes[0]), shrink=0.85, label=_influence_label(maps))
@@ -358,11 +311,10 @@ def snapshots_figure(samples: dict, *, times=(0, 4, 8, 16), channel: int = 0,
             raise InputError(f"samples[{name!r}]: times {times} / channel {channel} out of range")
         field = traj[list(times), channel]
         for j, t in enumerate(times):
-            ax = axes[i, j]
-            ax.imshow(traj[t, channel], origin="lower", cmap="viridis", vmin=float(field.min()),
-                      vmax=float(field.max()))
-            ax.set(xticks=[], yticks=[], title=f"t = {t}" if i == 0 else "",
-                   ylabel=str(name) if j == 0 else "")
+            st.heatmap(axes[i, j], traj[t, channel], colorbar=False, cmap="viridis",
+                       vmin=float(field.min()), vmax=float(field.max()))
+            axes[i, j].set(xticks=[], yticks=[], title=f"t = {t}" if i == 0 else "",
+                           ylabel=str(name) if j == 0 else "")
     if title or channel_name:
         fig.suptitle(title or f"snapshots: {channel_name}")
     return fig
@@ -373,8 +325,7 @@ def loss_curves_figure(histories: dict, *, title: str = "training") -> Figure:
     val_loss (pdeinf.pipeline.training_history); one colour per label, line style per split."""
     if not histories:
         raise InputError("histories: at least one training history is needed")
-    fig, axes = st.new_figure(1, 1, size=(4.2, 3.0))
-    ax = axes[0, 0]
+    fig, ax = st.new_figure(size=(4.2, 3.0), title=title)
     for k, (label, frame) in enumerate(histories.items()):
         missing = {"seed", "epoch", "train_loss", "val_loss"} - set(frame.columns)
         if missing:
@@ -385,7 +336,7 @@ def loss_curves_figure(histories: dict, *, title: str = "training") -> Figure:
             med = per_epoch.median()
             st.band(ax, med.index, med.values, per_epoch.min(), per_epoch.max(), color=color,
                     alpha=0.15, ls=ls, label=f"{label} {split.split('_')[0]}")
-    ax.set(yscale="log", xlabel="epoch", ylabel="SMSE", title=title)
+    ax.set(yscale="log", xlabel="epoch", ylabel="SMSE")
     ax.legend(frameon=False, fontsize=7)
     return fig
 
@@ -403,7 +354,7 @@ def rollout_error_figure(rollouts: dict, *, title: str = "rollout error") -> Fig
         horizon = np.arange(1, da.sizes["horizon"] + 1)
         for k, cls in enumerate(da["class"].values):
             values = da.sel({"class": cls}).transpose("horizon", ...).values
-            q = _quartiles_over(values.reshape(values.shape[0], -1), 1)
+            q = _quiet(np.nanquantile, values.reshape(values.shape[0], -1), q=QUARTILES, axis=1)
             st.band(ax, horizon, q[1], q[0], q[2], color=st.class_color(k), label=str(cls))
         ax.set(yscale="log", xlabel="rollout step", ylabel="per-step SMSE",
                title=f"{title}: {label}")

@@ -1,5 +1,5 @@
-"""Figures of the interventions study, all "[ours]": neither paper trains with other
-recipes. Inputs are the outputs of `pdeinf.analysis.interventions`."""
+"""Figures of the interventions study, all "[ours]" (neither paper trains with other recipes);
+inputs are the outputs of `pdeinf.analysis.interventions`."""
 from __future__ import annotations
 
 import numpy as np
@@ -24,15 +24,18 @@ def _err(ci: xr.DataArray) -> tuple[float, np.ndarray]:
     return est, np.array([[est - float(ci.sel(ci="low"))], [float(ci.sel(ci="high")) - est]])
 
 
+def _titled(title: str, what: str) -> str:
+    return f"{title} {what} {TAG}".strip()
+
+
 def rollout_vs_r_figure(table: xr.Dataset, obs: xr.Dataset | None = None, *,
                         title: str = "") -> Figure:
     """Rollout SMSE at dt vs cross-time ratio R at the final checkpoint, one point per recipe
-    (mean over seeds x batches with 95% t-intervals over seeds on both axes); with
-    `obs`, the per-seed means as small markers."""
+    (mean over seeds x batches with 95% t-intervals over seeds on both axes); with `obs`, the
+    per-seed means as small markers."""
     st.require_dims(table, ("recipe", "ci"), "table")
-    fig, axes = st.new_figure(1, 1, size=(4.4, 3.4))
-    ax = axes[0, 0]
     epoch = table.attrs.get("epoch")
+    fig, ax = st.new_figure(size=(4.4, 3.4), title=_titled(title, f"rollout error vs R, epoch {epoch}"))
     for i, recipe in enumerate(table["recipe"].values):
         color = recipe_color(recipe, i)
         x, xerr = _err(table["R"].sel(recipe=recipe))
@@ -45,7 +48,6 @@ def rollout_vs_r_figure(table: xr.Dataset, obs: xr.Dataset | None = None, *,
     ax.set(xlabel="cross-time ratio R (raw, class mean)",
            ylabel=f"cumulative rollout SMSE, dt={table.attrs.get('dt')}", yscale="log")
     ax.legend(frameon=False, fontsize=7)
-    ax.set_title(f"{title} rollout error vs R, epoch {epoch} {TAG}".strip())
     return fig
 
 
@@ -55,14 +57,12 @@ def lag_curves_figure(curves: xr.DataArray, *, title: str = "") -> Figure:
     st.require_dims(curves, ("ci", "recipe", "pair", "dt"), "curves")
     pairs = [str(p) for p in curves["pair"].values]
     fig, axes = st.new_figure(1, len(pairs), sharey=True)
-    dts = curves["dt"].values
-    for j, pair in enumerate(pairs):
-        ax = axes[0, j]
+    for ax, pair in zip(axes[0], pairs):
         for i, recipe in enumerate(curves["recipe"].values):
-            st.band(ax, dts, *st.ci_parts(curves.sel(recipe=recipe, pair=pair)),
+            st.band(ax, curves["dt"].values, *st.ci_parts(curves.sel(recipe=recipe, pair=pair)),
                     color=recipe_color(recipe, i), alpha=0.15, lw=1.2, label=str(recipe))
         ax.axhline(0.0, color="0.6", lw=0.6)
-        ax.set(xlabel="dt = t_resp - t_pert (snapshots)", title=f"{title} {pair}-class {TAG}".strip())
+        ax.set(xlabel="dt = t_resp - t_pert (snapshots)", title=_titled(title, f"{pair}-class"))
     axes[0, 0].set_ylabel("standardized influence (median per matrix)")
     axes[0, -1].legend(frameon=False, fontsize=7)
     return fig
@@ -77,18 +77,17 @@ def class_matrices_figure(cms: xr.DataArray, *, title: str = "") -> Figure:
     est = cms.sel(ci="estimate")
     vmin, vmax = float(est.min()), float(est.max())
     labels = [str(c) for c in cms["c_resp"].values]
-    for k, recipe in enumerate(recipes):
-        ax = axes[0, k]
+    for k, (ax, recipe) in enumerate(zip(axes[0], recipes)):
         values, lo, hi = st.ci_parts(cms.sel(recipe=recipe).transpose("ci", "c_resp", "c_pert"))
-        cells = np.vectorize(lambda v, low, high: f"{v:.2g}\n[{low:.2g}, {high:.2g}]")(values, lo, hi)
-        image = st.matrix(ax, values, text=lambda i, j, t=cells: t[i, j],
-                          dark=lambda i, j, v=values: not v[i, j] > 0.5 * (vmin + vmax), fontsize=5.5,
-                          cmap=st.HEATMAP_CMAP, vmin=vmin, vmax=vmax)
+        image = st.matrix(ax, values, text=lambda i, j, v=values, lo=lo, hi=hi:
+                          f"{v[i, j]:.2g}\n[{lo[i, j]:.2g}, {hi[i, j]:.2g}]",
+                          dark=lambda i, j, v=values: not v[i, j] > 0.5 * (vmin + vmax),
+                          fontsize=5.5, cmap=st.HEATMAP_CMAP, vmin=vmin, vmax=vmax)
         ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
         ax.set_yticks(range(len(labels)), labels if k == 0 else [])
         ax.set_title(f"{recipe} {TAG}")
     fig.colorbar(image, ax=list(axes[0]), shrink=0.8, label="standardized influence")
-    fig.suptitle(f"{title} class matrix, lag {cms.attrs.get('lag', 0)} {TAG}".strip())
+    fig.suptitle(_titled(title, f"class matrix, lag {cms.attrs.get('lag', 0)}"))
     return fig
 
 
@@ -96,8 +95,7 @@ def selection_figure(sel: xr.Dataset, *, title: str = "") -> Figure:
     """Change in log rollout SMSE at dt of the checkpoint chosen by each criterion vs the one
     minimal validation SMSE picks, per recipe (and pooled), with 95% intervals."""
     st.require_dims(sel, ("criterion", "ci", "recipe"), "sel")
-    fig, axes = st.new_figure(1, 1, size=(4.4, 3.0))
-    ax = axes[0, 0]
+    fig, ax = st.new_figure(size=(4.4, 3.0), title=_titled(title, "checkpoint selection"))
     recipes = [str(r) for r in sel["recipe"].values]
     criteria = [str(c) for c in sel["criterion"].values]
     width = 0.8 / max(len(criteria), 1)
@@ -110,7 +108,6 @@ def selection_figure(sel: xr.Dataset, *, title: str = "") -> Figure:
     ax.set_xticks(range(len(recipes)), recipes, rotation=20)
     ax.set_ylabel("log rollout SMSE: chosen - val-chosen")
     ax.legend(frameon=False, fontsize=7)
-    ax.set_title(f"{title} checkpoint selection {TAG}".strip())
     return fig
 
 
@@ -136,7 +133,7 @@ def orbit_figure(table: xr.Dataset, *, title: str = "") -> Figure:
         ax.axhline(0.0, color="0.6", lw=0.6)
         ax.set_xticks(xs, labels)
         ax.set(xlabel="D4 element g", ylabel=ylabel,
-               title=f"{title} {name}, epoch {table.attrs.get('epoch')} {TAG}".strip())
+               title=_titled(title, f"{name}, epoch {table.attrs.get('epoch')}"))
     axes[0, 0].legend(frameon=False, fontsize=7)
     fig.suptitle(f"one-step vs augment: mean over {table.attrs.get('n_seeds')} seed(s) x "
                  f"{table.attrs.get('n_batches')} batch(es), 95% t-intervals over seeds "

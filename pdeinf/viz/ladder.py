@@ -1,6 +1,4 @@
-"""Figures of the regime ladder (ours; `pdeinf.analysis.ladder`): each headline statistic along
-each axis, both estimators with their 95% t-intervals over seeds, the paper's value and the
-profile's own rung marked."""
+"""The regime ladder figure (ours; `pdeinf.analysis.ladder`)."""
 from __future__ import annotations
 
 import pandas as pd
@@ -9,7 +7,7 @@ from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
 from pdeinf.analysis.ladder import AXES, AXIS_WORDS, STATISTICS
 from pdeinf.errors import InputError
-from pdeinf.viz.style import PAPER_COLOR, legend_below, new_figure
+from pdeinf.viz.style import bars, legend_below, new_figure, paper_line
 
 ESTIMATOR_STYLE = {"full-space": {"color": "#000000", "marker": "o"},
                    "subspace": {"color": "#0072B2", "marker": "s"}}
@@ -23,10 +21,9 @@ AXIS_LABELS = {"progress": "checkpoint epoch", "width": "P / M",
 
 def ladder_figure(summary: pd.DataFrame, *, own: dict | None = None,
                   paper_ridge: float | None = None, title: str = "") -> Figure:
-    """A grid: rows = statistics, columns = axes. Each panel: the mean over seeds per rung and
-    estimator with its 95% t-interval (bars), the paper's ridge (dashed), the profile's own
-    rung (grey line). The width axis is drawn against P / M; capacity and data on log scales,
-    each axis ticked at its rungs."""
+    """Rows = statistics, columns = axes. Each panel: the mean over seeds per rung and estimator
+    with its 95% t-interval (bars), the paper's ridge (dashed), the profile's own rung (grey
+    line). The width axis is drawn against P / M; capacity and data on log scales."""
     missing = {"axis", "value", "estimator", "statistic", "estimate", "low", "high",
                "p_over_m"} - set(summary.columns)
     if missing:
@@ -41,16 +38,14 @@ def ladder_figure(summary: pd.DataFrame, *, own: dict | None = None,
                 if rows.empty or (stat == "log10_ntk" and k):  # the NTK does not depend on it
                     continue
                 x = rows["p_over_m"] if axis == "width" else rows["value"]
-                err = [rows["estimate"] - rows["low"], rows["high"] - rows["estimate"]]
-                ax.errorbar(x, rows["estimate"], yerr=err, capsize=2, lw=1, ms=3,
-                            label=estimator if stat != "log10_ntk" else "either estimator",
-                            **style)
+                bars(ax, x, rows["estimate"], rows["low"], rows["high"], capsize=2, lw=1, ms=3,
+                     label=estimator if stat != "log10_ntk" else "either estimator", **style)
             if own and axis in own:
                 x_own = part[(part.value == own[axis])]["p_over_m"].iloc[0] \
                     if axis == "width" and not part.empty else own[axis]
                 ax.axvline(x_own, color="0.7", lw=0.8, zorder=0)
             if stat == "ridge" and paper_ridge is not None:
-                ax.axhline(paper_ridge, color=PAPER_COLOR, ls="--", lw=1, label="paper")
+                paper_line(ax, paper_ridge, "paper")
             _rung_ticks(ax, part["p_over_m"] if axis == "width" else part["value"],
                         log=axis != "progress")
             if i == len(STATISTICS) - 1:

@@ -1,11 +1,9 @@
 """The seed paper's figures (arXiv 2509.00024), one function each, with the paper's readings
-(`pdeinf.analysis.paper_numbers`, all "≈") drawn beside ours.
-
-Inputs are the outputs of `pdeinf.analysis.seed_paper`. Fixed ranges as the paper: heatmaps
-0..7, class matrices 0..2.5, lag curves -0.25..7, interpolation -1..3 (extended, with a note,
-only when our values leave them; a class matrix marks cells below 0 in blue, hatched).
-Times are shown 1-based (perturbation / response time 1..16) as in the paper. Titles name the
-figure: "[seed paper, fig. N]".
+(`pdeinf.analysis.paper_numbers`, all "≈") drawn beside ours; inputs from
+`pdeinf.analysis.seed_paper`. The paper's fixed ranges (heatmaps 0..7, class matrices 0..2.5,
+lag curves -0.25..7, interpolation -1..3) are extended, with a note, only when our values leave
+them; a class matrix marks cells below 0 in blue, hatched. Times are 1-based as in the paper.
+Titles name the figure: "[seed paper, fig. N]".
 """
 from __future__ import annotations
 
@@ -17,7 +15,6 @@ import pandas as pd
 import xarray as xr
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
-from matplotlib.ticker import MaxNLocator
 
 from pdeinf.analysis import paper_numbers as pn
 from pdeinf.analysis import seed_paper as sp
@@ -26,7 +23,6 @@ from pdeinf.viz import style as st
 
 SEQUENTIAL_CMAP = "Reds"  # closest matplotlib map to the paper's cmocean :amp
 BRA_LABEL = {"C": "SMSE", "M": "mass", "E": "energy"}
-PAPER_KW = {"color": st.PAPER_COLOR, "mfc": "none", "ms": 6, "mew": 1.2, "ls": "none"}
 
 
 def _tag(fig_no) -> str:
@@ -48,14 +44,17 @@ def _range_text(prefix: str, reading) -> str:
     return f"{prefix} {reading[0]:g}" + (f"-{reading[1]:g}" if reading[1] != reading[0] else "")
 
 
-def _panel(size, title: str):
-    fig, axes = st.new_figure(1, 1, size=size)
-    axes[0, 0].set_title(title)
-    return fig, axes[0, 0]
-
-
 def _title(what: str, bra: str, model: str, pde: str, fig_no) -> str:
     return f"${_name(bra)}$ {what} ({st.model_label(model)}, {pde}) {_tag(fig_no)}"
+
+
+def _extended(values, lo: float, hi: float) -> tuple[float, float]:
+    """The paper's range `lo..hi`, widened (5% margin) to hold the finite `values`."""
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    if not values.size:
+        return lo, hi
+    return min(lo, float(values.min()) * 1.05), max(hi, float(values.max()) * 1.05)
 
 
 def _reading(table, key, figure):
@@ -72,17 +71,14 @@ def heatmap_figure(heat: xr.DataArray, *, pde: str, model: str, bra: str = "C",
     paper, fig_no = _reading(pn.HEATMAPS, (bra, pde, model), figure)
     values = heat.transpose("t_resp", "t_pert").values
     n_r, n_p = values.shape
-    fig, ax = _panel((4.0, 3.9), _title("influence", bra, model, pde, fig_no))
+    fig, ax = st.new_figure(size=(4.0, 3.9), title=_title("influence", bra, model, pde, fig_no))
     lo, hi = sp.HEATMAP_RANGE
-    image = ax.imshow(values, origin="lower", cmap=SEQUENTIAL_CMAP, vmin=lo, vmax=hi,
-                      extent=(0.5, n_p + 0.5, 0.5, n_r + 0.5), interpolation="nearest")
-    fig.colorbar(image, ax=ax, shrink=0.85, label=f"standardized ${_name(bra)}$")
+    st.heatmap(ax, values, x=np.arange(1, n_p + 1), y=np.arange(1, n_r + 1), cmap=SEQUENTIAL_CMAP,
+               vmin=lo, vmax=hi, label=f"standardized ${_name(bra)}$")
     ax.set(xlabel=f"perturbation time ({BRA_LABEL['C']})", ylabel=f"response time ({BRA_LABEL[bra]})")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    diag = float(np.mean(np.diag(values)))
+    st.integer_ticks(ax, y=True)
     off = float(np.mean(np.r_[np.diag(values, 1), np.diag(values, -1)]))
-    text = f"ours: diagonal {diag:.2f}, first off-diagonal {off:.2f}"
+    text = f"ours: diagonal {float(np.mean(np.diag(values))):.2f}, first off-diagonal {off:.2f}"
     if paper and paper.get("diagonal"):
         text += "; " + _range_text("paper ≈ diagonal", paper["diagonal"])
         if paper.get("off_diagonal_1"):
@@ -103,7 +99,7 @@ def lag_curve_figure(curve: xr.Dataset, *, pde: str, model: str, bra: str = "C",
     paper, fig_no = _reading(pn.LAG_CURVES, (bra, pde, model), figure)
     q = curve["quartiles"]
     dts = q["dt"].values
-    fig, ax = _panel((4.0, 3.0), _title("extrapolation", bra, model, pde, fig_no))
+    fig, ax = st.new_figure(size=(4.0, 3.0), title=_title("extrapolation", bra, model, pde, fig_no))
     for pair, marker, shift in (("intra", "o", -0.1), ("inter", "D", 0.1)):
         med, q1, q3 = st.quartiles(q.sel(pair=pair))
         if np.isfinite(med).any():
@@ -113,18 +109,16 @@ def lag_curve_figure(curve: xr.Dataset, *, pde: str, model: str, bra: str = "C",
         lags = sorted(paper["intra"])
         vals = np.array([paper["intra"][k] for k in lags])
         st.bars(ax, np.array(lags, float), vals.mean(axis=1), vals[:, 0], vals[:, 1], marker="o",
-                capsize=0, label=f"intra, paper ≈ (fig. {paper['figure']})", **PAPER_KW)
+                capsize=0, label=f"intra, paper ≈ (fig. {paper['figure']})", **st.PAPER_KW)
         inter = paper["inter"]
         ax.axhspan(inter[0], max(inter[1], inter[0] + 0.02), color=st.PAPER_COLOR, alpha=0.25,
                    lw=0, label="inter, paper ≈")
     lo, hi = sp.LAG_RANGE
-    finite = q.values[np.isfinite(q.values)]
-    top = max(hi, float(finite.max()) * 1.05) if finite.size else hi
-    bottom = min(lo, float(finite.min()) * 1.05) if finite.size else lo
+    bottom, top = _extended(q.values, lo, hi)
     st.zero_line(ax)
     ax.set(ylim=(bottom, top), xlabel="time difference Δ = τ - t",
            ylabel=f"influence ({BRA_LABEL[bra]})")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    st.integer_ticks(ax)
     ax.legend(frameon=False, fontsize=6.5)
     text = (f"markers: median over {curve.attrs.get('n_seeds', '?')} seeds of batch means "
             f"({curve.attrs.get('n_batches', '?')} batches each); bars: Q1..Q3 over seeds")
@@ -137,17 +131,14 @@ def lag_curve_figure(curve: xr.Dataset, *, pde: str, model: str, bra: str = "C",
 def class_matrix_figure(cm: xr.DataArray, *, pde: str, model: str, bra: str = "C",
                         figure=None) -> Figure:
     """Figs. 3, 12-15: time-averaged class transferability matrix (colour range 0..2.5),
-    response class (y) vs input class (x), our values annotated with the paper's beside.
-
-    The paper's colour range is positive-only, so it is kept; a negative cell (which that range
-    would draw like zero) gets the colour map's under-colour (`style.NEGATIVE_COLOR`, blue) and
-    a hatch, the colour bar an extension below 0, and the note says how many cells are negative."""
+    response class (y) vs input class (x), our values annotated with the paper's beside. The
+    positive-only range is kept: a negative cell gets the under-colour (`style.NEGATIVE_COLOR`)
+    and a hatch, the colour bar an extension below 0, the note the count of negative cells."""
     st.require_dims(cm, ("c_resp", "c_pert"), "cm")
     paper, fig_no = _reading(pn.CLASS_MATRICES, (bra, pde, model), figure)
     values = cm.transpose("c_resp", "c_pert").values
-    classes_r = [str(c) for c in cm["c_resp"].values]
-    classes_p = [str(c) for c in cm["c_pert"].values]
-    fig, ax = _panel((4.4, 3.8), _title("transferability", bra, model, pde, fig_no))
+    classes_r, classes_p = ([str(c) for c in cm[d].values] for d in ("c_resp", "c_pert"))
+    fig, ax = st.new_figure(size=(4.4, 3.8), title=_title("transferability", bra, model, pde, fig_no))
     lo, hi = sp.CLASS_RANGE
     negative = np.isfinite(values) & (values < lo)
 
@@ -192,7 +183,7 @@ def similarity_figure(curves: dict, lengths: dict | None = None, *, pde: str,
         raise InputError("curves: need at least one model's similarity_curves")
     paper = pn.SIMILARITY.get(pde)
     fig_no = figure if figure is not None else (paper or {}).get("figure")
-    fig, ax = _panel((4.2, 3.1), f"$H_{{CC}}$ interpolation ({pde}) {_tag(fig_no)}")
+    fig, ax = st.new_figure(size=(4.2, 3.1), title=f"$H_{{CC}}$ interpolation ({pde}) {_tag(fig_no)}")
     for k, (model, c) in enumerate(curves.items()):
         st.require_dims(c["quartiles"], ("quantile", "point"), f"curves[{model!r}]['quartiles']")
         color = st.model_color(model)
@@ -208,19 +199,16 @@ def similarity_figure(curves: dict, lengths: dict | None = None, *, pde: str,
         d0, near = paper["near"]
         for model, v in near.items():
             ax.plot([d0], [v], marker="o" if model == "unet" else "s",
-                    label=f"{st.model_label(model)}, paper ≈", **{**PAPER_KW, "ms": 7})
+                    label=f"{st.model_label(model)}, paper ≈", **{**st.PAPER_KW, "ms": 7})
         lo_x, hi_x = paper["crossing"]
         if hi_x <= lo_x:  # a single reading: a short bar around it
             lo_x, hi_x = lo_x / 1.08, hi_x * 1.08
         ax.hlines(0.0, lo_x, hi_x, color=st.PAPER_COLOR, lw=6, alpha=0.7,
                   label="paper zero crossing ≈")
-    lo, hi = sp.SIMILARITY_RANGE
-    vals = np.concatenate([c["quartiles"].values.ravel() for c in curves.values()])
-    vals = vals[np.isfinite(vals)]
     st.zero_line(ax)
     ax.set(xscale="log", xlabel="input difference d (SMSE-scaled)", ylabel="influence (SMSE)",
-           ylim=(min(lo, vals.min() * 1.05) if vals.size else lo,
-                 max(hi, vals.max() * 1.05) if vals.size else hi))
+           ylim=_extended(np.concatenate([c["quartiles"].values.ravel() for c in curves.values()]),
+                          *sp.SIMILARITY_RANGE))
     ax.legend(frameon=False, fontsize=6.5)
     methods = sorted({str(m) for c in curves.values() for m in c["method"].values})
     _note(fig, "curves: " + "; ".join(methods) + ". Dashed: our zero crossing (shade: 95% "
@@ -239,10 +227,8 @@ def ntk_box_figure(boxes: dict, *, pde: str, figure=None) -> Figure:
     1.5 IQR whiskers, outliers hidden; the paper's box beside each model's (orange)."""
     if not boxes:
         raise InputError("boxes: need at least one model's ntk_box")
-    fig, axes = st.new_figure(1, 1, size=(3.6, 3.0))
-    ax = axes[0, 0]
-    stats, positions, colors = [], [], []
-    fig_no = figure
+    fig, ax = st.new_figure(size=(3.6, 3.0), title="")
+    stats, positions, colors, fig_no = [], [], [], figure
     for k, (model, box) in enumerate(boxes.items()):
         stats.append(_box(box["median"], (box["q1"], box["q3"]), (box["whislo"], box["whishi"]),
                           f"{st.model_label(model)}\n(ours, n={box['n']})"))
@@ -273,8 +259,7 @@ def validation_figure(quartiles: dict, *, pde: str, figure=None) -> Figure:
     100, beyond our epochs) as dotted horizontal lines."""
     if not quartiles:
         raise InputError("quartiles: need at least one model's validation_quartiles")
-    fig, axes = st.new_figure(1, 1, size=(4.0, 3.0))
-    ax = axes[0, 0]
+    fig, ax = st.new_figure(size=(4.0, 3.0), title="")
     fig_no = figure
     for model, q in quartiles.items():
         if not isinstance(q, pd.DataFrame) or not {"epoch", "median", "q25", "q75"} <= set(q):
@@ -296,10 +281,8 @@ def validation_figure(quartiles: dict, *, pde: str, figure=None) -> Figure:
 
 
 def stamp_regime(fig: Figure, cards) -> Figure:
-    """Stamp the regime of each (PDE, model) the figure shows (`RegimeCard.stamp`: P/M, optimizer
-    steps, validation SMSE ours and the paper's, plateau, estimator and tolerance, seeds x
-    batches) with `style.stamp`; a figure not made with the seed paper's full-space estimator
-    says so."""
+    """Stamp the regime of each (PDE, model) the figure shows (`RegimeCard.stamp`) with
+    `style.stamp`; a figure not made with the seed paper's full-space estimator says so."""
     cards = list(cards)
     if not cards:
         raise InputError("cards: no regime card to stamp")

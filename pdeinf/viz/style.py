@@ -1,10 +1,9 @@
 """One visual style and the plot primitives every figure is made of.
 
-Figures are built on `matplotlib.figure.Figure` directly (never pyplot state), so they work
-under any backend, headless included, and are not kept alive by a global figure manager.
-Primitives: `band` (a line with a shaded band: quartiles or an interval), `bars` (markers
-with asymmetric bars), `matrix` (a matrix image with its cells annotated), `legend_below`
-(one legend outside every panel) and `stamp` (lines above everything, never over a title).
+Figures are `matplotlib.figure.Figure` objects (never pyplot state), so they work under any
+backend. Primitives: `heatmap`, `band` (a lag curve with its band), `matrix` (a class matrix),
+`bars` (markers with interval bars), `paper_line` / `PAPER_KW` (the papers' readings),
+`legend_below` and `stamp` (regime / estimator lines above everything, never over a title).
 """
 from __future__ import annotations
 
@@ -15,23 +14,15 @@ import matplotlib as mpl
 import numpy as np
 import xarray as xr
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from pdeinf.errors import InputError
 
 RC = {
-    "font.size": 9,
-    "axes.titlesize": 9,
-    "axes.labelsize": 9,
-    "legend.fontsize": 8,
-    "xtick.labelsize": 8,
-    "ytick.labelsize": 8,
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-    "axes.grid": False,
-    "figure.dpi": 110,
-    "savefig.dpi": 150,
-    "savefig.bbox": "tight",
-    "image.cmap": "magma",
+    "font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9, "legend.fontsize": 8,
+    "xtick.labelsize": 8, "ytick.labelsize": 8, "axes.spines.top": False,
+    "axes.spines.right": False, "axes.grid": False, "figure.dpi": 110, "savefig.dpi": 150,
+    "savefig.bbox": "tight", "image.cmap": "magma",
 }
 #: Colour-blind safe (Okabe-Ito) colours, in class order of `pdeinf.config.PDE_CLASSES`.
 CLASS_COLORS = ("#0072B2", "#D55E00", "#009E73")
@@ -40,6 +31,8 @@ PART_COLORS = {"diagonal": "#0072B2", "off-diagonal": "#D55E00"}
 MODEL_COLORS = {"unet": "#0072B2", "vit": "#CC79A7"}
 OURS_COLOR = "#000000"
 PAPER_COLOR = "#E69F00"
+#: The papers' readings as points: hollow orange markers.
+PAPER_KW = {"color": PAPER_COLOR, "mfc": "none", "ms": 6, "mew": 1.2, "ls": "none"}
 HEATMAP_CMAP = "magma"
 DIVERGING_CMAP = "RdBu_r"
 #: Cells below a positive-only colour range (a sequential map's under-colour): blue, apart from
@@ -56,11 +49,15 @@ def style():
 
 
 def new_figure(n_rows: int = 1, n_cols: int = 1, *, size=PANEL_SIZE, squeeze: bool = False,
-               **subplot_kw):
-    """A Figure with a grid of axes (2-D array unless squeeze), sized per panel."""
+               title: str | None = None, **subplot_kw):
+    """A Figure with a grid of axes (2-D array unless squeeze), sized per panel; with `title`,
+    a single panel titled so: `(fig, ax)`."""
     with style():
         fig = Figure(figsize=(size[0] * n_cols, size[1] * n_rows), layout="constrained")
         axes = fig.subplots(n_rows, n_cols, squeeze=squeeze, **subplot_kw)
+    if title is not None:
+        axes[0, 0].set_title(title)
+        return fig, axes[0, 0]
     return fig, axes
 
 
@@ -68,12 +65,20 @@ def class_color(index: int) -> str:
     return CLASS_COLORS[index % len(CLASS_COLORS)]
 
 
-def model_color(model) -> str:
-    return MODEL_COLORS.get(str(model), "grey")
+def model_color(model, default: str = "grey") -> str:
+    return MODEL_COLORS.get(str(model), default)
 
 
 def model_label(model: str) -> str:
     return {"unet": "UNet", "vit": "ViT"}.get(model.lower(), model)
+
+
+def integer_ticks(*axes, y: bool = False) -> None:
+    """Integer-only major ticks along x (and y)."""
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if y:
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def require_dims(obj, dims, name: str) -> None:
@@ -109,32 +114,45 @@ def zero_line(ax, y: float = 0.0, color="grey", lw: float = 0.5) -> None:
     ax.axhline(y, color=color, lw=lw)
 
 
+def paper_line(ax, value, label=None, *, vertical: bool = False, lw: float = 1.0, **kwargs):
+    """A published value as a dashed orange reference line."""
+    return (ax.axvline if vertical else ax.axhline)(value, color=PAPER_COLOR, ls="--", lw=lw,
+                                                    label=label, **kwargs)
+
+
+def heatmap(ax, values, *, x=None, y=None, half: float = 0.5, label="", colorbar: bool = True,
+            shrink: float = 0.85, **imshow):
+    """`values` `[y, x]` as an image (origin lower, nearest), cells centred on `x`, `y` (each
+    `half` wide on either side), with a colour bar named `label` unless not `colorbar`."""
+    if x is not None:
+        imshow["extent"] = (x[0] - half, x[-1] + half, y[0] - half, y[-1] + half)
+    image = ax.imshow(values, **{"origin": "lower", "interpolation": "nearest", **imshow})
+    if colorbar:
+        ax.figure.colorbar(image, ax=ax, shrink=shrink, label=label)
+    return image
+
+
 def matrix(ax, values, *, text, dark, fontsize: float = 7, **imshow):
     """`values` `[rows, cols]` as an image with each cell annotated `text(i, j)`, in white
     where `dark(i, j)` (the dark end of the colour map), else black. Returns the image."""
     image = ax.imshow(values, **imshow)
-    for i in range(values.shape[0]):
-        for j in range(values.shape[1]):
-            ax.text(j, i, text(i, j), ha="center", va="center", fontsize=fontsize,
-                    color="white" if dark(i, j) else "black")
+    for i, j in np.ndindex(values.shape):
+        ax.text(j, i, text(i, j), ha="center", va="center", fontsize=fontsize,
+                color="white" if dark(i, j) else "black")
     return image
 
 
 def shared_range(arrays) -> tuple[float, float] | tuple[None, None]:
     """(min, max) over the finite values of every array (one colour range for all panels of a
     figure); (None, None) when none is finite."""
-    values = [np.asarray(a, dtype=float).ravel() for a in arrays]
-    values = np.concatenate(values) if values else np.empty(0)
+    values = np.concatenate([np.asarray(a, dtype=float).ravel() for a in arrays] or [[]])
     values = values[np.isfinite(values)]
-    if not values.size:
-        return None, None
-    return float(values.min()), float(values.max())
+    return (float(values.min()), float(values.max())) if values.size else (None, None)
 
 
 def legend_below(fig: Figure, axes, *, ncol: int = 3, **kwargs):
-    """One legend for the whole figure, below the panels and outside every axes (constrained
-    layout makes room for it), so it never covers data. Entries of all `axes`, one per label
-    (the first handle of each); None when no axes has a labelled artist."""
+    """One legend for the whole figure, below (outside) every panel: one entry per label of
+    all `axes`; None when no axes has a labelled artist."""
     entries = {}
     for ax in axes:
         for handle, label in zip(*ax.get_legend_handles_labels()):
@@ -153,11 +171,9 @@ STAMP_CHAR_WIDTH_PT = 3.4
 def stamp(fig: Figure, lines) -> Figure:
     """Write `lines` (regime, estimator) small and grey as the figure's suptitle, each wrapped to
     the figure's width: constrained layout keeps every panel and its title below it, so a stamp
-    never covers a title nor widens the saved figure. A figure's own suptitle is kept as the
-    first line(s), the stamp below it."""
+    never covers a title nor widens the saved figure. A figure's own suptitle stays first."""
     title = fig._suptitle.get_text().strip() if fig._suptitle is not None else ""
     fontsize = 7 if title else 6
-    # characters per line at this size (STAMP_CHAR_WIDTH_PT is the width of one at size 6)
     width = max(30, int(fig.get_figwidth() * 72 / (STAMP_CHAR_WIDTH_PT * fontsize / 6)))
     wrapped = [part for line in lines for part in (textwrap.wrap(line, width) or [""])]
     heading = [part for line in title.splitlines() for part in textwrap.wrap(line, width)]
