@@ -11,7 +11,6 @@ import numpy as np
 import pandas as pd
 import torch
 import xarray as xr
-from scipy.stats import spearmanr
 
 from pdeinf.analysis import aggregate as ag
 from pdeinf.analysis.statistics import seed_mean_ci, seed_spread
@@ -81,6 +80,7 @@ def class_ratio(pi, n_classes: int, normalization: str = "none") -> np.ndarray:
 
 def entry_agreement(pi_a, pi_b) -> dict:
     """Pearson / Spearman r of the standardized off-diagonal entries, Pearson r of all."""
+    from scipy.stats import spearmanr  # lazy: scipy is slow to import
     a, b = standardize(pi_a), standardize(pi_b)
     if a.shape != b.shape or a.ndim != 2:
         raise InputError(f"pi_b: expected one [N, N] matrix shaped like pi_a {a.shape}, got {b.shape}")

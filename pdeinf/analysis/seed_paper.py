@@ -8,7 +8,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import xarray as xr
-from scipy.interpolate import make_smoothing_spline
 
 from pdeinf.analysis import aggregate as ag
 from pdeinf.analysis.aggregate import QUARTILES
@@ -145,6 +144,7 @@ def window_means(h: np.ndarray, d: np.ndarray, edges: np.ndarray):
 def smoothing_curve(t: np.ndarray, u: np.ndarray):
     """`(f, method)`: the GCV cubic smoothing spline of u(t) with linear extrapolation (rkhs.jl);
     below 5 distinct t, linear interpolation (stated in `method`)."""
+    from scipy.interpolate import make_smoothing_spline  # lazy: scipy is slow to import
     t, u = np.asarray(t, dtype=np.float64), np.asarray(u, dtype=np.float64)
     keep = np.isfinite(t) & np.isfinite(u)
     t, u = t[keep], u[keep]
