@@ -16,6 +16,7 @@ from contextlib import contextmanager
 import ipywidgets as W
 
 from pdeinf.analysis import coherence as co
+from pdeinf.checks import one_of
 from pdeinf.config import PDE_CLASSES, get_profile
 from pdeinf.errors import InputError
 from pdeinf.viz import figures as vf
@@ -71,7 +72,10 @@ class _Tab:
 
 
 class Explorer(_Tab):
-    """The influence tab: its widgets, datasets and analysis cache."""
+    """The explorer: the influence tab, its widgets, datasets and analysis cache.
+    `loader(pde, model) -> xr.Dataset`: `pdeinf.pipeline.sweep_loader(profile)`, or your own
+    (e.g. a `combine_variants` output); `symmetry_loader(pde, model)` (optional) adds the
+    symmetry tab."""
 
     def __init__(self, profile=None, *, pdes=None, models=None, loader: Callable | None = None,
                  max_lag: int = 11, symmetry_loader: Callable | None = None):
@@ -79,8 +83,7 @@ class Explorer(_Tab):
         pdes = list(pdes or self.profile.pdes)
         models = list(models or self.profile.models)
         for pde in pdes:
-            if pde not in PDE_CLASSES:
-                raise InputError(f"pdes: unknown PDE {pde!r}; expected {', '.join(PDE_CLASSES)}")
+            one_of(pde, PDE_CLASSES, "pdes")
         if not pdes or not models:
             raise InputError("pdes/models: at least one of each is needed")
         if max_lag < 0:
@@ -108,9 +111,8 @@ class Explorer(_Tab):
         self.widget = influence_box
         if symmetry_loader is not None:
             self.symmetry = SymmetryTab(symmetry_loader, pdes, models)
-            self.widget = W.Tab(children=[influence_box, self.symmetry.widget])
-            self.widget.set_title(0, "influence")
-            self.widget.set_title(1, "symmetry")
+            self.widget = W.Tab(children=[influence_box, self.symmetry.widget],
+                                titles=("influence", "symmetry"))
         self.widget.add_class("pdeinf-explorer")
         self.pde.observe(self._on_dataset_change, names="value")
         self.model.observe(self._on_dataset_change, names="value")
@@ -207,8 +209,7 @@ class SymmetryTab(_Tab):
             if list(self.model.options) != models:
                 self.model.options = models
                 self.model.value = models[0]
-        labels = [str(e) for e in self.dataset(self.pde.value, self.model.value)["element"].values]
-        with self._quietly():
+            labels = [str(e) for e in self.dataset(self.pde.value, self.model.value)["element"].values]
             current = self.element.value
             self.element.options = labels
             self.element.value = current if current in labels else labels[min(1, len(labels) - 1)]
@@ -238,10 +239,6 @@ class SymmetryTab(_Tab):
         return self.image.value
 
 
-def explorer(profile=None, *, pdes=None, models=None, loader: Callable | None = None,
-             max_lag: int = 11, symmetry_loader: Callable | None = None) -> Explorer:
-    """Build the explorer (see the module docstring). `loader(pde, model) -> xr.Dataset`:
-    `pdeinf.pipeline.sweep_loader(profile)`, or your own (e.g. a `combine_variants` output);
-    `symmetry_loader(pde, model)` (optional) adds the symmetry tab."""
-    return Explorer(profile, pdes=pdes, models=models, loader=loader, max_lag=max_lag,
-                    symmetry_loader=symmetry_loader)
+
+#: Build the explorer (see the module docstring and `Explorer`).
+explorer = Explorer

@@ -48,26 +48,25 @@ def _generate(args) -> int:
 def _inspect(args) -> int:
     import pandas as pd
 
+    from pdeinf.checks import positive_int
     from pdeinf.config import PDE_CLASSES, pde_spec
     from pdeinf.data.pdegym import chunk_files, open_dataset
     from pdeinf.data.statistics import class_readers, class_statistics, compare_to_pdegym
     from pdeinf.data.validation import POSITIVE_VARIABLES
     from pdeinf.data.well import open_well
 
-    if args.max_samples <= 0:
-        raise InputError(f"--max-samples={args.max_samples}: must be positive")
+    positive_int(args.max_samples, "--max-samples")
     path = Path(args.path)
     if not path.exists():
         raise InputError(f"{path}: no such file or directory")
-    readers = {}
     if path.suffix in (".hdf5", ".h5"):
-        readers[path.stem] = open_well(path)
+        readers = {path.stem: open_well(path)}
     elif path.is_dir() and not chunk_files(path):
         readers = class_readers(path, PDE_CLASSES)
         if not readers:
             raise InputError(f"{path}: no PDEGym files, class directories or class files")
     else:
-        readers[path.name if path.is_dir() else path.stem] = open_dataset(path)
+        readers = {path.name if path.is_dir() else path.stem: open_dataset(path)}
     for name, reader in readers.items():
         print(f"{name}: {reader!r}")
         print(f"  samples {reader.n_samples}, times {reader.n_times}, model channels {reader.channels}, "

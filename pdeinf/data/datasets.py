@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pdeinf.checks import positive_int
+from pdeinf.checks import one_of, positive_int
 from pdeinf.config import PDE_CHANNELS, PDE_CLASSES
 from pdeinf.data.pdegym import PDEGymReader, open_dataset
 from pdeinf.errors import InputError
@@ -26,10 +26,9 @@ OFFICIAL_N: dict[str, int] = {"CE": 10000, "NS": 20000}
 OFFICIAL_VAL, OFFICIAL_TEST = 120, 240
 
 
-def _check_n(n, name: str = "n") -> int:
-    positive_int(n, name, minimum=0)
-    if n < 3:
-        raise InputError(f"{name}={n}: need at least 3 trajectories for non-empty train/val/test splits")
+def _check_n(n) -> int:
+    if positive_int(n, "n", minimum=0) < 3:
+        raise InputError(f"n={n}: need at least 3 trajectories for non-empty train/val/test splits")
     return int(n)
 
 
@@ -49,9 +48,7 @@ def official_split(n: int, pde: str) -> dict[str, np.ndarray]:
     rest train. Files smaller than the released size (10000 CE / 20000 NS) scale both counts
     (`round(n * 240 / N_released)`, at least 1 each: CE n = 24 gives 22 / 1 / 1)."""
     n = _check_n(n)
-    if pde not in OFFICIAL_N:
-        raise InputError(f"pde={pde!r}: expected one of {', '.join(OFFICIAL_N)}")
-    full = OFFICIAL_N[pde]
+    full = OFFICIAL_N[one_of(pde, OFFICIAL_N, "pde")]
     if n >= full:
         n_train, n_test = n - OFFICIAL_VAL - OFFICIAL_TEST, OFFICIAL_TEST
     else:
@@ -74,11 +71,8 @@ def split_indices(
     n_train, n_val, _ = _split_sizes(n, max(1, round(fractions[1] * n)),
                                      max(1, round(fractions[2] * n)))
     permutation = np.random.default_rng(int(seed)).permutation(n)
-    return {
-        "train": np.sort(permutation[:n_train]),
-        "val": np.sort(permutation[n_train:n_train + n_val]),
-        "test": np.sort(permutation[n_train + n_val:]),
-    }
+    return {split: np.sort(part) for split, part in
+            zip(SPLITS, np.split(permutation, [n_train, n_train + n_val]))}
 
 
 class PDEData:
@@ -93,10 +87,8 @@ class PDEData:
                  split_mode: str = "seeded",
                  fractions: tuple[float, float, float] = (0.65, 0.05, 0.30),
                  content_cache: str | os.PathLike | None = None):
-        if pde not in PDE_CLASSES:
-            raise InputError(f"pde={pde!r}: expected one of {', '.join(PDE_CLASSES)}")
-        if split_mode not in ("seeded", "official"):
-            raise InputError(f"split_mode={split_mode!r}: expected 'seeded' or 'official'")
+        one_of(pde, PDE_CLASSES, "pde")
+        one_of(split_mode, ("seeded", "official"), "split_mode")
         positive_int(t_max, "t_max (at least one transition)", minimum=2)
         self.root = Path(root)
         if not self.root.is_dir():
@@ -121,8 +113,7 @@ class PDEData:
         self.resolution: tuple[int, int] = resolutions[self.classes[0]]
 
     def reader(self, cls: str) -> PDEGymReader:
-        if cls not in self.classes:
-            raise InputError(f"class {cls!r}: expected one of {', '.join(self.classes)}")
+        one_of(cls, self.classes, "class")
         if cls not in self._readers:
             reader = open_dataset(self._paths[cls])
             if reader.pde != self.pde:
@@ -134,8 +125,7 @@ class PDEData:
 
     def split(self, cls: str, split: str, seed: int) -> np.ndarray:
         """File indices of one class's split, sorted."""
-        if split not in SPLITS:
-            raise InputError(f"split={split!r}: expected one of {', '.join(SPLITS)}")
+        one_of(split, SPLITS, "split")
         n = self.reader(cls).n_samples
         if self.split_mode == "official":
             return official_split(n, self.pde)[split]
@@ -188,10 +178,8 @@ class TransitionDataset(torch.utils.data.Dataset):
         self.steps = pde_data.t_max - 1
         self.indices = [pde_data.split(cls, split, seed) for cls in pde_data.classes]
         self._offsets = np.concatenate([[0], np.cumsum([len(i) * self.steps for i in self.indices])])
-        self._arrays = None
-        if in_memory:
-            self._arrays = [torch.from_numpy(pde_data.trajectories(cls, split, seed)).to(dtype)
-                            for cls in pde_data.classes]
+        self._arrays = [torch.from_numpy(pde_data.trajectories(cls, split, seed)).to(dtype)
+                        for cls in pde_data.classes] if in_memory else None
 
     def __len__(self) -> int:
         return int(self._offsets[-1])

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pdeinf.checks import positive_int
+from pdeinf.checks import one_of, positive_int
 from pdeinf.config import DATASETS, pde_of, pde_spec
 from pdeinf.data.pdegym import STORED_CHANNELS, VARIABLE, ChunkWriter, chunk_name, model_to_stored
 from pdeinf.data.validation import check_generation_request
@@ -116,8 +116,7 @@ def generate(dataset: str, n_trajectories: int, resolution: int, out_dir: str | 
     """
     from tqdm.auto import tqdm
 
-    if dataset not in DATASETS:
-        raise InputError(f"dataset={dataset!r}: unknown data set; expected one of {', '.join(DATASETS)}")
+    one_of(dataset, DATASETS, "dataset")
     n_trajectories = positive_int(n_trajectories, "n_trajectories")
     resolution = positive_int(resolution, "resolution")
     solver_resolution = positive_int(
@@ -130,8 +129,7 @@ def generate(dataset: str, n_trajectories: int, resolution: int, out_dir: str | 
     chunk_size = positive_int(
         min(n_trajectories, PDEGYM_CHUNK_SIZE[pde]) if chunk_size is None else chunk_size, "chunk_size")
     batch_size = positive_int(batch_size, "batch_size")
-    positive_int(seed, "seed", minimum=0)
-    seed = int(seed)
+    seed = positive_int(seed, "seed", minimum=0)
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError):
@@ -161,9 +159,8 @@ def generate(dataset: str, n_trajectories: int, resolution: int, out_dir: str | 
     paths = [target / chunk_name(pde, k) for k in range(len(ranges))]
     todo = [k for k, ((start, stop), path) in enumerate(zip(ranges, paths))
             if not _existing_is_complete(path, expected, stop - start, resolution)]
-    bar = tqdm(total=sum(ranges[k][1] - ranges[k][0] for k in todo), desc=f"generate {dataset}",
-               unit="traj", disable=not progress)
-    try:
+    with tqdm(total=sum(ranges[k][1] - ranges[k][0] for k in todo), desc=f"generate {dataset}",
+              unit="traj", disable=not progress) as bar:
         for k in todo:
             start, stop = ranges[k]
             for stale in target.glob(f".{paths[k].name}.partial-*"):
@@ -181,8 +178,6 @@ def generate(dataset: str, n_trajectories: int, resolution: int, out_dir: str | 
             except BaseException:
                 writer.abort()
                 raise
-    finally:
-        bar.close()
     return paths
 
 

@@ -96,8 +96,11 @@ def _pde_from_kind(kind: str) -> str:
 
 
 def _open_h5(path: Path, kind: str = "a netCDF4/HDF5"):
+    """`path` opened read-only with h5py; InputError for a missing or unreadable file."""
     import h5py
 
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
     try:
         return h5py.File(path, "r")
     except (OSError, ValueError) as err:  # truncated, corrupt, not HDF5/netCDF4
@@ -138,8 +141,6 @@ class PDEGymReader:
     @staticmethod
     def _inspect(path: Path) -> tuple[str, tuple[int, ...], np.ndarray | None]:
         """`(pde, shape, times)` of a file; InputError naming what does not fit."""
-        if not path.is_file():
-            raise InputError(f"{path}: no such file")
         try:
             with _open_h5(path) as handle:
                 present = [name for name in VARIABLE.values() if name in handle]
@@ -188,15 +189,10 @@ class PDEGymReader:
         allowed); None means all. InputError for out-of-range indices, unreadable data and
         non-finite values, naming the file and sample.
         """
-        sample_idx = _as_indices(samples, self.n_samples, "samples", self.source)
-        time_idx = _as_indices(times, self.n_times, "times", self.source)
-        channels = len(STORED_CHANNELS[self.pde]) if stored else self.channels
-        out = np.empty((len(sample_idx), len(time_idx), channels, *self.resolution), np.float32)
-        if len(sample_idx) == 0 or len(time_idx) == 0:
+        sample_idx, time_selection, time_inverse, out = _read_plan(
+            self, samples, times, len(STORED_CHANNELS[self.pde]) if stored else self.channels)
+        if out.size == 0:
             return out
-        # h5py wants increasing, unique indices: read the sorted unique times once per sample.
-        unique_times, time_inverse = np.unique(time_idx, return_inverse=True)
-        time_selection = _h5_selection(unique_times)
         file_of = np.searchsorted(self._starts, sample_idx, side="right") - 1
         for file_number in np.unique(file_of):
             path = self.paths[file_number]
@@ -260,11 +256,17 @@ def _dimension_names(dataset) -> tuple[str, ...] | None:
         return None  # exotic layouts: shape checks only
 
 
-def _h5_selection(indices: np.ndarray):
-    """A slice when the sorted unique indices are contiguous (fast path), else a list."""
-    if len(indices) and indices[-1] - indices[0] + 1 == len(indices):
-        return slice(int(indices[0]), int(indices[-1]) + 1)
-    return [int(i) for i in indices]
+def _read_plan(reader, samples, times, channels: int):
+    """`(sample indices, time selection, inverse, empty float32 out [n, T, channels, H, W])` of
+    a read: h5py wants increasing, unique indices, so the sorted unique times are read once
+    per sample (`time selection`) and `inverse` restores the requested order."""
+    sample_idx = _as_indices(samples, reader.n_samples, "samples", reader.source)
+    time_idx = _as_indices(times, reader.n_times, "times", reader.source)
+    unique, inverse = np.unique(time_idx, return_inverse=True)
+    contiguous = len(unique) and unique[-1] - unique[0] + 1 == len(unique)  # fast path: a slice
+    selection = slice(int(unique[0]), int(unique[-1]) + 1) if contiguous else [int(i) for i in unique]
+    out = np.empty((len(sample_idx), len(time_idx), channels, *reader.resolution), np.float32)
+    return sample_idx, selection, inverse, out
 
 
 def _as_indices(selection, size: int, name: str, source) -> np.ndarray:
@@ -287,11 +289,7 @@ def open_dataset(path: str | os.PathLike) -> PDEGymReader:
     """A reader for a chunk file, a directory of chunk files (numeric order), or an assembled
     file such as `CE-RP.nc`. InputError for a missing/corrupt/ill-shaped file."""
     path = Path(path)
-    if path.is_dir():
-        return PDEGymReader(chunk_files(path), source=path)
-    if not path.exists():
-        raise InputError(f"{path}: no such file or directory")
-    return PDEGymReader([path], source=path)
+    return PDEGymReader(chunk_files(path) if path.is_dir() else [path], source=path)
 
 
 def write_chunk(path: str | os.PathLike, array: np.ndarray, kind: str,
@@ -305,26 +303,22 @@ def write_chunk(path: str | os.PathLike, array: np.ndarray, kind: str,
     pde = _pde_from_kind(kind)
     path = Path(path)
     array = np.asarray(array)
-    n_stored = len(STORED_CHANNELS[pde])
-    if array.ndim != 5:
-        raise InputError(f"{path}: array must be [n, T, C, H, W], got shape {array.shape}")
-    n, n_times, n_channels, height, width = array.shape
     accepted = _accepted_channels(pde)
-    if n_channels not in accepted:
-        raise InputError(
-            f"{path}: {pde} array has {n_channels} channels; expected {n_stored} "
-            f"({', '.join(STORED_CHANNELS[pde])})"
-            + (f" or {n_stored - 1} (without the {OPTIONAL_STORED})" if len(accepted) > 1 else "")
-        )
+    if array.ndim != 5 or array.shape[2] not in accepted:
+        optional = f"; the {OPTIONAL_STORED} may be left out" if len(accepted) > 1 else ""
+        raise InputError(f"{path}: {pde} array must be [n, T, C, H, W] with C = "
+                         f"{' or '.join(map(str, accepted))} channels "
+                         f"({', '.join(STORED_CHANNELS[pde])}{optional}), got shape {array.shape}")
     if min(array.shape) <= 0:
         raise InputError(f"{path}: empty array {array.shape}")
+    n, n_times, n_channels, height, width = array.shape
     times = np.asarray(times, dtype=np.float64)
     if times.shape != (n_times,):
         raise InputError(f"{path}: times has shape {times.shape}; expected ({n_times},)")
     if not np.all(np.isfinite(array)):
         raise InputError(f"{path}: array contains NaN or Inf values")
     writer = ChunkWriter(path, pde, n, times, (height, width), attrs=attrs,
-                         tracer_simulated=n_channels == n_stored)
+                         tracer_simulated=n_channels == accepted[0])
     try:
         writer.put(0, array)
     except BaseException:
@@ -353,8 +347,7 @@ class ChunkWriter:
         self.path = Path(path)
         self.n_samples = int(n_samples)
         self.times = np.asarray(times, dtype=np.float64)
-        height, width = resolution
-        self.resolution = (int(height), int(width))
+        height, width = self.resolution = tuple(int(size) for size in resolution)
         stored = STORED_CHANNELS[self.pde]
         self.n_stored = len(stored)
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pdeinf.checks import one_of
 from pdeinf.config import PDE_CLASSES, PDE_SPECS, pde_spec
 from pdeinf.errors import InputError
 
@@ -53,21 +54,19 @@ def _quantities(pde: str, batch: np.ndarray, gamma: float) -> dict[str, np.ndarr
     return {q: out[q] for q in QUANTITIES[pde]}
 
 
-def reader_statistics(reader, *, times=None, max_samples: int | None = None, block: int = 8,
-                      gamma: float | None = None) -> dict[str, float]:
+def reader_statistics(reader, *, times=None, max_samples: int | None = None) -> dict[str, float]:
     """Mean and population std of each quantity over samples, `times` (default all) and
-    pixels, `block` samples at a time (float64 sums); also min of rho and p (CE)."""
-    if gamma is None:
-        gamma = getattr(reader, "gamma", None) or pde_spec(reader.pde).gamma or 1.0  # 1.0: unused (NS)
-    gamma = float(gamma)
+    pixels, 8 samples at a time (float64 sums); also min of rho and p (CE). The gas is the
+    reader's (`gamma`, The Well's) or the PDE's."""
+    gamma = float(getattr(reader, "gamma", None) or pde_spec(reader.pde).gamma or 1.0)  # 1.0: NS
     n = reader.n_samples if max_samples is None else min(int(max_samples), reader.n_samples)
     if n <= 0:
         raise InputError(f"max_samples={max_samples}: must be positive")
     sums: dict[str, list[float]] = {}
     minima: dict[str, float] = {}
     count = 0
-    for start in range(0, n, block):
-        batch = reader.read(range(start, min(start + block, n)), times)
+    for start in range(0, n, 8):
+        batch = reader.read(range(start, min(start + 8, n)), times)
         for name, values in _quantities(reader.pde, batch, gamma).items():
             total = sums.setdefault(name, [0.0, 0.0])
             total[0] += float(values.sum())
@@ -90,9 +89,7 @@ def class_readers(root: Path, pdes) -> dict:
 
     readers = {}
     for p in pdes:
-        if p not in PDE_CLASSES:
-            raise InputError(f"pde={p!r}: expected one of {', '.join(PDE_CLASSES)}")
-        for cls in PDE_CLASSES[p]:
+        for cls in PDE_CLASSES[one_of(p, PDE_CLASSES, "pde")]:
             found = next((c for c in (root / cls, root / f"{cls}.nc") if c.exists()), None)
             if found:
                 readers[cls] = open_dataset(found)

@@ -63,14 +63,15 @@ def validate_dataset(source, *, cache: str | os.PathLike | None = None, progress
     from pdeinf.data.pdegym import PDEGymReader
 
     if isinstance(source, PDEData):
-        for cls in source.classes:
-            validate_reader(source.reader(cls), cache=cache, progress=progress, block=block)
+        readers = [source.reader(cls) for cls in source.classes]
     elif isinstance(source, PDEGymReader):
-        validate_reader(source, cache=cache, progress=progress, block=block)
+        readers = [source]
     elif hasattr(source, "validate"):
-        source.validate()
+        return source.validate()
     else:
         raise InputError(f"source: expected a PDEData or a reader, got {type(source).__name__}")
+    for reader in readers:
+        validate_reader(reader, cache=cache, progress=progress, block=block)
 
 
 def validate_reader(reader, *, block: int = 4, progress: bool = False,
@@ -84,15 +85,10 @@ def validate_reader(reader, *, block: int = 4, progress: bool = False,
     keys = fingerprint.file_keys(reader.paths, cache)
     todo = [(path, key) for path, key in zip(reader.paths, keys)
             if not fingerprint.has_tag(key, _TAG, cache)]
-    if not todo:
-        return
-    bar = tqdm(total=len(todo), desc=f"validate {Path(reader.source).name}", unit="file",
-               disable=not progress)
-    for path, key in todo:
+    for path, key in tqdm(todo, desc=f"validate {Path(reader.source).name}", unit="file",
+                          disable=not progress or not todo):
         validate_file(path, block=block)
         fingerprint.add_tag(key, _TAG, cache)
-        bar.update(1)
-    bar.close()
 
 
 def validate_file(path: str | os.PathLike, *, block: int = 4) -> None:

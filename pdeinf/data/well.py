@@ -10,6 +10,7 @@ and returns conserved `(rho, rho*vx, rho*vy, E)` `[n, T, 4, H, W]` float32 with 
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,11 +18,14 @@ from pathlib import Path
 import numpy as np
 
 from pdeinf.config import pde_spec
-from pdeinf.data.pdegym import _as_indices, _h5_selection, _open_h5, _text
+from pdeinf.data.pdegym import _open_h5, _read_plan, _text
 from pdeinf.errors import InputError
 
 _SCALAR_FIELDS = ("density", "energy", "pressure")
 _VECTOR_FIELDS = ("momentum",)
+#: Each field's dataset: scalars `(n_traj, T, X, Y)`, vectors `(n_traj, T, X, Y, 2)`.
+_FIELD_PATH = {**{name: f"t0_fields/{name}" for name in _SCALAR_FIELDS},
+               **{name: f"t1_fields/{name}" for name in _VECTOR_FIELDS}}
 #: The Well's boundary-condition types (the_well.data.datasets.BoundaryCondition)
 BC_TYPES = ("WALL", "OPEN", "PERIODIC")
 
@@ -50,25 +54,19 @@ class WellReader:
 
     def __init__(self, path: str | os.PathLike):
         self.source = self.path = Path(path)
-        if not self.path.is_file():
-            raise InputError(f"{self.path}: no such file")
         with _open_h5(self.path, "an HDF5") as handle:
             for group in ("t0_fields", "t1_fields", "scalars", "boundary_conditions", "dimensions"):
                 if group not in handle:
                     raise InputError(f"{self.path}: missing group {group!r} (not a Well file?)")
-            shapes = {name: _dataset(handle, f"t0_fields/{name}", self.path).shape for name in _SCALAR_FIELDS}
-            momentum_shape = _dataset(handle, "t1_fields/momentum", self.path).shape
-            reference = shapes["density"]
+            shapes = {name: _dataset(handle, name, self.path).shape for name in _FIELD_PATH.values()}
+            reference = shapes["t0_fields/density"]
             if len(reference) != 4:
                 raise InputError(
                     f"{self.path}: t0_fields/density has shape {reference}; expected (n_traj, T, X, Y)")
             for name, shape in shapes.items():
-                if shape != reference:
-                    raise InputError(
-                        f"{self.path}: t0_fields/{name} has shape {shape}; density has {reference}")
-            if momentum_shape != reference + (2,):
-                raise InputError(f"{self.path}: t1_fields/momentum has shape {momentum_shape}; "
-                                 f"expected {reference + (2,)}")
+                expected = reference + (2,) if name == "t1_fields/momentum" else reference
+                if shape != expected:
+                    raise InputError(f"{self.path}: {name} has shape {shape}; expected {expected}")
             if min(reference) <= 0:
                 raise InputError(f"{self.path}: empty fields {reference}")
             n_times, nx, ny = reference[1:]
@@ -82,27 +80,14 @@ class WellReader:
 
     def read(self, samples=None, times=None) -> np.ndarray:
         """Conserved `(rho, mx, my, E)` float32 `[n, T, 4, H, W]` (x along W)."""
-        sample_idx = _as_indices(samples, self.n_samples, "samples", self.path)
-        time_idx = _as_indices(times, self.n_times, "times", self.path)
-        out = np.empty((len(sample_idx), len(time_idx), 4, *self.resolution), np.float32)
-        if len(sample_idx) == 0 or len(time_idx) == 0:
+        sample_idx, selection, inverse, out = _read_plan(self, samples, times, 4)
+        if out.size == 0:
             return out
-        unique_times, inverse = np.unique(time_idx, return_inverse=True)
-        selection = _h5_selection(unique_times)
         with _open_h5(self.path, "an HDF5") as handle:
-            fields = (handle["t0_fields"]["density"], handle["t0_fields"]["energy"],
-                      handle["t1_fields"]["momentum"])
             for row, sample in enumerate(sample_idx):
-                try:
-                    rho, e, m = (np.asarray(f[int(sample), selection], np.float32)[inverse] for f in fields)
-                except (OSError, ValueError) as err:
-                    raise InputError(
-                        f"{self.path}: cannot read trajectory {sample} ({err}); truncated or corrupt?"
-                    ) from None
-                stacked = np.stack([rho, m[..., 0], m[..., 1], e], axis=1)  # [T, 4, X, Y]
-                if not np.all(np.isfinite(stacked)):
-                    raise InputError(f"{self.path}: trajectory {sample} contains NaN or Inf values")
-                out[row] = np.swapaxes(stacked, -1, -2)
+                rho, e, m = (f[inverse] for f in self._fields(handle, int(sample), selection,
+                                                              ("density", "energy", "momentum")))
+                out[row] = np.swapaxes(np.stack([rho, m[..., 0], m[..., 1], e], axis=1), -1, -2)
         return out
 
     def validate(self, *, progress: bool = False) -> None:
@@ -113,15 +98,21 @@ class WellReader:
         with _open_h5(self.path, "an HDF5") as handle:
             for sample in tqdm(range(self.n_samples), desc=f"validate {self.path.name}",
                                disable=not progress):
-                try:
-                    fields = [handle["t0_fields"][name][sample] for name in _SCALAR_FIELDS]
-                    fields.append(handle["t1_fields"]["momentum"][sample])
-                except (OSError, ValueError) as err:
-                    raise InputError(f"{self.path}: cannot read trajectory {sample} ({err})") from None
-                if not all(np.all(np.isfinite(f)) for f in fields):
-                    raise InputError(f"{self.path}: trajectory {sample} contains NaN or Inf values")
-                if (fields[0] <= 0).any() or (fields[2] <= 0).any():
+                rho, _, pressure, _ = self._fields(handle, sample, slice(None), _FIELD_PATH, dtype=None)
+                if (rho <= 0).any() or (pressure <= 0).any():
                     raise InputError(f"{self.path}: trajectory {sample} has non-positive density or pressure")
+
+    def _fields(self, handle, sample: int, times, names, dtype=np.float32) -> list[np.ndarray]:
+        """The fields `names` of trajectory `sample` at `times` (an h5py selection), as `dtype`
+        (None: as stored); InputError when unreadable or not finite."""
+        try:
+            fields = [np.asarray(handle[_FIELD_PATH[name]][sample, times], dtype) for name in names]
+        except (OSError, ValueError) as err:
+            raise InputError(
+                f"{self.path}: cannot read trajectory {sample} ({err}); truncated or corrupt?") from None
+        if not all(np.all(np.isfinite(f)) for f in fields):
+            raise InputError(f"{self.path}: trajectory {sample} contains NaN or Inf values")
+        return fields
 
     def __repr__(self) -> str:
         return (
@@ -142,13 +133,9 @@ def _read_gamma(handle, path: Path) -> float:
         gamma = float(np.asarray(gamma_data[()]).reshape(()))
     except (OSError, ValueError, TypeError) as err:
         raise InputError(f"{path}: cannot read scalars/gamma ({err})") from None
-    exact = handle.attrs.get("gamma")
-    if exact is not None and np.size(exact) == 1:
-        try:
-            exact = float(np.asarray(exact).reshape(()))
-        except (TypeError, ValueError):
-            exact = None
-        if exact is not None and np.float32(exact) == np.float32(gamma):
+    with contextlib.suppress(TypeError, ValueError):  # no root attribute, or not one number
+        exact = float(np.asarray(handle.attrs.get("gamma")).reshape(()))
+        if np.float32(exact) == np.float32(gamma):
             gamma = exact
     if not (np.isfinite(gamma) and gamma > 1):
         raise InputError(f"{path}: scalars/gamma = {gamma}; must be > 1")

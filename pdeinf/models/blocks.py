@@ -21,9 +21,9 @@ from torch import nn
 from pdeinf.errors import InputError
 
 
-def group_count(channels: int, max_groups: int = 8) -> int:
-    """Number of GroupNorm groups: the largest divisor of `channels` not above `max_groups`."""
-    return math.gcd(channels, max_groups)
+def group_count(channels: int) -> int:
+    """Number of GroupNorm groups: the largest divisor of `channels` not above 8."""
+    return math.gcd(channels, 8)
 
 
 def lux_init_(tensor: torch.Tensor, fan_in: int, kind: str) -> None:

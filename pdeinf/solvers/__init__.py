@@ -1,12 +1,17 @@
 """Batched PDE solvers (compressible Euler, incompressible Navier-Stokes), the exact Riemann
-solution, the initial-condition samplers of the data sets, and the solvers' shared checks."""
+solution, the initial-condition samplers of the data sets, the solvers' checks and error."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 
 from pdeinf.checks import finite_float
-from pdeinf.errors import InputError
+from pdeinf.errors import InputError, NumericalError
+
+
+class SolverError(NumericalError):
+    """A solution left the physical state space (non-finite, or Euler's rho or p not positive)
+    or needed more steps than allowed."""
 
 
 def check_times(t_out, t0: float = 0.0, *, from_t0: bool = False) -> np.ndarray:

@@ -14,17 +14,13 @@ import torch
 from tqdm.auto import tqdm
 
 from pdeinf.checks import finite_float, one_of
-from pdeinf.errors import InputError, NumericalError
-from pdeinf.solvers import check_domain, check_times
+from pdeinf.errors import InputError
+from pdeinf.solvers import SolverError, check_domain, check_times
 
 __all__ = ["LIMITERS", "SolverError", "conserved_to_primitive", "primitive_to_conserved", "solve"]
 
 LIMITERS = ("mc", "minmod", "vanleer")
 _X_DIM, _Y_DIM = -1, -2  # tensor axes of x and y in [B, H, W] fields
-
-
-class SolverError(NumericalError):
-    """The solution left the physical state space (non-positive or non-finite rho or p)."""
 
 
 def primitive_to_conserved(rho, vx, vy, p, gamma: float = 1.4) -> torch.Tensor:
@@ -40,8 +36,7 @@ def conserved_to_primitive(u: torch.Tensor, gamma: float = 1.4):
     """`[..., 4, H, W]` conserved -> `(rho, vx, vy, p)`, each `[..., H, W]`."""
     u = torch.as_tensor(u)
     rho, mx, my, energy = u.unbind(dim=-3)
-    vx = mx / rho
-    vy = my / rho
+    vx, vy = mx / rho, my / rho
     p = (gamma - 1.0) * (energy - 0.5 * (mx * vx + my * vy))
     return rho, vx, vy, p
 
@@ -160,8 +155,7 @@ def solve(u0: torch.Tensor, t_out: Sequence[float], *, gamma: float = 1.4,
     out[:, 0] = u0
     u = u0.clone()
     t = 0.0
-    bar = tqdm(total=float(times[-1]), disable=not progress, unit="t", desc="euler", leave=False)
-    try:
+    with tqdm(total=float(times[-1]), disable=not progress, unit="t", desc="euler", leave=False) as bar:
         for k in range(1, len(times)):
             target = float(times[k])
             while t < target:
@@ -178,8 +172,6 @@ def solve(u0: torch.Tensor, t_out: Sequence[float], *, gamma: float = 1.4,
                 bar.update(t_next - t)
                 t = t_next
             out[:, k] = u
-    finally:
-        bar.close()
     _cfl_step(_primitive_stack(u, gamma), gamma, dx, dy, cfl, t)  # final state must be physical too
     return out
 

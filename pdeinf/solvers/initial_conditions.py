@@ -254,14 +254,11 @@ def sample(dataset: str, n: int, resolution: int, *, seed: int, dtype: torch.dty
     if dataset.startswith("CE"):
         return out
     out = navier_stokes.project(out)
-    if dataset == "NS-BB" and r["evolve_time"] > 0:
-        chunks = []
-        for lo in range(0, n, r["chunk_size"]):
-            chunk = out[lo : lo + r["chunk_size"]].to(dtype)
-            evolved = navier_stokes.solve(chunk, [0.0], t0=-r["evolve_time"], nu=r["nu"],
-                                          viscosity=r["viscosity"], cfl=r["cfl"], progress=progress)
-            chunks.append(evolved[:, 0])
-        out = torch.cat(chunks)
+    if dataset == "NS-BB" and r["evolve_time"] > 0:  # evolved in chunks of `chunk_size` samples
+        out = torch.cat([navier_stokes.solve(out[lo : lo + r["chunk_size"]].to(dtype), [0.0],
+                                             t0=-r["evolve_time"], nu=r["nu"], viscosity=r["viscosity"],
+                                             cfl=r["cfl"], progress=progress)[:, 0]
+                         for lo in range(0, n, r["chunk_size"])])
     return out.to(dtype)
 
 

@@ -22,8 +22,8 @@ import torch
 from tqdm.auto import tqdm
 
 from pdeinf.checks import finite_float, one_of
-from pdeinf.errors import InputError, NumericalError
-from pdeinf.solvers import check_domain, check_times
+from pdeinf.errors import InputError
+from pdeinf.solvers import SolverError, check_domain, check_times
 
 __all__ = ["VISCOSITIES", "SolverError", "divergence", "enstrophy", "kinetic_energy", "linear_operator",
            "project", "solve", "velocity_from_vorticity", "vorticity"]
@@ -37,10 +37,6 @@ SPECTRAL_EPS_FACTOR = 0.05
 _MAX_IF_EXPONENT = 40.0
 
 
-class SolverError(NumericalError):
-    """The solution became non-finite (blow-up) or needed more steps than allowed."""
-
-
 class _Grid:
     """Wavenumbers, masks and padding bookkeeping of an H x W periodic grid (rfft layout)."""
 
@@ -50,19 +46,16 @@ class _Grid:
         self.wr = w // 2 + 1
         my = torch.fft.fftfreq(h, d=1.0 / h, dtype=torch.float64, device=device)  # integers
         mx = torch.fft.rfftfreq(w, d=1.0 / w, dtype=torch.float64, device=device)
-        self.my = my[:, None].expand(h, self.wr)
-        self.mx = mx[None, :].expand(h, self.wr)
+        self.my, self.mx = my[:, None].expand(h, self.wr), mx[None, :].expand(h, self.wr)
         self.ky = (2.0 * math.pi / ly * self.my).to(dtype)  # [H, Wr]
         self.kx = (2.0 * math.pi / lx * self.mx).to(dtype)
-        k2 = self.kx**2 + self.ky**2
-        self.k2 = k2
+        self.k2 = k2 = self.kx**2 + self.ky**2
         self.inv_k2 = torch.where(k2 > 0, 1.0 / torch.where(k2 > 0, k2, 1.0), 0.0)
-        keep = torch.ones(h, self.wr, dtype=dtype, device=device)
+        self.keep = torch.ones(h, self.wr, dtype=dtype, device=device)  # 0 on Nyquist modes
         if h % 2 == 0:
-            keep[h // 2, :] = 0.0
+            self.keep[h // 2, :] = 0.0
         if w % 2 == 0:
-            keep[:, w // 2] = 0.0
-        self.keep = keep  # 0 on Nyquist modes
+            self.keep[:, w // 2] = 0.0
         # retained modes for the 3/2 rule: rows 0..n_pos-1 and the last n_neg rows, cols 0..n_col-1
         self.n_pos, self.n_neg, self.n_col = (h + 1) // 2, (h - 1) // 2, (w + 1) // 2
         self.ph, self.pw = -(-3 * h // 2), -(-3 * w // 2)  # ceil(3N/2) > 3 * max retained |m|
@@ -226,8 +219,8 @@ def solve(v0: torch.Tensor, t_out: Sequence[float], *, nu: float = 4e-4,
     out = torch.empty((b, len(times), 2, h, w), dtype=v0.dtype, device=v0.device)
     t = torch.full((b,), t0, dtype=torch.float64, device=v0.device)  # per member
     steps, shown = 0, t0
-    bar = tqdm(total=float(times[-1] - t0), disable=not progress, unit="t", desc="navier-stokes", leave=False)
-    try:
+    with tqdm(total=float(times[-1] - t0), disable=not progress, unit="t", desc="navier-stokes",
+              leave=False) as bar:
         for k, target in enumerate(times.tolist()):
             while bool((t < target).any()):
                 rhs0, rate = _advection(g, vh)
@@ -255,8 +248,6 @@ def solve(v0: torch.Tensor, t_out: Sequence[float], *, nu: float = 4e-4,
             if bool(bad.any()):
                 raise SolverError(f"navier_stokes.solve: non-finite velocity at t={target:.6g} "
                                   f"in batch member {int(torch.nonzero(bad)[0])}")
-    finally:
-        bar.close()
     return out
 
 

@@ -74,10 +74,9 @@ def limit_figure(limits: dict, pm_rows: list[dict] | None = None) -> Figure:
                 label="mass H (Krylov)")
         ax.axhline(max(float(ds["mass_limit"]), 1e-16), ls="--", color="0.5", lw=0.8,
                    label="mass of limit")
-        ax.set(xscale="log", yscale="log")
-        ax.invert_xaxis()
-        ax.set(xlabel="lambda",
+        ax.set(xscale="log", yscale="log", xlabel="lambda",
                title=f"{case}: P={ds.attrs['P']}, M={ds.attrs['M']}, rank J={ds.attrs['rank_J']}")
+        ax.invert_xaxis()
         ax.legend(frameon=False, fontsize=6)
     if pm_rows:
         ax = axes[0, -1]

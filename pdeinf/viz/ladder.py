@@ -28,7 +28,7 @@ def ladder_figure(summary: pd.DataFrame, *, own: dict | None = None,
                "p_over_m"} - set(summary.columns)
     if missing:
         raise InputError(f"summary: missing column(s) {sorted(missing)}")
-    fig, axes = new_figure(len(STATISTICS), len(AXES), size=(3.0, 2.1), squeeze=False)
+    fig, axes = new_figure(len(STATISTICS), len(AXES), size=(3.0, 2.1))
     for j, axis in enumerate(AXES):
         for i, stat in enumerate(STATISTICS):
             ax = axes[i, j]

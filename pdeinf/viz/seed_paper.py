@@ -181,8 +181,7 @@ def similarity_figure(curves: dict, lengths: dict | None = None, *, pde: str,
     (dashed, with their t-interval over seeds shaded) and the paper's readings."""
     if not curves:
         raise InputError("curves: need at least one model's similarity_curves")
-    paper = pn.SIMILARITY.get(pde)
-    fig_no = figure if figure is not None else (paper or {}).get("figure")
+    paper, fig_no = _reading(pn.SIMILARITY, pde, figure)
     fig, ax = st.new_figure(size=(4.2, 3.1), title=f"$H_{{CC}}$ interpolation ({pde}) {_tag(fig_no)}")
     for k, (model, c) in enumerate(curves.items()):
         st.require_dims(c["quartiles"], ("quantile", "point"), f"curves[{model!r}]['quartiles']")

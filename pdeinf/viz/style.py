@@ -48,13 +48,13 @@ def style():
         yield
 
 
-def new_figure(n_rows: int = 1, n_cols: int = 1, *, size=PANEL_SIZE, squeeze: bool = False,
-               title: str | None = None, **subplot_kw):
-    """A Figure with a grid of axes (2-D array unless squeeze), sized per panel; with `title`,
-    a single panel titled so: `(fig, ax)`."""
+def new_figure(n_rows: int = 1, n_cols: int = 1, *, size=PANEL_SIZE, title: str | None = None,
+               **subplot_kw):
+    """A Figure with a 2-D array of axes, sized per panel; with `title`, a single panel titled
+    so: `(fig, ax)`."""
     with style():
         fig = Figure(figsize=(size[0] * n_cols, size[1] * n_rows), layout="constrained")
-        axes = fig.subplots(n_rows, n_cols, squeeze=squeeze, **subplot_kw)
+        axes = fig.subplots(n_rows, n_cols, squeeze=False, **subplot_kw)
     if title is not None:
         axes[0, 0].set_title(title)
         return fig, axes[0, 0]
@@ -110,8 +110,8 @@ def bars(ax, x, mid, lo, hi, **kwargs):
                        **kwargs)
 
 
-def zero_line(ax, y: float = 0.0, color="grey", lw: float = 0.5) -> None:
-    ax.axhline(y, color=color, lw=lw)
+def zero_line(ax) -> None:
+    ax.axhline(0.0, color="grey", lw=0.5)
 
 
 def paper_line(ax, value, label=None, *, vertical: bool = False, lw: float = 1.0, **kwargs):

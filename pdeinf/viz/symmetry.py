@@ -32,7 +32,7 @@ def _label(key) -> str:
     return f"{key[0]} {st.model_label(key[1])}"
 
 
-def _per_pde(studies: dict, points, *, ylabel: str, title: str):
+def _per_pde(studies: dict, points, *, xlabel: str, ylabel: str, title: str):
     """One panel per PDE, per model medians with quartile bars at each group element:
     `points(ds) -> (labels, (median, q1, q3))`; `title` formatted with the PDE."""
     pdes = _pdes(studies)
@@ -45,7 +45,7 @@ def _per_pde(studies: dict, points, *, ylabel: str, title: str):
                     ms=4, color=st.model_color(model, "k"), capsize=2,
                     label=f"[ours] {st.model_label(model)}")
         ax.set_xticks(np.arange(len(labels)), labels)
-        ax.set(ylabel=ylabel, title=title.format(pde=pde))
+        ax.set(xlabel=xlabel, ylabel=ylabel, title=title.format(pde=pde))
     return fig, axes[0]
 
 
@@ -61,7 +61,8 @@ def d4_equivariance_figure(studies: dict, *, variable: str = "equivariance"):
         agg = sm.aggregate_equivariance(ds[variable].sel({coord: labels}).rename({coord: "element"}))
         return labels, [agg[k].values for k in ("median", "q1", "q3")]
 
-    fig, axes = _per_pde(studies, points, ylabel="SMSE(f(g.x), g.y) / SMSE(f(x), y)",
+    fig, axes = _per_pde(studies, points, xlabel="D4 element g",
+                         ylabel="SMSE(f(g.x), g.y) / SMSE(f(x), y)",
                          title="{pde}: D4 equivariance error" + ("" if ours else " (authors' axes)")
                          + "\n[ours; follow-up range dashed]")
     for ax, pde in zip(axes, _pdes(studies)):
@@ -69,7 +70,7 @@ def d4_equivariance_figure(studies: dict, *, variable: str = "equivariance"):
             word = "up to ~1e4" if pde == "NS" else "within ~25%"
             st.paper_line(ax, PAPER_RANGES[pde], f"[follow-up] {pde} {word}")
         ax.axhline(1.0, color="0.6", lw=0.6)
-        ax.set(yscale="log", xlabel="D4 element g")
+        ax.set_yscale("log")
     st.legend_below(fig, axes)
     return fig
 
@@ -82,11 +83,10 @@ def d4_orbit_figure(studies: dict):
         labels = ["e", *sm.d4_labels(ds)]
         return labels, st.quartiles(sm.orbit_quartiles(ds).sel(element=labels))
 
-    fig, axes = _per_pde(studies, points, ylabel="standardized $H_g[n, n]$",
+    fig, axes = _per_pde(studies, points, xlabel="group element g",
+                         ylabel="standardized $H_g[n, n]$",
                          title="{pde}: D4 orbit influence [ours]\n"
                                "(follow-up: suppressed where equivariance breaks)")
-    for ax in axes:
-        ax.set_xlabel("group element g")
     st.legend_below(fig, axes)
     return fig
 
