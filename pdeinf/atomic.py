@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from pdeinf.storage import check_free, disk_full, is_no_space
+from pdeinf.storage import DiskFullError, disk_full, free_bytes, is_no_space
 
 #: Result datasets up to this size are serialised in memory first: a full disk then fails in
 #: a plain file write (one clear error), never inside the HDF5 library.
@@ -29,18 +29,6 @@ def temporary_path(path: Path | str) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
-def _fsync_directory(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # some file systems do not open directories
-        return
-    try:
-        with contextlib.suppress(OSError):
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def atomic_write(path: Path | str, write: Callable[[Path], object], *,
                  size: float | None = None) -> Path:
     """Call `write(tmp)` to fill a temporary file beside `path` (any way: savefig, to_netcdf,
@@ -49,27 +37,30 @@ def atomic_write(path: Path | str, write: Callable[[Path], object], *,
     checked against the free space first. A full disk (or quota) raises
     `pdeinf.storage.DiskFullError` naming the folder and the space."""
     path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if size is not None:
-            check_free(path.parent, size)
-    except OSError as err:
-        if is_no_space(err):
-            raise disk_full(path.parent, size) from None
-        raise
     tmp = temporary_path(path)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if size is not None and free_bytes(path.parent) < size:
+            raise disk_full(path.parent, size)
         write(tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-        _fsync_directory(path.parent)
+        with contextlib.suppress(OSError):  # some file systems do not open directories
+            directory = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+    except DiskFullError:
+        raise
     except Exception as err:
         if is_no_space(err):
             raise disk_full(path.parent, size) from None
         raise
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(NotADirectoryError):  # a parent that is a file: mkdir's error
+            tmp.unlink(missing_ok=True)
     return path
 
 
@@ -105,14 +96,18 @@ def torch_save(obj, path: Path | str) -> Path:
     return write_bytes(path, buf.getvalue())
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` exists (owned by anyone) and is not a zombie."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # exists, owned by someone else
         pass
-    return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def remove_stale_temporaries(directory: Path | str, *, recursive: bool = False) -> list[Path]:
@@ -124,7 +119,7 @@ def remove_stale_temporaries(directory: Path | str, *, recursive: bool = False) 
     removed = []
     for candidate in (directory.rglob if recursive else directory.glob)(".*.tmp"):
         match = _TMP.match(candidate.name)
-        if match and candidate.is_file() and not _alive(int(match["pid"])):
+        if match and candidate.is_file() and not process_alive(int(match["pid"])):
             candidate.unlink(missing_ok=True)
             removed.append(candidate)
     return removed

@@ -59,7 +59,3 @@ def figures_dir(profile: str | None = None) -> Path:
     if profile == "paper":
         return root() / "figures" / "paper"
     return results_dir() / "figures" / profile
-
-
-def notebooks_dir() -> Path:
-    return root() / "notebooks"

@@ -48,12 +48,6 @@ def disk_full(directory: Path | str, needed: float | None) -> DiskFullError:
                          "already computed is kept)")
 
 
-def check_free(directory: Path | str, needed: float) -> None:
-    """DiskFullError unless `directory`'s file system has `needed` bytes free."""
-    if free_bytes(directory) < needed:
-        raise disk_full(directory, needed)
-
-
 def is_no_space(err: BaseException) -> bool:
     """True for an OSError (or an error from a file library that wraps one, as its cause or
     context) caused by a full disk or an exhausted quota."""
@@ -79,5 +73,5 @@ def probe_writable(directory: Path | str) -> str | None:
         with tempfile.TemporaryFile(dir=anchor):
             pass
     except OSError as err:
-        return f"{anchor} is not writable ({err.strerror or err})"
+        return f"cannot write to {anchor} ({err.strerror or err})"
     return None

@@ -55,16 +55,13 @@ def load_keyed(path, key: str | None, variables=(), finite=()):
     """The dataset cached at `path`, loaded, when it opens, records `cache_key` == `key` (None:
     any key), holds every name of `variables`, passes its checksum and holds only finite values
     in each name of `finite`; else None (missing, stale, corrupt or foreign: recompute it)."""
-    if not Path(path).is_file():
-        return None
     try:
         ds = _open(path)
-    except Exception:  # noqa: BLE001 - unreadable, truncated or foreign file: recompute it
+    except Exception:  # noqa: BLE001 - missing, unreadable, truncated or foreign: recompute it
         return None
     if key is not None and ds.attrs.get("cache_key") != key or any(v not in ds for v in variables):
         return None
-    stored = ds.attrs.get(CHECKSUM_ATTR)
-    if stored is None or stored != dataset_checksum(ds):
+    if ds.attrs.get(CHECKSUM_ATTR) != dataset_checksum(ds):
         return None
     return ds if all(np.isfinite(ds[v].values).all() for v in finite) else None
 

@@ -3,6 +3,7 @@ are sharded across ranks) and `pdeinf reproduce ...`: the orchestration commands
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 from pdeinf.config import MODELS, PDE_CLASSES, PROFILE_NAMES
@@ -33,10 +34,12 @@ def _influence(args) -> int:
 def _reproduce(args) -> int:
     """Locally (worker processes), or ``--plan``: print the plan, or ``--executor slurm|node``:
     the graph as Slurm jobs or as local processes with their own GPUs."""
+    from pdeinf.checks import positive_int
     from pdeinf.pipeline.common import as_profile
 
     if args.only_pipeline and args.notebooks:
         raise InputError("--notebooks: cannot be combined with --only-pipeline")
+    positive_int(args.workers, "--workers", allow_none=True)
     profile = as_profile(args.profile)
     if args.plan:
         from pdeinf.pipeline.planner import format_plan, plan
@@ -54,12 +57,10 @@ def _reproduce(args) -> int:
             print(f"pdeinf reproduce: notebook {nb['notebook']} failed: {nb.get('error')}",
                   file=sys.stderr)
         return 1 if report.failed else 0
-    from pdeinf.pipeline.slurm import StageFailed, load_options, reproduce_slurm
+    from pdeinf.pipeline.slurm import SlurmOptions, StageFailed, load_options, reproduce_slurm
 
-    options = load_options(args.slurm_config, partition=args.partition,
-                           gpus_per_task=args.gpus_per_task, cpus_per_task=args.cpus_per_task,
-                           time_minutes=args.time_minutes, account=args.account, mem=args.mem,
-                           extra=tuple(args.extra) if args.extra else None)
+    options = load_options(args.slurm_config, **{f.name: getattr(args, f.name, None)
+                                                 for f in dataclasses.fields(SlurmOptions)})
     try:
         results = reproduce_slurm(profile, options, notebooks=args.notebooks,
                                   only_pipeline=args.only_pipeline, stages=args.stages,
@@ -94,16 +95,6 @@ def add_influence_parser(subparsers):
     return parser
 
 
-def _positive_workers(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def _stage_list(text: str) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     if not names:
@@ -128,7 +119,7 @@ def add_reproduce_parser(subparsers):
     add("--notebooks", default=None, metavar="NN,NN",
         help="comma-separated notebook numbers or names, e.g. 03,04")
     add("--no-progress", action="store_true", help="no progress bars")
-    add("--workers", type=_positive_workers, default=None, metavar="N",
+    add("--workers", type=int, default=None, metavar="N",
         help="processes for the stages (default: $PDEINF_WORKERS, else 1 with a GPU and 2 on a "
              "CPU; 1 runs them here, in order)")
     add = parser.add_argument_group("cluster (docs/cluster.md)").add_argument

@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from pdeinf.atomic import remove_stale_temporaries
+from pdeinf.atomic import process_alive, remove_stale_temporaries
 
 #: Signals that stop a run.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -37,15 +37,12 @@ def descendants(pid: int | None = None) -> list[int]:
     try:
         import psutil
     except ImportError:
-        out, frontier = [], [pid]
-        while frontier:
-            found = []
-            for task in Path(f"/proc/{frontier.pop(0)}/task").glob("*/children"):
+        found = [pid]
+        for parent in found:  # breadth first: the list grows while it is read
+            for task in Path(f"/proc/{parent}/task").glob("*/children"):
                 with contextlib.suppress(OSError):
                     found += [int(c) for c in task.read_text().split()]
-            out += found
-            frontier += found
-        return out
+        return found[1:]
     try:
         return [p.pid for p in psutil.Process(pid).children(recursive=True)]
     except psutil.NoSuchProcess:
@@ -53,39 +50,30 @@ def descendants(pid: int | None = None) -> list[int]:
 
 
 def _alive(pid: int) -> bool:
-    """Whether `pid` still runs: a child of ours is reaped, any other is asked of the kernel (a
-    zombie counts as gone)."""
+    """Whether `pid` still runs: a child of ours is reaped, any other is asked of the kernel."""
     try:
         done, _ = os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:  # not our child (a grandchild)
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        try:
-            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-        except (OSError, IndexError):
-            return True
+        return process_alive(pid)
     return done == 0
+
+
+def _signal(pids: Iterable[int], signum: int, wait: float) -> list[int]:
+    """Send `signum` to each of `pids`; those still alive after up to `wait` seconds."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signum)
+    deadline = time.monotonic() + wait
+    while (left := [p for p in pids if _alive(p)]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
 
 
 def stop_processes(pids: Iterable[int], *, grace: float = 3.0) -> None:
     """SIGTERM to each of `pids`, wait up to `grace` seconds, SIGKILL what is left, and wait
     up to `KILL_WAIT_SECONDS` for those (on a loaded machine a killed process can take seconds
     to be gone; children of this process are reaped)."""
-    pids = list(pids)
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while (left := [p for p in pids if _alive(p)]) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    for pid in left:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + KILL_WAIT_SECONDS
-    while [p for p in left if _alive(p)] and time.monotonic() < deadline:
-        time.sleep(0.05)
+    _signal(_signal(list(pids), signal.SIGTERM, grace), signal.SIGKILL, KILL_WAIT_SECONDS)
 
 
 def stop_children() -> None:

@@ -24,7 +24,7 @@ _NOTEBOOK_NAME = re.compile(r"^(\d\d)_[A-Za-z0-9_\-]+\.ipynb$")
 def notebooks_source() -> Path:
     """Directory the notebooks are read from: ``$PDEINF_HOME/notebooks`` when it exists,
     else the source checkout's ``notebooks/``."""
-    home = paths.notebooks_dir()
+    home = paths.root() / "notebooks"
     return home if home.is_dir() else _CHECKOUT_NOTEBOOKS
 
 
@@ -39,15 +39,14 @@ def list_notebooks(selection: Iterable[str] | str | None = None, *, source: Path
               if s.strip()]
     if not wanted:
         raise InputError("notebooks: empty selection")
-    chosen: list[Path] = []
+    chosen: set[Path] = set()
     for item in wanted:
         stem = item.removesuffix(".ipynb")
         matches = [p for p in available if p.stem == stem or p.stem.split("_", 1)[0] == stem]
         if len(matches) != 1:
             names = ", ".join(p.stem for p in available) or f"none in {source}"
             raise InputError(f"notebooks: {item!r} matches no notebook; available: {names}")
-        if matches[0] not in chosen:
-            chosen.append(matches[0])
+        chosen.add(matches[0])
     return sorted(chosen)
 
 
@@ -117,7 +116,7 @@ def _executed_is_current(notebook: Path, key: str) -> bool:
 
 
 def run_notebook(notebook: Path | str, profile: ProfileLike, *, progress: bool = True,
-                 timeout: float | None = None, cache_key: str | None = None) -> Path:
+                 cache_key: str | None = None) -> Path:
     """Execute one notebook with papermill at ``profile`` (kernel ``python3``, parameters
     ``{"profile": <name>}``, cwd its folder); returns the executed copy
     ``results/executed/<name>.ipynb``, written under a temporary name and renamed. On failure
@@ -140,7 +139,7 @@ def run_notebook(notebook: Path | str, profile: ProfileLike, *, progress: bool =
             # console; cell errors still reach the executed copy and the exception
             pm.execute_notebook(str(notebook), str(partial), parameters={"profile": profile.name},
                                 kernel_name="python3", cwd=str(notebook.parent),
-                                progress_bar=progress, execution_timeout=timeout,
+                                progress_bar=progress,
                                 extra_arguments=["--IPKernelApp.log_level=CRITICAL"])
     except BaseException:
         if partial.exists():
@@ -167,6 +166,18 @@ def notebook_figures(notebook: Path | str, profile: ProfileLike) -> list[str]:
     return [str(p) for p in found if p.suffix == ".png"] or [str(p) for p in found]
 
 
+def findings_rows(profile: ProfileLike, notebook: str) -> list[dict] | None:
+    """The rows of study `notebook` (a stem) in the profile's findings table; None when the
+    table is absent or unreadable."""
+    from pdeinf.pipeline.findings import findings_path
+
+    try:
+        return [r for r in json.loads(findings_path(profile).read_text())["findings"]
+                if r["notebook"] == notebook]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def summarize_notebook(notebook: Path | str, *, max_numbers: int = 4,
                        profile: ProfileLike = None) -> dict:
     """What the closing table shows of `notebook` at `profile`: its figures
@@ -175,15 +186,11 @@ def summarize_notebook(notebook: Path | str, *, max_numbers: int = 4,
     ``results`` is that table's path when it holds such rows."""
     from pdeinf.pipeline.findings import findings_path, row_name
 
-    out = {"notebook": Path(notebook).stem, "figures": notebook_figures(notebook, profile),
-           "numbers": {}, "results": None}
-    table = findings_path(profile)
-    try:
-        rows = [r for r in json.loads(table.read_text())["findings"]
-                if r["notebook"] == out["notebook"]]
-    except (OSError, ValueError, KeyError, TypeError):  # no table yet: figures only
-        return out
-    shown = [r for r in rows if isinstance(r.get("estimate"), (int, float))][:max_numbers]
-    out["numbers"] = {row_name(r): float(r["estimate"]) for r in shown}
-    out["results"] = str(table) if rows else None
+    stem = Path(notebook).stem
+    out = {"notebook": stem, "figures": notebook_figures(notebook, profile), "numbers": {},
+           "results": None}
+    if rows := findings_rows(profile, stem):
+        shown = [r for r in rows if isinstance(r.get("estimate"), (int, float))][:max_numbers]
+        out["numbers"] = {row_name(r): float(r["estimate"]) for r in shown}
+        out["results"] = str(findings_path(profile))
     return out

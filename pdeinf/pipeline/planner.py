@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pdeinf.config import PDE_SPECS, get_profile
-from pdeinf.errors import InputError
+from pdeinf.storage import format_bytes
 
 GPU_SPEEDUP = 50.0  # stated: a data-centre GPU does a pass this many times faster than these cores
 #: the training loop's time per timed pass (loss reductions, finiteness check, progress)
@@ -271,16 +271,6 @@ def _output(profile, law: str, pde: str, cost: ModelCost) -> float:
     return seeds * matrices * 4
 
 
-def cost_law(profile, stage: str, laws: dict[str, str]) -> str:
-    """The cost law of stage `stage` (`laws`: the stage table's, by task name); "notebook" for a
-    notebook. InputError naming any other stage."""
-    if stage in laws:
-        return laws[stage]
-    if stage.startswith("notebook "):
-        return "notebook"
-    raise InputError(f"stage: {stage!r} is not a stage of profile {profile.name!r}")
-
-
 def plan_stage(profile, stage: str, costs: dict, tick: float, law: str) -> StagePlan:
     """The plan of one stage of cost law `law` (`costs`: `ModelCost` per (PDE, model))."""
     if law == "data":  # solver time: trajectories x cells x steps, steps ~ resolution
@@ -304,16 +294,13 @@ def plan(profile, *, stages: Sequence[str] | None = None, notebooks: bool = True
     when `notebooks` and no `stages`) its `StagePlan`, and what was measured."""
     from pdeinf.pipeline.common import as_profile
     from pdeinf.pipeline.notebooks import list_notebooks
-    from pdeinf.pipeline.reproduce import stage_tasks
-    from pdeinf.pipeline.slurm import notebook_tasks, select_stages
+    from pdeinf.pipeline.slurm import run_graph
     from pdeinf.pipeline.stages import stage_units
 
     profile = as_profile(profile)
-    tasks = select_stages(stage_tasks(profile, progress=False), stages)
-    if notebooks and stages is None:
-        tasks += notebook_tasks(profile, list_notebooks(), [])
+    tasks = run_graph(profile, stages, list_notebooks() if notebooks and stages is None else [])
     laws = {kind.name(unit): kind.cost_law for kind, unit in stage_units(profile)}
-    law = {t.name: cost_law(profile, t.name, laws) for t in tasks}
+    law = {t.name: laws.get(t.name, "notebook") for t in tasks}
     rate = flop_rate()
     pairs = sorted({_stage_pair(profile, t.name) for t in tasks
                     if law[t.name] not in ("data", "findings", "notebook")})
@@ -321,14 +308,6 @@ def plan(profile, *, stages: Sequence[str] | None = None, notebooks: bool = True
     tick = _measure_model(get_profile("smoke"), "CE", "unet", rate).call_seconds
     rows = [plan_stage(profile, t.name, costs, tick, law[t.name]) for t in tasks]
     return {"profile": profile.name, "stages": rows, "costs": costs, "rate": rate, "tick": tick}
-
-
-def _size(value: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if value < 1024 or unit == "TB":
-            return f"{value:.3g} {unit}"
-        value /= 1024
-    return ""
 
 
 def format_plan(result: dict) -> str:
@@ -340,11 +319,11 @@ def format_plan(result: dict) -> str:
              f"  {'stage':<{width}}  {'GPU-h':>9}  {'CPU-h':>9}  {'peak mem':>9}  {'output':>9}"]
     for r in rows:
         lines.append(f"  {r.stage:<{width}}  {r.gpu_hours:9.3g}  {r.cpu_hours:9.3g}  "
-                     f"{_size(r.peak_memory):>9}  {_size(r.output):>9}")
+                     f"{format_bytes(r.peak_memory):>9}  {format_bytes(r.output):>9}")
     lines.append(f"  {'total':<{width}}  {sum(r.gpu_hours for r in rows):9.3g}  "
                  f"{sum(r.cpu_hours for r in rows):9.3g}  "
-                 f"{_size(max(r.peak_memory for r in rows)):>9}  "
-                 f"{_size(sum(r.output for r in rows)):>9}")
+                 f"{format_bytes(max(r.peak_memory for r in rows)):>9}  "
+                 f"{format_bytes(sum(r.output for r in rows)):>9}")
     lines += ["", (f"measured here: {result['rate'] / 1e9:.3g} GFLOP/s on {os.cpu_count()} "
                    f"core(s), a tick {result['tick'] * 1e3:.3g} ms; per (PDE, model) at the "
                    "profile's size and resolution:")]
@@ -352,7 +331,7 @@ def format_plan(result: dict) -> str:
         lines.append(f"  {pde}-{model}: {cost.parameters:,} parameters, a pass "
                      f"{cost.call_seconds * 1e3:.3g} ms + {cost.example_seconds * 1e3:.3g} ms "
                      f"per example on {os.cpu_count()} core(s), activations "
-                     f"{_size(cost.activation_bytes)} per example")
+                     f"{format_bytes(cost.activation_bytes)} per example")
     lines += ["", (f"GPU-hours: this machine's time / {GPU_SPEEDUP:g} (a stated GPU speed-up); "
                    "CPU-hours: this machine's core-hours; total peak memory: the largest stage's."),
               "Laws and constants: pdeinf/pipeline/planner.py and docs/cluster.md."]

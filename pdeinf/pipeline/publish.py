@@ -52,17 +52,13 @@ def published_copy(source, executed, profile: str):
     if source_cells(source) != source_cells(executed):
         raise InputError("notebook: its cells differ from the executed copy's (edited since the "
                          "run?); run it again before publishing its outputs")
-    errors = [o for c in ran if c.cell_type == "code" for o in c.get("outputs", ())
-              if o.get("output_type") == "error"]
-    if errors:
+    if errors := [o for c in ran if c.cell_type == "code" for o in c.get("outputs", ())
+                  if o.get("output_type") == "error"]:
         raise InputError(f"notebook: the executed copy holds an error ({errors[0].get('ename')}); "
                          "nothing published")
     out = copy.deepcopy(source)
-    count = 0
-    for cell, done in zip(out.cells, ran):
-        if cell.cell_type != "code":
-            continue
-        count += 1
+    code = [(cell, done) for cell, done in zip(out.cells, ran) if cell.cell_type == "code"]
+    for count, (cell, done) in enumerate(code, 1):
         cell.outputs = [_portable_output(o) for o in done.outputs]
         # with no output the cell keeps its count too: the notebook reads as run top to bottom
         cell.execution_count = count

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,25 +15,18 @@ from pdeinf.atomic import write_json
 from pdeinf.errors import InputError
 from pdeinf.pipeline.common import ProfileLike, as_profile
 from pdeinf.pipeline.interrupt import guarded_run
-from pdeinf.pipeline.lock import check_writable
 from pdeinf.pipeline.notebooks import (
     _executed_is_current,
     executed_dir,
+    findings_rows,
     list_notebooks,
     notebook_cache_key,
     notebooks_source,
     run_notebook,
     summarize_notebook,
 )
-from pdeinf.pipeline.publish import publish_notebooks
-from pdeinf.pipeline.schedule import (
-    EtaClock,
-    Task,
-    TaskResult,
-    default_workers,
-    format_duration,
-    run_tasks,
-)
+from pdeinf.pipeline.publish import portable_text, publish_notebooks
+from pdeinf.pipeline.schedule import EtaClock, Task, default_workers, format_duration, run_tasks
 
 
 @dataclass
@@ -69,8 +63,7 @@ def stage_tasks(profile: ProfileLike, *, progress: bool = True) -> list[Task]:
     from pdeinf.pipeline import stages
 
     profile = as_profile(profile)
-    opts = {"progress": progress}
-    return [Task(kind.name(unit), kind.compute, kind.arguments(profile, unit), opts,
+    return [Task(kind.name(unit), kind.compute, kind.arguments(profile, unit), {"progress": progress},
                  tuple(stages.after_names(profile, kind, unit)), exclusive=kind.exclusive)
             for kind, unit in stages.stage_units(profile)]
 
@@ -85,13 +78,9 @@ def run_all(
     profile = as_profile(profile)
     timings = [] if timings is None else timings
     workers = default_workers() if workers is None else workers
-    tasks = stage_tasks(profile, progress=progress and workers == 1)
-
-    def record(result: TaskResult) -> None:
-        timings.append(StageTiming(result.name, result.seconds, result.status))
-
-    eta = stage_eta(profile, workers) if progress else None
-    run_tasks(tasks, workers=workers, echo=progress, on_result=record, eta=eta)
+    run_tasks(stage_tasks(profile, progress=progress and workers == 1), workers=workers,
+              echo=progress, eta=stage_eta(profile, workers) if progress else None,
+              on_result=lambda r: timings.append(StageTiming(r.name, r.seconds, r.status)))
     return timings
 
 
@@ -130,7 +119,6 @@ def reproduce(
     selected = [] if only_pipeline else list_notebooks(notebooks)  # validate before long work
     if not only_pipeline and not selected:
         raise InputError(f"notebooks: no numbered notebooks found in {notebooks_source()}")
-    check_writable(paths.results_dir(), "PDEINF_HOME/results")
     with guarded_run(paths.results_dir()):
         report = ReproduceReport(profile.name, workers=workers)
         began = time.perf_counter()
@@ -177,15 +165,14 @@ def _notebook_entry(nb: Path, profile, timings: list[StageTiming], *, progress: 
         if _executed_is_current(nb, key):
             entry.update(status="ok", executed=str(executed_dir() / nb.name), cached=True)
         else:
-            stage, began = f"notebook {nb.stem}", time.perf_counter()
+            stage, began, executed = f"notebook {nb.stem}", time.perf_counter(), None
             if progress:
                 print(f"[pdeinf] {stage} ...", file=sys.stderr, flush=True)
             try:
                 executed = run_notebook(nb, profile, progress=progress, cache_key=key)
-            except BaseException:
-                timings.append(StageTiming(stage, time.perf_counter() - began, "failed"))
-                raise
-            timings.append(StageTiming(stage, time.perf_counter() - began))
+            finally:
+                timings.append(StageTiming(stage, time.perf_counter() - began,
+                                           "ok" if executed else "failed"))
             if progress:
                 print(f"[pdeinf] {stage}: {timings[-1].seconds:.1f} s", file=sys.stderr, flush=True)
             entry.update(status="ok", executed=str(executed))
@@ -193,24 +180,10 @@ def _notebook_entry(nb: Path, profile, timings: list[StageTiming], *, progress: 
         entry.update(status="failed", error=f"{type(err).__name__}: {_first_line(err)}")
     entry["seconds"] = time.perf_counter() - start
     summary = summarize_notebook(nb, profile=profile)
+    verdicts = Counter(r["verdict"] for r in findings_rows(profile, nb.stem) or ())
     entry.update(figures=summary["figures"], numbers=summary["numbers"],
-                 verdicts=verdict_counts(profile, nb.stem), results=summary["results"])
+                 verdicts=dict(sorted(verdicts.items())), results=summary["results"])
     return entry
-
-
-def verdict_counts(profile, notebook: str) -> dict[str, int]:
-    """`{verdict: rows}` of the study `notebook` in the profile's findings table ({} when the
-    table is absent or unreadable)."""
-    import json
-    from collections import Counter
-
-    from pdeinf.pipeline.findings import findings_path
-
-    try:
-        rows = json.loads(findings_path(profile).read_text())["findings"]
-        return dict(sorted(Counter(r["verdict"] for r in rows if r["notebook"] == notebook).items()))
-    except (OSError, ValueError, KeyError, TypeError):
-        return {}
 
 
 def _first_line(err: BaseException) -> str:
@@ -221,13 +194,6 @@ def _first_line(err: BaseException) -> str:
         if line and not set(line) <= set("-=*"):
             return line[:300]
     return text[:300]
-
-
-def _display_path(path: str) -> str:
-    try:
-        return str(Path(path).relative_to(paths.root()))
-    except ValueError:
-        return path
 
 
 def format_report(report: ReproduceReport) -> str:
@@ -246,7 +212,7 @@ def format_report(report: ReproduceReport) -> str:
         for nb in report.notebooks:
             lines.append(f"  {nb['notebook']}  [{nb['status']}]  {nb['seconds']:.1f} s")
             for fig in nb.get("figures", []):
-                lines.append(f"      figure   {_display_path(fig)}")
+                lines.append(f"      figure   {portable_text(fig)}")
             numbers = ", ".join(f"{k}={v:.4g}" if math.isfinite(v) else f"{k}={v}"
                                 for k, v in nb.get("numbers", {}).items())
             if numbers:
@@ -257,5 +223,5 @@ def format_report(report: ReproduceReport) -> str:
             if nb["status"] != "ok":
                 lines.append(f"      error    {nb.get('error', '')}")
             if nb.get("published"):
-                lines.append(f"      outputs  {_display_path(nb['published'])}")
+                lines.append(f"      outputs  {portable_text(nb['published'])}")
     return "\n".join(lines)

@@ -20,7 +20,9 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 
-from pdeinf.errors import InputError
+from pdeinf import paths
+from pdeinf.checks import positive_int
+from pdeinf.errors import InputError, PdeinfError
 
 #: `$PDEINF_WORKERS` overrides `default_workers()` (1 = sequential, in this process).
 WORKERS_ENV = "PDEINF_WORKERS"
@@ -51,30 +53,24 @@ class TaskResult:
     error: BaseException | None = None
 
 
-def _env_int(name: str, minimum: int, what: str) -> int | None:
+def _env_int(name: str, minimum: int) -> int | None:
+    """`$name` as an integer >= `minimum`; None when unset or empty."""
     env = os.environ.get(name)
-    if not env:
-        return None
     try:
-        value = int(env)
+        return positive_int(int(env), name, minimum=minimum) if env else None
     except ValueError:
-        value = minimum - 1
-    if value < minimum:
-        raise InputError(f"{name}: expected {what}, got {env!r}")
-    return value
+        raise InputError(f"{name}: expected an integer >= {minimum}, got {env!r}") from None
 
 
 def default_workers() -> int:
     """`$PDEINF_WORKERS`, else 1 with a CUDA device (one GPU, one process) and
     min(2, cpu_count) on a CPU."""
-    value = _env_int(WORKERS_ENV, 1, "a positive integer")
+    value = _env_int(WORKERS_ENV, 1)
     if value is not None:
         return value
     import torch
 
-    if torch.cuda.is_available():
-        return 1
-    return max(1, min(2, os.cpu_count() or 1))
+    return 1 if torch.cuda.is_available() else max(1, min(2, os.cpu_count() or 1))
 
 
 def threads_per_worker(workers: int) -> int:
@@ -88,22 +84,18 @@ def task_threads() -> int:
     the thread count; a count fixed per machine makes a stage's output the same with 1 or N
     workers. 0: tasks run here keep this process's count and pool workers get
     `threads_per_worker(workers)` (results may then depend on the number of workers)."""
-    value = _env_int(TASK_THREADS_ENV, 0, "a non-negative integer")
-    if value is not None:
-        return value
-    return threads_per_worker(max(1, min(2, os.cpu_count() or 1)))
+    value = _env_int(TASK_THREADS_ENV, 0)
+    return threads_per_worker(max(1, min(2, os.cpu_count() or 1))) if value is None else value
 
 
 def check_graph(tasks: Sequence[Task]) -> None:
     """InputError on a duplicate name, a dependency on an unknown task, or a cycle: before any
     work starts."""
     names = [t.name for t in tasks]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
+    if duplicates := sorted({n for n in names if names.count(n) > 1}):
         raise InputError(f"tasks: duplicate names {duplicates}")
     for task in tasks:
-        unknown = [a for a in task.after if a not in names]
-        if unknown:
+        if unknown := [a for a in task.after if a not in names]:
             raise InputError(f"task {task.name!r}: depends on unknown task(s) {unknown}")
     try:
         tuple(graphlib.TopologicalSorter({t.name: t.after for t in tasks}).static_order())
@@ -184,8 +176,7 @@ def run_tasks(tasks: Sequence[Task], *, workers: int = 1, echo: bool = True,
     processes). Returns one `TaskResult` per task in completion order, each also passed to
     `on_result` here; raises the first task error at the end. `eta`: printed after each stage."""
     check_graph(tasks)
-    if not (isinstance(workers, int) and workers >= 1):
-        raise InputError(f"workers: expected a positive integer, got {workers!r}")
+    positive_int(workers, "workers")
     results: list[TaskResult] = []
 
     def record(result: TaskResult) -> None:
@@ -200,35 +191,28 @@ def run_tasks(tasks: Sequence[Task], *, workers: int = 1, echo: bool = True,
             on_result(result)
 
     _run_graph(tasks, record, workers=workers, echo=echo)
-    failed = [r for r in results if r.status == "failed"]
-    if failed:
+    if failed := [r for r in results if r.status == "failed"]:
         raise failed[0].error
     return results
 
 
-def _run_one(task: Task, record, *, echo: bool) -> str:
+def _run_here(task: Task) -> Future:
     """Run `task` here with `task_threads()` torch threads (exclusive: unchanged), then restore
-    the count; record and return its status."""
+    the count; a finished future of its wall time or its error."""
     import torch
 
-    if echo:
-        print(f"[pdeinf] {task.name} ...", file=sys.stderr, flush=True)
-    start = time.perf_counter()
-    before = torch.get_num_threads()
+    future, before = Future(), torch.get_num_threads()
     try:
-        try:
-            if count := 0 if task.exclusive else task_threads():
-                torch.set_num_threads(count)
-            task.fn(*task.args, **task.kwargs)
-        finally:
-            torch.set_num_threads(before)
+        if count := 0 if task.exclusive else task_threads():
+            torch.set_num_threads(count)
+        future.set_result(_timed_call(task.fn, task.args, task.kwargs))
     except KeyboardInterrupt:
         raise
     except BaseException as err:  # noqa: BLE001 - recorded, raised at the end
-        record(TaskResult(task.name, time.perf_counter() - start, "failed", err))
-        return "failed"
-    record(TaskResult(task.name, time.perf_counter() - start, "ok"))
-    return "ok"
+        future.set_exception(err)
+    finally:
+        torch.set_num_threads(before)
+    return future
 
 
 def _run_graph(tasks: Sequence[Task], record, *, workers: int, echo: bool) -> None:
@@ -249,33 +233,32 @@ def _run_graph(tasks: Sequence[Task], record, *, workers: int, echo: bool) -> No
                         status[task.name] = "skipped"
                         record(TaskResult(task.name, 0.0, "skipped"))
                         continue
-                    if task.exclusive or workers == 1:
-                        if not running:  # else: wait for the running tasks to end first
-                            pending.remove(task)
-                            status[task.name] = _run_one(task, record, echo=echo)
-                        break
-                    if len(running) >= workers:
-                        break
+                    here = task.exclusive or workers == 1
+                    if running and (here or len(running) >= workers):
+                        break  # a task run here waits for the running tasks to end first
                     pending.remove(task)
                     if echo:
-                        print(f"[pdeinf] {task.name} ... (worker)", file=sys.stderr, flush=True)
-                    future = pool.submit(_timed_call, task.fn, task.args, task.kwargs)
-                    running[future] = (task, time.perf_counter())
+                        print(f"[pdeinf] {task.name} ...{'' if here else ' (worker)'}",
+                              file=sys.stderr, flush=True)
+                    start = time.perf_counter()
+                    future = (_run_here(task) if here
+                              else pool.submit(_timed_call, task.fn, task.args, task.kwargs))
+                    running[future] = (task, start)
+                    if here:
+                        break
                 if not running:
                     continue
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in finished:
                     task, start = running.pop(future)
                     try:
-                        seconds = future.result()
+                        seconds, error = future.result(), None
                     except BrokenProcessPool:
                         raise worker_died(task.name) from None
                     except BaseException as err:  # noqa: BLE001 - recorded, raised at the end
-                        status[task.name] = "failed"
-                        record(TaskResult(task.name, time.perf_counter() - start, "failed", err))
-                        continue
-                    status[task.name] = "ok"
-                    record(TaskResult(task.name, seconds, "ok"))
+                        seconds, error = time.perf_counter() - start, err
+                    status[task.name] = "ok" if error is None else "failed"
+                    record(TaskResult(task.name, seconds, status[task.name], error))
         except BaseException:
             if workers > 1:  # stop the workers (and their children) now, queued tasks cancelled
                 from pdeinf.pipeline.interrupt import descendants, stop_processes
@@ -289,12 +272,9 @@ def _run_graph(tasks: Sequence[Task], record, *, workers: int, echo: bool) -> No
 def worker_died(name: str) -> Exception:
     """The error for a worker process that died without an answer (killed, out of memory, a
     crash in a native library): one line; a full disk, the usual cause, is named as such."""
-    from pdeinf import paths
-    from pdeinf.errors import PdeinfError
     from pdeinf.storage import disk_full, free_bytes
 
-    root = paths.results_dir()
-    if free_bytes(root) < LOW_SPACE:
+    if free_bytes(root := paths.results_dir()) < LOW_SPACE:
         return disk_full(root, None)
     return PdeinfError(f"stage {name}: its worker process died without an answer (killed, out of "
                        "memory or a crash in a native library); rerun the same command to resume")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import graphlib
+import json
 import os
 import re
 import subprocess
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from pdeinf import paths
 from pdeinf.atomic import write_json
+from pdeinf.checks import finite_float, positive_int
 from pdeinf.errors import InputError, PdeinfError
 from pdeinf.pipeline.common import content_key
 from pdeinf.pipeline.schedule import Task, TaskResult, check_graph
@@ -53,12 +55,8 @@ class SlurmOptions:
     def __post_init__(self):
         for name, low in (("gpus_per_task", 0), ("cpus_per_task", 1), ("time_minutes", 1),
                           ("max_requeues", 0)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise InputError(f"slurm {name}: expected an integer >= {low}, got {value!r}")
-        if not (isinstance(self.poll_seconds, (int, float)) and self.poll_seconds > 0):
-            raise InputError(f"slurm poll_seconds: expected a positive number, got "
-                             f"{self.poll_seconds!r}")
+            positive_int(getattr(self, name), f"slurm {name}", minimum=low)
+        finite_float(self.poll_seconds, "slurm poll_seconds", positive=True)
         extra = (self.extra,) if isinstance(self.extra, str) else tuple(self.extra)
         for flag in extra:
             if not (isinstance(flag, str) and flag.startswith("--")):
@@ -85,17 +83,15 @@ def load_options(path: Path | str | None = None, **overrides) -> SlurmOptions:
 
     values: dict = {}
     if path is not None:
-        path = Path(path)
         try:
-            values = tomllib.loads(path.read_text())
+            values = tomllib.loads(Path(path).read_text())
         except OSError as err:
             raise InputError(f"--slurm-config: cannot read {path} ({err.strerror or err})") from None
         except tomllib.TOMLDecodeError as err:
             raise InputError(f"--slurm-config: {path} is not valid TOML ({err})") from None
         values = values.get("slurm", values)
         known = {f.name for f in dataclasses.fields(SlurmOptions)}
-        unknown = sorted(set(values) - known)
-        if unknown:
+        if unknown := sorted(set(values) - known):
             raise InputError(f"--slurm-config: {path}: unknown key(s) {unknown}; known: "
                              f"{sorted(known)}")
     values.update({k: v for k, v in overrides.items() if v is not None})
@@ -113,30 +109,34 @@ def run_notebook_stage(profile, name: str) -> None:
         raise StageFailed(f"notebook {name}: {entry.get('error')}")
 
 
-def notebook_tasks(profile, notebooks: Sequence[Path], after: Sequence[str]) -> list[Task]:
-    """One task per notebook after every stage in `after`."""
-    return [Task(f"notebook {nb.stem}", run_notebook_stage, (profile, nb.stem), {}, tuple(after))
-            for nb in notebooks]
-
-
 def select_stages(tasks: Sequence[Task], names: Sequence[str] | None) -> list[Task]:
     """The tasks named in `names` and every task they depend on (all when `names` is None),
     in graph order. InputError naming an unknown stage."""
     if names is None:
         return list(tasks)
     by_name = {t.name: t for t in tasks}
-    unknown = [n for n in names if n not in by_name]
-    if unknown:
+    if unknown := [n for n in names if n not in by_name]:
         raise InputError(f"--stages: unknown stage(s) {unknown}; stages of this profile: "
                          f"{', '.join(by_name)}")
     keep: set[str] = set()
     todo = list(names)
     while todo:
-        name = todo.pop()
-        if name not in keep:
+        if (name := todo.pop()) not in keep:
             keep.add(name)
             todo.extend(by_name[name].after)
     return [t for t in tasks if t.name in keep]
+
+
+def run_graph(profile, stages: Sequence[str] | None = None,
+              notebooks: Sequence[Path] = ()) -> list[Task]:
+    """The profile's stages (`reproduce.stage_tasks`, only `stages` and what they need when
+    given), then one task per notebook of `notebooks` after all of them."""
+    from pdeinf.pipeline.reproduce import stage_tasks
+
+    tasks = select_stages(stage_tasks(profile, progress=False), stages)
+    after = tuple(t.name for t in tasks)
+    return tasks + [Task(f"notebook {nb.stem}", run_notebook_stage, (profile, nb.stem), {}, after)
+                    for nb in notebooks]
 
 
 # ---- stamps: what a rerun need not submit -------------------------------------------------
@@ -162,8 +162,6 @@ def stage_keys(profile, tasks: Sequence[Task]) -> dict[str, str]:
 
 def is_current(profile, task: Task, key: str) -> bool:
     """A notebook: its executed copy is current. Any other stage: its stamp holds `key`."""
-    import json
-
     if task.fn is run_notebook_stage:
         from pdeinf.pipeline import notebooks
 
@@ -202,13 +200,8 @@ def _squeue_states(job_ids: Sequence[str]) -> dict[str, str] | None:
         # a job id the controller no longer knows is an error, not an empty list: ask per job
         if len(job_ids) == 1:
             return {}
-        states: dict[str, str] = {}
-        for job_id in job_ids:
-            one = _squeue_states([job_id])
-            if one is None:
-                return None
-            states.update(one)
-        return states
+        each = [_squeue_states([job_id]) for job_id in job_ids]
+        return None if None in each else {k: v for one in each for k, v in one.items()}
     return dict(parts for line in done.stdout.splitlines() if len(parts := line.split()) == 2)
 
 
@@ -258,7 +251,6 @@ class SlurmRun:
         self.logs = slurm_dir(profile) / "logs"
         self.job_ids: dict[str, str] = {}
         self.results: list[TaskResult] = []
-        self.failures: list[str] = []
 
     def _say(self, text: str) -> None:
         if self.echo:
@@ -296,12 +288,10 @@ class SlurmRun:
         from pdeinf.pipeline.slurm_job import StageJob
 
         environment = {k: os.environ[k] for k in JOB_ENVIRONMENT if k in os.environ}
-        environment["PDEINF_HOME"] = str(paths.root())
-        environment["PDEINF_SLURM_LOGS"] = str(self.logs)
-        gpus = self.options.gpus_for(task.name)
-        job = self._executor(task).submit(StageJob(task, environment,
-                                                   threads=self.options.cpus_per_task,
-                                                   nproc=max(1, gpus)))
+        environment.update(PDEINF_HOME=str(paths.root()), PDEINF_SLURM_LOGS=str(self.logs))
+        job = self._executor(task).submit(StageJob(
+            task, environment, threads=self.options.cpus_per_task,
+            nproc=max(1, self.options.gpus_for(task.name))))
         self.job_ids[task.name] = str(job.job_id)
         self._say(f"{task.name}: {self.kind} {job.job_id} (log {job.paths.stdout})")
         if self.on_submit is not None:
@@ -340,8 +330,8 @@ class SlurmRun:
                     del running[name]
                     self._release(entry.task)
                     status[name] = self._finish(entry, *outcome)
-        if self.failures:
-            raise StageFailed("\n".join(self.failures))
+        if failures := [str(r.error) for r in self.results if r.status == "failed"]:
+            raise StageFailed("\n".join(failures))
         return self.results
 
     def _settled(self, entry: _Running, outcome: tuple[str, str] | None) -> tuple[str, str] | None:
@@ -359,19 +349,17 @@ class SlurmRun:
 
     def _finish(self, entry: _Running, status: str, why: str) -> str:
         task, job = entry.task, entry.job
-        seconds = time.perf_counter() - entry.start
+        seconds, error = time.perf_counter() - entry.start, None
         if status == "ok":
             write_json(_stamp_path(self.profile, task.name),
                        {"key": self.keys[task.name], "job": str(job.job_id)})
-            self.results.append(TaskResult(task.name, seconds, "ok"))
             self._say(f"{task.name}: job {job.job_id} done ({seconds:.1f} s)")
-            return "ok"
-        line = (f"stage {task.name!r} failed in {self.kind} {job.job_id} ({why}); "
-                f"log: {job.paths.stdout}")
-        self.failures.append(line)
-        print(f"pdeinf reproduce: {line}", file=sys.stderr, flush=True)
-        self.results.append(TaskResult(task.name, seconds, "failed", StageFailed(line)))
-        return "failed"
+        else:
+            error = StageFailed(f"stage {task.name!r} failed in {self.kind} {job.job_id} ({why}); "
+                                f"log: {job.paths.stdout}")
+            print(f"pdeinf reproduce: {error}", file=sys.stderr, flush=True)
+        self.results.append(TaskResult(task.name, seconds, status, error))
+        return status
 
 
 class NodeRun(SlurmRun):
@@ -395,10 +383,8 @@ class NodeRun(SlurmRun):
 
     def _fits(self, task: Task) -> bool:
         gpus = self.options.gpus_for(task.name)
-        if gpus == 0:
-            if sum(1 for held in self.held.values() if not held) >= self.cpu_slots:
-                return False
-        elif gpus > len(self.free_gpus):
+        cpu_stages = sum(not held for held in self.held.values())
+        if gpus > len(self.free_gpus) or (gpus == 0 and cpu_stages >= self.cpu_slots):
             return False
         self.held[task.name] = self.free_gpus[:gpus]
         del self.free_gpus[:gpus]
@@ -421,6 +407,7 @@ class NodeRun(SlurmRun):
         return {str(r.job.job_id): "RUNNING" for r in running if not r.job.done()}
 
 
+
 def reproduce_slurm(profile, options: SlurmOptions, *, notebooks=None, only_pipeline=False,
                     stages: Sequence[str] | None = None, progress: bool = True,
                     on_submit=None, executor: str = "slurm") -> list[TaskResult]:
@@ -430,32 +417,24 @@ def reproduce_slurm(profile, options: SlurmOptions, *, notebooks=None, only_pipe
     end, queueing included). Raises StageFailed naming each failed job and its log."""
     import shutil
 
-    from pdeinf.atomic import remove_stale_temporaries
+    from pdeinf.checks import one_of
     from pdeinf.pipeline.common import as_profile
-    from pdeinf.pipeline.lock import check_writable, results_lock
+    from pdeinf.pipeline.interrupt import guarded_run
     from pdeinf.pipeline.notebooks import list_notebooks
-    from pdeinf.pipeline.reproduce import stage_tasks
 
     profile = as_profile(profile)
-    selected = [] if only_pipeline else list_notebooks(notebooks)
-    tasks = select_stages(stage_tasks(profile, progress=False), stages)
-    tasks += notebook_tasks(profile, selected, [t.name for t in tasks])
-    if executor not in ("slurm", "node"):
-        raise InputError(f"executor: expected 'slurm' or 'node', got {executor!r}")
-    if executor == "slurm":
+    tasks = run_graph(profile, stages, [] if only_pipeline else list_notebooks(notebooks))
+    if one_of(executor, ("slurm", "node"), "executor") == "slurm":
         try:
             import submitit  # noqa: F401
         except ImportError:
             raise InputError("--executor slurm: submitit is not installed "
                              "(pip install 'pdeinf[cluster]')") from None
-        missing = [p for p in ("sbatch", "squeue") if shutil.which(p) is None]
-        if missing:
+        if missing := [p for p in ("sbatch", "squeue") if shutil.which(p) is None]:
             raise InputError(f"--executor slurm: {', '.join(missing)} not found on PATH "
                              "(run on a Slurm login node)")
-    check_writable(paths.results_dir(), "PDEINF_HOME/results")
     began = time.perf_counter()
-    with results_lock(paths.results_dir()):
-        remove_stale_temporaries(paths.results_dir(), recursive=True)
+    with guarded_run(paths.results_dir()):
         run = (SlurmRun if executor == "slurm" else NodeRun)(profile, tasks, options, echo=progress,
                                                              on_submit=on_submit)
         try:

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import submitit
@@ -22,15 +23,15 @@ from pdeinf.errors import NumericalError
 from pdeinf.pipeline.schedule import Task
 
 
+@dataclass
 class StageJob(submitit.helpers.Checkpointable):
     """Run `task` in a Slurm job with `environment` set, `threads` torch threads, and, when
     `nproc` > 1, on `nproc` torchrun ranks. Returns the stage's wall time in seconds."""
 
-    def __init__(self, task: Task, environment: dict[str, str], *, threads: int, nproc: int = 1):
-        self.task = task
-        self.environment = dict(environment)
-        self.threads = int(threads)
-        self.nproc = int(nproc)
+    task: Task
+    environment: dict[str, str]
+    threads: int
+    nproc: int = 1
 
     def __call__(self) -> float:
         os.environ.update(self.environment)
