@@ -28,7 +28,6 @@ from pdeinf.pipeline.common import (
     content_key,
     file_digest,
     final_epoch,
-    scheduled_checkpoints,
 )
 from pdeinf.pipeline.interventions import DATA_VARS, VARIANT, compute_task
 
@@ -43,10 +42,10 @@ ABLATIONS: dict[str, dict] = {
 def ablation_pairs(profile: ProfileLike) -> list[tuple[str, str]]:
     """`profile.ablation_pairs` (None: every pair), only pairs of the profile."""
     prof = as_profile(profile)
-    every = [(p, m) for p in prof.pdes for m in prof.models]
+    every = prof.pairs()
     if prof.ablation_pairs is None:
         return every
-    return [(str(p), str(m)) for p, m in prof.ablation_pairs if (p, m) in every]
+    return list(dict.fromkeys((str(p), str(m)) for p, m in prof.ablation_pairs if (p, m) in every))
 
 
 def configurations(profile: ProfileLike) -> list[str]:
@@ -71,20 +70,15 @@ def run_dir(profile: ProfileLike, name: str, pde: str, model: str, seed: int) ->
 def ensure_ablation_runs(profile: ProfileLike, name: str, pde: str, model: str, *,
                          progress: bool = True, train=None) -> dict[int, Path]:
     """`{seed: run_dir}` of configuration `name`, trained (resumed, or retrained when stale)."""
-    from pdeinf.pipeline.training import ensure_runs, profile_data, training_key
+    from pdeinf.pipeline.training import ensure_runs, training_key
 
     prof = as_profile(profile)
-    check_selection(prof, pde, model)
-    alt = ablation_profile(prof, name)
-    data = profile_data(prof, pde, progress=progress)
-    fingerprint = str(data.fingerprint())
+    alt = ablation_profile(prof, name)  # the same data (its overrides are model settings)
     return ensure_runs(
         alt, pde, model, prof.study_seeds(), run_dir(prof, name, pde, model, 0).parent,
-        scheduled_checkpoints(prof, pde),
-        lambda seed: content_key(stage="training/ablation", ablation=name,
-                                 base=training_key(alt, pde, model, seed, fingerprint)),
-        {"data_fingerprint": fingerprint, "ablation": name, "overrides": ABLATIONS[name]},
-        data=data, train=train, progress=progress)
+        lambda seed, data_key: content_key(stage="training/ablation", ablation=name,
+                                           base=training_key(alt, pde, model, seed, data_key)),
+        {"ablation": name, "overrides": ABLATIONS[name]}, train=train, progress=progress)
 
 
 # ---- tasks --------------------------------------------------------------------------------
@@ -109,7 +103,6 @@ def task_key(prof, pde: str, model: str, name: str, seed: int, checkpoint: Path,
 def run_ablation(profile: ProfileLike, pde: str, model: str, *, progress: bool = True) -> list[Path]:
     """Train what is missing and compute every missing/stale/corrupt task of (pde, model)."""
     from pdeinf.pipeline.training import profile_data
-    from pdeinf.training.train import load_checkpoint
 
     prof = as_profile(profile)
     check_selection(prof, pde, model)
@@ -120,12 +113,10 @@ def run_ablation(profile: ProfileLike, pde: str, model: str, *, progress: bool =
 
     def compute(task: Cached):
         name, seed = task.id
-        net, state = load_checkpoint(paths.checkpoint_path(runs[name][seed], final), pde=pde,
-                                     model_name=model)
-        attrs = {"pde": pde, "model": model, "ablation": name, "seed": seed, "epoch": int(final),
-                 "profile": prof.name, "variant": VARIANT,
-                 "overrides": json.dumps(ABLATIONS[name], sort_keys=True)}
-        return compute_task(net, state, data, prof, pde, seed, prof.n_influence_batches, attrs=attrs)
+        return compute_task(paths.checkpoint_path(runs[name][seed], final), data, prof, pde, model, seed,
+                            prof.n_influence_batches, attrs={
+                                "ablation": name, "epoch": int(final),
+                                "overrides": json.dumps(ABLATIONS[name], sort_keys=True)})
 
     tasks = [Cached((name, int(seed)), task_file(prof, pde, model, name, seed),
                     task_key(prof, pde, model, name, seed,
@@ -150,9 +141,8 @@ def _baseline(prof, pde: str, model: str, *, progress: bool):
     roll = roll.rename(trajectory="batch").transpose("seed", "class", "batch", "start", "horizon")
     roll = roll.drop_vars("batch", errors="ignore")
     hist = training_history(prof, pde, model)
-    val = [float(hist[(hist["seed"] == s) & (hist["epoch"] == final)]["val_loss"].iloc[0])
-           if ((hist["seed"] == s) & (hist["epoch"] == final)).any() else float("nan")
-           for s in prof.study_seeds()]
+    val_at_final = hist[hist["epoch"] == final].set_index("seed")["val_loss"]
+    val = [float(val_at_final.get(int(s), float("nan"))) for s in prof.study_seeds()]
     out = xr.Dataset({"pi": infl["pi"], "losses": infl["losses"], "rank": infl["rank"],
                       "rollout": roll, "val_smse": (("seed",), np.asarray(val))})
     return out.assign_coords(seed=[int(s) for s in prof.study_seeds()],

@@ -111,7 +111,7 @@ def _subset_batch(ib, n_classes: int, times: int | None):
     if not 1 <= k <= n_t:
         raise InputError(f"times={times}: must lie in 1..{n_t} (transitions per class)")
     idx = np.concatenate([c * n_t + np.arange(k) for c in range(n_classes)])
-    return ib.inputs[idx], ib.targets[idx], k
+    return ib.inputs[idx], ib.targets[idx]
 
 
 def _subspace(model, x, y, pde, s: dict):
@@ -168,44 +168,19 @@ def _fullspace(model, x, y, pde, s: dict, progress: bool):
         if lam != s["reference_lambda"]:
             r, sec = run(lam, s["paper_rtol"])
             solves.append((lam, s["paper_rtol"], r, sec))
-    ref = [i for i, (lam, rtol, *_) in enumerate(solves)
-           if lam == s["reference_lambda"] and rtol == s["paper_rtol"]]
+    ref = next(i for i, (lam, rtol, *_) in enumerate(solves)
+               if lam == s["reference_lambda"] and rtol == s["paper_rtol"])
+    results = [r for *_, r, _ in solves]
     return {
-        "fs_pi": (("solve", "n_resp", "n_pert"), np.stack([r.pi.numpy() for *_, r, _ in solves])),
-        "fs_iterations": (("solve", "n_pert"), np.stack([r.iterations.numpy() for *_, r, _ in solves])),
-        "fs_residual": (("solve", "n_pert"), np.stack([r.residual_norms.numpy() for *_, r, _ in solves])),
-        "fs_converged": (("solve",), np.array([int(r.converged.all()) for *_, r, _ in solves])),
-        "fs_matvecs": (("solve",), np.array([r.matvecs for *_, r, _ in solves], dtype=np.int64)),
+        "fs_pi": (("solve", "n_resp", "n_pert"), np.stack([r.pi.numpy() for r in results])),
+        "fs_iterations": (("solve", "n_pert"), np.stack([r.iterations.numpy() for r in results])),
+        "fs_residual": (("solve", "n_pert"), np.stack([r.residual_norms.numpy() for r in results])),
+        "fs_converged": (("solve",), np.array([int(r.converged.all()) for r in results])),
+        "fs_matvecs": (("solve",), np.array([r.matvecs for r in results], dtype=np.int64)),
         "fs_seconds": (("solve",), np.array([sec for *_, sec in solves])),
         "fs_bra": (("bra", "n_resp", "n_pert"), np.stack(bra_pis)),
-    }, {"fs_lambda": [v[0] for v in solves], "fs_rtol": [v[1] for v in solves],
-        "bra": list(seed_paper_bras(pde)), "reference_solve": ref[0]}
-
-
-def estimator_task(model, x, y, *, pde: str, settings: dict, fullspace: bool,
-                   attrs: dict | None = None, progress: bool = False):
-    """The dataset of one (checkpoint, subset batch) (module docstring), from tensors."""
-    import xarray as xr
-
-    n_c = len(pde_spec(pde).classes)
-    n = x.shape[0]
-    data, labels = _subspace(model, x, y, pde, settings)
-    coords = {"damping": settings["dampings"], "energy_tol": settings["energy_tols"],
-              "bra_convention": labels, "n_resp": np.arange(n), "n_pert": np.arange(n),
-              "n": np.arange(n)}
-    extra = {"reference_solve": -1}
-    if fullspace:
-        fs_data, fs_coords = _fullspace(model, x, y, pde, settings, progress)
-        data.update(fs_data)
-        extra["reference_solve"] = fs_coords.pop("reference_solve")
-        coords.update({"solve": np.arange(len(fs_coords["fs_lambda"])), "bra": fs_coords["bra"],
-                       "fs_lambda": ("solve", fs_coords["fs_lambda"]),
-                       "fs_rtol": ("solve", fs_coords["fs_rtol"])})
-    return xr.Dataset(data, coords=coords,
-                      attrs={"pde": pde, "n_classes": n_c, "n_times": n // n_c,
-                             "fullspace": int(fullspace), "stopping": "authors",
-                             "convention": "rows = response, columns = perturbation; raw; n = c T + t",
-                             **extra, **(attrs or {})})
+    }, {"solve": np.arange(len(solves)), "bra": list(seed_paper_bras(pde)),
+        "fs_lambda": ("solve", [v[0] for v in solves]), "fs_rtol": ("solve", [v[1] for v in solves])}, ref
 
 
 def task_file(profile, pde: str, model: str, seed: int) -> Path:
@@ -214,31 +189,43 @@ def task_file(profile, pde: str, model: str, seed: int) -> Path:
 
 
 def ensure_estimator_pair(profile: ProfileLike, pde: str, model: str, *, progress: bool = True):
-    """{seed: xr.Dataset} of one (PDE, model), training and computing what is needed."""
-    from pdeinf.pipeline.influence import FileSources
-    from pdeinf.pipeline.training import ensure_training
+    """{seed: xr.Dataset} of one (PDE, model) (module docstring), training and computing what
+    is needed."""
+    import xarray as xr
+
+    from pdeinf.pipeline.influence import trained_sources
 
     prof = as_profile(profile)
     check_selection(prof, pde, model)
     subset = study_subset(prof)
-    ensure_training(prof, pde, model, progress=progress)
-    sources = FileSources(prof, pde, model)
+    sources = trained_sources(prof, pde, model, progress)
     epoch = final_epoch(prof, pde)
     settings = _settings(prof, pde, model, subset)
     n_fs = subset.fullspace_seeds or len(prof.seeds)
-    data_key = sources.data_key()
+    n_c, data_key = len(pde_spec(pde).classes), sources.data_key()
 
     def compute_seed(task: Cached):
         seed, fullspace = task.id
         net, _ = sources.model(seed, epoch)
         ib = sources.batch(seed, 0)
-        x, y, _ = _subset_batch(ib, len(pde_spec(pde).classes), subset.times)
-        attrs = {"model": model, "seed": seed, "epoch": int(epoch), "batch": 0, "profile": prof.name,
-                 "subset": subset.describe(prof), "M": int(x.numel()),
-                 "P": int(sum(p.numel() for p in net.parameters() if p.requires_grad)),
-                 "trajectories": trajectory_list([ib])}
-        return estimator_task(net, x, y, pde=pde, settings=settings, fullspace=fullspace,
-                              attrs=attrs, progress=progress)
+        x, y = _subset_batch(ib, n_c, subset.times)
+        n = x.shape[0]
+        data, labels = _subspace(net, x, y, pde, settings)
+        coords = {"damping": settings["dampings"], "energy_tol": settings["energy_tols"],
+                  "bra_convention": labels, "n_resp": np.arange(n), "n_pert": np.arange(n),
+                  "n": np.arange(n)}
+        reference = -1
+        if fullspace:
+            fs_data, fs_coords, reference = _fullspace(net, x, y, pde, settings, progress)
+            data.update(fs_data)
+            coords.update(fs_coords)
+        return xr.Dataset(data, coords=coords, attrs={
+            "pde": pde, "n_classes": n_c, "n_times": n // n_c, "fullspace": int(fullspace),
+            "stopping": "authors", "convention": "rows = response, columns = perturbation; raw; n = c T + t",
+            "reference_solve": reference, "model": model, "seed": seed, "epoch": int(epoch), "batch": 0,
+            "profile": prof.name, "subset": subset.describe(prof), "M": int(x.numel()),
+            "P": int(sum(p.numel() for p in net.parameters() if p.requires_grad)),
+            "trajectories": trajectory_list([ib])})
 
     tasks = [Cached((int(seed), i < n_fs), task_file(prof, pde, model, seed),
                     content_key(stage="estimator", checkpoint=file_digest(sources.checkpoint(seed, epoch)),

@@ -21,7 +21,6 @@ from pdeinf.errors import InputError
 from pdeinf.pipeline.common import ProfileLike, as_profile
 from pdeinf.pipeline.regime import for_sweep, regime_cards, row_regime
 
-LAYERS = registry.LAYERS
 VERDICTS = VERDICT_WORDS
 REQUIRED = ("pde", "model", "estimate", "low", "high", "per_seed", "n_seeds", "n_batches",
             "n_failed", "p", "verdict", "rule", "paper", "estimable")
@@ -39,6 +38,22 @@ def round_numbers(value):
     if isinstance(value, (list, tuple)):
         return [round_numbers(v) for v in value]
     return value
+
+
+def write_json_text(path: Path, data) -> None:
+    """Write `data` to `path` as JSON (sorted keys, `SIGNIFICANT` digits, a final newline) unless
+    the file holds that text already (`write_if_changed`)."""
+    from pdeinf.pipeline.report import to_jsonable
+
+    text = json.dumps(round_numbers(to_jsonable(data)), indent=1, sort_keys=True, allow_nan=False)
+    write_if_changed(path, text + "\n")
+
+
+def write_if_changed(path: Path, text: str) -> None:
+    """Write `text` to `path` unless it holds it already: an unchanged file keeps its mtime (and
+    the notebooks' cache keys)."""
+    if not (path.is_file() and path.read_text() == text):
+        write_text(path, text)
 
 
 def _number(value, where: str, key: str, *, integer: bool = False, optional: bool = True):
@@ -99,14 +114,12 @@ def _row(name: str, notebook: str, record: dict) -> dict:
                                    "n_seeds", "n_batches", "n_failed", "p", "verdict", "rule",
                                    "estimable")},
     }
-    for key in ("interval", "size", "needed", "dt", "recipe", "cls", "note", "seeds"):
-        if record.get(key) is not None:
-            row[key] = record[key]
-    return row
+    return row | {k: record[k] for k in ("interval", "size", "needed", "dt", "recipe", "cls", "note", "seeds")
+                  if record.get(k) is not None}
 
 
 def _order(row: dict):
-    return (LAYERS.index(row["layer"]), list(registry.FINDING_RULES).index(row["finding"]),
+    return (registry.LAYERS.index(row["layer"]), list(registry.FINDING_RULES).index(row["finding"]),
             row["pde"], row["model"], row.get("cls") not in (None, "all"), row.get("cls") or "",
             row.get("dt") or 0, row.get("recipe") or "", row["notebook"])
 
@@ -180,7 +193,6 @@ def write_findings(profile: ProfileLike = None, *, ablation=None, findings: dict
     data = dict(findings) if findings is not None else collect_findings(profile)
     if ablation is not None:
         data["ablation"] = to_jsonable(ablation)
-    text = json.dumps(round_numbers(to_jsonable(data)), indent=1, sort_keys=True, allow_nan=False)
     path = findings_path(profile)
     label = data.get("regime_label") or REGIME_LABELS.get(as_profile(profile).name, "custom profile")
     table = (f"# Findings of the {data.get('profile', as_profile(profile).name)} profile\n\n"
@@ -190,10 +202,8 @@ def write_findings(profile: ProfileLike = None, *, ablation=None, findings: dict
              + findings_markdown(round_numbers(to_jsonable(data))))
     if data.get("ablation"):
         table += "\n\n## Ablation: which model departures mattered\n\n" + ablation_markdown(data["ablation"])
-    for target, content in ((path.with_suffix(".md"), table), (path, text + "\n")):
-        # unchanged files keep their mtime (and the notebooks' cache keys)
-        if not (target.is_file() and target.read_text() == content):
-            write_text(target, content)
+    write_if_changed(path.with_suffix(".md"), table)
+    write_json_text(path, data)
     return path
 
 

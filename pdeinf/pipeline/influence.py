@@ -8,6 +8,7 @@ Checkpoints and batches come from a collaborator (`FileSources` by default).
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,7 +87,6 @@ class FileSources:
         self.profile, self.pde, self.model_name = as_profile(profile), pde, model_name
         self.runs_root = Path(runs_root) if runs_root is not None else paths.runs_dir(self.profile.name)
         self.data_root = Path(data_root) if data_root is not None else paths.data_dir(self.profile.name)
-        self._data = None
 
     def checkpoint(self, seed: int, epoch: int) -> Path:
         return paths.checkpoint_path(self.runs_root / paths.run_name(self.pde, self.model_name, seed), epoch)
@@ -96,15 +96,13 @@ class FileSources:
 
         return load_checkpoint(self.checkpoint(seed, epoch), pde=self.pde, model_name=self.model_name)
 
-    @property
+    @functools.cached_property
     def data(self):
-        if self._data is None:
-            from pdeinf.data.datasets import PDEData
-            from pdeinf.pipeline.training import content_cache_path
+        from pdeinf.data.datasets import PDEData
+        from pdeinf.pipeline.training import content_cache_path
 
-            self._data = PDEData(self.data_root, self.pde, self.profile.t_max,
-                                 fractions=self.profile.split, content_cache=content_cache_path())
-        return self._data
+        return PDEData(self.data_root, self.pde, self.profile.t_max, fractions=self.profile.split,
+                       content_cache=content_cache_path())
 
     def batch(self, seed: int, index: int):
         from pdeinf.data.datasets import influence_batch
@@ -234,6 +232,14 @@ def load_sweep(profile, pde: str, model_name: str, *, out_root=None, sources=Non
     return out
 
 
+def trained_sources(profile: ProfileLike, pde: str, model: str, progress: bool = True) -> FileSources:
+    """`FileSources` of (pde, model), its runs trained (or resumed, or retrained) first."""
+    from pdeinf.pipeline.training import ensure_training
+
+    ensure_training(profile, pde, model, progress=progress)
+    return FileSources(profile, pde, model)
+
+
 def ensure_influence(profile: ProfileLike, pde: str, model: str, *, metric: str | None = None,
                      observable: str | None = None, progress: bool = True):
     """Influence matrices of every (seed, checkpoint, influence batch), as an `xr.Dataset`:
@@ -274,11 +280,6 @@ def ensure_seed_paper(profile: ProfileLike, pde: str, model: str, *, progress: b
 
 def _ensure_sweep(profile, pde: str, model: str, study: Study, progress: bool):
     """`load_sweep` of the study's current files, training and computing what is needed first."""
-    from pdeinf.pipeline.training import ensure_training
-
-    profile = as_profile(profile)
-    check_selection(profile, pde, model)
-    ensure_training(profile, pde, model, progress=progress)
-    sources = FileSources(profile, pde, model)
-    run_sweep(profile, pde, model, sources=sources, progress=progress, study=study)
-    return load_sweep(profile, pde, model, sources=sources, study=study)
+    sources = trained_sources(profile, pde, model, progress)
+    run_sweep(sources.profile, pde, model, sources=sources, progress=progress, study=study)
+    return load_sweep(sources.profile, pde, model, sources=sources, study=study)

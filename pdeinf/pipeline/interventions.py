@@ -63,8 +63,8 @@ def study_batches(profile: ProfileLike) -> int:
 def recipe_pairs(profile: ProfileLike) -> list[tuple[str, str]]:
     """The (PDE, model) pairs of the study: `profile.recipe_pairs`, or every pair (None)."""
     prof = as_profile(profile)
-    every = [(pde, model) for pde in prof.pdes for model in prof.models]
-    pairs = [(str(p), str(m)) for p, m in (every if prof.recipe_pairs is None else prof.recipe_pairs)]
+    chosen = prof.pairs() if prof.recipe_pairs is None else prof.recipe_pairs
+    pairs = list(dict.fromkeys((str(p), str(m)) for p, m in chosen))
     for pde, model in pairs:
         check_selection(prof, pde, model)
     return pairs
@@ -96,23 +96,18 @@ def ensure_recipe_runs(profile: ProfileLike, pde: str, model: str, recipe: str, 
                        progress: bool = True, train=None) -> dict[int, Path]:
     """`{seed: run_dir}` of `recipe` for every seed, trained (or resumed, or retrained when
     stale) as needed. "one-step" is `pipeline.training.ensure_training` itself."""
-    from pdeinf.pipeline.training import ensure_runs, ensure_training, profile_data, training_key
+    from pdeinf.pipeline.training import ensure_runs, ensure_training, training_key
     from pdeinf.training.recipes import make_recipe
-    from pdeinf.training.train import default_out_dir
 
     prof = as_profile(profile)
     check_selection(prof, pde, model)
     if recipe == "one-step":
         return ensure_training(prof, pde, model, progress=progress)
-    data = profile_data(prof, pde, progress=progress)
-    fingerprint = str(data.fingerprint())
-    return ensure_runs(prof, pde, model, prof.study_seeds(),
-                       default_out_dir(prof.name, make_recipe(recipe)), scheduled_checkpoints(prof, pde),
-                       lambda seed: content_key(stage="training/recipe",
-                                                base=training_key(prof, pde, model, seed, fingerprint),
-                                                recipe=make_recipe(recipe).identity()),
-                       {"data_fingerprint": fingerprint, "recipe": recipe}, data=data, train=train,
-                       progress=progress, recipe=recipe)
+    return ensure_runs(prof, pde, model, prof.study_seeds(), recipe_run_dir(prof, pde, model, recipe, 0).parent,
+                       lambda seed, data_key: content_key(
+                           stage="training/recipe", base=training_key(prof, pde, model, seed, data_key),
+                           recipe=make_recipe(recipe).identity()),
+                       {"recipe": recipe}, train=train, progress=progress, recipe=recipe)
 
 
 # ---- tasks ------------------------------------------------------------------------------
@@ -143,13 +138,14 @@ def task_key(prof, pde: str, model: str, recipe: str, seed: int, epoch: int, che
                           else {"variant": VARIANT, "n_batches": study_batches(prof)}))
 
 
-def compute_task(net, ckpt: dict, data, prof, pde: str, seed: int, n_batches: int, *,
+def compute_task(checkpoint: Path, data, prof, pde: str, model: str, seed: int, n_batches: int, *,
                  attrs: dict, influence=None):
-    """The dataset of one (run, checkpoint) on the first `n_batches` influence batches: `pi`
-    (batch, t_resp, c_resp, t_pert, c_pert) raw Gauss-Newton influence, `losses` (batch, t, c),
-    `rank` (batch), `rollout` (class, batch, start, horizon) of the batches' test trajectories,
-    `val_smse` (the checkpoint's last epoch). `influence` (pi, losses, rank by batch): used
-    instead of computing it (the baseline's, from the follow-up sweep)."""
+    """The dataset of the checkpoint at `checkpoint` (of a run of `model`) on the first
+    `n_batches` influence batches: `pi` (batch, t_resp, c_resp, t_pert, c_pert) raw Gauss-Newton
+    influence, `losses` (batch, t, c), `rank` (batch), `rollout` (class, batch, start, horizon)
+    of the batches' test trajectories, `val_smse` (the checkpoint's last epoch); `attrs` plus
+    pde, model, seed, profile and variant. `influence` (pi, losses, rank by batch): used instead
+    of computing it (the baseline's, from the follow-up sweep)."""
     import torch
     import xarray as xr
 
@@ -157,7 +153,9 @@ def compute_task(net, ckpt: dict, data, prof, pde: str, seed: int, n_batches: in
     from pdeinf.influence.task import labelled_influence
     from pdeinf.pipeline.rollouts import influence_trajectories
     from pdeinf.training.rollout import rollouts_all_starts
+    from pdeinf.training.train import load_checkpoint
 
+    net, ckpt = load_checkpoint(checkpoint, pde=pde, model_name=model)
     if influence is None:
         parts = []
         for b in range(n_batches):
@@ -174,7 +172,8 @@ def compute_task(net, ckpt: dict, data, prof, pde: str, seed: int, n_batches: in
     ds = influence[["pi", "losses", "rank"]].assign(
         rollout=roll.rename(trajectory="batch").drop_vars("batch"), val_smse=((), val))
     ds = ds.assign_coords(batch=np.arange(n_batches))
-    ds.attrs = dict(attrs)
+    ds.attrs = {"pde": pde, "model": model, "seed": seed, "profile": prof.name, "variant": VARIANT,
+                **attrs}
     return ds
 
 
@@ -183,9 +182,6 @@ def run_study(profile: ProfileLike, pde: str, model: str, *, recipes: list[str] 
     """Train what is missing and compute every missing/stale/corrupt task of (pde, model) for
     `recipes` (None: all the profile's), with `orbit` also the orbit files (`run_orbit`).
     Returns the task files, then the orbit files."""
-    from pdeinf.pipeline.training import profile_data
-    from pdeinf.training.train import load_checkpoint
-
     prof = as_profile(profile)
     check_selection(prof, pde, model)
     every = _check_recipes(prof)
@@ -194,9 +190,8 @@ def run_study(profile: ProfileLike, pde: str, model: str, *, recipes: list[str] 
     if unknown:
         raise InputError(f"recipes: {unknown} are not recipes of profile {prof.name!r} ({every})")
     trained = recipes + [r for r in orbit_recipes(prof) if orbit and r not in recipes]
-    runs = {r: ensure_recipe_runs(prof, pde, model, r, progress=progress) for r in trained}
-    data = profile_data(prof, pde, progress=progress, validate=False)  # validated by training
-    data_key, n = str(data.fingerprint()), study_batches(prof)
+    sources = RecipeSources.trained(prof, pde, model, trained, progress)
+    runs, data, data_key, n = sources.runs, sources.data, sources.data_key(), study_batches(prof)
 
     def checkpoint(recipe: str, seed: int, epoch: int) -> Path:
         return paths.checkpoint_path(runs[recipe][int(seed)], epoch)
@@ -209,13 +204,11 @@ def run_study(profile: ProfileLike, pde: str, model: str, *, recipes: list[str] 
 
     def compute(task: Cached):
         recipe, seed, epoch = task.id
-        net, state = load_checkpoint(checkpoint(*task.id), pde=pde, model_name=model)
-        attrs = {"pde": pde, "model": model, "recipe": recipe, "seed": seed, "epoch": epoch,
-                 "profile": prof.name, "variant": VARIANT}
         influence = None
         if recipe == "one-step":
             influence = baseline().sel(seed=seed, epoch=epoch, drop=True).isel(batch=slice(0, n))
-        return compute_task(net, state, data, prof, pde, seed, n, attrs=attrs, influence=influence)
+        return compute_task(checkpoint(*task.id), data, prof, pde, model, seed, n,
+                            attrs={"recipe": recipe, "epoch": epoch}, influence=influence)
 
     chosen = [(recipe, int(seed), int(epoch)) for recipe in recipes for seed in prof.study_seeds()
               for epoch in scheduled_checkpoints(prof, pde)]
@@ -224,8 +217,7 @@ def run_study(profile: ProfileLike, pde: str, model: str, *, recipes: list[str] 
     files = list(ensure_cached(tasks, compute, variables=DATA_VARS, desc=f"interventions {pde}-{model}",
                                progress=progress, load=False).values())
     if orbit and orbit_recipes(prof):
-        files += run_orbit(prof, pde, model, sources=RecipeSources(prof, pde, model, runs, data),
-                           progress=progress)
+        files += run_orbit(prof, pde, model, sources=sources, progress=progress)
     return files
 
 
@@ -312,7 +304,16 @@ class RecipeSources(FileSources):
 
     def __init__(self, profile, pde: str, model_name: str, runs: dict, data):
         super().__init__(profile, pde, model_name)
-        self.runs, self._data = runs, data
+        self.runs, self.data = runs, data
+
+    @classmethod
+    def trained(cls, prof, pde: str, model_name: str, recipes, progress: bool = True):
+        """Over the runs of `recipes`, each trained (or resumed, or retrained) as needed."""
+        from pdeinf.pipeline.training import profile_data
+
+        runs = {r: ensure_recipe_runs(prof, pde, model_name, r, progress=progress) for r in recipes}
+        return cls(prof, pde, model_name, runs,
+                   profile_data(prof, pde, progress=progress, validate=False))  # validated by training
 
     def checkpoint(self, recipe: str, seed: int) -> Path:
         return paths.checkpoint_path(self.runs[recipe][int(seed)], final_epoch(self.profile, self.pde))
@@ -322,8 +323,6 @@ class RecipeSources(FileSources):
         from pdeinf.pipeline.symmetry import cached_seed
 
         prof = self.profile
-        if (self.pde, self.model_name) not in prof.pairs(prof.symmetry_pairs):
-            return None
         files = FileSources(prof, self.pde, self.model_name)
         mine = self.checkpoint("one-step", seed)
         if Path(files.checkpoint(seed, final_epoch(prof, self.pde))).resolve() != Path(mine).resolve() \
@@ -410,14 +409,10 @@ def load_orbit(profile: ProfileLike, pde: str, model: str):
 def ensure_orbit_pair(profile: ProfileLike, pde: str, model: str, *, progress: bool = True):
     """The orbit study of one recipe pair (`load_orbit`), training and computing what is
     missing."""
-    from pdeinf.pipeline.training import profile_data
-
     prof = as_profile(profile)
     check_pair(prof, pde, model, recipe_pairs(prof), "recipe")
     recipes = orbit_recipes(prof, required=True)
     _check_recipes(prof)
-    runs = {r: ensure_recipe_runs(prof, pde, model, r, progress=progress) for r in recipes}
-    data = profile_data(prof, pde, progress=progress, validate=False)  # validated by training
-    run_orbit(prof, pde, model, sources=RecipeSources(prof, pde, model, runs, data),
+    run_orbit(prof, pde, model, sources=RecipeSources.trained(prof, pde, model, recipes, progress),
               progress=progress)
     return load_orbit(prof, pde, model)

@@ -12,6 +12,7 @@ the profile's figures folder.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 from dataclasses import dataclass
@@ -152,12 +153,10 @@ def _model_options(prof, model: str, rung: Rung) -> dict | None:
 
 def ensure_ladder_runs(profile: ProfileLike, *, progress: bool = True) -> list[Path]:
     """Train (or find current, or resume) the width and data rungs' runs of every ladder seed."""
-    from pdeinf.pipeline.training import ensure_runs, profile_data
+    from pdeinf.pipeline.training import ensure_runs
 
     prof = as_profile(profile)
     pde, model = ladder_pair(prof)
-    data = profile_data(prof, pde, progress=progress)
-    fingerprint = str(data.fingerprint())
     done = []
     for rung in tqdm([r for r in rungs(prof) if not r.own], desc=f"ladder runs {pde}-{model}",
                      disable=not progress):
@@ -165,14 +164,14 @@ def ensure_ladder_runs(profile: ProfileLike, *, progress: bool = True) -> list[P
         done += ensure_runs(
             dataclasses.replace(prof, epochs={**prof.epochs, pde: rung.epochs},
                                 checkpoints={**prof.checkpoints, pde: (rung.epochs,)}),
-            pde, model, prof.ladder_seeds, rung_runs_root(prof, rung), (rung.epochs,),
-            lambda seed, rung=rung, options=options: content_key(
+            pde, model, prof.ladder_seeds, rung_runs_root(prof, rung),
+            lambda seed, data_key, rung=rung, options=options: content_key(
                 stage="ladder-training", pde=pde, model=model, seed=int(seed), rung=rung.name,
-                data=fingerprint, epochs=rung.epochs, options=options, lr=prof.lr,
+                data=data_key, epochs=rung.epochs, options=options, lr=prof.lr,
                 batch_size=prof.batch_size, model_size=prof.model_size, t_max=prof.t_max),
-            {"data_fingerprint": fingerprint, "rung": rung.name},
-            data=FirstTrainingTrajectories(data, rung.train_per_class) if rung.axis == "data" else data,
-            progress=False, model_options=options).values()
+            {"rung": rung.name}, epochs=(rung.epochs,),
+            train_data=functools.partial(FirstTrainingTrajectories, k=rung.train_per_class)
+            if rung.axis == "data" else None, progress=False, model_options=options).values()
     return done
 
 
@@ -268,10 +267,8 @@ def ensure_ladder(profile: ProfileLike, *, progress: bool = True) -> dict:
     summary, one sentence per axis); returns what it wrote."""
     from pdeinf.analysis import ladder as al
     from pdeinf.analysis.registry import FINDING_RULES
-    from pdeinf.atomic import write_text
     from pdeinf.config import REGIME_LABELS
-    from pdeinf.pipeline.findings import round_numbers
-    from pdeinf.pipeline.report import to_jsonable
+    from pdeinf.pipeline.findings import write_json_text
 
     prof = as_profile(profile)
     pde, model = ladder_pair(prof)
@@ -289,8 +286,5 @@ def ensure_ladder(profile: ProfileLike, *, progress: bool = True) -> dict:
         "sentences": {axis: al.axis_sentence(table, axis, paper_ridge=paper, reference=own[axis])
                       for axis in al.AXES},
     }
-    text = json.dumps(round_numbers(to_jsonable(result)), indent=1, sort_keys=True, allow_nan=False)
-    path = ladder_path(prof)
-    if not path.is_file() or path.read_text() != text + "\n":  # a warm rerun writes nothing
-        write_text(path, text + "\n")
+    write_json_text(ladder_path(prof), result)  # a warm rerun writes nothing
     return result

@@ -10,7 +10,6 @@ from pdeinf.pipeline.checksums import CHECKSUM_ATTR, Cached, ensure_cached
 from pdeinf.pipeline.common import (
     ProfileLike,
     as_profile,
-    check_selection,
     checkpoint_path,
     content_key,
     file_digest,
@@ -35,9 +34,8 @@ def ensure_rollouts(profile: ProfileLike, pde: str, model: str, *, progress: boo
     checkpoints' bytes, the data and the sizes."""
     from pdeinf.pipeline.training import ensure_training, profile_data
 
-    profile = as_profile(profile)
-    check_selection(profile, pde, model)
     ensure_training(profile, pde, model, progress=progress)
+    profile = as_profile(profile)
     data = profile_data(profile, pde, progress=progress, validate=False)  # validated by training
     final = final_epoch(profile, pde)
 

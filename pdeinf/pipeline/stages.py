@@ -70,23 +70,15 @@ def _ladder_pairs(profile: Profile) -> list[Unit]:
     return [] if pair is None else [pair]
 
 
-def _recipe_pairs(profile: Profile) -> list[Unit]:
-    return list(dict.fromkeys(interventions.recipe_pairs(profile)))
-
-
 def _recipe_studies(profile: Profile, trained_only: bool = False) -> list[Unit]:
     """(pde, model, recipe) of the study; `trained_only`: the recipes with runs of their own
     (all but one-step, whose runs are the baseline's)."""
-    return [(p, m, r) for p, m in _recipe_pairs(profile) for r in profile.recipes
+    return [(p, m, r) for p, m in interventions.recipe_pairs(profile) for r in profile.recipes
             if not (trained_only and r == "one-step")]
 
 
-def _ablation_pairs(profile: Profile) -> list[Unit]:
-    return list(dict.fromkeys(ablation.ablation_pairs(profile)))
-
-
 def _ablation_runs(profile: Profile) -> list[Unit]:
-    return [(a, p, m) for p, m in _ablation_pairs(profile) for a in ablation.configurations(profile)]
+    return [(a, p, m) for p, m in ablation.ablation_pairs(profile) for a in ablation.configurations(profile)]
 
 
 # ---- after: the stages whose outputs a task reads ---------------------------------------------
@@ -202,18 +194,18 @@ STAGES: tuple[StageKind, ...] = (
               key_fields=(*ENGINE_KEY, *RECIPE_KEY, "recipe_batches", "n_influence_batches"),
               variables=interventions.DATA_VARS, cost_law="study"),
     StageKind("interventions orbit", interventions.ensure_orbit_pair, "interventions orbit {pde}-{model}",
-              PAIR, lambda p: _recipe_pairs(p) if interventions.orbit_recipes(p) else [],
+              PAIR, lambda p: interventions.recipe_pairs(p) if interventions.orbit_recipes(p) else [],
               _after_orbit_inputs, lambda p, u: interventions.study_dir(p, *u),
               key_fields=(*ENGINE_KEY, *RECIPE_KEY, "symmetry_batches", "n_influence_batches"),
               variables=interventions.ORBIT_VARS, cost_law="study"),
     StageKind("interventions", interventions.ensure_intervention_pair, "interventions {pde}-{model}",
-              PAIR, _recipe_pairs, _after_recipe_studies,
+              PAIR, interventions.recipe_pairs, _after_recipe_studies,
               lambda p, u: interventions.study_dir(p, *u),
               key_fields=(*ENGINE_KEY, *RECIPE_KEY, "recipe_batches", "symmetry_batches",
                           "n_influence_batches"),
               variables=interventions.DATA_VARS, cost_law="study"),
     StageKind("ablation", ablation.ensure_ablation_pair, "ablation {pde}-{model}", PAIR,
-              _ablation_pairs, _after_ablation_runs, lambda p, u: ablation.study_dir(p, *u),
+              ablation.ablation_pairs, _after_ablation_runs, lambda p, u: ablation.study_dir(p, *u),
               key_fields=(*ENGINE_KEY, "recipe_seeds", "seeds", "checkpoints", "n_influence_batches"),
               variables=interventions.DATA_VARS, cost_law="study"),
     StageKind("findings", findings_stage, "findings", (), lambda p: [()], _after_everything,

@@ -66,10 +66,8 @@ def seed_similarity(profile) -> dict:
 
 def seed_conservation(profile) -> dict:
     """Temporal decay of the mass and energy bras (Figs. 6, 7)."""
-    found = {}
-    for bra, name in (("M", "mass_decay"), ("E", "energy_decay")):
-        found.update(spf.influence_findings(_standardized(profile, bra), [name]))
-    return found
+    return {name: spf.influence_findings(_standardized(profile, bra), [name])[name]
+            for bra, name in (("M", "mass_decay"), ("E", "energy_decay"))}
 
 
 def seed_ntk(profile) -> dict:

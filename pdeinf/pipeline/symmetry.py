@@ -161,15 +161,11 @@ def load_symmetry(profile, pde: str, model: str, *, out_root=None, sources=None)
 def ensure_symmetry(profile: ProfileLike, pde: str, model: str, *, progress: bool = True):
     """The symmetry study of every seed of (pde, model), one `xr.Dataset` with a leading `seed`
     dim (`pdeinf.symmetry.study`); trains and (re)computes what is needed first."""
-    from pdeinf.pipeline.influence import FileSources
-    from pdeinf.pipeline.training import ensure_training
+    from pdeinf.pipeline.influence import trained_sources
 
-    prof = as_profile(profile)
-    check_selection(prof, pde, model)
-    ensure_training(prof, pde, model, progress=progress)
-    sources = FileSources(prof, pde, model)
-    run_symmetry(prof, pde, model, sources=sources, progress=progress)
-    return load_symmetry(prof, pde, model, sources=sources)
+    sources = trained_sources(profile, pde, model, progress)
+    run_symmetry(sources.profile, pde, model, sources=sources, progress=progress)
+    return load_symmetry(sources.profile, pde, model, sources=sources)
 
 
 def symmetry_loader(profile, *, progress: bool = False):

@@ -57,7 +57,6 @@ def profile_data(profile: ProfileLike, pde: str, *, progress: bool = True, valid
     return data
 
 
-
 def training_key(profile, pde: str, model: str, seed: int, data_fingerprint: str) -> str:
     """What a run depends on: data content, the profile's training settings, the version."""
     settings = {f: getattr(profile, f) for f in _TRAINING_FIELDS}
@@ -67,8 +66,8 @@ def training_key(profile, pde: str, model: str, seed: int, data_fingerprint: str
 
 def has_checkpoints(directory: Path, epochs) -> bool:
     """True when `directory` holds a non-empty checkpoint for every epoch of `epochs`."""
-    return all(paths.checkpoint_path(directory, e).is_file()
-               and paths.checkpoint_path(directory, e).stat().st_size > 0 for e in epochs)
+    return all((ckpt := paths.checkpoint_path(directory, e)).is_file() and ckpt.stat().st_size > 0
+               for e in epochs)
 
 
 def _stored_key(directory: Path) -> str | None:
@@ -99,11 +98,11 @@ def ensure_keyed_run(directory: Path, epochs, key: str, train_once, record: dict
 
     for epoch in epochs:
         usable(paths.checkpoint_path(directory, epoch))
-    stored = _stored_key(directory)
-    if has_checkpoints(directory, epochs) and stored == key:
+    stored, complete = _stored_key(directory), has_checkpoints(directory, epochs)
+    if complete and stored == key:
         return directory
-    if (stored is not None and stored != key or stored is None and has_checkpoints(directory, epochs)) \
-            and directory.exists():  # trained from other inputs: keep one copy beside it
+    if stored != key and (stored is not None or complete) and directory.exists():
+        # trained from other inputs: keep one copy beside it
         aside = directory.with_name(directory.name + ".stale")
         shutil.rmtree(aside, ignore_errors=True)
         directory.rename(aside)
@@ -115,17 +114,27 @@ def ensure_keyed_run(directory: Path, epochs, key: str, train_once, record: dict
     return directory
 
 
-def ensure_runs(profile, pde: str, model: str, seeds, root: Path, epochs, key_of, record: dict, *,
-                data, train=None, **train_kwargs) -> dict[int, Path]:
-    """`{seed: run_dir}` of `seeds` under `root`, each current for `key_of(seed)`
-    (`ensure_keyed_run`), trained where needed by `train(pde, model, seed, profile, data=data,
-    out_dir=root, **train_kwargs)` (default `pdeinf.training.train.train`)."""
+def ensure_runs(profile, pde: str, model: str, seeds, root: Path, key_of, record: dict | None = None, *,
+                epochs=None, train_data=None, progress: bool = True, train=None,
+                **train_kwargs) -> dict[int, Path]:
+    """`{seed: run_dir}` of `seeds` under `root`, each current (`ensure_keyed_run`) for
+    `key_of(seed, fingerprint)` of the profile's data of `pde` (`fingerprint`, recorded with
+    `record`) at each of `epochs` (None: the profile's checkpoints); trained where needed by
+    `train(pde, model, seed, profile, data=..., out_dir=root, progress=progress, **train_kwargs)`
+    (default `pdeinf.training.train.train`) on that data, or on `train_data(data)`."""
+    profile = as_profile(profile)
+    check_selection(profile, pde, model)
     if train is None:
         from pdeinf.training.train import train
-    return {int(seed): ensure_keyed_run(root / paths.run_name(pde, model, seed), epochs, key_of(seed),
-                                        functools.partial(train, pde, model, int(seed), profile,
-                                                          data=data, out_dir=root, **train_kwargs),
-                                        record)
+    data = profile_data(profile, pde, progress=progress)
+    fingerprint = str(data.fingerprint())
+    data = data if train_data is None else train_data(data)
+    epochs = scheduled_checkpoints(profile, pde) if epochs is None else epochs
+    return {int(seed): ensure_keyed_run(root / paths.run_name(pde, model, seed), epochs,
+                                        key_of(seed, fingerprint),
+                                        functools.partial(train, pde, model, int(seed), profile, data=data,
+                                                          out_dir=root, progress=progress, **train_kwargs),
+                                        {"data_fingerprint": fingerprint, **(record or {})})
             for seed in seeds}
 
 
@@ -134,13 +143,8 @@ def ensure_training(profile: ProfileLike, pde: str, model: str, *, progress: boo
     """Train `model` on `pde` for every seed of the profile (resuming partial runs, retraining
     stale ones); ``{seed: run_dir}``. `train`: default `pdeinf.training.train.train`."""
     profile = as_profile(profile)
-    check_selection(profile, pde, model)
-    data = profile_data(profile, pde, progress=progress)
-    fingerprint = str(data.fingerprint())
     return ensure_runs(profile, pde, model, profile.seeds, paths.runs_dir(profile.name),
-                       scheduled_checkpoints(profile, pde),
-                       lambda seed: training_key(profile, pde, model, seed, fingerprint),
-                       {"data_fingerprint": fingerprint}, data=data, train=train, progress=progress)
+                       functools.partial(training_key, profile, pde, model), progress=progress, train=train)
 
 
 # ---- training curves ------------------------------------------------------------------
