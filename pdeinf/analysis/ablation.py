@@ -11,7 +11,7 @@ import numpy as np
 import xarray as xr
 
 from pdeinf.analysis.seed_paper import standardized
-from pdeinf.analysis.seed_paper_findings import class_locked_units, decay_units, inter_gap_units
+from pdeinf.analysis.seed_paper_findings import UNIT_STATISTICS
 from pdeinf.analysis.statistics import seed_mean_ci, seed_spread
 from pdeinf.errors import InputError
 
@@ -24,8 +24,6 @@ FINDINGS = {
     "class_locked": "class matrix: mean diagonal minus mean off-diagonal (standardized H)",
     "rollout_link_negative": "pooled Pearson r of raw-matrix R with cumulative rollout SMSE, dt = 1",
     "validation_smse": "log10 final validation SMSE (mean over seeds)"}
-UNIT_FINDINGS = {"inter_below_intra": inter_gap_units, "temporal_decay": decay_units,
-                 "class_locked": class_locked_units}
 _DIMS = {"pi": ("config", "seed", "batch", "t_resp", "c_resp", "t_pert", "c_pert"),
          "rollout": ("config", "seed", "class", "batch", "start", "horizon"), "val_smse": ("config", "seed")}
 
@@ -44,7 +42,8 @@ def finding_units(ds: xr.Dataset, dt: int = ROLLOUT_DT) -> dict[str, xr.DataArra
             raise InputError(f"ds[{name!r}]: dims {ds[name].dims}, expected {dims}")
     configs = [str(c) for c in ds["config"].values]
     hns = [standardized(ds["pi"].sel(config=c, drop=True)) for c in configs]
-    out = {f: xr.concat([unit(hn) for hn in hns], dim="config") for f, unit in UNIT_FINDINGS.items()}
+    out = {f: xr.concat([UNIT_STATISTICS[f](hn) for hn in hns], dim="config")
+           for f in FINDINGS if f in UNIT_STATISTICS}
     links = []
     for c in configs:  # per seed, Pearson r over (class, batch) of raw R with the rollout error at dt
         sweep = xr.Dataset({"pi": ds["pi"].sel(config=c, drop=True)

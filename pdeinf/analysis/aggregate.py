@@ -152,27 +152,28 @@ def lag_curve(blocks, lags, *, statistic="mean") -> np.ndarray:
     blocks = np.asarray(blocks)
     n_c, n_t = blocks.shape[-4], blocks.shape[-3]
     reduce = statistic if callable(statistic) else functools.partial(_reducer(statistic), axis=-1)
-    cells = {}
+    out = None
     for p, pair in enumerate(PAIRS):
         for k, lag in enumerate(lags):
             mask = entry_mask(n_c, n_t, pair, lag)
             if mask.any():
-                cells[p, k] = np.asarray(reduce(blocks[..., mask]), dtype=np.float64)
-    out = np.full((*next(iter(cells.values())).shape, len(PAIRS), len(lags)), np.nan)
-    for (p, k), value in cells.items():
-        out[..., p, k] = value
+                value = np.asarray(reduce(blocks[..., mask]), dtype=np.float64)
+                if out is None:
+                    out = np.full((*value.shape, len(PAIRS), len(lags)), np.nan)
+                out[..., p, k] = value
     return out
 
 
 def class_matrix(blocks, *, lag=None, statistic: str = "mean", pooled: bool = False) -> np.ndarray:
-    """Each (c_resp, c_pert) block's "mean" / "median" over all time pairs or those at dt = `lag`:
-    per matrix `[..., C, C]`, or with `pooled` over all leading indices `[C, C]`."""
+    """Each (c_resp, c_pert) block's "mean" / "median" over all time pairs or those with dt in
+    `lag` (one lag or several): per matrix `[..., C, C]`, or with `pooled` over all leading
+    indices `[C, C]`."""
     blocks, reduce = np.asarray(blocks), _reducer(statistic)
     if lag is None and not pooled:
         return reduce(blocks, axis=(-3, -1))
     pairs = np.moveaxis(blocks, -2, -3)  # [..., C, C, T, T]
     values = (pairs.reshape(*pairs.shape[:-2], -1) if lag is None
-              else pairs[..., time_lags(blocks.shape[-3]) == lag])  # [..., C, C, K]
+              else pairs[..., np.isin(time_lags(blocks.shape[-3]), lag)])  # [..., C, C, K]
     if pooled:
         values = np.moveaxis(values, (-3, -2), (0, 1))
         values = values.reshape(*values.shape[:2], -1)
@@ -184,6 +185,24 @@ def diagonal_contrast(matrix) -> np.ndarray:
     matrix = np.asarray(matrix, dtype=np.float64)
     eye = np.eye(matrix.shape[-1], dtype=bool)
     return matrix[..., eye].mean(-1) - matrix[..., ~eye].mean(-1)
+
+
+def quartiles(values) -> tuple[float, float, float, int]:
+    """Q1, median, Q3 and count of the finite `values` (NaN and count 0 when none is)."""
+    values = np.asarray(values, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return (np.nan, np.nan, np.nan, 0)
+    return (*(float(q) for q in np.quantile(values, QUARTILES)), int(values.size))
+
+
+def window_stats(x, y, edges, width: int, statistic) -> np.ndarray:
+    """Influence `y` against distance `x` in windows of `width` bins: `statistic(x_in, y_in)` of
+    the points with edges[w] <= x < edges[w + width], w = 0..len(edges) - width - 1, stacked."""
+    x, y = np.asarray(x, dtype=np.float64).ravel(), np.asarray(y, dtype=np.float64).ravel()
+    return np.array([statistic(x[inside], y[inside]) for inside in
+                     ((x >= lo) & (x < hi) for lo, hi in zip(edges[:-width], edges[width:]))],
+                    dtype=np.float64)
 
 
 def pearson(x, y, *, axis: int = -1, zero_spread: str = "ieee") -> np.ndarray:

@@ -82,9 +82,8 @@ def normalized_pi(ds: xr.Dataset, *, variant: str = "gauss-newton", normalizatio
         raise InputError(f"variant: unknown {variant!r}; this sweep holds {', '.join(names)}")
     pi = ds["pi"].sel(variant=variant) if "variant" in ds["pi"].dims else ds["pi"]
     pi = pi.sel(sel).transpose("seed", "epoch", "batch", *ag.BLOCK_ORDER)
-    values = np.ascontiguousarray(pi.values, dtype=np.float64)
-    if not np.all(np.isfinite(values)):
-        raise InputError(f"ds['pi'] (variant {variant!r}): contains NaN or Inf")
+    values = np.ascontiguousarray(ag.check_pi(pi, f"ds['pi'] (variant {variant!r})", finite=True).values,
+                                  dtype=np.float64)
     losses = None
     if normalization == "loss":
         if "losses" not in ds:
@@ -101,13 +100,6 @@ def _influence(values, coords: dict, variant: str, normalization: str, **attrs) 
                         attrs={"variant": variant, "normalization": normalization, **attrs})
 
 
-def _quartiles(values: np.ndarray) -> tuple[float, float, float, int]:
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return (math.nan, math.nan, math.nan, 0)
-    return (*(float(q) for q in np.quantile(values, QUARTILES)), int(values.size))
-
-
 def temporal_heatmap(ds: xr.Dataset, *, variant: str = "gauss-newton", normalization: str = "standard",
                      epoch=None, seeds=None) -> xr.DataArray:
     """Item 1: median over seeds x batches x classes of intra-class entries, dims (t_resp, t_pert)."""
@@ -122,7 +114,7 @@ def horizon_curve(ds: xr.Dataset, *, variant: str = "gauss-newton", normalizatio
     quantile, dt); entry counts in coordinate `count`."""
     npi = normalized_pi(ds, variant=variant, normalization=normalization, epoch=epoch, seeds=seeds)
     lags = ag.lag_range(max_lag, npi.sizes["t_resp"])
-    pooled = ag.lag_curve(npi.values, lags, statistic=_quartiles)  # [q1 q2 q3 n, pair, dt]
+    pooled = ag.lag_curve(npi.values, lags, statistic=ag.quartiles)  # [q1 q2 q3 n, pair, dt]
     counts = np.nan_to_num(pooled[3]).astype(int)  # no entry (one class, inter): count 0
     return _influence(np.moveaxis(pooled[:3], 0, 1),
                       {"pair": list(ag.PAIRS), "quantile": list(QUARTILES), "dt": lags},
@@ -161,16 +153,11 @@ def spectrum(ds: xr.Dataset, *, seeds=None) -> xr.Dataset:
     values = np.asarray(eig.values, dtype=np.float64)
     if np.any(np.isinf(values)):
         raise InputError("ds['eta_eigenvalues']: contains Inf")
-    ordered = -np.sort(-np.where(np.isnan(values), -np.inf, values), axis=-1)
-    ordered[np.isinf(ordered)] = np.nan
-    positive_mask = np.isfinite(ordered) & (ordered > 0)
-    positive_only = np.where(positive_mask, ordered, np.nan)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # a matrix without positive modes
-        largest, smallest = np.nanmax(positive_only, axis=-1), np.nanmin(positive_only, axis=-1)
+    ordered = -np.sort(-values, axis=-1)  # decreasing, NaN last
+    positive = np.where(ordered > 0, ordered, 0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        condition = np.where(smallest > 0, largest / smallest, np.inf)
-        positive = np.where(positive_mask, ordered, 0.0)
+        smallest = np.where(positive > 0, positive, np.inf).min(axis=-1)  # inf: no positive mode
+        condition = np.where(np.isfinite(smallest), ordered[..., 0] / smallest, np.inf)
         p = positive / positive.sum(axis=-1, keepdims=True)
         entropy = -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0), axis=-1)
     out = xr.Dataset({"eigenvalues": ((*lead, "mode"), ordered), "condition_number": (lead, condition),
@@ -189,8 +176,6 @@ def similarity(ds: xr.Dataset, *, variant: str = "gauss-newton", normalization: 
         raise InputError("ds: the sweep has no 'input_distance' variable")
     if n_bins < 1:
         raise InputError(f"n_bins: must be positive, got {n_bins}")
-    if pairs not in ("all", "intra", "inter"):
-        raise InputError(f"pairs: unknown {pairs!r}; expected all, intra or inter")
     npi = normalized_pi(ds, variant=variant, normalization=normalization, epoch=epoch, seeds=seeds)
     dist = ds["input_distance"]
     if "variant" in dist.dims:
@@ -205,13 +190,12 @@ def similarity(ds: xr.Dataset, *, variant: str = "gauss-newton", normalization: 
     if x.size < 2:
         raise InputError("ds['input_distance']: fewer than 2 positive finite distances")
     edges = np.geomspace(x.min(), x.max() * (1 + 1e-12), n_bins + 2)
-    rows = np.array([(math.sqrt(edges[k] * edges[k + 2]),
-                      *_quartiles(y[(x >= edges[k]) & (x < edges[k + 2])])) for k in range(n_bins)])
+    rows = ag.window_stats(x, y, edges, 2, lambda _, v: ag.quartiles(v))  # [bin, q1 q2 q3 n]
     rho, pval = stats.spearmanr(x, y)
     return xr.Dataset(
-        {"q25": ("bin", rows[:, 1]), "median": ("bin", rows[:, 2]), "q75": ("bin", rows[:, 3]),
-         "count": ("bin", rows[:, 4].astype(int))},
-        coords={"bin": np.arange(n_bins), "center": ("bin", rows[:, 0]),
+        {"q25": ("bin", rows[:, 0]), "median": ("bin", rows[:, 1]), "q75": ("bin", rows[:, 2]),
+         "count": ("bin", rows[:, 3].astype(int))},
+        coords={"bin": np.arange(n_bins), "center": ("bin", np.sqrt(edges[:n_bins] * edges[2:])),
                 "lower": ("bin", edges[:n_bins]), "upper": ("bin", edges[2:n_bins + 2])},
         attrs={"variant": variant, "normalization": normalization, "pairs": pairs,
                "spearman_rho": float(rho), "spearman_p": float(pval), "n_pairs": int(x.size)})

@@ -60,16 +60,9 @@ def size_part(rule: FindingRule, paper: float | None, work: np.ndarray, interval
     value, low, high = interval
     # below the band is toward the null for a finding on the upper side, away from it otherwise
     below, above = ("smaller", "larger") if rule.paper_sign > 0 else ("larger", "smaller")
-    if not math.isfinite(p):
-        result = "undetermined"
-    elif p < ALPHA:
-        result = "within band"
-    elif high < band[0]:
-        result = below
-    elif low > band[1]:
-        result = above
-    else:
-        result = "undetermined"
+    result = "undetermined" if not math.isfinite(p) else (
+        "within band" if p < ALPHA else below if high < band[0] else above if low > band[1]
+        else "undetermined")
     ends = sorted(v / paper if ratio else v - paper for v in (low, high))
     return {"kind": rule.size_kind, "value": value / paper if ratio else value - paper,
             "low": ends[0], "high": ends[1], "band": list(rule.size_band), "tost_p": p,
@@ -117,23 +110,21 @@ def evaluate_finding(name: str, values, *, key: str | None = None, pde: str = ""
         raise InputError(f"{name} values: a correlation lies outside [-1, 1]")
     work = _forward(raw, scale)
     null = float(_forward(np.array(rule.null), scale))
-    interval = tuple(float(v if scale == "linear" else np.tanh(v))
-                     for v in st.seed_interval(work, LEVEL))
-    estimate, low, high = interval
+    estimate, low, high = interval = tuple(float(v if scale == "linear" else np.tanh(v))
+                                           for v in st.seed_interval(work, LEVEL))
     estimable = math.isfinite(low) and math.isfinite(high)
     paper = float(rule.paper_values[key]) if key is not None and key in rule.paper_values else None
-    size = size_part(rule, paper, work, interval, scale) if estimable else None
     n_seeds, n_batches = summary.design
-    work_estimate = float(_forward(np.array(estimate), scale))
-    needed = st.seeds_needed(work, work_estimate - null, level=LEVEL) if estimable else None
+    needed = (st.seeds_needed(work, float(_forward(np.array(estimate), scale)) - null, level=LEVEL)
+              if estimable else None)
     record = {
         "finding": name, "layer": rule.layer, "pde": pde, "model": model,
         "estimate": estimate, "low": low, "high": high,
-        "interval": INTERVAL_METHOD + (" of Fisher's z, back-transformed"
-                                       if scale == "fisher-z" else ""),
+        "interval": INTERVAL_METHOD + (" of Fisher's z, back-transformed" if scale == "fisher-z" else ""),
         "per_seed": [float(v) for v in summary.seed_means],
         "n_seeds": int(n_seeds), "n_batches": int(n_batches), "n_failed": summary.n_failed,
-        "null": float(rule.null), "p": st.t_test_p(work, null), "paper": paper, "size": size,
+        "null": float(rule.null), "p": st.t_test_p(work, null), "paper": paper,
+        "size": size_part(rule, paper, work, interval, scale) if estimable else None,
         "rule": rule.text(), "estimable": estimable,
         "needed": {"n_seeds": needed, "n_batches": int(n_batches), "power": st.POWER,
                    "variance_bound": "upper 80% confidence bound of the seed spread"},
@@ -190,22 +181,20 @@ def finding_lines(findings) -> list[str]:
     lines = []
     for rec in (r for recs in groups for r in (recs if isinstance(recs, list) else [recs])):
         where = "-".join(str(v) for v in (rec.get("pde"), rec.get("model")) if v)
-        where += f" class {rec['cls']}" if rec.get("cls") else ""
-        where += f" dt={rec['dt']}" if rec.get("dt") is not None else ""
+        where += (f" class {rec['cls']}" if rec.get("cls") else "") + (
+            f" dt={rec['dt']}" if rec.get("dt") is not None else "")
         interval = ("no interval" if rec["low"] is None or not math.isfinite(rec["low"])
                     else f"95% CI {rec['low']:.3g} .. {rec['high']:.3g}")
-        paper = ""
+        tail, size = "", rec.get("size")
         if rec.get("paper") is not None:
-            paper = f"; paper {rec['paper']:.3g}"
-            size = rec.get("size")
+            tail = f"; paper {rec['paper']:.3g}"
             if size and size.get("value") is not None and math.isfinite(size["value"]):
                 word = "ratio" if size["kind"] == "ratio" else "difference"
-                paper += f" ({word} {size['value']:.2g}, band {size['band'][0]:g}..{size['band'][1]:g})"
-        p_adj = rec.get("p_adjusted")
-        paper += "" if p_adj is None or not math.isfinite(p_adj) else f"; adjusted p {p_adj:.2g}"
-        need = (rec.get("needed") or {}).get("n_seeds")
-        paper += f"; a decisive direction needs {need} x {rec['n_batches']}" if need else ""
+                tail += f" ({word} {size['value']:.2g}, band {size['band'][0]:g}..{size['band'][1]:g})"
+        p_adj, need = rec.get("p_adjusted"), (rec.get("needed") or {}).get("n_seeds")
+        tail += "" if p_adj is None or not math.isfinite(p_adj) else f"; adjusted p {p_adj:.2g}"
+        tail += f"; a decisive direction needs {need} x {rec['n_batches']}" if need else ""
         lines.append(f"{rec['finding']} [{where}]: {rec['estimate']:.3g} ({interval}; "
                      f"{rec['n_seeds']} seeds x {rec['n_batches']} batches) -> "
-                     f"{rec['verdict'].upper()}{paper}")
+                     f"{rec['verdict'].upper()}{tail}")
     return lines

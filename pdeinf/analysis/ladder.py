@@ -45,10 +45,10 @@ def summarize(table: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     rows = []
     for (axis, value, estimator), group in table.groupby(["axis", "value", "estimator"], sort=False):
         group = group.sort_values("seed")
+        first = group.iloc[0]
         for stat in STATISTICS:
             values = group[stat].to_numpy(dtype=np.float64)[:, None]
             est, low, high = seed_interval(values, level=level)
-            first = group.iloc[0]
             rows.append({"axis": axis, "value": value, "estimator": estimator, "statistic": stat,
                          "estimate": est, "low": low, "high": high, "n_seeds": len(group),
                          "per_seed": [float(v) for v in values[:, 0]], "p_over_m": float(first["p_over_m"]),

@@ -45,8 +45,7 @@ def plateau(val_by_epoch, *, fraction: float = PLATEAU_FRACTION,
         raise InputError("val_by_epoch: contains NaN or Inf")
     width = math.floor(fraction * values.size)
     if width < 2:
-        last = float(np.median(values[-1:]))
-        return Plateau(last, math.nan, None)
+        return Plateau(float(np.median(values[-1:])), math.nan, None)
     last = float(np.median(values[-width:]))
     before = float(np.median(values[-2 * width:-width]))
     return Plateau(last, before, bool(abs(last / before - 1.0) <= tolerance))

@@ -32,22 +32,17 @@ def bras(ds: xr.Dataset) -> list[str]:
 
 def standardized(ds, bra: str = "C") -> xr.DataArray:
     """Row-standardized Ĥ of one bra, dims `BLOCK_DIMS`; InputError on NaN / Inf or a constant row."""
-    h = ds["H"] if isinstance(ds, xr.Dataset) and "H" in ds else ds
-    if not isinstance(h, xr.DataArray):
-        raise InputError("ds: expected the seed-paper xr.Dataset (with 'H') or the H DataArray")
-    ag.check_pi(h, "ds['H']", lead=("seed", "batch"))
-    if "bra" in h.dims:
+    h = ds["H"] if isinstance(ds, xr.Dataset) and "H" in ds else ds  # or the H DataArray
+    if isinstance(h, xr.DataArray) and "bra" in h.dims:
         held = [str(b) for b in h["bra"].values]
         if bra not in held:
             raise InputError(f"bra: {bra!r} not in the dataset's bras {held}")
         h = h.sel(bra=bra, drop=True)
-    h = h.transpose(*BLOCK_DIMS)
-    values = np.asarray(h.values, dtype=np.float64)
-    if not np.all(np.isfinite(values)):
-        raise InputError(f"ds['H'] (bra {bra!r}): contains NaN or Inf")
-    hn = ag.normalize_blocks(values, "standard")
+    what = f"ds['H'] (bra {bra!r})"
+    h = ag.check_pi(h, what, lead=("seed", "batch"), finite=True).transpose(*BLOCK_DIMS)
+    hn = ag.normalize_blocks(h.values, "standard")
     if not np.all(np.isfinite(hn)):
-        raise InputError(f"ds['H'] (bra {bra!r}): a row is constant (zero std); cannot standardize")
+        raise InputError(f"{what}: a row is constant (zero std); cannot standardize")
     return xr.DataArray(hn, dims=h.dims, coords=h.coords, name="H_hat",
                         attrs={"bra": bra, "normalization": "standard"})
 
@@ -130,15 +125,9 @@ def similarity_edges(d: np.ndarray) -> np.ndarray:
 def window_means(h: np.ndarray, d: np.ndarray, edges: np.ndarray):
     """Mean d (t_k), mean Ĥ (u_k) and count of the pairs in the 14 windows of 11 bins,
     [e_{k-5}, e_{k+6}) for k = 6..19 (1-based); NaN where empty."""
-    h, d = np.asarray(h, dtype=np.float64).ravel(), np.asarray(d, dtype=np.float64).ravel()
-    n_win = len(edges) - WINDOW_BINS
-    t_k, u_k, counts = np.full(n_win, np.nan), np.full(n_win, np.nan), np.zeros(n_win, int)
-    for w in range(n_win):
-        inside = (d >= edges[w]) & (d < edges[w + WINDOW_BINS]) & (d > 0)
-        counts[w] = int(inside.sum())
-        if counts[w]:
-            t_k[w], u_k[w] = d[inside].mean(), h[inside].mean()
-    return t_k, u_k, counts
+    rows = ag.window_stats(d, h, edges, WINDOW_BINS, lambda x, y: (x.mean(), y.mean(), x.size)
+                           if x.size else (np.nan, np.nan, 0))
+    return rows[:, 0], rows[:, 1], rows[:, 2].astype(int)
 
 
 def smoothing_curve(t: np.ndarray, u: np.ndarray):

@@ -43,13 +43,10 @@ def ridge_units(hn: xr.DataArray) -> xr.DataArray:
     """lag0_ridge: per (seed, batch) the intra-class mean at dt = 0 over the intra-class mean
     at |dt| = 1, pooled over classes ("all") and per class; dims (seed, batch, cls)."""
     blocks = ag.to_blocks(hn, ("seed", "batch"))
-    n_c, n_t = blocks.shape[2], blocks.shape[3]
-    intra = ag.intra_blocks(blocks)  # [S, B, C, T, T]
-    dt = ag.time_lags(n_t)
-    lag0 = intra[..., dt == 0].mean(-1)  # [S, B, C]
-    lag1 = intra[..., np.abs(dt) == 1].mean(-1)
+    lag0, lag1 = (np.diagonal(ag.class_matrix(blocks, lag=lag), axis1=-2, axis2=-1)
+                  for lag in (0, (-1, 1)))  # [S, B, C]
     pooled = lag0.mean(-1, keepdims=True) / lag1.mean(-1, keepdims=True)
-    names = [str(c) for c in (hn["c_resp"].values if "c_resp" in hn.coords else range(n_c))]
+    names = [str(c) for c in (hn["c_resp"].values if "c_resp" in hn.coords else range(blocks.shape[2]))]
     return xr.DataArray(np.concatenate([pooled, lag0 / lag1], axis=-1),
                         dims=("seed", "batch", "cls"),
                         coords={"seed": hn["seed"].values, "batch": hn["batch"].values,

@@ -9,6 +9,7 @@ fewer than 2 seeds with a value.
 """
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass
 
@@ -65,9 +66,7 @@ def summarize_seeds(values, what: str = "values") -> SeedSummary:
     arr = as_seed_batch(values, what)
     finite = np.isfinite(arr)
     counts = finite.sum(axis=1)
-    sums = np.where(finite, arr, 0.0).sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        means = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+    means = np.where(counts > 0, np.where(finite, arr, 0.0).sum(axis=1) / np.maximum(counts, 1), np.nan)
     return SeedSummary(means, int(arr.size), int((~finite).sum()), tuple(arr.shape))
 
 
@@ -174,17 +173,11 @@ def seeds_needed(values, effect: float, *, level: float = 0.95, power: float = P
         return None
     if sd == 0.0:
         return 2
-    alpha = 1.0 - level
-    lo, hi = 2, MAX_SEEDS
-    if _power(abs(effect), sd, hi, alpha) < power:
+    if _power(abs(effect), sd, MAX_SEEDS, 1.0 - level) < power:
         return None
-    while lo < hi:  # power grows with the number of seeds
-        mid = (lo + hi) // 2
-        if _power(abs(effect), sd, mid, alpha) >= power:
-            hi = mid
-        else:
-            lo = mid + 1
-    return lo
+    # the power grows with the number of seeds: the first n in 2..MAX_SEEDS reaching it
+    return 2 + bisect.bisect_left(range(2, MAX_SEEDS), True,
+                                  key=lambda n: _power(abs(effect), sd, n, 1.0 - level) >= power)
 
 
 def fisher_z(r):

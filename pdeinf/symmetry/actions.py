@@ -18,11 +18,6 @@ import torch
 from pdeinf.config import PDESpec, pde_spec
 from pdeinf.errors import InputError
 
-__all__ = [
-    "CONVENTIONS", "ELEMENTS", "act", "axis_assignment_check", "check_batch", "compose", "inverse",
-    "mix_vector", "parse_element", "vector_matrix",
-]
-
 ELEMENTS: tuple[str, ...] = ("e", "r", "r2", "r3", "s", "sr", "sr2", "sr3")
 CONVENTIONS: tuple[str, ...] = ("ours", "authors")
 
@@ -143,9 +138,7 @@ def _check_field(u, spec: PDESpec) -> torch.Tensor:
 def check_batch(spec: PDESpec, inputs, targets=None, *, square: bool = False) -> None:
     """InputError unless `inputs` (and `targets`, of the same shape) are non-empty tensors
     `[N, C, H, W]` with the channels of `spec`; `square`: H == W too (rotations)."""
-    for name, x in (("inputs", inputs), ("targets", targets)):
-        if x is None and name == "targets":
-            continue
+    for name, x in (("inputs", inputs), ("targets", targets))[:1 if targets is None else 2]:
         if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != spec.channels:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise InputError(f"{name}: expected a tensor [N, {spec.channels}, H, W] for {spec.name}, "
@@ -188,9 +181,6 @@ def act(u: torch.Tensor, element, *, pde, convention: str = "ours") -> torch.Ten
     return out
 
 
-# ----------------------------------------------------------------------------- axis check
-
-
 def _spectral_derivative(f: torch.Tensor, dim: int, length: float) -> torch.Tensor:
     """Spectral d/d(axis `dim`) of a periodic field (Nyquist mode dropped)."""
     n = f.shape[dim]
@@ -204,8 +194,7 @@ def _spectral_derivative(f: torch.Tensor, dim: int, length: float) -> torch.Tens
 
 
 def _central_difference(f: torch.Tensor, dim: int, length: float) -> torch.Tensor:
-    n = f.shape[dim]
-    return (torch.roll(f, -1, dim) - torch.roll(f, 1, dim)) * (n / (2.0 * length))
+    return (torch.roll(f, -1, dim) - torch.roll(f, 1, dim)) * (f.shape[dim] / (2.0 * length))
 
 
 def _rms(x: torch.Tensor) -> float:
@@ -229,13 +218,11 @@ def axis_assignment_check(u: torch.Tensor, pde, *, dt: float | None = None,
     assignments = {"ours": pair, "swapped": pair[::-1]}
     if spec.density_channel is None:
         out = {}
-        for name, (a, b) in assignments.items():
-            v_h, v_w = u[..., a, :, :], u[..., b, :, :]
-            derivatives = [_spectral_derivative(f, d, ln) for f in (v_h, v_w)
-                           for d, ln in ((-1, lx), (-2, ly))]
-            div = _spectral_derivative(v_w, -1, lx) + _spectral_derivative(v_h, -2, ly)
-            scale = math.sqrt(sum(_rms(x) ** 2 for x in derivatives) / 4)
-            out[name] = _rms(div) / max(scale, 1e-300)
+        for name, (a, b) in assignments.items():  # d v_H / dx, d v_H / dy, d v_W / dx, d v_W / dy
+            d = [_spectral_derivative(u[..., c, :, :], dim, ln)
+                 for c in (a, b) for dim, ln in ((-1, lx), (-2, ly))]
+            scale = math.sqrt(sum(_rms(x) ** 2 for x in d) / 4)
+            out[name] = _rms(d[2] + d[1]) / max(scale, 1e-300)
         return out
     if dt is None or not float(dt) > 0:
         raise InputError(f"dt: a positive snapshot spacing is required for {spec.name}, got {dt!r}")

@@ -15,8 +15,6 @@ from pdeinf.influence.untouched import keeps_model
 from pdeinf.symmetry.actions import act, check_batch, parse_element, resolve_spec
 from pdeinf.training.loss import smse
 
-__all__ = ["aggregate_equivariance", "equivariance_error", "smse_under"]
-
 
 @keeps_model
 def smse_under(model, inputs, targets, element, *, pde, convention: str = "ours",

@@ -1,18 +1,14 @@
-"""Lie derivative of a surrogate (Gruver et al., ICLR 2023): `L f (x) = d/dt|_{t=0} g_t^{-1}
-f(g_t x)` (`[N, C, H, W]`, zero for an equivariant f), by forward-mode AD through smooth g_t:
+"""Lie derivative of a surrogate (Gruver et al., ICLR 2023), `L f (x) = d/dt|_{t=0} g_t^{-1}
+f(g_t x)` `[N, C, H, W]` (zero for an equivariant f), by forward-mode AD through smooth g_t: "x",
+"y" translate by t grid cells along W, H (an exact Fourier shift; the Nyquist mode of an even grid
+stays in place); "rotation" turns by t radians (pi/2: the sense of `r`) about the grid centre by
+three Fourier shears (Larkin et al. 1997), vector components too (approximate on a periodic grid,
+measured in tests/test_lie.py).
 
-- `"x"`, `"y"`: translation by t grid cells along W (x) or H (y), an exact Fourier (sub-pixel)
-  shift (the Nyquist mode of an even grid stays in place, so integer t equals `torch.roll`
-  except on that mode);
-- `"rotation"`: by t radians (t = pi/2 is the sense of `r`) about the grid centre by three
-  Fourier shears (Larkin et al. 1997), vector components rotated too; approximate on a
-  periodic grid (rows wrap; accuracy measured in tests/test_lie.py).
-
-Layer-wise (`layerwise=True`): the contribution of a hooked module M_i is the derivative of the
-output when ONLY M_i is conjugated, `M_i -> g_s^{-1} M_i(g_s .)`; for a chain of hooked modules
-these telescope to the total, and operations outside them leave a `remainder`. Intermediate
-feature maps are scalar fields on their own grid (translation by t H'/H cells); only the
-model's input and output carry the PDE's vector components.
+Layer-wise, a hooked module's contribution is the derivative with ONLY it conjugated, `M_i ->
+g_s^{-1} M_i(g_s .)`; along a chain these telescope to the total, operations outside them leave a
+`remainder`. Feature maps are scalar fields on their own grid (translation by t H'/H cells); only
+the model's input and output carry the PDE's vector components.
 """
 from __future__ import annotations
 
@@ -27,8 +23,6 @@ from pdeinf.errors import InputError, NumericalError
 from pdeinf.influence import gradients as _grad
 from pdeinf.influence.untouched import keeps_model
 from pdeinf.symmetry.actions import check_batch, mix_vector, resolve_spec, vector_channels
-
-__all__ = ["GENERATORS", "LieDecomposition", "fourier_shift", "lie_derivative", "rotate", "transform"]
 
 GENERATORS: tuple[str, ...] = ("x", "y", "rotation")
 

@@ -18,8 +18,6 @@ from pdeinf.errors import InputError
 from pdeinf.influence import HatEngine
 from pdeinf.symmetry.actions import act, check_batch, parse_element, resolve_spec, vector_channels
 
-__all__ = ["element_label", "orbit_influence", "standardize_rows"]
-
 
 def element_label(element) -> str:
     """A string label for a coordinate: "r", "shift(3,0)", "affine(sr,1,2)"."""

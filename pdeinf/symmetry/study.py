@@ -25,9 +25,6 @@ from pdeinf.symmetry.equivariance import equivariance_error
 from pdeinf.symmetry.lie import GENERATORS, lie_derivative, rms
 from pdeinf.symmetry.orbit import element_label, orbit_influence
 
-__all__ = ["D4_NON_IDENTITY", "TRACKED", "class_trajectories", "final_orbit_study",
-           "study_elements", "symmetry_study"]
-
 D4_NON_IDENTITY: tuple[str, ...] = tuple(g for g in ELEMENTS if g != "e")
 TRACKED: tuple[str, ...] = ("identity", "worst_d4", "shift1")
 
@@ -129,27 +126,27 @@ def symmetry_study(models: Mapping[int, torch.nn.Module], batches: Sequence, *, 
     spec = resolve_spec(pde)
     if final_epoch not in models:
         raise InputError(f"models: no model for the final epoch {final_epoch} (have {sorted(models)})")
-    if not batches:
-        raise InputError("batches: at least one batch is required")
     if spec.compressible and (dt is None or not dt > 0):
         raise InputError(f"dt: a positive snapshot spacing is required for {spec.name}")
     elements = study_elements(shifts, box)
     labels = [element_label(g) for g in elements]
     model = models[final_epoch]
-    step = int(landscape_step) if landscape_step else max(1, min(batches[0].inputs.shape[-2:]) // 8)
-
     final = final_orbit_study(model, batches, pde=spec, elements=elements, damping=damping,
                               energy_tol=energy_tol, progress=progress, **engine_kwargs)
+    step = int(landscape_step) if landscape_step else max(1, min(batches[0].inputs.shape[-2:]) // 8)
     per_batch, found = _per_batch_measures(model, batches, spec, dt=dt, step=step, layers=layers,
                                            progress=progress)
-    worst = _worst_d4(final["equivariance"].values, labels)
+    # the worst D4 element: the largest Q3 over batches x examples
+    d4 = final["equivariance"].values[:, [labels.index(g) for g in D4_NON_IDENTITY]]
+    worst = D4_NON_IDENTITY[int(np.argmax(np.quantile(
+        d4.transpose(1, 0, 2).reshape(len(D4_NON_IDENTITY), -1), 0.75, axis=1)))]
     # across checkpoints on batch 0 (the final one reuses what was computed)
     x, y = batches[0].inputs, batches[0].targets
     tracked = ["e", worst, ("shift", 1, 0)]
     tracked_labels = [element_label(g) for g in tracked]
+    epochs = sorted(int(e) for e in models)
     lie_e, eqv_e, diag_e = [], [], []
-    for epoch in tqdm(sorted(int(e) for e in models), desc="checkpoints", disable=not progress,
-                      leave=False):
+    for epoch in tqdm(epochs, desc="checkpoints", disable=not progress, leave=False):
         m = models[epoch]
         lie_e.append(per_batch["lie_norm"][1][0] if epoch == final_epoch else _lie_norms(m, x, spec))
         eqv_e.append(_equivariance(m, x, y, tracked, spec))
@@ -162,63 +159,49 @@ def symmetry_study(models: Mapping[int, torch.nn.Module], batches: Sequence, *, 
             diag_e.append(orbit_influence(m, x, y, tracked, pde=spec, damping=damping,
                                           energy_tol=energy_tol, **engine_kwargs)["diagonal"].values)
     return xr.Dataset(
-        {
-            "equivariance": final["equivariance"],
-            "equivariance_authors": per_batch.pop("equivariance_authors"),
-            "orbit_diagonal": final["orbit_diagonal"],
-            "orbit_rank": final["orbit_rank"],
-            **per_batch,
-            "lie_norm_epochs": (("epoch", "generator", "example"), np.stack(lie_e)),
-            "equivariance_epochs": (("epoch", "tracked", "example"), np.stack(eqv_e)),
-            "orbit_diagonal_epochs": (("epoch", "tracked", "example"), np.stack(diag_e)),
-            "worst_d4_index": ((), np.int64(ELEMENTS.index(worst))),
-        },
-        coords={
-            "batch": np.arange(len(batches)), "element": labels, "d4": list(ELEMENTS),
-            "example": np.arange(x.shape[0]), "generator": list(GENERATORS),
-            "layer": found["layer"], "assignment": ["ours", "swapped"], "axis": ["y", "x"],
-            "shift": np.arange(max(x.shape[-2:])), "shift_y": found["shift_y"],
-            "shift_x": found["shift_x"], "epoch": sorted(int(e) for e in models),
-            "tracked": list(TRACKED),
-        },
+        {"equivariance": final["equivariance"],
+         "equivariance_authors": per_batch.pop("equivariance_authors"),
+         "orbit_diagonal": final["orbit_diagonal"], "orbit_rank": final["orbit_rank"], **per_batch,
+         "lie_norm_epochs": (("epoch", "generator", "example"), np.stack(lie_e)),
+         "equivariance_epochs": (("epoch", "tracked", "example"), np.stack(eqv_e)),
+         "orbit_diagonal_epochs": (("epoch", "tracked", "example"), np.stack(diag_e)),
+         "worst_d4_index": ((), np.int64(ELEMENTS.index(worst)))},
+        coords={"batch": np.arange(len(batches)), "element": labels, "d4": list(ELEMENTS),
+                "example": np.arange(x.shape[0]), "generator": list(GENERATORS),
+                "layer": found["layer"], "assignment": ["ours", "swapped"], "axis": ["y", "x"],
+                "shift": np.arange(max(x.shape[-2:])), "shift_y": found["shift_y"],
+                "shift_x": found["shift_x"], "epoch": epochs, "tracked": list(TRACKED)},
         attrs={"pde": spec.name, "final_epoch": int(final_epoch), "worst_d4": worst,
                "damping": float(damping), "energy_tol": float(energy_tol),
                "landscape_step": step, "lie_units": "x, y: per grid cell; rotation: per radian",
-               **(attrs or {})},
-    )
+               **(attrs or {})})
+
+
+#: The final checkpoint's other per-batch variables and their dims.
+_PER_BATCH = {"equivariance_authors": ("batch", "d4", "example"),
+              "lie_norm": ("batch", "generator", "example"),
+              "lie_layer_norm": ("batch", "layer", "example"), "axis_check": ("batch", "assignment"),
+              "shift_axis_error": ("batch", "axis", "shift", "example"),
+              "shift_landscape": ("batch", "shift_y", "shift_x")}
 
 
 def _per_batch_measures(model, batches, spec, *, dt, step: int, layers, progress: bool):
-    """The final checkpoint's other per-batch variables `{name: (dims, array)}` and the
-    coordinates they define (`layer`, `shift_y`, `shift_x`)."""
-    rows = {"equivariance_authors": ("batch", "d4", "example"),
-            "lie_norm": ("batch", "generator", "example"),
-            "lie_layer_norm": ("batch", "layer", "example"), "axis_check": ("batch", "assignment"),
-            "shift_axis_error": ("batch", "axis", "shift", "example"),
-            "shift_landscape": ("batch", "shift_y", "shift_x")}
-    rows = {name: (dims, []) for name, dims in rows.items()}
+    """`_PER_BATCH` as `{name: (dims, array)}` and the coordinates they define (`layer`,
+    `shift_y`, `shift_x`)."""
+    rows = {name: [] for name in _PER_BATCH}
     found: dict = {}
     for b in tqdm(batches, desc=f"symmetry {spec.name}", disable=not progress, leave=False):
         x, y = b.inputs, b.targets
-        rows["equivariance_authors"][1].append(_equivariance(model, x, y, ELEMENTS, spec,
-                                                             convention="authors"))
-        rows["lie_norm"][1].append(_lie_norms(model, x, spec))
+        rows["equivariance_authors"].append(_equivariance(model, x, y, ELEMENTS, spec, convention="authors"))
+        rows["lie_norm"].append(_lie_norms(model, x, spec))
         dec = lie_derivative(model, x, "x", pde=spec, layerwise=True, layers=layers)
         norms = {k: v.double().cpu().numpy() for k, v in dec.norms().items() if k != "total"}
         found["layer"] = found.get("layer") or list(norms)
-        rows["lie_layer_norm"][1].append(np.stack([norms[k] for k in found["layer"]]))
+        rows["lie_layer_norm"].append(np.stack([norms[k] for k in found["layer"]]))
         check = (axis_assignment_check(class_trajectories(x, y, b.c).double(), spec, dt=dt)
                  if spec.compressible else axis_assignment_check(x.double(), spec))
-        rows["axis_check"][1].append([check["ours"], check["swapped"]])
+        rows["axis_check"].append([check["ours"], check["swapped"]])
         found["shift_y"], found["shift_x"], land = _landscape(model, x, y, spec, step)
-        rows["shift_landscape"][1].append(land)
-        rows["shift_axis_error"][1].append(_axis_curves(model, x, y, spec))
-    return {name: (dims, np.stack(v)) for name, (dims, v) in rows.items()}, found
-
-
-def _worst_d4(equivariance: np.ndarray, labels: Sequence[str]):
-    """The non-identity D4 element with the largest Q3 of `equivariance` `[batch, element,
-    example]` over batches x examples."""
-    d4_idx = [labels.index(g) for g in D4_NON_IDENTITY]
-    q3 = np.quantile(equivariance[:, d4_idx].transpose(1, 0, 2).reshape(len(d4_idx), -1), 0.75, axis=1)
-    return D4_NON_IDENTITY[int(np.argmax(q3))]
+        rows["shift_landscape"].append(land)
+        rows["shift_axis_error"].append(_axis_curves(model, x, y, spec))
+    return {name: (_PER_BATCH[name], np.stack(v)) for name, v in rows.items()}, found
