@@ -23,7 +23,7 @@ import torch
 from torch.func import jvp, vjp, vmap
 
 from pdeinf.atomic import atomic_write
-from pdeinf.checks import one_of
+from pdeinf.checks import finite_float, one_of
 from pdeinf.config import PDE_SPECS, pde_spec
 from pdeinf.errors import InputError, NumericalError
 from pdeinf.influence import gradients as _grad
@@ -129,7 +129,6 @@ class GaussNewtonOperator:
         return torch.stack([self.layout.flatten(pullback(p)[0]) for p in pushed])
 
 
-
 @dataclass
 class FullSpaceResult(HatResult):
     """`HatResult` of the full-space estimator plus the solver's record (per right-hand side m)."""
@@ -140,9 +139,6 @@ class FullSpaceResult(HatResult):
     residual_norms: torch.Tensor | None = None  # [N] float64 final ||g - A chi|| / ||g||
     converged: torch.Tensor | None = None  # [N] bool, residual_norms <= the stated tolerance
     error_bound: torch.Tensor | None = None  # [N, N] float64, |H - H_exact| <= this, entrywise
-    rtol: float = 0.0
-    residual: str = "smse"
-    estimator: str = "full-space"
     chi: torch.Tensor | None = field(default=None, repr=False)  # [N, P] solutions
 
 
@@ -234,8 +230,7 @@ def full_space_hat_matrix(model: torch.nn.Module, inputs: torch.Tensor, targets:
     params, layout = _grad.trainable_parameters(model)
     dtype = _grad.real_dtype(params, layout.complex_names)
     inputs, targets = _grad.check_batch(inputs, targets, dtype)
-    if not (isinstance(damping, (int, float)) and math.isfinite(damping) and damping > 0):
-        raise InputError(f"damping={damping!r}: expected a finite number > 0")
+    damping = finite_float(damping, "damping", positive=True)
     one_of(residual, RESIDUALS, "residual")
     function = _obs.resolve(response)  # unknown names fail before any work
     if function in (_obs.mass_drift, _obs.energy_drift):
@@ -287,8 +282,7 @@ def full_space_hat_matrix(model: torch.nn.Module, inputs: torch.Tensor, targets:
         float(damping), 0.0, response=name or "smse",
         attrs={"estimator": "full-space", "rtol": float(rtol), "residual": residual, "solver": solver},
         iterations=solved.iterations, matvecs=solved.matvecs, sweeps=solved.sweeps,
-        residual_norms=solved.residual_norms, converged=solved.converged, rtol=float(rtol),
-        residual=residual, chi=solved.x, error_bound=bound)
+        residual_norms=solved.residual_norms, converged=solved.converged, chi=solved.x, error_bound=bound)
     if reference_rtol is not None:
         reference = full_space_hat_matrix.__wrapped__(
             model, inputs, targets, rtol=reference_rtol, damping=damping, maxiter=maxiter, response=response,

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pdeinf.checks import one_of, positive_int
+from pdeinf.checks import finite_float, one_of, positive_int
 from pdeinf.errors import InputError, NumericalError
 from pdeinf.influence import gradients as _grad
 from pdeinf.influence import observables as _obs
@@ -194,8 +194,7 @@ def solve_hat(eta_raw: torch.Tensor, damping: float, ket: torch.Tensor,
               bra: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """`(Pi = bra^T (eta_raw + damping I)^{-1} ket [N, N], undamped eigenvalues [r])` for float64
     coordinates ket, bra `[r, N]` (None: ket, Pi exactly symmetric PSD); NumericalError if singular."""
-    if not (isinstance(damping, (int, float)) and math.isfinite(damping) and damping >= 0):
-        raise InputError(f"damping={damping!r}: expected a finite number >= 0")
+    damping = finite_float(damping, "damping", minimum=0.0)
     r, n = ket.shape
     if r == 0:
         return torch.zeros(n, n, dtype=torch.float64), torch.zeros(0, dtype=torch.float64)
@@ -452,8 +451,7 @@ def batch_to_labelled(pi: np.ndarray, n_classes: int, n_times: int) -> np.ndarra
 
 def labelled_to_batch(labelled: np.ndarray) -> np.ndarray:
     """The inverse of `batch_to_labelled`: `[..., t_resp, c_resp, t_pert, c_pert]` -> `[..., N, N]`."""
-    lead = labelled.shape[:-4]
-    n_times, n_classes = labelled.shape[-4], labelled.shape[-3]
+    *lead, n_times, n_classes, _, _ = labelled.shape
     k = len(lead)
     arr = labelled.transpose(*range(k), k + 1, k, k + 3, k + 2)
     return np.ascontiguousarray(arr).reshape(*lead, n_classes * n_times, n_classes * n_times)

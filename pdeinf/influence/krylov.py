@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from pdeinf.checks import positive_int
 from pdeinf.errors import InputError, NumericalError
 
 MAX_RESTARTS = 5  # true-residual restarts allowed after the recursion claims convergence
@@ -38,8 +39,7 @@ def check_rtol_maxiter(rtol, maxiter) -> None:
     """InputError unless 0 < rtol < 1 and maxiter is a positive integer."""
     if not (isinstance(rtol, (int, float)) and 0.0 < rtol < 1.0):
         raise InputError(f"rtol={rtol!r}: expected a number in (0, 1)")
-    if isinstance(maxiter, bool) or not isinstance(maxiter, int) or maxiter <= 0:
-        raise InputError(f"maxiter={maxiter!r}: expected a positive integer")
+    positive_int(maxiter, "maxiter")
 
 
 def column_tolerances(b: torch.Tensor, rtol, maxiter, column_tol: torch.Tensor | None) -> torch.Tensor:

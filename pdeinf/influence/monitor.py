@@ -66,12 +66,9 @@ class CoherenceMonitor:
         self.hat_kwargs = hat_kwargs
         self.history: list[dict] = []
 
-    def due(self, step: int) -> bool:
-        return int(step) % self.every == 0
-
     def __call__(self, model: torch.nn.Module, step: int) -> dict | None:
         """Record at `step` when due (returns the record), else do nothing (returns None)."""
-        if not self.due(step):
+        if int(step) % self.every:
             return None
         t0 = time.perf_counter()
         with untouched(model):

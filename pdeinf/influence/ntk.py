@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pdeinf.errors import InputError, NumericalError
+from pdeinf.errors import NumericalError
 from pdeinf.influence import gradients as _grad
 from pdeinf.influence.fullspace import GaussNewtonOperator
 from pdeinf.influence.untouched import keeps_model
@@ -24,14 +24,11 @@ def ntk_top_eigenvalue(model: torch.nn.Module, inputs: torch.Tensor, *, damping:
     `inputs` `[N, C, H, W]` to relative tolerance `tol` (the paper's 1e-2); `seed`: the start vector."""
     from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 
-    if not isinstance(inputs, torch.Tensor) or inputs.ndim != 4 or inputs.shape[0] == 0:
-        raise InputError("inputs: expected a torch.Tensor [N, C, H, W] with N >= 1")
-    if not torch.isfinite(inputs).all():
-        raise InputError("inputs: contains NaN or Inf")
     _grad.check_model_mode(model)
     params, layout = _grad.trainable_parameters(model)
     dtype = _grad.real_dtype(params, layout.complex_names)
-    operator = GaussNewtonOperator(model, inputs.detach().to(dtype), params, layout, damping)
+    inputs, _ = _grad.check_batch(inputs, inputs, dtype)
+    operator = GaussNewtonOperator(model, inputs, params, layout, damping)
     count = {"matvecs": 0}
 
     def matvec(v: np.ndarray) -> np.ndarray:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pdeinf.checks import one_of
 from pdeinf.errors import InputError
 from pdeinf.influence.gradients import math_attention, trainable_parameters
 from pdeinf.influence.hat import GradientSpan
@@ -59,8 +60,7 @@ def pydvl_hat_matrix(model: nn.Module, inputs: torch.Tensor, targets: torch.Tens
     from pydvl.influence.torch import CgInfluence, DirectInfluence
     from torch.utils.data import DataLoader, TensorDataset
 
-    if method not in PYDVL_METHODS:
-        raise InputError(f"method={method!r}: expected one of {', '.join(PYDVL_METHODS)}")
+    one_of(method, PYDVL_METHODS, "method")
     n = inputs.shape[0]
     fit_batch = n if fit_batch is None else int(fit_batch)
     if fit_batch <= 0 or n % fit_batch:

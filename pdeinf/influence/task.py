@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from pdeinf.checks import one_of
 from pdeinf.config import pde_spec
 from pdeinf.errors import InputError
 from pdeinf.influence.hat import (
@@ -48,10 +49,13 @@ def _per_example(values, n_c: int, n_t: int) -> tuple:
     return ("t", "c"), np.asarray(values, dtype=np.float64).reshape(n_c, n_t).T
 
 
-def _check_classes(inputs: torch.Tensor, pde: str) -> None:
-    n_c = len(pde_spec(pde).classes)
+def _check_classes(inputs: torch.Tensor, pde: str) -> tuple[tuple, int, int]:
+    """`(classes, n_c, n_t)` of a class-major batch of `pde`; InputError unless N = n_c * n_t."""
+    classes = pde_spec(pde).classes
+    n_c = len(classes)
     if inputs.shape[0] % n_c:
         raise InputError(f"inputs: {inputs.shape[0]} examples is not a multiple of {n_c} classes")
+    return classes, n_c, inputs.shape[0] // n_c
 
 
 def labelled_influence(model, optimizer_state, inputs, targets, *, pde: str, damping: float,
@@ -64,10 +68,8 @@ def labelled_influence(model, optimizer_state, inputs, targets, *, pde: str, dam
 
     from pdeinf import __version__
 
-    _check_classes(inputs, pde)
-    classes = pde_spec(pde).classes
-    n, n_c = inputs.shape[0], len(classes)
-    n_t = n // n_c
+    classes, n_c, n_t = _check_classes(inputs, pde)
+    n = inputs.shape[0]
     variants = tuple(variants or variants_for(pde))
     specs = [variant(v) for v in variants]  # an unknown name fails here, before any work
     # without a joint-basis bra no pass reuses the ket JVPs: never keep them
@@ -132,8 +134,7 @@ def seed_paper_influence(model, inputs, targets, *, pde: str, damping: float, rt
     from pathlib import Path
 
     _check_classes(inputs, pde)
-    if estimator not in SEED_PAPER_ESTIMATORS:
-        raise InputError(f"estimator={estimator!r}: expected one of {', '.join(SEED_PAPER_ESTIMATORS)}")
+    one_of(estimator, SEED_PAPER_ESTIMATORS, "estimator")
     bras = seed_paper_bras(pde)
     if estimator == "subspace":
         engine = HatEngine(model, inputs, targets, energy_tol=energy_tol, progress=progress)
@@ -187,9 +188,7 @@ def _seed_paper_dataset(model, inputs, matrices, losses, record, *, pde, estimat
     from pdeinf import __version__
     from pdeinf.influence.ntk import ntk_top_eigenvalue
 
-    classes = pde_spec(pde).classes
-    n_c = len(classes)
-    n_t = inputs.shape[0] // n_c
+    classes, n_c, n_t = _check_classes(inputs, pde)
     bras = seed_paper_bras(pde)
     per_m = dict(record)
     converged = per_m.pop("converged")

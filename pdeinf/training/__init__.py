@@ -1,2 +1,2 @@
-"""Training: SMSE and metrics (`loss`), the training loop with resume and DDP (`train`, `ddp`),
-autoregressive rollouts (`rollout`)."""
+"""Training: SMSE and metrics (`loss`), recipes (`recipes`), the training loop with resume and
+DDP (`train`), verified checkpoints (`checkpoints`), autoregressive rollouts (`rollout`)."""

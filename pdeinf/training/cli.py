@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import sys
 
+from pdeinf.checks import positive_int
 from pdeinf.config import MODELS, PDE_SPECS, get_profile
 from pdeinf.errors import InputError
 
@@ -54,8 +55,7 @@ def _monitor(args, profile):
     if every is None:  # once per epoch
         n_train = sum(len(data.split(c, "train", args.seed)) for c in data.classes)
         every = max(1, math.ceil(n_train * (profile.t_max - 1) / profile.batch_size))
-    if every <= 0:
-        raise InputError(f"--monitor-every: must be a positive integer, got {every}")
+    positive_int(every, "--monitor-every")
     probe = influence_batch(data, args.seed, 0, split="val")
     return CoherenceMonitor(probe.inputs, probe.targets, every=every, pde=args.pde,
                             classes=PDE_SPECS[args.pde].classes)

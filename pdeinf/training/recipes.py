@@ -70,6 +70,7 @@ class Recipe:
             allowed = ", ".join(self.defaults) or "none"
             raise InputError(f"recipe {self.name}: unknown setting(s) {unknown}; allowed: {allowed}")
         self._settings = {k: self._coerce(k, settings.get(k, v)) for k, v in self.defaults.items()}
+        self.__dict__.update(self._settings)  # each setting is also an attribute
         self.pde: str | None = None
         for key in (*self.positive, *self.non_negative):
             value = self._settings[key]
@@ -94,15 +95,6 @@ class Recipe:
             return type(default)(value)
         except (TypeError, ValueError):
             raise wrong from None
-
-    def __getattr__(self, key):
-        settings = self.__dict__.get("_settings", {})
-        if key in settings:
-            return settings[key]
-        raise AttributeError(key)
-
-    def settings(self) -> dict:
-        return dict(self._settings)
 
     def identity(self) -> dict:
         """`{"name": ..., **settings}`: stored in the run config, compared on resume."""
@@ -211,16 +203,14 @@ class Multistep(Recipe):
         traj, t = b.data.locate(b.index)
         steps = b.data.steps
         cur = b.data.snapshots(traj, t, b.device)
-        total = None
+        total = 0
         for j in range(1, self.k + 1):
             # the first forward goes through `net` (DDP), later ones through the same
             # parameters unwrapped: one DDP forward per backward, gradients summed by autograd
             cur = (b.net if j == 1 else b.model)(cur)
             valid = (t + j <= steps).to(cur.device)
             y = b.data.snapshots(traj, torch.clamp(t + j, max=steps), b.device)
-            term = torch.where(valid, b.loss_fn(cur, y), torch.zeros((), dtype=cur.dtype,
-                                                                      device=cur.device))
-            total = term if total is None else total + term
+            total = total + torch.where(valid, b.loss_fn(cur, y), 0.0)
         return total
 
 

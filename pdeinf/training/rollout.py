@@ -11,6 +11,7 @@ import torch
 import xarray as xr
 from tqdm.auto import tqdm
 
+from pdeinf.checks import positive_int
 from pdeinf.errors import InputError
 from pdeinf.training.loss import smse
 
@@ -18,8 +19,7 @@ from pdeinf.training.loss import smse
 @torch.no_grad()
 def rollout(model: torch.nn.Module, u0: torch.Tensor, steps: int) -> torch.Tensor:
     """Predictions `[B, steps, C, H, W]` for times start+1 .. start+steps from `u0 [B, C, H, W]`."""
-    if steps <= 0:
-        raise InputError(f"steps: must be positive, got {steps}")
+    positive_int(steps, "steps")
     out, state = [], u0
     for _ in range(steps):
         state = model(state)
@@ -51,13 +51,8 @@ def rollout_errors(model: torch.nn.Module, trajectories_by_class: Mapping[str, n
     starts = list(range(n_times - 1)) if starts is None else [int(s) for s in starts]
     if not starts or min(starts) < 0 or max(starts) > n_times - 2:
         raise InputError(f"starts: must lie in [0, {n_times - 2}], got {starts}")
-    if horizon is None:
-        horizon = n_times - 1 - min(starts)
-    if int(horizon) <= 0:
-        raise InputError(f"horizon: must be positive, got {horizon}")
-    if batch_size <= 0:
-        raise InputError(f"batch_size: must be positive, got {batch_size}")
-    horizon = int(horizon)
+    horizon = positive_int(int(n_times - 1 - min(starts) if horizon is None else horizon), "horizon")
+    positive_int(batch_size, "batch_size")
     n_max = max(a.shape[0] for a in trajs.values())
     values = np.full((len(trajs), n_max, len(starts), horizon), np.nan)
     weight = next(model.parameters())

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from pdeinf import paths
 from pdeinf.atomic import remove_stale_temporaries, write_bytes
 from pdeinf.atomic import torch_save as atomic_torch_save  # noqa: F401  (tests write states with it)
+from pdeinf.checks import positive_int
 from pdeinf.config import check_model, check_pde, get_profile, pde_spec
 from pdeinf.errors import InputError, NumericalError
 from pdeinf.models import build
@@ -277,9 +278,7 @@ def train(pde: str, model_name: str, seed: int, profile, *, data_root=None, out_
                                     and isinstance(getattr(monitor, "history", None), list)):
         raise InputError("monitor: expected a callable monitor(model, step) with a .history list")
     check_model(model_name)
-    if not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise InputError(f"seed: must be a non-negative integer, got {seed!r}")
-    seed = int(seed)
+    seed = positive_int(seed, "seed", minimum=0)
     epochs = int(prof.epochs[pde])
     schedule = sorted(int(e) for e in prof.checkpoints[pde])
     if epochs <= 0 or prof.batch_size <= 0 or prof.lr <= 0:
@@ -378,23 +377,6 @@ def _batch_loss(recipe: Recipe, net, model, train_set: Transitions, idx: np.ndar
     return loss, batch_sum
 
 
-def _save_epoch(run_dir: Path, model, optimizer, config: dict, fingerprint: str, epoch: int,
-                history: list[dict], schedule, monitor=None) -> None:
-    """Write the state after `epoch`: the scheduled checkpoint (when `epoch` is in `schedule`),
-    `resume.pt`, the history files and the monitor's files."""
-    state = {"model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
-             "config": config, "data_fingerprint": fingerprint, "epoch": epoch,
-             "history": history}
-    if monitor is not None:
-        state["monitor_history"] = list(monitor.history)
-    if epoch in schedule:
-        save_checkpoint(state, checkpoint_path(run_dir, epoch))
-    save_checkpoint(state, run_dir / "resume.pt")
-    _write_records(run_dir, "history", history)
-    if monitor is not None:
-        _write_records(run_dir, "monitor", list(monitor.history))
-
-
 def _train_loop(config, fingerprint, run_dir, train_set: Transitions, val_set: Transitions, ctx,
                 progress, recipe: Recipe, monitor=None) -> RunResult:
     """Train up to `config["epochs"]`: per epoch the shuffle, one AdamW step per mini-batch
@@ -408,7 +390,7 @@ def _train_loop(config, fingerprint, run_dir, train_set: Transitions, val_set: T
                desc=run_dir.name, unit="step")
     net.train()
     watch = monitor is not None and ctx.is_main
-    if watch and start == 0 and start < epochs:
+    if watch and start == 0:
         monitor(model, 0)
     for epoch in range(start + 1, epochs + 1):
         t0 = time.perf_counter()
@@ -436,8 +418,17 @@ def _train_loop(config, fingerprint, run_dir, train_set: Transitions, val_set: T
         history.append({"epoch": epoch, "train_smse": loss_sum.item() / n,
                         "val_smse": evaluate_smse(model, val_set, device=ctx.device),
                         "seconds": round(time.perf_counter() - t0, 3)})
-        if ctx.is_main:
-            _save_epoch(run_dir, model, optimizer, config, fingerprint, epoch, history, schedule, monitor)
+        if ctx.is_main:  # the scheduled checkpoint, `resume.pt`, the history and monitor files
+            state = {"model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
+                     "config": config, "data_fingerprint": fingerprint, "epoch": epoch, "history": history}
+            if monitor is not None:
+                state["monitor_history"] = list(monitor.history)
+            if epoch in schedule:
+                save_checkpoint(state, checkpoint_path(run_dir, epoch))
+            save_checkpoint(state, run_dir / "resume.pt")
+            _write_records(run_dir, "history", history)
+            if monitor is not None:
+                _write_records(run_dir, "monitor", list(monitor.history))
         ctx.barrier()
     bar.close()
     ckpts = {e: checkpoint_path(run_dir, e) for e in sorted(schedule)
