@@ -171,3 +171,144 @@ def test_spectrum_intervals_estimate_the_means(sweep):
     assert np.all(ci.sel(quantity="effective_rank_fraction").values <= 1 + 1e-12)
     with pytest.raises(InputError, match="spec"):
         fu.spectrum_intervals(xr.Dataset())
+
+
+# --------------------------------------------------------------------------- plain-words readings
+
+
+def _ci(quantity: str, rows, epochs=(1, 10), n_seeds=3) -> xr.DataArray:
+    """A `(ci, quantity, epoch)` interval array of one quantity: rows (estimate, low, high)."""
+    return xr.DataArray(np.array(rows, dtype=float).T[:, None, :], dims=("ci", "quantity", "epoch"),
+                        coords={"ci": ["estimate", "low", "high"], "quantity": [quantity],
+                                "epoch": list(epochs)}, attrs={"n_seeds": n_seeds, "n_batches": 2})
+
+
+@pytest.mark.parametrize("first,last,trend", [
+    ((0.1, 0.05, 0.15), (0.4, 0.3, 0.5), "grows during training (intervals disjoint)"),
+    ((0.4, 0.3, 0.5), (0.1, 0.05, 0.15), "shrinks during training (intervals disjoint)"),
+    ((0.1, 0.0, 0.35), (0.4, 0.3, 0.5), "cannot be told apart"),
+    ((0.1, math.nan, math.nan), (0.4, math.nan, math.nan), "cannot be judged without an interval"),
+])
+def test_describe_dynamics_reads_the_first_and_final_intervals(first, last, trend):
+    text = fu.describe_dynamics(_ci("ratio", [first, last]))
+    assert trend in text
+    assert "epoch 1 " in text and "epoch 10 " in text
+    assert ("(no interval)" in text) == math.isnan(first[1])
+
+
+@pytest.mark.parametrize("final,reading", [
+    ((0.2, 0.1, 0.3), "anisotropic: a few modes dominate"),
+    ((0.4, 0.2, 0.6), "not shown to be anisotropic"),
+    ((0.2, math.nan, math.nan), "no claim without an interval"),
+])
+def test_describe_spectrum_reads_the_effective_rank_fraction(final, reading):
+    frac = _ci("effective_rank_fraction", [(0.9, 0.8, 1.0), final])
+    cond = _ci("log10_condition_number", [(3.0, 2.0, 4.0), (5.0, 4.5, 5.5)])
+    lines = fu.describe_spectrum(xr.concat([frac, cond], dim="quantity")).splitlines()
+    assert lines[0].startswith(f"final eta_hat: effective rank / rank {final[0]:.3g} ")
+    assert lines[0].endswith(reading) or reading + " (" in lines[0]
+    assert lines[1] == "final eta_hat: log10 condition number 5 [4.5, 5.5]"
+    assert fu.describe_spectrum(cond) == lines[1]
+
+
+def test_interval_text():
+    assert fu.interval_text((-0.5, -0.7, -0.3)) == "-0.50 [-0.70, -0.30]"
+    assert fu.interval_text((1.234, math.nan, math.nan), ".3g") == "1.23 (no interval)"
+    assert fu.interval_text((math.nan, math.nan, math.nan)) == "undefined"
+
+
+def test_rollout_statements_describe_each_finding_horizon():
+    link = planted_link(within=0.0, between=1.0, noise=0.5)
+    stats, why = fu.rollout_statistics(link, n_permutations=50)
+    lines = fu.rollout_statements(link, stats, why, pde="CE", model="unet")
+    assert [line.split(":")[0] for line in lines] == ["dt=1", "dt=16"]
+    assert lines[0] == fu.describe_rollout_link(stats, 1, paper=-0.57)
+    assert fu.rollout_statements(link, None, "1 seed: no", pde="CE", model="unet") == [
+        "no interval over seeds: 1 seed: no"]
+
+
+# --------------------------------------------------------------------------- the smoke run
+# Guarantees that hold at any profile (mathematics, round-off tolerance only), on the smoke
+# pipeline's sweeps and rollouts, which notebooks 08-10 read.
+
+
+@pytest.fixture(scope="module")
+def smoke_sweeps(smoke_home):
+    from pdeinf import pipeline
+    from pdeinf.config import get_profile
+
+    smoke = get_profile("smoke")
+    return {(pde, model): pipeline.load_variants(smoke, pde, model, progress=False)
+            for pde in smoke.pdes for model in smoke.models}
+
+
+@pytest.mark.slow
+def test_smoke_spectrum_and_dynamics_invariants(smoke_sweeps):
+    """eta_hat = (JQ)^T (JQ) / M is a Gram matrix, so its eigenvalues are >= 0 (round-off
+    tolerance); the effective rank exp(H(p)) is at most the number of positive eigenvalues; a
+    condition number is >= 1; the rank r is at most N; and for the PSD raw Gauss-Newton Pi,
+    |Pi_nm| <= (Pi_nn + Pi_mm) / 2, so the mean off-diagonal is at most the mean diagonal:
+    every per-matrix ratio, hence its mean over seeds, is <= 1."""
+    for (pde, model), ds in smoke_sweeps.items():
+        spec = co.spectrum(ds)
+        eig = spec.eigenvalues.values
+        top = np.nanmax(eig, axis=-1, keepdims=True)
+        finite = np.isfinite(eig)
+        assert np.all(eig[finite] >= -1e-6 * np.broadcast_to(top, eig.shape)[finite])
+        n_positive = np.sum(finite & (eig > 0), axis=-1)
+        assert np.all(spec.effective_rank.values <= n_positive + 1e-9)
+        cond = spec.condition_number.values
+        assert np.all(cond[np.isfinite(cond)] >= 1.0)
+        assert np.all(ds["rank"].values <= ds.sizes["t_resp"] * ds.sizes["c_resp"])
+        est = fu.dynamics_intervals(ds).sel(ci="estimate")
+        assert np.all(np.isfinite(est.values))
+        assert np.all(est.sel(quantity="ratio").values <= 1 + 1e-9), (pde, model)
+        assert np.all(est.sel(quantity="diagonal").values > 0), (pde, model)
+
+
+@pytest.mark.slow
+def test_smoke_rollout_link_invariants(smoke_sweeps):
+    """R comes from the RAW matrix: recomputed here directly from ds["pi"]. For the PSD
+    Gauss-Newton block A (T x T): 1^T A 1 >= 0 gives R >= -1 and |A_ij| <= (A_ii + A_jj) / 2
+    gives R <= T - 1. Correlations lie in [-1, 1] or are NaN with a reason; each seed's
+    correlation is the Pearson r of that seed's (class, batch) values."""
+    from pdeinf import pipeline
+
+    for (pde, model), ds in smoke_sweeps.items():
+        link = co.rollout_link(ds, pipeline.ensure_rollouts("smoke", pde, model, progress=False))
+        final = ds["pi"].sel(variant="gauss-newton", epoch=ds.epoch.values.max())
+        raw = final.transpose("seed", "batch", "c_resp", "t_resp", "c_pert", "t_pert").values
+        n_times = raw.shape[-1]
+        for k in range(raw.shape[2]):
+            block = raw[:, :, k, :, k, :]
+            diag = np.trace(block, axis1=-2, axis2=-1)
+            direct = (block.sum(axis=(-2, -1)) - diag) / diag
+            np.testing.assert_allclose(
+                link.ratio.isel({"class": k}).transpose("seed", "batch").values, direct,
+                rtol=1e-10)
+        ratio = link.ratio.values
+        assert np.all(ratio >= -1 - 1e-9) and np.all(ratio <= n_times - 1 + 1e-9)
+        r = link.correlation.values
+        assert np.all(np.abs(r[np.isfinite(r)]) <= 1 + 1e-12), (pde, model)
+        assert all(why for ok, why in zip(np.isfinite(r), link.reason.values) if not ok)
+        stats, _ = fu.rollout_statistics(link)
+        if stats is not None:
+            x = link.ratio.transpose("seed", "class", "batch").values
+            for dt in stats.dt.values:
+                y = link.rollout_error.sel(dt=dt).transpose("seed", "class", "batch").values
+                direct = [np.corrcoef(x[s].ravel(), y[s].ravel())[0, 1] for s in range(len(x))]
+                np.testing.assert_allclose(stats.per_seed.sel(quantity="pearson", dt=dt).values,
+                                           direct, atol=1e-10)
+
+
+@pytest.mark.slow
+def test_smoke_variant_pi_invariants(smoke_sweeps):
+    """Every variant is finite; Gauss-Newton and Euclidean Pi are symmetric PSD
+    (`analysis.invariants`; the Adam and drift-bra matrices pair different vectors on the two
+    sides and are not symmetric, so nothing of the kind is asserted for them)."""
+    from pdeinf.analysis.invariants import pi_invariant_violations
+
+    for (pde, model), ds in smoke_sweeps.items():
+        assert np.all(np.isfinite(ds["pi"].values)), (pde, model)
+        violations = pi_invariant_violations(ds)
+        assert not violations, (pde, model, violations)

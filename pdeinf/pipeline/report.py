@@ -61,13 +61,11 @@ def to_jsonable(value):
                 for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [to_jsonable(v) for v in value]
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    if value is None or isinstance(value, str):
+    if isinstance(value, (np.bool_, np.integer, np.floating)):
+        value = value.item()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, (bool, int, str)):
         return value
     if isinstance(value, Path):
         return str(value)
@@ -103,13 +101,8 @@ def _leaves(value, prefix: str = ""):
 
 def results_table() -> pd.DataFrame:
     """Every `results/<notebook>.json` flattened: columns notebook, key (dotted path), value."""
-    rows = []
-    for path in sorted(paths.results_dir().glob("*.json")):
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise InputError(f"{path}: not valid JSON ({err})") from None
-        rows.extend((path.stem, key, value) for key, value in _leaves(data))
+    rows = [(path.stem, key, value) for path in sorted(paths.results_dir().glob("*.json"))
+            for key, value in _leaves(read_results(path.stem))]
     return pd.DataFrame(rows, columns=["notebook", "key", "value"])
 
 
@@ -139,7 +132,3 @@ class NotebookRun:
         display(fig)
         self.results["figures"] += [str(p) for p in save_figure(fig, name,
                                                                 profile=self.profile.name)]
-
-    def write(self, notebook: str) -> Path:
-        """Write the results JSON of `notebook` (`results/<notebook>.json`)."""
-        return write_results(notebook, self.results)
