@@ -273,3 +273,48 @@ def test_a_bad_study_subset_is_one_clear_error_before_any_work(field, value, wor
     bad = dataclasses.replace(get_profile("smoke"), name="bad", **{field: value})
     with pytest.raises(InputError, match=re.escape(words)):
         stage.study_pairs(bad)
+
+
+@pytest.mark.slow
+def test_smoke_estimator_study_holds_the_invariants(smoke_home):
+    """The smoke profile's study (mathematics, not numbers of a run): Krylov equals the dense H
+    on the tiny models; with P > M and J of full row rank Pi_out -> I and H -> diagonal; always
+    Pi_out -> the projection onto range(J), monotonely in lambda; the analysis' off-diagonal
+    mass is the engine's; residuals and iterations >= 0; the subspace Gauss-Newton influence
+    with SMSE bra is symmetric PSD; a finer energy cut keeps more modes. Each section's text
+    names what it reports."""
+    from pdeinf.config import get_profile
+    from pdeinf.influence.fullspace import offdiagonal_mass
+    from pdeinf.pipeline import estimator as stage
+
+    prof = get_profile("smoke")
+    limits = stage.limit_study()
+    for case, ds in limits.items():
+        assert np.nanmax(ds.krylov_error.values) < 1e-5, case  # Krylov = dense H
+        if ds.attrs["full_row_rank"]:  # P > M, J of full row rank: Pi_out -> I, H -> diagonal
+            assert float(ds.distance_identity[-1]) < 1e-6 and float(ds.mass_dense[-1]) < 1e-6, case
+        assert float(ds.distance_projection[-1]) < 1e-6, case  # always: the projection onto range(J)
+        assert np.all(np.diff(ds.distance_projection.values) <= 1e-12), case  # monotone in lambda
+    study = {pair: stage.ensure_estimator_pair(prof, *pair, progress=False) for pair in stage.study_pairs(prof)}
+    assert study
+    for pair, per_seed in study.items():
+        ds = per_seed[min(per_seed)]
+        for i in range(ds.sizes["solve"]):  # the analysis' off-diagonal mass is the engine's
+            assert np.isclose(float(ae.offdiagonal_mass(ds.fs_pi.isel(solve=i).values)),
+                              offdiagonal_mass(ds.fs_pi.isel(solve=i).values)), pair
+        assert np.all(ds.fs_residual.values >= 0) and np.all(ds.fs_iterations.values >= 0), pair
+        for one in per_seed.values():
+            for d in one.damping.values:  # subspace Gauss-Newton influence with SMSE bra: symmetric PSD
+                m = one.sub_damping.sel(damping=d).values
+                assert np.allclose(m, m.T, atol=1e-8 * np.abs(m).max()), pair
+                assert np.linalg.eigvalsh(0.5 * (m + m.T)).min() >= -1e-8 * np.abs(m).max(), pair
+            ranks = one.sub_rank.sel(energy_tol=sorted(one.energy_tol.values, reverse=True)).values
+            assert np.all(np.diff(ranks) >= 0) and ranks.max() <= one.sizes["n"], pair  # finer cut, more modes
+        table, sub = ae.fullspace_table(ds), ae.subspace_tables(per_seed)
+        assert len(ae.describe_fullspace(table).splitlines()) == ds.sizes["solve"] + 2
+        assert "energy_tol" in ae.describe_subspace(sub) and "damping" in ae.describe_subspace(sub)
+        assert ae.ridge_summary(table, sub, damping=prof.damping).startswith("The narrow ridge is ")
+        compared = ae.side_by_side(ds, damping=prof.damping, energy_tol=prof.energy_tol)
+        text = ae.describe_estimators(compared, ae.bra_ablations(sub))
+        assert text.startswith("smse bra: pearson_offdiagonal") and "findings whose sign differs" in text
+    assert "P > M" in ae.describe_limit(limits, stage.pm_table(prof))

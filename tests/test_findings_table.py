@@ -287,3 +287,35 @@ def test_a_corrupt_findings_table_is_one_clear_error(home):
     with pytest.raises(InputError, match=r"findings_smoke\.json: not valid JSON .*delete it to recompute"):
         load_findings("smoke")
     assert path.read_text() == '{"findings": ['  # left as it was: nothing half-rewritten
+
+
+@pytest.mark.slow
+def test_smoke_findings_table_is_consistent_and_its_ablation_rows_current(smoke_home):
+    """The smoke run's table: verdicts are words of the evaluator; a "reproduced" finding has
+    an adjusted p below 5% and an interval wholly on the paper's side of the null; one Markdown
+    line per row; the ablation rows are those of the current ablation study; in the ablation the
+    baseline changes by nothing and every change is the difference of values."""
+    from pdeinf.analysis import ablation as ab
+    from pdeinf.pipeline import findings as pf
+    from pdeinf.pipeline import study_findings as sf
+
+    findings = pf.load_findings("smoke")
+    for row in findings["findings"]:
+        assert row["verdict"] in pf.VERDICTS, row
+        rule = registry.FINDING_RULES[row["finding"]]
+        if row["verdict"] == "reproduced":
+            side = row["low"] > rule.null if rule.paper_sign > 0 else row["high"] < rule.null
+            assert side and row["p_adjusted"] < 0.05, row
+    table_lines = [line for line in pf.findings_markdown(findings).splitlines()[2:] if line.startswith("| ")]
+    assert len(table_lines) == len(findings["findings"])
+    tables = sf.ablation_tables("smoke")
+    recomputed = [row for (pde, model), table in tables.items() for row in ab.table_records(table, pde=pde, model=model)]
+    assert findings["ablation"] == pf.round_numbers(to_jsonable(recomputed))  # the table is current
+    for table in tables.values():
+        base = table.attrs["baseline"]
+        base_change = table["change"].sel(config=base).values
+        assert np.all(base_change[np.isfinite(base_change)] == 0.0)
+        assert np.all(np.isfinite(table["change"].sel(ci="estimate", config=base)))
+        np.testing.assert_allclose(table["change"].sel(ci="estimate"),
+                                   table["value"] - table["value"].sel(config=base), atol=1e-12)
+        assert not table["exceeds_noise"].sel(config=base).any()

@@ -230,3 +230,39 @@ def test_recipe_stage_refuses_an_unknown_recipe_or_pair_before_any_work(tmp_path
     with pytest.raises(InputError, match="recipe pairs"):
         stage.ensure_recipe_study("smoke", "NS", "vit", "pushforward", progress=False)
     assert not any(tmp_path.rglob("*"))
+
+
+@pytest.mark.slow
+def test_smoke_study_holds_the_invariants(smoke_home):
+    """The smoke profile's study (mathematics, not numbers of a run): R from the labelled
+    dataset equals the monitor's direct computation on the flat N x N matrix; the cumulative
+    rollout error grows with the horizon, per-step SMSE >= 0; intervals are ordered; selection
+    by validation picks the smallest validation SMSE; ranks stay within N."""
+    from pdeinf.config import get_profile
+    from pdeinf.influence.monitor import coherence_record
+    from pdeinf.pipeline import interventions as stage
+
+    prof = get_profile("smoke")
+    for pde, model in stage.recipe_pairs(prof):
+        pair = (pde, model)
+        ds = stage.ensure_intervention_pair(prof, pde, model, progress=False)
+        o = ai.observables(ds)
+        table = ai.recipe_table(o)
+        one = ds.pi.isel(recipe=0, seed=0, epoch=0, batch=0)
+        flat = one.transpose("c_resp", "t_resp", "c_pert", "t_pert").values.reshape(ds.sizes["t_resp"] * 3, -1)
+        rec = coherence_record(flat, list(ds.c_resp.values))
+        assert np.allclose([rec[f"R[{c}]"] for c in ds.c_resp.values],
+                           o.R_class.isel(recipe=0, seed=0, epoch=0, batch=0).values), pair
+        assert np.isclose(rec["intra_lag1"], float(o.intra_lag1.isel(recipe=0, seed=0, epoch=0, batch=0))), pair
+        assert float(ds.rollout.min()) >= 0, pair
+        assert np.all((ai.rollout_error(ds.rollout, 2) >= ai.rollout_error(ds.rollout, 1)).values), pair
+        for name in ("R", "rollout", "val_smse"):
+            low, high = table[name].sel(ci="low"), table[name].sel(ci="high")
+            assert np.all((low <= high) | np.isnan(low)), (pair, name)  # NaN: one seed, no interval
+        picked = ai.picked_epochs(o).sel(criterion="val")
+        assert np.all(o.val_smse.sel(epoch=picked).values <= o.val_smse.min("epoch").values + 0.0), pair
+        assert np.all((ds["rank"] <= ds.sizes["t_resp"] * ds.sizes["c_resp"]).values), pair
+        lines = ai.describe_recipes(table).splitlines()
+        assert len(lines) == 1 + ds.sizes["recipe"] and lines[0].startswith("final epoch")
+        assert ai.describe_selection(ai.selection_comparison(o)).count("checkpoint chosen by") == 2 * (
+            ds.sizes["recipe"] + 1)

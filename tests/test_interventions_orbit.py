@@ -145,6 +145,12 @@ def test_stage_reuses_the_symmetry_study_for_one_step_and_computes_augment(home)
     assert orbit["equivariance"].dims == ("recipe", "seed", "batch", "element", "example")
     assert list(orbit["recipe"].values) == ["one-step", "augment"] and list(orbit["seed"].values) == [1, 2]
     assert orbit.attrs["epoch"] == max(prof.checkpoints["NS"])
+    # identity: ratio exactly 1; the paired change is the difference of the per-recipe means
+    assert np.allclose(orbit.equivariance.sel(element="e").values, 1.0)
+    obs, eff = ai.orbit_observables(orbit), ai.orbit_effects(orbit)
+    direct = float((obs.orbit_d4.sel(recipe="augment") - obs.orbit_d4.sel(recipe="one-step")).mean())
+    assert np.isclose(direct, float(eff.d_orbit.sel(ci="estimate")))
+    assert float(eff.d_orbit.sel(ci="low")) <= float(eff.d_orbit.sel(ci="high"))
     for seed in (1, 2):
         sym = sources.symmetry(seed).sel(element=["e", *D4])
         one = orbit.sel(recipe="one-step", seed=seed)

@@ -219,7 +219,7 @@ def test_finding_statistics_on_known_answers():
 
 def test_aggregation_and_shares():
     ds = _synthetic(n_seeds=3)
-    agg = sm.equivariance_summary(ds)
+    agg = sm.aggregate_equivariance(ds["equivariance"])
     per_seed = np.quantile(ds["equivariance"].values.transpose(0, 2, 1, 3).reshape(3, ds.sizes["element"], -1), 0.75, axis=-1)
     np.testing.assert_allclose(agg["per_seed"].transpose("seed", "element").values, per_seed)
     np.testing.assert_allclose(agg["median"].values, np.median(per_seed, axis=0))
@@ -266,3 +266,40 @@ def test_translation_landscape_reads_each_shift_where_it_belongs():
     q3 = [np.quantile(ds["equivariance"].sel(seed=s, element="shift(1,0)").values, 0.75) for s in (1, 2)]
     assert land["box_error"][1, 0] == pytest.approx(np.median(q3))
     assert sm.signed(2, 4) == -2 and sm.signed(1, 5) == 1 and sm.signed(3, 5) == -2
+
+
+@pytest.mark.slow
+def test_smoke_symmetry_studies_hold_the_invariants(smoke_home):
+    """The smoke profile's studies (mathematics, not numbers of a run): the authors' axes are
+    the true action with v -> -v on r, r3, s, sr2; identity and zero shift give ratio 1; r2
+    agrees in both conventions; Lie norms >= 0, layer shares in [0, 1], the identity's
+    relative orbit influence 1; on divergence-free NS data the PDESpec axis assignment wins by
+    orders of magnitude; every estimable finding lies inside its interval."""
+    from pdeinf import pipeline
+    from pdeinf.symmetry import ELEMENTS, act
+
+    prof = get_profile("smoke")
+    u = torch.randn(1, 2, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    flips = [g for g in ELEMENTS if not torch.equal(act(u, g, pde="NS", convention="authors"), act(u, g, pde="NS"))]
+    assert sorted(flips) == ["r", "r3", "s", "sr2"]
+    studies = {pair: pipeline.ensure_symmetry(prof, *pair, progress=False) for pair in prof.pairs(prof.symmetry_pairs)}
+    assert studies
+    for (pde, model), ds in studies.items():
+        np.testing.assert_allclose(ds["equivariance"].sel(element="e").values, 1.0)
+        zero = ds["shift_axis_error"].sel(shift=0).values  # NaN at checkpoints outside symmetry_orbit_epochs
+        assert np.isfinite(zero).any() and np.allclose(zero[np.isfinite(zero)], 1.0)
+        np.testing.assert_allclose(ds["equivariance_authors"].sel(d4="r2").values,
+                                   ds["equivariance"].sel(element="r2").values, rtol=1e-6)
+        assert np.isfinite(ds["orbit_diagonal"].values).all() and (ds["equivariance"].values > 0).all()
+        assert (ds["lie_norm"].values >= 0).all() and (ds["lie_layer_norm"].values >= 0).all()
+        shares = sm.layer_shares(ds)
+        assert ((shares >= 0) & (shares <= 1)).all()
+        ident = sm.epoch_trends(ds)["orbit_relative"].sel(tracked="identity").values  # NaN off the orbit epochs
+        assert np.isfinite(ident).any() and np.allclose(ident[np.isfinite(ident)], 1.0)
+        if pde == "NS":
+            check = ds["axis_check"].median(("seed", "batch"))
+            assert float(check.sel(assignment="ours")) < 0.1 * float(check.sel(assignment="swapped"))
+    assert sm.convention_summary(studies).splitlines()[0].endswith(str(flips))
+    assert len(sm.lie_summary(studies).splitlines()) == len(studies)
+    for e in pipeline.load_findings(prof, "11_followup_symmetry")["findings"]:
+        assert not e["estimable"] or e["low"] <= e["estimate"] <= e["high"], e

@@ -116,11 +116,6 @@ def _paired_effect(base: xr.DataArray, alt: xr.DataArray) -> xr.Dataset:
                        "seed_spread": seed_spread(base)})
 
 
-def findings_interval(da: xr.DataArray) -> xr.DataArray:
-    """`seed_mean_ci` of each finding: `da` (seed, batch, finding) -> (ci, finding)."""
-    return seed_mean_ci(da).transpose("ci", "finding")
-
-
 def lambda_limit(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, lambdas, *,
                  krylov=True, rtol: float = 1e-9, maxiter: int = 20000) -> xr.Dataset:
     """Pi_out(λ) = J (J^T J + λ I)^{-1} J^T of a small float64 model from its dense Jacobian J `[M, P]`,
@@ -209,11 +204,7 @@ def ridge_paragraph(fullspace: xr.DataArray, converged: np.ndarray, reference: x
         f"({int(conv.sum())} of {conv.size} converged) the decay ranges {np.nanmin(fs_vals):+.3g} .. "
         f"{np.nanmax(fs_vals):+.3g} and the standardized off-diagonal mass "
         f"{np.nanmin(mass):.3g} .. {np.nanmax(mass):.3g}.")
-    return {"verdict": verdict, "paragraph": text, "reference_converged": bool(reference_converged),
-            "decay_subspace": sub, "decay_fullspace": ref,
-            "decay_fullspace_range": [float(np.nanmin(fs_vals)), float(np.nanmax(fs_vals))],
-            "mass_fullspace_range": [float(np.nanmin(mass)), float(np.nanmax(mass))],
-            "n_solves": int(conv.size), "n_converged": int(conv.sum())}
+    return {"verdict": verdict, "paragraph": text}
 
 
 def flat_matrices(pi: xr.DataArray) -> xr.DataArray:
@@ -287,3 +278,58 @@ def r_normalization_effect(pi: xr.DataArray, n_classes: int) -> xr.Dataset:
     raw, std = (xr.DataArray(class_ratio(values, n_classes, norm).mean(-1), dims=("seed", "batch"))
                 for norm in ("none", "standard"))
     return _paired_effect(raw, std).assign(standardized=seed_mean_ci(std))
+
+
+def _text(frame: pd.DataFrame, fmt: str = "{:.3g}") -> str:
+    return frame.to_string(float_format=fmt.format)
+
+
+def describe_fullspace(table: xr.Dataset) -> str:
+    """A `fullspace_table` as text: per solve the solver's settings, convergence, `FINDINGS`."""
+    solves = table.drop_dims("finding").reset_coords(drop=True).to_dataframe()
+    return _text(solves.join(table["findings"].to_pandas()))
+
+
+def describe_limit(limits: dict, pm: list[dict]) -> str:
+    """`{case: lambda_limit}` at the smallest λ, then the rows of `pipeline.estimator.pm_table`."""
+    last = pd.DataFrame({case: {"lambda": float(ds["lambda"][-1]), **ds.attrs, **{
+        k: float(v) for k, v in ds.isel({"lambda": -1}).items()}} for case, ds in limits.items()}).T
+    return f"{_text(last)}\n\n{pd.DataFrame(pm).to_string(index=False)}"
+
+
+def describe_subspace(sub: xr.Dataset) -> str:
+    """Range over each setting swept in `subspace_tables` of each finding's mean over seeds."""
+    ranges = {dim: (m.max(dim) - m.min(dim)).to_pandas() for var, dim in
+              (("by_energy", "energy_tol"), ("by_damping", "damping")) for m in [sub[var].mean("seed")]}
+    return f"range of the mean over seeds:\n{_text(pd.DataFrame(ranges).T)}"
+
+
+def describe_estimators(compared: dict, conventions: dict) -> str:
+    """`side_by_side` and the conventions' effects ({name: `ablation_effect`}: change with its
+    95% interval, seed spread) as text, and the findings whose sign the estimators disagree on."""
+    lines = [f"{bra} bra: " + ", ".join(f"{k} {v:.2f}" for k, v in rec["entries"].items())
+             + f"\n{_text(rec['table'], '{:+.3g}')}" for bra, rec in compared.items()]
+    for name, effect in conventions.items():
+        effect = effect if "finding" in effect.dims else effect.expand_dims(finding=["R (class mean)"])
+        frame = effect["change"].transpose("finding", "ci").to_pandas()
+        lines.append(f"{name}, change and seed spread (std):\n"
+                     + _text(frame.assign(seed_spread=effect["seed_spread"].to_pandas()), "{:+.3g}"))
+    differ = [f for rec in compared.values() for f, same in rec["table"]["same_sign"].items()
+              if same is False]
+    lines.append(f"findings whose sign differs between the estimators: {', '.join(differ) or 'none'}")
+    return "\n".join(lines)
+
+
+def ridge_summary(table: xr.Dataset, sub: xr.Dataset, *, damping: float) -> str:
+    """`ridge_paragraph` from a `fullspace_table` and the first seed of `subspace_tables` at
+    `damping`; with several seeds, the subspace decay with its 95% interval over seeds."""
+    ref, first = int(table.attrs["reference_solve"]), sub.sel(seed=sub["seed"].values.min())
+    text = ridge_paragraph(table.findings, table.converged.values, table.findings.isel(solve=ref),
+                           first.by_damping.sel(damping=damping), first.by_energy,
+                           reference_converged=bool(table.converged.values[ref]))["paragraph"]
+    units = sub.by_damping.sel(damping=damping, finding="temporal_decay", drop=True)
+    ci = seed_mean_ci(units.expand_dims(batch=[0]).transpose("seed", "batch")).values
+    if sub.sizes["seed"] > 1 and np.all(np.isfinite(ci)):
+        text += (f" Subspace decay over {sub.sizes['seed']} seeds: {ci[0]:+.3g} [{ci[1]:+.3g}, "
+                 f"{ci[2]:+.3g}] (95%).")
+    return text

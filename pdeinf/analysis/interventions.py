@@ -11,7 +11,6 @@ import xarray as xr
 
 from pdeinf.analysis import aggregate as ag
 from pdeinf.analysis.evaluate import evaluate_finding
-from pdeinf.analysis.registry import describe_rule  # noqa: F401  (the notebooks print the rule)
 from pdeinf.analysis.statistics import CI_LABELS, seed_mean_ci
 from pdeinf.errors import InputError
 from pdeinf.symmetry.actions import ELEMENTS
@@ -199,23 +198,17 @@ def class_matrix_ci(ds: xr.Dataset, *, epoch=None, lag: int = 0) -> xr.DataArray
     return seed_mean_ci(class_matrices(_final(ds["pi"], epoch), lag=lag))
 
 
-def _ci_dict(ci: xr.DataArray) -> dict:
-    return {k: float(ci.sel(ci=k)) for k in CI_LABELS}
-
-
 def _fmt_ci(ci: xr.DataArray, sign: str = "") -> str:
     """"estimate [low, high]" of a `ci` DataArray, 3 significant digits (`sign` "+": signed)."""
-    est, low, high = _ci_dict(ci).values()
+    est, low, high = (float(ci.sel(ci=k)) for k in CI_LABELS)
     return f"{est:{sign}.3g} [{low:{sign}.3g}, {high:{sign}.3g}]"
 
 
-def table_rows(table: xr.Dataset) -> dict:
-    """`{recipe: {quantity: {estimate, low, high}}}` of a `recipe_table` (JSON-ready)."""
-    rows = {str(r): table.sel(recipe=r) for r in table["recipe"].values}
-    names = ("R", "rollout", "val_smse", "intra_lag1", "inter_lag1")
-    return {r: {**{name: _ci_dict(row[name]) for name in names},
-                "R_class": {str(c): _ci_dict(row["R_class"].sel({"class": c})) for c in row["class"].values}}
-            for r, row in rows.items()}
+def describe_recipes(table: xr.Dataset, names=("R", "rollout", "val_smse")) -> str:
+    """The quantities `names` of a `recipe_table` per recipe, with their 95% intervals."""
+    return f"final epoch {table.attrs['epoch']}, dt={table.attrs['dt']}:\n" + "\n".join(
+        f"  {r!s:12s}" + "  ".join(f"{n} {_fmt_ci(table[n].sel(recipe=r))}" for n in names)
+        for r in table["recipe"].values)
 
 
 def effect_findings(effects: xr.Dataset, pde: str, model: str) -> list[dict]:
@@ -250,9 +243,19 @@ def answer_sentence(table: xr.Dataset, pde: str, model: str, *, baseline: str = 
 def selection_frame(sel: xr.Dataset) -> pd.DataFrame:
     """`selection_comparison` as a table: criterion, recipe, estimate, low, high, verdict."""
     return pd.DataFrame([{"criterion": str(c), "recipe": str(r),
-                          **_ci_dict(sel["d_log_rollout"].sel(criterion=c, recipe=r)),
+                          **{k: float(sel["d_log_rollout"].sel(criterion=c, recipe=r, ci=k))
+                             for k in CI_LABELS},
                           "verdict": str(sel["verdict"].sel(criterion=c, recipe=r).item())}
                          for c in sel["criterion"].values for r in sel["recipe"].values])
+
+
+def describe_selection(sel: xr.Dataset) -> str:
+    """`selection_comparison` in words: per criterion and recipe the change in log rollout SMSE
+    of its checkpoint against validation SMSE's, with its 95% interval and words."""
+    return "\n".join(f"  checkpoint chosen by {r.criterion} vs by validation SMSE ({r.recipe}): change in "
+                     f"log rollout SMSE {r.estimate:+.3f} [{r.low:+.3f}, {r.high:+.3f}] -> {r.verdict} "
+                     f"(negative: the {r.criterion} choice rolls out better)"
+                     for r in selection_frame(sel).itertuples())
 
 
 ORBIT_RECIPE = "augment"

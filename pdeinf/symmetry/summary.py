@@ -1,23 +1,25 @@
 """Summaries of symmetry studies (`pdeinf.symmetry.study` with a leading `seed` dim; pure,
-xarray in and out): the follow-up's aggregation, layer shares, checkpoint trends, translation
-landscapes and, per seed, the statistics of the finding rules (`seed_statistic`), which
-`symmetry_findings` turns into records (`pdeinf.analysis.evaluate.evaluate_finding`).
+xarray in and out): layer shares, checkpoint trends, translation landscapes, the axis
+convention and Lie derivative in words and, per seed, the statistics of the finding rules
+(`seed_statistic`), which `symmetry_findings` turns into records (`evaluate.evaluate_finding`).
 """
 from __future__ import annotations
 
 import re
 
 import numpy as np
+import torch
 import xarray as xr
 from scipy import stats
 
 from pdeinf.analysis.aggregate import pearson
 from pdeinf.analysis.evaluate import evaluate_finding
 from pdeinf.errors import InputError
-from pdeinf.symmetry.equivariance import aggregate_equivariance
+from pdeinf.symmetry.actions import ELEMENTS, act
+from pdeinf.symmetry.equivariance import aggregate_equivariance  # noqa: F401  (the figures' aggregation)
 
-__all__ = ["FINDINGS", "d4_labels", "epoch_trends", "equivariance_summary", "layer_shares",
-           "orbit_quartiles", "seed_statistic", "shift_labels", "symmetry_findings"]
+__all__ = ["FINDINGS", "convention_summary", "d4_labels", "epoch_trends", "layer_shares",
+           "lie_summary", "orbit_quartiles", "seed_statistic", "shift_labels", "symmetry_findings"]
 
 FINDINGS = ("ns_d4_broken", "ce_d4_within_25pct", "translation_within_few_percent",
             "orbit_influence_suppressed")
@@ -84,12 +86,6 @@ def symmetry_findings(studies: dict) -> dict:
     return {k: v for k, v in out.items() if v}
 
 
-def equivariance_summary(ds, variable: str = "equivariance") -> xr.Dataset:
-    """The follow-up's aggregation (per seed Q3, median and quartiles over seeds) per element."""
-    _check(ds, (variable,))
-    return aggregate_equivariance(ds[variable])
-
-
 def orbit_quartiles(ds) -> xr.DataArray:
     """Quartiles (0.25, 0.5, 0.75) of the orbit diagonal over seeds x batches x examples, per
     element (`quantile`, `element`)."""
@@ -154,3 +150,36 @@ def epoch_trends(ds) -> xr.Dataset:
         for suffix, level in (("", 0.5), ("_q1", 0.25), ("_q3", 0.75)):
             out[name + suffix] = q.sel(quantile=level, drop=True)
     return xr.Dataset(out)
+
+
+
+
+def convention_summary(studies: dict) -> str:
+    """The D4 elements on which the authors' axis convention is our action with v -> -v (NS),
+    and per (pde, model) whether they are the four largest errors under the authors' axes."""
+    u = torch.arange(128, dtype=torch.float64).reshape(1, 2, 8, 8)
+    flips = [g for g in ELEMENTS
+             if not torch.equal(act(u, g, pde="NS", convention="authors"), act(u, g, pde="NS"))]
+    lines = [f"the authors' convention flips the vectors on {flips}"]
+    for (pde, model), ds in studies.items():
+        theirs = _seed_q3(ds["equivariance_authors"]).median("seed").drop_sel(d4="e")
+        top4 = sorted(str(g) for g in theirs["d4"].values[np.argsort(theirs.values)[-4:]])
+        lines.append(f"{pde}-{model}: the four largest errors under the authors' axes are {top4}; "
+                     f"the sign-flip set: {top4 == sorted(flips)}")
+    return "\n".join(lines)
+
+
+def lie_summary(studies: dict) -> str:
+    """Per (pde, model), first to last checkpoint (`epoch_trends`): the x-translation Lie norm
+    and the worst D4 element's orbit influence relative to the identity's."""
+    lines = []
+    for (pde, model), ds in studies.items():
+        tr = epoch_trends(ds)
+        lie, rel = tr["lie"].sel(generator="x").values, tr["orbit_relative"].sel(tracked="worst_d4").values
+        ep = tr["epoch"].values
+        follows = (rel[-1] > rel[0]) == (lie[-1] < lie[0])
+        lines.append(f"{pde}-{model}: Lie norm (x) {lie[0]:.3g} at epoch {ep[0]} -> {lie[-1]:.3g} at epoch "
+                     f"{ep[-1]} ({'more' if lie[-1] < lie[0] else 'less'} equivariant); orbit influence of "
+                     f"the worst D4 element relative to the identity {rel[0]:.3g} -> {rel[-1]:.3g} "
+                     f"({'follows' if follows else 'does not follow'})")
+    return "\n".join(lines)
