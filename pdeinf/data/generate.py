@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pdeinf.checks import one_of, positive_int
+from pdeinf.checks import positive_int
 from pdeinf.config import DATASETS, pde_of, pde_spec
 from pdeinf.data.pdegym import STORED_CHANNELS, VARIABLE, ChunkWriter, chunk_name, model_to_stored
 from pdeinf.data.validation import check_generation_request
@@ -116,7 +116,8 @@ def generate(dataset: str, n_trajectories: int, resolution: int, out_dir: str | 
     """
     from tqdm.auto import tqdm
 
-    one_of(dataset, DATASETS, "dataset")
+    if dataset not in DATASETS:
+        raise InputError(f"dataset={dataset!r}: unknown data set; expected one of {', '.join(DATASETS)}")
     n_trajectories = positive_int(n_trajectories, "n_trajectories")
     resolution = positive_int(resolution, "resolution")
     solver_resolution = positive_int(
