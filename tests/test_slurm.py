@@ -180,6 +180,9 @@ def test_preempted_training_job_requeues_and_resumes(cluster, home, one_torch_th
     # Slurm holds a requeued job for two minutes (its begin time); release it at once
     _wait_for(lambda: "Reason=BeginTime" in cluster.run("scontrol", "show", "job", job), 60,
               "the requeued job")
+    # slurmd refuses a credential issued within the second its old one was revoked ("Job
+    # credential revoked"): release the requeued job only after that second has passed
+    time.sleep(2)
     cluster.run("scontrol", "update", f"jobid={job}", "StartTime=now")
     driver.join(600)
     assert not driver.is_alive()
