@@ -298,7 +298,9 @@ def test_smoke_estimator_study_holds_the_invariants(smoke_home):
     study = {pair: stage.ensure_estimator_pair(prof, *pair, progress=False) for pair in stage.study_pairs(prof)}
     assert study
     for pair, per_seed in study.items():
-        ds = per_seed[prof.seeds[0]]  # the profile's first seed has the full-space solves
+        full = stage.fullspace_seeds(prof)
+        assert [s for s, d in per_seed.items() if d.attrs["fullspace"]] == list(full), pair
+        ds = per_seed[full[0]]
         for i in range(ds.sizes["solve"]):  # the analysis' off-diagonal mass is the engine's
             assert np.isclose(float(ae.offdiagonal_mass(ds.fs_pi.isel(solve=i).values)),
                               offdiagonal_mass(ds.fs_pi.isel(solve=i).values)), pair

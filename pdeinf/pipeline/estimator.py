@@ -88,6 +88,13 @@ def study_subset(profile: ProfileLike) -> Subset:
                   maxiter=prof.estimator_maxiter, fullspace_seeds=prof.estimator_fullspace_seeds)
 
 
+def fullspace_seeds(profile: ProfileLike) -> tuple[int, ...]:
+    """The seeds whose study task also runs the full-space solves: the first
+    `estimator_fullspace_seeds` of `profile.seeds` (every seed when None)."""
+    prof = as_profile(profile)
+    return tuple(prof.seeds[:study_subset(prof).fullspace_seeds or len(prof.seeds)])
+
+
 def study_pairs(profile: ProfileLike) -> list[tuple[str, str]]:
     prof = as_profile(profile)
     pairs = prof.pairs(study_subset(prof).pairs)
@@ -201,7 +208,7 @@ def ensure_estimator_pair(profile: ProfileLike, pde: str, model: str, *, progres
     sources = trained_sources(prof, pde, model, progress)
     epoch = final_epoch(prof, pde)
     settings = _settings(prof, pde, model, subset)
-    n_fs = subset.fullspace_seeds or len(prof.seeds)
+    full = fullspace_seeds(prof)
     n_c, data_key = len(pde_spec(pde).classes), sources.data_key()
 
     def compute_seed(task: Cached):
@@ -227,10 +234,10 @@ def ensure_estimator_pair(profile: ProfileLike, pde: str, model: str, *, progres
             "P": int(sum(p.numel() for p in net.parameters() if p.requires_grad)),
             "trajectories": trajectory_list([ib])})
 
-    tasks = [Cached((int(seed), i < n_fs), task_file(prof, pde, model, seed),
+    tasks = [Cached((int(seed), seed in full), task_file(prof, pde, model, seed),
                     content_key(stage="estimator", checkpoint=file_digest(sources.checkpoint(seed, epoch)),
-                                data=data_key, seed=int(seed), batch=0, fullspace=i < n_fs, **settings))
-             for i, seed in enumerate(prof.seeds)]
+                                data=data_key, seed=int(seed), batch=0, fullspace=seed in full, **settings))
+             for seed in prof.seeds]
     held = ensure_cached(tasks, compute_seed, desc=f"estimator {pde}-{model}", progress=progress)
     return {seed: ds for (seed, _), ds in held.items()}
 
