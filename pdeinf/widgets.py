@@ -239,6 +239,5 @@ class SymmetryTab(_Tab):
         return self.image.value
 
 
-
 #: Build the explorer (see the module docstring and `Explorer`).
 explorer = Explorer

@@ -117,11 +117,9 @@ def vector_channels(pde, convention: str = "ours") -> tuple[int, int] | None:
     axes = dict(spec.vector_axes)
     if not axes:
         return None
-    along_h = [c for c, ax in axes.items() if ax == -2]
-    along_w = [c for c, ax in axes.items() if ax == -1]
-    if len(along_h) != 1 or len(along_w) != 1 or len(axes) != 2:
+    if sorted(axes.values()) != [-2, -1]:
         raise InputError(f"pde: {spec.name} vector_axes {axes} is not one component per grid axis")
-    pair = (along_h[0], along_w[0])
+    pair = tuple(sorted(axes, key=axes.get))  # (along H, along W)
     # the authors' "vx" (first vector channel) lies along the first array axis (H)
     return tuple(sorted(pair)) if convention == "authors" else pair
 

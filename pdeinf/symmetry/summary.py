@@ -152,8 +152,6 @@ def epoch_trends(ds) -> xr.Dataset:
     return xr.Dataset(out)
 
 
-
-
 def convention_summary(studies: dict) -> str:
     """The D4 elements on which the authors' axis convention is our action with v -> -v (NS),
     and per (pde, model) whether they are the four largest errors under the authors' axes."""

@@ -6,7 +6,7 @@ import math
 import numpy as np
 
 from pdeinf.errors import InputError
-from pdeinf.viz.style import PAPER_KW, ci_parts, new_figure
+from pdeinf.viz.style import PAPER_KW, ci_parts, interval, new_figure
 
 VERDICT_COLORS = {"reproduced": "#009E73", "same direction, smaller": "#56B4E9",
                   "same direction, larger": "#0072B2", "same direction, size inconclusive": "#CC79A7",
@@ -15,8 +15,9 @@ VERDICT_COLORS = {"reproduced": "#009E73", "same direction, smaller": "#56B4E9",
 CONFIG_COLORS = ("#0072B2", "#CC79A7", "#E69F00", "#56B4E9")
 
 
-def _finite(x) -> bool:
-    return x is not None and isinstance(x, (int, float)) and math.isfinite(x)
+def _number(x) -> float:
+    """A finding's number as a float; NaN for a missing one (None)."""
+    return float(x) if isinstance(x, (int, float)) else math.nan
 
 
 def _row_label(row: dict) -> str:
@@ -37,13 +38,10 @@ def findings_forest(findings: dict, *, title: str | None = None):
     fig, ax = new_figure(size=(7.5, 0.9 + 0.24 * n), title="")
     for i, r in enumerate(rows):
         y = n - 1 - i
-        color = VERDICT_COLORS.get(r["verdict"], "#000000")  # our rules' own words: black
-        if _finite(r["low"]) and _finite(r["high"]):
-            ax.plot([r["low"], r["high"]], [y, y], color=color, lw=1.6)
-        if _finite(r["estimate"]):
-            ax.plot(r["estimate"], y, "o", color=color, ms=4)
+        interval(ax, y, *(_number(r[k]) for k in ("estimate", "low", "high")), horizontal=True,
+                 marker="o", ms=4, color=VERDICT_COLORS.get(r["verdict"], "#000000"))  # ours: black
         ax.plot(r.get("null", 0.0), y, "|", color="#555555", ms=9)
-        if _finite(r.get("paper_value")):
+        if math.isfinite(_number(r.get("paper_value"))):
             ax.plot(r["paper_value"], y, "D", **{**PAPER_KW, "ms": 4, "mew": 1.0})
     ax.axvline(0.0, color="#999999", lw=0.6, ls="--")
     ax.set_yticks(range(n))
@@ -82,13 +80,9 @@ def ablation_figure(tables: dict, *, title: str | None = None):
             configs = [str(c) for c in table["config"].values if c != base]
             start = x
             for j, c in enumerate(configs):
-                cell = table["change"].sel(finding=f, config=c)
-                est, lo, hi = (float(v) for v in ci_parts(cell))
-                color = CONFIG_COLORS[j % len(CONFIG_COLORS)]
-                if math.isfinite(lo) and math.isfinite(hi):
-                    ax.plot([x, x], [lo, hi], color=color, lw=1.6)
                 marker = "s" if bool(table["exceeds_noise"].sel(finding=f, config=c)) else "o"
-                ax.plot(x, est, marker, color=color, ms=5)
+                interval(ax, x, *(float(v) for v in ci_parts(table["change"].sel(finding=f, config=c))),
+                         marker=marker, ms=5, color=CONFIG_COLORS[j % len(CONFIG_COLORS)])
                 labels.append(f"{c}\n{pde}/{model}")
                 x += 1
             if math.isfinite(std):

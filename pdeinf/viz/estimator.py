@@ -150,9 +150,8 @@ def side_by_side_figure(fs_pi, sub_pi, sbs: dict, ablations: dict, *, title: str
             spread = float(spread_all.sel(finding=f) if "finding" in spread_all.dims else spread_all)
             if np.isfinite(spread):
                 ax_c.fill_betweenx([ypos - 0.4, ypos + 0.4], -spread, spread, color="0.85")
-            est, lo, hi = (float(v) for v in st.ci_parts(one))
-            ax_c.errorbar([est], [ypos], xerr=[[est - lo], [hi - est]] if np.isfinite(lo) else None,
-                          fmt="o", color=st.class_color(j), capsize=2, ms=4)
+            st.interval(ax_c, ypos, *(float(v) for v in st.ci_parts(one)), horizontal=True,
+                        marker="o", ms=4, color=st.class_color(j))
             ax_c.annotate(f"{name}: {LABELS.get(f, f)}", (0, ypos), fontsize=5.5, xytext=(2, 4),
                           textcoords="offset points")
     ax_c.axvline(0, color="k", lw=0.6)

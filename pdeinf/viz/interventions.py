@@ -19,11 +19,6 @@ def recipe_color(recipe: str, index: int = 0) -> str:
     return RECIPE_COLORS.get(str(recipe), st.class_color(index))
 
 
-def _err(ci: xr.DataArray) -> tuple[float, np.ndarray]:
-    est = float(ci.sel(ci="estimate"))
-    return est, np.array([[est - float(ci.sel(ci="low"))], [float(ci.sel(ci="high")) - est]])
-
-
 def _titled(title: str, what: str) -> str:
     return f"{title} {what} {TAG}".strip()
 
@@ -38,9 +33,9 @@ def rollout_vs_r_figure(table: xr.Dataset, obs: xr.Dataset | None = None, *,
     fig, ax = st.new_figure(size=(4.4, 3.4), title=_titled(title, f"rollout error vs R, epoch {epoch}"))
     for i, recipe in enumerate(table["recipe"].values):
         color = recipe_color(recipe, i)
-        x, xerr = _err(table["R"].sel(recipe=recipe))
-        y, yerr = _err(table["rollout"].sel(recipe=recipe))
-        ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="o", color=color, capsize=3, label=str(recipe))
+        (x, x_lo, x_hi), (y, y_lo, y_hi) = (st.ci_parts(table[v].sel(recipe=recipe)) for v in ("R", "rollout"))
+        ax.errorbar(x, y, xerr=[[x - x_lo], [x_hi - x]], yerr=[[y - y_lo], [y_hi - y]], fmt="o",
+                    color=color, capsize=3, label=str(recipe))
         if obs is not None:
             per_seed = obs.sel(recipe=recipe, epoch=epoch).mean("batch")
             ax.scatter(per_seed["R"].values, per_seed["rollout"].values, s=12, color=color,
@@ -101,9 +96,9 @@ def selection_figure(sel: xr.Dataset, *, title: str = "") -> Figure:
     width = 0.8 / max(len(criteria), 1)
     for k, c in enumerate(criteria):
         for i, recipe in enumerate(recipes):
-            y, yerr = _err(sel["d_log_rollout"].sel(criterion=c, recipe=recipe))
-            ax.errorbar(i + (k - (len(criteria) - 1) / 2) * width, y, yerr=yerr, fmt="os"[k % 2],
-                        color=st.class_color(k), capsize=3, label=f"by {c}" if i == 0 else None)
+            st.bars(ax, i + (k - (len(criteria) - 1) / 2) * width,
+                    *st.ci_parts(sel["d_log_rollout"].sel(criterion=c, recipe=recipe)),
+                    fmt="os"[k % 2], color=st.class_color(k), capsize=3, label=f"by {c}" if i == 0 else None)
     ax.axhline(0.0, color="0.6", lw=0.6)
     ax.set_xticks(range(len(recipes)), recipes, rotation=20)
     ax.set_ylabel("log rollout SMSE: chosen - val-chosen")

@@ -2,11 +2,13 @@
 
 Figures are `matplotlib.figure.Figure` objects (never pyplot state), so they work under any
 backend. Primitives: `heatmap`, `band` (a lag curve with its band), `matrix` (a class matrix),
-`bars` (markers with interval bars), `paper_line` / `PAPER_KW` (the papers' readings),
-`legend_below` and `stamp` (regime / estimator lines above everything, never over a title).
+`bars` (markers with interval bars), `interval` (one row of an interval forest), `paper_line` /
+`PAPER_KW` (the papers' readings), `legend_below` and `stamp` (regime / estimator lines above
+everything, never over a title).
 """
 from __future__ import annotations
 
+import math
 import textwrap
 from contextlib import contextmanager
 
@@ -105,9 +107,21 @@ def band(ax, x, mid, lo, hi, *, color, label=None, alpha: float = 0.2, **line):
 
 def bars(ax, x, mid, lo, hi, **kwargs):
     """Markers at `mid` with asymmetric bars down to `lo` and up to `hi` (NaN-safe)."""
-    mid = np.asarray(mid, dtype=float)
-    return ax.errorbar(x, mid, yerr=[mid - np.asarray(lo, float), np.asarray(hi, float) - mid],
-                       **kwargs)
+    mid, lo, hi = (np.atleast_1d(np.asarray(v, dtype=float)) for v in (mid, lo, hi))
+    return ax.errorbar(x, mid, yerr=[mid - lo, hi - mid], **kwargs)
+
+
+def interval(ax, pos, mid, low, high, *, horizontal: bool = False, lw: float = 1.6, **point):
+    """One row of an interval forest at `pos`: the line `low..high` (only when both ends are
+    finite) under the marker at `mid` (only when finite); `point`: the marker's plot keywords
+    (marker, ms, color; the line takes the colour). `horizontal`: values along x, rows along y."""
+    def xy(values):
+        return (values, [pos] * len(values)) if horizontal else ([pos] * len(values), values)
+
+    if math.isfinite(low) and math.isfinite(high):
+        ax.plot(*xy([low, high]), color=point.get("color"), lw=lw)
+    if math.isfinite(mid):
+        ax.plot(*xy([mid]), ls="none", **point)
 
 
 def zero_line(ax) -> None:
