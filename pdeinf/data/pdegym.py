@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from pdeinf.config import PDE_SPECS, pde_spec
+from pdeinf.data.validation import validate_reader
 from pdeinf.errors import InputError
 
 #: On-disk variable name per PDE, and the stored channels (views of PDE_SPECS).
@@ -65,10 +66,7 @@ def model_to_stored(pde: str, model: np.ndarray, axis: int = 2) -> np.ndarray:
         energy = np.take(model, spec.energy_channel, axis=axis)
         kinetic = sum(0.5 * np.take(model, c, axis=axis) ** 2 for c in spec.vector_axes) / rho
         channel["p"] = (spec.gamma - 1.0) * (energy - kinetic)
-    names = [n for n in spec.stored_variables if not (n == OPTIONAL_STORED and n not in channel)]
-    missing = [n for n in names if n not in channel]
-    if missing:
-        raise InputError(f"pde {pde}: cannot derive stored variables {missing} from {spec.channel_names}")
+    names = [n for n in spec.stored_variables if n != OPTIONAL_STORED or n in channel]
     return np.stack([channel[n] for n in names], axis=axis)
 
 
@@ -171,10 +169,7 @@ class PDEGymReader:
                 if time is None or time.shape != (shape[1],) or "not a netCDF variable" in _text(
                         time.attrs.get("NAME", b"")):
                     return pde, shape, None
-                try:
-                    return pde, shape, np.asarray(time[()], dtype=np.float64)
-                except OSError as err:
-                    raise InputError(f"{path}: cannot read coordinate 'time' ({err})") from None
+                return pde, shape, np.asarray(time[()], dtype=np.float64)
         except InputError:
             raise
         except _H5_ERRORS as err:  # a damaged object header (h5py: KeyError/RuntimeError)
@@ -219,12 +214,9 @@ class PDEGymReader:
         """`read(samples, times, stored=True)`: the stored channels `[n, T, C_stored, H, W]`."""
         return self.read(samples, times, stored=True)
 
-    def validate(self, *, block: int = 16, progress: bool = False, cache=None) -> None:
-        """Check every value, `block` samples at a time (`pdeinf.data.validation`); InputError
-        naming file, variable, sample and time. `cache`: JSON file of validated content keys."""
-        from pdeinf.data.validation import validate_reader
-
-        validate_reader(self, block=block, progress=progress, cache=cache)
+    #: `validate(*, block=16, progress=False, cache=None)`: check every value of each file not
+    #: yet validated (`pdeinf.data.validation`); InputError naming file, variable, sample and time.
+    validate = validate_reader
 
     def __repr__(self) -> str:
         return (

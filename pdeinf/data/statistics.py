@@ -1,8 +1,7 @@
 """Per-class data statistics, beside the measured statistics of the released PDEGym data.
 
 `PDEGYM_STATISTICS[name][quantity] = (mean, std)` over all samples, times and pixels of the
-released files (camlab-ethz/Phaedra configs); `WELL_STATISTICS`: The Well
-euler_multi_quadrants_periodicBC stats.yaml. Quantities: rho, vx, vy, p (CE), vx, vy (NS).
+released files (camlab-ethz/Phaedra configs). Quantities: rho, vx, vy, p (CE), vx, vy (NS).
 """
 from __future__ import annotations
 
@@ -27,10 +26,6 @@ PDEGYM_STATISTICS: dict[str, dict[str, tuple[float, float]]] = {
     "NS-Gauss": {"vx": (0.0, 0.61475), "vy": (0.0, 0.607624)},
     "NS-Sines": {"vx": (0.0, 0.335339), "vy": (0.0, 0.334732)},
     "NS-BB": {},  # not measured in the sources
-}
-WELL_STATISTICS: dict[str, tuple[float, float]] = {
-    "density": (0.91358, 0.53502), "energy": (3.0344, 3.2550), "pressure": (0.92916, 0.78237),
-    "momentum_x": (2.32e-3, 0.41322), "momentum_y": (1.71e-4, 0.41064),
 }
 #: Tabulated quantities per PDE (PDEGym's statistics names).
 QUANTITIES: dict[str, tuple[str, ...]] = {

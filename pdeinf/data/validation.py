@@ -74,9 +74,10 @@ def validate_dataset(source, *, cache: str | os.PathLike | None = None, progress
         validate_reader(reader, cache=cache, progress=progress, block=block)
 
 
-def validate_reader(reader, *, block: int = 4, progress: bool = False,
+def validate_reader(reader, *, block: int = 16, progress: bool = False,
                     cache: str | os.PathLike | None = None) -> None:
-    """Validate each file of a `PDEGymReader` not yet validated (by content key)."""
+    """Validate each file of a `PDEGymReader` not yet validated (by content key), `block`
+    samples at a time; `cache`: JSON file of validated content keys."""
     from tqdm.auto import tqdm
 
     from pdeinf.data import fingerprint

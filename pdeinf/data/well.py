@@ -72,7 +72,7 @@ class WellReader:
             n_times, nx, ny = reference[1:]
             self.gamma = _read_gamma(handle, self.path)
             self.periodic = _read_periodicity(handle["boundary_conditions"], self.path)
-            self.times = _read_coordinate(handle, "time", n_times, self.path).astype(np.float64)
+            self.times = _read_coordinate(handle, "time", n_times, self.path)
             for axis, size in (("x", nx), ("y", ny)):
                 _read_coordinate(handle, axis, size, self.path)
         self.n_samples, self.n_times = int(reference[0]), int(n_times)
@@ -173,9 +173,8 @@ def _read_periodicity(group, path: Path) -> tuple[bool, bool]:
                              f"expected one of {', '.join(BC_TYPES)}")
         if "associated_dims" not in bc.attrs:
             raise InputError(f"{where} has no attribute associated_dims")
-        dims = bc.attrs["associated_dims"]  # a list-of-strings attribute: str, bytes or an array
-        dims = [_text(d) for d in ([dims] if isinstance(dims, (str, bytes)) else
-                                   np.atleast_1d(np.asarray(dims, dtype=object)))]
+        # a list-of-strings attribute: str, bytes or an array
+        dims = [_text(d) for d in np.atleast_1d(np.asarray(bc.attrs["associated_dims"], dtype=object))]
         if not dims or any(d not in types for d in dims):
             raise InputError(
                 f"{where} attribute associated_dims = {dims}; expected spatial dims from ['x', 'y']")

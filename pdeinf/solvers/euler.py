@@ -164,10 +164,9 @@ def solve(u0: torch.Tensor, t_out: Sequence[float], *, gamma: float = 1.4,
                 remaining = target - t
                 if dt_cfl >= remaining:
                     dt, t_next = remaining, target
-                elif 2.0 * dt_cfl >= remaining:  # two equal steps instead of a sliver at the end
-                    dt, t_next = 0.5 * remaining, t + 0.5 * remaining
-                else:
-                    dt, t_next = dt_cfl, t + dt_cfl
+                else:  # two equal steps instead of a sliver at the end
+                    dt = 0.5 * remaining if 2.0 * dt_cfl >= remaining else dt_cfl
+                    t_next = t + dt
                 u = _ssp_rk3_step(u, prim, dt, dx, dy, gamma, limiter)
                 bar.update(t_next - t)
                 t = t_next

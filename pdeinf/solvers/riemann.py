@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from pdeinf.checks import finite_float
 from pdeinf.errors import InputError, NumericalError
 
 
@@ -37,9 +38,7 @@ def star_state(left, right, gamma: float = 1.4, *, tol: float = 1e-14, max_iter:
     """Star-region `(p_star, u_star)` of the Riemann problem of `left`, `right` = `(rho, u, p)`
     (Newton iteration on f_L(p) + f_R(p) + u_R - u_L = 0). InputError when the data generate
     vacuum (2 (c_L + c_R) / (gamma - 1) <= u_R - u_L)."""
-    gamma = float(gamma)
-    if not np.isfinite(gamma) or gamma <= 1.0:
-        raise InputError(f"gamma: must be a finite number > 1, got {gamma}")
+    gamma = finite_float(gamma, "gamma", above=1.0)
     rho_l, u_l, p_l = _check_state(left, "left")
     rho_r, u_r, p_r = _check_state(right, "right")
     c_l = np.sqrt(gamma * p_l / rho_l)
