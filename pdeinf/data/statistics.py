@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from pdeinf.checks import one_of
-from pdeinf.config import PDE_CLASSES, PDE_SPECS, pde_spec
+from pdeinf.config import PDE_CLASSES, pde_spec
 from pdeinf.errors import InputError
 
 PDEGYM_STATISTICS: dict[str, dict[str, tuple[float, float]]] = {
@@ -27,15 +27,11 @@ PDEGYM_STATISTICS: dict[str, dict[str, tuple[float, float]]] = {
     "NS-Sines": {"vx": (0.0, 0.335339), "vy": (0.0, 0.334732)},
     "NS-BB": {},  # not measured in the sources
 }
-#: Tabulated quantities per PDE (PDEGym's statistics names).
-QUANTITIES: dict[str, tuple[str, ...]] = {
-    pde: (("rho", "vx", "vy", "p") if spec.compressible else ("vx", "vy")) for pde, spec in PDE_SPECS.items()
-}
 
 
 def _quantities(pde: str, batch: np.ndarray, gamma: float) -> dict[str, np.ndarray]:
-    """Model channels `[n, T, C, H, W]` -> the tabulated quantities (float64); `gamma` is the
-    reader's gas (The Well's may differ from the PDE's default)."""
+    """Model channels `[n, T, C, H, W]` -> the tabulated quantities (float64): rho, vx, vy, p
+    (CE) or vx, vy (NS); `gamma` is the reader's gas (The Well's may differ from the PDE's)."""
     spec = pde_spec(pde)
     batch = batch.astype(np.float64)
     rho = batch[:, :, spec.density_channel] if spec.compressible else None
@@ -46,7 +42,7 @@ def _quantities(pde: str, batch: np.ndarray, gamma: float) -> dict[str, np.ndarr
     if spec.compressible:
         kinetic = 0.5 * rho * (out["vx"] ** 2 + out["vy"] ** 2)
         out["p"] = (gamma - 1.0) * (batch[:, :, spec.energy_channel] - kinetic)
-    return {q: out[q] for q in QUANTITIES[pde]}
+    return out
 
 
 def reader_statistics(reader, *, times=None, max_samples: int | None = None) -> dict[str, float]:
