@@ -144,20 +144,21 @@ def enstrophy(v: torch.Tensor, domain=(1.0, 1.0)) -> torch.Tensor:
 
 
 def linear_operator(h: int, w: int, *, domain=(1.0, 1.0), nu: float = 4e-4,
-                    viscosity: str = "laplacian", dtype: torch.dtype = torch.float64,
-                    device=None) -> torch.Tensor:
+                    viscosity: str = "laplacian", spectral_eps: float | None = None,
+                    dtype: torch.dtype = torch.float64, device=None) -> torch.Tensor:
     """Real diagonal viscous operator L `[H, W//2+1]` (rfft layout): `u_hat' = L u_hat`.
 
     "laplacian": `L = -nu |k|^2`. "spectral" (azeban "Smooth Cutoff", s = 1):
     `L = -eps |k|^2 [1 - exp(-(|m| / sqrt(N))^18)]` with `|m|` the integer wavenumber norm,
-    `N = max(H, W)` and `eps = 0.05 / N` (nu is not used).
+    `N = max(H, W)` and `eps = spectral_eps` or `0.05 / N` (nu is not used).
     """
     one_of(viscosity, VISCOSITIES, "viscosity")
     g = _Grid(h, w, check_domain(domain), dtype, device)
     if viscosity == "laplacian":
         return -finite_float(nu, "nu", minimum=0.0) * g.k2
     n = max(h, w)
-    eps = SPECTRAL_EPS_FACTOR / n
+    eps = SPECTRAL_EPS_FACTOR / n if spectral_eps is None else spectral_eps
+    eps = finite_float(eps, "spectral_eps", minimum=0.0)
     m = torch.sqrt(g.mx**2 + g.my**2)
     cutoff = -torch.expm1(-((m / math.sqrt(n)) ** SPECTRAL_CUTOFF_POWER))
     return (-eps * g.k2 * cutoff.to(dtype)).to(dtype)
@@ -179,13 +180,14 @@ def _advection(g: _Grid, vh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def solve(v0: torch.Tensor, t_out: Sequence[float], *, nu: float = 4e-4,
           domain: tuple[float, float] = (1.0, 1.0), viscosity: str = "laplacian", cfl: float = 0.5,
-          t0: float = 0.0, max_steps: int = 10_000_000, progress: bool = True) -> torch.Tensor:
+          t0: float = 0.0, spectral_eps: float | None = None, max_dt: float | None = None,
+          max_steps: int = 10_000_000, progress: bool = True) -> torch.Tensor:
     """Evolve the velocity `v0` `[B, 2, H, W]` (x along W, y along H) from time `t0` to `t_out`.
 
     `nu`: kinematic viscosity of the Laplacian (`viscosity="laplacian"`; 0 is Euler).
-    `viscosity="spectral"`: azeban's smooth-cutoff viscosity (`linear_operator`; `nu` unused).
-    `domain = (Lx, Ly)`: periodic box lengths. `cfl`: Courant number
-    `dt * max(|u| / dx + |v| / dy)` per member.
+    `viscosity="spectral"`: azeban's smooth-cutoff viscosity (`linear_operator`; `nu` unused,
+    `spectral_eps` overrides eps_N = 0.05 / N). `domain = (Lx, Ly)`: periodic box lengths.
+    `cfl`: Courant number `dt * max(|u| / dx + |v| / dy)` per member; `max_dt` caps the step.
     `t_out`: strictly increasing times `>= t0`; an output at `t0` is the projected `v0`.
 
     Returns `[B, len(t_out), 2, H, W]` in the dtype/device of `v0`. Raises InputError on bad
@@ -200,14 +202,16 @@ def solve(v0: torch.Tensor, t_out: Sequence[float], *, nu: float = 4e-4,
     t0 = finite_float(t0, "t0")
     times = check_times(t_out, t0)
     cfl = finite_float(cfl, "cfl", positive=True)
+    if max_dt is not None:
+        max_dt = finite_float(max_dt, "max_dt", positive=True)
     nu = finite_float(nu, "nu", minimum=0.0)
     lin = linear_operator(v0.shape[-2], v0.shape[-1], domain=domain, nu=nu, viscosity=viscosity,
-                          dtype=v0.dtype, device=v0.device)
+                          spectral_eps=spectral_eps, dtype=v0.dtype, device=v0.device)
     b, _, h, w = v0.shape
     g = _Grid(h, w, domain, v0.dtype, v0.device)
     vh = g.project(torch.fft.rfft2(v0, norm="forward"))
     stiff = float(lin.abs().max())
-    dt_cap = 2.0 * _MAX_IF_EXPONENT / stiff if stiff > 0 else math.inf
+    dt_cap = min(max_dt or math.inf, 2.0 * _MAX_IF_EXPONENT / stiff if stiff > 0 else math.inf)
     out = torch.empty((b, len(times), 2, h, w), dtype=v0.dtype, device=v0.device)
     t = torch.full((b,), t0, dtype=torch.float64, device=v0.device)  # per member
     steps, shown = 0, t0
