@@ -87,9 +87,10 @@ class _SharedSpace:
         return {**s, "x": s["x"] + y @ self.basis, "ax": s["ax"] + y @ self.images,
                 "iterations": s["iterations"].clone()}
 
-    def extend(self, new: torch.Tensor, pushed: torch.Tensor) -> None:
+    def extend(self, new: torch.Tensor, pushed: torch.Tensor, lower_bound: float) -> None:
         """Append the orthonormal directions `new` `[k', P]` and `pushed` = A new, growing T and
-        V (b - A x0). NumericalError on a non-positive curvature z^T A z."""
+        V (b - A x0), and solve for y (`_galerkin_coefficients`). NumericalError on a non-positive
+        curvature z^T A z."""
         cross = (self.basis @ pushed.T).to(torch.float64)  # [k_old, k_new]
         own = (new @ pushed.T).to(torch.float64)
         if not bool((own.diagonal() > 0).all()):
@@ -99,14 +100,14 @@ class _SharedSpace:
                                     torch.cat([cross.T, 0.5 * (own + own.T)], 1)], 0)
         self.projected_rhs = torch.cat([self.projected_rhs, (new @ self.base.T).to(torch.float64)])
         self.basis, self.images = torch.cat([self.basis, new]), torch.cat([self.images, pushed])
+        self.coefficients = _galerkin_coefficients(self.projected, self.projected_rhs, lower_bound)
 
 
 def _restart(s: dict, space: _SharedSpace, b: torch.Tensor) -> _SharedSpace:
     """Fold the iterate of `space` into the restart point (x0, A x0) of `s` (no operator call)
     and return the empty space there."""
     if space.basis.shape[0]:
-        y = space.coefficients.to(b.dtype).T
-        s["x"], s["ax"] = s["x"] + y @ space.basis, s["ax"] + y @ space.images
+        s.update(space.iterate(s, b.dtype))
     s["restarts"] += 1
     return _SharedSpace.empty(b, s["ax"])
 
@@ -160,10 +161,7 @@ def block_galerkin(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Tens
             space = _restart(s, space, b)
             continue
         stalls = 0
-        pushed = _counted_matvec(matvec, new, s, "block Krylov solve")  # A new [k', P]
-        space.extend(new, pushed)
-        del pushed
-        space.coefficients = _galerkin_coefficients(space.projected, space.projected_rhs, lower_bound)
+        space.extend(new, _counted_matvec(matvec, new, s, "block Krylov solve"), lower_bound)
         residual = space.base - space.coefficients.to(b.dtype).T @ space.images
         s["iterations"][order] += 1
         bar.update(1)

@@ -75,9 +75,6 @@ def real_dtype(params: dict[str, torch.Tensor], complex_names: frozenset = froze
     """The real floating dtype of the (real-view) parameters; InputError naming the parameters
     of another precision (e.g. complex64 spectral weights left by `model.double()`)."""
     dtypes = [t.dtype for t in params.values()]
-    if any(not d.is_floating_point for d in dtypes):
-        odd = [n for n, t in params.items() if not t.dtype.is_floating_point][:5]
-        raise InputError(f"model: trainable parameters {odd} are not floating point")
     common = max(set(dtypes), key=dtypes.count)
     if len(set(dtypes)) > 1:
         # the dtype as the model stores it (complex ones are (re, im) views here)
@@ -340,8 +337,7 @@ def per_example_gradients(model: torch.nn.Module, inputs: torch.Tensor, targets:
             for i in range(rows.start, rows.stop):  # exact fallback: one autograd.grad per example
                 leaves = {n: t.detach().clone().requires_grad_(True) for n, t in params.items()}
                 with torch.enable_grad():
-                    pred = apply(leaves, inputs[i:i + 1]).squeeze(0)
-                    val = function(inputs[i], targets[i], pred)
+                    val, _ = value(leaves, inputs[i], targets[i])
                     grads = torch.autograd.grad(val, [leaves[n] for n in layout.names], allow_unused=True)
                 store(slice(i, i + 1), grads)
                 values[i] = val.detach()

@@ -78,13 +78,11 @@ def labelled_influence(model, optimizer_state, inputs, targets, *, pde: str, dam
                        jvp_chunk=jvp_chunk, progress=progress, keep_ket_jvps=None if bras else False)
     pis, eigenvalues = [], None
     for spec in specs:
-        if spec.observable != "smse":
-            pi, _ = engine.pi(spec.metric, damping=damping, response=spec.observable)
-        else:
-            pi, ev = engine.pi(spec.metric, damping=damping, optimizer_state=optimizer_state)
-            if spec.metric == "gauss-newton":
-                eigenvalues = ev
+        pi, ev = engine.pi(spec.metric, damping=damping, response=spec.observable,
+                           optimizer_state=optimizer_state)
         pis.append(pi.numpy())
+        if (spec.metric, spec.observable) == ("gauss-newton", "smse"):
+            eigenvalues = ev
     if eigenvalues is None:
         _, eigenvalues = engine.pi("gauss-newton", damping=damping)
     padded = np.full(n, np.nan)

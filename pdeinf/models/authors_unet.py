@@ -30,8 +30,7 @@ AUTHORS_UNET_PARAMETERS = {4: 13_875_081, 2: 13_869_175}
 
 def level_kernel(size: int) -> int:
     """Kernel of the blocks working on an `size`-point grid (theirs: 9 @128 ... 3 @16 and 8)."""
-    k = max(3, 2 * round(math.log2(max(size, 1))) - 5)
-    return k if k % 2 else k + 1
+    return max(3, 2 * round(math.log2(max(size, 1))) - 5)  # odd: 2 m - 5
 
 
 def fit_kernel(kernel: int, size: int) -> int:
