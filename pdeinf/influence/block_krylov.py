@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from pdeinf.checks import positive_int
 from pdeinf.errors import InputError, NumericalError
 from pdeinf.influence import gradients as _grad
 from pdeinf.influence.krylov import CGResult, _counted_matvec, column_tolerances
@@ -127,9 +128,8 @@ def block_galerkin(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Tens
     bound on A's eigenvalues (the damping; 0: A must be positive definite). max_basis: directions
     kept before a restart (None: `default_max_basis`)."""
     tol = column_tolerances(b, rtol, maxiter, column_tol)
-    cap = default_max_basis(b.shape[1], b.dtype, b.device) if max_basis is None else max_basis
-    if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
-        raise InputError(f"max_basis={max_basis!r}: expected a positive integer")
+    cap = (positive_int(max_basis, "max_basis", allow_none=True)
+           or default_max_basis(b.shape[1], b.dtype, b.device))
     if max_basis is not None:
         _grad.check_memory(2 * cap, b.shape[1], b.dtype, f"block Krylov basis V, W for max_basis={cap}",
                            "max_basis")
