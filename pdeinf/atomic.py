@@ -52,10 +52,8 @@ def atomic_write(path: Path | str, write: Callable[[Path], object], *,
                 os.fsync(directory)
             finally:
                 os.close(directory)
-    except DiskFullError:
-        raise
     except Exception as err:
-        if is_no_space(err):
+        if is_no_space(err) and not isinstance(err, DiskFullError):
             raise disk_full(path.parent, size) from None
         raise
     finally:
@@ -74,9 +72,7 @@ def write_text(path: Path | str, text: str) -> Path:
 
 def write_json(path: Path | str, obj, **kwargs) -> Path:
     """Strict JSON (no NaN) unless `allow_nan=True` is passed; indent 2 by default."""
-    kwargs.setdefault("indent", 2)
-    kwargs.setdefault("allow_nan", False)
-    return write_text(path, json.dumps(obj, **kwargs) + "\n")
+    return write_text(path, json.dumps(obj, **{"indent": 2, "allow_nan": False, **kwargs}) + "\n")
 
 
 def write_netcdf(obj, path: Path | str) -> Path:

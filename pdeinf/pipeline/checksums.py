@@ -11,6 +11,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from pdeinf.errors import InputError, NumericalError
+
 CHECKSUM_ATTR = "pdeinf_checksum"
 
 
@@ -36,8 +38,6 @@ def with_checksum(ds):
 def require_finite(ds, name: str, what: str) -> None:
     """NumericalError naming `what` unless every value of `ds[name]` is finite: a result that
     must be finite and is not is never cached."""
-    from pdeinf.errors import NumericalError
-
     values = np.asarray(ds[name].values)
     if bad := int(values.size - np.isfinite(values).sum()):
         raise NumericalError(f"{what}: {bad} of {values.size} values of {name} are NaN or Inf; "
@@ -108,8 +108,6 @@ def ensure_cached(tasks: Iterable[Cached], compute: Callable, *, variables=(), f
 def load_cached(tasks: Iterable[Cached], *, variables=(), finite=(), what: str, hint: str) -> dict:
     """{task.id: dataset} of `tasks`, every file valid (`load_keyed`); else one InputError
     naming the first that is not, how many are not, and `hint` (how to make them)."""
-    from pdeinf.errors import InputError
-
     tasks = list(tasks)
     held = {t.id: load_keyed(t.path, t.key, variables, finite) for t in tasks}
     bad = [t.path for t in tasks if held[t.id] is None]

@@ -52,12 +52,10 @@ def final_epoch(profile: Profile, pde: str) -> int:
 
 
 def file_digest(path: Path | str) -> str:
-    """blake2b (16 bytes) of a file's bytes, streamed in 1 MiB blocks."""
-    digest = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """blake2b (16 bytes) of a file's bytes (`pdeinf.data.fingerprint.hash_file`, uncached)."""
+    from pdeinf.data.fingerprint import hash_file
+
+    return hash_file(path)
 
 
 def content_key(**parts) -> str:

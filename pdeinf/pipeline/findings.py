@@ -265,8 +265,8 @@ def finding_summary(rows: list[dict], *names: str) -> str:
     return "\n\n".join(blocks)
 
 
-def _fmt(x) -> str:
-    return "–" if x is None or not math.isfinite(x) else f"{x:.3g}"
+def _fmt(x, spec: str = ".3g") -> str:
+    return "–" if x is None or not math.isfinite(x) else f"{x:{spec}}"
 
 
 def _interval(low, high) -> str:
@@ -297,13 +297,11 @@ def findings_markdown(findings: dict) -> str:
             size_text = f"{word} {_fmt(size['value'])}"
             if size["low"] is not None and size["high"] is not None:
                 size_text += f" [{_fmt(size['low'])}, {_fmt(size['high'])}]"
-        p_adj = r.get("p_adjusted")
-        p_text = "–" if p_adj is None or not math.isfinite(p_adj) else f"{p_adj:.2g}"
         need = (r.get("needed") or {}).get("n_seeds")
         need_text = "–" if need is None else f"{need} x {r['n_batches']}"
         lines.append(f"| {name} | {r['layer']} | {r['pde']} / {r['model']} | "
                      f"{_fmt(r['paper_value'])} | {_fmt(r['estimate'])}{_interval(r['low'], r['high'])}"
-                     f" | {size_text} | {r['verdict']} | {p_text} | "
+                     f" | {size_text} | {r['verdict']} | {_fmt(r.get('p_adjusted'), '.2g')} | "
                      f"{r['n_seeds']} x {r['n_batches']} | {need_text} |")
     missing = findings.get("missing") or {}
     if missing:

@@ -192,9 +192,8 @@ def run_sweep(profile, pde: str, model_name: str, *, sources=None, out_root=None
                          damping=prof.damping, energy_tol=prof.energy_tol, attrs=attrs,
                          grad_chunk=grad_chunk or hat.GRAD_CHUNK, jvp_chunk=jvp_chunk or hat.JVP_CHUNK)
         else:
-            subspace = prof.seed_paper_estimator == "subspace"
             ds = compute(model, ib.inputs, ib.targets, pde=pde,
-                         damping=prof.damping if subspace else prof.fullspace_damping,
+                         damping=study.settings(prof, pde, model_name)["damping"],
                          rtol=prof.rtol_for(model_name), estimator=prof.seed_paper_estimator,
                          energy_tol=prof.energy_tol, attrs=attrs, state_path=state_path(task))
         require_finite(ds, study.data_vars[0], f"{task.path} (from {sources.checkpoint(seed, epoch)})")

@@ -69,6 +69,5 @@ def for_sweep(card: RegimeCard, profile) -> RegimeCard:
 def row_regime(row: dict, cards: dict) -> list[dict]:
     """The cards of the (PDE, model) pairs a findings row rests on ("NS-CE" and "unet-vit"
     rows compare two)."""
-    pdes = [p for p in str(row["pde"]).split("-") if p]
-    models = [m for m in str(row["model"]).split("-") if m]
-    return [cards[(p, m)].to_dict() for p in pdes for m in models if (p, m) in cards]
+    return [cards[(p, m)].to_dict() for p in str(row["pde"]).split("-")
+            for m in str(row["model"]).split("-") if (p, m) in cards]

@@ -77,17 +77,6 @@ def _stored_key(directory: Path) -> str | None:
         return None
 
 
-def training_complete(profile: ProfileLike, pde: str, model: str, seed: int, *,
-                      key: str | None = None) -> bool:
-    """Every scheduled checkpoint exists (non-empty) and (when `key` is given) the run was
-    trained from it."""
-    profile = as_profile(profile)
-    directory = run_dir(profile, pde, model, seed)
-    if not has_checkpoints(directory, scheduled_checkpoints(profile, pde)):
-        return False
-    return key is None or _stored_key(directory) == key
-
-
 def ensure_keyed_run(directory: Path, epochs, key: str, train_once, record: dict) -> Path:
     """Every trained run of the pipeline: `directory` is current when it holds a checkpoint for
     each of `epochs` and its `stage_key.json` records `key`. Otherwise a run of other inputs is
@@ -172,11 +161,9 @@ def training_history(profile: ProfileLike, pde: str, model: str):
         missing = {"train_loss", "val_loss"} - set(frame.columns)
         if missing:
             raise InputError(f"{source}: history lacks {sorted(missing)}")
-        frame = frame[["epoch", "train_loss", "val_loss"]].copy()
-        frame["epoch"] = frame["epoch"].astype(int)
-        frame.insert(0, "seed", int(seed))
-        frames.append(frame)
-    out = pd.concat(frames, ignore_index=True)
+        frame = frame[["epoch", "train_loss", "val_loss"]].astype({"epoch": int})
+        frames.append(frame.assign(seed=int(seed)))
+    out = pd.concat(frames, ignore_index=True)[["seed", "epoch", "train_loss", "val_loss"]]
     return out.sort_values(["seed", "epoch"], ignore_index=True)
 
 

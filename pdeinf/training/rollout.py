@@ -83,9 +83,7 @@ def rollout_errors(model: torch.nn.Module, trajectories_by_class: Mapping[str, n
 
 def cumulative_errors(errors: xr.DataArray) -> xr.DataArray:
     """Cumulative rollout error: sum of per-step SMSE over horizons 1..dt (NaN past the end)."""
-    out = errors.cumsum("horizon", skipna=False)
-    out.name = "cumulative_smse"
-    return out
+    return errors.cumsum("horizon", skipna=False).rename("cumulative_smse")
 
 
 def rollouts_all_starts(net, trajectories_by_class: Mapping[str, np.ndarray], *, max_batch: int = 64):

@@ -127,8 +127,7 @@ class Transitions:
     def batch(self, index, device=None) -> tuple[torch.Tensor, torch.Tensor]:
         """`x, y [len(index), C, H, W]` for transition indices `index`, on `device`."""
         traj, t = self.locate(index)
-        x, y = self.trajectories[traj, t], self.trajectories[traj, t + 1]
-        return (x, y) if device is None else (x.to(device), y.to(device))
+        return self.snapshots(traj, t, device), self.snapshots(traj, t + 1, device)
 
     def locate(self, index) -> tuple[torch.Tensor, torch.Tensor]:
         """`(trajectory, t)` `[len(index)]` of transition indices."""
@@ -213,8 +212,7 @@ def load_checkpoint(path, *, pde: str | None = None, model_name: str | None = No
     wanted = {k: v for k, v in (("pde", pde), ("model", model_name), ("model_size", size)) if v}
     ckpt = _checked_state(path, read_checkpoint(path), wanted)
     cfg = ckpt["config"]
-    model = _build_from(cfg)
-    model.to(getattr(torch, cfg.get("dtype", "float32")))
+    model = _build_from(cfg).to(getattr(torch, cfg.get("dtype", "float32")))
     try:
         model.load_state_dict(ckpt["model_state"])
     except RuntimeError as err:
@@ -330,10 +328,8 @@ def _start_or_resume(config: dict, fingerprint: str, run_dir: Path, ctx, monitor
     loaded from `resume.pt` or, when a scheduled checkpoint up to its epoch is missing or
     corrupt (moved aside), the last good one before it. InputError when that state belongs to
     another configuration or the data changed."""
-    dtype = getattr(torch, config["dtype"])
     torch.manual_seed(config["seed"])
-    model = _build_from(config).to(dtype=dtype)
-    model.to(ctx.device)
+    model = _build_from(config).to(ctx.device, getattr(torch, config["dtype"]))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config["lr"],
                                   weight_decay=config["weight_decay"])
     schedule = sorted(config["checkpoints"])
