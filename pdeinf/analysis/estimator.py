@@ -13,7 +13,7 @@ import torch
 import xarray as xr
 
 from pdeinf.analysis import aggregate as ag
-from pdeinf.analysis.statistics import seed_mean_ci, seed_spread
+from pdeinf.analysis.statistics import interval_text, seed_interval, seed_mean_ci, seed_spread
 from pdeinf.errors import InputError
 
 FINDINGS: tuple[str, ...] = ("offdiagonal_mass", "lag1_gap", "temporal_decay", "class_locked")
@@ -327,9 +327,7 @@ def ridge_summary(table: xr.Dataset, sub: xr.Dataset, *, damping: float) -> str:
     text = ridge_paragraph(table.findings, table.converged.values, table.findings.isel(solve=ref),
                            first.by_damping.sel(damping=damping), first.by_energy,
                            reference_converged=bool(table.converged.values[ref]))["paragraph"]
-    units = sub.by_damping.sel(damping=damping, finding="temporal_decay", drop=True)
-    ci = seed_mean_ci(units.expand_dims(batch=[0]).transpose("seed", "batch")).values
+    ci = seed_interval(sub.by_damping.sel(damping=damping, finding="temporal_decay").values)
     if sub.sizes["seed"] > 1 and np.all(np.isfinite(ci)):
-        text += (f" Subspace decay over {sub.sizes['seed']} seeds: {ci[0]:+.3g} [{ci[1]:+.3g}, "
-                 f"{ci[2]:+.3g}] (95%).")
+        text += f" Subspace decay over {sub.sizes['seed']} seeds: {interval_text(ci, '+.3g')} (95%)."
     return text

@@ -14,7 +14,7 @@ from pdeinf.analysis.coherence import PAPER_ROLLOUT_CORRELATION, normalized_pi
 from pdeinf.analysis.evaluate import evaluate_units
 from pdeinf.analysis.rollout_stats import rollout_link_statistics
 from pdeinf.analysis.seed_paper_findings import ridge_units
-from pdeinf.analysis.statistics import interval_side, seed_interval, seed_mean_ci
+from pdeinf.analysis.statistics import interval_side, interval_text, seed_interval, seed_mean_ci
 from pdeinf.errors import InputError
 
 #: Permutations of the rollout link's tests (random state: `rollout_stats.RANDOM_STATE`).
@@ -157,15 +157,6 @@ def variant_ridge(ds: xr.Dataset, variant: str) -> tuple[float, float, float]:
     classes) of one variant's row-standardized Pi at the final checkpoint."""
     npi = normalized_pi(ds, variant=variant, normalization="standard").isel(epoch=0, drop=True)
     return seed_interval(ridge_units(npi).sel(cls="all", drop=True).transpose("seed", "batch").values)
-
-
-def interval_text(ci, fmt: str = "+.2f") -> str:
-    """`estimate [low, high]` of `ci` (those three numbers, or a DataArray along `ci`) in format
-    `fmt`; "estimate (no interval)" where a bound is not finite."""
-    est, low, high = (float(v) for v in np.asarray(ci, dtype=np.float64))
-    if not (math.isfinite(low) and math.isfinite(high)):
-        return f"{est:{fmt}} (no interval)" if math.isfinite(est) else "undefined"
-    return f"{est:{fmt}} [{low:{fmt}}, {high:{fmt}}]"
 
 
 def describe_rollout_link(stats: xr.Dataset, dt: int, *, paper: float | None = None) -> str:

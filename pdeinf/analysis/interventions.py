@@ -5,18 +5,22 @@ Recipes are paired with the baseline "one-step" per (seed, batch); intervals: `s
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pandas as pd
 import xarray as xr
 
 from pdeinf.analysis import aggregate as ag
 from pdeinf.analysis.evaluate import evaluate_finding
-from pdeinf.analysis.statistics import CI_LABELS, seed_mean_ci
+from pdeinf.analysis.statistics import CI_LABELS, interval_text, seed_mean_ci
 from pdeinf.errors import InputError
 from pdeinf.symmetry.actions import ELEMENTS
 
 BASELINE = "one-step"
 CRITERIA = ("val", "R", "R+val")
+#: A `ci` DataArray as "estimate [low, high]" to 3 significant digits, NaN bounds printed as such.
+_ci_text = functools.partial(interval_text, fmt=".3g", keep_nan=True)
 SELECTION_RULE = ("estimate = mean over seeds x batches of log(rollout SMSE at dt=16 of the checkpoint the "
                   "criterion picks) - log(... of the checkpoint minimal validation SMSE picks); same "
                   "interval and words as the intervention effect")
@@ -198,16 +202,10 @@ def class_matrix_ci(ds: xr.Dataset, *, epoch=None, lag: int = 0) -> xr.DataArray
     return seed_mean_ci(class_matrices(_final(ds["pi"], epoch), lag=lag))
 
 
-def _fmt_ci(ci: xr.DataArray, sign: str = "") -> str:
-    """"estimate [low, high]" of a `ci` DataArray, 3 significant digits (`sign` "+": signed)."""
-    est, low, high = (float(ci.sel(ci=k)) for k in CI_LABELS)
-    return f"{est:{sign}.3g} [{low:{sign}.3g}, {high:{sign}.3g}]"
-
-
 def describe_recipes(table: xr.Dataset, names=("R", "rollout", "val_smse")) -> str:
     """The quantities `names` of a `recipe_table` per recipe, with their 95% intervals."""
     return f"final epoch {table.attrs['epoch']}, dt={table.attrs['dt']}:\n" + "\n".join(
-        f"  {r!s:12s}" + "  ".join(f"{n} {_fmt_ci(table[n].sel(recipe=r))}" for n in names)
+        f"  {r!s:12s}" + "  ".join(f"{n} {_ci_text(table[n].sel(recipe=r))}" for n in names)
         for r in table["recipe"].values)
 
 
@@ -230,13 +228,13 @@ def answer_sentence(table: xr.Dataset, pde: str, model: str, *, baseline: str = 
                 f"between-seed variation and cannot answer whether a recipe raises R and lowers "
                 f"the rollout error (point comparison only: {', '.join(winners) or 'none'}).")
     head = (f"{pde}-{model} (final epoch {table.attrs.get('epoch')}, {table.attrs.get('n_seeds')} "
-            f"seed(s) x {table.attrs.get('n_batches')} batch(es)): baseline R {_fmt_ci(base['R'])}, "
-            f"rollout SMSE at dt={dt} {_fmt_ci(base['rollout'])}; ")
+            f"seed(s) x {table.attrs.get('n_batches')} batch(es)): baseline R {_ci_text(base['R'])}, "
+            f"rollout SMSE at dt={dt} {_ci_text(base['rollout'])}; ")
     if not winners:
         return head + ("no recipe raises R and lowers the rollout error with intervals that do not "
                        "overlap the baseline's.")
     return head + "raises R and lowers the rollout error with non-overlapping intervals: " + "; ".join(
-        f"{r} (R {_fmt_ci(table['R'].sel(recipe=r))}, rollout {_fmt_ci(table['rollout'].sel(recipe=r))})"
+        f"{r} (R {_ci_text(table['R'].sel(recipe=r))}, rollout {_ci_text(table['rollout'].sel(recipe=r))})"
         for r in winners) + "."
 
 
@@ -253,7 +251,7 @@ def describe_selection(sel: xr.Dataset) -> str:
     """`selection_comparison` in words: per criterion and recipe the change in log rollout SMSE
     of its checkpoint against validation SMSE's, with its 95% interval and words."""
     return "\n".join(f"  checkpoint chosen by {r.criterion} vs by validation SMSE ({r.recipe}): change in "
-                     f"log rollout SMSE {r.estimate:+.3f} [{r.low:+.3f}, {r.high:+.3f}] -> {r.verdict} "
+                     f"log rollout SMSE {_ci_text((r.estimate, r.low, r.high), fmt='+.3f')} -> {r.verdict} "
                      f"(negative: the {r.criterion} choice rolls out better)"
                      for r in selection_frame(sel).itertuples())
 
@@ -330,14 +328,14 @@ def orbit_findings(effects: xr.Dataset, pde: str, model: str) -> dict:
 
 def orbit_sentence(effects: xr.Dataset, pde: str, model: str) -> str:
     """Whether augment raises orbit influence, stated from the numbers of `orbit_effects`."""
-    recipe, base, fmt = effects.attrs["recipe"], effects.attrs["baseline"], _fmt_ci
+    recipe, base, ci = effects.attrs["recipe"], effects.attrs["baseline"], _ci_text
     word = str(effects["verdict_d_orbit"].item())
     answer = (f"{recipe} {word} orbit influence" if word in ("raises", "lowers")
               else f"the numbers do not show that {recipe} raises orbit influence ({word})")
     return (f"{pde}-{model} (final epoch {effects.attrs.get('epoch')}, {effects.attrs['n_seeds']} "
             f"seed(s) x {effects.attrs['n_batches']} batch(es)): mean standardized orbit-influence "
-            f"diagonal over the non-identity D4 elements {fmt(effects['orbit_d4'].sel(recipe=base))} "
-            f"({base}) vs {fmt(effects['orbit_d4'].sel(recipe=recipe))} ({recipe}), paired change "
-            f"{fmt(effects['d_orbit'], '+')}; mean log10 equivariance ratio changes by "
-            f"{fmt(effects['d_log_equivariance'], '+')} "
+            f"diagonal over the non-identity D4 elements {ci(effects['orbit_d4'].sel(recipe=base))} "
+            f"({base}) vs {ci(effects['orbit_d4'].sel(recipe=recipe))} ({recipe}), paired change "
+            f"{ci(effects['d_orbit'], fmt='+.3g')}; mean log10 equivariance ratio changes by "
+            f"{ci(effects['d_log_equivariance'], fmt='+.3g')} "
             f"({effects['verdict_d_log_equivariance'].item()}): {answer}.")

@@ -47,11 +47,11 @@ def summarize(table: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
         group = group.sort_values("seed")
         first = group.iloc[0]
         for stat in STATISTICS:
-            values = group[stat].to_numpy(dtype=np.float64)[:, None]
+            values = group[stat].to_numpy(dtype=np.float64)
             est, low, high = seed_interval(values, level=level)
             rows.append({"axis": axis, "value": value, "estimator": estimator, "statistic": stat,
                          "estimate": est, "low": low, "high": high, "n_seeds": len(group),
-                         "per_seed": [float(v) for v in values[:, 0]], "p_over_m": float(first["p_over_m"]),
+                         "per_seed": [float(v) for v in values], "p_over_m": float(first["p_over_m"]),
                          "train_per_class": int(first["train_per_class"]),
                          "optimizer_steps": int(first["optimizer_steps"])})
     return pd.DataFrame(rows)
@@ -72,7 +72,7 @@ def paired_change(table: pd.DataFrame, axis: str, statistic: str = "ridge", esti
 def _paired_by_seed(a: pd.Series, b: pd.Series, level: float) -> dict:
     """`a - b` (Series by seed) on the common seeds with its t-interval (NaN without one)."""
     common = sorted(set(a.index) & set(b.index))
-    diff = (a.loc[common] - b.loc[common]).to_numpy(dtype=np.float64)[:, None]
+    diff = (a.loc[common] - b.loc[common]).to_numpy(dtype=np.float64)
     est, low, high = seed_interval(diff, level=level) if common else (math.nan,) * 3
     return {"estimate": est, "low": low, "high": high, "n_seeds": len(common)}
 
