@@ -7,26 +7,22 @@ other failure (`NumericalError`, ...), 128 + the signal number when stopped by a
 from __future__ import annotations
 
 import argparse
-import importlib
 import signal
 import sys
 
+from pdeinf.data import cli as data_cli
 from pdeinf.errors import InputError, PdeinfError
-
-_COMMANDS = (
-    ("pdeinf.data.cli", "add_parser"),
-    ("pdeinf.training.cli", "add_parser"),
-    ("pdeinf.pipeline.cli", "add_influence_parser"),
-    ("pdeinf.pipeline.cli", "add_reproduce_parser"),
-)
+from pdeinf.pipeline import cli as pipeline_cli
+from pdeinf.training import cli as training_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pdeinf", description="Influence (gradient coherence) of autoregressive PDE surrogates.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for module, register in _COMMANDS:
-        getattr(importlib.import_module(module), register)(sub)
+    for register in (data_cli.add_parser, training_cli.add_parser, pipeline_cli.add_influence_parser,
+                     pipeline_cli.add_reproduce_parser):
+        register(sub)
     return parser
 
 
@@ -51,7 +47,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pdeinf {args.command}: stopped by {signal.Signals(signum).name}; rerun the same "
               "command to resume", file=sys.stderr)
         return 128 + signum
-
-
-if __name__ == "__main__":
-    sys.exit(main())

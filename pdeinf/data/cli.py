@@ -1,13 +1,12 @@
 """`pdeinf data generate ...` and `pdeinf data inspect PATH`."""
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from pdeinf.errors import InputError
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
+def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("data", help="generate or inspect PDEGym-layout data")
     sub = parser.add_subparsers(dest="data_command", required=True)
 
@@ -32,7 +31,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                      help="also check every value (float dtype, finite, CE density/pressure/energy "
                           "positive, magnitudes plausible)")
     ins.set_defaults(func=_inspect)
-    return parser
 
 
 def _generate(args) -> int:

@@ -8,36 +8,20 @@ missing, stale or corrupt. `reproduce` runs it all under a per-results-root lock
 """
 import functools
 
-from pdeinf.pipeline.ablation import ensure_ablation, ensure_ablation_pair
+from pdeinf.pipeline.ablation import ensure_ablation
 from pdeinf.pipeline.common import as_profile, checkpoint_path
 from pdeinf.pipeline.estimator import ensure_estimator_study
-from pdeinf.pipeline.findings import (
-    ablation_markdown,
-    collect_findings,
-    finding_lines,
-    finding_summary,
-    findings_markdown,
-    findings_stage,
-    load_findings,
-    write_findings,
-)
+from pdeinf.pipeline.findings import finding_summary, load_findings
 from pdeinf.pipeline.influence import (
     FileSources,
     ensure_influence,
     ensure_seed_paper,
-    load_sweep,
     load_variants,
     run_sweep,
 )
 from pdeinf.pipeline.interventions import ensure_intervention_pair, ensure_interventions
 from pdeinf.pipeline.ladder import ensure_ladder, ensure_ladder_runs
-from pdeinf.pipeline.notebooks import (
-    executed_dir,
-    list_notebooks,
-    notebook_cache_key,
-    run_notebook,
-    summarize_notebook,
-)
+from pdeinf.pipeline.notebooks import list_notebooks, run_notebook, summarize_notebook
 from pdeinf.pipeline.regime import regime_cards
 from pdeinf.pipeline.reproduce import (
     ReproduceReport,
@@ -48,13 +32,8 @@ from pdeinf.pipeline.reproduce import (
     stage_tasks,
 )
 from pdeinf.pipeline.rollouts import ensure_rollouts, rollouts_path
-from pdeinf.pipeline.symmetry import ensure_symmetry, symmetry_loader
-from pdeinf.pipeline.training import (
-    ensure_data,
-    ensure_training,
-    training_complete,
-    training_history,
-)
+from pdeinf.pipeline.symmetry import ensure_symmetry
+from pdeinf.pipeline.training import ensure_data, ensure_training, training_history
 
 
 def sweep_loader(profile, *, variants=None, progress: bool = False):
@@ -63,14 +42,11 @@ def sweep_loader(profile, *, variants=None, progress: bool = False):
 
 
 __all__ = [
-    "FileSources", "ReproduceReport", "StageTiming", "ablation_markdown", "as_profile",
-    "checkpoint_path", "collect_findings", "ensure_ablation", "ensure_ablation_pair",
-    "ensure_data", "ensure_estimator_study", "ensure_influence", "ensure_intervention_pair",
-    "ensure_interventions", "ensure_ladder", "ensure_ladder_runs", "ensure_rollouts",
-    "ensure_seed_paper", "ensure_symmetry", "ensure_training", "executed_dir", "finding_lines",
-    "finding_summary", "findings_markdown", "findings_stage", "format_report", "list_notebooks",
-    "load_findings", "load_sweep", "load_variants", "notebook_cache_key", "regime_cards",
-    "reproduce", "rollouts_path", "run_all", "run_notebook", "run_sweep", "stage_tasks",
-    "summarize_notebook", "sweep_loader", "symmetry_loader", "training_complete",
-    "training_history", "write_findings",
+    "FileSources", "ReproduceReport", "StageTiming", "as_profile", "checkpoint_path",
+    "ensure_ablation", "ensure_data", "ensure_estimator_study", "ensure_influence",
+    "ensure_intervention_pair", "ensure_interventions", "ensure_ladder", "ensure_ladder_runs",
+    "ensure_rollouts", "ensure_seed_paper", "ensure_symmetry", "ensure_training", "finding_summary",
+    "format_report", "list_notebooks", "load_findings", "load_variants", "regime_cards", "reproduce",
+    "rollouts_path", "run_all", "run_notebook", "run_sweep", "stage_tasks", "summarize_notebook",
+    "sweep_loader", "training_history",
 ]

@@ -6,12 +6,12 @@ import argparse
 import dataclasses
 import sys
 
+from pdeinf.checks import positive_int
 from pdeinf.config import MODELS, PDE_CLASSES, PROFILE_NAMES
 from pdeinf.errors import InputError
 
 
 def _influence(args) -> int:
-    from pdeinf.checks import positive_int
     from pdeinf.influence.variants import variants_for
     from pdeinf.pipeline.influence import FileSources, run_sweep
     from pdeinf.pipeline.lock import check_writable
@@ -34,7 +34,6 @@ def _influence(args) -> int:
 def _reproduce(args) -> int:
     """Locally (worker processes), or ``--plan``: print the plan, or ``--executor slurm|node``:
     the graph as Slurm jobs or as local processes with their own GPUs."""
-    from pdeinf.checks import positive_int
     from pdeinf.pipeline.common import as_profile
 
     if args.only_pipeline and args.notebooks:
@@ -74,7 +73,7 @@ def _reproduce(args) -> int:
     return 0
 
 
-def add_influence_parser(subparsers):
+def add_influence_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "influence",
         help="influence (hat) matrices for every seed, checkpoint and influence batch of a profile",
@@ -92,7 +91,6 @@ def add_influence_parser(subparsers):
         help="examples per vmapped jvp call (all gradient directions at once)")
     add("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=_influence)
-    return parser
 
 
 def _stage_list(text: str) -> list[str]:
@@ -102,7 +100,7 @@ def _stage_list(text: str) -> list[str]:
     return names
 
 
-def add_reproduce_parser(subparsers):
+def add_reproduce_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "reproduce",
         help="run the cached pipeline and every notebook of a profile",
@@ -143,4 +141,3 @@ def add_reproduce_parser(subparsers):
     add("--plan", action="store_true", help="print the estimated GPU-hours, CPU-hours, memory "
         "and output size of every stage and the totals; run nothing")
     parser.set_defaults(func=_reproduce)
-    return parser

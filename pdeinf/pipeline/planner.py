@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 import os
 import re
-import time
+import timeit
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -122,12 +122,7 @@ def _best_time(step, repeats: int) -> float:
     """Best wall time of `step()` over `repeats` calls after a warm-up: the machine's own speed,
     the least disturbed by whatever else runs on it."""
     step()
-    best = math.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        best = min(best, time.perf_counter() - start)
-    return best
+    return min(timeit.repeat(step, "gc.enable()", number=1, repeat=repeats))  # collector on, as in a run
 
 
 def flop_rate(repeats: int = 10) -> float:
@@ -198,9 +193,9 @@ def training_seconds(profile, pde: str, cost: ModelCost, tick: float) -> float:
     return profile.epochs[pde] * (epoch * TRAINING_PASSES + EPOCH_TICKS * tick)
 
 
-def matrix_seconds(cost: ModelCost, passes: float) -> float:
-    """One influence matrix of N examples: `passes` passes per example, in chunks of 8."""
-    return passes * cost.seconds(BATCH_EXAMPLES / CHUNK, BATCH_EXAMPLES)
+def matrix_seconds(cost: ModelCost) -> float:
+    """One subspace influence matrix of N examples: `SWEEP_PASSES` per example, in chunks of 8."""
+    return SWEEP_PASSES * cost.seconds(BATCH_EXAMPLES / CHUNK, BATCH_EXAMPLES)
 
 
 def _sweep_tasks(profile, pde: str) -> int:
@@ -222,8 +217,7 @@ def stage_seconds(profile, law: str, pde: str, cost: ModelCost, tick: float) -> 
         steps, seeds = rungs(profile), len(profile.ladder_seeds)
         if law == "ladder training":
             return seeds * sum(not r.own for r in steps) * training_seconds(profile, pde, cost, tick)
-        return (matrix_seconds(cost, SWEEP_PASSES) * seeds * len(steps)
-                * (1 + KRYLOV_MATVECS / SWEEP_PASSES))
+        return matrix_seconds(cost) * seeds * len(steps) * (1 + KRYLOV_MATVECS / SWEEP_PASSES)
     seeds = len(profile.study_seeds() if law in _STUDY_SEED_LAWS else profile.seeds)
     if law in _TRAINING_LAWS:
         return seeds * training_seconds(profile, pde, cost, tick)
@@ -232,7 +226,7 @@ def stage_seconds(profile, law: str, pde: str, cost: ModelCost, tick: float) -> 
     if law == "study":  # sweeps and rollouts of the study's runs
         matrices = seeds * len(profile.checkpoints[pde]) * (profile.recipe_batches
                                                             or profile.n_influence_batches)
-        return matrix_seconds(cost, SWEEP_PASSES) * matrices + rollout_seconds(profile, cost)
+        return matrix_seconds(cost) * matrices + rollout_seconds(profile, cost)
     seeds = len(profile.seeds)
     if law == "influence":
         matrices = _sweep_tasks(profile, pde)
@@ -248,7 +242,7 @@ def stage_seconds(profile, law: str, pde: str, cost: ModelCost, tick: float) -> 
         matrices = seeds * solves / 3
     else:
         raise KeyError(law)
-    return matrix_seconds(cost, SWEEP_PASSES) * matrices
+    return matrix_seconds(cost) * matrices
 
 
 def _memory(profile, law: str, cost: ModelCost) -> float:

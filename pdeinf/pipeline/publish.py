@@ -35,11 +35,9 @@ def _portable_output(output):
     out = copy.deepcopy(output)
     if out.get("output_type") == "stream":
         out["text"] = portable_text(out["text"])
-    for mime in UNPUBLISHED_MIME:
-        out.get("data", {}).pop(mime, None)
-    for mime, value in out.get("data", {}).items():
-        if isinstance(value, str) and mime.startswith("text/"):
-            out["data"][mime] = portable_text(value)
+    if "data" in out:
+        out["data"] = {mime: portable_text(v) if isinstance(v, str) and mime.startswith("text/") else v
+                       for mime, v in out["data"].items() if mime not in UNPUBLISHED_MIME}
     return out
 
 

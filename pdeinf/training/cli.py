@@ -10,14 +10,13 @@ steps (`pdeinf.influence.monitor.CoherenceMonitor`) to `monitor.json|csv` in the
 from __future__ import annotations
 
 import math
-import sys
 
 from pdeinf.checks import positive_int
 from pdeinf.config import MODELS, PDE_SPECS, get_profile
 from pdeinf.errors import InputError
 
 
-def add_parser(subparsers):
+def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "train", help="train a surrogate (resumes an interrupted run)",
         description="One-step teacher-forced training with scheduled checkpoints; rerun the "
@@ -41,7 +40,6 @@ def add_parser(subparsers):
     parser.add_argument("--monitor-every", type=int, default=None, metavar="N",
                         help="optimizer steps between monitor records (default: once per epoch)")
     parser.set_defaults(func=run)
-    return parser
 
 
 def _monitor(args, profile):
@@ -63,7 +61,7 @@ def _monitor(args, profile):
 
 def run(args) -> int:
     from pdeinf.training.recipes import parse_settings
-    from pdeinf.training.train import TrainingError, train
+    from pdeinf.training.train import train
 
     if args.monitor_every is not None and not args.monitor:
         raise InputError("--monitor-every: given without --monitor")
@@ -73,13 +71,9 @@ def run(args) -> int:
 
         check_writable(args.out_dir, "--out-dir")
     monitor = _monitor(args, profile) if args.monitor else None
-    try:
-        result = train(args.pde, args.model, args.seed, profile, data_root=args.data_root,
-                       out_dir=args.out_dir, progress=not args.no_progress, recipe=args.recipe,
-                       recipe_settings=parse_settings(args.recipe_setting), monitor=monitor)
-    except TrainingError as err:
-        print(f"pdeinf train: error: {err}", file=sys.stderr)
-        return 1
+    result = train(args.pde, args.model, args.seed, profile, data_root=args.data_root,
+                   out_dir=args.out_dir, progress=not args.no_progress, recipe=args.recipe,
+                   recipe_settings=parse_settings(args.recipe_setting), monitor=monitor)
     last = result.history[-1] if result.history else {}
     nan = float("nan")
     print(f"{result.run_dir}: epoch {last.get('epoch')}, train SMSE "
