@@ -63,8 +63,7 @@ def ablation_profile(profile: ProfileLike, name: str):
 
 def run_dir(profile: ProfileLike, name: str, pde: str, model: str, seed: int) -> Path:
     """`runs_dir(profile)/ablation-<name>/<PDE>-<model>-s<seed>`."""
-    prof = as_profile(profile)
-    return paths.runs_dir(prof.name) / f"ablation-{name}" / paths.run_name(pde, model, seed)
+    return paths.runs_dir(as_profile(profile).name) / f"ablation-{name}" / paths.run_name(pde, model, seed)
 
 
 def ensure_ablation_runs(profile: ProfileLike, name: str, pde: str, model: str, *,
@@ -164,7 +163,7 @@ def load_ablation(profile: ProfileLike, pde: str, model: str, *, baseline=None):
                          hint=f"pipeline.ensure_ablation({prof.name!r})")
     parts += [xr.concat([loaded[(n, s)] for s in seeds], dim="seed", combine_attrs="drop")
               .assign_coords(seed=seeds) for n in names]
-    parts = [p.drop_vars([v for v in p.coords if v not in p.dims], errors="ignore") for p in parts]
+    parts = [p.reset_coords(drop=True) for p in parts]  # only the dims' coordinates
     out = xr.concat([p[list(DATA_VARS)] for p in parts], dim="config", combine_attrs="drop",
                     join="exact")
     out = out.assign_coords(config=[BASELINE, *names])

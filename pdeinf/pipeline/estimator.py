@@ -103,15 +103,6 @@ def study_pairs(profile: ProfileLike) -> list[tuple[str, str]]:
     return pairs
 
 
-def _settings(prof, pde: str, model: str, subset: Subset) -> dict:
-    rtols = sorted({*map(float, prof.estimator_rtols), prof.rtol_for(model)}, reverse=True)
-    return {"lambdas": [float(v) for v in prof.estimator_lambdas], "rtols": rtols,
-            "reference_lambda": float(prof.fullspace_damping), "paper_rtol": float(prof.rtol_for(model)),
-            "times": subset.times, "maxiter": subset.maxiter, "damping": float(prof.damping),
-            "energy_tol": float(prof.energy_tol), "energy_tols": list(ENERGY_TOLS),
-            "dampings": list(DAMPINGS), "stopping": "authors", "solver": "block", "version": STUDY_VERSION}
-
-
 def _subset_batch(ib, n_classes: int, times: int | None):
     n_t = ib.inputs.shape[0] // n_classes
     k = n_t if times is None else int(times)
@@ -191,8 +182,7 @@ def _fullspace(model, x, y, pde, s: dict, progress: bool):
 
 
 def task_file(profile, pde: str, model: str, seed: int) -> Path:
-    prof = as_profile(profile)
-    return paths.results_dir() / "estimator" / prof.name / f"{pde}-{model}" / f"s{seed}.nc"
+    return paths.results_dir() / "estimator" / as_profile(profile).name / f"{pde}-{model}" / f"s{seed}.nc"
 
 
 def ensure_estimator_pair(profile: ProfileLike, pde: str, model: str, *, progress: bool = True):
@@ -207,7 +197,12 @@ def ensure_estimator_pair(profile: ProfileLike, pde: str, model: str, *, progres
     subset = study_subset(prof)
     sources = trained_sources(prof, pde, model, progress)
     epoch = final_epoch(prof, pde)
-    settings = _settings(prof, pde, model, subset)
+    rtols = sorted({*map(float, prof.estimator_rtols), prof.rtol_for(model)}, reverse=True)
+    settings = {"lambdas": [float(v) for v in prof.estimator_lambdas], "rtols": rtols,
+                "reference_lambda": float(prof.fullspace_damping), "paper_rtol": float(prof.rtol_for(model)),
+                "times": subset.times, "maxiter": subset.maxiter, "damping": float(prof.damping),
+                "energy_tol": float(prof.energy_tol), "energy_tols": list(ENERGY_TOLS), "dampings": list(DAMPINGS),
+                "stopping": "authors", "solver": "block", "version": STUDY_VERSION}
     full = fullspace_seeds(prof)
     n_c, data_key = len(pde_spec(pde).classes), sources.data_key()
 

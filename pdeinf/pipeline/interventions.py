@@ -88,8 +88,7 @@ def recipe_run_dir(profile: ProfileLike, pde: str, model: str, recipe: str, seed
     from pdeinf.training.recipes import make_recipe
     from pdeinf.training.train import default_out_dir
 
-    prof = as_profile(profile)
-    return default_out_dir(prof.name, make_recipe(recipe)) / paths.run_name(pde, model, seed)
+    return default_out_dir(as_profile(profile).name, make_recipe(recipe)) / paths.run_name(pde, model, seed)
 
 
 def ensure_recipe_runs(profile: ProfileLike, pde: str, model: str, recipe: str, *,

@@ -142,12 +142,11 @@ class FirstTrainingTrajectories:
 
 
 def rung_runs_root(profile: ProfileLike, rung: Rung) -> Path:
-    prof = as_profile(profile)
-    base = paths.runs_dir(prof.name)
+    base = paths.runs_dir(as_profile(profile).name)
     return base if rung.own else base / "ladder" / rung.name
 
 
-def _model_options(prof, model: str, rung: Rung) -> dict | None:
+def _model_options(model: str, rung: Rung) -> dict | None:
     return {WIDTH_OPTION[model]: rung.value} if rung.axis == "width" and not rung.own else None
 
 
@@ -160,7 +159,7 @@ def ensure_ladder_runs(profile: ProfileLike, *, progress: bool = True) -> list[P
     done = []
     for rung in tqdm([r for r in rungs(prof) if not r.own], desc=f"ladder runs {pde}-{model}",
                      disable=not progress):
-        options = _model_options(prof, model, rung)
+        options = _model_options(model, rung)
         done += ensure_runs(
             dataclasses.replace(prof, epochs={**prof.epochs, pde: rung.epochs},
                                 checkpoints={**prof.checkpoints, pde: (rung.epochs,)}),
@@ -238,7 +237,7 @@ def ladder_table(profile: ProfileLike, *, progress: bool = True) -> pd.DataFrame
                              progress=progress)
     rows = []
     for rung in sources:
-        p_over_m = parameter_count(prof, pde, model, **(_model_options(prof, model, rung) or {})) / outputs
+        p_over_m = parameter_count(prof, pde, model, **(_model_options(model, rung) or {})) / outputs
         steps = rung.epoch * steps_per_epoch(prof, rung.train_per_class, pde)
         for seed in prof.ladder_seeds:
             try:

@@ -22,8 +22,7 @@ ROLLOUT_VARS = ("smse",)
 
 def rollouts_path(profile: ProfileLike, pde: str, model: str) -> Path:
     """``results/rollouts/<profile>/<PDE>-<model>.nc``."""
-    profile = as_profile(profile)
-    return paths.results_dir() / "rollouts" / profile.name / f"{pde}-{model}.nc"
+    return paths.results_dir() / "rollouts" / as_profile(profile).name / f"{pde}-{model}.nc"
 
 
 def ensure_rollouts(profile: ProfileLike, pde: str, model: str, *, progress: bool = True):

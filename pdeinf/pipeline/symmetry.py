@@ -76,14 +76,12 @@ def _cached(sources, prof, pde: str, model: str, out_root=None, keyed: bool = Tr
 
 
 def snapshot_dt(sources, pde: str) -> float | None:
-    """Spacing of the stored snapshots (compressible PDEs' axis check; else None), from
-    `sources.snapshot_dt()` when it provides one, else from its data readers."""
+    """Spacing of the stored snapshots (compressible PDEs' axis check; else None), from the data
+    readers of `sources`."""
     from pdeinf.config import pde_spec
 
     if not pde_spec(pde).compressible:
         return None
-    if hasattr(sources, "snapshot_dt"):
-        return float(sources.snapshot_dt())
     data = sources.data
     times = np.asarray(data.reader(data.classes[0]).times, dtype=np.float64)
     return float(times[1] - times[0])
@@ -92,8 +90,8 @@ def snapshot_dt(sources, pde: str) -> float | None:
 def run_symmetry(profile, pde: str, model: str, *, sources=None, out_root=None,
                  progress: bool = True, compute=None) -> list[Path]:
     """(Re)compute the seeds whose file is missing, stale or corrupt; returns every seed's file.
-    `sources`: as `influence.FileSources` (with the data readers or `snapshot_dt()` for
-    compressible PDEs); `compute`: default `symmetry.study.symmetry_study`."""
+    `sources`: as `influence.FileSources` (with its data readers for compressible PDEs);
+    `compute`: default `symmetry.study.symmetry_study`."""
     from pdeinf.pipeline.influence import FileSources
     from pdeinf.symmetry.study import symmetry_study
 
