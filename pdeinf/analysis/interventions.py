@@ -20,7 +20,7 @@ from pdeinf.symmetry.actions import ELEMENTS
 BASELINE = "one-step"
 CRITERIA = ("val", "R", "R+val")
 #: A `ci` DataArray as "estimate [low, high]" to 3 significant digits, NaN bounds printed as such.
-_ci_text = functools.partial(interval_text, fmt=".3g", keep_nan=True)
+_ci_text = functools.partial(interval_text, fmt=".3g")
 SELECTION_RULE = ("estimate = mean over seeds x batches of log(rollout SMSE at dt=16 of the checkpoint the "
                   "criterion picks) - log(... of the checkpoint minimal validation SMSE picks); same "
                   "interval and words as the intervention effect")

@@ -194,12 +194,12 @@ def fisher_z_interval(correlations, level: float = 0.95) -> tuple[float, float, 
     return tuple(float(np.tanh(v)) for v in seed_interval(fisher_z(r), level))
 
 
-def interval_text(ci, fmt: str = "+.2f", *, keep_nan: bool = False) -> str:
+def interval_text(ci, fmt: str = "+.2f") -> str:
     """`estimate [low, high]` of `ci` (those three numbers, or a DataArray along `ci`) in format
     `fmt`; where a bound is not finite "estimate (no interval)" ("undefined" without an
-    estimate), or with `keep_nan` the bounds as they are ("nan")."""
+    estimate)."""
     est, low, high = (float(v) for v in np.asarray(ci, dtype=np.float64))
-    if not (keep_nan or (math.isfinite(low) and math.isfinite(high))):
+    if not (math.isfinite(low) and math.isfinite(high)):
         return f"{est:{fmt}} (no interval)" if math.isfinite(est) else "undefined"
     return f"{est:{fmt}} [{low:{fmt}}, {high:{fmt}}]"
 
