@@ -77,15 +77,6 @@ def _stored_key(directory: Path) -> str | None:
         return None
 
 
-def training_complete(profile: ProfileLike, pde: str, model: str, seed: int, *,
-                      key: str | None = None) -> bool:
-    """Every scheduled checkpoint exists (non-empty) and (when `key` is given) the run was
-    trained from it."""
-    directory = run_dir(profile, pde, model, seed)
-    epochs = scheduled_checkpoints(as_profile(profile), pde)
-    return has_checkpoints(directory, epochs) and (key is None or _stored_key(directory) == key)
-
-
 def ensure_keyed_run(directory: Path, epochs, key: str, train_once, record: dict) -> Path:
     """Every trained run of the pipeline: `directory` is current when it holds a checkpoint for
     each of `epochs` and its `stage_key.json` records `key`. Otherwise a run of other inputs is
