@@ -91,7 +91,7 @@ def stage_eta(profile, workers: int) -> EtaClock | None:
 
     try:
         stages = plan(profile, notebooks=False)["stages"]
-    except Exception as err:  # the estimate is a courtesy: never a reason to stop a run
+    except Exception as err:  # noqa: BLE001 - the estimate is a courtesy, never a reason to stop a run
         print(f"[pdeinf] no ETA ({type(err).__name__}: {err})", file=sys.stderr, flush=True)
         return None
     clock = EtaClock({s.stage: s.seconds for s in stages}, workers)
@@ -211,17 +211,12 @@ def format_report(report: ReproduceReport) -> str:
         lines += ["", "notebooks:"]
         for nb in report.notebooks:
             lines.append(f"  {nb['notebook']}  [{nb['status']}]  {nb['seconds']:.1f} s")
-            for fig in nb.get("figures", []):
-                lines.append(f"      figure   {portable_text(fig)}")
             numbers = ", ".join(f"{k}={v:.4g}" if math.isfinite(v) else f"{k}={v}"
                                 for k, v in nb.get("numbers", {}).items())
-            if numbers:
-                lines.append(f"      numbers  {numbers}")
             verdicts = ", ".join(f"{n} {word}" for word, n in nb.get("verdicts", {}).items())
-            if verdicts:
-                lines.append(f"      findings {verdicts}")
-            if nb["status"] != "ok":
-                lines.append(f"      error    {nb.get('error', '')}")
-            if nb.get("published"):
-                lines.append(f"      outputs  {portable_text(nb['published'])}")
+            rows = [("figure", portable_text(fig)) for fig in nb.get("figures", [])]
+            rows += [("numbers", numbers), ("findings", verdicts),
+                     ("error", nb.get("error", "") if nb["status"] != "ok" else ""),
+                     ("outputs", portable_text(nb["published"]) if nb.get("published") else "")]
+            lines += [f"      {label:<8} {text}" for label, text in rows if text]
     return "\n".join(lines)

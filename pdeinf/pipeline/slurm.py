@@ -273,18 +273,12 @@ class SlurmRun:
                                    **{k: v for k, v in optional.items() if v is not None})
         return executor
 
-    def _fits(self, task: Task) -> bool:
-        """Whether `task` may start now (reserving what it needs; Slurm queues everything)."""
-        return True
-
-    def _release(self, task: Task) -> None:
-        """Give back what `_fits` reserved for `task`."""
-
     def _states(self, running: Sequence[_Running]) -> dict[str, str] | None:
         """As `_squeue_states`, for the running jobs."""
         return _squeue_states([str(r.job.job_id) for r in running])
 
-    def _submit(self, task: Task) -> _Running:
+    def _submit(self, task: Task) -> _Running | None:
+        """Submit `task`'s job (Slurm queues everything; `NodeRun`: None while it cannot start)."""
         from pdeinf.pipeline.slurm_job import StageJob
 
         environment = {k: os.environ[k] for k in JOB_ENVIRONMENT if k in os.environ}
@@ -313,8 +307,8 @@ class SlurmRun:
                 elif is_current(self.profile, task, self.keys[task.name]):
                     status[task.name] = "ok"
                     self.results.append(TaskResult(task.name, 0.0, "cached"))
-                elif self._fits(task):
-                    running[task.name] = self._submit(task)
+                elif entry := self._submit(task):
+                    running[task.name] = entry
                 else:
                     continue
                 pending.remove(task)
@@ -328,7 +322,6 @@ class SlurmRun:
                 outcome = self._settled(entry, _outcome(entry.job, states.get(str(entry.job.job_id))))
                 if outcome is not None:
                     del running[name]
-                    self._release(entry.task)
                     status[name] = self._finish(entry, *outcome)
         if failures := [str(r.error) for r in self.results if r.status == "failed"]:
             raise StageFailed("\n".join(failures))
@@ -381,17 +374,18 @@ class NodeRun(SlurmRun):
             raise InputError(f"--gpus-per-task: {wanted} GPU(s) per stage, but this node has "
                              f"{len(self.free_gpus)}")
 
-    def _fits(self, task: Task) -> bool:
+    def _submit(self, task: Task) -> _Running | None:
         gpus = self.options.gpus_for(task.name)
         cpu_stages = sum(not held for held in self.held.values())
         if gpus > len(self.free_gpus) or (gpus == 0 and cpu_stages >= self.cpu_slots):
-            return False
+            return None
         self.held[task.name] = self.free_gpus[:gpus]
         del self.free_gpus[:gpus]
-        return True
+        return super()._submit(task)
 
-    def _release(self, task: Task) -> None:
-        self.free_gpus = sorted(self.free_gpus + self.held.pop(task.name, []))
+    def _finish(self, entry: _Running, status: str, why: str) -> str:
+        self.free_gpus = sorted(self.free_gpus + self.held.pop(entry.task.name, []))
+        return super()._finish(entry, status, why)
 
     def _executor(self, task: Task):
         import submitit
@@ -405,7 +399,6 @@ class NodeRun(SlurmRun):
 
     def _states(self, running: Sequence[_Running]) -> dict[str, str]:
         return {str(r.job.job_id): "RUNNING" for r in running if not r.job.done()}
-
 
 
 def reproduce_slurm(profile, options: SlurmOptions, *, notebooks=None, only_pipeline=False,
