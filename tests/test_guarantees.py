@@ -116,8 +116,10 @@ def test_stale_temporaries_of_dead_processes_only(tmp_path):
 def test_two_concurrent_reproduce_runs(smoke_home):
     """A run holding the results lock, with a live temporary file, and a second `pdeinf
     reproduce` started meanwhile: the second waits (saying who holds the lock), the first's
-    temporary file survives, both succeed."""
+    temporary file survives, both succeed. The first holds the lock until the second has said
+    that it waits (at most 120 s), so a slow start of the second cannot miss the lock."""
     results = smoke_home / "results"
+    release = smoke_home / "release"
     holder = textwrap.dedent(f"""
         import pathlib, sys, time
         from pdeinf.atomic import temporary_path
@@ -127,7 +129,9 @@ def test_two_concurrent_reproduce_runs(smoke_home):
             tmp.parent.mkdir(parents=True, exist_ok=True)
             tmp.write_bytes(b"live")
             print("locked", flush=True)
-            time.sleep(4)
+            deadline = time.monotonic() + 120
+            while not pathlib.Path({str(release)!r}).exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
             ok = tmp.exists()
             tmp.unlink()
         sys.exit(0 if ok else 3)
@@ -135,14 +139,20 @@ def test_two_concurrent_reproduce_runs(smoke_home):
     env = {**os.environ, "PDEINF_HOME": str(smoke_home), "OMP_NUM_THREADS": "1"}
     first = subprocess.Popen([sys.executable, "-c", holder], env=env, stdout=subprocess.PIPE, text=True)
     assert first.stdout.readline().strip() == "locked"
-    start = time.monotonic()
-    second = subprocess.run([sys.executable, "-m", "pdeinf", "reproduce", "--profile", "smoke",
-                             "--only-pipeline", "--no-progress"], env=env, capture_output=True,
-                            text=True, timeout=600, check=False)
+    second = subprocess.Popen([sys.executable, "-m", "pdeinf", "reproduce", "--profile", "smoke",
+                               "--only-pipeline", "--no-progress"], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    err = ""
+    for line in second.stderr:  # until the second says it waits, or ends
+        err += line
+        if "another pdeinf run holds" in line:
+            break
+    waited = "another pdeinf run holds" in err and "(pid " in err and first.poll() is None
+    release.touch()
+    err += second.stderr.read()
+    assert second.wait(timeout=600) == 0, err[-2000:]
     assert first.wait(timeout=60) == 0, "the waiting run deleted the live temporary file"
-    assert second.returncode == 0, second.stderr[-2000:]
-    assert "another pdeinf run holds" in second.stderr and "(pid " in second.stderr
-    assert time.monotonic() - start > 2  # it waited for the lock
+    assert waited, err[-2000:]  # it said who holds the lock while the lock was held
 
 
 def test_output_paths_that_are_files_fail_in_one_line(tmp_path, capsys, monkeypatch):
