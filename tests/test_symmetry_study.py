@@ -240,6 +240,14 @@ def test_epoch_trends_relative_to_identity():
     tr = sm.epoch_trends(ds)
     np.testing.assert_allclose(tr["orbit_relative"].sel(tracked="identity").values, 1.0)
     np.testing.assert_allclose(tr["lie"].values, np.median(d.transpose(1, 2, 0, 3).reshape(3, 3, -1), axis=-1))
+    orbit = d.copy()
+    orbit[:, 1] = np.nan  # a checkpoint where the orbit diagonal is not measured
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tr = sm.epoch_trends(ds.assign(orbit_diagonal_epochs=ds.orbit_diagonal_epochs.copy(data=orbit)))
+    assert np.isnan(tr["orbit"].sel(epoch=2)).all() and np.isfinite(tr["orbit"].sel(epoch=[1, 3])).all()
 
 
 def test_translation_landscape_reads_each_shift_where_it_belongs():

@@ -6,6 +6,7 @@ convention and Lie derivative in words and, per seed, the statistics of the find
 from __future__ import annotations
 
 import re
+import warnings
 
 import numpy as np
 import torch
@@ -146,7 +147,10 @@ def epoch_trends(ds) -> xr.Dataset:
     out = {}
     for name, da in (("lie", ds["lie_norm_epochs"]), ("equivariance", ds["equivariance_epochs"]),
                      ("orbit", ds["orbit_diagonal_epochs"]), ("orbit_relative", rel)):
-        q = da.quantile([0.25, 0.5, 0.75], dim=dims)
+        with warnings.catch_warnings():  # NaN throughout where a checkpoint is not measured
+            # (the orbit diagonal outside `symmetry_orbit_epochs`): NaN quartiles, as meant
+            warnings.filterwarnings("ignore", "All-NaN slice", RuntimeWarning)
+            q = da.quantile([0.25, 0.5, 0.75], dim=dims)
         for suffix, level in (("", 0.5), ("_q1", 0.25), ("_q3", 0.75)):
             out[name + suffix] = q.sel(quantile=level, drop=True)
     return xr.Dataset(out)
