@@ -168,6 +168,23 @@ def test_damaged_checkpoint_is_moved_aside_and_rebuilt(home, how, capsys):
         np.testing.assert_array_equal(values, pi_before[name])
 
 
+def test_verify_reads_each_version_of_a_checkpoint_once(home, tmp_path, monkeypatch, capsys):
+    """Stages that check the same checkpoint in one process read it once; a checkpoint damaged
+    after it was verified (same size, rewritten) is read again and moved aside."""
+    from pdeinf.training import checkpoints as ck
+
+    path = tmp_path / "ckpt.pt"
+    shutil.copy(home / "results" / RUN / "ckpt_e0002.pt", path)
+    reads, read = [], ck.read_checkpoint
+    monkeypatch.setattr(ck, "read_checkpoint", lambda p: reads.append(p) or read(p))
+    assert ck.verify(path) and ck.verify(str(path)) and len(reads) == 1
+    _flip_tensor_bytes(path)
+    assert not ck.verify(path) and len(reads) == 2
+    assert not path.exists() and (tmp_path / "ckpt.pt.corrupt-1").is_file()
+    assert "corrupt checkpoint" in capsys.readouterr().err
+    assert not ck.verify(path) and len(reads) == 2  # absent: nothing to read
+
+
 def test_influence_on_a_corrupt_checkpoint_says_how_to_rebuild_it(home, capsys):
     first = home / "results" / RUN / "ckpt_e0001.pt"
     _flip_tensor_bytes(first)

@@ -83,10 +83,10 @@ def ensure_keyed_run(directory: Path, epochs, key: str, train_once, record: dict
     set aside (`<run>.stale/`), `train_once()` trains (or resumes), and the key is written with
     `record`. A checkpoint that fails verification is moved aside first and rebuilt by resuming.
     NumericalError if training ends without every checkpoint."""
-    from pdeinf.training.checkpoints import usable
+    from pdeinf.training.checkpoints import verify
 
     for epoch in epochs:
-        usable(paths.checkpoint_path(directory, epoch))
+        verify(paths.checkpoint_path(directory, epoch))
     stored, complete = _stored_key(directory), has_checkpoints(directory, epochs)
     if complete and stored == key:
         return directory

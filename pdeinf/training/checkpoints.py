@@ -121,3 +121,30 @@ def usable(path: Path | str) -> dict | None:
         print(f"[pdeinf] {path}: corrupt checkpoint ({err.why}); moved aside to {aside.name}",
               file=sys.stderr, flush=True)
         return None
+
+
+#: File versions (path, size, mtime, ctime, inode) that `verify` found intact in this process.
+_VERIFIED: set[tuple] = set()
+
+
+def _version(path: Path) -> tuple | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
+
+
+def verify(path: Path | str) -> bool:
+    """`usable(path) is not None` (a corrupt file is moved aside), remembered for the file's
+    version (path, size, mtime, ctime, inode): a process that checks the same checkpoint for
+    several stages reads it once, and a rewritten, replaced or touched file is read again."""
+    version = _version(Path(path))
+    if version is None:
+        return False
+    if version in _VERIFIED:
+        return True
+    intact = usable(path) is not None
+    if intact:
+        _VERIFIED.add(version)
+    return intact
