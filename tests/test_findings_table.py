@@ -319,3 +319,20 @@ def test_smoke_findings_table_is_consistent_and_its_ablation_rows_current(smoke_
         np.testing.assert_allclose(table["change"].sel(ci="estimate"),
                                    table["value"] - table["value"].sel(config=base), atol=1e-12)
         assert not table["exceeds_noise"].sel(config=base).any()
+
+
+def test_seed_paper_studies_share_one_read_per_pair(monkeypatch):
+    """Within `shared_reads` (as in `collect_findings`) each pair's seed-paper influence is read
+    once for all five seed-paper studies; outside it, every call reads, and nothing is held."""
+    from types import SimpleNamespace
+
+    from pdeinf.pipeline import study_findings as sf
+
+    reads = []
+    monkeypatch.setattr(sf, "ensure_seed_paper", lambda prof, pde, model, progress: reads.append(
+        (pde, model)) or object())
+    prof = SimpleNamespace(pairs=lambda: [("CE", "unet"), ("NS", "vit")])
+    with sf.shared_reads():
+        first, second = sf._seed_paper(prof), sf._seed_paper(prof)
+    assert first == second and reads == [("CE", "unet"), ("NS", "vit")]
+    assert sf._seed_paper(prof) != first and len(reads) == 4 and sf._seed_paper_held is None

@@ -132,23 +132,24 @@ def collect_findings(profile: ProfileLike = None, *, studies: dict | None = None
     regime cards of its pairs; ordered by layer, rule, PDE, model, class, dt, recipe), "rules":
     {finding: texts}, "notebooks": {study: records}, "missing": {study: why none},
     "rules_without_record", "rules_hash", "rules_commit"}. InputError names a bad record."""
-    from pdeinf.pipeline.study_findings import STUDIES
+    from pdeinf.pipeline.study_findings import STUDIES, shared_reads
 
     prof = as_profile(profile)
     rows, counts, missing = [], {}, {}
-    for study, build in (STUDIES if studies is None else studies).items():
-        findings = build(prof)
-        if not isinstance(findings, dict):
-            raise InputError(f"study {study}: findings must be a dict {{rule: record or "
-                             f"[records]}}, got {type(findings).__name__}")
-        found = [(str(name), f"study {study} findings[{name!r}]"
-                  + (f"[{i}]" if isinstance(records, list) else ""), record)
-                 for name, records in findings.items()
-                 for i, record in enumerate(records if isinstance(records, list) else [records])]
-        rows += [_row(name, study, validate_record(record, where)) for name, where, record in found]
-        counts[study] = len(found)
-        if not found:
-            missing[study] = "no finding rule applies at this profile"
+    with shared_reads():
+        for study, build in (STUDIES if studies is None else studies).items():
+            findings = build(prof)
+            if not isinstance(findings, dict):
+                raise InputError(f"study {study}: findings must be a dict {{rule: record or "
+                                 f"[records]}}, got {type(findings).__name__}")
+            found = [(str(name), f"study {study} findings[{name!r}]"
+                      + (f"[{i}]" if isinstance(records, list) else ""), record)
+                     for name, records in findings.items()
+                     for i, record in enumerate(records if isinstance(records, list) else [records])]
+            rows += [_row(name, study, validate_record(record, where)) for name, where, record in found]
+            counts[study] = len(found)
+            if not found:
+                missing[study] = "no finding rule applies at this profile"
     rows = adjust_records(sorted(rows, key=_order))
     cards = regime_cards(prof) if rows else {}  # models built and histories read once
     sweep = {k: for_sweep(c, prof) for k, c in cards.items()}

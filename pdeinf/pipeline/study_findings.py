@@ -5,6 +5,7 @@ so it computes what is missing; `pipeline.findings.collect_findings` gathers the
 """
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 from pdeinf.analysis import coherence as co
@@ -23,11 +24,30 @@ from pdeinf.pipeline.symmetry import ensure_symmetry
 from pdeinf.pipeline.training import ensure_training, training_history
 from pdeinf.symmetry import summary as sm
 
+#: Within `shared_reads`: {id(profile): `_seed_paper(profile)`}; None outside.
+_seed_paper_held: dict | None = None
+
+
+@contextlib.contextmanager
+def shared_reads():
+    """Within it, the seed-paper builders (five studies) read each pair's influence once."""
+    global _seed_paper_held
+    _seed_paper_held = {}
+    try:
+        yield
+    finally:
+        _seed_paper_held = None
+
 
 def _seed_paper(profile) -> dict:
     """`{(pde, model): seed-paper influence Dataset}` of every pair of the profile."""
-    return {(pde, model): ensure_seed_paper(profile, pde, model, progress=False)
+    if _seed_paper_held is not None and id(profile) in _seed_paper_held:
+        return _seed_paper_held[id(profile)]
+    data = {(pde, model): ensure_seed_paper(profile, pde, model, progress=False)
             for pde, model in profile.pairs()}
+    if _seed_paper_held is not None:
+        _seed_paper_held[id(profile)] = data
+    return data
 
 
 def _standardized(profile, bra: str) -> dict:
