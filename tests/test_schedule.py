@@ -166,3 +166,21 @@ def test_run_tasks_prints_the_eta_after_each_stage(tmp_path, capsys):
     lines = [l for l in capsys.readouterr().err.splitlines() if " s ok" in l or "· ETA" in l]
     assert lines[-1].endswith("5/5 stages · ETA 0 s")
     assert all("· ETA" in l for l in lines)
+
+
+def test_stage_eta_counts_each_task_on_its_own_threads(monkeypatch):
+    """The planner's seconds use every core; a task runs on `task_threads()` of them."""
+    import os
+    from types import SimpleNamespace
+
+    from pdeinf.pipeline import planner
+    from pdeinf.pipeline.reproduce import stage_eta
+
+    stages = [SimpleNamespace(stage="a", seconds=10.0), SimpleNamespace(stage="b", seconds=30.0)]
+    monkeypatch.setattr(planner, "plan", lambda profile, notebooks: {"stages": stages})
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    monkeypatch.setenv("PDEINF_TASK_THREADS", "1")
+    clock = stage_eta("smoke", workers=2)
+    assert clock.estimates == {"a": 40.0, "b": 120.0} and clock.seconds_left() == 80.0
+    monkeypatch.setenv("PDEINF_TASK_THREADS", "0")  # tasks keep the process's threads: all cores
+    assert stage_eta("smoke", workers=1).estimates == {"a": 10.0, "b": 30.0}

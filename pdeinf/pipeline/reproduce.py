@@ -3,6 +3,7 @@ figures, key numbers and stage times; one run per results root at a time (a lock
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from collections import Counter
@@ -26,7 +27,14 @@ from pdeinf.pipeline.notebooks import (
     summarize_notebook,
 )
 from pdeinf.pipeline.publish import portable_text, publish_notebooks
-from pdeinf.pipeline.schedule import EtaClock, Task, default_workers, format_duration, run_tasks
+from pdeinf.pipeline.schedule import (
+    EtaClock,
+    Task,
+    default_workers,
+    format_duration,
+    run_tasks,
+    task_threads,
+)
 
 
 @dataclass
@@ -86,7 +94,8 @@ def run_all(
 
 def stage_eta(profile, workers: int) -> EtaClock | None:
     """An `EtaClock` from the planner's estimate of every stage, its total printed once; None
-    where planning fails (the run goes on without an ETA)."""
+    where planning fails (the run goes on without an ETA). The planner's seconds use all cores;
+    a task runs on `task_threads()` of them, so each estimate is scaled by cores / task threads."""
     from pdeinf.pipeline.planner import plan
 
     try:
@@ -94,7 +103,9 @@ def stage_eta(profile, workers: int) -> EtaClock | None:
     except Exception as err:  # noqa: BLE001 - the estimate is a courtesy, never a reason to stop a run
         print(f"[pdeinf] no ETA ({type(err).__name__}: {err})", file=sys.stderr, flush=True)
         return None
-    clock = EtaClock({s.stage: s.seconds for s in stages}, workers)
+    cores = os.cpu_count() or 1
+    per_task = cores / min(cores, task_threads() or cores)
+    clock = EtaClock({s.stage: s.seconds * per_task for s in stages}, workers)
     print(f"[pdeinf] estimated before starting: {format_duration(clock.seconds_left())} on "
           f"{workers} worker(s); the ETA is rescaled by each stage's measured time",
           file=sys.stderr, flush=True)
