@@ -6,7 +6,7 @@ to read each checkpoint and each pair's seed-paper influence once.
 The findings stage reads every study of the profile through its `ensure_*` function, and each
 of those first checks that the training runs it depends on are current: a checksum of every
 scheduled checkpoint. At `faithful` that is 39 checks of the same 20 runs (and of the ladder's
-and recipes' runs). Two rivals, alternated round by round in one process on the same cached
+and recipes' runs). Three rivals, alternated round by round in one process on the same cached
 results (run `pdeinf reproduce --profile PROFILE` first; nothing is recomputed):
 
 - `every read`: each check reads and verifies the checkpoint (`checkpoints.usable`), and each
