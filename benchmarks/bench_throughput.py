@@ -91,8 +91,8 @@ def main(argv=None) -> int:
     lines = [
         "# Training throughput at the faithful size: rival settings",
         "",
-        f"Command: `python benchmarks/bench_throughput.py --steps {args.steps} "
-        f"--repeats {args.repeats}`",
+        (f"Command: `python benchmarks/bench_throughput.py --steps {args.steps} "
+         f"--repeats {args.repeats}`"),
         "",
         (f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
          f"{torch.__version__}; float32, CE (4 channels) at {RESOLUTION}x{RESOLUTION}, authors' "
@@ -100,8 +100,8 @@ def main(argv=None) -> int:
          "steps, rivals interleaved round by round. Per-thread throughput is the rate that counts "
          "when two one-thread workers train two runs at once."),
         "",
-        "| model | rival | median step (s) | transitions / s / thread | speed-up per thread "
-        "| compile (s) |",
+        ("| model | rival | median step (s) | transitions / s / thread | speed-up per thread "
+         "| compile (s) |"),
         "|---|---|---|---|---|---|",
     ]
     for model_name in args.models:
@@ -110,7 +110,7 @@ def main(argv=None) -> int:
             try:
                 timers[rival] = (*step_timer(model_name, threads, batch, fmt, compiled), threads,
                                  batch)
-            except Exception as err:  # a rival that cannot run here is reported, not fatal
+            except Exception as err:  # noqa: BLE001 - a rival that cannot run here is reported, not fatal
                 print(f"{model_name} {rival}: skipped ({type(err).__name__}: {err})".splitlines()[0])
         samples = {rival: [] for rival in timers}
         for _ in range(args.repeats):

@@ -320,3 +320,13 @@ def test_smoke_estimator_study_holds_the_invariants(smoke_home):
         text = ae.describe_estimators(compared, ae.bra_ablations(sub))
         assert text.startswith("smse bra: pearson_offdiagonal") and "findings whose sign differs" in text
     assert "P > M" in ae.describe_limit(limits, stage.pm_table(prof))
+
+
+def test_limit_table_prints_round_off_as_a_bound():
+    """A table value at float64 round-off prints as "<1e-12" (its digits depend on the BLAS), a
+    value above it and an exact zero print as numbers, so reruns print the same table."""
+    ds = xr.Dataset({"krylov_error": ("lambda", [1e-3, 3.61e-15]), "mass_dense": ("lambda", [0.5, 0.215]),
+                     "mass_limit": ((), 0.0)}, coords={"lambda": [1e-2, 1e-10]}, attrs={"P": 3, "M": 2})
+    text = ae.describe_limit({"P > M": ds}, [{"pde": "CE"}])
+    row = text.splitlines()[1].split()
+    assert row[row.index("1e-10") + 3:] == ["<1e-12", "0.215", "0"], text

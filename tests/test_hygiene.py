@@ -489,6 +489,14 @@ def test_readme_quickstart_is_the_two_commands():
     assert commands == ["make reproduce", "make test"]
 
 
+def test_ruff_finds_nothing():
+    """The package, tests, benchmarks and notebooks pass `ruff check` (the dev extra's version)."""
+    pytest.importorskip("ruff", reason="ruff is in the [dev] extra")
+    done = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "--output-format", "concise",
+                           "."], cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+
+
 def test_ci_runs_make_test_and_nothing_else():
     ci = REPO / ".ci" / "run"
     assert _executable(ci)

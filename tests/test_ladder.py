@@ -109,7 +109,7 @@ def test_ladder_stage_trains_measures_and_caches(smoke_home):
     seed = LADDER.ladder_seeds[0]
     src = FileSources(LADDER, "CE", "vit", runs_root=pl.rung_runs_root(LADDER, width),
                       data_root=smoke_home / "results" / "data" / "smoke")
-    net, ckpt = src.model(seed, width.epoch)
+    net, _ = src.model(seed, width.epoch)
     assert count_parameters(net) == count_parameters(build("vit", channels=4, resolution=16,
                                                            size="smoke", width=width.value))
     data_src = FileSources(LADDER, "CE", "vit", runs_root=pl.rung_runs_root(LADDER, data),

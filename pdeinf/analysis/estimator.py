@@ -20,6 +20,8 @@ FINDINGS: tuple[str, ...] = ("offdiagonal_mass", "lag1_gap", "temporal_decay", "
 #: Findings whose sign is a claim of the papers (offdiagonal_mass is >= 0 by construction).
 SIGNED_FINDINGS: tuple[str, ...] = ("lag1_gap", "temporal_decay", "class_locked")
 FAR_LAG = 3
+#: Magnitudes below this in the lambda-limit table are float64 round-off, not results.
+ROUND_OFF = 1e-12
 
 
 def _square(pi) -> np.ndarray:
@@ -291,10 +293,13 @@ def describe_fullspace(table: xr.Dataset) -> str:
 
 
 def describe_limit(limits: dict, pm: list[dict]) -> str:
-    """`{case: lambda_limit}` at the smallest λ, then the rows of `pipeline.estimator.pm_table`."""
+    """`{case: lambda_limit}` at the smallest λ, then the rows of `pipeline.estimator.pm_table`.
+    Nonzero values below `ROUND_OFF` print as "<1e-12": float64 round-off, whose digits change
+    with the thread count and the BLAS."""
     last = pd.DataFrame({case: {"lambda": float(ds["lambda"][-1]), **ds.attrs, **{
         k: float(v) for k, v in ds.isel({"lambda": -1}).items()}} for case, ds in limits.items()}).T
-    return f"{_text(last)}\n\n{pd.DataFrame(pm).to_string(index=False)}"
+    text = last.to_string(float_format=lambda v: f"<{ROUND_OFF:.0e}" if 0 < abs(v) < ROUND_OFF else f"{v:.3g}")
+    return f"{text}\n\n{pd.DataFrame(pm).to_string(index=False)}"
 
 
 def describe_subspace(sub: xr.Dataset) -> str:
