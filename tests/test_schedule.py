@@ -142,19 +142,32 @@ def test_eta_scales_the_estimates_by_the_measured_stages():
     clock = EtaClock({"a": 10.0, "b": 20.0, "c": 30.0, "d": 40.0}, workers=2)
     assert clock.seconds_left() == pytest.approx(100.0 / 2)  # no stage measured: scale 1
     clock.finish("a", 0.01)  # cached: does not rescale
-    assert clock.scale == 1.0 and clock.seconds_left() == pytest.approx(90.0 / 2)
+    assert clock.computed == {} and clock.seconds_left() == pytest.approx(90.0 / 2)
     slow = EtaClock({"cached": 1000.0, "other": 1000.0})
     slow.finish("cached", 1.1)  # a cached stage that took a second to verify its files
-    assert slow.scale == 1.0
+    assert slow.computed == {}
     low = EtaClock({"cached": 100.0, "other": 1000.0})
     low.finish("cached", 9.0)  # many files verified against an estimate far too low
-    assert low.scale == 1.0 and low.seconds_left() == pytest.approx(1000.0)
-    clock.finish("b", 60.0)  # took 3x its estimate
-    assert clock.scale == pytest.approx(3.0)
-    assert clock.seconds_left() == pytest.approx(3.0 * 70.0 / 2)
-    assert clock.line() == "2/4 stages · ETA 1 min 45 s"
+    assert low.computed == {} and low.seconds_left() == pytest.approx(1000.0)
+    laws = {"a": "training", "b": "training", "c": "training", "d": "influence"}
+    clock = EtaClock({"a": 10.0, "b": 20.0, "c": 30.0, "d": 40.0}, workers=2, laws=laws)
+    clock.finish("a", 30.0)
+    clock.finish("b", 60.0)  # the training law took 3x its estimates (90 s for 30 s)
+    assert clock.scale_of("c") == pytest.approx(3.0) and clock.scale_of("d") == 1.0
+    assert clock.seconds_left() == pytest.approx((3.0 * 30.0 + 40.0) / 2)
+    assert clock.line() == "2/4 stages · ETA 1 min 5 s"
     assert format_duration(3 * 3600 + 12 * 60 + 5) == "3 h 12 min"
     assert format_duration(4.4) == "4 s"
+
+
+def test_eta_runs_an_exclusive_stage_alone():
+    """An exclusive stage holds every worker: its time is not shared among them."""
+    from pdeinf.pipeline.schedule import EtaClock
+
+    clock = EtaClock({"data": 100.0, "a": 60.0, "b": 60.0}, workers=2, exclusive={"data"})
+    assert clock.seconds_left() == pytest.approx(100.0 + 120.0 / 2)
+    clock.finish("data", 50.0)  # the data law's half does not rescale the others
+    assert clock.seconds_left() == pytest.approx(60.0)
 
 
 def test_run_tasks_prints_the_eta_after_each_stage(tmp_path, capsys):
@@ -176,11 +189,14 @@ def test_stage_eta_counts_each_task_on_its_own_threads(monkeypatch):
     from pdeinf.pipeline import planner
     from pdeinf.pipeline.reproduce import stage_eta
 
-    stages = [SimpleNamespace(stage="a", seconds=10.0), SimpleNamespace(stage="b", seconds=30.0)]
+    stages = [SimpleNamespace(stage="a", seconds=10.0), SimpleNamespace(stage="b", seconds=30.0),
+              SimpleNamespace(stage="data", seconds=50.0)]
     monkeypatch.setattr(planner, "plan", lambda profile, notebooks: {"stages": stages})
     monkeypatch.setattr(os, "cpu_count", lambda: 4)
     monkeypatch.setenv("PDEINF_TASK_THREADS", "1")
     clock = stage_eta("smoke", workers=2)
-    assert clock.estimates == {"a": 40.0, "b": 120.0} and clock.seconds_left() == 80.0
+    # the data stage is exclusive: alone on every core, as the planner timed it
+    assert clock.estimates == {"a": 40.0, "b": 120.0, "data": 50.0} and clock.exclusive == {"data"}
+    assert clock.laws["data"] == "data" and clock.seconds_left() == 50.0 + 80.0
     monkeypatch.setenv("PDEINF_TASK_THREADS", "0")  # tasks keep the process's threads: all cores
-    assert stage_eta("smoke", workers=1).estimates == {"a": 10.0, "b": 30.0}
+    assert stage_eta("smoke", workers=1).estimates == {"a": 10.0, "b": 30.0, "data": 50.0}

@@ -10,13 +10,13 @@ Cost law: passes (N = 48 examples of an influence batch: 3 classes x 16 times)
   training: seeds x epochs x ((a pass per batch + `VALIDATION` x validation) x `TRAINING_PASSES`
     + `EPOCH_TICKS` ticks); study training: the same with the study seeds (recipe, ablation runs)
   influence: sweep tasks x N x `SWEEP_PASSES`
-  seed-paper: tasks x N x `SWEEP_PASSES` (subspace) or x `KRYLOV_MATVECS` (full-space)
+  seed-paper: tasks x N x `SWEEP_PASSES` (subspace) or x `FULLSPACE_PASSES` (full-space)
   symmetry: seeds x batches x group elements x N x `SWEEP_PASSES` x orbit epochs
   estimator study: seeds x N x `SWEEP_PASSES` x (lambdas + rtols x `KRYLOV_MATVECS`)
   rollouts: seeds x test trajectories x 16 steps x `FORWARD`
   study: the sweeps (study seeds x checkpoints x batches) and rollouts of the study's runs
   ladder training: ladder seeds x trained rungs x one run of the profile
-  ladder: ladder seeds x rungs x N x (`SWEEP_PASSES` + `KRYLOV_MATVECS`)
+  ladder: ladder seeds x rungs x N x (`SWEEP_PASSES` + `FULLSPACE_PASSES`)
   data: trajectories x solver cells x snapshots x `DATA_TICKS` ticks
   findings, notebook: `NOTEBOOK_SECONDS` each (CPU)
 
@@ -46,7 +46,10 @@ VALIDATION = 0.35  # one validation forward pass, in passes
 FORWARD = 0.35  # one forward-only pass (rollouts), in passes
 #: passes per example of one subspace influence matrix (per-example gradients, metric, bras)
 SWEEP_PASSES = 40.0
-KRYLOV_MATVECS = 60.0  # operator applications of a full-space solve at the seed paper's rtols
+KRYLOV_MATVECS = 60.0  # operator applications per column of a capped full-space solve (estimator study)
+#: block sweeps of the seed paper's full-space solve at its rtols: the mean over the trained
+#: faithful models' stored solves (2.9 CE-UNet, 3.1 CE-ViT, 3.4 NS-UNet, 5.1 NS-ViT)
+BLOCK_SWEEPS = 3.6
 NOTEBOOK_SECONDS = 15.0  # a notebook run (kernel start, plotting)
 DATA_TICKS = 2.2e-5  # per trajectory, solver cell and snapshot of the data generation, in ticks
 #: fixed cost of any stage (imports, reading, writing), in ticks (a tick: one timed training
@@ -56,6 +59,9 @@ MEASURE_RESOLUTION = 16  # of the timed passes (the smoke-size models)
 CHUNK = 8  # examples per vmapped call of the influence stages
 BATCH_EXAMPLES = 48  # examples per influence batch (3 classes x 16 times)
 BYTES = 4  # float32
+#: passes per example of one full-space solve: each block sweep applies J^T J (a JVP and a VJP
+#: over the batch) to all N columns of the block
+FULLSPACE_PASSES = BLOCK_SWEEPS * 2 * BATCH_EXAMPLES
 _PAIR = re.compile(r"(CE|NS)-(unet|vit)$")
 #: The cost laws (module docstring) the stage table names, and that of a notebook.
 COST_LAWS = ("data", "training", "study training", "influence", "seed-paper", "symmetry",
@@ -217,7 +223,7 @@ def stage_seconds(profile, law: str, pde: str, cost: ModelCost, tick: float) -> 
         steps, seeds = rungs(profile), len(profile.ladder_seeds)
         if law == "ladder training":
             return seeds * sum(not r.own for r in steps) * training_seconds(profile, pde, cost, tick)
-        return matrix_seconds(cost) * seeds * len(steps) * (1 + KRYLOV_MATVECS / SWEEP_PASSES)
+        return matrix_seconds(cost) * seeds * len(steps) * (1 + FULLSPACE_PASSES / SWEEP_PASSES)
     seeds = len(profile.study_seeds() if law in _STUDY_SEED_LAWS else profile.seeds)
     if law in _TRAINING_LAWS:
         return seeds * training_seconds(profile, pde, cost, tick)
@@ -231,7 +237,7 @@ def stage_seconds(profile, law: str, pde: str, cost: ModelCost, tick: float) -> 
     if law == "influence":
         matrices = _sweep_tasks(profile, pde)
     elif law == "seed-paper":
-        per_task = 1.0 if profile.seed_paper_estimator == "subspace" else KRYLOV_MATVECS / SWEEP_PASSES
+        per_task = 1.0 if profile.seed_paper_estimator == "subspace" else FULLSPACE_PASSES / SWEEP_PASSES
         matrices = seeds * profile.seed_paper_batches * per_task
     elif law == "symmetry":
         elements = 8 + 2 * len(profile.symmetry_shifts) + profile.symmetry_box ** 2

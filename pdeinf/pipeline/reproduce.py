@@ -95,19 +95,26 @@ def run_all(
 def stage_eta(profile, workers: int) -> EtaClock | None:
     """An `EtaClock` from the planner's estimate of every stage, its total printed once; None
     where planning fails (the run goes on without an ETA). The planner's seconds use all cores;
-    a task runs on `task_threads()` of them, so each estimate is scaled by cores / task threads."""
+    a task runs on `task_threads()` of them, so each estimate is scaled by cores / task threads,
+    except an exclusive stage's (it runs alone, on every core)."""
     from pdeinf.pipeline.planner import plan
+    from pdeinf.pipeline.stages import stage_units
 
     try:
         stages = plan(profile, notebooks=False)["stages"]
+        kinds = {kind.name(unit): kind for kind, unit in stage_units(as_profile(profile))}
     except Exception as err:  # noqa: BLE001 - the estimate is a courtesy, never a reason to stop a run
         print(f"[pdeinf] no ETA ({type(err).__name__}: {err})", file=sys.stderr, flush=True)
         return None
     cores = os.cpu_count() or 1
     per_task = cores / min(cores, task_threads() or cores)
-    clock = EtaClock({s.stage: s.seconds * per_task for s in stages}, workers)
+    exclusive = {s.stage for s in stages if s.stage in kinds and kinds[s.stage].exclusive}
+    clock = EtaClock({s.stage: s.seconds * (1.0 if s.stage in exclusive else per_task) for s in stages},
+                     workers, laws={s.stage: kinds[s.stage].cost_law for s in stages if s.stage in kinds},
+                     exclusive=exclusive)
     print(f"[pdeinf] estimated before starting: {format_duration(clock.seconds_left())} on "
-          f"{workers} worker(s); the ETA is rescaled by each stage's measured time",
+          f"{workers} worker(s); the ETA is rescaled by the measured time of finished stages of "
+          "the same kind",
           file=sys.stderr, flush=True)
     return clock
 

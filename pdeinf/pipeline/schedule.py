@@ -122,37 +122,43 @@ def _timed_call(fn: Callable, args: tuple, kwargs: dict) -> float:  # in a pool 
 
 
 class EtaClock:
-    """The time left of a run: a prior estimate of each stage (`planner.plan`: seconds on this
-    machine) scaled by measured / estimated seconds over the computed stages so far (1 before
-    the first), over the estimates of the stages not yet finished / workers. A stage found
-    cached (faster than `COMPUTED_SECONDS` or than `CACHED_FRACTION` of its estimate) does not
-    count: loading and verifying cached files takes up to about 10 s at the faithful profile,
-    and counting that would collapse the ETA of a resumed run."""
+    """The time left of a run: a prior estimate of each stage (`planner.plan`: seconds on the
+    threads it runs on), each scaled by measured / estimated seconds over the computed stages of
+    its cost law (`laws`; 1 until one is computed: the planner timed this machine, and one law's
+    error is its own constants', not the others'). Stages still to run are divided among
+    `workers`, except `exclusive` ones, which run alone. A stage found cached (faster than `COMPUTED_SECONDS` or than `CACHED_FRACTION` of
+    its estimate) does not count: loading and verifying cached files takes up to about 10 s at
+    the faithful profile, and counting that would collapse the ETA of a resumed run."""
 
     COMPUTED_SECONDS = 30.0
     CACHED_FRACTION = 0.05
 
-    def __init__(self, estimates: dict[str, float], workers: int = 1):
+    def __init__(self, estimates: dict[str, float], workers: int = 1, *,
+                 laws: dict[str, str] | None = None, exclusive=()):
         self.estimates = {k: max(0.0, float(v)) for k, v in estimates.items()}
         self.workers = max(1, int(workers))
+        self.laws = {name: (laws or {}).get(name, name) for name in self.estimates}
+        self.exclusive = set(exclusive)
         self.finished: set[str] = set()
-        self.measured = 0.0
-        self.estimated = 0.0
+        self.computed: dict[str, list[float]] = {}  # law -> [measured, estimated] seconds
 
     def finish(self, name: str, seconds: float) -> None:
         self.finished.add(name)
         estimate = self.estimates.get(name, 0.0)
         if estimate > 0.0 and seconds >= max(self.COMPUTED_SECONDS, self.CACHED_FRACTION * estimate):
-            self.measured += seconds
-            self.estimated += estimate
+            sums = self.computed.setdefault(self.laws[name], [0.0, 0.0])
+            sums[0] += seconds
+            sums[1] += estimate
 
-    @property
-    def scale(self) -> float:
-        return self.measured / self.estimated if self.estimated > 0 else 1.0
+    def scale_of(self, name: str) -> float:
+        """Measured / estimated seconds over the computed stages of the cost law of `name`."""
+        measured, estimated = self.computed.get(self.laws.get(name, name), (0.0, 0.0))
+        return measured / estimated if estimated > 0 else 1.0
 
     def seconds_left(self) -> float:
-        left = sum(v for k, v in self.estimates.items() if k not in self.finished)
-        return self.scale * left / self.workers
+        left = {k: self.scale_of(k) * v for k, v in self.estimates.items() if k not in self.finished}
+        alone = sum(v for k, v in left.items() if k in self.exclusive)
+        return alone + (sum(left.values()) - alone) / self.workers
 
     def line(self) -> str:
         """`"3/40 stages · ETA 1 h 12 min"`."""
