@@ -298,7 +298,8 @@ def describe_limit(limits: dict, pm: list[dict]) -> str:
     with the thread count and the BLAS."""
     last = pd.DataFrame({case: {"lambda": float(ds["lambda"][-1]), **ds.attrs, **{
         k: float(v) for k, v in ds.isel({"lambda": -1}).items()}} for case, ds in limits.items()}).T
-    text = last.to_string(float_format=lambda v: f"<{ROUND_OFF:.0e}" if 0 < abs(v) < ROUND_OFF else f"{v:.3g}")
+    text = last.to_string(
+        float_format=lambda v: f"<{ROUND_OFF:.0e}" if 0 < abs(v) < ROUND_OFF else f"{v:.3g}")
     return f"{text}\n\n{pd.DataFrame(pm).to_string(index=False)}"
 
 

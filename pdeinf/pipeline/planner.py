@@ -46,7 +46,8 @@ VALIDATION = 0.35  # one validation forward pass, in passes
 FORWARD = 0.35  # one forward-only pass (rollouts), in passes
 #: passes per example of one subspace influence matrix (per-example gradients, metric, bras)
 SWEEP_PASSES = 40.0
-KRYLOV_MATVECS = 60.0  # operator applications per column of a capped full-space solve (estimator study)
+#: operator applications per column of a capped full-space solve (the estimator study)
+KRYLOV_MATVECS = 60.0
 #: block sweeps of the seed paper's full-space solve at its rtols: the mean over the trained
 #: faithful models' stored solves (2.9 CE-UNet, 3.1 CE-ViT, 3.4 NS-UNet, 5.1 NS-ViT)
 BLOCK_SWEEPS = 3.6

@@ -109,9 +109,9 @@ def stage_eta(profile, workers: int) -> EtaClock | None:
     cores = os.cpu_count() or 1
     per_task = cores / min(cores, task_threads() or cores)
     exclusive = {s.stage for s in stages if s.stage in kinds and kinds[s.stage].exclusive}
-    clock = EtaClock({s.stage: s.seconds * (1.0 if s.stage in exclusive else per_task) for s in stages},
-                     workers, laws={s.stage: kinds[s.stage].cost_law for s in stages if s.stage in kinds},
-                     exclusive=exclusive)
+    estimates = {s.stage: s.seconds * (1.0 if s.stage in exclusive else per_task) for s in stages}
+    laws = {s.stage: kinds[s.stage].cost_law for s in stages if s.stage in kinds}
+    clock = EtaClock(estimates, workers, laws=laws, exclusive=exclusive)
     print(f"[pdeinf] estimated before starting: {format_duration(clock.seconds_left())} on "
           f"{workers} worker(s); the ETA is rescaled by the measured time of finished stages of "
           "the same kind",

@@ -126,9 +126,10 @@ class EtaClock:
     threads it runs on), each scaled by measured / estimated seconds over the computed stages of
     its cost law (`laws`; 1 until one is computed: the planner timed this machine, and one law's
     error is its own constants', not the others'). Stages still to run are divided among
-    `workers`, except `exclusive` ones, which run alone. A stage found cached (faster than `COMPUTED_SECONDS` or than `CACHED_FRACTION` of
-    its estimate) does not count: loading and verifying cached files takes up to about 10 s at
-    the faithful profile, and counting that would collapse the ETA of a resumed run."""
+    `workers`, except `exclusive` ones, which run alone. A stage found cached (faster than
+    `COMPUTED_SECONDS` or than `CACHED_FRACTION` of its estimate) does not count: loading and
+    verifying cached files takes up to about 10 s at the faithful profile, and counting that
+    would collapse the ETA of a resumed run."""
 
     COMPUTED_SECONDS = 30.0
     CACHED_FRACTION = 0.05
