@@ -200,3 +200,41 @@ def test_stage_eta_counts_each_task_on_its_own_threads(monkeypatch):
     assert clock.laws["data"] == "data" and clock.seconds_left() == 50.0 + 80.0
     monkeypatch.setenv("PDEINF_TASK_THREADS", "0")  # tasks keep the process's threads: all cores
     assert stage_eta("smoke", workers=1).estimates == {"a": 10.0, "b": 30.0, "data": 50.0}
+
+
+def test_stage_eta_expects_the_last_runs_current_stages(monkeypatch, tmp_path):
+    """A stage that ended ok in the last run under the key it has now is estimated at its time
+    then, or at `CURRENT_SECONDS` if it was computed then, as a kind of its own; a changed key,
+    a failure or no readable last run leave the planner's estimate."""
+    from types import SimpleNamespace
+
+    from pdeinf.config import get_profile
+    from pdeinf.pipeline import planner
+    from pdeinf.pipeline.reproduce import CURRENT_SECONDS, stage_eta, stage_tasks
+    from pdeinf.pipeline.slurm import stage_keys
+
+    monkeypatch.setenv("PDEINF_HOME", str(tmp_path))
+    monkeypatch.setenv("PDEINF_TASK_THREADS", "0")
+    tasks = stage_tasks("smoke")
+    keys = stage_keys(get_profile("smoke"), tasks)
+    names = [t.name for t in tasks]
+    stages = [SimpleNamespace(stage=n, seconds=100.0) for n in names]
+    monkeypatch.setattr(planner, "plan", lambda profile, notebooks: {"stages": stages})
+    quick, slow, changed, failed, always = names[1], names[2], names[3], names[4], names[5]
+    report = tmp_path / "results" / "reproduce_smoke.json"
+    report.parent.mkdir(parents=True)
+    report.write_text("{not json")
+    assert stage_eta("smoke", 1, keys).estimates == {n: 100.0 for n in names}
+    report.write_text(json.dumps({"timings": [
+        {"stage": quick, "seconds": 3.0, "status": "ok", "key": keys[quick]},
+        {"stage": slow, "seconds": 140.0, "status": "ok", "key": keys[slow]},
+        {"stage": changed, "seconds": 3.0, "status": "ok", "key": "another"},
+        {"stage": failed, "seconds": 3.0, "status": "failed", "key": keys[failed]},
+        {"stage": always, "seconds": 25.0, "status": "ok", "key": keys[always]},  # rebuilt each run
+        {"stage": "notebook 01_data", "seconds": 3.0, "status": "ok"}]}))
+    clock = stage_eta("smoke", 1, keys)
+    assert clock.estimates[quick] == 3.0 and clock.estimates[slow] == CURRENT_SECONDS
+    assert clock.estimates[always] == 25.0
+    assert clock.laws[quick] == clock.laws[slow] == "expected current"
+    assert clock.estimates[changed] == clock.estimates[failed] == 100.0
+    assert stage_eta("smoke", 1).estimates[quick] == 100.0  # no keys: nothing expected

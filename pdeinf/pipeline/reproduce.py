@@ -2,6 +2,7 @@
 figures, key numbers and stage times; one run per results root at a time (a lock)."""
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -42,6 +43,7 @@ class StageTiming:
     stage: str
     seconds: float
     status: str = "ok"
+    key: str = ""  # `slurm.stage_keys`: the next run expects a stage that ended ok under it current
 
 
 @dataclass
@@ -83,20 +85,45 @@ def run_all(
     """Every cached stage of the profile (`stage_tasks`), on `workers` processes (None:
     `schedule.default_workers()`; 1: here, in order). Returns each stage's wall time, in the
     order the stages ended (cached stages take ~0 s). Progress bars only when sequential."""
+    from pdeinf.pipeline.slurm import stage_keys
+
     profile = as_profile(profile)
     timings = [] if timings is None else timings
     workers = default_workers() if workers is None else workers
-    run_tasks(stage_tasks(profile, progress=progress and workers == 1), workers=workers,
-              echo=progress, eta=stage_eta(profile, workers) if progress else None,
-              on_result=lambda r: timings.append(StageTiming(r.name, r.seconds, r.status)))
+    tasks = stage_tasks(profile, progress=progress and workers == 1)
+    keys = stage_keys(profile, tasks)
+    run_tasks(tasks, workers=workers, echo=progress,
+              eta=stage_eta(profile, workers, keys) if progress else None,
+              on_result=lambda r: timings.append(StageTiming(r.name, r.seconds, r.status,
+                                                             keys[r.name])))
     return timings
 
 
-def stage_eta(profile, workers: int) -> EtaClock | None:
+#: the estimate of a stage expected current: verifying its cached files (about 10 s at faithful)
+CURRENT_SECONDS = 10.0
+
+
+def expected_current(profile, keys: dict[str, str]) -> dict[str, float]:
+    """`{stage: seconds}` of the stages that ended ok in the last run of the profile
+    (`results/reproduce_<profile>.json`) under the key they have now: their seconds then, or
+    `CURRENT_SECONDS` where they were computed then (`EtaClock.COMPUTED_SECONDS` or more).
+    Nothing when there is no readable last run."""
+    try:
+        report = paths.results_dir() / f"reproduce_{profile.name}.json"
+        last = json.loads(report.read_text())["timings"]
+        return {t["stage"]: CURRENT_SECONDS if t["seconds"] >= EtaClock.COMPUTED_SECONDS
+                else float(t["seconds"]) for t in last
+                if t.get("status") == "ok" and t.get("key") and keys.get(t["stage"]) == t["key"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def stage_eta(profile, workers: int, keys: dict[str, str] | None = None) -> EtaClock | None:
     """An `EtaClock` from the planner's estimate of every stage, its total printed once; None
     where planning fails (the run goes on without an ETA). The planner's seconds use all cores;
     a task runs on `task_threads()` of them, so each estimate is scaled by cores / task threads,
-    except an exclusive stage's (it runs alone, on every core)."""
+    except an exclusive stage's (it runs alone, on every core). With the stages' `keys`, a stage
+    `expected_current` is estimated at its check and rescaled only by the others of its kind."""
     from pdeinf.pipeline.planner import plan
     from pdeinf.pipeline.stages import stage_units
 
@@ -111,6 +138,9 @@ def stage_eta(profile, workers: int) -> EtaClock | None:
     exclusive = {s.stage for s in stages if s.stage in kinds and kinds[s.stage].exclusive}
     estimates = {s.stage: s.seconds * (1.0 if s.stage in exclusive else per_task) for s in stages}
     laws = {s.stage: kinds[s.stage].cost_law for s in stages if s.stage in kinds}
+    current = expected_current(as_profile(profile), keys or {})
+    estimates.update((k, v) for k, v in current.items() if k in estimates)
+    laws.update((k, "expected current") for k in current)
     clock = EtaClock(estimates, workers, laws=laws, exclusive=exclusive)
     print(f"[pdeinf] estimated before starting: {format_duration(clock.seconds_left())} on "
           f"{workers} worker(s); the ETA is rescaled by the measured time of finished stages of "
