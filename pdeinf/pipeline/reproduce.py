@@ -99,6 +99,11 @@ def run_all(
     return timings
 
 
+def report_path(profile) -> Path:
+    """`results/reproduce_<profile>.json`: the closing table of the profile's last run."""
+    return paths.results_dir() / f"reproduce_{profile.name}.json"
+
+
 #: the estimate of a stage expected current: verifying its cached files (about 10 s at faithful)
 CURRENT_SECONDS = 10.0
 
@@ -109,8 +114,7 @@ def expected_current(profile, keys: dict[str, str]) -> dict[str, float]:
     `CURRENT_SECONDS` where they were computed then (`EtaClock.COMPUTED_SECONDS` or more).
     Nothing when there is no readable last run."""
     try:
-        report = paths.results_dir() / f"reproduce_{profile.name}.json"
-        last = json.loads(report.read_text())["timings"]
+        last = json.loads(report_path(profile).read_text())["timings"]
         return {t["stage"]: CURRENT_SECONDS if t["seconds"] >= EtaClock.COMPUTED_SECONDS
                 else float(t["seconds"]) for t in last
                 if t.get("status") == "ok" and t.get("key") and keys.get(t["stage"]) == t["key"]}
@@ -176,7 +180,7 @@ def reproduce(
         publish_notebooks(profile.name, entries)  # the committed profile's outputs, into the notebooks
         report.notebooks.extend(entries)
         report.wall = time.perf_counter() - began
-        write_json(paths.results_dir() / f"reproduce_{profile.name}.json", report.to_dict(), default=str)
+        write_json(report_path(profile), report.to_dict(), default=str)
     print(format_report(report), flush=True)
     return report
 
