@@ -53,10 +53,12 @@ test: $(STAMP)
 
 # After `make reproduce`: rerun every notebook as stored and compare its outputs with the
 # stored ones (nbval; paths and addresses sanitized by notebooks/nbval_sanitize.cfg).
+# the rerun notebooks write their figures into a scratch folder, never over the committed ones
 check-notebooks: $(STAMP)
-	PDEINF_PROFILE=$(PROFILE) MPLBACKEND=Agg $(BIN)/python -m pytest -q -p no:cacheprovider \
-	  -o addopts= --nbval --nbval-current-env \
-	  --nbval-sanitize-with notebooks/nbval_sanitize.cfg notebooks/
+	scratch=$$(mktemp -d) && PDEINF_FIGURE_DIR=$$scratch PDEINF_PROFILE=$(PROFILE) MPLBACKEND=Agg \
+	  $(BIN)/python -m pytest -q -p no:cacheprovider -o addopts= --nbval --nbval-current-env \
+	  --nbval-sanitize-with notebooks/nbval_sanitize.cfg notebooks/; \
+	  status=$$?; rm -rf $$scratch; exit $$status
 
 clean-venv:
 	rm -rf $(VENV)

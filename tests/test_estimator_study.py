@@ -330,3 +330,30 @@ def test_limit_table_prints_round_off_as_a_bound():
     text = ae.describe_limit({"P > M": ds}, [{"pde": "CE"}])
     row = text.splitlines()[1].split()
     assert row[row.index("1e-10") + 3:] == ["<1e-12", "0.215", "0"], text
+
+
+def test_limit_figure_draws_round_off_on_its_floor():
+    """Two λ-limit studies that differ only in round-off digits (below `ROUND_OFF`) draw the same
+    PDF bytes, and one that differs above it does not: the figure moves only with results."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from pdeinf.pipeline.report import _STABLE_METADATA
+    from pdeinf.viz.estimator import limit_figure
+
+    def pdf(off: float, mass: float = 7.5e-12) -> bytes:
+        lam = [1e-2, 1e-6, 1e-10]
+        ds = xr.Dataset({"distance_identity": ("lambda", [3e-2, 3e-6, 3e-10]),
+                         "distance_projection": ("lambda", [3e-2, 3e-6, 3e-10]),
+                         "mass_dense": ("lambda", [7e-4, 7e-8, mass]),
+                         "mass_krylov": ("lambda", [7e-4, np.nan, mass]),
+                         "mass_limit": ((), off)}, coords={"lambda": lam},
+                        attrs={"P": 9, "M": 4, "rank_J": 4})
+        buffer = io.BytesIO()
+        limit_figure({"P > M": ds}).savefig(buffer, format="pdf", metadata=_STABLE_METADATA["pdf"])
+        return buffer.getvalue()
+
+    assert pdf(1.755e-16) == pdf(3.2e-15) == pdf(0.0)
+    assert pdf(1.755e-16) != pdf(1.755e-16, mass=2e-11)

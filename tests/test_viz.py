@@ -317,6 +317,18 @@ def test_write_results_is_json_safe_and_tabulated(home):
     assert [p.name for p in (home / "results").iterdir() if ".tmp" in p.name] == []
 
 
+def test_a_set_figure_folder_keeps_committed_figures_untouched(home, tmp_path, monkeypatch):
+    """With `$PDEINF_FIGURE_DIR` set (as `make check-notebooks` sets it), figures of the committed
+    profile go there and nothing is written into figures/."""
+    scratch = tmp_path / "scratch"
+    monkeypatch.setenv(report.FIGURE_DIR_VARIABLE, str(scratch))
+    written = report.save_figure(Figure(), "check", profile="faithful")
+    assert written == [scratch / "check.png", scratch / "check.pdf"]
+    assert all(p.is_file() for p in written) and not (home / "figures").exists()
+    monkeypatch.delenv(report.FIGURE_DIR_VARIABLE)
+    assert report.save_figure(Figure(), "check", profile="faithful")[0] == home / "figures" / "check.png"
+
+
 def test_report_rejects_bad_names_and_values(home):
     with pytest.raises(InputError, match="name"):
         report.save_figure(Figure(), "../escape")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from pathlib import Path
 
@@ -25,6 +26,9 @@ _STABLE_METADATA = {
     "pdf": {"CreationDate": None, "Producer": None, "Creator": None},
     "svg": {"Date": None, "Creator": None},
 }
+#: When set, the folder `save_figure` writes to instead of the profile's figures folder: `make
+#: check-notebooks` points it at a scratch folder, so a check never rewrites committed figures.
+FIGURE_DIR_VARIABLE = "PDEINF_FIGURE_DIR"
 
 
 def _check_name(name: str, what: str) -> str:
@@ -35,14 +39,15 @@ def _check_name(name: str, what: str) -> str:
 
 def save_figure(fig, name: str, *, formats=("png", "pdf"), dpi: int = 150,
                 profile: str | None = None) -> list[Path]:
-    """Write `paths.figures_dir(profile)/<name>.<fmt>` for each format; returns the paths."""
+    """Write `paths.figures_dir(profile)/<name>.<fmt>` for each format (`$PDEINF_FIGURE_DIR`
+    instead when set); returns the paths."""
     _check_name(name, "name")
+    folder = Path(os.environ.get(FIGURE_DIR_VARIABLE) or paths.figures_dir(profile))
     out = []
     for fmt in formats:
         if fmt not in _STABLE_METADATA:
             raise InputError(f"formats: unsupported {fmt!r} (png, pdf, svg)")
-        target = paths.figures_dir(profile) / f"{name}.{fmt}"
-        out.append(atomic_write(target, lambda tmp, f=fmt: fig.savefig(
+        out.append(atomic_write(folder / f"{name}.{fmt}", lambda tmp, f=fmt: fig.savefig(
             tmp, format=f, dpi=dpi, bbox_inches="tight", metadata=_STABLE_METADATA[f])))
     return out
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from pdeinf.analysis.estimator import FINDINGS, standardize
+from pdeinf.analysis.estimator import FINDINGS, ROUND_OFF, standardize
 from pdeinf.errors import InputError
 from pdeinf.viz import style as st
 
@@ -62,19 +63,20 @@ def limit_figure(limits: dict, pm_rows: list[dict] | None = None) -> Figure:
     """Question 2: the lambda -> 0 limit on tiny float64 models. Per case: max |Pi_out - I| and
     max |Pi_out - projection onto range(J)| (dense), the off-diagonal mass of H from the dense
     J and from the Krylov solver, the mass of the projection limit (dashed). Last panel: P/M
-    of the profile's models and of the paper's (docs/method.md section 4), against P/M = 1."""
+    of the profile's models and of the paper's (docs/method.md section 4), against P/M = 1.
+    Values below `ROUND_OFF` are float64 round-off: drawn on the shaded floor at `ROUND_OFF`,
+    so their run-to-run digits never move a mark."""
     fig, axes = st.new_figure(1, len(limits) + (1 if pm_rows else 0), size=(3.4, 2.9))
     for ax, (case, ds) in zip(axes[0], limits.items()):
         lam = ds["lambda"].values
-        ax.plot(lam, ds["distance_identity"], "s-", color="#0072B2", label="max|Pi_out - I|")
-        ax.plot(lam, ds["distance_projection"], "^-", color="#009E73", label="max|Pi_out - proj|")
-        ax.plot(lam, np.maximum(ds["mass_dense"], 1e-16), "o-", color=st.OURS_COLOR,
-                label="mass H (dense)")
-        ax.plot(lam, np.maximum(ds["mass_krylov"], 1e-16), "x", ms=9, mew=1.5, color="#D55E00",
-                label="mass H (Krylov)")
-        ax.axhline(max(float(ds["mass_limit"]), 1e-16), ls="--", color="0.5", lw=0.8,
-                   label="mass of limit")
-        ax.set(xscale="log", yscale="log", xlabel="lambda",
+        floored = {name: np.maximum(ds[name].values, ROUND_OFF) for name in ds.data_vars}
+        ax.plot(lam, floored["distance_identity"], "s-", color="#0072B2", label="max|Pi_out - I|")
+        ax.plot(lam, floored["distance_projection"], "^-", color="#009E73", label="max|Pi_out - proj|")
+        ax.plot(lam, floored["mass_dense"], "o-", color=st.OURS_COLOR, label="mass H (dense)")
+        ax.plot(lam, floored["mass_krylov"], "x", ms=9, mew=1.5, color="#D55E00", label="mass H (Krylov)")
+        ax.axhline(floored["mass_limit"], ls="--", color="0.5", lw=0.8, label="mass of limit")
+        ax.axhspan(ROUND_OFF / 10, ROUND_OFF, color="0.92", lw=0, label=f"round-off (<{ROUND_OFF:.0e})")
+        ax.set(xscale="log", yscale="log", xlabel="lambda", ylim=(ROUND_OFF / 10, None),
                title=f"{case}: P={ds.attrs['P']}, M={ds.attrs['M']}, rank J={ds.attrs['rank_J']}")
         ax.invert_xaxis()
         ax.legend(frameon=False, fontsize=6)
@@ -89,6 +91,9 @@ def limit_figure(limits: dict, pm_rows: list[dict] | None = None) -> Figure:
         ax.axvline(1.0, color="k", ls="--", lw=0.8)
         ax.set_yticks(y, [f"{r['pde']}-{r['model']}" for r in pm_rows])
         ax.set(xscale="log", xlabel="P / M", title="which side of P = M")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())  # labels 1, 2, 5 per decade: none overlap
         ax.legend(frameon=False, fontsize=6)
     fig.suptitle(f"lambda -> 0: identity (P > M) vs projection onto range(J) (P < M) {TAG}")
     return fig
