@@ -47,3 +47,17 @@ def test_paper_plan_prints_gpu_hours_and_totals(capsys):
     total_gpu_hours = float(rows["total"].split()[1])
     assert total_gpu_hours > 1, "3 paper-size training runs take GPU-hours, not minutes"
     assert "4,5" in out or "parameters" in out
+
+
+def test_a_sweep_counts_each_drift_bra_as_one_more_matrix():
+    """A CE sweep task stores the mass and energy drift bras, each its own per-example gradients
+    and metric pass: at the same model cost it is estimated at three NS sweep tasks."""
+    from pdeinf.influence.variants import variants_for
+    from pdeinf.pipeline.planner import ModelCost, stage_seconds, sweep_matrices
+
+    assert "gn-mass" in variants_for("CE") and "gn-mass" not in variants_for("NS")
+    assert (sweep_matrices("CE"), sweep_matrices("NS")) == (3, 1)
+    profile = dataclasses.replace(get_profile("smoke"), checkpoints={"CE": (2, 4), "NS": (2, 4)})
+    cost = ModelCost(parameters=1000, call_seconds=0.01, example_seconds=0.002, activation_bytes=1.0)
+    ce, ns = (stage_seconds(profile, "influence", pde, cost, tick=0.01) for pde in ("CE", "NS"))
+    assert ce == pytest.approx(3 * ns) and ns > 0

@@ -9,14 +9,14 @@ smoke-size model timed on two 16x16 examples, less its FLOPs). A stage is a numb
 Cost law: passes (N = 48 examples of an influence batch: 3 classes x 16 times)
   training: seeds x epochs x ((a pass per batch + `VALIDATION` x validation) x `TRAINING_PASSES`
     + `EPOCH_TICKS` ticks); study training: the same with the study seeds (recipe, ablation runs)
-  influence: sweep tasks x N x `SWEEP_PASSES`
-  seed-paper: tasks x N x `SWEEP_PASSES` (subspace) or x `FULLSPACE_PASSES` (full-space)
-  symmetry: seeds x batches x group elements x N x `SWEEP_PASSES` x orbit epochs
-  estimator study: seeds x N x `SWEEP_PASSES` x (lambdas + rtols x `KRYLOV_MATVECS`)
+  influence: sweep tasks x N x `SWEEP_PASSES` x (1 + drift bras of the PDE: `sweep_matrices`)
+  seed-paper: tasks x N x `MATRIX_PASSES` (subspace) or x `FULLSPACE_PASSES` (full-space)
+  symmetry: seeds x batches x group elements x N x `MATRIX_PASSES` x orbit epochs
+  estimator study: seeds x N x `MATRIX_PASSES` x (lambdas + rtols x `KRYLOV_MATVECS`)
   rollouts: seeds x test trajectories x 16 steps x `FORWARD`
   study: the sweeps (study seeds x checkpoints x batches) and rollouts of the study's runs
   ladder training: ladder seeds x trained rungs x one run of the profile
-  ladder: ladder seeds x rungs x N x (`SWEEP_PASSES` + `FULLSPACE_PASSES`)
+  ladder: ladder seeds x rungs x N x (`MATRIX_PASSES` + `FULLSPACE_PASSES`)
   data: trajectories x solver cells x snapshots x `DATA_TICKS` ticks
   findings, notebook: `NOTEBOOK_SECONDS` each (CPU)
 
@@ -44,8 +44,12 @@ TRAINING_PASSES = 1.2
 EPOCH_TICKS = 2.0  # per epoch: validation set-up, checkpoint and resume writes, in ticks
 VALIDATION = 0.35  # one validation forward pass, in passes
 FORWARD = 0.35  # one forward-only pass (rollouts), in passes
-#: passes per example of one subspace influence matrix (per-example gradients, metric, bras)
-SWEEP_PASSES = 40.0
+#: passes per example of one subspace influence matrix of a study (symmetry, estimator, ladder,
+#: recipes: per-example gradients, metric and the study's own transforms and bookkeeping)
+MATRIX_PASSES = 40.0
+#: passes per example of a follow-up sweep's ket matrix (per-example gradients and metric): 16-21
+#: in the measured CE- and NS-UNet sweeps at the smoke size, `quick` and `faithful`
+SWEEP_PASSES = 20.0
 #: operator applications per column of a capped full-space solve (the estimator study)
 KRYLOV_MATVECS = 60.0
 #: block sweeps of the seed paper's full-space solve at its rtols: the mean over the trained
@@ -200,9 +204,18 @@ def training_seconds(profile, pde: str, cost: ModelCost, tick: float) -> float:
     return profile.epochs[pde] * (epoch * TRAINING_PASSES + EPOCH_TICKS * tick)
 
 
-def matrix_seconds(cost: ModelCost) -> float:
-    """One subspace influence matrix of N examples: `SWEEP_PASSES` per example, in chunks of 8."""
-    return SWEEP_PASSES * cost.seconds(BATCH_EXAMPLES / CHUNK, BATCH_EXAMPLES)
+def matrix_seconds(cost: ModelCost, passes: float = MATRIX_PASSES) -> float:
+    """One subspace influence matrix of N examples: `passes` per example, in chunks of 8."""
+    return passes * cost.seconds(BATCH_EXAMPLES / CHUNK, BATCH_EXAMPLES)
+
+
+def sweep_matrices(pde: str) -> int:
+    """Subspace matrices' worth of work in one sweep task of `pde`: the ket basis's, and one per
+    drift bra its variants hold (each bra: its own per-example gradients and a metric pass over
+    its N new directions of the joint basis)."""
+    from pdeinf.influence.variants import variant, variants_for
+
+    return 1 + sum(variant(name).observable != "smse" for name in variants_for(pde))
 
 
 def _sweep_tasks(profile, pde: str) -> int:
@@ -224,7 +237,7 @@ def stage_seconds(profile, law: str, pde: str, cost: ModelCost, tick: float) -> 
         steps, seeds = rungs(profile), len(profile.ladder_seeds)
         if law == "ladder training":
             return seeds * sum(not r.own for r in steps) * training_seconds(profile, pde, cost, tick)
-        return matrix_seconds(cost) * seeds * len(steps) * (1 + FULLSPACE_PASSES / SWEEP_PASSES)
+        return matrix_seconds(cost) * seeds * len(steps) * (1 + FULLSPACE_PASSES / MATRIX_PASSES)
     seeds = len(profile.study_seeds() if law in _STUDY_SEED_LAWS else profile.seeds)
     if law in _TRAINING_LAWS:
         return seeds * training_seconds(profile, pde, cost, tick)
@@ -236,16 +249,16 @@ def stage_seconds(profile, law: str, pde: str, cost: ModelCost, tick: float) -> 
         return matrix_seconds(cost) * matrices + rollout_seconds(profile, cost)
     seeds = len(profile.seeds)
     if law == "influence":
-        matrices = _sweep_tasks(profile, pde)
+        return matrix_seconds(cost, SWEEP_PASSES) * _sweep_tasks(profile, pde) * sweep_matrices(pde)
     elif law == "seed-paper":
-        per_task = 1.0 if profile.seed_paper_estimator == "subspace" else FULLSPACE_PASSES / SWEEP_PASSES
+        per_task = 1.0 if profile.seed_paper_estimator == "subspace" else FULLSPACE_PASSES / MATRIX_PASSES
         matrices = seeds * profile.seed_paper_batches * per_task
     elif law == "symmetry":
         elements = 8 + 2 * len(profile.symmetry_shifts) + profile.symmetry_box ** 2
         epochs = len(profile.symmetry_orbit_epochs or profile.checkpoints[pde])
         matrices = seeds * profile.symmetry_batches * (elements + epochs)
     elif law == "estimator study":  # the study's stated subset: 16 of 48 examples
-        solves = len(profile.estimator_lambdas) + len(profile.estimator_rtols) * KRYLOV_MATVECS / SWEEP_PASSES
+        solves = len(profile.estimator_lambdas) + len(profile.estimator_rtols) * KRYLOV_MATVECS / MATRIX_PASSES
         matrices = seeds * solves / 3
     else:
         raise KeyError(law)
