@@ -333,8 +333,9 @@ def test_limit_table_prints_round_off_as_a_bound():
 
 
 def test_limit_figure_draws_round_off_on_its_floor():
-    """Two λ-limit studies that differ only in round-off digits (below `ROUND_OFF`) draw the same
-    PDF bytes, and one that differs above it does not: the figure moves only with results."""
+    """Two λ-limit studies that differ only in round-off (below `ROUND_OFF`) or in a value's
+    eighth digit (the thread count moves it) draw the same PDF bytes, and one that differs in a
+    result does not: the figure moves only with results."""
     import io
 
     import matplotlib
@@ -343,9 +344,9 @@ def test_limit_figure_draws_round_off_on_its_floor():
     from pdeinf.pipeline.report import _STABLE_METADATA
     from pdeinf.viz.estimator import limit_figure
 
-    def pdf(off: float, mass: float = 7.5e-12) -> bytes:
+    def pdf(off: float, mass: float = 7.5e-12, distance: float = 3e-6) -> bytes:
         lam = [1e-2, 1e-6, 1e-10]
-        ds = xr.Dataset({"distance_identity": ("lambda", [3e-2, 3e-6, 3e-10]),
+        ds = xr.Dataset({"distance_identity": ("lambda", [3e-2, distance, 3e-10]),
                          "distance_projection": ("lambda", [3e-2, 3e-6, 3e-10]),
                          "mass_dense": ("lambda", [7e-4, 7e-8, mass]),
                          "mass_krylov": ("lambda", [7e-4, np.nan, mass]),
@@ -355,5 +356,5 @@ def test_limit_figure_draws_round_off_on_its_floor():
         limit_figure({"P > M": ds}).savefig(buffer, format="pdf", metadata=_STABLE_METADATA["pdf"])
         return buffer.getvalue()
 
-    assert pdf(1.755e-16) == pdf(3.2e-15) == pdf(0.0)
+    assert pdf(1.755e-16) == pdf(3.2e-15) == pdf(0.0) == pdf(0.0, distance=3.0000002e-6)
     assert pdf(1.755e-16) != pdf(1.755e-16, mass=2e-11)

@@ -59,17 +59,24 @@ def fullspace_sweep_figure(table: xr.Dataset, *, reference_lambda: float, paper_
     return fig
 
 
+def _as_drawn(values) -> np.ndarray:
+    """Values at least `ROUND_OFF`, to 4 significant digits (NaN stays NaN)."""
+    floored = np.maximum(np.asarray(values, dtype=np.float64), ROUND_OFF)
+    return np.vectorize(lambda v: float(f"{v:.4g}"))(floored)
+
+
 def limit_figure(limits: dict, pm_rows: list[dict] | None = None) -> Figure:
     """Question 2: the lambda -> 0 limit on tiny float64 models. Per case: max |Pi_out - I| and
     max |Pi_out - projection onto range(J)| (dense), the off-diagonal mass of H from the dense
     J and from the Krylov solver, the mass of the projection limit (dashed). Last panel: P/M
     of the profile's models and of the paper's (docs/method.md section 4), against P/M = 1.
-    Values below `ROUND_OFF` are float64 round-off: drawn on the shaded floor at `ROUND_OFF`,
-    so their run-to-run digits never move a mark."""
+    Values below `ROUND_OFF` are float64 round-off, drawn on the shaded floor at `ROUND_OFF`,
+    and every value is drawn to 4 significant digits (a mark on these axes resolves about 10 %),
+    so digits that depend on the thread count and the BLAS never move a pixel."""
     fig, axes = st.new_figure(1, len(limits) + (1 if pm_rows else 0), size=(3.4, 2.9))
     for ax, (case, ds) in zip(axes[0], limits.items()):
         lam = ds["lambda"].values
-        floored = {name: np.maximum(ds[name].values, ROUND_OFF) for name in ds.data_vars}
+        floored = {name: _as_drawn(ds[name].values) for name in ds.data_vars}
         ax.plot(lam, floored["distance_identity"], "s-", color="#0072B2", label="max|Pi_out - I|")
         ax.plot(lam, floored["distance_projection"], "^-", color="#009E73", label="max|Pi_out - proj|")
         ax.plot(lam, floored["mass_dense"], "o-", color=st.OURS_COLOR, label="mass H (dense)")
