@@ -325,6 +325,8 @@ def test_a_set_figure_folder_keeps_committed_figures_untouched(home, tmp_path, m
     written = report.save_figure(Figure(), "check", profile="faithful")
     assert written == [scratch / "check.png", scratch / "check.pdf"]
     assert all(p.is_file() for p in written) and not (home / "figures").exists()
+    monkeypatch.setenv(report.FIGURE_DIR_VARIABLE, "scratch/relative")
+    assert report.save_figure(Figure(), "check", formats=("png",)) == [home / "scratch/relative/check.png"]
     monkeypatch.delenv(report.FIGURE_DIR_VARIABLE)
     assert report.save_figure(Figure(), "check", profile="faithful")[0] == home / "figures" / "check.png"
 

@@ -40,9 +40,9 @@ def _check_name(name: str, what: str) -> str:
 def save_figure(fig, name: str, *, formats=("png", "pdf"), dpi: int = 150,
                 profile: str | None = None) -> list[Path]:
     """Write `paths.figures_dir(profile)/<name>.<fmt>` for each format (`$PDEINF_FIGURE_DIR`
-    instead when set); returns the paths."""
+    instead when set, a relative one under the project root); returns the paths."""
     _check_name(name, "name")
-    folder = Path(os.environ.get(FIGURE_DIR_VARIABLE) or paths.figures_dir(profile))
+    folder = paths.root() / (os.environ.get(FIGURE_DIR_VARIABLE) or paths.figures_dir(profile))
     out = []
     for fmt in formats:
         if fmt not in _STABLE_METADATA:
