@@ -61,3 +61,26 @@ def test_a_sweep_counts_each_drift_bra_as_one_more_matrix():
     cost = ModelCost(parameters=1000, call_seconds=0.01, example_seconds=0.002, activation_bytes=1.0)
     ce, ns = (stage_seconds(profile, "influence", pde, cost, tick=0.01) for pde in ("CE", "NS"))
     assert ce == pytest.approx(3 * ns) and ns > 0
+
+
+def test_one_step_studies_and_the_gathering_stage_are_planned_as_what_they_compute():
+    """The one-step recipe reads its influence from the follow-up sweep, so it is planned as its
+    rollouts; the pair's interventions stage only reads what the recipe stages wrote."""
+    from pdeinf.pipeline import stages
+    from pdeinf.pipeline.planner import (
+        STAGE_TICKS,
+        ModelCost,
+        plan_stage,
+        rollout_seconds,
+        stage_seconds,
+    )
+
+    recipe, pair = stages.kind("interventions recipe"), stages.kind("interventions")
+    assert recipe.law(("CE", "vit", "one-step")) == "study rollouts"
+    assert recipe.law(("CE", "vit", "pushforward")) == "study" and pair.law(("CE", "vit")) == "gather"
+    profile = get_profile("quick")
+    cost = ModelCost(parameters=1000, call_seconds=0.01, example_seconds=0.002, activation_bytes=1.0)
+    rollouts = stage_seconds(profile, "study rollouts", "CE", cost, tick=0.01)
+    assert rollouts == rollout_seconds(profile, cost) < stage_seconds(profile, "study", "CE", cost, tick=0.01)
+    gathered = plan_stage(profile, "interventions CE-vit", {}, 0.01, "gather")
+    assert gathered.seconds == pytest.approx(STAGE_TICKS * 0.01) and not gathered.gpu

@@ -160,7 +160,7 @@ def test_every_task_of_a_kind_is_named_after_it_and_has_its_cost_law():
         profile = get_profile(name)
         for kind, unit in stages.stage_units(profile):
             assert stages.find(profile, kind.name(unit)) == (kind, unit)
-            assert kind.cost_law in COST_LAWS
+            assert kind.law(unit) in COST_LAWS
     assert stages.find(get_profile("smoke"), "notebook 01_data") is None
 
 

@@ -14,7 +14,9 @@ Cost law: passes (N = 48 examples of an influence batch: 3 classes x 16 times)
   symmetry: seeds x batches x group elements x N x `MATRIX_PASSES` x orbit epochs
   estimator study: seeds x N x `MATRIX_PASSES` x (lambdas + rtols x `KRYLOV_MATVECS`)
   rollouts: seeds x test trajectories x 16 steps x `FORWARD`
-  study: the sweeps (study seeds x checkpoints x batches) and rollouts of the study's runs
+  study: the sweeps (study seeds x checkpoints x batches) and rollouts of the study's runs;
+    study rollouts: the rollouts alone (one-step, whose influence is the follow-up sweep's)
+  gather: `STAGE_TICKS` alone (a stage that reads what the stages before it wrote)
   ladder training: ladder seeds x trained rungs x one run of the profile
   ladder: ladder seeds x rungs x N x (`MATRIX_PASSES` + `FULLSPACE_PASSES`)
   data: trajectories x solver cells x snapshots x `DATA_TICKS` ticks
@@ -70,8 +72,8 @@ FULLSPACE_PASSES = BLOCK_SWEEPS * 2 * BATCH_EXAMPLES
 _PAIR = re.compile(r"(CE|NS)-(unet|vit)$")
 #: The cost laws (module docstring) the stage table names, and that of a notebook.
 COST_LAWS = ("data", "training", "study training", "influence", "seed-paper", "symmetry",
-             "estimator study", "rollouts", "study", "ladder training", "ladder", "findings",
-             "notebook")
+             "estimator study", "rollouts", "study", "study rollouts", "gather", "ladder training",
+             "ladder", "findings", "notebook")
 _TRAINING_LAWS = ("training", "study training")
 _STUDY_SEED_LAWS = ("study training", "study")  # the recipe and ablation runs and their studies
 
@@ -241,7 +243,7 @@ def stage_seconds(profile, law: str, pde: str, cost: ModelCost, tick: float) -> 
     seeds = len(profile.study_seeds() if law in _STUDY_SEED_LAWS else profile.seeds)
     if law in _TRAINING_LAWS:
         return seeds * training_seconds(profile, pde, cost, tick)
-    if law == "rollouts":
+    if law in ("rollouts", "study rollouts"):
         return rollout_seconds(profile, cost)
     if law == "study":  # sweeps and rollouts of the study's runs
         matrices = seeds * len(profile.checkpoints[pde]) * (profile.recipe_batches
@@ -269,7 +271,7 @@ def _memory(profile, law: str, cost: ModelCost) -> float:
     state = 4 * cost.parameters * BYTES  # weights, gradients, two Adam moments
     if law in _TRAINING_LAWS:
         return state + profile.batch_size * cost.activation_bytes
-    if law == "rollouts":
+    if law in ("rollouts", "study rollouts"):
         return state + profile.batch_size * cost.activation_bytes * FORWARD
     rows = 2 * BATCH_EXAMPLES * cost.parameters * BYTES  # per-example gradients and their images
     return state + rows + 8 * cost.activation_bytes
@@ -294,8 +296,9 @@ def plan_stage(profile, stage: str, costs: dict, tick: float, law: str) -> Stage
                      * profile.resolution ** 2 * BYTES for p in profile.pdes)
         return StagePlan(stage, STAGE_TICKS * tick + seconds, False,
                          4 * profile.solver_resolution ** 2 * 5 * 8 * profile.t_max, stored)
-    if law in ("notebook", "findings"):
-        return StagePlan(stage, NOTEBOOK_SECONDS, False, 2 ** 30, 2 ** 20)
+    if law in ("notebook", "findings", "gather"):
+        return StagePlan(stage, STAGE_TICKS * tick if law == "gather" else NOTEBOOK_SECONDS, False,
+                         2 ** 30, 2 ** 20)
     pde, model = _stage_pair(profile, stage)
     cost = costs[pde, model]
     seconds = STAGE_TICKS * tick + stage_seconds(profile, law, pde, cost, tick)
@@ -313,7 +316,7 @@ def plan(profile, *, stages: Sequence[str] | None = None, notebooks: bool = True
 
     profile = as_profile(profile)
     tasks = run_graph(profile, stages, list_notebooks() if notebooks and stages is None else [])
-    laws = {kind.name(unit): kind.cost_law for kind, unit in stage_units(profile)}
+    laws = {kind.name(unit): kind.law(unit) for kind, unit in stage_units(profile)}
     law = {t.name: laws.get(t.name, "notebook") for t in tasks}
     rate = flop_rate()
     pairs = sorted({_stage_pair(profile, t.name) for t in tasks

@@ -133,7 +133,8 @@ def stage_eta(profile, workers: int, keys: dict[str, str] | None = None) -> EtaC
 
     try:
         stages = plan(profile, notebooks=False)["stages"]
-        kinds = {kind.name(unit): kind for kind, unit in stage_units(as_profile(profile))}
+        table = stage_units(as_profile(profile))
+        kinds, units = {k.name(u): k for k, u in table}, {k.name(u): u for k, u in table}
     except Exception as err:  # noqa: BLE001 - the estimate is a courtesy, never a reason to stop a run
         print(f"[pdeinf] no ETA ({type(err).__name__}: {err})", file=sys.stderr, flush=True)
         return None
@@ -141,7 +142,7 @@ def stage_eta(profile, workers: int, keys: dict[str, str] | None = None) -> EtaC
     per_task = cores / min(cores, task_threads() or cores)
     exclusive = {s.stage for s in stages if s.stage in kinds and kinds[s.stage].exclusive}
     estimates = {s.stage: s.seconds * (1.0 if s.stage in exclusive else per_task) for s in stages}
-    laws = {s.stage: kinds[s.stage].cost_law for s in stages if s.stage in kinds}
+    laws = {s.stage: kinds[s.stage].law(units[s.stage]) for s in stages if s.stage in kinds}
     current = expected_current(as_profile(profile), keys or {})
     estimates.update((k, v) for k, v in current.items() if k in estimates)
     laws.update((k, "expected current") for k in current)

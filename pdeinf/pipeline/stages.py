@@ -49,7 +49,9 @@ class StageKind:
     output: Callable[[Profile, Unit], Path]
     key_fields: tuple[str, ...]  # fields of the profile and `INPUTS` its content key reads
     variables: tuple[str, ...]  # data variables each of its netCDF files must hold
-    cost_law: str  # the planner's law for its time, memory and output (`planner.COST_LAWS`)
+    #: the planner's law for its time, memory and output (`planner.COST_LAWS`), or a function
+    #: of the unit that gives it
+    cost_law: str | Callable[[Unit], str]
     takes_unit: bool = True
     exclusive: bool = False  # runs alone, in the driver's process (`schedule.Task.exclusive`)
 
@@ -58,6 +60,10 @@ class StageKind:
 
     def arguments(self, profile: Profile, unit: Unit) -> tuple:
         return (profile, *unit) if self.takes_unit else (profile,)
+
+    def law(self, unit: Unit) -> str:
+        """The planner's cost law of the task of `unit`."""
+        return self.cost_law if isinstance(self.cost_law, str) else self.cost_law(unit)
 
 
 # ---- units: which pairs, recipes and configurations each kind runs for ----------------------
@@ -119,6 +125,11 @@ def _after_ablation_runs(profile: Profile, pair: Unit) -> list[tuple[str, Unit]]
 def _after_everything(profile: Profile, unit: Unit) -> list[tuple[str, Unit]]:
     """Every other task of the profile, in priority order."""
     return [(k.kind, u) for k, u in stage_units(profile) if k.kind != "findings"]
+
+
+def _recipe_study_law(unit: Unit) -> str:
+    """One-step reads its influence from the follow-up sweep and computes only its rollouts."""
+    return "study rollouts" if unit[2] == "one-step" else "study"
 
 
 def _ladder_runs_dir(profile: Profile, unit: Unit) -> Path:
@@ -192,7 +203,7 @@ STAGES: tuple[StageKind, ...] = (
               "interventions {recipe} {pde}-{model}", (*PAIR, "recipe"), _recipe_studies,
               _after_recipe_runs, lambda p, u: interventions.study_dir(p, *u[:2]) / u[2],
               key_fields=(*ENGINE_KEY, *RECIPE_KEY, "recipe_batches", "n_influence_batches"),
-              variables=interventions.DATA_VARS, cost_law="study"),
+              variables=interventions.DATA_VARS, cost_law=_recipe_study_law),
     StageKind("interventions orbit", interventions.ensure_orbit_pair, "interventions orbit {pde}-{model}",
               PAIR, lambda p: interventions.recipe_pairs(p) if interventions.orbit_recipes(p) else [],
               _after_orbit_inputs, lambda p, u: interventions.study_dir(p, *u),
@@ -203,7 +214,7 @@ STAGES: tuple[StageKind, ...] = (
               lambda p, u: interventions.study_dir(p, *u),
               key_fields=(*ENGINE_KEY, *RECIPE_KEY, "recipe_batches", "symmetry_batches",
                           "n_influence_batches"),
-              variables=interventions.DATA_VARS, cost_law="study"),
+              variables=interventions.DATA_VARS, cost_law="gather"),  # reads what the two above wrote
     StageKind("ablation", ablation.ensure_ablation_pair, "ablation {pde}-{model}", PAIR,
               ablation.ablation_pairs, _after_ablation_runs, lambda p, u: ablation.study_dir(p, *u),
               key_fields=(*ENGINE_KEY, "recipe_seeds", "seeds", "checkpoints", "n_influence_batches"),
