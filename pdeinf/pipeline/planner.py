@@ -297,9 +297,10 @@ def plan_stage(profile, stage: str, costs: dict, tick: float, law: str) -> Stage
                      * profile.resolution ** 2 * BYTES for p in profile.pdes)
         return StagePlan(stage, STAGE_TICKS * tick + seconds, False,
                          4 * profile.solver_resolution ** 2 * 5 * 8 * profile.t_max, stored)
-    if law in ("notebook", "findings", "gather"):
-        return StagePlan(stage, STAGE_TICKS * tick if law == "gather" else NOTEBOOK_SECONDS, False,
-                         2 ** 30, 2 ** 20)
+    if law in ("notebook", "findings"):
+        return StagePlan(stage, NOTEBOOK_SECONDS, False, 2 ** 30, 2 ** 20)
+    if law == "gather":
+        return StagePlan(stage, STAGE_TICKS * tick, False, 2 ** 30, 2 ** 20)
     pde, model = _stage_pair(profile, stage)
     cost = costs[pde, model]
     seconds = STAGE_TICKS * tick + stage_seconds(profile, law, pde, cost, tick)

@@ -133,16 +133,15 @@ def stage_eta(profile, workers: int, keys: dict[str, str] | None = None) -> EtaC
 
     try:
         stages = plan(profile, notebooks=False)["stages"]
-        table = stage_units(as_profile(profile))
-        kinds, units = {k.name(u): k for k, u in table}, {k.name(u): u for k, u in table}
+        rows = {kind.name(unit): (kind, unit) for kind, unit in stage_units(as_profile(profile))}
     except Exception as err:  # noqa: BLE001 - the estimate is a courtesy, never a reason to stop a run
         print(f"[pdeinf] no ETA ({type(err).__name__}: {err})", file=sys.stderr, flush=True)
         return None
     cores = os.cpu_count() or 1
     per_task = cores / min(cores, task_threads() or cores)
-    exclusive = {s.stage for s in stages if s.stage in kinds and kinds[s.stage].exclusive}
+    exclusive = {s.stage for s in stages if s.stage in rows and rows[s.stage][0].exclusive}
     estimates = {s.stage: s.seconds * (1.0 if s.stage in exclusive else per_task) for s in stages}
-    laws = {s.stage: kinds[s.stage].law(units[s.stage]) for s in stages if s.stage in kinds}
+    laws = {s.stage: rows[s.stage][0].law(rows[s.stage][1]) for s in stages if s.stage in rows}
     current = expected_current(as_profile(profile), keys or {})
     estimates.update((k, v) for k, v in current.items() if k in estimates)
     laws.update((k, "expected current") for k in current)

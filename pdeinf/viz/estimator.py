@@ -76,12 +76,12 @@ def limit_figure(limits: dict, pm_rows: list[dict] | None = None) -> Figure:
     fig, axes = st.new_figure(1, len(limits) + (1 if pm_rows else 0), size=(3.4, 2.9))
     for ax, (case, ds) in zip(axes[0], limits.items()):
         lam = ds["lambda"].values
-        floored = {name: _as_drawn(ds[name].values) for name in ds.data_vars}
-        ax.plot(lam, floored["distance_identity"], "s-", color="#0072B2", label="max|Pi_out - I|")
-        ax.plot(lam, floored["distance_projection"], "^-", color="#009E73", label="max|Pi_out - proj|")
-        ax.plot(lam, floored["mass_dense"], "o-", color=st.OURS_COLOR, label="mass H (dense)")
-        ax.plot(lam, floored["mass_krylov"], "x", ms=9, mew=1.5, color="#D55E00", label="mass H (Krylov)")
-        ax.axhline(floored["mass_limit"], ls="--", color="0.5", lw=0.8, label="mass of limit")
+        drawn = {name: _as_drawn(ds[name].values) for name in ds.data_vars}
+        ax.plot(lam, drawn["distance_identity"], "s-", color="#0072B2", label="max|Pi_out - I|")
+        ax.plot(lam, drawn["distance_projection"], "^-", color="#009E73", label="max|Pi_out - proj|")
+        ax.plot(lam, drawn["mass_dense"], "o-", color=st.OURS_COLOR, label="mass H (dense)")
+        ax.plot(lam, drawn["mass_krylov"], "x", ms=9, mew=1.5, color="#D55E00", label="mass H (Krylov)")
+        ax.axhline(drawn["mass_limit"], ls="--", color="0.5", lw=0.8, label="mass of limit")
         ax.axhspan(ROUND_OFF / 10, ROUND_OFF, color="0.92", lw=0, label=f"round-off (<{ROUND_OFF:.0e})")
         ax.set(xscale="log", yscale="log", xlabel="lambda", ylim=(ROUND_OFF / 10, None),
                title=f"{case}: P={ds.attrs['P']}, M={ds.attrs['M']}, rank J={ds.attrs['rank_J']}")
