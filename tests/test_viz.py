@@ -327,6 +327,10 @@ def test_a_set_figure_folder_keeps_committed_figures_untouched(home, tmp_path, m
     assert all(p.is_file() for p in written) and not (home / "figures").exists()
     monkeypatch.setenv(report.FIGURE_DIR_VARIABLE, "scratch/relative")
     assert report.save_figure(Figure(), "check", formats=("png",)) == [home / "scratch/relative/check.png"]
+    monkeypatch.setenv(report.FIGURE_DIR_VARIABLE, str(written[0]))  # a file, not a folder
+    with pytest.raises(InputError, match=f"check.png: not a folder .*{report.FIGURE_DIR_VARIABLE}"):
+        report.save_figure(Figure(), "other")
+    assert sorted(p.name for p in scratch.iterdir() if p.is_file()) == ["check.pdf", "check.png"]  # nothing half-written
     monkeypatch.delenv(report.FIGURE_DIR_VARIABLE)
     assert report.save_figure(Figure(), "check", profile="faithful")[0] == home / "figures" / "check.png"
 

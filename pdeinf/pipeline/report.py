@@ -43,6 +43,8 @@ def save_figure(fig, name: str, *, formats=("png", "pdf"), dpi: int = 150,
     instead when set, a relative one under the project root); returns the paths."""
     _check_name(name, "name")
     folder = paths.root() / (os.environ.get(FIGURE_DIR_VARIABLE) or paths.figures_dir(profile))
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{folder}: not a folder (${FIGURE_DIR_VARIABLE} or the figures folder)")
     out = []
     for fmt in formats:
         if fmt not in _STABLE_METADATA:
