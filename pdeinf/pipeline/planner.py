@@ -49,10 +49,10 @@ FORWARD = 0.35  # one forward-only pass (rollouts), in passes
 #: passes per example of one subspace influence matrix of a study (symmetry, estimator, ladder,
 #: recipes: per-example gradients, metric and the study's own transforms and bookkeeping)
 MATRIX_PASSES = 40.0
-#: passes per example of a follow-up sweep's ket matrix (per-example gradients and metric): 11-21
-#: in the measured CE- and NS-UNet sweeps at the smoke size, `quick` and `faithful` (the spread is
-#: mostly the shared machine's speed, which moved between the measurements)
-SWEEP_PASSES = 20.0
+#: passes per example of a follow-up sweep's ket matrix (per-example gradients and metric): the
+#: middle of the 11-21 of the measured CE- and NS-UNet sweeps at the smoke size, `quick` and
+#: `faithful` (the spread is mostly the shared machine's speed, which moved between them)
+SWEEP_PASSES = 16.0
 #: operator applications per column of a capped full-space solve (the estimator study)
 KRYLOV_MATVECS = 60.0
 #: block sweeps of the seed paper's full-space solve at its rtols: the mean over the trained
