@@ -76,6 +76,7 @@ COST_LAWS = ("data", "training", "study training", "influence", "seed-paper", "s
              "estimator study", "rollouts", "study", "study rollouts", "gather", "ladder training",
              "ladder", "findings", "notebook")
 _TRAINING_LAWS = ("training", "study training")
+_ROLLOUT_LAWS = ("rollouts", "study rollouts")
 _STUDY_SEED_LAWS = ("study training", "study")  # the recipe and ablation runs and their studies
 
 
@@ -244,7 +245,7 @@ def stage_seconds(profile, law: str, pde: str, cost: ModelCost, tick: float) -> 
     seeds = len(profile.study_seeds() if law in _STUDY_SEED_LAWS else profile.seeds)
     if law in _TRAINING_LAWS:
         return seeds * training_seconds(profile, pde, cost, tick)
-    if law in ("rollouts", "study rollouts"):
+    if law in _ROLLOUT_LAWS:
         return rollout_seconds(profile, cost)
     if law == "study":  # sweeps and rollouts of the study's runs
         matrices = seeds * len(profile.checkpoints[pde]) * (profile.recipe_batches
@@ -272,7 +273,7 @@ def _memory(profile, law: str, cost: ModelCost) -> float:
     state = 4 * cost.parameters * BYTES  # weights, gradients, two Adam moments
     if law in _TRAINING_LAWS:
         return state + profile.batch_size * cost.activation_bytes
-    if law in ("rollouts", "study rollouts"):
+    if law in _ROLLOUT_LAWS:
         return state + profile.batch_size * cost.activation_bytes * FORWARD
     rows = 2 * BATCH_EXAMPLES * cost.parameters * BYTES  # per-example gradients and their images
     return state + rows + 8 * cost.activation_bytes
