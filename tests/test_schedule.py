@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 
 from pdeinf.errors import InputError
-from pdeinf.pipeline.schedule import Task, check_graph, default_workers, run_tasks
+from pdeinf.pipeline.schedule import (
+    Task,
+    check_graph,
+    critical_path_order,
+    default_workers,
+    run_tasks,
+)
 
 
 def _stamp(folder: str, name: str, seconds: float = 0.0) -> None:
@@ -68,6 +74,29 @@ def test_a_failure_skips_only_its_dependents(tmp_path, workers):
                   on_result=lambda r: outcome.__setitem__(r.name, r.status))
     assert outcome == {"a": "ok", "b": "failed", "c": "ok", "d": "skipped", "e": "ok"}
     assert set(_records(tmp_path)) == {"a", "c", "e"}  # d never started
+
+
+def _longest_path(name: str, tasks: list[Task], seconds: dict[str, float]) -> float:
+    """The longest sum of `seconds` over every path from `name` to the graph's end, by
+    enumerating the paths."""
+    later = [t.name for t in tasks if name in t.after]
+    return seconds.get(name, 0.0) + max((_longest_path(n, tasks, seconds) for n in later), default=0.0)
+
+
+def test_critical_path_order_starts_the_longest_chain_first(tmp_path):
+    """a -> (b, c) -> d, e alone, and a chain f -> g listed last: sorted by the longest path
+    each heads (enumerated), ties in list order; a graph error is refused as by `run_tasks`."""
+    tasks = _graph(tmp_path) + [Task("f", _stamp, (), {}, ()), Task("g", _stamp, (), {}, ("f",))]
+    seconds = {"a": 1.0, "b": 5.0, "c": 2.0, "d": 1.0, "e": 3.0, "f": 4.0, "g": 4.0}
+    order = [t.name for t in critical_path_order(tasks, seconds)]
+    chains = {t.name: _longest_path(t.name, tasks, seconds) for t in tasks}
+    assert order[0] == "f" and chains["f"] == 8.0 > chains["a"] == 7.0
+    assert [chains[n] for n in order] == sorted(chains.values(), reverse=True)
+    assert order.index("c") < order.index("e")  # both head 3 s: list order
+    unestimated = [t.name for t in critical_path_order(tasks, {})]
+    assert unestimated == [t.name for t in tasks]  # no estimate: the list's order
+    with pytest.raises(InputError, match="unknown task"):
+        critical_path_order([Task("x", _stamp, (), {}, ("y",))], {})
 
 
 def test_bad_graphs_are_refused_before_anything_runs(tmp_path):

@@ -267,6 +267,11 @@ def test_sigkill_then_rerun_gives_bitwise_identical_weights(tmp_path):
         for k, v in st.items():
             assert torch.equal(v, b["optimizer_state"]["state"][pid][k]), (pid, k)
     assert [h["train_smse"] for h in a["history"]] == [h["train_smse"] for h in b["history"]]
+    # no wall-clock time in a checkpoint (history.json keeps it): the files are the same bytes,
+    # so every stage keyed on a checkpoint's digest stays current after a bitwise retraining
+    ckpt = f"CE-unet-s10/ckpt_e{epochs:04d}.pt"
+    assert (reference / ckpt).read_bytes() == (interrupted / ckpt).read_bytes()
+    assert all("seconds" in h for h in json.loads((reference / "CE-unet-s10/history.json").read_text()))
 
 
 def test_cli_on_generated_navier_stokes_files(tmp_path, capsys):

@@ -31,6 +31,7 @@ from pdeinf.pipeline.publish import portable_text, publish_notebooks
 from pdeinf.pipeline.schedule import (
     EtaClock,
     Task,
+    critical_path_order,
     default_workers,
     format_duration,
     run_tasks,
@@ -83,8 +84,10 @@ def run_all(
     workers: int | None = None,
 ) -> list[StageTiming]:
     """Every cached stage of the profile (`stage_tasks`), on `workers` processes (None:
-    `schedule.default_workers()`; 1: here, in order). Returns each stage's wall time, in the
-    order the stages ended (cached stages take ~0 s). Progress bars only when sequential."""
+    `schedule.default_workers()`; 1: here, in order; more: with `progress`, ready stages start
+    by the planner's estimate of the chain they head, `critical_path_order`). Returns each
+    stage's wall time, in the order the stages ended (cached stages take ~0 s). Progress bars
+    only when sequential."""
     from pdeinf.pipeline.slurm import stage_keys
 
     profile = as_profile(profile)
@@ -92,8 +95,10 @@ def run_all(
     workers = default_workers() if workers is None else workers
     tasks = stage_tasks(profile, progress=progress and workers == 1)
     keys = stage_keys(profile, tasks)
-    run_tasks(tasks, workers=workers, echo=progress,
-              eta=stage_eta(profile, workers, keys) if progress else None,
+    eta = stage_eta(profile, workers, keys) if progress else None
+    if eta is not None and workers > 1:  # with the planner's estimates: longest chain first
+        tasks = critical_path_order(tasks, eta.estimates)
+    run_tasks(tasks, workers=workers, echo=progress, eta=eta,
               on_result=lambda r: timings.append(StageTiming(r.name, r.seconds, r.status,
                                                              keys[r.name])))
     return timings

@@ -103,6 +103,22 @@ def check_graph(tasks: Sequence[Task]) -> None:
         raise InputError(f"tasks: dependency cycle among {err.args[1]}") from None
 
 
+def critical_path_order(tasks: Sequence[Task], seconds: dict[str, float]) -> list[Task]:
+    """`tasks` sorted by the estimated `seconds` of the longest chain each heads (itself and,
+    recursively, the tasks that run after it; no estimate: 0), longest first, ties in list
+    order. Ready tasks started in this order keep the longest chain going (list scheduling by
+    bottom level): a long chain that needs only the first stage no longer waits for the end."""
+    check_graph(tasks)
+    successors: dict[str, list[str]] = {t.name: [] for t in tasks}
+    for task in tasks:
+        for name in task.after:
+            successors[name].append(task.name)
+    chain: dict[str, float] = {}
+    for name in reversed(tuple(graphlib.TopologicalSorter({t.name: t.after for t in tasks}).static_order())):
+        chain[name] = seconds.get(name, 0.0) + max((chain[s] for s in successors[name]), default=0.0)
+    return sorted(tasks, key=lambda t: -chain[t.name])
+
+
 def _init_worker(threads: int) -> None:
     """A pool worker: `threads` torch threads (0: torch's default); SIGINT is left to the
     parent, which stops its workers itself (`pdeinf.pipeline.interrupt`)."""

@@ -76,7 +76,23 @@ def save_checkpoint(state: dict, path: Path | str) -> Path:
     bad = non_finite(state)
     if bad is not None:
         raise NumericalError(f"{path}: {bad} holds NaN or Inf; checkpoint not written")
-    return torch_save({**state, CHECKSUM_KEY: state_digest(state)}, path)
+    return torch_save(_canonical({**state, CHECKSUM_KEY: state_digest(state)}), path)
+
+
+def _canonical(obj):
+    """`obj` rebuilt with new containers and interned strings: pickle writes an object shared
+    in several places once, so equal states built differently (a resumed run's optimizer keys
+    are unpickled, a fresh run's are the literals its config shares) would differ in bytes."""
+    if isinstance(obj, str):
+        return sys.intern(obj)
+    if isinstance(obj, dict):
+        out = type(obj)((_canonical(k), _canonical(v)) for k, v in obj.items())
+        if hasattr(obj, "_metadata"):  # a module state dict's versions
+            out._metadata = _canonical(obj._metadata)
+        return out
+    if type(obj) in (list, tuple):
+        return type(obj)(_canonical(v) for v in obj)
+    return obj
 
 
 def read_checkpoint(path: Path | str) -> dict:

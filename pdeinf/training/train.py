@@ -2,8 +2,8 @@
 
 The transitions of a PDE's training trajectories, shuffled per epoch from (seed, epoch) into
 mini-batches; AdamW on a recipe's loss (`pdeinf.training.recipes`). The run directory
-`<out_dir>/<PDE>-<model>-s<seed>/` holds `ckpt_e0005.pt` (scheduled), `resume.pt` (last
-epoch), `history.json|csv` (`train_smse`: the mean training objective, `val_smse`: one-step
+`<out_dir>/<PDE>-<model>-s<seed>/` holds `ckpt_e0005.pt` (scheduled; its history without the
+wall-clock `seconds`, so a bitwise retraining writes the same bytes), `resume.pt` (last epoch), `history.json|csv` (`train_smse`: the mean training objective, `val_smse`: one-step
 validation SMSE) and `monitor.json|csv`, all written atomically. Rerunning after an
 interruption (even SIGKILL) resumes and ends, on CPU, with bitwise the weights of an
 uninterrupted run: all randomness derives from the seed, (seed, epoch) and (seed, epoch, step).
@@ -323,6 +323,11 @@ def train(pde: str, model_name: str, seed: int, profile, *, data_root=None, out_
             dist.destroy_process_group()
 
 
+def timeless(history: list[dict]) -> list[dict]:
+    """`history` without its wall-clock `seconds` (`history.json` keeps them)."""
+    return [{k: v for k, v in h.items() if k != "seconds"} for h in history]
+
+
 def _start_or_resume(config: dict, fingerprint: str, run_dir: Path, ctx, monitor=None):
     """`(model, optimizer, start epoch, history)`, built under `torch.manual_seed(seed)`, then
     loaded from `resume.pt` or, when a scheduled checkpoint up to its epoch is missing or
@@ -419,8 +424,8 @@ def _train_loop(config, fingerprint, run_dir, train_set: Transitions, val_set: T
                      "config": config, "data_fingerprint": fingerprint, "epoch": epoch, "history": history}
             if monitor is not None:
                 state["monitor_history"] = list(monitor.history)
-            if epoch in schedule:
-                save_checkpoint(state, checkpoint_path(run_dir, epoch))
+            if epoch in schedule:  # the same bytes from a bitwise retraining, resumed or not
+                save_checkpoint({**state, "history": timeless(history)}, checkpoint_path(run_dir, epoch))
             save_checkpoint(state, run_dir / "resume.pt")
             _write_records(run_dir, "history", history)
             if monitor is not None:
