@@ -3,7 +3,8 @@
 The transitions of a PDE's training trajectories, shuffled per epoch from (seed, epoch) into
 mini-batches; AdamW on a recipe's loss (`pdeinf.training.recipes`). The run directory
 `<out_dir>/<PDE>-<model>-s<seed>/` holds `ckpt_e0005.pt` (scheduled; its history without the
-wall-clock `seconds`, so a bitwise retraining writes the same bytes), `resume.pt` (last epoch), `history.json|csv` (`train_smse`: the mean training objective, `val_smse`: one-step
+wall-clock `seconds`, so a bitwise retraining writes the same bytes), `resume.pt` (last
+epoch), `history.json|csv` (`train_smse`: the mean training objective, `val_smse`: one-step
 validation SMSE) and `monitor.json|csv`, all written atomically. Rerunning after an
 interruption (even SIGKILL) resumes and ends, on CPU, with bitwise the weights of an
 uninterrupted run: all randomness derives from the seed, (seed, epoch) and (seed, epoch, step).
@@ -323,7 +324,7 @@ def train(pde: str, model_name: str, seed: int, profile, *, data_root=None, out_
             dist.destroy_process_group()
 
 
-def timeless(history: list[dict]) -> list[dict]:
+def _timeless(history: list[dict]) -> list[dict]:
     """`history` without its wall-clock `seconds` (`history.json` keeps them)."""
     return [{k: v for k, v in h.items() if k != "seconds"} for h in history]
 
@@ -425,7 +426,7 @@ def _train_loop(config, fingerprint, run_dir, train_set: Transitions, val_set: T
             if monitor is not None:
                 state["monitor_history"] = list(monitor.history)
             if epoch in schedule:  # the same bytes from a bitwise retraining, resumed or not
-                save_checkpoint({**state, "history": timeless(history)}, checkpoint_path(run_dir, epoch))
+                save_checkpoint({**state, "history": _timeless(history)}, checkpoint_path(run_dir, epoch))
             save_checkpoint(state, run_dir / "resume.pt")
             _write_records(run_dir, "history", history)
             if monitor is not None:
