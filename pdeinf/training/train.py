@@ -329,6 +329,18 @@ def _timeless(history: list[dict]) -> list[dict]:
     return [{k: v for k, v in h.items() if k != "seconds"} for h in history]
 
 
+def _timed(history: list[dict], run_dir: Path) -> list[dict]:
+    """`history` (a resumed state's) with the `seconds` a scheduled checkpoint leaves out, taken
+    from `history.json` by epoch where it has them (an unreadable file: left out)."""
+    try:
+        seconds = {r["epoch"]: r["seconds"] for r in json.loads((run_dir / "history.json").read_text())
+                   if isinstance(r, dict) and "seconds" in r and "epoch" in r}
+    except (OSError, ValueError):
+        seconds = {}
+    return [h if "seconds" in h or h.get("epoch") not in seconds else {**h, "seconds": seconds[h["epoch"]]}
+            for h in history]
+
+
 def _start_or_resume(config: dict, fingerprint: str, run_dir: Path, ctx, monitor=None):
     """`(model, optimizer, start epoch, history)`, built under `torch.manual_seed(seed)`, then
     loaded from `resume.pt` or, when a scheduled checkpoint up to its epoch is missing or
@@ -356,7 +368,7 @@ def _start_or_resume(config: dict, fingerprint: str, run_dir: Path, ctx, monitor
     optimizer.load_state_dict(state["optimizer_state"])
     if monitor is not None:
         monitor.history[:] = list(state.get("monitor_history", []))
-    return model, optimizer, int(state["epoch"]), list(state["history"])
+    return model, optimizer, int(state["epoch"]), _timed(list(state["history"]), run_dir)
 
 
 def _batch_loss(recipe: Recipe, net, model, train_set: Transitions, idx: np.ndarray, ctx, seed: int,
